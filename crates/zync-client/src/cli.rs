@@ -1,0 +1,192 @@
+//! The client's command line (compatible with the original tool's flags) and its validation.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use zync_fs::DirName;
+
+use crate::connection::Credentials;
+use crate::error::ClientError;
+use crate::sync::Mapping;
+
+/// Command line of `zync-client`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "zync-client",
+    version,
+    about = "Keep local directories in step with a zync daemon (runs on machine R)"
+)]
+pub struct Args {
+    /// The daemon's WebSocket URL (through the tunnel).
+    #[arg(long, default_value = "ws://localhost:8000")]
+    pub server: String,
+    /// SQLite database holding what this client has synced.
+    #[arg(long, default_value = "sync_client.db")]
+    pub db: PathBuf,
+    /// Safety-net poll interval in seconds; changes normally arrive at once by notification.
+    #[arg(long, default_value_t = 60)]
+    pub interval: u64,
+    /// Directory mappings, as REMOTE_NAME:LOCAL_PATH (one or more).
+    #[arg(long, num_args = 1.., required = true, value_name = "NAME:LOCAL_PATH")]
+    pub dirs: Vec<String>,
+    /// Sync once and exit: 0 when in sync, non-zero with the reason otherwise.
+    #[arg(long)]
+    pub once: bool,
+    /// File holding the daemon's token (default: zync.token beside --db, if it exists).
+    /// ZYNC_TOKEN overrides it.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Log level: error, warn, info, debug or trace (or a tracing filter).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// The validated settings.
+pub struct Config {
+    /// The daemon's URL.
+    pub server: String,
+    /// The client database.
+    pub db: PathBuf,
+    /// Poll interval.
+    pub interval: Duration,
+    /// Directory mappings.
+    pub mappings: Vec<Mapping>,
+    /// The token and where it came from.
+    pub credentials: Credentials,
+}
+
+impl Config {
+    /// Validates the command line; creates missing local directories.
+    ///
+    /// # Errors
+    /// A malformed mapping, a duplicate name, nested directories, or an unreadable token file.
+    pub fn from_args(args: &Args) -> Result<Config, ClientError> {
+        if args.interval == 0 {
+            return Err(ClientError::Config(
+                "--interval must be at least 1 second".into(),
+            ));
+        }
+        Ok(Config {
+            server: args.server.clone(),
+            db: args.db.clone(),
+            interval: Duration::from_secs(args.interval),
+            mappings: parse_mappings(&args.dirs)?,
+            credentials: credentials(args.token_file.as_deref(), &args.db)?,
+        })
+    }
+}
+
+fn credentials(token_file: Option<&Path>, db: &Path) -> Result<Credentials, ClientError> {
+    if let Some(token) = std::env::var("ZYNC_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Ok(Credentials {
+            token: Some(token.trim().to_string()),
+            source: "ZYNC_TOKEN".into(),
+        });
+    }
+    let (path, explicit) = match token_file {
+        Some(p) => (p.to_path_buf(), true),
+        None => (
+            match db.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.join("zync.token"),
+                _ => PathBuf::from("zync.token"),
+            },
+            false,
+        ),
+    };
+    if !explicit && !path.exists() {
+        return Ok(Credentials {
+            token: None,
+            source: format!("ZYNC_TOKEN is unset and {} does not exist", path.display()),
+        });
+    }
+    let token = zync_fs::read_token_file(&path).map_err(|e| ClientError::Config(e.to_string()))?;
+    Ok(Credentials {
+        token: Some(token),
+        source: path.display().to_string(),
+    })
+}
+
+/// Parses `NAME:LOCAL_PATH` mappings, creating missing directories.
+///
+/// # Errors
+/// A malformed spec, a duplicate name, nested directories, or a path that is not a directory.
+pub fn parse_mappings(specs: &[String]) -> Result<Vec<Mapping>, ClientError> {
+    let mut mappings: Vec<Mapping> = Vec::new();
+    for spec in specs {
+        let bad = |why: String| ClientError::Config(format!("--dirs {spec:?}: {why}"));
+        let (name, path) = spec.split_once(':').ok_or_else(|| {
+            bad("not NAME:LOCAL_PATH; write it as, for example, code:/srv/project".into())
+        })?;
+        let name = DirName::parse(name).map_err(|e| bad(e.to_string()))?;
+        if path.is_empty() {
+            return Err(bad("the LOCAL_PATH is empty".into()));
+        }
+        std::fs::create_dir_all(path).map_err(|e| bad(format!("cannot create {path}: {e}")))?;
+        let root =
+            std::fs::canonicalize(path).map_err(|e| bad(format!("cannot resolve {path}: {e}")))?;
+        if !root.is_dir() {
+            return Err(bad(format!("{path} is not a directory")));
+        }
+        for other in &mappings {
+            if other.name == name {
+                return Err(bad(format!("the name {name} is mapped twice")));
+            }
+            if root.starts_with(&other.root) || other.root.starts_with(&root) {
+                return Err(bad(format!(
+                    "{} and {} are nested; map separate directories",
+                    root.display(),
+                    other.root.display()
+                )));
+            }
+        }
+        mappings.push(Mapping { name, root });
+    }
+    Ok(mappings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_missing_directories_and_refuses_bad_specs() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("new/a");
+        let m = parse_mappings(&[format!("a:{}", a.display())]).unwrap();
+        assert!(a.is_dir());
+        assert_eq!(m[0].name.as_str(), "a");
+
+        let cases = [
+            (vec!["plain".to_string()], "NAME:LOCAL_PATH"),
+            (
+                vec![
+                    format!("a:{}", a.display()),
+                    format!("a:{}", dir.path().join("b").display()),
+                ],
+                "twice",
+            ),
+            (
+                vec![
+                    format!("a:{}", a.display()),
+                    format!("b:{}", a.join("x").display()),
+                ],
+                "nested",
+            ),
+            (vec![format!("x/y:{}", a.display())], "x/y"),
+        ];
+        for (specs, expected) in cases {
+            let err = parse_mappings(&specs)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains(expected),
+                "{specs:?}: expected {expected:?} in {err:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The client's side of one WebSocket connection: the handshake, requests matched to their
+//! responses by id, file downloads from binary chunks, and events noted as they pass.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use zync_proto::{
+    Event, FileHeader, GetFile, Hello, HelloReply, Op, Reply, Request, ServerMessage,
+};
+
+use crate::error::ClientError;
+
+/// How long the client waits for any message from the daemon before calling the connection
+/// stalled and reconnecting (docs/PROTOCOL.md, "Timeouts").
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a TCP connect plus WebSocket upgrade may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Events seen while waiting for responses.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Seen {
+    /// A CHANGED event arrived.
+    pub changed: bool,
+    /// A SCAN_COMPLETE event arrived.
+    pub scan_complete: bool,
+}
+
+/// A connected, handshaken client connection.
+pub struct Connection {
+    ws: Ws,
+    next_id: u64,
+    /// Events noted since the caller last cleared them.
+    pub seen: Seen,
+    /// The daemon's side of the handshake.
+    pub hello: HelloReply,
+}
+
+/// Where the token came from, for the 401 hint.
+pub struct Credentials {
+    /// The token, if any.
+    pub token: Option<String>,
+    /// Where it came from ("ZYNC_TOKEN", a file path) or what was missing.
+    pub source: String,
+}
+
+impl Connection {
+    /// Connects, authenticates and performs the HELLO handshake.
+    ///
+    /// # Errors
+    /// Unreachable daemon, refused token, or a failed handshake.
+    pub async fn open(
+        url: &str,
+        credentials: &Credentials,
+        client_id: &str,
+    ) -> Result<Connection, ClientError> {
+        let mut request = url.into_client_request().map_err(|e| {
+            ClientError::Config(format!(
+                "--server {url:?} is not a WebSocket URL ({e}); write it as ws://localhost:8000"
+            ))
+        })?;
+        if let Some(token) = &credentials.token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                ClientError::Config(format!(
+                    "the token from {} has characters a header cannot carry",
+                    credentials.source
+                ))
+            })?;
+            request.headers_mut().insert(zync_proto::AUTH_HEADER, value);
+        }
+        let limit = zync_proto::MAX_TEXT_MESSAGE.max(zync_proto::MAX_BINARY_FRAME);
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(limit))
+            .max_frame_size(Some(limit));
+        let unreachable = |reason: String| ClientError::Unreachable {
+            url: url.to_string(),
+            reason,
+        };
+        let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+        let ws = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(tungstenite::Error::Http(response))) if response.status().as_u16() == 401 => {
+                let hint = match &credentials.token {
+                    Some(_) => format!("the token from {} does not match the daemon's; copy the daemon's token file again", credentials.source),
+                    None => format!("no token was given ({}); set ZYNC_TOKEN or --token-file to the daemon's token file", credentials.source),
+                };
+                return Err(ClientError::Unauthorized { hint });
+            }
+            Ok(Err(tungstenite::Error::Http(response))) => {
+                return Err(unreachable(format!(
+                    "HTTP {} instead of a WebSocket upgrade",
+                    response.status()
+                )))
+            }
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        };
+        let mut connection = Connection {
+            ws,
+            next_id: 1,
+            seen: Seen::default(),
+            hello: HelloReply {
+                protocol_version: 0,
+                index_id: String::new(),
+                dirs: Vec::new(),
+                scanning: false,
+                server_version: String::new(),
+            },
+        };
+        let hello = Op::Hello(Hello {
+            protocol_version: zync_proto::PROTOCOL_VERSION,
+            client_id: client_id.to_string(),
+            client_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        });
+        match connection.call(hello).await? {
+            Reply::Hello(reply) => connection.hello = reply,
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected a HELLO reply, got {other:?}"
+                )))
+            }
+        }
+        Ok(connection)
+    }
+
+    async fn send(&mut self, op: Op) -> Result<u64, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let text = Request { id, op }.to_json();
+        self.ws
+            .send(Message::text(text))
+            .await
+            .map_err(|e| ClientError::Connection(e.to_string()))?;
+        Ok(id)
+    }
+
+    /// The next frame, noting events; None for a binary frame's payload is never returned.
+    async fn receive(&mut self) -> Result<Incoming, ClientError> {
+        loop {
+            let message = match tokio::time::timeout(STALL_TIMEOUT, self.ws.next()).await {
+                Err(_) => return Err(ClientError::Timeout(STALL_TIMEOUT)),
+                Ok(None) => {
+                    return Err(ClientError::Connection(
+                        "the daemon closed the connection".into(),
+                    ))
+                }
+                Ok(Some(Err(e))) => return Err(ClientError::Connection(e.to_string())),
+                Ok(Some(Ok(m))) => m,
+            };
+            match message {
+                Message::Text(text) => {
+                    let parsed = ServerMessage::parse(&text)
+                        .map_err(|e| ClientError::Protocol(format!("{e}: {}", truncate(&text))))?;
+                    match parsed {
+                        ServerMessage::Event(Event::Changed { .. }) => self.seen.changed = true,
+                        ServerMessage::Event(Event::ScanComplete { .. }) => {
+                            self.seen.scan_complete = true;
+                            self.seen.changed = true;
+                        }
+                        other => return Ok(Incoming::Text(other)),
+                    }
+                }
+                Message::Binary(data) => return Ok(Incoming::Binary(data.to_vec())),
+                Message::Close(frame) => {
+                    let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                    return Err(ClientError::Connection(format!(
+                        "the daemon closed the connection {why}"
+                    )));
+                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+
+    /// Waits for the response to request `id`, skipping events and stray chunks.
+    async fn response(&mut self, id: u64) -> Result<Reply, ClientError> {
+        loop {
+            match self.receive().await? {
+                Incoming::Text(ServerMessage::Ok(ok)) if ok.id == id => return Ok(ok.reply),
+                Incoming::Text(ServerMessage::Error(e)) if e.id == Some(id) || e.id.is_none() => {
+                    return Err(ClientError::Server {
+                        code: e.code,
+                        message: e.message,
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends a request and waits for its reply.
+    ///
+    /// # Errors
+    /// A transport failure, a stall, or the daemon's error response.
+    pub async fn call(&mut self, op: Op) -> Result<Reply, ClientError> {
+        let id = self.send(op).await?;
+        self.response(id).await
+    }
+
+    /// Downloads a file into `sink`, which receives each chunk in order.
+    ///
+    /// # Errors
+    /// As [`Connection::call`]; `Server { code: Stale }` when the file changed on E meanwhile.
+    pub async fn download(
+        &mut self,
+        dir: &str,
+        path: &str,
+        mut sink: impl FnMut(&[u8]) -> Result<(), ClientError>,
+    ) -> Result<FileHeader, ClientError> {
+        let id = self
+            .send(Op::GetFile(GetFile {
+                dir: dir.to_string(),
+                path: path.to_string(),
+            }))
+            .await?;
+        let header = match self.response(id).await? {
+            Reply::GetFile(h) => h,
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected a GET_FILE reply, got {other:?}"
+                )))
+            }
+        };
+        let mut received = 0u64;
+        let mut chunks = 0u64;
+        while chunks < header.chunks {
+            match self.receive().await? {
+                Incoming::Binary(frame) => {
+                    let (chunk_id, data) = zync_proto::decode_chunk(&frame)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    if chunk_id != id {
+                        continue;
+                    }
+                    received += data.len() as u64;
+                    if received > header.size {
+                        return Err(ClientError::Protocol(format!(
+                            "{path}: the daemon sent more than the announced {} bytes",
+                            header.size
+                        )));
+                    }
+                    sink(data)?;
+                    chunks += 1;
+                }
+                Incoming::Text(ServerMessage::Error(e)) if e.id == Some(id) => {
+                    return Err(ClientError::Server {
+                        code: e.code,
+                        message: e.message,
+                    });
+                }
+                Incoming::Text(_) => {}
+            }
+        }
+        if received != header.size {
+            return Err(ClientError::Protocol(format!(
+                "{path}: received {received} of {} bytes",
+                header.size
+            )));
+        }
+        Ok(header)
+    }
+
+    /// Waits until the daemon pushes an event (or the connection fails).
+    ///
+    /// # Errors
+    /// A transport failure. A quiet connection is not an error here: the caller bounds the wait.
+    pub async fn wait_event(&mut self) -> Result<Seen, ClientError> {
+        loop {
+            if self.seen.changed || self.seen.scan_complete {
+                return Ok(std::mem::take(&mut self.seen));
+            }
+            let message = match self.ws.next().await {
+                None => {
+                    return Err(ClientError::Connection(
+                        "the daemon closed the connection".into(),
+                    ))
+                }
+                Some(Err(e)) => return Err(ClientError::Connection(e.to_string())),
+                Some(Ok(m)) => m,
+            };
+            if let Message::Text(text) = message {
+                match ServerMessage::parse(&text) {
+                    Ok(ServerMessage::Event(Event::Changed { .. })) => self.seen.changed = true,
+                    Ok(ServerMessage::Event(Event::ScanComplete { .. })) => {
+                        self.seen.changed = true;
+                        self.seen.scan_complete = true;
+                    }
+                    _ => {}
+                }
+            } else if let Message::Close(_) = message {
+                return Err(ClientError::Connection(
+                    "the daemon closed the connection".into(),
+                ));
+            }
+        }
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+enum Incoming {
+    Text(ServerMessage),
+    Binary(Vec<u8>),
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(200).collect()
+}

@@ -1,0 +1,93 @@
+//! The client's error type: what failed, and whether trying again later can help.
+
+use std::time::Duration;
+
+use zync_proto::ErrorCode;
+
+/// Everything a sync round can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No TCP or WebSocket connection could be made.
+    #[error("cannot reach the daemon at {url}: {reason}; check that zync-daemon runs on E and the tunnel is open")]
+    Unreachable {
+        /// The --server URL.
+        url: String,
+        /// What the connection attempt said.
+        reason: String,
+    },
+    /// HTTP 401 at the upgrade.
+    #[error("the daemon refused the token (HTTP 401); {hint}")]
+    Unauthorized {
+        /// Where the client's token came from and how to fix it.
+        hint: String,
+    },
+    /// The daemon stopped answering (a stalled tunnel).
+    #[error("the daemon did not answer within {0:?}; the connection or tunnel seems stalled")]
+    Timeout(Duration),
+    /// The connection broke.
+    #[error("the connection to the daemon was lost: {0}")]
+    Connection(String),
+    /// The daemon answered a request with an error.
+    #[error("the daemon refused the request ({code:?}): {message}")]
+    Server {
+        /// The error class.
+        code: ErrorCode,
+        /// The daemon's explanation.
+        message: String,
+    },
+    /// The daemon sent something this client does not understand.
+    #[error("unexpected message from the daemon: {0}")]
+    Protocol(String),
+    /// A local file operation failed.
+    #[error(transparent)]
+    Fs(#[from] zync_fs::FsError),
+    /// The client database failed.
+    #[error("the client database failed: {0}")]
+    Db(#[from] zync_db::DbError),
+    /// Something on R stands in the way of one path (a fifo, a socket, an unreadable file).
+    #[error("cannot apply {path}: {reason}")]
+    Blocked {
+        /// The local path.
+        path: String,
+        /// What is in the way and what to do.
+        reason: String,
+    },
+    /// A local file operation outside zync-fs failed.
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        what: &'static str,
+        /// The local path.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A setting is wrong; the message says which and how to fix it.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ClientError {
+    /// True when reconnecting or retrying later cannot help, so loop mode should stop.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ClientError::Unauthorized { .. } | ClientError::Config(_) => true,
+            ClientError::Server { code, .. } => {
+                matches!(code, ErrorCode::UnsupportedVersion | ErrorCode::UnknownDir)
+            }
+            _ => false,
+        }
+    }
+
+    /// True when the error concerns the connection (reconnect) rather than one path.
+    pub fn is_connection(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unreachable { .. }
+                | ClientError::Unauthorized { .. }
+                | ClientError::Timeout(_)
+                | ClientError::Connection(_)
+                | ClientError::Protocol(_)
+        )
+    }
+}

@@ -1,0 +1,245 @@
+//! `zync-client`, machine R: pulls changes from the daemon on E and applies them to local
+//! directories, once (`--once`) or continuously over one connection that the daemon notifies.
+#![deny(missing_docs)]
+
+mod apply;
+mod cli;
+mod connection;
+mod error;
+mod sync;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use zync_db::ClientState;
+
+pub use cli::{parse_mappings, Args, Config};
+pub use connection::{Connection, Credentials, STALL_TIMEOUT};
+pub use error::ClientError;
+pub use sync::{sync_dir, DirReport, Mapping};
+
+/// Retries of a `--once` run while single paths fail (a file changing on E mid-transfer).
+const ONCE_ATTEMPTS: usize = 5;
+/// Reconnect backoff bounds in loop mode.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// An idle connection is checked this often with PING, so a stalled tunnel is noticed.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Sets up logging to stderr at `level`.
+///
+/// # Errors
+/// When `level` is not a valid filter.
+pub fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| {
+        format!("--log-level {level:?} is not a level (error, warn, info, debug, trace)")
+    })?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
+/// Runs the client as the command line says, until done (`--once`) or SIGINT/SIGTERM.
+///
+/// # Errors
+/// Bad arguments; with `--once`, anything that left R out of sync; in loop mode, only errors
+/// that reconnecting cannot fix (a refused token).
+pub fn main_with_args(args: Args) -> anyhow::Result<()> {
+    let config = Config::from_args(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        if args.once {
+            run_once(&config).await.map(|_| ())
+        } else {
+            run_loop(&config, shutdown_signal()).await
+        }
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("stopping");
+}
+
+fn open_state(config: &Config) -> anyhow::Result<ClientState> {
+    let state = ClientState::open(&config.db)
+        .with_context(|| format!("cannot open the client database {}", config.db.display()))?;
+    // Temp files left by a crash are never a version anyone wants (invariant 1).
+    for mapping in &config.mappings {
+        let removed = zync_fs::remove_temp_files(&mapping.root)?;
+        if removed > 0 {
+            tracing::info!(dir = %mapping.name, removed, "removed temp files left by an interrupted run");
+        }
+    }
+    Ok(state)
+}
+
+/// Syncs every mapping once and returns the reports; fails unless R ends up in sync with
+/// what the daemon had when the client asked.
+///
+/// # Errors
+/// An unreachable daemon, a refused token, a mapping the daemon does not serve, or paths
+/// that could not be applied.
+pub async fn run_once(config: &Config) -> anyhow::Result<Vec<DirReport>> {
+    let mut state = open_state(config)?;
+    let mut conn = Connection::open(&config.server, &config.credentials, state.client_id()).await?;
+    check_dirs(&conn, config)?;
+    wait_for_scan(&mut conn).await?;
+    let mut reports = Vec::new();
+    for attempt in 1..=ONCE_ATTEMPTS {
+        reports = sync_all(&mut conn, &mut state, config).await?;
+        if reports.iter().all(|r| r.failures.is_empty()) {
+            break;
+        }
+        if attempt < ONCE_ATTEMPTS {
+            tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+        }
+    }
+    conn.close().await;
+    let failures: Vec<String> = reports
+        .iter()
+        .flat_map(|r| r.failures.iter().map(|(p, e)| format!("{p}: {e}")))
+        .collect();
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "{} path(s) could not be synced; fix them and run again:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
+    }
+    Ok(reports)
+}
+
+fn check_dirs(conn: &Connection, config: &Config) -> Result<(), ClientError> {
+    for mapping in &config.mappings {
+        if !conn.hello.dirs.iter().any(|d| d == mapping.name.as_str()) {
+            return Err(ClientError::Config(format!(
+                "the daemon serves no directory named {} (it serves: {}); fix --dirs",
+                mapping.name,
+                conn.hello.dirs.join(", ")
+            )));
+        }
+    }
+    for served in &conn.hello.dirs {
+        if !config.mappings.iter().any(|m| m.name.as_str() == served) {
+            tracing::warn!(dir = %served, "the daemon serves this directory but --dirs does not map it; skipping it");
+        }
+    }
+    Ok(())
+}
+
+/// `--once` must not report "in sync" against a half-built index.
+async fn wait_for_scan(conn: &mut Connection) -> Result<(), ClientError> {
+    if !conn.hello.scanning {
+        return Ok(());
+    }
+    tracing::info!("the daemon is scanning its directories; waiting for it to finish");
+    loop {
+        match conn.call(zync_proto::Op::GetLastSequence {}).await? {
+            zync_proto::Reply::GetLastSequence(s) if !s.scanning => return Ok(()),
+            _ => {}
+        }
+        if !conn.seen.scan_complete {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn sync_all(
+    conn: &mut Connection,
+    state: &mut ClientState,
+    config: &Config,
+) -> Result<Vec<DirReport>, ClientError> {
+    let mut reports = Vec::new();
+    for mapping in &config.mappings {
+        let report = sync_dir(conn, state, mapping).await?;
+        if report.applied > 0 || !report.failures.is_empty() {
+            tracing::info!(
+                dir = %mapping.name,
+                applied = report.applied,
+                downloaded = report.downloaded,
+                bytes = report.bytes,
+                conflicts = report.conflicts.len(),
+                failing = report.failures.len(),
+                sequence = report.last_seq,
+                "synced"
+            );
+        }
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// Loop mode: one connection, synced on every CHANGED notification and every `interval`;
+/// reconnects with backoff on any transient error. Returns when `shutdown` completes.
+///
+/// # Errors
+/// Only errors that reconnecting cannot fix (a refused token, a mapping the daemon lacks).
+pub async fn run_loop(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut state = open_state(config)?;
+    tokio::pin!(shutdown);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            result = session(config, &mut state) => result,
+            () = &mut shutdown => return Ok(()),
+        };
+        if let Err(e) = result {
+            if e.is_permanent() {
+                return Err(e.into());
+            }
+            if started.elapsed() > BACKOFF_MAX {
+                backoff = BACKOFF_MIN;
+            }
+            tracing::warn!("{e}; reconnecting in {backoff:?}");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = &mut shutdown => return Ok(()),
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One connection's life in loop mode; returns only with an error.
+async fn session(config: &Config, state: &mut ClientState) -> Result<(), ClientError> {
+    let mut conn = Connection::open(&config.server, &config.credentials, state.client_id()).await?;
+    check_dirs(&conn, config)?;
+    tracing::info!(server = %config.server, dirs = conn.hello.dirs.len(), "connected");
+    sync_all(&mut conn, state, config).await?;
+    let mut last_sync = Instant::now();
+    loop {
+        let tick = KEEPALIVE.min(config.interval);
+        let woke = tokio::select! {
+            seen = conn.wait_event() => Some(seen?),
+            () = tokio::time::sleep(tick) => None,
+        };
+        if woke.is_some() || last_sync.elapsed() >= config.interval {
+            sync_all(&mut conn, state, config).await?;
+            last_sync = Instant::now();
+        } else {
+            conn.call(zync_proto::Op::Ping {}).await?;
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Sync rounds: pull one directory's changes page by page, apply them, make them durable,
+//! then advance and acknowledge the last sequence (DESIGN invariant 2).
+
+use std::path::PathBuf;
+
+use zync_db::{ClientState, DirState};
+use zync_fs::DirName;
+use zync_proto::{AckChanges, GetChanges, Op, Reply};
+
+use crate::apply::{Applier, Record};
+use crate::connection::Connection;
+use crate::error::ClientError;
+
+/// A local directory and the daemon's name for it.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    /// The daemon's directory name.
+    pub name: DirName,
+    /// The local directory (canonical).
+    pub root: PathBuf,
+}
+
+/// What one sync of one directory did.
+#[derive(Debug, Default)]
+pub struct DirReport {
+    /// Changes applied.
+    pub applied: usize,
+    /// Files downloaded.
+    pub downloaded: usize,
+    /// Bytes downloaded.
+    pub bytes: u64,
+    /// Conflict copies made.
+    pub conflicts: Vec<String>,
+    /// Paths that could not be applied, with the reason; retried next round.
+    pub failures: Vec<(String, String)>,
+    /// The sequence stored as durably applied.
+    pub last_seq: u64,
+}
+
+/// Pulls and applies everything the daemon has for `mapping` beyond the stored sequence.
+///
+/// # Errors
+/// Connection and database errors. Failures of single paths are reported in the
+/// [`DirReport`] instead, and hold the stored sequence below them.
+pub async fn sync_dir(
+    conn: &mut Connection,
+    state: &mut ClientState,
+    mapping: &Mapping,
+) -> Result<DirReport, ClientError> {
+    let name = mapping.name.as_str();
+    let index_id = conn.hello.index_id.clone();
+    let mut since = match state.dir_state(name)? {
+        Some(s) if s.index_id == index_id => s.last_seq,
+        Some(_) => {
+            tracing::info!(
+                dir = name,
+                "the daemon's index is new; resyncing, downloading only files that differ"
+            );
+            0
+        }
+        None => 0,
+    };
+    let mut report = DirReport {
+        last_seq: since,
+        ..DirReport::default()
+    };
+    let mut blocked = false;
+    loop {
+        let page = match conn
+            .call(Op::GetChanges(GetChanges {
+                dir: name.to_string(),
+                since,
+                limit: None,
+            }))
+            .await?
+        {
+            Reply::GetChanges(page) => page,
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected GET_CHANGES, got {other:?}"
+                )))
+            }
+        };
+        let Some(last) = page.changes.last().map(|c| c.seq) else {
+            break;
+        };
+        let mut records = Vec::with_capacity(page.changes.len());
+        let mut durable = report.last_seq;
+        let mut lost: Option<ClientError> = None;
+        {
+            let mut applier = Applier::new(&mapping.root, name, state);
+            for change in &page.changes {
+                match applier.apply(conn, change).await {
+                    Ok(record) => {
+                        records.push(record);
+                        report.applied += 1;
+                        if !blocked {
+                            durable = change.seq;
+                        }
+                    }
+                    Err(e) if e.is_connection() => {
+                        lost = Some(e);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = name, path = %change.path, "{e}");
+                        report.failures.push((change.path.clone(), e.to_string()));
+                        blocked = true;
+                    }
+                }
+            }
+            applier.finish()?;
+            report.downloaded += applier.downloaded;
+            report.bytes += applier.bytes;
+            report.conflicts.append(&mut applier.conflicts);
+        }
+        commit(state, name, &index_id, records, durable)?;
+        report.last_seq = durable;
+        if let Some(e) = lost {
+            return Err(e);
+        }
+        conn.call(Op::AckChanges(AckChanges {
+            dir: name.to_string(),
+            sequence: durable,
+        }))
+        .await?;
+        since = last;
+        if !page.more {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// Records a page's results and the new durable sequence in one transaction. Runs only after
+/// the page's files and directories were fsynced.
+fn commit(
+    state: &mut ClientState,
+    name: &str,
+    index_id: &str,
+    records: Vec<Record>,
+    durable: u64,
+) -> Result<(), ClientError> {
+    let mut batch = state.batch()?;
+    for record in records {
+        match record {
+            Record::Set(path, synced) => batch.set_synced(name, &path, &synced)?,
+            Record::Remove(path) => batch.remove_synced_tree(name, &path)?,
+            Record::Nothing => {}
+        }
+    }
+    batch.set_dir_state(
+        name,
+        &DirState {
+            index_id: index_id.to_string(),
+            last_seq: durable,
+        },
+    )?;
+    batch.commit()?;
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! The daemon's command line (kept compatible with the original tool's flags) and its
+//! validation into a [`Config`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use zync_fs::DirName;
+
+use crate::token::Auth;
+
+/// Command line of `zync-daemon`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "zync-daemon",
+    version,
+    about = "Index, watch and serve directories to zync clients (runs on machine E)"
+)]
+pub struct Args {
+    /// Address to listen on. Keep it on loopback: clients reach it through an ssh tunnel.
+    #[arg(long, default_value = "localhost")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// SQLite database holding the index.
+    #[arg(long, default_value = "sync.db")]
+    pub db: PathBuf,
+    /// Directories to serve, as NAME:PATH (one or more).
+    #[arg(long, num_args = 1.., required = true, value_name = "NAME:PATH")]
+    pub dirs: Vec<String>,
+    /// Extra ignore pattern, gitignore syntax (repeatable).
+    #[arg(long = "ignore", value_name = "PATTERN")]
+    pub ignore: Vec<String>,
+    /// Do not apply the built-in ignore list (.git, node_modules, build, ...).
+    #[arg(long)]
+    pub no_default_ignores: bool,
+    /// File holding the access token (created with a random token when missing).
+    /// Default: zync.token beside the database. ZYNC_TOKEN overrides it.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Accept clients without a token. Only for trusted, isolated setups.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// Log level: error, warn, info, debug or trace (or a tracing filter).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// One served directory.
+#[derive(Debug, Clone)]
+pub struct Root {
+    /// The NAME clients use.
+    pub name: DirName,
+    /// Canonical absolute path.
+    pub path: PathBuf,
+}
+
+/// Everything the daemon needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Served directories, none nested in another.
+    pub roots: Vec<Root>,
+    /// The index database.
+    pub db: PathBuf,
+    /// Extra ignore patterns.
+    pub ignores: Vec<String>,
+    /// Whether the built-in ignore list applies.
+    pub default_ignores: bool,
+    /// How clients authenticate.
+    pub auth: Auth,
+    /// Files the daemon writes itself; never indexed even if they sit in a root.
+    pub own_files: Vec<PathBuf>,
+}
+
+impl Config {
+    /// Validates the command line: directories, names, token.
+    ///
+    /// # Errors
+    /// Names what is wrong with which argument and how to fix it.
+    pub fn from_args(args: &Args) -> anyhow::Result<Config> {
+        let roots = parse_roots(&args.dirs)?;
+        let token_file = args
+            .token_file
+            .clone()
+            .unwrap_or_else(|| beside(&args.db, "zync.token"));
+        let auth = if args.insecure_no_auth {
+            Auth::Disabled
+        } else {
+            Auth::load_or_create(&token_file)?
+        };
+        let db = absolute(&args.db)?;
+        let mut own_files: Vec<PathBuf> = ["", "-wal", "-shm", "-journal"]
+            .iter()
+            .map(|suffix| PathBuf::from(format!("{}{suffix}", db.display())))
+            .collect();
+        own_files.push(absolute(&token_file)?);
+        Ok(Config {
+            roots,
+            db,
+            ignores: args.ignore.clone(),
+            default_ignores: !args.no_default_ignores,
+            auth,
+            own_files,
+        })
+    }
+}
+
+/// `path`'s directory joined with `name` (the current directory for a bare file name).
+pub fn beside(path: &Path, name: &str) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join(name),
+        _ => PathBuf::from(name),
+    }
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot resolve path {}", path.display()))
+}
+
+/// Parses `NAME:PATH` arguments: each path must be an existing directory, names unique, and
+/// no root may contain another (one file would then have two names).
+pub fn parse_roots(specs: &[String]) -> anyhow::Result<Vec<Root>> {
+    let mut roots: Vec<Root> = Vec::new();
+    for spec in specs {
+        let Some((name, path)) = spec.split_once(':') else {
+            bail!(
+                "--dirs {spec:?} is not NAME:PATH; write it as, for example, code:/home/me/project"
+            );
+        };
+        let name = DirName::parse(name).with_context(|| format!("--dirs {spec:?}"))?;
+        if path.is_empty() {
+            bail!("--dirs {spec:?} has an empty PATH");
+        }
+        let meta = std::fs::metadata(path).with_context(|| {
+            format!("--dirs {spec:?}: cannot use {path}; create it or fix the path")
+        })?;
+        if !meta.is_dir() {
+            bail!("--dirs {spec:?}: {path} is not a directory");
+        }
+        let path = std::fs::canonicalize(path)
+            .with_context(|| format!("--dirs {spec:?}: cannot resolve {path}"))?;
+        for other in &roots {
+            if other.name == name {
+                bail!("--dirs names {name} twice; each directory needs its own NAME");
+            }
+            if path.starts_with(&other.path) || other.path.starts_with(&path) {
+                bail!(
+                    "--dirs {name}:{} and {}:{} are nested; serve only the outer one, or two separate directories",
+                    path.display(),
+                    other.name,
+                    other.path.display()
+                );
+            }
+        }
+        roots.push(Root { name, path });
+    }
+    Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, path: &Path) -> String {
+        format!("{name}:{}", path.display())
+    }
+
+    #[test]
+    fn accepts_distinct_directories() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let roots = parse_roots(&[spec("a", a.path()), spec("b", b.path())]).unwrap();
+        assert_eq!(roots.len(), 2);
+        assert_eq!(roots[0].path, a.path().canonicalize().unwrap());
+    }
+
+    #[test]
+    fn refuses_bad_specs_with_a_reason() {
+        let a = tempfile::tempdir().unwrap();
+        std::fs::create_dir(a.path().join("inner")).unwrap();
+        std::fs::write(a.path().join("file"), "x").unwrap();
+        let cases = [
+            (vec!["nocolon".to_string()], "NAME:PATH"),
+            (
+                vec![spec("a", a.path()), spec("a", &a.path().join("inner"))],
+                "twice",
+            ),
+            (
+                vec![spec("a", a.path()), spec("b", &a.path().join("inner"))],
+                "nested",
+            ),
+            (
+                vec![spec("b", &a.path().join("inner")), spec("a", a.path())],
+                "nested",
+            ),
+            (vec![spec("a", &a.path().join("missing"))], "create it"),
+            (vec![spec("a", &a.path().join("file"))], "not a directory"),
+            (vec![spec("../x", a.path())], "../x"),
+        ];
+        for (specs, expected) in cases {
+            let err = format!("{:#}", parse_roots(&specs).unwrap_err());
+            assert!(
+                err.contains(expected),
+                "{specs:?}: expected {expected:?} in {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn beside_puts_files_next_to_the_database() {
+        assert_eq!(
+            beside(Path::new("sync.db"), "zync.token"),
+            PathBuf::from("zync.token")
+        );
+        assert_eq!(
+            beside(Path::new("/x/y/sync.db"), "t"),
+            PathBuf::from("/x/y/t")
+        );
+    }
+}

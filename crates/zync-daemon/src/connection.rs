@@ -1,0 +1,499 @@
+//! One client connection: the handshake, then requests answered in order, with change
+//! notifications pushed between them. Bad input gets an error response and the connection
+//! goes on (DESIGN invariant 7); only transport failures end it.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use zync_db::{Index, Kind};
+use zync_proto::{
+    AckReply, Change, ChangesReply, ErrorCode, ErrorResponse, Event, FileHeader, GetChanges,
+    GetFile, HelloReply, LastSequence, OkResponse, Op, Reply, Request, ServerMessage,
+};
+
+use crate::indexer::Status;
+use crate::server::{ServedRoot, Shared};
+
+/// Why a request failed; sent back as an error response.
+pub struct Refusal {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<zync_db::DbError> for Refusal {
+    fn from(e: zync_db::DbError) -> Refusal {
+        tracing::error!("index error: {e}");
+        Refusal::new(
+            ErrorCode::Internal,
+            format!("the daemon's index failed: {e}"),
+        )
+    }
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// A connection after the WebSocket upgrade.
+pub struct Connection {
+    ws: Ws,
+    shared: Arc<Shared>,
+    db: Option<Arc<Mutex<Index>>>,
+    client_id: Option<String>,
+    sent: Status,
+}
+
+impl Connection {
+    /// Wraps an accepted WebSocket.
+    pub fn new(ws: Ws, shared: Arc<Shared>) -> Connection {
+        let sent = *shared.status.borrow();
+        Connection {
+            ws,
+            shared,
+            db: None,
+            client_id: None,
+            sent,
+        }
+    }
+
+    /// Serves requests until the client leaves, the transport fails, or the daemon stops.
+    pub async fn run(mut self, mut stop: broadcast::Receiver<()>) {
+        let mut status = self.shared.status.clone();
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                message = self.ws.next() => {
+                    let message = match message {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => {
+                            tracing::debug!("connection ended: {e}");
+                            let _ = self.close(CloseCode::Size, &format!("{e}")).await;
+                            return;
+                        }
+                        None => return,
+                    };
+                    if !self.on_message(message).await {
+                        return;
+                    }
+                }
+                changed = status.changed(), if watching && self.client_id.is_some() => {
+                    if changed.is_err() {
+                        watching = false;
+                        continue;
+                    }
+                    let now = *status.borrow_and_update();
+                    if !self.notify(now).await {
+                        return;
+                    }
+                }
+                _ = stop.recv() => {
+                    let _ = self.close(CloseCode::Away, "the daemon is shutting down").await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), ()> {
+        // Close reasons are limited to 123 bytes by the WebSocket protocol.
+        let mut reason = reason.to_string();
+        while reason.len() > 120 {
+            reason.pop();
+        }
+        self.ws
+            .close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }))
+            .await
+            .map_err(|_| ())
+    }
+
+    /// Pushes CHANGED when new changes were recorded and SCAN_COMPLETE when a scan ended.
+    async fn notify(&mut self, now: Status) -> bool {
+        let mut ok = true;
+        if now.last_seq > self.sent.last_seq {
+            ok &= self
+                .send(&ServerMessage::Event(Event::Changed {
+                    last_sequence: now.last_seq,
+                }))
+                .await;
+        }
+        if self.sent.scanning && !now.scanning {
+            ok &= self
+                .send(&ServerMessage::Event(Event::ScanComplete {
+                    last_sequence: now.last_seq,
+                }))
+                .await;
+        }
+        self.sent = now;
+        ok
+    }
+
+    async fn send(&mut self, message: &ServerMessage) -> bool {
+        self.ws.send(Message::text(message.to_json())).await.is_ok()
+    }
+
+    async fn send_error(&mut self, id: Option<u64>, refusal: Refusal) -> bool {
+        self.send(&ServerMessage::Error(ErrorResponse {
+            id,
+            code: refusal.code,
+            message: refusal.message,
+        }))
+        .await
+    }
+
+    /// Handles one frame; false ends the connection.
+    async fn on_message(&mut self, message: Message) -> bool {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                return self
+                    .send_error(
+                        None,
+                        Refusal::new(
+                            ErrorCode::BadRequest,
+                            "binary frames are not accepted here; send requests as JSON text frames",
+                        ),
+                    )
+                    .await;
+            }
+            Message::Close(_) => return false,
+            // Pings are answered by the WebSocket layer.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return true,
+        };
+        let request = match Request::parse(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                return self.send_error(e.id, Refusal::new(e.code, e.message)).await;
+            }
+        };
+        let id = request.id;
+        if let Op::GetFile(get) = request.op {
+            if let Err(refusal) = self.require_hello() {
+                return self.send_error(Some(id), refusal).await;
+            }
+            return match self.get_file(id, get).await {
+                Ok(alive) => alive,
+                Err(refusal) => self.send_error(Some(id), refusal).await,
+            };
+        }
+        let unsupported = matches!(&request.op, Op::Hello(h) if h.protocol_version != zync_proto::PROTOCOL_VERSION);
+        match self.answer(request.op).await {
+            Ok(reply) => {
+                self.send(&ServerMessage::Ok(OkResponse { id, reply }))
+                    .await
+            }
+            Err(refusal) => {
+                let alive = self.send_error(Some(id), refusal).await;
+                if unsupported {
+                    let _ = self
+                        .close(CloseCode::Policy, "unsupported protocol version")
+                        .await;
+                    return false;
+                }
+                alive
+            }
+        }
+    }
+
+    fn require_hello(&self) -> Result<(), Refusal> {
+        if self.client_id.is_none() {
+            return Err(Refusal::new(
+                ErrorCode::HandshakeRequired,
+                "send HELLO before any other request",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn answer(&mut self, op: Op) -> Result<Reply, Refusal> {
+        if !matches!(op, Op::Hello(_)) {
+            self.require_hello()?;
+        }
+        match op {
+            Op::Hello(hello) => {
+                if hello.protocol_version != zync_proto::PROTOCOL_VERSION {
+                    return Err(Refusal::new(
+                        ErrorCode::UnsupportedVersion,
+                        format!(
+                            "this daemon speaks protocol version {}, the client {}; install the same zync version on both machines",
+                            zync_proto::PROTOCOL_VERSION,
+                            hello.protocol_version
+                        ),
+                    ));
+                }
+                if hello.client_id.is_empty() || hello.client_id.len() > 128 {
+                    return Err(Refusal::new(
+                        ErrorCode::BadRequest,
+                        "client_id must be 1 to 128 characters",
+                    ));
+                }
+                tracing::info!(client = %hello.client_id, version = ?hello.client_version, "client connected");
+                self.client_id = Some(hello.client_id);
+                let status = *self.shared.status.borrow();
+                self.sent = status;
+                Ok(Reply::Hello(HelloReply {
+                    protocol_version: zync_proto::PROTOCOL_VERSION,
+                    index_id: self.shared.index_id.clone(),
+                    dirs: self
+                        .shared
+                        .roots
+                        .iter()
+                        .map(|r| r.name.to_string())
+                        .collect(),
+                    scanning: status.scanning,
+                    server_version: env!("CARGO_PKG_VERSION").to_string(),
+                }))
+            }
+            Op::Ping {} => Ok(Reply::Ping {}),
+            Op::GetLastSequence {} => {
+                let status = *self.shared.status.borrow();
+                let names: Vec<String> = self
+                    .shared
+                    .roots
+                    .iter()
+                    .map(|r| r.name.to_string())
+                    .collect();
+                let dirs = self
+                    .query(move |index| {
+                        names
+                            .into_iter()
+                            .map(|n| index.dir_last_seq(&n).map(|s| (n, s)))
+                            .collect::<Result<_, _>>()
+                    })
+                    .await?;
+                Ok(Reply::GetLastSequence(LastSequence {
+                    last_sequence: status.last_seq,
+                    dirs,
+                    scanning: status.scanning,
+                }))
+            }
+            Op::GetChanges(get) => self.get_changes(get).await,
+            Op::AckChanges(ack) => {
+                self.served(&ack.dir)?;
+                let client = self.client_id.clone().unwrap_or_default();
+                let dir = ack.dir.clone();
+                let sequence = ack.sequence;
+                self.query(move |index| index.record_ack(&client, &dir, sequence))
+                    .await?;
+                Ok(Reply::AckChanges(AckReply {
+                    dir: ack.dir,
+                    sequence,
+                }))
+            }
+            Op::GetFile(_) => Err(Refusal::new(ErrorCode::Internal, "GET_FILE is streamed")),
+        }
+    }
+
+    fn served(&self, dir: &str) -> Result<&ServedRoot, Refusal> {
+        self.shared.root(dir).ok_or_else(|| {
+            let names: Vec<&str> = self.shared.roots.iter().map(|r| r.name.as_str()).collect();
+            Refusal::new(
+                ErrorCode::UnknownDir,
+                format!(
+                    "this daemon serves no directory named {dir:?} (it serves: {})",
+                    names.join(", ")
+                ),
+            )
+        })
+    }
+
+    async fn get_changes(&mut self, get: GetChanges) -> Result<Reply, Refusal> {
+        self.served(&get.dir)?;
+        let limit = get
+            .limit
+            .unwrap_or(zync_proto::DEFAULT_CHANGES_LIMIT)
+            .clamp(1, zync_proto::MAX_CHANGES_LIMIT) as usize;
+        let dir = get.dir.clone();
+        let (mut rows, last_sequence) = self
+            .query(move |index| {
+                let rows = index.changes_since(&dir, get.since, limit + 1)?;
+                Ok((rows, index.dir_last_seq(&dir)?))
+            })
+            .await?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let changes = rows
+            .into_iter()
+            .map(|e| Change {
+                seq: e.seq,
+                path: e.path,
+                kind: match e.meta.kind {
+                    Kind::File => zync_proto::Kind::File,
+                    Kind::Dir => zync_proto::Kind::Dir,
+                    Kind::Symlink => zync_proto::Kind::Symlink,
+                },
+                deleted: e.deleted,
+                size: e.meta.size,
+                mtime_ns: e.meta.mtime_ns,
+                mode: e.meta.mode,
+                sha256: e.meta.sha256,
+                target: e.meta.target,
+            })
+            .collect();
+        Ok(Reply::GetChanges(ChangesReply {
+            dir: get.dir,
+            changes,
+            last_sequence,
+            more,
+        }))
+    }
+
+    /// Streams a regular file: the header, then its bytes in chunks. The file must still be
+    /// what the index says (size and mtime), else `stale`: a newer change is on its way.
+    /// Returns false when the connection failed.
+    async fn get_file(&mut self, id: u64, get: GetFile) -> Result<bool, Refusal> {
+        let root = self.served(&get.dir)?;
+        let rel = zync_fs::RelPath::parse(&get.path)
+            .map_err(|e| Refusal::new(ErrorCode::InvalidPath, e.to_string()))?;
+        if root.rules.is_ignored(&rel, false) {
+            return Err(Refusal::new(
+                ErrorCode::NotAFile,
+                format!("{rel} is ignored by the daemon's rules"),
+            ));
+        }
+        let root_path = root.path.clone();
+        let (dir, path) = (get.dir.clone(), rel.as_str().to_string());
+        let entry = self.query(move |index| index.get(&dir, &path)).await?;
+        let entry = match entry {
+            Some(e) if !e.deleted => e,
+            _ => {
+                return Err(Refusal::new(
+                    ErrorCode::NotFound,
+                    format!("{rel} is not in the index"),
+                ))
+            }
+        };
+        if entry.meta.kind != Kind::File {
+            return Err(Refusal::new(
+                ErrorCode::NotAFile,
+                format!(
+                    "{rel} is a {}, not a regular file",
+                    entry.meta.kind.as_str()
+                ),
+            ));
+        }
+        let stale = |why: String| {
+            Refusal::new(
+                ErrorCode::Stale,
+                format!("{rel} {why}; ask again after the next change"),
+            )
+        };
+        zync_fs::check_parents(&root_path, &rel).map_err(|e| stale(format!("changed: {e}")))?;
+        let abs = rel.to_path(&root_path);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&abs)
+            .map_err(|e| stale(format!("cannot be opened ({e})")))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| stale(format!("cannot be read ({e})")))?;
+        let mtime_ns = zync_fs::lstat(&abs)
+            .ok()
+            .and_then(|s| match s {
+                zync_fs::Stat::Entry(m) => Some(m.mtime_ns),
+                _ => None,
+            })
+            .unwrap_or(i64::MIN);
+        if meta.len() != entry.meta.size || mtime_ns != entry.meta.mtime_ns || !meta.is_file() {
+            return Err(stale("changed since it was indexed".to_string()));
+        }
+        let Some(sha256) = entry.meta.sha256.clone() else {
+            return Err(stale("has no checksum yet".to_string()));
+        };
+        let size = entry.meta.size;
+        let chunk = zync_proto::MAX_CHUNK as u64;
+        let header = FileHeader {
+            dir: get.dir,
+            path: rel.to_string(),
+            size,
+            sha256,
+            mtime_ns: entry.meta.mtime_ns,
+            mode: entry.meta.mode,
+            chunks: size.div_ceil(chunk),
+        };
+        if !self
+            .send(&ServerMessage::Ok(OkResponse {
+                id,
+                reply: Reply::GetFile(header),
+            }))
+            .await
+        {
+            return Ok(false);
+        }
+        let mut file = tokio::fs::File::from_std(file);
+        let mut remaining = size;
+        let mut buf = vec![0u8; zync_proto::MAX_CHUNK];
+        while remaining > 0 {
+            let want = remaining.min(chunk) as usize;
+            let mut filled = 0;
+            while filled < want {
+                match file.read(&mut buf[filled..want]).await {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) => {
+                        tracing::warn!(path = %abs.display(), "read failed mid-transfer: {e}");
+                        break;
+                    }
+                }
+            }
+            if filled < want {
+                // The file shrank while being sent: tell the client to drop what it has.
+                return Ok(self
+                    .send_error(Some(id), stale("changed during the transfer".to_string()))
+                    .await);
+            }
+            let frame = zync_proto::encode_chunk(id, &buf[..want]);
+            if self.ws.send(Message::binary(frame)).await.is_err() {
+                return Ok(false);
+            }
+            remaining -= want as u64;
+        }
+        Ok(true)
+    }
+
+    /// Runs a query on this connection's own read connection, off the reactor.
+    async fn query<T, F>(&mut self, f: F) -> Result<T, Refusal>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Index) -> Result<T, zync_db::DbError> + Send + 'static,
+    {
+        let db = match &self.db {
+            Some(db) => db.clone(),
+            None => {
+                let path = self.shared.db_path.clone();
+                let index = tokio::task::spawn_blocking(move || Index::open(&path))
+                    .await
+                    .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))??;
+                let db = Arc::new(Mutex::new(index));
+                self.db = Some(db.clone());
+                db
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            let index = db
+                .lock()
+                .map_err(|_| Refusal::new(ErrorCode::Internal, "index lock poisoned"))?;
+            f(&index).map_err(Refusal::from)
+        })
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?
+    }
+}

@@ -1,0 +1,332 @@
+//! The indexer: keeps the index equal to the disk. A startup scan finds what changed while the
+//! daemon was down (DESIGN invariant 6), then the watcher's debounced batches are reconciled
+//! path by path; an overflow or watcher error triggers a rescan of the root.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use zync_db::{EntryMeta, Index, Kind};
+use zync_fs::{EntryKind, IgnoreRules, Meta, RelPath, Stat};
+
+use crate::cli::Root;
+
+/// Quiet time that ends a burst of watch events.
+const DEBOUNCE_QUIET: Duration = Duration::from_millis(15);
+/// The longest a burst is held back.
+const DEBOUNCE_MAX: Duration = Duration::from_millis(150);
+/// How often the thread checks its stop flag when idle.
+const IDLE_TICK: Duration = Duration::from_millis(200);
+/// Changes per transaction during a scan; clients see progress between them.
+const SCAN_BATCH: usize = 1000;
+
+/// What the indexer publishes to connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Status {
+    /// Highest sequence number recorded.
+    pub last_seq: u64,
+    /// True while a scan is running.
+    pub scanning: bool,
+}
+
+/// A served directory with its ignore rules.
+pub struct IndexedRoot {
+    /// Name and path.
+    pub root: Root,
+    /// Ignore rules, shared with the server (GET_FILE refuses ignored paths).
+    pub rules: Arc<IgnoreRules>,
+}
+
+/// Owns the index's write connection; runs on its own thread (hashing and SQLite block).
+pub struct Indexer {
+    index: Index,
+    roots: Vec<IndexedRoot>,
+    own_files: HashSet<PathBuf>,
+    status: watch::Sender<Status>,
+}
+
+impl Indexer {
+    /// Opens the index for writing.
+    ///
+    /// # Errors
+    /// When the database cannot be opened.
+    pub fn new(
+        index: Index,
+        roots: Vec<IndexedRoot>,
+        own_files: &[PathBuf],
+        status: watch::Sender<Status>,
+    ) -> Indexer {
+        Indexer {
+            index,
+            roots,
+            own_files: own_files.iter().cloned().collect(),
+            status,
+        }
+    }
+
+    /// Scans every root, then follows the watcher until `stop` is set.
+    ///
+    /// # Errors
+    /// When the watcher cannot start or the index cannot be written.
+    pub fn run(mut self, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let paths: Vec<PathBuf> = self.roots.iter().map(|r| r.root.path.clone()).collect();
+        // The watcher starts before the scan, so nothing that changes during the scan is missed.
+        let _watcher = zync_fs::Watcher::new(&paths, tx).context("cannot watch the directories")?;
+        self.publish(true)?;
+        for i in 0..self.roots.len() {
+            self.scan_root(i, None)?;
+        }
+        self.publish(false)?;
+        tracing::info!(
+            last_seq = self.status.borrow().last_seq,
+            "startup scan complete"
+        );
+        while !stop.load(Ordering::Relaxed) {
+            let Some(batch) =
+                zync_fs::next_batch_timeout(&rx, IDLE_TICK, DEBOUNCE_QUIET, DEBOUNCE_MAX)
+            else {
+                anyhow::bail!("the file watcher stopped unexpectedly");
+            };
+            let rescan: Vec<usize> = if batch.rescan_all {
+                (0..self.roots.len()).collect()
+            } else {
+                batch.rescan.iter().copied().collect()
+            };
+            if !rescan.is_empty() {
+                self.publish(true)?;
+                for &i in &rescan {
+                    tracing::info!(dir = %self.roots[i].root.name, "rescanning");
+                    self.scan_root(i, None)?;
+                }
+                self.publish(false)?;
+            }
+            for (i, paths) in batch.paths {
+                if rescan.contains(&i) {
+                    continue;
+                }
+                self.reconcile_paths(i, paths.into_iter().collect())?;
+            }
+            self.publish(false)?;
+        }
+        Ok(())
+    }
+
+    fn publish(&self, scanning: bool) -> anyhow::Result<()> {
+        let last_seq = self.index.last_seq()?;
+        self.status.send_if_modified(|s| {
+            let new = Status { last_seq, scanning };
+            let changed = *s != new;
+            *s = new;
+            changed
+        });
+        Ok(())
+    }
+
+    /// Brings the index in line with the disk for a whole root, or the subtree `under`.
+    /// Unchanged files are recognised by kind, size, mtime, inode and mode without hashing.
+    pub fn scan_root(&mut self, i: usize, under: Option<&RelPath>) -> anyhow::Result<usize> {
+        let root = &self.roots[i];
+        let name = root.root.name.as_str().to_string();
+        let root_path = root.root.path.clone();
+        if !root_path.is_dir() {
+            // An unmounted disk or a deleted root must not become "delete everything on R".
+            tracing::error!(dir = %name, path = %root_path.display(), "directory is gone; not recording deletions until it is back");
+            return Ok(0);
+        }
+        let result = zync_fs::scan(&root_path, &root.rules, under);
+        let mut known: HashMap<String, zync_db::Entry> = self
+            .index
+            .live_entries(&name, under.map(RelPath::as_str))?
+            .into_iter()
+            .map(|e| (e.path.clone(), e))
+            .collect();
+        let mut changed = 0usize;
+        let mut writer = self.index.writer()?;
+        for entry in result.entries {
+            if self.own_files.contains(&entry.path.to_path(&root_path)) {
+                continue;
+            }
+            let old = known.remove(entry.path.as_str());
+            if old
+                .as_ref()
+                .is_some_and(|o| unchanged(&o.meta, &entry.meta))
+            {
+                continue;
+            }
+            let Some(meta) = describe(&root_path, &entry.path, &entry.meta) else {
+                continue;
+            };
+            if old
+                .as_ref()
+                .is_some_and(|o| o.meta.kind == Kind::Dir && meta.kind != Kind::Dir)
+            {
+                writer.tombstone_tree(&name, entry.path.as_str())?;
+            }
+            writer.upsert(&name, entry.path.as_str(), &meta)?;
+            changed += 1;
+            if changed % SCAN_BATCH == 0 {
+                writer.commit()?;
+                self.publish(true)?;
+                writer = self.index.writer()?;
+            }
+        }
+        if result.errors.is_empty() {
+            for path in known.keys() {
+                changed += writer.tombstone_tree(&name, path)?;
+            }
+        } else {
+            // Paths under an unreadable directory were not seen; they are not deleted.
+            for error in &result.errors {
+                tracing::warn!(dir = %name, "{error}; deletions in this directory are not recorded until it can be read");
+            }
+        }
+        writer.commit()?;
+        Ok(changed)
+    }
+
+    /// Reconciles the paths of one watch batch, shallowest first so parents precede children.
+    fn reconcile_paths(&mut self, i: usize, paths: Vec<PathBuf>) -> anyhow::Result<()> {
+        let root_path = self.roots[i].root.path.clone();
+        let mut rels: Vec<RelPath> = Vec::new();
+        for path in paths {
+            if self.own_files.contains(&path) {
+                continue;
+            }
+            let Ok(rel) = path.strip_prefix(&root_path) else {
+                continue;
+            };
+            if rel.as_os_str().is_empty() {
+                continue;
+            }
+            match RelPath::from_path(rel) {
+                Ok(rel) => rels.push(rel),
+                Err(e) => tracing::warn!(path = %path.display(), "skipped: {e}"),
+            }
+        }
+        if rels.iter().any(|r| r.file_name() == zync_fs::IGNORE_FILE) {
+            self.roots[i].rules.reload();
+            self.scan_root(i, None)?;
+            return Ok(());
+        }
+        rels.sort_by_key(|r| (r.depth(), r.clone()));
+        rels.dedup();
+        for rel in rels {
+            self.reconcile(i, &rel)?;
+        }
+        Ok(())
+    }
+
+    /// Records the current state of one path: gone (tombstones for it and everything below),
+    /// a new directory (scanned whole, since its contents may predate the watch), or an entry.
+    fn reconcile(&mut self, i: usize, rel: &RelPath) -> anyhow::Result<()> {
+        let root = &self.roots[i];
+        let name = root.root.name.as_str().to_string();
+        let root_path = root.root.path.clone();
+        let stat = zync_fs::lstat(&rel.to_path(&root_path))
+            .with_context(|| format!("cannot stat {}", rel.to_path(&root_path).display()))?;
+        let meta = match stat {
+            Stat::Missing => return self.forget(&name, rel),
+            Stat::Unsupported(what) => {
+                tracing::debug!(path = %rel, "skipped: {what}");
+                return self.forget(&name, rel);
+            }
+            Stat::Entry(meta) => meta,
+        };
+        if root.rules.is_ignored(rel, meta.kind == EntryKind::Dir) {
+            return Ok(());
+        }
+        // A parent the index does not know yet (created and filled between two batches):
+        // scan from the highest unknown ancestor.
+        for ancestor in rel.ancestors() {
+            let known = self.index.get(&name, ancestor.as_str())?;
+            if !known.is_some_and(|e| !e.deleted && e.meta.kind == Kind::Dir) {
+                self.scan_root(i, Some(&ancestor))?;
+                return Ok(());
+            }
+        }
+        let old = self.index.get(&name, rel.as_str())?.filter(|e| !e.deleted);
+        if meta.kind == EntryKind::Dir && !old.as_ref().is_some_and(|o| o.meta.kind == Kind::Dir) {
+            self.scan_root(i, Some(rel))?;
+            return Ok(());
+        }
+        if old.as_ref().is_some_and(|o| unchanged(&o.meta, &meta)) {
+            return Ok(());
+        }
+        let Some(new) = describe(&root_path, rel, &meta) else {
+            return Ok(());
+        };
+        let mut writer = self.index.writer()?;
+        if old.as_ref().is_some_and(|o| o.meta.kind == Kind::Dir) {
+            writer.tombstone_tree(&name, rel.as_str())?;
+        }
+        writer.upsert(&name, rel.as_str(), &new)?;
+        writer.commit()?;
+        Ok(())
+    }
+
+    fn forget(&mut self, name: &str, rel: &RelPath) -> anyhow::Result<()> {
+        let mut writer = self.index.writer()?;
+        writer.tombstone_tree(name, rel.as_str())?;
+        writer.commit()?;
+        Ok(())
+    }
+}
+
+/// Same kind, size, mtime, inode, mode and link target: the content is taken as unchanged.
+fn unchanged(old: &EntryMeta, new: &Meta) -> bool {
+    old.kind == kind_of(new.kind)
+        && old.size == new.size
+        && old.mtime_ns == new.mtime_ns
+        && old.inode == new.inode
+        && old.mode == new.mode
+        && old.target == new.target
+}
+
+fn kind_of(kind: EntryKind) -> Kind {
+    match kind {
+        EntryKind::File => Kind::File,
+        EntryKind::Dir => Kind::Dir,
+        EntryKind::Symlink => Kind::Symlink,
+    }
+}
+
+/// The index row for an entry, hashing files. A file that changes while it is hashed is
+/// skipped: its next watch event records the settled version.
+fn describe(root: &std::path::Path, rel: &RelPath, meta: &Meta) -> Option<EntryMeta> {
+    let sha256 = if meta.kind == EntryKind::File {
+        let path = rel.to_path(root);
+        match zync_fs::hash_file(&path) {
+            Ok((sha, size)) => {
+                let after = zync_fs::lstat(&path).ok();
+                let settled = size == meta.size
+                    && matches!(&after, Some(Stat::Entry(m)) if m.mtime_ns == meta.mtime_ns && m.size == meta.size);
+                if !settled {
+                    tracing::debug!(path = %rel, "changed while hashing; waiting for it to settle");
+                    return None;
+                }
+                Some(sha)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot read: {e}");
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    Some(EntryMeta {
+        kind: kind_of(meta.kind),
+        size: meta.size,
+        mtime_ns: meta.mtime_ns,
+        mode: meta.mode,
+        inode: meta.inode,
+        sha256,
+        target: meta.target.clone(),
+    })
+}

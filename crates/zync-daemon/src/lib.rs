@@ -1,0 +1,181 @@
+//! `zync-daemon`, machine E: indexes and watches directories, records each change with a
+//! sequence number in SQLite, and serves changes and file content over WebSocket.
+//!
+//! [`run`] takes the listener and a shutdown future so tests can run a daemon in-process on
+//! `127.0.0.1:0`; `main.rs` only parses flags and calls [`main_with_args`].
+#![deny(missing_docs)]
+
+mod cli;
+mod connection;
+mod indexer;
+mod server;
+mod token;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+pub use cli::{beside, parse_roots, Args, Config, Root};
+pub use indexer::Status;
+pub use token::Auth;
+
+use indexer::{IndexedRoot, Indexer};
+use server::{ServedRoot, Shared};
+
+/// Sets up logging to stderr at `level` (a level name or a tracing filter).
+///
+/// # Errors
+/// When `level` is not a valid filter.
+pub fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| {
+        format!("--log-level {level:?} is not a level (error, warn, info, debug, trace)")
+    })?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
+/// Validates the command line, binds the port and serves until SIGINT or SIGTERM.
+///
+/// # Errors
+/// Bad arguments, a port in use, an unusable database, or a failing watcher.
+pub fn main_with_args(args: Args) -> anyhow::Result<()> {
+    let config = Config::from_args(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let address = format!("{}:{}", args.host, args.port);
+        let listener = TcpListener::bind(&address).await.with_context(|| {
+            format!(
+                "cannot listen on {address}; is another daemon running there? pick another --port"
+            )
+        })?;
+        tracing::info!("listening on ws://{address}");
+        run(config, listener, shutdown_signal()).await
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Runs the daemon on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// An unusable database, ignore rules that do not parse, or a failing watcher or indexer.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    match &config.auth {
+        Auth::Token { source, .. } => tracing::info!("clients must present the token from {source}"),
+        Auth::Disabled => tracing::warn!(
+            "--insecure-no-auth: any program that can reach this port can read the served directories"
+        ),
+    }
+    let db_path = config.db.clone();
+    let names: Vec<(String, String)> = config
+        .roots
+        .iter()
+        .map(|r| (r.name.to_string(), r.path.display().to_string()))
+        .collect();
+    let index = tokio::task::spawn_blocking(move || -> anyhow::Result<zync_db::Index> {
+        let mut index = zync_db::Index::open(&db_path)
+            .with_context(|| format!("cannot open the daemon database {}", db_path.display()))?;
+        index.set_roots(&names)?;
+        Ok(index)
+    })
+    .await??;
+    let index_id = index.index_id().to_string();
+    let last_seq = index.last_seq()?;
+    tracing::info!(index_id = %index_id, last_seq, db = %config.db.display(), "index opened");
+
+    let mut indexed = Vec::new();
+    let mut served = Vec::new();
+    for root in &config.roots {
+        let rules = zync_fs::IgnoreRules::new(&root.path, &config.ignores, config.default_ignores)
+            .with_context(|| format!("bad ignore rules for {}", root.name))?;
+        let rules = Arc::new(rules);
+        indexed.push(IndexedRoot {
+            root: root.clone(),
+            rules: rules.clone(),
+        });
+        served.push(ServedRoot {
+            name: root.name.clone(),
+            path: root.path.clone(),
+            rules,
+        });
+        tracing::info!(dir = %root.name, path = %root.path.display(), "serving");
+    }
+
+    let (status_tx, status_rx) = watch::channel(Status {
+        last_seq,
+        scanning: true,
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done_tx, done_rx) = oneshot::channel();
+    let indexer = Indexer::new(index, indexed, &config.own_files, status_tx);
+    let thread_stop = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("zync-indexer".into())
+        .spawn(move || {
+            let result = indexer.run(thread_stop);
+            let _ = done_tx.send(result);
+        })
+        .context("cannot start the indexer thread")?;
+
+    let shared = Arc::new(Shared {
+        index_id,
+        roots: served,
+        db_path: config.db.clone(),
+        auth: config.auth.clone(),
+        status: status_rx,
+    });
+    // The server stops on shutdown, or when the indexer fails (serving a stale index would hide
+    // changes from clients).
+    let (indexer_failed_tx, indexer_failed_rx) = oneshot::channel::<anyhow::Error>();
+    let watch_indexer = async move {
+        match done_rx.await {
+            Ok(Err(e)) => {
+                let _ = indexer_failed_tx.send(e);
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    };
+    let stop_serving = async {
+        tokio::select! {
+            () = shutdown => {}
+            () = watch_indexer => {}
+        }
+    };
+    server::serve(listener, shared, stop_serving).await?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    if let Ok(e) = indexer_failed_rx.await {
+        return Err(e.context("the indexer failed"));
+    }
+    Ok(())
+}

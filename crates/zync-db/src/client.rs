@@ -1,0 +1,503 @@
+//! The client's synced state on machine R: per dir name, the index id and the last sequence
+//! applied durably (DESIGN invariant 2), and per path what the client last wrote there, which
+//! is how it tells its own local edits from E's changes (invariant 4).
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+
+use crate::conn::{self, Synchronous};
+use crate::error::{Context, Result};
+use crate::index::{seq_from_sql, seq_to_sql, subtree_bounds, u64_from_sql, u64_to_sql};
+use crate::migrate::{self, CLIENT};
+use crate::Kind;
+
+/// What the client last wrote at a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synced {
+    /// File, directory or symlink.
+    pub kind: Kind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time after the write, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Hex SHA-256 of the content, for files.
+    pub sha256: Option<String>,
+    /// The link target, for symlinks.
+    pub target: Option<String>,
+}
+
+/// Where the client is in one dir's change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirState {
+    /// The daemon's index id the sequence belongs to; a different one means resync from 0.
+    pub index_id: String,
+    /// The last sequence applied durably.
+    pub last_seq: u64,
+}
+
+/// The client's state database.
+#[derive(Debug)]
+pub struct ClientState {
+    conn: Connection,
+    client_id: String,
+}
+
+/// One write transaction on the client state. Dropping it without [`ClientBatch::commit`]
+/// rolls everything back.
+#[derive(Debug)]
+pub struct ClientBatch<'a> {
+    tx: Transaction<'a>,
+}
+
+const SYNCED_COLUMNS: &str = "kind, size, mtime_ns, mode, sha256, target";
+
+impl ClientState {
+    /// Opens the client state at `path`, creating the file, its schema and a new client id if
+    /// it does not exist yet. Commits are durable before they return (`synchronous=FULL`).
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be opened or created, is not an SQLite database, is another kind of
+    /// database, or was made by a newer zync ([`crate::DbError::TooNew`]).
+    pub fn open(path: &Path) -> Result<ClientState> {
+        ClientState::from_conn(conn::open_file(path, &CLIENT, Synchronous::Full)?)
+    }
+
+    /// Opens a new, empty client state in memory.
+    ///
+    /// # Errors
+    ///
+    /// Only if SQLite itself fails.
+    pub fn open_in_memory() -> Result<ClientState> {
+        ClientState::from_conn(conn::open_memory(&CLIENT, Synchronous::Full)?)
+    }
+
+    fn from_conn(conn: Connection) -> Result<ClientState> {
+        let client_id = migrate::database_id(&conn, "client_id")?;
+        Ok(ClientState { conn, client_id })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The client id: a UUID made once with the database.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// Where the client is in dir's change log, or `None` if it never synced dir.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn dir_state(&self, dir: &str) -> Result<Option<DirState>> {
+        self.conn
+            .query_row(
+                "SELECT index_id, last_seq FROM dirs WHERE dir = ?1",
+                [dir],
+                |row| {
+                    Ok(DirState {
+                        index_id: row.get(0)?,
+                        last_seq: seq_from_sql(row.get(1)?),
+                    })
+                },
+            )
+            .optional()
+            .with_ctx(|| format!("reading the sync state of {dir}"))
+    }
+
+    /// What the client last wrote at (dir, path), if anything.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure, or a row this build cannot read.
+    pub fn synced(&self, dir: &str, path: &str) -> Result<Option<Synced>> {
+        let sql = format!("SELECT {SYNCED_COLUMNS} FROM synced WHERE dir = ?1 AND path = ?2");
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut stmt| {
+                stmt.query_row((dir, path), |row| synced_from_row(row, 0))
+                    .optional()
+            })
+            .with_ctx(|| format!("reading the synced state of {dir}/{path}"))
+    }
+
+    /// Every synced path of dir with its state, ordered by path.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure, or a row this build cannot read.
+    pub fn synced_all(&self, dir: &str) -> Result<Vec<(String, Synced)>> {
+        let context = || format!("listing the synced paths of {dir}");
+        let sql = format!("SELECT path, {SYNCED_COLUMNS} FROM synced WHERE dir = ?1 ORDER BY path");
+        let mut stmt = self.conn.prepare_cached(&sql).with_ctx(context)?;
+        let rows = stmt
+            .query_map([dir], |row| Ok((row.get(0)?, synced_from_row(row, 1)?)))
+            .with_ctx(context)?;
+        rows.collect::<rusqlite::Result<_>>().with_ctx(context)
+    }
+
+    /// How many paths of dir are recorded as synced.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn synced_count(&self, dir: &str) -> Result<u64> {
+        self.conn
+            .query_row("SELECT count(*) FROM synced WHERE dir = ?1", [dir], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(seq_from_sql)
+            .with_ctx(|| format!("counting the synced paths of {dir}"))
+    }
+
+    /// (dir, path) of synced files whose sha256 equals `sha256`, ordered by dir then path: a
+    /// local copy of content the client would otherwise download. The caller must check the
+    /// file still has that content before copying it.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn find_by_sha(&self, sha256: &str) -> Result<Vec<(String, String)>> {
+        let context = || format!("looking for synced files with sha256 {sha256}");
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT dir, path FROM synced WHERE sha256 = ?1 AND kind = 'file'
+                 ORDER BY dir, path",
+            )
+            .with_ctx(context)?;
+        let rows = stmt
+            .query_map([sha256], |row| Ok((row.get(0)?, row.get(1)?)))
+            .with_ctx(context)?;
+        rows.collect::<rusqlite::Result<_>>().with_ctx(context)
+    }
+
+    /// Starts a write transaction. Apply a batch of changes to disk first, then record them
+    /// and the new [`DirState`] in one batch: the sequence only advances with what is durably
+    /// applied (DESIGN invariant 2).
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure, such as another process holding the lock for more than 5 s.
+    pub fn batch(&mut self) -> Result<ClientBatch<'_>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("starting a write to the client state")?;
+        Ok(ClientBatch { tx })
+    }
+}
+
+impl ClientBatch<'_> {
+    /// Records what the client just wrote at (dir, path), replacing any earlier record.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure; the batch should then be dropped.
+    pub fn set_synced(&mut self, dir: &str, path: &str, synced: &Synced) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO synced (dir, path, kind, size, mtime_ns, mode, sha256, target)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (dir, path) DO UPDATE SET
+                     kind = excluded.kind, size = excluded.size, mtime_ns = excluded.mtime_ns,
+                     mode = excluded.mode, sha256 = excluded.sha256, target = excluded.target",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute((
+                    dir,
+                    path,
+                    synced.kind,
+                    u64_to_sql(synced.size),
+                    synced.mtime_ns,
+                    synced.mode,
+                    &synced.sha256,
+                    &synced.target,
+                ))
+            })
+            .with_ctx(|| format!("recording the synced state of {dir}/{path}"))?;
+        Ok(())
+    }
+
+    /// Forgets (dir, path). Nothing happens if it was not recorded.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure; the batch should then be dropped.
+    pub fn remove_synced(&mut self, dir: &str, path: &str) -> Result<()> {
+        self.tx
+            .execute(
+                "DELETE FROM synced WHERE dir = ?1 AND path = ?2",
+                (dir, path),
+            )
+            .with_ctx(|| format!("forgetting the synced state of {dir}/{path}"))?;
+        Ok(())
+    }
+
+    /// Forgets path and everything below it (path/...). The empty path means the whole dir.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure; the batch should then be dropped.
+    pub fn remove_synced_tree(&mut self, dir: &str, path: &str) -> Result<()> {
+        let context = || format!("forgetting the synced state of {dir}/{path} and below");
+        if path.is_empty() {
+            self.tx
+                .execute("DELETE FROM synced WHERE dir = ?1", [dir])
+                .with_ctx(context)?;
+        } else {
+            // Not LIKE (case-insensitive, with wildcards): see `subtree_bounds`.
+            let (low, high) = subtree_bounds(path);
+            self.tx
+                .execute(
+                    "DELETE FROM synced
+                     WHERE dir = ?1 AND path >= ?2 AND path < ?4 AND (path = ?2 OR path > ?3)",
+                    (dir, path, &low, &high),
+                )
+                .with_ctx(context)?;
+        }
+        Ok(())
+    }
+
+    /// Records where the client is in dir's change log.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure; the batch should then be dropped.
+    pub fn set_dir_state(&mut self, dir: &str, state: &DirState) -> Result<()> {
+        self.tx
+            .execute(
+                "INSERT INTO dirs (dir, index_id, last_seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (dir) DO UPDATE SET
+                     index_id = excluded.index_id, last_seq = excluded.last_seq",
+                (dir, &state.index_id, seq_to_sql(state.last_seq)),
+            )
+            .with_ctx(|| format!("recording the sync state of {dir}"))?;
+        Ok(())
+    }
+
+    /// Commits: once this returns, the batch survives a crash or a power cut.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure; nothing is committed then.
+    pub fn commit(self) -> Result<()> {
+        self.tx.commit().ctx("committing to the client state")
+    }
+}
+
+fn synced_from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<Synced> {
+    Ok(Synced {
+        kind: row.get(first)?,
+        size: u64_from_sql(row.get(first + 1)?),
+        mtime_ns: row.get(first + 2)?,
+        mode: row.get(first + 3)?,
+        sha256: row.get(first + 4)?,
+        target: row.get(first + 5)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(sha: &str, size: u64) -> Synced {
+        Synced {
+            kind: Kind::File,
+            size,
+            mtime_ns: 1_700_000_000_123_456_789,
+            mode: 0o640,
+            sha256: Some(sha.to_owned()),
+            target: None,
+        }
+    }
+
+    fn set(state: &mut ClientState, dir: &str, entries: &[(&str, Synced)]) {
+        let mut batch = state.batch().expect("batch");
+        for (path, synced) in entries {
+            batch.set_synced(dir, path, synced).expect("set_synced");
+        }
+        batch.commit().expect("commit");
+    }
+
+    fn synced_paths(state: &ClientState, dir: &str) -> Vec<String> {
+        state
+            .synced_all(dir)
+            .expect("synced_all")
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect()
+    }
+
+    #[test]
+    fn synced_state_round_trips() {
+        let mut state = ClientState::open_in_memory().expect("open");
+        let link = Synced {
+            kind: Kind::Symlink,
+            size: u64::MAX,
+            mtime_ns: -1,
+            mode: 0o777,
+            sha256: None,
+            target: Some("a/b".into()),
+        };
+        set(
+            &mut state,
+            "docs",
+            &[("z", file("aa", 3)), ("l", link.clone())],
+        );
+        assert_eq!(state.synced("docs", "z").expect("z"), Some(file("aa", 3)));
+        assert_eq!(state.synced("docs", "l").expect("l"), Some(link.clone()));
+        assert_eq!(state.synced("pics", "z").expect("other dir"), None);
+        set(&mut state, "docs", &[("z", file("bb", 4))]);
+        assert_eq!(
+            state.synced("docs", "z").expect("z"),
+            Some(file("bb", 4)),
+            "replaced"
+        );
+        assert_eq!(
+            state.synced_all("docs").expect("all"),
+            [("l".to_owned(), link), ("z".to_owned(), file("bb", 4))]
+        );
+        assert_eq!(state.synced_count("docs").expect("count"), 2);
+        assert_eq!(state.synced_count("pics").expect("count"), 0);
+        let mut batch = state.batch().expect("batch");
+        batch.remove_synced("docs", "z").expect("remove");
+        batch.remove_synced("docs", "never").expect("remove absent");
+        batch.commit().expect("commit");
+        assert_eq!(synced_paths(&state, "docs"), ["l"]);
+    }
+
+    #[test]
+    fn dir_state_is_per_dir_and_replaced() {
+        let mut state = ClientState::open_in_memory().expect("open");
+        assert_eq!(state.dir_state("docs").expect("none"), None);
+        let first = DirState {
+            index_id: "idx-1".into(),
+            last_seq: 41,
+        };
+        let mut batch = state.batch().expect("batch");
+        batch.set_dir_state("docs", &first).expect("set");
+        batch.commit().expect("commit");
+        assert_eq!(state.dir_state("docs").expect("docs"), Some(first));
+        assert_eq!(state.dir_state("pics").expect("pics"), None);
+        // A new index id starts over from 0: the sequence may go down.
+        let reset = DirState {
+            index_id: "idx-2".into(),
+            last_seq: 0,
+        };
+        let mut batch = state.batch().expect("batch");
+        batch.set_dir_state("docs", &reset).expect("set");
+        batch.commit().expect("commit");
+        assert_eq!(state.dir_state("docs").expect("docs"), Some(reset));
+    }
+
+    #[test]
+    fn a_dropped_batch_leaves_nothing() {
+        let mut state = ClientState::open_in_memory().expect("open");
+        set(&mut state, "docs", &[("a", file("aa", 1))]);
+        {
+            let mut batch = state.batch().expect("batch");
+            batch.set_synced("docs", "b", &file("bb", 2)).expect("set");
+            batch.remove_synced("docs", "a").expect("remove");
+            let st = DirState {
+                index_id: "x".into(),
+                last_seq: 9,
+            };
+            batch.set_dir_state("docs", &st).expect("dir state");
+        }
+        assert_eq!(synced_paths(&state, "docs"), ["a"]);
+        assert_eq!(state.dir_state("docs").expect("dir state"), None);
+    }
+
+    #[test]
+    fn find_by_sha_lists_files_with_that_content() {
+        let mut state = ClientState::open_in_memory().expect("open");
+        set(
+            &mut state,
+            "pics",
+            &[("x/copy", file("cafe", 2)), ("other", file("beef", 2))],
+        );
+        set(
+            &mut state,
+            "docs",
+            &[("b", file("cafe", 2)), ("a", file("cafe", 2))],
+        );
+        let dir_with_sha = Synced {
+            kind: Kind::Dir,
+            ..file("cafe", 0)
+        };
+        set(&mut state, "docs", &[("d", dir_with_sha)]);
+        let want: Vec<(String, String)> = [("docs", "a"), ("docs", "b"), ("pics", "x/copy")]
+            .iter()
+            .map(|(d, p)| (d.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(state.find_by_sha("cafe").expect("find"), want);
+        assert!(state.find_by_sha("CAFE").expect("case").is_empty());
+        assert!(state.find_by_sha("f00d").expect("none").is_empty());
+    }
+
+    #[test]
+    fn remove_synced_tree_takes_the_subtree_only() {
+        let mut state = ClientState::open_in_memory().expect("open");
+        let paths = [
+            "a", "a/b", "a/b/c", "a/b/c/d", "a/bc", "a/b.txt", "a/b0", "A/b/x", "a%b/x",
+        ];
+        let entries: Vec<(&str, Synced)> = paths.iter().map(|p| (*p, file("00", 1))).collect();
+        set(&mut state, "docs", &entries);
+        set(&mut state, "pics", &[("a/b/c", file("00", 1))]);
+        let mut batch = state.batch().expect("batch");
+        batch.remove_synced_tree("docs", "a/b").expect("tree");
+        batch
+            .remove_synced_tree("docs", "a_b")
+            .expect("wildcard-looking path");
+        batch.commit().expect("commit");
+        assert_eq!(
+            synced_paths(&state, "docs"),
+            ["A/b/x", "a", "a%b/x", "a/b.txt", "a/b0", "a/bc"]
+        );
+        assert_eq!(
+            synced_paths(&state, "pics"),
+            ["a/b/c"],
+            "other dirs untouched"
+        );
+        let mut batch = state.batch().expect("batch");
+        batch.remove_synced_tree("docs", "").expect("whole dir");
+        batch.commit().expect("commit");
+        assert_eq!(state.synced_count("docs").expect("count"), 0);
+        assert_eq!(state.synced_count("pics").expect("count"), 1);
+    }
+
+    #[test]
+    fn state_and_client_id_survive_reopen() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("state.db");
+        let id = {
+            let mut state = ClientState::open(&path).expect("create");
+            set(&mut state, "docs", &[("a", file("aa", 1))]);
+            let mut batch = state.batch().expect("batch");
+            let st = DirState {
+                index_id: "idx".into(),
+                last_seq: 7,
+            };
+            batch.set_dir_state("docs", &st).expect("dir state");
+            batch.commit().expect("commit");
+            state.client_id().to_owned()
+        };
+        let state = ClientState::open(&path).expect("reopen");
+        assert_eq!(state.client_id(), id);
+        assert_eq!(state.synced("docs", "a").expect("a"), Some(file("aa", 1)));
+        assert_eq!(
+            state.dir_state("docs").expect("docs").map(|s| s.last_seq),
+            Some(7)
+        );
+        let other = ClientState::open(&tmp.path().join("other.db")).expect("other");
+        assert_ne!(other.client_id(), id);
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id} is a uuid");
+    }
+}

@@ -1,0 +1,251 @@
+//! Opening a connection: the pragmas every zync database gets, and turning "this file is not
+//! a database" into an error that names the file and says what to do.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use crate::error::{DbError, Result};
+use crate::migrate::{self, Schema};
+
+/// How hard SQLite works to make a commit survive a power cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Synchronous {
+    /// WAL + NORMAL: a commit survives a crash of the process, and at worst the last commits
+    /// are lost on power loss. Enough for the daemon's index, which a rescan rebuilds.
+    Normal,
+    /// WAL + FULL: a commit is on disk before `commit` returns. The client's last sequence is
+    /// its durability point (DESIGN invariant 2), so it must not go back after a power cut.
+    Full,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "PRAGMA synchronous = NORMAL",
+            Synchronous::Full => "PRAGMA synchronous = FULL",
+        }
+    }
+}
+
+/// How long a statement waits for another process's lock before failing with "busy".
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
+
+/// Opens (creating it if needed) the database file at `path`, sets it up and brings its schema
+/// up to date.
+pub(crate) fn open_file(path: &Path, schema: &Schema, sync: Synchronous) -> Result<Connection> {
+    // No URI flag: a path is a path, even one that starts with "file:".
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags).map_err(|source| DbError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    // SQLite opens lazily: a garbage file is only noticed by the first statement that reads
+    // the header, which is among the pragmas below.
+    configure(&conn, sync).map_err(|err| classify(err, path))?;
+    migrate::migrate(&mut conn, schema, path).map_err(|err| match err {
+        DbError::Sqlite { source, context } => match source.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => DbError::NotADatabase {
+                path: path.to_owned(),
+                source,
+            },
+            _ => DbError::Sqlite { context, source },
+        },
+        other => other,
+    })?;
+    Ok(conn)
+}
+
+/// Opens a private in-memory database with the same setup, for tests and dry runs.
+pub(crate) fn open_memory(schema: &Schema, sync: Synchronous) -> Result<Connection> {
+    let path = Path::new(":memory:");
+    let mut conn = Connection::open_in_memory().map_err(|source| DbError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    configure(&conn, sync).map_err(|err| classify(err, path))?;
+    migrate::migrate(&mut conn, schema, path)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL lets the daemon's readers (and zync-apply) read while the indexer writes. An
+    // in-memory database answers "memory"; a file system without shared memory may keep the
+    // old mode. Both still work, only with less concurrency, so the answer is not checked.
+    conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
+        row.get::<_, String>(0)
+    })?;
+    conn.execute_batch(sync.pragma())?;
+    conn.execute_batch("PRAGMA foreign_keys = ON")?;
+    Ok(())
+}
+
+fn classify(source: rusqlite::Error, path: &Path) -> DbError {
+    match source.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => DbError::NotADatabase {
+            path: path.to_owned(),
+            source,
+        },
+        Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied | ErrorCode::ReadOnly) => {
+            DbError::Open {
+                path: path.to_owned(),
+                source,
+            }
+        }
+        _ => DbError::Sqlite {
+            context: format!("setting up the database {}", path.display()),
+            source,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ClientState, Index};
+
+    fn pragma(conn: &Connection, name: &str) -> String {
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| {
+            r.get::<_, rusqlite::types::Value>(0)
+        })
+        .map(|v| format!("{v:?}"))
+        .expect("pragma")
+    }
+
+    #[test]
+    fn every_file_database_gets_its_pragmas() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let daemon = open_file(
+            &tmp.path().join("i.db"),
+            &migrate::INDEX,
+            Synchronous::Normal,
+        )
+        .expect("index");
+        let client = open_file(
+            &tmp.path().join("c.db"),
+            &migrate::CLIENT,
+            Synchronous::Full,
+        )
+        .expect("client");
+        for conn in [&daemon, &client] {
+            assert_eq!(pragma(conn, "journal_mode"), r#"Text("wal")"#);
+            assert_eq!(pragma(conn, "foreign_keys"), "Integer(1)");
+            assert_eq!(pragma(conn, "busy_timeout"), "Integer(5000)");
+        }
+        // 1 = NORMAL, 2 = FULL.
+        assert_eq!(pragma(&daemon, "synchronous"), "Integer(1)");
+        assert_eq!(pragma(&client, "synchronous"), "Integer(2)");
+    }
+
+    #[test]
+    fn the_public_constructors_pick_the_right_durability() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let index = Index::open(&tmp.path().join("i.db")).expect("index");
+        let client = ClientState::open(&tmp.path().join("c.db")).expect("client");
+        assert_eq!(pragma(index.conn(), "synchronous"), "Integer(1)");
+        assert_eq!(pragma(client.conn(), "synchronous"), "Integer(2)");
+    }
+
+    #[test]
+    fn a_database_from_a_newer_zync_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("index.db");
+        drop(Index::open(&path).expect("create"));
+        let raw = Connection::open(&path).expect("raw");
+        raw.pragma_update(None, "user_version", 99).expect("bump");
+        drop(raw);
+        let err = Index::open(&path).expect_err("too new");
+        assert!(
+            matches!(
+                err,
+                crate::DbError::TooNew {
+                    found: 99,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "got {err:?}"
+        );
+        let message = err.to_string();
+        for want in ["index.db", "99", "a newer zync made it"] {
+            assert!(message.contains(want), "message lacks {want:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_garbage_file_is_refused_with_its_path() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("garbage.db");
+        let garbage = b"this is not a database, just some text.\n".repeat(100);
+        std::fs::write(&path, &garbage).expect("write");
+        let err = Index::open(&path).expect_err("garbage");
+        assert!(
+            matches!(err, crate::DbError::NotADatabase { .. }),
+            "got {err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains(&path.display().to_string()),
+            "no path: {message}"
+        );
+        assert!(message.contains("move it aside"), "no advice: {message}");
+        let err = ClientState::open(&path).expect_err("garbage for the client too");
+        assert!(
+            matches!(err, crate::DbError::NotADatabase { .. }),
+            "got {err:?}"
+        );
+        assert!(
+            std::fs::read(&path).expect("read") == garbage,
+            "the file was changed"
+        );
+    }
+
+    #[test]
+    fn a_short_garbage_file_is_refused_too() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("short.db");
+        std::fs::write(&path, b"hello").expect("write");
+        let err = ClientState::open(&path).expect_err("garbage");
+        assert!(
+            matches!(err, crate::DbError::NotADatabase { .. }),
+            "got {err:?}"
+        );
+    }
+
+    #[test]
+    fn a_client_database_is_not_an_index() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("state.db");
+        drop(ClientState::open(&path).expect("client"));
+        let err = Index::open(&path).expect_err("wrong kind");
+        let message = err.to_string();
+        assert!(
+            message.contains("is a zync client state database, not a zync daemon index"),
+            "message: {message}"
+        );
+        drop(Index::open(&tmp.path().join("index.db")).expect("index"));
+        let err = ClientState::open(&tmp.path().join("index.db")).expect_err("wrong kind");
+        assert!(
+            matches!(err, crate::DbError::WrongKind { .. }),
+            "got {err:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_open_error_naming_the_path() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("no/such/dir/index.db");
+        let err = Index::open(&path).expect_err("no directory");
+        assert!(matches!(err, crate::DbError::Open { .. }), "got {err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&path.display().to_string()),
+            "no path: {message}"
+        );
+        assert!(message.contains("directory exists"), "no advice: {message}");
+    }
+}

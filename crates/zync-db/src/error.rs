@@ -1,0 +1,171 @@
+//! The errors of this crate: each names what failed (and which file) and says what to do.
+
+use std::path::PathBuf;
+
+use rusqlite::ErrorCode;
+
+/// What went wrong with zync's state database.
+///
+/// The `Display` text of each variant says what failed; the underlying SQLite error, where
+/// there is one, is its [`source`](std::error::Error::source), so print the whole chain
+/// (`{:#}` with anyhow) to see both.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// An SQLite call failed while doing `context`.
+    #[error("{context}")]
+    Sqlite {
+        /// What this crate was doing, e.g. "reading the index entry docs/a.txt".
+        context: String,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// The database file could not be opened or created at all.
+    #[error(
+        "could not open the database {}: check that its directory exists and that zync may \
+         read and write both the directory and the file",
+        path.display()
+    )]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// The file exists but is not an SQLite database (garbage, truncated, or encrypted).
+    #[error(
+        "{} is not a zync database (not an SQLite file, or a damaged one): move it aside so \
+         zync can create a new one, or point zync at the right file",
+        path.display()
+    )]
+    NotADatabase {
+        /// The file at fault.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// The file is an SQLite database, but not the kind of zync database expected (the
+    /// client's state opened as a daemon index, or another program's database).
+    #[error(
+        "{} is {found}, not {expected}: point zync at the right file, or move this one aside",
+        path.display()
+    )]
+    WrongKind {
+        /// The file at fault.
+        path: PathBuf,
+        /// What was expected, e.g. "a zync daemon index".
+        expected: &'static str,
+        /// What was found, e.g. "a zync client state database".
+        found: String,
+    },
+
+    /// The schema version in the file is newer than this build knows: a newer zync made it.
+    #[error(
+        "{} has schema version {found}, but this build of zync only knows versions up to \
+         {supported}: a newer zync made it; run that newer zync, or move the file aside to \
+         start over",
+        path.display()
+    )]
+    TooNew {
+        /// The file at fault.
+        path: PathBuf,
+        /// The `user_version` found in the file.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+}
+
+/// This crate's result type.
+pub type Result<T> = std::result::Result<T, DbError>;
+
+impl DbError {
+    /// Whether retrying the same operation cannot help. `false` only for a database that is
+    /// busy or locked by another process (the 5 s busy timeout ran out); everything else needs
+    /// a person or a code change.
+    pub fn is_permanent(&self) -> bool {
+        let source = match self {
+            DbError::Sqlite { source, .. } | DbError::Open { source, .. } => source,
+            DbError::NotADatabase { .. } | DbError::WrongKind { .. } | DbError::TooNew { .. } => {
+                return true
+            }
+        };
+        !matches!(
+            source.sqlite_error_code(),
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+        )
+    }
+}
+
+/// Adds "what this crate was doing" to a rusqlite result.
+pub(crate) trait Context<T> {
+    /// Wraps the error with a fixed description.
+    fn ctx(self, context: &str) -> Result<T>;
+    /// Wraps the error with a description made only when there is an error.
+    fn with_ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for rusqlite::Result<T> {
+    fn ctx(self, context: &str) -> Result<T> {
+        self.map_err(|source| DbError::Sqlite {
+            context: context.to_owned(),
+            source,
+        })
+    }
+
+    fn with_ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| DbError::Sqlite {
+            context: context(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_error(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn busy_is_worth_retrying_and_the_rest_is_not() {
+        let busy = DbError::Sqlite {
+            context: "writing".into(),
+            source: sqlite_error(rusqlite::ffi::SQLITE_BUSY),
+        };
+        assert!(!busy.is_permanent());
+        let full = DbError::Sqlite {
+            context: "writing".into(),
+            source: sqlite_error(rusqlite::ffi::SQLITE_FULL),
+        };
+        assert!(full.is_permanent());
+        let too_new = DbError::TooNew {
+            path: "x.db".into(),
+            found: 9,
+            supported: 1,
+        };
+        assert!(too_new.is_permanent());
+    }
+
+    #[test]
+    fn sqlite_error_keeps_its_source() {
+        let err = DbError::Sqlite {
+            context: "reading the index".into(),
+            source: sqlite_error(rusqlite::ffi::SQLITE_IOERR),
+        };
+        assert_eq!(err.to_string(), "reading the index");
+        let source = std::error::Error::source(&err).expect("a source");
+        assert!(
+            source.to_string().contains("disk I/O"),
+            "source was {source}"
+        );
+    }
+}

@@ -1,0 +1,344 @@
+//! Schema migrations, by `PRAGMA user_version`: each schema is a list of SQL steps, and a
+//! database at version N gets steps N.. applied in one transaction. Add steps at the end;
+//! never edit one that has shipped.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+use crate::error::{Context, DbError, Result};
+
+/// A kind of zync database: how to recognise it and how to build it.
+#[derive(Debug)]
+pub(crate) struct Schema {
+    /// What it is, for error messages: "a zync daemon index".
+    pub name: &'static str,
+    /// `PRAGMA application_id`, so that one kind of zync database is never opened as another.
+    pub application_id: i32,
+    /// Step `i` takes the database from version `i` to `i + 1`.
+    pub steps: &'static [&'static str],
+}
+
+impl Schema {
+    /// The version a database has after all steps.
+    pub fn version(&self) -> i64 {
+        self.steps.len() as i64
+    }
+}
+
+/// The daemon's index on machine E ("zyni").
+pub(crate) const INDEX: Schema = Schema {
+    name: "a zync daemon index",
+    application_id: 0x7a79_6e69,
+    steps: &[
+        // 1: the first schema.
+        "CREATE TABLE meta (
+             key TEXT PRIMARY KEY NOT NULL,
+             value TEXT NOT NULL
+         ) WITHOUT ROWID;
+         -- The one global sequence counter: every change takes last_seq + 1 (DESIGN, State).
+         -- It lives apart from the entries so a number is never reused, even if rows go.
+         CREATE TABLE counter (
+             id INTEGER PRIMARY KEY CHECK (id = 1),
+             last_seq INTEGER NOT NULL CHECK (last_seq >= 0)
+         );
+         INSERT INTO counter (id, last_seq) VALUES (1, 0);
+         CREATE TABLE entries (
+             dir TEXT NOT NULL,
+             path TEXT NOT NULL,
+             kind TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink')),
+             size INTEGER NOT NULL,
+             mtime_ns INTEGER NOT NULL,
+             mode INTEGER NOT NULL,
+             inode INTEGER NOT NULL,
+             sha256 TEXT,
+             target TEXT,
+             deleted INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1)),
+             seq INTEGER NOT NULL CHECK (seq > 0),
+             PRIMARY KEY (dir, path)
+         ) WITHOUT ROWID;
+         CREATE UNIQUE INDEX entries_dir_seq ON entries (dir, seq);
+         CREATE TABLE roots (
+             dir TEXT PRIMARY KEY NOT NULL,
+             path TEXT NOT NULL
+         ) WITHOUT ROWID;
+         CREATE TABLE acks (
+             client_id TEXT NOT NULL,
+             dir TEXT NOT NULL,
+             seq INTEGER NOT NULL,
+             at_unix INTEGER NOT NULL,
+             PRIMARY KEY (client_id, dir)
+         ) WITHOUT ROWID;",
+    ],
+};
+
+/// The client's synced state on machine R ("zync").
+pub(crate) const CLIENT: Schema = Schema {
+    name: "a zync client state database",
+    application_id: 0x7a79_6e63,
+    steps: &[
+        // 1: the first schema.
+        "CREATE TABLE meta (
+             key TEXT PRIMARY KEY NOT NULL,
+             value TEXT NOT NULL
+         ) WITHOUT ROWID;
+         CREATE TABLE dirs (
+             dir TEXT PRIMARY KEY NOT NULL,
+             index_id TEXT NOT NULL,
+             last_seq INTEGER NOT NULL CHECK (last_seq >= 0)
+         ) WITHOUT ROWID;
+         CREATE TABLE synced (
+             dir TEXT NOT NULL,
+             path TEXT NOT NULL,
+             kind TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink')),
+             size INTEGER NOT NULL,
+             mtime_ns INTEGER NOT NULL,
+             mode INTEGER NOT NULL,
+             sha256 TEXT,
+             target TEXT,
+             PRIMARY KEY (dir, path)
+         ) WITHOUT ROWID;
+         CREATE INDEX synced_sha256 ON synced (sha256);",
+    ],
+};
+
+/// The schema version of the daemon index this build creates and understands.
+pub const INDEX_SCHEMA_VERSION: i64 = INDEX.steps.len() as i64;
+/// The schema version of the client state this build creates and understands.
+pub const CLIENT_SCHEMA_VERSION: i64 = CLIENT.steps.len() as i64;
+
+const KNOWN: [&Schema; 2] = [&INDEX, &CLIENT];
+
+/// Brings `conn` up to `schema`'s newest version, or refuses a database that is another kind
+/// or newer than this build. `path` is only for messages.
+pub(crate) fn migrate(conn: &mut Connection, schema: &Schema, path: &Path) -> Result<()> {
+    // A cheap look first, so an up-to-date database is opened without taking the write lock.
+    if check(conn, schema, path)? == schema.version() {
+        return Ok(());
+    }
+    // IMMEDIATE: two processes creating the same database at once take turns, and the second
+    // sees the first one's work when it re-reads the version.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .with_ctx(|| format!("starting the schema upgrade of {}", path.display()))?;
+    let found = check(&tx, schema, path)?;
+    for (i, step) in schema.steps.iter().enumerate().skip(found as usize) {
+        tx.execute_batch(step).with_ctx(|| {
+            format!(
+                "upgrading the schema of {} to version {}",
+                path.display(),
+                i + 1
+            )
+        })?;
+    }
+    tx.pragma_update(None, "user_version", schema.version())
+        .and_then(|()| tx.pragma_update(None, "application_id", schema.application_id))
+        .with_ctx(|| format!("recording the schema version of {}", path.display()))?;
+    tx.commit()
+        .with_ctx(|| format!("committing the schema upgrade of {}", path.display()))
+}
+
+/// Returns the database's version after checking that it is `schema`'s kind (or empty) and not
+/// newer than this build.
+fn check(conn: &Connection, schema: &Schema, path: &Path) -> Result<i64> {
+    let read = |pragma: &str| {
+        conn.query_row(&format!("PRAGMA {pragma}"), [], |row| row.get::<_, i64>(0))
+            .with_ctx(|| format!("reading the {pragma} of {}", path.display()))
+    };
+    let application_id = read("application_id")?;
+    let version = read("user_version")?;
+    if application_id != i64::from(schema.application_id) {
+        let found = if let Some(other) = KNOWN
+            .iter()
+            .find(|s| i64::from(s.application_id) == application_id)
+        {
+            Some(other.name.to_owned())
+        } else if application_id != 0 {
+            Some(format!(
+                "a database of another program (application id {application_id:#x})"
+            ))
+        } else if version != 0 || has_tables(conn, path)? {
+            Some("a database of another program".to_owned())
+        } else {
+            None // empty: ours to create.
+        };
+        if let Some(found) = found {
+            return Err(DbError::WrongKind {
+                path: path.to_owned(),
+                expected: schema.name,
+                found,
+            });
+        }
+    }
+    if version > schema.version() {
+        return Err(DbError::TooNew {
+            path: path.to_owned(),
+            found: version,
+            supported: schema.version(),
+        });
+    }
+    if version < 0 {
+        return Err(DbError::WrongKind {
+            path: path.to_owned(),
+            expected: schema.name,
+            found: format!("a database with the impossible schema version {version}"),
+        });
+    }
+    Ok(version)
+}
+
+fn has_tables(conn: &Connection, path: &Path) -> Result<bool> {
+    conn.query_row("SELECT 1 FROM sqlite_schema LIMIT 1", [], |_| Ok(()))
+        .optional()
+        .map(|found| found.is_some())
+        .with_ctx(|| format!("listing the tables of {}", path.display()))
+}
+
+/// Returns the id stored under `key` in the `meta` table, first storing a new UUID v4 there if
+/// there is none yet: the id is made once, with the database, and never changes.
+pub(crate) fn database_id(conn: &Connection, key: &str) -> Result<String> {
+    let fresh = uuid::Uuid::new_v4().to_string();
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+        (key, &fresh),
+    )
+    .with_ctx(|| format!("storing a new {key}"))?;
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+        row.get(0)
+    })
+    .with_ctx(|| format!("reading the {key}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEST: Schema = Schema {
+        name: "a test database",
+        application_id: 0x7465_7374,
+        steps: &[
+            "CREATE TABLE a (x INTEGER);",
+            "CREATE TABLE b (y INTEGER); INSERT INTO a VALUES (2);",
+        ],
+    };
+
+    const BROKEN: Schema = Schema {
+        name: "a test database",
+        application_id: 0x7465_7374,
+        steps: &[
+            "CREATE TABLE a (x INTEGER);",
+            "CREATE TABLE b (y INTEGER); INSERT INTO nowhere VALUES (1);",
+        ],
+    };
+
+    fn version(conn: &Connection) -> i64 {
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("user_version")
+    }
+
+    fn table_exists(conn: &Connection, name: &str) -> bool {
+        conn.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get::<_, i64>(0),
+        )
+        .expect("sqlite_schema")
+            == 1
+    }
+
+    #[test]
+    fn new_database_gets_every_step() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate(&mut conn, &TEST, Path::new("t.db")).expect("migrate");
+        assert_eq!(version(&conn), 2);
+        assert!(table_exists(&conn, "a") && table_exists(&conn, "b"));
+        let app: i64 = conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .expect("app");
+        assert_eq!(app, 0x7465_7374);
+    }
+
+    #[test]
+    fn only_missing_steps_run() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch("CREATE TABLE a (x INTEGER); INSERT INTO a VALUES (1);")
+            .expect("v1 by hand");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("version");
+        conn.pragma_update(None, "application_id", TEST.application_id)
+            .expect("app id");
+        migrate(&mut conn, &TEST, Path::new("t.db")).expect("migrate");
+        // Step 1 would have failed on the existing table; step 2 added a row.
+        let rows: Vec<i64> = conn
+            .prepare("SELECT x FROM a ORDER BY x")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(rows, [1, 2]);
+        assert_eq!(version(&conn), 2);
+        // And running again is a no-op.
+        migrate(&mut conn, &TEST, Path::new("t.db")).expect("migrate again");
+        assert_eq!(version(&conn), 2);
+    }
+
+    #[test]
+    fn a_failing_step_changes_nothing() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        let err = migrate(&mut conn, &BROKEN, Path::new("t.db")).expect_err("step 2 fails");
+        assert!(
+            err.to_string().contains("version 2"),
+            "error should say which step failed: {err}"
+        );
+        assert_eq!(version(&conn), 0);
+        assert!(
+            !table_exists(&conn, "a"),
+            "step 1 must be rolled back with step 2"
+        );
+    }
+
+    #[test]
+    fn a_newer_version_is_refused() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate(&mut conn, &TEST, Path::new("t.db")).expect("migrate");
+        conn.pragma_update(None, "user_version", 7)
+            .expect("version");
+        let err = migrate(&mut conn, &TEST, Path::new("t.db")).expect_err("too new");
+        assert!(
+            matches!(
+                err,
+                DbError::TooNew {
+                    found: 7,
+                    supported: 2,
+                    ..
+                }
+            ),
+            "got {err:?}"
+        );
+    }
+
+    #[test]
+    fn another_programs_database_is_refused() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch("CREATE TABLE theirs (z TEXT);")
+            .expect("theirs");
+        let err = migrate(&mut conn, &TEST, Path::new("t.db")).expect_err("foreign");
+        assert!(matches!(err, DbError::WrongKind { .. }), "got {err:?}");
+        assert!(
+            err.to_string().contains("another program"),
+            "message: {err}"
+        );
+    }
+
+    #[test]
+    fn database_id_is_made_once() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate(&mut conn, &INDEX, Path::new(":memory:")).expect("migrate");
+        let first = database_id(&conn, "index_id").expect("id");
+        let second = database_id(&conn, "index_id").expect("id again");
+        assert_eq!(first, second);
+        let parsed = uuid::Uuid::parse_str(&first).expect("a uuid");
+        assert_eq!(parsed.get_version_num(), 4);
+    }
+}

@@ -1,0 +1,296 @@
+//! Replacing a file or symlink all at once (invariant 1): content goes to a temp file in the same
+//! directory, is checked against its sha256, flushed, and renamed over the destination, never
+//! through a symlinked parent (invariant 3).
+
+use crate::attrs::set_file_mtime;
+use crate::hash::Hasher;
+use crate::ignore::TEMP_PREFIX;
+use crate::path::RelPath;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+pub use crate::attrs::{fsync_dir, set_mode, set_mtime};
+pub use crate::dirs::{check_parents, ensure_dir, remove_temp_files};
+pub use crate::error::FsError;
+
+/// A file being written next to its destination. Nothing is visible at the destination until
+/// [`AtomicFile::commit`]; dropping an uncommitted `AtomicFile` removes its temp file.
+pub struct AtomicFile {
+    root: PathBuf,
+    rel: RelPath,
+    dest: PathBuf,
+    temp: tempfile::NamedTempFile,
+    hasher: Hasher,
+    written: u64,
+}
+
+impl std::fmt::Debug for AtomicFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtomicFile")
+            .field("dest", &self.dest)
+            .field("temp", &self.temp.path())
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AtomicFile {
+    /// Starts writing `root/rel`: checks its parents, then creates a temp file named
+    /// `.zync-tmp-*` in the destination's directory.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_parents`]; [`FsError::Io`] when the temp file cannot be created.
+    pub fn create(root: &Path, rel: &RelPath) -> Result<AtomicFile, FsError> {
+        check_parents(root, rel)?;
+        let dest = rel.to_path(root);
+        let dir = rel
+            .parent()
+            .map_or_else(|| root.to_path_buf(), |p| p.to_path(root));
+        let temp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(&dir)
+            .map_err(|e| FsError::io("create a temp file in", &dir, e))?;
+        Ok(AtomicFile {
+            root: root.to_path_buf(),
+            rel: rel.clone(),
+            dest,
+            temp,
+            hasher: Hasher::new(),
+            written: 0,
+        })
+    }
+
+    /// Appends `data`, hashing it on the way.
+    ///
+    /// # Errors
+    ///
+    /// [`FsError::Io`] when the temp file cannot be written.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), FsError> {
+        self.temp
+            .as_file_mut()
+            .write_all(data)
+            .map_err(|e| FsError::io("write temp file", self.temp.path(), e))?;
+        self.hasher.update(data);
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The destination path.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Verifies the sha256 of what was written, sets the permission bits and mtime, fsyncs, and
+    /// renames over the destination. `rename` replaces a symlink at the destination itself, never
+    /// its target. The parent directory is not fsynced: call [`fsync_dir`] once per batch.
+    ///
+    /// # Errors
+    ///
+    /// [`FsError::HashMismatch`] when the content does not match (the temp file is removed, the
+    /// destination untouched); as [`check_parents`] if a parent changed since
+    /// [`AtomicFile::create`]; [`FsError::Io`] otherwise. On any error the temp file is removed.
+    pub fn commit(self, expected_sha256: &str, mode: u32, mtime_ns: i64) -> Result<(), FsError> {
+        let AtomicFile {
+            root,
+            rel,
+            dest,
+            temp,
+            hasher,
+            ..
+        } = self;
+        let actual = hasher.finish();
+        if !actual.eq_ignore_ascii_case(expected_sha256) {
+            return Err(FsError::HashMismatch {
+                path: dest,
+                expected: expected_sha256.to_string(),
+                actual,
+            });
+        }
+        let file = temp.as_file();
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(|e| FsError::io("set the mode of", temp.path(), e))?;
+        // The mtime is set before the fsync so that it is durable too.
+        set_file_mtime(file, temp.path(), mtime_ns)?;
+        file.sync_all()
+            .map_err(|e| FsError::io("fsync", temp.path(), e))?;
+        // Narrow the window in which a parent could have been swapped for a symlink.
+        check_parents(&root, &rel)?;
+        temp.persist(&dest)
+            .map_err(|e| FsError::io("rename a temp file to", &dest, e.error))?;
+        Ok(())
+    }
+}
+
+/// Replaces `root/rel` (whatever it is, unless a non-empty directory) with a symlink to
+/// `target`, atomically: the link is made under a temp name in the same directory, then renamed.
+///
+/// # Errors
+///
+/// As [`check_parents`]; [`FsError::Io`] when the link cannot be made or renamed (for example
+/// when `root/rel` is a directory).
+pub fn replace_with_symlink(root: &Path, rel: &RelPath, target: &str) -> Result<(), FsError> {
+    check_parents(root, rel)?;
+    let dest = rel.to_path(root);
+    let dir = rel
+        .parent()
+        .map_or_else(|| root.to_path_buf(), |p| p.to_path(root));
+    let temp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .make_in(&dir, |path| std::os::unix::fs::symlink(target, path))
+        .map_err(|e| FsError::io("create a temp symlink in", &dir, e))?;
+    temp.into_temp_path()
+        .persist(&dest)
+        .map_err(|e| FsError::io("rename a temp symlink to", &dest, e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::hash_bytes;
+    use std::fs;
+    use std::os::unix::fs::{symlink, MetadataExt};
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::parse(s).expect("valid test path")
+    }
+
+    /// Names in `dir` that start with the temp prefix.
+    fn temps(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(TEMP_PREFIX))
+            .collect()
+    }
+
+    #[test]
+    fn commit_replaces_content_mode_and_mtime() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        fs::create_dir(r.join("d")).expect("mkdir");
+        fs::write(r.join("d/f"), b"old").expect("write");
+        let mut f = AtomicFile::create(r, &rel("d/f")).expect("create");
+        f.write(b"new ").expect("write");
+        assert_eq!(
+            temps(&r.join("d")).len(),
+            1,
+            "temp file not in the destination dir"
+        );
+        assert_eq!(
+            fs::read(r.join("d/f")).expect("read"),
+            b"old",
+            "destination changed early"
+        );
+        f.write(b"content").expect("write");
+        assert_eq!(f.written(), 11);
+        let t = 1_650_000_000_000_000_123;
+        f.commit(&hash_bytes(b"new content"), 0o100751, t)
+            .expect("commit");
+        assert_eq!(fs::read(r.join("d/f")).expect("read"), b"new content");
+        let md = fs::symlink_metadata(r.join("d/f")).expect("stat");
+        assert_eq!(md.mode() & 0o7777, 0o751);
+        assert_eq!(md.mtime() * 1_000_000_000 + md.mtime_nsec(), t);
+        assert!(temps(&r.join("d")).is_empty());
+    }
+
+    #[test]
+    fn hash_mismatch_leaves_destination_untouched() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        fs::write(r.join("f"), b"old").expect("write");
+        let mut f = AtomicFile::create(r, &rel("f")).expect("create");
+        f.write(b"corrupt").expect("write");
+        match f.commit(&hash_bytes(b"intended"), 0o644, 0) {
+            Err(FsError::HashMismatch {
+                expected,
+                actual,
+                path,
+            }) => {
+                assert_eq!(expected, hash_bytes(b"intended"));
+                assert_eq!(actual, hash_bytes(b"corrupt"));
+                assert_eq!(path, r.join("f"));
+            }
+            other => panic!("expected HashMismatch, got {other:?}"),
+        }
+        assert_eq!(fs::read(r.join("f")).expect("read"), b"old");
+        assert!(temps(r).is_empty(), "temp file left: {:?}", temps(r));
+    }
+
+    #[test]
+    fn drop_removes_temp_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        let mut f = AtomicFile::create(r, &rel("new")).expect("create");
+        f.write(b"partial").expect("write");
+        assert_eq!(temps(r).len(), 1);
+        drop(f);
+        assert!(temps(r).is_empty(), "temp file left: {:?}", temps(r));
+        assert!(!r.join("new").exists());
+    }
+
+    #[test]
+    fn refuses_symlinked_parent() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        let outside = tempfile::tempdir().expect("tempdir");
+        symlink(outside.path(), r.join("l")).expect("symlink");
+        let err = AtomicFile::create(r, &rel("l/f")).expect_err("must refuse");
+        assert!(matches!(err, FsError::SymlinkInPath { .. }), "got {err:?}");
+        let err = replace_with_symlink(r, &rel("l/s"), "x").expect_err("must refuse");
+        assert!(matches!(err, FsError::SymlinkInPath { .. }), "got {err:?}");
+        assert!(
+            fs::read_dir(outside.path()).expect("read").next().is_none(),
+            "wrote outside"
+        );
+    }
+
+    #[test]
+    fn commit_replaces_a_symlink_not_its_target() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        let outside = tempfile::tempdir().expect("tempdir");
+        let victim = outside.path().join("victim");
+        fs::write(&victim, b"precious").expect("write");
+        symlink(&victim, r.join("f")).expect("symlink");
+        let mut f = AtomicFile::create(r, &rel("f")).expect("create");
+        f.write(b"data").expect("write");
+        f.commit(&hash_bytes(b"data"), 0o644, 0).expect("commit");
+        assert_eq!(fs::read(&victim).expect("read"), b"precious");
+        assert!(fs::symlink_metadata(r.join("f")).expect("stat").is_file());
+    }
+
+    #[test]
+    fn symlink_replaces_file_and_link() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        fs::write(r.join("f"), b"file").expect("write");
+        replace_with_symlink(r, &rel("f"), "../target").expect("replace file");
+        assert_eq!(
+            fs::read_link(r.join("f")).expect("readlink"),
+            Path::new("../target")
+        );
+        replace_with_symlink(r, &rel("f"), "other").expect("replace link");
+        assert_eq!(
+            fs::read_link(r.join("f")).expect("readlink"),
+            Path::new("other")
+        );
+        replace_with_symlink(r, &rel("new"), "t").expect("create");
+        assert_eq!(
+            fs::read_link(r.join("new")).expect("readlink"),
+            Path::new("t")
+        );
+        assert!(temps(r).is_empty());
+        fs::create_dir(r.join("d")).expect("mkdir");
+        fs::write(r.join("d/x"), b"x").expect("write");
+        assert!(replace_with_symlink(r, &rel("d"), "t").is_err());
+        assert!(temps(r).is_empty(), "temp link left: {:?}", temps(r));
+    }
+}

@@ -1,0 +1,170 @@
+//! Setting the attributes zync syncs (permission bits, modification time) and flushing a
+//! directory, without following symlinks.
+
+use crate::error::FsError;
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+/// Sets the permission bits (`mode & 0o7777`) of `path`. A symlink is left alone: Linux has no
+/// modes on links, and `chmod` would change the link's target instead.
+///
+/// # Errors
+///
+/// [`FsError::Io`] when `path` cannot be inspected or changed.
+pub fn set_mode(path: &Path, mode: u32) -> Result<(), FsError> {
+    let md = std::fs::symlink_metadata(path).map_err(|e| FsError::io("inspect", path, e))?;
+    if md.file_type().is_symlink() {
+        return Ok(());
+    }
+    if md.permissions().mode() & 0o7777 == mode & 0o7777 {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(|e| FsError::io("set the mode of", path, e))
+}
+
+/// The `timespec` pair for `utimensat`/`futimens`: access time untouched, mtime as given.
+fn times(mtime_ns: i64) -> [libc::timespec; 2] {
+    let omit = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_OMIT,
+    };
+    let mtime = libc::timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+    };
+    [omit, mtime]
+}
+
+/// Sets the modification time of `path` (nanoseconds since the epoch) without following a
+/// symlink; the access time is left alone.
+///
+/// # Errors
+///
+/// [`FsError::Io`] when the time cannot be set.
+pub fn set_mtime(path: &Path, mtime_ns: i64) -> Result<(), FsError> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| {
+        FsError::io(
+            "set the mtime of",
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, e),
+        )
+    })?;
+    let ts = times(mtime_ns);
+    // SAFETY: c is a valid NUL-terminated string and ts an array of two timespecs, as
+    // utimensat requires; both outlive the call.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(FsError::io(
+            "set the mtime of",
+            path,
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Sets the modification time of an open file; `path` is only for the error.
+pub(crate) fn set_file_mtime(file: &File, path: &Path, mtime_ns: i64) -> Result<(), FsError> {
+    let ts = times(mtime_ns);
+    // SAFETY: the descriptor is open for the duration of the call and ts is an array of two
+    // timespecs, as futimens requires.
+    let rc = unsafe { libc::futimens(file.as_raw_fd(), ts.as_ptr()) };
+    if rc != 0 {
+        return Err(FsError::io(
+            "set the mtime of",
+            path,
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Flushes a directory's entries to disk, making renames into it durable. Call once per batch of
+/// [`crate::AtomicFile::commit`]s.
+///
+/// # Errors
+///
+/// [`FsError::Io`] when the directory cannot be opened or synced.
+pub fn fsync_dir(path: &Path) -> Result<(), FsError> {
+    let dir = File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(path)
+        .map_err(|e| FsError::io("open directory", path, e))?;
+    dir.sync_all()
+        .map_err(|e| FsError::io("fsync directory", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::{symlink, MetadataExt};
+
+    fn mtime_ns(path: &Path) -> i64 {
+        let md = fs::symlink_metadata(path).expect("stat");
+        md.mtime() * 1_000_000_000 + md.mtime_nsec()
+    }
+
+    #[test]
+    fn mode_is_set_and_symlinks_are_skipped() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let f = tmp.path().join("f");
+        fs::write(&f, b"x").expect("write");
+        set_mode(&f, 0o100604).expect("set_mode");
+        assert_eq!(fs::metadata(&f).expect("stat").mode() & 0o7777, 0o604);
+        let l = tmp.path().join("l");
+        symlink(&f, &l).expect("symlink");
+        set_mode(&l, 0o777).expect("set_mode on a symlink is a no-op");
+        assert_eq!(
+            fs::metadata(&f).expect("stat").mode() & 0o7777,
+            0o604,
+            "followed the link"
+        );
+        assert!(set_mode(&tmp.path().join("missing"), 0o644).is_err());
+    }
+
+    #[test]
+    fn mtime_is_set_without_following() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let f = tmp.path().join("f");
+        fs::write(&f, b"x").expect("write");
+        let t = 1_700_000_000_123_456_789;
+        set_mtime(&f, t).expect("set_mtime");
+        assert_eq!(mtime_ns(&f), t);
+        set_mtime(&f, -1_500_000_000).expect("before the epoch");
+        assert_eq!(mtime_ns(&f), -1_500_000_000);
+
+        let l = tmp.path().join("l");
+        symlink(&f, &l).expect("symlink");
+        set_mtime(&l, 1_000_000_000).expect("set_mtime on link");
+        assert_eq!(mtime_ns(&l), 1_000_000_000);
+        assert_eq!(mtime_ns(&f), -1_500_000_000, "followed the link");
+
+        let file = fs::File::open(&f).expect("open");
+        set_file_mtime(&file, &f, 42).expect("futimens");
+        assert_eq!(mtime_ns(&f), 42);
+    }
+
+    #[test]
+    fn fsync_dir_works_on_dirs_only() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        fsync_dir(tmp.path()).expect("fsync");
+        let f = tmp.path().join("f");
+        fs::write(&f, b"x").expect("write");
+        assert!(fsync_dir(&f).is_err());
+    }
+}

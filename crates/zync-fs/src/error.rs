@@ -1,0 +1,115 @@
+//! `FsError`, the error of every writing operation in this crate: it names the path at fault and
+//! says whether retrying can help.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// A failed write-side file system operation.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// An I/O error while doing `what` to `path`.
+    #[error("cannot {what} {}: {source}", .path.display())]
+    Io {
+        /// What was being done, as a verb phrase ("create a temp file in").
+        what: &'static str,
+        /// The path at fault.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A component of the path is a symlink; zync never writes through one (invariant 3).
+    #[error("refusing to write through {}: it is a symlink", .path.display())]
+    SymlinkInPath {
+        /// The symlink.
+        path: PathBuf,
+    },
+    /// A component of the path that must be a directory is something else.
+    #[error("{} is not a directory", .path.display())]
+    NotADirectory {
+        /// The non-directory.
+        path: PathBuf,
+    },
+    /// What was written does not have the expected checksum; nothing was replaced.
+    #[error("content written for {} has sha256 {actual}, expected {expected}", .path.display())]
+    HashMismatch {
+        /// The destination that was left untouched.
+        path: PathBuf,
+        /// The checksum the caller expected.
+        expected: String,
+        /// The checksum of what was written.
+        actual: String,
+    },
+}
+
+impl FsError {
+    /// True when retrying the same operation cannot help (the tree itself is in the way, e.g. a
+    /// symlink where a directory should be); false when it may (I/O errors, a corrupt transfer).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            FsError::SymlinkInPath { .. } | FsError::NotADirectory { .. } => true,
+            FsError::Io { .. } | FsError::HashMismatch { .. } => false,
+        }
+    }
+
+    /// The path the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            FsError::Io { path, .. }
+            | FsError::SymlinkInPath { path }
+            | FsError::NotADirectory { path }
+            | FsError::HashMismatch { path, .. } => path,
+        }
+    }
+
+    /// Builds an [`FsError::Io`].
+    pub fn io(what: &'static str, path: impl Into<PathBuf>, source: io::Error) -> FsError {
+        FsError::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_permanence() {
+        let e = FsError::io(
+            "create a temp file in",
+            "/r/d",
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        );
+        assert!(
+            e.to_string()
+                .starts_with("cannot create a temp file in /r/d: "),
+            "{e}"
+        );
+        assert!(!e.is_permanent());
+        assert_eq!(e.path(), Path::new("/r/d"));
+        let e = FsError::SymlinkInPath {
+            path: "/r/l".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "refusing to write through /r/l: it is a symlink"
+        );
+        assert!(e.is_permanent());
+        assert!(FsError::NotADirectory {
+            path: "/r/f".into()
+        }
+        .is_permanent());
+        let e = FsError::HashMismatch {
+            path: "/r/f".into(),
+            expected: "aa".into(),
+            actual: "bb".into(),
+        };
+        assert!(!e.is_permanent());
+        assert_eq!(
+            e.to_string(),
+            "content written for /r/f has sha256 bb, expected aa"
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! SHA-256 content hashes as 64 lowercase hex characters: the checksum zync compares to decide
+//! whether a file changed and to verify a download before it replaces anything (invariant 1).
+
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// How much `hash_file` reads at a time.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// An incremental SHA-256 hasher producing lowercase hex.
+#[derive(Clone, Default)]
+pub struct Hasher(Sha256);
+
+impl Hasher {
+    /// A hasher with nothing hashed yet.
+    pub fn new() -> Self {
+        Hasher(Sha256::new())
+    }
+
+    /// Feeds more bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The digest of everything fed so far, as 64 lowercase hex characters.
+    pub fn finish(self) -> String {
+        to_hex(&self.0.finalize())
+    }
+}
+
+/// The SHA-256 of `data` as 64 lowercase hex characters.
+pub fn hash_bytes(data: &[u8]) -> String {
+    let mut h = Hasher::new();
+    h.update(data);
+    h.finish()
+}
+
+/// Hashes a regular file by streaming it in 256 KiB reads, so memory does not grow with the file.
+/// Returns the hex digest and the number of bytes read. The file is opened with `O_NOFOLLOW`
+/// (a symlink fails with `ELOOP`) and `O_NONBLOCK` (a fifo cannot block the caller).
+///
+/// # Errors
+///
+/// I/O errors from opening or reading; `InvalidInput` if `path` is not a regular file.
+pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+    let mut file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((hasher.finish(), total))
+}
+
+/// Whether `s` looks like a digest from this module: exactly 64 lowercase hex characters.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Lowercase hex encoding.
+fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    #[test]
+    fn known_vectors() {
+        assert_eq!(hash_bytes(b""), EMPTY);
+        assert_eq!(hash_bytes(b"abc"), ABC);
+        let mut h = Hasher::default();
+        h.update(b"a");
+        h.update(b"bc");
+        assert_eq!(h.finish(), ABC);
+        assert_eq!(to_hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    }
+
+    #[test]
+    fn file_hash_matches_bytes_across_chunks() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data: Vec<u8> = (0..READ_CHUNK * 2 + 12345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let p = tmp.path().join("big");
+        std::fs::write(&p, &data).expect("write");
+        assert_eq!(
+            hash_file(&p).expect("hash"),
+            (hash_bytes(&data), data.len() as u64)
+        );
+        let e = tmp.path().join("empty");
+        std::fs::write(&e, b"").expect("write");
+        assert_eq!(hash_file(&e).expect("hash"), (EMPTY.to_string(), 0));
+    }
+
+    #[test]
+    fn file_hash_refuses_symlinks_and_dirs() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let f = tmp.path().join("f");
+        std::fs::write(&f, b"abc").expect("write");
+        let l = tmp.path().join("l");
+        std::os::unix::fs::symlink(&f, &l).expect("symlink");
+        let err = hash_file(&l).expect_err("symlink must not be followed");
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "got {err}");
+        let err = hash_file(tmp.path()).expect_err("a directory is not hashable");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "got {err}");
+    }
+
+    #[test]
+    fn hex_check() {
+        assert!(is_sha256_hex(EMPTY));
+        assert!(!is_sha256_hex(&EMPTY.to_uppercase()));
+        assert!(!is_sha256_hex(&EMPTY[1..]));
+        assert!(!is_sha256_hex(&format!("{}g", &EMPTY[1..])));
+        assert!(!is_sha256_hex(""));
+    }
+}

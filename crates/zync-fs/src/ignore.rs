@@ -1,0 +1,368 @@
+//! Which paths zync leaves alone: built-in defaults, `--ignore` patterns and `.zyncignore` files
+//! in gitignore syntax. Scanning and watching both ask `IgnoreRules`, so they agree exactly.
+
+use crate::path::RelPath;
+use ::ignore::gitignore::{Gitignore, GitignoreBuilder};
+use ::ignore::Match;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+/// Ignored unless `--no-default-ignores` is given.
+pub const DEFAULT_IGNORES: &[&str] = &[
+    ".git",
+    ".DS_Store",
+    "__pycache__",
+    "*.pyc",
+    "*.pyo",
+    ".idea",
+    ".vscode",
+    "node_modules",
+    "build",
+    "dist",
+    "*.swp",
+    "*.swo",
+    "*~",
+];
+
+/// The name prefix of zync's own temp files; always ignored, even with no default ignores.
+pub const TEMP_PREFIX: &str = ".zync-tmp-";
+
+/// The per-directory ignore file.
+pub const IGNORE_FILE: &str = ".zyncignore";
+
+/// Why ignore rules could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum IgnoreError {
+    /// An `--ignore` pattern is not valid gitignore syntax.
+    #[error("invalid ignore pattern {pattern:?}: {message}")]
+    Pattern {
+        /// The pattern as given.
+        pattern: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The ignore rules of one synced root. Cheap to clone: clones share the cache of loaded
+/// `.zyncignore` files, so [`IgnoreRules::reload`] on one affects all.
+#[derive(Clone)]
+pub struct IgnoreRules {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    /// Defaults plus `--ignore` patterns, matched relative to the root.
+    global: Gitignore,
+    /// Loaded `.zyncignore` files by directory ("" for the root); `None` when the directory has
+    /// none (or a broken one).
+    dirs: RwLock<HashMap<String, Option<Arc<Gitignore>>>>,
+}
+
+impl std::fmt::Debug for IgnoreRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IgnoreRules")
+            .field("root", &self.inner.root)
+            .field("global_patterns", &self.inner.global.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A builder whose root is ".", so the library never strips anything: we always pass paths
+/// relative to the directory a matcher belongs to.
+fn builder() -> GitignoreBuilder {
+    GitignoreBuilder::new(".")
+}
+
+impl IgnoreRules {
+    /// Rules for `root`: the defaults when `use_defaults`, plus `extra` (`--ignore` patterns in
+    /// gitignore syntax, relative to the root). `.zyncignore` files are loaded lazily.
+    ///
+    /// # Errors
+    ///
+    /// [`IgnoreError::Pattern`] naming the first invalid pattern.
+    pub fn new(
+        root: &Path,
+        extra: &[String],
+        use_defaults: bool,
+    ) -> Result<IgnoreRules, IgnoreError> {
+        let mut b = builder();
+        let defaults: &[&str] = if use_defaults { DEFAULT_IGNORES } else { &[] };
+        let patterns = defaults
+            .iter()
+            .copied()
+            .chain(extra.iter().map(String::as_str));
+        for pattern in patterns {
+            b.add_line(None, pattern)
+                .map_err(|e| IgnoreError::Pattern {
+                    pattern: pattern.to_string(),
+                    message: e.to_string(),
+                })?;
+        }
+        let global = b.build().map_err(|e| IgnoreError::Pattern {
+            pattern: extra.join(", "),
+            message: e.to_string(),
+        })?;
+        Ok(IgnoreRules {
+            inner: Arc::new(Inner {
+                root: root.to_path_buf(),
+                global,
+                dirs: RwLock::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The root these rules belong to.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// True when `rel` or any of its ancestors is ignored. `is_dir` says whether `rel` itself is
+    /// a directory (for patterns ending in `/`); ancestors are directories.
+    ///
+    /// Gitignore semantics: a `.zyncignore` in a directory applies to paths below it; deeper
+    /// files override shallower ones, which override the global rules; `!pattern` whitelists.
+    /// Names starting with [`TEMP_PREFIX`] are always ignored.
+    pub fn is_ignored(&self, rel: &RelPath, is_dir: bool) -> bool {
+        if rel.as_str().split('/').any(|c| c.starts_with(TEMP_PREFIX)) {
+            return true;
+        }
+        // As in git, nothing below an ignored directory can be re-included, so check each
+        // ancestor (as a directory) from the top before the path itself.
+        let s = rel.as_str();
+        let ends = s.match_indices('/').map(|(i, _)| (i, true));
+        ends.chain(std::iter::once((s.len(), is_dir)))
+            .any(|(end, dir)| self.ignored_here(&s[..end], dir))
+    }
+
+    /// Whether `path` itself (not its ancestors) is ignored: the deepest matcher with an opinion
+    /// decides.
+    fn ignored_here(&self, path: &str, is_dir: bool) -> bool {
+        // Directories that may hold a .zyncignore applying to `path`: its proper ancestors and
+        // the root, deepest first.
+        let mut dir_ends: Vec<usize> = path.match_indices('/').map(|(i, _)| i).collect();
+        dir_ends.reverse();
+        dir_ends.push(0);
+        for end in dir_ends {
+            let dir = &path[..end];
+            let Some(gi) = self.dir_rules(dir) else {
+                continue;
+            };
+            let below = if end == 0 { path } else { &path[end + 1..] };
+            match gi.matched(below, is_dir) {
+                Match::Ignore(_) => return true,
+                Match::Whitelist(_) => return false,
+                Match::None => {}
+            }
+        }
+        matches!(self.inner.global.matched(path, is_dir), Match::Ignore(_))
+    }
+
+    /// The parsed `.zyncignore` of directory `dir` ("" for the root), loading it on first use.
+    fn dir_rules(&self, dir: &str) -> Option<Arc<Gitignore>> {
+        {
+            let cache = self.inner.dirs.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(found) = cache.get(dir) {
+                return found.clone();
+            }
+        }
+        let loaded = self.load(dir).map(Arc::new);
+        let mut cache = self.inner.dirs.write().unwrap_or_else(|e| e.into_inner());
+        cache.entry(dir.to_string()).or_insert(loaded).clone()
+    }
+
+    fn load(&self, dir: &str) -> Option<Gitignore> {
+        let file = self.inner.root.join(dir).join(IGNORE_FILE);
+        let text = match std::fs::read(&file) {
+            Ok(bytes) => bytes,
+            Err(e) if crate::meta::is_missing(&e) => return None,
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}; ignoring it", file.display());
+                return None;
+            }
+        };
+        let Ok(text) = String::from_utf8(text) else {
+            tracing::warn!("{} is not valid UTF-8; ignoring it", file.display());
+            return None;
+        };
+        let mut b = builder();
+        for (n, line) in text.lines().enumerate() {
+            if let Err(e) = b.add_line(Some(file.clone()), line) {
+                tracing::warn!("{}:{}: {e}; ignoring the whole file", file.display(), n + 1);
+                return None;
+            }
+        }
+        match b.build() {
+            Ok(gi) if gi.is_empty() => None,
+            Ok(gi) => Some(gi),
+            Err(e) => {
+                tracing::warn!("{}: {e}; ignoring the whole file", file.display());
+                None
+            }
+        }
+    }
+
+    /// Forgets cached `.zyncignore` files, so the next check reads them again. Call after one
+    /// changed.
+    pub fn reload(&self) {
+        self.inner
+            .dirs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::parse(s).expect("valid test path")
+    }
+
+    fn check(rules: &IgnoreRules, cases: &[(&str, bool, bool)]) {
+        for &(path, is_dir, want) in cases {
+            assert_eq!(
+                rules.is_ignored(&rel(path), is_dir),
+                want,
+                "is_ignored({path:?}, is_dir={is_dir}): expected {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let rules = IgnoreRules::new(tmp.path(), &[], true).expect("rules");
+        check(
+            &rules,
+            &[
+                (".git", true, true),
+                (".git/config", false, true),
+                ("src/node_modules/x/y.js", false, true),
+                ("a/b.pyc", false, true),
+                ("notes.txt~", false, true),
+                ("build", true, true),
+                ("src/main.rs", false, false),
+                ("builder", true, false),
+                (".gitignore", false, false),
+                (IGNORE_FILE, false, false),
+            ],
+        );
+        let none = IgnoreRules::new(tmp.path(), &[], false).expect("rules");
+        check(
+            &none,
+            &[(".git/config", false, false), ("a.pyc", false, false)],
+        );
+    }
+
+    #[test]
+    fn temp_prefix_always_ignored() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let rules = IgnoreRules::new(tmp.path(), &["!*".to_string()], false).expect("rules");
+        check(
+            &rules,
+            &[
+                (".zync-tmp-abc", false, true),
+                ("d/.zync-tmp-abc", false, true),
+                (".zync-tmp-dir/x", false, true),
+                ("d/.zync-tm", false, false),
+            ],
+        );
+    }
+
+    #[test]
+    fn extra_patterns_and_dir_only_patterns() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let extra = vec![
+            "*.log".to_string(),
+            "logs/".to_string(),
+            "/top.txt".to_string(),
+        ];
+        let rules = IgnoreRules::new(tmp.path(), &extra, false).expect("rules");
+        check(
+            &rules,
+            &[
+                ("a.log", false, true),
+                ("deep/er/a.log", false, true),
+                ("logs", true, true),
+                ("logs", false, false),
+                ("logs/today.txt", false, true),
+                ("x/logs/today.txt", false, true),
+                ("top.txt", false, true),
+                ("sub/top.txt", false, false),
+            ],
+        );
+    }
+
+    #[test]
+    fn invalid_pattern_is_named() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let err =
+            IgnoreRules::new(tmp.path(), &["a[z-a]".to_string()], false).expect_err("invalid");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"a[z-a]\""),
+            "message does not name the pattern: {msg}"
+        );
+    }
+
+    #[test]
+    fn nested_zyncignore_overrides() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        fs::create_dir_all(root.join("a/b")).expect("mkdir");
+        fs::write(root.join(IGNORE_FILE), "*.tmp\nsecret/\n").expect("write");
+        fs::write(root.join("a").join(IGNORE_FILE), "!keep.tmp\n/local.txt\n").expect("write");
+        fs::write(root.join("a/b").join(IGNORE_FILE), "keep.tmp\n!*.pyc\n").expect("write");
+        let rules = IgnoreRules::new(root, &[], true).expect("rules");
+        check(
+            &rules,
+            &[
+                ("x.tmp", false, true),
+                ("keep.tmp", false, true),
+                ("a/keep.tmp", false, false),
+                ("a/other.tmp", false, true),
+                ("a/b/keep.tmp", false, true),
+                ("a/b/c.pyc", false, false),
+                ("a/c.pyc", false, true),
+                ("a/local.txt", false, true),
+                ("a/b/local.txt", false, false),
+                ("local.txt", false, false),
+                ("a/secret/x", false, true),
+            ],
+        );
+    }
+
+    #[test]
+    fn ignored_ancestor_cannot_be_reincluded() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        fs::create_dir_all(root.join("node_modules/pkg")).expect("mkdir");
+        fs::write(root.join("node_modules/pkg").join(IGNORE_FILE), "!*\n").expect("write");
+        let rules = IgnoreRules::new(root, &["!keep.js".to_string()], true).expect("rules");
+        check(&rules, &[("node_modules/pkg/keep.js", false, true)]);
+    }
+
+    #[test]
+    fn broken_file_is_skipped_and_reload_rereads() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        fs::write(root.join(IGNORE_FILE), "*.a\nbad[z-a]\n").expect("write");
+        let rules = IgnoreRules::new(root, &[], false).expect("rules");
+        check(&rules, &[("x.a", false, false)]);
+        fs::write(root.join(IGNORE_FILE), "*.a\n").expect("write");
+        check(&rules, &[("x.a", false, false)]); // still cached
+        rules.clone().reload();
+        check(&rules, &[("x.a", false, true)]);
+    }
+
+    #[test]
+    fn is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<IgnoreRules>();
+    }
+}

@@ -1,0 +1,31 @@
+//! zync's file system layer: validated relative paths, scanning with ignore rules, hashing,
+//! atomic writes that never follow symlinks, conflict-copy names, and watching with debounce.
+//! Linux only. Everything is re-exported at the crate root.
+#![deny(missing_docs)]
+
+pub mod atomic;
+mod attrs;
+pub mod conflict;
+mod dir_name;
+mod dirs;
+mod error;
+pub mod hash;
+pub mod ignore;
+pub mod meta;
+pub mod path;
+pub mod scan;
+pub mod token;
+pub mod watch;
+
+pub use crate::atomic::{
+    check_parents, ensure_dir, fsync_dir, remove_temp_files, replace_with_symlink, set_mode,
+    set_mtime, AtomicFile, FsError,
+};
+pub use crate::conflict::{conflict_name, free_conflict_name, is_conflict_copy, CONFLICT_MARKER};
+pub use crate::hash::{hash_bytes, hash_file, is_sha256_hex, Hasher};
+pub use crate::ignore::{IgnoreError, IgnoreRules, DEFAULT_IGNORES, IGNORE_FILE, TEMP_PREFIX};
+pub use crate::meta::{lstat, EntryKind, Meta, Stat};
+pub use crate::path::{DirName, PathError, RelPath};
+pub use crate::scan::{scan, ScanEntry, ScanResult};
+pub use crate::token::{create_token_file, read_token_file, TokenError};
+pub use crate::watch::{next_batch, next_batch_timeout, Batch, WatchEvent, Watcher};

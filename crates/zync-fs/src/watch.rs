@@ -1,0 +1,423 @@
+//! Watching several roots for changes (notify, inotify on Linux) and debouncing the events into
+//! batches. A lost event (queue overflow, watcher error) becomes a rescan request, so the daemon
+//! never misses a change (invariant 6).
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+/// What the watcher reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Something happened at these absolute paths, all under root number `root`.
+    Paths {
+        /// Index into the roots given to [`Watcher::new`].
+        root: usize,
+        /// Absolute paths that changed (created, modified, removed or renamed).
+        paths: Vec<PathBuf>,
+    },
+    /// Events were lost: rescan one root, or all of them (`None`).
+    Rescan {
+        /// Index of the root to rescan, or `None` for all.
+        root: Option<usize>,
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// Watches roots recursively while it lives; dropping it stops watching.
+pub struct Watcher {
+    _inner: RecommendedWatcher,
+    roots: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher")
+            .field("roots", &self.roots)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Watcher {
+    /// Watches each root recursively. Events are mapped to the index of the root they fall under
+    /// (to every such root, should roots nest) and sent on `tx`. Events flagged for rescan
+    /// (inotify queue overflow) and watcher errors become [`WatchEvent::Rescan`]. Access events
+    /// are dropped, except close-after-write, which marks the end of a write.
+    ///
+    /// Directories created later are watched automatically, but a file created in a new
+    /// directory before its watch is in place produces no event: callers should scan a newly
+    /// created directory.
+    ///
+    /// # Errors
+    ///
+    /// The notify error when the watcher cannot start or a root cannot be watched (missing
+    /// root, inotify watch limit reached).
+    pub fn new(roots: &[PathBuf], tx: Sender<WatchEvent>) -> Result<Watcher, notify::Error> {
+        let handler_roots = roots.to_vec();
+        let mut inner = notify::recommended_watcher(move |res: notify::Result<Event>| {
+            for event in translate(&handler_roots, res) {
+                // A closed receiver means the caller is shutting down.
+                let _ = tx.send(event);
+            }
+        })?;
+        for root in roots {
+            inner
+                .watch(root, RecursiveMode::Recursive)
+                .map_err(|e| e.add_path(root.clone()))?;
+        }
+        Ok(Watcher {
+            _inner: inner,
+            roots: roots.to_vec(),
+        })
+    }
+
+    /// The roots being watched, in index order.
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
+}
+
+/// The indices of the roots `path` falls under.
+fn roots_of<'a>(roots: &'a [PathBuf], path: &'a Path) -> impl Iterator<Item = usize> + 'a {
+    roots
+        .iter()
+        .enumerate()
+        .filter(move |(_, r)| path.starts_with(r))
+        .map(|(i, _)| i)
+}
+
+/// Turns one notify callback into the events we report.
+fn translate(roots: &[PathBuf], res: notify::Result<Event>) -> Vec<WatchEvent> {
+    let (paths, rescan_reason) = match res {
+        Err(e) => (e.paths.clone(), format!("file watcher error: {e}")),
+        Ok(event) if event.need_rescan() => (
+            event.paths,
+            "the file system event queue overflowed".to_string(),
+        ),
+        Ok(event) => {
+            if let EventKind::Access(kind) = event.kind {
+                if kind != AccessKind::Close(AccessMode::Write) {
+                    return Vec::new();
+                }
+            }
+            let mut by_root: BTreeMap<usize, Vec<PathBuf>> = BTreeMap::new();
+            for path in &event.paths {
+                for root in roots_of(roots, path) {
+                    by_root.entry(root).or_default().push(path.clone());
+                }
+            }
+            return by_root
+                .into_iter()
+                .map(|(root, paths)| WatchEvent::Paths { root, paths })
+                .collect();
+        }
+    };
+    let affected: BTreeSet<usize> = paths.iter().flat_map(|p| roots_of(roots, p)).collect();
+    if affected.is_empty() {
+        return vec![WatchEvent::Rescan {
+            root: None,
+            reason: rescan_reason,
+        }];
+    }
+    affected
+        .into_iter()
+        .map(|root| WatchEvent::Rescan {
+            root: Some(root),
+            reason: rescan_reason.clone(),
+        })
+        .collect()
+}
+
+/// Debounced events: changed paths per root, and which roots need a rescan.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Absolute changed paths, by root index.
+    pub paths: BTreeMap<usize, BTreeSet<PathBuf>>,
+    /// Every root needs a rescan.
+    pub rescan_all: bool,
+    /// These roots need a rescan.
+    pub rescan: BTreeSet<usize>,
+}
+
+impl Batch {
+    /// Adds one event.
+    pub fn push(&mut self, event: WatchEvent) {
+        match event {
+            WatchEvent::Paths { root, paths } => self.paths.entry(root).or_default().extend(paths),
+            WatchEvent::Rescan { root: None, reason } => {
+                tracing::info!("rescanning all roots: {reason}");
+                self.rescan_all = true;
+            }
+            WatchEvent::Rescan {
+                root: Some(root),
+                reason,
+            } => {
+                tracing::info!("rescanning root {root}: {reason}");
+                self.rescan.insert(root);
+            }
+        }
+    }
+
+    /// True when the batch holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty() && !self.rescan_all && self.rescan.is_empty()
+    }
+}
+
+/// Waits for the first event, then keeps collecting until no event arrived for `quiet` or `max`
+/// has passed since the first. Returns `None` when the channel is disconnected and nothing is
+/// pending.
+pub fn next_batch(rx: &Receiver<WatchEvent>, quiet: Duration, max: Duration) -> Option<Batch> {
+    let first = rx.recv().ok()?;
+    Some(collect(rx, first, quiet, max))
+}
+
+/// Like [`next_batch`], but returns `Some` empty batch when nothing arrives within `idle`, so
+/// the caller can check a stop flag.
+pub fn next_batch_timeout(
+    rx: &Receiver<WatchEvent>,
+    idle: Duration,
+    quiet: Duration,
+    max: Duration,
+) -> Option<Batch> {
+    match rx.recv_timeout(idle) {
+        Ok(first) => Some(collect(rx, first, quiet, max)),
+        Err(RecvTimeoutError::Timeout) => Some(Batch::default()),
+        Err(RecvTimeoutError::Disconnected) => None,
+    }
+}
+
+fn collect(rx: &Receiver<WatchEvent>, first: WatchEvent, quiet: Duration, max: Duration) -> Batch {
+    let start = Instant::now();
+    let hard_deadline = start + max;
+    let mut batch = Batch::default();
+    batch.push(first);
+    let mut last = start;
+    loop {
+        let deadline = (last + quiet).min(hard_deadline);
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        match rx.recv_timeout(deadline - now) {
+            Ok(event) => {
+                batch.push(event);
+                last = Instant::now();
+            }
+            // Disconnected: return what we have; the next call reports the disconnection.
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::sync::mpsc::channel;
+
+    const QUIET: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_millis(500);
+
+    fn paths_event(root: usize, p: &str) -> WatchEvent {
+        WatchEvent::Paths {
+            root,
+            paths: vec![PathBuf::from(p)],
+        }
+    }
+
+    /// Collects batches until `done` holds for the paths seen so far, or fails after 10 s.
+    fn wait_for(rx: &Receiver<WatchEvent>, root: usize, done: impl Fn(&BTreeSet<PathBuf>) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = BTreeSet::new();
+        while !done(&seen) {
+            assert!(Instant::now() < deadline, "timed out; saw only {seen:?}");
+            let batch = next_batch_timeout(rx, Duration::from_millis(100), QUIET, MAX)
+                .expect("watcher channel closed");
+            for (r, paths) in batch.paths {
+                assert_eq!(r, root, "event mapped to the wrong root: {paths:?}");
+                seen.extend(paths);
+            }
+        }
+    }
+
+    /// Discards events until the watcher has been quiet for 200 ms, so that a later wait cannot
+    /// be satisfied by leftovers of an earlier change.
+    fn drain(rx: &Receiver<WatchEvent>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let batch = next_batch_timeout(rx, Duration::from_millis(200), QUIET, MAX)
+                .expect("watcher channel closed");
+            if batch.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "watcher never went quiet: {batch:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_changes_arrive_as_batches() {
+        let a = tempfile::tempdir().expect("tempdir");
+        let b = tempfile::tempdir().expect("tempdir");
+        let roots = vec![
+            a.path().canonicalize().expect("canonicalize"),
+            b.path().canonicalize().expect("canonicalize"),
+        ];
+        let (tx, rx) = channel();
+        let watcher = Watcher::new(&roots, tx).expect("watcher");
+        assert_eq!(watcher.roots(), roots.as_slice());
+        let dir = &roots[1];
+
+        let f = dir.join("created.txt");
+        fs::write(&f, b"one").expect("write");
+        wait_for(&rx, 1, |seen| seen.contains(&f));
+        drain(&rx);
+
+        fs::write(&f, b"two").expect("modify");
+        wait_for(&rx, 1, |seen| seen.contains(&f));
+        drain(&rx);
+
+        let g = dir.join("renamed.txt");
+        fs::rename(&f, &g).expect("rename");
+        wait_for(&rx, 1, |seen| seen.contains(&f) && seen.contains(&g));
+
+        drop(watcher);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while next_batch_timeout(&rx, Duration::from_millis(50), QUIET, MAX).is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "channel not closed after the watcher was dropped"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_root_is_an_error() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (tx, _rx) = channel();
+        assert!(Watcher::new(&[tmp.path().join("missing")], tx).is_err());
+    }
+
+    #[test]
+    fn translate_maps_roots_and_drops_reads() {
+        let roots = vec![
+            PathBuf::from("/r0"),
+            PathBuf::from("/r1"),
+            PathBuf::from("/r1/inner"),
+        ];
+        let ev = Event::new(EventKind::Create(notify::event::CreateKind::File))
+            .add_path("/r1/inner/x".into())
+            .add_path("/r0/y".into())
+            .add_path("/elsewhere".into());
+        assert_eq!(
+            translate(&roots, Ok(ev)),
+            vec![
+                paths_event(0, "/r0/y"),
+                paths_event(1, "/r1/inner/x"),
+                paths_event(2, "/r1/inner/x"),
+            ]
+        );
+        let read = Event::new(EventKind::Access(AccessKind::Open(AccessMode::Any)))
+            .add_path("/r0/a".into());
+        assert!(translate(&roots, Ok(read)).is_empty());
+        let nowrite = Event::new(EventKind::Access(AccessKind::Close(AccessMode::Read)))
+            .add_path("/r0/a".into());
+        assert!(translate(&roots, Ok(nowrite)).is_empty());
+        let write = Event::new(EventKind::Access(AccessKind::Close(AccessMode::Write)))
+            .add_path("/r0/a".into());
+        assert_eq!(translate(&roots, Ok(write)), vec![paths_event(0, "/r0/a")]);
+    }
+
+    #[test]
+    fn translate_turns_overflow_and_errors_into_rescans() {
+        let roots = vec![PathBuf::from("/r0"), PathBuf::from("/r1")];
+        let overflow = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        assert!(matches!(
+            translate(&roots, Ok(overflow)).as_slice(),
+            [WatchEvent::Rescan { root: None, .. }]
+        ));
+        let err = notify::Error::generic("boom").add_path("/r1/x".into());
+        match translate(&roots, Err(err)).as_slice() {
+            [WatchEvent::Rescan {
+                root: Some(1),
+                reason,
+            }] => assert!(reason.contains("boom")),
+            other => panic!("expected a rescan of root 1, got {other:?}"),
+        }
+        let err = notify::Error::generic("no path");
+        assert!(matches!(
+            translate(&roots, Err(err)).as_slice(),
+            [WatchEvent::Rescan { root: None, .. }]
+        ));
+    }
+
+    #[test]
+    fn pending_events_are_merged_then_disconnect_is_reported() {
+        let (tx, rx) = channel();
+        tx.send(paths_event(0, "/a")).expect("send");
+        tx.send(paths_event(0, "/a")).expect("send");
+        tx.send(paths_event(2, "/b")).expect("send");
+        tx.send(WatchEvent::Rescan {
+            root: Some(1),
+            reason: "test".into(),
+        })
+        .expect("send");
+        drop(tx);
+        let batch = next_batch(&rx, QUIET, MAX).expect("a batch");
+        assert_eq!(batch.paths.len(), 2);
+        assert_eq!(batch.paths[&0], BTreeSet::from([PathBuf::from("/a")]));
+        assert_eq!(batch.rescan, BTreeSet::from([1]));
+        assert!(!batch.rescan_all);
+        assert!(next_batch(&rx, QUIET, MAX).is_none());
+        assert!(next_batch_timeout(&rx, QUIET, QUIET, MAX).is_none());
+    }
+
+    #[test]
+    fn idle_timeout_gives_an_empty_batch() {
+        let (tx, rx) = channel::<WatchEvent>();
+        let start = Instant::now();
+        let batch = next_batch_timeout(&rx, Duration::from_millis(30), QUIET, MAX).expect("some");
+        assert!(batch.is_empty(), "{batch:?}");
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        tx.send(WatchEvent::Rescan {
+            root: None,
+            reason: "t".into(),
+        })
+        .expect("send");
+        let batch = next_batch_timeout(&rx, Duration::from_secs(5), QUIET, MAX).expect("some");
+        assert!(batch.rescan_all && !batch.is_empty());
+    }
+
+    #[test]
+    fn max_bounds_a_steady_stream() {
+        let (tx, rx) = channel();
+        let sender = std::thread::spawn(move || {
+            // 10 s of events unless the receiver goes away first.
+            for i in 0..1000 {
+                if tx.send(paths_event(0, &format!("/f{i}"))).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let start = Instant::now();
+        let batch = next_batch(&rx, Duration::from_millis(200), Duration::from_millis(300))
+            .expect("a batch");
+        let took = start.elapsed();
+        drop(rx);
+        sender.join().expect("sender thread");
+        assert!(took < Duration::from_secs(2), "max ignored: took {took:?}");
+        assert!(
+            batch.paths[&0].len() > 5,
+            "too few events merged: {batch:?}"
+        );
+    }
+}

@@ -1,0 +1,42 @@
+//! The wire protocol between `zync-daemon` (machine E) and `zync-client` (machine R).
+//!
+//! JSON text frames carry requests (`operation` in) and responses (`status` out); binary frames
+//! carry file content in bounded chunks, each prefixed with the id of the request it answers.
+//! This crate does no I/O: it defines the messages, their limits and their parsing, so both sides
+//! agree by construction. `docs/PROTOCOL.md` is the human-readable contract.
+#![deny(missing_docs)]
+
+mod chunk;
+mod message;
+mod request;
+
+pub use chunk::{decode_chunk, encode_chunk, ChunkError};
+pub use message::{
+    AckReply, Change, ChangesReply, ErrorCode, ErrorResponse, Event, FileHeader, HelloReply, Kind,
+    LastSequence, OkResponse, Reply, ServerMessage,
+};
+pub use request::{AckChanges, GetChanges, GetFile, Hello, Op, ParseError, Request};
+
+/// The protocol version this build speaks; the handshake refuses any other.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest JSON (text) message either side accepts, in bytes.
+pub const MAX_TEXT_MESSAGE: usize = 4 << 20;
+
+/// The largest file-content payload in one binary frame, in bytes.
+pub const MAX_CHUNK: usize = 1 << 20;
+
+/// Bytes before the payload in a binary frame: the request id, big-endian `u64`.
+pub const CHUNK_HEADER: usize = 8;
+
+/// The largest binary frame either side accepts: one chunk and its header.
+pub const MAX_BINARY_FRAME: usize = MAX_CHUNK + CHUNK_HEADER;
+
+/// How many changes GET_CHANGES returns when the request names no limit.
+pub const DEFAULT_CHANGES_LIMIT: u32 = 1000;
+
+/// The most changes one GET_CHANGES reply may hold; larger limits are clamped.
+pub const MAX_CHANGES_LIMIT: u32 = 5000;
+
+/// The HTTP header that carries the bearer token in the WebSocket upgrade request.
+pub const AUTH_HEADER: &str = "Authorization";

@@ -1,0 +1,340 @@
+//! Messages, daemon to client: responses (`status` "ok" or "error") and pushed events
+//! (`status` "event"), one JSON object per text frame.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Every text frame the daemon sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum ServerMessage {
+    /// A successful response to a request.
+    Ok(OkResponse),
+    /// A failed request, or a connection-level error (then `id` is absent).
+    Error(ErrorResponse),
+    /// Pushed by the daemon without a request.
+    Event(Event),
+}
+
+impl ServerMessage {
+    /// The message as a JSON text frame.
+    pub fn to_json(&self) -> String {
+        // Plain structs with string keys: serialising cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses a text frame from the daemon.
+    ///
+    /// # Errors
+    /// When the frame is not one of the messages above.
+    pub fn parse(text: &str) -> Result<ServerMessage, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+/// A successful response: the request's id and the operation's reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OkResponse {
+    /// The id of the request this answers.
+    pub id: u64,
+    /// The reply, tagged by the request's `operation`.
+    #[serde(flatten)]
+    pub reply: Reply,
+}
+
+/// The reply to each operation, tagged with the operation's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "operation", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Reply {
+    /// The handshake's answer.
+    Hello(HelloReply),
+    /// PING's answer.
+    Ping {},
+    /// GET_LAST_SEQUENCE's answer.
+    GetLastSequence(LastSequence),
+    /// GET_CHANGES's answer.
+    GetChanges(ChangesReply),
+    /// GET_FILE's answer; `chunks` binary frames follow.
+    GetFile(FileHeader),
+    /// ACK_CHANGES's answer.
+    AckChanges(AckReply),
+}
+
+/// The daemon's side of the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// The daemon's protocol version (equal to the client's, or the handshake fails).
+    pub protocol_version: u32,
+    /// Made with the daemon's database; a client that stored another one resyncs from 0.
+    pub index_id: String,
+    /// The directory names the daemon serves.
+    pub dirs: Vec<String>,
+    /// True while the daemon's startup scan or a rescan is running.
+    pub scanning: bool,
+    /// The daemon program's version, for logs.
+    pub server_version: String,
+}
+
+/// Sequence numbers and scan state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastSequence {
+    /// The highest sequence number given to any change.
+    pub last_sequence: u64,
+    /// The highest sequence number of each directory.
+    pub dirs: BTreeMap<String, u64>,
+    /// True while a scan is running: more changes are about to be recorded.
+    pub scanning: bool,
+}
+
+/// What kind of entry a change is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (synced as a link, never followed).
+    Symlink,
+}
+
+/// One entry of the daemon's index: the current state of a path, or its tombstone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The sequence number of this change.
+    pub seq: u64,
+    /// The path relative to the directory, `/`-separated.
+    pub path: String,
+    /// File, dir or symlink.
+    pub kind: Kind,
+    /// True when the path was deleted on E.
+    #[serde(default)]
+    pub deleted: bool,
+    /// File size in bytes (0 for directories and deletions).
+    #[serde(default)]
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    #[serde(default)]
+    pub mtime_ns: i64,
+    /// Permission bits (`st_mode & 0o7777`).
+    #[serde(default)]
+    pub mode: u32,
+    /// Lowercase hex sha256 of a file's content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// A symlink's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// GET_CHANGES's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangesReply {
+    /// The directory name.
+    pub dir: String,
+    /// Changes in ascending sequence order.
+    pub changes: Vec<Change>,
+    /// The directory's highest sequence number when the reply was made.
+    pub last_sequence: u64,
+    /// True when more changes follow the last one returned (ask again from its `seq`).
+    pub more: bool,
+}
+
+/// GET_FILE's answer: what the binary chunks that follow will add up to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHeader {
+    /// The directory name.
+    pub dir: String,
+    /// The file's path.
+    pub path: String,
+    /// Total bytes in the chunks that follow.
+    pub size: u64,
+    /// sha256 of those bytes; the client checks it before using the file.
+    pub sha256: String,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Number of binary frames that follow, each at most [`crate::MAX_CHUNK`] bytes of payload.
+    pub chunks: u64,
+}
+
+/// ACK_CHANGES's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckReply {
+    /// The directory name.
+    pub dir: String,
+    /// The sequence number recorded.
+    pub sequence: u64,
+}
+
+/// A failed request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    /// The id of the failed request, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// The error class.
+    pub code: ErrorCode,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+/// Error classes; see docs/PROTOCOL.md for when each is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed JSON, missing or mistyped fields.
+    BadRequest,
+    /// An operation this daemon does not know.
+    UnknownOperation,
+    /// A request other than HELLO before the handshake.
+    HandshakeRequired,
+    /// The client speaks another protocol version.
+    UnsupportedVersion,
+    /// A path that is not a valid relative path.
+    InvalidPath,
+    /// A directory name the daemon does not serve.
+    UnknownDir,
+    /// No such file in the index.
+    NotFound,
+    /// The path is a directory, a symlink, or ignored: only regular files have content.
+    NotAFile,
+    /// The file changed since it was indexed; a newer change is coming, ask again later.
+    Stale,
+    /// A frame or message over the documented limits.
+    TooLarge,
+    /// The daemon failed (database or disk error); retrying later may help.
+    Internal,
+}
+
+/// Pushed by the daemon to every connected client after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Event {
+    /// New changes were recorded; `last_sequence` is the new global highest sequence.
+    Changed {
+        /// The highest sequence number now recorded.
+        last_sequence: u64,
+    },
+    /// A scan finished; everything on disk is in the index.
+    ScanComplete {
+        /// The highest sequence number now recorded.
+        last_sequence: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(message: ServerMessage) -> String {
+        let json = message.to_json();
+        assert_eq!(ServerMessage::parse(&json).expect(&json), message, "{json}");
+        json
+    }
+
+    #[test]
+    fn ok_responses_carry_status_id_and_operation() {
+        let json = round_trip(ServerMessage::Ok(OkResponse {
+            id: 3,
+            reply: Reply::GetChanges(ChangesReply {
+                dir: "code".into(),
+                changes: vec![Change {
+                    seq: 12,
+                    path: "src/main.rs".into(),
+                    kind: Kind::File,
+                    deleted: false,
+                    size: 10,
+                    mtime_ns: 1_700_000_000_000_000_000,
+                    mode: 0o644,
+                    sha256: Some("ab".repeat(32)),
+                    target: None,
+                }],
+                last_sequence: 12,
+                more: false,
+            }),
+        }));
+        assert!(json.contains(r#""status":"ok""#), "{json}");
+        assert!(json.contains(r#""operation":"GET_CHANGES""#), "{json}");
+        assert!(json.contains(r#""id":3"#), "{json}");
+        assert!(json.contains(r#""kind":"file""#), "{json}");
+
+        round_trip(ServerMessage::Ok(OkResponse {
+            id: 1,
+            reply: Reply::Ping {},
+        }));
+        round_trip(ServerMessage::Ok(OkResponse {
+            id: 2,
+            reply: Reply::Hello(HelloReply {
+                protocol_version: 1,
+                index_id: "i".into(),
+                dirs: vec!["a".into()],
+                scanning: true,
+                server_version: "0.1.0".into(),
+            }),
+        }));
+        round_trip(ServerMessage::Ok(OkResponse {
+            id: 4,
+            reply: Reply::GetLastSequence(LastSequence {
+                last_sequence: 9,
+                dirs: BTreeMap::from([("a".to_string(), 9)]),
+                scanning: false,
+            }),
+        }));
+        round_trip(ServerMessage::Ok(OkResponse {
+            id: 5,
+            reply: Reply::GetFile(FileHeader {
+                dir: "a".into(),
+                path: "f".into(),
+                size: 3,
+                sha256: "00".repeat(32),
+                mtime_ns: -5,
+                mode: 0o755,
+                chunks: 1,
+            }),
+        }));
+        round_trip(ServerMessage::Ok(OkResponse {
+            id: 6,
+            reply: Reply::AckChanges(AckReply {
+                dir: "a".into(),
+                sequence: 5,
+            }),
+        }));
+    }
+
+    #[test]
+    fn errors_and_events_round_trip() {
+        let json = round_trip(ServerMessage::Error(ErrorResponse {
+            id: Some(4),
+            code: ErrorCode::UnknownDir,
+            message: "no such dir".into(),
+        }));
+        assert!(json.contains(r#""status":"error""#), "{json}");
+        assert!(json.contains(r#""code":"unknown_dir""#), "{json}");
+        let json = round_trip(ServerMessage::Error(ErrorResponse {
+            id: None,
+            code: ErrorCode::BadRequest,
+            message: "x".into(),
+        }));
+        assert!(!json.contains("\"id\""), "{json}");
+        let json = round_trip(ServerMessage::Event(Event::Changed { last_sequence: 40 }));
+        assert_eq!(
+            json,
+            r#"{"status":"event","event":"CHANGED","last_sequence":40}"#
+        );
+        round_trip(ServerMessage::Event(Event::ScanComplete {
+            last_sequence: 41,
+        }));
+    }
+
+    #[test]
+    fn a_change_from_an_older_peer_without_optional_fields_parses() {
+        let change: Change =
+            serde_json::from_str(r#"{"seq":1,"path":"gone.txt","kind":"file","deleted":true}"#)
+                .unwrap();
+        assert!(change.deleted);
+        assert_eq!(change.sha256, None);
+    }
+}

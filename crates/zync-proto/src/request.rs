@@ -1,0 +1,265 @@
+//! Requests, client to daemon: one JSON object per text frame, tagged by `operation`, with an
+//! `id` the response echoes so requests can be pipelined.
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::ErrorCode;
+
+/// One request: its id and the operation with its fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the client; echoed in the response and in binary chunks.
+    pub id: u64,
+    /// The operation and its fields, flattened beside `id`.
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// Every operation the daemon serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "operation", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Op {
+    /// The handshake; must be the first request on a connection.
+    Hello(Hello),
+    /// Liveness check.
+    Ping {},
+    /// The daemon's current sequence numbers and whether its scan is running.
+    GetLastSequence {},
+    /// Changes of one directory since a sequence number.
+    GetChanges(GetChanges),
+    /// A file's content, streamed as binary chunks after the reply.
+    GetFile(GetFile),
+    /// The client has durably applied a directory's changes up to a sequence number.
+    AckChanges(AckChanges),
+}
+
+impl Op {
+    /// The operation names this build knows, as they appear on the wire.
+    pub const NAMES: &'static [&'static str] = &[
+        "HELLO",
+        "PING",
+        "GET_LAST_SEQUENCE",
+        "GET_CHANGES",
+        "GET_FILE",
+        "ACK_CHANGES",
+    ];
+
+    /// The wire name of this operation.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Hello(_) => "HELLO",
+            Op::Ping {} => "PING",
+            Op::GetLastSequence {} => "GET_LAST_SEQUENCE",
+            Op::GetChanges(_) => "GET_CHANGES",
+            Op::GetFile(_) => "GET_FILE",
+            Op::AckChanges(_) => "ACK_CHANGES",
+        }
+    }
+}
+
+/// HELLO: protocol version and the client's stable id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must equal the daemon's [`crate::PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// A stable id for this client's database (ACKs are recorded under it).
+    pub client_id: String,
+    /// Free-form version of the client program, for logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_version: Option<String>,
+}
+
+/// GET_CHANGES: changes of `dir` with a sequence number above `since`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetChanges {
+    /// The directory name (the NAME of the daemon's `--dirs NAME:PATH`).
+    pub dir: String,
+    /// Only changes with a greater sequence number are returned; 0 returns the whole tree.
+    pub since: u64,
+    /// At most this many changes (default [`crate::DEFAULT_CHANGES_LIMIT`], clamped to
+    /// [`crate::MAX_CHANGES_LIMIT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// GET_FILE: the current content of a regular file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetFile {
+    /// The directory name.
+    pub dir: String,
+    /// The file's path relative to the directory, `/`-separated.
+    pub path: String,
+}
+
+/// ACK_CHANGES: the client applied `dir`'s changes up to `sequence` durably.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckChanges {
+    /// The directory name.
+    pub dir: String,
+    /// The last sequence number applied.
+    pub sequence: u64,
+}
+
+/// Why a text frame is not a valid request; becomes an error response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// The request id, when the frame had a readable one.
+    pub id: Option<u64>,
+    /// The error class.
+    pub code: ErrorCode,
+    /// What was wrong, for a person.
+    pub message: String,
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+impl Request {
+    /// Parses a text frame, telling apart malformed JSON, a missing id, an unknown operation and
+    /// wrong fields, so the daemon can answer each with a precise error.
+    ///
+    /// # Errors
+    /// A [`ParseError`] naming what was wrong.
+    pub fn parse(text: &str) -> Result<Request, ParseError> {
+        let bad = |id, message: String| ParseError {
+            id,
+            code: ErrorCode::BadRequest,
+            message,
+        };
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| bad(None, format!("request is not valid JSON: {e}")))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| bad(None, "request must be a JSON object".to_string()))?;
+        let id = match object.get("id") {
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                bad(
+                    None,
+                    "field \"id\" must be a non-negative integer".to_string(),
+                )
+            })?),
+            None => None,
+        };
+        let operation = match object.get("operation") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(_) => return Err(bad(id, "field \"operation\" must be a string".to_string())),
+            None => return Err(bad(id, "request has no \"operation\" field".to_string())),
+        };
+        if !Op::NAMES.contains(&operation.as_str()) {
+            return Err(ParseError {
+                id,
+                code: ErrorCode::UnknownOperation,
+                message: format!(
+                    "unknown operation {operation:?}; this daemon knows {}",
+                    Op::NAMES.join(", ")
+                ),
+            });
+        }
+        if id.is_none() {
+            return Err(bad(None, "request has no \"id\" field".to_string()));
+        }
+        serde_json::from_value(value)
+            .map_err(|e| bad(id, format!("invalid {operation} request: {e}")))
+    }
+
+    /// The request as a JSON text frame.
+    pub fn to_json(&self) -> String {
+        // Serialising these plain structs cannot fail: no maps with non-string keys, no I/O.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_operation() {
+        let r =
+            Request::parse(r#"{"id":1,"operation":"GET_CHANGES","dir":"code","since":5}"#).unwrap();
+        assert_eq!(
+            r,
+            Request {
+                id: 1,
+                op: Op::GetChanges(GetChanges {
+                    dir: "code".into(),
+                    since: 5,
+                    limit: None
+                })
+            }
+        );
+        let r = Request::parse(r#"{"id":2,"operation":"PING"}"#).unwrap();
+        assert_eq!(r.op, Op::Ping {});
+        let r = Request::parse(r#"{"operation":"GET_LAST_SEQUENCE","id":3}"#).unwrap();
+        assert_eq!(r.op, Op::GetLastSequence {});
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let ops = vec![
+            Op::Hello(Hello {
+                protocol_version: 1,
+                client_id: "c".into(),
+                client_version: Some("0.1".into()),
+            }),
+            Op::Ping {},
+            Op::GetLastSequence {},
+            Op::GetChanges(GetChanges {
+                dir: "d".into(),
+                since: 9,
+                limit: Some(10),
+            }),
+            Op::GetFile(GetFile {
+                dir: "d".into(),
+                path: "a/b".into(),
+            }),
+            Op::AckChanges(AckChanges {
+                dir: "d".into(),
+                sequence: 4,
+            }),
+        ];
+        for (i, op) in ops.into_iter().enumerate() {
+            let name = op.name();
+            let request = Request { id: i as u64, op };
+            let json = request.to_json();
+            assert!(
+                json.contains(&format!("\"operation\":\"{name}\"")),
+                "{json}"
+            );
+            assert_eq!(Request::parse(&json), Ok(request));
+        }
+    }
+
+    #[test]
+    fn errors_say_what_was_wrong() {
+        let e = Request::parse("{not json").unwrap_err();
+        assert_eq!((e.id, e.code), (None, ErrorCode::BadRequest));
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+
+        let e = Request::parse("[1,2]").unwrap_err();
+        assert!(e.message.contains("JSON object"), "{}", e.message);
+
+        let e = Request::parse(r#"{"id":7,"operation":"DELETE_EVERYTHING"}"#).unwrap_err();
+        assert_eq!((e.id, e.code), (Some(7), ErrorCode::UnknownOperation));
+        assert!(e.message.contains("DELETE_EVERYTHING"), "{}", e.message);
+
+        let e = Request::parse(r#"{"id":8,"operation":"GET_CHANGES","dir":"d","since":"x"}"#)
+            .unwrap_err();
+        assert_eq!((e.id, e.code), (Some(8), ErrorCode::BadRequest));
+        assert!(e.message.contains("GET_CHANGES"), "{}", e.message);
+
+        let e = Request::parse(r#"{"id":-1,"operation":"PING"}"#).unwrap_err();
+        assert!(e.message.contains("\"id\""), "{}", e.message);
+
+        let e = Request::parse(r#"{"operation":"PING"}"#).unwrap_err();
+        assert!(e.message.contains("no \"id\""), "{}", e.message);
+
+        let e = Request::parse(r#"{"id":1,"operation":5}"#).unwrap_err();
+        assert!(e.message.contains("must be a string"), "{}", e.message);
+    }
+}
