@@ -59,7 +59,11 @@ pub fn main_with_args(args: Args) -> anyhow::Result<()> {
                 "cannot listen on {address}; is another daemon running there? pick another --port"
             )
         })?;
-        tracing::info!("listening on ws://{address}");
+        // The bound address, so `--port 0` tells which port it got (the tests rely on it).
+        let bound = listener
+            .local_addr()
+            .context("cannot read the listening address")?;
+        tracing::info!("listening on ws://{bound}");
         run(config, listener, shutdown_signal()).await
     })
 }

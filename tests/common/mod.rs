@@ -1,0 +1,485 @@
+//! Test harness for the end-to-end tests: builds and runs the real `zync-daemon` and
+//! `zync-client` binaries on temp directories and loopback ports, and waits on conditions
+//! with deadlines (never a bare sleep).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// How long any condition may take before a test fails. Generous: CI machines are shared.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The directory holding the workspace's binaries, built once per test process.
+/// `CARGO_BIN_EXE_*` exists only for a package's own binaries, so build the members' binaries
+/// with the same cargo and profile (as assert_cmd/escargot do).
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "zync-daemon",
+                "-p",
+                "zync-client",
+                "--bins",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cannot run cargo to build the binaries");
+        assert!(
+            status.success(),
+            "building zync-daemon and zync-client failed"
+        );
+        // tests/… executable lives in target/<profile>/deps/
+        let exe = std::env::current_exe().expect("current_exe");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf()
+    })
+}
+
+/// A command for one of the workspace binaries.
+pub fn command(name: &str) -> Command {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing; run `cargo test --workspace`",
+        path.display()
+    );
+    let mut cmd = Command::new(path);
+    cmd.env_remove("ZYNC_TOKEN");
+    cmd
+}
+
+/// Polls `cond` until it holds, failing the test with `what` after [`DEADLINE`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running daemon; killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// The database file.
+    pub db: PathBuf,
+    /// The token file.
+    pub token_file: PathBuf,
+    /// Its stderr, captured to a file.
+    pub log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts a daemon serving `dirs` with its database and token in `state`.
+    pub fn start(state: &Path, dirs: &[(&str, &Path)]) -> Daemon {
+        Daemon::start_with(state, dirs, &[])
+    }
+
+    /// As [`Daemon::start`], with extra command-line arguments.
+    pub fn start_with(state: &Path, dirs: &[(&str, &Path)], extra: &[&str]) -> Daemon {
+        let mut args: Vec<String> = vec![
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--log-level".into(),
+            "debug".into(),
+        ];
+        args.push("--db".into());
+        args.push(state.join("sync.db").display().to_string());
+        args.push("--dirs".into());
+        for (name, path) in dirs {
+            args.push(format!("{name}:{}", path.display()));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut daemon = Daemon {
+            child: None,
+            port: 0,
+            db: state.join("sync.db"),
+            token_file: state.join("zync.token"),
+            log: state.join("daemon.log"),
+            args,
+        };
+        daemon.launch(0);
+        daemon
+    }
+
+    /// Starts the process (port 0 picks a free one) and waits until it listens.
+    fn launch(&mut self, port: u16) {
+        let log = std::fs::File::create(&self.log).expect("create daemon log");
+        let child = command("zync-daemon")
+            .args(&self.args)
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn zync-daemon");
+        self.child = Some(child);
+        let mut found = None;
+        wait_until("the daemon to listen", || {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("zync-daemon exited with {status}:\n{}", self.log_text());
+            }
+            found = listening_port(&self.log);
+            found.is_some()
+        });
+        self.port = found.unwrap_or_default();
+    }
+
+    /// The daemon's URL.
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the startup scan is done (the daemon logs it).
+    pub fn wait_scanned(&self) {
+        wait_until("the daemon's startup scan", || {
+            self.log_text().contains("startup scan complete")
+        });
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            while child.try_wait().ok().flatten().is_none() {
+                if start.elapsed() > DEADLINE {
+                    let _ = child.kill();
+                    panic!("zync-daemon did not stop on SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Kills the daemon with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again on the same port, database and directories.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.port;
+        self.launch(port);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn listening_port(log: &Path) -> Option<u16> {
+    let file = std::fs::File::open(log).ok()?;
+    BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let rest = &line[line.find("listening on ws://")? + "listening on ws://".len()..];
+            rest.split(|c: char| c.is_whitespace())
+                .next()?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
+/// A client's settings: its database, token file and mappings.
+pub struct ClientSpec {
+    /// The client database.
+    pub db: PathBuf,
+    /// The token file (a copy of the daemon's).
+    pub token_file: PathBuf,
+    /// NAME:LOCAL_PATH mappings.
+    pub dirs: Vec<(String, PathBuf)>,
+}
+
+impl ClientSpec {
+    /// A client with its state in `state`, holding a copy of the daemon's token.
+    pub fn new(state: &Path, daemon: &Daemon, dirs: &[(&str, &Path)]) -> ClientSpec {
+        std::fs::create_dir_all(state).expect("client state dir");
+        let token_file = state.join("client.token");
+        std::fs::copy(&daemon.token_file, &token_file).expect("copy the daemon's token");
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        ClientSpec {
+            db: state.join("sync_client.db"),
+            token_file,
+            dirs: dirs
+                .iter()
+                .map(|(n, p)| (n.to_string(), p.to_path_buf()))
+                .collect(),
+        }
+    }
+
+    /// The client command for `daemon`, without `--once`.
+    pub fn command(&self, url: &str) -> Command {
+        let mut cmd = command("zync-client");
+        cmd.args(["--server", url, "--log-level", "debug", "--db"])
+            .arg(&self.db)
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .arg("--dirs");
+        for (name, path) in &self.dirs {
+            cmd.arg(format!("{name}:{}", path.display()));
+        }
+        cmd
+    }
+
+    /// Runs `zync-client --once` and returns its output.
+    pub fn once(&self, url: &str) -> Output {
+        self.command(url)
+            .arg("--once")
+            .output()
+            .expect("run zync-client --once")
+    }
+
+    /// Runs `--once` and fails the test unless it succeeded.
+    pub fn once_ok(&self, url: &str) -> Output {
+        let out = self.once(url);
+        assert!(
+            out.status.success(),
+            "zync-client --once failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Starts the client in loop mode; the process is killed when the handle drops.
+    pub fn spawn(&self, url: &str, log: &Path) -> Running {
+        let file = std::fs::File::create(log).expect("client log");
+        let child = self
+            .command(url)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn zync-client");
+        Running {
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
+    }
+}
+
+/// A client in loop mode; killed on drop.
+pub struct Running {
+    child: Option<Child>,
+    /// Its stderr.
+    pub log: PathBuf,
+}
+
+impl Running {
+    /// Its stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends a signal and waits for the exit; returns the exit code.
+    pub fn signal_and_wait(&mut self, signal: i32) -> Option<i32> {
+        let mut child = self.child.take()?;
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = child.kill();
+                panic!("zync-client did not exit on signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One entry of a directory tree as the tests compare it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    /// A file: sha256 and permission bits.
+    File { sha256: String, mode: u32 },
+    /// A directory.
+    Dir,
+    /// A symlink and its target.
+    Symlink(String),
+}
+
+/// Everything under `root` (not following symlinks), by relative path, skipping any path
+/// with a component in `skip`.
+pub fn tree(root: &Path, skip: &[&str]) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    walk(root, root, skip, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, skip: &[&str], out: &mut BTreeMap<String, Node>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if skip.contains(&name.as_str()) {
+            continue;
+        }
+        let path = entry.path();
+        let rel = path
+            .strip_prefix(root)
+            .expect("under root")
+            .to_string_lossy()
+            .to_string();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).map(|t| t.to_string_lossy().to_string());
+            out.insert(rel, Node::Symlink(target.unwrap_or_default()));
+        } else if meta.is_dir() {
+            out.insert(rel, Node::Dir);
+            walk(root, &path, skip, out);
+        } else if meta.is_file() {
+            let Ok(data) = std::fs::read(&path) else {
+                continue;
+            };
+            out.insert(
+                rel,
+                Node::File {
+                    sha256: sha256(&data),
+                    mode: meta.permissions().mode() & 0o777,
+                },
+            );
+        }
+    }
+}
+
+/// Hex sha256.
+pub fn sha256(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// True when the two trees are equal (skipping `skip`).
+pub fn same_tree(a: &Path, b: &Path, skip: &[&str]) -> bool {
+    tree(a, skip) == tree(b, skip)
+}
+
+/// Fails with a readable difference unless the trees are equal.
+pub fn assert_same_tree(e: &Path, r: &Path, skip: &[&str]) {
+    let (te, tr) = (tree(e, skip), tree(r, skip));
+    if te != tr {
+        let mut diff = String::new();
+        for (k, v) in &te {
+            match tr.get(k) {
+                None => diff.push_str(&format!("  missing on R: {k} ({v:?})\n")),
+                Some(w) if w != v => diff.push_str(&format!("  differs: {k}: E {v:?}, R {w:?}\n")),
+                _ => {}
+            }
+        }
+        for k in tr.keys().filter(|k| !te.contains_key(*k)) {
+            diff.push_str(&format!("  only on R: {k}\n"));
+        }
+        panic!("trees differ:\n{diff}");
+    }
+}
+
+/// Waits until R's tree equals E's, printing the difference on timeout.
+pub fn wait_same_tree(e: &Path, r: &Path, skip: &[&str]) {
+    let start = Instant::now();
+    while !same_tree(e, r, skip) {
+        if start.elapsed() > DEADLINE {
+            assert_same_tree(e, r, skip);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes a file, creating parents.
+pub fn write(path: &Path, data: impl AsRef<[u8]>) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create parents");
+    }
+    std::fs::write(path, data).expect("write file");
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so big files need no RNG crate.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.max(1);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Names of conflict copies in a directory.
+pub fn conflict_copies(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.contains(".zync-conflict-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}

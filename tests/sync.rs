@@ -1,0 +1,98 @@
+//! End-to-end: a daemon and a client (the real binaries) keep R's directory equal to E's.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+
+/// What the default ignore rules keep out of R in these tests.
+const IGNORED: &[&str] = &["node_modules", ".git"];
+
+#[test]
+fn a_tree_that_exists_before_the_daemon_starts_is_synced_by_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("README.md"), "hello\n");
+    write(&e.join("src/lib.rs"), "pub fn f() {}\n");
+    write(&e.join("src/deep/er/file.txt"), pseudo_random(300_000, 1));
+    write(&e.join("node_modules/pkg/index.js"), "ignored");
+    write(&e.join(".git/HEAD"), "ignored");
+    std::fs::create_dir_all(e.join("empty/dir")).unwrap();
+    write(&e.join("run.sh"), "#!/bin/sh\n");
+    std::fs::set_permissions(e.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("src/lib.rs", e.join("link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", e.join("outside")).unwrap();
+
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    let r = tmp.path().join("r/code");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+
+    assert_same_tree(&e, &r, IGNORED);
+    assert!(
+        !r.join("node_modules").exists(),
+        "ignored directories must not reach R"
+    );
+    assert_eq!(
+        std::fs::read_link(r.join("outside")).unwrap().to_str(),
+        Some("/etc/passwd")
+    );
+    assert!(r.join("empty/dir").is_dir());
+
+    // A second --once with nothing new succeeds and downloads nothing.
+    let out = client.once_ok(&daemon.url());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !log.contains("downloaded"),
+        "a no-op sync downloaded something:\n{log}"
+    );
+}
+
+#[test]
+fn loop_mode_follows_every_kind_of_change_on_e() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("keep.txt"), "keep\n");
+    write(&e.join("old/name.txt"), "rename me\n");
+    write(&e.join("gone.txt"), "delete me\n");
+    std::fs::create_dir_all(e.join("dir-to-remove/sub")).unwrap();
+    write(&e.join("dir-to-remove/sub/f"), "x");
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    let running = client.spawn(&daemon.url(), &tmp.path().join("client.log"));
+    wait_same_tree(&e, &r, IGNORED);
+
+    // Add, modify, delete.
+    write(&e.join("new/file.txt"), "new\n");
+    write(&e.join("keep.txt"), "keep, modified\n");
+    std::fs::remove_file(e.join("gone.txt")).unwrap();
+    wait_same_tree(&e, &r, IGNORED);
+
+    // Rename a file and a directory; remove a directory tree; make an empty directory.
+    std::fs::rename(e.join("old/name.txt"), e.join("old/renamed.txt")).unwrap();
+    std::fs::rename(e.join("old"), e.join("moved")).unwrap();
+    std::fs::remove_dir_all(e.join("dir-to-remove")).unwrap();
+    std::fs::create_dir_all(e.join("fresh/empty")).unwrap();
+    wait_same_tree(&e, &r, IGNORED);
+    assert!(!r.join("dir-to-remove").exists());
+
+    // chmod +x and symlinks, including retargeting one.
+    std::fs::set_permissions(e.join("keep.txt"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("keep.txt", e.join("ln")).unwrap();
+    wait_same_tree(&e, &r, IGNORED);
+    std::fs::remove_file(e.join("ln")).unwrap();
+    std::os::unix::fs::symlink("moved/renamed.txt", e.join("ln")).unwrap();
+    wait_same_tree(&e, &r, IGNORED);
+
+    // An editor's save: write a temp file, rename it over the original.
+    write(&e.join(".keep.txt.swx"), "saved by an editor\n");
+    std::fs::rename(e.join(".keep.txt.swx"), e.join("keep.txt")).unwrap();
+    wait_same_tree(&e, &r, IGNORED);
+    assert_eq!(
+        std::fs::read_to_string(r.join("keep.txt")).unwrap(),
+        "saved by an editor\n"
+    );
+    drop(running);
+}
