@@ -327,8 +327,18 @@ impl Connection {
                 Ok((rows, index.dir_last_seq(&dir)?))
             })
             .await?;
-        let more = rows.len() > limit;
+        let mut more = rows.len() > limit;
         rows.truncate(limit);
+        // Keep the reply well under the text message limit whatever the path lengths: JSON
+        // overhead per change is under 300 bytes, paths and targets are counted as they are.
+        let mut bytes = 0usize;
+        if let Some(cut) = rows.iter().position(|e| {
+            bytes += 300 + e.path.len() + e.meta.target.as_ref().map_or(0, String::len);
+            bytes > zync_proto::MAX_TEXT_MESSAGE / 2
+        }) {
+            rows.truncate(cut.max(1));
+            more = true;
+        }
         let changes = rows
             .into_iter()
             .map(|e| Change {

@@ -111,7 +111,7 @@ pub struct Change {
     /// True when the path was deleted on E.
     #[serde(default)]
     pub deleted: bool,
-    /// File size in bytes (0 for directories and deletions).
+    /// File size in bytes (0 for directories; a tombstone keeps the last known size).
     #[serde(default)]
     pub size: u64,
     /// Modification time, nanoseconds since the Unix epoch.
