@@ -278,7 +278,12 @@ impl Indexer {
 }
 
 /// Same kind, size, mtime, inode, mode and link target: the content is taken as unchanged.
+/// A directory's mtime, size and inode move whenever a child comes or goes; only its mode is
+/// synced, so only its mode counts (else every new file would also re-send its directory).
 fn unchanged(old: &EntryMeta, new: &Meta) -> bool {
+    if new.kind == EntryKind::Dir {
+        return old.kind == Kind::Dir && old.mode == new.mode;
+    }
     old.kind == kind_of(new.kind)
         && old.size == new.size
         && old.mtime_ns == new.mtime_ns
@@ -329,4 +334,157 @@ fn describe(root: &std::path::Path, rel: &RelPath, meta: &Meta) -> Option<EntryM
         sha256,
         target: meta.target.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use zync_fs::DirName;
+
+    use super::*;
+
+    fn indexer(root: &Path, own: &[PathBuf]) -> (Indexer, watch::Receiver<Status>) {
+        let rules = Arc::new(IgnoreRules::new(root, &[], true).unwrap());
+        let root = Root {
+            name: DirName::parse("code").unwrap(),
+            path: root.to_path_buf(),
+        };
+        let (tx, rx) = watch::channel(Status::default());
+        let index = Index::open_in_memory().unwrap();
+        (
+            Indexer::new(index, vec![IndexedRoot { root, rules }], own, tx),
+            rx,
+        )
+    }
+
+    fn live(ix: &Indexer) -> Vec<String> {
+        ix.index
+            .live_entries("code", None)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect()
+    }
+
+    #[test]
+    fn a_rescan_records_only_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        std::fs::write(dir.path().join("src/a.rs"), "a").unwrap();
+        std::fs::write(dir.path().join("b.txt"), "b").unwrap();
+        std::fs::create_dir(dir.path().join("node_modules")).unwrap();
+        std::fs::write(dir.path().join("node_modules/x.js"), "x").unwrap();
+        let (mut ix, _rx) = indexer(dir.path(), &[]);
+        assert_eq!(ix.scan_root(0, None).unwrap(), 3);
+        assert_eq!(live(&ix), ["b.txt", "src", "src/a.rs"]);
+        let seq = ix.index.last_seq().unwrap();
+
+        assert_eq!(
+            ix.scan_root(0, None).unwrap(),
+            0,
+            "an unchanged tree records nothing"
+        );
+        assert_eq!(ix.index.last_seq().unwrap(), seq);
+
+        std::fs::write(dir.path().join("b.txt"), "b2").unwrap();
+        std::fs::remove_file(dir.path().join("src/a.rs")).unwrap();
+        std::fs::write(dir.path().join("c.txt"), "c").unwrap();
+        assert_eq!(ix.scan_root(0, None).unwrap(), 3);
+        let changes = ix.index.changes_since("code", seq, 100).unwrap();
+        let summary: Vec<(String, bool)> = changes
+            .iter()
+            .map(|e| (e.path.clone(), e.deleted))
+            .collect();
+        assert_eq!(summary.len(), 3, "{summary:?}");
+        assert!(
+            summary.contains(&("src/a.rs".to_string(), true)),
+            "{summary:?}"
+        );
+        assert!(
+            summary.contains(&("b.txt".to_string(), false)),
+            "{summary:?}"
+        );
+        let b = ix.index.get("code", "b.txt").unwrap().unwrap();
+        assert_eq!(
+            b.meta.sha256.as_deref(),
+            Some(zync_fs::hash_bytes(b"b2").as_str())
+        );
+    }
+
+    #[test]
+    fn a_missing_root_does_not_become_a_mass_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("keep"), "k").unwrap();
+        let (mut ix, _rx) = indexer(&root, &[]);
+        ix.scan_root(0, None).unwrap();
+        std::fs::rename(&root, dir.path().join("elsewhere")).unwrap();
+        assert_eq!(ix.scan_root(0, None).unwrap(), 0);
+        assert_eq!(live(&ix), ["keep"]);
+    }
+
+    #[test]
+    fn the_daemons_own_files_are_never_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("sync.db"), "db").unwrap();
+        std::fs::write(dir.path().join("real.txt"), "r").unwrap();
+        let (mut ix, _rx) = indexer(dir.path(), &[dir.path().join("sync.db")]);
+        ix.scan_root(0, None).unwrap();
+        assert_eq!(live(&ix), ["real.txt"]);
+        ix.reconcile_paths(0, vec![dir.path().join("sync.db")])
+            .unwrap();
+        assert_eq!(live(&ix), ["real.txt"]);
+    }
+
+    #[test]
+    fn watch_paths_are_reconciled_parents_first_and_deletions_cover_subtrees() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ix, _rx) = indexer(dir.path(), &[]);
+        ix.scan_root(0, None).unwrap();
+        std::fs::create_dir_all(dir.path().join("new/deep")).unwrap();
+        std::fs::write(dir.path().join("new/deep/f"), "f").unwrap();
+        // Only the file's event arrived: the unknown parents are scanned too.
+        ix.reconcile_paths(0, vec![dir.path().join("new/deep/f")])
+            .unwrap();
+        assert_eq!(live(&ix), ["new", "new/deep", "new/deep/f"]);
+        let order: Vec<String> = ix
+            .index
+            .changes_since("code", 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(
+            order,
+            ["new", "new/deep", "new/deep/f"],
+            "parents must get lower seqs"
+        );
+
+        std::fs::remove_dir_all(dir.path().join("new")).unwrap();
+        ix.reconcile_paths(0, vec![dir.path().join("new")]).unwrap();
+        assert!(live(&ix).is_empty(), "{:?}", live(&ix));
+        let ignored = dir.path().join("x.pyc");
+        std::fs::write(&ignored, "i").unwrap();
+        ix.reconcile_paths(0, vec![ignored]).unwrap();
+        assert!(live(&ix).is_empty(), "ignored files must not be indexed");
+    }
+
+    #[test]
+    fn a_file_replaced_by_a_directory_is_recorded_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p"), "file").unwrap();
+        let (mut ix, _rx) = indexer(dir.path(), &[]);
+        ix.scan_root(0, None).unwrap();
+        std::fs::remove_file(dir.path().join("p")).unwrap();
+        std::fs::create_dir(dir.path().join("p")).unwrap();
+        std::fs::write(dir.path().join("p/child"), "c").unwrap();
+        ix.reconcile_paths(0, vec![dir.path().join("p"), dir.path().join("p/child")])
+            .unwrap();
+        let p = ix.index.get("code", "p").unwrap().unwrap();
+        assert_eq!(p.meta.kind, Kind::Dir);
+        assert!(!p.deleted);
+        assert_eq!(live(&ix), ["p", "p/child"]);
+    }
 }
