@@ -33,6 +33,10 @@ pub struct Args {
     /// Sync once and exit: 0 when in sync, non-zero with the reason otherwise.
     #[arg(long)]
     pub once: bool,
+    /// Send R's local changes (new, modified and deleted files) to E as one staged session,
+    /// to be reviewed and applied there with zync-apply; then exit.
+    #[arg(long, conflicts_with = "once")]
+    pub update_upstream: bool,
     /// File holding the daemon's token (default: zync.token beside --db, if it exists).
     /// ZYNC_TOKEN overrides it.
     #[arg(long, value_name = "PATH")]

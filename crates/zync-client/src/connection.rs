@@ -11,7 +11,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use zync_proto::{
-    Event, FileHeader, GetFile, Hello, HelloReply, Op, Reply, Request, ServerMessage,
+    Event, FileHeader, GetFile, Hello, HelloReply, Op, Reply, Request, ServerMessage, UpstreamFile,
+    UpstreamFileReply,
 };
 
 use crate::error::ClientError;
@@ -266,6 +267,47 @@ impl Connection {
         Ok(header)
     }
 
+    /// Sends UPSTREAM_FILE and, for a write, the file's content as chunks read from `content`
+    /// (streamed: memory does not grow with the file); returns the daemon's verdict.
+    ///
+    /// # Errors
+    /// As [`Connection::call`]; a file that changed since it was hashed is refused by the
+    /// daemon with `checksum_mismatch`.
+    pub async fn upload(
+        &mut self,
+        file: UpstreamFile,
+        content: Option<&std::path::Path>,
+    ) -> Result<UpstreamFileReply, ClientError> {
+        let size = file.size;
+        let id = self.send(Op::UpstreamFile(file)).await?;
+        if let Some(path) = content {
+            let mut reader = crate::upstream::open_for_upload(path)?;
+            let mut remaining = size;
+            let mut buf = vec![0u8; zync_proto::MAX_CHUNK];
+            while remaining > 0 {
+                let want = remaining.min(zync_proto::MAX_CHUNK as u64) as usize;
+                // A file that shrank is padded with nothing: the daemon's size check refuses it.
+                let got =
+                    read_full(&mut reader, &mut buf[..want]).map_err(|source| ClientError::Io {
+                        what: "read",
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                self.ws
+                    .send(Message::binary(zync_proto::encode_chunk(id, &buf[..got])))
+                    .await
+                    .map_err(|e| ClientError::Connection(e.to_string()))?;
+                remaining -= want as u64;
+            }
+        }
+        match self.response(id).await? {
+            Reply::UpstreamFile(reply) => Ok(reply),
+            other => Err(ClientError::Protocol(format!(
+                "expected an UPSTREAM_FILE reply, got {other:?}"
+            ))),
+        }
+    }
+
     /// Waits until the daemon pushes an event (or the connection fails).
     ///
     /// # Errors
@@ -305,6 +347,18 @@ impl Connection {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 enum Incoming {

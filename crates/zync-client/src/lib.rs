@@ -7,6 +7,7 @@ mod cli;
 mod connection;
 mod error;
 mod sync;
+mod upstream;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ pub use cli::{parse_mappings, Args, Config};
 pub use connection::{Connection, Credentials, STALL_TIMEOUT};
 pub use error::ClientError;
 pub use sync::{sync_dir, DirReport, Mapping};
+pub use upstream::{collect, push, Outgoing, PushSummary};
 
 /// Retries of a `--once` run while single paths fail (a file changing on E mid-transfer).
 const ONCE_ATTEMPTS: usize = 5;
@@ -56,7 +58,20 @@ pub fn main_with_args(args: Args) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        if args.once {
+        if args.update_upstream {
+            let summary = run_upstream(&config).await?;
+            match summary.session_id {
+                None => println!("nothing to send: R has no changes against what it last synced"),
+                Some(id) => {
+                    println!("session {id}");
+                    println!(
+                        "{} file(s), {} bytes, {} conflict(s); review and apply it on E with `zync-apply show {id}` and `zync-apply apply {id}`",
+                        summary.files, summary.bytes, summary.conflicts
+                    );
+                }
+            }
+            Ok(())
+        } else if args.once {
             run_once(&config).await.map(|_| ())
         } else {
             run_loop(&config, shutdown_signal()).await
@@ -128,6 +143,26 @@ pub async fn run_once(config: &Config) -> anyhow::Result<Vec<DirReport>> {
         );
     }
     Ok(reports)
+}
+
+/// Collects R's local changes in every mapping and sends them as one upstream session.
+///
+/// # Errors
+/// An unreachable daemon, a refused token, unreadable files, or a refused upload.
+pub async fn run_upstream(config: &Config) -> anyhow::Result<PushSummary> {
+    let state = open_state(config)?;
+    let mut changes = Vec::new();
+    for mapping in &config.mappings {
+        changes.extend(collect(&state, mapping)?);
+    }
+    if changes.is_empty() {
+        return Ok(PushSummary::default());
+    }
+    let mut conn = Connection::open(&config.server, &config.credentials, state.client_id()).await?;
+    check_dirs(&conn, config)?;
+    let summary = push(&mut conn, &config.mappings, &changes).await?;
+    conn.close().await;
+    Ok(summary)
 }
 
 fn check_dirs(conn: &Connection, config: &Config) -> Result<(), ClientError> {

@@ -21,6 +21,7 @@ use zync_proto::{
 
 use crate::indexer::Status;
 use crate::server::{ServedRoot, Shared};
+use crate::upstream::{Discard, OpenSession};
 
 /// Why a request failed; sent back as an error response.
 pub struct Refusal {
@@ -29,11 +30,15 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
         Refusal {
             code,
             message: message.into(),
         }
+    }
+
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -51,11 +56,15 @@ type Ws = WebSocketStream<TcpStream>;
 
 /// A connection after the WebSocket upgrade.
 pub struct Connection {
-    ws: Ws,
-    shared: Arc<Shared>,
+    pub(crate) ws: Ws,
+    pub(crate) shared: Arc<Shared>,
     db: Option<Arc<Mutex<Index>>>,
-    client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
     sent: Status,
+    /// The upstream session open on this connection, if any.
+    pub(crate) upstream: Option<OpenSession>,
+    /// Content frames of a refused upload, dropped as they arrive.
+    pub(crate) discard: Option<Discard>,
 }
 
 impl Connection {
@@ -68,11 +77,19 @@ impl Connection {
             db: None,
             client_id: None,
             sent,
+            upstream: None,
+            discard: None,
         }
     }
 
-    /// Serves requests until the client leaves, the transport fails, or the daemon stops.
-    pub async fn run(mut self, mut stop: broadcast::Receiver<()>) {
+    /// Serves requests until the client leaves, the transport fails, or the daemon stops; then
+    /// aborts an upstream session left unfinished.
+    pub async fn run(mut self, stop: broadcast::Receiver<()>) {
+        self.serve(stop).await;
+        self.abort_upstream().await;
+    }
+
+    async fn serve(&mut self, mut stop: broadcast::Receiver<()>) {
         let mut status = self.shared.status.clone();
         let mut watching = true;
         loop {
@@ -162,7 +179,18 @@ impl Connection {
     async fn on_message(&mut self, message: Message) -> bool {
         let text = match message {
             Message::Text(text) => text,
-            Message::Binary(_) => {
+            Message::Binary(frame) => {
+                if let Some(discard) = self.discard {
+                    let ours =
+                        zync_proto::decode_chunk(&frame).is_ok_and(|(id, _)| id == discard.id);
+                    if ours {
+                        self.discard = (discard.frames > 1).then_some(Discard {
+                            id: discard.id,
+                            frames: discard.frames - 1,
+                        });
+                        return true;
+                    }
+                }
                 return self
                     .send_error(
                         None,
@@ -190,6 +218,19 @@ impl Connection {
             }
             return match self.get_file(id, get).await {
                 Ok(alive) => alive,
+                Err(refusal) => self.send_error(Some(id), refusal).await,
+            };
+        }
+        if let Op::UpstreamFile(file) = request.op {
+            let result = match self.require_hello() {
+                Ok(()) => self.upstream_file(id, file).await,
+                Err(refusal) => Err(refusal),
+            };
+            return match result {
+                Ok(reply) => {
+                    self.send(&ServerMessage::Ok(OkResponse { id, reply }))
+                        .await
+                }
                 Err(refusal) => self.send_error(Some(id), refusal).await,
             };
         }
@@ -297,11 +338,16 @@ impl Connection {
                     sequence,
                 }))
             }
-            Op::GetFile(_) => Err(Refusal::new(ErrorCode::Internal, "GET_FILE is streamed")),
+            Op::PrepareUpstream(prepare) => self.prepare_upstream(prepare).await,
+            Op::FinalizeUpstream(finalize) => self.finalize_upstream(finalize).await,
+            Op::GetFile(_) | Op::UpstreamFile(_) => Err(Refusal::new(
+                ErrorCode::Internal,
+                "streamed operations are handled apart",
+            )),
         }
     }
 
-    fn served(&self, dir: &str) -> Result<&ServedRoot, Refusal> {
+    pub(crate) fn served(&self, dir: &str) -> Result<&ServedRoot, Refusal> {
         self.shared.root(dir).ok_or_else(|| {
             let names: Vec<&str> = self.shared.roots.iter().map(|r| r.name.as_str()).collect();
             Refusal::new(
@@ -480,7 +526,7 @@ impl Connection {
     }
 
     /// Runs a query on this connection's own read connection, off the reactor.
-    async fn query<T, F>(&mut self, f: F) -> Result<T, Refusal>
+    pub(crate) async fn query<T, F>(&mut self, f: F) -> Result<T, Refusal>
     where
         T: Send + 'static,
         F: FnOnce(&Index) -> Result<T, zync_db::DbError> + Send + 'static,

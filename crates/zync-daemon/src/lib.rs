@@ -10,6 +10,7 @@ mod connection;
 mod indexer;
 mod server;
 mod token;
+mod upstream;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,6 +111,7 @@ pub async fn run(
         let mut index = zync_db::Index::open(&db_path)
             .with_context(|| format!("cannot open the daemon database {}", db_path.display()))?;
         index.set_roots(&names)?;
+        upstream::abort_stale_sessions(&index, &db_path)?;
         Ok(index)
     })
     .await??;

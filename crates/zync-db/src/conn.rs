@@ -164,7 +164,7 @@ mod tests {
                 err,
                 crate::DbError::TooNew {
                     found: 99,
-                    supported: 1,
+                    supported: 2,
                     ..
                 }
             ),

@@ -80,6 +80,39 @@ pub enum DbError {
         /// The newest version this build knows.
         supported: i64,
     },
+
+    /// No upstream session has this id.
+    #[error(
+        "there is no upstream session {id}: list the sessions (zync-apply list --all) to see \
+         which exist"
+    )]
+    NoSuchSession {
+        /// The id asked for.
+        id: String,
+    },
+
+    /// An upstream session has no staged file at this dir and path.
+    #[error("upstream session {session_id} has no staged file {dir}/{path}")]
+    NoSuchStagedFile {
+        /// The session.
+        session_id: String,
+        /// The dir name.
+        dir: String,
+        /// The path within the dir.
+        path: String,
+    },
+
+    /// A name that is used as one file name in the staging area is not a plain file name.
+    #[error(
+        "the {what} {name:?} is not a plain file name (it is empty, \".\" or \"..\", or \
+         contains '/', '\\' or NUL), so it cannot name a file in the staging area"
+    )]
+    InvalidName {
+        /// What the name is for, e.g. "session id".
+        what: &'static str,
+        /// The name at fault.
+        name: String,
+    },
 }
 
 /// This crate's result type.
@@ -92,9 +125,12 @@ impl DbError {
     pub fn is_permanent(&self) -> bool {
         let source = match self {
             DbError::Sqlite { source, .. } | DbError::Open { source, .. } => source,
-            DbError::NotADatabase { .. } | DbError::WrongKind { .. } | DbError::TooNew { .. } => {
-                return true
-            }
+            DbError::NotADatabase { .. }
+            | DbError::WrongKind { .. }
+            | DbError::TooNew { .. }
+            | DbError::NoSuchSession { .. }
+            | DbError::NoSuchStagedFile { .. }
+            | DbError::InvalidName { .. } => return true,
         };
         !matches!(
             source.sqlite_error_code(),

@@ -102,7 +102,6 @@ impl Index {
         Ok(Index { conn, index_id })
     }
 
-    #[cfg(test)]
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
     }

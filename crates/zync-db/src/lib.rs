@@ -12,9 +12,14 @@ mod error;
 mod index;
 mod kind;
 mod migrate;
+mod staging;
 
 pub use client::{ClientBatch, ClientState, DirState, Synced};
 pub use error::{DbError, Result};
 pub use index::{Ack, Entry, EntryMeta, Index, IndexWriter};
 pub use kind::Kind;
 pub use migrate::{CLIENT_SCHEMA_VERSION, INDEX_SCHEMA_VERSION};
+pub use staging::{
+    is_conflict, is_plain_name, session_dir, staging_root, Action, FileState, OnE, Session,
+    SessionStatus, StagedFile,
+};

@@ -69,6 +69,33 @@ pub(crate) const INDEX: Schema = Schema {
              at_unix INTEGER NOT NULL,
              PRIMARY KEY (client_id, dir)
          ) WITHOUT ROWID;",
+        // 2: upstream sessions staged from R for zync-apply (staging.rs).
+        "CREATE TABLE upstream_sessions (
+             id TEXT PRIMARY KEY NOT NULL,
+             client_id TEXT NOT NULL,
+             created_unix INTEGER NOT NULL,
+             status TEXT NOT NULL CHECK (status IN
+                 ('receiving', 'staged', 'partial', 'applied', 'aborted', 'undone'))
+         ) WITHOUT ROWID;
+         CREATE TABLE upstream_files (
+             session_id TEXT NOT NULL REFERENCES upstream_sessions (id) ON DELETE CASCADE,
+             dir TEXT NOT NULL,
+             path TEXT NOT NULL,
+             action TEXT NOT NULL CHECK (action IN ('write', 'delete')),
+             mode INTEGER NOT NULL,
+             size INTEGER NOT NULL,
+             mtime_ns INTEGER NOT NULL,
+             sha256 TEXT,
+             base_sha256 TEXT,
+             conflict INTEGER NOT NULL CHECK (conflict IN (0, 1)),
+             state TEXT NOT NULL CHECK (state IN
+                 ('staged', 'applied', 'skipped', 'kept_both', 'undone')),
+             staged_name TEXT,
+             backup_name TEXT,
+             e_existed INTEGER NOT NULL DEFAULT 0 CHECK (e_existed IN (0, 1)),
+             PRIMARY KEY (session_id, dir, path)
+         ) WITHOUT ROWID;
+         CREATE INDEX upstream_files_session ON upstream_files (session_id);",
     ],
 };
 

@@ -12,10 +12,14 @@ mod request;
 
 pub use chunk::{decode_chunk, encode_chunk, ChunkError};
 pub use message::{
-    AckReply, Change, ChangesReply, ErrorCode, ErrorResponse, Event, FileHeader, HelloReply, Kind,
-    LastSequence, OkResponse, Reply, ServerMessage,
+    AckReply, Change, ChangesReply, ErrorCode, ErrorResponse, Event, FileHeader, FinalizeReply,
+    HelloReply, Kind, LastSequence, OkResponse, Reply, ServerMessage, SessionReply,
+    UpstreamFileReply,
 };
-pub use request::{AckChanges, GetChanges, GetFile, Hello, Op, ParseError, Request};
+pub use request::{
+    AckChanges, FinalizeUpstream, GetChanges, GetFile, Hello, Op, ParseError, PrepareUpstream,
+    Request, UpstreamAction, UpstreamFile,
+};
 
 /// The protocol version this build speaks; the handshake refuses any other.
 pub const PROTOCOL_VERSION: u32 = 1;

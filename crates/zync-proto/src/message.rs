@@ -59,6 +59,43 @@ pub enum Reply {
     GetFile(FileHeader),
     /// ACK_CHANGES's answer.
     AckChanges(AckReply),
+    /// PREPARE_UPSTREAM's answer.
+    PrepareUpstream(SessionReply),
+    /// UPSTREAM_FILE's answer, sent once the file's content arrived and was verified.
+    UpstreamFile(UpstreamFileReply),
+    /// FINALIZE_UPSTREAM's answer.
+    FinalizeUpstream(FinalizeReply),
+}
+
+/// PREPARE_UPSTREAM's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionReply {
+    /// The new session's id; `zync-apply` shows and applies it by this id.
+    pub session_id: String,
+}
+
+/// UPSTREAM_FILE's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamFileReply {
+    /// The directory name.
+    pub dir: String,
+    /// The file's path.
+    pub path: String,
+    /// True when E's file changed since R's base version (three-way; see docs/PROTOCOL.md).
+    pub conflict: bool,
+}
+
+/// FINALIZE_UPSTREAM's answer: what the staged session holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalizeReply {
+    /// The session's id.
+    pub session_id: String,
+    /// Files staged.
+    pub files: u64,
+    /// Bytes of content staged.
+    pub bytes: u64,
+    /// Files flagged as conflicts.
+    pub conflicts: u64,
 }
 
 /// The daemon's side of the handshake.
@@ -207,6 +244,10 @@ pub enum ErrorCode {
     TooLarge,
     /// The daemon failed (database or disk error); retrying later may help.
     Internal,
+    /// No open upstream session with this id on this connection.
+    UnknownSession,
+    /// Uploaded content does not match its announced size or sha256.
+    ChecksumMismatch,
 }
 
 /// Pushed by the daemon to every connected client after the handshake.

@@ -31,6 +31,12 @@ pub enum Op {
     GetFile(GetFile),
     /// The client has durably applied a directory's changes up to a sequence number.
     AckChanges(AckChanges),
+    /// Opens an upstream session (R's changes, staged on E for review).
+    PrepareUpstream(PrepareUpstream),
+    /// One file of the open upstream session; `chunks` binary frames of content follow a write.
+    UpstreamFile(UpstreamFile),
+    /// Closes the upstream session: its files are staged for `zync-apply`.
+    FinalizeUpstream(FinalizeUpstream),
 }
 
 impl Op {
@@ -42,6 +48,9 @@ impl Op {
         "GET_CHANGES",
         "GET_FILE",
         "ACK_CHANGES",
+        "PREPARE_UPSTREAM",
+        "UPSTREAM_FILE",
+        "FINALIZE_UPSTREAM",
     ];
 
     /// The wire name of this operation.
@@ -53,6 +62,9 @@ impl Op {
             Op::GetChanges(_) => "GET_CHANGES",
             Op::GetFile(_) => "GET_FILE",
             Op::AckChanges(_) => "ACK_CHANGES",
+            Op::PrepareUpstream(_) => "PREPARE_UPSTREAM",
+            Op::UpstreamFile(_) => "UPSTREAM_FILE",
+            Op::FinalizeUpstream(_) => "FINALIZE_UPSTREAM",
         }
     }
 }
@@ -98,6 +110,60 @@ pub struct AckChanges {
     pub dir: String,
     /// The last sequence number applied.
     pub sequence: u64,
+}
+
+/// PREPARE_UPSTREAM: opens a session on this connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepareUpstream {
+    /// Free-form text shown by `zync-apply` (for example the client's host name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// What an upstream file does on E.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamAction {
+    /// Create or replace the file with R's content.
+    Write,
+    /// Delete the file.
+    Delete,
+}
+
+/// UPSTREAM_FILE: one changed file of R's. A write is followed by `ceil(size / MAX_CHUNK)`
+/// binary frames carrying this request's id; the daemon answers once it has them all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamFile {
+    /// The session from PREPARE_UPSTREAM.
+    pub session_id: String,
+    /// The directory name.
+    pub dir: String,
+    /// The file's path relative to the directory.
+    pub path: String,
+    /// Write or delete.
+    pub action: UpstreamAction,
+    /// Permission bits of R's file (writes).
+    #[serde(default)]
+    pub mode: u32,
+    /// Bytes of content that follow (writes).
+    #[serde(default)]
+    pub size: u64,
+    /// R's modification time, nanoseconds since the epoch (writes).
+    #[serde(default)]
+    pub mtime_ns: i64,
+    /// sha256 of R's content (writes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// sha256 of the version R last synced from E; absent for a file new on R.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_sha256: Option<String>,
+}
+
+/// FINALIZE_UPSTREAM: the session is complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalizeUpstream {
+    /// The session from PREPARE_UPSTREAM.
+    pub session_id: String,
 }
 
 /// Why a text frame is not a valid request; becomes an error response.

@@ -1,0 +1,221 @@
+//! `--update-upstream`: R's own changes against what it last synced (new, modified and deleted
+//! files), sent as one session for review on E. Each file carries the base sha256 (the version
+//! R started from) so E can decide conflicts three-way.
+
+use std::path::Path;
+
+use zync_db::{ClientState, Kind};
+use zync_fs::{EntryKind, IgnoreRules, RelPath, Stat};
+use zync_proto::{FinalizeUpstream, Op, PrepareUpstream, Reply, UpstreamAction, UpstreamFile};
+
+use crate::connection::Connection;
+use crate::error::ClientError;
+use crate::sync::Mapping;
+
+/// One local change to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The daemon's directory name.
+    pub dir: String,
+    /// The path.
+    pub path: RelPath,
+    /// Write or delete.
+    pub action: UpstreamAction,
+    /// Permission bits.
+    pub mode: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time.
+    pub mtime_ns: i64,
+    /// R's content hash (writes).
+    pub sha256: Option<String>,
+    /// What R last synced from E (None: new on R).
+    pub base_sha256: Option<String>,
+}
+
+/// What a push did.
+#[derive(Debug, Default)]
+pub struct PushSummary {
+    /// The staged session, when anything was sent.
+    pub session_id: Option<String>,
+    /// Files sent.
+    pub files: u64,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Files E flagged as conflicts.
+    pub conflicts: u64,
+}
+
+/// R's changes in one mapping. Unchanged files are recognised by size and mtime against the
+/// synced state before any hashing; conflict copies and ignored paths are never sent.
+///
+/// # Errors
+/// Database errors and unreadable files.
+pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, ClientError> {
+    let dir = mapping.name.as_str();
+    let rules = IgnoreRules::new(&mapping.root, &[], true)
+        .map_err(|e| ClientError::Config(format!("ignore rules for {dir}: {e}")))?;
+    let scan = zync_fs::scan(&mapping.root, &rules, None);
+    for error in &scan.errors {
+        tracing::warn!(dir, "{error}");
+    }
+    let mut out = Vec::new();
+    for entry in scan.entries {
+        if entry.meta.kind != EntryKind::File || zync_fs::is_conflict_copy(entry.path.file_name()) {
+            continue;
+        }
+        let synced = state
+            .synced(dir, entry.path.as_str())?
+            .filter(|s| s.kind == Kind::File);
+        let mode = entry.meta.mode & 0o777;
+        if let Some(s) = &synced {
+            if s.size == entry.meta.size
+                && s.mtime_ns == entry.meta.mtime_ns
+                && s.mode & 0o777 == mode
+            {
+                continue;
+            }
+        }
+        let abs = entry.path.to_path(&mapping.root);
+        let (sha, size) = zync_fs::hash_file(&abs).map_err(|source| ClientError::Io {
+            what: "read",
+            path: abs.display().to_string(),
+            source,
+        })?;
+        let base = synced.as_ref().and_then(|s| s.sha256.clone());
+        if base.as_deref() == Some(sha.as_str())
+            && synced.as_ref().is_some_and(|s| s.mode & 0o777 == mode)
+        {
+            continue;
+        }
+        out.push(Outgoing {
+            dir: dir.to_string(),
+            path: entry.path,
+            action: UpstreamAction::Write,
+            mode,
+            size,
+            mtime_ns: entry.meta.mtime_ns,
+            sha256: Some(sha),
+            base_sha256: base,
+        });
+    }
+    for (path, synced) in state.synced_all(dir)? {
+        if synced.kind != Kind::File {
+            continue;
+        }
+        let Ok(rel) = RelPath::parse(&path) else {
+            continue;
+        };
+        if rules.is_ignored(&rel, false) {
+            continue;
+        }
+        if matches!(
+            zync_fs::lstat(&rel.to_path(&mapping.root)),
+            Ok(Stat::Missing)
+        ) {
+            out.push(Outgoing {
+                dir: dir.to_string(),
+                path: rel,
+                action: UpstreamAction::Delete,
+                mode: 0,
+                size: 0,
+                mtime_ns: 0,
+                sha256: None,
+                base_sha256: synced.sha256,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Sends `changes` as one session; nothing is sent (and no session made) when empty.
+///
+/// # Errors
+/// Connection errors, a refused file, or a file that changed while it was being sent (run
+/// again): the session is then left unfinalized, and the daemon aborts it.
+pub async fn push(
+    conn: &mut Connection,
+    mappings: &[Mapping],
+    changes: &[Outgoing],
+) -> Result<PushSummary, ClientError> {
+    if changes.is_empty() {
+        return Ok(PushSummary::default());
+    }
+    let session_id = match conn
+        .call(Op::PrepareUpstream(PrepareUpstream {
+            description: hostname(),
+        }))
+        .await?
+    {
+        Reply::PrepareUpstream(r) => r.session_id,
+        other => {
+            return Err(ClientError::Protocol(format!(
+                "expected PREPARE_UPSTREAM, got {other:?}"
+            )))
+        }
+    };
+    for change in changes {
+        let Some(root) = mappings
+            .iter()
+            .find(|m| m.name.as_str() == change.dir)
+            .map(|m| &m.root)
+        else {
+            continue;
+        };
+        let request = UpstreamFile {
+            session_id: session_id.clone(),
+            dir: change.dir.clone(),
+            path: change.path.to_string(),
+            action: change.action,
+            mode: change.mode,
+            size: change.size,
+            mtime_ns: change.mtime_ns,
+            sha256: change.sha256.clone(),
+            base_sha256: change.base_sha256.clone(),
+        };
+        let content = match change.action {
+            UpstreamAction::Write => Some(change.path.to_path(root)),
+            UpstreamAction::Delete => None,
+        };
+        let conflict = conn.upload(request, content.as_deref()).await?.conflict;
+        if conflict {
+            tracing::warn!(dir = %change.dir, path = %change.path, "E changed this file too: flagged as a conflict for review on E");
+        }
+    }
+    match conn
+        .call(Op::FinalizeUpstream(FinalizeUpstream {
+            session_id: session_id.clone(),
+        }))
+        .await?
+    {
+        Reply::FinalizeUpstream(f) => Ok(PushSummary {
+            session_id: Some(f.session_id),
+            files: f.files,
+            bytes: f.bytes,
+            conflicts: f.conflicts,
+        }),
+        other => Err(ClientError::Protocol(format!(
+            "expected FINALIZE_UPSTREAM, got {other:?}"
+        ))),
+    }
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| format!("zync-client on {}", h.trim()))
+}
+
+/// Reads a file for upload; used by [`Connection::upload`].
+pub(crate) fn open_for_upload(path: &Path) -> Result<std::fs::File, ClientError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|source| ClientError::Io {
+            what: "read",
+            path: path.display().to_string(),
+            source,
+        })
+}

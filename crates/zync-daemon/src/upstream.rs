@@ -1,0 +1,363 @@
+//! Upstream sessions: R's changes arrive as PREPARE_UPSTREAM, UPSTREAM_FILE per file and
+//! FINALIZE_UPSTREAM. Content is verified and staged beside the database, never written into
+//! E's directories (that is `zync-apply`'s job, with the user's say-so: DESIGN invariant 5).
+//! A session not finalized when its connection ends is aborted and its staged files removed.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+use zync_db::{Action, FileState, OnE, SessionStatus, StagedFile};
+use zync_fs::{EntryKind, RelPath, Stat};
+use zync_proto::{
+    ErrorCode, FinalizeReply, FinalizeUpstream, PrepareUpstream, Reply, SessionReply,
+    UpstreamAction, UpstreamFile, UpstreamFileReply,
+};
+
+use crate::connection::{Connection, Refusal};
+
+/// The session open on a connection.
+pub struct OpenSession {
+    /// Its id.
+    pub id: String,
+    /// Where its staged files go.
+    pub dir: PathBuf,
+    /// Files received so far (names the staged files).
+    pub count: u64,
+}
+
+/// Binary frames still expected for a refused UPSTREAM_FILE: dropped without an answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Discard {
+    /// The request id the frames carry.
+    pub id: u64,
+    /// How many remain.
+    pub frames: u64,
+}
+
+impl Connection {
+    pub(crate) async fn prepare_upstream(
+        &mut self,
+        prepare: PrepareUpstream,
+    ) -> Result<Reply, Refusal> {
+        if self.upstream.is_some() {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "an upstream session is already open on this connection; finalize it first",
+            ));
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let dir = zync_db::session_dir(&self.shared.db_path, &id);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Refusal::new(
+                ErrorCode::Internal,
+                format!("cannot create staging directory {}: {e}", dir.display()),
+            )
+        })?;
+        let client = self.client_id.clone().unwrap_or_default();
+        let session = id.clone();
+        self.query(move |index| index.create_session(&session, &client))
+            .await?;
+        tracing::info!(session = %id, description = ?prepare.description, "upstream session opened");
+        self.upstream = Some(OpenSession {
+            id: id.clone(),
+            dir,
+            count: 0,
+        });
+        Ok(Reply::PrepareUpstream(SessionReply { session_id: id }))
+    }
+
+    /// Receives and stages one file. On a refusal before the content was read, the content's
+    /// frames are discarded as they arrive.
+    pub(crate) async fn upstream_file(
+        &mut self,
+        id: u64,
+        file: UpstreamFile,
+    ) -> Result<Reply, Refusal> {
+        let frames = match file.action {
+            UpstreamAction::Write => file.size.div_ceil(zync_proto::MAX_CHUNK as u64),
+            UpstreamAction::Delete => 0,
+        };
+        match self.check_upstream_file(&file) {
+            Ok(checked) => self.stage(id, file, frames, checked).await,
+            Err(refusal) => {
+                if frames > 0 {
+                    self.discard = Some(Discard { id, frames });
+                }
+                Err(refusal)
+            }
+        }
+    }
+
+    fn check_upstream_file(&self, file: &UpstreamFile) -> Result<(RelPath, PathBuf), Refusal> {
+        let session = self.upstream.as_ref().filter(|s| s.id == file.session_id).ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::UnknownSession,
+                format!("no open upstream session {} on this connection; send PREPARE_UPSTREAM first", file.session_id),
+            )
+        })?;
+        let root = self.served(&file.dir)?;
+        let rel = RelPath::parse(&file.path)
+            .map_err(|e| Refusal::new(ErrorCode::InvalidPath, e.to_string()))?;
+        if root.rules.is_ignored(&rel, false) {
+            return Err(Refusal::new(
+                ErrorCode::InvalidPath,
+                format!("{rel} is ignored by the daemon's rules"),
+            ));
+        }
+        if file.action == UpstreamAction::Write
+            && !file.sha256.as_deref().is_some_and(zync_fs::is_sha256_hex)
+        {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "a write needs sha256: 64 lowercase hex digits",
+            ));
+        }
+        if file
+            .base_sha256
+            .as_deref()
+            .is_some_and(|b| !zync_fs::is_sha256_hex(b))
+        {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "base_sha256 must be 64 lowercase hex digits",
+            ));
+        }
+        let _ = session;
+        Ok((rel, root.path.clone()))
+    }
+
+    async fn stage(
+        &mut self,
+        id: u64,
+        file: UpstreamFile,
+        frames: u64,
+        (rel, root): (RelPath, PathBuf),
+    ) -> Result<Reply, Refusal> {
+        let Some(session) = self.upstream.as_mut() else {
+            return Err(Refusal::new(
+                ErrorCode::UnknownSession,
+                "no open upstream session",
+            ));
+        };
+        session.count += 1;
+        let staged_name = format!("file-{:06}", session.count);
+        let staged_path = session.dir.join(&staged_name);
+        let session_id = session.id.clone();
+        if file.action == UpstreamAction::Write {
+            self.receive_content(id, &file, frames, &staged_path)
+                .await?;
+        }
+        // Three-way decision against what E has now (DESIGN invariant 5).
+        let on_e = e_state(&root, &rel);
+        let current = match &on_e {
+            EState::Missing => OnE::Missing,
+            EState::File(sha) => OnE::File(sha),
+            EState::Other => OnE::Other,
+        };
+        let action = match file.action {
+            UpstreamAction::Write => Action::Write,
+            UpstreamAction::Delete => Action::Delete,
+        };
+        let conflict = zync_db::is_conflict(
+            action,
+            file.base_sha256.as_deref(),
+            file.sha256.as_deref(),
+            current,
+        );
+        let staged = StagedFile {
+            session_id,
+            dir: file.dir.clone(),
+            path: rel.to_string(),
+            action,
+            mode: file.mode & 0o7777,
+            size: file.size,
+            mtime_ns: file.mtime_ns,
+            sha256: file.sha256.clone(),
+            base_sha256: file.base_sha256.clone(),
+            conflict,
+            state: FileState::Staged,
+            staged_name: (action == Action::Write).then_some(staged_name),
+            backup_name: None,
+            e_existed: !matches!(on_e, EState::Missing),
+        };
+        self.query(move |index| index.add_staged_file(&staged))
+            .await?;
+        tracing::debug!(path = %rel, conflict, "staged");
+        Ok(Reply::UpstreamFile(UpstreamFileReply {
+            dir: file.dir,
+            path: rel.to_string(),
+            conflict,
+        }))
+    }
+
+    /// Reads the content frames into the staging file, verifying size and sha256.
+    async fn receive_content(
+        &mut self,
+        id: u64,
+        file: &UpstreamFile,
+        frames: u64,
+        staged: &PathBuf,
+    ) -> Result<(), Refusal> {
+        let internal = |e: std::io::Error| {
+            Refusal::new(
+                ErrorCode::Internal,
+                format!("cannot stage {}: {e}", staged.display()),
+            )
+        };
+        let mut out = std::fs::File::create(staged).map_err(internal)?;
+        let mut hasher = zync_fs::Hasher::new();
+        let mut received = 0u64;
+        for got in 0..frames {
+            let frame = match self.ws.next().await {
+                Some(Ok(Message::Binary(data))) => data,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => {
+                    let _ = std::fs::remove_file(staged);
+                    self.discard = Some(Discard {
+                        id,
+                        frames: frames - got,
+                    });
+                    return Err(Refusal::new(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "expected {} more content frames for {}",
+                            frames - got,
+                            file.path
+                        ),
+                    ));
+                }
+            };
+            let (chunk_id, data) = zync_proto::decode_chunk(&frame)
+                .map_err(|e| Refusal::new(ErrorCode::TooLarge, e.to_string()))?;
+            if chunk_id != id {
+                let _ = std::fs::remove_file(staged);
+                return Err(Refusal::new(
+                    ErrorCode::BadRequest,
+                    format!("content frame for request {chunk_id} while receiving {id}"),
+                ));
+            }
+            received += data.len() as u64;
+            if received > file.size {
+                let _ = std::fs::remove_file(staged);
+                return Err(Refusal::new(
+                    ErrorCode::ChecksumMismatch,
+                    format!("{}: more than the announced {} bytes", file.path, file.size),
+                ));
+            }
+            hasher.update(data);
+            out.write_all(data).map_err(internal)?;
+        }
+        out.sync_all().map_err(internal)?;
+        let sha = hasher.finish();
+        if received != file.size || Some(sha.as_str()) != file.sha256.as_deref() {
+            let _ = std::fs::remove_file(staged);
+            return Err(Refusal::new(
+                ErrorCode::ChecksumMismatch,
+                format!(
+                    "{}: received {received} bytes with sha256 {sha}, announced {} bytes with {:?}",
+                    file.path, file.size, file.sha256
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn finalize_upstream(
+        &mut self,
+        finalize: FinalizeUpstream,
+    ) -> Result<Reply, Refusal> {
+        match &self.upstream {
+            Some(s) if s.id == finalize.session_id => {}
+            _ => {
+                return Err(Refusal::new(
+                    ErrorCode::UnknownSession,
+                    format!(
+                        "no open upstream session {} on this connection",
+                        finalize.session_id
+                    ),
+                ))
+            }
+        }
+        let id = finalize.session_id.clone();
+        let session = self
+            .query(move |index| {
+                index.set_session_status(&id, SessionStatus::Staged)?;
+                index.session(&id)
+            })
+            .await?
+            .ok_or_else(|| {
+                Refusal::new(ErrorCode::Internal, "the session vanished from the index")
+            })?;
+        self.upstream = None;
+        tracing::info!(session = %session.id, files = session.files, conflicts = session.conflicts, "upstream session staged; review it with zync-apply");
+        Ok(Reply::FinalizeUpstream(FinalizeReply {
+            session_id: session.id,
+            files: session.files,
+            bytes: session.bytes,
+            conflicts: session.conflicts,
+        }))
+    }
+
+    /// Called when the connection ends: an unfinished session is aborted and its files removed.
+    pub(crate) async fn abort_upstream(&mut self) {
+        let Some(session) = self.upstream.take() else {
+            return;
+        };
+        let id = session.id.clone();
+        if let Err(e) = self
+            .query(move |index| index.set_session_status(&id, SessionStatus::Aborted))
+            .await
+        {
+            tracing::warn!(session = %session.id, "cannot mark the session aborted: {}", e.message());
+        }
+        if let Err(e) = std::fs::remove_dir_all(&session.dir) {
+            tracing::warn!(dir = %session.dir.display(), "cannot remove an aborted session's files: {e}");
+        }
+        tracing::info!(session = %session.id, "upstream session aborted: the client left before finalizing");
+    }
+}
+
+/// Aborts sessions left receiving by a daemon that stopped mid-upload.
+///
+/// # Errors
+/// Database errors.
+pub fn abort_stale_sessions(index: &zync_db::Index, db: &std::path::Path) -> zync_db::Result<()> {
+    for session in index.sessions_with_status(SessionStatus::Receiving)? {
+        index.set_session_status(&session.id, SessionStatus::Aborted)?;
+        let dir = zync_db::session_dir(db, &session.id);
+        if dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), "cannot remove an aborted session's files: {e}");
+            }
+        }
+        tracing::info!(session = %session.id, "aborted an upstream session left unfinished by the last run");
+    }
+    Ok(())
+}
+
+enum EState {
+    Missing,
+    File(String),
+    Other,
+}
+
+/// What E has at `rel` now, read from disk (the index may lag by a debounce).
+fn e_state(root: &std::path::Path, rel: &RelPath) -> EState {
+    if zync_fs::check_parents(root, rel).is_err() {
+        return match zync_fs::lstat(&rel.to_path(root)) {
+            Ok(Stat::Missing) => EState::Missing,
+            _ => EState::Other,
+        };
+    }
+    let path = rel.to_path(root);
+    match zync_fs::lstat(&path) {
+        Ok(Stat::Missing) => EState::Missing,
+        Ok(Stat::Entry(meta)) if meta.kind == EntryKind::File => match zync_fs::hash_file(&path) {
+            Ok((sha, _)) => EState::File(sha),
+            Err(_) => EState::Other,
+        },
+        _ => EState::Other,
+    }
+}
