@@ -209,17 +209,15 @@ impl Connection {
         let mut out = std::fs::File::create(staged).map_err(internal)?;
         let mut hasher = zync_fs::Hasher::new();
         let mut received = 0u64;
-        for got in 0..frames {
+        let mut got = 0u64;
+        let mut failure = None;
+        while got < frames {
             let frame = match self.ws.next().await {
                 Some(Ok(Message::Binary(data))) => data,
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                // Control frames are answered by the WebSocket layer and carry no content.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 _ => {
-                    let _ = std::fs::remove_file(staged);
-                    self.discard = Some(Discard {
-                        id,
-                        frames: frames - got,
-                    });
-                    return Err(Refusal::new(
+                    failure = Some(Refusal::new(
                         ErrorCode::BadRequest,
                         format!(
                             "expected {} more content frames for {}",
@@ -227,27 +225,48 @@ impl Connection {
                             file.path
                         ),
                     ));
+                    break;
                 }
             };
-            let (chunk_id, data) = zync_proto::decode_chunk(&frame)
-                .map_err(|e| Refusal::new(ErrorCode::TooLarge, e.to_string()))?;
+            got += 1;
+            let (chunk_id, data) = match zync_proto::decode_chunk(&frame) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    failure = Some(Refusal::new(ErrorCode::TooLarge, e.to_string()));
+                    break;
+                }
+            };
             if chunk_id != id {
-                let _ = std::fs::remove_file(staged);
-                return Err(Refusal::new(
+                failure = Some(Refusal::new(
                     ErrorCode::BadRequest,
                     format!("content frame for request {chunk_id} while receiving {id}"),
                 ));
+                break;
             }
             received += data.len() as u64;
             if received > file.size {
-                let _ = std::fs::remove_file(staged);
-                return Err(Refusal::new(
+                failure = Some(Refusal::new(
                     ErrorCode::ChecksumMismatch,
                     format!("{}: more than the announced {} bytes", file.path, file.size),
                 ));
+                break;
             }
             hasher.update(data);
-            out.write_all(data).map_err(internal)?;
+            if let Err(e) = out.write_all(data) {
+                failure = Some(internal(e));
+                break;
+            }
+        }
+        if let Some(refusal) = failure {
+            // Nothing half-received stays staged; the rest of this upload's frames are dropped.
+            let _ = std::fs::remove_file(staged);
+            if got < frames {
+                self.discard = Some(Discard {
+                    id,
+                    frames: frames - got,
+                });
+            }
+            return Err(refusal);
         }
         out.sync_all().map_err(internal)?;
         let sha = hasher.finish();

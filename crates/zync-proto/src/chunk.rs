@@ -1,5 +1,6 @@
-//! Binary frames: file content, prefixed with the id of the GET_FILE request it answers, so a
-//! connection can carry pipelined requests without ambiguity.
+//! Binary frames: file content, prefixed with the id of the request it belongs to (GET_FILE
+//! downstream, UPSTREAM_FILE upstream), so a connection can carry pipelined requests without
+//! ambiguity.
 
 use crate::{CHUNK_HEADER, MAX_CHUNK};
 

@@ -22,6 +22,8 @@ const ALL_CODES: &[ErrorCode] = &[
     ErrorCode::Stale,
     ErrorCode::TooLarge,
     ErrorCode::Internal,
+    ErrorCode::UnknownSession,
+    ErrorCode::ChecksumMismatch,
 ];
 
 fn wire_name(code: ErrorCode) -> String {
@@ -37,7 +39,9 @@ fn wire_name(code: ErrorCode) -> String {
         | ErrorCode::NotAFile
         | ErrorCode::Stale
         | ErrorCode::TooLarge
-        | ErrorCode::Internal => {}
+        | ErrorCode::Internal
+        | ErrorCode::UnknownSession
+        | ErrorCode::ChecksumMismatch => {}
     }
     match serde_json::to_value(code).expect("an error code serialises") {
         serde_json::Value::String(name) => name,
@@ -118,6 +122,9 @@ fn reply_name(reply: &Reply) -> &'static str {
         Reply::GetChanges(_) => "GET_CHANGES",
         Reply::GetFile(_) => "GET_FILE",
         Reply::AckChanges(_) => "ACK_CHANGES",
+        Reply::PrepareUpstream(_) => "PREPARE_UPSTREAM",
+        Reply::UpstreamFile(_) => "UPSTREAM_FILE",
+        Reply::FinalizeUpstream(_) => "FINALIZE_UPSTREAM",
     }
 }
 
