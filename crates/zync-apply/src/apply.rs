@@ -1,0 +1,807 @@
+//! `zync-apply apply`: puts a staged session's files on E. Each file's conflict is decided
+//! again against E's current content (E may have changed since staging); a conflicting file
+//! only replaces E's version with the user's say-so (an interactive choice made after seeing
+//! the diff, or `--force`), and whatever is replaced is backed up first (DESIGN
+//! invariant 5). Each change is recorded in the daemon's index at once so it flows to R.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use zync_db::{is_conflict, Action, FileState, Index, SessionStatus, StagedFile};
+use zync_fs::RelPath;
+
+use crate::fileops;
+use crate::probe::{self, Current};
+use crate::prompt::{Choice, Prompter};
+use crate::roots::Roots;
+use crate::session;
+use crate::Outcome;
+
+/// The prefix that marks a kept-both file's "backup name" as the path of its conflict copy:
+/// the staging schema has no column for that path, and backup names must be plain names, so
+/// the path is stored percent-encoded (`/` as `%2F`) after this prefix.
+pub const COPY_PREFIX: &str = "copy:";
+
+/// Encodes a conflict copy's path for the backup-name column.
+pub fn encode_copy(rel: &RelPath) -> String {
+    format!(
+        "{COPY_PREFIX}{}",
+        rel.as_str().replace('%', "%25").replace('/', "%2F")
+    )
+}
+
+/// Decodes what [`encode_copy`] made; `None` for an ordinary backup name.
+pub fn decode_copy(name: &str) -> Option<String> {
+    name.strip_prefix(COPY_PREFIX)
+        .map(|s| s.replace("%2F", "/").replace("%25", "%"))
+}
+
+/// How `apply` runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyOptions {
+    /// Conflicting files may replace E's version.
+    pub force: bool,
+    /// Do not ask about each file.
+    pub non_interactive: bool,
+}
+
+/// What an apply did, by `dir/path`.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    /// Files now on E with R's content (or deleted on E).
+    pub applied: Vec<String>,
+    /// Files the user chose to leave alone.
+    pub skipped: Vec<String>,
+    /// Files whose R version went beside E's as a conflict copy: (file, copy).
+    pub kept_both: Vec<(String, String)>,
+    /// Conflicting files left staged by a non-interactive run without `--force`.
+    pub conflicts_left: Vec<String>,
+    /// Files left staged because the user quit.
+    pub left_staged: Vec<String>,
+    /// Files that could not be applied (they stay staged), with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Applies session `id` (or unique prefix) from the database `db`.
+///
+/// # Errors
+///
+/// An unknown or unappliable session, no usable directory mapping, a prompt needed while
+/// `prompter` cannot ask, a database failure, or files that could not be applied (after the
+/// others were).
+pub fn apply(
+    db: &Path,
+    id: &str,
+    dirs: &[String],
+    opts: ApplyOptions,
+    prompter: &mut dyn Prompter,
+    out: &mut dyn Write,
+) -> anyhow::Result<Outcome> {
+    let report = apply_report(db, id, dirs, opts, prompter, out)?;
+    if !report.failed.is_empty() {
+        let lines: Vec<String> = report
+            .failed
+            .iter()
+            .map(|(f, e)| format!("  {f}: {e}"))
+            .collect();
+        bail!(
+            "{} could not be applied and stay staged:\n{}",
+            session::count(report.failed.len() as u64, "file"),
+            lines.join("\n")
+        );
+    }
+    if !report.conflicts_left.is_empty() {
+        return Ok(Outcome::ConflictsLeft);
+    }
+    Ok(Outcome::Done)
+}
+
+/// Like [`apply`], returning what happened to each file instead of judging it.
+///
+/// # Errors
+///
+/// As [`apply`], except for files that could not be applied: they are in
+/// [`ApplyReport::failed`].
+pub fn apply_report(
+    db: &Path,
+    id: &str,
+    dirs: &[String],
+    opts: ApplyOptions,
+    prompter: &mut dyn Prompter,
+    out: &mut dyn Write,
+) -> anyhow::Result<ApplyReport> {
+    let mut index = session::open_index(db)?;
+    let session = session::find(&index, id)?;
+    match session.status {
+        SessionStatus::Staged | SessionStatus::Partial => {}
+        SessionStatus::Receiving => bail!(
+            "session {} is still being received from {}; wait for zync-client to finish",
+            session.id,
+            session.client_id
+        ),
+        other => bail!(
+            "session {} is {}; there is nothing to apply (see `zync-apply list`)",
+            session.id,
+            other.as_str()
+        ),
+    }
+    let files: Vec<StagedFile> = index
+        .staged_files(&session.id)
+        .context("cannot read the session's files")?
+        .into_iter()
+        .filter(|f| f.state == FileState::Staged)
+        .collect();
+    let mut report = ApplyReport::default();
+    if files.is_empty() {
+        writeln!(out, "session {}: nothing left to apply", session.id)?;
+        index.set_session_status(&session.id, SessionStatus::Applied)?;
+        return Ok(report);
+    }
+    let roots = Roots::resolve(dirs, &index)?;
+    // Refuse before touching anything rather than hang on a prompt nobody can answer.
+    if !opts.non_interactive && !prompter.is_interactive() {
+        bail!(
+            "apply asks about each file, but stdin is not a terminal; pass --non-interactive to \
+             apply the files without conflicts (conflicts stay staged), and add --force to \
+             apply conflicting files too"
+        );
+    }
+    let session_dir = zync_db::session_dir(db, &session.id);
+    let mut run = Run {
+        index: &mut index,
+        session_dir: &session_dir,
+        opts,
+        auto: false,
+        quit: false,
+    };
+    for file in &files {
+        let name = format!("{}/{}", file.dir, file.path);
+        if run.quit {
+            report.left_staged.push(name);
+            continue;
+        }
+        if let Err(e) = run.one(file, &roots, prompter, &mut report) {
+            // Database failures leave E and the index out of step: stop at once.
+            if e.downcast_ref::<zync_db::DbError>().is_some() {
+                return Err(e.context(format!("while applying {name}")));
+            }
+            tracing::warn!("{name}: {e:#}");
+            report.failed.push((name, format!("{e:#}")));
+        }
+    }
+    let left = index
+        .staged_files(&session.id)?
+        .iter()
+        .filter(|f| f.state == FileState::Staged)
+        .count();
+    let status = if left == 0 {
+        SessionStatus::Applied
+    } else {
+        SessionStatus::Partial
+    };
+    index.set_session_status(&session.id, status)?;
+    summarize(out, &session.id, status, &report)?;
+    Ok(report)
+}
+
+/// The state of one apply run.
+struct Run<'a> {
+    index: &'a mut Index,
+    session_dir: &'a Path,
+    opts: ApplyOptions,
+    /// The user chose "apply all remaining non-conflicting files".
+    auto: bool,
+    /// The user chose to quit.
+    quit: bool,
+}
+
+impl Run<'_> {
+    fn one(
+        &mut self,
+        file: &StagedFile,
+        roots: &Roots,
+        prompter: &mut dyn Prompter,
+        report: &mut ApplyReport,
+    ) -> anyhow::Result<()> {
+        let name = format!("{}/{}", file.dir, file.path);
+        let root = roots.get(&file.dir)?;
+        let rel = RelPath::parse(&file.path)?;
+        let current = probe::probe(root, &rel)?;
+        let conflict = is_conflict(
+            file.action,
+            file.base_sha256.as_deref(),
+            file.sha256.as_deref(),
+            current.on_e(),
+        );
+        let choice = if self.opts.non_interactive {
+            if conflict && !self.opts.force {
+                report.conflicts_left.push(name);
+                return Ok(());
+            }
+            Choice::Apply
+        } else if self.auto && !conflict {
+            Choice::Apply
+        } else {
+            self.ask(file, conflict, &current, root, &rel, prompter)?
+        };
+        match choice {
+            Choice::Apply | Choice::ApplyAllNonConflicting => {
+                self.auto |= choice == Choice::ApplyAllNonConflicting;
+                self.apply_file(file, root, &rel, &current)?;
+                report.applied.push(name);
+            }
+            Choice::KeepBoth => {
+                let copy = self.keep_both(file, root, &rel)?;
+                report.kept_both.push((name, copy));
+            }
+            Choice::Skip => {
+                self.index.set_file_state(
+                    &file.session_id,
+                    &file.dir,
+                    &file.path,
+                    FileState::Skipped,
+                    None,
+                    current.is_file(),
+                )?;
+                report.skipped.push(name);
+            }
+            Choice::Quit => {
+                self.quit = true;
+                report.left_staged.push(name);
+            }
+            Choice::ShowDiff => unreachable!("ask() shows diffs itself"),
+        }
+        Ok(())
+    }
+
+    fn ask(
+        &self,
+        file: &StagedFile,
+        conflict: bool,
+        current: &Current,
+        root: &Path,
+        rel: &RelPath,
+        prompter: &mut dyn Prompter,
+    ) -> anyhow::Result<Choice> {
+        // A conflicting file is shown with its diff before the question, so choosing "apply"
+        // here is the user's say-so (DESIGN invariant 5); E's version is backed up either way.
+        let mut options = vec![Choice::Apply];
+        if !conflict {
+            options.push(Choice::ApplyAllNonConflicting);
+        }
+        // Keeping both only makes sense when there are two files to keep.
+        if file.action == Action::Write && current.is_file() {
+            options.push(Choice::KeepBoth);
+        }
+        options.extend([Choice::Skip, Choice::ShowDiff, Choice::Quit]);
+        let diff = || probe::diff(root, rel, file, self.session_dir);
+        if conflict {
+            prompter.show(&format!(
+                "{}/{} changed on E since R's version was based on it; applying replaces E's \
+                 version (it is backed up for `zync-apply undo`):\n{}",
+                file.dir,
+                file.path,
+                diff()
+            ));
+        }
+        loop {
+            match prompter.choose(file, conflict, &options)? {
+                Choice::ShowDiff => prompter.show(&diff()),
+                other if options.contains(&other) => return Ok(other),
+                other => bail!("{other:?} was not one of the choices offered"),
+            }
+        }
+    }
+
+    /// Puts R's version of `file` on E, backing up E's file first.
+    fn apply_file(
+        &mut self,
+        file: &StagedFile,
+        root: &Path,
+        rel: &RelPath,
+        current: &Current,
+    ) -> anyhow::Result<()> {
+        if let Current::Other(what) = current {
+            bail!(
+                "E has {what} at {}; zync-apply only replaces regular files: move it away and \
+                 apply again",
+                rel.to_path(root).display()
+            );
+        }
+        match file.action {
+            Action::Write => {
+                let (staged, sha) = self.verified_staged(file)?;
+                let backup = self.backup_if_file(root, rel, current)?;
+                let written = fileops::ensure_parents(root, rel).and_then(|new_dirs| {
+                    fileops::write_from(root, rel, &staged, &sha, file.mode, file.mtime_ns)?;
+                    Ok(new_dirs)
+                });
+                let new_dirs = match written {
+                    Ok(d) => d,
+                    Err(e) => {
+                        if let Some(b) = &backup {
+                            b.discard();
+                        }
+                        return Err(e);
+                    }
+                };
+                fileops::index_file(self.index, &file.dir, root, rel, &sha, &new_dirs)?;
+                self.mark(file, FileState::Applied, backup.as_ref(), current)
+            }
+            Action::Delete => {
+                let backup = self.backup_if_file(root, rel, current)?;
+                if backup.is_some() {
+                    if let Err(e) = fileops::remove(root, rel) {
+                        if let Some(b) = &backup {
+                            b.discard();
+                        }
+                        return Err(e);
+                    }
+                }
+                fileops::index_removed(self.index, &file.dir, rel)?;
+                self.mark(file, FileState::Applied, backup.as_ref(), current)
+            }
+        }
+    }
+
+    /// Writes R's version beside E's file as a conflict copy; E's file is untouched.
+    fn keep_both(
+        &mut self,
+        file: &StagedFile,
+        root: &Path,
+        rel: &RelPath,
+    ) -> anyhow::Result<String> {
+        let (staged, sha) = self.verified_staged(file)?;
+        let stamp = chrono::Local::now().format("%Y%m%dT%H%M%S").to_string();
+        let copy = zync_fs::free_conflict_name(root, rel, &stamp);
+        let new_dirs = fileops::ensure_parents(root, &copy)?;
+        fileops::write_from(root, &copy, &staged, &sha, file.mode, file.mtime_ns)?;
+        fileops::index_file(self.index, &file.dir, root, &copy, &sha, &new_dirs)?;
+        self.index.set_file_state(
+            &file.session_id,
+            &file.dir,
+            &file.path,
+            FileState::KeptBoth,
+            Some(&encode_copy(&copy)),
+            true,
+        )?;
+        Ok(format!("{}/{copy}", file.dir))
+    }
+
+    /// The staged file holding R's content, checked against its recorded sha256 before
+    /// anything on E is touched.
+    fn verified_staged(&self, file: &StagedFile) -> anyhow::Result<(std::path::PathBuf, String)> {
+        let Some(sha) = file.sha256.clone() else {
+            bail!("the database has no sha256 for this write; ask R to push it again");
+        };
+        let staged = probe::session_file(self.session_dir, file.staged_name.as_deref(), "staged")?;
+        let (actual, _) = zync_fs::hash_file(&staged)
+            .with_context(|| format!("cannot read the staged content {}", staged.display()))?;
+        if !actual.eq_ignore_ascii_case(&sha) {
+            bail!(
+                "the staged content {} has sha256 {actual}, but R sent {sha}: the staging area is \
+                 damaged, so this file was not applied; ask R to push it again",
+                staged.display()
+            );
+        }
+        Ok((staged, sha))
+    }
+
+    /// Backs up E's file when there is one, making sure it is still the content the conflict
+    /// was decided on.
+    fn backup_if_file(
+        &self,
+        root: &Path,
+        rel: &RelPath,
+        current: &Current,
+    ) -> anyhow::Result<Option<fileops::Backup>> {
+        let Current::File { sha256, .. } = current else {
+            return Ok(None);
+        };
+        let backup = fileops::backup(root, rel, self.session_dir)?;
+        if &backup.meta.sha256 != sha256 {
+            backup.discard();
+            bail!("E's file changed while it was being applied; run apply again");
+        }
+        Ok(Some(backup))
+    }
+
+    fn mark(
+        &self,
+        file: &StagedFile,
+        state: FileState,
+        backup: Option<&fileops::Backup>,
+        current: &Current,
+    ) -> anyhow::Result<()> {
+        self.index.set_file_state(
+            &file.session_id,
+            &file.dir,
+            &file.path,
+            state,
+            backup.map(|b| b.name.as_str()),
+            current.is_file(),
+        )?;
+        Ok(())
+    }
+}
+
+fn summarize(
+    out: &mut dyn Write,
+    id: &str,
+    status: SessionStatus,
+    r: &ApplyReport,
+) -> anyhow::Result<()> {
+    for (f, copy) in &r.kept_both {
+        writeln!(out, "kept both: {f} (R's version is {copy})")?;
+    }
+    for f in &r.conflicts_left {
+        writeln!(out, "conflict, left staged: {f}")?;
+    }
+    for (f, e) in &r.failed {
+        writeln!(out, "failed, left staged: {f}: {e}")?;
+    }
+    let left = r.conflicts_left.len() + r.left_staged.len() + r.failed.len();
+    writeln!(
+        out,
+        "session {id}: {} applied, {} skipped, {} kept both, {} left staged; session is now {}",
+        r.applied.len(),
+        r.skipped.len(),
+        r.kept_both.len(),
+        left,
+        status.as_str()
+    )?;
+    if !r.conflicts_left.is_empty() {
+        writeln!(
+            out,
+            "review the conflicts with `zync-apply show {id} --diff`, then apply interactively \
+             or with --force"
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prompt::ScriptedPrompter;
+    use crate::testkit::{delete, exists, sha, write, Fixture};
+    use std::os::unix::fs::symlink;
+
+    const ID: &str = "0b6c1d2e-0000-4000-8000-000000000001";
+
+    fn no_prompts() -> ScriptedPrompter {
+        ScriptedPrompter::new([])
+    }
+
+    #[test]
+    fn non_interactive_applies_clean_files_and_leaves_conflicts_staged() {
+        let fx = Fixture::new();
+        fx.e_write("clean.txt", b"base\n");
+        fx.e_write("conflict.txt", b"changed on E\n");
+        fx.stage(
+            ID,
+            &[
+                write("clean.txt", b"from R\n", Some(b"base\n")),
+                write("conflict.txt", b"R's edit\n", Some(b"base\n")),
+                write("new/dir/file.txt", b"brand new\n", None),
+            ],
+        );
+        let (r, out) = fx.run(&["apply", ID, "--non-interactive"], &mut no_prompts());
+        let outcome = r.expect("apply");
+        assert_eq!(outcome, Outcome::ConflictsLeft, "output: {out}");
+        assert_eq!(outcome.exit_code(), 3);
+        assert!(
+            out.contains("conflict, left staged: docs/conflict.txt"),
+            "{out}"
+        );
+        assert_eq!(fx.e_read("clean.txt").as_deref(), Some(&b"from R\n"[..]));
+        assert_eq!(
+            fx.e_read("new/dir/file.txt").as_deref(),
+            Some(&b"brand new\n"[..])
+        );
+        assert_eq!(
+            fx.e_read("conflict.txt").as_deref(),
+            Some(&b"changed on E\n"[..])
+        );
+        assert_eq!(fx.state(ID, "clean.txt"), FileState::Applied);
+        assert_eq!(fx.state(ID, "conflict.txt"), FileState::Staged);
+        assert_eq!(fx.status(ID), SessionStatus::Partial);
+        // Recorded in the daemon's index at once, new parent directories included.
+        assert_eq!(fx.indexed("clean.txt"), Some(sha(b"from R\n")));
+        assert_eq!(fx.indexed("new/dir/file.txt"), Some(sha(b"brand new\n")));
+        assert!(fx.index().get("docs", "new/dir").expect("get").is_some());
+        // The file that existed was backed up; the new one was not.
+        let clean = fx.file(ID, "clean.txt");
+        assert!(clean.e_existed);
+        let backup = fx
+            .session_dir(ID)
+            .join(clean.backup_name.expect("backup name"));
+        assert_eq!(std::fs::read(backup).expect("backup"), b"base\n");
+        let new = fx.file(ID, "new/dir/file.txt");
+        assert_eq!((new.e_existed, new.backup_name), (false, None));
+    }
+
+    #[test]
+    fn force_applies_conflicts_and_backs_up_e() {
+        let fx = Fixture::new();
+        fx.e_write("conflict.txt", b"changed on E\n");
+        fx.stage(ID, &[write("conflict.txt", b"R's edit\n", Some(b"base\n"))]);
+        assert!(fx.file(ID, "conflict.txt").conflict);
+        let (r, out) = fx.run(
+            &["apply", ID, "--force", "--non-interactive"],
+            &mut no_prompts(),
+        );
+        assert_eq!(r.expect("apply"), Outcome::Done, "{out}");
+        assert_eq!(
+            fx.e_read("conflict.txt").as_deref(),
+            Some(&b"R's edit\n"[..])
+        );
+        let f = fx.file(ID, "conflict.txt");
+        assert_eq!(f.state, FileState::Applied);
+        let backup = fx.session_dir(ID).join(f.backup_name.expect("backup name"));
+        assert_eq!(std::fs::read(backup).expect("backup"), b"changed on E\n");
+        assert_eq!(fx.status(ID), SessionStatus::Applied);
+    }
+
+    #[test]
+    fn a_change_on_e_after_staging_is_caught_at_apply_time() {
+        let fx = Fixture::new();
+        fx.e_write("f.txt", b"base\n");
+        fx.stage(ID, &[write("f.txt", b"R\n", Some(b"base\n"))]);
+        assert!(!fx.file(ID, "f.txt").conflict, "no conflict at staging");
+        fx.e_write("f.txt", b"edited on E later\n");
+        let (r, out) = fx.run(&["apply", ID, "--non-interactive"], &mut no_prompts());
+        assert_eq!(r.expect("apply"), Outcome::ConflictsLeft, "{out}");
+        assert_eq!(
+            fx.e_read("f.txt").as_deref(),
+            Some(&b"edited on E later\n"[..])
+        );
+        assert_eq!(fx.state(ID, "f.txt"), FileState::Staged);
+    }
+
+    #[test]
+    fn staged_content_not_matching_its_sha256_is_refused() {
+        let fx = Fixture::new();
+        fx.e_write("f.txt", b"E's content\n");
+        fx.e_write("other.txt", b"base\n");
+        fx.stage(
+            ID,
+            &[
+                write("f.txt", b"R's content\n", Some(b"E's content\n")),
+                write("other.txt", b"fine\n", Some(b"base\n")),
+            ],
+        );
+        let staged = fx
+            .session_dir(ID)
+            .join(fx.file(ID, "f.txt").staged_name.expect("staged name"));
+        std::fs::write(&staged, b"corrupted in staging\n").expect("corrupt");
+        let (r, out) = fx.run(&["apply", ID, "--non-interactive"], &mut no_prompts());
+        let err = format!("{:#}", r.expect_err("must fail"));
+        assert!(
+            err.contains("docs/f.txt") && err.contains("sha256"),
+            "{err}"
+        );
+        assert!(out.contains("failed, left staged: docs/f.txt"), "{out}");
+        assert_eq!(fx.e_read("f.txt").as_deref(), Some(&b"E's content\n"[..]));
+        assert_eq!(fx.state(ID, "f.txt"), FileState::Staged);
+        // The other file still went through.
+        assert_eq!(fx.e_read("other.txt").as_deref(), Some(&b"fine\n"[..]));
+        assert_eq!(fx.status(ID), SessionStatus::Partial);
+    }
+
+    #[test]
+    fn a_symlinked_parent_on_e_is_not_followed() {
+        let fx = Fixture::new();
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::write(outside.path().join("f.txt"), b"outside\n").expect("write");
+        symlink(outside.path(), fx.root.join("link")).expect("symlink");
+        fx.stage(
+            ID,
+            &[
+                write("link/f.txt", b"R\n", None),
+                write("link/sub/g.txt", b"R\n", None),
+                delete("link/h.txt", None),
+            ],
+        );
+        std::fs::write(outside.path().join("h.txt"), b"keep me\n").expect("write");
+        let (r, out) = fx.run(
+            &["apply", ID, "--force", "--non-interactive"],
+            &mut no_prompts(),
+        );
+        let err = format!("{:#}", r.expect_err("must refuse"));
+        assert!(err.contains("symlink"), "{err}\n{out}");
+        assert_eq!(
+            std::fs::read(outside.path().join("f.txt")).expect("read"),
+            b"outside\n"
+        );
+        assert_eq!(
+            std::fs::read(outside.path().join("h.txt")).expect("read"),
+            b"keep me\n"
+        );
+        assert!(
+            !outside.path().join("sub").exists(),
+            "created a dir outside"
+        );
+        for p in ["link/f.txt", "link/sub/g.txt", "link/h.txt"] {
+            assert_eq!(fx.state(ID, p), FileState::Staged, "{p}");
+        }
+    }
+
+    #[test]
+    fn interactive_skip_leaves_e_untouched() {
+        let fx = Fixture::new();
+        fx.e_write("f.txt", b"base\n");
+        fx.stage(ID, &[write("f.txt", b"R\n", Some(b"base\n"))]);
+        let mut p = ScriptedPrompter::new([Choice::ShowDiff, Choice::Skip]);
+        let (r, out) = fx.run(&["apply", ID], &mut p);
+        assert_eq!(r.expect("apply"), Outcome::Done, "{out}");
+        assert_eq!(p.asked.len(), 2, "asked: {:?}", p.asked);
+        assert!(
+            p.shown.iter().any(|s| s.contains("+R")),
+            "shown: {:?}",
+            p.shown
+        );
+        assert_eq!(fx.e_read("f.txt").as_deref(), Some(&b"base\n"[..]));
+        assert_eq!(fx.state(ID, "f.txt"), FileState::Skipped);
+        assert_eq!(fx.status(ID), SessionStatus::Applied);
+    }
+
+    #[test]
+    fn interactive_conflict_shows_the_diff_before_the_user_chooses_apply() {
+        let fx = Fixture::new();
+        fx.e_write("f.txt", b"E edit\n");
+        fx.stage(ID, &[write("f.txt", b"R edit\n", Some(b"base\n"))]);
+        let mut p = ScriptedPrompter::new([Choice::Apply]);
+        let (r, out) = fx.run(&["apply", ID], &mut p);
+        assert_eq!(r.expect("apply"), Outcome::Done, "{out}");
+        assert!(
+            p.shown
+                .first()
+                .is_some_and(|s| s.contains("-E edit") && s.contains("+R edit")),
+            "the diff must be shown before the question: {:?}",
+            p.shown
+        );
+        assert_eq!(fx.e_read("f.txt").as_deref(), Some(&b"R edit\n"[..]));
+        let mut p = ScriptedPrompter::new([]);
+        let (r, out) = fx.run(&["undo", ID], &mut p);
+        r.expect("undo");
+        assert_eq!(
+            fx.e_read("f.txt").as_deref(),
+            Some(&b"E edit\n"[..]),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn keep_both_puts_r_beside_e() {
+        let fx = Fixture::new();
+        fx.e_write("d/f.txt", b"E edit\n");
+        fx.stage(ID, &[write("d/f.txt", b"R edit\n", Some(b"base\n"))]);
+        let mut p = ScriptedPrompter::new([Choice::KeepBoth]);
+        let (r, out) = fx.run(&["apply", ID], &mut p);
+        assert_eq!(r.expect("apply"), Outcome::Done, "{out}");
+        assert_eq!(fx.e_read("d/f.txt").as_deref(), Some(&b"E edit\n"[..]));
+        let copies: Vec<String> = std::fs::read_dir(fx.root.join("d"))
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| zync_fs::is_conflict_copy(n))
+            .collect();
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        assert!(copies[0].starts_with("f.zync-conflict-") && copies[0].ends_with(".txt"));
+        let copy = format!("d/{}", copies[0]);
+        assert_eq!(fx.e_read(&copy).as_deref(), Some(&b"R edit\n"[..]));
+        assert_eq!(fx.indexed(&copy), Some(sha(b"R edit\n")));
+        let f = fx.file(ID, "d/f.txt");
+        assert_eq!(f.state, FileState::KeptBoth);
+        assert_eq!(f.backup_name.as_deref().and_then(decode_copy), Some(copy));
+    }
+
+    #[test]
+    fn quit_stops_and_leaves_the_rest_staged() {
+        let fx = Fixture::new();
+        fx.stage(
+            ID,
+            &[
+                write("a.txt", b"a\n", None),
+                write("b.txt", b"b\n", None),
+                write("c.txt", b"c\n", None),
+            ],
+        );
+        let mut p = ScriptedPrompter::new([Choice::Apply, Choice::Quit]);
+        let (r, out) = fx.run(&["apply", ID], &mut p);
+        assert_eq!(r.expect("apply"), Outcome::Done, "{out}");
+        assert_eq!(p.asked.len(), 2);
+        assert_eq!(fx.e_read("a.txt").as_deref(), Some(&b"a\n"[..]));
+        assert_eq!(fx.e_read("b.txt"), None);
+        assert_eq!(fx.e_read("c.txt"), None);
+        assert_eq!(fx.state(ID, "b.txt"), FileState::Staged);
+        assert_eq!(fx.state(ID, "c.txt"), FileState::Staged);
+        assert_eq!(fx.status(ID), SessionStatus::Partial);
+        assert!(
+            out.contains("1 applied") && out.contains("2 left staged"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn apply_all_non_conflicting_stops_asking_except_for_conflicts() {
+        let fx = Fixture::new();
+        fx.e_write("c.txt", b"E edit\n");
+        fx.stage(
+            ID,
+            &[
+                write("a.txt", b"a\n", None),
+                write("b.txt", b"b\n", None),
+                write("c.txt", b"R edit\n", Some(b"base\n")),
+                delete("d.txt", None),
+            ],
+        );
+        let mut p = ScriptedPrompter::new([Choice::ApplyAllNonConflicting, Choice::Skip]);
+        let (r, out) = fx.run(&["apply", ID], &mut p);
+        assert_eq!(r.expect("apply"), Outcome::Done, "{out}");
+        assert_eq!(p.asked.len(), 2, "asked: {:?}", p.asked);
+        assert!(p.asked[1].contains("c.txt") && p.asked[1].contains("CONFLICT"));
+        assert_eq!(fx.e_read("b.txt").as_deref(), Some(&b"b\n"[..]));
+        assert_eq!(fx.state(ID, "d.txt"), FileState::Applied);
+        assert_eq!(fx.state(ID, "c.txt"), FileState::Skipped);
+    }
+
+    #[test]
+    fn without_a_terminal_an_interactive_apply_fails_before_changing_anything() {
+        let fx = Fixture::new();
+        fx.stage(ID, &[write("a.txt", b"a\n", None)]);
+        let mut p = ScriptedPrompter::new([Choice::Apply]);
+        p.interactive = false;
+        let (r, _) = fx.run(&["apply", ID], &mut p);
+        let err = format!("{:#}", r.expect_err("must fail"));
+        assert!(
+            err.contains("--non-interactive") && err.contains("--force"),
+            "{err}"
+        );
+        assert!(p.asked.is_empty());
+        assert_eq!(fx.e_read("a.txt"), None);
+        assert_eq!(fx.state(ID, "a.txt"), FileState::Staged);
+        assert_eq!(fx.status(ID), SessionStatus::Staged);
+    }
+
+    #[test]
+    fn delete_backs_up_removes_and_tombstones() {
+        let fx = Fixture::new();
+        fx.e_write("gone.txt", b"base\n");
+        let mut index = fx.index();
+        let mut w = index.writer().expect("writer");
+        w.upsert(
+            "docs",
+            "gone.txt",
+            &zync_db::EntryMeta {
+                kind: zync_db::Kind::File,
+                size: 5,
+                mtime_ns: 0,
+                mode: 0o644,
+                inode: 1,
+                sha256: Some(sha(b"base\n")),
+                target: None,
+            },
+        )
+        .expect("upsert");
+        w.commit().expect("commit");
+        fx.stage(ID, &[delete("gone.txt", Some(b"base\n"))]);
+        let (r, out) = fx.run(&["apply", ID, "--non-interactive"], &mut no_prompts());
+        assert_eq!(r.expect("apply"), Outcome::Done, "{out}");
+        assert!(!exists(&fx.root.join("gone.txt")));
+        assert!(fx.tombstoned("gone.txt"));
+        let f = fx.file(ID, "gone.txt");
+        let backup = fx.session_dir(ID).join(f.backup_name.expect("backup"));
+        assert_eq!(std::fs::read(backup).expect("read"), b"base\n");
+    }
+
+    #[test]
+    fn copy_paths_round_trip_as_plain_names() {
+        let rel = RelPath::parse("a/b%2F/c.txt").expect("path");
+        let enc = encode_copy(&rel);
+        assert!(zync_db::is_plain_name(&enc), "{enc}");
+        assert_eq!(decode_copy(&enc).as_deref(), Some("a/b%2F/c.txt"));
+        assert_eq!(decode_copy("backup-1"), None);
+    }
+}

@@ -1,0 +1,156 @@
+//! The command line of `zync-apply` (clap derive), kept compatible with the original tool's
+//! `list` / `show` / `apply` commands and their `--db`, `--dirs`, `--force` and
+//! `--non-interactive` flags (SEED-README, "Apply Tool").
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes, as documented in `--help`.
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  done (files you skipped or left staged by quitting do not count as failures)
+  1  an error: bad database, unknown session, a file that could not be applied or undone
+  2  bad command line
+  3  apply --non-interactive without --force left conflicting files staged; review them
+     with `zync-apply show ID --diff`, then apply interactively or with --force";
+
+/// Command line of `zync-apply`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "zync-apply",
+    version,
+    about = "Review and apply changes pushed upstream from machine R (runs on machine E)",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// The daemon's SQLite database (as given to zync-daemon --db).
+    #[arg(long, global = true, default_value = "sync.db", value_name = "PATH")]
+    pub db: PathBuf,
+    /// Log level: error, warn, info, debug or trace (or a tracing filter).
+    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
+    pub log_level: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List staged sessions (pending ones unless --all).
+    List {
+        /// Every session, also applied, undone, aborted and still-receiving ones.
+        #[arg(long)]
+        all: bool,
+        /// Print a JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the files of a session, with conflicts checked against E's current files.
+    Show {
+        /// Session id, or a unique prefix of it.
+        id: String,
+        /// Directory mapping.
+        #[command(flatten)]
+        dirs: DirsArg,
+        /// Print unified diffs of text files against E's current version.
+        #[arg(long)]
+        diff: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a session's staged files to E, asking about each file unless --non-interactive.
+    #[command(after_help = AFTER_HELP)]
+    Apply {
+        /// Session id, or a unique prefix of it.
+        id: String,
+        /// Directory mapping.
+        #[command(flatten)]
+        dirs: DirsArg,
+        /// Apply conflicting files too: R's version replaces files that changed on E since R
+        /// last synced them (E's version is kept as a backup; `undo` restores it). Interactive
+        /// runs offer this per file, after showing the diff.
+        #[arg(long)]
+        force: bool,
+        /// Do not ask: apply every file without a conflict; conflicting files stay staged
+        /// (exit code 3) unless --force is given too.
+        #[arg(long)]
+        non_interactive: bool,
+    },
+    /// Undo an applied session: restore E's previous files from the backups.
+    Undo {
+        /// Session id, or a unique prefix of it.
+        id: String,
+        /// Directory mapping.
+        #[command(flatten)]
+        dirs: DirsArg,
+        /// Restore even files that changed on E since they were applied (those changes are
+        /// lost).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `--dirs NAME:PATH...`, shared by the commands that touch E's directories.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DirsArg {
+    /// Directories as NAME:PATH, as given to zync-daemon. Default: the mapping the daemon
+    /// recorded in the database.
+    #[arg(long, num_args = 1.., value_name = "NAME:PATH")]
+    pub dirs: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn parses_the_seed_command_lines() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "zync-apply",
+            "--db",
+            "x.db",
+            "apply",
+            "abc",
+            "--dirs",
+            "docs:/a",
+            "code:/b",
+            "--force",
+            "--non-interactive",
+        ])
+        .expect("parse");
+        assert_eq!(cli.db, PathBuf::from("x.db"));
+        match cli.command {
+            Command::Apply {
+                id,
+                dirs,
+                force,
+                non_interactive,
+            } => {
+                assert_eq!(id, "abc");
+                assert_eq!(dirs.dirs, vec!["docs:/a", "code:/b"]);
+                assert!(force && non_interactive);
+            }
+            other => panic!("expected apply, got {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["zync-apply", "list"]).expect("parse");
+        assert_eq!(cli.db, PathBuf::from("sync.db"));
+        assert!(matches!(
+            cli.command,
+            Command::List {
+                all: false,
+                json: false
+            }
+        ));
+    }
+
+    #[test]
+    fn help_documents_exit_code_3() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("3  apply --non-interactive"), "help: {help}");
+    }
+}

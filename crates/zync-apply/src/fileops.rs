@@ -1,0 +1,360 @@
+//! The changes zync-apply makes on E, one file at a time: backups of E's files into the
+//! session's staging directory (DESIGN invariant 5), atomic verified writes that never follow a
+//! symlink (invariants 1 and 3), removals, and recording each change in the daemon's index at
+//! once so it flows back to R.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use zync_db::{EntryMeta, Index, Kind};
+use zync_fs::{check_parents, ensure_dir, fsync_dir, lstat, AtomicFile, EntryKind, RelPath, Stat};
+
+use crate::probe::open_regular;
+
+/// How much is copied at a time.
+const CHUNK: usize = 256 * 1024;
+
+/// The mode, mtime and content hash E's file had when it was backed up, kept in a JSON file
+/// beside the backup (`backup-N.json`) so undo can restore them: the staging schema has no
+/// columns for them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupMeta {
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, ns since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Hex sha256 of the content.
+    pub sha256: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// A backup made of one of E's files.
+#[derive(Debug, Clone)]
+pub struct Backup {
+    /// The file's name inside the session directory.
+    pub name: String,
+    /// Its path.
+    pub path: PathBuf,
+    /// What E's file was.
+    pub meta: BackupMeta,
+}
+
+impl Backup {
+    /// Removes the backup and its metadata (after the change it was made for failed).
+    pub fn discard(&self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(meta_path(&self.path));
+    }
+}
+
+fn meta_path(backup: &Path) -> PathBuf {
+    let mut s = backup.as_os_str().to_owned();
+    s.push(".json");
+    PathBuf::from(s)
+}
+
+/// Streams `from` into `to`, returning the sha256 of what was copied.
+fn copy_hashing(
+    from: &mut File,
+    mut to: impl FnMut(&[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
+    let mut hasher = zync_fs::Hasher::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        hasher.update(&buf[..n]);
+        to(&buf[..n])?;
+    }
+    Ok(hasher.finish())
+}
+
+/// Copies E's file `root/rel` into a new `backup-N` in `session_dir`, fsyncs it and its
+/// metadata, and returns what was backed up.
+///
+/// # Errors
+///
+/// A symlinked parent, E's file is not a regular file, or an I/O error.
+pub fn backup(root: &Path, rel: &RelPath, session_dir: &Path) -> anyhow::Result<Backup> {
+    check_parents(root, rel)?;
+    let src_path = rel.to_path(root);
+    let mut src = open_regular(&src_path)
+        .with_context(|| format!("cannot read {} to back it up", src_path.display()))?;
+    let md = src.metadata()?;
+    std::fs::create_dir_all(session_dir)
+        .with_context(|| format!("cannot create {}", session_dir.display()))?;
+    let mut n = 1u32;
+    let (name, path, mut dst) = loop {
+        let name = format!("backup-{n}");
+        let path = session_dir.join(&name);
+        match File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(f) => break (name, path, f),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1_000_000 => n += 1,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot create the backup {}", path.display()))
+            }
+        }
+    };
+    let result = (|| -> anyhow::Result<Backup> {
+        let mut size = 0u64;
+        let sha256 = copy_hashing(&mut src, |data| {
+            size += data.len() as u64;
+            dst.write_all(data).map_err(Into::into)
+        })?;
+        dst.sync_all()?;
+        let meta = BackupMeta {
+            mode: md.mode() & 0o7777,
+            mtime_ns: md
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(md.mtime_nsec()),
+            sha256,
+            size,
+        };
+        let mut side = File::create(meta_path(&path))?;
+        side.write_all(&serde_json::to_vec(&meta)?)?;
+        side.sync_all()?;
+        fsync_dir(session_dir)?;
+        Ok(Backup {
+            name: name.clone(),
+            path: path.clone(),
+            meta,
+        })
+    })();
+    match result {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(meta_path(&path));
+            Err(e.context(format!(
+                "cannot back up {} to {}",
+                src_path.display(),
+                path.display()
+            )))
+        }
+    }
+}
+
+/// The metadata stored beside a backup; when it is missing, the backup's own hash with mode
+/// 0644 and the current time.
+///
+/// # Errors
+///
+/// The backup cannot be read.
+pub fn backup_meta(path: &Path) -> anyhow::Result<BackupMeta> {
+    if let Ok(text) = std::fs::read(meta_path(path)) {
+        if let Ok(meta) = serde_json::from_slice(&text) {
+            return Ok(meta);
+        }
+    }
+    let (sha256, size) = zync_fs::hash_file(path)
+        .with_context(|| format!("cannot read the backup {}", path.display()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    Ok(BackupMeta {
+        mode: 0o644,
+        mtime_ns: now,
+        sha256,
+        size,
+    })
+}
+
+/// Creates the missing parent directories of `rel` without following symlinks (invariant 3);
+/// returns the ones created, shallowest first, so they can be indexed.
+///
+/// # Errors
+///
+/// A symlink or non-directory among the parents, or an I/O error.
+pub fn ensure_parents(root: &Path, rel: &RelPath) -> anyhow::Result<Vec<RelPath>> {
+    let Some(parent) = rel.parent() else {
+        return Ok(Vec::new());
+    };
+    let mut all = parent.ancestors();
+    all.push(parent.clone());
+    let missing: Vec<RelPath> = all
+        .into_iter()
+        .filter(|d| matches!(lstat(&d.to_path(root)), Ok(Stat::Missing)))
+        .collect();
+    ensure_dir(root, &parent, None)?;
+    for d in &missing {
+        let up = d
+            .parent()
+            .map_or_else(|| root.to_path_buf(), |p| p.to_path(root));
+        fsync_dir(&up)?;
+    }
+    Ok(missing)
+}
+
+/// Atomically replaces `root/rel` with the content of `src` (a file in the staging area),
+/// which must hash to `sha256`; sets `mode` and `mtime_ns` and fsyncs the parent directory.
+///
+/// # Errors
+///
+/// A symlinked parent, content that does not match `sha256` (E is then untouched), or an I/O
+/// error.
+pub fn write_from(
+    root: &Path,
+    rel: &RelPath,
+    src: &Path,
+    sha256: &str,
+    mode: u32,
+    mtime_ns: i64,
+) -> anyhow::Result<()> {
+    let mut from = open_regular(src).with_context(|| format!("cannot read {}", src.display()))?;
+    let mut file = AtomicFile::create(root, rel)?;
+    copy_hashing(&mut from, |data| file.write(data).map_err(Into::into))?;
+    file.commit(sha256, mode, mtime_ns)?;
+    fsync_dir(&parent_dir(root, rel))?;
+    Ok(())
+}
+
+/// Removes E's file `root/rel` (never through a symlinked parent) and fsyncs its directory.
+///
+/// # Errors
+///
+/// A symlinked parent, or an I/O error.
+pub fn remove(root: &Path, rel: &RelPath) -> anyhow::Result<()> {
+    check_parents(root, rel)?;
+    let path = rel.to_path(root);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+    fsync_dir(&parent_dir(root, rel))?;
+    Ok(())
+}
+
+fn parent_dir(root: &Path, rel: &RelPath) -> PathBuf {
+    rel.parent()
+        .map_or_else(|| root.to_path_buf(), |p| p.to_path(root))
+}
+
+/// Records in the daemon's index, in one transaction, that `rel` is now a file with content
+/// `sha256` (metadata from `lstat`), and that the directories in `new_dirs` exist.
+///
+/// # Errors
+///
+/// The file is gone or not a file, or SQLite failed.
+pub fn index_file(
+    index: &mut Index,
+    dir: &str,
+    root: &Path,
+    rel: &RelPath,
+    sha256: &str,
+    new_dirs: &[RelPath],
+) -> anyhow::Result<()> {
+    let mut entries = Vec::new();
+    for d in new_dirs {
+        if let Stat::Entry(m) = lstat(&d.to_path(root))? {
+            if m.kind == EntryKind::Dir {
+                entries.push((d.as_str(), entry_meta(Kind::Dir, &m, None)));
+            }
+        }
+    }
+    let path = rel.to_path(root);
+    match lstat(&path)? {
+        Stat::Entry(m) if m.kind == EntryKind::File => {
+            entries.push((rel.as_str(), entry_meta(Kind::File, &m, Some(sha256))));
+        }
+        other => bail!(
+            "{} is not a file right after writing it ({other:?})",
+            path.display()
+        ),
+    }
+    let mut w = index
+        .writer()
+        .context("cannot write to the daemon's index")?;
+    for (p, meta) in &entries {
+        w.upsert(dir, p, meta)
+            .with_context(|| format!("cannot record {dir}/{p} in the index"))?;
+    }
+    w.commit().context("cannot commit to the daemon's index")?;
+    Ok(())
+}
+
+fn entry_meta(kind: Kind, m: &zync_fs::Meta, sha256: Option<&str>) -> EntryMeta {
+    EntryMeta {
+        kind,
+        size: m.size,
+        mtime_ns: m.mtime_ns,
+        mode: m.mode,
+        inode: m.inode,
+        sha256: sha256.map(str::to_string),
+        target: None,
+    }
+}
+
+/// Records in the daemon's index that `rel` is gone.
+///
+/// # Errors
+///
+/// SQLite failed.
+pub fn index_removed(index: &mut Index, dir: &str, rel: &RelPath) -> anyhow::Result<()> {
+    let mut w = index
+        .writer()
+        .context("cannot write to the daemon's index")?;
+    w.tombstone(dir, rel.as_str())
+        .with_context(|| format!("cannot record the removal of {dir}/{rel} in the index"))?;
+    w.commit().context("cannot commit to the daemon's index")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::parse(s).expect("valid test path")
+    }
+
+    #[test]
+    fn backup_keeps_content_mode_and_mtime_and_picks_a_free_name() {
+        let e = tempfile::tempdir().expect("tempdir");
+        let s = tempfile::tempdir().expect("tempdir");
+        let f = e.path().join("f");
+        std::fs::write(&f, b"precious").expect("write");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        zync_fs::set_mtime(&f, 1_600_000_000_000_000_007).expect("mtime");
+        let b1 = backup(e.path(), &rel("f"), s.path()).expect("backup");
+        let b2 = backup(e.path(), &rel("f"), s.path()).expect("backup");
+        assert_eq!(
+            (b1.name.as_str(), b2.name.as_str()),
+            ("backup-1", "backup-2")
+        );
+        assert_eq!(std::fs::read(&b1.path).expect("read"), b"precious");
+        let meta = backup_meta(&b1.path).expect("meta");
+        assert_eq!(meta.mode, 0o640);
+        assert_eq!(meta.mtime_ns, 1_600_000_000_000_000_007);
+        assert_eq!(meta.sha256, zync_fs::hash_bytes(b"precious"));
+    }
+
+    #[test]
+    fn ensure_parents_reports_new_dirs_and_refuses_symlinks() {
+        let e = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(e.path().join("a")).expect("mkdir");
+        let made = ensure_parents(e.path(), &rel("a/b/c/f")).expect("ensure");
+        assert_eq!(made, vec![rel("a/b"), rel("a/b/c")]);
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink(outside.path(), e.path().join("l")).expect("symlink");
+        assert!(ensure_parents(e.path(), &rel("l/x/f")).is_err());
+        assert!(!outside.path().join("x").exists(), "created a dir outside");
+    }
+}

@@ -1,0 +1,125 @@
+//! zync-apply: on machine E, lists, shows (with diffs), applies and undoes the sessions that
+//! `zync-client --update-upstream` pushed from R and that zync-daemon staged beside its
+//! database. `main.rs` only parses the command line and maps [`run`]'s result to an exit code.
+#![deny(missing_docs)]
+
+pub mod apply;
+pub mod cli;
+mod fileops;
+pub mod list;
+pub mod probe;
+pub mod prompt;
+pub mod roots;
+pub mod session;
+pub mod show;
+pub mod undo;
+
+use std::io::Write;
+
+use anyhow::Context;
+
+pub use crate::apply::{ApplyOptions, ApplyReport};
+pub use crate::cli::{Cli, Command, DirsArg};
+pub use crate::prompt::{Choice, Prompter, ScriptedPrompter, TermPrompter};
+
+/// How a successful run ended; errors are `Err` (exit code 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything asked for was done (exit code 0).
+    Done,
+    /// `apply --non-interactive` without `--force` left conflicting files staged (exit 3).
+    ConflictsLeft,
+}
+
+impl Outcome {
+    /// The process exit code: 0 for [`Outcome::Done`], 3 for [`Outcome::ConflictsLeft`].
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Done => 0,
+            Outcome::ConflictsLeft => 3,
+        }
+    }
+}
+
+/// Sets up logging to stderr at `level` (a level name or a tracing filter).
+///
+/// # Errors
+///
+/// `level` is not a valid filter, or logging was already set up.
+pub fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| {
+        format!("--log-level {level:?} is not a level (error, warn, info, debug, trace)")
+    })?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
+/// Runs the command on stdout, asking questions on the terminal.
+///
+/// # Errors
+///
+/// Whatever the command reports; the message names the problem and, where known, the fix.
+pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let outcome = run_with(cli, &mut out, &mut TermPrompter)?;
+    out.flush()?;
+    Ok(outcome)
+}
+
+/// Runs the command, writing to `out` and asking `prompter` (for `apply` without
+/// `--non-interactive`).
+///
+/// # Errors
+///
+/// As [`run`].
+pub fn run_with(
+    cli: &Cli,
+    out: &mut dyn Write,
+    prompter: &mut dyn Prompter,
+) -> anyhow::Result<Outcome> {
+    match &cli.command {
+        Command::List { all, json } => {
+            list::list(&cli.db, *all, *json, out).map(|()| Outcome::Done)
+        }
+        Command::Show {
+            id,
+            dirs,
+            diff,
+            json,
+        } => show::show(&cli.db, id, &dirs.dirs, *diff, *json, out).map(|()| Outcome::Done),
+        Command::Apply {
+            id,
+            dirs,
+            force,
+            non_interactive,
+        } => apply::apply(
+            &cli.db,
+            id,
+            &dirs.dirs,
+            ApplyOptions {
+                force: *force,
+                non_interactive: *non_interactive,
+            },
+            prompter,
+            out,
+        ),
+        Command::Undo { id, dirs, force } => undo::undo(&cli.db, id, &dirs.dirs, *force, out),
+    }
+}
+
+/// Whether `err` comes from writing to a closed pipe (`zync-apply list | head`), which should
+/// end the program quietly.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod testkit;

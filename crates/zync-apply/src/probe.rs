@@ -1,0 +1,282 @@
+//! What E has at a staged file's path right now (to re-check conflicts at show and apply time,
+//! since E may have changed after staging), reading files without following symlinks, and the
+//! unified diffs shown to the user.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use zync_db::{Action, OnE, StagedFile};
+use zync_fs::{check_parents, lstat, EntryKind, FsError, RelPath, Stat};
+
+/// Files larger than this are not diffed.
+const MAX_DIFF_BYTES: u64 = 4 * 1024 * 1024;
+/// How much of a file is looked at to tell text from binary.
+const SNIFF_BYTES: usize = 8 * 1024;
+
+/// What is at a path on E.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Current {
+    /// Nothing (or a missing parent directory).
+    Missing,
+    /// A regular file with this content hash and size.
+    File {
+        /// Hex sha256.
+        sha256: String,
+        /// Bytes.
+        size: u64,
+    },
+    /// Something zync-apply will not replace: a directory, a symlink, a special file, or a
+    /// path whose parent is not a real directory.
+    Other(String),
+}
+
+impl Current {
+    /// The form [`zync_db::is_conflict`] takes.
+    pub fn on_e(&self) -> OnE<'_> {
+        match self {
+            Current::Missing => OnE::Missing,
+            Current::File { sha256, .. } => OnE::File(sha256),
+            Current::Other(_) => OnE::Other,
+        }
+    }
+
+    /// Whether E has a regular file there.
+    pub fn is_file(&self) -> bool {
+        matches!(self, Current::File { .. })
+    }
+}
+
+/// Looks at `root/rel` without following a symlink, in the path or at its end.
+///
+/// # Errors
+///
+/// An I/O error other than "not found".
+pub fn probe(root: &Path, rel: &RelPath) -> anyhow::Result<Current> {
+    match check_parents(root, rel) {
+        Ok(()) => {}
+        Err(FsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(Current::Missing)
+        }
+        Err(e @ (FsError::SymlinkInPath { .. } | FsError::NotADirectory { .. })) => {
+            return Ok(Current::Other(e.to_string()))
+        }
+        Err(e) => return Err(e).context("cannot inspect E's directories"),
+    }
+    let path = rel.to_path(root);
+    let stat = lstat(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
+    Ok(match stat {
+        Stat::Missing => Current::Missing,
+        Stat::Entry(m) if m.kind == EntryKind::File => {
+            match zync_fs::hash_file(&path) {
+                Ok((sha256, size)) => Current::File { sha256, size },
+                // Removed between the lstat and the open.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Current::Missing,
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            }
+        }
+        Stat::Entry(m) => Current::Other(format!("a {}", m.kind.as_str())),
+        Stat::Unsupported(what) => Current::Other(format!("a {what}")),
+    })
+}
+
+/// Opens a regular file for reading, refusing a symlink (`O_NOFOLLOW`) and never blocking on
+/// a fifo.
+///
+/// # Errors
+///
+/// As `open`; `InvalidInput` when it is not a regular file.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads a whole regular file of at most `max` bytes; `None` when it is larger.
+fn read_limited(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
+    let file = open_regular(path)?;
+    let mut data = Vec::new();
+    file.take(max + 1).read_to_end(&mut data)?;
+    Ok((data.len() as u64 <= max).then_some(data))
+}
+
+/// Whether content is binary: a NUL in the first 8 KiB, or not UTF-8.
+pub fn is_binary(data: &[u8]) -> bool {
+    data[..data.len().min(SNIFF_BYTES)].contains(&0) || std::str::from_utf8(data).is_err()
+}
+
+/// A file inside the session directory named by the database, checked to be one plain name.
+///
+/// # Errors
+///
+/// The name is missing, or not a single path component.
+pub fn session_file(session_dir: &Path, name: Option<&str>, what: &str) -> anyhow::Result<PathBuf> {
+    let Some(name) = name else {
+        anyhow::bail!("the database names no {what} file");
+    };
+    if !zync_db::is_plain_name(name) {
+        anyhow::bail!("the database names {what} file {name:?}, which is not a plain file name");
+    }
+    Ok(session_dir.join(name))
+}
+
+/// One side of a diff.
+enum Side {
+    Empty,
+    Content(Vec<u8>),
+    TooLarge(u64),
+    Unreadable(String),
+}
+
+impl Side {
+    fn read(path: &Path) -> Side {
+        match read_limited(path, MAX_DIFF_BYTES) {
+            Ok(Some(data)) => Side::Content(data),
+            Ok(None) => Side::TooLarge(std::fs::symlink_metadata(path).map_or(0, |m| m.len())),
+            Err(e) => Side::Unreadable(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            Side::Empty | Side::Unreadable(_) => 0,
+            Side::Content(d) => d.len() as u64,
+            Side::TooLarge(n) => *n,
+        }
+    }
+}
+
+/// The diff of E's current file against R's staged version, as shown to the user: a unified
+/// diff for text, a one-line description for binary or very large files.
+pub fn diff(root: &Path, rel: &RelPath, file: &StagedFile, session_dir: &Path) -> String {
+    let name = format!("{}/{}", file.dir, file.path);
+    let current = match probe(root, rel) {
+        Ok(c) => c,
+        Err(e) => return format!("{name}: {e:#}\n"),
+    };
+    let (old, old_label) = match &current {
+        Current::Missing => (Side::Empty, "/dev/null".to_string()),
+        Current::File { .. } => (Side::read(&rel.to_path(root)), format!("a/{name} (E)")),
+        Current::Other(what) => return format!("{name}: E has {what} there; not diffed\n"),
+    };
+    let (new, new_label) = match file.action {
+        Action::Delete => (Side::Empty, "/dev/null".to_string()),
+        Action::Write => match session_file(session_dir, file.staged_name.as_deref(), "staged") {
+            Ok(p) => (Side::read(&p), format!("b/{name} (R)")),
+            Err(e) => (Side::Unreadable(format!("{e:#}")), String::new()),
+        },
+    };
+    render(&name, &old, &old_label, &new, &new_label)
+}
+
+fn render(name: &str, old: &Side, old_label: &str, new: &Side, new_label: &str) -> String {
+    for side in [old, new] {
+        if let Side::Unreadable(msg) = side {
+            return format!("{name}: {msg}\n");
+        }
+    }
+    let (o, n) = match (old, new) {
+        (Side::TooLarge(_), _) | (_, Side::TooLarge(_)) => {
+            return format!(
+                "{name}: large file, {} bytes -> {} bytes, not diffed\n",
+                old.size(),
+                new.size()
+            )
+        }
+        (Side::Content(o), Side::Content(n)) => (o.as_slice(), n.as_slice()),
+        (Side::Content(o), _) => (o.as_slice(), &[][..]),
+        (_, Side::Content(n)) => (&[][..], n.as_slice()),
+        _ => (&[][..], &[][..]),
+    };
+    if is_binary(o) || is_binary(n) {
+        return format!(
+            "{name}: binary file, {} bytes -> {} bytes\n",
+            o.len(),
+            n.len()
+        );
+    }
+    if o == n {
+        return format!("{name}: no differences\n");
+    }
+    let (o, n) = match (std::str::from_utf8(o), std::str::from_utf8(n)) {
+        (Ok(o), Ok(n)) => (o, n),
+        _ => unreachable!("is_binary rejects non-UTF-8 content"),
+    };
+    similar::TextDiff::from_lines(o, n)
+        .unified_diff()
+        .header(old_label, new_label)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::parse(s).expect("valid test path")
+    }
+
+    #[test]
+    fn probe_tells_missing_file_and_other() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        assert_eq!(probe(r, &rel("a/b")).expect("probe"), Current::Missing);
+        std::fs::write(r.join("f"), b"hi").expect("write");
+        assert_eq!(
+            probe(r, &rel("f")).expect("probe"),
+            Current::File {
+                sha256: zync_fs::hash_bytes(b"hi"),
+                size: 2
+            }
+        );
+        std::fs::create_dir(r.join("d")).expect("mkdir");
+        assert!(matches!(
+            probe(r, &rel("d")).expect("probe"),
+            Current::Other(_)
+        ));
+        symlink(r.join("f"), r.join("l")).expect("symlink");
+        assert!(matches!(
+            probe(r, &rel("l")).expect("probe"),
+            Current::Other(_)
+        ));
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::write(outside.path().join("x"), b"outside").expect("write");
+        symlink(outside.path(), r.join("out")).expect("symlink");
+        assert!(
+            matches!(probe(r, &rel("out/x")).expect("probe"), Current::Other(_)),
+            "a symlinked parent must not be followed"
+        );
+    }
+
+    #[test]
+    fn binary_detection() {
+        assert!(!is_binary(b"plain text\n"));
+        assert!(is_binary(b"a\0b"));
+        assert!(is_binary(&[0xff, 0xfe, b'a']));
+        assert!(!is_binary("ünïcödé".as_bytes()));
+    }
+
+    #[test]
+    fn session_file_names_are_plain() {
+        let d = Path::new("/s");
+        assert_eq!(
+            session_file(d, Some("staged-1"), "staged").expect("ok"),
+            Path::new("/s/staged-1")
+        );
+        for bad in ["../x", "a/b", "/etc/passwd", ""] {
+            assert!(session_file(d, Some(bad), "staged").is_err(), "{bad}");
+        }
+        assert!(session_file(d, None, "staged").is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! Opening the daemon's database, finding a session by id or unique prefix, and describing a
+//! session in one line (text) or one object (JSON).
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use chrono::TimeZone;
+use serde::Serialize;
+use zync_db::{Index, Session};
+
+/// Opens the daemon's index, refusing to create a new database where none is.
+///
+/// # Errors
+///
+/// No file at `db`, or it is not a zync index.
+pub fn open_index(db: &Path) -> anyhow::Result<Index> {
+    if !db.exists() {
+        bail!(
+            "no database at {}; pass --db with the path given to zync-daemon --db",
+            db.display()
+        );
+    }
+    Index::open(db).with_context(|| format!("cannot open the daemon database {}", db.display()))
+}
+
+/// The session whose id is `id` or starts with it.
+///
+/// # Errors
+///
+/// No session matches (the message suggests `zync-apply list --all`), or several do (the
+/// message lists them).
+pub fn find(index: &Index, id: &str) -> anyhow::Result<Session> {
+    if id.is_empty() {
+        bail!("the session id is empty; see `zync-apply list --all`");
+    }
+    let mut found = index
+        .find_sessions(id)
+        .with_context(|| format!("cannot look up session {id:?}"))?;
+    if let Some(exact) = found.iter().position(|s| s.id == id) {
+        return Ok(found.swap_remove(exact));
+    }
+    match found.len() {
+        0 => bail!("no session matches {id:?}; see `zync-apply list --all`"),
+        1 => Ok(found.swap_remove(0)),
+        _ => {
+            let list: Vec<String> = found
+                .iter()
+                .map(|s| format!("  {}  {}", s.id, s.status.as_str()))
+                .collect();
+            bail!(
+                "session prefix {id:?} is ambiguous; it matches:\n{}\ngive more of the id",
+                list.join("\n")
+            )
+        }
+    }
+}
+
+/// `created_unix` in local time, `YYYY-MM-DD HH:MM:SS`.
+pub fn local_time(unix: i64) -> String {
+    match chrono::Local.timestamp_opt(unix, 0).single() {
+        Some(t) => t.format("%Y-%m-%d %H:%M:%S").to_string(),
+        None => format!("@{unix}"),
+    }
+}
+
+/// `n` followed by `word`, pluralised with an `s` unless `n` is 1.
+pub fn count(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// One line describing a session; it begins with the full id.
+pub fn line(s: &Session) -> String {
+    format!(
+        "{}  {}  {}  {}  {}  from {}",
+        s.id,
+        s.status.as_str(),
+        count(s.files, "file"),
+        count(s.conflicts, "conflict"),
+        local_time(s.created_unix),
+        s.client_id
+    )
+}
+
+/// A session as JSON.
+#[derive(Debug, Serialize)]
+pub struct SessionJson {
+    /// The full id.
+    pub id: String,
+    /// The client that pushed it.
+    pub client_id: String,
+    /// Seconds since the Unix epoch.
+    pub created_unix: i64,
+    /// `created_unix` in local time.
+    pub created: String,
+    /// Status, as stored (`staged`, `partial`, ...).
+    pub status: String,
+    /// Number of files.
+    pub files: u64,
+    /// Number of files flagged as conflicts when staged.
+    pub conflicts: u64,
+    /// Bytes of content.
+    pub bytes: u64,
+}
+
+impl From<&Session> for SessionJson {
+    fn from(s: &Session) -> Self {
+        SessionJson {
+            id: s.id.clone(),
+            client_id: s.client_id.clone(),
+            created_unix: s.created_unix,
+            created: local_time(s.created_unix),
+            status: s.status.as_str().to_string(),
+            files: s.files,
+            conflicts: s.conflicts,
+            bytes: s.bytes,
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Test fixtures: a temp database with a mapped dir on "E", sessions staged directly through
+//! the staging API, and helpers to run commands and read back E and the database.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use zync_db::{is_conflict, Action, FileState, Index, OnE, SessionStatus, StagedFile};
+
+use crate::probe::{self, Current};
+use crate::prompt::Prompter;
+use crate::{run_with, Cli, Outcome};
+
+/// One file to stage.
+pub struct Spec<'a> {
+    pub path: &'a str,
+    /// R's content; `None` for a delete.
+    pub content: Option<&'a [u8]>,
+    /// What R last synced from E; `None` = new on R.
+    pub base: Option<&'a [u8]>,
+}
+
+pub fn write(
+    path: &'static str,
+    content: &'static [u8],
+    base: Option<&'static [u8]>,
+) -> Spec<'static> {
+    Spec {
+        path,
+        content: Some(content),
+        base,
+    }
+}
+
+pub fn delete(path: &'static str, base: Option<&'static [u8]>) -> Spec<'static> {
+    Spec {
+        path,
+        content: None,
+        base,
+    }
+}
+
+pub struct Fixture {
+    pub _tmp: tempfile::TempDir,
+    pub db: PathBuf,
+    /// E's directory mapped as "docs".
+    pub root: PathBuf,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let db = tmp.path().join("sync.db");
+        let root = tmp.path().join("e-docs");
+        std::fs::create_dir(&root).expect("mkdir");
+        let mut index = Index::open(&db).expect("open db");
+        index
+            .set_roots(&[("docs".into(), root.display().to_string())])
+            .expect("set roots");
+        Fixture {
+            _tmp: tmp,
+            db,
+            root,
+        }
+    }
+
+    pub fn index(&self) -> Index {
+        Index::open(&self.db).expect("open db")
+    }
+
+    /// Stages a session the way the daemon would: content in the session dir, the conflict
+    /// flag decided against E as it is now.
+    pub fn stage(&self, id: &str, specs: &[Spec<'_>]) {
+        let index = self.index();
+        index
+            .create_session(id, "client-r")
+            .expect("create session");
+        let dir = zync_db::session_dir(&self.db, id);
+        std::fs::create_dir_all(&dir).expect("mkdir session");
+        for (n, s) in specs.iter().enumerate() {
+            let rel = zync_fs::RelPath::parse(s.path).expect("path");
+            let current = probe::probe(&self.root, &rel).expect("probe");
+            let sha = s.content.map(zync_fs::hash_bytes);
+            let base = s.base.map(zync_fs::hash_bytes);
+            let action = if s.content.is_some() {
+                Action::Write
+            } else {
+                Action::Delete
+            };
+            let staged_name = s.content.map(|c| {
+                let name = format!("staged-{n}");
+                std::fs::write(dir.join(&name), c).expect("write staged");
+                name
+            });
+            let on_e = match &current {
+                Current::Missing => OnE::Missing,
+                Current::File { sha256, .. } => OnE::File(sha256),
+                Current::Other(_) => OnE::Other,
+            };
+            index
+                .add_staged_file(&StagedFile {
+                    session_id: id.to_string(),
+                    dir: "docs".into(),
+                    path: s.path.into(),
+                    action,
+                    mode: 0o644,
+                    size: s.content.map_or(0, |c| c.len() as u64),
+                    mtime_ns: 1_700_000_000_000_000_000,
+                    conflict: is_conflict(action, base.as_deref(), sha.as_deref(), on_e),
+                    sha256: sha,
+                    base_sha256: base,
+                    state: FileState::Staged,
+                    staged_name,
+                    backup_name: None,
+                    e_existed: false,
+                })
+                .expect("add staged file");
+        }
+        index
+            .set_session_status(id, SessionStatus::Staged)
+            .expect("status");
+    }
+
+    pub fn e_write(&self, path: &str, content: &[u8]) {
+        let p = self.root.join(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(p, content).expect("write E");
+    }
+
+    pub fn e_read(&self, path: &str) -> Option<Vec<u8>> {
+        match std::fs::read(self.root.join(path)) {
+            Ok(d) => Some(d),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => panic!("read {path}: {e}"),
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Cli {
+        let db = self.db.display().to_string();
+        let mut all = vec!["zync-apply", "--db", db.as_str()];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("parse command line")
+    }
+
+    /// Runs a command; returns its result and its stdout.
+    pub fn run(
+        &self,
+        args: &[&str],
+        prompter: &mut dyn Prompter,
+    ) -> (anyhow::Result<Outcome>, String) {
+        let mut out = Vec::new();
+        let r = run_with(&self.cli(args), &mut out, prompter);
+        (r, String::from_utf8(out).expect("utf-8 output"))
+    }
+
+    pub fn file(&self, id: &str, path: &str) -> StagedFile {
+        self.index()
+            .staged_files(id)
+            .expect("files")
+            .into_iter()
+            .find(|f| f.path == path)
+            .unwrap_or_else(|| panic!("no staged file {path}"))
+    }
+
+    pub fn state(&self, id: &str, path: &str) -> FileState {
+        self.file(id, path).state
+    }
+
+    pub fn status(&self, id: &str) -> SessionStatus {
+        self.index()
+            .session(id)
+            .expect("session")
+            .expect("exists")
+            .status
+    }
+
+    pub fn session_dir(&self, id: &str) -> PathBuf {
+        zync_db::session_dir(&self.db, id)
+    }
+
+    /// The index's live sha256 for docs/path, `None` when absent or a tombstone.
+    pub fn indexed(&self, path: &str) -> Option<String> {
+        self.index()
+            .get("docs", path)
+            .expect("get")
+            .filter(|e| !e.deleted)
+            .map(|e| e.meta.sha256.unwrap_or_default())
+    }
+
+    /// Whether the index has a tombstone for docs/path.
+    pub fn tombstoned(&self, path: &str) -> bool {
+        self.index()
+            .get("docs", path)
+            .expect("get")
+            .is_some_and(|e| e.deleted)
+    }
+}
+
+pub fn sha(data: &[u8]) -> String {
+    zync_fs::hash_bytes(data)
+}
+
+pub fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}

@@ -1,0 +1,307 @@
+//! `zync-apply undo`: puts back what an apply replaced, byte for byte, from the backups in the
+//! session's staging directory, and records each restored file in the daemon's index. A file
+//! that changed on E since it was applied is left alone unless `--force` (invariant 5 again:
+//! undo must not silently throw away newer work either).
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use zync_db::{Action, FileState, Index, SessionStatus, StagedFile};
+use zync_fs::RelPath;
+
+use crate::apply::decode_copy;
+use crate::fileops;
+use crate::probe::{self, Current};
+use crate::roots::Roots;
+use crate::session;
+use crate::Outcome;
+
+/// Undoes session `id` (or unique prefix) in the database `db`.
+///
+/// # Errors
+///
+/// An unknown session, no usable directory mapping, a database failure, or files that could
+/// not be restored (the others are).
+pub fn undo(
+    db: &Path,
+    id: &str,
+    dirs: &[String],
+    force: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<Outcome> {
+    let mut index = session::open_index(db)?;
+    let session = session::find(&index, id)?;
+    let files: Vec<StagedFile> = index
+        .staged_files(&session.id)
+        .context("cannot read the session's files")?
+        .into_iter()
+        .filter(|f| matches!(f.state, FileState::Applied | FileState::KeptBoth))
+        .collect();
+    if files.is_empty() {
+        writeln!(
+            out,
+            "session {} has nothing applied to undo (it is {})",
+            session.id,
+            session.status.as_str()
+        )?;
+        return Ok(Outcome::Done);
+    }
+    let roots = Roots::resolve(dirs, &index)?;
+    let session_dir = zync_db::session_dir(db, &session.id);
+    let mut restored = 0usize;
+    let mut failed = Vec::new();
+    for file in &files {
+        let name = format!("{}/{}", file.dir, file.path);
+        match undo_one(&mut index, &session_dir, &roots, file, force) {
+            Ok(()) => {
+                index.set_file_state(
+                    &file.session_id,
+                    &file.dir,
+                    &file.path,
+                    FileState::Undone,
+                    file.backup_name.as_deref(),
+                    file.e_existed,
+                )?;
+                restored += 1;
+            }
+            Err(e) if e.downcast_ref::<zync_db::DbError>().is_some() => {
+                return Err(e.context(format!("while undoing {name}")))
+            }
+            Err(e) => failed.push(format!("  {name}: {e:#}")),
+        }
+    }
+    if failed.is_empty() {
+        index.set_session_status(&session.id, SessionStatus::Undone)?;
+    }
+    writeln!(
+        out,
+        "session {}: {} restored, {} not restored",
+        session.id,
+        restored,
+        failed.len()
+    )?;
+    if !failed.is_empty() {
+        bail!(
+            "{} could not be restored:\n{}\npass --force to restore over changes made on E since the apply",
+            session::count(failed.len() as u64, "file"),
+            failed.join("\n")
+        );
+    }
+    Ok(Outcome::Done)
+}
+
+fn undo_one(
+    index: &mut Index,
+    session_dir: &Path,
+    roots: &Roots,
+    file: &StagedFile,
+    force: bool,
+) -> anyhow::Result<()> {
+    let root = roots.get(&file.dir)?;
+    let rel = RelPath::parse(&file.path)?;
+    if file.state == FileState::KeptBoth {
+        let Some(copy) = file.backup_name.as_deref().and_then(decode_copy) else {
+            bail!("the database does not say where the conflict copy went");
+        };
+        let copy = RelPath::parse(&copy)?;
+        return remove_if_ours(index, root, &copy, &file.dir, file.sha256.as_deref(), force);
+    }
+    let backup = match file.backup_name.as_deref() {
+        Some(name) => Some(probe::session_file(session_dir, Some(name), "backup")?),
+        None => None,
+    };
+    match (file.action, backup) {
+        // E had no file: the apply created it.
+        (Action::Write, None) => {
+            remove_if_ours(index, root, &rel, &file.dir, file.sha256.as_deref(), force)
+        }
+        (Action::Write, Some(backup)) => {
+            let current = probe::probe(root, &rel)?;
+            expect_current(&current, file.sha256.as_deref(), force, &rel)?;
+            restore(index, root, &rel, &file.dir, &backup)
+        }
+        // Nothing was there to delete.
+        (Action::Delete, None) => Ok(()),
+        (Action::Delete, Some(backup)) => {
+            let current = probe::probe(root, &rel)?;
+            expect_current(&current, None, force, &rel)?;
+            restore(index, root, &rel, &file.dir, &backup)
+        }
+    }
+}
+
+/// Checks that E still has what the apply left there: a file with `sha256`, or nothing when
+/// `sha256` is `None`. `force` accepts any regular file or nothing.
+fn expect_current(
+    current: &Current,
+    sha256: Option<&str>,
+    force: bool,
+    rel: &RelPath,
+) -> anyhow::Result<()> {
+    let ok = match (current, sha256) {
+        (Current::Other(what), _) => {
+            bail!("E now has {what} at {rel}; move it away and undo again")
+        }
+        _ if force => true,
+        (Current::Missing, None) => true,
+        (Current::File { sha256: have, .. }, Some(want)) => have == want,
+        _ => false,
+    };
+    if !ok {
+        bail!("{rel} changed on E since it was applied");
+    }
+    Ok(())
+}
+
+/// Removes `rel` (a file the apply created) and records its removal.
+fn remove_if_ours(
+    index: &mut Index,
+    root: &Path,
+    rel: &RelPath,
+    dir: &str,
+    sha256: Option<&str>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let current = probe::probe(root, rel)?;
+    if current != Current::Missing {
+        expect_current(&current, sha256, force, rel)?;
+        fileops::remove(root, rel)?;
+    }
+    fileops::index_removed(index, dir, rel)
+}
+
+/// Writes the backup back to `rel` with the mode and mtime E's file had, and records it.
+fn restore(
+    index: &mut Index,
+    root: &Path,
+    rel: &RelPath,
+    dir: &str,
+    backup: &Path,
+) -> anyhow::Result<()> {
+    let meta = fileops::backup_meta(backup)?;
+    let new_dirs = fileops::ensure_parents(root, rel)?;
+    fileops::write_from(root, rel, backup, &meta.sha256, meta.mode, meta.mtime_ns)
+        .with_context(|| format!("cannot restore {rel} from {}", backup.display()))?;
+    fileops::index_file(index, dir, root, rel, &meta.sha256, &new_dirs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prompt::{Choice, ScriptedPrompter};
+    use crate::testkit::{delete, exists, sha, write, Fixture};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    const ID: &str = "5e55-undo-0001";
+
+    fn mode_and_mtime(p: &Path) -> (u32, i64) {
+        let md = std::fs::symlink_metadata(p).expect("stat");
+        (
+            md.mode() & 0o7777,
+            md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        )
+    }
+
+    #[test]
+    fn undo_restores_e_byte_for_byte() {
+        let fx = Fixture::new();
+        let old_bin: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        fx.e_write("mod.bin", &old_bin);
+        fx.e_write("del.txt", b"deleted on R\n");
+        let mod_path = fx.root.join("mod.bin");
+        std::fs::set_permissions(&mod_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        zync_fs::set_mtime(&mod_path, 1_500_000_000_123_456_789).expect("mtime");
+        let before = mode_and_mtime(&mod_path);
+        fx.stage(
+            ID,
+            &[
+                write("mod.bin", b"R's version", None),
+                delete("del.txt", Some(b"deleted on R\n")),
+                write("created/new.txt", b"new on R\n", None),
+            ],
+        );
+        let mut p = ScriptedPrompter::new([]);
+        let (r, out) = fx.run(&["apply", ID, "--force", "--non-interactive"], &mut p);
+        assert_eq!(r.expect("apply"), crate::Outcome::Done, "{out}");
+        assert_eq!(fx.e_read("mod.bin").as_deref(), Some(&b"R's version"[..]));
+        assert_eq!(fx.e_read("del.txt"), None);
+
+        let (r, out) = fx.run(&["undo", ID], &mut p);
+        assert_eq!(r.expect("undo"), crate::Outcome::Done, "{out}");
+        assert_eq!(fx.e_read("mod.bin").expect("restored"), old_bin);
+        assert_eq!(mode_and_mtime(&mod_path), before);
+        assert_eq!(
+            fx.e_read("del.txt").as_deref(),
+            Some(&b"deleted on R\n"[..])
+        );
+        assert!(!exists(&fx.root.join("created/new.txt")));
+        assert_eq!(fx.indexed("mod.bin"), Some(sha(&old_bin)));
+        assert_eq!(fx.indexed("del.txt"), Some(sha(b"deleted on R\n")));
+        assert!(fx.tombstoned("created/new.txt"));
+        for path in ["mod.bin", "del.txt", "created/new.txt"] {
+            assert_eq!(fx.state(ID, path), FileState::Undone, "{path}");
+        }
+        assert_eq!(fx.status(ID), SessionStatus::Undone);
+        // A second undo has nothing to do.
+        let (r, out) = fx.run(&["undo", ID], &mut p);
+        assert!(r.is_ok());
+        assert!(out.contains("nothing applied to undo"), "{out}");
+    }
+
+    #[test]
+    fn undo_of_keep_both_removes_the_conflict_copy() {
+        let fx = Fixture::new();
+        fx.e_write("f.txt", b"E edit\n");
+        fx.stage(ID, &[write("f.txt", b"R edit\n", Some(b"base\n"))]);
+        let mut p = ScriptedPrompter::new([Choice::KeepBoth]);
+        let (r, _) = fx.run(&["apply", ID], &mut p);
+        r.expect("apply");
+        let copy =
+            crate::apply::decode_copy(&fx.file(ID, "f.txt").backup_name.expect("copy recorded"))
+                .expect("copy path");
+        assert!(exists(&fx.root.join(&copy)));
+        let (r, out) = fx.run(&["undo", ID], &mut p);
+        r.expect("undo");
+        assert!(!exists(&fx.root.join(&copy)), "{out}");
+        assert!(fx.tombstoned(&copy));
+        assert_eq!(fx.e_read("f.txt").as_deref(), Some(&b"E edit\n"[..]));
+    }
+
+    #[test]
+    fn undo_leaves_a_file_edited_on_e_since_the_apply_unless_forced() {
+        let fx = Fixture::new();
+        fx.e_write("f.txt", b"base\n");
+        fx.stage(ID, &[write("f.txt", b"R\n", Some(b"base\n"))]);
+        let mut p = ScriptedPrompter::new([]);
+        fx.run(&["apply", ID, "--non-interactive"], &mut p)
+            .0
+            .expect("apply");
+        fx.e_write("f.txt", b"newer work on E\n");
+        let (r, _) = fx.run(&["undo", ID], &mut p);
+        let err = format!("{:#}", r.expect_err("must refuse"));
+        assert!(
+            err.contains("changed on E") && err.contains("--force"),
+            "{err}"
+        );
+        assert_eq!(
+            fx.e_read("f.txt").as_deref(),
+            Some(&b"newer work on E\n"[..])
+        );
+        assert_eq!(fx.state(ID, "f.txt"), FileState::Applied);
+        fx.run(&["undo", ID, "--force"], &mut p)
+            .0
+            .expect("forced undo");
+        assert_eq!(fx.e_read("f.txt").as_deref(), Some(&b"base\n"[..]));
+    }
+
+    #[test]
+    fn undo_of_a_session_with_nothing_applied_says_so() {
+        let fx = Fixture::new();
+        fx.stage(ID, &[write("f.txt", b"R\n", None)]);
+        let (r, out) = fx.run(&["undo", ID], &mut ScriptedPrompter::new([]));
+        assert_eq!(r.expect("undo"), crate::Outcome::Done);
+        assert!(out.contains("nothing applied to undo"), "{out}");
+        assert_eq!(fx.status(ID), SessionStatus::Staged);
+    }
+}
