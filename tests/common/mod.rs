@@ -31,6 +31,8 @@ pub fn bin_dir() -> &'static Path {
                 "zync-daemon",
                 "-p",
                 "zync-client",
+                "-p",
+                "zync-apply",
                 "--bins",
             ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -38,7 +40,7 @@ pub fn bin_dir() -> &'static Path {
             .expect("cannot run cargo to build the binaries");
         assert!(
             status.success(),
-            "building zync-daemon and zync-client failed"
+            "building zync-daemon, zync-client and zync-apply failed"
         );
         // tests/… executable lives in target/<profile>/deps/
         let exe = std::env::current_exe().expect("current_exe");
@@ -482,4 +484,58 @@ pub fn conflict_copies(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// The paths a client's debug log reports as `downloaded` (apply.rs logs one line per file).
+pub fn downloaded_paths(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.contains(" downloaded"))
+        .filter_map(|line| {
+            let rest = &line[line.find(" path=")? + " path=".len()..];
+            let value = rest.split_whitespace().next()?;
+            Some(value.trim_matches('"').to_string())
+        })
+        .collect()
+}
+
+/// Runs `zync-client --once` until `cond` holds after a run (E's watcher may not have seen a
+/// change yet), failing after [`DEADLINE`]. Every run must succeed. Returns all runs' stderr.
+pub fn once_until(
+    client: &ClientSpec,
+    url: &str,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) -> String {
+    let mut logs = String::new();
+    wait_until(what, || {
+        let out = client.once_ok(url);
+        logs.push_str(&String::from_utf8_lossy(&out.stderr));
+        cond()
+    });
+    logs
+}
+
+/// Runs a command that must exit by itself, killing it and failing after [`DEADLINE`].
+pub fn output_within_deadline(mut cmd: Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("collect output");
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect output");
+            panic!(
+                "{cmd:?} did not exit within {DEADLINE:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -12,6 +12,7 @@ use zync_proto::Change;
 
 use crate::connection::Connection;
 use crate::error::ClientError;
+use crate::sync::Mapping;
 
 /// What the client database must remember after a change was applied.
 #[derive(Debug)]
@@ -28,6 +29,7 @@ pub enum Record {
 pub struct Applier<'a> {
     root: &'a Path,
     dir: &'a str,
+    own: &'a [PathBuf],
     state: &'a ClientState,
     stamp: String,
     /// Directories whose entries changed: fsynced once before the page is committed.
@@ -41,11 +43,12 @@ pub struct Applier<'a> {
 }
 
 impl<'a> Applier<'a> {
-    /// An applier for `dir` rooted at `root`, reading synced state from `state`.
-    pub fn new(root: &'a Path, dir: &'a str, state: &'a ClientState) -> Applier<'a> {
+    /// An applier for one mapping, reading synced state from `state`.
+    pub fn new(mapping: &'a Mapping, state: &'a ClientState) -> Applier<'a> {
         Applier {
-            root,
-            dir,
+            root: &mapping.root,
+            dir: mapping.name.as_str(),
+            own: &mapping.own,
             state,
             stamp: chrono::Local::now().format("%Y%m%dT%H%M%S").to_string(),
             touched: BTreeSet::new(),
@@ -86,6 +89,10 @@ impl<'a> Applier<'a> {
                 return Ok(Record::Nothing);
             }
         };
+        if self.own.contains(&rel.to_path(self.root)) {
+            tracing::warn!(dir = self.dir, path = %rel, "skipped: this is the client's own database or token file; keep them outside synced directories");
+            return Ok(Record::Nothing);
+        }
         if change.deleted {
             return self.delete(&rel, change);
         }
@@ -274,6 +281,9 @@ impl<'a> Applier<'a> {
                 })
             }
         }
+        // What stands at the path now; if it changes during the download (an editor saving on
+        // R), that save is kept as a conflict copy before the rename (invariant 4).
+        let before = self.stat(rel)?;
         let mut file = AtomicFile::create(self.root, rel)?;
         let header = conn
             .download(self.dir, rel.as_str(), |data| {
@@ -288,6 +298,12 @@ impl<'a> Applier<'a> {
             });
         }
         self.bytes += file.written();
+        if self.stat(rel)? != before {
+            self.keep_local(
+                rel,
+                "this file changed on R while E's version was downloading",
+            )?;
+        }
         file.commit(sha, mode, change.mtime_ns)?;
         self.downloaded += 1;
         self.touch(rel);

@@ -71,14 +71,54 @@ impl Config {
                 "--interval must be at least 1 second".into(),
             ));
         }
+        let mut mappings = parse_mappings(&args.dirs)?;
+        let credentials = credentials(args.token_file.as_deref(), &args.db)?;
+        // The client's own files must never be synced over or sent upstream (a --db inside a
+        // mapped directory is legal, if unwise).
+        let mut own = Vec::new();
+        if let Some(db) = canonical_file(&args.db) {
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                own.push(PathBuf::from(format!("{}{suffix}", db.display())));
+            }
+        }
+        let token_file = args
+            .token_file
+            .clone()
+            .unwrap_or_else(|| beside_db(&args.db));
+        own.extend(canonical_file(&token_file));
+        for mapping in &mut mappings {
+            mapping.own = own
+                .iter()
+                .filter(|p| p.starts_with(&mapping.root))
+                .cloned()
+                .collect();
+        }
         Ok(Config {
             server: args.server.clone(),
             db: args.db.clone(),
             interval: Duration::from_secs(args.interval),
-            mappings: parse_mappings(&args.dirs)?,
-            credentials: credentials(args.token_file.as_deref(), &args.db)?,
+            mappings,
+            credentials,
         })
     }
+}
+
+/// The token file's default place: `zync.token` beside the database.
+fn beside_db(db: &Path) -> PathBuf {
+    match db.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join("zync.token"),
+        _ => PathBuf::from("zync.token"),
+    }
+}
+
+/// `path` with its directory resolved, as the canonical roots spell it; None when the
+/// directory does not exist (then the file cannot be inside a root either).
+fn canonical_file(path: &Path) -> Option<PathBuf> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Some(std::fs::canonicalize(dir).ok()?.join(path.file_name()?))
 }
 
 fn credentials(token_file: Option<&Path>, db: &Path) -> Result<Credentials, ClientError> {
@@ -93,13 +133,7 @@ fn credentials(token_file: Option<&Path>, db: &Path) -> Result<Credentials, Clie
     }
     let (path, explicit) = match token_file {
         Some(p) => (p.to_path_buf(), true),
-        None => (
-            match db.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.join("zync.token"),
-                _ => PathBuf::from("zync.token"),
-            },
-            false,
-        ),
+        None => (beside_db(db), false),
     };
     if !explicit && !path.exists() {
         return Ok(Credentials {
@@ -147,7 +181,11 @@ pub fn parse_mappings(specs: &[String]) -> Result<Vec<Mapping>, ClientError> {
                 )));
             }
         }
-        mappings.push(Mapping { name, root });
+        mappings.push(Mapping {
+            name,
+            root,
+            own: Vec::new(),
+        });
     }
     Ok(mappings)
 }

@@ -185,7 +185,12 @@ impl Connection {
         loop {
             match self.receive().await? {
                 Incoming::Text(ServerMessage::Ok(ok)) if ok.id == id => return Ok(ok.reply),
-                Incoming::Text(ServerMessage::Error(e)) if e.id == Some(id) || e.id.is_none() => {
+                Incoming::Text(ServerMessage::Error(e)) if e.id.is_none() => {
+                    // About no request of ours (a frame the daemon could not read): not an
+                    // answer to the one we wait for.
+                    tracing::warn!("the daemon reported: {}", e.message);
+                }
+                Incoming::Text(ServerMessage::Error(e)) if e.id == Some(id) => {
                     return Err(ClientError::Server {
                         code: e.code,
                         message: e.message,

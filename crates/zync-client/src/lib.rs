@@ -68,6 +68,9 @@ pub fn main_with_args(args: Args) -> anyhow::Result<()> {
                         "{} file(s), {} bytes, {} conflict(s); review and apply it on E with `zync-apply show {id}` and `zync-apply apply {id}`",
                         summary.files, summary.bytes, summary.conflicts
                     );
+                    if summary.skipped > 0 {
+                        println!("{} file(s) not sent: E ignores their paths (see the warnings above)", summary.skipped);
+                    }
                 }
             }
             Ok(())

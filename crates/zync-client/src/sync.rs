@@ -18,6 +18,9 @@ pub struct Mapping {
     pub name: DirName,
     /// The local directory (canonical).
     pub root: PathBuf,
+    /// The client's own files (database, token) that lie inside this directory: never
+    /// overwritten by a change from E, never sent upstream.
+    pub own: Vec<PathBuf>,
 }
 
 /// What one sync of one directory did.
@@ -49,6 +52,7 @@ pub async fn sync_dir(
 ) -> Result<DirReport, ClientError> {
     let name = mapping.name.as_str();
     let index_id = conn.hello.index_id.clone();
+    let mut resynced = false;
     let mut since = match state.dir_state(name)? {
         Some(s) if s.index_id == index_id => s.last_seq,
         Some(_) => {
@@ -82,13 +86,27 @@ pub async fn sync_dir(
             }
         };
         let Some(last) = page.changes.last().map(|c| c.seq) else {
+            if page.last_sequence < since && !resynced {
+                // The daemon's index went back (restored from a backup) under the same id:
+                // what this client stored cannot be trusted, so compare everything again.
+                tracing::warn!(
+                    dir = name,
+                    stored = since,
+                    daemon = page.last_sequence,
+                    "the daemon's sequence is behind this client's; resyncing"
+                );
+                since = 0;
+                resynced = true;
+                report.last_seq = 0;
+                continue;
+            }
             break;
         };
         let mut records = Vec::with_capacity(page.changes.len());
         let mut durable = report.last_seq;
         let mut lost: Option<ClientError> = None;
         {
-            let mut applier = Applier::new(&mapping.root, name, state);
+            let mut applier = Applier::new(mapping, state);
             for change in &page.changes {
                 match applier.apply(conn, change).await {
                     Ok(record) => {

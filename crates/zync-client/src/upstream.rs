@@ -44,6 +44,8 @@ pub struct PushSummary {
     pub bytes: u64,
     /// Files E flagged as conflicts.
     pub conflicts: u64,
+    /// Files not sent because E ignores their paths.
+    pub skipped: u64,
 }
 
 /// R's changes in one mapping. Unchanged files are recognised by size and mtime against the
@@ -61,7 +63,10 @@ pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, 
     }
     let mut out = Vec::new();
     for entry in scan.entries {
-        if entry.meta.kind != EntryKind::File || zync_fs::is_conflict_copy(entry.path.file_name()) {
+        if entry.meta.kind != EntryKind::File
+            || zync_fs::is_conflict_copy(entry.path.file_name())
+            || mapping.own.contains(&entry.path.to_path(&mapping.root))
+        {
             continue;
         }
         let synced = state
@@ -154,6 +159,7 @@ pub async fn push(
             )))
         }
     };
+    let mut skipped = 0u64;
     for change in changes {
         let Some(root) = mappings
             .iter()
@@ -177,7 +183,19 @@ pub async fn push(
             UpstreamAction::Write => Some(change.path.to_path(root)),
             UpstreamAction::Delete => None,
         };
-        let conflict = conn.upload(request, content.as_deref()).await?.conflict;
+        let conflict = match conn.upload(request, content.as_deref()).await {
+            Ok(reply) => reply.conflict,
+            Err(ClientError::Server {
+                code: zync_proto::ErrorCode::InvalidPath,
+                message,
+            }) => {
+                // E ignores this path (its --ignore rules): it cannot be applied there anyway.
+                tracing::warn!(dir = %change.dir, path = %change.path, "not sent: {message}");
+                skipped += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if conflict {
             tracing::warn!(dir = %change.dir, path = %change.path, "E changed this file too: flagged as a conflict for review on E");
         }
@@ -193,6 +211,7 @@ pub async fn push(
             files: f.files,
             bytes: f.bytes,
             conflicts: f.conflicts,
+            skipped,
         }),
         other => Err(ClientError::Protocol(format!(
             "expected FINALIZE_UPSTREAM, got {other:?}"

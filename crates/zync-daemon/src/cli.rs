@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use zync_fs::DirName;
 
+use crate::indexer::OwnPaths;
 use crate::token::Auth;
 
 /// Command line of `zync-daemon`.
@@ -70,7 +71,7 @@ pub struct Config {
     /// How clients authenticate.
     pub auth: Auth,
     /// Files the daemon writes itself; never indexed even if they sit in a root.
-    pub own_files: Vec<PathBuf>,
+    pub own: OwnPaths,
 }
 
 impl Config {
@@ -89,19 +90,22 @@ impl Config {
         } else {
             Auth::load_or_create(&token_file)?
         };
-        let db = absolute(&args.db)?;
-        let mut own_files: Vec<PathBuf> = ["", "-wal", "-shm", "-journal"]
-            .iter()
-            .map(|suffix| PathBuf::from(format!("{}{suffix}", db.display())))
-            .collect();
-        own_files.push(absolute(&token_file)?);
+        let db = canonical_file(&args.db, "--db")?;
+        let mut own = OwnPaths::default();
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            own.files
+                .insert(PathBuf::from(format!("{}{suffix}", db.display())));
+        }
+        own.files
+            .insert(canonical_file(&token_file, "--token-file")?);
+        own.dirs.push(zync_db::staging_root(&db));
         Ok(Config {
             roots,
             db,
             ignores: args.ignore.clone(),
             default_ignores: !args.no_default_ignores,
             auth,
-            own_files,
+            own,
         })
     }
 }
@@ -114,8 +118,24 @@ pub fn beside(path: &Path, name: &str) -> PathBuf {
     }
 }
 
-fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
-    std::path::absolute(path).with_context(|| format!("cannot resolve path {}", path.display()))
+/// The file's path with its directory resolved (symlinks, `..`), so it compares equal to the
+/// paths the watcher reports under the canonical roots. The file itself need not exist yet.
+fn canonical_file(path: &Path, flag: &str) -> anyhow::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{flag} {} does not name a file", path.display()))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = std::fs::canonicalize(dir).with_context(|| {
+        format!(
+            "{flag} {}: its directory {} does not exist; create it first",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    Ok(dir.join(name))
 }
 
 /// Parses `NAME:PATH` arguments: each path must be an existing directory, names unique, and

@@ -376,10 +376,11 @@ impl Connection {
         let mut more = rows.len() > limit;
         rows.truncate(limit);
         // Keep the reply well under the text message limit whatever the path lengths: JSON
-        // overhead per change is under 300 bytes, paths and targets are counted as they are.
+        // overhead per change is under 300 bytes, plus its path and target, escaped.
         let mut bytes = 0usize;
         if let Some(cut) = rows.iter().position(|e| {
-            bytes += 300 + e.path.len() + e.meta.target.as_ref().map_or(0, String::len);
+            // JSON may escape a byte as six (\u0001), so budget six per path byte.
+            bytes += 300 + 6 * (e.path.len() + e.meta.target.as_ref().map_or(0, String::len));
             bytes > zync_proto::MAX_TEXT_MESSAGE / 2
         }) {
             rows.truncate(cut.max(1));

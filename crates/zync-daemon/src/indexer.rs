@@ -3,12 +3,12 @@
 //! path by path; an overflow or watcher error triggers a rescan of the root.
 
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use tokio::sync::watch;
 use zync_db::{EntryMeta, Index, Kind};
 use zync_fs::{EntryKind, IgnoreRules, Meta, RelPath, Stat};
@@ -23,6 +23,28 @@ const DEBOUNCE_MAX: Duration = Duration::from_millis(150);
 const IDLE_TICK: Duration = Duration::from_millis(200);
 /// Changes per transaction during a scan; clients see progress between them.
 const SCAN_BATCH: usize = 1000;
+/// Without a working watcher, every root is rescanned this often.
+const POLL_RESCAN: Duration = Duration::from_secs(10);
+/// A file modified less than this long before it was hashed may be written again within the
+/// same mtime tick; it is hashed once more later ("racy git").
+const RACY: Duration = Duration::from_secs(2);
+
+/// Paths the daemon writes itself (its database, token file and staging area): never indexed,
+/// even when they sit inside a served directory.
+#[derive(Debug, Clone, Default)]
+pub struct OwnPaths {
+    /// Exact files.
+    pub files: HashSet<PathBuf>,
+    /// Directories whose whole contents are the daemon's.
+    pub dirs: Vec<PathBuf>,
+}
+
+impl OwnPaths {
+    /// Whether `path` (absolute, canonical root prefix) is one of the daemon's own.
+    pub fn contains(&self, path: &std::path::Path) -> bool {
+        self.files.contains(path) || self.dirs.iter().any(|d| path.starts_with(d))
+    }
+}
 
 /// What the indexer publishes to connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,8 +67,10 @@ pub struct IndexedRoot {
 pub struct Indexer {
     index: Index,
     roots: Vec<IndexedRoot>,
-    own_files: HashSet<PathBuf>,
+    own: OwnPaths,
     status: watch::Sender<Status>,
+    /// Files hashed while still fresh, to hash again once their mtime tick has passed.
+    recheck: Vec<(usize, RelPath, Instant)>,
 }
 
 impl Indexer {
@@ -57,26 +81,40 @@ impl Indexer {
     pub fn new(
         index: Index,
         roots: Vec<IndexedRoot>,
-        own_files: &[PathBuf],
+        own: OwnPaths,
         status: watch::Sender<Status>,
     ) -> Indexer {
         Indexer {
             index,
             roots,
-            own_files: own_files.iter().cloned().collect(),
+            own,
             status,
+            recheck: Vec::new(),
         }
     }
 
-    /// Scans every root, then follows the watcher until `stop` is set.
+    /// Scans every root, then follows the watcher until `stop` is set. Without a working
+    /// watcher (an unreadable directory, the inotify watch limit) it falls back to periodic
+    /// rescans instead of going blind.
     ///
     /// # Errors
-    /// When the watcher cannot start or the index cannot be written.
+    /// When the index cannot be written.
     pub fn run(mut self, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         let (tx, rx) = std::sync::mpsc::channel();
         let paths: Vec<PathBuf> = self.roots.iter().map(|r| r.root.path.clone()).collect();
         // The watcher starts before the scan, so nothing that changes during the scan is missed.
-        let _watcher = zync_fs::Watcher::new(&paths, tx).context("cannot watch the directories")?;
+        let mut watcher = match zync_fs::Watcher::new(&paths, tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch the directories ({e}); rescanning every {}s instead. Fix: make \
+                     every directory readable by the daemon's user, or raise the inotify limit \
+                     (sudo sysctl fs.inotify.max_user_watches=524288), then restart",
+                    POLL_RESCAN.as_secs()
+                );
+                None
+            }
+        };
         self.publish(true)?;
         for i in 0..self.roots.len() {
             self.scan_root(i, None)?;
@@ -86,32 +124,86 @@ impl Indexer {
             last_seq = self.status.borrow().last_seq,
             "startup scan complete"
         );
+        let mut last_poll = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            if watcher.is_none() {
+                std::thread::sleep(IDLE_TICK);
+                if last_poll.elapsed() >= POLL_RESCAN {
+                    self.rescan((0..self.roots.len()).collect())?;
+                    last_poll = Instant::now();
+                }
+                self.recheck_due()?;
+                continue;
+            }
             let Some(batch) =
                 zync_fs::next_batch_timeout(&rx, IDLE_TICK, DEBOUNCE_QUIET, DEBOUNCE_MAX)
             else {
-                anyhow::bail!("the file watcher stopped unexpectedly");
+                tracing::warn!("the file watcher stopped; rescanning periodically instead");
+                watcher = None;
+                continue;
             };
             let rescan: Vec<usize> = if batch.rescan_all {
                 (0..self.roots.len()).collect()
             } else {
                 batch.rescan.iter().copied().collect()
             };
-            if !rescan.is_empty() {
-                self.publish(true)?;
-                for &i in &rescan {
-                    tracing::info!(dir = %self.roots[i].root.name, "rescanning");
-                    self.scan_root(i, None)?;
-                }
-                self.publish(false)?;
-            }
+            self.rescan(rescan.clone())?;
             for (i, paths) in batch.paths {
                 if rescan.contains(&i) {
                     continue;
                 }
                 self.reconcile_paths(i, paths.into_iter().collect())?;
             }
+            self.recheck_due()?;
             self.publish(false)?;
+        }
+        Ok(())
+    }
+
+    fn rescan(&mut self, roots: Vec<usize>) -> anyhow::Result<()> {
+        if roots.is_empty() {
+            return Ok(());
+        }
+        self.publish(true)?;
+        for i in roots {
+            tracing::info!(dir = %self.roots[i].root.name, "rescanning");
+            self.scan_root(i, None)?;
+        }
+        self.publish(false)
+    }
+
+    /// Hashes again the files that were fresh when hashed; records them if the content moved
+    /// although size, mtime and inode did not.
+    fn recheck_due(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.recheck)
+            .into_iter()
+            .partition(|(_, _, at)| *at <= now);
+        self.recheck = later;
+        for (i, rel, _) in due {
+            let name = self.roots[i].root.name.as_str().to_string();
+            let root_path = self.roots[i].root.path.clone();
+            let Some(old) = self.index.get(&name, rel.as_str())?.filter(|e| !e.deleted) else {
+                continue;
+            };
+            let Ok(Stat::Entry(meta)) = zync_fs::lstat(&rel.to_path(&root_path)) else {
+                continue;
+            };
+            if meta.kind != EntryKind::File {
+                continue;
+            }
+            let Some((new, racy)) = describe(&root_path, &rel, &meta) else {
+                continue;
+            };
+            if racy {
+                self.recheck.push((i, rel.clone(), Instant::now() + RACY));
+            }
+            if new.sha256 != old.meta.sha256 {
+                tracing::debug!(path = %rel, "content changed within one mtime tick; recorded");
+                let mut writer = self.index.writer()?;
+                writer.upsert(&name, rel.as_str(), &new)?;
+                writer.commit()?;
+            }
         }
         Ok(())
     }
@@ -138,6 +230,14 @@ impl Indexer {
             tracing::error!(dir = %name, path = %root_path.display(), "directory is gone; not recording deletions until it is back");
             return Ok(0);
         }
+        // An unmounted disk leaves an empty mount point that looks exactly like "everything
+        // was deleted"; the root's device id tells them apart.
+        let dev_key = format!("root_dev:{name}");
+        let dev = std::fs::metadata(&root_path)
+            .map(|m| m.dev().to_string())
+            .ok();
+        let stored = self.index.setting(&dev_key)?;
+        let moved = matches!((&stored, &dev), (Some(s), Some(d)) if s != d);
         let result = zync_fs::scan(&root_path, &root.rules, under);
         let mut known: HashMap<String, zync_db::Entry> = self
             .index
@@ -147,8 +247,8 @@ impl Indexer {
             .collect();
         let mut changed = 0usize;
         let mut writer = self.index.writer()?;
-        for entry in result.entries {
-            if self.own_files.contains(&entry.path.to_path(&root_path)) {
+        for entry in &result.entries {
+            if self.own.contains(&entry.path.to_path(&root_path)) {
                 continue;
             }
             let old = known.remove(entry.path.as_str());
@@ -158,9 +258,13 @@ impl Indexer {
             {
                 continue;
             }
-            let Some(meta) = describe(&root_path, &entry.path, &entry.meta) else {
+            let Some((meta, racy)) = describe(&root_path, &entry.path, &entry.meta) else {
                 continue;
             };
+            if racy {
+                self.recheck
+                    .push((i, entry.path.clone(), Instant::now() + RACY));
+            }
             if old
                 .as_ref()
                 .is_some_and(|o| o.meta.kind == Kind::Dir && meta.kind != Kind::Dir)
@@ -175,17 +279,35 @@ impl Indexer {
                 writer = self.index.writer()?;
             }
         }
-        if result.errors.is_empty() {
-            for path in known.keys() {
-                changed += writer.tombstone_tree(&name, path)?;
-            }
+        for error in &result.errors {
+            tracing::warn!(dir = %name, "{error}; deletions below it are not recorded until it can be read");
+        }
+        if moved && !known.is_empty() {
+            tracing::error!(
+                dir = %name,
+                path = %root_path.display(),
+                "this directory is now on another filesystem (device {} instead of {}): is a disk \
+                 unmounted? {} indexed paths are missing and are NOT recorded as deleted; if the \
+                 change is intended, delete the daemon's database to index afresh",
+                dev.as_deref().unwrap_or("?"),
+                stored.as_deref().unwrap_or("?"),
+                known.len()
+            );
         } else {
-            // Paths under an unreadable directory were not seen; they are not deleted.
-            for error in &result.errors {
-                tracing::warn!(dir = %name, "{error}; deletions in this directory are not recorded until it can be read");
+            for path in known.keys() {
+                // Paths below an unreadable directory were not seen, which is not deletion.
+                let seen_absent = RelPath::parse(path).is_ok_and(|rel| result.covers(&rel));
+                if seen_absent {
+                    changed += writer.tombstone_tree(&name, path)?;
+                }
             }
         }
         writer.commit()?;
+        if under.is_none() && !moved {
+            if let Some(dev) = dev {
+                self.index.set_setting(&dev_key, &dev)?;
+            }
+        }
         Ok(changed)
     }
 
@@ -194,7 +316,7 @@ impl Indexer {
         let root_path = self.roots[i].root.path.clone();
         let mut rels: Vec<RelPath> = Vec::new();
         for path in paths {
-            if self.own_files.contains(&path) {
+            if self.own.contains(&path) {
                 continue;
             }
             let Ok(rel) = path.strip_prefix(&root_path) else {
@@ -227,8 +349,14 @@ impl Indexer {
         let root = &self.roots[i];
         let name = root.root.name.as_str().to_string();
         let root_path = root.root.path.clone();
-        let stat = zync_fs::lstat(&rel.to_path(&root_path))
-            .with_context(|| format!("cannot stat {}", rel.to_path(&root_path).display()))?;
+        let stat = match zync_fs::lstat(&rel.to_path(&root_path)) {
+            Ok(stat) => stat,
+            Err(e) => {
+                // One unreadable path must not stop the daemon; the next rescan retries it.
+                tracing::warn!(dir = %name, path = %rel, "cannot inspect: {e}");
+                return Ok(());
+            }
+        };
         let meta = match stat {
             Stat::Missing => return self.forget(&name, rel),
             Stat::Unsupported(what) => {
@@ -257,9 +385,12 @@ impl Indexer {
         if old.as_ref().is_some_and(|o| unchanged(&o.meta, &meta)) {
             return Ok(());
         }
-        let Some(new) = describe(&root_path, rel, &meta) else {
+        let Some((new, racy)) = describe(&root_path, rel, &meta) else {
             return Ok(());
         };
+        if racy {
+            self.recheck.push((i, rel.clone(), Instant::now() + RACY));
+        }
         let mut writer = self.index.writer()?;
         if old.as_ref().is_some_and(|o| o.meta.kind == Kind::Dir) {
             writer.tombstone_tree(&name, rel.as_str())?;
@@ -302,7 +433,16 @@ fn kind_of(kind: EntryKind) -> Kind {
 
 /// The index row for an entry, hashing files. A file that changes while it is hashed is
 /// skipped: its next watch event records the settled version.
-fn describe(root: &std::path::Path, rel: &RelPath, meta: &Meta) -> Option<EntryMeta> {
+/// The flag says the file was modified less than [`RACY`] before it was hashed: a write in the
+/// same mtime tick would go unnoticed, so the caller hashes it again later.
+fn describe(root: &std::path::Path, rel: &RelPath, meta: &Meta) -> Option<(EntryMeta, bool)> {
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(i64::MAX, |d| {
+            i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+        });
+    let racy = meta.kind == EntryKind::File
+        && now_ns.saturating_sub(meta.mtime_ns) < RACY.as_nanos() as i64;
     let sha256 = if meta.kind == EntryKind::File {
         let path = rel.to_path(root);
         match zync_fs::hash_file(&path) {
@@ -325,7 +465,7 @@ fn describe(root: &std::path::Path, rel: &RelPath, meta: &Meta) -> Option<EntryM
     } else {
         None
     };
-    Some(EntryMeta {
+    let entry = EntryMeta {
         kind: kind_of(meta.kind),
         size: meta.size,
         mtime_ns: meta.mtime_ns,
@@ -333,7 +473,8 @@ fn describe(root: &std::path::Path, rel: &RelPath, meta: &Meta) -> Option<EntryM
         inode: meta.inode,
         sha256,
         target: meta.target.clone(),
-    })
+    };
+    Some((entry, racy))
 }
 
 #[cfg(test)]
@@ -345,6 +486,10 @@ mod tests {
     use super::*;
 
     fn indexer(root: &Path, own: &[PathBuf]) -> (Indexer, watch::Receiver<Status>) {
+        let own = OwnPaths {
+            files: own.iter().cloned().collect(),
+            dirs: Vec::new(),
+        };
         let rules = Arc::new(IgnoreRules::new(root, &[], true).unwrap());
         let root = Root {
             name: DirName::parse("code").unwrap(),
@@ -423,6 +568,26 @@ mod tests {
         std::fs::rename(&root, dir.path().join("elsewhere")).unwrap();
         assert_eq!(ix.scan_root(0, None).unwrap(), 0);
         assert_eq!(live(&ix), ["keep"]);
+    }
+
+    #[test]
+    fn a_root_that_moved_to_another_filesystem_does_not_become_a_mass_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("keep"), "k").unwrap();
+        let (mut ix, _rx) = indexer(dir.path(), &[]);
+        ix.scan_root(0, None).unwrap();
+        // Stand-in for an unmounted disk: the stored device id no longer matches.
+        ix.index.set_setting("root_dev:code", "999999").unwrap();
+        std::fs::remove_file(dir.path().join("keep")).unwrap();
+        assert_eq!(ix.scan_root(0, None).unwrap(), 0);
+        assert_eq!(live(&ix), ["keep"]);
+        // On the same filesystem an emptied root is a real deletion.
+        let (mut ix, _rx) = indexer(dir.path(), &[]);
+        std::fs::write(dir.path().join("again"), "a").unwrap();
+        ix.scan_root(0, None).unwrap();
+        std::fs::remove_file(dir.path().join("again")).unwrap();
+        assert_eq!(ix.scan_root(0, None).unwrap(), 1);
+        assert!(live(&ix).is_empty());
     }
 
     #[test]

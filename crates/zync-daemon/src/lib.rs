@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 pub use cli::{beside, parse_roots, Args, Config, Root};
-pub use indexer::Status;
+pub use indexer::{OwnPaths, Status};
 pub use token::Auth;
 
 use indexer::{IndexedRoot, Indexer};
@@ -143,7 +143,7 @@ pub async fn run(
     });
     let stop = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = oneshot::channel();
-    let indexer = Indexer::new(index, indexed, &config.own_files, status_tx);
+    let indexer = Indexer::new(index, indexed, config.own.clone(), status_tx);
     let thread_stop = stop.clone();
     let thread = std::thread::Builder::new()
         .name("zync-indexer".into())
@@ -168,7 +168,11 @@ pub async fn run(
             Ok(Err(e)) => {
                 let _ = indexer_failed_tx.send(e);
             }
-            _ => std::future::pending::<()>().await,
+            Ok(Ok(())) => std::future::pending::<()>().await,
+            // The thread ended without a word: it panicked.
+            Err(_) => {
+                let _ = indexer_failed_tx.send(anyhow::anyhow!("the indexer thread panicked"));
+            }
         }
     };
     let stop_serving = async {

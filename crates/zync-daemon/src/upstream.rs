@@ -150,7 +150,10 @@ impl Connection {
                 .await?;
         }
         // Three-way decision against what E has now (DESIGN invariant 5).
-        let on_e = e_state(&root, &rel);
+        let (probe_root, probe_rel) = (root.clone(), rel.clone());
+        let on_e = tokio::task::spawn_blocking(move || e_state(&probe_root, &probe_rel))
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
         let current = match &on_e {
             EState::Missing => OnE::Missing,
             EState::File(sha) => OnE::File(sha),
@@ -171,7 +174,8 @@ impl Connection {
             dir: file.dir.clone(),
             path: rel.to_string(),
             action,
-            mode: file.mode & 0o7777,
+            // No setuid/setgid/sticky bits from R: whoever holds the token must not plant them on E.
+            mode: file.mode & 0o777,
             size: file.size,
             mtime_ns: file.mtime_ns,
             sha256: file.sha256.clone(),

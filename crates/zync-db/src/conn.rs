@@ -13,10 +13,13 @@ use crate::migrate::{self, Schema};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Synchronous {
     /// WAL + NORMAL: a commit survives a crash of the process, and at worst the last commits
-    /// are lost on power loss. Enough for the daemon's index, which a rescan rebuilds.
+    /// are lost on power loss. Used by nothing today: both databases hand out or store
+    /// sequence numbers that must not go back.
+    #[allow(dead_code)]
     Normal,
     /// WAL + FULL: a commit is on disk before `commit` returns. The client's last sequence is
-    /// its durability point (DESIGN invariant 2), so it must not go back after a power cut.
+    /// its durability point (DESIGN invariant 2), and the daemon's sequence numbers must not be
+    /// reused after a power cut, so both use this.
     Full,
 }
 
@@ -146,7 +149,8 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let index = Index::open(&tmp.path().join("i.db")).expect("index");
         let client = ClientState::open(&tmp.path().join("c.db")).expect("client");
-        assert_eq!(pragma(index.conn(), "synchronous"), "Integer(1)");
+        // Both FULL (2): neither a handed-out nor a stored sequence may go back on power loss.
+        assert_eq!(pragma(index.conn(), "synchronous"), "Integer(2)");
         assert_eq!(pragma(client.conn(), "synchronous"), "Integer(2)");
     }
 

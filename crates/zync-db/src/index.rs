@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 use crate::conn::{self, Synchronous};
-use crate::error::{Context, Result};
+use crate::error::{Context, DbError, Result};
 use crate::migrate::{self, INDEX};
 use crate::Kind;
 
@@ -85,7 +85,9 @@ impl Index {
     /// The file cannot be opened or created, is not an SQLite database, is another kind of
     /// database, or was made by a newer zync ([`crate::DbError::TooNew`]).
     pub fn open(path: &Path) -> Result<Index> {
-        Index::from_conn(conn::open_file(path, &INDEX, Synchronous::Normal)?)
+        // FULL: a sequence number handed to a client must never be handed out again for other
+        // content after a power cut, or that client would skip a change for good.
+        Index::from_conn(conn::open_file(path, &INDEX, Synchronous::Full)?)
     }
 
     /// Opens a new, empty index in memory.
@@ -94,7 +96,7 @@ impl Index {
     ///
     /// Only if SQLite itself fails.
     pub fn open_in_memory() -> Result<Index> {
-        Index::from_conn(conn::open_memory(&INDEX, Synchronous::Normal)?)
+        Index::from_conn(conn::open_memory(&INDEX, Synchronous::Full)?)
     }
 
     fn from_conn(conn: Connection) -> Result<Index> {
@@ -147,6 +149,43 @@ impl Index {
             .ctx("reading the roots")?;
         rows.collect::<rusqlite::Result<_>>()
             .ctx("reading the roots")
+    }
+
+    /// A value the daemon keeps about itself (for example a root's device id), by key.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()
+            .with_ctx(|| format!("reading the setting {key}"))
+    }
+
+    /// Stores a value under `key`, replacing the old one. Keys used by the database itself
+    /// (`index_id`) are refused.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure, or a reserved key.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        if key == "index_id" {
+            return Err(DbError::InvalidName {
+                what: "setting key",
+                name: key.to_string(),
+            });
+        }
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+            .with_ctx(|| format!("storing the setting {key}"))?;
+        Ok(())
     }
 
     /// The row for (dir, path), live or tombstone.
@@ -981,5 +1020,24 @@ mod tests {
                 prop_assert!(changes.windows(2).all(|w| w[0].seq < w[1].seq));
             }
         }
+    }
+
+    #[test]
+    fn settings_round_trip_and_survive_a_reopen_but_not_the_index_id() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("i.db");
+        let index = Index::open(&path).expect("open");
+        assert_eq!(index.setting("root_dev:code").expect("read"), None);
+        index.set_setting("root_dev:code", "2049").expect("set");
+        index.set_setting("root_dev:code", "2050").expect("replace");
+        let id = index.index_id().to_string();
+        assert!(index.set_setting("index_id", "forged").is_err());
+        drop(index);
+        let index = Index::open(&path).expect("reopen");
+        assert_eq!(
+            index.setting("root_dev:code").expect("read").as_deref(),
+            Some("2050")
+        );
+        assert_eq!(index.index_id(), id);
     }
 }

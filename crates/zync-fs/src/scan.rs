@@ -24,6 +24,43 @@ pub struct ScanResult {
     pub entries: Vec<ScanEntry>,
     /// Problems that did not stop the walk, such as an unreadable directory.
     pub errors: Vec<String>,
+    /// Paths whose contents could not be read (an unreadable directory): entries below them
+    /// are unknown, not deleted.
+    pub unreadable: Vec<RelPath>,
+    /// True when an error could not be tied to a path below the root: nothing missing from
+    /// `entries` can then be taken as deleted.
+    pub incomplete: bool,
+}
+
+impl ScanResult {
+    /// Whether `path` was really seen to be absent: false when it lies in or below a path the
+    /// walk could not read, or the walk was incomplete.
+    pub fn covers(&self, path: &RelPath) -> bool {
+        !self.incomplete
+            && !self
+                .unreadable
+                .iter()
+                .any(|u| path == u || path.starts_with(u))
+    }
+
+    fn record(&mut self, root: &Path, path: Option<&Path>, message: String) {
+        match path.map(|p| relative(root, p)) {
+            Some(Rel::Path(rel)) => self.unreadable.push(rel),
+            _ => self.incomplete = true,
+        }
+        self.errors.push(message);
+    }
+}
+
+/// The path an `ignore` walk error is about, when it names one.
+fn error_path(e: &ignore::Error) -> Option<&Path> {
+    match e {
+        ignore::Error::WithPath { path, .. } => Some(path),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+            error_path(err)
+        }
+        _ => None,
+    }
 }
 
 /// Walks `root` (or only the subtree `under`, which is itself included when it exists) without
@@ -67,7 +104,7 @@ pub fn scan(root: &Path, rules: &IgnoreRules, under: Option<&RelPath>) -> ScanRe
                     continue; // vanished mid-walk
                 }
                 tracing::warn!("scan of {}: {e}", root.display());
-                result.errors.push(e.to_string());
+                result.record(root, error_path(&e), e.to_string());
                 continue;
             }
         };
@@ -96,10 +133,12 @@ fn start_under(
             Ok(Stat::Entry(m)) if m.kind == EntryKind::Dir => {}
             Ok(_) => return None,
             Err(e) => {
-                result.errors.push(format!(
-                    "cannot inspect {}: {e}",
-                    ancestor.to_path(root).display()
-                ));
+                let path = ancestor.to_path(root);
+                result.record(
+                    root,
+                    Some(&path),
+                    format!("cannot inspect {}: {e}", path.display()),
+                );
                 return None;
             }
         }
@@ -109,9 +148,11 @@ fn start_under(
         Ok(Stat::Entry(meta)) => meta,
         Ok(_) => return None,
         Err(e) => {
-            result
-                .errors
-                .push(format!("cannot inspect {}: {e}", path.display()));
+            result.record(
+                root,
+                Some(&path),
+                format!("cannot inspect {}: {e}", path.display()),
+            );
             return None;
         }
     };
@@ -137,9 +178,12 @@ fn push_entry(result: &mut ScanResult, path: &Path, rel: RelPath) {
                 path.display()
             );
         }
-        Err(e) => result
-            .errors
-            .push(format!("cannot inspect {}: {e}", path.display())),
+        Err(e) => {
+            result
+                .errors
+                .push(format!("cannot inspect {}: {e}", path.display()));
+            result.unreadable.push(rel);
+        }
     }
 }
 
@@ -341,5 +385,15 @@ mod tests {
             paths(&result),
             vec!["a", "a/b", "a/one.txt", "logs", "logs/l.txt", "z", "z/k"]
         );
+        // What lies below the unreadable directory is unknown, not deleted; the rest is known.
+        let below = RelPath::parse("a/b/deep.txt").expect("path");
+        assert!(!result.incomplete);
+        assert!(
+            !result.covers(&below),
+            "unreadable: {:?}",
+            result.unreadable
+        );
+        assert!(result.covers(&RelPath::parse("a/gone.txt").expect("path")));
+        assert!(result.covers(&RelPath::parse("a/bc").expect("path")));
     }
 }

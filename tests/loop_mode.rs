@@ -1,0 +1,164 @@
+//! End-to-end: the loop-mode client across daemon restarts and outages, and its shutdown on
+//! SIGTERM and SIGINT.
+
+mod common;
+
+use std::path::Path;
+use std::time::Instant;
+
+use common::*;
+
+const IGNORED: &[&str] = &["node_modules", ".git"];
+
+/// Paths under `root` whose file name starts with `.zync-tmp-`.
+fn temp_files(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with(".zync-tmp-") {
+                found.push(entry.path().display().to_string());
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_client_reconnects_after_a_daemon_restart_and_gets_later_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("first.txt"), "first\n");
+    let mut daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    let mut running = client.spawn(&daemon.url(), &tmp.path().join("client.log"));
+    wait_same_tree(&e, &r, IGNORED);
+
+    let port = daemon.port;
+    daemon.restart();
+    assert_eq!(daemon.port, port, "the restarted daemon must keep its port");
+    daemon.wait_scanned();
+    write(&e.join("after-restart.txt"), "made after the restart\n");
+    write(&e.join("first.txt"), "first, changed after the restart\n");
+    wait_same_tree(&e, &r, IGNORED);
+    assert!(
+        running.is_running(),
+        "the client exited:\n{}",
+        running.log_text()
+    );
+    let log = running.log_text();
+    assert!(
+        log.matches("connected").count() >= 2,
+        "the client did not report a second connection:\n{log}"
+    );
+}
+
+/// Starts a loop-mode client, signals it while it downloads a big file when it can catch it
+/// doing so, and checks it exits 0 leaving no temp file.
+fn stops_cleanly_on(signal: i32) {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("small.txt"), "small\n");
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    let mut running = client.spawn(&daemon.url(), &tmp.path().join("client.log"));
+    wait_same_tree(&e, &r, IGNORED);
+
+    // A big file on E: try to catch the client mid-download (a temp file on R), so the signal
+    // interrupts a transfer. If the transfer is too quick to catch, signal after it.
+    let staged = tmp.path().join("big.staged");
+    write(&staged, pseudo_random(48 << 20, 11));
+    std::fs::rename(&staged, e.join("big.bin")).unwrap();
+    let start = Instant::now();
+    let mut mid_transfer = false;
+    loop {
+        if !temp_files(&r).is_empty() {
+            mid_transfer = true;
+            break;
+        }
+        if r.join("big.bin").exists() {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the big file never started to arrive:\n{}",
+            running.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(running.is_running());
+    let code = running.signal_and_wait(signal);
+    let log = running.log_text();
+    assert_eq!(
+        code,
+        Some(0),
+        "exit status after signal {signal} (mid-transfer: {mid_transfer}):\n{log}"
+    );
+    let left = temp_files(&r);
+    assert!(
+        left.is_empty(),
+        "temp files left after signal {signal} (mid-transfer: {mid_transfer}): {left:?}\n{log}"
+    );
+    eprintln!("signal {signal} sent mid-transfer: {mid_transfer}");
+    // A file on R is either E's complete version or absent, never partial.
+    if let Ok(data) = std::fs::read(r.join("big.bin")) {
+        assert_eq!(
+            sha256(&data),
+            sha256(&std::fs::read(e.join("big.bin")).unwrap())
+        );
+    }
+}
+
+#[test]
+fn sigterm_ends_the_loop_client_with_0_and_no_temp_files() {
+    stops_cleanly_on(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_ends_the_loop_client_with_0_and_no_temp_files() {
+    stops_cleanly_on(libc::SIGINT);
+}
+
+#[test]
+fn the_client_keeps_running_while_the_daemon_is_down_and_catches_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("a.txt"), "a\n");
+    write(&e.join("gone.txt"), "soon deleted\n");
+    let mut daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    let mut running = client.spawn(&daemon.url(), &tmp.path().join("client.log"));
+    wait_same_tree(&e, &r, IGNORED);
+
+    daemon.stop();
+    // Down "for a while": until the client has failed to reconnect several times.
+    wait_until("the client to retry three times", || {
+        running.log_text().matches("reconnecting in").count() >= 4
+    });
+    assert!(
+        running.is_running(),
+        "the client exited while the daemon was down:\n{}",
+        running.log_text()
+    );
+    write(&e.join("a.txt"), "a, changed while the daemon was down\n");
+    write(&e.join("new/b.txt"), "b\n");
+    std::fs::remove_file(e.join("gone.txt")).unwrap();
+
+    daemon.restart();
+    wait_same_tree(&e, &r, IGNORED);
+    assert!(running.is_running(), "{}", running.log_text());
+    // And it follows live changes again.
+    write(&e.join("live.txt"), "live\n");
+    wait_same_tree(&e, &r, IGNORED);
+    assert!(running.is_running(), "{}", running.log_text());
+}

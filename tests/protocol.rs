@@ -1,0 +1,564 @@
+//! End-to-end: the wire protocol spoken directly to a running daemon with tokio-tungstenite,
+//! as docs/PROTOCOL.md describes it: each operation, an error response for each kind of bad
+//! input on a connection that keeps working, and nothing served from outside a root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const MAX_CHUNK: usize = 1 << 20;
+
+/// What the daemon sent, events aside.
+#[derive(Debug)]
+enum Frame {
+    Text(Value),
+    Binary(Vec<u8>),
+    Closed(Option<u16>),
+}
+
+/// A raw protocol connection.
+struct Peer {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+impl Peer {
+    /// Connects with the daemon's token (no HELLO yet).
+    async fn connect(daemon: &Daemon) -> Peer {
+        let token = std::fs::read_to_string(&daemon.token_file).unwrap();
+        let mut request = daemon.url().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", token.trim()).parse().unwrap(),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("connect with the daemon's token");
+        Peer { ws, next_id: 100 }
+    }
+
+    /// Connects and completes HELLO.
+    async fn hello(daemon: &Daemon) -> Peer {
+        let mut peer = Peer::connect(daemon).await;
+        let reply = peer
+            .call(
+                json!({"operation": "HELLO", "protocol_version": 1, "client_id": "protocol-test"}),
+            )
+            .await;
+        assert_eq!(reply["status"], "ok", "HELLO failed: {reply}");
+        peer
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    async fn send(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send a frame");
+    }
+
+    async fn send_json(&mut self, value: &Value) {
+        self.send(Message::text(value.to_string())).await;
+    }
+
+    /// The next frame that is not an event, within the deadline.
+    async fn recv(&mut self) -> Frame {
+        loop {
+            let next = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("timed out waiting for the daemon");
+            let message = match next {
+                None => return Frame::Closed(None),
+                Some(Err(e)) => panic!("the connection failed: {e}"),
+                Some(Ok(m)) => m,
+            };
+            match message {
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("the daemon sent invalid JSON ({e}): {text}"));
+                    if value["status"] == "event" {
+                        continue;
+                    }
+                    return Frame::Text(value);
+                }
+                Message::Binary(data) => return Frame::Binary(data.to_vec()),
+                Message::Close(frame) => return Frame::Closed(frame.map(|f| u16::from(f.code))),
+                _ => {}
+            }
+        }
+    }
+
+    async fn recv_text(&mut self) -> Value {
+        match self.recv().await {
+            Frame::Text(v) => v,
+            other => panic!("expected a JSON response, got {other:?}"),
+        }
+    }
+
+    /// Sends `op` with a fresh id and returns the response, checking it carries that id.
+    async fn call(&mut self, mut op: Value) -> Value {
+        let id = self.id();
+        op["id"] = json!(id);
+        self.send_json(&op).await;
+        let reply = self.recv_text().await;
+        assert_eq!(
+            reply["id"],
+            json!(id),
+            "response to {op} has another id: {reply}"
+        );
+        reply
+    }
+
+    /// A call that must succeed with `operation` echoed.
+    async fn ok(&mut self, op: Value) -> Value {
+        let name = op["operation"].clone();
+        let reply = self.call(op).await;
+        assert_eq!(reply["status"], "ok", "{name} failed: {reply}");
+        assert_eq!(reply["operation"], name, "{reply}");
+        reply
+    }
+
+    async fn ping_ok(&mut self) {
+        self.ok(json!({"operation": "PING"})).await;
+    }
+
+    /// Sends a raw frame and expects an error response with `code` (and `id`, when given).
+    async fn expect_error(&mut self, message: Message, code: &str, id: Option<u64>) -> Value {
+        let shown = format!("{message:?}");
+        self.send(message).await;
+        let reply = self.recv_text().await;
+        assert_eq!(reply["status"], "error", "{shown} was not refused: {reply}");
+        assert_eq!(reply["code"], code, "{shown}: wrong error code: {reply}");
+        match id {
+            Some(id) => assert_eq!(reply["id"], json!(id), "{shown}: {reply}"),
+            None => assert!(reply.get("id").is_none(), "{shown}: unexpected id: {reply}"),
+        }
+        assert!(
+            reply["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{shown}: the error has no message: {reply}"
+        );
+        reply
+    }
+
+    /// GET_FILE that must fail with `code`; no chunk may follow.
+    async fn get_file_error(&mut self, path: &str, code: &str) -> Value {
+        self.get_file_error_in("code", path, code).await
+    }
+
+    async fn get_file_error_in(&mut self, dir: &str, path: &str, code: &str) -> Value {
+        let id = self.id();
+        let request = json!({"id": id, "operation": "GET_FILE", "dir": dir, "path": path});
+        let reply = self
+            .expect_error(Message::text(request.to_string()), code, Some(id))
+            .await;
+        // The connection goes on, and no content was sent for the refused request.
+        self.ping_ok().await;
+        reply
+    }
+
+    /// GET_FILE that must succeed: the header and the payload of its chunks.
+    async fn get_file(&mut self, path: &str) -> (Value, Vec<u8>) {
+        let id = self.id();
+        self.send_json(&json!({"id": id, "operation": "GET_FILE", "dir": "code", "path": path}))
+            .await;
+        let header = self.recv_text().await;
+        assert_eq!(header["status"], "ok", "GET_FILE {path} failed: {header}");
+        assert_eq!(header["operation"], "GET_FILE", "{header}");
+        assert_eq!(header["id"], json!(id), "{header}");
+        let chunks = header["chunks"].as_u64().expect("chunks");
+        let mut data = Vec::new();
+        for _ in 0..chunks {
+            match self.recv().await {
+                Frame::Binary(frame) => {
+                    assert!(frame.len() >= 8, "short chunk");
+                    let chunk_id = u64::from_be_bytes(frame[..8].try_into().unwrap());
+                    assert_eq!(chunk_id, id, "a chunk carries another request's id");
+                    assert!(frame.len() - 8 <= MAX_CHUNK, "chunk over the limit");
+                    data.extend_from_slice(&frame[8..]);
+                }
+                other => panic!("expected a chunk of {path}, got {other:?}"),
+            }
+        }
+        (header, data)
+    }
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    e: PathBuf,
+    outside: PathBuf,
+    daemon: Daemon,
+}
+
+/// E with a few files, a directory, symlinks (inside and pointing outside), an ignored file,
+/// and a secret file outside the root.
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    let outside = tmp.path().join("outside");
+    write(&outside.join("secret.txt"), "SECRET outside the root\n");
+    write(&e.join("a.txt"), "hello\n");
+    write(&e.join("big.bin"), pseudo_random(2 * MAX_CHUNK + 12_345, 7));
+    write(&e.join("empty.txt"), "");
+    write(&e.join("sub/c.txt"), "c\n");
+    write(&e.join("node_modules/x"), "ignored\n");
+    std::os::unix::fs::symlink("a.txt", e.join("link")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), e.join("outside-link")).unwrap();
+    std::os::unix::fs::symlink(&outside, e.join("outside-dir")).unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let daemon = Daemon::start(&state, &[("code", &e)]);
+    daemon.wait_scanned();
+    Fixture {
+        _tmp: tmp,
+        e,
+        outside,
+        daemon,
+    }
+}
+
+fn paths_of(changes: &Value) -> Vec<String> {
+    changes["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| c["path"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn file_sha(path: &Path) -> String {
+    sha256(&std::fs::read(path).unwrap())
+}
+
+#[tokio::test]
+async fn hello_then_every_operation_works() {
+    let f = fixture();
+    let mut peer = Peer::connect(&f.daemon).await;
+    let hello = peer
+        .ok(json!({"operation": "HELLO", "protocol_version": 1, "client_id": "t1", "client_version": "test"}))
+        .await;
+    assert_eq!(hello["protocol_version"], 1, "{hello}");
+    assert_eq!(hello["dirs"], json!(["code"]), "{hello}");
+    assert!(
+        hello["index_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{hello}"
+    );
+
+    peer.ping_ok().await;
+
+    let last = peer.ok(json!({"operation": "GET_LAST_SEQUENCE"})).await;
+    let last_seq = last["last_sequence"].as_u64().expect("last_sequence");
+    assert!(last_seq > 0, "{last}");
+    assert_eq!(last["dirs"]["code"].as_u64(), Some(last_seq), "{last}");
+    assert_eq!(last["scanning"], false, "{last}");
+
+    let changes = peer
+        .ok(json!({"operation": "GET_CHANGES", "dir": "code", "since": 0}))
+        .await;
+    assert_eq!(changes["dir"], "code");
+    assert_eq!(changes["more"], false, "{changes}");
+    let paths = paths_of(&changes);
+    for expected in ["a.txt", "big.bin", "empty.txt", "sub", "sub/c.txt", "link"] {
+        assert!(
+            paths.contains(&expected.to_string()),
+            "{expected} missing from {paths:?}"
+        );
+    }
+    assert!(
+        !paths.iter().any(|p| p.starts_with("node_modules")),
+        "ignored paths listed: {paths:?}"
+    );
+    let seqs: Vec<u64> = changes["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "not ascending: {seqs:?}"
+    );
+    let a = changes["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == "a.txt")
+        .unwrap();
+    assert_eq!(a["kind"], "file");
+    assert_eq!(a["sha256"], file_sha(&f.e.join("a.txt")));
+    let link = changes["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == "link")
+        .unwrap();
+    assert_eq!(link["kind"], "symlink");
+    assert_eq!(link["target"], "a.txt");
+
+    // A limit pages the changes.
+    let page = peer
+        .ok(json!({"operation": "GET_CHANGES", "dir": "code", "since": 0, "limit": 2}))
+        .await;
+    assert_eq!(paths_of(&page).len(), 2, "{page}");
+    assert_eq!(page["more"], true, "{page}");
+    let nothing = peer
+        .ok(json!({"operation": "GET_CHANGES", "dir": "code", "since": last_seq}))
+        .await;
+    assert!(paths_of(&nothing).is_empty(), "{nothing}");
+
+    // A multi-chunk file: header, then chunks whose payload hashes to the header's sha256.
+    let (header, data) = peer.get_file("big.bin").await;
+    assert_eq!(header["size"].as_u64(), Some(data.len() as u64), "{header}");
+    assert_eq!(header["chunks"].as_u64(), Some(3), "{header}");
+    assert_eq!(
+        header["sha256"].as_str(),
+        Some(sha256(&data).as_str()),
+        "{header}"
+    );
+    assert_eq!(sha256(&data), file_sha(&f.e.join("big.bin")));
+    let (header, data) = peer.get_file("sub/c.txt").await;
+    assert_eq!(data, b"c\n");
+    assert_eq!(header["path"], "sub/c.txt");
+    let (header, data) = peer.get_file("empty.txt").await;
+    assert_eq!(header["chunks"].as_u64(), Some(0), "{header}");
+    assert!(data.is_empty());
+    assert_eq!(header["sha256"].as_str(), Some(sha256(b"").as_str()));
+
+    let ack = peer
+        .ok(json!({"operation": "ACK_CHANGES", "dir": "code", "sequence": last_seq}))
+        .await;
+    assert_eq!(ack["dir"], "code");
+    assert_eq!(ack["sequence"].as_u64(), Some(last_seq), "{ack}");
+
+    peer.ping_ok().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_an_error_and_the_same_connection_keeps_working() {
+    let f = fixture();
+    let mut peer = Peer::hello(&f.daemon).await;
+
+    peer.expect_error(Message::text("{not json"), "bad_request", None)
+        .await;
+    peer.ping_ok().await;
+    peer.expect_error(Message::text("[1, 2, 3]"), "bad_request", None)
+        .await;
+    peer.ping_ok().await;
+    peer.expect_error(
+        Message::text(r#"{"id": 7, "operation": "DELETE_EVERYTHING"}"#),
+        "unknown_operation",
+        Some(7),
+    )
+    .await;
+    peer.ping_ok().await;
+    peer.expect_error(
+        Message::text(r#"{"id": 8, "operation": "GET_CHANGES", "dir": "code", "since": "zero"}"#),
+        "bad_request",
+        Some(8),
+    )
+    .await;
+    peer.ping_ok().await;
+    peer.expect_error(
+        Message::text(r#"{"id": 9, "operation": "GET_FILE", "dir": "code"}"#),
+        "bad_request",
+        Some(9),
+    )
+    .await;
+    peer.ping_ok().await;
+    peer.expect_error(
+        Message::binary(vec![0u8, 0, 0, 0, 0, 0, 0, 1, 42, 42]),
+        "bad_request",
+        None,
+    )
+    .await;
+    peer.ping_ok().await;
+
+    for bad in [
+        "../outside",
+        "/etc/passwd",
+        "a\0b",
+        "sub\\c.txt",
+        "sub/../a.txt",
+        "./a.txt",
+        "sub/",
+        "",
+    ] {
+        peer.get_file_error(bad, "invalid_path").await;
+    }
+    peer.get_file_error_in("photos", "a.txt", "unknown_dir")
+        .await;
+    peer.get_file_error("sub", "not_a_file").await;
+    peer.get_file_error("link", "not_a_file").await;
+    peer.get_file_error("node_modules/x", "not_a_file").await;
+    peer.get_file_error("missing.txt", "not_found").await;
+    peer.get_file_error("sub/missing.txt", "not_found").await;
+    let unknown = peer
+        .call(json!({"operation": "GET_CHANGES", "dir": "photos", "since": 0}))
+        .await;
+    assert_eq!(unknown["code"], "unknown_dir", "{unknown}");
+
+    // After all that, real work still works on this connection.
+    let (_, data) = peer.get_file("a.txt").await;
+    assert_eq!(data, b"hello\n");
+    peer.ping_ok().await;
+}
+
+#[tokio::test]
+async fn requests_before_hello_need_the_handshake() {
+    let f = fixture();
+    let mut peer = Peer::connect(&f.daemon).await;
+    for op in [
+        json!({"operation": "PING"}),
+        json!({"operation": "GET_LAST_SEQUENCE"}),
+        json!({"operation": "GET_CHANGES", "dir": "code", "since": 0}),
+        json!({"operation": "GET_FILE", "dir": "code", "path": "a.txt"}),
+        json!({"operation": "ACK_CHANGES", "dir": "code", "sequence": 1}),
+    ] {
+        let reply = peer.call(op.clone()).await;
+        assert_eq!(reply["status"], "error", "{op} before HELLO: {reply}");
+        assert_eq!(reply["code"], "handshake_required", "{op}: {reply}");
+    }
+    // An empty client id is refused, and the connection may try again.
+    let reply = peer
+        .call(json!({"operation": "HELLO", "protocol_version": 1, "client_id": ""}))
+        .await;
+    assert_eq!(reply["code"], "bad_request", "{reply}");
+    peer.ok(json!({"operation": "HELLO", "protocol_version": 1, "client_id": "late"}))
+        .await;
+    peer.ping_ok().await;
+    let (_, data) = peer.get_file("a.txt").await;
+    assert_eq!(data, b"hello\n");
+}
+
+#[tokio::test]
+async fn hello_with_another_protocol_version_is_refused() {
+    let f = fixture();
+    let mut peer = Peer::connect(&f.daemon).await;
+    let reply = peer
+        .call(json!({"operation": "HELLO", "protocol_version": 999, "client_id": "future"}))
+        .await;
+    assert_eq!(reply["status"], "error", "{reply}");
+    assert_eq!(reply["code"], "unsupported_version", "{reply}");
+    // docs/PROTOCOL.md: then the daemon closes with 1008.
+    match peer.recv().await {
+        Frame::Closed(code) => assert_eq!(code, Some(1008), "close code"),
+        other => panic!("expected the connection to close, got {other:?}"),
+    }
+    // The daemon still serves new connections.
+    let mut again = Peer::hello(&f.daemon).await;
+    again.ping_ok().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_well_behaved_client_is_served_while_another_sends_garbage() {
+    let f = fixture();
+    let mut noisy = Peer::hello(&f.daemon).await;
+    let mut good = Peer::hello(&f.daemon).await;
+
+    let garbage = tokio::spawn(async move {
+        for i in 0..300u64 {
+            let message = match i % 5 {
+                0 => Message::text("{{{{ garbage"),
+                1 => Message::binary(vec![0xff; 64]),
+                2 => Message::text(format!(r#"{{"id": {i}, "operation": "FORMAT_DISK"}}"#)),
+                3 => Message::text(format!(
+                    r#"{{"id": {i}, "operation": "GET_FILE", "dir": "code", "path": "../../etc/passwd"}}"#
+                )),
+                _ => Message::text(format!(
+                    r#"{{"id": {i}, "operation": "GET_CHANGES", "dir": 5}}"#
+                )),
+            };
+            noisy.send(message).await;
+            let reply = noisy.recv_text().await;
+            assert_eq!(
+                reply["status"], "error",
+                "garbage #{i} was accepted: {reply}"
+            );
+        }
+        noisy.ping_ok().await;
+        noisy
+    });
+
+    // Meanwhile, the well-behaved raw client and a real zync-client are served.
+    for _ in 0..20 {
+        good.ping_ok().await;
+        let (header, data) = good.get_file("big.bin").await;
+        assert_eq!(header["sha256"].as_str(), Some(sha256(&data).as_str()));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &f.daemon, &[("code", &r)]);
+    let url = f.daemon.url();
+    tokio::task::spawn_blocking(move || client.once_ok(&url))
+        .await
+        .unwrap();
+    assert_same_tree(&f.e, &r, &["node_modules", "outside-dir"]);
+
+    let mut noisy = garbage.await.expect("the garbage sender failed");
+    noisy.ping_ok().await;
+    good.ping_ok().await;
+}
+
+#[tokio::test]
+async fn nothing_outside_the_root_is_served() {
+    let f = fixture();
+    let mut peer = Peer::hello(&f.daemon).await;
+
+    // A symlink to a file outside is indexed as a symlink, never served as content.
+    peer.get_file("a.txt").await;
+    peer.get_file_error("outside-link", "not_a_file").await;
+    // A path through a symlinked directory is not in the index (the scan does not follow links).
+    let reply = peer
+        .call(json!({"operation": "GET_FILE", "dir": "code", "path": "outside-dir/secret.txt"}))
+        .await;
+    assert_eq!(
+        reply["status"], "error",
+        "served through a symlinked dir: {reply}"
+    );
+    peer.ping_ok().await;
+
+    // A file replaced by a symlink to the secret before the daemon re-indexes it, and a
+    // directory replaced by a symlink to the outside directory: whatever the daemon knows by
+    // then, it must not send the secret.
+    std::fs::remove_file(f.e.join("a.txt")).unwrap();
+    std::os::unix::fs::symlink(f.outside.join("secret.txt"), f.e.join("a.txt")).unwrap();
+    std::fs::rename(f.e.join("sub"), f.outside.join("sub-moved")).unwrap();
+    write(&f.outside.join("c.txt"), "c\n");
+    std::os::unix::fs::symlink(&f.outside, f.e.join("sub")).unwrap();
+    for path in ["a.txt", "sub/c.txt", "sub/secret.txt"] {
+        let id = peer.id();
+        peer.send_json(&json!({"id": id, "operation": "GET_FILE", "dir": "code", "path": path}))
+            .await;
+        let reply = peer.recv_text().await;
+        assert_eq!(
+            reply["status"], "error",
+            "GET_FILE {path} through a symlink to outside the root was served: {reply}"
+        );
+        peer.ping_ok().await;
+    }
+    // Once the watcher has caught up, the link is a symlink in the index: not_a_file.
+    let start = std::time::Instant::now();
+    loop {
+        let reply = peer
+            .call(json!({"operation": "GET_FILE", "dir": "code", "path": "a.txt"}))
+            .await;
+        assert_eq!(reply["status"], "error", "{reply}");
+        if reply["code"] == "not_a_file" {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "a.txt never became not_a_file: {reply}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
