@@ -479,6 +479,7 @@ fn describe(root: &std::path::Path, rel: &RelPath, meta: &Meta) -> Option<(Entry
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
     use std::path::Path;
 
     use zync_fs::DirName;
@@ -588,6 +589,48 @@ mod tests {
         std::fs::remove_file(dir.path().join("again")).unwrap();
         assert_eq!(ix.scan_root(0, None).unwrap(), 1);
         assert!(live(&ix).is_empty());
+    }
+
+    #[test]
+    fn a_fresh_file_rewritten_within_its_mtime_tick_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "aaaa").unwrap();
+        let (mut ix, _rx) = indexer(dir.path(), &[]);
+        ix.scan_root(0, None).unwrap();
+        assert_eq!(
+            ix.recheck.len(),
+            1,
+            "a file modified just now must be rechecked"
+        );
+        // Same size, same mtime, same inode: only a second hash can see the new content.
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"bbbb")
+            .unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(
+            ix.scan_root(0, None).unwrap(),
+            0,
+            "size/mtime/inode look unchanged"
+        );
+        for entry in &mut ix.recheck {
+            entry.2 = Instant::now();
+        }
+        ix.recheck_due().unwrap();
+        let f = ix.index.get("code", "f").unwrap().unwrap();
+        assert_eq!(
+            f.meta.sha256.as_deref(),
+            Some(zync_fs::hash_bytes(b"bbbb").as_str())
+        );
     }
 
     #[test]
