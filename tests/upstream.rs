@@ -1,0 +1,1022 @@
+//! End-to-end: the upstream path, R -> E. `zync-client --update-upstream` pushes R's edits to
+//! the daemon, which stages them beside its database; `zync-apply` lists, shows, applies and
+//! undoes them on E (DESIGN invariants 4 and 5, docs/PROTOCOL.md "Upstream sessions"). The
+//! last tests speak the protocol directly to check what the daemon refuses and how it cleans
+//! up a session whose connection ended before FINALIZE_UPSTREAM.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// `zync_proto::MAX_CHUNK`, as docs/PROTOCOL.md documents it.
+const MAX_CHUNK: usize = 1 << 20;
+
+// ---------------------------------------------------------------------------------------------
+// Running the binaries.
+
+/// Runs `cmd` to its end, killing it and failing after `limit`. With `piped_stdin` its stdin is
+/// a pipe the test holds open (not a terminal, and never closed while it runs); otherwise
+/// /dev/null.
+fn run_within(mut cmd: Command, limit: Duration, piped_stdin: bool) -> Output {
+    cmd.stdin(if piped_stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let shown = format!("{cmd:?}");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {shown}: {e}"));
+    let stdin = child.stdin.take();
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            drop(stdin);
+            return child.wait_with_output().expect("collect output");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect output");
+            panic!(
+                "{shown} did not exit within {limit:?}; stdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `zync-apply --db DB ARGS...` (no --dirs: the daemon recorded its mapping in the database).
+fn zync_apply(db: &Path, args: &[&str]) -> Output {
+    let mut cmd = command("zync-apply");
+    cmd.arg("--db").arg(db).args(args);
+    run_within(cmd, DEADLINE, false)
+}
+
+/// `zync-apply` that must exit with `code`; returns its stdout.
+fn zync_apply_code(db: &Path, args: &[&str], code: i32) -> String {
+    let out = zync_apply(db, args);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "zync-apply {args:?}: expected exit code {code}, got {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// `zync-apply show ID --json`.
+fn show_json(db: &Path, id: &str) -> Value {
+    let text = zync_apply_code(db, &["show", id, "--json"], 0);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("show --json is not JSON ({e}): {text}"))
+}
+
+/// The entry for `path` in a `show --json` document.
+fn file_in<'a>(show: &'a Value, path: &str) -> &'a Value {
+    show["files"]
+        .as_array()
+        .expect("show --json has files")
+        .iter()
+        .find(|f| f["path"] == path)
+        .unwrap_or_else(|| panic!("{path} is not in the session: {show:#}"))
+}
+
+/// The paths of a `show --json` document's files.
+fn paths_in(show: &Value) -> BTreeSet<String> {
+    show["files"]
+        .as_array()
+        .expect("show --json has files")
+        .iter()
+        .map(|f| f["path"].as_str().expect("path").to_string())
+        .collect()
+}
+
+/// `zync-apply list [--all] --json`.
+fn list_json(db: &Path, all: bool) -> Vec<Value> {
+    let mut args = vec!["list", "--json"];
+    if all {
+        args.push("--all");
+    }
+    let text = zync_apply_code(db, &args, 0);
+    let value: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("list --json ({e}): {text}"));
+    value.as_array().expect("list --json is an array").clone()
+}
+
+/// The session `id` as `list --all --json` shows it.
+fn listed(db: &Path, id: &str) -> Option<Value> {
+    list_json(db, true).into_iter().find(|s| s["id"] == id)
+}
+
+/// `zync-client --update-upstream`, which must succeed; returns its stdout and stderr.
+fn push(client: &ClientSpec, url: &str) -> (String, String) {
+    let mut cmd = client.command(url);
+    cmd.arg("--update-upstream");
+    let out = run_within(cmd, DEADLINE, false);
+    assert!(
+        out.status.success(),
+        "zync-client --update-upstream failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    (stdout(&out), stderr(&out))
+}
+
+/// Pushes and returns the session id from the `session <id>` line.
+fn push_session(client: &ClientSpec, url: &str) -> String {
+    let (out, err) = push(client, url);
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("session "))
+        .map(|id| id.trim().to_string())
+        .unwrap_or_else(|| panic!("no `session <id>` line on stdout:\n{out}\nstderr:\n{err}"));
+    assert!(
+        id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-'),
+        "the session id is not a UUID: {id:?}"
+    );
+    id
+}
+
+/// The paths a client's debug log reports as downloaded (crates/zync-client/src/apply.rs logs
+/// `downloaded ... path=P` for each file it fetched).
+fn downloads(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(" downloaded ") || l.ends_with(" downloaded"))
+        .filter_map(|l| {
+            let rest = &l[l.find(" path=")? + " path=".len()..];
+            Some(
+                rest.split_whitespace()
+                    .next()?
+                    .trim_matches('"')
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Content, mode and mtime of every file under `root`: what "byte for byte" compares.
+fn files_with_mtime(root: &Path) -> BTreeMap<String, (Node, i64)> {
+    tree(root, &[])
+        .into_iter()
+        .filter(|(_, node)| matches!(node, Node::File { .. }))
+        .map(|(path, node)| {
+            let meta = std::fs::symlink_metadata(root.join(&path)).expect("stat");
+            (
+                path,
+                (node, meta.mtime() * 1_000_000_000 + meta.mtime_nsec()),
+            )
+        })
+        .collect()
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// A daemon on E with one directory `code`, and a client mapping it on R, synced once.
+
+struct Pair {
+    _tmp: tempfile::TempDir,
+    /// The temp dir holding everything below.
+    top: PathBuf,
+    e: PathBuf,
+    r: PathBuf,
+    daemon: Daemon,
+    client: ClientSpec,
+    /// The first `--once` run's stderr.
+    first_sync_log: String,
+}
+
+impl Pair {
+    /// Writes `files` on E, starts the daemon, and mirrors E on R with `--once`.
+    fn new(files: &[(&str, &[u8])]) -> Pair {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = tmp.path().to_path_buf();
+        let e = top.join("e");
+        std::fs::create_dir_all(&e).unwrap();
+        for (path, data) in files {
+            write(&e.join(path), data);
+        }
+        let state = top.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let daemon = Daemon::start(&state, &[("code", &e)]);
+        daemon.wait_scanned();
+        let r = top.join("r");
+        let client = ClientSpec::new(&top.join("client"), &daemon, &[("code", &r)]);
+        let first_sync_log = stderr(&client.once_ok(&daemon.url()));
+        assert_same_tree(&e, &r, &[]);
+        Pair {
+            _tmp: tmp,
+            top,
+            e,
+            r,
+            daemon,
+            client,
+            first_sync_log,
+        }
+    }
+
+    fn url(&self) -> String {
+        self.daemon.url()
+    }
+
+    fn db(&self) -> &Path {
+        &self.daemon.db
+    }
+
+    fn push_session(&self) -> String {
+        push_session(&self.client, &self.url())
+    }
+
+    fn session_dir(&self, id: &str) -> PathBuf {
+        staging_root(self.db()).join(id)
+    }
+}
+
+/// `<db>.staging`, as crates/zync-db/src/staging.rs names it.
+fn staging_root(db: &Path) -> PathBuf {
+    let mut name = db.file_name().expect("db file name").to_os_string();
+    name.push(".staging");
+    db.with_file_name(name)
+}
+
+/// Names of the entries of a directory (empty when it does not exist).
+fn names_in(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The round trip.
+
+#[test]
+fn round_trip_r_edits_are_staged_reviewed_applied_and_come_back_without_downloads() {
+    let p = Pair::new(&[
+        ("notes.txt", b"line one\nline two\nline three\n"),
+        ("keep.txt", b"unchanged\n"),
+        ("gone.txt", b"delete me on R\n"),
+        ("sub/inner.txt", b"inner\n"),
+    ]);
+    let (e, r, db) = (&p.e, &p.r, p.db());
+    // The log parsing below sees downloads: the first sync downloaded every file.
+    let first: BTreeSet<String> = downloads(&p.first_sync_log).into_iter().collect();
+    assert!(
+        ["notes.txt", "keep.txt", "gone.txt", "sub/inner.txt"]
+            .iter()
+            .all(|f| first.contains(*f)),
+        "the first sync's downloads were not recognised ({first:?}):\n{}",
+        p.first_sync_log
+    );
+
+    // R: modify, add (at the top and in a new subdirectory), delete.
+    write(
+        &r.join("notes.txt"),
+        "line one\nline 2, edited on R\nline three\n",
+    );
+    write(&r.join("added.txt"), "added on R\n");
+    write(&r.join("newdir/deeper/new.txt"), "new in a new directory\n");
+    std::fs::remove_file(r.join("gone.txt")).unwrap();
+    let e_before = tree(e, &[]);
+
+    let id = p.push_session();
+    // Staged, not applied: E is untouched so far.
+    assert_eq!(tree(e, &[]), e_before, "pushing changed E before any apply");
+
+    // list: one line, beginning with the id, status staged.
+    let list = zync_apply_code(db, &["list"], 0);
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 1, "list:\n{list}");
+    assert!(
+        lines[0].starts_with(&id) && lines[0].contains("staged"),
+        "list line for {id}:\n{list}"
+    );
+    assert!(
+        lines[0].contains("4 files") && lines[0].contains("0 conflicts"),
+        "{list}"
+    );
+
+    // show --json: exactly R's four changes, none a conflict.
+    let show = show_json(db, &id);
+    let expected: BTreeSet<String> = [
+        "notes.txt",
+        "added.txt",
+        "newdir/deeper/new.txt",
+        "gone.txt",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(paths_in(&show), expected, "{show:#}");
+    assert_eq!(file_in(&show, "gone.txt")["action"], "delete", "{show:#}");
+    for path in ["notes.txt", "added.txt", "newdir/deeper/new.txt"] {
+        assert_eq!(file_in(&show, path)["action"], "write", "{path}: {show:#}");
+    }
+    for path in &expected {
+        let f = file_in(&show, path);
+        assert_eq!(f["conflict"], false, "{path}: {show:#}");
+        assert_eq!(f["state"], "staged", "{path}: {show:#}");
+    }
+
+    // show --diff: a unified diff hunk of the modified file with its old and new lines.
+    let diff = zync_apply_code(db, &["show", &id, "--diff"], 0);
+    assert!(diff.contains("@@ -1,3 +1,3 @@"), "no hunk header:\n{diff}");
+    assert!(
+        diff.contains("\n-line two\n") && diff.contains("\n+line 2, edited on R\n"),
+        "the hunk lacks the old and new lines:\n{diff}"
+    );
+    assert!(diff.contains("+added on R"), "{diff}");
+    assert!(diff.contains("-delete me on R"), "{diff}");
+
+    // apply: E now has R's versions.
+    zync_apply_code(db, &["apply", &id, "--non-interactive"], 0);
+    assert_eq!(
+        read(&e.join("notes.txt")),
+        b"line one\nline 2, edited on R\nline three\n"
+    );
+    assert_eq!(read(&e.join("added.txt")), b"added on R\n");
+    assert_eq!(
+        read(&e.join("newdir/deeper/new.txt")),
+        b"new in a new directory\n"
+    );
+    assert!(!e.join("gone.txt").exists(), "gone.txt is still on E");
+    assert_eq!(read(&e.join("keep.txt")), b"unchanged\n");
+    assert_same_tree(e, r, &[]);
+    assert_eq!(
+        listed(db, &id).expect("session listed")["status"],
+        "applied"
+    );
+
+    // The client takes E's new state back without downloading what it already has.
+    let out = p.client.once_ok(&p.url());
+    let log = stderr(&out);
+    assert!(
+        log.contains("synced") && log.contains("applied="),
+        "the client applied nothing after the apply on E:\n{log}"
+    );
+    let fetched = downloads(&log);
+    for path in ["notes.txt", "added.txt", "newdir/deeper/new.txt"] {
+        assert!(
+            !fetched.iter().any(|f| f == path),
+            "{path} was downloaded again although R has it (downloads: {fetched:?}):\n{log}"
+        );
+    }
+    let copies: Vec<String> = tree(r, &[])
+        .into_keys()
+        .filter(|k| k.contains(".zync-conflict-"))
+        .collect();
+    assert!(copies.is_empty(), "conflict copies on R: {copies:?}\n{log}");
+    assert_same_tree(e, r, &[]);
+
+    // Nothing left to send, and no new session.
+    let (out, err) = push(&p.client, &p.url());
+    assert!(
+        out.contains("nothing to send") && !out.contains("session "),
+        "a second push sent something:\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    let list = zync_apply_code(db, &["list"], 0);
+    assert!(
+        list.starts_with("no pending sessions"),
+        "list after everything was applied:\n{list}"
+    );
+    let all = list_json(db, true);
+    assert_eq!(all.len(), 1, "sessions: {all:#?}");
+    assert_eq!(all[0]["id"], id.as_str());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. The three-way conflict rule, end to end.
+
+/// What one side does to a row's file after the first sync.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Keep,
+    Write(&'static str),
+    Delete,
+    MakeDir,
+}
+
+struct Row {
+    name: &'static str,
+    path: &'static str,
+    /// E's content before R first syncs (None: the file does not exist yet).
+    initial: Option<&'static str>,
+    e: Change,
+    r: Change,
+    conflict: bool,
+}
+
+fn do_change(root: &Path, path: &str, change: Change) {
+    let p = root.join(path);
+    match change {
+        Change::Keep => {}
+        Change::Write(text) => write(&p, text),
+        Change::Delete => std::fs::remove_file(&p).unwrap(),
+        Change::MakeDir => {
+            if p.exists() {
+                std::fs::remove_file(&p).unwrap();
+            }
+            std::fs::create_dir_all(p.join("inside")).unwrap();
+        }
+    }
+}
+
+#[test]
+fn three_way_conflict_flags_follow_the_documented_rule() {
+    use Change::*;
+    let rows = [
+        Row {
+            name: "E unchanged + R modified",
+            path: "r1.txt",
+            initial: Some("base 1\n"),
+            e: Keep,
+            r: Write("R's edit of row 1\n"),
+            conflict: false,
+        },
+        Row {
+            name: "E changed + R modified",
+            path: "r2.txt",
+            initial: Some("base 2\n"),
+            e: Write("E's edit of row 2\n"),
+            r: Write("R's edit of row 2, longer\n"),
+            conflict: true,
+        },
+        Row {
+            name: "E changed to the same content as R",
+            path: "r3.txt",
+            initial: Some("base 3\n"),
+            e: Write("the same edit on both sides\n"),
+            r: Write("the same edit on both sides\n"),
+            conflict: false,
+        },
+        Row {
+            name: "R deleted + E unchanged",
+            path: "r4.txt",
+            initial: Some("base 4\n"),
+            e: Keep,
+            r: Delete,
+            conflict: false,
+        },
+        Row {
+            name: "R deleted + E changed",
+            path: "r5.txt",
+            initial: Some("base 5\n"),
+            e: Write("E's edit of row 5\n"),
+            r: Delete,
+            conflict: true,
+        },
+        Row {
+            name: "new on both sides, equal content",
+            path: "r6.txt",
+            initial: None,
+            e: Write("new on both, equal\n"),
+            r: Write("new on both, equal\n"),
+            conflict: false,
+        },
+        Row {
+            name: "new on both sides, different content",
+            path: "r7.txt",
+            initial: None,
+            e: Write("new on E\n"),
+            r: Write("new on R, different\n"),
+            conflict: true,
+        },
+        // Further cells of the table in docs/PROTOCOL.md.
+        Row {
+            name: "new on R only",
+            path: "r8.txt",
+            initial: None,
+            e: Keep,
+            r: Write("only on R\n"),
+            conflict: false,
+        },
+        Row {
+            name: "E deleted + R modified",
+            path: "r9.txt",
+            initial: Some("base 9\n"),
+            e: Delete,
+            r: Write("R's edit of row 9\n"),
+            conflict: true,
+        },
+        Row {
+            name: "deleted on both sides",
+            path: "r10.txt",
+            initial: Some("base 10\n"),
+            e: Delete,
+            r: Delete,
+            conflict: false,
+        },
+        Row {
+            name: "E replaced the file by a directory + R modified",
+            path: "r11.txt",
+            initial: Some("base 11\n"),
+            e: MakeDir,
+            r: Write("R's edit of row 11\n"),
+            conflict: true,
+        },
+    ];
+    let initial: Vec<(&str, &[u8])> = rows
+        .iter()
+        .filter_map(|row| row.initial.map(|t| (row.path, t.as_bytes())))
+        .collect();
+    let p = Pair::new(&initial);
+    for row in &rows {
+        do_change(&p.e, row.path, row.e);
+        do_change(&p.r, row.path, row.r);
+    }
+    let id = p.push_session();
+    let show = show_json(p.db(), &id);
+    let mut wanted_conflicts = 0;
+    for row in &rows {
+        let f = file_in(&show, row.path);
+        assert_eq!(
+            f["conflict_at_staging"], row.conflict,
+            "row {:?}: the daemon's conflict flag at staging: {f:#}",
+            row.name
+        );
+        assert_eq!(
+            f["conflict"], row.conflict,
+            "row {:?}: zync-apply show's conflict check: {f:#}",
+            row.name
+        );
+        let action = if matches!(row.r, Delete) {
+            "delete"
+        } else {
+            "write"
+        };
+        assert_eq!(f["action"], action, "row {:?}: {f:#}", row.name);
+        wanted_conflicts += u64::from(row.conflict);
+    }
+    assert_eq!(
+        paths_in(&show).len(),
+        rows.len(),
+        "the session has other files than the rows: {show:#}"
+    );
+    let session = listed(p.db(), &id).expect("the session is listed");
+    assert_eq!(session["conflicts"], wanted_conflicts, "{session:#}");
+    assert_eq!(session["files"], rows.len() as u64, "{session:#}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Conflicts stay staged without --force; --force applies them; undo restores E exactly.
+
+#[test]
+fn conflicts_stay_staged_until_forced_and_undo_restores_e_byte_for_byte() {
+    let big_old = pseudo_random(300_000, 11);
+    let p = Pair::new(&[
+        ("mod.bin", &big_old),
+        ("conf.txt", b"base of the conflict\n"),
+        ("del.txt", b"deleted on R\n"),
+        ("keep.txt", b"not in the session\n"),
+    ]);
+    let (e, r, db) = (&p.e, &p.r, p.db());
+    std::fs::set_permissions(e.join("del.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    write(&r.join("mod.bin"), pseudo_random(123_457, 12));
+    write(&r.join("conf.txt"), "R's side of the conflict\n");
+    std::fs::remove_file(r.join("del.txt")).unwrap();
+    write(&r.join("added.txt"), "new on R\n");
+    // E edits the same file before the push.
+    write(&e.join("conf.txt"), "E's side of the conflict\n");
+
+    let id = p.push_session();
+    let show = show_json(db, &id);
+    assert_eq!(file_in(&show, "conf.txt")["conflict"], true, "{show:#}");
+    for path in ["mod.bin", "del.txt", "added.txt"] {
+        assert_eq!(file_in(&show, path)["conflict"], false, "{path}: {show:#}");
+    }
+
+    let e_before = files_with_mtime(e);
+
+    // Without --force: exit 3, the conflict stays staged and E's version untouched; the rest
+    // is applied.
+    zync_apply_code(db, &["apply", &id, "--non-interactive"], 3);
+    assert_eq!(
+        files_with_mtime(e).get("conf.txt"),
+        e_before.get("conf.txt"),
+        "E's conflicting file was touched"
+    );
+    assert_eq!(read(&e.join("conf.txt")), b"E's side of the conflict\n");
+    let show = show_json(db, &id);
+    assert_eq!(file_in(&show, "conf.txt")["state"], "staged", "{show:#}");
+    for path in ["mod.bin", "del.txt", "added.txt"] {
+        assert_eq!(file_in(&show, path)["state"], "applied", "{path}: {show:#}");
+    }
+    assert_eq!(read(&e.join("mod.bin")), pseudo_random(123_457, 12));
+    assert!(!e.join("del.txt").exists());
+    assert_eq!(read(&e.join("added.txt")), b"new on R\n");
+    assert_eq!(listed(db, &id).expect("listed")["status"], "partial");
+
+    // --force: R's version replaces E's.
+    zync_apply_code(db, &["apply", &id, "--force", "--non-interactive"], 0);
+    assert_eq!(read(&e.join("conf.txt")), b"R's side of the conflict\n");
+    assert_eq!(listed(db, &id).expect("listed")["status"], "applied");
+
+    // undo: every file of the session as it was, byte for byte (content, mode, mtime), the
+    // deleted one back and the added one gone.
+    let out = zync_apply_code(db, &["undo", &id], 0);
+    let e_after = files_with_mtime(e);
+    if e_after != e_before {
+        let mut diff = String::new();
+        for (k, v) in &e_before {
+            match e_after.get(k) {
+                None => diff.push_str(&format!("  missing after undo: {k}\n")),
+                Some(w) if w != v => {
+                    diff.push_str(&format!("  differs: {k}: before {v:?}, after {w:?}\n"))
+                }
+                _ => {}
+            }
+        }
+        for k in e_after.keys().filter(|k| !e_before.contains_key(*k)) {
+            diff.push_str(&format!("  left after undo: {k}\n"));
+        }
+        panic!("undo did not restore E:\n{diff}undo said:\n{out}");
+    }
+    assert_eq!(read(&e.join("mod.bin")), big_old);
+    assert_eq!(listed(db, &id).expect("listed")["status"], "undone");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A conflict that appears after staging.
+
+#[test]
+fn apply_does_not_overwrite_a_file_that_changed_on_e_after_staging() {
+    let p = Pair::new(&[("f.txt", b"base\n"), ("other.txt", b"other\n")]);
+    let db = p.db();
+    write(&p.r.join("f.txt"), "R's edit\n");
+    let id = p.push_session();
+    let show = show_json(db, &id);
+    assert_eq!(file_in(&show, "f.txt")["conflict_at_staging"], false);
+
+    write(&p.e.join("f.txt"), "E's edit after the push\n");
+    let show = show_json(db, &id);
+    assert_eq!(
+        file_in(&show, "f.txt")["conflict"],
+        true,
+        "show does not see the new conflict: {show:#}"
+    );
+    let before = files_with_mtime(&p.e);
+    zync_apply_code(db, &["apply", &id, "--non-interactive"], 3);
+    assert_eq!(read(&p.e.join("f.txt")), b"E's edit after the push\n");
+    assert_eq!(files_with_mtime(&p.e), before, "E changed");
+    assert_eq!(file_in(&show_json(db, &id), "f.txt")["state"], "staged");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. An interactive apply with stdin not a terminal refuses at once.
+
+#[test]
+fn interactive_apply_without_a_terminal_refuses_quickly_and_changes_nothing() {
+    let p = Pair::new(&[("f.txt", b"base\n")]);
+    let db = p.db();
+    write(&p.r.join("f.txt"), "R's edit\n");
+    write(&p.r.join("new.txt"), "new\n");
+    let id = p.push_session();
+    let before = files_with_mtime(&p.e);
+
+    let mut cmd = command("zync-apply");
+    cmd.arg("--db").arg(db).args(["apply", &id]);
+    let start = Instant::now();
+    let out = run_within(cmd, Duration::from_secs(10), true);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        !out.status.success(),
+        "interactive apply without a terminal succeeded:\n{}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("--non-interactive") && err.contains("--force"),
+        "the refusal does not name --non-interactive and --force:\n{err}"
+    );
+    assert_eq!(files_with_mtime(&p.e), before, "E changed");
+    let show = show_json(db, &id);
+    for path in ["f.txt", "new.txt"] {
+        assert_eq!(file_in(&show, path)["state"], "staged", "{show:#}");
+    }
+    assert_eq!(listed(db, &id).expect("listed")["status"], "staged");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The protocol, spoken directly.
+
+struct Peer {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+impl Peer {
+    /// Connects with the daemon's token and completes HELLO.
+    async fn hello(daemon: &Daemon) -> Peer {
+        let token = std::fs::read_to_string(&daemon.token_file).expect("token file");
+        let mut request = daemon.url().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", token.trim()).parse().unwrap(),
+        );
+        let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("connect timed out")
+            .expect("connect with the daemon's token");
+        let mut peer = Peer { ws, next_id: 0 };
+        peer.ok(json!({"operation": "HELLO", "protocol_version": 1, "client_id": "upstream-test"}))
+            .await;
+        peer
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    async fn send(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send a frame");
+    }
+
+    /// The next response (events skipped), within the deadline.
+    async fn reply(&mut self) -> Value {
+        loop {
+            let next = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("timed out waiting for the daemon");
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    let value: Value = serde_json::from_str(&text).expect("JSON from the daemon");
+                    if value["status"] != "event" {
+                        return value;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => panic!("unexpected binary frame"),
+                Some(Ok(Message::Close(frame))) => panic!("the daemon closed: {frame:?}"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("the connection failed: {e}"),
+                None => panic!("the connection ended"),
+            }
+        }
+    }
+
+    /// Sends `op` with a fresh id; returns the response, which must carry that id.
+    async fn call(&mut self, mut op: Value) -> Value {
+        let id = self.id();
+        op["id"] = json!(id);
+        self.send(Message::text(op.to_string())).await;
+        let reply = self.reply().await;
+        assert_eq!(
+            reply["id"],
+            json!(id),
+            "response to {op} has another id: {reply}"
+        );
+        reply
+    }
+
+    async fn ok(&mut self, op: Value) -> Value {
+        let reply = self.call(op.clone()).await;
+        assert_eq!(reply["status"], "ok", "{op} failed: {reply}");
+        reply
+    }
+
+    async fn prepare(&mut self) -> String {
+        let reply = self
+            .ok(json!({"operation": "PREPARE_UPSTREAM", "description": "upstream test"}))
+            .await;
+        reply["session_id"]
+            .as_str()
+            .expect("session_id")
+            .to_string()
+    }
+
+    /// An UPSTREAM_FILE write announcing `size` bytes with `sha256`, followed by `content` in
+    /// chunks (8-byte big-endian request id, then the payload). Returns the response.
+    async fn upload(
+        &mut self,
+        session: &str,
+        path: &str,
+        content: &[u8],
+        size: u64,
+        sha256: &str,
+    ) -> Value {
+        let id = self.id();
+        let request = json!({
+            "id": id, "operation": "UPSTREAM_FILE", "session_id": session, "dir": "code",
+            "path": path, "action": "write", "mode": 0o644, "size": size,
+            "mtime_ns": 1_700_000_000_000_000_000i64, "sha256": sha256,
+        });
+        self.send(Message::text(request.to_string())).await;
+        for piece in content.chunks(MAX_CHUNK) {
+            let mut frame = id.to_be_bytes().to_vec();
+            frame.extend_from_slice(piece);
+            self.send(Message::binary(frame)).await;
+        }
+        let reply = self.reply().await;
+        assert_eq!(reply["id"], json!(id), "UPSTREAM_FILE {path}: {reply}");
+        reply
+    }
+
+    /// An upload with the right size and sha256 that must be staged.
+    async fn upload_ok(&mut self, session: &str, path: &str, content: &[u8]) -> Value {
+        let reply = self
+            .upload(
+                session,
+                path,
+                content,
+                content.len() as u64,
+                &sha256(content),
+            )
+            .await;
+        assert_eq!(reply["status"], "ok", "UPSTREAM_FILE {path}: {reply}");
+        assert_eq!(reply["operation"], "UPSTREAM_FILE", "{reply}");
+        reply
+    }
+}
+
+fn expect_error(reply: &Value, code: &str, what: &str) {
+    assert_eq!(reply["status"], "error", "{what} was accepted: {reply}");
+    assert_eq!(reply["code"], code, "{what}: wrong error code: {reply}");
+}
+
+// 5. A session whose connection ends before FINALIZE_UPSTREAM is aborted and cleaned up.
+
+#[tokio::test]
+async fn a_session_left_unfinished_is_aborted_and_its_staged_files_removed() {
+    let p = Pair::new(&[("a.txt", b"on E\n")]);
+    let db = p.db().to_path_buf();
+    let e_before = files_with_mtime(&p.e);
+
+    // Twice: once dropping the TCP connection, once closing the WebSocket properly.
+    for clean_close in [false, true] {
+        let how = if clean_close {
+            "a WebSocket close"
+        } else {
+            "a dropped TCP connection"
+        };
+        let mut peer = Peer::hello(&p.daemon).await;
+        let id = peer.prepare().await;
+        let content = pseudo_random(MAX_CHUNK + 1000, 5);
+        let reply = peer.upload_ok(&id, "a.txt", &content).await;
+        assert_eq!(
+            reply["conflict"], true,
+            "E's a.txt differs and R had no base"
+        );
+        let dir = p.session_dir(&id);
+        assert_eq!(
+            names_in(&dir).len(),
+            1,
+            "{how}: the upload is not staged in {}",
+            dir.display()
+        );
+        let session = listed(&db, &id).expect("the open session is listed with --all");
+        assert_eq!(session["status"], "receiving", "{how}: {session:#}");
+        assert!(
+            !list_json(&db, false).iter().any(|s| s["id"] == id.as_str()),
+            "{how}: a receiving session is listed as pending"
+        );
+        // apply refuses a session still being received.
+        let out = zync_apply(&db, &["apply", &id, "--non-interactive", "--force"]);
+        assert!(
+            !out.status.success(),
+            "{how}: apply of a receiving session succeeded"
+        );
+
+        if clean_close {
+            peer.ws.close(None).await.expect("close");
+        }
+        drop(peer);
+
+        wait_until(&format!("{how}: the session to be aborted"), || {
+            listed(&db, &id).is_some_and(|s| s["status"] == "aborted") && !dir.exists()
+        });
+        let text = zync_apply_code(&db, &["list", "--all"], 0);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&id))
+            .unwrap_or_else(|| panic!("{how}: {id} not in list --all:\n{text}"));
+        assert!(line.contains("aborted"), "{how}: {line}");
+        assert_eq!(files_with_mtime(&p.e), e_before, "{how}: E changed");
+    }
+    assert!(
+        list_json(&db, false).is_empty(),
+        "aborted sessions are pending"
+    );
+}
+
+// 6. Bad paths and bad content are refused; the connection and the session carry on.
+
+#[tokio::test]
+async fn bad_paths_and_bad_checksums_are_refused_and_nothing_escapes() {
+    let p = Pair::new(&[("a.txt", b"on E\n")]);
+    let db = p.db().to_path_buf();
+    let outside_before = tree(&p.top, &["state"]);
+    let etc_x_existed = Path::new("/etc/x").exists();
+
+    let mut peer = Peer::hello(&p.daemon).await;
+    let id = peer.prepare().await;
+    let evil = b"written through a bad path\n";
+    for path in ["../escape.txt", "/etc/x", "a/../../b"] {
+        let reply = peer
+            .upload(&id, path, evil, evil.len() as u64, &sha256(evil))
+            .await;
+        expect_error(&reply, "invalid_path", path);
+        // The refused upload's content frame is dropped silently: the next reply is PING's.
+        peer.ok(json!({"operation": "PING"})).await;
+    }
+
+    // Content that does not match its sha256, then content shorter than announced.
+    let content = b"what R really sent\n";
+    let reply = peer
+        .upload(
+            &id,
+            "mismatch.txt",
+            content,
+            content.len() as u64,
+            &sha256(b"what R announced!!\n"),
+        )
+        .await;
+    expect_error(&reply, "checksum_mismatch", "a wrong sha256");
+    let reply = peer
+        .upload(
+            &id,
+            "short.txt",
+            content,
+            content.len() as u64 + 10,
+            &sha256(content),
+        )
+        .await;
+    expect_error(&reply, "checksum_mismatch", "content shorter than its size");
+    peer.ok(json!({"operation": "PING"})).await;
+
+    // The session still works.
+    let good = b"a valid file\n";
+    let reply = peer.upload_ok(&id, "sub/good.txt", good).await;
+    assert_eq!(reply["path"], "sub/good.txt", "{reply}");
+    assert_eq!(reply["conflict"], false, "{reply}");
+    let done = peer
+        .ok(json!({"operation": "FINALIZE_UPSTREAM", "session_id": id}))
+        .await;
+    assert_eq!(done["files"], 1, "{done}");
+    assert_eq!(done["bytes"], good.len() as u64, "{done}");
+    assert_eq!(done["conflicts"], 0, "{done}");
+
+    // Only the valid file is staged, in its session's directory and nowhere else.
+    let show = show_json(&db, &id);
+    let staged: BTreeSet<String> = ["sub/good.txt".to_string()].into();
+    assert_eq!(paths_in(&show), staged, "{show:#}");
+    let session_dir = p.session_dir(&id);
+    let in_session = names_in(&session_dir);
+    assert_eq!(in_session.len(), 1, "staged files: {in_session:?}");
+    let only = session_dir.join(in_session.iter().next().unwrap());
+    assert_eq!(read(&only), good);
+    assert_eq!(
+        names_in(&staging_root(&db)),
+        [id.clone()].into(),
+        "the staging area holds more than the session's directory"
+    );
+    for stray in ["escape.txt", "b", "x"] {
+        for dir in [p.top.join("state"), staging_root(&db), p.top.clone()] {
+            assert!(
+                !dir.join(stray).exists(),
+                "{} was written",
+                dir.join(stray).display()
+            );
+        }
+    }
+    assert_eq!(
+        tree(&p.top, &["state"]),
+        outside_before,
+        "something was written outside the staging area"
+    );
+    assert_eq!(Path::new("/etc/x").exists(), etc_x_existed, "/etc/x");
+    assert_eq!(listed(&db, &id).expect("listed")["status"], "staged");
+}
