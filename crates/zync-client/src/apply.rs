@@ -284,12 +284,33 @@ impl<'a> Applier<'a> {
         // What stands at the path now; if it changes during the download (an editor saving on
         // R), that save is kept as a conflict copy before the rename (invariant 4).
         let before = self.stat(rel)?;
-        let mut file = AtomicFile::create(self.root, rel)?;
-        let header = conn
-            .download(self.dir, rel.as_str(), |data| {
+        // A download of this content that broke off earlier continues where it stopped.
+        let mut file = match AtomicFile::resume(self.root, rel, sha)? {
+            Some(partial) if partial.written() <= change.size => {
+                tracing::debug!(dir = self.dir, path = %rel, from = partial.written(), "resuming a partial download");
+                partial
+            }
+            _ => AtomicFile::create(self.root, rel)?,
+        };
+        let offset = file.written();
+        let downloaded = conn
+            .download(self.dir, rel.as_str(), offset, |data| {
                 file.write(data).map_err(ClientError::from)
             })
-            .await?;
+            .await;
+        let header = match downloaded {
+            Ok(header) => header,
+            Err(e @ (ClientError::Connection(_) | ClientError::Timeout(_))) => {
+                // The tunnel dropped: keep what arrived, the next attempt resumes from there.
+                if file.written() > 0 {
+                    if let Err(keep) = file.keep_partial(sha) {
+                        tracing::debug!(path = %rel, "cannot keep the partial download: {keep}");
+                    }
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         if header.sha256 != sha {
             // E's file moved on since this change; the newer change will bring it.
             return Err(ClientError::Server {
@@ -305,6 +326,7 @@ impl<'a> Applier<'a> {
             )?;
         }
         file.commit(sha, mode, change.mtime_ns)?;
+        zync_fs::remove_partials(self.root, rel);
         self.downloaded += 1;
         self.touch(rel);
         tracing::debug!(dir = self.dir, path = %rel, bytes = change.size, "downloaded");

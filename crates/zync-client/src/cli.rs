@@ -41,6 +41,10 @@ pub struct Args {
     /// ZYNC_TOKEN overrides it.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Seconds of silence after which the connection counts as stalled (a hung tunnel) and is
+    /// reopened; the client pings the daemon every third of it while idle.
+    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    pub stall_timeout: u64,
     /// Log level: error, warn, info, debug or trace (or a tracing filter).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -58,6 +62,8 @@ pub struct Config {
     pub mappings: Vec<Mapping>,
     /// The token and where it came from.
     pub credentials: Credentials,
+    /// Silence after which a connection counts as stalled.
+    pub stall_timeout: Duration,
 }
 
 impl Config {
@@ -69,6 +75,11 @@ impl Config {
         if args.interval == 0 {
             return Err(ClientError::Config(
                 "--interval must be at least 1 second".into(),
+            ));
+        }
+        if args.stall_timeout < 3 {
+            return Err(ClientError::Config(
+                "--stall-timeout must be at least 3 seconds".into(),
             ));
         }
         let mut mappings = parse_mappings(&args.dirs)?;
@@ -99,6 +110,7 @@ impl Config {
             interval: Duration::from_secs(args.interval),
             mappings,
             credentials,
+            stall_timeout: Duration::from_secs(args.stall_timeout),
         })
     }
 }

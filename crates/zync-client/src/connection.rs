@@ -17,9 +17,9 @@ use zync_proto::{
 
 use crate::error::ClientError;
 
-/// How long the client waits for any message from the daemon before calling the connection
-/// stalled and reconnecting (docs/PROTOCOL.md, "Timeouts").
-pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default for how long the client waits for any frame from the daemon before calling the
+/// connection stalled and reconnecting (`--stall-timeout`; docs/PROTOCOL.md, "Timeouts").
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a TCP connect plus WebSocket upgrade may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,6 +42,8 @@ pub struct Connection {
     pub seen: Seen,
     /// The daemon's side of the handshake.
     pub hello: HelloReply,
+    /// Silence longer than this means a stalled connection.
+    stall: Duration,
 }
 
 /// Where the token came from, for the 401 hint.
@@ -61,6 +63,7 @@ impl Connection {
         url: &str,
         credentials: &Credentials,
         client_id: &str,
+        stall: Duration,
     ) -> Result<Connection, ClientError> {
         let mut request = url.into_client_request().map_err(|e| {
             ClientError::Config(format!(
@@ -105,6 +108,7 @@ impl Connection {
         };
         let mut connection = Connection {
             ws,
+            stall,
             next_id: 1,
             seen: Seen::default(),
             hello: HelloReply {
@@ -145,8 +149,8 @@ impl Connection {
     /// The next frame, noting events; None for a binary frame's payload is never returned.
     async fn receive(&mut self) -> Result<Incoming, ClientError> {
         loop {
-            let message = match tokio::time::timeout(STALL_TIMEOUT, self.ws.next()).await {
-                Err(_) => return Err(ClientError::Timeout(STALL_TIMEOUT)),
+            let message = match tokio::time::timeout(self.stall, self.ws.next()).await {
+                Err(_) => return Err(ClientError::Timeout(self.stall)),
                 Ok(None) => {
                     return Err(ClientError::Connection(
                         "the daemon closed the connection".into(),
@@ -218,12 +222,14 @@ impl Connection {
         &mut self,
         dir: &str,
         path: &str,
+        offset: u64,
         mut sink: impl FnMut(&[u8]) -> Result<(), ClientError>,
     ) -> Result<FileHeader, ClientError> {
         let id = self
             .send(Op::GetFile(GetFile {
                 dir: dir.to_string(),
                 path: path.to_string(),
+                offset: (offset > 0).then_some(offset),
             }))
             .await?;
         let header = match self.response(id).await? {
@@ -234,7 +240,13 @@ impl Connection {
                 )))
             }
         };
-        let mut received = 0u64;
+        if header.offset != offset {
+            return Err(ClientError::Protocol(format!(
+                "{path}: asked for the content from byte {offset}, the daemon sends it from {}",
+                header.offset
+            )));
+        }
+        let mut received = header.offset;
         let mut chunks = 0u64;
         while chunks < header.chunks {
             match self.receive().await? {
@@ -313,24 +325,47 @@ impl Connection {
         }
     }
 
-    /// Waits until the daemon pushes an event (or the connection fails).
+    /// Waits up to `limit` for the daemon to push an event; `None` when none came. While the
+    /// connection is quiet it sends a WebSocket ping every third of the stall timeout, and
+    /// fails with [`ClientError::Timeout`] when nothing at all (not even the pong) arrived for
+    /// the stall timeout: a stalled tunnel is noticed within that bound.
     ///
     /// # Errors
-    /// A transport failure. A quiet connection is not an error here: the caller bounds the wait.
-    pub async fn wait_event(&mut self) -> Result<Seen, ClientError> {
+    /// A transport failure or a stall.
+    pub async fn wait_event(&mut self, limit: Duration) -> Result<Option<Seen>, ClientError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut last_heard = tokio::time::Instant::now();
         loop {
             if self.seen.changed || self.seen.scan_complete {
-                return Ok(std::mem::take(&mut self.seen));
+                return Ok(Some(std::mem::take(&mut self.seen)));
             }
-            let message = match self.ws.next().await {
-                None => {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wake = (last_heard + self.stall / 3).max(now).min(deadline);
+            let message = match tokio::time::timeout_at(wake, self.ws.next()).await {
+                Err(_) => {
+                    if last_heard.elapsed() >= self.stall {
+                        return Err(ClientError::Timeout(self.stall));
+                    }
+                    if tokio::time::Instant::now() < deadline {
+                        self.ws
+                            .send(Message::Ping(Vec::new().into()))
+                            .await
+                            .map_err(|e| ClientError::Connection(e.to_string()))?;
+                    }
+                    continue;
+                }
+                Ok(None) => {
                     return Err(ClientError::Connection(
                         "the daemon closed the connection".into(),
                     ))
                 }
-                Some(Err(e)) => return Err(ClientError::Connection(e.to_string())),
-                Some(Ok(m)) => m,
+                Ok(Some(Err(e))) => return Err(ClientError::Connection(e.to_string())),
+                Ok(Some(Ok(m))) => m,
             };
+            last_heard = tokio::time::Instant::now();
             if let Message::Text(text) = message {
                 match ServerMessage::parse(&text) {
                     Ok(ServerMessage::Event(Event::Changed { .. })) => self.seen.changed = true,

@@ -26,8 +26,6 @@ const ONCE_ATTEMPTS: usize = 5;
 /// Reconnect backoff bounds in loop mode.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// An idle connection is checked this often with PING, so a stalled tunnel is noticed.
-const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// Sets up logging to stderr at `level`.
 ///
@@ -120,7 +118,13 @@ fn open_state(config: &Config) -> anyhow::Result<ClientState> {
 /// that could not be applied.
 pub async fn run_once(config: &Config) -> anyhow::Result<Vec<DirReport>> {
     let mut state = open_state(config)?;
-    let mut conn = Connection::open(&config.server, &config.credentials, state.client_id()).await?;
+    let mut conn = Connection::open(
+        &config.server,
+        &config.credentials,
+        state.client_id(),
+        config.stall_timeout,
+    )
+    .await?;
     check_dirs(&conn, config)?;
     wait_for_scan(&mut conn).await?;
     let mut reports = Vec::new();
@@ -161,7 +165,13 @@ pub async fn run_upstream(config: &Config) -> anyhow::Result<PushSummary> {
     if changes.is_empty() {
         return Ok(PushSummary::default());
     }
-    let mut conn = Connection::open(&config.server, &config.credentials, state.client_id()).await?;
+    let mut conn = Connection::open(
+        &config.server,
+        &config.credentials,
+        state.client_id(),
+        config.stall_timeout,
+    )
+    .await?;
     check_dirs(&conn, config)?;
     let summary = push(&mut conn, &config.mappings, &changes).await?;
     conn.close().await;
@@ -262,22 +272,20 @@ pub async fn run_loop(config: &Config, shutdown: impl Future<Output = ()>) -> an
 
 /// One connection's life in loop mode; returns only with an error.
 async fn session(config: &Config, state: &mut ClientState) -> Result<(), ClientError> {
-    let mut conn = Connection::open(&config.server, &config.credentials, state.client_id()).await?;
+    let mut conn = Connection::open(
+        &config.server,
+        &config.credentials,
+        state.client_id(),
+        config.stall_timeout,
+    )
+    .await?;
     check_dirs(&conn, config)?;
     tracing::info!(server = %config.server, dirs = conn.hello.dirs.len(), "connected");
     sync_all(&mut conn, state, config).await?;
-    let mut last_sync = Instant::now();
     loop {
-        let tick = KEEPALIVE.min(config.interval);
-        let woke = tokio::select! {
-            seen = conn.wait_event() => Some(seen?),
-            () = tokio::time::sleep(tick) => None,
-        };
-        if woke.is_some() || last_sync.elapsed() >= config.interval {
-            sync_all(&mut conn, state, config).await?;
-            last_sync = Instant::now();
-        } else {
-            conn.call(zync_proto::Op::Ping {}).await?;
-        }
+        // A pushed CHANGED event, or the safety-net interval, starts the next round; the wait
+        // itself pings the daemon so a stalled tunnel is noticed (--stall-timeout).
+        conn.wait_event(config.interval).await?;
+        sync_all(&mut conn, state, config).await?;
     }
 }

@@ -476,15 +476,23 @@ impl Connection {
             return Err(stale("has no checksum yet".to_string()));
         };
         let size = entry.meta.size;
+        let offset = get.offset.unwrap_or(0);
+        if offset > size {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!("offset {offset} is beyond the {size} bytes of {rel}; ask from 0"),
+            ));
+        }
         let chunk = zync_proto::MAX_CHUNK as u64;
         let header = FileHeader {
             dir: get.dir,
             path: rel.to_string(),
             size,
+            offset,
             sha256,
             mtime_ns: entry.meta.mtime_ns,
             mode: entry.meta.mode,
-            chunks: size.div_ceil(chunk),
+            chunks: (size - offset).div_ceil(chunk),
         };
         if !self
             .send(&ServerMessage::Ok(OkResponse {
@@ -496,7 +504,16 @@ impl Connection {
             return Ok(false);
         }
         let mut file = tokio::fs::File::from_std(file);
-        let mut remaining = size;
+        if offset > 0 {
+            use tokio::io::AsyncSeekExt;
+            if let Err(e) = file.seek(std::io::SeekFrom::Start(offset)).await {
+                tracing::warn!(path = %abs.display(), "seek failed: {e}");
+                return Ok(self
+                    .send_error(Some(id), stale("cannot be read".to_string()))
+                    .await);
+            }
+        }
+        let mut remaining = size - offset;
         let mut buf = vec![0u8; zync_proto::MAX_CHUNK];
         while remaining > 0 {
             let want = remaining.min(chunk) as usize;

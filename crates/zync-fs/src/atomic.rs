@@ -11,7 +11,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub use crate::attrs::{fsync_dir, set_mode, set_mtime};
-pub use crate::dirs::{check_parents, ensure_dir, remove_temp_files};
+pub use crate::dirs::{
+    check_parents, ensure_dir, remove_partials, remove_temp_files, PARTIAL_MAX_AGE,
+};
 pub use crate::error::FsError;
 
 /// A file being written next to its destination. Nothing is visible at the destination until
@@ -75,6 +77,85 @@ impl AtomicFile {
         self.hasher.update(data);
         self.written += data.len() as u64;
         Ok(())
+    }
+
+    /// Where a partial download of `rel` whose complete content has `sha256` is kept between
+    /// attempts: beside the destination, named `.zync-tmp-partial-<sha prefix>-<file name>`.
+    pub fn partial_path(root: &Path, rel: &RelPath, sha256: &str) -> PathBuf {
+        let dir = rel
+            .parent()
+            .map_or_else(|| root.to_path_buf(), |p| p.to_path(root));
+        let prefix: String = sha256.chars().take(16).collect();
+        let mut name = format!("{TEMP_PREFIX}partial-{prefix}-{}", rel.file_name());
+        while name.len() > crate::path::MAX_COMPONENT_BYTES {
+            name.pop();
+        }
+        dir.join(name)
+    }
+
+    /// Keeps what was written so far as the partial download of content `sha256`, so that a
+    /// later [`AtomicFile::resume`] continues where this attempt stopped (as rsync's
+    /// `--partial` does). The destination is untouched.
+    ///
+    /// # Errors
+    ///
+    /// [`FsError::Io`] when the temp file cannot be renamed.
+    pub fn keep_partial(self, sha256: &str) -> Result<PathBuf, FsError> {
+        let partial = AtomicFile::partial_path(&self.root, &self.rel, sha256);
+        self.temp
+            .persist(&partial)
+            .map_err(|e| FsError::io("keep a partial download as", &partial, e.error))?;
+        Ok(partial)
+    }
+
+    /// Continues a partial download of `rel` with content `sha256`, if one was kept: the bytes
+    /// already there are hashed again (cheaper than fetching them) and writing appends.
+    /// Returns `None` when there is no partial.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_parents`]; [`FsError::Io`] when the partial cannot be read.
+    pub fn resume(root: &Path, rel: &RelPath, sha256: &str) -> Result<Option<AtomicFile>, FsError> {
+        check_parents(root, rel)?;
+        let partial = AtomicFile::partial_path(root, rel, sha256);
+        match crate::meta::lstat(&partial) {
+            Ok(crate::meta::Stat::Entry(m)) if m.kind == crate::meta::EntryKind::File => {}
+            _ => return Ok(None),
+        }
+        use std::io::{Read, Seek};
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&partial)
+            .map_err(|e| FsError::io("open partial download", &partial, e))?;
+        let mut hasher = Hasher::new();
+        let mut written = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| FsError::io("read partial download", &partial, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            written += n as u64;
+        }
+        file.seek(std::io::SeekFrom::End(0))
+            .map_err(|e| FsError::io("read partial download", &partial, e))?;
+        let path = tempfile::TempPath::try_from_path(&partial)
+            .map_err(|e| FsError::io("open partial download", &partial, e))?;
+        let temp = tempfile::NamedTempFile::from_parts(file, path);
+        Ok(Some(AtomicFile {
+            root: root.to_path_buf(),
+            rel: rel.clone(),
+            dest: rel.to_path(root),
+            temp,
+            hasher,
+            written,
+        }))
     }
 
     /// Bytes written so far.
@@ -292,5 +373,59 @@ mod tests {
         fs::write(r.join("d/x"), b"x").expect("write");
         assert!(replace_with_symlink(r, &rel("d"), "t").is_err());
         assert!(temps(r).is_empty(), "temp link left: {:?}", temps(r));
+    }
+
+    #[test]
+    fn a_kept_partial_resumes_where_it_stopped_and_survives_cleanup() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let rel = RelPath::parse("big.bin").expect("rel");
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let sha = crate::hash::hash_bytes(&content);
+        let mut first = AtomicFile::create(root, &rel).expect("create");
+        first.write(&content[..100_000]).expect("write");
+        let partial = first.keep_partial(&sha).expect("keep");
+        assert!(partial.exists());
+        assert_eq!(
+            crate::remove_temp_files(root).expect("cleanup"),
+            0,
+            "a fresh partial is kept"
+        );
+
+        let mut second = AtomicFile::resume(root, &rel, &sha)
+            .expect("resume")
+            .expect("partial");
+        assert_eq!(second.written(), 100_000);
+        second.write(&content[100_000..]).expect("write rest");
+        second.commit(&sha, 0o644, 1_000_000_000).expect("commit");
+        assert_eq!(std::fs::read(root.join("big.bin")).expect("read"), content);
+        assert!(!partial.exists(), "the partial became the file");
+        assert!(AtomicFile::resume(root, &rel, &sha)
+            .expect("resume")
+            .is_none());
+    }
+
+    #[test]
+    fn partials_of_a_path_are_removed_once_it_is_complete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let rel = RelPath::parse("f.txt").expect("rel");
+        let other = RelPath::parse("f.txt.bak").expect("rel");
+        for (r, sha) in [
+            (&rel, "a".repeat(64)),
+            (&rel, "b".repeat(64)),
+            (&other, "c".repeat(64)),
+        ] {
+            let mut f = AtomicFile::create(root, r).expect("create");
+            f.write(b"x").expect("write");
+            f.keep_partial(&sha).expect("keep");
+        }
+        crate::remove_partials(root, &rel);
+        let left: Vec<String> = std::fs::read_dir(root)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].ends_with("-f.txt.bak"), "{left:?}");
     }
 }

@@ -80,13 +80,57 @@ pub fn ensure_dir(root: &Path, rel: &RelPath, mode: Option<u32>) -> Result<(), F
 }
 
 /// Removes zync temp files (names starting with [`TEMP_PREFIX`]) anywhere under `root`, left by
-/// an interrupted run. Does not follow symlinks. Unreadable subdirectories are logged and
+/// an interrupted run, except partial downloads younger than [`PARTIAL_MAX_AGE`], which a
+/// later run resumes. Does not follow symlinks. Unreadable subdirectories are logged and
 /// skipped. Returns how many files were removed.
 ///
 /// # Errors
 ///
 /// [`FsError::Io`] when `root` itself cannot be read or a temp file cannot be removed.
 pub fn remove_temp_files(root: &Path) -> Result<usize, FsError> {
+    remove_temp_files_inner(root)
+}
+
+/// Removes the partial downloads kept for `rel` (any content), once it is complete or gone.
+pub fn remove_partials(root: &Path, rel: &crate::path::RelPath) {
+    let dir = rel
+        .parent()
+        .map_or_else(|| root.to_path_buf(), |p| p.to_path(root));
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let prefix = format!("{TEMP_PREFIX}partial-");
+    let suffix = format!("-{}", rel.file_name());
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        // The name may have been cut to the component limit: compare what is left of it.
+        let tail = name.strip_prefix(&prefix).and_then(|t| t.get(17..));
+        if tail.is_some_and(|t| !t.is_empty() && suffix[1..].starts_with(t)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// How long a partial download is kept for a resume before cleanup removes it.
+pub const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// A partial download (kept on purpose for a resume) that is younger than [`PARTIAL_MAX_AGE`].
+fn is_recent_partial(entry: &std::fs::DirEntry) -> bool {
+    let partial = format!("{TEMP_PREFIX}partial-");
+    entry
+        .file_name()
+        .as_encoded_bytes()
+        .starts_with(partial.as_bytes())
+        && entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < PARTIAL_MAX_AGE)
+}
+
+fn remove_temp_files_inner(root: &Path) -> Result<usize, FsError> {
     let mut removed = 0;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -117,6 +161,7 @@ pub fn remove_temp_files(root: &Path) -> Result<usize, FsError> {
                 .file_name()
                 .as_encoded_bytes()
                 .starts_with(TEMP_PREFIX.as_bytes())
+                && !is_recent_partial(&entry)
             {
                 match std::fs::remove_file(&path) {
                     Ok(()) => removed += 1,

@@ -185,9 +185,12 @@ pub struct FileHeader {
     pub dir: String,
     /// The file's path.
     pub path: String,
-    /// Total bytes in the chunks that follow.
+    /// The file's whole size in bytes; the chunks that follow carry `size - offset` of them.
     pub size: u64,
-    /// sha256 of those bytes; the client checks it before using the file.
+    /// Where the chunks start: the request's `offset` (0 for a whole file).
+    #[serde(default)]
+    pub offset: u64,
+    /// sha256 of the whole file; the client checks it before using the file.
     pub sha256: String,
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
@@ -330,6 +333,7 @@ mod tests {
                 dir: "a".into(),
                 path: "f".into(),
                 size: 3,
+                offset: 1,
                 sha256: "00".repeat(32),
                 mtime_ns: -5,
                 mode: 0o755,

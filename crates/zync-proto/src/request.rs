@@ -101,6 +101,9 @@ pub struct GetFile {
     pub dir: String,
     /// The file's path relative to the directory, `/`-separated.
     pub path: String,
+    /// Resume a partial download: send the content from this byte on (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 /// ACK_CHANGES: the client applied `dir`'s changes up to `sequence` durably.
@@ -283,6 +286,7 @@ mod tests {
             Op::GetFile(GetFile {
                 dir: "d".into(),
                 path: "a/b".into(),
+                offset: Some(7),
             }),
             Op::AckChanges(AckChanges {
                 dir: "d".into(),
