@@ -79,6 +79,18 @@ impl ClientError {
         }
     }
 
+    /// True for a path failure that may clear by itself shortly: the file changed on E during
+    /// its transfer, so a newer change is on its way.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Server {
+                code: ErrorCode::Stale,
+                ..
+            } | ClientError::Fs(zync_fs::FsError::HashMismatch { .. })
+        )
+    }
+
     /// True when the error concerns the connection (reconnect) rather than one path.
     pub fn is_connection(&self) -> bool {
         matches!(

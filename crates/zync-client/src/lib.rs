@@ -130,7 +130,8 @@ pub async fn run_once(config: &Config) -> anyhow::Result<Vec<DirReport>> {
     let mut reports = Vec::new();
     for attempt in 1..=ONCE_ATTEMPTS {
         reports = sync_all(&mut conn, &mut state, config).await?;
-        if reports.iter().all(|r| r.failures.is_empty()) {
+        // Retry at once only what can clear by itself; a blocked path needs the user.
+        if reports.iter().all(|r| r.transient == 0) {
             break;
         }
         if attempt < ONCE_ATTEMPTS {

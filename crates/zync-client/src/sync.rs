@@ -36,6 +36,9 @@ pub struct DirReport {
     pub conflicts: Vec<String>,
     /// Paths that could not be applied, with the reason; retried next round.
     pub failures: Vec<(String, String)>,
+    /// How many of the failures may clear by themselves soon (a file that changed on E during
+    /// its transfer): worth an immediate retry.
+    pub transient: usize,
     /// The sequence stored as durably applied.
     pub last_seq: u64,
 }
@@ -123,6 +126,9 @@ pub async fn sync_dir(
                     Err(e) => {
                         tracing::warn!(dir = name, path = %change.path, "{e}");
                         report.failures.push((change.path.clone(), e.to_string()));
+                        if e.is_transient() {
+                            report.transient += 1;
+                        }
                         blocked = true;
                     }
                 }

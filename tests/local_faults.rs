@@ -1,0 +1,103 @@
+//! End-to-end: what R's disk throws at the client. A path that cannot be written fails alone,
+//! with a message naming it, is retried, and holds `--once` non-zero until it is fixed; a
+//! symlink planted on R is never written through (DESIGN invariant 3).
+
+mod common;
+
+use common::*;
+
+#[test]
+fn a_path_that_cannot_be_written_fails_alone_and_is_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("a/blocked.txt"), "E's content\n");
+    write(&e.join("fine.txt"), "fine\n");
+    write(&e.join("z/also-fine.txt"), "also fine\n");
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let r = tmp.path().join("r");
+    std::fs::create_dir_all(r.join("a")).unwrap();
+    // A fifo where E has a file: zync never replaces special files it did not make.
+    let fifo = r.join("a/blocked.txt");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0, "mkfifo");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+
+    let out = client.once(&daemon.url());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "--once must fail while a path fails:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("a/blocked.txt") && stderr.contains("fifo"),
+        "the error must name the path and what is in the way:\n{stderr}"
+    );
+    // The other changes were applied all the same.
+    assert_eq!(
+        std::fs::read_to_string(r.join("fine.txt")).unwrap(),
+        "fine\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(r.join("z/also-fine.txt")).unwrap(),
+        "also fine\n"
+    );
+
+    // Still failing on the next run: nothing was silently skipped or marked done.
+    let again = client.once(&daemon.url());
+    assert!(
+        !again.status.success(),
+        "the failing path must be retried, not forgotten"
+    );
+
+    std::fs::remove_file(&fifo).unwrap();
+    client.once_ok(&daemon.url());
+    assert_same_tree(&e, &r, &[]);
+}
+
+#[test]
+fn a_symlink_planted_in_a_parent_on_r_is_never_written_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("dir/f.txt"), "v1\n");
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+
+    // Someone on R swaps the directory for a link to a directory outside the root.
+    let outside = tmp.path().join("outside");
+    write(&outside.join("f.txt"), "outside, must stay\n");
+    std::fs::remove_dir_all(r.join("dir")).unwrap();
+    std::os::unix::fs::symlink(&outside, r.join("dir")).unwrap();
+
+    write(&e.join("dir/f.txt"), "v2 from E\n");
+    write(&e.join("dir/new.txt"), "new from E\n");
+    once_until(&client, &daemon.url(), "E's v2 on R", || {
+        std::fs::read_to_string(r.join("dir/f.txt")).is_ok_and(|s| s == "v2 from E\n")
+            && !std::fs::symlink_metadata(r.join("dir"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+    });
+    assert_eq!(
+        std::fs::read_to_string(outside.join("f.txt")).unwrap(),
+        "outside, must stay\n",
+        "a write went through the planted symlink"
+    );
+    assert!(
+        !outside.join("new.txt").exists(),
+        "a new file was created through the symlink"
+    );
+    // The planted link itself is kept aside, not lost.
+    let kept = conflict_copies(&r);
+    assert_eq!(
+        kept.len(),
+        1,
+        "the planted link must be kept as a conflict copy: {kept:?}"
+    );
+    assert!(std::fs::symlink_metadata(r.join(&kept[0]))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
