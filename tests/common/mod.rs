@@ -3,6 +3,8 @@
 //! with deadlines (never a bare sleep).
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -123,6 +125,35 @@ impl Daemon {
         daemon
     }
 
+    /// Starts a daemon with its database at `db` (its token `zync.token` beside it) and its
+    /// stderr in `log`, wherever those are: inside a served directory, or reached through a
+    /// symlink. `db` is passed to the daemon exactly as given.
+    pub fn start_at(db: &Path, log: &Path, dirs: &[(&str, &Path)], extra: &[&str]) -> Daemon {
+        let mut args: Vec<String> = vec![
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--log-level".into(),
+            "debug".into(),
+            "--db".into(),
+            db.display().to_string(),
+            "--dirs".into(),
+        ];
+        for (name, path) in dirs {
+            args.push(format!("{name}:{}", path.display()));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut daemon = Daemon {
+            child: None,
+            port: 0,
+            db: db.to_path_buf(),
+            token_file: db.with_file_name("zync.token"),
+            log: log.to_path_buf(),
+            args,
+        };
+        daemon.launch(0);
+        daemon
+    }
+
     /// Starts the process (port 0 picks a free one) and waits until it listens.
     fn launch(&mut self, port: u16) {
         let log = std::fs::File::create(&self.log).expect("create daemon log");
@@ -147,6 +178,11 @@ impl Daemon {
             found.is_some()
         });
         self.port = found.unwrap_or_default();
+    }
+
+    /// The daemon process's id (0 when it is not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// The daemon's URL.

@@ -1,0 +1,294 @@
+//! A fault-injecting TCP proxy for the network tests: it listens on 127.0.0.1 (a free port)
+//! and forwards each connection to a target address (the daemon), while the test cuts
+//! connections, stalls them, delays them, and counts the bytes that went daemon -> client.
+//!
+//! Plain std threads: one accept thread, and two pump threads per connection (one each way).
+//! A cut shuts both sockets down, which wakes any pump blocked in a read.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How much one pump reads (and forwards) at a time: a "chunk" for [`Proxy::delay`].
+const CHUNK: usize = 64 * 1024;
+
+/// One proxied connection: both sockets, so a cut can close them from any thread.
+struct Conn {
+    id: u64,
+    client: TcpStream,
+    upstream: TcpStream,
+    closed: Arc<AtomicBool>,
+}
+
+impl Conn {
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _ = self.client.shutdown(Shutdown::Both);
+        let _ = self.upstream.shutdown(Shutdown::Both);
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    stop: AtomicBool,
+    stalled: AtomicBool,
+    /// Per-chunk delay, in microseconds.
+    delay_us: AtomicU64,
+    /// Close each connection after this many bytes daemon -> client; 0 = never.
+    cut_after: AtomicU64,
+    /// Bytes forwarded daemon -> client, over all connections.
+    to_client: AtomicU64,
+    /// Bytes forwarded client -> daemon, over all connections.
+    to_daemon: AtomicU64,
+    /// Connections accepted so far.
+    accepted: AtomicU64,
+    /// Connections closed by a cut (cut_all or cut_after_bytes).
+    cuts: AtomicU64,
+    next_id: AtomicU64,
+    conns: Mutex<Vec<Conn>>,
+}
+
+impl Shared {
+    fn forget(&self, id: u64) {
+        let mut conns = self.conns.lock().unwrap();
+        if let Some(i) = conns.iter().position(|c| c.id == id) {
+            conns.swap_remove(i).close();
+        }
+    }
+}
+
+/// The proxy; stops (closing every connection) when dropped.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts a proxy on 127.0.0.1 (a free port) forwarding to `target`.
+    pub fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let shared = Arc::new(Shared::default());
+        let accept = {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || accept_loop(&listener, target, &shared))
+        };
+        Proxy {
+            shared,
+            addr,
+            accept: Some(accept),
+        }
+    }
+
+    /// Starts a proxy in front of a daemon listening on 127.0.0.1:`port`.
+    pub fn to_port(port: u16) -> Proxy {
+        Proxy::start(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// The proxy's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The WebSocket URL a client uses to reach the daemon through the proxy.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Closes every open connection now. New connections are accepted as before.
+    pub fn cut_all(&self) {
+        let conns = std::mem::take(&mut *self.shared.conns.lock().unwrap());
+        self.shared
+            .cuts
+            .fetch_add(conns.len() as u64, Ordering::SeqCst);
+        for conn in &conns {
+            conn.close();
+        }
+    }
+
+    /// Closes each connection once it has forwarded `n` bytes daemon -> client (counted per
+    /// connection); `0` turns the cutting off. Applies to open connections too.
+    pub fn cut_after_bytes(&self, n: u64) {
+        self.shared.cut_after.store(n, Ordering::SeqCst);
+    }
+
+    /// Stops forwarding in both directions, without closing anything (a hung tunnel); `false`
+    /// forwards again, including what was held back.
+    pub fn stall(&self, on: bool) {
+        self.shared.stalled.store(on, Ordering::SeqCst);
+    }
+
+    /// Waits this long before forwarding each chunk (each read of up to 64 KiB), each way.
+    pub fn delay(&self, delay: Duration) {
+        self.shared
+            .delay_us
+            .store(delay.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// Bytes forwarded daemon -> client so far, over all connections.
+    pub fn bytes_to_client(&self) -> u64 {
+        self.shared.to_client.load(Ordering::SeqCst)
+    }
+
+    /// Bytes forwarded client -> daemon so far, over all connections.
+    pub fn bytes_to_daemon(&self) -> u64 {
+        self.shared.to_daemon.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections the proxy closed on purpose so far (cut_all, cut_after_bytes).
+    pub fn cuts(&self) -> u64 {
+        self.shared.cuts.load(Ordering::SeqCst)
+    }
+
+    /// Connections open right now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.conns.lock().unwrap().len()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.stalled.store(false, Ordering::SeqCst);
+        for conn in std::mem::take(&mut *self.shared.conns.lock().unwrap()) {
+            conn.close();
+        }
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+    }
+}
+
+fn accept_loop(listener: &TcpListener, target: SocketAddr, shared: &Arc<Shared>) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        let client = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+        };
+        shared.accepted.fetch_add(1, Ordering::SeqCst);
+        let _ = client.set_nonblocking(false);
+        let _ = client.set_nodelay(true);
+        let Ok(upstream) = TcpStream::connect_timeout(&target, Duration::from_secs(5)) else {
+            let _ = client.shutdown(Shutdown::Both);
+            continue;
+        };
+        let _ = upstream.set_nodelay(true);
+        let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
+        let closed = Arc::new(AtomicBool::new(false));
+        let clones = (
+            client.try_clone(),
+            upstream.try_clone(),
+            client.try_clone(),
+            upstream.try_clone(),
+        );
+        let (Ok(c_read), Ok(u_write), Ok(c_write), Ok(u_read)) = clones else {
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = upstream.shutdown(Shutdown::Both);
+            continue;
+        };
+        shared.conns.lock().unwrap().push(Conn {
+            id,
+            client,
+            upstream,
+            closed: Arc::clone(&closed),
+        });
+        if shared.stop.load(Ordering::SeqCst) {
+            shared.forget(id);
+            break;
+        }
+        // Per connection: bytes daemon -> client, for cut_after_bytes.
+        let sent = Arc::new(AtomicU64::new(0));
+        {
+            let (shared, closed) = (Arc::clone(shared), Arc::clone(&closed));
+            std::thread::spawn(move || {
+                pump(c_read, u_write, &shared, &closed, None);
+                shared.forget(id);
+            });
+        }
+        {
+            let (shared, closed) = (Arc::clone(shared), Arc::clone(&closed));
+            std::thread::spawn(move || {
+                pump(u_read, c_write, &shared, &closed, Some(&sent));
+                shared.forget(id);
+            });
+        }
+    }
+}
+
+/// Copies `from` to `to` until either side ends or the connection is cut. `to_client` is the
+/// per-connection counter when this pump carries daemon -> client traffic.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    shared: &Shared,
+    closed: &AtomicBool,
+    to_client: Option<&AtomicU64>,
+) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // A stalled tunnel holds the data (and, as nothing more is read, the sender's TCP
+        // window fills up), without closing anything.
+        while shared.stalled.load(Ordering::SeqCst) {
+            if closed.load(Ordering::SeqCst) || shared.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let delay = shared.delay_us.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_micros(delay));
+        }
+        if closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut n = n;
+        let mut cut = false;
+        if let Some(sent) = to_client {
+            let limit = shared.cut_after.load(Ordering::SeqCst);
+            let so_far = sent.load(Ordering::SeqCst);
+            if limit > 0 && so_far + n as u64 >= limit {
+                n = limit.saturating_sub(so_far) as usize;
+                cut = true;
+            }
+        }
+        if n > 0 && to.write_all(&buf[..n]).is_err() {
+            return;
+        }
+        match to_client {
+            Some(sent) => {
+                sent.fetch_add(n as u64, Ordering::SeqCst);
+                shared.to_client.fetch_add(n as u64, Ordering::SeqCst);
+            }
+            None => {
+                shared.to_daemon.fetch_add(n as u64, Ordering::SeqCst);
+            }
+        }
+        if cut {
+            shared.cuts.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+    }
+}
