@@ -3,6 +3,11 @@
 //! only replaces E's version with the user's say-so (an interactive choice made after seeing
 //! the diff, or `--force`), and whatever is replaced is backed up first (DESIGN
 //! invariant 5). Each change is recorded in the daemon's index at once so it flows to R.
+//!
+//! A run may be killed at any moment, so each file goes through durable steps in this order:
+//! back up E's file (fsynced), record the intent ([`FileState::Applying`] naming the backup,
+//! committed), replace E's file atomically, record it in the index, mark it Applied. The next
+//! `apply` or `undo` resolves a file left in the intent state (`recover.rs`).
 
 use std::io::Write;
 use std::path::Path;
@@ -11,9 +16,11 @@ use anyhow::{bail, Context};
 use zync_db::{is_conflict, Action, FileState, Index, SessionStatus, StagedFile};
 use zync_fs::RelPath;
 
+use crate::crashpoint::{self, Step};
 use crate::fileops;
 use crate::probe::{self, Current};
 use crate::prompt::{Choice, Prompter};
+use crate::recover;
 use crate::roots::Roots;
 use crate::session;
 use crate::Outcome;
@@ -126,6 +133,8 @@ pub fn apply_report(
             other.as_str()
         ),
     }
+    // A run killed in the middle left intent records: finish or roll back each first.
+    recover::resolve_session(&mut index, db, &session.id, dirs, out)?;
     let files: Vec<StagedFile> = index
         .staged_files(&session.id)
         .context("cannot read the session's files")?
@@ -163,7 +172,7 @@ pub fn apply_report(
         }
         if let Err(e) = run.one(file, &roots, prompter, &mut report) {
             // Database failures leave E and the index out of step: stop at once.
-            if e.downcast_ref::<zync_db::DbError>().is_some() {
+            if e.downcast_ref::<zync_db::DbError>().is_some() || crashpoint::is_crash(&e) {
                 return Err(e.context(format!("while applying {name}")));
             }
             tracing::warn!("{name}: {e:#}");
@@ -173,7 +182,7 @@ pub fn apply_report(
     let left = index
         .staged_files(&session.id)?
         .iter()
-        .filter(|f| f.state == FileState::Staged)
+        .filter(|f| matches!(f.state, FileState::Staged | FileState::Applying))
         .count();
     let status = if left == 0 {
         SessionStatus::Applied
@@ -313,36 +322,66 @@ impl Run<'_> {
             Action::Write => {
                 let (staged, sha) = self.verified_staged(file)?;
                 let backup = self.backup_if_file(root, rel, current)?;
+                crashpoint::reached(Step::BackedUp)?;
+                self.mark(file, FileState::Applying, backup.as_ref(), current)?;
+                crashpoint::reached(Step::Intent)?;
                 let written = fileops::ensure_parents(root, rel).and_then(|new_dirs| {
                     fileops::write_from(root, rel, &staged, &sha, file.mode, file.mtime_ns)?;
                     Ok(new_dirs)
                 });
                 let new_dirs = match written {
                     Ok(d) => d,
-                    Err(e) => {
-                        if let Some(b) = &backup {
-                            b.discard();
-                        }
-                        return Err(e);
-                    }
+                    Err(e) => return Err(self.abandon(file, backup.as_ref(), e)),
                 };
+                crashpoint::reached(Step::Written)?;
                 fileops::index_file(self.index, &file.dir, root, rel, &sha, &new_dirs)?;
-                self.mark(file, FileState::Applied, backup.as_ref(), current)
+                crashpoint::reached(Step::Indexed)?;
+                self.mark(file, FileState::Applied, backup.as_ref(), current)?;
+                crashpoint::reached(Step::Marked)
             }
             Action::Delete => {
                 let backup = self.backup_if_file(root, rel, current)?;
+                crashpoint::reached(Step::BackedUp)?;
+                // Only a file on E is touched; with nothing there only the index changes.
                 if backup.is_some() {
+                    self.mark(file, FileState::Applying, backup.as_ref(), current)?;
+                    crashpoint::reached(Step::Intent)?;
                     if let Err(e) = fileops::remove(root, rel) {
-                        if let Some(b) = &backup {
-                            b.discard();
-                        }
-                        return Err(e);
+                        return Err(self.abandon(file, backup.as_ref(), e));
                     }
+                    crashpoint::reached(Step::Written)?;
                 }
                 fileops::index_removed(self.index, &file.dir, rel)?;
-                self.mark(file, FileState::Applied, backup.as_ref(), current)
+                crashpoint::reached(Step::Indexed)?;
+                self.mark(file, FileState::Applied, backup.as_ref(), current)?;
+                crashpoint::reached(Step::Marked)
             }
         }
+    }
+
+    /// Takes back the intent of a change that failed before E's file was replaced: the file
+    /// is staged again (the database first, so it never names a missing backup), then the
+    /// backup goes. Returns `error`, or the database failure if un-recording failed.
+    fn abandon(
+        &mut self,
+        file: &StagedFile,
+        backup: Option<&fileops::Backup>,
+        error: anyhow::Error,
+    ) -> anyhow::Error {
+        if let Err(db) = self.index.set_file_state(
+            &file.session_id,
+            &file.dir,
+            &file.path,
+            FileState::Staged,
+            None,
+            false,
+        ) {
+            return anyhow::Error::new(db).context(format!("after: {error:#}"));
+        }
+        if let Some(b) = backup {
+            b.discard();
+        }
+        error
     }
 
     /// Writes R's version beside E's file as a conflict copy; E's file is untouched.
@@ -355,17 +394,37 @@ impl Run<'_> {
         let (staged, sha) = self.verified_staged(file)?;
         let stamp = chrono::Local::now().format("%Y%m%dT%H%M%S").to_string();
         let copy = zync_fs::free_conflict_name(root, rel, &stamp);
-        let new_dirs = fileops::ensure_parents(root, &copy)?;
-        fileops::write_from(root, &copy, &staged, &sha, file.mode, file.mtime_ns)?;
+        let encoded = encode_copy(&copy);
+        // The intent names the copy, so a killed run's copy is found and recorded.
+        self.index.set_file_state(
+            &file.session_id,
+            &file.dir,
+            &file.path,
+            FileState::Applying,
+            Some(&encoded),
+            true,
+        )?;
+        crashpoint::reached(Step::Intent)?;
+        let written = fileops::ensure_parents(root, &copy).and_then(|new_dirs| {
+            fileops::write_from(root, &copy, &staged, &sha, file.mode, file.mtime_ns)?;
+            Ok(new_dirs)
+        });
+        let new_dirs = match written {
+            Ok(d) => d,
+            Err(e) => return Err(self.abandon(file, None, e)),
+        };
+        crashpoint::reached(Step::Written)?;
         fileops::index_file(self.index, &file.dir, root, &copy, &sha, &new_dirs)?;
+        crashpoint::reached(Step::Indexed)?;
         self.index.set_file_state(
             &file.session_id,
             &file.dir,
             &file.path,
             FileState::KeptBoth,
-            Some(&encode_copy(&copy)),
+            Some(&encoded),
             true,
         )?;
+        crashpoint::reached(Step::Marked)?;
         Ok(format!("{}/{copy}", file.dir))
     }
 

@@ -47,9 +47,14 @@ pub struct Backup {
 impl Backup {
     /// Removes the backup and its metadata (after the change it was made for failed).
     pub fn discard(&self) {
-        let _ = std::fs::remove_file(&self.path);
-        let _ = std::fs::remove_file(meta_path(&self.path));
+        discard_backup(&self.path);
     }
+}
+
+/// Removes the backup at `path` and its metadata, ignoring errors (it is no longer needed).
+pub fn discard_backup(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(meta_path(path));
 }
 
 fn meta_path(backup: &Path) -> PathBuf {
@@ -239,6 +244,47 @@ pub fn remove(root: &Path, rel: &RelPath) -> anyhow::Result<()> {
     }
     fsync_dir(&parent_dir(root, rel))?;
     Ok(())
+}
+
+/// Removes the temp files (`.zync-tmp-*`, regular files only) beside `root/rel`: what a write
+/// killed before its rename leaves there. Returns how many went. Only zync-apply writes temp
+/// files into E's directories, and only after recording its intent for the file.
+///
+/// # Errors
+///
+/// A symlinked parent.
+pub fn remove_temps_beside(root: &Path, rel: &RelPath) -> anyhow::Result<usize> {
+    match check_parents(root, rel) {
+        Ok(()) => {}
+        // No parent directory: no temp file either.
+        Err(zync_fs::FsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(0)
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let dir = parent_dir(root, rel);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name
+            .as_encoded_bytes()
+            .starts_with(zync_fs::TEMP_PREFIX.as_bytes())
+        {
+            continue;
+        }
+        if entry.file_type().is_ok_and(|t| t.is_file())
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        fsync_dir(&dir)?;
+    }
+    Ok(removed)
 }
 
 fn parent_dir(root: &Path, rel: &RelPath) -> PathBuf {

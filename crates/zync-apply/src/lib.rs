@@ -5,10 +5,12 @@
 
 pub mod apply;
 pub mod cli;
+mod crashpoint;
 mod fileops;
 pub mod list;
 pub mod probe;
 pub mod prompt;
+mod recover;
 pub mod roots;
 pub mod session;
 pub mod show;

@@ -13,6 +13,7 @@ use zync_fs::RelPath;
 use crate::apply::decode_copy;
 use crate::fileops;
 use crate::probe::{self, Current};
+use crate::recover;
 use crate::roots::Roots;
 use crate::session;
 use crate::Outcome;
@@ -32,6 +33,8 @@ pub fn undo(
 ) -> anyhow::Result<Outcome> {
     let mut index = session::open_index(db)?;
     let session = session::find(&index, id)?;
+    // A killed apply left intent records: what went through is undone below with its backup.
+    recover::resolve_session(&mut index, db, &session.id, dirs, out)?;
     let files: Vec<StagedFile> = index
         .staged_files(&session.id)
         .context("cannot read the session's files")?

@@ -168,9 +168,9 @@ mod tests {
                 err,
                 crate::DbError::TooNew {
                     found: 99,
-                    supported: 2,
+                    supported,
                     ..
-                }
+                } if supported == crate::INDEX_SCHEMA_VERSION
             ),
             "got {err:?}"
         );

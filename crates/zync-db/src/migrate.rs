@@ -96,6 +96,35 @@ pub(crate) const INDEX: Schema = Schema {
              PRIMARY KEY (session_id, dir, path)
          ) WITHOUT ROWID;
          CREATE INDEX upstream_files_session ON upstream_files (session_id);",
+        // 3: the 'applying' file state, zync-apply's intent record (staging.rs FileState).
+        // SQLite cannot change a CHECK constraint in place: rebuild the table (as its docs
+        // describe for ALTER TABLE), keeping every row. Nothing references upstream_files.
+        "CREATE TABLE upstream_files_v3 (
+             session_id TEXT NOT NULL REFERENCES upstream_sessions (id) ON DELETE CASCADE,
+             dir TEXT NOT NULL,
+             path TEXT NOT NULL,
+             action TEXT NOT NULL CHECK (action IN ('write', 'delete')),
+             mode INTEGER NOT NULL,
+             size INTEGER NOT NULL,
+             mtime_ns INTEGER NOT NULL,
+             sha256 TEXT,
+             base_sha256 TEXT,
+             conflict INTEGER NOT NULL CHECK (conflict IN (0, 1)),
+             state TEXT NOT NULL CHECK (state IN
+                 ('staged', 'applying', 'applied', 'skipped', 'kept_both', 'undone')),
+             staged_name TEXT,
+             backup_name TEXT,
+             e_existed INTEGER NOT NULL DEFAULT 0 CHECK (e_existed IN (0, 1)),
+             PRIMARY KEY (session_id, dir, path)
+         ) WITHOUT ROWID;
+         INSERT INTO upstream_files_v3 (session_id, dir, path, action, mode, size, mtime_ns,
+                 sha256, base_sha256, conflict, state, staged_name, backup_name, e_existed)
+             SELECT session_id, dir, path, action, mode, size, mtime_ns,
+                 sha256, base_sha256, conflict, state, staged_name, backup_name, e_existed
+             FROM upstream_files;
+         DROP TABLE upstream_files;
+         ALTER TABLE upstream_files_v3 RENAME TO upstream_files;
+         CREATE INDEX upstream_files_session ON upstream_files (session_id);",
     ],
 };
 

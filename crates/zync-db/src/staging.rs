@@ -106,6 +106,13 @@ stored_as_text!(SessionStatus, "session status", [
 pub enum FileState {
     /// Waiting for the user.
     Staged,
+    /// An intent record: zync-apply is replacing (or removing) E's file, or writing a
+    /// keep-both conflict copy, right now. The backup of E's original (or the encoded
+    /// conflict copy path) is already durable and named in `backup_name`, and `e_existed`
+    /// says whether E had a file. Written before E is touched, so a run killed in the middle
+    /// leaves a row that the next `apply` or `undo` resolves: Applied (or KeptBoth) if E has
+    /// R's content (the copy), otherwise back to Staged.
+    Applying,
     /// R's version is now on E.
     Applied,
     /// The user chose to leave E's version alone.
@@ -118,6 +125,7 @@ pub enum FileState {
 
 stored_as_text!(FileState, "file state", [
     Staged => "staged",
+    Applying => "applying",
     Applied => "applied",
     Skipped => "skipped",
     KeptBoth => "kept_both",
@@ -449,8 +457,8 @@ impl Index {
         rows.collect::<rusqlite::Result<_>>().with_ctx(context)
     }
 
-    /// Sets a file's state, backup name and whether E had a file there (for the Applied,
-    /// KeptBoth, Undone and Skipped transitions).
+    /// Sets a file's state, backup name and whether E had a file there (for the Applying,
+    /// Applied, KeptBoth, Undone and Skipped transitions, and Applying back to Staged).
     ///
     /// # Errors
     ///
@@ -731,7 +739,14 @@ mod tests {
         let states: Vec<&str> = FileState::ALL.iter().map(FileState::as_str).collect();
         assert_eq!(
             states,
-            ["staged", "applied", "skipped", "kept_both", "undone"]
+            [
+                "staged",
+                "applying",
+                "applied",
+                "skipped",
+                "kept_both",
+                "undone"
+            ]
         );
         for a in Action::ALL {
             assert_eq!(Action::parse(a.as_str()), Some(*a));
@@ -1143,7 +1158,7 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("version");
         assert_eq!(version, INDEX_SCHEMA_VERSION);
-        assert_eq!(INDEX_SCHEMA_VERSION, 2);
+        assert_eq!(INDEX_SCHEMA_VERSION, 3);
         for (kind, name) in [
             ("table", "upstream_sessions"),
             ("table", "upstream_files"),
@@ -1171,7 +1186,143 @@ mod tests {
             .add_staged_file(&staged("s1", "docs", "a.txt", 3, false))
             .expect("add");
         drop(index);
-        let reopened = Index::open(&path).expect("reopen at version 2");
+        let reopened = Index::open(&path).expect("reopen at version 3");
         assert_eq!(reopened.staged_files("s1").expect("files").len(), 1);
+    }
+
+    #[test]
+    fn a_version_2_index_upgrades_in_place_keeping_its_sessions_and_learns_applying() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("index.db");
+        let v2 = Schema {
+            steps: &INDEX.steps[..2],
+            ..INDEX
+        };
+        let applied = StagedFile {
+            state: FileState::Applied,
+            backup_name: Some("backup-1".into()),
+            e_existed: true,
+            ..staged("s1", "docs", "a.txt", 10, true)
+        };
+        let waiting = staged("s1", "docs", "b.txt", 20, false);
+        let gone = deleted("s1", "pics", "c.jpg");
+        let id = {
+            let mut conn = rusqlite::Connection::open(&path).expect("open");
+            migrate::migrate(&mut conn, &v2, &path).expect("v2");
+            let id = migrate::database_id(&conn, "index_id").expect("id");
+            conn.execute(
+                "INSERT INTO upstream_sessions (id, client_id, created_unix, status)
+                 VALUES ('s1', 'client-r', 1234, 'partial')",
+                [],
+            )
+            .expect("session");
+            for f in [&applied, &waiting, &gone] {
+                conn.execute(
+                    &format!(
+                        "INSERT INTO upstream_files ({FILE_COLUMNS}) VALUES
+                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                    ),
+                    rusqlite::params![
+                        f.session_id,
+                        f.dir,
+                        f.path,
+                        f.action,
+                        f.mode,
+                        u64_to_sql(f.size),
+                        f.mtime_ns,
+                        f.sha256,
+                        f.base_sha256,
+                        f.conflict,
+                        f.state,
+                        f.staged_name,
+                        f.backup_name,
+                        f.e_existed,
+                    ],
+                )
+                .expect("file row");
+            }
+            // Version 2 does not know the intent state.
+            let err = conn
+                .execute(
+                    "UPDATE upstream_files SET state = 'applying' WHERE path = 'b.txt'",
+                    [],
+                )
+                .expect_err("version 2 refuses 'applying'");
+            assert!(err.to_string().contains("CHECK"), "{err}");
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .expect("version");
+            assert_eq!(version, 2);
+            id
+        };
+
+        let index = Index::open(&path).expect("upgrade");
+        let version: i64 = index
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, 3);
+        assert_eq!(index.index_id(), id, "the index id survives");
+        let session = index.session("s1").expect("session").expect("kept");
+        assert_eq!(
+            (
+                session.status,
+                session.files,
+                session.conflicts,
+                session.bytes
+            ),
+            (SessionStatus::Partial, 3, 1, 30)
+        );
+        assert_eq!(
+            index.staged_files("s1").expect("files"),
+            [applied.clone(), waiting.clone(), gone.clone()],
+            "every row survives the rebuild unchanged"
+        );
+        let n: i64 = index
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema
+                 WHERE type = 'index' AND name = 'upstream_files_session'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("schema");
+        assert_eq!(n, 1, "the session index is rebuilt");
+        let leftovers: i64 = index
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name LIKE '%_v3'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("schema");
+        assert_eq!(leftovers, 0);
+
+        // The intent state can be stored and read back now, and the foreign key still holds.
+        index
+            .set_file_state(
+                "s1",
+                "docs",
+                "b.txt",
+                FileState::Applying,
+                Some("backup-2"),
+                true,
+            )
+            .expect("applying");
+        let b = &index.staged_files("s1").expect("files")[1];
+        assert_eq!(
+            (b.state, b.backup_name.as_deref(), b.e_existed),
+            (FileState::Applying, Some("backup-2"), true)
+        );
+        let err = index
+            .add_staged_file(&staged("nope", "docs", "x", 1, false))
+            .expect_err("foreign key");
+        assert!(matches!(err, DbError::NoSuchSession { .. }), "got {err:?}");
+        drop(index);
+        let reopened = Index::open(&path).expect("reopen at version 3");
+        assert_eq!(
+            reopened.staged_files("s1").expect("files")[1].state,
+            FileState::Applying
+        );
     }
 }
