@@ -247,9 +247,6 @@ fn client_killed_at_random_moments_only_ever_leaves_e_versions_and_converges() {
 /// written (renamed into place) by a run killed before it recorded the file as synced: the
 /// next run takes it for an edit on R when E has changed the file since.
 #[test]
-#[ignore = "bug: zync-client, killed after renaming a downloaded file into place but before \
-            committing its synced record, later keeps that file as a conflict copy when E \
-            changed it meanwhile (dozens per run here), though R never edited it"]
 fn client_killed_at_random_moments_makes_no_conflict_copies_when_r_edits_nothing() {
     client_kills(true);
 }

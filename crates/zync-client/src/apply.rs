@@ -151,6 +151,13 @@ impl<'a> Applier<'a> {
     /// True when what R has at `rel` is exactly what zync last wrote there: replacing or
     /// removing it loses nothing.
     fn is_as_synced(&self, rel: &RelPath, meta: &Meta) -> Result<bool, ClientError> {
+        if meta.kind == EntryKind::File {
+            // Written by a run that stopped before recording it.
+            let local = self.local_sha(rel, meta, self.synced(rel)?.as_ref())?;
+            if self.state.was_inflight(self.dir, rel.as_str(), &local)? {
+                return Ok(true);
+            }
+        }
         let Some(synced) = self.synced(rel)? else {
             return Ok(false);
         };
@@ -266,9 +273,12 @@ impl<'a> Applier<'a> {
                     }
                     return Ok(Record::Set(rel.to_string(), record));
                 }
-                let edited = !synced.is_some_and(|s| {
-                    s.kind == Kind::File && s.sha256.as_deref() == Some(local.as_str())
-                });
+                // zync's own write from a run that stopped before recording it is no R edit.
+                let ours = self.state.was_inflight(self.dir, rel.as_str(), &local)?;
+                let edited = !ours
+                    && !synced.is_some_and(|s| {
+                        s.kind == Kind::File && s.sha256.as_deref() == Some(local.as_str())
+                    });
                 if edited {
                     self.keep_local(rel, "E changed this file, which was also changed on R")?;
                 }

@@ -10,7 +10,7 @@ mod sync;
 mod upstream;
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use zync_db::ClientState;
@@ -249,16 +249,18 @@ pub async fn run_loop(config: &Config, shutdown: impl Future<Output = ()>) -> an
     tokio::pin!(shutdown);
     let mut backoff = BACKOFF_MIN;
     loop {
-        let started = Instant::now();
+        let mut connected = false;
         let result = tokio::select! {
-            result = session(config, &mut state) => result,
+            result = session(config, &mut state, &mut connected) => result,
             () = &mut shutdown => return Ok(()),
         };
         if let Err(e) = result {
             if e.is_permanent() {
                 return Err(e.into());
             }
-            if started.elapsed() > BACKOFF_MAX {
+            // A connection that got through the handshake was progress: a tunnel that drops
+            // every few megabytes must not wait longer and longer between resumed downloads.
+            if connected {
                 backoff = BACKOFF_MIN;
             }
             tracing::warn!("{e}; reconnecting in {backoff:?}");
@@ -272,7 +274,11 @@ pub async fn run_loop(config: &Config, shutdown: impl Future<Output = ()>) -> an
 }
 
 /// One connection's life in loop mode; returns only with an error.
-async fn session(config: &Config, state: &mut ClientState) -> Result<(), ClientError> {
+async fn session(
+    config: &Config,
+    state: &mut ClientState,
+    connected: &mut bool,
+) -> Result<(), ClientError> {
     let mut conn = Connection::open(
         &config.server,
         &config.credentials,
@@ -281,6 +287,7 @@ async fn session(config: &Config, state: &mut ClientState) -> Result<(), ClientE
     )
     .await?;
     check_dirs(&conn, config)?;
+    *connected = true;
     tracing::info!(server = %config.server, dirs = conn.hello.dirs.len(), "connected");
     sync_all(&mut conn, state, config).await?;
     loop {

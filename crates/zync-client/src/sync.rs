@@ -105,7 +105,17 @@ pub async fn sync_dir(
             }
             break;
         };
+        // Note what this page is about to write first: after a crash between a rename and the
+        // page's commit, the next run recognises those files as zync's own writes.
+        let mut batch = state.batch()?;
+        for change in page.changes.iter().filter(|c| !c.deleted) {
+            if let Some(sha) = &change.sha256 {
+                batch.set_inflight(name, &change.path, sha)?;
+            }
+        }
+        batch.commit()?;
         let mut records = Vec::with_capacity(page.changes.len());
+        let mut failed = Vec::new();
         let mut durable = report.last_seq;
         let mut lost: Option<ClientError> = None;
         {
@@ -113,7 +123,7 @@ pub async fn sync_dir(
             for change in &page.changes {
                 match applier.apply(conn, change).await {
                     Ok(record) => {
-                        records.push(record);
+                        records.push((change.path.clone(), record));
                         report.applied += 1;
                         if !blocked {
                             durable = change.seq;
@@ -126,6 +136,7 @@ pub async fn sync_dir(
                     Err(e) => {
                         tracing::warn!(dir = name, path = %change.path, "{e}");
                         report.failures.push((change.path.clone(), e.to_string()));
+                        failed.push((change.path.clone(), e.to_string()));
                         if e.is_transient() {
                             report.transient += 1;
                         }
@@ -138,7 +149,7 @@ pub async fn sync_dir(
             report.bytes += applier.bytes;
             report.conflicts.append(&mut applier.conflicts);
         }
-        commit(state, name, &index_id, records, durable)?;
+        commit(state, name, &index_id, records, &failed, durable)?;
         report.last_seq = durable;
         if let Some(e) = lost {
             return Err(e);
@@ -153,6 +164,13 @@ pub async fn sync_dir(
             break;
         }
     }
+    if report.failures.is_empty() {
+        // Everything up to the daemon's sequence is recorded: no write of an unfinished run
+        // is left to recognise.
+        let mut batch = state.batch()?;
+        batch.clear_inflight(name)?;
+        batch.commit()?;
+    }
     Ok(report)
 }
 
@@ -162,16 +180,22 @@ fn commit(
     state: &mut ClientState,
     name: &str,
     index_id: &str,
-    records: Vec<Record>,
+    records: Vec<(String, Record)>,
+    failed: &[(String, String)],
     durable: u64,
 ) -> Result<(), ClientError> {
     let mut batch = state.batch()?;
-    for record in records {
+    for (change_path, record) in records {
         match record {
             Record::Set(path, synced) => batch.set_synced(name, &path, &synced)?,
             Record::Remove(path) => batch.remove_synced_tree(name, &path)?,
             Record::Nothing => {}
         }
+        batch.clear_failing(name, &change_path)?;
+        batch.clear_inflight_path(name, &change_path)?;
+    }
+    for (path, error) in failed {
+        batch.set_failing(name, path, error)?;
     }
     batch.set_dir_state(
         name,

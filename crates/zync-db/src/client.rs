@@ -3,6 +3,7 @@
 //! is how it tells its own local edits from E's changes (invariant 4).
 
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
@@ -11,6 +12,21 @@ use crate::error::{Context, Result};
 use crate::index::{seq_from_sql, seq_to_sql, subtree_bounds, u64_from_sql, u64_to_sql};
 use crate::migrate::{self, CLIENT};
 use crate::Kind;
+
+/// A path that failed to apply and is retried every round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failing {
+    /// The directory name.
+    pub dir: String,
+    /// The path.
+    pub path: String,
+    /// The last error, for a person.
+    pub error: String,
+    /// When it first failed, seconds since the epoch.
+    pub since_unix: i64,
+    /// How many rounds it failed in.
+    pub attempts: u64,
+}
 
 /// What the client last wrote at a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +194,54 @@ impl ClientState {
         rows.collect::<rusqlite::Result<_>>().with_ctx(context)
     }
 
+    /// Whether a page that was not committed (the client stopped) was about to write content
+    /// `sha256` at (dir, path): a local file with that content is zync's own write, not an
+    /// edit made on R.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn was_inflight(&self, dir: &str, path: &str, sha256: &str) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM inflight WHERE dir = ?1 AND path = ?2 AND sha256 = ?3",
+                (dir, path, sha256),
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|found| found.is_some())
+            .with_ctx(|| format!("reading the in-flight state of {dir}/{path}"))
+    }
+
+    /// Paths that failed to apply and are retried, oldest failure first (all dirs when `dir`
+    /// is None).
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn failing(&self, dir: Option<&str>) -> Result<Vec<Failing>> {
+        let context = || "reading the failing paths".to_string();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT dir, path, error, since_unix, attempts FROM failing
+                 WHERE ?1 IS NULL OR dir = ?1 ORDER BY since_unix, dir, path",
+            )
+            .with_ctx(context)?;
+        let rows = stmt
+            .query_map([dir], |row| {
+                Ok(Failing {
+                    dir: row.get(0)?,
+                    path: row.get(1)?,
+                    error: row.get(2)?,
+                    since_unix: row.get(3)?,
+                    attempts: u64_from_sql(row.get(4)?),
+                })
+            })
+            .with_ctx(context)?;
+        rows.collect::<rusqlite::Result<_>>().with_ctx(context)
+    }
+
     /// Starts a write transaction. Apply a batch of changes to disk first, then record them
     /// and the new [`DirState`] in one batch: the sequence only advances with what is durably
     /// applied (DESIGN invariant 2).
@@ -262,6 +326,85 @@ impl ClientBatch<'_> {
                 )
                 .with_ctx(context)?;
         }
+        Ok(())
+    }
+
+    /// Notes that (dir, path) is about to receive content `sha256`; earlier notes for the path
+    /// stay until it is recorded as synced.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure; the batch should then be dropped.
+    pub fn set_inflight(&mut self, dir: &str, path: &str, sha256: &str) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO inflight (dir, path, sha256) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut stmt| stmt.execute((dir, path, sha256)))
+            .with_ctx(|| format!("recording the in-flight state of {dir}/{path}"))?;
+        Ok(())
+    }
+
+    /// Forgets the in-flight notes of (dir, path), once a change to it was recorded.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure; the batch should then be dropped.
+    pub fn clear_inflight_path(&mut self, dir: &str, path: &str) -> Result<()> {
+        self.tx
+            .prepare_cached("DELETE FROM inflight WHERE dir = ?1 AND path = ?2")
+            .and_then(|mut stmt| stmt.execute((dir, path)))
+            .with_ctx(|| format!("clearing the in-flight state of {dir}/{path}"))?;
+        Ok(())
+    }
+
+    /// Forgets every in-flight note of dir (it is fully synced).
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure; the batch should then be dropped.
+    pub fn clear_inflight(&mut self, dir: &str) -> Result<()> {
+        self.tx
+            .execute("DELETE FROM inflight WHERE dir = ?1", [dir])
+            .with_ctx(|| format!("clearing the in-flight state of {dir}"))?;
+        Ok(())
+    }
+
+    /// Records that (dir, path) failed with `error`: the first failure keeps its time, later
+    /// ones count up.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure; the batch should then be dropped.
+    pub fn set_failing(&mut self, dir: &str, path: &str, error: &str) -> Result<()> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.tx
+            .execute(
+                "INSERT INTO failing (dir, path, error, since_unix, attempts)
+                 VALUES (?1, ?2, ?3, ?4, 1)
+                 ON CONFLICT (dir, path) DO UPDATE SET
+                     error = excluded.error, attempts = attempts + 1",
+                (dir, path, error, now),
+            )
+            .with_ctx(|| format!("recording the failure of {dir}/{path}"))?;
+        Ok(())
+    }
+
+    /// Forgets the failure of (dir, path), once it applied.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure; the batch should then be dropped.
+    pub fn clear_failing(&mut self, dir: &str, path: &str) -> Result<()> {
+        self.tx
+            .execute(
+                "DELETE FROM failing WHERE dir = ?1 AND path = ?2",
+                (dir, path),
+            )
+            .with_ctx(|| format!("clearing the failure of {dir}/{path}"))?;
         Ok(())
     }
 
@@ -499,5 +642,48 @@ mod tests {
         let other = ClientState::open(&tmp.path().join("other.db")).expect("other");
         assert_ne!(other.client_id(), id);
         assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id} is a uuid");
+    }
+
+    #[test]
+    fn inflight_notes_and_failures_are_recorded_and_cleared() {
+        let mut state = ClientState::open_in_memory().expect("open");
+        let (a, a2, b) = ("a".repeat(64), "c".repeat(64), "b".repeat(64));
+        let mut batch = state.batch().expect("batch");
+        batch.set_inflight("code", "a.txt", &a).expect("inflight");
+        batch
+            .set_inflight("code", "a.txt", &a2)
+            .expect("a second version");
+        batch
+            .set_inflight("code", "a.txt", &a2)
+            .expect("twice is fine");
+        batch.set_inflight("docs", "b.txt", &b).expect("inflight");
+        batch.set_failing("code", "x", "first").expect("failing");
+        batch.commit().expect("commit");
+        assert!(state.was_inflight("code", "a.txt", &a).expect("read"));
+        assert!(state.was_inflight("code", "a.txt", &a2).expect("read"));
+        assert!(!state.was_inflight("code", "a.txt", &b).expect("read"));
+        assert!(!state.was_inflight("code", "b.txt", &b).expect("read"));
+
+        let mut batch = state.batch().expect("batch");
+        batch.clear_inflight_path("code", "a.txt").expect("clear");
+        batch.set_failing("code", "x", "second").expect("failing");
+        batch.set_failing("docs", "y", "other").expect("failing");
+        batch.commit().expect("commit");
+        assert!(!state.was_inflight("code", "a.txt", &a).expect("read"));
+        assert!(state.was_inflight("docs", "b.txt", &b).expect("read"));
+        let failing = state.failing(Some("code")).expect("failing");
+        assert_eq!(failing.len(), 1);
+        assert_eq!(
+            (failing[0].error.as_str(), failing[0].attempts),
+            ("second", 2)
+        );
+        assert_eq!(state.failing(None).expect("all").len(), 2);
+
+        let mut batch = state.batch().expect("batch");
+        batch.clear_failing("code", "x").expect("clear");
+        batch.clear_inflight("docs").expect("clear dir");
+        batch.commit().expect("commit");
+        assert!(state.failing(Some("code")).expect("failing").is_empty());
+        assert!(!state.was_inflight("docs", "b.txt", &b).expect("read"));
     }
 }

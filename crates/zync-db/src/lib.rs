@@ -14,7 +14,7 @@ mod kind;
 mod migrate;
 mod staging;
 
-pub use client::{ClientBatch, ClientState, DirState, Synced};
+pub use client::{ClientBatch, ClientState, DirState, Failing, Synced};
 pub use error::{DbError, Result};
 pub use index::{Ack, Entry, EntryMeta, Index, IndexWriter};
 pub use kind::Kind;

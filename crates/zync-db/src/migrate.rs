@@ -155,6 +155,22 @@ pub(crate) const CLIENT: Schema = Schema {
              PRIMARY KEY (dir, path)
          ) WITHOUT ROWID;
          CREATE INDEX synced_sha256 ON synced (sha256);",
+        // 2: what a page is about to write (so a crash between a rename and the page's commit
+        // is not mistaken for an edit on R), and the paths that keep failing.
+        "CREATE TABLE inflight (
+             dir TEXT NOT NULL,
+             path TEXT NOT NULL,
+             sha256 TEXT NOT NULL,
+             PRIMARY KEY (dir, path, sha256)
+         ) WITHOUT ROWID;
+         CREATE TABLE failing (
+             dir TEXT NOT NULL,
+             path TEXT NOT NULL,
+             error TEXT NOT NULL,
+             since_unix INTEGER NOT NULL,
+             attempts INTEGER NOT NULL CHECK (attempts >= 1),
+             PRIMARY KEY (dir, path)
+         ) WITHOUT ROWID;",
     ],
 };
 
