@@ -118,14 +118,7 @@ fn open_state(config: &Config) -> anyhow::Result<ClientState> {
 /// that could not be applied.
 pub async fn run_once(config: &Config) -> anyhow::Result<Vec<DirReport>> {
     let mut state = open_state(config)?;
-    let mut conn = Connection::open(
-        &config.server,
-        &config.credentials,
-        state.client_id(),
-        config.stall_timeout,
-    )
-    .await?;
-    check_dirs(&conn, config)?;
+    let mut conn = connect(config, &state).await?;
     wait_for_scan(&mut conn).await?;
     let mut reports = Vec::new();
     for attempt in 1..=ONCE_ATTEMPTS {
@@ -166,7 +159,15 @@ pub async fn run_upstream(config: &Config) -> anyhow::Result<PushSummary> {
     if changes.is_empty() {
         return Ok(PushSummary::default());
     }
-    let mut conn = Connection::open(
+    let mut conn = connect(config, &state).await?;
+    let summary = push(&mut conn, &config.mappings, &changes).await?;
+    conn.close().await;
+    Ok(summary)
+}
+
+/// Connects, authenticates, handshakes, and checks that the daemon serves every mapping.
+async fn connect(config: &Config, state: &ClientState) -> Result<Connection, ClientError> {
+    let conn = Connection::open(
         &config.server,
         &config.credentials,
         state.client_id(),
@@ -174,9 +175,7 @@ pub async fn run_upstream(config: &Config) -> anyhow::Result<PushSummary> {
     )
     .await?;
     check_dirs(&conn, config)?;
-    let summary = push(&mut conn, &config.mappings, &changes).await?;
-    conn.close().await;
-    Ok(summary)
+    Ok(conn)
 }
 
 fn check_dirs(conn: &Connection, config: &Config) -> Result<(), ClientError> {
@@ -279,14 +278,7 @@ async fn session(
     state: &mut ClientState,
     connected: &mut bool,
 ) -> Result<(), ClientError> {
-    let mut conn = Connection::open(
-        &config.server,
-        &config.credentials,
-        state.client_id(),
-        config.stall_timeout,
-    )
-    .await?;
-    check_dirs(&conn, config)?;
+    let mut conn = connect(config, state).await?;
     *connected = true;
     tracing::info!(server = %config.server, dirs = conn.hello.dirs.len(), "connected");
     sync_all(&mut conn, state, config).await?;
