@@ -101,3 +101,62 @@ fn a_symlink_planted_in_a_parent_on_r_is_never_written_through() {
         .file_type()
         .is_symlink());
 }
+
+/// The daemon cannot watch a tree with a directory it may not read (the same happens when the
+/// inotify watch limit is reached): it must say so, with the fix, and fall back to periodic
+/// rescans instead of going blind.
+#[test]
+fn a_daemon_that_cannot_watch_falls_back_to_rescans() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // The daemon runs as nobody: it needs to reach its state and the served tree.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("seen.txt"), "v1\n");
+    // An old mtime, so the daemon's second look at freshly written files cannot be what finds
+    // the change below: only a rescan can.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(e.join("seen.txt"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    std::fs::create_dir_all(e.join("locked/inner")).unwrap();
+    std::fs::set_permissions(e.join("locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
+
+    let daemon = Daemon::start_as_nobody(&state, &[("code", &e)]);
+    daemon.wait_scanned();
+    let log = daemon.log_text();
+    assert!(
+        log.contains("cannot watch") && log.contains("max_user_watches"),
+        "the daemon must say it cannot watch and how to fix it:\n{log}"
+    );
+
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+    assert_eq!(std::fs::read_to_string(r.join("seen.txt")).unwrap(), "v1\n");
+
+    // Without a watcher, the periodic rescan still finds a change (its mtime is old too).
+    write(&e.join("seen.txt"), "v2, found by a rescan\n");
+    std::fs::File::options()
+        .write(true)
+        .open(e.join("seen.txt"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    once_until(
+        &client,
+        &daemon.url(),
+        "the change found by a rescan",
+        || {
+            std::fs::read_to_string(r.join("seen.txt"))
+                .is_ok_and(|s| s == "v2, found by a rescan\n")
+        },
+    );
+    std::fs::set_permissions(e.join("locked"), std::fs::Permissions::from_mode(0o755)).unwrap();
+}

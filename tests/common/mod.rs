@@ -90,6 +90,8 @@ pub struct Daemon {
     /// Its stderr, captured to a file.
     pub log: PathBuf,
     args: Vec<String>,
+    /// Run as this uid/gid instead of the test's user (permissions do not stop root).
+    pub user: Option<u32>,
 }
 
 impl Daemon {
@@ -98,8 +100,23 @@ impl Daemon {
         Daemon::start_with(state, dirs, &[])
     }
 
+    /// As [`Daemon::start`], but the daemon runs as user `nobody` (65534), so that file
+    /// permissions apply to it even when the tests run as root. `state` must be writable by it.
+    pub fn start_as_nobody(state: &Path, dirs: &[(&str, &Path)]) -> Daemon {
+        Daemon::start_with_user(state, dirs, &[], Some(65534))
+    }
+
     /// As [`Daemon::start`], with extra command-line arguments.
     pub fn start_with(state: &Path, dirs: &[(&str, &Path)], extra: &[&str]) -> Daemon {
+        Daemon::start_with_user(state, dirs, extra, None)
+    }
+
+    fn start_with_user(
+        state: &Path,
+        dirs: &[(&str, &Path)],
+        extra: &[&str],
+        user: Option<u32>,
+    ) -> Daemon {
         let mut args: Vec<String> = vec![
             "--host".into(),
             "127.0.0.1".into(),
@@ -120,6 +137,7 @@ impl Daemon {
             token_file: state.join("zync.token"),
             log: state.join("daemon.log"),
             args,
+            user,
         };
         daemon.launch(0);
         daemon
@@ -149,6 +167,7 @@ impl Daemon {
             token_file: db.with_file_name("zync.token"),
             log: log.to_path_buf(),
             args,
+            user: None,
         };
         daemon.launch(0);
         daemon
@@ -157,13 +176,16 @@ impl Daemon {
     /// Starts the process (port 0 picks a free one) and waits until it listens.
     fn launch(&mut self, port: u16) {
         let log = std::fs::File::create(&self.log).expect("create daemon log");
-        let child = command("zync-daemon")
-            .args(&self.args)
+        let mut cmd = command("zync-daemon");
+        cmd.args(&self.args)
             .args(["--port", &port.to_string()])
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn zync-daemon");
+            .stderr(log);
+        if let Some(id) = self.user {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(id).gid(id);
+        }
+        let child = cmd.spawn().expect("spawn zync-daemon");
         self.child = Some(child);
         let mut found = None;
         wait_until("the daemon to listen", || {
