@@ -3,33 +3,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Instant;
 
 use common::*;
 
 const IGNORED: &[&str] = &["node_modules", ".git"];
-
-/// Paths under `root` whose file name starts with `.zync-tmp-`.
-fn temp_files(root: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with(".zync-tmp-") {
-                found.push(entry.path().display().to_string());
-            }
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(entry.path());
-            }
-        }
-    }
-    found
-}
 
 #[test]
 fn the_client_reconnects_after_a_daemon_restart_and_gets_later_changes() {

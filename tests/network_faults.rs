@@ -50,27 +50,6 @@ fn wait_same_tree_within(limit: Duration, e: &Path, r: &Path, log: impl Fn() -> 
     }
 }
 
-/// Paths under `root` whose file name starts with `.zync-tmp-`.
-fn temp_files(root: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with(".zync-tmp-") {
-                found.push(entry.path().display().to_string());
-            }
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(entry.path());
-            }
-        }
-    }
-    found
-}
-
 /// Writes `data` to `path` on E in one step (written in `staging`, outside E, then renamed),
 /// so the daemon never indexes a half-written big file.
 fn write_whole(staging: &Path, path: &Path, data: &[u8]) {

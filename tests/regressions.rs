@@ -19,18 +19,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 const SQLITE_SIDE_FILES: [&str; 4] = ["", "-wal", "-shm", "-journal"];
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn file_sha(path: &Path) -> String {
-    sha256(&std::fs::read(path).unwrap_or_default())
-}
-
 /// `path` with `suffix` appended to its file name (`sync.db` + `-wal`).
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(format!("{}{suffix}", path.display()))

@@ -10,14 +10,6 @@ use common::*;
 
 const IGNORED: &[&str] = &["node_modules", ".git"];
 
-fn file_sha(path: &Path) -> String {
-    sha256(&std::fs::read(path).unwrap_or_default())
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// Removes the daemon's database and its SQLite side files.
 fn remove_db(db: &Path) {
     for suffix in ["", "-wal", "-shm", "-journal"] {

@@ -59,14 +59,6 @@ fn run_within(mut cmd: Command, limit: Duration, piped_stdin: bool) -> Output {
     }
 }
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// `zync-apply --db DB ARGS...` (no --dirs: the daemon recorded its mapping in the database).
 fn zync_apply(db: &Path, args: &[&str]) -> Output {
     let mut cmd = command("zync-apply");

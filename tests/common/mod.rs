@@ -597,3 +597,39 @@ pub fn output_within_deadline(mut cmd: Command) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A command's stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A command's stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The sha256 of a file's content (of nothing when it cannot be read).
+pub fn file_sha(path: &Path) -> String {
+    sha256(&std::fs::read(path).unwrap_or_default())
+}
+
+/// zync temp files (`.zync-tmp-*`, partial downloads included) anywhere under `root`.
+pub fn temp_files(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with(".zync-tmp-") {
+                found.push(entry.path().display().to_string());
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    found
+}
