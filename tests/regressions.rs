@@ -395,6 +395,32 @@ fn update_upstream_skips_a_path_e_ignores_and_sends_the_rest() {
         .map(|f| f["path"].as_str().expect("path"))
         .collect();
     assert_eq!(paths, ["x.txt"], "{show:#}");
+
+    // When E ignores every changed path, nothing is staged: no empty session to review.
+    std::fs::remove_file(r.join("run.log")).unwrap();
+    // Apply it: the applied file enters the index at once, so this --once records it on R.
+    zync_apply_ok(&daemon.db, &["apply", &id, "--non-interactive"]);
+    client.once_ok(&daemon.url());
+    write(&r.join("only.log"), "another log E ignores\n");
+    let out = update_upstream(&client, &daemon.url());
+    let (so, se) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "stdout:\n{so}\nstderr:\n{se}");
+    assert!(
+        so.contains("nothing sent"),
+        "stdout must say nothing was sent:\n{so}"
+    );
+    let pending = zync_apply_ok(&daemon.db, &["list", "--json"]);
+    let pending: Value = serde_json::from_str(&pending).expect("list --json");
+    let ids: Vec<&str> = pending
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert!(
+        ids.is_empty(),
+        "no session may be pending (the first one was applied): {pending:#}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

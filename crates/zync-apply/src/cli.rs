@@ -86,8 +86,8 @@ pub enum Command {
         /// Directory mapping.
         #[command(flatten)]
         dirs: DirsArg,
-        /// Restore even files that changed on E since they were applied (those changes are
-        /// lost).
+        /// Restore even files that changed on E since they were applied; E's newer versions
+        /// are kept beside them as conflict copies.
         #[arg(long)]
         force: bool,
     },

@@ -1,7 +1,8 @@
 //! `zync-apply undo`: puts back what an apply replaced, byte for byte, from the backups in the
 //! session's staging directory, and records each restored file in the daemon's index. A file
-//! that changed on E since it was applied is left alone unless `--force` (invariant 5 again:
-//! undo must not silently throw away newer work either).
+//! that changed on E since it was applied is left alone unless `--force`, and even then its
+//! newer version is kept as a conflict copy (invariant 5 again: undo must not throw away newer
+//! work either).
 
 use std::io::Write;
 use std::path::Path;
@@ -121,40 +122,67 @@ fn undo_one(
         }
         (Action::Write, Some(backup)) => {
             let current = probe::probe(root, &rel)?;
-            expect_current(&current, file.sha256.as_deref(), force, &rel)?;
+            if expect_current(&current, file.sha256.as_deref(), force, &rel)? {
+                keep_newer(index, root, &rel, &file.dir, &current)?;
+            }
             restore(index, root, &rel, &file.dir, &backup)
         }
         // Nothing was there to delete.
         (Action::Delete, None) => Ok(()),
         (Action::Delete, Some(backup)) => {
             let current = probe::probe(root, &rel)?;
-            expect_current(&current, None, force, &rel)?;
+            if expect_current(&current, None, force, &rel)? {
+                keep_newer(index, root, &rel, &file.dir, &current)?;
+            }
             restore(index, root, &rel, &file.dir, &backup)
         }
     }
 }
 
 /// Checks that E still has what the apply left there: a file with `sha256`, or nothing when
-/// `sha256` is `None`. `force` accepts any regular file or nothing.
+/// `sha256` is `None`. `force` accepts any regular file or nothing, and then returns true when
+/// E's file is a newer version, which the caller keeps as a conflict copy.
 fn expect_current(
     current: &Current,
     sha256: Option<&str>,
     force: bool,
     rel: &RelPath,
-) -> anyhow::Result<()> {
-    let ok = match (current, sha256) {
+) -> anyhow::Result<bool> {
+    let unchanged = match (current, sha256) {
         (Current::Other(what), _) => {
             bail!("E now has {what} at {rel}; move it away and undo again")
         }
-        _ if force => true,
-        (Current::Missing, None) => true,
+        (Current::Missing, _) => true,
         (Current::File { sha256: have, .. }, Some(want)) => have == want,
-        _ => false,
+        (Current::File { .. }, None) => false,
     };
-    if !ok {
+    if unchanged {
+        return Ok(false);
+    }
+    if !force {
         bail!("{rel} changed on E since it was applied");
     }
-    Ok(())
+    Ok(true)
+}
+
+/// `undo --force` over a file edited on E since the apply: that edit is moved aside as a
+/// conflict copy (and indexed, so it reaches R), never lost.
+fn keep_newer(
+    index: &mut Index,
+    root: &Path,
+    rel: &RelPath,
+    dir: &str,
+    current: &Current,
+) -> anyhow::Result<()> {
+    let Current::File { sha256, .. } = current else {
+        return Ok(());
+    };
+    let stamp = chrono::Local::now().format("%Y%m%dT%H%M%S").to_string();
+    let copy = zync_fs::free_conflict_name(root, rel, &stamp);
+    std::fs::rename(rel.to_path(root), copy.to_path(root))
+        .with_context(|| format!("cannot keep E's newer {rel} as {copy}"))?;
+    tracing::warn!(path = %rel, copy = %copy, "E's newer version was kept as {copy}");
+    fileops::index_file(index, dir, root, &copy, sha256, &[])
 }
 
 /// Removes `rel` (a file the apply created) and records its removal.
@@ -168,8 +196,11 @@ fn remove_if_ours(
 ) -> anyhow::Result<()> {
     let current = probe::probe(root, rel)?;
     if current != Current::Missing {
-        expect_current(&current, sha256, force, rel)?;
-        fileops::remove(root, rel)?;
+        if expect_current(&current, sha256, force, rel)? {
+            keep_newer(index, root, rel, dir, &current)?;
+        } else {
+            fileops::remove(root, rel)?;
+        }
     }
     fileops::index_removed(index, dir, rel)
 }
@@ -296,6 +327,17 @@ mod tests {
             .0
             .expect("forced undo");
         assert_eq!(fx.e_read("f.txt").as_deref(), Some(&b"base\n"[..]));
+        // The newer work on E is not lost: it sits beside as a conflict copy.
+        let copies: Vec<String> = std::fs::read_dir(&fx.root)
+            .expect("list E")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("f.zync-conflict-") && n.ends_with(".txt"))
+            .collect();
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        assert_eq!(
+            fx.e_read(&copies[0]).as_deref(),
+            Some(&b"newer work on E\n"[..])
+        );
     }
 
     #[test]

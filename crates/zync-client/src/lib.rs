@@ -59,6 +59,10 @@ pub fn main_with_args(args: Args) -> anyhow::Result<()> {
         if args.update_upstream {
             let summary = run_upstream(&config).await?;
             match summary.session_id {
+                None if summary.skipped > 0 => println!(
+                    "nothing sent: E ignores every changed path ({} file(s), see the warnings above)",
+                    summary.skipped
+                ),
                 None => println!("nothing to send: R has no changes against what it last synced"),
                 Some(id) => {
                     println!("session {id}");

@@ -200,6 +200,14 @@ pub async fn push(
             tracing::warn!(dir = %change.dir, path = %change.path, "E changed this file too: flagged as a conflict for review on E");
         }
     }
+    if skipped == changes.len() as u64 {
+        // Everything was refused: leave the session unfinalized, so the daemon aborts it when
+        // this connection closes, rather than staging an empty session.
+        return Ok(PushSummary {
+            skipped,
+            ..PushSummary::default()
+        });
+    }
     match conn
         .call(Op::FinalizeUpstream(FinalizeUpstream {
             session_id: session_id.clone(),
