@@ -1,0 +1,113 @@
+//! Running rsync the way a user would over a network: an rsync daemon on 127.0.0.1 serving the
+//! source as module `mod`, and `rsync -a --delete rsync://…` pulling it.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::process::{Exit, Proc};
+
+/// Checks that rsync is installed; never installs it.
+///
+/// # Errors
+/// When `rsync --version` cannot run, with the command that installs it.
+pub fn check() -> Result<String> {
+    let out = Command::new("rsync")
+        .arg("--version")
+        .output()
+        .map_err(|e| {
+            anyhow::anyhow!("rsync is not installed ({e}); install it with: apt-get install rsync")
+        })?;
+    if !out.status.success() {
+        bail!("rsync --version failed; install rsync with: apt-get install rsync");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("rsync")
+        .to_string())
+}
+
+/// An rsync daemon serving `src` read-only as module `mod`.
+pub struct RsyncDaemon {
+    proc: Proc,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl RsyncDaemon {
+    /// Writes `state/rsyncd.conf` and starts `rsync --daemon --no-detach` on a free port.
+    ///
+    /// # Errors
+    /// When it cannot start or does not accept connections within 10 s.
+    pub fn start(state: &Path, src: &Path) -> Result<RsyncDaemon> {
+        std::fs::create_dir_all(state)?;
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let conf = state.join("rsyncd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "use chroot = no\nuid = {uid}\ngid = {gid}\npid file = {pid}\nlog file = {log}\n\
+                 [mod]\npath = {src}\nread only = yes\n",
+                pid = state.join("rsyncd.pid").display(),
+                log = state.join("rsyncd.log").display(),
+                src = src.display()
+            ),
+        )?;
+        // A free port: bind, read, release. Another process could take it in between; then
+        // the daemon fails to start and the error says so.
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut cmd = Command::new("rsync");
+        cmd.args([
+            "--daemon",
+            "--no-detach",
+            "--address",
+            "127.0.0.1",
+            "--config",
+        ])
+        .arg(&conf)
+        .arg("--port")
+        .arg(port.to_string());
+        let proc = Proc::spawn("rsync --daemon", cmd)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("rsync daemon did not listen on {addr}: {}", proc.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(RsyncDaemon { proc, addr })
+    }
+
+    /// Stops the daemon; its peak memory covers the per-connection processes it forked.
+    ///
+    /// # Errors
+    /// When it cannot be reaped.
+    pub fn stop(self) -> Result<Exit> {
+        self.proc.stop()
+    }
+}
+
+/// Runs `rsync -a --delete rsync://127.0.0.1:PORT/mod/ dst/` (PORT is the proxy's).
+///
+/// # Errors
+/// When rsync fails.
+pub fn sync(port: u16, dst: &Path) -> Result<(Duration, Exit)> {
+    let mut cmd = Command::new("rsync");
+    cmd.args(["-a", "--delete"])
+        .arg(format!("rsync://127.0.0.1:{port}/mod/"))
+        .arg(format!("{}/", dst.display()));
+    let start = Instant::now();
+    let proc = Proc::spawn("rsync", cmd).context("cannot run rsync")?;
+    let exit = proc.wait()?;
+    let took = start.elapsed();
+    if !exit.success {
+        bail!("rsync into {} failed", dst.display());
+    }
+    Ok((took, exit))
+}

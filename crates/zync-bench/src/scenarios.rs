@@ -1,0 +1,272 @@
+//! The scenarios of issue 5. Each starts both servers on the same source, puts a proxy in front
+//! of each (bytes counted, optional delay), times the clients, and reduces runs to one `Row`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::process::Exit;
+use crate::proxy::Proxy;
+use crate::report::{fmt_duration, median, percentile, Row};
+use crate::rsync::{self, RsyncDaemon};
+use crate::workload;
+use crate::zync::{self, Bins, Daemon};
+use crate::Options;
+
+/// What a scenario needs: the binaries, the options and a fresh directory of its own.
+pub struct Ctx<'a> {
+    pub bins: &'a Bins,
+    pub opts: &'a Options,
+    pub dir: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn pick<T>(&self, full: T, quick: T) -> T {
+        if self.opts.quick {
+            quick
+        } else {
+            full
+        }
+    }
+    fn delay(&self) -> Duration {
+        Duration::from_millis(self.opts.latency_ms)
+    }
+}
+
+const MIB: u64 = 1 << 20;
+const SEED: u64 = 0x5EED_2026;
+
+/// Runs scenario `name` (one of `crate::SCENARIOS`).
+///
+/// # Errors
+/// When a tool fails or a result differs from the source.
+pub fn run(name: &str, ctx: &Ctx) -> Result<Row> {
+    let src = ctx.dir.join("src");
+    fs::create_dir_all(&src)?;
+    let mut row = match name {
+        "initial-small" => {
+            workload::small_tree(&src, ctx.pick(10_000, 2_000), SEED)?;
+            pair(ctx, &src, Mode::Fresh)?
+        }
+        "noop" => {
+            workload::small_tree(&src, ctx.pick(10_000, 2_000), SEED)?;
+            pair(ctx, &src, Mode::Noop)?
+        }
+        "big-file" => {
+            workload::big_file(&src.join("big.bin"), ctx.pick(1024, 128) * MIB, SEED)?;
+            pair(ctx, &src, Mode::Fresh)?
+        }
+        "edit-in-big" => {
+            workload::big_file(&src.join("big.bin"), ctx.pick(256, 64) * MIB, SEED)?;
+            pair(ctx, &src, Mode::Edit)?
+        }
+        "latency" => latency(ctx, &src)?,
+        "restart" => restart(ctx, &src)?,
+        other => bail!("unknown scenario {other:?}"),
+    };
+    row.scenario = name.to_string();
+    Ok(row)
+}
+
+#[derive(PartialEq, Clone, Copy)]
+enum Mode {
+    /// Timed sync into an empty destination.
+    Fresh,
+    /// Untimed first sync, then a timed second sync with nothing changed.
+    Noop,
+    /// Untimed first sync, 64 KiB changed in the middle of big.bin, timed second sync.
+    Edit,
+}
+
+/// Peak memory of several processes of one role: the largest.
+fn peak(exits: &[Exit]) -> Option<u64> {
+    exits.iter().map(|e| e.max_rss_kib).max()
+}
+
+fn pair(ctx: &Ctx, src: &Path, mode: Mode) -> Result<Row> {
+    let (bins, dir, delay) = (ctx.bins, ctx.dir, ctx.delay());
+    let zstate = dir.join("zync-state");
+    let mut zd = Daemon::start(bins, &zstate, src)?;
+    eprintln!(
+        "   zync daemon startup scan: {}",
+        fmt_duration(zd.scan_time)
+    );
+    let rd = RsyncDaemon::start(&dir.join("rsync-state"), src)?;
+    let mut zp = Proxy::start(zd.addr, delay)?;
+    let rp = Proxy::start(rd.addr, delay)?;
+    let (mut zt, mut rt, mut zb, mut rb) = (vec![], vec![], vec![], vec![]);
+    let (mut zdaemon, mut zclient, mut rclient) = (vec![], vec![], vec![]);
+    for run in 0..ctx.opts.runs {
+        let (zdst, rdst, zdb) = (
+            dir.join("dst-zync"),
+            dir.join("dst-rsync"),
+            dir.join("client.db"),
+        );
+        for p in [&zdst, &rdst] {
+            let _ = fs::remove_dir_all(p);
+            fs::create_dir_all(p)?;
+        }
+        for p in fs::read_dir(dir)?.flatten().map(|e| e.path()) {
+            if p.to_string_lossy().contains("client.db") {
+                fs::remove_file(p)?;
+            }
+        }
+        if mode != Mode::Fresh {
+            zync::sync_once(bins, zp.port, &zd.token, &zdb, &zdst)?;
+            rsync::sync(rp.port, &rdst)?;
+        }
+        if mode == Mode::Edit {
+            workload::edit_middle(&src.join("big.bin"), 64 * 1024, SEED + 1 + run as u64)?;
+            // Restart so the daemon's index surely holds the edit before the timed sync (its
+            // startup scan re-hashes a file whose size or mtime changed); not timed.
+            zdaemon.push(zd.stop()?);
+            zd = Daemon::start(bins, &zstate, src)?;
+            zp = Proxy::start(zd.addr, delay)?;
+        }
+        zp.take_bytes();
+        rp.take_bytes();
+        let (t, e) = zync::sync_once(bins, zp.port, &zd.token, &zdb, &zdst)?;
+        zt.push(t);
+        zclient.push(e);
+        zb.push(zp.take_bytes());
+        let (t, e) = rsync::sync(rp.port, &rdst)?;
+        rt.push(t);
+        rclient.push(e);
+        rb.push(rp.take_bytes());
+        eprintln!(
+            "   run {}: zync {} ({} B), rsync {} ({} B)",
+            run + 1,
+            fmt_duration(zt[run]),
+            zb[run],
+            fmt_duration(rt[run]),
+            rb[run]
+        );
+        if run + 1 == ctx.opts.runs {
+            same_tree(src, &zdst).context("zync's copy differs from the source")?;
+            same_tree(src, &rdst).context("rsync's copy differs from the source")?;
+        }
+    }
+    zdaemon.push(zd.stop()?);
+    let rdaemon = rd.stop()?;
+    Ok(Row {
+        zync: median(&zt),
+        rsync: median(&rt),
+        zync_rss: (peak(&zdaemon), peak(&zclient)),
+        rsync_rss: (Some(rdaemon.max_rss_kib), peak(&rclient)),
+        wire: (median(&zb), median(&rb)),
+        ..Row::default()
+    })
+}
+
+/// Checks that every file under `src` is under `dst` with the same bytes.
+fn same_tree(src: &Path, dst: &Path) -> Result<()> {
+    let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for entry in fs::read_dir(src.join(&rel))? {
+            let entry = entry?;
+            let rel = rel.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                stack.push(rel);
+            } else if fs::read(src.join(&rel))?
+                != fs::read(dst.join(&rel)).with_context(|| format!("missing {}", rel.display()))?
+            {
+                bail!("{} differs", rel.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loop-mode client; a save on E timed until R holds the new content.
+fn latency(ctx: &Ctx, src: &Path) -> Result<Row> {
+    let (bins, dir) = (ctx.bins, ctx.dir);
+    workload::small_tree(src, 200, SEED)?;
+    fs::create_dir_all(src.join("lat"))?;
+    let zd = Daemon::start(bins, &dir.join("zync-state"), src)?;
+    let zp = Proxy::start(zd.addr, ctx.delay())?;
+    let dst = dir.join("dst-zync");
+    let client = zync::start_loop(bins, zp.port, &zd.token, &dir.join("client.db"), &dst)?;
+    let result = (|| -> Result<Vec<Duration>> {
+        fs::write(src.join("lat/ready.txt"), "ready")?;
+        wait_for_content(
+            &dst.join("lat/ready.txt"),
+            b"ready",
+            Duration::from_secs(120),
+        )?;
+        let mut times = vec![];
+        for i in 0..ctx.pick(50, 20) {
+            let content = format!("save {i}\n{}", "fn edit() {}\n".repeat(i % 50 + 1));
+            let start = Instant::now();
+            fs::write(src.join("lat/edit.rs"), &content)?;
+            wait_for_content(
+                &dst.join("lat/edit.rs"),
+                content.as_bytes(),
+                Duration::from_secs(30),
+            )?;
+            times.push(start.elapsed());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(times)
+    })();
+    let cexit = client.stop()?;
+    let dexit = zd.stop()?;
+    let times = result?;
+    let (p50, p95) = (
+        percentile(&times, 50).unwrap(),
+        percentile(&times, 95).unwrap(),
+    );
+    Ok(Row {
+        zync: Some(p50),
+        zync_note: Some(format!(
+            "p50 {}, p95 {} ({} saves)",
+            fmt_duration(p50),
+            fmt_duration(p95),
+            times.len()
+        )),
+        rsync_note: Some("n/a (no watch mode)".into()),
+        zync_rss: (Some(dexit.max_rss_kib), Some(cexit.max_rss_kib)),
+        ..Row::default()
+    })
+}
+
+fn wait_for_content(path: &Path, want: &[u8], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while fs::read(path).ok().as_deref() != Some(want) {
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not get the saved content within {timeout:?}",
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Daemon restart over an unchanged tree: time until "startup scan complete".
+fn restart(ctx: &Ctx, src: &Path) -> Result<Row> {
+    let n = ctx.pick(100_000, 20_000);
+    eprintln!("   generating {n} files...");
+    workload::small_tree(src, n, SEED)?;
+    let state = ctx.dir.join("zync-state");
+    let first = Daemon::start(ctx.bins, &state, src)?;
+    eprintln!(
+        "   first scan (indexing, not timed): {}",
+        fmt_duration(first.scan_time)
+    );
+    let mut exits = vec![first.stop()?];
+    let mut times = vec![];
+    for _ in 0..ctx.opts.runs {
+        let d = Daemon::start(ctx.bins, &state, src)?;
+        times.push(d.scan_time);
+        exits.push(d.stop()?);
+    }
+    Ok(Row {
+        zync: median(&times),
+        rsync_note: Some("n/a (no daemon index)".into()),
+        zync_rss: (peak(&exits), None),
+        ..Row::default()
+    })
+}
