@@ -325,13 +325,34 @@ impl Run<'_> {
                 crashpoint::reached(Step::BackedUp)?;
                 self.mark(file, FileState::Applying, backup.as_ref(), current)?;
                 crashpoint::reached(Step::Intent)?;
+                // E's file must still be what was backed up when the rename happens: an edit
+                // saved on E during a long copy is never overwritten unseen (invariant 5).
+                let unchanged_since_backup = || {
+                    if probe::probe(root, rel)? != *current {
+                        bail!(
+                            "{rel} changed on E while the apply was copying R's version; \
+                             nothing was replaced: run apply again"
+                        );
+                    }
+                    Ok(())
+                };
                 let written = fileops::ensure_parents(root, rel).and_then(|new_dirs| {
-                    fileops::write_from(root, rel, &staged, &sha, file.mode, file.mtime_ns)?;
+                    fileops::write_from_checked(
+                        root,
+                        rel,
+                        &staged,
+                        &sha,
+                        file.mode,
+                        file.mtime_ns,
+                        unchanged_since_backup,
+                    )?;
                     Ok(new_dirs)
                 });
                 let new_dirs = match written {
                     Ok(d) => d,
-                    Err(e) => return Err(self.abandon(file, backup.as_ref(), e)),
+                    Err(e) => {
+                        return Err(self.failed(file, root, rel, Some(&sha), backup.as_ref(), e))
+                    }
                 };
                 crashpoint::reached(Step::Written)?;
                 fileops::index_file(self.index, &file.dir, root, rel, &sha, &new_dirs)?;
@@ -347,7 +368,7 @@ impl Run<'_> {
                     self.mark(file, FileState::Applying, backup.as_ref(), current)?;
                     crashpoint::reached(Step::Intent)?;
                     if let Err(e) = fileops::remove(root, rel) {
-                        return Err(self.abandon(file, backup.as_ref(), e));
+                        return Err(self.failed(file, root, rel, None, backup.as_ref(), e));
                     }
                     crashpoint::reached(Step::Written)?;
                 }
@@ -357,6 +378,32 @@ impl Run<'_> {
                 crashpoint::reached(Step::Marked)
             }
         }
+    }
+
+    /// A change that failed after its intent was recorded. If E's file was replaced (or
+    /// removed) all the same, and only making that durable failed, the intent and the backup
+    /// stay, so a rerun completes it and `undo` can restore E; otherwise it is abandoned.
+    fn failed(
+        &mut self,
+        file: &StagedFile,
+        root: &Path,
+        rel: &RelPath,
+        sha: Option<&str>,
+        backup: Option<&fileops::Backup>,
+        error: anyhow::Error,
+    ) -> anyhow::Error {
+        let replaced = match probe::probe(root, rel) {
+            Ok(Current::File { sha256, .. }) => sha == Some(sha256.as_str()),
+            Ok(Current::Missing) => sha.is_none(),
+            _ => false,
+        };
+        if replaced {
+            return error.context(format!(
+                "{rel} was replaced on E but not confirmed durable; its backup is kept: run \
+                 apply again to finish, or undo"
+            ));
+        }
+        self.abandon(file, backup, error)
     }
 
     /// Takes back the intent of a change that failed before E's file was replaced: the file

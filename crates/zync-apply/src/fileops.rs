@@ -221,9 +221,28 @@ pub fn write_from(
     mode: u32,
     mtime_ns: i64,
 ) -> anyhow::Result<()> {
+    write_from_checked(root, rel, src, sha256, mode, mtime_ns, || Ok(()))
+}
+
+/// As [`write_from`], but `check` runs after the copy and right before the rename, so that a
+/// destination that changed while a large file was being copied is not replaced unseen.
+///
+/// # Errors
+///
+/// As [`write_from`], or `check`'s error (then nothing was replaced).
+pub fn write_from_checked(
+    root: &Path,
+    rel: &RelPath,
+    src: &Path,
+    sha256: &str,
+    mode: u32,
+    mtime_ns: i64,
+    check: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut from = open_regular(src).with_context(|| format!("cannot read {}", src.display()))?;
     let mut file = AtomicFile::create(root, rel)?;
     copy_hashing(&mut from, |data| file.write(data).map_err(Into::into))?;
+    check()?;
     file.commit(sha256, mode, mtime_ns)?;
     fsync_dir(&parent_dir(root, rel))?;
     Ok(())
@@ -369,6 +388,32 @@ mod tests {
 
     fn rel(s: &str) -> RelPath {
         RelPath::parse(s).expect("valid test path")
+    }
+
+    #[test]
+    fn a_failed_check_before_the_rename_replaces_nothing() {
+        let e = tempfile::tempdir().expect("tempdir");
+        let s = tempfile::tempdir().expect("tempdir");
+        std::fs::write(e.path().join("f.txt"), "edited on E meanwhile\n").expect("write E");
+        let src = s.path().join("staged");
+        std::fs::write(&src, "R's version\n").expect("write staged");
+        let sha = zync_fs::hash_bytes(b"R's version\n");
+        let r = write_from_checked(e.path(), &rel("f.txt"), &src, &sha, 0o644, 0, || {
+            anyhow::bail!("changed")
+        });
+        assert!(r.is_err());
+        assert_eq!(
+            std::fs::read_to_string(e.path().join("f.txt")).expect("read"),
+            "edited on E meanwhile\n"
+        );
+        let names: Vec<_> = std::fs::read_dir(e.path()).expect("list").collect();
+        assert_eq!(names.len(), 1, "no temp file may be left");
+        write_from_checked(e.path(), &rel("f.txt"), &src, &sha, 0o644, 0, || Ok(()))
+            .expect("a passing check writes");
+        assert_eq!(
+            std::fs::read_to_string(e.path().join("f.txt")).expect("read"),
+            "R's version\n"
+        );
     }
 
     #[test]

@@ -422,10 +422,14 @@ impl<'a> Applier<'a> {
             return Ok(Record::Remove(rel.to_string()));
         }
         let path = rel.to_path(self.root);
+        // A partial download of a file E deleted will never be resumed.
+        zync_fs::remove_partials(self.root, rel);
         match self.stat(rel)? {
             Stat::Missing | Stat::Unsupported(_) => {}
             Stat::Entry(meta) if meta.kind == EntryKind::Dir => {
                 if change.kind == zync_proto::Kind::Dir {
+                    // zync's own leftovers (partial downloads) must not keep the directory.
+                    remove_own_temp_files(&path);
                     match std::fs::remove_dir(&path) {
                         Ok(()) => self.touch(rel),
                         Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty => tracing::info!(
@@ -458,5 +462,21 @@ impl<'a> Applier<'a> {
             }
         }
         Ok(Record::Remove(rel.to_string()))
+    }
+}
+
+/// Removes zync's temp files (partial downloads included) directly inside `dir`.
+fn remove_own_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_temp = entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(zync_fs::TEMP_PREFIX.as_bytes());
+        if is_temp && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }

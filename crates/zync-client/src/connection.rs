@@ -139,11 +139,17 @@ impl Connection {
         let id = self.next_id;
         self.next_id += 1;
         let text = Request { id, op }.to_json();
-        self.ws
-            .send(Message::text(text))
-            .await
-            .map_err(|e| ClientError::Connection(e.to_string()))?;
+        self.put(Message::text(text)).await?;
         Ok(id)
+    }
+
+    /// Sends one frame, giving up after the stall timeout: a frozen tunnel must not hang a
+    /// send any more than a receive.
+    async fn put(&mut self, message: Message) -> Result<(), ClientError> {
+        match tokio::time::timeout(self.stall, self.ws.send(message)).await {
+            Err(_) => Err(ClientError::Timeout(self.stall)),
+            Ok(result) => result.map_err(|e| ClientError::Connection(e.to_string())),
+        }
     }
 
     /// The next frame, noting events; None for a binary frame's payload is never returned.
@@ -310,10 +316,8 @@ impl Connection {
                         path: path.display().to_string(),
                         source,
                     })?;
-                self.ws
-                    .send(Message::binary(zync_proto::encode_chunk(id, &buf[..got])))
-                    .await
-                    .map_err(|e| ClientError::Connection(e.to_string()))?;
+                self.put(Message::binary(zync_proto::encode_chunk(id, &buf[..got])))
+                    .await?;
                 remaining -= want as u64;
             }
         }
@@ -335,6 +339,7 @@ impl Connection {
     pub async fn wait_event(&mut self, limit: Duration) -> Result<Option<Seen>, ClientError> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut last_heard = tokio::time::Instant::now();
+        let mut next_ping = last_heard + self.stall / 3;
         loop {
             if self.seen.changed || self.seen.scan_complete {
                 return Ok(Some(std::mem::take(&mut self.seen)));
@@ -343,17 +348,20 @@ impl Connection {
             if now >= deadline {
                 return Ok(None);
             }
-            let wake = (last_heard + self.stall / 3).max(now).min(deadline);
+            // Wake for the next ping, the stall deadline or the caller's limit, whichever is first.
+            let wake = next_ping
+                .min(last_heard + self.stall)
+                .max(now)
+                .min(deadline);
             let message = match tokio::time::timeout_at(wake, self.ws.next()).await {
                 Err(_) => {
-                    if last_heard.elapsed() >= self.stall {
+                    let now = tokio::time::Instant::now();
+                    if now >= last_heard + self.stall {
                         return Err(ClientError::Timeout(self.stall));
                     }
-                    if tokio::time::Instant::now() < deadline {
-                        self.ws
-                            .send(Message::Ping(Vec::new().into()))
-                            .await
-                            .map_err(|e| ClientError::Connection(e.to_string()))?;
+                    if now >= next_ping && now < deadline {
+                        self.put(Message::Ping(Vec::new().into())).await?;
+                        next_ping = now + self.stall / 3;
                     }
                     continue;
                 }
@@ -366,6 +374,7 @@ impl Connection {
                 Ok(Some(Ok(m))) => m,
             };
             last_heard = tokio::time::Instant::now();
+            next_ping = last_heard + self.stall / 3;
             if let Message::Text(text) = message {
                 match ServerMessage::parse(&text) {
                     Ok(ServerMessage::Event(Event::Changed { .. })) => self.seen.changed = true,

@@ -87,6 +87,11 @@ pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, 
             path: abs.display().to_string(),
             source,
         })?;
+        if state.was_inflight(dir, entry.path.as_str(), &sha)? {
+            // Written by a sync run that stopped before recording it: E's content, not R's.
+            tracing::debug!(dir, path = %entry.path, "not sent: zync's own unrecorded download");
+            continue;
+        }
         let base = synced.as_ref().and_then(|s| s.sha256.clone());
         if base.as_deref() == Some(sha.as_str())
             && synced.as_ref().is_some_and(|s| s.mode & 0o777 == mode)

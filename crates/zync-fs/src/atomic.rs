@@ -420,12 +420,21 @@ mod tests {
             f.write(b"x").expect("write");
             f.keep_partial(&sha).expect("keep");
         }
+        let names = |root: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(root)
+                .expect("list")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        // Completing "f.txt.bak" must not touch the partials of "f.txt" (a prefix of its name).
+        crate::remove_partials(root, &other);
+        let left = names(root);
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.iter().all(|n| n.ends_with("-f.txt")), "{left:?}");
+        // Completing "f.txt" removes both of its partials.
         crate::remove_partials(root, &rel);
-        let left: Vec<String> = std::fs::read_dir(root)
-            .expect("list")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
-            .collect();
-        assert_eq!(left.len(), 1, "{left:?}");
-        assert!(left[0].ends_with("-f.txt.bak"), "{left:?}");
+        assert!(names(root).is_empty(), "{:?}", names(root));
     }
 }

@@ -104,9 +104,11 @@ pub fn remove_partials(root: &Path, rel: &crate::path::RelPath) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        // The name may have been cut to the component limit: compare what is left of it.
+        // The name may have been cut to the component limit: only then does a prefix of the
+        // file name count.
         let tail = name.strip_prefix(&prefix).and_then(|t| t.get(17..));
-        if tail.is_some_and(|t| !t.is_empty() && suffix[1..].starts_with(t)) {
+        let cut = name.len() >= crate::path::MAX_COMPONENT_BYTES - 3;
+        if tail.is_some_and(|t| t == &suffix[1..] || (cut && suffix[1..].starts_with(t))) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
