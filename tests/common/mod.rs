@@ -92,6 +92,9 @@ pub struct Daemon {
     args: Vec<String>,
     /// Run as this uid/gid instead of the test's user (permissions do not stop root).
     pub user: Option<u32>,
+    /// A copy of the daemon binary that `user` can execute (the build directory may not be
+    /// reachable by other users).
+    exe: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -138,6 +141,13 @@ impl Daemon {
             log: state.join("daemon.log"),
             args,
             user,
+            exe: user.map(|_| {
+                let exe = state.join("zync-daemon");
+                std::fs::copy(bin_dir().join("zync-daemon"), &exe).expect("copy zync-daemon");
+                std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
+                    .expect("chmod zync-daemon");
+                exe
+            }),
         };
         daemon.launch(0);
         daemon
@@ -168,6 +178,7 @@ impl Daemon {
             log: log.to_path_buf(),
             args,
             user: None,
+            exe: None,
         };
         daemon.launch(0);
         daemon
@@ -176,7 +187,10 @@ impl Daemon {
     /// Starts the process (port 0 picks a free one) and waits until it listens.
     fn launch(&mut self, port: u16) {
         let log = std::fs::File::create(&self.log).expect("create daemon log");
-        let mut cmd = command("zync-daemon");
+        let mut cmd = match &self.exe {
+            Some(exe) => Command::new(exe),
+            None => command("zync-daemon"),
+        };
         cmd.args(&self.args)
             .args(["--port", &port.to_string()])
             .stdout(Stdio::null())
