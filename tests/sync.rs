@@ -96,3 +96,52 @@ fn loop_mode_follows_every_kind_of_change_on_e() {
     );
     drop(running);
 }
+
+/// Content R already has is copied on R, not downloaded (issue 5): a file renamed or moved on
+/// E, a whole directory renamed, and a copy of a file all arrive without their bytes crossing
+/// the wire, and the files set aside during the page leave nothing behind.
+#[test]
+fn renamed_moved_and_copied_files_are_copied_on_r_not_downloaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    const SIZE: usize = 400_000;
+    write(&e.join("a/big.bin"), pseudo_random(SIZE, 7));
+    write(&e.join("dir/one.txt"), pseudo_random(SIZE, 8));
+    write(&e.join("dir/sub/two.txt"), pseudo_random(SIZE, 9));
+    write(&e.join("src.txt"), pseudo_random(SIZE, 10));
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+    assert_same_tree(&e, &r, &[]);
+
+    std::fs::create_dir_all(e.join("b")).unwrap();
+    std::fs::rename(e.join("a/big.bin"), e.join("b/moved.bin")).unwrap();
+    std::fs::rename(e.join("dir"), e.join("renamed-dir")).unwrap();
+    std::fs::copy(e.join("src.txt"), e.join("copy.txt")).unwrap();
+    let proxy = common::proxy::Proxy::to_port(daemon.port);
+    let logs = once_until(&client, &proxy.url(), "R has E's renamed tree", || {
+        same_tree(&e, &r, &[])
+    });
+    assert_same_tree(&e, &r, &[]);
+    assert_eq!(
+        downloaded_paths(&logs),
+        Vec::<String>::new(),
+        "content R had was downloaded again:\n{logs}"
+    );
+    assert!(
+        logs.matches("copied from a file R already had").count() >= 4,
+        "expected four local copies:\n{logs}"
+    );
+    let sent = proxy.bytes_to_client();
+    assert!(
+        sent < SIZE as u64,
+        "{sent} bytes crossed the wire for renames and a copy of {SIZE}-byte files"
+    );
+    assert_eq!(
+        temp_files(&r),
+        Vec::<String>::new(),
+        "set-aside files left on R"
+    );
+}

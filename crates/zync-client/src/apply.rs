@@ -2,15 +2,14 @@
 //! replaced only by complete, verified versions (1), nothing is written outside the root or
 //! through a symlink (3), and an R-side edit is kept as a conflict copy, never lost (4).
 
-use std::collections::BTreeSet;
-use std::io::ErrorKind;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
 use zync_db::{ClientState, Kind, Synced};
-use zync_fs::{AtomicFile, EntryKind, Meta, RelPath, Stat};
-use zync_proto::Change;
+use zync_fs::{AtomicFile, EntryKind, Meta, RelPath, Sealed, Stat};
+use zync_proto::{Change, FileHeader};
 
-use crate::connection::Connection;
 use crate::error::ClientError;
 use crate::sync::Mapping;
 
@@ -23,6 +22,128 @@ pub enum Record {
     Remove(String),
     /// Nothing to record (an invalid change that was skipped).
     Nothing,
+}
+
+/// What [`Applier::begin`] made of one change.
+pub enum Step {
+    /// Applied (or skipped): record this.
+    Done(Record),
+    /// The file's content must be downloaded into this, then passed to [`Applier::seal`].
+    Fetch(Box<Pending>),
+    /// The content was found on R and copied: pass it to [`Applier::install`].
+    Ready(Box<Ready>),
+}
+
+/// A file whose content is on its way from the daemon.
+pub struct Pending {
+    root: PathBuf,
+    rel: RelPath,
+    sha: String,
+    size: u64,
+    /// What stood at the path when the change was planned; anything else at install time is
+    /// an edit on R, kept as a conflict copy.
+    before: Stat,
+    /// A partial download of this content may have been kept in the file's directory.
+    partial: bool,
+    record: Synced,
+    file: Option<AtomicFile>,
+}
+
+impl Pending {
+    /// The path relative to the root.
+    pub fn path(&self) -> &str {
+        self.rel.as_str()
+    }
+
+    /// Bytes still to come from byte `offset` on.
+    pub fn remaining(&self, offset: u64) -> u64 {
+        self.size.saturating_sub(offset)
+    }
+
+    /// Where the download starts: the length of a partial download of this very content kept
+    /// by an earlier attempt (as rsync's `--partial`), else 0.
+    pub fn resume_offset(&self) -> u64 {
+        if !self.partial {
+            return 0;
+        }
+        let partial = AtomicFile::partial_path(&self.root, &self.rel, &self.sha);
+        match zync_fs::lstat(&partial) {
+            Ok(Stat::Entry(m)) if m.kind == EntryKind::File && m.size <= self.size => m.size,
+            _ => 0,
+        }
+    }
+
+    /// Opens the temp file for content that starts at `offset` (a kept partial when > 0).
+    ///
+    /// # Errors
+    /// When the temp file cannot be made, or the partial changed since it was measured.
+    pub fn open(&mut self, offset: u64) -> Result<(), ClientError> {
+        let file = if offset == 0 {
+            AtomicFile::create(&self.root, &self.rel)?
+        } else {
+            match AtomicFile::resume(&self.root, &self.rel, &self.sha)? {
+                Some(partial) if partial.written() == offset => {
+                    tracing::debug!(path = %self.rel, from = offset, "resuming a partial download");
+                    partial
+                }
+                _ => {
+                    return Err(ClientError::Io {
+                        what: "resume the partial download of",
+                        path: self.rel.to_path(&self.root).display().to_string(),
+                        source: std::io::Error::other("it changed since it was measured"),
+                    })
+                }
+            }
+        };
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Appends content.
+    ///
+    /// # Errors
+    /// When the temp file cannot be written, or content arrives before the header.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        match &mut self.file {
+            Some(file) => Ok(file.write(data)?),
+            None => Err(ClientError::Protocol(format!(
+                "{}: content arrived before its header",
+                self.rel
+            ))),
+        }
+    }
+
+    /// Keeps what arrived as a partial download when the connection broke, so that the next
+    /// attempt resumes there.
+    pub fn keep_partial(self) {
+        if let Some(file) = self.file.filter(|f| f.written() > 0) {
+            if let Err(e) = file.keep_partial(&self.sha) {
+                tracing::debug!(path = %self.rel, "cannot keep the partial download: {e}");
+            }
+        }
+    }
+}
+
+/// A complete, verified file waiting for its rename (after its batch was made durable).
+pub struct Ready {
+    rel: RelPath,
+    before: Stat,
+    record: Synced,
+    sealed: Sealed,
+    /// Bytes that came over the network (0 for a local copy).
+    downloaded: Option<u64>,
+}
+
+impl Ready {
+    /// The temp file (its file system is synced before the batch is installed).
+    pub fn temp_path(&self) -> &Path {
+        self.sealed.temp_path()
+    }
+
+    /// The file's size.
+    pub fn size(&self) -> u64 {
+        self.record.size
+    }
 }
 
 /// Applies the changes of one page to one root.
@@ -40,6 +161,16 @@ pub struct Applier<'a> {
     pub downloaded: usize,
     /// Bytes downloaded.
     pub bytes: u64,
+    /// Files whose content was copied from another file on R instead of downloaded.
+    pub copied: usize,
+    /// For each directory of this page: whether it may hold partial downloads.
+    partial_dirs: HashMap<PathBuf, bool>,
+    /// Contents this page needs: a deleted file with one of them is set aside, not removed.
+    wanted: HashSet<String>,
+    /// Deleted files set aside by content, as sources for copies (renames on E).
+    stash: HashMap<String, PathBuf>,
+    /// Directories seen in this page; forgotten whenever anything is moved or removed.
+    dirs_seen: HashSet<String>,
 }
 
 impl<'a> Applier<'a> {
@@ -55,7 +186,19 @@ impl<'a> Applier<'a> {
             conflicts: Vec::new(),
             downloaded: 0,
             bytes: 0,
+            copied: 0,
+            partial_dirs: HashMap::new(),
+            wanted: HashSet::new(),
+            stash: HashMap::new(),
+            dirs_seen: HashSet::new(),
         }
+    }
+
+    /// Names the contents this page's file changes need: a file that E deleted (or renamed)
+    /// with one of them is set aside until the page is done, so a rename costs a local copy
+    /// instead of a download.
+    pub fn want(&mut self, shas: HashSet<String>) {
+        self.wanted = shas;
     }
 
     /// Makes every rename and removal of this page durable (DESIGN invariant 2: the page's
@@ -63,44 +206,230 @@ impl<'a> Applier<'a> {
     ///
     /// # Errors
     /// When a directory cannot be synced.
+    /// One `syncfs` per file system touched flushes them all (directory entries included).
     pub fn finish(&mut self) -> Result<(), ClientError> {
-        for dir in std::mem::take(&mut self.touched) {
-            if dir.is_dir() {
-                zync_fs::fsync_dir(&dir)?;
+        for (_, stashed) in self.stash.drain() {
+            if let Err(e) = std::fs::remove_file(&stashed) {
+                tracing::debug!(path = %stashed.display(), "cannot remove a set-aside file: {e}");
             }
         }
+        let touched = std::mem::take(&mut self.touched);
+        zync_fs::sync_filesystems(touched.iter().map(PathBuf::as_path))?;
         Ok(())
     }
 
-    /// Applies one change.
+    /// Applies one change, except a file's download: that is returned as [`Step::Fetch`] for
+    /// the caller to pipeline.
     ///
     /// # Errors
-    /// A connection error (the caller reconnects) or a problem with this one path.
-    pub async fn apply(
-        &mut self,
-        conn: &mut Connection,
-        change: &Change,
-    ) -> Result<Record, ClientError> {
+    /// A problem with this one path (or the client database).
+    pub fn begin(&mut self, change: &Change) -> Result<Step, ClientError> {
         let rel = match RelPath::parse(&change.path) {
             Ok(rel) => rel,
             Err(e) => {
                 // Invariant 3: a path that could leave the root is never used.
                 tracing::warn!(dir = self.dir, "skipped a change with an invalid path: {e}");
-                return Ok(Record::Nothing);
+                return Ok(Step::Done(Record::Nothing));
             }
         };
         if self.own.contains(&rel.to_path(self.root)) {
             tracing::warn!(dir = self.dir, path = %rel, "skipped: this is the client's own database or token file; keep them outside synced directories");
-            return Ok(Record::Nothing);
+            return Ok(Step::Done(Record::Nothing));
         }
         if change.deleted {
-            return self.delete(&rel, change);
+            return self.delete(&rel, change).map(Step::Done);
         }
         self.make_parents(&rel)?;
         match change.kind {
-            zync_proto::Kind::File => self.file(conn, &rel, change).await,
-            zync_proto::Kind::Dir => self.dir(&rel, change),
-            zync_proto::Kind::Symlink => self.symlink(&rel, change),
+            zync_proto::Kind::File => self.file(&rel, change),
+            zync_proto::Kind::Dir => self.dir(&rel, change).map(Step::Done),
+            zync_proto::Kind::Symlink => self.symlink(&rel, change).map(Step::Done),
+        }
+    }
+
+    /// Checks a finished download against what the change announced and seals it.
+    ///
+    /// # Errors
+    /// `stale` when E's file moved on meanwhile (a newer change brings it); a hash mismatch.
+    pub fn seal(
+        &mut self,
+        mut pending: Box<Pending>,
+        header: &FileHeader,
+    ) -> Result<Box<Ready>, ClientError> {
+        if header.sha256 != pending.sha {
+            return Err(ClientError::Server {
+                code: zync_proto::ErrorCode::Stale,
+                message: format!("{} changed on E during the transfer", pending.rel),
+            });
+        }
+        let Some(file) = pending.file.take() else {
+            return Err(ClientError::Protocol(format!(
+                "{}: finished without a header",
+                pending.rel
+            )));
+        };
+        let downloaded = Some(header.size - header.offset);
+        let sealed = file.seal(&pending.sha, pending.record.mode, pending.record.mtime_ns)?;
+        let Pending {
+            rel,
+            before,
+            record,
+            ..
+        } = *pending;
+        Ok(Box::new(Ready {
+            rel,
+            before,
+            record,
+            sealed,
+            downloaded,
+        }))
+    }
+
+    /// Renames a sealed file into place. Call only after its content was made durable.
+    ///
+    /// # Errors
+    /// When the rename fails or a conflict copy cannot be made.
+    pub fn install(&mut self, ready: Box<Ready>) -> Result<Record, ClientError> {
+        let Ready {
+            rel,
+            before,
+            record,
+            sealed,
+            downloaded,
+        } = *ready;
+        if self.stat(&rel)? != before {
+            self.keep_local(
+                &rel,
+                "this file changed on R while E's version was downloading",
+            )?;
+        }
+        sealed.install()?;
+        if self.may_have_partials(&rel) {
+            zync_fs::remove_partials(self.root, &rel);
+        }
+        match downloaded {
+            Some(bytes) => {
+                self.downloaded += 1;
+                self.bytes += bytes;
+                tracing::debug!(dir = self.dir, path = %rel, bytes, "downloaded");
+            }
+            None => {
+                self.copied += 1;
+                tracing::debug!(dir = self.dir, path = %rel, "copied from a file R already had");
+            }
+        }
+        self.touch(&rel);
+        Ok(Record::Set(rel.to_string(), record))
+    }
+
+    /// Whether `rel`'s directory may hold partial downloads (read once per directory and page,
+    /// so a page of many files does not list a directory per file).
+    fn may_have_partials(&mut self, rel: &RelPath) -> bool {
+        let dir = rel
+            .parent()
+            .map_or_else(|| self.root.to_path_buf(), |p| p.to_path(self.root));
+        *self.partial_dirs.entry(dir).or_insert_with_key(|dir| {
+            let prefix = format!("{}partial-", zync_fs::TEMP_PREFIX);
+            std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries.flatten().any(|e| {
+                    e.file_name()
+                        .as_encoded_bytes()
+                        .starts_with(prefix.as_bytes())
+                })
+            })
+        })
+    }
+
+    /// Copies content R already has (a file E renamed or copied) into a sealed temp file.
+    /// `None` when no local file has it for sure; the caller then downloads it.
+    fn copy_local(&mut self, p: &Pending) -> Result<Option<Box<Ready>>, ClientError> {
+        let mut sources: Vec<PathBuf> = self.stash.get(&p.sha).cloned().into_iter().collect();
+        for (dir, path) in self.state.find_by_sha(&p.sha)? {
+            if sources.len() >= 3 {
+                break;
+            }
+            if dir != self.dir || path == p.rel.as_str() {
+                continue;
+            }
+            // Invariant 3: a path from the database is validated like one from the network.
+            let Ok(source) = RelPath::parse(&path) else {
+                continue;
+            };
+            // Only a file still exactly as zync wrote it; the copy is verified all the same.
+            let Some(synced) = self.synced(&source)? else {
+                continue;
+            };
+            match self.stat(&source)? {
+                Stat::Entry(m)
+                    if m.kind == EntryKind::File
+                        && m.size == synced.size
+                        && m.mtime_ns == synced.mtime_ns => {}
+                _ => continue,
+            }
+            if zync_fs::check_parents(self.root, &source).is_ok() {
+                sources.push(source.to_path(self.root));
+            }
+        }
+        for source in sources {
+            match self.copy_from(&source, p) {
+                Ok(sealed) => {
+                    return Ok(Some(Box::new(Ready {
+                        rel: p.rel.clone(),
+                        before: p.before.clone(),
+                        record: p.record.clone(),
+                        sealed,
+                        downloaded: None,
+                    })))
+                }
+                Err(e) => {
+                    tracing::debug!(path = %p.rel, source = %source.display(), "local copy failed, downloading instead: {e}")
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn copy_from(&self, source: &Path, p: &Pending) -> Result<Sealed, ClientError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let io = |source_err| ClientError::Io {
+            what: "copy",
+            path: source.display().to_string(),
+            source: source_err,
+        };
+        let mut input = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(source)
+            .map_err(io)?;
+        let mut file = AtomicFile::create(self.root, &p.rel)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = input.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            file.write(&buf[..n])?;
+        }
+        Ok(file.seal(&p.sha, p.record.mode, p.record.mtime_ns)?)
+    }
+
+    /// Sets a file that E deleted aside under a temp name, as the source for a later copy of
+    /// the same content in this page. False when it could not be moved (then remove it).
+    fn set_aside(&mut self, rel: &RelPath, sha: &str) -> bool {
+        let name = format!(
+            "{}stash-{}-{}",
+            zync_fs::TEMP_PREFIX,
+            self.stash.len(),
+            &sha[..sha.len().min(16)]
+        );
+        let to = self.root.join(name);
+        match std::fs::rename(rel.to_path(self.root), &to) {
+            Ok(()) => {
+                self.stash.insert(sha.to_string(), to);
+                self.touch(rel);
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -114,6 +443,10 @@ impl<'a> Applier<'a> {
     }
 
     fn touch(&mut self, rel: &RelPath) {
+        // Something at `rel` changed: it may have been a directory seen earlier.
+        if self.dirs_seen.contains(rel.as_str()) {
+            self.dirs_seen.clear();
+        }
         let parent = rel
             .parent()
             .map_or_else(|| self.root.to_path_buf(), |p| p.to_path(self.root));
@@ -217,8 +550,15 @@ impl<'a> Applier<'a> {
     /// nothing is ever written through a link (invariant 3).
     fn make_parents(&mut self, rel: &RelPath) -> Result<(), ClientError> {
         for ancestor in rel.ancestors() {
+            // Seen as a directory earlier in this page (writes still check every parent).
+            if self.dirs_seen.contains(ancestor.as_str()) {
+                continue;
+            }
             match self.stat(&ancestor)? {
-                Stat::Entry(m) if m.kind == EntryKind::Dir => continue,
+                Stat::Entry(m) if m.kind == EntryKind::Dir => {
+                    self.dirs_seen.insert(ancestor.to_string());
+                    continue;
+                }
                 Stat::Entry(m) => self.clear(&ancestor, &m)?,
                 Stat::Unsupported(what) => {
                     return Err(ClientError::Blocked {
@@ -230,23 +570,19 @@ impl<'a> Applier<'a> {
             }
             zync_fs::ensure_dir(self.root, &ancestor, None)?;
             self.touch(&ancestor);
+            self.dirs_seen.insert(ancestor.to_string());
         }
         Ok(())
     }
 
-    async fn file(
-        &mut self,
-        conn: &mut Connection,
-        rel: &RelPath,
-        change: &Change,
-    ) -> Result<Record, ClientError> {
+    fn file(&mut self, rel: &RelPath, change: &Change) -> Result<Step, ClientError> {
         let Some(sha) = change
             .sha256
             .as_deref()
             .filter(|s| zync_fs::is_sha256_hex(s))
         else {
             tracing::warn!(dir = self.dir, path = %rel, "skipped a file change without a valid sha256");
-            return Ok(Record::Nothing);
+            return Ok(Step::Done(Record::Nothing));
         };
         let mode = change.mode & 0o777;
         let record = Synced {
@@ -271,7 +607,7 @@ impl<'a> Applier<'a> {
                     if meta.mtime_ns != change.mtime_ns {
                         zync_fs::set_mtime(&path, change.mtime_ns)?;
                     }
-                    return Ok(Record::Set(rel.to_string(), record));
+                    return Ok(Step::Done(Record::Set(rel.to_string(), record)));
                 }
                 // zync's own write from a run that stopped before recording it is no R edit.
                 let ours = self.state.was_inflight(self.dir, rel.as_str(), &local)?;
@@ -294,53 +630,20 @@ impl<'a> Applier<'a> {
         // What stands at the path now; if it changes during the download (an editor saving on
         // R), that save is kept as a conflict copy before the rename (invariant 4).
         let before = self.stat(rel)?;
-        // A download of this content that broke off earlier continues where it stopped.
-        let mut file = match AtomicFile::resume(self.root, rel, sha)? {
-            Some(partial) if partial.written() <= change.size => {
-                tracing::debug!(dir = self.dir, path = %rel, from = partial.written(), "resuming a partial download");
-                partial
-            }
-            _ => AtomicFile::create(self.root, rel)?,
+        let pending = Pending {
+            root: self.root.to_path_buf(),
+            rel: rel.clone(),
+            sha: sha.to_string(),
+            size: change.size,
+            before,
+            partial: self.may_have_partials(rel),
+            record,
+            file: None,
         };
-        let offset = file.written();
-        let downloaded = conn
-            .download(self.dir, rel.as_str(), offset, |data| {
-                file.write(data).map_err(ClientError::from)
-            })
-            .await;
-        let header = match downloaded {
-            Ok(header) => header,
-            Err(e @ (ClientError::Connection(_) | ClientError::Timeout(_))) => {
-                // The tunnel dropped: keep what arrived, the next attempt resumes from there.
-                if file.written() > 0 {
-                    if let Err(keep) = file.keep_partial(sha) {
-                        tracing::debug!(path = %rel, "cannot keep the partial download: {keep}");
-                    }
-                }
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
-        if header.sha256 != sha {
-            // E's file moved on since this change; the newer change will bring it.
-            return Err(ClientError::Server {
-                code: zync_proto::ErrorCode::Stale,
-                message: format!("{rel} changed on E during the transfer"),
-            });
+        if let Some(ready) = self.copy_local(&pending)? {
+            return Ok(Step::Ready(ready));
         }
-        self.bytes += file.written();
-        if self.stat(rel)? != before {
-            self.keep_local(
-                rel,
-                "this file changed on R while E's version was downloading",
-            )?;
-        }
-        file.commit(sha, mode, change.mtime_ns)?;
-        zync_fs::remove_partials(self.root, rel);
-        self.downloaded += 1;
-        self.touch(rel);
-        tracing::debug!(dir = self.dir, path = %rel, bytes = change.size, "downloaded");
-        Ok(Record::Set(rel.to_string(), record))
+        Ok(Step::Fetch(Box::new(pending)))
     }
 
     fn dir(&mut self, rel: &RelPath, change: &Change) -> Result<Record, ClientError> {
@@ -423,7 +726,9 @@ impl<'a> Applier<'a> {
         }
         let path = rel.to_path(self.root);
         // A partial download of a file E deleted will never be resumed.
-        zync_fs::remove_partials(self.root, rel);
+        if self.may_have_partials(rel) {
+            zync_fs::remove_partials(self.root, rel);
+        }
         match self.stat(rel)? {
             Stat::Missing | Stat::Unsupported(_) => {}
             Stat::Entry(meta) if meta.kind == EntryKind::Dir => {
@@ -450,6 +755,12 @@ impl<'a> Applier<'a> {
             }
             Stat::Entry(meta) => {
                 if self.is_as_synced(rel, &meta)? {
+                    if meta.kind == EntryKind::File && !self.wanted.is_empty() {
+                        let sha = self.local_sha(rel, &meta, self.synced(rel)?.as_ref())?;
+                        if self.wanted.contains(&sha) && self.set_aside(rel, &sha) {
+                            return Ok(Record::Remove(rel.to_string()));
+                        }
+                    }
                     std::fs::remove_file(&path).map_err(|source| ClientError::Io {
                         what: "remove",
                         path: path.display().to_string(),

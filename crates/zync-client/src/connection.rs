@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::{self, Bytes, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use zync_proto::{
     Event, FileHeader, GetFile, Hello, HelloReply, Op, Reply, Request, ServerMessage, UpstreamFile,
@@ -178,7 +178,7 @@ impl Connection {
                         other => return Ok(Incoming::Text(other)),
                     }
                 }
-                Message::Binary(data) => return Ok(Incoming::Binary(data.to_vec())),
+                Message::Binary(data) => return Ok(Incoming::Binary(data)),
                 Message::Close(frame) => {
                     let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
                     return Err(ClientError::Connection(format!(
@@ -220,74 +220,79 @@ impl Connection {
         self.response(id).await
     }
 
-    /// Downloads a file into `sink`, which receives each chunk in order.
+    /// Queues a request for a file's content from byte `offset` on, without waiting (send it
+    /// with [`Connection::flush`]): the header, the chunks and any error arrive later through
+    /// [`Connection::next_transfer`], tagged with the returned request id, so that many
+    /// downloads can be in flight at once.
     ///
     /// # Errors
-    /// As [`Connection::call`]; `Server { code: Stale }` when the file changed on E meanwhile.
-    pub async fn download(
+    /// A transport failure or a stalled send.
+    pub async fn request_file(
         &mut self,
         dir: &str,
         path: &str,
         offset: u64,
-        mut sink: impl FnMut(&[u8]) -> Result<(), ClientError>,
-    ) -> Result<FileHeader, ClientError> {
-        let id = self
-            .send(Op::GetFile(GetFile {
-                dir: dir.to_string(),
-                path: path.to_string(),
-                offset: (offset > 0).then_some(offset),
-            }))
-            .await?;
-        let header = match self.response(id).await? {
-            Reply::GetFile(h) => h,
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "expected a GET_FILE reply, got {other:?}"
-                )))
-            }
-        };
-        if header.offset != offset {
-            return Err(ClientError::Protocol(format!(
-                "{path}: asked for the content from byte {offset}, the daemon sends it from {}",
-                header.offset
-            )));
+    ) -> Result<u64, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let op = Op::GetFile(GetFile {
+            dir: dir.to_string(),
+            path: path.to_string(),
+            offset: (offset > 0).then_some(offset),
+        });
+        let message = Message::text(Request { id, op }.to_json());
+        match tokio::time::timeout(self.stall, self.ws.feed(message)).await {
+            Err(_) => Err(ClientError::Timeout(self.stall)),
+            Ok(result) => result
+                .map(|()| id)
+                .map_err(|e| ClientError::Connection(e.to_string())),
         }
-        let mut received = header.offset;
-        let mut chunks = 0u64;
-        while chunks < header.chunks {
+    }
+
+    /// Sends what [`Connection::request_file`] queued.
+    ///
+    /// # Errors
+    /// A transport failure or a stalled send.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        match tokio::time::timeout(self.stall, self.ws.flush()).await {
+            Err(_) => Err(ClientError::Timeout(self.stall)),
+            Ok(result) => result.map_err(|e| ClientError::Connection(e.to_string())),
+        }
+    }
+
+    /// The next message about requested files: a header, a chunk of content or a refusal.
+    /// Events are noted on the way; other replies are not expected while downloads are in
+    /// flight and are skipped.
+    ///
+    /// # Errors
+    /// A transport failure, a stall or a frame that breaks the protocol.
+    pub async fn next_transfer(&mut self) -> Result<Transfer, ClientError> {
+        loop {
             match self.receive().await? {
                 Incoming::Binary(frame) => {
-                    let (chunk_id, data) = zync_proto::decode_chunk(&frame)
+                    let (id, _) = zync_proto::decode_chunk(&frame)
                         .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                    if chunk_id != id {
-                        continue;
-                    }
-                    received += data.len() as u64;
-                    if received > header.size {
-                        return Err(ClientError::Protocol(format!(
-                            "{path}: the daemon sent more than the announced {} bytes",
-                            header.size
-                        )));
-                    }
-                    sink(data)?;
-                    chunks += 1;
+                    return Ok(Transfer::Chunk(id, frame.slice(zync_proto::CHUNK_HEADER..)));
                 }
-                Incoming::Text(ServerMessage::Error(e)) if e.id == Some(id) => {
-                    return Err(ClientError::Server {
-                        code: e.code,
-                        message: e.message,
-                    });
-                }
-                Incoming::Text(_) => {}
+                Incoming::Text(ServerMessage::Ok(ok)) => match ok.reply {
+                    Reply::GetFile(header) => return Ok(Transfer::Header(ok.id, header)),
+                    other => tracing::debug!(id = ok.id, "skipped an unexpected reply: {other:?}"),
+                },
+                Incoming::Text(ServerMessage::Error(e)) => match e.id {
+                    Some(id) => {
+                        return Ok(Transfer::Failed(
+                            id,
+                            ClientError::Server {
+                                code: e.code,
+                                message: e.message,
+                            },
+                        ))
+                    }
+                    None => tracing::warn!("the daemon reported: {}", e.message),
+                },
+                Incoming::Text(ServerMessage::Event(_)) => {}
             }
         }
-        if received != header.size {
-            return Err(ClientError::Protocol(format!(
-                "{path}: received {received} of {} bytes",
-                header.size
-            )));
-        }
-        Ok(header)
     }
 
     /// Sends UPSTREAM_FILE and, for a write, the file's content as chunks read from `content`
@@ -410,9 +415,20 @@ fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result
     Ok(filled)
 }
 
+/// One message about a requested file (see [`Connection::request_file`]).
+#[derive(Debug)]
+pub enum Transfer {
+    /// The file's header: what follows and what it must hash to.
+    Header(u64, FileHeader),
+    /// A piece of the content, in order.
+    Chunk(u64, Bytes),
+    /// The daemon refused the request (or stopped sending: the file changed meanwhile).
+    Failed(u64, ClientError),
+}
+
 enum Incoming {
     Text(ServerMessage),
-    Binary(Vec<u8>),
+    Binary(Bytes),
 }
 
 fn truncate(text: &str) -> String {

@@ -6,6 +6,7 @@ mod apply;
 mod cli;
 mod connection;
 mod error;
+mod pipeline;
 mod sync;
 mod upstream;
 
@@ -230,6 +231,7 @@ async fn sync_all(
                 dir = %mapping.name,
                 applied = report.applied,
                 downloaded = report.downloaded,
+                copied = report.copied,
                 bytes = report.bytes,
                 conflicts = report.conflicts.len(),
                 failing = report.failures.len(),

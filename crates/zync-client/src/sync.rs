@@ -1,15 +1,22 @@
 //! Sync rounds: pull one directory's changes page by page, apply them, make them durable,
 //! then advance and acknowledge the last sequence (DESIGN invariant 2).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use zync_db::{ClientState, DirState};
 use zync_fs::DirName;
-use zync_proto::{AckChanges, GetChanges, Op, Reply};
+use zync_proto::{AckChanges, Change, GetChanges, Op, Reply};
 
-use crate::apply::{Applier, Record};
+use crate::apply::{Applier, Ready, Record, Step};
 use crate::connection::Connection;
 use crate::error::ClientError;
+use crate::pipeline::{Finished, Pipeline};
+
+/// Downloaded files are renamed into place in batches of at most this many files or bytes, each
+/// batch made durable by one flush of its file system first (invariant 1).
+const BATCH_FILES: usize = 1024;
+const BATCH_BYTES: u64 = 256 << 20;
 
 /// A local directory and the daemon's name for it.
 #[derive(Debug, Clone)]
@@ -30,6 +37,8 @@ pub struct DirReport {
     pub applied: usize,
     /// Files downloaded.
     pub downloaded: usize,
+    /// Files copied from content R already had (renames and copies on E).
+    pub copied: usize,
     /// Bytes downloaded.
     pub bytes: u64,
     /// Conflict copies made.
@@ -114,41 +123,37 @@ pub async fn sync_dir(
             }
         }
         batch.commit()?;
+        let outcome = apply_page(conn, state, mapping, &page.changes).await?;
         let mut records = Vec::with_capacity(page.changes.len());
         let mut failed = Vec::new();
         let mut durable = report.last_seq;
-        let mut lost: Option<ClientError> = None;
-        {
-            let mut applier = Applier::new(mapping, state);
-            for change in &page.changes {
-                match applier.apply(conn, change).await {
-                    Ok(record) => {
-                        records.push((change.path.clone(), record));
-                        report.applied += 1;
-                        if !blocked {
-                            durable = change.seq;
-                        }
-                    }
-                    Err(e) if e.is_connection() => {
-                        lost = Some(e);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(dir = name, path = %change.path, "{e}");
-                        report.failures.push((change.path.clone(), e.to_string()));
-                        failed.push((change.path.clone(), e.to_string()));
-                        if e.is_transient() {
-                            report.transient += 1;
-                        }
-                        blocked = true;
+        for (change, result) in page.changes.iter().zip(outcome.results) {
+            match result {
+                Some(Ok(record)) => {
+                    records.push((change.path.clone(), record));
+                    report.applied += 1;
+                    if !blocked {
+                        durable = change.seq;
                     }
                 }
+                Some(Err(e)) => {
+                    tracing::warn!(dir = name, path = %change.path, "{e}");
+                    report.failures.push((change.path.clone(), e.to_string()));
+                    failed.push((change.path.clone(), e.to_string()));
+                    if e.is_transient() {
+                        report.transient += 1;
+                    }
+                    blocked = true;
+                }
+                // Not reached before the connection was lost.
+                None => blocked = true,
             }
-            applier.finish()?;
-            report.downloaded += applier.downloaded;
-            report.bytes += applier.bytes;
-            report.conflicts.append(&mut applier.conflicts);
         }
+        report.downloaded += outcome.downloaded;
+        report.copied += outcome.copied;
+        report.bytes += outcome.bytes;
+        report.conflicts.extend(outcome.conflicts);
+        let lost = outcome.lost;
         commit(state, name, &index_id, records, &failed, durable)?;
         report.last_seq = durable;
         if let Some(e) = lost {
@@ -172,6 +177,129 @@ pub async fn sync_dir(
         batch.commit()?;
     }
     Ok(report)
+}
+
+/// What applying one page did: a result per change (`None`: not reached), and the totals.
+struct PageOutcome {
+    results: Vec<Option<Result<Record, ClientError>>>,
+    downloaded: usize,
+    copied: usize,
+    bytes: u64,
+    conflicts: Vec<String>,
+    /// The connection broke; what was done before is still durable and recorded.
+    lost: Option<ClientError>,
+}
+
+/// Applies one page: every change is planned in order (directories, links, deletions and local
+/// copies done at once), downloads are pipelined, and finished files are renamed into place in
+/// durable batches. Everything written is flushed before this returns.
+///
+/// # Errors
+/// Only database and flush errors; path and connection problems are in the outcome.
+async fn apply_page(
+    conn: &mut Connection,
+    state: &ClientState,
+    mapping: &Mapping,
+    changes: &[Change],
+) -> Result<PageOutcome, ClientError> {
+    let mut results: Vec<Option<Result<Record, ClientError>>> =
+        changes.iter().map(|_| None).collect();
+    let mut applier = Applier::new(mapping, state);
+    applier.want(
+        changes
+            .iter()
+            .filter(|c| !c.deleted && c.kind == zync_proto::Kind::File)
+            .filter_map(|c| c.sha256.clone())
+            .collect::<HashSet<_>>(),
+    );
+    let mut pipeline = Pipeline::new(mapping.name.as_str());
+    let mut batch = Batch::default();
+    let mut lost = None;
+    for (i, change) in changes.iter().enumerate() {
+        match applier.begin(change) {
+            Ok(Step::Done(record)) => results[i] = Some(Ok(record)),
+            Ok(Step::Fetch(pending)) => pipeline.push(i, pending),
+            Ok(Step::Ready(ready)) => batch.add(i, ready),
+            Err(e) => results[i] = Some(Err(e)),
+        }
+    }
+    // Requests go out only once the page is planned: from then on every reply is read as it
+    // arrives, so what a tunnel drop loses is only what was on the wire.
+    if let Err(e) = pipeline.fill(conn).await {
+        lost = Some(e);
+    }
+    while lost.is_none() && !pipeline.is_empty() {
+        match pipeline.next(conn).await {
+            Ok(Some(Finished::Done(i, pending, header))) => match applier.seal(pending, &header) {
+                Ok(ready) => batch.add(i, ready),
+                Err(e) => results[i] = Some(Err(e)),
+            },
+            Ok(Some(Finished::Failed(i, e))) => results[i] = Some(Err(e)),
+            Ok(None) => {}
+            Err(e) => lost = Some(e),
+        }
+        if batch.is_full() {
+            batch.install(&mut applier, &mut results)?;
+        }
+        if lost.is_none() {
+            if let Err(e) = pipeline.fill(conn).await {
+                lost = Some(e);
+            }
+        }
+    }
+    if lost.is_some() {
+        // The tunnel dropped: keep what arrived, the next attempt resumes from there.
+        for pending in pipeline.abandon() {
+            pending.keep_partial();
+        }
+    }
+    batch.install(&mut applier, &mut results)?;
+    applier.finish()?;
+    Ok(PageOutcome {
+        results,
+        downloaded: applier.downloaded,
+        copied: applier.copied,
+        bytes: applier.bytes,
+        conflicts: std::mem::take(&mut applier.conflicts),
+        lost,
+    })
+}
+
+/// Finished files waiting for their rename.
+#[derive(Default)]
+struct Batch {
+    files: Vec<(usize, Box<Ready>)>,
+    bytes: u64,
+}
+
+impl Batch {
+    fn add(&mut self, index: usize, ready: Box<Ready>) {
+        self.bytes += ready.size();
+        self.files.push((index, ready));
+    }
+
+    fn is_full(&self) -> bool {
+        self.files.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES
+    }
+
+    /// Makes the batch's content durable with one flush per file system, then renames each
+    /// file into place (invariant 1: no rename before the content is on disk).
+    fn install(
+        &mut self,
+        applier: &mut Applier,
+        results: &mut [Option<Result<Record, ClientError>>],
+    ) -> Result<(), ClientError> {
+        let files = std::mem::take(&mut self.files);
+        self.bytes = 0;
+        if files.is_empty() {
+            return Ok(());
+        }
+        zync_fs::sync_filesystems(files.iter().map(|(_, ready)| ready.temp_path()))?;
+        for (i, ready) in files {
+            results[i] = Some(applier.install(ready));
+        }
+        Ok(())
+    }
 }
 
 /// Records a page's results and the new durable sequence in one transaction. Runs only after

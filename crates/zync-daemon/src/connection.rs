@@ -166,6 +166,11 @@ impl Connection {
         self.ws.send(Message::text(message.to_json())).await.is_ok()
     }
 
+    /// Queues a message without flushing: the frames of one file go out together.
+    async fn feed(&mut self, message: &ServerMessage) -> bool {
+        self.ws.feed(Message::text(message.to_json())).await.is_ok()
+    }
+
     async fn send_error(&mut self, id: Option<u64>, refusal: Refusal) -> bool {
         self.send(&ServerMessage::Error(ErrorResponse {
             id,
@@ -426,76 +431,15 @@ impl Connection {
             ));
         }
         let root_path = root.path.clone();
-        let (dir, path) = (get.dir.clone(), rel.as_str().to_string());
-        let entry = self.query(move |index| index.get(&dir, &path)).await?;
-        let entry = match entry {
-            Some(e) if !e.deleted => e,
-            _ => {
-                return Err(Refusal::new(
-                    ErrorCode::NotFound,
-                    format!("{rel} is not in the index"),
-                ))
-            }
-        };
-        if entry.meta.kind != Kind::File {
-            return Err(Refusal::new(
-                ErrorCode::NotAFile,
-                format!(
-                    "{rel} is a {}, not a regular file",
-                    entry.meta.kind.as_str()
-                ),
-            ));
-        }
-        let stale = |why: String| {
-            Refusal::new(
-                ErrorCode::Stale,
-                format!("{rel} {why}; ask again after the next change"),
-            )
-        };
-        zync_fs::check_parents(&root_path, &rel).map_err(|e| stale(format!("changed: {e}")))?;
-        let abs = rel.to_path(&root_path);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&abs)
-            .map_err(|e| stale(format!("cannot be opened ({e})")))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| stale(format!("cannot be read ({e})")))?;
-        let mtime_ns = zync_fs::lstat(&abs)
-            .ok()
-            .and_then(|s| match s {
-                zync_fs::Stat::Entry(m) => Some(m.mtime_ns),
-                _ => None,
-            })
-            .unwrap_or(i64::MIN);
-        if meta.len() != entry.meta.size || mtime_ns != entry.meta.mtime_ns || !meta.is_file() {
-            return Err(stale("changed since it was indexed".to_string()));
-        }
-        let Some(sha256) = entry.meta.sha256.clone() else {
-            return Err(stale("has no checksum yet".to_string()));
-        };
-        let size = entry.meta.size;
         let offset = get.offset.unwrap_or(0);
-        if offset > size {
-            return Err(Refusal::new(
-                ErrorCode::BadRequest,
-                format!("offset {offset} is beyond the {size} bytes of {rel}; ask from 0"),
-            ));
-        }
-        let chunk = zync_proto::MAX_CHUNK as u64;
-        let header = FileHeader {
-            dir: get.dir,
-            path: rel.to_string(),
-            size,
-            offset,
-            sha256,
-            mtime_ns: entry.meta.mtime_ns,
-            mode: entry.meta.mode,
-            chunks: (size - offset).div_ceil(chunk),
-        };
+        // One trip off the reactor per file: the lookup, the checks and the first chunk (all of
+        // a small file) together.
+        let (file, header, first) = self
+            .query(move |index| Ok(open_indexed(index, &root_path, get.dir, &rel, offset)))
+            .await??;
+        let (size, path) = (header.size, header.path.clone());
         if !self
-            .send(&ServerMessage::Ok(OkResponse {
+            .feed(&ServerMessage::Ok(OkResponse {
                 id,
                 reply: Reply::GetFile(header),
             }))
@@ -503,44 +447,50 @@ impl Connection {
         {
             return Ok(false);
         }
-        let mut file = tokio::fs::File::from_std(file);
-        if offset > 0 {
-            use tokio::io::AsyncSeekExt;
-            if let Err(e) = file.seek(std::io::SeekFrom::Start(offset)).await {
-                tracing::warn!(path = %abs.display(), "seek failed: {e}");
-                return Ok(self
-                    .send_error(Some(id), stale("cannot be read".to_string()))
-                    .await);
-            }
-        }
-        let mut remaining = size - offset;
-        let mut buf = vec![0u8; zync_proto::MAX_CHUNK];
-        while remaining > 0 {
-            let want = remaining.min(chunk) as usize;
-            let mut filled = 0;
-            while filled < want {
-                match file.read(&mut buf[filled..want]).await {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) => {
-                        tracing::warn!(path = %abs.display(), "read failed mid-transfer: {e}");
-                        break;
-                    }
-                }
-            }
-            if filled < want {
-                // The file shrank while being sent: tell the client to drop what it has.
-                return Ok(self
-                    .send_error(Some(id), stale("changed during the transfer".to_string()))
-                    .await);
-            }
-            let frame = zync_proto::encode_chunk(id, &buf[..want]);
-            if self.ws.send(Message::binary(frame)).await.is_err() {
+        let mut sent = offset;
+        if !first.is_empty() {
+            sent += first.len() as u64;
+            let frame = zync_proto::encode_chunk(id, &first);
+            if self.ws.feed(Message::binary(frame)).await.is_err() {
                 return Ok(false);
             }
-            remaining -= want as u64;
         }
-        Ok(true)
+        if sent < size {
+            // A large file: the rest streams chunk by chunk, memory bounded by one chunk.
+            let mut file = tokio::fs::File::from_std(file);
+            let chunk = zync_proto::MAX_CHUNK as u64;
+            let mut buf = vec![0u8; (size - sent).min(chunk) as usize];
+            while sent < size {
+                let want = (size - sent).min(chunk) as usize;
+                let mut filled = 0;
+                while filled < want {
+                    match file.read(&mut buf[filled..want]).await {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) => {
+                            tracing::warn!(path = %path, "read failed mid-transfer: {e}");
+                            break;
+                        }
+                    }
+                }
+                if filled < want {
+                    // The file shrank while being sent: tell the client to drop what it has.
+                    let stale = Refusal::new(
+                        ErrorCode::Stale,
+                        format!(
+                            "{path} changed during the transfer; ask again after the next change"
+                        ),
+                    );
+                    return Ok(self.send_error(Some(id), stale).await);
+                }
+                let frame = zync_proto::encode_chunk(id, &buf[..want]);
+                if self.ws.send(Message::binary(frame)).await.is_err() {
+                    return Ok(false);
+                }
+                sent += want as u64;
+            }
+        }
+        Ok(self.ws.flush().await.is_ok())
     }
 
     /// Runs a query on this connection's own read connection, off the reactor.
@@ -570,4 +520,92 @@ impl Connection {
         .await
         .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?
     }
+}
+
+/// Opens `rel` for GET_FILE, checks that it is still what the index says, and reads its first
+/// chunk from `offset` (all of a small file). Blocking: runs off the reactor.
+fn open_indexed(
+    index: &Index,
+    root: &std::path::Path,
+    dir: String,
+    rel: &zync_fs::RelPath,
+    offset: u64,
+) -> Result<(std::fs::File, FileHeader, Vec<u8>), Refusal> {
+    use std::io::{Read, Seek};
+    let entry = match index.get(&dir, rel.as_str())? {
+        Some(e) if !e.deleted => e,
+        _ => {
+            return Err(Refusal::new(
+                ErrorCode::NotFound,
+                format!("{rel} is not in the index"),
+            ))
+        }
+    };
+    if entry.meta.kind != Kind::File {
+        return Err(Refusal::new(
+            ErrorCode::NotAFile,
+            format!(
+                "{rel} is a {}, not a regular file",
+                entry.meta.kind.as_str()
+            ),
+        ));
+    }
+    let stale = |why: String| {
+        Refusal::new(
+            ErrorCode::Stale,
+            format!("{rel} {why}; ask again after the next change"),
+        )
+    };
+    zync_fs::check_parents(root, rel).map_err(|e| stale(format!("changed: {e}")))?;
+    let abs = rel.to_path(root);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&abs)
+        .map_err(|e| stale(format!("cannot be opened ({e})")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| stale(format!("cannot be read ({e})")))?;
+    let mtime_ns = {
+        use std::os::unix::fs::MetadataExt;
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+    };
+    if meta.len() != entry.meta.size || mtime_ns != entry.meta.mtime_ns || !meta.is_file() {
+        return Err(stale("changed since it was indexed".to_string()));
+    }
+    let Some(sha256) = entry.meta.sha256.clone() else {
+        return Err(stale("has no checksum yet".to_string()));
+    };
+    let size = entry.meta.size;
+    if offset > size {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!("offset {offset} is beyond the {size} bytes of {rel}; ask from 0"),
+        ));
+    }
+    if offset > 0 {
+        file.seek(std::io::SeekFrom::Start(offset))
+            .map_err(|e| stale(format!("cannot be read ({e})")))?;
+    }
+    let chunk = zync_proto::MAX_CHUNK as u64;
+    let mut first = vec![0u8; (size - offset).min(chunk) as usize];
+    let mut filled = 0;
+    while filled < first.len() {
+        match file.read(&mut first[filled..]) {
+            Ok(0) => return Err(stale("changed during the transfer".to_string())),
+            Ok(n) => filled += n,
+            Err(e) => return Err(stale(format!("cannot be read ({e})"))),
+        }
+    }
+    let header = FileHeader {
+        dir,
+        path: rel.to_string(),
+        size,
+        offset,
+        sha256,
+        mtime_ns: entry.meta.mtime_ns,
+        mode: entry.meta.mode,
+        chunks: (size - offset).div_ceil(chunk),
+    };
+    Ok((file, header, first))
 }

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-pub use crate::attrs::{fsync_dir, set_mode, set_mtime};
+pub use crate::attrs::{fsync_dir, set_mode, set_mtime, sync_filesystems};
 pub use crate::dirs::{
     check_parents, ensure_dir, remove_partials, remove_temp_files, PARTIAL_MAX_AGE,
 };
@@ -178,13 +178,47 @@ impl AtomicFile {
     /// destination untouched); as [`check_parents`] if a parent changed since
     /// [`AtomicFile::create`]; [`FsError::Io`] otherwise. On any error the temp file is removed.
     pub fn commit(self, expected_sha256: &str, mode: u32, mtime_ns: i64) -> Result<(), FsError> {
-        let AtomicFile {
+        let root = self.root.clone();
+        let rel = self.rel.clone();
+        let dest = self.dest.clone();
+        let temp = self.finish(expected_sha256, mode, mtime_ns)?;
+        temp.as_file()
+            .sync_all()
+            .map_err(|e| FsError::io("fsync", temp.path(), e))?;
+        install(&root, &rel, &dest, temp.into_temp_path())
+    }
+
+    /// Verifies the sha256 of what was written and sets the permission bits and mtime, but does
+    /// not flush: the returned [`Sealed`] file is renamed into place by [`Sealed::install`]
+    /// only after the caller made a whole batch durable at once ([`sync_filesystems`]), so that
+    /// a batch of small files costs one flush instead of one per file (invariant 1 still holds:
+    /// no file is renamed into place before its content is on disk). The file is closed, so
+    /// many sealed files hold no descriptors.
+    ///
+    /// # Errors
+    ///
+    /// As [`AtomicFile::commit`]; the temp file is removed on any error.
+    pub fn seal(self, expected_sha256: &str, mode: u32, mtime_ns: i64) -> Result<Sealed, FsError> {
+        let (root, rel, dest) = (self.root.clone(), self.rel.clone(), self.dest.clone());
+        let temp = self.finish(expected_sha256, mode, mtime_ns)?;
+        Ok(Sealed {
             root,
             rel,
             dest,
-            temp,
-            hasher,
-            ..
+            temp: temp.into_temp_path(),
+        })
+    }
+
+    /// Checks the hash and sets mode and mtime on the temp file (the mtime before any flush, so
+    /// that it is durable too).
+    fn finish(
+        self,
+        expected_sha256: &str,
+        mode: u32,
+        mtime_ns: i64,
+    ) -> Result<tempfile::NamedTempFile, FsError> {
+        let AtomicFile {
+            dest, temp, hasher, ..
         } = self;
         let actual = hasher.finish();
         if !actual.eq_ignore_ascii_case(expected_sha256) {
@@ -197,16 +231,50 @@ impl AtomicFile {
         let file = temp.as_file();
         file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
             .map_err(|e| FsError::io("set the mode of", temp.path(), e))?;
-        // The mtime is set before the fsync so that it is durable too.
         set_file_mtime(file, temp.path(), mtime_ns)?;
-        file.sync_all()
-            .map_err(|e| FsError::io("fsync", temp.path(), e))?;
-        // Narrow the window in which a parent could have been swapped for a symlink.
-        check_parents(&root, &rel)?;
-        temp.persist(&dest)
-            .map_err(|e| FsError::io("rename a temp file to", &dest, e.error))?;
-        Ok(())
+        Ok(temp)
     }
+}
+
+/// A complete, verified temp file waiting for its rename (see [`AtomicFile::seal`]). Dropping
+/// it removes the temp file.
+#[derive(Debug)]
+pub struct Sealed {
+    root: PathBuf,
+    rel: RelPath,
+    dest: PathBuf,
+    temp: tempfile::TempPath,
+}
+
+impl Sealed {
+    /// The temp file's path (to sync its file system before [`Sealed::install`]).
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Renames the file over its destination. Call only after the content was made durable.
+    /// The parent directory is not flushed: sync it (or its file system) once per batch.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_parents`] if a parent changed meanwhile; [`FsError::Io`] when the rename
+    /// fails. The temp file is removed on any error.
+    pub fn install(self) -> Result<(), FsError> {
+        install(&self.root, &self.rel, &self.dest, self.temp)
+    }
+}
+
+/// Renames `temp` over `dest`, after checking once more that no parent became a symlink.
+fn install(
+    root: &Path,
+    rel: &RelPath,
+    dest: &Path,
+    temp: tempfile::TempPath,
+) -> Result<(), FsError> {
+    // Narrow the window in which a parent could have been swapped for a symlink.
+    check_parents(root, rel)?;
+    temp.persist(dest)
+        .map_err(|e| FsError::io("rename a temp file to", dest, e.error))
 }
 
 /// Replaces `root/rel` (whatever it is, unless a non-empty directory) with a symlink to
@@ -280,6 +348,59 @@ mod tests {
         assert_eq!(md.mode() & 0o7777, 0o751);
         assert_eq!(md.mtime() * 1_000_000_000 + md.mtime_nsec(), t);
         assert!(temps(&r.join("d")).is_empty());
+    }
+
+    #[test]
+    fn seal_verifies_and_install_renames_later() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        fs::write(r.join("f"), b"old").expect("write");
+        let mut f = AtomicFile::create(r, &rel("f")).expect("create");
+        f.write(b"new").expect("write");
+        let t = 1_650_000_000_000_000_000;
+        let sealed = f.seal(&hash_bytes(b"new"), 0o600, t).expect("seal");
+        assert_eq!(
+            fs::read(r.join("f")).expect("read"),
+            b"old",
+            "renamed early"
+        );
+        assert_eq!(temps(r).len(), 1);
+        sync_filesystems([sealed.temp_path()]).expect("syncfs");
+        sealed.install().expect("install");
+        assert_eq!(fs::read(r.join("f")).expect("read"), b"new");
+        let md = fs::symlink_metadata(r.join("f")).expect("stat");
+        assert_eq!((md.mode() & 0o7777, md.mtime()), (0o600, 1_650_000_000));
+        assert!(temps(r).is_empty());
+
+        let mut bad = AtomicFile::create(r, &rel("f")).expect("create");
+        bad.write(b"corrupt").expect("write");
+        assert!(matches!(
+            bad.seal(&hash_bytes(b"other"), 0o600, t),
+            Err(FsError::HashMismatch { .. })
+        ));
+        assert!(temps(r).is_empty(), "a refused file left its temp file");
+        // Dropping a sealed file without installing it removes it.
+        let mut dropped = AtomicFile::create(r, &rel("f")).expect("create");
+        dropped.write(b"x").expect("write");
+        drop(dropped.seal(&hash_bytes(b"x"), 0o600, t).expect("seal"));
+        assert!(temps(r).is_empty());
+        assert_eq!(fs::read(r.join("f")).expect("read"), b"new");
+    }
+
+    #[test]
+    fn install_refuses_a_parent_swapped_for_a_symlink() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path().join("root");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(r.join("d")).expect("mkdir");
+        fs::create_dir(&outside).expect("mkdir");
+        let mut f = AtomicFile::create(&r, &rel("d/f")).expect("create");
+        f.write(b"x").expect("write");
+        let sealed = f.seal(&hash_bytes(b"x"), 0o644, 0).expect("seal");
+        fs::rename(r.join("d"), r.join("moved")).expect("move");
+        symlink(&outside, r.join("d")).expect("symlink");
+        assert!(sealed.install().is_err());
+        assert!(!outside.join("f").exists(), "wrote through a symlink");
     }
 
     #[test]

@@ -108,6 +108,48 @@ pub fn fsync_dir(path: &Path) -> Result<(), FsError> {
         .map_err(|e| FsError::io("fsync directory", path, e))
 }
 
+/// Flushes every file system that holds one of `paths` with one `syncfs` each: all data written
+/// and every rename made on it become durable at once. Cheaper than an fsync per file when a
+/// batch holds many small files (one journal commit instead of hundreds). Paths that no longer
+/// exist are skipped.
+///
+/// # Errors
+///
+/// [`FsError::Io`] when a file system cannot be synced (a write-back error: some data may not
+/// have reached the disk).
+pub fn sync_filesystems<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Result<(), FsError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    for path in paths {
+        let Ok(md) = std::fs::metadata(path) else {
+            continue;
+        };
+        if !seen.insert(md.dev()) {
+            continue;
+        }
+        let file = File::open(path).map_err(|e| FsError::io("open", path, e))?;
+        sync_fs_of(&file).map_err(|e| FsError::io("sync the file system of", path, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn sync_fs_of(file: &File) -> io::Result<()> {
+    // SAFETY: the descriptor is open for the duration of the call.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_fs_of(_file: &File) -> io::Result<()> {
+    // No per-file-system sync outside Linux: flush everything.
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +177,15 @@ mod tests {
             "followed the link"
         );
         assert!(set_mode(&tmp.path().join("missing"), 0o644).is_err());
+    }
+
+    #[test]
+    fn sync_filesystems_skips_missing_paths() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let f = tmp.path().join("f");
+        fs::write(&f, b"x").expect("write");
+        let missing = tmp.path().join("missing");
+        sync_filesystems([tmp.path(), f.as_path(), missing.as_path()]).expect("syncfs");
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod watch;
 
 pub use crate::atomic::{
     check_parents, ensure_dir, fsync_dir, remove_partials, remove_temp_files, replace_with_symlink,
-    set_mode, set_mtime, AtomicFile, FsError, PARTIAL_MAX_AGE,
+    set_mode, set_mtime, sync_filesystems, AtomicFile, FsError, Sealed, PARTIAL_MAX_AGE,
 };
 pub use crate::conflict::{conflict_name, free_conflict_name, is_conflict_copy, CONFLICT_MARKER};
 pub use crate::hash::{hash_bytes, hash_file, is_sha256_hex, Hasher};

@@ -1,0 +1,215 @@
+//! Many downloads in flight on one connection: requests go out ahead of the replies, so a page of
+//! small files costs a few round trips instead of one per file. The daemon answers requests in
+//! order; every frame carries its request id, so nothing here depends on that order.
+
+use std::collections::{HashMap, VecDeque};
+
+use zync_proto::FileHeader;
+
+use crate::apply::Pending;
+use crate::connection::{Connection, Transfer};
+use crate::error::ClientError;
+
+/// At most this many requests in flight.
+const MAX_REQUESTS: usize = 1024;
+/// At most this many bytes of request text unanswered. The daemon reads the next request only
+/// after it sent the current file, so unanswered requests wait in socket buffers; keeping them
+/// well under a socket buffer means a send never blocks while the daemon waits for us to read.
+const MAX_REQUEST_BYTES: usize = 48 * 1024;
+/// At most this many content bytes asked for and not yet received (besides the first request).
+const MAX_CONTENT_BYTES: u64 = 64 << 20;
+
+/// A download finished one way or the other; `usize` is the caller's index of the change.
+pub enum Finished {
+    /// All content arrived; the header says what it must hash to.
+    Done(usize, Box<Pending>, FileHeader),
+    /// The daemon refused it or a local write failed (its temp file is removed).
+    Failed(usize, ClientError),
+}
+
+struct Slot {
+    index: usize,
+    pending: Box<Pending>,
+    offset: u64,
+    header: Option<FileHeader>,
+    received: u64,
+    chunks: u64,
+    cost: usize,
+    expected: u64,
+}
+
+/// The downloads of one directory's page.
+pub struct Pipeline<'a> {
+    dir: &'a str,
+    queue: VecDeque<(usize, Box<Pending>)>,
+    inflight: HashMap<u64, Slot>,
+    request_bytes: usize,
+    content_bytes: u64,
+}
+
+impl<'a> Pipeline<'a> {
+    /// An empty pipeline for directory `dir`.
+    pub fn new(dir: &'a str) -> Pipeline<'a> {
+        Pipeline {
+            dir,
+            queue: VecDeque::new(),
+            inflight: HashMap::new(),
+            request_bytes: 0,
+            content_bytes: 0,
+        }
+    }
+
+    /// Queues a download; [`Pipeline::fill`] sends it when the window allows.
+    pub fn push(&mut self, index: usize, pending: Box<Pending>) {
+        self.queue.push_back((index, pending));
+    }
+
+    /// True when nothing is queued or in flight.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.inflight.is_empty()
+    }
+
+    /// Sends queued requests while the window has room.
+    ///
+    /// # Errors
+    /// A transport failure.
+    pub async fn fill(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+        let mut sent = false;
+        while let Some((_, pending)) = self.queue.front() {
+            let offset = pending.resume_offset();
+            let expected = pending.remaining(offset);
+            let cost = 64 + self.dir.len() + pending.path().len();
+            let full = self.inflight.len() >= MAX_REQUESTS
+                || self.request_bytes + cost > MAX_REQUEST_BYTES
+                || self.content_bytes + expected > MAX_CONTENT_BYTES;
+            if full && !self.inflight.is_empty() {
+                break;
+            }
+            let Some((index, pending)) = self.queue.pop_front() else {
+                break;
+            };
+            let id = conn.request_file(self.dir, pending.path(), offset).await?;
+            sent = true;
+            self.request_bytes += cost;
+            self.content_bytes += expected;
+            self.inflight.insert(
+                id,
+                Slot {
+                    index,
+                    pending,
+                    offset,
+                    header: None,
+                    received: 0,
+                    chunks: 0,
+                    cost,
+                    expected,
+                },
+            );
+        }
+        if sent {
+            conn.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads one message about the downloads in flight; returns a download when it finished.
+    ///
+    /// # Errors
+    /// A transport failure, a stall, or a daemon that breaks the protocol (more bytes than
+    /// announced, a header that does not match the request): the caller reconnects.
+    pub async fn next(&mut self, conn: &mut Connection) -> Result<Option<Finished>, ClientError> {
+        match conn.next_transfer().await? {
+            Transfer::Header(id, header) => {
+                let Some(slot) = self.inflight.get_mut(&id) else {
+                    tracing::debug!(id, "skipped the header of a download no longer wanted");
+                    return Ok(None);
+                };
+                if header.offset != slot.offset || header.path != slot.pending.path() {
+                    return Err(ClientError::Protocol(format!(
+                        "asked for {} from byte {}, the daemon sends {} from byte {}",
+                        slot.pending.path(),
+                        slot.offset,
+                        header.path,
+                        header.offset
+                    )));
+                }
+                if header.offset > header.size
+                    || header.chunks
+                        != (header.size - header.offset).div_ceil(zync_proto::MAX_CHUNK as u64)
+                {
+                    return Err(ClientError::Protocol(format!(
+                        "{}: a header of {} bytes from {} in {} chunks does not add up",
+                        header.path, header.size, header.offset, header.chunks
+                    )));
+                }
+                if let Err(e) = slot.pending.open(slot.offset) {
+                    return Ok(self.fail(id, e));
+                }
+                let done = header.chunks == 0;
+                slot.header = Some(header);
+                Ok(if done { self.complete(id) } else { None })
+            }
+            Transfer::Chunk(id, data) => {
+                let Some(slot) = self.inflight.get_mut(&id) else {
+                    // The rest of a download that already failed.
+                    return Ok(None);
+                };
+                let Some(header) = &slot.header else {
+                    return Err(ClientError::Protocol(format!(
+                        "{}: content arrived before its header",
+                        slot.pending.path()
+                    )));
+                };
+                slot.received += data.len() as u64;
+                slot.chunks += 1;
+                if slot.offset + slot.received > header.size {
+                    return Err(ClientError::Protocol(format!(
+                        "{}: the daemon sent more than the announced {} bytes",
+                        header.path, header.size
+                    )));
+                }
+                let last = slot.chunks == header.chunks;
+                if last && slot.offset + slot.received != header.size {
+                    return Err(ClientError::Protocol(format!(
+                        "{}: received {} of {} bytes",
+                        header.path,
+                        slot.offset + slot.received,
+                        header.size
+                    )));
+                }
+                if let Err(e) = slot.pending.write(&data) {
+                    return Ok(self.fail(id, e));
+                }
+                Ok(if last { self.complete(id) } else { None })
+            }
+            Transfer::Failed(id, e) => Ok(if self.inflight.contains_key(&id) {
+                self.fail(id, e)
+            } else {
+                None
+            }),
+        }
+    }
+
+    fn take(&mut self, id: u64) -> Option<Slot> {
+        let slot = self.inflight.remove(&id)?;
+        self.request_bytes -= slot.cost;
+        self.content_bytes -= slot.expected;
+        Some(slot)
+    }
+
+    fn complete(&mut self, id: u64) -> Option<Finished> {
+        let mut slot = self.take(id)?;
+        let header = slot.header.take()?;
+        Some(Finished::Done(slot.index, slot.pending, header))
+    }
+
+    fn fail(&mut self, id: u64, error: ClientError) -> Option<Finished> {
+        let slot = self.take(id)?;
+        Some(Finished::Failed(slot.index, error))
+    }
+
+    /// The downloads cut off by a lost connection, to keep what arrived of them as partials.
+    pub fn abandon(self) -> impl Iterator<Item = Box<Pending>> {
+        self.inflight.into_values().map(|slot| slot.pending)
+    }
+}
