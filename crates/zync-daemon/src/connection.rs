@@ -5,7 +5,7 @@
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
@@ -54,6 +54,11 @@ impl From<zync_db::DbError> for Refusal {
 
 type Ws = WebSocketStream<TcpStream>;
 
+/// At most this many pipelined GET_FILE requests are answered as one batch.
+const READ_AHEAD_FILES: usize = 256;
+/// At most this many content bytes are read ahead for one batch.
+const READ_AHEAD_BYTES: usize = 8 << 20;
+
 /// A connection after the WebSocket upgrade.
 pub struct Connection {
     pub(crate) ws: Ws,
@@ -65,6 +70,8 @@ pub struct Connection {
     pub(crate) upstream: Option<OpenSession>,
     /// Content frames of a refused upload, dropped as they arrive.
     pub(crate) discard: Option<Discard>,
+    /// Messages read ahead while batching GET_FILE requests, handled before reading more.
+    backlog: std::collections::VecDeque<Message>,
 }
 
 impl Connection {
@@ -79,6 +86,7 @@ impl Connection {
             sent,
             upstream: None,
             discard: None,
+            backlog: std::collections::VecDeque::new(),
         }
     }
 
@@ -93,6 +101,12 @@ impl Connection {
         let mut status = self.shared.status.clone();
         let mut watching = true;
         loop {
+            if let Some(message) = self.backlog.pop_front() {
+                if !self.on_message(message).await {
+                    return;
+                }
+                continue;
+            }
             tokio::select! {
                 message = self.ws.next() => {
                     let message = match message {
@@ -180,6 +194,16 @@ impl Connection {
         .await
     }
 
+    /// Queues an error response without flushing (within a batch of responses).
+    async fn feed_error(&mut self, id: Option<u64>, refusal: Refusal) -> bool {
+        self.feed(&ServerMessage::Error(ErrorResponse {
+            id,
+            code: refusal.code,
+            message: refusal.message,
+        }))
+        .await
+    }
+
     /// Handles one frame; false ends the connection.
     async fn on_message(&mut self, message: Message) -> bool {
         let text = match message {
@@ -221,10 +245,9 @@ impl Connection {
             if let Err(refusal) = self.require_hello() {
                 return self.send_error(Some(id), refusal).await;
             }
-            return match self.get_file(id, get).await {
-                Ok(alive) => alive,
-                Err(refusal) => self.send_error(Some(id), refusal).await,
-            };
+            let mut batch = vec![(id, get)];
+            self.read_ahead_files(&mut batch);
+            return self.get_files(batch).await;
         }
         if let Op::UpstreamFile(file) = request.op {
             let result = match self.require_hello() {
@@ -417,10 +440,90 @@ impl Connection {
         }))
     }
 
-    /// Streams a regular file: the header, then its bytes in chunks. The file must still be
-    /// what the index says (size and mtime), else `stale`: a newer change is on its way.
-    /// Returns false when the connection failed.
-    async fn get_file(&mut self, id: u64, get: GetFile) -> Result<bool, Refusal> {
+    /// Takes further GET_FILE requests the client already sent (pipelined), up to a batch, so
+    /// that one trip off the reactor serves many small files. Anything else read on the way is
+    /// kept for [`Connection::serve`] to handle next, in order.
+    fn read_ahead_files(&mut self, batch: &mut Vec<(u64, GetFile)>) {
+        while batch.len() < READ_AHEAD_FILES {
+            let message = match self.ws.next().now_or_never() {
+                None => return,
+                Some(Some(Ok(message))) => message,
+                // The stream ended or failed: let the normal path see that after the batch.
+                Some(_) => {
+                    self.backlog.push_back(Message::Close(None));
+                    return;
+                }
+            };
+            if let Message::Text(text) = &message {
+                if let Ok(Request {
+                    id,
+                    op: Op::GetFile(get),
+                }) = Request::parse(text)
+                {
+                    batch.push((id, get));
+                    continue;
+                }
+            }
+            self.backlog.push_back(message);
+            return;
+        }
+    }
+
+    /// Answers a batch of GET_FILE requests in order: each file's header, then its bytes in
+    /// chunks. A file must still be what the index says (size and mtime), else `stale`: a newer
+    /// change is on its way. Returns false when the connection failed.
+    async fn get_files(&mut self, batch: Vec<(u64, GetFile)>) -> bool {
+        let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
+        let mut wanted = Vec::with_capacity(batch.len());
+        for (id, get) in batch {
+            wanted.push((id, self.locate(get)));
+        }
+        // One trip off the reactor for the lookups, the checks and the first chunk of each file
+        // (all of a small file), within a memory budget.
+        let opened = self
+            .query(move |index| {
+                let mut budget = READ_AHEAD_BYTES;
+                Ok(wanted
+                    .into_iter()
+                    .map(|(id, located)| {
+                        let opened = located.and_then(|(root, dir, rel, offset)| {
+                            open_indexed(index, &root, dir, &rel, offset, &mut budget)
+                        });
+                        (id, opened)
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await;
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(refusal) => {
+                // The index failed: every request of the batch gets the same answer.
+                for id in ids {
+                    let again = Refusal::new(refusal.code, refusal.message.clone());
+                    if !self.feed_error(Some(id), again).await {
+                        return false;
+                    }
+                }
+                return self.ws.flush().await.is_ok();
+            }
+        };
+        for (id, result) in opened {
+            let alive = match result {
+                Ok((file, header, first)) => self.stream_file(id, file, header, first).await,
+                Err(refusal) => self.feed_error(Some(id), refusal).await,
+            };
+            if !alive {
+                return false;
+            }
+        }
+        self.ws.flush().await.is_ok()
+    }
+
+    /// Checks a GET_FILE's directory and path: the root, the directory name, the path.
+    fn locate(
+        &self,
+        get: GetFile,
+    ) -> Result<(std::path::PathBuf, String, zync_fs::RelPath, u64), Refusal> {
         let root = self.served(&get.dir)?;
         let rel = zync_fs::RelPath::parse(&get.path)
             .map_err(|e| Refusal::new(ErrorCode::InvalidPath, e.to_string()))?;
@@ -430,14 +533,19 @@ impl Connection {
                 format!("{rel} is ignored by the daemon's rules"),
             ));
         }
-        let root_path = root.path.clone();
-        let offset = get.offset.unwrap_or(0);
-        // One trip off the reactor per file: the lookup, the checks and the first chunk (all of
-        // a small file) together.
-        let (file, header, first) = self
-            .query(move |index| Ok(open_indexed(index, &root_path, get.dir, &rel, offset)))
-            .await??;
-        let (size, path) = (header.size, header.path.clone());
+        Ok((root.path.clone(), get.dir, rel, get.offset.unwrap_or(0)))
+    }
+
+    /// Sends one opened file: its header, the chunk already read, then the rest chunk by
+    /// chunk (memory bounded by one chunk). Not flushed at the end.
+    async fn stream_file(
+        &mut self,
+        id: u64,
+        file: std::fs::File,
+        header: FileHeader,
+        first: Vec<u8>,
+    ) -> bool {
+        let (size, offset, path) = (header.size, header.offset, header.path.clone());
         if !self
             .feed(&ServerMessage::Ok(OkResponse {
                 id,
@@ -445,52 +553,61 @@ impl Connection {
             }))
             .await
         {
-            return Ok(false);
+            return false;
         }
         let mut sent = offset;
         if !first.is_empty() {
             sent += first.len() as u64;
             let frame = zync_proto::encode_chunk(id, &first);
             if self.ws.feed(Message::binary(frame)).await.is_err() {
-                return Ok(false);
+                return false;
             }
         }
-        if sent < size {
-            // A large file: the rest streams chunk by chunk, memory bounded by one chunk.
-            let mut file = tokio::fs::File::from_std(file);
-            let chunk = zync_proto::MAX_CHUNK as u64;
-            let mut buf = vec![0u8; (size - sent).min(chunk) as usize];
-            while sent < size {
-                let want = (size - sent).min(chunk) as usize;
-                let mut filled = 0;
-                while filled < want {
-                    match file.read(&mut buf[filled..want]).await {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) => {
-                            tracing::warn!(path = %path, "read failed mid-transfer: {e}");
-                            break;
-                        }
+        if sent >= size {
+            return true;
+        }
+        let mut file = tokio::fs::File::from_std(file);
+        if sent > 0 {
+            use tokio::io::AsyncSeekExt;
+            if let Err(e) = file.seek(std::io::SeekFrom::Start(sent)).await {
+                tracing::warn!(path = %path, "seek failed: {e}");
+                let stale = Refusal::new(
+                    ErrorCode::Stale,
+                    format!("{path} cannot be read; ask again after the next change"),
+                );
+                return self.feed_error(Some(id), stale).await;
+            }
+        }
+        let chunk = zync_proto::MAX_CHUNK as u64;
+        let mut buf = vec![0u8; (size - sent).min(chunk) as usize];
+        while sent < size {
+            let want = (size - sent).min(chunk) as usize;
+            let mut filled = 0;
+            while filled < want {
+                match file.read(&mut buf[filled..want]).await {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) => {
+                        tracing::warn!(path = %path, "read failed mid-transfer: {e}");
+                        break;
                     }
                 }
-                if filled < want {
-                    // The file shrank while being sent: tell the client to drop what it has.
-                    let stale = Refusal::new(
-                        ErrorCode::Stale,
-                        format!(
-                            "{path} changed during the transfer; ask again after the next change"
-                        ),
-                    );
-                    return Ok(self.send_error(Some(id), stale).await);
-                }
-                let frame = zync_proto::encode_chunk(id, &buf[..want]);
-                if self.ws.send(Message::binary(frame)).await.is_err() {
-                    return Ok(false);
-                }
-                sent += want as u64;
             }
+            if filled < want {
+                // The file shrank while being sent: tell the client to drop what it has.
+                let stale = Refusal::new(
+                    ErrorCode::Stale,
+                    format!("{path} changed during the transfer; ask again after the next change"),
+                );
+                return self.feed_error(Some(id), stale).await;
+            }
+            let frame = zync_proto::encode_chunk(id, &buf[..want]);
+            if self.ws.send(Message::binary(frame)).await.is_err() {
+                return false;
+            }
+            sent += want as u64;
         }
-        Ok(self.ws.flush().await.is_ok())
+        true
     }
 
     /// Runs a query on this connection's own read connection, off the reactor.
@@ -530,6 +647,7 @@ fn open_indexed(
     dir: String,
     rel: &zync_fs::RelPath,
     offset: u64,
+    budget: &mut usize,
 ) -> Result<(std::fs::File, FileHeader, Vec<u8>), Refusal> {
     use std::io::{Read, Seek};
     let entry = match index.get(&dir, rel.as_str())? {
@@ -588,7 +706,10 @@ fn open_indexed(
             .map_err(|e| stale(format!("cannot be read ({e})")))?;
     }
     let chunk = zync_proto::MAX_CHUNK as u64;
-    let mut first = vec![0u8; (size - offset).min(chunk) as usize];
+    // Past the batch's budget, the content is read while it is sent instead.
+    let first_len = ((size - offset).min(chunk) as usize).min(*budget);
+    *budget -= first_len;
+    let mut first = vec![0u8; first_len];
     let mut filled = 0;
     while filled < first.len() {
         match file.read(&mut first[filled..]) {
