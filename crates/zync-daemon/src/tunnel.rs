@@ -4,9 +4,9 @@
 //!
 //! When is the tunnel "up"? ssh runs with `-v` and `ExitOnForwardFailure=yes`: it logs
 //! `remote forward success for: listen PORT…` once R's sshd has opened the port, and exits if
-//! it cannot. That line is the signal. Should it never come (a `LogLevel` option that silences
-//! ssh, another ssh implementation), an ssh still alive [`Timing::up_grace`] after it started
-//! counts as up, since with `ExitOnForwardFailure=yes` a refused forward would have ended it.
+//! it cannot. That line is the signal. Should it never come (an ssh other than OpenSSH), an ssh
+//! still alive [`Timing::up_grace`] after it started counts as up: longer than its
+//! `ConnectTimeout`, and with `ExitOnForwardFailure=yes` a refused forward would have ended it.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -288,7 +288,7 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Timing {
         Timing {
-            up_grace: Duration::from_secs(10),
+            up_grace: Duration::from_secs(30),
             stable_after: Duration::from_secs(60),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
@@ -408,10 +408,17 @@ pub async fn supervise(
             launch.args.join(" ")
         );
         match spawn(&launch) {
-            Err(e) => emit(Event::SpawnFailed(format!(
-                "cannot run {}: {e}",
-                launch.program.display()
-            ))),
+            Err(e) => {
+                let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                    "; install openssh-client (apt-get install openssh-client) or name the ssh program with --ssh-command"
+                } else {
+                    ""
+                };
+                emit(Event::SpawnFailed(format!(
+                    "cannot run {}: {e}{hint}",
+                    launch.program.display()
+                )))
+            }
             Ok(mut child) => {
                 emit(Event::Started {
                     pid: child.id().unwrap_or_default(),
@@ -1003,7 +1010,11 @@ mod tests {
         })
         .await;
         assert!(
-            matches!(&events[..2], [Event::SpawnFailed(e), Event::Retrying(_)] if e.contains("/nonexistent/ssh")),
+            matches!(
+                &events[..2],
+                [Event::SpawnFailed(e), Event::Retrying(_)]
+                    if e.contains("/nonexistent/ssh") && e.contains("install openssh-client")
+            ),
             "{events:?}"
         );
     }
