@@ -46,6 +46,23 @@ pub struct Args {
     /// Log level: error, warn, info, debug or trace (or a tracing filter).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// Open and keep open the reverse ssh tunnel to machine R (`ssh -N -R PORT:ADDR:PORT`),
+    /// so R's client reaches this daemon at 127.0.0.1:PORT on R. Restarted when it drops.
+    #[arg(long, value_name = "[USER@]HOST")]
+    pub tunnel: Option<String>,
+    /// The port the tunnel opens on R. Default: the daemon's --port.
+    #[arg(long, value_name = "PORT", requires = "tunnel", value_parser = clap::value_parser!(u16).range(1..))]
+    pub tunnel_remote_port: Option<u16>,
+    /// The port of R's sshd (`ssh -p`).
+    #[arg(long, value_name = "PORT", requires = "tunnel", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ssh_port: Option<u16>,
+    /// An ssh_config option for the tunnel's ssh, as KEY=VALUE (`ssh -o`; repeatable), for
+    /// example IdentityFile=~/.ssh/id_zync.
+    #[arg(long = "ssh-option", value_name = "KEY=VALUE", requires = "tunnel")]
+    pub ssh_options: Vec<String>,
+    /// The ssh program the tunnel runs.
+    #[arg(long, value_name = "PATH", env = "ZYNC_SSH", default_value = "ssh")]
+    pub ssh_command: String,
 }
 
 /// One served directory.

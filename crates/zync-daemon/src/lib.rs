@@ -10,6 +10,7 @@ mod connection;
 mod indexer;
 mod server;
 mod token;
+mod tunnel;
 mod upstream;
 
 use std::future::Future;
@@ -48,6 +49,7 @@ pub fn init_logging(level: &str) -> anyhow::Result<()> {
 /// # Errors
 /// Bad arguments, a port in use, an unusable database, or a failing watcher.
 pub fn main_with_args(args: Args) -> anyhow::Result<()> {
+    let tunnel = tunnel::Tunnel::from_args(&args)?;
     let config = Config::from_args(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -65,7 +67,12 @@ pub fn main_with_args(args: Args) -> anyhow::Result<()> {
             .local_addr()
             .context("cannot read the listening address")?;
         tracing::info!("listening on ws://{bound}");
-        run(config, listener, shutdown_signal()).await
+        let tunnel = tunnel.map(|t| t.start(bound)).transpose()?;
+        let result = run(config, listener, shutdown_signal()).await;
+        if let Some(tunnel) = tunnel {
+            tunnel.stop().await;
+        }
+        result
     })
 }
 
