@@ -594,7 +594,9 @@ impl<'a> Applier<'a> {
             target: None,
         };
         let path = rel.to_path(self.root);
-        match self.stat(rel)? {
+        let found = self.stat(rel)?;
+        let mut moved = false;
+        match found.clone() {
             Stat::Missing => {}
             Stat::Entry(meta) if meta.kind == EntryKind::File => {
                 let synced = self.synced(rel)?;
@@ -617,9 +619,13 @@ impl<'a> Applier<'a> {
                     });
                 if edited {
                     self.keep_local(rel, "E changed this file, which was also changed on R")?;
+                    moved = true;
                 }
             }
-            Stat::Entry(meta) => self.clear(rel, &meta)?,
+            Stat::Entry(meta) => {
+                self.clear(rel, &meta)?;
+                moved = true;
+            }
             Stat::Unsupported(what) => {
                 return Err(ClientError::Blocked {
                     path: path.display().to_string(),
@@ -629,7 +635,7 @@ impl<'a> Applier<'a> {
         }
         // What stands at the path now; if it changes during the download (an editor saving on
         // R), that save is kept as a conflict copy before the rename (invariant 4).
-        let before = self.stat(rel)?;
+        let before = if moved { self.stat(rel)? } else { found };
         let pending = Pending {
             root: self.root.to_path_buf(),
             rel: rel.clone(),

@@ -172,7 +172,7 @@ impl ClientState {
             .with_ctx(|| format!("counting the synced paths of {dir}"))
     }
 
-    /// (dir, path) of synced files whose sha256 equals `sha256`, ordered by dir then path: a
+    /// (dir, path) of synced files (at most 64) whose sha256 equals `sha256`, ordered by dir then path: a
     /// local copy of content the client would otherwise download. The caller must check the
     /// file still has that content before copying it.
     ///
@@ -184,14 +184,18 @@ impl ClientState {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT dir, path FROM synced WHERE sha256 = ?1 AND kind = 'file'
-                 ORDER BY dir, path",
+                // The index named: a plan fixed once, not re-made for every sha bound.
+                "SELECT dir, path FROM synced INDEXED BY synced_sha256
+                 WHERE sha256 = ?1 AND kind = 'file' LIMIT 64",
             )
             .with_ctx(context)?;
         let rows = stmt
             .query_map([sha256], |row| Ok((row.get(0)?, row.get(1)?)))
             .with_ctx(context)?;
-        rows.collect::<rusqlite::Result<_>>().with_ctx(context)
+        let mut found: Vec<(String, String)> =
+            rows.collect::<rusqlite::Result<_>>().with_ctx(context)?;
+        found.sort();
+        Ok(found)
     }
 
     /// Whether a page that was not committed (the client stopped) was about to write content
@@ -296,10 +300,8 @@ impl ClientBatch<'_> {
     /// An SQLite failure; the batch should then be dropped.
     pub fn remove_synced(&mut self, dir: &str, path: &str) -> Result<()> {
         self.tx
-            .execute(
-                "DELETE FROM synced WHERE dir = ?1 AND path = ?2",
-                (dir, path),
-            )
+            .prepare_cached("DELETE FROM synced WHERE dir = ?1 AND path = ?2")
+            .and_then(|mut stmt| stmt.execute((dir, path)))
             .with_ctx(|| format!("forgetting the synced state of {dir}/{path}"))?;
         Ok(())
     }
@@ -313,17 +315,18 @@ impl ClientBatch<'_> {
         let context = || format!("forgetting the synced state of {dir}/{path} and below");
         if path.is_empty() {
             self.tx
-                .execute("DELETE FROM synced WHERE dir = ?1", [dir])
+                .prepare_cached("DELETE FROM synced WHERE dir = ?1")
+                .and_then(|mut stmt| stmt.execute([dir]))
                 .with_ctx(context)?;
         } else {
             // Not LIKE (case-insensitive, with wildcards): see `subtree_bounds`.
             let (low, high) = subtree_bounds(path);
             self.tx
-                .execute(
+                .prepare_cached(
                     "DELETE FROM synced
                      WHERE dir = ?1 AND path >= ?2 AND path < ?4 AND (path = ?2 OR path > ?3)",
-                    (dir, path, &low, &high),
                 )
+                .and_then(|mut stmt| stmt.execute((dir, path, &low, &high)))
                 .with_ctx(context)?;
         }
         Ok(())
@@ -366,7 +369,8 @@ impl ClientBatch<'_> {
     /// An SQLite failure; the batch should then be dropped.
     pub fn clear_inflight(&mut self, dir: &str) -> Result<()> {
         self.tx
-            .execute("DELETE FROM inflight WHERE dir = ?1", [dir])
+            .prepare_cached("DELETE FROM inflight WHERE dir = ?1")
+            .and_then(|mut stmt| stmt.execute([dir]))
             .with_ctx(|| format!("clearing the in-flight state of {dir}"))?;
         Ok(())
     }
@@ -382,13 +386,13 @@ impl ClientBatch<'_> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         self.tx
-            .execute(
+            .prepare_cached(
                 "INSERT INTO failing (dir, path, error, since_unix, attempts)
                  VALUES (?1, ?2, ?3, ?4, 1)
                  ON CONFLICT (dir, path) DO UPDATE SET
                      error = excluded.error, attempts = attempts + 1",
-                (dir, path, error, now),
             )
+            .and_then(|mut stmt| stmt.execute((dir, path, error, now)))
             .with_ctx(|| format!("recording the failure of {dir}/{path}"))?;
         Ok(())
     }
@@ -400,10 +404,8 @@ impl ClientBatch<'_> {
     /// An SQLite failure; the batch should then be dropped.
     pub fn clear_failing(&mut self, dir: &str, path: &str) -> Result<()> {
         self.tx
-            .execute(
-                "DELETE FROM failing WHERE dir = ?1 AND path = ?2",
-                (dir, path),
-            )
+            .prepare_cached("DELETE FROM failing WHERE dir = ?1 AND path = ?2")
+            .and_then(|mut stmt| stmt.execute((dir, path)))
             .with_ctx(|| format!("clearing the failure of {dir}/{path}"))?;
         Ok(())
     }
@@ -415,12 +417,12 @@ impl ClientBatch<'_> {
     /// An SQLite failure; the batch should then be dropped.
     pub fn set_dir_state(&mut self, dir: &str, state: &DirState) -> Result<()> {
         self.tx
-            .execute(
+            .prepare_cached(
                 "INSERT INTO dirs (dir, index_id, last_seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (dir) DO UPDATE SET
                      index_id = excluded.index_id, last_seq = excluded.last_seq",
-                (dir, &state.index_id, seq_to_sql(state.last_seq)),
             )
+            .and_then(|mut stmt| stmt.execute((dir, &state.index_id, seq_to_sql(state.last_seq))))
             .with_ctx(|| format!("recording the sync state of {dir}"))?;
         Ok(())
     }
