@@ -3,10 +3,18 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let cli = zync_apply::Cli::parse();
+    let matches = zync_apply::Cli::command().get_matches();
+    let cli = zync_apply::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let cli = match cli.with_config_file(&matches) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("zync-apply: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = zync_apply::init_logging(&cli.log_level) {
         eprintln!("zync-apply: {e:#}");
         return ExitCode::from(2);
