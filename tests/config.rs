@@ -1,7 +1,7 @@
 //! End-to-end: the config files of the three binaries (issue 6). Settings come from a file
 //! when no flag gives them, a flag wins over the file, a broken or missing file stops the
-//! program with the line at fault before it touches anything, and the example files in docs/
-//! work as documented.
+//! program with the line at fault before it touches anything, the example files in docs/
+//! work as documented, and each binary generates shell completions and man pages.
 
 mod common;
 
@@ -438,4 +438,63 @@ fn the_example_config_files_work_as_documented() {
         "the example's ignore = [\"*.log\", ...] was not applied"
     );
     assert!(home_r.join(".local/share/zync/sync_client.db").is_file());
+}
+
+#[test]
+fn every_binary_generates_completions_and_man_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A broken default config file must not stop the generation.
+    let xdg = tmp.path().join("xdg");
+    write(&xdg.join("zync/daemon.toml"), "not toml\n");
+    write(&xdg.join("zync/client.toml"), "not toml\n");
+    let cases = [
+        ("zync-daemon", &["--dirs", "--token-file", "--config"][..]),
+        (
+            "zync-client",
+            &["--dirs", "--stall-timeout", "--config"][..],
+        ),
+        ("zync-apply", &["--non-interactive", "--config"][..]),
+    ];
+    for (name, flags) in cases {
+        for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+            let mut cmd = command(name);
+            cmd.env("XDG_CONFIG_HOME", &xdg)
+                .args(["--generate-completions", shell]);
+            let out = output_within_deadline(cmd);
+            assert_ok(&out, &format!("{name} --generate-completions {shell}"));
+            let script = stdout(&out);
+            assert!(script.contains(name), "{name} {shell}:\n{script}");
+            for flag in flags {
+                // fish names long options without their dashes.
+                let bare = flag.trim_start_matches('-');
+                assert!(
+                    script.contains(flag) || (shell == "fish" && script.contains(bare)),
+                    "{name} {shell}: {flag} missing:\n{script}"
+                );
+            }
+        }
+        let man = tmp.path().join(name).join("man1");
+        let mut cmd = command(name);
+        cmd.env("XDG_CONFIG_HOME", &xdg)
+            .arg("--generate-man")
+            .arg(&man);
+        let out = output_within_deadline(cmd);
+        assert_ok(&out, &format!("{name} --generate-man"));
+        let page_path = man.join(format!("{name}.1"));
+        assert!(
+            stdout(&out).contains(&page_path.display().to_string()),
+            "{name}: the written page is not listed:\n{}",
+            stdout(&out)
+        );
+        let page = std::fs::read_to_string(&page_path).expect("the man page");
+        assert!(page.contains(&format!(".TH {name}")), "{name}:\n{page}");
+        for flag in flags.iter().filter(|f| **f != "--non-interactive") {
+            let escaped = flag.replace('-', "\\-");
+            assert!(page.contains(&escaped), "{name}: {flag} missing:\n{page}");
+        }
+    }
+    // zync-apply's subcommands get their own pages.
+    let apply_page = tmp.path().join("zync-apply/man1/zync-apply-apply.1");
+    let page = std::fs::read_to_string(&apply_page).expect("zync-apply-apply.1");
+    assert!(page.contains("\\-\\-non\\-interactive"), "{page}");
 }

@@ -31,6 +31,9 @@ pub struct Cli {
     /// Default: ~/.config/zync/daemon.toml ($XDG_CONFIG_HOME/zync/...), read if it exists.
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Hidden: shell completions and man pages.
+    #[command(flatten)]
+    pub generate: zync_cli::Generate,
     /// The daemon's SQLite database (as given to zync-daemon --db).
     #[arg(long, global = true, default_value = "sync.db", value_name = "PATH")]
     pub db: PathBuf,

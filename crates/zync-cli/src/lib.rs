@@ -1,13 +1,15 @@
 //! What zync's three binaries share at their command line (issue 6): the TOML config file
 //! that holds what is otherwise given by flags ([`load`], [`DaemonFile`], [`ClientFile`]),
-//! and the rule that a flag beats the file and the file beats the built-in default
-//! ([`given`]).
+//! the rule that a flag beats the file and the file beats the built-in default ([`given`]),
+//! and shell completions and man pages generated from the clap definitions ([`Generate`]).
 #![deny(missing_docs)]
 
 mod file;
+mod generate;
 mod schema;
 
 pub use file::{default_path, load, ConfigError, Loaded};
+pub use generate::Generate;
 pub use schema::{ClientFile, DaemonFile};
 
 use clap::parser::ValueSource;

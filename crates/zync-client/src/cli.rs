@@ -27,6 +27,9 @@ pub struct Args {
     /// it exists.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Hidden: shell completions and man pages.
+    #[command(flatten)]
+    pub generate: zync_cli::Generate,
     /// The daemon's WebSocket URL (through the tunnel).
     #[arg(long, default_value = "ws://localhost:8000")]
     pub server: String,

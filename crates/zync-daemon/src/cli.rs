@@ -25,6 +25,9 @@ pub struct Args {
     /// Default: ~/.config/zync/daemon.toml ($XDG_CONFIG_HOME/zync/...), read if it exists.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Hidden: shell completions and man pages.
+    #[command(flatten)]
+    pub generate: zync_cli::Generate,
     /// Address to listen on. Keep it on loopback: clients reach it through an ssh tunnel.
     #[arg(long, default_value = "localhost")]
     pub host: String,
