@@ -1,7 +1,8 @@
 //! End-to-end: the config files of the three binaries (issue 6). Settings come from a file
 //! when no flag gives them, a flag wins over the file, a broken or missing file stops the
 //! program with the line at fault before it touches anything, the example files in docs/
-//! work as documented, and each binary generates shell completions and man pages.
+//! work as documented, the systemd units start real binaries with real flags, and each
+//! binary generates shell completions and man pages.
 
 mod common;
 
@@ -438,6 +439,38 @@ fn the_example_config_files_work_as_documented() {
         "the example's ignore = [\"*.log\", ...] was not applied"
     );
     assert!(home_r.join(".local/share/zync/sync_client.db").is_file());
+}
+
+/// The binary names each systemd unit in docs/systemd starts, and the flags it passes, are
+/// real: each flag appears in that binary's `--help`.
+#[test]
+fn the_systemd_units_start_real_binaries_with_real_flags() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/systemd");
+    for unit in ["zync-daemon.service", "zync-client.service"] {
+        let text = std::fs::read_to_string(dir.join(unit)).expect("read the unit");
+        let exec = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap_or_else(|| panic!("{unit}: no ExecStart"));
+        let mut words = exec.split_whitespace();
+        let program = words.next().unwrap_or_default();
+        let name = program.rsplit('/').next().unwrap_or_default();
+        assert_eq!(format!("{name}.service"), unit, "{unit} starts {program}");
+        let out = output_within_deadline({
+            let mut cmd = command(name);
+            cmd.arg("--help");
+            cmd
+        });
+        let help = stdout(&out);
+        let flags: Vec<&str> = words.filter(|w| w.starts_with("--")).collect();
+        assert!(flags.contains(&"--config"), "{unit}: {exec}");
+        for flag in flags {
+            assert!(help.contains(flag), "{unit}: {flag} is not a {name} flag");
+        }
+        for line in ["Restart=on-failure", "WantedBy=default.target"] {
+            assert!(text.contains(line), "{unit} lacks {line}");
+        }
+    }
 }
 
 #[test]
