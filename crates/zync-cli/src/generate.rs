@@ -5,10 +5,9 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-use anyhow::Context;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{ArgMatches, Command, FromArgMatches};
 use clap_complete::Shell;
 
@@ -61,9 +60,7 @@ impl Generate {
         }
         Ok(false)
     }
-}
 
-impl Generate {
     /// Answers the generation flags in `matches` (parsed from `cmd`), printing to stdout:
     /// `Some(exit code)` when they were given and the program should exit, None otherwise.
     /// An error is printed prefixed with the program's name.
