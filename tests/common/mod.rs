@@ -63,7 +63,17 @@ pub fn command(name: &str) -> Command {
     );
     let mut cmd = Command::new(path);
     cmd.env_remove("ZYNC_TOKEN");
+    no_user_config(&mut cmd);
     cmd
+}
+
+/// Points the binaries' default config files (`~/.config/zync/*.toml`) at a directory that
+/// does not exist, so a config file of the user running the tests never changes them.
+pub fn no_user_config(cmd: &mut Command) {
+    cmd.env(
+        "XDG_CONFIG_HOME",
+        std::env::temp_dir().join(format!("zync-tests-no-config-{}", std::process::id())),
+    );
 }
 
 /// Polls `cond` until it holds, failing the test with `what` after [`DEADLINE`].
@@ -191,6 +201,7 @@ impl Daemon {
             Some(exe) => Command::new(exe),
             None => command("zync-daemon"),
         };
+        no_user_config(&mut cmd);
         cmd.args(&self.args)
             .args(["--port", &port.to_string()])
             .stdout(Stdio::null())
@@ -275,7 +286,8 @@ impl Drop for Daemon {
     }
 }
 
-fn listening_port(log: &Path) -> Option<u16> {
+/// The port a daemon logged in `log` that it listens on, once it has.
+pub fn listening_port(log: &Path) -> Option<u16> {
     let file = std::fs::File::open(log).ok()?;
     BufReader::new(file)
         .lines()

@@ -1,6 +1,9 @@
 //! The command line of `zync-apply` (clap derive), kept compatible with the original tool's
 //! `list` / `show` / `apply` commands and their `--db`, `--dirs`, `--force` and
-//! `--non-interactive` flags (SEED-README, "Apply Tool").
+//! `--non-interactive` flags (SEED-README, "Apply Tool"). `db` and `dirs` may also come from
+//! zync-daemon's config file (`file.rs`).
+
+mod file;
 
 use std::path::PathBuf;
 
@@ -24,6 +27,13 @@ Exit codes:
     after_help = AFTER_HELP
 )]
 pub struct Cli {
+    /// zync-daemon's config file, for its `db` and `dirs` (flags given here win over it).
+    /// Default: ~/.config/zync/daemon.toml ($XDG_CONFIG_HOME/zync/...), read if it exists.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Hidden: shell completions and man pages.
+    #[command(flatten)]
+    pub generate: zync_cli::Generate,
     /// The daemon's SQLite database (as given to zync-daemon --db).
     #[arg(long, global = true, default_value = "sync.db", value_name = "PATH")]
     pub db: PathBuf,

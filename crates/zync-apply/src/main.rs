@@ -3,10 +3,33 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let cli = zync_apply::Cli::parse();
+    let matches = match zync_apply::Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        // The hidden generation flags stand alone, without the otherwise required subcommand.
+        Err(e) if e.kind() == ErrorKind::MissingSubcommand => {
+            let relaxed = zync_apply::Cli::command()
+                .subcommand_required(false)
+                .get_matches();
+            return zync_cli::Generate::answer(&relaxed, zync_apply::Cli::command())
+                .unwrap_or_else(|| e.exit());
+        }
+        Err(e) => e.exit(),
+    };
+    if let Some(code) = zync_cli::Generate::answer(&matches, zync_apply::Cli::command()) {
+        return code;
+    }
+    let cli = zync_apply::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let cli = match cli.with_config_file(&matches) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("zync-apply: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = zync_apply::init_logging(&cli.log_level) {
         eprintln!("zync-apply: {e:#}");
         return ExitCode::from(2);

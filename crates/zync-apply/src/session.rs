@@ -16,7 +16,7 @@ use zync_db::{Index, Session};
 pub fn open_index(db: &Path) -> anyhow::Result<Index> {
     if !db.exists() {
         bail!(
-            "no database at {}; pass --db with the path given to zync-daemon --db",
+            "no database at {}; pass --db with the path given to zync-daemon --db (or set `db` in its config file)",
             db.display()
         );
     }

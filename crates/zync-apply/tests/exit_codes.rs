@@ -52,6 +52,9 @@ fn stage(db: &Path, root: &Path) {
 
 fn run(db: &Path, args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_zync-apply"))
+        // A config file of the user running the tests must not change them.
+        .arg("--config")
+        .arg("/dev/null")
         .arg("--db")
         .arg(db)
         .args(args)

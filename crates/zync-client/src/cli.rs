@@ -1,4 +1,7 @@
 //! The client's command line (compatible with the original tool's flags) and its validation.
+//! Settings may also come from a config file (`file.rs`).
+
+mod file;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,6 +21,15 @@ use crate::sync::Mapping;
     about = "Keep local directories in step with a zync daemon (runs on machine R)"
 )]
 pub struct Args {
+    /// Config file holding any of these flags' settings except --once and --update-upstream
+    /// (keys are the long flags without `--`; see docs/client.example.toml). Flags given here
+    /// win over it. Default: ~/.config/zync/client.toml ($XDG_CONFIG_HOME/zync/...), read if
+    /// it exists.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Hidden: shell completions and man pages.
+    #[command(flatten)]
+    pub generate: zync_cli::Generate,
     /// The daemon's WebSocket URL (through the tunnel).
     #[arg(long, default_value = "ws://localhost:8000")]
     pub server: String,
@@ -27,8 +39,9 @@ pub struct Args {
     /// Safety-net poll interval in seconds; changes normally arrive at once by notification.
     #[arg(long, default_value_t = 60)]
     pub interval: u64,
-    /// Directory mappings, as REMOTE_NAME:LOCAL_PATH (one or more).
-    #[arg(long, num_args = 1.., required = true, value_name = "NAME:LOCAL_PATH")]
+    /// Directory mappings, as REMOTE_NAME:LOCAL_PATH (one or more). Required, here or as
+    /// `dirs` in the config file.
+    #[arg(long, num_args = 1.., value_name = "NAME:LOCAL_PATH")]
     pub dirs: Vec<String>,
     /// Sync once and exit: 0 when in sync, non-zero with the reason otherwise.
     #[arg(long)]

@@ -2,10 +2,22 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let args = zync_client::Args::parse();
+    let matches = zync_client::Args::command().get_matches();
+    if let Some(code) = zync_cli::Generate::answer(&matches, zync_client::Args::command()) {
+        return code;
+    }
+    let args = zync_client::Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // A bad config file is a usage error (exit 2), like a bad flag: restarting cannot fix it.
+    let args = match args.with_config_file(&matches) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("zync-client: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = zync_client::init_logging(&args.log_level) {
         eprintln!("zync-client: {e:#}");
         return ExitCode::from(2);

@@ -1,5 +1,7 @@
 //! The daemon's command line (kept compatible with the original tool's flags) and its
-//! validation into a [`Config`].
+//! validation into a [`Config`]. Settings may also come from a config file (`file.rs`).
+
+mod file;
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +20,14 @@ use crate::token::Auth;
     about = "Index, watch and serve directories to zync clients (runs on machine E)"
 )]
 pub struct Args {
+    /// Config file holding any of these flags' settings (keys are the long flags without
+    /// `--`; see docs/daemon.example.toml). Flags given here win over it.
+    /// Default: ~/.config/zync/daemon.toml ($XDG_CONFIG_HOME/zync/...), read if it exists.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Hidden: shell completions and man pages.
+    #[command(flatten)]
+    pub generate: zync_cli::Generate,
     /// Address to listen on. Keep it on loopback: clients reach it through an ssh tunnel.
     #[arg(long, default_value = "localhost")]
     pub host: String,
@@ -27,8 +37,9 @@ pub struct Args {
     /// SQLite database holding the index.
     #[arg(long, default_value = "sync.db")]
     pub db: PathBuf,
-    /// Directories to serve, as NAME:PATH (one or more).
-    #[arg(long, num_args = 1.., required = true, value_name = "NAME:PATH")]
+    /// Directories to serve, as NAME:PATH (one or more). Required, here or as `dirs` in the
+    /// config file.
+    #[arg(long, num_args = 1.., value_name = "NAME:PATH")]
     pub dirs: Vec<String>,
     /// Extra ignore pattern, gitignore syntax (repeatable).
     #[arg(long = "ignore", value_name = "PATTERN")]

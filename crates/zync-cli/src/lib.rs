@@ -1,0 +1,63 @@
+//! What zync's three binaries share at their command line (issue 6): the TOML config file
+//! that holds what is otherwise given by flags ([`load`], [`DaemonFile`], [`ClientFile`]),
+//! the rule that a flag beats the file and the file beats the built-in default ([`given`]),
+//! and shell completions and man pages generated from the clap definitions ([`Generate`]).
+#![deny(missing_docs)]
+
+mod file;
+mod generate;
+mod schema;
+
+pub use file::{default_path, load, ConfigError, Loaded};
+pub use generate::Generate;
+pub use schema::{ClientFile, DaemonFile};
+
+use clap::parser::ValueSource;
+use clap::ArgMatches;
+
+/// Whether the user set argument `id` (its field name) on the command line or through its
+/// environment variable, so that it beats the config file. False for a built-in default.
+pub fn given(matches: &ArgMatches, id: &str) -> bool {
+    matches!(
+        matches.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+}
+
+/// Replaces `value` with `from_file` unless the user gave argument `id`: the file beats the
+/// built-in default, a flag beats the file.
+pub fn merge<T>(matches: &ArgMatches, id: &str, value: &mut T, from_file: Option<T>) {
+    if let Some(v) = from_file.filter(|_| !given(matches, id)) {
+        *value = v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Arg, Command};
+
+    fn matches(argv: &[&str]) -> ArgMatches {
+        Command::new("t")
+            .arg(Arg::new("port").long("port").default_value("8000"))
+            .try_get_matches_from(argv)
+            .expect("parse")
+    }
+
+    #[test]
+    fn a_flag_beats_the_file_and_the_file_beats_the_default() {
+        let with_flag = matches(&["t", "--port", "1"]);
+        let mut port = "1".to_string();
+        merge(&with_flag, "port", &mut port, Some("2".to_string()));
+        assert_eq!(port, "1", "the file replaced a flag");
+
+        let without = matches(&["t"]);
+        let mut port = "8000".to_string();
+        merge(&without, "port", &mut port, Some("2".to_string()));
+        assert_eq!(port, "2", "the file did not replace the built-in default");
+
+        let mut port = "8000".to_string();
+        merge(&without, "port", &mut port, None);
+        assert_eq!(port, "8000", "no file value must keep the default");
+    }
+}
