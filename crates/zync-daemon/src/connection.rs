@@ -3,6 +3,7 @@
 //! goes on (DESIGN invariant 7); only transport failures end it.
 
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
@@ -40,6 +41,11 @@ impl Refusal {
     pub(crate) fn message(&self) -> &str {
         &self.message
     }
+
+    #[cfg(test)]
+    pub(crate) fn code(&self) -> ErrorCode {
+        self.code
+    }
 }
 
 impl From<zync_db::DbError> for Refusal {
@@ -49,6 +55,54 @@ impl From<zync_db::DbError> for Refusal {
             ErrorCode::Internal,
             format!("the daemon's index failed: {e}"),
         )
+    }
+}
+
+/// A regular file opened for serving (GET_FILE, GET_DELTA), with the index row it matched.
+pub(crate) struct IndexedFile {
+    /// The path within its directory.
+    pub(crate) rel: zync_fs::RelPath,
+    /// The absolute path.
+    pub(crate) abs: PathBuf,
+    /// Opened without following a symlink.
+    pub(crate) file: std::fs::File,
+    /// Size, mtime, mode and checksum, as indexed.
+    pub(crate) size: u64,
+    pub(crate) mtime_ns: i64,
+    pub(crate) mode: u32,
+    pub(crate) sha256: String,
+}
+
+impl IndexedFile {
+    /// The `stale` refusal for `rel`: it changed, a newer change is coming.
+    pub(crate) fn stale_refusal(rel: &zync_fs::RelPath, why: &str) -> Refusal {
+        Refusal::new(
+            ErrorCode::Stale,
+            format!("{rel} {why}; ask again after the next change"),
+        )
+    }
+
+    /// Checks the open file is still a regular file of the indexed size and its path has the
+    /// indexed mtime: before serving it, and after reading it whole (GET_DELTA).
+    pub(crate) fn check_unchanged(&self) -> Result<(), Refusal> {
+        let meta = self
+            .file
+            .metadata()
+            .map_err(|e| Self::stale_refusal(&self.rel, &format!("cannot be read ({e})")))?;
+        let mtime_ns = zync_fs::lstat(&self.abs)
+            .ok()
+            .and_then(|s| match s {
+                zync_fs::Stat::Entry(m) => Some(m.mtime_ns),
+                _ => None,
+            })
+            .unwrap_or(i64::MIN);
+        if meta.len() != self.size || mtime_ns != self.mtime_ns || !meta.is_file() {
+            return Err(Self::stale_refusal(
+                &self.rel,
+                "changed since it was indexed",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -166,7 +220,7 @@ impl Connection {
         self.ws.send(Message::text(message.to_json())).await.is_ok()
     }
 
-    async fn send_error(&mut self, id: Option<u64>, refusal: Refusal) -> bool {
+    pub(crate) async fn send_error(&mut self, id: Option<u64>, refusal: Refusal) -> bool {
         self.send(&ServerMessage::Error(ErrorResponse {
             id,
             code: refusal.code,
@@ -217,6 +271,15 @@ impl Connection {
                 return self.send_error(Some(id), refusal).await;
             }
             return match self.get_file(id, get).await {
+                Ok(alive) => alive,
+                Err(refusal) => self.send_error(Some(id), refusal).await,
+            };
+        }
+        if let Op::GetDelta(get) = request.op {
+            if let Err(refusal) = self.require_hello() {
+                return self.send_error(Some(id), refusal).await;
+            }
+            return match self.get_delta(id, get).await {
                 Ok(alive) => alive,
                 Err(refusal) => self.send_error(Some(id), refusal).await,
             };
@@ -340,7 +403,7 @@ impl Connection {
             }
             Op::PrepareUpstream(prepare) => self.prepare_upstream(prepare).await,
             Op::FinalizeUpstream(finalize) => self.finalize_upstream(finalize).await,
-            Op::GetFile(_) | Op::UpstreamFile(_) => Err(Refusal::new(
+            Op::GetFile(_) | Op::GetDelta(_) | Op::UpstreamFile(_) => Err(Refusal::new(
                 ErrorCode::Internal,
                 "streamed operations are handled apart",
             )),
@@ -412,12 +475,18 @@ impl Connection {
         }))
     }
 
-    /// Streams a regular file: the header, then its bytes in chunks. The file must still be
-    /// what the index says (size and mtime), else `stale`: a newer change is on its way.
-    /// Returns false when the connection failed.
-    async fn get_file(&mut self, id: u64, get: GetFile) -> Result<bool, Refusal> {
-        let root = self.served(&get.dir)?;
-        let rel = zync_fs::RelPath::parse(&get.path)
+    /// Opens the indexed regular file `path` of `dir` for serving, checked in the order
+    /// docs/PROTOCOL.md gives for GET_FILE: the directory is served, the path is valid and not
+    /// ignored, the index has a live regular-file row for it, and the file on disk is still
+    /// what that row says (parents are real directories, no symlink followed, same size and
+    /// mtime, checksum known), else `stale`: a newer change is on its way.
+    pub(crate) async fn open_indexed(
+        &mut self,
+        dir: &str,
+        path: &str,
+    ) -> Result<IndexedFile, Refusal> {
+        let root = self.served(dir)?;
+        let rel = zync_fs::RelPath::parse(path)
             .map_err(|e| Refusal::new(ErrorCode::InvalidPath, e.to_string()))?;
         if root.rules.is_ignored(&rel, false) {
             return Err(Refusal::new(
@@ -426,7 +495,7 @@ impl Connection {
             ));
         }
         let root_path = root.path.clone();
-        let (dir, path) = (get.dir.clone(), rel.as_str().to_string());
+        let (dir, path) = (dir.to_string(), rel.as_str().to_string());
         let entry = self.query(move |index| index.get(&dir, &path)).await?;
         let entry = match entry {
             Some(e) if !e.deleted => e,
@@ -446,36 +515,47 @@ impl Connection {
                 ),
             ));
         }
-        let stale = |why: String| {
-            Refusal::new(
-                ErrorCode::Stale,
-                format!("{rel} {why}; ask again after the next change"),
-            )
-        };
-        zync_fs::check_parents(&root_path, &rel).map_err(|e| stale(format!("changed: {e}")))?;
         let abs = rel.to_path(&root_path);
+        let stale = |why: String| IndexedFile::stale_refusal(&rel, &why);
+        zync_fs::check_parents(&root_path, &rel).map_err(|e| stale(format!("changed: {e}")))?;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&abs)
             .map_err(|e| stale(format!("cannot be opened ({e})")))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| stale(format!("cannot be read ({e})")))?;
-        let mtime_ns = zync_fs::lstat(&abs)
-            .ok()
-            .and_then(|s| match s {
-                zync_fs::Stat::Entry(m) => Some(m.mtime_ns),
-                _ => None,
-            })
-            .unwrap_or(i64::MIN);
-        if meta.len() != entry.meta.size || mtime_ns != entry.meta.mtime_ns || !meta.is_file() {
-            return Err(stale("changed since it was indexed".to_string()));
-        }
-        let Some(sha256) = entry.meta.sha256.clone() else {
-            return Err(stale("has no checksum yet".to_string()));
+        let opened = IndexedFile {
+            rel,
+            abs,
+            file,
+            size: entry.meta.size,
+            mtime_ns: entry.meta.mtime_ns,
+            mode: entry.meta.mode,
+            sha256: entry.meta.sha256.clone().unwrap_or_default(),
         };
-        let size = entry.meta.size;
+        opened.check_unchanged()?;
+        if entry.meta.sha256.is_none() {
+            return Err(IndexedFile::stale_refusal(
+                &opened.rel,
+                "has no checksum yet",
+            ));
+        }
+        Ok(opened)
+    }
+
+    /// Streams a regular file: the header, then its bytes in chunks. The file must still be
+    /// what the index says (size and mtime), else `stale`: a newer change is on its way.
+    /// Returns false when the connection failed.
+    async fn get_file(&mut self, id: u64, get: GetFile) -> Result<bool, Refusal> {
+        let IndexedFile {
+            rel,
+            abs,
+            file,
+            size,
+            mtime_ns,
+            mode,
+            sha256,
+        } = self.open_indexed(&get.dir, &get.path).await?;
+        let stale = |why: String| IndexedFile::stale_refusal(&rel, &why);
         let offset = get.offset.unwrap_or(0);
         if offset > size {
             return Err(Refusal::new(
@@ -490,8 +570,8 @@ impl Connection {
             size,
             offset,
             sha256,
-            mtime_ns: entry.meta.mtime_ns,
-            mode: entry.meta.mode,
+            mtime_ns,
+            mode,
             chunks: (size - offset).div_ceil(chunk),
         };
         if !self
