@@ -3,6 +3,7 @@
 //! goes on (DESIGN invariant 7); only transport failures end it.
 
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -40,6 +41,11 @@ impl Refusal {
     pub(crate) fn message(&self) -> &str {
         &self.message
     }
+
+    #[cfg(test)]
+    pub(crate) fn code(&self) -> ErrorCode {
+        self.code
+    }
 }
 
 impl From<zync_db::DbError> for Refusal {
@@ -49,6 +55,54 @@ impl From<zync_db::DbError> for Refusal {
             ErrorCode::Internal,
             format!("the daemon's index failed: {e}"),
         )
+    }
+}
+
+/// A regular file opened for serving (GET_FILE, GET_DELTA), with the index row it matched.
+pub(crate) struct IndexedFile {
+    /// The path within its directory.
+    pub(crate) rel: zync_fs::RelPath,
+    /// The absolute path.
+    pub(crate) abs: PathBuf,
+    /// Opened without following a symlink.
+    pub(crate) file: std::fs::File,
+    /// Size, mtime, mode and checksum, as indexed.
+    pub(crate) size: u64,
+    pub(crate) mtime_ns: i64,
+    pub(crate) mode: u32,
+    pub(crate) sha256: String,
+}
+
+impl IndexedFile {
+    /// The `stale` refusal for `rel`: it changed, a newer change is coming.
+    pub(crate) fn stale_refusal(rel: &zync_fs::RelPath, why: &str) -> Refusal {
+        Refusal::new(
+            ErrorCode::Stale,
+            format!("{rel} {why}; ask again after the next change"),
+        )
+    }
+
+    /// Checks the open file is still a regular file of the indexed size and its path has the
+    /// indexed mtime: before serving it, and after reading it whole (GET_DELTA).
+    pub(crate) fn check_unchanged(&self) -> Result<(), Refusal> {
+        let meta = self
+            .file
+            .metadata()
+            .map_err(|e| Self::stale_refusal(&self.rel, &format!("cannot be read ({e})")))?;
+        let mtime_ns = zync_fs::lstat(&self.abs)
+            .ok()
+            .and_then(|s| match s {
+                zync_fs::Stat::Entry(m) => Some(m.mtime_ns),
+                _ => None,
+            })
+            .unwrap_or(i64::MIN);
+        if meta.len() != self.size || mtime_ns != self.mtime_ns || !meta.is_file() {
+            return Err(Self::stale_refusal(
+                &self.rel,
+                "changed since it was indexed",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -185,7 +239,7 @@ impl Connection {
         self.ws.feed(Message::text(message.to_json())).await.is_ok()
     }
 
-    async fn send_error(&mut self, id: Option<u64>, refusal: Refusal) -> bool {
+    pub(crate) async fn send_error(&mut self, id: Option<u64>, refusal: Refusal) -> bool {
         self.send(&ServerMessage::Error(ErrorResponse {
             id,
             code: refusal.code,
@@ -248,6 +302,15 @@ impl Connection {
             let mut batch = vec![(id, get)];
             self.read_ahead_files(&mut batch);
             return self.get_files(batch).await;
+        }
+        if let Op::GetDelta(get) = request.op {
+            if let Err(refusal) = self.require_hello() {
+                return self.send_error(Some(id), refusal).await;
+            }
+            return match self.get_delta(id, get).await {
+                Ok(alive) => alive,
+                Err(refusal) => self.send_error(Some(id), refusal).await,
+            };
         }
         if let Op::UpstreamFile(file) = request.op {
             let result = match self.require_hello() {
@@ -368,7 +431,7 @@ impl Connection {
             }
             Op::PrepareUpstream(prepare) => self.prepare_upstream(prepare).await,
             Op::FinalizeUpstream(finalize) => self.finalize_upstream(finalize).await,
-            Op::GetFile(_) | Op::UpstreamFile(_) => Err(Refusal::new(
+            Op::GetFile(_) | Op::GetDelta(_) | Op::UpstreamFile(_) => Err(Refusal::new(
                 ErrorCode::Internal,
                 "streamed operations are handled apart",
             )),
@@ -440,6 +503,22 @@ impl Connection {
         }))
     }
 
+    /// Opens the indexed regular file `path` of `dir` for serving (GET_DELTA), checked as
+    /// GET_FILE's files are: see [`indexed_file`].
+    pub(crate) async fn open_indexed(
+        &mut self,
+        dir: &str,
+        path: &str,
+    ) -> Result<IndexedFile, Refusal> {
+        let (root, dir, rel, _) = self.locate(GetFile {
+            dir: dir.to_string(),
+            path: path.to_string(),
+            offset: None,
+        })?;
+        self.query(move |index| Ok(indexed_file(index, &root, &dir, rel)))
+            .await?
+    }
+
     /// Takes further GET_FILE requests the client already sent (pipelined), up to a batch, so
     /// that one trip off the reactor serves many small files. Anything else read on the way is
     /// kept for [`Connection::serve`] to handle next, in order.
@@ -487,7 +566,7 @@ impl Connection {
                     .into_iter()
                     .map(|(id, located)| {
                         let opened = located.and_then(|(root, dir, rel, offset)| {
-                            open_indexed(index, &root, dir, &rel, offset, &mut budget)
+                            open_for_get(index, &root, dir, rel, offset, &mut budget)
                         });
                         (id, opened)
                     })
@@ -639,18 +718,17 @@ impl Connection {
     }
 }
 
-/// Opens `rel` for GET_FILE, checks that it is still what the index says, and reads its first
-/// chunk from `offset` (all of a small file). Blocking: runs off the reactor.
-fn open_indexed(
+/// Opens the indexed regular file `rel` of `dir`, checked in the order docs/PROTOCOL.md gives
+/// for GET_FILE: the index has a live regular-file row for it, and the file on disk is still
+/// what that row says (parents are real directories, no symlink followed, same size and mtime,
+/// checksum known), else `stale`: a newer change is on its way. Blocking: runs off the reactor.
+fn indexed_file(
     index: &Index,
     root: &std::path::Path,
-    dir: String,
-    rel: &zync_fs::RelPath,
-    offset: u64,
-    budget: &mut usize,
-) -> Result<(std::fs::File, FileHeader, Vec<u8>), Refusal> {
-    use std::io::{Read, Seek};
-    let entry = match index.get(&dir, rel.as_str())? {
+    dir: &str,
+    rel: zync_fs::RelPath,
+) -> Result<IndexedFile, Refusal> {
+    let entry = match index.get(dir, rel.as_str())? {
         Some(e) if !e.deleted => e,
         _ => {
             return Err(Refusal::new(
@@ -668,33 +746,51 @@ fn open_indexed(
             ),
         ));
     }
-    let stale = |why: String| {
-        Refusal::new(
-            ErrorCode::Stale,
-            format!("{rel} {why}; ask again after the next change"),
-        )
-    };
-    zync_fs::check_parents(root, rel).map_err(|e| stale(format!("changed: {e}")))?;
+    let stale = |why: String| IndexedFile::stale_refusal(&rel, &why);
+    zync_fs::check_parents(root, &rel).map_err(|e| stale(format!("changed: {e}")))?;
     let abs = rel.to_path(root);
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&abs)
         .map_err(|e| stale(format!("cannot be opened ({e})")))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| stale(format!("cannot be read ({e})")))?;
-    let mtime_ns = {
-        use std::os::unix::fs::MetadataExt;
-        meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
-    };
-    if meta.len() != entry.meta.size || mtime_ns != entry.meta.mtime_ns || !meta.is_file() {
-        return Err(stale("changed since it was indexed".to_string()));
-    }
     let Some(sha256) = entry.meta.sha256.clone() else {
         return Err(stale("has no checksum yet".to_string()));
     };
-    let size = entry.meta.size;
+    let opened = IndexedFile {
+        rel,
+        abs,
+        file,
+        size: entry.meta.size,
+        mtime_ns: entry.meta.mtime_ns,
+        mode: entry.meta.mode,
+        sha256,
+    };
+    opened.check_unchanged()?;
+    Ok(opened)
+}
+
+/// Opens `rel` for GET_FILE ([`indexed_file`]) and reads its first chunk from `offset` (all of
+/// a small file) within the batch's `budget`. Blocking: runs off the reactor.
+fn open_for_get(
+    index: &Index,
+    root: &std::path::Path,
+    dir: String,
+    rel: zync_fs::RelPath,
+    offset: u64,
+    budget: &mut usize,
+) -> Result<(std::fs::File, FileHeader, Vec<u8>), Refusal> {
+    use std::io::{Read, Seek};
+    let IndexedFile {
+        rel,
+        mut file,
+        size,
+        mtime_ns,
+        mode,
+        sha256,
+        ..
+    } = indexed_file(index, root, &dir, rel)?;
+    let stale = |why: String| IndexedFile::stale_refusal(&rel, &why);
     if offset > size {
         return Err(Refusal::new(
             ErrorCode::BadRequest,
@@ -724,8 +820,8 @@ fn open_indexed(
         size,
         offset,
         sha256,
-        mtime_ns: entry.meta.mtime_ns,
-        mode: entry.meta.mode,
+        mtime_ns,
+        mode,
         chunks: (size - offset).div_ceil(chunk),
     };
     Ok((file, header, first))

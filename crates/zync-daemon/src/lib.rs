@@ -7,6 +7,7 @@
 
 mod cli;
 mod connection;
+mod delta;
 mod indexer;
 mod server;
 mod token;

@@ -6,6 +6,7 @@
 pub mod atomic;
 mod attrs;
 pub mod conflict;
+pub mod delta;
 mod dir_name;
 mod dirs;
 mod error;
@@ -22,6 +23,7 @@ pub use crate::atomic::{
     set_mode, set_mtime, sync_filesystems, AtomicFile, FsError, Sealed, PARTIAL_MAX_AGE,
 };
 pub use crate::conflict::{conflict_name, free_conflict_name, is_conflict_copy, CONFLICT_MARKER};
+pub use crate::delta::DeltaError;
 pub use crate::hash::{hash_bytes, hash_file, is_sha256_hex, Hasher};
 pub use crate::ignore::{IgnoreError, IgnoreRules, DEFAULT_IGNORES, IGNORE_FILE, TEMP_PREFIX};
 pub use crate::meta::{lstat, EntryKind, Meta, Stat};

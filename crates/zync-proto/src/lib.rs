@@ -12,13 +12,13 @@ mod request;
 
 pub use chunk::{decode_chunk, encode_chunk, ChunkError};
 pub use message::{
-    AckReply, Change, ChangesReply, ErrorCode, ErrorResponse, Event, FileHeader, FinalizeReply,
-    HelloReply, Kind, LastSequence, OkResponse, Reply, ServerMessage, SessionReply,
+    AckReply, Change, ChangesReply, DeltaHeader, ErrorCode, ErrorResponse, Event, FileHeader,
+    FinalizeReply, HelloReply, Kind, LastSequence, OkResponse, Reply, ServerMessage, SessionReply,
     UpstreamFileReply,
 };
 pub use request::{
-    AckChanges, FinalizeUpstream, GetChanges, GetFile, Hello, Op, ParseError, PrepareUpstream,
-    Request, UpstreamAction, UpstreamFile,
+    AckChanges, FinalizeUpstream, GetChanges, GetDelta, GetFile, Hello, Op, ParseError,
+    PrepareUpstream, Request, UpstreamAction, UpstreamFile,
 };
 
 /// The protocol version this build speaks; the handshake refuses any other.
@@ -35,6 +35,11 @@ pub const CHUNK_HEADER: usize = 8;
 
 /// The largest binary frame either side accepts: one chunk and its header.
 pub const MAX_BINARY_FRAME: usize = MAX_CHUNK + CHUNK_HEADER;
+
+/// The largest signature GET_DELTA may carry, in bytes before base64: its base64 (4/3 of it)
+/// and the rest of the request stay well under [`MAX_TEXT_MESSAGE`]. zync's own signatures
+/// stay under 400 KiB (`zync_fs::delta`).
+pub const MAX_SIGNATURE: usize = 2 << 20;
 
 /// How many changes GET_CHANGES returns when the request names no limit.
 pub const DEFAULT_CHANGES_LIMIT: u32 = 1000;

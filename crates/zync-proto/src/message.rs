@@ -57,6 +57,8 @@ pub enum Reply {
     GetChanges(ChangesReply),
     /// GET_FILE's answer; `chunks` binary frames follow.
     GetFile(FileHeader),
+    /// GET_DELTA's answer; `chunks` binary frames of the delta follow.
+    GetDelta(DeltaHeader),
     /// ACK_CHANGES's answer.
     AckChanges(AckReply),
     /// PREPARE_UPSTREAM's answer.
@@ -200,6 +202,29 @@ pub struct FileHeader {
     pub chunks: u64,
 }
 
+/// GET_DELTA's answer: the file the delta rebuilds, and what the binary chunks that follow
+/// (the delta stream of `zync_fs::delta`) add up to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaHeader {
+    /// The directory name.
+    pub dir: String,
+    /// The file's path.
+    pub path: String,
+    /// The size of the file the delta rebuilds.
+    pub size: u64,
+    /// sha256 of the file the delta rebuilds; the client MUST check it (the delta's block
+    /// matching uses MD4 and can rebuild the wrong bytes).
+    pub sha256: String,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Bytes of delta in the chunks that follow.
+    pub delta_size: u64,
+    /// Number of binary frames that follow: `ceil(delta_size / MAX_CHUNK)`.
+    pub chunks: u64,
+}
+
 /// ACK_CHANGES's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AckReply {
@@ -337,6 +362,19 @@ mod tests {
                 sha256: "00".repeat(32),
                 mtime_ns: -5,
                 mode: 0o755,
+                chunks: 1,
+            }),
+        }));
+        round_trip(ServerMessage::Ok(OkResponse {
+            id: 7,
+            reply: Reply::GetDelta(DeltaHeader {
+                dir: "a".into(),
+                path: "f".into(),
+                size: 3,
+                sha256: "00".repeat(32),
+                mtime_ns: 5,
+                mode: 0o644,
+                delta_size: 40,
                 chunks: 1,
             }),
         }));

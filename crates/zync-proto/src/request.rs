@@ -29,6 +29,8 @@ pub enum Op {
     GetChanges(GetChanges),
     /// A file's content, streamed as binary chunks after the reply.
     GetFile(GetFile),
+    /// A file's content as a delta against the client's version, streamed like GET_FILE's.
+    GetDelta(GetDelta),
     /// The client has durably applied a directory's changes up to a sequence number.
     AckChanges(AckChanges),
     /// Opens an upstream session (R's changes, staged on E for review).
@@ -47,6 +49,7 @@ impl Op {
         "GET_LAST_SEQUENCE",
         "GET_CHANGES",
         "GET_FILE",
+        "GET_DELTA",
         "ACK_CHANGES",
         "PREPARE_UPSTREAM",
         "UPSTREAM_FILE",
@@ -61,6 +64,7 @@ impl Op {
             Op::GetLastSequence {} => "GET_LAST_SEQUENCE",
             Op::GetChanges(_) => "GET_CHANGES",
             Op::GetFile(_) => "GET_FILE",
+            Op::GetDelta(_) => "GET_DELTA",
             Op::AckChanges(_) => "ACK_CHANGES",
             Op::PrepareUpstream(_) => "PREPARE_UPSTREAM",
             Op::UpstreamFile(_) => "UPSTREAM_FILE",
@@ -104,6 +108,49 @@ pub struct GetFile {
     /// Resume a partial download: send the content from this byte on (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+}
+
+/// GET_DELTA: the current content of a regular file as a delta against `signature`, the
+/// `zync_fs::delta` signature of the client's own version. The signature travels as base64 in
+/// the JSON; parsing decodes it, refusing one over [`crate::MAX_SIGNATURE`] bytes or that is
+/// not base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetDelta {
+    /// The directory name.
+    pub dir: String,
+    /// The file's path relative to the directory, `/`-separated.
+    pub path: String,
+    /// The signature's bytes (base64, standard alphabet with padding, on the wire).
+    #[serde(with = "base64_signature")]
+    pub signature: Vec<u8>,
+}
+
+/// GET_DELTA's `signature`: bytes as standard base64, bounded by [`crate::MAX_SIGNATURE`].
+mod base64_signature {
+    use base64::Engine;
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    use crate::MAX_SIGNATURE;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        // Checked before decoding, so an oversized one costs no allocation.
+        let max_text = MAX_SIGNATURE.div_ceil(3) * 4;
+        if text.len() > max_text {
+            return Err(de::Error::custom(format!(
+                "signature is {} base64 characters, over the limit of {max_text} ({MAX_SIGNATURE} bytes); \
+                 zync's own signatures are far smaller: was it made with zync_fs::delta::signature?",
+                text.len()
+            )));
+        }
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| de::Error::custom(format!("signature is not valid base64: {e}")))
+    }
 }
 
 /// ACK_CHANGES: the client applied `dir`'s changes up to `sequence` durably.
@@ -292,6 +339,16 @@ mod tests {
                 dir: "d".into(),
                 sequence: 4,
             }),
+            Op::GetDelta(GetDelta {
+                dir: "d".into(),
+                path: "a/b".into(),
+                signature: vec![0, 1, 2, 250, 255],
+            }),
+            Op::GetDelta(GetDelta {
+                dir: "d".into(),
+                path: "e".into(),
+                signature: Vec::new(),
+            }),
         ];
         for (i, op) in ops.into_iter().enumerate() {
             let name = op.name();
@@ -303,6 +360,42 @@ mod tests {
             );
             assert_eq!(Request::parse(&json), Ok(request));
         }
+    }
+
+    #[test]
+    fn get_delta_carries_its_signature_as_base64() {
+        let r = Request::parse(
+            r#"{"id":4,"operation":"GET_DELTA","dir":"d","path":"p","signature":"cnMBNgAAEAA="}"#,
+        )
+        .unwrap();
+        assert!(r.to_json().contains(r#""signature":"cnMBNgAAEAA=""#));
+        let Op::GetDelta(get) = r.op else {
+            panic!("parsed as {:?}", r.op)
+        };
+        assert_eq!(get.signature, b"rs\x016\0\0\x10\0");
+
+        let e = Request::parse(
+            r#"{"id":5,"operation":"GET_DELTA","dir":"d","path":"p","signature":"not base64!"}"#,
+        )
+        .unwrap_err();
+        assert_eq!((e.id, e.code), (Some(5), ErrorCode::BadRequest));
+        assert!(e.message.contains("not valid base64"), "{}", e.message);
+
+        let at_limit = "A".repeat(crate::MAX_SIGNATURE.div_ceil(3) * 4);
+        let request = format!(
+            r#"{{"id":6,"operation":"GET_DELTA","dir":"d","path":"p","signature":"{at_limit}"}}"#
+        );
+        assert!(
+            request.len() < crate::MAX_TEXT_MESSAGE,
+            "the limit leaves room for the rest"
+        );
+        Request::parse(&request).expect("a signature at the limit parses");
+        let over = format!(
+            r#"{{"id":6,"operation":"GET_DELTA","dir":"d","path":"p","signature":"{at_limit}AAAA"}}"#
+        );
+        let e = Request::parse(&over).unwrap_err();
+        assert_eq!((e.id, e.code), (Some(6), ErrorCode::BadRequest));
+        assert!(e.message.contains("over the limit"), "{}", e.message);
     }
 
     #[test]

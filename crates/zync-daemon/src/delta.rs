@@ -1,0 +1,354 @@
+//! GET_DELTA (issue 5): a file's content as a delta against the client's signature of its own
+//! version, so a small edit in a big file crosses the tunnel as a few KiB instead of the file.
+//!
+//! The diff is CPU work over the whole file, so it runs on a blocking thread. Its output is
+//! spooled (memory up to [`SPOOL_MEMORY`], then an unnamed temp file beside the database)
+//! because the reply's header announces the delta's size and the file must be checked against
+//! the index after it was read whole; then the spool is streamed to the connection through a
+//! bounded channel. Memory per request: a window of the file, the signature, the in-memory
+//! spool and [`PIPE`] chunks, whatever the file size.
+
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use zync_fs::DeltaError;
+use zync_proto::{DeltaHeader, ErrorCode, GetDelta, OkResponse, Reply, ServerMessage, MAX_CHUNK};
+
+use crate::connection::{Connection, IndexedFile, Refusal};
+
+/// Deltas up to this size stay in memory; larger ones go to a temp file.
+const SPOOL_MEMORY: usize = 8 << 20;
+
+/// Chunks read ahead of the socket.
+const PIPE: usize = 4;
+
+/// While the diff runs, a WebSocket ping goes out this often, so a client waiting for the reply
+/// sees frames within its stall timeout (20 s by default) even for a file that takes longer.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// What the blocking side passes to the connection, in this order: `Ready` or `Failed`, then
+/// the chunks (or a `Failed` in place of the rest).
+enum Piece {
+    Ready { delta_size: u64 },
+    Chunk(Vec<u8>),
+    Failed(Refusal),
+}
+
+impl Connection {
+    /// Answers GET_DELTA: the same checks as GET_FILE, the diff off the reactor, the header,
+    /// then the delta in chunks. Returns false when the connection failed.
+    pub(crate) async fn get_delta(&mut self, id: u64, get: GetDelta) -> Result<bool, Refusal> {
+        let opened = self.open_indexed(&get.dir, &get.path).await?;
+        let header = DeltaHeader {
+            dir: get.dir,
+            path: opened.rel.to_string(),
+            size: opened.size,
+            sha256: opened.sha256.clone(),
+            mtime_ns: opened.mtime_ns,
+            mode: opened.mode,
+            delta_size: 0,
+            chunks: 0,
+        };
+        let spool_dir = spool_dir(&self.shared.db_path);
+        let (tx, mut rx) = mpsc::channel(PIPE);
+        let signature = get.signature;
+        let task =
+            tokio::task::spawn_blocking(move || produce(opened, &signature, &spool_dir, &tx));
+
+        let mut keepalive =
+            tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+        let delta_size = loop {
+            tokio::select! {
+                piece = rx.recv() => match piece {
+                    Some(Piece::Ready { delta_size }) => break delta_size,
+                    Some(Piece::Failed(refusal)) => return Err(refusal),
+                    Some(Piece::Chunk(_)) | None => return Err(task_failed(task).await),
+                },
+                _ = keepalive.tick() => {
+                    if self.ws.send(Message::Ping(Vec::new().into())).await.is_err() {
+                        return Ok(false);
+                    }
+                }
+            }
+        };
+        let chunks = delta_size.div_ceil(MAX_CHUNK as u64);
+        let header = DeltaHeader {
+            delta_size,
+            chunks,
+            ..header
+        };
+        let reply = ServerMessage::Ok(OkResponse {
+            id,
+            reply: Reply::GetDelta(header),
+        });
+        if self.ws.send(Message::text(reply.to_json())).await.is_err() {
+            return Ok(false);
+        }
+        for _ in 0..chunks {
+            let data = match rx.recv().await {
+                Some(Piece::Chunk(data)) => data,
+                Some(Piece::Failed(refusal)) => {
+                    return Ok(self.send_error(Some(id), refusal).await)
+                }
+                Some(Piece::Ready { .. }) | None => {
+                    let refusal = task_failed(task).await;
+                    return Ok(self.send_error(Some(id), refusal).await);
+                }
+            };
+            let frame = zync_proto::encode_chunk(id, &data);
+            if self.ws.send(Message::binary(frame)).await.is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Where a large delta is spooled: the database's directory (the daemon's own state, never
+/// synced; the temp file has no name there).
+fn spool_dir(db: &Path) -> PathBuf {
+    match db.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The refusal when the blocking task stopped without a word: it panicked.
+async fn task_failed(task: tokio::task::JoinHandle<()>) -> Refusal {
+    let why = match task.await {
+        Err(e) => e.to_string(),
+        Ok(()) => "it ended early".to_string(),
+    };
+    tracing::error!("GET_DELTA task failed: {why}");
+    Refusal::new(
+        ErrorCode::Internal,
+        format!("the daemon's delta task failed ({why}); retry later or use GET_FILE"),
+    )
+}
+
+/// The blocking side: diff into the spool, check the file did not change, then pass the spool
+/// on in chunks. Stops early when the connection goes away (the channel closes).
+fn produce(opened: IndexedFile, signature: &[u8], spool_dir: &Path, tx: &mpsc::Sender<Piece>) {
+    let mut spool = tempfile::spooled_tempfile_in(SPOOL_MEMORY, spool_dir);
+    match diff_checked(&opened, signature, &mut spool, tx) {
+        Ok(delta_size) => {
+            if tx.blocking_send(Piece::Ready { delta_size }).is_err() {
+                return;
+            }
+        }
+        Err(refusal) => {
+            let _ = tx.blocking_send(Piece::Failed(refusal));
+            return;
+        }
+    }
+    if let Err(e) = spool.rewind() {
+        let _ = tx.blocking_send(Piece::Failed(spool_failed(&e)));
+        return;
+    }
+    loop {
+        let mut data = vec![0u8; MAX_CHUNK];
+        let mut filled = 0;
+        while filled < data.len() {
+            match spool.read(&mut data[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Piece::Failed(spool_failed(&e)));
+                    return;
+                }
+            }
+        }
+        if filled == 0 {
+            return;
+        }
+        data.truncate(filled);
+        if tx.blocking_send(Piece::Chunk(data)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Diffs the opened file into `spool` and checks it still is what the index says; returns the
+/// delta's size.
+fn diff_checked(
+    opened: &IndexedFile,
+    signature: &[u8],
+    spool: &mut impl Write,
+    tx: &mpsc::Sender<Piece>,
+) -> Result<u64, Refusal> {
+    let sink = |bytes: &[u8]| {
+        if tx.is_closed() {
+            return Err(std::io::Error::other("the connection closed"));
+        }
+        spool.write_all(bytes)
+    };
+    let (delta_size, read) =
+        zync_fs::delta::diff_reader(&opened.file, &opened.abs, signature, sink).map_err(
+            |e| match e {
+                DeltaError::BadSignature(_) => Refusal::new(ErrorCode::BadRequest, e.to_string()),
+                DeltaError::Fs(e) => {
+                    IndexedFile::stale_refusal(&opened.rel, &format!("cannot be read ({e})"))
+                }
+                // The connection went away: nobody reads the refusal.
+                DeltaError::Output(_) if tx.is_closed() => {
+                    Refusal::new(ErrorCode::Internal, "the connection closed")
+                }
+                DeltaError::Output(e) => spool_failed(&e),
+                DeltaError::BadDelta(_) => Refusal::new(ErrorCode::Internal, e.to_string()),
+            },
+        )?;
+    if read != opened.size {
+        return Err(IndexedFile::stale_refusal(
+            &opened.rel,
+            "changed while its delta was computed",
+        ));
+    }
+    opened.check_unchanged()?;
+    Ok(delta_size)
+}
+
+fn spool_failed(e: &std::io::Error) -> Refusal {
+    tracing::error!("cannot spool a delta: {e}");
+    Refusal::new(
+        ErrorCode::Internal,
+        format!("the daemon cannot hold the delta beside its database ({e}); retry later or use GET_FILE"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// A file of E's opened as `open_indexed` would, with its current size and mtime as the
+    /// index row.
+    fn opened(dir: &Path, name: &str, content: &[u8]) -> IndexedFile {
+        let abs = dir.join(name);
+        std::fs::write(&abs, content).expect("write");
+        let zync_fs::Stat::Entry(meta) = zync_fs::lstat(&abs).expect("lstat") else {
+            panic!("{} is not there", abs.display())
+        };
+        IndexedFile {
+            rel: zync_fs::RelPath::parse(name).expect("path"),
+            file: std::fs::File::open(&abs).expect("open"),
+            abs,
+            size: meta.size,
+            mtime_ns: meta.mtime_ns,
+            mode: meta.mode,
+            sha256: zync_fs::hash_bytes(content),
+        }
+    }
+
+    /// 300 KB without repeated blocks (xorshift).
+    fn content() -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..300_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect()
+    }
+
+    fn signature_of(bytes: &[u8]) -> Vec<u8> {
+        zync_fs::delta::signature_of(bytes, bytes.len() as u64).expect("signature")
+    }
+
+    #[test]
+    fn an_unchanged_file_gives_its_delta() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = content();
+        let file = opened(tmp.path(), "f", &data);
+        let (tx, _rx) = mpsc::channel(1);
+        let mut spool = Vec::new();
+        let size = match diff_checked(&file, &signature_of(&data), &mut spool, &tx) {
+            Ok(size) => size,
+            Err(refusal) => panic!("refused: {}", refusal.message()),
+        };
+        assert_eq!(size, spool.len() as u64);
+        // Copies, and the last 992 bytes as a literal: a block shorter than the block size
+        // (4096) never matches.
+        assert!(
+            size < 1100,
+            "a delta against the same content is {size} bytes"
+        );
+    }
+
+    #[test]
+    fn a_file_that_grew_during_the_diff_is_stale() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = content();
+        let file = opened(tmp.path(), "f", &data);
+        // Checked and opened, then changed before the diff read it.
+        let grown = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file.abs)
+            .expect("open");
+        grown.write_all_at(b"more", 0).expect("append");
+        let (tx, _rx) = mpsc::channel(1);
+        let refusal = diff_checked(&file, &signature_of(&data), &mut Vec::new(), &tx)
+            .expect_err("a grown file must be refused");
+        assert_eq!(refusal.code(), ErrorCode::Stale, "{}", refusal.message());
+        assert!(refusal
+            .message()
+            .contains("changed while its delta was computed"));
+    }
+
+    #[test]
+    fn a_same_size_rewrite_with_a_new_mtime_is_stale() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = content();
+        let file = opened(tmp.path(), "f", &data);
+        let writer = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file.abs)
+            .expect("open");
+        writer.write_all_at(b"other", 1000).expect("rewrite");
+        writer
+            .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000))
+            .expect("set mtime");
+        let (tx, _rx) = mpsc::channel(1);
+        let refusal = diff_checked(&file, &signature_of(&data), &mut Vec::new(), &tx)
+            .expect_err("a rewritten file must be refused");
+        assert_eq!(refusal.code(), ErrorCode::Stale, "{}", refusal.message());
+        assert!(refusal.message().contains("changed since it was indexed"));
+    }
+
+    #[test]
+    fn a_bad_signature_is_a_bad_request_and_a_closed_connection_stops_the_diff() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = content();
+        let file = opened(tmp.path(), "f", &data);
+        let (tx, rx) = mpsc::channel(1);
+        let refusal =
+            diff_checked(&file, b"junk", &mut Vec::new(), &tx).expect_err("junk must be refused");
+        assert_eq!(
+            refusal.code(),
+            ErrorCode::BadRequest,
+            "{}",
+            refusal.message()
+        );
+        assert!(
+            refusal.message().contains("bad signature"),
+            "{}",
+            refusal.message()
+        );
+        drop(rx);
+        let mut spool = Vec::new();
+        let refusal = diff_checked(&file, &signature_of(&data), &mut spool, &tx)
+            .expect_err("nobody reads the delta");
+        assert_eq!(refusal.code(), ErrorCode::Internal);
+        assert!(
+            spool.is_empty(),
+            "{} bytes spooled for a closed connection",
+            spool.len()
+        );
+    }
+}

@@ -1,0 +1,1041 @@
+//! Delta transfer (issue 5): R sends E the [`signature`] of its old version of a file, E answers
+//! with the [`diff`] of its new version against it, and R rebuilds the new version with
+//! [`apply`]. A small edit in a big file then costs a signature and the edited bytes on the wire,
+//! instead of the whole file.
+//!
+//! The signature and the matching are `fast_rsync`'s (the librsync algorithm with MD4 strong
+//! sums). MD4 is not collision resistant and the strong sums are cut short, so a delta can
+//! rebuild the wrong bytes: the caller MUST check the sha256 of the result before using it
+//! (invariant 1), and fall back to a whole download when it differs.
+//!
+//! Memory stays bounded whatever the file size: the signature is computed and the new file is
+//! diffed in windows of a few MiB, and [`apply`] streams its output record by record, reading
+//! the base file with positioned reads (see [`apply`] for why not a memory map).
+//!
+//! # The delta stream
+//!
+//! ```text
+//! stream = "ZYD1"  window:u32be  record*  0:u32be
+//! record = len:u32be (1 ..= max_record(window))  a fast_rsync delta of len bytes
+//! ```
+//!
+//! Each record is a complete `fast_rsync` delta (its own magic and end command) rebuilding the
+//! next at most `window` bytes of the new file; its copy commands address the whole base file.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use fast_rsync::{Signature, SignatureOptions};
+
+use crate::atomic::FsError;
+
+/// The smallest block size [`signature`] uses: small files get few, cheap blocks.
+pub const MIN_BLOCK: u32 = 4 << 10;
+
+/// [`signature`] makes blocks big enough that a file has at most this many, so the signature
+/// stays under 400 KiB (12 bytes a block) up to 128 MiB of blocks of 16 MiB, i.e. 512 GiB.
+pub const MAX_BLOCKS: u64 = 32 << 10;
+
+/// Bytes of each block's MD4 sum kept in the signature. Eight make false matches rare; the
+/// final sha256 check catches the rest.
+pub const STRONG_SUM: u32 = 8;
+
+/// How much of a file is hashed or diffed at a time (whole blocks); the memory bound.
+pub const WINDOW: usize = 8 << 20;
+
+/// The smallest block size accepted in a signature from a peer: smaller blocks would let a
+/// delta record grow to many times its window.
+pub const MIN_SIGNATURE_BLOCK: u32 = 256;
+
+/// The largest block size accepted in a signature (and the largest [`signature`] makes).
+pub const MAX_SIGNATURE_BLOCK: u32 = 16 << 20;
+
+/// The largest window [`apply`] accepts: a record never rebuilds more than this.
+pub const MAX_WINDOW: u32 = 64 << 20;
+
+/// The first bytes of a delta stream.
+pub const STREAM_MAGIC: [u8; 4] = *b"ZYD1";
+
+/// Why a delta could not be made or applied.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    /// Reading a file (the new file for a diff, the base for apply) failed.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// The signature is not one this module can diff against (from the network: a client bug or
+    /// corruption). Retrying with the same signature cannot help.
+    #[error("bad signature: {0}; compute it again with zync_fs::delta::signature")]
+    BadSignature(String),
+    /// The delta stream is malformed, or does not fit the base or the expected length.
+    /// Retrying cannot help: download the whole file instead.
+    #[error("bad delta: {0}; download the whole file instead")]
+    BadDelta(String),
+    /// The caller's sink or output refused the bytes.
+    #[error("cannot pass on the delta's bytes: {0}")]
+    Output(#[source] io::Error),
+}
+
+impl DeltaError {
+    /// True when retrying the same operation cannot help.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            DeltaError::Fs(e) => e.is_permanent(),
+            DeltaError::BadSignature(_) | DeltaError::BadDelta(_) => true,
+            DeltaError::Output(_) => false,
+        }
+    }
+}
+
+/// The block size [`signature`] uses for a file of `len` bytes: a power of two of at least
+/// [`MIN_BLOCK`], large enough for at most [`MAX_BLOCKS`] blocks (capped at
+/// [`MAX_SIGNATURE_BLOCK`]).
+pub fn block_size_for(len: u64) -> u32 {
+    let wanted = len.div_ceil(MAX_BLOCKS).next_power_of_two();
+    wanted.clamp(u64::from(MIN_BLOCK), u64::from(MAX_SIGNATURE_BLOCK)) as u32
+}
+
+/// A window of whole blocks, at least [`WINDOW`] and at least four blocks (so a shifted block
+/// can still match inside it).
+fn window_for(block: u32) -> usize {
+    let block = block as usize;
+    WINDOW.div_ceil(block).max(4) * block
+}
+
+/// The longest record [`apply`] accepts for a window: a record of our [`diff`] is at most its
+/// window plus a few bytes of commands (blocks of at least [`MIN_SIGNATURE_BLOCK`] make a copy
+/// command much shorter than what it copies); this leaves room and still bounds memory.
+pub fn max_record(window: u32) -> usize {
+    2 * window as usize + 4096
+}
+
+fn options(block: u32) -> SignatureOptions {
+    SignatureOptions {
+        block_size: block,
+        crypto_hash_size: STRONG_SUM,
+    }
+}
+
+/// The serialized header of an MD4 signature (magic, block size, strong sum length), taken from
+/// the library itself rather than restated here.
+fn signature_header(block: u32, strong: u32) -> Vec<u8> {
+    Signature::calculate(
+        &[],
+        SignatureOptions {
+            block_size: block,
+            crypto_hash_size: strong,
+        },
+    )
+    .into_serialized()
+}
+
+/// Opens a regular file for reading without following a symlink (`O_NOFOLLOW`) or blocking on
+/// a fifo (`O_NONBLOCK`).
+fn open_regular(path: &Path, what: &'static str) -> Result<(File, u64), FsError> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| FsError::io(what, path, e))?;
+    let meta = file.metadata().map_err(|e| FsError::io(what, path, e))?;
+    if !meta.is_file() {
+        return Err(FsError::io(
+            what,
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+        ));
+    }
+    Ok((file, meta.len()))
+}
+
+/// Reads until `buf` is full or the reader is exhausted; returns how much was read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The `fast_rsync` signature of the file at `path` (R's base version), with a block size
+/// chosen from its size ([`block_size_for`]) and [`STRONG_SUM`]-byte strong sums: at most
+/// about 400 KiB for files up to 512 GiB. Memory: one [`WINDOW`] and the signature.
+///
+/// # Errors
+/// When the file cannot be opened (a symlink is refused, not followed), is not a regular file,
+/// or a read fails.
+pub fn signature(path: &Path) -> Result<Vec<u8>, FsError> {
+    let (file, len) = open_regular(path, "open for a signature")?;
+    signature_of(file, len).map_err(|e| FsError::io("read for a signature", path, e))
+}
+
+/// The signature of what `reader` yields, with the block size for `len` bytes (a hint: the
+/// signature covers whatever the reader yields). Computed a window of whole blocks at a time;
+/// the serialized signature is a header and one entry per block, so the windows' entries
+/// concatenate to exactly the whole file's signature.
+///
+/// # Errors
+/// When a read fails.
+pub fn signature_of(mut reader: impl Read, len: u64) -> io::Result<Vec<u8>> {
+    let block = block_size_for(len);
+    let header = signature_header(block, STRONG_SUM).len();
+    let blocks = len.div_ceil(u64::from(block));
+    let entry = 4 + STRONG_SUM as usize;
+    let mut out = Vec::with_capacity(header + entry * blocks.min(MAX_BLOCKS * 2) as usize);
+    // Every window but the last is whole blocks, so its entries line up with the file's.
+    let whole = len.div_ceil(u64::from(block)).max(1) * u64::from(block);
+    let mut buf = vec![0u8; window_for(block).min(whole as usize)];
+    let mut first = true;
+    loop {
+        let n = read_full(&mut reader, &mut buf)?;
+        let sig = Signature::calculate(&buf[..n], options(block));
+        let bytes = sig.serialized();
+        out.extend_from_slice(if first { bytes } else { &bytes[header..] });
+        first = false;
+        if n < buf.len() {
+            return Ok(out);
+        }
+    }
+}
+
+/// A signature from a peer, checked before use.
+struct CheckedSignature {
+    signature: Signature,
+    block: u32,
+}
+
+fn check_signature(bytes: &[u8]) -> Result<CheckedSignature, DeltaError> {
+    let bad = |why: String| Err(DeltaError::BadSignature(why));
+    let reference = signature_header(MIN_BLOCK, STRONG_SUM);
+    let header = reference.len();
+    if bytes.len() < header {
+        return bad(format!(
+            "it is {} bytes, shorter than the {header}-byte signature header",
+            bytes.len()
+        ));
+    }
+    if bytes[..4] != reference[..4] {
+        return bad(format!(
+            "it does not start with the MD4 signature magic {:02x?} (found {:02x?})",
+            &reference[..4],
+            &bytes[..4]
+        ));
+    }
+    let word =
+        |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let (block, strong) = (word(4), word(8));
+    if !(MIN_SIGNATURE_BLOCK..=MAX_SIGNATURE_BLOCK).contains(&block) {
+        return bad(format!(
+            "its block size {block} is outside {MIN_SIGNATURE_BLOCK} ..= {MAX_SIGNATURE_BLOCK}"
+        ));
+    }
+    if !(1..=16).contains(&strong) {
+        return bad(format!(
+            "its strong sum length {strong} is outside 1 ..= 16 (MD4 has 16 bytes)"
+        ));
+    }
+    let entry = 4 + strong as usize;
+    let body = bytes.len() - header;
+    if body % entry != 0 {
+        return bad(format!(
+            "its {body} bytes of block entries are not a whole number of {entry}-byte entries (truncated?)"
+        ));
+    }
+    let signature = Signature::deserialize(bytes.to_vec())
+        .map_err(|e| DeltaError::BadSignature(e.to_string()))?;
+    Ok(CheckedSignature { signature, block })
+}
+
+/// The delta of the file at `path` (E's new version) against `signature` (R's base), streamed to
+/// `sink` in pieces as each window is diffed. Returns the number of delta bytes produced.
+/// See [`diff_reader`].
+///
+/// # Errors
+/// As [`diff_reader`]; also when the file cannot be opened or is not a regular file.
+pub fn diff(
+    path: &Path,
+    signature: &[u8],
+    sink: impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<u64, DeltaError> {
+    let (file, _) = open_regular(path, "open for a delta")?;
+    diff_reader(file, path, signature, sink).map(|(delta, _)| delta)
+}
+
+/// The delta of what `new` yields against `signature`, streamed to `sink` one record (one
+/// window of the new content) at a time; `path` only names the file in errors. Returns the
+/// number of delta bytes produced and the number of bytes read from `new`.
+///
+/// Memory: one window of the new content, its record, and the indexed signature. Each window
+/// is diffed against the whole signature, so content that moved anywhere in the file still
+/// matches; the unmatched tail of a window (less than a block, which could match together with
+/// the start of the next window) is carried over into the next window instead of being sent.
+///
+/// # Errors
+/// [`DeltaError::BadSignature`] for a malformed or unsupported signature (checked before
+/// anything is sent to `sink`), [`DeltaError::Fs`] when reading fails,
+/// [`DeltaError::Output`] when `sink` fails.
+pub fn diff_reader(
+    new: impl Read,
+    path: &Path,
+    signature: &[u8],
+    sink: impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<(u64, u64), DeltaError> {
+    diff_windows(new, path, signature, None, sink)
+}
+
+/// [`diff_reader`], with windows of `blocks` blocks when given (tests use small windows).
+fn diff_windows(
+    mut new: impl Read,
+    path: &Path,
+    signature: &[u8],
+    blocks: Option<usize>,
+    mut sink: impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<(u64, u64), DeltaError> {
+    let checked = check_signature(signature)?;
+    let block = checked.block as usize;
+    let index = checked.signature.index();
+    let window = blocks.map_or_else(|| window_for(checked.block), |n| n.max(2) * block);
+    let mut written = 0u64;
+    let mut emit = |bytes: &[u8], written: &mut u64| -> Result<(), DeltaError> {
+        *written += bytes.len() as u64;
+        sink(bytes).map_err(DeltaError::Output)
+    };
+    let mut head = STREAM_MAGIC.to_vec();
+    head.extend_from_slice(&(window as u32).to_be_bytes());
+    emit(&head, &mut written)?;
+
+    let mut buf = vec![0u8; window];
+    let mut carried = 0usize;
+    let mut read = 0u64;
+    let mut record = Vec::new();
+    loop {
+        let n = read_full(&mut new, &mut buf[carried..])
+            .map_err(|e| FsError::io("read for a delta", path, e))?;
+        read += n as u64;
+        let filled = carried + n;
+        if filled == 0 {
+            break;
+        }
+        // Only a full window may be followed by more content.
+        let more = filled == window && n > 0;
+        record.clear();
+        // The signature was checked, so the only failure left would be writing to a Vec.
+        fast_rsync::diff(&index, &buf[..filled], &mut record)
+            .map_err(|e| DeltaError::BadSignature(e.to_string()))?;
+        carried = if more {
+            trim_tail(&mut record, block - 1)?
+        } else {
+            0
+        };
+        emit(&(record.len() as u32).to_be_bytes(), &mut written)?;
+        emit(&record, &mut written)?;
+        if !more {
+            break;
+        }
+        buf.copy_within(filled - carried..filled, 0);
+    }
+    emit(&0u32.to_be_bytes(), &mut written)?;
+    Ok((written, read))
+}
+
+/// Removes up to `max` bytes from the end of a record that ends with a literal, so they can be
+/// diffed again at the start of the next window; returns how many were removed.
+fn trim_tail(record: &mut Vec<u8>, max: usize) -> Result<usize, DeltaError> {
+    let mut commands = Commands::new(record).map_err(DeltaError::BadDelta)?;
+    let mut last = None;
+    loop {
+        let (at, command) = commands.next().map_err(DeltaError::BadDelta)?;
+        match command {
+            Command::End => break,
+            other => last = Some((at, other)),
+        }
+    }
+    let Some((at, Command::Literal(bytes))) = last else {
+        return Ok(0);
+    };
+    let cut = bytes.len().min(max);
+    if cut == 0 {
+        return Ok(0);
+    }
+    let kept = bytes.len() - cut;
+    let mut tail = Vec::with_capacity(kept + 10);
+    if kept > 0 {
+        literal_header(kept as u64, &mut tail);
+        tail.extend_from_slice(&bytes[..kept]);
+    }
+    tail.push(OP_END);
+    record.truncate(at);
+    record.extend_from_slice(&tail);
+    Ok(cut)
+}
+
+// The librsync delta format, as fast_rsync writes and reads it.
+const DELTA_MAGIC: [u8; 4] = 0x7273_0236u32.to_be_bytes();
+const OP_END: u8 = 0x00;
+const OP_LITERAL_1: u8 = 0x01;
+const OP_LITERAL_64: u8 = 0x40;
+const OP_LITERAL_N1: u8 = 0x41;
+const OP_LITERAL_N8: u8 = 0x44;
+const OP_COPY_N1_N1: u8 = 0x45;
+const OP_COPY_N8_N8: u8 = 0x54;
+
+/// The command introducing a literal of `len` bytes.
+fn literal_header(len: u64, out: &mut Vec<u8>) {
+    if len <= 64 {
+        out.push(OP_LITERAL_1 + (len - 1) as u8);
+    } else if len <= u64::from(u8::MAX) {
+        out.extend_from_slice(&[OP_LITERAL_N1, len as u8]);
+    } else if len <= u64::from(u16::MAX) {
+        out.push(OP_LITERAL_N1 + 1);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else if len <= u64::from(u32::MAX) {
+        out.push(OP_LITERAL_N1 + 2);
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+    } else {
+        out.push(OP_LITERAL_N8);
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+}
+
+/// One command of a delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command<'a> {
+    Literal(&'a [u8]),
+    Copy { offset: u64, len: u64 },
+    End,
+}
+
+/// Reads the commands of one `fast_rsync` delta, each with its byte position.
+struct Commands<'a> {
+    delta: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Commands<'a> {
+    fn new(delta: &'a [u8]) -> Result<Commands<'a>, String> {
+        if delta.get(..4) != Some(&DELTA_MAGIC[..]) {
+            return Err(format!(
+                "a record does not start with the delta magic {DELTA_MAGIC:02x?}"
+            ));
+        }
+        Ok(Commands { delta, at: 4 })
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&end| end <= self.delta.len())
+            .ok_or_else(|| {
+                format!(
+                    "a record ends inside its {what} ({n} bytes wanted at byte {}, {} left)",
+                    self.at,
+                    self.delta.len() - self.at
+                )
+            })?;
+        let bytes = &self.delta[self.at..end];
+        self.at = end;
+        Ok(bytes)
+    }
+
+    fn number(&mut self, width: usize, what: &str) -> Result<u64, String> {
+        let bytes = self.take(width, what)?;
+        Ok(bytes.iter().fold(0u64, |n, &b| (n << 8) | u64::from(b)))
+    }
+
+    /// The next command and where it starts. After `End`, the record must be over.
+    fn next(&mut self) -> Result<(usize, Command<'a>), String> {
+        let at = self.at;
+        let op = self.take(1, "command")?[0];
+        let command = match op {
+            OP_END => {
+                if self.at != self.delta.len() {
+                    return Err(format!(
+                        "{} bytes follow the end command of a record",
+                        self.delta.len() - self.at
+                    ));
+                }
+                Command::End
+            }
+            OP_LITERAL_1..=OP_LITERAL_64 => {
+                Command::Literal(self.take(usize::from(op - OP_LITERAL_1) + 1, "literal")?)
+            }
+            OP_LITERAL_N1..=OP_LITERAL_N8 => {
+                let len = self.number(1 << (op - OP_LITERAL_N1), "literal length")?;
+                let len = usize::try_from(len)
+                    .map_err(|_| format!("a literal of {len} bytes is too long"))?;
+                Command::Literal(self.take(len, "literal")?)
+            }
+            OP_COPY_N1_N1..=OP_COPY_N8_N8 => {
+                let mode = op - OP_COPY_N1_N1;
+                let offset = self.number(1 << (mode / 4), "copy offset")?;
+                let len = self.number(1 << (mode % 4), "copy length")?;
+                Command::Copy { offset, len }
+            }
+            other => return Err(format!("unknown command byte 0x{other:02x} at byte {at}")),
+        };
+        Ok((at, command))
+    }
+}
+
+/// Rebuilds the new file from the base file at `base_path` and a delta stream from [`diff`],
+/// passing the output to `out` in order, in pieces of at most 1 MiB. `new_len` is the length
+/// the result must have (the size announced with the delta): more or fewer bytes is an error,
+/// so a hostile delta cannot fill the disk. See [`apply_file`].
+///
+/// # Errors
+/// As [`apply_file`]; also when the base cannot be opened or is not a regular file.
+pub fn apply(
+    base_path: &Path,
+    delta: impl Read,
+    new_len: u64,
+    out: impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<(), DeltaError> {
+    let (base, _) = open_regular(base_path, "open as a delta's base")?;
+    apply_file(&base, base_path, delta, new_len, out)
+}
+
+/// Rebuilds the new content from `base` (named `base_path` in errors) and a delta stream.
+///
+/// The base is read with positioned reads (`pread`), a copy command at a time, rather than
+/// memory-mapped for `fast_rsync::apply_limited`: the base is a file in R's working tree, and if
+/// anything truncated it while it was mapped, reading the mapping would kill the process with
+/// SIGBUS (and a mapping that changes under a `&[u8]` is undefined behaviour); a read instead
+/// fails or returns other bytes, which the caller's sha256 check rejects. Reading the whole
+/// base into memory would make memory grow with the file. The commands are the librsync delta
+/// format; the unit tests check this interpreter against `fast_rsync::apply_limited`.
+///
+/// Memory: one record (at most [`max_record`] of a window of at most [`MAX_WINDOW`]) and a
+/// 1 MiB read buffer. The output is NOT verified here: check its sha256 before using it.
+///
+/// # Errors
+/// [`DeltaError::BadDelta`] for a malformed stream, a record rebuilding more than its window, a
+/// copy outside the base, or a result longer or shorter than `new_len`; [`DeltaError::Fs`]
+/// when reading the delta or the base fails; [`DeltaError::Output`] when `out` fails.
+pub fn apply_file(
+    base: &File,
+    base_path: &Path,
+    mut delta: impl Read,
+    new_len: u64,
+    mut out: impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<(), DeltaError> {
+    let bad = |why: String| DeltaError::BadDelta(why);
+    let read_delta = |e: io::Error| FsError::io("read a delta for", base_path, e);
+    let base_len = base
+        .metadata()
+        .map_err(|e| FsError::io("read the size of", base_path, e))?
+        .len();
+    let mut head = [0u8; 8];
+    if read_full(&mut delta, &mut head).map_err(read_delta)? < head.len()
+        || head[..4] != STREAM_MAGIC
+    {
+        return Err(bad(format!(
+            "it does not start with {:?} and a window size",
+            String::from_utf8_lossy(&STREAM_MAGIC)
+        )));
+    }
+    let window = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    if !(1..=MAX_WINDOW).contains(&window) {
+        return Err(bad(format!(
+            "its window of {window} bytes is outside 1 ..= {MAX_WINDOW}"
+        )));
+    }
+    let limit = max_record(window);
+    let mut record = Vec::new();
+    let mut buf = Vec::new();
+    let mut written = 0u64;
+    loop {
+        let mut len = [0u8; 4];
+        if read_full(&mut delta, &mut len).map_err(read_delta)? < len.len() {
+            return Err(bad("it ends without its end marker (truncated?)".into()));
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len == 0 {
+            break;
+        }
+        if len > limit {
+            return Err(bad(format!(
+                "a record of {len} bytes is over the {limit}-byte limit for its window"
+            )));
+        }
+        record.resize(len, 0);
+        if read_full(&mut delta, &mut record).map_err(read_delta)? < len {
+            return Err(bad("it ends inside a record (truncated?)".into()));
+        }
+        let mut room = u64::from(window);
+        let mut commands = Commands::new(&record).map_err(bad)?;
+        loop {
+            let (_, command) = commands.next().map_err(bad)?;
+            let size = match command {
+                Command::End => break,
+                Command::Literal(bytes) => bytes.len() as u64,
+                Command::Copy { len, .. } => len,
+            };
+            if size > room {
+                return Err(bad(format!(
+                    "a record rebuilds more than its window of {window} bytes"
+                )));
+            }
+            if size > new_len - written {
+                return Err(bad(format!(
+                    "it rebuilds more than the expected {new_len} bytes"
+                )));
+            }
+            room -= size;
+            written += size;
+            match command {
+                Command::End => {}
+                Command::Literal(bytes) => out(bytes).map_err(DeltaError::Output)?,
+                Command::Copy { offset, len } => {
+                    copy_from_base(base, base_path, base_len, offset, len, &mut buf, &mut out)?
+                }
+            }
+        }
+    }
+    let mut rest = [0u8; 1];
+    if read_full(&mut delta, &mut rest).map_err(read_delta)? > 0 {
+        return Err(bad("bytes follow its end marker".into()));
+    }
+    if written != new_len {
+        return Err(bad(format!(
+            "it rebuilds {written} bytes, {new_len} were expected"
+        )));
+    }
+    Ok(())
+}
+
+/// Passes `len` bytes of the base from `offset` to `out`, a MiB at a time.
+fn copy_from_base(
+    base: &File,
+    base_path: &Path,
+    base_len: u64,
+    offset: u64,
+    len: u64,
+    buf: &mut Vec<u8>,
+    out: &mut impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<(), DeltaError> {
+    if len == 0 {
+        return Err(DeltaError::BadDelta("a copy command of zero bytes".into()));
+    }
+    if offset.checked_add(len).is_none_or(|end| end > base_len) {
+        return Err(DeltaError::BadDelta(format!(
+            "a copy of {len} bytes at offset {offset} reaches beyond the base's {base_len} bytes (is it the base the signature was made from?)"
+        )));
+    }
+    const PIECE: u64 = 1 << 20;
+    let mut at = offset;
+    let end = offset + len;
+    while at < end {
+        let n = (end - at).min(PIECE) as usize;
+        buf.resize(n, 0);
+        base.read_exact_at(buf, at)
+            .map_err(|e| FsError::io("read the delta's base", base_path, e))?;
+        out(buf).map_err(DeltaError::Output)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn collect_diff(new: &[u8], signature: &[u8], blocks: Option<usize>) -> Vec<u8> {
+        let mut delta = Vec::new();
+        let (produced, read) = diff_windows(new, Path::new("new"), signature, blocks, |b| {
+            delta.extend_from_slice(b);
+            Ok(())
+        })
+        .expect("diff");
+        assert_eq!(produced, delta.len() as u64, "reported delta size");
+        assert_eq!(read, new.len() as u64, "bytes read of the new content");
+        delta
+    }
+
+    fn apply_bytes(base: &[u8], delta: &[u8], new_len: u64) -> Result<Vec<u8>, DeltaError> {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("base");
+        std::fs::write(&path, base).expect("write base");
+        let mut rebuilt = Vec::new();
+        apply(&path, delta, new_len, |b| {
+            rebuilt.extend_from_slice(b);
+            Ok(())
+        })?;
+        Ok(rebuilt)
+    }
+
+    /// Signature of `base` (through the file API), delta of `new`, applied back: returns the
+    /// signature and delta sizes after checking the result is exactly `new`.
+    fn round_trip(base: &[u8], new: &[u8]) -> (usize, usize) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (b, n) = (tmp.path().join("base"), tmp.path().join("new"));
+        std::fs::write(&b, base).expect("write base");
+        std::fs::write(&n, new).expect("write new");
+        let sig = signature(&b).expect("signature");
+        let mut delta = Vec::new();
+        let produced = diff(&n, &sig, |bytes| {
+            delta.extend_from_slice(bytes);
+            Ok(())
+        })
+        .expect("diff");
+        assert_eq!(produced, delta.len() as u64);
+        let mut rebuilt = Vec::with_capacity(new.len());
+        apply(&b, &delta[..], new.len() as u64, |bytes| {
+            rebuilt.extend_from_slice(bytes);
+            Ok(())
+        })
+        .expect("apply");
+        assert!(
+            rebuilt == new,
+            "the rebuilt content differs from the new file ({} bytes rebuilt, {} expected)",
+            rebuilt.len(),
+            new.len()
+        );
+        (sig.len(), delta.len())
+    }
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn block_sizes_keep_the_signature_small() {
+        assert_eq!(block_size_for(0), MIN_BLOCK);
+        assert_eq!(block_size_for(1), MIN_BLOCK);
+        assert_eq!(block_size_for(128 << 20), 4096);
+        assert_eq!(block_size_for((128 << 20) + 1), 8192);
+        assert_eq!(block_size_for(256 << 20), 8192);
+        assert_eq!(block_size_for(4 << 30), 128 << 10);
+        assert_eq!(block_size_for(u64::MAX), MAX_SIGNATURE_BLOCK);
+        for len in [
+            1u64,
+            4096,
+            10 << 20,
+            256 << 20,
+            3 << 30,
+            100 << 30,
+            512 << 30,
+        ] {
+            let block = u64::from(block_size_for(len));
+            assert!(block.is_power_of_two(), "{block} for {len}");
+            let entries = len.div_ceil(block);
+            assert!(
+                entries <= MAX_BLOCKS,
+                "{entries} blocks of {block} bytes for a file of {len} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn a_windowed_signature_equals_the_whole_buffer_s() {
+        // Three windows and a ragged last block.
+        let data = noise(2 * WINDOW + 3 * 4096 + 123, 1);
+        let windowed = signature_of(&data[..], data.len() as u64).expect("signature");
+        let whole = Signature::calculate(&data, options(block_size_for(data.len() as u64)));
+        assert!(windowed == whole.serialized(), "the signatures differ");
+        // The file API gives the same bytes, and a file that grew since its size was taken
+        // still gets block-aligned windows.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("f");
+        std::fs::write(&path, &data).expect("write");
+        assert!(signature(&path).expect("signature") == windowed);
+        let grown = signature_of(&data[..], 5000).expect("signature");
+        let whole = Signature::calculate(&data, options(block_size_for(5000)));
+        assert!(
+            grown == whole.serialized(),
+            "a grown file's signature differs"
+        );
+    }
+
+    #[test]
+    fn identical_files_give_a_tiny_delta() {
+        let data = noise(32 * MIB, 2);
+        let (sig, delta) = round_trip(&data, &data);
+        assert!(
+            delta < 1024,
+            "delta of identical 32 MiB files is {delta} bytes"
+        );
+        assert!(sig < 110 << 10, "signature of 32 MiB is {sig} bytes");
+    }
+
+    #[test]
+    fn a_64_kib_edit_in_the_middle_of_32_mib_costs_little() {
+        let base = noise(32 * MIB, 3);
+        let mut new = base.clone();
+        let at = 16 * MIB + 1234;
+        new[at..at + 65536].copy_from_slice(&noise(65536, 4));
+        let (sig, delta) = round_trip(&base, &new);
+        eprintln!("64 KiB edit in 32 MiB: signature {sig} bytes, delta {delta} bytes");
+        // The edit, at most two partly edited blocks, and a few commands.
+        assert!(
+            delta <= 65536 + 2 * 4096 + 512,
+            "delta of a 64 KiB edit is {delta} bytes"
+        );
+        assert!(sig + delta < MIB, "{sig} + {delta} bytes on the wire");
+    }
+
+    /// Issue 5's target: a 64 KiB edit in the middle of a 256 MiB file costs under 1 MiB on the
+    /// wire, signature (sent as base64) and delta together.
+    #[test]
+    fn a_64_kib_edit_in_the_middle_of_256_mib_costs_under_1_mib() {
+        let base = noise(256 * MIB, 11);
+        let mut new = base.clone();
+        let at = 128 * MIB + 777;
+        new[at..at + 65536].copy_from_slice(&noise(65536, 12));
+        let (sig, delta) = round_trip(&base, &new);
+        let wire = sig.div_ceil(3) * 4 + delta;
+        eprintln!("64 KiB edit in 256 MiB: signature {sig} bytes ({} as base64), delta {delta} bytes, {wire} on the wire", sig.div_ceil(3) * 4);
+        assert!(wire < MIB, "{wire} bytes on the wire");
+    }
+
+    #[test]
+    fn inserted_and_deleted_bytes_still_give_a_small_delta() {
+        let base = noise(32 * MIB, 5);
+        // 1000 bytes inserted near the start shift everything after them: every window
+        // boundary of the new file falls in the middle of a base block.
+        let mut new = base[..4321].to_vec();
+        new.extend_from_slice(&noise(1000, 6));
+        new.extend_from_slice(&base[4321..20 * MIB]);
+        // 777 bytes deleted further on.
+        new.extend_from_slice(&base[20 * MIB + 777..]);
+        let (_, delta) = round_trip(&base, &new);
+        eprintln!("1000 bytes inserted, 777 deleted in 32 MiB: delta {delta} bytes");
+        // The inserted bytes and the two blocks they and the deletion touch; the tail carried
+        // over at each of the three window boundaries adds nothing.
+        assert!(delta <= 1000 + 2 * 4096 + 512, "delta is {delta} bytes");
+    }
+
+    #[test]
+    fn the_tail_of_a_window_is_carried_into_the_next() {
+        // Small blocks and windows of four blocks: many window boundaries, all misaligned.
+        let block = 256u32;
+        let base = noise(64 << 10, 7);
+        let mut new = vec![9u8; 100];
+        new.extend_from_slice(&base);
+        let sig = Signature::calculate(&base, options(block)).into_serialized();
+        let delta = collect_diff(&new, &sig, Some(4));
+        assert_eq!(
+            apply_bytes(&base, &delta, new.len() as u64).expect("apply"),
+            new
+        );
+        // Without the carry each of the 64 boundaries would send up to a block as literal.
+        assert!(delta.len() < 4096, "delta is {} bytes", delta.len());
+    }
+
+    #[test]
+    fn empty_files() {
+        let some = noise(10_000, 8);
+        let (sig, delta) = round_trip(b"", &some);
+        assert!(sig < 64, "signature of an empty file is {sig} bytes");
+        assert!(delta < some.len() + 64, "delta {delta}");
+        let (_, delta) = round_trip(&some, b"");
+        assert!(delta < 64, "delta to an empty file is {delta} bytes");
+        round_trip(b"", b"");
+    }
+
+    fn bad_signature(bytes: &[u8]) -> String {
+        let mut called = false;
+        let result = diff_reader(&b"new content"[..], Path::new("n"), bytes, |_| {
+            called = true;
+            Ok(())
+        });
+        assert!(!called, "bytes were sent for a bad signature");
+        match result {
+            Err(e @ DeltaError::BadSignature(_)) => {
+                assert!(e.is_permanent());
+                e.to_string()
+            }
+            other => panic!("expected BadSignature, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn corrupt_signatures_are_errors_that_say_why() {
+        let good = Signature::calculate(&noise(10_000, 9), options(4096)).into_serialized();
+        assert!(bad_signature(b"").contains("shorter than"));
+        assert!(bad_signature(b"garbage!garbage!").contains("magic"));
+        let mut block0 = good.clone();
+        block0[4..8].copy_from_slice(&0u32.to_be_bytes());
+        assert!(bad_signature(&block0).contains("block size 0"));
+        let mut block1 = good.clone();
+        block1[4..8].copy_from_slice(&1u32.to_be_bytes());
+        assert!(bad_signature(&block1).contains("block size 1 "));
+        let mut strong = good.clone();
+        strong[8..12].copy_from_slice(&17u32.to_be_bytes());
+        assert!(bad_signature(&strong).contains("strong sum length 17"));
+        let mut blake2 = good.clone();
+        blake2[3] = 0x37;
+        assert!(bad_signature(&blake2).contains("magic"));
+        let truncated = &good[..good.len() - 3];
+        assert!(bad_signature(truncated).contains("whole number"));
+    }
+
+    fn delta_error(base: &[u8], delta: &[u8], new_len: u64) -> String {
+        match apply_bytes(base, delta, new_len) {
+            Err(e @ DeltaError::BadDelta(_)) => e.to_string(),
+            other => panic!("expected BadDelta, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn corrupt_deltas_are_errors() {
+        let base = noise(50_000, 10);
+        let mut new = base.clone();
+        new[20_000..20_100].fill(0);
+        let sig = Signature::calculate(&base, options(256)).into_serialized();
+        let delta = collect_diff(&new, &sig, Some(16));
+        let len = new.len() as u64;
+        assert_eq!(apply_bytes(&base, &delta, len).expect("apply"), new);
+
+        // Cut anywhere, it is an error, never a panic or a short success.
+        for cut in 0..delta.len() {
+            delta_error(&base, &delta[..cut], len);
+        }
+        let mut trailing = delta.clone();
+        trailing.push(0);
+        assert!(delta_error(&base, &trailing, len).contains("follow its end marker"));
+        assert!(delta_error(&base, b"ZYD2\0\0\0\x10\0\0\0\0", len).contains("ZYD1"));
+        assert!(delta_error(&base, b"ZYD1\xff\xff\xff\xff\0\0\0\0", len).contains("window"));
+        assert!(delta_error(&base, &delta, len - 1).contains("more than the expected"));
+        assert!(delta_error(&base, &delta, len + 1).contains("were expected"));
+        // A shorter base than the one the signature was made from: copies reach beyond it.
+        assert!(delta_error(&base[..10_000], &delta, len).contains("beyond the base"));
+
+        let record = |commands: &[u8]| {
+            let mut d = STREAM_MAGIC.to_vec();
+            d.extend_from_slice(&16u32.to_be_bytes());
+            d.extend_from_slice(&(4 + commands.len() as u32).to_be_bytes());
+            d.extend_from_slice(&DELTA_MAGIC);
+            d.extend_from_slice(commands);
+            d.extend_from_slice(&0u32.to_be_bytes());
+            d
+        };
+        // A literal of 17 bytes in a record whose window is 16.
+        let mut literal = vec![OP_LITERAL_1 + 16];
+        literal.extend_from_slice(&[1; 17]);
+        literal.push(OP_END);
+        assert!(delta_error(&base, &record(&literal), 17).contains("window of 16"));
+        assert!(delta_error(&base, &record(&[0x55, 0]), 0).contains("unknown command"));
+        assert!(delta_error(&base, &record(&[OP_COPY_N1_N1, 0, 0, 0]), 0).contains("zero bytes"));
+        assert!(delta_error(
+            &base,
+            &record(&[
+                OP_COPY_N8_N8,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                1,
+                0
+            ]),
+            1
+        )
+        .contains("beyond the base"));
+        let mut huge = STREAM_MAGIC.to_vec();
+        huge.extend_from_slice(&16u32.to_be_bytes());
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(delta_error(&base, &huge, 1).contains("over the"));
+    }
+
+    /// The result of `fast_rsync::apply_limited` on one record, and of ours.
+    fn both_appliers(base: &[u8], record: &[u8]) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+        let mut theirs = Vec::new();
+        let theirs = fast_rsync::apply_limited(base, record, &mut theirs, 1 << 20)
+            .ok()
+            .map(|()| theirs);
+        let mut stream = STREAM_MAGIC.to_vec();
+        stream.extend_from_slice(&(1u32 << 20).to_be_bytes());
+        stream.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        stream.extend_from_slice(record);
+        stream.extend_from_slice(&0u32.to_be_bytes());
+        let len = theirs.as_ref().map_or(0, |t| t.len() as u64);
+        let ours = apply_bytes(base, &stream, len).ok();
+        (theirs, ours)
+    }
+
+    fn edit(base: &[u8], edits: &[(usize, usize, Vec<u8>)]) -> Vec<u8> {
+        // Each edit replaces `cut` bytes at a position with new bytes (inserts, deletes, both).
+        let mut new = base.to_vec();
+        for (at, cut, insert) in edits {
+            let at = at % (new.len() + 1);
+            let cut = (*cut).min(new.len() - at);
+            new.splice(at..at + cut, insert.iter().copied());
+        }
+        new
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_edit_round_trips(
+            base in proptest::collection::vec(any::<u8>(), 0..6000),
+            edits in proptest::collection::vec(
+                (any::<usize>(), 0usize..700, proptest::collection::vec(any::<u8>(), 0..700)),
+                0..5,
+            ),
+            windows in proptest::option::of(2usize..6),
+        ) {
+            let new = edit(&base, &edits);
+            let sig = Signature::calculate(&base, options(256)).into_serialized();
+            let delta = collect_diff(&new, &sig, windows);
+            let rebuilt = apply_bytes(&base, &delta, new.len() as u64).expect("apply");
+            prop_assert!(rebuilt == new, "rebuilt {} bytes, expected {}", rebuilt.len(), new.len());
+        }
+
+        #[test]
+        fn our_applier_agrees_with_fast_rsync_even_on_mangled_records(
+            base in proptest::collection::vec(any::<u8>(), 1..3000),
+            edits in proptest::collection::vec(
+                (any::<usize>(), 0usize..300, proptest::collection::vec(any::<u8>(), 0..300)),
+                0..4,
+            ),
+            mangle in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            cut in proptest::option::of(any::<usize>()),
+        ) {
+            let new = edit(&base, &edits);
+            let sig = Signature::calculate(&base, options(256)).into_serialized();
+            let sig = Signature::deserialize(sig).expect("own signature");
+            let mut record = Vec::new();
+            fast_rsync::diff(&sig.index(), &new, &mut record).expect("diff");
+            for (at, byte) in &mangle {
+                let at = at % record.len();
+                record[at] = *byte;
+            }
+            if let Some(cut) = cut {
+                record.truncate(cut % (record.len() + 1));
+            }
+            let (theirs, ours) = both_appliers(&base, &record);
+            prop_assert_eq!(theirs, ours);
+        }
+    }
+}

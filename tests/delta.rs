@@ -1,0 +1,447 @@
+//! End-to-end: GET_DELTA (issue 5) spoken to a running daemon over a raw WebSocket, as
+//! docs/PROTOCOL.md describes it. R's side is played by zync_fs::delta: the signature of an
+//! older version goes out, the delta comes back in chunks, and applying it must rebuild E's
+//! file exactly (its sha256 is the header's) with few bytes on the wire. Bad input gets an
+//! error naming the problem, and the connection keeps serving.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use base64::Engine;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const MIB: usize = 1 << 20;
+const MAX_CHUNK: usize = MIB;
+
+/// A raw protocol connection that counts the bytes it sends and receives.
+struct Peer {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    /// Payload bytes of the text and binary frames sent and received.
+    wire: usize,
+}
+
+impl Peer {
+    /// Connects with the daemon's token and completes HELLO.
+    async fn hello(daemon: &Daemon) -> Peer {
+        let token = std::fs::read_to_string(&daemon.token_file).expect("read the token");
+        let mut request = daemon.url().into_client_request().expect("request");
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", token.trim()).parse().expect("header"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("connect with the daemon's token");
+        let mut peer = Peer {
+            ws,
+            next_id: 0,
+            wire: 0,
+        };
+        let reply = peer
+            .call(json!({"operation": "HELLO", "protocol_version": 1, "client_id": "delta-test"}))
+            .await;
+        assert_eq!(reply["status"], "ok", "HELLO failed: {reply}");
+        peer
+    }
+
+    async fn send_text(&mut self, text: String) {
+        self.wire += text.len();
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    /// The next text or binary frame, skipping events and pings, within the deadline.
+    async fn recv(&mut self) -> Result<Value, Vec<u8>> {
+        loop {
+            let message = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("timed out waiting for the daemon")
+                .expect("the daemon closed the connection")
+                .expect("the connection failed");
+            match message {
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("invalid JSON from the daemon ({e}): {text}"));
+                    if value["status"] != "event" {
+                        self.wire += text.len();
+                        return Ok(value);
+                    }
+                }
+                Message::Binary(data) => {
+                    self.wire += data.len();
+                    return Err(data.to_vec());
+                }
+                Message::Close(frame) => panic!("the daemon closed the connection: {frame:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    async fn recv_text(&mut self) -> Value {
+        match self.recv().await {
+            Ok(value) => value,
+            Err(data) => panic!("expected a JSON message, got a {}-byte chunk", data.len()),
+        }
+    }
+
+    /// Sends `op` with a fresh id; returns the id and the response, which must carry it.
+    async fn call(&mut self, mut op: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        op["id"] = json!(id);
+        self.send_text(op.to_string()).await;
+        let reply = self.recv_text().await;
+        assert_eq!(
+            reply["id"],
+            json!(id),
+            "response to {op} has another id: {reply}"
+        );
+        reply
+    }
+
+    async fn ping_ok(&mut self) {
+        let reply = self.call(json!({"operation": "PING"})).await;
+        assert_eq!(reply["status"], "ok", "PING failed: {reply}");
+    }
+
+    /// GET_DELTA: the reply and, when it is ok, the delta gathered from its chunks.
+    async fn get_delta(&mut self, dir: &str, path: &str, signature: &[u8]) -> (Value, Vec<u8>) {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(signature);
+        self.get_delta_raw(
+            json!({"operation": "GET_DELTA", "dir": dir, "path": path, "signature": encoded}),
+        )
+        .await
+    }
+
+    async fn get_delta_raw(&mut self, request: Value) -> (Value, Vec<u8>) {
+        let reply = self.call(request).await;
+        let id = self.next_id;
+        if reply["status"] != "ok" {
+            return (reply, Vec::new());
+        }
+        assert_eq!(reply["operation"], "GET_DELTA", "{reply}");
+        let chunks = reply["chunks"].as_u64().expect("chunks");
+        let delta_size = reply["delta_size"].as_u64().expect("delta_size");
+        assert_eq!(chunks, delta_size.div_ceil(MAX_CHUNK as u64), "{reply}");
+        let mut delta = Vec::new();
+        for _ in 0..chunks {
+            let frame = match self.recv().await {
+                Err(frame) => frame,
+                Ok(other) => panic!("expected a chunk of the delta, got {other}"),
+            };
+            assert!(frame.len() >= 8, "a chunk shorter than its header");
+            let chunk_id = u64::from_be_bytes(frame[..8].try_into().expect("8 bytes"));
+            assert_eq!(chunk_id, id, "a chunk carries another request's id");
+            assert!(frame.len() - 8 <= MAX_CHUNK, "a chunk over MAX_CHUNK");
+            delta.extend_from_slice(&frame[8..]);
+        }
+        assert_eq!(
+            delta.len() as u64,
+            delta_size,
+            "the chunks add up to another size"
+        );
+        (reply, delta)
+    }
+}
+
+/// Applies `delta` to `base` the way R would, returning the rebuilt bytes.
+fn apply(base: &Path, delta: &[u8], header: &Value) -> Vec<u8> {
+    let size = header["size"].as_u64().expect("size");
+    let mut rebuilt = Vec::new();
+    zync_fs::delta::apply(base, delta, size, |bytes| {
+        rebuilt.extend_from_slice(bytes);
+        Ok(())
+    })
+    .expect("the delta applies to the base it was made for");
+    rebuilt
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    e: PathBuf,
+    /// R's older version of e/big.bin, outside the served directory.
+    base: PathBuf,
+    daemon: Daemon,
+}
+
+/// E serves a 32 MiB file; R's base is the same file with 64 KiB in the middle different.
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let e = tmp.path().join("e");
+    let new = pseudo_random(32 * MIB, 21);
+    let mut old = new.clone();
+    let at = 16 * MIB + 4321;
+    old[at..at + 64 * 1024].copy_from_slice(&pseudo_random(64 * 1024, 22));
+    write(&e.join("data/big.bin"), &new);
+    write(&e.join("small.txt"), "hello\n");
+    write(&e.join("node_modules/x"), "ignored\n");
+    let base = tmp.path().join("r-big.bin");
+    write(&base, &old);
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let daemon = Daemon::start(&state, &[("code", &e)]);
+    daemon.wait_scanned();
+    Fixture {
+        _tmp: tmp,
+        e,
+        base,
+        daemon,
+    }
+}
+
+#[tokio::test]
+async fn a_64_kib_edit_in_a_32_mib_file_crosses_as_a_small_delta() {
+    let f = fixture();
+    let mut peer = Peer::hello(&f.daemon).await;
+    let signature = zync_fs::delta::signature(&f.base).expect("signature of R's version");
+
+    let before = peer.wire;
+    let (header, delta) = peer.get_delta("code", "data/big.bin", &signature).await;
+    let wire = peer.wire - before;
+    assert_eq!(header["status"], "ok", "GET_DELTA failed: {header}");
+    let e_sha = file_sha(&f.e.join("data/big.bin"));
+    assert_eq!(header["sha256"], json!(e_sha), "{header}");
+    assert_eq!(header["size"], json!(32 * MIB), "{header}");
+    assert_eq!(header["path"], "data/big.bin", "{header}");
+    let rebuilt = apply(&f.base, &delta, &header);
+    assert_eq!(
+        sha256(&rebuilt),
+        e_sha,
+        "the delta rebuilt other bytes than E's file"
+    );
+    eprintln!(
+        "64 KiB edit in 32 MiB: signature {} bytes, delta {} bytes, {wire} bytes on the wire",
+        signature.len(),
+        delta.len()
+    );
+    assert!(
+        delta.len() < 64 * 1024 + 16 * 1024,
+        "delta of {} bytes",
+        delta.len()
+    );
+    assert!(
+        wire < 300 * 1024,
+        "{wire} bytes on the wire for a 64 KiB edit"
+    );
+
+    // R already has E's version: the delta is a handful of copy commands.
+    let signature = zync_fs::delta::signature(&f.e.join("data/big.bin")).expect("signature");
+    let (header, delta) = peer.get_delta("code", "data/big.bin", &signature).await;
+    assert_eq!(header["status"], "ok", "{header}");
+    assert!(
+        delta.len() < 1024,
+        "delta between equal files is {} bytes",
+        delta.len()
+    );
+    assert_eq!(
+        sha256(&apply(&f.e.join("data/big.bin"), &delta, &header)),
+        e_sha
+    );
+
+    // A base R does not have yet (empty) still works: the delta carries the content.
+    let empty = f.base.with_file_name("empty");
+    write(&empty, "");
+    let signature = zync_fs::delta::signature(&empty).expect("signature");
+    let (header, delta) = peer.get_delta("code", "small.txt", &signature).await;
+    assert_eq!(header["status"], "ok", "{header}");
+    assert_eq!(apply(&empty, &delta, &header), b"hello\n");
+    peer.ping_ok().await;
+}
+
+/// Sends a request that must fail with `code` and a message containing `says`; the connection
+/// must go on.
+async fn refused(peer: &mut Peer, request: Value, code: &str, says: &str) {
+    let shown = request.to_string();
+    let shown = &shown[..shown.len().min(200)];
+    let (reply, _) = peer.get_delta_raw(request).await;
+    assert_eq!(reply["status"], "error", "{shown} was not refused: {reply}");
+    assert_eq!(reply["code"], code, "{shown}: wrong error code: {reply}");
+    let message = reply["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(says),
+        "{shown}: the message does not say {says:?}: {reply}"
+    );
+    peer.ping_ok().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_the_connection_keeps_serving() {
+    let f = fixture();
+    let mut peer = Peer::hello(&f.daemon).await;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let good = zync_fs::delta::signature(&f.base).expect("signature");
+    let get = |dir: &str, path: &str, signature: String| json!({"operation": "GET_DELTA", "dir": dir, "path": path, "signature": signature});
+
+    refused(
+        &mut peer,
+        get("code", "data/big.bin", b64(b"garbage, not a signature")),
+        "bad_request",
+        "signature",
+    )
+    .await;
+    refused(
+        &mut peer,
+        get("code", "data/big.bin", b64(b"")),
+        "bad_request",
+        "signature header",
+    )
+    .await;
+    let mut tiny_blocks = good.clone();
+    tiny_blocks[4..8].copy_from_slice(&1u32.to_be_bytes());
+    refused(
+        &mut peer,
+        get("code", "data/big.bin", b64(&tiny_blocks)),
+        "bad_request",
+        "block size 1",
+    )
+    .await;
+    refused(
+        &mut peer,
+        get("code", "data/big.bin", b64(&good[..good.len() - 5])),
+        "bad_request",
+        "whole number",
+    )
+    .await;
+    refused(
+        &mut peer,
+        get("code", "data/big.bin", "*** not base64 ***".into()),
+        "bad_request",
+        "base64",
+    )
+    .await;
+    refused(
+        &mut peer,
+        json!({"operation": "GET_DELTA", "dir": "code", "path": "data/big.bin"}),
+        "bad_request",
+        "signature",
+    )
+    .await;
+    // Over the signature limit, still under the 4 MiB message limit.
+    refused(
+        &mut peer,
+        get("code", "data/big.bin", "A".repeat(3 * MIB)),
+        "bad_request",
+        "over the limit",
+    )
+    .await;
+
+    refused(
+        &mut peer,
+        get("photos", "data/big.bin", b64(&good)),
+        "unknown_dir",
+        "photos",
+    )
+    .await;
+    refused(
+        &mut peer,
+        get("code", "../outside", b64(&good)),
+        "invalid_path",
+        "..",
+    )
+    .await;
+    refused(
+        &mut peer,
+        get("code", "missing.bin", b64(&good)),
+        "not_found",
+        "missing.bin",
+    )
+    .await;
+    refused(
+        &mut peer,
+        get("code", "data", b64(&good)),
+        "not_a_file",
+        "dir",
+    )
+    .await;
+    refused(
+        &mut peer,
+        get("code", "node_modules/x", b64(&good)),
+        "not_a_file",
+        "ignored",
+    )
+    .await;
+
+    // After all that, the same connection still delivers a delta.
+    let (header, delta) = peer.get_delta("code", "data/big.bin", &good).await;
+    assert_eq!(header["status"], "ok", "{header}");
+    assert_eq!(
+        sha256(&apply(&f.base, &delta, &header)),
+        file_sha(&f.e.join("data/big.bin"))
+    );
+}
+
+#[tokio::test]
+async fn get_delta_needs_the_handshake() {
+    let f = fixture();
+    let token = std::fs::read_to_string(&f.daemon.token_file).expect("token");
+    let mut request = f.daemon.url().into_client_request().expect("request");
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", token.trim()).parse().expect("header"),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connect");
+    let mut peer = Peer {
+        ws,
+        next_id: 0,
+        wire: 0,
+    };
+    let reply = peer
+        .call(
+            json!({"operation": "GET_DELTA", "dir": "code", "path": "small.txt", "signature": ""}),
+        )
+        .await;
+    assert_eq!(reply["code"], "handshake_required", "{reply}");
+}
+
+#[tokio::test]
+async fn a_file_that_changed_since_it_was_indexed_is_stale() {
+    let f = fixture();
+    let mut peer = Peer::hello(&f.daemon).await;
+    let signature = zync_fs::delta::signature(&f.base).expect("signature");
+    let path = f.e.join("data/big.bin");
+    // Grow the file right before each request: the daemon sees it differ from its index row
+    // (or change while it reads it) unless its watcher already re-indexed it, in which case
+    // the reply must be consistent with the new row. Within the deadline, one must be stale.
+    let start = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .expect("open E's file");
+            file.write_all(&pseudo_random(4096, attempts))
+                .expect("append");
+        }
+        let (reply, delta) = peer.get_delta("code", "data/big.bin", &signature).await;
+        if reply["status"] == "error" {
+            assert_eq!(reply["code"], "stale", "{reply}");
+            let message = reply["message"].as_str().unwrap_or_default();
+            assert!(message.contains("data/big.bin"), "{reply}");
+            break;
+        }
+        // Served: then it is exactly the content the index had, whose sha256 the header has.
+        let rebuilt = apply(&f.base, &delta, &reply);
+        assert_eq!(
+            sha256(&rebuilt),
+            reply["sha256"].as_str().unwrap_or_default()
+        );
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no stale reply in {attempts} attempts while the file kept changing"
+        );
+    }
+    peer.ping_ok().await;
+}
