@@ -445,3 +445,40 @@ async fn a_file_that_changed_since_it_was_indexed_is_stale() {
     }
     peer.ping_ok().await;
 }
+
+/// The client uses GET_DELTA by itself (issue 5): a 64 KiB edit in the middle of a 24 MiB file
+/// that R already has crosses the wire as a signature and a small delta, well under 1 MiB
+/// both ways, and R ends with E's exact bytes, leaving no temp file behind.
+#[test]
+fn a_small_edit_in_a_big_file_reaches_r_as_a_delta() {
+    const SIZE: usize = 24 * MIB;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let e = tmp.path().join("e");
+    let mut data = pseudo_random(SIZE, 77);
+    write(&e.join("big.bin"), &data);
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+    assert_eq!(file_sha(&r.join("big.bin")), sha256(&data));
+
+    let middle = SIZE / 2 + 1234;
+    data[middle..middle + 64 * 1024].copy_from_slice(&pseudo_random(64 * 1024, 78));
+    write(&e.join("big.bin"), &data);
+    let want = sha256(&data);
+    let proxy = common::proxy::Proxy::to_port(daemon.port);
+    let logs = once_until(&client, &proxy.url(), "R has E's edited file", || {
+        file_sha(&r.join("big.bin")) == want
+    });
+    let wire = proxy.bytes_to_client() + proxy.bytes_to_daemon();
+    assert!(
+        wire < MIB as u64,
+        "{wire} bytes crossed the wire for a 64 KiB edit in {SIZE} bytes:\n{logs}"
+    );
+    assert_eq!(temp_files(&r), Vec::<String>::new(), "temp files left on R");
+    assert!(
+        conflict_copies(&r).is_empty(),
+        "no edit on R, no conflict copy"
+    );
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use zync_db::{ClientState, Kind, Synced};
 use zync_fs::{AtomicFile, EntryKind, Meta, RelPath, Sealed, Stat};
-use zync_proto::{Change, FileHeader};
+use zync_proto::{Change, DeltaHeader, FileHeader};
 
 use crate::error::ClientError;
 use crate::sync::Mapping;
@@ -47,9 +47,21 @@ pub struct Pending {
     partial: bool,
     record: Synced,
     file: Option<AtomicFile>,
+    /// The signature of R's older version at the path, when a delta is worth asking for.
+    signature: Option<Vec<u8>>,
 }
 
 impl Pending {
+    /// The signature to send with GET_DELTA, once; `None` asks for the whole file.
+    pub fn take_signature(&mut self) -> Option<Vec<u8>> {
+        self.signature.take()
+    }
+
+    /// The synced directory the file belongs to.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The path relative to the root.
     pub fn path(&self) -> &str {
         self.rel.as_str()
@@ -145,6 +157,9 @@ impl Ready {
         self.record.size
     }
 }
+
+/// Files at least this big that R has an older version of are fetched as a delta.
+const DELTA_MIN_SIZE: u64 = 256 << 10;
 
 /// Applies the changes of one page to one root.
 pub struct Applier<'a> {
@@ -283,6 +298,76 @@ impl<'a> Applier<'a> {
             sealed,
             downloaded,
         }))
+    }
+
+    /// Rebuilds a file from R's older version at its path and a delta received into `spool`,
+    /// verified by sha256 when sealed. On a failure other than `stale`, the pending file is
+    /// handed back to be downloaded whole.
+    ///
+    /// # Errors
+    /// `stale` when E's file moved on meanwhile; a delta that does not apply or rebuilds other
+    /// bytes (MD4 block sums can collide) comes back with the `Pending`.
+    pub fn rebuild(
+        &mut self,
+        mut pending: Box<Pending>,
+        header: &DeltaHeader,
+        spool: std::fs::File,
+    ) -> Result<Box<Ready>, (Option<Box<Pending>>, ClientError)> {
+        use std::io::Seek;
+        if header.sha256 != pending.sha {
+            let stale = ClientError::Server {
+                code: zync_proto::ErrorCode::Stale,
+                message: format!("{} changed on E during the transfer", pending.rel),
+            };
+            return Err((None, stale));
+        }
+        let rebuilt = (|| {
+            let mut spool = spool;
+            spool.rewind().map_err(|source| ClientError::Io {
+                what: "read the delta of",
+                path: pending.rel.to_string(),
+                source,
+            })?;
+            pending.open(0)?;
+            let base = pending.rel.to_path(&pending.root);
+            let file = pending.file.as_mut().ok_or_else(|| {
+                ClientError::Protocol(format!("{}: no file to rebuild into", pending.rel))
+            })?;
+            zync_fs::delta::apply(&base, std::io::BufReader::new(spool), header.size, |data| {
+                file.write(data).map_err(std::io::Error::other)
+            })
+            .map_err(|e| ClientError::Protocol(format!("{}: {e}", pending.rel)))?;
+            let file = pending.file.take().ok_or_else(|| {
+                ClientError::Protocol(format!("{}: no file to rebuild into", pending.rel))
+            })?;
+            Ok::<_, ClientError>(file.seal(
+                &pending.sha,
+                pending.record.mode,
+                pending.record.mtime_ns,
+            )?)
+        })();
+        match rebuilt {
+            Ok(sealed) => {
+                let Pending {
+                    rel,
+                    before,
+                    record,
+                    ..
+                } = *pending;
+                Ok(Box::new(Ready {
+                    rel,
+                    before,
+                    record,
+                    sealed,
+                    downloaded: Some(header.delta_size),
+                }))
+            }
+            Err(e) => {
+                pending.file = None;
+                pending.signature = None;
+                Err((Some(pending), e))
+            }
+        }
     }
 
     /// Renames a sealed file into place. Call only after its content was made durable.
@@ -645,9 +730,21 @@ impl<'a> Applier<'a> {
             partial: self.may_have_partials(rel),
             record,
             file: None,
+            signature: None,
         };
         if let Some(ready) = self.copy_local(&pending)? {
             return Ok(Step::Ready(ready));
+        }
+        let mut pending = pending;
+        // R's older version stays in place until the new one is renamed over it: a delta
+        // against it costs its signature and the changed bytes instead of the whole file.
+        if let Stat::Entry(meta) = &pending.before {
+            if meta.kind == EntryKind::File && meta.size >= DELTA_MIN_SIZE && !pending.partial {
+                match zync_fs::delta::signature(&path) {
+                    Ok(signature) => pending.signature = Some(signature),
+                    Err(e) => tracing::debug!(path = %rel, "no delta, downloading whole: {e}"),
+                }
+            }
         }
         Ok(Step::Fetch(Box::new(pending)))
     }

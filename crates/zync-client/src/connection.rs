@@ -11,8 +11,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Bytes, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use zync_proto::{
-    Event, FileHeader, GetFile, Hello, HelloReply, Op, Reply, Request, ServerMessage, UpstreamFile,
-    UpstreamFileReply,
+    DeltaHeader, Event, FileHeader, GetDelta, GetFile, Hello, HelloReply, Op, Reply, Request,
+    ServerMessage, UpstreamFile, UpstreamFileReply,
 };
 
 use crate::error::ClientError;
@@ -233,13 +233,37 @@ impl Connection {
         path: &str,
         offset: u64,
     ) -> Result<u64, ClientError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let op = Op::GetFile(GetFile {
+        self.queue(Op::GetFile(GetFile {
             dir: dir.to_string(),
             path: path.to_string(),
             offset: (offset > 0).then_some(offset),
-        });
+        }))
+        .await
+    }
+
+    /// Queues a GET_DELTA for a file R has an older version of, given that version's
+    /// signature ([`zync_fs::delta::signature`]); answered like [`Connection::request_file`].
+    ///
+    /// # Errors
+    /// A transport failure or a stalled send.
+    pub async fn request_delta(
+        &mut self,
+        dir: &str,
+        path: &str,
+        signature: Vec<u8>,
+    ) -> Result<u64, ClientError> {
+        self.queue(Op::GetDelta(GetDelta {
+            dir: dir.to_string(),
+            path: path.to_string(),
+            signature,
+        }))
+        .await
+    }
+
+    /// Queues a request without flushing, giving up after the stall timeout.
+    async fn queue(&mut self, op: Op) -> Result<u64, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
         let message = Message::text(Request { id, op }.to_json());
         match tokio::time::timeout(self.stall, self.ws.feed(message)).await {
             Err(_) => Err(ClientError::Timeout(self.stall)),
@@ -276,6 +300,7 @@ impl Connection {
                 }
                 Incoming::Text(ServerMessage::Ok(ok)) => match ok.reply {
                     Reply::GetFile(header) => return Ok(Transfer::Header(ok.id, header)),
+                    Reply::GetDelta(header) => return Ok(Transfer::Delta(ok.id, header)),
                     other => tracing::debug!(id = ok.id, "skipped an unexpected reply: {other:?}"),
                 },
                 Incoming::Text(ServerMessage::Error(e)) => match e.id {
@@ -420,6 +445,8 @@ fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result
 pub enum Transfer {
     /// The file's header: what follows and what it must hash to.
     Header(u64, FileHeader),
+    /// A delta's header: the delta's size and what the rebuilt file must hash to.
+    Delta(u64, DeltaHeader),
     /// A piece of the content, in order.
     Chunk(u64, Bytes),
     /// The daemon refused the request (or stopped sending: the file changed meanwhile).

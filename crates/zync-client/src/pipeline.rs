@@ -4,7 +4,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use zync_proto::FileHeader;
+use std::io::Write;
+
+use zync_proto::{DeltaHeader, ErrorCode, FileHeader};
 
 use crate::apply::Pending;
 use crate::connection::{Connection, Transfer};
@@ -23,6 +25,8 @@ const MAX_CONTENT_BYTES: u64 = 64 << 20;
 pub enum Finished {
     /// All content arrived; the header says what it must hash to.
     Done(usize, Box<Pending>, FileHeader),
+    /// A whole delta arrived in the spool file; R's older version and it rebuild the file.
+    Delta(usize, Box<Pending>, DeltaHeader, std::fs::File),
     /// The daemon refused it or a local write failed (its temp file is removed).
     Failed(usize, ClientError),
 }
@@ -32,6 +36,10 @@ struct Slot {
     pending: Box<Pending>,
     offset: u64,
     header: Option<FileHeader>,
+    /// For a GET_DELTA: its header once it came, and where the delta is kept meanwhile
+    /// (an unnamed temp file: memory does not grow with the delta).
+    delta: Option<(DeltaHeader, std::fs::File)>,
+    asked_delta: bool,
     received: u64,
     chunks: u64,
     cost: usize,
@@ -85,10 +93,18 @@ impl<'a> Pipeline<'a> {
             if full && !self.inflight.is_empty() {
                 break;
             }
-            let Some((index, pending)) = self.queue.pop_front() else {
+            let Some((index, mut pending)) = self.queue.pop_front() else {
                 break;
             };
-            let id = conn.request_file(self.dir, pending.path(), offset).await?;
+            let signature = pending.take_signature();
+            let asked_delta = signature.is_some();
+            let id = match signature {
+                Some(signature) => {
+                    conn.request_delta(self.dir, pending.path(), signature)
+                        .await?
+                }
+                None => conn.request_file(self.dir, pending.path(), offset).await?,
+            };
             sent = true;
             self.request_bytes += cost;
             self.content_bytes += expected;
@@ -99,6 +115,8 @@ impl<'a> Pipeline<'a> {
                     pending,
                     offset,
                     header: None,
+                    delta: None,
+                    asked_delta,
                     received: 0,
                     chunks: 0,
                     cost,
@@ -149,11 +167,59 @@ impl<'a> Pipeline<'a> {
                 slot.header = Some(header);
                 Ok(if done { self.complete(id) } else { None })
             }
+            Transfer::Delta(id, header) => {
+                let Some(slot) = self.inflight.get_mut(&id) else {
+                    return Ok(None);
+                };
+                if !slot.asked_delta
+                    || header.path != slot.pending.path()
+                    || header.chunks != header.delta_size.div_ceil(zync_proto::MAX_CHUNK as u64)
+                {
+                    return Err(ClientError::Protocol(format!(
+                        "{}: a delta header that does not match the request",
+                        header.path
+                    )));
+                }
+                let spool = match tempfile::tempfile_in(slot.pending.root()) {
+                    Ok(spool) => spool,
+                    Err(source) => {
+                        let e = ClientError::Io {
+                            what: "keep the delta of",
+                            path: header.path.clone(),
+                            source,
+                        };
+                        return Ok(self.fail(id, e));
+                    }
+                };
+                let done = header.chunks == 0;
+                slot.delta = Some((header, spool));
+                Ok(if done { self.complete(id) } else { None })
+            }
             Transfer::Chunk(id, data) => {
                 let Some(slot) = self.inflight.get_mut(&id) else {
                     // The rest of a download that already failed.
                     return Ok(None);
                 };
+                if let Some((header, spool)) = &mut slot.delta {
+                    slot.received += data.len() as u64;
+                    slot.chunks += 1;
+                    if slot.received > header.delta_size {
+                        return Err(ClientError::Protocol(format!(
+                            "{}: the daemon sent more than the announced {} bytes of delta",
+                            header.path, header.delta_size
+                        )));
+                    }
+                    let last = slot.chunks == header.chunks;
+                    if let Err(source) = spool.write_all(&data) {
+                        let e = ClientError::Io {
+                            what: "keep the delta of",
+                            path: header.path.clone(),
+                            source,
+                        };
+                        return Ok(self.fail(id, e));
+                    }
+                    return Ok(if last { self.complete(id) } else { None });
+                }
                 let Some(header) = &slot.header else {
                     return Err(ClientError::Protocol(format!(
                         "{}: content arrived before its header",
@@ -199,12 +265,33 @@ impl<'a> Pipeline<'a> {
 
     fn complete(&mut self, id: u64) -> Option<Finished> {
         let mut slot = self.take(id)?;
+        if let Some((header, spool)) = slot.delta.take() {
+            return Some(Finished::Delta(slot.index, slot.pending, header, spool));
+        }
         let header = slot.header.take()?;
         Some(Finished::Done(slot.index, slot.pending, header))
     }
 
+    /// Ends a download with `error`. A refused delta (an older daemon, a signature it would
+    /// not take) is asked for again as the whole file instead.
     fn fail(&mut self, id: u64, error: ClientError) -> Option<Finished> {
         let slot = self.take(id)?;
+        let retry = slot.asked_delta
+            && !matches!(
+                &error,
+                ClientError::Server {
+                    code: ErrorCode::Stale | ErrorCode::NotFound | ErrorCode::NotAFile,
+                    ..
+                }
+            );
+        if retry {
+            tracing::debug!(
+                path = slot.pending.path(),
+                "delta refused ({error}); downloading whole"
+            );
+            self.queue.push_front((slot.index, slot.pending));
+            return None;
+        }
         Some(Finished::Failed(slot.index, error))
     }
 

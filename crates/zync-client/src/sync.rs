@@ -234,6 +234,17 @@ async fn apply_page(
                 Ok(ready) => batch.add(i, ready),
                 Err(e) => results[i] = Some(Err(e)),
             },
+            Ok(Some(Finished::Delta(i, pending, header, spool))) => {
+                match applier.rebuild(pending, &header, spool) {
+                    Ok(ready) => batch.add(i, ready),
+                    // The delta did not rebuild E's file: download it whole.
+                    Err((Some(pending), e)) => {
+                        tracing::debug!(path = %changes[i].path, "delta failed ({e}); downloading whole");
+                        pipeline.push(i, pending);
+                    }
+                    Err((None, e)) => results[i] = Some(Err(e)),
+                }
+            }
             Ok(Some(Finished::Failed(i, e))) => results[i] = Some(Err(e)),
             Ok(None) => {}
             Err(e) => lost = Some(e),
