@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -566,7 +565,7 @@ impl Connection {
                     .into_iter()
                     .map(|(id, located)| {
                         let opened = located.and_then(|(root, dir, rel, offset)| {
-                            open_for_get(index, &root, dir, rel, offset, &mut budget)
+                            open_for_get(id, index, &root, dir, rel, offset, &mut budget)
                         });
                         (id, opened)
                     })
@@ -615,8 +614,9 @@ impl Connection {
         Ok((root.path.clone(), get.dir, rel, get.offset.unwrap_or(0)))
     }
 
-    /// Sends one opened file: its header, the chunk already read, then the rest chunk by
-    /// chunk (memory bounded by one chunk). Not flushed at the end.
+    /// Sends one opened file: its header, the first chunk (already read as a frame), then the
+    /// rest chunk by chunk, each read with a positioned read straight into its frame while the
+    /// previous one is sent (memory bounded by two chunks). Not flushed at the end.
     async fn stream_file(
         &mut self,
         id: u64,
@@ -635,56 +635,54 @@ impl Connection {
             return false;
         }
         let mut sent = offset;
-        if !first.is_empty() {
-            sent += first.len() as u64;
-            let frame = zync_proto::encode_chunk(id, &first);
-            if self.ws.feed(Message::binary(frame)).await.is_err() {
-                return false;
-            }
-        }
-        if sent >= size {
-            return true;
-        }
-        let mut file = tokio::fs::File::from_std(file);
-        if sent > 0 {
-            use tokio::io::AsyncSeekExt;
-            if let Err(e) = file.seek(std::io::SeekFrom::Start(sent)).await {
-                tracing::warn!(path = %path, "seek failed: {e}");
-                let stale = Refusal::new(
-                    ErrorCode::Stale,
-                    format!("{path} cannot be read; ask again after the next change"),
-                );
-                return self.feed_error(Some(id), stale).await;
-            }
-        }
-        let chunk = zync_proto::MAX_CHUNK as u64;
-        let mut buf = vec![0u8; (size - sent).min(chunk) as usize];
-        while sent < size {
-            let want = (size - sent).min(chunk) as usize;
-            let mut filled = 0;
-            while filled < want {
-                match file.read(&mut buf[filled..want]).await {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) => {
+        let file = Arc::new(file);
+        // A positioned read of the chunk at `at` straight into its frame, off the reactor.
+        let read = |at: u64| {
+            let file = Arc::clone(&file);
+            let want = (size - at).min(zync_proto::MAX_CHUNK as u64) as usize;
+            tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut frame = zync_proto::chunk_frame(id, want);
+                file.read_exact_at(&mut frame[zync_proto::CHUNK_HEADER..], at)
+                    .map(|()| frame)
+            })
+        };
+        // The first chunk was read with the checks, unless the batch's budget ran out.
+        let mut reading = None;
+        let mut next = if first.len() > zync_proto::CHUNK_HEADER {
+            Some(first)
+        } else {
+            reading = (sent < size).then(|| read(sent));
+            None
+        };
+        loop {
+            if let Some(handle) = reading.take() {
+                match handle.await {
+                    Ok(Ok(frame)) => next = Some(frame),
+                    Ok(Err(e)) => {
+                        // The file shrank or failed while being sent: the client drops it.
                         tracing::warn!(path = %path, "read failed mid-transfer: {e}");
-                        break;
+                        let stale = Refusal::new(
+                            ErrorCode::Stale,
+                            format!("{path} changed during the transfer; ask again after the next change"),
+                        );
+                        return self.feed_error(Some(id), stale).await;
+                    }
+                    Err(e) => {
+                        let internal = Refusal::new(ErrorCode::Internal, e.to_string());
+                        return self.feed_error(Some(id), internal).await;
                     }
                 }
             }
-            if filled < want {
-                // The file shrank while being sent: tell the client to drop what it has.
-                let stale = Refusal::new(
-                    ErrorCode::Stale,
-                    format!("{path} changed during the transfer; ask again after the next change"),
-                );
-                return self.feed_error(Some(id), stale).await;
-            }
-            let frame = zync_proto::encode_chunk(id, &buf[..want]);
+            let Some(frame) = next.take() else {
+                break;
+            };
+            sent += (frame.len() - zync_proto::CHUNK_HEADER) as u64;
+            // The next chunk is read while this one is sent.
+            reading = (sent < size).then(|| read(sent));
             if self.ws.send(Message::binary(frame)).await.is_err() {
                 return false;
             }
-            sent += want as u64;
         }
         true
     }
@@ -771,8 +769,10 @@ fn indexed_file(
 }
 
 /// Opens `rel` for GET_FILE ([`indexed_file`]) and reads its first chunk from `offset` (all of
-/// a small file) within the batch's `budget`. Blocking: runs off the reactor.
+/// a small file) within the batch's `budget`, as the frame of request `id` (header included;
+/// empty past the budget). Blocking: runs off the reactor.
 fn open_for_get(
+    id: u64,
     index: &Index,
     root: &std::path::Path,
     dir: String,
@@ -780,10 +780,10 @@ fn open_for_get(
     offset: u64,
     budget: &mut usize,
 ) -> Result<(std::fs::File, FileHeader, Vec<u8>), Refusal> {
-    use std::io::{Read, Seek};
+    use std::os::unix::fs::FileExt;
     let IndexedFile {
         rel,
-        mut file,
+        file,
         size,
         mtime_ns,
         mode,
@@ -797,23 +797,13 @@ fn open_for_get(
             format!("offset {offset} is beyond the {size} bytes of {rel}; ask from 0"),
         ));
     }
-    if offset > 0 {
-        file.seek(std::io::SeekFrom::Start(offset))
-            .map_err(|e| stale(format!("cannot be read ({e})")))?;
-    }
     let chunk = zync_proto::MAX_CHUNK as u64;
     // Past the batch's budget, the content is read while it is sent instead.
     let first_len = ((size - offset).min(chunk) as usize).min(*budget);
     *budget -= first_len;
-    let mut first = vec![0u8; first_len];
-    let mut filled = 0;
-    while filled < first.len() {
-        match file.read(&mut first[filled..]) {
-            Ok(0) => return Err(stale("changed during the transfer".to_string())),
-            Ok(n) => filled += n,
-            Err(e) => return Err(stale(format!("cannot be read ({e})"))),
-        }
-    }
+    let mut first = zync_proto::chunk_frame(id, first_len);
+    file.read_exact_at(&mut first[zync_proto::CHUNK_HEADER..], offset)
+        .map_err(|e| stale(format!("cannot be read ({e})")))?;
     let header = FileHeader {
         dir,
         path: rel.to_string(),

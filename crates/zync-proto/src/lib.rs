@@ -10,7 +10,7 @@ mod chunk;
 mod message;
 mod request;
 
-pub use chunk::{decode_chunk, encode_chunk, ChunkError};
+pub use chunk::{chunk_frame, decode_chunk, encode_chunk, ChunkError};
 pub use message::{
     AckReply, Change, ChangesReply, DeltaHeader, ErrorCode, ErrorResponse, Event, FileHeader,
     FinalizeReply, HelloReply, Kind, LastSequence, OkResponse, Reply, ServerMessage, SessionReply,
