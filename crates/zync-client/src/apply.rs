@@ -125,6 +125,17 @@ impl Pending {
         }
     }
 
+    /// Lends the open temp file out (to write a large chunk off the reactor); give it back
+    /// with [`Pending::put_file`].
+    pub fn take_file(&mut self) -> Option<AtomicFile> {
+        self.file.take()
+    }
+
+    /// Returns the temp file lent by [`Pending::take_file`].
+    pub fn put_file(&mut self, file: AtomicFile) {
+        self.file = Some(file);
+    }
+
     /// Keeps what arrived as a partial download when the connection broke, so that the next
     /// attempt resumes there.
     pub fn keep_partial(self) {

@@ -8,6 +8,8 @@ use std::io::Write;
 
 use zync_proto::{DeltaHeader, ErrorCode, FileHeader};
 
+use zync_fs::AtomicFile;
+
 use crate::apply::Pending;
 use crate::connection::{Connection, Transfer};
 use crate::error::ClientError;
@@ -20,6 +22,12 @@ const MAX_REQUESTS: usize = 1024;
 const MAX_REQUEST_BYTES: usize = 48 * 1024;
 /// At most this many content bytes asked for and not yet received (besides the first request).
 const MAX_CONTENT_BYTES: u64 = 64 << 20;
+/// Chunks at least this big are written and hashed off the reactor, while the next one is
+/// received: a big file streams at the speed of the slower of the two, not of their sum.
+const WRITE_BEHIND_MIN: usize = 128 << 10;
+
+/// A chunk being written to a temp file on a blocking thread.
+type Writing = tokio::task::JoinHandle<(AtomicFile, Result<(), zync_fs::FsError>)>;
 
 /// A download finished one way or the other; `usize` is the caller's index of the change.
 pub enum Finished {
@@ -40,6 +48,8 @@ struct Slot {
     /// (an unnamed temp file: memory does not grow with the delta).
     delta: Option<(DeltaHeader, std::fs::File)>,
     asked_delta: bool,
+    /// The previous chunk's write, when it was handed to a blocking thread.
+    writing: Option<Writing>,
     received: u64,
     chunks: u64,
     cost: usize,
@@ -117,6 +127,7 @@ impl<'a> Pipeline<'a> {
                     header: None,
                     delta: None,
                     asked_delta,
+                    writing: None,
                     received: 0,
                     chunks: 0,
                     cost,
@@ -243,10 +254,34 @@ impl<'a> Pipeline<'a> {
                         header.size
                     )));
                 }
-                if let Err(e) = slot.pending.write(&data) {
+                if let Err(e) = settle(slot).await {
                     return Ok(self.fail(id, e));
                 }
-                Ok(if last { self.complete(id) } else { None })
+                let lent = if data.len() >= WRITE_BEHIND_MIN {
+                    slot.pending.take_file()
+                } else {
+                    None
+                };
+                match lent {
+                    Some(mut file) => {
+                        slot.writing = Some(tokio::task::spawn_blocking(move || {
+                            let written = file.write(&data);
+                            (file, written)
+                        }));
+                    }
+                    None => {
+                        if let Err(e) = slot.pending.write(&data) {
+                            return Ok(self.fail(id, e));
+                        }
+                    }
+                }
+                if !last {
+                    return Ok(None);
+                }
+                if let Err(e) = settle(slot).await {
+                    return Ok(self.fail(id, e));
+                }
+                Ok(self.complete(id))
             }
             Transfer::Failed(id, e) => Ok(if self.inflight.contains_key(&id) {
                 self.fail(id, e)
@@ -296,7 +331,32 @@ impl<'a> Pipeline<'a> {
     }
 
     /// The downloads cut off by a lost connection, to keep what arrived of them as partials.
-    pub fn abandon(self) -> impl Iterator<Item = Box<Pending>> {
-        self.inflight.into_values().map(|slot| slot.pending)
+    pub async fn abandon(self) -> Vec<Box<Pending>> {
+        let mut cut = Vec::with_capacity(self.inflight.len());
+        for mut slot in self.inflight.into_values() {
+            if let Err(e) = settle(&mut slot).await {
+                tracing::debug!(path = slot.pending.path(), "{e}");
+            }
+            cut.push(slot.pending);
+        }
+        cut
+    }
+}
+
+/// Waits for the slot's chunk being written off the reactor and gives its file back.
+async fn settle(slot: &mut Slot) -> Result<(), ClientError> {
+    let Some(writing) = slot.writing.take() else {
+        return Ok(());
+    };
+    match writing.await {
+        Ok((file, written)) => {
+            slot.pending.put_file(file);
+            Ok(written?)
+        }
+        Err(e) => Err(ClientError::Io {
+            what: "write",
+            path: slot.pending.path().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        }),
     }
 }

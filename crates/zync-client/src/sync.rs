@@ -260,7 +260,7 @@ async fn apply_page(
     }
     if lost.is_some() {
         // The tunnel dropped: keep what arrived, the next attempt resumes from there.
-        for pending in pipeline.abandon() {
+        for pending in pipeline.abandon().await {
             pending.keep_partial();
         }
     }
