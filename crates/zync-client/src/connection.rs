@@ -211,6 +211,14 @@ impl Connection {
         }
     }
 
+    /// Sends a request without waiting for its reply (which is skipped when it comes).
+    ///
+    /// # Errors
+    /// A transport failure or a stalled send.
+    pub async fn tell(&mut self, op: Op) -> Result<(), ClientError> {
+        self.send(op).await.map(|_| ())
+    }
+
     /// Sends a request and waits for its reply.
     ///
     /// # Errors

@@ -86,7 +86,8 @@ pub async fn sync_dir(
             .call(Op::GetChanges(GetChanges {
                 dir: name.to_string(),
                 since,
-                limit: None,
+                // Big pages: fewer round trips, one durable commit per page.
+                limit: Some(zync_proto::MAX_CHANGES_LIMIT),
             }))
             .await?
         {
@@ -159,7 +160,9 @@ pub async fn sync_dir(
         if let Some(e) = lost {
             return Err(e);
         }
-        conn.call(Op::AckChanges(AckChanges {
+        // Not waited for: its reply is skipped like any stray one, and a tunnel with latency
+        // does not pay a round trip per page for it.
+        conn.tell(Op::AckChanges(AckChanges {
             dir: name.to_string(),
             sequence: durable,
         }))
