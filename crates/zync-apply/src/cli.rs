@@ -57,6 +57,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The state of the sync on E: served directories (index size, sequence), clients
+    /// (connected now, acknowledged sequence) and pending sessions. Reads the database only.
+    Status {
+        /// Print one JSON document instead of text (its shape is in the README).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the files of a session, with conflicts checked against E's current files.
     Show {
         /// Session id, or a unique prefix of it.

@@ -14,6 +14,7 @@ mod recover;
 pub mod roots;
 pub mod session;
 pub mod show;
+pub mod status;
 pub mod undo;
 
 use std::io::Write;
@@ -88,6 +89,7 @@ pub fn run_with(
         Command::List { all, json } => {
             list::list(&cli.db, *all, *json, out).map(|()| Outcome::Done)
         }
+        Command::Status { json } => status::status(&cli.db, *json, out).map(|()| Outcome::Done),
         Command::Show {
             id,
             dirs,

@@ -50,6 +50,15 @@ pub struct Args {
     /// to be reviewed and applied there with zync-apply; then exit.
     #[arg(long, conflicts_with = "once")]
     pub update_upstream: bool,
+    /// Show the state of the sync and exit, changing nothing: whether the daemon answers,
+    /// per directory R's sequence against E's, pending changes, failing paths and conflict
+    /// copies. Exit code 0 when in sync, 1 when not (behind, failing, never synced, daemon
+    /// unreachable).
+    #[arg(long, conflicts_with_all = ["once", "update_upstream"])]
+    pub status: bool,
+    /// With --status: print one JSON document instead of text (its shape is in the README).
+    #[arg(long, requires = "status")]
+    pub json: bool,
     /// File holding the daemon's token (default: zync.token beside --db, if it exists).
     /// ZYNC_TOKEN overrides it.
     #[arg(long, value_name = "PATH")]
@@ -146,7 +155,10 @@ fn canonical_file(path: &Path) -> Option<PathBuf> {
     Some(std::fs::canonicalize(dir).ok()?.join(path.file_name()?))
 }
 
-fn credentials(token_file: Option<&Path>, db: &Path) -> Result<Credentials, ClientError> {
+pub(crate) fn credentials(
+    token_file: Option<&Path>,
+    db: &Path,
+) -> Result<Credentials, ClientError> {
     if let Some(token) = std::env::var("ZYNC_TOKEN")
         .ok()
         .filter(|t| !t.trim().is_empty())
@@ -178,6 +190,15 @@ fn credentials(token_file: Option<&Path>, db: &Path) -> Result<Credentials, Clie
 /// # Errors
 /// A malformed spec, a duplicate name, nested directories, or a path that is not a directory.
 pub fn parse_mappings(specs: &[String]) -> Result<Vec<Mapping>, ClientError> {
+    parse_mappings_with(specs, true)
+}
+
+/// As [`parse_mappings`]; without `create`, a missing local directory is kept as given (made
+/// absolute) instead of created, so `--status` changes nothing.
+pub(crate) fn parse_mappings_with(
+    specs: &[String],
+    create: bool,
+) -> Result<Vec<Mapping>, ClientError> {
     let mut mappings: Vec<Mapping> = Vec::new();
     for spec in specs {
         let bad = |why: String| ClientError::Config(format!("--dirs {spec:?}: {why}"));
@@ -188,7 +209,19 @@ pub fn parse_mappings(specs: &[String]) -> Result<Vec<Mapping>, ClientError> {
         if path.is_empty() {
             return Err(bad("the LOCAL_PATH is empty".into()));
         }
-        std::fs::create_dir_all(path).map_err(|e| bad(format!("cannot create {path}: {e}")))?;
+        if !create && !Path::new(path).exists() {
+            let root = std::path::absolute(path)
+                .map_err(|e| bad(format!("cannot resolve {path}: {e}")))?;
+            mappings.push(Mapping {
+                name,
+                root,
+                own: Vec::new(),
+            });
+            continue;
+        }
+        if create {
+            std::fs::create_dir_all(path).map_err(|e| bad(format!("cannot create {path}: {e}")))?;
+        }
         let root =
             std::fs::canonicalize(path).map_err(|e| bad(format!("cannot resolve {path}: {e}")))?;
         if !root.is_dir() {

@@ -7,6 +7,7 @@ mod cli;
 mod connection;
 mod error;
 mod pipeline;
+pub mod status;
 mod sync;
 mod upstream;
 

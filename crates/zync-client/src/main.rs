@@ -22,6 +22,9 @@ fn main() -> ExitCode {
         eprintln!("zync-client: {e:#}");
         return ExitCode::from(2);
     }
+    if args.status {
+        return zync_client::status::main(&args);
+    }
     match zync_client::main_with_args(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

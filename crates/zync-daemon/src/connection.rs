@@ -148,6 +148,10 @@ impl Connection {
     pub async fn run(mut self, stop: broadcast::Receiver<()>) {
         self.serve(stop).await;
         self.abort_upstream().await;
+        if let Some(client) = self.client_id.take() {
+            // Presence for `zync-apply status` (issue 6); a failure is logged by `query`.
+            let _ = self.query(move |i| i.client_disconnected(&client)).await;
+        }
     }
 
     async fn serve(&mut self, mut stop: broadcast::Receiver<()>) {
@@ -376,6 +380,14 @@ impl Connection {
                     ));
                 }
                 tracing::info!(client = %hello.client_id, version = ?hello.client_version, "client connected");
+                let (previous, client) = (self.client_id.take(), hello.client_id.clone());
+                let version = hello.client_version.clone();
+                let _ = self
+                    .query(move |i| {
+                        previous.map_or(Ok(()), |p| i.client_disconnected(&p))?;
+                        i.client_connected(&client, version.as_deref())
+                    })
+                    .await;
                 self.client_id = Some(hello.client_id);
                 let status = *self.shared.status.borrow();
                 self.sent = status;

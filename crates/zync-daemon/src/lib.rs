@@ -119,6 +119,7 @@ pub async fn run(
         let mut index = zync_db::Index::open(&db_path)
             .with_context(|| format!("cannot open the daemon database {}", db_path.display()))?;
         index.set_roots(&names)?;
+        index.reset_connections()?;
         upstream::abort_stale_sessions(&index, &db_path)?;
         Ok(index)
     })

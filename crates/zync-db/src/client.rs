@@ -82,6 +82,20 @@ impl ClientState {
         ClientState::from_conn(conn::open_file(path, &CLIENT, Synchronous::Full)?)
     }
 
+    /// Opens an existing client state read-only: never creates, upgrades or writes the file
+    /// (`zync-client --status`), and reads beside a running client (WAL). SQLite may leave the
+    /// empty `-wal`/`-shm` files a WAL reader needs beside it.
+    ///
+    /// # Errors
+    ///
+    /// No file at `path`, not a client state database, or a schema older or newer than this
+    /// build's.
+    pub fn open_read_only(path: &Path) -> Result<ClientState> {
+        let conn = conn::open_read_only(path, &CLIENT)?;
+        let client_id = migrate::read_database_id(&conn, "client_id")?;
+        Ok(ClientState { conn, client_id })
+    }
+
     /// Opens a new, empty client state in memory.
     ///
     /// # Errors
@@ -478,6 +492,52 @@ mod tests {
             .into_iter()
             .map(|(path, _)| path)
             .collect()
+    }
+
+    #[test]
+    fn a_read_only_state_reads_and_never_creates_or_writes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("client.db");
+        assert!(ClientState::open_read_only(&path).is_err());
+        assert!(!path.exists(), "a read-only open created the database");
+
+        let mut state = ClientState::open(&path).expect("state");
+        let mut batch = state.batch().expect("batch");
+        batch
+            .set_failing("docs", "a.txt", "permission denied")
+            .expect("failing");
+        batch.commit().expect("commit");
+        let id = state.client_id().to_owned();
+        drop(state);
+        let listing = |dir: &Path| -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .expect("list")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let before = listing(tmp.path());
+        let bytes = std::fs::read(&path).expect("read db");
+        let reader = ClientState::open_read_only(&path).expect("reader");
+        assert_eq!(reader.client_id(), id);
+        assert_eq!(reader.failing(None).expect("failing")[0].attempts, 1);
+        assert!(reader.dir_state("docs").expect("dir state").is_none());
+        drop(reader);
+        assert_eq!(
+            std::fs::read(&path).expect("read db"),
+            bytes,
+            "a read-only look wrote"
+        );
+        // SQLite makes the WAL index files a WAL reader needs (empty); nothing else appears.
+        let mut after = listing(tmp.path());
+        after.retain(|n| !n.ends_with("-shm") && !n.ends_with("-wal"));
+        assert_eq!(after, before, "a read-only look left files behind");
+        let wal = tmp.path().join("client.db-wal");
+        assert!(
+            std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
+            "the read-only look wrote to the WAL"
+        );
     }
 
     #[test]

@@ -62,6 +62,30 @@ pub(crate) fn open_file(path: &Path, schema: &Schema, sync: Synchronous) -> Resu
     Ok(conn)
 }
 
+/// Opens the existing database file at `path` read-only: never creates it, never migrates it,
+/// never writes (issue 6: status commands must change nothing). Works beside a writer thanks
+/// to WAL; the schema must be exactly this build's.
+pub(crate) fn open_read_only(path: &Path, schema: &Schema) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|source| DbError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|err| classify(err, path))?;
+    migrate::check_current(&conn, schema, path).map_err(|err| match err {
+        DbError::Sqlite { source, context } => match source.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => DbError::NotADatabase {
+                path: path.to_owned(),
+                source,
+            },
+            _ => DbError::Sqlite { context, source },
+        },
+        other => other,
+    })?;
+    Ok(conn)
+}
+
 /// Opens a private in-memory database with the same setup, for tests and dry runs.
 pub(crate) fn open_memory(schema: &Schema, sync: Synchronous) -> Result<Connection> {
     let path = Path::new(":memory:");

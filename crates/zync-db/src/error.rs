@@ -65,6 +65,21 @@ pub enum DbError {
         found: String,
     },
 
+    /// A read-only reader found an older schema, which only a writer can upgrade.
+    #[error(
+        "{} has schema version {found}, older than this build's {supported}, and a read-only \
+         look cannot upgrade it: run the program that owns it (zync-daemon or zync-client) once",
+        path.display()
+    )]
+    TooOld {
+        /// The file at fault.
+        path: PathBuf,
+        /// The version in the file.
+        found: i64,
+        /// The version this build writes.
+        supported: i64,
+    },
+
     /// The schema version in the file is newer than this build knows: a newer zync made it.
     #[error(
         "{} has schema version {found}, but this build of zync only knows versions up to \
@@ -128,6 +143,7 @@ impl DbError {
             DbError::NotADatabase { .. }
             | DbError::WrongKind { .. }
             | DbError::TooNew { .. }
+            | DbError::TooOld { .. }
             | DbError::NoSuchSession { .. }
             | DbError::NoSuchStagedFile { .. }
             | DbError::InvalidName { .. } => return true,

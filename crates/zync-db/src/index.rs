@@ -59,6 +59,21 @@ pub struct Ack {
     pub at_unix: i64,
 }
 
+/// What the daemon knows of one client's connections (issue 6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRecord {
+    /// The client's id, as sent in HELLO.
+    pub client_id: String,
+    /// How many handshaken connections it has open now (0: not connected).
+    pub connections: u64,
+    /// Its first HELLO, seconds since the Unix epoch.
+    pub first_seen_unix: i64,
+    /// Its last HELLO or disconnect, seconds since the Unix epoch.
+    pub last_seen_unix: i64,
+    /// The version it announced in its last HELLO.
+    pub client_version: Option<String>,
+}
+
 /// The daemon's index database.
 #[derive(Debug)]
 pub struct Index {
@@ -88,6 +103,18 @@ impl Index {
         // FULL: a sequence number handed to a client must never be handed out again for other
         // content after a power cut, or that client would skip a change for good.
         Index::from_conn(conn::open_file(path, &INDEX, Synchronous::Full)?)
+    }
+
+    /// Opens an existing index read-only, beside a running daemon (WAL): never creates,
+    /// upgrades or writes the file (`zync-apply status`).
+    ///
+    /// # Errors
+    ///
+    /// No file at `path`, not a zync index, or a schema older or newer than this build's.
+    pub fn open_read_only(path: &Path) -> Result<Index> {
+        let conn = conn::open_read_only(path, &INDEX)?;
+        let index_id = migrate::read_database_id(&conn, "index_id")?;
+        Ok(Index { conn, index_id })
     }
 
     /// Opens a new, empty index in memory.
@@ -314,6 +341,85 @@ impl Index {
             .ctx("reading the acks")
     }
 
+    /// Records a HELLO from `client_id`: one more open connection, seen now.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn client_connected(&self, client_id: &str, version: Option<&str>) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO clients (client_id, connections, first_seen_unix, last_seen_unix,
+                     client_version) VALUES (?1, 1, ?2, ?2, ?3)
+                 ON CONFLICT (client_id) DO UPDATE SET connections = connections + 1,
+                     last_seen_unix = excluded.last_seen_unix,
+                     client_version = excluded.client_version",
+                (client_id, unix_now(), version),
+            )
+            .with_ctx(|| format!("recording that {client_id} connected"))?;
+        Ok(())
+    }
+
+    /// Records that one of `client_id`'s connections ended (never below 0 connections).
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn client_disconnected(&self, client_id: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE clients SET connections = max(connections - 1, 0), last_seen_unix = ?2
+                 WHERE client_id = ?1",
+                (client_id, unix_now()),
+            )
+            .with_ctx(|| format!("recording that {client_id} disconnected"))?;
+        Ok(())
+    }
+
+    /// Marks every client disconnected: at daemon start no connection is open, whatever a
+    /// killed daemon left recorded.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn reset_connections(&self) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE clients SET connections = 0 WHERE connections != 0",
+                [],
+            )
+            .ctx("marking every client disconnected")?;
+        Ok(())
+    }
+
+    /// Every client that ever said HELLO, by client id.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn clients(&self) -> Result<Vec<ClientRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT client_id, connections, first_seen_unix, last_seen_unix, client_version
+                 FROM clients ORDER BY client_id",
+            )
+            .ctx("reading the clients")?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(ClientRecord {
+                    client_id: row.get(0)?,
+                    connections: seq_from_sql(row.get(1)?),
+                    first_seen_unix: row.get(2)?,
+                    last_seen_unix: row.get(3)?,
+                    client_version: row.get(4)?,
+                })
+            })
+            .ctx("reading the clients")?;
+        rows.collect::<rusqlite::Result<_>>()
+            .ctx("reading the clients")
+    }
+
     /// Starts a write transaction. Sequence numbers come from one global counter kept in the
     /// database, so they increase across dirs and across restarts.
     ///
@@ -533,6 +639,13 @@ pub(crate) fn subtree_bounds(path: &str) -> (String, String) {
 
 fn depth(path: &str) -> usize {
     path.bytes().filter(|&b| b == b'/').count()
+}
+
+/// Now, in seconds since the Unix epoch (0 for a clock before it).
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| saturating_i64(d.as_secs()))
 }
 
 /// Sizes and inodes are stored bit for bit: a value above `i64::MAX` comes back unchanged.
@@ -870,6 +983,66 @@ mod tests {
         let other = Index::open(&tmp.path().join("other.db")).expect("other");
         assert_ne!(other.index_id(), id);
         assert_ne!(Index::open_in_memory().expect("mem").index_id(), id);
+    }
+
+    #[test]
+    fn clients_count_their_connections_and_a_restart_zeroes_them() {
+        let index = Index::open_in_memory().expect("index");
+        index.client_connected("c1", Some("0.1.0")).expect("hello");
+        index
+            .client_connected("c1", Some("0.1.0"))
+            .expect("second connection");
+        index.client_connected("c2", None).expect("hello");
+        index.client_disconnected("c1").expect("bye");
+        index.client_disconnected("c2").expect("bye");
+        index
+            .client_disconnected("c2")
+            .expect("a second bye stays at 0");
+        index
+            .client_disconnected("never-seen")
+            .expect("unknown is a no-op");
+        let got: Vec<(String, u64)> = index
+            .clients()
+            .expect("clients")
+            .into_iter()
+            .map(|c| (c.client_id, c.connections))
+            .collect();
+        assert_eq!(got, vec![("c1".to_owned(), 1), ("c2".to_owned(), 0)]);
+        index.reset_connections().expect("reset");
+        let clients = index.clients().expect("clients");
+        assert!(
+            clients.iter().all(|c| c.connections == 0),
+            "after a reset: {clients:?}"
+        );
+        assert_eq!(clients[0].client_version.as_deref(), Some("0.1.0"));
+        assert!(clients[0].last_seen_unix >= clients[0].first_seen_unix);
+    }
+
+    #[test]
+    fn a_read_only_index_sees_a_writer_s_data_and_creates_nothing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("sync.db");
+        let err = Index::open_read_only(&path).expect_err("no file");
+        assert!(
+            !path.exists(),
+            "a read-only open created {}",
+            path.display()
+        );
+        assert!(err.to_string().contains("sync.db"), "{err}");
+
+        let mut writer = Index::open(&path).expect("writer");
+        let mut w = writer.writer().expect("write");
+        w.upsert("docs", "a.txt", &file(3)).expect("upsert");
+        w.commit().expect("commit");
+        writer.client_connected("c1", None).expect("hello");
+        let reader = Index::open_read_only(&path).expect("reader beside the writer");
+        assert_eq!(reader.index_id(), writer.index_id());
+        assert_eq!(reader.live_count("docs").expect("count"), 1);
+        assert_eq!(reader.clients().expect("clients")[0].connections, 1);
+        assert!(
+            reader.client_connected("c2", None).is_err(),
+            "a read-only index must refuse writes"
+        );
     }
 
     #[test]

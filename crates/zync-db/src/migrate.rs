@@ -125,6 +125,17 @@ pub(crate) const INDEX: Schema = Schema {
          DROP TABLE upstream_files;
          ALTER TABLE upstream_files_v3 RENAME TO upstream_files;
          CREATE INDEX upstream_files_session ON upstream_files (session_id);",
+        // 4: which clients are connected now and when each was last seen (issue 6: `zync-apply
+        // status` reads it without a network call). `connections` counts open handshaken
+        // connections, so a client's `--status` probe beside its running loop does not mark it
+        // gone when the probe leaves; the daemon zeroes it at start (a killed daemon cannot).
+        "CREATE TABLE clients (
+             client_id TEXT PRIMARY KEY NOT NULL,
+             connections INTEGER NOT NULL DEFAULT 0 CHECK (connections >= 0),
+             first_seen_unix INTEGER NOT NULL,
+             last_seen_unix INTEGER NOT NULL,
+             client_version TEXT
+         ) WITHOUT ROWID;",
     ],
 };
 
@@ -208,6 +219,28 @@ pub(crate) fn migrate(conn: &mut Connection, schema: &Schema, path: &Path) -> Re
         .with_ctx(|| format!("recording the schema version of {}", path.display()))?;
     tx.commit()
         .with_ctx(|| format!("committing the schema upgrade of {}", path.display()))
+}
+
+/// Checks, without writing anything, that a database opened read-only is `schema`'s kind at
+/// exactly this build's version: a read-only reader cannot upgrade an older one.
+pub(crate) fn check_current(conn: &Connection, schema: &Schema, path: &Path) -> Result<()> {
+    let found = check(conn, schema, path)?;
+    if found == schema.version() {
+        return Ok(());
+    }
+    Err(DbError::TooOld {
+        path: path.to_owned(),
+        found,
+        supported: schema.version(),
+    })
+}
+
+/// Reads the id stored under `key` in the `meta` table, without storing one (read-only).
+pub(crate) fn read_database_id(conn: &Connection, key: &str) -> Result<String> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+        row.get(0)
+    })
+    .with_ctx(|| format!("reading the {key}"))
 }
 
 /// Returns the database's version after checking that it is `schema`'s kind (or empty) and not

@@ -1158,8 +1158,9 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("version");
         assert_eq!(version, INDEX_SCHEMA_VERSION);
-        assert_eq!(INDEX_SCHEMA_VERSION, 3);
+        assert_eq!(INDEX_SCHEMA_VERSION, 4);
         for (kind, name) in [
+            ("table", "clients"),
             ("table", "upstream_sessions"),
             ("table", "upstream_files"),
             ("index", "upstream_files_session"),
@@ -1261,7 +1262,7 @@ mod tests {
             .conn()
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("version");
-        assert_eq!(version, 3);
+        assert_eq!(version, 4);
         assert_eq!(index.index_id(), id, "the index id survives");
         let session = index.session("s1").expect("session").expect("kept");
         assert_eq!(

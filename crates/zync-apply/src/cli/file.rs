@@ -28,7 +28,7 @@ impl Cli {
             .transpose()?;
         merge(matches, "db", &mut self.db, db);
         let dirs = match &mut self.command {
-            Command::List { .. } => None,
+            Command::List { .. } | Command::Status { .. } => None,
             Command::Show { dirs, .. }
             | Command::Apply { dirs, .. }
             | Command::Undo { dirs, .. } => Some(dirs),
@@ -73,7 +73,7 @@ mod tests {
             Command::Show { dirs, .. }
             | Command::Apply { dirs, .. }
             | Command::Undo { dirs, .. } => dirs.dirs.clone(),
-            Command::List { .. } => Vec::new(),
+            Command::List { .. } | Command::Status { .. } => Vec::new(),
         }
     }
 
