@@ -54,7 +54,7 @@ pub fn init_logging(level: &str) -> anyhow::Result<()> {
     })?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(zync_cli::progress::LogWriter::default)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))

@@ -50,6 +50,10 @@ pub struct Args {
     /// to be reviewed and applied there with zync-apply; then exit.
     #[arg(long, conflicts_with = "once")]
     pub update_upstream: bool,
+    /// With --update-upstream: print the summary as one JSON object on stdout (session_id,
+    /// files, bytes, conflicts, skipped; session_id is null when nothing was sent).
+    #[arg(long, requires = "update_upstream")]
+    pub json: bool,
     /// File holding the daemon's token (default: zync.token beside --db, if it exists).
     /// ZYNC_TOKEN overrides it.
     #[arg(long, value_name = "PATH")]
