@@ -164,6 +164,16 @@ pub fn apply_report(
         auto: false,
         quit: false,
     };
+    // A bar would fight the prompts: only runs that ask nothing show progress (issue 6).
+    let progress = if opts.non_interactive {
+        zync_cli::progress::Progress::start_if_large(
+            "applied",
+            files.len() as u64,
+            files.iter().map(|f| f.size).sum(),
+        )
+    } else {
+        zync_cli::progress::Progress::hidden()
+    };
     for file in &files {
         let name = format!("{}/{}", file.dir, file.path);
         if run.quit {
@@ -178,7 +188,10 @@ pub fn apply_report(
             tracing::warn!("{name}: {e:#}");
             report.failed.push((name, format!("{e:#}")));
         }
+        progress.files(1);
+        progress.bytes(file.size);
     }
+    progress.finish();
     let left = index
         .staged_files(&session.id)?
         .iter()

@@ -7,7 +7,7 @@ mod file;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Exit codes, as documented in `--help`.
 const AFTER_HELP: &str = "\
@@ -71,12 +71,17 @@ pub enum Command {
         /// Directory mapping.
         #[command(flatten)]
         dirs: DirsArg,
-        /// Print unified diffs of text files against E's current version.
+        /// Print unified diffs of text files against E's current version (paged through
+        /// $PAGER, default `less -R`, when longer than the terminal).
         #[arg(long)]
         diff: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Colour diffs: auto (when stdout is a terminal and NO_COLOR is not set), always
+        /// or never.
+        #[arg(long, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+        color: ColorChoice,
     },
     /// Apply a session's staged files to E, asking about each file unless --non-interactive.
     #[command(after_help = AFTER_HELP)]
@@ -108,6 +113,17 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `show --color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// Colour when stdout is a terminal and NO_COLOR is not set.
+    Auto,
+    /// Always colour (also into a pipe or file).
+    Always,
+    /// Never colour.
+    Never,
 }
 
 /// `--dirs NAME:PATH...`, shared by the commands that touch E's directories.

@@ -8,6 +8,7 @@ pub mod cli;
 mod crashpoint;
 mod fileops;
 pub mod list;
+pub mod pager;
 pub mod probe;
 pub mod prompt;
 mod recover;
@@ -53,9 +54,14 @@ pub fn init_logging(level: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| {
         format!("--log-level {level:?} is not a level (error, warn, info, debug, trace)")
     })?;
+    // Progress lines of a long apply show at any level (issue 6).
+    let filter = match zync_cli::progress::TARGET.parse() {
+        Ok(directive) if level != "off" => filter.add_directive(directive),
+        _ => filter,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(zync_cli::progress::LogWriter::default)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
@@ -67,6 +73,21 @@ pub fn init_logging(level: &str) -> anyhow::Result<()> {
 ///
 /// Whatever the command reports; the message names the problem and, where known, the fix.
 pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
+    use std::io::IsTerminal;
+    // A diff for a person on a terminal is paged when long; into a pipe it is never paged.
+    if let Command::Show {
+        diff: true,
+        json: false,
+        ..
+    } = &cli.command
+    {
+        if std::io::stdout().is_terminal() {
+            let mut text = Vec::new();
+            let outcome = run_with(cli, &mut text, &mut TermPrompter)?;
+            pager::page_or_print(&text)?;
+            return Ok(outcome);
+        }
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let outcome = run_with(cli, &mut out, &mut TermPrompter)?;
@@ -95,7 +116,17 @@ pub fn run_with(
             dirs,
             diff,
             json,
-        } => show::show(&cli.db, id, &dirs.dirs, *diff, *json, out).map(|()| Outcome::Done),
+            color,
+        } => {
+            let color =
+                pager::use_color(*color, std::io::IsTerminal::is_terminal(&std::io::stdout()));
+            let opts = show::ShowOptions {
+                diff: *diff,
+                json: *json,
+                color,
+            };
+            show::show(&cli.db, id, &dirs.dirs, opts, out).map(|()| Outcome::Done)
+        }
         Command::Apply {
             id,
             dirs,

@@ -38,6 +38,17 @@ struct ShowJson {
     files: Vec<FileJson>,
 }
 
+/// What `show` prints.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShowOptions {
+    /// Unified diffs against E's files.
+    pub diff: bool,
+    /// JSON instead of text.
+    pub json: bool,
+    /// ANSI colours in the diffs (text output only).
+    pub color: bool,
+}
+
 /// Shows session `id` (or unique prefix).
 ///
 /// # Errors
@@ -47,10 +58,10 @@ pub fn show(
     db: &Path,
     id: &str,
     dirs: &[String],
-    diff: bool,
-    json: bool,
+    opts: ShowOptions,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
+    let ShowOptions { diff, json, color } = opts;
     let index = session::open_index(db)?;
     let session = session::find(&index, id)?;
     let files = index
@@ -103,7 +114,11 @@ pub fn show(
             r.action, r.dir, r.path, r.state
         )?;
         if let Some(d) = &r.diff {
-            write!(out, "{d}")?;
+            if color {
+                write!(out, "{}", crate::pager::colorize(d))?;
+            } else {
+                write!(out, "{d}")?;
+            }
             if !d.ends_with('\n') {
                 writeln!(out)?;
             }
@@ -195,6 +210,37 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
         assert_eq!(v["session"]["id"], id);
         assert_eq!(v["files"].as_array().expect("files").len(), 3);
+    }
+
+    #[test]
+    fn color_always_marks_the_diff_and_never_or_a_pipe_leaves_it_plain() {
+        let fx = Fixture::new();
+        fx.e_write("t.txt", b"one\ntwo\n");
+        fx.stage(
+            "c0l0r-1",
+            &[write("t.txt", b"one\n2\n", Some(b"one\ntwo\n"))],
+        );
+        let mut p = ScriptedPrompter::new([]);
+        let (r, out) = fx.run(&["show", "c0l0r", "--diff", "--color", "always"], &mut p);
+        r.expect("show");
+        assert!(
+            out.contains("\x1b[31m-two\x1b[0m") && out.contains("\x1b[32m+2\x1b[0m"),
+            "expected red -two and green +2, found {out:?}"
+        );
+        assert!(
+            out.contains("\x1b[36m@@"),
+            "expected a cyan hunk header: {out:?}"
+        );
+        // The test's stdout is not a terminal: auto means plain, like never.
+        for when in ["never", "auto"] {
+            let (r, out) = fx.run(&["show", "c0l0r", "--diff", "--color", when], &mut p);
+            r.expect("show");
+            assert!(out.contains("-two\n+2\n"), "{out:?}");
+            assert!(
+                !out.contains('\x1b'),
+                "--color {when}: escape codes in {out:?}"
+            );
+        }
     }
 
     #[test]

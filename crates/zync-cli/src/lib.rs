@@ -1,11 +1,13 @@
 //! What zync's three binaries share at their command line (issue 6): the TOML config file
 //! that holds what is otherwise given by flags ([`load`], [`DaemonFile`], [`ClientFile`]),
 //! the rule that a flag beats the file and the file beats the built-in default ([`given`]),
-//! and shell completions and man pages generated from the clap definitions ([`Generate`]).
+//! shell completions and man pages generated from the clap definitions ([`Generate`]), and the
+//! progress of long runs ([`progress`]).
 #![deny(missing_docs)]
 
 mod file;
 mod generate;
+pub mod progress;
 mod schema;
 
 pub use file::{default_path, load, ConfigError, Loaded};

@@ -67,6 +67,11 @@ impl Pending {
         self.rel.as_str()
     }
 
+    /// The file's whole size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// Bytes still to come from byte `offset` on.
     pub fn remaining(&self, offset: u64) -> u64 {
         self.size.saturating_sub(offset)

@@ -18,7 +18,8 @@ use crate::sync::Mapping;
 #[command(
     name = "zync-client",
     version,
-    about = "Keep local directories in step with a zync daemon (runs on machine R)"
+    about = "Keep local directories in step with a zync daemon (runs on machine R)",
+    group(clap::ArgGroup::new("json_mode").args(["status", "update_upstream"]).multiple(true))
 )]
 pub struct Args {
     /// Config file holding any of these flags' settings except --once and --update-upstream
@@ -56,8 +57,10 @@ pub struct Args {
     /// unreachable).
     #[arg(long, conflicts_with_all = ["once", "update_upstream"])]
     pub status: bool,
-    /// With --status: print one JSON document instead of text (its shape is in the README).
-    #[arg(long, requires = "status")]
+    /// With --status or --update-upstream: print one JSON document on stdout instead of text
+    /// (shapes in the README; the push summary has session_id, files, bytes, conflicts and
+    /// skipped, session_id null when nothing was sent).
+    #[arg(long, requires = "json_mode")]
     pub json: bool,
     /// File holding the daemon's token (default: zync.token beside --db, if it exists).
     /// ZYNC_TOKEN overrides it.

@@ -338,6 +338,7 @@ impl Connection {
         &mut self,
         file: UpstreamFile,
         content: Option<&std::path::Path>,
+        progress: &zync_cli::progress::Progress,
     ) -> Result<UpstreamFileReply, ClientError> {
         let size = file.size;
         let id = self.send(Op::UpstreamFile(file)).await?;
@@ -356,6 +357,7 @@ impl Connection {
                     })?;
                 self.put(Message::binary(zync_proto::encode_chunk(id, &buf[..got])))
                     .await?;
+                progress.bytes(got as u64);
                 remaining -= want as u64;
             }
         }

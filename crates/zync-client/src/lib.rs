@@ -39,7 +39,7 @@ pub fn init_logging(level: &str) -> anyhow::Result<()> {
     })?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(zync_cli::progress::LogWriter::default)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
@@ -60,30 +60,51 @@ pub fn main_with_args(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async {
         if args.update_upstream {
             let summary = run_upstream(&config).await?;
-            match summary.session_id {
-                None if summary.skipped > 0 => println!(
-                    "nothing sent: E ignores every changed path ({} file(s), see the warnings above)",
-                    summary.skipped
-                ),
-                None => println!("nothing to send: R has no changes against what it last synced"),
-                Some(id) => {
-                    println!("session {id}");
-                    println!(
-                        "{} file(s), {} bytes, {} conflict(s); review and apply it on E with `zync-apply show {id}` and `zync-apply apply {id}`",
-                        summary.files, summary.bytes, summary.conflicts
-                    );
-                    if summary.skipped > 0 {
-                        println!("{} file(s) not sent: E ignores their paths (see the warnings above)", summary.skipped);
-                    }
-                }
-            }
-            Ok(())
+            print_summary(&summary, args.json)
         } else if args.once {
             run_once(&config).await.map(|_| ())
         } else {
             run_loop(&config, shutdown_signal()).await
         }
     })
+}
+
+/// Prints what `--update-upstream` did, as text or (`--json`) one JSON object.
+fn print_summary(summary: &PushSummary, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, summary)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    match &summary.session_id {
+        None if summary.skipped > 0 => writeln!(
+            out,
+            "nothing sent: E ignores every changed path ({} file(s), see the warnings above)",
+            summary.skipped
+        )?,
+        None => writeln!(
+            out,
+            "nothing to send: R has no changes against what it last synced"
+        )?,
+        Some(id) => {
+            writeln!(out, "session {id}")?;
+            writeln!(
+                out,
+                "{} file(s), {} bytes, {} conflict(s); review and apply it on E with `zync-apply show {id}` and `zync-apply apply {id}`",
+                summary.files, summary.bytes, summary.conflicts
+            )?;
+            if summary.skipped > 0 {
+                writeln!(
+                    out,
+                    "{} file(s) not sent: E ignores their paths (see the warnings above)",
+                    summary.skipped
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM.

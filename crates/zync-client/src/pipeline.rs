@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 
 use std::io::Write;
 
+use zync_cli::progress::Progress;
 use zync_proto::{DeltaHeader, ErrorCode, FileHeader};
 
 use zync_fs::AtomicFile;
@@ -63,13 +64,16 @@ pub struct Pipeline<'a> {
     inflight: HashMap<u64, Slot>,
     request_bytes: usize,
     content_bytes: u64,
+    /// Counts bytes as chunks arrive (issue 6); hidden for small pages.
+    progress: Progress,
 }
 
 impl<'a> Pipeline<'a> {
-    /// An empty pipeline for directory `dir`.
-    pub fn new(dir: &'a str) -> Pipeline<'a> {
+    /// An empty pipeline for directory `dir`, reporting bytes to `progress`.
+    pub fn new(dir: &'a str, progress: Progress) -> Pipeline<'a> {
         Pipeline {
             dir,
+            progress,
             queue: VecDeque::new(),
             inflight: HashMap::new(),
             request_bytes: 0,
@@ -116,6 +120,8 @@ impl<'a> Pipeline<'a> {
                 None => conn.request_file(self.dir, pending.path(), offset).await?,
             };
             sent = true;
+            // What an earlier attempt kept counts as done: the total is whole files.
+            self.progress.bytes(offset);
             self.request_bytes += cost;
             self.content_bytes += expected;
             self.inflight.insert(
@@ -257,6 +263,7 @@ impl<'a> Pipeline<'a> {
                 if let Err(e) = settle(slot).await {
                     return Ok(self.fail(id, e));
                 }
+                self.progress.bytes(data.len() as u64);
                 let lent = if data.len() >= WRITE_BEHIND_MIN {
                     slot.pending.take_file()
                 } else {
@@ -301,6 +308,8 @@ impl<'a> Pipeline<'a> {
     fn complete(&mut self, id: u64) -> Option<Finished> {
         let mut slot = self.take(id)?;
         if let Some((header, spool)) = slot.delta.take() {
+            // A delta stands for the whole file in the byte count.
+            self.progress.bytes(slot.pending.size());
             return Some(Finished::Delta(slot.index, slot.pending, header, spool));
         }
         let header = slot.header.take()?;

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use zync_cli::progress::Progress;
 use zync_db::{ClientState, DirState};
 use zync_fs::DirName;
 use zync_proto::{AckChanges, Change, GetChanges, Op, Reply};
@@ -81,6 +82,8 @@ pub async fn sync_dir(
         ..DirReport::default()
     };
     let mut blocked = false;
+    // Shown once a page is large (an initial sync, a big change on E); spans the later pages.
+    let mut progress = Progress::hidden();
     loop {
         let page = match conn
             .call(Op::GetChanges(GetChanges {
@@ -124,7 +127,17 @@ pub async fn sync_dir(
             }
         }
         batch.commit()?;
-        let outcome = apply_page(conn, state, mapping, &page.changes).await?;
+        let (files, bytes) = page
+            .changes
+            .iter()
+            .filter(|c| is_file(c))
+            .fold((0, 0), |(n, b), c| (n + 1, b + c.size));
+        if progress.is_active() {
+            progress.add_total(files, bytes);
+        } else {
+            progress = Progress::start_if_large("synced", files, bytes);
+        }
+        let outcome = apply_page(conn, state, mapping, &page.changes, &progress).await?;
         let mut records = Vec::with_capacity(page.changes.len());
         let mut failed = Vec::new();
         let mut durable = report.last_seq;
@@ -172,6 +185,7 @@ pub async fn sync_dir(
             break;
         }
     }
+    progress.finish();
     if report.failures.is_empty() {
         // Everything up to the daemon's sequence is recorded: no write of an unfinished run
         // is left to recognise.
@@ -180,6 +194,11 @@ pub async fn sync_dir(
         batch.commit()?;
     }
     Ok(report)
+}
+
+/// A change that writes a file: what progress counts.
+fn is_file(change: &Change) -> bool {
+    !change.deleted && change.kind == zync_proto::Kind::File
 }
 
 /// What applying one page did: a result per change (`None`: not reached), and the totals.
@@ -204,6 +223,7 @@ async fn apply_page(
     state: &ClientState,
     mapping: &Mapping,
     changes: &[Change],
+    progress: &Progress,
 ) -> Result<PageOutcome, ClientError> {
     let mut results: Vec<Option<Result<Record, ClientError>>> =
         changes.iter().map(|_| None).collect();
@@ -215,14 +235,25 @@ async fn apply_page(
             .filter_map(|c| c.sha256.clone())
             .collect::<HashSet<_>>(),
     );
-    let mut pipeline = Pipeline::new(mapping.name.as_str());
-    let mut batch = Batch::default();
+    let mut pipeline = Pipeline::new(mapping.name.as_str(), progress.clone());
+    let mut batch = Batch::new(progress.clone());
     let mut lost = None;
     for (i, change) in changes.iter().enumerate() {
         match applier.begin(change) {
-            Ok(Step::Done(record)) => results[i] = Some(Ok(record)),
+            Ok(Step::Done(record)) => {
+                if is_file(change) {
+                    // R has this file already.
+                    progress.files(1);
+                    progress.bytes(change.size);
+                }
+                results[i] = Some(Ok(record));
+            }
             Ok(Step::Fetch(pending)) => pipeline.push(i, pending),
-            Ok(Step::Ready(ready)) => batch.add(i, ready),
+            Ok(Step::Ready(ready)) => {
+                // Copied from content R had: nothing to download.
+                progress.bytes(ready.size());
+                batch.add(i, ready);
+            }
             Err(e) => results[i] = Some(Err(e)),
         }
     }
@@ -280,13 +311,21 @@ async fn apply_page(
 }
 
 /// Finished files waiting for their rename.
-#[derive(Default)]
 struct Batch {
     files: Vec<(usize, Box<Ready>)>,
     bytes: u64,
+    progress: Progress,
 }
 
 impl Batch {
+    fn new(progress: Progress) -> Batch {
+        Batch {
+            files: Vec::new(),
+            bytes: 0,
+            progress,
+        }
+    }
+
     fn add(&mut self, index: usize, ready: Box<Ready>) {
         self.bytes += ready.size();
         self.files.push((index, ready));
@@ -310,7 +349,11 @@ impl Batch {
         }
         zync_fs::sync_filesystems(files.iter().map(|(_, ready)| ready.temp_path()))?;
         for (i, ready) in files {
-            results[i] = Some(applier.install(ready));
+            let result = applier.install(ready);
+            if result.is_ok() {
+                self.progress.files(1);
+            }
+            results[i] = Some(result);
         }
         Ok(())
     }

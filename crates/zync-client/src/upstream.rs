@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use zync_cli::progress::Progress;
 use zync_db::{ClientState, Kind};
 use zync_fs::{EntryKind, IgnoreRules, RelPath, Stat};
 use zync_proto::{FinalizeUpstream, Op, PrepareUpstream, Reply, UpstreamAction, UpstreamFile};
@@ -34,7 +35,7 @@ pub struct Outgoing {
 }
 
 /// What a push did.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct PushSummary {
     /// The staged session, when anything was sent.
     pub session_id: Option<String>,
@@ -165,6 +166,9 @@ pub async fn push(
         }
     };
     let mut skipped = 0u64;
+    let written = changes.iter().filter(|c| c.action == UpstreamAction::Write);
+    let progress =
+        Progress::start_if_large("sent", changes.len() as u64, written.map(|c| c.size).sum());
     for change in changes {
         let Some(root) = mappings
             .iter()
@@ -188,7 +192,7 @@ pub async fn push(
             UpstreamAction::Write => Some(change.path.to_path(root)),
             UpstreamAction::Delete => None,
         };
-        let conflict = match conn.upload(request, content.as_deref()).await {
+        let conflict = match conn.upload(request, content.as_deref(), &progress).await {
             Ok(reply) => reply.conflict,
             Err(ClientError::Server {
                 code: zync_proto::ErrorCode::InvalidPath,
@@ -197,6 +201,7 @@ pub async fn push(
                 // E ignores this path (its --ignore rules): it cannot be applied there anyway.
                 tracing::warn!(dir = %change.dir, path = %change.path, "not sent: {message}");
                 skipped += 1;
+                progress.files(1);
                 continue;
             }
             Err(e) => return Err(e),
@@ -204,7 +209,9 @@ pub async fn push(
         if conflict {
             tracing::warn!(dir = %change.dir, path = %change.path, "E changed this file too: flagged as a conflict for review on E");
         }
+        progress.files(1);
     }
+    progress.finish();
     if skipped == changes.len() as u64 {
         // Everything was refused: leave the session unfinalized, so the daemon aborts it when
         // this connection closes, rather than staging an empty session.
