@@ -130,39 +130,85 @@ fn start_under(
     is_dir.then_some(path)
 }
 
+/// Something the walk could not read: the path at fault (`None` for the root itself) and
+/// the message.
+type Problem = (Option<RelPath>, String);
+
 /// Everything below one directory, in walk order, and what could not be read there.
 #[derive(Default)]
 struct Listing {
     entries: Vec<ScanEntry>,
-    /// (the path at fault, `None` for the root itself; the message).
-    problems: Vec<(Option<RelPath>, String)>,
+    problems: Vec<Problem>,
+}
+
+/// One listed directory: its children sorted by name, and for each child that is a directory,
+/// in the same order, where its own listing is kept.
+#[derive(Default)]
+struct Listed {
+    children: Vec<ScanEntry>,
+    subdirs: Vec<usize>,
 }
 
 /// Lists the directory at `dir` (whose path below the root is `rel`, `None` for the root) and
-/// everything below it, its subdirectories in parallel.
+/// everything below it. One depth at a time, all directories of a depth in parallel; then the
+/// listings are put together in walk order. Neither step recurses, so the depth of a tree is
+/// no risk to the threads' stacks.
 fn list_tree(rules: &IgnoreRules, dir: &Path, rel: Option<&RelPath>) -> Listing {
-    let mut out = Listing::default();
-    let children = list_dir(rules, dir, rel, &mut out.problems);
-    let subdirs: Vec<&ScanEntry> = children
-        .iter()
-        .filter(|c| c.meta.kind == EntryKind::Dir)
-        .collect();
-    let mut below: Vec<Listing> = subdirs
-        .par_iter()
-        .map(|c| list_tree(rules, &dir.join(c.path.file_name()), Some(&c.path)))
-        .collect::<Vec<_>>();
-    below.reverse();
-    for child in children {
-        let is_dir = child.meta.kind == EntryKind::Dir;
-        out.entries.push(child);
-        if is_dir {
-            if let Some(sub) = below.pop() {
-                out.entries.extend(sub.entries);
-                out.problems.extend(sub.problems);
+    let mut problems = Vec::new();
+    let mut listed: Vec<Listed> = vec![Listed::default()];
+    // The directories of the current depth: (path, path below the root, slot in `listed`).
+    let mut frontier: Vec<(PathBuf, Option<RelPath>, usize)> =
+        vec![(dir.to_path_buf(), rel.cloned(), 0)];
+    let mut total = 0usize;
+    while !frontier.is_empty() {
+        let lists: Vec<(Vec<ScanEntry>, Vec<Problem>)> = frontier
+            .par_iter()
+            .map(|(path, rel, _)| {
+                let mut problems = Vec::new();
+                let children = list_dir(rules, path, rel.as_ref(), &mut problems);
+                (children, problems)
+            })
+            .collect();
+        let mut next = Vec::new();
+        for ((path, _, slot), (children, found)) in frontier.into_iter().zip(lists) {
+            problems.extend(found);
+            total += children.len();
+            let mut subdirs = Vec::new();
+            for child in children.iter().filter(|c| c.meta.kind == EntryKind::Dir) {
+                let sub = listed.len();
+                listed.push(Listed::default());
+                subdirs.push(sub);
+                next.push((
+                    path.join(child.path.file_name()),
+                    Some(child.path.clone()),
+                    sub,
+                ));
             }
+            listed[slot] = Listed { children, subdirs };
+        }
+        frontier = next;
+    }
+    // Depth first, each directory's listing right after its own entry.
+    let mut entries = Vec::with_capacity(total);
+    let take = |listed: &mut Vec<Listed>, slot: usize| {
+        let l = std::mem::take(&mut listed[slot]);
+        (l.children.into_iter(), l.subdirs.into_iter())
+    };
+    let mut stack = vec![take(&mut listed, 0)];
+    while let Some((children, subdirs)) = stack.last_mut() {
+        let Some(child) = children.next() else {
+            stack.pop();
+            continue;
+        };
+        let sub = (child.meta.kind == EntryKind::Dir)
+            .then(|| subdirs.next())
+            .flatten();
+        entries.push(child);
+        if let Some(sub) = sub {
+            stack.push(take(&mut listed, sub));
         }
     }
-    out
+    Listing { entries, problems }
 }
 
 /// The entries directly in `dir` that zync syncs and does not ignore, sorted by name.
@@ -170,7 +216,7 @@ fn list_dir(
     rules: &IgnoreRules,
     dir: &Path,
     rel: Option<&RelPath>,
-    problems: &mut Vec<(Option<RelPath>, String)>,
+    problems: &mut Vec<Problem>,
 ) -> Vec<ScanEntry> {
     let read = match std::fs::read_dir(dir) {
         Ok(read) => read,
@@ -227,7 +273,8 @@ fn list_dir(
             )),
         }
     }
-    children.sort_unstable_by(|a, b| a.path.file_name().cmp(b.path.file_name()));
+    // Siblings share their parent's prefix, so whole paths sort as their names do.
+    children.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     children
 }
 
@@ -497,6 +544,23 @@ mod tests {
             key(&scan_in_pool(4, tmp.path(), Some(&under))),
             key(&scan_in_pool(1, tmp.path(), Some(&under)))
         );
+    }
+
+    #[test]
+    fn a_deep_tree_is_walked_whole_in_order() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let depth = 120;
+        let deepest = tmp.path().join(vec!["d"; depth].join("/"));
+        fs::create_dir_all(&deepest).expect("mkdir");
+        fs::write(deepest.join("f"), "f").expect("write");
+        fs::write(tmp.path().join("d/g"), "g").expect("write");
+        let result = scan_in_pool(2, tmp.path(), None);
+        assert_eq!(result.len(), depth + 2);
+        let got: Vec<&str> = result.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(got[0], "d");
+        assert_eq!(got[1], "d/d", "a directory's listing follows its own entry");
+        assert_eq!(got[depth], format!("{}/f", vec!["d"; depth].join("/")));
+        assert_eq!(got[depth + 1], "d/g", "siblings by name: d/d before d/g");
     }
 
     /// Permissions do not stop root, so as root this test re-runs itself in a child process
