@@ -148,16 +148,14 @@ pub struct Indexer {
     workers: Workers,
     /// Changes per transaction during a scan ([`SCAN_BATCH`]; smaller in tests).
     batch: usize,
-    /// How many files have been read and hashed since start: a restart over an unchanged tree
-    /// must leave it at zero (issue 5), which the tests and the startup log line show.
+    /// How many times a file was opened to be hashed since start: a restart over an unchanged
+    /// tree must leave it at zero (issue 5), which the tests and the startup log line show.
     hashed: AtomicU64,
 }
 
 impl Indexer {
-    /// Opens the index for writing.
-    ///
-    /// # Errors
-    /// When the database cannot be opened.
+    /// An indexer over an open index. Its walking and hashing threads (one per available
+    /// core) start with the first scan.
     pub fn new(
         index: Index,
         roots: Vec<IndexedRoot>,
