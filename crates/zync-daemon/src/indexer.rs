@@ -2,7 +2,7 @@
 //! daemon was down (DESIGN invariant 6), then the watcher's debounced batches are reconciled
 //! path by path; an overflow or watcher error triggers a rescan of the root.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rayon::prelude::*;
 use tokio::sync::watch;
-use zync_db::{EntryMeta, Index, Kind};
+use zync_db::{EntryMeta, Index, Kind, ScanRow};
 use zync_fs::{EntryKind, IgnoreRules, Meta, RelPath, Stat};
 
 use crate::cli::Root;
@@ -326,28 +326,58 @@ impl Indexer {
         let started = Instant::now();
         // The connection is not Sync: the loading side takes it by unique reference.
         let (rules, index, dir) = (&self.roots[i].rules, &mut self.index, name.as_str());
-        let (result, known) = self.workers.pool()?.install(|| {
+        let pool = self.workers.pool()?;
+        let (result, rows) = pool.install(|| {
             rayon::join(
                 || zync_fs::scan(&root_path, rules, under),
-                move || index.live_entries(dir, under.map(RelPath::as_str)),
+                move || index.scan_rows(dir, under.map(RelPath::as_str)),
             )
         });
-        let mut known: HashMap<String, EntryMeta> =
-            known?.into_iter().map(|e| (e.path, e.meta)).collect();
+        let mut rows = rows?;
         let walked = started.elapsed();
 
-        // What changed, in walk order, with what the index had for it.
-        let mut todo: Vec<(&zync_fs::ScanEntry, Option<EntryMeta>)> = Vec::new();
-        for entry in &result.entries {
-            if own.contains(&entry.path) {
-                continue;
+        // Pair each entry with its row by merging both in path byte order: for 100,000 paths
+        // a hash map of the rows took a tenth of a restart's scan (issue 5). The rows come
+        // sorted already (sorting them again then takes one pass); the walk's order puts a
+        // directory's subtree before a sibling such as "dir.txt", so entries are sorted apart.
+        rows.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        let entries = &result.entries;
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        pool.install(|| order.par_sort_unstable_by(|&a, &b| entries[a].path.cmp(&entries[b].path)));
+        let mut row_of: Vec<Option<usize>> = vec![None; entries.len()];
+        // Rows with no entry: gone from the disk, or below a directory that could not be read.
+        let mut gone: Vec<usize> = Vec::new();
+        let mut r = 0;
+        for &e in &order {
+            let path = entries[e].path.as_str();
+            while r < rows.len() && rows[r].path.as_str() < path {
+                gone.push(r);
+                r += 1;
             }
-            let old = known.remove(entry.path.as_str());
-            if old.as_ref().is_some_and(|o| unchanged(o, &entry.meta)) {
-                continue;
+            if rows.get(r).is_some_and(|row| row.path == path) {
+                row_of[e] = Some(r);
+                r += 1;
             }
-            todo.push((entry, old));
         }
+        gone.extend(r..rows.len());
+
+        // What changed, in walk order, with the kind the index had for it.
+        let mut todo: Vec<(&zync_fs::ScanEntry, Option<Kind>)> = Vec::new();
+        for (entry, row) in entries.iter().zip(&row_of) {
+            if own.contains(&entry.path) {
+                // Never indexed; a row left from before it was the daemon's goes.
+                gone.extend(row);
+                continue;
+            }
+            let old = row.map(|r| &rows[r]);
+            if old.is_some_and(|o| unchanged(o.into(), &entry.meta)) {
+                continue;
+            }
+            todo.push((entry, old.map(|o| o.kind)));
+        }
+        // Row order is path order: the same deletions always get the same sequence numbers,
+        // and a parent's tombstone_tree covers its children first.
+        gone.sort_unstable();
 
         let hashed_before = self.hashed.load(Ordering::Relaxed);
         let mut changed = 0usize;
@@ -389,10 +419,7 @@ impl Indexer {
                         if racy {
                             recheck.push((i, entry.path.clone(), Instant::now() + RACY));
                         }
-                        if old
-                            .as_ref()
-                            .is_some_and(|o| o.kind == Kind::Dir && meta.kind != Kind::Dir)
-                        {
+                        if *old == Some(Kind::Dir) && meta.kind != Kind::Dir {
                             writer.tombstone_tree(&name, entry.path.as_str())?;
                         }
                         writer.upsert(&name, entry.path.as_str(), &meta)?;
@@ -408,7 +435,7 @@ impl Indexer {
             tracing::warn!(dir = %name, "{error}; deletions below it are not recorded until it can be read");
         }
         let mut writer = self.index.writer()?;
-        if moved && !known.is_empty() {
+        if moved && !gone.is_empty() {
             tracing::error!(
                 dir = %name,
                 path = %root_path.display(),
@@ -417,14 +444,10 @@ impl Indexer {
                  change is intended, delete the daemon's database to index afresh",
                 dev.as_deref().unwrap_or("?"),
                 stored.as_deref().unwrap_or("?"),
-                known.len()
+                gone.len()
             );
         } else {
-            // In path order, not the map's random one: the same deletions always get the same
-            // sequence numbers, and a parent's tombstone_tree covers its children first.
-            let mut gone: Vec<String> = known.into_keys().collect();
-            gone.sort_unstable();
-            for path in &gone {
+            for path in gone.iter().map(|&r| rows[r].path.as_str()) {
                 // Paths below an unreadable directory were not seen, which is not deletion.
                 let seen_absent = RelPath::parse(path).is_ok_and(|rel| result.covers(&rel));
                 if seen_absent {
@@ -522,7 +545,10 @@ impl Indexer {
             self.scan_root(i, Some(rel))?;
             return Ok(());
         }
-        if old.as_ref().is_some_and(|o| unchanged(&o.meta, &meta)) {
+        if old
+            .as_ref()
+            .is_some_and(|o| unchanged((&o.meta).into(), &meta))
+        {
             return Ok(());
         }
         let Some((new, racy)) = describe(&root_path, rel, &meta, &self.hashed) else {
@@ -563,7 +589,7 @@ fn publish(index: &Index, status: &watch::Sender<Status>, scanning: bool) -> any
 /// Same kind, size, mtime, inode, mode and link target: the content is taken as unchanged.
 /// A directory's mtime, size and inode move whenever a child comes or goes; only its mode is
 /// synced, so only its mode counts (else every new file would also re-send its directory).
-fn unchanged(old: &EntryMeta, new: &Meta) -> bool {
+fn unchanged(old: Known<'_>, new: &Meta) -> bool {
     if new.kind == EntryKind::Dir {
         return old.kind == Kind::Dir && old.mode == new.mode;
     }
@@ -572,7 +598,44 @@ fn unchanged(old: &EntryMeta, new: &Meta) -> bool {
         && old.mtime_ns == new.mtime_ns
         && old.inode == new.inode
         && old.mode == new.mode
-        && old.target == new.target
+        && old.target == new.target.as_deref()
+}
+
+/// What the index knows of a path that [`unchanged`] compares, from a full row or a scan's.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    kind: Kind,
+    size: u64,
+    mtime_ns: i64,
+    inode: u64,
+    mode: u32,
+    target: Option<&'a str>,
+}
+
+impl<'a> From<&'a EntryMeta> for Known<'a> {
+    fn from(m: &'a EntryMeta) -> Self {
+        Known {
+            kind: m.kind,
+            size: m.size,
+            mtime_ns: m.mtime_ns,
+            inode: m.inode,
+            mode: m.mode,
+            target: m.target.as_deref(),
+        }
+    }
+}
+
+impl<'a> From<&'a ScanRow> for Known<'a> {
+    fn from(r: &'a ScanRow) -> Self {
+        Known {
+            kind: r.kind,
+            size: r.size,
+            mtime_ns: r.mtime_ns,
+            inode: r.inode,
+            mode: r.mode,
+            target: r.target.as_deref(),
+        }
+    }
 }
 
 fn kind_of(kind: EntryKind) -> Kind {
@@ -997,5 +1060,67 @@ mod tests {
             .iter()
             .filter(|e| e.path.starts_with("d04"))
             .all(|e| e.deleted));
+    }
+
+    #[test]
+    fn rows_and_entries_pair_up_across_names_that_sort_around_the_separator() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // In byte order "a b" < "a-b" < "a.txt" < "a/x" < "a0"; the walk lists "a/x" right
+        // after "a", before "a-b": the pairing must not depend on either order.
+        for d in ["a", "a/x", "a.d", "a.d/y"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for f in ["a b", "a-b", "a.txt", "a/x/f", "a0", "a.d/y/g", "a.d/h"] {
+            std::fs::write(root.join(f), f).unwrap();
+        }
+        let (mut ix, _rx) = indexer(root, &[]);
+        assert_eq!(ix.scan_root(0, None).unwrap(), 11);
+        assert_eq!(
+            ix.scan_root(0, None).unwrap(),
+            0,
+            "every entry found its row"
+        );
+        assert_eq!(hashed(&ix), 7);
+        let seq = ix.index.last_seq().unwrap();
+        std::fs::remove_dir_all(root.join("a/x")).unwrap();
+        std::fs::remove_file(root.join("a.txt")).unwrap();
+        std::fs::remove_file(root.join("a.d/y/g")).unwrap();
+        assert_eq!(ix.scan_root(0, None).unwrap(), 4);
+        let gone: Vec<(String, bool)> = ix
+            .index
+            .changes_since("code", seq, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.path, e.deleted))
+            .collect();
+        let want = [
+            ("a.d/y/g", true),
+            ("a.txt", true),
+            ("a/x/f", true),
+            ("a/x", true),
+        ];
+        let want: Vec<(String, bool)> = want.iter().map(|(p, d)| (p.to_string(), *d)).collect();
+        assert_eq!(gone, want, "deletions in path order, children first");
+        assert_eq!(hashed(&ix), 7, "nothing hashed for deletions");
+    }
+
+    #[test]
+    fn a_row_for_a_path_that_became_the_daemons_own_is_tombstoned() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("sync.db"), "db").unwrap();
+        std::fs::write(dir.path().join("real.txt"), "r").unwrap();
+        let db = tempfile::tempdir().unwrap();
+        let db = db.path().join("index.db");
+        {
+            let (mut ix, _rx) = indexer_on(Index::open(&db).unwrap(), dir.path(), &[]);
+            ix.scan_root(0, None).unwrap();
+            assert_eq!(live(&ix), ["real.txt", "sync.db"]);
+        }
+        // Restarted with its database moved to that path.
+        let own = [dir.path().join("sync.db")];
+        let (mut ix, _rx) = indexer_on(Index::open(&db).unwrap(), dir.path(), &own);
+        assert_eq!(ix.scan_root(0, None).unwrap(), 1);
+        assert_eq!(live(&ix), ["real.txt"]);
     }
 }
