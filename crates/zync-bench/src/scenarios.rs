@@ -90,8 +90,9 @@ fn pair(ctx: &Ctx, src: &Path, mode: Mode) -> Result<Row> {
     let zstate = dir.join("zync-state");
     let mut zd = Daemon::start(bins, &zstate, src)?;
     eprintln!(
-        "   zync daemon startup scan: {}",
-        fmt_duration(zd.scan_time)
+        "   zync daemon startup scan: {}{}",
+        fmt_duration(zd.scan_time),
+        hashed_note(zd.hashed)
     );
     let rd = RsyncDaemon::start(&dir.join("rsync-state"), src)?;
     let mut zp = Proxy::start(zd.addr, delay)?;
@@ -245,6 +246,11 @@ fn wait_for_content(path: &Path, want: &[u8], timeout: Duration) -> Result<()> {
     Ok(())
 }
 
+/// ", N files hashed" when the daemon said (a restart over an unchanged tree should hash none).
+fn hashed_note(hashed: Option<u64>) -> String {
+    hashed.map_or_else(String::new, |n| format!(", {n} files hashed"))
+}
+
 /// Daemon restart over an unchanged tree: time until "startup scan complete".
 fn restart(ctx: &Ctx, src: &Path) -> Result<Row> {
     let n = ctx.pick(100_000, 20_000);
@@ -253,13 +259,20 @@ fn restart(ctx: &Ctx, src: &Path) -> Result<Row> {
     let state = ctx.dir.join("zync-state");
     let first = Daemon::start(ctx.bins, &state, src)?;
     eprintln!(
-        "   first scan (indexing, not timed): {}",
-        fmt_duration(first.scan_time)
+        "   first scan (indexing, not timed): {}{}",
+        fmt_duration(first.scan_time),
+        hashed_note(first.hashed)
     );
     let mut exits = vec![first.stop()?];
     let mut times = vec![];
-    for _ in 0..ctx.opts.runs {
+    for run in 0..ctx.opts.runs {
         let d = Daemon::start(ctx.bins, &state, src)?;
+        eprintln!(
+            "   run {}: {}{}",
+            run + 1,
+            fmt_duration(d.scan_time),
+            hashed_note(d.hashed)
+        );
         times.push(d.scan_time);
         exits.push(d.stop()?);
     }

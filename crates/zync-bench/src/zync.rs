@@ -71,6 +71,8 @@ pub struct Daemon {
     pub token: PathBuf,
     /// From spawn to the "startup scan complete" log line.
     pub scan_time: Duration,
+    /// How many files the startup scan hashed, from that line (`hashed=N`), when it says.
+    pub hashed: Option<u64>,
 }
 
 impl Daemon {
@@ -103,12 +105,13 @@ impl Daemon {
             .take_while(char::is_ascii_digit)
             .collect();
         let addr = SocketAddr::from(([127, 0, 0, 1], port.parse().context("bad port in the log")?));
-        let (at, _) = proc.wait_for_line("startup scan complete", Duration::from_secs(600))?;
+        let (at, line) = proc.wait_for_line("startup scan complete", Duration::from_secs(600))?;
         let scan_time = at - proc.started;
         Ok(Daemon {
             addr,
             token: state.join("zync.token"),
             scan_time,
+            hashed: hashed_count(&line),
             proc,
         })
     }
@@ -120,6 +123,17 @@ impl Daemon {
     pub fn stop(self) -> Result<Exit> {
         self.proc.stop()
     }
+}
+
+/// The `hashed=N` field of a log line.
+fn hashed_count(line: &str) -> Option<u64> {
+    let digits: String = line
+        .split("hashed=")
+        .nth(1)?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
 fn client_cmd(bins: &Bins, port: u16, token: &Path, db: &Path, dst: &Path) -> Command {
@@ -165,4 +179,21 @@ pub fn sync_once(
 /// When it cannot start.
 pub fn start_loop(bins: &Bins, port: u16, token: &Path, db: &Path, dst: &Path) -> Result<Proc> {
     Proc::spawn("zync-client", client_cmd(bins, port, token, db, dst))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hashed_count_is_read_from_the_startup_line() {
+        let line = "2026-01-01T00:00:00Z  INFO zync_daemon::indexer: startup scan complete \
+                    last_seq=101101 hashed=0 ms=846";
+        assert_eq!(hashed_count(line), Some(0));
+        assert_eq!(
+            hashed_count("startup scan complete hashed=1234 ms=5"),
+            Some(1234)
+        );
+        assert_eq!(hashed_count("startup scan complete last_seq=3"), None);
+    }
 }

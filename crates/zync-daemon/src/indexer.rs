@@ -2,18 +2,26 @@
 //! daemon was down (DESIGN invariant 6), then the watcher's debounced batches are reconciled
 //! path by path; an overflow or watcher error triggers a rescan of the root.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use rayon::prelude::*;
 use tokio::sync::watch;
 use zync_db::{EntryMeta, Index, Kind};
-use zync_fs::{EntryKind, IgnoreRules, Meta, RelPath, Stat};
+use zync_fs::{EntryKind, IgnoreRules, RelPath, Stat};
 
 use crate::cli::Root;
+
+mod entry;
+mod workers;
+
+use entry::{describe, unchanged};
+use workers::Workers;
 
 /// Quiet time that ends a burst of watch events.
 const DEBOUNCE_QUIET: Duration = Duration::from_millis(15);
@@ -41,8 +49,46 @@ pub struct OwnPaths {
 
 impl OwnPaths {
     /// Whether `path` (absolute, canonical root prefix) is one of the daemon's own.
-    pub fn contains(&self, path: &std::path::Path) -> bool {
+    pub fn contains(&self, path: &Path) -> bool {
         self.files.contains(path) || self.dirs.iter().any(|d| path.starts_with(d))
+    }
+
+    /// The same paths as seen from inside `root`, so a scan checks each entry without building
+    /// its absolute path.
+    fn below(&self, root: &Path) -> OwnBelow {
+        let rel = |p: &PathBuf| p.strip_prefix(root).ok().map(Path::to_path_buf);
+        let mut below = OwnBelow::default();
+        for dir in self.dirs.iter().filter_map(rel) {
+            match RelPath::from_path(&dir) {
+                Ok(dir) => below.dirs.push(dir),
+                // The root itself, or a path no scan can produce.
+                Err(_) => below.all |= dir.as_os_str().is_empty(),
+            }
+        }
+        below.files = self
+            .files
+            .iter()
+            .filter_map(rel)
+            .filter_map(|f| f.to_str().map(str::to_string))
+            .collect();
+        below
+    }
+}
+
+/// [`OwnPaths`] relative to one root.
+#[derive(Debug, Default)]
+struct OwnBelow {
+    files: HashSet<String>,
+    dirs: Vec<RelPath>,
+    /// The whole root is the daemon's.
+    all: bool,
+}
+
+impl OwnBelow {
+    fn contains(&self, rel: &RelPath) -> bool {
+        self.all
+            || self.files.contains(rel.as_str())
+            || self.dirs.iter().any(|d| rel.starts_with(d))
     }
 }
 
@@ -71,13 +117,18 @@ pub struct Indexer {
     status: watch::Sender<Status>,
     /// Files hashed while still fresh, to hash again once their mtime tick has passed.
     recheck: Vec<(usize, RelPath, Instant)>,
+    /// Walking and hashing threads.
+    workers: Workers,
+    /// Changes per transaction during a scan ([`SCAN_BATCH`]; smaller in tests).
+    batch: usize,
+    /// How many times a file was opened to be hashed since start: a restart over an unchanged
+    /// tree must leave it at zero (issue 5), which the tests and the startup log line show.
+    hashed: AtomicU64,
 }
 
 impl Indexer {
-    /// Opens the index for writing.
-    ///
-    /// # Errors
-    /// When the database cannot be opened.
+    /// An indexer over an open index. Its walking and hashing threads (one per available
+    /// core) start with the first scan.
     pub fn new(
         index: Index,
         roots: Vec<IndexedRoot>,
@@ -90,6 +141,11 @@ impl Indexer {
             own,
             status,
             recheck: Vec::new(),
+            workers: Workers::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            ),
+            batch: SCAN_BATCH,
+            hashed: AtomicU64::new(0),
         }
     }
 
@@ -116,12 +172,15 @@ impl Indexer {
             }
         };
         self.publish(true)?;
+        let started = Instant::now();
         for i in 0..self.roots.len() {
             self.scan_root(i, None)?;
         }
         self.publish(false)?;
         tracing::info!(
             last_seq = self.status.borrow().last_seq,
+            hashed = self.hashed.load(Ordering::Relaxed),
+            ms = started.elapsed().as_millis() as u64,
             "startup scan complete"
         );
         let mut last_poll = Instant::now();
@@ -192,7 +251,7 @@ impl Indexer {
             if meta.kind != EntryKind::File {
                 continue;
             }
-            let Some((new, racy)) = describe(&root_path, &rel, &meta) else {
+            let Some((new, racy)) = describe(&root_path, &rel, &meta, &self.hashed) else {
                 continue;
             };
             if racy {
@@ -209,22 +268,19 @@ impl Indexer {
     }
 
     fn publish(&self, scanning: bool) -> anyhow::Result<()> {
-        let last_seq = self.index.last_seq()?;
-        self.status.send_if_modified(|s| {
-            let new = Status { last_seq, scanning };
-            let changed = *s != new;
-            *s = new;
-            changed
-        });
-        Ok(())
+        publish(&self.index, &self.status, scanning)
     }
 
     /// Brings the index in line with the disk for a whole root, or the subtree `under`.
     /// Unchanged files are recognised by kind, size, mtime, inode and mode without hashing.
+    ///
+    /// The walk and the loading of the index's rows run side by side; changed and new files
+    /// are then hashed in parallel, `batch` at a time, while the previous batch is written in
+    /// walk order in one transaction, so sequence numbers (parents before children) and the
+    /// resulting index do not depend on the number of threads.
     pub fn scan_root(&mut self, i: usize, under: Option<&RelPath>) -> anyhow::Result<usize> {
-        let root = &self.roots[i];
-        let name = root.root.name.as_str().to_string();
-        let root_path = root.root.path.clone();
+        let name = self.roots[i].root.name.as_str().to_string();
+        let root_path = self.roots[i].root.path.clone();
         if !root_path.is_dir() {
             // An unmounted disk or a deleted root must not become "delete everything on R".
             tracing::error!(dir = %name, path = %root_path.display(), "directory is gone; not recording deletions until it is back");
@@ -238,51 +294,121 @@ impl Indexer {
             .ok();
         let stored = self.index.setting(&dev_key)?;
         let moved = matches!((&stored, &dev), (Some(s), Some(d)) if s != d);
-        let result = zync_fs::scan(&root_path, &root.rules, under);
-        let mut known: HashMap<String, zync_db::Entry> = self
-            .index
-            .live_entries(&name, under.map(RelPath::as_str))?
-            .into_iter()
-            .map(|e| (e.path.clone(), e))
-            .collect();
-        let mut changed = 0usize;
-        let mut writer = self.index.writer()?;
-        for entry in &result.entries {
-            if self.own.contains(&entry.path.to_path(&root_path)) {
-                continue;
+        let own = self.own.below(&root_path);
+
+        let started = Instant::now();
+        // The connection is not Sync: the loading side takes it by unique reference.
+        let (rules, index, dir) = (&self.roots[i].rules, &mut self.index, name.as_str());
+        let pool = self.workers.pool()?;
+        let (result, rows) = pool.install(|| {
+            rayon::join(
+                || zync_fs::scan(&root_path, rules, under),
+                move || index.scan_rows(dir, under.map(RelPath::as_str)),
+            )
+        });
+        let mut rows = rows?;
+        let walked = started.elapsed();
+
+        // Pair each entry with its row by merging both in path byte order: for 100,000 paths
+        // a hash map of the rows took a tenth of a restart's scan (issue 5). The rows come
+        // sorted already (sorting them again then takes one pass); the walk's order puts a
+        // directory's subtree before a sibling such as "dir.txt", so entries are sorted apart.
+        rows.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        let entries = &result.entries;
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        pool.install(|| order.par_sort_unstable_by(|&a, &b| entries[a].path.cmp(&entries[b].path)));
+        let mut row_of: Vec<Option<usize>> = vec![None; entries.len()];
+        // Rows with no entry: gone from the disk, or below a directory that could not be read.
+        let mut gone: Vec<usize> = Vec::new();
+        let mut r = 0;
+        for &e in &order {
+            let path = entries[e].path.as_str();
+            while r < rows.len() && rows[r].path.as_str() < path {
+                gone.push(r);
+                r += 1;
             }
-            let old = known.remove(entry.path.as_str());
-            if old
-                .as_ref()
-                .is_some_and(|o| unchanged(&o.meta, &entry.meta))
-            {
-                continue;
-            }
-            let Some((meta, racy)) = describe(&root_path, &entry.path, &entry.meta) else {
-                continue;
-            };
-            if racy {
-                self.recheck
-                    .push((i, entry.path.clone(), Instant::now() + RACY));
-            }
-            if old
-                .as_ref()
-                .is_some_and(|o| o.meta.kind == Kind::Dir && meta.kind != Kind::Dir)
-            {
-                writer.tombstone_tree(&name, entry.path.as_str())?;
-            }
-            writer.upsert(&name, entry.path.as_str(), &meta)?;
-            changed += 1;
-            if changed % SCAN_BATCH == 0 {
-                writer.commit()?;
-                self.publish(true)?;
-                writer = self.index.writer()?;
+            if rows.get(r).is_some_and(|row| row.path == path) {
+                row_of[e] = Some(r);
+                r += 1;
             }
         }
+        gone.extend(r..rows.len());
+
+        // What changed, in walk order, with the kind the index had for it.
+        let mut todo: Vec<(&zync_fs::ScanEntry, Option<Kind>)> = Vec::new();
+        for (entry, row) in entries.iter().zip(&row_of) {
+            if own.contains(&entry.path) {
+                // Never indexed; a row left from before it was the daemon's goes.
+                gone.extend(row);
+                continue;
+            }
+            let old = row.map(|r| &rows[r]);
+            if old.is_some_and(|o| unchanged(o.into(), &entry.meta)) {
+                continue;
+            }
+            todo.push((entry, old.map(|o| o.kind)));
+        }
+        // Row order is path order: the same deletions always get the same sequence numbers,
+        // and a parent's tombstone_tree covers its children first.
+        gone.sort_unstable();
+
+        let hashed_before = self.hashed.load(Ordering::Relaxed);
+        let mut changed = 0usize;
+        let batch = self.batch.max(1);
+        let (index, status, recheck, hashed) = (
+            &mut self.index,
+            &self.status,
+            &mut self.recheck,
+            &self.hashed,
+        );
+        let root_ref = &root_path;
+        // The pool hashes batch k+1 while this thread writes batch k; the channel holds one
+        // batch, so at most three are in memory. Batches arrive in walk order.
+        self.workers
+            .pool()?
+            .in_place_scope(|scope| -> anyhow::Result<()> {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Option<(EntryMeta, bool)>>>(1);
+                let chunks = todo.chunks(batch);
+                scope.spawn(move |_| {
+                    for chunk in chunks {
+                        let described = chunk
+                            .par_iter()
+                            .map(|(entry, _)| describe(root_ref, &entry.path, &entry.meta, hashed))
+                            .collect();
+                        if tx.send(described).is_err() {
+                            return; // the writer failed and stopped listening
+                        }
+                    }
+                });
+                for chunk in todo.chunks(batch) {
+                    let described = rx
+                        .recv()
+                        .context("the hashing threads stopped before the scan was done")?;
+                    let mut writer = index.writer()?;
+                    for ((entry, old), described) in chunk.iter().zip(described) {
+                        let Some((meta, racy)) = described else {
+                            continue;
+                        };
+                        if racy {
+                            recheck.push((i, entry.path.clone(), Instant::now() + RACY));
+                        }
+                        if *old == Some(Kind::Dir) && meta.kind != Kind::Dir {
+                            writer.tombstone_tree(&name, entry.path.as_str())?;
+                        }
+                        writer.upsert(&name, entry.path.as_str(), &meta)?;
+                        changed += 1;
+                    }
+                    writer.commit()?;
+                    // Clients see progress between batches.
+                    publish(index, status, true)?;
+                }
+                Ok(())
+            })?;
         for error in &result.errors {
             tracing::warn!(dir = %name, "{error}; deletions below it are not recorded until it can be read");
         }
-        if moved && !known.is_empty() {
+        let mut writer = self.index.writer()?;
+        if moved && !gone.is_empty() {
             tracing::error!(
                 dir = %name,
                 path = %root_path.display(),
@@ -291,10 +417,10 @@ impl Indexer {
                  change is intended, delete the daemon's database to index afresh",
                 dev.as_deref().unwrap_or("?"),
                 stored.as_deref().unwrap_or("?"),
-                known.len()
+                gone.len()
             );
         } else {
-            for path in known.keys() {
+            for path in gone.iter().map(|&r| rows[r].path.as_str()) {
                 // Paths below an unreadable directory were not seen, which is not deletion.
                 let seen_absent = RelPath::parse(path).is_ok_and(|rel| result.covers(&rel));
                 if seen_absent {
@@ -308,6 +434,16 @@ impl Indexer {
                 self.index.set_setting(&dev_key, &dev)?;
             }
         }
+        tracing::debug!(
+            dir = %name,
+            under = under.map_or("", RelPath::as_str),
+            entries = result.entries.len(),
+            walk_ms = walked.as_millis() as u64,
+            hashed = self.hashed.load(Ordering::Relaxed) - hashed_before,
+            changed,
+            total_ms = started.elapsed().as_millis() as u64,
+            "scanned"
+        );
         Ok(changed)
     }
 
@@ -382,10 +518,13 @@ impl Indexer {
             self.scan_root(i, Some(rel))?;
             return Ok(());
         }
-        if old.as_ref().is_some_and(|o| unchanged(&o.meta, &meta)) {
+        if old
+            .as_ref()
+            .is_some_and(|o| unchanged((&o.meta).into(), &meta))
+        {
             return Ok(());
         }
-        let Some((new, racy)) = describe(&root_path, rel, &meta) else {
+        let Some((new, racy)) = describe(&root_path, rel, &meta, &self.hashed) else {
             return Ok(());
         };
         if racy {
@@ -408,73 +547,16 @@ impl Indexer {
     }
 }
 
-/// Same kind, size, mtime, inode, mode and link target: the content is taken as unchanged.
-/// A directory's mtime, size and inode move whenever a child comes or goes; only its mode is
-/// synced, so only its mode counts (else every new file would also re-send its directory).
-fn unchanged(old: &EntryMeta, new: &Meta) -> bool {
-    if new.kind == EntryKind::Dir {
-        return old.kind == Kind::Dir && old.mode == new.mode;
-    }
-    old.kind == kind_of(new.kind)
-        && old.size == new.size
-        && old.mtime_ns == new.mtime_ns
-        && old.inode == new.inode
-        && old.mode == new.mode
-        && old.target == new.target
-}
-
-fn kind_of(kind: EntryKind) -> Kind {
-    match kind {
-        EntryKind::File => Kind::File,
-        EntryKind::Dir => Kind::Dir,
-        EntryKind::Symlink => Kind::Symlink,
-    }
-}
-
-/// The index row for an entry, hashing files. A file that changes while it is hashed is
-/// skipped: its next watch event records the settled version.
-/// The flag says the file was modified less than [`RACY`] before it was hashed: a write in the
-/// same mtime tick would go unnoticed, so the caller hashes it again later.
-fn describe(root: &std::path::Path, rel: &RelPath, meta: &Meta) -> Option<(EntryMeta, bool)> {
-    let now_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(i64::MAX, |d| {
-            i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
-        });
-    let racy = meta.kind == EntryKind::File
-        && now_ns.saturating_sub(meta.mtime_ns) < RACY.as_nanos() as i64;
-    let sha256 = if meta.kind == EntryKind::File {
-        let path = rel.to_path(root);
-        match zync_fs::hash_file(&path) {
-            Ok((sha, size)) => {
-                let after = zync_fs::lstat(&path).ok();
-                let settled = size == meta.size
-                    && matches!(&after, Some(Stat::Entry(m)) if m.mtime_ns == meta.mtime_ns && m.size == meta.size);
-                if !settled {
-                    tracing::debug!(path = %rel, "changed while hashing; waiting for it to settle");
-                    return None;
-                }
-                Some(sha)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), "cannot read: {e}");
-                return None;
-            }
-        }
-    } else {
-        None
-    };
-    let entry = EntryMeta {
-        kind: kind_of(meta.kind),
-        size: meta.size,
-        mtime_ns: meta.mtime_ns,
-        mode: meta.mode,
-        inode: meta.inode,
-        sha256,
-        target: meta.target.clone(),
-    };
-    Some((entry, racy))
+/// Tells connections the last sequence number and whether a scan is running.
+fn publish(index: &Index, status: &watch::Sender<Status>, scanning: bool) -> anyhow::Result<()> {
+    let last_seq = index.last_seq()?;
+    status.send_if_modified(|s| {
+        let new = Status { last_seq, scanning };
+        let changed = *s != new;
+        *s = new;
+        changed
+    });
+    Ok(())
 }
 
 #[cfg(test)]
@@ -487,6 +569,14 @@ mod tests {
     use super::*;
 
     fn indexer(root: &Path, own: &[PathBuf]) -> (Indexer, watch::Receiver<Status>) {
+        indexer_on(Index::open_in_memory().unwrap(), root, own)
+    }
+
+    fn indexer_on(
+        index: Index,
+        root: &Path,
+        own: &[PathBuf],
+    ) -> (Indexer, watch::Receiver<Status>) {
         let own = OwnPaths {
             files: own.iter().cloned().collect(),
             dirs: Vec::new(),
@@ -497,7 +587,6 @@ mod tests {
             path: root.to_path_buf(),
         };
         let (tx, rx) = watch::channel(Status::default());
-        let index = Index::open_in_memory().unwrap();
         (
             Indexer::new(index, vec![IndexedRoot { root, rules }], own, tx),
             rx,
@@ -694,5 +783,197 @@ mod tests {
         assert_eq!(p.meta.kind, Kind::Dir);
         assert!(!p.deleted);
         assert_eq!(live(&ix), ["p", "p/child"]);
+    }
+
+    fn hashed(ix: &Indexer) -> u64 {
+        ix.hashed.load(Ordering::Relaxed)
+    }
+
+    /// Sets a file's mtime `secs` seconds after its current one.
+    fn bump_mtime(path: &Path, secs: u64) {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        let mtime = file.metadata().unwrap().modified().unwrap();
+        file.set_modified(mtime + Duration::from_secs(secs))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_restart_over_an_unchanged_tree_hashes_nothing_and_a_rewritten_file_is_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        for d in 0..5 {
+            std::fs::create_dir_all(root.join(format!("d{d}/sub"))).unwrap();
+            for f in 0..8 {
+                std::fs::write(root.join(format!("d{d}/sub/f{f}")), format!("{d}-{f}")).unwrap();
+            }
+        }
+        std::os::unix::fs::symlink("d0", root.join("link")).unwrap();
+        let db = dir.path().join("sync.db");
+        {
+            let (mut ix, _rx) = indexer_on(Index::open(&db).unwrap(), &root, &[]);
+            assert_eq!(ix.scan_root(0, None).unwrap(), 5 * 2 + 40 + 1);
+            assert_eq!(hashed(&ix), 40, "every file is hashed once at first");
+        }
+        // A new daemon on the same database and the same tree.
+        let (mut ix, _rx) = indexer_on(Index::open(&db).unwrap(), &root, &[]);
+        let seq = ix.index.last_seq().unwrap();
+        assert_eq!(ix.scan_root(0, None).unwrap(), 0);
+        assert_eq!(
+            hashed(&ix),
+            0,
+            "a restart over an unchanged tree re-hashes nothing"
+        );
+        assert_eq!(ix.index.last_seq().unwrap(), seq);
+
+        // Same size, new content, a later mtime: found by its metadata, hashed again, alone.
+        let touched = root.join("d3/sub/f5");
+        std::fs::write(&touched, "X-Y").unwrap();
+        bump_mtime(&touched, 3);
+        assert_eq!(ix.scan_root(0, None).unwrap(), 1);
+        assert_eq!(hashed(&ix), 1, "only the rewritten file is hashed");
+        let f = ix.index.get("code", "d3/sub/f5").unwrap().unwrap();
+        assert_eq!(
+            f.meta.sha256.as_deref(),
+            Some(zync_fs::hash_bytes(b"X-Y").as_str())
+        );
+    }
+
+    /// Everything the index holds, tombstones included, in sequence order.
+    fn all_rows(ix: &Indexer) -> Vec<zync_db::Entry> {
+        ix.index.changes_since("code", 0, usize::MAX).unwrap()
+    }
+
+    fn same_rows(got: &Indexer, want: &Indexer) {
+        let (got, want) = (all_rows(got), all_rows(want));
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g, w, "first differing row");
+        }
+        assert_eq!(got.len(), want.len(), "row counts");
+    }
+
+    #[test]
+    fn parallel_hashing_builds_the_same_index_as_one_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let big: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        for d in 0..12 {
+            let sub = root.join(format!("d{d:02}/inner"));
+            std::fs::create_dir_all(&sub).unwrap();
+            for f in 0..(d * 3) {
+                std::fs::write(
+                    sub.join(format!("f{f:02}")),
+                    format!("{d}/{f}").repeat(f + 1),
+                )
+                .unwrap();
+            }
+            std::fs::write(root.join(format!("d{d:02}/big")), &big[d..]).unwrap();
+        }
+        std::fs::create_dir(root.join("empty")).unwrap();
+        std::fs::write(root.join("becomes-dir"), "file").unwrap();
+        std::os::unix::fs::symlink("d01/big", root.join("link")).unwrap();
+
+        let (mut one, _rx1) = indexer(root, &[]);
+        let (mut many, _rx2) = indexer(root, &[]);
+        one.workers = Workers::new(1);
+        many.workers = Workers::new(4);
+        // Small batches: several transactions, each hashed by all threads at once.
+        one.batch = 16;
+        many.batch = 16;
+        let first = one.scan_root(0, None).unwrap();
+        assert!(first > 200, "{first} changes");
+        assert_eq!(many.scan_root(0, None).unwrap(), first);
+        same_rows(&many, &one);
+
+        // Changes, deletions and a file replaced by a directory, scanned again by both.
+        std::fs::remove_dir_all(root.join("d04")).unwrap();
+        std::fs::write(root.join("d07/inner/f03"), "new content").unwrap();
+        bump_mtime(&root.join("d07/inner/f03"), 3);
+        std::fs::remove_file(root.join("becomes-dir")).unwrap();
+        std::fs::create_dir(root.join("becomes-dir")).unwrap();
+        std::fs::write(root.join("becomes-dir/child"), "c").unwrap();
+        let again = one.scan_root(0, None).unwrap();
+        assert_eq!(many.scan_root(0, None).unwrap(), again);
+        same_rows(&many, &one);
+        let rows = all_rows(&many);
+        assert_eq!(hashed(&many), hashed(&one));
+        // And the rows are right, not just equal: seqs in walk order, contents hashed.
+        let f03 = rows.iter().find(|e| e.path == "d07/inner/f03").unwrap();
+        assert_eq!(
+            f03.meta.sha256.as_deref(),
+            Some(zync_fs::hash_bytes(b"new content").as_str())
+        );
+        let big_row = rows.iter().find(|e| e.path == "d05/big").unwrap();
+        assert_eq!(
+            big_row.meta.sha256.as_deref(),
+            Some(zync_fs::hash_bytes(&big[5..]).as_str())
+        );
+        let seq_of = |p: &str| rows.iter().find(|e| e.path == p).unwrap().seq;
+        assert!(seq_of("becomes-dir") < seq_of("becomes-dir/child"));
+        assert!(rows
+            .iter()
+            .filter(|e| e.path.starts_with("d04"))
+            .all(|e| e.deleted));
+    }
+
+    #[test]
+    fn rows_and_entries_pair_up_across_names_that_sort_around_the_separator() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // In byte order "a b" < "a-b" < "a.txt" < "a/x" < "a0"; the walk lists "a/x" right
+        // after "a", before "a-b": the pairing must not depend on either order.
+        for d in ["a", "a/x", "a.d", "a.d/y"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for f in ["a b", "a-b", "a.txt", "a/x/f", "a0", "a.d/y/g", "a.d/h"] {
+            std::fs::write(root.join(f), f).unwrap();
+        }
+        let (mut ix, _rx) = indexer(root, &[]);
+        assert_eq!(ix.scan_root(0, None).unwrap(), 11);
+        assert_eq!(
+            ix.scan_root(0, None).unwrap(),
+            0,
+            "every entry found its row"
+        );
+        assert_eq!(hashed(&ix), 7);
+        let seq = ix.index.last_seq().unwrap();
+        std::fs::remove_dir_all(root.join("a/x")).unwrap();
+        std::fs::remove_file(root.join("a.txt")).unwrap();
+        std::fs::remove_file(root.join("a.d/y/g")).unwrap();
+        assert_eq!(ix.scan_root(0, None).unwrap(), 4);
+        let gone: Vec<(String, bool)> = ix
+            .index
+            .changes_since("code", seq, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.path, e.deleted))
+            .collect();
+        let want = [
+            ("a.d/y/g", true),
+            ("a.txt", true),
+            ("a/x/f", true),
+            ("a/x", true),
+        ];
+        let want: Vec<(String, bool)> = want.iter().map(|(p, d)| (p.to_string(), *d)).collect();
+        assert_eq!(gone, want, "deletions in path order, children first");
+        assert_eq!(hashed(&ix), 7, "nothing hashed for deletions");
+    }
+
+    #[test]
+    fn a_row_for_a_path_that_became_the_daemons_own_is_tombstoned() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("sync.db"), "db").unwrap();
+        std::fs::write(dir.path().join("real.txt"), "r").unwrap();
+        let db = tempfile::tempdir().unwrap();
+        let db = db.path().join("index.db");
+        {
+            let (mut ix, _rx) = indexer_on(Index::open(&db).unwrap(), dir.path(), &[]);
+            ix.scan_root(0, None).unwrap();
+            assert_eq!(live(&ix), ["real.txt", "sync.db"]);
+        }
+        // Restarted with its database moved to that path.
+        let own = [dir.path().join("sync.db")];
+        let (mut ix, _rx) = indexer_on(Index::open(&db).unwrap(), dir.path(), &own);
+        assert_eq!(ix.scan_root(0, None).unwrap(), 1);
+        assert_eq!(live(&ix), ["real.txt"]);
     }
 }

@@ -16,7 +16,8 @@ mod staging;
 
 pub use client::{ClientBatch, ClientState, DirState, Failing, Synced};
 pub use error::{DbError, Result};
-pub use index::{Ack, ClientRecord, Entry, EntryMeta, Index, IndexWriter};
+
+pub use index::{Ack, ClientRecord, Entry, EntryMeta, Index, IndexWriter, ScanRow};
 pub use kind::Kind;
 pub use migrate::{CLIENT_SCHEMA_VERSION, INDEX_SCHEMA_VERSION};
 pub use staging::{

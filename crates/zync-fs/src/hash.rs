@@ -9,6 +9,8 @@ use std::path::Path;
 
 /// How much `hash_file` reads at a time.
 const READ_CHUNK: usize = 256 * 1024;
+/// The smallest read buffer `hash_file` uses, even for an empty file.
+const MIN_CHUNK: usize = 16 * 1024;
 
 /// An incremental SHA-256 hasher producing lowercase hex.
 #[derive(Clone, Default)]
@@ -38,26 +40,56 @@ pub fn hash_bytes(data: &[u8]) -> String {
     h.finish()
 }
 
-/// Hashes a regular file by streaming it in 256 KiB reads, so memory does not grow with the file.
-/// Returns the hex digest and the number of bytes read. The file is opened with `O_NOFOLLOW`
-/// (a symlink fails with `ELOOP`) and `O_NONBLOCK` (a fifo cannot block the caller).
+/// Hashes a regular file by streaming it in reads of at most 256 KiB, so memory does not grow
+/// with the file. Returns the hex digest and the number of bytes read. The file is opened with
+/// `O_NOFOLLOW` (a symlink fails with `ELOOP`) and `O_NONBLOCK` (a fifo cannot block the caller).
 ///
 /// # Errors
 ///
 /// I/O errors from opening or reading; `InvalidInput` if `path` is not a regular file.
 pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+    hash_file_stat(path).map(|h| (h.sha256, h.len))
+}
+
+/// What [`hash_file_stat`] found.
+#[derive(Debug)]
+pub struct HashedFile {
+    /// The hex digest of the bytes read.
+    pub sha256: String,
+    /// How many bytes were read.
+    pub len: u64,
+    /// The file's metadata taken from the open file once it was read to the end: a caller
+    /// compares it with what it saw before hashing to tell whether the digest describes that
+    /// version (same inode, size and mtime) or a file that changed while it was read.
+    pub after: std::fs::Metadata,
+}
+
+/// As [`hash_file`], and also returns the open file's metadata after reading it (an `fstat`,
+/// not a second lookup of the path), so a scan can check that the file settled.
+///
+/// # Errors
+///
+/// As [`hash_file`].
+pub fn hash_file_stat(path: &Path) -> io::Result<HashedFile> {
     let mut file = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
-    if !file.metadata()?.is_file() {
+    let before = file.metadata()?;
+    if !before.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is not a regular file", path.display()),
         ));
     }
+    // Most files are small: a buffer sized to the file (plus one byte, so the read that sees
+    // the end fits too) saves zeroing 256 KiB per file, which took more time than the hashing
+    // in a startup scan of small files (issue 5). Never tiny, in case the file grows.
+    let cap = usize::try_from(before.len()).map_or(READ_CHUNK, |len| {
+        len.saturating_add(1).clamp(MIN_CHUNK, READ_CHUNK)
+    });
     let mut hasher = Hasher::new();
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut buf = vec![0u8; cap];
     let mut total = 0u64;
     loop {
         let n = match file.read(&mut buf) {
@@ -69,7 +101,11 @@ pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
         hasher.update(&buf[..n]);
         total += n as u64;
     }
-    Ok((hasher.finish(), total))
+    Ok(HashedFile {
+        sha256: hasher.finish(),
+        len: total,
+        after: file.metadata()?,
+    })
 }
 
 /// Whether `s` looks like a digest from this module: exactly 64 lowercase hex characters.
@@ -121,6 +157,36 @@ mod tests {
         let e = tmp.path().join("empty");
         std::fs::write(&e, b"").expect("write");
         assert_eq!(hash_file(&e).expect("hash"), (EMPTY.to_string(), 0));
+    }
+
+    #[test]
+    fn file_hash_stat_reports_the_open_file_after_reading_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        for len in [
+            0,
+            1,
+            MIN_CHUNK - 1,
+            MIN_CHUNK,
+            MIN_CHUNK + 1,
+            READ_CHUNK + 7,
+        ] {
+            let p = tmp.path().join(format!("f{len}"));
+            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            std::fs::write(&p, &data).expect("write");
+            let got = hash_file_stat(&p).expect("hash");
+            let md = std::fs::metadata(&p).expect("metadata");
+            assert_eq!(
+                (got.sha256.as_str(), got.len),
+                (hash_bytes(&data).as_str(), len as u64),
+                "file of {len} bytes"
+            );
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(
+                (got.after.ino(), got.after.len(), got.after.mtime_nsec()),
+                (md.ino(), md.len(), md.mtime_nsec()),
+                "file of {len} bytes"
+            );
+        }
     }
 
     #[test]
