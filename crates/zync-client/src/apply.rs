@@ -172,6 +172,14 @@ impl Ready {
     pub fn size(&self) -> u64 {
         self.record.size
     }
+
+    /// Flushes this file's content on its own.
+    ///
+    /// # Errors
+    /// When the temp file cannot be flushed.
+    pub fn sync(&self) -> Result<(), ClientError> {
+        Ok(self.sealed.sync()?)
+    }
 }
 
 /// Files at least this big that R has an older version of are fetched as a delta.
@@ -237,7 +245,8 @@ impl<'a> Applier<'a> {
     ///
     /// # Errors
     /// When a directory cannot be synced.
-    /// One `syncfs` per file system touched flushes them all (directory entries included).
+    /// A few touched directories are flushed one by one; many with one `syncfs` per file
+    /// system touched (directory entries included).
     pub fn finish(&mut self) -> Result<(), ClientError> {
         for (_, stashed) in self.stash.drain() {
             if let Err(e) = std::fs::remove_file(&stashed) {
@@ -245,7 +254,13 @@ impl<'a> Applier<'a> {
             }
         }
         let touched = std::mem::take(&mut self.touched);
-        zync_fs::sync_filesystems(touched.iter().map(PathBuf::as_path))?;
+        if touched.len() <= crate::sync::OWN_FLUSH_FILES {
+            for dir in touched.iter().filter(|d| d.is_dir()) {
+                zync_fs::fsync_dir(dir)?;
+            }
+        } else {
+            zync_fs::sync_filesystems(touched.iter().map(PathBuf::as_path))?;
+        }
         Ok(())
     }
 

@@ -252,6 +252,19 @@ impl Sealed {
         &self.temp
     }
 
+    /// Flushes this one file's content (for a big file, or a batch too small to be worth a
+    /// flush of the whole file system).
+    ///
+    /// # Errors
+    ///
+    /// [`FsError::Io`] when the file cannot be opened or flushed.
+    pub fn sync(&self) -> Result<(), FsError> {
+        let path: &Path = &self.temp;
+        std::fs::File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| FsError::io("fsync", path, e))
+    }
+
     /// Renames the file over its destination. Call only after the content was made durable.
     /// The parent directory is not flushed: sync it (or its file system) once per batch.
     ///
