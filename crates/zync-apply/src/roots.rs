@@ -55,12 +55,12 @@ impl Roots {
             };
             let name = DirName::parse(name).with_context(|| format!("--dirs {spec:?}"))?;
             if path.is_empty() {
-                bail!("--dirs {spec:?} has an empty PATH");
+                bail!("--dirs {spec:?} has an empty PATH; write it as NAME:/path/to/dir");
             }
             let meta = std::fs::metadata(path)
                 .with_context(|| format!("--dirs {spec:?}: cannot use {path}"))?;
             if !meta.is_dir() {
-                bail!("--dirs {spec:?}: {path} is not a directory");
+                bail!("--dirs {spec:?}: {path} is not a directory; give the directory the daemon serves under that NAME");
             }
             if map
                 .insert(name.as_str().to_string(), PathBuf::from(path))
@@ -88,7 +88,7 @@ impl Roots {
         match std::fs::metadata(root) {
             Ok(md) if md.is_dir() => Ok(root),
             Ok(_) => bail!(
-                "the directory for {dir}, {}, is not a directory",
+                "the directory for {dir}, {}, is not a directory; pass --dirs {dir}:PATH with the directory the daemon serves",
                 root.display()
             ),
             Err(e) => Err(e).with_context(|| {

@@ -106,7 +106,7 @@ fn undo_one(
     let rel = RelPath::parse(&file.path)?;
     if file.state == FileState::KeptBoth {
         let Some(copy) = file.backup_name.as_deref().and_then(decode_copy) else {
-            bail!("the database does not say where the conflict copy went");
+            bail!("the database does not say where the conflict copy went; look for {}.zync-conflict-* beside it and remove it by hand if you no longer want it", file.path);
         };
         let copy = RelPath::parse(&copy)?;
         return remove_if_ours(index, root, &copy, &file.dir, file.sha256.as_deref(), force);
@@ -160,7 +160,7 @@ fn expect_current(
         return Ok(false);
     }
     if !force {
-        bail!("{rel} changed on E since it was applied");
+        bail!("{rel} changed on E since it was applied; keep E's version, or undo with --force to restore the backup (E's newer version is kept as a conflict copy)");
     }
     Ok(true)
 }

@@ -228,7 +228,9 @@ pub(crate) fn parse_mappings_with(
         let root =
             std::fs::canonicalize(path).map_err(|e| bad(format!("cannot resolve {path}: {e}")))?;
         if !root.is_dir() {
-            return Err(bad(format!("{path} is not a directory")));
+            return Err(bad(format!(
+                "{path} is not a directory; map NAME to a directory (it is created when missing)"
+            )));
         }
         for other in &mappings {
             if other.name == name {

@@ -56,8 +56,11 @@ pub struct PushSummary {
 /// Database errors and unreadable files.
 pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, ClientError> {
     let dir = mapping.name.as_str();
-    let rules = IgnoreRules::new(&mapping.root, &[], true)
-        .map_err(|e| ClientError::Config(format!("ignore rules for {dir}: {e}")))?;
+    let rules = IgnoreRules::new(&mapping.root, &[], true).map_err(|e| {
+        ClientError::Config(format!(
+            "ignore rules for {dir}: {e}; fix or remove the .zyncignore file it names"
+        ))
+    })?;
     let scan = zync_fs::scan(&mapping.root, &rules, None);
     for error in &scan.errors {
         tracing::warn!(dir, "{error}");

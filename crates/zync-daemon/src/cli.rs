@@ -178,13 +178,13 @@ pub fn parse_roots(specs: &[String]) -> anyhow::Result<Vec<Root>> {
         };
         let name = DirName::parse(name).with_context(|| format!("--dirs {spec:?}"))?;
         if path.is_empty() {
-            bail!("--dirs {spec:?} has an empty PATH");
+            bail!("--dirs {spec:?} has an empty PATH; write it as NAME:/path/to/dir");
         }
         let meta = std::fs::metadata(path).with_context(|| {
             format!("--dirs {spec:?}: cannot use {path}; create it or fix the path")
         })?;
         if !meta.is_dir() {
-            bail!("--dirs {spec:?}: {path} is not a directory");
+            bail!("--dirs {spec:?}: {path} is not a directory; serve a directory, not a file");
         }
         let path = std::fs::canonicalize(path)
             .with_context(|| format!("--dirs {spec:?}: cannot resolve {path}"))?;
