@@ -130,6 +130,23 @@ impl Pending {
         }
     }
 
+    /// The sealed file of this change, ready for its rename.
+    fn into_ready(self: Box<Self>, sealed: Sealed, downloaded: Option<u64>) -> Box<Ready> {
+        let Pending {
+            rel,
+            before,
+            record,
+            ..
+        } = *self;
+        Box::new(Ready {
+            rel,
+            before,
+            record,
+            sealed,
+            downloaded,
+        })
+    }
+
     /// Lends the open temp file out (to write a large chunk off the reactor); give it back
     /// with [`Pending::put_file`].
     pub fn take_file(&mut self) -> Option<AtomicFile> {
@@ -316,19 +333,7 @@ impl<'a> Applier<'a> {
         };
         let downloaded = Some(header.size - header.offset);
         let sealed = file.seal(&pending.sha, pending.record.mode, pending.record.mtime_ns)?;
-        let Pending {
-            rel,
-            before,
-            record,
-            ..
-        } = *pending;
-        Ok(Box::new(Ready {
-            rel,
-            before,
-            record,
-            sealed,
-            downloaded,
-        }))
+        Ok(pending.into_ready(sealed, downloaded))
     }
 
     /// Rebuilds a file from R's older version at its path and a delta received into `spool`,
@@ -378,21 +383,7 @@ impl<'a> Applier<'a> {
             )?)
         })();
         match rebuilt {
-            Ok(sealed) => {
-                let Pending {
-                    rel,
-                    before,
-                    record,
-                    ..
-                } = *pending;
-                Ok(Box::new(Ready {
-                    rel,
-                    before,
-                    record,
-                    sealed,
-                    downloaded: Some(header.delta_size),
-                }))
-            }
+            Ok(sealed) => Ok(pending.into_ready(sealed, Some(header.delta_size))),
             Err(e) => {
                 pending.file = None;
                 pending.signature = None;

@@ -76,17 +76,31 @@ pub fn lstat(path: &Path) -> io::Result<Stat> {
         Err(e) if is_missing(&e) => return Ok(Stat::Missing),
         Err(e) => return Err(e),
     };
+    meta_from(&md, || std::fs::read_link(path))
+}
+
+/// Whether an error means "nothing there": `NotFound`, or `ENOTDIR` (a parent is a file).
+pub(crate) fn is_missing(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
+}
+
+/// What [`lstat`] makes of metadata already read (also by the scan, which stats entries
+/// relative to their directory); `read_link` is only called for a symlink.
+pub(crate) fn meta_from(
+    md: &std::fs::Metadata,
+    read_link: impl FnOnce() -> io::Result<std::path::PathBuf>,
+) -> io::Result<Stat> {
     let ft = md.file_type();
     let (kind, size, target) = if ft.is_file() {
         (EntryKind::File, md.len(), None)
     } else if ft.is_dir() {
         (EntryKind::Dir, 0, None)
     } else if ft.is_symlink() {
-        let target = match std::fs::read_link(path) {
+        let target = match read_link() {
             Ok(t) => t,
             Err(e) if is_missing(&e) => return Ok(Stat::Missing),
-            // Replaced by a non-link between the two calls: report it as gone for now; the
-            // next scan or event sees the new entry.
+            // Replaced by a non-link between the two calls: gone for now; the next scan or
+            // event sees the new entry.
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => return Ok(Stat::Missing),
             Err(e) => return Err(e),
         };
@@ -114,11 +128,6 @@ pub fn lstat(path: &Path) -> io::Result<Stat> {
         inode: md.ino(),
         target,
     }))
-}
-
-/// Whether an error means "nothing there": `NotFound`, or `ENOTDIR` (a parent is a file).
-pub(crate) fn is_missing(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
 }
 
 #[cfg(test)]

@@ -12,9 +12,8 @@ use crate::ignore::IgnoreRules;
 use crate::meta::{is_missing, lstat, EntryKind, Meta, Stat};
 use crate::path::RelPath;
 use rayon::prelude::*;
-use std::fs::{DirEntry, Metadata};
+use std::fs::DirEntry;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// One entry found by [`scan`].
@@ -286,50 +285,7 @@ fn stat_entry(entry: &DirEntry) -> io::Result<Stat> {
         Err(e) if is_missing(&e) => return Ok(Stat::Missing),
         Err(e) => return Err(e),
     };
-    meta_from(&md, || std::fs::read_link(entry.path()))
-}
-
-/// The same conversion as [`lstat`] (a test holds them equal), from metadata already read;
-/// `read_link` is only called for a symlink.
-fn meta_from(md: &Metadata, read_link: impl FnOnce() -> io::Result<PathBuf>) -> io::Result<Stat> {
-    let ft = md.file_type();
-    let (kind, size, target) = if ft.is_file() {
-        (EntryKind::File, md.len(), None)
-    } else if ft.is_dir() {
-        (EntryKind::Dir, 0, None)
-    } else if ft.is_symlink() {
-        let target = match read_link() {
-            Ok(t) => t,
-            Err(e) if is_missing(&e) => return Ok(Stat::Missing),
-            // Replaced by a non-link between the two calls: gone for now; the next scan or
-            // event sees the new entry.
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => return Ok(Stat::Missing),
-            Err(e) => return Err(e),
-        };
-        match target.into_os_string().into_string() {
-            Ok(t) => (EntryKind::Symlink, t.len() as u64, Some(t)),
-            Err(_) => return Ok(Stat::Unsupported("symlink with non-UTF-8 target")),
-        }
-    } else if ft.is_fifo() {
-        return Ok(Stat::Unsupported("fifo"));
-    } else if ft.is_socket() {
-        return Ok(Stat::Unsupported("socket"));
-    } else if ft.is_block_device() || ft.is_char_device() {
-        return Ok(Stat::Unsupported("device"));
-    } else {
-        return Ok(Stat::Unsupported("unknown file type"));
-    };
-    Ok(Stat::Entry(Meta {
-        kind,
-        size,
-        mtime_ns: md
-            .mtime()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(md.mtime_nsec()),
-        mode: md.mode() & 0o7777,
-        inode: md.ino(),
-        target,
-    }))
+    crate::meta::meta_from(&md, || std::fs::read_link(entry.path()))
 }
 
 #[cfg(test)]
