@@ -27,6 +27,9 @@ pub struct Proc {
 pub struct Exit {
     pub success: bool,
     pub max_rss_kib: u64,
+    /// CPU time in user space and in the kernel, of the child and the children it reaped.
+    pub user: Duration,
+    pub sys: Duration,
 }
 
 impl Proc {
@@ -206,9 +209,14 @@ fn wait_rusage(pid: u32) -> Result<Exit> {
         }
     }
     let success = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
     Ok(Exit {
         success,
         max_rss_kib: usage.ru_maxrss as u64,
+        user: time(usage.ru_utime),
+        sys: time(usage.ru_stime),
     })
 }
 

@@ -39,7 +39,9 @@ impl Proxy {
                     continue;
                 };
                 let _ = (down.set_nodelay(true), up.set_nodelay(true));
-                let (d2, u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+                let (Ok(d2), Ok(u2)) = (down.try_clone(), up.try_clone()) else {
+                    continue;
+                };
                 pump(down, up, delay, Arc::clone(&b));
                 pump(u2, d2, delay, Arc::clone(&b));
             }
@@ -62,8 +64,28 @@ impl Drop for Proxy {
 }
 
 /// Copies `from` to `to` on threads of its own; with a delay, a reader stamps each chunk and a
-/// writer releases it `delay` later, so throughput is kept and only latency is added.
+/// writer releases it `delay` later, so throughput is kept and only latency is added. Without
+/// a delay one thread copies straight through, so that the proxy takes as little of the
+/// machine's CPU as it can from the tools being timed.
 fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration, bytes: Arc<AtomicU64>) {
+    if delay.is_zero() {
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = (from.shutdown(Shutdown::Read), to.shutdown(Shutdown::Write));
+        });
+        return;
+    }
     let (tx, rx) = mpsc::sync_channel::<(Instant, Vec<u8>)>(256);
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];

@@ -80,6 +80,15 @@ enum Mode {
     Edit,
 }
 
+/// "user U + sys S" of one process, for the progress lines.
+fn cpu(exit: &Exit) -> String {
+    format!(
+        "user {} + sys {}",
+        fmt_duration(exit.user),
+        fmt_duration(exit.sys)
+    )
+}
+
 /// Peak memory of several processes of one role: the largest.
 fn peak(exits: &[Exit]) -> Option<u64> {
     exits.iter().map(|e| e.max_rss_kib).max()
@@ -126,23 +135,32 @@ fn pair(ctx: &Ctx, src: &Path, mode: Mode) -> Result<Row> {
             zd = Daemon::start(bins, &zstate, src)?;
             zp = Proxy::start(zd.addr, delay)?;
         }
-        zp.take_bytes();
-        rp.take_bytes();
-        let (t, e) = zync::sync_once(bins, zp.port, &zd.token, &zdb, &zdst)?;
-        zt.push(t);
-        zclient.push(e);
-        zb.push(zp.take_bytes());
-        let (t, e) = rsync::sync(rp.port, &rdst)?;
-        rt.push(t);
-        rclient.push(e);
-        rb.push(rp.take_bytes());
+        // Alternate which tool goes first, so neither always meets a warmer or busier machine.
+        for zync_turn in [run % 2 == 0, run % 2 == 1] {
+            settle_disk();
+            if zync_turn {
+                zp.take_bytes();
+                let (t, e) = zync::sync_once(bins, zp.port, &zd.token, &zdb, &zdst)?;
+                zt.push(t);
+                zclient.push(e);
+                zb.push(zp.take_bytes());
+            } else {
+                rp.take_bytes();
+                let (t, e) = rsync::sync(rp.port, &rdst)?;
+                rt.push(t);
+                rclient.push(e);
+                rb.push(rp.take_bytes());
+            }
+        }
         eprintln!(
-            "   run {}: zync {} ({} B), rsync {} ({} B)",
+            "   run {}: zync {} ({} B, client cpu {}), rsync {} ({} B, client cpu {})",
             run + 1,
             fmt_duration(zt[run]),
             zb[run],
+            cpu(&zclient[run]),
             fmt_duration(rt[run]),
-            rb[run]
+            rb[run],
+            cpu(&rclient[run]),
         );
         if run + 1 == ctx.opts.runs {
             same_tree(src, &zdst).context("zync's copy differs from the source")?;
@@ -159,6 +177,13 @@ fn pair(ctx: &Ctx, src: &Path, mode: Mode) -> Result<Row> {
         wire: (median(&zb), median(&rb)),
         ..Row::default()
     })
+}
+
+/// Writes out all dirty data (`sync(2)`) before a timed run, so that no tool pays for the
+/// writeback of what the workload generator or the other tool wrote before it.
+fn settle_disk() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
 }
 
 /// Checks that every file under `src` is under `dst` with the same bytes.
