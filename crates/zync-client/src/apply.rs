@@ -257,6 +257,11 @@ impl<'a> Applier<'a> {
         self.wanted = shas;
     }
 
+    /// The synced directory.
+    pub fn root(&self) -> &Path {
+        self.root
+    }
+
     /// Makes every rename and removal of this page durable (DESIGN invariant 2: the page's
     /// sequence is committed only after this).
     ///

@@ -91,11 +91,19 @@ impl<'a> Pipeline<'a> {
         self.queue.is_empty() && self.inflight.is_empty()
     }
 
-    /// Sends queued requests while the window has room.
+    /// Sends queued requests while the window has room, once it has drained to half: requests
+    /// go out in bursts, so the daemon wakes once for hundreds of small files instead of once
+    /// for each (a reply opening room for one more request would otherwise send one at a time).
     ///
     /// # Errors
     /// A transport failure.
     pub async fn fill(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+        let drained = self.inflight.len() <= MAX_REQUESTS / 2
+            && self.request_bytes <= MAX_REQUEST_BYTES / 2
+            && self.content_bytes <= MAX_CONTENT_BYTES / 2;
+        if !drained {
+            return Ok(());
+        }
         let mut sent = false;
         while let Some((_, pending)) = self.queue.front() {
             let offset = pending.resume_offset();

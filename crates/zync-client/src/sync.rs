@@ -288,7 +288,7 @@ async fn apply_page(
             Err(e) => lost = Some(e),
         }
         if batch.is_full() {
-            batch.install(&mut applier, &mut results)?;
+            batch.rotate(&mut applier, &mut results).await?;
         }
         if lost.is_none() {
             if let Err(e) = pipeline.fill(conn).await {
@@ -302,7 +302,7 @@ async fn apply_page(
             pending.keep_partial();
         }
     }
-    batch.install(&mut applier, &mut results)?;
+    batch.drain(&mut applier, &mut results).await?;
     applier.finish()?;
     Ok(PageOutcome {
         results,
@@ -314,10 +314,16 @@ async fn apply_page(
     })
 }
 
-/// Finished files waiting for their rename.
+/// A batch of finished files, flushed as a whole before any of them is renamed.
+type Files = Vec<(usize, Box<Ready>)>;
+
+/// Finished files waiting for their rename. A full batch is flushed on a blocking thread while
+/// the next one downloads, and renamed into place once that flush is done (invariant 1: no
+/// rename before the content is on disk), so a download never waits for the disk.
 struct Batch {
-    files: Vec<(usize, Box<Ready>)>,
+    files: Files,
     bytes: u64,
+    flushing: Option<tokio::task::JoinHandle<(Files, Result<(), ClientError>)>>,
     progress: Progress,
 }
 
@@ -326,6 +332,7 @@ impl Batch {
         Batch {
             files: Vec::new(),
             bytes: 0,
+            flushing: None,
             progress,
         }
     }
@@ -339,35 +346,49 @@ impl Batch {
         self.files.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES
     }
 
-    /// Makes the batch's content durable with one flush per file system, then renames each
-    /// file into place (invariant 1: no rename before the content is on disk).
-    fn install(
+    /// Installs the batch whose flush is under way (waiting for it), then starts flushing the
+    /// files gathered since.
+    async fn rotate(
         &mut self,
-        applier: &mut Applier,
+        applier: &mut Applier<'_>,
         results: &mut [Option<Result<Record, ClientError>>],
     ) -> Result<(), ClientError> {
+        self.install_flushed(applier, results).await?;
         let files = std::mem::take(&mut self.files);
         self.bytes = 0;
-        if files.is_empty() {
+        if !files.is_empty() {
+            self.flushing = Some(tokio::task::spawn_blocking(move || {
+                let flushed = flush(&files);
+                (files, flushed)
+            }));
+        }
+        Ok(())
+    }
+
+    /// Flushes and installs everything: the batch in flight, then the files gathered since.
+    async fn drain(
+        &mut self,
+        applier: &mut Applier<'_>,
+        results: &mut [Option<Result<Record, ClientError>>],
+    ) -> Result<(), ClientError> {
+        self.rotate(applier, results).await?;
+        self.install_flushed(applier, results).await
+    }
+
+    async fn install_flushed(
+        &mut self,
+        applier: &mut Applier<'_>,
+        results: &mut [Option<Result<Record, ClientError>>],
+    ) -> Result<(), ClientError> {
+        let Some(flushing) = self.flushing.take() else {
             return Ok(());
-        }
-        // A big file, or a handful of files, is flushed on its own; many small files with one
-        // flush of their file system (which also waits for unrelated dirty data there, so it
-        // is kept for the batches where it saves hundreds of flushes).
-        let (big, small): (Vec<_>, Vec<_>) = files
-            .iter()
-            .map(|(_, ready)| ready)
-            .partition(|ready| ready.size() >= OWN_FLUSH_SIZE);
-        for ready in big {
-            ready.sync()?;
-        }
-        if small.len() <= OWN_FLUSH_FILES {
-            for ready in small {
-                ready.sync()?;
-            }
-        } else {
-            zync_fs::sync_filesystems(small.iter().map(|ready| ready.temp_path()))?;
-        }
+        };
+        let (files, flushed) = flushing.await.map_err(|e| ClientError::Io {
+            what: "flush",
+            path: applier.root().display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        flushed?;
         for (i, ready) in files {
             let result = applier.install(ready);
             if result.is_ok() {
@@ -377,6 +398,27 @@ impl Batch {
         }
         Ok(())
     }
+}
+
+/// Makes a batch's content durable. A big file, or a handful of files, is flushed on its own;
+/// many small files with one flush of their file system (which also waits for unrelated dirty
+/// data there, so it is kept for the batches where it saves hundreds of flushes).
+fn flush(files: &Files) -> Result<(), ClientError> {
+    let (big, small): (Vec<_>, Vec<_>) = files
+        .iter()
+        .map(|(_, ready)| ready)
+        .partition(|ready| ready.size() >= OWN_FLUSH_SIZE);
+    for ready in big {
+        ready.sync()?;
+    }
+    if small.len() <= OWN_FLUSH_FILES {
+        for ready in small {
+            ready.sync()?;
+        }
+    } else {
+        zync_fs::sync_filesystems(small.iter().map(|ready| ready.temp_path()))?;
+    }
+    Ok(())
 }
 
 /// Records a page's results and the new durable sequence in one transaction. Runs only after
