@@ -95,8 +95,20 @@ impl Pending {
     /// # Errors
     /// When the temp file cannot be made, or the partial changed since it was measured.
     pub fn open(&mut self, offset: u64) -> Result<(), ClientError> {
+        self.open_checked(offset, &mut zync_fs::CheckedDirs::default())
+    }
+
+    /// As [`Pending::open`], checking the parents only of a directory `checked` has not seen.
+    ///
+    /// # Errors
+    /// As [`Pending::open`].
+    fn open_checked(
+        &mut self,
+        offset: u64,
+        checked: &mut zync_fs::CheckedDirs,
+    ) -> Result<(), ClientError> {
         let file = if offset == 0 {
-            AtomicFile::create(&self.root, &self.rel)?
+            AtomicFile::create_checked(&self.root, &self.rel, checked)?
         } else {
             match AtomicFile::resume(&self.root, &self.rel, &self.sha)? {
                 Some(partial) if partial.written() == offset => {
@@ -128,6 +140,46 @@ impl Pending {
                 self.rel
             ))),
         }
+    }
+
+    /// Checks that the header is for the content this change wants and seals the temp file
+    /// (verifying its sha256).
+    ///
+    /// # Errors
+    /// `stale` when E's file moved on meanwhile (a newer change brings it); a hash mismatch.
+    pub fn seal(mut self: Box<Self>, header: &FileHeader) -> Result<Box<Ready>, ClientError> {
+        if header.sha256 != self.sha {
+            return Err(ClientError::Server {
+                code: zync_proto::ErrorCode::Stale,
+                message: format!("{} changed on E during the transfer", self.rel),
+            });
+        }
+        let Some(file) = self.file.take() else {
+            return Err(ClientError::Protocol(format!(
+                "{}: finished without a header",
+                self.rel
+            )));
+        };
+        let downloaded = Some(header.size - header.offset);
+        let sealed = file.seal(&self.sha, self.record.mode, self.record.mtime_ns)?;
+        Ok(self.into_ready(sealed, downloaded))
+    }
+
+    /// Writes a small file that arrived whole in one piece and seals it: the work of
+    /// [`Pending::open`], [`Pending::write`] and [`Pending::seal`] at once, for a blocking
+    /// thread writing a group of files (`checked` is that group's).
+    ///
+    /// # Errors
+    /// As those three.
+    pub fn write_whole(
+        mut self: Box<Self>,
+        header: &FileHeader,
+        data: &[u8],
+        checked: &mut zync_fs::CheckedDirs,
+    ) -> Result<Box<Ready>, ClientError> {
+        self.open_checked(0, checked)?;
+        self.write(data)?;
+        self.seal(header)
     }
 
     /// The sealed file of this change, ready for its rename.
@@ -221,6 +273,8 @@ pub struct Applier<'a> {
     pub copied: usize,
     /// For each directory of this page: whether it may hold partial downloads.
     partial_dirs: HashMap<PathBuf, bool>,
+    /// Directories checked for symlinks during the current batch of renames.
+    checked: zync_fs::CheckedDirs,
     /// Contents this page needs: a deleted file with one of them is set aside, not removed.
     wanted: HashSet<String>,
     /// Deleted files set aside by content, as sources for copies (renames on E).
@@ -244,6 +298,7 @@ impl<'a> Applier<'a> {
             bytes: 0,
             copied: 0,
             partial_dirs: HashMap::new(),
+            checked: zync_fs::CheckedDirs::default(),
             wanted: HashSet::new(),
             stash: HashMap::new(),
             dirs_seen: HashSet::new(),
@@ -315,32 +370,6 @@ impl<'a> Applier<'a> {
         }
     }
 
-    /// Checks a finished download against what the change announced and seals it.
-    ///
-    /// # Errors
-    /// `stale` when E's file moved on meanwhile (a newer change brings it); a hash mismatch.
-    pub fn seal(
-        &mut self,
-        mut pending: Box<Pending>,
-        header: &FileHeader,
-    ) -> Result<Box<Ready>, ClientError> {
-        if header.sha256 != pending.sha {
-            return Err(ClientError::Server {
-                code: zync_proto::ErrorCode::Stale,
-                message: format!("{} changed on E during the transfer", pending.rel),
-            });
-        }
-        let Some(file) = pending.file.take() else {
-            return Err(ClientError::Protocol(format!(
-                "{}: finished without a header",
-                pending.rel
-            )));
-        };
-        let downloaded = Some(header.size - header.offset);
-        let sealed = file.seal(&pending.sha, pending.record.mode, pending.record.mtime_ns)?;
-        Ok(pending.into_ready(sealed, downloaded))
-    }
-
     /// Rebuilds a file from R's older version at its path and a delta received into `spool`,
     /// verified by sha256 when sealed. On a failure other than `stale`, the pending file is
     /// handed back to be downloaded whole.
@@ -397,6 +426,11 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// Starts a new batch of renames: the parent directories are checked again, once each.
+    pub fn new_batch(&mut self) {
+        self.checked = zync_fs::CheckedDirs::default();
+    }
+
     /// Renames a sealed file into place. Call only after its content was made durable.
     ///
     /// # Errors
@@ -415,7 +449,7 @@ impl<'a> Applier<'a> {
                 "this file changed on R while E's version was downloading",
             )?;
         }
-        sealed.install()?;
+        sealed.install_checked(&mut self.checked)?;
         if self.may_have_partials(&rel) {
             zync_fs::remove_partials(self.root, &rel);
         }

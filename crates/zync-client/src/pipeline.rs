@@ -14,6 +14,7 @@ use zync_fs::AtomicFile;
 use crate::apply::Pending;
 use crate::connection::{Connection, Transfer};
 use crate::error::ClientError;
+use tokio_tungstenite::tungstenite::Bytes;
 
 /// At most this many requests in flight.
 const MAX_REQUESTS: usize = 1024;
@@ -34,6 +35,9 @@ type Writing = tokio::task::JoinHandle<(AtomicFile, Result<(), zync_fs::FsError>
 pub enum Finished {
     /// All content arrived; the header says what it must hash to.
     Done(usize, Box<Pending>, FileHeader),
+    /// A small file arrived whole in one chunk and nothing is written yet: the caller writes,
+    /// verifies and seals it off the reactor ([`Pending::write_whole`]).
+    Whole(usize, Box<Pending>, FileHeader, Bytes),
     /// A whole delta arrived in the spool file; R's older version and it rebuild the file.
     Delta(usize, Box<Pending>, DeltaHeader, std::fs::File),
     /// The daemon refused it or a local write failed (its temp file is removed).
@@ -49,6 +53,9 @@ struct Slot {
     /// (an unnamed temp file: memory does not grow with the delta).
     delta: Option<(DeltaHeader, std::fs::File)>,
     asked_delta: bool,
+    /// A small file that comes in one chunk: its temp file is made only when the chunk is in,
+    /// by the caller, off the reactor.
+    whole: bool,
     /// The previous chunk's write, when it was handed to a blocking thread.
     writing: Option<Writing>,
     received: u64,
@@ -141,6 +148,7 @@ impl<'a> Pipeline<'a> {
                     header: None,
                     delta: None,
                     asked_delta,
+                    whole: false,
                     writing: None,
                     received: 0,
                     chunks: 0,
@@ -185,8 +193,12 @@ impl<'a> Pipeline<'a> {
                         header.path, header.size, header.offset, header.chunks
                     )));
                 }
-                if let Err(e) = slot.pending.open(slot.offset) {
-                    return Ok(self.fail(id, e));
+                slot.whole =
+                    slot.offset == 0 && header.chunks == 1 && header.size < WRITE_BEHIND_MIN as u64;
+                if !slot.whole {
+                    if let Err(e) = slot.pending.open(slot.offset) {
+                        return Ok(self.fail(id, e));
+                    }
                 }
                 let done = header.chunks == 0;
                 slot.header = Some(header);
@@ -267,6 +279,20 @@ impl<'a> Pipeline<'a> {
                         slot.offset + slot.received,
                         header.size
                     )));
+                }
+                if slot.whole {
+                    // One chunk, checked above to be all of it.
+                    self.progress.bytes(data.len() as u64);
+                    let Some(Slot {
+                        index,
+                        pending,
+                        header: Some(header),
+                        ..
+                    }) = self.take(id)
+                    else {
+                        return Ok(None);
+                    };
+                    return Ok(Some(Finished::Whole(index, pending, header, data)));
                 }
                 if let Err(e) = settle(slot).await {
                     return Ok(self.fail(id, e));

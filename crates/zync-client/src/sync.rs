@@ -4,12 +4,13 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use tokio_tungstenite::tungstenite::Bytes;
 use zync_cli::progress::Progress;
 use zync_db::{ClientState, DirState};
 use zync_fs::DirName;
-use zync_proto::{AckChanges, Change, GetChanges, Op, Reply};
+use zync_proto::{AckChanges, Change, FileHeader, GetChanges, Op, Reply};
 
-use crate::apply::{Applier, Ready, Record, Step};
+use crate::apply::{Applier, Pending, Ready, Record, Step};
 use crate::connection::Connection;
 use crate::error::ClientError;
 use crate::pipeline::{Finished, Pipeline};
@@ -241,7 +242,9 @@ async fn apply_page(
     );
     let mut pipeline = Pipeline::new(mapping.name.as_str(), progress.clone());
     let mut batch = Batch::new(progress.clone());
+    let mut writer = Writer::default();
     let mut lost = None;
+    let snapshot = state.read_snapshot()?;
     for (i, change) in changes.iter().enumerate() {
         match applier.begin(change) {
             Ok(Step::Done(record)) => {
@@ -261,6 +264,7 @@ async fn apply_page(
             Err(e) => results[i] = Some(Err(e)),
         }
     }
+    drop(snapshot);
     // Requests go out only once the page is planned: from then on every reply is read as it
     // arrives, so what a tunnel drop loses is only what was on the wire.
     if let Err(e) = pipeline.fill(conn).await {
@@ -268,10 +272,18 @@ async fn apply_page(
     }
     while lost.is_none() && !pipeline.is_empty() {
         match pipeline.next(conn).await {
-            Ok(Some(Finished::Done(i, pending, header))) => match applier.seal(pending, &header) {
+            Ok(Some(Finished::Done(i, pending, header))) => match pending.seal(&header) {
                 Ok(ready) => batch.add(i, ready),
                 Err(e) => results[i] = Some(Err(e)),
             },
+            Ok(Some(Finished::Whole(i, pending, header, data))) => {
+                for (i, sealed) in writer.push(i, pending, header, data).await {
+                    match sealed {
+                        Ok(ready) => batch.add(i, ready),
+                        Err(e) => results[i] = Some(Err(e)),
+                    }
+                }
+            }
             Ok(Some(Finished::Delta(i, pending, header, spool))) => {
                 match applier.rebuild(pending, &header, spool) {
                     Ok(ready) => batch.add(i, ready),
@@ -302,6 +314,13 @@ async fn apply_page(
             pending.keep_partial();
         }
     }
+    // Small files that arrived whole are complete even when the connection was lost.
+    for (i, sealed) in writer.drain().await {
+        match sealed {
+            Ok(ready) => batch.add(i, ready),
+            Err(e) => results[i] = Some(Err(e)),
+        }
+    }
     batch.drain(&mut applier, &mut results).await?;
     applier.finish()?;
     Ok(PageOutcome {
@@ -312,6 +331,84 @@ async fn apply_page(
         conflicts: std::mem::take(&mut applier.conflicts),
         lost,
     })
+}
+
+/// Small files that arrived whole, written and sealed in groups on a blocking thread while the
+/// next ones arrive: making, writing, verifying and closing a temp file costs more than
+/// receiving it.
+#[derive(Default)]
+struct Writer {
+    group: Vec<(usize, Box<Pending>, FileHeader, Bytes)>,
+    bytes: usize,
+    writing: std::collections::VecDeque<tokio::task::JoinHandle<Sealed>>,
+}
+
+/// What a group of whole files became, by change index.
+type Sealed = Vec<(usize, Result<Box<Ready>, ClientError>)>;
+
+/// A group is handed to its thread at this many files or bytes.
+const WRITER_GROUP_FILES: usize = 64;
+const WRITER_GROUP_BYTES: usize = 4 << 20;
+/// Groups written at the same time, on threads of their own.
+const WRITER_THREADS: usize = 2;
+
+impl Writer {
+    /// Adds a file; when the group is full, starts writing it and returns what the oldest
+    /// group became once as many as [`WRITER_THREADS`] are being written (waiting for it).
+    async fn push(
+        &mut self,
+        index: usize,
+        pending: Box<Pending>,
+        header: FileHeader,
+        data: Bytes,
+    ) -> Sealed {
+        self.bytes += data.len();
+        self.group.push((index, pending, header, data));
+        if self.group.len() < WRITER_GROUP_FILES && self.bytes < WRITER_GROUP_BYTES {
+            return Vec::new();
+        }
+        let done = if self.writing.len() >= WRITER_THREADS {
+            self.wait_oldest().await
+        } else {
+            Vec::new()
+        };
+        let group = std::mem::take(&mut self.group);
+        self.bytes = 0;
+        self.writing
+            .push_back(tokio::task::spawn_blocking(move || write_group(group)));
+        done
+    }
+
+    /// Writes everything still held and returns what all of it became.
+    async fn drain(&mut self) -> Sealed {
+        let mut done = Vec::new();
+        while !self.writing.is_empty() {
+            done.extend(self.wait_oldest().await);
+        }
+        done.extend(write_group(std::mem::take(&mut self.group)));
+        self.bytes = 0;
+        done
+    }
+
+    async fn wait_oldest(&mut self) -> Sealed {
+        let Some(writing) = self.writing.pop_front() else {
+            return Vec::new();
+        };
+        writing.await.unwrap_or_else(|e| {
+            // The thread panicked: its files are lost to this round and fetched again next.
+            tracing::error!("writing downloaded files failed: {e}");
+            Vec::new()
+        })
+    }
+}
+
+/// Writes and seals a group of whole files, checking each directory's parents once.
+fn write_group(group: Vec<(usize, Box<Pending>, FileHeader, Bytes)>) -> Sealed {
+    let mut checked = zync_fs::CheckedDirs::default();
+    group
+        .into_iter()
+        .map(|(i, pending, header, data)| (i, pending.write_whole(&header, &data, &mut checked)))
+        .collect()
 }
 
 /// A batch of finished files, flushed as a whole before any of them is renamed.
@@ -389,6 +486,7 @@ impl Batch {
             source: std::io::Error::other(e.to_string()),
         })?;
         flushed?;
+        applier.new_batch();
         for (i, ready) in files {
             let result = applier.install(ready);
             if result.is_ok() {
@@ -416,7 +514,12 @@ fn flush(files: &Files) -> Result<(), ClientError> {
             ready.sync()?;
         }
     } else {
-        zync_fs::sync_filesystems(small.iter().map(|ready| ready.temp_path()))?;
+        // A temp file made here is on its directory's file system: one look per directory.
+        let dirs: std::collections::BTreeSet<&std::path::Path> = small
+            .iter()
+            .filter_map(|ready| ready.temp_path().parent())
+            .collect();
+        zync_fs::sync_filesystems(dirs)?;
     }
     Ok(())
 }

@@ -141,6 +141,19 @@ impl ClientState {
             .with_ctx(|| format!("reading the sync state of {dir}"))
     }
 
+    /// Holds one read transaction until the returned guard is dropped, so that a run of
+    /// lookups (planning a page of changes) takes the database's lock once instead of once
+    /// per lookup. Writing needs [`ClientState::batch`], after the guard is gone.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn read_snapshot(&self) -> Result<rusqlite::Transaction<'_>> {
+        self.conn
+            .unchecked_transaction()
+            .with_ctx(|| "starting a read of the client database".to_string())
+    }
+
     /// What the client last wrote at (dir, path), if anything.
     ///
     /// # Errors

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 pub use crate::attrs::{fsync_dir, set_mode, set_mtime, sync_filesystems};
 pub use crate::dirs::{
-    check_parents, ensure_dir, remove_partials, remove_temp_files, PARTIAL_MAX_AGE,
+    check_parents, ensure_dir, remove_partials, remove_temp_files, CheckedDirs, PARTIAL_MAX_AGE,
 };
 pub use crate::error::FsError;
 
@@ -70,7 +70,21 @@ impl AtomicFile {
     ///
     /// As [`check_parents`]; [`FsError::Io`] when the temp file cannot be created.
     pub fn create(root: &Path, rel: &RelPath) -> Result<AtomicFile, FsError> {
-        check_parents(root, rel)?;
+        AtomicFile::create_checked(root, rel, &mut CheckedDirs::default())
+    }
+
+    /// As [`AtomicFile::create`], checking the parents only of a directory `checked` has not
+    /// seen yet (for a group of files written one after the other).
+    ///
+    /// # Errors
+    ///
+    /// As [`AtomicFile::create`].
+    pub fn create_checked(
+        root: &Path,
+        rel: &RelPath,
+        checked: &mut CheckedDirs,
+    ) -> Result<AtomicFile, FsError> {
+        checked.check_parents(root, rel)?;
         let dest = rel.to_path(root);
         let dir = rel
             .parent()
@@ -234,7 +248,13 @@ impl AtomicFile {
         temp.as_file()
             .sync_all()
             .map_err(|e| FsError::io("fsync", temp.path(), e))?;
-        install(&root, &rel, &dest, temp.into_temp_path())
+        install(
+            &root,
+            &rel,
+            &dest,
+            temp.into_temp_path(),
+            &mut CheckedDirs::default(),
+        )
     }
 
     /// Verifies the sha256 of what was written and sets the permission bits and mtime, but does
@@ -322,7 +342,17 @@ impl Sealed {
     /// As [`check_parents`] if a parent changed meanwhile; [`FsError::Io`] when the rename
     /// fails. The temp file is removed on any error.
     pub fn install(self) -> Result<(), FsError> {
-        install(&self.root, &self.rel, &self.dest, self.temp)
+        self.install_checked(&mut CheckedDirs::default())
+    }
+
+    /// As [`Sealed::install`], checking the parents only of a directory `checked` has not seen
+    /// yet (for a batch of renames).
+    ///
+    /// # Errors
+    ///
+    /// As [`Sealed::install`].
+    pub fn install_checked(self, checked: &mut CheckedDirs) -> Result<(), FsError> {
+        install(&self.root, &self.rel, &self.dest, self.temp, checked)
     }
 }
 
@@ -332,9 +362,10 @@ fn install(
     rel: &RelPath,
     dest: &Path,
     temp: tempfile::TempPath,
+    checked: &mut CheckedDirs,
 ) -> Result<(), FsError> {
     // Narrow the window in which a parent could have been swapped for a symlink.
-    check_parents(root, rel)?;
+    checked.check_parents(root, rel)?;
     temp.persist(dest)
         .map_err(|e| FsError::io("rename a temp file to", dest, e.error))
 }

@@ -48,6 +48,32 @@ pub fn check_parents(root: &Path, rel: &RelPath) -> Result<(), FsError> {
     Ok(())
 }
 
+/// The directories [`CheckedDirs::check_parents`] found to be real directories, so that many
+/// files in a few directories cost a few checks instead of one per ancestor per file. What it
+/// remembers is true as of when it was checked: keep one only for a short stretch of work (a
+/// group of files being written, a batch of renames), then drop it.
+#[derive(Debug, Default)]
+pub struct CheckedDirs(std::collections::HashSet<RelPath>);
+
+impl CheckedDirs {
+    /// As [`check_parents`], skipped when `rel`'s directory passed it since this was made.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_parents`].
+    pub fn check_parents(&mut self, root: &Path, rel: &RelPath) -> Result<(), FsError> {
+        let Some(parent) = rel.parent() else {
+            return Ok(());
+        };
+        if self.0.contains(&parent) {
+            return Ok(());
+        }
+        check_parents(root, rel)?;
+        self.0.insert(parent);
+        Ok(())
+    }
+}
+
 /// Creates `root/rel` and its missing ancestors as directories without following symlinks. When
 /// `mode` is given it is applied to `root/rel` (also if it already existed); new ancestors get
 /// the default mode.
@@ -184,6 +210,37 @@ mod tests {
 
     fn rel(s: &str) -> RelPath {
         RelPath::parse(s).expect("valid test path")
+    }
+
+    #[test]
+    fn checked_dirs_check_each_directory_once_and_a_new_one_checks_again() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        fs::create_dir_all(r.join("a/b")).expect("mkdir");
+        fs::create_dir(r.join("elsewhere")).expect("mkdir");
+        let mut checked = CheckedDirs::default();
+        checked
+            .check_parents(r, &rel("a/b/one"))
+            .expect("real dirs");
+        // Swapped for a symlink after the check: this stretch of work trusts its own check...
+        fs::rename(r.join("a/b"), r.join("a/old")).expect("rename");
+        symlink(r.join("elsewhere"), r.join("a/b")).expect("symlink");
+        checked
+            .check_parents(r, &rel("a/b/two"))
+            .expect("same directory, already checked");
+        // ...a sibling directory is checked on its own...
+        assert!(matches!(
+            checked.check_parents(r, &rel("a/b/c/three")),
+            Err(FsError::SymlinkInPath { .. })
+        ));
+        // ...and the next stretch of work sees the symlink.
+        assert!(matches!(
+            CheckedDirs::default().check_parents(r, &rel("a/b/two")),
+            Err(FsError::SymlinkInPath { .. })
+        ));
+        CheckedDirs::default()
+            .check_parents(r, &rel("top-level"))
+            .expect("the root is trusted");
     }
 
     #[test]

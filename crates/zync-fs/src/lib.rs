@@ -20,7 +20,8 @@ pub mod watch;
 
 pub use crate::atomic::{
     check_parents, ensure_dir, fsync_dir, remove_partials, remove_temp_files, replace_with_symlink,
-    set_mode, set_mtime, sync_filesystems, AtomicFile, FsError, Sealed, PARTIAL_MAX_AGE,
+    set_mode, set_mtime, sync_filesystems, AtomicFile, CheckedDirs, FsError, Sealed,
+    PARTIAL_MAX_AGE,
 };
 pub use crate::conflict::{conflict_name, free_conflict_name, is_conflict_copy, CONFLICT_MARKER};
 pub use crate::delta::DeltaError;
