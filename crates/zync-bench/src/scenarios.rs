@@ -48,19 +48,19 @@ pub fn run(name: &str, ctx: &Ctx) -> Result<Row> {
     let mut row = match name {
         "initial-small" => {
             workload::small_tree(&src, ctx.pick(10_000, 2_000), SEED)?;
-            pair(ctx, &src, Mode::Fresh)?
+            pair(ctx, &src, Mode::Fresh, Keep::Tree)?
         }
         "noop" => {
             workload::small_tree(&src, ctx.pick(10_000, 2_000), SEED)?;
-            pair(ctx, &src, Mode::Noop)?
+            pair(ctx, &src, Mode::Noop, Keep::Tree)?
         }
         "big-file" => {
             workload::big_file(&src.join("big.bin"), ctx.pick(1024, 128) * MIB, SEED)?;
-            pair(ctx, &src, Mode::Fresh)?
+            pair(ctx, &src, Mode::Fresh, Keep::Nothing)?
         }
         "edit-in-big" => {
             workload::big_file(&src.join("big.bin"), ctx.pick(256, 64) * MIB, SEED)?;
-            pair(ctx, &src, Mode::Edit)?
+            pair(ctx, &src, Mode::Edit, Keep::Nothing)?
         }
         "latency" => latency(ctx, &src)?,
         "restart" => restart(ctx, &src)?,
@@ -94,7 +94,19 @@ fn peak(exits: &[Exit]) -> Option<u64> {
     exits.iter().map(|e| e.max_rss_kib).max()
 }
 
-fn pair(ctx: &Ctx, src: &Path, mode: Mode) -> Result<Row> {
+/// What happens to a run's destinations when the next run starts.
+#[derive(PartialEq, Clone, Copy)]
+enum Keep {
+    /// Kept until the scenario ends: on ext4, creating many files right after many were
+    /// deleted is several times slower ("recently deleted" inodes are skipped one by one),
+    /// which would time the file system, not the tools.
+    Tree,
+    /// Removed: a big file's page cache is then reused by the next run instead of memory
+    /// the VM has to fault in afresh, which made later runs of both tools swing by 2-3x.
+    Nothing,
+}
+
+fn pair(ctx: &Ctx, src: &Path, mode: Mode, keep: Keep) -> Result<Row> {
     let (bins, dir, delay) = (ctx.bins, ctx.dir, ctx.delay());
     let zstate = dir.join("zync-state");
     let mut zd = Daemon::start(bins, &zstate, src)?;
@@ -109,9 +121,11 @@ fn pair(ctx: &Ctx, src: &Path, mode: Mode) -> Result<Row> {
     let (mut zt, mut rt, mut zb, mut rb) = (vec![], vec![], vec![], vec![]);
     let (mut zdaemon, mut zclient, mut rclient) = (vec![], vec![], vec![]);
     for run in 0..ctx.opts.runs {
-        // Fresh destinations each run, removed only with the scenario: on ext4, creating many
-        // files right after many were deleted is several times slower ("recently deleted"
-        // inodes are skipped one by one), which would time the file system, not the tools.
+        if run > 0 && keep == Keep::Nothing {
+            for p in ["dst-zync", "dst-rsync"] {
+                fs::remove_dir_all(dir.join(format!("{p}-{}", run - 1)))?;
+            }
+        }
         let (zdst, rdst, zdb) = (
             dir.join(format!("dst-zync-{run}")),
             dir.join(format!("dst-rsync-{run}")),

@@ -34,8 +34,11 @@ const SCAN_BATCH: usize = 1000;
 /// Without a working watcher, every root is rescanned this often.
 const POLL_RESCAN: Duration = Duration::from_secs(10);
 /// A file modified less than this long before it was hashed may be written again within the
-/// same mtime tick; it is hashed once more later ("racy git").
+/// same mtime tick; it is hashed once more this long later ("racy git"). For an mtime with a
+/// sub-second part (a file system with fine timestamps), [`RACY_FINE`] is the window instead
+/// (see `entry::racy_window`).
 const RACY: Duration = Duration::from_secs(2);
+const RACY_FINE: Duration = Duration::from_millis(100);
 
 /// Paths the daemon writes itself (its database, token file and staging area): never indexed,
 /// even when they sit inside a served directory.
@@ -685,6 +688,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, "aaaa").unwrap();
+        // A whole-second mtime, as a coarse file system keeps (the next second, so that the
+        // file is fresh however slowly the scan starts).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let coarse = std::time::UNIX_EPOCH + Duration::from_secs(now.as_secs() + 1);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(coarse)
+            .unwrap();
         let (mut ix, _rx) = indexer(dir.path(), &[]);
         ix.scan_root(0, None).unwrap();
         assert_eq!(
@@ -720,6 +735,30 @@ mod tests {
             f.meta.sha256.as_deref(),
             Some(zync_fs::hash_bytes(b"bbbb").as_str())
         );
+    }
+
+    #[test]
+    fn a_file_with_a_fine_mtime_is_rechecked_only_within_its_tick() {
+        assert_eq!(entry::racy_window(1_650_000_000_000_000_000), RACY);
+        assert_eq!(entry::racy_window(1_650_000_000_123_456_789), RACY_FINE);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("saved-a-moment-ago");
+        std::fs::write(&path, "aaaa").unwrap();
+        // Most of a second old, with a sub-second part: past the tick of a fine file system,
+        // so hashing it once is enough (a second hash of a big file costs seconds).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let fine = std::time::UNIX_EPOCH + Duration::new(now.as_secs() - 1, 123_456_789);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(fine)
+            .unwrap();
+        let (mut ix, _rx) = indexer(dir.path(), &[]);
+        ix.scan_root(0, None).unwrap();
+        assert!(ix.recheck.is_empty(), "{:?}", ix.recheck);
     }
 
     #[test]

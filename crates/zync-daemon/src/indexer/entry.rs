@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use zync_db::{EntryMeta, Kind, ScanRow};
 use zync_fs::{EntryKind, Meta, RelPath};
 
-use super::RACY;
+use super::{RACY, RACY_FINE};
 
 /// Same kind, size, mtime, inode, mode and link target: the content is taken as unchanged.
 /// A directory's mtime, size and inode move whenever a child comes or goes; only its mode is
@@ -70,10 +70,24 @@ fn kind_of(kind: EntryKind) -> Kind {
     }
 }
 
+/// How long after its mtime a file may still be written without its mtime moving: the
+/// timestamp granularity of its file system, judged from the mtime itself. One with a
+/// sub-second part comes from a file system that keeps fine timestamps (Linux ones tick every
+/// few milliseconds at most): [`RACY_FINE`]. A whole-second mtime may come from a coarse one
+/// (FAT keeps two seconds): [`RACY`]. Without this, every file saved in the two seconds before
+/// a scan was hashed twice, a big one costing a second of CPU again.
+pub(super) fn racy_window(mtime_ns: i64) -> std::time::Duration {
+    if mtime_ns.rem_euclid(1_000_000_000) == 0 {
+        RACY
+    } else {
+        RACY_FINE
+    }
+}
+
 /// The index row for an entry, hashing files (counted in `hashed`). A file that changes while
 /// it is hashed is skipped: its next watch event records the settled version.
-/// The flag says the file was modified less than [`RACY`] before it was hashed: a write in the
-/// same mtime tick would go unnoticed, so the caller hashes it again later.
+/// The flag says the file was modified less than its [`racy_window`] before it was hashed: a
+/// write in the same mtime tick would go unnoticed, so the caller hashes it again later.
 pub(super) fn describe(
     root: &Path,
     rel: &RelPath,
@@ -86,7 +100,7 @@ pub(super) fn describe(
             i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
         });
     let racy = meta.kind == EntryKind::File
-        && now_ns.saturating_sub(meta.mtime_ns) < RACY.as_nanos() as i64;
+        && now_ns.saturating_sub(meta.mtime_ns) < racy_window(meta.mtime_ns).as_nanos() as i64;
     let sha256 = if meta.kind == EntryKind::File {
         let path = rel.to_path(root);
         hashed.fetch_add(1, Ordering::Relaxed);
