@@ -160,3 +160,67 @@ fn a_daemon_that_cannot_watch_falls_back_to_rescans() {
     );
     std::fs::set_permissions(e.join("locked"), std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+#[test]
+fn a_big_file_whose_write_fails_midway_never_appears_on_r_and_is_retried() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    // Big enough to be written behind the socket in 1 MiB chunks.
+    let big = pseudo_random(6 << 20, 7);
+    write(&e.join("big.bin"), &big);
+    write(&e.join("small.txt"), "small\n");
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let r = tmp.path().join("r");
+    std::fs::create_dir_all(&r).unwrap();
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+
+    // R's disk refuses to grow any file past 2 MiB, as a full disk would refuse the rest.
+    let mut cmd = client.command(&daemon.url());
+    cmd.arg("--once");
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 2 << 20,
+                rlim_max: 2 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let out = output_within_deadline(cmd);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "a failed write must fail --once:\n{err}"
+    );
+    assert!(
+        err.contains("big.bin") && err.contains("too large"),
+        "the error must name the file and the cause:\n{err}"
+    );
+    assert!(
+        !r.join("big.bin").exists(),
+        "a half-written file appeared on R"
+    );
+    let names: Vec<String> = std::fs::read_dir(&r)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with(".zync-tmp")),
+        "temp files left behind: {names:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(r.join("small.txt")).unwrap(),
+        "small\n"
+    );
+
+    // With room on the disk again, the next run brings it.
+    client.once_ok(&daemon.url());
+    assert_same_tree(&e, &r, &[]);
+}

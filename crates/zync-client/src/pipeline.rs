@@ -24,12 +24,34 @@ const MAX_REQUESTS: usize = 1024;
 const MAX_REQUEST_BYTES: usize = 48 * 1024;
 /// At most this many content bytes asked for and not yet received (besides the first request).
 const MAX_CONTENT_BYTES: u64 = 64 << 20;
-/// Chunks at least this big are written and hashed off the reactor, while the next one is
-/// received: a big file streams at the speed of the slower of the two, not of their sum.
+/// A file whose chunks are this big is written and hashed off the reactor while the next chunks
+/// are received: a big file streams at the speed of the slower of the two, not of their sum.
 const WRITE_BEHIND_MIN: usize = 128 << 10;
+/// Chunks received and not yet written, per file written behind (4 MiB of 1 MiB chunks): a
+/// slow moment of the disk does not stop the socket at once.
+const WRITE_BEHIND_DEPTH: usize = 4;
 
-/// A chunk being written to a temp file on a blocking thread.
-type Writing = tokio::task::JoinHandle<(AtomicFile, Result<(), zync_fs::FsError>)>;
+/// A temp file lent to a blocking thread that writes the chunks sent to it in order, and gives
+/// the file back with the first error, if any, once the sender is dropped (or at that error).
+struct Writing {
+    chunks: tokio::sync::mpsc::Sender<Bytes>,
+    done: tokio::task::JoinHandle<(AtomicFile, Result<(), zync_fs::FsError>)>,
+}
+
+impl Writing {
+    fn start(mut file: AtomicFile) -> Writing {
+        let (chunks, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_BEHIND_DEPTH);
+        let done = tokio::task::spawn_blocking(move || {
+            while let Some(data) = rx.blocking_recv() {
+                if let Err(e) = file.write(&data) {
+                    return (file, Err(e));
+                }
+            }
+            (file, Ok(()))
+        });
+        Writing { chunks, done }
+    }
+}
 
 /// A download finished one way or the other; `usize` is the caller's index of the change.
 pub enum Finished {
@@ -56,7 +78,7 @@ struct Slot {
     /// A small file that comes in one chunk: its temp file is made only when the chunk is in,
     /// by the caller, off the reactor.
     whole: bool,
-    /// The previous chunk's write, when it was handed to a blocking thread.
+    /// The thread writing this file's chunks, when they are big.
     writing: Option<Writing>,
     received: u64,
     chunks: u64,
@@ -294,21 +316,19 @@ impl<'a> Pipeline<'a> {
                     };
                     return Ok(Some(Finished::Whole(index, pending, header, data)));
                 }
-                if let Err(e) = settle(slot).await {
-                    return Ok(self.fail(id, e));
-                }
                 self.progress.bytes(data.len() as u64);
-                let lent = if data.len() >= WRITE_BEHIND_MIN {
-                    slot.pending.take_file()
-                } else {
-                    None
-                };
-                match lent {
-                    Some(mut file) => {
-                        slot.writing = Some(tokio::task::spawn_blocking(move || {
-                            let written = file.write(&data);
-                            (file, written)
-                        }));
+                if slot.writing.is_none() && data.len() >= WRITE_BEHIND_MIN {
+                    slot.writing = slot.pending.take_file().map(Writing::start);
+                }
+                match &slot.writing {
+                    Some(writing) => {
+                        if writing.chunks.send(data).await.is_err() {
+                            // The thread stopped at a write error: settle reports it.
+                            let e = settle(slot).await.err().unwrap_or_else(|| {
+                                ClientError::Protocol("the write-behind thread ended".into())
+                            });
+                            return Ok(self.fail(id, e));
+                        }
                     }
                     None => {
                         if let Err(e) = slot.pending.write(&data) {
@@ -386,12 +406,13 @@ impl<'a> Pipeline<'a> {
     }
 }
 
-/// Waits for the slot's chunk being written off the reactor and gives its file back.
+/// Waits for the slot's chunks being written off the reactor and gives its file back.
 async fn settle(slot: &mut Slot) -> Result<(), ClientError> {
-    let Some(writing) = slot.writing.take() else {
+    let Some(Writing { chunks, done }) = slot.writing.take() else {
         return Ok(());
     };
-    match writing.await {
+    drop(chunks);
+    match done.await {
         Ok((file, written)) => {
             slot.pending.put_file(file);
             Ok(written?)
