@@ -526,8 +526,16 @@ impl Connection {
             path: path.to_string(),
             offset: None,
         })?;
-        self.query(move |index| Ok(indexed_file(index, &root, &dir, rel)))
-            .await?
+        self.query(move |index| {
+            Ok(indexed_file(
+                index,
+                &root,
+                &dir,
+                rel,
+                &mut zync_fs::CheckedDirs::default(),
+            ))
+        })
+        .await?
     }
 
     /// Takes further GET_FILE requests the client already sent (pipelined), up to a batch, so
@@ -573,11 +581,14 @@ impl Connection {
         let opened = self
             .query(move |index| {
                 let mut budget = READ_AHEAD_BYTES;
+                // Each directory's parents are checked once for the batch.
+                let mut checked = zync_fs::CheckedDirs::default();
                 Ok(wanted
                     .into_iter()
                     .map(|(id, located)| {
                         let opened = located.and_then(|(root, dir, rel, offset)| {
-                            open_for_get(id, index, &root, dir, rel, offset, &mut budget)
+                            let file = Get { dir, rel, offset };
+                            open_for_get(id, index, &root, file, &mut budget, &mut checked)
                         });
                         (id, opened)
                     })
@@ -737,6 +748,7 @@ fn indexed_file(
     root: &std::path::Path,
     dir: &str,
     rel: zync_fs::RelPath,
+    checked: &mut zync_fs::CheckedDirs,
 ) -> Result<IndexedFile, Refusal> {
     let entry = match index.get(dir, rel.as_str())? {
         Some(e) if !e.deleted => e,
@@ -757,7 +769,9 @@ fn indexed_file(
         ));
     }
     let stale = |why: String| IndexedFile::stale_refusal(&rel, &why);
-    zync_fs::check_parents(root, &rel).map_err(|e| stale(format!("changed: {e}")))?;
+    checked
+        .check_parents(root, &rel)
+        .map_err(|e| stale(format!("changed: {e}")))?;
     let abs = rel.to_path(root);
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -783,14 +797,20 @@ fn indexed_file(
 /// Opens `rel` for GET_FILE ([`indexed_file`]) and reads its first chunk from `offset` (all of
 /// a small file) within the batch's `budget`, as the frame of request `id` (header included;
 /// empty past the budget). Blocking: runs off the reactor.
+/// One GET_FILE of a batch, located: the dir's name, the path in it, and where to start.
+struct Get {
+    dir: String,
+    rel: zync_fs::RelPath,
+    offset: u64,
+}
+
 fn open_for_get(
     id: u64,
     index: &Index,
     root: &std::path::Path,
-    dir: String,
-    rel: zync_fs::RelPath,
-    offset: u64,
+    Get { dir, rel, offset }: Get,
     budget: &mut usize,
+    checked: &mut zync_fs::CheckedDirs,
 ) -> Result<(std::fs::File, FileHeader, Vec<u8>), Refusal> {
     use std::os::unix::fs::FileExt;
     let IndexedFile {
@@ -801,7 +821,7 @@ fn open_for_get(
         mode,
         sha256,
         ..
-    } = indexed_file(index, root, &dir, rel)?;
+    } = indexed_file(index, root, &dir, rel, checked)?;
     let stale = |why: String| IndexedFile::stale_refusal(&rel, &why);
     if offset > size {
         return Err(Refusal::new(

@@ -53,10 +53,11 @@ pub fn check_parents(root: &Path, rel: &RelPath) -> Result<(), FsError> {
 /// remembers is true as of when it was checked: keep one only for a short stretch of work (a
 /// group of files being written, a batch of renames), then drop it.
 #[derive(Debug, Default)]
-pub struct CheckedDirs(std::collections::HashSet<RelPath>);
+pub struct CheckedDirs(std::collections::HashSet<std::path::PathBuf>);
 
 impl CheckedDirs {
-    /// As [`check_parents`], skipped when `rel`'s directory passed it since this was made.
+    /// As [`check_parents`], skipped when `rel`'s directory under `root` passed it since this
+    /// was made (any root: directories are remembered by their full path).
     ///
     /// # Errors
     ///
@@ -65,6 +66,7 @@ impl CheckedDirs {
         let Some(parent) = rel.parent() else {
             return Ok(());
         };
+        let parent = parent.to_path(root);
         if self.0.contains(&parent) {
             return Ok(());
         }
@@ -241,6 +243,19 @@ mod tests {
         CheckedDirs::default()
             .check_parents(r, &rel("top-level"))
             .expect("the root is trusted");
+        // The same relative directory under another root is another directory.
+        let other = tmp.path().join("other-root");
+        fs::create_dir_all(other.join("d")).expect("mkdir");
+        fs::create_dir_all(r.join("d/real")).expect("mkdir");
+        symlink(r.join("elsewhere"), other.join("d/real")).expect("symlink");
+        let mut checked = CheckedDirs::default();
+        checked
+            .check_parents(r, &rel("d/real/f"))
+            .expect("real dirs");
+        assert!(matches!(
+            checked.check_parents(&other, &rel("d/real/f")),
+            Err(FsError::SymlinkInPath { .. })
+        ));
     }
 
     #[test]
