@@ -28,7 +28,8 @@ pub enum Record {
 pub enum Step {
     /// Applied (or skipped): record this.
     Done(Record),
-    /// The file's content must be downloaded into this, then passed to [`Applier::seal`].
+    /// The file's content must be downloaded into this, then sealed with [`Pending::seal`]
+    /// (or all at once with [`Pending::write_whole`]).
     Fetch(Box<Pending>),
     /// The content was found on R and copied: pass it to [`Applier::install`].
     Ready(Box<Ready>),

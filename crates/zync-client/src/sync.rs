@@ -340,11 +340,15 @@ async fn apply_page(
 struct Writer {
     group: Vec<(usize, Box<Pending>, FileHeader, Bytes)>,
     bytes: usize,
-    writing: std::collections::VecDeque<tokio::task::JoinHandle<Sealed>>,
+    /// Groups being written.
+    writing: std::collections::VecDeque<Group>,
 }
 
 /// What a group of whole files became, by change index.
 type Sealed = Vec<(usize, Result<Box<Ready>, ClientError>)>;
+
+/// A group being written: the change index and path of each of its files, and its thread.
+type Group = (Vec<(usize, String)>, tokio::task::JoinHandle<Sealed>);
 
 /// A group is handed to its thread at this many files or bytes.
 const WRITER_GROUP_FILES: usize = 64;
@@ -372,33 +376,55 @@ impl Writer {
         } else {
             Vec::new()
         };
-        let group = std::mem::take(&mut self.group);
-        self.bytes = 0;
-        self.writing
-            .push_back(tokio::task::spawn_blocking(move || write_group(group)));
+        self.start();
         done
     }
 
     /// Writes everything still held and returns what all of it became.
     async fn drain(&mut self) -> Sealed {
+        self.start();
         let mut done = Vec::new();
         while !self.writing.is_empty() {
             done.extend(self.wait_oldest().await);
         }
-        done.extend(write_group(std::mem::take(&mut self.group)));
-        self.bytes = 0;
         done
     }
 
+    /// Hands the gathered group to a thread of its own.
+    fn start(&mut self) {
+        let group = std::mem::take(&mut self.group);
+        self.bytes = 0;
+        if group.is_empty() {
+            return;
+        }
+        let indices = group
+            .iter()
+            .map(|(i, pending, ..)| (*i, pending.path().to_string()))
+            .collect();
+        let handle = tokio::task::spawn_blocking(move || write_group(group));
+        self.writing.push_back((indices, handle));
+    }
+
     async fn wait_oldest(&mut self) -> Sealed {
-        let Some(writing) = self.writing.pop_front() else {
+        let Some((indices, writing)) = self.writing.pop_front() else {
             return Vec::new();
         };
-        writing.await.unwrap_or_else(|e| {
-            // The thread panicked: its files are lost to this round and fetched again next.
-            tracing::error!("writing downloaded files failed: {e}");
-            Vec::new()
-        })
+        match writing.await {
+            Ok(sealed) => sealed,
+            // The thread panicked: each of its files fails this round (and is fetched again
+            // next round) instead of vanishing from the report.
+            Err(e) => indices
+                .into_iter()
+                .map(|(i, path)| {
+                    let error = ClientError::Io {
+                        what: "write",
+                        path,
+                        source: std::io::Error::other(format!("the writing thread failed: {e}")),
+                    };
+                    (i, Err(error))
+                })
+                .collect(),
+        }
     }
 }
 
@@ -416,7 +442,8 @@ type Files = Vec<(usize, Box<Ready>)>;
 
 /// Finished files waiting for their rename. A full batch is flushed on a blocking thread while
 /// the next one downloads, and renamed into place once that flush is done (invariant 1: no
-/// rename before the content is on disk), so a download never waits for the disk.
+/// rename before the content is on disk): downloads wait for the disk only when a second batch
+/// fills before the first one's flush ended.
 struct Batch {
     files: Files,
     bytes: u64,

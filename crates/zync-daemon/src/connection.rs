@@ -794,9 +794,6 @@ fn indexed_file(
     Ok(opened)
 }
 
-/// Opens `rel` for GET_FILE ([`indexed_file`]) and reads its first chunk from `offset` (all of
-/// a small file) within the batch's `budget`, as the frame of request `id` (header included;
-/// empty past the budget). Blocking: runs off the reactor.
 /// One GET_FILE of a batch, located: the dir's name, the path in it, and where to start.
 struct Get {
     dir: String,
@@ -804,6 +801,10 @@ struct Get {
     offset: u64,
 }
 
+/// Opens `rel` for GET_FILE ([`indexed_file`]) and reads its first chunk from `offset` (all of
+/// a small file) within the batch's `budget`, as the frame of request `id` (header included;
+/// empty past the budget). `checked` is the batch's: each directory's parents are checked
+/// once. Blocking: runs off the reactor.
 fn open_for_get(
     id: u64,
     index: &Index,

@@ -34,10 +34,10 @@ const SCAN_BATCH: usize = 1000;
 /// Without a working watcher, every root is rescanned this often.
 const POLL_RESCAN: Duration = Duration::from_secs(10);
 /// A file modified less than this long before it was hashed may be written again within the
-/// same mtime tick; it is hashed once more this long later ("racy git"). For an mtime with a
-/// sub-second part (a file system with fine timestamps), [`RACY_FINE`] is the window instead
-/// (see `entry::racy_window`).
+/// same mtime tick; it is hashed once more this long later ("racy git").
 const RACY: Duration = Duration::from_secs(2);
+/// The window instead for an mtime with a sub-second part on a local file system (see
+/// `entry::racy_window`); such a file is still hashed again [`RACY`] later.
 const RACY_FINE: Duration = Duration::from_millis(100);
 
 /// Paths the daemon writes itself (its database, token file and staging area): never indexed,
@@ -739,9 +739,13 @@ mod tests {
 
     #[test]
     fn a_file_with_a_fine_mtime_is_rechecked_only_within_its_tick() {
-        assert_eq!(entry::racy_window(1_650_000_000_000_000_000), RACY);
-        assert_eq!(entry::racy_window(1_650_000_000_123_456_789), RACY_FINE);
         let dir = tempfile::tempdir().unwrap();
+        let here = dir.path();
+        assert_eq!(entry::racy_window(here, 1_650_000_000_000_000_000), RACY);
+        assert_eq!(
+            entry::racy_window(here, 1_650_000_000_123_456_789),
+            RACY_FINE
+        );
         let path = dir.path().join("saved-a-moment-ago");
         std::fs::write(&path, "aaaa").unwrap();
         // Most of a second old, with a sub-second part: past the tick of a fine file system,

@@ -30,6 +30,7 @@ pub const WRITEBACK_WINDOW: u64 = 8 << 20;
 /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): a hint that spreads a big file's writeback over
 /// its download. It promises nothing about durability, so a failure is ignored; the fsync
 /// before the rename is what counts.
+#[cfg(target_os = "linux")]
 fn start_writeback(file: &std::fs::File, from: u64, to: u64) {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else {
@@ -41,6 +42,9 @@ fn start_writeback(file: &std::fs::File, from: u64, to: u64) {
     }
 }
 
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File, _from: u64, _to: u64) {}
+
 /// A file being written next to its destination. Nothing is visible at the destination until
 /// [`AtomicFile::commit`]; dropping an uncommitted `AtomicFile` removes its temp file.
 pub struct AtomicFile {
@@ -50,6 +54,8 @@ pub struct AtomicFile {
     temp: tempfile::NamedTempFile,
     hasher: Hasher,
     written: u64,
+    /// A write failed: the hash may cover bytes that are not in the file, so it is never sealed.
+    broken: bool,
 }
 
 impl std::fmt::Debug for AtomicFile {
@@ -100,10 +106,12 @@ impl AtomicFile {
             temp,
             hasher: Hasher::new(),
             written: 0,
+            broken: false,
         })
     }
 
-    /// Appends `data`, hashing it on the way. A large piece is hashed on a second thread while
+    /// Appends `data`, hashing it on the way. After a failed write the file can only be dropped
+    /// (sealing it fails). A large piece is hashed on a second thread while
     /// it is copied into the page cache (the two cost about the same), and every
     /// [`WRITEBACK_WINDOW`] written starts the kernel writing that window to disk, so that the
     /// flush before the rename finds little left to do.
@@ -116,6 +124,7 @@ impl AtomicFile {
             temp,
             hasher,
             written,
+            broken,
             ..
         } = self;
         let file = temp.as_file_mut();
@@ -129,7 +138,10 @@ impl AtomicFile {
             hasher.update(data);
             put(file)
         };
-        wrote.map_err(|e| FsError::io("write temp file", temp.path(), e))?;
+        if let Err(e) = wrote {
+            *broken = true;
+            return Err(FsError::io("write temp file", temp.path(), e));
+        }
         let before = *written;
         *written += data.len() as u64;
         let (done, was) = (
@@ -218,6 +230,7 @@ impl AtomicFile {
             temp,
             hasher,
             written,
+            broken: false,
         }))
     }
 
@@ -287,8 +300,19 @@ impl AtomicFile {
         mtime_ns: i64,
     ) -> Result<tempfile::NamedTempFile, FsError> {
         let AtomicFile {
-            dest, temp, hasher, ..
+            dest,
+            temp,
+            hasher,
+            broken,
+            ..
         } = self;
+        if broken {
+            return Err(FsError::io(
+                "seal",
+                temp.path(),
+                std::io::Error::other("an earlier write to it failed"),
+            ));
+        }
         let actual = hasher.finish();
         if !actual.eq_ignore_ascii_case(expected_sha256) {
             return Err(FsError::HashMismatch {

@@ -72,15 +72,52 @@ fn kind_of(kind: EntryKind) -> Kind {
 
 /// How long after its mtime a file may still be written without its mtime moving: the
 /// timestamp granularity of its file system, judged from the mtime itself. One with a
-/// sub-second part comes from a file system that keeps fine timestamps (Linux ones tick every
-/// few milliseconds at most): [`RACY_FINE`]. A whole-second mtime may come from a coarse one
-/// (FAT keeps two seconds): [`RACY`]. Without this, every file saved in the two seconds before
-/// a scan was hashed twice, a big one costing a second of CPU again.
-pub(super) fn racy_window(mtime_ns: i64) -> std::time::Duration {
-    if mtime_ns.rem_euclid(1_000_000_000) == 0 {
+/// sub-second part, on a local file system, comes from one that keeps fine timestamps (Linux
+/// ones tick every few milliseconds at most): [`RACY_FINE`]. A whole-second mtime may come from
+/// a coarse one (FAT keeps two seconds), and on a network file system the mtime comes from
+/// another machine's clock, which may be behind this one: [`RACY`]. Without this, every file
+/// saved in the two seconds before a scan was hashed twice, a big one costing seconds of CPU.
+pub(super) fn racy_window(root: &Path, mtime_ns: i64) -> std::time::Duration {
+    if mtime_ns.rem_euclid(1_000_000_000) == 0 || !local_clock(root) {
         RACY
     } else {
         RACY_FINE
+    }
+}
+
+/// Whether files under `root` get their timestamps from this machine's clock: false on the
+/// network and FUSE file systems Linux names in `statfs` (and when it cannot tell).
+fn local_clock(root: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        // NFS, SMB, CIFS, SMB2, FUSE (sshfs and the like), Ceph, 9P, AFS, Coda.
+        const REMOTE: [u32; 9] = [
+            0x6969,
+            0x517B,
+            0xFF53_4D42,
+            0xFE53_4D42,
+            0x6573_5546,
+            0x00C3_6400,
+            0x0102_1997,
+            0x5346_414F,
+            0x7375_7245,
+        ];
+        let Ok(path) = std::ffi::CString::new(root.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: a valid C string and a zeroed out-parameter the call fills in.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statfs(path.as_ptr(), &mut fs) } != 0 {
+            return false;
+        }
+        // f_type's width differs between targets; the magic numbers fit in 32 bits.
+        !REMOTE.contains(&(fs.f_type as u32))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = root;
+        false
     }
 }
 
@@ -99,8 +136,11 @@ pub(super) fn describe(
         .map_or(i64::MAX, |d| {
             i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
         });
+    let age = now_ns.saturating_sub(meta.mtime_ns);
+    // The cheap test first: most files are older than any window.
     let racy = meta.kind == EntryKind::File
-        && now_ns.saturating_sub(meta.mtime_ns) < racy_window(meta.mtime_ns).as_nanos() as i64;
+        && age < RACY.as_nanos() as i64
+        && age < racy_window(root, meta.mtime_ns).as_nanos() as i64;
     let sha256 = if meta.kind == EntryKind::File {
         let path = rel.to_path(root);
         hashed.fetch_add(1, Ordering::Relaxed);
