@@ -120,17 +120,18 @@ impl<'a> Pipeline<'a> {
         self.queue.is_empty() && self.inflight.is_empty()
     }
 
-    /// Sends queued requests while the window has room, once it has drained to half: requests
-    /// go out in bursts, so the daemon wakes once for hundreds of small files instead of once
-    /// for each (a reply opening room for one more request would otherwise send one at a time).
+    /// Sends queued requests while the window has room, once an eighth of it is free:
+    /// requests go out in bursts of dozens, so the daemon wakes once for many small files
+    /// instead of once for each (a reply opening room for one more request would otherwise
+    /// send one at a time), while the window stays nearly full for a tunnel with latency.
     ///
     /// # Errors
     /// A transport failure.
     pub async fn fill(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
-        let drained = self.inflight.len() <= MAX_REQUESTS / 2
-            && self.request_bytes <= MAX_REQUEST_BYTES / 2
-            && self.content_bytes <= MAX_CONTENT_BYTES / 2;
-        if !drained {
+        let room = self.inflight.len() <= MAX_REQUESTS - MAX_REQUESTS / 8
+            && self.request_bytes <= MAX_REQUEST_BYTES - MAX_REQUEST_BYTES / 8
+            && self.content_bytes <= MAX_CONTENT_BYTES - MAX_CONTENT_BYTES / 8;
+        if !room {
             return Ok(());
         }
         let mut sent = false;
