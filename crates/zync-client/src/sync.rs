@@ -277,12 +277,8 @@ async fn apply_page(
                 Err(e) => results[i] = Some(Err(e)),
             },
             Ok(Some(Finished::Whole(i, pending, header, data))) => {
-                for (i, sealed) in writer.push(i, pending, header, data).await {
-                    match sealed {
-                        Ok(ready) => batch.add(i, ready),
-                        Err(e) => results[i] = Some(Err(e)),
-                    }
-                }
+                let sealed = writer.push(i, pending, header, data).await;
+                batch.add_sealed(sealed, &mut results);
             }
             Ok(Some(Finished::Delta(i, pending, header, spool))) => {
                 match applier.rebuild(pending, &header, spool) {
@@ -315,12 +311,7 @@ async fn apply_page(
         }
     }
     // Small files that arrived whole are complete even when the connection was lost.
-    for (i, sealed) in writer.drain().await {
-        match sealed {
-            Ok(ready) => batch.add(i, ready),
-            Err(e) => results[i] = Some(Err(e)),
-        }
-    }
+    batch.add_sealed(writer.drain().await, &mut results);
     batch.drain(&mut applier, &mut results).await?;
     applier.finish()?;
     Ok(PageOutcome {
@@ -464,6 +455,17 @@ impl Batch {
     fn add(&mut self, index: usize, ready: Box<Ready>) {
         self.bytes += ready.size();
         self.files.push((index, ready));
+    }
+
+    /// Adds what a group of whole files became: sealed files join the batch, failures are
+    /// results already.
+    fn add_sealed(&mut self, sealed: Sealed, results: &mut [Option<Result<Record, ClientError>>]) {
+        for (i, sealed) in sealed {
+            match sealed {
+                Ok(ready) => self.add(i, ready),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
     }
 
     fn is_full(&self) -> bool {

@@ -24,7 +24,7 @@ const PARALLEL_HASH_MIN: usize = 256 << 10;
 /// allocating large folios for them.
 const WRITE_PIECE: usize = 256 << 10;
 /// How much of a file is written before the kernel is asked to start putting it on disk.
-pub const WRITEBACK_WINDOW: u64 = 8 << 20;
+const WRITEBACK_WINDOW: u64 = 8 << 20;
 
 /// Asks the kernel to start writing `from..to` of `file` to disk without waiting for it
 /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): a hint that spreads a big file's writeback over
