@@ -45,6 +45,28 @@ impl Peer {
         Peer { ws, next_id: 100 }
     }
 
+    /// Connects with the daemon's token on a socket with small kernel buffers: what the
+    /// daemon does not read stays in the client's send call.
+    async fn connect_small_buffers(daemon: &Daemon) -> Peer {
+        let token = std::fs::read_to_string(&daemon.token_file).unwrap();
+        let mut request = daemon.url().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", token.trim()).parse().unwrap(),
+        );
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_send_buffer_size(16 << 10).unwrap();
+        socket.set_recv_buffer_size(16 << 10).unwrap();
+        let stream = socket
+            .connect(format!("127.0.0.1:{}", daemon.port).parse().unwrap())
+            .await
+            .unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("connect with the daemon's token");
+        Peer { ws, next_id: 100 }
+    }
+
     /// Connects and completes HELLO.
     async fn hello(daemon: &Daemon) -> Peer {
         let mut peer = Peer::connect(daemon).await;
@@ -409,6 +431,63 @@ async fn bad_input_gets_an_error_and_the_same_connection_keeps_working() {
     // After all that, real work still works on this connection.
     let (_, data) = peer.get_file("a.txt").await;
     assert_eq!(data, b"hello\n");
+    peer.ping_ok().await;
+}
+
+/// The daemon reads requests while it answers, as HELLO's `pipelining` says: a client may send
+/// a window's worth of requests before it reads one answer, even when the answers are far more
+/// than the socket buffers hold (a daemon that read only between answers would block on its
+/// send while the client blocks on its own), and the answers come complete and in order.
+#[tokio::test]
+async fn a_client_may_send_a_whole_window_of_requests_before_reading_an_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    let content = pseudo_random(256 << 10, 11);
+    write(&e.join("quarter.bin"), &content);
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let daemon = Daemon::start(&state, &[("code", &e)]);
+    daemon.wait_scanned();
+    let mut peer = Peer::connect_small_buffers(&daemon).await;
+    let hello = peer
+        .ok(json!({"operation": "HELLO", "protocol_version": 1, "client_id": "window-test"}))
+        .await;
+    let window = &hello["pipelining"];
+    let (requests, bytes) = (window["requests"].as_u64(), window["bytes"].as_u64());
+    assert!(
+        requests.is_some_and(|r| r >= 64) && bytes.is_some_and(|b| b >= 4 << 20),
+        "HELLO advertises no usable window: {hello}"
+    );
+    // 48 requests of 64 KiB each (unknown fields are ignored): 3 MiB of requests, answered
+    // by 12 MiB of content.
+    let pad = "p".repeat(64 << 10);
+    let mut ids = Vec::new();
+    let sending = async {
+        for _ in 0..48 {
+            let id = peer.id();
+            ids.push(id);
+            let request = json!({"id": id, "operation": "GET_FILE", "dir": "code",
+                                 "path": "quarter.bin", "pad": pad});
+            peer.send_json(&request).await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, sending)
+        .await
+        .expect("the requests did not get through: the daemon stopped reading while it answered");
+    let expected = sha256(&content);
+    for id in ids {
+        let header = peer.recv_text().await;
+        assert_eq!(header["id"], json!(id), "answers out of order: {header}");
+        assert_eq!(header["sha256"], json!(expected), "{header}");
+        let mut data = Vec::new();
+        while data.len() < content.len() {
+            match peer.recv().await {
+                Frame::Binary(frame) => data.extend_from_slice(&frame[8..]),
+                other => panic!("expected content of request {id}, got {other:?}"),
+            }
+        }
+        assert_eq!(sha256(&data), expected, "request {id}: wrong content");
+    }
     peer.ping_ok().await;
 }
 

@@ -117,6 +117,7 @@ impl Connection {
                 dirs: Vec::new(),
                 scanning: false,
                 server_version: String::new(),
+                pipelining: None,
             },
         };
         let hello = Op::Hello(Hello {

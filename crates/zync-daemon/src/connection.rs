@@ -6,7 +6,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -19,6 +20,7 @@ use zync_proto::{
     GetFile, HelloReply, LastSequence, OkResponse, Op, Reply, Request, ServerMessage,
 };
 
+use crate::inbox::Inbox;
 use crate::indexer::Status;
 use crate::server::{ServedRoot, Shared};
 use crate::upstream::{Discard, OpenSession};
@@ -114,7 +116,10 @@ const READ_AHEAD_BYTES: usize = 8 << 20;
 
 /// A connection after the WebSocket upgrade.
 pub struct Connection {
-    pub(crate) ws: Ws,
+    /// Where frames to the client go.
+    pub(crate) ws: SplitSink<Ws, Message>,
+    /// Frames from the client, read ahead by a task of their own.
+    pub(crate) inbox: Inbox,
     pub(crate) shared: Arc<Shared>,
     db: Option<Arc<Mutex<Index>>>,
     pub(crate) client_id: Option<String>,
@@ -131,8 +136,10 @@ impl Connection {
     /// Wraps an accepted WebSocket.
     pub fn new(ws: Ws, shared: Arc<Shared>) -> Connection {
         let sent = *shared.status.borrow();
+        let (ws, stream) = ws.split();
         Connection {
             ws,
+            inbox: Inbox::start(stream),
             shared,
             db: None,
             client_id: None,
@@ -165,7 +172,7 @@ impl Connection {
                 continue;
             }
             tokio::select! {
-                message = self.ws.next() => {
+                message = self.inbox.next() => {
                     let message = match message {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => {
@@ -204,10 +211,10 @@ impl Connection {
             reason.pop();
         }
         self.ws
-            .close(Some(CloseFrame {
+            .send(Message::Close(Some(CloseFrame {
                 code,
                 reason: reason.into(),
-            }))
+            })))
             .await
             .map_err(|_| ())
     }
@@ -402,6 +409,10 @@ impl Connection {
                         .collect(),
                     scanning: status.scanning,
                     server_version: env!("CARGO_PKG_VERSION").to_string(),
+                    pipelining: Some(zync_proto::Pipelining {
+                        requests: crate::inbox::MAX_PIPELINED_REQUESTS,
+                        bytes: crate::inbox::MAX_PIPELINED_BYTES,
+                    }),
                 }))
             }
             Op::Ping {} => Ok(Reply::Ping {}),
@@ -542,8 +553,12 @@ impl Connection {
     /// that one trip off the reactor serves many small files. Anything else read on the way is
     /// kept for [`Connection::serve`] to handle next, in order.
     fn read_ahead_files(&mut self, batch: &mut Vec<(u64, GetFile)>) {
+        // A request kept for later comes before anything still unread.
+        if !self.backlog.is_empty() {
+            return;
+        }
         while batch.len() < READ_AHEAD_FILES {
-            let message = match self.ws.next().now_or_never() {
+            let message = match self.inbox.try_next() {
                 None => return,
                 Some(Some(Ok(message))) => message,
                 // The stream ended or failed: let the normal path see that after the batch.
@@ -567,37 +582,77 @@ impl Connection {
         }
     }
 
-    /// Answers a batch of GET_FILE requests in order: each file's header, then its bytes in
-    /// chunks. A file must still be what the index says (size and mtime), else `stale`: a newer
-    /// change is on its way. Returns false when the connection failed.
+    /// Answers GET_FILE requests in order, batch after batch while the client keeps sending
+    /// them: each file's header, then its bytes in chunks. The next batch is opened and read
+    /// off the reactor while this one is sent. A file must still be what the index says (size
+    /// and mtime), else `stale`: a newer change is on its way. Returns false when the
+    /// connection failed.
     async fn get_files(&mut self, batch: Vec<(u64, GetFile)>) -> bool {
+        let mut next = Some(self.open_files(batch).await);
+        while let Some(opening) = next.take() {
+            let opened = opening.finish().await;
+            let mut more = Vec::new();
+            self.read_ahead_files(&mut more);
+            if !more.is_empty() {
+                next = Some(self.open_files(more).await);
+            }
+            if !self.send_opened(opened).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Starts opening a batch of GET_FILEs off the reactor: one trip for the lookups, the
+    /// checks and the first chunk of each file (all of a small file), within a memory budget.
+    async fn open_files(&mut self, batch: Vec<(u64, GetFile)>) -> Opening {
         let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
         let mut wanted = Vec::with_capacity(batch.len());
         for (id, get) in batch {
             wanted.push((id, self.locate(get)));
         }
-        // One trip off the reactor for the lookups, the checks and the first chunk of each file
-        // (all of a small file), within a memory budget.
-        let opened = self
-            .query(move |index| {
-                let mut budget = READ_AHEAD_BYTES;
-                // Each directory's parents are checked once for the batch.
-                let mut checked = zync_fs::CheckedDirs::default();
-                Ok(wanted
-                    .into_iter()
-                    .map(|(id, located)| {
-                        let opened = located.and_then(|(root, dir, rel, offset)| {
-                            let file = Get { dir, rel, offset };
-                            open_for_get(id, index, &root, file, &mut budget, &mut checked)
-                        });
-                        (id, opened)
-                    })
-                    .collect::<Vec<_>>())
-            })
-            .await;
-        let opened = match opened {
-            Ok(opened) => opened,
-            Err(refusal) => {
+        let db = match self.index().await {
+            Ok(db) => db,
+            Err(refusal) => return Opening::Refused(ids, refusal),
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let index = db
+                .lock()
+                .map_err(|_| Refusal::new(ErrorCode::Internal, "index lock poisoned"))?;
+            let mut budget = READ_AHEAD_BYTES;
+            // Each directory's parents are checked once for the batch.
+            let mut checked = zync_fs::CheckedDirs::default();
+            Ok(wanted
+                .into_iter()
+                .map(|(id, located)| {
+                    let opened = located.and_then(|(root, dir, rel, offset)| {
+                        let file = Get { dir, rel, offset };
+                        open_for_get(id, &index, &root, file, &mut budget, &mut checked)
+                    });
+                    (id, opened)
+                })
+                .collect())
+        });
+        Opening::Running(ids, task)
+    }
+
+    /// Sends a batch that was opened: each file, or its refusal. Flushed at the end.
+    async fn send_opened(&mut self, opened: (Vec<u64>, Result<Vec<OpenedFile>, Refusal>)) -> bool {
+        match opened {
+            (_, Ok(opened)) => {
+                for (id, result) in opened {
+                    let alive = match result {
+                        Ok((file, header, first)) => {
+                            self.stream_file(id, file, header, first).await
+                        }
+                        Err(refusal) => self.feed_error(Some(id), refusal).await,
+                    };
+                    if !alive {
+                        return false;
+                    }
+                }
+            }
+            (ids, Err(refusal)) => {
                 // The index failed: every request of the batch gets the same answer.
                 for id in ids {
                     let again = Refusal::new(refusal.code, refusal.message.clone());
@@ -605,16 +660,6 @@ impl Connection {
                         return false;
                     }
                 }
-                return self.ws.flush().await.is_ok();
-            }
-        };
-        for (id, result) in opened {
-            let alive = match result {
-                Ok((file, header, first)) => self.stream_file(id, file, header, first).await,
-                Err(refusal) => self.feed_error(Some(id), refusal).await,
-            };
-            if !alive {
-                return false;
             }
         }
         self.ws.flush().await.is_ok()
@@ -710,24 +755,27 @@ impl Connection {
         true
     }
 
+    /// This connection's own read connection to the index, opened on first use.
+    async fn index(&mut self) -> Result<Arc<Mutex<Index>>, Refusal> {
+        if let Some(db) = &self.db {
+            return Ok(db.clone());
+        }
+        let path = self.shared.db_path.clone();
+        let index = tokio::task::spawn_blocking(move || Index::open(&path))
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))??;
+        let db = Arc::new(Mutex::new(index));
+        self.db = Some(db.clone());
+        Ok(db)
+    }
+
     /// Runs a query on this connection's own read connection, off the reactor.
     pub(crate) async fn query<T, F>(&mut self, f: F) -> Result<T, Refusal>
     where
         T: Send + 'static,
         F: FnOnce(&Index) -> Result<T, zync_db::DbError> + Send + 'static,
     {
-        let db = match &self.db {
-            Some(db) => db.clone(),
-            None => {
-                let path = self.shared.db_path.clone();
-                let index = tokio::task::spawn_blocking(move || Index::open(&path))
-                    .await
-                    .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))??;
-                let db = Arc::new(Mutex::new(index));
-                self.db = Some(db.clone());
-                db
-            }
-        };
+        let db = self.index().await?;
         tokio::task::spawn_blocking(move || {
             let index = db
                 .lock()
@@ -792,6 +840,35 @@ fn indexed_file(
     };
     opened.check_unchanged()?;
     Ok(opened)
+}
+
+/// A GET_FILE opened for sending: the file, its header, and its first chunk as a frame.
+type OpenedFile = (u64, Result<(std::fs::File, FileHeader, Vec<u8>), Refusal>);
+
+/// A batch of GET_FILEs being opened off the reactor, with the request ids it answers.
+enum Opening {
+    Running(
+        Vec<u64>,
+        tokio::task::JoinHandle<Result<Vec<OpenedFile>, Refusal>>,
+    ),
+    /// The index could not be opened: each request gets this answer.
+    Refused(Vec<u64>, Refusal),
+}
+
+impl Opening {
+    /// Waits for the batch: the request ids, and each file opened or refused.
+    async fn finish(self) -> (Vec<u64>, Result<Vec<OpenedFile>, Refusal>) {
+        match self {
+            Opening::Running(ids, task) => {
+                let opened = task
+                    .await
+                    .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))
+                    .and_then(|opened| opened);
+                (ids, opened)
+            }
+            Opening::Refused(ids, refusal) => (ids, Err(refusal)),
+        }
+    }
 }
 
 /// One GET_FILE of a batch, located: the dir's name, the path in it, and where to start.

@@ -8,6 +8,7 @@
 mod cli;
 mod connection;
 mod delta;
+mod inbox;
 mod indexer;
 mod server;
 mod token;

@@ -6,7 +6,6 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 use zync_db::{Action, FileState, OnE, SessionStatus, StagedFile};
 use zync_fs::{EntryKind, RelPath, Stat};
@@ -216,7 +215,7 @@ impl Connection {
         let mut got = 0u64;
         let mut failure = None;
         while got < frames {
-            let frame = match self.ws.next().await {
+            let frame = match self.inbox.next().await {
                 Some(Ok(Message::Binary(data))) => data,
                 // Control frames are answered by the WebSocket layer and carry no content.
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,

@@ -13,8 +13,8 @@ mod request;
 pub use chunk::{chunk_frame, decode_chunk, encode_chunk, ChunkError};
 pub use message::{
     AckReply, Change, ChangesReply, DeltaHeader, ErrorCode, ErrorResponse, Event, FileHeader,
-    FinalizeReply, HelloReply, Kind, LastSequence, OkResponse, Reply, ServerMessage, SessionReply,
-    UpstreamFileReply,
+    FinalizeReply, HelloReply, Kind, LastSequence, OkResponse, Pipelining, Reply, ServerMessage,
+    SessionReply, UpstreamFileReply,
 };
 pub use request::{
     AckChanges, FinalizeUpstream, GetChanges, GetDelta, GetFile, Hello, Op, ParseError,

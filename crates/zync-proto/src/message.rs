@@ -113,6 +113,20 @@ pub struct HelloReply {
     pub scanning: bool,
     /// The daemon program's version, for logs.
     pub server_version: String,
+    /// How many requests the daemon lets a client keep unanswered, because it reads requests
+    /// while it answers earlier ones. Absent from older daemons, which read the next request
+    /// only after answering the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipelining: Option<Pipelining>,
+}
+
+/// The window a daemon that reads ahead grants each connection (HELLO's `pipelining`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pipelining {
+    /// Requests sent and not yet answered, at most.
+    pub requests: u32,
+    /// Bytes of those requests' frames (and of upload content not yet answered), at most.
+    pub bytes: u64,
 }
 
 /// Sequence numbers and scan state.
@@ -342,6 +356,21 @@ mod tests {
                 dirs: vec!["a".into()],
                 scanning: true,
                 server_version: "0.1.0".into(),
+                pipelining: None,
+            }),
+        }));
+        round_trip(ServerMessage::Ok(OkResponse {
+            id: 2,
+            reply: Reply::Hello(HelloReply {
+                protocol_version: 1,
+                index_id: "i".into(),
+                dirs: vec![],
+                scanning: false,
+                server_version: "0.1.0".into(),
+                pipelining: Some(Pipelining {
+                    requests: 8192,
+                    bytes: 8 << 20,
+                }),
             }),
         }));
         round_trip(ServerMessage::Ok(OkResponse {
