@@ -105,6 +105,20 @@ impl ClientState {
         ClientState::from_conn(conn::open_memory(&CLIENT, Synchronous::Full)?)
     }
 
+    /// A second connection to the same database file, to write on another thread while this
+    /// one reads (WAL keeps each reader's snapshot consistent).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::DbError::InMemory`] for a state opened with [`ClientState::open_in_memory`];
+    /// otherwise as [`ClientState::open`].
+    pub fn open_another(&self) -> Result<ClientState> {
+        match self.conn.path() {
+            Some(path) if !path.is_empty() => ClientState::open(Path::new(path)),
+            _ => Err(crate::DbError::InMemory),
+        }
+    }
+
     fn from_conn(conn: Connection) -> Result<ClientState> {
         let client_id = migrate::database_id(&conn, "client_id")?;
         Ok(ClientState { conn, client_id })
@@ -505,6 +519,24 @@ mod tests {
             .into_iter()
             .map(|(path, _)| path)
             .collect()
+    }
+
+    #[test]
+    fn a_second_connection_writes_what_the_first_reads_and_memory_has_none() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let first = ClientState::open(&tmp.path().join("client.db")).expect("open");
+        let mut second = first.open_another().expect("second connection");
+        assert_eq!(second.client_id(), first.client_id());
+        // A reader's snapshot stays what it was while the other connection commits.
+        let snapshot = first.read_snapshot().expect("snapshot");
+        set(&mut second, "d", &[("a", file(&"1".repeat(64), 1))]);
+        drop(snapshot);
+        assert_eq!(synced_paths(&first, "d"), vec!["a".to_string()]);
+        let memory = ClientState::open_in_memory().expect("memory");
+        assert!(matches!(
+            memory.open_another(),
+            Err(crate::DbError::InMemory)
+        ));
     }
 
     #[test]

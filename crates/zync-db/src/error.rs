@@ -128,6 +128,13 @@ pub enum DbError {
         /// The name at fault.
         name: String,
     },
+
+    /// A second connection was asked of a database that has no file (it lives in memory).
+    #[error(
+        "this database lives in memory only, so a second connection cannot share it; give \
+         zync a database file"
+    )]
+    InMemory,
 }
 
 /// This crate's result type.
@@ -146,7 +153,8 @@ impl DbError {
             | DbError::TooOld { .. }
             | DbError::NoSuchSession { .. }
             | DbError::NoSuchStagedFile { .. }
-            | DbError::InvalidName { .. } => return true,
+            | DbError::InvalidName { .. }
+            | DbError::InMemory => return true,
         };
         !matches!(
             source.sqlite_error_code(),
