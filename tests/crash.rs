@@ -371,6 +371,159 @@ fn client_kills(no_copies: bool) {
     );
 }
 
+/// How many changes one GET_CHANGES page holds at most (`zync_proto::MAX_CHANGES_LIMIT`).
+fn zync_page_size() -> u64 {
+    5000
+}
+
+/// How many regular files under `dir` are not zync's temp files (names only, no hashing: it
+/// is polled while a sync runs).
+fn installed(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => installed(&entry.path()),
+            Ok(t) if t.is_file() => usize::from(!is_temp(&entry.file_name().to_string_lossy())),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The sequence the client stored for `dir`, read beside the running client (WAL).
+fn stored_sequence(client_db: &Path, dir: &str) -> u64 {
+    if !client_db.exists() {
+        return 0;
+    }
+    let db = rusqlite::Connection::open_with_flags(
+        client_db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.query_row("SELECT last_seq FROM dirs WHERE dir = ?1", [dir], |row| {
+        row.get::<_, i64>(0)
+    })
+    .map_or(0, |s| s as u64)
+}
+
+/// The files the daemon's index holds for `dir` up to sequence `upto`: path and sha256.
+fn indexed_files_upto(daemon_db: &Path, dir: &str, upto: u64) -> Vec<(String, String)> {
+    let db = rusqlite::Connection::open_with_flags(
+        daemon_db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut stmt = db
+        .prepare(
+            "SELECT path, sha256 FROM entries
+             WHERE dir = ?1 AND kind = 'file' AND deleted = 0 AND seq <= ?2",
+        )
+        .unwrap();
+    stmt.query_map((dir, upto as i64), |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Invariant 2 across pages: a sync of more changes than one GET_CHANGES page holds downloads
+/// the next page while the last one is installed. Killed at random moments, the client must
+/// never have stored a sequence past a change that is not on R: every file the index numbers
+/// at or below the stored sequence is on R with E's content. And the runs converge with no
+/// conflict copy.
+#[test]
+fn client_killed_during_a_sync_of_many_pages_never_stores_a_sequence_past_what_r_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let top = tmp.path();
+    let (e, r) = (top.join("e"), top.join("r"));
+    // Well over two pages of changes (a page holds at most 5000).
+    const FILES: usize = 12_000;
+    for i in 0..FILES {
+        write(
+            &e.join(format!("m{:02}/f{i:05}.txt", i % 60)),
+            format!("file {i}\n{}", "y".repeat(2000 + i % 4000)),
+        );
+    }
+    let state = top.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let daemon = Daemon::start(&state, &[("code", &e)]);
+    daemon.wait_scanned();
+    let client = ClientSpec::new(&top.join("client"), &daemon, &[("code", &r)]);
+    let expected: HashMap<String, String> = files(&e).into_iter().collect();
+    let mut rng = Rng::new(0x9a6e_5eed);
+    let mut stored_before = 0;
+    let mut held_before = 0;
+    let mut kills_mid_sync = 0;
+    let mut past_a_page = false;
+    for k in 0..20 {
+        let log = top.join(format!("client-{k}.log"));
+        let mut running = client.spawn(&daemon.url(), &log);
+        // Each run is killed a moment after it got further than the one before: the kills
+        // fall all along the sync, however fast the machine.
+        wait_until("the restarted client to install more files", || {
+            assert!(
+                running.is_running(),
+                "the client exited:\n{}",
+                running.log_text()
+            );
+            installed(&r) > held_before
+        });
+        std::thread::sleep(rng.delay(0, 40));
+        running.signal_and_wait(libc::SIGKILL);
+        let stored = stored_sequence(&client.db, "code");
+        assert!(
+            stored >= stored_before,
+            "kill {k}: the stored sequence went back from {stored_before} to {stored}"
+        );
+        stored_before = stored;
+        let held: BTreeMap<String, String> = files(&r)
+            .into_iter()
+            .filter(|(p, _)| !is_temp(p.rsplit('/').next().unwrap_or(p)))
+            .collect();
+        for (path, sha) in indexed_files_upto(&daemon.db, "code", stored) {
+            assert_eq!(
+                held.get(&path),
+                Some(&sha),
+                "kill {k}: the client stored sequence {stored}, but R does not hold E's {path} \
+                 that the index numbers at or below it"
+            );
+        }
+        for (path, sha) in &held {
+            assert_eq!(
+                expected.get(path),
+                Some(sha),
+                "kill {k}: R's {path} is not E's"
+            );
+        }
+        eprintln!(
+            "kill {k}: R has {} of {FILES} files, stored sequence {stored}",
+            held.len()
+        );
+        held_before = held.len();
+        if held.len() == FILES {
+            break;
+        }
+        kills_mid_sync += 1;
+        past_a_page |= stored > zync_page_size();
+    }
+    assert!(
+        kills_mid_sync >= 3 && past_a_page,
+        "{kills_mid_sync} kills fell inside the sync, past_a_page {past_a_page}: the sync was \
+         not cut where pages meet"
+    );
+    let _last = client.spawn(&daemon.url(), &top.join("client-last.log"));
+    wait_converged(&e, &r, "after the last restart");
+    let copies: Vec<String> = files(&r)
+        .into_keys()
+        .filter(|p| is_copy(p.rsplit('/').next().unwrap_or(p)))
+        .collect();
+    assert!(
+        copies.is_empty(),
+        "R edited nothing, yet it has conflict copies: {copies:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // b. The daemon, killed while files change on E.
 

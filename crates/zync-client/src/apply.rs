@@ -11,6 +11,7 @@ use zync_fs::{AtomicFile, EntryKind, Meta, RelPath, Sealed, Stat};
 use zync_proto::{Change, DeltaHeader, FileHeader};
 
 use crate::error::ClientError;
+use crate::install::{Installer, Place};
 use crate::sync::Mapping;
 
 /// What the client database must remember after a change was applied.
@@ -189,6 +190,7 @@ impl Pending {
             rel,
             before,
             record,
+            partial,
             ..
         } = *self;
         Box::new(Ready {
@@ -197,6 +199,7 @@ impl Pending {
             record,
             sealed,
             downloaded,
+            partial,
         })
     }
 
@@ -224,12 +227,15 @@ impl Pending {
 
 /// A complete, verified file waiting for its rename (after its batch was made durable).
 pub struct Ready {
-    rel: RelPath,
-    before: Stat,
-    record: Synced,
-    sealed: Sealed,
-    /// Bytes that came over the network (0 for a local copy).
-    downloaded: Option<u64>,
+    pub(crate) rel: RelPath,
+    /// What stood at the path when the change was planned.
+    pub(crate) before: Stat,
+    pub(crate) record: Synced,
+    pub(crate) sealed: Sealed,
+    /// Bytes that came over the network (`None` for a local copy).
+    pub(crate) downloaded: Option<u64>,
+    /// A partial download of this content may lie beside it: removed once it is in place.
+    pub(crate) partial: bool,
 }
 
 impl Ready {
@@ -255,27 +261,13 @@ impl Ready {
 /// Files at least this big that R has an older version of are fetched as a delta.
 const DELTA_MIN_SIZE: u64 = 256 << 10;
 
-/// Applies the changes of one page to one root.
+/// Applies the changes of one sync to one root, page after page.
 pub struct Applier<'a> {
     root: &'a Path,
     dir: &'a str,
     own: &'a [PathBuf],
-    state: &'a ClientState,
-    stamp: String,
-    /// Directories whose entries changed: fsynced once before the page is committed.
-    touched: BTreeSet<PathBuf>,
-    /// Conflict copies made, as paths relative to the root.
-    pub conflicts: Vec<String>,
-    /// Files downloaded.
-    pub downloaded: usize,
-    /// Bytes downloaded.
-    pub bytes: u64,
-    /// Files whose content was copied from another file on R instead of downloaded.
-    pub copied: usize,
-    /// For each directory of this page: whether it may hold partial downloads.
-    partial_dirs: HashMap<PathBuf, bool>,
-    /// Directories checked for symlinks during the current batch of renames.
-    checked: zync_fs::CheckedDirs,
+    /// What planning changed on R: touched directories, conflict copies.
+    place: Place,
     /// Contents this page needs: a deleted file with one of them is set aside, not removed.
     wanted: HashSet<String>,
     /// Deleted files set aside by content, as sources for copies (renames on E).
@@ -285,21 +277,14 @@ pub struct Applier<'a> {
 }
 
 impl<'a> Applier<'a> {
-    /// An applier for one mapping, reading synced state from `state`.
-    pub fn new(mapping: &'a Mapping, state: &'a ClientState) -> Applier<'a> {
+    /// An applier for one mapping; planning reads the synced state from the database it is
+    /// given.
+    pub fn new(mapping: &'a Mapping) -> Applier<'a> {
         Applier {
             root: &mapping.root,
             dir: mapping.name.as_str(),
             own: &mapping.own,
-            state,
-            stamp: chrono::Local::now().format("%Y%m%dT%H%M%S").to_string(),
-            touched: BTreeSet::new(),
-            conflicts: Vec::new(),
-            downloaded: 0,
-            bytes: 0,
-            copied: 0,
-            partial_dirs: HashMap::new(),
-            checked: zync_fs::CheckedDirs::default(),
+            place: Place::new(&mapping.root, mapping.name.as_str()),
             wanted: HashSet::new(),
             stash: HashMap::new(),
             dirs_seen: HashSet::new(),
@@ -313,33 +298,30 @@ impl<'a> Applier<'a> {
         self.wanted = shas;
     }
 
-    /// The synced directory.
-    pub fn root(&self) -> &Path {
-        self.root
+    /// Where the files go, for the installer: the same root and conflict-copy stamp.
+    pub fn installer(&self) -> Installer {
+        Installer::new(self.place.sibling())
     }
 
-    /// Makes every rename and removal of this page durable (DESIGN invariant 2: the page's
-    /// sequence is committed only after this).
-    ///
-    /// # Errors
-    /// When a directory cannot be synced.
-    /// A few touched directories are flushed one by one; many with one `syncfs` per file
-    /// system touched (directory entries included).
-    pub fn finish(&mut self) -> Result<(), ClientError> {
+    /// The directories planning touched since the last call: the next flush makes them
+    /// durable before what changed them is recorded (DESIGN invariant 2).
+    pub fn take_touched(&mut self) -> BTreeSet<PathBuf> {
+        self.place.take_touched()
+    }
+
+    /// The conflict copies planning made, as paths relative to the root.
+    pub fn take_conflicts(&mut self) -> Vec<String> {
+        self.place.take_conflicts()
+    }
+
+    /// Removes the files of this page set aside for local copies that no copy needed. Their
+    /// deletion is recorded at the next checkpoint; a crash before it leaves only a temp file.
+    pub fn clear_stash(&mut self) {
         for (_, stashed) in self.stash.drain() {
             if let Err(e) = std::fs::remove_file(&stashed) {
                 tracing::debug!(path = %stashed.display(), "cannot remove a set-aside file: {e}");
             }
         }
-        let touched = std::mem::take(&mut self.touched);
-        if touched.len() <= crate::sync::OWN_FLUSH_FILES {
-            for dir in touched.iter().filter(|d| d.is_dir()) {
-                zync_fs::fsync_dir(dir)?;
-            }
-        } else {
-            zync_fs::sync_filesystems(touched.iter().map(PathBuf::as_path))?;
-        }
-        Ok(())
     }
 
     /// Applies one change, except a file's download: that is returned as [`Step::Fetch`] for
@@ -347,7 +329,7 @@ impl<'a> Applier<'a> {
     ///
     /// # Errors
     /// A problem with this one path (or the client database).
-    pub fn begin(&mut self, change: &Change) -> Result<Step, ClientError> {
+    pub fn begin(&mut self, state: &ClientState, change: &Change) -> Result<Step, ClientError> {
         let rel = match RelPath::parse(&change.path) {
             Ok(rel) => rel,
             Err(e) => {
@@ -361,13 +343,13 @@ impl<'a> Applier<'a> {
             return Ok(Step::Done(Record::Nothing));
         }
         if change.deleted {
-            return self.delete(&rel, change).map(Step::Done);
+            return self.delete(state, &rel, change).map(Step::Done);
         }
-        self.make_parents(&rel)?;
+        self.make_parents(state, &rel)?;
         match change.kind {
-            zync_proto::Kind::File => self.file(&rel, change),
-            zync_proto::Kind::Dir => self.dir(&rel, change).map(Step::Done),
-            zync_proto::Kind::Symlink => self.symlink(&rel, change).map(Step::Done),
+            zync_proto::Kind::File => self.file(state, &rel, change),
+            zync_proto::Kind::Dir => self.dir(state, &rel, change).map(Step::Done),
+            zync_proto::Kind::Symlink => self.symlink(state, &rel, change).map(Step::Done),
         }
     }
 
@@ -427,71 +409,15 @@ impl<'a> Applier<'a> {
         }
     }
 
-    /// Starts a new batch of renames: the parent directories are checked again, once each.
-    pub fn new_batch(&mut self) {
-        self.checked = zync_fs::CheckedDirs::default();
-    }
-
-    /// Renames a sealed file into place. Call only after its content was made durable.
-    ///
-    /// # Errors
-    /// When the rename fails or a conflict copy cannot be made.
-    pub fn install(&mut self, ready: Box<Ready>) -> Result<Record, ClientError> {
-        let Ready {
-            rel,
-            before,
-            record,
-            sealed,
-            downloaded,
-        } = *ready;
-        if self.stat(&rel)? != before {
-            self.keep_local(
-                &rel,
-                "this file changed on R while E's version was downloading",
-            )?;
-        }
-        sealed.install_checked(&mut self.checked)?;
-        if self.may_have_partials(&rel) {
-            zync_fs::remove_partials(self.root, &rel);
-        }
-        match downloaded {
-            Some(bytes) => {
-                self.downloaded += 1;
-                self.bytes += bytes;
-                tracing::debug!(dir = self.dir, path = %rel, bytes, "downloaded");
-            }
-            None => {
-                self.copied += 1;
-                tracing::debug!(dir = self.dir, path = %rel, "copied from a file R already had");
-            }
-        }
-        self.touch(&rel);
-        Ok(Record::Set(rel.to_string(), record))
-    }
-
-    /// Whether `rel`'s directory may hold partial downloads (read once per directory and page,
-    /// so a page of many files does not list a directory per file).
-    fn may_have_partials(&mut self, rel: &RelPath) -> bool {
-        let dir = rel
-            .parent()
-            .map_or_else(|| self.root.to_path_buf(), |p| p.to_path(self.root));
-        *self.partial_dirs.entry(dir).or_insert_with_key(|dir| {
-            let prefix = format!("{}partial-", zync_fs::TEMP_PREFIX);
-            std::fs::read_dir(dir).is_ok_and(|entries| {
-                entries.flatten().any(|e| {
-                    e.file_name()
-                        .as_encoded_bytes()
-                        .starts_with(prefix.as_bytes())
-                })
-            })
-        })
-    }
-
     /// Copies content R already has (a file E renamed or copied) into a sealed temp file.
     /// `None` when no local file has it for sure; the caller then downloads it.
-    fn copy_local(&mut self, p: &Pending) -> Result<Option<Box<Ready>>, ClientError> {
+    fn copy_local(
+        &mut self,
+        state: &ClientState,
+        p: &Pending,
+    ) -> Result<Option<Box<Ready>>, ClientError> {
         let mut sources: Vec<PathBuf> = self.stash.get(&p.sha).cloned().into_iter().collect();
-        for (dir, path) in self.state.find_by_sha(&p.sha)? {
+        for (dir, path) in state.find_by_sha(&p.sha)? {
             if sources.len() >= 3 {
                 break;
             }
@@ -503,7 +429,7 @@ impl<'a> Applier<'a> {
                 continue;
             };
             // Only a file still exactly as zync wrote it; the copy is verified all the same.
-            let Some(synced) = self.synced(&source)? else {
+            let Some(synced) = self.synced(state, &source)? else {
                 continue;
             };
             match self.stat(&source)? {
@@ -526,6 +452,7 @@ impl<'a> Applier<'a> {
                         record: p.record.clone(),
                         sealed,
                         downloaded: None,
+                        partial: p.partial,
                     })))
                 }
                 Err(e) => {
@@ -581,27 +508,27 @@ impl<'a> Applier<'a> {
     }
 
     fn stat(&self, rel: &RelPath) -> Result<Stat, ClientError> {
-        let path = rel.to_path(self.root);
-        zync_fs::lstat(&path).map_err(|source| ClientError::Io {
-            what: "inspect",
-            path: path.display().to_string(),
-            source,
-        })
+        self.place.stat(rel)
     }
 
     fn touch(&mut self, rel: &RelPath) {
-        // Something at `rel` changed: it may have been a directory seen earlier.
+        self.forget_dirs(rel);
+        self.place.touch(rel);
+    }
+
+    /// Something at `rel` changed: it may have been a directory seen earlier.
+    fn forget_dirs(&mut self, rel: &RelPath) {
         if self.dirs_seen.contains(rel.as_str()) {
             self.dirs_seen.clear();
         }
-        let parent = rel
-            .parent()
-            .map_or_else(|| self.root.to_path_buf(), |p| p.to_path(self.root));
-        self.touched.insert(parent);
     }
 
-    fn synced(&self, rel: &RelPath) -> Result<Option<Synced>, ClientError> {
-        Ok(self.state.synced(self.dir, rel.as_str())?)
+    fn may_have_partials(&mut self, rel: &RelPath) -> bool {
+        self.place.may_have_partials(rel)
+    }
+
+    fn synced(&self, state: &ClientState, rel: &RelPath) -> Result<Option<Synced>, ClientError> {
+        Ok(state.synced(self.dir, rel.as_str())?)
     }
 
     /// The sha256 of a local file, without reading it when size and mtime match what zync wrote.
@@ -630,15 +557,20 @@ impl<'a> Applier<'a> {
 
     /// True when what R has at `rel` is exactly what zync last wrote there: replacing or
     /// removing it loses nothing.
-    fn is_as_synced(&self, rel: &RelPath, meta: &Meta) -> Result<bool, ClientError> {
+    fn is_as_synced(
+        &self,
+        state: &ClientState,
+        rel: &RelPath,
+        meta: &Meta,
+    ) -> Result<bool, ClientError> {
         if meta.kind == EntryKind::File {
             // Written by a run that stopped before recording it.
-            let local = self.local_sha(rel, meta, self.synced(rel)?.as_ref())?;
-            if self.state.was_inflight(self.dir, rel.as_str(), &local)? {
+            let local = self.local_sha(rel, meta, self.synced(state, rel)?.as_ref())?;
+            if state.was_inflight(self.dir, rel.as_str(), &local)? {
                 return Ok(true);
             }
         }
-        let Some(synced) = self.synced(rel)? else {
+        let Some(synced) = self.synced(state, rel)? else {
             return Ok(false);
         };
         Ok(match meta.kind {
@@ -654,22 +586,19 @@ impl<'a> Applier<'a> {
 
     /// Moves R's version aside as a conflict copy (invariant 4) and says so.
     fn keep_local(&mut self, rel: &RelPath, why: &str) -> Result<(), ClientError> {
-        let copy = zync_fs::free_conflict_name(self.root, rel, &self.stamp);
-        let (from, to) = (rel.to_path(self.root), copy.to_path(self.root));
-        std::fs::rename(&from, &to).map_err(|source| ClientError::Io {
-            what: "keep a conflict copy of",
-            path: from.display().to_string(),
-            source,
-        })?;
-        tracing::warn!(dir = self.dir, path = %rel, copy = %copy, "{why}; R's version was kept as {copy}");
-        self.conflicts.push(copy.to_string());
-        self.touch(rel);
+        self.place.keep_local(rel, why)?;
+        self.forget_dirs(rel);
         Ok(())
     }
 
     /// Clears `rel` for an entry of another kind: removes what zync wrote there, keeps anything
     /// else as a conflict copy.
-    fn clear(&mut self, rel: &RelPath, meta: &Meta) -> Result<(), ClientError> {
+    fn clear(
+        &mut self,
+        state: &ClientState,
+        rel: &RelPath,
+        meta: &Meta,
+    ) -> Result<(), ClientError> {
         let path = rel.to_path(self.root);
         let io = |what, source| ClientError::Io {
             what,
@@ -684,7 +613,7 @@ impl<'a> Applier<'a> {
                 }
                 Err(e) => return Err(io("remove", e)),
             }
-        } else if self.is_as_synced(rel, meta)? {
+        } else if self.is_as_synced(state, rel, meta)? {
             std::fs::remove_file(&path).map_err(|e| io("remove", e))?;
         } else {
             self.keep_local(rel, "E replaced this path, which was changed on R")?;
@@ -695,7 +624,7 @@ impl<'a> Applier<'a> {
 
     /// Creates missing parent directories; a file or symlink in the way is cleared first, so
     /// nothing is ever written through a link (invariant 3).
-    fn make_parents(&mut self, rel: &RelPath) -> Result<(), ClientError> {
+    fn make_parents(&mut self, state: &ClientState, rel: &RelPath) -> Result<(), ClientError> {
         for ancestor in rel.ancestors() {
             // Seen as a directory earlier in this page (writes still check every parent).
             if self.dirs_seen.contains(ancestor.as_str()) {
@@ -706,7 +635,7 @@ impl<'a> Applier<'a> {
                     self.dirs_seen.insert(ancestor.to_string());
                     continue;
                 }
-                Stat::Entry(m) => self.clear(&ancestor, &m)?,
+                Stat::Entry(m) => self.clear(state, &ancestor, &m)?,
                 Stat::Unsupported(what) => {
                     return Err(ClientError::Blocked {
                         path: ancestor.to_path(self.root).display().to_string(),
@@ -722,7 +651,12 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    fn file(&mut self, rel: &RelPath, change: &Change) -> Result<Step, ClientError> {
+    fn file(
+        &mut self,
+        state: &ClientState,
+        rel: &RelPath,
+        change: &Change,
+    ) -> Result<Step, ClientError> {
         let Some(sha) = change
             .sha256
             .as_deref()
@@ -746,7 +680,7 @@ impl<'a> Applier<'a> {
         match found.clone() {
             Stat::Missing => {}
             Stat::Entry(meta) if meta.kind == EntryKind::File => {
-                let synced = self.synced(rel)?;
+                let synced = self.synced(state, rel)?;
                 let local = self.local_sha(rel, &meta, synced.as_ref())?;
                 if local == sha {
                     // R already has this content: fix the attributes, download nothing.
@@ -759,7 +693,7 @@ impl<'a> Applier<'a> {
                     return Ok(Step::Done(Record::Set(rel.to_string(), record)));
                 }
                 // zync's own write from a run that stopped before recording it is no R edit.
-                let ours = self.state.was_inflight(self.dir, rel.as_str(), &local)?;
+                let ours = state.was_inflight(self.dir, rel.as_str(), &local)?;
                 let edited = !ours
                     && !synced.is_some_and(|s| {
                         s.kind == Kind::File && s.sha256.as_deref() == Some(local.as_str())
@@ -770,7 +704,7 @@ impl<'a> Applier<'a> {
                 }
             }
             Stat::Entry(meta) => {
-                self.clear(rel, &meta)?;
+                self.clear(state, rel, &meta)?;
                 moved = true;
             }
             Stat::Unsupported(what) => {
@@ -794,7 +728,7 @@ impl<'a> Applier<'a> {
             file: None,
             signature: None,
         };
-        if let Some(ready) = self.copy_local(&pending)? {
+        if let Some(ready) = self.copy_local(state, &pending)? {
             return Ok(Step::Ready(ready));
         }
         let mut pending = pending;
@@ -811,7 +745,12 @@ impl<'a> Applier<'a> {
         Ok(Step::Fetch(Box::new(pending)))
     }
 
-    fn dir(&mut self, rel: &RelPath, change: &Change) -> Result<Record, ClientError> {
+    fn dir(
+        &mut self,
+        state: &ClientState,
+        rel: &RelPath,
+        change: &Change,
+    ) -> Result<Record, ClientError> {
         let mode = (change.mode & 0o777) | 0o700;
         match self.stat(rel)? {
             Stat::Entry(meta) if meta.kind == EntryKind::Dir => {
@@ -820,7 +759,7 @@ impl<'a> Applier<'a> {
                 }
             }
             Stat::Entry(meta) => {
-                self.clear(rel, &meta)?;
+                self.clear(state, rel, &meta)?;
                 zync_fs::ensure_dir(self.root, rel, Some(mode))?;
             }
             Stat::Unsupported(what) => {
@@ -847,7 +786,12 @@ impl<'a> Applier<'a> {
         ))
     }
 
-    fn symlink(&mut self, rel: &RelPath, change: &Change) -> Result<Record, ClientError> {
+    fn symlink(
+        &mut self,
+        state: &ClientState,
+        rel: &RelPath,
+        change: &Change,
+    ) -> Result<Record, ClientError> {
         let Some(target) = change.target.as_deref() else {
             tracing::warn!(dir = self.dir, path = %rel, "skipped a symlink change without a target");
             return Ok(Record::Nothing);
@@ -864,10 +808,10 @@ impl<'a> Applier<'a> {
             Stat::Entry(meta) if meta.target.as_deref() == Some(target) => {
                 return Ok(Record::Set(rel.to_string(), record))
             }
-            Stat::Entry(meta) if meta.kind == EntryKind::Dir => self.clear(rel, &meta)?,
+            Stat::Entry(meta) if meta.kind == EntryKind::Dir => self.clear(state, rel, &meta)?,
             Stat::Entry(meta) => {
                 // A rename over a file or link replaces it; keep it first if R changed it.
-                if !self.is_as_synced(rel, &meta)? {
+                if !self.is_as_synced(state, rel, &meta)? {
                     self.keep_local(rel, "E changed this path, which was also changed on R")?;
                 }
             }
@@ -884,7 +828,12 @@ impl<'a> Applier<'a> {
         Ok(Record::Set(rel.to_string(), record))
     }
 
-    fn delete(&mut self, rel: &RelPath, change: &Change) -> Result<Record, ClientError> {
+    fn delete(
+        &mut self,
+        state: &ClientState,
+        rel: &RelPath,
+        change: &Change,
+    ) -> Result<Record, ClientError> {
         // A parent that is not a real directory means nothing of E's can be below it.
         if zync_fs::check_parents(self.root, rel).is_err() {
             return Ok(Record::Remove(rel.to_string()));
@@ -919,9 +868,9 @@ impl<'a> Applier<'a> {
                 }
             }
             Stat::Entry(meta) => {
-                if self.is_as_synced(rel, &meta)? {
+                if self.is_as_synced(state, rel, &meta)? {
                     if meta.kind == EntryKind::File && !self.wanted.is_empty() {
-                        let sha = self.local_sha(rel, &meta, self.synced(rel)?.as_ref())?;
+                        let sha = self.local_sha(rel, &meta, self.synced(state, rel)?.as_ref())?;
                         if self.wanted.contains(&sha) && self.set_aside(rel, &sha) {
                             return Ok(Record::Remove(rel.to_string()));
                         }

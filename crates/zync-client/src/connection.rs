@@ -44,6 +44,10 @@ pub struct Connection {
     pub hello: HelloReply,
     /// Silence longer than this means a stalled connection.
     stall: Duration,
+    /// A request sent with [`Connection::ask`] whose answer is kept when it arrives among
+    /// downloads, and that answer.
+    asked: Option<u64>,
+    answer: Option<(u64, Result<Reply, ClientError>)>,
 }
 
 /// Where the token came from, for the 401 hint.
@@ -111,6 +115,8 @@ impl Connection {
             stall,
             next_id: 1,
             seen: Seen::default(),
+            asked: None,
+            answer: None,
             hello: HelloReply {
                 protocol_version: 0,
                 index_id: String::new(),
@@ -193,6 +199,13 @@ impl Connection {
 
     /// Waits for the response to request `id`, skipping events and stray chunks.
     async fn response(&mut self, id: u64) -> Result<Reply, ClientError> {
+        if let Some((answered, _)) = &self.answer {
+            if *answered == id {
+                if let Some((_, answer)) = self.answer.take() {
+                    return answer;
+                }
+            }
+        }
         loop {
             match self.receive().await? {
                 Incoming::Text(ServerMessage::Ok(ok)) if ok.id == id => return Ok(ok.reply),
@@ -218,6 +231,46 @@ impl Connection {
     /// A transport failure or a stalled send.
     pub async fn tell(&mut self, op: Op) -> Result<(), ClientError> {
         self.send(op).await.map(|_| ())
+    }
+
+    /// Sends a request whose reply is awaited later with [`Connection::answer`]: if it arrives
+    /// while downloads are read ([`Connection::next_transfer`]), it is kept. One at a time.
+    ///
+    /// # Errors
+    /// A transport failure or a stalled send.
+    pub async fn ask(&mut self, op: Op) -> Result<u64, ClientError> {
+        let id = self.send(op).await?;
+        self.asked = Some(id);
+        self.answer = None;
+        Ok(id)
+    }
+
+    /// True when the reply to the request `id` sent with [`Connection::ask`] has arrived.
+    pub fn has_answer(&self, id: u64) -> bool {
+        self.answer
+            .as_ref()
+            .is_some_and(|(answered, _)| *answered == id)
+    }
+
+    /// The reply to the request `id` sent with [`Connection::ask`], waiting for it if needed.
+    ///
+    /// # Errors
+    /// A transport failure, a stall, or the daemon's error response.
+    pub async fn answer(&mut self, id: u64) -> Result<Reply, ClientError> {
+        if self.asked == Some(id) {
+            self.asked = None;
+        }
+        self.response(id).await
+    }
+
+    /// Keeps the reply to the request sent with [`Connection::ask`]; false for any other id.
+    fn keep_answer(&mut self, id: u64, answer: Result<Reply, ClientError>) -> bool {
+        if self.asked != Some(id) {
+            return false;
+        }
+        self.asked = None;
+        self.answer = Some((id, answer));
+        true
     }
 
     /// Sends a request and waits for its reply.
@@ -310,17 +363,24 @@ impl Connection {
                 Incoming::Text(ServerMessage::Ok(ok)) => match ok.reply {
                     Reply::GetFile(header) => return Ok(Transfer::Header(ok.id, header)),
                     Reply::GetDelta(header) => return Ok(Transfer::Delta(ok.id, header)),
-                    other => tracing::debug!(id = ok.id, "skipped an unexpected reply: {other:?}"),
+                    other => {
+                        if self.keep_answer(ok.id, Ok(other)) {
+                            return Ok(Transfer::Answered);
+                        }
+                        tracing::debug!(id = ok.id, "skipped an unexpected reply");
+                    }
                 },
                 Incoming::Text(ServerMessage::Error(e)) => match e.id {
                     Some(id) => {
-                        return Ok(Transfer::Failed(
-                            id,
-                            ClientError::Server {
-                                code: e.code,
-                                message: e.message,
-                            },
-                        ))
+                        let error = ClientError::Server {
+                            code: e.code,
+                            message: e.message,
+                        };
+                        if self.asked == Some(id) {
+                            self.keep_answer(id, Err(error));
+                            return Ok(Transfer::Answered);
+                        }
+                        return Ok(Transfer::Failed(id, error));
                     }
                     None => tracing::warn!("the daemon reported: {}", e.message),
                 },
@@ -462,6 +522,8 @@ pub enum Transfer {
     Chunk(u64, Bytes),
     /// The daemon refused the request (or stopped sending: the file changed meanwhile).
     Failed(u64, ClientError),
+    /// The reply to the request sent with [`Connection::ask`] arrived and is kept.
+    Answered,
 }
 
 enum Incoming {

@@ -3,9 +3,12 @@
 #![deny(missing_docs)]
 
 mod apply;
+mod batch;
 mod cli;
 mod connection;
 mod error;
+mod install;
+mod ledger;
 mod pipeline;
 pub mod status;
 mod sync;

@@ -16,14 +16,45 @@ use crate::connection::{Connection, Transfer};
 use crate::error::ClientError;
 use tokio_tungstenite::tungstenite::Bytes;
 
-/// At most this many requests in flight.
-const MAX_REQUESTS: usize = 1024;
-/// At most this many bytes of request text unanswered. The daemon reads the next request only
-/// after it sent the current file, so unanswered requests wait in socket buffers; keeping them
-/// well under a socket buffer means a send never blocks while the daemon waits for us to read.
-const MAX_REQUEST_BYTES: usize = 48 * 1024;
-/// At most this many content bytes asked for and not yet received (besides the first request).
-const MAX_CONTENT_BYTES: u64 = 64 << 20;
+/// How much a pipeline keeps in flight.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Requests sent and not yet answered.
+    requests: usize,
+    /// Bytes of request text unanswered.
+    request_bytes: usize,
+    /// Content bytes asked for and not yet received (besides the first request).
+    content_bytes: u64,
+}
+
+impl Window {
+    /// The window for a daemon that advertised `pipelining` in HELLO (`None`: an older daemon).
+    ///
+    /// An older daemon reads the next request only after it sent the current file, so
+    /// unanswered requests wait in socket buffers: keeping them well under a socket buffer
+    /// means a send never blocks while the daemon waits for us to read. A daemon that reads
+    /// ahead takes many more; with latency, the window is what keeps the tunnel busy.
+    pub fn for_daemon(pipelining: Option<zync_proto::Pipelining>) -> Window {
+        const OLD_REQUESTS: usize = 1024;
+        const OLD_REQUEST_BYTES: usize = 48 * 1024;
+        const MAX_REQUESTS: usize = 4096;
+        const MAX_REQUEST_BYTES: usize = 4 << 20;
+        const MAX_CONTENT_BYTES: u64 = 64 << 20;
+        let (requests, request_bytes) = match pipelining {
+            Some(p) => (
+                usize::try_from(p.requests).map_or(MAX_REQUESTS, |r| r.min(MAX_REQUESTS)),
+                usize::try_from(p.bytes).map_or(MAX_REQUEST_BYTES, |b| b.min(MAX_REQUEST_BYTES)),
+            ),
+            None => (OLD_REQUESTS, OLD_REQUEST_BYTES),
+        };
+        Window {
+            requests: requests.max(1),
+            request_bytes: request_bytes.max(1),
+            content_bytes: MAX_CONTENT_BYTES,
+        }
+    }
+}
+
 /// A file whose chunks are this big is written and hashed off the reactor while the next chunks
 /// are received: a big file streams at the speed of the slower of the two, not of their sum.
 const WRITE_BEHIND_MIN: usize = 128 << 10;
@@ -93,15 +124,18 @@ pub struct Pipeline<'a> {
     inflight: HashMap<u64, Slot>,
     request_bytes: usize,
     content_bytes: u64,
+    window: Window,
     /// Counts bytes as chunks arrive (issue 6); hidden for small pages.
     progress: Progress,
 }
 
 impl<'a> Pipeline<'a> {
-    /// An empty pipeline for directory `dir`, reporting bytes to `progress`.
-    pub fn new(dir: &'a str, progress: Progress) -> Pipeline<'a> {
+    /// An empty pipeline for directory `dir` that keeps up to `window` in flight, reporting
+    /// bytes to `progress`.
+    pub fn new(dir: &'a str, window: Window, progress: Progress) -> Pipeline<'a> {
         Pipeline {
             dir,
+            window,
             progress,
             queue: VecDeque::new(),
             inflight: HashMap::new(),
@@ -110,9 +144,19 @@ impl<'a> Pipeline<'a> {
         }
     }
 
+    /// Reports bytes to `progress` from now on.
+    pub fn set_progress(&mut self, progress: Progress) {
+        self.progress = progress;
+    }
+
     /// Queues a download; [`Pipeline::fill`] sends it when the window allows.
     pub fn push(&mut self, index: usize, pending: Box<Pending>) {
         self.queue.push_back((index, pending));
+    }
+
+    /// Downloads queued and not yet requested.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
     }
 
     /// True when nothing is queued or in flight.
@@ -128,9 +172,10 @@ impl<'a> Pipeline<'a> {
     /// # Errors
     /// A transport failure.
     pub async fn fill(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
-        let room = self.inflight.len() <= MAX_REQUESTS - MAX_REQUESTS / 8
-            && self.request_bytes <= MAX_REQUEST_BYTES - MAX_REQUEST_BYTES / 8
-            && self.content_bytes <= MAX_CONTENT_BYTES - MAX_CONTENT_BYTES / 8;
+        let w = self.window;
+        let room = self.inflight.len() <= w.requests - w.requests / 8
+            && self.request_bytes <= w.request_bytes - w.request_bytes / 8
+            && self.content_bytes <= w.content_bytes - w.content_bytes / 8;
         if !room {
             return Ok(());
         }
@@ -139,9 +184,9 @@ impl<'a> Pipeline<'a> {
             let offset = pending.resume_offset();
             let expected = pending.remaining(offset);
             let cost = 64 + self.dir.len() + pending.path().len();
-            let full = self.inflight.len() >= MAX_REQUESTS
-                || self.request_bytes + cost > MAX_REQUEST_BYTES
-                || self.content_bytes + expected > MAX_CONTENT_BYTES;
+            let full = self.inflight.len() >= w.requests
+                || self.request_bytes + cost > w.request_bytes
+                || self.content_bytes + expected > w.content_bytes;
             if full && !self.inflight.is_empty() {
                 break;
             }
@@ -350,6 +395,7 @@ impl<'a> Pipeline<'a> {
             } else {
                 None
             }),
+            Transfer::Answered => Ok(None),
         }
     }
 

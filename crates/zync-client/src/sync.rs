@@ -1,28 +1,28 @@
-//! Sync rounds: pull one directory's changes page by page, apply them, make them durable,
-//! then advance and acknowledge the last sequence (DESIGN invariant 2).
+//! Sync rounds: pull one directory's changes page by page and apply them on one stream of
+//! downloads. The next page is asked for while the current one downloads, finished files are
+//! installed and recorded batch by batch, and the stored sequence advances only past changes
+//! that are durably applied (DESIGN invariant 2).
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 
-use tokio_tungstenite::tungstenite::Bytes;
 use zync_cli::progress::Progress;
-use zync_db::{ClientState, DirState};
+use zync_db::ClientState;
 use zync_fs::DirName;
-use zync_proto::{AckChanges, Change, FileHeader, GetChanges, Op, Reply};
+use zync_proto::{AckChanges, Change, ChangesReply, GetChanges, Op, Reply};
 
-use crate::apply::{Applier, Pending, Ready, Record, Step};
+use crate::apply::{Applier, Step};
+use crate::batch::{Batch, Sink, Writer};
 use crate::connection::Connection;
 use crate::error::ClientError;
-use crate::pipeline::{Finished, Pipeline};
+use crate::ledger::{Committed, Ledger};
+use crate::pipeline::{Finished, Pipeline, Window};
 
-/// Downloaded files are renamed into place in batches of at most this many files or bytes, each
-/// batch made durable by one flush of its file system first (invariant 1).
-const BATCH_FILES: usize = 1024;
-const BATCH_BYTES: u64 = 256 << 20;
-/// Files at least this big are flushed one by one.
-const OWN_FLUSH_SIZE: u64 = 8 << 20;
-/// Up to this many small files are flushed one by one too.
-pub(crate) const OWN_FLUSH_FILES: usize = 16;
+/// The next page is planned only once fewer downloads than this wait to be requested: memory
+/// holds about two pages of plans, however big the tree.
+const PLAN_AHEAD: usize = zync_proto::MAX_CHANGES_LIMIT as usize;
 
 /// A local directory and the daemon's name for it.
 #[derive(Debug, Clone)]
@@ -62,7 +62,8 @@ pub struct DirReport {
 ///
 /// # Errors
 /// Connection and database errors. Failures of single paths are reported in the
-/// [`DirReport`] instead, and hold the stored sequence below them.
+/// [`DirReport`] instead, and hold the stored sequence below them. What was applied before a
+/// connection was lost is recorded before the error returns.
 pub async fn sync_dir(
     conn: &mut Connection,
     state: &mut ClientState,
@@ -70,8 +71,7 @@ pub async fn sync_dir(
 ) -> Result<DirReport, ClientError> {
     let name = mapping.name.as_str();
     let index_id = conn.hello.index_id.clone();
-    let mut resynced = false;
-    let mut since = match state.dir_state(name)? {
+    let since = match state.dir_state(name)? {
         Some(s) if s.index_id == index_id => s.last_seq,
         Some(_) => {
             tracing::info!(
@@ -82,123 +82,374 @@ pub async fn sync_dir(
         }
         None => 0,
     };
-    let mut report = DirReport {
-        last_seq: since,
-        ..DirReport::default()
+    let failing_before = state
+        .failing(Some(name))?
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    let window = Window::for_daemon(conn.hello.pipelining);
+    let applier = Applier::new(mapping);
+    // Commits are written beside the renames, on their thread: a connection of their own.
+    let batch = Batch::new(applier.installer(), state.open_another()?);
+    let mut run = Run {
+        name,
+        window,
+        applier,
+        pipeline: Pipeline::new(name, window, Progress::hidden()),
+        writer: Writer::default(),
+        batch,
+        ledger: Ledger::new(name, &index_id, since, failing_before),
+        planned: Planned::default(),
+        progress: Progress::hidden(),
+        committed: Committed::default(),
+        lost: None,
+        acked: since,
     };
-    let mut blocked = false;
-    // Shown once a page is large (an initial sync, a big change on E); spans the later pages.
-    let mut progress = Progress::hidden();
-    loop {
-        let page = match conn
-            .call(Op::GetChanges(GetChanges {
-                dir: name.to_string(),
-                since,
-                // Big pages: fewer round trips, one durable commit per page.
-                limit: Some(zync_proto::MAX_CHANGES_LIMIT),
-            }))
-            .await?
-        {
-            Reply::GetChanges(page) => page,
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "expected GET_CHANGES, got {other:?}"
-                )))
+    run.pull(conn, state, since).await?;
+    run.finish(conn, state).await
+}
+
+/// One sync of one directory: the changes planned so far, the downloads in flight, the files
+/// on their way into place, and what became of each change.
+struct Run<'a> {
+    name: &'a str,
+    window: Window,
+    applier: Applier<'a>,
+    pipeline: Pipeline<'a>,
+    writer: Writer,
+    batch: Batch,
+    ledger: Ledger,
+    planned: Planned,
+    /// Shown once a page is large (an initial sync, a big change on E); spans the later pages.
+    progress: Progress,
+    committed: Committed,
+    /// The connection broke: what was done before is still made durable and recorded.
+    lost: Option<ClientError>,
+    /// The last sequence acknowledged to the daemon.
+    acked: u64,
+}
+
+impl<'a> Run<'a> {
+    /// Asks for pages and plans them while the downloads of the earlier ones go on. Returns
+    /// when every page is planned and every download finished, or the connection was lost.
+    ///
+    /// # Errors
+    /// Database and flush errors.
+    async fn pull(
+        &mut self,
+        conn: &mut Connection,
+        state: &ClientState,
+        mut since: u64,
+    ) -> Result<(), ClientError> {
+        let mut resynced = false;
+        let mut asked = self.ask(conn, since).await;
+        while let Some(id) = asked.take() {
+            // Downloads go on until the page is in (and the queue has room for it).
+            self.pump(conn, Some(id)).await?;
+            if self.lost.is_some() {
+                break;
             }
-        };
-        let Some(last) = page.changes.last().map(|c| c.seq) else {
-            if page.last_sequence < since && !resynced {
-                // The daemon's index went back (restored from a backup) under the same id:
-                // what this client stored cannot be trusted, so compare everything again.
-                tracing::warn!(
-                    dir = name,
-                    stored = since,
-                    daemon = page.last_sequence,
-                    "the daemon's sequence is behind this client's; resyncing"
-                );
-                since = 0;
-                resynced = true;
-                report.last_seq = 0;
+            let page = match conn.answer(id).await {
+                Ok(Reply::GetChanges(page)) => page,
+                Ok(other) => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected GET_CHANGES, got {other:?}"
+                    )))
+                }
+                // Refused (an unknown directory): nothing to resume.
+                Err(e @ ClientError::Server { .. }) => return Err(e),
+                Err(e) => {
+                    self.lost = Some(e);
+                    break;
+                }
+            };
+            let Some(last) = page.changes.last().map(|c| c.seq) else {
+                if page.last_sequence < since && !resynced {
+                    // The daemon's index went back (restored from a backup) under the same id:
+                    // what this client stored cannot be trusted, so compare everything again.
+                    tracing::warn!(
+                        dir = self.name,
+                        stored = since,
+                        daemon = page.last_sequence,
+                        "the daemon's sequence is behind this client's; resyncing"
+                    );
+                    self.settle(conn).await?;
+                    if self.lost.is_some() {
+                        break;
+                    }
+                    self.ledger.restart_at(0);
+                    since = 0;
+                    resynced = true;
+                    asked = self.ask(conn, since).await;
+                }
                 continue;
+            };
+            // Asked before this page is planned: its answer comes ahead of this page's files.
+            if page.more {
+                asked = self.ask(conn, last).await;
             }
-            break;
-        };
-        // Note what this page is about to write first: after a crash between a rename and the
-        // page's commit, the next run recognises those files as zync's own writes.
-        let mut batch = state.batch()?;
-        for change in page.changes.iter().filter(|c| !c.deleted) {
-            if let Some(sha) = &change.sha256 {
-                batch.set_inflight(name, &change.path, sha)?;
+            if self.planned.overlaps(&page.changes) {
+                // A path changed again on E since an earlier page: that change is recorded
+                // before this one is planned against it.
+                tracing::debug!(
+                    dir = self.name,
+                    "a page names a path again; finishing the earlier changes first"
+                );
+                self.settle(conn).await?;
+                if self.lost.is_some() {
+                    break;
+                }
+            }
+            self.plan(state, &page)?;
+            since = last;
+        }
+        self.pump(conn, None).await
+    }
+
+    /// Sends GET_CHANGES from `since`; `None` when the connection is lost.
+    async fn ask(&mut self, conn: &mut Connection, since: u64) -> Option<u64> {
+        let get = Op::GetChanges(GetChanges {
+            dir: self.name.to_string(),
+            since,
+            // Big pages: fewer round trips.
+            limit: Some(zync_proto::MAX_CHANGES_LIMIT),
+        });
+        match conn.ask(get).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                self.lost = Some(e);
+                None
             }
         }
-        batch.commit()?;
+    }
+
+    /// Plans one page: every change in order, directories, links, deletions and local copies
+    /// done at once, downloads queued on the pipeline.
+    ///
+    /// # Errors
+    /// Database errors; problems with single paths are recorded as their failures.
+    fn plan(&mut self, state: &ClientState, page: &ChangesReply) -> Result<(), ClientError> {
         let (files, bytes) = page
             .changes
             .iter()
             .filter(|c| is_file(c))
             .fold((0, 0), |(n, b), c| (n + 1, b + c.size));
-        if progress.is_active() {
-            progress.add_total(files, bytes);
+        if self.progress.is_active() {
+            self.progress.add_total(files, bytes);
         } else {
-            progress = Progress::start_if_large("synced", files, bytes);
+            self.progress = Progress::start_if_large("synced", files, bytes);
+            self.pipeline.set_progress(self.progress.clone());
         }
-        let outcome = apply_page(conn, state, mapping, &page.changes, &progress).await?;
-        let mut records = Vec::with_capacity(page.changes.len());
-        let mut failed = Vec::new();
-        let mut durable = report.last_seq;
-        for (change, result) in page.changes.iter().zip(outcome.results) {
-            match result {
-                Some(Ok(record)) => {
-                    records.push((change.path.clone(), record));
-                    report.applied += 1;
-                    if !blocked {
-                        durable = change.seq;
+        self.applier.want(
+            page.changes
+                .iter()
+                .filter(|c| is_file(c))
+                .filter_map(|c| c.sha256.clone())
+                .collect::<HashSet<_>>(),
+        );
+        // One read transaction for the page's lookups.
+        let snapshot = state.read_snapshot()?;
+        for change in &page.changes {
+            let i = self.ledger.push(change.seq, &change.path);
+            self.planned.add(&change.path);
+            match self.applier.begin(state, change) {
+                Ok(Step::Done(record)) => {
+                    if is_file(change) {
+                        // R has this file already.
+                        self.progress.files(1);
+                        self.progress.bytes(change.size);
                     }
+                    self.ledger.done(i, record);
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(dir = name, path = %change.path, "{e}");
-                    report.failures.push((change.path.clone(), e.to_string()));
-                    failed.push((change.path.clone(), e.to_string()));
-                    if e.is_transient() {
-                        report.transient += 1;
-                    }
-                    blocked = true;
+                Ok(Step::Fetch(pending)) => {
+                    self.note_inflight(change);
+                    self.pipeline.push(i, pending);
                 }
-                // Not reached before the connection was lost.
-                None => blocked = true,
+                Ok(Step::Ready(ready)) => {
+                    // Copied from content R had: nothing to download.
+                    self.note_inflight(change);
+                    self.progress.bytes(ready.size());
+                    self.batch.add(i, ready);
+                }
+                Err(e) => self.ledger.fail(i, &e),
             }
         }
-        report.downloaded += outcome.downloaded;
-        report.copied += outcome.copied;
-        report.bytes += outcome.bytes;
-        report.conflicts.extend(outcome.conflicts);
-        let lost = outcome.lost;
-        commit(state, name, &index_id, records, &failed, durable)?;
-        report.last_seq = durable;
-        if let Some(e) = lost {
+        drop(snapshot);
+        self.applier.clear_stash();
+        Ok(())
+    }
+
+    fn note_inflight(&mut self, change: &Change) {
+        if let Some(sha) = &change.sha256 {
+            self.ledger.note_inflight(&change.path, sha);
+        }
+    }
+
+    /// Reads downloads and finishes them until the page `page` has arrived (and there is room
+    /// to plan it), or nothing is in flight. Requests go out as the window allows; full
+    /// batches are flushed, committed and installed on the way.
+    ///
+    /// # Errors
+    /// Database and flush errors; a lost connection is kept in `lost`.
+    async fn pump(&mut self, conn: &mut Connection, page: Option<u64>) -> Result<(), ClientError> {
+        loop {
+            if self.lost.is_some() || self.pipeline.is_empty() {
+                return Ok(());
+            }
+            if page.is_some_and(|id| conn.has_answer(id)) && self.pipeline.queued() < PLAN_AHEAD {
+                return Ok(());
+            }
+            if let Err(e) = self.pipeline.fill(conn).await {
+                self.lost = Some(e);
+                return Ok(());
+            }
+            match self.pipeline.next(conn).await {
+                Ok(Some(finished)) => self.finished(finished).await,
+                Ok(None) => {}
+                Err(e) => {
+                    self.lost = Some(e);
+                    return Ok(());
+                }
+            }
+            if self.batch.is_full() {
+                let (batch, mut sink) = self.batch_and_sink();
+                batch.rotate(&mut sink).await?;
+                self.ack(conn).await;
+            }
+        }
+    }
+
+    /// Takes a finished download on towards its batch.
+    async fn finished(&mut self, finished: Finished) {
+        match finished {
+            Finished::Done(i, pending, header) => match pending.seal(&header) {
+                Ok(ready) => self.batch.add(i, ready),
+                Err(e) => self.ledger.fail(i, &e),
+            },
+            Finished::Whole(i, pending, header, data) => {
+                let sealed = self.writer.push(i, pending, header, data).await;
+                self.batch.add_sealed(sealed, &mut self.ledger);
+            }
+            Finished::Delta(i, pending, header, spool) => {
+                match self.applier.rebuild(pending, &header, spool) {
+                    Ok(ready) => self.batch.add(i, ready),
+                    // The delta did not rebuild E's file: download it whole.
+                    Err((Some(pending), e)) => {
+                        tracing::debug!(
+                            path = pending.path(),
+                            "delta failed ({e}); downloading whole"
+                        );
+                        self.pipeline.push(i, pending);
+                    }
+                    Err((None, e)) => self.ledger.fail(i, &e),
+                }
+            }
+            Finished::Failed(i, e) => self.ledger.fail(i, &e),
+        }
+    }
+
+    /// The batch, and what finishing its files needs.
+    fn batch_and_sink<'s>(&'s mut self) -> (&'s mut Batch, Sink<'s, 'a>) {
+        let sink = Sink {
+            applier: &mut self.applier,
+            ledger: &mut self.ledger,
+            progress: &self.progress,
+            committed: &mut self.committed,
+        };
+        (&mut self.batch, sink)
+    }
+
+    /// Finishes and records everything planned so far.
+    ///
+    /// # Errors
+    /// Database and flush errors.
+    async fn settle(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+        self.pump(conn, None).await?;
+        self.wrap_up().await?;
+        self.planned = Planned::default();
+        self.ack(conn).await;
+        Ok(())
+    }
+
+    /// Writes the files still held, then flushes, installs and records every batch.
+    async fn wrap_up(&mut self) -> Result<(), ClientError> {
+        let sealed = self.writer.drain().await;
+        self.batch.add_sealed(sealed, &mut self.ledger);
+        let (batch, mut sink) = self.batch_and_sink();
+        batch.drain(&mut sink).await
+    }
+
+    /// Tells the daemon how far this client got, without waiting: its reply is skipped like
+    /// any stray one, and a tunnel with latency does not pay a round trip for it.
+    async fn ack(&mut self, conn: &mut Connection) {
+        let durable = self.ledger.durable();
+        if self.lost.is_some() || durable == self.acked {
+            return;
+        }
+        let ack = Op::AckChanges(AckChanges {
+            dir: self.name.to_string(),
+            sequence: durable,
+        });
+        match conn.tell(ack).await {
+            Ok(()) => self.acked = durable,
+            Err(e) => self.lost = Some(e),
+        }
+    }
+
+    /// Ends the sync: keeps what arrived of cut-off downloads, makes everything finished
+    /// durable and records it, and reports.
+    ///
+    /// # Errors
+    /// Database and flush errors, then the lost connection.
+    async fn finish(
+        mut self,
+        conn: &mut Connection,
+        state: &mut ClientState,
+    ) -> Result<DirReport, ClientError> {
+        if self.lost.is_some() {
+            // The tunnel dropped: keep what arrived, the next attempt resumes from there.
+            let pipeline = std::mem::replace(
+                &mut self.pipeline,
+                Pipeline::new(self.name, self.window, Progress::hidden()),
+            );
+            for pending in pipeline.abandon().await {
+                pending.keep_partial();
+            }
+        }
+        // Small files that arrived whole are complete even when the connection was lost.
+        self.wrap_up().await?;
+        self.ack(conn).await;
+        self.progress.finish();
+        for (path, error) in &self.committed.failed {
+            tracing::warn!(dir = self.name, path = %path, "{error}");
+        }
+        if let Some(e) = self.lost {
             return Err(e);
         }
-        // Not waited for: its reply is skipped like any stray one, and a tunnel with latency
-        // does not pay a round trip per page for it.
-        conn.tell(Op::AckChanges(AckChanges {
-            dir: name.to_string(),
-            sequence: durable,
-        }))
-        .await?;
-        since = last;
-        if !page.more {
-            break;
+        if self.committed.failed.is_empty() && self.ledger.is_settled() {
+            // Everything up to the daemon's sequence is recorded: no write of an unfinished run
+            // is left to recognise.
+            let mut batch = state.batch()?;
+            batch.clear_inflight(self.name)?;
+            batch.commit()?;
         }
+        let mut conflicts = self.applier.take_conflicts();
+        let (mut downloaded, mut copied, mut bytes) = (0, 0, 0);
+        if let Some(mut installer) = self.batch.installer() {
+            conflicts.extend(installer.take_conflicts());
+            (downloaded, copied, bytes) = (installer.downloaded, installer.copied, installer.bytes);
+        }
+        Ok(DirReport {
+            applied: self.committed.applied,
+            downloaded,
+            copied,
+            bytes,
+            conflicts,
+            transient: self.committed.transient,
+            failures: self.committed.failed,
+            last_seq: self.ledger.durable(),
+        })
     }
-    progress.finish();
-    if report.failures.is_empty() {
-        // Everything up to the daemon's sequence is recorded: no write of an unfinished run
-        // is left to recognise.
-        let mut batch = state.batch()?;
-        batch.clear_inflight(name)?;
-        batch.commit()?;
-    }
-    Ok(report)
 }
 
 /// A change that writes a file: what progress counts.
@@ -206,383 +457,74 @@ fn is_file(change: &Change) -> bool {
     !change.deleted && change.kind == zync_proto::Kind::File
 }
 
-/// What applying one page did: a result per change (`None`: not reached), and the totals.
-struct PageOutcome {
-    results: Vec<Option<Result<Record, ClientError>>>,
-    downloaded: usize,
-    copied: usize,
-    bytes: u64,
-    conflicts: Vec<String>,
-    /// The connection broke; what was done before is still durable and recorded.
-    lost: Option<ClientError>,
-}
-
-/// Applies one page: every change is planned in order (directories, links, deletions and local
-/// copies done at once), downloads are pipelined, and finished files are renamed into place in
-/// durable batches. Everything written is flushed before this returns.
-///
-/// # Errors
-/// Only database and flush errors; path and connection problems are in the outcome.
-async fn apply_page(
-    conn: &mut Connection,
-    state: &ClientState,
-    mapping: &Mapping,
-    changes: &[Change],
-    progress: &Progress,
-) -> Result<PageOutcome, ClientError> {
-    let mut results: Vec<Option<Result<Record, ClientError>>> =
-        changes.iter().map(|_| None).collect();
-    let mut applier = Applier::new(mapping, state);
-    applier.want(
-        changes
-            .iter()
-            .filter(|c| !c.deleted && c.kind == zync_proto::Kind::File)
-            .filter_map(|c| c.sha256.clone())
-            .collect::<HashSet<_>>(),
-    );
-    let mut pipeline = Pipeline::new(mapping.name.as_str(), progress.clone());
-    let mut batch = Batch::new(progress.clone());
-    let mut writer = Writer::default();
-    let mut lost = None;
-    let snapshot = state.read_snapshot()?;
-    for (i, change) in changes.iter().enumerate() {
-        match applier.begin(change) {
-            Ok(Step::Done(record)) => {
-                if is_file(change) {
-                    // R has this file already.
-                    progress.files(1);
-                    progress.bytes(change.size);
-                }
-                results[i] = Some(Ok(record));
-            }
-            Ok(Step::Fetch(pending)) => pipeline.push(i, pending),
-            Ok(Step::Ready(ready)) => {
-                // Copied from content R had: nothing to download.
-                progress.bytes(ready.size());
-                batch.add(i, ready);
-            }
-            Err(e) => results[i] = Some(Err(e)),
-        }
-    }
-    drop(snapshot);
-    // Requests go out only once the page is planned: from then on every reply is read as it
-    // arrives, so what a tunnel drop loses is only what was on the wire.
-    if let Err(e) = pipeline.fill(conn).await {
-        lost = Some(e);
-    }
-    while lost.is_none() && !pipeline.is_empty() {
-        match pipeline.next(conn).await {
-            Ok(Some(Finished::Done(i, pending, header))) => match pending.seal(&header) {
-                Ok(ready) => batch.add(i, ready),
-                Err(e) => results[i] = Some(Err(e)),
-            },
-            Ok(Some(Finished::Whole(i, pending, header, data))) => {
-                let sealed = writer.push(i, pending, header, data).await;
-                batch.add_sealed(sealed, &mut results);
-            }
-            Ok(Some(Finished::Delta(i, pending, header, spool))) => {
-                match applier.rebuild(pending, &header, spool) {
-                    Ok(ready) => batch.add(i, ready),
-                    // The delta did not rebuild E's file: download it whole.
-                    Err((Some(pending), e)) => {
-                        tracing::debug!(path = %changes[i].path, "delta failed ({e}); downloading whole");
-                        pipeline.push(i, pending);
-                    }
-                    Err((None, e)) => results[i] = Some(Err(e)),
-                }
-            }
-            Ok(Some(Finished::Failed(i, e))) => results[i] = Some(Err(e)),
-            Ok(None) => {}
-            Err(e) => lost = Some(e),
-        }
-        if batch.is_full() {
-            batch.rotate(&mut applier, &mut results).await?;
-        }
-        if lost.is_none() {
-            if let Err(e) = pipeline.fill(conn).await {
-                lost = Some(e);
-            }
-        }
-    }
-    if lost.is_some() {
-        // The tunnel dropped: keep what arrived, the next attempt resumes from there.
-        for pending in pipeline.abandon().await {
-            pending.keep_partial();
-        }
-    }
-    // Small files that arrived whole are complete even when the connection was lost.
-    batch.add_sealed(writer.drain().await, &mut results);
-    batch.drain(&mut applier, &mut results).await?;
-    applier.finish()?;
-    Ok(PageOutcome {
-        results,
-        downloaded: applier.downloaded,
-        copied: applier.copied,
-        bytes: applier.bytes,
-        conflicts: std::mem::take(&mut applier.conflicts),
-        lost,
-    })
-}
-
-/// Small files that arrived whole, written and sealed in groups on a blocking thread while the
-/// next ones arrive: making, writing, verifying and closing a temp file costs more than
-/// receiving it.
+/// The paths planned since the sync last settled, and their ancestors, as hashes: a page that
+/// names one of them again (E changed it once more, or replaced a directory above it) waits
+/// until the earlier change is recorded, because planning reads what R last synced. A hash
+/// collision only costs such a wait.
 #[derive(Default)]
-struct Writer {
-    group: Vec<(usize, Box<Pending>, FileHeader, Bytes)>,
-    bytes: usize,
-    /// Groups being written.
-    writing: std::collections::VecDeque<Group>,
+struct Planned {
+    paths: HashSet<u64>,
+    ancestors: HashSet<u64>,
 }
 
-/// What a group of whole files became, by change index.
-type Sealed = Vec<(usize, Result<Box<Ready>, ClientError>)>;
-
-/// A group being written: the change index and path of each of its files, and its thread.
-type Group = (Vec<(usize, String)>, tokio::task::JoinHandle<Sealed>);
-
-/// A group is handed to its thread at this many files or bytes.
-const WRITER_GROUP_FILES: usize = 64;
-const WRITER_GROUP_BYTES: usize = 4 << 20;
-/// Groups written at the same time, on threads of their own.
-const WRITER_THREADS: usize = 2;
-
-impl Writer {
-    /// Adds a file; when the group is full, starts writing it and returns what the oldest
-    /// group became once as many as [`WRITER_THREADS`] are being written (waiting for it).
-    async fn push(
-        &mut self,
-        index: usize,
-        pending: Box<Pending>,
-        header: FileHeader,
-        data: Bytes,
-    ) -> Sealed {
-        self.bytes += data.len();
-        self.group.push((index, pending, header, data));
-        if self.group.len() < WRITER_GROUP_FILES && self.bytes < WRITER_GROUP_BYTES {
-            return Vec::new();
+impl Planned {
+    fn add(&mut self, path: &str) {
+        self.paths.insert(hash(path));
+        for (i, _) in path.match_indices('/') {
+            self.ancestors.insert(hash(&path[..i]));
         }
-        let done = if self.writing.len() >= WRITER_THREADS {
-            self.wait_oldest().await
-        } else {
-            Vec::new()
-        };
-        self.start();
-        done
     }
 
-    /// Writes everything still held and returns what all of it became.
-    async fn drain(&mut self) -> Sealed {
-        self.start();
-        let mut done = Vec::new();
-        while !self.writing.is_empty() {
-            done.extend(self.wait_oldest().await);
-        }
-        done
-    }
-
-    /// Hands the gathered group to a thread of its own.
-    fn start(&mut self) {
-        let group = std::mem::take(&mut self.group);
-        self.bytes = 0;
-        if group.is_empty() {
-            return;
-        }
-        let indices = group
-            .iter()
-            .map(|(i, pending, ..)| (*i, pending.path().to_string()))
-            .collect();
-        let handle = tokio::task::spawn_blocking(move || write_group(group));
-        self.writing.push_back((indices, handle));
-    }
-
-    async fn wait_oldest(&mut self) -> Sealed {
-        let Some((indices, writing)) = self.writing.pop_front() else {
-            return Vec::new();
-        };
-        match writing.await {
-            Ok(sealed) => sealed,
-            // The thread panicked: each of its files fails this round (and is fetched again
-            // next round) instead of vanishing from the report.
-            Err(e) => indices
-                .into_iter()
-                .map(|(i, path)| {
-                    let error = ClientError::Io {
-                        what: "write",
-                        path,
-                        source: std::io::Error::other(format!("the writing thread failed: {e}")),
-                    };
-                    (i, Err(error))
-                })
-                .collect(),
-        }
+    fn overlaps(&self, changes: &[Change]) -> bool {
+        changes.iter().any(|c| {
+            let h = hash(&c.path);
+            self.paths.contains(&h) || self.ancestors.contains(&h)
+        })
     }
 }
 
-/// Writes and seals a group of whole files, checking each directory's parents once.
-fn write_group(group: Vec<(usize, Box<Pending>, FileHeader, Bytes)>) -> Sealed {
-    let mut checked = zync_fs::CheckedDirs::default();
-    group
-        .into_iter()
-        .map(|(i, pending, header, data)| (i, pending.write_whole(&header, &data, &mut checked)))
-        .collect()
+fn hash(path: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    path.hash(&mut hasher);
+    hasher.finish()
 }
 
-/// A batch of finished files, flushed as a whole before any of them is renamed.
-type Files = Vec<(usize, Box<Ready>)>;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Finished files waiting for their rename. A full batch is flushed on a blocking thread while
-/// the next one downloads, and renamed into place once that flush is done (invariant 1: no
-/// rename before the content is on disk): downloads wait for the disk only when a second batch
-/// fills before the first one's flush ended.
-struct Batch {
-    files: Files,
-    bytes: u64,
-    flushing: Option<tokio::task::JoinHandle<(Files, Result<(), ClientError>)>>,
-    progress: Progress,
-}
-
-impl Batch {
-    fn new(progress: Progress) -> Batch {
-        Batch {
-            files: Vec::new(),
-            bytes: 0,
-            flushing: None,
-            progress,
+    fn change(seq: u64, path: &str) -> Change {
+        Change {
+            seq,
+            path: path.to_string(),
+            kind: zync_proto::Kind::File,
+            deleted: false,
+            size: 1,
+            mtime_ns: 0,
+            mode: 0o644,
+            sha256: None,
+            target: None,
         }
     }
 
-    fn add(&mut self, index: usize, ready: Box<Ready>) {
-        self.bytes += ready.size();
-        self.files.push((index, ready));
+    #[test]
+    fn a_page_overlaps_when_it_names_a_planned_path_or_a_directory_above_one() {
+        let mut planned = Planned::default();
+        planned.add("src/a/main.rs");
+        planned.add("README");
+        assert!(planned.overlaps(&[change(9, "README")]), "the same path");
+        assert!(
+            planned.overlaps(&[change(9, "src/a")]),
+            "a directory above a planned file"
+        );
+        assert!(
+            planned.overlaps(&[change(9, "src")]),
+            "the top directory above it"
+        );
+        assert!(
+            !planned.overlaps(&[change(9, "src/a/lib.rs"), change(10, "src/b/x")]),
+            "a sibling in a planned file's directory does not wait"
+        );
+        assert!(!planned.overlaps(&[change(9, "src/a/main.rs.bak")]));
     }
-
-    /// Adds what a group of whole files became: sealed files join the batch, failures are
-    /// results already.
-    fn add_sealed(&mut self, sealed: Sealed, results: &mut [Option<Result<Record, ClientError>>]) {
-        for (i, sealed) in sealed {
-            match sealed {
-                Ok(ready) => self.add(i, ready),
-                Err(e) => results[i] = Some(Err(e)),
-            }
-        }
-    }
-
-    fn is_full(&self) -> bool {
-        self.files.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES
-    }
-
-    /// Installs the batch whose flush is under way (waiting for it), then starts flushing the
-    /// files gathered since.
-    async fn rotate(
-        &mut self,
-        applier: &mut Applier<'_>,
-        results: &mut [Option<Result<Record, ClientError>>],
-    ) -> Result<(), ClientError> {
-        self.install_flushed(applier, results).await?;
-        let files = std::mem::take(&mut self.files);
-        self.bytes = 0;
-        if !files.is_empty() {
-            self.flushing = Some(tokio::task::spawn_blocking(move || {
-                let flushed = flush(&files);
-                (files, flushed)
-            }));
-        }
-        Ok(())
-    }
-
-    /// Flushes and installs everything: the batch in flight, then the files gathered since.
-    async fn drain(
-        &mut self,
-        applier: &mut Applier<'_>,
-        results: &mut [Option<Result<Record, ClientError>>],
-    ) -> Result<(), ClientError> {
-        self.rotate(applier, results).await?;
-        self.install_flushed(applier, results).await
-    }
-
-    async fn install_flushed(
-        &mut self,
-        applier: &mut Applier<'_>,
-        results: &mut [Option<Result<Record, ClientError>>],
-    ) -> Result<(), ClientError> {
-        let Some(flushing) = self.flushing.take() else {
-            return Ok(());
-        };
-        let (files, flushed) = flushing.await.map_err(|e| ClientError::Io {
-            what: "flush",
-            path: applier.root().display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        flushed?;
-        applier.new_batch();
-        for (i, ready) in files {
-            let result = applier.install(ready);
-            if result.is_ok() {
-                self.progress.files(1);
-            }
-            results[i] = Some(result);
-        }
-        Ok(())
-    }
-}
-
-/// Makes a batch's content durable. A big file, or a handful of files, is flushed on its own;
-/// many small files with one flush of their file system (which also waits for unrelated dirty
-/// data there, so it is kept for the batches where it saves hundreds of flushes).
-fn flush(files: &Files) -> Result<(), ClientError> {
-    let (big, small): (Vec<_>, Vec<_>) = files
-        .iter()
-        .map(|(_, ready)| ready)
-        .partition(|ready| ready.size() >= OWN_FLUSH_SIZE);
-    for ready in big {
-        ready.sync()?;
-    }
-    if small.len() <= OWN_FLUSH_FILES {
-        for ready in small {
-            ready.sync()?;
-        }
-    } else {
-        // A temp file made here is on its directory's file system: one look per directory.
-        let dirs: std::collections::BTreeSet<&std::path::Path> = small
-            .iter()
-            .filter_map(|ready| ready.temp_path().parent())
-            .collect();
-        zync_fs::sync_filesystems(dirs)?;
-    }
-    Ok(())
-}
-
-/// Records a page's results and the new durable sequence in one transaction. Runs only after
-/// the page's files and directories were fsynced.
-fn commit(
-    state: &mut ClientState,
-    name: &str,
-    index_id: &str,
-    records: Vec<(String, Record)>,
-    failed: &[(String, String)],
-    durable: u64,
-) -> Result<(), ClientError> {
-    let mut batch = state.batch()?;
-    for (change_path, record) in records {
-        match record {
-            Record::Set(path, synced) => batch.set_synced(name, &path, &synced)?,
-            Record::Remove(path) => batch.remove_synced_tree(name, &path)?,
-            Record::Nothing => {}
-        }
-        batch.clear_failing(name, &change_path)?;
-        batch.clear_inflight_path(name, &change_path)?;
-    }
-    for (path, error) in failed {
-        batch.set_failing(name, path, error)?;
-    }
-    batch.set_dir_state(
-        name,
-        &DirState {
-            index_id: index_id.to_string(),
-            last_seq: durable,
-        },
-    )?;
-    batch.commit()?;
-    Ok(())
 }

@@ -1,0 +1,195 @@
+//! The client against a scripted daemon, for orderings a real daemon produces only by chance:
+//! the client asks for the next page of changes while the current one downloads, so a path
+//! can come again in a later page (E changed it once more) while its earlier version is still
+//! on its way. The later change must be planned against the earlier one applied and recorded:
+//! R ends with E's latest version and no conflict copy of zync's own write (invariant 4).
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Output;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+use common::*;
+
+/// One scripted change: sequence, path and content (a file).
+struct Scripted {
+    seq: u64,
+    path: &'static str,
+    content: &'static [u8],
+}
+
+fn change(c: &Scripted) -> Value {
+    json!({
+        "seq": c.seq, "path": c.path, "kind": "file", "deleted": false,
+        "size": c.content.len(), "mtime_ns": 1_700_000_000_000_000_000i64 + c.seq as i64,
+        "mode": 420, "sha256": sha256(c.content),
+    })
+}
+
+/// Serves one connection: HELLO, the pages in order (the first for `since` 0, each next one
+/// for the last sequence of the one before), and each path's versions in the order the pages
+/// name them, one GET_FILE after another. Returns the operations in the order received.
+async fn scripted_daemon(listener: TcpListener, pages: Vec<Vec<Scripted>>) -> Vec<String> {
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+    let mut versions: HashMap<&str, Vec<&[u8]>> = HashMap::new();
+    for page in &pages {
+        for c in page {
+            versions.entry(c.path).or_default().push(c.content);
+        }
+    }
+    let mut seen = Vec::new();
+    while let Some(Ok(message)) = ws.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let request: Value = serde_json::from_str(&text).unwrap();
+        let id = request["id"].as_u64().unwrap();
+        let op = request["operation"].as_str().unwrap().to_string();
+        let reply = match op.as_str() {
+            "HELLO" => json!({
+                "status": "ok", "id": id, "operation": "HELLO", "protocol_version": 1,
+                "index_id": "scripted", "dirs": ["code"], "scanning": false,
+                "server_version": "scripted", "pipelining": {"requests": 64, "bytes": 1 << 20},
+            }),
+            "GET_CHANGES" => {
+                let since = request["since"].as_u64().unwrap();
+                seen.push(format!("GET_CHANGES {since}"));
+                let at = pages
+                    .iter()
+                    .position(|p| p.first().is_some_and(|c| c.seq > since))
+                    .unwrap_or(pages.len());
+                let changes: Vec<Value> = pages
+                    .get(at)
+                    .map_or(Vec::new(), |p| p.iter().map(change).collect());
+                json!({
+                    "status": "ok", "id": id, "operation": "GET_CHANGES", "dir": "code",
+                    "changes": changes, "last_sequence": pages.last().and_then(|p| p.last()).map_or(0, |c| c.seq),
+                    "more": at + 1 < pages.len(),
+                })
+            }
+            "GET_FILE" => {
+                let path = request["path"].as_str().unwrap().to_string();
+                seen.push(format!("GET_FILE {path}"));
+                let queue = versions.get_mut(path.as_str()).unwrap();
+                let content = if queue.len() > 1 {
+                    queue.remove(0)
+                } else {
+                    queue[0]
+                };
+                let header = json!({
+                    "status": "ok", "id": id, "operation": "GET_FILE", "dir": "code",
+                    "path": path, "size": content.len(), "offset": 0,
+                    "sha256": sha256(content), "mtime_ns": 0, "mode": 420,
+                    "chunks": if content.is_empty() { 0 } else { 1 },
+                });
+                ws.send(Message::text(header.to_string())).await.unwrap();
+                let mut frame = id.to_be_bytes().to_vec();
+                frame.extend_from_slice(content);
+                ws.send(Message::binary(frame)).await.unwrap();
+                continue;
+            }
+            "ACK_CHANGES" => json!({
+                "status": "ok", "id": id, "operation": "ACK_CHANGES", "dir": "code",
+                "sequence": request["sequence"],
+            }),
+            other => panic!("the scripted daemon got an unexpected {other}"),
+        };
+        ws.send(Message::text(reply.to_string())).await.unwrap();
+    }
+    seen
+}
+
+/// Runs `zync-client --once` against a scripted daemon serving `pages` into `r`.
+async fn once_against(
+    pages: Vec<Vec<Scripted>>,
+    state: &std::path::Path,
+    r: &std::path::Path,
+) -> (Output, Vec<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let daemon = tokio::spawn(scripted_daemon(listener, pages));
+    std::fs::create_dir_all(r).unwrap();
+    let token = state.join("token");
+    write(&token, "scripted-token");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut cmd = command("zync-client");
+    cmd.arg("--server")
+        .arg(format!("ws://{addr}"))
+        .arg("--db")
+        .arg(state.join("client.db"))
+        .arg("--token-file")
+        .arg(&token)
+        .arg("--dirs")
+        .arg(format!("code:{}", r.display()))
+        .args(["--once", "--log-level", "debug"]);
+    let out = tokio::task::spawn_blocking(move || output_within_deadline(cmd))
+        .await
+        .unwrap();
+    // A client that never connected leaves the daemon waiting: its error says why.
+    let seen = match tokio::time::timeout(std::time::Duration::from_secs(5), daemon).await {
+        Ok(seen) => seen.unwrap(),
+        Err(_) => panic!("the client never finished a session:\n{}", stderr(&out)),
+    };
+    (out, seen)
+}
+
+#[tokio::test]
+async fn a_path_in_a_later_page_waits_for_its_earlier_version_and_makes_no_conflict_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, r) = (tmp.path().join("state"), tmp.path().join("r"));
+    std::fs::create_dir_all(&state).unwrap();
+    let pages = vec![
+        vec![
+            Scripted {
+                seq: 1,
+                path: "p.txt",
+                content: b"first version\n",
+            },
+            Scripted {
+                seq: 2,
+                path: "q.txt",
+                content: b"another file\n",
+            },
+        ],
+        // E changed p.txt again after the first page was made.
+        vec![Scripted {
+            seq: 3,
+            path: "p.txt",
+            content: b"second version\n",
+        }],
+    ];
+    let (out, seen) = once_against(pages, &state, &r).await;
+    assert!(
+        out.status.success(),
+        "zync-client --once failed:\n{}",
+        stderr(&out)
+    );
+    // The second page was asked for before the first page's files: it came while p.txt's
+    // first version was still on its way.
+    let second = seen.iter().position(|s| s == "GET_CHANGES 2");
+    let first_file = seen.iter().position(|s| s == "GET_FILE p.txt");
+    assert!(
+        matches!((second, first_file), (Some(a), Some(b)) if a < b),
+        "the next page was not asked for ahead of the downloads: {seen:?}"
+    );
+    assert_eq!(std::fs::read(r.join("p.txt")).unwrap(), b"second version\n");
+    assert_eq!(std::fs::read(r.join("q.txt")).unwrap(), b"another file\n");
+    let copies = conflict_copies(&r);
+    assert!(
+        copies.is_empty(),
+        "zync's own write was kept as a conflict copy: {copies:?}\n{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        seen.iter().filter(|s| *s == "GET_FILE p.txt").count(),
+        2,
+        "each version of p.txt is downloaded once: {seen:?}"
+    );
+}
