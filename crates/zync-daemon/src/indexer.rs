@@ -152,9 +152,9 @@ impl Indexer {
         }
     }
 
-    /// Scans every root, then follows the watcher until `stop` is set. Without a working
-    /// watcher (an unreadable directory, the inotify watch limit) it falls back to periodic
-    /// rescans instead of going blind.
+    /// Scans every root, then follows the watcher until `stop` is set. Where the watcher cannot
+    /// see (an unreadable directory, the inotify watch limit) it adds periodic rescans instead
+    /// of going blind (invariant 6).
     ///
     /// # Errors
     /// When the index cannot be written.
@@ -165,15 +165,19 @@ impl Indexer {
         let mut watcher = match zync_fs::Watcher::new(&paths, tx) {
             Ok(w) => Some(w),
             Err(e) => {
-                tracing::warn!(
-                    "cannot watch the directories ({e}); rescanning every {}s instead. Fix: make \
-                     every directory readable by the daemon's user, or raise the inotify limit \
-                     (sudo sysctl fs.inotify.max_user_watches=524288), then restart",
-                    POLL_RESCAN.as_secs()
-                );
+                warn_blind(&e.to_string());
                 None
             }
         };
+        // Part of a tree unwatched (an unreadable directory, the watch limit reached for a new
+        // one): the watcher goes on for the rest, and periodic rescans look at everything.
+        let mut polling = watcher.is_none();
+        if let Some(spots) = watcher.as_ref().map(zync_fs::Watcher::blind_spots) {
+            if !spots.is_empty() {
+                warn_blind(&spots.join("; "));
+                polling = true;
+            }
+        }
         self.publish(true)?;
         let started = Instant::now();
         for i in 0..self.roots.len() {
@@ -188,20 +192,26 @@ impl Indexer {
         );
         let mut last_poll = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            if watcher.is_none() {
+            if polling && last_poll.elapsed() >= POLL_RESCAN {
+                self.rescan((0..self.roots.len()).collect())?;
+                last_poll = Instant::now();
+            }
+            let Some(w) = &watcher else {
                 std::thread::sleep(IDLE_TICK);
-                if last_poll.elapsed() >= POLL_RESCAN {
-                    self.rescan((0..self.roots.len()).collect())?;
-                    last_poll = Instant::now();
-                }
                 self.recheck_due()?;
                 continue;
+            };
+            let spots = w.blind_spots();
+            if !spots.is_empty() && !polling {
+                warn_blind(&spots.join("; "));
+                polling = true;
             }
             let Some(batch) =
                 zync_fs::next_batch_timeout(&rx, IDLE_TICK, DEBOUNCE_QUIET, DEBOUNCE_MAX)
             else {
                 tracing::warn!("the file watcher stopped; rescanning periodically instead");
                 watcher = None;
+                polling = true;
                 continue;
             };
             let rescan: Vec<usize> = if batch.rescan_all {
@@ -560,6 +570,16 @@ fn publish(index: &Index, status: &watch::Sender<Status>, scanning: bool) -> any
         changed
     });
     Ok(())
+}
+
+/// Says that the watcher cannot see everything, what the daemon does about it, and the fix.
+fn warn_blind(why: &str) {
+    tracing::warn!(
+        "cannot watch the directories ({why}); rescanning every {}s instead. Fix: make every \
+         directory readable by the daemon's user, or raise the inotify limit (sudo sysctl \
+         fs.inotify.max_user_watches=524288), then restart",
+        POLL_RESCAN.as_secs()
+    );
 }
 
 #[cfg(test)]

@@ -242,7 +242,7 @@ fn check_signature(bytes: &[u8]) -> Result<CheckedSignature, DeltaError> {
     }
     let entry = 4 + strong as usize;
     let body = bytes.len() - header;
-    if body % entry != 0 {
+    if !body.is_multiple_of(entry) {
         return bad(format!(
             "its {body} bytes of block entries are not a whole number of {entry}-byte entries (truncated?)"
         ));

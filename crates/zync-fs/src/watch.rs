@@ -2,11 +2,13 @@
 //! batches. A lost event (queue overflow, watcher error) becomes a rescan request, so the daemon
 //! never misses a change (invariant 6).
 
+use notify::event::EventKindMask;
 use notify::event::{AccessKind, AccessMode};
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
+use notify::{Config, Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What the watcher reports.
@@ -32,6 +34,8 @@ pub enum WatchEvent {
 pub struct Watcher {
     _inner: RecommendedWatcher,
     roots: Vec<PathBuf>,
+    /// Parts of the trees the watcher reported it could not watch, not yet taken.
+    blind: Arc<Mutex<Vec<String>>>,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -52,18 +56,35 @@ impl Watcher {
     /// directory before its watch is in place produces no event: callers should scan a newly
     /// created directory.
     ///
+    /// A directory that cannot be watched (unreadable) does not stop the others from being
+    /// watched: it is reported by [`Watcher::blind_spots`], and the caller must look at the
+    /// trees by other means, for the watcher will not see what changes there.
+    ///
     /// # Errors
     ///
     /// The notify error when the watcher cannot start or a root cannot be watched (missing
     /// root, inotify watch limit reached).
     pub fn new(roots: &[PathBuf], tx: Sender<WatchEvent>) -> Result<Watcher, notify::Error> {
         let handler_roots = roots.to_vec();
-        let mut inner = notify::recommended_watcher(move |res: notify::Result<Event>| {
+        let blind = Arc::new(Mutex::new(Vec::new()));
+        let handler_blind = Arc::clone(&blind);
+        let handler = move |res: notify::Result<Event>| {
+            if let Err(e) = &res {
+                if let Ok(mut blind) = handler_blind.lock() {
+                    blind.push(e.to_string());
+                }
+            }
             for event in translate(&handler_roots, res) {
                 // A closed receiver means the caller is shutting down.
                 let _ = tx.send(event);
             }
-        })?;
+        };
+        // Changes, and the end of a write; not opens and reads: every file the daemon reads to
+        // serve it (and every `grep` on E) would wake the watcher, and enough of them at once
+        // overflow the kernel's queue into a full rescan.
+        let kinds = EventKindMask::CORE | EventKindMask::ACCESS_CLOSE;
+        let mut inner =
+            RecommendedWatcher::new(handler, Config::default().with_event_kinds(kinds))?;
         for root in roots {
             inner
                 .watch(root, RecursiveMode::Recursive)
@@ -72,7 +93,17 @@ impl Watcher {
         Ok(Watcher {
             _inner: inner,
             roots: roots.to_vec(),
+            blind,
         })
+    }
+
+    /// What the watcher reported it could not watch since the last call (a directory it may
+    /// not read, the watch limit reached for a new directory), as messages naming the paths.
+    pub fn blind_spots(&self) -> Vec<String> {
+        self.blind
+            .lock()
+            .map(|mut blind| std::mem::take(&mut *blind))
+            .unwrap_or_default()
     }
 
     /// The roots being watched, in index order.
@@ -297,6 +328,34 @@ mod tests {
                 "channel not closed after the watcher was dropped"
             );
         }
+    }
+
+    #[test]
+    fn an_unreadable_directory_is_a_blind_spot_and_the_rest_is_watched() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        fs::create_dir_all(root.join("locked/inner")).expect("mkdir");
+        fs::create_dir(root.join("open")).expect("mkdir");
+        fs::set_permissions(root.join("locked"), fs::Permissions::from_mode(0o000)).expect("chmod");
+        // Root reads every directory anyway: only then is nothing blind.
+        let readable = fs::read_dir(root.join("locked")).is_ok();
+        let (tx, rx) = channel();
+        let watcher = Watcher::new(std::slice::from_ref(&root), tx).expect("watcher");
+        let blind = watcher.blind_spots();
+        if readable {
+            assert!(blind.is_empty(), "{blind:?}");
+        } else {
+            assert!(
+                blind.iter().any(|b| b.contains("locked")),
+                "the unreadable directory is not reported: {blind:?}"
+            );
+        }
+        assert!(watcher.blind_spots().is_empty(), "reported twice");
+        let f = root.join("open/new.txt");
+        fs::write(&f, b"x").expect("write");
+        wait_for(&rx, 0, |seen| seen.contains(&f));
+        fs::set_permissions(root.join("locked"), fs::Permissions::from_mode(0o755)).expect("chmod");
     }
 
     #[test]

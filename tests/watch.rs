@@ -1,0 +1,104 @@
+//! End-to-end: what the daemon asks the kernel to watch. It must hear every change (DESIGN
+//! invariant 6) and nothing else: a watch on opens would wake the daemon for every file anything
+//! on E reads (an editor, a build, `grep -r`, the daemon serving R), and enough of them at once
+//! overflow the kernel's queue into a full rescan (issue 5).
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+const IN_ACCESS: u32 = 0x1;
+const IN_MODIFY: u32 = 0x2;
+const IN_ATTRIB: u32 = 0x4;
+const IN_CLOSE_WRITE: u32 = 0x8;
+const IN_CLOSE_NOWRITE: u32 = 0x10;
+const IN_OPEN: u32 = 0x20;
+const IN_MOVED_FROM: u32 = 0x40;
+const IN_MOVED_TO: u32 = 0x80;
+const IN_CREATE: u32 = 0x100;
+const IN_DELETE: u32 = 0x200;
+
+/// The event masks of every inotify watch process `pid` holds, from /proc/PID/fdinfo.
+fn inotify_masks(pid: u32) -> Vec<u32> {
+    let mut masks = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        if target != Path::new("anon_inode:inotify") {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap();
+        for line in info.lines().filter(|l| l.starts_with("inotify ")) {
+            let mask = line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("mask:"))
+                .unwrap_or_else(|| panic!("no mask in {line:?}"));
+            masks.push(u32::from_str_radix(mask, 16).unwrap());
+        }
+    }
+    masks
+}
+
+#[test]
+fn the_daemon_watches_every_directory_for_changes_and_none_for_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    for dir in ["a", "a/b", "c"] {
+        write(&e.join(dir).join("f.txt"), "x");
+    }
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let daemon = Daemon::start(&state, &[("code", &e)]);
+    daemon.wait_scanned();
+    let mut masks = Vec::new();
+    wait_until(
+        "the daemon to watch the root and its three directories",
+        || {
+            masks = inotify_masks(daemon.pid());
+            masks.len() >= 4
+        },
+    );
+    assert_eq!(masks.len(), 4, "one watch per directory: {masks:x?}");
+    let changes = IN_MODIFY
+        | IN_ATTRIB
+        | IN_CLOSE_WRITE
+        | IN_MOVED_FROM
+        | IN_MOVED_TO
+        | IN_CREATE
+        | IN_DELETE;
+    for mask in masks {
+        assert_eq!(
+            mask & changes,
+            changes,
+            "a watch misses changes: mask {mask:#x}, wanted all of {changes:#x}"
+        );
+        assert_eq!(
+            mask & (IN_ACCESS | IN_OPEN | IN_CLOSE_NOWRITE),
+            0,
+            "a watch wakes the daemon for reads: mask {mask:#x}"
+        );
+    }
+    // And it still hears a change.
+    write(&e.join("a/b/new.txt"), "new");
+    wait_until("the daemon to index a file created after the scan", || {
+        let db = rusqlite::Connection::open_with_flags(
+            &daemon.db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        db.query_row(
+            "SELECT count(*) FROM entries WHERE path = 'a/b/new.txt' AND deleted = 0",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .is_ok_and(|n| n == 1)
+    });
+}
