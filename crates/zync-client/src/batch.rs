@@ -30,7 +30,7 @@ const OWN_FLUSH_FILES: usize = 16;
 const WRITER_GROUP_FILES: usize = 64;
 const WRITER_GROUP_BYTES: usize = 4 << 20;
 /// Groups written at the same time, on threads of their own.
-const WRITER_THREADS: usize = 4;
+const WRITER_THREADS: usize = 2;
 
 /// What a group of whole files became, by change index.
 pub type Sealed = Vec<(usize, Result<Box<Ready>, ClientError>)>;
