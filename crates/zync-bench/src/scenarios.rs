@@ -101,8 +101,10 @@ enum Keep {
     /// deleted is several times slower ("recently deleted" inodes are skipped one by one),
     /// which would time the file system, not the tools.
     Tree,
-    /// Removed: a big file's page cache is then reused by the next run instead of memory
-    /// the VM has to fault in afresh, which made later runs of both tools swing by 2-3x.
+    /// Removed right before the same tool's next timed run: a big file's page cache is then
+    /// reused at once instead of memory the VM has to fault in afresh. Removing both tools'
+    /// copies together made whichever tool went second wait for memory the host had taken
+    /// back meanwhile: 2-3x slower, turn by turn.
     Nothing,
 }
 
@@ -121,11 +123,6 @@ fn pair(ctx: &Ctx, src: &Path, mode: Mode, keep: Keep) -> Result<Row> {
     let (mut zt, mut rt, mut zb, mut rb) = (vec![], vec![], vec![], vec![]);
     let (mut zdaemon, mut zclient, mut rclient) = (vec![], vec![], vec![]);
     for run in 0..ctx.opts.runs {
-        if run > 0 && keep == Keep::Nothing {
-            for p in ["dst-zync", "dst-rsync"] {
-                fs::remove_dir_all(dir.join(format!("{p}-{}", run - 1)))?;
-            }
-        }
         let (zdst, rdst, zdb) = (
             dir.join(format!("dst-zync-{run}")),
             dir.join(format!("dst-rsync-{run}")),
@@ -148,6 +145,12 @@ fn pair(ctx: &Ctx, src: &Path, mode: Mode, keep: Keep) -> Result<Row> {
         }
         // Alternate which tool goes first, so neither always meets a warmer or busier machine.
         for zync_turn in [run % 2 == 0, run % 2 == 1] {
+            if run > 0 && keep == Keep::Nothing {
+                // Each tool's last copy goes right before its own run, which reuses that page
+                // cache at once: freed a run earlier, the host may have taken it back by then.
+                let tool = if zync_turn { "dst-zync" } else { "dst-rsync" };
+                fs::remove_dir_all(dir.join(format!("{tool}-{}", run - 1)))?;
+            }
             settle_disk();
             if zync_turn {
                 zp.take_bytes();
