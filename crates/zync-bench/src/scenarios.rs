@@ -186,6 +186,7 @@ fn pair(ctx: &Ctx, src: &Path, mode: Mode, keep: Keep) -> Result<Row> {
     Ok(Row {
         zync: median(&zt),
         rsync: median(&rt),
+        best: (zt.iter().min().copied(), rt.iter().min().copied()),
         zync_rss: (peak(&zdaemon), peak(&zclient)),
         rsync_rss: (Some(rdaemon.max_rss_kib), peak(&rclient)),
         wire: (median(&zb), median(&rb)),

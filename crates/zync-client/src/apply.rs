@@ -272,7 +272,7 @@ pub struct Applier<'a> {
     wanted: HashSet<String>,
     /// Deleted files set aside by content, as sources for copies (renames on E).
     stash: HashMap<String, PathBuf>,
-    /// Directories seen in this page; forgotten whenever anything is moved or removed.
+    /// Directories seen in this sync; forgotten whenever anything is moved or removed.
     dirs_seen: HashSet<String>,
 }
 
@@ -626,7 +626,7 @@ impl<'a> Applier<'a> {
     /// nothing is ever written through a link (invariant 3).
     fn make_parents(&mut self, state: &ClientState, rel: &RelPath) -> Result<(), ClientError> {
         for ancestor in rel.ancestors() {
-            // Seen as a directory earlier in this page (writes still check every parent).
+            // Seen as a directory earlier in this sync (writes still check every parent).
             if self.dirs_seen.contains(ancestor.as_str()) {
                 continue;
             }
