@@ -24,6 +24,17 @@ enum Frame {
     Closed(Option<u16>),
 }
 
+/// The WebSocket upgrade request to `daemon`, with its token.
+fn upgrade_request(daemon: &Daemon) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let token = std::fs::read_to_string(&daemon.token_file).unwrap();
+    let mut request = daemon.url().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", token.trim()).parse().unwrap(),
+    );
+    request
+}
+
 /// A raw protocol connection.
 struct Peer {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -33,13 +44,7 @@ struct Peer {
 impl Peer {
     /// Connects with the daemon's token (no HELLO yet).
     async fn connect(daemon: &Daemon) -> Peer {
-        let token = std::fs::read_to_string(&daemon.token_file).unwrap();
-        let mut request = daemon.url().into_client_request().unwrap();
-        request.headers_mut().insert(
-            "Authorization",
-            format!("Bearer {}", token.trim()).parse().unwrap(),
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(request)
+        let (ws, _) = tokio_tungstenite::connect_async(upgrade_request(daemon))
             .await
             .expect("connect with the daemon's token");
         Peer { ws, next_id: 100 }
@@ -48,12 +53,7 @@ impl Peer {
     /// Connects with the daemon's token on a socket with small kernel buffers: what the
     /// daemon does not read stays in the client's send call.
     async fn connect_small_buffers(daemon: &Daemon) -> Peer {
-        let token = std::fs::read_to_string(&daemon.token_file).unwrap();
-        let mut request = daemon.url().into_client_request().unwrap();
-        request.headers_mut().insert(
-            "Authorization",
-            format!("Bearer {}", token.trim()).parse().unwrap(),
-        );
+        let request = upgrade_request(daemon);
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_send_buffer_size(16 << 10).unwrap();
         socket.set_recv_buffer_size(16 << 10).unwrap();
