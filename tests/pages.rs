@@ -17,19 +17,41 @@ use tokio_tungstenite::tungstenite::Message;
 
 use common::*;
 
-/// One scripted change: sequence, path and content (a file).
+/// One scripted change: sequence, path and content (a file), or `None` for a directory.
 struct Scripted {
     seq: u64,
     path: &'static str,
-    content: &'static [u8],
+    content: Option<&'static [u8]>,
+}
+
+fn file(seq: u64, path: &'static str, content: &'static [u8]) -> Scripted {
+    Scripted {
+        seq,
+        path,
+        content: Some(content),
+    }
+}
+
+fn dir(seq: u64, path: &'static str) -> Scripted {
+    Scripted {
+        seq,
+        path,
+        content: None,
+    }
 }
 
 fn change(c: &Scripted) -> Value {
-    json!({
-        "seq": c.seq, "path": c.path, "kind": "file", "deleted": false,
-        "size": c.content.len(), "mtime_ns": 1_700_000_000_000_000_000i64 + c.seq as i64,
-        "mode": 420, "sha256": sha256(c.content),
-    })
+    let mtime_ns = 1_700_000_000_000_000_000i64 + c.seq as i64;
+    match c.content {
+        Some(content) => json!({
+            "seq": c.seq, "path": c.path, "kind": "file", "deleted": false,
+            "size": content.len(), "mtime_ns": mtime_ns, "mode": 420, "sha256": sha256(content),
+        }),
+        None => json!({
+            "seq": c.seq, "path": c.path, "kind": "dir", "deleted": false,
+            "size": 0, "mtime_ns": mtime_ns, "mode": 493,
+        }),
+    }
 }
 
 /// Serves one connection: HELLO, the pages in order (the first for `since` 0, each next one
@@ -41,7 +63,9 @@ async fn scripted_daemon(listener: TcpListener, pages: Vec<Vec<Scripted>>) -> Ve
     let mut versions: HashMap<&str, Vec<&[u8]>> = HashMap::new();
     for page in &pages {
         for c in page {
-            versions.entry(c.path).or_default().push(c.content);
+            if let Some(content) = c.content {
+                versions.entry(c.path).or_default().push(content);
+            }
         }
     }
     let mut seen = Vec::new();
@@ -147,23 +171,11 @@ async fn a_path_in_a_later_page_waits_for_its_earlier_version_and_makes_no_confl
     std::fs::create_dir_all(&state).unwrap();
     let pages = vec![
         vec![
-            Scripted {
-                seq: 1,
-                path: "p.txt",
-                content: b"first version\n",
-            },
-            Scripted {
-                seq: 2,
-                path: "q.txt",
-                content: b"another file\n",
-            },
+            file(1, "p.txt", b"first version\n"),
+            file(2, "q.txt", b"another file\n"),
         ],
         // E changed p.txt again after the first page was made.
-        vec![Scripted {
-            seq: 3,
-            path: "p.txt",
-            content: b"second version\n",
-        }],
+        vec![file(3, "p.txt", b"second version\n")],
     ];
     let (out, seen) = once_against(pages, &state, &r).await;
     assert!(
@@ -191,5 +203,46 @@ async fn a_path_in_a_later_page_waits_for_its_earlier_version_and_makes_no_confl
         seen.iter().filter(|s| *s == "GET_FILE p.txt").count(),
         2,
         "each version of p.txt is downloaded once: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_file_that_became_a_directory_is_replaced_not_kept_as_a_conflict_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, r) = (tmp.path().join("state"), tmp.path().join("r"));
+    std::fs::create_dir_all(&state).unwrap();
+    // On E: `a` was a file, then `rm a; mkdir a; touch a/x`, then a chmod of `a` gave the
+    // directory a sequence after its file's: `a/x` comes in a page before `a` does, while the
+    // file `a` of the first page is still on its way.
+    let pages = vec![
+        vec![file(1, "a", b"a file at first\n")],
+        vec![file(5, "a/x", b"inside the directory\n")],
+        vec![dir(6, "a")],
+    ];
+    let (out, seen) = once_against(pages, &state, &r).await;
+    assert!(
+        out.status.success(),
+        "zync-client --once failed:\n{}",
+        stderr(&out)
+    );
+    let second = seen.iter().position(|s| s == "GET_CHANGES 1");
+    let first_file = seen.iter().position(|s| s == "GET_FILE a");
+    assert!(
+        matches!((second, first_file), (Some(a), Some(b)) if a < b),
+        "the next page was not asked for ahead of the downloads: {seen:?}"
+    );
+    assert!(r.join("a").is_dir(), "a is not E's directory");
+    assert_eq!(
+        std::fs::read(r.join("a/x")).unwrap(),
+        b"inside the directory\n"
+    );
+    let copies: Vec<String> = tree(&r, &[])
+        .into_keys()
+        .filter(|p| p.contains(".zync-conflict-"))
+        .collect();
+    assert!(
+        copies.is_empty(),
+        "zync's own write was kept as a conflict copy: {copies:?}\n{}",
+        stderr(&out)
     );
 }

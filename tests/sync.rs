@@ -145,3 +145,42 @@ fn renamed_moved_and_copied_files_are_copied_on_r_not_downloaded() {
         "set-aside files left on R"
     );
 }
+
+/// A renamed tree bigger than a batch: every file is a local copy made while the page is
+/// planned, and they go into place batch by batch (issue 5). Nothing is downloaded again and
+/// no copy is left behind.
+#[test]
+fn a_renamed_tree_of_many_files_is_copied_batch_by_batch_not_downloaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    const FILES: usize = 1_500;
+    for i in 0..FILES {
+        write(
+            &e.join(format!("old/d{:02}/f{i:04}.txt", i % 25)),
+            format!("file {i} {}", "z".repeat(i % 300)),
+        );
+    }
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+    assert_same_tree(&e, &r, &[]);
+
+    std::fs::rename(e.join("old"), e.join("new")).unwrap();
+    let logs = once_until(&client, &daemon.url(), "R has E's renamed tree", || {
+        same_tree(&e, &r, &[])
+    });
+    assert_same_tree(&e, &r, &[]);
+    assert_eq!(
+        downloaded_paths(&logs),
+        Vec::<String>::new(),
+        "content R had was downloaded again"
+    );
+    assert_eq!(
+        logs.matches("copied from a file R already had").count(),
+        FILES,
+        "each file is copied once"
+    );
+    assert_eq!(temp_files(&r), Vec::<String>::new(), "temp files left on R");
+}

@@ -242,14 +242,23 @@ impl Batch {
     /// A flush, rename-thread or database failure.
     pub async fn drain(&mut self, sink: &mut Sink<'_, '_>) -> Result<(), ClientError> {
         loop {
-            while !self.flights.is_empty() {
-                self.take_in_oldest(sink).await?;
-            }
+            self.wait(sink).await?;
             if self.files.is_empty() && sink.ledger.is_fresh_empty() && self.touched.is_empty() {
                 return Ok(());
             }
             self.start(sink);
         }
+    }
+
+    /// Takes in every batch on its thread (waiting for them), starting no other.
+    ///
+    /// # Errors
+    /// The first flush, rename-thread or database failure among them.
+    pub async fn wait(&mut self, sink: &mut Sink<'_, '_>) -> Result<(), ClientError> {
+        while !self.flights.is_empty() {
+            self.take_in_oldest(sink).await?;
+        }
+        Ok(())
     }
 
     /// The installer, with what it did (files, bytes, conflict copies); `None` until the

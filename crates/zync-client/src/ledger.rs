@@ -96,8 +96,9 @@ impl Commit {
         }
         for (path, error, transient) in &self.failed {
             batch.set_failing(dir, path, error)?;
-            committed.failed.push((path.clone(), error.clone()));
-            committed.transient += usize::from(*transient);
+            committed
+                .failed
+                .push((path.clone(), error.clone(), *transient));
         }
         batch.set_dir_state(
             dir,
@@ -116,17 +117,14 @@ impl Commit {
 pub struct Committed {
     /// Changes recorded as applied.
     pub applied: usize,
-    /// Changes recorded as failing, with their errors.
-    pub failed: Vec<(String, String)>,
-    /// How many of those may clear by themselves soon.
-    pub transient: usize,
+    /// Changes recorded as failing: path, error, and whether it may clear by itself soon.
+    pub failed: Vec<(String, String, bool)>,
 }
 
 impl Committed {
     /// Adds another commit's totals.
     pub fn add(&mut self, other: Committed) {
         self.applied += other.applied;
-        self.transient += other.transient;
         self.failed.extend(other.failed);
     }
 }
@@ -148,14 +146,15 @@ pub struct Ledger {
     /// Files about to be written: noted in the next commit, before any of them is renamed
     /// into place, so that after a crash the next run knows them for zync's own writes.
     inflight: Vec<(String, String)>,
-    /// Paths that failed before this run: cleared when they apply.
-    failing_before: HashSet<String>,
+    /// Paths recorded as failing (before this run, or by one of its commits): cleared when
+    /// they apply.
+    failing: HashSet<String>,
 }
 
 impl Ledger {
-    /// A ledger for `dir` whose stored sequence is `durable`; `failing_before` are the paths
-    /// the database lists as failing.
-    pub fn new(dir: &str, index_id: &str, durable: u64, failing_before: HashSet<String>) -> Self {
+    /// A ledger for `dir` whose stored sequence is `durable`; `failing` are the paths the
+    /// database lists as failing.
+    pub fn new(dir: &str, index_id: &str, durable: u64, failing: HashSet<String>) -> Self {
         Ledger {
             dir: dir.to_string(),
             index_id: index_id.to_string(),
@@ -165,7 +164,7 @@ impl Ledger {
             stuck: false,
             fresh: Vec::new(),
             inflight: Vec::new(),
-            failing_before,
+            failing,
         }
     }
 
@@ -234,6 +233,11 @@ impl Ledger {
         self.fresh.is_empty() && self.inflight.is_empty()
     }
 
+    /// True when `path` is recorded as failing and did not apply since.
+    pub fn is_failing(&self, path: &str) -> bool {
+        self.failing.contains(path)
+    }
+
     /// True when no change is pending.
     pub fn is_settled(&self) -> bool {
         self.entries
@@ -264,13 +268,14 @@ impl Ledger {
             };
             match std::mem::replace(&mut entry.state, State::Pending) {
                 State::Done(record) => {
-                    let clear_failing = self.failing_before.contains(&entry.path);
+                    let clear_failing = self.failing.remove(&entry.path);
                     commit
                         .applied
                         .push((entry.path.clone(), record, clear_failing));
                     entry.state = State::Writing { failed: false };
                 }
                 State::Failed(error, transient) => {
+                    self.failing.insert(entry.path.clone());
                     commit.failed.push((entry.path.clone(), error, transient));
                     entry.state = State::Writing { failed: true };
                 }
@@ -453,7 +458,8 @@ mod tests {
             done.failed,
             vec![(
                 "b".to_string(),
-                "unexpected message from the daemon: boom".to_string()
+                "unexpected message from the daemon: boom".to_string(),
+                false
             )]
         );
         assert_eq!(stored(&state), 5);
@@ -503,6 +509,26 @@ mod tests {
         let mut l = ledger(&state);
         let a = l.push(1, "a");
         l.done(a, record("a"));
+        let cp = l.checkpoint();
+        l.commit(&mut state, cp).unwrap();
+        assert!(state.failing(Some("d")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_path_that_fails_and_then_applies_in_the_same_run_is_no_longer_failing() {
+        let mut state = ClientState::open_in_memory().unwrap();
+        let mut l = ledger(&state);
+        let a = l.push(1, "a");
+        l.fail(
+            a,
+            &ClientError::Protocol("changed during the transfer".into()),
+        );
+        let cp = l.checkpoint();
+        l.commit(&mut state, cp).unwrap();
+        assert_eq!(state.failing(Some("d")).unwrap().len(), 1);
+        // A later page brings the path again, and this time it applies.
+        let again = l.push(7, "a");
+        l.done(again, record("a"));
         let cp = l.checkpoint();
         l.commit(&mut state, cp).unwrap();
         assert!(state.failing(Some("d")).unwrap().is_empty());

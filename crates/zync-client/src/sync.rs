@@ -82,7 +82,7 @@ pub async fn sync_dir(
         }
         None => 0,
     };
-    let failing_before = state
+    let failing = state
         .failing(Some(name))?
         .into_iter()
         .map(|f| f.path)
@@ -98,14 +98,21 @@ pub async fn sync_dir(
         pipeline: Pipeline::new(name, window, Progress::hidden()),
         writer: Writer::default(),
         batch,
-        ledger: Ledger::new(name, &index_id, since, failing_before),
+        ledger: Ledger::new(name, &index_id, since, failing),
         planned: Planned::default(),
         progress: Progress::hidden(),
         committed: Committed::default(),
         lost: None,
         acked: since,
     };
-    run.pull(conn, state, since).await?;
+    if let Err(e) = run.pull(conn, state, since).await {
+        // Batches already on their threads finish (their flush comes before their renames),
+        // but none may still rename once this returns: a retry would race them.
+        if let Err(also) = run.wait_for_batches().await {
+            tracing::debug!(dir = name, "a batch failed too: {also}");
+        }
+        return Err(e);
+    }
     run.finish(conn, state).await
 }
 
@@ -200,7 +207,7 @@ impl<'a> Run<'a> {
                     break;
                 }
             }
-            self.plan(state, &page)?;
+            self.plan(conn, state, &page).await?;
             since = last;
         }
         self.pump(conn, None).await
@@ -228,7 +235,12 @@ impl<'a> Run<'a> {
     ///
     /// # Errors
     /// Database errors; problems with single paths are recorded as their failures.
-    fn plan(&mut self, state: &ClientState, page: &ChangesReply) -> Result<(), ClientError> {
+    async fn plan(
+        &mut self,
+        conn: &mut Connection,
+        state: &ClientState,
+        page: &ChangesReply,
+    ) -> Result<(), ClientError> {
         let (files, bytes) = page
             .changes
             .iter()
@@ -248,10 +260,10 @@ impl<'a> Run<'a> {
                 .collect::<HashSet<_>>(),
         );
         // One read transaction for the page's lookups.
-        let snapshot = state.read_snapshot()?;
+        let mut snapshot = state.read_snapshot()?;
         for change in &page.changes {
             let i = self.ledger.push(change.seq, &change.path);
-            self.planned.add(&change.path);
+            self.planned.add(change);
             match self.applier.begin(state, change) {
                 Ok(Step::Done(record)) => {
                     if is_file(change) {
@@ -270,6 +282,13 @@ impl<'a> Run<'a> {
                     self.note_inflight(change);
                     self.progress.bytes(ready.size());
                     self.batch.add(i, ready);
+                    if self.batch.is_full() {
+                        // A renamed tree is all local copies: they go into place batch by
+                        // batch, not all at the end.
+                        drop(snapshot);
+                        self.rotate(conn).await?;
+                        snapshot = state.read_snapshot()?;
+                    }
                 }
                 Err(e) => self.ledger.fail(i, &e),
             }
@@ -312,11 +331,17 @@ impl<'a> Run<'a> {
                 }
             }
             if self.batch.is_full() {
-                let (batch, mut sink) = self.batch_and_sink();
-                batch.rotate(&mut sink).await?;
-                self.ack(conn).await;
+                self.rotate(conn).await?;
             }
         }
+    }
+
+    /// Hands the full batch to its thread, and tells the daemon how far the sync got.
+    async fn rotate(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+        let (batch, mut sink) = self.batch_and_sink();
+        batch.rotate(&mut sink).await?;
+        self.ack(conn).await;
+        Ok(())
     }
 
     /// Takes a finished download on towards its batch.
@@ -371,6 +396,12 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Waits for the batches on their threads, starting no other.
+    async fn wait_for_batches(&mut self) -> Result<(), ClientError> {
+        let (batch, mut sink) = self.batch_and_sink();
+        batch.wait(&mut sink).await
+    }
+
     /// Writes the files still held, then flushes, installs and records every batch.
     async fn wrap_up(&mut self) -> Result<(), ClientError> {
         let sealed = self.writer.drain().await;
@@ -420,7 +451,12 @@ impl<'a> Run<'a> {
         self.wrap_up().await?;
         self.ack(conn).await;
         self.progress.finish();
-        for (path, error) in &self.committed.failed {
+        // A path that failed and then applied in a later page of this run is not failing.
+        let ledger = &self.ledger;
+        self.committed
+            .failed
+            .retain(|(path, ..)| ledger.is_failing(path));
+        for (path, error, _) in &self.committed.failed {
             tracing::warn!(dir = self.name, path = %path, "{error}");
         }
         if let Some(e) = self.lost {
@@ -445,8 +481,13 @@ impl<'a> Run<'a> {
             copied,
             bytes,
             conflicts,
-            transient: self.committed.transient,
-            failures: self.committed.failed,
+            transient: self.committed.failed.iter().filter(|f| f.2).count(),
+            failures: self
+                .committed
+                .failed
+                .into_iter()
+                .map(|(path, error, _)| (path, error))
+                .collect(),
             last_seq: self.ledger.durable(),
         })
     }
@@ -457,19 +498,29 @@ fn is_file(change: &Change) -> bool {
     !change.deleted && change.kind == zync_proto::Kind::File
 }
 
-/// The paths planned since the sync last settled, and their ancestors, as hashes: a page that
-/// names one of them again (E changed it once more, or replaced a directory above it) waits
-/// until the earlier change is recorded, because planning reads what R last synced. A hash
-/// collision only costs such a wait.
+/// The paths planned since the sync last settled, as hashes: a page that names one of them
+/// again (E changed it once more), a directory above one (E replaced the directory), or a path
+/// below one that was not planned as a directory (E replaced a file or link by a directory, or
+/// deleted it and made it again) waits until the earlier change is recorded, because planning
+/// reads what R holds and last synced. A directory planned earlier does not make its new
+/// children wait: it exists once planned, and pages often split a directory from its files. A
+/// hash collision only costs such a wait.
 #[derive(Default)]
 struct Planned {
     paths: HashSet<u64>,
     ancestors: HashSet<u64>,
+    /// Planned paths that are not live directories: files, links, deletions.
+    leaves: HashSet<u64>,
 }
 
 impl Planned {
-    fn add(&mut self, path: &str) {
-        self.paths.insert(hash(path));
+    fn add(&mut self, change: &Change) {
+        let path = change.path.as_str();
+        let h = hash(path);
+        self.paths.insert(h);
+        if change.deleted || change.kind != zync_proto::Kind::Dir {
+            self.leaves.insert(h);
+        }
         for (i, _) in path.match_indices('/') {
             self.ancestors.insert(hash(&path[..i]));
         }
@@ -478,7 +529,11 @@ impl Planned {
     fn overlaps(&self, changes: &[Change]) -> bool {
         changes.iter().any(|c| {
             let h = hash(&c.path);
-            self.paths.contains(&h) || self.ancestors.contains(&h)
+            self.paths.contains(&h)
+                || self.ancestors.contains(&h)
+                || c.path
+                    .match_indices('/')
+                    .any(|(i, _)| self.leaves.contains(&hash(&c.path[..i])))
         })
     }
 }
@@ -510,8 +565,8 @@ mod tests {
     #[test]
     fn a_page_overlaps_when_it_names_a_planned_path_or_a_directory_above_one() {
         let mut planned = Planned::default();
-        planned.add("src/a/main.rs");
-        planned.add("README");
+        planned.add(&change(1, "src/a/main.rs"));
+        planned.add(&change(2, "README"));
         assert!(planned.overlaps(&[change(9, "README")]), "the same path");
         assert!(
             planned.overlaps(&[change(9, "src/a")]),
@@ -526,5 +581,32 @@ mod tests {
             "a sibling in a planned file's directory does not wait"
         );
         assert!(!planned.overlaps(&[change(9, "src/a/main.rs.bak")]));
+    }
+
+    #[test]
+    fn a_path_below_a_planned_file_or_deletion_waits_and_below_a_planned_directory_does_not() {
+        let mut planned = Planned::default();
+        // A file that becomes a directory on E before its first version was installed.
+        planned.add(&change(1, "a"));
+        assert!(
+            planned.overlaps(&[change(9, "a/x")]),
+            "below a planned file"
+        );
+        assert!(planned.overlaps(&[change(9, "a/b/c")]), "deeper below it");
+        let mut dir = change(2, "src/m004");
+        dir.kind = zync_proto::Kind::Dir;
+        planned.add(&dir);
+        assert!(
+            !planned.overlaps(&[change(9, "src/m004/f.rs")]),
+            "a directory's files may come in the next page"
+        );
+        let mut gone = dir.clone();
+        gone.path = "old".into();
+        gone.deleted = true;
+        planned.add(&gone);
+        assert!(
+            planned.overlaps(&[change(9, "old/new.txt")]),
+            "below a deleted directory"
+        );
     }
 }
