@@ -471,3 +471,32 @@ async fn settle(slot: &mut Slot) -> Result<(), ClientError> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_follows_the_daemon_and_stays_small_for_an_old_one() {
+        let old = Window::for_daemon(None);
+        assert_eq!((old.requests, old.request_bytes), (1024, 48 * 1024));
+        let generous = Window::for_daemon(Some(zync_proto::Pipelining {
+            requests: 100_000,
+            bytes: 1 << 40,
+        }));
+        assert_eq!(
+            (generous.requests, generous.request_bytes),
+            (4096, 4 << 20),
+            "capped by what this client keeps in memory"
+        );
+        let tight = Window::for_daemon(Some(zync_proto::Pipelining {
+            requests: 10,
+            bytes: 0,
+        }));
+        assert_eq!(
+            (tight.requests, tight.request_bytes),
+            (10, 1),
+            "a daemon's smaller window is kept (and never zero)"
+        );
+    }
+}
