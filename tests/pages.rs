@@ -113,10 +113,14 @@ async fn scripted_daemon(listener: TcpListener, pages: Vec<Vec<Scripted>>) -> Ve
                     "sha256": sha256(content), "mtime_ns": 0, "mode": 420,
                     "chunks": if content.is_empty() { 0 } else { 1 },
                 });
-                ws.send(Message::text(header.to_string())).await.unwrap();
+                if ws.send(Message::text(header.to_string())).await.is_err() {
+                    break;
+                }
                 let mut frame = id.to_be_bytes().to_vec();
                 frame.extend_from_slice(content);
-                ws.send(Message::binary(frame)).await.unwrap();
+                if ws.send(Message::binary(frame)).await.is_err() {
+                    break;
+                }
                 continue;
             }
             "ACK_CHANGES" => json!({
@@ -125,7 +129,10 @@ async fn scripted_daemon(listener: TcpListener, pages: Vec<Vec<Scripted>>) -> Ve
             }),
             other => panic!("the scripted daemon got an unexpected {other}"),
         };
-        ws.send(Message::text(reply.to_string())).await.unwrap();
+        // The client may close as soon as it is done, before an ACK's reply reaches it.
+        if ws.send(Message::text(reply.to_string())).await.is_err() {
+            break;
+        }
     }
     seen
 }
