@@ -1,8 +1,8 @@
 //! Finished downloads on their way into place, off the receiving thread: small files written
 //! and sealed in groups on blocking threads ([`Writer`]), then renamed in batches that are made
-//! durable by one flush first ([`Batch`], DESIGN invariant 1). Each flush also makes the
-//! previous batch's renames durable, and the changes finished before it began are committed
-//! once it ends (invariant 2).
+//! durable by one flush first ([`Batch`], DESIGN invariant 1). A later flush makes a batch's
+//! renames durable, and the changes finished before a flush began are committed once it ends
+//! (invariant 2).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};

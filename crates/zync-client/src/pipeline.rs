@@ -440,10 +440,14 @@ impl<'a> Pipeline<'a> {
         Some(Finished::Failed(slot.index, error))
     }
 
-    /// The downloads cut off by a lost connection, to keep what arrived of them as partials.
-    pub async fn abandon(self) -> Vec<Box<Pending>> {
+    /// The downloads cut off by a lost connection, to keep what arrived of them as partials;
+    /// the queued ones are dropped and the pipeline is empty after.
+    pub async fn abandon(&mut self) -> Vec<Box<Pending>> {
+        self.queue.clear();
+        self.request_bytes = 0;
+        self.content_bytes = 0;
         let mut cut = Vec::with_capacity(self.inflight.len());
-        for mut slot in self.inflight.into_values() {
+        for (_, mut slot) in std::mem::take(&mut self.inflight) {
             if let Err(e) = settle(&mut slot).await {
                 tracing::debug!(path = slot.pending.path(), "{e}");
             }

@@ -87,15 +87,17 @@ pub async fn sync_dir(
         .into_iter()
         .map(|f| f.path)
         .collect();
-    let window = Window::for_daemon(conn.hello.pipelining);
     let applier = Applier::new(mapping);
     // Commits are written beside the renames, on their thread: a connection of their own.
     let batch = Batch::new(applier.installer(), state.open_another()?);
     let mut run = Run {
         name,
-        window,
         applier,
-        pipeline: Pipeline::new(name, window, Progress::hidden()),
+        pipeline: Pipeline::new(
+            name,
+            Window::for_daemon(conn.hello.pipelining),
+            Progress::hidden(),
+        ),
         writer: Writer::default(),
         batch,
         ledger: Ledger::new(name, &index_id, since, failing),
@@ -120,7 +122,6 @@ pub async fn sync_dir(
 /// on their way into place, and what became of each change.
 struct Run<'a> {
     name: &'a str,
-    window: Window,
     applier: Applier<'a>,
     pipeline: Pipeline<'a>,
     writer: Writer,
@@ -439,11 +440,7 @@ impl<'a> Run<'a> {
     ) -> Result<DirReport, ClientError> {
         if self.lost.is_some() {
             // The tunnel dropped: keep what arrived, the next attempt resumes from there.
-            let pipeline = std::mem::replace(
-                &mut self.pipeline,
-                Pipeline::new(self.name, self.window, Progress::hidden()),
-            );
-            for pending in pipeline.abandon().await {
+            for pending in self.pipeline.abandon().await {
                 pending.keep_partial();
             }
         }
