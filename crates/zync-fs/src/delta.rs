@@ -9,7 +9,7 @@
 //! (invariant 1), and fall back to a whole download when it differs.
 //!
 //! Memory stays bounded whatever the file size: the signature is computed and the new file is
-//! diffed in windows of a few MiB, and [`apply`] streams its output record by record, reading
+//! diffed in windows of a few MiB (a few at a time, in parallel: see [`lanes`]), and [`apply`] streams its output record by record, reading
 //! the base file with positioned reads (see [`apply`] for why not a memory map).
 //!
 //! # The delta stream
@@ -28,6 +28,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use fast_rsync::{Signature, SignatureOptions};
+use rayon::prelude::*;
 
 use crate::atomic::FsError;
 
@@ -165,7 +166,8 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// The `fast_rsync` signature of the file at `path` (R's base version), with a block size
 /// chosen from its size ([`block_size_for`]) and [`STRONG_SUM`]-byte strong sums: at most
-/// about 400 KiB for files up to 512 GiB. Memory: one [`WINDOW`] and the signature.
+/// about 400 KiB for files up to 512 GiB. Memory: a few [`WINDOW`]s, hashed in parallel
+/// ([`signature_lanes`]), and the signature.
 ///
 /// # Errors
 /// When the file cannot be opened (a symlink is refused, not followed), is not a regular file,
@@ -190,15 +192,34 @@ pub fn signature_of(mut reader: impl Read, len: u64) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(header + entry * blocks.min(MAX_BLOCKS * 2) as usize);
     // Every window but the last is whole blocks, so its entries line up with the file's.
     let whole = len.div_ceil(u64::from(block)).max(1) * u64::from(block);
-    let mut buf = vec![0u8; window_for(block).min(whole as usize)];
+    let size = window_for(block).min(whole as usize);
+    // Up to `signature_lanes()` windows are read, then hashed in parallel.
+    let mut windows: Vec<Vec<u8>> = Vec::new();
     let mut first = true;
     loop {
-        let n = read_full(&mut reader, &mut buf)?;
-        let sig = Signature::calculate(&buf[..n], options(block));
-        let bytes = sig.serialized();
-        out.extend_from_slice(if first { bytes } else { &bytes[header..] });
-        first = false;
-        if n < buf.len() {
+        let mut read = 0;
+        let mut ended = false;
+        while !ended && read < signature_lanes() {
+            if windows.len() == read {
+                windows.push(vec![0u8; size]);
+            }
+            let buf = &mut windows[read];
+            buf.resize(size, 0);
+            let n = read_full(&mut reader, buf)?;
+            buf.truncate(n);
+            ended = n < size;
+            read += 1;
+        }
+        let sigs: Vec<Signature> = windows[..read]
+            .par_iter()
+            .map(|buf| Signature::calculate(buf, options(block)))
+            .collect();
+        for sig in &sigs {
+            let bytes = sig.serialized();
+            out.extend_from_slice(if first { bytes } else { &bytes[header..] });
+            first = false;
+        }
+        if ended {
             return Ok(out);
         }
     }
@@ -271,10 +292,11 @@ pub fn diff(
 /// window of the new content) at a time; `path` only names the file in errors. Returns the
 /// number of delta bytes produced and the number of bytes read from `new`.
 ///
-/// Memory: one window of the new content, its record, and the indexed signature. Each window
-/// is diffed against the whole signature, so content that moved anywhere in the file still
-/// matches; the unmatched tail of a window (less than a block, which could match together with
-/// the start of the next window) is carried over into the next window instead of being sent.
+/// Memory: per lane ([`lanes`]) one window of the new content and its record, and the indexed
+/// signature. Each window is diffed against the whole signature, so content that moved
+/// anywhere in the file still matches; the unmatched tail of a window (less than a block, which
+/// could match together with the start of the next window) is rebuilt by the next window's
+/// record instead.
 ///
 /// # Errors
 /// [`DeltaError::BadSignature`] for a malformed or unsupported signature (checked before
@@ -286,60 +308,131 @@ pub fn diff_reader(
     signature: &[u8],
     sink: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> Result<(u64, u64), DeltaError> {
-    diff_windows(new, path, signature, None, sink)
+    diff_windows(new, path, signature, None, lanes(), sink)
 }
 
-/// [`diff_reader`], with windows of `blocks` blocks when given (tests use small windows).
+/// [`diff_reader`], with windows of `blocks` blocks when given (tests use small windows), diffed
+/// `lanes` at a time.
+///
+/// Up to `lanes` windows (see [`lanes`]) are held at a time: read on this thread, diffed on
+/// rayon's workers. Each is diffed on its own,
+/// starting up to `block - 1` bytes before the new bytes it covers (the end of the previous
+/// window, where a block straddling the boundary can start). The records are then stitched in
+/// order: a record's unmatched tail, up to `block - 1` bytes, is cut ([`trim_tail`]), and the
+/// next record rebuilds from there, the rest of its lead dropped ([`drop_head`]). Every record
+/// rebuilds less than `span` bytes, the window the stream's header announces.
+///
+/// It waits for the workers, so call it from outside rayon's pool (the daemon calls it on a
+/// blocking thread of its runtime).
 fn diff_windows(
     mut new: impl Read,
     path: &Path,
     signature: &[u8],
     blocks: Option<usize>,
+    lanes: usize,
     mut sink: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> Result<(u64, u64), DeltaError> {
     let checked = check_signature(signature)?;
     let block = checked.block as usize;
     let index = checked.signature.index();
-    let window = blocks.map_or_else(|| window_for(checked.block), |n| n.max(2) * block);
+    let span = blocks.map_or_else(|| window_for(checked.block), |n| n.max(2) * block);
+    let overlap = block - 1;
+    // New bytes per window: with its lead, a window stays under `span`.
+    let step = span - block;
     let mut written = 0u64;
     let mut emit = |bytes: &[u8], written: &mut u64| -> Result<(), DeltaError> {
         *written += bytes.len() as u64;
         sink(bytes).map_err(DeltaError::Output)
     };
     let mut head = STREAM_MAGIC.to_vec();
-    head.extend_from_slice(&(window as u32).to_be_bytes());
+    head.extend_from_slice(&(span as u32).to_be_bytes());
     emit(&head, &mut written)?;
 
-    let mut buf = vec![0u8; window];
-    let mut carried = 0usize;
-    let mut read = 0u64;
-    let mut record = Vec::new();
-    loop {
-        let n = read_full(&mut new, &mut buf[carried..])
-            .map_err(|e| FsError::io("read for a delta", path, e))?;
-        read += n as u64;
-        let filled = carried + n;
-        if filled == 0 {
-            break;
-        }
-        // Only a full window may be followed by more content.
-        let more = filled == window && n > 0;
-        record.clear();
-        // The signature was checked, so the only failure left would be writing to a Vec.
-        fast_rsync::diff(&index, &buf[..filled], &mut record)
-            .map_err(|e| DeltaError::BadSignature(e.to_string()))?;
-        carried = if more {
-            trim_tail(&mut record, block - 1)?
-        } else {
-            0
-        };
-        emit(&(record.len() as u32).to_be_bytes(), &mut written)?;
-        emit(&record, &mut written)?;
-        if !more {
-            break;
-        }
-        buf.copy_within(filled - carried..filled, 0);
+    // A diffed window, back from its worker: the record, its bytes (for reuse), how many of
+    // them lead (the end of the window before) and whether another window follows.
+    struct Diffed {
+        record: Result<Vec<u8>, DeltaError>,
+        bytes: Vec<u8>,
+        lead: usize,
+        more: bool,
     }
+    let lanes = lanes.max(1);
+    let mut read = 0u64;
+    rayon::in_place_scope(|scope| -> Result<(), DeltaError> {
+        let (done, finished) = std::sync::mpsc::channel::<(u64, Diffed)>();
+        // Windows read and not yet emitted, by number: at most `lanes` are held at once.
+        let mut held = std::collections::BTreeMap::new();
+        let mut spare: Vec<Vec<u8>> = Vec::new();
+        // The end of the last window read, which the next one leads with.
+        let mut tail: Vec<u8> = Vec::with_capacity(overlap);
+        let (mut next_read, mut next_emit) = (0u64, 0u64);
+        // Bytes cut from the end of the last record, which the next record rebuilds.
+        let mut carried = 0usize;
+        let mut full = true;
+        loop {
+            // Read windows while lanes are free (on this thread, while workers diff).
+            while full && next_read - next_emit < lanes as u64 {
+                let mut bytes = spare.pop().unwrap_or_default();
+                bytes.clear();
+                bytes.extend_from_slice(&tail);
+                let lead = bytes.len();
+                bytes.resize(lead + step, 0);
+                let n = read_full(&mut new, &mut bytes[lead..])
+                    .map_err(|e| FsError::io("read for a delta", path, e))?;
+                read += n as u64;
+                bytes.truncate(lead + n);
+                // Only a full window may be followed by more content.
+                full = n == step;
+                tail.clear();
+                tail.extend_from_slice(&bytes[bytes.len() - bytes.len().min(overlap)..]);
+                let (done, index, number, more) = (done.clone(), &index, next_read, full);
+                scope.spawn(move |_| {
+                    let mut record = Vec::new();
+                    // The signature was checked: the only failure left would be writing to
+                    // a Vec.
+                    let record = fast_rsync::diff(index, &bytes, &mut record)
+                        .map(|()| record)
+                        .map_err(|e| DeltaError::BadSignature(e.to_string()));
+                    let diffed = Diffed {
+                        record,
+                        bytes,
+                        lead,
+                        more,
+                    };
+                    // The receiver outlives the scope's tasks.
+                    let _ = done.send((number, diffed));
+                });
+                next_read += 1;
+            }
+            if next_emit == next_read {
+                return Ok(());
+            }
+            let (number, diffed) = finished.recv().map_err(|_| {
+                DeltaError::Output(io::Error::other("a diff worker stopped without a result"))
+            })?;
+            held.insert(number, diffed);
+            // Stitch and emit, in order, every window whose turn has come.
+            while let Some(diffed) = held.remove(&next_emit) {
+                let mut record = diffed.record?;
+                // The lead's first bytes were rebuilt by the record before; the rest were cut
+                // from it (`carried` never exceeds the lead: both are that record's last bytes).
+                let skip = diffed.lead - carried;
+                drop_head(&mut record, skip)?;
+                carried = if diffed.more {
+                    trim_tail(&mut record, overlap)?
+                } else {
+                    0
+                };
+                // A last window of no new bytes rebuilds only what the one before it cut.
+                if diffed.bytes.len() - skip > carried {
+                    emit(&(record.len() as u32).to_be_bytes(), &mut written)?;
+                    emit(&record, &mut written)?;
+                }
+                spare.push(diffed.bytes);
+                next_emit += 1;
+            }
+        }
+    })?;
     emit(&0u32.to_be_bytes(), &mut written)?;
     Ok((written, read))
 }
@@ -375,6 +468,59 @@ fn trim_tail(record: &mut Vec<u8>, max: usize) -> Result<usize, DeltaError> {
     Ok(cut)
 }
 
+/// Removes the first `skip` bytes of what a record rebuilds (the part of its window the records
+/// before it rebuilt), shortening or dropping its first commands.
+fn drop_head(record: &mut Vec<u8>, skip: usize) -> Result<(), DeltaError> {
+    if skip == 0 {
+        return Ok(());
+    }
+    let mut left = skip as u64;
+    let mut kept = DELTA_MAGIC.to_vec();
+    let mut commands = Commands::new(record).map_err(DeltaError::BadDelta)?;
+    loop {
+        let (_, command) = commands.next().map_err(DeltaError::BadDelta)?;
+        match command {
+            Command::End if left == 0 => break,
+            Command::End => {
+                return Err(DeltaError::BadDelta(format!(
+                    "a record rebuilds less than the {skip} bytes it overlaps"
+                )))
+            }
+            Command::Literal(bytes) if (bytes.len() as u64) <= left => left -= bytes.len() as u64,
+            Command::Copy { len, .. } if len <= left => left -= len,
+            Command::Literal(bytes) => {
+                let rest = &bytes[left as usize..];
+                literal_header(rest.len() as u64, &mut kept);
+                kept.extend_from_slice(rest);
+                kept.extend_from_slice(&record[commands.at..]);
+                break;
+            }
+            Command::Copy { offset, len } => {
+                copy_command(offset + left, len - left, &mut kept);
+                kept.extend_from_slice(&record[commands.at..]);
+                break;
+            }
+        }
+    }
+    if kept.len() == DELTA_MAGIC.len() {
+        kept.push(OP_END);
+    }
+    *record = kept;
+    Ok(())
+}
+
+/// How many windows [`diff`] holds at once: one for each of rayon's workers to diff and one
+/// being read meanwhile, at most four (each is a window and its record in memory).
+fn lanes() -> usize {
+    (rayon::current_num_threads() + 1).clamp(2, 4)
+}
+
+/// How many windows [`signature_of`] reads, then hashes in parallel: one per worker, at most
+/// four.
+fn signature_lanes() -> usize {
+    rayon::current_num_threads().clamp(1, 4)
+}
+
 // The librsync delta format, as fast_rsync writes and reads it.
 const DELTA_MAGIC: [u8; 4] = 0x7273_0236u32.to_be_bytes();
 const OP_END: u8 = 0x00;
@@ -401,6 +547,21 @@ fn literal_header(len: u64, out: &mut Vec<u8>) {
         out.push(OP_LITERAL_N8);
         out.extend_from_slice(&len.to_be_bytes());
     }
+}
+
+/// A command copying `len` bytes from `offset` of the base, with the shortest numbers.
+fn copy_command(offset: u64, len: u64, out: &mut Vec<u8>) {
+    // 0, 1, 2 or 3 for numbers of 1, 2, 4 or 8 bytes.
+    let width = |n: u64| match n {
+        0..=0xff => 0u8,
+        0x100..=0xffff => 1,
+        0x1_0000..=0xffff_ffff => 2,
+        _ => 3,
+    };
+    let (wo, wl) = (width(offset), width(len));
+    out.push(OP_COPY_N1_N1 + wo * 4 + wl);
+    out.extend_from_slice(&offset.to_be_bytes()[8 - (1 << wo)..]);
+    out.extend_from_slice(&len.to_be_bytes()[8 - (1 << wl)..]);
 }
 
 /// One command of a delta.
@@ -495,7 +656,7 @@ pub fn apply(
     base_path: &Path,
     delta: impl Read,
     new_len: u64,
-    out: impl FnMut(&[u8]) -> io::Result<()>,
+    out: impl FnMut(&[u8]) -> io::Result<()> + Send,
 ) -> Result<(), DeltaError> {
     let (base, _) = open_regular(base_path, "open as a delta's base")?;
     apply_file(&base, base_path, delta, new_len, out)
@@ -511,8 +672,9 @@ pub fn apply(
 /// base into memory would make memory grow with the file. The commands are the librsync delta
 /// format; the unit tests check this interpreter against `fast_rsync::apply_limited`.
 ///
-/// Memory: one record (at most [`max_record`] of a window of at most [`MAX_WINDOW`]) and a
-/// 1 MiB read buffer. The output is NOT verified here: check its sha256 before using it.
+/// Memory: one record (at most [`max_record`] of a window of at most [`MAX_WINDOW`]) and two
+/// 1 MiB read buffers: a copy's next piece is read (on one of rayon's workers) while `out` takes
+/// the one before. The output is NOT verified here: check its sha256 before using it.
 ///
 /// # Errors
 /// [`DeltaError::BadDelta`] for a malformed stream, a record rebuilding more than its window, a
@@ -523,7 +685,7 @@ pub fn apply_file(
     base_path: &Path,
     mut delta: impl Read,
     new_len: u64,
-    mut out: impl FnMut(&[u8]) -> io::Result<()>,
+    mut out: impl FnMut(&[u8]) -> io::Result<()> + Send,
 ) -> Result<(), DeltaError> {
     let bad = |why: String| DeltaError::BadDelta(why);
     let read_delta = |e: io::Error| FsError::io("read a delta for", base_path, e);
@@ -548,7 +710,7 @@ pub fn apply_file(
     }
     let limit = max_record(window);
     let mut record = Vec::new();
-    let mut buf = Vec::new();
+    let mut bufs = [Vec::new(), Vec::new()];
     let mut written = 0u64;
     loop {
         let mut len = [0u8; 4];
@@ -593,7 +755,7 @@ pub fn apply_file(
                 Command::End => {}
                 Command::Literal(bytes) => out(bytes).map_err(DeltaError::Output)?,
                 Command::Copy { offset, len } => {
-                    copy_from_base(base, base_path, base_len, offset, len, &mut buf, &mut out)?
+                    copy_from_base(base, base_path, base_len, offset, len, &mut bufs, &mut out)?
                 }
             }
         }
@@ -617,8 +779,8 @@ fn copy_from_base(
     base_len: u64,
     offset: u64,
     len: u64,
-    buf: &mut Vec<u8>,
-    out: &mut impl FnMut(&[u8]) -> io::Result<()>,
+    bufs: &mut [Vec<u8>; 2],
+    out: &mut (impl FnMut(&[u8]) -> io::Result<()> + Send),
 ) -> Result<(), DeltaError> {
     if len == 0 {
         return Err(DeltaError::BadDelta("a copy command of zero bytes".into()));
@@ -629,17 +791,24 @@ fn copy_from_base(
         )));
     }
     const PIECE: u64 = 1 << 20;
-    let mut at = offset;
     let end = offset + len;
-    while at < end {
-        let n = (end - at).min(PIECE) as usize;
-        buf.resize(n, 0);
+    let read = |buf: &mut Vec<u8>, at: u64| {
+        buf.resize((end - at).min(PIECE) as usize, 0);
         base.read_exact_at(buf, at)
-            .map_err(|e| FsError::io("read the delta's base", base_path, e))?;
-        out(buf).map_err(DeltaError::Output)?;
-        at += n as u64;
+            .map_err(|e| FsError::io("read the delta's base", base_path, e))
+    };
+    let [current, next] = bufs;
+    read(current, offset)?;
+    let mut at = offset + current.len() as u64;
+    // Each piece is passed on while the next one is read.
+    while at < end {
+        let (got, passed) = rayon::join(|| read(next, at), || out(current));
+        passed.map_err(DeltaError::Output)?;
+        got?;
+        at += next.len() as u64;
+        std::mem::swap(current, next);
     }
-    Ok(())
+    out(current).map_err(DeltaError::Output)
 }
 
 #[cfg(test)]
@@ -661,8 +830,17 @@ mod tests {
     }
 
     fn collect_diff(new: &[u8], signature: &[u8], blocks: Option<usize>) -> Vec<u8> {
+        collect_diff_lanes(new, signature, blocks, lanes())
+    }
+
+    fn collect_diff_lanes(
+        new: &[u8],
+        signature: &[u8],
+        blocks: Option<usize>,
+        lanes: usize,
+    ) -> Vec<u8> {
         let mut delta = Vec::new();
-        let (produced, read) = diff_windows(new, Path::new("new"), signature, blocks, |b| {
+        let (produced, read) = diff_windows(new, Path::new("new"), signature, blocks, lanes, |b| {
             delta.extend_from_slice(b);
             Ok(())
         })
@@ -841,6 +1019,96 @@ mod tests {
     }
 
     #[test]
+    fn the_delta_is_the_same_however_many_windows_are_diffed_at_once() {
+        // Small windows, so one diff has many batches; edits on and near their boundaries,
+        // an insertion that misaligns every later boundary, and a deletion.
+        let block = 256usize;
+        let base = noise(40 * 4 * block + 77, 13);
+        let new = edit(
+            &base,
+            &[
+                (3 * block - 5, 10, noise(10, 14)),
+                (12 * block, 0, noise(100, 15)),
+                (40 * block + 3, 300, vec![]),
+                (100 * block - 1, 2, noise(2 * block, 16)),
+            ],
+        );
+        let sig = Signature::calculate(&base, options(block as u32)).into_serialized();
+        let one = collect_diff_lanes(&new, &sig, Some(4), 1);
+        assert_eq!(
+            apply_bytes(&base, &one, new.len() as u64).expect("apply"),
+            new
+        );
+        for lanes in 2..=5 {
+            let many = collect_diff_lanes(&new, &sig, Some(4), lanes);
+            assert!(
+                many == one,
+                "{lanes} windows at a time give a different delta ({} bytes, {} with one)",
+                many.len(),
+                one.len()
+            );
+        }
+        // Content ending exactly at a window's end, matched or not: the last window read
+        // has no new bytes, and rebuilds only the tail cut from the one before.
+        for (len, unmatched) in [(3 * 3 * block, 100), (5 * 3 * block, 0)] {
+            let mut ends = base[..len - unmatched].to_vec();
+            ends.extend_from_slice(&noise(unmatched, 17));
+            for lanes in 1..=3 {
+                let delta = collect_diff_lanes(&ends, &sig, Some(4), lanes);
+                assert_eq!(
+                    apply_bytes(&base, &delta, ends.len() as u64).expect("apply"),
+                    ends
+                );
+            }
+        }
+        // The edits, at most two blocks each, and commands: the windows' leads cost nothing.
+        assert!(
+            one.len() < 10 + 100 + 2 * block + 8 * block + 1024,
+            "delta is {} bytes",
+            one.len()
+        );
+    }
+
+    #[test]
+    fn copy_commands_use_the_shortest_numbers_and_read_back() {
+        for (offset, len, size) in [
+            (0u64, 1u64, 3usize),
+            (0xff, 0x100, 4),
+            (0xffff, 0x1_0000, 7),
+            (0xffff_ffff, 0x1_0000_0000, 13),
+            (u64::MAX - 1, 0xff, 10),
+        ] {
+            let mut record = DELTA_MAGIC.to_vec();
+            copy_command(offset, len, &mut record);
+            assert_eq!(record.len() - 4, size, "copy of {len} at {offset}");
+            record.push(OP_END);
+            let mut commands = Commands::new(&record).expect("magic");
+            assert_eq!(
+                commands.next().expect("copy").1,
+                Command::Copy { offset, len }
+            );
+            assert_eq!(commands.next().expect("end").1, Command::End);
+        }
+    }
+
+    #[test]
+    fn dropping_more_than_a_record_rebuilds_is_an_error() {
+        let mut record = DELTA_MAGIC.to_vec();
+        literal_header(3, &mut record);
+        record.extend_from_slice(b"abc");
+        copy_command(0, 10, &mut record);
+        record.push(OP_END);
+        let mut dropped = record.clone();
+        drop_head(&mut dropped, 13).expect("all of it");
+        assert_eq!(dropped, [&DELTA_MAGIC[..], &[OP_END]].concat());
+        let err = drop_head(&mut record, 14).expect_err("more than it rebuilds");
+        assert!(
+            err.to_string().contains("rebuilds less than the 14 bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn empty_files() {
         let some = noise(10_000, 8);
         let (sig, delta) = round_trip(b"", &some);
@@ -1010,6 +1278,27 @@ mod tests {
             let delta = collect_diff(&new, &sig, windows);
             let rebuilt = apply_bytes(&base, &delta, new.len() as u64).expect("apply");
             prop_assert!(rebuilt == new, "rebuilt {} bytes, expected {}", rebuilt.len(), new.len());
+        }
+
+        #[test]
+        fn dropping_the_head_of_a_record_rebuilds_the_rest(
+            base in proptest::collection::vec(any::<u8>(), 1..3000),
+            edits in proptest::collection::vec(
+                (any::<usize>(), 0usize..300, proptest::collection::vec(any::<u8>(), 0..300)),
+                0..4,
+            ),
+            skip in any::<usize>(),
+        ) {
+            let new = edit(&base, &edits);
+            let sig = Signature::calculate(&base, options(256)).into_serialized();
+            let sig = Signature::deserialize(sig).expect("own signature");
+            let mut record = Vec::new();
+            fast_rsync::diff(&sig.index(), &new, &mut record).expect("diff");
+            let skip = skip % (new.len() + 1);
+            drop_head(&mut record, skip).expect("drop");
+            let (theirs, ours) = both_appliers(&base, &record);
+            prop_assert_eq!(theirs.as_deref(), Some(&new[skip..]));
+            prop_assert_eq!(ours.as_deref(), Some(&new[skip..]));
         }
 
         #[test]
