@@ -24,12 +24,13 @@ pub struct Options {
 }
 
 /// Every scenario, in the order the table lists them.
-pub const SCENARIOS: [&str; 6] = [
+pub const SCENARIOS: [&str; 7] = [
     "initial-small",
     "big-file",
     "edit-in-big",
     "noop",
     "latency",
+    "soak",
     "restart",
 ];
 

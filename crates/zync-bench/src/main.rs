@@ -16,7 +16,8 @@ struct Args {
     /// Delay added by the proxy in each direction, standing for a real tunnel.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
-    /// Scenarios to run (default: all): initial-small big-file edit-in-big noop latency restart.
+    /// Scenarios to run (default: all): initial-small big-file edit-in-big noop latency soak
+    /// restart.
     #[arg(long, num_args = 1..)]
     scenario: Vec<String>,
     /// Runs per scenario; the table shows medians (default 3, or 1 with --quick).

@@ -221,13 +221,25 @@ fn wait_rusage(pid: u32) -> Result<Exit> {
 }
 
 /// The largest VmHWM (KiB) of `pid` and its descendants down to `depth` levels; 0 when gone.
+/// The resident set of process `pid` now, in KiB (`VmRSS`); `None` when it cannot be read.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        "VmRSS:",
+    )
+}
+
+/// A `kB` field of a /proc status file.
+fn status_kib(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 fn hwm_tree(pid: u32, depth: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let own = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
+    let own = status_kib(&status, "VmHWM:").unwrap_or(0);
     if depth == 0 {
         return own;
     }
@@ -238,4 +250,20 @@ fn hwm_tree(pid: u32, depth: u32) -> u64 {
         .filter_map(|c| c.parse().ok())
         .map(|c| hwm_tree(c, depth - 1))
         .fold(own, u64::max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kib_fields_are_read_from_a_status_file() {
+        let status = "Name:\tzync-daemon\nVmHWM:\t   13640 kB\nVmRSS:\t   12001 kB\n";
+        assert_eq!(status_kib(status, "VmRSS:"), Some(12001));
+        assert_eq!(status_kib(status, "VmHWM:"), Some(13640));
+        assert_eq!(status_kib(status, "VmSwap:"), None);
+        assert_eq!(status_kib("VmRSS:\tlots kB\n", "VmRSS:"), None);
+        // This process has a resident set.
+        assert!(rss_kib(std::process::id()).is_some_and(|k| k > 0));
+    }
 }

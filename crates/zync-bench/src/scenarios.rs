@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::process::Exit;
+use crate::process::{rss_kib, Exit};
 use crate::proxy::Proxy;
 use crate::report::{fmt_duration, median, percentile, Row};
 use crate::rsync::{self, RsyncDaemon};
@@ -63,6 +63,7 @@ pub fn run(name: &str, ctx: &Ctx) -> Result<Row> {
             pair(ctx, &src, Mode::Edit, Keep::Nothing)?
         }
         "latency" => latency(ctx, &src)?,
+        "soak" => soak(ctx, &src)?,
         "restart" => restart(ctx, &src)?,
         other => bail!("unknown scenario {other:?}"),
     };
@@ -270,6 +271,92 @@ fn latency(ctx: &Ctx, src: &Path) -> Result<Row> {
         zync_rss: (Some(dexit.max_rss_kib), Some(cexit.max_rss_kib)),
         ..Row::default()
     })
+}
+
+/// Loop mode through many rounds of changes (issue 5: memory that does not grow). Each round
+/// writes a directory of new files and removes the last round's; R must hold exactly the
+/// round's files before the next round starts. The daemon's and the client's resident memory
+/// are read after the first round and after the last: a leak per change shows as growth.
+fn soak(ctx: &Ctx, src: &Path) -> Result<Row> {
+    let (bins, dir) = (ctx.bins, ctx.dir);
+    let (rounds, files) = (ctx.pick(40, 8), ctx.pick(500, 200));
+    workload::small_tree(src, 200, SEED)?;
+    let zd = Daemon::start(bins, &dir.join("zync-state"), src)?;
+    let zp = Proxy::start(zd.addr, ctx.delay())?;
+    let dst = dir.join("dst-zync");
+    let client = zync::start_loop(bins, zp.port, &zd.token, &dir.join("client.db"), &dst)?;
+    let (daemon_pid, client_pid) = (zd.pid(), client.pid());
+    let rss = || (rss_kib(daemon_pid), rss_kib(client_pid));
+    // (daemon, client) resident sets after the first round and after the last.
+    type Rss = (Option<u64>, Option<u64>);
+    let result = (|| -> Result<(Rss, Rss)> {
+        let mut first = (None, None);
+        for round in 0..rounds {
+            let here = src.join(format!("churn/r{round}"));
+            fs::create_dir_all(&here)?;
+            for i in 0..files {
+                fs::write(
+                    here.join(format!("f{i}.rs")),
+                    format!(
+                        "// round {round} file {i}\n{}",
+                        "let x = 1;\n".repeat(i % 40)
+                    ),
+                )?;
+            }
+            if round > 0 {
+                fs::remove_dir_all(src.join(format!("churn/r{}", round - 1)))?;
+            }
+            // The round's files, in any order (the daemon numbers a burst as it reads it).
+            for i in 0..files {
+                let name = format!("f{i}.rs");
+                let want = fs::read(here.join(&name))?;
+                let there = dst.join(format!("churn/r{round}")).join(&name);
+                wait_for_content(&there, &want, Duration::from_secs(120))?;
+            }
+            let gone = dst.join(format!("churn/r{}", round.max(1) - 1));
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while round > 0 && gone.exists() {
+                if Instant::now() > deadline {
+                    bail!("{} was not removed on R within 120 s", gone.display());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if round == 0 {
+                first = rss();
+            }
+            if (round + 1) % 10 == 0 {
+                let (d, c) = rss();
+                eprintln!(
+                    "   after round {}: RSS daemon {}, client {}",
+                    round + 1,
+                    mib(d),
+                    mib(c)
+                );
+            }
+        }
+        Ok((first, rss()))
+    })();
+    let cexit = client.stop()?;
+    let dexit = zd.stop()?;
+    let (first, last) = result?;
+    Ok(Row {
+        zync_note: Some(format!(
+            "{} files in {rounds} rounds; RSS after the first → last: daemon {} → {}, client {} → {}",
+            rounds * files,
+            mib(first.0),
+            mib(last.0),
+            mib(first.1),
+            mib(last.1)
+        )),
+        rsync_note: Some("n/a (no watch mode)".into()),
+        zync_rss: (Some(dexit.max_rss_kib), Some(cexit.max_rss_kib)),
+        ..Row::default()
+    })
+}
+
+/// KiB as "12.3M", or "?" when unknown.
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or_else(|| "?".into(), |k| format!("{:.1}M", k as f64 / 1024.0))
 }
 
 fn wait_for_content(path: &Path, want: &[u8], timeout: Duration) -> Result<()> {

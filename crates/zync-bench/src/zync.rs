@@ -116,6 +116,11 @@ impl Daemon {
         })
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     /// Stops the daemon and returns its peak memory.
     ///
     /// # Errors
