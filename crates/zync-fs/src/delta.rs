@@ -9,8 +9,9 @@
 //! (invariant 1), and fall back to a whole download when it differs.
 //!
 //! Memory stays bounded whatever the file size: the signature is computed and the new file is
-//! diffed in windows of a few MiB (a few at a time, in parallel: see [`lanes`]), and [`apply`] streams its output record by record, reading
-//! the base file with positioned reads (see [`apply`] for why not a memory map).
+//! diffed in windows of a few MiB (a few at a time, in parallel: see [`lanes`]), and [`apply`]
+//! streams its output record by record, reading the base file with positioned reads (see
+//! [`apply`] for why not a memory map).
 //!
 //! # The delta stream
 //!
@@ -315,9 +316,9 @@ pub fn diff_reader(
 /// `lanes` at a time.
 ///
 /// Up to `lanes` windows (see [`lanes`]) are held at a time: read on this thread, diffed on
-/// rayon's workers. Each is diffed on its own,
-/// starting up to `block - 1` bytes before the new bytes it covers (the end of the previous
-/// window, where a block straddling the boundary can start). The records are then stitched in
+/// rayon's workers. Each is diffed on its own, starting up to `block - 1` bytes before the new
+/// bytes it covers (the end of the previous window, where a block straddling the boundary can
+/// start). The records are then stitched in
 /// order: a record's unmatched tail, up to `block - 1` bytes, is cut ([`trim_tail`]), and the
 /// next record rebuilds from there, the rest of its lead dropped ([`drop_head`]). Every record
 /// rebuilds less than `span` bytes, the window the stream's header announces.
@@ -387,12 +388,15 @@ fn diff_windows(
                 tail.extend_from_slice(&bytes[bytes.len() - bytes.len().min(overlap)..]);
                 let (done, index, number, more) = (done.clone(), &index, next_read, full);
                 scope.spawn(move |_| {
-                    let mut record = Vec::new();
                     // The signature was checked: the only failure left would be writing to
-                    // a Vec.
-                    let record = fast_rsync::diff(index, &bytes, &mut record)
-                        .map(|()| record)
-                        .map_err(|e| DeltaError::BadSignature(e.to_string()));
+                    // a Vec. A panic is caught so that this thread, waiting for the record,
+                    // gets an error instead of waiting for ever.
+                    let record = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let mut record = Vec::new();
+                        fast_rsync::diff(index, &bytes, &mut record).map(|()| record)
+                    }))
+                    .map_err(|_| DeltaError::BadSignature("the diff panicked".into()))
+                    .and_then(|r| r.map_err(|e| DeltaError::BadSignature(e.to_string())));
                     let diffed = Diffed {
                         record,
                         bytes,
