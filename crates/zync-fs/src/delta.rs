@@ -179,9 +179,9 @@ pub fn signature(path: &Path) -> Result<Vec<u8>, FsError> {
 }
 
 /// The signature of what `reader` yields, with the block size for `len` bytes (a hint: the
-/// signature covers whatever the reader yields). Computed a window of whole blocks at a time;
-/// the serialized signature is a header and one entry per block, so the windows' entries
-/// concatenate to exactly the whole file's signature.
+/// signature covers whatever the reader yields). Computed in windows of whole blocks, a few
+/// read and then hashed in parallel; the serialized signature is a header and one entry per
+/// block, so the windows' entries concatenate to exactly the whole file's signature.
 ///
 /// # Errors
 /// When a read fails.
@@ -200,7 +200,7 @@ pub fn signature_of(mut reader: impl Read, len: u64) -> io::Result<Vec<u8>> {
     loop {
         let mut read = 0;
         let mut ended = false;
-        while !ended && read < signature_lanes() {
+        while !ended && read < signature_lanes().min((PARALLEL_BYTES / size.max(1)).max(1)) {
             if windows.len() == read {
                 windows.push(vec![0u8; size]);
             }
@@ -323,8 +323,9 @@ pub fn diff_reader(
 /// next record rebuilds from there, the rest of its lead dropped ([`drop_head`]). Every record
 /// rebuilds less than `span` bytes, the window the stream's header announces.
 ///
-/// It waits for the workers, so call it from outside rayon's pool (the daemon calls it on a
-/// blocking thread of its runtime).
+/// Called on one of rayon's own workers (where waiting for other tasks could starve them), it
+/// diffs the windows itself, one at a time; the daemon calls it on a blocking thread of its
+/// runtime.
 fn diff_windows(
     mut new: impl Read,
     path: &Path,
@@ -357,7 +358,26 @@ fn diff_windows(
         lead: usize,
         more: bool,
     }
-    let lanes = lanes.max(1);
+    let lanes = lanes.clamp(1, (PARALLEL_BYTES / span).max(1));
+    // On one of rayon's own workers, waiting for other tasks could leave them no thread to run
+    // on: the windows are diffed here instead, one at a time.
+    let inline = rayon::current_thread_index().is_some();
+    let diff_one = |bytes: Vec<u8>, lead: usize, more: bool| {
+        // The signature was checked: the only failure left would be writing to a Vec. A panic
+        // is caught, so that a thread waiting for this record gets an error, not a hang.
+        let record = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut record = Vec::new();
+            fast_rsync::diff(&index, &bytes, &mut record).map(|()| record)
+        }))
+        .map_err(|_| DeltaError::BadDelta("the diff of a window panicked".into()))
+        .and_then(|r| r.map_err(|e| DeltaError::BadSignature(e.to_string())));
+        Diffed {
+            record,
+            bytes,
+            lead,
+            more,
+        }
+    };
     let mut read = 0u64;
     rayon::in_place_scope(|scope| -> Result<(), DeltaError> {
         let (done, finished) = std::sync::mpsc::channel::<(u64, Diffed)>();
@@ -386,35 +406,30 @@ fn diff_windows(
                 full = n == step;
                 tail.clear();
                 tail.extend_from_slice(&bytes[bytes.len() - bytes.len().min(overlap)..]);
-                let (done, index, number, more) = (done.clone(), &index, next_read, full);
-                scope.spawn(move |_| {
-                    // The signature was checked: the only failure left would be writing to
-                    // a Vec. A panic is caught so that this thread, waiting for the record,
-                    // gets an error instead of waiting for ever.
-                    let record = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        let mut record = Vec::new();
-                        fast_rsync::diff(index, &bytes, &mut record).map(|()| record)
-                    }))
-                    .map_err(|_| DeltaError::BadSignature("the diff panicked".into()))
-                    .and_then(|r| r.map_err(|e| DeltaError::BadSignature(e.to_string())));
-                    let diffed = Diffed {
-                        record,
-                        bytes,
-                        lead,
-                        more,
-                    };
-                    // The receiver outlives the scope's tasks.
-                    let _ = done.send((number, diffed));
-                });
+                let (number, more) = (next_read, full);
+                if inline {
+                    held.insert(number, diff_one(bytes, lead, more));
+                } else {
+                    let (done, diff_one) = (done.clone(), &diff_one);
+                    scope.spawn(move |_| {
+                        // A send fails only when an error ended the diff early and nothing
+                        // waits for this record any more.
+                        let _ = done.send((number, diff_one(bytes, lead, more)));
+                    });
+                }
                 next_read += 1;
             }
             if next_emit == next_read {
                 return Ok(());
             }
-            let (number, diffed) = finished.recv().map_err(|_| {
-                DeltaError::Output(io::Error::other("a diff worker stopped without a result"))
-            })?;
-            held.insert(number, diffed);
+            if !held.contains_key(&next_emit) {
+                // Every task sends its record (a panic is caught), so this cannot fail while
+                // this thread holds `done`.
+                let (number, diffed) = finished.recv().map_err(|_| {
+                    DeltaError::BadDelta("a diff worker stopped without a result".into())
+                })?;
+                held.insert(number, diffed);
+            }
             // Stitch and emit, in order, every window whose turn has come.
             while let Some(diffed) = held.remove(&next_emit) {
                 let mut record = diffed.record?;
@@ -514,16 +529,21 @@ fn drop_head(record: &mut Vec<u8>, skip: usize) -> Result<(), DeltaError> {
 }
 
 /// How many windows [`diff`] holds at once: one for each of rayon's workers to diff and one
-/// being read meanwhile, at most four (each is a window and its record in memory).
+/// being read meanwhile, at most four, and no more than [`PARALLEL_BYTES`] of them.
 fn lanes() -> usize {
     (rayon::current_num_threads() + 1).clamp(2, 4)
 }
 
 /// How many windows [`signature_of`] reads, then hashes in parallel: one per worker, at most
-/// four.
+/// four, and no more than [`PARALLEL_BYTES`] of them.
 fn signature_lanes() -> usize {
     rayon::current_num_threads().clamp(1, 4)
 }
+
+/// The windows a diff or a signature holds at once stay under this many bytes, or are one
+/// window when a window is bigger (the blocks of files over 256 GiB make windows of up to
+/// 64 MiB).
+const PARALLEL_BYTES: usize = 32 << 20;
 
 // The librsync delta format, as fast_rsync writes and reads it.
 const DELTA_MAGIC: [u8; 4] = 0x7273_0236u32.to_be_bytes();
@@ -677,8 +697,9 @@ pub fn apply(
 /// format; the unit tests check this interpreter against `fast_rsync::apply_limited`.
 ///
 /// Memory: one record (at most [`max_record`] of a window of at most [`MAX_WINDOW`]) and two
-/// 1 MiB read buffers: a copy's next piece is read (on one of rayon's workers) while `out` takes
-/// the one before. The output is NOT verified here: check its sha256 before using it.
+/// 1 MiB read buffers: a copy's next piece is read while `out` takes the one before, both on
+/// rayon's workers (`rayon::join`; with one worker, one after the other). The output is NOT
+/// verified here: check its sha256 before using it.
 ///
 /// # Errors
 /// [`DeltaError::BadDelta`] for a malformed stream, a record rebuilding more than its window, a
@@ -1070,6 +1091,32 @@ mod tests {
             one.len() < 10 + 100 + 2 * block + 8 * block + 1024,
             "delta is {} bytes",
             one.len()
+        );
+    }
+
+    #[test]
+    fn a_diff_on_one_of_rayon_s_workers_does_not_wait_for_itself() {
+        // A pool of one worker: a diff that queued its windows there and waited would hang.
+        let base = noise(64 << 10, 19);
+        let mut new = base.clone();
+        new[30_000..30_100].copy_from_slice(&noise(100, 20));
+        let sig = Signature::calculate(&base, options(256)).into_serialized();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("pool");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (base2, new2, sig2) = (base.clone(), new.clone(), sig.clone());
+        std::thread::spawn(move || {
+            let delta = pool.install(|| collect_diff_lanes(&new2, &sig2, Some(4), 3));
+            let _ = tx.send(apply_bytes(&base2, &delta, new2.len() as u64).ok());
+        });
+        let rebuilt = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the diff finished");
+        assert!(
+            rebuilt.as_deref() == Some(&new[..]),
+            "rebuilt the wrong bytes"
         );
     }
 
