@@ -113,7 +113,7 @@ impl AtomicFile {
     /// Appends `data`, hashing it on the way. After a failed write the file can only be dropped
     /// (sealing it fails). A large piece is hashed on a second thread while
     /// it is copied into the page cache (the two cost about the same), and every
-    /// [`WRITEBACK_WINDOW`] written starts the kernel writing that window to disk, so that the
+    /// 8 MiB written starts the kernel writing that window to disk, so that the
     /// flush before the rename finds little left to do.
     ///
     /// # Errors

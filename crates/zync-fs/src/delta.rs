@@ -9,7 +9,7 @@
 //! (invariant 1), and fall back to a whole download when it differs.
 //!
 //! Memory stays bounded whatever the file size: the signature is computed and the new file is
-//! diffed in windows of a few MiB (a few at a time, in parallel: see [`lanes`]), and [`apply`]
+//! diffed in windows of a few MiB (a few at a time, in parallel), and [`apply`]
 //! streams its output record by record, reading the base file with positioned reads (see
 //! [`apply`] for why not a memory map).
 //!
@@ -167,8 +167,8 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// The `fast_rsync` signature of the file at `path` (R's base version), with a block size
 /// chosen from its size ([`block_size_for`]) and [`STRONG_SUM`]-byte strong sums: at most
-/// about 400 KiB for files up to 512 GiB. Memory: a few [`WINDOW`]s, hashed in parallel
-/// ([`signature_lanes`]), and the signature.
+/// about 400 KiB for files up to 512 GiB. Memory: a few [`WINDOW`]s, hashed in parallel (at
+/// most four, under 32 MiB together), and the signature.
 ///
 /// # Errors
 /// When the file cannot be opened (a symlink is refused, not followed), is not a regular file,
@@ -293,8 +293,8 @@ pub fn diff(
 /// window of the new content) at a time; `path` only names the file in errors. Returns the
 /// number of delta bytes produced and the number of bytes read from `new`.
 ///
-/// Memory: per lane ([`lanes`]) one window of the new content and its record, and the indexed
-/// signature. Each window is diffed against the whole signature, so content that moved
+/// Memory: one window of the new content and its record per core (at most four windows, under
+/// 32 MiB together), and the indexed signature. Each window is diffed against the whole signature, so content that moved
 /// anywhere in the file still matches; the unmatched tail of a window (less than a block, which
 /// could match together with the start of the next window) is rebuilt by the next window's
 /// record instead.
