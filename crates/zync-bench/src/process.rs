@@ -220,7 +220,6 @@ fn wait_rusage(pid: u32) -> Result<Exit> {
     })
 }
 
-/// The largest VmHWM (KiB) of `pid` and its descendants down to `depth` levels; 0 when gone.
 /// The resident set of process `pid` now, in KiB (`VmRSS`); `None` when it cannot be read.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(
@@ -237,6 +236,7 @@ fn status_kib(status: &str, field: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// The largest VmHWM (KiB) of `pid` and its descendants down to `depth` levels; 0 when gone.
 fn hwm_tree(pid: u32, depth: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let own = status_kib(&status, "VmHWM:").unwrap_or(0);

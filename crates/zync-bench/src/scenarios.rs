@@ -313,13 +313,15 @@ fn soak(ctx: &Ctx, src: &Path) -> Result<Row> {
                 let there = dst.join(format!("churn/r{round}")).join(&name);
                 wait_for_content(&there, &want, Duration::from_secs(120))?;
             }
-            let gone = dst.join(format!("churn/r{}", round.max(1) - 1));
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while round > 0 && gone.exists() {
-                if Instant::now() > deadline {
-                    bail!("{} was not removed on R within 120 s", gone.display());
+            if round > 0 {
+                let gone = dst.join(format!("churn/r{}", round - 1));
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while gone.exists() {
+                    if Instant::now() > deadline {
+                        bail!("{} was not removed on R within 120 s", gone.display());
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
                 }
-                std::thread::sleep(Duration::from_millis(2));
             }
             if round == 0 {
                 first = rss();

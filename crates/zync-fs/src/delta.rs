@@ -9,9 +9,9 @@
 //! (invariant 1), and fall back to a whole download when it differs.
 //!
 //! Memory stays bounded whatever the file size: the signature is computed and the new file is
-//! diffed in windows of a few MiB (a few at a time, in parallel), and [`apply`]
-//! streams its output record by record, reading the base file with positioned reads (see
-//! [`apply`] for why not a memory map).
+//! diffed in windows of a few MiB (a few at a time, in parallel), and [`apply`] streams its
+//! output record by record, reading the base file with positioned reads (see [`apply`] for why
+//! not a memory map).
 //!
 //! # The delta stream
 //!
@@ -194,26 +194,25 @@ pub fn signature_of(mut reader: impl Read, len: u64) -> io::Result<Vec<u8>> {
     // Every window but the last is whole blocks, so its entries line up with the file's.
     let whole = len.div_ceil(u64::from(block)).max(1) * u64::from(block);
     let size = window_for(block).min(whole as usize);
-    // Up to `signature_lanes()` windows are read, then hashed in parallel.
-    let mut windows: Vec<Vec<u8>> = Vec::new();
+    // A few windows are read, then hashed in parallel; each buffer with how much it holds.
+    let mut windows: Vec<(Vec<u8>, usize)> = Vec::new();
+    let lanes = within_budget(signature_lanes(), size);
     let mut first = true;
     loop {
         let mut read = 0;
         let mut ended = false;
-        while !ended && read < signature_lanes().min((PARALLEL_BYTES / size.max(1)).max(1)) {
+        while !ended && read < lanes {
             if windows.len() == read {
-                windows.push(vec![0u8; size]);
+                windows.push((vec![0u8; size], 0));
             }
-            let buf = &mut windows[read];
-            buf.resize(size, 0);
-            let n = read_full(&mut reader, buf)?;
-            buf.truncate(n);
-            ended = n < size;
+            let (buf, filled) = &mut windows[read];
+            *filled = read_full(&mut reader, buf)?;
+            ended = *filled < size;
             read += 1;
         }
         let sigs: Vec<Signature> = windows[..read]
             .par_iter()
-            .map(|buf| Signature::calculate(buf, options(block)))
+            .map(|(buf, filled)| Signature::calculate(&buf[..*filled], options(block)))
             .collect();
         for sig in &sigs {
             let bytes = sig.serialized();
@@ -294,10 +293,10 @@ pub fn diff(
 /// number of delta bytes produced and the number of bytes read from `new`.
 ///
 /// Memory: one window of the new content and its record per core (at most four windows, under
-/// 32 MiB together), and the indexed signature. Each window is diffed against the whole signature, so content that moved
-/// anywhere in the file still matches; the unmatched tail of a window (less than a block, which
-/// could match together with the start of the next window) is rebuilt by the next window's
-/// record instead.
+/// 32 MiB together), and the indexed signature. Each window is diffed against the whole
+/// signature, so content that moved anywhere in the file still matches; the unmatched tail of a
+/// window (less than a block, which could match together with the start of the next window) is
+/// rebuilt by the next window's record instead.
 ///
 /// # Errors
 /// [`DeltaError::BadSignature`] for a malformed or unsupported signature (checked before
@@ -318,10 +317,10 @@ pub fn diff_reader(
 /// Up to `lanes` windows (see [`lanes`]) are held at a time: read on this thread, diffed on
 /// rayon's workers. Each is diffed on its own, starting up to `block - 1` bytes before the new
 /// bytes it covers (the end of the previous window, where a block straddling the boundary can
-/// start). The records are then stitched in
-/// order: a record's unmatched tail, up to `block - 1` bytes, is cut ([`trim_tail`]), and the
-/// next record rebuilds from there, the rest of its lead dropped ([`drop_head`]). Every record
-/// rebuilds less than `span` bytes, the window the stream's header announces.
+/// start). The records are then stitched in order: a record's unmatched tail, up to
+/// `block - 1` bytes, is cut ([`trim_tail`]), and the next record rebuilds from there, the rest
+/// of its lead dropped ([`drop_head`]). Every record rebuilds less than `span` bytes, the
+/// window the stream's header announces.
 ///
 /// Called on one of rayon's own workers (where waiting for other tasks could starve them), it
 /// diffs the windows itself, one at a time; the daemon calls it on a blocking thread of its
@@ -358,7 +357,7 @@ fn diff_windows(
         lead: usize,
         more: bool,
     }
-    let lanes = lanes.clamp(1, (PARALLEL_BYTES / span).max(1));
+    let lanes = within_budget(lanes, span);
     // On one of rayon's own workers, waiting for other tasks could leave them no thread to run
     // on: the windows are diffed here instead, one at a time.
     let inline = rayon::current_thread_index().is_some();
@@ -393,11 +392,11 @@ fn diff_windows(
         loop {
             // Read windows while lanes are free (on this thread, while workers diff).
             while full && next_read - next_emit < lanes as u64 {
+                // A reused buffer keeps its length: only bytes it never had are zeroed.
                 let mut bytes = spare.pop().unwrap_or_default();
-                bytes.clear();
-                bytes.extend_from_slice(&tail);
-                let lead = bytes.len();
+                let lead = tail.len();
                 bytes.resize(lead + step, 0);
+                bytes[..lead].copy_from_slice(&tail);
                 let n = read_full(&mut new, &mut bytes[lead..])
                     .map_err(|e| FsError::io("read for a delta", path, e))?;
                 read += n as u64;
@@ -529,21 +528,23 @@ fn drop_head(record: &mut Vec<u8>, skip: usize) -> Result<(), DeltaError> {
 }
 
 /// How many windows [`diff`] holds at once: one for each of rayon's workers to diff and one
-/// being read meanwhile, at most four, and no more than [`PARALLEL_BYTES`] of them.
+/// being read meanwhile, at most four (then [`within_budget`]).
 fn lanes() -> usize {
     (rayon::current_num_threads() + 1).clamp(2, 4)
 }
 
 /// How many windows [`signature_of`] reads, then hashes in parallel: one per worker, at most
-/// four, and no more than [`PARALLEL_BYTES`] of them.
+/// four (then [`within_budget`]).
 fn signature_lanes() -> usize {
     rayon::current_num_threads().clamp(1, 4)
 }
 
-/// The windows a diff or a signature holds at once stay under this many bytes, or are one
-/// window when a window is bigger (the blocks of files over 256 GiB make windows of up to
-/// 64 MiB).
-const PARALLEL_BYTES: usize = 32 << 20;
+/// `lanes` windows of `window` bytes, fewer when they would take over 32 MiB together, but at
+/// least one (the blocks of files over 256 GiB make windows of up to 64 MiB).
+fn within_budget(lanes: usize, window: usize) -> usize {
+    const PARALLEL_BYTES: usize = 32 << 20;
+    lanes.clamp(1, (PARALLEL_BYTES / window.max(1)).max(1))
+}
 
 // The librsync delta format, as fast_rsync writes and reads it.
 const DELTA_MAGIC: [u8; 4] = 0x7273_0236u32.to_be_bytes();
@@ -1312,16 +1313,34 @@ mod tests {
         new
     }
 
+    /// Up to `count` edits of up to `len` bytes cut and inserted each (see [`edit`]).
+    fn edits(len: usize, count: usize) -> impl Strategy<Value = Vec<(usize, usize, Vec<u8>)>> {
+        proptest::collection::vec(
+            (
+                any::<usize>(),
+                0..len,
+                proptest::collection::vec(any::<u8>(), 0..len),
+            ),
+            0..count,
+        )
+    }
+
+    /// The single fast_rsync record rebuilding `new` from `base` (256-byte blocks).
+    fn one_record(base: &[u8], new: &[u8]) -> Vec<u8> {
+        let sig = Signature::calculate(base, options(256)).into_serialized();
+        let sig = Signature::deserialize(sig).expect("own signature");
+        let mut record = Vec::new();
+        fast_rsync::diff(&sig.index(), new, &mut record).expect("diff");
+        record
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
         #[test]
         fn any_edit_round_trips(
             base in proptest::collection::vec(any::<u8>(), 0..6000),
-            edits in proptest::collection::vec(
-                (any::<usize>(), 0usize..700, proptest::collection::vec(any::<u8>(), 0..700)),
-                0..5,
-            ),
+            edits in edits(700, 5),
             windows in proptest::option::of(2usize..6),
         ) {
             let new = edit(&base, &edits);
@@ -1334,17 +1353,11 @@ mod tests {
         #[test]
         fn dropping_the_head_of_a_record_rebuilds_the_rest(
             base in proptest::collection::vec(any::<u8>(), 1..3000),
-            edits in proptest::collection::vec(
-                (any::<usize>(), 0usize..300, proptest::collection::vec(any::<u8>(), 0..300)),
-                0..4,
-            ),
+            edits in edits(300, 4),
             skip in any::<usize>(),
         ) {
             let new = edit(&base, &edits);
-            let sig = Signature::calculate(&base, options(256)).into_serialized();
-            let sig = Signature::deserialize(sig).expect("own signature");
-            let mut record = Vec::new();
-            fast_rsync::diff(&sig.index(), &new, &mut record).expect("diff");
+            let mut record = one_record(&base, &new);
             let skip = skip % (new.len() + 1);
             drop_head(&mut record, skip).expect("drop");
             let (theirs, ours) = both_appliers(&base, &record);
@@ -1355,18 +1368,12 @@ mod tests {
         #[test]
         fn our_applier_agrees_with_fast_rsync_even_on_mangled_records(
             base in proptest::collection::vec(any::<u8>(), 1..3000),
-            edits in proptest::collection::vec(
-                (any::<usize>(), 0usize..300, proptest::collection::vec(any::<u8>(), 0..300)),
-                0..4,
-            ),
+            edits in edits(300, 4),
             mangle in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
             cut in proptest::option::of(any::<usize>()),
         ) {
             let new = edit(&base, &edits);
-            let sig = Signature::calculate(&base, options(256)).into_serialized();
-            let sig = Signature::deserialize(sig).expect("own signature");
-            let mut record = Vec::new();
-            fast_rsync::diff(&sig.index(), &new, &mut record).expect("diff");
+            let mut record = one_record(&base, &new);
             for (at, byte) in &mangle {
                 let at = at % record.len();
                 record[at] = *byte;
