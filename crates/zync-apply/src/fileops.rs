@@ -241,6 +241,9 @@ pub fn write_from_checked(
 ) -> anyhow::Result<()> {
     let mut from = open_regular(src).with_context(|| format!("cannot read {}", src.display()))?;
     let mut file = AtomicFile::create(root, rel)?;
+    if let Ok(meta) = from.metadata() {
+        file.reserve(meta.len())?;
+    }
     copy_hashing(&mut from, |data| file.write(data).map_err(Into::into))?;
     check()?;
     file.commit(sha256, mode, mtime_ns)?;

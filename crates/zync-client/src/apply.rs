@@ -109,7 +109,7 @@ impl Pending {
         offset: u64,
         checked: &mut zync_fs::CheckedDirs,
     ) -> Result<(), ClientError> {
-        let file = if offset == 0 {
+        let mut file = if offset == 0 {
             AtomicFile::create_checked(&self.root, &self.rel, checked)?
         } else {
             match AtomicFile::resume(&self.root, &self.rel, &self.sha)? {
@@ -126,6 +126,8 @@ impl Pending {
                 }
             }
         };
+        // A full disk is found before anything is downloaded, and a big file allocated at once.
+        file.reserve(self.size)?;
         self.file = Some(file);
         Ok(())
     }
@@ -476,6 +478,7 @@ impl<'a> Applier<'a> {
             .open(source)
             .map_err(io)?;
         let mut file = AtomicFile::create(self.root, &p.rel)?;
+        file.reserve(p.size)?;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = input.read(&mut buf).map_err(io)?;

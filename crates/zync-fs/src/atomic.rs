@@ -6,6 +6,7 @@ use crate::attrs::set_file_mtime;
 use crate::hash::Hasher;
 use crate::ignore::TEMP_PREFIX;
 use crate::path::RelPath;
+use crate::space::Reserve;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,9 @@ const PARALLEL_HASH_MIN: usize = 256 << 10;
 const WRITE_PIECE: usize = 256 << 10;
 /// How much of a file is written before the kernel is asked to start putting it on disk.
 const WRITEBACK_WINDOW: u64 = 8 << 20;
+/// Files smaller than this are written without reserving their space first: one more syscall
+/// would cost more than the allocation it saves.
+const RESERVE_MIN: u64 = 1 << 20;
 
 /// Asks the kernel to start writing `from..to` of `file` to disk without waiting for it
 /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): a hint that spreads a big file's writeback over
@@ -54,6 +58,9 @@ pub struct AtomicFile {
     temp: tempfile::NamedTempFile,
     hasher: Hasher,
     written: u64,
+    /// Bytes of disk reserved from offset 0 ([`AtomicFile::reserve`]); what the writes did not
+    /// use is given back when the file is sealed or kept as a partial.
+    reserved: u64,
     /// A write failed: the hash may cover bytes that are not in the file, so it is never sealed.
     broken: bool,
 }
@@ -106,8 +113,48 @@ impl AtomicFile {
             temp,
             hasher: Hasher::new(),
             written: 0,
+            reserved: 0,
             broken: false,
         })
+    }
+
+    /// Reserves disk space for a file that will be `len` bytes long, before its content is
+    /// written: a disk or quota without room for it is an error now, before anything is
+    /// downloaded, and the file system allocates the file in one go instead of page by page
+    /// as the writes come (about 0.1 s less system time per GiB on ext4). Smaller files, and
+    /// file systems that cannot reserve space, are left to allocate as they are written.
+    ///
+    /// # Errors
+    ///
+    /// [`FsError::NoSpace`] when the file system does not have `len` bytes free for it;
+    /// [`FsError::Io`] when the file is larger than the file system can hold.
+    pub fn reserve(&mut self, len: u64) -> Result<(), FsError> {
+        let already = self.reserved.max(self.written);
+        if len < RESERVE_MIN || len <= already {
+            return Ok(());
+        }
+        match crate::space::reserve(self.temp.as_file(), len, already) {
+            Ok(Reserve::Done) => {
+                self.reserved = len;
+                Ok(())
+            }
+            Ok(Reserve::NotHere) => Ok(()),
+            Err(e) => {
+                // A failed fallocate may have allocated part of it: give that back.
+                self.reserved = len;
+                self.release_unused();
+                Err(FsError::io_or_no_space("reserve space for", &self.dest, e))
+            }
+        }
+    }
+
+    /// Gives back reserved space past what was written (truncating a file to its own length
+    /// frees the blocks reserved beyond its end). Only a hint of disk use: a failure is ignored.
+    fn release_unused(&mut self) {
+        if self.reserved > self.written {
+            let _ = self.temp.as_file().set_len(self.written);
+            self.reserved = 0;
+        }
     }
 
     /// Appends `data`, hashing it on the way. After a failed write the file can only be dropped
@@ -121,6 +168,7 @@ impl AtomicFile {
     /// [`FsError::Io`] when the temp file cannot be written.
     pub fn write(&mut self, data: &[u8]) -> Result<(), FsError> {
         let AtomicFile {
+            dest,
             temp,
             hasher,
             written,
@@ -140,7 +188,12 @@ impl AtomicFile {
         };
         if let Err(e) = wrote {
             *broken = true;
-            return Err(FsError::io("write temp file", temp.path(), e));
+            // Named by its destination: the temp file's name means nothing to the user.
+            return Err(FsError::io_or_no_space(
+                "write the new content of",
+                &*dest,
+                e,
+            ));
         }
         let before = *written;
         *written += data.len() as u64;
@@ -175,7 +228,8 @@ impl AtomicFile {
     /// # Errors
     ///
     /// [`FsError::Io`] when the temp file cannot be renamed.
-    pub fn keep_partial(self, sha256: &str) -> Result<PathBuf, FsError> {
+    pub fn keep_partial(mut self, sha256: &str) -> Result<PathBuf, FsError> {
+        self.release_unused();
         let partial = AtomicFile::partial_path(&self.root, &self.rel, sha256);
         self.temp
             .persist(&partial)
@@ -230,6 +284,7 @@ impl AtomicFile {
             temp,
             hasher,
             written,
+            reserved: 0,
             broken: false,
         }))
     }
@@ -299,13 +354,15 @@ impl AtomicFile {
         mode: u32,
         mtime_ns: i64,
     ) -> Result<tempfile::NamedTempFile, FsError> {
+        let mut file = self;
+        file.release_unused();
         let AtomicFile {
             dest,
             temp,
             hasher,
             broken,
             ..
-        } = self;
+        } = file;
         if broken {
             return Err(FsError::io(
                 "seal",
@@ -674,5 +731,80 @@ mod tests {
         // Completing "f.txt" removes both of its partials.
         crate::remove_partials(root, &rel);
         assert!(names(root).is_empty(), "{:?}", names(root));
+    }
+
+    /// Bytes of disk the file at `path` occupies.
+    fn allocated(path: &Path) -> u64 {
+        fs::metadata(path).expect("stat").blocks() * 512
+    }
+
+    /// The one temp file in `dir`.
+    fn only_temp(dir: &Path) -> PathBuf {
+        let names = temps(dir);
+        assert_eq!(names.len(), 1, "{names:?}");
+        dir.join(&names[0])
+    }
+
+    #[test]
+    fn a_reserved_file_keeps_its_size_and_gives_back_what_it_did_not_use() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        let mut f = AtomicFile::create(r, &rel("big")).expect("create");
+        let reserves = crate::space::reserves_here(f.temp.as_file());
+        f.reserve(8 << 20).expect("reserve");
+        let temp = only_temp(r);
+        assert_eq!(fs::metadata(&temp).expect("stat").len(), 0, "size changed");
+        if reserves {
+            assert!(
+                allocated(&temp) >= 8 << 20,
+                "{} allocated",
+                allocated(&temp)
+            );
+        }
+        // Content shorter than reserved (a record whose size was wrong): the seal trims it.
+        f.write(b"short").expect("write");
+        let sealed = f.seal(&hash_bytes(b"short"), 0o644, 0).expect("seal");
+        assert!(allocated(sealed.temp_path()) < 1 << 20, "reservation kept");
+        sealed.install().expect("install");
+        assert_eq!(fs::read(r.join("big")).expect("read"), b"short");
+
+        // A partial kept after an interruption holds only what it has.
+        let mut f = AtomicFile::create(r, &rel("big2")).expect("create");
+        f.reserve(8 << 20).expect("reserve");
+        f.write(&[7u8; 4096]).expect("write");
+        let partial = f.keep_partial(&"d".repeat(64)).expect("keep");
+        assert_eq!(fs::metadata(&partial).expect("stat").len(), 4096);
+        assert!(
+            allocated(&partial) < 1 << 20,
+            "{} allocated",
+            allocated(&partial)
+        );
+    }
+
+    #[test]
+    fn a_file_bigger_than_the_free_space_fails_before_anything_is_written() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        fs::write(r.join("f"), b"old").expect("write");
+        let mut f = AtomicFile::create(r, &rel("f")).expect("create");
+        if !crate::space::reserves_here(f.temp.as_file()) {
+            // Nothing is reserved here, so nothing can be refused: the writes decide.
+            f.reserve(u64::MAX / 2).expect("no reservation, no error");
+            return;
+        }
+        let e = f.reserve(u64::MAX / 2).expect_err("reserved 4 EiB");
+        assert!(matches!(e, FsError::NoSpace { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains(&r.join("f").display().to_string()), "{msg}");
+        assert!(msg.contains("free some space"), "{msg}");
+        assert!(
+            allocated(&only_temp(r)) < 1 << 20,
+            "the failed reservation kept space"
+        );
+        // The file is still good to write, and the destination was never touched.
+        assert_eq!(fs::read(r.join("f")).expect("read"), b"old");
+        f.write(b"new").expect("write");
+        f.commit(&hash_bytes(b"new"), 0o644, 0).expect("commit");
+        assert_eq!(fs::read(r.join("f")).expect("read"), b"new");
     }
 }

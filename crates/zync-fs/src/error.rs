@@ -17,6 +17,18 @@ pub enum FsError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The file system (or the user's quota there) has no room for what is being written.
+    #[error(
+        "no room for {} on its file system ({source}): free some space there, or raise the \
+         quota, and sync again",
+        .path.display()
+    )]
+    NoSpace {
+        /// The file being written.
+        path: PathBuf,
+        /// The underlying error (a full disk or quota).
+        source: io::Error,
+    },
     /// A component of the path is a symlink; zync never writes through one (invariant 3).
     #[error("refusing to write through {}: it is a symlink", .path.display())]
     SymlinkInPath {
@@ -47,7 +59,7 @@ impl FsError {
     pub fn is_permanent(&self) -> bool {
         match self {
             FsError::SymlinkInPath { .. } | FsError::NotADirectory { .. } => true,
-            FsError::Io { .. } | FsError::HashMismatch { .. } => false,
+            FsError::Io { .. } | FsError::NoSpace { .. } | FsError::HashMismatch { .. } => false,
         }
     }
 
@@ -55,9 +67,25 @@ impl FsError {
     pub fn path(&self) -> &Path {
         match self {
             FsError::Io { path, .. }
+            | FsError::NoSpace { path, .. }
             | FsError::SymlinkInPath { path }
             | FsError::NotADirectory { path }
             | FsError::HashMismatch { path, .. } => path,
+        }
+    }
+
+    /// As [`FsError::io`], except that a full disk or quota is an [`FsError::NoSpace`].
+    pub fn io_or_no_space(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+        source: io::Error,
+    ) -> FsError {
+        match source.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => FsError::NoSpace {
+                path: path.into(),
+                source,
+            },
+            _ => FsError::io(what, path, source),
         }
     }
 
@@ -111,5 +139,27 @@ mod tests {
             e.to_string(),
             "content written for /r/f has sha256 bb, expected aa"
         );
+    }
+
+    #[test]
+    fn a_full_disk_or_quota_is_no_space_and_says_what_to_do() {
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = FsError::io_or_no_space(
+                "write the new content of",
+                "/r/big",
+                io::Error::from_raw_os_error(errno),
+            );
+            assert!(matches!(e, FsError::NoSpace { .. }), "{e:?}");
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("no room for /r/big on its file system ("),
+                "{msg}"
+            );
+            assert!(msg.ends_with("free some space there, or raise the quota, and sync again"));
+            assert!(!e.is_permanent(), "space can be freed");
+            assert_eq!(e.path(), Path::new("/r/big"));
+        }
+        let e = FsError::io_or_no_space("write", "/r/f", io::Error::from_raw_os_error(libc::EIO));
+        assert!(matches!(e, FsError::Io { .. }), "{e:?}");
     }
 }

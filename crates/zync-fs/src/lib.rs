@@ -15,6 +15,7 @@ pub mod ignore;
 pub mod meta;
 pub mod path;
 pub mod scan;
+mod space;
 pub mod token;
 pub mod watch;
 
