@@ -165,7 +165,8 @@ impl AtomicFile {
     ///
     /// # Errors
     ///
-    /// [`FsError::Io`] when the temp file cannot be written.
+    /// [`FsError::NoSpace`] when the disk or the quota is full; [`FsError::Io`] when the
+    /// write fails otherwise.
     pub fn write(&mut self, data: &[u8]) -> Result<(), FsError> {
         let AtomicFile {
             dest,
@@ -349,20 +350,19 @@ impl AtomicFile {
     /// Checks the hash and sets mode and mtime on the temp file (the mtime before any flush, so
     /// that it is durable too).
     fn finish(
-        self,
+        mut self,
         expected_sha256: &str,
         mode: u32,
         mtime_ns: i64,
     ) -> Result<tempfile::NamedTempFile, FsError> {
-        let mut file = self;
-        file.release_unused();
+        self.release_unused();
         let AtomicFile {
             dest,
             temp,
             hasher,
             broken,
             ..
-        } = file;
+        } = self;
         if broken {
             return Err(FsError::io(
                 "seal",
