@@ -95,7 +95,8 @@ impl Pending {
     /// Opens the temp file for content that starts at `offset` (a kept partial when > 0).
     ///
     /// # Errors
-    /// When the temp file cannot be made, or the partial changed since it was measured.
+    /// When the temp file cannot be made, the partial changed since it was measured, or the
+    /// disk has no room for the file ([`zync_fs::FsError::NoSpace`]).
     pub fn open(&mut self, offset: u64) -> Result<(), ClientError> {
         self.open_checked(offset, &mut zync_fs::CheckedDirs::default())
     }
@@ -126,10 +127,30 @@ impl Pending {
                 }
             }
         };
-        // A full disk is found before anything is downloaded, and a big file allocated at once.
-        file.reserve(self.size)?;
+        // A big file is allocated at once, and a disk that filled up since the download was
+        // planned is found before anything is written.
+        if let Err(e) = file.reserve(self.size) {
+            if offset > 0 {
+                // The partial stays for the next attempt, which has no more to download then.
+                if let Err(k) = file.keep_partial(&self.sha) {
+                    tracing::debug!(path = %self.rel, "cannot keep the partial download: {k}");
+                }
+            }
+            return Err(e.into());
+        }
         self.file = Some(file);
         Ok(())
+    }
+
+    /// Checks that R's disk has room for what is still to be downloaded of this file, before
+    /// it is asked for: a file that cannot fit fails without crossing the network first (the
+    /// reservation when it is opened checks again).
+    ///
+    /// # Errors
+    /// [`zync_fs::FsError::NoSpace`] when there is not room for it.
+    pub fn check_room(&self) -> Result<(), ClientError> {
+        let remaining = self.remaining(self.resume_offset());
+        Ok(AtomicFile::check_room(&self.root, &self.rel, remaining)?)
     }
 
     /// Appends content.
@@ -403,6 +424,8 @@ impl<'a> Applier<'a> {
         })();
         match rebuilt {
             Ok(sealed) => Ok(pending.into_ready(sealed, Some(header.delta_size))),
+            // The whole file would not fit either.
+            Err(e @ ClientError::Fs(zync_fs::FsError::NoSpace { .. })) => Err((None, e)),
             Err(e) => {
                 pending.file = None;
                 pending.signature = None;

@@ -274,10 +274,13 @@ impl<'a> Run<'a> {
                     }
                     self.ledger.done(i, record);
                 }
-                Ok(Step::Fetch(pending)) => {
-                    self.note_inflight(change);
-                    self.pipeline.push(i, pending);
-                }
+                Ok(Step::Fetch(pending)) => match pending.check_room() {
+                    Ok(()) => {
+                        self.note_inflight(change);
+                        self.pipeline.push(i, pending);
+                    }
+                    Err(e) => self.ledger.fail(i, &e),
+                },
                 Ok(Step::Ready(ready)) => {
                     // Copied from content R had: nothing to download.
                     self.note_inflight(change);

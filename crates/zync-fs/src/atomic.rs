@@ -126,8 +126,9 @@ impl AtomicFile {
     ///
     /// # Errors
     ///
-    /// [`FsError::NoSpace`] when the file system does not have `len` bytes free for it;
-    /// [`FsError::Io`] when the file is larger than the file system can hold.
+    /// [`FsError::NoSpace`] when the file system, or the quota, has no room for the bytes not
+    /// written or reserved yet (with a few MiB to spare); [`FsError::Io`] when the file is
+    /// larger than the file system can hold.
     pub fn reserve(&mut self, len: u64) -> Result<(), FsError> {
         let already = self.reserved.max(self.written);
         if len < RESERVE_MIN || len <= already {
@@ -146,6 +147,25 @@ impl AtomicFile {
                 Err(FsError::io_or_no_space("reserve space for", &self.dest, e))
             }
         }
+    }
+
+    /// Checks, before a download of `len` more bytes of `root/rel` is asked for, that the file
+    /// system that will hold it has room for them: the check [`AtomicFile::reserve`] makes, so
+    /// that a file that cannot fit is not sent over the network first. Small files, and file
+    /// systems that do not reserve, are not checked.
+    ///
+    /// # Errors
+    ///
+    /// [`FsError::NoSpace`] when there is not room for `len` bytes (and a few MiB to spare).
+    pub fn check_room(root: &Path, rel: &RelPath, len: u64) -> Result<(), FsError> {
+        if len < RESERVE_MIN {
+            return Ok(());
+        }
+        let dir = rel
+            .parent()
+            .map_or_else(|| root.to_path_buf(), |p| p.to_path(root));
+        crate::space::check_room(&dir, len)
+            .map_err(|e| FsError::io_or_no_space("check the free space for", rel.to_path(root), e))
     }
 
     /// Gives back reserved space past what was written (truncating a file to its own length
@@ -273,6 +293,10 @@ impl AtomicFile {
             hasher.update(&buf[..n]);
             written += n as u64;
         }
+        // Blocks a killed run had reserved past the end are given back (truncating a file to
+        // its own length frees them); they are reserved again when the download goes on.
+        file.set_len(written)
+            .map_err(|e| FsError::io("open partial download", &partial, e))?;
         file.seek(std::io::SeekFrom::End(0))
             .map_err(|e| FsError::io("read partial download", &partial, e))?;
         let path = tempfile::TempPath::try_from_path(&partial)
@@ -778,6 +802,69 @@ mod tests {
             allocated(&partial) < 1 << 20,
             "{} allocated",
             allocated(&partial)
+        );
+    }
+
+    #[test]
+    fn a_resumed_partial_gives_back_what_a_killed_run_reserved_and_reserves_again() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        let sha = "e".repeat(64);
+        let partial = AtomicFile::partial_path(r, &rel("big"), &sha);
+        fs::write(&partial, [5u8; 4096]).expect("write");
+        // A run killed after reserving: the partial holds blocks past its end.
+        let reserves = {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&partial)
+                .expect("open");
+            crate::space::reserve(&f, 8 << 20, 4096).expect("reserve") == Reserve::Done
+        };
+        if reserves {
+            assert!(allocated(&partial) >= 8 << 20);
+        }
+        let mut f = AtomicFile::resume(r, &rel("big"), &sha)
+            .expect("resume")
+            .expect("a partial");
+        assert_eq!(f.written(), 4096);
+        assert!(
+            allocated(&partial) < 1 << 20,
+            "{} allocated",
+            allocated(&partial)
+        );
+        f.reserve(8 << 20).expect("reserve");
+        if reserves {
+            assert!(allocated(&partial) >= 8 << 20);
+        }
+        f.write(&[6u8; 4096]).expect("write");
+        let kept = f.keep_partial(&sha).expect("keep");
+        assert_eq!(fs::read(&kept).expect("read").len(), 8192);
+        assert!(allocated(&kept) < 1 << 20, "{} allocated", allocated(&kept));
+    }
+
+    #[test]
+    fn room_is_checked_in_the_file_s_directory_before_a_download() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        fs::create_dir(r.join("d")).expect("mkdir");
+        let probe = fs::File::create(r.join("probe")).expect("create");
+        let huge = u64::MAX / 2;
+        AtomicFile::check_room(r, &rel("d/small"), (1 << 20) - 1).expect("small: not checked");
+        if crate::space::reserves_here(&probe) {
+            let e = AtomicFile::check_room(r, &rel("d/big"), huge).expect_err("4 EiB fit");
+            assert!(matches!(e, FsError::NoSpace { .. }), "{e:?}");
+            assert!(
+                e.to_string()
+                    .contains(&r.join("d/big").display().to_string()),
+                "{e}"
+            );
+            AtomicFile::check_room(r, &rel("d/big"), 1 << 20).expect("1 MiB fits");
+        } else {
+            AtomicFile::check_room(r, &rel("d/big"), huge).expect("nothing to check here");
+        }
+        assert!(
+            temps(r).is_empty() && temps(&r.join("d")).is_empty(),
+            "a check wrote"
         );
     }
 

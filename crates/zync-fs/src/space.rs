@@ -1,14 +1,16 @@
 //! Reserving a file's disk space before its content is written (`fallocate`), on the file
 //! systems where a reserved block is a block used and reserving is cheap: ext2/3/4, XFS and
 //! tmpfs. Elsewhere (btrfs, where preallocated ranges are not compressed, other copy-on-write
-//! file systems, network and FUSE file systems) nothing is reserved and a file allocates as it
-//! is written, as it always did.
+//! file systems, network and FUSE file systems) nothing is reserved or checked, and a file
+//! allocates as it is written, as it always did.
 
 use std::fs::File;
 use std::io;
+use std::path::Path;
 
 /// What [`reserve`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) enum Reserve {
     /// The first `len` bytes of the file are allocated; its size did not change.
     Done,
@@ -16,10 +18,69 @@ pub(crate) enum Reserve {
     NotHere,
 }
 
-/// `statfs` magic numbers of the file systems [`reserve`] works on.
-const EXT_MAGIC: i64 = 0xEF53;
-const XFS_MAGIC: i64 = 0x5846_5342;
-const TMPFS_MAGIC: i64 = 0x0102_1994;
+/// Space left free beside a reservation: a download that would take the last blocks of a disk
+/// leaves no room for the client's own database commit that records it.
+const SPARE: u64 = 16 << 20;
+
+/// A file system [`reserve`] works on, and the bytes free on it for unprivileged users (what
+/// `df` shows as available).
+#[cfg(target_os = "linux")]
+fn reserving_fs(st: &libc::statfs) -> Option<u64> {
+    const EXT_MAGIC: i64 = 0xEF53;
+    const XFS_MAGIC: i64 = 0x5846_5342;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    let (kind, free) = (
+        st.f_type as i64,
+        (st.f_bavail as u64).saturating_mul(st.f_frsize as u64),
+    );
+    matches!(kind, EXT_MAGIC | XFS_MAGIC | TMPFS_MAGIC).then_some(free)
+}
+
+/// Fails when `needed` more bytes, and [`SPARE`] beside them, are not free.
+fn room(needed: u64, free: u64) -> io::Result<()> {
+    if needed.saturating_add(SPARE) > free {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!(
+                "{needed} more bytes are needed, with {} MiB to spare, and {free} are free",
+                SPARE >> 20
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the file system holding the directory `dir` has room for `needed` more bytes,
+/// where [`reserve`] would reserve them; anywhere else, and when `dir` cannot be examined,
+/// there is nothing to check and the writes will tell.
+///
+/// # Errors
+///
+/// [`io::ErrorKind::StorageFull`] when there is not room for them.
+#[cfg(target_os = "linux")]
+pub(crate) fn check_room(dir: &Path, needed: u64) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return Ok(());
+    };
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `path` is NUL-terminated; statfs fills the buffer when it returns 0, and the
+    // buffer is read only then.
+    if unsafe { libc::statfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Ok(());
+    }
+    // SAFETY: initialised by the successful call above.
+    match reserving_fs(unsafe { st.assume_init_ref() }) {
+        Some(free) => room(needed, free),
+        None => Ok(()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn check_room(_dir: &Path, _needed: u64) -> io::Result<()> {
+    Ok(())
+}
 
 /// Allocates the first `len` bytes of `file` without changing its size
 /// (`fallocate(FALLOC_FL_KEEP_SIZE)`), `already` of which are allocated (written or reserved
@@ -28,8 +89,9 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 ///
 /// # Errors
 ///
-/// [`io::ErrorKind::StorageFull`] when fewer than `len - already` bytes are free (or the
-/// kernel says so), `QuotaExceeded`, or `FileTooLarge` for a size the file system cannot hold.
+/// [`io::ErrorKind::StorageFull`] when fewer than `len - already` bytes (and a few MiB to
+/// spare) are free, or the kernel finds no room; `QuotaExceeded`; `FileTooLarge` for a size
+/// the file system cannot hold.
 #[cfg(target_os = "linux")]
 pub(crate) fn reserve(file: &File, len: u64, already: u64) -> io::Result<Reserve> {
     use std::os::fd::AsRawFd;
@@ -40,22 +102,10 @@ pub(crate) fn reserve(file: &File, len: u64, already: u64) -> io::Result<Reserve
         return Ok(Reserve::NotHere);
     }
     // SAFETY: initialised by the successful call above.
-    let st = unsafe { st.assume_init() };
-    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
-    let (kind, free) = (
-        st.f_type as i64,
-        (st.f_bavail as u64).saturating_mul(st.f_bsize as u64),
-    );
-    if !matches!(kind, EXT_MAGIC | XFS_MAGIC | TMPFS_MAGIC) {
+    let Some(free) = reserving_fs(unsafe { st.assume_init_ref() }) else {
         return Ok(Reserve::NotHere);
-    }
-    let needed = len.saturating_sub(already);
-    if needed > free {
-        return Err(io::Error::new(
-            io::ErrorKind::StorageFull,
-            format!("{needed} more bytes are needed and {free} are free"),
-        ));
-    }
+    };
+    room(len.saturating_sub(already), free)?;
     let len = i64::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
     loop {
         // SAFETY: plain syscall on a descriptor this file owns; no memory is passed.
@@ -81,4 +131,36 @@ pub(crate) fn reserve(_file: &File, _len: u64, _already: u64) -> io::Result<Rese
 #[cfg(test)]
 pub(crate) fn reserves_here(file: &File) -> bool {
     reserve(file, 1 << 20, 0).is_ok_and(|r| r == Reserve::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_keeps_some_to_spare() {
+        assert!(room(100, 100 + SPARE).is_ok());
+        let e = room(101, 100 + SPARE).expect_err("no room left to spare");
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert!(
+            e.to_string().starts_with("101 more bytes are needed"),
+            "{e}"
+        );
+        assert!(room(u64::MAX, u64::MAX - 1).is_err(), "no overflow");
+    }
+
+    #[test]
+    fn a_directory_is_checked_where_files_are_reserved() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let probe = File::create(tmp.path().join("probe")).expect("create");
+        if reserves_here(&probe) {
+            let e = check_room(tmp.path(), u64::MAX / 2).expect_err("4 EiB fit");
+            assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+            check_room(tmp.path(), 1 << 20).expect("1 MiB fits");
+        } else {
+            check_room(tmp.path(), u64::MAX / 2).expect("nothing is checked here");
+        }
+        // A directory that is not there (yet) has nothing to check.
+        check_room(&tmp.path().join("not/there"), u64::MAX / 2).expect("no directory");
+    }
 }
