@@ -209,7 +209,8 @@ impl AtomicFile {
         };
         if let Err(e) = wrote {
             *broken = true;
-            // Named by its destination: the temp file's name means nothing to the user.
+            // Named by its destination, like every error here: the temp file's name means
+            // nothing to the user.
             return Err(FsError::io_or_no_space(
                 "write the new content of",
                 &*dest,
@@ -340,7 +341,7 @@ impl AtomicFile {
         let temp = self.finish(expected_sha256, mode, mtime_ns)?;
         temp.as_file()
             .sync_all()
-            .map_err(|e| FsError::io("fsync", temp.path(), e))?;
+            .map_err(|e| FsError::io("flush the new content of", &dest, e))?;
         install(
             &root,
             &rel,
@@ -389,8 +390,8 @@ impl AtomicFile {
         } = self;
         if broken {
             return Err(FsError::io(
-                "seal",
-                temp.path(),
+                "seal the new content of",
+                dest,
                 std::io::Error::other("an earlier write to it failed"),
             ));
         }
@@ -404,8 +405,8 @@ impl AtomicFile {
         }
         let file = temp.as_file();
         file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
-            .map_err(|e| FsError::io("set the mode of", temp.path(), e))?;
-        set_file_mtime(file, temp.path(), mtime_ns)?;
+            .map_err(|e| FsError::io("set the mode of the new content of", &dest, e))?;
+        set_file_mtime(file, &dest, mtime_ns)?;
         Ok(temp)
     }
 }
@@ -433,10 +434,9 @@ impl Sealed {
     ///
     /// [`FsError::Io`] when the file cannot be opened or flushed.
     pub fn sync(&self) -> Result<(), FsError> {
-        let path: &Path = &self.temp;
-        std::fs::File::open(path)
+        std::fs::File::open(&self.temp)
             .and_then(|f| f.sync_all())
-            .map_err(|e| FsError::io("fsync", path, e))
+            .map_err(|e| FsError::io("flush the new content of", &self.dest, e))
     }
 
     /// Renames the file over its destination. Call only after the content was made durable.
