@@ -131,7 +131,7 @@ impl Pending {
         // planned is found before anything is written.
         if let Err(e) = file.reserve(self.size) {
             if offset > 0 {
-                // The partial stays for the next attempt, which has no more to download then.
+                // Kept, so that what it holds is not downloaded again next time.
                 if let Err(k) = file.keep_partial(&self.sha) {
                     tracing::debug!(path = %self.rel, "cannot keep the partial download: {k}");
                 }
