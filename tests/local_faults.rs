@@ -1,6 +1,7 @@
 //! End-to-end: what R's disk throws at the client. A path that cannot be written fails alone,
 //! with a message naming it, is retried, and holds `--once` non-zero until it is fixed; a
-//! symlink planted on R is never written through (DESIGN invariant 3).
+//! file R's disk has no room for is not even downloaded; a symlink planted on R is never
+//! written through (DESIGN invariant 3).
 
 mod common;
 
@@ -223,4 +224,97 @@ fn a_big_file_whose_write_fails_midway_never_appears_on_r_and_is_retried() {
     // With room on the disk again, the next run brings it.
     client.once_ok(&daemon.url());
     assert_same_tree(&e, &r, &[]);
+}
+
+/// Runs `client` (a `zync-client --once` command) twice in a mount namespace of its own, where
+/// `r` is a tmpfs of 8 MiB the first time and 64 MiB the second, then copies what `r` holds
+/// to `copy`. `unshare --user --map-root-user` needs no privileges where user namespaces are
+/// allowed (and none are needed as root). Returns the two runs' exit codes and output.
+fn twice_on_a_small_then_a_bigger_disk(
+    client: &std::process::Command,
+    r: &std::path::Path,
+    copy: &std::path::Path,
+    out: &std::path::Path,
+) -> [(i32, String); 2] {
+    let script = r#"
+        mount -t tmpfs -o size=8m zync-test "$ZT_R" || exit 97
+        "$@" >"$ZT_OUT/1.log" 2>&1; echo $? >"$ZT_OUT/1.rc"
+        mount -o remount,size=64m zync-test "$ZT_R" || exit 98
+        "$@" >"$ZT_OUT/2.log" 2>&1; echo $? >"$ZT_OUT/2.rc"
+        cp -a "$ZT_R/." "$ZT_COPY/"
+    "#;
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ])
+    .arg(client.get_program())
+    .args(client.get_args())
+    .env("ZT_R", r)
+    .env("ZT_OUT", out)
+    .env("ZT_COPY", copy);
+    for (key, value) in client.get_envs() {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    let ran = output_within_deadline(cmd);
+    assert!(
+        ran.status.success(),
+        "this test runs the client on a small tmpfs in a namespace of its own, which needs \
+         `unshare` (util-linux) and user namespaces, or root ({}):\n{}",
+        ran.status,
+        stderr(&ran)
+    );
+    [1, 2].map(|n| {
+        let rc = std::fs::read_to_string(out.join(format!("{n}.rc"))).expect("exit code");
+        let log = std::fs::read_to_string(out.join(format!("{n}.log"))).expect("log");
+        (rc.trim().parse().expect("a number"), log)
+    })
+}
+
+#[test]
+fn a_file_r_has_no_room_for_fails_alone_without_being_downloaded_and_syncs_once_there_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    let big = pseudo_random(16 << 20, 11);
+    write(&e.join("data/big.bin"), &big);
+    write(&e.join("small.txt"), "fits anywhere\n");
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let proxy = common::proxy::Proxy::to_port(daemon.port);
+    let (r, copy, out) = (
+        tmp.path().join("r"),
+        tmp.path().join("copy"),
+        tmp.path().join("out"),
+    );
+    for dir in [&r, &copy, &out] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    let mut once = client.command(&proxy.url());
+    once.arg("--once");
+
+    let [(rc1, log1), (rc2, log2)] = twice_on_a_small_then_a_bigger_disk(&once, &r, &copy, &out);
+    // 8 MiB: the big file fails alone, with a message that says why and what to do...
+    assert_ne!(rc1, 0, "--once must fail while a file has no room:\n{log1}");
+    assert!(
+        log1.contains("no room for") && log1.contains("free some space there"),
+        "{log1}"
+    );
+    assert!(log1.contains("data/big.bin"), "{log1}");
+    assert_eq!(downloaded_paths(&log1), ["small.txt"], "{log1}");
+    // ... and is retried once there is room.
+    assert_eq!(rc2, 0, "--once failed with room to spare:\n{log2}");
+    assert_eq!(downloaded_paths(&log2), ["data/big.bin"], "{log2}");
+    assert_same_tree(&e, &copy, &[]);
+    // It crossed the network once, for the run that had room: the first never asked for it.
+    let sent = proxy.bytes_to_client();
+    assert!(sent < 24 << 20, "{sent} bytes sent for a 16 MiB file");
 }
