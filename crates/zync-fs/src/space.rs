@@ -22,13 +22,22 @@ pub(crate) enum Reserve {
 /// leaves no room for the client's own database commit that records it.
 const SPARE: u64 = 16 << 20;
 
-/// A file system [`reserve`] works on, and the bytes free on it for unprivileged users (what
-/// `df` shows as available).
+/// The bytes free for unprivileged users (what `df` shows as available) on the file system
+/// holding `file`, when it is one [`reserve`] works on; `None` elsewhere, or when it cannot
+/// be examined.
 #[cfg(target_os = "linux")]
-fn reserving_fs(st: &libc::statfs) -> Option<u64> {
+fn free_where_reserving(file: &File) -> Option<u64> {
+    use std::os::fd::AsRawFd;
     const EXT_MAGIC: i64 = 0xEF53;
     const XFS_MAGIC: i64 = 0x5846_5342;
     const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs fills the buffer it is given when it returns 0; it is read only then.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: initialised by the successful call above.
+    let st = unsafe { st.assume_init() };
     #[allow(clippy::unnecessary_cast)] // the field types differ between targets
     let (kind, free) = (
         st.f_type as i64,
@@ -60,18 +69,7 @@ fn room(needed: u64, free: u64) -> io::Result<()> {
 /// [`io::ErrorKind::StorageFull`] when there is not room for them.
 #[cfg(target_os = "linux")]
 pub(crate) fn check_room(dir: &Path, needed: u64) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return Ok(());
-    };
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: `path` is NUL-terminated; statfs fills the buffer when it returns 0, and the
-    // buffer is read only then.
-    if unsafe { libc::statfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
-        return Ok(());
-    }
-    // SAFETY: initialised by the successful call above.
-    match reserving_fs(unsafe { st.assume_init_ref() }) {
+    match File::open(dir).ok().as_ref().and_then(free_where_reserving) {
         Some(free) => room(needed, free),
         None => Ok(()),
     }
@@ -95,21 +93,14 @@ pub(crate) fn check_room(_dir: &Path, _needed: u64) -> io::Result<()> {
 #[cfg(target_os = "linux")]
 pub(crate) fn reserve(file: &File, len: u64, already: u64) -> io::Result<Reserve> {
     use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: fstatfs fills the buffer it is given when it returns 0; it is read only then.
-    if unsafe { libc::fstatfs(fd, st.as_mut_ptr()) } != 0 {
-        return Ok(Reserve::NotHere);
-    }
-    // SAFETY: initialised by the successful call above.
-    let Some(free) = reserving_fs(unsafe { st.assume_init_ref() }) else {
+    let Some(free) = free_where_reserving(file) else {
         return Ok(Reserve::NotHere);
     };
     room(len.saturating_sub(already), free)?;
     let len = i64::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
     loop {
         // SAFETY: plain syscall on a descriptor this file owns; no memory is passed.
-        if unsafe { libc::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, 0, len) } == 0 {
+        if unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) } == 0 {
             return Ok(Reserve::Done);
         }
         let e = io::Error::last_os_error();
