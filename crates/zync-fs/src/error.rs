@@ -20,7 +20,7 @@ pub enum FsError {
     /// The file system (or the user's quota there) has no room for what is being written.
     #[error(
         "no room for {} on its file system ({source}): free some space there, or raise the \
-         quota, and sync again",
+         quota, and try again",
         .path.display()
     )]
     NoSpace {
@@ -155,7 +155,7 @@ mod tests {
                 msg.starts_with("no room for /r/big on its file system ("),
                 "{msg}"
             );
-            assert!(msg.ends_with("free some space there, or raise the quota, and sync again"));
+            assert!(msg.ends_with("free some space there, or raise the quota, and try again"));
             assert!(!e.is_permanent(), "space can be freed");
             assert_eq!(e.path(), Path::new("/r/big"));
         }
