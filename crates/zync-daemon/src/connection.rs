@@ -271,7 +271,12 @@ impl Connection {
     /// Handles one frame; false ends the connection.
     async fn on_message(&mut self, message: Message) -> bool {
         let text = match message {
-            Message::Text(text) => text,
+            Message::Text(text) => {
+                // A client may stop sending a refused upload's content: its next request ends
+                // the discard (frames of that upload cannot come after it on one stream).
+                self.discard = None;
+                text
+            }
             Message::Binary(frame) => {
                 if let Some(discard) = self.discard {
                     let ours =

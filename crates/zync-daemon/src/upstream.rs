@@ -3,12 +3,12 @@
 //! E's directories (that is `zync-apply`'s job, with the user's say-so: DESIGN invariant 5).
 //! A session not finalized when its connection ends is aborted and its staged files removed.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use tokio_tungstenite::tungstenite::Message;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
 use zync_db::{Action, FileState, OnE, SessionStatus, StagedFile};
-use zync_fs::{EntryKind, RelPath, Stat};
+use zync_fs::{AtomicFile, EntryKind, FsError, RelPath, Stat};
 use zync_proto::{
     ErrorCode, FinalizeReply, FinalizeUpstream, PrepareUpstream, Reply, SessionReply,
     UpstreamAction, UpstreamFile, UpstreamFileReply,
@@ -142,10 +142,9 @@ impl Connection {
         };
         session.count += 1;
         let staged_name = format!("file-{:06}", session.count);
-        let staged_path = session.dir.join(&staged_name);
-        let session_id = session.id.clone();
+        let (session_id, session_dir) = (session.id.clone(), session.dir.clone());
         if file.action == UpstreamAction::Write {
-            self.receive_content(id, &file, frames, &staged_path)
+            self.receive_content(id, &file, frames, (&session_dir, &staged_name))
                 .await?;
         }
         // Three-way decision against what E has now (DESIGN invariant 5).
@@ -195,22 +194,25 @@ impl Connection {
         }))
     }
 
-    /// Reads the content frames into the staging file, verifying size and sha256.
+    /// Reads the content frames into the staging file, verifying size and sha256. The file is
+    /// created, and its size reserved, before any frame is read: when E has no room for it the
+    /// refusal goes out at once and the client can stop sending.
     async fn receive_content(
         &mut self,
         id: u64,
         file: &UpstreamFile,
         frames: u64,
-        staged: &PathBuf,
+        (dir, name): (&Path, &str),
     ) -> Result<(), Refusal> {
-        let internal = |e: std::io::Error| {
-            Refusal::new(
-                ErrorCode::Internal,
-                format!("cannot stage {}: {e}", staged.display()),
-            )
+        let mut stager = match Stager::start(dir, name, file).await {
+            Ok(stager) => stager,
+            Err(refusal) => {
+                if frames > 0 {
+                    self.discard = Some(Discard { id, frames });
+                }
+                return Err(refusal);
+            }
         };
-        let mut out = std::fs::File::create(staged).map_err(internal)?;
-        let mut hasher = zync_fs::Hasher::new();
         let mut received = 0u64;
         let mut got = 0u64;
         let mut failure = None;
@@ -232,8 +234,8 @@ impl Connection {
                 }
             };
             got += 1;
-            let (chunk_id, data) = match zync_proto::decode_chunk(&frame) {
-                Ok(chunk) => chunk,
+            let (chunk_id, len) = match zync_proto::decode_chunk(&frame) {
+                Ok((chunk_id, data)) => (chunk_id, data.len()),
                 Err(e) => {
                     failure = Some(Refusal::new(ErrorCode::TooLarge, e.to_string()));
                     break;
@@ -246,7 +248,7 @@ impl Connection {
                 ));
                 break;
             }
-            received += data.len() as u64;
+            received += len as u64;
             if received > file.size {
                 failure = Some(Refusal::new(
                     ErrorCode::ChecksumMismatch,
@@ -254,15 +256,24 @@ impl Connection {
                 ));
                 break;
             }
-            hasher.update(data);
-            if let Err(e) = out.write_all(data) {
-                failure = Some(internal(e));
+            if let Err(refusal) = stager.write(frame.slice(zync_proto::CHUNK_HEADER..)).await {
+                failure = Some(refusal);
                 break;
             }
         }
+        if failure.is_none() && received != file.size {
+            failure = Some(Refusal::new(
+                ErrorCode::ChecksumMismatch,
+                format!(
+                    "{}: received {received} bytes, announced {}",
+                    file.path, file.size
+                ),
+            ));
+        }
         if let Some(refusal) = failure {
-            // Nothing half-received stays staged; the rest of this upload's frames are dropped.
-            let _ = std::fs::remove_file(staged);
+            // Nothing half-received stays staged (the writer removes its temp file); the rest
+            // of this upload's frames are dropped.
+            stager.abandon().await;
             if got < frames {
                 self.discard = Some(Discard {
                     id,
@@ -271,19 +282,7 @@ impl Connection {
             }
             return Err(refusal);
         }
-        out.sync_all().map_err(internal)?;
-        let sha = hasher.finish();
-        if received != file.size || Some(sha.as_str()) != file.sha256.as_deref() {
-            let _ = std::fs::remove_file(staged);
-            return Err(Refusal::new(
-                ErrorCode::ChecksumMismatch,
-                format!(
-                    "{}: received {received} bytes with sha256 {sha}, announced {} bytes with {:?}",
-                    file.path, file.size, file.sha256
-                ),
-            ));
-        }
-        Ok(())
+        stager.finish().await
     }
 
     pub(crate) async fn finalize_upstream(
@@ -301,6 +300,19 @@ impl Connection {
                     ),
                 ))
             }
+        }
+        if let Some(open) = &self.upstream {
+            // The staged files' names are made durable before the session counts as staged.
+            let dir = open.dir.clone();
+            tokio::task::spawn_blocking(move || zync_fs::fsync_dir(&dir))
+                .await
+                .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?
+                .map_err(|e| {
+                    Refusal::new(
+                        ErrorCode::Internal,
+                        format!("cannot stage the session: {e}"),
+                    )
+                })?;
         }
         let id = finalize.session_id.clone();
         let session = self
@@ -334,7 +346,11 @@ impl Connection {
         {
             tracing::warn!(session = %session.id, "cannot mark the session aborted: {}", e.message());
         }
-        if let Err(e) = std::fs::remove_dir_all(&session.dir) {
+        let dir = session.dir.clone();
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = removed {
             tracing::warn!(dir = %session.dir.display(), "cannot remove an aborted session's files: {e}");
         }
         tracing::info!(session = %session.id, "upstream session aborted: the client left before finalizing");
@@ -357,6 +373,142 @@ pub fn abort_stale_sessions(index: &zync_db::Index, db: &std::path::Path) -> zyn
         tracing::info!(session = %session.id, "aborted an upstream session left unfinished by the last run");
     }
     Ok(())
+}
+
+/// Content frames waiting for the staging thread: enough to keep it busy while the next ones
+/// are read, few enough that a slow disk slows the client down instead of filling memory.
+const PIECES_IN_FLIGHT: usize = 4;
+
+/// What the connection hands the thread that writes an upload.
+enum Piece {
+    /// The next bytes of the content.
+    Data(Bytes),
+    /// All of it was received: verify, flush and name the staged file.
+    End,
+}
+
+/// One upload's content on its way into its staged file. A blocking thread writes and hashes
+/// it (an [`AtomicFile`]: a temp file beside the staged name, renamed once verified and
+/// flushed), so that a big upload's disk work and hashing never hold up the daemon's other
+/// connections; dropped or abandoned before [`Stager::finish`], it leaves nothing behind.
+struct Stager {
+    pieces: mpsc::Sender<Piece>,
+    /// Taken once awaited (a writer that failed part way).
+    writer: Option<tokio::task::JoinHandle<Result<(), Refusal>>>,
+}
+
+impl Stager {
+    /// Creates the temp file of the staged file `dir/name` and reserves `file.size` bytes for
+    /// it.
+    async fn start(dir: &Path, name: &str, file: &UpstreamFile) -> Result<Stager, Refusal> {
+        let dir = dir.to_path_buf();
+        let name =
+            RelPath::parse(name).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+        let (size, sha256, mtime_ns) = (
+            file.size,
+            file.sha256.clone().unwrap_or_default(),
+            file.mtime_ns,
+        );
+        let path = file.path.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut out = AtomicFile::create(&dir, &name)?;
+            out.reserve(size)?;
+            Ok::<_, FsError>(out)
+        })
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| staging_refusal(&path, 0, e))?;
+        let (pieces, mut incoming) = mpsc::channel(PIECES_IN_FLIGHT);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut out = out;
+            while let Some(piece) = incoming.blocking_recv() {
+                match piece {
+                    Piece::Data(data) => {
+                        out.write(&data).map_err(|e| staging_refusal(&path, 0, e))?;
+                    }
+                    Piece::End => {
+                        let received = out.written();
+                        return out
+                            .commit(&sha256, STAGED_MODE, mtime_ns)
+                            .map_err(|e| staging_refusal(&path, received, e));
+                    }
+                }
+            }
+            // Abandoned: dropping `out` removes the temp file.
+            Err(Refusal::new(
+                ErrorCode::Internal,
+                "the upload was abandoned",
+            ))
+        });
+        Ok(Stager {
+            pieces,
+            writer: Some(writer),
+        })
+    }
+
+    /// Hands the next bytes to the writer; the writer's error once it has failed.
+    async fn write(&mut self, data: Bytes) -> Result<(), Refusal> {
+        if self.pieces.send(Piece::Data(data)).await.is_ok() {
+            return Ok(());
+        }
+        // The writer stops early only on an error: that error is the answer.
+        Err(join(self.writer.take()).await.err().unwrap_or_else(|| {
+            Refusal::new(
+                ErrorCode::Internal,
+                "the staging thread stopped before the end of the content",
+            )
+        }))
+    }
+
+    /// Verifies and flushes the content, then renames it to its staged name.
+    async fn finish(self) -> Result<(), Refusal> {
+        let Stager { pieces, writer } = self;
+        // A writer that already failed has dropped its end: its error is in `writer`.
+        let _ = pieces.send(Piece::End).await;
+        drop(pieces);
+        join(writer).await
+    }
+
+    /// Stops the writer, which removes what it wrote, and waits for it to be done.
+    async fn abandon(self) {
+        let Stager { pieces, writer } = self;
+        drop(pieces);
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+    }
+}
+
+/// What the staging thread ended with.
+async fn join(writer: Option<tokio::task::JoinHandle<Result<(), Refusal>>>) -> Result<(), Refusal> {
+    match writer {
+        Some(writer) => writer
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?,
+        None => Err(Refusal::new(
+            ErrorCode::Internal,
+            "the staging thread stopped",
+        )),
+    }
+}
+
+/// Staged files are R's content waiting for review: readable by E's user only.
+const STAGED_MODE: u32 = 0o600;
+
+/// The refusal for a failure to stage R's file `path`, of which `received` bytes had arrived.
+fn staging_refusal(path: &str, received: u64, e: FsError) -> Refusal {
+    match e {
+        FsError::HashMismatch {
+            expected, actual, ..
+        } => Refusal::new(
+            ErrorCode::ChecksumMismatch,
+            format!("{path}: received {received} bytes with sha256 {actual}, announced sha256 {expected}"),
+        ),
+        other => Refusal::new(
+            ErrorCode::Internal,
+            format!("cannot stage {path} on E: {other}"),
+        ),
+    }
 }
 
 enum EState {
