@@ -1012,3 +1012,56 @@ async fn bad_paths_and_bad_checksums_are_refused_and_nothing_escapes() {
     assert_eq!(Path::new("/etc/x").exists(), etc_x_existed, "/etc/x");
     assert_eq!(listed(&db, &id).expect("listed")["status"], "staged");
 }
+
+// 7. E's disk without room for an upload: refused at once, and nothing is left taking room.
+
+#[test]
+fn an_upload_e_has_no_room_for_is_refused_before_it_is_sent_and_leaves_nothing_staged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("a.txt"), "on E\n");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let db = state.join("sync.db");
+    // The staging area is a 32 MiB disk of its own, which only the daemon sees.
+    let daemon = Daemon::start_with_tmpfs(&state, &[("code", &e)], &staging_root(&db), "32m");
+    daemon.wait_scanned();
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+    let e_before = files_with_mtime(&e);
+    write(&r.join("big.bin"), pseudo_random(64 << 20, 5));
+    write(&r.join("fits.bin"), pseudo_random(4 << 20, 6));
+
+    let proxy = common::proxy::Proxy::to_port(daemon.port);
+    let mut cmd = client.command(&proxy.url());
+    cmd.arg("--update-upstream");
+    let out = run_within(cmd, DEADLINE, false);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "the push must fail:\n{err}");
+    assert!(
+        err.contains("cannot stage big.bin on E")
+            && err.contains("no room for")
+            && err.contains("free some space there"),
+        "the error must name the file, the cause and what to do:\n{err}"
+    );
+    // The client stopped sending once it was refused, instead of sending all 64 MiB.
+    let sent = proxy.bytes_to_daemon();
+    assert!(
+        sent < 16 << 20,
+        "{sent} bytes sent for a refused 64 MiB file"
+    );
+    wait_until("the failed push's session to be aborted", || {
+        let all = list_json(&db, true);
+        !all.is_empty() && all.iter().all(|s| s["status"] == "aborted")
+    });
+    assert_eq!(files_with_mtime(&e), e_before, "E changed");
+
+    // Without the file that cannot fit, the next push stages what does: the refused upload
+    // left nothing behind that takes room (4 MiB and 16 MiB to spare fit in 32 MiB).
+    std::fs::remove_file(r.join("big.bin")).unwrap();
+    let id = push_session(&client, &daemon.url());
+    let session = listed(&db, &id).expect("the new session is listed");
+    assert_eq!(session["status"], "staged", "{session}");
+    assert_eq!(session["files"], 1, "{session}");
+}

@@ -105,6 +105,9 @@ pub struct Daemon {
     /// A copy of the daemon binary that `user` can execute (the build directory may not be
     /// reachable by other users).
     exe: Option<PathBuf>,
+    /// Run in a mount namespace of its own, with a tmpfs of this size (`mount -o size=`) at this
+    /// path, which only the daemon sees.
+    tmpfs: Option<(PathBuf, String)>,
 }
 
 impl Daemon {
@@ -130,6 +133,18 @@ impl Daemon {
         extra: &[&str],
         user: Option<u32>,
     ) -> Daemon {
+        let mut daemon = Daemon::unlaunched(state, dirs, extra, user);
+        daemon.launch(0);
+        daemon
+    }
+
+    /// A daemon with its database and token in `state`, not started yet.
+    fn unlaunched(
+        state: &Path,
+        dirs: &[(&str, &Path)],
+        extra: &[&str],
+        user: Option<u32>,
+    ) -> Daemon {
         let mut args: Vec<String> = vec![
             "--host".into(),
             "127.0.0.1".into(),
@@ -143,7 +158,7 @@ impl Daemon {
             args.push(format!("{name}:{}", path.display()));
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut daemon = Daemon {
+        Daemon {
             child: None,
             port: 0,
             db: state.join("sync.db"),
@@ -158,9 +173,8 @@ impl Daemon {
                     .expect("chmod zync-daemon");
                 exe
             }),
-        };
-        daemon.launch(0);
-        daemon
+            tmpfs: None,
+        }
     }
 
     /// Starts a daemon with its database at `db` (its token `zync.token` beside it) and its
@@ -189,7 +203,20 @@ impl Daemon {
             args,
             user: None,
             exe: None,
+            tmpfs: None,
         };
+        daemon.launch(0);
+        daemon
+    }
+
+    /// As [`Daemon::start`], but the daemon runs in a mount namespace of its own where `at` is
+    /// a tmpfs of `size` (`8m`, say): a small disk for it alone. `unshare --user
+    /// --map-root-user` needs no privileges where user namespaces are allowed (and none are
+    /// needed as root).
+    pub fn start_with_tmpfs(state: &Path, dirs: &[(&str, &Path)], at: &Path, size: &str) -> Daemon {
+        std::fs::create_dir_all(at).expect("the tmpfs mount point");
+        let mut daemon = Daemon::unlaunched(state, dirs, &[], None);
+        daemon.tmpfs = Some((at.to_path_buf(), size.to_string()));
         daemon.launch(0);
         daemon
     }
@@ -197,9 +224,28 @@ impl Daemon {
     /// Starts the process (port 0 picks a free one) and waits until it listens.
     fn launch(&mut self, port: u16) {
         let log = std::fs::File::create(&self.log).expect("create daemon log");
-        let mut cmd = match &self.exe {
-            Some(exe) => Command::new(exe),
-            None => command("zync-daemon"),
+        let mut cmd = match (&self.exe, &self.tmpfs) {
+            (Some(exe), _) => Command::new(exe),
+            (None, None) => command("zync-daemon"),
+            (None, Some((at, size))) => {
+                let script =
+                    r#"mount -t tmpfs -o size="$ZT_SIZE" zync-test "$ZT_AT" || exit 97; exec "$@""#;
+                let mut cmd = Command::new("unshare");
+                cmd.args([
+                    "--user",
+                    "--map-root-user",
+                    "--mount",
+                    "sh",
+                    "-c",
+                    script,
+                    "sh",
+                ])
+                .arg(bin_dir().join("zync-daemon"))
+                .env("ZT_AT", at)
+                .env("ZT_SIZE", size)
+                .env_remove("ZYNC_TOKEN");
+                cmd
+            }
         };
         no_user_config(&mut cmd);
         cmd.args(&self.args)

@@ -172,29 +172,69 @@ impl Connection {
                 Ok(Some(Err(e))) => return Err(ClientError::Connection(e.to_string())),
                 Ok(Some(Ok(m))) => m,
             };
-            match message {
-                Message::Text(text) => {
-                    let parsed = ServerMessage::parse(&text)
-                        .map_err(|e| ClientError::Protocol(format!("{e}: {}", truncate(&text))))?;
-                    match parsed {
-                        ServerMessage::Event(Event::Changed { .. }) => self.seen.changed = true,
-                        ServerMessage::Event(Event::ScanComplete { .. }) => {
-                            self.seen.scan_complete = true;
-                            self.seen.changed = true;
-                        }
-                        other => return Ok(Incoming::Text(other)),
-                    }
-                }
-                Message::Binary(data) => return Ok(Incoming::Binary(data)),
-                Message::Close(frame) => {
-                    let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-                    return Err(ClientError::Connection(format!(
-                        "the daemon closed the connection {why}"
-                    )));
-                }
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            if let Some(incoming) = self.note(message)? {
+                return Ok(incoming);
             }
         }
+    }
+
+    /// One frame from the daemon: events are noted, control frames skipped (None), anything
+    /// else returned.
+    fn note(&mut self, message: Message) -> Result<Option<Incoming>, ClientError> {
+        match message {
+            Message::Text(text) => {
+                let parsed = ServerMessage::parse(&text)
+                    .map_err(|e| ClientError::Protocol(format!("{e}: {}", truncate(&text))))?;
+                match parsed {
+                    ServerMessage::Event(Event::Changed { .. }) => self.seen.changed = true,
+                    ServerMessage::Event(Event::ScanComplete { .. }) => {
+                        self.seen.scan_complete = true;
+                        self.seen.changed = true;
+                    }
+                    other => return Ok(Some(Incoming::Text(other))),
+                }
+                Ok(None)
+            }
+            Message::Binary(data) => Ok(Some(Incoming::Binary(data))),
+            Message::Close(frame) => {
+                let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                Err(ClientError::Connection(format!(
+                    "the daemon closed the connection {why}"
+                )))
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(None),
+        }
+    }
+
+    /// The daemon's refusal of request `id` if it has already arrived, read without waiting
+    /// (other frames that have arrived are handled as [`Connection::response`] would: noted
+    /// or skipped).
+    fn refused_already(&mut self, id: u64) -> Result<Option<ClientError>, ClientError> {
+        use futures_util::FutureExt;
+        while let Some(next) = self.ws.next().now_or_never() {
+            let message = match next {
+                None => {
+                    return Err(ClientError::Connection(
+                        "the daemon closed the connection".into(),
+                    ))
+                }
+                Some(Err(e)) => return Err(ClientError::Connection(e.to_string())),
+                Some(Ok(m)) => m,
+            };
+            match self.note(message)? {
+                Some(Incoming::Text(ServerMessage::Error(e))) if e.id == Some(id) => {
+                    return Ok(Some(ClientError::Server {
+                        code: e.code,
+                        message: e.message,
+                    }))
+                }
+                Some(Incoming::Text(ServerMessage::Error(e))) if e.id.is_none() => {
+                    tracing::warn!("the daemon reported: {}", e.message);
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
     }
 
     /// Waits for the response to request `id`, skipping events and stray chunks.
@@ -420,6 +460,12 @@ impl Connection {
                     .await?;
                 progress.bytes(got as u64);
                 remaining -= want as u64;
+                // A refusal comes before the daemon reads any content (E has no room for the
+                // file, say): the rest is not sent for nothing. The daemon drops what it still
+                // receives of this file until the next request.
+                if let Some(refusal) = self.refused_already(id)? {
+                    return Err(refusal);
+                }
             }
         }
         match self.response(id).await? {
