@@ -142,15 +142,18 @@ impl Pending {
         Ok(())
     }
 
-    /// Checks that R's disk has room for what is still to be downloaded of this file, before
-    /// it is asked for: a file that cannot fit fails without crossing the network first (the
-    /// reservation when it is opened checks again).
+    /// Checks that R's disk has room for what is still to be downloaded of this file, after
+    /// the `claimed` bytes that downloads already asked for (and not reserved yet) will take,
+    /// before it is asked for: a file that cannot fit fails without crossing the network first
+    /// (the reservation when it is opened checks again).
     ///
     /// # Errors
     /// [`zync_fs::FsError::NoSpace`] when there is not room for it.
-    pub fn check_room(&self) -> Result<(), ClientError> {
+    pub fn check_room(&self, claimed: u64) -> Result<(), ClientError> {
         let remaining = self.remaining(self.resume_offset());
-        Ok(AtomicFile::check_room(&self.root, &self.rel, remaining)?)
+        Ok(AtomicFile::check_room(
+            &self.root, &self.rel, remaining, claimed,
+        )?)
     }
 
     /// Appends content.

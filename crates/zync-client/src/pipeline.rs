@@ -115,6 +115,8 @@ struct Slot {
     chunks: u64,
     cost: usize,
     expected: u64,
+    /// `expected` counts in [`Pipeline::claimed`]: the file's space is not reserved yet.
+    claimed: bool,
 }
 
 /// The downloads of one directory's page.
@@ -124,6 +126,12 @@ pub struct Pipeline<'a> {
     inflight: HashMap<u64, Slot>,
     request_bytes: usize,
     content_bytes: u64,
+    /// Bytes asked for whose files have not reserved their space yet: the room a download
+    /// about to be asked for must leave them.
+    claimed: u64,
+    /// Downloads refused before they were asked for (no room for them on R's disk), reported
+    /// by [`Pipeline::next`].
+    refused: VecDeque<Finished>,
     window: Window,
     /// Counts bytes as chunks arrive (issue 6); hidden for small pages.
     progress: Progress,
@@ -141,6 +149,8 @@ impl<'a> Pipeline<'a> {
             inflight: HashMap::new(),
             request_bytes: 0,
             content_bytes: 0,
+            claimed: 0,
+            refused: VecDeque::new(),
         }
     }
 
@@ -161,7 +171,7 @@ impl<'a> Pipeline<'a> {
 
     /// True when nothing is queued or in flight.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty() && self.inflight.is_empty()
+        self.queue.is_empty() && self.inflight.is_empty() && self.refused.is_empty()
     }
 
     /// Sends queued requests while the window has room, once an eighth of it is free:
@@ -193,6 +203,11 @@ impl<'a> Pipeline<'a> {
             let Some((index, mut pending)) = self.queue.pop_front() else {
                 break;
             };
+            // Checked at plan time alone; now again, with what the downloads before it take.
+            if let Err(e) = pending.check_room(self.claimed) {
+                self.refused.push_back(Finished::Failed(index, e));
+                continue;
+            }
             let signature = pending.take_signature();
             let asked_delta = signature.is_some();
             let id = match signature {
@@ -207,6 +222,7 @@ impl<'a> Pipeline<'a> {
             self.progress.bytes(offset);
             self.request_bytes += cost;
             self.content_bytes += expected;
+            self.claimed += expected;
             self.inflight.insert(
                 id,
                 Slot {
@@ -222,6 +238,7 @@ impl<'a> Pipeline<'a> {
                     chunks: 0,
                     cost,
                     expected,
+                    claimed: true,
                 },
             );
         }
@@ -237,6 +254,9 @@ impl<'a> Pipeline<'a> {
     /// A transport failure, a stall, or a daemon that breaks the protocol (more bytes than
     /// announced, a header that does not match the request): the caller reconnects.
     pub async fn next(&mut self, conn: &mut Connection) -> Result<Option<Finished>, ClientError> {
+        if let Some(refused) = self.refused.pop_front() {
+            return Ok(Some(refused));
+        }
         match conn.next_transfer().await? {
             Transfer::Header(id, header) => {
                 let Some(slot) = self.inflight.get_mut(&id) else {
@@ -267,6 +287,9 @@ impl<'a> Pipeline<'a> {
                     if let Err(e) = slot.pending.open(slot.offset) {
                         return Ok(self.fail(id, e));
                     }
+                    // Its space is reserved now (where the file system reserves).
+                    slot.claimed = false;
+                    self.claimed -= slot.expected;
                 }
                 let done = header.chunks == 0;
                 slot.header = Some(header);
@@ -403,6 +426,9 @@ impl<'a> Pipeline<'a> {
         let slot = self.inflight.remove(&id)?;
         self.request_bytes -= slot.cost;
         self.content_bytes -= slot.expected;
+        if slot.claimed {
+            self.claimed -= slot.expected;
+        }
         Some(slot)
     }
 
@@ -444,8 +470,10 @@ impl<'a> Pipeline<'a> {
     /// the queued ones are dropped and the pipeline is empty after.
     pub async fn abandon(&mut self) -> Vec<Box<Pending>> {
         self.queue.clear();
+        self.refused.clear();
         self.request_bytes = 0;
         self.content_bytes = 0;
+        self.claimed = 0;
         let mut cut = Vec::with_capacity(self.inflight.len());
         for (_, mut slot) in std::mem::take(&mut self.inflight) {
             if let Err(e) = settle(&mut slot).await {

@@ -274,7 +274,7 @@ impl<'a> Run<'a> {
                     }
                     self.ledger.done(i, record);
                 }
-                Ok(Step::Fetch(pending)) => match pending.check_room() {
+                Ok(Step::Fetch(pending)) => match pending.check_room(0) {
                     Ok(()) => {
                         self.note_inflight(change);
                         self.pipeline.push(i, pending);

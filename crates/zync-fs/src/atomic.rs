@@ -150,21 +150,23 @@ impl AtomicFile {
     }
 
     /// Checks, before a download of `len` more bytes of `root/rel` is asked for, that the file
-    /// system that will hold it has room for them: the check [`AtomicFile::reserve`] makes, so
-    /// that a file that cannot fit is not sent over the network first. Small files, and file
-    /// systems that do not reserve, are not checked.
+    /// system that will hold it has room for them, after the `claimed` bytes that downloads
+    /// already asked for and not reserved yet will take: the check [`AtomicFile::reserve`]
+    /// makes, so that a file that cannot fit is not sent over the network first. Small files,
+    /// and file systems that do not reserve, are not checked.
     ///
     /// # Errors
     ///
-    /// [`FsError::NoSpace`] when there is not room for `len` bytes (and a few MiB to spare).
-    pub fn check_room(root: &Path, rel: &RelPath, len: u64) -> Result<(), FsError> {
+    /// [`FsError::NoSpace`] when there is not room for `len` bytes after `claimed` (and a few
+    /// MiB to spare).
+    pub fn check_room(root: &Path, rel: &RelPath, len: u64, claimed: u64) -> Result<(), FsError> {
         if len < RESERVE_MIN {
             return Ok(());
         }
         let dir = rel
             .parent()
             .map_or_else(|| root.to_path_buf(), |p| p.to_path(root));
-        crate::space::check_room(&dir, len)
+        crate::space::check_room(&dir, len, claimed)
             .map_err(|e| FsError::io_or_no_space("check the free space for", rel.to_path(root), e))
     }
 
@@ -849,18 +851,21 @@ mod tests {
         fs::create_dir(r.join("d")).expect("mkdir");
         let probe = fs::File::create(r.join("probe")).expect("create");
         let huge = u64::MAX / 2;
-        AtomicFile::check_room(r, &rel("d/small"), (1 << 20) - 1).expect("small: not checked");
+        AtomicFile::check_room(r, &rel("d/small"), (1 << 20) - 1, 0).expect("small: not checked");
         if crate::space::reserves_here(&probe) {
-            let e = AtomicFile::check_room(r, &rel("d/big"), huge).expect_err("4 EiB fit");
+            let e = AtomicFile::check_room(r, &rel("d/big"), huge, 0).expect_err("4 EiB fit");
             assert!(matches!(e, FsError::NoSpace { .. }), "{e:?}");
             assert!(
                 e.to_string()
                     .contains(&r.join("d/big").display().to_string()),
                 "{e}"
             );
-            AtomicFile::check_room(r, &rel("d/big"), 1 << 20).expect("1 MiB fits");
+            AtomicFile::check_room(r, &rel("d/big"), 1 << 20, 0).expect("1 MiB fits");
+            let e = AtomicFile::check_room(r, &rel("d/big"), 1 << 20, huge)
+                .expect_err("1 MiB after 4 EiB under way fits");
+            assert!(matches!(e, FsError::NoSpace { .. }), "{e:?}");
         } else {
-            AtomicFile::check_room(r, &rel("d/big"), huge).expect("nothing to check here");
+            AtomicFile::check_room(r, &rel("d/big"), huge, huge).expect("nothing to check here");
         }
         assert!(
             temps(r).is_empty() && temps(&r.join("d")).is_empty(),

@@ -46,13 +46,19 @@ fn free_where_reserving(file: &File) -> Option<u64> {
     matches!(kind, EXT_MAGIC | XFS_MAGIC | TMPFS_MAGIC).then_some(free)
 }
 
-/// Fails when `needed` more bytes, and [`SPARE`] beside them, are not free.
-fn room(needed: u64, free: u64) -> io::Result<()> {
-    if needed.saturating_add(SPARE) > free {
+/// Fails when `needed` more bytes, `claimed` bytes that writes already under way will take
+/// first, and [`SPARE`] beside them, are not free.
+fn room(needed: u64, claimed: u64, free: u64) -> io::Result<()> {
+    if needed.saturating_add(claimed).saturating_add(SPARE) > free {
+        let before = if claimed > 0 {
+            format!(", {claimed} more for the downloads under way before it")
+        } else {
+            String::new()
+        };
         return Err(io::Error::new(
             io::ErrorKind::StorageFull,
             format!(
-                "{needed} more bytes are needed, with {} MiB to spare, and {free} are free",
+                "{needed} more bytes are needed{before}, with {} MiB to spare, and {free} are free",
                 SPARE >> 20
             ),
         ));
@@ -60,23 +66,24 @@ fn room(needed: u64, free: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Checks that the file system holding the directory `dir` has room for `needed` more bytes,
-/// where [`reserve`] would reserve them; anywhere else, and when `dir` cannot be examined,
-/// there is nothing to check and the writes will tell.
+/// Checks that the file system holding the directory `dir` has room for `needed` more bytes
+/// after `claimed` bytes that writes under way will take first, where [`reserve`] would
+/// reserve them; anywhere else, and when `dir` cannot be examined, there is nothing to check
+/// and the writes will tell.
 ///
 /// # Errors
 ///
 /// [`io::ErrorKind::StorageFull`] when there is not room for them.
 #[cfg(target_os = "linux")]
-pub(crate) fn check_room(dir: &Path, needed: u64) -> io::Result<()> {
+pub(crate) fn check_room(dir: &Path, needed: u64, claimed: u64) -> io::Result<()> {
     match File::open(dir).ok().as_ref().and_then(free_where_reserving) {
-        Some(free) => room(needed, free),
+        Some(free) => room(needed, claimed, free),
         None => Ok(()),
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn check_room(_dir: &Path, _needed: u64) -> io::Result<()> {
+pub(crate) fn check_room(_dir: &Path, _needed: u64, _claimed: u64) -> io::Result<()> {
     Ok(())
 }
 
@@ -96,7 +103,7 @@ pub(crate) fn reserve(file: &File, len: u64, already: u64) -> io::Result<Reserve
     let Some(free) = free_where_reserving(file) else {
         return Ok(Reserve::NotHere);
     };
-    room(len.saturating_sub(already), free)?;
+    room(len.saturating_sub(already), 0, free)?;
     let len = i64::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
     loop {
         // SAFETY: plain syscall on a descriptor this file owns; no memory is passed.
@@ -130,14 +137,28 @@ mod tests {
 
     #[test]
     fn room_keeps_some_to_spare() {
-        assert!(room(100, 100 + SPARE).is_ok());
-        let e = room(101, 100 + SPARE).expect_err("no room left to spare");
+        assert!(room(100, 0, 100 + SPARE).is_ok());
+        let e = room(101, 0, 100 + SPARE).expect_err("no room left to spare");
         assert_eq!(e.kind(), io::ErrorKind::StorageFull);
         assert!(
-            e.to_string().starts_with("101 more bytes are needed"),
+            e.to_string().starts_with("101 more bytes are needed, with"),
             "{e}"
         );
-        assert!(room(u64::MAX, u64::MAX - 1).is_err(), "no overflow");
+        assert!(room(u64::MAX, 0, u64::MAX - 1).is_err(), "no overflow");
+        assert!(room(1, u64::MAX, u64::MAX - 1).is_err(), "no overflow");
+    }
+
+    #[test]
+    fn room_counts_what_writes_under_way_will_take() {
+        assert!(room(60, 40, 100 + SPARE).is_ok());
+        let e = room(61, 40, 100 + SPARE).expect_err("the claimed bytes count");
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert!(
+            e.to_string().starts_with(
+                "61 more bytes are needed, 40 more for the downloads under way before it, with"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -145,13 +166,14 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let probe = File::create(tmp.path().join("probe")).expect("create");
         if reserves_here(&probe) {
-            let e = check_room(tmp.path(), u64::MAX / 2).expect_err("4 EiB fit");
+            let e = check_room(tmp.path(), u64::MAX / 2, 0).expect_err("4 EiB fit");
             assert_eq!(e.kind(), io::ErrorKind::StorageFull);
-            check_room(tmp.path(), 1 << 20).expect("1 MiB fits");
+            check_room(tmp.path(), 1 << 20, 0).expect("1 MiB fits");
+            check_room(tmp.path(), 1 << 20, u64::MAX / 2).expect_err("1 MiB after 4 EiB fit");
         } else {
-            check_room(tmp.path(), u64::MAX / 2).expect("nothing is checked here");
+            check_room(tmp.path(), u64::MAX / 2, 0).expect("nothing is checked here");
         }
         // A directory that is not there (yet) has nothing to check.
-        check_room(&tmp.path().join("not/there"), u64::MAX / 2).expect("no directory");
+        check_room(&tmp.path().join("not/there"), u64::MAX / 2, 0).expect("no directory");
     }
 }
