@@ -8,6 +8,8 @@ pub struct Row {
     pub scenario: String,
     pub zync: Option<Duration>,
     pub rsync: Option<Duration>,
+    /// `rsync --fsync`: rsync made as durable as zync (every file flushed before it counts).
+    pub rsync_fsync: Option<Duration>,
     /// The fastest run of each: noise on a shared VM only ever adds time, so the best runs
     /// compare the tools where the machine got in neither's way.
     pub best: (Option<Duration>, Option<Duration>),
@@ -90,28 +92,33 @@ fn fmt_bytes(b: Option<u64>) -> String {
     }
 }
 
-const HEADER: [&str; 8] = [
+const HEADER: [&str; 9] = [
     "scenario",
     "zync median",
     "rsync median",
     "zync/rsync",
     "best (zync, rsync, ratio)",
+    "rsync --fsync median (zync/it)",
     "zync peak RSS (daemon, client)",
     "rsync peak RSS (daemon, client)",
     "bytes on wire (zync, rsync)",
 ];
 
 /// The cells of one row, in `HEADER` order.
-fn cells(r: &Row) -> [String; 8] {
+fn cells(r: &Row) -> [String; 9] {
     let time = |d: Option<Duration>, note: &Option<String>| match (note, d) {
         (Some(n), _) => n.clone(),
         (None, Some(d)) => fmt_duration(d),
         (None, None) => "n/a".into(),
     };
-    let ratio = match (r.zync, r.rsync) {
+    let ratio = |other: Option<Duration>| match (r.zync, other) {
         (Some(z), Some(s)) if !s.is_zero() && r.zync_note.is_none() => {
-            format!("{:.2}", z.as_secs_f64() / s.as_secs_f64())
+            Some(format!("{:.2}", z.as_secs_f64() / s.as_secs_f64()))
         }
+        _ => None,
+    };
+    let fsynced = match (r.rsync_fsync, ratio(r.rsync_fsync)) {
+        (Some(d), Some(q)) => format!("{} ({q})", fmt_duration(d)),
         _ => "n/a".into(),
     };
     let best = match r.best {
@@ -131,8 +138,9 @@ fn cells(r: &Row) -> [String; 8] {
         r.scenario.clone(),
         time(r.zync, &r.zync_note),
         time(r.rsync, &r.rsync_note),
-        ratio,
+        ratio(r.rsync).unwrap_or_else(|| "n/a".into()),
         best,
+        fsynced,
         format!("{}, {}", fmt_kib(r.zync_rss.0), fmt_kib(r.zync_rss.1)),
         format!("{}, {}", fmt_kib(r.rsync_rss.0), fmt_kib(r.rsync_rss.1)),
         wire,
@@ -141,7 +149,7 @@ fn cells(r: &Row) -> [String; 8] {
 
 /// The table as Markdown with padded columns, ready to paste into README.
 pub fn format_table(rows: &[Row]) -> String {
-    let body: Vec<[String; 8]> = rows.iter().map(cells).collect();
+    let body: Vec<[String; 9]> = rows.iter().map(cells).collect();
     let mut widths = HEADER.map(str::len);
     for row in &body {
         for (w, c) in widths.iter_mut().zip(row) {
@@ -192,6 +200,7 @@ mod tests {
                 scenario: "big-file".into(),
                 zync: Some(Duration::from_millis(1500)),
                 rsync: Some(Duration::from_millis(1000)),
+                rsync_fsync: Some(Duration::from_millis(3000)),
                 best: (
                     Some(Duration::from_millis(1200)),
                     Some(Duration::from_millis(800)),
@@ -226,6 +235,7 @@ mod tests {
             "{}",
             lines[2]
         );
+        assert!(lines[2].contains("| 3000.0 ms (0.50) "), "{}", lines[2]);
         assert!(
             lines[2].contains("2.0M, 1.0M") && lines[2].contains("0.5M, n/a"),
             "{}",

@@ -93,13 +93,16 @@ impl RsyncDaemon {
     }
 }
 
-/// Runs `rsync -a --delete rsync://127.0.0.1:PORT/mod/ dst/` (PORT is the proxy's).
+/// Runs `rsync -a --delete rsync://127.0.0.1:PORT/mod/ dst/` (PORT is the proxy's), with
+/// `--fsync` when `fsync` is set: every file it writes is then flushed to disk before rsync
+/// moves on, as zync does.
 ///
 /// # Errors
 /// When rsync fails.
-pub fn sync(port: u16, dst: &Path) -> Result<(Duration, Exit)> {
+pub fn sync(port: u16, dst: &Path, fsync: bool) -> Result<(Duration, Exit)> {
     let mut cmd = Command::new("rsync");
     cmd.args(["-a", "--delete"])
+        .args(fsync.then_some("--fsync"))
         .arg(format!("rsync://127.0.0.1:{port}/mod/"))
         .arg(format!("{}/", dst.display()));
     let start = Instant::now();

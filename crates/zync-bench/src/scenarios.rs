@@ -109,6 +109,53 @@ enum Keep {
     Nothing,
 }
 
+/// The tools a write scenario times. rsync does not flush what it writes unless asked; zync
+/// makes every file durable before it counts it as synced (DESIGN invariants 1 and 2), so
+/// `rsync --fsync` is timed too: the same durability, side by side.
+#[derive(Clone, Copy, PartialEq)]
+enum Tool {
+    Zync,
+    Rsync,
+    RsyncFsync,
+}
+
+impl Tool {
+    /// The prefix of this tool's destination directories.
+    fn dst(self) -> &'static str {
+        match self {
+            Tool::Zync => "dst-zync",
+            Tool::Rsync => "dst-rsync",
+            Tool::RsyncFsync => "dst-rsync-fsync",
+        }
+    }
+}
+
+/// What one tool's timed runs gave.
+#[derive(Default)]
+struct Samples {
+    times: Vec<Duration>,
+    clients: Vec<Exit>,
+    bytes: Vec<u64>,
+}
+
+impl Samples {
+    fn push(&mut self, (time, exit): (Duration, Exit), bytes: u64) {
+        self.times.push(time);
+        self.clients.push(exit);
+        self.bytes.push(bytes);
+    }
+
+    /// "T (B bytes, client cpu ...)" of run `i`.
+    fn line(&self, i: usize) -> String {
+        format!(
+            "{} ({} B, client cpu {})",
+            fmt_duration(self.times[i]),
+            self.bytes[i],
+            cpu(&self.clients[i])
+        )
+    }
+}
+
 fn pair(ctx: &Ctx, src: &Path, mode: Mode, keep: Keep) -> Result<Row> {
     let (bins, dir, delay) = (ctx.bins, ctx.dir, ctx.delay());
     let zstate = dir.join("zync-state");
@@ -121,20 +168,26 @@ fn pair(ctx: &Ctx, src: &Path, mode: Mode, keep: Keep) -> Result<Row> {
     let rd = RsyncDaemon::start(&dir.join("rsync-state"), src)?;
     let mut zp = Proxy::start(zd.addr, delay)?;
     let rp = Proxy::start(rd.addr, delay)?;
-    let (mut zt, mut rt, mut zb, mut rb) = (vec![], vec![], vec![], vec![]);
-    let (mut zdaemon, mut zclient, mut rclient) = (vec![], vec![], vec![]);
+    // A no-op sync writes nothing: flushing cannot change rsync's time there.
+    let tools: &[Tool] = if mode == Mode::Noop {
+        &[Tool::Zync, Tool::Rsync]
+    } else {
+        &[Tool::Zync, Tool::Rsync, Tool::RsyncFsync]
+    };
+    let (mut z, mut r, mut rf) = (Samples::default(), Samples::default(), Samples::default());
+    let mut zdaemon = vec![];
     for run in 0..ctx.opts.runs {
-        let (zdst, rdst, zdb) = (
-            dir.join(format!("dst-zync-{run}")),
-            dir.join(format!("dst-rsync-{run}")),
-            dir.join(format!("client-{run}.db")),
-        );
-        for p in [&zdst, &rdst] {
-            fs::create_dir_all(p)?;
+        let dst = |tool: Tool| dir.join(format!("{}-{run}", tool.dst()));
+        let zdb = dir.join(format!("client-{run}.db"));
+        for &tool in tools {
+            fs::create_dir_all(dst(tool))?;
         }
         if mode != Mode::Fresh {
-            zync::sync_once(bins, zp.port, &zd.token, &zdb, &zdst)?;
-            rsync::sync(rp.port, &rdst)?;
+            zync::sync_once(bins, zp.port, &zd.token, &zdb, &dst(Tool::Zync))?;
+            rsync::sync(rp.port, &dst(Tool::Rsync), false)?;
+            if tools.contains(&Tool::RsyncFsync) {
+                rsync::sync(rp.port, &dst(Tool::RsyncFsync), false)?;
+            }
         }
         if mode == Mode::Edit {
             workload::edit_middle(&src.join("big.bin"), 64 * 1024, SEED + 1 + run as u64)?;
@@ -144,53 +197,57 @@ fn pair(ctx: &Ctx, src: &Path, mode: Mode, keep: Keep) -> Result<Row> {
             zd = Daemon::start(bins, &zstate, src)?;
             zp = Proxy::start(zd.addr, delay)?;
         }
-        // Alternate which tool goes first, so neither always meets a warmer or busier machine.
-        for zync_turn in [run % 2 == 0, run % 2 == 1] {
+        // Rotate which tool goes first, so none always meets a warmer or busier machine.
+        for turn in 0..tools.len() {
+            let tool = tools[(run + turn) % tools.len()];
             if run > 0 && keep == Keep::Nothing {
                 // Each tool's last copy goes right before its own run, which reuses that page
                 // cache at once: freed a run earlier, the host may have taken it back by then.
-                let tool = if zync_turn { "dst-zync" } else { "dst-rsync" };
-                fs::remove_dir_all(dir.join(format!("{tool}-{}", run - 1)))?;
+                fs::remove_dir_all(dir.join(format!("{}-{}", tool.dst(), run - 1)))?;
             }
             settle_disk();
-            if zync_turn {
-                zp.take_bytes();
-                let (t, e) = zync::sync_once(bins, zp.port, &zd.token, &zdb, &zdst)?;
-                zt.push(t);
-                zclient.push(e);
-                zb.push(zp.take_bytes());
-            } else {
-                rp.take_bytes();
-                let (t, e) = rsync::sync(rp.port, &rdst)?;
-                rt.push(t);
-                rclient.push(e);
-                rb.push(rp.take_bytes());
+            match tool {
+                Tool::Zync => {
+                    zp.take_bytes();
+                    let done = zync::sync_once(bins, zp.port, &zd.token, &zdb, &dst(tool))?;
+                    z.push(done, zp.take_bytes());
+                }
+                Tool::Rsync | Tool::RsyncFsync => {
+                    rp.take_bytes();
+                    let done = rsync::sync(rp.port, &dst(tool), tool == Tool::RsyncFsync)?;
+                    let bytes = rp.take_bytes();
+                    if tool == Tool::Rsync { &mut r } else { &mut rf }.push(done, bytes);
+                }
             }
         }
+        let fsynced = if rf.times.len() > run {
+            format!(", rsync --fsync {}", fmt_duration(rf.times[run]))
+        } else {
+            String::new()
+        };
         eprintln!(
-            "   run {}: zync {} ({} B, client cpu {}), rsync {} ({} B, client cpu {})",
+            "   run {}: zync {}, rsync {}{fsynced}",
             run + 1,
-            fmt_duration(zt[run]),
-            zb[run],
-            cpu(&zclient[run]),
-            fmt_duration(rt[run]),
-            rb[run],
-            cpu(&rclient[run]),
+            z.line(run),
+            r.line(run),
         );
         if run + 1 == ctx.opts.runs {
-            same_tree(src, &zdst).context("zync's copy differs from the source")?;
-            same_tree(src, &rdst).context("rsync's copy differs from the source")?;
+            for &tool in tools {
+                same_tree(src, &dst(tool))
+                    .with_context(|| format!("{}'s copy differs from the source", tool.dst()))?;
+            }
         }
     }
     zdaemon.push(zd.stop()?);
     let rdaemon = rd.stop()?;
     Ok(Row {
-        zync: median(&zt),
-        rsync: median(&rt),
-        best: (zt.iter().min().copied(), rt.iter().min().copied()),
-        zync_rss: (peak(&zdaemon), peak(&zclient)),
-        rsync_rss: (Some(rdaemon.max_rss_kib), peak(&rclient)),
-        wire: (median(&zb), median(&rb)),
+        zync: median(&z.times),
+        rsync: median(&r.times),
+        rsync_fsync: median(&rf.times),
+        best: (z.times.iter().min().copied(), r.times.iter().min().copied()),
+        zync_rss: (peak(&zdaemon), peak(&z.clients)),
+        rsync_rss: (Some(rdaemon.max_rss_kib), peak(&r.clients)),
+        wire: (median(&z.bytes), median(&r.bytes)),
         ..Row::default()
     })
 }
