@@ -110,7 +110,42 @@ pub fn sync(port: u16, dst: &Path, fsync: bool) -> Result<(Duration, Exit)> {
     let exit = proc.wait()?;
     let took = start.elapsed();
     if !exit.success {
-        bail!("rsync into {} failed", dst.display());
+        std::thread::sleep(Duration::from_millis(50)); // let the log reader drain
+                                                       // --fsync came with rsync 3.2.4: an older one refuses the option.
+        let hint = if fsync {
+            "; `rsync --fsync` needs rsync 3.2.4 or newer (rsync --version shows yours)"
+        } else {
+            ""
+        };
+        bail!("rsync into {} failed{hint}:\n{}", dst.display(), proc.log());
     }
     Ok((took, exit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_rsync_says_why_and_what_fsync_needs() {
+        // A port nobody listens on: rsync fails to connect and says so.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dst = tempfile::tempdir().expect("a temp dir");
+        let err = sync(port, dst.path(), true)
+            .expect_err("nothing listens there")
+            .to_string();
+        assert!(err.contains("failed"), "{err}");
+        assert!(err.contains("rsync 3.2.4 or newer"), "{err}");
+        assert!(
+            err.to_lowercase().contains("connect"),
+            "rsync's own words are missing: {err}"
+        );
+        let plain = sync(port, dst.path(), false)
+            .expect_err("nothing listens there")
+            .to_string();
+        assert!(!plain.contains("3.2.4"), "{plain}");
+    }
 }
