@@ -1,4 +1,4 @@
-//! End-to-end: the token check (client and raw WebSocket), an unreachable daemon, command-line
+//! End-to-end: the token check from the client's side (tests/trust.rs plays the adversaries), an unreachable daemon, command-line
 //! refusals of both binaries, and how the token is stored and kept out of logs.
 
 mod common;
@@ -8,8 +8,6 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use tokio_tungstenite::tungstenite;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// Starts a daemon with its state in `dir/daemon`.
 fn start_daemon(dir: &Path, e: &Path) -> Daemon {
@@ -48,7 +46,6 @@ fn a_missing_token_is_refused_with_a_hint_and_nothing_is_written() {
         !out.status.success(),
         "a client without a token succeeded:\n{log}"
     );
-    assert!(log.contains("401"), "stderr does not say 401:\n{log}");
     assert!(
         log.contains("token") && (log.contains("--token-file") || log.contains("ZYNC_TOKEN")),
         "stderr does not say what to do about the token:\n{log}"
@@ -71,57 +68,11 @@ fn a_wrong_token_is_refused_with_a_hint_and_nothing_is_written() {
         !out.status.success(),
         "a client with a wrong token succeeded:\n{log}"
     );
-    assert!(log.contains("401"), "stderr does not say 401:\n{log}");
     assert!(
         log.contains("token") && log.contains("copy the daemon's token file"),
         "stderr does not say what to do about the token:\n{log}"
     );
     assert!(is_empty_dir(&r), "R was written to with a wrong token");
-    assert!(
-        daemon.log_text().contains("missing or wrong token"),
-        "the daemon did not log the refusal:\n{}",
-        daemon.log_text()
-    );
-}
-
-#[tokio::test]
-async fn a_raw_websocket_upgrade_needs_the_bearer_token() {
-    let tmp = tempfile::tempdir().unwrap();
-    let e = tmp.path().join("e");
-    std::fs::create_dir_all(&e).unwrap();
-    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
-
-    match tokio_tungstenite::connect_async(daemon.url()).await {
-        Err(tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status().as_u16(), 401, "{response:?}")
-        }
-        Err(other) => panic!("expected HTTP 401, got {other}"),
-        Ok(_) => panic!("the upgrade succeeded without a token"),
-    }
-
-    let mut wrong = daemon.url().into_client_request().unwrap();
-    wrong
-        .headers_mut()
-        .insert("Authorization", "Bearer not-the-token".parse().unwrap());
-    match tokio_tungstenite::connect_async(wrong).await {
-        Err(tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status().as_u16(), 401, "{response:?}")
-        }
-        Err(other) => panic!("expected HTTP 401, got {other}"),
-        Ok(_) => panic!("the upgrade succeeded with a wrong token"),
-    }
-
-    let token = std::fs::read_to_string(&daemon.token_file).unwrap();
-    let mut right = daemon.url().into_client_request().unwrap();
-    right.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {}", token.trim()).parse().unwrap(),
-    );
-    let (mut ws, response) = tokio_tungstenite::connect_async(right)
-        .await
-        .expect("the upgrade with the daemon's token must succeed");
-    assert_eq!(response.status().as_u16(), 101);
-    let _ = ws.close(None).await;
 }
 
 #[test]

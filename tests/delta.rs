@@ -14,7 +14,6 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -30,27 +29,14 @@ struct Peer {
 }
 
 impl Peer {
-    /// Connects with the daemon's token and completes HELLO.
+    /// Connects and completes the handshake.
     async fn hello(daemon: &Daemon) -> Peer {
-        let token = std::fs::read_to_string(&daemon.token_file).expect("read the token");
-        let mut request = daemon.url().into_client_request().expect("request");
-        request.headers_mut().insert(
-            "Authorization",
-            format!("Bearer {}", token.trim()).parse().expect("header"),
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("connect with the daemon's token");
-        let mut peer = Peer {
+        let (ws, _) = common::peer::authenticated(daemon, "delta-test").await;
+        Peer {
             ws,
-            next_id: 0,
+            next_id: 10,
             wire: 0,
-        };
-        let reply = peer
-            .call(json!({"operation": "HELLO", "protocol_version": 1, "client_id": "delta-test"}))
-            .await;
-        assert_eq!(reply["status"], "ok", "HELLO failed: {reply}");
-        peer
+        }
     }
 
     async fn send_text(&mut self, text: String) {
@@ -381,17 +367,8 @@ async fn bad_input_gets_a_clear_error_and_the_connection_keeps_serving() {
 #[tokio::test]
 async fn get_delta_needs_the_handshake() {
     let f = fixture();
-    let token = std::fs::read_to_string(&f.daemon.token_file).expect("token");
-    let mut request = f.daemon.url().into_client_request().expect("request");
-    request.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {}", token.trim()).parse().expect("header"),
-    );
-    let (ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("connect");
     let mut peer = Peer {
-        ws,
+        ws: common::peer::upgrade(&f.daemon).await,
         next_id: 0,
         wire: 0,
     };

@@ -475,12 +475,7 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A raw connection that may send frames of any size (its own limits far above the daemon's).
 async fn raw_connect(daemon: &Daemon) -> Ws {
-    let token = std::fs::read_to_string(&daemon.token_file).unwrap();
-    let mut request = daemon.url().into_client_request().unwrap();
-    request.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {}", token.trim()).parse().unwrap(),
-    );
+    let request = daemon.url().into_client_request().unwrap();
     let config = WebSocketConfig::default()
         .max_message_size(Some(64 << 20))
         .max_frame_size(Some(64 << 20));
@@ -528,12 +523,8 @@ async fn call(ws: &mut Ws, op: Value) -> Value {
 
 async fn hello(daemon: &Daemon, client_id: &str) -> Ws {
     let mut ws = raw_connect(daemon).await;
-    let reply = call(
-        &mut ws,
-        json!({"id": 1, "operation": "HELLO", "protocol_version": 1, "client_id": client_id}),
-    )
-    .await;
-    assert_eq!(reply["status"], "ok", "HELLO failed: {reply}");
+    let reply = common::peer::handshake(&mut ws, &common::peer::token_of(daemon), client_id).await;
+    assert_eq!(reply["status"], "ok", "AUTH failed: {reply}");
     ws
 }
 

@@ -14,6 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
+use zync_proto::{Nonce, Role};
 
 use common::*;
 
@@ -57,6 +58,9 @@ fn change(c: &Scripted) -> Value {
 /// Serves one connection: HELLO, the pages in order (the first for `since` 0, each next one
 /// for the last sequence of the one before), and each path's versions in the order the pages
 /// name them, one GET_FILE after another. Returns the operations in the order received.
+/// The token the scripted daemon and its client share.
+const TOKEN: &str = "scripted-token";
+
 async fn scripted_daemon(listener: TcpListener, pages: Vec<Vec<Scripted>>) -> Vec<String> {
     let (stream, _) = listener.accept().await.unwrap();
     let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
@@ -69,6 +73,7 @@ async fn scripted_daemon(listener: TcpListener, pages: Vec<Vec<Scripted>>) -> Ve
         }
     }
     let mut seen = Vec::new();
+    let mut nonces = None;
     while let Some(Ok(message)) = ws.next().await {
         let Message::Text(text) = message else {
             continue;
@@ -77,11 +82,36 @@ async fn scripted_daemon(listener: TcpListener, pages: Vec<Vec<Scripted>>) -> Ve
         let id = request["id"].as_u64().unwrap();
         let op = request["operation"].as_str().unwrap().to_string();
         let reply = match op.as_str() {
-            "HELLO" => json!({
-                "status": "ok", "id": id, "operation": "HELLO", "protocol_version": 1,
-                "index_id": "scripted", "dirs": ["code"], "scanning": false,
-                "server_version": "scripted", "pipelining": {"requests": 64, "bytes": 1 << 20},
-            }),
+            // The daemon's side of the handshake, with the token the client was given.
+            "HELLO" => {
+                let client_id = request["client_id"].as_str().unwrap().to_string();
+                let client = Nonce::from_hex(request["client_nonce"].as_str().unwrap()).unwrap();
+                let daemon = Nonce::generate().unwrap();
+                let proof = zync_proto::proof(TOKEN, Role::Daemon, &client, &daemon, &client_id);
+                nonces = Some((client, daemon, client_id));
+                json!({
+                    "status": "ok", "id": id, "operation": "HELLO", "protocol_version": 2,
+                    "daemon_nonce": daemon.to_hex(), "daemon_proof": proof,
+                    "server_version": "scripted",
+                })
+            }
+            "AUTH" => {
+                let (client, daemon, client_id) = nonces.take().unwrap();
+                let proof = request["client_proof"].as_str().unwrap();
+                assert!(zync_proto::verify(
+                    TOKEN,
+                    Role::Client,
+                    &client,
+                    &daemon,
+                    &client_id,
+                    proof
+                ));
+                json!({
+                    "status": "ok", "id": id, "operation": "AUTH", "protocol_version": 2,
+                    "index_id": "scripted", "dirs": ["code"], "scanning": false,
+                    "server_version": "scripted", "pipelining": {"requests": 64, "bytes": 1 << 20},
+                })
+            }
             "GET_CHANGES" => {
                 let since = request["since"].as_u64().unwrap();
                 seen.push(format!("GET_CHANGES {since}"));
@@ -148,7 +178,7 @@ async fn once_against(
     let daemon = tokio::spawn(scripted_daemon(listener, pages));
     std::fs::create_dir_all(r).unwrap();
     let token = state.join("token");
-    write(&token, "scripted-token");
+    write(&token, TOKEN);
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let mut cmd = command("zync-client");
     cmd.arg("--server")

@@ -6,6 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::peer;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -24,15 +25,9 @@ enum Frame {
     Closed(Option<u16>),
 }
 
-/// The WebSocket upgrade request to `daemon`, with its token.
+/// The WebSocket upgrade request to `daemon` (it carries no credentials).
 fn upgrade_request(daemon: &Daemon) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let token = std::fs::read_to_string(&daemon.token_file).unwrap();
-    let mut request = daemon.url().into_client_request().unwrap();
-    request.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {}", token.trim()).parse().unwrap(),
-    );
-    request
+    daemon.url().into_client_request().unwrap()
 }
 
 /// A raw protocol connection.
@@ -42,17 +37,17 @@ struct Peer {
 }
 
 impl Peer {
-    /// Connects with the daemon's token (no HELLO yet).
+    /// Connects (no handshake yet).
     async fn connect(daemon: &Daemon) -> Peer {
-        let (ws, _) = tokio_tungstenite::connect_async(upgrade_request(daemon))
-            .await
-            .expect("connect with the daemon's token");
-        Peer { ws, next_id: 100 }
+        Peer {
+            ws: peer::upgrade(daemon).await,
+            next_id: 100,
+        }
     }
 
-    /// Connects with the daemon's token on a socket with small kernel buffers: what the
-    /// daemon does not read stays in the client's send call.
-    async fn connect_small_buffers(daemon: &Daemon) -> Peer {
+    /// Connects on a socket with small kernel buffers and completes the handshake: what the
+    /// daemon does not read stays in the client's send call. Returns the welcome too.
+    async fn connect_small_buffers(daemon: &Daemon) -> (Peer, Value) {
         let request = upgrade_request(daemon);
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_send_buffer_size(16 << 10).unwrap();
@@ -61,22 +56,18 @@ impl Peer {
             .connect(format!("127.0.0.1:{}", daemon.port).parse().unwrap())
             .await
             .unwrap();
-        let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+        let (mut ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
             .await
-            .expect("connect with the daemon's token");
-        Peer { ws, next_id: 100 }
+            .expect("connect");
+        let welcome = peer::handshake(&mut ws, &peer::token_of(daemon), "window-test").await;
+        assert_eq!(welcome["status"], "ok", "AUTH failed: {welcome}");
+        (Peer { ws, next_id: 100 }, welcome)
     }
 
-    /// Connects and completes HELLO.
+    /// Connects and completes the handshake.
     async fn hello(daemon: &Daemon) -> Peer {
-        let mut peer = Peer::connect(daemon).await;
-        let reply = peer
-            .call(
-                json!({"operation": "HELLO", "protocol_version": 1, "client_id": "protocol-test"}),
-            )
-            .await;
-        assert_eq!(reply["status"], "ok", "HELLO failed: {reply}");
-        peer
+        let (ws, _) = peer::authenticated(daemon, "protocol-test").await;
+        Peer { ws, next_id: 100 }
     }
 
     fn id(&mut self) -> u64 {
@@ -264,11 +255,10 @@ fn file_sha(path: &Path) -> String {
 #[tokio::test]
 async fn hello_then_every_operation_works() {
     let f = fixture();
-    let mut peer = Peer::connect(&f.daemon).await;
-    let hello = peer
-        .ok(json!({"operation": "HELLO", "protocol_version": 1, "client_id": "t1", "client_version": "test"}))
-        .await;
-    assert_eq!(hello["protocol_version"], 1, "{hello}");
+    let (ws, hello) = peer::authenticated(&f.daemon, "t1").await;
+    let mut peer = Peer { ws, next_id: 100 };
+    assert_eq!(hello["operation"], "AUTH", "{hello}");
+    assert_eq!(hello["protocol_version"], 2, "{hello}");
     assert_eq!(hello["dirs"], json!(["code"]), "{hello}");
     assert!(
         hello["index_id"].as_str().is_some_and(|s| !s.is_empty()),
@@ -448,10 +438,7 @@ async fn a_client_may_send_a_whole_window_of_requests_before_reading_an_answer()
     std::fs::create_dir_all(&state).unwrap();
     let daemon = Daemon::start(&state, &[("code", &e)]);
     daemon.wait_scanned();
-    let mut peer = Peer::connect_small_buffers(&daemon).await;
-    let hello = peer
-        .ok(json!({"operation": "HELLO", "protocol_version": 1, "client_id": "window-test"}))
-        .await;
+    let (mut peer, hello) = Peer::connect_small_buffers(&daemon).await;
     let window = &hello["pipelining"];
     let (requests, bytes) = (window["requests"].as_u64(), window["bytes"].as_u64());
     assert!(
@@ -491,28 +478,59 @@ async fn a_client_may_send_a_whole_window_of_requests_before_reading_an_answer()
     peer.ping_ok().await;
 }
 
+/// Expects an error with `code`, then the close with 1008 (docs/PROTOCOL.md, "Handshake").
+async fn refused_and_closed(peer: &mut Peer, reply: Value, code: &str) {
+    assert_eq!(reply["status"], "error", "{reply}");
+    assert_eq!(reply["code"], code, "{reply}");
+    match peer.recv().await {
+        Frame::Closed(close) => assert_eq!(close, Some(1008), "close code"),
+        other => panic!("expected the connection to close, got {other:?}"),
+    }
+}
+
 #[tokio::test]
-async fn requests_before_hello_need_the_handshake() {
+async fn requests_before_the_handshake_end_the_connection() {
     let f = fixture();
-    let mut peer = Peer::connect(&f.daemon).await;
     for op in [
         json!({"operation": "PING"}),
         json!({"operation": "GET_LAST_SEQUENCE"}),
         json!({"operation": "GET_CHANGES", "dir": "code", "since": 0}),
         json!({"operation": "GET_FILE", "dir": "code", "path": "a.txt"}),
         json!({"operation": "ACK_CHANGES", "dir": "code", "sequence": 1}),
+        json!({"operation": "AUTH", "client_proof": "00".repeat(32)}),
     ] {
+        let mut peer = Peer::connect(&f.daemon).await;
         let reply = peer.call(op.clone()).await;
-        assert_eq!(reply["status"], "error", "{op} before HELLO: {reply}");
-        assert_eq!(reply["code"], "handshake_required", "{op}: {reply}");
+        refused_and_closed(&mut peer, reply, "handshake_required").await;
     }
-    // An empty client id is refused, and the connection may try again.
+    // After HELLO, anything but AUTH.
+    let mut peer = Peer::connect(&f.daemon).await;
+    let (_, challenge) = peer::hello(&mut peer.ws, "early").await;
+    assert_eq!(challenge["status"], "ok", "{challenge}");
+    assert!(
+        challenge.get("dirs").is_none() && challenge.get("index_id").is_none(),
+        "HELLO's reply must say nothing about what is served: {challenge}"
+    );
     let reply = peer
-        .call(json!({"operation": "HELLO", "protocol_version": 1, "client_id": ""}))
+        .call(json!({"operation": "GET_FILE", "dir": "code", "path": "a.txt"}))
+        .await;
+    refused_and_closed(&mut peer, reply, "handshake_required").await;
+    // An empty client id, a missing or malformed nonce.
+    for hello in [
+        json!({"operation": "HELLO", "protocol_version": 2, "client_id": "", "client_nonce": "ab".repeat(32)}),
+        json!({"operation": "HELLO", "protocol_version": 2, "client_id": "x"}),
+        json!({"operation": "HELLO", "protocol_version": 2, "client_id": "x", "client_nonce": "zz"}),
+    ] {
+        let mut peer = Peer::connect(&f.daemon).await;
+        let reply = peer.call(hello).await;
+        refused_and_closed(&mut peer, reply, "bad_request").await;
+    }
+    // HELLO again on an established connection is refused, and the connection goes on.
+    let mut peer = Peer::hello(&f.daemon).await;
+    let reply = peer
+        .call(json!({"operation": "HELLO", "protocol_version": 2, "client_id": "again", "client_nonce": "ab".repeat(32)}))
         .await;
     assert_eq!(reply["code"], "bad_request", "{reply}");
-    peer.ok(json!({"operation": "HELLO", "protocol_version": 1, "client_id": "late"}))
-        .await;
     peer.ping_ok().await;
     let (_, data) = peer.get_file("a.txt").await;
     assert_eq!(data, b"hello\n");
@@ -521,16 +539,15 @@ async fn requests_before_hello_need_the_handshake() {
 #[tokio::test]
 async fn hello_with_another_protocol_version_is_refused() {
     let f = fixture();
-    let mut peer = Peer::connect(&f.daemon).await;
-    let reply = peer
-        .call(json!({"operation": "HELLO", "protocol_version": 999, "client_id": "future"}))
-        .await;
-    assert_eq!(reply["status"], "error", "{reply}");
-    assert_eq!(reply["code"], "unsupported_version", "{reply}");
-    // docs/PROTOCOL.md: then the daemon closes with 1008.
-    match peer.recv().await {
-        Frame::Closed(code) => assert_eq!(code, Some(1008), "close code"),
-        other => panic!("expected the connection to close, got {other:?}"),
+    // A newer client, and a protocol 1 client (no nonce: it sent its token in the upgrade).
+    for (version, side) in [(999, "(E)"), (1, "(R)")] {
+        let mut peer = Peer::connect(&f.daemon).await;
+        let reply = peer
+            .call(json!({"operation": "HELLO", "protocol_version": version, "client_id": "other"}))
+            .await;
+        let message = reply["message"].as_str().unwrap_or_default().to_string();
+        assert!(message.contains(side), "{reply}");
+        refused_and_closed(&mut peer, reply, "unsupported_version").await;
     }
     // The daemon still serves new connections.
     let mut again = Peer::hello(&f.daemon).await;

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 const SQLITE_SIDE_FILES: [&str; 4] = ["", "-wal", "-shm", "-journal"];
@@ -105,23 +104,8 @@ fn last_sequence(daemon: &Daemon) -> (u64, bool) {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let token = std::fs::read_to_string(&daemon.token_file).expect("the daemon's token");
-        let mut request = daemon.url().into_client_request().expect("request");
-        request.headers_mut().insert(
-            "Authorization",
-            format!("Bearer {}", token.trim()).parse().expect("header"),
-        );
-        let (mut ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
-            .await
-            .expect("timed out connecting to the daemon")
-            .expect("connect to the daemon");
-        call(
-            &mut ws,
-            1,
-            json!({"operation": "HELLO", "protocol_version": 1, "client_id": "regressions"}),
-        )
-        .await;
-        let last = call(&mut ws, 2, json!({"operation": "GET_LAST_SEQUENCE"})).await;
+        let (mut ws, _) = common::peer::authenticated(daemon, "regressions").await;
+        let last = call(&mut ws, 3, json!({"operation": "GET_LAST_SEQUENCE"})).await;
         (
             last["last_sequence"]
                 .as_u64()

@@ -16,7 +16,6 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -731,22 +730,10 @@ struct Peer {
 }
 
 impl Peer {
-    /// Connects with the daemon's token and completes HELLO.
+    /// Connects and completes the handshake.
     async fn hello(daemon: &Daemon) -> Peer {
-        let token = std::fs::read_to_string(&daemon.token_file).expect("token file");
-        let mut request = daemon.url().into_client_request().unwrap();
-        request.headers_mut().insert(
-            "Authorization",
-            format!("Bearer {}", token.trim()).parse().unwrap(),
-        );
-        let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
-            .await
-            .expect("connect timed out")
-            .expect("connect with the daemon's token");
-        let mut peer = Peer { ws, next_id: 0 };
-        peer.ok(json!({"operation": "HELLO", "protocol_version": 1, "client_id": "upstream-test"}))
-            .await;
-        peer
+        let (ws, _) = common::peer::authenticated(daemon, "upstream-test").await;
+        Peer { ws, next_id: 10 }
     }
 
     fn id(&mut self) -> u64 {

@@ -3,6 +3,7 @@
 //! with deadlines (never a bare sleep).
 #![allow(dead_code)]
 
+pub mod peer;
 pub mod proxy;
 
 use std::collections::BTreeMap;

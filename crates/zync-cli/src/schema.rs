@@ -27,6 +27,8 @@ pub struct DaemonFile {
     pub token_file: Option<PathBuf>,
     /// `--insecure-no-auth`: true accepts clients without a token.
     pub insecure_no_auth: Option<bool>,
+    /// `--idle-timeout`: seconds an authenticated client may stay silent.
+    pub idle_timeout: Option<u64>,
     /// `--log-level`: the daemon's log level.
     pub log_level: Option<String>,
     /// `--tunnel`: `[USER@]HOST` of machine R, to keep the reverse ssh tunnel open.

@@ -6,13 +6,12 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Bytes, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use zync_proto::{
-    DeltaHeader, Event, FileHeader, GetDelta, GetFile, Hello, HelloReply, Op, Reply, Request,
-    ServerMessage, UpstreamFile, UpstreamFileReply,
+    Auth, Challenge, DeltaHeader, ErrorCode, Event, FileHeader, GetDelta, GetFile, Hello, Nonce,
+    Op, Reply, Request, Role, ServerMessage, UpstreamFile, UpstreamFileReply, Welcome,
 };
 
 use crate::error::ClientError;
@@ -22,6 +21,9 @@ use crate::error::ClientError;
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a TCP connect plus WebSocket upgrade may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle client pings at least this often, whatever its stall timeout: the daemon closes
+/// connections silent for its `--idle-timeout` (120 s by default).
+const MAX_PING_INTERVAL: Duration = Duration::from_secs(60);
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -41,7 +43,7 @@ pub struct Connection {
     /// Events noted since the caller last cleared them.
     pub seen: Seen,
     /// The daemon's side of the handshake.
-    pub hello: HelloReply,
+    pub hello: Welcome,
     /// Silence longer than this means a stalled connection.
     stall: Duration,
     /// A request sent with [`Connection::ask`] whose answer is kept when it arrives among
@@ -50,7 +52,7 @@ pub struct Connection {
     answer: Option<(u64, Result<Reply, ClientError>)>,
 }
 
-/// Where the token came from, for the 401 hint.
+/// The token, and where it came from for messages.
 pub struct Credentials {
     /// The token, if any.
     pub token: Option<String>,
@@ -59,30 +61,26 @@ pub struct Credentials {
 }
 
 impl Connection {
-    /// Connects, authenticates and performs the HELLO handshake.
+    /// Connects and performs the handshake (docs/PROTOCOL.md, "Handshake"): the daemon must
+    /// prove that it holds the token before this client says anything but its id and a fresh
+    /// nonce, so a program posing as the daemon learns nothing it can use and is sent nothing
+    /// (invariant 8). Then the client proves itself with AUTH.
     ///
     /// # Errors
-    /// Unreachable daemon, refused token, or a failed handshake.
+    /// Unreachable daemon, a peer that cannot prove it holds the token, a refused proof, or a
+    /// failed handshake.
     pub async fn open(
         url: &str,
         credentials: &Credentials,
         client_id: &str,
         stall: Duration,
     ) -> Result<Connection, ClientError> {
-        let mut request = url.into_client_request().map_err(|e| {
+        let request = url.into_client_request().map_err(|e| {
             ClientError::Config(format!(
                 "--server {url:?} is not a WebSocket URL ({e}); write it as ws://localhost:8000"
             ))
         })?;
-        if let Some(token) = &credentials.token {
-            let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                ClientError::Config(format!(
-                    "the token from {} has characters a header cannot carry",
-                    credentials.source
-                ))
-            })?;
-            request.headers_mut().insert(zync_proto::AUTH_HEADER, value);
-        }
+        let port = request.uri().port_u16().unwrap_or(80);
         let limit = zync_proto::MAX_TEXT_MESSAGE.max(zync_proto::MAX_BINARY_FRAME);
         let config = WebSocketConfig::default()
             .max_message_size(Some(limit))
@@ -96,11 +94,11 @@ impl Connection {
             Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
             Ok(Ok((ws, _))) => ws,
             Ok(Err(tungstenite::Error::Http(response))) if response.status().as_u16() == 401 => {
-                let hint = match &credentials.token {
-                    Some(_) => format!("the token from {} does not match the daemon's; copy the daemon's token file again", credentials.source),
-                    None => format!("no token was given ({}); set ZYNC_TOKEN or --token-file to the daemon's token file", credentials.source),
-                };
-                return Err(ClientError::Unauthorized { hint });
+                // zync before protocol 2 checked a bearer token in the upgrade request.
+                return Err(ClientError::Incompatible(format!(
+                    "the daemon at {url} asked for a bearer token (HTTP 401): it runs an older zync, which sends the token in the clear; upgrade zync on E to this client's version ({})",
+                    env!("CARGO_PKG_VERSION")
+                )));
             }
             Ok(Err(tungstenite::Error::Http(response))) => {
                 return Err(unreachable(format!(
@@ -117,7 +115,7 @@ impl Connection {
             seen: Seen::default(),
             asked: None,
             answer: None,
-            hello: HelloReply {
+            hello: Welcome {
                 protocol_version: 0,
                 index_id: String::new(),
                 dirs: Vec::new(),
@@ -126,18 +124,88 @@ impl Connection {
                 pipelining: None,
             },
         };
+        let impostor = |why: String| ClientError::NotTheDaemon {
+            url: url.to_string(),
+            why,
+            port,
+        };
+        let client_nonce = Nonce::generate().map_err(|e| {
+            ClientError::Config(format!("cannot get random bytes for the handshake: {e}"))
+        })?;
         let hello = Op::Hello(Hello {
             protocol_version: zync_proto::PROTOCOL_VERSION,
             client_id: client_id.to_string(),
             client_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+            client_nonce: Some(client_nonce.to_hex()),
         });
-        match connection.call(hello).await? {
-            Reply::Hello(reply) => connection.hello = reply,
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "expected a HELLO reply, got {other:?}"
+        let challenge = match connection.call(hello).await {
+            Ok(Reply::Hello(challenge)) => challenge,
+            Ok(other) => {
+                return Err(impostor(format!(
+                    "it answered HELLO with {}",
+                    truncate(&format!("{other:?}"))
                 )))
             }
+            Err(e) => return Err(e),
+        };
+        let Challenge {
+            daemon_nonce,
+            daemon_proof,
+            ..
+        } = challenge;
+        let daemon_nonce = Nonce::from_hex(&daemon_nonce)
+            .map_err(|why| impostor(format!("its nonce is not valid ({why})")))?;
+        let client_proof = match (&credentials.token, daemon_proof) {
+            (Some(token), Some(proof)) => {
+                if !zync_proto::verify(
+                    token,
+                    Role::Daemon,
+                    &client_nonce,
+                    &daemon_nonce,
+                    client_id,
+                    &proof,
+                ) {
+                    return Err(impostor(format!(
+                        "its proof does not match the token from {}",
+                        credentials.source
+                    )));
+                }
+                Some(zync_proto::proof(
+                    token,
+                    Role::Client,
+                    &client_nonce,
+                    &daemon_nonce,
+                    client_id,
+                ))
+            }
+            (Some(_), None) => {
+                return Err(impostor(
+                    "it proves no token at all (a daemon run with --insecure-no-auth, or not zync's daemon), and this client holds one".to_string(),
+                ))
+            }
+            // No token here: nothing to prove or check (the daemon decides whether it serves
+            // unauthenticated clients).
+            (None, _) => None,
+        };
+        match connection.call(Op::Auth(Auth { client_proof })).await {
+            Ok(Reply::Auth(welcome)) => connection.hello = welcome,
+            Ok(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected an AUTH reply, got {}",
+                    truncate(&format!("{other:?}"))
+                )))
+            }
+            Err(ClientError::Server {
+                code: ErrorCode::Unauthorized,
+                ..
+            }) => {
+                let hint = match &credentials.token {
+                    Some(_) => format!("the token from {} is not the daemon's; copy the daemon's token file again", credentials.source),
+                    None => format!("no token was given ({}); set ZYNC_TOKEN or --token-file to the daemon's token file", credentials.source),
+                };
+                return Err(ClientError::Unauthorized { hint });
+            }
+            Err(e) => return Err(e),
         }
         Ok(connection)
     }
@@ -476,8 +544,15 @@ impl Connection {
         }
     }
 
+    /// How often an idle connection pings: a third of the stall timeout, and at least once a
+    /// minute so that the daemon's idle deadline never closes a live client.
+    fn ping_interval(&self) -> Duration {
+        (self.stall / 3).min(MAX_PING_INTERVAL)
+    }
+
     /// Waits up to `limit` for the daemon to push an event; `None` when none came. While the
-    /// connection is quiet it sends a WebSocket ping every third of the stall timeout, and
+    /// connection is quiet it sends a WebSocket ping every third of the stall timeout (at
+    /// least once a minute), and
     /// fails with [`ClientError::Timeout`] when nothing at all (not even the pong) arrived for
     /// the stall timeout: a stalled tunnel is noticed within that bound.
     ///
@@ -486,7 +561,7 @@ impl Connection {
     pub async fn wait_event(&mut self, limit: Duration) -> Result<Option<Seen>, ClientError> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut last_heard = tokio::time::Instant::now();
-        let mut next_ping = last_heard + self.stall / 3;
+        let mut next_ping = last_heard + self.ping_interval();
         loop {
             if self.seen.changed || self.seen.scan_complete {
                 return Ok(Some(std::mem::take(&mut self.seen)));
@@ -508,7 +583,7 @@ impl Connection {
                     }
                     if now >= next_ping && now < deadline {
                         self.put(Message::Ping(Vec::new().into())).await?;
-                        next_ping = now + self.stall / 3;
+                        next_ping = now + self.ping_interval();
                     }
                     continue;
                 }
@@ -521,7 +596,7 @@ impl Connection {
                 Ok(Some(Ok(m))) => m,
             };
             last_heard = tokio::time::Instant::now();
-            next_ping = last_heard + self.stall / 3;
+            next_ping = last_heard + self.ping_interval();
             if let Message::Text(text) = message {
                 match ServerMessage::parse(&text) {
                     Ok(ServerMessage::Event(Event::Changed { .. })) => self.seen.changed = true,

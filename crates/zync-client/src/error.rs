@@ -15,12 +15,26 @@ pub enum ClientError {
         /// What the connection attempt said.
         reason: String,
     },
-    /// HTTP 401 at the upgrade.
-    #[error("the daemon refused the token (HTTP 401); {hint}")]
+    /// The daemon did not accept this client's proof of the token.
+    #[error("the daemon refused this client: it could not prove that it holds the daemon's token; {hint}")]
     Unauthorized {
         /// Where the client's token came from and how to fix it.
         hint: String,
     },
+    /// The peer at the server address could not prove that it holds the token: nothing was
+    /// sent to it but the client's id and a nonce, and nothing was written.
+    #[error("the server at {url} did not prove that it is the zync daemon: {why}. Either the daemon's token differs from this client's (copy the daemon's token file to R again), or another program is listening there (see who holds port {port}: `ss -ltnp 'sport = :{port}'`). Nothing was sent to it and nothing was written")]
+    NotTheDaemon {
+        /// The --server address.
+        url: String,
+        /// What the peer got wrong.
+        why: String,
+        /// The TCP port, for the hint.
+        port: u16,
+    },
+    /// The daemon runs a zync this client cannot talk to.
+    #[error("{0}")]
+    Incompatible(String),
     /// The daemon stopped answering (a stalled tunnel).
     #[error("the daemon did not answer within {0:?}; the connection or tunnel seems stalled")]
     Timeout(Duration),
@@ -71,7 +85,10 @@ impl ClientError {
     /// True when reconnecting or retrying later cannot help, so loop mode should stop.
     pub fn is_permanent(&self) -> bool {
         match self {
-            ClientError::Unauthorized { .. } | ClientError::Config(_) => true,
+            ClientError::Unauthorized { .. }
+            | ClientError::NotTheDaemon { .. }
+            | ClientError::Incompatible(_)
+            | ClientError::Config(_) => true,
             ClientError::Server { code, .. } => {
                 matches!(code, ErrorCode::UnsupportedVersion | ErrorCode::UnknownDir)
             }
@@ -97,6 +114,8 @@ impl ClientError {
             self,
             ClientError::Unreachable { .. }
                 | ClientError::Unauthorized { .. }
+                | ClientError::NotTheDaemon { .. }
+                | ClientError::Incompatible(_)
                 | ClientError::Timeout(_)
                 | ClientError::Connection(_)
                 | ClientError::Protocol(_)

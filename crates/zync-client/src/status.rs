@@ -324,7 +324,7 @@ async fn probe(
     client_id: &str,
     mappings: &[Mapping],
     stored: &[Option<zync_db::DirState>],
-) -> Result<(zync_proto::HelloReply, Vec<Remote>), ClientError> {
+) -> Result<(zync_proto::Welcome, Vec<Remote>), ClientError> {
     let mut conn = Connection::open(url, creds, client_id, PROBE_TIMEOUT).await?;
     let sequences = match conn.call(Op::GetLastSequence {}).await? {
         Reply::GetLastSequence(s) => s.dirs,

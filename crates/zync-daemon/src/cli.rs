@@ -54,6 +54,10 @@ pub struct Args {
     /// Accept clients without a token. Only for trusted, isolated setups.
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Seconds an authenticated client may stay silent before its connection is closed. The
+    /// zync client pings at least once a minute while idle, so keep this above 60.
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
     /// Log level: error, warn, info, debug or trace (or a tracing filter).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -98,6 +102,8 @@ pub struct Config {
     pub default_ignores: bool,
     /// How clients authenticate.
     pub auth: Auth,
+    /// Handshake and idle deadlines.
+    pub limits: crate::server::Limits,
     /// Files the daemon writes itself; never indexed even if they sit in a root.
     pub own: OwnPaths,
 }
@@ -133,6 +139,10 @@ impl Config {
             ignores: args.ignore.clone(),
             default_ignores: !args.no_default_ignores,
             auth,
+            limits: crate::server::Limits {
+                idle: std::time::Duration::from_secs(args.idle_timeout),
+                ..crate::server::Limits::default()
+            },
             own,
         })
     }

@@ -1,5 +1,5 @@
-//! One client connection: the handshake, then requests answered in order, with change
-//! notifications pushed between them. Bad input gets an error response and the connection
+//! One authenticated client connection: the welcome that ends the handshake, then requests
+//! answered in order, with change notifications pushed between them. Bad input gets an error response and the connection
 //! goes on (DESIGN invariant 7); only transport failures end it.
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -8,21 +8,20 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 use zync_db::{Index, Kind};
 use zync_proto::{
     AckReply, Change, ChangesReply, ErrorCode, ErrorResponse, Event, FileHeader, GetChanges,
-    GetFile, HelloReply, LastSequence, OkResponse, Op, Reply, Request, ServerMessage,
+    GetFile, LastSequence, OkResponse, Op, Reply, Request, ServerMessage, Welcome,
 };
 
+use crate::handshake::Authenticated;
 use crate::inbox::Inbox;
 use crate::indexer::Status;
-use crate::server::{ServedRoot, Shared};
+use crate::server::{ServedRoot, Shared, Ws};
 use crate::upstream::{Discard, OpenSession};
 
 /// Why a request failed; sent back as an error response.
@@ -107,14 +106,12 @@ impl IndexedFile {
     }
 }
 
-type Ws = WebSocketStream<TcpStream>;
-
 /// At most this many pipelined GET_FILE requests are answered as one batch.
 const READ_AHEAD_FILES: usize = 256;
 /// At most this many content bytes are read ahead for one batch.
 const READ_AHEAD_BYTES: usize = 8 << 20;
 
-/// A connection after the WebSocket upgrade.
+/// A connection whose client proved that it holds the token.
 pub struct Connection {
     /// Where frames to the client go.
     pub(crate) ws: SplitSink<Ws, Message>,
@@ -122,7 +119,10 @@ pub struct Connection {
     pub(crate) inbox: Inbox,
     pub(crate) shared: Arc<Shared>,
     db: Option<Arc<Mutex<Index>>>,
-    pub(crate) client_id: Option<String>,
+    pub(crate) client_id: String,
+    client_version: Option<String>,
+    /// The AUTH request the welcome answers.
+    auth_id: u64,
     sent: Status,
     /// The upstream session open on this connection, if any.
     pub(crate) upstream: Option<OpenSession>,
@@ -133,8 +133,8 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Wraps an accepted WebSocket.
-    pub fn new(ws: Ws, shared: Arc<Shared>) -> Connection {
+    /// Wraps a WebSocket whose client just proved itself.
+    pub(crate) fn new(ws: Ws, shared: Arc<Shared>, client: Authenticated) -> Connection {
         let sent = *shared.status.borrow();
         let (ws, stream) = ws.split();
         Connection {
@@ -142,7 +142,9 @@ impl Connection {
             inbox: Inbox::start(stream),
             shared,
             db: None,
-            client_id: None,
+            client_id: client.client_id,
+            client_version: client.client_version,
+            auth_id: client.auth_id,
             sent,
             upstream: None,
             discard: None,
@@ -150,25 +152,63 @@ impl Connection {
         }
     }
 
-    /// Serves requests until the client leaves, the transport fails, or the daemon stops; then
-    /// aborts an upstream session left unfinished.
+    /// Welcomes the client, serves its requests until it leaves, the transport fails, it
+    /// stays silent too long, or the daemon stops; then aborts an upstream session left
+    /// unfinished.
     pub async fn run(mut self, stop: broadcast::Receiver<()>) {
+        if !self.welcome().await {
+            return;
+        }
         self.serve(stop).await;
         self.abort_upstream().await;
-        if let Some(client) = self.client_id.take() {
-            // Presence for `zync-apply status` (issue 6); a failure is logged by `query`.
-            let _ = self.query(move |i| i.client_disconnected(&client)).await;
-        }
+        // Presence for `zync-apply status`; a failure is logged by `query`.
+        let client = self.client_id.clone();
+        let _ = self.query(move |i| i.client_disconnected(&client)).await;
+    }
+
+    /// Answers AUTH with what the daemon serves, and records the client as connected.
+    async fn welcome(&mut self) -> bool {
+        tracing::info!(client = %self.client_id, version = ?self.client_version, "client connected");
+        let (client, version) = (self.client_id.clone(), self.client_version.clone());
+        let _ = self
+            .query(move |i| i.client_connected(&client, version.as_deref()))
+            .await;
+        let status = *self.shared.status.borrow();
+        self.sent = status;
+        let welcome = Reply::Auth(Welcome {
+            protocol_version: zync_proto::PROTOCOL_VERSION,
+            index_id: self.shared.index_id.clone(),
+            dirs: self
+                .shared
+                .roots
+                .iter()
+                .map(|r| r.name.to_string())
+                .collect(),
+            scanning: status.scanning,
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            pipelining: Some(zync_proto::Pipelining {
+                requests: crate::inbox::MAX_PIPELINED_REQUESTS,
+                bytes: crate::inbox::MAX_PIPELINED_BYTES,
+            }),
+        });
+        let id = self.auth_id;
+        self.send(&ServerMessage::Ok(OkResponse { id, reply: welcome }))
+            .await
     }
 
     async fn serve(&mut self, mut stop: broadcast::Receiver<()>) {
         let mut status = self.shared.status.clone();
         let mut watching = true;
+        let idle = self.shared.limits.idle;
+        // Silence is counted only while the daemon waits: answering a long request is not the
+        // client's silence.
+        let mut waiting_since = tokio::time::Instant::now();
         loop {
             if let Some(message) = self.backlog.pop_front() {
                 if !self.on_message(message).await {
                     return;
                 }
+                waiting_since = tokio::time::Instant::now();
                 continue;
             }
             tokio::select! {
@@ -185,8 +225,14 @@ impl Connection {
                     if !self.on_message(message).await {
                         return;
                     }
+                    waiting_since = tokio::time::Instant::now();
                 }
-                changed = status.changed(), if watching && self.client_id.is_some() => {
+                () = tokio::time::sleep_until(waiting_since + idle) => {
+                    tracing::info!(client = %self.client_id, "closing a connection silent for {idle:?} (--idle-timeout)");
+                    let _ = self.close(CloseCode::Policy, &format!("silent for {} s", idle.as_secs())).await;
+                    return;
+                }
+                changed = status.changed(), if watching => {
                     if changed.is_err() {
                         watching = false;
                         continue;
@@ -311,28 +357,18 @@ impl Connection {
         };
         let id = request.id;
         if let Op::GetFile(get) = request.op {
-            if let Err(refusal) = self.require_hello() {
-                return self.send_error(Some(id), refusal).await;
-            }
             let mut batch = vec![(id, get)];
             self.read_ahead_files(&mut batch);
             return self.get_files(batch).await;
         }
         if let Op::GetDelta(get) = request.op {
-            if let Err(refusal) = self.require_hello() {
-                return self.send_error(Some(id), refusal).await;
-            }
             return match self.get_delta(id, get).await {
                 Ok(alive) => alive,
                 Err(refusal) => self.send_error(Some(id), refusal).await,
             };
         }
         if let Op::UpstreamFile(file) = request.op {
-            let result = match self.require_hello() {
-                Ok(()) => self.upstream_file(id, file).await,
-                Err(refusal) => Err(refusal),
-            };
-            return match result {
+            return match self.upstream_file(id, file).await {
                 Ok(reply) => {
                     self.send(&ServerMessage::Ok(OkResponse { id, reply }))
                         .await
@@ -340,86 +376,21 @@ impl Connection {
                 Err(refusal) => self.send_error(Some(id), refusal).await,
             };
         }
-        let unsupported = matches!(&request.op, Op::Hello(h) if h.protocol_version != zync_proto::PROTOCOL_VERSION);
         match self.answer(request.op).await {
             Ok(reply) => {
                 self.send(&ServerMessage::Ok(OkResponse { id, reply }))
                     .await
             }
-            Err(refusal) => {
-                let alive = self.send_error(Some(id), refusal).await;
-                if unsupported {
-                    let _ = self
-                        .close(CloseCode::Policy, "unsupported protocol version")
-                        .await;
-                    return false;
-                }
-                alive
-            }
+            Err(refusal) => self.send_error(Some(id), refusal).await,
         }
-    }
-
-    fn require_hello(&self) -> Result<(), Refusal> {
-        if self.client_id.is_none() {
-            return Err(Refusal::new(
-                ErrorCode::HandshakeRequired,
-                "send HELLO before any other request",
-            ));
-        }
-        Ok(())
     }
 
     async fn answer(&mut self, op: Op) -> Result<Reply, Refusal> {
-        if !matches!(op, Op::Hello(_)) {
-            self.require_hello()?;
-        }
         match op {
-            Op::Hello(hello) => {
-                if hello.protocol_version != zync_proto::PROTOCOL_VERSION {
-                    return Err(Refusal::new(
-                        ErrorCode::UnsupportedVersion,
-                        format!(
-                            "this daemon speaks protocol version {}, the client {}; install the same zync version on both machines",
-                            zync_proto::PROTOCOL_VERSION,
-                            hello.protocol_version
-                        ),
-                    ));
-                }
-                if hello.client_id.is_empty() || hello.client_id.len() > 128 {
-                    return Err(Refusal::new(
-                        ErrorCode::BadRequest,
-                        "client_id must be 1 to 128 characters",
-                    ));
-                }
-                tracing::info!(client = %hello.client_id, version = ?hello.client_version, "client connected");
-                let (previous, client) = (self.client_id.take(), hello.client_id.clone());
-                let version = hello.client_version.clone();
-                let _ = self
-                    .query(move |i| {
-                        previous.map_or(Ok(()), |p| i.client_disconnected(&p))?;
-                        i.client_connected(&client, version.as_deref())
-                    })
-                    .await;
-                self.client_id = Some(hello.client_id);
-                let status = *self.shared.status.borrow();
-                self.sent = status;
-                Ok(Reply::Hello(HelloReply {
-                    protocol_version: zync_proto::PROTOCOL_VERSION,
-                    index_id: self.shared.index_id.clone(),
-                    dirs: self
-                        .shared
-                        .roots
-                        .iter()
-                        .map(|r| r.name.to_string())
-                        .collect(),
-                    scanning: status.scanning,
-                    server_version: env!("CARGO_PKG_VERSION").to_string(),
-                    pipelining: Some(zync_proto::Pipelining {
-                        requests: crate::inbox::MAX_PIPELINED_REQUESTS,
-                        bytes: crate::inbox::MAX_PIPELINED_BYTES,
-                    }),
-                }))
-            }
+            Op::Hello(_) | Op::Auth(_) => Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "the handshake is done: HELLO and AUTH are only accepted as a connection's first requests",
+            )),
             Op::Ping {} => Ok(Reply::Ping {}),
             Op::GetLastSequence {} => {
                 let status = *self.shared.status.borrow();
@@ -446,7 +417,7 @@ impl Connection {
             Op::GetChanges(get) => self.get_changes(get).await,
             Op::AckChanges(ack) => {
                 self.served(&ack.dir)?;
-                let client = self.client_id.clone().unwrap_or_default();
+                let client = self.client_id.clone();
                 let dir = ack.dir.clone();
                 let sequence = ack.sequence;
                 self.query(move |index| index.record_ack(&client, &dir, sequence))

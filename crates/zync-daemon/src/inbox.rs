@@ -8,10 +8,8 @@ use std::sync::Arc;
 
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::WebSocketStream;
 
 /// Bytes of frames read ahead and not yet handled (requests, upload content).
 const BUDGET: usize = 16 << 20;
@@ -36,7 +34,7 @@ pub struct Inbox {
 
 impl Inbox {
     /// Starts reading `stream` on a task of its own.
-    pub fn start(stream: SplitStream<WebSocketStream<TcpStream>>) -> Inbox {
+    pub fn start(stream: SplitStream<crate::server::Ws>) -> Inbox {
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(BUDGET));
         let reader = tokio::spawn(read(stream, tx, budget));
@@ -75,7 +73,7 @@ impl Drop for Inbox {
 }
 
 async fn read(
-    mut stream: SplitStream<WebSocketStream<TcpStream>>,
+    mut stream: SplitStream<crate::server::Ws>,
     tx: mpsc::UnboundedSender<(Incoming, OwnedSemaphorePermit)>,
     budget: Arc<Semaphore>,
 ) {

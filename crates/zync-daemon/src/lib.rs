@@ -5,9 +5,11 @@
 //! `127.0.0.1:0`; `main.rs` only parses flags and calls [`main_with_args`].
 #![deny(missing_docs)]
 
+mod admission;
 mod cli;
 mod connection;
 mod delta;
+mod handshake;
 mod inbox;
 mod indexer;
 mod server;
@@ -25,6 +27,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use cli::{beside, parse_roots, Args, Config, Root};
 pub use indexer::{OwnPaths, Status};
+pub use server::Limits;
 pub use token::Auth;
 
 use indexer::{IndexedRoot, Indexer};
@@ -168,6 +171,7 @@ pub async fn run(
         roots: served,
         db_path: config.db.clone(),
         auth: config.auth.clone(),
+        limits: config.limits,
         status: status_rx,
     });
     // The server stops on shutdown, or when the indexer fails (serving a stale index would hide

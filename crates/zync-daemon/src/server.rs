@@ -1,25 +1,60 @@
-//! The WebSocket server: accepts connections (bearer token checked in the upgrade request,
-//! before any message is read), runs one task per connection, and stops on shutdown.
+//! The WebSocket server: accepts connections, gives each a deadline to prove that it holds the
+//! token (the handshake), runs one task per authenticated client, and stops on shutdown.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::SinkExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch, Semaphore};
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use zync_fs::{DirName, IgnoreRules};
+use zync_proto::{ErrorCode, ErrorResponse, ServerMessage};
 
+use crate::admission::{Admission, Ticket};
 use crate::connection::Connection;
+use crate::handshake;
 use crate::indexer::Status;
 use crate::token::Auth;
 
-/// At most this many connections are served at once; more wait in the accept queue.
+/// A connection's WebSocket.
+pub(crate) type Ws = WebSocketStream<TcpStream>;
+
+/// At most this many authenticated clients are served at once; one more is told the daemon is
+/// busy.
 const MAX_CONNECTIONS: usize = 256;
+/// At most this many connections wait for their handshake at once; a newer one pushes out the
+/// one that made the least progress (see [`Admission`]).
+const MAX_HANDSHAKING: usize = 64;
+
+/// The default for how long a connection may take from accept to a verified AUTH.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default for how long an authenticated client may stay silent. The zync client pings at
+/// least once a minute while it is idle, so only a dead or hostile peer is cut off.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The deadlines a connection lives by.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From accept to a verified AUTH.
+    pub handshake: Duration,
+    /// With no frame from an authenticated client while the daemon waits for one.
+    pub idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            handshake: HANDSHAKE_TIMEOUT,
+            idle: IDLE_TIMEOUT,
+        }
+    }
+}
 
 /// A served directory, as connections see it.
 pub struct ServedRoot {
@@ -41,6 +76,8 @@ pub struct Shared {
     pub db_path: PathBuf,
     /// Token check.
     pub auth: Auth,
+    /// Handshake and idle deadlines.
+    pub limits: Limits,
     /// The indexer's progress.
     pub status: watch::Receiver<Status>,
 }
@@ -65,6 +102,10 @@ pub fn ws_config() -> WebSocketConfig {
 
 /// Accepts connections until `shutdown` completes, then closes every connection and returns.
 ///
+/// Connections are accepted at once, whoever opens them: a stranger's connections wait in
+/// [`Admission`] for their handshake, where they can neither hold a slot of an
+/// authenticated client nor keep a real client from reaching its own handshake.
+///
 /// # Errors
 /// When accepting fails in a way that retrying cannot fix.
 pub async fn serve(
@@ -73,14 +114,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (stop_tx, _) = broadcast::channel::<()>(1);
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let clients = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let admission = Admission::new(MAX_HANDSHAKING);
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit?,
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -94,13 +132,14 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         while tasks.try_join_next().is_some() {}
+        let ticket = admission.admit();
         let shared = shared.clone();
+        let clients = clients.clone();
         let stop = stop_tx.subscribe();
         tasks.spawn(async move {
             tracing::debug!(%peer, "connection opened");
-            handle(stream, shared, stop).await;
+            handle(stream, shared, clients, ticket, stop).await;
             tracing::debug!(%peer, "connection closed");
-            drop(permit);
         });
     }
     let _ = stop_tx.send(());
@@ -114,35 +153,62 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(stream: TcpStream, shared: Arc<Shared>, stop: broadcast::Receiver<()>) {
+async fn handle(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    clients: Arc<Semaphore>,
+    mut ticket: Ticket,
+    mut stop: broadcast::Receiver<()>,
+) {
     let _ = stream.set_nodelay(true);
-    let auth = shared.auth.clone();
-    // The callback's signature is tungstenite's; its error type is not ours to shrink.
-    #[allow(clippy::result_large_err)]
-    let check = move |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
-        let header = request
-            .headers()
-            .get(zync_proto::AUTH_HEADER)
-            .and_then(|v| v.to_str().ok());
-        if auth.allows(header) {
-            return Ok(response);
+    let progress = ticket.progress();
+    let handshake = async {
+        let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()))
+            .await
+            .map_err(|e| format!("WebSocket upgrade failed: {e}"))?;
+        progress.upgraded();
+        match handshake::run(&mut ws, &shared.auth).await {
+            Ok(authenticated) => Ok((ws, authenticated)),
+            Err(handshake::Failed::Gone) => Err("the peer left during the handshake".into()),
+            Err(handshake::Failed::Refused(why)) => Err(why),
         }
-        tracing::warn!("refused a connection with a missing or wrong token");
-        let mut refusal = http::Response::new(Some(
-            "zync: missing or wrong token; send Authorization: Bearer <token> with the token from the daemon's token file\n"
-                .to_string(),
-        ));
-        *refusal.status_mut() = http::StatusCode::UNAUTHORIZED;
-        Err(refusal)
     };
-    let ws = match tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(ws_config()))
-        .await
-    {
-        Ok(ws) => ws,
-        Err(e) => {
-            tracing::debug!("WebSocket handshake failed: {e}");
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(shared.limits.handshake, handshake) => outcome,
+        () = ticket.evicted() => {
+            tracing::debug!("dropped a connection still in its handshake to admit a newer one");
+            return;
+        }
+        _ = stop.recv() => return,
+    };
+    drop(ticket);
+    let (mut ws, authenticated) = match outcome {
+        Ok(Ok(done)) => done,
+        Ok(Err(why)) => {
+            tracing::debug!("handshake failed: {why}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(
+                "closed a connection that did not finish its handshake within {:?}",
+                shared.limits.handshake
+            );
             return;
         }
     };
-    Connection::new(ws, shared).run(stop).await;
+    let Ok(permit) = clients.try_acquire_owned() else {
+        tracing::warn!(client = %authenticated.client_id, "refused a client: {MAX_CONNECTIONS} clients are connected already");
+        let busy = ServerMessage::Error(ErrorResponse {
+            id: Some(authenticated.auth_id),
+            code: ErrorCode::Busy,
+            message: format!(
+                "the daemon serves {MAX_CONNECTIONS} clients already; try again later"
+            ),
+        });
+        let _ = ws.send(Message::text(busy.to_json())).await;
+        let _ = ws.close(None).await;
+        return;
+    };
+    Connection::new(ws, shared, authenticated).run(stop).await;
+    drop(permit);
 }

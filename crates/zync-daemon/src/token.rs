@@ -1,12 +1,13 @@
 //! The access token: loaded from `ZYNC_TOKEN` or a token file that is created with a random
-//! 256-bit token (mode 0600) when missing, and checked in constant time.
+//! 256-bit token (mode 0600) when missing. It never crosses the wire: the handshake proves it
+//! (`handshake.rs`).
 
 use std::path::Path;
 
 /// How the daemon authenticates clients.
 #[derive(Clone)]
 pub enum Auth {
-    /// Clients must send `Authorization: Bearer <token>`.
+    /// Clients must prove that they hold this token, and the daemon proves it to them.
     Token {
         /// The secret.
         token: String,
@@ -51,16 +52,6 @@ impl Auth {
             source: token_file.display().to_string(),
         })
     }
-
-    /// Whether an `Authorization` header value grants access.
-    pub fn allows(&self, header: Option<&str>) -> bool {
-        match self {
-            Auth::Disabled => true,
-            Auth::Token { token, .. } => header
-                .and_then(|h| h.strip_prefix("Bearer "))
-                .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes())),
-        }
-    }
 }
 
 fn create_token_file(path: &Path) -> anyhow::Result<()> {
@@ -68,14 +59,6 @@ fn create_token_file(path: &Path) -> anyhow::Result<()> {
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("cannot get random bytes: {e}"))?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     Ok(zync_fs::create_token_file(path, &token)?)
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -93,19 +76,5 @@ mod tests {
         let other = dir.path().join("other.token");
         create_token_file(&other).unwrap();
         assert_ne!(zync_fs::read_token_file(&other).unwrap(), token);
-    }
-
-    #[test]
-    fn checks_the_bearer_header() {
-        let auth = Auth::Token {
-            token: "s3cret".into(),
-            source: "test".into(),
-        };
-        assert!(auth.allows(Some("Bearer s3cret")));
-        assert!(!auth.allows(Some("Bearer s3cres")));
-        assert!(!auth.allows(Some("Bearer s3cret-longer")));
-        assert!(!auth.allows(Some("s3cret")));
-        assert!(!auth.allows(None));
-        assert!(Auth::Disabled.allows(None));
     }
 }

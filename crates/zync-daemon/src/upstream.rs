@@ -54,7 +54,7 @@ impl Connection {
                 format!("cannot create staging directory {}: {e}", dir.display()),
             )
         })?;
-        let client = self.client_id.clone().unwrap_or_default();
+        let client = self.client_id.clone();
         let session = id.clone();
         self.query(move |index| index.create_session(&session, &client))
             .await?;

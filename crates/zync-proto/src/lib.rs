@@ -6,23 +6,25 @@
 //! agree by construction. `docs/PROTOCOL.md` is the human-readable contract.
 #![deny(missing_docs)]
 
+mod auth;
 mod chunk;
 mod message;
 mod request;
 
+pub use auth::{proof, verify, Nonce, Role, NONCE_LEN, PROOF_LEN};
 pub use chunk::{chunk_frame, decode_chunk, encode_chunk, ChunkError};
 pub use message::{
-    AckReply, Change, ChangesReply, DeltaHeader, ErrorCode, ErrorResponse, Event, FileHeader,
-    FinalizeReply, HelloReply, Kind, LastSequence, OkResponse, Pipelining, Reply, ServerMessage,
-    SessionReply, UpstreamFileReply,
+    AckReply, Challenge, Change, ChangesReply, DeltaHeader, ErrorCode, ErrorResponse, Event,
+    FileHeader, FinalizeReply, Kind, LastSequence, OkResponse, Pipelining, Reply, ServerMessage,
+    SessionReply, UpstreamFileReply, Welcome,
 };
 pub use request::{
-    AckChanges, FinalizeUpstream, GetChanges, GetDelta, GetFile, Hello, Op, ParseError,
+    AckChanges, Auth, FinalizeUpstream, GetChanges, GetDelta, GetFile, Hello, Op, ParseError,
     PrepareUpstream, Request, UpstreamAction, UpstreamFile,
 };
 
 /// The protocol version this build speaks; the handshake refuses any other.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest JSON (text) message either side accepts, in bytes.
 pub const MAX_TEXT_MESSAGE: usize = 4 << 20;
@@ -46,6 +48,3 @@ pub const DEFAULT_CHANGES_LIMIT: u32 = 1000;
 
 /// The most changes one GET_CHANGES reply may hold; larger limits are clamped.
 pub const MAX_CHANGES_LIMIT: u32 = 5000;
-
-/// The HTTP header that carries the bearer token in the WebSocket upgrade request.
-pub const AUTH_HEADER: &str = "Authorization";

@@ -122,8 +122,10 @@ pub struct OkResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "operation", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Reply {
-    /// The handshake's answer.
-    Hello(HelloReply),
+    /// HELLO's answer: the daemon's proof and its own nonce.
+    Hello(Challenge),
+    /// AUTH's answer: what the daemon serves, sent only once the client proved itself.
+    Auth(Welcome),
     /// PING's answer.
     Ping {},
     /// GET_LAST_SEQUENCE's answer.
@@ -175,10 +177,25 @@ pub struct FinalizeReply {
     pub conflicts: u64,
 }
 
-/// The daemon's side of the handshake.
+/// HELLO's answer: the daemon proves that it holds the token, and challenges the client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HelloReply {
+pub struct Challenge {
     /// The daemon's protocol version (equal to the client's, or the handshake fails).
+    pub protocol_version: u32,
+    /// A fresh random nonce the client must prove against in AUTH, 64 hex characters.
+    pub daemon_nonce: String,
+    /// [`crate::proof`] with [`crate::Role::Daemon`] over the client's and this nonce;
+    /// `null` when the daemon runs without authentication (`--insecure-no-auth`), which a
+    /// client holding a token refuses.
+    pub daemon_proof: Option<String>,
+    /// The daemon program's version, for messages.
+    pub server_version: String,
+}
+
+/// AUTH's answer: the daemon's side of the handshake, once both sides proved themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The daemon's protocol version.
     pub protocol_version: u32,
     /// Made with the daemon's database; a client that stored another one resyncs from 0.
     pub index_id: String,
@@ -343,8 +360,12 @@ pub enum ErrorCode {
     BadRequest,
     /// An operation this daemon does not know.
     UnknownOperation,
-    /// A request other than HELLO before the handshake.
+    /// A request other than HELLO (then AUTH) before the handshake completed.
     HandshakeRequired,
+    /// The client's proof did not verify: it holds another token, or none.
+    Unauthorized,
+    /// The daemon serves as many clients as it allows; try again later.
+    Busy,
     /// The client speaks another protocol version.
     UnsupportedVersion,
     /// A path that is not a valid relative path.
@@ -461,8 +482,17 @@ mod tests {
         }));
         round_trip(ServerMessage::Ok(OkResponse {
             id: 2,
-            reply: Reply::Hello(HelloReply {
-                protocol_version: 1,
+            reply: Reply::Hello(Challenge {
+                protocol_version: 2,
+                daemon_nonce: "ab".repeat(32),
+                daemon_proof: Some("cd".repeat(32)),
+                server_version: "0.1.0".into(),
+            }),
+        }));
+        round_trip(ServerMessage::Ok(OkResponse {
+            id: 1,
+            reply: Reply::Auth(Welcome {
+                protocol_version: 2,
                 index_id: "i".into(),
                 dirs: vec!["a".into()],
                 scanning: true,
@@ -472,8 +502,8 @@ mod tests {
         }));
         round_trip(ServerMessage::Ok(OkResponse {
             id: 2,
-            reply: Reply::Hello(HelloReply {
-                protocol_version: 1,
+            reply: Reply::Auth(Welcome {
+                protocol_version: 2,
                 index_id: "i".into(),
                 dirs: vec![],
                 scanning: false,

@@ -19,8 +19,10 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "operation", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Op {
-    /// The handshake; must be the first request on a connection.
+    /// The handshake's first step: must be the first request on a connection.
     Hello(Hello),
+    /// The handshake's second step: the client's proof; must follow HELLO's reply.
+    Auth(Auth),
     /// Liveness check.
     Ping {},
     /// The daemon's current sequence numbers and whether its scan is running.
@@ -45,6 +47,7 @@ impl Op {
     /// The operation names this build knows, as they appear on the wire.
     pub const NAMES: &'static [&'static str] = &[
         "HELLO",
+        "AUTH",
         "PING",
         "GET_LAST_SEQUENCE",
         "GET_CHANGES",
@@ -60,6 +63,7 @@ impl Op {
     pub fn name(&self) -> &'static str {
         match self {
             Op::Hello(_) => "HELLO",
+            Op::Auth(_) => "AUTH",
             Op::Ping {} => "PING",
             Op::GetLastSequence {} => "GET_LAST_SEQUENCE",
             Op::GetChanges(_) => "GET_CHANGES",
@@ -73,7 +77,8 @@ impl Op {
     }
 }
 
-/// HELLO: protocol version and the client's stable id.
+/// HELLO: protocol version, the client's stable id, and the nonce the daemon must prove
+/// against before the client sends anything else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// Must equal the daemon's [`crate::PROTOCOL_VERSION`].
@@ -83,6 +88,19 @@ pub struct Hello {
     /// Free-form version of the client program, for logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_version: Option<String>,
+    /// A fresh random nonce, 64 hex characters ([`crate::Nonce`]). Optional only so that an
+    /// older client's HELLO still parses and gets `unsupported_version`, not `bad_request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_nonce: Option<String>,
+}
+
+/// AUTH: the client's proof that it holds the token, over both nonces of this connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Auth {
+    /// [`crate::proof`] with [`crate::Role::Client`], 64 hex characters; `null` only for a
+    /// daemon that runs without authentication.
+    #[serde(default)]
+    pub client_proof: Option<String>,
 }
 
 /// GET_CHANGES: changes of `dir` with a sequence number above `since`.
@@ -387,9 +405,13 @@ mod tests {
     fn round_trips_through_json() {
         let ops = vec![
             Op::Hello(Hello {
-                protocol_version: 1,
+                protocol_version: 2,
                 client_id: "c".into(),
                 client_version: Some("0.1".into()),
+                client_nonce: Some("ab".repeat(32)),
+            }),
+            Op::Auth(Auth {
+                client_proof: Some("cd".repeat(32)),
             }),
             Op::Ping {},
             Op::GetLastSequence {},

@@ -14,6 +14,8 @@ const ALL_CODES: &[ErrorCode] = &[
     ErrorCode::BadRequest,
     ErrorCode::UnknownOperation,
     ErrorCode::HandshakeRequired,
+    ErrorCode::Unauthorized,
+    ErrorCode::Busy,
     ErrorCode::UnsupportedVersion,
     ErrorCode::InvalidPath,
     ErrorCode::UnknownDir,
@@ -32,6 +34,8 @@ fn wire_name(code: ErrorCode) -> String {
         ErrorCode::BadRequest
         | ErrorCode::UnknownOperation
         | ErrorCode::HandshakeRequired
+        | ErrorCode::Unauthorized
+        | ErrorCode::Busy
         | ErrorCode::UnsupportedVersion
         | ErrorCode::InvalidPath
         | ErrorCode::UnknownDir
@@ -117,6 +121,7 @@ fn examples(doc: &str) -> Vec<Example> {
 fn reply_name(reply: &Reply) -> &'static str {
     match reply {
         Reply::Hello(_) => "HELLO",
+        Reply::Auth(_) => "AUTH",
         Reply::Ping {} => "PING",
         Reply::GetLastSequence(_) => "GET_LAST_SEQUENCE",
         Reply::GetChanges(_) => "GET_CHANGES",

@@ -60,6 +60,12 @@ impl Args {
             &mut self.insecure_no_auth,
             values.insecure_no_auth,
         );
+        merge(
+            matches,
+            "idle_timeout",
+            &mut self.idle_timeout,
+            values.idle_timeout,
+        );
         merge(matches, "log_level", &mut self.log_level, values.log_level);
         merge(matches, "tunnel", &mut self.tunnel, values.tunnel.map(Some));
         merge(

@@ -1,0 +1,429 @@
+//! End-to-end: the handshake against the adversaries of invariant 8 (docs/ARCHITECTURE.md):
+//! a program posing as the daemon on the client's port, a client with the wrong token, a
+//! recorded handshake played again, and strangers who open connections and never speak.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::peer::{self, RawWs};
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+use zync_proto::Nonce;
+
+/// A daemon serving one small tree, and the paths around it.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    e: std::path::PathBuf,
+    r: std::path::PathBuf,
+    client: ClientSpec,
+    daemon: Daemon,
+}
+
+fn fixture(extra: &[&str]) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("a.txt"), "hello\n");
+    write(&e.join("src/main.rs"), "fn main() {}\n");
+    let state = tmp.path().join("daemon");
+    std::fs::create_dir_all(&state).unwrap();
+    let daemon = Daemon::start_with(&state, &[("code", &e)], extra);
+    daemon.wait_scanned();
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    Fixture {
+        _tmp: tmp,
+        e,
+        r,
+        client,
+        daemon,
+    }
+}
+
+/// True when `dir` is missing or empty: the client may create its mapped directory at start,
+/// but must put nothing in it for a peer that did not prove itself.
+fn nothing_in(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_none())
+}
+
+/// What an impostor saw: the upgrade request's headers and every frame, as text.
+#[derive(Default)]
+struct Seen {
+    headers: Vec<String>,
+    frames: Vec<String>,
+}
+
+/// Poses as the daemon for one connection: accepts the upgrade, records everything, and
+/// answers HELLO with `challenge(hello)`.
+async fn impostor(
+    listener: TcpListener,
+    seen: Arc<Mutex<Seen>>,
+    challenge: impl FnOnce(&Value) -> Value,
+) {
+    let (stream, _) = listener.accept().await.unwrap();
+    let headers = seen.clone();
+    // The callback's signature is tungstenite's; its error type is not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    let record = move |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+        let mut seen = headers.lock().unwrap();
+        for (name, value) in request.headers() {
+            seen.headers
+                .push(format!("{name}: {}", value.to_str().unwrap_or("?")));
+        }
+        Ok(response)
+    };
+    let mut ws = tokio_tungstenite::accept_hdr_async(stream, record)
+        .await
+        .unwrap();
+    let mut challenge = Some(challenge);
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(DEADLINE, ws.next()).await {
+        let text = match message {
+            Message::Text(text) => text.to_string(),
+            Message::Binary(data) => format!("binary {} bytes", data.len()),
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        seen.lock().unwrap().frames.push(text.clone());
+        let request: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if request["operation"] == "HELLO" {
+            if let Some(answer) = challenge.take() {
+                let _ = ws.send(Message::text(answer(&request).to_string())).await;
+            }
+        }
+    }
+}
+
+/// Runs `zync-client --once` against an impostor answering with `challenge`; returns the
+/// client's output and what the impostor saw.
+async fn client_meets_impostor(
+    f: &Fixture,
+    challenge: impl FnOnce(&Value) -> Value + Send + 'static,
+) -> (std::process::Output, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let serving = tokio::spawn(impostor(listener, seen.clone(), challenge));
+    let mut cmd = f.client.command(&url);
+    cmd.arg("--once");
+    let out = tokio::task::spawn_blocking(move || output_within_deadline(cmd))
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(DEADLINE, serving).await;
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    (out, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impostor_on_the_client_s_port_gets_no_token_no_proof_and_no_writes() {
+    let f = fixture(&[]);
+    let token = peer::token_of(&f.daemon);
+
+    // 1. An impostor that does not know the token, answering with a made-up proof.
+    let (out, seen) = client_meets_impostor(&f, |hello| {
+        json!({"status": "ok", "id": hello["id"], "operation": "HELLO", "protocol_version": 2,
+               "daemon_nonce": "11".repeat(32), "daemon_proof": "22".repeat(32),
+               "server_version": "impostor"})
+    })
+    .await;
+    let log = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "the client trusted an impostor:\n{log}"
+    );
+    assert!(
+        log.contains("did not prove") && log.contains("ss -ltnp"),
+        "the error does not say what failed and how to see who holds the port:\n{log}"
+    );
+    let everything = format!("{:?} {:?}", seen.headers, seen.frames);
+    assert!(
+        !everything.contains(&token),
+        "the token reached the impostor: {everything}"
+    );
+    assert!(
+        !everything.to_lowercase().contains("authorization"),
+        "credentials were sent in the upgrade: {everything}"
+    );
+    assert_eq!(
+        seen.frames.len(),
+        1,
+        "the client sent more than HELLO before the daemon proved itself: {:?}",
+        seen.frames
+    );
+    assert!(
+        !seen.frames[0].contains("client_proof"),
+        "the client sent a proof to an impostor: {}",
+        seen.frames[0]
+    );
+    assert!(nothing_in(&f.r), "the client wrote on R for an impostor");
+
+    // 2. An impostor that replays a real challenge, recorded from the daemon a moment ago for
+    // the same client id: the client's fresh nonce makes it worthless.
+    let client_id = {
+        let first = seen.frames[0].clone();
+        let hello: Value = serde_json::from_str(&first).unwrap();
+        hello["client_id"].as_str().unwrap().to_string()
+    };
+    let mut ws = peer::upgrade(&f.daemon).await;
+    let (_, recorded) = peer::hello(&mut ws, &client_id).await;
+    assert_eq!(recorded["status"], "ok", "{recorded}");
+    let (out, seen) = client_meets_impostor(&f, move |hello| {
+        let mut replay = recorded.clone();
+        replay["id"] = hello["id"].clone();
+        replay
+    })
+    .await;
+    let log = stderr(&out);
+    assert!(
+        !out.status.success() && log.contains("did not prove"),
+        "the client accepted a replayed challenge:\n{log}"
+    );
+    assert_eq!(seen.frames.len(), 1, "{:?}", seen.frames);
+    assert!(nothing_in(&f.r), "the client wrote on R for an impostor");
+
+    // 3. A daemon that proves nothing (as with --insecure-no-auth) is refused by a client
+    // that holds a token.
+    let (out, seen) = client_meets_impostor(&f, |hello| {
+        json!({"status": "ok", "id": hello["id"], "operation": "HELLO", "protocol_version": 2,
+               "daemon_nonce": "11".repeat(32), "daemon_proof": null, "server_version": "x"})
+    })
+    .await;
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert_eq!(seen.frames.len(), 1, "{:?}", seen.frames);
+
+    // The real daemon still works for the real client.
+    f.client.once_ok(&f.daemon.url());
+    assert_same_tree(&f.e, &f.r, &[]);
+}
+
+/// Expects AUTH's `unauthorized` and the close that follows.
+async fn expect_unauthorized(ws: &mut RawWs, reply: Value) {
+    assert_eq!(reply["status"], "error", "{reply}");
+    assert_eq!(reply["code"], "unauthorized", "{reply}");
+    match tokio::time::timeout(DEADLINE, ws.next()).await.unwrap() {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1008),
+        None | Some(Err(_)) | Some(Ok(Message::Close(None))) => {}
+        Some(Ok(other)) => panic!("expected the connection to close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_token_learns_nothing_it_can_reuse() {
+    let f = fixture(&[]);
+    let token = peer::token_of(&f.daemon);
+
+    // What a wrong token gets: the daemon's proof for its own nonce, which is no client proof
+    // (the direction label differs) and says nothing about the token.
+    let mut ws = peer::upgrade(&f.daemon).await;
+    let (_, challenge) = peer::hello(&mut ws, "guesser").await;
+    assert!(
+        !challenge.to_string().contains(&token),
+        "the daemon sent its token: {challenge}"
+    );
+    assert!(
+        challenge.get("dirs").is_none() && challenge.get("index_id").is_none(),
+        "the daemon said what it serves before the client proved itself: {challenge}"
+    );
+    let reflected = challenge["daemon_proof"].clone();
+    let reply = peer::exchange(
+        &mut ws,
+        json!({"id": 2, "operation": "AUTH", "client_proof": reflected}),
+    )
+    .await;
+    expect_unauthorized(&mut ws, reply).await;
+
+    // A proof made with the wrong token.
+    let mut ws = peer::upgrade(&f.daemon).await;
+    let (nonce, challenge) = peer::hello(&mut ws, "guesser").await;
+    let daemon_nonce = Nonce::from_hex(challenge["daemon_nonce"].as_str().unwrap()).unwrap();
+    let wrong = zync_proto::proof(
+        "not-the-token",
+        zync_proto::Role::Client,
+        &nonce,
+        &daemon_nonce,
+        "guesser",
+    );
+    let reply = peer::exchange(
+        &mut ws,
+        json!({"id": 2, "operation": "AUTH", "client_proof": wrong}),
+    )
+    .await;
+    expect_unauthorized(&mut ws, reply).await;
+
+    // No proof at all.
+    let mut ws = peer::upgrade(&f.daemon).await;
+    peer::hello(&mut ws, "guesser").await;
+    let reply = peer::exchange(
+        &mut ws,
+        json!({"id": 2, "operation": "AUTH", "client_proof": null}),
+    )
+    .await;
+    expect_unauthorized(&mut ws, reply).await;
+}
+
+#[tokio::test]
+async fn a_recorded_handshake_played_again_is_refused() {
+    let f = fixture(&[]);
+    let token = peer::token_of(&f.daemon);
+    // A real handshake, recorded.
+    let mut ws = peer::upgrade(&f.daemon).await;
+    let (nonce, challenge) = peer::hello(&mut ws, "recorded").await;
+    let daemon_nonce = Nonce::from_hex(challenge["daemon_nonce"].as_str().unwrap()).unwrap();
+    let proof = zync_proto::proof(
+        &token,
+        zync_proto::Role::Client,
+        &nonce,
+        &daemon_nonce,
+        "recorded",
+    );
+    let auth = json!({"id": 2, "operation": "AUTH", "client_proof": proof});
+    let welcome = peer::exchange(&mut ws, auth.clone()).await;
+    assert_eq!(
+        welcome["status"], "ok",
+        "the recorded handshake itself failed: {welcome}"
+    );
+    drop(ws);
+
+    // The same HELLO and AUTH on a new connection: the daemon's nonce is fresh.
+    let mut again = peer::upgrade(&f.daemon).await;
+    let replayed_hello = json!({"id": 1, "operation": "HELLO", "protocol_version": 2,
+                                "client_id": "recorded", "client_nonce": nonce.to_hex()});
+    let challenge = peer::exchange(&mut again, replayed_hello).await;
+    assert_eq!(challenge["status"], "ok", "{challenge}");
+    assert_ne!(
+        challenge["daemon_nonce"],
+        json!(daemon_nonce.to_hex()),
+        "the daemon reused its nonce"
+    );
+    let reply = peer::exchange(&mut again, auth).await;
+    expect_unauthorized(&mut again, reply).await;
+}
+
+/// Keeps `count` idle TCP connections to `port` open until `stop`, opening a new one for each
+/// the daemon closes, as a hostile local user would.
+fn flood(port: u16, count: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        // Bounded: a daemon that stops accepting must fail the test, not hang the flood.
+        let open = |_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok();
+        let mut conns: Vec<Option<TcpStream>> = (0..count).map(open).collect();
+        for c in conns.iter().flatten() {
+            let _ = c.set_nonblocking(true);
+        }
+        let mut reopened = 0;
+        let started = Instant::now();
+        while !stop.load(Ordering::Relaxed) && started.elapsed() < DEADLINE * 2 {
+            for slot in conns.iter_mut() {
+                let closed = match slot {
+                    Some(c) => matches!(c.read(&mut [0u8; 64]), Ok(0)),
+                    None => true,
+                };
+                if closed {
+                    *slot = open(0);
+                    if let Some(c) = slot {
+                        let _ = c.set_nonblocking(true);
+                    }
+                    reopened += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        reopened
+    })
+}
+
+#[test]
+fn three_hundred_idle_connections_do_not_keep_a_real_client_out() {
+    let f = fixture(&[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooder = flood(f.daemon.port, 300, stop.clone());
+    // Let the flood fill every place first.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut once = f.client.command(&f.daemon.url());
+    once.arg("--once");
+    let out = output_within_deadline(once);
+    stop.store(true, Ordering::Relaxed);
+    let reopened = flooder.join().unwrap();
+    eprintln!("the flood reopened {reopened} connections");
+    assert!(
+        out.status.success(),
+        "a real client could not sync beside 300 idle connections:\n{}",
+        stderr(&out)
+    );
+    assert_same_tree(&f.e, &f.r, &[]);
+}
+
+#[test]
+fn a_connection_that_never_finishes_its_handshake_is_closed() {
+    let f = fixture(&[]);
+    // Silent from the start.
+    let mut silent = TcpStream::connect(("127.0.0.1", f.daemon.port)).unwrap();
+    silent.set_read_timeout(Some(DEADLINE)).unwrap();
+    let started = Instant::now();
+    let n = silent.read(&mut [0u8; 16]).unwrap_or(0);
+    assert_eq!(n, 0, "the daemon sent something to a silent connection");
+    assert!(
+        started.elapsed() < DEADLINE,
+        "a silent connection stayed open for {:?}",
+        started.elapsed()
+    );
+
+    // Upgraded and HELLO sent, but no AUTH.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut ws = peer::upgrade(&f.daemon).await;
+        let (_, challenge) = peer::hello(&mut ws, "stalls").await;
+        assert_eq!(challenge["status"], "ok", "{challenge}");
+        let end = tokio::time::timeout(DEADLINE, async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "a connection without AUTH stayed open");
+    });
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_at_the_idle_deadline_and_a_pinging_one_is_not() {
+    let f = fixture(&["--idle-timeout", "2"]);
+    let (mut pinging, _) = peer::authenticated(&f.daemon, "pinging").await;
+    let (mut silent, _) = peer::authenticated(&f.daemon, "silent").await;
+    let started = Instant::now();
+    // The pinging client sends a WebSocket ping every 500 ms (as the zync client does when
+    // idle) while the silent one says nothing.
+    let closed_with = loop {
+        tokio::select! {
+            next = silent.next() => match next {
+                Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                None | Some(Err(_)) => break None,
+                Some(Ok(_)) => {}
+            },
+            () = tokio::time::sleep(Duration::from_millis(500)) => {
+                pinging.send(Message::Ping(Vec::new().into())).await.unwrap();
+                assert!(started.elapsed() < DEADLINE, "the silent client was never closed");
+            }
+        }
+    };
+    assert_eq!(closed_with, Some(1008), "the idle close code");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "closed before its idle deadline"
+    );
+    // The pinging one outlived the deadline and is still served.
+    let reply = peer::exchange(&mut pinging, json!({"id": 3, "operation": "PING"})).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+}
