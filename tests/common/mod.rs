@@ -77,6 +77,18 @@ pub fn no_user_config(cmd: &mut Command) {
     );
 }
 
+/// Makes `cmd` run under umask `mask`, whatever the test process's is.
+pub fn with_umask(cmd: &mut Command, mask: u32) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: umask is async-signal-safe and cannot fail, as pre_exec requires of its closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(mask as libc::mode_t);
+            Ok(())
+        })
+    }
+}
+
 /// Polls `cond` until it holds, failing the test with `what` after [`DEADLINE`].
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -109,6 +121,8 @@ pub struct Daemon {
     /// Run in a mount namespace of its own, with a tmpfs of this size (`mount -o size=`) at this
     /// path, which only the daemon sees.
     tmpfs: Option<(PathBuf, String)>,
+    /// Run under this umask instead of the test process's.
+    umask: Option<u32>,
 }
 
 impl Daemon {
@@ -121,6 +135,14 @@ impl Daemon {
     /// permissions apply to it even when the tests run as root. `state` must be writable by it.
     pub fn start_as_nobody(state: &Path, dirs: &[(&str, &Path)]) -> Daemon {
         Daemon::start_with_user(state, dirs, &[], Some(65534))
+    }
+
+    /// As [`Daemon::start`], but the daemon runs under umask `mask`.
+    pub fn start_with_umask(state: &Path, dirs: &[(&str, &Path)], mask: u32) -> Daemon {
+        let mut daemon = Daemon::unlaunched(state, dirs, &[], None);
+        daemon.umask = Some(mask);
+        daemon.launch(0);
+        daemon
     }
 
     /// As [`Daemon::start`], with extra command-line arguments.
@@ -175,6 +197,7 @@ impl Daemon {
                 exe
             }),
             tmpfs: None,
+            umask: None,
         }
     }
 
@@ -205,6 +228,7 @@ impl Daemon {
             user: None,
             exe: None,
             tmpfs: None,
+            umask: None,
         };
         daemon.launch(0);
         daemon
@@ -256,6 +280,9 @@ impl Daemon {
         if let Some(id) = self.user {
             use std::os::unix::process::CommandExt;
             cmd.uid(id).gid(id);
+        }
+        if let Some(mask) = self.umask {
+            with_umask(&mut cmd, mask);
         }
         let child = cmd.spawn().expect("spawn zync-daemon");
         self.child = Some(child);

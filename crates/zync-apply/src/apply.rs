@@ -355,7 +355,9 @@ impl Run<'_> {
                         rel,
                         &staged,
                         &sha,
-                        file.mode,
+                        // R's mode as E's user would have created the file: a 0777 file
+                        // from R lands 0755 under umask 022.
+                        zync_fs::mask_mode(file.mode),
                         file.mtime_ns,
                         unchanged_since_backup,
                     )?;
@@ -466,7 +468,8 @@ impl Run<'_> {
         )?;
         crashpoint::reached(Step::Intent)?;
         let written = fileops::ensure_parents(root, &copy).and_then(|new_dirs| {
-            fileops::write_from(root, &copy, &staged, &sha, file.mode, file.mtime_ns)?;
+            let mode = zync_fs::mask_mode(file.mode);
+            fileops::write_from(root, &copy, &staged, &sha, mode, file.mtime_ns)?;
             Ok(new_dirs)
         });
         let new_dirs = match written {

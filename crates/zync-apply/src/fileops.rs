@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -95,20 +95,20 @@ pub fn backup(root: &Path, rel: &RelPath, session_dir: &Path) -> anyhow::Result<
     let mut src = open_regular(&src_path)
         .with_context(|| format!("cannot read {} to back it up", src_path.display()))?;
     let md = src.metadata()?;
-    std::fs::create_dir_all(session_dir)
+    // Backups hold E's files: the staging area is readable by E's user only (invariant 8).
+    zync_fs::create_private_dir_all(session_dir)
         .with_context(|| format!("cannot create {}", session_dir.display()))?;
     let mut n = 1u32;
     let (name, path, mut dst) = loop {
         let name = format!("backup-{n}");
         let path = session_dir.join(&name);
-        match File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
+        match zync_fs::create_private_file(&path) {
             Ok(f) => break (name, path, f),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1_000_000 => n += 1,
+            Err(zync_fs::FsError::Io { source, .. })
+                if source.kind() == io::ErrorKind::AlreadyExists && n < 1_000_000 =>
+            {
+                n += 1
+            }
             Err(e) => {
                 return Err(e)
                     .with_context(|| format!("cannot create the backup {}", path.display()))
@@ -131,7 +131,10 @@ pub fn backup(root: &Path, rel: &RelPath, session_dir: &Path) -> anyhow::Result<
             sha256,
             size,
         };
-        let mut side = File::create(meta_path(&path))?;
+        let side_path = meta_path(&path);
+        // A leftover of an interrupted backup under the same name is replaced.
+        let _ = std::fs::remove_file(&side_path);
+        let mut side = zync_fs::create_private_file(&side_path)?;
         side.write_all(&serde_json::to_vec(&meta)?)?;
         side.sync_all()?;
         fsync_dir(session_dir)?;
@@ -438,6 +441,26 @@ mod tests {
         assert_eq!(meta.mode, 0o640);
         assert_eq!(meta.mtime_ns, 1_600_000_000_000_000_007);
         assert_eq!(meta.sha256, zync_fs::hash_bytes(b"precious"));
+    }
+
+    #[test]
+    fn backups_their_metadata_and_a_new_session_directory_are_private() {
+        let e = tempfile::tempdir().expect("tempdir");
+        let s = tempfile::tempdir().expect("tempdir");
+        let f = e.path().join("f");
+        std::fs::write(&f, b"E's file").expect("write");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let session = s.path().join("sync.db.staging/session");
+        let b = backup(e.path(), &rel("f"), &session).expect("backup");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").mode() & 0o7777;
+        for (path, want) in [
+            (session.parent().expect("staging root").to_path_buf(), 0o700),
+            (session.clone(), 0o700),
+            (b.path.clone(), 0o600),
+            (meta_path(&b.path), 0o600),
+        ] {
+            assert_eq!(mode(&path), want, "mode of {}", path.display());
+        }
     }
 
     #[test]

@@ -694,7 +694,9 @@ impl<'a> Applier<'a> {
             tracing::warn!(dir = self.dir, path = %rel, "skipped a file change without a valid sha256");
             return Ok(Step::Done(Record::Nothing));
         };
-        let mode = change.mode & 0o777;
+        // E's mode as R's user would have created the file (a 0666 file lands 0644 under
+        // umask 022). The state records the mode written, so the file reads as unedited.
+        let mode = zync_fs::mask_mode(change.mode);
         let record = Synced {
             kind: Kind::File,
             size: change.size,
@@ -780,7 +782,9 @@ impl<'a> Applier<'a> {
         rel: &RelPath,
         change: &Change,
     ) -> Result<Record, ClientError> {
-        let mode = (change.mode & 0o777) | 0o700;
+        // Masked as a file's mode is (a 0777 directory on E is not world-writable on R), and
+        // always the owner's to enter and write, or nothing could be synced into it.
+        let mode = zync_fs::mask_mode(change.mode) | 0o700;
         match self.stat(rel)? {
             Stat::Entry(meta) if meta.kind == EntryKind::Dir => {
                 if meta.mode & 0o777 != mode {

@@ -122,6 +122,15 @@ pub async fn run(
     let index = tokio::task::spawn_blocking(move || -> anyhow::Result<zync_db::Index> {
         let mut index = zync_db::Index::open(&db_path)
             .with_context(|| format!("cannot open the daemon database {}", db_path.display()))?;
+        // An older zync made the staging area under the default umask: R's staged content
+        // and E's backups in it must not stay readable by other users (invariant 8).
+        let staging = zync_db::staging_root(&db_path);
+        zync_fs::make_private(&staging).with_context(|| {
+            format!(
+                "the staging area {} is readable by other users; run `chmod 700` on it",
+                staging.display()
+            )
+        })?;
         index.set_roots(&names)?;
         index.reset_connections()?;
         upstream::abort_stale_sessions(&index, &db_path)?;

@@ -48,10 +48,12 @@ impl Connection {
         }
         let id = uuid::Uuid::new_v4().to_string();
         let dir = zync_db::session_dir(&self.shared.db_path, &id);
-        std::fs::create_dir_all(&dir).map_err(|e| {
+        // R's content waits here for review: the area and each session's directory are E's
+        // user's only (invariant 8), whatever the daemon's umask.
+        zync_fs::create_private_dir_all(&dir).map_err(|e| {
             Refusal::new(
                 ErrorCode::Internal,
-                format!("cannot create staging directory {}: {e}", dir.display()),
+                format!("cannot create the staging directory on E: {e}"),
             )
         })?;
         let client = self.client_id.clone();

@@ -1,6 +1,7 @@
 //! Opening a connection: the pragmas every zync database gets, and turning "this file is not
 //! a database" into an error that names the file and says what to do.
 
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -42,6 +43,7 @@ pub(crate) fn open_file(path: &Path, schema: &Schema, sync: Synchronous) -> Resu
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    make_private(path)?;
     let mut conn = Connection::open_with_flags(path, flags).map_err(|source| DbError::Open {
         path: path.to_owned(),
         source,
@@ -60,6 +62,70 @@ pub(crate) fn open_file(path: &Path, schema: &Schema, sync: Synchronous) -> Resu
         other => other,
     })?;
     Ok(conn)
+}
+
+/// The files SQLite keeps beside a database in WAL mode (and a rollback journal, which the
+/// switch to WAL can leave behind).
+const SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// Makes the database file private before SQLite opens it: a new one is created empty with
+/// mode 0600 (SQLite takes an empty file as a new database), and one an older zync created
+/// under the default umask loses its group and other bits, its side files too. SQLite gives
+/// the `-wal` and `-shm` files it creates the mode of the database file, so they follow.
+/// The directory is not touched: the user chose it.
+fn make_private(path: &Path) -> Result<()> {
+    let private = |path: &Path, source| DbError::Private {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_MODE)
+        .open(path)
+    {
+        // Set again on the open file: the umask can only narrow the mode given to open, and a
+        // umask taking the owner's bits too would leave a file zync cannot write.
+        Ok(file) => file
+            .set_permissions(std::fs::Permissions::from_mode(PRIVATE_MODE))
+            .map_err(|e| private(path, e))?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => tighten(path)?,
+        // A missing directory and the like: SQLite's own open names the problem better.
+        Err(_) => return Ok(()),
+    }
+    for suffix in SIDE_FILES {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        tighten(Path::new(&side))?;
+    }
+    Ok(())
+}
+
+/// The mode of a zync database and its side files.
+const PRIVATE_MODE: u32 = 0o600;
+
+/// Takes group and other bits off an existing file (following a symlink, as SQLite does);
+/// a missing file is fine.
+fn tighten(path: &Path) -> Result<()> {
+    let mode = match std::fs::metadata(path) {
+        Ok(md) => md.permissions().mode() & 0o7777,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(DbError::Private {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700)).map_err(
+        |source| DbError::Private {
+            path: path.to_owned(),
+            source,
+        },
+    )
 }
 
 /// Opens the existing database file at `path` read-only: never creates it, never migrates it,
@@ -176,6 +242,69 @@ mod tests {
         // Both FULL (2): neither a handed-out nor a stored sequence may go back on power loss.
         assert_eq!(pragma(index.conn(), "synchronous"), "Integer(2)");
         assert_eq!(pragma(client.conn(), "synchronous"), "Integer(2)");
+    }
+
+    /// In octal, so that a failure reads `644`, not `420`; `None` when missing.
+    fn mode_of(path: &Path) -> Option<String> {
+        std::fs::metadata(path)
+            .ok()
+            .map(|md| format!("{:o}", md.permissions().mode() & 0o7777))
+    }
+
+    fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
+        let mut s = path.as_os_str().to_owned();
+        s.push(suffix);
+        s.into()
+    }
+
+    #[test]
+    fn new_databases_and_their_wal_and_shm_are_private() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let index_path = tmp.path().join("i.db");
+        let client_path = tmp.path().join("c.db");
+        let index = Index::open(&index_path).expect("index");
+        let client = ClientState::open(&client_path).expect("client");
+        for path in [&index_path, &client_path] {
+            for suffix in ["", "-wal", "-shm"] {
+                let file = with_suffix(path, suffix);
+                assert_eq!(
+                    mode_of(&file),
+                    Some("600".to_string()),
+                    "mode of {} (expected 600)",
+                    file.display()
+                );
+            }
+        }
+        drop((index, client));
+    }
+
+    #[test]
+    fn a_database_an_older_zync_left_readable_is_made_private() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("old.db");
+        // Held open, so that its -wal and -shm stay, as beside a database that was not closed.
+        let old = Index::open(&path).expect("create");
+        let files: Vec<_> = ["", "-wal", "-shm"]
+            .iter()
+            .map(|suffix| with_suffix(&path, suffix))
+            .collect();
+        for file in &files {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+        let again = Index::open(&path).expect("reopen");
+        for file in &files {
+            assert_eq!(
+                mode_of(file),
+                Some("600".to_string()),
+                "mode of {} (expected 600)",
+                file.display()
+            );
+        }
+        drop((old, again));
+        // A read-only look changes nothing, modes included.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        drop(Index::open_read_only(&path).expect("read only"));
+        assert_eq!(mode_of(&path).as_deref(), Some("640"));
     }
 
     #[test]

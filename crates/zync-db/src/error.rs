@@ -36,6 +36,21 @@ pub enum DbError {
         source: rusqlite::Error,
     },
 
+    /// The database file (or the `-wal`/`-shm` file beside it) could not be created private
+    /// or made private: its paths, hashes and client ids would be readable by other users.
+    #[error(
+        "could not make {} readable by its owner only (mode 600): {source}; check that it \
+         belongs to the user running zync, or run `chmod 600` on it",
+        path.display()
+    )]
+    Private {
+        /// The file at fault.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// The file exists but is not an SQLite database (garbage, truncated, or encrypted).
     #[error(
         "{} is not a zync database (not an SQLite file, or a damaged one): move it aside so \
@@ -148,6 +163,7 @@ impl DbError {
         let source = match self {
             DbError::Sqlite { source, .. } | DbError::Open { source, .. } => source,
             DbError::NotADatabase { .. }
+            | DbError::Private { .. }
             | DbError::WrongKind { .. }
             | DbError::TooNew { .. }
             | DbError::TooOld { .. }

@@ -14,9 +14,11 @@ pub mod hash;
 pub mod ignore;
 pub mod meta;
 pub mod path;
+pub mod private;
 pub mod scan;
 mod space;
 pub mod token;
+pub mod umask;
 pub mod watch;
 
 pub use crate::atomic::{
@@ -30,6 +32,10 @@ pub use crate::hash::{hash_bytes, hash_file, is_sha256_hex, Hasher};
 pub use crate::ignore::{IgnoreError, IgnoreRules, DEFAULT_IGNORES, IGNORE_FILE, TEMP_PREFIX};
 pub use crate::meta::{lstat, EntryKind, Meta, Stat};
 pub use crate::path::{DirName, PathError, RelPath};
+pub use crate::private::{
+    create_private_dir_all, create_private_file, make_private, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE,
+};
 pub use crate::scan::{scan, ScanEntry, ScanResult};
 pub use crate::token::{create_token_file, read_token_file, TokenError};
+pub use crate::umask::{mask_mode, mask_with, umask};
 pub use crate::watch::{next_batch, next_batch_timeout, Batch, WatchEvent, Watcher};

@@ -84,6 +84,9 @@ pub fn create_token_file(path: &Path, token: &str) -> Result<(), TokenError> {
         .mode(0o600)
         .open(path)
         .map_err(create)?;
+    // Set again on the open file: the umask can narrow the mode given to open below 0600.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(create)?;
     writeln!(file, "{token}")
         .and_then(|()| file.sync_all())
         .map_err(create)
