@@ -7,14 +7,18 @@ use zync_proto::ErrorCode;
 /// Everything a sync round can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// No TCP or WebSocket connection could be made.
+    /// No connection (TCP or Unix socket) or WebSocket upgrade could be made.
     #[error("cannot reach the daemon at {url}: {reason}; check that zync-daemon runs on E and the tunnel is open")]
     Unreachable {
-        /// The --server URL.
+        /// The --server URL or `unix:PATH`.
         url: String,
         /// What the connection attempt said.
         reason: String,
     },
+    /// The Unix socket could be served or replaced by another user; the message says how to
+    /// fix that.
+    #[error("{0}")]
+    Untrusted(String),
     /// HTTP 401 at the upgrade.
     #[error("the daemon refused the token (HTTP 401); {hint}")]
     Unauthorized {
@@ -71,7 +75,9 @@ impl ClientError {
     /// True when reconnecting or retrying later cannot help, so loop mode should stop.
     pub fn is_permanent(&self) -> bool {
         match self {
-            ClientError::Unauthorized { .. } | ClientError::Config(_) => true,
+            ClientError::Unauthorized { .. }
+            | ClientError::Config(_)
+            | ClientError::Untrusted(_) => true,
             ClientError::Server { code, .. } => {
                 matches!(code, ErrorCode::UnsupportedVersion | ErrorCode::UnknownDir)
             }
@@ -96,6 +102,7 @@ impl ClientError {
         matches!(
             self,
             ClientError::Unreachable { .. }
+                | ClientError::Untrusted(_)
                 | ClientError::Unauthorized { .. }
                 | ClientError::Timeout(_)
                 | ClientError::Connection(_)
