@@ -1,6 +1,6 @@
 //! End-to-end: `zync-daemon --tunnel` against a real sshd started by the test on loopback
-//! (issue 6). The client talks only to the port sshd opens for the tunnel, never to the
-//! daemon's own port, so every sync here crossed the tunnel.
+//! (issue 6). The client talks only to the socket or port sshd opens for the tunnel, never to
+//! the daemon's own port, so every sync here crossed the tunnel.
 //!
 //! Needs Debian's openssh-server (`/usr/sbin/sshd`) and openssh-client. Without them these
 //! tests fail, saying what to install: a silently skipped tunnel test would prove nothing.
@@ -71,6 +71,8 @@ impl Sshd {
                      KbdInteractiveAuthentication no\n\
                      PermitRootLogin prohibit-password\n\
                      AllowTcpForwarding yes\n\
+                     AllowStreamLocalForwarding yes\n\
+                     StreamLocalBindUnlink no\n\
                      GatewayPorts no\n",
                     host_key = host_key.display(),
                     pid = dir.join("sshd.pid").display(),
@@ -121,11 +123,18 @@ impl Sshd {
     /// The daemon arguments that open the tunnel through this sshd to `remote_port`, logging in
     /// with the private key `identity`.
     fn tunnel_args(&self, remote_port: u16, identity: &Path) -> Vec<String> {
-        [
-            "--tunnel".to_string(),
-            format!("{}@127.0.0.1", user_name()),
-            "--tunnel-remote-port".into(),
-            remote_port.to_string(),
+        self.tunnel_args_to(
+            &["--tunnel-remote-port".into(), remote_port.to_string()],
+            identity,
+        )
+    }
+
+    /// The daemon arguments that open the tunnel through this sshd, with `forward` choosing
+    /// what it opens on "R", logging in with the private key `identity`.
+    fn tunnel_args_to(&self, forward: &[String], identity: &Path) -> Vec<String> {
+        let mut args: Vec<String> = vec!["--tunnel".into(), format!("{}@127.0.0.1", user_name())];
+        args.extend_from_slice(forward);
+        args.extend([
             "--ssh-port".into(),
             self.port.to_string(),
             "--ssh-option".into(),
@@ -136,8 +145,8 @@ impl Sshd {
             "UserKnownHostsFile=/dev/null".into(),
             "--ssh-option".into(),
             "StrictHostKeyChecking=no".into(),
-        ]
-        .into()
+        ]);
+        args
     }
 }
 
@@ -501,5 +510,126 @@ fn a_missing_ssh_is_a_clear_error_naming_openssh_client() {
     assert!(
         !db.exists() && !tmp.path().join("zync.token").exists(),
         "the daemon made its database or token before refusing"
+    );
+}
+
+/// What user nobody gets when connecting to the Unix socket `path`: `Ok` when connected, or
+/// the error Python reports.
+fn connect_as_nobody(path: &Path) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let python = Path::new("/usr/bin/python3");
+    assert!(
+        python.exists(),
+        "{} is missing: install python3 (CI's .ci/run does)",
+        python.display()
+    );
+    let mut cmd = Command::new(python);
+    cmd.args([
+        "-c",
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nprint('connected')",
+    ])
+    .arg(path)
+    .uid(65534)
+    .gid(65534);
+    let out = output_within_deadline(cmd);
+    if out.status.success() && stdout(&out).contains("connected") {
+        Ok(())
+    } else {
+        Err(stderr(&out))
+    }
+}
+
+#[test]
+fn the_socket_forward_is_private_to_the_user_and_carries_the_sync() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    assert!(
+        is_root(),
+        "this test connects as user nobody and must run as root (CI's .ci/run does)"
+    );
+    let tmp = tempfile::tempdir().expect("temp dir");
+    // Everything on the way to the socket's directory is open to nobody, so that the
+    // directory the daemon makes is all that keeps nobody out.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711))
+        .expect("chmod the temp dir");
+    let sshd = Sshd::start(&tmp.path().join("sshd"));
+    let e = tmp.path().join("e");
+    write(&e.join("hello.txt"), "through the socket\n");
+    write(&e.join("sub/big.bin"), pseudo_random(2 << 20, 9));
+    // "R's home": the tunnel would use ~/.zync/zync.sock there; the test keeps the socket out
+    // of the real home directory of the user running it.
+    let home = tmp.path().join("rhome");
+    std::fs::create_dir_all(&home).expect("R's home");
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let socket = home.join(".zync/zync.sock");
+    let forward = ["--tunnel-socket".to_string(), socket.display().to_string()];
+    let state = tmp.path().join("daemon");
+    std::fs::create_dir_all(&state).expect("daemon state dir");
+    let args = sshd.tunnel_args_to(&forward, &sshd.identity);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_with(&state, &[("code", &e)], &args);
+    wait_tunnel_up(&daemon, &sshd, 1);
+
+    let log = daemon.log_text();
+    let server = format!("unix:{}", socket.display());
+    assert!(
+        log.contains(&format!(
+            "-R {}:127.0.0.1:{}",
+            socket.display(),
+            daemon.port
+        )) && log.contains("StreamLocalBindUnlink=yes"),
+        "the forward does not go from the socket to the daemon:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("--server {server}")),
+        "the daemon does not tell R's client what to use:\n{log}"
+    );
+    let meta = std::fs::symlink_metadata(&socket).expect("the socket exists on R");
+    assert!(
+        meta.file_type().is_socket(),
+        "{} is not a socket",
+        socket.display()
+    );
+    let dir = std::fs::metadata(home.join(".zync")).expect("its directory");
+    assert_eq!(
+        dir.permissions().mode() & 0o777,
+        0o700,
+        "the socket's directory is open to other users"
+    );
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(dir.uid(), unsafe { libc::geteuid() });
+
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&server);
+    assert_same_tree(&e, &r, IGNORED);
+
+    // Another user on R cannot even connect. The same helper does connect to a socket that is
+    // open to it, so the refusal is the directory's doing.
+    let denied = connect_as_nobody(&socket).expect_err("nobody connected to the tunnel's socket");
+    assert!(denied.contains("Permission denied"), "{denied}");
+    let open_dir = tmp.path().join("open");
+    std::fs::create_dir_all(&open_dir).expect("mkdir");
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let open = std::os::unix::net::UnixListener::bind(open_dir.join("open.sock")).expect("bind");
+    std::fs::set_permissions(
+        open_dir.join("open.sock"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .expect("chmod the open socket");
+    connect_as_nobody(&open_dir.join("open.sock")).expect("nobody reaches an open socket");
+    drop(open);
+
+    // A restarted ssh finds its old socket on R (sshd here keeps StreamLocalBindUnlink no)
+    // and forwards again.
+    let first = ssh_child(&daemon);
+    // SAFETY: kill(2) on a pid we just found as the daemon's child.
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    wait_tunnel_up(&daemon, &sshd, 2);
+    write(&e.join("after.txt"), "after the restart\n");
+    once_until(
+        &client,
+        &server,
+        "after.txt to reach R through the new forward",
+        || same_tree(&e, &r, IGNORED),
     );
 }

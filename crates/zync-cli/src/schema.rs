@@ -33,7 +33,9 @@ pub struct DaemonFile {
     pub log_level: Option<String>,
     /// `--tunnel`: `[USER@]HOST` of machine R, to keep the reverse ssh tunnel open.
     pub tunnel: Option<String>,
-    /// `--tunnel-remote-port`: the port the tunnel opens on R.
+    /// `--tunnel-socket`: the Unix socket the tunnel opens on R (the default forward).
+    pub tunnel_socket: Option<String>,
+    /// `--tunnel-remote-port`: a TCP port the tunnel opens on R instead of the socket.
     pub tunnel_remote_port: Option<u16>,
     /// `--ssh-port`: the port of R's sshd.
     pub ssh_port: Option<u16>,
@@ -48,7 +50,7 @@ pub struct DaemonFile {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ClientFile {
-    /// `--server`: the daemon's WebSocket URL.
+    /// `--server`: `unix:PATH` (the tunnel's socket on R) or the daemon's WebSocket URL.
     pub server: Option<String>,
     /// `--db`: the client's SQLite state.
     pub db: Option<PathBuf>,

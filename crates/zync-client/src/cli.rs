@@ -31,8 +31,14 @@ pub struct Args {
     /// Hidden: shell completions and man pages.
     #[command(flatten)]
     pub generate: zync_cli::Generate,
-    /// The daemon's WebSocket URL (through the tunnel).
-    #[arg(long, default_value = "ws://localhost:8000")]
+    /// Where the daemon is: `unix:PATH`, the Unix socket `zync-daemon --tunnel` opens on R
+    /// (by default unix:~/.zync/zync.sock; only you can use it), or a WebSocket URL
+    /// `ws://HOST:PORT` (a TCP port, open to every local user).
+    #[arg(
+        long,
+        default_value = "ws://localhost:8000",
+        value_name = "unix:PATH|ws://HOST:PORT"
+    )]
     pub server: String,
     /// SQLite database holding what this client has synced.
     #[arg(long, default_value = "sync_client.db")]
@@ -107,6 +113,9 @@ impl Config {
                 "--stall-timeout must be at least 3 seconds".into(),
             ));
         }
+        // A mistyped --server is a usage error, told before anything is created.
+        crate::transport::Server::parse(&args.server)
+            .map_err(|e| e.into_client_error(&args.server))?;
         let mut mappings = parse_mappings(&args.dirs)?;
         let credentials = credentials(args.token_file.as_deref(), &args.db)?;
         // The client's own files must never be synced over or sent upstream (a --db inside a

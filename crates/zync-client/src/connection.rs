@@ -4,28 +4,28 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Bytes, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 use zync_proto::{
     Auth, Challenge, DeltaHeader, ErrorCode, Event, FileHeader, GetDelta, GetFile, Hello, Nonce,
     Op, Reply, Request, Role, ServerMessage, UpstreamFile, UpstreamFileReply, Welcome,
 };
 
 use crate::error::ClientError;
+use crate::transport::{self, BoxStream, Server};
 
 /// The default for how long the client waits for any frame from the daemon before calling the
 /// connection stalled and reconnecting (`--stall-timeout`; docs/PROTOCOL.md, "Timeouts").
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a TCP connect plus WebSocket upgrade may take.
+/// How long a connect (TCP or Unix socket) plus WebSocket upgrade may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle client pings at least this often, whatever its stall timeout: the daemon closes
 /// connections silent for its `--idle-timeout` (120 s by default).
 const MAX_PING_INTERVAL: Duration = Duration::from_secs(60);
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocketStream<BoxStream>;
 
 /// Events seen while waiting for responses.
 #[derive(Debug, Default, Clone, Copy)]
@@ -75,12 +75,23 @@ impl Connection {
         client_id: &str,
         stall: Duration,
     ) -> Result<Connection, ClientError> {
-        let request = url.into_client_request().map_err(|e| {
+        let server = Server::parse(url).map_err(|e| e.into_client_error(url))?;
+        let request = server.request_url().into_client_request().map_err(|e| {
             ClientError::Config(format!(
                 "--server {url:?} is not a WebSocket URL ({e}); write it as ws://localhost:8000"
             ))
         })?;
-        let port = request.uri().port_u16().unwrap_or(80);
+        let who = match &server {
+            Server::Tcp { .. } => {
+                let port = request.uri().port_u16().unwrap_or(80);
+                format!("see who holds port {port}: `ss -ltnp 'sport = :{port}'`")
+            }
+            Server::Unix(path) => format!(
+                "see who serves {}: `ss -lxp | grep -F {}`",
+                path.display(),
+                path.display()
+            ),
+        };
         let limit = zync_proto::MAX_TEXT_MESSAGE.max(zync_proto::MAX_BINARY_FRAME);
         let config = WebSocketConfig::default()
             .max_message_size(Some(limit))
@@ -89,8 +100,15 @@ impl Connection {
             url: url.to_string(),
             reason,
         };
-        let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
-        let ws = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        // One deadline for the connect and the upgrade together, as for a TCP URL alone.
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let stream = match tokio::time::timeout_at(deadline, transport::connect(&server)).await {
+            Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+            Ok(Err(e)) => return Err(e.into_client_error(url)),
+            Ok(Ok(stream)) => stream,
+        };
+        let connecting = tokio_tungstenite::client_async_with_config(request, stream, Some(config));
+        let ws = match tokio::time::timeout_at(deadline, connecting).await {
             Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
             Ok(Ok((ws, _))) => ws,
             Ok(Err(tungstenite::Error::Http(response))) if response.status().as_u16() == 401 => {
@@ -127,7 +145,7 @@ impl Connection {
         let impostor = |why: String| ClientError::NotTheDaemon {
             url: url.to_string(),
             why,
-            port,
+            who: who.clone(),
         };
         let client_nonce = Nonce::generate().map_err(|e| {
             ClientError::Config(format!("cannot get random bytes for the handshake: {e}"))

@@ -7,14 +7,18 @@ use zync_proto::ErrorCode;
 /// Everything a sync round can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// No TCP or WebSocket connection could be made.
+    /// No connection (TCP or Unix socket) or WebSocket upgrade could be made.
     #[error("cannot reach the daemon at {url}: {reason}; check that zync-daemon runs on E and the tunnel is open")]
     Unreachable {
-        /// The --server URL.
+        /// The --server URL or `unix:PATH`.
         url: String,
         /// What the connection attempt said.
         reason: String,
     },
+    /// The Unix socket could be served or replaced by another user; the message says how to
+    /// fix that.
+    #[error("{0}")]
+    Untrusted(String),
     /// The daemon did not accept this client's proof of the token.
     #[error("the daemon refused this client: it could not prove that it holds the daemon's token; {hint}")]
     Unauthorized {
@@ -23,14 +27,14 @@ pub enum ClientError {
     },
     /// The peer at the server address could not prove that it holds the token: nothing was
     /// sent to it but the client's id and a nonce, and nothing was written.
-    #[error("the server at {url} did not prove that it is the zync daemon: {why}. Either the daemon's token differs from this client's (copy the daemon's token file to R again), or another program is listening there (see who holds port {port}: `ss -ltnp 'sport = :{port}'`). Nothing was sent to it and nothing was written")]
+    #[error("the server at {url} did not prove that it is the zync daemon: {why}. Either the daemon's token differs from this client's (copy the daemon's token file to R again), or another program is listening there ({who}). Nothing was sent to it and nothing was written")]
     NotTheDaemon {
         /// The --server address.
         url: String,
         /// What the peer got wrong.
         why: String,
-        /// The TCP port, for the hint.
-        port: u16,
+        /// How to see which program listens there.
+        who: String,
     },
     /// The daemon runs a zync this client cannot talk to.
     #[error("{0}")]
@@ -88,7 +92,8 @@ impl ClientError {
             ClientError::Unauthorized { .. }
             | ClientError::NotTheDaemon { .. }
             | ClientError::Incompatible(_)
-            | ClientError::Config(_) => true,
+            | ClientError::Config(_)
+            | ClientError::Untrusted(_) => true,
             ClientError::Server { code, .. } => {
                 matches!(code, ErrorCode::UnsupportedVersion | ErrorCode::UnknownDir)
             }
@@ -113,6 +118,7 @@ impl ClientError {
         matches!(
             self,
             ClientError::Unreachable { .. }
+                | ClientError::Untrusted(_)
                 | ClientError::Unauthorized { .. }
                 | ClientError::NotTheDaemon { .. }
                 | ClientError::Incompatible(_)

@@ -12,6 +12,7 @@ mod ledger;
 mod pipeline;
 pub mod status;
 mod sync;
+pub mod transport;
 mod upstream;
 
 use std::future::Future;

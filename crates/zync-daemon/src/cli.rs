@@ -61,11 +61,25 @@ pub struct Args {
     /// Log level: error, warn, info, debug or trace (or a tracing filter).
     #[arg(long, default_value = "info")]
     pub log_level: String,
-    /// Open and keep open the reverse ssh tunnel to machine R (`ssh -N -R PORT:ADDR:PORT`),
-    /// so R's client reaches this daemon at 127.0.0.1:PORT on R. Restarted when it drops.
+    /// Open and keep open the reverse ssh tunnel to machine R (`ssh -N -R SOCKET:ADDR:PORT`),
+    /// so R's client reaches this daemon through a Unix socket on R that only you can use
+    /// (`--server unix:~/.zync/zync.sock`; see --tunnel-socket), or through a TCP port with
+    /// --tunnel-remote-port. Restarted when it drops.
     #[arg(long, value_name = "[USER@]HOST")]
     pub tunnel: Option<String>,
-    /// The port the tunnel opens on R. Default: the daemon's --port.
+    /// The Unix socket the tunnel opens on R (the default kind of forward): a path on R,
+    /// relative to your home directory there unless absolute. Its directory is created mode
+    /// 0700 when missing and must not be writable by other users. Default: ~/.zync/zync.sock
+    /// (~/.zync is made mode 0700).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "tunnel",
+        conflicts_with = "tunnel_remote_port"
+    )]
+    pub tunnel_socket: Option<String>,
+    /// Forward a TCP port on R's loopback instead of a Unix socket, and open this port. Any
+    /// local user on R can connect to a TCP port, or take it while the tunnel is down.
     #[arg(long, value_name = "PORT", requires = "tunnel", value_parser = clap::value_parser!(u16).range(1..))]
     pub tunnel_remote_port: Option<u16>,
     /// The port of R's sshd (`ssh -p`).

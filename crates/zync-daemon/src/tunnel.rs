@@ -1,10 +1,18 @@
 //! `--tunnel [USER@]HOST` (issue 6): the daemon opens the reverse ssh tunnel itself
-//! (`ssh -N -R PORT:ADDR:PORT HOST`), so R's client reaches it at 127.0.0.1:PORT on R, and
-//! restarts ssh with capped exponential backoff whenever it dies.
+//! (`ssh -N -R SOCKET:ADDR:PORT HOST`), so R's client reaches it through a Unix socket on R
+//! (`--server unix:~/.zync/zync.sock`), or with `--tunnel-remote-port` at 127.0.0.1:PORT on R;
+//! and restarts ssh with capped exponential backoff whenever it dies.
+//!
+//! Why a socket by default: any local user on R can connect to a TCP port on R's loopback, or
+//! bind it first while the tunnel is down; a socket in a directory only the user can enter
+//! (mode 0700) is the user's alone (invariant 8). ssh needs the socket's path absolute and its
+//! directory in place, so before each forward a short ssh run makes the directory, removes a
+//! stale socket (sshd on R only replaces one when its own `StreamLocalBindUnlink` says so) and
+//! prints the absolute path.
 //!
 //! When is the tunnel "up"? ssh runs with `-v` and `ExitOnForwardFailure=yes`: it logs
-//! `remote forward success for: listen PORT…` once R's sshd has opened the port, and exits if
-//! it cannot. That line is the signal. Should it never come (an ssh other than OpenSSH), an ssh
+//! `remote forward success for: listen PORT…` (or `listen /path…`) once R's sshd has opened
+//! the port or socket, and exits if it cannot. That line is the signal. Should it never come (an ssh other than OpenSSH), an ssh
 //! still alive [`Timing::up_grace`] after it started counts as up: longer than its
 //! `ConnectTimeout`, and with `ExitOnForwardFailure=yes` a refused forward would have ended it.
 
@@ -23,9 +31,15 @@ use tokio::time::Instant;
 use crate::cli::Args;
 
 /// Options zync relies on, given first so that nothing later can change them (ssh keeps the
-/// first value it reads for each option): never prompt (no one is there to answer), and exit
-/// when the forward is refused (that exit is how a taken port on R becomes visible).
-const REQUIRED_OPTIONS: &[&str] = &["BatchMode=yes", "ExitOnForwardFailure=yes"];
+/// first value it reads for each option): never prompt (no one is there to answer), exit
+/// when the forward is refused (that exit is how a taken port on R becomes visible), and
+/// replace a stale socket (for `-R` it is sshd's own setting on R that counts; the
+/// preparatory run removes a stale socket for sshds that keep the default `no`).
+const REQUIRED_OPTIONS: &[&str] = &[
+    "BatchMode=yes",
+    "ExitOnForwardFailure=yes",
+    "StreamLocalBindUnlink=yes",
+];
 
 /// Keep-alive and connect defaults, given after the user's `--ssh-option`s so those win. With
 /// these, ssh notices a dead link within about 45 s and exits, and the supervisor restarts it.
@@ -38,6 +52,17 @@ const DEFAULT_OPTIONS: &[&str] = &[
 /// How many of ssh's last stderr lines (debug lines aside) an exit report shows.
 const TAIL_LINES: usize = 8;
 
+/// The socket the tunnel opens on R unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "~/.zync/zync.sock";
+
+/// What the preparatory run prints before the socket's absolute directory, and before its
+/// `ls -ld` line: markers, so that whatever a login script on R prints is skipped.
+const DIR_MARKER: &str = "zync-socket-dir ";
+const MODE_MARKER: &str = "zync-socket-mode ";
+
+/// The longest socket path Linux accepts (`sun_path` holds 108 bytes with the final NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// The tunnel the command line asks for, validated before the daemon binds its port.
 #[derive(Debug, Clone)]
 pub struct Tunnel {
@@ -49,8 +74,140 @@ pub struct Tunnel {
     ssh_port: Option<u16>,
     /// The user's `-o` options, in order.
     options: Vec<String>,
-    /// The port opened on R; the daemon's own port when `None`.
-    remote_port: Option<u16>,
+    /// What the tunnel opens on R.
+    remote: Remote,
+}
+
+/// What the tunnel opens on R.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Remote {
+    /// A Unix socket (the default).
+    Socket(RemoteSocket),
+    /// A TCP port on R's loopback: this one, or the daemon's own port when `None`.
+    Port(Option<u16>),
+}
+
+/// A socket path on R, checked so that it can be written into a shell command and an `-R`
+/// spec as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSocket {
+    /// As the user wrote it, for messages.
+    given: String,
+    /// Its directory: absolute, or relative to the home directory (starting with `./`, so
+    /// that no command reads it as an option).
+    dir: String,
+    /// The socket's file name in `dir`.
+    name: String,
+    /// True for zync's own directory (`~/.zync`), which is made mode 0700 even when it
+    /// exists; a directory the user chose is only created 0700, never changed.
+    own_dir: bool,
+}
+
+impl RemoteSocket {
+    /// Parses `--tunnel-socket`: an absolute path, or one relative to the home directory on R
+    /// (a leading `~/` says so too).
+    ///
+    /// # Errors
+    /// A path with characters outside letters, digits and `._-+@%,=/` (it travels through a
+    /// shell on R and ssh's `-R` syntax, where `:` separates fields), or one that does not end
+    /// in a file name.
+    pub fn parse(given: &str) -> anyhow::Result<RemoteSocket> {
+        let path = given.strip_prefix("~/").unwrap_or(given);
+        let safe = |c: char| c.is_ascii_alphanumeric() || "._-+@%,=/".contains(c);
+        if path.is_empty() || !path.chars().all(safe) {
+            bail!(
+                "--tunnel-socket {given:?} is not a path zync can pass to ssh: use letters, digits and ._-+@%,=/ only (a leading ~/ is your home on R), for example --tunnel-socket ~/.zync/zync.sock"
+            );
+        }
+        let (dir, name) = match path.rsplit_once('/') {
+            Some(("", name)) => ("/".to_string(), name),
+            Some((dir, name)) if dir.starts_with('/') => (dir.to_string(), name),
+            Some((dir, name)) => (format!("./{dir}"), name),
+            None => (".".to_string(), path),
+        };
+        if name.is_empty() || name == "." || name == ".." {
+            bail!(
+                "--tunnel-socket {given:?} does not end in a file name; write it as, for example, ~/.zync/zync.sock"
+            );
+        }
+        Ok(RemoteSocket {
+            given: given.to_string(),
+            own_dir: given == DEFAULT_SOCKET,
+            dir,
+            name: name.to_string(),
+        })
+    }
+
+    /// The command the preparatory ssh run gives R: create the directory (mode 0700 when it
+    /// is new; zync's own directory is made 0700 in any case), remove a stale socket (a socket
+    /// only: never a file the user keeps there), and print the directory's absolute path and
+    /// its `ls -ld` line. Wrapped in `sh -c '…'` so that any login shell (bash, zsh, fish,
+    /// csh) hands it to a POSIX shell unchanged; [`RemoteSocket::parse`] keeps quotes out.
+    pub fn prepare_command(&self) -> String {
+        let RemoteSocket { dir, name, .. } = self;
+        let chmod = if self.own_dir {
+            format!(" && chmod 700 {dir}")
+        } else {
+            String::new()
+        };
+        format!(
+            "sh -c 'umask 077 && mkdir -p {dir}{chmod} && cd {dir} && if [ -S {name} ]; then rm -f {name}; fi && echo \"{DIR_MARKER}$(pwd)\" && echo \"{MODE_MARKER}$(ls -ld .)\"'"
+        )
+    }
+
+    /// The socket's absolute path from the preparatory run's output.
+    ///
+    /// # Errors
+    /// Output without the markers, a directory that other users may write to (they could
+    /// replace the socket), or a path ssh or the kernel cannot take.
+    pub fn resolve(&self, output: &str) -> Result<String, String> {
+        let line = |marker: &str| {
+            output
+                .lines()
+                .find_map(|l| l.strip_prefix(marker))
+                .map(str::trim_end)
+        };
+        let (Some(dir), Some(mode)) = (line(DIR_MARKER), line(MODE_MARKER)) else {
+            return Err(format!(
+                "the preparatory run printed no directory for the socket {}: {:?}",
+                self.given,
+                output.trim()
+            ));
+        };
+        let perms = mode
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .as_bytes();
+        if perms.len() < 10 || perms[0] != b'd' {
+            return Err(format!(
+                "cannot tell the mode of {dir} on R from `ls -ld`: {mode:?}"
+            ));
+        }
+        if perms[5] == b'w' || perms[8] == b'w' {
+            return Err(format!(
+                "the socket's directory {dir} on R is writable by other users ({}): one of them could replace the socket; run `chmod 700 {dir}` on R, or give --tunnel-socket a directory of its own",
+                String::from_utf8_lossy(&perms[..10])
+            ));
+        }
+        let path = if dir.ends_with('/') {
+            format!("{dir}{}", self.name)
+        } else {
+            format!("{dir}/{}", self.name)
+        };
+        if path.contains(':') || path.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "the socket path {path:?} on R holds a ':' or a space, which ssh's -R cannot carry; give --tunnel-socket an absolute path without them"
+            ));
+        }
+        if path.len() > MAX_SOCKET_PATH {
+            return Err(format!(
+                "the socket path {path} on R is {} bytes long, more than a Unix socket path may be ({MAX_SOCKET_PATH}); give --tunnel-socket a shorter path",
+                path.len()
+            ));
+        }
+        Ok(path)
+    }
 }
 
 impl Tunnel {
@@ -74,19 +231,60 @@ impl Tunnel {
         for option in &args.ssh_options {
             check_option(option)?;
         }
+        let remote = match (args.tunnel_remote_port, &args.tunnel_socket) {
+            (Some(port), None) => Remote::Port(Some(port)),
+            (Some(_), Some(_)) => {
+                bail!("--tunnel-socket and --tunnel-remote-port exclude each other; give one")
+            }
+            (None, socket) => Remote::Socket(RemoteSocket::parse(
+                socket.as_deref().unwrap_or(DEFAULT_SOCKET),
+            )?),
+        };
         Ok(Some(Tunnel {
             program: find_program(&args.ssh_command)?,
             destination: destination.clone(),
             ssh_port: args.ssh_port,
             options: args.ssh_options.clone(),
-            remote_port: args.tunnel_remote_port,
+            remote,
         }))
     }
 
-    /// ssh's arguments for a daemon listening on `listen`.
+    /// ssh's arguments for a daemon listening on `listen`. A socket forward names the socket
+    /// as `--tunnel-socket` gave it; the supervisor puts in its absolute path once the
+    /// preparatory run has told it ([`forward_args`]).
     pub fn ssh_args(&self, listen: SocketAddr) -> Vec<String> {
         let (host, port) = forward_target(listen);
         let mut args: Vec<String> = vec!["-N".into(), "-T".into(), "-v".into()];
+        args.extend(self.option_args());
+        let listen_on = match &self.remote {
+            Remote::Socket(socket) => socket.given.clone(),
+            Remote::Port(_) => self.remote_port(listen).to_string(),
+        };
+        args.push("-R".into());
+        args.push(format!("{listen_on}:{host}:{port}"));
+        // `--` so that no destination is ever read as an option.
+        args.push("--".into());
+        args.push(self.destination.clone());
+        args
+    }
+
+    /// The preparatory run's arguments (same options and destination, the remote command
+    /// last), for a socket forward.
+    pub fn prepare_args(&self) -> Option<Vec<String>> {
+        let Remote::Socket(socket) = &self.remote else {
+            return None;
+        };
+        let mut args: Vec<String> = vec!["-T".into()];
+        args.extend(self.option_args());
+        args.push("--".into());
+        args.push(self.destination.clone());
+        args.push(socket.prepare_command());
+        Some(args)
+    }
+
+    /// `-o` options in the order ssh must read them, then `-p`.
+    fn option_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
         let options = REQUIRED_OPTIONS
             .iter()
             .map(|o| o.to_string())
@@ -100,17 +298,15 @@ impl Tunnel {
             args.push("-p".into());
             args.push(ssh_port.to_string());
         }
-        args.push("-R".into());
-        args.push(format!("{}:{host}:{port}", self.remote_port(listen)));
-        // `--` so that no destination is ever read as an option.
-        args.push("--".into());
-        args.push(self.destination.clone());
         args
     }
 
-    /// The port the tunnel opens on R.
+    /// The port the tunnel opens on R, for a TCP forward.
     pub fn remote_port(&self, listen: SocketAddr) -> u16 {
-        self.remote_port.unwrap_or(listen.port())
+        match self.remote {
+            Remote::Port(port) => port.unwrap_or(listen.port()),
+            Remote::Socket(_) => listen.port(),
+        }
     }
 
     /// Starts supervising ssh for a daemon listening on `listen`, on a thread of its own.
@@ -123,18 +319,35 @@ impl Tunnel {
     /// # Errors
     /// When the thread or its runtime cannot be started.
     pub fn start(self, listen: SocketAddr) -> anyhow::Result<TunnelHandle> {
+        let (what, remote) = match &self.remote {
+            Remote::Port(_) => (
+                format!(
+                    "127.0.0.1:{} on {} -> this daemon ({listen}); R's client uses --server ws://127.0.0.1:{}",
+                    self.remote_port(listen),
+                    self.destination,
+                    self.remote_port(listen),
+                ),
+                Listen::Port(self.remote_port(listen)),
+            ),
+            Remote::Socket(socket) => (
+                format!("{{socket}} on {} -> this daemon ({listen}); R's client uses --server unix:{{socket}}", self.destination),
+                Listen::Socket(socket.given.clone()),
+            ),
+        };
         let launch = Launch {
             program: self.program.clone(),
             args: self.ssh_args(listen),
-            what: format!(
-                "127.0.0.1:{} on {} -> this daemon ({})",
-                self.remote_port(listen),
-                self.destination,
-                listen
-            ),
+            prepare: match (&self.remote, self.prepare_args()) {
+                (Remote::Socket(socket), Some(args)) => Some(Prepare {
+                    args,
+                    socket: socket.clone(),
+                }),
+                _ => None,
+            },
+            what,
             hints: Hints {
                 destination: self.destination.clone(),
-                remote_port: self.remote_port(listen),
+                remote,
             },
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -283,6 +496,8 @@ pub struct Timing {
     pub backoff_max: Duration,
     /// Time ssh gets to exit on SIGTERM before SIGKILL.
     pub stop_grace: Duration,
+    /// The longest a preparatory run may take (longer than ssh's `ConnectTimeout`).
+    pub prepare_timeout: Duration,
 }
 
 impl Default for Timing {
@@ -293,6 +508,7 @@ impl Default for Timing {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             stop_grace: Duration::from_secs(3),
+            prepare_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -304,10 +520,36 @@ pub struct Launch {
     pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<String>,
-    /// "R's port -> this daemon", for log lines.
+    /// For a socket forward: the run before each forward that makes the socket's directory
+    /// and tells its absolute path.
+    pub prepare: Option<Prepare>,
+    /// "R's port -> this daemon", for log lines; `{socket}` stands for the socket's path.
     pub what: String,
     /// What exit hints need to know.
     pub hints: Hints,
+}
+
+/// The preparatory ssh run of a socket forward.
+#[derive(Debug, Clone)]
+pub struct Prepare {
+    /// Its arguments, the remote command last.
+    pub args: Vec<String>,
+    /// The socket it prepares.
+    pub socket: RemoteSocket,
+}
+
+/// `args` with the socket's absolute path as the listening end of the `-R` forward.
+pub fn forward_args(args: &[String], socket: &str) -> Vec<String> {
+    let mut args = args.to_vec();
+    if let Some(i) = args.iter().position(|a| a == "-R") {
+        if let Some(spec) = args.get_mut(i + 1) {
+            // The spec is `GIVEN:HOST:PORT`, and GIVEN holds no ':'.
+            if let Some((_, target)) = spec.split_once(':') {
+                *spec = format!("{socket}:{target}");
+            }
+        }
+    }
+    args
 }
 
 /// Facts that turn ssh's error messages into advice.
@@ -315,8 +557,17 @@ pub struct Launch {
 pub struct Hints {
     /// `[USER@]HOST`.
     pub destination: String,
-    /// The port opened on R.
-    pub remote_port: u16,
+    /// What the tunnel opens on R.
+    pub remote: Listen,
+}
+
+/// What the tunnel opens on R, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A TCP port.
+    Port(u16),
+    /// A Unix socket, as `--tunnel-socket` gave it.
+    Socket(String),
 }
 
 impl Hints {
@@ -325,7 +576,7 @@ impl Hints {
         let text = tail.join("\n");
         let Hints {
             destination,
-            remote_port,
+            remote,
         } = self;
         if text.contains("Permission denied") {
             Some(format!(
@@ -336,9 +587,14 @@ impl Hints {
                 "{destination}'s host key is not known yet: run `ssh {destination}` once by hand and accept it"
             ))
         } else if text.contains("remote port forwarding failed") {
-            Some(format!(
-                "port {remote_port} on {destination} is taken (another tunnel or daemon?): stop that, or choose another port with --tunnel-remote-port and give R's client the same port in --server"
-            ))
+            Some(match remote {
+                Listen::Port(remote_port) => format!(
+                    "port {remote_port} on {destination} is taken (another tunnel or daemon?): stop that, or choose another port with --tunnel-remote-port and give R's client the same port in --server"
+                ),
+                Listen::Socket(socket) => format!(
+                    "sshd on {destination} could not create the socket {socket}: its directory is not writable by you there, something other than a socket stands at that path, or R's sshd forbids socket forwarding (AllowStreamLocalForwarding no, DisableForwarding yes) or is older than OpenSSH 6.7; fix that, choose another --tunnel-socket, or forward a TCP port with --tunnel-remote-port PORT"
+                ),
+            })
         } else {
             None
         }
@@ -355,6 +611,8 @@ pub enum Event {
     },
     /// ssh could not be started at all.
     SpawnFailed(String),
+    /// The preparatory run of a socket forward failed; the forward was not tried.
+    PrepareFailed(String),
     /// The forward is open on R.
     Up {
         /// True when ssh confirmed it; false when assumed after [`Timing::up_grace`].
@@ -394,36 +652,57 @@ pub async fn supervise(
     mut observe: impl FnMut(&Event),
 ) {
     let mut backoff = Backoff::new(timing.backoff_initial, timing.backoff_max);
-    let mut emit = |event: Event| {
-        log(&launch, &timing, &event);
+    let mut emit = |run: &Launch, event: Event| {
+        log(run, &timing, &event);
         observe(&event);
     };
     loop {
         if *stop.borrow() {
             break;
         }
-        tracing::info!(
-            "tunnel: starting {} {}",
-            launch.program.display(),
-            launch.args.join(" ")
-        );
-        match spawn(&launch) {
-            Err(e) => {
+        // This attempt's launch: a socket forward learns its absolute path first.
+        let mut run = launch.clone();
+        let prepared = match &launch.prepare {
+            None => Ok(()),
+            Some(prepare) => match prepare_socket(&launch, prepare, &timing, &mut stop).await {
+                Prepared::Socket(path) => {
+                    run.args = forward_args(&launch.args, &path);
+                    run.what = launch.what.replace("{socket}", &path);
+                    Ok(())
+                }
+                Prepared::Failed(why) => Err(why),
+                Prepared::Stopped => break,
+            },
+        };
+        match prepared.map(|()| {
+            tracing::info!(
+                "tunnel: starting {} {}",
+                run.program.display(),
+                run.args.join(" ")
+            );
+            spawn(&run.program, &run.args, Stdio::null())
+        }) {
+            Err(why) => emit(&run, Event::PrepareFailed(why)),
+            Ok(Err(e)) => {
                 let hint = if e.kind() == std::io::ErrorKind::NotFound {
                     "; install openssh-client (apt-get install openssh-client) or name the ssh program with --ssh-command"
                 } else {
                     ""
                 };
-                emit(Event::SpawnFailed(format!(
-                    "cannot run {}: {e}{hint}",
-                    launch.program.display()
-                )))
+                emit(
+                    &run,
+                    Event::SpawnFailed(format!("cannot run {}: {e}{hint}", run.program.display())),
+                )
             }
-            Ok(mut child) => {
-                emit(Event::Started {
-                    pid: child.id().unwrap_or_default(),
-                });
-                match run_once(&mut child, &timing, &mut stop, &mut emit).await {
+            Ok(Ok(mut child)) => {
+                emit(
+                    &run,
+                    Event::Started {
+                        pid: child.id().unwrap_or_default(),
+                    },
+                );
+                let mut emit_run = |event| emit(&run, event);
+                match run_once(&mut child, &timing, &mut stop, &mut emit_run).await {
                     Ended::Stopped => break,
                     Ended::Exited {
                         status,
@@ -433,7 +712,7 @@ pub async fn supervise(
                         if up_for.is_some_and(|t| t >= timing.stable_after) {
                             backoff.reset();
                         }
-                        emit(Event::Exited {
+                        emit_run(Event::Exited {
                             code: status.code(),
                             signal: std::os::unix::process::ExitStatusExt::signal(&status),
                             tail,
@@ -443,13 +722,91 @@ pub async fn supervise(
             }
         }
         let delay = backoff.next_delay();
-        emit(Event::Retrying(delay));
+        emit(&run, Event::Retrying(delay));
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = stop_requested(&mut stop) => break,
         }
     }
-    emit(Event::Stopped);
+    emit(&launch, Event::Stopped);
+}
+
+/// How a preparatory run ended.
+enum Prepared {
+    /// The socket's absolute path on R.
+    Socket(String),
+    /// Why there is no path, with advice.
+    Failed(String),
+    /// A stop was requested meanwhile.
+    Stopped,
+}
+
+/// Runs the preparatory ssh of a socket forward: makes the socket's directory on R and
+/// learns the socket's absolute path (ssh needs one for `-R`).
+async fn prepare_socket(
+    launch: &Launch,
+    prepare: &Prepare,
+    timing: &Timing,
+    stop: &mut watch::Receiver<bool>,
+) -> Prepared {
+    tracing::info!(
+        "tunnel: preparing the socket's directory on R: {} {}",
+        launch.program.display(),
+        prepare.args.join(" ")
+    );
+    let child = match spawn(&launch.program, &prepare.args, Stdio::piped()) {
+        Ok(child) => child,
+        Err(e) => {
+            return Prepared::Failed(format!(
+                "cannot run {}: {e}; install openssh-client (apt-get install openssh-client) or name the ssh program with --ssh-command",
+                launch.program.display()
+            ))
+        }
+    };
+    // Dropping the wait (a timeout, a stop) drops the child, which kills it.
+    let finished = tokio::time::timeout(timing.prepare_timeout, child.wait_with_output());
+    let output = tokio::select! {
+        output = finished => output,
+        () = stop_requested(stop) => return Prepared::Stopped,
+    };
+    let output = match output {
+        Err(_) => {
+            return Prepared::Failed(format!(
+                "ssh did not finish preparing the socket's directory on {} within {:?}",
+                launch.hints.destination, timing.prepare_timeout
+            ))
+        }
+        Ok(Err(e)) => return Prepared::Failed(format!("cannot wait for ssh: {e}")),
+        Ok(Ok(output)) => output,
+    };
+    if !output.status.success() {
+        let mut tail = VecDeque::new();
+        for line in String::from_utf8_lossy(&output.stderr).lines() {
+            keep(&mut tail, line.to_string());
+        }
+        let tail: Vec<String> = tail.into();
+        let hint = launch
+            .hints
+            .for_tail(&tail)
+            .map(|h| format!("; {h}"))
+            .unwrap_or_default();
+        let said = if tail.is_empty() {
+            "no output".to_string()
+        } else {
+            tail.join(" | ")
+        };
+        return Prepared::Failed(format!(
+            "ssh could not prepare the socket's directory on {} ({}): {said}{hint}",
+            launch.hints.destination, output.status
+        ));
+    }
+    match prepare
+        .socket
+        .resolve(&String::from_utf8_lossy(&output.stdout))
+    {
+        Ok(path) => Prepared::Socket(path),
+        Err(why) => Prepared::Failed(why),
+    }
 }
 
 /// Logs one state change, with advice when ssh's output makes the cause clear.
@@ -457,6 +814,7 @@ fn log(launch: &Launch, timing: &Timing, event: &Event) {
     match event {
         Event::Started { pid } => tracing::info!(pid, "tunnel: ssh started"),
         Event::SpawnFailed(e) => tracing::error!("tunnel: {e}"),
+        Event::PrepareFailed(e) => tracing::warn!("tunnel: {e}"),
         Event::Up { confirmed: true } => tracing::info!("tunnel up: {}", launch.what),
         Event::Up { confirmed: false } => tracing::info!(
             "tunnel up (assumed: ssh is still running after {:?} but did not confirm the forward): {}",
@@ -489,11 +847,11 @@ fn log(launch: &Launch, timing: &Timing, event: &Event) {
 /// Starts ssh: no stdin, stderr read by the supervisor, in a process group of its own (a
 /// Ctrl-C at the terminal reaches the daemon, which then ends ssh; ssh does not die first and
 /// look like a failure), killed when its handle drops, and killed when the daemon dies.
-fn spawn(launch: &Launch) -> std::io::Result<Child> {
-    let mut cmd = Command::new(&launch.program);
-    cmd.args(&launch.args)
+fn spawn(program: &Path, args: &[String], stdout: Stdio) -> std::io::Result<Child> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
@@ -646,7 +1004,7 @@ mod tests {
             destination: "me@r-box".into(),
             ssh_port: None,
             options: options.iter().map(|o| o.to_string()).collect(),
-            remote_port: None,
+            remote: Remote::Port(None),
         }
     }
 
@@ -672,6 +1030,8 @@ mod tests {
             "-o",
             "ExitOnForwardFailure=yes",
             "-o",
+            "StreamLocalBindUnlink=yes",
+            "-o",
             "ServerAliveInterval=15",
             "-o",
             "ServerAliveCountMax=3",
@@ -692,7 +1052,7 @@ mod tests {
     fn user_options_come_after_the_required_ones_and_before_the_defaults() {
         let mut t = tunnel(&["ServerAliveInterval=5", "IdentityFile=/k"]);
         t.ssh_port = Some(2222);
-        t.remote_port = Some(9000);
+        t.remote = Remote::Port(Some(9000));
         let args = t.ssh_args(addr("127.0.0.1:8000"));
         // ssh keeps the first value of each option.
         assert!(position(&args, "ExitOnForwardFailure=yes") < position(&args, "IdentityFile=/k"));
@@ -742,7 +1102,11 @@ mod tests {
         assert!(!parse(&[]).expect("no --tunnel is fine"));
         assert!(parse(&["--tunnel", "me@r"]).expect("a plain destination"));
         assert!(parse(&["--tunnel", "me@r", "--ssh-option", "Compression=yes"]).expect("option"));
-        let cases: [(&[&str], &str); 5] = [
+        let cases: [(&[&str], &str); 6] = [
+            (
+                &["--tunnel", "r", "--tunnel-socket", "~/my socket"],
+                "--tunnel-socket",
+            ),
             (&["--tunnel=-oProxyCommand=x"], "[USER@]HOST"),
             (&["--tunnel", "me@r box"], "[USER@]HOST"),
             (&["--tunnel", "r", "--ssh-option=-p 22"], "without -o"),
@@ -801,7 +1165,7 @@ mod tests {
     fn exit_hints_name_the_fix() {
         let hints = Hints {
             destination: "me@r".into(),
-            remote_port: 8000,
+            remote: Listen::Port(8000),
         };
         let hint = |line: &str| hints.for_tail(&[line.to_string()]);
         assert!(
@@ -816,6 +1180,256 @@ mod tests {
             hint("ssh: connect to host r port 22: Connection refused"),
             None
         );
+        let socket = Hints {
+            destination: "me@r".into(),
+            remote: Listen::Socket("~/.zync/zync.sock".into()),
+        };
+        let hint = socket
+            .for_tail(&[
+                "Error: remote port forwarding failed for listen path /home/me/.zync/zync.sock"
+                    .into(),
+            ])
+            .expect("a hint for a refused socket");
+        for expected in [
+            "~/.zync/zync.sock",
+            "AllowStreamLocalForwarding",
+            "--tunnel-remote-port",
+        ] {
+            assert!(
+                hint.contains(expected),
+                "{expected:?} missing from {hint:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn both_kinds_of_forward_confirmation_count() {
+        assert!(confirms_forward(
+            "debug1: remote forward success for: listen 8000, connect 127.0.0.1:8000"
+        ));
+        assert!(confirms_forward(
+            "debug1: remote forward success for: listen /home/me/.zync/zync.sock, connect 127.0.0.1:8000"
+        ));
+        assert!(!confirms_forward(
+            "Error: remote port forwarding failed for listen path /home/me/.zync/zync.sock"
+        ));
+    }
+
+    fn parsed(extra: &[&str]) -> Tunnel {
+        use clap::Parser;
+        let mut argv = vec![
+            "zync-daemon",
+            "--dirs",
+            "a:/tmp",
+            "--ssh-command",
+            "/bin/sh",
+            "--tunnel",
+            "me@r-box",
+        ];
+        argv.extend_from_slice(extra);
+        let args = Args::try_parse_from(argv).expect("the command line parses");
+        Tunnel::from_args(&args)
+            .expect("a valid tunnel")
+            .expect("--tunnel was given")
+    }
+
+    #[test]
+    fn a_socket_in_a_private_directory_is_the_default_forward() {
+        let t = parsed(&[]);
+        let args = t.ssh_args(addr("127.0.0.1:8000"));
+        assert_eq!(
+            args[position(&args, "-R") + 1],
+            "~/.zync/zync.sock:127.0.0.1:8000"
+        );
+        assert!(position(&args, "StreamLocalBindUnlink=yes") < position(&args, "-R"));
+        let resolved = forward_args(&args, "/home/me/.zync/zync.sock");
+        assert_eq!(
+            resolved[position(&resolved, "-R") + 1],
+            "/home/me/.zync/zync.sock:127.0.0.1:8000"
+        );
+        assert_eq!(&resolved[resolved.len() - 2..], ["--", "me@r-box"]);
+        let prepare = t.prepare_args().expect("a socket forward is prepared");
+        assert!(!prepare.contains(&"-N".to_string()) && !prepare.contains(&"-R".to_string()));
+        assert!(position(&prepare, "BatchMode=yes") < position(&prepare, "--"));
+        assert_eq!(prepare[prepare.len() - 2], "me@r-box");
+        let command = &prepare[prepare.len() - 1];
+        for expected in [
+            "umask 077",
+            "mkdir -p ./.zync",
+            "chmod 700 ./.zync",
+            "cd ./.zync",
+        ] {
+            assert!(
+                command.contains(expected),
+                "{expected:?} missing from {command:?}"
+            );
+        }
+        // A TCP port instead, when asked for: no preparation.
+        let t = parsed(&["--tunnel-remote-port", "9000"]);
+        assert!(t.prepare_args().is_none());
+        let args = t.ssh_args(addr("127.0.0.1:8000"));
+        assert_eq!(args[position(&args, "-R") + 1], "9000:127.0.0.1:8000");
+        // A socket of the user's choice: created 0700 if missing, never chmod-ed.
+        let t = parsed(&["--tunnel-socket", "/run/user/1000/zync.sock"]);
+        let prepare = t.prepare_args().expect("prepared");
+        let command = &prepare[prepare.len() - 1];
+        assert!(
+            command.contains("mkdir -p /run/user/1000") && !command.contains("chmod"),
+            "{command}"
+        );
+    }
+
+    #[test]
+    fn socket_paths_split_into_a_directory_and_a_name_or_are_refused() {
+        let cases = [
+            ("~/.zync/zync.sock", "./.zync", "zync.sock", true),
+            ("~/run/z.sock", "./run", "z.sock", false),
+            ("run/z.sock", "./run", "z.sock", false),
+            (
+                "/run/user/1000/zync.sock",
+                "/run/user/1000",
+                "zync.sock",
+                false,
+            ),
+            ("/z.sock", "/", "z.sock", false),
+            ("z.sock", ".", "z.sock", false),
+            ("~/-x/z.sock", "./-x", "z.sock", false),
+        ];
+        for (given, dir, name, own_dir) in cases {
+            let socket = RemoteSocket::parse(given).expect(given);
+            assert_eq!(
+                (socket.dir.as_str(), socket.name.as_str(), socket.own_dir),
+                (dir, name, own_dir),
+                "{given}"
+            );
+        }
+        for given in [
+            "",
+            "~/",
+            "~/dir/",
+            "a b.sock",
+            "x:y.sock",
+            "~other/z.sock",
+            "'; rm -rf ~'",
+            "$HOME/z",
+            "/a/..",
+        ] {
+            let err = format!("{:#}", RemoteSocket::parse(given).expect_err(given));
+            assert!(err.contains("--tunnel-socket"), "{given:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_preparatory_output_gives_the_absolute_path_in_a_private_directory() {
+        let socket = RemoteSocket::parse(DEFAULT_SOCKET).expect("default");
+        let output = |mode: &str| {
+            format!("Welcome to R!\nzync-socket-dir /home/me/.zync\nzync-socket-mode {mode} 2 me me 40 Jan  1 00:00 .\n")
+        };
+        for mode in ["drwx------", "drwx------.", "drwx------+", "drwxr-xr-x"] {
+            assert_eq!(
+                socket.resolve(&output(mode)).as_deref(),
+                Ok("/home/me/.zync/zync.sock"),
+                "{mode}"
+            );
+        }
+        for mode in ["drwxrwxrwt", "drwxrwx---", "drwx---rwx"] {
+            let err = socket.resolve(&output(mode)).expect_err(mode);
+            assert!(err.contains("chmod 700 /home/me/.zync"), "{mode}: {err}");
+        }
+        for bad in [
+            "",
+            "zync-socket-dir /x\n",
+            "zync-socket-dir /x\nzync-socket-mode -rw------- 1 .\n",
+        ] {
+            assert!(socket.resolve(bad).is_err(), "{bad:?}");
+        }
+        let long = format!(
+            "zync-socket-dir /{}\nzync-socket-mode drwx------ 2 .\n",
+            "d".repeat(100)
+        );
+        assert!(socket.resolve(&long).is_err_and(|e| e.contains("shorter")));
+        let root = RemoteSocket::parse("/z.sock").expect("root");
+        assert_eq!(
+            root.resolve("zync-socket-dir /\nzync-socket-mode drwxr-xr-x 2 .\n")
+                .as_deref(),
+            Ok("/z.sock")
+        );
+    }
+
+    /// Runs a socket's preparatory command with /bin/sh in `home`, as sshd would run it.
+    fn run_prepare(socket: &RemoteSocket, home: &Path) -> std::process::Output {
+        std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(socket.prepare_command())
+            .current_dir(home)
+            .output()
+            .expect("run /bin/sh")
+    }
+
+    #[test]
+    fn the_preparatory_command_makes_a_private_directory_and_removes_only_a_stale_socket() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let home = tempfile::tempdir().expect("home");
+        let socket = RemoteSocket::parse(DEFAULT_SOCKET).expect("default");
+        let out = run_prepare(&socket, home.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = home.path().join(".zync");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        let real = std::fs::canonicalize(&dir).expect("canonical");
+        assert_eq!(
+            socket.resolve(&String::from_utf8_lossy(&out.stdout)),
+            Ok(format!("{}/zync.sock", real.display()))
+        );
+        // An existing ~/.zync that others may enter is closed again; a stale socket goes.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let stale = std::os::unix::net::UnixListener::bind(dir.join("zync.sock")).expect("bind");
+        drop(stale);
+        let out = run_prepare(&socket, home.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(mode(&dir), 0o700);
+        assert!(
+            !dir.join("zync.sock").exists(),
+            "the stale socket is still there"
+        );
+        // Anything but a socket at that path stays.
+        std::fs::write(dir.join("zync.sock"), "keep me").expect("write");
+        assert!(run_prepare(&socket, home.path()).status.success());
+        assert!(!std::fs::symlink_metadata(dir.join("zync.sock"))
+            .expect("stat")
+            .file_type()
+            .is_socket());
+        assert_eq!(
+            std::fs::read(dir.join("zync.sock")).expect("read"),
+            b"keep me"
+        );
+        // A directory of the user's choice is created 0700 but an existing one is left as is.
+        let theirs = home.path().join("shared");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let custom = RemoteSocket::parse("shared/z.sock").expect("custom");
+        let out = run_prepare(&custom, home.path());
+        assert_eq!(
+            mode(&theirs),
+            0o777,
+            "a directory of the user's was chmod-ed"
+        );
+        let err = custom
+            .resolve(&String::from_utf8_lossy(&out.stdout))
+            .expect_err("a world-writable directory");
+        assert!(err.contains("chmod 700"), "{err}");
+        let fresh = RemoteSocket::parse("new/deeper/z.sock").expect("fresh");
+        assert!(run_prepare(&fresh, home.path()).status.success());
+        assert_eq!(mode(&home.path().join("new")), 0o700);
+        assert_eq!(mode(&home.path().join("new/deeper")), 0o700);
     }
 
     /// A stand-in for ssh: a shell script in a temp dir.
@@ -828,10 +1442,11 @@ mod tests {
         Launch {
             program,
             args: vec![],
+            prepare: None,
             what: "test".into(),
             hints: Hints {
                 destination: "r".into(),
-                remote_port: 1,
+                remote: Listen::Port(1),
             },
         }
     }
@@ -843,6 +1458,7 @@ mod tests {
             backoff_initial: Duration::from_millis(10),
             backoff_max: Duration::from_millis(40),
             stop_grace: Duration::from_secs(2),
+            prepare_timeout: Duration::from_secs(10),
         }
     }
 
@@ -999,10 +1615,11 @@ mod tests {
         let launch = Launch {
             program: PathBuf::from("/nonexistent/ssh"),
             args: vec![],
+            prepare: None,
             what: "test".into(),
             hints: Hints {
                 destination: "r".into(),
-                remote_port: 1,
+                remote: Listen::Port(1),
             },
         };
         let events = supervise_until(launch, fast(), |e| {
@@ -1017,5 +1634,72 @@ mod tests {
             ),
             "{events:?}"
         );
+    }
+
+    /// A fake ssh for a socket forward: its preparatory run prints `mode` for the directory;
+    /// its forward records its arguments in `dir/forward-args` and confirms.
+    fn fake_socket_ssh(dir: &Path, mode: &str) -> Launch {
+        let record = dir.join("forward-args");
+        let body = format!(
+            "case \"$*\" in\n*zync-socket-dir*) echo 'motd noise'; echo 'zync-socket-dir /home/me/.zync'; echo 'zync-socket-mode {mode} 2 me me 40 Jan  1 00:00 .'; exit 0;;\nesac\necho \"$@\" > {record}\necho 'debug1: remote forward success for: listen /home/me/.zync/zync.sock, connect 127.0.0.1:8000' >&2\nexec sleep 60",
+            record = record.display()
+        );
+        let mut launch = fake_ssh(dir, &body);
+        let mut t = tunnel(&[]);
+        t.remote = Remote::Socket(RemoteSocket::parse(DEFAULT_SOCKET).expect("default"));
+        launch.args = t.ssh_args(addr("127.0.0.1:8000"));
+        launch.prepare = t.prepare_args().map(|args| Prepare {
+            args,
+            socket: RemoteSocket::parse(DEFAULT_SOCKET).expect("default"),
+        });
+        launch
+    }
+
+    #[tokio::test]
+    async fn a_socket_forward_runs_with_the_path_the_preparation_reported() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let launch = fake_socket_ssh(dir.path(), "drwx------");
+        let events = supervise_until(launch, fast(), |e| {
+            e.contains(&Event::Up { confirmed: true })
+        })
+        .await;
+        // The last run is the one that came up (an earlier try may have met the script still
+        // open for writing in another test's forked child: "Text file busy").
+        assert!(
+            matches!(
+                &events[events.len().saturating_sub(3)..],
+                [
+                    Event::Started { .. },
+                    Event::Up { confirmed: true },
+                    Event::Stopped
+                ]
+            ),
+            "{events:?}"
+        );
+        let args = std::fs::read_to_string(dir.path().join("forward-args")).expect("forward ran");
+        assert!(
+            args.contains("-R /home/me/.zync/zync.sock:127.0.0.1:8000 -- me@r-box"),
+            "{args}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_directory_others_can_write_stops_the_forward_and_is_retried() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let launch = fake_socket_ssh(dir.path(), "drwxrwxrwx");
+        let refused = |e: &Event| matches!(e, Event::PrepareFailed(why) if why.contains("chmod 700 /home/me/.zync"));
+        let events = supervise_until(launch, fast(), |e| {
+            e.iter().filter(|e| refused(e)).count() >= 2
+        })
+        .await;
+        assert!(
+            events.iter().filter(|e| refused(e)).count() >= 2,
+            "the refusal was not reported and retried: {events:?}"
+        );
+        assert!(
+            !events.iter().any(|e| matches!(e, Event::Started { .. })),
+            "{events:?}"
+        );
+        assert!(!dir.path().join("forward-args").exists(), "the forward ran");
     }
 }

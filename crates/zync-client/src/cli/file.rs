@@ -2,6 +2,8 @@
 //! wins over `client.toml`, which wins over the built-in default (issue 6). `--dirs` is
 //! required only after merging, so it may live in the file.
 
+use std::path::Path;
+
 use anyhow::bail;
 use clap::ArgMatches;
 use zync_cli::{merge, ClientFile, Loaded};
@@ -31,7 +33,18 @@ impl Args {
         matches: &ArgMatches,
     ) -> anyhow::Result<()> {
         let values = file.values.clone();
-        merge(matches, "server", &mut self.server, values.server);
+        // A socket path in the file is resolved like the file's other paths (`~/`, relative
+        // to the file's directory).
+        let server = values
+            .server
+            .map(|server| match server.strip_prefix("unix:") {
+                Some(path) if !path.is_empty() => file
+                    .resolve(Path::new(path))
+                    .map(|p| format!("unix:{}", p.display())),
+                _ => Ok(server),
+            })
+            .transpose()?;
+        merge(matches, "server", &mut self.server, server);
         let db = values.db.map(|p| file.resolve(&p)).transpose()?;
         merge(matches, "db", &mut self.db, db);
         merge(matches, "interval", &mut self.interval, values.interval);
@@ -170,6 +183,19 @@ log-level = "debug"
             merged(&["--dirs", "a:/a"], "").is_ok(),
             "a flag alone is enough"
         );
+    }
+
+    #[test]
+    fn a_socket_path_in_the_file_is_resolved_like_its_other_paths() {
+        let (args, tmp) =
+            merged(&["--dirs", "a:/a"], "server = \"unix:run/zync.sock\"\n").expect("merge");
+        let expected = format!("unix:{}", tmp.path().join("run/zync.sock").display());
+        assert_eq!(args.server, expected, "relative to the file");
+        let (args, _) =
+            merged(&["--dirs", "a:/a"], "server = \"unix:~/.zync/zync.sock\"\n").expect("merge");
+        let home = dirs::home_dir().expect("home");
+        let expected = format!("unix:{}", home.join(".zync/zync.sock").display());
+        assert_eq!(args.server, expected, "~/ is the home directory");
     }
 
     #[test]

@@ -68,12 +68,32 @@ impl Args {
         );
         merge(matches, "log_level", &mut self.log_level, values.log_level);
         merge(matches, "tunnel", &mut self.tunnel, values.tunnel.map(Some));
-        merge(
-            matches,
-            "tunnel_remote_port",
-            &mut self.tunnel_remote_port,
-            values.tunnel_remote_port.map(Some),
-        );
+        // The two kinds of forward exclude each other: a flag for one overrides the file's
+        // setting of the other, as any flag overrides the file.
+        let socket_flag = zync_cli::given(matches, "tunnel_socket");
+        let port_flag = zync_cli::given(matches, "tunnel_remote_port");
+        if !port_flag {
+            merge(
+                matches,
+                "tunnel_socket",
+                &mut self.tunnel_socket,
+                values.tunnel_socket.map(Some),
+            );
+        }
+        if !socket_flag {
+            merge(
+                matches,
+                "tunnel_remote_port",
+                &mut self.tunnel_remote_port,
+                values.tunnel_remote_port.map(Some),
+            );
+        }
+        if self.tunnel_socket.is_some() && self.tunnel_remote_port.is_some() {
+            bail!(
+                "{} sets both tunnel-socket and tunnel-remote-port; keep one: the socket (only you can use it on R) or the TCP port",
+                file.describe()
+            );
+        }
         merge(
             matches,
             "ssh_port",
@@ -134,7 +154,7 @@ token-file = "~/t.token"
 insecure-no-auth = true
 log-level = "debug"
 tunnel = "me@gpu-box"
-tunnel-remote-port = 9100
+tunnel-socket = "run/zync.sock"
 ssh-port = 2222
 ssh-option = ["IdentityFile=~/.ssh/id_zync"]
 ssh-command = "/opt/ssh"
@@ -161,10 +181,8 @@ ssh-command = "/opt/ssh"
         assert!(args.insecure_no_auth);
         assert_eq!(args.log_level, "debug");
         assert_eq!(args.tunnel.as_deref(), Some("me@gpu-box"));
-        assert_eq!(
-            (args.tunnel_remote_port, args.ssh_port),
-            (Some(9100), Some(2222))
-        );
+        assert_eq!(args.tunnel_socket.as_deref(), Some("run/zync.sock"));
+        assert_eq!((args.tunnel_remote_port, args.ssh_port), (None, Some(2222)));
         assert_eq!(args.ssh_options, vec!["IdentityFile=~/.ssh/id_zync"]);
         assert_eq!(args.ssh_command, "/opt/ssh");
     }
@@ -215,6 +233,37 @@ ssh-command = "/opt/ssh"
         )
         .expect("merge");
         assert!(args.no_default_ignores && args.insecure_no_auth);
+    }
+
+    #[test]
+    fn a_flag_for_one_kind_of_forward_overrides_the_file_s_other_kind() {
+        let (args, _) = merged(
+            &["--tunnel", "r", "--tunnel-remote-port", "9200"],
+            EVERY_KEY,
+        )
+        .expect("port flag");
+        assert_eq!(
+            (args.tunnel_socket, args.tunnel_remote_port),
+            (None, Some(9200))
+        );
+        let port_file = "dirs = [\"a:/a\"]\ntunnel = \"r\"\ntunnel-remote-port = 9100\n";
+        let (args, _) = merged(&["--tunnel", "r", "--tunnel-socket", "s.sock"], port_file)
+            .expect("socket flag");
+        assert_eq!(
+            (args.tunnel_socket.as_deref(), args.tunnel_remote_port),
+            (Some("s.sock"), None)
+        );
+        let (args, _) = merged(&[], port_file).expect("the file's port");
+        assert_eq!(
+            (args.tunnel_socket, args.tunnel_remote_port),
+            (None, Some(9100))
+        );
+        let both = format!("{port_file}tunnel-socket = \"s.sock\"\n");
+        let err = format!("{:#}", merged(&[], &both).expect_err("both in the file"));
+        assert!(
+            err.contains("tunnel-socket") && err.contains(FILE_NAME),
+            "{err}"
+        );
     }
 
     #[test]
