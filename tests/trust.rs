@@ -427,3 +427,36 @@ async fn a_silent_client_is_closed_at_the_idle_deadline_and_a_pinging_one_is_not
     let reply = peer::exchange(&mut pinging, json!({"id": 3, "operation": "PING"})).await;
     assert_eq!(reply["status"], "ok", "{reply}");
 }
+
+#[test]
+fn a_daemon_of_the_old_protocol_gets_an_upgrade_message_not_a_hang() {
+    let f = fixture(&[]);
+    // A protocol 1 daemon answered an upgrade without a bearer token with HTTP 401.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let old = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut request = [0u8; 4096];
+        let n = stream.read(&mut request).unwrap_or(0);
+        let _ = std::io::Write::write_all(
+            &mut stream,
+            b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        );
+        String::from_utf8_lossy(&request[..n]).to_string()
+    });
+    let mut once = f.client.command(&url);
+    once.arg("--once");
+    let out = output_within_deadline(once);
+    let request = old.join().unwrap();
+    let log = stderr(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("older zync") && log.contains("upgrade zync on E"),
+        "the error does not say to upgrade the daemon:\n{log}"
+    );
+    assert!(
+        !request.contains(&peer::token_of(&f.daemon)),
+        "the upgrade request carried the token:\n{request}"
+    );
+}
