@@ -28,7 +28,8 @@ pub struct Window {
 }
 
 impl Window {
-    /// The window for a daemon that advertised `pipelining` in HELLO (`None`: an older daemon).
+    /// The window for a daemon that advertised `pipelining` in its welcome, AUTH's reply
+    /// (`None`: an older daemon).
     ///
     /// An older daemon reads the next request only after it sent the current file, so
     /// unanswered requests wait in socket buffers: keeping them well under a socket buffer
