@@ -1,5 +1,5 @@
-//! End-to-end: `zync-daemon --tunnel` against a real sshd started by the test on loopback
-//! (issue 6). The client talks only to the socket or port sshd opens for the tunnel, never to
+//! End-to-end: `zync-daemon --tunnel` against a real sshd started by the test on loopback,
+//! as a user on E would run it. The client talks only to the socket or port sshd opens for the tunnel, never to
 //! the daemon's own port, so every sync here crossed the tunnel.
 //!
 //! Needs Debian's openssh-server (`/usr/sbin/sshd`) and openssh-client. Without them these
