@@ -1,11 +1,9 @@
 //! End-to-end: the loop-mode client across daemon restarts and outages, and its shutdown on
 //! SIGTERM and SIGINT.
 
-mod common;
-
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 
 const IGNORED: &[&str] = &["node_modules", ".git"];
 

@@ -2,12 +2,10 @@
 //! as docs/PROTOCOL.md describes it: each operation, an error response for each kind of bad
 //! input on a connection that keeps working, and nothing served from outside a root.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::peer;
-use common::*;
+use crate::common::peer;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;

@@ -4,15 +4,13 @@
 //! last tests speak the protocol directly to check what the daemon refuses and how it cleans
 //! up a session whose connection ended before FINALIZE_UPSTREAM.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -732,7 +730,7 @@ struct Peer {
 impl Peer {
     /// Connects and completes the handshake.
     async fn hello(daemon: &Daemon) -> Peer {
-        let (ws, _) = common::peer::authenticated(daemon, "upstream-test").await;
+        let (ws, _) = crate::common::peer::authenticated(daemon, "upstream-test").await;
         Peer { ws, next_id: 10 }
     }
 
@@ -1020,7 +1018,7 @@ fn an_upload_e_has_no_room_for_is_refused_before_it_is_sent_and_leaves_nothing_s
     write(&r.join("big.bin"), pseudo_random(64 << 20, 5));
     write(&r.join("fits.bin"), pseudo_random(4 << 20, 6));
 
-    let proxy = common::proxy::Proxy::to_port(daemon.port);
+    let proxy = crate::common::proxy::Proxy::to_port(daemon.port);
     let mut cmd = client.command(&proxy.url());
     cmd.arg("--update-upstream");
     let out = run_within(cmd, DEADLINE, false);

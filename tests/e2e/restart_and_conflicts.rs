@@ -1,12 +1,10 @@
 //! End-to-end: big files, changes made while the daemon was down, R-side edits meeting E-side
 //! changes (conflict copies), several clients, and a daemon database that was lost.
 
-mod common;
-
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 const IGNORED: &[&str] = &["node_modules", ".git"];
 

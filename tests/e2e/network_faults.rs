@@ -5,15 +5,13 @@
 //! docs/PROTOCOL.md: GET_FILE `offset` (partial downloads resume), "Timeouts and liveness"
 //! (the client's stall timeout and pings), "Limits" (frame and message sizes).
 
-mod common;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::proxy::Proxy;
-use common::*;
+use crate::common::proxy::Proxy;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -523,7 +521,9 @@ async fn call(ws: &mut Ws, op: Value) -> Value {
 
 async fn hello(daemon: &Daemon, client_id: &str) -> Ws {
     let mut ws = raw_connect(daemon).await;
-    let reply = common::peer::handshake(&mut ws, &common::peer::token_of(daemon), client_id).await;
+    let reply =
+        crate::common::peer::handshake(&mut ws, &crate::common::peer::token_of(daemon), client_id)
+            .await;
     assert_eq!(reply["status"], "ok", "AUTH failed: {reply}");
     ws
 }

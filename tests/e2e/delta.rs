@@ -4,13 +4,11 @@
 //! file exactly (its sha256 is the header's) with few bytes on the wire. Bad input gets an
 //! error naming the problem, and the connection keeps serving.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -31,7 +29,7 @@ struct Peer {
 impl Peer {
     /// Connects and completes the handshake.
     async fn hello(daemon: &Daemon) -> Peer {
-        let (ws, _) = common::peer::authenticated(daemon, "delta-test").await;
+        let (ws, _) = crate::common::peer::authenticated(daemon, "delta-test").await;
         Peer {
             ws,
             next_id: 10,
@@ -368,7 +366,7 @@ async fn bad_input_gets_a_clear_error_and_the_connection_keeps_serving() {
 async fn get_delta_needs_the_handshake() {
     let f = fixture();
     let mut peer = Peer {
-        ws: common::peer::upgrade(&f.daemon).await,
+        ws: crate::common::peer::upgrade(&f.daemon).await,
         next_id: 0,
         wire: 0,
     };
@@ -444,7 +442,7 @@ fn a_small_edit_in_a_big_file_reaches_r_as_a_delta() {
     data[middle..middle + 64 * 1024].copy_from_slice(&pseudo_random(64 * 1024, 78));
     write(&e.join("big.bin"), &data);
     let want = sha256(&data);
-    let proxy = common::proxy::Proxy::to_port(daemon.port);
+    let proxy = crate::common::proxy::Proxy::to_port(daemon.port);
     let logs = once_until(&client, &proxy.url(), "R has E's edited file", || {
         file_sha(&r.join("big.bin")) == want
     });

@@ -3,15 +3,13 @@
 //! symlink, upstream paths E ignores, a daemon index restored from a backup, and an edit saved
 //! on R while E's version of the same file downloads.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -104,7 +102,7 @@ fn last_sequence(daemon: &Daemon) -> (u64, bool) {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let (mut ws, _) = common::peer::authenticated(daemon, "regressions").await;
+        let (mut ws, _) = crate::common::peer::authenticated(daemon, "regressions").await;
         let last = call(&mut ws, 3, json!({"operation": "GET_LAST_SEQUENCE"})).await;
         (
             last["last_sequence"]

@@ -5,8 +5,6 @@
 //! The test plays ssh's part: a Unix listener in a private temp directory whose connections
 //! are forwarded to the daemon's TCP port.
 
-mod common;
-
 use std::io::Read;
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -17,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 
 const IGNORED: &[&str] = &["node_modules", ".git"];
 

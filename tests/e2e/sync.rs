@@ -1,10 +1,8 @@
 //! End-to-end: a daemon and a client (the real binaries) keep R's directory equal to E's.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::*;
+use crate::common::*;
 
 /// What the default ignore rules keep out of R in these tests.
 const IGNORED: &[&str] = &["node_modules", ".git"];
@@ -120,7 +118,7 @@ fn renamed_moved_and_copied_files_are_copied_on_r_not_downloaded() {
     std::fs::rename(e.join("a/big.bin"), e.join("b/moved.bin")).unwrap();
     std::fs::rename(e.join("dir"), e.join("renamed-dir")).unwrap();
     std::fs::copy(e.join("src.txt"), e.join("copy.txt")).unwrap();
-    let proxy = common::proxy::Proxy::to_port(daemon.port);
+    let proxy = crate::common::proxy::Proxy::to_port(daemon.port);
     let logs = once_until(&client, &proxy.url(), "R has E's renamed tree", || {
         same_tree(&e, &r, &[])
     });

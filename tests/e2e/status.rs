@@ -1,12 +1,10 @@
 //! End-to-end: `zync-client --status` and `zync-apply status` (issue 6) tell the state of the
 //! sync in one command, from R and from E, and change nothing while they look.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// `zync-client --status [--json]` for `client`, within the deadline.

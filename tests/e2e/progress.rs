@@ -3,13 +3,11 @@
 //! periodic lines without escape codes otherwise; `--update-upstream --json` prints one JSON
 //! object; `zync-apply show --diff` colours and pages only on a terminal.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const FILES: usize = 300;
 

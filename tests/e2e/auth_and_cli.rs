@@ -1,13 +1,11 @@
 //! End-to-end: the token check from the client's side (tests/trust.rs plays the adversaries), an unreachable daemon, command-line
 //! refusals of both binaries, and how the token is stored and kept out of logs.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Starts a daemon with its state in `dir/daemon`.
 fn start_daemon(dir: &Path, e: &Path) -> Daemon {

@@ -3,11 +3,9 @@
 //! on E reads (an editor, a build, `grep -r`, the daemon serving R), and enough of them at once
 //! overflow the kernel's queue into a full rescan (issue 5).
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 const IN_ACCESS: u32 = 0x1;
 const IN_MODIFY: u32 = 0x2;

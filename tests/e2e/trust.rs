@@ -2,16 +2,14 @@
 //! a program posing as the daemon on the client's port, a client with the wrong token, a
 //! recorded handshake played again, and strangers who open connections and never speak.
 
-mod common;
-
 use std::io::Read;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::peer::{self, RawWs};
-use common::*;
+use crate::common::peer::{self, RawWs};
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;

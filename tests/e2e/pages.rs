@@ -4,8 +4,6 @@
 //! on its way. The later change must be planned against the earlier one applied and recorded:
 //! R ends with E's latest version and no conflict copy of zync's own write (invariant 4).
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Output;
@@ -16,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use zync_proto::{Nonce, Role};
 
-use common::*;
+use crate::common::*;
 
 /// One scripted change: sequence, path and content (a file), or `None` for a directory.
 struct Scripted {

@@ -3,9 +3,7 @@
 //! file R's disk has no room for is not even downloaded; a symlink planted on R is never
 //! written through (DESIGN invariant 3).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn a_path_that_cannot_be_written_fails_alone_and_is_retried() {
@@ -334,7 +332,7 @@ fn a_file_r_has_no_room_for_fails_alone_without_being_downloaded_and_syncs_once_
     write(&e.join("small.txt"), "fits anywhere\n");
     let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
     daemon.wait_scanned();
-    let proxy = common::proxy::Proxy::to_port(daemon.port);
+    let proxy = crate::common::proxy::Proxy::to_port(daemon.port);
     let (r, copy, out) = (
         tmp.path().join("r"),
         tmp.path().join("copy"),

@@ -3,13 +3,11 @@
 //! directories whatever the umask (DESIGN invariant 8); modes from the other machine land
 //! narrowed by the receiving side's umask, and that narrowing never reads as a local edit.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use common::*;
+use crate::common::*;
 
 /// The permission bits (with setuid, setgid and sticky) of `path`, not following a symlink.
 fn mode(path: &Path) -> u32 {

@@ -4,13 +4,11 @@
 //! work as documented, the systemd units start real binaries with real flags, and each
 //! binary generates shell completions and man pages.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use common::*;
+use crate::common::*;
 
 /// A daemon started with the arguments of a prepared command; killed on drop.
 struct Running {

@@ -5,15 +5,13 @@
 //! Needs Debian's openssh-server (`/usr/sbin/sshd`) and openssh-client. Without them these
 //! tests fail, saying what to install: a silently skipped tunnel test would prove nothing.
 
-mod common;
-
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const SSHD: &str = "/usr/sbin/sshd";
 const IGNORED: &[&str] = &["node_modules", ".git"];
