@@ -439,6 +439,37 @@ impl ClientSpec {
         out
     }
 
+    /// Runs `zync-client --update-upstream --json`, which must succeed, and returns its summary
+    /// (`session_id`, null when nothing was sent; `files`, `bytes`, `conflicts`, `skipped`).
+    pub fn push_json(&self, url: &str) -> serde_json::Value {
+        let mut cmd = self.command(url);
+        cmd.args(["--update-upstream", "--json"]);
+        let out = run_ok(cmd);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "the push summary is not JSON ({e}):\n{}\nstderr:\n{}",
+                stdout(&out),
+                stderr(&out)
+            )
+        })
+    }
+
+    /// `zync-client --status --json` (its exit code says whether R is in sync; any is
+    /// accepted here): the client's state as it reports it.
+    pub fn status_json(&self, url: &str) -> serde_json::Value {
+        let mut cmd = self.command(url);
+        cmd.args(["--status", "--json"]);
+        let out = output_within_deadline(cmd);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "--status --json printed no JSON ({e}; {}):\n{}\nstderr:\n{}",
+                out.status,
+                stdout(&out),
+                stderr(&out)
+            )
+        })
+    }
+
     /// Starts the client in loop mode; the process is killed when the handle drops.
     pub fn spawn(&self, url: &str, log: &Path) -> Running {
         let file = std::fs::File::create(log).expect("client log");
@@ -713,7 +744,8 @@ pub fn file_sha(path: &Path) -> String {
     sha256(&std::fs::read(path).unwrap_or_default())
 }
 
-/// zync temp files (`.zync-tmp-*`, partial downloads included) anywhere under `root`.
+/// zync temp files (`.zync-tmp-*`, partial downloads included) anywhere under `root`, by
+/// path relative to it, sorted.
 pub fn temp_files(root: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -722,14 +754,54 @@ pub fn temp_files(root: &Path) -> Vec<String> {
             continue;
         };
         for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with(".zync-tmp-") {
-                found.push(entry.path().display().to_string());
+            let path = entry.path();
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".zync-tmp-")
+            {
+                let rel = path.strip_prefix(root).unwrap_or(&path);
+                found.push(rel.display().to_string());
             }
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(entry.path());
+                stack.push(path);
             }
         }
     }
+    found.sort();
     found
+}
+
+/// `zync-apply --db DB ARGS...` (no --dirs: the daemon recorded its mapping in the database).
+pub fn zync_apply(db: &Path, args: &[&str]) -> Command {
+    let mut cmd = command("zync-apply");
+    cmd.arg("--db").arg(db).args(args);
+    cmd
+}
+
+/// Runs a command that must end by itself within [`DEADLINE`] and exit 0; returns its
+/// output, or fails showing the command, its status, stdout and stderr.
+pub fn run_ok(cmd: Command) -> Output {
+    let shown = format!("{cmd:?}");
+    let out = output_within_deadline(cmd);
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    out
+}
+
+/// `zync-apply --db DB ARGS...`, which must exit 0; returns its stdout.
+pub fn zync_apply_ok(db: &Path, args: &[&str]) -> String {
+    stdout(&run_ok(zync_apply(db, args)))
+}
+
+/// `zync-apply --db DB ARGS...` whose stdout is JSON (`--json` among `args`), which must exit 0.
+pub fn zync_apply_json(db: &Path, args: &[&str]) -> serde_json::Value {
+    let text = zync_apply_ok(db, args);
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("zync-apply {args:?} printed no JSON ({e}):\n{text}"))
 }

@@ -1,6 +1,8 @@
 //! A fault-injecting TCP proxy for the network tests: it listens on 127.0.0.1 (a free port)
 //! and forwards each connection to a target address (the daemon), while the test cuts
-//! connections, stalls them, delays them, and counts the bytes that went daemon -> client.
+//! connections, stalls them, delays them, counts the bytes that went each way, and reads the
+//! client's requests (its WebSocket text frames) so a test can tell which files were
+//! downloaded without reading a log.
 //!
 //! Plain std threads: one accept thread, and two pump threads per connection (one each way).
 //! A cut shuts both sockets down, which wakes any pump blocked in a read.
@@ -49,6 +51,9 @@ struct Shared {
     cuts: AtomicU64,
     next_id: AtomicU64,
     conns: Mutex<Vec<Conn>>,
+    /// Every JSON request clients sent, with the connection it came on, in the order the
+    /// proxy forwarded them.
+    requests: Mutex<Vec<(u64, serde_json::Value)>>,
 }
 
 impl Shared {
@@ -152,6 +157,62 @@ impl Proxy {
         self.shared.cuts.load(Ordering::SeqCst)
     }
 
+    /// Every JSON request clients sent through the proxy so far.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        let requests = self.shared.requests.lock().unwrap();
+        requests.iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    /// The paths whose content clients asked for (GET_FILE and GET_DELTA), in order, as
+    /// `dir/path`: what was downloaded, whole or as a delta. Fails unless a handshake went
+    /// through the proxy since it started (or since [`Proxy::reset_counts`]), so that "nothing
+    /// was downloaded" cannot pass because the client went around the proxy.
+    pub fn downloads(&self) -> Vec<String> {
+        self.downloads_per_connection().concat()
+    }
+
+    /// [`Proxy::downloads`], one list per connection that completed a HELLO, in the order the
+    /// connections were accepted (one `zync-client --once` run is one connection unless it
+    /// reconnects).
+    pub fn downloads_per_connection(&self) -> Vec<Vec<String>> {
+        let requests = self.shared.requests.lock().unwrap();
+        let hellos: Vec<u64> = requests
+            .iter()
+            .filter(|(_, r)| r["operation"] == "HELLO")
+            .map(|(conn, _)| *conn)
+            .collect();
+        assert!(
+            !hellos.is_empty(),
+            "no handshake went through the proxy; requests seen: {:?}",
+            requests.iter().map(|(_, r)| r).collect::<Vec<_>>()
+        );
+        hellos
+            .iter()
+            .map(|conn| {
+                requests
+                    .iter()
+                    .filter(|(c, r)| {
+                        c == conn && (r["operation"] == "GET_FILE" || r["operation"] == "GET_DELTA")
+                    })
+                    .map(|(_, r)| {
+                        format!(
+                            "{}/{}",
+                            r["dir"].as_str().unwrap_or_default(),
+                            r["path"].as_str().unwrap_or_default()
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Forgets the requests and bytes counted so far (connections stay open).
+    pub fn reset_counts(&self) {
+        self.shared.requests.lock().unwrap().clear();
+        self.shared.to_client.store(0, Ordering::SeqCst);
+        self.shared.to_daemon.store(0, Ordering::SeqCst);
+    }
+
     /// Connections open right now.
     pub fn open_connections(&self) -> usize {
         self.shared.conns.lock().unwrap().len()
@@ -220,30 +281,48 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, shared: &Arc<Shared>)
         {
             let (shared, closed) = (Arc::clone(shared), Arc::clone(&closed));
             std::thread::spawn(move || {
-                pump(c_read, u_write, &shared, &closed, None);
+                pump(c_read, u_write, &shared, &closed, Direction::ToDaemon(id));
                 shared.forget(id);
             });
         }
         {
             let (shared, closed) = (Arc::clone(shared), Arc::clone(&closed));
             std::thread::spawn(move || {
-                pump(u_read, c_write, &shared, &closed, Some(&sent));
+                pump(
+                    u_read,
+                    c_write,
+                    &shared,
+                    &closed,
+                    Direction::ToClient(&sent),
+                );
                 shared.forget(id);
             });
         }
     }
 }
 
-/// Copies `from` to `to` until either side ends or the connection is cut. `to_client` is the
-/// per-connection counter when this pump carries daemon -> client traffic.
+/// Which way a pump carries a connection's bytes.
+enum Direction<'a> {
+    /// Daemon -> client, with the connection's counter for cut_after_bytes.
+    ToClient(&'a AtomicU64),
+    /// Client -> daemon on connection `id`, whose requests are read.
+    ToDaemon(u64),
+}
+
+/// Copies `from` to `to` until either side ends or the connection is cut.
 fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
     shared: &Shared,
     closed: &AtomicBool,
-    to_client: Option<&AtomicU64>,
+    direction: Direction<'_>,
 ) {
     let mut buf = vec![0u8; CHUNK];
+    let (to_client, conn) = match direction {
+        Direction::ToClient(sent) => (Some(sent), 0),
+        Direction::ToDaemon(id) => (None, id),
+    };
+    let mut tap = to_client.is_none().then(RequestTap::default);
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => return,
@@ -284,6 +363,11 @@ fn pump(
             }
             None => {
                 shared.to_daemon.fetch_add(n as u64, Ordering::SeqCst);
+                if let Some(tap) = tap.as_mut() {
+                    let requests = tap.feed(&buf[..n]);
+                    let mut seen = shared.requests.lock().unwrap();
+                    seen.extend(requests.into_iter().map(|r| (conn, r)));
+                }
             }
         }
         if cut {
@@ -291,4 +375,65 @@ fn pump(
             return;
         }
     }
+}
+
+/// Reads a client's side of a connection: the HTTP upgrade request, then WebSocket frames
+/// (RFC 6455, section 5.2: masked, as every client frame is), returning the JSON of each
+/// complete text frame.
+#[derive(Default)]
+struct RequestTap {
+    buf: Vec<u8>,
+    upgraded: bool,
+}
+
+impl RequestTap {
+    fn feed(&mut self, data: &[u8]) -> Vec<serde_json::Value> {
+        self.buf.extend_from_slice(data);
+        if !self.upgraded {
+            let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return Vec::new();
+            };
+            self.buf.drain(..end + 4);
+            self.upgraded = true;
+        }
+        let mut found = Vec::new();
+        while let Some((opcode, payload, used)) = frame(&self.buf) {
+            if opcode == 1 {
+                if let Ok(value) = serde_json::from_slice(&payload) {
+                    found.push(value);
+                }
+            }
+            self.buf.drain(..used);
+        }
+        found
+    }
+}
+
+/// The first complete frame in `buf`: its opcode, unmasked payload and length in `buf`.
+fn frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    let (&b0, &b1) = (buf.first()?, buf.get(1)?);
+    let mut at = 2;
+    let mut len = u64::from(b1 & 0x7f);
+    if len == 126 {
+        len = u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?));
+        at = 4;
+    } else if len == 127 {
+        len = u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?);
+        at = 10;
+    }
+    let mask: Option<[u8; 4]> = if b1 & 0x80 != 0 {
+        let key = buf.get(at..at + 4)?.try_into().ok()?;
+        at += 4;
+        Some(key)
+    } else {
+        None
+    };
+    let end = at + usize::try_from(len).ok()?;
+    let mut payload = buf.get(at..end)?.to_vec();
+    if let Some(key) = mask {
+        for (i, byte) in payload.iter_mut().enumerate() {
+            *byte ^= key[i % 4];
+        }
+    }
+    Some((b0 & 0x0f, payload, end))
 }
