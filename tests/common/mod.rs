@@ -675,18 +675,6 @@ pub fn conflict_copies(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The paths a client's debug log reports as `downloaded` (apply.rs logs one line per file).
-pub fn downloaded_paths(log: &str) -> Vec<String> {
-    log.lines()
-        .filter(|line| line.contains(" downloaded"))
-        .filter_map(|line| {
-            let rest = &line[line.find(" path=")? + " path=".len()..];
-            let value = rest.split_whitespace().next()?;
-            Some(value.trim_matches('"').to_string())
-        })
-        .collect()
-}
-
 /// Runs `zync-client --once` until `cond` holds after a run (E's watcher may not have seen a
 /// change yet), failing after [`DEADLINE`]. Every run must succeed. Returns all runs' stderr.
 pub fn once_until(

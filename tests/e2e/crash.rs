@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -97,14 +97,6 @@ fn files(root: &Path) -> BTreeMap<String, String> {
             Node::File { sha256, .. } => Some((p, sha256)),
             _ => None,
         })
-        .collect()
-}
-
-/// Every `.zync-tmp-*` path under `root`.
-fn temp_files(root: &Path) -> BTreeSet<String> {
-    tree(root, &[])
-        .into_keys()
-        .filter(|p| is_temp(p.rsplit('/').next().unwrap_or(p)))
         .collect()
 }
 
@@ -331,7 +323,7 @@ fn client_kills(no_copies: bool) {
             files(&r).len(),
             files(&r).keys().filter(|p| p.starts_with("w/")).count()
         );
-        leftover = temp_files(&r);
+        leftover = temp_files(&r).into_iter().collect();
     }
     let changes = writer.take().map_or(0, Writer::finish);
     assert!(changes > 50, "the writer made only {changes} changes");
@@ -578,33 +570,11 @@ fn daemon_killed_while_e_changes_misses_nothing_after_restart() {
 // ---------------------------------------------------------------------------------------------
 // c. zync-apply, killed in the middle of an apply.
 
-/// Runs a command that must end by itself and succeed; returns its stdout.
-fn run_ok(mut cmd: Command, what: &str) -> String {
-    let out = output_within_deadline({
-        cmd.stdin(Stdio::null());
-        cmd
-    });
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn zync_apply(db: &Path, args: &[&str]) -> Command {
-    let mut cmd = command("zync-apply");
-    cmd.arg("--db").arg(db).args(args);
-    cmd
-}
-
 /// Pushes R's changes upstream; returns the session id.
 fn push(client: &ClientSpec, url: &str) -> String {
     let mut cmd = client.command(url);
     cmd.arg("--update-upstream");
-    let out = run_ok(cmd, "zync-client --update-upstream");
+    let out = stdout(&run_ok(cmd));
     out.lines()
         .find_map(|l| l.strip_prefix("session "))
         .map(|id| id.trim().to_string())
@@ -709,13 +679,13 @@ fn apply_killed_mid_way_is_completed_by_a_rerun_or_undone_exactly() {
     // Calibration: how long a whole apply takes here, then undo it.
     let id = push(&client, &daemon.url());
     let start = Instant::now();
-    run_ok(
-        zync_apply(&db, &["apply", &id, "--non-interactive", "--force"]),
-        "the first apply",
-    );
+    run_ok(zync_apply(
+        &db,
+        &["apply", &id, "--non-interactive", "--force"],
+    ));
     let whole = start.elapsed();
     assert_eq!(files(&e), theirs, "a whole apply puts R's versions on E");
-    run_ok(zync_apply(&db, &["undo", &id]), "undo of the first apply");
+    run_ok(zync_apply(&db, &["undo", &id]));
     assert_original("undo of the first apply");
 
     let mut mid_way = 0;
@@ -768,18 +738,18 @@ fn apply_killed_mid_way_is_completed_by_a_rerun_or_undone_exactly() {
         if round % 2 == 0 {
             // A rerun completes it; then undo (with the backups the killed run made) restores
             // E's originals.
-            let out = run_ok(
-                zync_apply(&db, &["apply", &id, "--non-interactive", "--force"]),
-                &format!("{when}: the rerun"),
-            );
+            let out = stdout(&run_ok(zync_apply(
+                &db,
+                &["apply", &id, "--non-interactive", "--force"],
+            )));
             assert_eq!(
                 files(&e),
                 theirs,
                 "{when}: the rerun did not complete:\n{out}"
             );
-            run_ok(zync_apply(&db, &["undo", &id]), &format!("{when}: undo"));
+            run_ok(zync_apply(&db, &["undo", &id]));
         } else {
-            let out = run_ok(zync_apply(&db, &["undo", &id]), &format!("{when}: undo"));
+            let out = stdout(&run_ok(zync_apply(&db, &["undo", &id])));
             assert!(out.contains("restored"), "{when}: undo said:\n{out}");
         }
         assert_original(&when);

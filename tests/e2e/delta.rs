@@ -7,133 +7,45 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::common::peer::{Peer, MAX_CHUNK};
 use crate::common::*;
 use base64::Engine;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const MIB: usize = 1 << 20;
-const MAX_CHUNK: usize = MIB;
 
-/// A raw protocol connection that counts the bytes it sends and receives.
-struct Peer {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    next_id: u64,
-    /// Payload bytes of the text and binary frames sent and received.
-    wire: usize,
+/// Connects and completes the handshake.
+async fn hello(daemon: &Daemon) -> Peer {
+    Peer::authenticated(daemon, "delta-test").await.0
 }
 
-impl Peer {
-    /// Connects and completes the handshake.
-    async fn hello(daemon: &Daemon) -> Peer {
-        let (ws, _) = crate::common::peer::authenticated(daemon, "delta-test").await;
-        Peer {
-            ws,
-            next_id: 10,
-            wire: 0,
-        }
-    }
+/// GET_DELTA: the reply and, when it is ok, the delta gathered from its chunks.
+async fn get_delta(peer: &mut Peer, dir: &str, path: &str, signature: &[u8]) -> (Value, Vec<u8>) {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(signature);
+    get_delta_raw(
+        peer,
+        json!({"operation": "GET_DELTA", "dir": dir, "path": path, "signature": encoded}),
+    )
+    .await
+}
 
-    async fn send_text(&mut self, text: String) {
-        self.wire += text.len();
-        self.ws.send(Message::text(text)).await.expect("send");
+async fn get_delta_raw(peer: &mut Peer, request: Value) -> (Value, Vec<u8>) {
+    let reply = peer.call(request).await;
+    let id = peer.last_id();
+    if reply["status"] != "ok" {
+        return (reply, Vec::new());
     }
-
-    /// The next text or binary frame, skipping events and pings, within the deadline.
-    async fn recv(&mut self) -> Result<Value, Vec<u8>> {
-        loop {
-            let message = tokio::time::timeout(DEADLINE, self.ws.next())
-                .await
-                .expect("timed out waiting for the daemon")
-                .expect("the daemon closed the connection")
-                .expect("the connection failed");
-            match message {
-                Message::Text(text) => {
-                    let value: Value = serde_json::from_str(&text)
-                        .unwrap_or_else(|e| panic!("invalid JSON from the daemon ({e}): {text}"));
-                    if value["status"] != "event" {
-                        self.wire += text.len();
-                        return Ok(value);
-                    }
-                }
-                Message::Binary(data) => {
-                    self.wire += data.len();
-                    return Err(data.to_vec());
-                }
-                Message::Close(frame) => panic!("the daemon closed the connection: {frame:?}"),
-                _ => {}
-            }
-        }
-    }
-
-    async fn recv_text(&mut self) -> Value {
-        match self.recv().await {
-            Ok(value) => value,
-            Err(data) => panic!("expected a JSON message, got a {}-byte chunk", data.len()),
-        }
-    }
-
-    /// Sends `op` with a fresh id; returns the id and the response, which must carry it.
-    async fn call(&mut self, mut op: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        op["id"] = json!(id);
-        self.send_text(op.to_string()).await;
-        let reply = self.recv_text().await;
-        assert_eq!(
-            reply["id"],
-            json!(id),
-            "response to {op} has another id: {reply}"
-        );
-        reply
-    }
-
-    async fn ping_ok(&mut self) {
-        let reply = self.call(json!({"operation": "PING"})).await;
-        assert_eq!(reply["status"], "ok", "PING failed: {reply}");
-    }
-
-    /// GET_DELTA: the reply and, when it is ok, the delta gathered from its chunks.
-    async fn get_delta(&mut self, dir: &str, path: &str, signature: &[u8]) -> (Value, Vec<u8>) {
-        let encoded = base64::engine::general_purpose::STANDARD.encode(signature);
-        self.get_delta_raw(
-            json!({"operation": "GET_DELTA", "dir": dir, "path": path, "signature": encoded}),
-        )
-        .await
-    }
-
-    async fn get_delta_raw(&mut self, request: Value) -> (Value, Vec<u8>) {
-        let reply = self.call(request).await;
-        let id = self.next_id;
-        if reply["status"] != "ok" {
-            return (reply, Vec::new());
-        }
-        assert_eq!(reply["operation"], "GET_DELTA", "{reply}");
-        let chunks = reply["chunks"].as_u64().expect("chunks");
-        let delta_size = reply["delta_size"].as_u64().expect("delta_size");
-        assert_eq!(chunks, delta_size.div_ceil(MAX_CHUNK as u64), "{reply}");
-        let mut delta = Vec::new();
-        for _ in 0..chunks {
-            let frame = match self.recv().await {
-                Err(frame) => frame,
-                Ok(other) => panic!("expected a chunk of the delta, got {other}"),
-            };
-            assert!(frame.len() >= 8, "a chunk shorter than its header");
-            let chunk_id = u64::from_be_bytes(frame[..8].try_into().expect("8 bytes"));
-            assert_eq!(chunk_id, id, "a chunk carries another request's id");
-            assert!(frame.len() - 8 <= MAX_CHUNK, "a chunk over MAX_CHUNK");
-            delta.extend_from_slice(&frame[8..]);
-        }
-        assert_eq!(
-            delta.len() as u64,
-            delta_size,
-            "the chunks add up to another size"
-        );
-        (reply, delta)
-    }
+    assert_eq!(reply["operation"], "GET_DELTA", "{reply}");
+    let chunks = reply["chunks"].as_u64().expect("chunks");
+    let delta_size = reply["delta_size"].as_u64().expect("delta_size");
+    assert_eq!(chunks, delta_size.div_ceil(MAX_CHUNK as u64), "{reply}");
+    let delta = peer.chunks(id, chunks).await;
+    assert_eq!(
+        delta.len() as u64,
+        delta_size,
+        "the chunks add up to another size"
+    );
+    (reply, delta)
 }
 
 /// Applies `delta` to `base` the way R would, returning the rebuilt bytes.
@@ -184,12 +96,12 @@ fn fixture() -> Fixture {
 #[tokio::test]
 async fn a_64_kib_edit_in_a_32_mib_file_crosses_as_a_small_delta() {
     let f = fixture();
-    let mut peer = Peer::hello(&f.daemon).await;
+    let mut peer = hello(&f.daemon).await;
     let signature = zync_fs::delta::signature(&f.base).expect("signature of R's version");
 
-    let before = peer.wire;
-    let (header, delta) = peer.get_delta("code", "data/big.bin", &signature).await;
-    let wire = peer.wire - before;
+    let before = peer.wire();
+    let (header, delta) = get_delta(&mut peer, "code", "data/big.bin", &signature).await;
+    let wire = peer.wire() - before;
     assert_eq!(header["status"], "ok", "GET_DELTA failed: {header}");
     let e_sha = file_sha(&f.e.join("data/big.bin"));
     assert_eq!(header["sha256"], json!(e_sha), "{header}");
@@ -218,7 +130,7 @@ async fn a_64_kib_edit_in_a_32_mib_file_crosses_as_a_small_delta() {
 
     // R already has E's version: the delta is a handful of copy commands.
     let signature = zync_fs::delta::signature(&f.e.join("data/big.bin")).expect("signature");
-    let (header, delta) = peer.get_delta("code", "data/big.bin", &signature).await;
+    let (header, delta) = get_delta(&mut peer, "code", "data/big.bin", &signature).await;
     assert_eq!(header["status"], "ok", "{header}");
     assert!(
         delta.len() < 1024,
@@ -234,7 +146,7 @@ async fn a_64_kib_edit_in_a_32_mib_file_crosses_as_a_small_delta() {
     let empty = f.base.with_file_name("empty");
     write(&empty, "");
     let signature = zync_fs::delta::signature(&empty).expect("signature");
-    let (header, delta) = peer.get_delta("code", "small.txt", &signature).await;
+    let (header, delta) = get_delta(&mut peer, "code", "small.txt", &signature).await;
     assert_eq!(header["status"], "ok", "{header}");
     assert_eq!(apply(&empty, &delta, &header), b"hello\n");
     peer.ping_ok().await;
@@ -245,7 +157,7 @@ async fn a_64_kib_edit_in_a_32_mib_file_crosses_as_a_small_delta() {
 async fn refused(peer: &mut Peer, request: Value, code: &str, says: &str) {
     let shown = request.to_string();
     let shown = &shown[..shown.len().min(200)];
-    let (reply, _) = peer.get_delta_raw(request).await;
+    let (reply, _) = get_delta_raw(peer, request).await;
     assert_eq!(reply["status"], "error", "{shown} was not refused: {reply}");
     assert_eq!(reply["code"], code, "{shown}: wrong error code: {reply}");
     let message = reply["message"].as_str().unwrap_or_default();
@@ -259,7 +171,7 @@ async fn refused(peer: &mut Peer, request: Value, code: &str, says: &str) {
 #[tokio::test]
 async fn bad_input_gets_a_clear_error_and_the_connection_keeps_serving() {
     let f = fixture();
-    let mut peer = Peer::hello(&f.daemon).await;
+    let mut peer = hello(&f.daemon).await;
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     let good = zync_fs::delta::signature(&f.base).expect("signature");
     let get = |dir: &str, path: &str, signature: String| json!({"operation": "GET_DELTA", "dir": dir, "path": path, "signature": signature});
@@ -354,7 +266,7 @@ async fn bad_input_gets_a_clear_error_and_the_connection_keeps_serving() {
     .await;
 
     // After all that, the same connection still delivers a delta.
-    let (header, delta) = peer.get_delta("code", "data/big.bin", &good).await;
+    let (header, delta) = get_delta(&mut peer, "code", "data/big.bin", &good).await;
     assert_eq!(header["status"], "ok", "{header}");
     assert_eq!(
         sha256(&apply(&f.base, &delta, &header)),
@@ -365,11 +277,7 @@ async fn bad_input_gets_a_clear_error_and_the_connection_keeps_serving() {
 #[tokio::test]
 async fn get_delta_needs_the_handshake() {
     let f = fixture();
-    let mut peer = Peer {
-        ws: crate::common::peer::upgrade(&f.daemon).await,
-        next_id: 0,
-        wire: 0,
-    };
+    let mut peer = Peer::connect(&f.daemon).await;
     let reply = peer
         .call(
             json!({"operation": "GET_DELTA", "dir": "code", "path": "small.txt", "signature": ""}),
@@ -381,7 +289,7 @@ async fn get_delta_needs_the_handshake() {
 #[tokio::test]
 async fn a_file_that_changed_since_it_was_indexed_is_stale() {
     let f = fixture();
-    let mut peer = Peer::hello(&f.daemon).await;
+    let mut peer = hello(&f.daemon).await;
     let signature = zync_fs::delta::signature(&f.base).expect("signature");
     let path = f.e.join("data/big.bin");
     // Grow the file right before each request: the daemon sees it differ from its index row
@@ -400,7 +308,7 @@ async fn a_file_that_changed_since_it_was_indexed_is_stale() {
             file.write_all(&pseudo_random(4096, attempts))
                 .expect("append");
         }
-        let (reply, delta) = peer.get_delta("code", "data/big.bin", &signature).await;
+        let (reply, delta) = get_delta(&mut peer, "code", "data/big.bin", &signature).await;
         if reply["status"] == "error" {
             assert_eq!(reply["code"], "stale", "{reply}");
             let message = reply["message"].as_str().unwrap_or_default();

@@ -3,6 +3,7 @@
 //! file R's disk has no room for is not even downloaded; a symlink planted on R is never
 //! written through (DESIGN invariant 3).
 
+use crate::common::proxy::Proxy;
 use crate::common::*;
 
 #[test]
@@ -244,27 +245,32 @@ fn files_that_fit_one_by_one_but_not_together_are_not_all_downloaded() {
         std::fs::create_dir_all(dir).unwrap();
     }
     let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
-    let mut once = client.command(&daemon.url());
+    let proxy = Proxy::to_port(daemon.port);
+    let mut once = client.command(&proxy.url());
     once.arg("--once");
 
     let [(rc1, log1), (rc2, log2)] =
         twice_on_a_small_then_a_bigger_disk(&once, ["48m", "128m"], [&r, &copy, &out]);
     assert_ne!(rc1, 0, "--once must fail while a file has no room:\n{log1}");
     // Refused before it was asked for, with the two under way counted: a refusal when its
-    // content arrives (the reservation) would not count them. (The bytes on the wire do not
-    // tell the two apart on loopback: the client hangs up before much of an unwanted file
-    // has crossed.)
+    // content arrives (the reservation) would not count them, and the third GET_FILE would
+    // cross the proxy. (The bytes on the wire do not tell the two apart on loopback: the
+    // client hangs up before much of an unwanted file has crossed.)
     assert!(
         log1.contains("no room for") && log1.contains("for the downloads under way before it"),
-        "{log1}"
+        "the error does not say why:\n{log1}"
     );
-    let first = downloaded_paths(&log1);
-    assert_eq!(first.len(), 2, "two of the three fit: {first:?}\n{log1}");
+    let runs = proxy.downloads_per_connection();
+    let first = runs.first().cloned().unwrap_or_default();
+    assert_eq!(first.len(), 2, "two of the three fit: {runs:?}\n{log1}");
     assert_eq!(rc2, 0, "--once failed with room to spare:\n{log2}");
-    let mut all = first;
-    all.extend(downloaded_paths(&log2));
+    let mut all = runs.concat();
     all.sort();
-    assert_eq!(all, names, "{log2}");
+    assert_eq!(
+        all,
+        names.map(|n| format!("code/{n}")),
+        "asked for: {runs:?}\n{log2}"
+    );
     assert_same_tree(&e, &copy, &[]);
 }
 
@@ -332,7 +338,7 @@ fn a_file_r_has_no_room_for_fails_alone_without_being_downloaded_and_syncs_once_
     write(&e.join("small.txt"), "fits anywhere\n");
     let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
     daemon.wait_scanned();
-    let proxy = crate::common::proxy::Proxy::to_port(daemon.port);
+    let proxy = Proxy::to_port(daemon.port);
     let (r, copy, out) = (
         tmp.path().join("r"),
         tmp.path().join("copy"),
@@ -354,10 +360,19 @@ fn a_file_r_has_no_room_for_fails_alone_without_being_downloaded_and_syncs_once_
         "{log1}"
     );
     assert!(log1.contains("data/big.bin"), "{log1}");
-    assert_eq!(downloaded_paths(&log1), ["small.txt"], "{log1}");
+    let runs = proxy.downloads_per_connection();
+    assert_eq!(
+        runs.first().cloned().unwrap_or_default(),
+        ["code/small.txt"],
+        "the first run asked for: {runs:?}\n{log1}"
+    );
     // ... and is retried once there is room.
     assert_eq!(rc2, 0, "--once failed with room to spare:\n{log2}");
-    assert_eq!(downloaded_paths(&log2), ["data/big.bin"], "{log2}");
+    assert_eq!(
+        runs[1..].concat(),
+        ["code/data/big.bin"],
+        "the second run asked for: {runs:?}\n{log2}"
+    );
     assert_same_tree(&e, &copy, &[]);
     // It crossed the network once, for the run that had room: the first never asked for it.
     let sent = proxy.bytes_to_client();

@@ -10,15 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::peer::{self, Frame, Peer};
 use crate::common::proxy::Proxy;
 use crate::common::*;
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const IGNORED: &[&str] = &["node_modules", ".git"];
 const MIB: u64 = 1 << 20;
@@ -120,7 +117,7 @@ fn a_tunnel_cut_every_4_mib_still_delivers_48_mib_quickly() {
     cut_transfer(4 * MIB, Duration::from_secs(50));
 }
 
-/// (a) + (d): a tunnel that drops every 12 MiB still delivers a 48 MiB file (no connection
+/// (a) + (d), as the brief has it: a tunnel that drops every 12 MiB still delivers a 48 MiB file (no connection
 /// carries it whole: without resuming it could never arrive), because each new connection
 /// resumes the partial download where the last one stopped (GET_FILE `offset`), so the bytes
 /// sent stay near the data's size; and at no moment does R's file hold anything but E's
@@ -235,6 +232,17 @@ fn cut_transfer(cut_every: u64, limit: Duration) {
         big_sha,
         "R's big file is not E's"
     );
+    let resumed: Vec<u64> = proxy
+        .requests()
+        .iter()
+        .filter(|r| r["operation"] == "GET_FILE" && r["path"] == "big.bin")
+        .filter_map(|r| r["offset"].as_u64())
+        .filter(|&offset| offset > 0)
+        .collect();
+    assert!(
+        !resumed.is_empty(),
+        "no GET_FILE of big.bin asked for an offset past 0: the download never resumed"
+    );
     let least = BIG / cut_every;
     assert!(
         proxy.cuts() >= least,
@@ -248,10 +256,6 @@ fn cut_transfer(cut_every: u64, limit: Duration) {
         sent < 2 * data_bytes,
         "{sent} bytes went to the client for {data_bytes} bytes of data: downloads restarted \
          instead of resuming"
-    );
-    assert!(
-        log.contains("resuming a partial download"),
-        "the client never logged resuming a partial download:\n{log}"
     );
     let left = temp_files(&r);
     assert!(left.is_empty(), "temp files left on R: {left:?}");
@@ -309,31 +313,39 @@ fn a_stalled_tunnel_is_given_up_and_the_change_arrives_after_it_recovers() {
     }
     let child = Kill(&mut child);
     wait_same_tree_within(DEADLINE, &e, &r, log);
-    // The round is over (its ACK answered, "synced" logged): the client waits idle, with no
-    // request outstanding whose own timeout could notice the stall.
+    // The round is over (its ACK sent and answered, nothing crossing the proxy since): the
+    // client waits idle, with no request outstanding whose own timeout could notice the stall.
     wait_until("the client to finish its first round", || {
-        log().contains(" synced ")
+        proxy
+            .requests()
+            .iter()
+            .any(|r| r["operation"] == "ACK_CHANGES")
+    });
+    let mut quiet_since = (Instant::now(), proxy.bytes_to_client());
+    wait_until("the client to go idle", || {
+        let bytes = proxy.bytes_to_client();
+        if bytes != quiet_since.1 {
+            quiet_since = (Instant::now(), bytes);
+        }
+        quiet_since.0.elapsed() > Duration::from_millis(300)
     });
 
     proxy.stall(true);
     let stalled_at = Instant::now();
+    let connections = proxy.connections();
     write(&e.join("a.txt"), "a, changed while the tunnel hung\n");
-    // 3 s of silence, then the Timeout error and a reconnect; 20 s is a generous bound.
+    // 3 s of silence, then the Timeout error and a reconnect (a new connection through the
+    // proxy, which accepts while it stalls); 20 s is a generous bound.
     wait_within(
         Duration::from_secs(20),
-        "the client to give up on the stalled connection",
-        || log().contains("did not answer within"),
+        "the client to give up on the stalled connection and connect again",
+        || proxy.connections() > connections,
     );
     eprintln!("stall noticed after {:?}", stalled_at.elapsed());
     assert_eq!(
         std::fs::read_to_string(r.join("a.txt")).unwrap(),
         "a, first version\n",
         "the change crossed a stalled tunnel"
-    );
-    assert!(
-        log().contains("reconnecting in"),
-        "no reconnect after the stall:\n{}",
-        log()
     );
 
     // The tunnel is replaced: the held connections go away, new ones work.
@@ -469,77 +481,31 @@ fn twenty_clients_converge_and_the_daemon_memory_stays_bounded() {
     );
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// A raw connection that may send frames of any size (its own limits far above the daemon's).
-async fn raw_connect(daemon: &Daemon) -> Ws {
-    let request = daemon.url().into_client_request().unwrap();
+/// A connection through the handshake that may send frames of any size (its own limits far
+/// above the daemon's).
+async fn hello(daemon: &Daemon, client_id: &str) -> Peer {
     let config = WebSocketConfig::default()
         .max_message_size(Some(64 << 20))
         .max_frame_size(Some(64 << 20));
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
-        .await
-        .expect("connect with the daemon's token");
-    ws
-}
-
-/// The next JSON message that is not an event; `Err` with a description when the
-/// connection ended (close code, or the error) instead.
-async fn next_json(ws: &mut Ws) -> Result<Value, String> {
-    loop {
-        let next = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .expect("timed out waiting for the daemon");
-        match next {
-            None => return Err("ended".into()),
-            Some(Err(e)) => return Err(format!("error: {e}")),
-            Some(Ok(Message::Close(frame))) => {
-                return Err(format!(
-                    "closed with {:?}",
-                    frame.map(|f| u16::from(f.code))
-                ))
-            }
-            Some(Ok(Message::Text(text))) => {
-                let value: Value = serde_json::from_str(&text).expect("JSON from the daemon");
-                if value["status"] != "event" {
-                    return Ok(value);
-                }
-            }
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
-async fn call(ws: &mut Ws, op: Value) -> Value {
-    ws.send(Message::text(op.to_string()))
-        .await
-        .expect("send a request");
-    next_json(ws)
-        .await
-        .unwrap_or_else(|e| panic!("no answer to {op}: {e}"))
-}
-
-async fn hello(daemon: &Daemon, client_id: &str) -> Ws {
-    let mut ws = raw_connect(daemon).await;
-    let reply =
-        crate::common::peer::handshake(&mut ws, &crate::common::peer::token_of(daemon), client_id)
-            .await;
-    assert_eq!(reply["status"], "ok", "AUTH failed: {reply}");
-    ws
+    let mut peer = Peer::connect_with(daemon, config).await;
+    peer.handshake_ok(&peer::token_of(daemon), client_id).await;
+    peer
 }
 
 /// Sends `frame` (over the 4 MiB transport limit) and checks the daemon ends the
 /// connection: a close with 1009 (message too big), or the transport ending.
-async fn expect_closed_after(ws: &mut Ws, frame: Message, what: &str) {
+async fn expect_closed_after(peer: &mut Peer, frame: Message, what: &str) {
     // The daemon may close while the frame is still being written: a send error is fine.
-    let _ = ws.send(frame).await;
-    let ended = next_json(ws).await;
+    let _ = peer.try_send(frame).await;
+    let ended = peer.recv().await;
     match &ended {
-        Ok(value) => panic!("{what}: the daemon answered instead of closing: {value}"),
-        Err(how) if how.starts_with("closed with") => {
-            assert_eq!(how, "closed with Some(1009)", "{what}: wrong close code")
-        }
-        Err(_) => {} // ended or reset before the close frame could be read
+        Frame::Text(value) => panic!("{what}: the daemon answered instead of closing: {value}"),
+        Frame::Binary(data) => panic!(
+            "{what}: the daemon sent {} bytes instead of closing",
+            data.len()
+        ),
+        Frame::Closed(Some(code)) => assert_eq!(*code, 1009, "{what}: wrong close code"),
+        Frame::Closed(None) | Frame::Failed(_) => {} // ended or reset before the close frame
     }
     eprintln!("{what}: {ended:?}");
 }
@@ -569,13 +535,11 @@ async fn hostile_sizes_end_only_the_offending_connection() {
     let mut peer = hello(&daemon, "hostile-binary").await;
     let mut frame = 7u64.to_be_bytes().to_vec();
     frame.extend(pseudo_random(2 << 20, 3));
-    peer.send(Message::binary(frame)).await.expect("send");
-    let reply = next_json(&mut peer)
-        .await
-        .expect("an answer to a 2 MiB binary frame");
+    peer.send(Message::binary(frame)).await;
+    let reply = peer.recv_text().await;
     assert_eq!(reply["status"], "error", "{reply}");
     assert_eq!(reply["code"], "bad_request", "{reply}");
-    let pong = call(&mut peer, json!({"id": 3, "operation": "PING"})).await;
+    let pong = peer.call(json!({"operation": "PING"})).await;
     assert_eq!(pong["status"], "ok", "the connection did not go on: {pong}");
 
     // A binary frame over the transport limit: the connection is closed.
@@ -584,7 +548,7 @@ async fn hostile_sizes_end_only_the_offending_connection() {
     expect_closed_after(&mut peer, Message::binary(frame), "a 5 MiB binary frame").await;
 
     // The daemon still serves: the open connection, and a new client's whole sync.
-    let pong = call(&mut good, json!({"id": 2, "operation": "PING"})).await;
+    let pong = good.call(json!({"operation": "PING"})).await;
     assert_eq!(pong["status"], "ok", "{pong}");
     let r = tmp.path().join("r");
     let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
@@ -604,14 +568,11 @@ async fn hostile_sizes_end_only_the_offending_connection() {
     assert_eq!(path.len(), 4999);
     let path = format!("{path}q");
     assert_eq!(path.len(), 5000);
-    let reply = call(
-        &mut good,
-        json!({"id": 3, "operation": "GET_FILE", "dir": "code", "path": path}),
-    )
-    .await;
+    let reply = good
+        .call(json!({"operation": "GET_FILE", "dir": "code", "path": path}))
+        .await;
     assert_eq!(reply["status"], "error", "{reply}");
     assert_eq!(reply["code"], "invalid_path", "{reply}");
-    assert_eq!(reply["id"], 3, "{reply}");
-    let pong = call(&mut good, json!({"id": 4, "operation": "PING"})).await;
+    let pong = good.call(json!({"operation": "PING"})).await;
     assert_eq!(pong["status"], "ok", "{pong}");
 }

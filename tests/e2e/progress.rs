@@ -209,15 +209,11 @@ fn stage_a_long_diff(tmp: &Path) -> (Daemon, String) {
 }
 
 fn show_diff(db: &Path, id: &str, marker: &Path, extra: &[&str]) -> Command {
-    let mut cmd = command("zync-apply");
-    cmd.arg("--db")
-        .arg(db)
-        .args(["show", id, "--diff"])
-        .args(extra)
-        .env(
-            "PAGER",
-            format!("touch {}; cat", quote(&marker.to_string_lossy())),
-        );
+    let mut cmd = zync_apply(db, &["show", id, "--diff"]);
+    cmd.args(extra).env(
+        "PAGER",
+        format!("touch {}; cat", quote(&marker.to_string_lossy())),
+    );
     cmd
 }
 

@@ -2,205 +2,57 @@
 //! as docs/PROTOCOL.md describes it: each operation, an error response for each kind of bad
 //! input on a connection that keeps working, and nothing served from outside a root.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crate::common::peer;
+use crate::common::peer::{self, Frame, Peer};
 use crate::common::*;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::MaybeTlsStream;
 
-const MAX_CHUNK: usize = 1 << 20;
+const MAX_CHUNK: usize = peer::MAX_CHUNK;
 
-/// What the daemon sent, events aside.
-#[derive(Debug)]
-enum Frame {
-    Text(Value),
-    Binary(Vec<u8>),
-    Closed(Option<u16>),
+/// Connects and completes the handshake.
+async fn hello(daemon: &Daemon) -> Peer {
+    Peer::authenticated(daemon, "protocol-test").await.0
 }
 
-/// The WebSocket upgrade request to `daemon` (it carries no credentials).
-fn upgrade_request(daemon: &Daemon) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    daemon.url().into_client_request().unwrap()
+/// Connects on a socket with small kernel buffers and completes the handshake: what the
+/// daemon does not read stays in the client's send call. Returns the welcome too.
+async fn connect_small_buffers(daemon: &Daemon) -> (Peer, Value) {
+    let request = daemon.url().into_client_request().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(16 << 10).unwrap();
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    let stream = socket
+        .connect(format!("127.0.0.1:{}", daemon.port).parse().unwrap())
+        .await
+        .unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+        .await
+        .expect("connect");
+    let mut peer = Peer::new(ws);
+    let welcome = peer
+        .handshake_ok(&peer::token_of(daemon), "window-test")
+        .await;
+    (peer, welcome)
 }
 
-/// A raw protocol connection.
-struct Peer {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    next_id: u64,
+/// GET_FILE of `path` in `code` that must fail with `code`; no chunk may follow.
+async fn get_file_error(peer: &mut Peer, path: &str, code: &str) -> Value {
+    get_file_error_in(peer, "code", path, code).await
 }
 
-impl Peer {
-    /// Connects (no handshake yet).
-    async fn connect(daemon: &Daemon) -> Peer {
-        Peer {
-            ws: peer::upgrade(daemon).await,
-            next_id: 100,
-        }
-    }
-
-    /// Connects on a socket with small kernel buffers and completes the handshake: what the
-    /// daemon does not read stays in the client's send call. Returns the welcome too.
-    async fn connect_small_buffers(daemon: &Daemon) -> (Peer, Value) {
-        let request = upgrade_request(daemon);
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_send_buffer_size(16 << 10).unwrap();
-        socket.set_recv_buffer_size(16 << 10).unwrap();
-        let stream = socket
-            .connect(format!("127.0.0.1:{}", daemon.port).parse().unwrap())
-            .await
-            .unwrap();
-        let (mut ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
-            .await
-            .expect("connect");
-        let welcome = peer::handshake(&mut ws, &peer::token_of(daemon), "window-test").await;
-        assert_eq!(welcome["status"], "ok", "AUTH failed: {welcome}");
-        (Peer { ws, next_id: 100 }, welcome)
-    }
-
-    /// Connects and completes the handshake.
-    async fn hello(daemon: &Daemon) -> Peer {
-        let (ws, _) = peer::authenticated(daemon, "protocol-test").await;
-        Peer { ws, next_id: 100 }
-    }
-
-    fn id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
-    }
-
-    async fn send(&mut self, message: Message) {
-        self.ws.send(message).await.expect("send a frame");
-    }
-
-    async fn send_json(&mut self, value: &Value) {
-        self.send(Message::text(value.to_string())).await;
-    }
-
-    /// The next frame that is not an event, within the deadline.
-    async fn recv(&mut self) -> Frame {
-        loop {
-            let next = tokio::time::timeout(DEADLINE, self.ws.next())
-                .await
-                .expect("timed out waiting for the daemon");
-            let message = match next {
-                None => return Frame::Closed(None),
-                Some(Err(e)) => panic!("the connection failed: {e}"),
-                Some(Ok(m)) => m,
-            };
-            match message {
-                Message::Text(text) => {
-                    let value: Value = serde_json::from_str(&text)
-                        .unwrap_or_else(|e| panic!("the daemon sent invalid JSON ({e}): {text}"));
-                    if value["status"] == "event" {
-                        continue;
-                    }
-                    return Frame::Text(value);
-                }
-                Message::Binary(data) => return Frame::Binary(data.to_vec()),
-                Message::Close(frame) => return Frame::Closed(frame.map(|f| u16::from(f.code))),
-                _ => {}
-            }
-        }
-    }
-
-    async fn recv_text(&mut self) -> Value {
-        match self.recv().await {
-            Frame::Text(v) => v,
-            other => panic!("expected a JSON response, got {other:?}"),
-        }
-    }
-
-    /// Sends `op` with a fresh id and returns the response, checking it carries that id.
-    async fn call(&mut self, mut op: Value) -> Value {
-        let id = self.id();
-        op["id"] = json!(id);
-        self.send_json(&op).await;
-        let reply = self.recv_text().await;
-        assert_eq!(
-            reply["id"],
-            json!(id),
-            "response to {op} has another id: {reply}"
-        );
-        reply
-    }
-
-    /// A call that must succeed with `operation` echoed.
-    async fn ok(&mut self, op: Value) -> Value {
-        let name = op["operation"].clone();
-        let reply = self.call(op).await;
-        assert_eq!(reply["status"], "ok", "{name} failed: {reply}");
-        assert_eq!(reply["operation"], name, "{reply}");
-        reply
-    }
-
-    async fn ping_ok(&mut self) {
-        self.ok(json!({"operation": "PING"})).await;
-    }
-
-    /// Sends a raw frame and expects an error response with `code` (and `id`, when given).
-    async fn expect_error(&mut self, message: Message, code: &str, id: Option<u64>) -> Value {
-        let shown = format!("{message:?}");
-        self.send(message).await;
-        let reply = self.recv_text().await;
-        assert_eq!(reply["status"], "error", "{shown} was not refused: {reply}");
-        assert_eq!(reply["code"], code, "{shown}: wrong error code: {reply}");
-        match id {
-            Some(id) => assert_eq!(reply["id"], json!(id), "{shown}: {reply}"),
-            None => assert!(reply.get("id").is_none(), "{shown}: unexpected id: {reply}"),
-        }
-        assert!(
-            reply["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{shown}: the error has no message: {reply}"
-        );
-        reply
-    }
-
-    /// GET_FILE that must fail with `code`; no chunk may follow.
-    async fn get_file_error(&mut self, path: &str, code: &str) -> Value {
-        self.get_file_error_in("code", path, code).await
-    }
-
-    async fn get_file_error_in(&mut self, dir: &str, path: &str, code: &str) -> Value {
-        let id = self.id();
-        let request = json!({"id": id, "operation": "GET_FILE", "dir": dir, "path": path});
-        let reply = self
-            .expect_error(Message::text(request.to_string()), code, Some(id))
-            .await;
-        // The connection goes on, and no content was sent for the refused request.
-        self.ping_ok().await;
-        reply
-    }
-
-    /// GET_FILE that must succeed: the header and the payload of its chunks.
-    async fn get_file(&mut self, path: &str) -> (Value, Vec<u8>) {
-        let id = self.id();
-        self.send_json(&json!({"id": id, "operation": "GET_FILE", "dir": "code", "path": path}))
-            .await;
-        let header = self.recv_text().await;
-        assert_eq!(header["status"], "ok", "GET_FILE {path} failed: {header}");
-        assert_eq!(header["operation"], "GET_FILE", "{header}");
-        assert_eq!(header["id"], json!(id), "{header}");
-        let chunks = header["chunks"].as_u64().expect("chunks");
-        let mut data = Vec::new();
-        for _ in 0..chunks {
-            match self.recv().await {
-                Frame::Binary(frame) => {
-                    assert!(frame.len() >= 8, "short chunk");
-                    let chunk_id = u64::from_be_bytes(frame[..8].try_into().unwrap());
-                    assert_eq!(chunk_id, id, "a chunk carries another request's id");
-                    assert!(frame.len() - 8 <= MAX_CHUNK, "chunk over the limit");
-                    data.extend_from_slice(&frame[8..]);
-                }
-                other => panic!("expected a chunk of {path}, got {other:?}"),
-            }
-        }
-        (header, data)
-    }
+async fn get_file_error_in(peer: &mut Peer, dir: &str, path: &str, code: &str) -> Value {
+    let id = peer.id();
+    let request = json!({"id": id, "operation": "GET_FILE", "dir": dir, "path": path});
+    let reply = peer
+        .expect_error(Message::text(request.to_string()), code, Some(id))
+        .await;
+    // The connection goes on, and no content was sent for the refused request.
+    peer.ping_ok().await;
+    reply
 }
 
 struct Fixture {
@@ -246,15 +98,10 @@ fn paths_of(changes: &Value) -> Vec<String> {
         .collect()
 }
 
-fn file_sha(path: &Path) -> String {
-    sha256(&std::fs::read(path).unwrap())
-}
-
 #[tokio::test]
 async fn hello_then_every_operation_works() {
     let f = fixture();
-    let (ws, hello) = peer::authenticated(&f.daemon, "t1").await;
-    let mut peer = Peer { ws, next_id: 100 };
+    let (mut peer, hello) = Peer::authenticated(&f.daemon, "t1").await;
     assert_eq!(hello["operation"], "AUTH", "{hello}");
     assert_eq!(hello["protocol_version"], 2, "{hello}");
     assert_eq!(hello["dirs"], json!(["code"]), "{hello}");
@@ -326,7 +173,7 @@ async fn hello_then_every_operation_works() {
     assert!(paths_of(&nothing).is_empty(), "{nothing}");
 
     // A multi-chunk file: header, then chunks whose payload hashes to the header's sha256.
-    let (header, data) = peer.get_file("big.bin").await;
+    let (header, data) = peer.get_file("code", "big.bin").await;
     assert_eq!(header["size"].as_u64(), Some(data.len() as u64), "{header}");
     assert_eq!(header["chunks"].as_u64(), Some(3), "{header}");
     assert_eq!(
@@ -335,10 +182,10 @@ async fn hello_then_every_operation_works() {
         "{header}"
     );
     assert_eq!(sha256(&data), file_sha(&f.e.join("big.bin")));
-    let (header, data) = peer.get_file("sub/c.txt").await;
+    let (header, data) = peer.get_file("code", "sub/c.txt").await;
     assert_eq!(data, b"c\n");
     assert_eq!(header["path"], "sub/c.txt");
-    let (header, data) = peer.get_file("empty.txt").await;
+    let (header, data) = peer.get_file("code", "empty.txt").await;
     assert_eq!(header["chunks"].as_u64(), Some(0), "{header}");
     assert!(data.is_empty());
     assert_eq!(header["sha256"].as_str(), Some(sha256(b"").as_str()));
@@ -355,7 +202,7 @@ async fn hello_then_every_operation_works() {
 #[tokio::test]
 async fn bad_input_gets_an_error_and_the_same_connection_keeps_working() {
     let f = fixture();
-    let mut peer = Peer::hello(&f.daemon).await;
+    let mut peer = hello(&f.daemon).await;
 
     peer.expect_error(Message::text("{not json"), "bad_request", None)
         .await;
@@ -402,22 +249,21 @@ async fn bad_input_gets_an_error_and_the_same_connection_keeps_working() {
         "sub/",
         "",
     ] {
-        peer.get_file_error(bad, "invalid_path").await;
+        get_file_error(&mut peer, bad, "invalid_path").await;
     }
-    peer.get_file_error_in("photos", "a.txt", "unknown_dir")
-        .await;
-    peer.get_file_error("sub", "not_a_file").await;
-    peer.get_file_error("link", "not_a_file").await;
-    peer.get_file_error("node_modules/x", "not_a_file").await;
-    peer.get_file_error("missing.txt", "not_found").await;
-    peer.get_file_error("sub/missing.txt", "not_found").await;
+    get_file_error_in(&mut peer, "photos", "a.txt", "unknown_dir").await;
+    get_file_error(&mut peer, "sub", "not_a_file").await;
+    get_file_error(&mut peer, "link", "not_a_file").await;
+    get_file_error(&mut peer, "node_modules/x", "not_a_file").await;
+    get_file_error(&mut peer, "missing.txt", "not_found").await;
+    get_file_error(&mut peer, "sub/missing.txt", "not_found").await;
     let unknown = peer
         .call(json!({"operation": "GET_CHANGES", "dir": "photos", "since": 0}))
         .await;
     assert_eq!(unknown["code"], "unknown_dir", "{unknown}");
 
     // After all that, real work still works on this connection.
-    let (_, data) = peer.get_file("a.txt").await;
+    let (_, data) = peer.get_file("code", "a.txt").await;
     assert_eq!(data, b"hello\n");
     peer.ping_ok().await;
 }
@@ -436,7 +282,7 @@ async fn a_client_may_send_a_whole_window_of_requests_before_reading_an_answer()
     std::fs::create_dir_all(&state).unwrap();
     let daemon = Daemon::start(&state, &[("code", &e)]);
     daemon.wait_scanned();
-    let (mut peer, hello) = Peer::connect_small_buffers(&daemon).await;
+    let (mut peer, hello) = connect_small_buffers(&daemon).await;
     let window = &hello["pipelining"];
     let (requests, bytes) = (window["requests"].as_u64(), window["bytes"].as_u64());
     assert!(
@@ -524,13 +370,13 @@ async fn requests_before_the_handshake_end_the_connection() {
         refused_and_closed(&mut peer, reply, "bad_request").await;
     }
     // HELLO again on an established connection is refused, and the connection goes on.
-    let mut peer = Peer::hello(&f.daemon).await;
+    let mut peer = hello(&f.daemon).await;
     let reply = peer
         .call(json!({"operation": "HELLO", "protocol_version": 2, "client_id": "again", "client_nonce": "ab".repeat(32)}))
         .await;
     assert_eq!(reply["code"], "bad_request", "{reply}");
     peer.ping_ok().await;
-    let (_, data) = peer.get_file("a.txt").await;
+    let (_, data) = peer.get_file("code", "a.txt").await;
     assert_eq!(data, b"hello\n");
 }
 
@@ -548,15 +394,15 @@ async fn hello_with_another_protocol_version_is_refused() {
         refused_and_closed(&mut peer, reply, "unsupported_version").await;
     }
     // The daemon still serves new connections.
-    let mut again = Peer::hello(&f.daemon).await;
+    let mut again = hello(&f.daemon).await;
     again.ping_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_well_behaved_client_is_served_while_another_sends_garbage() {
     let f = fixture();
-    let mut noisy = Peer::hello(&f.daemon).await;
-    let mut good = Peer::hello(&f.daemon).await;
+    let mut noisy = hello(&f.daemon).await;
+    let mut good = hello(&f.daemon).await;
 
     let garbage = tokio::spawn(async move {
         for i in 0..300u64 {
@@ -585,7 +431,7 @@ async fn a_well_behaved_client_is_served_while_another_sends_garbage() {
     // Meanwhile, the well-behaved raw client and a real zync-client are served.
     for _ in 0..20 {
         good.ping_ok().await;
-        let (header, data) = good.get_file("big.bin").await;
+        let (header, data) = good.get_file("code", "big.bin").await;
         assert_eq!(header["sha256"].as_str(), Some(sha256(&data).as_str()));
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -605,11 +451,11 @@ async fn a_well_behaved_client_is_served_while_another_sends_garbage() {
 #[tokio::test]
 async fn nothing_outside_the_root_is_served() {
     let f = fixture();
-    let mut peer = Peer::hello(&f.daemon).await;
+    let mut peer = hello(&f.daemon).await;
 
     // A symlink to a file outside is indexed as a symlink, never served as content.
-    peer.get_file("a.txt").await;
-    peer.get_file_error("outside-link", "not_a_file").await;
+    peer.get_file("code", "a.txt").await;
+    get_file_error(&mut peer, "outside-link", "not_a_file").await;
     // A path through a symlinked directory is not in the index (the scan does not follow links).
     let reply = peer
         .call(json!({"operation": "GET_FILE", "dir": "code", "path": "outside-dir/secret.txt"}))

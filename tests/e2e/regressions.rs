@@ -6,34 +6,19 @@
 use std::collections::BTreeSet;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::peer::Peer;
+use crate::common::proxy::Proxy;
 use crate::common::*;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 const SQLITE_SIDE_FILES: [&str; 4] = ["", "-wal", "-shm", "-journal"];
 
 /// `path` with `suffix` appended to its file name (`sync.db` + `-wal`).
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(format!("{}{suffix}", path.display()))
-}
-
-/// `zync-apply --db DB ARGS...`, which must exit 0; returns its stdout.
-fn zync_apply_ok(db: &Path, args: &[&str]) -> String {
-    let mut cmd = command("zync-apply");
-    cmd.arg("--db").arg(db).args(args);
-    let out = output_within_deadline(cmd);
-    assert!(
-        out.status.success(),
-        "zync-apply {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
 }
 
 /// Every session the daemon's database holds (`zync-apply list --all --json`).
@@ -44,57 +29,6 @@ fn all_sessions(db: &Path) -> Vec<Value> {
     value.as_array().expect("list --json is an array").clone()
 }
 
-/// `zync-client --update-upstream`, within the deadline.
-fn update_upstream(client: &ClientSpec, url: &str) -> Output {
-    let mut cmd = client.command(url);
-    cmd.arg("--update-upstream");
-    output_within_deadline(cmd)
-}
-
-/// `--update-upstream` that must succeed; returns (stdout, stderr).
-fn update_upstream_ok(client: &ClientSpec, url: &str) -> (String, String) {
-    let out = update_upstream(client, url);
-    assert!(
-        out.status.success(),
-        "zync-client --update-upstream failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        stdout(&out),
-        stderr(&out)
-    );
-    (stdout(&out), stderr(&out))
-}
-
-/// The id on the `session <id>` line of `--update-upstream`'s stdout.
-fn session_id(out: &str, err: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix("session "))
-        .map(|id| id.trim().to_string())
-        .unwrap_or_else(|| panic!("no `session <id>` line on stdout:\n{out}\nstderr:\n{err}"))
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Sends `op` with `id` and returns the response with that id, which must be ok.
-async fn call(ws: &mut Ws, id: u64, mut op: Value) -> Value {
-    op["id"] = json!(id);
-    ws.send(Message::text(op.to_string())).await.expect("send");
-    loop {
-        let message = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .expect("timed out waiting for the daemon")
-            .expect("the daemon closed the connection")
-            .expect("the connection failed");
-        if let Message::Text(text) = message {
-            let value: Value = serde_json::from_str(&text).expect("JSON");
-            if value["id"] == json!(id) {
-                assert_eq!(value["status"], "ok", "{op} failed: {value}");
-                return value;
-            }
-        }
-    }
-}
-
 /// The daemon's GET_LAST_SEQUENCE answer: (last_sequence, scanning), over a raw connection.
 fn last_sequence(daemon: &Daemon) -> (u64, bool) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -102,8 +36,8 @@ fn last_sequence(daemon: &Daemon) -> (u64, bool) {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let (mut ws, _) = crate::common::peer::authenticated(daemon, "regressions").await;
-        let last = call(&mut ws, 3, json!({"operation": "GET_LAST_SEQUENCE"})).await;
+        let (mut peer, _) = Peer::authenticated(daemon, "regressions").await;
+        let last = peer.ok(json!({"operation": "GET_LAST_SEQUENCE"})).await;
         (
             last["last_sequence"]
                 .as_u64()
@@ -113,13 +47,19 @@ fn last_sequence(daemon: &Daemon) -> (u64, bool) {
     })
 }
 
-/// The `index_id=` the daemon logged on opening its index.
-fn logged_index_id(log: &str) -> Option<String> {
-    log.lines()
-        .find(|l| l.contains("index opened"))
-        .and_then(|l| l.split("index_id=").nth(1))
-        .and_then(|s| s.split_whitespace().next())
-        .map(str::to_string)
+/// The daemon's index id, as its handshake's welcome gives it to a client.
+fn index_id(daemon: &Daemon) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let (_, welcome) = Peer::authenticated(daemon, "regressions").await;
+        welcome["index_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no index_id in the welcome: {welcome}"))
+            .to_string()
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,11 +96,11 @@ fn the_clients_own_database_and_token_inside_a_mapped_directory_are_never_sent_n
     client.once_ok(&daemon.url());
     assert_same_tree(&e, &r, &own);
 
-    let (out, err) = update_upstream_ok(&client, &daemon.url());
+    let summary = client.push_json(&daemon.url());
     assert!(
-        out.contains("nothing to send"),
+        summary["session_id"].is_null() && summary["files"] == 0,
         "R changed nothing but its own database and token, yet --update-upstream sent a \
-         session:\nstdout:\n{out}\nstderr:\n{err}"
+         session: {summary}"
     );
     let sessions = all_sessions(&daemon.db);
     assert!(
@@ -171,16 +111,18 @@ fn the_clients_own_database_and_token_inside_a_mapped_directory_are_never_sent_n
     // A file on E at the path of the client's database must not be written over it.
     let before = std::fs::read(&client.db).unwrap();
     assert!(before.starts_with(b"SQLite format 3\0"));
+    let (seq_before, _) = last_sequence(&daemon);
     write(
         &e.join("sync_client.db"),
         "E's file that happens to share the client's database name\n",
     );
+    // The client has passed E's file once it records a sequence past the one before it.
     let mut logs = String::new();
-    wait_until("the client to skip E's sync_client.db", || {
+    wait_until("the client to catch up past E's sync_client.db", || {
         let out = client.once_ok(&daemon.url());
         logs.push_str(&stderr(&out));
-        logs.lines()
-            .any(|l| l.contains("skipped") && l.contains("sync_client.db"))
+        let status = client.status_json(&daemon.url());
+        status["dirs"][0]["client_sequence"].as_u64() > Some(seq_before)
     });
     let after = std::fs::read(&client.db).unwrap();
     assert!(
@@ -190,10 +132,10 @@ fn the_clients_own_database_and_token_inside_a_mapped_directory_are_never_sent_n
     // The client still works with its database, and still has nothing to send.
     client.once_ok(&daemon.url());
     assert_same_tree(&e, &r, &own);
-    let (out, err) = update_upstream_ok(&client, &daemon.url());
+    let summary = client.push_json(&daemon.url());
     assert!(
-        out.contains("nothing to send"),
-        "stdout:\n{out}\nstderr:\n{err}"
+        summary["session_id"].is_null() && summary["files"] == 0,
+        "nothing to send, yet: {summary}"
     );
     assert!(all_sessions(&daemon.db).is_empty());
 }
@@ -230,12 +172,14 @@ fn the_daemons_database_token_and_staging_area_inside_e_never_reach_a_client() {
 
     // R1 pushes an edit: the daemon stages it in sync.db.staging/<id>/, inside E.
     write(&r1.join("a.txt"), "R1's edit of a\n");
-    let (out, err) = update_upstream_ok(&c1, &daemon.url());
-    let id = session_id(&out, &err);
-    let staged = e.join("sync.db.staging").join(&id);
+    let summary = c1.push_json(&daemon.url());
+    let id = summary["session_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("R1's edit was not sent: {summary}"));
+    let staged = e.join("sync.db.staging").join(id);
     assert!(
         staged.is_dir(),
-        "no staging directory {} for the session:\n{out}\n{err}",
+        "no staging directory {} for the session: {summary}",
         staged.display()
     );
 
@@ -325,13 +269,14 @@ fn a_database_given_through_a_symlinked_root_is_not_indexed_and_the_sequence_sta
         seen.iter().all(|&s| s == first),
         "the daemon's sequence moved while nothing changed on E: {seen:?}"
     );
-    let out = client.once_ok(&daemon.url());
+    let proxy = Proxy::to_port(daemon.port);
+    let out = client.once_ok(&proxy.url());
     let got: BTreeSet<String> = tree(&r, &[]).into_keys().collect();
     assert_eq!(got, expected, "{}", stderr(&out));
-    assert!(
-        downloaded_paths(&stderr(&out)).is_empty(),
-        "{}",
-        stderr(&out)
+    assert_eq!(
+        proxy.downloads(),
+        Vec::<String>::new(),
+        "a sync with nothing changed on E downloaded something"
     );
 }
 
@@ -352,21 +297,18 @@ fn update_upstream_skips_a_path_e_ignores_and_sends_the_rest() {
 
     write(&r.join("x.txt"), "x, edited on R\n");
     write(&r.join("run.log"), "a log E ignores\n");
-    let out = update_upstream(&client, &daemon.url());
-    let (so, se) = (stdout(&out), stderr(&out));
-    assert!(
-        out.status.success(),
-        "--update-upstream failed ({}) because of a path E ignores:\nstdout:\n{so}\nstderr:\n{se}",
-        out.status
+    let summary = client.push_json(&daemon.url());
+    let id = summary["session_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no session was sent: {summary}"))
+        .to_string();
+    assert_eq!(
+        summary["files"], 1,
+        "the session must hold 1 file: {summary}"
     );
-    let id = session_id(&so, &se);
-    assert!(
-        so.contains("1 file(s),"),
-        "the session must hold 1 file:\n{so}"
-    );
-    assert!(
-        so.contains("1 file(s) not sent"),
-        "stdout must say 1 file was not sent:\n{so}\nstderr:\n{se}"
+    assert_eq!(
+        summary["skipped"], 1,
+        "1 file must be left unsent: {summary}"
     );
     let text = zync_apply_ok(&daemon.db, &["show", &id, "--json"]);
     let show: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
@@ -384,12 +326,10 @@ fn update_upstream_skips_a_path_e_ignores_and_sends_the_rest() {
     zync_apply_ok(&daemon.db, &["apply", &id, "--non-interactive"]);
     client.once_ok(&daemon.url());
     write(&r.join("only.log"), "another log E ignores\n");
-    let out = update_upstream(&client, &daemon.url());
-    let (so, se) = (stdout(&out), stderr(&out));
-    assert!(out.status.success(), "stdout:\n{so}\nstderr:\n{se}");
+    let summary = client.push_json(&daemon.url());
     assert!(
-        so.contains("nothing sent"),
-        "stdout must say nothing was sent:\n{so}"
+        summary["session_id"].is_null() && summary["files"] == 0,
+        "nothing may be sent: {summary}"
     );
     let pending = zync_apply_ok(&daemon.db, &["list", "--json"]);
     let pending: Value = serde_json::from_str(&pending).expect("list --json");
@@ -419,7 +359,7 @@ fn a_daemon_index_restored_from_a_backup_does_not_make_the_client_skip_new_files
     let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
     client.once_ok(&daemon.url());
     assert_same_tree(&e, &r, &[]);
-    let first_id = logged_index_id(&daemon.log_text());
+    let first_id = index_id(&daemon);
 
     // The backup.
     daemon.stop();
@@ -470,7 +410,7 @@ fn a_daemon_index_restored_from_a_backup_does_not_make_the_client_skip_new_files
     daemon.restart();
     daemon.wait_scanned();
     assert_eq!(
-        logged_index_id(&daemon.log_text()),
+        index_id(&daemon),
         first_id,
         "the restored index must keep its id"
     );
@@ -543,17 +483,6 @@ impl Drop for Background {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn temp_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(".zync-tmp-"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Where R's edit with `sha` survives: `big.bin` or a `big.zync-conflict-*.bin` copy.
@@ -659,9 +588,7 @@ fn an_edit_saved_on_r_while_e_s_version_downloads_is_never_lost() {
             }
         }
         missed.push(format!(
-            "attempt {attempt}: temp file seen {seen:?}, edit before the commit {during}, \
-             downloaded {:?}",
-            downloaded_paths(&log)
+            "attempt {attempt}: temp file seen {seen:?}, edit before the commit {during}"
         ));
     }
     panic!(

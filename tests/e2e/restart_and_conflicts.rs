@@ -4,6 +4,7 @@
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
 
+use crate::common::proxy::Proxy;
 use crate::common::*;
 
 const IGNORED: &[&str] = &["node_modules", ".git"];
@@ -53,15 +54,17 @@ fn a_64_mib_file_syncs_intact_and_again_after_a_change_in_the_middle() {
     let after = file_sha(&big);
     assert_ne!(before, after);
 
+    let proxy = Proxy::to_port(daemon.port);
     let logs = once_until(
         &client,
-        &daemon.url(),
+        &proxy.url(),
         "the changed 64 MiB file on R",
         || file_sha(&r_big) == after,
     );
     assert!(
-        downloaded_paths(&logs).contains(&"data/big.bin".to_string()),
-        "the changed file was not downloaded:\n{logs}"
+        proxy.downloads().contains(&"code/data/big.bin".to_string()),
+        "the changed file was not asked for ({:?}):\n{logs}",
+        proxy.downloads()
     );
     assert_same_tree(&e, &r, IGNORED);
     assert!(conflict_copies(&r.join("data")).is_empty());
@@ -93,8 +96,8 @@ fn changes_made_while_the_daemon_was_stopped_arrive_after_a_restart() {
     std::fs::set_permissions(e.join("chmod.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
     daemon.restart();
 
-    let out = client.once_ok(&daemon.url());
-    let log = stderr(&out);
+    let proxy = Proxy::to_port(daemon.port);
+    client.once_ok(&proxy.url());
     assert_same_tree(&e, &r, IGNORED);
     assert!(!r.join("delete.txt").exists());
     assert!(r.join("new-dir/empty").is_dir());
@@ -107,20 +110,18 @@ fn changes_made_while_the_daemon_was_stopped_arrive_after_a_restart() {
         0o755
     );
 
-    let downloaded = downloaded_paths(&log);
-    // The check below only means something if the log reports downloads at all.
-    for expected in ["modify.txt", "added.txt", "new-dir/inside.txt"] {
-        assert!(
-            downloaded.contains(&expected.to_string()),
-            "{expected} not reported as downloaded ({downloaded:?}):\n{log}"
-        );
-    }
-    for untouched in ["untouched.txt", "sub/untouched-too.txt"] {
-        assert!(
-            !downloaded.contains(&untouched.to_string()),
-            "{untouched} was sent again though it did not change ({downloaded:?}):\n{log}"
-        );
-    }
+    // Exactly the changed and new files were asked for, the untouched ones not again.
+    let mut downloaded = proxy.downloads();
+    downloaded.sort();
+    assert_eq!(
+        downloaded,
+        [
+            "code/added.txt",
+            "code/modify.txt",
+            "code/new-dir/inside.txt"
+        ],
+        "what R asked the restarted daemon for"
+    );
 }
 
 #[test]
@@ -155,9 +156,12 @@ fn an_edit_on_r_meeting_an_edit_on_e_is_kept_as_a_conflict_copy() {
         "R's edit\n",
         "the conflict copy must hold R's version"
     );
-    assert!(
-        logs.contains(copy.as_str()) && logs.contains("notes/f.txt"),
-        "the client's log does not mention the conflict:\n{logs}"
+    // The user is told: the client's status lists the copy.
+    let status = client.status_json(&daemon.url());
+    assert_eq!(
+        status["dirs"][0]["conflict_copies"],
+        serde_json::json!([format!("notes/{copy}")]),
+        "--status --json does not list the conflict copy: {status:#}\n{logs}"
     );
     // E is unchanged by the conflict.
     assert_eq!(
@@ -286,7 +290,8 @@ fn a_lost_daemon_database_makes_the_client_resync_without_downloading_unchanged_
     let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
     client.once_ok(&daemon.url());
     assert_same_tree(&e, &r, IGNORED);
-    let first_log = daemon.log_text();
+    let index_id = |url: &str| client.status_json(url)["daemon"]["index_id"].clone();
+    let old_id = index_id(&daemon.url());
 
     daemon.stop();
     remove_db(&daemon.db);
@@ -294,30 +299,31 @@ fn a_lost_daemon_database_makes_the_client_resync_without_downloading_unchanged_
     write(&e.join("changed.txt"), "after\n");
     daemon.restart();
     daemon.wait_scanned();
-    let index_id = |log: &str| {
-        log.lines()
-            .find(|l| l.contains("index opened"))
-            .and_then(|l| l.split("index_id=").nth(1))
-            .and_then(|s| s.split_whitespace().next())
-            .map(str::to_string)
-    };
-    let (old_id, new_id) = (index_id(&first_log), index_id(&daemon.log_text()));
+    let new_id = index_id(&daemon.url());
     assert!(
-        old_id.is_some() && new_id.is_some() && old_id != new_id,
-        "index id {old_id:?} -> {new_id:?}"
+        old_id.is_string() && new_id.is_string() && old_id != new_id,
+        "index id {old_id} -> {new_id}"
     );
 
-    let out = client.once_ok(&daemon.url());
+    let proxy = Proxy::to_port(daemon.port);
+    let out = client.once_ok(&proxy.url());
     let log = stderr(&out);
     assert_same_tree(&e, &r, IGNORED);
-    assert!(
-        log.contains("resyncing"),
-        "the client did not notice the new index:\n{log}"
-    );
-    let downloaded = downloaded_paths(&log);
+    // It noticed the new index: it asked for the changes from the start.
+    let since: Vec<serde_json::Value> = proxy
+        .requests()
+        .iter()
+        .filter(|r| r["operation"] == "GET_CHANGES")
+        .map(|r| r["since"].clone())
+        .collect();
     assert_eq!(
-        downloaded,
-        vec!["changed.txt".to_string()],
+        since.first(),
+        Some(&serde_json::json!(0)),
+        "the client did not start over on the new index (GET_CHANGES since {since:?}):\n{log}"
+    );
+    assert_eq!(
+        proxy.downloads(),
+        ["code/changed.txt"],
         "only the changed file may be downloaded again:\n{log}"
     );
     assert!(conflict_copies(&r).is_empty(), "{:?}", conflict_copies(&r));

@@ -33,21 +33,7 @@ fn status_json(client: &ClientSpec, url: &str, code: i32) -> Value {
 
 /// `zync-apply --db DB status --json`, parsed; must succeed.
 fn apply_status(db: &Path) -> Value {
-    let mut cmd = command("zync-apply");
-    cmd.arg("--db").arg(db).args(["status", "--json"]);
-    let out = output_within_deadline(cmd);
-    assert!(
-        out.status.success(),
-        "zync-apply status --json failed ({}):\n{}",
-        out.status,
-        stderr(&out)
-    );
-    serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| {
-        panic!(
-            "zync-apply status --json is not JSON ({e}):\n{}",
-            stdout(&out)
-        )
-    })
+    zync_apply_json(db, &["status", "--json"])
 }
 
 #[test]
@@ -240,10 +226,7 @@ fn apply_status_shows_dirs_the_connected_client_its_acks_and_a_staged_session() 
     let c = &v["clients"][0];
     assert_eq!(c["acks"][0]["dir"], "code", "{v}");
     assert_eq!(c["acks"][0]["behind"], 0, "{v}");
-    let mut cmd = command("zync-apply");
-    cmd.arg("--db").arg(&daemon.db).arg("status");
-    let out = output_within_deadline(cmd);
-    let text = stdout(&out);
+    let text = zync_apply_ok(&daemon.db, &["status"]);
     let id = c["client_id"].as_str().expect("client_id");
     assert!(
         text.lines()

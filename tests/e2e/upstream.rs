@@ -10,15 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::peer::{Peer, MAX_CHUNK};
+use crate::common::proxy::Proxy;
 use crate::common::*;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-/// `zync_proto::MAX_CHUNK`, as docs/PROTOCOL.md documents it.
-const MAX_CHUNK: usize = 1 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // Running the binaries.
@@ -57,15 +53,13 @@ fn run_within(mut cmd: Command, limit: Duration, piped_stdin: bool) -> Output {
 }
 
 /// `zync-apply --db DB ARGS...` (no --dirs: the daemon recorded its mapping in the database).
-fn zync_apply(db: &Path, args: &[&str]) -> Output {
-    let mut cmd = command("zync-apply");
-    cmd.arg("--db").arg(db).args(args);
-    run_within(cmd, DEADLINE, false)
+fn zync_apply_out(db: &Path, args: &[&str]) -> Output {
+    run_within(zync_apply(db, args), DEADLINE, false)
 }
 
 /// `zync-apply` that must exit with `code`; returns its stdout.
 fn zync_apply_code(db: &Path, args: &[&str], code: i32) -> String {
-    let out = zync_apply(db, args);
+    let out = zync_apply_out(db, args);
     assert_eq!(
         out.status.code(),
         Some(code),
@@ -120,51 +114,18 @@ fn listed(db: &Path, id: &str) -> Option<Value> {
     list_json(db, true).into_iter().find(|s| s["id"] == id)
 }
 
-/// `zync-client --update-upstream`, which must succeed; returns its stdout and stderr.
-fn push(client: &ClientSpec, url: &str) -> (String, String) {
-    let mut cmd = client.command(url);
-    cmd.arg("--update-upstream");
-    let out = run_within(cmd, DEADLINE, false);
-    assert!(
-        out.status.success(),
-        "zync-client --update-upstream failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        stdout(&out),
-        stderr(&out)
-    );
-    (stdout(&out), stderr(&out))
-}
-
-/// Pushes and returns the session id from the `session <id>` line.
+/// Pushes (`--update-upstream --json`) and returns the session id, which must be a UUID.
 fn push_session(client: &ClientSpec, url: &str) -> String {
-    let (out, err) = push(client, url);
-    let id = out
-        .lines()
-        .find_map(|l| l.strip_prefix("session "))
-        .map(|id| id.trim().to_string())
-        .unwrap_or_else(|| panic!("no `session <id>` line on stdout:\n{out}\nstderr:\n{err}"));
+    let summary = client.push_json(url);
+    let id = summary["session_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the push sent no session: {summary}"))
+        .to_string();
     assert!(
         id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-'),
         "the session id is not a UUID: {id:?}"
     );
     id
-}
-
-/// The paths a client's debug log reports as downloaded (crates/zync-client/src/apply.rs logs
-/// `downloaded ... path=P` for each file it fetched).
-fn downloads(log: &str) -> Vec<String> {
-    log.lines()
-        .filter(|l| l.contains(" downloaded ") || l.ends_with(" downloaded"))
-        .filter_map(|l| {
-            let rest = &l[l.find(" path=")? + " path=".len()..];
-            Some(
-                rest.split_whitespace()
-                    .next()?
-                    .trim_matches('"')
-                    .to_string(),
-            )
-        })
-        .collect()
 }
 
 /// Content, mode and mtime of every file under `root`: what "byte for byte" compares.
@@ -197,8 +158,6 @@ struct Pair {
     r: PathBuf,
     daemon: Daemon,
     client: ClientSpec,
-    /// The first `--once` run's stderr.
-    first_sync_log: String,
 }
 
 impl Pair {
@@ -217,7 +176,7 @@ impl Pair {
         daemon.wait_scanned();
         let r = top.join("r");
         let client = ClientSpec::new(&top.join("client"), &daemon, &[("code", &r)]);
-        let first_sync_log = stderr(&client.once_ok(&daemon.url()));
+        client.once_ok(&daemon.url());
         assert_same_tree(&e, &r, &[]);
         Pair {
             _tmp: tmp,
@@ -226,7 +185,6 @@ impl Pair {
             r,
             daemon,
             client,
-            first_sync_log,
         }
     }
 
@@ -277,16 +235,6 @@ fn round_trip_r_edits_are_staged_reviewed_applied_and_come_back_without_download
         ("sub/inner.txt", b"inner\n"),
     ]);
     let (e, r, db) = (&p.e, &p.r, p.db());
-    // The log parsing below sees downloads: the first sync downloaded every file.
-    let first: BTreeSet<String> = downloads(&p.first_sync_log).into_iter().collect();
-    assert!(
-        ["notes.txt", "keep.txt", "gone.txt", "sub/inner.txt"]
-            .iter()
-            .all(|f| first.contains(*f)),
-        "the first sync's downloads were not recognised ({first:?}):\n{}",
-        p.first_sync_log
-    );
-
     // R: modify, add (at the top and in a new subdirectory), delete.
     write(
         &r.join("notes.txt"),
@@ -366,16 +314,21 @@ fn round_trip_r_edits_are_staged_reviewed_applied_and_come_back_without_download
     );
 
     // The client takes E's new state back without downloading what it already has.
-    let out = p.client.once_ok(&p.url());
+    let before = p.client.status_json(&p.url());
+    let proxy = Proxy::to_port(p.daemon.port);
+    let out = p.client.once_ok(&proxy.url());
     let log = stderr(&out);
+    let after = p.client.status_json(&p.url());
     assert!(
-        log.contains("synced") && log.contains("applied="),
-        "the client applied nothing after the apply on E:\n{log}"
+        after["dirs"][0]["client_sequence"].as_u64()
+            > before["dirs"][0]["client_sequence"].as_u64()
+            && after["in_sync"] == true,
+        "the client took none of E's changes after the apply:\nbefore {before}\nafter {after}\n{log}"
     );
-    let fetched = downloads(&log);
+    let fetched = proxy.downloads();
     for path in ["notes.txt", "added.txt", "newdir/deeper/new.txt"] {
         assert!(
-            !fetched.iter().any(|f| f == path),
+            !fetched.iter().any(|f| f == &format!("code/{path}")),
             "{path} was downloaded again although R has it (downloads: {fetched:?}):\n{log}"
         );
     }
@@ -387,10 +340,10 @@ fn round_trip_r_edits_are_staged_reviewed_applied_and_come_back_without_download
     assert_same_tree(e, r, &[]);
 
     // Nothing left to send, and no new session.
-    let (out, err) = push(&p.client, &p.url());
+    let summary = p.client.push_json(&p.url());
     assert!(
-        out.contains("nothing to send") && !out.contains("session "),
-        "a second push sent something:\nstdout:\n{out}\nstderr:\n{err}"
+        summary["session_id"].is_null() && summary["files"] == 0,
+        "a second push sent something: {summary}"
     );
     let list = zync_apply_code(db, &["list"], 0);
     assert!(
@@ -692,10 +645,12 @@ fn interactive_apply_without_a_terminal_refuses_quickly_and_changes_nothing() {
     let id = p.push_session();
     let before = files_with_mtime(&p.e);
 
-    let mut cmd = command("zync-apply");
-    cmd.arg("--db").arg(db).args(["apply", &id]);
     let start = Instant::now();
-    let out = run_within(cmd, Duration::from_secs(10), true);
+    let out = run_within(
+        zync_apply(db, &["apply", &id]),
+        Duration::from_secs(10),
+        true,
+    );
     assert!(
         start.elapsed() < Duration::from_secs(10),
         "took {:?}",
@@ -722,121 +677,63 @@ fn interactive_apply_without_a_terminal_refuses_quickly_and_changes_nothing() {
 // ---------------------------------------------------------------------------------------------
 // The protocol, spoken directly.
 
-struct Peer {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    next_id: u64,
+/// Connects and completes the handshake.
+async fn hello(daemon: &Daemon) -> Peer {
+    Peer::authenticated(daemon, "upstream-test").await.0
 }
 
-impl Peer {
-    /// Connects and completes the handshake.
-    async fn hello(daemon: &Daemon) -> Peer {
-        let (ws, _) = crate::common::peer::authenticated(daemon, "upstream-test").await;
-        Peer { ws, next_id: 10 }
-    }
+/// PREPARE_UPSTREAM: the new session's id.
+async fn prepare(peer: &mut Peer) -> String {
+    let reply = peer
+        .ok(json!({"operation": "PREPARE_UPSTREAM", "description": "upstream test"}))
+        .await;
+    reply["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_string()
+}
 
-    fn id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
+/// An UPSTREAM_FILE write announcing `size` bytes with `sha256`, followed by `content` in
+/// chunks (8-byte big-endian request id, then the payload). Returns the response.
+async fn upload(
+    peer: &mut Peer,
+    session: &str,
+    path: &str,
+    content: &[u8],
+    size: u64,
+    sha256: &str,
+) -> Value {
+    let id = peer.id();
+    let request = json!({
+        "id": id, "operation": "UPSTREAM_FILE", "session_id": session, "dir": "code",
+        "path": path, "action": "write", "mode": 0o644, "size": size,
+        "mtime_ns": 1_700_000_000_000_000_000i64, "sha256": sha256,
+    });
+    peer.send_json(&request).await;
+    for piece in content.chunks(MAX_CHUNK) {
+        let mut frame = id.to_be_bytes().to_vec();
+        frame.extend_from_slice(piece);
+        peer.send(Message::binary(frame)).await;
     }
+    let reply = peer.recv_text().await;
+    assert_eq!(reply["id"], json!(id), "UPSTREAM_FILE {path}: {reply}");
+    reply
+}
 
-    async fn send(&mut self, message: Message) {
-        self.ws.send(message).await.expect("send a frame");
-    }
-
-    /// The next response (events skipped), within the deadline.
-    async fn reply(&mut self) -> Value {
-        loop {
-            let next = tokio::time::timeout(DEADLINE, self.ws.next())
-                .await
-                .expect("timed out waiting for the daemon");
-            match next {
-                Some(Ok(Message::Text(text))) => {
-                    let value: Value = serde_json::from_str(&text).expect("JSON from the daemon");
-                    if value["status"] != "event" {
-                        return value;
-                    }
-                }
-                Some(Ok(Message::Binary(_))) => panic!("unexpected binary frame"),
-                Some(Ok(Message::Close(frame))) => panic!("the daemon closed: {frame:?}"),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => panic!("the connection failed: {e}"),
-                None => panic!("the connection ended"),
-            }
-        }
-    }
-
-    /// Sends `op` with a fresh id; returns the response, which must carry that id.
-    async fn call(&mut self, mut op: Value) -> Value {
-        let id = self.id();
-        op["id"] = json!(id);
-        self.send(Message::text(op.to_string())).await;
-        let reply = self.reply().await;
-        assert_eq!(
-            reply["id"],
-            json!(id),
-            "response to {op} has another id: {reply}"
-        );
-        reply
-    }
-
-    async fn ok(&mut self, op: Value) -> Value {
-        let reply = self.call(op.clone()).await;
-        assert_eq!(reply["status"], "ok", "{op} failed: {reply}");
-        reply
-    }
-
-    async fn prepare(&mut self) -> String {
-        let reply = self
-            .ok(json!({"operation": "PREPARE_UPSTREAM", "description": "upstream test"}))
-            .await;
-        reply["session_id"]
-            .as_str()
-            .expect("session_id")
-            .to_string()
-    }
-
-    /// An UPSTREAM_FILE write announcing `size` bytes with `sha256`, followed by `content` in
-    /// chunks (8-byte big-endian request id, then the payload). Returns the response.
-    async fn upload(
-        &mut self,
-        session: &str,
-        path: &str,
-        content: &[u8],
-        size: u64,
-        sha256: &str,
-    ) -> Value {
-        let id = self.id();
-        let request = json!({
-            "id": id, "operation": "UPSTREAM_FILE", "session_id": session, "dir": "code",
-            "path": path, "action": "write", "mode": 0o644, "size": size,
-            "mtime_ns": 1_700_000_000_000_000_000i64, "sha256": sha256,
-        });
-        self.send(Message::text(request.to_string())).await;
-        for piece in content.chunks(MAX_CHUNK) {
-            let mut frame = id.to_be_bytes().to_vec();
-            frame.extend_from_slice(piece);
-            self.send(Message::binary(frame)).await;
-        }
-        let reply = self.reply().await;
-        assert_eq!(reply["id"], json!(id), "UPSTREAM_FILE {path}: {reply}");
-        reply
-    }
-
-    /// An upload with the right size and sha256 that must be staged.
-    async fn upload_ok(&mut self, session: &str, path: &str, content: &[u8]) -> Value {
-        let reply = self
-            .upload(
-                session,
-                path,
-                content,
-                content.len() as u64,
-                &sha256(content),
-            )
-            .await;
-        assert_eq!(reply["status"], "ok", "UPSTREAM_FILE {path}: {reply}");
-        assert_eq!(reply["operation"], "UPSTREAM_FILE", "{reply}");
-        reply
-    }
+/// An upload with the right size and sha256 that must be staged.
+async fn upload_ok(peer: &mut Peer, session: &str, path: &str, content: &[u8]) -> Value {
+    let reply = upload(
+        peer,
+        session,
+        path,
+        content,
+        content.len() as u64,
+        &sha256(content),
+    )
+    .await;
+    assert_eq!(reply["status"], "ok", "UPSTREAM_FILE {path}: {reply}");
+    assert_eq!(reply["operation"], "UPSTREAM_FILE", "{reply}");
+    reply
 }
 
 fn expect_error(reply: &Value, code: &str, what: &str) {
@@ -859,10 +756,10 @@ async fn a_session_left_unfinished_is_aborted_and_its_staged_files_removed() {
         } else {
             "a dropped TCP connection"
         };
-        let mut peer = Peer::hello(&p.daemon).await;
-        let id = peer.prepare().await;
+        let mut peer = hello(&p.daemon).await;
+        let id = prepare(&mut peer).await;
         let content = pseudo_random(MAX_CHUNK + 1000, 5);
-        let reply = peer.upload_ok(&id, "a.txt", &content).await;
+        let reply = upload_ok(&mut peer, &id, "a.txt", &content).await;
         assert_eq!(
             reply["conflict"], true,
             "E's a.txt differs and R had no base"
@@ -881,7 +778,7 @@ async fn a_session_left_unfinished_is_aborted_and_its_staged_files_removed() {
             "{how}: a receiving session is listed as pending"
         );
         // apply refuses a session still being received.
-        let out = zync_apply(&db, &["apply", &id, "--non-interactive", "--force"]);
+        let out = zync_apply_out(&db, &["apply", &id, "--non-interactive", "--force"]);
         assert!(
             !out.status.success(),
             "{how}: apply of a receiving session succeeded"
@@ -918,13 +815,11 @@ async fn bad_paths_and_bad_checksums_are_refused_and_nothing_escapes() {
     let outside_before = tree(&p.top, &["state"]);
     let etc_x_existed = Path::new("/etc/x").exists();
 
-    let mut peer = Peer::hello(&p.daemon).await;
-    let id = peer.prepare().await;
+    let mut peer = hello(&p.daemon).await;
+    let id = prepare(&mut peer).await;
     let evil = b"written through a bad path\n";
     for path in ["../escape.txt", "/etc/x", "a/../../b"] {
-        let reply = peer
-            .upload(&id, path, evil, evil.len() as u64, &sha256(evil))
-            .await;
+        let reply = upload(&mut peer, &id, path, evil, evil.len() as u64, &sha256(evil)).await;
         expect_error(&reply, "invalid_path", path);
         // The refused upload's content frame is dropped silently: the next reply is PING's.
         peer.ok(json!({"operation": "PING"})).await;
@@ -932,31 +827,31 @@ async fn bad_paths_and_bad_checksums_are_refused_and_nothing_escapes() {
 
     // Content that does not match its sha256, then content shorter than announced.
     let content = b"what R really sent\n";
-    let reply = peer
-        .upload(
-            &id,
-            "mismatch.txt",
-            content,
-            content.len() as u64,
-            &sha256(b"what R announced!!\n"),
-        )
-        .await;
+    let reply = upload(
+        &mut peer,
+        &id,
+        "mismatch.txt",
+        content,
+        content.len() as u64,
+        &sha256(b"what R announced!!\n"),
+    )
+    .await;
     expect_error(&reply, "checksum_mismatch", "a wrong sha256");
-    let reply = peer
-        .upload(
-            &id,
-            "short.txt",
-            content,
-            content.len() as u64 + 10,
-            &sha256(content),
-        )
-        .await;
+    let reply = upload(
+        &mut peer,
+        &id,
+        "short.txt",
+        content,
+        content.len() as u64 + 10,
+        &sha256(content),
+    )
+    .await;
     expect_error(&reply, "checksum_mismatch", "content shorter than its size");
     peer.ok(json!({"operation": "PING"})).await;
 
     // The session still works.
     let good = b"a valid file\n";
-    let reply = peer.upload_ok(&id, "sub/good.txt", good).await;
+    let reply = upload_ok(&mut peer, &id, "sub/good.txt", good).await;
     assert_eq!(reply["path"], "sub/good.txt", "{reply}");
     assert_eq!(reply["conflict"], false, "{reply}");
     let done = peer
