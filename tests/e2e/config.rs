@@ -1,4 +1,4 @@
-//! End-to-end: the config files of the three binaries (issue 6). Settings come from a file
+//! End-to-end: the config files of the three binaries. Settings come from a file
 //! when no flag gives them, a flag wins over the file, a broken or missing file stops the
 //! program with the line at fault before it touches anything, the example files in docs/
 //! work as documented, the systemd units start real binaries with real flags, and each

@@ -1,8 +1,8 @@
 //! End-to-end crash tests: `kill -9` of each program in the middle of its work.
 //!
-//! * the client during a large initial sync and during a stream of changes on E (DESIGN
-//!   invariants 1 and 2): R only ever holds versions E had, temp files of the killed run are
-//!   gone once the next run has started, and R converges to E;
+//! * the client during a large initial sync and during a stream of changes on E (invariants
+//!   1 and 2, docs/ARCHITECTURE.md): R only ever holds versions E had, temp files of the
+//!   killed run are gone once the next run has started, and R converges to E;
 //! * the daemon while files change on E (invariant 6): nothing is missed after the restart;
 //! * `zync-apply` in the middle of an apply (invariant 5): no E file is half-written, and a
 //!   rerun completes the apply or `undo` restores E exactly.

@@ -1,4 +1,4 @@
-//! End-to-end: GET_DELTA (issue 5) spoken to a running daemon over a raw WebSocket, as
+//! End-to-end: GET_DELTA spoken to a running daemon over a raw WebSocket, as
 //! docs/PROTOCOL.md describes it. R's side is played by zync_fs::delta: the signature of an
 //! older version goes out, the delta comes back in chunks, and applying it must rebuild E's
 //! file exactly (its sha256 is the header's) with few bytes on the wire. Bad input gets an
@@ -329,7 +329,7 @@ async fn a_file_that_changed_since_it_was_indexed_is_stale() {
     peer.ping_ok().await;
 }
 
-/// The client uses GET_DELTA by itself (issue 5): a 64 KiB edit in the middle of a 24 MiB file
+/// The client uses GET_DELTA by itself: a 64 KiB edit in the middle of a 24 MiB file
 /// that R already has crosses the wire as a signature and a small delta, well under 1 MiB
 /// both ways, and R ends with E's exact bytes, leaving no temp file behind.
 #[test]

@@ -1,7 +1,7 @@
 //! End-to-end: what R's disk throws at the client. A path that cannot be written fails alone,
 //! with a message naming it, is retried, and holds `--once` non-zero until it is fixed; a
 //! file R's disk has no room for is not even downloaded; a symlink planted on R is never
-//! written through (DESIGN invariant 3).
+//! written through (invariant 3, docs/ARCHITECTURE.md).
 
 use crate::common::proxy::Proxy;
 use crate::common::*;

@@ -1,6 +1,6 @@
-//! End-to-end: file modes. Everything zync creates for its own state (databases with their WAL
-//! and SHM, the token, the staging area, apply's backups) is 0600 for files and 0700 for
-//! directories whatever the umask (DESIGN invariant 8); modes from the other machine land
+//! End-to-end: file modes. Everything zync creates for its own state (databases with their WAL and
+//! SHM, the token, the staging area, apply's backups) is 0600 for files and 0700 for directories
+//! whatever the umask (invariant 8, docs/ARCHITECTURE.md); modes from the other machine land
 //! narrowed by the receiving side's umask, and that narrowing never reads as a local edit.
 
 use std::os::unix::fs::PermissionsExt;

@@ -109,7 +109,7 @@ fn sample_until(
     }
 }
 
-/// (a) + (d), as the brief has it: a tunnel that drops every 4 MiB still delivers a 48 MiB
+/// (a) + (d): a tunnel that drops every 4 MiB still delivers a 48 MiB
 /// file, because each new connection resumes the partial download where the last one stopped
 /// (GET_FILE `offset`), within the file's time budget.
 #[test]
@@ -117,7 +117,7 @@ fn a_tunnel_cut_every_4_mib_still_delivers_48_mib_quickly() {
     cut_transfer(4 * MIB, Duration::from_secs(50));
 }
 
-/// (a) + (d), as the brief has it: a tunnel that drops every 12 MiB still delivers a 48 MiB file (no connection
+/// (a) + (d): a tunnel that drops every 12 MiB still delivers a 48 MiB file (no connection
 /// carries it whole: without resuming it could never arrive), because each new connection
 /// resumes the partial download where the last one stopped (GET_FILE `offset`), so the bytes
 /// sent stay near the data's size; and at no moment does R's file hold anything but E's

@@ -1,4 +1,4 @@
-//! End-to-end: what the binaries show a person (issue 6). A large sync draws an indicatif bar
+//! End-to-end: what the binaries show a person. A large sync draws an indicatif bar
 //! on a terminal (run under a pseudo-terminal with util-linux `script`) and prints plain
 //! periodic lines without escape codes otherwise; `--update-upstream --json` prints one JSON
 //! object; `zync-apply show --diff` colours and pages only on a terminal.

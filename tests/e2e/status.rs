@@ -1,4 +1,4 @@
-//! End-to-end: `zync-client --status` and `zync-apply status` (issue 6) tell the state of the
+//! End-to-end: `zync-client --status` and `zync-apply status` tell the state of the
 //! sync in one command, from R and from E, and change nothing while they look.
 
 use std::path::Path;

@@ -99,7 +99,7 @@ fn loop_mode_follows_every_kind_of_change_on_e() {
     drop(running);
 }
 
-/// Content R already has is copied on R, not downloaded (issue 5): a file renamed or moved on
+/// Content R already has is copied on R, not downloaded: a file renamed or moved on
 /// E, a whole directory renamed, and a copy of a file all arrive without their bytes crossing
 /// the wire, and the files set aside during the page leave nothing behind.
 #[test]
@@ -146,7 +146,7 @@ fn renamed_moved_and_copied_files_are_copied_on_r_not_downloaded() {
 }
 
 /// A renamed tree bigger than a batch: every file is a local copy made while the page is
-/// planned, and they go into place batch by batch (issue 5). Nothing is downloaded again and
+/// planned, and they go into place batch by batch. Nothing is downloaded again and
 /// no copy is left behind.
 #[test]
 fn a_renamed_tree_of_many_files_is_copied_batch_by_batch_not_downloaded() {

@@ -1,8 +1,8 @@
-//! End-to-end: the upstream path, R -> E. `zync-client --update-upstream` pushes R's edits to
-//! the daemon, which stages them beside its database; `zync-apply` lists, shows, applies and
-//! undoes them on E (DESIGN invariants 4 and 5, docs/PROTOCOL.md "Upstream sessions"). The
-//! last tests speak the protocol directly to check what the daemon refuses and how it cleans
-//! up a session whose connection ended before FINALIZE_UPSTREAM.
+//! End-to-end: the upstream path, R -> E. `zync-client --update-upstream` pushes R's edits to the
+//! daemon, which stages them beside its database; `zync-apply` lists, shows, applies and undoes
+//! them on E (invariants 4 and 5, docs/ARCHITECTURE.md; docs/PROTOCOL.md "Upstream sessions"). The
+//! last tests speak the protocol directly to check what the daemon refuses and how it cleans up a
+//! session whose connection ended before FINALIZE_UPSTREAM.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -1,7 +1,7 @@
-//! End-to-end: what the daemon asks the kernel to watch. It must hear every change (DESIGN
-//! invariant 6) and nothing else: a watch on opens would wake the daemon for every file anything
-//! on E reads (an editor, a build, `grep -r`, the daemon serving R), and enough of them at once
-//! overflow the kernel's queue into a full rescan (issue 5).
+//! End-to-end: what the daemon asks the kernel to watch. It must hear every change (invariant
+//! 6, docs/ARCHITECTURE.md) and nothing else: a watch on opens would wake the daemon for every
+//! file anything on E reads (an editor, a build, `grep -r`, the daemon serving R), and enough
+//! of them at once overflow the kernel's queue into a full rescan.
 
 use std::path::Path;
 
