@@ -250,7 +250,7 @@ fn a_broken_config_file_names_its_line_and_nothing_is_touched() {
         cmd,
         &[
             &format!("{}:3:1", bad.display()),
-            "unknown field `prot`",
+            "unknown key `prot`",
             "3 | prot = 8001",
             "fix line 3",
         ],
@@ -269,7 +269,7 @@ fn a_broken_config_file_names_its_line_and_nothing_is_touched() {
         cmd,
         &[
             &format!("{}:2:12", bad.display()),
-            "invalid type",
+            "invalid value 'often' for '--interval",
             "interval = \"often\"",
         ],
     );
