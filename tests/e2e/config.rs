@@ -248,7 +248,7 @@ fn a_broken_config_file_names_its_line_and_nothing_is_touched() {
         cmd,
         &[
             &format!("{}:3:1", bad.display()),
-            "unknown field `prot`",
+            "unknown key `prot`",
             "3 | prot = 8001",
             "fix line 3",
         ],
@@ -267,7 +267,7 @@ fn a_broken_config_file_names_its_line_and_nothing_is_touched() {
         cmd,
         &[
             &format!("{}:2:12", bad.display()),
-            "invalid type",
+            "invalid value 'often' for '--interval",
             "interval = \"often\"",
         ],
     );

@@ -20,8 +20,6 @@ pub mod undo;
 
 use std::io::Write;
 
-use anyhow::Context;
-
 pub use crate::apply::{ApplyOptions, ApplyReport};
 pub use crate::cli::{Cli, Command, DirsArg};
 pub use crate::prompt::{Choice, Prompter, ScriptedPrompter, TermPrompter};
@@ -43,28 +41,6 @@ impl Outcome {
             Outcome::ConflictsLeft => 3,
         }
     }
-}
-
-/// Sets up logging to stderr at `level` (a level name or a tracing filter).
-///
-/// # Errors
-///
-/// `level` is not a valid filter, or logging was already set up.
-pub fn init_logging(level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| {
-        format!("--log-level {level:?} is not a level (error, warn, info, debug, trace)")
-    })?;
-    // Progress lines of a long apply show at any level (issue 6).
-    let filter = match zync_cli::progress::TARGET.parse() {
-        Ok(directive) if level != "off" => filter.add_directive(directive),
-        _ => filter,
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(zync_cli::progress::LogWriter::default)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
 /// Runs the command on stdout, asking questions on the terminal.

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = zync_apply::init_logging(&cli.log_level) {
+    if let Err(e) = zync_cli::logging::init(&cli.log_level, true) {
         eprintln!("zync-apply: {e:#}");
         return ExitCode::from(2);
     }

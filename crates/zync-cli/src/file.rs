@@ -25,7 +25,7 @@ pub enum ConfigError {
         source: io::Error,
     },
     /// The file is not valid TOML, has an unknown key, or a value of the wrong type.
-    #[error("{}:{line}:{column}: {message}\n{excerpt}\nfix line {line} of the config file (its keys are the long flags without `--`, as in docs/{example}), or pass --config with another file", path.display())]
+    #[error("{}:{line}:{column}: {message}\n{excerpt}\nfix line {line} of the config file (its keys are the flags under \"Settings\" in --help, without `--`, as in docs/{example}), or pass --config with another file", path.display())]
     Parse {
         /// The config file.
         path: PathBuf,
@@ -60,6 +60,11 @@ pub struct Loaded<T> {
     /// The file that was looked for: `--config`, or the default path (None when there is no
     /// config directory, e.g. HOME unset). Error messages name it.
     pub looked_at: Option<PathBuf>,
+    /// The file's text, for errors that point into it.
+    text: String,
+    /// The config file's name in the config directory (`daemon.toml`), for errors that name its
+    /// example in docs/.
+    file_name: String,
 }
 
 /// The default place of config file `file_name`: `zync/` in the user's config directory
@@ -90,7 +95,10 @@ fn read<T: DeserializeOwned + Default>(
     file_name: &str,
 ) -> Result<Loaded<T>, ConfigError> {
     let Some(path) = looked_at.clone() else {
-        return Ok(Loaded::default());
+        return Ok(Loaded {
+            file_name: file_name.to_string(),
+            ..Loaded::default()
+        });
     };
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -100,6 +108,7 @@ fn read<T: DeserializeOwned + Default>(
             }
             return Ok(Loaded {
                 looked_at,
+                file_name: file_name.to_string(),
                 ..Loaded::default()
             });
         }
@@ -110,6 +119,8 @@ fn read<T: DeserializeOwned + Default>(
         values,
         path: Some(path),
         looked_at,
+        text,
+        file_name: file_name.to_string(),
     })
 }
 
@@ -172,6 +183,21 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
 }
 
 impl<T> Loaded<T> {
+    /// An error about the text at `span` of this file: its line and column, the line with a
+    /// marker under the span, and `message`.
+    pub fn error_at(&self, span: std::ops::Range<usize>, message: String) -> ConfigError {
+        let path = self.path.clone().unwrap_or_default();
+        let (line, column, excerpt) = locate(&self.text, span);
+        ConfigError::Parse {
+            path,
+            line,
+            column,
+            message,
+            excerpt,
+            example: self.file_name.replace(".toml", ".example.toml"),
+        }
+    }
+
     /// A path from the file, as the program should use it: `~` and `~/…` are the home
     /// directory, and a relative path is relative to the config file's directory (so the file
     /// means the same whatever directory the program starts in).
@@ -232,7 +258,17 @@ impl<T> Loaded<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::DaemonFile;
+
+    /// A file of a few typed keys, as serde reads any config file.
+    #[allow(dead_code)] // Only serde reads some of the fields.
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+    struct DaemonFile {
+        host: Option<String>,
+        port: Option<u16>,
+        db: Option<PathBuf>,
+        dirs: Option<Vec<String>>,
+    }
 
     fn write(dir: &Path, text: &str) -> PathBuf {
         let path = dir.join("daemon.toml");

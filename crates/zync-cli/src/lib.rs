@@ -1,18 +1,25 @@
-//! What zync's three binaries share at their command line (issue 6): the TOML config file
-//! that holds what is otherwise given by flags ([`load`], [`DaemonFile`], [`ClientFile`]),
-//! the rule that a flag beats the file and the file beats the built-in default ([`given`]),
-//! shell completions and man pages generated from the clap definitions ([`Generate`]), and the
-//! progress of long runs ([`progress`]).
+//! What zync's three binaries share at their command line and around their main loop: the
+//! TOML config file that holds what is otherwise given by flags ([`load`], [`settings`]: the
+//! flags under the [`SETTINGS`] heading are its keys), the rule that a flag beats the file and
+//! the file beats the built-in default ([`given`]), shell completions and man pages generated from the clap definitions
+//! ([`Generate`]), the progress of long runs ([`progress`]), logging ([`logging`]), the async
+//! runtime and SIGINT/SIGTERM ([`runtime`], [`shutdown_signal`]), and retry waits
+//! ([`Backoff`]).
 #![deny(missing_docs)]
 
+mod backoff;
 mod file;
 mod generate;
+pub mod logging;
 pub mod progress;
-mod schema;
+mod runtime;
+pub mod settings;
 
+pub use backoff::Backoff;
 pub use file::{default_path, load, ConfigError, Loaded};
 pub use generate::Generate;
-pub use schema::{ClientFile, DaemonFile};
+pub use runtime::{runtime, shutdown_signal};
+pub use settings::SETTINGS;
 
 use clap::parser::ValueSource;
 use clap::ArgMatches;

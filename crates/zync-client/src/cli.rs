@@ -6,7 +6,7 @@ mod file;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueHint};
 use zync_fs::DirName;
 
 use crate::connection::Credentials;
@@ -22,9 +22,8 @@ use crate::sync::Mapping;
     group(clap::ArgGroup::new("json_mode").args(["status", "update_upstream"]).multiple(true))
 )]
 pub struct Args {
-    /// Config file holding any of these flags' settings except --once and --update-upstream
-    /// (keys are the long flags without `--`; see docs/client.example.toml). Flags given here
-    /// win over it. Default: ~/.config/zync/client.toml ($XDG_CONFIG_HOME/zync/...), read if
+    /// Config file holding any of the settings below (keys are their long flags without `--`;
+    /// see docs/client.example.toml). Flags given here win over it. Default: ~/.config/zync/client.toml ($XDG_CONFIG_HOME/zync/...), read if
     /// it exists.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
@@ -37,18 +36,19 @@ pub struct Args {
     #[arg(
         long,
         default_value = "ws://localhost:8000",
-        value_name = "unix:PATH|ws://HOST:PORT"
+        value_name = "unix:PATH|ws://HOST:PORT",
+        help_heading = zync_cli::SETTINGS
     )]
     pub server: String,
     /// SQLite database holding what this client has synced.
-    #[arg(long, default_value = "sync_client.db")]
+    #[arg(long, default_value = "sync_client.db", value_hint = ValueHint::FilePath, help_heading = zync_cli::SETTINGS)]
     pub db: PathBuf,
     /// Safety-net poll interval in seconds; changes normally arrive at once by notification.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, help_heading = zync_cli::SETTINGS)]
     pub interval: u64,
     /// Directory mappings, as REMOTE_NAME:LOCAL_PATH (one or more). Required, here or as
     /// `dirs` in the config file.
-    #[arg(long, num_args = 1.., value_name = "NAME:LOCAL_PATH")]
+    #[arg(long, num_args = 1.., value_name = "NAME:LOCAL_PATH", help_heading = zync_cli::SETTINGS)]
     pub dirs: Vec<String>,
     /// Sync once and exit: 0 when in sync, non-zero with the reason otherwise.
     #[arg(long)]
@@ -70,14 +70,14 @@ pub struct Args {
     pub json: bool,
     /// File holding the daemon's token (default: zync.token beside --db, if it exists).
     /// ZYNC_TOKEN overrides it.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath, help_heading = zync_cli::SETTINGS)]
     pub token_file: Option<PathBuf>,
     /// Seconds of silence after which the connection counts as stalled (a hung tunnel) and is
     /// reopened; the client pings the daemon every third of it while idle.
-    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    #[arg(long, default_value_t = 20, value_name = "SECS", help_heading = zync_cli::SETTINGS)]
     pub stall_timeout: u64,
     /// Log level: error, warn, info, debug or trace (or a tracing filter).
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = "info", help_heading = zync_cli::SETTINGS)]
     pub log_level: String,
 }
 

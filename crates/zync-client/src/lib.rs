@@ -33,22 +33,6 @@ const ONCE_ATTEMPTS: usize = 5;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// Sets up logging to stderr at `level`.
-///
-/// # Errors
-/// When `level` is not a valid filter.
-pub fn init_logging(level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| {
-        format!("--log-level {level:?} is not a level (error, warn, info, debug, trace)")
-    })?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(zync_cli::progress::LogWriter::default)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
-}
-
 /// Runs the client as the command line says, until done (`--once`) or SIGINT/SIGTERM.
 ///
 /// # Errors
@@ -56,11 +40,7 @@ pub fn init_logging(level: &str) -> anyhow::Result<()> {
 /// that reconnecting cannot fix (a refused token).
 pub fn main_with_args(args: Args) -> anyhow::Result<()> {
     let config = Config::from_args(&args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = zync_cli::runtime(Some(2))?;
     runtime.block_on(async {
         if args.update_upstream {
             let summary = run_upstream(&config).await?;
@@ -68,7 +48,7 @@ pub fn main_with_args(args: Args) -> anyhow::Result<()> {
         } else if args.once {
             run_once(&config).await.map(|_| ())
         } else {
-            run_loop(&config, shutdown_signal()).await
+            run_loop(&config, zync_cli::shutdown_signal("stopping")).await
         }
     })
 }
@@ -109,23 +89,6 @@ fn print_summary(summary: &PushSummary, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("stopping");
 }
 
 fn open_state(config: &Config) -> anyhow::Result<ClientState> {
@@ -278,29 +241,29 @@ async fn sync_all(
 pub async fn run_loop(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let mut state = open_state(config)?;
     tokio::pin!(shutdown);
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = zync_cli::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         let mut connected = false;
         let result = tokio::select! {
             result = session(config, &mut state, &mut connected) => result,
             () = &mut shutdown => return Ok(()),
         };
+        // A connection that got through the handshake was progress: a tunnel that drops
+        // every few megabytes must not wait longer and longer between resumed downloads.
+        if connected {
+            backoff.reset();
+        }
+        let wait = backoff.next_delay();
         if let Err(e) = result {
             if e.is_permanent() {
                 return Err(e.into());
             }
-            // A connection that got through the handshake was progress: a tunnel that drops
-            // every few megabytes must not wait longer and longer between resumed downloads.
-            if connected {
-                backoff = BACKOFF_MIN;
-            }
-            tracing::warn!("{e}; reconnecting in {backoff:?}");
+            tracing::warn!("{e}; reconnecting in {wait:.1?}");
         }
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(wait) => {}
             () = &mut shutdown => return Ok(()),
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

@@ -6,7 +6,7 @@ mod file;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Parser, ValueHint};
 use zync_fs::DirName;
 
 use crate::indexer::OwnPaths;
@@ -20,8 +20,8 @@ use crate::token::Auth;
     about = "Index, watch and serve directories to zync clients (runs on machine E)"
 )]
 pub struct Args {
-    /// Config file holding any of these flags' settings (keys are the long flags without
-    /// `--`; see docs/daemon.example.toml). Flags given here win over it.
+    /// Config file holding any of the settings below (keys are their long flags without `--`;
+    /// see docs/daemon.example.toml). Flags given here win over it.
     /// Default: ~/.config/zync/daemon.toml ($XDG_CONFIG_HOME/zync/...), read if it exists.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
@@ -29,43 +29,43 @@ pub struct Args {
     #[command(flatten)]
     pub generate: zync_cli::Generate,
     /// Address to listen on. Keep it on loopback: clients reach it through an ssh tunnel.
-    #[arg(long, default_value = "localhost")]
+    #[arg(long, default_value = "localhost", help_heading = zync_cli::SETTINGS)]
     pub host: String,
     /// Port to listen on.
-    #[arg(long, default_value_t = 8000)]
+    #[arg(long, default_value_t = 8000, help_heading = zync_cli::SETTINGS)]
     pub port: u16,
     /// SQLite database holding the index.
-    #[arg(long, default_value = "sync.db")]
+    #[arg(long, default_value = "sync.db", value_hint = ValueHint::FilePath, help_heading = zync_cli::SETTINGS)]
     pub db: PathBuf,
     /// Directories to serve, as NAME:PATH (one or more). Required, here or as `dirs` in the
     /// config file.
-    #[arg(long, num_args = 1.., value_name = "NAME:PATH")]
+    #[arg(long, num_args = 1.., value_name = "NAME:PATH", help_heading = zync_cli::SETTINGS)]
     pub dirs: Vec<String>,
     /// Extra ignore pattern, gitignore syntax (repeatable).
-    #[arg(long = "ignore", value_name = "PATTERN")]
+    #[arg(long = "ignore", value_name = "PATTERN", help_heading = zync_cli::SETTINGS)]
     pub ignore: Vec<String>,
     /// Do not apply the built-in ignore list (.git, node_modules, build, ...).
-    #[arg(long)]
+    #[arg(long, help_heading = zync_cli::SETTINGS)]
     pub no_default_ignores: bool,
     /// File holding the access token (created with a random token when missing).
     /// Default: zync.token beside the database. ZYNC_TOKEN overrides it.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath, help_heading = zync_cli::SETTINGS)]
     pub token_file: Option<PathBuf>,
     /// Accept clients without a token. Only for trusted, isolated setups.
-    #[arg(long)]
+    #[arg(long, help_heading = zync_cli::SETTINGS)]
     pub insecure_no_auth: bool,
     /// Seconds an authenticated client may stay silent before its connection is closed. The
     /// zync client pings at least once a minute while idle, so keep this above 60.
-    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..), help_heading = zync_cli::SETTINGS)]
     pub idle_timeout: u64,
     /// Log level: error, warn, info, debug or trace (or a tracing filter).
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = "info", help_heading = zync_cli::SETTINGS)]
     pub log_level: String,
     /// Open and keep open the reverse ssh tunnel to machine R (`ssh -N -R SOCKET:ADDR:PORT`),
     /// so R's client reaches this daemon through a Unix socket on R that only you can use
     /// (`--server unix:~/.zync/zync.sock`; see --tunnel-socket), or through a TCP port with
     /// --tunnel-remote-port. Restarted when it drops.
-    #[arg(long, value_name = "[USER@]HOST")]
+    #[arg(long, value_name = "[USER@]HOST", help_heading = zync_cli::SETTINGS)]
     pub tunnel: Option<String>,
     /// The Unix socket the tunnel opens on R (the default kind of forward): a path on R,
     /// relative to your home directory there unless absolute. Its directory is created mode
@@ -75,22 +75,23 @@ pub struct Args {
         long,
         value_name = "PATH",
         requires = "tunnel",
-        conflicts_with = "tunnel_remote_port"
+        conflicts_with = "tunnel_remote_port",
+        help_heading = zync_cli::SETTINGS
     )]
     pub tunnel_socket: Option<String>,
     /// Forward a TCP port on R's loopback instead of a Unix socket, and open this port. Any
     /// local user on R can connect to a TCP port, or take it while the tunnel is down.
-    #[arg(long, value_name = "PORT", requires = "tunnel", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "PORT", requires = "tunnel", value_parser = clap::value_parser!(u16).range(1..), help_heading = zync_cli::SETTINGS)]
     pub tunnel_remote_port: Option<u16>,
     /// The port of R's sshd (`ssh -p`).
-    #[arg(long, value_name = "PORT", requires = "tunnel", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "PORT", requires = "tunnel", value_parser = clap::value_parser!(u16).range(1..), help_heading = zync_cli::SETTINGS)]
     pub ssh_port: Option<u16>,
     /// An ssh_config option for the tunnel's ssh, as KEY=VALUE (`ssh -o`; repeatable), for
     /// example IdentityFile=~/.ssh/id_zync.
-    #[arg(long = "ssh-option", value_name = "KEY=VALUE", requires = "tunnel")]
+    #[arg(long = "ssh-option", value_name = "KEY=VALUE", requires = "tunnel", help_heading = zync_cli::SETTINGS)]
     pub ssh_options: Vec<String>,
     /// The ssh program the tunnel runs.
-    #[arg(long, value_name = "PATH", env = "ZYNC_SSH", default_value = "ssh")]
+    #[arg(long, value_name = "PATH", env = "ZYNC_SSH", default_value = "ssh", help_heading = zync_cli::SETTINGS)]
     pub ssh_command: String,
 }
 

@@ -33,22 +33,6 @@ pub use token::Auth;
 use indexer::{IndexedRoot, Indexer};
 use server::{ServedRoot, Shared};
 
-/// Sets up logging to stderr at `level` (a level name or a tracing filter).
-///
-/// # Errors
-/// When `level` is not a valid filter.
-pub fn init_logging(level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| {
-        format!("--log-level {level:?} is not a level (error, warn, info, debug, trace)")
-    })?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
-}
-
 /// Validates the command line, binds the port and serves until SIGINT or SIGTERM.
 ///
 /// # Errors
@@ -56,10 +40,7 @@ pub fn init_logging(level: &str) -> anyhow::Result<()> {
 pub fn main_with_args(args: Args) -> anyhow::Result<()> {
     let tunnel = tunnel::Tunnel::from_args(&args)?;
     let config = Config::from_args(&args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = zync_cli::runtime(None)?;
     runtime.block_on(async {
         let address = format!("{}:{}", args.host, args.port);
         let listener = TcpListener::bind(&address).await.with_context(|| {
@@ -73,29 +54,12 @@ pub fn main_with_args(args: Args) -> anyhow::Result<()> {
             .context("cannot read the listening address")?;
         tracing::info!("listening on ws://{bound}");
         let tunnel = tunnel.map(|t| t.start(bound)).transpose()?;
-        let result = run(config, listener, shutdown_signal()).await;
+        let result = run(config, listener, zync_cli::shutdown_signal("shutting down")).await;
         if let Some(tunnel) = tunnel {
             tunnel.stop().await;
         }
         result
     })
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutting down");
 }
 
 /// Runs the daemon on `listener` until `shutdown` completes.

@@ -5,20 +5,21 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let matches = zync_daemon::Args::command().get_matches();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = zync_daemon::Args::command().get_matches_from(&argv);
     if let Some(code) = zync_cli::Generate::answer(&matches, zync_daemon::Args::command()) {
         return code;
     }
     let args = zync_daemon::Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // A bad config file is a usage error (exit 2), like a bad flag: restarting cannot fix it.
-    let args = match args.with_config_file(&matches) {
+    let args = match args.with_config_file(&argv) {
         Ok(args) => args,
         Err(e) => {
             eprintln!("zync-daemon: {e:#}");
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = zync_daemon::init_logging(&args.log_level) {
+    if let Err(e) = zync_cli::logging::init(&args.log_level, false) {
         eprintln!("zync-daemon: {e:#}");
         return ExitCode::from(2);
     }

@@ -1,7 +1,7 @@
 //! `--tunnel [USER@]HOST` (issue 6): the daemon opens the reverse ssh tunnel itself
 //! (`ssh -N -R SOCKET:ADDR:PORT HOST`), so R's client reaches it through a Unix socket on R
 //! (`--server unix:~/.zync/zync.sock`), or with `--tunnel-remote-port` at 127.0.0.1:PORT on R;
-//! and restarts ssh with capped exponential backoff whenever it dies.
+//! and restarts ssh with capped exponential backoff (with jitter) whenever it dies.
 //!
 //! Why a socket by default: any local user on R can connect to a TCP port on R's loopback, or
 //! bind it first while the tunnel is down; a socket in a directory only the user can enter
@@ -452,37 +452,6 @@ fn forward_target(listen: SocketAddr) -> (String, u16) {
     (host, listen.port())
 }
 
-/// Capped exponential backoff between ssh runs.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    /// Starts at `initial`, doubling up to `max`.
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff {
-            initial,
-            max,
-            next: initial.min(max),
-        }
-    }
-
-    /// The wait before the next attempt; the one after will be twice as long, up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    /// Back to the initial wait (the tunnel stayed up a while: the next failure is news).
-    pub fn reset(&mut self) {
-        self.next = self.initial.min(self.max);
-    }
-}
-
 /// The supervisor's clock.
 #[derive(Debug, Clone)]
 pub struct Timing {
@@ -651,7 +620,7 @@ pub async fn supervise(
     mut stop: watch::Receiver<bool>,
     mut observe: impl FnMut(&Event),
 ) {
-    let mut backoff = Backoff::new(timing.backoff_initial, timing.backoff_max);
+    let mut backoff = zync_cli::Backoff::new(timing.backoff_initial, timing.backoff_max);
     let mut emit = |run: &Launch, event: Event| {
         log(run, &timing, &event);
         observe(&event);
@@ -1149,19 +1118,6 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-        let delays: Vec<u64> = (0..9).map(|_| b.next_delay().as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_secs(1));
-        assert_eq!(b.next_delay(), Duration::from_secs(2));
-        // An initial wait above the cap is capped too.
-        let mut b = Backoff::new(Duration::from_secs(90), Duration::from_secs(60));
-        assert_eq!(b.next_delay(), Duration::from_secs(60));
-    }
-
-    #[test]
     fn exit_hints_name_the_fix() {
         let hints = Hints {
             destination: "me@r".into(),
@@ -1577,7 +1533,8 @@ mod tests {
             })
             .take(4)
             .collect();
-        assert_eq!(waits, [10, 20, 40, 40]);
+        // Each wait is its step with jitter: somewhere in the step's upper half.
+        within_steps(&waits, &[10, 20, 40, 40]);
         assert!(
             !events.iter().any(|e| matches!(e, Event::Up { .. })),
             "{events:?}"
@@ -1607,7 +1564,19 @@ mod tests {
             })
             .take(3)
             .collect();
-        assert_eq!(waits, [10, 10, 10], "{events:?}");
+        within_steps(&waits, &[10, 10, 10]);
+    }
+
+    /// Asserts that `waits` (ms) are the backoff `steps` (ms) with jitter: each in the upper
+    /// half of its step (rounded down to whole milliseconds).
+    fn within_steps(waits: &[u128], steps: &[u128]) {
+        assert_eq!(waits.len(), steps.len(), "{waits:?}");
+        for (wait, step) in waits.iter().zip(steps) {
+            assert!(
+                (step / 2 - 1..=*step).contains(wait),
+                "wait {wait} ms is not in the upper half of step {step} ms: {waits:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -1,9 +1,13 @@
 //! zync-daemon's config file read by zync-apply, which runs on the same machine E: its `db`
-//! and `dirs` stand in for `--db` and `--dirs` when those are not given (issue 6). The
-//! daemon's other keys are valid there but not used here; `log-level` stays the daemon's.
+//! and `dirs` stand in for `--db` and `--dirs` when those are not given. The daemon's other
+//! keys are the daemon's (it refuses unknown ones when it starts); `log-level` stays the
+//! daemon's.
+
+use std::path::Path;
 
 use clap::ArgMatches;
-use zync_cli::{merge, DaemonFile};
+use zync_cli::merge;
+use zync_cli::settings::{self, Entries};
 
 use super::{Cli, Command};
 
@@ -13,18 +17,16 @@ pub const FILE_NAME: &str = "daemon.toml";
 impl Cli {
     /// This command line (parsed from `matches`) with `db` and `dirs` from the daemon's
     /// config file (`--config`, or `~/.config/zync/daemon.toml` when it exists) where no flag
-    /// gave them. Without either, `dirs` still comes from the database, as before.
+    /// gave them. Without either, `dirs` still comes from the database, as before. The
+    /// daemon's other keys are its own: the daemon checks them.
     ///
     /// # Errors
-    /// A config file that is missing (`--config` only), unreadable or invalid (with its line
-    /// and column).
+    /// A config file that is missing (`--config` only), unreadable, not TOML, or whose `db`
+    /// or `dirs` is not of the right shape (with its line and column).
     pub fn with_config_file(mut self, matches: &ArgMatches) -> anyhow::Result<Cli> {
-        let file = zync_cli::load::<DaemonFile>(self.config.as_deref(), FILE_NAME)?;
-        let db = file
-            .values
-            .db
-            .as_deref()
-            .map(|p| file.resolve(p))
+        let file = zync_cli::load::<Entries>(self.config.as_deref(), FILE_NAME)?;
+        let db = settings::text(&file, "db")?
+            .map(|p| file.resolve(Path::new(&p)))
             .transpose()?;
         merge(matches, "db", &mut self.db, db);
         let dirs = match &mut self.command {
@@ -33,7 +35,7 @@ impl Cli {
             | Command::Apply { dirs, .. }
             | Command::Undo { dirs, .. } => Some(dirs),
         };
-        if let (Some(arg), Some(from_file)) = (dirs, &file.values.dirs) {
+        if let (Some(arg), Some(from_file)) = (dirs, settings::list(&file, "dirs")?) {
             // --dirs takes at least one value, so an empty list means it was not given.
             if arg.dirs.is_empty() {
                 arg.dirs = from_file
@@ -120,5 +122,23 @@ mod tests {
         let err = merged(&["list"], "db = \"x.db\"\ndb = \"y.db\"\n").expect_err("duplicate key");
         let shown = format!("{err:#}");
         assert!(shown.contains("daemon.toml:2:"), "{shown}");
+        let err = merged(
+            &["list"],
+            "port = 9
+db = 5
+",
+        )
+        .expect_err("a number for a path");
+        let shown = format!("{err:#}");
+        assert!(
+            shown.contains("daemon.toml:2:6") && shown.contains("`db` is text"),
+            "{shown}"
+        );
+        let err = merged(&["show", "abc"], "dirs = \"a:/x\"\n").expect_err("not a list");
+        let shown = format!("{err:#}");
+        assert!(
+            shown.contains("daemon.toml:1:8") && shown.contains("list"),
+            "{shown}"
+        );
     }
 }

@@ -1,12 +1,11 @@
 //! The client's config file merged into its command line: a flag given on the command line
-//! wins over `client.toml`, which wins over the built-in default (issue 6). `--dirs` is
+//! wins over `client.toml`, which wins over the built-in default. `--dirs` is
 //! required only after merging, so it may live in the file.
 
-use std::path::Path;
+use std::ffi::OsString;
 
 use anyhow::bail;
-use clap::ArgMatches;
-use zync_cli::{merge, ClientFile, Loaded};
+use zync_cli::settings::Entries;
 
 use super::Args;
 
@@ -14,66 +13,23 @@ use super::Args;
 pub const FILE_NAME: &str = "client.toml";
 
 impl Args {
-    /// These arguments (parsed from `matches`) with the settings of the config file
-    /// (`--config`, or `~/.config/zync/client.toml` when it exists) filled in where no flag
-    /// was given.
+    /// These arguments (parsed from `argv`) with the settings of the config file (`--config`,
+    /// or `~/.config/zync/client.toml` when it exists) filled in where no flag was given. The
+    /// settings are the flags under the `zync_cli::SETTINGS` heading.
     ///
     /// # Errors
     /// A config file that is missing (`--config` only), unreadable or invalid (with its line
     /// and column), or no `--dirs` in either place (naming the config file looked at).
-    pub fn with_config_file(mut self, matches: &ArgMatches) -> anyhow::Result<Args> {
-        let file = zync_cli::load::<ClientFile>(self.config.as_deref(), FILE_NAME)?;
-        self.merge_file(&file, matches)?;
-        Ok(self)
-    }
-
-    fn merge_file(
-        &mut self,
-        file: &Loaded<ClientFile>,
-        matches: &ArgMatches,
-    ) -> anyhow::Result<()> {
-        let values = file.values.clone();
-        // A socket path in the file is resolved like the file's other paths (`~/`, relative
-        // to the file's directory).
-        let server = values
-            .server
-            .map(|server| match server.strip_prefix("unix:") {
-                Some(path) if !path.is_empty() => file
-                    .resolve(Path::new(path))
-                    .map(|p| format!("unix:{}", p.display())),
-                _ => Ok(server),
-            })
-            .transpose()?;
-        merge(matches, "server", &mut self.server, server);
-        let db = values.db.map(|p| file.resolve(&p)).transpose()?;
-        merge(matches, "db", &mut self.db, db);
-        merge(matches, "interval", &mut self.interval, values.interval);
-        let dirs = values
-            .dirs
-            .map(|d| d.iter().map(|s| file.resolve_spec(s)).collect())
-            .transpose()?;
-        merge(matches, "dirs", &mut self.dirs, dirs);
-        let token_file = values.token_file.map(|p| file.resolve(&p)).transpose()?;
-        merge(
-            matches,
-            "token_file",
-            &mut self.token_file,
-            token_file.map(Some),
-        );
-        merge(
-            matches,
-            "stall_timeout",
-            &mut self.stall_timeout,
-            values.stall_timeout,
-        );
-        merge(matches, "log_level", &mut self.log_level, values.log_level);
-        if self.dirs.is_empty() {
+    pub fn with_config_file(self, argv: &[OsString]) -> anyhow::Result<Args> {
+        let file = zync_cli::load::<Entries>(self.config.as_deref(), FILE_NAME)?;
+        let args: Args = zync_cli::settings::merge(argv, &file)?;
+        if args.dirs.is_empty() {
             bail!(
                 "no directories to sync: pass --dirs NAME:LOCAL_PATH..., or set dirs = [\"NAME:LOCAL_PATH\", ...] in {} (docs/client.example.toml shows every key)",
                 file.describe()
             );
         }
-        Ok(())
+        Ok(args)
     }
 }
 
@@ -81,7 +37,7 @@ impl Args {
 mod tests {
     use std::path::{Path, PathBuf};
 
-    use clap::{CommandFactory, FromArgMatches};
+    use clap::Parser;
 
     use super::*;
 
@@ -92,9 +48,9 @@ mod tests {
         std::fs::write(&path, text)?;
         let mut all = vec!["zync-client", "--config", path.to_str().unwrap_or_default()];
         all.extend_from_slice(argv);
-        let matches = Args::command().try_get_matches_from(all)?;
-        let args = Args::from_arg_matches(&matches)?;
-        Ok((args.with_config_file(&matches)?, dir))
+        let argv: Vec<OsString> = all.iter().map(OsString::from).collect();
+        let args = Args::try_parse_from(&argv)?;
+        Ok((args.with_config_file(&argv)?, dir))
     }
 
     /// A file that sets every key to something other than its default.
@@ -203,6 +159,17 @@ log-level = "debug"
         let err = merged(&["--dirs", "a:/a"], "once = true\n").expect_err("once in a file");
         let shown = format!("{err:#}");
         assert!(shown.contains("client.toml:1:1"), "{shown}");
-        assert!(shown.contains("unknown field `once`"), "{shown}");
+        assert!(
+            shown.contains("`once` is a flag only, not a setting"),
+            "{shown}"
+        );
+    }
+
+    /// The example in docs/ is what users copy: every key in it must be a setting.
+    #[test]
+    fn the_example_file_in_docs_is_read() {
+        let example = include_str!("../../../../docs/client.example.toml");
+        let (args, _) = merged(&[], example).expect("the example");
+        assert!(!args.dirs.is_empty(), "no dirs");
     }
 }

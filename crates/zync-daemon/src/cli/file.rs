@@ -1,10 +1,11 @@
 //! The daemon's config file merged into its command line: a flag given on the command line
-//! wins over `daemon.toml`, which wins over the built-in default (issue 6). `--dirs` is
+//! wins over `daemon.toml`, which wins over the built-in default. `--dirs` is
 //! required only after merging, so it may live in the file.
 
+use std::ffi::OsString;
+
 use anyhow::bail;
-use clap::ArgMatches;
-use zync_cli::{merge, DaemonFile, Loaded};
+use zync_cli::settings::Entries;
 
 use super::Args;
 
@@ -12,113 +13,25 @@ use super::Args;
 pub const FILE_NAME: &str = "daemon.toml";
 
 impl Args {
-    /// These arguments (parsed from `matches`) with the settings of the config file
-    /// (`--config`, or `~/.config/zync/daemon.toml` when it exists) filled in where no flag
-    /// was given.
+    /// These arguments (parsed from `argv`) with the settings of the config file (`--config`,
+    /// or `~/.config/zync/daemon.toml` when it exists) filled in where no flag was given. The
+    /// settings are the flags under the `zync_cli::SETTINGS` heading. A flag for one kind of
+    /// tunnel forward (socket or TCP port) overrides the file's setting of the other, as any
+    /// flag overrides the file.
     ///
     /// # Errors
     /// A config file that is missing (`--config` only), unreadable or invalid (with its line
     /// and column), or no `--dirs` in either place (naming the config file looked at).
-    pub fn with_config_file(mut self, matches: &ArgMatches) -> anyhow::Result<Args> {
-        let file = zync_cli::load::<DaemonFile>(self.config.as_deref(), FILE_NAME)?;
-        self.merge_file(&file, matches)?;
-        Ok(self)
-    }
-
-    fn merge_file(
-        &mut self,
-        file: &Loaded<DaemonFile>,
-        matches: &ArgMatches,
-    ) -> anyhow::Result<()> {
-        let values = file.values.clone();
-        merge(matches, "host", &mut self.host, values.host);
-        merge(matches, "port", &mut self.port, values.port);
-        let db = values.db.map(|p| file.resolve(&p)).transpose()?;
-        merge(matches, "db", &mut self.db, db);
-        let dirs = values
-            .dirs
-            .map(|d| d.iter().map(|s| file.resolve_spec(s)).collect())
-            .transpose()?;
-        merge(matches, "dirs", &mut self.dirs, dirs);
-        merge(matches, "ignore", &mut self.ignore, values.ignore);
-        merge(
-            matches,
-            "no_default_ignores",
-            &mut self.no_default_ignores,
-            values.no_default_ignores,
-        );
-        let token_file = values.token_file.map(|p| file.resolve(&p)).transpose()?;
-        merge(
-            matches,
-            "token_file",
-            &mut self.token_file,
-            token_file.map(Some),
-        );
-        merge(
-            matches,
-            "insecure_no_auth",
-            &mut self.insecure_no_auth,
-            values.insecure_no_auth,
-        );
-        merge(
-            matches,
-            "idle_timeout",
-            &mut self.idle_timeout,
-            values.idle_timeout,
-        );
-        merge(matches, "log_level", &mut self.log_level, values.log_level);
-        merge(matches, "tunnel", &mut self.tunnel, values.tunnel.map(Some));
-        // The two kinds of forward exclude each other: a flag for one overrides the file's
-        // setting of the other, as any flag overrides the file.
-        let socket_flag = zync_cli::given(matches, "tunnel_socket");
-        let port_flag = zync_cli::given(matches, "tunnel_remote_port");
-        if !port_flag {
-            merge(
-                matches,
-                "tunnel_socket",
-                &mut self.tunnel_socket,
-                values.tunnel_socket.map(Some),
-            );
-        }
-        if !socket_flag {
-            merge(
-                matches,
-                "tunnel_remote_port",
-                &mut self.tunnel_remote_port,
-                values.tunnel_remote_port.map(Some),
-            );
-        }
-        if self.tunnel_socket.is_some() && self.tunnel_remote_port.is_some() {
-            bail!(
-                "{} sets both tunnel-socket and tunnel-remote-port; keep one: the socket (only you can use it on R) or the TCP port",
-                file.describe()
-            );
-        }
-        merge(
-            matches,
-            "ssh_port",
-            &mut self.ssh_port,
-            values.ssh_port.map(Some),
-        );
-        merge(
-            matches,
-            "ssh_options",
-            &mut self.ssh_options,
-            values.ssh_option,
-        );
-        merge(
-            matches,
-            "ssh_command",
-            &mut self.ssh_command,
-            values.ssh_command,
-        );
-        if self.dirs.is_empty() {
+    pub fn with_config_file(self, argv: &[OsString]) -> anyhow::Result<Args> {
+        let file = zync_cli::load::<Entries>(self.config.as_deref(), FILE_NAME)?;
+        let args: Args = zync_cli::settings::merge(argv, &file)?;
+        if args.dirs.is_empty() {
             bail!(
                 "no directories to serve: pass --dirs NAME:PATH..., or set dirs = [\"NAME:PATH\", ...] in {} (docs/daemon.example.toml shows every key)",
                 file.describe()
             );
         }
-        Ok(())
+        Ok(args)
     }
 }
 
@@ -126,7 +39,7 @@ impl Args {
 mod tests {
     use std::path::{Path, PathBuf};
 
-    use clap::{CommandFactory, FromArgMatches};
+    use clap::Parser;
 
     use super::*;
 
@@ -137,9 +50,9 @@ mod tests {
         std::fs::write(&path, text)?;
         let mut all = vec!["zync-daemon", "--config", path.to_str().unwrap_or_default()];
         all.extend_from_slice(argv);
-        let matches = Args::command().try_get_matches_from(all)?;
-        let args = Args::from_arg_matches(&matches)?;
-        Ok((args.with_config_file(&matches)?, dir))
+        let argv: Vec<OsString> = all.iter().map(OsString::from).collect();
+        let args = Args::try_parse_from(&argv)?;
+        Ok((args.with_config_file(&argv)?, dir))
     }
 
     /// A file that sets every key to something other than its default.
@@ -295,6 +208,14 @@ ssh-command = "/opt/ssh"
         let err = merged(&["--dirs", "a:/a"], "port = 9001\nprot = 1\n").expect_err("typo");
         let shown = format!("{err:#}");
         assert!(shown.contains("daemon.toml:2:1"), "{shown}");
-        assert!(shown.contains("unknown field `prot`"), "{shown}");
+        assert!(shown.contains("unknown key `prot`"), "{shown}");
+    }
+
+    /// The example in docs/ is what users copy: every key in it must be a setting.
+    #[test]
+    fn the_example_file_in_docs_is_read() {
+        let example = include_str!("../../../../docs/daemon.example.toml");
+        let (args, _) = merged(&[], example).expect("the example");
+        assert!(!args.dirs.is_empty(), "no dirs");
     }
 }

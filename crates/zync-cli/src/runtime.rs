@@ -1,0 +1,73 @@
+//! The async runtime and the end of a run: what the daemon and the client share around their
+//! main loop.
+
+use anyhow::Context;
+
+/// A multi-threaded tokio runtime with I/O and timers, with `workers` threads (None: one per
+/// core).
+///
+/// # Errors
+/// The runtime cannot start (threads or the I/O driver cannot be created).
+pub fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Completes on SIGINT or SIGTERM, logging `what` (for example "stopping") at info. Never
+/// completes when the handlers cannot be installed.
+pub async fn shutdown_signal(what: &'static str) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("{what}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_runs_on_the_threads_asked_for() {
+        let rt = runtime(Some(2)).expect("runtime");
+        assert_eq!(rt.metrics().num_workers(), 2);
+        assert_eq!(rt.block_on(async { 1 + 1 }), 2);
+    }
+
+    #[test]
+    fn sigterm_completes_the_shutdown_future() {
+        let rt = runtime(Some(1)).expect("runtime");
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            // Tokio's handler stays installed once registered, so SIGTERM cannot kill the test
+            // process before the future under test has registered its own.
+            let _installed = signal(SignalKind::terminate()).expect("handler");
+            let waiting = tokio::spawn(shutdown_signal("stopping"));
+            // The handlers are installed when the task first runs; signal until it completes.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !waiting.is_finished() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "SIGTERM was not seen"
+                );
+                // SAFETY: raise only sends a signal to this process, whose handler tokio owns.
+                unsafe { libc::raise(libc::SIGTERM) };
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        });
+    }
+}
