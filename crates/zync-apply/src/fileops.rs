@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use zync_db::{EntryMeta, Index, Kind};
-use zync_fs::{check_parents, ensure_dir, fsync_dir, lstat, AtomicFile, EntryKind, RelPath, Stat};
+use zync_fs::{fsync_dir, fsync_dir_beneath, lstat, AtomicFile, Dir, EntryKind, RelPath, Stat};
 
 use crate::probe::open_regular;
 
@@ -90,10 +90,14 @@ fn copy_hashing(
 ///
 /// A symlinked parent, E's file is not a regular file, or an I/O error.
 pub fn backup(root: &Path, rel: &RelPath, session_dir: &Path) -> anyhow::Result<Backup> {
-    check_parents(root, rel)?;
     let src_path = rel.to_path(root);
-    let mut src = open_regular(&src_path)
-        .with_context(|| format!("cannot read {} to back it up", src_path.display()))?;
+    // Read through the directory's handle: a symlinked parent is refused, not followed.
+    let Some(mut src) = zync_fs::open_file_beneath(root, rel)? else {
+        bail!(
+            "cannot read {} to back it up: it is not a regular file",
+            src_path.display()
+        );
+    };
     let md = src.metadata()?;
     // Backups hold E's files: the staging area is readable by E's user only (invariant 8).
     zync_fs::create_private_dir_all(session_dir)
@@ -183,8 +187,9 @@ pub fn backup_meta(path: &Path) -> anyhow::Result<BackupMeta> {
     })
 }
 
-/// Creates the missing parent directories of `rel` without following symlinks (invariant 3);
-/// returns the ones created, shallowest first, so they can be indexed.
+/// Creates the missing parent directories of `rel`, each with `mkdirat` in its parent's
+/// handle so no symlink is followed (invariant 3), and flushes where they were made; returns
+/// the ones created, shallowest first, so they can be indexed.
 ///
 /// # Errors
 ///
@@ -193,20 +198,7 @@ pub fn ensure_parents(root: &Path, rel: &RelPath) -> anyhow::Result<Vec<RelPath>
     let Some(parent) = rel.parent() else {
         return Ok(Vec::new());
     };
-    let mut all = parent.ancestors();
-    all.push(parent.clone());
-    let missing: Vec<RelPath> = all
-        .into_iter()
-        .filter(|d| matches!(lstat(&d.to_path(root)), Ok(Stat::Missing)))
-        .collect();
-    ensure_dir(root, &parent, None)?;
-    for d in &missing {
-        let up = d
-            .parent()
-            .map_or_else(|| root.to_path_buf(), |p| p.to_path(root));
-        fsync_dir(&up)?;
-    }
-    Ok(missing)
+    Ok(zync_fs::create_dirs_beneath(root, &parent)?)
 }
 
 /// Atomically replaces `root/rel` with the content of `src` (a file in the staging area),
@@ -250,7 +242,7 @@ pub fn write_from_checked(
     copy_hashing(&mut from, |data| file.write(data).map_err(Into::into))?;
     check()?;
     file.commit(sha256, mode, mtime_ns)?;
-    fsync_dir(&parent_dir(root, rel))?;
+    fsync_dir_beneath(root, rel.parent().as_ref())?;
     Ok(())
 }
 
@@ -260,14 +252,16 @@ pub fn write_from_checked(
 ///
 /// A symlinked parent, or an I/O error.
 pub fn remove(root: &Path, rel: &RelPath) -> anyhow::Result<()> {
-    check_parents(root, rel)?;
-    let path = rel.to_path(root);
-    match std::fs::remove_file(&path) {
+    let dir = Dir::parent_of(root, rel)?;
+    match dir.unlink(rel.file_name()) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot remove {}", rel.to_path(root).display()))
+        }
     }
-    fsync_dir(&parent_dir(root, rel))?;
+    dir.sync()
+        .with_context(|| format!("cannot fsync directory {}", dir.path().display()))?;
     Ok(())
 }
 
@@ -279,42 +273,34 @@ pub fn remove(root: &Path, rel: &RelPath) -> anyhow::Result<()> {
 ///
 /// A symlinked parent.
 pub fn remove_temps_beside(root: &Path, rel: &RelPath) -> anyhow::Result<usize> {
-    match check_parents(root, rel) {
-        Ok(()) => {}
+    let dir = match Dir::parent_of(root, rel) {
+        Ok(dir) => dir,
         // No parent directory: no temp file either.
         Err(zync_fs::FsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             return Ok(0)
         }
         Err(e) => return Err(e.into()),
-    }
-    let dir = parent_dir(root, rel);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    };
+    let Ok(entries) = dir.entries() else {
         return Ok(0);
     };
     let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
+    for (name, kind) in entries {
         if !name
             .as_encoded_bytes()
             .starts_with(zync_fs::TEMP_PREFIX.as_bytes())
         {
             continue;
         }
-        if entry.file_type().is_ok_and(|t| t.is_file())
-            && std::fs::remove_file(entry.path()).is_ok()
-        {
+        if kind == zync_fs::beneath::Kind::File && dir.unlink(&name).is_ok() {
             removed += 1;
         }
     }
     if removed > 0 {
-        fsync_dir(&dir)?;
+        dir.sync()
+            .with_context(|| format!("cannot fsync directory {}", dir.path().display()))?;
     }
     Ok(removed)
-}
-
-fn parent_dir(root: &Path, rel: &RelPath) -> PathBuf {
-    rel.parent()
-        .map_or_else(|| root.to_path_buf(), |p| p.to_path(root))
 }
 
 /// Records in the daemon's index, in one transaction, that `rel` is now a file with content

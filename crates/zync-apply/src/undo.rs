@@ -179,7 +179,7 @@ fn keep_newer(
     };
     let stamp = chrono::Local::now().format("%Y%m%dT%H%M%S").to_string();
     let copy = zync_fs::free_conflict_name(root, rel, &stamp);
-    std::fs::rename(rel.to_path(root), copy.to_path(root))
+    zync_fs::rename_beneath(root, rel, &copy)
         .with_context(|| format!("cannot keep E's newer {rel} as {copy}"))?;
     tracing::warn!(path = %rel, copy = %copy, "E's newer version was kept as {copy}");
     fileops::index_file(index, dir, root, &copy, sha256, &[])

@@ -1,17 +1,24 @@
 //! Replacing a file or symlink all at once (invariant 1): content goes to a temp file in the same
-//! directory, is checked against its sha256, flushed, and renamed over the destination, never
-//! through a symlinked parent (invariant 3).
+//! directory, is checked against its sha256, flushed, and renamed over the destination. The
+//! directory is reached once through a handle ([`Dir`]) and the temp file created, renamed and
+//! removed relative to it, so no symlinked parent is ever followed (invariant 3).
 
 use crate::attrs::set_file_mtime;
+use crate::beneath::Dir;
 use crate::hash::Hasher;
 use crate::ignore::TEMP_PREFIX;
 use crate::path::RelPath;
 use crate::space::Reserve;
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub use crate::attrs::{fsync_dir, set_mode, set_mtime, sync_filesystems};
+pub use crate::beneath::{
+    create_dirs_beneath, fsync_dir_beneath, open_file_beneath, remove_beneath, remove_dir_beneath,
+    rename_beneath, set_mode_beneath, set_mtime_beneath,
+};
 pub use crate::dirs::{
     check_parents, ensure_dir, remove_partials, remove_temp_files, CheckedDirs, PARTIAL_MAX_AGE,
 };
@@ -35,7 +42,7 @@ const RESERVE_MIN: u64 = 1 << 20;
 /// its download. It promises nothing about durability, so a failure is ignored; the fsync
 /// before the rename is what counts.
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &std::fs::File, from: u64, to: u64) {
+fn start_writeback(file: &File, from: u64, to: u64) {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else {
         return;
@@ -47,7 +54,37 @@ fn start_writeback(file: &std::fs::File, from: u64, to: u64) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &std::fs::File, _from: u64, _to: u64) {}
+fn start_writeback(_file: &File, _from: u64, _to: u64) {}
+
+/// A temp file being written in its destination's directory, held through that directory's
+/// handle. Dropped while still armed, it is removed (relative to the handle, never by path).
+struct Temp {
+    dir: Dir,
+    name: String,
+    file: File,
+    armed: bool,
+}
+
+impl Temp {
+    fn path(&self) -> PathBuf {
+        self.dir.path_of(&self.name)
+    }
+
+    /// Gives up removing the file on drop (it was renamed, or is now a [`Sealed`]'s to
+    /// remove); returns its name.
+    fn disarm(mut self) -> String {
+        self.armed = false;
+        std::mem::take(&mut self.name)
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.dir.unlink(&self.name);
+        }
+    }
+}
 
 /// A file being written next to its destination. Nothing is visible at the destination until
 /// [`AtomicFile::commit`]; dropping an uncommitted `AtomicFile` removes its temp file.
@@ -55,7 +92,7 @@ pub struct AtomicFile {
     root: PathBuf,
     rel: RelPath,
     dest: PathBuf,
-    temp: tempfile::NamedTempFile,
+    temp: Temp,
     hasher: Hasher,
     written: u64,
     /// Bytes of disk reserved from offset 0 ([`AtomicFile::reserve`]); what the writes did not
@@ -76,8 +113,9 @@ impl std::fmt::Debug for AtomicFile {
 }
 
 impl AtomicFile {
-    /// Starts writing `root/rel`: checks its parents, then creates a temp file named
-    /// `.zync-tmp-*` in the destination's directory.
+    /// Starts writing `root/rel`: opens the destination's directory from `root` without
+    /// following a symlink, then creates a temp file named `.zync-tmp-*` in it
+    /// (`O_CREAT | O_EXCL | O_NOFOLLOW`, relative to that directory's handle).
     ///
     /// # Errors
     ///
@@ -86,8 +124,8 @@ impl AtomicFile {
         AtomicFile::create_checked(root, rel, &mut CheckedDirs::default())
     }
 
-    /// As [`AtomicFile::create`], checking the parents only of a directory `checked` has not
-    /// seen yet (for a group of files written one after the other).
+    /// As [`AtomicFile::create`]; `checked` is kept for callers that pass one and does nothing
+    /// (see [`CheckedDirs`]).
     ///
     /// # Errors
     ///
@@ -95,17 +133,19 @@ impl AtomicFile {
     pub fn create_checked(
         root: &Path,
         rel: &RelPath,
-        checked: &mut CheckedDirs,
+        _checked: &mut CheckedDirs,
     ) -> Result<AtomicFile, FsError> {
-        checked.check_parents(root, rel)?;
         let dest = rel.to_path(root);
-        let dir = rel
-            .parent()
-            .map_or_else(|| root.to_path_buf(), |p| p.to_path(root));
-        let temp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .tempfile_in(&dir)
-            .map_err(|e| FsError::io("create a temp file in", &dir, e))?;
+        let dir = Dir::parent_of(root, rel)?;
+        let (file, name) = dir
+            .create_temp(TEMP_PREFIX)
+            .map_err(|e| FsError::io("create a temp file in", dir.path(), e))?;
+        let temp = Temp {
+            dir,
+            name,
+            file,
+            armed: true,
+        };
         Ok(AtomicFile {
             root: root.to_path_buf(),
             rel: rel.clone(),
@@ -134,7 +174,7 @@ impl AtomicFile {
         if len < RESERVE_MIN || len <= already {
             return Ok(());
         }
-        match crate::space::reserve(self.temp.as_file(), len, already) {
+        match crate::space::reserve(&self.temp.file, len, already) {
             Ok(Reserve::Done) => {
                 self.reserved = len;
                 Ok(())
@@ -174,7 +214,7 @@ impl AtomicFile {
     /// frees the blocks reserved beyond its end). Only a hint of disk use: a failure is ignored.
     fn release_unused(&mut self) {
         if self.reserved > self.written {
-            let _ = self.temp.as_file().set_len(self.written);
+            let _ = self.temp.file.set_len(self.written);
             self.reserved = 0;
         }
     }
@@ -198,8 +238,8 @@ impl AtomicFile {
             broken,
             ..
         } = self;
-        let file = temp.as_file_mut();
-        let put = |file: &mut std::fs::File| {
+        let file = &mut temp.file;
+        let put = |file: &mut File| {
             data.chunks(WRITE_PIECE)
                 .try_for_each(|piece| file.write_all(piece))
         };
@@ -226,7 +266,7 @@ impl AtomicFile {
             before / WRITEBACK_WINDOW * WRITEBACK_WINDOW,
         );
         if done > was {
-            start_writeback(temp.as_file(), was, done);
+            start_writeback(&temp.file, was, done);
         }
         Ok(())
     }
@@ -237,12 +277,7 @@ impl AtomicFile {
         let dir = rel
             .parent()
             .map_or_else(|| root.to_path_buf(), |p| p.to_path(root));
-        let prefix: String = sha256.chars().take(16).collect();
-        let mut name = format!("{TEMP_PREFIX}partial-{prefix}-{}", rel.file_name());
-        while name.len() > crate::path::MAX_COMPONENT_BYTES {
-            name.pop();
-        }
-        dir.join(name)
+        dir.join(partial_name(rel, sha256))
     }
 
     /// Keeps what was written so far as the partial download of content `sha256`, so that a
@@ -254,10 +289,13 @@ impl AtomicFile {
     /// [`FsError::Io`] when the temp file cannot be renamed.
     pub fn keep_partial(mut self, sha256: &str) -> Result<PathBuf, FsError> {
         self.release_unused();
-        let partial = AtomicFile::partial_path(&self.root, &self.rel, sha256);
-        self.temp
-            .persist(&partial)
-            .map_err(|e| FsError::io("keep a partial download as", &partial, e.error))?;
+        let name = partial_name(&self.rel, sha256);
+        let partial = self.temp.dir.path_of(&name);
+        let temp = &self.temp;
+        temp.dir
+            .rename(&temp.name, &temp.dir, &name)
+            .map_err(|e| FsError::io("keep a partial download as", &partial, e))?;
+        self.temp.armed = false;
         Ok(partial)
     }
 
@@ -269,20 +307,16 @@ impl AtomicFile {
     ///
     /// As [`check_parents`]; [`FsError::Io`] when the partial cannot be read.
     pub fn resume(root: &Path, rel: &RelPath, sha256: &str) -> Result<Option<AtomicFile>, FsError> {
-        check_parents(root, rel)?;
-        let partial = AtomicFile::partial_path(root, rel, sha256);
-        match crate::meta::lstat(&partial) {
-            Ok(crate::meta::Stat::Entry(m)) if m.kind == crate::meta::EntryKind::File => {}
-            _ => return Ok(None),
-        }
+        let dir = Dir::parent_of(root, rel)?;
+        let name = partial_name(rel, sha256);
+        let partial = dir.path_of(&name);
         use std::io::{Read, Seek};
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&partial)
-            .map_err(|e| FsError::io("open partial download", &partial, e))?;
+        let Some(mut file) = dir
+            .open_file(&name, true)
+            .map_err(|e| FsError::io("open partial download", &partial, e))?
+        else {
+            return Ok(None);
+        };
         let mut hasher = Hasher::new();
         let mut written = 0u64;
         let mut buf = vec![0u8; 256 * 1024];
@@ -302,9 +336,12 @@ impl AtomicFile {
             .map_err(|e| FsError::io("open partial download", &partial, e))?;
         file.seek(std::io::SeekFrom::End(0))
             .map_err(|e| FsError::io("read partial download", &partial, e))?;
-        let path = tempfile::TempPath::try_from_path(&partial)
-            .map_err(|e| FsError::io("open partial download", &partial, e))?;
-        let temp = tempfile::NamedTempFile::from_parts(file, path);
+        let temp = Temp {
+            dir,
+            name,
+            file,
+            armed: true,
+        };
         Ok(Some(AtomicFile {
             root: root.to_path_buf(),
             rel: rel.clone(),
@@ -328,29 +365,26 @@ impl AtomicFile {
     }
 
     /// Verifies the sha256 of what was written, sets the permission bits and mtime, fsyncs, and
-    /// renames over the destination. `rename` replaces a symlink at the destination itself, never
-    /// its target. The parent directory is not fsynced: call [`fsync_dir`] once per batch.
+    /// renames over the destination, in the directory handle the temp file was made in.
+    /// `rename` replaces a symlink at the destination itself, never its target. The parent
+    /// directory is not fsynced: call [`fsync_dir`] once per batch.
     ///
     /// # Errors
     ///
     /// [`FsError::HashMismatch`] when the content does not match (the temp file is removed, the
-    /// destination untouched); as [`check_parents`] if a parent changed since
-    /// [`AtomicFile::create`]; [`FsError::Io`] otherwise. On any error the temp file is removed.
+    /// destination untouched); [`FsError::Io`] otherwise. On any error the temp file is removed.
     pub fn commit(self, expected_sha256: &str, mode: u32, mtime_ns: i64) -> Result<(), FsError> {
-        let root = self.root.clone();
         let rel = self.rel.clone();
         let dest = self.dest.clone();
         let temp = self.finish(expected_sha256, mode, mtime_ns)?;
-        temp.as_file()
+        temp.file
             .sync_all()
             .map_err(|e| FsError::io("flush the new content of", &dest, e))?;
-        install(
-            &root,
-            &rel,
-            &dest,
-            temp.into_temp_path(),
-            &mut CheckedDirs::default(),
-        )
+        temp.dir
+            .rename(&temp.name, &temp.dir, rel.file_name())
+            .map_err(|e| FsError::io("rename a temp file to", &dest, e))?;
+        temp.disarm();
+        Ok(())
     }
 
     /// Verifies the sha256 of what was written and sets the permission bits and mtime, but does
@@ -366,22 +400,20 @@ impl AtomicFile {
     pub fn seal(self, expected_sha256: &str, mode: u32, mtime_ns: i64) -> Result<Sealed, FsError> {
         let (root, rel, dest) = (self.root.clone(), self.rel.clone(), self.dest.clone());
         let temp = self.finish(expected_sha256, mode, mtime_ns)?;
+        let temp_path = temp.path();
+        let name = temp.disarm();
         Ok(Sealed {
             root,
             rel,
             dest,
-            temp: temp.into_temp_path(),
+            temp_path,
+            name: Some(name),
         })
     }
 
     /// Checks the hash and sets mode and mtime on the temp file (the mtime before any flush, so
     /// that it is durable too).
-    fn finish(
-        mut self,
-        expected_sha256: &str,
-        mode: u32,
-        mtime_ns: i64,
-    ) -> Result<tempfile::NamedTempFile, FsError> {
+    fn finish(mut self, expected_sha256: &str, mode: u32, mtime_ns: i64) -> Result<Temp, FsError> {
         self.release_unused();
         let AtomicFile {
             dest,
@@ -405,7 +437,7 @@ impl AtomicFile {
                 actual,
             });
         }
-        let file = temp.as_file();
+        let file = &temp.file;
         file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
             .map_err(|e| FsError::io("set the mode of the new content of", &dest, e))?;
         set_file_mtime(file, &dest, mtime_ns)?;
@@ -413,20 +445,23 @@ impl AtomicFile {
     }
 }
 
-/// A complete, verified temp file waiting for its rename (see [`AtomicFile::seal`]). Dropping
-/// it removes the temp file.
+/// A complete, verified temp file waiting for its rename (see [`AtomicFile::seal`]). It holds
+/// no descriptor: [`Sealed::install`] reaches the directory again through a handle and renames
+/// relative to it. Dropping it removes the temp file the same way.
 #[derive(Debug)]
 pub struct Sealed {
     root: PathBuf,
     rel: RelPath,
     dest: PathBuf,
-    temp: tempfile::TempPath,
+    temp_path: PathBuf,
+    /// The temp file's name in the destination's directory; `None` once renamed.
+    name: Option<String>,
 }
 
 impl Sealed {
     /// The temp file's path (to sync its file system before [`Sealed::install`]).
     pub fn temp_path(&self) -> &Path {
-        &self.temp
+        &self.temp_path
     }
 
     /// Flushes this one file's content (for a big file, or a batch too small to be worth a
@@ -436,9 +471,15 @@ impl Sealed {
     ///
     /// [`FsError::Io`] when the file cannot be opened or flushed.
     pub fn sync(&self) -> Result<(), FsError> {
-        std::fs::File::open(&self.temp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| FsError::io("flush the new content of", &self.dest, e))
+        let flush = || -> Result<(), std::io::Error> {
+            let dir = Dir::parent_of(&self.root, &self.rel).map_err(std::io::Error::other)?;
+            let name = self.name.as_deref().unwrap_or_default();
+            match dir.open_file(name, false)? {
+                Some(f) => f.sync_all(),
+                None => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+            }
+        };
+        flush().map_err(|e| FsError::io("flush the new content of", &self.dest, e))
     }
 
     /// Renames the file over its destination. Call only after the content was made durable.
@@ -446,57 +487,71 @@ impl Sealed {
     ///
     /// # Errors
     ///
-    /// As [`check_parents`] if a parent changed meanwhile; [`FsError::Io`] when the rename
-    /// fails. The temp file is removed on any error.
+    /// As [`check_parents`] if a parent became a symlink meanwhile (nothing is renamed through
+    /// it); [`FsError::Io`] when the rename fails. The temp file is removed on any error.
     pub fn install(self) -> Result<(), FsError> {
         self.install_checked(&mut CheckedDirs::default())
     }
 
-    /// As [`Sealed::install`], checking the parents only of a directory `checked` has not seen
-    /// yet (for a batch of renames).
+    /// As [`Sealed::install`]; `checked` is kept for callers that pass one and does nothing
+    /// (see [`CheckedDirs`]).
     ///
     /// # Errors
     ///
     /// As [`Sealed::install`].
-    pub fn install_checked(self, checked: &mut CheckedDirs) -> Result<(), FsError> {
-        install(&self.root, &self.rel, &self.dest, self.temp, checked)
+    pub fn install_checked(mut self, _checked: &mut CheckedDirs) -> Result<(), FsError> {
+        let dir = Dir::parent_of(&self.root, &self.rel)?;
+        let name = self.name.as_deref().unwrap_or_default();
+        dir.rename(name, &dir, self.rel.file_name())
+            .map_err(|e| FsError::io("rename a temp file to", &self.dest, e))?;
+        self.name = None;
+        Ok(())
     }
 }
 
-/// Renames `temp` over `dest`, after checking once more that no parent became a symlink.
-fn install(
-    root: &Path,
-    rel: &RelPath,
-    dest: &Path,
-    temp: tempfile::TempPath,
-    checked: &mut CheckedDirs,
-) -> Result<(), FsError> {
-    // Narrow the window in which a parent could have been swapped for a symlink.
-    checked.check_parents(root, rel)?;
-    temp.persist(dest)
-        .map_err(|e| FsError::io("rename a temp file to", dest, e.error))
+impl Drop for Sealed {
+    fn drop(&mut self) {
+        if let Some(name) = &self.name {
+            if let Ok(dir) = Dir::parent_of(&self.root, &self.rel) {
+                let _ = dir.unlink(name);
+            }
+        }
+    }
+}
+
+/// The name of the partial download of `rel` with content `sha256`, in `rel`'s directory.
+fn partial_name(rel: &RelPath, sha256: &str) -> String {
+    let prefix: String = sha256.chars().take(16).collect();
+    let mut name = format!("{TEMP_PREFIX}partial-{prefix}-{}", rel.file_name());
+    while name.len() > crate::path::MAX_COMPONENT_BYTES {
+        name.pop();
+    }
+    name
 }
 
 /// Replaces `root/rel` (whatever it is, unless a non-empty directory) with a symlink to
-/// `target`, atomically: the link is made under a temp name in the same directory, then renamed.
+/// `target`, atomically: the link is made under a temp name in the destination's directory,
+/// reached through a handle, then renamed relative to it.
 ///
 /// # Errors
 ///
 /// As [`check_parents`]; [`FsError::Io`] when the link cannot be made or renamed (for example
 /// when `root/rel` is a directory).
 pub fn replace_with_symlink(root: &Path, rel: &RelPath, target: &str) -> Result<(), FsError> {
-    check_parents(root, rel)?;
     let dest = rel.to_path(root);
-    let dir = rel
-        .parent()
-        .map_or_else(|| root.to_path_buf(), |p| p.to_path(root));
-    let temp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .make_in(&dir, |path| std::os::unix::fs::symlink(target, path))
-        .map_err(|e| FsError::io("create a temp symlink in", &dir, e))?;
-    temp.into_temp_path()
-        .persist(&dest)
-        .map_err(|e| FsError::io("rename a temp symlink to", &dest, e.error))?;
+    let dir = Dir::parent_of(root, rel)?;
+    let name = loop {
+        let name = crate::beneath::temp_name(TEMP_PREFIX);
+        match dir.symlink(target, &name) {
+            Ok(()) => break name,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(FsError::io("create a temp symlink in", dir.path(), e)),
+        }
+    };
+    if let Err(e) = dir.rename(&name, &dir, rel.file_name()) {
+        let _ = dir.unlink(&name);
+        return Err(FsError::io("rename a temp symlink to", &dest, e));
+    }
     Ok(())
 }
 
@@ -776,7 +831,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let r = tmp.path();
         let mut f = AtomicFile::create(r, &rel("big")).expect("create");
-        let reserves = crate::space::reserves_here(f.temp.as_file());
+        let reserves = crate::space::reserves_here(&f.temp.file);
         f.reserve(8 << 20).expect("reserve");
         let temp = only_temp(r);
         assert_eq!(fs::metadata(&temp).expect("stat").len(), 0, "size changed");
@@ -879,7 +934,7 @@ mod tests {
         let r = tmp.path();
         fs::write(r.join("f"), b"old").expect("write");
         let mut f = AtomicFile::create(r, &rel("f")).expect("create");
-        if !crate::space::reserves_here(f.temp.as_file()) {
+        if !crate::space::reserves_here(&f.temp.file) {
             // Nothing is reserved here, so nothing can be refused: the writes decide.
             f.reserve(u64::MAX / 2).expect("no reservation, no error");
             return;

@@ -1,95 +1,72 @@
 //! Setting the attributes zync syncs (permission bits, modification time) and flushing a
 //! directory, without following symlinks.
 
+use crate::beneath::{chmod_fd, times};
 use crate::error::FsError;
-use std::ffi::CString;
+use rustix::fs::{AtFlags, Mode, OFlags};
 use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Sets the permission bits (`mode & 0o7777`) of `path`. A symlink is left alone: Linux has no
-/// modes on links, and `chmod` would change the link's target instead.
+/// modes on links, and `chmod` would change the link's target instead. The entry is opened
+/// with `O_PATH | O_NOFOLLOW` and changed through that descriptor, so a symlink swapped in at
+/// the last component is never followed; directories above it are looked up by path, so
+/// writers into a synced root use [`crate::set_mode_beneath`] instead.
 ///
 /// # Errors
 ///
 /// [`FsError::Io`] when `path` cannot be inspected or changed.
 pub fn set_mode(path: &Path, mode: u32) -> Result<(), FsError> {
-    let md = std::fs::symlink_metadata(path).map_err(|e| FsError::io("inspect", path, e))?;
-    if md.file_type().is_symlink() {
-        return Ok(());
-    }
-    if md.permissions().mode() & 0o7777 == mode & 0o7777 {
-        return Ok(());
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+    let fd = rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        FsError::io(
+            "inspect",
+            path,
+            io::Error::from_raw_os_error(e.raw_os_error()),
+        )
+    })?;
+    chmod_fd(std::os::fd::AsFd::as_fd(&fd), mode)
         .map_err(|e| FsError::io("set the mode of", path, e))
 }
 
-/// The `timespec` pair for `utimensat`/`futimens`: access time untouched, mtime as given.
-fn times(mtime_ns: i64) -> [libc::timespec; 2] {
-    let omit = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: libc::UTIME_OMIT,
-    };
-    let mtime = libc::timespec {
-        tv_sec: mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
-        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
-    };
-    [omit, mtime]
-}
-
 /// Sets the modification time of `path` (nanoseconds since the epoch) without following a
-/// symlink; the access time is left alone.
+/// symlink at its last component; the access time is left alone. Writers into a synced root
+/// use [`crate::set_mtime_beneath`], which follows no symlink above it either.
 ///
 /// # Errors
 ///
 /// [`FsError::Io`] when the time cannot be set.
 pub fn set_mtime(path: &Path, mtime_ns: i64) -> Result<(), FsError> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| {
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &times(mtime_ns),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| {
         FsError::io(
             "set the mtime of",
             path,
-            io::Error::new(io::ErrorKind::InvalidInput, e),
+            io::Error::from_raw_os_error(e.raw_os_error()),
         )
-    })?;
-    let ts = times(mtime_ns);
-    // SAFETY: c is a valid NUL-terminated string and ts an array of two timespecs, as
-    // utimensat requires; both outlive the call.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            ts.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc != 0 {
-        return Err(FsError::io(
-            "set the mtime of",
-            path,
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    })
 }
 
 /// Sets the modification time of an open file; `path` is only for the error.
 pub(crate) fn set_file_mtime(file: &File, path: &Path, mtime_ns: i64) -> Result<(), FsError> {
-    let ts = times(mtime_ns);
-    // SAFETY: the descriptor is open for the duration of the call and ts is an array of two
-    // timespecs, as futimens requires.
-    let rc = unsafe { libc::futimens(file.as_raw_fd(), ts.as_ptr()) };
-    if rc != 0 {
-        return Err(FsError::io(
+    rustix::fs::futimens(file, &times(mtime_ns)).map_err(|e| {
+        FsError::io(
             "set the mtime of",
             path,
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+            io::Error::from_raw_os_error(e.raw_os_error()),
+        )
+    })
 }
 
 /// Flushes a directory's entries to disk, making renames into it durable. Call once per batch of
@@ -135,11 +112,7 @@ pub fn sync_filesystems<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Result
 
 #[cfg(target_os = "linux")]
 fn sync_fs_of(file: &File) -> io::Result<()> {
-    // SAFETY: the descriptor is open for the duration of the call.
-    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    rustix::fs::syncfs(file).map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -1,143 +1,134 @@
 //! Directories under a synced root, handled without ever following a symlink (invariant 3):
 //! checking a path's parents, creating directories, and clearing leftover temp files.
 
+use crate::beneath::{chmod_fd, Dir, Kind};
 use crate::error::FsError;
 use crate::ignore::TEMP_PREFIX;
 use crate::path::RelPath;
+use std::ffi::OsStr;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::Path;
 
-/// What one path component turned out to be.
-enum Component {
-    Missing,
-    Dir,
-}
-
-/// `lstat`s `path` and insists on a real directory (or nothing).
-fn inspect(path: &Path) -> Result<Component, FsError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_dir() => Ok(Component::Dir),
-        Ok(md) if md.file_type().is_symlink() => Err(FsError::SymlinkInPath { path: path.into() }),
-        Ok(_) => Err(FsError::NotADirectory { path: path.into() }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Component::Missing),
-        Err(e) => Err(FsError::io("inspect", path, e)),
-    }
-}
-
-/// Checks that every proper ancestor of `rel` under `root` exists and is a real directory.
-/// `root` itself is trusted (it may be a symlink the user chose).
+/// Checks that every proper ancestor of `rel` under `root` exists and is a real directory, by
+/// opening `rel`'s directory the way a write does. `root` itself is trusted (it may be a
+/// symlink the user chose).
 ///
-/// This is a check, not a lock: a local process racing zync could still swap a directory for a
-/// symlink afterwards. Callers check again right before the final rename.
+/// This is a check, not a lock: the writes in this crate do not rely on it, they reach their
+/// directory through a handle ([`Dir`]) and act relative to it.
 ///
 /// # Errors
 ///
 /// [`FsError::SymlinkInPath`] for a symlink, [`FsError::NotADirectory`] for anything else that
 /// is not a directory, [`FsError::Io`] (with `NotFound`) for a missing ancestor.
 pub fn check_parents(root: &Path, rel: &RelPath) -> Result<(), FsError> {
-    for ancestor in rel.ancestors() {
-        let path = ancestor.to_path(root);
-        if let Component::Missing = inspect(&path)? {
-            return Err(FsError::io(
-                "find directory",
-                path,
-                io::Error::from(io::ErrorKind::NotFound),
-            ));
-        }
-    }
-    Ok(())
+    Dir::parent_of(root, rel).map(drop)
 }
 
-/// The directories [`CheckedDirs::check_parents`] found to be real directories, so that many
-/// files in a few directories cost a few checks instead of one per ancestor per file. What it
-/// remembers is true as of when it was checked: keep one only for a short stretch of work (a
-/// group of files being written, a batch of renames), then drop it.
+/// Kept so that callers which pass one along still compile: it used to remember directories
+/// checked by path, which only widened the window between check and write. Writes now reach
+/// their directory through a handle each time (invariant 3, docs/ARCHITECTURE.md), so there
+/// is nothing to remember.
 #[derive(Debug, Default)]
-pub struct CheckedDirs(std::collections::HashSet<std::path::PathBuf>);
+pub struct CheckedDirs(());
 
 impl CheckedDirs {
-    /// As [`check_parents`], skipped when `rel`'s directory under `root` passed it since this
-    /// was made (any root: directories are remembered by their full path).
+    /// As [`check_parents`].
     ///
     /// # Errors
     ///
     /// As [`check_parents`].
     pub fn check_parents(&mut self, root: &Path, rel: &RelPath) -> Result<(), FsError> {
-        let Some(parent) = rel.parent() else {
-            return Ok(());
-        };
-        let parent = parent.to_path(root);
-        if self.0.contains(&parent) {
-            return Ok(());
-        }
-        check_parents(root, rel)?;
-        self.0.insert(parent);
-        Ok(())
+        check_parents(root, rel)
     }
 }
 
-/// Creates `root/rel` and its missing ancestors as directories without following symlinks. When
-/// `mode` is given it is applied to `root/rel` (also if it already existed); new ancestors get
-/// the default mode.
+/// Creates `root/rel` and its missing ancestors as directories without following symlinks
+/// (each `mkdirat` relative to its parent's handle). When `mode` is given it is applied to
+/// `root/rel` (also if it already existed), through the handle; new ancestors get the default
+/// mode.
 ///
 /// # Errors
 ///
 /// As [`check_parents`], for `rel` itself too; [`FsError::Io`] when creation fails.
 pub fn ensure_dir(root: &Path, rel: &RelPath, mode: Option<u32>) -> Result<(), FsError> {
-    let mut all = rel.ancestors();
-    all.push(rel.clone());
-    for dir in all {
-        let path = dir.to_path(root);
-        if let Component::Missing = inspect(&path)? {
-            match std::fs::create_dir(&path) {
-                Ok(()) => {}
-                // Someone else made it first: fine if it is a real directory.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if let Component::Missing = inspect(&path)? {
-                        return Err(FsError::io("create directory", path, e));
-                    }
-                }
-                Err(e) => return Err(FsError::io("create directory", path, e)),
-            }
-        }
-    }
+    let (dir, _) = Dir::open_root(root)?.create_dirs(rel)?;
     if let Some(mode) = mode {
-        crate::attrs::set_mode(&rel.to_path(root), mode)?;
+        chmod_fd(dir.as_fd(), mode).map_err(|e| FsError::io("set the mode of", dir.path(), e))?;
     }
     Ok(())
 }
 
 /// Removes zync temp files (names starting with [`TEMP_PREFIX`]) anywhere under `root`, left by
 /// an interrupted run, except partial downloads younger than [`PARTIAL_MAX_AGE`], which a
-/// later run resumes. Does not follow symlinks. Unreadable subdirectories are logged and
+/// later run resumes. Does not follow symlinks: every directory is opened from its parent's
+/// handle and every file removed relative to it. Unreadable subdirectories are logged and
 /// skipped. Returns how many files were removed.
 ///
 /// # Errors
 ///
 /// [`FsError::Io`] when `root` itself cannot be read or a temp file cannot be removed.
 pub fn remove_temp_files(root: &Path) -> Result<usize, FsError> {
-    remove_temp_files_inner(root)
+    let mut removed = 0;
+    let mut stack = vec![Dir::open_root(root)?];
+    let mut first = true;
+    while let Some(dir) = stack.pop() {
+        let entries = match dir.entries() {
+            Ok(entries) => entries,
+            Err(e) if first => return Err(FsError::io("read directory", root, e)),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read {} to remove temp files: {e}",
+                    dir.path().display()
+                );
+                continue;
+            }
+        };
+        first = false;
+        for (name, kind) in entries {
+            if kind == Kind::Dir {
+                match dir.child_dir(&name) {
+                    Ok(sub) => stack.push(sub),
+                    Err(e) => tracing::warn!(
+                        "cannot read {} to remove temp files: {e}",
+                        dir.path_of(&name).display()
+                    ),
+                }
+            } else if name.as_encoded_bytes().starts_with(TEMP_PREFIX.as_bytes())
+                && !is_recent_partial(&dir, &name)
+            {
+                match dir.unlink(&name) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(FsError::io("remove temp file", dir.path_of(&name), e)),
+                }
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes the partial downloads kept for `rel` (any content), once it is complete or gone.
 pub fn remove_partials(root: &Path, rel: &crate::path::RelPath) {
-    let dir = rel
-        .parent()
-        .map_or_else(|| root.to_path_buf(), |p| p.to_path(root));
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    let Ok(dir) = Dir::parent_of(root, rel) else {
+        return;
+    };
+    let Ok(entries) = dir.entries() else {
         return;
     };
     let prefix = format!("{TEMP_PREFIX}partial-");
     let suffix = format!("-{}", rel.file_name());
-    for entry in entries.flatten() {
-        let name = entry.file_name();
+    for (name, kind) in entries {
         let Some(name) = name.to_str() else { continue };
+        if kind == Kind::Dir {
+            continue;
+        }
         // The name may have been cut to the component limit: only then does a prefix of the
         // file name count.
         let tail = name.strip_prefix(&prefix).and_then(|t| t.get(17..));
         let cut = name.len() >= crate::path::MAX_COMPONENT_BYTES - 3;
         if tail.is_some_and(|t| t == &suffix[1..] || (cut && suffix[1..].starts_with(t))) {
-            let _ = std::fs::remove_file(entry.path());
+            let _ = dir.unlink(name);
         }
     }
 }
@@ -146,62 +137,19 @@ pub fn remove_partials(root: &Path, rel: &crate::path::RelPath) {
 pub const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// A partial download (kept on purpose for a resume) that is younger than [`PARTIAL_MAX_AGE`].
-fn is_recent_partial(entry: &std::fs::DirEntry) -> bool {
+fn is_recent_partial(dir: &Dir, name: &OsStr) -> bool {
     let partial = format!("{TEMP_PREFIX}partial-");
-    entry
-        .file_name()
-        .as_encoded_bytes()
-        .starts_with(partial.as_bytes())
-        && entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age < PARTIAL_MAX_AGE)
-}
-
-fn remove_temp_files_inner(root: &Path) -> Result<usize, FsError> {
-    let mut removed = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if dir == root => return Err(FsError::io("read directory", dir, e)),
-            Err(e) => {
-                tracing::warn!("cannot read {} to remove temp files: {e}", dir.display());
-                continue;
-            }
-        };
-        for entry in entries {
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(e) => {
-                    tracing::warn!("cannot read {} to remove temp files: {e}", dir.display());
-                    continue;
-                }
-            };
-            // DirEntry::file_type does not follow symlinks.
-            let Ok(file_type) = entry.file_type() else {
-                continue;
-            };
-            let path = entry.path();
-            if file_type.is_dir() {
-                stack.push(path);
-            } else if entry
-                .file_name()
-                .as_encoded_bytes()
-                .starts_with(TEMP_PREFIX.as_bytes())
-                && !is_recent_partial(&entry)
-            {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => removed += 1,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(FsError::io("remove temp file", path, e)),
-                }
-            }
-        }
+    if !name.as_encoded_bytes().starts_with(partial.as_bytes()) {
+        return false;
     }
-    Ok(removed)
+    let Ok(mtime) = dir.mtime_of(name) else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    u64::try_from(now.saturating_sub(mtime))
+        .is_ok_and(|age| u128::from(age) < PARTIAL_MAX_AGE.as_nanos())
 }
 
 #[cfg(test)]
@@ -215,7 +163,7 @@ mod tests {
     }
 
     #[test]
-    fn checked_dirs_check_each_directory_once_and_a_new_one_checks_again() {
+    fn checked_dirs_remember_nothing_so_a_swapped_directory_is_seen_at_once() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let r = tmp.path();
         fs::create_dir_all(r.join("a/b")).expect("mkdir");
@@ -224,38 +172,15 @@ mod tests {
         checked
             .check_parents(r, &rel("a/b/one"))
             .expect("real dirs");
-        // Swapped for a symlink after the check: this stretch of work trusts its own check...
         fs::rename(r.join("a/b"), r.join("a/old")).expect("rename");
         symlink(r.join("elsewhere"), r.join("a/b")).expect("symlink");
+        assert!(matches!(
+            checked.check_parents(r, &rel("a/b/two")),
+            Err(FsError::SymlinkInPath { path }) if path == r.join("a/b")
+        ));
         checked
-            .check_parents(r, &rel("a/b/two"))
-            .expect("same directory, already checked");
-        // ...a sibling directory is checked on its own...
-        assert!(matches!(
-            checked.check_parents(r, &rel("a/b/c/three")),
-            Err(FsError::SymlinkInPath { .. })
-        ));
-        // ...and the next stretch of work sees the symlink.
-        assert!(matches!(
-            CheckedDirs::default().check_parents(r, &rel("a/b/two")),
-            Err(FsError::SymlinkInPath { .. })
-        ));
-        CheckedDirs::default()
             .check_parents(r, &rel("top-level"))
             .expect("the root is trusted");
-        // The same relative directory under another root is another directory.
-        let other = tmp.path().join("other-root");
-        fs::create_dir_all(other.join("d")).expect("mkdir");
-        fs::create_dir_all(r.join("d/real")).expect("mkdir");
-        symlink(r.join("elsewhere"), other.join("d/real")).expect("symlink");
-        let mut checked = CheckedDirs::default();
-        checked
-            .check_parents(r, &rel("d/real/f"))
-            .expect("real dirs");
-        assert!(matches!(
-            checked.check_parents(&other, &rel("d/real/f")),
-            Err(FsError::SymlinkInPath { .. })
-        ));
     }
 
     #[test]

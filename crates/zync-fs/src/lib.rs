@@ -5,6 +5,7 @@
 
 pub mod atomic;
 mod attrs;
+pub mod beneath;
 pub mod conflict;
 pub mod delta;
 mod dir_name;
@@ -22,10 +23,12 @@ pub mod umask;
 pub mod watch;
 
 pub use crate::atomic::{
-    check_parents, ensure_dir, fsync_dir, remove_partials, remove_temp_files, replace_with_symlink,
-    set_mode, set_mtime, sync_filesystems, AtomicFile, CheckedDirs, FsError, Sealed,
-    PARTIAL_MAX_AGE,
+    check_parents, create_dirs_beneath, ensure_dir, fsync_dir, fsync_dir_beneath,
+    open_file_beneath, remove_beneath, remove_dir_beneath, remove_partials, remove_temp_files,
+    rename_beneath, replace_with_symlink, set_mode, set_mode_beneath, set_mtime, set_mtime_beneath,
+    sync_filesystems, AtomicFile, CheckedDirs, FsError, Sealed, PARTIAL_MAX_AGE,
 };
+pub use crate::beneath::Dir;
 pub use crate::conflict::{conflict_name, free_conflict_name, is_conflict_copy, CONFLICT_MARKER};
 pub use crate::delta::DeltaError;
 pub use crate::hash::{hash_bytes, hash_file, is_sha256_hex, Hasher};

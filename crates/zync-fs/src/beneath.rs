@@ -1,0 +1,849 @@
+//! Directory handles reached from a root without following symlinks, and every write made
+//! relative to one (invariant 3, docs/ARCHITECTURE.md). A directory is opened from the root's
+//! descriptor with one `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` where the kernel has
+//! it, else by a walk of `openat(O_NOFOLLOW)` one component at a time; the create, rename,
+//! chmod, mtime, unlink, mkdir and symlink that follow name only a single entry of that
+//! directory. Nothing is checked by path and then done by path, so a directory swapped for a
+//! symlink by another local user at any moment can make a write fail, never land outside.
+
+use crate::error::FsError;
+use crate::path::RelPath;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set once `openat2` turned out to be missing (ENOSYS: a kernel before 5.6, or a seccomp
+/// filter), so that every later lookup goes straight to the walk.
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// Flags of a directory handle: a path-only descriptor is enough for every `*at` call and, like
+/// a lookup by path, needs only search permission on the directory.
+const DIR_FLAGS: OFlags = OFlags::PATH
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// An open directory inside (or at) a synced root, and the path it was reached by, which is
+/// used in error messages only.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// What a name in a [`Dir`] is, seen without following a symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symlink.
+    Symlink,
+    /// A fifo, socket or device.
+    Other,
+}
+
+fn kind_of(st: &rustix::fs::Stat) -> Kind {
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => Kind::File,
+        FileType::Directory => Kind::Dir,
+        FileType::Symlink => Kind::Symlink,
+        _ => Kind::Other,
+    }
+}
+
+// `st_mtime` is not an i64 on every target.
+#[allow(clippy::unnecessary_cast)]
+fn mtime_ns(st: &rustix::fs::Stat) -> i64 {
+    (st.st_mtime as i64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(st.st_mtime_nsec as i64)
+}
+
+/// A single directory entry name: anything else (a `/`, `..`, nothing) could reach past the
+/// directory the handle holds.
+fn entry(name: &OsStr) -> io::Result<&OsStr> {
+    let b = name.as_encoded_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a single file name",
+        ));
+    }
+    Ok(name)
+}
+
+fn errno(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+impl Dir {
+    /// Opens `root` itself. The root is the user's choice and is trusted: it may be a symlink.
+    ///
+    /// # Errors
+    ///
+    /// [`FsError::Io`] when it cannot be opened (`NotFound` when it is missing).
+    pub fn open_root(root: &Path) -> Result<Dir, FsError> {
+        let fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FsError::io("open the directory", root, errno(e)))?;
+        Ok(Dir {
+            fd,
+            path: root.to_path_buf(),
+        })
+    }
+
+    /// Opens the directory `rel` of a root: with `openat2` when the kernel has it, else with
+    /// [`Dir::walk`].
+    ///
+    /// # Errors
+    ///
+    /// [`FsError::SymlinkInPath`] when a component is a symlink (nothing was opened through
+    /// it), [`FsError::NotADirectory`] when one is something else, [`FsError::Io`] with
+    /// `NotFound` for a missing one.
+    pub fn open_dir(root: &Path, rel: Option<&RelPath>) -> Result<Dir, FsError> {
+        let base = Dir::open_root(root)?;
+        match rel {
+            None => Ok(base),
+            Some(rel) => base.subdir(rel),
+        }
+    }
+
+    /// Opens the directory `root/rel` will be written into (its parent, or the root).
+    ///
+    /// # Errors
+    ///
+    /// As [`Dir::open_dir`].
+    pub fn parent_of(root: &Path, rel: &RelPath) -> Result<Dir, FsError> {
+        Dir::open_dir(root, rel.parent().as_ref())
+    }
+
+    /// The path this directory was reached by (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path of `name` in this directory (for messages).
+    pub fn path_of(&self, name: impl AsRef<OsStr>) -> PathBuf {
+        self.path.join(name.as_ref())
+    }
+
+    /// Opens the directory `rel` below this one in one `openat2` call that refuses any symlink
+    /// and any step outside; falls back to [`Dir::walk`] where `openat2` is missing, and also
+    /// to find out which component was at fault when it fails.
+    ///
+    /// # Errors
+    ///
+    /// As [`Dir::open_dir`].
+    pub fn subdir(&self, rel: &RelPath) -> Result<Dir, FsError> {
+        if !NO_OPENAT2.load(Ordering::Relaxed) {
+            match rustix::fs::openat2(
+                &self.fd,
+                rel.as_str(),
+                DIR_FLAGS,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            ) {
+                Ok(fd) => {
+                    return Ok(Dir {
+                        fd,
+                        path: rel.to_path(&self.path),
+                    })
+                }
+                Err(Errno::NOSYS) => NO_OPENAT2.store(true, Ordering::Relaxed),
+                // The walk names the component at fault (and, should the tree have changed
+                // since, opens the directory just as safely).
+                Err(_) => {}
+            }
+        }
+        self.walk(rel)
+    }
+
+    /// Opens the directory `rel` below this one one component at a time with
+    /// `openat(O_DIRECTORY | O_NOFOLLOW)`: the fallback for kernels without `openat2`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Dir::open_dir`].
+    pub fn walk(&self, rel: &RelPath) -> Result<Dir, FsError> {
+        self.walk_creating(rel, None).map(|(dir, _)| dir)
+    }
+
+    /// As [`Dir::walk`], creating missing directories when `create` is given (with mode
+    /// `0o777` before the umask, as `mkdir` does); returns the ones it created, shallowest
+    /// first.
+    fn walk_creating(
+        &self,
+        rel: &RelPath,
+        create: Option<()>,
+    ) -> Result<(Dir, Vec<RelPath>), FsError> {
+        let mut made = Vec::new();
+        let mut at: Option<Dir> = None;
+        let mut so_far = String::new();
+        for name in rel.as_str().split('/') {
+            if !so_far.is_empty() {
+                so_far.push('/');
+            }
+            so_far.push_str(name);
+            let cur = at.as_ref().unwrap_or(self);
+            let next = match cur.open_child_dir(name) {
+                Ok(d) => d,
+                Err(Errno::NOENT) if create.is_some() => {
+                    match rustix::fs::mkdirat(&cur.fd, name, Mode::from_bits_truncate(0o777)) {
+                        Ok(()) => {
+                            if let Ok(r) = RelPath::parse(&so_far) {
+                                made.push(r);
+                            }
+                        }
+                        // Someone else made it first: fine if it is a real directory.
+                        Err(Errno::EXIST) => {}
+                        Err(e) => {
+                            return Err(FsError::io(
+                                "create directory",
+                                cur.path_of(name),
+                                errno(e),
+                            ))
+                        }
+                    }
+                    cur.open_child_dir(name)
+                        .map_err(|e| cur.classify(name, e, "open directory"))?
+                }
+                Err(e) => return Err(cur.classify(name, e, "open directory")),
+            };
+            at = Some(next);
+        }
+        match at {
+            Some(d) => Ok((d, made)),
+            // A RelPath has at least one component.
+            None => Err(FsError::io(
+                "open directory",
+                rel.to_path(&self.path),
+                io::Error::from(io::ErrorKind::InvalidInput),
+            )),
+        }
+    }
+
+    /// Opens the subdirectory `name` of this one, never through a symlink.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error (`ENOTDIR` for a symlink or a non-directory).
+    pub fn child_dir(&self, name: &OsStr) -> io::Result<Dir> {
+        self.open_child_dir(entry(name)?).map_err(errno)
+    }
+
+    fn open_child_dir(&self, name: impl AsRef<OsStr>) -> Result<Dir, Errno> {
+        let name = name.as_ref();
+        let fd = rustix::fs::openat(&self.fd, name, DIR_FLAGS, Mode::empty())?;
+        Ok(Dir {
+            fd,
+            path: self.path.join(name),
+        })
+    }
+
+    /// Turns a failed open of the directory `name` into the error that says what is there.
+    fn classify(&self, name: &str, e: Errno, what: &'static str) -> FsError {
+        let path = self.path.join(name);
+        match e {
+            Errno::NOENT => FsError::io("find directory", path, errno(e)),
+            Errno::LOOP | Errno::NOTDIR => match self.kind(name) {
+                Ok(Some(Kind::Symlink)) => FsError::SymlinkInPath { path },
+                Ok(Some(Kind::Dir)) | Ok(None) | Err(_) => FsError::io(what, path, errno(e)),
+                Ok(Some(_)) => FsError::NotADirectory { path },
+            },
+            _ => FsError::io(what, path, errno(e)),
+        }
+    }
+
+    /// As [`Dir::subdir`], creating missing directories on the way (never through a symlink);
+    /// returns the directory and the ones created, shallowest first.
+    ///
+    /// # Errors
+    ///
+    /// As [`Dir::subdir`]; [`FsError::Io`] when a directory cannot be created.
+    pub fn create_dirs(&self, rel: &RelPath) -> Result<(Dir, Vec<RelPath>), FsError> {
+        match self.subdir(rel) {
+            Ok(d) => Ok((d, Vec::new())),
+            Err(FsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                self.walk_creating(rel, Some(()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What `name` is, without following a symlink; `None` when nothing is there.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error other than "not found".
+    pub fn kind(&self, name: impl AsRef<OsStr>) -> io::Result<Option<Kind>> {
+        Ok(self.stat(name)?.map(|st| kind_of(&st)))
+    }
+
+    fn stat(&self, name: impl AsRef<OsStr>) -> io::Result<Option<rustix::fs::Stat>> {
+        match rustix::fs::statat(&self.fd, entry(name.as_ref())?, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(st)),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    /// Creates the new file `name` (`O_CREAT | O_EXCL | O_NOFOLLOW`, mode 0600), open for
+    /// reading and writing.
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyExists` when something is there, or another I/O error.
+    pub fn create_new(&self, name: impl AsRef<OsStr>) -> io::Result<File> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            entry(name.as_ref())?,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(errno)?;
+        Ok(File::from(fd))
+    }
+
+    /// Creates a new file named `prefix` and 16 random hex digits; returns it and its name.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error.
+    pub fn create_temp(&self, prefix: &str) -> io::Result<(File, String)> {
+        loop {
+            let name = temp_name(prefix);
+            match self.create_new(&name) {
+                Ok(f) => return Ok((f, name)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Opens the existing regular file `name` without following a symlink; `None` when it is
+    /// missing or not a regular file.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error other than "not found" or "a symlink".
+    pub fn open_file(&self, name: impl AsRef<OsStr>, write: bool) -> io::Result<Option<File>> {
+        let access = if write { OFlags::RDWR } else { OFlags::RDONLY };
+        let fd = match rustix::fs::openat(
+            &self.fd,
+            entry(name.as_ref())?,
+            access | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT | Errno::LOOP | Errno::ISDIR | Errno::NXIO) => return Ok(None),
+            Err(e) => return Err(errno(e)),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(errno)?;
+        if kind_of(&st) != Kind::File {
+            return Ok(None);
+        }
+        // Back to blocking for the reads and writes that follow.
+        let flags = rustix::fs::fcntl_getfl(&fd).map_err(errno)?;
+        rustix::fs::fcntl_setfl(&fd, flags - OFlags::NONBLOCK).map_err(errno)?;
+        Ok(Some(File::from(fd)))
+    }
+
+    /// Renames `from` in this directory to `to` in `to_dir` (`renameat`): replaces a file or
+    /// symlink at `to` itself, never what it points to.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error.
+    pub fn rename(
+        &self,
+        from: impl AsRef<OsStr>,
+        to_dir: &Dir,
+        to: impl AsRef<OsStr>,
+    ) -> io::Result<()> {
+        rustix::fs::renameat(
+            &self.fd,
+            entry(from.as_ref())?,
+            &to_dir.fd,
+            entry(to.as_ref())?,
+        )
+        .map_err(errno)
+    }
+
+    /// Removes the file or symlink `name` (`unlinkat`).
+    ///
+    /// # Errors
+    ///
+    /// An I/O error (`NotFound` when nothing is there).
+    pub fn unlink(&self, name: impl AsRef<OsStr>) -> io::Result<()> {
+        rustix::fs::unlinkat(&self.fd, entry(name.as_ref())?, AtFlags::empty()).map_err(errno)
+    }
+
+    /// Removes the empty directory `name` (`unlinkat(AT_REMOVEDIR)`).
+    ///
+    /// # Errors
+    ///
+    /// An I/O error (`DirectoryNotEmpty` when it holds anything).
+    pub fn rmdir(&self, name: impl AsRef<OsStr>) -> io::Result<()> {
+        rustix::fs::unlinkat(&self.fd, entry(name.as_ref())?, AtFlags::REMOVEDIR).map_err(errno)
+    }
+
+    /// Creates the directory `name` with `mode` (before the umask).
+    ///
+    /// # Errors
+    ///
+    /// An I/O error (`AlreadyExists` when something is there).
+    pub fn mkdir(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<()> {
+        rustix::fs::mkdirat(
+            &self.fd,
+            entry(name.as_ref())?,
+            Mode::from_bits_truncate(mode & 0o7777),
+        )
+        .map_err(errno)
+    }
+
+    /// Creates the symlink `name` pointing to `target`.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error (`AlreadyExists` when something is there).
+    pub fn symlink(&self, target: &str, name: impl AsRef<OsStr>) -> io::Result<()> {
+        rustix::fs::symlinkat(target, &self.fd, entry(name.as_ref())?).map_err(errno)
+    }
+
+    /// Sets the permission bits (`mode & 0o7777`) of `name`. A symlink is left alone: Linux
+    /// has no modes on links, and a path-following `chmod` would change its target instead.
+    /// The entry is opened with `O_PATH | O_NOFOLLOW` and changed through that descriptor.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error (`NotFound` when nothing is there).
+    pub fn set_mode(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<()> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            entry(name.as_ref())?,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        chmod_fd(fd.as_fd(), mode)
+    }
+
+    /// Sets the modification time of `name` (ns since the epoch) without following a symlink
+    /// (`utimensat(AT_SYMLINK_NOFOLLOW)`); the access time is left alone.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error.
+    pub fn set_mtime(&self, name: impl AsRef<OsStr>, mtime_ns: i64) -> io::Result<()> {
+        rustix::fs::utimensat(
+            &self.fd,
+            entry(name.as_ref())?,
+            &times(mtime_ns),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(errno)
+    }
+
+    /// Flushes this directory's entries to disk (renames, creations and removals in it).
+    ///
+    /// # Errors
+    ///
+    /// An I/O error.
+    pub fn sync(&self) -> io::Result<()> {
+        // A path-only descriptor cannot be flushed: open the directory itself for reading.
+        let fd = rustix::fs::openat(
+            &self.fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        rustix::fs::fsync(&fd).map_err(errno)
+    }
+
+    /// The names in this directory with what each is (`.` and `..` left out).
+    ///
+    /// # Errors
+    ///
+    /// An I/O error reading the directory.
+    pub fn entries(&self) -> io::Result<Vec<(std::ffi::OsString, Kind)>> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        let mut dir = rustix::fs::Dir::new(fd).map_err(errno)?;
+        let mut out = Vec::new();
+        while let Some(ent) = dir.read() {
+            let ent = ent.map_err(errno)?;
+            let name = ent.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let name =
+                std::ffi::OsString::from(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name));
+            let kind = match ent.file_type() {
+                FileType::RegularFile => Kind::File,
+                FileType::Directory => Kind::Dir,
+                FileType::Symlink => Kind::Symlink,
+                FileType::Unknown => match self.kind(&name) {
+                    Ok(Some(k)) => k,
+                    Ok(None) => continue,
+                    Err(e) => return Err(e),
+                },
+                _ => Kind::Other,
+            };
+            out.push((name, kind));
+        }
+        Ok(out)
+    }
+
+    /// The modification time of `name` (ns since the epoch), not following a symlink.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error (`NotFound` when nothing is there).
+    pub fn mtime_of(&self, name: impl AsRef<OsStr>) -> io::Result<i64> {
+        match self.stat(name)? {
+            Some(st) => Ok(mtime_ns(&st)),
+            None => Err(io::Error::from(io::ErrorKind::NotFound)),
+        }
+    }
+}
+
+impl AsFd for Dir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// The timestamps for `utimensat`/`futimens`: access time untouched, mtime as given.
+pub(crate) fn times(mtime_ns: i64) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+        },
+    }
+}
+
+/// Sets the permission bits of what `fd` (a descriptor opened with `O_NOFOLLOW`, possibly
+/// path-only) refers to; a symlink is left alone and an unchanged mode is not written.
+pub(crate) fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    let st = rustix::fs::fstat(fd).map_err(errno)?;
+    if kind_of(&st) == Kind::Symlink || st.st_mode & 0o7777 == mode & 0o7777 {
+        return Ok(());
+    }
+    let mode = Mode::from_bits_truncate(mode & 0o7777);
+    match rustix::fs::fchmod(fd, mode) {
+        Ok(()) => Ok(()),
+        // A path-only descriptor: change the inode it holds through its /proc entry, which
+        // names that inode and nothing else (what glibc's fchmodat does for
+        // AT_SYMLINK_NOFOLLOW).
+        Err(Errno::BADF) => {
+            rustix::fs::chmod(format!("/proc/self/fd/{}", fd.as_raw_fd()), mode).map_err(errno)
+        }
+        Err(e) => Err(errno(e)),
+    }
+}
+
+/// `prefix` and 16 random hex digits: a temp name (`O_EXCL` settles any clash).
+pub(crate) fn temp_name(prefix: &str) -> String {
+    format!("{prefix}{:016x}", random())
+}
+
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// Renames `root/from` to `root/to` (both inside the same root), each reached through its
+/// directory handle: a file or symlink at `to` is replaced itself, never what it points to.
+///
+/// # Errors
+///
+/// As [`Dir::open_dir`] for either parent; [`FsError::Io`] when the rename fails.
+pub fn rename_beneath(root: &Path, from: &RelPath, to: &RelPath) -> Result<(), FsError> {
+    let from_dir = Dir::parent_of(root, from)?;
+    let to_dir = if from.parent() == to.parent() {
+        None
+    } else {
+        Some(Dir::parent_of(root, to)?)
+    };
+    from_dir
+        .rename(
+            from.file_name(),
+            to_dir.as_ref().unwrap_or(&from_dir),
+            to.file_name(),
+        )
+        .map_err(|e| FsError::io("rename", from.to_path(root), e))
+}
+
+/// Removes the file or symlink `root/rel` through its directory handle. Returns false when
+/// nothing was there.
+///
+/// # Errors
+///
+/// As [`Dir::open_dir`] for its parent; [`FsError::Io`] when the removal fails.
+pub fn remove_beneath(root: &Path, rel: &RelPath) -> Result<bool, FsError> {
+    let dir = Dir::parent_of(root, rel)?;
+    match dir.unlink(rel.file_name()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(FsError::io("remove", rel.to_path(root), e)),
+    }
+}
+
+/// Removes the empty directory `root/rel` through its parent's handle. Returns false when
+/// nothing was there.
+///
+/// # Errors
+///
+/// As [`Dir::open_dir`] for its parent; [`FsError::Io`] when the removal fails (for example
+/// `DirectoryNotEmpty`).
+pub fn remove_dir_beneath(root: &Path, rel: &RelPath) -> Result<bool, FsError> {
+    let dir = Dir::parent_of(root, rel)?;
+    match dir.rmdir(rel.file_name()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(FsError::io("remove the directory", rel.to_path(root), e)),
+    }
+}
+
+/// Sets the permission bits of `root/rel` through its directory handle, never following a
+/// symlink (a symlink's mode is never set).
+///
+/// # Errors
+///
+/// As [`Dir::open_dir`] for its parent; [`FsError::Io`] when the mode cannot be set.
+pub fn set_mode_beneath(root: &Path, rel: &RelPath, mode: u32) -> Result<(), FsError> {
+    Dir::parent_of(root, rel)?
+        .set_mode(rel.file_name(), mode)
+        .map_err(|e| FsError::io("set the mode of", rel.to_path(root), e))
+}
+
+/// Sets the modification time of `root/rel` through its directory handle, never following a
+/// symlink.
+///
+/// # Errors
+///
+/// As [`Dir::open_dir`] for its parent; [`FsError::Io`] when the time cannot be set.
+pub fn set_mtime_beneath(root: &Path, rel: &RelPath, mtime_ns: i64) -> Result<(), FsError> {
+    Dir::parent_of(root, rel)?
+        .set_mtime(rel.file_name(), mtime_ns)
+        .map_err(|e| FsError::io("set the mtime of", rel.to_path(root), e))
+}
+
+/// Flushes the directory `root/rel` (the root when `None`), reached without following a
+/// symlink.
+///
+/// # Errors
+///
+/// As [`Dir::open_dir`]; [`FsError::Io`] when it cannot be flushed.
+pub fn fsync_dir_beneath(root: &Path, rel: Option<&RelPath>) -> Result<(), FsError> {
+    let dir = Dir::open_dir(root, rel)?;
+    dir.sync()
+        .map_err(|e| FsError::io("fsync directory", dir.path(), e))
+}
+
+/// Creates the missing directories of `root/rel` (never through a symlink) and flushes the
+/// directory each new one was made in, so they survive a crash; returns the new ones,
+/// shallowest first.
+///
+/// # Errors
+///
+/// As [`Dir::create_dirs`]; [`FsError::Io`] when a flush fails.
+pub fn create_dirs_beneath(root: &Path, rel: &RelPath) -> Result<Vec<RelPath>, FsError> {
+    let base = Dir::open_root(root)?;
+    let (_, made) = base.create_dirs(rel)?;
+    for d in &made {
+        let up = match d.parent() {
+            Some(p) => base.subdir(&p)?,
+            None => Dir::open_root(root)?,
+        };
+        up.sync()
+            .map_err(|e| FsError::io("fsync directory", up.path(), e))?;
+    }
+    Ok(made)
+}
+
+/// Opens the regular file `root/rel` for reading, never through a symlink (in a parent or at
+/// the file itself). `None` when it is missing or not a regular file.
+///
+/// # Errors
+///
+/// As [`Dir::open_dir`] for its parent; [`FsError::Io`] when it cannot be opened.
+pub fn open_file_beneath(root: &Path, rel: &RelPath) -> Result<Option<File>, FsError> {
+    Dir::parent_of(root, rel)?
+        .open_file(rel.file_name(), false)
+        .map_err(|e| FsError::io("open", rel.to_path(root), e))
+}
+
+/// Whether lookups use the walk because the kernel has no `openat2`.
+#[cfg(test)]
+pub(crate) fn openat2_missing() -> bool {
+    NO_OPENAT2.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::parse(s).expect("valid test path")
+    }
+
+    fn empty(dir: &Path) -> bool {
+        fs::read_dir(dir).expect("read").next().is_none()
+    }
+
+    /// A root with `a/b`, a file `f`, a symlink `l` to an outside directory and `a/l2` to `a`.
+    fn fixture() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path().join("root");
+        let out = tmp.path().join("outside");
+        fs::create_dir_all(r.join("a/b")).expect("mkdir");
+        fs::create_dir(&out).expect("mkdir");
+        fs::write(r.join("f"), b"x").expect("write");
+        symlink(&out, r.join("l")).expect("symlink");
+        symlink(r.join("a"), r.join("a/l2")).expect("symlink");
+        (tmp, r, out)
+    }
+
+    /// Both lookups (openat2 and the walk) give the same answers: real directories open,
+    /// a symlink anywhere is refused and named, a file is not a directory, a missing one is
+    /// `NotFound` at the missing component.
+    #[test]
+    fn openat2_and_the_walk_refuse_symlinks_and_name_the_component() {
+        let (_tmp, r, out) = fixture();
+        let root = Dir::open_root(&r).expect("root");
+        type Lookup = fn(&Dir, &RelPath) -> Result<Dir, FsError>;
+        for (how, lookup) in [("openat2", Dir::subdir as Lookup), ("walk", Dir::walk)] {
+            let d = lookup(&root, &rel("a/b")).expect(how);
+            assert_eq!(d.path(), r.join("a/b"), "{how}");
+            d.create_new("new").expect("create");
+            fs::remove_file(r.join("a/b/new")).expect("rm");
+            for (p, at) in [
+                ("l", "l"),
+                ("l/x", "l"),
+                ("a/l2/b", "a/l2"),
+                ("a/l2", "a/l2"),
+            ] {
+                match lookup(&root, &rel(p)) {
+                    Err(FsError::SymlinkInPath { path }) => {
+                        assert_eq!(path, r.join(at), "{how} {p}")
+                    }
+                    other => panic!("{how} {p}: expected SymlinkInPath, got {other:?}"),
+                }
+            }
+            assert!(
+                matches!(lookup(&root, &rel("f/x")), Err(FsError::NotADirectory { path }) if path == r.join("f")),
+                "{how}"
+            );
+            match lookup(&root, &rel("a/missing/x")) {
+                Err(FsError::Io { source, path, .. }) => {
+                    assert_eq!(source.kind(), io::ErrorKind::NotFound, "{how}");
+                    assert_eq!(path, r.join("a/missing"), "{how}");
+                }
+                other => panic!("{how}: expected NotFound, got {other:?}"),
+            }
+        }
+        assert!(empty(&out), "something was created outside");
+        // This kernel has openat2 (5.6+): the fast path was the one tested above.
+        assert!(!openat2_missing());
+    }
+
+    #[test]
+    fn a_symlinked_parent_is_refused_with_a_clear_message_and_nothing_is_created_outside() {
+        let (_tmp, r, out) = fixture();
+        let e = set_mode_beneath(&r, &rel("l/x"), 0o600).expect_err("through a symlink");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "refusing to write through {}: it is a symlink",
+                r.join("l").display()
+            )
+        );
+        assert!(create_dirs_beneath(&r, &rel("l/new/deeper")).is_err());
+        assert!(remove_beneath(&r, &rel("l/x")).is_err());
+        assert!(rename_beneath(&r, &rel("f"), &rel("l/f")).is_err());
+        assert!(Dir::open_dir(&r, Some(&rel("l"))).is_err());
+        assert!(empty(&out), "something was created outside");
+        assert!(r.join("f").exists());
+    }
+
+    #[test]
+    fn chmod_never_follows_a_symlink() {
+        let (_tmp, r, out) = fixture();
+        let victim = out.join("victim");
+        fs::write(&victim, b"v").expect("write");
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).expect("chmod");
+        symlink(&victim, r.join("a/link")).expect("symlink");
+        set_mode_beneath(&r, &rel("a/link"), 0o777).expect("a symlink is skipped");
+        assert_eq!(fs::metadata(&victim).expect("stat").mode() & 0o7777, 0o600);
+        set_mtime_beneath(&r, &rel("a/link"), 1_000_000_000).expect("mtime of the link");
+        assert_ne!(fs::metadata(&victim).expect("stat").mtime(), 1);
+        // Files and directories are changed, also ones their owner cannot read.
+        fs::write(r.join("a/g"), b"g").expect("write");
+        fs::set_permissions(r.join("a/g"), fs::Permissions::from_mode(0o000)).expect("chmod");
+        set_mode_beneath(&r, &rel("a/g"), 0o640).expect("file");
+        set_mode_beneath(&r, &rel("a/b"), 0o750).expect("dir");
+        let mode = |p: &Path| fs::symlink_metadata(p).expect("stat").mode() & 0o7777;
+        assert_eq!((mode(&r.join("a/g")), mode(&r.join("a/b"))), (0o640, 0o750));
+        assert!(set_mode_beneath(&r, &rel("a/missing"), 0o600).is_err());
+    }
+
+    #[test]
+    fn creates_renames_and_removes_stay_in_the_handle_s_directory() {
+        let (_tmp, r, out) = fixture();
+        let made = create_dirs_beneath(&r, &rel("a/x/y")).expect("mkdirs");
+        assert_eq!(made, vec![rel("a/x"), rel("a/x/y")]);
+        assert!(create_dirs_beneath(&r, &rel("a/x/y"))
+            .expect("again")
+            .is_empty());
+        let d = Dir::open_dir(&r, Some(&rel("a/x/y"))).expect("open");
+        let (_, name) = d.create_temp(".t-").expect("temp");
+        d.symlink("../../..", "s").expect("symlink");
+        d.rename(&name, &d, "file").expect("rename");
+        assert!(r.join("a/x/y/file").is_file());
+        assert!(d.create_new("file").is_err(), "O_EXCL");
+        // A symlink at the name is never followed: creating through it fails.
+        assert!(d.create_new("s").is_err());
+        assert!(d.open_file("s", true).expect("open").is_none());
+        rename_beneath(&r, &rel("a/x/y/file"), &rel("a/moved")).expect("rename");
+        assert!(r.join("a/moved").is_file());
+        assert!(remove_beneath(&r, &rel("a/moved")).expect("rm"));
+        assert!(!remove_beneath(&r, &rel("a/moved")).expect("rm again"));
+        assert!(remove_dir_beneath(&r, &rel("a/x")).is_err(), "not empty");
+        d.unlink("s").expect("unlink");
+        assert!(remove_dir_beneath(&r, &rel("a/x/y")).expect("rmdir"));
+        assert!(empty(&out));
+        for bad in ["", "..", "a/b", "."] {
+            assert!(d.unlink(bad).is_err(), "{bad:?}");
+        }
+    }
+}
