@@ -23,6 +23,7 @@ mod network_faults;
 mod pages;
 mod progress;
 mod protocol;
+mod race;
 mod regressions;
 mod restart_and_conflicts;
 mod status;

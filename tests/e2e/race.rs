@@ -5,8 +5,6 @@
 //! (invariants 3 and 8, docs/ARCHITECTURE.md); the run either succeeds or fails saying a
 //! symlink was in the way.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -17,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// How long one racing run may take.
 const RACE_DEADLINE: Duration = Duration::from_secs(180);
