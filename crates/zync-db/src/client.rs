@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 
 use crate::conn::{self, Synchronous};
 use crate::error::{Context, Result};
-use crate::index::{seq_from_sql, seq_to_sql, subtree_bounds, u64_from_sql, u64_to_sql};
 use crate::migrate::{self, CLIENT};
+use crate::sql::{seq_from_sql, seq_to_sql, subtree_bounds, u64_from_sql, u64_to_sql};
 use crate::Kind;
 
 /// A path that failed to apply and is retried every round.

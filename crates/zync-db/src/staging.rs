@@ -11,7 +11,7 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 use rusqlite::{ErrorCode, OptionalExtension, Row};
 
 use crate::error::{Context, DbError, Result};
-use crate::index::{seq_from_sql, u64_from_sql, u64_to_sql};
+use crate::sql::{seq_from_sql, u64_from_sql, u64_to_sql};
 use crate::Index;
 
 /// Gives a fieldless enum its stored (TEXT) spelling: `as_str`, `parse`, `ALL`, `Display`,
