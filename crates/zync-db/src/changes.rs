@@ -88,7 +88,7 @@ impl Index {
 
     /// The live entries of dir that [`Index::live_entries`] returns, without their content
     /// hashes, sorted by path in byte order (SQLite's BINARY collation, as `str` compares).
-    /// Reading 100,000 rows for a daemon restart is a good part of its scan (issue 5); this
+    /// Reading 100,000 rows for a daemon restart is a good part of its scan; this
     /// leaves out the columns a scan does not use.
     ///
     /// # Errors

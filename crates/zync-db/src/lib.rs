@@ -9,13 +9,17 @@
 mod changes;
 mod client;
 mod clients;
+mod conflict;
 mod conn;
 mod error;
 mod index;
 mod kind;
 mod migrate;
+mod sessions;
 mod sql;
 mod staging;
+#[cfg(test)]
+mod upgrade_tests;
 mod writer;
 
 pub use client::{ClientBatch, ClientState, DirState, Failing, Synced};
@@ -23,11 +27,11 @@ pub use error::{DbError, Result};
 
 pub use changes::{Entry, EntryMeta, ScanRow};
 pub use clients::{Ack, ClientRecord};
+pub use conflict::{is_conflict, OnE};
 pub use index::Index;
 pub use kind::Kind;
 pub use migrate::{CLIENT_SCHEMA_VERSION, INDEX_SCHEMA_VERSION};
 pub use staging::{
-    is_conflict, is_plain_name, session_dir, staging_root, Action, FileState, OnE, Session,
-    SessionStatus, StagedFile,
+    is_plain_name, session_dir, staging_root, Action, FileState, Session, SessionStatus, StagedFile,
 };
 pub use writer::IndexWriter;
