@@ -1,5 +1,5 @@
 //! The daemon's config file merged into its command line: a flag given on the command line
-//! wins over `daemon.toml`, which wins over the built-in default (issue 6). `--dirs` is
+//! wins over `daemon.toml`, which wins over the built-in default. `--dirs` is
 //! required only after merging, so it may live in the file.
 
 use anyhow::bail;
