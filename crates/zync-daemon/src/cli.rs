@@ -10,6 +10,7 @@ use clap::{Parser, ValueHint};
 use zync_fs::DirName;
 
 use crate::indexer::OwnPaths;
+use crate::root::Root;
 use crate::token::Auth;
 
 /// Command line of `zync-daemon`.
@@ -95,15 +96,6 @@ pub struct Args {
     pub ssh_command: String,
 }
 
-/// One served directory.
-#[derive(Debug, Clone)]
-pub struct Root {
-    /// The NAME clients use.
-    pub name: DirName,
-    /// Canonical absolute path.
-    pub path: PathBuf,
-}
-
 /// Everything the daemon needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -118,7 +110,7 @@ pub struct Config {
     /// How clients authenticate.
     pub auth: Auth,
     /// Handshake and idle deadlines.
-    pub limits: crate::server::Limits,
+    pub limits: crate::shared::Limits,
     /// Files the daemon writes itself; never indexed even if they sit in a root.
     pub own: OwnPaths,
 }
@@ -154,9 +146,9 @@ impl Config {
             ignores: args.ignore.clone(),
             default_ignores: !args.no_default_ignores,
             auth,
-            limits: crate::server::Limits {
+            limits: crate::shared::Limits {
                 idle: std::time::Duration::from_secs(args.idle_timeout),
-                ..crate::server::Limits::default()
+                ..crate::shared::Limits::default()
             },
             own,
         })

@@ -12,7 +12,7 @@ use zync_proto::{
     Challenge, ErrorCode, ErrorResponse, Nonce, OkResponse, Op, Reply, Request, Role, ServerMessage,
 };
 
-use crate::server::Ws;
+use crate::shared::Ws;
 use crate::token::Auth;
 
 /// A client that proved itself; the AUTH request still waits for its answer.

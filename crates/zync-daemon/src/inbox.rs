@@ -34,7 +34,7 @@ pub struct Inbox {
 
 impl Inbox {
     /// Starts reading `stream` on a task of its own.
-    pub fn start(stream: SplitStream<crate::server::Ws>) -> Inbox {
+    pub fn start(stream: SplitStream<crate::shared::Ws>) -> Inbox {
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(BUDGET));
         let reader = tokio::spawn(read(stream, tx, budget));
@@ -73,7 +73,7 @@ impl Drop for Inbox {
 }
 
 async fn read(
-    mut stream: SplitStream<crate::server::Ws>,
+    mut stream: SplitStream<crate::shared::Ws>,
     tx: mpsc::UnboundedSender<(Incoming, OwnedSemaphorePermit)>,
     budget: Arc<Semaphore>,
 ) {

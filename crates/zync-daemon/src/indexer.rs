@@ -1,5 +1,5 @@
 //! The indexer: keeps the index equal to the disk. A startup scan finds what changed while the
-//! daemon was down (DESIGN invariant 6), then the watcher's debounced batches are reconciled
+//! daemon was down (invariant 6 (docs/ARCHITECTURE.md)), then the watcher's debounced batches are reconciled
 //! path by path; an overflow or watcher error triggers a rescan of the root.
 
 use std::collections::HashSet;
@@ -15,12 +15,12 @@ use tokio::sync::watch;
 use zync_db::{EntryMeta, Index, Kind};
 use zync_fs::{EntryKind, IgnoreRules, RelPath, Stat};
 
-use crate::cli::Root;
+use crate::root::Root;
 
 mod entry;
 mod workers;
 
-use entry::{describe, unchanged};
+use entry::{describe, unchanged, RACY};
 use workers::Workers;
 
 /// Quiet time that ends a burst of watch events.
@@ -33,12 +33,6 @@ const IDLE_TICK: Duration = Duration::from_millis(200);
 const SCAN_BATCH: usize = 1000;
 /// Without a working watcher, every root is rescanned this often.
 const POLL_RESCAN: Duration = Duration::from_secs(10);
-/// A file modified less than this long before it was hashed may be written again within the
-/// same mtime tick; it is hashed once more this long later ("racy git").
-const RACY: Duration = Duration::from_secs(2);
-/// The window instead for an mtime with a sub-second part on a local file system (see
-/// `entry::racy_window`); such a file is still hashed again [`RACY`] later.
-const RACY_FINE: Duration = Duration::from_millis(100);
 
 /// Paths the daemon writes itself (its database, token file and staging area): never indexed,
 /// even when they sit inside a served directory.
@@ -125,7 +119,7 @@ pub struct Indexer {
     /// Changes per transaction during a scan ([`SCAN_BATCH`]; smaller in tests).
     batch: usize,
     /// How many times a file was opened to be hashed since start: a restart over an unchanged
-    /// tree must leave it at zero (issue 5), which the tests and the startup log line show.
+    /// tree must leave it at zero (a restart must not rehash), which the tests and the startup log line show.
     hashed: AtomicU64,
 }
 
@@ -323,7 +317,7 @@ impl Indexer {
         let walked = started.elapsed();
 
         // Pair each entry with its row by merging both in path byte order: for 100,000 paths
-        // a hash map of the rows took a tenth of a restart's scan (issue 5). The rows come
+        // a hash map of the rows took a tenth of a restart's scan. The rows come
         // sorted already (sorting them again then takes one pass); the walk's order puts a
         // directory's subtree before a sibling such as "dir.txt", so entries are sorted apart.
         rows.sort_unstable_by(|a, b| a.path.cmp(&b.path));
@@ -764,7 +758,7 @@ mod tests {
         assert_eq!(entry::racy_window(here, 1_650_000_000_000_000_000), RACY);
         assert_eq!(
             entry::racy_window(here, 1_650_000_000_123_456_789),
-            RACY_FINE
+            entry::RACY_FINE
         );
         let path = dir.path().join("saved-a-moment-ago");
         std::fs::write(&path, "aaaa").unwrap();

@@ -7,15 +7,22 @@
 
 mod admission;
 mod cli;
+mod cmd;
 mod connection;
-mod delta;
+mod context;
 mod handshake;
 mod inbox;
+mod indexed_file;
 mod indexer;
+mod kind;
+mod link;
+mod refusal;
+mod root;
 mod server;
+mod shared;
+mod staging;
 mod token;
 mod tunnel;
-mod upstream;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,13 +32,14 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-pub use cli::{beside, parse_roots, Args, Config, Root};
+pub use cli::{beside, parse_roots, Args, Config};
 pub use indexer::{OwnPaths, Status};
-pub use server::Limits;
+pub use root::Root;
+pub use shared::Limits;
 pub use token::Auth;
 
 use indexer::{IndexedRoot, Indexer};
-use server::{ServedRoot, Shared};
+use shared::{ServedRoot, Shared};
 
 /// Validates the command line, binds the port and serves until SIGINT or SIGTERM.
 ///
@@ -97,7 +105,7 @@ pub async fn run(
         })?;
         index.set_roots(&names)?;
         index.reset_connections()?;
-        upstream::abort_stale_sessions(&index, &db_path)?;
+        staging::abort_stale_sessions(&index, &db_path)?;
         Ok(index)
     })
     .await??;

@@ -2,28 +2,21 @@
 //! token (the handshake), runs one task per authenticated client, and stops on shutdown.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::SinkExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::{broadcast, Semaphore};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-use zync_fs::{DirName, IgnoreRules};
 use zync_proto::{ErrorCode, ErrorResponse, ServerMessage};
 
 use crate::admission::{Admission, Ticket};
 use crate::connection::Connection;
 use crate::handshake;
-use crate::indexer::Status;
-use crate::token::Auth;
-
-/// A connection's WebSocket.
-pub(crate) type Ws = WebSocketStream<TcpStream>;
+use crate::shared::Shared;
 
 /// At most this many authenticated clients are served at once; one more is told the daemon is
 /// busy.
@@ -31,63 +24,6 @@ const MAX_CONNECTIONS: usize = 256;
 /// At most this many connections wait for their handshake at once; a newer one pushes out the
 /// one that made the least progress (see [`Admission`]).
 const MAX_HANDSHAKING: usize = 64;
-
-/// The default for how long a connection may take from accept to a verified AUTH.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The default for how long an authenticated client may stay silent. The zync client pings at
-/// least once a minute while it is idle, so only a dead or hostile peer is cut off.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The deadlines a connection lives by.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// From accept to a verified AUTH.
-    pub handshake: Duration,
-    /// With no frame from an authenticated client while the daemon waits for one.
-    pub idle: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            handshake: HANDSHAKE_TIMEOUT,
-            idle: IDLE_TIMEOUT,
-        }
-    }
-}
-
-/// A served directory, as connections see it.
-pub struct ServedRoot {
-    /// The name clients use.
-    pub name: DirName,
-    /// Canonical path.
-    pub path: PathBuf,
-    /// Ignore rules (GET_FILE refuses ignored paths).
-    pub rules: Arc<IgnoreRules>,
-}
-
-/// What every connection shares.
-pub struct Shared {
-    /// The index id, sent in the handshake.
-    pub index_id: String,
-    /// Served directories.
-    pub roots: Vec<ServedRoot>,
-    /// The index database (each connection opens its own read connection).
-    pub db_path: PathBuf,
-    /// Token check.
-    pub auth: Auth,
-    /// Handshake and idle deadlines.
-    pub limits: Limits,
-    /// The indexer's progress.
-    pub status: watch::Receiver<Status>,
-}
-
-impl Shared {
-    /// The served directory called `name`.
-    pub fn root(&self, name: &str) -> Option<&ServedRoot> {
-        self.roots.iter().find(|r| r.name.as_str() == name)
-    }
-}
 
 /// WebSocket limits: a JSON message or one chunk frame, never more (docs/PROTOCOL.md).
 pub fn ws_config() -> WebSocketConfig {

@@ -1,4 +1,4 @@
-//! `--tunnel [USER@]HOST` (issue 6): the daemon opens the reverse ssh tunnel itself
+//! `--tunnel [USER@]HOST`: the daemon opens the reverse ssh tunnel itself
 //! (`ssh -N -R SOCKET:ADDR:PORT HOST`), so R's client reaches it through a Unix socket on R
 //! (`--server unix:~/.zync/zync.sock`), or with `--tunnel-remote-port` at 127.0.0.1:PORT on R;
 //! and restarts ssh with capped exponential backoff (with jitter) whenever it dies.

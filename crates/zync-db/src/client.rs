@@ -1,5 +1,5 @@
 //! The client's synced state on machine R: per dir name, the index id and the last sequence
-//! applied durably (DESIGN invariant 2), and per path what the client last wrote there, which
+//! applied durably (invariant 2 (docs/ARCHITECTURE.md)), and per path what the client last wrote there, which
 //! is how it tells its own local edits from E's changes (invariant 4).
 
 use std::path::Path;
@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 
 use crate::conn::{self, Synchronous};
 use crate::error::{Context, Result};
-use crate::index::{seq_from_sql, seq_to_sql, subtree_bounds, u64_from_sql, u64_to_sql};
 use crate::migrate::{self, CLIENT};
+use crate::sql::{seq_from_sql, seq_to_sql, subtree_bounds, u64_from_sql, u64_to_sql};
 use crate::Kind;
 
 /// A path that failed to apply and is retried every round.
@@ -289,7 +289,7 @@ impl ClientState {
 
     /// Starts a write transaction. Apply a batch of changes to disk first, then record them
     /// and the new [`DirState`] in one batch: the sequence only advances with what is durably
-    /// applied (DESIGN invariant 2).
+    /// applied (invariant 2 (docs/ARCHITECTURE.md)).
     ///
     /// # Errors
     ///

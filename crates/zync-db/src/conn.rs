@@ -19,7 +19,7 @@ pub(crate) enum Synchronous {
     #[allow(dead_code)]
     Normal,
     /// WAL + FULL: a commit is on disk before `commit` returns. The client's last sequence is
-    /// its durability point (DESIGN invariant 2), and the daemon's sequence numbers must not be
+    /// its durability point (invariant 2 (docs/ARCHITECTURE.md)), and the daemon's sequence numbers must not be
     /// reused after a power cut, so both use this.
     Full,
 }
@@ -129,7 +129,7 @@ fn tighten(path: &Path) -> Result<()> {
 }
 
 /// Opens the existing database file at `path` read-only: never creates it, never migrates it,
-/// never writes (issue 6: status commands must change nothing). Works beside a writer thanks
+/// never writes (status commands must change nothing). Works beside a writer thanks
 /// to WAL; the schema must be exactly this build's.
 pub(crate) fn open_read_only(path: &Path, schema: &Schema) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;

@@ -2,25 +2,36 @@
 //! what it has synced (machine R), with their schema migrations and connection setup.
 //!
 //! Paths are plain `String`s here: callers parse them into validated relative paths before
-//! they reach this crate and again after they leave it (DESIGN invariant 3). Sizes and inodes
+//! they reach this crate and again after they leave it (invariant 3 (docs/ARCHITECTURE.md)). Sizes and inodes
 //! are `u64` stored bit for bit in SQLite's signed 64-bit integers.
 #![deny(missing_docs)]
 
+mod changes;
 mod client;
+mod clients;
+mod conflict;
 mod conn;
 mod error;
 mod index;
 mod kind;
 mod migrate;
+mod sessions;
+mod sql;
 mod staging;
+#[cfg(test)]
+mod upgrade_tests;
+mod writer;
 
 pub use client::{ClientBatch, ClientState, DirState, Failing, Synced};
 pub use error::{DbError, Result};
 
-pub use index::{Ack, ClientRecord, Entry, EntryMeta, Index, IndexWriter, ScanRow};
+pub use changes::{Entry, EntryMeta, ScanRow};
+pub use clients::{Ack, ClientRecord};
+pub use conflict::{is_conflict, OnE};
+pub use index::Index;
 pub use kind::Kind;
 pub use migrate::{CLIENT_SCHEMA_VERSION, INDEX_SCHEMA_VERSION};
 pub use staging::{
-    is_conflict, is_plain_name, session_dir, staging_root, Action, FileState, OnE, Session,
-    SessionStatus, StagedFile,
+    is_plain_name, session_dir, staging_root, Action, FileState, Session, SessionStatus, StagedFile,
 };
+pub use writer::IndexWriter;

@@ -125,7 +125,7 @@ pub(crate) const INDEX: Schema = Schema {
          DROP TABLE upstream_files;
          ALTER TABLE upstream_files_v3 RENAME TO upstream_files;
          CREATE INDEX upstream_files_session ON upstream_files (session_id);",
-        // 4: which clients are connected now and when each was last seen (issue 6: `zync-apply
+        // 4: which clients are connected now and when each was last seen (`zync-apply
         // status` reads it without a network call). `connections` counts open handshaken
         // connections, so a client's `--status` probe beside its running loop does not mark it
         // gone when the probe leaves; the daemon zeroes it at start (a killed daemon cannot).

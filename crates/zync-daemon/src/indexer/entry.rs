@@ -4,11 +4,17 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use zync_db::{EntryMeta, Kind, ScanRow};
 use zync_fs::{EntryKind, Meta, RelPath};
 
-use super::{RACY, RACY_FINE};
+/// A file modified less than this long before it was hashed may be written again within the
+/// same mtime tick; it is hashed once more this long later ("racy git").
+pub(super) const RACY: Duration = Duration::from_secs(2);
+/// The window instead for an mtime with a sub-second part on a local file system (see
+/// [`racy_window`]); such a file is still hashed again [`RACY`] later.
+pub(super) const RACY_FINE: Duration = Duration::from_millis(100);
 
 /// Same kind, size, mtime, inode, mode and link target: the content is taken as unchanged.
 /// A directory's mtime, size and inode move whenever a child comes or goes; only its mode is
@@ -17,7 +23,7 @@ pub(super) fn unchanged(old: Known<'_>, new: &Meta) -> bool {
     if new.kind == EntryKind::Dir {
         return old.kind == Kind::Dir && old.mode == new.mode;
     }
-    old.kind == kind_of(new.kind)
+    old.kind == crate::kind::from_disk(new.kind)
         && old.size == new.size
         && old.mtime_ns == new.mtime_ns
         && old.inode == new.inode
@@ -62,14 +68,6 @@ impl<'a> From<&'a ScanRow> for Known<'a> {
     }
 }
 
-fn kind_of(kind: EntryKind) -> Kind {
-    match kind {
-        EntryKind::File => Kind::File,
-        EntryKind::Dir => Kind::Dir,
-        EntryKind::Symlink => Kind::Symlink,
-    }
-}
-
 /// How long after its mtime a file may still be written without its mtime moving: the
 /// timestamp granularity of its file system, judged from the mtime itself. One with a
 /// sub-second part, on a local file system, comes from one that keeps fine timestamps (Linux
@@ -77,7 +75,7 @@ fn kind_of(kind: EntryKind) -> Kind {
 /// a coarse one (FAT keeps two seconds), and on a network file system the mtime comes from
 /// another machine's clock, which may be behind this one: [`RACY`]. Without this, every file
 /// saved in the two seconds before a scan was hashed twice, a big one costing seconds of CPU.
-pub(super) fn racy_window(root: &Path, mtime_ns: i64) -> std::time::Duration {
+pub(super) fn racy_window(root: &Path, mtime_ns: i64) -> Duration {
     if mtime_ns.rem_euclid(1_000_000_000) == 0 || !local_clock(root) {
         RACY
     } else {
@@ -173,7 +171,7 @@ pub(super) fn describe(
         None
     };
     let entry = EntryMeta {
-        kind: kind_of(meta.kind),
+        kind: crate::kind::from_disk(meta.kind),
         size: meta.size,
         mtime_ns: meta.mtime_ns,
         mode: meta.mode,

@@ -1,9 +1,9 @@
-//! The indexer's pool of walking and hashing threads (issue 5).
+//! The indexer's pool of walking and hashing threads, so that a startup scan of many new
+//! files hashes them in parallel.
 
 use anyhow::Context;
 
-/// The threads that walk and hash for the indexer (issue 5: a startup scan of many new files
-/// hashes them in parallel). Built on first use, so a failure to start threads is an error
+/// The threads that walk and hash for the indexer. Built on first use, so a failure to start threads is an error
 /// of the scan that needs them.
 pub(super) struct Workers {
     threads: usize,

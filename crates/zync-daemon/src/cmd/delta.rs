@@ -1,4 +1,4 @@
-//! GET_DELTA (issue 5): a file's content as a delta against the client's signature of its own
+//! GET_DELTA: a file's content as a delta against the client's signature of its own
 //! version, so a small edit in a big file crosses the tunnel as a few KiB instead of the file.
 //!
 //! The diff is CPU work over the whole file, so it runs on a blocking thread. Its output is
@@ -12,13 +12,15 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures_util::SinkExt;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use zync_fs::DeltaError;
 use zync_proto::{DeltaHeader, ErrorCode, GetDelta, OkResponse, Reply, ServerMessage, MAX_CHUNK};
 
-use crate::connection::{Connection, IndexedFile, Refusal};
+use crate::context::Context;
+use crate::indexed_file::{self, IndexedFile};
+use crate::link::Link;
+use crate::refusal::Refusal;
 
 /// Deltas up to this size stay in memory; larger ones go to a temp file.
 const SPOOL_MEMORY: usize = 8 << 20;
@@ -38,74 +40,98 @@ enum Piece {
     Failed(Refusal),
 }
 
-impl Connection {
-    /// Answers GET_DELTA: the same checks as GET_FILE, the diff off the reactor, the header,
-    /// then the delta in chunks. Returns false when the connection failed.
-    pub(crate) async fn get_delta(&mut self, id: u64, get: GetDelta) -> Result<bool, Refusal> {
-        let opened = self.open_indexed(&get.dir, &get.path).await?;
-        let header = DeltaHeader {
-            dir: get.dir,
-            path: opened.rel.to_string(),
-            size: opened.size,
-            sha256: opened.sha256.clone(),
-            mtime_ns: opened.mtime_ns,
-            mode: opened.mode,
-            delta_size: 0,
-            chunks: 0,
-        };
-        let spool_dir = spool_dir(&self.shared.db_path);
-        let (tx, mut rx) = mpsc::channel(PIPE);
-        let signature = get.signature;
-        let task =
-            tokio::task::spawn_blocking(move || produce(opened, &signature, &spool_dir, &tx));
+/// Answers GET_DELTA: the same checks as GET_FILE, the diff off the reactor, the header, then
+/// the delta in chunks. Returns false when the connection failed.
+pub(crate) async fn apply(cx: &mut Context, link: &mut Link, id: u64, get: GetDelta) -> bool {
+    match send_delta(cx, link, id, get).await {
+        Ok(alive) => alive,
+        Err(refusal) => link.send_error(Some(id), refusal).await,
+    }
+}
 
-        let mut keepalive =
-            tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
-        let delta_size = loop {
-            tokio::select! {
-                piece = rx.recv() => match piece {
-                    Some(Piece::Ready { delta_size }) => break delta_size,
-                    Some(Piece::Failed(refusal)) => return Err(refusal),
-                    Some(Piece::Chunk(_)) | None => return Err(task_failed(task).await),
-                },
-                _ = keepalive.tick() => {
-                    if self.ws.send(Message::Ping(Vec::new().into())).await.is_err() {
-                        return Ok(false);
-                    }
+/// [`apply`], with a refusal before the header still to be sent.
+async fn send_delta(
+    cx: &mut Context,
+    link: &mut Link,
+    id: u64,
+    get: GetDelta,
+) -> Result<bool, Refusal> {
+    let opened = open_indexed(cx, get.dir.clone(), &get.path).await?;
+    let header = DeltaHeader {
+        dir: get.dir,
+        path: opened.rel.to_string(),
+        size: opened.size,
+        sha256: opened.sha256.clone(),
+        mtime_ns: opened.mtime_ns,
+        mode: opened.mode,
+        delta_size: 0,
+        chunks: 0,
+    };
+    let spool_dir = spool_dir(&cx.shared.db_path);
+    let (tx, mut rx) = mpsc::channel(PIPE);
+    let signature = get.signature;
+    let task = tokio::task::spawn_blocking(move || produce(opened, &signature, &spool_dir, &tx));
+
+    let mut keepalive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    let delta_size = loop {
+        tokio::select! {
+            piece = rx.recv() => match piece {
+                Some(Piece::Ready { delta_size }) => break delta_size,
+                Some(Piece::Failed(refusal)) => return Err(refusal),
+                Some(Piece::Chunk(_)) | None => return Err(task_failed(task).await),
+            },
+            _ = keepalive.tick() => {
+                if !link.send_frame(Message::Ping(Vec::new().into())).await {
+                    return Ok(false);
                 }
             }
+        }
+    };
+    let chunks = delta_size.div_ceil(MAX_CHUNK as u64);
+    let header = DeltaHeader {
+        delta_size,
+        chunks,
+        ..header
+    };
+    let reply = ServerMessage::Ok(OkResponse {
+        id,
+        reply: Reply::GetDelta(header),
+    });
+    if !link.send_frame(Message::text(reply.to_json())).await {
+        return Ok(false);
+    }
+    for _ in 0..chunks {
+        let data = match rx.recv().await {
+            Some(Piece::Chunk(data)) => data,
+            Some(Piece::Failed(refusal)) => return Ok(link.send_error(Some(id), refusal).await),
+            Some(Piece::Ready { .. }) | None => {
+                let refusal = task_failed(task).await;
+                return Ok(link.send_error(Some(id), refusal).await);
+            }
         };
-        let chunks = delta_size.div_ceil(MAX_CHUNK as u64);
-        let header = DeltaHeader {
-            delta_size,
-            chunks,
-            ..header
-        };
-        let reply = ServerMessage::Ok(OkResponse {
-            id,
-            reply: Reply::GetDelta(header),
-        });
-        if self.ws.send(Message::text(reply.to_json())).await.is_err() {
+        let frame = zync_proto::encode_chunk(id, &data);
+        if !link.send_frame(Message::binary(frame)).await {
             return Ok(false);
         }
-        for _ in 0..chunks {
-            let data = match rx.recv().await {
-                Some(Piece::Chunk(data)) => data,
-                Some(Piece::Failed(refusal)) => {
-                    return Ok(self.send_error(Some(id), refusal).await)
-                }
-                Some(Piece::Ready { .. }) | None => {
-                    let refusal = task_failed(task).await;
-                    return Ok(self.send_error(Some(id), refusal).await);
-                }
-            };
-            let frame = zync_proto::encode_chunk(id, &data);
-            if self.ws.send(Message::binary(frame)).await.is_err() {
-                return Ok(false);
-            }
-        }
-        Ok(true)
     }
+    Ok(true)
+}
+
+/// Opens the indexed regular file `path` of `dir` for serving, checked as GET_FILE's files
+/// are: see [`indexed_file::open`].
+async fn open_indexed(cx: &mut Context, dir: String, path: &str) -> Result<IndexedFile, Refusal> {
+    let (root, dir, rel, _) = cx.locate(dir, path, None)?;
+    cx.query(move |index| {
+        Ok(indexed_file::open(
+            index,
+            &root,
+            &dir,
+            rel,
+            &mut zync_fs::CheckedDirs::default(),
+        ))
+    })
+    .await?
 }
 
 /// Where a large delta is spooled: the database's directory (the daemon's own state, never

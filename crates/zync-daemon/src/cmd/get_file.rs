@@ -1,0 +1,301 @@
+//! GET_FILE: a file's content, its header then 1 MiB chunks. Pipelined GET_FILEs are answered
+//! in batches: one trip off the reactor looks up, checks and reads the first chunk of up to
+//! [`READ_AHEAD_FILES`] files, and the next batch is opened while this one is sent. A file must
+//! still be what the index says, else `stale` (docs/PROTOCOL.md, GET_FILE).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio_tungstenite::tungstenite::Message;
+use zync_db::Index;
+use zync_fs::RelPath;
+use zync_proto::{ErrorCode, FileHeader, GetFile, OkResponse, Op, Reply, Request, ServerMessage};
+
+use crate::context::Context;
+use crate::indexed_file::{self, IndexedFile};
+use crate::link::Link;
+use crate::refusal::Refusal;
+
+/// At most this many pipelined GET_FILE requests are answered as one batch.
+const READ_AHEAD_FILES: usize = 256;
+/// At most this many content bytes are read ahead for one batch.
+const READ_AHEAD_BYTES: usize = 8 << 20;
+
+/// Takes further GET_FILE requests the client already sent (pipelined), up to a batch, so
+/// that one trip off the reactor serves many small files. Anything else read on the way is
+/// kept for the connection's frame loop to handle next, in order.
+fn read_ahead(link: &mut Link, batch: &mut Vec<(u64, GetFile)>) {
+    // A request kept for later comes before anything still unread.
+    if link.has_backlog() {
+        return;
+    }
+    while batch.len() < READ_AHEAD_FILES {
+        let message = match link.try_next() {
+            None => return,
+            Some(Some(Ok(message))) => message,
+            // The stream ended or failed: let the normal path see that after the batch.
+            Some(_) => {
+                link.keep(Message::Close(None));
+                return;
+            }
+        };
+        if let Message::Text(text) = &message {
+            if let Ok(Request {
+                id,
+                op: Op::GetFile(get),
+            }) = Request::parse(text)
+            {
+                batch.push((id, get));
+                continue;
+            }
+        }
+        link.keep(message);
+        return;
+    }
+}
+
+/// Answers GET_FILE requests in order, batch after batch while the client keeps sending
+/// them: each file's header, then its bytes in chunks. The next batch is opened and read
+/// off the reactor while this one is sent. A file must still be what the index says (size
+/// and mtime), else `stale`: a newer change is on its way. Returns false when the
+/// connection failed.
+pub(crate) async fn apply(cx: &mut Context, link: &mut Link, id: u64, get: GetFile) -> bool {
+    let mut batch = vec![(id, get)];
+    read_ahead(link, &mut batch);
+    let mut next = Some(open_files(cx, batch).await);
+    while let Some(opening) = next.take() {
+        let opened = opening.finish().await;
+        let mut more = Vec::new();
+        read_ahead(link, &mut more);
+        if !more.is_empty() {
+            next = Some(open_files(cx, more).await);
+        }
+        if !send_opened(link, opened).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// Starts opening a batch of GET_FILEs off the reactor: one trip for the lookups, the
+/// checks and the first chunk of each file (all of a small file), within a memory budget.
+async fn open_files(cx: &mut Context, batch: Vec<(u64, GetFile)>) -> Opening {
+    let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
+    let mut wanted = Vec::with_capacity(batch.len());
+    for (id, get) in batch {
+        wanted.push((id, cx.locate(get.dir, &get.path, get.offset)));
+    }
+    let db = match cx.index().await {
+        Ok(db) => db,
+        Err(refusal) => return Opening::Refused(ids, refusal),
+    };
+    let task = tokio::task::spawn_blocking(move || {
+        let index = db
+            .lock()
+            .map_err(|_| Refusal::new(ErrorCode::Internal, "index lock poisoned"))?;
+        let mut budget = READ_AHEAD_BYTES;
+        // Each directory's parents are checked once for the batch.
+        let mut checked = zync_fs::CheckedDirs::default();
+        Ok(wanted
+            .into_iter()
+            .map(|(id, located)| {
+                let opened = located.and_then(|(root, dir, rel, offset)| {
+                    let file = Get { dir, rel, offset };
+                    open_for_get(id, &index, &root, file, &mut budget, &mut checked)
+                });
+                (id, opened)
+            })
+            .collect())
+    });
+    Opening::Running(ids, task)
+}
+
+/// Sends a batch that was opened: each file, or its refusal. Flushed at the end.
+async fn send_opened(
+    link: &mut Link,
+    opened: (Vec<u64>, Result<Vec<OpenedFile>, Refusal>),
+) -> bool {
+    match opened {
+        (_, Ok(opened)) => {
+            for (id, result) in opened {
+                let alive = match result {
+                    Ok((file, header, first)) => stream_file(link, id, file, header, first).await,
+                    Err(refusal) => link.feed_error(Some(id), refusal).await,
+                };
+                if !alive {
+                    return false;
+                }
+            }
+        }
+        (ids, Err(refusal)) => {
+            // The index failed: every request of the batch gets the same answer.
+            for id in ids {
+                let again = Refusal::new(refusal.code(), refusal.message());
+                if !link.feed_error(Some(id), again).await {
+                    return false;
+                }
+            }
+        }
+    }
+    link.flush().await
+}
+
+/// Sends one opened file: its header, the first chunk (already read as a frame), then the
+/// rest chunk by chunk, each read with a positioned read straight into its frame while the
+/// previous one is sent (memory bounded by two chunks). Not flushed at the end.
+async fn stream_file(
+    link: &mut Link,
+    id: u64,
+    file: std::fs::File,
+    header: FileHeader,
+    first: Vec<u8>,
+) -> bool {
+    let (size, offset, path) = (header.size, header.offset, header.path.clone());
+    if !link
+        .feed(&ServerMessage::Ok(OkResponse {
+            id,
+            reply: Reply::GetFile(header),
+        }))
+        .await
+    {
+        return false;
+    }
+    let mut sent = offset;
+    let file = Arc::new(file);
+    // A positioned read of the chunk at `at` straight into its frame, off the reactor.
+    let read = |at: u64| {
+        let file = Arc::clone(&file);
+        let want = (size - at).min(zync_proto::MAX_CHUNK as u64) as usize;
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut frame = zync_proto::chunk_frame(id, want);
+            file.read_exact_at(&mut frame[zync_proto::CHUNK_HEADER..], at)
+                .map(|()| frame)
+        })
+    };
+    // The first chunk was read with the checks, unless the batch's budget ran out.
+    let mut reading = None;
+    let mut next = if first.len() > zync_proto::CHUNK_HEADER {
+        Some(first)
+    } else {
+        reading = (sent < size).then(|| read(sent));
+        None
+    };
+    loop {
+        if let Some(handle) = reading.take() {
+            match handle.await {
+                Ok(Ok(frame)) => next = Some(frame),
+                Ok(Err(e)) => {
+                    // The file shrank or failed while being sent: the client drops it.
+                    tracing::warn!(path = %path, "read failed mid-transfer: {e}");
+                    let stale = Refusal::new(
+                        ErrorCode::Stale,
+                        format!(
+                            "{path} changed during the transfer; ask again after the next change"
+                        ),
+                    );
+                    return link.feed_error(Some(id), stale).await;
+                }
+                Err(e) => {
+                    let internal = Refusal::new(ErrorCode::Internal, e.to_string());
+                    return link.feed_error(Some(id), internal).await;
+                }
+            }
+        }
+        let Some(frame) = next.take() else {
+            break;
+        };
+        sent += (frame.len() - zync_proto::CHUNK_HEADER) as u64;
+        // The next chunk is read while this one is sent.
+        reading = (sent < size).then(|| read(sent));
+        if !link.send_frame(Message::binary(frame)).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// A GET_FILE opened for sending: the file, its header, and its first chunk as a frame.
+type OpenedFile = (u64, Result<(std::fs::File, FileHeader, Vec<u8>), Refusal>);
+
+/// A batch of GET_FILEs being opened off the reactor, with the request ids it answers.
+enum Opening {
+    Running(
+        Vec<u64>,
+        tokio::task::JoinHandle<Result<Vec<OpenedFile>, Refusal>>,
+    ),
+    /// The index could not be opened: each request gets this answer.
+    Refused(Vec<u64>, Refusal),
+}
+
+impl Opening {
+    /// Waits for the batch: the request ids, and each file opened or refused.
+    async fn finish(self) -> (Vec<u64>, Result<Vec<OpenedFile>, Refusal>) {
+        match self {
+            Opening::Running(ids, task) => {
+                let opened = task
+                    .await
+                    .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))
+                    .and_then(|opened| opened);
+                (ids, opened)
+            }
+            Opening::Refused(ids, refusal) => (ids, Err(refusal)),
+        }
+    }
+}
+
+/// One GET_FILE of a batch, located: the dir's name, the path in it, and where to start.
+struct Get {
+    dir: String,
+    rel: RelPath,
+    offset: u64,
+}
+
+/// Opens `rel` for GET_FILE ([`indexed_file::open`]) and reads its first chunk from `offset` (all of
+/// a small file) within the batch's `budget`, as the frame of request `id` (header included;
+/// empty past the budget). `checked` is the batch's: each directory's parents are checked
+/// once. Blocking: runs off the reactor.
+fn open_for_get(
+    id: u64,
+    index: &Index,
+    root: &Path,
+    Get { dir, rel, offset }: Get,
+    budget: &mut usize,
+    checked: &mut zync_fs::CheckedDirs,
+) -> Result<(std::fs::File, FileHeader, Vec<u8>), Refusal> {
+    use std::os::unix::fs::FileExt;
+    let IndexedFile {
+        rel,
+        file,
+        size,
+        mtime_ns,
+        mode,
+        sha256,
+        ..
+    } = indexed_file::open(index, root, &dir, rel, checked)?;
+    let stale = |why: String| IndexedFile::stale_refusal(&rel, &why);
+    if offset > size {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!("offset {offset} is beyond the {size} bytes of {rel}; ask from 0"),
+        ));
+    }
+    let chunk = zync_proto::MAX_CHUNK as u64;
+    // Past the batch's budget, the content is read while it is sent instead.
+    let first_len = ((size - offset).min(chunk) as usize).min(*budget);
+    *budget -= first_len;
+    let mut first = zync_proto::chunk_frame(id, first_len);
+    file.read_exact_at(&mut first[zync_proto::CHUNK_HEADER..], offset)
+        .map_err(|e| stale(format!("cannot be read ({e})")))?;
+    let header = FileHeader {
+        dir,
+        path: rel.to_string(),
+        size,
+        offset,
+        sha256,
+        mtime_ns,
+        mode,
+        chunks: (size - offset).div_ceil(chunk),
+    };
+    Ok((file, header, first))
+}

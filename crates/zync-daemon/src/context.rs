@@ -1,0 +1,173 @@
+//! What a request's handler works with, apart from the socket: the daemon's shared state,
+//! who the client is, this connection's own read connection to the index (opened on first
+//! use, queried off the reactor) and the upstream session open on the connection. Handlers
+//! take it instead of the whole connection, so the simple ones run without a network.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use zync_db::{Index, SessionStatus};
+use zync_fs::RelPath;
+use zync_proto::ErrorCode;
+
+use crate::refusal::Refusal;
+use crate::shared::{ServedRoot, Shared};
+use crate::staging::{Discard, OpenSession};
+
+/// A file request's directory and path, checked: the root's path, the dir's name, the path in
+/// it, and the offset to start from.
+pub(crate) type Located = (PathBuf, String, RelPath, u64);
+
+/// The state a connection's handlers share.
+pub(crate) struct Context {
+    /// What every connection shares.
+    pub(crate) shared: Arc<Shared>,
+    /// The client's stable id from HELLO.
+    pub(crate) client_id: String,
+    /// This connection's read connection to the index, once opened.
+    db: Option<Arc<Mutex<Index>>>,
+    /// The upstream session open on this connection, if any.
+    pub(crate) upstream: Option<OpenSession>,
+    /// Content frames of a refused upload, dropped as they arrive.
+    pub(crate) discard: Option<Discard>,
+}
+
+impl Context {
+    /// The context of a connection from `client_id`.
+    pub(crate) fn new(shared: Arc<Shared>, client_id: String) -> Context {
+        Context {
+            shared,
+            client_id,
+            db: None,
+            upstream: None,
+            discard: None,
+        }
+    }
+
+    /// This connection's own read connection to the index, opened on first use.
+    pub(crate) async fn index(&mut self) -> Result<Arc<Mutex<Index>>, Refusal> {
+        if let Some(db) = &self.db {
+            return Ok(db.clone());
+        }
+        let path = self.shared.db_path.clone();
+        let index = tokio::task::spawn_blocking(move || Index::open(&path))
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))??;
+        let db = Arc::new(Mutex::new(index));
+        self.db = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Runs a query on this connection's own read connection, off the reactor.
+    pub(crate) async fn query<T, F>(&mut self, f: F) -> Result<T, Refusal>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Index) -> Result<T, zync_db::DbError> + Send + 'static,
+    {
+        let db = self.index().await?;
+        tokio::task::spawn_blocking(move || {
+            let index = db
+                .lock()
+                .map_err(|_| Refusal::new(ErrorCode::Internal, "index lock poisoned"))?;
+            f(&index).map_err(Refusal::from)
+        })
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?
+    }
+
+    /// The served directory called `dir`, or the `unknown_dir` refusal naming those served.
+    pub(crate) fn served(&self, dir: &str) -> Result<&ServedRoot, Refusal> {
+        self.shared.root(dir).ok_or_else(|| {
+            let names: Vec<&str> = self.shared.roots.iter().map(|r| r.name.as_str()).collect();
+            Refusal::new(
+                ErrorCode::UnknownDir,
+                format!(
+                    "this daemon serves no directory named {dir:?} (it serves: {})",
+                    names.join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Checks a file request's directory and path: the root, the directory name, the path
+    /// (parsed once here, invariant 3 (docs/ARCHITECTURE.md)), and that the daemon's rules do
+    /// not ignore it.
+    pub(crate) fn locate(
+        &self,
+        dir: String,
+        path: &str,
+        offset: Option<u64>,
+    ) -> Result<Located, Refusal> {
+        let root = self.served(&dir)?;
+        let rel = RelPath::parse(path)
+            .map_err(|e| Refusal::new(ErrorCode::InvalidPath, e.to_string()))?;
+        if root.rules.is_ignored(&rel, false) {
+            return Err(Refusal::new(
+                ErrorCode::NotAFile,
+                format!("{rel} is ignored by the daemon's rules"),
+            ));
+        }
+        Ok((root.path.clone(), dir, rel, offset.unwrap_or(0)))
+    }
+
+    /// Called when the connection ends: an unfinished upstream session is aborted and its
+    /// files removed.
+    pub(crate) async fn abort_upstream(&mut self) {
+        let Some(session) = self.upstream.take() else {
+            return;
+        };
+        let id = session.id.clone();
+        if let Err(e) = self
+            .query(move |index| index.set_session_status(&id, SessionStatus::Aborted))
+            .await
+        {
+            tracing::warn!(session = %session.id, "cannot mark the session aborted: {}", e.message());
+        }
+        let dir = session.dir.clone();
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = removed {
+            tracing::warn!(dir = %session.dir.display(), "cannot remove an aborted session's files: {e}");
+        }
+        tracing::info!(session = %session.id, "upstream session aborted: the client left before finalizing");
+    }
+}
+
+/// A context over a database in a temp dir, serving one directory, `docs`, for handler tests
+/// that need no network.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use tokio::sync::watch;
+
+    use super::Context;
+    use crate::indexer::Status;
+    use crate::shared::{Limits, ServedRoot, Shared};
+    use crate::token::Auth;
+
+    /// The context, the temp dir holding the database (`sync.db`) and the served `docs/`.
+    pub(crate) fn context(client_id: &str) -> (Context, tempfile::TempDir) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("docs");
+        std::fs::create_dir(&root).expect("mkdir docs");
+        let db_path = tmp.path().join("sync.db");
+        let index = zync_db::Index::open(&db_path).expect("index");
+        let rules = zync_fs::IgnoreRules::new(&root, &[], true).expect("ignore rules");
+        let (_, status) = watch::channel(Status::default());
+        let shared = Shared {
+            index_id: index.index_id().to_string(),
+            roots: vec![ServedRoot {
+                name: zync_fs::DirName::parse("docs").expect("name"),
+                path: root,
+                rules: Arc::new(rules),
+            }],
+            db_path,
+            auth: Auth::Disabled,
+            limits: Limits::default(),
+            status,
+        };
+        (Context::new(Arc::new(shared), client_id.to_string()), tmp)
+    }
+}

@@ -1,0 +1,192 @@
+//! Upstream staging on E, apart from the requests that fill it: the session open on a
+//! connection, the content frames of a refused upload still to be dropped, the [`Stager`] that
+//! writes one upload's content into its staged file off the reactor, and the clean-up of
+//! sessions a stopped daemon left unfinished. Staged content waits beside the database for
+//! `zync-apply` and is never written into E's directories (invariant 5 (docs/ARCHITECTURE.md)).
+
+use std::path::{Path, PathBuf};
+
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Bytes;
+use zync_db::SessionStatus;
+use zync_fs::{AtomicFile, FsError, RelPath};
+use zync_proto::{ErrorCode, UpstreamFile};
+
+use crate::refusal::Refusal;
+
+/// The session open on a connection.
+pub(crate) struct OpenSession {
+    /// Its id.
+    pub(crate) id: String,
+    /// Where its staged files go.
+    pub(crate) dir: PathBuf,
+    /// Files received so far (names the staged files).
+    pub(crate) count: u64,
+}
+
+/// Binary frames still expected for a refused UPSTREAM_FILE: dropped without an answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Discard {
+    /// The request id the frames carry.
+    pub(crate) id: u64,
+    /// How many remain.
+    pub(crate) frames: u64,
+}
+
+/// Aborts sessions left receiving by a daemon that stopped mid-upload.
+///
+/// # Errors
+/// Database errors.
+pub fn abort_stale_sessions(index: &zync_db::Index, db: &Path) -> zync_db::Result<()> {
+    for session in index.sessions_with_status(SessionStatus::Receiving)? {
+        index.set_session_status(&session.id, SessionStatus::Aborted)?;
+        let dir = zync_db::session_dir(db, &session.id);
+        if dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), "cannot remove an aborted session's files: {e}");
+            }
+        }
+        tracing::info!(session = %session.id, "aborted an upstream session left unfinished by the last run");
+    }
+    Ok(())
+}
+
+/// Content frames waiting for the staging thread: enough to keep it busy while the next ones
+/// are read, few enough that a slow disk slows the client down instead of filling memory.
+const PIECES_IN_FLIGHT: usize = 4;
+
+/// What the connection hands the thread that writes an upload.
+enum Piece {
+    /// The next bytes of the content.
+    Data(Bytes),
+    /// All of it was received: verify, flush and name the staged file.
+    End,
+}
+
+/// One upload's content on its way into its staged file. A blocking thread writes and hashes
+/// it (an [`AtomicFile`]: a temp file beside the staged name, renamed once verified and
+/// flushed), so that a big upload's disk work and hashing never hold up the daemon's other
+/// connections; dropped or abandoned before [`Stager::finish`], it leaves nothing behind.
+pub(crate) struct Stager {
+    pieces: mpsc::Sender<Piece>,
+    /// Taken once awaited (a writer that failed part way).
+    writer: Option<tokio::task::JoinHandle<Result<(), Refusal>>>,
+}
+
+impl Stager {
+    /// Creates the temp file of the staged file `dir/name` and reserves `file.size` bytes for
+    /// it.
+    pub(crate) async fn start(
+        dir: &Path,
+        name: &str,
+        file: &UpstreamFile,
+    ) -> Result<Stager, Refusal> {
+        let dir = dir.to_path_buf();
+        let name =
+            RelPath::parse(name).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+        let (size, sha256, mtime_ns) = (
+            file.size,
+            file.sha256.clone().unwrap_or_default(),
+            file.mtime_ns,
+        );
+        let path = file.path.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut out = AtomicFile::create(&dir, &name)?;
+            out.reserve(size)?;
+            Ok::<_, FsError>(out)
+        })
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| staging_refusal(&path, 0, e))?;
+        let (pieces, mut incoming) = mpsc::channel(PIECES_IN_FLIGHT);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut out = out;
+            while let Some(piece) = incoming.blocking_recv() {
+                match piece {
+                    Piece::Data(data) => {
+                        out.write(&data).map_err(|e| staging_refusal(&path, 0, e))?;
+                    }
+                    Piece::End => {
+                        let received = out.written();
+                        return out
+                            .commit(&sha256, STAGED_MODE, mtime_ns)
+                            .map_err(|e| staging_refusal(&path, received, e));
+                    }
+                }
+            }
+            // Abandoned: dropping `out` removes the temp file.
+            Err(Refusal::new(
+                ErrorCode::Internal,
+                "the upload was abandoned",
+            ))
+        });
+        Ok(Stager {
+            pieces,
+            writer: Some(writer),
+        })
+    }
+
+    /// Hands the next bytes to the writer; the writer's error once it has failed.
+    pub(crate) async fn write(&mut self, data: Bytes) -> Result<(), Refusal> {
+        if self.pieces.send(Piece::Data(data)).await.is_ok() {
+            return Ok(());
+        }
+        // The writer stops early only on an error: that error is the answer.
+        Err(join(self.writer.take()).await.err().unwrap_or_else(|| {
+            Refusal::new(
+                ErrorCode::Internal,
+                "the staging thread stopped before the end of the content",
+            )
+        }))
+    }
+
+    /// Verifies and flushes the content, then renames it to its staged name.
+    pub(crate) async fn finish(self) -> Result<(), Refusal> {
+        let Stager { pieces, writer } = self;
+        // A writer that already failed has dropped its end: its error is in `writer`.
+        let _ = pieces.send(Piece::End).await;
+        drop(pieces);
+        join(writer).await
+    }
+
+    /// Stops the writer, which removes what it wrote, and waits for it to be done.
+    pub(crate) async fn abandon(self) {
+        let Stager { pieces, writer } = self;
+        drop(pieces);
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+    }
+}
+
+/// What the staging thread ended with.
+async fn join(writer: Option<tokio::task::JoinHandle<Result<(), Refusal>>>) -> Result<(), Refusal> {
+    match writer {
+        Some(writer) => writer
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?,
+        None => Err(Refusal::new(
+            ErrorCode::Internal,
+            "the staging thread stopped",
+        )),
+    }
+}
+
+/// Staged files are R's content waiting for review: readable by E's user only.
+const STAGED_MODE: u32 = 0o600;
+
+/// The refusal for a failure to stage R's file `path`, of which `received` bytes had arrived.
+fn staging_refusal(path: &str, received: u64, e: FsError) -> Refusal {
+    match e {
+        FsError::HashMismatch {
+            expected, actual, ..
+        } => Refusal::new(
+            ErrorCode::ChecksumMismatch,
+            format!("{path}: received {received} bytes with sha256 {actual}, announced sha256 {expected}"),
+        ),
+        other => Refusal::new(
+            ErrorCode::Internal,
+            format!("cannot stage {path} on E: {other}"),
+        ),
+    }
+}

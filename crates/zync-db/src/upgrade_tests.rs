@@ -1,0 +1,221 @@
+//! Tests of index schema upgrades: an index made by an older zync, with staged sessions in
+//! it, is upgraded in place when the daemon opens it.
+
+use crate::migrate::{self, Schema, INDEX};
+use crate::sessions::fixtures::*;
+use crate::sessions::FILE_COLUMNS;
+use crate::sql::u64_to_sql;
+use crate::{
+    DbError, EntryMeta, FileState, Index, Kind, SessionStatus, StagedFile, INDEX_SCHEMA_VERSION,
+};
+
+#[test]
+fn a_version_1_index_upgrades_in_place() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("index.db");
+    let v1 = Schema {
+        steps: &INDEX.steps[..1],
+        ..INDEX
+    };
+    let (id, meta) = {
+        let mut conn = rusqlite::Connection::open(&path).expect("open");
+        migrate::migrate(&mut conn, &v1, &path).expect("v1");
+        let id = migrate::database_id(&conn, "index_id").expect("id");
+        let meta = EntryMeta {
+            kind: Kind::File,
+            size: 12,
+            mtime_ns: 34,
+            mode: 0o644,
+            inode: 56,
+            sha256: Some("ab".repeat(32)),
+            target: None,
+        };
+        conn.execute(
+            "INSERT INTO entries (dir, path, kind, size, mtime_ns, mode, inode, sha256, seq)
+             VALUES ('docs', 'a.txt', 'file', 12, 34, 420, 56, ?1, 1)",
+            [&meta.sha256],
+        )
+        .expect("entry");
+        conn.execute("UPDATE counter SET last_seq = 1", [])
+            .expect("counter");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, 1);
+        (id, meta)
+    };
+
+    let index = Index::open(&path).expect("upgrade");
+    let version: i64 = index
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, INDEX_SCHEMA_VERSION);
+    assert_eq!(INDEX_SCHEMA_VERSION, 4);
+    for (kind, name) in [
+        ("table", "clients"),
+        ("table", "upstream_sessions"),
+        ("table", "upstream_files"),
+        ("index", "upstream_files_session"),
+    ] {
+        let n: i64 = index
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = ?1 AND name = ?2",
+                [kind, name],
+                |r| r.get(0),
+            )
+            .expect("schema");
+        assert_eq!(n, 1, "{kind} {name} missing after the upgrade");
+    }
+    assert_eq!(index.index_id(), id, "the index id survives");
+    assert_eq!(index.last_seq().expect("last_seq"), 1);
+    let entry = index.get("docs", "a.txt").expect("get").expect("entry");
+    assert_eq!(entry.meta, meta);
+
+    index
+        .create_session("s1", "c")
+        .expect("the new tables work");
+    index
+        .add_staged_file(&staged("s1", "docs", "a.txt", 3, false))
+        .expect("add");
+    drop(index);
+    let reopened = Index::open(&path).expect("reopen at version 3");
+    assert_eq!(reopened.staged_files("s1").expect("files").len(), 1);
+}
+
+#[test]
+fn a_version_2_index_upgrades_in_place_keeping_its_sessions_and_learns_applying() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("index.db");
+    let v2 = Schema {
+        steps: &INDEX.steps[..2],
+        ..INDEX
+    };
+    let applied = StagedFile {
+        state: FileState::Applied,
+        backup_name: Some("backup-1".into()),
+        e_existed: true,
+        ..staged("s1", "docs", "a.txt", 10, true)
+    };
+    let waiting = staged("s1", "docs", "b.txt", 20, false);
+    let gone = deleted("s1", "pics", "c.jpg");
+    let id = {
+        let mut conn = rusqlite::Connection::open(&path).expect("open");
+        migrate::migrate(&mut conn, &v2, &path).expect("v2");
+        let id = migrate::database_id(&conn, "index_id").expect("id");
+        conn.execute(
+            "INSERT INTO upstream_sessions (id, client_id, created_unix, status)
+             VALUES ('s1', 'client-r', 1234, 'partial')",
+            [],
+        )
+        .expect("session");
+        for f in [&applied, &waiting, &gone] {
+            conn.execute(
+                &format!(
+                    "INSERT INTO upstream_files ({FILE_COLUMNS}) VALUES
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                ),
+                rusqlite::params![
+                    f.session_id,
+                    f.dir,
+                    f.path,
+                    f.action,
+                    f.mode,
+                    u64_to_sql(f.size),
+                    f.mtime_ns,
+                    f.sha256,
+                    f.base_sha256,
+                    f.conflict,
+                    f.state,
+                    f.staged_name,
+                    f.backup_name,
+                    f.e_existed,
+                ],
+            )
+            .expect("file row");
+        }
+        // Version 2 does not know the intent state.
+        let err = conn
+            .execute(
+                "UPDATE upstream_files SET state = 'applying' WHERE path = 'b.txt'",
+                [],
+            )
+            .expect_err("version 2 refuses 'applying'");
+        assert!(err.to_string().contains("CHECK"), "{err}");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, 2);
+        id
+    };
+
+    let index = Index::open(&path).expect("upgrade");
+    let version: i64 = index
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, 4);
+    assert_eq!(index.index_id(), id, "the index id survives");
+    let session = index.session("s1").expect("session").expect("kept");
+    assert_eq!(
+        (
+            session.status,
+            session.files,
+            session.conflicts,
+            session.bytes
+        ),
+        (SessionStatus::Partial, 3, 1, 30)
+    );
+    assert_eq!(
+        index.staged_files("s1").expect("files"),
+        [applied.clone(), waiting.clone(), gone.clone()],
+        "every row survives the rebuild unchanged"
+    );
+    let n: i64 = index
+        .conn()
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema
+             WHERE type = 'index' AND name = 'upstream_files_session'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("schema");
+    assert_eq!(n, 1, "the session index is rebuilt");
+    let leftovers: i64 = index
+        .conn()
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE '%_v3'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("schema");
+    assert_eq!(leftovers, 0);
+
+    // The intent state can be stored and read back now, and the foreign key still holds.
+    index
+        .set_file_state(
+            "s1",
+            "docs",
+            "b.txt",
+            FileState::Applying,
+            Some("backup-2"),
+            true,
+        )
+        .expect("applying");
+    let b = &index.staged_files("s1").expect("files")[1];
+    assert_eq!(
+        (b.state, b.backup_name.as_deref(), b.e_existed),
+        (FileState::Applying, Some("backup-2"), true)
+    );
+    let err = index
+        .add_staged_file(&staged("nope", "docs", "x", 1, false))
+        .expect_err("foreign key");
+    assert!(matches!(err, DbError::NoSuchSession { .. }), "got {err:?}");
+    drop(index);
+    let reopened = Index::open(&path).expect("reopen at version 3");
+    assert_eq!(
+        reopened.staged_files("s1").expect("files")[1].state,
+        FileState::Applying
+    );
+}
