@@ -1,8 +1,8 @@
 //! `zync-apply apply`: puts a staged session's files on E. Each file's conflict is decided
 //! again against E's current content (E may have changed since staging); a conflicting file
 //! only replaces E's version with the user's say-so (an interactive choice made after seeing
-//! the diff, or `--force`), and whatever is replaced is backed up first (DESIGN
-//! invariant 5). Each change is recorded in the daemon's index at once so it flows to R.
+//! the diff, or `--force`), and whatever is replaced is backed up first (invariant
+//! 5, docs/ARCHITECTURE.md). Each change is recorded in the daemon's index at once so it flows to R.
 //!
 //! A run may be killed at any moment, so each file goes through durable steps in this order:
 //! back up E's file (fsynced), record the intent ([`FileState::Applying`] naming the backup,
@@ -164,7 +164,7 @@ pub fn apply_report(
         auto: false,
         quit: false,
     };
-    // A bar would fight the prompts: only runs that ask nothing show progress (issue 6).
+    // A bar would fight the prompts: only runs that ask nothing show progress.
     let progress = if opts.non_interactive {
         zync_cli::progress::Progress::start_if_large(
             "applied",
@@ -287,7 +287,7 @@ impl Run<'_> {
         prompter: &mut dyn Prompter,
     ) -> anyhow::Result<Choice> {
         // A conflicting file is shown with its diff before the question, so choosing "apply"
-        // here is the user's say-so (DESIGN invariant 5); E's version is backed up either way.
+        // here is the user's say-so (invariant 5); E's version is backed up either way.
         let mut options = vec![Choice::Apply];
         if !conflict {
             options.push(Choice::ApplyAllNonConflicting);

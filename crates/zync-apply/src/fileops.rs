@@ -1,5 +1,5 @@
 //! The changes zync-apply makes on E, one file at a time: backups of E's files into the
-//! session's staging directory (DESIGN invariant 5), atomic verified writes that never follow a
+//! session's staging directory (invariant 5, docs/ARCHITECTURE.md), atomic verified writes that never follow a
 //! symlink (invariants 1 and 3), removals, and recording each change in the daemon's index at
 //! once so it flows back to R.
 

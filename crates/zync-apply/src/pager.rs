@@ -1,4 +1,4 @@
-//! Terminal niceties of `show --diff` (issue 6): colours (`--color`, `NO_COLOR`) and paging
+//! Terminal niceties of `show --diff`: colours (`--color`, `NO_COLOR`) and paging
 //! long output through `$PAGER` (default `less -R`). Neither happens when stdout is a pipe or
 //! a file, so scripts always get plain text.
 

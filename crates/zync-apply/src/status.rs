@@ -1,4 +1,4 @@
-//! `zync-apply status` (issue 6): the daemon's side of the sync, read from its database without
+//! `zync-apply status`: the daemon's side of the sync, read from its database without
 //! a network call and without writing: the directories it serves with their index size and
 //! sequence, the clients (connected now or not, and how far each acknowledged), and the
 //! upstream sessions waiting to be applied. Reads beside a running daemon (WAL, read-only).

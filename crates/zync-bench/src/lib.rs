@@ -1,4 +1,4 @@
-//! zync-bench: zync against rsync on the same generated data, in the same run (issue 5).
+//! zync-bench: zync against rsync on the same generated data, in the same run, with ratios.
 //! Not a test: it asserts nothing about timings; it prints one table of medians.
 
 pub mod process;

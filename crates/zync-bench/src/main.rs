@@ -1,5 +1,5 @@
 //! `zync-bench`: times zync's real binaries against an rsync daemon on the same generated data
-//! and prints one table (issue 5). Run with `cargo run --release -p zync-bench -- --quick`.
+//! and prints one table. Run with `cargo run --release -p zync-bench -- --quick`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,4 +1,5 @@
-//! The scenarios of issue 5. Each starts both servers on the same source, puts a proxy in front
+//! The scenarios: fresh trees, no-op syncs, watched writes, save-to-R latency, large files and
+//! edits in them, loop mode. Each starts both servers on the same source, puts a proxy in front
 //! of each (bytes counted, optional delay), times the clients, and reduces runs to one `Row`.
 
 use std::fs;
@@ -110,7 +111,7 @@ enum Keep {
 }
 
 /// The tools a write scenario times. rsync does not flush what it writes unless asked; zync
-/// makes every file durable before it counts it as synced (DESIGN invariants 1 and 2), so
+/// makes every file durable before it counts it as synced (invariants 1 and 2, docs/ARCHITECTURE.md), so
 /// `rsync --fsync` is timed too: the same durability, side by side.
 #[derive(Clone, Copy, PartialEq)]
 enum Tool {
@@ -330,7 +331,7 @@ fn latency(ctx: &Ctx, src: &Path) -> Result<Row> {
     })
 }
 
-/// Loop mode through many rounds of changes (issue 5: memory that does not grow). Each round
+/// Loop mode through many rounds of changes (memory must not grow). Each round
 /// writes a directory of new files and removes the last round's; R must hold exactly the
 /// round's files before the next round starts. The daemon's and the client's resident memory
 /// are read after the first round and after the last: a leak per change shows as growth.

@@ -1,4 +1,4 @@
-//! Progress of long runs (issue 6): a bar on stderr when it is a terminal, and otherwise a plain
+//! Progress of long runs: a bar on stderr when it is a terminal, and otherwise a plain
 //! log line every few seconds (`synced 1234/10000 files, 56 MiB, 12 MiB/s`). Callers only bump
 //! atomic counters; drawing happens at most ten times a second on indicatif's ticker thread, and
 //! a plain line is due only when the interval has passed, so the hot path stays a few atomics.

@@ -1,4 +1,4 @@
-//! Delta transfer (issue 5): R sends E the [`signature`] of its old version of a file, E answers
+//! Delta transfer: R sends E the [`signature`] of its old version of a file, E answers
 //! with the [`diff`] of its new version against it, and R rebuilds the new version with
 //! [`apply`]. A small edit in a big file then costs a signature and the edited bytes on the wire,
 //! instead of the whole file.

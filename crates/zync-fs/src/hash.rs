@@ -84,7 +84,7 @@ pub fn hash_file_stat(path: &Path) -> io::Result<HashedFile> {
     }
     // Most files are small: a buffer sized to the file (plus one byte, so the read that sees
     // the end fits too) saves zeroing 256 KiB per file, which took more time than the hashing
-    // in a startup scan of small files (issue 5). Never tiny, in case the file grows.
+    // in a startup scan of small files. Never tiny, in case the file grows.
     let cap = usize::try_from(before.len()).map_or(READ_CHUNK, |len| {
         len.saturating_add(1).clamp(MIN_CHUNK, READ_CHUNK)
     });

@@ -1,6 +1,6 @@
 //! `RelPath`, a validated path relative to a synced root, and `PathError`, why a path or a dir
 //! name was rejected. Every path from the network or a database is parsed into a `RelPath` once
-//! (DESIGN invariant 3), so nothing inside zync can name a file outside its root.
+//! (invariant 3, docs/ARCHITECTURE.md), so nothing inside zync can name a file outside its root.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

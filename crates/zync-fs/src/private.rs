@@ -1,6 +1,6 @@
 //! Files and directories zync makes for its own state (staging areas, backups, tokens): files
 //! 0600 and directories 0700 whatever the process umask, because they hold paths, hashes,
-//! client ids and R's content that other local users must not read (DESIGN invariant 8).
+//! client ids and R's content that other local users must not read (invariant 8, docs/ARCHITECTURE.md).
 
 use std::fs::File;
 use std::io;

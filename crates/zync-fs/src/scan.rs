@@ -5,7 +5,7 @@
 //! The walk reads sibling directories in parallel on the caller's rayon pool (the global one
 //! unless the caller runs it inside `ThreadPool::install`), and stats each entry relative to its
 //! open directory rather than by its full path: at daemon start over 100,000 unchanged files,
-//! path lookups and the generic walker's bookkeeping were most of the scan (issue 5). The
+//! path lookups and the generic walker's bookkeeping were most of the scan. The
 //! result does not depend on the number of threads.
 
 use crate::ignore::IgnoreRules;

@@ -39,7 +39,7 @@ impl ServerMessage {
 /// The two replies a sync reads most (a GET_FILE header per file, GET_CHANGES pages of
 /// thousands of changes), read straight into their types: the tagged enums above buffer a
 /// whole message into an intermediate tree first, which costs more than the rest of the
-/// parse (issue 5). Anything else, or anything these do not read, takes the general path.
+/// parse (measured on large change pages). Anything else, or anything these do not read, takes the general path.
 fn direct_reply(text: &str) -> Option<ServerMessage> {
     /// A GET_FILE header with its envelope.
     #[derive(Deserialize)]

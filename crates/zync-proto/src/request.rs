@@ -312,7 +312,7 @@ impl Request {
 }
 
 /// GET_FILE, the request a sync sends once per file, read straight into its type; the general
-/// path (a JSON tree, then the tagged enum) costs several times more (issue 5). `None` for
+/// path (a JSON tree, then the tagged enum) costs several times more. `None` for
 /// anything else, and for anything this does not read: the general path then decides, with
 /// its error messages.
 fn direct_get_file(text: &str) -> Option<Request> {
