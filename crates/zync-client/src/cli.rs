@@ -11,7 +11,7 @@ use zync_fs::DirName;
 
 use crate::connection::Credentials;
 use crate::error::ClientError;
-use crate::sync::Mapping;
+use crate::mapping::Mapping;
 
 /// Command line of `zync-client`.
 #[derive(Debug, Parser)]

@@ -530,7 +530,7 @@ impl Connection {
         let size = file.size;
         let id = self.send(Op::UpstreamFile(file)).await?;
         if let Some(path) = content {
-            let mut reader = crate::upstream::open_for_upload(path)?;
+            let mut reader = open_for_upload(path)?;
             let mut remaining = size;
             let mut buf = vec![0u8; zync_proto::MAX_CHUNK];
             while remaining > 0 {
@@ -639,6 +639,20 @@ impl Connection {
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.
+/// Reads a file for upload; used by [`Connection::upload`].
+fn open_for_upload(path: &std::path::Path) -> Result<std::fs::File, ClientError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|source| ClientError::Io {
+            what: "read",
+            path: path.display().to_string(),
+            source,
+        })
+}
+
 fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {

@@ -1,14 +1,24 @@
 //! The changes of one sync in sequence order and what became of each. Records reach the
 //! database in checkpoints: a checkpoint is taken before a flush and committed once the flush
 //! is done, so nothing is recorded before it is durable on disk. The stored sequence is the end
-//! of the longest prefix of changes that are all recorded (DESIGN invariant 2).
+//! of the longest prefix of changes that are all recorded (invariant 2 (docs/ARCHITECTURE.md)).
 
 use std::collections::{HashSet, VecDeque};
 
-use zync_db::{ClientState, DirState};
+use zync_db::{ClientState, DirState, Synced};
 
-use crate::apply::Record;
 use crate::error::ClientError;
+
+/// What the client database must remember after a change was applied.
+#[derive(Debug)]
+pub enum Record {
+    /// R now holds this at the path.
+    Set(String, Synced),
+    /// R holds nothing from E at the path any more.
+    Remove(String),
+    /// Nothing to record (an invalid change that was skipped).
+    Nothing,
+}
 
 /// What became of one change so far.
 enum State {

@@ -2,14 +2,12 @@
 //! directories, once (`--once`) or continuously over one connection that the daemon notifies.
 #![deny(missing_docs)]
 
-mod apply;
-mod batch;
 mod cli;
 mod connection;
+mod download;
 mod error;
-mod install;
 mod ledger;
-mod pipeline;
+mod mapping;
 pub mod status;
 mod sync;
 pub mod transport;
@@ -24,7 +22,8 @@ use zync_db::ClientState;
 pub use cli::{parse_mappings, Args, Config};
 pub use connection::{Connection, Credentials, STALL_TIMEOUT};
 pub use error::ClientError;
-pub use sync::{sync_dir, DirReport, Mapping};
+pub use mapping::Mapping;
+pub use sync::{sync_dir, DirReport};
 pub use upstream::{collect, push, Outgoing, PushSummary};
 
 /// Retries of a `--once` run while single paths fail (a file changing on E mid-transfer).

@@ -1,4 +1,5 @@
-//! `zync-client --status` (issue 6): the state of the sync in one command. It reads the client
+//! `zync-client --status`: the state of the sync in one command, for a user asking whether R
+//! is up to date. It reads the client
 //! database read-only, asks the daemon (connect + HELLO, GET_LAST_SEQUENCE, one GET_CHANGES
 //! page per directory) under a short deadline, and walks each local root for conflict copies.
 //! It changes nothing: no database is created, no directory made, no change acknowledged.
@@ -16,7 +17,7 @@ use zync_proto::{GetChanges, Op, Reply};
 use crate::cli::{credentials, parse_mappings_with, Args};
 use crate::connection::{Connection, Credentials};
 use crate::error::ClientError;
-use crate::sync::Mapping;
+use crate::mapping::Mapping;
 
 /// How long the whole conversation with the daemon may take: an unreachable daemon is a normal
 /// answer for a status command, to be given quickly.

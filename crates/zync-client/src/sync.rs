@@ -1,40 +1,31 @@
-//! Sync rounds: pull one directory's changes page by page and apply them on one stream of
-//! downloads. The next page is asked for while the current one downloads, finished files are
-//! installed and recorded batch by batch, and the stored sequence advances only past changes
-//! that are durably applied (DESIGN invariant 2).
+//! Sync rounds: pull one directory's changes page by page and drive each change down the
+//! download path, plan -> fetch -> land (`download`), on one stream of downloads. The next page
+//! is asked for while the current one downloads, finished files are renamed and recorded batch
+//! by batch, and the stored sequence advances only past changes that are durably applied
+//! (invariant 2 (docs/ARCHITECTURE.md)).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
 
 use zync_cli::progress::Progress;
 use zync_db::ClientState;
-use zync_fs::DirName;
 use zync_proto::{AckChanges, Change, ChangesReply, GetChanges, Op, Reply};
 
-use crate::apply::{Applier, Step};
-use crate::batch::{Batch, Sink, Writer};
 use crate::connection::Connection;
+use crate::download::fetch::{Finished, Pipeline, Window};
+use crate::download::land::act::Outcome;
+use crate::download::land::batch::{Batch, Sink, Writer};
+use crate::download::land::place::{Place, Tally};
+use crate::download::look::{self, Known, Look};
+use crate::download::plan;
 use crate::error::ClientError;
 use crate::ledger::{Committed, Ledger};
-use crate::pipeline::{Finished, Pipeline, Window};
+use crate::mapping::Mapping;
 
 /// The next page is planned only once fewer downloads than this wait to be requested: memory
 /// holds about two pages of plans, however big the tree.
 const PLAN_AHEAD: usize = zync_proto::MAX_CHANGES_LIMIT as usize;
-
-/// A local directory and the daemon's name for it.
-#[derive(Debug, Clone)]
-pub struct Mapping {
-    /// The daemon's directory name.
-    pub name: DirName,
-    /// The local directory (canonical).
-    pub root: PathBuf,
-    /// The client's own files (database, token) that lie inside this directory: never
-    /// overwritten by a change from E, never sent upstream.
-    pub own: Vec<PathBuf>,
-}
 
 /// What one sync of one directory did.
 #[derive(Debug, Default)]
@@ -87,12 +78,16 @@ pub async fn sync_dir(
         .into_iter()
         .map(|f| f.path)
         .collect();
-    let applier = Applier::new(mapping);
+    let place = Place::new(&mapping.root, name);
     // Commits are written beside the renames, on their thread: a connection of their own.
-    let batch = Batch::new(applier.installer(), state.open_another()?);
+    let batch = Batch::new(place.sibling(), state.open_another()?);
     let mut run = Run {
         name,
-        applier,
+        mapping,
+        place,
+        known: Known::default(),
+        wanted: HashSet::new(),
+        umask: zync_fs::umask(),
         pipeline: Pipeline::new(
             name,
             Window::for_daemon(conn.hello.pipelining),
@@ -122,7 +117,16 @@ pub async fn sync_dir(
 /// on their way into place, and what became of each change.
 struct Run<'a> {
     name: &'a str,
-    applier: Applier<'a>,
+    mapping: &'a Mapping,
+    /// Where this sync writes, and what it changed there.
+    place: Place,
+    /// What this sync knows about the root beyond the database.
+    known: Known,
+    /// Contents this page's file changes need: a deleted file with one of them is set aside,
+    /// so a rename on E costs a local copy instead of a download.
+    wanted: HashSet<String>,
+    /// The umask new entries get.
+    umask: u32,
     pipeline: Pipeline<'a>,
     writer: Writer,
     batch: Batch,
@@ -253,20 +257,19 @@ impl<'a> Run<'a> {
             self.progress = Progress::start_if_large("synced", files, bytes);
             self.pipeline.set_progress(self.progress.clone());
         }
-        self.applier.want(
-            page.changes
-                .iter()
-                .filter(|c| is_file(c))
-                .filter_map(|c| c.sha256.clone())
-                .collect::<HashSet<_>>(),
-        );
+        self.wanted = page
+            .changes
+            .iter()
+            .filter(|c| is_file(c))
+            .filter_map(|c| c.sha256.clone())
+            .collect();
         // One read transaction for the page's lookups.
         let mut snapshot = state.read_snapshot()?;
         for change in &page.changes {
             let i = self.ledger.push(change.seq, &change.path);
             self.planned.add(change);
-            match self.applier.begin(state, change) {
-                Ok(Step::Done(record)) => {
+            match self.start(state, change) {
+                Ok(Outcome::Done(record)) => {
                     if is_file(change) {
                         // R has this file already.
                         self.progress.files(1);
@@ -274,14 +277,14 @@ impl<'a> Run<'a> {
                     }
                     self.ledger.done(i, record);
                 }
-                Ok(Step::Fetch(pending)) => match pending.check_room(0) {
+                Ok(Outcome::Fetch(pending)) => match pending.check_room(0) {
                     Ok(()) => {
                         self.note_inflight(change);
                         self.pipeline.push(i, pending);
                     }
                     Err(e) => self.ledger.fail(i, &e),
                 },
-                Ok(Step::Ready(ready)) => {
+                Ok(Outcome::Ready(ready)) => {
                     // Copied from content R had: nothing to download.
                     self.note_inflight(change);
                     self.progress.bytes(ready.size());
@@ -298,8 +301,30 @@ impl<'a> Run<'a> {
             }
         }
         drop(snapshot);
-        self.applier.clear_stash();
+        self.place.clear_stash(&mut self.known);
         Ok(())
+    }
+
+    /// One change down the path as far as it goes at once: what R has is gathered, the change
+    /// planned against it, and the plan's immediate steps carried out; a file that needs E's
+    /// bytes comes back to be fetched.
+    ///
+    /// # Errors
+    /// A problem with this one path (or the client database).
+    fn start(&mut self, state: &ClientState, change: &Change) -> Result<Outcome, ClientError> {
+        let m = self.mapping;
+        let Some(rel) = look::parse(change, &m.root, self.name, &m.own) else {
+            return Ok(Outcome::Done(crate::ledger::Record::Nothing));
+        };
+        let look = Look {
+            root: &m.root,
+            dir: self.name,
+            state,
+            umask: self.umask,
+        };
+        let here = look.here(&mut self.known, change, rel)?;
+        let plan = plan::plan(change, &here, &self.wanted);
+        self.place.carry_out(&mut self.known, here, plan)
     }
 
     fn note_inflight(&mut self, change: &Change) {
@@ -356,11 +381,11 @@ impl<'a> Run<'a> {
                 Err(e) => self.ledger.fail(i, &e),
             },
             Finished::Whole(i, pending, header, data) => {
-                let sealed = self.writer.push(i, pending, header, data).await;
-                self.batch.add_sealed(sealed, &mut self.ledger);
+                let written = self.writer.push(i, pending, header, data).await;
+                self.batch.add_written(written, &mut self.ledger);
             }
             Finished::Delta(i, pending, header, spool) => {
-                match self.applier.rebuild(pending, &header, spool) {
+                match pending.rebuild(&header, spool) {
                     Ok(ready) => self.batch.add(i, ready),
                     // The delta did not rebuild E's file: download it whole.
                     Err((Some(pending), e)) => {
@@ -378,9 +403,9 @@ impl<'a> Run<'a> {
     }
 
     /// The batch, and what finishing its files needs.
-    fn batch_and_sink<'s>(&'s mut self) -> (&'s mut Batch, Sink<'s, 'a>) {
+    fn batch_and_sink(&mut self) -> (&mut Batch, Sink<'_>) {
         let sink = Sink {
-            applier: &mut self.applier,
+            place: &mut self.place,
             ledger: &mut self.ledger,
             progress: &self.progress,
             committed: &mut self.committed,
@@ -408,8 +433,8 @@ impl<'a> Run<'a> {
 
     /// Writes the files still held, then flushes, installs and records every batch.
     async fn wrap_up(&mut self) -> Result<(), ClientError> {
-        let sealed = self.writer.drain().await;
-        self.batch.add_sealed(sealed, &mut self.ledger);
+        let written = self.writer.drain().await;
+        self.batch.add_written(written, &mut self.ledger);
         let (batch, mut sink) = self.batch_and_sink();
         batch.drain(&mut sink).await
     }
@@ -469,17 +494,17 @@ impl<'a> Run<'a> {
             batch.clear_inflight(self.name)?;
             batch.commit()?;
         }
-        let mut conflicts = self.applier.take_conflicts();
-        let (mut downloaded, mut copied, mut bytes) = (0, 0, 0);
-        if let Some(mut installer) = self.batch.installer() {
-            conflicts.extend(installer.take_conflicts());
-            (downloaded, copied, bytes) = (installer.downloaded, installer.copied, installer.bytes);
+        let mut conflicts = self.place.take_conflicts();
+        let mut tally = Tally::default();
+        if let Some(mut renamed) = self.batch.place() {
+            conflicts.extend(renamed.take_conflicts());
+            tally = renamed.tally();
         }
         Ok(DirReport {
             applied: self.committed.applied,
-            downloaded,
-            copied,
-            bytes,
+            downloaded: tally.downloaded,
+            copied: tally.copied,
+            bytes: tally.bytes,
             conflicts,
             transient: self.committed.failed.iter().filter(|f| f.2).count(),
             failures: self

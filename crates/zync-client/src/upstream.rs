@@ -2,8 +2,6 @@
 //! files), sent as one session for review on E. Each file carries the base sha256 (the version
 //! R started from) so E can decide conflicts three-way.
 
-use std::path::Path;
-
 use zync_cli::progress::Progress;
 use zync_db::{ClientState, Kind};
 use zync_fs::{EntryKind, IgnoreRules, RelPath, Stat};
@@ -11,7 +9,7 @@ use zync_proto::{FinalizeUpstream, Op, PrepareUpstream, Reply, UpstreamAction, U
 
 use crate::connection::Connection;
 use crate::error::ClientError;
-use crate::sync::Mapping;
+use crate::mapping::Mapping;
 
 /// One local change to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,18 +244,4 @@ fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| format!("zync-client on {}", h.trim()))
-}
-
-/// Reads a file for upload; used by [`Connection::upload`].
-pub(crate) fn open_for_upload(path: &Path) -> Result<std::fs::File, ClientError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|source| ClientError::Io {
-            what: "read",
-            path: path.display().to_string(),
-            source,
-        })
 }

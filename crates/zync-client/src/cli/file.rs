@@ -1,6 +1,7 @@
 //! The client's config file merged into its command line: a flag given on the command line
-//! wins over `client.toml`, which wins over the built-in default. `--dirs` is
-//! required only after merging, so it may live in the file.
+//! wins over `client.toml`, which wins over the built-in default, so a setting can live in the
+//! file and still be overridden for one run. `--dirs` is required only after merging, so it may
+//! live in the file.
 
 use std::ffi::OsString;
 

@@ -11,8 +11,8 @@ use zync_proto::{DeltaHeader, ErrorCode, FileHeader};
 
 use zync_fs::AtomicFile;
 
-use crate::apply::Pending;
 use crate::connection::{Connection, Transfer};
+use crate::download::land::file::Pending;
 use crate::error::ClientError;
 use tokio_tungstenite::tungstenite::Bytes;
 
@@ -58,7 +58,7 @@ impl Window {
 
 /// A file whose chunks are this big is written and hashed off the reactor while the next chunks
 /// are received: a big file streams at the speed of the slower of the two, not of their sum.
-const WRITE_BEHIND_MIN: usize = 128 << 10;
+const WRITE_BEHIND_MIN: u64 = 128 << 10;
 /// Chunks received and not yet written, per file written behind (4 MiB of 1 MiB chunks): a
 /// slow moment of the disk does not stop the socket at once.
 const WRITE_BEHIND_DEPTH: usize = 4;
@@ -85,6 +85,34 @@ impl Writing {
     }
 }
 
+/// How a download's content is written: the one place that chooses among the three ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    /// A small file in one chunk: nothing is written on the reactor; the whole content goes to
+    /// a group of files written and sealed on a blocking thread (`land::batch::Writer`).
+    Whole,
+    /// Written chunk by chunk on the receiving task as chunks arrive.
+    Here,
+    /// Big chunks: written and hashed by a blocking thread of its own while the next chunks
+    /// are received ([`Writing`]).
+    Behind,
+}
+
+impl Method {
+    /// The way for a download from byte `offset` announced by `header`.
+    fn for_download(offset: u64, header: &FileHeader) -> Method {
+        let remaining = header.size.saturating_sub(offset);
+        if offset == 0 && header.chunks == 1 && header.size < WRITE_BEHIND_MIN {
+            Method::Whole
+        } else if remaining.min(zync_proto::MAX_CHUNK as u64) >= WRITE_BEHIND_MIN {
+            // Its first chunk is big (chunks are MAX_CHUNK but the last).
+            Method::Behind
+        } else {
+            Method::Here
+        }
+    }
+}
+
 /// A download finished one way or the other; `usize` is the caller's index of the change.
 pub enum Finished {
     /// All content arrived; the header says what it must hash to.
@@ -107,10 +135,9 @@ struct Slot {
     /// (an unnamed temp file: memory does not grow with the delta).
     delta: Option<(DeltaHeader, std::fs::File)>,
     asked_delta: bool,
-    /// A small file that comes in one chunk: its temp file is made only when the chunk is in,
-    /// by the caller, off the reactor.
-    whole: bool,
-    /// The thread writing this file's chunks, when they are big.
+    /// How the content is written, decided when its header came.
+    method: Method,
+    /// The thread writing this file's chunks, for [`Method::Behind`].
     writing: Option<Writing>,
     received: u64,
     chunks: u64,
@@ -134,7 +161,7 @@ pub struct Pipeline<'a> {
     /// by [`Pipeline::next`].
     refused: VecDeque<Finished>,
     window: Window,
-    /// Counts bytes as chunks arrive (issue 6); hidden for small pages.
+    /// Counts bytes as chunks arrive, for the progress bar; hidden for small pages.
     progress: Progress,
 }
 
@@ -233,7 +260,7 @@ impl<'a> Pipeline<'a> {
                     header: None,
                     delta: None,
                     asked_delta,
-                    whole: false,
+                    method: Method::Here,
                     writing: None,
                     received: 0,
                     chunks: 0,
@@ -282,15 +309,17 @@ impl<'a> Pipeline<'a> {
                         header.path, header.size, header.offset, header.chunks
                     )));
                 }
-                slot.whole =
-                    slot.offset == 0 && header.chunks == 1 && header.size < WRITE_BEHIND_MIN as u64;
-                if !slot.whole {
+                slot.method = Method::for_download(slot.offset, &header);
+                if slot.method != Method::Whole {
                     if let Err(e) = slot.pending.open(slot.offset) {
                         return Ok(self.fail(id, e));
                     }
                     // Its space is reserved now (where the file system reserves).
                     slot.claimed = false;
                     self.claimed -= slot.expected;
+                }
+                if slot.method == Method::Behind {
+                    slot.writing = slot.pending.take_file().map(Writing::start);
                 }
                 let done = header.chunks == 0;
                 slot.header = Some(header);
@@ -372,7 +401,7 @@ impl<'a> Pipeline<'a> {
                         header.size
                     )));
                 }
-                if slot.whole {
+                if slot.method == Method::Whole {
                     // One chunk, checked above to be all of it.
                     self.progress.bytes(data.len() as u64);
                     let Some(Slot {
@@ -387,9 +416,6 @@ impl<'a> Pipeline<'a> {
                     return Ok(Some(Finished::Whole(index, pending, header, data)));
                 }
                 self.progress.bytes(data.len() as u64);
-                if slot.writing.is_none() && data.len() >= WRITE_BEHIND_MIN {
-                    slot.writing = slot.pending.take_file().map(Writing::start);
-                }
                 match &slot.writing {
                     Some(writing) => {
                         if writing.chunks.send(data).await.is_err() {

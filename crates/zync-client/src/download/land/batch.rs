@@ -1,6 +1,6 @@
 //! Finished downloads on their way into place, off the receiving thread: small files written
 //! and sealed in groups on blocking threads ([`Writer`]), then renamed in batches that are made
-//! durable by one flush first ([`Batch`], DESIGN invariant 1). A later flush makes a batch's
+//! durable by one flush first ([`Batch`], invariant 1 (docs/ARCHITECTURE.md)). A later flush makes a batch's
 //! renames durable, and the changes finished before a flush began are committed once it ends
 //! (invariant 2).
 
@@ -12,10 +12,10 @@ use zync_cli::progress::Progress;
 use zync_db::ClientState;
 use zync_proto::FileHeader;
 
-use crate::apply::{Applier, Pending, Ready, Record};
+use crate::download::land::file::{Pending, Ready};
+use crate::download::land::place::Place;
 use crate::error::ClientError;
-use crate::install::Installer;
-use crate::ledger::{Commit, Committed, Ledger};
+use crate::ledger::{Commit, Committed, Ledger, Record};
 
 /// Downloaded files are renamed into place in batches of at most this many files or bytes, each
 /// batch made durable by one flush of its file system first (invariant 1).
@@ -32,11 +32,11 @@ const WRITER_GROUP_BYTES: usize = 4 << 20;
 /// Groups written at the same time, on threads of their own.
 const WRITER_THREADS: usize = 2;
 
-/// What a group of whole files became, by change index.
-pub type Sealed = Vec<(usize, Result<Box<Ready>, ClientError>)>;
+/// What a group of whole files became, by change index: sealed files or why not.
+pub type Written = Vec<(usize, Result<Box<Ready>, ClientError>)>;
 
 /// A group being written: the change index and path of each of its files, and its thread.
-type Group = (Vec<(usize, String)>, tokio::task::JoinHandle<Sealed>);
+type Group = (Vec<(usize, String)>, tokio::task::JoinHandle<Written>);
 
 /// Small files that arrived whole, written and sealed in groups on a blocking thread while the
 /// next ones arrive: making, writing, verifying and closing a temp file costs more than
@@ -58,7 +58,7 @@ impl Writer {
         pending: Box<Pending>,
         header: FileHeader,
         data: Bytes,
-    ) -> Sealed {
+    ) -> Written {
         self.bytes += data.len();
         self.group.push((index, pending, header, data));
         if self.group.len() < WRITER_GROUP_FILES && self.bytes < WRITER_GROUP_BYTES {
@@ -74,7 +74,7 @@ impl Writer {
     }
 
     /// Writes everything still held and returns what all of it became.
-    pub async fn drain(&mut self) -> Sealed {
+    pub async fn drain(&mut self) -> Written {
         self.start();
         let mut done = Vec::new();
         while !self.writing.is_empty() {
@@ -98,12 +98,12 @@ impl Writer {
         self.writing.push_back((indices, handle));
     }
 
-    async fn wait_oldest(&mut self) -> Sealed {
+    async fn wait_oldest(&mut self) -> Written {
         let Some((indices, writing)) = self.writing.pop_front() else {
             return Vec::new();
         };
         match writing.await {
-            Ok(sealed) => sealed,
+            Ok(written) => written,
             // The thread panicked: each of its files fails this round (and is fetched again
             // next round) instead of vanishing from the report.
             Err(e) => indices
@@ -122,7 +122,7 @@ impl Writer {
 }
 
 /// Writes and seals a group of whole files, checking each directory's parents once.
-fn write_group(group: Vec<(usize, Box<Pending>, FileHeader, Bytes)>) -> Sealed {
+fn write_group(group: Vec<(usize, Box<Pending>, FileHeader, Bytes)>) -> Written {
     let mut checked = zync_fs::CheckedDirs::default();
     group
         .into_iter()
@@ -144,18 +144,18 @@ struct Installed {
 
 type Running = tokio::task::JoinHandle<Result<Installed, ClientError>>;
 
-/// The installer and the connection commits are written on: passed from one batch's thread to
-/// the next, so that batches commit and rename in order.
-type Baton = (Installer, ClientState);
+/// The place files are renamed into and the connection commits are written on: passed from
+/// one batch's thread to the next, so that batches commit and rename in order.
+type Baton = (Place, ClientState);
 
 /// Batches whose threads may run at once: the next batch's flush goes on while the last one
 /// commits and renames.
 const FLIGHTS: usize = 2;
 
 /// What finishing files needs from the sync: what planning touched, and where results go.
-pub struct Sink<'s, 'a> {
-    /// Planning: the directories it touched go into the next flush.
-    pub applier: &'s mut Applier<'a>,
+pub struct Sink<'s> {
+    /// The sync's place: the directories it touched go into the next flush.
+    pub place: &'s mut Place,
     /// Collects what became of each change.
     pub ledger: &'s mut Ledger,
     /// Counts installed files.
@@ -183,13 +183,13 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// An empty batch whose files go in with `installer`; commits are written on `db` (a
+    /// An empty batch whose files are renamed into `place`; commits are written on `db` (a
     /// connection of its own: the receiving thread keeps reading on its own).
-    pub fn new(installer: Installer, db: ClientState) -> Batch {
-        let root = installer.root().to_path_buf();
+    pub fn new(place: Place, db: ClientState) -> Batch {
+        let root = place.root().to_path_buf();
         let (tx, baton) = std::sync::mpsc::channel();
         // A receiver keeps what was sent before it is read.
-        let _ = tx.send((installer, db));
+        let _ = tx.send((place, db));
         Batch {
             files: Vec::new(),
             bytes: 0,
@@ -208,9 +208,9 @@ impl Batch {
 
     /// Adds what a group of whole files became: sealed files join the batch, failures are
     /// recorded.
-    pub fn add_sealed(&mut self, sealed: Sealed, ledger: &mut Ledger) {
-        for (i, sealed) in sealed {
-            match sealed {
+    pub fn add_written(&mut self, written: Written, ledger: &mut Ledger) {
+        for (i, result) in written {
+            match result {
                 Ok(ready) => self.add(i, ready),
                 Err(e) => ledger.fail(i, &e),
             }
@@ -227,7 +227,7 @@ impl Batch {
     ///
     /// # Errors
     /// A flush, rename-thread or database failure.
-    pub async fn rotate(&mut self, sink: &mut Sink<'_, '_>) -> Result<(), ClientError> {
+    pub async fn rotate(&mut self, sink: &mut Sink<'_>) -> Result<(), ClientError> {
         while self.flights.len() >= FLIGHTS {
             self.take_in_oldest(sink).await?;
         }
@@ -240,7 +240,7 @@ impl Batch {
     ///
     /// # Errors
     /// A flush, rename-thread or database failure.
-    pub async fn drain(&mut self, sink: &mut Sink<'_, '_>) -> Result<(), ClientError> {
+    pub async fn drain(&mut self, sink: &mut Sink<'_>) -> Result<(), ClientError> {
         loop {
             self.wait(sink).await?;
             if self.files.is_empty() && sink.ledger.is_fresh_empty() && self.touched.is_empty() {
@@ -254,26 +254,26 @@ impl Batch {
     ///
     /// # Errors
     /// The first flush, rename-thread or database failure among them.
-    pub async fn wait(&mut self, sink: &mut Sink<'_, '_>) -> Result<(), ClientError> {
+    pub async fn wait(&mut self, sink: &mut Sink<'_>) -> Result<(), ClientError> {
         while !self.flights.is_empty() {
             self.take_in_oldest(sink).await?;
         }
         Ok(())
     }
 
-    /// The installer, with what it did (files, bytes, conflict copies); `None` until the
-    /// batch is drained, or after a failure.
-    pub fn installer(&mut self) -> Option<Installer> {
+    /// The place files were renamed into, with what the renames did (files, bytes, conflict
+    /// copies); `None` until the batch is drained, or after a failure.
+    pub fn place(&mut self) -> Option<Place> {
         if !self.flights.is_empty() {
             return None;
         }
-        self.baton.try_recv().ok().map(|(installer, _)| installer)
+        self.baton.try_recv().ok().map(|(place, _)| place)
     }
 
-    fn start(&mut self, sink: &mut Sink<'_, '_>) {
+    fn start(&mut self, sink: &mut Sink<'_>) {
         let files = std::mem::take(&mut self.files);
         self.bytes = 0;
-        let mut dirs = sink.applier.take_touched();
+        let mut dirs = sink.place.take_touched();
         dirs.append(&mut self.touched);
         let checkpoint = sink.ledger.checkpoint();
         if files.is_empty() && dirs.is_empty() && checkpoint.is_empty() {
@@ -287,7 +287,7 @@ impl Batch {
         self.flights.push_back(tokio::task::spawn_blocking(move || {
             flush(&files, &dirs)?;
             // In batch order from here: the one before has committed and renamed.
-            let (mut installer, mut db) = baton.recv().map_err(|_| ClientError::Io {
+            let (mut place, mut db) = baton.recv().map_err(|_| ClientError::Io {
                 what: "rename files into",
                 path: root.display().to_string(),
                 source: std::io::Error::other("the batch before this one failed"),
@@ -295,20 +295,20 @@ impl Batch {
             // Durable now: what finished before the flush, and the notes of the files about
             // to be renamed.
             let committed = commit.write(&mut db)?;
-            installer.new_batch();
+            place.new_batch();
             let results = files
                 .into_iter()
                 .map(|(i, ready)| {
-                    let result = installer.install(ready);
+                    let result = place.install(ready);
                     if result.is_ok() {
                         progress.files(1);
                     }
                     (i, result)
                 })
                 .collect();
-            let touched = installer.take_touched();
+            let touched = place.take_touched();
             // The receiver is the next batch's; once dropped, nobody needs the baton.
-            let _ = pass.send((installer, db));
+            let _ = pass.send((place, db));
             Ok(Installed {
                 results,
                 commit,
@@ -318,7 +318,7 @@ impl Batch {
         }));
     }
 
-    async fn take_in_oldest(&mut self, sink: &mut Sink<'_, '_>) -> Result<(), ClientError> {
+    async fn take_in_oldest(&mut self, sink: &mut Sink<'_>) -> Result<(), ClientError> {
         let Some(running) = self.flights.pop_front() else {
             return Ok(());
         };

@@ -1,0 +1,266 @@
+//! Carrying out a change's [`Plan`] on R at once: parents made, paths cleared (R's edits kept
+//! as conflict copies, invariant 4 (docs/ARCHITECTURE.md)), directories, symlinks, deletions,
+//! attributes, and copies of content R already holds. A file that needs E's bytes comes back
+//! as a [`Pending`] for `fetch`.
+
+use std::io::ErrorKind;
+use std::path::Path;
+
+use zync_fs::RelPath;
+
+use crate::download::land::file::{Pending, Ready};
+use crate::download::land::place::{self, Place};
+use crate::download::look::{self, Known};
+use crate::download::plan::{Clear, Here, MakeDir, Plan, Removal, Step};
+use crate::error::ClientError;
+use crate::ledger::Record;
+
+/// What is left of a change once its plan was carried out.
+pub enum Outcome {
+    /// Applied (or skipped): record this.
+    Done(Record),
+    /// The file's content must be downloaded into this.
+    Fetch(Box<Pending>),
+    /// The content was copied from a file on R: it is renamed in with its batch.
+    Ready(Box<Ready>),
+}
+
+impl Place {
+    /// Carries out `plan`, made from `here`. `known` learns the directories made and forgets
+    /// those that something was moved or removed in.
+    ///
+    /// # Errors
+    /// A problem with this one path.
+    pub fn carry_out(
+        &mut self,
+        known: &mut Known,
+        here: Here,
+        plan: Plan,
+    ) -> Result<Outcome, ClientError> {
+        for MakeDir { rel, clear } in plan.parents {
+            if let Some(clear) = clear {
+                self.clear(known, &rel, clear)?;
+            }
+            zync_fs::ensure_dir(self.root(), &rel, None)?;
+            self.changed(known, &rel);
+            known.dirs.insert(rel.to_string());
+        }
+        let Here { rel, at, .. } = here;
+        let path = rel.to_path(self.root());
+        match plan.step {
+            Step::Skip(why) => {
+                tracing::warn!(dir = self.dir(), path = %rel, "skipped {why}");
+                Ok(Outcome::Done(Record::Nothing))
+            }
+            Step::Blocked { at, what, wanted } => Err(ClientError::Blocked {
+                path: at.to_path(self.root()).display().to_string(),
+                reason: format!("a {what} stands where E has {wanted}; remove it"),
+            }),
+            Step::Forget => Ok(Outcome::Done(Record::Remove(rel.to_string()))),
+            Step::Delete { partials, removal } => {
+                // A partial download of a file E deleted will never be resumed.
+                if partials {
+                    zync_fs::remove_partials(self.root(), &rel);
+                }
+                self.remove(known, &rel, removal)?;
+                Ok(Outcome::Done(Record::Remove(rel.to_string())))
+            }
+            Step::Same {
+                mode,
+                mtime_ns,
+                record,
+            } => {
+                if let Some(mode) = mode {
+                    zync_fs::set_mode(&path, mode)?;
+                }
+                if let Some(mtime_ns) = mtime_ns {
+                    zync_fs::set_mtime(&path, mtime_ns)?;
+                }
+                Ok(Outcome::Done(Record::Set(rel.to_string(), record)))
+            }
+            Step::Dir {
+                clear,
+                create,
+                set_mode,
+                record,
+            } => {
+                if let Some(clear) = clear {
+                    self.clear(known, &rel, clear)?;
+                }
+                if create {
+                    zync_fs::ensure_dir(self.root(), &rel, Some(record.mode))?;
+                    self.changed(known, &rel);
+                }
+                if let Some(mode) = set_mode {
+                    zync_fs::set_mode(&path, mode)?;
+                }
+                Ok(Outcome::Done(Record::Set(rel.to_string(), record)))
+            }
+            Step::Symlink { clear, record } => {
+                if let Some(clear) = clear {
+                    self.clear(known, &rel, clear)?;
+                }
+                let target = record.target.as_deref().unwrap_or_default();
+                zync_fs::replace_with_symlink(self.root(), &rel, target)?;
+                self.changed(known, &rel);
+                Ok(Outcome::Done(Record::Set(rel.to_string(), record)))
+            }
+            Step::File {
+                clear,
+                copy_from,
+                delta,
+                partials,
+                record,
+            } => {
+                // What stands at the path now; if it changes during the download (an editor
+                // saving on R), that save is kept as a conflict copy before the rename.
+                let before = match clear {
+                    Some(clear) => {
+                        self.clear(known, &rel, clear)?;
+                        look::stat(self.root(), &rel)?
+                    }
+                    None => at.stat,
+                };
+                let mut pending = Pending::new(self.root(), rel, before, partials, record);
+                for source in copy_from {
+                    match pending.copy_from(&source) {
+                        Ok(ready) => return Ok(Outcome::Ready(ready)),
+                        Err(e) => {
+                            tracing::debug!(path = pending.path(), source = %source.display(), "local copy failed, downloading instead: {e}")
+                        }
+                    }
+                }
+                if delta {
+                    match zync_fs::delta::signature(&path) {
+                        Ok(signature) => pending.set_signature(signature),
+                        Err(e) => {
+                            tracing::debug!(
+                                path = pending.path(),
+                                "no delta, downloading whole: {e}"
+                            )
+                        }
+                    }
+                }
+                Ok(Outcome::Fetch(Box::new(pending)))
+            }
+        }
+    }
+
+    /// Removes the files of this page set aside for local copies that no copy needed. Their
+    /// deletion is recorded at the next checkpoint; a crash before it leaves only a temp file.
+    pub fn clear_stash(&mut self, known: &mut Known) {
+        for (_, stashed) in known.stash.drain() {
+            if let Err(e) = place::remove_file(&stashed) {
+                tracing::debug!(path = %stashed.display(), "cannot remove a set-aside file: {e}");
+            }
+        }
+    }
+
+    /// The entry `rel` changed: flushed before it is recorded, and no longer known as a
+    /// directory.
+    fn changed(&mut self, known: &mut Known, rel: &RelPath) {
+        known.forget_dirs(rel);
+        self.touch(rel);
+    }
+
+    /// Clears `rel` for an entry of another kind or for E's version.
+    fn clear(&mut self, known: &mut Known, rel: &RelPath, clear: Clear) -> Result<(), ClientError> {
+        let path = rel.to_path(self.root());
+        match clear {
+            Clear::RemoveDir => match place::remove_dir(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty => {
+                    self.keep_local(rel, "E replaced this directory, which holds files on R")?
+                }
+                Err(source) => return Err(io_error("remove", &path, source)),
+            },
+            Clear::Remove => {
+                place::remove_file(&path).map_err(|source| io_error("remove", &path, source))?
+            }
+            Clear::Keep(why) => self.keep_local(rel, why)?,
+        }
+        self.changed(known, rel);
+        Ok(())
+    }
+
+    /// What a deletion does to what stands at `rel`.
+    fn remove(
+        &mut self,
+        known: &mut Known,
+        rel: &RelPath,
+        removal: Removal,
+    ) -> Result<(), ClientError> {
+        let path = rel.to_path(self.root());
+        match removal {
+            Removal::Nothing => {}
+            Removal::RemoveDir => {
+                // zync's own leftovers (partial downloads) must not keep the directory.
+                remove_own_temp_files(&path);
+                match place::remove_dir(&path) {
+                    Ok(()) => self.changed(known, rel),
+                    Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty => tracing::info!(
+                        dir = self.dir(),
+                        path = %rel,
+                        "E deleted this directory; kept on R because it holds files that did not come from E"
+                    ),
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(source) => return Err(io_error("remove", &path, source)),
+                }
+            }
+            Removal::SetAside(sha) if self.set_aside(known, rel, &sha) => {}
+            Removal::SetAside(_) | Removal::Remove => {
+                place::remove_file(&path).map_err(|source| io_error("remove", &path, source))?;
+                self.changed(known, rel);
+            }
+            Removal::Keep(why) => {
+                self.keep_local(rel, why)?;
+                known.forget_dirs(rel);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets a file that E deleted aside under a temp name, as the source for a later copy of
+    /// the same content in this page. False when it could not be moved (then remove it).
+    fn set_aside(&mut self, known: &mut Known, rel: &RelPath, sha: &str) -> bool {
+        let name = format!(
+            "{}stash-{}-{}",
+            zync_fs::TEMP_PREFIX,
+            known.stash.len(),
+            &sha[..sha.len().min(16)]
+        );
+        let to = self.root().join(name);
+        match place::rename(&rel.to_path(self.root()), &to) {
+            Ok(()) => {
+                known.stash.insert(sha.to_string(), to);
+                self.changed(known, rel);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+fn io_error(what: &'static str, path: &Path, source: std::io::Error) -> ClientError {
+    ClientError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Removes zync's temp files (partial downloads included) directly inside `dir`.
+fn remove_own_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_temp = entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(zync_fs::TEMP_PREFIX.as_bytes());
+        if is_temp && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = place::remove_file(&entry.path());
+        }
+    }
+}

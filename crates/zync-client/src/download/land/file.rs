@@ -1,0 +1,379 @@
+//! A file on its way into place: [`Pending`] while its content is received (from the daemon,
+//! rebuilt from a delta, or copied from R), then [`Ready`] once sealed, complete and verified
+//! (invariant 1 (docs/ARCHITECTURE.md)), until its batch is flushed and it is renamed.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use zync_db::Synced;
+use zync_fs::{AtomicFile, EntryKind, RelPath, Sealed, Stat};
+use zync_proto::{DeltaHeader, FileHeader};
+
+use crate::error::ClientError;
+
+/// A file whose content is on its way from the daemon.
+pub struct Pending {
+    root: PathBuf,
+    rel: RelPath,
+    sha: String,
+    size: u64,
+    /// What stood at the path when the change was planned; anything else at install time is
+    /// an edit on R, kept as a conflict copy.
+    before: Stat,
+    /// A partial download of this content may have been kept in the file's directory.
+    partial: bool,
+    record: Synced,
+    file: Option<AtomicFile>,
+    /// The signature of R's older version at the path, when a delta is worth asking for.
+    signature: Option<Vec<u8>>,
+}
+
+impl Pending {
+    /// E's file as `record` says (size, sha256, mode, mtime), to write at `rel`; `before` is
+    /// what stands there now, `partial` whether its directory may hold a partial download.
+    pub fn new(root: &Path, rel: RelPath, before: Stat, partial: bool, record: Synced) -> Pending {
+        Pending {
+            root: root.to_path_buf(),
+            rel,
+            sha: record.sha256.clone().unwrap_or_default(),
+            size: record.size,
+            before,
+            partial,
+            record,
+            file: None,
+            signature: None,
+        }
+    }
+
+    /// Asks for a delta against R's older version at the path: its signature is sent with
+    /// GET_DELTA.
+    pub fn set_signature(&mut self, signature: Vec<u8>) {
+        self.signature = Some(signature);
+    }
+
+    /// The signature to send with GET_DELTA, once; `None` asks for the whole file.
+    pub fn take_signature(&mut self) -> Option<Vec<u8>> {
+        self.signature.take()
+    }
+
+    /// The synced directory the file belongs to.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The path relative to the root.
+    pub fn path(&self) -> &str {
+        self.rel.as_str()
+    }
+
+    /// The file's whole size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes still to come from byte `offset` on.
+    pub fn remaining(&self, offset: u64) -> u64 {
+        self.size.saturating_sub(offset)
+    }
+
+    /// Where the download starts: the length of a partial download of this very content kept
+    /// by an earlier attempt (as rsync's `--partial`), else 0.
+    pub fn resume_offset(&self) -> u64 {
+        if !self.partial {
+            return 0;
+        }
+        let partial = AtomicFile::partial_path(&self.root, &self.rel, &self.sha);
+        match zync_fs::lstat(&partial) {
+            Ok(Stat::Entry(m)) if m.kind == EntryKind::File && m.size <= self.size => m.size,
+            _ => 0,
+        }
+    }
+
+    /// Opens the temp file for content that starts at `offset` (a kept partial when > 0).
+    ///
+    /// # Errors
+    /// When the temp file cannot be made, the partial changed since it was measured, or the
+    /// disk has no room for the file ([`zync_fs::FsError::NoSpace`]).
+    pub fn open(&mut self, offset: u64) -> Result<(), ClientError> {
+        self.open_checked(offset, &mut zync_fs::CheckedDirs::default())
+    }
+
+    /// As [`Pending::open`], checking the parents only of a directory `checked` has not seen.
+    ///
+    /// # Errors
+    /// As [`Pending::open`].
+    fn open_checked(
+        &mut self,
+        offset: u64,
+        checked: &mut zync_fs::CheckedDirs,
+    ) -> Result<(), ClientError> {
+        let mut file = if offset == 0 {
+            AtomicFile::create_checked(&self.root, &self.rel, checked)?
+        } else {
+            match AtomicFile::resume(&self.root, &self.rel, &self.sha)? {
+                Some(partial) if partial.written() == offset => {
+                    tracing::debug!(path = %self.rel, from = offset, "resuming a partial download");
+                    partial
+                }
+                _ => {
+                    return Err(ClientError::Io {
+                        what: "resume the partial download of",
+                        path: self.rel.to_path(&self.root).display().to_string(),
+                        source: std::io::Error::other("it changed since it was measured"),
+                    })
+                }
+            }
+        };
+        // A big file is allocated at once, and a disk that filled up since the download was
+        // planned is found before anything is written.
+        if let Err(e) = file.reserve(self.size) {
+            if offset > 0 {
+                // Kept, so that what it holds is not downloaded again next time.
+                if let Err(k) = file.keep_partial(&self.sha) {
+                    tracing::debug!(path = %self.rel, "cannot keep the partial download: {k}");
+                }
+            }
+            return Err(e.into());
+        }
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Checks that R's disk has room for what is still to be downloaded of this file, after
+    /// the `claimed` bytes that downloads already asked for (and not reserved yet) will take,
+    /// before it is asked for: a file that cannot fit fails without crossing the network first
+    /// (the reservation when it is opened checks again).
+    ///
+    /// # Errors
+    /// [`zync_fs::FsError::NoSpace`] when there is not room for it.
+    pub fn check_room(&self, claimed: u64) -> Result<(), ClientError> {
+        let remaining = self.remaining(self.resume_offset());
+        Ok(AtomicFile::check_room(
+            &self.root, &self.rel, remaining, claimed,
+        )?)
+    }
+
+    /// Appends content.
+    ///
+    /// # Errors
+    /// When the temp file cannot be written, or content arrives before the header.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        match &mut self.file {
+            Some(file) => Ok(file.write(data)?),
+            None => Err(ClientError::Protocol(format!(
+                "{}: content arrived before its header",
+                self.rel
+            ))),
+        }
+    }
+
+    /// Checks that the header is for the content this change wants and seals the temp file
+    /// (verifying its sha256).
+    ///
+    /// # Errors
+    /// `stale` when E's file moved on meanwhile (a newer change brings it); a hash mismatch.
+    pub fn seal(mut self: Box<Self>, header: &FileHeader) -> Result<Box<Ready>, ClientError> {
+        if header.sha256 != self.sha {
+            return Err(ClientError::Server {
+                code: zync_proto::ErrorCode::Stale,
+                message: format!("{} changed on E during the transfer", self.rel),
+            });
+        }
+        let Some(file) = self.file.take() else {
+            return Err(ClientError::Protocol(format!(
+                "{}: finished without a header",
+                self.rel
+            )));
+        };
+        let downloaded = Some(header.size - header.offset);
+        let sealed = file.seal(&self.sha, self.record.mode, self.record.mtime_ns)?;
+        Ok(self.into_ready(sealed, downloaded))
+    }
+
+    /// Writes a small file that arrived whole in one piece and seals it: the work of
+    /// [`Pending::open`], [`Pending::write`] and [`Pending::seal`] at once, for a blocking
+    /// thread writing a group of files (`checked` is that group's).
+    ///
+    /// # Errors
+    /// As those three.
+    pub fn write_whole(
+        mut self: Box<Self>,
+        header: &FileHeader,
+        data: &[u8],
+        checked: &mut zync_fs::CheckedDirs,
+    ) -> Result<Box<Ready>, ClientError> {
+        self.open_checked(0, checked)?;
+        self.write(data)?;
+        self.seal(header)
+    }
+
+    /// The sealed file of this change, ready for its rename.
+    fn into_ready(self: Box<Self>, sealed: Sealed, downloaded: Option<u64>) -> Box<Ready> {
+        let Pending {
+            rel,
+            before,
+            record,
+            partial,
+            ..
+        } = *self;
+        Box::new(Ready {
+            rel,
+            before,
+            record,
+            sealed,
+            downloaded,
+            partial,
+        })
+    }
+
+    /// Lends the open temp file out (to write a large chunk off the reactor); give it back
+    /// with [`Pending::put_file`].
+    pub fn take_file(&mut self) -> Option<AtomicFile> {
+        self.file.take()
+    }
+
+    /// Returns the temp file lent by [`Pending::take_file`].
+    pub fn put_file(&mut self, file: AtomicFile) {
+        self.file = Some(file);
+    }
+
+    /// Keeps what arrived as a partial download when the connection broke, so that the next
+    /// attempt resumes there.
+    pub fn keep_partial(self) {
+        if let Some(file) = self.file.filter(|f| f.written() > 0) {
+            if let Err(e) = file.keep_partial(&self.sha) {
+                tracing::debug!(path = %self.rel, "cannot keep the partial download: {e}");
+            }
+        }
+    }
+
+    /// Rebuilds a file from R's older version at its path and a delta received into `spool`,
+    /// verified by sha256 when sealed. On a failure other than `stale`, the pending file is
+    /// handed back to be downloaded whole.
+    ///
+    /// # Errors
+    /// `stale` when E's file moved on meanwhile; a delta that does not apply or rebuilds other
+    /// bytes (MD4 block sums can collide) comes back with the `Pending`.
+    pub fn rebuild(
+        self: Box<Self>,
+        header: &DeltaHeader,
+        spool: std::fs::File,
+    ) -> Result<Box<Ready>, (Option<Box<Pending>>, ClientError)> {
+        use std::io::Seek;
+        let mut pending = self;
+        if header.sha256 != pending.sha {
+            let stale = ClientError::Server {
+                code: zync_proto::ErrorCode::Stale,
+                message: format!("{} changed on E during the transfer", pending.rel),
+            };
+            return Err((None, stale));
+        }
+        let rebuilt = (|| {
+            let mut spool = spool;
+            spool.rewind().map_err(|source| ClientError::Io {
+                what: "read the delta of",
+                path: pending.rel.to_string(),
+                source,
+            })?;
+            pending.open(0)?;
+            let base = pending.rel.to_path(&pending.root);
+            let file = pending.file.as_mut().ok_or_else(|| {
+                ClientError::Protocol(format!("{}: no file to rebuild into", pending.rel))
+            })?;
+            zync_fs::delta::apply(&base, std::io::BufReader::new(spool), header.size, |data| {
+                file.write(data).map_err(std::io::Error::other)
+            })
+            .map_err(|e| ClientError::Protocol(format!("{}: {e}", pending.rel)))?;
+            let file = pending.file.take().ok_or_else(|| {
+                ClientError::Protocol(format!("{}: no file to rebuild into", pending.rel))
+            })?;
+            Ok::<_, ClientError>(file.seal(
+                &pending.sha,
+                pending.record.mode,
+                pending.record.mtime_ns,
+            )?)
+        })();
+        match rebuilt {
+            Ok(sealed) => Ok(pending.into_ready(sealed, Some(header.delta_size))),
+            // The whole file would not fit either.
+            Err(e @ ClientError::Fs(zync_fs::FsError::NoSpace { .. })) => Err((None, e)),
+            Err(e) => {
+                pending.file = None;
+                pending.signature = None;
+                Err((Some(pending), e))
+            }
+        }
+    }
+
+    /// Copies content R already has (a file E renamed or copied) from `source` into a sealed
+    /// temp file, verified like a download.
+    ///
+    /// # Errors
+    /// When `source` cannot be read or no longer holds the content.
+    pub fn copy_from(&self, source: &Path) -> Result<Box<Ready>, ClientError> {
+        let p = self;
+        use std::os::unix::fs::OpenOptionsExt;
+        let io = |source_err| ClientError::Io {
+            what: "copy",
+            path: source.display().to_string(),
+            source: source_err,
+        };
+        let mut input = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(source)
+            .map_err(io)?;
+        let mut file = AtomicFile::create(&p.root, &p.rel)?;
+        file.reserve(p.size)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = input.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            file.write(&buf[..n])?;
+        }
+        let sealed = file.seal(&p.sha, p.record.mode, p.record.mtime_ns)?;
+        Ok(Box::new(Ready {
+            rel: p.rel.clone(),
+            before: p.before.clone(),
+            record: p.record.clone(),
+            sealed,
+            downloaded: None,
+            partial: p.partial,
+        }))
+    }
+}
+
+/// A complete, verified file waiting for its rename (after its batch was made durable).
+pub struct Ready {
+    pub(crate) rel: RelPath,
+    /// What stood at the path when the change was planned.
+    pub(crate) before: Stat,
+    pub(crate) record: Synced,
+    pub(crate) sealed: Sealed,
+    /// Bytes that came over the network (`None` for a local copy).
+    pub(crate) downloaded: Option<u64>,
+    /// A partial download of this content may lie beside it: removed once it is in place.
+    pub(crate) partial: bool,
+}
+
+impl Ready {
+    /// The temp file (its file system is synced before the batch is installed).
+    pub fn temp_path(&self) -> &Path {
+        self.sealed.temp_path()
+    }
+
+    /// The file's size.
+    pub fn size(&self) -> u64 {
+        self.record.size
+    }
+
+    /// Flushes this file's content on its own.
+    ///
+    /// # Errors
+    /// When the temp file cannot be flushed.
+    pub fn sync(&self) -> Result<(), ClientError> {
+        Ok(self.sealed.sync()?)
+    }
+}

@@ -1,0 +1,181 @@
+//! [`Place`]: one synced directory on R and every change zync makes in it other than writing a
+//! temp file's content: conflict copies, removals, renames into place. The raw `std::fs`
+//! mutations of the client (rename, remove_file, remove_dir) are all in this file. The sync
+//! (on the receiving thread) and the renames of its batches (on a blocking thread, after the
+//! flush) each keep a `Place` of their own: the directories they touched and the conflict
+//! copies they made.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use zync_fs::RelPath;
+
+use crate::download::land::file::Ready;
+use crate::download::look;
+use crate::error::ClientError;
+use crate::ledger::Record;
+
+/// One synced directory on R, and what was changed in it.
+pub struct Place {
+    root: PathBuf,
+    dir: String,
+    /// Names this run's conflict copies.
+    stamp: String,
+    /// Directories whose entries changed: made durable by the next flush.
+    touched: BTreeSet<PathBuf>,
+    /// Conflict copies made, as paths relative to the root.
+    conflicts: Vec<String>,
+    /// Directories checked for symlinks during the current batch of renames.
+    checked: zync_fs::CheckedDirs,
+    /// What the renames brought in.
+    tally: Tally,
+}
+
+/// What the renames into one [`Place`] brought in.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    /// Files downloaded.
+    pub downloaded: usize,
+    /// Bytes downloaded.
+    pub bytes: u64,
+    /// Files whose content was copied from another file on R instead of downloaded.
+    pub copied: usize,
+}
+
+impl Place {
+    /// The place for `root`, served by the daemon as `dir`.
+    pub fn new(root: &Path, dir: &str) -> Place {
+        Place {
+            root: root.to_path_buf(),
+            dir: dir.to_string(),
+            stamp: chrono::Local::now().format("%Y%m%dT%H%M%S").to_string(),
+            touched: BTreeSet::new(),
+            conflicts: Vec::new(),
+            checked: zync_fs::CheckedDirs::default(),
+            tally: Tally::default(),
+        }
+    }
+
+    /// Another view of the same root, with nothing touched yet (the same conflict stamp): the
+    /// one batches rename files into.
+    pub fn sibling(&self) -> Place {
+        Place {
+            stamp: self.stamp.clone(),
+            ..Place::new(&self.root, &self.dir)
+        }
+    }
+
+    /// The synced directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The daemon's name for it.
+    pub fn dir(&self) -> &str {
+        &self.dir
+    }
+
+    /// Notes that the entry `rel` changed: its directory is flushed before it is recorded.
+    pub fn touch(&mut self, rel: &RelPath) {
+        let parent = rel
+            .parent()
+            .map_or_else(|| self.root.clone(), |p| p.to_path(&self.root));
+        self.touched.insert(parent);
+    }
+
+    /// Moves R's version aside as a conflict copy (invariant 4 (docs/ARCHITECTURE.md)) and
+    /// says so.
+    ///
+    /// # Errors
+    /// When it cannot be renamed.
+    pub fn keep_local(&mut self, rel: &RelPath, why: &str) -> Result<(), ClientError> {
+        let copy = zync_fs::free_conflict_name(&self.root, rel, &self.stamp);
+        let (from, to) = (rel.to_path(&self.root), copy.to_path(&self.root));
+        rename(&from, &to).map_err(|source| ClientError::Io {
+            what: "keep a conflict copy of",
+            path: from.display().to_string(),
+            source,
+        })?;
+        tracing::warn!(dir = self.dir, path = %rel, copy = %copy, "{why}; R's version was kept as {copy}");
+        self.conflicts.push(copy.to_string());
+        self.touch(rel);
+        Ok(())
+    }
+
+    /// The directories touched since the last call.
+    pub fn take_touched(&mut self) -> BTreeSet<PathBuf> {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// The conflict copies made since the last call.
+    pub fn take_conflicts(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.conflicts)
+    }
+
+    /// What the renames brought in so far.
+    pub fn tally(&self) -> Tally {
+        self.tally
+    }
+
+    /// Starts a new batch of renames: the parent directories are checked again, once each.
+    pub fn new_batch(&mut self) {
+        self.checked = zync_fs::CheckedDirs::default();
+    }
+
+    /// Renames a sealed file into place. Call only after its content was made durable
+    /// (invariant 1 (docs/ARCHITECTURE.md)). An edit R made meanwhile is kept as a conflict
+    /// copy first (invariant 4).
+    ///
+    /// # Errors
+    /// When the rename fails or a conflict copy cannot be made.
+    pub fn install(&mut self, ready: Box<Ready>) -> Result<Record, ClientError> {
+        let Ready {
+            rel,
+            before,
+            record,
+            sealed,
+            downloaded,
+            partial,
+        } = *ready;
+        if look::stat(&self.root, &rel)? != before {
+            self.keep_local(
+                &rel,
+                "this file changed on R while E's version was downloading",
+            )?;
+        }
+        sealed.install_checked(&mut self.checked)?;
+        if partial {
+            zync_fs::remove_partials(&self.root, &rel);
+        }
+        let dir = self.dir.as_str();
+        match downloaded {
+            Some(bytes) => {
+                self.tally.downloaded += 1;
+                self.tally.bytes += bytes;
+                tracing::debug!(dir, path = %rel, bytes, "downloaded");
+            }
+            None => {
+                self.tally.copied += 1;
+                tracing::debug!(dir, path = %rel, "copied from a file R already had");
+            }
+        }
+        self.touch(&rel);
+        Ok(Record::Set(rel.to_string(), record))
+    }
+}
+
+/// Renames `from` to `to` (a conflict copy, a file set aside).
+pub(super) fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to)
+}
+
+/// Removes the file or symlink at `path`.
+pub(super) fn remove_file(path: &Path) -> io::Result<()> {
+    std::fs::remove_file(path)
+}
+
+/// Removes the empty directory at `path`.
+pub(super) fn remove_dir(path: &Path) -> io::Result<()> {
+    std::fs::remove_dir(path)
+}

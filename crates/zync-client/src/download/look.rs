@@ -1,0 +1,251 @@
+//! Gathering what R has around one change before it is planned: `lstat` of the path and of its
+//! parents, the sha256 of a file there (the synced one when size and mtime still match, else
+//! hashed), its synced record and in-flight note, and other files on R holding content the
+//! change needs. Reads only; [`Known`] remembers across a sync what it need not look at again.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use zync_db::{ClientState, Kind, Synced};
+use zync_fs::{EntryKind, Meta, RelPath, Stat};
+use zync_proto::Change;
+
+use crate::download::plan::{Here, Local};
+use crate::error::ClientError;
+
+/// What one sync knows about its root beyond the database.
+#[derive(Debug, Default)]
+pub struct Known {
+    /// Directories seen in this sync; forgotten whenever anything is moved or removed.
+    pub dirs: HashSet<String>,
+    /// Deleted files set aside by content, as sources for copies (renames on E).
+    pub stash: HashMap<String, PathBuf>,
+    /// For each directory looked at: whether it may hold partial downloads.
+    partial_dirs: HashMap<PathBuf, bool>,
+}
+
+impl Known {
+    /// Something at `rel` changed: it may have been a directory seen earlier.
+    pub fn forget_dirs(&mut self, rel: &RelPath) {
+        if self.dirs.contains(rel.as_str()) {
+            self.dirs.clear();
+        }
+    }
+
+    /// Whether `rel`'s directory may hold partial downloads (read once per directory, so many
+    /// files do not list a directory each).
+    fn may_have_partials(&mut self, root: &Path, rel: &RelPath) -> bool {
+        let dir = rel
+            .parent()
+            .map_or_else(|| root.to_path_buf(), |p| p.to_path(root));
+        *self.partial_dirs.entry(dir).or_insert_with_key(|dir| {
+            let prefix = format!("{}partial-", zync_fs::TEMP_PREFIX);
+            std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries.flatten().any(|e| {
+                    e.file_name()
+                        .as_encoded_bytes()
+                        .starts_with(prefix.as_bytes())
+                })
+            })
+        })
+    }
+}
+
+/// Where a sync looks: the root, the daemon's name for it, and the client database.
+pub struct Look<'a> {
+    /// The synced directory.
+    pub root: &'a Path,
+    /// The daemon's name for it.
+    pub dir: &'a str,
+    /// The client database (a read snapshot is open while a page is planned).
+    pub state: &'a ClientState,
+    /// The umask new entries get.
+    pub umask: u32,
+}
+
+impl Look<'_> {
+    /// Gathers what R has around `change` at `rel`, for [`crate::download::plan::plan`].
+    ///
+    /// # Errors
+    /// When a path cannot be inspected, a file cannot be read, or the database fails.
+    pub fn here(
+        &self,
+        known: &mut Known,
+        change: &Change,
+        rel: RelPath,
+    ) -> Result<Here, ClientError> {
+        let mut here = Here {
+            rel,
+            parents: Vec::new(),
+            parents_real: true,
+            at: Local::missing(),
+            partials: false,
+            sources: Vec::new(),
+            umask: self.umask,
+        };
+        let rel = &here.rel;
+        if change.deleted {
+            here.parents_real = zync_fs::check_parents(self.root, rel).is_ok();
+            if here.parents_real {
+                here.partials = known.may_have_partials(self.root, rel);
+                here.at = self.local(rel)?;
+            }
+            return Ok(here);
+        }
+        let mut below_missing = false;
+        for ancestor in rel.ancestors() {
+            // Seen as a directory earlier in this sync (writes still check every parent).
+            if known.dirs.contains(ancestor.as_str()) {
+                continue;
+            }
+            if below_missing {
+                here.parents.push((ancestor, Local::missing()));
+                continue;
+            }
+            let local = self.local(&ancestor)?;
+            if matches!(&local.stat, Stat::Entry(m) if m.kind == EntryKind::Dir) {
+                known.dirs.insert(ancestor.to_string());
+            } else {
+                // Made a directory before anything below it is written: nothing below exists.
+                below_missing = true;
+            }
+            here.parents.push((ancestor, local));
+        }
+        if !below_missing {
+            here.at = self.local(rel)?;
+        }
+        if change.kind == zync_proto::Kind::File {
+            here.partials = known.may_have_partials(self.root, rel);
+            let has = here.at.sha.is_some() && here.at.sha == change.sha256;
+            if let Some(sha) = change.sha256.as_deref().filter(|_| !has) {
+                here.sources = self.sources(known, rel, sha)?;
+            }
+        }
+        Ok(here)
+    }
+
+    /// What stands at `rel` and what zync last wrote there.
+    fn local(&self, rel: &RelPath) -> Result<Local, ClientError> {
+        let stat = stat(self.root, rel)?;
+        let Stat::Entry(meta) = &stat else {
+            return Ok(Local {
+                stat,
+                ..Local::missing()
+            });
+        };
+        let synced = self.synced(rel)?;
+        let (mut sha, mut inflight) = (None, false);
+        if meta.kind == EntryKind::File {
+            let local = self.local_sha(rel, meta, synced.as_ref())?;
+            let as_synced = synced
+                .as_ref()
+                .is_some_and(|s| s.kind == Kind::File && s.sha256.as_ref() == Some(&local));
+            // Written by a run that stopped before recording it.
+            inflight = !as_synced && self.state.was_inflight(self.dir, rel.as_str(), &local)?;
+            sha = Some(local);
+        }
+        Ok(Local {
+            stat,
+            sha,
+            inflight,
+            synced,
+        })
+    }
+
+    /// Files on R that hold content `sha`: one set aside in this page, or up to three others
+    /// still exactly as zync wrote them (the copy is verified all the same).
+    fn sources(
+        &self,
+        known: &Known,
+        rel: &RelPath,
+        sha: &str,
+    ) -> Result<Vec<PathBuf>, ClientError> {
+        let mut sources: Vec<PathBuf> = known.stash.get(sha).cloned().into_iter().collect();
+        for (dir, path) in self.state.find_by_sha(sha)? {
+            if sources.len() >= 3 {
+                break;
+            }
+            if dir != self.dir || path == rel.as_str() {
+                continue;
+            }
+            // Invariant 3 (docs/ARCHITECTURE.md): a path from the database is validated like
+            // one from the network.
+            let Ok(source) = RelPath::parse(&path) else {
+                continue;
+            };
+            let Some(synced) = self.synced(&source)? else {
+                continue;
+            };
+            match stat(self.root, &source)? {
+                Stat::Entry(m)
+                    if m.kind == EntryKind::File
+                        && m.size == synced.size
+                        && m.mtime_ns == synced.mtime_ns => {}
+                _ => continue,
+            }
+            if zync_fs::check_parents(self.root, &source).is_ok() {
+                sources.push(source.to_path(self.root));
+            }
+        }
+        Ok(sources)
+    }
+
+    fn synced(&self, rel: &RelPath) -> Result<Option<Synced>, ClientError> {
+        Ok(self.state.synced(self.dir, rel.as_str())?)
+    }
+
+    /// The sha256 of a local file, without reading it when size and mtime match what zync wrote.
+    fn local_sha(
+        &self,
+        rel: &RelPath,
+        meta: &Meta,
+        synced: Option<&Synced>,
+    ) -> Result<String, ClientError> {
+        if let Some(s) = synced {
+            if s.kind == Kind::File && s.size == meta.size && s.mtime_ns == meta.mtime_ns {
+                if let Some(sha) = &s.sha256 {
+                    return Ok(sha.clone());
+                }
+            }
+        }
+        let path = rel.to_path(self.root);
+        zync_fs::hash_file(&path)
+            .map(|(sha, _)| sha)
+            .map_err(|source| ClientError::Io {
+                what: "read",
+                path: path.display().to_string(),
+                source,
+            })
+    }
+}
+
+/// What stands at `rel` under `root`, without following a symlink.
+///
+/// # Errors
+/// When it cannot be inspected.
+pub fn stat(root: &Path, rel: &RelPath) -> Result<Stat, ClientError> {
+    let path = rel.to_path(root);
+    zync_fs::lstat(&path).map_err(|source| ClientError::Io {
+        what: "inspect",
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The change's path as a [`RelPath`], or `None` (said in the log) when it must not be
+/// written: a path that could leave the root (invariant 3 (docs/ARCHITECTURE.md)) or one of
+/// the client's own files.
+pub fn parse(change: &Change, root: &Path, dir: &str, own: &[PathBuf]) -> Option<RelPath> {
+    let rel = match RelPath::parse(&change.path) {
+        Ok(rel) => rel,
+        Err(e) => {
+            tracing::warn!(dir, "skipped a change with an invalid path: {e}");
+            return None;
+        }
+    };
+    if own.contains(&rel.to_path(root)) {
+        tracing::warn!(dir, path = %rel, "skipped: this is the client's own database or token file; keep them outside synced directories");
+        return None;
+    }
+    Some(rel)
+}
