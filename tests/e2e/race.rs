@@ -272,9 +272,6 @@ fn assert_clear(what: &str, out: &Output, swapped: &Path) {
 const FILES: usize = 3000;
 
 #[test]
-#[ignore = "fails until zync-client's keep_local (crates/zync-client/src/install.rs) renames \
-            through zync_fs::rename_beneath: it moved the outside directory's f0000 aside as a \
-            conflict copy through the swapped symlink"]
 fn a_directory_swapped_for_a_symlink_during_a_sync_is_never_written_through() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let top = tmp.path();

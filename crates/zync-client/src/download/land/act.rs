@@ -71,10 +71,10 @@ impl Place {
                 record,
             } => {
                 if let Some(mode) = mode {
-                    zync_fs::set_mode(&path, mode)?;
+                    zync_fs::set_mode_beneath(self.root(), &rel, mode)?;
                 }
                 if let Some(mtime_ns) = mtime_ns {
-                    zync_fs::set_mtime(&path, mtime_ns)?;
+                    zync_fs::set_mtime_beneath(self.root(), &rel, mtime_ns)?;
                 }
                 Ok(Outcome::Done(Record::Set(rel.to_string(), record)))
             }
@@ -92,7 +92,7 @@ impl Place {
                     self.changed(known, &rel);
                 }
                 if let Some(mode) = set_mode {
-                    zync_fs::set_mode(&path, mode)?;
+                    zync_fs::set_mode_beneath(self.root(), &rel, mode)?;
                 }
                 Ok(Outcome::Done(Record::Set(rel.to_string(), record)))
             }
@@ -150,7 +150,15 @@ impl Place {
     /// deletion is recorded at the next checkpoint; a crash before it leaves only a temp file.
     pub fn clear_stash(&mut self, known: &mut Known) {
         for (_, stashed) in known.stash.drain() {
-            if let Err(e) = place::remove_file(&stashed) {
+            // Set-aside files sit at the top of the root under a temp name.
+            let Some(name) = stashed
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| RelPath::parse(n).ok())
+            else {
+                continue;
+            };
+            if let Err(e) = place::remove_file(self.root(), &name) {
                 tracing::debug!(path = %stashed.display(), "cannot remove a set-aside file: {e}");
             }
         }
@@ -167,16 +175,15 @@ impl Place {
     fn clear(&mut self, known: &mut Known, rel: &RelPath, clear: Clear) -> Result<(), ClientError> {
         let path = rel.to_path(self.root());
         match clear {
-            Clear::RemoveDir => match place::remove_dir(&path) {
+            Clear::RemoveDir => match place::remove_dir(self.root(), rel) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty => {
                     self.keep_local(rel, "E replaced this directory, which holds files on R")?
                 }
                 Err(source) => return Err(io_error("remove", &path, source)),
             },
-            Clear::Remove => {
-                place::remove_file(&path).map_err(|source| io_error("remove", &path, source))?
-            }
+            Clear::Remove => place::remove_file(self.root(), rel)
+                .map_err(|source| io_error("remove", &path, source))?,
             Clear::Keep(why) => self.keep_local(rel, why)?,
         }
         self.changed(known, rel);
@@ -195,8 +202,8 @@ impl Place {
             Removal::Nothing => {}
             Removal::RemoveDir => {
                 // zync's own leftovers (partial downloads) must not keep the directory.
-                remove_own_temp_files(&path);
-                match place::remove_dir(&path) {
+                remove_own_temp_files(self.root(), rel);
+                match place::remove_dir(self.root(), rel) {
                     Ok(()) => self.changed(known, rel),
                     Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty => tracing::info!(
                         dir = self.dir(),
@@ -209,7 +216,8 @@ impl Place {
             }
             Removal::SetAside(sha) if self.set_aside(known, rel, &sha) => {}
             Removal::SetAside(_) | Removal::Remove => {
-                place::remove_file(&path).map_err(|source| io_error("remove", &path, source))?;
+                place::remove_file(self.root(), rel)
+                    .map_err(|source| io_error("remove", &path, source))?;
                 self.changed(known, rel);
             }
             Removal::Keep(why) => {
@@ -229,10 +237,12 @@ impl Place {
             known.stash.len(),
             &sha[..sha.len().min(16)]
         );
-        let to = self.root().join(name);
-        match place::rename(&rel.to_path(self.root()), &to) {
+        let Ok(to) = RelPath::parse(&name) else {
+            return false;
+        };
+        match place::rename(self.root(), rel, &to) {
             Ok(()) => {
-                known.stash.insert(sha.to_string(), to);
+                known.stash.insert(sha.to_string(), to.to_path(self.root()));
                 self.changed(known, rel);
                 true
             }
@@ -249,18 +259,21 @@ fn io_error(what: &'static str, path: &Path, source: std::io::Error) -> ClientEr
     }
 }
 
-/// Removes zync's temp files (partial downloads included) directly inside `dir`.
-fn remove_own_temp_files(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+/// Removes zync's temp files (partial downloads included) directly inside `root/rel`, through
+/// that directory's handle.
+fn remove_own_temp_files(root: &Path, rel: &RelPath) {
+    let Ok(dir) = zync_fs::Dir::open_dir(root, Some(rel)) else {
         return;
     };
-    for entry in entries.flatten() {
-        let is_temp = entry
-            .file_name()
+    let Ok(entries) = dir.entries() else {
+        return;
+    };
+    for (name, kind) in entries {
+        let is_temp = name
             .as_encoded_bytes()
             .starts_with(zync_fs::TEMP_PREFIX.as_bytes());
-        if is_temp && entry.file_type().is_ok_and(|t| t.is_file()) {
-            let _ = place::remove_file(&entry.path());
+        if is_temp && kind == zync_fs::beneath::Kind::File {
+            let _ = dir.unlink(&name);
         }
     }
 }

@@ -91,10 +91,9 @@ impl Place {
     /// When it cannot be renamed.
     pub fn keep_local(&mut self, rel: &RelPath, why: &str) -> Result<(), ClientError> {
         let copy = zync_fs::free_conflict_name(&self.root, rel, &self.stamp);
-        let (from, to) = (rel.to_path(&self.root), copy.to_path(&self.root));
-        rename(&from, &to).map_err(|source| ClientError::Io {
+        rename(&self.root, rel, &copy).map_err(|source| ClientError::Io {
             what: "keep a conflict copy of",
-            path: from.display().to_string(),
+            path: rel.to_path(&self.root).display().to_string(),
             source,
         })?;
         tracing::warn!(dir = self.dir, path = %rel, copy = %copy, "{why}; R's version was kept as {copy}");
@@ -165,17 +164,37 @@ impl Place {
     }
 }
 
-/// Renames `from` to `to` (a conflict copy, a file set aside).
-pub(super) fn rename(from: &Path, to: &Path) -> io::Result<()> {
-    std::fs::rename(from, to)
+// The client's only renames and removals by name. Each goes through the handle of the
+// entry's directory, reached from the root without following a symlink (invariant 3,
+// docs/ARCHITECTURE.md): a directory swapped for a symlink between a check and the act cannot
+// redirect them.
+
+/// Renames `root/from` to `root/to` (a conflict copy, a file set aside).
+pub(super) fn rename(root: &Path, from: &RelPath, to: &RelPath) -> io::Result<()> {
+    zync_fs::rename_beneath(root, from, to).map_err(into_io)
 }
 
-/// Removes the file or symlink at `path`.
-pub(super) fn remove_file(path: &Path) -> io::Result<()> {
-    std::fs::remove_file(path)
+/// Removes the file or symlink `root/rel`; NotFound when nothing was there.
+pub(super) fn remove_file(root: &Path, rel: &RelPath) -> io::Result<()> {
+    match zync_fs::remove_beneath(root, rel).map_err(into_io)? {
+        true => Ok(()),
+        false => Err(io::ErrorKind::NotFound.into()),
+    }
 }
 
-/// Removes the empty directory at `path`.
-pub(super) fn remove_dir(path: &Path) -> io::Result<()> {
-    std::fs::remove_dir(path)
+/// Removes the empty directory `root/rel`; NotFound when nothing was there.
+pub(super) fn remove_dir(root: &Path, rel: &RelPath) -> io::Result<()> {
+    match zync_fs::remove_dir_beneath(root, rel).map_err(into_io)? {
+        true => Ok(()),
+        false => Err(io::ErrorKind::NotFound.into()),
+    }
+}
+
+/// The I/O error inside `e` (so callers can tell `DirectoryNotEmpty` and `NotFound`), or `e`
+/// itself as one (a symlink in the way, which says so).
+fn into_io(e: zync_fs::FsError) -> io::Error {
+    match e {
+        zync_fs::FsError::Io { source, .. } => source,
+        other => io::Error::other(other),
+    }
 }
