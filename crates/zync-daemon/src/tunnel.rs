@@ -807,7 +807,7 @@ fn log(launch: &Launch, timing: &Timing, event: &Event) {
             }
         }
         Event::Retrying(delay) => {
-            tracing::info!("tunnel: retrying in {} s", delay.as_secs_f64())
+            tracing::info!("tunnel: retrying in {:.1} s", delay.as_secs_f64())
         }
         Event::Stopped => tracing::info!("tunnel: stopped"),
     }
