@@ -693,7 +693,12 @@ pub fn once_until(
 }
 
 /// Runs a command that must exit by itself, killing it and failing after [`DEADLINE`].
-pub fn output_within_deadline(mut cmd: Command) -> Output {
+pub fn output_within_deadline(cmd: Command) -> Output {
+    output_within(cmd, DEADLINE)
+}
+
+/// Runs a command that must exit by itself, killing it and failing after `deadline`.
+pub fn output_within(mut cmd: Command, deadline: Duration) -> Output {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -705,11 +710,11 @@ pub fn output_within_deadline(mut cmd: Command) -> Output {
         if child.try_wait().expect("try_wait").is_some() {
             return child.wait_with_output().expect("collect output");
         }
-        if start.elapsed() > DEADLINE {
+        if start.elapsed() > deadline {
             let _ = child.kill();
             let out = child.wait_with_output().expect("collect output");
             panic!(
-                "{cmd:?} did not exit within {DEADLINE:?}; stderr:\n{}",
+                "{cmd:?} did not exit within {deadline:?}; stderr:\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }

@@ -234,24 +234,8 @@ fn run_racing(mut cmd: Command, swapper: Swapper) -> (Output, u64) {
 }
 
 /// Runs `cmd` to its end within [`RACE_DEADLINE`].
-fn run(mut cmd: Command) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("collect output");
-        }
-        if start.elapsed() > RACE_DEADLINE {
-            let _ = child.kill();
-            panic!("{cmd:?} did not exit within {RACE_DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn run(cmd: Command) -> Output {
+    output_within(cmd, RACE_DEADLINE)
 }
 
 /// A run that failed must say what failed: its errors name files in the swapped directory

@@ -17,32 +17,13 @@ use zync_db::{is_conflict, Action, FileState, Index, SessionStatus, StagedFile};
 use zync_fs::RelPath;
 
 use crate::crashpoint::{self, Step};
-use crate::fileops;
+use crate::fileops::{self, encode_copy};
+use crate::outcome::Outcome;
 use crate::probe::{self, Current};
 use crate::prompt::{Choice, Prompter};
 use crate::recover;
 use crate::roots::Roots;
 use crate::session;
-use crate::Outcome;
-
-/// The prefix that marks a kept-both file's "backup name" as the path of its conflict copy:
-/// the staging schema has no column for that path, and backup names must be plain names, so
-/// the path is stored percent-encoded (`/` as `%2F`) after this prefix.
-pub const COPY_PREFIX: &str = "copy:";
-
-/// Encodes a conflict copy's path for the backup-name column.
-pub fn encode_copy(rel: &RelPath) -> String {
-    format!(
-        "{COPY_PREFIX}{}",
-        rel.as_str().replace('%', "%25").replace('/', "%2F")
-    )
-}
-
-/// Decodes what [`encode_copy`] made; `None` for an ordinary backup name.
-pub fn decode_copy(name: &str) -> Option<String> {
-    name.strip_prefix(COPY_PREFIX)
-        .map(|s| s.replace("%2F", "/").replace("%25", "%"))
-}
 
 /// How `apply` runs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -587,6 +568,7 @@ fn summarize(
 mod tests {
     use super::*;
     use crate::prompt::ScriptedPrompter;
+    use crate::fileops::decode_copy;
     use crate::testkit::{delete, exists, sha, write, Fixture};
     use std::os::unix::fs::symlink;
 
@@ -916,14 +898,5 @@ mod tests {
         let f = fx.file(ID, "gone.txt");
         let backup = fx.session_dir(ID).join(f.backup_name.expect("backup"));
         assert_eq!(std::fs::read(backup).expect("read"), b"base\n");
-    }
-
-    #[test]
-    fn copy_paths_round_trip_as_plain_names() {
-        let rel = RelPath::parse("a/b%2F/c.txt").expect("path");
-        let enc = encode_copy(&rel);
-        assert!(zync_db::is_plain_name(&enc), "{enc}");
-        assert_eq!(decode_copy(&enc).as_deref(), Some("a/b%2F/c.txt"));
-        assert_eq!(decode_copy("backup-1"), None);
     }
 }

@@ -373,6 +373,25 @@ pub fn index_removed(index: &mut Index, dir: &str, rel: &RelPath) -> anyhow::Res
     Ok(())
 }
 
+/// The prefix that marks a kept-both file's "backup name" as the path of its conflict copy:
+/// the staging schema has no column for that path, and backup names must be plain names, so
+/// the path is stored percent-encoded (`/` as `%2F`) after this prefix.
+pub const COPY_PREFIX: &str = "copy:";
+
+/// Encodes a conflict copy's path for the backup-name column.
+pub fn encode_copy(rel: &RelPath) -> String {
+    format!(
+        "{COPY_PREFIX}{}",
+        rel.as_str().replace('%', "%25").replace('/', "%2F")
+    )
+}
+
+/// Decodes what [`encode_copy`] made; `None` for an ordinary backup name.
+pub fn decode_copy(name: &str) -> Option<String> {
+    name.strip_prefix(COPY_PREFIX)
+        .map(|s| s.replace("%2F", "/").replace("%25", "%"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,5 +478,14 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), e.path().join("l")).expect("symlink");
         assert!(ensure_parents(e.path(), &rel("l/x/f")).is_err());
         assert!(!outside.path().join("x").exists(), "created a dir outside");
+    }
+
+    #[test]
+    fn copy_paths_round_trip_as_plain_names() {
+        let rel = RelPath::parse("a/b%2F/c.txt").expect("path");
+        let enc = encode_copy(&rel);
+        assert!(zync_db::is_plain_name(&enc), "{enc}");
+        assert_eq!(decode_copy(&enc).as_deref(), Some("a/b%2F/c.txt"));
+        assert_eq!(decode_copy("backup-1"), None);
     }
 }

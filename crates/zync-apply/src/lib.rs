@@ -8,6 +8,7 @@ pub mod cli;
 mod crashpoint;
 mod fileops;
 pub mod list;
+mod outcome;
 pub mod pager;
 pub mod probe;
 pub mod prompt;
@@ -22,26 +23,8 @@ use std::io::Write;
 
 pub use crate::apply::{ApplyOptions, ApplyReport};
 pub use crate::cli::{Cli, Command, DirsArg};
+pub use crate::outcome::Outcome;
 pub use crate::prompt::{Choice, Prompter, ScriptedPrompter, TermPrompter};
-
-/// How a successful run ended; errors are `Err` (exit code 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Everything asked for was done (exit code 0).
-    Done,
-    /// `apply --non-interactive` without `--force` left conflicting files staged (exit 3).
-    ConflictsLeft,
-}
-
-impl Outcome {
-    /// The process exit code: 0 for [`Outcome::Done`], 3 for [`Outcome::ConflictsLeft`].
-    pub fn exit_code(self) -> u8 {
-        match self {
-            Outcome::Done => 0,
-            Outcome::ConflictsLeft => 3,
-        }
-    }
-}
 
 /// Runs the command on stdout, asking questions on the terminal.
 ///

@@ -20,8 +20,8 @@ use anyhow::Context;
 use zync_db::{Action, FileState, Index, StagedFile};
 use zync_fs::{lstat, EntryKind, RelPath, Stat};
 
-use crate::apply::decode_copy;
 use crate::fileops;
+use crate::fileops::decode_copy;
 use crate::probe::{self, Current};
 use crate::roots::Roots;
 
@@ -186,9 +186,9 @@ fn unindexed_dirs(
 mod tests {
     use super::*;
     use crate::crashpoint;
+    use crate::outcome::Outcome;
     use crate::prompt::{Choice, ScriptedPrompter};
     use crate::testkit::{delete, sha, write, Fixture};
-    use crate::Outcome;
     use zync_db::SessionStatus;
 
     const ID: &str = "c4a5-0000-crash";

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use zync_db::{is_conflict, Action, FileState, Index, OnE, SessionStatus, StagedFile};
 
+use crate::outcome::Outcome;
 use crate::probe::{self, Current};
 use crate::prompt::Prompter;
-use crate::{run_with, Cli, Outcome};
+use crate::{run_with, Cli};
 
 /// One file to stage.
 pub struct Spec<'a> {

@@ -11,13 +11,13 @@ use anyhow::{bail, Context};
 use zync_db::{Action, FileState, Index, SessionStatus, StagedFile};
 use zync_fs::RelPath;
 
-use crate::apply::decode_copy;
 use crate::fileops;
+use crate::fileops::decode_copy;
+use crate::outcome::Outcome;
 use crate::probe::{self, Current};
 use crate::recover;
 use crate::roots::Roots;
 use crate::session;
-use crate::Outcome;
 
 /// Undoes session `id` (or unique prefix) in the database `db`.
 ///
@@ -257,12 +257,12 @@ mod tests {
         );
         let mut p = ScriptedPrompter::new([]);
         let (r, out) = fx.run(&["apply", ID, "--force", "--non-interactive"], &mut p);
-        assert_eq!(r.expect("apply"), crate::Outcome::Done, "{out}");
+        assert_eq!(r.expect("apply"), crate::outcome::Outcome::Done, "{out}");
         assert_eq!(fx.e_read("mod.bin").as_deref(), Some(&b"R's version"[..]));
         assert_eq!(fx.e_read("del.txt"), None);
 
         let (r, out) = fx.run(&["undo", ID], &mut p);
-        assert_eq!(r.expect("undo"), crate::Outcome::Done, "{out}");
+        assert_eq!(r.expect("undo"), crate::outcome::Outcome::Done, "{out}");
         assert_eq!(fx.e_read("mod.bin").expect("restored"), old_bin);
         assert_eq!(mode_and_mtime(&mod_path), before);
         assert_eq!(
@@ -292,7 +292,7 @@ mod tests {
         let (r, _) = fx.run(&["apply", ID], &mut p);
         r.expect("apply");
         let copy =
-            crate::apply::decode_copy(&fx.file(ID, "f.txt").backup_name.expect("copy recorded"))
+            crate::fileops::decode_copy(&fx.file(ID, "f.txt").backup_name.expect("copy recorded"))
                 .expect("copy path");
         assert!(exists(&fx.root.join(&copy)));
         let (r, out) = fx.run(&["undo", ID], &mut p);
@@ -345,7 +345,7 @@ mod tests {
         let fx = Fixture::new();
         fx.stage(ID, &[write("f.txt", b"R\n", None)]);
         let (r, out) = fx.run(&["undo", ID], &mut ScriptedPrompter::new([]));
-        assert_eq!(r.expect("undo"), crate::Outcome::Done);
+        assert_eq!(r.expect("undo"), crate::outcome::Outcome::Done);
         assert!(out.contains("nothing applied to undo"), "{out}");
         assert_eq!(fx.status(ID), SessionStatus::Staged);
     }
