@@ -567,8 +567,8 @@ fn summarize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prompt::ScriptedPrompter;
     use crate::fileops::decode_copy;
+    use crate::prompt::ScriptedPrompter;
     use crate::testkit::{delete, exists, sha, write, Fixture};
     use std::os::unix::fs::symlink;
 

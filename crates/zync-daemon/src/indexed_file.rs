@@ -69,7 +69,6 @@ pub(crate) fn open(
     root: &Path,
     dir: &str,
     rel: RelPath,
-    checked: &mut zync_fs::CheckedDirs,
 ) -> Result<IndexedFile, Refusal> {
     let entry = match index.get(dir, rel.as_str())? {
         Some(e) if !e.deleted => e,
@@ -90,9 +89,7 @@ pub(crate) fn open(
         ));
     }
     let stale = |why: String| IndexedFile::stale_refusal(&rel, &why);
-    checked
-        .check_parents(root, &rel)
-        .map_err(|e| stale(format!("changed: {e}")))?;
+    zync_fs::check_parents(root, &rel).map_err(|e| stale(format!("changed: {e}")))?;
     let abs = rel.to_path(root);
     let file = std::fs::OpenOptions::new()
         .read(true)

@@ -20,7 +20,7 @@ pub use crate::beneath::{
     rename_beneath, set_mode_beneath, set_mtime_beneath,
 };
 pub use crate::dirs::{
-    check_parents, ensure_dir, remove_partials, remove_temp_files, CheckedDirs, PARTIAL_MAX_AGE,
+    check_parents, ensure_dir, remove_partials, remove_temp_files, PARTIAL_MAX_AGE,
 };
 pub use crate::error::FsError;
 
@@ -121,20 +121,6 @@ impl AtomicFile {
     ///
     /// As [`check_parents`]; [`FsError::Io`] when the temp file cannot be created.
     pub fn create(root: &Path, rel: &RelPath) -> Result<AtomicFile, FsError> {
-        AtomicFile::create_checked(root, rel, &mut CheckedDirs::default())
-    }
-
-    /// As [`AtomicFile::create`]; `checked` is kept for callers that pass one and does nothing
-    /// (see [`CheckedDirs`]).
-    ///
-    /// # Errors
-    ///
-    /// As [`AtomicFile::create`].
-    pub fn create_checked(
-        root: &Path,
-        rel: &RelPath,
-        _checked: &mut CheckedDirs,
-    ) -> Result<AtomicFile, FsError> {
         let dest = rel.to_path(root);
         let dir = Dir::parent_of(root, rel)?;
         let (file, name) = dir
@@ -489,17 +475,7 @@ impl Sealed {
     ///
     /// As [`check_parents`] if a parent became a symlink meanwhile (nothing is renamed through
     /// it); [`FsError::Io`] when the rename fails. The temp file is removed on any error.
-    pub fn install(self) -> Result<(), FsError> {
-        self.install_checked(&mut CheckedDirs::default())
-    }
-
-    /// As [`Sealed::install`]; `checked` is kept for callers that pass one and does nothing
-    /// (see [`CheckedDirs`]).
-    ///
-    /// # Errors
-    ///
-    /// As [`Sealed::install`].
-    pub fn install_checked(mut self, _checked: &mut CheckedDirs) -> Result<(), FsError> {
+    pub fn install(mut self) -> Result<(), FsError> {
         let dir = Dir::parent_of(&self.root, &self.rel)?;
         let name = self.name.as_deref().unwrap_or_default();
         dir.rename(name, &dir, self.rel.file_name())

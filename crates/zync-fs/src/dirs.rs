@@ -25,24 +25,6 @@ pub fn check_parents(root: &Path, rel: &RelPath) -> Result<(), FsError> {
     Dir::parent_of(root, rel).map(drop)
 }
 
-/// Kept so that callers which pass one along still compile: it used to remember directories
-/// checked by path, which only widened the window between check and write. Writes now reach
-/// their directory through a handle each time (invariant 3, docs/ARCHITECTURE.md), so there
-/// is nothing to remember.
-#[derive(Debug, Default)]
-pub struct CheckedDirs(());
-
-impl CheckedDirs {
-    /// As [`check_parents`].
-    ///
-    /// # Errors
-    ///
-    /// As [`check_parents`].
-    pub fn check_parents(&mut self, root: &Path, rel: &RelPath) -> Result<(), FsError> {
-        check_parents(root, rel)
-    }
-}
-
 /// Creates `root/rel` and its missing ancestors as directories without following symlinks
 /// (each `mkdirat` relative to its parent's handle). When `mode` is given it is applied to
 /// `root/rel` (also if it already existed), through the handle; new ancestors get the default
@@ -163,24 +145,19 @@ mod tests {
     }
 
     #[test]
-    fn checked_dirs_remember_nothing_so_a_swapped_directory_is_seen_at_once() {
+    fn a_directory_swapped_after_a_check_is_seen_at_the_next_one() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let r = tmp.path();
         fs::create_dir_all(r.join("a/b")).expect("mkdir");
         fs::create_dir(r.join("elsewhere")).expect("mkdir");
-        let mut checked = CheckedDirs::default();
-        checked
-            .check_parents(r, &rel("a/b/one"))
-            .expect("real dirs");
+        check_parents(r, &rel("a/b/one")).expect("real dirs");
         fs::rename(r.join("a/b"), r.join("a/old")).expect("rename");
         symlink(r.join("elsewhere"), r.join("a/b")).expect("symlink");
         assert!(matches!(
-            checked.check_parents(r, &rel("a/b/two")),
+            check_parents(r, &rel("a/b/two")),
             Err(FsError::SymlinkInPath { path }) if path == r.join("a/b")
         ));
-        checked
-            .check_parents(r, &rel("top-level"))
-            .expect("the root is trusted");
+        check_parents(r, &rel("top-level")).expect("the root is trusted");
     }
 
     #[test]

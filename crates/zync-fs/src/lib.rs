@@ -26,7 +26,7 @@ pub use crate::atomic::{
     check_parents, create_dirs_beneath, ensure_dir, fsync_dir, fsync_dir_beneath,
     open_file_beneath, remove_beneath, remove_dir_beneath, remove_partials, remove_temp_files,
     rename_beneath, replace_with_symlink, set_mode, set_mode_beneath, set_mtime, set_mtime_beneath,
-    sync_filesystems, AtomicFile, CheckedDirs, FsError, Sealed, PARTIAL_MAX_AGE,
+    sync_filesystems, AtomicFile, FsError, Sealed, PARTIAL_MAX_AGE,
 };
 pub use crate::beneath::Dir;
 pub use crate::conflict::{conflict_name, free_conflict_name, is_conflict_copy, CONFLICT_MARKER};

@@ -94,14 +94,12 @@ async fn open_files(cx: &mut Context, batch: Vec<(u64, GetFile)>) -> Opening {
             .lock()
             .map_err(|_| Refusal::new(ErrorCode::Internal, "index lock poisoned"))?;
         let mut budget = READ_AHEAD_BYTES;
-        // Each directory's parents are checked once for the batch.
-        let mut checked = zync_fs::CheckedDirs::default();
         Ok(wanted
             .into_iter()
             .map(|(id, located)| {
                 let opened = located.and_then(|(root, dir, rel, offset)| {
                     let file = Get { dir, rel, offset };
-                    open_for_get(id, &index, &root, file, &mut budget, &mut checked)
+                    open_for_get(id, &index, &root, file, &mut budget)
                 });
                 (id, opened)
             })
@@ -253,15 +251,13 @@ struct Get {
 
 /// Opens `rel` for GET_FILE ([`indexed_file::open`]) and reads its first chunk from `offset` (all of
 /// a small file) within the batch's `budget`, as the frame of request `id` (header included;
-/// empty past the budget). `checked` is the batch's: each directory's parents are checked
-/// once. Blocking: runs off the reactor.
+/// empty past the budget). Blocking: runs off the reactor.
 fn open_for_get(
     id: u64,
     index: &Index,
     root: &Path,
     Get { dir, rel, offset }: Get,
     budget: &mut usize,
-    checked: &mut zync_fs::CheckedDirs,
 ) -> Result<(std::fs::File, FileHeader, Vec<u8>), Refusal> {
     use std::os::unix::fs::FileExt;
     let IndexedFile {
@@ -272,7 +268,7 @@ fn open_for_get(
         mode,
         sha256,
         ..
-    } = indexed_file::open(index, root, &dir, rel, checked)?;
+    } = indexed_file::open(index, root, &dir, rel)?;
     let stale = |why: String| IndexedFile::stale_refusal(&rel, &why);
     if offset > size {
         return Err(Refusal::new(

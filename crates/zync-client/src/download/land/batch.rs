@@ -121,12 +121,11 @@ impl Writer {
     }
 }
 
-/// Writes and seals a group of whole files, checking each directory's parents once.
+/// Writes and seals a group of whole files.
 fn write_group(group: Vec<(usize, Box<Pending>, FileHeader, Bytes)>) -> Written {
-    let mut checked = zync_fs::CheckedDirs::default();
     group
         .into_iter()
-        .map(|(i, pending, header, data)| (i, pending.write_whole(&header, &data, &mut checked)))
+        .map(|(i, pending, header, data)| (i, pending.write_whole(&header, &data)))
         .collect()
 }
 
@@ -295,7 +294,6 @@ impl Batch {
             // Durable now: what finished before the flush, and the notes of the files about
             // to be renamed.
             let committed = commit.write(&mut db)?;
-            place.new_batch();
             let results = files
                 .into_iter()
                 .map(|(i, ready)| {

@@ -95,20 +95,8 @@ impl Pending {
     /// When the temp file cannot be made, the partial changed since it was measured, or the
     /// disk has no room for the file ([`zync_fs::FsError::NoSpace`]).
     pub fn open(&mut self, offset: u64) -> Result<(), ClientError> {
-        self.open_checked(offset, &mut zync_fs::CheckedDirs::default())
-    }
-
-    /// As [`Pending::open`], checking the parents only of a directory `checked` has not seen.
-    ///
-    /// # Errors
-    /// As [`Pending::open`].
-    fn open_checked(
-        &mut self,
-        offset: u64,
-        checked: &mut zync_fs::CheckedDirs,
-    ) -> Result<(), ClientError> {
         let mut file = if offset == 0 {
-            AtomicFile::create_checked(&self.root, &self.rel, checked)?
+            AtomicFile::create(&self.root, &self.rel)?
         } else {
             match AtomicFile::resume(&self.root, &self.rel, &self.sha)? {
                 Some(partial) if partial.written() == offset => {
@@ -192,7 +180,7 @@ impl Pending {
 
     /// Writes a small file that arrived whole in one piece and seals it: the work of
     /// [`Pending::open`], [`Pending::write`] and [`Pending::seal`] at once, for a blocking
-    /// thread writing a group of files (`checked` is that group's).
+    /// thread writing a group of files.
     ///
     /// # Errors
     /// As those three.
@@ -200,9 +188,8 @@ impl Pending {
         mut self: Box<Self>,
         header: &FileHeader,
         data: &[u8],
-        checked: &mut zync_fs::CheckedDirs,
     ) -> Result<Box<Ready>, ClientError> {
-        self.open_checked(0, checked)?;
+        self.open(0)?;
         self.write(data)?;
         self.seal(header)
     }

@@ -26,8 +26,6 @@ pub struct Place {
     touched: BTreeSet<PathBuf>,
     /// Conflict copies made, as paths relative to the root.
     conflicts: Vec<String>,
-    /// Directories checked for symlinks during the current batch of renames.
-    checked: zync_fs::CheckedDirs,
     /// What the renames brought in.
     tally: Tally,
 }
@@ -52,7 +50,6 @@ impl Place {
             stamp: chrono::Local::now().format("%Y%m%dT%H%M%S").to_string(),
             touched: BTreeSet::new(),
             conflicts: Vec::new(),
-            checked: zync_fs::CheckedDirs::default(),
             tally: Tally::default(),
         }
     }
@@ -117,11 +114,6 @@ impl Place {
         self.tally
     }
 
-    /// Starts a new batch of renames: the parent directories are checked again, once each.
-    pub fn new_batch(&mut self) {
-        self.checked = zync_fs::CheckedDirs::default();
-    }
-
     /// Renames a sealed file into place. Call only after its content was made durable
     /// (invariant 1 (docs/ARCHITECTURE.md)). An edit R made meanwhile is kept as a conflict
     /// copy first (invariant 4).
@@ -143,7 +135,7 @@ impl Place {
                 "this file changed on R while E's version was downloading",
             )?;
         }
-        sealed.install_checked(&mut self.checked)?;
+        sealed.install()?;
         if partial {
             zync_fs::remove_partials(&self.root, &rel);
         }
