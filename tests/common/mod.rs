@@ -323,6 +323,29 @@ impl Daemon {
         });
     }
 
+    /// Waits until the daemon's index holds each of `live` (paths in any served directory) and
+    /// none of `gone`, read from its database: changes made on E in one go are then all
+    /// recorded, so one sync sees them together.
+    pub fn wait_indexed(&self, live: &[&str], gone: &[&str]) {
+        let count = |path: &str, deleted: i64| {
+            rusqlite::Connection::open_with_flags(
+                &self.db,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .and_then(|db| {
+                db.query_row(
+                    "SELECT count(*) FROM entries WHERE path = ?1 AND deleted = ?2",
+                    rusqlite::params![path, deleted],
+                    |row| row.get::<_, i64>(0),
+                )
+            })
+            .unwrap_or(0)
+        };
+        wait_until("the daemon to index E's changes", || {
+            live.iter().all(|p| count(p, 0) > 0) && gone.iter().all(|p| count(p, 0) == 0)
+        });
+    }
+
     /// Stops the daemon with SIGTERM and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

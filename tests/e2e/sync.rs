@@ -122,6 +122,17 @@ fn renamed_moved_and_copied_files_are_copied_on_r_not_downloaded() {
     std::fs::rename(e.join("a/big.bin"), e.join("b/moved.bin")).unwrap();
     std::fs::rename(e.join("dir"), e.join("renamed-dir")).unwrap();
     std::fs::copy(e.join("src.txt"), e.join("copy.txt")).unwrap();
+    // A sync that saw the deletions without the creations would have to download (a file set
+    // aside lives only as long as its page): let the daemon record the whole rename first.
+    daemon.wait_indexed(
+        &[
+            "b/moved.bin",
+            "renamed-dir/one.txt",
+            "renamed-dir/sub/two.txt",
+            "copy.txt",
+        ],
+        &["a/big.bin", "dir/one.txt", "dir/sub/two.txt"],
+    );
     let proxy = Proxy::to_port(daemon.port);
     let logs = once_until(&client, &proxy.url(), "R has E's renamed tree", || {
         same_tree(&e, &r, &[])
