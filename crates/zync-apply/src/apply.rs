@@ -879,7 +879,7 @@ mod tests {
             "docs",
             "gone.txt",
             &zync_db::EntryMeta {
-                kind: zync_db::Kind::File,
+                kind: zync_proto::Kind::File,
                 size: 5,
                 mtime_ns: 0,
                 mode: 0o644,

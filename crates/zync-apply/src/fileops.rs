@@ -7,11 +7,12 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use zync_proto::Kind;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use zync_db::{EntryMeta, Index, Kind};
-use zync_fs::{fsync_dir, fsync_dir_beneath, lstat, AtomicFile, Dir, EntryKind, RelPath, Stat};
+use zync_db::{EntryMeta, Index};
+use zync_fs::{fsync_dir, fsync_dir_beneath, lstat, AtomicFile, Dir, RelPath, Stat};
 
 use crate::probe::open_regular;
 
@@ -292,7 +293,7 @@ pub fn remove_temps_beside(root: &Path, rel: &RelPath) -> anyhow::Result<usize> 
         {
             continue;
         }
-        if kind == zync_fs::beneath::Kind::File && dir.unlink(&name).is_ok() {
+        if kind == Some(zync_proto::Kind::File) && dir.unlink(&name).is_ok() {
             removed += 1;
         }
     }
@@ -320,14 +321,14 @@ pub fn index_file(
     let mut entries = Vec::new();
     for d in new_dirs {
         if let Stat::Entry(m) = lstat(&d.to_path(root))? {
-            if m.kind == EntryKind::Dir {
+            if m.kind == Kind::Dir {
                 entries.push((d.as_str(), entry_meta(Kind::Dir, &m, None)));
             }
         }
     }
     let path = rel.to_path(root);
     match lstat(&path)? {
-        Stat::Entry(m) if m.kind == EntryKind::File => {
+        Stat::Entry(m) if m.kind == Kind::File => {
             entries.push((rel.as_str(), entry_meta(Kind::File, &m, Some(sha256))));
         }
         other => bail!(

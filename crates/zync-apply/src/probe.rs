@@ -6,10 +6,11 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use zync_proto::Kind;
 
 use anyhow::Context;
 use zync_db::{Action, OnE, StagedFile};
-use zync_fs::{check_parents, lstat, EntryKind, FsError, RelPath, Stat};
+use zync_fs::{check_parents, lstat, FsError, RelPath, Stat};
 
 /// Files larger than this are not diffed.
 const MAX_DIFF_BYTES: u64 = 4 * 1024 * 1024;
@@ -69,7 +70,7 @@ pub fn probe(root: &Path, rel: &RelPath) -> anyhow::Result<Current> {
     let stat = lstat(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
     Ok(match stat {
         Stat::Missing => Current::Missing,
-        Stat::Entry(m) if m.kind == EntryKind::File => {
+        Stat::Entry(m) if m.kind == Kind::File => {
             match zync_fs::hash_file(&path) {
                 Ok((sha256, size)) => Current::File { sha256, size },
                 // Removed between the lstat and the open.

@@ -15,10 +15,11 @@
 
 use std::io::Write;
 use std::path::Path;
+use zync_proto::Kind;
 
 use anyhow::Context;
 use zync_db::{Action, FileState, Index, StagedFile};
-use zync_fs::{lstat, EntryKind, RelPath, Stat};
+use zync_fs::{lstat, RelPath, Stat};
 
 use crate::fileops;
 use crate::fileops::decode_copy;
@@ -173,7 +174,7 @@ fn unindexed_dirs(
             .is_some_and(|e| !e.deleted);
         if !known {
             if let Ok(Stat::Entry(m)) = lstat(&ancestor.to_path(root)) {
-                if m.kind == EntryKind::Dir {
+                if m.kind == Kind::Dir {
                     found.push(ancestor);
                 }
             }

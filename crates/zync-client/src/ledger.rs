@@ -378,7 +378,8 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zync_db::{Kind, Synced};
+    use zync_db::Synced;
+    use zync_proto::Kind;
 
     fn record(path: &str) -> Record {
         Record::Set(

@@ -3,8 +3,9 @@
 //! R started from) so E can decide conflicts three-way.
 
 use zync_cli::progress::Progress;
-use zync_db::{ClientState, Kind};
-use zync_fs::{EntryKind, IgnoreRules, RelPath, Stat};
+use zync_db::ClientState;
+use zync_fs::{IgnoreRules, RelPath, Stat};
+use zync_proto::Kind;
 use zync_proto::{FinalizeUpstream, Op, PrepareUpstream, Reply, UpstreamAction, UpstreamFile};
 
 use crate::connection::Connection;
@@ -65,7 +66,7 @@ pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, 
     }
     let mut out = Vec::new();
     for entry in scan.entries {
-        if entry.meta.kind != EntryKind::File
+        if entry.meta.kind != Kind::File
             || zync_fs::is_conflict_copy(entry.path.file_name())
             || mapping.own.contains(&entry.path.to_path(&mapping.root))
         {

@@ -5,8 +5,9 @@
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use zync_proto::Kind;
 
-use zync_db::{Index, Kind};
+use zync_db::Index;
 use zync_fs::RelPath;
 use zync_proto::ErrorCode;
 

@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use zync_proto::Kind;
 
 use anyhow::Context;
 use rayon::prelude::*;
 use tokio::sync::watch;
-use zync_db::{EntryMeta, Index, Kind};
-use zync_fs::{EntryKind, IgnoreRules, RelPath, Stat};
+use zync_db::{EntryMeta, Index};
+use zync_fs::{IgnoreRules, RelPath, Stat};
 
 use crate::root::Root;
 
@@ -255,7 +256,7 @@ impl Indexer {
             let Ok(Stat::Entry(meta)) = zync_fs::lstat(&rel.to_path(&root_path)) else {
                 continue;
             };
-            if meta.kind != EntryKind::File {
+            if meta.kind != Kind::File {
                 continue;
             }
             let Some((new, racy)) = describe(&root_path, &rel, &meta, &self.hashed) else {
@@ -508,7 +509,7 @@ impl Indexer {
             }
             Stat::Entry(meta) => meta,
         };
-        if root.rules.is_ignored(rel, meta.kind == EntryKind::Dir) {
+        if root.rules.is_ignored(rel, meta.kind == Kind::Dir) {
             return Ok(());
         }
         // A parent the index does not know yet (created and filled between two batches):
@@ -521,7 +522,7 @@ impl Indexer {
             }
         }
         let old = self.index.get(&name, rel.as_str())?.filter(|e| !e.deleted);
-        if meta.kind == EntryKind::Dir && !old.as_ref().is_some_and(|o| o.meta.kind == Kind::Dir) {
+        if meta.kind == Kind::Dir && !old.as_ref().is_some_and(|o| o.meta.kind == Kind::Dir) {
             self.scan_root(i, Some(rel))?;
             return Ok(());
         }

@@ -14,7 +14,6 @@ mod handshake;
 mod inbox;
 mod indexed_file;
 mod indexer;
-mod kind;
 mod link;
 mod refusal;
 mod root;

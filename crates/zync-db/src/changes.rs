@@ -7,7 +7,8 @@ use rusqlite::{Connection, OptionalExtension, Row};
 
 use crate::error::{Context, Result};
 use crate::sql::{saturating_i64, seq_from_sql, seq_to_sql, subtree_bounds, u64_from_sql};
-use crate::{Index, Kind};
+use crate::Index;
+use zync_proto::Kind;
 
 /// What the daemon knows about a path when it last looked.
 #[derive(Debug, Clone, PartialEq, Eq)]

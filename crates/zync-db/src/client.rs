@@ -11,7 +11,7 @@ use crate::conn::{self, Synchronous};
 use crate::error::{Context, Result};
 use crate::migrate::{self, CLIENT};
 use crate::sql::{seq_from_sql, seq_to_sql, subtree_bounds, u64_from_sql, u64_to_sql};
-use crate::Kind;
+use zync_proto::Kind;
 
 /// A path that failed to apply and is retried every round.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,6 @@ mod conflict;
 mod conn;
 mod error;
 mod index;
-mod kind;
 mod migrate;
 mod sessions;
 mod sql;
@@ -29,7 +28,6 @@ pub use changes::{Entry, EntryMeta, ScanRow};
 pub use clients::{Ack, ClientRecord};
 pub use conflict::{is_conflict, OnE};
 pub use index::Index;
-pub use kind::Kind;
 pub use migrate::{CLIENT_SCHEMA_VERSION, INDEX_SCHEMA_VERSION};
 pub use staging::{
     is_plain_name, session_dir, staging_root, Action, FileState, Session, SessionStatus, StagedFile,

@@ -1,12 +1,14 @@
 //! Tests of index schema upgrades: an index made by an older zync, with staged sessions in
 //! it, is upgraded in place when the daemon opens it.
 
+use zync_proto::Kind;
+
 use crate::migrate::{self, Schema, INDEX};
 use crate::sessions::fixtures::*;
 use crate::sessions::FILE_COLUMNS;
 use crate::sql::u64_to_sql;
 use crate::{
-    DbError, EntryMeta, FileState, Index, Kind, SessionStatus, StagedFile, INDEX_SCHEMA_VERSION,
+    DbError, EntryMeta, FileState, Index, SessionStatus, StagedFile, INDEX_SCHEMA_VERSION,
 };
 
 #[test]

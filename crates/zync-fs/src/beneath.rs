@@ -16,6 +16,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use zync_proto::Kind;
 
 /// Set once `openat2` turned out to be missing (ENOSYS: a kernel before 5.6, or a seccomp
 /// filter), so that every later lookup goes straight to the walk.
@@ -36,25 +37,14 @@ pub struct Dir {
     path: PathBuf,
 }
 
-/// What a name in a [`Dir`] is, seen without following a symlink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Dir,
-    /// A symlink.
-    Symlink,
-    /// A fifo, socket or device.
-    Other,
-}
-
-fn kind_of(st: &rustix::fs::Stat) -> Kind {
+/// What `st` describes, as one of the kinds zync syncs; `None` for a fifo, socket or device,
+/// which zync never touches.
+fn kind_of(st: &rustix::fs::Stat) -> Option<Kind> {
     match FileType::from_raw_mode(st.st_mode) {
-        FileType::RegularFile => Kind::File,
-        FileType::Directory => Kind::Dir,
-        FileType::Symlink => Kind::Symlink,
-        _ => Kind::Other,
+        FileType::RegularFile => Some(Kind::File),
+        FileType::Directory => Some(Kind::Dir),
+        FileType::Symlink => Some(Kind::Symlink),
+        _ => None,
     }
 }
 
@@ -255,11 +245,15 @@ impl Dir {
         let path = self.path.join(name);
         match e {
             Errno::NOENT => FsError::io("find directory", path, errno(e)),
-            Errno::LOOP | Errno::NOTDIR => match self.kind(name) {
-                Ok(Some(Kind::Symlink)) => FsError::SymlinkInPath { path },
-                Ok(Some(Kind::Dir)) | Ok(None) | Err(_) => FsError::io(what, path, errno(e)),
-                Ok(Some(_)) => FsError::NotADirectory { path },
-            },
+            Errno::LOOP | Errno::NOTDIR => {
+                match self.stat(name).map(|st| st.map(|st| kind_of(&st))) {
+                    Ok(Some(Some(Kind::Symlink))) => FsError::SymlinkInPath { path },
+                    Ok(Some(Some(Kind::Dir))) | Ok(None) | Err(_) => {
+                        FsError::io(what, path, errno(e))
+                    }
+                    Ok(Some(_)) => FsError::NotADirectory { path },
+                }
+            }
             _ => FsError::io(what, path, errno(e)),
         }
     }
@@ -278,15 +272,6 @@ impl Dir {
             }
             Err(e) => Err(e),
         }
-    }
-
-    /// What `name` is, without following a symlink; `None` when nothing is there.
-    ///
-    /// # Errors
-    ///
-    /// An I/O error other than "not found".
-    pub fn kind(&self, name: impl AsRef<OsStr>) -> io::Result<Option<Kind>> {
-        Ok(self.stat(name)?.map(|st| kind_of(&st)))
     }
 
     fn stat(&self, name: impl AsRef<OsStr>) -> io::Result<Option<rustix::fs::Stat>> {
@@ -349,7 +334,7 @@ impl Dir {
             Err(e) => return Err(errno(e)),
         };
         let st = rustix::fs::fstat(&fd).map_err(errno)?;
-        if kind_of(&st) != Kind::File {
+        if kind_of(&st) != Some(Kind::File) {
             return Ok(None);
         }
         // Back to blocking for the reads and writes that follow.
@@ -471,12 +456,13 @@ impl Dir {
         rustix::fs::fsync(&fd).map_err(errno)
     }
 
-    /// The names in this directory with what each is (`.` and `..` left out).
+    /// The names in this directory with what each is (`.` and `..` left out); `None` for a
+    /// fifo, socket or device.
     ///
     /// # Errors
     ///
     /// An I/O error reading the directory.
-    pub fn entries(&self) -> io::Result<Vec<(std::ffi::OsString, Kind)>> {
+    pub fn entries(&self) -> io::Result<Vec<(std::ffi::OsString, Option<Kind>)>> {
         let fd = rustix::fs::openat(
             &self.fd,
             ".",
@@ -495,15 +481,15 @@ impl Dir {
             let name =
                 std::ffi::OsString::from(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name));
             let kind = match ent.file_type() {
-                FileType::RegularFile => Kind::File,
-                FileType::Directory => Kind::Dir,
-                FileType::Symlink => Kind::Symlink,
-                FileType::Unknown => match self.kind(&name) {
-                    Ok(Some(k)) => k,
+                FileType::RegularFile => Some(Kind::File),
+                FileType::Directory => Some(Kind::Dir),
+                FileType::Symlink => Some(Kind::Symlink),
+                FileType::Unknown => match self.stat(&name) {
+                    Ok(Some(st)) => kind_of(&st),
                     Ok(None) => continue,
                     Err(e) => return Err(e),
                 },
-                _ => Kind::Other,
+                _ => None,
             };
             out.push((name, kind));
         }
@@ -547,7 +533,7 @@ pub(crate) fn times(mtime_ns: i64) -> Timestamps {
 /// path-only) refers to; a symlink is left alone and an unchanged mode is not written.
 pub(crate) fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     let st = rustix::fs::fstat(fd).map_err(errno)?;
-    if kind_of(&st) == Kind::Symlink || st.st_mode & 0o7777 == mode & 0o7777 {
+    if kind_of(&st) == Some(Kind::Symlink) || st.st_mode & 0o7777 == mode & 0o7777 {
         return Ok(());
     }
     let mode = Mode::from_bits_truncate(mode & 0o7777);

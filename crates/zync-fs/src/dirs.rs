@@ -1,7 +1,7 @@
 //! Directories under a synced root, handled without ever following a symlink (invariant 3):
 //! checking a path's parents, creating directories, and clearing leftover temp files.
 
-use crate::beneath::{chmod_fd, Dir, Kind};
+use crate::beneath::{chmod_fd, Dir};
 use crate::error::FsError;
 use crate::ignore::TEMP_PREFIX;
 use crate::path::RelPath;
@@ -9,6 +9,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::Path;
+use zync_proto::Kind;
 
 /// Checks that every proper ancestor of `rel` under `root` exists and is a real directory, by
 /// opening `rel`'s directory the way a write does. `root` itself is trusted (it may be a
@@ -68,7 +69,7 @@ pub fn remove_temp_files(root: &Path) -> Result<usize, FsError> {
         };
         first = false;
         for (name, kind) in entries {
-            if kind == Kind::Dir {
+            if kind == Some(Kind::Dir) {
                 match dir.child_dir(&name) {
                     Ok(sub) => stack.push(sub),
                     Err(e) => tracing::warn!(
@@ -102,7 +103,7 @@ pub fn remove_partials(root: &Path, rel: &crate::path::RelPath) {
     let suffix = format!("-{}", rel.file_name());
     for (name, kind) in entries {
         let Some(name) = name.to_str() else { continue };
-        if kind == Kind::Dir {
+        if kind == Some(Kind::Dir) {
             continue;
         }
         // The name may have been cut to the component limit: only then does a prefix of the

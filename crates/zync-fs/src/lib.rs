@@ -33,7 +33,7 @@ pub use crate::conflict::{conflict_name, free_conflict_name, is_conflict_copy, C
 pub use crate::delta::DeltaError;
 pub use crate::hash::{hash_bytes, hash_file, is_sha256_hex, Hasher};
 pub use crate::ignore::{IgnoreError, IgnoreRules, DEFAULT_IGNORES, IGNORE_FILE, TEMP_PREFIX};
-pub use crate::meta::{lstat, EntryKind, Meta, Stat};
+pub use crate::meta::{lstat, Meta, Stat};
 pub use crate::path::{DirName, PathError, RelPath};
 pub use crate::private::{
     create_private_dir_all, create_private_file, make_private, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE,

@@ -5,43 +5,13 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-/// The kinds of entry zync syncs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EntryKind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link (synced as a link, never followed).
-    Symlink,
-}
-
-impl EntryKind {
-    /// `"file"`, `"dir"` or `"symlink"`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            EntryKind::File => "file",
-            EntryKind::Dir => "dir",
-            EntryKind::Symlink => "symlink",
-        }
-    }
-
-    /// The inverse of [`EntryKind::as_str`].
-    pub fn parse(s: &str) -> Option<EntryKind> {
-        match s {
-            "file" => Some(EntryKind::File),
-            "dir" => Some(EntryKind::Dir),
-            "symlink" => Some(EntryKind::Symlink),
-            _ => None,
-        }
-    }
-}
+use zync_proto::Kind;
 
 /// The metadata zync keeps for an entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
     /// File, dir or symlink.
-    pub kind: EntryKind,
+    pub kind: Kind,
     /// Bytes: the file length, 0 for a directory, the target length for a symlink.
     pub size: u64,
     /// Modification time in nanoseconds since the Unix epoch.
@@ -92,9 +62,9 @@ pub(crate) fn meta_from(
 ) -> io::Result<Stat> {
     let ft = md.file_type();
     let (kind, size, target) = if ft.is_file() {
-        (EntryKind::File, md.len(), None)
+        (Kind::File, md.len(), None)
     } else if ft.is_dir() {
-        (EntryKind::Dir, 0, None)
+        (Kind::Dir, 0, None)
     } else if ft.is_symlink() {
         let target = match read_link() {
             Ok(t) => t,
@@ -105,7 +75,7 @@ pub(crate) fn meta_from(
             Err(e) => return Err(e),
         };
         match target.into_os_string().into_string() {
-            Ok(t) => (EntryKind::Symlink, t.len() as u64, Some(t)),
+            Ok(t) => (Kind::Symlink, t.len() as u64, Some(t)),
             Err(_) => return Ok(Stat::Unsupported("symlink with non-UTF-8 target")),
         }
     } else if ft.is_fifo() {
@@ -144,11 +114,11 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        for k in [EntryKind::File, EntryKind::Dir, EntryKind::Symlink] {
-            assert_eq!(EntryKind::parse(k.as_str()), Some(k));
+        for k in [Kind::File, Kind::Dir, Kind::Symlink] {
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
         }
-        assert_eq!(EntryKind::parse("fifo"), None);
-        assert_eq!(EntryKind::File.as_str(), "file");
+        assert_eq!(Kind::parse("fifo"), None);
+        assert_eq!(Kind::File.as_str(), "file");
     }
 
     #[test]
@@ -160,7 +130,7 @@ mod tests {
         let m = entry(&f);
         assert_eq!(
             (m.kind, m.size, m.mode, m.target),
-            (EntryKind::File, 5, 0o640, None)
+            (Kind::File, 5, 0o640, None)
         );
         let std_md = std::fs::metadata(&f).expect("metadata");
         assert_eq!(m.inode, std_md.ino());
@@ -172,12 +142,12 @@ mod tests {
         let d = tmp.path().join("d");
         std::fs::create_dir(&d).expect("mkdir");
         let m = entry(&d);
-        assert_eq!((m.kind, m.size), (EntryKind::Dir, 0));
+        assert_eq!((m.kind, m.size), (Kind::Dir, 0));
 
         let l = tmp.path().join("l");
         symlink("../somewhere/else", &l).expect("symlink");
         let m = entry(&l);
-        assert_eq!(m.kind, EntryKind::Symlink);
+        assert_eq!(m.kind, Kind::Symlink);
         assert_eq!(m.size, "../somewhere/else".len() as u64);
         assert_eq!(m.target.as_deref(), Some("../somewhere/else"));
     }

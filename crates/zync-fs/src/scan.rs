@@ -9,12 +9,13 @@
 //! result does not depend on the number of threads.
 
 use crate::ignore::IgnoreRules;
-use crate::meta::{is_missing, lstat, EntryKind, Meta, Stat};
+use crate::meta::{is_missing, lstat, Meta, Stat};
 use crate::path::RelPath;
 use rayon::prelude::*;
 use std::fs::DirEntry;
 use std::io;
 use std::path::{Path, PathBuf};
+use zync_proto::Kind;
 
 /// One entry found by [`scan`].
 #[derive(Debug, Clone)]
@@ -94,7 +95,7 @@ fn start_under(
 ) -> Option<PathBuf> {
     for ancestor in under.ancestors() {
         match lstat(&ancestor.to_path(root)) {
-            Ok(Stat::Entry(m)) if m.kind == EntryKind::Dir => {}
+            Ok(Stat::Entry(m)) if m.kind == Kind::Dir => {}
             Ok(_) => return None,
             Err(e) => {
                 let path = ancestor.to_path(root);
@@ -118,7 +119,7 @@ fn start_under(
             return None;
         }
     };
-    let is_dir = meta.kind == EntryKind::Dir;
+    let is_dir = meta.kind == Kind::Dir;
     if rules.is_ignored(under, is_dir) {
         return None;
     }
@@ -173,7 +174,7 @@ fn list_tree(rules: &IgnoreRules, dir: &Path, rel: Option<&RelPath>) -> Listing 
             problems.extend(found);
             total += children.len();
             let mut subdirs = Vec::new();
-            for child in children.iter().filter(|c| c.meta.kind == EntryKind::Dir) {
+            for child in children.iter().filter(|c| c.meta.kind == Kind::Dir) {
                 let sub = listed.len();
                 listed.push(Listed::default());
                 subdirs.push(sub);
@@ -199,7 +200,7 @@ fn list_tree(rules: &IgnoreRules, dir: &Path, rel: Option<&RelPath>) -> Listing 
             stack.pop();
             continue;
         };
-        let sub = (child.meta.kind == EntryKind::Dir)
+        let sub = (child.meta.kind == Kind::Dir)
             .then(|| subdirs.next())
             .flatten();
         entries.push(child);
@@ -329,8 +330,8 @@ mod tests {
             vec!["a", "a/b", "a/b/c.txt", "a/one.txt", "z", "z/k"]
         );
         let c = &result.entries[2];
-        assert_eq!((c.meta.kind, c.meta.size), (EntryKind::File, 9));
-        assert_eq!(result.entries[0].meta.kind, EntryKind::Dir);
+        assert_eq!((c.meta.kind, c.meta.size), (Kind::File, 9));
+        assert_eq!(result.entries[0].meta.kind, Kind::Dir);
     }
 
     #[test]
@@ -350,7 +351,7 @@ mod tests {
             .iter()
             .find(|e| e.path.as_str() == "link")
             .expect("link listed");
-        assert_eq!(link.meta.kind, EntryKind::Symlink);
+        assert_eq!(link.meta.kind, Kind::Symlink);
         assert_eq!(link.meta.target.as_deref(), outside.path().to_str());
         let all = paths(&result);
         assert!(
@@ -396,7 +397,7 @@ mod tests {
         let link = RelPath::parse("alias").expect("rel");
         let result = scan(r, &rules, Some(&link));
         assert_eq!(paths(&result), vec!["alias"]);
-        assert_eq!(result.entries[0].meta.kind, EntryKind::Symlink);
+        assert_eq!(result.entries[0].meta.kind, Kind::Symlink);
     }
 
     #[test]

@@ -8,14 +8,16 @@
 
 mod auth;
 mod chunk;
+mod kind;
 mod message;
 mod request;
 
 pub use auth::{proof, verify, Nonce, Role, NONCE_LEN, PROOF_LEN};
 pub use chunk::{chunk_frame, decode_chunk, encode_chunk, ChunkError};
+pub use kind::Kind;
 pub use message::{
     AckReply, Challenge, Change, ChangesReply, DeltaHeader, ErrorCode, ErrorResponse, Event,
-    FileHeader, FinalizeReply, Kind, LastSequence, OkResponse, Pipelining, Reply, ServerMessage,
+    FileHeader, FinalizeReply, LastSequence, OkResponse, Pipelining, Reply, ServerMessage,
     SessionReply, UpstreamFileReply, Welcome,
 };
 pub use request::{

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::Kind;
 use serde::{Deserialize, Serialize};
 
 /// Every text frame the daemon sends.
@@ -230,18 +231,6 @@ pub struct LastSequence {
     pub dirs: BTreeMap<String, u64>,
     /// True while a scan is running: more changes are about to be recorded.
     pub scanning: bool,
-}
-
-/// What kind of entry a change is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link (synced as a link, never followed).
-    Symlink,
 }
 
 /// One entry of the daemon's index: the current state of a path, or its tombstone.

@@ -5,9 +5,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use zync_proto::Kind;
 
-use zync_db::{ClientState, Kind, Synced};
-use zync_fs::{EntryKind, Meta, RelPath, Stat};
+use zync_db::{ClientState, Synced};
+use zync_fs::{Meta, RelPath, Stat};
 use zync_proto::Change;
 
 use crate::download::plan::{Here, Local};
@@ -103,7 +104,7 @@ impl Look<'_> {
                 continue;
             }
             let local = self.local(&ancestor)?;
-            if matches!(&local.stat, Stat::Entry(m) if m.kind == EntryKind::Dir) {
+            if matches!(&local.stat, Stat::Entry(m) if m.kind == Kind::Dir) {
                 known.dirs.insert(ancestor.to_string());
             } else {
                 // Made a directory before anything below it is written: nothing below exists.
@@ -135,7 +136,7 @@ impl Look<'_> {
         };
         let synced = self.synced(rel)?;
         let (mut sha, mut inflight) = (None, false);
-        if meta.kind == EntryKind::File {
+        if meta.kind == Kind::File {
             let local = self.local_sha(rel, meta, synced.as_ref())?;
             let as_synced = synced
                 .as_ref()
@@ -178,7 +179,7 @@ impl Look<'_> {
             };
             match stat(self.root, &source)? {
                 Stat::Entry(m)
-                    if m.kind == EntryKind::File
+                    if m.kind == Kind::File
                         && m.size == synced.size
                         && m.mtime_ns == synced.mtime_ns => {}
                 _ => continue,

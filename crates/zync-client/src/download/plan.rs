@@ -6,9 +6,10 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use zync_proto::Kind;
 
-use zync_db::{Kind, Synced};
-use zync_fs::{EntryKind, Meta, RelPath, Stat};
+use zync_db::Synced;
+use zync_fs::{Meta, RelPath, Stat};
 use zync_proto::Change;
 
 /// Files at least this big that R has an older version of are fetched as a delta.
@@ -46,7 +47,7 @@ impl Local {
         }
     }
 
-    fn is(&self, kind: EntryKind) -> bool {
+    fn is(&self, kind: Kind) -> bool {
         self.meta().is_some_and(|m| m.kind == kind)
     }
 
@@ -56,16 +57,16 @@ impl Local {
         let Some(meta) = self.meta() else {
             return false;
         };
-        if meta.kind == EntryKind::File && self.inflight {
+        if meta.kind == Kind::File && self.inflight {
             return true;
         }
         let Some(synced) = &self.synced else {
             return false;
         };
         match meta.kind {
-            EntryKind::File => synced.kind == Kind::File && synced.sha256 == self.sha,
-            EntryKind::Symlink => synced.kind == Kind::Symlink && synced.target == meta.target,
-            EntryKind::Dir => synced.kind == Kind::Dir,
+            Kind::File => synced.kind == Kind::File && synced.sha256 == self.sha,
+            Kind::Symlink => synced.kind == Kind::Symlink && synced.target == meta.target,
+            Kind::Dir => synced.kind == Kind::Dir,
         }
     }
 }
@@ -213,7 +214,7 @@ pub fn plan(change: &Change, here: &Here, wanted: &HashSet<String>) -> Plan {
     let mut parents = Vec::new();
     for (rel, local) in &here.parents {
         match &local.stat {
-            Stat::Entry(m) if m.kind == EntryKind::Dir => {}
+            Stat::Entry(m) if m.kind == Kind::Dir => {}
             Stat::Unsupported(what) => {
                 return Plan {
                     parents,
@@ -244,7 +245,7 @@ pub fn plan(change: &Change, here: &Here, wanted: &HashSet<String>) -> Plan {
 
 /// Clears a path for another kind of entry: removes what zync wrote, keeps anything else.
 fn clear(local: &Local) -> Clear {
-    if local.is(EntryKind::Dir) {
+    if local.is(Kind::Dir) {
         Clear::RemoveDir
     } else if local.is_as_synced() {
         Clear::Remove
@@ -289,7 +290,7 @@ fn file(change: &Change, here: &Here) -> Step {
     let at = &here.at;
     let clear = match at.meta() {
         None => None,
-        Some(meta) if meta.kind == EntryKind::File => {
+        Some(meta) if meta.kind == Kind::File => {
             if at.sha.as_deref() == Some(sha) {
                 // R already has this content: fix the attributes, download nothing.
                 return Step::Same {
@@ -309,7 +310,7 @@ fn file(change: &Change, here: &Here) -> Step {
     let delta = clear.is_none()
         && at
             .meta()
-            .is_some_and(|m| m.kind == EntryKind::File && m.size >= DELTA_MIN_SIZE)
+            .is_some_and(|m| m.kind == Kind::File && m.size >= DELTA_MIN_SIZE)
         && !here.partials;
     Step::File {
         clear,
@@ -336,7 +337,7 @@ fn dir(change: &Change, here: &Here) -> Step {
         target: None,
     };
     match here.at.meta() {
-        Some(meta) if meta.kind == EntryKind::Dir => Step::Dir {
+        Some(meta) if meta.kind == Kind::Dir => Step::Dir {
             clear: None,
             create: false,
             set_mode: (meta.mode & 0o777 != mode).then_some(mode),
@@ -381,7 +382,7 @@ fn symlink(change: &Change, here: &Here) -> Step {
                 record,
             }
         }
-        Some(meta) if meta.kind == EntryKind::Dir => Some(clear(at)),
+        Some(meta) if meta.kind == Kind::Dir => Some(clear(at)),
         // A rename over a file or link replaces it; keep it first if R changed it.
         Some(_) => (!at.is_as_synced()).then_some(Clear::Keep(
             "E changed this path, which was also changed on R",
@@ -399,7 +400,7 @@ fn delete(change: &Change, here: &Here, wanted: &HashSet<String>) -> Step {
     let at = &here.at;
     let removal = match at.meta() {
         None => Removal::Nothing,
-        Some(meta) if meta.kind == EntryKind::Dir => {
+        Some(meta) if meta.kind == Kind::Dir => {
             if change.kind == zync_proto::Kind::Dir {
                 Removal::RemoveDir
             } else {
@@ -407,7 +408,7 @@ fn delete(change: &Change, here: &Here, wanted: &HashSet<String>) -> Step {
             }
         }
         Some(meta) if at.is_as_synced() => match &at.sha {
-            Some(sha) if meta.kind == EntryKind::File && wanted.contains(sha) => {
+            Some(sha) if meta.kind == Kind::File && wanted.contains(sha) => {
                 Removal::SetAside(sha.clone())
             }
             _ => Removal::Remove,
@@ -432,12 +433,12 @@ mod tests {
         RelPath::parse(path).expect("a valid test path")
     }
 
-    fn meta(kind: EntryKind, size: u64, target: Option<&str>) -> Meta {
+    fn meta(kind: Kind, size: u64, target: Option<&str>) -> Meta {
         Meta {
             kind,
             size,
             mtime_ns: 5,
-            mode: if kind == EntryKind::Dir { 0o755 } else { 0o644 },
+            mode: if kind == Kind::Dir { 0o755 } else { 0o644 },
             inode: 1,
             target: target.map(str::to_string),
         }
@@ -457,7 +458,7 @@ mod tests {
     /// A file on R with content `sha`; zync last wrote `synced` there.
     fn file_at(sha: &str, size: u64, synced: Option<&str>) -> Local {
         Local {
-            stat: Stat::Entry(meta(EntryKind::File, size, None)),
+            stat: Stat::Entry(meta(Kind::File, size, None)),
             sha: Some(sha.to_string()),
             inflight: false,
             synced: synced.map(|s| synced_file(s, size)),
@@ -466,7 +467,7 @@ mod tests {
 
     fn dir_at(synced: bool) -> Local {
         Local {
-            stat: Stat::Entry(meta(EntryKind::Dir, 0, None)),
+            stat: Stat::Entry(meta(Kind::Dir, 0, None)),
             sha: None,
             inflight: false,
             synced: synced.then_some(Synced {
@@ -482,7 +483,7 @@ mod tests {
 
     fn link_at(target: &str, synced: bool) -> Local {
         Local {
-            stat: Stat::Entry(meta(EntryKind::Symlink, target.len() as u64, Some(target))),
+            stat: Stat::Entry(meta(Kind::Symlink, target.len() as u64, Some(target))),
             sha: None,
             inflight: false,
             synced: synced.then(|| Synced {
@@ -692,7 +693,7 @@ mod tests {
              link("a", "t"), here("a", link_at("t", true)), &none,
              Step::Same { mode: None, mtime_ns: None, record: link_record("t") }),
             ("an existing directory gets E's mode, masked and owner-writable",
-             change("d", zync_proto::Kind::Dir), here("d", Local { stat: Stat::Entry(Meta { mode: 0o700, ..meta(EntryKind::Dir, 0, None) }), ..dir_at(true) }), &none,
+             change("d", zync_proto::Kind::Dir), here("d", Local { stat: Stat::Entry(Meta { mode: 0o700, ..meta(Kind::Dir, 0, None) }), ..dir_at(true) }), &none,
              Step::Dir { clear: None, create: false, set_mode: Some(0o755), record: dir_record() }),
             ("a fifo in the way blocks",
              new_file("a", NEW, 3), here("a", Local { stat: Stat::Unsupported("fifo"), ..Local::missing() }), &none,

@@ -38,7 +38,7 @@ pub(crate) async fn apply(cx: &mut Context, get: GetChanges) -> Result<Reply, Re
         .map(|e| Change {
             seq: e.seq,
             path: e.path,
-            kind: crate::kind::to_wire(e.meta.kind),
+            kind: e.meta.kind,
             deleted: e.deleted,
             size: e.meta.size,
             mtime_ns: e.meta.mtime_ns,
@@ -57,11 +57,12 @@ pub(crate) async fn apply(cx: &mut Context, get: GetChanges) -> Result<Reply, Re
 
 #[cfg(test)]
 mod tests {
-    use zync_db::{EntryMeta, Kind};
+    use zync_db::EntryMeta;
     use zync_proto::ErrorCode;
 
     use super::*;
     use crate::context::testing;
+    use zync_proto::Kind;
 
     fn get(dir: &str, since: u64, limit: Option<u32>) -> GetChanges {
         GetChanges {

@@ -5,10 +5,11 @@
 //! (docs/ARCHITECTURE.md)). Nothing is written into E's directories.
 
 use std::path::{Path, PathBuf};
+use zync_proto::Kind;
 
 use tokio_tungstenite::tungstenite::Message;
 use zync_db::{Action, FileState, OnE, StagedFile};
-use zync_fs::{EntryKind, RelPath, Stat};
+use zync_fs::{RelPath, Stat};
 use zync_proto::{ErrorCode, Reply, UpstreamAction, UpstreamFile, UpstreamFileReply};
 
 use crate::context::Context;
@@ -263,7 +264,7 @@ fn e_state(root: &Path, rel: &RelPath) -> EState {
     let path = rel.to_path(root);
     match zync_fs::lstat(&path) {
         Ok(Stat::Missing) => EState::Missing,
-        Ok(Stat::Entry(meta)) if meta.kind == EntryKind::File => match zync_fs::hash_file(&path) {
+        Ok(Stat::Entry(meta)) if meta.kind == Kind::File => match zync_fs::hash_file(&path) {
             Ok((sha, _)) => EState::File(sha),
             Err(_) => EState::Other,
         },

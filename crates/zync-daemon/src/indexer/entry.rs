@@ -5,9 +5,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use zync_proto::Kind;
 
-use zync_db::{EntryMeta, Kind, ScanRow};
-use zync_fs::{EntryKind, Meta, RelPath};
+use zync_db::{EntryMeta, ScanRow};
+use zync_fs::{Meta, RelPath};
 
 /// A file modified less than this long before it was hashed may be written again within the
 /// same mtime tick; it is hashed once more this long later ("racy git").
@@ -20,10 +21,10 @@ pub(super) const RACY_FINE: Duration = Duration::from_millis(100);
 /// A directory's mtime, size and inode move whenever a child comes or goes; only its mode is
 /// synced, so only its mode counts (else every new file would also re-send its directory).
 pub(super) fn unchanged(old: Known<'_>, new: &Meta) -> bool {
-    if new.kind == EntryKind::Dir {
+    if new.kind == Kind::Dir {
         return old.kind == Kind::Dir && old.mode == new.mode;
     }
-    old.kind == crate::kind::from_disk(new.kind)
+    old.kind == new.kind
         && old.size == new.size
         && old.mtime_ns == new.mtime_ns
         && old.inode == new.inode
@@ -136,10 +137,10 @@ pub(super) fn describe(
         });
     let age = now_ns.saturating_sub(meta.mtime_ns);
     // The cheap test first: most files are older than any window.
-    let racy = meta.kind == EntryKind::File
+    let racy = meta.kind == Kind::File
         && age < RACY.as_nanos() as i64
         && age < racy_window(root, meta.mtime_ns).as_nanos() as i64;
-    let sha256 = if meta.kind == EntryKind::File {
+    let sha256 = if meta.kind == Kind::File {
         let path = rel.to_path(root);
         hashed.fetch_add(1, Ordering::Relaxed);
         match zync_fs::hash::hash_file_stat(&path) {
@@ -171,7 +172,7 @@ pub(super) fn describe(
         None
     };
     let entry = EntryMeta {
-        kind: crate::kind::from_disk(meta.kind),
+        kind: meta.kind,
         size: meta.size,
         mtime_ns: meta.mtime_ns,
         mode: meta.mode,

@@ -272,7 +272,7 @@ fn remove_own_temp_files(root: &Path, rel: &RelPath) {
         let is_temp = name
             .as_encoded_bytes()
             .starts_with(zync_fs::TEMP_PREFIX.as_bytes());
-        if is_temp && kind == zync_fs::beneath::Kind::File {
+        if is_temp && kind == Some(zync_proto::Kind::File) {
             let _ = dir.unlink(&name);
         }
     }

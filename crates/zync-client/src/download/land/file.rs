@@ -4,9 +4,10 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use zync_proto::Kind;
 
 use zync_db::Synced;
-use zync_fs::{AtomicFile, EntryKind, RelPath, Sealed, Stat};
+use zync_fs::{AtomicFile, RelPath, Sealed, Stat};
 use zync_proto::{DeltaHeader, FileHeader};
 
 use crate::error::ClientError;
@@ -84,7 +85,7 @@ impl Pending {
         }
         let partial = AtomicFile::partial_path(&self.root, &self.rel, &self.sha);
         match zync_fs::lstat(&partial) {
-            Ok(Stat::Entry(m)) if m.kind == EntryKind::File && m.size <= self.size => m.size,
+            Ok(Stat::Entry(m)) if m.kind == Kind::File && m.size <= self.size => m.size,
             _ => 0,
         }
     }
