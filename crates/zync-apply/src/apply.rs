@@ -20,7 +20,7 @@ use crate::crashpoint::{self, Step};
 use crate::fileops::{self, encode_copy};
 use crate::outcome::Outcome;
 use crate::probe::{self, Current};
-use crate::prompt::{Choice, Prompter};
+use crate::prompt::{Choice, Prompter, Question};
 use crate::recover;
 use crate::roots::Roots;
 use crate::session;
@@ -45,6 +45,9 @@ pub struct ApplyReport {
     pub kept_both: Vec<(String, String)>,
     /// Conflicting files left staged by a non-interactive run without `--force`.
     pub conflicts_left: Vec<String>,
+    /// Control files (a `.zyncignore`, anything in `.git`) left staged by a non-interactive
+    /// run without `--force`, with the reason.
+    pub control_left: Vec<(String, &'static str)>,
     /// Files left staged because the user quit.
     pub left_staged: Vec<String>,
     /// Files that could not be applied (they stay staged), with the reason.
@@ -79,7 +82,7 @@ pub fn apply(
             lines.join("\n")
         );
     }
-    if !report.conflicts_left.is_empty() {
+    if !report.conflicts_left.is_empty() || !report.control_left.is_empty() {
         return Ok(Outcome::ConflictsLeft);
     }
     Ok(Outcome::Done)
@@ -106,7 +109,7 @@ pub fn apply_report(
         SessionStatus::Receiving => bail!(
             "session {} is still being received from {}; wait for zync-client to finish",
             session.id,
-            session.client_id
+            zync_cli::visible::line(&session.client_id)
         ),
         other => bail!(
             "session {} is {}; there is nothing to apply (see `zync-apply list`)",
@@ -156,7 +159,7 @@ pub fn apply_report(
         zync_cli::progress::Progress::hidden()
     };
     for file in &files {
-        let name = format!("{}/{}", file.dir, file.path);
+        let name = session::file_name(file);
         if run.quit {
             report.left_staged.push(name);
             continue;
@@ -166,7 +169,7 @@ pub fn apply_report(
             if e.downcast_ref::<zync_db::DbError>().is_some() || crashpoint::is_crash(&e) {
                 return Err(e.context(format!("while applying {name}")));
             }
-            tracing::warn!("{name}: {e:#}");
+            tracing::warn!("{name}: {}", zync_cli::visible::text(&format!("{e:#}")));
             report.failed.push((name, format!("{e:#}")));
         }
         progress.files(1);
@@ -207,26 +210,36 @@ impl Run<'_> {
         prompter: &mut dyn Prompter,
         report: &mut ApplyReport,
     ) -> anyhow::Result<()> {
-        let name = format!("{}/{}", file.dir, file.path);
+        let name = session::file_name(file);
         let root = roots.get(&file.dir)?;
         let rel = RelPath::parse(&file.path)?;
         let current = probe::probe(root, &rel)?;
-        let conflict = is_conflict(
-            file.action,
-            file.base_sha256.as_deref(),
-            file.sha256.as_deref(),
-            current.on_e(),
-        );
+        let question = Question {
+            file,
+            conflict: is_conflict(
+                file.action,
+                file.base_sha256.as_deref(),
+                file.sha256.as_deref(),
+                current.on_e(),
+            ),
+            mode_change: probe::mode_change(file, &current),
+            control: zync_fs::control_reason(&rel),
+        };
         let choice = if self.opts.non_interactive {
-            if conflict && !self.opts.force {
+            // A conflict or a control file needs a yes; without a person, --force is it.
+            if question.conflict && !self.opts.force {
                 report.conflicts_left.push(name);
                 return Ok(());
             }
+            if let Some(why) = question.control.filter(|_| !self.opts.force) {
+                report.control_left.push((name, why));
+                return Ok(());
+            }
             Choice::Apply
-        } else if self.auto && !conflict {
+        } else if self.auto && !question.conflict && question.control.is_none() {
             Choice::Apply
         } else {
-            self.ask(file, conflict, &current, root, &rel, prompter)?
+            self.ask(&question, &current, root, &rel, prompter)?
         };
         match choice {
             Choice::Apply | Choice::ApplyAllNonConflicting => {
@@ -260,13 +273,13 @@ impl Run<'_> {
 
     fn ask(
         &self,
-        file: &StagedFile,
-        conflict: bool,
+        question: &Question<'_>,
         current: &Current,
         root: &Path,
         rel: &RelPath,
         prompter: &mut dyn Prompter,
     ) -> anyhow::Result<Choice> {
+        let (file, conflict) = (question.file, question.conflict);
         // A conflicting file is shown with its diff before the question, so choosing "apply"
         // here is the user's say-so (invariant 5); E's version is backed up either way.
         let mut options = vec![Choice::Apply];
@@ -281,15 +294,21 @@ impl Run<'_> {
         let diff = || probe::diff(root, rel, file, self.session_dir);
         if conflict {
             prompter.show(&format!(
-                "{}/{} changed on E since R's version was based on it; applying replaces E's \
+                "{} changed on E since R's version was based on it; applying replaces E's \
                  version (it is backed up for `zync-apply undo`):\n{}",
-                file.dir,
-                file.path,
+                session::file_name(file),
+                diff()
+            ));
+        } else if let Some(why) = question.control {
+            // Seen before the question, as a conflict is: this file changes E itself.
+            prompter.show(&format!(
+                "{} is a control file: {why}. Apply it only if you expected R to change it:\n{}",
+                session::file_name(file),
                 diff()
             ));
         }
         loop {
-            match prompter.choose(file, conflict, &options)? {
+            match prompter.choose(question, &options)? {
                 Choice::ShowDiff => prompter.show(&diff()),
                 other if options.contains(&other) => return Ok(other),
                 other => bail!("{other:?} was not one of the choices offered"),
@@ -541,10 +560,17 @@ fn summarize(
     for f in &r.conflicts_left {
         writeln!(out, "conflict, left staged: {f}")?;
     }
-    for (f, e) in &r.failed {
-        writeln!(out, "failed, left staged: {f}: {e}")?;
+    for (f, why) in &r.control_left {
+        writeln!(out, "control file, left staged: {f} ({why})")?;
     }
-    let left = r.conflicts_left.len() + r.left_staged.len() + r.failed.len();
+    for (f, e) in &r.failed {
+        writeln!(
+            out,
+            "failed, left staged: {f}: {}",
+            zync_cli::visible::text(e)
+        )?;
+    }
+    let left = r.conflicts_left.len() + r.control_left.len() + r.left_staged.len() + r.failed.len();
     writeln!(
         out,
         "session {id}: {} applied, {} skipped, {} kept both, {} left staged; session is now {}",
@@ -554,11 +580,11 @@ fn summarize(
         left,
         status.as_str()
     )?;
-    if !r.conflicts_left.is_empty() {
+    if !r.conflicts_left.is_empty() || !r.control_left.is_empty() {
         writeln!(
             out,
-            "review the conflicts with `zync-apply show {id} --diff`, then apply interactively \
-             or with --force"
+            "review them with `zync-apply show {id} --diff`, then apply interactively or with \
+             --force"
         )?;
     }
     Ok(())
@@ -799,6 +825,70 @@ mod tests {
         let f = fx.file(ID, "d/f.txt");
         assert_eq!(f.state, FileState::KeptBoth);
         assert_eq!(f.backup_name.as_deref().and_then(decode_copy), Some(copy));
+    }
+
+    #[test]
+    fn control_files_need_a_yes_even_without_a_conflict() {
+        let fx = Fixture::new();
+        fx.e_write(".zyncignore", b"*.log\n");
+        let id = "c0ntr01-1";
+        fx.stage(
+            id,
+            &[
+                write(".zyncignore", b"*.log\n!.git\n", Some(b"*.log\n")),
+                write("sub/.zyncignore", b"!secret\n", None),
+                write("ok.txt", b"fine\n", None),
+            ],
+        );
+        let mut p = no_prompts();
+        let (r, out) = fx.run(&["list"], &mut p);
+        r.expect("list");
+        assert!(out.contains("[2 control files]"), "{out}");
+        let (r, out) = fx.run(&["apply", id, "--non-interactive"], &mut p);
+        assert_eq!(r.expect("apply"), Outcome::ConflictsLeft, "{out}");
+        assert!(
+            out.contains("control file, left staged: docs/.zyncignore (it is a .zyncignore")
+                && out.contains("control file, left staged: docs/sub/.zyncignore"),
+            "{out}"
+        );
+        assert_eq!(fx.e_read(".zyncignore").as_deref(), Some(&b"*.log\n"[..]));
+        assert_eq!(fx.e_read("sub/.zyncignore"), None);
+        assert_eq!(fx.e_read("ok.txt").as_deref(), Some(&b"fine\n"[..]));
+        assert_eq!(fx.state(id, ".zyncignore"), FileState::Staged);
+        assert_eq!(fx.status(id), SessionStatus::Partial);
+
+        // Interactively: the warning and diff come first, and "apply all" does not cover it.
+        let mut p = ScriptedPrompter::new([Choice::Skip, Choice::Apply]);
+        let (r, _) = fx.run(&["apply", id], &mut p);
+        r.expect("apply");
+        assert!(
+            p.asked[0].contains("[CONTROL FILE: it is a .zyncignore"),
+            "{:?}",
+            p.asked
+        );
+        assert!(
+            p.shown[0].contains("is a control file") && p.shown[0].contains("+!.git"),
+            "{:?}",
+            p.shown
+        );
+        assert_eq!(fx.e_read(".zyncignore").as_deref(), Some(&b"*.log\n"[..]));
+        assert_eq!(
+            fx.e_read("sub/.zyncignore").as_deref(),
+            Some(&b"!secret\n"[..])
+        );
+
+        // --force is the yes of a non-interactive run.
+        let id2 = "c0ntr01-2";
+        fx.stage(id2, &[write(".git/config", b"[core]\n", None)]);
+        let (r, out) = fx.run(&["apply", id2, "--non-interactive"], &mut no_prompts());
+        assert_eq!(r.expect("apply"), Outcome::ConflictsLeft, "{out}");
+        assert!(out.contains("inside .git"), "{out}");
+        let (r, out) = fx.run(
+            &["apply", id2, "--non-interactive", "--force"],
+            &mut no_prompts(),
+        );
+        assert_eq!(r.expect("apply"), Outcome::Done, "{out}");
+        assert_eq!(fx.e_read(".git/config").as_deref(), Some(&b"[core]\n"[..]));
     }
 
     #[test]

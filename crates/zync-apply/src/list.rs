@@ -18,8 +18,22 @@ pub fn list(db: &Path, all: bool, json: bool, out: &mut dyn Write) -> anyhow::Re
     let sessions = index
         .sessions(all)
         .context("cannot list the staged sessions")?;
+    let mut control = Vec::with_capacity(sessions.len());
+    for s in &sessions {
+        let files = index
+            .staged_files(&s.id)
+            .with_context(|| format!("cannot read the files of session {}", s.id))?;
+        control.push(session::control_files(&files));
+    }
     if json {
-        let rows: Vec<SessionJson> = sessions.iter().map(SessionJson::from).collect();
+        let rows: Vec<SessionJson> = sessions
+            .iter()
+            .zip(&control)
+            .map(|(s, &n)| SessionJson {
+                control_files: Some(n),
+                ..SessionJson::from(s)
+            })
+            .collect();
         serde_json::to_writer_pretty(&mut *out, &rows)?;
         writeln!(out)?;
     } else if sessions.is_empty() {
@@ -32,8 +46,13 @@ pub fn list(db: &Path, all: bool, json: bool, out: &mut dyn Write) -> anyhow::Re
             )?;
         }
     } else {
-        for s in &sessions {
-            writeln!(out, "{}", session::line(s))?;
+        for (s, &n) in sessions.iter().zip(&control) {
+            // Marked, so a pushed .zyncignore is noticed before `apply` is run.
+            let mark = match n {
+                0 => String::new(),
+                n => format!("  [{}]", session::count(n, "control file")),
+            };
+            writeln!(out, "{}{mark}", session::line(s))?;
         }
     }
     Ok(())

@@ -38,7 +38,8 @@ fn main() -> ExitCode {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(e) if zync_apply::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("zync-apply: {e:#}");
+            // Error messages may quote paths and ids that R chose.
+            eprintln!("zync-apply: {}", zync_cli::visible::text(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -22,12 +22,14 @@ const SNIFF_BYTES: usize = 8 * 1024;
 pub enum Current {
     /// Nothing (or a missing parent directory).
     Missing,
-    /// A regular file with this content hash and size.
+    /// A regular file with this content hash, size and mode.
     File {
         /// Hex sha256.
         sha256: String,
         /// Bytes.
         size: u64,
+        /// Permission bits (`st_mode & 0o7777`).
+        mode: u32,
     },
     /// Something zync-apply will not replace: a directory, a symlink, a special file, or a
     /// path whose parent is not a real directory.
@@ -47,6 +49,24 @@ impl Current {
     /// Whether E has a regular file there.
     pub fn is_file(&self) -> bool {
         matches!(self, Current::File { .. })
+    }
+}
+
+/// A permission mode as people write it: `0755`.
+pub fn octal(mode: u32) -> String {
+    format!("{:04o}", mode & 0o7777)
+}
+
+/// What applying `file` would do to the mode on E: `(E's mode now, the mode it would get)`,
+/// when E has a regular file whose mode would change; R's mode is masked by E's umask as
+/// apply does. `None` for deletions, new files and unchanged modes.
+pub fn mode_change(file: &StagedFile, current: &Current) -> Option<(u32, u32)> {
+    match (file.action, current) {
+        (Action::Write, Current::File { mode, .. }) => {
+            let new = zync_fs::mask_mode(file.mode);
+            (mode & 0o7777 != new).then_some((mode & 0o7777, new))
+        }
+        _ => None,
     }
 }
 
@@ -72,13 +92,23 @@ pub fn probe(root: &Path, rel: &RelPath) -> anyhow::Result<Current> {
         Stat::Missing => Current::Missing,
         Stat::Entry(m) if m.kind == Kind::File => {
             match zync_fs::hash_file(&path) {
-                Ok((sha256, size)) => Current::File { sha256, size },
+                Ok((sha256, size)) => Current::File {
+                    sha256,
+                    size,
+                    mode: m.mode,
+                },
                 // Removed between the lstat and the open.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Current::Missing,
                 Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
             }
         }
-        Stat::Entry(m) => Current::Other(format!("a {}", m.kind.as_str())),
+        Stat::Entry(m) => match &m.target {
+            Some(target) => Current::Other(format!(
+                "a symlink (to {})",
+                zync_cli::visible::line(target)
+            )),
+            None => Current::Other(format!("a {}", m.kind.as_str())),
+        },
         Stat::Unsupported(what) => Current::Other(format!("a {what}")),
     })
 }
@@ -159,7 +189,14 @@ impl Side {
 
 /// The diff of E's current file against R's staged version, as shown to the user: a unified
 /// diff for text, a one-line description for binary or very large files.
+///
+/// R chose the content and the path: the result has every hidden character made visible
+/// (`^M`, `^[`), so what is printed is what would land on E.
 pub fn diff(root: &Path, rel: &RelPath, file: &StagedFile, session_dir: &Path) -> String {
+    zync_cli::visible::text(&raw_diff(root, rel, file, session_dir)).into_owned()
+}
+
+fn raw_diff(root: &Path, rel: &RelPath, file: &StagedFile, session_dir: &Path) -> String {
     let name = format!("{}/{}", file.dir, file.path);
     let current = match probe(root, rel) {
         Ok(c) => c,
@@ -170,6 +207,18 @@ pub fn diff(root: &Path, rel: &RelPath, file: &StagedFile, session_dir: &Path) -
         Current::File { .. } => (Side::read(&rel.to_path(root)), format!("a/{name} (E)")),
         Current::Other(what) => return format!("{name}: E has {what} there; not diffed\n"),
     };
+    let mode = match (file.action, &current) {
+        (Action::Write, Current::Missing) => {
+            format!("new file mode {}\n", octal(zync_fs::mask_mode(file.mode)))
+        }
+        (Action::Delete, Current::File { mode, .. }) => {
+            format!("deleted file mode {}\n", octal(*mode))
+        }
+        _ => match mode_change(file, &current) {
+            Some((old, new)) => format!("old mode {}\nnew mode {}\n", octal(old), octal(new)),
+            None => String::new(),
+        },
+    };
     let (new, new_label) = match file.action {
         Action::Delete => (Side::Empty, "/dev/null".to_string()),
         Action::Write => match session_file(session_dir, file.staged_name.as_deref(), "staged") {
@@ -177,7 +226,15 @@ pub fn diff(root: &Path, rel: &RelPath, file: &StagedFile, session_dir: &Path) -
             Err(e) => (Side::Unreadable(format!("{e:#}")), String::new()),
         },
     };
-    render(&name, &old, &old_label, &new, &new_label)
+    let body = render(&name, &old, &old_label, &new, &new_label);
+    if mode.is_empty() {
+        return body;
+    }
+    match body.strip_suffix(": no differences\n") {
+        // A mode-only change is a change: say what it is, never "no differences".
+        Some(_) => format!("{name}: content unchanged\n{mode}"),
+        None => format!("{mode}{body}"),
+    }
 }
 
 fn render(name: &str, old: &Side, old_label: &str, new: &Side, new_label: &str) -> String {
@@ -213,7 +270,10 @@ fn render(name: &str, old: &Side, old_label: &str, new: &Side, new_label: &str) 
         (Ok(o), Ok(n)) => (o, n),
         _ => unreachable!("is_binary rejects non-UTF-8 content"),
     };
-    similar::TextDiff::from_lines(o, n)
+    // Compared as shown: a carriage return is `^M` inside its line (as `git diff` shows it),
+    // never a line break that would split what R wrote into two innocent-looking lines.
+    let (o, n) = (zync_cli::visible::text(o), zync_cli::visible::text(n));
+    similar::TextDiff::from_lines(o.as_ref(), n.as_ref())
         .unified_diff()
         .header(old_label, new_label)
         .to_string()
@@ -222,7 +282,7 @@ fn render(name: &str, old: &Side, old_label: &str, new: &Side, new_label: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{symlink, PermissionsExt};
 
     fn rel(s: &str) -> RelPath {
         RelPath::parse(s).expect("valid test path")
@@ -238,7 +298,12 @@ mod tests {
             probe(r, &rel("f")).expect("probe"),
             Current::File {
                 sha256: zync_fs::hash_bytes(b"hi"),
-                size: 2
+                size: 2,
+                mode: std::fs::metadata(r.join("f"))
+                    .expect("stat")
+                    .permissions()
+                    .mode()
+                    & 0o7777,
             }
         );
         std::fs::create_dir(r.join("d")).expect("mkdir");

@@ -42,38 +42,57 @@ impl Choice {
     }
 }
 
+/// What the user is asked about: a staged file and what applying it would do beyond its
+/// content.
+#[derive(Debug, Clone, Copy)]
+pub struct Question<'a> {
+    /// The staged file.
+    pub file: &'a StagedFile,
+    /// E's file changed since R's version was based on it.
+    pub conflict: bool,
+    /// E's mode now and the mode applying gives it, when it changes.
+    pub mode_change: Option<(u32, u32)>,
+    /// Why the file is a control file, when it is one.
+    pub control: Option<&'static str>,
+}
+
 /// Asks the user about files.
 pub trait Prompter {
     /// Whether questions can be asked at all (stdin is a terminal). When false, apply refuses
     /// to start an interactive run rather than hang or guess.
     fn is_interactive(&self) -> bool;
-    /// Asks what to do with `file`; the answer must be one of `options`.
+    /// Asks what to do with the file of `question`; the answer must be one of `options`.
     ///
     /// # Errors
     ///
     /// The terminal failed.
-    fn choose(
-        &mut self,
-        file: &StagedFile,
-        conflict: bool,
-        options: &[Choice],
-    ) -> anyhow::Result<Choice>;
+    fn choose(&mut self, question: &Question<'_>, options: &[Choice]) -> anyhow::Result<Choice>;
     /// Shows text (a diff) to the user.
     fn show(&mut self, text: &str);
 }
 
-/// The question's title line for `file`.
-pub fn title(file: &StagedFile, conflict: bool) -> String {
-    let action = match file.action {
+/// The question's title line: the action, the path (hidden characters made visible), and
+/// what else applying does: a conflict, a mode change, a control file.
+pub fn title(q: &Question<'_>) -> String {
+    let action = match q.file.action {
         Action::Write => "write",
         Action::Delete => "delete",
     };
-    let flag = if conflict {
-        "  [CONFLICT: changed on E since R's base]"
-    } else {
-        ""
-    };
-    format!("{action} {}/{}{flag}", file.dir, file.path)
+    let mut title = format!("{action} {}", crate::session::file_name(q.file));
+    if q.conflict {
+        title.push_str("  [CONFLICT: changed on E since R's base]");
+    }
+    if let Some((old, new)) = q.mode_change {
+        title.push_str(&format!(
+            "  [mode {} -> {}]",
+            crate::probe::octal(old),
+            crate::probe::octal(new)
+        ));
+    }
+    if let Some(why) = q.control {
+        title.push_str(&format!("  [CONTROL FILE: {why}]"));
+    }
+    title
 }
 
 /// Asks on the terminal: a dialoguer `Select` drawn on stderr.
@@ -85,15 +104,10 @@ impl Prompter for TermPrompter {
         std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
     }
 
-    fn choose(
-        &mut self,
-        file: &StagedFile,
-        conflict: bool,
-        options: &[Choice],
-    ) -> anyhow::Result<Choice> {
+    fn choose(&mut self, question: &Question<'_>, options: &[Choice]) -> anyhow::Result<Choice> {
         let labels: Vec<&str> = options.iter().map(Choice::label).collect();
         let picked = dialoguer::Select::new()
-            .with_prompt(title(file, conflict))
+            .with_prompt(title(question))
             .items(&labels)
             .default(0)
             .interact_on_opt(&Term::stderr())?;
@@ -104,6 +118,8 @@ impl Prompter for TermPrompter {
     }
 
     fn show(&mut self, text: &str) {
+        // Callers pass text already made visible; this is the last line of defence.
+        let text = zync_cli::visible::text(text);
         eprint!("{text}");
         if !text.ends_with('\n') {
             eprintln!();
@@ -141,23 +157,15 @@ impl Prompter for ScriptedPrompter {
         self.interactive
     }
 
-    fn choose(
-        &mut self,
-        file: &StagedFile,
-        conflict: bool,
-        options: &[Choice],
-    ) -> anyhow::Result<Choice> {
-        self.asked.push(title(file, conflict));
+    fn choose(&mut self, question: &Question<'_>, options: &[Choice]) -> anyhow::Result<Choice> {
+        self.asked.push(title(question));
         let Some(answer) = self.answers.pop_front() else {
-            bail!(
-                "scripted prompter: no answer left for {}",
-                title(file, conflict)
-            );
+            bail!("scripted prompter: no answer left for {}", title(question));
         };
         if !options.contains(&answer) {
             bail!(
                 "scripted prompter: {answer:?} is not offered for {} (offered: {options:?})",
-                title(file, conflict)
+                title(question)
             );
         }
         Ok(answer)

@@ -25,6 +25,7 @@ use crate::fileops;
 use crate::fileops::decode_copy;
 use crate::probe::{self, Current};
 use crate::roots::Roots;
+use crate::session;
 
 /// Resolves every [`FileState::Applying`] file of session `session_id`; returns how many there
 /// were. Reports each on `out`.
@@ -51,7 +52,7 @@ pub(crate) fn resolve_session(
     let roots = Roots::resolve(dirs, index)?;
     let session_dir = zync_db::session_dir(db, session_id);
     for file in &pending {
-        let name = format!("{}/{}", file.dir, file.path);
+        let name = session::file_name(file);
         let done = resolve_one(index, &session_dir, &roots, file)
             .with_context(|| format!("cannot resolve the interrupted apply of {name}"))?;
         if done {

@@ -6,7 +6,8 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use chrono::TimeZone;
 use serde::Serialize;
-use zync_db::{Index, Session};
+use zync_cli::visible;
+use zync_db::{Index, Session, StagedFile};
 
 /// Opens the daemon's index, refusing to create a new database where none is.
 ///
@@ -72,7 +73,8 @@ pub fn count(n: u64, word: &str) -> String {
     }
 }
 
-/// One line describing a session; it begins with the full id.
+/// One line describing a session; it begins with the full id. The client id came from R and
+/// is shown with its hidden characters made visible.
 pub fn line(s: &Session) -> String {
     format!(
         "{}  {}  {}  {}  {}  from {}",
@@ -81,8 +83,27 @@ pub fn line(s: &Session) -> String {
         count(s.files, "file"),
         count(s.conflicts, "conflict"),
         local_time(s.created_unix),
-        s.client_id
+        visible::line(&s.client_id)
     )
+}
+
+/// How many of `files` are control files (see [`zync_fs::control_reason`]).
+pub fn control_files(files: &[StagedFile]) -> u64 {
+    files
+        .iter()
+        .filter(|f| {
+            zync_fs::RelPath::parse(&f.path)
+                .ok()
+                .and_then(|rel| zync_fs::control_reason(&rel))
+                .is_some()
+        })
+        .count() as u64
+}
+
+/// `dir/path` of a staged file as shown to a person: R chose the path, so a carriage return
+/// or an escape sequence in it is made visible rather than printed.
+pub fn file_name(f: &StagedFile) -> String {
+    visible::line(&format!("{}/{}", f.dir, f.path)).into_owned()
 }
 
 /// A session as JSON.
@@ -104,6 +125,10 @@ pub struct SessionJson {
     pub conflicts: u64,
     /// Bytes of content.
     pub bytes: u64,
+    /// Files that change what E serves or runs (`.zyncignore`, anything in `.git`); each is
+    /// applied only with an explicit yes. Given by `list` and `show`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_files: Option<u64>,
 }
 
 impl From<&Session> for SessionJson {
@@ -117,6 +142,7 @@ impl From<&Session> for SessionJson {
             files: s.files,
             conflicts: s.conflicts,
             bytes: s.bytes,
+            control_files: None,
         }
     }
 }

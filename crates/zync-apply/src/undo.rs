@@ -56,7 +56,7 @@ pub fn undo(
     let mut restored = 0usize;
     let mut failed = Vec::new();
     for file in &files {
-        let name = format!("{}/{}", file.dir, file.path);
+        let name = session::file_name(file);
         match undo_one(&mut index, &session_dir, &roots, file, force) {
             Ok(()) => {
                 index.set_file_state(

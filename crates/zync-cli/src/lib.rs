@@ -4,7 +4,7 @@
 //! the file beats the built-in default ([`given`]), shell completions and man pages generated from the clap definitions
 //! ([`Generate`]), the progress of long runs ([`progress`]), logging ([`logging`]), the async
 //! runtime and SIGINT/SIGTERM ([`runtime`], [`shutdown_signal`]), and retry waits
-//! ([`Backoff`]).
+//! ([`Backoff`]), and text from the other machine made safe to print ([`visible`]).
 #![deny(missing_docs)]
 
 mod backoff;
@@ -14,6 +14,7 @@ pub mod logging;
 pub mod progress;
 mod runtime;
 pub mod settings;
+pub mod visible;
 
 pub use backoff::Backoff;
 pub use file::{default_path, load, ConfigError, Loaded};

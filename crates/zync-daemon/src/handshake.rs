@@ -63,9 +63,8 @@ pub(crate) async fn run(ws: &mut Ws, auth: &Auth) -> Result<Authenticated, Faile
         );
         return Err(refuse(ws, Some(id), ErrorCode::UnsupportedVersion, message).await);
     }
-    if hello.client_id.is_empty() || hello.client_id.len() > 128 {
-        let message = "client_id must be 1 to 128 characters";
-        return Err(refuse(ws, Some(id), ErrorCode::BadRequest, message.into()).await);
+    if let Some(message) = client_id_problem(&hello.client_id) {
+        return Err(refuse(ws, Some(id), ErrorCode::BadRequest, message).await);
     }
     let client_nonce = match hello.client_nonce.as_deref().map(Nonce::from_hex) {
         Some(Ok(nonce)) => nonce,
@@ -197,4 +196,43 @@ async fn refuse(ws: &mut Ws, id: Option<u64>, code: ErrorCode, message: String) 
         })))
         .await;
     Failed::Refused(message)
+}
+
+/// What is wrong with a client id from HELLO, if anything. The id is shown on E (`zync-apply
+/// list` and `status`, the daemon's log), so besides its length it may hold no character that
+/// a terminal would act on or hide.
+fn client_id_problem(client_id: &str) -> Option<String> {
+    if client_id.is_empty() || client_id.len() > 128 {
+        return Some("client_id must be 1 to 128 bytes".into());
+    }
+    if zync_cli::visible::line(client_id) != client_id {
+        return Some(format!(
+            "client_id {} holds control or invisible characters; use printable text",
+            zync_cli::visible::line(client_id)
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_are_short_printable_text() {
+        for ok in ["r", "laptop-3f2a", "gpu box ünïcödé", &"x".repeat(128)] {
+            assert_eq!(client_id_problem(ok), None, "{ok:?}");
+        }
+        for bad in [
+            "",
+            &"x".repeat(129)[..],
+            "r\x1b]0;pwned\x07",
+            "r\r",
+            "a\u{202E}b",
+            "a\tb",
+        ] {
+            let why = client_id_problem(bad).unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(!why.contains('\x1b') && !why.contains('\r'), "{why:?}");
+        }
+    }
 }

@@ -31,6 +31,24 @@ pub const TEMP_PREFIX: &str = ".zync-tmp-";
 /// The per-directory ignore file.
 pub const IGNORE_FILE: &str = ".zyncignore";
 
+/// Why `rel`, pushed from R, is a control file: one that changes what E's daemon serves or
+/// ignores (a `.zyncignore` at any depth: `!.git` in one would un-ignore E's repository), or
+/// that E's tools run or obey (anything under a `.git` directory: its config and hooks). Such a
+/// file is applied only with an explicit yes; `None` for an ordinary file.
+pub fn control_reason(rel: &RelPath) -> Option<&'static str> {
+    let mut parts = rel.as_str().split('/').peekable();
+    while let Some(part) = parts.next() {
+        let last = parts.peek().is_none();
+        if part == ".git" {
+            return Some("it is inside .git, whose config and hooks run on E");
+        }
+        if last && part == IGNORE_FILE {
+            return Some("it is a .zyncignore: it changes what E's daemon serves and ignores");
+        }
+    }
+    None
+}
+
 /// Why ignore rules could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum IgnoreError {
@@ -364,5 +382,24 @@ mod tests {
     fn is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<IgnoreRules>();
+    }
+
+    #[test]
+    fn control_files_are_ignore_files_and_anything_in_git() {
+        for (path, control) in [
+            (".zyncignore", true),
+            ("src/.zyncignore", true),
+            (".git/config", true),
+            ("sub/.git/hooks/pre-commit", true),
+            (".git", true),
+            ("src/main.rs", false),
+            (".zyncignore.bak", false),
+            (".zyncignore/x", false),
+            (".gitignore", false),
+            ("a.git/config", false),
+        ] {
+            let rel = RelPath::parse(path).expect("valid");
+            assert_eq!(control_reason(&rel).is_some(), control, "{path}");
+        }
     }
 }

@@ -32,7 +32,9 @@ pub use crate::beneath::Dir;
 pub use crate::conflict::{conflict_name, free_conflict_name, is_conflict_copy, CONFLICT_MARKER};
 pub use crate::delta::DeltaError;
 pub use crate::hash::{hash_bytes, hash_file, is_sha256_hex, Hasher};
-pub use crate::ignore::{IgnoreError, IgnoreRules, DEFAULT_IGNORES, IGNORE_FILE, TEMP_PREFIX};
+pub use crate::ignore::{
+    control_reason, IgnoreError, IgnoreRules, DEFAULT_IGNORES, IGNORE_FILE, TEMP_PREFIX,
+};
 pub use crate::meta::{lstat, Meta, Stat};
 pub use crate::path::{DirName, PathError, RelPath};
 pub use crate::private::{

