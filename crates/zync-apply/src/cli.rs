@@ -15,8 +15,9 @@ Exit codes:
   0  done (files you skipped or left staged by quitting do not count as failures)
   1  an error: bad database, unknown session, a file that could not be applied or undone
   2  bad command line
-  3  apply --non-interactive without --force left conflicting files staged; review them
-     with `zync-apply show ID --diff`, then apply interactively or with --force";
+  3  apply --non-interactive without --force left conflicting files or control files
+     (a .zyncignore, anything in .git) staged; review them with `zync-apply show ID --diff`,
+     then apply interactively or with --force";
 
 /// Command line of `zync-apply`.
 #[derive(Debug, Parser)]
@@ -96,8 +97,9 @@ pub enum Command {
         /// runs offer this per file, after showing the diff.
         #[arg(long)]
         force: bool,
-        /// Do not ask: apply every file without a conflict; conflicting files stay staged
-        /// (exit code 3) unless --force is given too.
+        /// Do not ask: apply every file without a conflict; conflicting files and control
+        /// files (a .zyncignore, anything in .git) stay staged (exit code 3) unless --force is
+        /// given too.
         #[arg(long)]
         non_interactive: bool,
     },
