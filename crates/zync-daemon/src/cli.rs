@@ -45,7 +45,7 @@ pub struct Args {
     /// Extra ignore pattern, gitignore syntax (repeatable).
     #[arg(long = "ignore", value_name = "PATTERN", help_heading = zync_cli::SETTINGS)]
     pub ignore: Vec<String>,
-    /// Do not apply the built-in ignore list (.git, node_modules, build, ...).
+    /// Do not apply the built-in ignore list (.git, node_modules/, build/, ...).
     #[arg(long, help_heading = zync_cli::SETTINGS)]
     pub no_default_ignores: bool,
     /// File holding the access token (created with a random token when missing).

@@ -8,18 +8,21 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-/// Ignored unless `--no-default-ignores` is given.
+/// Ignored unless `--no-default-ignores` is given. A pattern ending in `/` matches directories
+/// only: a build script named `build` or a file named `dist` is synced, a `build/` directory
+/// is not. `.git` matches a file too (a worktree's or submodule's `.git` file points into a
+/// repository elsewhere, and is as much the repository's own as the directory).
 pub const DEFAULT_IGNORES: &[&str] = &[
     ".git",
     ".DS_Store",
-    "__pycache__",
+    "__pycache__/",
     "*.pyc",
     "*.pyo",
-    ".idea",
-    ".vscode",
-    "node_modules",
-    "build",
-    "dist",
+    ".idea/",
+    ".vscode/",
+    "node_modules/",
+    "build/",
+    "dist/",
     "*.swp",
     "*.swo",
     "*~",
@@ -264,6 +267,15 @@ mod tests {
                 ("a/b.pyc", false, true),
                 ("notes.txt~", false, true),
                 ("build", true, true),
+                ("build/out.o", false, true),
+                ("ci/docker/x86_64/build", false, false),
+                ("build", false, false),
+                ("dist", false, false),
+                ("dist", true, true),
+                ("web/dist/app.js", false, true),
+                ("node_modules", false, false),
+                (".git", false, true),
+                ("sub/.git", false, true),
                 ("src/main.rs", false, false),
                 ("builder", true, false),
                 (".gitignore", false, false),
