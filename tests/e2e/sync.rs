@@ -191,3 +191,47 @@ fn a_renamed_tree_of_many_files_is_copied_batch_by_batch_not_downloaded() {
     );
     assert_eq!(temp_files(&r), Vec::<String>::new(), "temp files left on R");
 }
+
+#[test]
+fn files_named_like_ignored_directories_are_synced_and_the_directories_are_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    // ripgrep's ci/docker/*/build are build scripts; a `dist` file is a script too.
+    for path in [
+        "ci/docker/x86_64/build",
+        "ci/docker/arm/build",
+        "dist",
+        "tools/node_modules",
+    ] {
+        write(&e.join(path), format!("#!/bin/sh\necho {path}\n"));
+        std::fs::set_permissions(e.join(path), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    write(&e.join("build/out.o"), "object");
+    write(&e.join("web/dist/app.js"), "bundle");
+    write(&e.join("web/node_modules/pkg/index.js"), "dependency");
+    write(&e.join("src/__pycache__/m.cpython-312.pyc"), "bytecode");
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    let r = tmp.path().join("r/code");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+    for path in [
+        "ci/docker/x86_64/build",
+        "ci/docker/arm/build",
+        "dist",
+        "tools/node_modules",
+    ] {
+        let got = std::fs::read(r.join(path)).unwrap_or_else(|e| panic!("{path} on R: {e}"));
+        assert_eq!(got, std::fs::read(e.join(path)).unwrap(), "{path}");
+        let mode = std::fs::metadata(r.join(path))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o111, 0o111, "{path} keeps its executable bits");
+    }
+    for dir in ["build", "web/dist", "web/node_modules", "src/__pycache__"] {
+        assert!(
+            !r.join(dir).exists(),
+            "{dir} is an ignored directory, yet it is on R"
+        );
+    }
+}
