@@ -235,3 +235,39 @@ fn files_named_like_ignored_directories_are_synced_and_the_directories_are_not()
         );
     }
 }
+
+#[test]
+fn deletions_and_renames_of_files_with_the_same_content_leave_no_temp_file_on_r() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    // Checkout-like: many files share content (licence headers, empty __init__.py, copies).
+    for i in 0..40 {
+        write(
+            &e.join(format!("old/d{}/same{i}.txt", i % 4)),
+            "shared content\n",
+        );
+        write(&e.join(format!("old/d{}/empty{i}.py", i % 4)), "");
+        write(
+            &e.join(format!("old/unique{i}.txt")),
+            format!("unique {i}\n"),
+        );
+    }
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    let r = tmp.path().join("r/code");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+    assert_same_tree(&e, &r, &[]);
+    // Delete them all, and bring back some of each content elsewhere (a rename across
+    // directories), so one sync sees deletions of repeated contents next to creations.
+    std::fs::remove_dir_all(e.join("old")).unwrap();
+    write(&e.join("new/a/same.txt"), "shared content\n");
+    write(&e.join("new/b/__init__.py"), "");
+    write(&e.join("new/c/unique7.txt"), "unique 7\n");
+    daemon.wait_indexed(
+        &["new/a/same.txt", "new/b/__init__.py", "new/c/unique7.txt"],
+        &["old"],
+    );
+    client.once_ok(&daemon.url());
+    assert_same_tree(&e, &r, &[]);
+    assert_eq!(temp_files(&r), Vec::<String>::new(), "temp files left on R");
+}

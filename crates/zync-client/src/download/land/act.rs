@@ -214,7 +214,11 @@ impl Place {
                     Err(source) => return Err(io_error("remove", &path, source)),
                 }
             }
-            Removal::SetAside(sha) if self.set_aside(known, rel, &sha) => {}
+            // One set-aside file per content is all a copy needs; a second deleted file with
+            // the same content is removed, never set aside over the first (which would then
+            // be forgotten, and left in R's root).
+            Removal::SetAside(sha)
+                if !known.stash.contains_key(&sha) && self.set_aside(known, rel, &sha) => {}
             Removal::SetAside(_) | Removal::Remove => {
                 place::remove_file(self.root(), rel)
                     .map_err(|source| io_error("remove", &path, source))?;
