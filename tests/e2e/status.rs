@@ -105,6 +105,30 @@ fn status_tells_never_synced_then_in_sync_then_behind() {
 }
 
 #[test]
+fn an_empty_directory_on_e_is_in_sync_after_one_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (e, empty) = (tmp.path().join("e"), tmp.path().join("empty"));
+    write(&e.join("a.txt"), "a\n");
+    std::fs::create_dir_all(&empty).unwrap();
+    let daemon = Daemon::start(tmp.path(), &[("code", &e), ("scratch", &empty)]);
+    daemon.wait_scanned();
+    let (r, r_empty) = (tmp.path().join("r/code"), tmp.path().join("r/scratch"));
+    let client = ClientSpec::new(
+        &tmp.path().join("client"),
+        &daemon,
+        &[("code", &r), ("scratch", &r_empty)],
+    );
+    client.once_ok(&daemon.url());
+    let v = status_json(&client, &daemon.url(), 0);
+    assert_eq!(v["in_sync"], true, "{v}");
+    for dir in v["dirs"].as_array().unwrap() {
+        assert_eq!(dir["state"], "in_sync", "{v}");
+        assert_eq!(dir["pending"], 0, "{v}");
+    }
+    assert!(r_empty.is_dir(), "the empty directory exists on R");
+}
+
+#[test]
 fn status_lists_failing_paths_and_conflict_copies() {
     let tmp = tempfile::tempdir().unwrap();
     let e = tmp.path().join("e");

@@ -183,6 +183,14 @@ impl Ledger {
         self.durable
     }
 
+    /// What this ledger says R has durably applied: the state to store for its directory.
+    pub fn dir_state(&self) -> DirState {
+        DirState {
+            index_id: self.index_id.clone(),
+            last_seq: self.durable,
+        }
+    }
+
     /// Starts over from `seq` (a resync from 0); call only when nothing is pending.
     pub fn restart_at(&mut self, seq: u64) {
         self.durable = seq;

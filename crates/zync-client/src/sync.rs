@@ -490,8 +490,15 @@ impl<'a> Run<'a> {
         if self.committed.failed.is_empty() && self.ledger.is_settled() {
             // Everything up to the daemon's sequence is recorded: no write of an unfinished run
             // is left to recognise.
+            // A directory with nothing to apply (empty on E) has now been synced all the
+            // same: record where R is, or `--status` would call it never synced.
+            let settled = self.ledger.dir_state();
+            let stored = state.dir_state(self.name)?;
             let mut batch = state.batch()?;
             batch.clear_inflight(self.name)?;
+            if stored.as_ref() != Some(&settled) {
+                batch.set_dir_state(self.name, &settled)?;
+            }
             batch.commit()?;
         }
         let mut conflicts = self.place.take_conflicts();
