@@ -272,6 +272,22 @@ fn a_broken_config_file_names_its_line_and_nothing_is_touched() {
         ],
     );
 
+    // A `dirs` entry that is not NAME:PATH, on line 2 of a daemon file: exit 2 at its line,
+    // so a service manager does not restart the daemon on it over and over.
+    let bad = root.join("daemon-dirs.toml");
+    write(&bad, "port = 0\ndirs = [\"code\"]\n");
+    let mut cmd = in_dir("zync-daemon", &cwd);
+    cmd.arg("--config").arg(&bad);
+    let log = refused(
+        cmd,
+        &[
+            &format!("{}:2:8", bad.display()),
+            "\"code\" is not NAME:PATH",
+            "fix line 2",
+        ],
+    );
+    assert!(!log.contains("listening on"), "{log}");
+
     // Not TOML at all, read by zync-apply.
     let bad = root.join("broken.toml");
     write(&bad, "db = \"sync.db\"\ndirs = [\"code:e\"\n[oops\n");
@@ -287,7 +303,14 @@ fn a_broken_config_file_names_its_line_and_nothing_is_touched() {
     left.sort();
     assert_eq!(
         left,
-        vec!["broken.toml", "client.toml", "cwd", "daemon.toml", "e"],
+        vec![
+            "broken.toml",
+            "client.toml",
+            "cwd",
+            "daemon-dirs.toml",
+            "daemon.toml",
+            "e"
+        ],
         "something was created (a database, a token, R's directory)"
     );
     assert!(

@@ -133,7 +133,7 @@ pub enum ColorChoice {
 pub struct DirsArg {
     /// Directories as NAME:PATH, as given to zync-daemon. Default: the mapping the daemon
     /// recorded in the database.
-    #[arg(long, num_args = 1.., value_name = "NAME:PATH")]
+    #[arg(long, num_args = 1.., value_name = "NAME:PATH", value_parser = zync_cli::dir_spec)]
     pub dirs: Vec<String>,
 }
 

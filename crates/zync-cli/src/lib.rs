@@ -71,3 +71,41 @@ mod tests {
         assert_eq!(port, "8000", "no file value must keep the default");
     }
 }
+
+/// clap's value parser for a `--dirs` entry: `NAME:PATH` with both parts present. Checked
+/// where the value is parsed, so a bad entry in a config file is reported at its line with
+/// exit code 2 like any other bad setting (a service manager does not restart on it); whether
+/// PATH exists is for the program to judge.
+///
+/// # Errors
+///
+/// The entry has no `:`, or an empty name or path.
+pub fn dir_spec(spec: &str) -> Result<String, String> {
+    match spec.split_once(':') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok(spec.to_owned()),
+        Some(("", _)) => Err(format!(
+            "{spec:?} has an empty NAME; write it as NAME:PATH, for example code:/home/me/project"
+        )),
+        Some(_) => Err(format!(
+            "{spec:?} has an empty PATH; write it as NAME:PATH, for example code:/home/me/project"
+        )),
+        None => Err(format!(
+            "{spec:?} is not NAME:PATH; write it as, for example, code:/home/me/project"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod dir_spec_tests {
+    use super::dir_spec;
+
+    #[test]
+    fn dir_specs_need_a_name_and_a_path() {
+        assert_eq!(dir_spec("code:/srv/p"), Ok("code:/srv/p".to_owned()));
+        assert_eq!(dir_spec("c:~/a:b"), Ok("c:~/a:b".to_owned()));
+        for bad in ["nocolon", ":/srv", "code:", ""] {
+            let why = dir_spec(bad).expect_err(bad);
+            assert!(why.contains("NAME:PATH"), "{bad}: {why}");
+        }
+    }
+}

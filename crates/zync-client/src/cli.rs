@@ -48,7 +48,7 @@ pub struct Args {
     pub interval: u64,
     /// Directory mappings, as REMOTE_NAME:LOCAL_PATH (one or more). Required, here or as
     /// `dirs` in the config file.
-    #[arg(long, num_args = 1.., value_name = "NAME:LOCAL_PATH", help_heading = zync_cli::SETTINGS)]
+    #[arg(long, num_args = 1.., value_name = "NAME:LOCAL_PATH", value_parser = zync_cli::dir_spec, help_heading = zync_cli::SETTINGS)]
     pub dirs: Vec<String>,
     /// Sync once and exit: 0 when in sync, non-zero with the reason otherwise.
     #[arg(long)]

@@ -40,7 +40,7 @@ pub struct Args {
     pub db: PathBuf,
     /// Directories to serve, as NAME:PATH (one or more). Required, here or as `dirs` in the
     /// config file.
-    #[arg(long, num_args = 1.., value_name = "NAME:PATH", help_heading = zync_cli::SETTINGS)]
+    #[arg(long, num_args = 1.., value_name = "NAME:PATH", value_parser = zync_cli::dir_spec, help_heading = zync_cli::SETTINGS)]
     pub dirs: Vec<String>,
     /// Extra ignore pattern, gitignore syntax (repeatable).
     #[arg(long = "ignore", value_name = "PATTERN", help_heading = zync_cli::SETTINGS)]
