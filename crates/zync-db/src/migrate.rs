@@ -36,7 +36,7 @@ pub(crate) const INDEX: Schema = Schema {
              key TEXT PRIMARY KEY NOT NULL,
              value TEXT NOT NULL
          ) WITHOUT ROWID;
-         -- The one global sequence counter: every change takes last_seq + 1 (DESIGN, State).
+         -- The one global sequence counter: every change takes last_seq + 1 (docs/ARCHITECTURE.md, State).
          -- It lives apart from the entries so a number is never reused, even if rows go.
          CREATE TABLE counter (
              id INTEGER PRIMARY KEY CHECK (id = 1),
