@@ -64,6 +64,7 @@ pub fn command(name: &str) -> Command {
     );
     let mut cmd = Command::new(path);
     cmd.env_remove("ZYNC_TOKEN");
+    cmd.env_remove("RUST_LOG");
     no_user_config(&mut cmd);
     cmd
 }

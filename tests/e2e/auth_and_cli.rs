@@ -252,3 +252,50 @@ fn the_token_file_is_private_and_the_token_never_reaches_the_logs() {
         "the client's debug log contains the token"
     );
 }
+
+#[test]
+fn v_q_and_rust_log_set_how_much_is_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("a.txt"), "a\n");
+    let daemon = start_daemon(tmp.path(), &e);
+    daemon.wait_scanned();
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    // The spec passes --log-level debug: -q beats it (warn and worse only).
+    let mut quiet = client.command(&daemon.url());
+    quiet.args(["--once", "-q"]);
+    let out = run_ok(quiet);
+    let log = stderr(&out);
+    assert!(
+        !log.contains("DEBUG") && !log.contains("INFO"),
+        "-q still logged:\n{log}"
+    );
+    // No --log-level: RUST_LOG decides.
+    let plain = |extra: &[&str]| {
+        let mut cmd = command("zync-client");
+        cmd.args(["--server", &daemon.url(), "--once", "--db"])
+            .arg(&client.db)
+            .arg("--token-file")
+            .arg(&client.token_file)
+            .arg("--dirs")
+            .arg(format!("code:{}", r.display()))
+            .args(extra);
+        cmd
+    };
+    let mut traced = plain(&[]);
+    traced.env("RUST_LOG", "debug");
+    let log = stderr(&run_ok(traced));
+    assert!(
+        log.contains("DEBUG"),
+        "RUST_LOG=debug gave no debug line:\n{log}"
+    );
+    // -v beats RUST_LOG.
+    let mut loud = plain(&["-v"]);
+    loud.env("RUST_LOG", "error");
+    let log = stderr(&run_ok(loud));
+    assert!(log.contains("DEBUG"), "-v gave no debug line:\n{log}");
+    // zync-apply takes them too.
+    let out = run_ok(zync_apply(&daemon.db, &["-q", "list"]));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}

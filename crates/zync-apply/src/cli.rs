@@ -38,9 +38,13 @@ pub struct Cli {
     /// The daemon's SQLite database (as given to zync-daemon --db).
     #[arg(long, global = true, default_value = "sync.db", value_name = "PATH")]
     pub db: PathBuf,
-    /// Log level: error, warn, info, debug or trace (or a tracing filter).
-    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
-    pub log_level: String,
+    /// Log level: error, warn, info, debug or trace (or a tracing filter). Default
+    /// warn, or RUST_LOG when set; -v and -q step from the default.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// -v / -q.
+    #[command(flatten)]
+    pub verbosity: zync_cli::logging::Verbosity,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

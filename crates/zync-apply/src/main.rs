@@ -30,7 +30,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = zync_cli::logging::init(&cli.log_level, true) {
+    if let Err(e) =
+        zync_cli::logging::init(&cli.verbosity.level(cli.log_level.as_deref(), "warn"), true)
+    {
         eprintln!("zync-apply: {e:#}");
         return ExitCode::from(2);
     }

@@ -76,9 +76,13 @@ pub struct Args {
     /// reopened; the client pings the daemon every third of it while idle.
     #[arg(long, default_value_t = 20, value_name = "SECS", help_heading = zync_cli::SETTINGS)]
     pub stall_timeout: u64,
-    /// Log level: error, warn, info, debug or trace (or a tracing filter).
-    #[arg(long, default_value = "info", help_heading = zync_cli::SETTINGS)]
-    pub log_level: String,
+    /// Log level: error, warn, info, debug or trace (or a tracing filter). Default
+    /// info, or RUST_LOG when set; -v and -q step from the default.
+    #[arg(long, value_name = "LEVEL", help_heading = zync_cli::SETTINGS)]
+    pub log_level: Option<String>,
+    /// -v / -q.
+    #[command(flatten)]
+    pub verbosity: zync_cli::logging::Verbosity,
 }
 
 /// The validated settings.

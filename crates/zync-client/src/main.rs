@@ -19,7 +19,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = zync_cli::logging::init(&args.log_level, false) {
+    if let Err(e) = zync_cli::logging::init(
+        &args.verbosity.level(args.log_level.as_deref(), "info"),
+        false,
+    ) {
         eprintln!("zync-client: {e:#}");
         return ExitCode::from(2);
     }

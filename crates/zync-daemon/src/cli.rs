@@ -59,9 +59,13 @@ pub struct Args {
     /// zync client pings at least once a minute while idle, so keep this above 60.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..), help_heading = zync_cli::SETTINGS)]
     pub idle_timeout: u64,
-    /// Log level: error, warn, info, debug or trace (or a tracing filter).
-    #[arg(long, default_value = "info", help_heading = zync_cli::SETTINGS)]
-    pub log_level: String,
+    /// Log level: error, warn, info, debug or trace (or a tracing filter). Default
+    /// info, or RUST_LOG when set; -v and -q step from the default.
+    #[arg(long, value_name = "LEVEL", help_heading = zync_cli::SETTINGS)]
+    pub log_level: Option<String>,
+    /// -v / -q.
+    #[command(flatten)]
+    pub verbosity: zync_cli::logging::Verbosity,
     /// Open and keep open the reverse ssh tunnel to machine R (`ssh -N -R SOCKET:ADDR:PORT`),
     /// so R's client reaches this daemon through a Unix socket on R that only you can use
     /// (`--server unix:~/.zync/zync.sock`; see --tunnel-socket), or through a TCP port with

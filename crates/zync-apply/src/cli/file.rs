@@ -88,7 +88,7 @@ mod tests {
             vec![format!("docs:{}", tmp.path().join("e/docs").display())]
         );
         assert_eq!(
-            cli.log_level, "warn",
+            cli.log_level, None,
             "the daemon's log level is not zync-apply's"
         );
         let (cli, tmp) = merged(&["list"], DAEMON).expect("merge");

@@ -82,7 +82,7 @@ log-level = "debug"
         );
         assert_eq!(args.token_file, Some(home.join("t.token")));
         assert_eq!(args.stall_timeout, 9);
-        assert_eq!(args.log_level, "debug");
+        assert_eq!(args.log_level.as_deref(), Some("debug"));
     }
 
     #[test]
@@ -115,7 +115,7 @@ log-level = "debug"
         );
         assert_eq!(args.token_file, Some(PathBuf::from("flag.token")));
         assert_eq!(args.stall_timeout, 10);
-        assert_eq!(args.log_level, "warn");
+        assert_eq!(args.log_level.as_deref(), Some("warn"));
         assert!(args.once);
     }
 
@@ -126,7 +126,7 @@ log-level = "debug"
         assert_eq!(args.db, Path::new("sync_client.db"));
         assert_eq!((args.interval, args.stall_timeout), (60, 20));
         assert!(args.token_file.is_none());
-        assert_eq!(args.log_level, "info");
+        assert_eq!(args.log_level, None);
     }
 
     #[test]

@@ -92,7 +92,7 @@ ssh-command = "/opt/ssh"
         assert!(args.no_default_ignores);
         assert_eq!(args.token_file, Some(home.join("t.token")));
         assert!(args.insecure_no_auth);
-        assert_eq!(args.log_level, "debug");
+        assert_eq!(args.log_level.as_deref(), Some("debug"));
         assert_eq!(args.tunnel.as_deref(), Some("me@gpu-box"));
         assert_eq!(args.tunnel_socket.as_deref(), Some("run/zync.sock"));
         assert_eq!((args.tunnel_remote_port, args.ssh_port), (None, Some(2222)));
@@ -133,7 +133,7 @@ ssh-command = "/opt/ssh"
             "--ignore replaces the file's list"
         );
         assert_eq!(args.token_file, Some(PathBuf::from("flag.token")));
-        assert_eq!(args.log_level, "warn");
+        assert_eq!(args.log_level.as_deref(), Some("warn"));
         // A true in the file cannot be turned off by an absent flag; a set flag stays set.
         let (args, _) = merged(
             &[
@@ -187,7 +187,7 @@ ssh-command = "/opt/ssh"
         assert_eq!(args.db, Path::new("sync.db"));
         assert!(args.ignore.is_empty() && args.token_file.is_none());
         assert!(!args.no_default_ignores && !args.insecure_no_auth);
-        assert_eq!(args.log_level, "info");
+        assert_eq!(args.log_level, None);
     }
 
     #[test]
