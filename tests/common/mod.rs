@@ -463,6 +463,19 @@ impl ClientSpec {
         out
     }
 
+    /// Runs `zync-client --once`, which must end in sync having kept edits made on R as
+    /// conflict copies (exit code 3).
+    pub fn once_conflicts(&self, url: &str) -> Output {
+        let out = self.once(url);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "zync-client --once should have kept conflict copies (exit 3):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     /// Runs `zync-client --update-upstream --json`, which must succeed, and returns its summary
     /// (`session_id`, null when nothing was sent; `files`, `bytes`, `conflicts`, `skipped`).
     pub fn push_json(&self, url: &str) -> serde_json::Value {
@@ -709,7 +722,14 @@ pub fn once_until(
 ) -> String {
     let mut logs = String::new();
     wait_until(what, || {
-        let out = client.once_ok(url);
+        // In sync, with or without conflict copies kept (exit 0 or 3).
+        let out = client.once(url);
+        assert!(
+            matches!(out.status.code(), Some(0 | 3)),
+            "zync-client --once failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         logs.push_str(&String::from_utf8_lossy(&out.stderr));
         cond()
     });

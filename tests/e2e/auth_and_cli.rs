@@ -40,9 +40,10 @@ fn a_missing_token_is_refused_with_a_hint_and_nothing_is_written() {
         .output()
         .unwrap();
     let log = stderr(&out);
-    assert!(
-        !out.status.success(),
-        "a client without a token succeeded:\n{log}"
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "a client without a token: expected exit code 6 (refused):\n{log}"
     );
     assert!(
         log.contains("token") && (log.contains("--token-file") || log.contains("ZYNC_TOKEN")),
@@ -62,9 +63,10 @@ fn a_wrong_token_is_refused_with_a_hint_and_nothing_is_written() {
     std::fs::write(&client.token_file, "0123456789abcdef-not-the-token\n").unwrap();
     let out = client.once(&daemon.url());
     let log = stderr(&out);
-    assert!(
-        !out.status.success(),
-        "a client with a wrong token succeeded:\n{log}"
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "a client with a wrong token: expected exit code 6 (refused):\n{log}"
     );
     assert!(
         log.contains("token") && log.contains("copy the daemon's token file"),
@@ -101,9 +103,10 @@ fn once_against_a_port_where_nothing_listens_fails_with_one_line() {
     .arg(format!("code:{}", tmp.path().join("r").display()));
     let out = output_within_deadline(cmd);
     let log = stderr(&out);
-    assert!(
-        !out.status.success(),
-        "--once succeeded with no daemon:\n{log}"
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "--once with no daemon: expected exit code 5 (unreachable):\n{log}"
     );
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected a one-line reason, got:\n{log}");

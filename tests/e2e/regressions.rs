@@ -557,8 +557,9 @@ fn an_edit_saved_on_r_while_e_s_version_downloads_is_never_lost() {
         }
         let status = bg.wait();
         let log = bg.log_text();
+        // In sync; 3 when R's edit was kept as a conflict copy.
         assert!(
-            status.success(),
+            matches!(status.code(), Some(0 | 3)),
             "zync-client --once failed ({status}):\n{log}"
         );
 

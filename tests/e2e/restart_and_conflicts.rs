@@ -190,8 +190,10 @@ fn a_file_deleted_on_e_but_edited_on_r_is_never_lost() {
     std::fs::remove_file(e.join("g.txt")).unwrap();
     std::fs::remove_file(e.join("other.txt")).unwrap();
     daemon.restart();
-    let out = client.once_ok(&daemon.url());
+    // In sync, and the exit code says an edit of R's was kept as a copy.
+    let out = client.once_conflicts(&daemon.url());
     let log = stderr(&out);
+    assert!(log.contains("kept as conflict copies"), "{log}");
 
     assert!(
         !r.join("other.txt").exists(),

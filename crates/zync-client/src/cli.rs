@@ -13,12 +13,26 @@ use crate::connection::Credentials;
 use crate::error::ClientError;
 use crate::mapping::Mapping;
 
+/// Exit codes, as documented in `--help` (`crate::error::exit`).
+const AFTER_HELP: &str = "\
+Exit codes of --once and --update-upstream (loop mode exits only on 2, 6 or 1):
+  0  done: R holds what E had (--once), or the push was staged (--update-upstream)
+  1  another error: R's database, a local file operation
+  2  bad command line or config file
+  3  --once: in sync, but edits made on R were kept as conflict copies (listed on stderr)
+  4  some paths could not be synced or sent; the others were
+  5  the daemon could not be reached, or the connection was lost or stalled: try again
+  6  refused: wrong token, a server that is not the daemon, an unsafe socket, or an
+     incompatible version
+--status: 0 in sync, 1 not in sync (or the daemon unreachable), 2 bad command line";
+
 /// Command line of `zync-client`.
 #[derive(Debug, Parser)]
 #[command(
     name = "zync-client",
     version,
     about = "Keep local directories in step with a zync daemon (runs on machine R)",
+    after_help = AFTER_HELP,
     group(clap::ArgGroup::new("json_mode").args(["status", "update_upstream"]).multiple(true))
 )]
 pub struct Args {

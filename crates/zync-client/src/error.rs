@@ -128,3 +128,58 @@ impl ClientError {
         )
     }
 }
+
+/// Paths a `--once` run could not sync (exit code [`exit::PARTIAL`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{} path(s) could not be synced; fix them and run again:\n  {}", .0.len(), .0.join("\n  "))]
+pub struct PathsFailed(pub Vec<String>);
+
+/// The exit codes of `zync-client`, as `--help` documents them (rsync documents its own the
+/// same way, so a script can tell "try again later" from "fix something").
+pub mod exit {
+    /// Done: R holds what E had (`--once`), or the push was staged (`--update-upstream`).
+    pub const OK: u8 = 0;
+    /// Any other error: R's database, a local file operation, something unexpected.
+    pub const ERROR: u8 = 1;
+    /// A bad command line or config file.
+    pub const USAGE: u8 = 2;
+    /// In sync, but edits made on R were kept beside E's versions as conflict copies.
+    pub const CONFLICTS: u8 = 3;
+    /// Some paths could not be synced or sent; the rest were.
+    pub const PARTIAL: u8 = 4;
+    /// The daemon could not be reached, or the connection was lost or stalled: try again.
+    pub const UNREACHABLE: u8 = 5;
+    /// Authentication failed either way (wrong token, a server that is not the daemon, a
+    /// socket others can reach), or the daemon runs an incompatible version.
+    pub const REFUSED: u8 = 6;
+}
+
+/// The exit code for an error that ended a run.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<PathsFailed>().is_some() {
+        return exit::PARTIAL;
+    }
+    match err.downcast_ref::<ClientError>() {
+        Some(
+            ClientError::Config(_)
+            | ClientError::Server {
+                code: ErrorCode::UnknownDir,
+                ..
+            },
+        ) => exit::USAGE,
+        Some(ClientError::Server {
+            code: ErrorCode::UnsupportedVersion,
+            ..
+        }) => exit::REFUSED,
+        Some(
+            ClientError::Unreachable { .. } | ClientError::Timeout(_) | ClientError::Connection(_),
+        ) => exit::UNREACHABLE,
+        Some(
+            ClientError::Unauthorized { .. }
+            | ClientError::NotTheDaemon { .. }
+            | ClientError::Untrusted(_)
+            | ClientError::Incompatible(_),
+        ) => exit::REFUSED,
+        _ => exit::ERROR,
+    }
+}

@@ -5,7 +5,7 @@
 mod cli;
 mod connection;
 mod download;
-mod error;
+pub mod error;
 mod ledger;
 mod mapping;
 pub mod status;
@@ -21,7 +21,7 @@ use zync_db::ClientState;
 
 pub use cli::{parse_mappings, Args, Config};
 pub use connection::{Connection, Credentials, STALL_TIMEOUT};
-pub use error::ClientError;
+pub use error::{exit, ClientError};
 pub use mapping::Mapping;
 pub use sync::{sync_dir, DirReport};
 pub use upstream::{collect, push, Outgoing, PushSummary};
@@ -37,17 +37,36 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// # Errors
 /// Bad arguments; with `--once`, anything that left R out of sync; in loop mode, only errors
 /// that reconnecting cannot fix (a refused token).
-pub fn main_with_args(args: Args) -> anyhow::Result<()> {
+///
+/// Returns the exit code of a run that ended without an error: [`exit::OK`], or
+/// [`exit::CONFLICTS`] when `--once` kept edits made on R as conflict copies.
+pub fn main_with_args(args: Args) -> anyhow::Result<u8> {
     let config = Config::from_args(&args)?;
     let runtime = zync_cli::runtime(Some(2))?;
     runtime.block_on(async {
         if args.update_upstream {
             let summary = run_upstream(&config).await?;
-            print_summary(&summary, args.json)
+            print_summary(&summary, args.json).map(|()| exit::OK)
         } else if args.once {
-            run_once(&config).await.map(|_| ())
+            let reports = run_once(&config).await?;
+            let copies: Vec<&String> = reports.iter().flat_map(|r| &r.conflicts).collect();
+            if copies.is_empty() {
+                return Ok(exit::OK);
+            }
+            eprintln!(
+                "zync-client: in sync; {} edit(s) made on R were kept as conflict copies: {}",
+                copies.len(),
+                copies
+                    .iter()
+                    .map(|c| zync_cli::visible::line(c))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(exit::CONFLICTS)
         } else {
-            run_loop(&config, zync_cli::shutdown_signal("stopping")).await
+            run_loop(&config, zync_cli::shutdown_signal("stopping"))
+                .await
+                .map(|()| exit::OK)
         }
     })
 }
@@ -130,11 +149,7 @@ pub async fn run_once(config: &Config) -> anyhow::Result<Vec<DirReport>> {
         .flat_map(|r| r.failures.iter().map(|(p, e)| format!("{p}: {e}")))
         .collect();
     if !failures.is_empty() {
-        anyhow::bail!(
-            "{} path(s) could not be synced; fix them and run again:\n  {}",
-            failures.len(),
-            failures.join("\n  ")
-        );
+        return Err(crate::error::PathsFailed(failures).into());
     }
     Ok(reports)
 }

@@ -30,10 +30,10 @@ fn main() -> ExitCode {
         return zync_client::status::main(&args);
     }
     match zync_client::main_with_args(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("zync-client: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(zync_client::error::exit_code(&e))
         }
     }
 }
