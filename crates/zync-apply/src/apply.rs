@@ -18,6 +18,7 @@ use zync_fs::RelPath;
 
 use crate::crashpoint::{self, Step};
 use crate::fileops::{self, encode_copy};
+use crate::lock::SessionLock;
 use crate::outcome::Outcome;
 use crate::probe::{self, Current};
 use crate::prompt::{Choice, Prompter};
@@ -101,19 +102,11 @@ pub fn apply_report(
 ) -> anyhow::Result<ApplyReport> {
     let mut index = session::open_index(db)?;
     let session = session::find(&index, id)?;
-    match session.status {
-        SessionStatus::Staged | SessionStatus::Partial => {}
-        SessionStatus::Receiving => bail!(
-            "session {} is still being received from {}; wait for zync-client to finish",
-            session.id,
-            session.client_id
-        ),
-        other => bail!(
-            "session {} is {}; there is nothing to apply (see `zync-apply list`)",
-            session.id,
-            other.as_str()
-        ),
-    }
+    check_appliable(&session)?;
+    // One run at a time on a session; then read it again, as the run before may have changed it.
+    let _lock = SessionLock::acquire(db, &session.id, "apply")?;
+    let session = session::find(&index, &session.id)?;
+    check_appliable(&session)?;
     // A run killed in the middle left intent records: finish or roll back each first.
     recover::resolve_session(&mut index, db, &session.id, dirs, out)?;
     let files: Vec<StagedFile> = index
@@ -186,6 +179,23 @@ pub fn apply_report(
     index.set_session_status(&session.id, status)?;
     summarize(out, &session.id, status, &report)?;
     Ok(report)
+}
+
+/// Refuses a session that is not waiting to be applied.
+fn check_appliable(session: &zync_db::Session) -> anyhow::Result<()> {
+    match session.status {
+        SessionStatus::Staged | SessionStatus::Partial => Ok(()),
+        SessionStatus::Receiving => bail!(
+            "session {} is still being received from {}; wait for zync-client to finish",
+            session.id,
+            session.client_id
+        ),
+        other => bail!(
+            "session {} is {}; there is nothing to apply (see `zync-apply list`)",
+            session.id,
+            other.as_str()
+        ),
+    }
 }
 
 /// The state of one apply run.

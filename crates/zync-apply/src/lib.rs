@@ -8,6 +8,7 @@ pub mod cli;
 mod crashpoint;
 mod fileops;
 pub mod list;
+mod lock;
 mod outcome;
 pub mod pager;
 pub mod probe;

@@ -13,6 +13,7 @@ use zync_fs::RelPath;
 
 use crate::fileops;
 use crate::fileops::decode_copy;
+use crate::lock::SessionLock;
 use crate::outcome::Outcome;
 use crate::probe::{self, Current};
 use crate::recover;
@@ -34,6 +35,8 @@ pub fn undo(
 ) -> anyhow::Result<Outcome> {
     let mut index = session::open_index(db)?;
     let session = session::find(&index, id)?;
+    // Never beside an apply or another undo of the session (lock.rs).
+    let _lock = SessionLock::acquire(db, &session.id, "undo")?;
     // A killed apply left intent records: what went through is undone below with its backup.
     recover::resolve_session(&mut index, db, &session.id, dirs, out)?;
     let files: Vec<StagedFile> = index
