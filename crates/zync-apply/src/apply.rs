@@ -17,6 +17,7 @@ use zync_db::{is_conflict, Action, FileState, Index, SessionStatus, StagedFile};
 use zync_fs::RelPath;
 
 use crate::crashpoint::{self, Step};
+use crate::created_dirs;
 use crate::fileops::{self, encode_copy};
 use crate::lock::SessionLock;
 use crate::outcome::Outcome;
@@ -327,6 +328,9 @@ impl Run<'_> {
                 let (staged, sha) = self.verified_staged(file)?;
                 let backup = self.backup_if_file(root, rel, current)?;
                 crashpoint::reached(Step::BackedUp)?;
+                // The parents about to be made are recorded before they are, so undo (or the
+                // roll-back of a killed run) can remove them again.
+                created_dirs::record(self.index, file, &created_dirs::missing_parents(root, rel))?;
                 self.mark(file, FileState::Applying, backup.as_ref(), current)?;
                 crashpoint::reached(Step::Intent)?;
                 // E's file must still be what was backed up when the rename happens: an edit
@@ -360,6 +364,8 @@ impl Run<'_> {
                         return Err(self.failed(file, root, rel, Some(&sha), backup.as_ref(), e))
                     }
                 };
+                // Only differs from the planned ones when E changed in between.
+                created_dirs::record(self.index, file, &new_dirs)?;
                 crashpoint::reached(Step::Written)?;
                 fileops::index_file(self.index, &file.dir, root, rel, &sha, &new_dirs)?;
                 crashpoint::reached(Step::Indexed)?;
@@ -409,7 +415,7 @@ impl Run<'_> {
                  apply again to finish, or undo"
             ));
         }
-        self.abandon(file, backup, error)
+        self.abandon(file, root, backup, error)
     }
 
     /// Takes back the intent of a change that failed before E's file was replaced: the file
@@ -418,6 +424,7 @@ impl Run<'_> {
     fn abandon(
         &mut self,
         file: &StagedFile,
+        root: &Path,
         backup: Option<&fileops::Backup>,
         error: anyhow::Error,
     ) -> anyhow::Error {
@@ -433,6 +440,10 @@ impl Run<'_> {
         }
         if let Some(b) = backup {
             b.discard();
+        }
+        // Parents made for the file go again while empty; a failure here is not the news.
+        if let Err(e) = created_dirs::roll_back(self.index, file, root) {
+            tracing::warn!("{}/{}: {e:#}", file.dir, file.path);
         }
         error
     }
@@ -465,7 +476,7 @@ impl Run<'_> {
         });
         let new_dirs = match written {
             Ok(d) => d,
-            Err(e) => return Err(self.abandon(file, None, e)),
+            Err(e) => return Err(self.abandon(file, root, None, e)),
         };
         crashpoint::reached(Step::Written)?;
         fileops::index_file(self.index, &file.dir, root, &copy, &sha, &new_dirs)?;

@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod cli;
 mod crashpoint;
+mod created_dirs;
 mod fileops;
 pub mod list;
 mod lock;

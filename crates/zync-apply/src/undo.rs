@@ -11,6 +11,8 @@ use anyhow::{bail, Context};
 use zync_db::{Action, FileState, Index, SessionStatus, StagedFile};
 use zync_fs::RelPath;
 
+use crate::crashpoint::{self, Step};
+use crate::created_dirs;
 use crate::fileops;
 use crate::fileops::decode_copy;
 use crate::lock::SessionLock;
@@ -46,6 +48,11 @@ pub fn undo(
         .filter(|f| matches!(f.state, FileState::Applied | FileState::KeptBoth))
         .collect();
     if files.is_empty() {
+        // A run killed before it removed the directories the apply made leaves them here.
+        report_removed_dirs(
+            out,
+            &created_dirs::remove_for_session(&mut index, &session.id, dirs)?,
+        )?;
         writeln!(
             out,
             "session {} has nothing applied to undo (it is {})",
@@ -70,6 +77,7 @@ pub fn undo(
                     file.backup_name.as_deref(),
                     file.e_existed,
                 )?;
+                crashpoint::reached(Step::Undone)?;
                 restored += 1;
             }
             Err(e) if e.downcast_ref::<zync_db::DbError>().is_some() => {
@@ -78,9 +86,13 @@ pub fn undo(
             Err(e) => failed.push(format!("  {name}: {e:#}")),
         }
     }
+    // After every file, as one file's new directory may hold another's.
+    let removed = created_dirs::remove_for_session(&mut index, &session.id, dirs)
+        .context("the files were restored, but the directories the apply made were not removed")?;
     if failed.is_empty() {
         index.set_session_status(&session.id, SessionStatus::Undone)?;
     }
+    report_removed_dirs(out, &removed)?;
     writeln!(
         out,
         "session {}: {} restored, {} not restored",
@@ -96,6 +108,16 @@ pub fn undo(
         );
     }
     Ok(Outcome::Done)
+}
+
+fn report_removed_dirs(out: &mut dyn Write, removed: &[String]) -> anyhow::Result<()> {
+    for d in removed {
+        writeln!(
+            out,
+            "removed the empty directory {d} (the apply had created it)"
+        )?;
+    }
+    Ok(())
 }
 
 fn undo_one(
@@ -351,5 +373,76 @@ mod tests {
         assert_eq!(r.expect("undo"), crate::outcome::Outcome::Done);
         assert!(out.contains("nothing applied to undo"), "{out}");
         assert_eq!(fx.status(ID), SessionStatus::Staged);
+    }
+
+    #[test]
+    fn undo_removes_the_directories_the_apply_created_unless_they_hold_other_files() {
+        let fx = Fixture::new();
+        std::fs::create_dir(fx.root.join("old")).expect("mkdir");
+        fx.stage(
+            ID,
+            &[
+                // The first file makes new, new/a and new/a/b; the second uses new/a.
+                write("new/a/b/f.txt", b"f\n", None),
+                write("new/a/g.txt", b"g\n", None),
+                write("old/h.txt", b"h\n", None),
+                write("other/x.txt", b"x\n", None),
+            ],
+        );
+        let mut p = ScriptedPrompter::new([]);
+        let (r, out) = fx.run(&["apply", ID, "--non-interactive"], &mut p);
+        assert_eq!(r.expect("apply"), crate::outcome::Outcome::Done, "{out}");
+        assert!(fx.index().get("docs", "new/a/b").expect("get").is_some());
+        // E's user puts a file of their own in a directory the apply made.
+        fx.e_write("other/mine.txt", b"mine\n");
+
+        let (r, out) = fx.run(&["undo", ID], &mut p);
+        assert_eq!(r.expect("undo"), crate::outcome::Outcome::Done, "{out}");
+        assert!(!exists(&fx.root.join("new")), "{out}");
+        for d in ["new", "new/a", "new/a/b"] {
+            assert!(fx.tombstoned(d), "{d} is still live in the index");
+        }
+        assert!(
+            out.contains("removed the empty directory docs/new/a/b"),
+            "{out}"
+        );
+        assert_eq!(fx.e_read("other/mine.txt").as_deref(), Some(&b"mine\n"[..]));
+        assert!(!exists(&fx.root.join("other/x.txt")));
+        assert!(
+            !fx.tombstoned("other"),
+            "a directory kept is not tombstoned"
+        );
+        // A directory E had before the apply stays, even when empty.
+        assert!(fx.root.join("old").is_dir(), "{out}");
+        assert_eq!(fx.status(ID), SessionStatus::Undone);
+    }
+
+    #[test]
+    fn an_undo_killed_before_it_removed_the_directories_removes_them_when_run_again() {
+        let fx = Fixture::new();
+        fx.stage(
+            ID,
+            &[
+                write("new/a/f.txt", b"f\n", None),
+                write("new/g.txt", b"g\n", None),
+            ],
+        );
+        let mut p = ScriptedPrompter::new([]);
+        fx.run(&["apply", ID, "--non-interactive"], &mut p)
+            .0
+            .expect("apply");
+        // Killed once every file is restored and marked, before the directories went.
+        crashpoint::arm(Step::Undone, 1);
+        let (r, out) = fx.run(&["undo", ID], &mut p);
+        assert!(crashpoint::is_crash(&r.expect_err("crash")), "{out}");
+        assert!(fx.root.join("new/a").is_dir());
+        let (r, out) = fx.run(&["undo", ID], &mut p);
+        assert_eq!(
+            r.expect("undo again"),
+            crate::outcome::Outcome::Done,
+            "{out}"
+        );
+        assert!(!exists(&fx.root.join("new")), "{out}");
+        assert!(fx.tombstoned("new/a") && fx.tombstoned("new"));
     }
 }
