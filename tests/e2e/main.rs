@@ -10,6 +10,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod apply_safety;
 mod auth_and_cli;
 mod config;
 mod crash;

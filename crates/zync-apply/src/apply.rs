@@ -17,7 +17,9 @@ use zync_db::{is_conflict, Action, FileState, Index, SessionStatus, StagedFile};
 use zync_fs::RelPath;
 
 use crate::crashpoint::{self, Step};
+use crate::created_dirs;
 use crate::fileops::{self, encode_copy};
+use crate::lock::SessionLock;
 use crate::outcome::Outcome;
 use crate::probe::{self, Current};
 use crate::prompt::{Choice, Prompter, Question};
@@ -104,19 +106,11 @@ pub fn apply_report(
 ) -> anyhow::Result<ApplyReport> {
     let mut index = session::open_index(db)?;
     let session = session::find(&index, id)?;
-    match session.status {
-        SessionStatus::Staged | SessionStatus::Partial => {}
-        SessionStatus::Receiving => bail!(
-            "session {} is still being received from {}; wait for zync-client to finish",
-            session.id,
-            zync_cli::visible::line(&session.client_id)
-        ),
-        other => bail!(
-            "session {} is {}; there is nothing to apply (see `zync-apply list`)",
-            session.id,
-            other.as_str()
-        ),
-    }
+    check_appliable(&session)?;
+    // One run at a time on a session; then read it again, as the run before may have changed it.
+    let _lock = SessionLock::acquire(db, &session.id, "apply")?;
+    let session = session::find(&index, &session.id)?;
+    check_appliable(&session)?;
     // A run killed in the middle left intent records: finish or roll back each first.
     recover::resolve_session(&mut index, db, &session.id, dirs, out)?;
     let files: Vec<StagedFile> = index
@@ -189,6 +183,23 @@ pub fn apply_report(
     index.set_session_status(&session.id, status)?;
     summarize(out, &session.id, status, &report)?;
     Ok(report)
+}
+
+/// Refuses a session that is not waiting to be applied.
+fn check_appliable(session: &zync_db::Session) -> anyhow::Result<()> {
+    match session.status {
+        SessionStatus::Staged | SessionStatus::Partial => Ok(()),
+        SessionStatus::Receiving => bail!(
+            "session {} is still being received from {}; wait for zync-client to finish",
+            session.id,
+            zync_cli::visible::line(&session.client_id)
+        ),
+        other => bail!(
+            "session {} is {}; there is nothing to apply (see `zync-apply list`)",
+            session.id,
+            other.as_str()
+        ),
+    }
 }
 
 /// The state of one apply run.
@@ -336,6 +347,9 @@ impl Run<'_> {
                 let (staged, sha) = self.verified_staged(file)?;
                 let backup = self.backup_if_file(root, rel, current)?;
                 crashpoint::reached(Step::BackedUp)?;
+                // The parents about to be made are recorded before they are, so undo (or the
+                // roll-back of a killed run) can remove them again.
+                created_dirs::record(self.index, file, &created_dirs::missing_parents(root, rel))?;
                 self.mark(file, FileState::Applying, backup.as_ref(), current)?;
                 crashpoint::reached(Step::Intent)?;
                 // E's file must still be what was backed up when the rename happens: an edit
@@ -369,6 +383,8 @@ impl Run<'_> {
                         return Err(self.failed(file, root, rel, Some(&sha), backup.as_ref(), e))
                     }
                 };
+                // Only differs from the planned ones when E changed in between.
+                created_dirs::record(self.index, file, &new_dirs)?;
                 crashpoint::reached(Step::Written)?;
                 fileops::index_file(self.index, &file.dir, root, rel, &sha, &new_dirs)?;
                 crashpoint::reached(Step::Indexed)?;
@@ -418,7 +434,7 @@ impl Run<'_> {
                  apply again to finish, or undo"
             ));
         }
-        self.abandon(file, backup, error)
+        self.abandon(file, root, backup, error)
     }
 
     /// Takes back the intent of a change that failed before E's file was replaced: the file
@@ -427,6 +443,7 @@ impl Run<'_> {
     fn abandon(
         &mut self,
         file: &StagedFile,
+        root: &Path,
         backup: Option<&fileops::Backup>,
         error: anyhow::Error,
     ) -> anyhow::Error {
@@ -442,6 +459,10 @@ impl Run<'_> {
         }
         if let Some(b) = backup {
             b.discard();
+        }
+        // Parents made for the file go again while empty; a failure here is not the news.
+        if let Err(e) = created_dirs::roll_back(self.index, file, root) {
+            tracing::warn!("{}/{}: {e:#}", file.dir, file.path);
         }
         error
     }
@@ -474,7 +495,7 @@ impl Run<'_> {
         });
         let new_dirs = match written {
             Ok(d) => d,
-            Err(e) => return Err(self.abandon(file, None, e)),
+            Err(e) => return Err(self.abandon(file, root, None, e)),
         };
         crashpoint::reached(Step::Written)?;
         fileops::index_file(self.index, &file.dir, root, &copy, &sha, &new_dirs)?;

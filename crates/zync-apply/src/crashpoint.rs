@@ -16,6 +16,9 @@ pub(crate) enum Step {
     Indexed,
     /// The file is marked Applied (or KeptBoth); the session status is not updated yet.
     Marked,
+    /// `undo` restored a file and marked it Undone; the directories the apply created are not
+    /// removed yet (that comes after every file).
+    Undone,
 }
 
 /// A crash point: a no-op outside the unit tests.

@@ -6,8 +6,10 @@
 pub mod apply;
 pub mod cli;
 mod crashpoint;
+mod created_dirs;
 mod fileops;
 pub mod list;
+mod lock;
 mod outcome;
 pub mod pager;
 pub mod probe;

@@ -21,6 +21,7 @@ use anyhow::Context;
 use zync_db::{Action, FileState, Index, StagedFile};
 use zync_fs::{lstat, RelPath, Stat};
 
+use crate::created_dirs;
 use crate::fileops;
 use crate::fileops::decode_copy;
 use crate::probe::{self, Current};
@@ -147,6 +148,8 @@ fn resolve_one(
     }
     // Not applied: the database first, so it never names a backup that is gone.
     set(index, FileState::Staged, None, false)?;
+    // The parents it made (recorded before they were) go again while empty.
+    created_dirs::roll_back(index, file, root)?;
     if let Some(name) = file.backup_name.as_deref() {
         let backup = probe::session_file(session_dir, Some(name), "backup")?;
         let untouched = match (&current, fileops::backup_meta(&backup)) {
@@ -279,6 +282,7 @@ mod tests {
             Step::BackedUp => FileState::Staged,
             Step::Intent | Step::Written | Step::Indexed => FileState::Applying,
             Step::Marked => FileState::Applied,
+            Step::Undone => unreachable!("apply never reaches an undo step"),
         };
         assert_eq!(f.state, expected_state, "{what}");
         let e_now = fx.e_read(path);
@@ -328,6 +332,10 @@ mod tests {
                 let (r, out) = fx.run(&["undo", ID], &mut no_prompts());
                 assert_eq!(r.expect("undo"), Outcome::Done, "{what}: {out}");
                 assert!(originals(&fx), "{what}: undo after the rerun:\n{out}");
+                assert!(
+                    !fx.root.join("new").exists(),
+                    "{what}: a directory apply made"
+                );
                 for (path, original, _) in FILES {
                     assert_eq!(fx.indexed(path), original.map(sha), "{what}: {path}");
                 }
@@ -356,6 +364,10 @@ mod tests {
                     }
                 }
                 assert!(!fx.root.join("new/dir/n.txt").exists(), "{what}");
+                assert!(
+                    !fx.root.join("new").exists(),
+                    "{what}: a directory apply made"
+                );
             }
         }
     }
@@ -483,5 +495,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_directories_of_a_write_killed_before_its_rename_go_when_it_is_rolled_back() {
+        let fx = crash(2, Step::Intent);
+        // What a kill between making the parents and the rename leaves: the parents alone.
+        std::fs::create_dir_all(fx.root.join("new/dir")).expect("mkdir");
+        let (r, out) = fx.run(&["undo", ID], &mut no_prompts());
+        assert_eq!(r.expect("undo"), Outcome::Done, "{out}");
+        assert!(out.contains("staged again"), "{out}");
+        assert!(!fx.root.join("new").exists(), "{out}");
+        assert!(originals(&fx));
     }
 }

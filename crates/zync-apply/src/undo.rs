@@ -11,8 +11,11 @@ use anyhow::{bail, Context};
 use zync_db::{Action, FileState, Index, SessionStatus, StagedFile};
 use zync_fs::RelPath;
 
+use crate::crashpoint::{self, Step};
+use crate::created_dirs;
 use crate::fileops;
 use crate::fileops::decode_copy;
+use crate::lock::SessionLock;
 use crate::outcome::Outcome;
 use crate::probe::{self, Current};
 use crate::recover;
@@ -34,6 +37,8 @@ pub fn undo(
 ) -> anyhow::Result<Outcome> {
     let mut index = session::open_index(db)?;
     let session = session::find(&index, id)?;
+    // Never beside an apply or another undo of the session (lock.rs).
+    let _lock = SessionLock::acquire(db, &session.id, "undo")?;
     // A killed apply left intent records: what went through is undone below with its backup.
     recover::resolve_session(&mut index, db, &session.id, dirs, out)?;
     let files: Vec<StagedFile> = index
@@ -43,6 +48,11 @@ pub fn undo(
         .filter(|f| matches!(f.state, FileState::Applied | FileState::KeptBoth))
         .collect();
     if files.is_empty() {
+        // A run killed before it removed the directories the apply made leaves them here.
+        report_removed_dirs(
+            out,
+            &created_dirs::remove_for_session(&mut index, &session.id, dirs)?,
+        )?;
         writeln!(
             out,
             "session {} has nothing applied to undo (it is {})",
@@ -55,10 +65,12 @@ pub fn undo(
     let session_dir = zync_db::session_dir(db, &session.id);
     let mut restored = 0usize;
     let mut failed = Vec::new();
+    let mut kept = Vec::new();
     for file in &files {
         let name = session::file_name(file);
         match undo_one(&mut index, &session_dir, &roots, file, force) {
-            Ok(()) => {
+            Ok(copy) => {
+                kept.extend(copy.map(|c| (name.clone(), c)));
                 index.set_file_state(
                     &file.session_id,
                     &file.dir,
@@ -67,6 +79,7 @@ pub fn undo(
                     file.backup_name.as_deref(),
                     file.e_existed,
                 )?;
+                crashpoint::reached(Step::Undone)?;
                 restored += 1;
             }
             Err(e) if e.downcast_ref::<zync_db::DbError>().is_some() => {
@@ -75,8 +88,16 @@ pub fn undo(
             Err(e) => failed.push(format!("  {name}: {e:#}")),
         }
     }
+    // After every file, as one file's new directory may hold another's.
+    let removed = created_dirs::remove_for_session(&mut index, &session.id, dirs)
+        .context("the files were restored, but the directories the apply made were not removed")?;
     if failed.is_empty() {
         index.set_session_status(&session.id, SessionStatus::Undone)?;
+    }
+    report_removed_dirs(out, &removed)?;
+    // Where E's newer versions went: never lost, and the user is told where (invariant 5).
+    for (file, copy) in &kept {
+        writeln!(out, "kept E's newer version of {file} as {copy}")?;
     }
     writeln!(
         out,
@@ -95,13 +116,24 @@ pub fn undo(
     Ok(Outcome::Done)
 }
 
+fn report_removed_dirs(out: &mut dyn Write, removed: &[String]) -> anyhow::Result<()> {
+    for d in removed {
+        writeln!(
+            out,
+            "removed the empty directory {d} (the apply had created it)"
+        )?;
+    }
+    Ok(())
+}
+
+/// Undoes one file; returns where E's newer version was kept (`dir/path`), if it had one.
 fn undo_one(
     index: &mut Index,
     session_dir: &Path,
     roots: &Roots,
     file: &StagedFile,
     force: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
     let root = roots.get(&file.dir)?;
     let rel = RelPath::parse(&file.path)?;
     if file.state == FileState::KeptBoth {
@@ -115,28 +147,29 @@ fn undo_one(
         Some(name) => Some(probe::session_file(session_dir, Some(name), "backup")?),
         None => None,
     };
-    match (file.action, backup) {
-        // E had no file: the apply created it.
-        (Action::Write, None) => {
-            remove_if_ours(index, root, &rel, &file.dir, file.sha256.as_deref(), force)
-        }
-        (Action::Write, Some(backup)) => {
-            let current = probe::probe(root, &rel)?;
-            if expect_current(&current, file.sha256.as_deref(), force, &rel)? {
-                keep_newer(index, root, &rel, &file.dir, &current)?;
+    let Some(backup) = backup else {
+        return match file.action {
+            // E had no file: the apply created it.
+            Action::Write => {
+                remove_if_ours(index, root, &rel, &file.dir, file.sha256.as_deref(), force)
             }
-            restore(index, root, &rel, &file.dir, &backup)
-        }
-        // Nothing was there to delete.
-        (Action::Delete, None) => Ok(()),
-        (Action::Delete, Some(backup)) => {
-            let current = probe::probe(root, &rel)?;
-            if expect_current(&current, None, force, &rel)? {
-                keep_newer(index, root, &rel, &file.dir, &current)?;
-            }
-            restore(index, root, &rel, &file.dir, &backup)
-        }
+            // Nothing was there to delete.
+            Action::Delete => Ok(None),
+        };
+    };
+    // What the apply left at the path: R's content, or nothing after a delete.
+    let applied_sha = match file.action {
+        Action::Write => file.sha256.as_deref(),
+        Action::Delete => None,
+    };
+    let mut current = probe::probe(root, &rel)?;
+    let mut copy = None;
+    if expect_current(&current, applied_sha, force, &rel)? {
+        copy = Some(keep_newer(index, root, &rel, &file.dir, &current)?);
+        current = Current::Missing;
     }
+    restore(index, root, &rel, &file.dir, &backup, &current)?;
+    Ok(copy)
 }
 
 /// Checks that E still has what the apply left there: a file with `sha256`, or nothing when
@@ -166,23 +199,24 @@ fn expect_current(
 }
 
 /// `undo --force` over a file edited on E since the apply: that edit is moved aside as a
-/// conflict copy (and indexed, so it reaches R), never lost.
+/// conflict copy (and indexed, so it reaches R), never lost. Returns the copy as `dir/path`.
 fn keep_newer(
     index: &mut Index,
     root: &Path,
     rel: &RelPath,
     dir: &str,
     current: &Current,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let Current::File { sha256, .. } = current else {
-        return Ok(());
+        bail!("E has no file at {rel} to keep");
     };
     let stamp = chrono::Local::now().format("%Y%m%dT%H%M%S").to_string();
     let copy = zync_fs::free_conflict_name(root, rel, &stamp);
     zync_fs::rename_beneath(root, rel, &copy)
         .with_context(|| format!("cannot keep E's newer {rel} as {copy}"))?;
     tracing::warn!(path = %rel, copy = %copy, "E's newer version was kept as {copy}");
-    fileops::index_file(index, dir, root, &copy, sha256, &[])
+    fileops::index_file(index, dir, root, &copy, sha256, &[])?;
+    Ok(format!("{dir}/{copy}"))
 }
 
 /// Removes `rel` (a file the apply created) and records its removal.
@@ -193,30 +227,52 @@ fn remove_if_ours(
     dir: &str,
     sha256: Option<&str>,
     force: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
     let current = probe::probe(root, rel)?;
+    let mut copy = None;
     if current != Current::Missing {
         if expect_current(&current, sha256, force, rel)? {
-            keep_newer(index, root, rel, dir, &current)?;
+            copy = Some(keep_newer(index, root, rel, dir, &current)?);
         } else {
             fileops::remove(root, rel)?;
         }
     }
-    fileops::index_removed(index, dir, rel)
+    fileops::index_removed(index, dir, rel)?;
+    Ok(copy)
 }
 
-/// Writes the backup back to `rel` with the mode and mtime E's file had, and records it.
+/// Writes the backup back to `rel` with the mode and mtime E's file had, and records it. E
+/// must still have `expected` there right before the rename: an edit saved on E while the
+/// backup was being copied is never replaced unseen.
 fn restore(
     index: &mut Index,
     root: &Path,
     rel: &RelPath,
     dir: &str,
     backup: &Path,
+    expected: &Current,
 ) -> anyhow::Result<()> {
     let meta = fileops::backup_meta(backup)?;
     let new_dirs = fileops::ensure_parents(root, rel)?;
-    fileops::write_from(root, rel, backup, &meta.sha256, meta.mode, meta.mtime_ns)
-        .with_context(|| format!("cannot restore {rel} from {}", backup.display()))?;
+    let unchanged = || {
+        if probe::probe(root, rel)? != *expected {
+            bail!(
+                "{rel} changed on E while undo was restoring it; nothing was replaced: run undo \
+                 again"
+            );
+        }
+        Ok(())
+    };
+    fileops::write_from_checked(
+        root,
+        rel,
+        backup,
+        &meta.sha256,
+        meta.mode,
+        meta.mtime_ns,
+        unchanged,
+    )
+    .with_context(|| format!("cannot restore {rel} from {}", backup.display()))?;
     fileops::index_file(index, dir, root, rel, &meta.sha256, &new_dirs)
 }
 
@@ -323,9 +379,8 @@ mod tests {
             Some(&b"newer work on E\n"[..])
         );
         assert_eq!(fx.state(ID, "f.txt"), FileState::Applied);
-        fx.run(&["undo", ID, "--force"], &mut p)
-            .0
-            .expect("forced undo");
+        let (r, out) = fx.run(&["undo", ID, "--force"], &mut p);
+        r.expect("forced undo");
         assert_eq!(fx.e_read("f.txt").as_deref(), Some(&b"base\n"[..]));
         // The newer work on E is not lost: it sits beside as a conflict copy.
         let copies: Vec<String> = std::fs::read_dir(&fx.root)
@@ -338,6 +393,90 @@ mod tests {
             fx.e_read(&copies[0]).as_deref(),
             Some(&b"newer work on E\n"[..])
         );
+        // And the user is told where it went.
+        assert!(
+            out.contains(&format!(
+                "kept E's newer version of docs/f.txt as docs/{}",
+                copies[0]
+            )),
+            "{out}"
+        );
+        assert_eq!(fx.indexed(&copies[0]), Some(sha(b"newer work on E\n")));
+    }
+
+    #[test]
+    fn undo_force_keeps_every_kind_of_newer_version_on_e_and_names_each_copy() {
+        let fx = Fixture::new();
+        fx.e_write("mod.txt", b"base\n");
+        fx.e_write("del.txt", b"deleted on R\n");
+        fx.stage(
+            ID,
+            &[
+                write("mod.txt", b"R\n", Some(b"base\n")),
+                delete("del.txt", Some(b"deleted on R\n")),
+                write("sub/new.txt", b"new on R\n", None),
+            ],
+        );
+        let mut p = ScriptedPrompter::new([]);
+        fx.run(&["apply", ID, "--non-interactive"], &mut p)
+            .0
+            .expect("apply");
+        // After the apply, E's user edits the modified file, recreates the deleted one and
+        // edits the new one.
+        fx.e_write("mod.txt", b"E's later edit\n");
+        fx.e_write("del.txt", b"E made it again\n");
+        fx.e_write("sub/new.txt", b"E edited R's new file\n");
+        let (r, out) = fx.run(&["undo", ID, "--force"], &mut p);
+        assert_eq!(r.expect("undo"), crate::outcome::Outcome::Done, "{out}");
+        assert_eq!(fx.e_read("mod.txt").as_deref(), Some(&b"base\n"[..]));
+        assert_eq!(
+            fx.e_read("del.txt").as_deref(),
+            Some(&b"deleted on R\n"[..])
+        );
+        assert!(!exists(&fx.root.join("sub/new.txt")));
+        for (path, newer) in [
+            ("mod.txt", &b"E's later edit\n"[..]),
+            ("del.txt", b"E made it again\n"),
+            ("sub/new.txt", b"E edited R's new file\n"),
+        ] {
+            let line = out
+                .lines()
+                .find(|l| l.starts_with(&format!("kept E's newer version of docs/{path} as ")))
+                .unwrap_or_else(|| panic!("{path}: no copy named in:\n{out}"));
+            let copy = line.rsplit(" as docs/").next().expect("copy path");
+            assert_eq!(fx.e_read(copy).as_deref(), Some(newer), "{path}: {out}");
+        }
+        // The copy keeps the directory the apply made from being removed.
+        assert!(fx.root.join("sub").is_dir());
+    }
+
+    #[test]
+    fn restore_replaces_nothing_when_e_changed_since_it_was_checked() {
+        let fx = Fixture::new();
+        let backup = fx.session_dir(ID).join("backup-1");
+        std::fs::create_dir_all(fx.session_dir(ID)).expect("mkdir");
+        std::fs::write(&backup, b"the backup\n").expect("backup");
+        // Undo checked E and found nothing at the path; meanwhile E's user saved a file there.
+        fx.e_write("f.txt", b"saved during the undo\n");
+        let rel = RelPath::parse("f.txt").expect("path");
+        let err = restore(
+            &mut fx.index(),
+            &fx.root,
+            &rel,
+            "docs",
+            &backup,
+            &Current::Missing,
+        )
+        .expect_err("refused");
+        assert!(format!("{err:#}").contains("changed on E"), "{err:#}");
+        assert_eq!(
+            fx.e_read("f.txt").as_deref(),
+            Some(&b"saved during the undo\n"[..])
+        );
+        assert_eq!(
+            crate::fileops::remove_temps_beside(&fx.root, &rel).expect("temps"),
+            0
+        );
     }
 
     #[test]
@@ -348,5 +487,76 @@ mod tests {
         assert_eq!(r.expect("undo"), crate::outcome::Outcome::Done);
         assert!(out.contains("nothing applied to undo"), "{out}");
         assert_eq!(fx.status(ID), SessionStatus::Staged);
+    }
+
+    #[test]
+    fn undo_removes_the_directories_the_apply_created_unless_they_hold_other_files() {
+        let fx = Fixture::new();
+        std::fs::create_dir(fx.root.join("old")).expect("mkdir");
+        fx.stage(
+            ID,
+            &[
+                // The first file makes new, new/a and new/a/b; the second uses new/a.
+                write("new/a/b/f.txt", b"f\n", None),
+                write("new/a/g.txt", b"g\n", None),
+                write("old/h.txt", b"h\n", None),
+                write("other/x.txt", b"x\n", None),
+            ],
+        );
+        let mut p = ScriptedPrompter::new([]);
+        let (r, out) = fx.run(&["apply", ID, "--non-interactive"], &mut p);
+        assert_eq!(r.expect("apply"), crate::outcome::Outcome::Done, "{out}");
+        assert!(fx.index().get("docs", "new/a/b").expect("get").is_some());
+        // E's user puts a file of their own in a directory the apply made.
+        fx.e_write("other/mine.txt", b"mine\n");
+
+        let (r, out) = fx.run(&["undo", ID], &mut p);
+        assert_eq!(r.expect("undo"), crate::outcome::Outcome::Done, "{out}");
+        assert!(!exists(&fx.root.join("new")), "{out}");
+        for d in ["new", "new/a", "new/a/b"] {
+            assert!(fx.tombstoned(d), "{d} is still live in the index");
+        }
+        assert!(
+            out.contains("removed the empty directory docs/new/a/b"),
+            "{out}"
+        );
+        assert_eq!(fx.e_read("other/mine.txt").as_deref(), Some(&b"mine\n"[..]));
+        assert!(!exists(&fx.root.join("other/x.txt")));
+        assert!(
+            !fx.tombstoned("other"),
+            "a directory kept is not tombstoned"
+        );
+        // A directory E had before the apply stays, even when empty.
+        assert!(fx.root.join("old").is_dir(), "{out}");
+        assert_eq!(fx.status(ID), SessionStatus::Undone);
+    }
+
+    #[test]
+    fn an_undo_killed_before_it_removed_the_directories_removes_them_when_run_again() {
+        let fx = Fixture::new();
+        fx.stage(
+            ID,
+            &[
+                write("new/a/f.txt", b"f\n", None),
+                write("new/g.txt", b"g\n", None),
+            ],
+        );
+        let mut p = ScriptedPrompter::new([]);
+        fx.run(&["apply", ID, "--non-interactive"], &mut p)
+            .0
+            .expect("apply");
+        // Killed once every file is restored and marked, before the directories went.
+        crashpoint::arm(Step::Undone, 1);
+        let (r, out) = fx.run(&["undo", ID], &mut p);
+        assert!(crashpoint::is_crash(&r.expect_err("crash")), "{out}");
+        assert!(fx.root.join("new/a").is_dir());
+        let (r, out) = fx.run(&["undo", ID], &mut p);
+        assert_eq!(
+            r.expect("undo again"),
+            crate::outcome::Outcome::Done,
+            "{out}"
+        );
+        assert!(!exists(&fx.root.join("new")), "{out}");
+        assert!(fx.tombstoned("new/a") && fx.tombstoned("new"));
     }
 }

@@ -136,6 +136,9 @@ pub(crate) const INDEX: Schema = Schema {
              last_seen_unix INTEGER NOT NULL,
              client_version TEXT
          ) WITHOUT ROWID;",
+        // 5: the directories zync-apply created on E for a file (its missing parents), so
+        // that undo can remove them again (sessions.rs `created_dirs`). NULL: none.
+        "ALTER TABLE upstream_files ADD COLUMN created_dirs TEXT;",
     ],
 };
 

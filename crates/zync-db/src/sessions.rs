@@ -248,6 +248,65 @@ impl Index {
         Ok(())
     }
 
+    /// The directories zync-apply recorded as created on E for this file (its missing
+    /// parents), in the order recorded; empty when none (or no such file).
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn created_dirs(&self, session_id: &str, dir: &str, path: &str) -> Result<Vec<String>> {
+        let stored: Option<Option<String>> = self
+            .conn()
+            .query_row(
+                "SELECT created_dirs FROM upstream_files
+                 WHERE session_id = ?1 AND dir = ?2 AND path = ?3",
+                (session_id, dir, path),
+                |row| row.get(0),
+            )
+            .optional()
+            .with_ctx(|| {
+                format!("reading the directories created for {dir}/{path} of the upstream session {session_id}")
+            })?;
+        Ok(stored
+            .flatten()
+            .map(|s| decode_dirs(&s))
+            .unwrap_or_default())
+    }
+
+    /// Records `dirs` as the directories zync-apply created on E for this file, replacing
+    /// what was recorded (an empty list records none). Paths may hold any character.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::NoSuchStagedFile`] if the session has no such file; an SQLite failure.
+    pub fn set_created_dirs(
+        &self,
+        session_id: &str,
+        dir: &str,
+        path: &str,
+        dirs: &[String],
+    ) -> Result<()> {
+        let stored = (!dirs.is_empty()).then(|| encode_dirs(dirs));
+        let changed = self
+            .conn()
+            .execute(
+                "UPDATE upstream_files SET created_dirs = ?4
+                 WHERE session_id = ?1 AND dir = ?2 AND path = ?3",
+                (session_id, dir, path, stored),
+            )
+            .with_ctx(|| {
+                format!("recording the directories created for {dir}/{path} of the upstream session {session_id}")
+            })?;
+        if changed == 0 {
+            return Err(DbError::NoSuchStagedFile {
+                session_id: session_id.to_owned(),
+                dir: dir.to_owned(),
+                path: path.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     fn query_sessions(
         &self,
         sql: &str,
@@ -291,6 +350,22 @@ fn file_from_row(row: &Row<'_>) -> rusqlite::Result<StagedFile> {
         backup_name: row.get(12)?,
         e_existed: row.get(13)?,
     })
+}
+
+/// One path a line; `%` and newlines inside a path are percent-encoded so any path survives.
+fn encode_dirs(dirs: &[String]) -> String {
+    dirs.iter()
+        .map(|d| d.replace('%', "%25").replace('\n', "%0A"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn decode_dirs(stored: &str) -> Vec<String> {
+    stored
+        .split('\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| line.replace("%0A", "\n").replace("%25", "%"))
+        .collect()
 }
 
 fn is_foreign_key_failure(error: &rusqlite::Error) -> bool {
@@ -653,5 +728,45 @@ mod tests {
             .collect::<Vec<_>>();
         found.sort();
         assert_eq!(found, ["x\u{10FFFF}", "x\u{10FFFF}1"]);
+    }
+
+    #[test]
+    fn created_dirs_round_trip_any_path_and_can_be_cleared() {
+        let index = Index::open_in_memory().expect("open");
+        index.create_session("s1", "client-r").expect("create");
+        index
+            .add_staged_file(&staged("s1", "docs", "a/b/c.txt", 1, false))
+            .expect("add");
+        assert!(index
+            .created_dirs("s1", "docs", "a/b/c.txt")
+            .expect("read")
+            .is_empty());
+        let odd = vec![
+            "a".to_string(),
+            "a/100%".to_string(),
+            "a/line\nbreak".to_string(),
+            "a/%0A%25".to_string(),
+        ];
+        index
+            .set_created_dirs("s1", "docs", "a/b/c.txt", &odd)
+            .expect("record");
+        assert_eq!(
+            index.created_dirs("s1", "docs", "a/b/c.txt").expect("read"),
+            odd
+        );
+        index
+            .set_created_dirs("s1", "docs", "a/b/c.txt", &[])
+            .expect("clear");
+        assert!(index
+            .created_dirs("s1", "docs", "a/b/c.txt")
+            .expect("read")
+            .is_empty());
+        let err = index
+            .set_created_dirs("s1", "docs", "nope", &odd)
+            .expect_err("no such file");
+        assert!(
+            matches!(err, DbError::NoSuchStagedFile { .. }),
+            "got {err:?}"
+        );
     }
 }

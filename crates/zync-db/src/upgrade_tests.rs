@@ -53,7 +53,7 @@ fn a_version_1_index_upgrades_in_place() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(version, INDEX_SCHEMA_VERSION);
-    assert_eq!(INDEX_SCHEMA_VERSION, 4);
+    assert_eq!(INDEX_SCHEMA_VERSION, 5);
     for (kind, name) in [
         ("table", "clients"),
         ("table", "upstream_sessions"),
@@ -157,7 +157,7 @@ fn a_version_2_index_upgrades_in_place_keeping_its_sessions_and_learns_applying(
         .conn()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
-    assert_eq!(version, 4);
+    assert_eq!(version, INDEX_SCHEMA_VERSION);
     assert_eq!(index.index_id(), id, "the index id survives");
     let session = index.session("s1").expect("session").expect("kept");
     assert_eq!(
@@ -220,4 +220,94 @@ fn a_version_2_index_upgrades_in_place_keeping_its_sessions_and_learns_applying(
         reopened.staged_files("s1").expect("files")[1].state,
         FileState::Applying
     );
+}
+
+#[test]
+fn a_version_4_index_upgrades_in_place_and_learns_the_directories_apply_created() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("index.db");
+    let v4 = Schema {
+        steps: &INDEX.steps[..4],
+        ..INDEX
+    };
+    let applied = StagedFile {
+        state: FileState::Applied,
+        backup_name: Some("backup-1".into()),
+        e_existed: true,
+        ..staged("s1", "docs", "new/dir/a.txt", 10, false)
+    };
+    let waiting = staged("s1", "docs", "b.txt", 20, true);
+    {
+        let mut conn = rusqlite::Connection::open(&path).expect("open");
+        migrate::migrate(&mut conn, &v4, &path).expect("v4");
+        migrate::database_id(&conn, "index_id").expect("id");
+        conn.execute(
+            "INSERT INTO upstream_sessions (id, client_id, created_unix, status)
+             VALUES ('s1', 'client-r', 1234, 'partial')",
+            [],
+        )
+        .expect("session");
+        for f in [&applied, &waiting] {
+            conn.execute(
+                &format!(
+                    "INSERT INTO upstream_files ({FILE_COLUMNS}) VALUES
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                ),
+                rusqlite::params![
+                    f.session_id,
+                    f.dir,
+                    f.path,
+                    f.action,
+                    f.mode,
+                    u64_to_sql(f.size),
+                    f.mtime_ns,
+                    f.sha256,
+                    f.base_sha256,
+                    f.conflict,
+                    f.state,
+                    f.staged_name,
+                    f.backup_name,
+                    f.e_existed,
+                ],
+            )
+            .expect("file row");
+        }
+        let err = conn
+            .execute("SELECT created_dirs FROM upstream_files", [])
+            .expect_err("version 4 has no created_dirs");
+        assert!(err.to_string().contains("created_dirs"), "{err}");
+    }
+
+    let index = Index::open(&path).expect("upgrade");
+    let version: i64 = index
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, 5);
+    assert_eq!(
+        index.staged_files("s1").expect("files"),
+        [waiting.clone(), applied.clone()],
+        "every row survives unchanged (ordered by path)"
+    );
+    // Rows from before the upgrade record no created directories; new records stick.
+    assert!(index
+        .created_dirs("s1", "docs", "new/dir/a.txt")
+        .expect("read")
+        .is_empty());
+    let made = vec!["new".to_string(), "new/dir".to_string()];
+    index
+        .set_created_dirs("s1", "docs", "new/dir/a.txt", &made)
+        .expect("record");
+    drop(index);
+    let reopened = Index::open(&path).expect("reopen");
+    assert_eq!(
+        reopened
+            .created_dirs("s1", "docs", "new/dir/a.txt")
+            .expect("read"),
+        made
+    );
+    assert!(reopened
+        .created_dirs("s1", "docs", "b.txt")
+        .expect("read")
+        .is_empty());
 }
