@@ -43,7 +43,15 @@ pub fn main_with_args(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async {
         if args.update_upstream {
             let summary = run_upstream(&config).await?;
-            print_summary(&summary, args.json)
+            print_summary(&summary, args.json)?;
+            match &summary.refused {
+                // Scripts must notice that part of R's changes did not reach E.
+                Some(why) => anyhow::bail!(
+                    "E refused the push part way; {} file(s) not sent: {why}",
+                    summary.not_sent
+                ),
+                None => Ok(()),
+            }
         } else if args.once {
             run_once(&config).await.map(|_| ())
         } else {
@@ -62,10 +70,15 @@ fn print_summary(summary: &PushSummary, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     match &summary.session_id {
+        None if summary.refused.is_some() => writeln!(
+            out,
+            "nothing was staged: E refused the push before any file was staged (see below)"
+        )?,
         None if summary.skipped > 0 => writeln!(
             out,
-            "nothing sent: E ignores every changed path ({} file(s), see the warnings above)",
-            summary.skipped
+            "nothing was staged: all {} changed file(s) are refused by E ({}; see the warnings above for each)",
+            summary.skipped,
+            summary.skipped_because.as_deref().unwrap_or("ignored there")
         )?,
         None => writeln!(
             out,
@@ -81,8 +94,15 @@ fn print_summary(summary: &PushSummary, json: bool) -> anyhow::Result<()> {
             if summary.skipped > 0 {
                 writeln!(
                     out,
-                    "{} file(s) not sent: E ignores their paths (see the warnings above)",
+                    "{} file(s) not sent: E refuses their paths (see the warnings above)",
                     summary.skipped
+                )?;
+            }
+            if summary.refused.is_some() {
+                writeln!(
+                    out,
+                    "incomplete: {} file(s) not sent (see below); this session holds only what was sent before; apply it, or drop it on E with `zync-apply drop {id}`, then push again",
+                    summary.not_sent
                 )?;
             }
         }
