@@ -26,6 +26,7 @@ mod protocol;
 mod race;
 mod regressions;
 mod restart_and_conflicts;
+mod staging_limits;
 mod status;
 mod sync;
 mod trust;
