@@ -100,10 +100,17 @@ ssh-command = "/opt/ssh"
         assert!(args.insecure_no_auth);
         assert_eq!(args.log_level, "debug");
         assert_eq!(
-            (args.max_session_bytes, args.max_staged_bytes, args.max_session_files),
+            (
+                args.max_session_bytes,
+                args.max_staged_bytes,
+                args.max_session_files
+            ),
             (1 << 30, 5_000_000, 7)
         );
-        assert_eq!((args.max_pending_sessions, args.upload_stall_timeout), (2, 9));
+        assert_eq!(
+            (args.max_pending_sessions, args.upload_stall_timeout),
+            (2, 9)
+        );
         assert_eq!(args.staging_max_age.as_secs(), 12 * 3600);
         assert_eq!(args.tunnel.as_deref(), Some("me@gpu-box"));
         assert_eq!(args.tunnel_socket.as_deref(), Some("run/zync.sock"));
@@ -201,11 +208,18 @@ ssh-command = "/opt/ssh"
         assert!(!args.no_default_ignores && !args.insecure_no_auth);
         assert_eq!(args.log_level, "info");
         assert_eq!(
-            (args.max_session_bytes, args.max_staged_bytes, args.max_session_files),
+            (
+                args.max_session_bytes,
+                args.max_staged_bytes,
+                args.max_session_files
+            ),
             (4 << 30, 16 << 30, 100_000),
             "the staging limits' defaults"
         );
-        assert_eq!((args.max_pending_sessions, args.upload_stall_timeout), (16, 60));
+        assert_eq!(
+            (args.max_pending_sessions, args.upload_stall_timeout),
+            (16, 60)
+        );
         assert_eq!(args.staging_max_age.as_secs(), 30 * 86_400);
     }
 
