@@ -28,6 +28,7 @@ mod race;
 mod regressions;
 mod restart_and_conflicts;
 mod review;
+mod staging_limits;
 mod status;
 mod sync;
 mod trust;

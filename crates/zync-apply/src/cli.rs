@@ -107,6 +107,33 @@ pub enum Command {
         #[arg(long)]
         non_interactive: bool,
     },
+    /// Discard a staged session: remove its staged files from the staging area and mark it
+    /// `dropped`. E's directories are not touched. An applied or partly applied session is
+    /// refused (its directory holds the backups `undo` needs: undo it first), and so is one
+    /// still being received.
+    Drop {
+        /// Session id, or a unique prefix of it.
+        id: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Expire staged sessions nobody applied for longer than the daemon's --staging-max-age
+    /// (or --older-than), removing their staged files, and remove directories in the staging
+    /// area that no session owns. Partly applied sessions are kept and named. E's directories
+    /// are not touched.
+    Gc {
+        /// Expire staged sessions older than this (30d, 12h, ...). Default: `staging-max-age`
+        /// from zync-daemon's config file, else 30d.
+        #[arg(long, value_name = "AGE", value_parser = zync_cli::units::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// `staging-max-age` from the daemon's config file, filled in by `with_config_file`.
+        #[arg(skip)]
+        configured_max_age: Option<std::time::Duration>,
+    },
     /// Undo an applied session: restore E's previous files from the backups.
     Undo {
         /// Session id, or a unique prefix of it.
@@ -185,6 +212,19 @@ mod tests {
                 json: false
             }
         ));
+    }
+
+    #[test]
+    fn drop_and_gc_parse() {
+        let cli = Cli::try_parse_from(["zync-apply", "drop", "abc", "--json"]).expect("drop");
+        assert!(matches!(cli.command, Command::Drop { ref id, json: true } if id == "abc"));
+        let cli = Cli::try_parse_from(["zync-apply", "gc", "--older-than", "12h"]).expect("gc");
+        assert!(matches!(
+            cli.command,
+            Command::Gc { older_than: Some(d), json: false, configured_max_age: None }
+                if d == std::time::Duration::from_secs(12 * 3600)
+        ));
+        assert!(Cli::try_parse_from(["zync-apply", "gc", "--older-than", "12"]).is_err());
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! zync-apply: on machine E, lists, shows (with diffs), applies and undoes the sessions that
-//! `zync-client --update-upstream` pushed from R and that zync-daemon staged beside its
-//! database. `main.rs` only parses the command line and maps [`run`]'s result to an exit code.
+//! zync-apply: on machine E, lists, shows (with diffs), applies, undoes, drops and expires the
+//! sessions that `zync-client --update-upstream` pushed from R and that zync-daemon staged
+//! beside its database. `main.rs` only parses the command line and maps [`run`]'s result to an exit code.
 #![deny(missing_docs)]
 
 pub mod apply;
 pub mod cli;
 mod crashpoint;
 mod created_dirs;
+pub mod drop;
 mod fileops;
+pub mod gc;
 pub mod list;
 mod lock;
 mod outcome;
@@ -105,6 +107,17 @@ pub fn run_with(
             out,
         ),
         Command::Undo { id, dirs, force } => undo::undo(&cli.db, id, &dirs.dirs, *force, out),
+        Command::Drop { id, json } => drop::drop(&cli.db, id, *json, out).map(|()| Outcome::Done),
+        Command::Gc {
+            older_than,
+            json,
+            configured_max_age,
+        } => {
+            let age = older_than
+                .or(*configured_max_age)
+                .unwrap_or(gc::DEFAULT_MAX_AGE);
+            gc::gc(&cli.db, age, *json, out).map(|()| Outcome::Done)
+        }
     }
 }
 

@@ -143,6 +143,27 @@ impl Fixture {
         std::fs::write(p, content).expect("write E");
     }
 
+    /// Every file under E's directory with its content: what "E unchanged" compares.
+    pub fn e_tree(&self) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let mut found = std::collections::BTreeMap::new();
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read E").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let rel = path.strip_prefix(&self.root).expect("under E");
+                    found.insert(
+                        rel.display().to_string(),
+                        std::fs::read(&path).expect("read"),
+                    );
+                }
+            }
+        }
+        found
+    }
+
     pub fn e_read(&self, path: &str) -> Option<Vec<u8>> {
         match std::fs::read(self.root.join(path)) {
             Ok(d) => Some(d),

@@ -3,8 +3,9 @@
 //! flags under the [`SETTINGS`] heading are its keys), the rule that a flag beats the file and
 //! the file beats the built-in default ([`given`]), shell completions and man pages generated from the clap definitions
 //! ([`Generate`]), the progress of long runs ([`progress`]), logging ([`logging`]), the async
-//! runtime and SIGINT/SIGTERM ([`runtime`], [`shutdown_signal`]), and retry waits
-//! ([`Backoff`]), and text from the other machine made safe to print ([`visible`]).
+//! runtime and SIGINT/SIGTERM ([`runtime`], [`shutdown_signal`]), retry waits ([`Backoff`]),
+//! sizes and ages as flags take them ([`units`]), and text from the other machine made safe to
+//! print ([`visible`]).
 #![deny(missing_docs)]
 
 mod backoff;
@@ -14,6 +15,7 @@ pub mod logging;
 pub mod progress;
 mod runtime;
 pub mod settings;
+pub mod units;
 pub mod visible;
 
 pub use backoff::Backoff;

@@ -46,7 +46,18 @@ pub fn main_with_args(args: Args) -> anyhow::Result<u8> {
     runtime.block_on(async {
         if args.update_upstream {
             let summary = run_upstream(&config).await?;
-            print_summary(&summary, args.json).map(|()| exit::OK)
+            print_summary(&summary, args.json)?;
+            match &summary.refused {
+                // Scripts must notice that part of R's changes did not reach E.
+                Some(why) => {
+                    eprintln!(
+                        "zync-client: E refused the push part way; {} file(s) not sent: {why}",
+                        summary.not_sent
+                    );
+                    Ok(exit::PARTIAL)
+                }
+                None => Ok(exit::OK),
+            }
         } else if args.once {
             let reports = run_once(&config).await?;
             let copies: Vec<&String> = reports.iter().flat_map(|r| &r.conflicts).collect();
@@ -81,10 +92,15 @@ fn print_summary(summary: &PushSummary, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     match &summary.session_id {
+        None if summary.refused.is_some() => writeln!(
+            out,
+            "nothing was staged: E refused the push before any file was staged (see below)"
+        )?,
         None if summary.skipped > 0 => writeln!(
             out,
-            "nothing sent: E ignores every changed path ({} file(s), see the warnings above)",
-            summary.skipped
+            "nothing was staged: all {} changed file(s) are refused by E ({}; see the warnings above for each)",
+            summary.skipped,
+            summary.skipped_because.as_deref().unwrap_or("ignored there")
         )?,
         None => writeln!(
             out,
@@ -100,8 +116,15 @@ fn print_summary(summary: &PushSummary, json: bool) -> anyhow::Result<()> {
             if summary.skipped > 0 {
                 writeln!(
                     out,
-                    "{} file(s) not sent: E ignores their paths (see the warnings above)",
+                    "{} file(s) not sent: E refuses their paths (see the warnings above)",
                     summary.skipped
+                )?;
+            }
+            if summary.refused.is_some() {
+                writeln!(
+                    out,
+                    "incomplete: {} file(s) not sent (see below); this session holds only what was sent before; apply it, or drop it on E with `zync-apply drop {id}`, then push again",
+                    summary.not_sent
                 )?;
             }
         }

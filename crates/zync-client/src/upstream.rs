@@ -44,8 +44,17 @@ pub struct PushSummary {
     pub bytes: u64,
     /// Files E flagged as conflicts.
     pub conflicts: u64,
-    /// Files not sent because E ignores their paths.
+    /// Files not sent because E refuses their paths (ignored there, or the daemon's own).
     pub skipped: u64,
+    /// E's reason for the first refused path, when some were skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_because: Option<String>,
+    /// Files not sent because E's staging limits refused the push part way.
+    pub not_sent: u64,
+    /// E's refusal that stopped the push part way (a staging limit: its value and the flag
+    /// that raises it). What was sent before it is staged in `session_id`, if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// R's changes in one mapping. Unchanged files are recognised by size and mtime against the
@@ -143,9 +152,15 @@ pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, 
 
 /// Sends `changes` as one session; nothing is sent (and no session made) when empty.
 ///
+/// A path E refuses (ignored there, or one of the daemon's own files) is skipped. A file E's
+/// staging limits refuse (`too_large`) stops the push: what was sent before it is finalized
+/// so that it can be reviewed on E, and the summary's `refused` says why the rest was not
+/// sent. A session in which E staged nothing leaves nothing on E, and the summary names no
+/// session.
+///
 /// # Errors
-/// Connection errors, a refused file, or a file that changed while it was being sent (run
-/// again): the session is then left unfinalized, and the daemon aborts it.
+/// Connection errors, another refused file, or a file that changed while it was being sent
+/// (run again): the session is then left unfinalized, and the daemon aborts it.
 pub async fn push(
     conn: &mut Connection,
     mappings: &[Mapping],
@@ -168,10 +183,13 @@ pub async fn push(
         }
     };
     let mut skipped = 0u64;
+    let mut skipped_because = None;
+    let mut refused = None;
+    let mut not_sent = 0u64;
     let written = changes.iter().filter(|c| c.action == UpstreamAction::Write);
     let progress =
         Progress::start_if_large("sent", changes.len() as u64, written.map(|c| c.size).sum());
-    for change in changes {
+    for (n, change) in changes.iter().enumerate() {
         let Some(root) = mappings
             .iter()
             .find(|m| m.name.as_str() == change.dir)
@@ -200,11 +218,24 @@ pub async fn push(
                 code: zync_proto::ErrorCode::InvalidPath,
                 message,
             }) => {
-                // E ignores this path (its --ignore rules): it cannot be applied there anyway.
+                // E ignores this path (its --ignore rules), or it is one of the daemon's own
+                // files: it cannot be applied there anyway.
                 tracing::warn!(dir = %change.dir, path = %change.path, "not sent: {message}");
                 skipped += 1;
+                skipped_because.get_or_insert(message);
                 progress.files(1);
                 continue;
+            }
+            Err(ClientError::Server {
+                code: zync_proto::ErrorCode::TooLarge,
+                message,
+            }) => {
+                // A staging limit on E: the rest would be refused as well. What was sent is
+                // kept and finalized, so nothing staged is lost.
+                tracing::warn!(dir = %change.dir, path = %change.path, "not sent: {message}");
+                not_sent = (changes.len() - n) as u64;
+                refused = Some(message);
+                break;
             }
             Err(e) => return Err(e),
         };
@@ -214,26 +245,23 @@ pub async fn push(
         progress.files(1);
     }
     progress.finish();
-    if skipped == changes.len() as u64 {
-        // Everything was refused: leave the session unfinalized, so the daemon aborts it when
-        // this connection closes, rather than staging an empty session.
-        return Ok(PushSummary {
-            skipped,
-            ..PushSummary::default()
-        });
-    }
     match conn
         .call(Op::FinalizeUpstream(FinalizeUpstream {
             session_id: session_id.clone(),
         }))
         .await?
     {
+        // A daemon keeps no session in which it staged nothing (an older one kept an empty
+        // one): either way there is nothing to review on E.
         Reply::FinalizeUpstream(f) => Ok(PushSummary {
-            session_id: Some(f.session_id),
+            session_id: (f.files > 0).then_some(f.session_id),
             files: f.files,
             bytes: f.bytes,
             conflicts: f.conflicts,
             skipped,
+            skipped_because,
+            not_sent,
+            refused,
         }),
         other => Err(ClientError::Protocol(format!(
             "expected FINALIZE_UPSTREAM, got {other:?}"

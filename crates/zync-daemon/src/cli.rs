@@ -9,7 +9,8 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueHint};
 use zync_fs::DirName;
 
-use crate::indexer::OwnPaths;
+use crate::budget::StagingLimits;
+use crate::own::OwnPaths;
 use crate::root::Root;
 use crate::token::Auth;
 
@@ -59,6 +60,31 @@ pub struct Args {
     /// zync client pings at least once a minute while idle, so keep this above 60.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..), help_heading = zync_cli::SETTINGS)]
     pub idle_timeout: u64,
+    /// Bytes of content R may stage in one upstream session (4GiB, 512MiB, ...). A file that
+    /// would pass it is refused; what the session staged before stays.
+    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = zync_cli::units::parse_bytes, help_heading = zync_cli::SETTINGS)]
+    pub max_session_bytes: u64,
+    /// Bytes of content staged in all pending sessions together (received, staged or partly
+    /// applied, not yet applied, dropped or expired): what R can take of E's disk.
+    #[arg(long, value_name = "SIZE", default_value = "16GiB", value_parser = zync_cli::units::parse_bytes, help_heading = zync_cli::SETTINGS)]
+    pub max_staged_bytes: u64,
+    /// Files in one upstream session (writes and deletes).
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..), help_heading = zync_cli::SETTINGS)]
+    pub max_session_files: u64,
+    /// Pending upstream sessions (received, staged or partly applied) one client may have
+    /// waiting on E; a new push beyond them is refused until E's user applies or drops some.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..), help_heading = zync_cli::SETTINGS)]
+    pub max_pending_sessions: u64,
+    /// Seconds an upload may wait for its next content frame (at most 1 MiB) before E drops it,
+    /// gives its space back and closes the connection. Raise it for links slower than
+    /// about 20 KiB/s.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..), help_heading = zync_cli::SETTINGS)]
+    pub upload_stall_timeout: u64,
+    /// Staged sessions nobody applied for this long (30d, 12h, ...) expire when the daemon
+    /// starts (and with `zync-apply gc`): their staged files are removed. Partly applied
+    /// sessions never expire.
+    #[arg(long, value_name = "AGE", default_value = "30d", value_parser = zync_cli::units::parse_duration, help_heading = zync_cli::SETTINGS)]
+    pub staging_max_age: std::time::Duration,
     /// Log level: error, warn, info, debug or trace (or a tracing filter). Default
     /// info, or RUST_LOG when set; -v and -q step from the default.
     #[arg(long, value_name = "LEVEL", help_heading = zync_cli::SETTINGS)]
@@ -115,8 +141,11 @@ pub struct Config {
     pub auth: Auth,
     /// Handshake and idle deadlines.
     pub limits: crate::shared::Limits,
-    /// Files the daemon writes itself; never indexed even if they sit in a root.
+    /// Files the daemon writes itself; never indexed, and refused from R, even if they sit in
+    /// a root.
     pub own: OwnPaths,
+    /// What R may stage.
+    pub staging: StagingLimits,
 }
 
 impl Config {
@@ -137,13 +166,29 @@ impl Config {
         };
         let db = canonical_file(&args.db, "--db")?;
         let mut own = OwnPaths::default();
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            own.files
-                .insert(PathBuf::from(format!("{}{suffix}", db.display())));
+        for (suffix, what) in [
+            ("", "zync-daemon's own database"),
+            ("-wal", "zync-daemon's database journal (-wal)"),
+            ("-shm", "zync-daemon's database shared memory (-shm)"),
+            ("-journal", "zync-daemon's database journal (-journal)"),
+        ] {
+            own.add_file(PathBuf::from(format!("{}{suffix}", db.display())), what);
         }
-        own.files
-            .insert(canonical_file(&token_file, "--token-file")?);
-        own.dirs.push(zync_db::staging_root(&db));
+        own.add_file(
+            canonical_file(&token_file, "--token-file")?,
+            "zync-daemon's token file",
+        );
+        own.add_dir(
+            zync_db::staging_root(&db),
+            "in zync-daemon's staging area (R's staged files and zync-apply's backups)",
+        );
+        let config = args
+            .config
+            .clone()
+            .or_else(|| zync_cli::default_path(file::FILE_NAME));
+        if let Some(config) = config.and_then(|c| canonical_file(&c, "--config").ok()) {
+            own.add_file(config, "zync-daemon's config file");
+        }
         Ok(Config {
             roots,
             db,
@@ -155,6 +200,14 @@ impl Config {
                 ..crate::shared::Limits::default()
             },
             own,
+            staging: StagingLimits {
+                session_bytes: args.max_session_bytes,
+                staged_bytes: args.max_staged_bytes,
+                session_files: args.max_session_files,
+                pending_sessions: args.max_pending_sessions,
+                upload_stall: std::time::Duration::from_secs(args.upload_stall_timeout),
+                max_age: args.staging_max_age,
+            },
         })
     }
 }

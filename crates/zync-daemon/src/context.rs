@@ -30,6 +30,9 @@ pub(crate) struct Context {
     pub(crate) upstream: Option<OpenSession>,
     /// Content frames of a refused upload, dropped as they arrive.
     pub(crate) discard: Option<Discard>,
+    /// Set by a handler whose client must be cut off once answered (an upload that stalled):
+    /// the reason the connection is closed with.
+    pub(crate) hang_up: Option<String>,
 }
 
 impl Context {
@@ -41,6 +44,7 @@ impl Context {
             db: None,
             upstream: None,
             discard: None,
+            hang_up: None,
         }
     }
 
@@ -116,6 +120,10 @@ impl Context {
         let Some(session) = self.upstream.take() else {
             return;
         };
+        if !session.created {
+            // Nothing was recorded or written for it.
+            return;
+        }
         let id = session.id.clone();
         if let Err(e) = self
             .query(move |index| index.set_session_status(&id, SessionStatus::Aborted))
@@ -167,6 +175,9 @@ pub(crate) mod testing {
             auth: Auth::Disabled,
             limits: Limits::default(),
             status,
+            own: crate::own::OwnPaths::default(),
+            staging: crate::budget::StagingLimits::default(),
+            budget: crate::budget::Budget::default(),
         };
         (Context::new(Arc::new(shared), client_id.to_string()), tmp)
     }

@@ -2,9 +2,8 @@
 //! daemon was down (invariant 6 (docs/ARCHITECTURE.md)), then the watcher's debounced batches are reconciled
 //! path by path; an overflow or watcher error triggers a rescan of the root.
 
-use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use tokio::sync::watch;
 use zync_db::{EntryMeta, Index};
 use zync_fs::{IgnoreRules, RelPath, Stat};
 
+use crate::own::OwnPaths;
 use crate::root::Root;
 
 mod entry;
@@ -34,61 +34,6 @@ const IDLE_TICK: Duration = Duration::from_millis(200);
 const SCAN_BATCH: usize = 1000;
 /// Without a working watcher, every root is rescanned this often.
 const POLL_RESCAN: Duration = Duration::from_secs(10);
-
-/// Paths the daemon writes itself (its database, token file and staging area): never indexed,
-/// even when they sit inside a served directory.
-#[derive(Debug, Clone, Default)]
-pub struct OwnPaths {
-    /// Exact files.
-    pub files: HashSet<PathBuf>,
-    /// Directories whose whole contents are the daemon's.
-    pub dirs: Vec<PathBuf>,
-}
-
-impl OwnPaths {
-    /// Whether `path` (absolute, canonical root prefix) is one of the daemon's own.
-    pub fn contains(&self, path: &Path) -> bool {
-        self.files.contains(path) || self.dirs.iter().any(|d| path.starts_with(d))
-    }
-
-    /// The same paths as seen from inside `root`, so a scan checks each entry without building
-    /// its absolute path.
-    fn below(&self, root: &Path) -> OwnBelow {
-        let rel = |p: &PathBuf| p.strip_prefix(root).ok().map(Path::to_path_buf);
-        let mut below = OwnBelow::default();
-        for dir in self.dirs.iter().filter_map(rel) {
-            match RelPath::from_path(&dir) {
-                Ok(dir) => below.dirs.push(dir),
-                // The root itself, or a path no scan can produce.
-                Err(_) => below.all |= dir.as_os_str().is_empty(),
-            }
-        }
-        below.files = self
-            .files
-            .iter()
-            .filter_map(rel)
-            .filter_map(|f| f.to_str().map(str::to_string))
-            .collect();
-        below
-    }
-}
-
-/// [`OwnPaths`] relative to one root.
-#[derive(Debug, Default)]
-struct OwnBelow {
-    files: HashSet<String>,
-    dirs: Vec<RelPath>,
-    /// The whole root is the daemon's.
-    all: bool,
-}
-
-impl OwnBelow {
-    fn contains(&self, rel: &RelPath) -> bool {
-        self.all
-            || self.files.contains(rel.as_str())
-            || self.dirs.iter().any(|d| rel.starts_with(d))
-    }
-}
 
 /// What the indexer publishes to connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -595,10 +540,11 @@ mod tests {
         root: &Path,
         own: &[PathBuf],
     ) -> (Indexer, watch::Receiver<Status>) {
-        let own = OwnPaths {
-            files: own.iter().cloned().collect(),
-            dirs: Vec::new(),
-        };
+        let mut owned = OwnPaths::default();
+        for file in own {
+            owned.add_file(file.clone(), "zync-daemon's own database");
+        }
+        let own = owned;
         let rules = Arc::new(IgnoreRules::new(root, &[], true).unwrap());
         let root = Root {
             name: DirName::parse("code").unwrap(),

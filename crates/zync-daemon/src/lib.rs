@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 mod admission;
+mod budget;
 mod cli;
 mod cmd;
 mod connection;
@@ -15,6 +16,7 @@ mod inbox;
 mod indexed_file;
 mod indexer;
 mod link;
+mod own;
 mod refusal;
 mod root;
 mod server;
@@ -31,8 +33,10 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
+pub use budget::StagingLimits;
 pub use cli::{beside, parse_roots, Args, Config};
-pub use indexer::{OwnPaths, Status};
+pub use indexer::Status;
+pub use own::OwnPaths;
 pub use root::Root;
 pub use shared::Limits;
 pub use token::Auth;
@@ -90,6 +94,7 @@ pub async fn run(
         .iter()
         .map(|r| (r.name.to_string(), r.path.display().to_string()))
         .collect();
+    let max_age = config.staging.max_age;
     let index = tokio::task::spawn_blocking(move || -> anyhow::Result<zync_db::Index> {
         let mut index = zync_db::Index::open(&db_path)
             .with_context(|| format!("cannot open the daemon database {}", db_path.display()))?;
@@ -105,6 +110,7 @@ pub async fn run(
         index.set_roots(&names)?;
         index.reset_connections()?;
         staging::abort_stale_sessions(&index, &db_path)?;
+        staging::expire_sessions(&index, &db_path, max_age)?;
         Ok(index)
     })
     .await??;
@@ -153,6 +159,9 @@ pub async fn run(
         auth: config.auth.clone(),
         limits: config.limits,
         status: status_rx,
+        own: config.own.clone(),
+        staging: config.staging,
+        budget: budget::Budget::default(),
     });
     // The server stops on shutdown, or when the indexer fails (serving a stale index would hide
     // changes from clients).

@@ -1,5 +1,6 @@
 //! What every connection task shares with the server and the daemon: the served directories,
-//! the index's path and id, the token check, the deadlines and the indexer's progress, plus the
+//! the index's path and id, the token check, the deadlines, the indexer's progress, the
+//! daemon's own files and the staging limits, plus the
 //! WebSocket type. Kept below `server` and `connection` so that neither has to import the other
 //! for them.
 
@@ -12,7 +13,9 @@ use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use zync_fs::{DirName, IgnoreRules};
 
+use crate::budget::{Budget, StagingLimits};
 use crate::indexer::Status;
+use crate::own::OwnPaths;
 use crate::token::Auth;
 
 /// A connection's WebSocket.
@@ -66,6 +69,12 @@ pub struct Shared {
     pub limits: Limits,
     /// The indexer's progress.
     pub status: watch::Receiver<Status>,
+    /// The daemon's own files, refused as upstream paths.
+    pub own: OwnPaths,
+    /// What R may stage.
+    pub staging: StagingLimits,
+    /// Uploads being received on every connection, counted against `staging`.
+    pub(crate) budget: Budget,
 }
 
 impl Shared {

@@ -4,7 +4,9 @@
 //! sessions a stopped daemon left unfinished. Staged content waits beside the database for
 //! `zync-apply` and is never written into E's directories (invariant 5 (docs/ARCHITECTURE.md)).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Bytes;
@@ -12,9 +14,12 @@ use zync_db::SessionStatus;
 use zync_fs::{AtomicFile, FsError, RelPath};
 use zync_proto::{ErrorCode, UpstreamFile};
 
+use crate::budget::SessionLoad;
 use crate::refusal::Refusal;
 
-/// The session open on a connection.
+/// The session open on a connection. It is recorded in the index, and its directory made,
+/// only when its first file is about to be staged: a push whose files are all refused leaves
+/// nothing on E.
 pub(crate) struct OpenSession {
     /// Its id.
     pub(crate) id: String,
@@ -22,6 +27,39 @@ pub(crate) struct OpenSession {
     pub(crate) dir: PathBuf,
     /// Files received so far (names the staged files).
     pub(crate) count: u64,
+    /// Whether its row and directory exist yet.
+    pub(crate) created: bool,
+    /// What it holds, for the per-session limits.
+    pub(crate) load: SessionLoad,
+    /// The bytes staged for each (dir, path), 0 for a delete: a path sent again replaces its
+    /// earlier version and counts once.
+    pub(crate) paths: HashMap<(String, String), u64>,
+}
+
+impl OpenSession {
+    /// A session about to open, with nothing recorded yet.
+    pub(crate) fn new(id: String, dir: PathBuf) -> OpenSession {
+        OpenSession {
+            id,
+            dir,
+            count: 0,
+            created: false,
+            load: SessionLoad::default(),
+            paths: HashMap::new(),
+        }
+    }
+
+    /// Counts a staged file of `bytes` at (dir, path), replacing what that path held.
+    pub(crate) fn staged(&mut self, dir: &str, path: &str, bytes: u64) {
+        match self
+            .paths
+            .insert((dir.to_string(), path.to_string()), bytes)
+        {
+            Some(old) => self.load.bytes = self.load.bytes.saturating_sub(old),
+            None => self.load.files += 1,
+        }
+        self.load.bytes = self.load.bytes.saturating_add(bytes);
+    }
 }
 
 /// Binary frames still expected for a refused UPSTREAM_FILE: dropped without an answer.
@@ -47,6 +85,31 @@ pub fn abort_stale_sessions(index: &zync_db::Index, db: &Path) -> zync_db::Resul
             }
         }
         tracing::info!(session = %session.id, "aborted an upstream session left unfinished by the last run");
+    }
+    Ok(())
+}
+
+/// Expires the sessions staged longer than `max_age` ago and never touched since
+/// (`zync_db::expire`: their staged files removed, status `expired`); partly applied sessions
+/// are kept and named in the log.
+///
+/// # Errors
+/// Database errors.
+pub fn expire_sessions(
+    index: &zync_db::Index,
+    db: &Path,
+    max_age: Duration,
+) -> zync_db::Result<()> {
+    let expiry = zync_db::expire(index, db, max_age, zync_db::now_unix())?;
+    let age = zync_cli::units::format_duration(max_age);
+    for session in &expiry.expired {
+        tracing::info!(session = %session.id, files = session.files, bytes = session.bytes, "expired an upstream session staged more than {age} ago (--staging-max-age); its staged files are removed");
+    }
+    for session in &expiry.kept_partial {
+        tracing::warn!(session = %session.id, "an upstream session partly applied more than {age} ago is kept: finish it with zync-apply apply, or undo it and drop it");
+    }
+    for (dir, e) in &expiry.failures {
+        tracing::warn!(dir = %dir.display(), "cannot remove an expired session's files: {e}");
     }
     Ok(())
 }

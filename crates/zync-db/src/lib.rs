@@ -14,6 +14,7 @@ mod conn;
 mod error;
 mod index;
 mod migrate;
+mod retire;
 mod sessions;
 mod sql;
 mod staging;
@@ -29,6 +30,10 @@ pub use clients::{Ack, ClientRecord};
 pub use conflict::{is_conflict, OnE};
 pub use index::Index;
 pub use migrate::{CLIENT_SCHEMA_VERSION, INDEX_SCHEMA_VERSION};
+pub use retire::{
+    drop_session, expire, leftover_dirs, looks_like_session_id, now_unix, remove_dir, Expiry,
+    LeftoverError, Undroppable,
+};
 pub use staging::{
     is_plain_name, session_dir, staging_root, Action, FileState, Session, SessionStatus, StagedFile,
 };

@@ -136,7 +136,50 @@ pub(crate) const INDEX: Schema = Schema {
              last_seen_unix INTEGER NOT NULL,
              client_version TEXT
          ) WITHOUT ROWID;",
-        // 5: the directories zync-apply created on E for a file (its missing parents), so
+        // 5: the 'expired' and 'dropped' session statuses (staging.rs SessionStatus). The
+        // status CHECK is rebuilt as in step 3, but upstream_files references this table with
+        // ON DELETE CASCADE: dropping the old table while a table references it would delete
+        // every staged file's row. So the files wait in a table without a reference while the
+        // sessions table is replaced, then come back under their own name.
+        "CREATE TABLE upstream_sessions_v5 (
+             id TEXT PRIMARY KEY NOT NULL,
+             client_id TEXT NOT NULL,
+             created_unix INTEGER NOT NULL,
+             status TEXT NOT NULL CHECK (status IN ('receiving', 'staged', 'partial',
+                 'applied', 'aborted', 'undone', 'expired', 'dropped'))
+         ) WITHOUT ROWID;
+         INSERT INTO upstream_sessions_v5 (id, client_id, created_unix, status)
+             SELECT id, client_id, created_unix, status FROM upstream_sessions;
+         CREATE TABLE upstream_files_v5 AS SELECT * FROM upstream_files;
+         DROP TABLE upstream_files;
+         DROP TABLE upstream_sessions;
+         ALTER TABLE upstream_sessions_v5 RENAME TO upstream_sessions;
+         CREATE TABLE upstream_files (
+             session_id TEXT NOT NULL REFERENCES upstream_sessions (id) ON DELETE CASCADE,
+             dir TEXT NOT NULL,
+             path TEXT NOT NULL,
+             action TEXT NOT NULL CHECK (action IN ('write', 'delete')),
+             mode INTEGER NOT NULL,
+             size INTEGER NOT NULL,
+             mtime_ns INTEGER NOT NULL,
+             sha256 TEXT,
+             base_sha256 TEXT,
+             conflict INTEGER NOT NULL CHECK (conflict IN (0, 1)),
+             state TEXT NOT NULL CHECK (state IN
+                 ('staged', 'applying', 'applied', 'skipped', 'kept_both', 'undone')),
+             staged_name TEXT,
+             backup_name TEXT,
+             e_existed INTEGER NOT NULL DEFAULT 0 CHECK (e_existed IN (0, 1)),
+             PRIMARY KEY (session_id, dir, path)
+         ) WITHOUT ROWID;
+         INSERT INTO upstream_files (session_id, dir, path, action, mode, size, mtime_ns,
+                 sha256, base_sha256, conflict, state, staged_name, backup_name, e_existed)
+             SELECT session_id, dir, path, action, mode, size, mtime_ns,
+                 sha256, base_sha256, conflict, state, staged_name, backup_name, e_existed
+             FROM upstream_files_v5;
+         DROP TABLE upstream_files_v5;
+         CREATE INDEX upstream_files_session ON upstream_files (session_id);",
+        // 6: the directories zync-apply created on E for a file (its missing parents), so
         // that undo can remove them again (sessions.rs `created_dirs`). NULL: none.
         "ALTER TABLE upstream_files ADD COLUMN created_dirs TEXT;",
     ],

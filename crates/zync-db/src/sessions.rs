@@ -333,7 +333,7 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
     })
 }
 
-fn file_from_row(row: &Row<'_>) -> rusqlite::Result<StagedFile> {
+pub(crate) fn file_from_row(row: &Row<'_>) -> rusqlite::Result<StagedFile> {
     Ok(StagedFile {
         session_id: row.get(0)?,
         dir: row.get(1)?,

@@ -86,6 +86,29 @@ pub enum SessionStatus {
     Aborted,
     /// An applied session was undone from its backups.
     Undone,
+    /// Staged and never touched for longer than the daemon's `--staging-max-age`: its staged
+    /// files were removed at a daemon start or by `zync-apply gc`.
+    Expired,
+    /// Discarded by `zync-apply drop`: its staged files were removed, E was not touched.
+    Dropped,
+}
+
+impl SessionStatus {
+    /// The statuses of a session whose staged content is still waiting for E's user:
+    /// receiving, staged, or partly applied. Staging limits count these.
+    pub const PENDING: &'static [SessionStatus] = &[
+        SessionStatus::Receiving,
+        SessionStatus::Staged,
+        SessionStatus::Partial,
+    ];
+
+    /// The statuses of a session whose staged files are gone (or should be): aborted,
+    /// expired, dropped. A directory left in the staging area for such a session is litter.
+    pub const ENDED: &'static [SessionStatus] = &[
+        SessionStatus::Aborted,
+        SessionStatus::Expired,
+        SessionStatus::Dropped,
+    ];
 }
 
 stored_as_text!(SessionStatus, "session status", [
@@ -95,6 +118,8 @@ stored_as_text!(SessionStatus, "session status", [
     Applied => "applied",
     Aborted => "aborted",
     Undone => "undone",
+    Expired => "expired",
+    Dropped => "dropped",
 ]);
 
 /// Where one staged file is in its life.
@@ -239,7 +264,9 @@ mod tests {
                 "partial",
                 "applied",
                 "aborted",
-                "undone"
+                "undone",
+                "expired",
+                "dropped"
             ]
         );
         let states: Vec<&str> = FileState::ALL.iter().map(FileState::as_str).collect();

@@ -53,7 +53,7 @@ fn a_version_1_index_upgrades_in_place() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(version, INDEX_SCHEMA_VERSION);
-    assert_eq!(INDEX_SCHEMA_VERSION, 5);
+    assert_eq!(INDEX_SCHEMA_VERSION, 6);
     for (kind, name) in [
         ("table", "clients"),
         ("table", "upstream_sessions"),
@@ -223,6 +223,107 @@ fn a_version_2_index_upgrades_in_place_keeping_its_sessions_and_learns_applying(
 }
 
 #[test]
+fn a_version_4_index_upgrades_keeping_sessions_and_files_and_learns_expired_and_dropped() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("index.db");
+    let v4 = Schema {
+        steps: &INDEX.steps[..4],
+        ..INDEX
+    };
+    let applying = StagedFile {
+        state: FileState::Applying,
+        backup_name: Some("backup-1".into()),
+        e_existed: true,
+        ..staged("s1", "docs", "a.txt", 10, true)
+    };
+    let waiting = staged("s2", "docs", "b.txt", 20, false);
+    {
+        let mut conn = rusqlite::Connection::open(&path).expect("open");
+        migrate::migrate(&mut conn, &v4, &path).expect("v4");
+        conn.execute_batch("PRAGMA foreign_keys = ON").expect("fk");
+        for (id, status) in [("s1", "partial"), ("s2", "staged")] {
+            conn.execute(
+                "INSERT INTO upstream_sessions (id, client_id, created_unix, status)
+                 VALUES (?1, 'client-r', 1234, ?2)",
+                [id, status],
+            )
+            .expect("session");
+        }
+        for f in [&applying, &waiting] {
+            conn.execute(
+                &format!(
+                    "INSERT INTO upstream_files ({FILE_COLUMNS}) VALUES
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                ),
+                rusqlite::params![
+                    f.session_id,
+                    f.dir,
+                    f.path,
+                    f.action,
+                    f.mode,
+                    u64_to_sql(f.size),
+                    f.mtime_ns,
+                    f.sha256,
+                    f.base_sha256,
+                    f.conflict,
+                    f.state,
+                    f.staged_name,
+                    f.backup_name,
+                    f.e_existed,
+                ],
+            )
+            .expect("file row");
+        }
+        let err = conn
+            .execute(
+                "UPDATE upstream_sessions SET status = 'expired' WHERE id = 's2'",
+                [],
+            )
+            .expect_err("version 4 refuses 'expired'");
+        assert!(err.to_string().contains("CHECK"), "{err}");
+    }
+
+    let index = Index::open(&path).expect("upgrade");
+    assert_eq!(
+        index.staged_files("s1").expect("files"),
+        [applying],
+        "the files survive the rebuild of the table they reference"
+    );
+    assert_eq!(index.staged_files("s2").expect("files"), [waiting]);
+    let s1 = index.session("s1").expect("session").expect("kept");
+    assert_eq!(
+        (s1.status, s1.created_unix, s1.client_id.as_str()),
+        (SessionStatus::Partial, 1234, "client-r")
+    );
+    index
+        .set_session_status("s2", SessionStatus::Expired)
+        .expect("expired is stored now");
+    index
+        .set_session_status("s1", SessionStatus::Dropped)
+        .expect("dropped is stored now");
+    let leftovers: i64 = index
+        .conn()
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE '%_v5'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("schema");
+    assert_eq!(leftovers, 0);
+    // The reference still holds, and still cascades.
+    let err = index
+        .add_staged_file(&staged("nope", "docs", "x", 1, false))
+        .expect_err("foreign key");
+    assert!(matches!(err, DbError::NoSuchSession { .. }), "got {err:?}");
+    index.delete_session("s2").expect("delete");
+    assert!(
+        index.staged_files("s2").expect("files").is_empty(),
+        "cascade"
+    );
+    assert_eq!(index.staged_files("s1").expect("files").len(), 1);
+}
+
+#[test]
 fn a_version_4_index_upgrades_in_place_and_learns_the_directories_apply_created() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let path = tmp.path().join("index.db");
@@ -283,7 +384,7 @@ fn a_version_4_index_upgrades_in_place_and_learns_the_directories_apply_created(
         .conn()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     assert_eq!(
         index.staged_files("s1").expect("files"),
         [waiting.clone(), applied.clone()],

@@ -146,20 +146,35 @@ impl IgnoreRules {
     /// files override shallower ones, which override the global rules; `!pattern` whitelists.
     /// Names starting with [`TEMP_PREFIX`] are always ignored.
     pub fn is_ignored(&self, rel: &RelPath, is_dir: bool) -> bool {
-        if rel.as_str().split('/').any(|c| c.starts_with(TEMP_PREFIX)) {
-            return true;
+        self.ignoring_rule(rel, is_dir).is_some()
+    }
+
+    /// The rule that ignores `rel`, for a person (``pattern `*.log` from --ignore``,
+    /// ``pattern `build` in the built-in ignore list``, ``pattern `x` in sub/.zyncignore``),
+    /// naming the ancestor it matched when that is not `rel` itself; `None` when `rel` is not
+    /// ignored. The same decision as [`IgnoreRules::is_ignored`].
+    pub fn ignoring_rule(&self, rel: &RelPath, is_dir: bool) -> Option<String> {
+        if let Some(part) = rel.as_str().split('/').find(|c| c.starts_with(TEMP_PREFIX)) {
+            return Some(format!("{part} has zync's temp-file prefix {TEMP_PREFIX}"));
         }
         // As in git, nothing below an ignored directory can be re-included, so check each
         // ancestor (as a directory) from the top before the path itself.
         let s = rel.as_str();
         let ends = s.match_indices('/').map(|(i, _)| (i, true));
         ends.chain(std::iter::once((s.len(), is_dir)))
-            .any(|(end, dir)| self.ignored_here(&s[..end], dir))
+            .find_map(|(end, dir)| {
+                let rule = self.ignored_here(&s[..end], dir)?;
+                Some(if end == s.len() {
+                    rule
+                } else {
+                    format!("{rule}, which matches its directory {}", &s[..end])
+                })
+            })
     }
 
-    /// Whether `path` itself (not its ancestors) is ignored: the deepest matcher with an opinion
-    /// decides.
-    fn ignored_here(&self, path: &str, is_dir: bool) -> bool {
+    /// The rule that ignores `path` itself (not its ancestors), if one does: the deepest
+    /// matcher with an opinion decides.
+    fn ignored_here(&self, path: &str, is_dir: bool) -> Option<String> {
         // Directories that may hold a .zyncignore applying to `path`: its proper ancestors and
         // the root, deepest first.
         let mut dir_ends: Vec<usize> = path.match_indices('/').map(|(i, _)| i).collect();
@@ -172,12 +187,26 @@ impl IgnoreRules {
             };
             let below = if end == 0 { path } else { &path[end + 1..] };
             match gi.matched(below, is_dir) {
-                Match::Ignore(_) => return true,
-                Match::Whitelist(_) => return false,
+                Match::Ignore(glob) => {
+                    let file = if dir.is_empty() {
+                        IGNORE_FILE.to_string()
+                    } else {
+                        format!("{dir}/{IGNORE_FILE}")
+                    };
+                    return Some(format!("pattern `{}` in {file}", glob.original()));
+                }
+                Match::Whitelist(_) => return None,
                 Match::None => {}
             }
         }
-        matches!(self.inner.global.matched(path, is_dir), Match::Ignore(_))
+        match self.inner.global.matched(path, is_dir) {
+            Match::Ignore(glob) if DEFAULT_IGNORES.contains(&glob.original()) => Some(format!(
+                "pattern `{}` in the built-in ignore list",
+                glob.original()
+            )),
+            Match::Ignore(glob) => Some(format!("pattern `{}` from --ignore", glob.original())),
+            _ => None,
+        }
     }
 
     /// The parsed `.zyncignore` of directory `dir` ("" for the root), loading it on first use.
@@ -388,6 +417,29 @@ mod tests {
         check(&rules, &[("x.a", false, false)]); // still cached
         rules.clone().reload();
         check(&rules, &[("x.a", false, true)]);
+    }
+
+    #[test]
+    fn the_ignoring_rule_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub").join(IGNORE_FILE), "*.tmp\n").unwrap();
+        let rules = IgnoreRules::new(dir.path(), &["*.log".to_string()], true).unwrap();
+        let rule = |p: &str| rules.ignoring_rule(&rel(p), false);
+        assert_eq!(
+            rule("a.log").as_deref(),
+            Some("pattern `*.log` from --ignore")
+        );
+        assert_eq!(
+            rule("build/out.o").as_deref(),
+            Some("pattern `build/` in the built-in ignore list, which matches its directory build")
+        );
+        assert_eq!(
+            rule("sub/x.tmp").as_deref(),
+            Some("pattern `*.tmp` in sub/.zyncignore")
+        );
+        assert!(rule("x/.zync-tmp-1").is_some_and(|r| r.contains(TEMP_PREFIX)));
+        assert_eq!(rule("a.txt"), None);
     }
 
     #[test]

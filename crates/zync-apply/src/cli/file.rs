@@ -29,8 +29,23 @@ impl Cli {
             .map(|p| file.resolve(Path::new(&p)))
             .transpose()?;
         merge(matches, "db", &mut self.db, db);
+        if let Command::Gc {
+            configured_max_age, ..
+        } = &mut self.command
+        {
+            // The daemon's own setting, so that gc expires what the daemon would at its start.
+            if let Some(text) = settings::text(&file, "staging-max-age")? {
+                let age = zync_cli::units::parse_duration(&text).map_err(|e| {
+                    anyhow::anyhow!("`staging-max-age` in {}: {e}", file.describe())
+                })?;
+                *configured_max_age = Some(age);
+            }
+        }
         let dirs = match &mut self.command {
-            Command::List { .. } | Command::Status { .. } => None,
+            Command::List { .. }
+            | Command::Status { .. }
+            | Command::Drop { .. }
+            | Command::Gc { .. } => None,
             Command::Show { dirs, .. }
             | Command::Apply { dirs, .. }
             | Command::Undo { dirs, .. } => Some(dirs),
@@ -75,7 +90,10 @@ mod tests {
             Command::Show { dirs, .. }
             | Command::Apply { dirs, .. }
             | Command::Undo { dirs, .. } => dirs.dirs.clone(),
-            Command::List { .. } | Command::Status { .. } => Vec::new(),
+            Command::List { .. }
+            | Command::Status { .. }
+            | Command::Drop { .. }
+            | Command::Gc { .. } => Vec::new(),
         }
     }
 
@@ -115,6 +133,17 @@ mod tests {
             dirs_of(&cli).is_empty(),
             "the database's mapping must still apply"
         );
+    }
+
+    #[test]
+    fn gc_takes_the_daemon_s_staging_max_age() {
+        let (cli, _) = merged(&["gc"], "staging-max-age = \"7d\"\n").expect("merge");
+        assert!(matches!(
+            cli.command,
+            Command::Gc { configured_max_age: Some(d), .. } if d.as_secs() == 7 * 86_400
+        ));
+        let err = merged(&["gc"], "staging-max-age = \"7\"\n").expect_err("no unit");
+        assert!(format!("{err:#}").contains("staging-max-age"), "{err:#}");
     }
 
     #[test]

@@ -66,6 +66,12 @@ no-default-ignores = true
 token-file = "~/t.token"
 insecure-no-auth = true
 log-level = "debug"
+max-session-bytes = "1GiB"
+max-staged-bytes = 5000000
+max-session-files = 7
+max-pending-sessions = 2
+upload-stall-timeout = 9
+staging-max-age = "12h"
 tunnel = "me@gpu-box"
 tunnel-socket = "run/zync.sock"
 ssh-port = 2222
@@ -93,6 +99,19 @@ ssh-command = "/opt/ssh"
         assert_eq!(args.token_file, Some(home.join("t.token")));
         assert!(args.insecure_no_auth);
         assert_eq!(args.log_level.as_deref(), Some("debug"));
+        assert_eq!(
+            (
+                args.max_session_bytes,
+                args.max_staged_bytes,
+                args.max_session_files
+            ),
+            (1 << 30, 5_000_000, 7)
+        );
+        assert_eq!(
+            (args.max_pending_sessions, args.upload_stall_timeout),
+            (2, 9)
+        );
+        assert_eq!(args.staging_max_age.as_secs(), 12 * 3600);
         assert_eq!(args.tunnel.as_deref(), Some("me@gpu-box"));
         assert_eq!(args.tunnel_socket.as_deref(), Some("run/zync.sock"));
         assert_eq!((args.tunnel_remote_port, args.ssh_port), (None, Some(2222)));
@@ -188,6 +207,20 @@ ssh-command = "/opt/ssh"
         assert!(args.ignore.is_empty() && args.token_file.is_none());
         assert!(!args.no_default_ignores && !args.insecure_no_auth);
         assert_eq!(args.log_level, None);
+        assert_eq!(
+            (
+                args.max_session_bytes,
+                args.max_staged_bytes,
+                args.max_session_files
+            ),
+            (4 << 30, 16 << 30, 100_000),
+            "the staging limits' defaults"
+        );
+        assert_eq!(
+            (args.max_pending_sessions, args.upload_stall_timeout),
+            (16, 60)
+        );
+        assert_eq!(args.staging_max_age.as_secs(), 30 * 86_400);
     }
 
     #[test]

@@ -106,7 +106,17 @@ impl Operation {
             Operation::UpstreamFile(file) => upstream_file::apply(cx, link, id, file).await,
             Operation::FinalizeUpstream(finalize) => upstream_finalize::apply(cx, finalize).await,
         };
-        link.answer(id, answer).await
+        let answered = link.answer(id, answer).await;
+        if let Some(reason) = cx.hang_up.take() {
+            let _ = link
+                .close(
+                    tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Policy,
+                    &reason,
+                )
+                .await;
+            return false;
+        }
+        answered
     }
 }
 

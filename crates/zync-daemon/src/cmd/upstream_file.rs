@@ -1,7 +1,8 @@
 //! UPSTREAM_FILE: one file of the open upstream session. The request is checked before any
-//! content is read (a refused upload's frames are dropped as they arrive); a write's content
-//! is received into its staged file through a [`Stager`], size and sha256 verified; the
-//! conflict flag is decided three-way against E's disk now (invariant 5
+//! content is read (a refused upload's frames are dropped as they arrive): the path, the
+//! daemon's own files, the staging limits; a write's content is received into its staged file
+//! through a [`Stager`], size and sha256 verified, each frame within the upload stall
+//! deadline; the conflict flag is decided three-way against E's disk now (invariant 5
 //! (docs/ARCHITECTURE.md)). Nothing is written into E's directories.
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use zync_db::{Action, FileState, OnE, StagedFile};
 use zync_fs::{RelPath, Stat};
 use zync_proto::{ErrorCode, Reply, UpstreamAction, UpstreamFile, UpstreamFileReply};
 
+use crate::budget::{Reservation, Upload};
 use crate::context::Context;
 use crate::link::Link;
 use crate::refusal::Refusal;
@@ -29,22 +31,137 @@ pub(crate) async fn apply(
         UpstreamAction::Write => file.size.div_ceil(zync_proto::MAX_CHUNK as u64),
         UpstreamAction::Delete => 0,
     };
-    match check(cx, &file) {
-        Ok(checked) => stage(cx, link, id, file, frames, checked).await,
+    let admitted = match admit(cx, &file).await {
+        Ok(admitted) => admitted,
         Err(refusal) => {
             if frames > 0 {
                 cx.discard = Some(Discard { id, frames });
             }
-            Err(refusal)
+            return Err(refusal);
         }
+    };
+    stage(cx, link, id, file, frames, admitted).await
+}
+
+/// An upload that passed every check before its content: its path, its root, and the bytes of
+/// the total it holds while it is received (writes).
+struct Admitted {
+    rel: RelPath,
+    root: PathBuf,
+    reservation: Option<Reservation>,
+}
+
+/// Everything checked before any content is read: the request ([`check`]), the daemon's own
+/// files, the session's limits and the total staged, and the session recorded (on its first
+/// file).
+async fn admit(cx: &mut Context, file: &UpstreamFile) -> Result<Admitted, Refusal> {
+    let (rel, root) = check(cx, file)?;
+    refuse_own(cx, &file.dir, &root, &rel).await?;
+    let (load, replaced) = {
+        let Some(session) = cx.upstream.as_ref() else {
+            return Err(Refusal::new(
+                ErrorCode::UnknownSession,
+                "no open upstream session",
+            ));
+        };
+        let replaced = session
+            .paths
+            .get(&(file.dir.clone(), rel.to_string()))
+            .copied();
+        (session.load, replaced)
+    };
+    let size = match file.action {
+        UpstreamAction::Write => file.size,
+        UpstreamAction::Delete => 0,
+    };
+    let upload = Upload {
+        path: rel.as_str(),
+        size,
+        replaced: replaced.unwrap_or(0),
+        replaces: replaced.is_some(),
+    };
+    cx.shared.staging.check_session(load, upload)?;
+    let reservation = match file.action {
+        UpstreamAction::Write => Some(reserve(cx, upload).await?),
+        UpstreamAction::Delete => None,
+    };
+    create_session(cx).await?;
+    Ok(Admitted {
+        rel,
+        root,
+        reservation,
+    })
+}
+
+/// Holds `upload`'s bytes of the total staged across pending sessions, or refuses it.
+async fn reserve(cx: &mut Context, upload: Upload<'_>) -> Result<Reservation, Refusal> {
+    let shared = std::sync::Arc::clone(&cx.shared);
+    let pending = cx.query(|index| index.pending_bytes());
+    shared
+        .budget
+        .reserve(&shared.staging, upload, pending)
+        .await
+}
+
+/// Records the open session and makes its private directory, before its first file is staged:
+/// a push whose every file is refused leaves nothing on E. The client's pending sessions are
+/// counted again here (another connection of the same client may have staged one meanwhile).
+async fn create_session(cx: &mut Context) -> Result<(), Refusal> {
+    let Some((id, dir)) = cx
+        .upstream
+        .as_ref()
+        .filter(|s| !s.created)
+        .map(|s| (s.id.clone(), s.dir.clone()))
+    else {
+        return Ok(());
+    };
+    super::upstream_prepare::check_pending(cx).await?;
+    let client = cx.client_id.clone();
+    let session = id.clone();
+    // The row first: a directory in the staging area that no row owns is litter that
+    // `zync-apply gc` may remove at any time.
+    cx.query(move |index| index.create_session(&session, &client))
+        .await?;
+    if let Some(open) = cx.upstream.as_mut() {
+        open.created = true;
+    }
+    // R's content waits here for review: the area and each session's directory are E's
+    // user's only (invariant 8), whatever the daemon's umask.
+    let made = tokio::task::spawn_blocking(move || zync_fs::create_private_dir_all(&dir))
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+    made.map_err(|e| {
+        Refusal::new(
+            ErrorCode::Internal,
+            format!("cannot create the staging directory on E: {e}"),
+        )
+    })?;
+    tracing::debug!(session = %id, "upstream session recorded with its first file");
+    Ok(())
+}
+
+/// Refuses `rel` in `root` when it is one of the daemon's own files, or lies in its staging
+/// area, under any name of its directory: R must never write E's database, token, config or
+/// staged content, even through `zync-apply` (invariant 9 (docs/ARCHITECTURE.md)).
+async fn refuse_own(cx: &Context, dir: &str, root: &Path, rel: &RelPath) -> Result<(), Refusal> {
+    let shared = std::sync::Arc::clone(&cx.shared);
+    let (root, probe) = (root.to_path_buf(), rel.clone());
+    let what = tokio::task::spawn_blocking(move || shared.own.what_in(&root, &probe))
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+    match what {
+        None => Ok(()),
+        Some(what) => Err(Refusal::new(
+            ErrorCode::InvalidPath,
+            format!("{dir}/{rel} is {what} on E; it is never accepted from R"),
+        )),
     }
 }
 
 /// Checks the session, the directory, the path (invariant 3 (docs/ARCHITECTURE.md)), the
 /// daemon's ignore rules and the checksums' form.
 fn check(cx: &Context, file: &UpstreamFile) -> Result<(RelPath, PathBuf), Refusal> {
-    let session = cx
-        .upstream
+    cx.upstream
         .as_ref()
         .filter(|s| s.id == file.session_id)
         .ok_or_else(|| {
@@ -59,10 +176,10 @@ fn check(cx: &Context, file: &UpstreamFile) -> Result<(RelPath, PathBuf), Refusa
     let root = cx.served(&file.dir)?;
     let rel = RelPath::parse(&file.path)
         .map_err(|e| Refusal::new(ErrorCode::InvalidPath, e.to_string()))?;
-    if root.rules.is_ignored(&rel, false) {
+    if let Some(rule) = root.rules.ignoring_rule(&rel, false) {
         return Err(Refusal::new(
             ErrorCode::InvalidPath,
-            format!("{rel} is ignored by the daemon's rules"),
+            format!("{rel} is ignored on E ({rule})"),
         ));
     }
     if file.action == UpstreamAction::Write
@@ -83,7 +200,6 @@ fn check(cx: &Context, file: &UpstreamFile) -> Result<(RelPath, PathBuf), Refusa
             "base_sha256 must be 64 lowercase hex digits",
         ));
     }
-    let _ = session;
     Ok((rel, root.path.clone()))
 }
 
@@ -94,8 +210,13 @@ async fn stage(
     id: u64,
     file: UpstreamFile,
     frames: u64,
-    (rel, root): (RelPath, PathBuf),
+    admitted: Admitted,
 ) -> Result<Reply, Refusal> {
+    let Admitted {
+        rel,
+        root,
+        reservation,
+    } = admitted;
     let Some(session) = cx.upstream.as_mut() else {
         return Err(Refusal::new(
             ErrorCode::UnknownSession,
@@ -145,8 +266,33 @@ async fn stage(
         backup_name: None,
         e_existed: !matches!(on_e, EState::Missing),
     };
-    cx.query(move |index| index.add_staged_file(&staged))
+    let staged_bytes = if action == Action::Write {
+        file.size
+    } else {
+        0
+    };
+    let new_name = staged.staged_name.clone();
+    let replaced = cx
+        .query(move |index| index.replace_staged_file(&staged))
         .await?;
+    // Recorded: the index counts its bytes from now on.
+    drop(reservation);
+    if let Some(open) = cx.upstream.as_mut() {
+        open.staged(&file.dir, rel.as_str(), staged_bytes);
+    }
+    // The same path sent again: its first staged file goes, and with it the room it took.
+    if let Some(old) = replaced
+        .and_then(|old| old.staged_name)
+        .filter(|old| Some(old) != new_name.as_ref())
+    {
+        let old_path = session_dir.join(&old);
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(&old_path))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = removed {
+            tracing::warn!(path = %rel, "cannot remove the staged file {old} it replaces: {e}");
+        }
+    }
     tracing::debug!(path = %rel, conflict, "staged");
     Ok(Reply::UpstreamFile(UpstreamFileReply {
         dir: file.dir,
@@ -178,8 +324,22 @@ async fn receive_content(
     let mut received = 0u64;
     let mut got = 0u64;
     let mut failure = None;
+    let stall = cx.shared.staging.upload_stall;
     while got < frames {
-        let frame = match link.next().await {
+        // A client that reserved room and then sends nothing must not keep it (invariant 9
+        // (docs/ARCHITECTURE.md)): past the deadline the upload is dropped and the connection
+        // closed, which aborts its session.
+        let Ok(next) = tokio::time::timeout(stall, link.next()).await else {
+            tracing::info!(client = %cx.client_id, path = %file.path, received, "closing a connection whose upload stalled (--upload-stall-timeout)");
+            let refusal = cx.shared.staging.stalled(&file.path, received, file.size);
+            cx.hang_up = Some(format!(
+                "upload stalled: no content for {} s",
+                stall.as_secs()
+            ));
+            failure = Some(refusal);
+            break;
+        };
+        let frame = match next {
             Some(Ok(Message::Binary(data))) => data,
             // Control frames are answered by the WebSocket layer and carry no content.
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,

@@ -1,5 +1,7 @@
 //! FINALIZE_UPSTREAM: closes the session open on this connection; its files are made durable
-//! and the session is marked `staged`, for review with `zync-apply`.
+//! and the session is marked `staged`, for review with `zync-apply`. A session with nothing
+//! staged (every file refused, or none sent) is not kept: it leaves no row and no directory,
+//! and the reply counts no files.
 
 use zync_db::SessionStatus;
 use zync_proto::{ErrorCode, FinalizeReply, FinalizeUpstream, Reply};
@@ -9,32 +11,56 @@ use crate::refusal::Refusal;
 
 /// Stages the session.
 pub(crate) async fn apply(cx: &mut Context, finalize: FinalizeUpstream) -> Result<Reply, Refusal> {
-    match &cx.upstream {
-        Some(s) if s.id == finalize.session_id => {}
-        _ => {
-            return Err(Refusal::new(
-                ErrorCode::UnknownSession,
-                format!(
-                    "no open upstream session {} on this connection",
-                    finalize.session_id
-                ),
-            ))
-        }
-    }
-    if let Some(open) = &cx.upstream {
-        // The staged files' names are made durable before the session counts as staged.
-        let dir = open.dir.clone();
-        tokio::task::spawn_blocking(move || zync_fs::fsync_dir(&dir))
-            .await
-            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?
-            .map_err(|e| {
-                Refusal::new(
-                    ErrorCode::Internal,
-                    format!("cannot stage the session: {e}"),
-                )
-            })?;
-    }
+    let Some(open) = cx.upstream.as_ref().filter(|s| s.id == finalize.session_id) else {
+        return Err(Refusal::new(
+            ErrorCode::UnknownSession,
+            format!(
+                "no open upstream session {} on this connection",
+                finalize.session_id
+            ),
+        ));
+    };
+    let (created, dir) = (open.created, open.dir.clone());
     let id = finalize.session_id.clone();
+    let empty = || {
+        Reply::FinalizeUpstream(FinalizeReply {
+            session_id: finalize.session_id.clone(),
+            files: 0,
+            bytes: 0,
+            conflicts: 0,
+        })
+    };
+    if !created {
+        cx.upstream = None;
+        tracing::info!(session = %id, "upstream session finalized with nothing staged; nothing kept");
+        return Ok(empty());
+    }
+    let lookup = id.clone();
+    let recorded = cx.query(move |index| index.session(&lookup)).await?;
+    if recorded.is_none_or(|s| s.files == 0) {
+        // Its uploads all failed: the row and the (empty) directory go.
+        let gone = id.clone();
+        cx.query(move |index| index.delete_session(&gone)).await?;
+        let removed = tokio::task::spawn_blocking(move || zync_db::remove_dir(&dir))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = removed {
+            tracing::warn!(session = %id, "cannot remove an empty session's directory: {e}");
+        }
+        cx.upstream = None;
+        tracing::info!(session = %id, "upstream session finalized with nothing staged; nothing kept");
+        return Ok(empty());
+    }
+    // The staged files' names are made durable before the session counts as staged.
+    tokio::task::spawn_blocking(move || zync_fs::fsync_dir(&dir))
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| {
+            Refusal::new(
+                ErrorCode::Internal,
+                format!("cannot stage the session: {e}"),
+            )
+        })?;
     let session = cx
         .query(move |index| {
             index.set_session_status(&id, SessionStatus::Staged)?;

@@ -1,5 +1,7 @@
-//! PREPARE_UPSTREAM: opens an upstream session on this connection, with a private staging
-//! directory beside the database and a `receiving` row in the index.
+//! PREPARE_UPSTREAM: opens an upstream session on this connection. Nothing is recorded yet:
+//! the session's row and private staging directory are made when its first file is staged
+//! (`upstream_file.rs`), so a push whose every file E refuses leaves no trace. A client that
+//! already has as many pending sessions as E allows is refused here, before it sends anything.
 
 use zync_proto::{ErrorCode, PrepareUpstream, Reply, SessionReply};
 
@@ -15,25 +17,19 @@ pub(crate) async fn apply(cx: &mut Context, prepare: PrepareUpstream) -> Result<
             "an upstream session is already open on this connection; finalize it first",
         ));
     }
+    check_pending(cx).await?;
     let id = uuid::Uuid::new_v4().to_string();
     let dir = zync_db::session_dir(&cx.shared.db_path, &id);
-    // R's content waits here for review: the area and each session's directory are E's
-    // user's only (invariant 8), whatever the daemon's umask.
-    zync_fs::create_private_dir_all(&dir).map_err(|e| {
-        Refusal::new(
-            ErrorCode::Internal,
-            format!("cannot create the staging directory on E: {e}"),
-        )
-    })?;
-    let client = cx.client_id.clone();
-    let session = id.clone();
-    cx.query(move |index| index.create_session(&session, &client))
-        .await?;
     tracing::info!(session = %id, description = ?prepare.description, "upstream session opened");
-    cx.upstream = Some(OpenSession {
-        id: id.clone(),
-        dir,
-        count: 0,
-    });
+    cx.upstream = Some(OpenSession::new(id.clone(), dir));
     Ok(Reply::PrepareUpstream(SessionReply { session_id: id }))
+}
+
+/// Refuses a client that has as many pending sessions on E as `--max-pending-sessions` allows.
+pub(crate) async fn check_pending(cx: &mut Context) -> Result<(), Refusal> {
+    let client = cx.client_id.clone();
+    let pending = cx
+        .query(move |index| index.pending_sessions_of(&client))
+        .await?;
+    cx.shared.staging.check_pending(&cx.client_id, pending)
 }

@@ -1,0 +1,344 @@
+//! How much R may stage on E (invariant 9 (docs/ARCHITECTURE.md): staging is bounded, R is not
+//! trusted): the limits, with their flags, and the checks an upload passes before any of its
+//! content is read. Every refusal names the limit, its value and the flag or config key that
+//! raises it. Uploads being received count against the total until their files are recorded,
+//! so two connections cannot both take the last of it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use zync_cli::units::{format_bytes, format_duration};
+use zync_proto::ErrorCode;
+
+use crate::refusal::Refusal;
+
+/// The default for bytes of staged content in one session.
+pub const MAX_SESSION_BYTES: u64 = 4 << 30;
+/// The default for bytes of staged content in all pending sessions together.
+pub const MAX_STAGED_BYTES: u64 = 16 << 30;
+/// The default for files in one session.
+pub const MAX_SESSION_FILES: u64 = 100_000;
+/// The default for pending sessions of one client.
+pub const MAX_PENDING_SESSIONS: u64 = 16;
+/// The default for how long an upload may wait for its next content frame.
+pub const UPLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default age after which a staged session nobody touched expires.
+pub const STAGING_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// What R may stage, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StagingLimits {
+    /// Bytes of content in one session (`--max-session-bytes`).
+    pub session_bytes: u64,
+    /// Bytes of content in every pending session together (`--max-staged-bytes`).
+    pub staged_bytes: u64,
+    /// Files in one session (`--max-session-files`).
+    pub session_files: u64,
+    /// Pending sessions of one client (`--max-pending-sessions`).
+    pub pending_sessions: u64,
+    /// How long an upload may wait for its next content frame (`--upload-stall-timeout`).
+    pub upload_stall: Duration,
+    /// Staged sessions untouched for longer expire at start (`--staging-max-age`).
+    pub max_age: Duration,
+}
+
+impl Default for StagingLimits {
+    fn default() -> StagingLimits {
+        StagingLimits {
+            session_bytes: MAX_SESSION_BYTES,
+            staged_bytes: MAX_STAGED_BYTES,
+            session_files: MAX_SESSION_FILES,
+            pending_sessions: MAX_PENDING_SESSIONS,
+            upload_stall: UPLOAD_STALL_TIMEOUT,
+            max_age: STAGING_MAX_AGE,
+        }
+    }
+}
+
+/// How to raise a limit: its flag and its config key.
+fn raise(key: &str) -> String {
+    format!("zync-daemon --{key}, or {key} in daemon.toml")
+}
+
+/// What one session holds so far, for the per-session limits.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SessionLoad {
+    /// Files staged.
+    pub(crate) files: u64,
+    /// Bytes staged.
+    pub(crate) bytes: u64,
+}
+
+/// An upload about to be received: its path, its size, and the size of the staged file of the
+/// same path it would replace (0 for none), `replaces` whether there is one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Upload<'a> {
+    pub(crate) path: &'a str,
+    pub(crate) size: u64,
+    pub(crate) replaced: u64,
+    pub(crate) replaces: bool,
+}
+
+impl StagingLimits {
+    /// The refusal of a new session for a client that has `pending` sessions waiting already.
+    pub(crate) fn check_pending(&self, client: &str, pending: u64) -> Result<(), Refusal> {
+        if pending < self.pending_sessions {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            ErrorCode::TooLarge,
+            format!(
+                "client {client} already has {pending} upstream sessions waiting on E; E allows {} \
+                 ({}); apply or drop some on E (zync-apply list, apply, drop) and push again",
+                self.pending_sessions,
+                raise("max-pending-sessions")
+            ),
+        ))
+    }
+
+    /// The refusal of `upload` into a session holding `load`.
+    pub(crate) fn check_session(
+        &self,
+        load: SessionLoad,
+        upload: Upload<'_>,
+    ) -> Result<(), Refusal> {
+        if !upload.replaces && load.files >= self.session_files {
+            return Err(Refusal::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "{}: this push would stage more than {} files in one session; E allows {} ({}); \
+                     what was staged before it stays, finalize it and push the rest in another session",
+                    upload.path,
+                    load.files,
+                    self.session_files,
+                    raise("max-session-files")
+                ),
+            ));
+        }
+        let after = load
+            .bytes
+            .saturating_sub(upload.replaced)
+            .saturating_add(upload.size);
+        if after > self.session_bytes {
+            return Err(Refusal::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "{}: this push would stage {} in one session; E allows {} ({}); what was staged \
+                     before it stays, finalize it and push the rest in another session",
+                    upload.path,
+                    format_bytes(after),
+                    format_bytes(self.session_bytes),
+                    raise("max-session-bytes")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The refusal of `upload` when `pending` bytes wait in pending sessions and `receiving`
+    /// more are being received.
+    fn check_total(&self, pending: u64, receiving: u64, upload: Upload<'_>) -> Result<(), Refusal> {
+        let held = pending
+            .saturating_add(receiving)
+            .saturating_sub(upload.replaced);
+        if held.saturating_add(upload.size) <= self.staged_bytes {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            ErrorCode::TooLarge,
+            format!(
+                "{}: E already holds {} of staged content waiting for review; {} more would pass the \
+                 {} E allows in all pending sessions together ({}); apply or drop sessions on E \
+                 (zync-apply list, apply, drop) and push again",
+                upload.path,
+                format_bytes(held),
+                format_bytes(upload.size),
+                format_bytes(self.staged_bytes),
+                raise("max-staged-bytes")
+            ),
+        ))
+    }
+
+    /// The refusal (and connection close reason) of an upload whose next frame did not come.
+    pub(crate) fn stalled(&self, path: &str, received: u64, size: u64) -> Refusal {
+        Refusal::new(
+            ErrorCode::BadRequest,
+            format!(
+                "{path}: no content arrived for {} after {received} of {size} bytes; E dropped the \
+                 upload and closes the connection ({})",
+                format_duration(self.upload_stall),
+                raise("upload-stall-timeout")
+            ),
+        )
+    }
+}
+
+/// Bytes of uploads being received on every connection: staged content not yet in the index.
+#[derive(Debug, Default)]
+pub(crate) struct Budget {
+    /// Held across the check and the reservation, so two uploads cannot both take the last room.
+    gate: tokio::sync::Mutex<()>,
+    receiving: Arc<Mutex<u64>>,
+}
+
+impl Budget {
+    /// Reserves `upload.size` bytes of the total if `pending()` (the bytes the index counts
+    /// for pending sessions, read off the reactor) plus the uploads being received leave room
+    /// for it under `limits`.
+    pub(crate) async fn reserve<F>(
+        &self,
+        limits: &StagingLimits,
+        upload: Upload<'_>,
+        pending: F,
+    ) -> Result<Reservation, Refusal>
+    where
+        F: std::future::Future<Output = Result<u64, Refusal>>,
+    {
+        let _turn = self.gate.lock().await;
+        let pending = pending.await?;
+        let receiving = self.receiving();
+        limits.check_total(pending, receiving, upload)?;
+        *self.receiving.lock().unwrap_or_else(|e| e.into_inner()) += upload.size;
+        Ok(Reservation {
+            receiving: Arc::clone(&self.receiving),
+            bytes: upload.size,
+        })
+    }
+
+    /// Bytes of uploads being received now.
+    pub(crate) fn receiving(&self) -> u64 {
+        *self.receiving.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Bytes an upload holds of the total while it is received; given back when dropped (the
+/// upload was recorded in the index, which counts it from then on, or it failed).
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    receiving: Arc<Mutex<u64>>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut receiving = self.receiving.lock().unwrap_or_else(|e| e.into_inner());
+        *receiving = receiving.saturating_sub(self.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upload(size: u64) -> Upload<'static> {
+        Upload {
+            path: "big.bin",
+            size,
+            replaced: 0,
+            replaces: false,
+        }
+    }
+
+    #[test]
+    fn each_limit_refuses_with_its_value_and_the_flag_that_raises_it() {
+        let limits = StagingLimits {
+            session_bytes: 4 << 30,
+            staged_bytes: 16 << 30,
+            session_files: 3,
+            pending_sessions: 2,
+            ..StagingLimits::default()
+        };
+        let load = SessionLoad {
+            files: 2,
+            bytes: 3 << 30,
+        };
+        assert!(
+            limits.check_session(load, upload(1 << 30)).is_ok(),
+            "exactly the limit fits"
+        );
+        let e = limits
+            .check_session(load, upload((1 << 30) + 1))
+            .expect_err("over the session bytes");
+        assert_eq!(e.code(), ErrorCode::TooLarge);
+        assert!(
+            e.message()
+                .contains("would stage 4.0 GiB in one session; E allows 4 GiB")
+                && e.message().contains(
+                    "zync-daemon --max-session-bytes, or max-session-bytes in daemon.toml"
+                ),
+            "{}",
+            e.message()
+        );
+        let replacing = Upload {
+            replaced: 1 << 30,
+            replaces: true,
+            ..upload(2 << 30)
+        };
+        assert!(
+            limits.check_session(load, replacing).is_ok(),
+            "a re-sent path counts once"
+        );
+
+        let full = SessionLoad { files: 3, bytes: 0 };
+        let e = limits
+            .check_session(full, upload(1))
+            .expect_err("over the files");
+        assert!(
+            e.message().contains("E allows 3") && e.message().contains("--max-session-files"),
+            "{}",
+            e.message()
+        );
+        assert!(
+            limits
+                .check_session(
+                    full,
+                    Upload {
+                        replaces: true,
+                        ..upload(1)
+                    }
+                )
+                .is_ok(),
+            "a re-sent path adds no file"
+        );
+
+        assert!(limits.check_total(15 << 30, 0, upload(1 << 30)).is_ok());
+        let e = limits
+            .check_total(15 << 30, 1, upload(1 << 30))
+            .expect_err("uploads being received count");
+        assert!(
+            e.message().contains("16 GiB") && e.message().contains("--max-staged-bytes"),
+            "{}",
+            e.message()
+        );
+
+        assert!(limits.check_pending("r", 1).is_ok());
+        let e = limits.check_pending("r", 2).expect_err("too many pending");
+        assert!(
+            e.message()
+                .contains("already has 2 upstream sessions waiting on E; E allows 2")
+                && e.message().contains("--max-pending-sessions"),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reservation_holds_its_bytes_until_it_is_dropped() {
+        let limits = StagingLimits {
+            staged_bytes: 100,
+            ..StagingLimits::default()
+        };
+        let budget = Budget::default();
+        let first = budget
+            .reserve(&limits, upload(60), async { Ok(0) })
+            .await
+            .expect("fits");
+        assert_eq!(budget.receiving(), 60);
+        let refused = budget.reserve(&limits, upload(60), async { Ok(0) }).await;
+        assert!(refused.is_err(), "the first upload's bytes are held");
+        drop(first);
+        assert_eq!(budget.receiving(), 0);
+        let second = budget.reserve(&limits, upload(60), async { Ok(0) }).await;
+        assert!(second.is_ok(), "given back when dropped");
+    }
+}

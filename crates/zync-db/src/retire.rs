@@ -1,0 +1,552 @@
+//! What bounds the staging area and empties it: the sums the daemon's staging limits check
+//! (bytes waiting across pending sessions, pending sessions of one client), a re-sent path
+//! replacing its earlier staged file, and the ends of a session's life that remove its staged
+//! files without touching E's directories: expiry of sessions left staged too long (at a
+//! daemon start, and `zync-apply gc`), `zync-apply drop`, and directories in the staging area
+//! that no live session owns. The daemon and zync-apply both call these, so the rules live
+//! once, here (invariant 9 (docs/ARCHITECTURE.md): staging is bounded).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::OptionalExtension;
+
+use crate::error::{Context, Result};
+use crate::sessions::FILE_COLUMNS;
+use crate::sql::u64_from_sql;
+use crate::{session_dir, staging_root, Index, Session, SessionStatus, StagedFile};
+
+/// `?1, ?2, ?3`: the pending statuses as SQL parameters.
+const PENDING_IN: &str = "(?1, ?2, ?3)";
+
+impl Index {
+    /// Bytes of staged content (the sizes of the writes) in every pending session
+    /// ([`SessionStatus::PENDING`]): what the daemon's `--max-staged-bytes` bounds.
+    ///
+    /// # Errors
+    /// An SQLite failure.
+    pub fn pending_bytes(&self) -> Result<u64> {
+        let [a, b, c] = pending();
+        self.conn()
+            .query_row(
+                &format!(
+                    "SELECT coalesce(sum(f.size), 0) FROM upstream_files AS f
+                     JOIN upstream_sessions AS s ON s.id = f.session_id
+                     WHERE f.action = 'write' AND s.status IN {PENDING_IN}"
+                ),
+                (a, b, c),
+                |row| row.get::<_, i64>(0),
+            )
+            .map(u64_from_sql)
+            .with_ctx(|| "adding up the staged bytes of the pending sessions".to_owned())
+    }
+
+    /// How many pending sessions ([`SessionStatus::PENDING`]) client `client_id` has: what the
+    /// daemon's `--max-pending-sessions` bounds.
+    ///
+    /// # Errors
+    /// An SQLite failure.
+    pub fn pending_sessions_of(&self, client_id: &str) -> Result<u64> {
+        let [a, b, c] = pending();
+        self.conn()
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM upstream_sessions
+                     WHERE client_id = ?4 AND status IN {PENDING_IN}"
+                ),
+                (a, b, c, client_id),
+                |row| row.get::<_, i64>(0),
+            )
+            .map(u64_from_sql)
+            .with_ctx(|| format!("counting the pending sessions of client {client_id}"))
+    }
+
+    /// As [`Index::add_staged_file`], returning the row it replaced: the same dir and path sent
+    /// again in one session replaces the earlier version, whose staged file the caller then
+    /// removes.
+    ///
+    /// # Errors
+    /// As [`Index::add_staged_file`].
+    pub fn replace_staged_file(&self, file: &StagedFile) -> Result<Option<StagedFile>> {
+        let context = || {
+            format!(
+                "staging {}/{} in the upstream session {}",
+                file.dir, file.path, file.session_id
+            )
+        };
+        let tx = self.conn().unchecked_transaction().with_ctx(context)?;
+        let old = tx
+            .query_row(
+                &format!(
+                    "SELECT {FILE_COLUMNS} FROM upstream_files
+                     WHERE session_id = ?1 AND dir = ?2 AND path = ?3"
+                ),
+                (&file.session_id, &file.dir, &file.path),
+                crate::sessions::file_from_row,
+            )
+            .optional()
+            .with_ctx(context)?;
+        self.add_staged_file(file)?;
+        tx.commit().with_ctx(context)?;
+        Ok(old)
+    }
+
+    /// Removes a session's rows (it and its files) for good: a session finalized with nothing
+    /// staged leaves no trace.
+    ///
+    /// # Errors
+    /// An SQLite failure.
+    pub fn delete_session(&self, id: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM upstream_sessions WHERE id = ?1", [id])
+            .with_ctx(|| format!("deleting the empty upstream session {id}"))?;
+        Ok(())
+    }
+
+    /// Sets a session's status to `to` only if it is one of `from` now (compare and set), so
+    /// that a session another process moved on meanwhile (an apply that began) is left alone.
+    /// Returns whether it changed.
+    ///
+    /// # Errors
+    /// An SQLite failure.
+    pub fn move_session(
+        &self,
+        id: &str,
+        from: &[SessionStatus],
+        to: SessionStatus,
+    ) -> Result<bool> {
+        let mut changed = 0;
+        for status in from {
+            changed += self
+                .conn()
+                .execute(
+                    "UPDATE upstream_sessions SET status = ?3 WHERE id = ?1 AND status = ?2",
+                    (id, status, to),
+                )
+                .with_ctx(|| format!("marking the upstream session {id} {to}"))?;
+            if changed > 0 {
+                break;
+            }
+        }
+        Ok(changed > 0)
+    }
+
+    /// Staged sessions ([`SessionStatus::Staged`]: nothing applied) created before
+    /// `cutoff_unix`, oldest first.
+    fn staged_before(&self, cutoff_unix: i64) -> Result<Vec<Session>> {
+        let mut found: Vec<Session> = self
+            .sessions_with_status(SessionStatus::Staged)?
+            .into_iter()
+            .filter(|s| s.created_unix < cutoff_unix)
+            .collect();
+        found.reverse();
+        Ok(found)
+    }
+}
+
+fn pending() -> [SessionStatus; 3] {
+    [
+        SessionStatus::Receiving,
+        SessionStatus::Staged,
+        SessionStatus::Partial,
+    ]
+}
+
+/// What [`expire`] did.
+#[derive(Debug, Default)]
+pub struct Expiry {
+    /// Sessions now [`SessionStatus::Expired`], their staged files removed.
+    pub expired: Vec<Session>,
+    /// Partly applied sessions older than the age: never expired (their directories hold the
+    /// backups `zync-apply undo` needs), only reported.
+    pub kept_partial: Vec<Session>,
+    /// Directories that could not be removed, with why (the sessions are expired all the same).
+    pub failures: Vec<(PathBuf, std::io::Error)>,
+}
+
+/// Expires the sessions of the database at `db` that were staged more than `max_age` before
+/// `now_unix` and never touched since ([`SessionStatus::Staged`]): each is marked
+/// [`SessionStatus::Expired`], then its directory in the staging area is removed. Sessions
+/// still receiving, partly or wholly applied, undone or already ended are left alone; partly
+/// applied ones older than the age are returned in [`Expiry::kept_partial`] so the caller can
+/// say so. Nothing in E's directories is touched.
+///
+/// # Errors
+/// An SQLite failure (a directory that cannot be removed is reported in
+/// [`Expiry::failures`] instead).
+pub fn expire(index: &Index, db: &Path, max_age: Duration, now_unix: i64) -> Result<Expiry> {
+    let age = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+    let cutoff = now_unix.saturating_sub(age);
+    let mut expiry = Expiry::default();
+    for session in index.staged_before(cutoff)? {
+        if !index.move_session(
+            &session.id,
+            &[SessionStatus::Staged],
+            SessionStatus::Expired,
+        )? {
+            continue; // an apply took it meanwhile
+        }
+        if let Err(e) = remove_dir(&session_dir(db, &session.id)) {
+            expiry.failures.push((session_dir(db, &session.id), e));
+        }
+        expiry.expired.push(Session {
+            status: SessionStatus::Expired,
+            ..session
+        });
+    }
+    let mut partial: Vec<Session> = index
+        .sessions_with_status(SessionStatus::Partial)?
+        .into_iter()
+        .filter(|s| s.created_unix < cutoff)
+        .collect();
+    partial.reverse();
+    expiry.kept_partial = partial;
+    Ok(expiry)
+}
+
+/// Why [`drop_session`] refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undroppable {
+    /// Still being received from R.
+    Receiving,
+    /// Some files were applied: its directory holds the backups `undo` needs.
+    Applied(SessionStatus),
+    /// Already ended (aborted, expired or dropped): nothing is staged.
+    Ended(SessionStatus),
+}
+
+/// Drops `session` of the database at `db`: marks it [`SessionStatus::Dropped`], then
+/// removes its directory in the staging area (its staged files). Only a session whose staged
+/// files nothing else needs may go: [`SessionStatus::Staged`] (nothing applied) or
+/// [`SessionStatus::Undone`] (E is back as it was). Nothing in E's directories is touched.
+///
+/// # Errors
+/// `Ok(Err(why))` when the session may not be dropped (or another process moved it on
+/// meanwhile); an SQLite failure; the directory could not be removed (the session is dropped
+/// all the same; running drop again removes what is left).
+pub fn drop_session(
+    index: &Index,
+    db: &Path,
+    session: &Session,
+) -> Result<std::result::Result<std::io::Result<()>, Undroppable>> {
+    let why = match session.status {
+        SessionStatus::Staged | SessionStatus::Undone => None,
+        SessionStatus::Receiving => Some(Undroppable::Receiving),
+        s @ (SessionStatus::Partial | SessionStatus::Applied) => Some(Undroppable::Applied(s)),
+        s @ (SessionStatus::Aborted | SessionStatus::Expired | SessionStatus::Dropped) => {
+            Some(Undroppable::Ended(s))
+        }
+    };
+    if let Some(why) = why {
+        return Ok(Err(why));
+    }
+    let from = [SessionStatus::Staged, SessionStatus::Undone];
+    if !index.move_session(&session.id, &from, SessionStatus::Dropped)? {
+        let now = index
+            .session(&session.id)?
+            .map_or(SessionStatus::Dropped, |s| s.status);
+        return Ok(Err(match now {
+            SessionStatus::Receiving => Undroppable::Receiving,
+            SessionStatus::Partial | SessionStatus::Applied => Undroppable::Applied(now),
+            other => Undroppable::Ended(other),
+        }));
+    }
+    Ok(Ok(remove_dir(&session_dir(db, &session.id))))
+}
+
+/// Directories in the staging area of the database at `db` that no live session owns: named
+/// like a session id (a UUID) and either unknown to the index or belonging to a session that
+/// ended (aborted, expired, dropped) whose files should be gone. Anything else there is left
+/// alone. A missing staging area has none.
+///
+/// # Errors
+/// An SQLite failure; the staging area exists but cannot be listed.
+pub fn leftover_dirs(index: &Index, db: &Path) -> std::result::Result<Vec<PathBuf>, LeftoverError> {
+    let root = staging_root(db);
+    let entries = match std::fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(LeftoverError::List { path: root, source }),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| LeftoverError::List {
+            path: root.clone(),
+            source,
+        })?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if !looks_like_session_id(&name) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let owned = index
+            .session(&name)?
+            .is_some_and(|s| !SessionStatus::ENDED.contains(&s.status));
+        if !owned {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Why [`leftover_dirs`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeftoverError {
+    /// The index could not be read.
+    #[error(transparent)]
+    Db(#[from] crate::DbError),
+    /// The staging area could not be listed.
+    #[error("cannot list the staging area {}: {source}", path.display())]
+    List {
+        /// The staging area.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Whether `name` has the shape of a session id the daemon makes: a UUID,
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in hex digits.
+pub fn looks_like_session_id(name: &str) -> bool {
+    let groups: Vec<&str> = name.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Removes a directory and everything in it; one already gone is fine.
+pub fn remove_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Seconds since the Unix epoch now.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sessions::fixtures::*;
+    use crate::FileState;
+
+    const DAY: i64 = 86_400;
+    const NOW: i64 = 1_800_000_000;
+
+    fn uuid(n: u8) -> String {
+        format!("{n:08x}-0000-4000-8000-000000000000")
+    }
+
+    /// A session `id` of `client` created `days` days before NOW, in `status`, with one staged
+    /// write of `size` bytes whose file exists in its directory.
+    fn session(
+        index: &Index,
+        db: &Path,
+        id: &str,
+        client: &str,
+        days: i64,
+        status: SessionStatus,
+        size: u64,
+    ) {
+        index.create_session(id, client).expect("create");
+        index
+            .conn()
+            .execute(
+                "UPDATE upstream_sessions SET created_unix = ?2 WHERE id = ?1",
+                (id, NOW - days * DAY),
+            )
+            .expect("created");
+        index
+            .add_staged_file(&staged(id, "docs", "a.txt", size, false))
+            .expect("file");
+        if status != SessionStatus::Receiving {
+            index.set_session_status(id, status).expect("status");
+        }
+        let dir = session_dir(db, id);
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join(format!("{size}.new")), b"x").expect("staged file");
+    }
+
+    #[test]
+    fn pending_bytes_and_sessions_count_only_what_still_waits() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let db = tmp.path().join("sync.db");
+        let index = Index::open(&db).expect("open");
+        assert_eq!(index.pending_bytes().expect("bytes"), 0);
+        for (n, status, size) in [
+            (1, SessionStatus::Receiving, 10),
+            (2, SessionStatus::Staged, 200),
+            (3, SessionStatus::Partial, 3_000),
+            (4, SessionStatus::Applied, 40_000),
+            (5, SessionStatus::Aborted, 500_000),
+            (6, SessionStatus::Undone, 6_000_000),
+            (7, SessionStatus::Expired, 70_000_000),
+            (8, SessionStatus::Dropped, 800_000_000),
+        ] {
+            session(&index, &db, &uuid(n), "r", 0, status, size);
+        }
+        index
+            .add_staged_file(&deleted(&uuid(2), "docs", "gone.txt"))
+            .expect("delete");
+        assert_eq!(
+            index.pending_bytes().expect("bytes"),
+            3_210,
+            "receiving, staged and partial writes only; deletes carry no bytes"
+        );
+        assert_eq!(index.pending_sessions_of("r").expect("count"), 3);
+        assert_eq!(index.pending_sessions_of("other").expect("count"), 0);
+    }
+
+    #[test]
+    fn a_re_sent_path_replaces_its_row_and_hands_back_the_old_one() {
+        let index = Index::open_in_memory().expect("open");
+        index.create_session("s1", "r").expect("create");
+        let first = staged("s1", "docs", "a.txt", 10, false);
+        assert_eq!(index.replace_staged_file(&first).expect("first"), None);
+        let second = StagedFile {
+            staged_name: Some("file-000002".into()),
+            ..staged("s1", "docs", "a.txt", 20, true)
+        };
+        assert_eq!(
+            index.replace_staged_file(&second).expect("second"),
+            Some(first)
+        );
+        assert_eq!(index.staged_files("s1").expect("files"), [second]);
+        let s = index.session("s1").expect("session").expect("exists");
+        assert_eq!((s.files, s.bytes), (1, 20));
+    }
+
+    #[test]
+    fn expiry_takes_only_untouched_staged_sessions_older_than_the_age() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let db = tmp.path().join("sync.db");
+        let index = Index::open(&db).expect("open");
+        let cases = [
+            (1, 31, SessionStatus::Staged, true),
+            (2, 29, SessionStatus::Staged, false),
+            (3, 40, SessionStatus::Partial, false),
+            (4, 40, SessionStatus::Applied, false),
+            (5, 40, SessionStatus::Undone, false),
+            (6, 40, SessionStatus::Receiving, false),
+        ];
+        for (n, days, status, _) in cases {
+            session(&index, &db, &uuid(n), "r", days, status, u64::from(n));
+        }
+        let expiry =
+            expire(&index, &db, Duration::from_secs(30 * DAY as u64), NOW).expect("expire");
+        let expired: Vec<&str> = expiry.expired.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(expired, [uuid(1)]);
+        assert!(expiry.failures.is_empty(), "{:?}", expiry.failures);
+        let kept: Vec<&str> = expiry.kept_partial.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            kept,
+            [uuid(3)],
+            "the partly applied session is only reported"
+        );
+        for (n, _, status, gone) in cases {
+            let id = uuid(n);
+            let now = index.session(&id).expect("session").expect("kept").status;
+            if gone {
+                assert_eq!(now, SessionStatus::Expired, "{id}");
+                assert!(!session_dir(&db, &id).exists(), "{id}: files left");
+            } else {
+                assert_eq!(now, status, "{id} changed");
+                assert!(session_dir(&db, &id).exists(), "{id}: files removed");
+            }
+        }
+        let again = expire(&index, &db, Duration::from_secs(30 * DAY as u64), NOW).expect("again");
+        assert!(again.expired.is_empty(), "expiry is not repeated");
+    }
+
+    #[test]
+    fn drop_takes_staged_and_undone_sessions_and_refuses_the_others() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let db = tmp.path().join("sync.db");
+        let index = Index::open(&db).expect("open");
+        let cases = [
+            (1, SessionStatus::Staged, None),
+            (2, SessionStatus::Undone, None),
+            (3, SessionStatus::Receiving, Some(Undroppable::Receiving)),
+            (
+                4,
+                SessionStatus::Partial,
+                Some(Undroppable::Applied(SessionStatus::Partial)),
+            ),
+            (
+                5,
+                SessionStatus::Applied,
+                Some(Undroppable::Applied(SessionStatus::Applied)),
+            ),
+            (
+                6,
+                SessionStatus::Aborted,
+                Some(Undroppable::Ended(SessionStatus::Aborted)),
+            ),
+        ];
+        for (n, status, _) in &cases {
+            session(&index, &db, &uuid(*n), "r", 0, *status, 1);
+        }
+        for (n, status, refusal) in cases {
+            let id = uuid(n);
+            let s = index.session(&id).expect("session").expect("exists");
+            let result = drop_session(&index, &db, &s).expect("db");
+            let now = index.session(&id).expect("session").expect("exists").status;
+            match refusal {
+                None => {
+                    result.expect("droppable").expect("removed");
+                    assert_eq!(now, SessionStatus::Dropped, "{id}");
+                    assert!(!session_dir(&db, &id).exists(), "{id}: files left");
+                }
+                Some(why) => {
+                    assert_eq!(result.expect_err("refused"), why, "{id}");
+                    assert_eq!(now, status, "{id} changed");
+                    assert!(session_dir(&db, &id).exists(), "{id}: files removed");
+                }
+            }
+        }
+        let files = index.staged_files(&uuid(1)).expect("files");
+        assert_eq!(
+            files[0].state,
+            FileState::Staged,
+            "the rows stay, for the record"
+        );
+    }
+
+    #[test]
+    fn leftover_dirs_are_session_shaped_and_owned_by_no_live_session() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let db = tmp.path().join("sync.db");
+        let index = Index::open(&db).expect("open");
+        assert!(leftover_dirs(&index, &db).expect("none").is_empty());
+        session(&index, &db, &uuid(1), "r", 0, SessionStatus::Staged, 1);
+        session(&index, &db, &uuid(2), "r", 0, SessionStatus::Aborted, 1);
+        session(&index, &db, &uuid(3), "r", 0, SessionStatus::Applied, 1);
+        let root = staging_root(&db);
+        std::fs::create_dir_all(root.join(uuid(4))).expect("orphan");
+        std::fs::create_dir_all(root.join("not-a-session")).expect("other dir");
+        std::fs::write(root.join(uuid(5)), b"a file").expect("a file");
+        let found = leftover_dirs(&index, &db).expect("found");
+        assert_eq!(found, [root.join(uuid(2)), root.join(uuid(4))]);
+        assert!(looks_like_session_id(
+            "9d2e4f6a-1b3c-4d5e-8f70-a1b2c3d4e5f6"
+        ));
+        for bad in [
+            "",
+            "9d2e4f6a-1b3c-4d5e-8f70",
+            "9d2e4f6a-1b3c-4d5e-8f70-a1b2c3d4e5fg",
+            "x",
+        ] {
+            assert!(!looks_like_session_id(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! End-to-end: staging on E is bounded against a hostile R holding the token (invariant 9,
+//! docs/ARCHITECTURE.md; docs/PROTOCOL.md "Staging limits"). Each limit refuses with its value
+//! and the flag that raises it and loses nothing staged before; an upload that stalls gives its
+//! room back; the daemon's own files are never accepted as upstream paths; a push E stages
+//! nothing of leaves nothing; a path sent twice keeps one staged file; `zync-apply drop` and
+//! `gc` remove what they should and nothing else.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::common::peer::{Peer, MAX_CHUNK};
+use crate::common::*;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+/// `<db>.staging`, as crates/zync-db/src/staging.rs names it.
+fn staging_root(db: &Path) -> PathBuf {
+    let mut name = db.file_name().expect("db file name").to_os_string();
+    name.push(".staging");
+    db.with_file_name(name)
+}
+
+/// Names of the entries of a directory (empty when it does not exist).
+fn names_in(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every session as `zync-apply list --all --json` shows it.
+fn sessions(db: &Path) -> Vec<Value> {
+    match zync_apply_json(db, &["list", "--all", "--json"]) {
+        Value::Array(all) => all,
+        other => panic!("list --json is not an array: {other}"),
+    }
+}
+
+/// The session `id`, which must be listed.
+fn session(db: &Path, id: &str) -> Value {
+    sessions(db)
+        .into_iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("session {id} is not listed"))
+}
+
+/// A served directory `code` at `<tmp>/e` with `files`, and a daemon with `extra` arguments
+/// and its state in `<tmp>/state`.
+fn daemon_with(tmp: &Path, files: &[(&str, &[u8])], extra: &[&str]) -> (PathBuf, Daemon) {
+    let e = tmp.join("e");
+    std::fs::create_dir_all(&e).expect("mkdir e");
+    for (path, data) in files {
+        write(&e.join(path), data);
+    }
+    let state = tmp.join("state");
+    std::fs::create_dir_all(&state).expect("mkdir state");
+    let daemon = Daemon::start_with(&state, &[("code", &e)], extra);
+    daemon.wait_scanned();
+    (e, daemon)
+}
+
+/// PREPARE_UPSTREAM, which must succeed: the session id.
+async fn prepare(peer: &mut Peer) -> String {
+    let reply = peer
+        .ok(json!({"operation": "PREPARE_UPSTREAM", "description": "staging limits test"}))
+        .await;
+    reply["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_string()
+}
+
+/// Sends an UPSTREAM_FILE write of `content` to `path` (all its frames) and returns the
+/// reply; a refused upload's frames are dropped by the daemon.
+async fn upload(peer: &mut Peer, session: &str, path: &str, content: &[u8]) -> Value {
+    let id = peer.id();
+    peer.send_json(&json!({
+        "id": id, "operation": "UPSTREAM_FILE", "session_id": session, "dir": "code",
+        "path": path, "action": "write", "mode": 0o644, "size": content.len(),
+        "mtime_ns": 1_700_000_000_000_000_000i64, "sha256": sha256(content),
+    }))
+    .await;
+    for piece in content.chunks(MAX_CHUNK) {
+        let mut frame = id.to_be_bytes().to_vec();
+        frame.extend_from_slice(piece);
+        peer.send(Message::binary(frame)).await;
+    }
+    let reply = peer.recv_text().await;
+    assert_eq!(reply["id"], json!(id), "UPSTREAM_FILE {path}: {reply}");
+    reply
+}
+
+/// An upload that must be staged.
+async fn upload_ok(peer: &mut Peer, session: &str, path: &str, content: &[u8]) {
+    let reply = upload(peer, session, path, content).await;
+    assert_eq!(reply["status"], "ok", "UPSTREAM_FILE {path}: {reply}");
+}
+
+/// Asserts `reply` is an error with `code` whose message holds each of `says`.
+fn refused(reply: &Value, code: &str, says: &[&str]) {
+    assert_eq!(reply["status"], "error", "accepted: {reply}");
+    assert_eq!(reply["code"], code, "wrong code: {reply}");
+    let message = reply["message"].as_str().unwrap_or_default();
+    for part in says {
+        assert!(message.contains(part), "{message:?} does not say {part:?}");
+    }
+}
+
+async fn finalize(peer: &mut Peer, session: &str) -> Value {
+    peer.ok(json!({"operation": "FINALIZE_UPSTREAM", "session_id": session}))
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Each limit refuses with its value and flag; what was staged before stays appliable.
+
+#[tokio::test]
+async fn each_staging_limit_refuses_naming_its_flag_and_keeps_what_was_staged() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (e, daemon) = daemon_with(
+        tmp.path(),
+        &[("keep.txt", b"on E\n")],
+        &[
+            "--max-session-files",
+            "3",
+            "--max-session-bytes",
+            "3MiB",
+            "--max-pending-sessions",
+            "2",
+            "--max-staged-bytes",
+            "4MiB",
+        ],
+    );
+    let db = daemon.db.clone();
+    let (mut peer, _) = Peer::authenticated(&daemon, "limits-r").await;
+
+    // Files per session: the fourth new path is refused, a path sent again is not new.
+    let a = prepare(&mut peer).await;
+    for n in 1..=3 {
+        upload_ok(
+            &mut peer,
+            &a,
+            &format!("f{n}.txt"),
+            format!("file {n}\n").as_bytes(),
+        )
+        .await;
+    }
+    let reply = upload(&mut peer, &a, "f4.txt", b"one too many\n").await;
+    refused(
+        &reply,
+        "too_large",
+        &[
+            "E allows 3",
+            "zync-daemon --max-session-files, or max-session-files in daemon.toml",
+        ],
+    );
+    upload_ok(&mut peer, &a, "f1.txt", b"file 1, again\n").await;
+    let done = finalize(&mut peer, &a).await;
+    assert_eq!(done["files"], 3, "{done}");
+
+    // Bytes per session: 2 MiB fits, 2 MiB more would make 4 MiB of 3.
+    let b = prepare(&mut peer).await;
+    let two = pseudo_random(2 << 20, 1);
+    upload_ok(&mut peer, &b, "big1.bin", &two).await;
+    let reply = upload(&mut peer, &b, "big2.bin", &pseudo_random(2 << 20, 2)).await;
+    refused(
+        &reply,
+        "too_large",
+        &[
+            "would stage 4 MiB in one session; E allows 3 MiB",
+            "--max-session-bytes",
+        ],
+    );
+    peer.ping_ok().await;
+    let done = finalize(&mut peer, &b).await;
+    assert_eq!(
+        (done["files"].as_u64(), done["bytes"].as_u64()),
+        (Some(1), Some(2 << 20))
+    );
+
+    // Pending sessions per client: a third is refused before anything is sent.
+    let id = peer.id();
+    peer.send_json(&json!({"id": id, "operation": "PREPARE_UPSTREAM"}))
+        .await;
+    let reply = peer.recv_text().await;
+    refused(
+        &reply,
+        "too_large",
+        &[
+            "already has 2 upstream sessions waiting on E; E allows 2",
+            "--max-pending-sessions",
+        ],
+    );
+
+    // Bytes staged in all pending sessions: another client's 2 MiB would pass 4 MiB.
+    let (mut other, _) = Peer::authenticated(&daemon, "limits-other").await;
+    let c = prepare(&mut other).await;
+    let reply = upload(&mut other, &c, "big3.bin", &pseudo_random(2 << 20, 3)).await;
+    refused(&reply, "too_large", &["4 MiB", "--max-staged-bytes"]);
+    other.ping_ok().await;
+
+    // Nothing staged before any refusal was lost, and it applies.
+    assert_eq!(session(&db, &a)["files"], 3);
+    assert_eq!(session(&db, &b)["status"], "staged");
+    assert_eq!(names_in(&staging_root(&db).join(&b)).len(), 1);
+    zync_apply_ok(&db, &["apply", &b, "--non-interactive"]);
+    assert_eq!(std::fs::read(e.join("big1.bin")).expect("applied"), two);
+    zync_apply_ok(&db, &["apply", &a, "--non-interactive"]);
+    assert_eq!(
+        std::fs::read(e.join("f1.txt")).expect("applied"),
+        b"file 1, again\n"
+    );
+    assert!(!e.join("f4.txt").exists() && !e.join("big2.bin").exists());
+
+    // Applied sessions wait no more: the client may push again.
+    let d = prepare(&mut peer).await;
+    upload_ok(&mut peer, &d, "later.txt", b"later\n").await;
+}
+
+/// The zync client stops at a limit, finalizes what E staged, says so and exits 1.
+#[test]
+fn a_client_push_cut_by_a_limit_stages_what_went_before_and_fails_clearly() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_e, daemon) = daemon_with(
+        tmp.path(),
+        &[("keep.txt", b"on E\n")],
+        &["--max-session-files", "2"],
+    );
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+    for name in ["a.txt", "b.txt", "c.txt"] {
+        write(&r.join(name), format!("{name} from R\n"));
+    }
+    let mut cmd = client.command(&daemon.url());
+    cmd.args(["--update-upstream", "--json"]);
+    let out = output_within_deadline(cmd);
+    assert_eq!(out.status.code(), Some(4), "stderr:\n{}", stderr(&out));
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("the summary is still printed");
+    assert_eq!(summary["files"], 2, "{summary}");
+    assert_eq!(summary["not_sent"], 1, "{summary}");
+    let why = summary["refused"].as_str().unwrap_or_default();
+    assert!(why.contains("--max-session-files"), "{summary}");
+    assert!(
+        stderr(&out).contains("E refused the push part way; 1 file(s) not sent"),
+        "{}",
+        stderr(&out)
+    );
+    let id = summary["session_id"]
+        .as_str()
+        .expect("the staged part has a session");
+    let listed = session(&daemon.db, id);
+    assert_eq!(
+        (listed["status"].as_str(), listed["files"].as_u64()),
+        (Some("staged"), Some(2))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. An upload that stalls after reserving its room gives it back within the deadline.
+
+#[tokio::test]
+async fn a_stalled_upload_is_dropped_and_its_room_given_back_within_the_deadline() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_e, daemon) = daemon_with(
+        tmp.path(),
+        &[],
+        &["--upload-stall-timeout", "2", "--max-staged-bytes", "3MiB"],
+    );
+    let db = daemon.db.clone();
+    let (mut staller, _) = Peer::authenticated(&daemon, "staller").await;
+    let s = prepare(&mut staller).await;
+    upload_ok(&mut staller, &s, "first.txt", b"staged before the stall\n").await;
+    // 2 MiB announced, 1 MiB sent, then nothing.
+    let content = pseudo_random(2 << 20, 7);
+    let id = staller.id();
+    staller
+        .send_json(&json!({
+            "id": id, "operation": "UPSTREAM_FILE", "session_id": s, "dir": "code",
+            "path": "stalled.bin", "action": "write", "mode": 0o644, "size": content.len(),
+            "mtime_ns": 0, "sha256": sha256(&content),
+        }))
+        .await;
+    let mut frame = id.to_be_bytes().to_vec();
+    frame.extend_from_slice(&content[..MAX_CHUNK]);
+    staller.send(Message::binary(frame)).await;
+    let stalled_at = Instant::now();
+    let session_dir = staging_root(&db).join(&s);
+    wait_until("the stalled upload's temp file", || {
+        names_in(&session_dir).len() == 2
+    });
+
+    // While it holds its 2 MiB, another client's 2 MiB does not fit in 3.
+    let (mut other, _) = Peer::authenticated(&daemon, "other").await;
+    let o = prepare(&mut other).await;
+    let reply = upload(&mut other, &o, "needs-room.bin", &pseudo_random(2 << 20, 8)).await;
+    refused(&reply, "too_large", &["--max-staged-bytes"]);
+
+    // The staller is told why, then cut off; its session is aborted and its files removed.
+    let reply = staller.recv_text().await;
+    refused(
+        &reply,
+        "bad_request",
+        &["stalled.bin", "--upload-stall-timeout"],
+    );
+    assert!(
+        stalled_at.elapsed() < std::time::Duration::from_secs(15),
+        "dropped after {:?}",
+        stalled_at.elapsed()
+    );
+    wait_until("the stalled session to be aborted and removed", || {
+        session(&db, &s)["status"] == "aborted" && !session_dir.exists()
+    });
+
+    // The room is back: the same upload fits now.
+    upload_ok(&mut other, &o, "needs-room.bin", &pseudo_random(2 << 20, 8)).await;
+    assert_eq!(finalize(&mut other, &o).await["files"], 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The daemon's own files are refused as upstream paths, under any name.
+
+#[tokio::test]
+async fn the_daemons_own_files_inside_a_served_root_are_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let e = tmp.path().join("e");
+    std::fs::create_dir_all(e.join("state")).expect("mkdir");
+    std::os::unix::fs::symlink(e.join("state"), e.join("alias")).expect("symlink");
+    write(&e.join("daemon.toml"), "log-level = \"debug\"\n");
+    let config = e.join("daemon.toml").display().to_string();
+    let mut daemon = Daemon::start_at(
+        &e.join("state/sync.db"),
+        &tmp.path().join("daemon.log"),
+        &[("code", &e)],
+        &["--config", &config],
+    );
+    daemon.wait_scanned();
+    let db_before = std::fs::read(&daemon.db).expect("db");
+    let (mut peer, _) = Peer::authenticated(&daemon, "hostile-r").await;
+    let s = prepare(&mut peer).await;
+    let evil = b"not a database\n";
+    for (path, what) in [
+        ("state/sync.db", "zync-daemon's own database"),
+        ("state/sync.db-wal", "database journal"),
+        ("state/sync.db-shm", "shared memory"),
+        ("state/zync.token", "token file"),
+        ("state/sync.db.staging/x/file-000001", "staging area"),
+        ("alias/sync.db", "zync-daemon's own database"),
+        ("daemon.toml", "config file"),
+    ] {
+        let reply = upload(&mut peer, &s, path, evil).await;
+        refused(
+            &reply,
+            "invalid_path",
+            &[path, what, "never accepted from R"],
+        );
+    }
+    let id = peer.id();
+    peer.send_json(&json!({
+        "id": id, "operation": "UPSTREAM_FILE", "session_id": s, "dir": "code",
+        "path": "state/sync.db", "action": "delete",
+    }))
+    .await;
+    refused(&peer.recv_text().await, "invalid_path", &["own database"]);
+    upload_ok(&mut peer, &s, "fine.txt", b"an ordinary file\n").await;
+    let done = finalize(&mut peer, &s).await;
+    assert_eq!(done["files"], 1, "{done}");
+    let show = zync_apply_json(&daemon.db, &["show", &s, "--json"]);
+    assert_eq!(show["files"].as_array().map(Vec::len), Some(1), "{show}");
+    daemon.stop();
+    assert_ne!(std::fs::read(&daemon.db).expect("db"), evil);
+    assert!(db_before.starts_with(b"SQLite format 3"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A push E stages nothing of leaves nothing; a path sent twice keeps one staged file.
+
+#[test]
+fn a_push_whose_files_are_all_ignored_on_e_makes_no_session() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_e, daemon) = daemon_with(
+        tmp.path(),
+        &[("keep.txt", b"on E\n")],
+        &["--ignore", "*.log"],
+    );
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+    write(&r.join("a.log"), "R's log\n");
+    write(&r.join("b.log"), "R's other log\n");
+    let mut cmd = client.command(&daemon.url());
+    cmd.arg("--update-upstream");
+    let text = stdout(&run_ok(cmd));
+    assert!(
+        text.contains("nothing was staged: all 2 changed file(s) are refused by E")
+            && text.contains("`*.log` from --ignore"),
+        "{text}"
+    );
+    assert!(!text.contains("session "), "a session was named: {text}");
+    let summary = client.push_json(&daemon.url());
+    assert_eq!(
+        (summary["session_id"].is_null(), summary["skipped"].as_u64()),
+        (true, Some(2))
+    );
+    assert!(
+        sessions(&daemon.db).is_empty(),
+        "{:?}",
+        sessions(&daemon.db)
+    );
+    assert!(names_in(&staging_root(&daemon.db)).is_empty());
+}
+
+#[tokio::test]
+async fn an_empty_session_and_a_re_sent_path_leave_nothing_extra_staged() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_e, daemon) = daemon_with(tmp.path(), &[], &[]);
+    let db = daemon.db.clone();
+    let (mut peer, _) = Peer::authenticated(&daemon, "resender").await;
+
+    let empty = prepare(&mut peer).await;
+    let done = finalize(&mut peer, &empty).await;
+    assert_eq!(done["files"], 0, "{done}");
+    assert!(sessions(&db).is_empty(), "an empty session was kept");
+
+    let s = prepare(&mut peer).await;
+    let first = pseudo_random(MAX_CHUNK + 10, 1);
+    upload_ok(&mut peer, &s, "a.bin", &first).await;
+    let second = b"the second version\n";
+    upload_ok(&mut peer, &s, "a.bin", second).await;
+    let dir = staging_root(&db).join(&s);
+    let staged = names_in(&dir);
+    assert_eq!(staged.len(), 1, "staged files: {staged:?}");
+    let only = dir.join(staged.iter().next().expect("one"));
+    assert_eq!(std::fs::read(only).expect("staged"), second);
+    let done = finalize(&mut peer, &s).await;
+    assert_eq!(
+        (done["files"].as_u64(), done["bytes"].as_u64()),
+        (Some(1), Some(second.len() as u64))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. drop and gc (and expiry at a daemon start) remove what they should and nothing else.
+
+/// Makes session `id` `days` days older in the daemon's database.
+fn age(db: &Path, id: &str, days: i64) {
+    let conn = rusqlite::Connection::open(db).expect("open db");
+    conn.execute(
+        "UPDATE upstream_sessions SET created_unix = created_unix - ?2 WHERE id = ?1",
+        rusqlite::params![id, days * 86_400],
+    )
+    .expect("age the session");
+}
+
+#[test]
+fn drop_gc_and_expiry_remove_staged_sessions_and_nothing_else() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (e, daemon) = daemon_with(tmp.path(), &[("keep.txt", b"on E\n")], &[]);
+    let db = daemon.db.clone();
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+    let push = |name: &str| {
+        write(&r.join(name), format!("{name} from R\n"));
+        let summary = client.push_json(&daemon.url());
+        summary["session_id"]
+            .as_str()
+            .expect("a session")
+            .to_string()
+    };
+    let dropped = push("one.txt");
+    let applied = push("two.txt");
+    let old = push("three.txt");
+    let at_start = push("four.txt");
+    let e_before = tree(&e, &[]);
+
+    // drop: that session's files go, the others and E stay.
+    let out = zync_apply_ok(&db, &["drop", &dropped]);
+    assert!(out.contains(&format!("dropped session {dropped}")), "{out}");
+    assert_eq!(session(&db, &dropped)["status"], "dropped");
+    let staging = staging_root(&db);
+    assert!(!staging.join(&dropped).exists());
+    for other in [&applied, &old, &at_start] {
+        assert_eq!(session(&db, other)["status"], "staged");
+        assert!(staging.join(other).exists());
+    }
+    assert_eq!(tree(&e, &[]), e_before, "drop touched E");
+
+    // An applied session is refused, pointing to undo.
+    zync_apply_ok(&db, &["apply", &applied, "--non-interactive"]);
+    let e_applied = tree(&e, &[]);
+    let out = output_within_deadline(zync_apply(&db, &["drop", &applied]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("zync-apply undo"), "{}", stderr(&out));
+    assert!(staging.join(&applied).exists(), "the backups went");
+
+    // gc: the old staged session expires, a directory no session owns goes, nothing else.
+    age(&db, &old, 40);
+    let orphan = staging.join("0badc0de-0000-4000-8000-000000000000");
+    std::fs::create_dir_all(&orphan).expect("orphan");
+    write(&orphan.join("file-000001"), "litter");
+    let report = zync_apply_json(&db, &["gc", "--older-than", "30d", "--json"]);
+    let expired: Vec<&str> = report["expired"]
+        .as_array()
+        .expect("expired")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(expired, [old.as_str()], "{report}");
+    assert_eq!(
+        report["removed_dirs"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert!(!orphan.exists() && !staging.join(&old).exists());
+    assert_eq!(session(&db, &old)["status"], "expired");
+    assert_eq!(session(&db, &applied)["status"], "applied");
+    assert!(staging.join(&applied).exists() && staging.join(&at_start).exists());
+    assert_eq!(tree(&e, &[]), e_applied, "gc touched E");
+
+    // The daemon expires at its start what is older than its --staging-max-age.
+    age(&db, &at_start, 3);
+    drop(daemon);
+    let again = Daemon::start_with(
+        &tmp.path().join("state"),
+        &[("code", &e)],
+        &["--staging-max-age", "2d"],
+    );
+    again.wait_scanned();
+    assert_eq!(session(&db, &at_start)["status"], "expired");
+    assert!(!staging.join(&at_start).exists());
+    assert_eq!(session(&db, &applied)["status"], "applied");
+    assert_eq!(tree(&e, &[]), e_applied, "expiry touched E");
+}
