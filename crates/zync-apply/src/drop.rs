@@ -10,6 +10,7 @@ use anyhow::bail;
 use serde::Serialize;
 use zync_db::{SessionStatus, Undroppable};
 
+use crate::lock::SessionLock;
 use crate::session;
 
 /// What `drop --json` prints.
@@ -29,13 +30,21 @@ struct Dropped<'a> {
 pub fn drop(db: &Path, id: &str, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let index = session::open_index(db)?;
     let found = session::find(&index, id)?;
+    // Not while an apply or undo runs on it; then read it again, as that run may have
+    // changed it. A session without a directory has nothing to lock.
+    let _lock = if zync_db::session_dir(db, &found.id).is_dir() {
+        Some(SessionLock::acquire(db, &found.id, "drop")?)
+    } else {
+        None
+    };
+    let found = session::find(&index, &found.id)?;
     let removed = match zync_db::drop_session(&index, db, &found)? {
         Ok(removed) => removed,
         Err(Undroppable::Receiving) => bail!(
             "session {} is still being received from {}; wait for the push to end (the daemon \
              aborts it if the client goes away)",
             found.id,
-            found.client_id
+            zync_cli::visible::line(&found.client_id)
         ),
         Err(Undroppable::Applied(status)) => bail!(
             "session {} is {}: its directory holds the backups of E's files that `zync-apply undo \

@@ -212,6 +212,7 @@ mod tests {
             &["apply", ID, "--non-interactive", "--force"][..],
             &["apply", &ID[..6], "--non-interactive"],
             &["undo", ID, "--force"],
+            &["drop", ID],
         ] {
             let (r, out) = fx.run(args, &mut p);
             let err = format!("{:#}", r.expect_err("refused"));
