@@ -34,3 +34,4 @@ mod tunnel;
 mod unix_socket;
 mod upstream;
 mod watch;
+mod wiped_root;
