@@ -36,3 +36,4 @@ mod tunnel;
 mod unix_socket;
 mod upstream;
 mod watch;
+mod wiped_root;

@@ -41,6 +41,11 @@ pub struct DirReport {
     pub entries: u64,
     /// The dir's last sequence number.
     pub sequence: u64,
+    /// `available`, or `unavailable` when the daemon found the directory gone, emptied at
+    /// once or unmounted and records nothing for it until it is back.
+    pub state: &'static str,
+    /// Why it is unavailable, and what to do; null when available.
+    pub unavailable: Option<String>,
 }
 
 /// One client, as the daemon recorded it.
@@ -94,9 +99,16 @@ pub fn gather(db: &Path) -> anyhow::Result<Report> {
     for (name, path) in index.roots().with_context(read)? {
         let sequence = index.dir_last_seq(&name).with_context(read)?;
         sequences.insert(name.clone(), sequence);
+        let unavailable = index.unavailable(&name).with_context(read)?;
         dirs.push(DirReport {
             entries: index.live_count(&name).with_context(read)?,
             sequence,
+            state: if unavailable.is_some() {
+                "unavailable"
+            } else {
+                "available"
+            },
+            unavailable,
             name,
             path,
         });
@@ -180,12 +192,13 @@ pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out)?;
     table(
         out,
-        &["DIR", "ENTRIES", "SEQ", "PATH"],
+        &["DIR", "STATE", "ENTRIES", "SEQ", "PATH"],
         r.dirs
             .iter()
             .map(|d| {
                 vec![
                     d.name.clone(),
+                    d.state.to_owned(),
                     d.entries.to_string(),
                     d.sequence.to_string(),
                     d.path.clone(),
@@ -193,6 +206,11 @@ pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
             })
             .collect(),
     )?;
+    for d in &r.dirs {
+        if let Some(why) = &d.unavailable {
+            writeln!(out, "  {}", zync_cli::visible::line(why))?;
+        }
+    }
     writeln!(out)?;
     if r.clients.is_empty() {
         writeln!(out, "no client has connected yet")?;

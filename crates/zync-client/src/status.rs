@@ -4,6 +4,7 @@
 //! page per directory) under a short deadline, and walks each local root for conflict copies.
 //! It changes nothing: no database is created, no directory made, no change acknowledged.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -84,6 +85,9 @@ pub struct DirStatus {
     pub failing: Vec<FailingPath>,
     /// Conflict copies under the local root, relative paths.
     pub conflict_copies: Vec<String>,
+    /// Why the daemon cannot see this directory on E now (gone, emptied at once, unmounted),
+    /// when state is `unavailable`; R keeps its files meanwhile.
+    pub unavailable: Option<String>,
 }
 
 /// A path the client keeps failing on.
@@ -116,6 +120,9 @@ pub enum DirState {
     Failing,
     /// The daemon does not serve this dir name.
     NotServed,
+    /// The daemon serves it, but its directory on E is gone, was emptied at once or is
+    /// unmounted: nothing is recorded for it (R keeps its files) until it is back.
+    Unavailable,
     /// The daemon could not be asked.
     Unknown,
 }
@@ -129,6 +136,7 @@ impl DirState {
             DirState::Resync => "resync",
             DirState::Failing => "failing",
             DirState::NotServed => "not served",
+            DirState::Unavailable => "UNAVAILABLE on E",
             DirState::Unknown => "unknown",
         }
     }
@@ -139,6 +147,8 @@ impl DirState {
 pub struct Remote {
     /// Whether the daemon serves the dir name.
     pub served: bool,
+    /// Whether the daemon said the directory is unavailable on E.
+    pub unavailable: bool,
     /// Its last sequence for the dir.
     pub sequence: u64,
     /// Pending changes counted, and whether there are more.
@@ -150,6 +160,9 @@ pub struct Remote {
 pub fn classify(stored: Option<(bool, u64)>, failing: usize, remote: Option<Remote>) -> DirState {
     if remote.is_some_and(|r| !r.served) {
         return DirState::NotServed;
+    }
+    if remote.is_some_and(|r| r.unavailable) {
+        return DirState::Unavailable;
     }
     let Some((same_index, client_seq)) = stored else {
         return DirState::NeverSynced;
@@ -258,6 +271,7 @@ pub fn gather(args: &Args) -> anyhow::Result<Status> {
                 })
                 .collect(),
             conflict_copies: conflict_copies(&mapping.root),
+            unavailable: None,
         });
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -279,8 +293,10 @@ pub fn gather(args: &Args) -> anyhow::Result<Status> {
         })
     });
     let mut daemon = DaemonStatus::default();
+    let mut reasons = BTreeMap::new();
     let remotes = match asked {
-        Ok((hello, remotes)) => {
+        Ok((hello, remotes, unavailable)) => {
+            reasons = unavailable;
             daemon.reachable = true;
             daemon.index_id = Some(hello.index_id.clone());
             daemon.version = Some(hello.server_version.clone());
@@ -294,6 +310,7 @@ pub fn gather(args: &Args) -> anyhow::Result<Status> {
     };
     for (i, dir) in dirs.iter_mut().enumerate() {
         let remote = remotes.as_ref().map(|(_, r)| r[i]);
+        dir.unavailable = reasons.remove(&dir.name);
         if let Some(r) = remote.filter(|r| r.served) {
             dir.daemon_sequence = Some(r.sequence);
             dir.pending = Some(r.pending.0);
@@ -325,10 +342,10 @@ async fn probe(
     client_id: &str,
     mappings: &[Mapping],
     stored: &[Option<zync_db::DirState>],
-) -> Result<(zync_proto::Welcome, Vec<Remote>), ClientError> {
+) -> Result<(zync_proto::Welcome, Vec<Remote>, BTreeMap<String, String>), ClientError> {
     let mut conn = Connection::open(url, creds, client_id, PROBE_TIMEOUT).await?;
-    let sequences = match conn.call(Op::GetLastSequence {}).await? {
-        Reply::GetLastSequence(s) => s.dirs,
+    let (sequences, unavailable) = match conn.call(Op::GetLastSequence {}).await? {
+        Reply::GetLastSequence(s) => (s.dirs, s.unavailable),
         other => {
             return Err(ClientError::Protocol(format!(
                 "expected a GET_LAST_SEQUENCE reply, got {other:?}"
@@ -341,6 +358,7 @@ async fn probe(
         let Some(&sequence) = sequences.get(name) else {
             remotes.push(Remote {
                 served: false,
+                unavailable: false,
                 sequence: 0,
                 pending: (0, false),
             });
@@ -366,13 +384,14 @@ async fn probe(
         };
         remotes.push(Remote {
             served: true,
+            unavailable: unavailable.contains_key(name),
             sequence,
             pending,
         });
     }
     let hello = conn.hello.clone();
     conn.close().await;
-    Ok((hello, remotes))
+    Ok((hello, remotes, unavailable))
 }
 
 /// Conflict copies under `root` (relative paths, sorted), skipping what the client ignores.
@@ -489,6 +508,21 @@ pub fn render(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
     for r in &rows {
         writeln!(out, "{}", line(r.each_ref().map(String::as_str)))?;
     }
+    let unavailable: Vec<(&str, &str)> = s
+        .dirs
+        .iter()
+        .filter_map(|d| Some((d.name.as_str(), d.unavailable.as_deref()?)))
+        .collect();
+    if !unavailable.is_empty() {
+        writeln!(
+            out,
+            "\nunavailable on E (R keeps its files; syncing resumes when it is back):"
+        )?;
+        for (dir, why) in unavailable {
+            // The daemon's words: shown as they are, never as a terminal would draw them.
+            writeln!(out, "  {dir}: {}", zync_cli::visible::line(why))?;
+        }
+    }
     let failing: Vec<(&str, &FailingPath)> = s
         .dirs
         .iter()
@@ -568,6 +602,7 @@ mod tests {
     fn remote(sequence: u64, pending: u64, more: bool) -> Option<Remote> {
         Some(Remote {
             served: true,
+            unavailable: false,
             sequence,
             pending: (pending, more),
         })
@@ -597,10 +632,23 @@ mod tests {
                 0,
                 Some(Remote {
                     served: false,
+                    unavailable: false,
                     sequence: 0,
                     pending: (0, false),
                 }),
                 DirState::NotServed,
+            ),
+            // Unavailable on E wins over anything R stored: R keeps its files and waits.
+            (
+                Some((true, 5)),
+                0,
+                Some(Remote {
+                    served: true,
+                    unavailable: true,
+                    sequence: 5,
+                    pending: (0, false),
+                }),
+                DirState::Unavailable,
             ),
         ];
         for (stored, failing, remote, expected) in cases {
@@ -643,6 +691,7 @@ mod tests {
                     since_unix: 1_700_000_000,
                 }],
                 conflict_copies: vec!["b.zync-conflict-20240101T000000.txt".into()],
+                unavailable: None,
             }],
         }
     }

@@ -2,9 +2,11 @@
 //! daemon was down (invariant 6 (docs/ARCHITECTURE.md)), then the watcher's debounced batches are reconciled
 //! path by path; an overflow or watcher error triggers a rescan of the root.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zync_proto::Kind;
@@ -13,15 +15,17 @@ use anyhow::Context;
 use rayon::prelude::*;
 use tokio::sync::watch;
 use zync_db::{EntryMeta, Index};
-use zync_fs::{IgnoreRules, RelPath, Stat};
+use zync_fs::{IgnoreRules, RelPath, Stat, WatchEvent};
 
 use crate::own::OwnPaths;
 use crate::root::Root;
 
 mod entry;
+mod presence;
 mod workers;
 
 use entry::{describe, unchanged, RACY};
+use presence::{judge, Identity, Look, Verdict, Why};
 use workers::Workers;
 
 /// Quiet time that ends a burst of watch events.
@@ -34,6 +38,13 @@ const IDLE_TICK: Duration = Duration::from_millis(200);
 const SCAN_BATCH: usize = 1000;
 /// Without a working watcher, every root is rescanned this often.
 const POLL_RESCAN: Duration = Duration::from_secs(10);
+/// How often every root is looked at (one `stat` and one directory read each): a deleted,
+/// replaced or unmounted root is noticed within this even when no event says so, and a root
+/// put back is picked up again.
+const ROOT_CHECK: Duration = Duration::from_secs(2);
+/// Deletions seen by the watcher wait until the events of their root go quiet (a wipe is one
+/// long burst that ends with the root empty or gone), but no longer than this.
+const DEFER_MAX: Duration = Duration::from_secs(5);
 
 /// What the indexer publishes to connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,6 +78,17 @@ pub struct Indexer {
     /// How many times a file was opened to be hashed since start: a restart over an unchanged
     /// tree must leave it at zero (a restart must not rehash), which the tests and the startup log line show.
     hashed: AtomicU64,
+    /// Per root, the directory (device, inode) the watcher follows; None when not watched.
+    watched: Vec<Option<Identity>>,
+    /// Per root, why it is unavailable (the message stored in the index), or None.
+    unavailable: Vec<Option<String>>,
+    /// Paths the watcher saw deleted, waiting for their root to go quiet: (root, path, since).
+    deferred: Vec<(usize, RelPath, Instant)>,
+    /// The watcher, and the sender it reports on (to watch again a replaced root).
+    watcher: Option<zync_fs::Watcher>,
+    watch_tx: Option<Sender<WatchEvent>>,
+    /// Periodic rescans are on: the watcher cannot see everything.
+    polling: bool,
 }
 
 impl Indexer {
@@ -78,6 +100,7 @@ impl Indexer {
         own: OwnPaths,
         status: watch::Sender<Status>,
     ) -> Indexer {
+        let n = roots.len();
         Indexer {
             index,
             roots,
@@ -89,6 +112,12 @@ impl Indexer {
             ),
             batch: SCAN_BATCH,
             hashed: AtomicU64::new(0),
+            watched: vec![None; n],
+            unavailable: vec![None; n],
+            deferred: Vec::new(),
+            watcher: None,
+            watch_tx: None,
+            polling: false,
         }
     }
 
@@ -100,24 +129,13 @@ impl Indexer {
     /// When the index cannot be written.
     pub fn run(mut self, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let paths: Vec<PathBuf> = self.roots.iter().map(|r| r.root.path.clone()).collect();
-        // The watcher starts before the scan, so nothing that changes during the scan is missed.
-        let mut watcher = match zync_fs::Watcher::new(&paths, tx) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                warn_blind(&e.to_string());
-                None
-            }
-        };
-        // Part of a tree unwatched (an unreadable directory, the watch limit reached for a new
-        // one): the watcher goes on for the rest, and periodic rescans look at everything.
-        let mut polling = watcher.is_none();
-        if let Some(spots) = watcher.as_ref().map(zync_fs::Watcher::blind_spots) {
-            if !spots.is_empty() {
-                warn_blind(&spots.join("; "));
-                polling = true;
-            }
+        self.watch_tx = Some(tx);
+        for i in 0..self.roots.len() {
+            let name = self.roots[i].root.name.as_str();
+            self.unavailable[i] = self.index.unavailable(name)?;
         }
+        // The watcher starts before the scan, so nothing that changes during the scan is missed.
+        self.watch();
         self.publish(true)?;
         let started = Instant::now();
         for i in 0..self.roots.len() {
@@ -131,27 +149,35 @@ impl Indexer {
             "startup scan complete"
         );
         let mut last_poll = Instant::now();
+        let mut last_check = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            if polling && last_poll.elapsed() >= POLL_RESCAN {
+            if self.polling && last_poll.elapsed() >= POLL_RESCAN {
                 self.rescan((0..self.roots.len()).collect())?;
                 last_poll = Instant::now();
             }
-            let Some(w) = &watcher else {
+            if last_check.elapsed() >= ROOT_CHECK {
+                for i in 0..self.roots.len() {
+                    self.admit(i)?;
+                }
+                self.publish(false)?;
+                last_check = Instant::now();
+            }
+            let Some(w) = &self.watcher else {
                 std::thread::sleep(IDLE_TICK);
                 self.recheck_due()?;
                 continue;
             };
             let spots = w.blind_spots();
-            if !spots.is_empty() && !polling {
+            if !spots.is_empty() && !self.polling {
                 warn_blind(&spots.join("; "));
-                polling = true;
+                self.polling = true;
             }
             let Some(batch) =
                 zync_fs::next_batch_timeout(&rx, IDLE_TICK, DEBOUNCE_QUIET, DEBOUNCE_MAX)
             else {
                 tracing::warn!("the file watcher stopped; rescanning periodically instead");
-                watcher = None;
-                polling = true;
+                self.watcher = None;
+                self.polling = true;
                 continue;
             };
             let rescan: Vec<usize> = if batch.rescan_all {
@@ -159,6 +185,7 @@ impl Indexer {
             } else {
                 batch.rescan.iter().copied().collect()
             };
+            let busy: BTreeSet<usize> = batch.paths.keys().copied().collect();
             self.rescan(rescan.clone())?;
             for (i, paths) in batch.paths {
                 if rescan.contains(&i) {
@@ -166,8 +193,162 @@ impl Indexer {
                 }
                 self.reconcile_paths(i, paths.into_iter().collect())?;
             }
+            self.record_deferred(|i| !busy.contains(&i))?;
             self.recheck_due()?;
             self.publish(false)?;
+        }
+        Ok(())
+    }
+
+    /// (Re)starts the watcher over every root that is there now and notes which directory it
+    /// follows for each. Where it cannot watch, periodic rescans look instead (invariant 6).
+    /// The new watcher starts before the old one is dropped, so no event falls between them.
+    fn watch(&mut self) {
+        let Some(tx) = self.watch_tx.clone() else {
+            return;
+        };
+        let paths: Vec<PathBuf> = self.roots.iter().map(|r| r.root.path.clone()).collect();
+        let mut present = Vec::new();
+        for (i, path) in paths.iter().enumerate() {
+            self.watched[i] = match Look::at(path) {
+                Look::Gone => None,
+                Look::Empty(id) | Look::Full(id) => {
+                    present.push(i);
+                    Some(id)
+                }
+            };
+        }
+        match zync_fs::Watcher::new_for(&paths, &present, tx) {
+            Ok(w) => {
+                // Part of a tree unwatched (an unreadable directory, the watch limit reached
+                // for a new one): the watcher goes on for the rest, and periodic rescans look
+                // at everything.
+                let spots = w.blind_spots();
+                if !spots.is_empty() {
+                    warn_blind(&spots.join("; "));
+                    self.polling = true;
+                }
+                self.watcher = Some(w);
+            }
+            Err(e) => {
+                warn_blind(&e.to_string());
+                self.watcher = None;
+                self.polling = true;
+            }
+        }
+    }
+
+    /// Looks at root `i` before path-level work on it: returns true when that work may go on.
+    /// A root gone or emptied at once is marked unavailable and nothing is recorded for it; a
+    /// root replaced by another directory, or back after being unavailable, is watched (again)
+    /// and scanned whole against the index, as at a restart.
+    fn admit(&mut self, i: usize) -> anyhow::Result<bool> {
+        match self.verdict(i)? {
+            Verdict::Unavailable(why) => {
+                self.mark_unavailable(i, why)?;
+                Ok(false)
+            }
+            Verdict::Replaced => {
+                let root = &self.roots[i].root;
+                tracing::warn!(
+                    dir = %root.name,
+                    path = %root.path.display(),
+                    "served directory {} ({}) was replaced by another directory; watching the \
+                     new one and scanning it against the index",
+                    root.name,
+                    root.path.display()
+                );
+                self.resume(i)?;
+                Ok(false)
+            }
+            Verdict::Fine if self.unavailable[i].is_some() => {
+                self.resume(i)?;
+                Ok(false)
+            }
+            Verdict::Fine => Ok(true),
+        }
+    }
+
+    /// Watches root `i` again if the directory there is not the one watched, and rescans it.
+    fn resume(&mut self, i: usize) -> anyhow::Result<()> {
+        self.deferred.retain(|(r, _, _)| *r != i);
+        let now = match Look::at(&self.roots[i].root.path) {
+            Look::Gone => None,
+            Look::Empty(id) | Look::Full(id) => Some(id),
+        };
+        if self.watch_tx.is_some() && now != self.watched[i] {
+            self.watch();
+        }
+        self.rescan(vec![i])
+    }
+
+    /// What to do about root `i`, from what is at its path now.
+    fn verdict(&self, i: usize) -> anyhow::Result<Verdict> {
+        let look = Look::at(&self.roots[i].root.path);
+        let indexed = match look {
+            Look::Empty(_) => self.index.live_count(self.roots[i].root.name.as_str())? > 0,
+            Look::Gone | Look::Full(_) => false,
+        };
+        Ok(judge(look, self.watched[i], indexed))
+    }
+
+    /// Records that root `i` is unavailable (once: logged and stored when it becomes so) and
+    /// drops the deletions waiting for it.
+    fn mark_unavailable(&mut self, i: usize, why: Why) -> anyhow::Result<()> {
+        self.deferred.retain(|(r, _, _)| *r != i);
+        let root = &self.roots[i].root;
+        let message = presence::message(why, root.name.as_str(), &root.path);
+        if self.unavailable[i].as_deref() == Some(message.as_str()) {
+            return Ok(());
+        }
+        tracing::error!(dir = %root.name, "{message}");
+        self.index
+            .set_unavailable(root.name.as_str(), Some(&message))?;
+        self.unavailable[i] = Some(message);
+        Ok(())
+    }
+
+    /// Records that root `i` is served again after a whole scan.
+    fn mark_available(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.unavailable[i].take().is_none() {
+            return Ok(());
+        }
+        let root = &self.roots[i].root;
+        tracing::info!(
+            dir = %root.name,
+            path = %root.path.display(),
+            "served directory {} is back; syncing resumes",
+            root.name
+        );
+        self.index.set_unavailable(root.name.as_str(), None)?;
+        Ok(())
+    }
+
+    /// Records the deletions the watcher saw in the roots for which `quiet` holds (or that
+    /// waited [`DEFER_MAX`]), once their root has been looked at: a root gone or emptied at
+    /// once records none of them.
+    fn record_deferred(&mut self, quiet: impl Fn(usize) -> bool) -> anyhow::Result<()> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|(i, _, at)| quiet(*i) || now.duration_since(*at) >= DEFER_MAX);
+        self.deferred = wait;
+        let roots: BTreeSet<usize> = ready.iter().map(|(i, _, _)| *i).collect();
+        for i in roots {
+            if !self.admit(i)? {
+                continue;
+            }
+            let name = self.roots[i].root.name.as_str().to_string();
+            let root_path = self.roots[i].root.path.clone();
+            for (_, rel, _) in ready.iter().filter(|(r, _, _)| *r == i) {
+                // Back since (a save by rename): its own event records it.
+                if matches!(zync_fs::lstat(&rel.to_path(&root_path)), Ok(Stat::Missing)) {
+                    self.forget(&name, rel)?;
+                }
+            }
         }
         Ok(())
     }
@@ -234,9 +415,10 @@ impl Indexer {
     pub fn scan_root(&mut self, i: usize, under: Option<&RelPath>) -> anyhow::Result<usize> {
         let name = self.roots[i].root.name.as_str().to_string();
         let root_path = self.roots[i].root.path.clone();
-        if !root_path.is_dir() {
-            // An unmounted disk or a deleted root must not become "delete everything on R".
-            tracing::error!(dir = %name, path = %root_path.display(), "directory is gone; not recording deletions until it is back");
+        // A deleted root, an unmounted disk or a root emptied at once must not become "delete
+        // everything on R".
+        if let Verdict::Unavailable(why) = self.verdict(i)? {
+            self.mark_unavailable(i, why)?;
             return Ok(0);
         }
         // An unmounted disk leaves an empty mount point that looks exactly like "everything
@@ -387,6 +569,9 @@ impl Indexer {
                 self.index.set_setting(&dev_key, &dev)?;
             }
         }
+        if under.is_none() {
+            self.mark_available(i)?;
+        }
         tracing::debug!(
             dir = %name,
             under = under.map_or("", RelPath::as_str),
@@ -402,6 +587,9 @@ impl Indexer {
 
     /// Reconciles the paths of one watch batch, shallowest first so parents precede children.
     fn reconcile_paths(&mut self, i: usize, paths: Vec<PathBuf>) -> anyhow::Result<()> {
+        if !self.admit(i)? {
+            return Ok(());
+        }
         let root_path = self.roots[i].root.path.clone();
         let mut rels: Vec<RelPath> = Vec::new();
         for path in paths {
@@ -447,7 +635,11 @@ impl Indexer {
             }
         };
         let meta = match stat {
-            Stat::Missing => return self.forget(&name, rel),
+            Stat::Missing => {
+                // Recorded once the root's events go quiet and the root still stands.
+                self.deferred.push((i, rel.clone(), Instant::now()));
+                return Ok(());
+            }
             Stat::Unsupported(what) => {
                 tracing::debug!(path = %rel, "skipped: {what}");
                 return self.forget(&name, rel);
@@ -635,13 +827,122 @@ mod tests {
         std::fs::remove_file(dir.path().join("keep")).unwrap();
         assert_eq!(ix.scan_root(0, None).unwrap(), 0);
         assert_eq!(live(&ix), ["keep"]);
-        // On the same filesystem an emptied root is a real deletion.
+        // On the same filesystem a root emptied at once is unavailable too; a file left in it
+        // says the deletions are meant.
         let (mut ix, _rx) = indexer(dir.path(), &[]);
         std::fs::write(dir.path().join("again"), "a").unwrap();
         ix.scan_root(0, None).unwrap();
         std::fs::remove_file(dir.path().join("again")).unwrap();
-        assert_eq!(ix.scan_root(0, None).unwrap(), 1);
-        assert!(live(&ix).is_empty());
+        assert_eq!(ix.scan_root(0, None).unwrap(), 0);
+        assert_eq!(live(&ix), ["again"]);
+        assert!(unavailable(&ix).is_some_and(|m| m.contains("emptied at once")));
+        std::fs::write(dir.path().join(".keep"), "").unwrap();
+        assert_eq!(ix.scan_root(0, None).unwrap(), 2);
+        assert_eq!(live(&ix), [".keep"]);
+        assert_eq!(unavailable(&ix), None);
+    }
+
+    fn unavailable(ix: &Indexer) -> Option<String> {
+        ix.index.unavailable("code").unwrap()
+    }
+
+    /// A root with two files and a subdirectory, scanned.
+    fn served(dir: &Path) -> (Indexer, watch::Receiver<Status>, PathBuf) {
+        let root = dir.join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("a"), "a").unwrap();
+        std::fs::write(root.join("sub/b"), "b").unwrap();
+        let (mut ix, rx) = indexer(&root, &[]);
+        assert_eq!(ix.scan_root(0, None).unwrap(), 3);
+        (ix, rx, root)
+    }
+
+    fn events(root: &Path) -> Vec<PathBuf> {
+        ["a", "sub/b", "sub"].iter().map(|p| root.join(p)).collect()
+    }
+
+    #[test]
+    fn a_root_removed_under_the_watcher_records_no_deletions_and_resumes_when_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ix, _rx, root) = served(dir.path());
+        std::fs::remove_dir_all(&root).unwrap();
+        ix.reconcile_paths(0, events(&root)).unwrap();
+        ix.record_deferred(|_| true).unwrap();
+        assert_eq!(live(&ix), ["a", "sub", "sub/b"]);
+        assert!(unavailable(&ix).is_some_and(|m| m.contains("disappeared")));
+        // The periodic look changes nothing while it is gone.
+        assert!(!ix.admit(0).unwrap());
+        assert_eq!(live(&ix), ["a", "sub", "sub/b"]);
+        // Put back with one file changed and one missing: the scan against the index decides.
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("a"), "a2").unwrap();
+        std::fs::write(root.join("new"), "n").unwrap();
+        assert!(!ix.admit(0).unwrap(), "a root back is scanned whole");
+        assert_eq!(live(&ix), ["a", "new"]);
+        assert_eq!(unavailable(&ix), None);
+        assert!(ix.admit(0).unwrap());
+    }
+
+    #[test]
+    fn a_root_emptied_at_once_under_the_watcher_records_no_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ix, _rx, root) = served(dir.path());
+        for p in ["a", "sub/b"] {
+            std::fs::remove_file(root.join(p)).unwrap();
+        }
+        std::fs::remove_dir(root.join("sub")).unwrap();
+        ix.reconcile_paths(0, events(&root)).unwrap();
+        ix.record_deferred(|_| true).unwrap();
+        assert_eq!(live(&ix), ["a", "sub", "sub/b"]);
+        assert!(unavailable(&ix).is_some_and(|m| m.contains("emptied at once")));
+        // A file left in it says the deletions are meant.
+        std::fs::write(root.join(".keep"), "").unwrap();
+        ix.reconcile_paths(0, vec![root.join(".keep")]).unwrap();
+        assert_eq!(live(&ix), [".keep"]);
+        assert_eq!(unavailable(&ix), None);
+    }
+
+    #[test]
+    fn deletions_seen_by_the_watcher_wait_until_their_root_is_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ix, _rx, root) = served(dir.path());
+        std::fs::remove_file(root.join("a")).unwrap();
+        ix.reconcile_paths(0, vec![root.join("a")]).unwrap();
+        ix.record_deferred(|_| false).unwrap();
+        assert_eq!(live(&ix), ["a", "sub", "sub/b"], "the root is still busy");
+        ix.record_deferred(|_| true).unwrap();
+        assert_eq!(live(&ix), ["sub", "sub/b"]);
+        assert_eq!(unavailable(&ix), None);
+    }
+
+    #[test]
+    fn a_replaced_root_is_watched_again_and_scanned_against_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ix, _rx, root) = served(dir.path());
+        let (tx, _events) = std::sync::mpsc::channel();
+        ix.watch_tx = Some(tx);
+        ix.watch();
+        let old = ix.watched[0];
+        assert!(old.is_some());
+        std::fs::rename(&root, dir.path().join("root.old")).unwrap();
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("new"), "x").unwrap();
+        // An event from the old directory, reported under the root's path.
+        ix.reconcile_paths(0, vec![root.join("a")]).unwrap();
+        assert_ne!(ix.watched[0], old, "the new directory is watched");
+        assert_eq!(ix.watched[0], Some(identity(&root)));
+        assert_eq!(live(&ix), ["new"]);
+        // Replaced by an empty directory: unavailable, as emptied at once.
+        std::fs::rename(&root, dir.path().join("root.2")).unwrap();
+        std::fs::create_dir(&root).unwrap();
+        assert!(!ix.admit(0).unwrap());
+        assert_eq!(live(&ix), ["new"]);
+        assert!(unavailable(&ix).is_some_and(|m| m.contains("emptied at once")));
+    }
+
+    fn identity(path: &Path) -> Identity {
+        let m = std::fs::metadata(path).unwrap();
+        (m.dev(), m.ino())
     }
 
     #[test]
@@ -744,6 +1045,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut ix, _rx) = indexer(dir.path(), &[]);
         ix.scan_root(0, None).unwrap();
+        // Something stays, so that deleting "new" does not empty the root at once.
+        std::fs::write(dir.path().join("stays.pyc"), "s").unwrap();
         std::fs::create_dir_all(dir.path().join("new/deep")).unwrap();
         std::fs::write(dir.path().join("new/deep/f"), "f").unwrap();
         // Only the file's event arrived: the unknown parents are scanned too.
@@ -765,6 +1068,7 @@ mod tests {
 
         std::fs::remove_dir_all(dir.path().join("new")).unwrap();
         ix.reconcile_paths(0, vec![dir.path().join("new")]).unwrap();
+        ix.record_deferred(|_| true).unwrap();
         assert!(live(&ix).is_empty(), "{:?}", live(&ix));
         let ignored = dir.path().join("x.pyc");
         std::fs::write(&ignored, "i").unwrap();

@@ -145,7 +145,40 @@ impl Index {
             .with_ctx(|| format!("storing the setting {key}"))?;
         Ok(())
     }
+
+    /// Records that the served directory `dir` is unavailable (gone, emptied at once or
+    /// unmounted), with the reason shown to the user, or that it is available again (`None`).
+    /// Kept as a `meta` row (`unavailable:DIR`), so `zync-apply status` reads it without a
+    /// connection to the daemon and no schema change is needed.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn set_unavailable(&self, dir: &str, reason: Option<&str>) -> Result<()> {
+        let key = format!("{UNAVAILABLE_PREFIX}{dir}");
+        match reason {
+            Some(reason) => self.set_setting(&key, reason),
+            None => {
+                self.conn
+                    .execute("DELETE FROM meta WHERE key = ?1", [&key])
+                    .with_ctx(|| format!("clearing the setting {key}"))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Why the served directory `dir` is unavailable, or `None` when it is being served.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn unavailable(&self, dir: &str) -> Result<Option<String>> {
+        self.setting(&format!("{UNAVAILABLE_PREFIX}{dir}"))
+    }
 }
+
+/// The `meta` key prefix under which a directory's unavailability is kept.
+const UNAVAILABLE_PREFIX: &str = "unavailable:";
 
 #[cfg(test)]
 mod tests {
@@ -217,6 +250,20 @@ mod tests {
             ("music".into(), "/m".into()),
         ];
         assert_eq!(index.roots().expect("roots"), want);
+    }
+
+    #[test]
+    fn a_directory_is_marked_unavailable_and_available_again() {
+        let index = Index::open_in_memory().expect("open");
+        assert_eq!(index.unavailable("code").expect("read"), None);
+        index.set_unavailable("code", Some("gone")).expect("set");
+        assert_eq!(
+            index.unavailable("code").expect("read").as_deref(),
+            Some("gone")
+        );
+        assert_eq!(index.unavailable("other").expect("read"), None);
+        index.set_unavailable("code", None).expect("clear");
+        assert_eq!(index.unavailable("code").expect("read"), None);
     }
 
     #[test]

@@ -65,6 +65,21 @@ impl Watcher {
     /// The notify error when the watcher cannot start or a root cannot be watched (missing
     /// root, inotify watch limit reached).
     pub fn new(roots: &[PathBuf], tx: Sender<WatchEvent>) -> Result<Watcher, notify::Error> {
+        let all: Vec<usize> = (0..roots.len()).collect();
+        Watcher::new_for(roots, &all, tx)
+    }
+
+    /// Like [`Watcher::new`], but watches only the roots at the indices `watch` (the others are
+    /// missing, say), while events keep the indices of `roots`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Watcher::new`].
+    pub fn new_for(
+        roots: &[PathBuf],
+        watch: &[usize],
+        tx: Sender<WatchEvent>,
+    ) -> Result<Watcher, notify::Error> {
         let handler_roots = roots.to_vec();
         let blind = Arc::new(Mutex::new(Vec::new()));
         let handler_blind = Arc::clone(&blind);
@@ -85,7 +100,7 @@ impl Watcher {
         let kinds = EventKindMask::CORE | EventKindMask::ACCESS_CLOSE;
         let mut inner =
             RecommendedWatcher::new(handler, Config::default().with_event_kinds(kinds))?;
-        for root in roots {
+        for root in watch.iter().filter_map(|&i| roots.get(i)) {
             inner
                 .watch(root, RecursiveMode::Recursive)
                 .map_err(|e| e.add_path(root.clone()))?;

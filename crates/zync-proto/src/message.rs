@@ -231,6 +231,11 @@ pub struct LastSequence {
     pub dirs: BTreeMap<String, u64>,
     /// True while a scan is running: more changes are about to be recorded.
     pub scanning: bool,
+    /// Directories the daemon serves but cannot see now (gone, emptied at once, unmounted),
+    /// with the reason: nothing is recorded for them until they are back. Absent from older
+    /// daemons and when every directory is available.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unavailable: BTreeMap<String, String>,
 }
 
 /// One entry of the daemon's index: the current state of a path, or its tombstone.
@@ -509,6 +514,16 @@ mod tests {
                 last_sequence: 9,
                 dirs: BTreeMap::from([("a".to_string(), 9)]),
                 scanning: false,
+                unavailable: BTreeMap::new(),
+            }),
+        }));
+        round_trip(ServerMessage::Ok(OkResponse {
+            id: 4,
+            reply: Reply::GetLastSequence(LastSequence {
+                last_sequence: 9,
+                dirs: BTreeMap::from([("a".to_string(), 9)]),
+                scanning: false,
+                unavailable: BTreeMap::from([("a".to_string(), "gone".to_string())]),
             }),
         }));
         round_trip(ServerMessage::Ok(OkResponse {

@@ -1,5 +1,7 @@
-//! GET_LAST_SEQUENCE: the daemon's highest sequence number, each directory's, and whether a
-//! scan is running.
+//! GET_LAST_SEQUENCE: the daemon's highest sequence number, each directory's, whether a
+//! scan is running, and which directories are unavailable (gone, emptied at once, unmounted).
+
+use std::collections::BTreeMap;
 
 use zync_proto::{LastSequence, Reply};
 
@@ -10,17 +12,23 @@ use crate::refusal::Refusal;
 pub(crate) async fn apply(cx: &mut Context) -> Result<Reply, Refusal> {
     let status = *cx.shared.status.borrow();
     let names: Vec<String> = cx.shared.roots.iter().map(|r| r.name.to_string()).collect();
-    let dirs = cx
+    let (dirs, unavailable) = cx
         .query(move |index| {
-            names
-                .into_iter()
-                .map(|n| index.dir_last_seq(&n).map(|s| (n, s)))
-                .collect::<Result<_, _>>()
+            let mut dirs = BTreeMap::new();
+            let mut unavailable = BTreeMap::new();
+            for name in names {
+                if let Some(why) = index.unavailable(&name)? {
+                    unavailable.insert(name.clone(), why);
+                }
+                dirs.insert(name.clone(), index.dir_last_seq(&name)?);
+            }
+            Ok((dirs, unavailable))
         })
         .await?;
     Ok(Reply::GetLastSequence(LastSequence {
         last_sequence: status.last_seq,
         dirs,
         scanning: status.scanning,
+        unavailable,
     }))
 }
