@@ -177,6 +177,8 @@ fn a_file_deleted_on_e_but_edited_on_r_is_never_lost() {
     let e = tmp.path().join("e");
     write(&e.join("g.txt"), "base\n");
     write(&e.join("other.txt"), "other\n");
+    // Stays: a root emptied at once is taken for a wiped one, and records no deletions.
+    write(&e.join("keep.txt"), "keep\n");
     let mut daemon = Daemon::start(tmp.path(), &[("code", &e)]);
     let r = tmp.path().join("r");
     let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);

@@ -74,7 +74,13 @@ impl Index {
                 file.dir, file.path, file.session_id
             )
         };
-        let tx = self.conn().unchecked_transaction().with_ctx(context)?;
+        // IMMEDIATE: a deferred transaction that reads and then writes fails at once with
+        // SQLITE_BUSY (no busy wait) when the indexer committed in between.
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.conn(),
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .with_ctx(context)?;
         let old = tx
             .query_row(
                 &format!(
