@@ -842,3 +842,21 @@ pub fn zync_apply_json(db: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("zync-apply {args:?} printed no JSON ({e}):\n{text}"))
 }
+
+/// `<db>.staging`, as crates/zync-db/src/staging.rs names it.
+pub fn staging_root(db: &Path) -> PathBuf {
+    let mut name = db.file_name().expect("db file name").to_os_string();
+    name.push(".staging");
+    db.with_file_name(name)
+}
+
+/// Names of the entries of a directory (empty when it does not exist).
+pub fn names_in(dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}

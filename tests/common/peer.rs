@@ -274,6 +274,60 @@ impl Peer {
         reply
     }
 
+    /// PREPARE_UPSTREAM: the new session's id.
+    pub async fn prepare_upstream(&mut self) -> String {
+        let reply = self
+            .ok(json!({"operation": "PREPARE_UPSTREAM", "description": "test"}))
+            .await;
+        reply["session_id"]
+            .as_str()
+            .expect("session_id")
+            .to_string()
+    }
+
+    /// An UPSTREAM_FILE write to `code/path` announcing `size` bytes with `sha256`, followed by
+    /// `content` in chunks (8-byte big-endian request id, then the payload). Returns the
+    /// response; a refused upload's frames are dropped by the daemon.
+    pub async fn upload_with(
+        &mut self,
+        session: &str,
+        path: &str,
+        content: &[u8],
+        size: u64,
+        sha256: &str,
+    ) -> Value {
+        let id = self.id();
+        let request = json!({
+            "id": id, "operation": "UPSTREAM_FILE", "session_id": session, "dir": "code",
+            "path": path, "action": "write", "mode": 0o644, "size": size,
+            "mtime_ns": 1_700_000_000_000_000_000i64, "sha256": sha256,
+        });
+        self.send_json(&request).await;
+        for piece in content.chunks(MAX_CHUNK) {
+            let mut frame = id.to_be_bytes().to_vec();
+            frame.extend_from_slice(piece);
+            self.send(Message::binary(frame)).await;
+        }
+        let reply = self.recv_text().await;
+        assert_eq!(reply["id"], json!(id), "UPSTREAM_FILE {path}: {reply}");
+        reply
+    }
+
+    /// An upload of `content` with its own size and sha256; returns the response.
+    pub async fn upload(&mut self, session: &str, path: &str, content: &[u8]) -> Value {
+        let sha = super::sha256(content);
+        self.upload_with(session, path, content, content.len() as u64, &sha)
+            .await
+    }
+
+    /// An upload that must be staged.
+    pub async fn upload_ok(&mut self, session: &str, path: &str, content: &[u8]) -> Value {
+        let reply = self.upload(session, path, content).await;
+        assert_eq!(reply["status"], "ok", "UPSTREAM_FILE {path}: {reply}");
+        assert_eq!(reply["operation"], "UPSTREAM_FILE", "{reply}");
+        reply
+    }
+
     /// PING, which must be answered.
     pub async fn ping_ok(&mut self) {
         self.ok(json!({"operation": "PING"})).await;

@@ -5,7 +5,6 @@
 //! nothing of leaves nothing; a path sent twice keeps one staged file; `zync-apply drop` and
 //! `gc` remove what they should and nothing else.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,24 +15,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-/// `<db>.staging`, as crates/zync-db/src/staging.rs names it.
-fn staging_root(db: &Path) -> PathBuf {
-    let mut name = db.file_name().expect("db file name").to_os_string();
-    name.push(".staging");
-    db.with_file_name(name)
-}
-
-/// Names of the entries of a directory (empty when it does not exist).
-fn names_in(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// Every session as `zync-apply list --all --json` shows it.
 fn sessions(db: &Path) -> Vec<Value> {
@@ -64,43 +45,6 @@ fn daemon_with(tmp: &Path, files: &[(&str, &[u8])], extra: &[&str]) -> (PathBuf,
     let daemon = Daemon::start_with(&state, &[("code", &e)], extra);
     daemon.wait_scanned();
     (e, daemon)
-}
-
-/// PREPARE_UPSTREAM, which must succeed: the session id.
-async fn prepare(peer: &mut Peer) -> String {
-    let reply = peer
-        .ok(json!({"operation": "PREPARE_UPSTREAM", "description": "staging limits test"}))
-        .await;
-    reply["session_id"]
-        .as_str()
-        .expect("session_id")
-        .to_string()
-}
-
-/// Sends an UPSTREAM_FILE write of `content` to `path` (all its frames) and returns the
-/// reply; a refused upload's frames are dropped by the daemon.
-async fn upload(peer: &mut Peer, session: &str, path: &str, content: &[u8]) -> Value {
-    let id = peer.id();
-    peer.send_json(&json!({
-        "id": id, "operation": "UPSTREAM_FILE", "session_id": session, "dir": "code",
-        "path": path, "action": "write", "mode": 0o644, "size": content.len(),
-        "mtime_ns": 1_700_000_000_000_000_000i64, "sha256": sha256(content),
-    }))
-    .await;
-    for piece in content.chunks(MAX_CHUNK) {
-        let mut frame = id.to_be_bytes().to_vec();
-        frame.extend_from_slice(piece);
-        peer.send(Message::binary(frame)).await;
-    }
-    let reply = peer.recv_text().await;
-    assert_eq!(reply["id"], json!(id), "UPSTREAM_FILE {path}: {reply}");
-    reply
-}
-
-/// An upload that must be staged.
-async fn upload_ok(peer: &mut Peer, session: &str, path: &str, content: &[u8]) {
-    let reply = upload(peer, session, path, content).await;
-    assert_eq!(reply["status"], "ok", "UPSTREAM_FILE {path}: {reply}");
 }
 
 /// Asserts `reply` is an error with `code` whose message holds each of `says`.
@@ -142,17 +86,12 @@ async fn each_staging_limit_refuses_naming_its_flag_and_keeps_what_was_staged() 
     let (mut peer, _) = Peer::authenticated(&daemon, "limits-r").await;
 
     // Files per session: the fourth new path is refused, a path sent again is not new.
-    let a = prepare(&mut peer).await;
+    let a = peer.prepare_upstream().await;
     for n in 1..=3 {
-        upload_ok(
-            &mut peer,
-            &a,
-            &format!("f{n}.txt"),
-            format!("file {n}\n").as_bytes(),
-        )
-        .await;
+        peer.upload_ok(&a, &format!("f{n}.txt"), format!("file {n}\n").as_bytes())
+            .await;
     }
-    let reply = upload(&mut peer, &a, "f4.txt", b"one too many\n").await;
+    let reply = peer.upload(&a, "f4.txt", b"one too many\n").await;
     refused(
         &reply,
         "too_large",
@@ -161,15 +100,17 @@ async fn each_staging_limit_refuses_naming_its_flag_and_keeps_what_was_staged() 
             "zync-daemon --max-session-files, or max-session-files in daemon.toml",
         ],
     );
-    upload_ok(&mut peer, &a, "f1.txt", b"file 1, again\n").await;
+    peer.upload_ok(&a, "f1.txt", b"file 1, again\n").await;
     let done = finalize(&mut peer, &a).await;
     assert_eq!(done["files"], 3, "{done}");
 
     // Bytes per session: 2 MiB fits, 2 MiB more would make 4 MiB of 3.
-    let b = prepare(&mut peer).await;
+    let b = peer.prepare_upstream().await;
     let two = pseudo_random(2 << 20, 1);
-    upload_ok(&mut peer, &b, "big1.bin", &two).await;
-    let reply = upload(&mut peer, &b, "big2.bin", &pseudo_random(2 << 20, 2)).await;
+    peer.upload_ok(&b, "big1.bin", &two).await;
+    let reply = peer
+        .upload(&b, "big2.bin", &pseudo_random(2 << 20, 2))
+        .await;
     refused(
         &reply,
         "too_large",
@@ -201,8 +142,10 @@ async fn each_staging_limit_refuses_naming_its_flag_and_keeps_what_was_staged() 
 
     // Bytes staged in all pending sessions: another client's 2 MiB would pass 4 MiB.
     let (mut other, _) = Peer::authenticated(&daemon, "limits-other").await;
-    let c = prepare(&mut other).await;
-    let reply = upload(&mut other, &c, "big3.bin", &pseudo_random(2 << 20, 3)).await;
+    let c = other.prepare_upstream().await;
+    let reply = other
+        .upload(&c, "big3.bin", &pseudo_random(2 << 20, 3))
+        .await;
     refused(&reply, "too_large", &["4 MiB", "--max-staged-bytes"]);
     other.ping_ok().await;
 
@@ -220,8 +163,8 @@ async fn each_staging_limit_refuses_naming_its_flag_and_keeps_what_was_staged() 
     assert!(!e.join("f4.txt").exists() && !e.join("big2.bin").exists());
 
     // Applied sessions wait no more: the client may push again.
-    let d = prepare(&mut peer).await;
-    upload_ok(&mut peer, &d, "later.txt", b"later\n").await;
+    let d = peer.prepare_upstream().await;
+    peer.upload_ok(&d, "later.txt", b"later\n").await;
 }
 
 /// The zync client stops at a limit, finalizes what E staged, says so and exits 1.
@@ -276,8 +219,10 @@ async fn a_stalled_upload_is_dropped_and_its_room_given_back_within_the_deadline
     );
     let db = daemon.db.clone();
     let (mut staller, _) = Peer::authenticated(&daemon, "staller").await;
-    let s = prepare(&mut staller).await;
-    upload_ok(&mut staller, &s, "first.txt", b"staged before the stall\n").await;
+    let s = staller.prepare_upstream().await;
+    staller
+        .upload_ok(&s, "first.txt", b"staged before the stall\n")
+        .await;
     // 2 MiB announced, 1 MiB sent, then nothing.
     let content = pseudo_random(2 << 20, 7);
     let id = staller.id();
@@ -299,8 +244,10 @@ async fn a_stalled_upload_is_dropped_and_its_room_given_back_within_the_deadline
 
     // While it holds its 2 MiB, another client's 2 MiB does not fit in 3.
     let (mut other, _) = Peer::authenticated(&daemon, "other").await;
-    let o = prepare(&mut other).await;
-    let reply = upload(&mut other, &o, "needs-room.bin", &pseudo_random(2 << 20, 8)).await;
+    let o = other.prepare_upstream().await;
+    let reply = other
+        .upload(&o, "needs-room.bin", &pseudo_random(2 << 20, 8))
+        .await;
     refused(&reply, "too_large", &["--max-staged-bytes"]);
 
     // The staller is told why, then cut off; its session is aborted and its files removed.
@@ -320,7 +267,9 @@ async fn a_stalled_upload_is_dropped_and_its_room_given_back_within_the_deadline
     });
 
     // The room is back: the same upload fits now.
-    upload_ok(&mut other, &o, "needs-room.bin", &pseudo_random(2 << 20, 8)).await;
+    other
+        .upload_ok(&o, "needs-room.bin", &pseudo_random(2 << 20, 8))
+        .await;
     assert_eq!(finalize(&mut other, &o).await["files"], 1);
 }
 
@@ -344,7 +293,7 @@ async fn the_daemons_own_files_inside_a_served_root_are_refused() {
     daemon.wait_scanned();
     let db_before = std::fs::read(&daemon.db).expect("db");
     let (mut peer, _) = Peer::authenticated(&daemon, "hostile-r").await;
-    let s = prepare(&mut peer).await;
+    let s = peer.prepare_upstream().await;
     let evil = b"not a database\n";
     for (path, what) in [
         ("state/sync.db", "zync-daemon's own database"),
@@ -355,7 +304,7 @@ async fn the_daemons_own_files_inside_a_served_root_are_refused() {
         ("alias/sync.db", "zync-daemon's own database"),
         ("daemon.toml", "config file"),
     ] {
-        let reply = upload(&mut peer, &s, path, evil).await;
+        let reply = peer.upload(&s, path, evil).await;
         refused(
             &reply,
             "invalid_path",
@@ -369,7 +318,7 @@ async fn the_daemons_own_files_inside_a_served_root_are_refused() {
     }))
     .await;
     refused(&peer.recv_text().await, "invalid_path", &["own database"]);
-    upload_ok(&mut peer, &s, "fine.txt", b"an ordinary file\n").await;
+    peer.upload_ok(&s, "fine.txt", b"an ordinary file\n").await;
     let done = finalize(&mut peer, &s).await;
     assert_eq!(done["files"], 1, "{done}");
     let show = zync_apply_json(&daemon.db, &["show", &s, "--json"]);
@@ -424,16 +373,16 @@ async fn an_empty_session_and_a_re_sent_path_leave_nothing_extra_staged() {
     let db = daemon.db.clone();
     let (mut peer, _) = Peer::authenticated(&daemon, "resender").await;
 
-    let empty = prepare(&mut peer).await;
+    let empty = peer.prepare_upstream().await;
     let done = finalize(&mut peer, &empty).await;
     assert_eq!(done["files"], 0, "{done}");
     assert!(sessions(&db).is_empty(), "an empty session was kept");
 
-    let s = prepare(&mut peer).await;
+    let s = peer.prepare_upstream().await;
     let first = pseudo_random(MAX_CHUNK + 10, 1);
-    upload_ok(&mut peer, &s, "a.bin", &first).await;
+    peer.upload_ok(&s, "a.bin", &first).await;
     let second = b"the second version\n";
-    upload_ok(&mut peer, &s, "a.bin", second).await;
+    peer.upload_ok(&s, "a.bin", second).await;
     let dir = staging_root(&db).join(&s);
     let staged = names_in(&dir);
     assert_eq!(staged.len(), 1, "staged files: {staged:?}");

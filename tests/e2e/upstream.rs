@@ -14,7 +14,6 @@ use crate::common::peer::{Peer, MAX_CHUNK};
 use crate::common::proxy::Proxy;
 use crate::common::*;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 // ---------------------------------------------------------------------------------------------
 // Running the binaries.
@@ -203,24 +202,6 @@ impl Pair {
     fn session_dir(&self, id: &str) -> PathBuf {
         staging_root(self.db()).join(id)
     }
-}
-
-/// `<db>.staging`, as crates/zync-db/src/staging.rs names it.
-fn staging_root(db: &Path) -> PathBuf {
-    let mut name = db.file_name().expect("db file name").to_os_string();
-    name.push(".staging");
-    db.with_file_name(name)
-}
-
-/// Names of the entries of a directory (empty when it does not exist).
-fn names_in(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -682,60 +663,6 @@ async fn hello(daemon: &Daemon) -> Peer {
     Peer::authenticated(daemon, "upstream-test").await.0
 }
 
-/// PREPARE_UPSTREAM: the new session's id.
-async fn prepare(peer: &mut Peer) -> String {
-    let reply = peer
-        .ok(json!({"operation": "PREPARE_UPSTREAM", "description": "upstream test"}))
-        .await;
-    reply["session_id"]
-        .as_str()
-        .expect("session_id")
-        .to_string()
-}
-
-/// An UPSTREAM_FILE write announcing `size` bytes with `sha256`, followed by `content` in
-/// chunks (8-byte big-endian request id, then the payload). Returns the response.
-async fn upload(
-    peer: &mut Peer,
-    session: &str,
-    path: &str,
-    content: &[u8],
-    size: u64,
-    sha256: &str,
-) -> Value {
-    let id = peer.id();
-    let request = json!({
-        "id": id, "operation": "UPSTREAM_FILE", "session_id": session, "dir": "code",
-        "path": path, "action": "write", "mode": 0o644, "size": size,
-        "mtime_ns": 1_700_000_000_000_000_000i64, "sha256": sha256,
-    });
-    peer.send_json(&request).await;
-    for piece in content.chunks(MAX_CHUNK) {
-        let mut frame = id.to_be_bytes().to_vec();
-        frame.extend_from_slice(piece);
-        peer.send(Message::binary(frame)).await;
-    }
-    let reply = peer.recv_text().await;
-    assert_eq!(reply["id"], json!(id), "UPSTREAM_FILE {path}: {reply}");
-    reply
-}
-
-/// An upload with the right size and sha256 that must be staged.
-async fn upload_ok(peer: &mut Peer, session: &str, path: &str, content: &[u8]) -> Value {
-    let reply = upload(
-        peer,
-        session,
-        path,
-        content,
-        content.len() as u64,
-        &sha256(content),
-    )
-    .await;
-    assert_eq!(reply["status"], "ok", "UPSTREAM_FILE {path}: {reply}");
-    assert_eq!(reply["operation"], "UPSTREAM_FILE", "{reply}");
-    reply
-}
-
 fn expect_error(reply: &Value, code: &str, what: &str) {
     assert_eq!(reply["status"], "error", "{what} was accepted: {reply}");
     assert_eq!(reply["code"], code, "{what}: wrong error code: {reply}");
@@ -757,9 +684,9 @@ async fn a_session_left_unfinished_is_aborted_and_its_staged_files_removed() {
             "a dropped TCP connection"
         };
         let mut peer = hello(&p.daemon).await;
-        let id = prepare(&mut peer).await;
+        let id = peer.prepare_upstream().await;
         let content = pseudo_random(MAX_CHUNK + 1000, 5);
-        let reply = upload_ok(&mut peer, &id, "a.txt", &content).await;
+        let reply = peer.upload_ok(&id, "a.txt", &content).await;
         assert_eq!(
             reply["conflict"], true,
             "E's a.txt differs and R had no base"
@@ -816,10 +743,12 @@ async fn bad_paths_and_bad_checksums_are_refused_and_nothing_escapes() {
     let etc_x_existed = Path::new("/etc/x").exists();
 
     let mut peer = hello(&p.daemon).await;
-    let id = prepare(&mut peer).await;
+    let id = peer.prepare_upstream().await;
     let evil = b"written through a bad path\n";
     for path in ["../escape.txt", "/etc/x", "a/../../b"] {
-        let reply = upload(&mut peer, &id, path, evil, evil.len() as u64, &sha256(evil)).await;
+        let reply = peer
+            .upload_with(&id, path, evil, evil.len() as u64, &sha256(evil))
+            .await;
         expect_error(&reply, "invalid_path", path);
         // The refused upload's content frame is dropped silently: the next reply is PING's.
         peer.ok(json!({"operation": "PING"})).await;
@@ -827,31 +756,31 @@ async fn bad_paths_and_bad_checksums_are_refused_and_nothing_escapes() {
 
     // Content that does not match its sha256, then content shorter than announced.
     let content = b"what R really sent\n";
-    let reply = upload(
-        &mut peer,
-        &id,
-        "mismatch.txt",
-        content,
-        content.len() as u64,
-        &sha256(b"what R announced!!\n"),
-    )
-    .await;
+    let reply = peer
+        .upload_with(
+            &id,
+            "mismatch.txt",
+            content,
+            content.len() as u64,
+            &sha256(b"what R announced!!\n"),
+        )
+        .await;
     expect_error(&reply, "checksum_mismatch", "a wrong sha256");
-    let reply = upload(
-        &mut peer,
-        &id,
-        "short.txt",
-        content,
-        content.len() as u64 + 10,
-        &sha256(content),
-    )
-    .await;
+    let reply = peer
+        .upload_with(
+            &id,
+            "short.txt",
+            content,
+            content.len() as u64 + 10,
+            &sha256(content),
+        )
+        .await;
     expect_error(&reply, "checksum_mismatch", "content shorter than its size");
     peer.ok(json!({"operation": "PING"})).await;
 
     // The session still works.
     let good = b"a valid file\n";
-    let reply = upload_ok(&mut peer, &id, "sub/good.txt", good).await;
+    let reply = peer.upload_ok(&id, "sub/good.txt", good).await;
     assert_eq!(reply["path"], "sub/good.txt", "{reply}");
     assert_eq!(reply["conflict"], false, "{reply}");
     let done = peer
