@@ -148,3 +148,36 @@ fn the_client_keeps_running_while_the_daemon_is_down_and_catches_up() {
     wait_same_tree(&e, &r, IGNORED);
     assert!(running.is_running(), "{}", running.log_text());
 }
+
+#[test]
+fn a_second_writer_on_one_client_database_is_refused_naming_the_running_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("a.txt"), "a\n");
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    let mut running = client.spawn(&daemon.url(), &tmp.path().join("client.log"));
+    wait_until("the loop client to sync a.txt", || r.join("a.txt").exists());
+    let loop_pid = running.pid().to_string();
+    let lock = client.db.with_file_name("sync_client.db.lock");
+    for extra in [&["--once"][..], &["--update-upstream"], &[]] {
+        let mut second = client.command(&daemon.url());
+        second.args(extra);
+        let out = output_within_deadline(second);
+        let log = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}:\n{log}");
+        assert!(
+            log.contains("another zync-client (loop, pid") && log.contains(&loop_pid),
+            "{extra:?}: the refusal does not name the running client:\n{log}"
+        );
+    }
+    assert!(running.is_running(), "the loop client stopped");
+    // --status reads beside it.
+    let status = client.status_json(&daemon.url());
+    assert_eq!(status["dirs"][0]["state"], "in_sync", "{status}");
+    // Once the loop is gone (killed, so nothing released the lock but the kernel), --once runs.
+    running.signal_and_wait(libc::SIGKILL);
+    assert!(lock.exists());
+    client.once_ok(&daemon.url());
+}

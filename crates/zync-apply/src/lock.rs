@@ -8,14 +8,11 @@
 //! `kill -9` or a power cut, so a dead run can never leave the session locked. The file only
 //! carries who holds it (pid, command, start), for the message. `show` reads and takes no lock.
 
-use std::fs::File;
-use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
+use zync_fs::{LockFile, Locked};
 
 /// The lock file's name inside the session directory.
 pub(crate) const LOCK_FILE: &str = "apply.lock";
@@ -31,11 +28,12 @@ struct Holder {
 /// An exclusive hold on a session, released when dropped (or when the process ends).
 #[derive(Debug)]
 pub(crate) struct SessionLock {
-    _file: File,
+    _lock: LockFile,
 }
 
 impl SessionLock {
-    /// Locks session `session_id` of the database `db` for `command` (`apply`, `undo`).
+    /// Locks session `session_id` of the database `db` for `command` (`apply`, `undo`,
+    /// `drop`).
     ///
     /// # Errors
     ///
@@ -48,84 +46,32 @@ impl SessionLock {
         zync_fs::create_private_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join(LOCK_FILE);
-        let mut file = open_lock_file(&path)?;
-        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-                bail!("{}", busy_message(session_id, &path, &mut file))
-            }
-            Err(e) => {
-                return Err(io::Error::from(e))
-                    .with_context(|| format!("cannot lock {}", path.display()))
-            }
-        }
         let holder = Holder {
             pid: std::process::id(),
             command: command.to_string(),
             started_unix: chrono::Local::now().timestamp(),
         };
-        // Only for the message of a refused run: a failure here changes nothing that matters.
+        // Only for the message of a refused run.
         let note = serde_json::to_vec(&holder).unwrap_or_default();
-        let written = file
-            .set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| file.write_all(&note));
-        if let Err(e) = written {
-            tracing::warn!("cannot note the holder in {}: {e}", path.display());
+        match zync_fs::try_lock(&path, &note)
+            .with_context(|| format!("cannot lock {}", path.display()))?
+        {
+            Locked::Held(lock) => Ok(SessionLock { _lock: lock }),
+            Locked::Busy(note) => bail!("{}", busy_message(session_id, &path, &note)),
         }
-        Ok(SessionLock { _file: file })
     }
-}
-
-/// Opens (creating, mode 0600) the lock file without following a symlink at it, and checks
-/// that it is a regular file.
-fn open_lock_file(path: &Path) -> anyhow::Result<File> {
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(zync_fs::PRIVATE_FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => anyhow::anyhow!(
-                "the lock file {} is a symlink; zync never follows one there: remove it",
-                path.display()
-            ),
-            _ => anyhow::Error::new(e).context(format!("cannot open {}", path.display())),
-        })?;
-    let md = file
-        .metadata()
-        .with_context(|| format!("cannot inspect {}", path.display()))?;
-    if !md.is_file() {
-        bail!(
-            "the lock file {} is not a regular file: remove it",
-            path.display()
-        );
-    }
-    if md.permissions().mode() & 0o7777 != zync_fs::PRIVATE_FILE_MODE {
-        file.set_permissions(std::fs::Permissions::from_mode(zync_fs::PRIVATE_FILE_MODE))
-            .with_context(|| format!("cannot set mode 600 on {}", path.display()))?;
-    }
-    Ok(file)
 }
 
 /// The refusal: who holds the lock, when it is known.
-fn busy_message(session_id: &str, path: &Path, file: &mut File) -> String {
-    let mut text = String::new();
-    let holder = file
-        .read_to_string(&mut text)
-        .ok()
-        .and_then(|_| serde_json::from_str::<Holder>(&text).ok());
-    let who = match holder {
-        Some(h) => format!(
+fn busy_message(session_id: &str, path: &Path, note: &str) -> String {
+    let who = match serde_json::from_str::<Holder>(note) {
+        Ok(h) => format!(
             "`zync-apply {}` (pid {}, started {})",
             h.command,
             h.pid,
             crate::session::local_time(h.started_unix)
         ),
-        None => "another zync-apply".to_string(),
+        Err(_) => "another zync-apply".to_string(),
     };
     format!(
         "session {session_id} is busy: {who} is working on it; wait for it to finish, then run \

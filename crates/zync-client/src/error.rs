@@ -83,6 +83,9 @@ pub enum ClientError {
     /// A setting is wrong; the message says which and how to fix it.
     #[error("{0}")]
     Config(String),
+    /// Another client writes this database; the message names it.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl ClientError {
@@ -93,6 +96,7 @@ impl ClientError {
             | ClientError::NotTheDaemon { .. }
             | ClientError::Incompatible(_)
             | ClientError::Config(_)
+            | ClientError::Busy(_)
             | ClientError::Untrusted(_) => true,
             ClientError::Server { code, .. } => {
                 matches!(code, ErrorCode::UnsupportedVersion | ErrorCode::UnknownDir)

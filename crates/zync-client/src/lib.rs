@@ -12,6 +12,7 @@ pub mod status;
 mod sync;
 pub mod transport;
 mod upstream;
+pub mod writer;
 
 use std::future::Future;
 use std::time::Duration;
@@ -132,7 +133,10 @@ fn print_summary(summary: &PushSummary, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_state(config: &Config) -> anyhow::Result<ClientState> {
+/// Takes the writer lock (before anything is touched), then opens R's state and removes the
+/// temp files an interrupted run left.
+fn open_state(config: &Config, mode: &str) -> anyhow::Result<(ClientState, zync_fs::LockFile)> {
+    let lock = writer::acquire(&config.db, mode)?;
     let state = ClientState::open(&config.db)
         .with_context(|| format!("cannot open the client database {}", config.db.display()))?;
     // Temp files left by a crash are never a version anyone wants (invariant 1).
@@ -142,7 +146,7 @@ fn open_state(config: &Config) -> anyhow::Result<ClientState> {
             tracing::info!(dir = %mapping.name, removed, "removed temp files left by an interrupted run");
         }
     }
-    Ok(state)
+    Ok((state, lock))
 }
 
 /// Syncs every mapping once and returns the reports; fails unless R ends up in sync with
@@ -152,7 +156,7 @@ fn open_state(config: &Config) -> anyhow::Result<ClientState> {
 /// An unreachable daemon, a refused token, a mapping the daemon does not serve, or paths
 /// that could not be applied.
 pub async fn run_once(config: &Config) -> anyhow::Result<Vec<DirReport>> {
-    let mut state = open_state(config)?;
+    let (mut state, _lock) = open_state(config, "--once")?;
     let mut conn = connect(config, &state).await?;
     wait_for_scan(&mut conn).await?;
     let mut reports = Vec::new();
@@ -182,7 +186,7 @@ pub async fn run_once(config: &Config) -> anyhow::Result<Vec<DirReport>> {
 /// # Errors
 /// An unreachable daemon, a refused token, unreadable files, or a refused upload.
 pub async fn run_upstream(config: &Config) -> anyhow::Result<PushSummary> {
-    let state = open_state(config)?;
+    let (state, _lock) = open_state(config, "--update-upstream")?;
     let mut changes = Vec::new();
     for mapping in &config.mappings {
         changes.extend(collect(&state, mapping)?);
@@ -276,7 +280,7 @@ async fn sync_all(
 /// # Errors
 /// Only errors that reconnecting cannot fix (a refused token, a mapping the daemon lacks).
 pub async fn run_loop(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let mut state = open_state(config)?;
+    let (mut state, _lock) = open_state(config, "loop")?;
     tokio::pin!(shutdown);
     let mut backoff = zync_cli::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {

@@ -13,6 +13,7 @@ mod dirs;
 mod error;
 pub mod hash;
 pub mod ignore;
+pub mod lock;
 pub mod meta;
 pub mod path;
 pub mod private;
@@ -35,6 +36,7 @@ pub use crate::hash::{hash_bytes, hash_file, is_sha256_hex, Hasher};
 pub use crate::ignore::{
     control_reason, IgnoreError, IgnoreRules, DEFAULT_IGNORES, IGNORE_FILE, TEMP_PREFIX,
 };
+pub use crate::lock::{try_lock, LockFile, Locked};
 pub use crate::meta::{lstat, Meta, Stat};
 pub use crate::path::{DirName, PathError, RelPath};
 pub use crate::private::{

@@ -1,0 +1,131 @@
+//! Exclusive locks held for a whole run: one writer per client database, one apply or undo per
+//! staged session. An `flock` on a private lock file, not a marker file or a database row: the
+//! kernel releases it when its holder ends, even by `kill -9` or a power cut, so a dead run
+//! can never leave anything locked. The file carries a note from its holder (who it is, for
+//! the message a refused run prints), written once the lock is held.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use rustix::fs::FlockOperation;
+
+use crate::private::PRIVATE_FILE_MODE;
+
+/// A held lock, released when dropped (or when the process ends).
+#[derive(Debug)]
+pub struct LockFile {
+    _file: File,
+}
+
+/// What [`try_lock`] found.
+#[derive(Debug)]
+pub enum Locked {
+    /// The lock is ours until the value is dropped.
+    Held(LockFile),
+    /// Someone else holds it; their note (empty when it cannot be read).
+    Busy(String),
+}
+
+/// Takes the exclusive lock on `path` without waiting, creating the file (mode 0600) when it
+/// is missing; on success writes `note` into it for whoever is refused next.
+///
+/// # Errors
+///
+/// `path` is a symlink (never followed) or not a regular file, or an I/O error.
+pub fn try_lock(path: &Path, note: &[u8]) -> io::Result<Locked> {
+    let mut file = open_lock_file(path)?;
+    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            let mut text = String::new();
+            // The note is only for the message: an unreadable one leaves it empty.
+            let _ = file.read_to_string(&mut text);
+            return Ok(Locked::Busy(text));
+        }
+        Err(e) => return Err(io::Error::from(e)),
+    }
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(note));
+    if let Err(e) = written {
+        tracing::warn!("cannot note the holder in {}: {e}", path.display());
+    }
+    Ok(Locked::Held(LockFile { _file: file }))
+}
+
+/// Opens (creating, mode 0600) the lock file without following a symlink at it, and checks
+/// that it is a regular file.
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(PRIVATE_FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the lock file {} is a symlink; zync never follows one there: remove it",
+                    path.display()
+                ),
+            ),
+            _ => io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())),
+        })?;
+    let md = file.metadata()?;
+    if !md.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the lock file {} is not a regular file: remove it",
+                path.display()
+            ),
+        ));
+    }
+    if md.permissions().mode() & 0o7777 != PRIVATE_FILE_MODE {
+        file.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))?;
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_is_busy_with_the_first_note_until_the_first_is_dropped() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("x.lock");
+        let Locked::Held(first) = try_lock(&path, b"first").expect("lock") else {
+            panic!("the first lock must be ours");
+        };
+        match try_lock(&path, b"second").expect("try") {
+            Locked::Busy(note) => assert_eq!(note, "first"),
+            Locked::Held(_) => panic!("two holders"),
+        }
+        drop(first);
+        assert!(matches!(
+            try_lock(&path, b"third").expect("try"),
+            Locked::Held(_)
+        ));
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn a_symlink_at_the_lock_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let target = tmp.path().join("elsewhere");
+        std::fs::write(&target, "keep").expect("write");
+        let path = tmp.path().join("x.lock");
+        std::os::unix::fs::symlink(&target, &path).expect("symlink");
+        let err = try_lock(&path, b"n").expect_err("symlink");
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(std::fs::read(&target).expect("read"), b"keep");
+    }
+}
