@@ -90,6 +90,7 @@ fn the_clients_own_database_and_token_inside_a_mapped_directory_are_never_sent_n
         "sync_client.db-wal",
         "sync_client.db-shm",
         "sync_client.db-journal",
+        "sync_client.db.lock",
         "client.token",
     ];
 

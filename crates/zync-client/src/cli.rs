@@ -140,7 +140,7 @@ impl Config {
         // mapped directory is legal, if unwise).
         let mut own = Vec::new();
         if let Some(db) = canonical_file(&args.db) {
-            for suffix in ["", "-wal", "-shm", "-journal"] {
+            for suffix in ["", "-wal", "-shm", "-journal", ".lock"] {
                 own.push(PathBuf::from(format!("{}{suffix}", db.display())));
             }
         }
