@@ -132,6 +132,11 @@ fn a_client_syncs_through_a_unix_socket() {
     let running = client.spawn(&server, &tmp.path().join("client.log"));
     write(&e.join("later.txt"), "a change after the first sync\n");
     wait_same_tree(&e, &r, IGNORED);
+    // The file lands before its change is recorded: wait for the record too, or stopping the
+    // client now leaves R one change behind.
+    wait_until("the loop client to record the change", || {
+        client.status_json(&server)["in_sync"] == true
+    });
     drop(running);
     let out = output_within_deadline({
         let mut cmd = client.command(&server);
