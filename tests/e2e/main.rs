@@ -12,6 +12,7 @@ mod common;
 
 mod apply_safety;
 mod auth_and_cli;
+mod barrier;
 mod config;
 mod crash;
 mod delta;

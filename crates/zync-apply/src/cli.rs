@@ -17,7 +17,8 @@ Exit codes:
   2  bad command line
   3  apply --non-interactive without --force left conflicting files or control files
      (a .zyncignore, anything in .git) staged; review them with `zync-apply show ID --diff`,
-     then apply interactively or with --force";
+     then apply interactively or with --force
+  7  wait timed out: what is outstanding is listed on stderr";
 
 /// Command line of `zync-apply`.
 #[derive(Debug, Parser)]
@@ -66,6 +67,22 @@ pub enum Command {
     /// (connected now, acknowledged sequence) and pending sessions. Reads the database only.
     Status {
         /// Print one JSON document instead of text (its shape is in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until every connected client (or --client ID) has durably applied every change
+    /// E's index held when the command started (changes made before it included), for
+    /// scripts: `zync-apply wait && ssh R 'cd proj && make'`. Exit 7 on timeout, naming what
+    /// is outstanding. Reads the daemon's database; the daemon must be running.
+    Wait {
+        /// Wait for this client only (its id, as `zync-apply status` lists it), connected or
+        /// not.
+        #[arg(long, value_name = "ID")]
+        client: Option<String>,
+        /// Give up after this many seconds (exit 7); 0 waits for ever.
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        timeout: u64,
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
     },

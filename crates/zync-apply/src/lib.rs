@@ -22,6 +22,7 @@ pub mod session;
 pub mod show;
 pub mod status;
 pub mod undo;
+pub mod wait;
 
 use std::io::Write;
 
@@ -74,6 +75,17 @@ pub fn run_with(
             list::list(&cli.db, *all, *json, out).map(|()| Outcome::Done)
         }
         Command::Status { json } => status::status(&cli.db, *json, out).map(|()| Outcome::Done),
+        Command::Wait {
+            client,
+            timeout,
+            json,
+        } => wait::wait(
+            &cli.db,
+            client.as_deref(),
+            std::time::Duration::from_secs(*timeout),
+            *json,
+            out,
+        ),
         Command::Show {
             id,
             dirs,

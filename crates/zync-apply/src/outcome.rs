@@ -7,14 +7,18 @@ pub enum Outcome {
     Done,
     /// `apply --non-interactive` without `--force` left conflicting files staged (exit 3).
     ConflictsLeft,
+    /// `wait` gave up before every client had E's changes (exit 7).
+    TimedOut,
 }
 
 impl Outcome {
-    /// The process exit code: 0 for [`Outcome::Done`], 3 for [`Outcome::ConflictsLeft`].
+    /// The process exit code: 0 for [`Outcome::Done`], 3 for [`Outcome::ConflictsLeft`], 7
+    /// for [`Outcome::TimedOut`] (the number `zync-client --wait` uses too).
     pub fn exit_code(self) -> u8 {
         match self {
             Outcome::Done => 0,
             Outcome::ConflictsLeft => 3,
+            Outcome::TimedOut => 7,
         }
     }
 }

@@ -24,6 +24,7 @@ Exit codes of --once and --update-upstream (loop mode exits only on 2, 6 or 1):
   5  the daemon could not be reached, or the connection was lost or stalled: try again
   6  refused: wrong token, a server that is not the daemon, an unsafe socket, or an
      incompatible version
+--wait: 0 in sync, 7 timed out (what is outstanding is on stderr), else as --once
 --status: 0 in sync, 1 not in sync (or the daemon unreachable), 2 bad command line";
 
 /// Command line of `zync-client`.
@@ -33,7 +34,7 @@ Exit codes of --once and --update-upstream (loop mode exits only on 2, 6 or 1):
     version,
     about = "Keep local directories in step with a zync daemon (runs on machine R)",
     after_help = AFTER_HELP,
-    group(clap::ArgGroup::new("json_mode").args(["status", "update_upstream"]).multiple(true))
+    group(clap::ArgGroup::new("json_mode").args(["status", "update_upstream", "wait"]).multiple(true))
 )]
 pub struct Args {
     /// Config file holding any of the settings below (keys are their long flags without `--`;
@@ -77,7 +78,17 @@ pub struct Args {
     /// unreachable).
     #[arg(long, conflicts_with_all = ["once", "update_upstream"])]
     pub status: bool,
-    /// With --status or --update-upstream: print one JSON document on stdout instead of text
+    /// Wait until R holds every change E's index held when this command started (changes
+    /// saved on E before it included), then exit 0: a barrier for scripts, `zync-client
+    /// --wait && make`. Beside a running zync-client on the same database it only reads and
+    /// waits for that client; with none running, it syncs once itself. Exit 7 on timeout,
+    /// naming what is outstanding.
+    #[arg(long, conflicts_with_all = ["once", "update_upstream", "status"])]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds (exit 7); 0 waits for ever.
+    #[arg(long, default_value_t = 120, value_name = "SECS", requires = "wait")]
+    pub timeout: u64,
+    /// With --status, --wait or --update-upstream: print one JSON document on stdout instead of text
     /// (shapes in the README; the push summary has session_id, files, bytes, conflicts and
     /// skipped, session_id null when nothing was sent).
     #[arg(long, requires = "json_mode")]
@@ -116,6 +127,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// The daemon's names of the mapped directories, in `--dirs` order.
+    pub fn dir_names(&self) -> Vec<String> {
+        self.mappings.iter().map(|m| m.name.to_string()).collect()
+    }
+
     /// Validates the command line; creates missing local directories.
     ///
     /// # Errors

@@ -73,6 +73,7 @@ impl Connection {
         url: &str,
         credentials: &Credentials,
         client_id: &str,
+        dirs: Option<Vec<String>>,
         stall: Duration,
     ) -> Result<Connection, ClientError> {
         let server = Server::parse(url).map_err(|e| e.into_client_error(url))?;
@@ -155,6 +156,7 @@ impl Connection {
             client_id: client_id.to_string(),
             client_version: Some(env!("CARGO_PKG_VERSION").to_string()),
             client_nonce: Some(client_nonce.to_hex()),
+            dirs,
         });
         let challenge = match connection.call(hello).await {
             Ok(Reply::Hello(challenge)) => challenge,

@@ -156,6 +156,8 @@ pub mod exit {
     /// Authentication failed either way (wrong token, a server that is not the daemon, a
     /// socket others can reach), or the daemon runs an incompatible version.
     pub const REFUSED: u8 = 6;
+    /// `--wait` gave up before R had everything E had; what is outstanding is on stderr.
+    pub const TIMED_OUT: u8 = 7;
 }
 
 /// The exit code for an error that ended a run.

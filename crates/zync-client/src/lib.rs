@@ -12,6 +12,7 @@ pub mod status;
 mod sync;
 pub mod transport;
 mod upstream;
+pub mod wait;
 pub mod writer;
 
 use std::future::Future;
@@ -59,6 +60,8 @@ pub fn main_with_args(args: Args) -> anyhow::Result<u8> {
                 }
                 None => Ok(exit::OK),
             }
+        } else if args.wait {
+            wait::run(&config, Duration::from_secs(args.timeout), args.json).await
         } else if args.once {
             let reports = run_once(&config).await?;
             let copies: Vec<&String> = reports.iter().flat_map(|r| &r.conflicts).collect();
@@ -137,6 +140,15 @@ fn print_summary(summary: &PushSummary, json: bool) -> anyhow::Result<()> {
 /// temp files an interrupted run left.
 fn open_state(config: &Config, mode: &str) -> anyhow::Result<(ClientState, zync_fs::LockFile)> {
     let lock = writer::acquire(&config.db, mode)?;
+    open_locked(config, lock)
+}
+
+/// Opens R's state under a writer lock already held, and removes the temp files an
+/// interrupted run left.
+fn open_locked(
+    config: &Config,
+    lock: zync_fs::LockFile,
+) -> anyhow::Result<(ClientState, zync_fs::LockFile)> {
     let state = ClientState::open(&config.db)
         .with_context(|| format!("cannot open the client database {}", config.db.display()))?;
     // Temp files left by a crash are never a version anyone wants (invariant 1).
@@ -159,9 +171,22 @@ pub async fn run_once(config: &Config) -> anyhow::Result<Vec<DirReport>> {
     let (mut state, _lock) = open_state(config, "--once")?;
     let mut conn = connect(config, &state).await?;
     wait_for_scan(&mut conn).await?;
+    let reports = sync_until_settled(&mut conn, &mut state, config).await?;
+    conn.close().await;
+    all_applied(&reports)?;
+    Ok(reports)
+}
+
+/// Syncs every mapping, retrying while only transient failures remain (a file changing on E
+/// mid-transfer), at most [`ONCE_ATTEMPTS`] times.
+async fn sync_until_settled(
+    conn: &mut Connection,
+    state: &mut ClientState,
+    config: &Config,
+) -> Result<Vec<DirReport>, ClientError> {
     let mut reports = Vec::new();
     for attempt in 1..=ONCE_ATTEMPTS {
-        reports = sync_all(&mut conn, &mut state, config).await?;
+        reports = sync_all(conn, state, config).await?;
         // Retry at once only what can clear by itself; a blocked path needs the user.
         if reports.iter().all(|r| r.transient == 0) {
             break;
@@ -170,15 +195,20 @@ pub async fn run_once(config: &Config) -> anyhow::Result<Vec<DirReport>> {
             tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
         }
     }
-    conn.close().await;
+    Ok(reports)
+}
+
+/// Fails with every path that could not be applied (exit code [`exit::PARTIAL`]).
+fn all_applied(reports: &[DirReport]) -> Result<(), crate::error::PathsFailed> {
     let failures: Vec<String> = reports
         .iter()
         .flat_map(|r| r.failures.iter().map(|(p, e)| format!("{p}: {e}")))
         .collect();
-    if !failures.is_empty() {
-        return Err(crate::error::PathsFailed(failures).into());
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::error::PathsFailed(failures))
     }
-    Ok(reports)
 }
 
 /// Collects R's local changes in every mapping and sends them as one upstream session.
@@ -206,6 +236,7 @@ async fn connect(config: &Config, state: &ClientState) -> Result<Connection, Cli
         &config.server,
         &config.credentials,
         state.client_id(),
+        Some(config.dir_names()),
         config.stall_timeout,
     )
     .await?;

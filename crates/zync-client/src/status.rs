@@ -343,7 +343,11 @@ async fn probe(
     mappings: &[Mapping],
     stored: &[Option<zync_db::DirState>],
 ) -> Result<(zync_proto::Welcome, Vec<Remote>, BTreeMap<String, String>), ClientError> {
-    let mut conn = Connection::open(url, creds, client_id, PROBE_TIMEOUT).await?;
+    // The directories are this client's only when the id is (a probe without a database
+    // says HELLO under a shared id).
+    let dirs = (client_id != PROBE_CLIENT_ID)
+        .then(|| mappings.iter().map(|m| m.name.to_string()).collect());
+    let mut conn = Connection::open(url, creds, client_id, dirs, PROBE_TIMEOUT).await?;
     let (sequences, unavailable) = match conn.call(Op::GetLastSequence {}).await? {
         Reply::GetLastSequence(s) => (s.dirs, s.unavailable),
         other => {

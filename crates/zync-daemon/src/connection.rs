@@ -27,6 +27,8 @@ pub struct Connection {
     /// What the handlers work with.
     cx: Context,
     client_version: Option<String>,
+    /// The directories the client mirrors, of those the daemon serves (None: it did not say).
+    dirs: Option<Vec<String>>,
     /// The AUTH request the welcome answers.
     auth_id: u64,
     /// The indexer's status as the client was last told it.
@@ -37,10 +39,20 @@ impl Connection {
     /// Wraps a WebSocket whose client just proved itself.
     pub(crate) fn new(ws: Ws, shared: Arc<Shared>, client: Authenticated) -> Connection {
         let sent = *shared.status.borrow();
+        // Only names the daemon serves are kept: whatever else a client claims is not recorded.
+        let dirs = client.dirs.map(|dirs| {
+            shared
+                .roots
+                .iter()
+                .map(|r| r.name.to_string())
+                .filter(|name| dirs.contains(name))
+                .collect()
+        });
         Connection {
             link: Link::new(ws),
             cx: Context::new(shared, client.client_id),
             client_version: client.client_version,
+            dirs,
             auth_id: client.auth_id,
             sent,
         }
@@ -64,9 +76,16 @@ impl Connection {
     async fn welcome(&mut self) -> bool {
         tracing::info!(client = %self.cx.client_id, version = ?self.client_version, "client connected");
         let (client, version) = (self.cx.client_id.clone(), self.client_version.clone());
+        let dirs = self.dirs.clone();
         let _ = self
             .cx
-            .query(move |i| i.client_connected(&client, version.as_deref()))
+            .query(move |i| {
+                i.client_connected(&client, version.as_deref())?;
+                match &dirs {
+                    Some(dirs) => i.set_client_dirs(&client, dirs),
+                    None => Ok(()),
+                }
+            })
             .await;
         let shared = &self.cx.shared;
         let status = *shared.status.borrow();

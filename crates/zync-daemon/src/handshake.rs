@@ -22,6 +22,9 @@ pub(crate) struct Authenticated {
     pub(crate) client_id: String,
     /// The client program's version, for logs.
     pub(crate) client_version: Option<String>,
+    /// The directories the client says it mirrors (HELLO's `dirs`), as sent; the connection
+    /// keeps those the daemon serves.
+    pub(crate) dirs: Option<Vec<String>>,
     /// The AUTH request's id, which the welcome (or a refusal) answers.
     pub(crate) auth_id: u64,
 }
@@ -146,6 +149,7 @@ pub(crate) async fn run(ws: &mut Ws, auth: &Auth) -> Result<Authenticated, Faile
     Ok(Authenticated {
         client_id: hello.client_id,
         client_version: hello.client_version,
+        dirs: hello.dirs,
         auth_id,
     })
 }

@@ -53,6 +53,9 @@ pub struct Status {
     pub last_seq: u64,
     /// True while a scan is running.
     pub scanning: bool,
+    /// The last barrier ticket answered ([`zync_db::Index::request_settle`]): the index
+    /// holds every change made before it was taken.
+    pub settled: u64,
 }
 
 /// A served directory with its ignore rules.
@@ -89,6 +92,8 @@ pub struct Indexer {
     watch_tx: Option<Sender<WatchEvent>>,
     /// Periodic rescans are on: the watcher cannot see everything.
     polling: bool,
+    /// The last barrier ticket answered.
+    settled: u64,
 }
 
 impl Indexer {
@@ -118,6 +123,7 @@ impl Indexer {
             watcher: None,
             watch_tx: None,
             polling: false,
+            settled: 0,
         }
     }
 
@@ -150,8 +156,13 @@ impl Indexer {
         );
         let mut last_poll = Instant::now();
         let mut last_check = Instant::now();
+        self.settled = self.index.settled()?;
         while !stop.load(Ordering::Relaxed) {
-            if self.polling && last_poll.elapsed() >= POLL_RESCAN {
+            // Barrier tickets taken before this pass are answered at its end: what the watcher
+            // reported before them is taken in by then (docs/ARCHITECTURE.md, "Barriers").
+            let asked = self.index.settle_requested()?;
+            let barrier = asked > self.settled;
+            if self.polling && (barrier || last_poll.elapsed() >= POLL_RESCAN) {
                 self.rescan((0..self.roots.len()).collect())?;
                 last_poll = Instant::now();
             }
@@ -163,8 +174,11 @@ impl Indexer {
                 last_check = Instant::now();
             }
             let Some(w) = &self.watcher else {
-                std::thread::sleep(IDLE_TICK);
+                if !barrier {
+                    std::thread::sleep(IDLE_TICK);
+                }
                 self.recheck_due()?;
+                self.answer(asked)?;
                 continue;
             };
             let spots = w.blind_spots();
@@ -196,8 +210,20 @@ impl Indexer {
             self.record_deferred(|i| !busy.contains(&i))?;
             self.recheck_due()?;
             self.publish(false)?;
+            self.answer(asked)?;
         }
         Ok(())
+    }
+
+    /// Answers the barrier tickets up to `asked` once no deletion waits for its root to go
+    /// quiet (a waiter must see those too).
+    fn answer(&mut self, asked: u64) -> anyhow::Result<()> {
+        if asked <= self.settled || !self.deferred.is_empty() {
+            return Ok(());
+        }
+        self.index.mark_settled(asked)?;
+        self.settled = asked;
+        self.publish(false)
     }
 
     /// (Re)starts the watcher over every root that is there now and notes which directory it
@@ -402,7 +428,7 @@ impl Indexer {
     }
 
     fn publish(&self, scanning: bool) -> anyhow::Result<()> {
-        publish(&self.index, &self.status, scanning)
+        publish(&self.index, &self.status, scanning, self.settled)
     }
 
     /// Brings the index in line with the disk for a whole root, or the subtree `under`.
@@ -490,6 +516,7 @@ impl Indexer {
         let hashed_before = self.hashed.load(Ordering::Relaxed);
         let mut changed = 0usize;
         let batch = self.batch.max(1);
+        let settled = self.settled;
         let (index, status, recheck, hashed) = (
             &mut self.index,
             &self.status,
@@ -535,7 +562,7 @@ impl Indexer {
                     }
                     writer.commit()?;
                     // Clients see progress between batches.
-                    publish(index, status, true)?;
+                    publish(index, status, true, settled)?;
                 }
                 Ok(())
             })?;
@@ -693,10 +720,19 @@ impl Indexer {
 }
 
 /// Tells connections the last sequence number and whether a scan is running.
-fn publish(index: &Index, status: &watch::Sender<Status>, scanning: bool) -> anyhow::Result<()> {
+fn publish(
+    index: &Index,
+    status: &watch::Sender<Status>,
+    scanning: bool,
+    settled: u64,
+) -> anyhow::Result<()> {
     let last_seq = index.last_seq()?;
     status.send_if_modified(|s| {
-        let new = Status { last_seq, scanning };
+        let new = Status {
+            last_seq,
+            scanning,
+            settled,
+        };
         let changed = *s != new;
         *s = new;
         changed

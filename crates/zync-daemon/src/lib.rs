@@ -139,6 +139,7 @@ pub async fn run(
     let (status_tx, status_rx) = watch::channel(Status {
         last_seq,
         scanning: true,
+        settled: 0,
     });
     let stop = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = oneshot::channel();

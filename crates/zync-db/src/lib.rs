@@ -6,6 +6,7 @@
 //! are `u64` stored bit for bit in SQLite's signed 64-bit integers.
 #![deny(missing_docs)]
 
+mod barrier;
 mod changes;
 mod client;
 mod clients;

@@ -131,6 +131,8 @@ pub enum Reply {
     Ping {},
     /// GET_LAST_SEQUENCE's answer.
     GetLastSequence(LastSequence),
+    /// FLUSH's answer: the sequences once the index took in everything made before the request.
+    Flush(LastSequence),
     /// GET_CHANGES's answer.
     GetChanges(ChangesReply),
     /// GET_FILE's answer; `chunks` binary frames follow.

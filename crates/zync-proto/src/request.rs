@@ -27,6 +27,9 @@ pub enum Op {
     Ping {},
     /// The daemon's current sequence numbers and whether its scan is running.
     GetLastSequence {},
+    /// The daemon's sequence numbers once its index holds every change made on E before the
+    /// request (a barrier: `zync-client --wait`).
+    Flush {},
     /// Changes of one directory since a sequence number.
     GetChanges(GetChanges),
     /// A file's content, streamed as binary chunks after the reply.
@@ -50,6 +53,7 @@ impl Op {
         "AUTH",
         "PING",
         "GET_LAST_SEQUENCE",
+        "FLUSH",
         "GET_CHANGES",
         "GET_FILE",
         "GET_DELTA",
@@ -66,6 +70,7 @@ impl Op {
             Op::Auth(_) => "AUTH",
             Op::Ping {} => "PING",
             Op::GetLastSequence {} => "GET_LAST_SEQUENCE",
+            Op::Flush {} => "FLUSH",
             Op::GetChanges(_) => "GET_CHANGES",
             Op::GetFile(_) => "GET_FILE",
             Op::GetDelta(_) => "GET_DELTA",
@@ -92,6 +97,10 @@ pub struct Hello {
     /// older client's HELLO still parses and gets `unsupported_version`, not `bad_request`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_nonce: Option<String>,
+    /// The directory names this client mirrors, so `zync-apply wait` knows what to wait for.
+    /// Absent from older clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirs: Option<Vec<String>>,
 }
 
 /// AUTH: the client's proof that it holds the token, over both nonces of this connection.
@@ -409,7 +418,9 @@ mod tests {
                 client_id: "c".into(),
                 client_version: Some("0.1".into()),
                 client_nonce: Some("ab".repeat(32)),
+                dirs: Some(vec!["docs".into()]),
             }),
+            Op::Flush {},
             Op::Auth(Auth {
                 client_proof: Some("cd".repeat(32)),
             }),

@@ -124,6 +124,7 @@ fn reply_name(reply: &Reply) -> &'static str {
         Reply::Auth(_) => "AUTH",
         Reply::Ping {} => "PING",
         Reply::GetLastSequence(_) => "GET_LAST_SEQUENCE",
+        Reply::Flush(_) => "FLUSH",
         Reply::GetChanges(_) => "GET_CHANGES",
         Reply::GetFile(_) => "GET_FILE",
         Reply::GetDelta(_) => "GET_DELTA",

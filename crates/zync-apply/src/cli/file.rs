@@ -44,6 +44,7 @@ impl Cli {
         let dirs = match &mut self.command {
             Command::List { .. }
             | Command::Status { .. }
+            | Command::Wait { .. }
             | Command::Drop { .. }
             | Command::Gc { .. } => None,
             Command::Show { dirs, .. }
@@ -92,6 +93,7 @@ mod tests {
             | Command::Undo { dirs, .. } => dirs.dirs.clone(),
             Command::List { .. }
             | Command::Status { .. }
+            | Command::Wait { .. }
             | Command::Drop { .. }
             | Command::Gc { .. } => Vec::new(),
         }

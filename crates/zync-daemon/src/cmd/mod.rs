@@ -7,6 +7,7 @@
 mod ack;
 mod changes;
 mod delta;
+mod flush;
 mod get_file;
 mod ping;
 mod status;
@@ -30,6 +31,8 @@ pub(crate) enum Operation {
     Ping,
     /// GET_LAST_SEQUENCE.
     Status,
+    /// FLUSH.
+    Flush,
     /// GET_CHANGES.
     Changes(GetChanges),
     /// ACK_CHANGES.
@@ -81,6 +84,7 @@ impl Operation {
             }
             Op::Ping {} => Operation::Ping,
             Op::GetLastSequence {} => Operation::Status,
+            Op::Flush {} => Operation::Flush,
             Op::GetChanges(get) => Operation::Changes(get),
             Op::AckChanges(ack) => Operation::Ack(ack),
             Op::GetFile(get) => Operation::GetFile(get),
@@ -98,6 +102,7 @@ impl Operation {
         let answer = match self {
             Operation::Ping => Ok(ping::apply()),
             Operation::Status => status::apply(cx).await,
+            Operation::Flush => flush::apply(cx).await,
             Operation::Changes(get) => changes::apply(cx, get).await,
             Operation::Ack(ack) => ack::apply(cx, ack).await,
             Operation::GetFile(get) => return get_file::apply(cx, link, id, get).await,
@@ -138,12 +143,15 @@ mod tests {
 
     #[test]
     fn every_operation_parses_from_its_frame() {
-        let cases: [(&str, Expected); 9] = [
+        let cases: [(&str, Expected); 10] = [
             (r#"{"id":1,"operation":"PING"}"#, |o| {
                 matches!(o, Operation::Ping)
             }),
             (r#"{"id":2,"operation":"GET_LAST_SEQUENCE"}"#, |o| {
                 matches!(o, Operation::Status)
+            }),
+            (r#"{"id":2,"operation":"FLUSH"}"#, |o| {
+                matches!(o, Operation::Flush)
             }),
             (
                 r#"{"id":3,"operation":"GET_CHANGES","dir":"docs","since":5,"limit":10}"#,

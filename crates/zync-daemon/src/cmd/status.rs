@@ -10,6 +10,11 @@ use crate::refusal::Refusal;
 
 /// Answers GET_LAST_SEQUENCE from the indexer's status and the index.
 pub(crate) async fn apply(cx: &mut Context) -> Result<Reply, Refusal> {
+    Ok(Reply::GetLastSequence(sequences(cx).await?))
+}
+
+/// The sequences and scan state, as GET_LAST_SEQUENCE and FLUSH answer them.
+pub(crate) async fn sequences(cx: &mut Context) -> Result<LastSequence, Refusal> {
     let status = *cx.shared.status.borrow();
     let names: Vec<String> = cx.shared.roots.iter().map(|r| r.name.to_string()).collect();
     let (dirs, unavailable) = cx
@@ -25,10 +30,10 @@ pub(crate) async fn apply(cx: &mut Context) -> Result<Reply, Refusal> {
             Ok((dirs, unavailable))
         })
         .await?;
-    Ok(Reply::GetLastSequence(LastSequence {
+    Ok(LastSequence {
         last_sequence: status.last_seq,
         dirs,
         scanning: status.scanning,
         unavailable,
-    }))
+    })
 }

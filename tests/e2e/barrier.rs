@@ -1,0 +1,242 @@
+//! End-to-end: the barriers for scripts, `zync-apply wait` on E and `zync-client --wait` on R.
+//! A loop client reaches the daemon through a proxy that slows every chunk, so a change takes
+//! a second or more to land on R and a barrier that did not really wait would return before
+//! it. Each file is written on E right before the barrier starts: the barrier must also wait
+//! for the daemon to take it in.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use crate::common::proxy::Proxy;
+use crate::common::*;
+
+const IGNORED: &[&str] = &["node_modules", ".git"];
+
+/// A file big enough that the slowed proxy takes a while over it (64 chunks).
+fn big(seed: u64) -> Vec<u8> {
+    pseudo_random(4 << 20, seed)
+}
+
+/// E and R with one file synced by a loop client behind a proxy; returns what the tests
+/// need, the proxy not slowed yet.
+struct Setup {
+    /// Kept for the setup's life: dropping it removes the trees.
+    _tmp: tempfile::TempDir,
+    e: std::path::PathBuf,
+    r: std::path::PathBuf,
+    daemon: Daemon,
+    client: ClientSpec,
+    proxy: Proxy,
+    running: Running,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("first.txt"), "first\n");
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    let proxy = Proxy::to_port(daemon.port);
+    let running = client.spawn(&proxy.url(), &tmp.path().join("client.log"));
+    wait_same_tree(&e, &r, IGNORED);
+    Setup {
+        _tmp: tmp,
+        e,
+        r,
+        daemon,
+        client,
+        proxy,
+        running,
+    }
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}; {}):\n{}\nstderr:\n{}",
+            out.status,
+            stdout(out),
+            stderr(out)
+        )
+    })
+}
+
+/// R's copy of `name` has E's content.
+fn landed(e: &Path, r: &Path, name: &str) -> bool {
+    std::fs::read(r.join(name)).ok() == std::fs::read(e.join(name)).ok()
+}
+
+#[test]
+fn zync_apply_wait_returns_only_once_a_slowed_client_has_what_e_just_wrote() {
+    let s = setup();
+    s.proxy.delay(Duration::from_millis(20));
+    write(&s.e.join("big.bin"), big(1));
+    let out = run_ok(zync_apply(
+        &s.daemon.db,
+        &["wait", "--timeout", "100", "--json"],
+    ));
+    assert!(
+        landed(&s.e, &s.r, "big.bin"),
+        "zync-apply wait exited 0 before R had big.bin:\n{}",
+        stdout(&out)
+    );
+    let report = json_of(&out);
+    assert_eq!(report["in_sync"], true, "{report}");
+    assert_eq!(
+        report["clients"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert!(report["targets"]["code"].as_u64() >= Some(2), "{report}");
+
+    // Named, and in text.
+    let id = report["clients"][0]["client_id"]
+        .as_str()
+        .expect("client id")
+        .to_string();
+    write(&s.e.join("second.bin"), big(2));
+    let text = zync_apply_ok(&s.daemon.db, &["wait", "--client", &id]);
+    assert!(landed(&s.e, &s.r, "second.bin"), "{text}");
+    assert!(text.starts_with("in sync: 1 client(s)"), "{text}");
+    drop(s.running);
+}
+
+#[test]
+fn zync_apply_wait_times_out_naming_the_client_that_is_behind() {
+    let s = setup();
+    s.proxy.stall(true);
+    write(&s.e.join("stuck.txt"), "held back by the stalled tunnel\n");
+    let out = output_within_deadline(zync_apply(&s.daemon.db, &["wait", "--timeout", "2"]));
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("timed out") && err.contains("code at ") && err.contains("1 behind"),
+        "{err}"
+    );
+    let out = output_within_deadline(zync_apply(
+        &s.daemon.db,
+        &["wait", "--timeout", "1", "--json"],
+    ));
+    assert_eq!(out.status.code(), Some(7));
+    let report = json_of(&out);
+    assert_eq!(report["in_sync"], false, "{report}");
+    assert_eq!(report["daemon_settled"], true, "{report}");
+    assert_eq!(
+        report["outstanding"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+
+    s.proxy.stall(false);
+    run_ok(zync_apply(&s.daemon.db, &["wait", "--timeout", "100"]));
+    assert!(landed(&s.e, &s.r, "stuck.txt"));
+    drop(s.running);
+}
+
+#[test]
+fn zync_apply_wait_without_a_client_or_a_daemon_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("a.txt"), "a\n");
+    let mut daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let out = output_within_deadline(zync_apply(&daemon.db, &["wait", "--timeout", "1"]));
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no client is connected"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = output_within_deadline(zync_apply(
+        &daemon.db,
+        &["wait", "--client", "nobody-knows"],
+    ));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no client with id nobody-knows"),
+        "{}",
+        stderr(&out)
+    );
+
+    daemon.stop();
+    let out = output_within_deadline(zync_apply(&daemon.db, &["wait", "--timeout", "1"]));
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is it running"), "{}", stderr(&out));
+}
+
+#[test]
+fn zync_client_wait_beside_a_loop_client_only_reads_and_returns_once_r_has_it() {
+    let s = setup();
+    s.proxy.delay(Duration::from_millis(20));
+    write(&s.e.join("big.bin"), big(3));
+    // Straight to the daemon: only the loop client, through the slow proxy, may download.
+    let mut cmd = s.client.command(&s.daemon.url());
+    cmd.args(["--wait", "--json", "--timeout", "100"]);
+    let out = run_ok(cmd);
+    assert!(
+        landed(&s.e, &s.r, "big.bin"),
+        "zync-client --wait exited 0 before R had big.bin:\n{}",
+        stdout(&out)
+    );
+    let report = json_of(&out);
+    assert_eq!(report["in_sync"], true, "{report}");
+    assert_eq!(report["by"], "loop-client", "{report}");
+    assert_eq!(report["dirs"][0]["dir"], "code", "{report}");
+    let mut running = s.running;
+    assert!(
+        running.is_running(),
+        "the loop client stopped:\n{}",
+        running.log_text()
+    );
+}
+
+#[test]
+fn zync_client_wait_times_out_when_the_loop_client_cannot_catch_up() {
+    let s = setup();
+    s.proxy.stall(true);
+    write(&s.e.join("stuck.txt"), "held back\n");
+    let mut cmd = s.client.command(&s.daemon.url());
+    cmd.args(["--wait", "--timeout", "2"]);
+    let out = output_within_deadline(cmd);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("timed out") && err.contains("code at ") && err.contains("1 behind"),
+        "{err}"
+    );
+    s.proxy.stall(false);
+    let mut cmd = s.client.command(&s.daemon.url());
+    cmd.args(["--wait", "--timeout", "100"]);
+    run_ok(cmd);
+    assert!(landed(&s.e, &s.r, "stuck.txt"));
+    drop(s.running);
+}
+
+#[test]
+fn zync_client_wait_with_no_client_running_syncs_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("a.txt"), "a\n");
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+    write(&e.join("b.txt"), "written right before the wait\n");
+    let mut cmd = client.command(&daemon.url());
+    cmd.args(["--wait", "--json"]);
+    let out = run_ok(cmd);
+    let report = json_of(&out);
+    assert_eq!(report["by"], "synced-once", "{report}");
+    assert_eq!(report["in_sync"], true, "{report}");
+    assert_same_tree(&e, &r, IGNORED);
+
+    // Unreachable: the same exit code as --once.
+    let mut cmd = client.command("ws://127.0.0.1:9");
+    cmd.arg("--wait");
+    let out = output_within_deadline(cmd);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    drop(tmp);
+}
