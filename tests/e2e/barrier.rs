@@ -108,7 +108,10 @@ fn zync_apply_wait_times_out_naming_the_client_that_is_behind() {
     let s = setup();
     s.proxy.stall(true);
     write(&s.e.join("stuck.txt"), "held back by the stalled tunnel\n");
-    let out = output_within_deadline(zync_apply(&s.daemon.db, &["wait", "--timeout", "2"]));
+    // Indexed first, so that even on a loaded machine the short timeout is spent waiting for
+    // the client, not for the daemon.
+    s.daemon.wait_indexed(&["stuck.txt"], &[]);
+    let out = output_within_deadline(zync_apply(&s.daemon.db, &["wait", "--timeout", "4"]));
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
@@ -117,7 +120,7 @@ fn zync_apply_wait_times_out_naming_the_client_that_is_behind() {
     );
     let out = output_within_deadline(zync_apply(
         &s.daemon.db,
-        &["wait", "--timeout", "1", "--json"],
+        &["wait", "--timeout", "3", "--json"],
     ));
     assert_eq!(out.status.code(), Some(7));
     let report = json_of(&out);
@@ -198,8 +201,9 @@ fn zync_client_wait_times_out_when_the_loop_client_cannot_catch_up() {
     let s = setup();
     s.proxy.stall(true);
     write(&s.e.join("stuck.txt"), "held back\n");
+    s.daemon.wait_indexed(&["stuck.txt"], &[]);
     let mut cmd = s.client.command(&s.daemon.url());
-    cmd.args(["--wait", "--timeout", "2"]);
+    cmd.args(["--wait", "--timeout", "4"]);
     let out = output_within_deadline(cmd);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     let err = stderr(&out);
@@ -239,4 +243,38 @@ fn zync_client_wait_with_no_client_running_syncs_once() {
     let out = output_within_deadline(cmd);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     drop(tmp);
+}
+
+#[test]
+fn a_wait_started_right_after_a_burst_of_writes_covers_every_file_of_the_burst() {
+    let s = setup();
+    // Written as fast as possible, then the barrier at once: the daemon is still taking the
+    // burst in (several watcher batches) when the ticket is taken.
+    for i in 0..3000 {
+        write(
+            &s.e.join(format!("burst/d{}/f{i}.txt", i % 30)),
+            format!("{i}\n"),
+        );
+    }
+    let out = run_ok(zync_apply(
+        &s.daemon.db,
+        &["wait", "--timeout", "100", "--json"],
+    ));
+    let missing = (0..3000)
+        .filter(|i| !s.r.join(format!("burst/d{}/f{i}.txt", i % 30)).exists())
+        .count();
+    assert_eq!(
+        missing,
+        0,
+        "zync-apply wait exited 0 with {missing} file(s) of the burst not on R:\n{}",
+        stdout(&out)
+    );
+    let mut cmd = s.client.command(&s.daemon.url());
+    for i in 0..1000 {
+        write(&s.e.join(format!("burst2/f{i}.txt")), format!("{i}\n"));
+    }
+    cmd.args(["--wait", "--timeout", "100"]);
+    run_ok(cmd);
+    assert_same_tree(&s.e, &s.r, IGNORED);
+    drop(s.running);
 }

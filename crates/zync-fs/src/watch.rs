@@ -28,6 +28,9 @@ pub enum WatchEvent {
         /// Why, for the log.
         reason: String,
     },
+    /// A marker the consumer put into the channel itself: when it comes out, every event sent
+    /// before it has come out too (a barrier's ticket, in the daemon).
+    Marker(u64),
 }
 
 /// Watches roots recursively while it lives; dropping it stops watching.
@@ -187,6 +190,8 @@ pub struct Batch {
     pub rescan_all: bool,
     /// These roots need a rescan.
     pub rescan: BTreeSet<usize>,
+    /// The highest [`WatchEvent::Marker`] that came out with this batch.
+    pub marker: Option<u64>,
 }
 
 impl Batch {
@@ -205,6 +210,7 @@ impl Batch {
                 tracing::info!("rescanning root {root}: {reason}");
                 self.rescan.insert(root);
             }
+            WatchEvent::Marker(m) => self.marker = self.marker.max(Some(m)),
         }
     }
 
