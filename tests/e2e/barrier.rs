@@ -269,12 +269,23 @@ fn a_wait_started_right_after_a_burst_of_writes_covers_every_file_of_the_burst()
         "zync-apply wait exited 0 with {missing} file(s) of the burst not on R:\n{}",
         stdout(&out)
     );
-    let mut cmd = s.client.command(&s.daemon.url());
-    for i in 0..1000 {
-        write(&s.e.join(format!("burst2/f{i}.txt")), format!("{i}\n"));
+    // Again, with the barrier on R.
+    for i in 0..3000 {
+        write(
+            &s.e.join(format!("burst2/d{}/f{i}.txt", i % 30)),
+            format!("{i}\n"),
+        );
     }
+    let mut cmd = s.client.command(&s.daemon.url());
     cmd.args(["--wait", "--timeout", "100"]);
     run_ok(cmd);
+    let missing = (0..3000)
+        .filter(|i| !s.r.join(format!("burst2/d{}/f{i}.txt", i % 30)).exists())
+        .count();
+    assert_eq!(
+        missing, 0,
+        "zync-client --wait exited 0 with {missing} file(s) of the burst not on R"
+    );
     assert_same_tree(&s.e, &s.r, IGNORED);
     drop(s.running);
 }

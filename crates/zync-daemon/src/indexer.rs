@@ -92,7 +92,11 @@ pub struct Indexer {
     watch_tx: Option<Sender<WatchEvent>>,
     /// Periodic rescans are on: the watcher cannot see everything.
     polling: bool,
-    /// The last barrier ticket answered.
+    /// Barrier tickets (docs/ARCHITECTURE.md, "Barriers"): the last one a marker was sent
+    /// into the watcher's channel for, the last one whose marker came out, and the last one
+    /// answered.
+    marked: u64,
+    reached: u64,
     settled: u64,
 }
 
@@ -123,6 +127,8 @@ impl Indexer {
             watcher: None,
             watch_tx: None,
             polling: false,
+            marked: 0,
+            reached: 0,
             settled: 0,
         }
     }
@@ -157,14 +163,18 @@ impl Indexer {
         let mut last_poll = Instant::now();
         let mut last_check = Instant::now();
         self.settled = self.index.settled()?;
+        (self.marked, self.reached) = (self.settled, self.settled);
         while !stop.load(Ordering::Relaxed) {
-            // Barrier tickets taken before this pass are answered at its end: what the watcher
-            // reported before them is taken in by then (docs/ARCHITECTURE.md, "Barriers").
+            // New barrier tickets: what the watcher reported before them must be taken in
+            // before they are answered (docs/ARCHITECTURE.md, "Barriers").
             let asked = self.index.settle_requested()?;
-            let barrier = asked > self.settled;
+            let barrier = asked > self.marked;
             if self.polling && (barrier || last_poll.elapsed() >= POLL_RESCAN) {
                 self.rescan((0..self.roots.len()).collect())?;
                 last_poll = Instant::now();
+            }
+            if barrier {
+                self.mark(asked);
             }
             if last_check.elapsed() >= ROOT_CHECK {
                 for i in 0..self.roots.len() {
@@ -178,7 +188,7 @@ impl Indexer {
                     std::thread::sleep(IDLE_TICK);
                 }
                 self.recheck_due()?;
-                self.answer(asked)?;
+                self.answer()?;
                 continue;
             };
             let spots = w.blind_spots();
@@ -200,6 +210,7 @@ impl Indexer {
                 batch.rescan.iter().copied().collect()
             };
             let busy: BTreeSet<usize> = batch.paths.keys().copied().collect();
+            let marker = batch.marker;
             self.rescan(rescan.clone())?;
             for (i, paths) in batch.paths {
                 if rescan.contains(&i) {
@@ -210,19 +221,39 @@ impl Indexer {
             self.record_deferred(|i| !busy.contains(&i))?;
             self.recheck_due()?;
             self.publish(false)?;
-            self.answer(asked)?;
+            if let Some(m) = marker {
+                self.reached = self.reached.max(m);
+            }
+            self.answer()?;
         }
         Ok(())
     }
 
-    /// Answers the barrier tickets up to `asked` once no deletion waits for its root to go
+    /// Puts a marker for the tickets up to `asked` into the watcher's channel, behind every
+    /// event reported so far; without a watcher (the rescan just done looked at everything)
+    /// they are reached at once.
+    fn mark(&mut self, asked: u64) {
+        self.marked = asked;
+        match (&self.watcher, &self.watch_tx) {
+            (Some(_), Some(tx)) => {
+                // Let the watcher's thread forward what the kernel queued before the ticket.
+                std::thread::sleep(DEBOUNCE_QUIET);
+                if tx.send(WatchEvent::Marker(asked)).is_err() {
+                    self.reached = asked;
+                }
+            }
+            _ => self.reached = asked,
+        }
+    }
+
+    /// Answers the tickets whose marker came out, once no deletion waits for its root to go
     /// quiet (a waiter must see those too).
-    fn answer(&mut self, asked: u64) -> anyhow::Result<()> {
-        if asked <= self.settled || !self.deferred.is_empty() {
+    fn answer(&mut self) -> anyhow::Result<()> {
+        if self.reached <= self.settled || !self.deferred.is_empty() {
             return Ok(());
         }
-        self.index.mark_settled(asked)?;
-        self.settled = asked;
+        self.index.mark_settled(self.reached)?;
+        self.settled = self.reached;
         self.publish(false)
     }
 

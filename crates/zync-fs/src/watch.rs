@@ -270,6 +270,25 @@ fn collect(rx: &Receiver<WatchEvent>, first: WatchEvent, quiet: Duration, max: D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_marker_comes_out_behind_the_events_sent_before_it() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let event = |p: &str| WatchEvent::Paths {
+            root: 0,
+            paths: vec![PathBuf::from(p)],
+        };
+        tx.send(event("/r/a")).expect("send");
+        tx.send(WatchEvent::Marker(3)).expect("send");
+        tx.send(WatchEvent::Marker(2)).expect("send");
+        let quiet = Duration::from_millis(5);
+        let batch = next_batch_timeout(&rx, quiet, quiet, Duration::from_secs(1)).expect("batch");
+        assert_eq!(batch.marker, Some(3));
+        assert!(batch.paths[&0].contains(Path::new("/r/a")));
+        tx.send(event("/r/b")).expect("send");
+        let batch = next_batch_timeout(&rx, quiet, quiet, Duration::from_secs(1)).expect("batch");
+        assert_eq!(batch.marker, None, "no marker behind /r/b");
+    }
     use std::fs;
     use std::sync::mpsc::channel;
 
