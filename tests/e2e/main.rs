@@ -17,6 +17,7 @@ mod config;
 mod crash;
 mod delta;
 mod demo;
+mod dry_run;
 mod layout;
 mod local_faults;
 mod loop_mode;

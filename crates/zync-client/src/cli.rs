@@ -20,6 +20,7 @@ Exit codes of --once and --update-upstream (loop mode exits only on 2, 6 or 1):
   1  another error: R's database, a local file operation
   2  bad command line or config file
   3  --once: in sync, but edits made on R were kept as conflict copies (listed on stderr)
+     (--dry-run: 3 and 4 say what the real run would end with; 0 otherwise)
   4  some paths could not be synced or sent; the others were
   5  the daemon could not be reached, or the connection was lost or stalled: try again
   6  refused: wrong token, a server that is not the daemon, an unsafe socket, or an
@@ -34,7 +35,8 @@ Exit codes of --once and --update-upstream (loop mode exits only on 2, 6 or 1):
     version,
     about = "Keep local directories in step with a zync daemon (runs on machine R)",
     after_help = AFTER_HELP,
-    group(clap::ArgGroup::new("json_mode").args(["status", "update_upstream", "wait"]).multiple(true))
+    group(clap::ArgGroup::new("json_mode").args(["status", "update_upstream", "wait", "dry_run"]).multiple(true)),
+    group(clap::ArgGroup::new("run_once").args(["once", "update_upstream"]))
 )]
 pub struct Args {
     /// Config file holding any of the settings below (keys are their long flags without `--`;
@@ -72,6 +74,12 @@ pub struct Args {
     /// to be reviewed and applied there with zync-apply; then exit.
     #[arg(long, conflicts_with = "once")]
     pub update_upstream: bool,
+    /// With --once or --update-upstream: list what the run would download, delete, keep as a
+    /// conflict copy or send, and change nothing (no file, no database, no lock, nothing
+    /// staged on E). Exit codes as the real run's where planning can tell (3: conflict copies
+    /// would be kept; 4: paths could not be synced).
+    #[arg(long, short = 'n', requires = "run_once")]
+    pub dry_run: bool,
     /// Show the state of the sync and exit, changing nothing: whether the daemon answers,
     /// per directory R's sequence against E's, pending changes, failing paths and conflict
     /// copies. Exit code 0 when in sync, 1 when not (behind, failing, never synced, daemon
@@ -88,9 +96,9 @@ pub struct Args {
     /// With --wait: give up after this many seconds (exit 7); 0 waits for ever.
     #[arg(long, default_value_t = 120, value_name = "SECS", requires = "wait")]
     pub timeout: u64,
-    /// With --status, --wait or --update-upstream: print one JSON document on stdout instead of text
-    /// (shapes in the README; the push summary has session_id, files, bytes, conflicts and
-    /// skipped, session_id null when nothing was sent).
+    /// With --status, --wait, --update-upstream or --dry-run: print one JSON document on
+    /// stdout instead of text (shapes in the README; the push summary has session_id, files,
+    /// bytes, conflicts and skipped, session_id null when nothing was sent).
     #[arg(long, requires = "json_mode")]
     pub json: bool,
     /// File holding the daemon's token (default: zync.token beside --db, if it exists).
@@ -150,7 +158,8 @@ impl Config {
         // A mistyped --server is a usage error, told before anything is created.
         crate::transport::Server::parse(&args.server)
             .map_err(|e| e.into_client_error(&args.server))?;
-        let mut mappings = parse_mappings(&args.dirs)?;
+        // A dry run changes nothing: a missing local directory is listed as to be made.
+        let mut mappings = parse_mappings_with(&args.dirs, !args.dry_run)?;
         let credentials = credentials(args.token_file.as_deref(), &args.db)?;
         // The client's own files must never be synced over or sent upstream (a --db inside a
         // mapped directory is legal, if unwise).

@@ -5,6 +5,7 @@
 mod cli;
 mod connection;
 mod download;
+mod dry_run;
 pub mod error;
 mod ledger;
 mod mapping;
@@ -46,6 +47,14 @@ pub fn main_with_args(args: Args) -> anyhow::Result<u8> {
     let config = Config::from_args(&args)?;
     let runtime = zync_cli::runtime(Some(2))?;
     runtime.block_on(async {
+        if args.dry_run {
+            let listed = if args.update_upstream {
+                dry_run::upstream(&config, args.json).await
+            } else {
+                dry_run::once(&config, args.json).await
+            };
+            return quiet_on_broken_pipe(listed);
+        }
         if args.update_upstream {
             let summary = run_upstream(&config).await?;
             print_summary(&summary, args.json)?;
@@ -84,6 +93,20 @@ pub fn main_with_args(args: Args) -> anyhow::Result<u8> {
                 .map(|()| exit::OK)
         }
     })
+}
+
+/// A listing cut short because its reader went away (`| head`) ends quietly, as ripgrep's
+/// does: there is nobody left to tell.
+fn quiet_on_broken_pipe(result: anyhow::Result<u8>) -> anyhow::Result<u8> {
+    match result {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(exit::OK)
+        }
+        other => other,
+    }
 }
 
 /// Prints what `--update-upstream` did, as text or (`--json`) one JSON object.
@@ -169,7 +192,7 @@ fn open_locked(
 /// that could not be applied.
 pub async fn run_once(config: &Config) -> anyhow::Result<Vec<DirReport>> {
     let (mut state, _lock) = open_state(config, "--once")?;
-    let mut conn = connect(config, &state).await?;
+    let mut conn = connect(config, state.client_id()).await?;
     wait_for_scan(&mut conn).await?;
     let reports = sync_until_settled(&mut conn, &mut state, config).await?;
     conn.close().await;
@@ -224,18 +247,18 @@ pub async fn run_upstream(config: &Config) -> anyhow::Result<PushSummary> {
     if changes.is_empty() {
         return Ok(PushSummary::default());
     }
-    let mut conn = connect(config, &state).await?;
+    let mut conn = connect(config, state.client_id()).await?;
     let summary = push(&mut conn, &config.mappings, &changes).await?;
     conn.close().await;
     Ok(summary)
 }
 
 /// Connects, authenticates, handshakes, and checks that the daemon serves every mapping.
-async fn connect(config: &Config, state: &ClientState) -> Result<Connection, ClientError> {
+async fn connect(config: &Config, client_id: &str) -> Result<Connection, ClientError> {
     let conn = Connection::open(
         &config.server,
         &config.credentials,
-        state.client_id(),
+        client_id,
         Some(config.dir_names()),
         config.stall_timeout,
     )
@@ -345,7 +368,7 @@ async fn session(
     state: &mut ClientState,
     connected: &mut bool,
 ) -> Result<(), ClientError> {
-    let mut conn = connect(config, state).await?;
+    let mut conn = connect(config, state.client_id()).await?;
     *connected = true;
     tracing::info!(server = %config.server, dirs = conn.hello.dirs.len(), "connected");
     sync_all(&mut conn, state, config).await?;

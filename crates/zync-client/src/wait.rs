@@ -87,7 +87,7 @@ async fn sync_once(
     deadline: Option<Instant>,
 ) -> anyhow::Result<WaitReport> {
     let (mut state, _lock) = crate::open_locked(config, lock)?;
-    let mut conn = crate::connect(config, &state).await?;
+    let mut conn = crate::connect(config, state.client_id()).await?;
     let Some(targets) = flush(&mut conn, deadline).await? else {
         conn.close().await;
         return Ok(daemon_busy(config, "synced-once"));
@@ -119,7 +119,7 @@ async fn follow_loop(config: &Config, deadline: Option<Instant>) -> anyhow::Resu
         }
         tokio::time::sleep(POLL).await;
     };
-    let mut conn = crate::connect(config, &state).await?;
+    let mut conn = crate::connect(config, state.client_id()).await?;
     let targets = flush(&mut conn, deadline).await?;
     let index_id = conn.hello.index_id.clone();
     conn.close().await;

@@ -96,6 +96,28 @@ impl ClientState {
         Ok(ClientState { conn, client_id })
     }
 
+    /// Opens an existing client state to read without leaving any trace (`zync-client
+    /// --dry-run`): never creates, upgrades or writes it, and leaves no file beside it. When a
+    /// client has the database open (its `-wal` is there) it is read as
+    /// [`ClientState::open_read_only`] does, which then creates nothing; otherwise it is read
+    /// as it stands on disk (SQLite's `immutable`), without the `-wal`/`-shm` files a WAL
+    /// reader would leave.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClientState::open_read_only`].
+    pub fn open_untouched(path: &Path) -> Result<ClientState> {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let conn = if Path::new(&wal).exists() {
+            conn::open_read_only(path, &CLIENT)?
+        } else {
+            conn::open_immutable(path, &CLIENT)?
+        };
+        let client_id = migrate::read_database_id(&conn, "client_id")?;
+        Ok(ClientState { conn, client_id })
+    }
+
     /// Opens a new, empty client state in memory.
     ///
     /// # Errors
@@ -583,6 +605,82 @@ mod tests {
             std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
             "the read-only look wrote to the WAL"
         );
+    }
+
+    /// Every file in `dir` with its mode, length and a hash of its bytes.
+    fn files_in(dir: &Path) -> Vec<(String, u32, usize, u64)> {
+        use std::hash::{Hash, Hasher};
+        use std::os::unix::fs::PermissionsExt;
+        let mut files: Vec<(String, u32, usize, u64)> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| {
+                let e = e.expect("entry");
+                let mode = e.metadata().expect("metadata").permissions().mode();
+                let bytes = std::fs::read(e.path()).expect("read");
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                bytes.hash(&mut hasher);
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, mode, bytes.len(), hasher.finish())
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn an_untouched_state_reads_and_leaves_every_file_as_it_was() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("we?ird #%name.db");
+        assert!(ClientState::open_untouched(&path).is_err());
+        assert!(!path.exists(), "opening a missing database created it");
+
+        let mut state = ClientState::open(&path).expect("state");
+        let mut batch = state.batch().expect("batch");
+        batch
+            .set_synced("docs", "a.txt", &synced_file_for_test())
+            .expect("synced");
+        batch.commit().expect("commit");
+        let id = state.client_id().to_owned();
+        drop(state);
+        let before = files_in(tmp.path());
+        let reader = ClientState::open_untouched(&path).expect("reader");
+        assert_eq!(reader.client_id(), id);
+        assert!(reader.synced("docs", "a.txt").expect("read").is_some());
+        let snapshot = reader.read_snapshot().expect("snapshot");
+        drop(snapshot);
+        drop(reader);
+        assert_eq!(
+            files_in(tmp.path()),
+            before,
+            "an untouched read changed, added or removed a file"
+        );
+
+        // Beside a writer: its committed rows are seen, and nothing new appears.
+        let mut writer = ClientState::open(&path).expect("writer");
+        let mut batch = writer.batch().expect("batch");
+        batch
+            .set_synced("docs", "b.txt", &synced_file_for_test())
+            .expect("synced");
+        batch.commit().expect("commit");
+        let names =
+            |dir: &Path| -> Vec<String> { files_in(dir).into_iter().map(|(n, ..)| n).collect() };
+        let beside = names(tmp.path());
+        let reader = ClientState::open_untouched(&path).expect("reader beside a writer");
+        assert!(reader.synced("docs", "b.txt").expect("read").is_some());
+        drop(reader);
+        assert_eq!(names(tmp.path()), beside);
+        drop(writer);
+    }
+
+    fn synced_file_for_test() -> Synced {
+        Synced {
+            kind: Kind::File,
+            size: 3,
+            mtime_ns: 1,
+            mode: 0o644,
+            sha256: Some("ab".repeat(32)),
+            target: None,
+        }
     }
 
     #[test]

@@ -152,6 +152,51 @@ pub(crate) fn open_read_only(path: &Path, schema: &Schema) -> Result<Connection>
     Ok(conn)
 }
 
+/// Opens the existing database file at `path` to read it as it stands on disk, as SQLite's
+/// `immutable=1` does: no lock is taken and no `-wal` or `-shm` file is created beside it (a
+/// plain read-only open of a WAL database makes both, and leaves them). Only right for a
+/// database no connection has open, which is when no `-wal` file is there: a writer that
+/// starts later writes its WAL first, so this reader sees the state from before it.
+pub(crate) fn open_immutable(path: &Path, schema: &Schema) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(immutable_uri(path), flags).map_err(|source| {
+        DbError::Open {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    migrate::check_current(&conn, schema, path).map_err(|err| match err {
+        DbError::Sqlite { source, context } => match source.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => DbError::NotADatabase {
+                path: path.to_owned(),
+                source,
+            },
+            _ => DbError::Sqlite { context, source },
+        },
+        other => other,
+    })?;
+    Ok(conn)
+}
+
+/// `file:PATH?immutable=1`, every byte of the path outside `[A-Za-z0-9/._~-]` percent-encoded
+/// (a `?`, `#` or `%` in a file name must not be read as URI syntax).
+fn immutable_uri(path: &Path) -> String {
+    use std::fmt::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'~' | b'-') {
+            uri.push(char::from(b));
+        } else {
+            let _ = write!(uri, "%{b:02X}");
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
+}
+
 /// Opens a private in-memory database with the same setup, for tests and dry runs.
 pub(crate) fn open_memory(schema: &Schema, sync: Synchronous) -> Result<Connection> {
     let path = Path::new(":memory:");
