@@ -49,6 +49,10 @@ struct Shared {
     accepted: AtomicU64,
     /// Connections closed by a cut (cut_all or cut_after_bytes).
     cuts: AtomicU64,
+    /// Flip one byte in the middle of the next binary frame daemon -> client (file content).
+    corrupt_next: AtomicBool,
+    /// Binary frames corrupted so far.
+    corrupted: AtomicU64,
     next_id: AtomicU64,
     conns: Mutex<Vec<Conn>>,
     /// Every JSON request clients sent, with the connection it came on, in the order the
@@ -155,6 +159,18 @@ impl Proxy {
     /// Connections the proxy closed on purpose so far (cut_all, cut_after_bytes).
     pub fn cuts(&self) -> u64 {
         self.shared.cuts.load(Ordering::SeqCst)
+    }
+
+    /// Flips one byte in the middle of the payload of the next binary frame the daemon sends
+    /// (a chunk of file content, or of a delta), once: content corrupted on the way, which
+    /// the client must catch (its sha256 check) and recover from.
+    pub fn corrupt_next_binary_frame(&self) {
+        self.shared.corrupt_next.store(true, Ordering::SeqCst);
+    }
+
+    /// Binary frames corrupted so far.
+    pub fn corrupted(&self) -> u64 {
+        self.shared.corrupted.load(Ordering::SeqCst)
     }
 
     /// Every JSON request clients sent through the proxy so far.
@@ -323,6 +339,7 @@ fn pump(
         Direction::ToDaemon(id) => (None, id),
     };
     let mut tap = to_client.is_none().then(RequestTap::default);
+    let mut tamper = ResponseTamper::default();
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => return,
@@ -352,6 +369,9 @@ fn pump(
                 n = limit.saturating_sub(so_far) as usize;
                 cut = true;
             }
+        }
+        if to_client.is_some() {
+            tamper.feed(&mut buf[..n], shared);
         }
         if n > 0 && to.write_all(&buf[..n]).is_err() {
             return;
@@ -407,6 +427,78 @@ impl RequestTap {
         }
         found
     }
+}
+
+/// Follows the daemon's side of a connection (the HTTP upgrade answer, then unmasked
+/// WebSocket frames) across reads, and flips one payload byte of a binary frame when the
+/// proxy is armed ([`Proxy::corrupt_next_binary_frame`]).
+#[derive(Default)]
+struct ResponseTamper {
+    upgraded: bool,
+    /// The last bytes of the HTTP answer seen (to find its end across reads).
+    tail: Vec<u8>,
+    /// The header of the frame being read, until it is whole.
+    header: Vec<u8>,
+    /// Payload bytes of the current frame still to come.
+    remaining: u64,
+    /// Payload bytes still to come before the byte to flip, in the current frame.
+    flip_in: Option<u64>,
+}
+
+impl ResponseTamper {
+    fn feed(&mut self, data: &mut [u8], shared: &Shared) {
+        let mut at = 0;
+        if !self.upgraded {
+            while at < data.len() && !self.upgraded {
+                self.tail.push(data[at]);
+                at += 1;
+                self.upgraded = self.tail.ends_with(b"\r\n\r\n");
+            }
+            if !self.upgraded {
+                return;
+            }
+        }
+        while at < data.len() {
+            if self.remaining == 0 {
+                self.header.push(data[at]);
+                at += 1;
+                let Some((opcode, len)) = frame_header(&self.header) else {
+                    continue;
+                };
+                self.header.clear();
+                self.remaining = len;
+                self.flip_in = None;
+                if opcode == 2 && len >= 64 && shared.corrupt_next.swap(false, Ordering::SeqCst) {
+                    self.flip_in = Some(len / 2);
+                }
+                continue;
+            }
+            let take = self.remaining.min((data.len() - at) as u64);
+            if let Some(k) = self.flip_in {
+                if k < take {
+                    data[at + k as usize] ^= 0xff;
+                    shared.corrupted.fetch_add(1, Ordering::SeqCst);
+                    self.flip_in = None;
+                } else {
+                    self.flip_in = Some(k - take);
+                }
+            }
+            self.remaining -= take;
+            at += take as usize;
+        }
+    }
+}
+
+/// The opcode and payload length of an unmasked frame header, once `header` holds all of it.
+fn frame_header(header: &[u8]) -> Option<(u8, u64)> {
+    let (&b0, &b1) = (header.first()?, header.get(1)?);
+    let len = match b1 & 0x7f {
+        126 if header.len() == 4 => u64::from(u16::from_be_bytes([header[2], header[3]])),
+        127 if header.len() == 10 => u64::from_be_bytes(header[2..10].try_into().ok()?),
+        126 | 127 => return None,
+        n => u64::from(n),
+    };
+    Some((b0 & 0x0f, len))
 }
 
 /// The first complete frame in `buf`: its opcode, unmasked payload and length in `buf`.

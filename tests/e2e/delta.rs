@@ -365,3 +365,58 @@ fn a_small_edit_in_a_big_file_reaches_r_as_a_delta() {
         "no edit on R, no conflict copy"
     );
 }
+
+/// A delta corrupted on the way (one byte flipped in the middle of its first frame) rebuilds
+/// the wrong bytes: the client's sha256 check catches it and it downloads the file whole,
+/// ending with E's exact bytes in the same run, no temp file and no conflict copy.
+#[test]
+fn a_corrupt_delta_is_caught_and_the_file_downloaded_whole() {
+    const SIZE: usize = 8 * MIB;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let e = tmp.path().join("e");
+    let mut data = pseudo_random(SIZE, 91);
+    write(&e.join("big.bin"), &data);
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+
+    let middle = SIZE / 2 + 4321;
+    data[middle..middle + 64 * 1024].copy_from_slice(&pseudo_random(64 * 1024, 92));
+    write(&e.join("big.bin"), &data);
+    wait_until("the daemon to index the edit", || {
+        let out = client.status_json(&daemon.url());
+        out["dirs"][0]["pending"].as_u64() == Some(1)
+    });
+    let proxy = crate::common::proxy::Proxy::to_port(daemon.port);
+    proxy.corrupt_next_binary_frame();
+    let out = client.once_ok(&proxy.url());
+    let log = stderr(&out);
+    assert_eq!(proxy.corrupted(), 1, "nothing was corrupted:\n{log}");
+    assert_eq!(
+        file_sha(&r.join("big.bin")),
+        sha256(&data),
+        "R does not hold E's bytes after a corrupt delta:\n{log}"
+    );
+    let asked: Vec<String> = proxy
+        .requests()
+        .iter()
+        .filter_map(|r| r["operation"].as_str().map(str::to_string))
+        .filter(|op| op.starts_with("GET_"))
+        .collect();
+    assert!(
+        asked.iter().any(|op| op == "GET_DELTA") && asked.iter().any(|op| op == "GET_FILE"),
+        "expected a delta, then the whole file: {asked:?}\n{log}"
+    );
+    assert!(
+        proxy.bytes_to_client() > SIZE as u64,
+        "the whole file should have crossed the wire after the bad delta ({} bytes):\n{log}",
+        proxy.bytes_to_client()
+    );
+    assert_eq!(temp_files(&r), Vec::<String>::new(), "temp files left on R");
+    assert!(
+        conflict_copies(&r).is_empty(),
+        "no edit on R, no conflict copy"
+    );
+}

@@ -40,9 +40,16 @@ pub const MIN_BLOCK: u32 = 4 << 10;
 /// stays under 400 KiB (12 bytes a block) up to 128 MiB of blocks of 16 MiB, i.e. 512 GiB.
 pub const MAX_BLOCKS: u64 = 32 << 10;
 
-/// Bytes of each block's MD4 sum kept in the signature. Eight make false matches rare; the
-/// final sha256 check catches the rest.
+/// The most bytes of each block's MD4 sum a signature keeps ([`strong_sum_for`] picks fewer
+/// for most files).
 pub const STRONG_SUM: u32 = 8;
+
+/// The least bytes of each block's MD4 sum a signature keeps (rsync's `SHORT_SUM_LENGTH`).
+pub const MIN_STRONG_SUM: u32 = 2;
+
+/// rsync's `BLOCKSUM_BIAS`: the strong sums are sized so that a false block match in a whole
+/// file has odds of about one in 2^10.
+const BLOCKSUM_BIAS: u32 = 10;
 
 /// How much of a file is hashed or diffed at a time (whole blocks); the memory bound.
 pub const WINDOW: usize = 8 << 20;
@@ -90,12 +97,25 @@ impl DeltaError {
     }
 }
 
-/// The block size [`signature`] uses for a file of `len` bytes: a power of two of at least
-/// [`MIN_BLOCK`], large enough for at most [`MAX_BLOCKS`] blocks (capped at
-/// [`MAX_SIGNATURE_BLOCK`]).
+/// The block size [`signature`] uses for a file of `len` bytes: about the square root of the
+/// size, as rsync chooses it (so the signature grows with the square root of the file, not
+/// with the file), as a power of two of at least [`MIN_BLOCK`], large enough for at most
+/// [`MAX_BLOCKS`] blocks, and at most [`MAX_SIGNATURE_BLOCK`].
 pub fn block_size_for(len: u64) -> u32 {
-    let wanted = len.div_ceil(MAX_BLOCKS).next_power_of_two();
-    wanted.clamp(u64::from(MIN_BLOCK), u64::from(MAX_SIGNATURE_BLOCK)) as u32
+    let root = len.isqrt().next_power_of_two();
+    let few_enough = len.div_ceil(MAX_BLOCKS).next_power_of_two();
+    root.max(few_enough)
+        .clamp(u64::from(MIN_BLOCK), u64::from(MAX_SIGNATURE_BLOCK)) as u32
+}
+
+/// The strong sum length [`signature`] uses for a file of `len` bytes in blocks of `block`:
+/// rsync's `sum_sizes_sqroot` rule, which adds bytes as the file has more positions where a
+/// block could falsely match (`BLOCKSUM_BIAS + 2 log2(len) - log2(block)` bits, less the 32 of
+/// the rolling sum), between [`MIN_STRONG_SUM`] and [`STRONG_SUM`]. A false match is caught
+/// by the sha256 check of the rebuilt file and costs a whole download, never a wrong file.
+pub fn strong_sum_for(len: u64, block: u32) -> u32 {
+    let bits = (BLOCKSUM_BIAS + 2 * len.max(1).ilog2()).saturating_sub(block.max(1).ilog2());
+    (((bits + 1).saturating_sub(32) + 7) / 8).clamp(MIN_STRONG_SUM, STRONG_SUM)
 }
 
 /// A window of whole blocks, at least [`WINDOW`] and at least four blocks (so a shifted block
@@ -112,10 +132,10 @@ pub fn max_record(window: u32) -> usize {
     2 * window as usize + 4096
 }
 
-fn options(block: u32) -> SignatureOptions {
+fn options(block: u32, strong: u32) -> SignatureOptions {
     SignatureOptions {
         block_size: block,
-        crypto_hash_size: STRONG_SUM,
+        crypto_hash_size: strong,
     }
 }
 
@@ -165,9 +185,9 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// The `fast_rsync` signature of the file at `path` (R's base version), with a block size
-/// chosen from its size ([`block_size_for`]) and [`STRONG_SUM`]-byte strong sums: at most
-/// about 400 KiB for files up to 512 GiB. Memory: a few [`WINDOW`]s, hashed in parallel (at
+/// The `fast_rsync` signature of the file at `path` (R's base version), with a block size and
+/// strong sum length chosen from its size ([`block_size_for`], [`strong_sum_for`]): about
+/// 115 KiB for 256 MiB, at most about 400 KiB for files up to 512 GiB. Memory: a few [`WINDOW`]s, hashed in parallel (at
 /// most four, under 32 MiB together), and the signature.
 ///
 /// # Errors
@@ -187,9 +207,10 @@ pub fn signature(path: &Path) -> Result<Vec<u8>, FsError> {
 /// When a read fails.
 pub fn signature_of(mut reader: impl Read, len: u64) -> io::Result<Vec<u8>> {
     let block = block_size_for(len);
-    let header = signature_header(block, STRONG_SUM).len();
+    let strong = strong_sum_for(len, block);
+    let header = signature_header(block, strong).len();
     let blocks = len.div_ceil(u64::from(block));
-    let entry = 4 + STRONG_SUM as usize;
+    let entry = 4 + strong as usize;
     let mut out = Vec::with_capacity(header + entry * blocks.min(MAX_BLOCKS * 2) as usize);
     // Every window but the last is whole blocks, so its entries line up with the file's.
     let whole = len.div_ceil(u64::from(block)).max(1) * u64::from(block);
@@ -212,7 +233,7 @@ pub fn signature_of(mut reader: impl Read, len: u64) -> io::Result<Vec<u8>> {
         }
         let sigs: Vec<Signature> = windows[..read]
             .par_iter()
-            .map(|(buf, filled)| Signature::calculate(&buf[..*filled], options(block)))
+            .map(|(buf, filled)| Signature::calculate(&buf[..*filled], options(block, strong)))
             .collect();
         for sig in &sigs {
             let bytes = sig.serialized();
@@ -920,13 +941,20 @@ mod tests {
 
     const MIB: usize = 1 << 20;
 
+    /// The options [`signature_of`] uses for `len` bytes.
+    fn opts_for(len: u64) -> SignatureOptions {
+        let block = block_size_for(len);
+        options(block, strong_sum_for(len, block))
+    }
+
     #[test]
     fn block_sizes_keep_the_signature_small() {
         assert_eq!(block_size_for(0), MIN_BLOCK);
         assert_eq!(block_size_for(1), MIN_BLOCK);
-        assert_eq!(block_size_for(128 << 20), 4096);
-        assert_eq!(block_size_for((128 << 20) + 1), 8192);
-        assert_eq!(block_size_for(256 << 20), 8192);
+        assert_eq!(block_size_for(16 << 20), 4096);
+        assert_eq!(block_size_for(64 << 20), 8192);
+        assert_eq!(block_size_for(128 << 20), 16384);
+        assert_eq!(block_size_for(256 << 20), 16384);
         assert_eq!(block_size_for(4 << 30), 128 << 10);
         assert_eq!(block_size_for(u64::MAX), MAX_SIGNATURE_BLOCK);
         for len in [
@@ -949,11 +977,38 @@ mod tests {
     }
 
     #[test]
+    fn strong_sums_grow_with_the_file_as_rsyncs_do() {
+        // rsync's sum_sizes_sqroot for the same block sizes.
+        assert_eq!(strong_sum_for(0, MIN_BLOCK), MIN_STRONG_SUM);
+        assert_eq!(strong_sum_for(1 << 20, 4096), 2);
+        assert_eq!(strong_sum_for(256 << 20, 16384), 3);
+        assert_eq!(strong_sum_for(4 << 30, 128 << 10), 4);
+        assert_eq!(strong_sum_for(1 << 40, 1 << 20), 5);
+        assert_eq!(strong_sum_for(u64::MAX, MAX_SIGNATURE_BLOCK), STRONG_SUM);
+    }
+
+    #[test]
+    fn the_signature_of_256_mib_is_about_the_size_of_rsyncs() {
+        // rsync sends 16384 blocks of 4 + 3 bytes for 256 MiB (114,688 bytes).
+        let len: u64 = 256 << 20;
+        let block = block_size_for(len);
+        let entry = 4 + u64::from(strong_sum_for(len, block));
+        let body = len.div_ceil(u64::from(block)) * entry;
+        assert_eq!(
+            body,
+            16384 * 7,
+            "{block}-byte blocks of {entry}-byte entries"
+        );
+        let sig = signature_of(std::io::repeat(7).take(len), len).expect("signature");
+        assert_eq!(sig.len() as u64, body + 12, "the header is 12 bytes");
+    }
+
+    #[test]
     fn a_windowed_signature_equals_the_whole_buffer_s() {
         // Three windows and a ragged last block.
         let data = noise(2 * WINDOW + 3 * 4096 + 123, 1);
         let windowed = signature_of(&data[..], data.len() as u64).expect("signature");
-        let whole = Signature::calculate(&data, options(block_size_for(data.len() as u64)));
+        let whole = Signature::calculate(&data, opts_for(data.len() as u64));
         assert!(windowed == whole.serialized(), "the signatures differ");
         // The file API gives the same bytes, and a file that grew since its size was taken
         // still gets block-aligned windows.
@@ -962,7 +1017,7 @@ mod tests {
         std::fs::write(&path, &data).expect("write");
         assert!(signature(&path).expect("signature") == windowed);
         let grown = signature_of(&data[..], 5000).expect("signature");
-        let whole = Signature::calculate(&data, options(block_size_for(5000)));
+        let whole = Signature::calculate(&data, opts_for(5000));
         assert!(
             grown == whole.serialized(),
             "a grown file's signature differs"
@@ -1024,7 +1079,8 @@ mod tests {
         eprintln!("1000 bytes inserted, 777 deleted in 32 MiB: delta {delta} bytes");
         // The inserted bytes and the two blocks they and the deletion touch; the tail carried
         // over at each of the three window boundaries adds nothing.
-        assert!(delta <= 1000 + 2 * 4096 + 512, "delta is {delta} bytes");
+        let block = block_size_for(base.len() as u64) as usize;
+        assert!(delta <= 1000 + 2 * block + 512, "delta is {delta} bytes");
     }
 
     #[test]
@@ -1034,7 +1090,7 @@ mod tests {
         let base = noise(64 << 10, 7);
         let mut new = vec![9u8; 100];
         new.extend_from_slice(&base);
-        let sig = Signature::calculate(&base, options(block)).into_serialized();
+        let sig = Signature::calculate(&base, options(block, STRONG_SUM)).into_serialized();
         let delta = collect_diff(&new, &sig, Some(4));
         assert_eq!(
             apply_bytes(&base, &delta, new.len() as u64).expect("apply"),
@@ -1059,7 +1115,7 @@ mod tests {
                 (100 * block - 1, 2, noise(2 * block, 16)),
             ],
         );
-        let sig = Signature::calculate(&base, options(block as u32)).into_serialized();
+        let sig = Signature::calculate(&base, options(block as u32, STRONG_SUM)).into_serialized();
         let one = collect_diff_lanes(&new, &sig, Some(4), 1);
         assert_eq!(
             apply_bytes(&base, &one, new.len() as u64).expect("apply"),
@@ -1101,7 +1157,7 @@ mod tests {
         let base = noise(64 << 10, 19);
         let mut new = base.clone();
         new[30_000..30_100].copy_from_slice(&noise(100, 20));
-        let sig = Signature::calculate(&base, options(256)).into_serialized();
+        let sig = Signature::calculate(&base, options(256, STRONG_SUM)).into_serialized();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
@@ -1189,7 +1245,8 @@ mod tests {
 
     #[test]
     fn corrupt_signatures_are_errors_that_say_why() {
-        let good = Signature::calculate(&noise(10_000, 9), options(4096)).into_serialized();
+        let good =
+            Signature::calculate(&noise(10_000, 9), options(4096, STRONG_SUM)).into_serialized();
         assert!(bad_signature(b"").contains("shorter than"));
         assert!(bad_signature(b"garbage!garbage!").contains("magic"));
         let mut block0 = good.clone();
@@ -1220,7 +1277,7 @@ mod tests {
         let base = noise(50_000, 10);
         let mut new = base.clone();
         new[20_000..20_100].fill(0);
-        let sig = Signature::calculate(&base, options(256)).into_serialized();
+        let sig = Signature::calculate(&base, options(256, STRONG_SUM)).into_serialized();
         let delta = collect_diff(&new, &sig, Some(16));
         let len = new.len() as u64;
         assert_eq!(apply_bytes(&base, &delta, len).expect("apply"), new);
@@ -1327,7 +1384,7 @@ mod tests {
 
     /// The single fast_rsync record rebuilding `new` from `base` (256-byte blocks).
     fn one_record(base: &[u8], new: &[u8]) -> Vec<u8> {
-        let sig = Signature::calculate(base, options(256)).into_serialized();
+        let sig = Signature::calculate(base, options(256, STRONG_SUM)).into_serialized();
         let sig = Signature::deserialize(sig).expect("own signature");
         let mut record = Vec::new();
         fast_rsync::diff(&sig.index(), new, &mut record).expect("diff");
@@ -1344,7 +1401,7 @@ mod tests {
             windows in proptest::option::of(2usize..6),
         ) {
             let new = edit(&base, &edits);
-            let sig = Signature::calculate(&base, options(256)).into_serialized();
+            let sig = Signature::calculate(&base, options(256, STRONG_SUM)).into_serialized();
             let delta = collect_diff(&new, &sig, windows);
             let rebuilt = apply_bytes(&base, &delta, new.len() as u64).expect("apply");
             prop_assert!(rebuilt == new, "rebuilt {} bytes, expected {}", rebuilt.len(), new.len());
