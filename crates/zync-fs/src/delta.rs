@@ -115,7 +115,10 @@ pub fn block_size_for(len: u64) -> u32 {
 /// by the sha256 check of the rebuilt file and costs a whole download, never a wrong file.
 pub fn strong_sum_for(len: u64, block: u32) -> u32 {
     let bits = (BLOCKSUM_BIAS + 2 * len.max(1).ilog2()).saturating_sub(block.max(1).ilog2());
-    (((bits + 1).saturating_sub(32) + 7) / 8).clamp(MIN_STRONG_SUM, STRONG_SUM)
+    (bits + 1)
+        .saturating_sub(32)
+        .div_ceil(8)
+        .clamp(MIN_STRONG_SUM, STRONG_SUM)
 }
 
 /// A window of whole blocks, at least [`WINDOW`] and at least four blocks (so a shifted block
