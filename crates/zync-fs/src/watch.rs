@@ -243,14 +243,31 @@ pub fn next_batch_timeout(
     }
 }
 
+/// A batch of at most this many events is a save, not a burst: it ends after
+/// [`quiet_after`]'s short quiet.
+const SAVE_EVENTS: usize = 4;
+
+/// How long the batch waits for another event once it holds `events`: a few milliseconds
+/// while it looks like an editor's save (a handful of events within a millisecond or two),
+/// so the save goes out at once; the full `quiet` once it is a burst (a checkout, a build),
+/// which then coalesces as before.
+fn quiet_after(events: usize, quiet: Duration) -> Duration {
+    if events <= SAVE_EVENTS {
+        (quiet / 5).max(Duration::from_millis(2)).min(quiet)
+    } else {
+        quiet
+    }
+}
+
 fn collect(rx: &Receiver<WatchEvent>, first: WatchEvent, quiet: Duration, max: Duration) -> Batch {
     let start = Instant::now();
     let hard_deadline = start + max;
     let mut batch = Batch::default();
     batch.push(first);
+    let mut events = 1;
     let mut last = start;
     loop {
-        let deadline = (last + quiet).min(hard_deadline);
+        let deadline = (last + quiet_after(events, quiet)).min(hard_deadline);
         let now = Instant::now();
         if now >= deadline {
             break;
@@ -258,6 +275,7 @@ fn collect(rx: &Receiver<WatchEvent>, first: WatchEvent, quiet: Duration, max: D
         match rx.recv_timeout(deadline - now) {
             Ok(event) => {
                 batch.push(event);
+                events += 1;
                 last = Instant::now();
             }
             // Disconnected: return what we have; the next call reports the disconnection.
@@ -270,6 +288,22 @@ fn collect(rx: &Receiver<WatchEvent>, first: WatchEvent, quiet: Duration, max: D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_save_ends_after_a_short_quiet_and_a_burst_after_the_full_one() {
+        let quiet = Duration::from_millis(15);
+        assert_eq!(quiet_after(1, quiet), Duration::from_millis(3));
+        assert_eq!(quiet_after(SAVE_EVENTS, quiet), Duration::from_millis(3));
+        assert_eq!(quiet_after(SAVE_EVENTS + 1, quiet), quiet);
+        assert_eq!(
+            quiet_after(1, Duration::from_millis(5)),
+            Duration::from_millis(2)
+        );
+        assert_eq!(
+            quiet_after(1, Duration::from_millis(1)),
+            Duration::from_millis(1)
+        );
+    }
 
     #[test]
     fn a_marker_comes_out_behind_the_events_sent_before_it() {
