@@ -1095,6 +1095,30 @@ mod tests {
     }
 
     #[test]
+    fn a_big_file_saved_just_now_is_hashed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.bin");
+        std::fs::write(&path, vec![7u8; 48 << 20]).unwrap();
+        // Saved 95 ms ago: within the fine window when the hashing starts, past it once the
+        // 48 MiB are read, when a later write would get a later mtime.
+        let saved = std::time::SystemTime::now() - Duration::from_millis(95);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(saved)
+            .unwrap();
+        let (mut ix, _rx) = indexer(dir.path(), &[]);
+        ix.scan_root(0, None).unwrap();
+        assert_eq!(hashed(&ix), 1);
+        assert!(
+            ix.recheck.is_empty(),
+            "a big file is hashed again: {:?}",
+            ix.recheck
+        );
+    }
+
+    #[test]
     fn the_daemons_own_files_are_never_indexed() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("sync.db"), "db").unwrap();

@@ -122,24 +122,15 @@ fn local_clock(root: &Path) -> bool {
 
 /// The index row for an entry, hashing files (counted in `hashed`). A file that changes while
 /// it is hashed is skipped: its next watch event records the settled version.
-/// The flag says the file was modified less than its [`racy_window`] before it was hashed: a
-/// write in the same mtime tick would go unnoticed, so the caller hashes it again later.
+/// The flag says the file was modified less than its [`racy_window`] before its hashing
+/// ended: a write in the same mtime tick would go unnoticed, so the caller hashes it again
+/// later.
 pub(super) fn describe(
     root: &Path,
     rel: &RelPath,
     meta: &Meta,
     hashed: &AtomicU64,
 ) -> Option<(EntryMeta, bool)> {
-    let now_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(i64::MAX, |d| {
-            i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
-        });
-    let age = now_ns.saturating_sub(meta.mtime_ns);
-    // The cheap test first: most files are older than any window.
-    let racy = meta.kind == Kind::File
-        && age < RACY.as_nanos() as i64
-        && age < racy_window(root, meta.mtime_ns).as_nanos() as i64;
     let sha256 = if meta.kind == Kind::File {
         let path = rel.to_path(root);
         hashed.fetch_add(1, Ordering::Relaxed);
@@ -171,6 +162,13 @@ pub(super) fn describe(
     } else {
         None
     };
+    // Judged once the read is done: a write after it gets a later mtime when the read ended
+    // a window after the mtime, however long the hashing took (a big file saved just now is
+    // then hashed once, not twice).
+    let age = now_ns().saturating_sub(meta.mtime_ns);
+    let racy = meta.kind == Kind::File
+        && age < RACY.as_nanos() as i64
+        && age < racy_window(root, meta.mtime_ns).as_nanos() as i64;
     let entry = EntryMeta {
         kind: meta.kind,
         size: meta.size,
@@ -181,4 +179,13 @@ pub(super) fn describe(
         target: meta.target.clone(),
     };
     Some((entry, racy))
+}
+
+/// The time now, in nanoseconds since the Unix epoch (saturating).
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(i64::MAX, |d| {
+            i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+        })
 }
