@@ -77,6 +77,11 @@ pub struct Args {
     /// unreachable).
     #[arg(long, conflicts_with_all = ["once", "update_upstream"])]
     pub status: bool,
+    /// With --status: list every ignored path with the rule that ignores it (E's, as the
+    /// daemon reports them, at most 1000 per directory; and R's own, which --update-upstream
+    /// never sends), not only the counts per rule.
+    #[arg(long, requires = "status")]
+    pub ignored: bool,
     /// With --status or --update-upstream: print one JSON document on stdout instead of text
     /// (shapes in the README; the push summary has session_id, files, bytes, conflicts and
     /// skipped, session_id null when nothing was sent).

@@ -79,7 +79,7 @@ impl RuleSource {
     /// `--ignore`, `zync`, or the `.zyncignore` file's path below the root.
     pub fn as_str(&self) -> &str {
         match self {
-            RuleSource::BuiltIn => "built-in",
+            RuleSource::BuiltIn => zync_proto::BUILT_IN,
             RuleSource::Flag => "--ignore",
             RuleSource::File(path) => path,
             RuleSource::Zync => "zync",
@@ -100,18 +100,6 @@ impl IgnoreRule {
                 format!("the name has zync's temp-file prefix {prefix}")
             }
         }
-    }
-}
-
-/// The name of a rule in a status report, from its pattern and source as
-/// [`RuleSource::as_str`] wrote them: ``rule `build/` `` for a built-in one, ``rule `*.pyc`
-/// from proj/.zyncignore`` otherwise. Both parts are shown as given: a caller printing it to a
-/// terminal makes control characters visible.
-pub fn rule_label(pattern: &str, source: &str) -> String {
-    if source == RuleSource::BuiltIn.as_str() {
-        format!("rule `{pattern}`")
-    } else {
-        format!("rule `{pattern}` from {source}")
     }
 }
 
@@ -594,11 +582,6 @@ mod tests {
             want("d/.zync-tmp-1", true, ".zync-tmp-*", "zync")
         );
         assert_eq!(by("proj/main.rs", false), None);
-        assert_eq!(rule_label("build/", "built-in"), "rule `build/`");
-        assert_eq!(
-            rule_label("*.pyc", "proj/.zyncignore"),
-            "rule `*.pyc` from proj/.zyncignore"
-        );
     }
 
     #[test]

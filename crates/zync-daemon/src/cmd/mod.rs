@@ -28,8 +28,8 @@ use crate::refusal::Refusal;
 pub(crate) enum Operation {
     /// PING.
     Ping,
-    /// GET_LAST_SEQUENCE.
-    Status,
+    /// GET_LAST_SEQUENCE (with how many ignored paths to list, when asked).
+    Status(Option<u32>),
     /// GET_CHANGES.
     Changes(GetChanges),
     /// ACK_CHANGES.
@@ -80,7 +80,7 @@ impl Operation {
                 })
             }
             Op::Ping {} => Operation::Ping,
-            Op::GetLastSequence {} => Operation::Status,
+            Op::GetLastSequence { ignored } => Operation::Status(ignored),
             Op::GetChanges(get) => Operation::Changes(get),
             Op::AckChanges(ack) => Operation::Ack(ack),
             Op::GetFile(get) => Operation::GetFile(get),
@@ -97,7 +97,7 @@ impl Operation {
     pub(crate) async fn apply(self, id: u64, cx: &mut Context, link: &mut Link) -> bool {
         let answer = match self {
             Operation::Ping => Ok(ping::apply()),
-            Operation::Status => status::apply(cx).await,
+            Operation::Status(ignored) => status::apply(cx, ignored).await,
             Operation::Changes(get) => changes::apply(cx, get).await,
             Operation::Ack(ack) => ack::apply(cx, ack).await,
             Operation::GetFile(get) => return get_file::apply(cx, link, id, get).await,
@@ -143,7 +143,7 @@ mod tests {
                 matches!(o, Operation::Ping)
             }),
             (r#"{"id":2,"operation":"GET_LAST_SEQUENCE"}"#, |o| {
-                matches!(o, Operation::Status)
+                matches!(o, Operation::Status(None))
             }),
             (
                 r#"{"id":3,"operation":"GET_CHANGES","dir":"docs","since":5,"limit":10}"#,
