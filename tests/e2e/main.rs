@@ -16,6 +16,7 @@ mod config;
 mod crash;
 mod delta;
 mod demo;
+mod ignored;
 mod layout;
 mod local_faults;
 mod loop_mode;
