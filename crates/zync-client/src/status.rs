@@ -674,7 +674,9 @@ fn render_ignored(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         ];
         for (side, report) in sides {
             let Some(report) = report else {
-                let why = if s.daemon.reachable {
+                let why = if dir.state == DirState::NotServed {
+                    "not served"
+                } else if s.daemon.reachable {
                     "not reported (the daemon is older than this client)"
                 } else {
                     "unknown (the daemon could not be asked)"
