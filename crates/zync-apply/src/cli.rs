@@ -63,12 +63,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The state of the sync on E: served directories (index size, sequence), clients
-    /// (connected now, acknowledged sequence) and pending sessions. Reads the database only.
+    /// The state of the sync on E: served directories (index size, sequence, what is ignored
+    /// by which rule), clients (connected now, acknowledged sequence) and pending sessions.
+    /// Reads the database only.
     Status {
         /// Print one JSON document instead of text (its shape is in the README).
         #[arg(long)]
         json: bool,
+        /// List every path the daemon ignores with the rule that ignores it, not only the
+        /// counts per rule.
+        #[arg(long)]
+        ignored: bool,
     },
     /// Wait until every connected client (or --client ID) has durably applied every change
     /// E's index held when the command started (changes made before it included), for

@@ -74,7 +74,9 @@ pub fn run_with(
         Command::List { all, json } => {
             list::list(&cli.db, *all, *json, out).map(|()| Outcome::Done)
         }
-        Command::Status { json } => status::status(&cli.db, *json, out).map(|()| Outcome::Done),
+        Command::Status { json, ignored } => {
+            status::status(&cli.db, *json, *ignored, out).map(|()| Outcome::Done)
+        }
         Command::Wait {
             client,
             timeout,

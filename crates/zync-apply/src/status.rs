@@ -1,7 +1,9 @@
 //! `zync-apply status`: the daemon's side of the sync, read from its database without
 //! a network call and without writing: the directories it serves with their index size and
-//! sequence, the clients (connected now or not, and how far each acknowledged), and the
-//! upstream sessions waiting to be applied. Reads beside a running daemon (WAL, read-only).
+//! sequence, what each ignores (counted by rule; `--ignored` lists the paths: what is ignored
+//! is never a secret), the clients (connected now or not, and how far each acknowledged), and
+//! the upstream sessions waiting to be applied. Reads beside a running daemon (WAL,
+//! read-only).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,6 +12,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use zync_db::Index;
+use zync_proto::{IgnoredCount, IgnoredPath, IgnoredReport};
 
 use crate::session::{self, local_time, SessionJson};
 
@@ -46,6 +49,9 @@ pub struct DirReport {
     pub state: &'static str,
     /// Why it is unavailable, and what to do; null when available.
     pub unavailable: Option<String>,
+    /// What the daemon ignores in it (never indexed, never sent), counted by rule; `paths`
+    /// lists them all under `--ignored`.
+    pub ignored: IgnoredReport,
 }
 
 /// One client, as the daemon recorded it.
@@ -79,12 +85,13 @@ pub struct AckReport {
     pub behind: u64,
 }
 
-/// Opens the daemon's database read-only and gathers the report.
+/// Opens the daemon's database read-only and gathers the report; `list_ignored` lists every
+/// ignored path, not only the counts.
 ///
 /// # Errors
 ///
 /// No database at `db`, or it cannot be read.
-pub fn gather(db: &Path) -> anyhow::Result<Report> {
+pub fn gather(db: &Path, list_ignored: bool) -> anyhow::Result<Report> {
     if !db.exists() {
         bail!(
             "no database at {}; pass --db with the path given to zync-daemon --db (or set `db` in its config file)",
@@ -100,6 +107,7 @@ pub fn gather(db: &Path) -> anyhow::Result<Report> {
         let sequence = index.dir_last_seq(&name).with_context(read)?;
         sequences.insert(name.clone(), sequence);
         let unavailable = index.unavailable(&name).with_context(read)?;
+        let ignored = ignored(&index, &name, list_ignored).with_context(read)?;
         dirs.push(DirReport {
             entries: index.live_count(&name).with_context(read)?,
             sequence,
@@ -109,6 +117,7 @@ pub fn gather(db: &Path) -> anyhow::Result<Report> {
                 "available"
             },
             unavailable,
+            ignored,
             name,
             path,
         });
@@ -162,13 +171,47 @@ pub fn gather(db: &Path) -> anyhow::Result<Report> {
     })
 }
 
-/// `zync-apply status [--json]`.
+/// What the daemon recorded that `dir` ignores: counts by rule, and every path when `list`.
+fn ignored(index: &Index, dir: &str, list: bool) -> zync_db::Result<IgnoredReport> {
+    let counts = index
+        .ignored_counts(dir)?
+        .into_iter()
+        .map(|c| IgnoredCount {
+            pattern: c.pattern,
+            source: c.source,
+            count: c.count,
+        })
+        .collect();
+    let mut report = IgnoredReport::from_counts(counts);
+    if list {
+        let paths = index.ignored_paths(dir, usize::MAX)?;
+        report.paths = Some(
+            paths
+                .into_iter()
+                .map(|p| IgnoredPath {
+                    path: p.path,
+                    is_dir: p.is_dir,
+                    pattern: p.pattern,
+                    source: p.source,
+                })
+                .collect(),
+        );
+    }
+    Ok(report)
+}
+
+/// `zync-apply status [--json] [--ignored]`.
 ///
 /// # Errors
 ///
 /// The database cannot be read, or `out` fails.
-pub fn status(db: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let report = gather(db)?;
+pub fn status(
+    db: &Path,
+    json: bool,
+    list_ignored: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let report = gather(db, list_ignored)?;
     if json {
         serde_json::to_writer_pretty(&mut *out, &report)?;
         writeln!(out)?;
@@ -209,6 +252,18 @@ pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     for d in &r.dirs {
         if let Some(why) = &d.unavailable {
             writeln!(out, "  {}", zync_cli::visible::line(why))?;
+        }
+    }
+    if !r.dirs.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "ignored (never indexed, never sent to R):")?;
+    }
+    for d in &r.dirs {
+        // Paths and rule sources are names from E's disk: shown as they are.
+        let summary = d.ignored.summary();
+        writeln!(out, "  {}: {}", d.name, zync_cli::visible::line(&summary))?;
+        for p in d.ignored.paths.iter().flatten() {
+            writeln!(out, "      {}", zync_cli::visible::line(&p.line()))?;
         }
     }
     writeln!(out)?;
@@ -334,11 +389,79 @@ mod tests {
     }
 
     #[test]
+    fn status_counts_what_each_dir_ignores_by_rule_and_lists_it_on_request() {
+        let fx = Fixture::new();
+        let mut p = ScriptedPrompter::new([]);
+        let ig = |path: &str, is_dir, pattern: &str, source: &str| zync_db::IgnoredPath {
+            path: path.into(),
+            is_dir,
+            pattern: pattern.into(),
+            source: source.into(),
+        };
+        let mut index = fx.index();
+        let mut w = index.writer().expect("writer");
+        w.replace_ignored(
+            "docs",
+            None,
+            &[
+                ig("build", true, "build/", "built-in"),
+                ig("proj/a.pyc", false, "*.pyc", "proj/.zyncignore"),
+                ig("proj/b\u{7}.pyc", false, "*.pyc", "proj/.zyncignore"),
+            ],
+        )
+        .expect("record");
+        w.commit().expect("commit");
+        drop(index);
+
+        let (r, out) = fx.run(&["status"], &mut p);
+        r.expect("status");
+        assert!(
+            out.contains(
+                "  docs: 3 paths (rule `*.pyc` from proj/.zyncignore: 2, rule `build/`: 1)"
+            ),
+            "{out}"
+        );
+        assert!(
+            !out.contains("proj/a.pyc"),
+            "listed without --ignored: {out}"
+        );
+
+        let (r, out) = fx.run(&["status", "--ignored"], &mut p);
+        r.expect("status --ignored");
+        for line in [
+            "      build/  (rule `build/`)",
+            "      proj/a.pyc  (rule `*.pyc` from proj/.zyncignore)",
+            "      proj/b^G.pyc  (rule `*.pyc` from proj/.zyncignore)",
+        ] {
+            assert!(out.contains(line), "{line:?} missing in:\n{out}");
+        }
+        assert!(
+            !out.contains('\u{7}'),
+            "a control character reached the terminal"
+        );
+
+        let (r, out) = fx.run(&["status", "--json"], &mut p);
+        r.expect("status --json");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let ignored = &v["dirs"][0]["ignored"];
+        assert_eq!(ignored["total"], 3, "{v}");
+        assert_eq!(ignored["rules"][0]["pattern"], "*.pyc", "{v}");
+        assert_eq!(ignored["rules"][0]["source"], "proj/.zyncignore", "{v}");
+        assert_eq!(ignored["rules"][0]["count"], 2, "{v}");
+        assert!(ignored.get("paths").is_none(), "{v}");
+        let (r, out) = fx.run(&["status", "--json", "--ignored"], &mut p);
+        r.expect("status --json --ignored");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["dirs"][0]["ignored"]["paths"][0]["path"], "build", "{v}");
+        assert_eq!(v["dirs"][0]["ignored"]["paths"][0]["is_dir"], true, "{v}");
+    }
+
+    #[test]
     fn a_missing_database_is_an_error_that_says_what_to_pass() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("nope.db");
         let mut out = Vec::new();
-        let err = super::status(&db, false, &mut out).expect_err("no database");
+        let err = super::status(&db, false, false, &mut out).expect_err("no database");
         assert!(format!("{err:#}").contains("--db"), "{err:#}");
         assert!(!db.exists(), "status created {}", db.display());
     }

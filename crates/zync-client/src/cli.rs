@@ -96,6 +96,11 @@ pub struct Args {
     /// With --wait: give up after this many seconds (exit 7); 0 waits for ever.
     #[arg(long, default_value_t = 120, value_name = "SECS", requires = "wait")]
     pub timeout: u64,
+    /// With --status: list every ignored path with the rule that ignores it (E's, as the
+    /// daemon reports them, at most 1000 per directory; and R's own, which --update-upstream
+    /// never sends), not only the counts per rule.
+    #[arg(long, requires = "status")]
+    pub ignored: bool,
     /// With --status, --wait, --update-upstream or --dry-run: print one JSON document on
     /// stdout instead of text (shapes in the README; the push summary has session_id, files,
     /// bytes, conflicts and skipped, session_id null when nothing was sent).

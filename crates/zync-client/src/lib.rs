@@ -292,7 +292,10 @@ async fn wait_for_scan(conn: &mut Connection) -> Result<(), ClientError> {
     }
     tracing::info!("the daemon is scanning its directories; waiting for it to finish");
     loop {
-        match conn.call(zync_proto::Op::GetLastSequence {}).await? {
+        match conn
+            .call(zync_proto::Op::GetLastSequence { ignored: None })
+            .await?
+        {
             zync_proto::Reply::GetLastSequence(s) if !s.scanning => return Ok(()),
             _ => {}
         }

@@ -3,6 +3,10 @@
 //! database read-only, asks the daemon (connect + HELLO, GET_LAST_SEQUENCE, one GET_CHANGES
 //! page per directory) under a short deadline, and walks each local root for conflict copies.
 //! It changes nothing: no database is created, no directory made, no change acknowledged.
+//!
+//! What is ignored is never a secret: per directory it reports what E's daemon ignores (so
+//! never sends), counted by rule, and what R's own walk ignores (so `--update-upstream` never
+//! pushes); `--ignored` lists the paths too.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -13,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Serialize;
 use zync_db::ClientState;
-use zync_proto::{GetChanges, Op, Reply};
+use zync_proto::{GetChanges, IgnoredCount, IgnoredPath, IgnoredReport, Op, Reply};
 
 use crate::cli::{credentials, parse_mappings_with, Args};
 use crate::connection::{Connection, Credentials};
@@ -88,6 +92,14 @@ pub struct DirStatus {
     /// Why the daemon cannot see this directory on E now (gone, emptied at once, unmounted),
     /// when state is `unavailable`; R keeps its files meanwhile.
     pub unavailable: Option<String>,
+    /// What E's daemon ignores in this directory (and so never sends), counted by rule, with
+    /// the paths under `--ignored` (at most [`zync_proto::MAX_IGNORED_LISTED`], `more`
+    /// counting the rest); null when the daemon could not be asked or does not report it
+    /// (older than this client).
+    pub ignored_on_e: Option<IgnoredReport>,
+    /// What R ignores under the local directory (and so `--update-upstream` never sends),
+    /// counted by rule, with every path under `--ignored`.
+    pub ignored_on_r: IgnoredReport,
 }
 
 /// A path the client keeps failing on.
@@ -252,6 +264,7 @@ pub fn gather(args: &Args) -> anyhow::Result<Status> {
             None => (None, Vec::new()),
         };
         stored.push(dir_state.clone());
+        let (conflict_copies, ignored_on_r) = walk(&mapping.root, args.ignored);
         dirs.push(DirStatus {
             name: mapping.name.to_string(),
             root: mapping.root.display().to_string(),
@@ -270,8 +283,10 @@ pub fn gather(args: &Args) -> anyhow::Result<Status> {
                     since_unix: f.since_unix,
                 })
                 .collect(),
-            conflict_copies: conflict_copies(&mapping.root),
+            conflict_copies,
             unavailable: None,
+            ignored_on_e: None,
+            ignored_on_r,
         });
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -282,7 +297,14 @@ pub fn gather(args: &Args) -> anyhow::Result<Status> {
     let asked = runtime.block_on(async {
         tokio::time::timeout(
             PROBE_TIMEOUT,
-            probe(&args.server, &creds, probe_id, &mappings, &stored),
+            probe(
+                &args.server,
+                &creds,
+                probe_id,
+                &mappings,
+                &stored,
+                args.ignored,
+            ),
         )
         .await
         .unwrap_or_else(|_| {
@@ -294,9 +316,16 @@ pub fn gather(args: &Args) -> anyhow::Result<Status> {
     });
     let mut daemon = DaemonStatus::default();
     let mut reasons = BTreeMap::new();
+    let mut ignored = BTreeMap::new();
     let remotes = match asked {
-        Ok((hello, remotes, unavailable)) => {
+        Ok(Probed {
+            hello,
+            remotes,
+            unavailable,
+            ignored: on_e,
+        }) => {
             reasons = unavailable;
+            ignored = on_e;
             daemon.reachable = true;
             daemon.index_id = Some(hello.index_id.clone());
             daemon.version = Some(hello.server_version.clone());
@@ -311,6 +340,7 @@ pub fn gather(args: &Args) -> anyhow::Result<Status> {
     for (i, dir) in dirs.iter_mut().enumerate() {
         let remote = remotes.as_ref().map(|(_, r)| r[i]);
         dir.unavailable = reasons.remove(&dir.name);
+        dir.ignored_on_e = ignored.remove(&dir.name);
         if let Some(r) = remote.filter(|r| r.served) {
             dir.daemon_sequence = Some(r.sequence);
             dir.pending = Some(r.pending.0);
@@ -335,21 +365,41 @@ pub fn gather(args: &Args) -> anyhow::Result<Status> {
     })
 }
 
-/// Connects, then asks for the sequences and one page of pending changes per dir.
+/// What the daemon said.
+struct Probed {
+    hello: zync_proto::Welcome,
+    /// Per mapping, in order.
+    remotes: Vec<Remote>,
+    /// Unavailable dirs, with the reason.
+    unavailable: BTreeMap<String, String>,
+    /// What each served dir ignores.
+    ignored: BTreeMap<String, IgnoredReport>,
+}
+
+/// Connects, then asks for the sequences, what each dir ignores (the paths too when
+/// `list_ignored`), and one page of pending changes per dir.
 async fn probe(
     url: &str,
     creds: &Credentials,
     client_id: &str,
     mappings: &[Mapping],
     stored: &[Option<zync_db::DirState>],
-) -> Result<(zync_proto::Welcome, Vec<Remote>, BTreeMap<String, String>), ClientError> {
+    list_ignored: bool,
+) -> Result<Probed, ClientError> {
     // The directories are this client's only when the id is (a probe without a database
     // says HELLO under a shared id).
     let dirs = (client_id != PROBE_CLIENT_ID)
         .then(|| mappings.iter().map(|m| m.name.to_string()).collect());
     let mut conn = Connection::open(url, creds, client_id, dirs, PROBE_TIMEOUT).await?;
-    let (sequences, unavailable) = match conn.call(Op::GetLastSequence {}).await? {
-        Reply::GetLastSequence(s) => (s.dirs, s.unavailable),
+    let ask = Op::GetLastSequence {
+        ignored: Some(if list_ignored {
+            zync_proto::MAX_IGNORED_LISTED
+        } else {
+            0
+        }),
+    };
+    let (sequences, unavailable, ignored) = match conn.call(ask).await? {
+        Reply::GetLastSequence(s) => (s.dirs, s.unavailable, s.ignored),
         other => {
             return Err(ClientError::Protocol(format!(
                 "expected a GET_LAST_SEQUENCE reply, got {other:?}"
@@ -395,25 +445,69 @@ async fn probe(
     }
     let hello = conn.hello.clone();
     conn.close().await;
-    Ok((hello, remotes, unavailable))
+    Ok(Probed {
+        hello,
+        remotes,
+        unavailable,
+        ignored,
+    })
 }
 
-/// Conflict copies under `root` (relative paths, sorted), skipping what the client ignores.
-fn conflict_copies(root: &Path) -> Vec<String> {
+/// One walk of `root` with the rules `--update-upstream` uses: the conflict copies under it
+/// (relative paths, sorted), skipping what the client ignores, and what it ignores, counted
+/// by rule (listed too when `list`).
+fn walk(root: &Path, list: bool) -> (Vec<String>, IgnoredReport) {
     if !root.is_dir() {
-        return Vec::new();
+        return (Vec::new(), IgnoredReport::default());
     }
     let Ok(rules) = zync_fs::IgnoreRules::new(root, &[], true) else {
-        return Vec::new();
+        return (Vec::new(), IgnoredReport::default());
     };
-    let mut found: Vec<String> = zync_fs::scan(root, &rules, None)
+    let scan = zync_fs::scan(root, &rules, None);
+    let mut found: Vec<String> = scan
         .entries
         .into_iter()
         .filter(|e| zync_fs::is_conflict_copy(e.path.file_name()))
         .map(|e| e.path.as_str().to_owned())
         .collect();
     found.sort();
-    found
+    (found, ignored_report(&scan.ignored, list))
+}
+
+/// What a walk ignored, counted by rule (most first, then by pattern and source), with the
+/// paths when `list`.
+pub fn ignored_report(ignored: &[zync_fs::Ignored], list: bool) -> IgnoredReport {
+    let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for i in ignored {
+        *counts
+            .entry((i.rule.pattern.as_str(), i.rule.source.as_str()))
+            .or_default() += 1;
+    }
+    let mut rules: Vec<IgnoredCount> = counts
+        .into_iter()
+        .map(|((pattern, source), count)| IgnoredCount {
+            pattern: pattern.to_owned(),
+            source: source.to_owned(),
+            count,
+        })
+        .collect();
+    // Stable: ties keep the map's (pattern, source) order, as the daemon's query does.
+    rules.sort_by_key(|r| std::cmp::Reverse(r.count));
+    let mut report = IgnoredReport::from_counts(rules);
+    if list {
+        report.paths = Some(
+            ignored
+                .iter()
+                .map(|i| IgnoredPath {
+                    path: i.path.as_str().to_owned(),
+                    is_dir: i.is_dir,
+                    pattern: i.rule.pattern.clone(),
+                    source: i.rule.source.as_str().to_owned(),
+                })
+                .collect(),
+        );
+    }
+    report
 }
 
 /// The human-readable report.
@@ -527,6 +621,7 @@ pub fn render(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
             writeln!(out, "  {dir}: {}", zync_cli::visible::line(why))?;
         }
     }
+    render_ignored(s, out)?;
     let failing: Vec<(&str, &FailingPath)> = s
         .dirs
         .iter()
@@ -566,6 +661,47 @@ pub fn render(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
     }
     writeln!(out)?;
     writeln!(out, "{}", verdict(s))
+}
+
+/// Per directory, what E does not send and what R does not push, with the paths when they
+/// were asked for. Paths and rules are shown as they are, never as a terminal would draw them.
+fn render_ignored(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
+    use zync_cli::visible::line as visible;
+    writeln!(
+        out,
+        "\nignored (E does not send them; R does not push its own with --update-upstream):"
+    )?;
+    for dir in &s.dirs {
+        let sides = [
+            ("on E", dir.ignored_on_e.as_ref()),
+            ("on R", Some(&dir.ignored_on_r)),
+        ];
+        for (side, report) in sides {
+            let Some(report) = report else {
+                let why = if dir.state == DirState::NotServed {
+                    "not served"
+                } else if s.daemon.reachable {
+                    "not reported (the daemon is older than this client)"
+                } else {
+                    "unknown (the daemon could not be asked)"
+                };
+                writeln!(out, "  {} {side}: {why}", dir.name)?;
+                continue;
+            };
+            writeln!(out, "  {} {side}: {}", dir.name, visible(&report.summary()))?;
+            for p in report.paths.iter().flatten() {
+                writeln!(out, "      {}", visible(&p.line()))?;
+            }
+            if report.paths.is_some() && report.more > 0 {
+                writeln!(
+                    out,
+                    "      ... and {} more (`zync-apply status --ignored` on E lists them all)",
+                    report.more
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn verdict(s: &Status) -> String {
@@ -696,6 +832,8 @@ mod tests {
                 }],
                 conflict_copies: vec!["b.zync-conflict-20240101T000000.txt".into()],
                 unavailable: None,
+                ignored_on_e: reachable.then(IgnoredReport::default),
+                ignored_on_r: IgnoredReport::default(),
             }],
         }
     }
@@ -741,11 +879,90 @@ mod tests {
             "pending",
             "pending_more",
             "conflict_copies",
+            "ignored_on_e",
+            "ignored_on_r",
         ] {
             assert!(dir.get(key).is_some(), "{key} missing in {dir}");
         }
         for key in ["reachable", "error", "index_id", "version", "scanning"] {
             assert!(v["daemon"].get(key).is_some(), "{key} missing in {v}");
         }
+    }
+
+    fn ignored(path: &str, is_dir: bool, pattern: &str, source: &str) -> IgnoredPath {
+        IgnoredPath {
+            path: path.into(),
+            is_dir,
+            pattern: pattern.into(),
+            source: source.into(),
+        }
+    }
+
+    #[test]
+    fn ignored_paths_are_counted_by_rule_and_listed_visibly() {
+        let mut s = status(true, true);
+        let walked = [
+            ("node_modules", true, "node_modules/", "built-in"),
+            ("a/x.pyc", false, "*.pyc", "proj/.zyncignore"),
+            ("a/y.pyc", false, "*.pyc", "proj/.zyncignore"),
+        ]
+        .map(|(path, is_dir, pattern, source)| zync_fs::Ignored {
+            path: zync_fs::RelPath::parse(path).expect("path"),
+            is_dir,
+            rule: zync_fs::IgnoreRule {
+                pattern: pattern.into(),
+                source: if source == "built-in" {
+                    zync_fs::RuleSource::BuiltIn
+                } else {
+                    zync_fs::RuleSource::File(source.into())
+                },
+            },
+        });
+        s.dirs[0].ignored_on_r = ignored_report(&walked, false);
+        assert_eq!(
+            s.dirs[0].ignored_on_r.summary(),
+            "3 paths (rule `*.pyc` from proj/.zyncignore: 2, rule `node_modules/`: 1)"
+        );
+        assert!(
+            s.dirs[0].ignored_on_r.paths.is_none(),
+            "listed only when asked"
+        );
+        let mut on_e = IgnoredReport::from_counts(vec![IgnoredCount {
+            pattern: "build/".into(),
+            source: "built-in".into(),
+            count: 3,
+        }]);
+        on_e.paths = Some(vec![
+            ignored("build", true, "build/", "built-in"),
+            ignored("evil\u{1b}[2J", true, "build/", "built-in"),
+        ]);
+        on_e.more = 1;
+        s.dirs[0].ignored_on_e = Some(on_e);
+        let mut out = Vec::new();
+        render(&s, &mut out).expect("render");
+        let text = String::from_utf8(out).expect("utf-8");
+        for expected in [
+            "code on E: 3 paths (rule `build/`: 3)",
+            "code on R: 3 paths (rule `*.pyc` from proj/.zyncignore: 2, rule `node_modules/`: 1)",
+            "      build/  (rule `build/`)",
+            "      evil^[[2J/  (rule `build/`)",
+            "... and 1 more",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing in:\n{text}");
+        }
+        assert!(
+            !text.contains('\u{1b}'),
+            "an escape reached the terminal:\n{text}"
+        );
+        let listed = ignored_report(&walked, true);
+        assert_eq!(
+            listed.paths.as_deref().map(<[IgnoredPath]>::len),
+            Some(3),
+            "{listed:?}"
+        );
+        let v = serde_json::to_value(&s).expect("json");
+        assert_eq!(v["dirs"][0]["ignored_on_e"]["rules"][0]["count"], 3);
+        assert_eq!(v["dirs"][0]["ignored_on_e"]["more"], 1);
+        assert_eq!(v["dirs"][0]["ignored_on_r"]["total"], 3);
     }
 }

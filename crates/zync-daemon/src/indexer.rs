@@ -14,8 +14,8 @@ use zync_proto::Kind;
 use anyhow::Context;
 use rayon::prelude::*;
 use tokio::sync::watch;
-use zync_db::{EntryMeta, Index};
-use zync_fs::{IgnoreRules, RelPath, Stat, WatchEvent};
+use zync_db::{EntryMeta, IgnoredPath, Index};
+use zync_fs::{IgnoreRules, Ignored, RelPath, Stat, WatchEvent};
 
 use crate::own::OwnPaths;
 use crate::root::Root;
@@ -601,6 +601,12 @@ impl Indexer {
             tracing::warn!(dir = %name, "{error}; deletions below it are not recorded until it can be read");
         }
         let mut writer = self.index.writer()?;
+        // What the walk skipped, with its rules, for the status commands. A walk that could
+        // not read the root keeps what was known.
+        if !result.incomplete {
+            let ignored: Vec<IgnoredPath> = result.ignored.iter().map(ignored_row).collect();
+            writer.replace_ignored(&name, under.map(RelPath::as_str), &ignored)?;
+        }
         if moved && !gone.is_empty() {
             tracing::error!(
                 dir = %name,
@@ -704,8 +710,8 @@ impl Indexer {
             }
             Stat::Entry(meta) => meta,
         };
-        if root.rules.is_ignored(rel, meta.kind == Kind::Dir) {
-            return Ok(());
+        if let Some(ignored) = root.rules.ignored_by(rel, meta.kind == Kind::Dir) {
+            return self.note_ignored(&name, &ignored);
         }
         // A parent the index does not know yet (created and filled between two batches):
         // scan from the highest unknown ancestor.
@@ -737,16 +743,45 @@ impl Indexer {
         if old.as_ref().is_some_and(|o| o.meta.kind == Kind::Dir) {
             writer.tombstone_tree(&name, rel.as_str())?;
         }
+        // An ignored `build/` directory replaced by a file named `build` is no longer ignored.
+        writer.unignore(&name, rel.as_str())?;
         writer.upsert(&name, rel.as_str(), &new)?;
         writer.commit()?;
         Ok(())
     }
 
+    /// Records that a watch event's path is ignored: the path itself, or the ignored directory
+    /// it lies in (which counts once, whatever it holds). Writes only when that is news, so the
+    /// events of an `npm install` inside `node_modules` cost one read each.
+    fn note_ignored(&mut self, name: &str, ignored: &Ignored) -> anyhow::Result<()> {
+        let row = ignored_row(ignored);
+        if self.index.ignored_path(name, &row.path)?.as_ref() == Some(&row) {
+            return Ok(());
+        }
+        let mut writer = self.index.writer()?;
+        writer.set_ignored(name, &row)?;
+        writer.commit()?;
+        Ok(())
+    }
+
+    /// Records that `rel` and everything below it is gone: tombstones in the index, and no
+    /// longer counted as ignored.
     fn forget(&mut self, name: &str, rel: &RelPath) -> anyhow::Result<()> {
         let mut writer = self.index.writer()?;
         writer.tombstone_tree(name, rel.as_str())?;
+        writer.unignore_tree(name, rel.as_str())?;
         writer.commit()?;
         Ok(())
+    }
+}
+
+/// An ignored path as the index stores it.
+fn ignored_row(ignored: &Ignored) -> IgnoredPath {
+    IgnoredPath {
+        path: ignored.path.as_str().to_string(),
+        is_dir: ignored.is_dir,
+        pattern: ignored.rule.pattern.clone(),
+        source: ignored.rule.source.as_str().to_string(),
     }
 }
 
@@ -1165,6 +1200,83 @@ mod tests {
         std::fs::write(&ignored, "i").unwrap();
         ix.reconcile_paths(0, vec![ignored]).unwrap();
         assert!(live(&ix).is_empty(), "ignored files must not be indexed");
+    }
+
+    /// What the index says `code` ignores: (path, pattern, source), by path.
+    fn ignored(ix: &Indexer) -> Vec<(String, String, String)> {
+        ix.index
+            .ignored_paths("code", 1000)
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.path, p.pattern, p.source))
+            .collect()
+    }
+
+    fn ig(path: &str, pattern: &str, source: &str) -> (String, String, String) {
+        (path.into(), pattern.into(), source.into())
+    }
+
+    #[test]
+    fn what_is_ignored_is_recorded_by_scans_and_kept_current_by_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("node_modules/pkg")).unwrap();
+        for i in 0..50 {
+            std::fs::write(r.join(format!("node_modules/pkg/{i}.js")), "x").unwrap();
+        }
+        std::fs::write(r.join("build"), "#!/bin/sh\n").unwrap();
+        std::fs::create_dir_all(r.join("web/build")).unwrap();
+        std::fs::write(r.join("web/build/app.js"), "a").unwrap();
+        std::fs::write(r.join(".zyncignore"), "*.log\n").unwrap();
+        std::fs::write(r.join("web/a.log"), "l").unwrap();
+        let (mut ix, _rx) = indexer(r, &[]);
+        ix.scan_root(0, None).unwrap();
+        assert_eq!(
+            ignored(&ix),
+            [
+                ig("node_modules", "node_modules/", "built-in"),
+                ig("web/a.log", "*.log", ".zyncignore"),
+                ig("web/build", "build/", "built-in"),
+            ],
+            "an ignored directory is one path; a file named build is not ignored"
+        );
+        assert!(live(&ix).contains(&"build".to_string()));
+
+        // Events inside an ignored directory add nothing; a new ignored file is added.
+        std::fs::write(r.join("node_modules/pkg/new.js"), "n").unwrap();
+        std::fs::write(r.join("web/b.log"), "l").unwrap();
+        ix.reconcile_paths(
+            0,
+            vec![r.join("node_modules/pkg/new.js"), r.join("web/b.log")],
+        )
+        .unwrap();
+        assert_eq!(ignored(&ix).len(), 4, "{:?}", ignored(&ix));
+        assert!(ignored(&ix).contains(&ig("web/b.log", "*.log", ".zyncignore")));
+
+        // A deleted ignored directory is no longer counted.
+        std::fs::remove_dir_all(r.join("node_modules")).unwrap();
+        ix.reconcile_paths(0, vec![r.join("node_modules")]).unwrap();
+        ix.record_deferred(|_| true).unwrap();
+        assert!(!ignored(&ix).iter().any(|(p, _, _)| p == "node_modules"));
+
+        // An ignored directory replaced by a file of its name is synced, not ignored.
+        std::fs::remove_dir_all(r.join("web/build")).unwrap();
+        std::fs::write(r.join("web/build"), "script").unwrap();
+        ix.reconcile_paths(0, vec![r.join("web/build")]).unwrap();
+        assert!(live(&ix).contains(&"web/build".to_string()));
+        assert_eq!(
+            ignored(&ix),
+            [
+                ig("web/a.log", "*.log", ".zyncignore"),
+                ig("web/b.log", "*.log", ".zyncignore"),
+            ]
+        );
+
+        // A removed .zyncignore takes its rule's paths out: they are synced now.
+        std::fs::remove_file(r.join(".zyncignore")).unwrap();
+        ix.reconcile_paths(0, vec![r.join(".zyncignore")]).unwrap();
+        assert!(ignored(&ix).is_empty(), "{:?}", ignored(&ix));
+        assert!(live(&ix).contains(&"web/a.log".to_string()));
     }
 
     #[test]

@@ -89,6 +89,12 @@ impl Index {
             tx.execute("INSERT INTO roots (dir, path) VALUES (?1, ?2)", (dir, path))
                 .with_ctx(|| format!("storing the root {dir} = {path}"))?;
         }
+        // What a directory no longer served ignored is nobody's business any more.
+        tx.execute(
+            "DELETE FROM ignored WHERE dir NOT IN (SELECT dir FROM roots)",
+            [],
+        )
+        .ctx("forgetting what directories no longer served ignored")?;
         tx.commit().ctx("committing the new roots")
     }
 

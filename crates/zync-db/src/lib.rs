@@ -13,6 +13,7 @@ mod clients;
 mod conflict;
 mod conn;
 mod error;
+mod ignored;
 mod index;
 mod migrate;
 mod retire;
@@ -29,6 +30,7 @@ pub use error::{DbError, Result};
 pub use changes::{Entry, EntryMeta, ScanRow};
 pub use clients::{Ack, ClientRecord};
 pub use conflict::{is_conflict, OnE};
+pub use ignored::{IgnoredCount, IgnoredPath};
 pub use index::Index;
 pub use migrate::{CLIENT_SCHEMA_VERSION, INDEX_SCHEMA_VERSION};
 pub use retire::{

@@ -182,6 +182,17 @@ pub(crate) const INDEX: Schema = Schema {
         // 6: the directories zync-apply created on E for a file (its missing parents), so
         // that undo can remove them again (sessions.rs `created_dirs`). NULL: none.
         "ALTER TABLE upstream_files ADD COLUMN created_dirs TEXT;",
+        // 7: the paths each served directory ignores, with the rule that ignores each
+        // (ignored.rs), for the status commands. An ignored directory is one row, never a
+        // row per path it holds; a scan replaces a directory's (or subtree's) rows.
+        "CREATE TABLE ignored (
+             dir TEXT NOT NULL,
+             path TEXT NOT NULL,
+             is_dir INTEGER NOT NULL CHECK (is_dir IN (0, 1)),
+             pattern TEXT NOT NULL,
+             source TEXT NOT NULL,
+             PRIMARY KEY (dir, path)
+         ) WITHOUT ROWID;",
     ],
 };
 

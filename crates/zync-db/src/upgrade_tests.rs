@@ -8,7 +8,8 @@ use crate::sessions::fixtures::*;
 use crate::sessions::FILE_COLUMNS;
 use crate::sql::u64_to_sql;
 use crate::{
-    DbError, EntryMeta, FileState, Index, SessionStatus, StagedFile, INDEX_SCHEMA_VERSION,
+    DbError, EntryMeta, FileState, IgnoredPath, Index, SessionStatus, StagedFile,
+    INDEX_SCHEMA_VERSION,
 };
 
 #[test]
@@ -53,9 +54,10 @@ fn a_version_1_index_upgrades_in_place() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(version, INDEX_SCHEMA_VERSION);
-    assert_eq!(INDEX_SCHEMA_VERSION, 6);
+    assert_eq!(INDEX_SCHEMA_VERSION, 7);
     for (kind, name) in [
         ("table", "clients"),
+        ("table", "ignored"),
         ("table", "upstream_sessions"),
         ("table", "upstream_files"),
         ("index", "upstream_files_session"),
@@ -384,7 +386,7 @@ fn a_version_4_index_upgrades_in_place_and_learns_the_directories_apply_created(
         .conn()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
-    assert_eq!(version, 6);
+    assert_eq!(version, INDEX_SCHEMA_VERSION);
     assert_eq!(
         index.staged_files("s1").expect("files"),
         [waiting.clone(), applied.clone()],
@@ -411,4 +413,66 @@ fn a_version_4_index_upgrades_in_place_and_learns_the_directories_apply_created(
         .created_dirs("s1", "docs", "b.txt")
         .expect("read")
         .is_empty());
+}
+
+#[test]
+fn a_version_6_index_upgrades_in_place_and_learns_what_each_dir_ignores() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("index.db");
+    let v6 = Schema {
+        steps: &INDEX.steps[..6],
+        ..INDEX
+    };
+    let id = {
+        let mut conn = rusqlite::Connection::open(&path).expect("open");
+        migrate::migrate(&mut conn, &v6, &path).expect("v6");
+        let id = migrate::database_id(&conn, "index_id").expect("id");
+        conn.execute(
+            "INSERT INTO entries (dir, path, kind, size, mtime_ns, mode, inode, sha256, seq)
+             VALUES ('code', 'build', 'file', 3, 4, 493, 5, ?1, 1)",
+            [&"cd".repeat(32)],
+        )
+        .expect("entry");
+        conn.execute("UPDATE counter SET last_seq = 1", [])
+            .expect("counter");
+        conn.execute(
+            "INSERT INTO roots (dir, path) VALUES ('code', '/srv/code')",
+            [],
+        )
+        .expect("root");
+        let err = conn
+            .execute("SELECT count(*) FROM ignored", [])
+            .expect_err("version 6 has no ignored table");
+        assert!(err.to_string().contains("ignored"), "{err}");
+        id
+    };
+
+    let mut index = Index::open(&path).expect("upgrade");
+    let version: i64 = index
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, INDEX_SCHEMA_VERSION);
+    assert_eq!(index.index_id(), id, "the index id survives");
+    assert_eq!(index.last_seq().expect("last_seq"), 1);
+    assert!(index.get("code", "build").expect("get").is_some());
+    assert_eq!(
+        index.roots().expect("roots"),
+        [("code".to_string(), "/srv/code".to_string())]
+    );
+    // Nothing is known to be ignored until the daemon's next scan says so.
+    assert!(index.ignored_counts("code").expect("counts").is_empty());
+    let dist = IgnoredPath {
+        path: "dist".into(),
+        is_dir: true,
+        pattern: "dist/".into(),
+        source: "built-in".into(),
+    };
+    let mut w = index.writer().expect("writer");
+    w.replace_ignored("code", None, std::slice::from_ref(&dist))
+        .expect("record");
+    w.commit().expect("commit");
+    drop(index);
+    let reopened = Index::open_read_only(&path).expect("read-only, as zync-apply status");
+    assert_eq!(reopened.ignored_paths("code", 10).expect("list"), [dist]);
 }

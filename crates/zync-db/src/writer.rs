@@ -13,7 +13,7 @@ use crate::Index;
 /// everything, sequence numbers included.
 #[derive(Debug)]
 pub struct IndexWriter<'a> {
-    tx: Transaction<'a>,
+    pub(crate) tx: Transaction<'a>,
 }
 
 impl Index {

@@ -52,6 +52,68 @@ pub fn control_reason(rel: &RelPath) -> Option<&'static str> {
     None
 }
 
+/// One rule that ignores paths: its pattern as written and where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IgnoreRule {
+    /// The pattern as written (`build/`, `*.pyc`, `.zync-tmp-*`).
+    pub pattern: String,
+    /// Where the pattern comes from.
+    pub source: RuleSource,
+}
+
+/// Where an ignore rule comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RuleSource {
+    /// The built-in list ([`DEFAULT_IGNORES`]).
+    BuiltIn,
+    /// An `--ignore` pattern (or `ignore` in the config file).
+    Flag,
+    /// A `.zyncignore` file: its path below the root (`.zyncignore`, `sub/.zyncignore`).
+    File(String),
+    /// zync's own temp files ([`TEMP_PREFIX`]), ignored always.
+    Zync,
+}
+
+impl RuleSource {
+    /// A short name, as stored in the daemon's database and sent on the wire: `built-in`,
+    /// `--ignore`, `zync`, or the `.zyncignore` file's path below the root.
+    pub fn as_str(&self) -> &str {
+        match self {
+            RuleSource::BuiltIn => zync_proto::BUILT_IN,
+            RuleSource::Flag => "--ignore",
+            RuleSource::File(path) => path,
+            RuleSource::Zync => "zync",
+        }
+    }
+}
+
+impl IgnoreRule {
+    /// The rule in a sentence, for a refusal or a log line.
+    fn sentence(&self) -> String {
+        let pattern = &self.pattern;
+        match &self.source {
+            RuleSource::BuiltIn => format!("pattern `{pattern}` in the built-in ignore list"),
+            RuleSource::Flag => format!("pattern `{pattern}` from --ignore"),
+            RuleSource::File(file) => format!("pattern `{pattern}` in {file}"),
+            RuleSource::Zync => {
+                let prefix = pattern.trim_end_matches('*');
+                format!("the name has zync's temp-file prefix {prefix}")
+            }
+        }
+    }
+}
+
+/// A path that is ignored, with the rule that ignores it (see [`IgnoreRules::ignored_by`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ignored {
+    /// The ignored path: for an ignored directory the directory itself, never what it holds.
+    pub path: RelPath,
+    /// Whether it is a directory.
+    pub is_dir: bool,
+    /// The rule.
+    pub rule: IgnoreRule,
+}
+
 /// Why ignore rules could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum IgnoreError {
@@ -154,27 +216,52 @@ impl IgnoreRules {
     /// naming the ancestor it matched when that is not `rel` itself; `None` when `rel` is not
     /// ignored. The same decision as [`IgnoreRules::is_ignored`].
     pub fn ignoring_rule(&self, rel: &RelPath, is_dir: bool) -> Option<String> {
-        if let Some(part) = rel.as_str().split('/').find(|c| c.starts_with(TEMP_PREFIX)) {
-            return Some(format!("{part} has zync's temp-file prefix {TEMP_PREFIX}"));
-        }
+        let found = self.ignored_by(rel, is_dir)?;
+        let rule = found.rule.sentence();
+        Some(if found.path == *rel {
+            rule
+        } else {
+            format!("{rule}, which matches its directory {}", found.path)
+        })
+    }
+
+    /// Which path ignores `rel` and by which rule: `rel` itself, or its highest ignored
+    /// ancestor (everything below an ignored directory is ignored with it, and is never
+    /// counted apart: a `node_modules` is one ignored path however many files it holds).
+    /// `None` when `rel` is not ignored. The same decision as [`IgnoreRules::is_ignored`].
+    pub fn ignored_by(&self, rel: &RelPath, is_dir: bool) -> Option<Ignored> {
         // As in git, nothing below an ignored directory can be re-included, so check each
         // ancestor (as a directory) from the top before the path itself.
         let s = rel.as_str();
         let ends = s.match_indices('/').map(|(i, _)| (i, true));
         ends.chain(std::iter::once((s.len(), is_dir)))
             .find_map(|(end, dir)| {
-                let rule = self.ignored_here(&s[..end], dir)?;
-                Some(if end == s.len() {
-                    rule
+                let here = &s[..end];
+                let name = here.rsplit('/').next().unwrap_or(here);
+                let rule = if name.starts_with(TEMP_PREFIX) {
+                    IgnoreRule {
+                        pattern: format!("{TEMP_PREFIX}*"),
+                        source: RuleSource::Zync,
+                    }
                 } else {
-                    format!("{rule}, which matches its directory {}", &s[..end])
+                    self.ignored_here(here, dir)?
+                };
+                let path = if end == s.len() {
+                    rel.clone()
+                } else {
+                    RelPath::parse(here).ok()?
+                };
+                Some(Ignored {
+                    path,
+                    is_dir: dir,
+                    rule,
                 })
             })
     }
 
     /// The rule that ignores `path` itself (not its ancestors), if one does: the deepest
     /// matcher with an opinion decides.
-    fn ignored_here(&self, path: &str, is_dir: bool) -> Option<String> {
+    fn ignored_here(&self, path: &str, is_dir: bool) -> Option<IgnoreRule> {
         // Directories that may hold a .zyncignore applying to `path`: its proper ancestors and
         // the root, deepest first.
         let mut dir_ends: Vec<usize> = path.match_indices('/').map(|(i, _)| i).collect();
@@ -193,18 +280,24 @@ impl IgnoreRules {
                     } else {
                         format!("{dir}/{IGNORE_FILE}")
                     };
-                    return Some(format!("pattern `{}` in {file}", glob.original()));
+                    return Some(IgnoreRule {
+                        pattern: glob.original().to_string(),
+                        source: RuleSource::File(file),
+                    });
                 }
                 Match::Whitelist(_) => return None,
                 Match::None => {}
             }
         }
         match self.inner.global.matched(path, is_dir) {
-            Match::Ignore(glob) if DEFAULT_IGNORES.contains(&glob.original()) => Some(format!(
-                "pattern `{}` in the built-in ignore list",
-                glob.original()
-            )),
-            Match::Ignore(glob) => Some(format!("pattern `{}` from --ignore", glob.original())),
+            Match::Ignore(glob) => Some(IgnoreRule {
+                pattern: glob.original().to_string(),
+                source: if DEFAULT_IGNORES.contains(&glob.original()) {
+                    RuleSource::BuiltIn
+                } else {
+                    RuleSource::Flag
+                },
+            }),
             _ => None,
         }
     }
@@ -440,6 +533,55 @@ mod tests {
         );
         assert!(rule("x/.zync-tmp-1").is_some_and(|r| r.contains(TEMP_PREFIX)));
         assert_eq!(rule("a.txt"), None);
+    }
+
+    #[test]
+    fn ignored_by_names_the_highest_ignored_path_and_where_its_rule_comes_from() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        fs::create_dir_all(root.join("proj")).expect("mkdir");
+        fs::write(root.join("proj").join(IGNORE_FILE), "*.tmp\n").expect("write");
+        let rules = IgnoreRules::new(root, &["*.log".to_string()], true).expect("rules");
+        let by = |p: &str, is_dir: bool| {
+            rules.ignored_by(&rel(p), is_dir).map(|i| {
+                (
+                    i.path.as_str().to_string(),
+                    i.is_dir,
+                    i.rule.pattern,
+                    i.rule.source.as_str().to_string(),
+                )
+            })
+        };
+        let want = |p: &str, d: bool, pat: &str, src: &str| {
+            Some((p.to_string(), d, pat.to_string(), src.to_string()))
+        };
+        assert_eq!(
+            by("node_modules/a/b.js", false),
+            want("node_modules", true, "node_modules/", "built-in")
+        );
+        assert_eq!(
+            by("x/build", true),
+            want("x/build", true, "build/", "built-in")
+        );
+        assert_eq!(by("x/build", false), None, "a file named build");
+        assert_eq!(
+            by("a.log", false),
+            want("a.log", false, "*.log", "--ignore")
+        );
+        assert_eq!(
+            by("proj/x.tmp", false),
+            want("proj/x.tmp", false, "*.tmp", "proj/.zyncignore")
+        );
+        assert_eq!(
+            by("build/.zync-tmp-1", false),
+            want("build", true, "build/", "built-in"),
+            "the highest ignored path wins"
+        );
+        assert_eq!(
+            by("d/.zync-tmp-1/x", false),
+            want("d/.zync-tmp-1", true, ".zync-tmp-*", "zync")
+        );
+        assert_eq!(by("proj/main.rs", false), None);
     }
 
     #[test]

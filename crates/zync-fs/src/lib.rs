@@ -34,7 +34,8 @@ pub use crate::conflict::{conflict_name, free_conflict_name, is_conflict_copy, C
 pub use crate::delta::DeltaError;
 pub use crate::hash::{hash_bytes, hash_file, is_sha256_hex, Hasher};
 pub use crate::ignore::{
-    control_reason, IgnoreError, IgnoreRules, DEFAULT_IGNORES, IGNORE_FILE, TEMP_PREFIX,
+    control_reason, IgnoreError, IgnoreRule, IgnoreRules, Ignored, RuleSource, DEFAULT_IGNORES,
+    IGNORE_FILE, TEMP_PREFIX,
 };
 pub use crate::lock::{try_lock, LockFile, Locked};
 pub use crate::meta::{lstat, Meta, Stat};

@@ -8,7 +8,7 @@
 //! path lookups and the generic walker's bookkeeping were most of the scan. The
 //! result does not depend on the number of threads.
 
-use crate::ignore::IgnoreRules;
+use crate::ignore::{IgnoreRules, Ignored};
 use crate::meta::{is_missing, lstat, Meta, Stat};
 use crate::path::RelPath;
 use rayon::prelude::*;
@@ -39,6 +39,9 @@ pub struct ScanResult {
     /// True when an error could not be tied to a path below the root: nothing missing from
     /// `entries` can then be taken as deleted.
     pub incomplete: bool,
+    /// The paths the walk skipped because a rule ignores them, sorted by path, each with its
+    /// rule. An ignored directory is one path: the walk never enters it.
+    pub ignored: Vec<Ignored>,
 }
 
 impl ScanResult {
@@ -63,7 +66,8 @@ impl ScanResult {
 }
 
 /// Walks `root` (or only the subtree `under`, which is itself included when it exists) without
-/// following symlinks. Skips ignored paths and everything beneath an ignored directory, non-UTF-8
+/// following symlinks. Skips ignored paths (listed in [`ScanResult::ignored`]) and everything
+/// beneath an ignored directory (not listed), non-UTF-8
 /// names (logged as a warning), unsupported file types (logged at debug) and entries that vanish
 /// mid-walk. Never includes `root` itself. Parents come before their children; siblings are
 /// sorted by name. An unreadable directory is reported in [`ScanResult::errors`], not fatal.
@@ -78,6 +82,8 @@ pub fn scan(root: &Path, rules: &IgnoreRules, under: Option<&RelPath>) -> ScanRe
     };
     let listing = list_tree(rules, &start, under);
     result.entries.extend(listing.entries);
+    result.ignored.extend(listing.ignored);
+    result.ignored.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     for (at, message) in listing.problems {
         result.record(at, message);
     }
@@ -120,7 +126,11 @@ fn start_under(
         }
     };
     let is_dir = meta.kind == Kind::Dir;
-    if rules.is_ignored(under, is_dir) {
+    if let Some(ignored) = rules.ignored_by(under, is_dir) {
+        // Ignored with an ancestor: that ancestor is the ignored path, not this one.
+        if ignored.path == *under {
+            result.ignored.push(ignored);
+        }
         return None;
     }
     result.entries.push(ScanEntry {
@@ -139,6 +149,7 @@ type Problem = (Option<RelPath>, String);
 struct Listing {
     entries: Vec<ScanEntry>,
     problems: Vec<Problem>,
+    ignored: Vec<Ignored>,
 }
 
 /// One listed directory: its children sorted by name, and for each child that is a directory,
@@ -155,23 +166,26 @@ struct Listed {
 /// no risk to the threads' stacks.
 fn list_tree(rules: &IgnoreRules, dir: &Path, rel: Option<&RelPath>) -> Listing {
     let mut problems = Vec::new();
+    let mut ignored = Vec::new();
     let mut listed: Vec<Listed> = vec![Listed::default()];
     // The directories of the current depth: (path, path below the root, slot in `listed`).
     let mut frontier: Vec<(PathBuf, Option<RelPath>, usize)> =
         vec![(dir.to_path_buf(), rel.cloned(), 0)];
     let mut total = 0usize;
     while !frontier.is_empty() {
-        let lists: Vec<(Vec<ScanEntry>, Vec<Problem>)> = frontier
+        let lists: Vec<(Vec<ScanEntry>, Vec<Problem>, Vec<Ignored>)> = frontier
             .par_iter()
             .map(|(path, rel, _)| {
                 let mut problems = Vec::new();
-                let children = list_dir(rules, path, rel.as_ref(), &mut problems);
-                (children, problems)
+                let mut skipped = Vec::new();
+                let children = list_dir(rules, path, rel.as_ref(), &mut problems, &mut skipped);
+                (children, problems, skipped)
             })
             .collect();
         let mut next = Vec::new();
-        for ((path, _, slot), (children, found)) in frontier.into_iter().zip(lists) {
+        for ((path, _, slot), (children, found, skipped)) in frontier.into_iter().zip(lists) {
             problems.extend(found);
+            ignored.extend(skipped);
             total += children.len();
             let mut subdirs = Vec::new();
             for child in children.iter().filter(|c| c.meta.kind == Kind::Dir) {
@@ -208,15 +222,21 @@ fn list_tree(rules: &IgnoreRules, dir: &Path, rel: Option<&RelPath>) -> Listing 
             stack.push(take(&mut listed, sub));
         }
     }
-    Listing { entries, problems }
+    Listing {
+        entries,
+        problems,
+        ignored,
+    }
 }
 
-/// The entries directly in `dir` that zync syncs and does not ignore, sorted by name.
+/// The entries directly in `dir` that zync syncs and does not ignore, sorted by name; the
+/// ignored ones go to `ignored`.
 fn list_dir(
     rules: &IgnoreRules,
     dir: &Path,
     rel: Option<&RelPath>,
     problems: &mut Vec<Problem>,
+    ignored: &mut Vec<Ignored>,
 ) -> Vec<ScanEntry> {
     let read = match std::fs::read_dir(dir) {
         Ok(read) => read,
@@ -255,7 +275,8 @@ fn list_dir(
         // The type from the directory listing (no stat): enough for the ignore rules, and an
         // ignored entry is never stat'ed.
         let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        if rules.is_ignored(&child, is_dir) {
+        if let Some(skipped) = rules.ignored_by(&child, is_dir) {
+            ignored.push(skipped);
             continue;
         }
         match stat_entry(&entry) {
@@ -332,6 +353,61 @@ mod tests {
         let c = &result.entries[2];
         assert_eq!((c.meta.kind, c.meta.size), (Kind::File, 9));
         assert_eq!(result.entries[0].meta.kind, Kind::Dir);
+    }
+
+    #[test]
+    fn ignored_paths_are_listed_once_with_their_rule_and_never_entered() {
+        let tmp = tree();
+        let r = tmp.path();
+        fs::write(r.join("build"), "#!/bin/sh\n").expect("a build script, not a directory");
+        fs::create_dir_all(r.join("a/build/deep")).expect("mkdir");
+        fs::write(r.join("a/build/deep/o.o"), "o").expect("write");
+        fs::write(r.join("a").join(crate::IGNORE_FILE), "*.txt\n").expect("write");
+        let rules = IgnoreRules::new(r, &["logs/".to_string()], true).expect("rules");
+        let result = scan(r, &rules, None);
+        let ignored: Vec<(&str, bool, &str, &str)> = result
+            .ignored
+            .iter()
+            .map(|i| {
+                (
+                    i.path.as_str(),
+                    i.is_dir,
+                    i.rule.pattern.as_str(),
+                    i.rule.source.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ignored,
+            vec![
+                (".zync-tmp-123", false, ".zync-tmp-*", "zync"),
+                ("a/b/c.txt", false, "*.txt", "a/.zyncignore"),
+                ("a/build", true, "build/", "built-in"),
+                ("a/one.txt", false, "*.txt", "a/.zyncignore"),
+                ("logs", true, "logs/", "--ignore"),
+                ("node_modules", true, "node_modules/", "built-in"),
+                ("top.pyc", false, "*.pyc", "built-in"),
+            ]
+        );
+        assert!(
+            paths(&result).contains(&"build"),
+            "a file named build is synced: {:?}",
+            paths(&result)
+        );
+        // A subtree scan lists what it skips below it, and `under` itself when ignored.
+        let a = RelPath::parse("a").expect("rel");
+        let sub = scan(r, &rules, Some(&a));
+        let below: Vec<&str> = sub.ignored.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(below, vec!["a/b/c.txt", "a/build", "a/one.txt"]);
+        let nm = RelPath::parse("node_modules").expect("rel");
+        let itself = scan(r, &rules, Some(&nm));
+        assert_eq!(itself.ignored.len(), 1);
+        assert_eq!(itself.ignored[0].path, nm);
+        let inside = RelPath::parse("node_modules/x").expect("rel");
+        assert!(
+            scan(r, &rules, Some(&inside)).ignored.is_empty(),
+            "below an ignored directory nothing is listed apart"
+        );
     }
 
     #[test]

@@ -8,12 +8,16 @@
 
 mod auth;
 mod chunk;
+mod ignored;
 mod kind;
 mod message;
 mod request;
 
 pub use auth::{proof, verify, Nonce, Role, NONCE_LEN, PROOF_LEN};
 pub use chunk::{chunk_frame, decode_chunk, encode_chunk, ChunkError};
+pub use ignored::{
+    rule_label, IgnoredCount, IgnoredPath, IgnoredReport, BUILT_IN, MAX_IGNORED_LISTED,
+};
 pub use kind::Kind;
 pub use message::{
     AckReply, Challenge, Change, ChangesReply, DeltaHeader, ErrorCode, ErrorResponse, Event,

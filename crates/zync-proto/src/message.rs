@@ -238,6 +238,11 @@ pub struct LastSequence {
     /// daemons and when every directory is available.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unavailable: BTreeMap<String, String>,
+    /// What each served directory ignores (every one, when the request asked with
+    /// `ignored`): counts by rule, and the paths when asked. Absent when not asked for, and
+    /// from older daemons.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ignored: BTreeMap<String, crate::IgnoredReport>,
 }
 
 /// One entry of the daemon's index: the current state of a path, or its tombstone.
@@ -517,6 +522,7 @@ mod tests {
                 dirs: BTreeMap::from([("a".to_string(), 9)]),
                 scanning: false,
                 unavailable: BTreeMap::new(),
+                ignored: BTreeMap::new(),
             }),
         }));
         round_trip(ServerMessage::Ok(OkResponse {
@@ -526,6 +532,24 @@ mod tests {
                 dirs: BTreeMap::from([("a".to_string(), 9)]),
                 scanning: false,
                 unavailable: BTreeMap::from([("a".to_string(), "gone".to_string())]),
+                ignored: BTreeMap::from([(
+                    "a".to_string(),
+                    crate::IgnoredReport {
+                        total: 2,
+                        rules: vec![crate::IgnoredCount {
+                            pattern: "build/".into(),
+                            source: "built-in".into(),
+                            count: 2,
+                        }],
+                        paths: Some(vec![crate::IgnoredPath {
+                            path: "build".into(),
+                            is_dir: true,
+                            pattern: "build/".into(),
+                            source: "built-in".into(),
+                        }]),
+                        more: 1,
+                    },
+                )]),
             }),
         }));
         round_trip(ServerMessage::Ok(OkResponse {

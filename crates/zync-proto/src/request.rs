@@ -26,7 +26,13 @@ pub enum Op {
     /// Liveness check.
     Ping {},
     /// The daemon's current sequence numbers and whether its scan is running.
-    GetLastSequence {},
+    GetLastSequence {
+        /// Also report what each directory ignores: counts by rule, and its first `ignored`
+        /// paths (at most [`crate::MAX_IGNORED_LISTED`]; 0: counts only). Absent: nothing
+        /// about ignored paths (older daemons never report it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ignored: Option<u32>,
+    },
     /// The daemon's sequence numbers once its index holds every change made on E before the
     /// request (a barrier: `zync-client --wait`).
     Flush {},
@@ -69,7 +75,7 @@ impl Op {
             Op::Hello(_) => "HELLO",
             Op::Auth(_) => "AUTH",
             Op::Ping {} => "PING",
-            Op::GetLastSequence {} => "GET_LAST_SEQUENCE",
+            Op::GetLastSequence { .. } => "GET_LAST_SEQUENCE",
             Op::Flush {} => "FLUSH",
             Op::GetChanges(_) => "GET_CHANGES",
             Op::GetFile(_) => "GET_FILE",
@@ -407,7 +413,9 @@ mod tests {
         let r = Request::parse(r#"{"id":2,"operation":"PING"}"#).unwrap();
         assert_eq!(r.op, Op::Ping {});
         let r = Request::parse(r#"{"operation":"GET_LAST_SEQUENCE","id":3}"#).unwrap();
-        assert_eq!(r.op, Op::GetLastSequence {});
+        assert_eq!(r.op, Op::GetLastSequence { ignored: None });
+        let r = Request::parse(r#"{"operation":"GET_LAST_SEQUENCE","id":4,"ignored":10}"#).unwrap();
+        assert_eq!(r.op, Op::GetLastSequence { ignored: Some(10) });
     }
 
     #[test]
@@ -425,7 +433,8 @@ mod tests {
                 client_proof: Some("cd".repeat(32)),
             }),
             Op::Ping {},
-            Op::GetLastSequence {},
+            Op::GetLastSequence { ignored: None },
+            Op::GetLastSequence { ignored: Some(0) },
             Op::GetChanges(GetChanges {
                 dir: "d".into(),
                 since: 9,

@@ -37,5 +37,5 @@ pub(crate) async fn apply(cx: &mut Context) -> Result<Reply, Refusal> {
             ))
         }
     }
-    Ok(Reply::Flush(super::status::sequences(cx).await?))
+    Ok(Reply::Flush(super::status::sequences(cx, None).await?))
 }

@@ -29,8 +29,8 @@ use crate::refusal::Refusal;
 pub(crate) enum Operation {
     /// PING.
     Ping,
-    /// GET_LAST_SEQUENCE.
-    Status,
+    /// GET_LAST_SEQUENCE (with how many ignored paths to list, when asked).
+    Status(Option<u32>),
     /// FLUSH.
     Flush,
     /// GET_CHANGES.
@@ -83,7 +83,7 @@ impl Operation {
                 })
             }
             Op::Ping {} => Operation::Ping,
-            Op::GetLastSequence {} => Operation::Status,
+            Op::GetLastSequence { ignored } => Operation::Status(ignored),
             Op::Flush {} => Operation::Flush,
             Op::GetChanges(get) => Operation::Changes(get),
             Op::AckChanges(ack) => Operation::Ack(ack),
@@ -101,7 +101,7 @@ impl Operation {
     pub(crate) async fn apply(self, id: u64, cx: &mut Context, link: &mut Link) -> bool {
         let answer = match self {
             Operation::Ping => Ok(ping::apply()),
-            Operation::Status => status::apply(cx).await,
+            Operation::Status(ignored) => status::apply(cx, ignored).await,
             Operation::Flush => flush::apply(cx).await,
             Operation::Changes(get) => changes::apply(cx, get).await,
             Operation::Ack(ack) => ack::apply(cx, ack).await,
@@ -148,7 +148,7 @@ mod tests {
                 matches!(o, Operation::Ping)
             }),
             (r#"{"id":2,"operation":"GET_LAST_SEQUENCE"}"#, |o| {
-                matches!(o, Operation::Status)
+                matches!(o, Operation::Status(None))
             }),
             (r#"{"id":2,"operation":"FLUSH"}"#, |o| {
                 matches!(o, Operation::Flush)
