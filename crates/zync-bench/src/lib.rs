@@ -1,6 +1,7 @@
 //! zync-bench: zync against rsync on the same generated data, in the same run, with ratios.
 //! Not a test: it asserts nothing about timings; it prints one table of medians.
 
+pub mod meter;
 pub mod process;
 pub mod proxy;
 pub mod report;
