@@ -1,6 +1,7 @@
 //! zync-bench: zync against rsync on the same generated data, in the same run, with ratios.
 //! Not a test: it asserts nothing about timings; it prints one table of medians.
 
+pub mod meter;
 pub mod process;
 pub mod proxy;
 pub mod report;
@@ -67,7 +68,8 @@ pub fn run(opts: &Options) -> Result<String> {
         }
     }
     Ok(format!(
-        "zync vs rsync ({}; {} run(s) each; proxy delay {} ms each way)\n\n{}",
+        "zync vs rsync ({}; {} run(s) each; proxy delay {} ms each way)\n\n{}\n\
+         CPU time, peak memory and bytes from R to E (medians; per timed run, each side of each tool)\n\n{}",
         if opts.quick {
             "quick sizes"
         } else {
@@ -75,6 +77,7 @@ pub fn run(opts: &Options) -> Result<String> {
         },
         opts.runs,
         opts.latency_ms,
-        report::format_table(&rows)
+        report::format_table(&rows),
+        report::format_costs(&rows)
     ))
 }

@@ -237,7 +237,7 @@ fn status_kib(status: &str, field: &str) -> Option<u64> {
 }
 
 /// The largest VmHWM (KiB) of `pid` and its descendants down to `depth` levels; 0 when gone.
-fn hwm_tree(pid: u32, depth: u32) -> u64 {
+pub(crate) fn hwm_tree(pid: u32, depth: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let own = status_kib(&status, "VmHWM:").unwrap_or(0);
     if depth == 0 {

@@ -1,5 +1,6 @@
 //! A TCP proxy the benchmark puts between client and server, for both tools: it counts the
-//! bytes on the wire (both directions) and can add a fixed delay each way, standing for a tunnel.
+//! bytes on the wire (each direction on its own) and can add a fixed delay each way, standing for
+//! a tunnel.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -13,8 +14,25 @@ use anyhow::Result;
 pub struct Proxy {
     /// The port clients connect to.
     pub port: u16,
-    bytes: Arc<AtomicU64>,
+    /// Bytes from the client to the server (R to E), and from the server to the client.
+    bytes: [Arc<AtomicU64>; 2],
     stop: Arc<AtomicBool>,
+}
+
+/// Bytes forwarded each way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// From the client to the server: requests, and for a delta its signature.
+    pub up: u64,
+    /// From the server to the client: listings and file data.
+    pub down: u64,
+}
+
+impl Traffic {
+    /// Both directions together.
+    pub fn total(self) -> u64 {
+        self.up + self.down
+    }
 }
 
 impl Proxy {
@@ -26,9 +44,9 @@ impl Proxy {
     pub fn start(target: SocketAddr, delay: Duration) -> Result<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
-        let bytes = Arc::new(AtomicU64::new(0));
+        let bytes = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
         let stop = Arc::new(AtomicBool::new(false));
-        let (b, s) = (Arc::clone(&bytes), Arc::clone(&stop));
+        let (b, s) = (bytes.clone(), Arc::clone(&stop));
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::Relaxed) {
@@ -42,16 +60,19 @@ impl Proxy {
                 let (Ok(d2), Ok(u2)) = (down.try_clone(), up.try_clone()) else {
                     continue;
                 };
-                pump(down, up, delay, Arc::clone(&b));
-                pump(u2, d2, delay, Arc::clone(&b));
+                pump(down, up, delay, Arc::clone(&b[0]));
+                pump(u2, d2, delay, Arc::clone(&b[1]));
             }
         });
         Ok(Proxy { port, bytes, stop })
     }
 
-    /// The bytes forwarded since the last call, both directions together.
-    pub fn take_bytes(&self) -> u64 {
-        self.bytes.swap(0, Ordering::Relaxed)
+    /// The bytes forwarded since the last call, each way.
+    pub fn take_bytes(&self) -> Traffic {
+        Traffic {
+            up: self.bytes[0].swap(0, Ordering::Relaxed),
+            down: self.bytes[1].swap(0, Ordering::Relaxed),
+        }
     }
 }
 
@@ -117,4 +138,33 @@ fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration, bytes: Arc<Atom
         }
         let _ = to.shutdown(Shutdown::Write);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_counted_each_way() {
+        // A server that reads 3 bytes and answers with 10.
+        let server = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let target = server.local_addr().expect("address");
+        let serve = std::thread::spawn(move || {
+            let (mut conn, _) = server.accept().expect("accept");
+            let mut asked = [0u8; 3];
+            conn.read_exact(&mut asked).expect("read");
+            conn.write_all(&[7u8; 10]).expect("write");
+        });
+        let proxy = Proxy::start(target, Duration::ZERO).expect("proxy");
+        let mut client = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+        client.write_all(b"abc").expect("write");
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).expect("read");
+        serve.join().expect("server");
+        assert_eq!(answer, [7u8; 10]);
+        let counted = proxy.take_bytes();
+        assert_eq!(counted, Traffic { up: 3, down: 10 });
+        assert_eq!(counted.total(), 13);
+        assert_eq!(proxy.take_bytes(), Traffic::default());
+    }
 }

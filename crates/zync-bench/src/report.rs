@@ -1,4 +1,5 @@
-//! The one table the benchmark prints: a row per scenario, medians, ratio, memory and bytes.
+//! The two tables the benchmark prints, a row per scenario, medians over the runs: times,
+//! ratios and bytes on the wire; then CPU time, peak memory and bytes from R to E per process.
 
 use std::time::Duration;
 
@@ -21,8 +22,16 @@ pub struct Row {
     pub zync_rss: (Option<u64>, Option<u64>),
     /// Peak RSS in KiB of the rsync daemon (with its forks) and the rsync client (with its forks).
     pub rsync_rss: (Option<u64>, Option<u64>),
+    /// CPU time (user + system) of zync's daemon and client.
+    pub zync_cpu: (Option<Duration>, Option<Duration>),
+    /// CPU time of rsync's daemon side (the daemon and the sender it forks) and client side
+    /// (the generator and the receiver it forks).
+    pub rsync_cpu: (Option<Duration>, Option<Duration>),
     /// Bytes through the proxy, both directions: zync, rsync.
     pub wire: (Option<u64>, Option<u64>),
+    /// Bytes through the proxy from the client to the server (R to E): zync, rsync. For an
+    /// edit, mostly the signature of R's old version.
+    pub up: (Option<u64>, Option<u64>),
 }
 
 /// The median of `values`, the mean of the middle two for an even count; `None` when empty.
@@ -92,20 +101,45 @@ fn fmt_bytes(b: Option<u64>) -> String {
     }
 }
 
-const HEADER: [&str; 9] = [
+/// CPU seconds: "0.42 s".
+fn fmt_cpu(d: Option<Duration>) -> String {
+    d.map_or_else(|| "n/a".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+}
+
+/// "daemon + client = total" of one tool's CPU, or the one known part.
+fn fmt_cpu_pair(cpu: (Option<Duration>, Option<Duration>)) -> String {
+    match cpu {
+        (None, None) => "n/a".into(),
+        (Some(d), Some(c)) => format!(
+            "{} + {} = {}",
+            fmt_cpu(Some(d)),
+            fmt_cpu(Some(c)),
+            fmt_cpu(Some(d + c))
+        ),
+        (d, c) => format!("{} + {}", fmt_cpu(d), fmt_cpu(c)),
+    }
+}
+
+/// "x, y" of a pair of byte counts, "n/a" when neither was measured.
+fn fmt_bytes_pair(pair: (Option<u64>, Option<u64>)) -> String {
+    match pair {
+        (None, None) => "n/a".into(),
+        (z, s) => format!("{}, {}", fmt_bytes(z), fmt_bytes(s)),
+    }
+}
+
+const TIMES: [&str; 7] = [
     "scenario",
     "zync median",
     "rsync median",
     "zync/rsync",
     "best (zync, rsync, ratio)",
     "rsync --fsync median (zync/it)",
-    "zync peak RSS (daemon, client)",
-    "rsync peak RSS (daemon, client)",
     "bytes on wire (zync, rsync)",
 ];
 
-/// The cells of one row, in `HEADER` order.
-fn cells(r: &Row) -> [String; 9] {
+/// The cells of one row of the first table, in `TIMES` order.
+fn time_cells(r: &Row) -> Vec<String> {
     let time = |d: Option<Duration>, note: &Option<String>| match (note, d) {
         (Some(n), _) => n.clone(),
         (None, Some(d)) => fmt_duration(d),
@@ -130,28 +164,49 @@ fn cells(r: &Row) -> [String; 9] {
         ),
         _ => "n/a".into(),
     };
-    let wire = match r.wire {
-        (None, None) => "n/a".into(),
-        (z, s) => format!("{}, {}", fmt_bytes(z), fmt_bytes(s)),
-    };
-    [
+    vec![
         r.scenario.clone(),
         time(r.zync, &r.zync_note),
         time(r.rsync, &r.rsync_note),
         ratio(r.rsync).unwrap_or_else(|| "n/a".into()),
         best,
         fsynced,
-        format!("{}, {}", fmt_kib(r.zync_rss.0), fmt_kib(r.zync_rss.1)),
-        format!("{}, {}", fmt_kib(r.rsync_rss.0), fmt_kib(r.rsync_rss.1)),
-        wire,
+        fmt_bytes_pair(r.wire),
     ]
 }
 
-/// The table as Markdown with padded columns, ready to paste into README.
-pub fn format_table(rows: &[Row]) -> String {
-    let body: Vec<[String; 9]> = rows.iter().map(cells).collect();
-    let mut widths = HEADER.map(str::len);
-    for row in &body {
+const COSTS: [&str; 7] = [
+    "scenario",
+    "zync CPU (daemon + client)",
+    "rsync CPU (daemon + client)",
+    "CPU zync/rsync",
+    "zync peak RSS (daemon, client)",
+    "rsync peak RSS (daemon, client)",
+    "bytes R→E (zync, rsync)",
+];
+
+/// The cells of one row of the second table, in `COSTS` order.
+fn cost_cells(r: &Row) -> Vec<String> {
+    let total = |(d, c): (Option<Duration>, Option<Duration>)| Some(d? + c?);
+    let ratio = match (total(r.zync_cpu), total(r.rsync_cpu)) {
+        (Some(z), Some(s)) if !s.is_zero() => format!("{:.2}", z.as_secs_f64() / s.as_secs_f64()),
+        _ => "n/a".into(),
+    };
+    vec![
+        r.scenario.clone(),
+        fmt_cpu_pair(r.zync_cpu),
+        fmt_cpu_pair(r.rsync_cpu),
+        ratio,
+        format!("{}, {}", fmt_kib(r.zync_rss.0), fmt_kib(r.zync_rss.1)),
+        format!("{}, {}", fmt_kib(r.rsync_rss.0), fmt_kib(r.rsync_rss.1)),
+        fmt_bytes_pair(r.up),
+    ]
+}
+
+/// A Markdown table with padded columns.
+fn markdown(header: &[&str], body: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in body {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
@@ -159,17 +214,27 @@ pub fn format_table(rows: &[Row]) -> String {
     let line = |cells: &[String]| {
         let padded: Vec<String> = cells
             .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .zip(&widths)
+            .map(|(c, &w)| format!("{c:<w$}"))
             .collect();
         format!("| {} |\n", padded.join(" | "))
     };
-    let mut out = line(&HEADER.map(String::from));
-    out += &line(&widths.map(|w| "-".repeat(w)));
-    for row in &body {
+    let mut out = line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    out += &line(&widths.iter().map(|&w| "-".repeat(w)).collect::<Vec<_>>());
+    for row in body {
         out += &line(row);
     }
     out
+}
+
+/// The times table as Markdown, ready to paste into docs/BENCHMARK.md.
+pub fn format_table(rows: &[Row]) -> String {
+    markdown(&TIMES, &rows.iter().map(time_cells).collect::<Vec<_>>())
+}
+
+/// The CPU, memory and upstream bytes table as Markdown.
+pub fn format_costs(rows: &[Row]) -> String {
+    markdown(&COSTS, &rows.iter().map(cost_cells).collect::<Vec<_>>())
 }
 
 #[cfg(test)]
@@ -237,11 +302,6 @@ mod tests {
         );
         assert!(lines[2].contains("| 3000.0 ms (0.50) "), "{}", lines[2]);
         assert!(
-            lines[2].contains("2.0M, 1.0M") && lines[2].contains("0.5M, n/a"),
-            "{}",
-            lines[2]
-        );
-        assert!(
             lines[2].contains("3145728 B") || lines[2].contains("3072.0 KiB"),
             "{}",
             lines[2]
@@ -252,5 +312,46 @@ mod tests {
             lines[3]
         );
         assert!(lines[3].contains("| n/a "), "{}", lines[3]);
+    }
+
+    #[test]
+    fn the_costs_table_sums_cpu_per_tool_and_shows_memory_and_upstream_bytes() {
+        let ms = Duration::from_millis;
+        let rows = [
+            Row {
+                scenario: "edit-in-big".into(),
+                zync_cpu: (Some(ms(400)), Some(ms(250))),
+                rsync_cpu: (Some(ms(300)), Some(ms(200))),
+                zync_rss: (Some(2048), Some(1024)),
+                rsync_rss: (Some(512), None),
+                up: (Some(48 << 10), Some(900)),
+                ..Row::default()
+            },
+            Row {
+                scenario: "restart".into(),
+                zync_cpu: (Some(ms(1500)), None),
+                ..Row::default()
+            },
+        ];
+        let table = format_costs(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        let width = lines[0].chars().count();
+        assert!(
+            lines.iter().all(|l| l.chars().count() == width),
+            "ragged:\n{table}"
+        );
+        let edit = lines[2];
+        assert!(edit.contains("| 0.40 s + 0.25 s = 0.65 s "), "{edit}");
+        assert!(edit.contains("| 0.30 s + 0.20 s = 0.50 s "), "{edit}");
+        assert!(edit.contains("| 1.30 "), "{edit}");
+        assert!(
+            edit.contains("2.0M, 1.0M") && edit.contains("0.5M, n/a"),
+            "{edit}"
+        );
+        assert!(edit.contains("48.0 KiB, 900 B"), "{edit}");
+        let restart = lines[3];
+        assert!(restart.contains("| 1.50 s + n/a "), "{restart}");
+        assert!(restart.contains("| n/a "), "{restart}");
     }
 }

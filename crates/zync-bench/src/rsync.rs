@@ -84,6 +84,11 @@ impl RsyncDaemon {
         Ok(RsyncDaemon { proc, addr })
     }
 
+    /// The daemon's process id (the parent of the sender it forks per connection).
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     /// Stops the daemon; its peak memory covers the per-connection processes it forked.
     ///
     /// # Errors

@@ -1,6 +1,7 @@
 //! The scenarios: fresh trees, no-op syncs, watched writes, save-to-R latency, large files and
 //! edits in them, loop mode. Each starts both servers on the same source, puts a proxy in front
-//! of each (bytes counted, optional delay), times the clients, and reduces runs to one `Row`.
+//! of each (bytes counted each way, optional delay), times the clients, measures the CPU time
+//! and peak memory of both sides of each tool per run, and reduces runs to one `Row` of medians.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -8,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::meter::{Meter, Usage};
 use crate::process::{rss_kib, Exit};
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Traffic};
 use crate::report::{fmt_duration, median, percentile, Row};
 use crate::rsync::{self, RsyncDaemon};
 use crate::workload;
@@ -91,9 +93,14 @@ fn cpu(exit: &Exit) -> String {
     )
 }
 
-/// Peak memory of several processes of one role: the largest.
-fn peak(exits: &[Exit]) -> Option<u64> {
-    exits.iter().map(|e| e.max_rss_kib).max()
+/// The median CPU time (user + system) of several runs of one process.
+fn median_cpu(exits: &[Exit]) -> Option<Duration> {
+    median(&exits.iter().map(|e| e.user + e.sys).collect::<Vec<_>>())
+}
+
+/// The median peak memory of several runs of one process.
+fn median_rss(exits: &[Exit]) -> Option<u64> {
+    median(&exits.iter().map(|e| e.max_rss_kib).collect::<Vec<_>>())
 }
 
 /// What happens to a run's destinations when the next run starts.
@@ -136,24 +143,53 @@ impl Tool {
 struct Samples {
     times: Vec<Duration>,
     clients: Vec<Exit>,
-    bytes: Vec<u64>,
+    servers: Vec<Usage>,
+    traffic: Vec<Traffic>,
 }
 
 impl Samples {
-    fn push(&mut self, (time, exit): (Duration, Exit), bytes: u64) {
+    fn push(&mut self, (time, exit): (Duration, Exit), traffic: Traffic, server: Usage) {
+        if !server.reset && self.servers.iter().all(|u| u.reset) {
+            eprintln!(
+                "   (the kernel refused to reset the server's peak memory: its column shows the \
+                 peak since it started)"
+            );
+        }
         self.times.push(time);
         self.clients.push(exit);
-        self.bytes.push(bytes);
+        self.traffic.push(traffic);
+        self.servers.push(server);
     }
 
-    /// "T (B bytes, client cpu ...)" of run `i`.
+    /// "T (B bytes up + B down, client cpu ..., server cpu S)" of run `i`.
     fn line(&self, i: usize) -> String {
         format!(
-            "{} ({} B, client cpu {})",
+            "{} ({} B up + {} B down, client cpu {}, server cpu {})",
             fmt_duration(self.times[i]),
-            self.bytes[i],
-            cpu(&self.clients[i])
+            self.traffic[i].up,
+            self.traffic[i].down,
+            cpu(&self.clients[i]),
+            fmt_duration(self.servers[i].cpu)
         )
+    }
+
+    /// Medians of the server's and the client's CPU time.
+    fn cpu(&self) -> (Option<Duration>, Option<Duration>) {
+        let servers: Vec<Duration> = self.servers.iter().map(|u| u.cpu).collect();
+        (median(&servers), median_cpu(&self.clients))
+    }
+
+    /// Medians of the server's and the client's peak memory.
+    fn rss(&self) -> (Option<u64>, Option<u64>) {
+        let servers: Vec<u64> = self.servers.iter().map(|u| u.peak_kib).collect();
+        (median(&servers), median_rss(&self.clients))
+    }
+
+    /// Medians of the bytes both ways and of the bytes from the client to the server.
+    fn bytes(&self) -> (Option<u64>, Option<u64>) {
+        let total: Vec<u64> = self.traffic.iter().map(|t| t.total()).collect();
+        let up: Vec<u64> = self.traffic.iter().map(|t| t.up).collect();
+        (median(&total), median(&up))
     }
 }
 
@@ -176,7 +212,6 @@ fn pair(ctx: &Ctx, src: &Path, mode: Mode, keep: Keep) -> Result<Row> {
         &[Tool::Zync, Tool::Rsync, Tool::RsyncFsync]
     };
     let (mut z, mut r, mut rf) = (Samples::default(), Samples::default(), Samples::default());
-    let mut zdaemon = vec![];
     for run in 0..ctx.opts.runs {
         let dst = |tool: Tool| dir.join(format!("{}-{run}", tool.dst()));
         let zdb = dir.join(format!("client-{run}.db"));
@@ -194,7 +229,7 @@ fn pair(ctx: &Ctx, src: &Path, mode: Mode, keep: Keep) -> Result<Row> {
             workload::edit_middle(&src.join("big.bin"), 64 * 1024, SEED + 1 + run as u64)?;
             // Restart so the daemon's index surely holds the edit before the timed sync (its
             // startup scan re-hashes a file whose size or mtime changed); not timed.
-            zdaemon.push(zd.stop()?);
+            zd.stop()?;
             zd = Daemon::start(bins, &zstate, src)?;
             zp = Proxy::start(zd.addr, delay)?;
         }
@@ -210,14 +245,16 @@ fn pair(ctx: &Ctx, src: &Path, mode: Mode, keep: Keep) -> Result<Row> {
             match tool {
                 Tool::Zync => {
                     zp.take_bytes();
+                    let meter = Meter::start(zd.pid());
                     let done = zync::sync_once(bins, zp.port, &zd.token, &zdb, &dst(tool))?;
-                    z.push(done, zp.take_bytes());
+                    z.push(done, zp.take_bytes(), meter.finish());
                 }
                 Tool::Rsync | Tool::RsyncFsync => {
                     rp.take_bytes();
+                    let meter = Meter::start(rd.pid());
                     let done = rsync::sync(rp.port, &dst(tool), tool == Tool::RsyncFsync)?;
-                    let bytes = rp.take_bytes();
-                    if tool == Tool::Rsync { &mut r } else { &mut rf }.push(done, bytes);
+                    let (bytes, server) = (rp.take_bytes(), meter.finish());
+                    if tool == Tool::Rsync { &mut r } else { &mut rf }.push(done, bytes, server);
                 }
             }
         }
@@ -239,16 +276,20 @@ fn pair(ctx: &Ctx, src: &Path, mode: Mode, keep: Keep) -> Result<Row> {
             }
         }
     }
-    zdaemon.push(zd.stop()?);
-    let rdaemon = rd.stop()?;
+    zd.stop()?;
+    rd.stop()?;
+    let ((z_wire, z_up), (r_wire, r_up)) = (z.bytes(), r.bytes());
     Ok(Row {
         zync: median(&z.times),
         rsync: median(&r.times),
         rsync_fsync: median(&rf.times),
         best: (z.times.iter().min().copied(), r.times.iter().min().copied()),
-        zync_rss: (peak(&zdaemon), peak(&z.clients)),
-        rsync_rss: (Some(rdaemon.max_rss_kib), peak(&r.clients)),
-        wire: (median(&z.bytes), median(&r.bytes)),
+        zync_rss: z.rss(),
+        rsync_rss: r.rss(),
+        zync_cpu: z.cpu(),
+        rsync_cpu: r.cpu(),
+        wire: (z_wire, r_wire),
+        up: (z_up, r_up),
         ..Row::default()
     })
 }
@@ -327,6 +368,7 @@ fn latency(ctx: &Ctx, src: &Path) -> Result<Row> {
         )),
         rsync_note: Some("n/a (no watch mode)".into()),
         zync_rss: (Some(dexit.max_rss_kib), Some(cexit.max_rss_kib)),
+        zync_cpu: (Some(dexit.user + dexit.sys), Some(cexit.user + cexit.sys)),
         ..Row::default()
     })
 }
@@ -410,6 +452,7 @@ fn soak(ctx: &Ctx, src: &Path) -> Result<Row> {
         )),
         rsync_note: Some("n/a (no watch mode)".into()),
         zync_rss: (Some(dexit.max_rss_kib), Some(cexit.max_rss_kib)),
+        zync_cpu: (Some(dexit.user + dexit.sys), Some(cexit.user + cexit.sys)),
         ..Row::default()
     })
 }
@@ -466,7 +509,8 @@ fn restart(ctx: &Ctx, src: &Path) -> Result<Row> {
     Ok(Row {
         zync: median(&times),
         rsync_note: Some("n/a (no daemon index)".into()),
-        zync_rss: (peak(&exits), None),
+        zync_rss: (median_rss(&exits[1..]), None),
+        zync_cpu: (median_cpu(&exits[1..]), None),
         ..Row::default()
     })
 }
