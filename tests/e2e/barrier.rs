@@ -41,6 +41,9 @@ fn setup() -> Setup {
     let proxy = Proxy::to_port(daemon.port);
     let running = client.spawn(&proxy.url(), &tmp.path().join("client.log"));
     wait_same_tree(&e, &r, IGNORED);
+    // A file lands on R before the client acknowledges it: wait for the acknowledgement too,
+    // so that a test stalling the proxy next has it on E.
+    run_ok(zync_apply(&daemon.db, &["wait", "--timeout", "60"]));
     Setup {
         _tmp: tmp,
         e,

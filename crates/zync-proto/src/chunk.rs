@@ -45,18 +45,6 @@ pub fn encode_chunk(id: u64, data: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// A zeroed frame for a `len`-byte chunk of request `id`, its header already written: read the
-/// content straight into `frame[CHUNK_HEADER..]` and no copy is needed to send it.
-///
-/// # Panics
-/// When `len` is over [`MAX_CHUNK`].
-pub fn chunk_frame(id: u64, len: usize) -> Vec<u8> {
-    assert!(len <= MAX_CHUNK, "chunk of {len} bytes over the limit");
-    let mut frame = vec![0u8; CHUNK_HEADER + len];
-    frame[..CHUNK_HEADER].copy_from_slice(&id.to_be_bytes());
-    frame
-}
-
 /// Splits a binary frame into its request id and payload.
 ///
 /// # Errors

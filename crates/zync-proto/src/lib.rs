@@ -14,7 +14,7 @@ mod message;
 mod request;
 
 pub use auth::{proof, verify, Nonce, Role, NONCE_LEN, PROOF_LEN};
-pub use chunk::{chunk_frame, decode_chunk, encode_chunk, ChunkError};
+pub use chunk::{decode_chunk, encode_chunk, ChunkError};
 pub use ignored::{
     rule_label, IgnoredCount, IgnoredPath, IgnoredReport, BUILT_IN, MAX_IGNORED_LISTED,
 };
