@@ -153,19 +153,17 @@ fn a_dry_once_into_an_empty_r_lists_every_action_and_creates_nothing() {
         stderr(&out)
     );
     let listed = stdout(&out);
-    for line in [
-        "would create directory code/src",
-        "would download code/src/lib.rs (14 bytes, new)",
-        "would download code/README.md (6 bytes, new)",
-        "would download code/.hidden (4 bytes, new)",
-        "would create directory code/empty/dir",
-        "would create symlink code/link -> src/lib.rs",
-    ] {
-        assert!(
-            listed.lines().any(|l| l == line),
-            "missing {line:?} in:\n{listed}"
-        );
-    }
+    assert_listed(
+        &listed,
+        &[
+            "would create directory code/src",
+            "would download code/src/lib.rs (14 bytes, new)",
+            "would download code/README.md (6 bytes, new)",
+            "would download code/.hidden (4 bytes, new)",
+            "would create directory code/empty/dir",
+            "would create symlink code/link -> src/lib.rs",
+        ],
+    );
     assert!(
         listed
             .lines()
@@ -247,19 +245,17 @@ fn a_dry_once_over_a_local_edit_and_a_deletion_names_the_conflict_copy_and_chang
         stderr(&out)
     );
     let listed = stdout(&out);
-    for line in [
-        "would keep R's version of code/notes.txt as a conflict copy beside it: E changed this file, which was also changed on R",
-        "would download code/notes.txt (19 bytes, changed)",
-        "would download code/plain.txt (20 bytes, changed)",
-        "would delete code/gone.txt",
-        "would create directory code/new",
-        "would download code/new/file.txt (4 bytes, new)",
-    ] {
-        assert!(
-            listed.lines().any(|l| l == line),
-            "missing {line:?} in:\n{listed}"
-        );
-    }
+    assert_listed(
+        &listed,
+        &[
+            "would keep R's version of code/notes.txt as a conflict copy beside it: E changed this file, which was also changed on R",
+            "would download code/notes.txt (19 bytes, changed)",
+            "would download code/plain.txt (20 bytes, changed)",
+            "would delete code/gone.txt",
+            "would create directory code/new",
+            "would download code/new/file.txt (4 bytes, new)",
+        ],
+    );
     assert_read_only(&proxy, "GET_CHANGES", "a dry --once");
     assert_untouched(&before, &everything_on_r(&[&r, &state]), "a dry --once");
     assert!(conflict_copies(&r).is_empty());
@@ -310,16 +306,14 @@ fn a_dry_push_lists_the_sends_and_stages_nothing_on_e() {
     let out = dry(&client, &proxy.url(), &["--update-upstream"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let listed = stdout(&out);
-    for line in [
-        "would send code/a.txt (15 bytes, changed on R)",
-        "would send code/n.txt (9 bytes, new on R)",
-        "would send the deletion of code/b.txt",
-    ] {
-        assert!(
-            listed.lines().any(|l| l == line),
-            "missing {line:?} in:\n{listed}"
-        );
-    }
+    assert_listed(
+        &listed,
+        &[
+            "would send code/a.txt (15 bytes, changed on R)",
+            "would send code/n.txt (9 bytes, new on R)",
+            "would send the deletion of code/b.txt",
+        ],
+    );
     assert!(
         listed.contains("nothing was sent or staged"),
         "no summary:\n{listed}"
@@ -387,4 +381,14 @@ fn a_dry_run_beside_a_running_loop_client_is_not_refused() {
         stdout(&out)
     );
     assert!(running.is_running(), "the loop client stopped");
+}
+
+/// Fails unless each of `lines` is a whole line of `listed`.
+fn assert_listed(listed: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(
+            listed.lines().any(|l| l == *line),
+            "missing {line:?} in:\n{listed}"
+        );
+    }
 }

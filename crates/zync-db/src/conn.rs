@@ -139,7 +139,14 @@ pub(crate) fn open_read_only(path: &Path, schema: &Schema) -> Result<Connection>
     })?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|err| classify(err, path))?;
-    migrate::check_current(&conn, schema, path).map_err(|err| match err {
+    check_schema(&conn, schema, path)?;
+    Ok(conn)
+}
+
+/// Checks that a read-only connection's database has the current schema; a file that is not
+/// a database at all is [`DbError::NotADatabase`].
+fn check_schema(conn: &Connection, schema: &Schema, path: &Path) -> Result<()> {
+    migrate::check_current(conn, schema, path).map_err(|err| match err {
         DbError::Sqlite { source, context } => match source.sqlite_error_code() {
             Some(ErrorCode::NotADatabase) => DbError::NotADatabase {
                 path: path.to_owned(),
@@ -148,8 +155,7 @@ pub(crate) fn open_read_only(path: &Path, schema: &Schema) -> Result<Connection>
             _ => DbError::Sqlite { context, source },
         },
         other => other,
-    })?;
-    Ok(conn)
+    })
 }
 
 /// Opens the existing database file at `path` to read it as it stands on disk, as SQLite's
@@ -167,16 +173,7 @@ pub(crate) fn open_immutable(path: &Path, schema: &Schema) -> Result<Connection>
             source,
         }
     })?;
-    migrate::check_current(&conn, schema, path).map_err(|err| match err {
-        DbError::Sqlite { source, context } => match source.sqlite_error_code() {
-            Some(ErrorCode::NotADatabase) => DbError::NotADatabase {
-                path: path.to_owned(),
-                source,
-            },
-            _ => DbError::Sqlite { context, source },
-        },
-        other => other,
-    })?;
+    check_schema(&conn, schema, path)?;
     Ok(conn)
 }
 
