@@ -292,3 +292,36 @@ fn a_wait_started_right_after_a_burst_of_writes_covers_every_file_of_the_burst()
     assert_same_tree(&s.e, &s.r, IGNORED);
     drop(s.running);
 }
+
+/// A `zync-client --status` or dry run of an R that never synced says HELLO under a shared
+/// probe id and mirrors nothing: `zync-apply wait` must not wait for it, even while it is
+/// connected (here one is held open for the whole wait).
+#[tokio::test(flavor = "multi_thread")]
+async fn zync_apply_wait_does_not_wait_for_a_status_probe() {
+    let s = setup();
+    let (_probe, welcome) =
+        crate::common::peer::Peer::authenticated(&s.daemon, zync_proto::STATUS_PROBE_ID).await;
+    assert!(welcome["dirs"].is_array(), "{welcome}");
+    write(&s.e.join("after-probe.txt"), "after the probe connected\n");
+    let db = s.daemon.db.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        output_within_deadline(zync_apply(&db, &["wait", "--timeout", "20", "--json"]))
+    })
+    .await
+    .expect("zync-apply wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "zync-apply wait waited for the probe:\n{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(landed(&s.e, &s.r, "after-probe.txt"));
+    let report = json_of(&out);
+    assert_eq!(
+        report["clients"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    drop(s.running);
+}

@@ -158,7 +158,8 @@ pub fn wait(
         }
     }
     // Clients connected at any point of the wait stay waited for: one that drops its tunnel
-    // before it caught up has not got E's changes.
+    // before it caught up has not got E's changes. A status probe or a dry run of an R that
+    // never synced mirrors nothing and is not waited for.
     let mut waited: BTreeSet<String> = client.map(str::to_string).into_iter().collect();
     loop {
         let clients = index.clients().with_context(read)?;
@@ -167,6 +168,7 @@ pub fn wait(
                 clients
                     .iter()
                     .filter(|c| c.connections > 0)
+                    .filter(|c| !zync_proto::PROBE_IDS.contains(&c.client_id.as_str()))
                     .map(|c| c.client_id.clone()),
             );
         }

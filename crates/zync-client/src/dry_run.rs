@@ -29,7 +29,7 @@ use crate::upstream::Outgoing;
 
 /// The client id a dry run says hello with when R has no database yet (a dry run never
 /// makes one, so it has no id of its own to give).
-pub const DRY_RUN_CLIENT_ID: &str = "zync-client-dry-run";
+pub const DRY_RUN_CLIENT_ID: &str = zync_proto::DRY_RUN_ID;
 
 /// R's state as a dry run reads it, and the id to say hello with.
 fn open(config: &Config) -> anyhow::Result<(ClientState, String)> {

@@ -32,7 +32,7 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const PENDING_CAP: u32 = 1000;
 /// The client id a client that never synced (no database, so no id of its own) says HELLO
 /// with.
-pub const PROBE_CLIENT_ID: &str = "zync-client-status";
+pub const PROBE_CLIENT_ID: &str = zync_proto::STATUS_PROBE_ID;
 
 /// The whole report; `--json` prints it as is (README, "zync-client --status").
 #[derive(Debug, Serialize)]

@@ -32,6 +32,17 @@ pub use request::{
 /// The protocol version this build speaks; the handshake refuses any other.
 pub const PROTOCOL_VERSION: u32 = 2;
 
+/// The client id `zync-client --status` says HELLO with when R has no database yet (so no
+/// client id of its own).
+pub const STATUS_PROBE_ID: &str = "zync-client-status";
+
+/// The client id a dry run says HELLO with when R has no database yet.
+pub const DRY_RUN_ID: &str = "zync-client-dry-run";
+
+/// Client ids that stand for no client: a look at the daemon, never a mirror of its
+/// directories. `zync-apply wait` does not wait for them.
+pub const PROBE_IDS: [&str; 2] = [STATUS_PROBE_ID, DRY_RUN_ID];
+
 /// The largest JSON (text) message either side accepts, in bytes.
 pub const MAX_TEXT_MESSAGE: usize = 4 << 20;
 
