@@ -150,35 +150,35 @@ mod tests {
             (r#"{"id":2,"operation":"GET_LAST_SEQUENCE"}"#, |o| {
                 matches!(o, Operation::Status(None))
             }),
-            (r#"{"id":2,"operation":"FLUSH"}"#, |o| {
+            (r#"{"id":3,"operation":"FLUSH"}"#, |o| {
                 matches!(o, Operation::Flush)
             }),
             (
-                r#"{"id":3,"operation":"GET_CHANGES","dir":"docs","since":5,"limit":10}"#,
+                r#"{"id":4,"operation":"GET_CHANGES","dir":"docs","since":5,"limit":10}"#,
                 |o| matches!(o, Operation::Changes(g) if g.dir == "docs" && g.since == 5 && g.limit == Some(10)),
             ),
             (
-                r#"{"id":4,"operation":"ACK_CHANGES","dir":"docs","sequence":7}"#,
+                r#"{"id":5,"operation":"ACK_CHANGES","dir":"docs","sequence":7}"#,
                 |o| matches!(o, Operation::Ack(a) if a.dir == "docs" && a.sequence == 7),
             ),
             (
-                r#"{"id":5,"operation":"GET_FILE","dir":"docs","path":"a/b","offset":3}"#,
+                r#"{"id":6,"operation":"GET_FILE","dir":"docs","path":"a/b","offset":3}"#,
                 |o| matches!(o, Operation::GetFile(g) if g.path == "a/b" && g.offset == Some(3)),
             ),
             (
-                r#"{"id":6,"operation":"GET_DELTA","dir":"docs","path":"p","signature":"cnMBNgAAEAA="}"#,
+                r#"{"id":7,"operation":"GET_DELTA","dir":"docs","path":"p","signature":"cnMBNgAAEAA="}"#,
                 |o| matches!(o, Operation::Delta(g) if g.path == "p" && !g.signature.is_empty()),
             ),
             (
-                r#"{"id":7,"operation":"PREPARE_UPSTREAM","description":"laptop"}"#,
+                r#"{"id":8,"operation":"PREPARE_UPSTREAM","description":"laptop"}"#,
                 |o| matches!(o, Operation::PrepareUpstream(p) if p.description.as_deref() == Some("laptop")),
             ),
             (
-                r#"{"id":8,"operation":"UPSTREAM_FILE","session_id":"s","dir":"docs","path":"x","action":"delete"}"#,
+                r#"{"id":9,"operation":"UPSTREAM_FILE","session_id":"s","dir":"docs","path":"x","action":"delete"}"#,
                 |o| matches!(o, Operation::UpstreamFile(f) if f.session_id == "s" && f.path == "x"),
             ),
             (
-                r#"{"id":9,"operation":"FINALIZE_UPSTREAM","session_id":"s"}"#,
+                r#"{"id":10,"operation":"FINALIZE_UPSTREAM","session_id":"s"}"#,
                 |o| matches!(o, Operation::FinalizeUpstream(f) if f.session_id == "s"),
             ),
         ];
