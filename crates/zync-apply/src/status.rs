@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use zync_db::Index;
-use zync_proto::{IgnoredCount, IgnoredPath, IgnoredReport};
+use zync_proto::IgnoredReport;
 
 use crate::session::{self, local_time, SessionJson};
 
@@ -173,29 +173,9 @@ pub fn gather(db: &Path, list_ignored: bool) -> anyhow::Result<Report> {
 
 /// What the daemon recorded that `dir` ignores: counts by rule, and every path when `list`.
 fn ignored(index: &Index, dir: &str, list: bool) -> zync_db::Result<IgnoredReport> {
-    let counts = index
-        .ignored_counts(dir)?
-        .into_iter()
-        .map(|c| IgnoredCount {
-            pattern: c.pattern,
-            source: c.source,
-            count: c.count,
-        })
-        .collect();
-    let mut report = IgnoredReport::from_counts(counts);
+    let mut report = IgnoredReport::from_counts(index.ignored_counts(dir)?);
     if list {
-        let paths = index.ignored_paths(dir, usize::MAX)?;
-        report.paths = Some(
-            paths
-                .into_iter()
-                .map(|p| IgnoredPath {
-                    path: p.path,
-                    is_dir: p.is_dir,
-                    pattern: p.pattern,
-                    source: p.source,
-                })
-                .collect(),
-        );
+        report.paths = Some(index.ignored_paths(dir, usize::MAX)?);
     }
     Ok(report)
 }
@@ -392,7 +372,7 @@ mod tests {
     fn status_counts_what_each_dir_ignores_by_rule_and_lists_it_on_request() {
         let fx = Fixture::new();
         let mut p = ScriptedPrompter::new([]);
-        let ig = |path: &str, is_dir, pattern: &str, source: &str| zync_db::IgnoredPath {
+        let ig = |path: &str, is_dir, pattern: &str, source: &str| zync_proto::IgnoredPath {
             path: path.into(),
             is_dir,
             pattern: pattern.into(),

@@ -11,30 +11,8 @@ use crate::error::{Context, Result};
 use crate::sql::{seq_from_sql, subtree_bounds};
 use crate::{Index, IndexWriter};
 
-/// One ignored path and its rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IgnoredPath {
-    /// The path relative to the served directory.
-    pub path: String,
-    /// Whether it is a directory (counted as one path, whatever it holds).
-    pub is_dir: bool,
-    /// The rule's pattern as written (`build/`, `*.pyc`).
-    pub pattern: String,
-    /// Where the rule comes from: `built-in`, `--ignore`, `zync` (its temp files) or the
-    /// `.zyncignore` file's path below the root.
-    pub source: String,
-}
-
-/// How many paths of a directory one rule ignores.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IgnoredCount {
-    /// The rule's pattern.
-    pub pattern: String,
-    /// Where the rule comes from (see [`IgnoredPath::source`]).
-    pub source: String,
-    /// How many paths it ignores.
-    pub count: u64,
-}
+// The rows are the wire's types: both status commands report them as they are.
+pub use zync_proto::{IgnoredCount, IgnoredPath};
 
 const COLUMNS: &str = "path, is_dir, pattern, source";
 

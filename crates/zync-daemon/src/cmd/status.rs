@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 
 use zync_proto::{
-    IgnoredCount, IgnoredPath, IgnoredReport, LastSequence, Reply, MAX_IGNORED_LISTED,
-    MAX_TEXT_MESSAGE,
+    IgnoredPath, IgnoredReport, LastSequence, Reply, MAX_IGNORED_LISTED, MAX_TEXT_MESSAGE,
 };
 
 use crate::context::Context;
@@ -45,16 +44,7 @@ pub(crate) async fn sequences(
                 let Some(list) = ignored else {
                     continue;
                 };
-                let counts = index
-                    .ignored_counts(&name)?
-                    .into_iter()
-                    .map(|c| IgnoredCount {
-                        pattern: c.pattern,
-                        source: c.source,
-                        count: c.count,
-                    })
-                    .collect();
-                let mut report = IgnoredReport::from_counts(counts);
+                let mut report = IgnoredReport::from_counts(index.ignored_counts(&name)?);
                 if list > 0 {
                     let limit = list.min(MAX_IGNORED_LISTED) as usize;
                     let found = index.ignored_paths(&name, limit)?;
@@ -78,7 +68,7 @@ pub(crate) async fn sequences(
 
 /// The paths of `found` that fit in what is left of `budget` (in order, stopping at the first
 /// that does not fit), taking their room from it.
-fn bounded(found: Vec<zync_db::IgnoredPath>, budget: &mut usize) -> Vec<IgnoredPath> {
+fn bounded(found: Vec<IgnoredPath>, budget: &mut usize) -> Vec<IgnoredPath> {
     let mut listed = Vec::new();
     for p in found {
         // Each byte may need escaping in JSON (up to six for a control character), plus the
@@ -89,12 +79,7 @@ fn bounded(found: Vec<zync_db::IgnoredPath>, budget: &mut usize) -> Vec<IgnoredP
             break;
         }
         *budget -= room;
-        listed.push(IgnoredPath {
-            path: p.path,
-            is_dir: p.is_dir,
-            pattern: p.pattern,
-            source: p.source,
-        });
+        listed.push(p);
     }
     listed
 }
@@ -103,9 +88,9 @@ fn bounded(found: Vec<zync_db::IgnoredPath>, budget: &mut usize) -> Vec<IgnoredP
 mod tests {
     use super::*;
 
-    fn found(n: usize, len: usize) -> Vec<zync_db::IgnoredPath> {
+    fn found(n: usize, len: usize) -> Vec<IgnoredPath> {
         (0..n)
-            .map(|i| zync_db::IgnoredPath {
+            .map(|i| IgnoredPath {
                 path: format!("{i:0len$}"),
                 is_dir: false,
                 pattern: "*".into(),
