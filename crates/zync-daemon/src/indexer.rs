@@ -2,7 +2,7 @@
 //! daemon was down (invariant 6 (docs/ARCHITECTURE.md)), then the watcher's debounced batches are reconciled
 //! path by path; an overflow or watcher error triggers a rescan of the root.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -678,15 +678,47 @@ impl Indexer {
         }
         rels.sort_by_key(|r| (r.depth(), r.clone()));
         rels.dedup();
+        let mut batch = WatchBatch::default();
+        let mut result = Ok(());
         for rel in rels {
-            self.reconcile(i, &rel)?;
+            result = self.reconcile(i, &rel, &mut batch);
+            if result.is_err() {
+                break;
+            }
         }
+        // What was read before a failure is still recorded.
+        self.record(i, &mut batch)?;
+        result
+    }
+
+    /// Writes the entries a watch batch has read so far, in one transaction: each commit is a
+    /// flush of the database, and a burst of new files must not cost one per file while E's
+    /// writer is still writing.
+    fn record(&mut self, i: usize, batch: &mut WatchBatch) -> anyhow::Result<()> {
+        batch.known_dirs.clear();
+        if batch.entries.is_empty() {
+            return Ok(());
+        }
+        let name = self.roots[i].root.name.as_str().to_string();
+        let mut writer = self.index.writer()?;
+        for (rel, new, was_dir) in batch.entries.drain(..) {
+            if was_dir {
+                writer.tombstone_tree(&name, rel.as_str())?;
+            }
+            // An ignored `build/` directory replaced by a file named `build` is no longer
+            // ignored.
+            writer.unignore(&name, rel.as_str())?;
+            writer.upsert(&name, rel.as_str(), &new)?;
+        }
+        writer.commit()?;
         Ok(())
     }
 
     /// Records the current state of one path: gone (tombstones for it and everything below),
-    /// a new directory (scanned whole, since its contents may predate the watch), or an entry.
-    fn reconcile(&mut self, i: usize, rel: &RelPath) -> anyhow::Result<()> {
+    /// a new directory (scanned whole, since its contents may predate the watch), or an entry
+    /// (added to `batch`, written with the rest of it). Whatever writes on its own (a scan, a
+    /// removal) writes the batch first.
+    fn reconcile(&mut self, i: usize, rel: &RelPath, batch: &mut WatchBatch) -> anyhow::Result<()> {
         let root = &self.roots[i];
         let name = root.root.name.as_str().to_string();
         let root_path = root.root.path.clone();
@@ -706,6 +738,7 @@ impl Indexer {
             }
             Stat::Unsupported(what) => {
                 tracing::debug!(path = %rel, "skipped: {what}");
+                self.record(i, batch)?;
                 return self.forget(&name, rel);
             }
             Stat::Entry(meta) => meta,
@@ -715,15 +748,22 @@ impl Indexer {
         }
         // A parent the index does not know yet (created and filled between two batches):
         // scan from the highest unknown ancestor.
+        // A batch of a thousand files in a few directories looks each directory up once.
         for ancestor in rel.ancestors() {
+            if batch.known_dirs.contains(ancestor.as_str()) {
+                continue;
+            }
             let known = self.index.get(&name, ancestor.as_str())?;
             if !known.is_some_and(|e| !e.deleted && e.meta.kind == Kind::Dir) {
+                self.record(i, batch)?;
                 self.scan_root(i, Some(&ancestor))?;
                 return Ok(());
             }
+            batch.known_dirs.insert(ancestor.as_str().to_string());
         }
         let old = self.index.get(&name, rel.as_str())?.filter(|e| !e.deleted);
         if meta.kind == Kind::Dir && !old.as_ref().is_some_and(|o| o.meta.kind == Kind::Dir) {
+            self.record(i, batch)?;
             self.scan_root(i, Some(rel))?;
             return Ok(());
         }
@@ -739,14 +779,8 @@ impl Indexer {
         if racy {
             self.recheck.push((i, rel.clone(), Instant::now() + RACY));
         }
-        let mut writer = self.index.writer()?;
-        if old.as_ref().is_some_and(|o| o.meta.kind == Kind::Dir) {
-            writer.tombstone_tree(&name, rel.as_str())?;
-        }
-        // An ignored `build/` directory replaced by a file named `build` is no longer ignored.
-        writer.unignore(&name, rel.as_str())?;
-        writer.upsert(&name, rel.as_str(), &new)?;
-        writer.commit()?;
+        let was_dir = old.as_ref().is_some_and(|o| o.meta.kind == Kind::Dir);
+        batch.entries.push((rel.clone(), new, was_dir));
         Ok(())
     }
 
@@ -783,6 +817,14 @@ fn ignored_row(ignored: &Ignored) -> IgnoredPath {
         pattern: ignored.rule.pattern.clone(),
         source: ignored.rule.source.as_str().to_string(),
     }
+}
+
+/// One watch batch's entries waiting to be written together ([`Indexer::record`]), and the
+/// directories it found in the index (forgotten whenever something else writes).
+#[derive(Default)]
+struct WatchBatch {
+    entries: Vec<(RelPath, EntryMeta, bool)>,
+    known_dirs: HashSet<String>,
 }
 
 /// Tells connections the last sequence number and whether a scan is running.
@@ -1200,6 +1242,58 @@ mod tests {
         std::fs::write(&ignored, "i").unwrap();
         ix.reconcile_paths(0, vec![ignored]).unwrap();
         assert!(live(&ix).is_empty(), "ignored files must not be indexed");
+    }
+
+    #[test]
+    fn a_watch_batch_of_many_files_is_one_transaction_and_keeps_its_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/old.txt"), "old").unwrap();
+        let (mut ix, _rx) = indexer(dir.path(), &[]);
+        ix.scan_root(0, None).unwrap();
+        let scanned = ix.index.last_seq().unwrap();
+        // A burst: 300 new files in a directory the index knows, one changed, one ignored.
+        let mut paths = Vec::new();
+        for n in 0..300 {
+            let path = dir.path().join(format!("a/b/f{n:03}.txt"));
+            std::fs::write(&path, format!("file {n}")).unwrap();
+            paths.push(path);
+        }
+        std::fs::write(dir.path().join("a/b/old.txt"), "changed").unwrap();
+        paths.push(dir.path().join("a/b/old.txt"));
+        std::fs::write(dir.path().join("a/x.pyc"), "ignored").unwrap();
+        paths.push(dir.path().join("a/x.pyc"));
+        let before = ix.index.commits();
+        ix.reconcile_paths(0, paths).unwrap();
+        let commits = ix.index.commits() - before;
+        // The ignored file notes itself apart (a row of its own table); the 301 entries are
+        // one commit, each of them a flush of the database.
+        assert!(commits <= 2, "a batch of 301 files took {commits} commits");
+        let changed = ix.index.changes_since("code", scanned, 1000).unwrap();
+        assert_eq!(changed.len(), 301, "every file of the batch is recorded");
+        let old = changed.iter().find(|e| e.path == "a/b/old.txt").unwrap();
+        assert_eq!(old.meta.size, 7);
+        assert_eq!(live(&ix).len(), 2 + 301);
+
+        // A new directory in the middle of a batch is scanned, and the files read before it
+        // are written first, so sequence numbers still follow the batch's order.
+        std::fs::write(dir.path().join("top.txt"), "top").unwrap();
+        std::fs::create_dir(dir.path().join("a/new")).unwrap();
+        std::fs::write(dir.path().join("a/new/n.txt"), "n").unwrap();
+        let last = ix.index.last_seq().unwrap();
+        ix.reconcile_paths(
+            0,
+            vec![dir.path().join("a/new"), dir.path().join("top.txt")],
+        )
+        .unwrap();
+        let order: Vec<String> = ix
+            .index
+            .changes_since("code", last, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(order, ["top.txt", "a/new", "a/new/n.txt"]);
     }
 
     /// What the index says `code` ignores: (path, pattern, source), by path.

@@ -14,8 +14,10 @@ use crate::migrate::{self, INDEX};
 /// The daemon's index database.
 #[derive(Debug)]
 pub struct Index {
-    conn: Connection,
+    pub(crate) conn: Connection,
     index_id: String,
+    /// Write transactions committed through this handle ([`Index::commits`]).
+    pub(crate) commits: u64,
 }
 
 impl Index {
@@ -41,7 +43,11 @@ impl Index {
     pub fn open_read_only(path: &Path) -> Result<Index> {
         let conn = conn::open_read_only(path, &INDEX)?;
         let index_id = migrate::read_database_id(&conn, "index_id")?;
-        Ok(Index { conn, index_id })
+        Ok(Index {
+            conn,
+            index_id,
+            commits: 0,
+        })
     }
 
     /// Opens a new, empty index in memory.
@@ -55,15 +61,22 @@ impl Index {
 
     fn from_conn(conn: Connection) -> Result<Index> {
         let index_id = migrate::database_id(&conn, "index_id")?;
-        Ok(Index { conn, index_id })
+        Ok(Index {
+            conn,
+            index_id,
+            commits: 0,
+        })
     }
 
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
     }
 
-    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
-        &mut self.conn
+    /// How many write transactions were committed through this handle since it was opened:
+    /// each is a flush of the database file (synchronous FULL), so a burst of changes must
+    /// cost one per batch, not one per file.
+    pub fn commits(&self) -> u64 {
+        self.commits
     }
 
     /// The index id: a UUID made once with the database. A client that sees a different one

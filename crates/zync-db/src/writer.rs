@@ -14,6 +14,7 @@ use crate::Index;
 #[derive(Debug)]
 pub struct IndexWriter<'a> {
     pub(crate) tx: Transaction<'a>,
+    commits: &'a mut u64,
 }
 
 impl Index {
@@ -28,10 +29,13 @@ impl Index {
     /// An SQLite failure, such as another process holding the lock for more than 5 s.
     pub fn writer(&mut self) -> Result<IndexWriter<'_>> {
         let tx = self
-            .conn_mut()
+            .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx("starting a write to the index")?;
-        Ok(IndexWriter { tx })
+        Ok(IndexWriter {
+            tx,
+            commits: &mut self.commits,
+        })
     }
 }
 
@@ -130,6 +134,7 @@ impl IndexWriter<'_> {
     pub fn commit(self) -> Result<u64> {
         let last = last_seq(&self.tx)?;
         self.tx.commit().ctx("committing to the index")?;
+        *self.commits += 1;
         Ok(last)
     }
 
