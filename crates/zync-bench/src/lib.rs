@@ -25,11 +25,12 @@ pub struct Options {
 }
 
 /// Every scenario, in the order the table lists them.
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "initial-small",
     "big-file",
     "edit-in-big",
     "noop",
+    "watched-burst",
     "latency",
     "soak",
     "restart",

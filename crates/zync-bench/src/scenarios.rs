@@ -65,6 +65,7 @@ pub fn run(name: &str, ctx: &Ctx) -> Result<Row> {
             workload::big_file(&src.join("big.bin"), ctx.pick(256, 64) * MIB, SEED)?;
             pair(ctx, &src, Mode::Edit, Keep::Nothing)?
         }
+        "watched-burst" => watched_burst(ctx)?,
         "latency" => latency(ctx, &src)?,
         "soak" => soak(ctx, &src)?,
         "restart" => restart(ctx, &src)?,
@@ -315,6 +316,130 @@ fn same_tree(src: &Path, dst: &Path) -> Result<()> {
             {
                 bail!("{} differs", rel.display());
             }
+        }
+    }
+    Ok(())
+}
+
+/// Files written on E while zync's loop client watches, timed from the first write until R
+/// holds every one of them; against writing the same files beside an idle rsync daemon and
+/// then running rsync once over the whole tree (a base tree the first sync already brought).
+/// Both times include the writing: indexing that slows E's writer counts against zync.
+fn watched_burst(ctx: &Ctx) -> Result<Row> {
+    let (bins, dir, delay) = (ctx.bins, ctx.dir, ctx.delay());
+    let (base, burst) = (ctx.pick(5_000, 1_000), ctx.pick(5_000, 2_000));
+    let (zsrc, rsrc) = (dir.join("src-zync"), dir.join("src-rsync"));
+    let (zdst, rdst) = (dir.join("dst-zync"), dir.join("dst-rsync"));
+    for d in [&zsrc, &rsrc, &zdst, &rdst] {
+        fs::create_dir_all(d)?;
+    }
+    workload::small_tree(&zsrc, base, SEED)?;
+    workload::small_tree(&rsrc, base, SEED)?;
+    let zd = Daemon::start(bins, &dir.join("zync-state"), &zsrc)?;
+    let rd = RsyncDaemon::start(&dir.join("rsync-state"), &rsrc)?;
+    let (zp, rp) = (Proxy::start(zd.addr, delay)?, Proxy::start(rd.addr, delay)?);
+    let client = zync::start_loop(bins, zp.port, &zd.token, &dir.join("client.db"), &zdst)?;
+    rsync::sync(rp.port, &rdst, false)?;
+    let mut z = Samples::default();
+    let mut r = Samples::default();
+    let mut zclient: Vec<Usage> = Vec::new();
+    let result = (|| -> Result<()> {
+        // The loop client's first sync of the base tree, untimed.
+        wait_for_files(&zsrc, &zdst, 0..base, Duration::from_secs(300))?;
+        for run in 0..ctx.opts.runs {
+            let sub = format!("burst-{run}");
+            let seed = SEED + 100 + run as u64;
+            for turn in 0..2 {
+                settle_disk();
+                if (run + turn) % 2 == 0 {
+                    zp.take_bytes();
+                    let (meter, cmeter) = (Meter::start(zd.pid()), Meter::start(client.pid()));
+                    let start = Instant::now();
+                    workload::small_tree(&zsrc.join(&sub), burst, seed)?;
+                    let wrote = start.elapsed();
+                    wait_for_files(
+                        &zsrc.join(&sub),
+                        &zdst.join(&sub),
+                        0..burst,
+                        Duration::from_secs(300),
+                    )?;
+                    let took = start.elapsed();
+                    let cusage = meter_exit(cmeter.finish());
+                    z.push((took, cusage.0), zp.take_bytes(), meter.finish());
+                    zclient.push(cusage.1);
+                    eprintln!("   run {}: zync wrote in {}", run + 1, fmt_duration(wrote));
+                } else {
+                    rp.take_bytes();
+                    let meter = Meter::start(rd.pid());
+                    let start = Instant::now();
+                    workload::small_tree(&rsrc.join(&sub), burst, seed)?;
+                    let wrote = start.elapsed();
+                    let (_, exit) = rsync::sync(rp.port, &rdst, false)?;
+                    r.push((start.elapsed(), exit), rp.take_bytes(), meter.finish());
+                    eprintln!("   run {}: rsync wrote in {}", run + 1, fmt_duration(wrote));
+                }
+            }
+            eprintln!(
+                "   run {}: zync {}, rsync {}",
+                run + 1,
+                z.line(run),
+                r.line(run)
+            );
+        }
+        Ok(())
+    })();
+    client.stop()?;
+    zd.stop()?;
+    rd.stop()?;
+    result?;
+    same_tree(&zsrc, &zdst).context("zync's copy differs from the source")?;
+    same_tree(&rsrc, &rdst).context("rsync's copy differs from the source")?;
+    let ((z_wire, z_up), (r_wire, r_up)) = (z.bytes(), r.bytes());
+    let client_rss = median(&zclient.iter().map(|u| u.peak_kib).collect::<Vec<_>>());
+    Ok(Row {
+        zync: median(&z.times),
+        rsync: median(&r.times),
+        best: (z.times.iter().min().copied(), r.times.iter().min().copied()),
+        zync_rss: (z.rss().0, client_rss),
+        rsync_rss: r.rss(),
+        zync_cpu: z.cpu(),
+        rsync_cpu: r.cpu(),
+        wire: (z_wire, r_wire),
+        up: (z_up, r_up),
+        ..Row::default()
+    })
+}
+
+/// A loop client's usage over a run as the `Exit` a timed client gives (CPU in `user`), and
+/// as itself (for its peak).
+fn meter_exit(usage: Usage) -> (Exit, Usage) {
+    let exit = Exit {
+        success: true,
+        max_rss_kib: usage.peak_kib,
+        user: usage.cpu,
+        sys: Duration::ZERO,
+    };
+    (exit, usage)
+}
+
+/// Waits until `dst` holds each file `files` of the small tree under `src` with its bytes.
+/// Files arrive in any order; one that arrived stays, so the wait moves on from the first
+/// one missing.
+fn wait_for_files(
+    src: &Path,
+    dst: &Path,
+    files: std::ops::Range<usize>,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    for i in files {
+        let rel = workload::source_path(i);
+        let want = fs::read(src.join(&rel))?;
+        while fs::read(dst.join(&rel)).ok().as_deref() != Some(&want[..]) {
+            if Instant::now() > deadline {
+                bail!("{} did not reach R within {timeout:?}", rel.display());
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
     Ok(())
