@@ -225,7 +225,12 @@ async fn sync_until_settled(
 fn all_applied(reports: &[DirReport]) -> Result<(), crate::error::PathsFailed> {
     let failures: Vec<String> = reports
         .iter()
-        .flat_map(|r| r.failures.iter().map(|(p, e)| format!("{p}: {e}")))
+        // Printed to a terminal: a path from E is shown as it is, never drawn.
+        .flat_map(|r| {
+            r.failures
+                .iter()
+                .map(|(p, e)| zync_cli::visible::line(&format!("{p}: {e}")).into_owned())
+        })
         .collect();
     if failures.is_empty() {
         Ok(())
@@ -380,5 +385,23 @@ async fn session(
         // itself pings the daemon so a stalled tunnel is noticed (--stall-timeout).
         conn.wait_event(config.interval).await?;
         sync_all(&mut conn, state, config).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_paths_that_failed_are_listed_as_they_are_not_as_a_terminal_draws_them() {
+        let report = DirReport {
+            failures: vec![("x\r\x1b[2Kok.txt".into(), "disk full".into())],
+            ..DirReport::default()
+        };
+        let text = all_applied(&[report])
+            .expect_err("a path failed")
+            .to_string();
+        assert!(text.contains("x^M^[[2Kok.txt: disk full"), "{text:?}");
+        assert!(!text.contains('\x1b'), "{text:?}");
     }
 }

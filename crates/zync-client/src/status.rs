@@ -630,11 +630,13 @@ pub fn render(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
     if !failing.is_empty() {
         writeln!(out, "\nfailing paths (retried every round):")?;
         for (dir, f) in failing {
+            // Paths from either machine, and errors that quote them: shown as they are,
+            // never as a terminal would draw them.
             writeln!(
                 out,
                 "  {dir}/{}: {} ({} attempt{}, since {})",
-                f.path,
-                f.error,
+                zync_cli::visible::line(&f.path),
+                zync_cli::visible::line(&f.error),
                 f.attempts,
                 if f.attempts == 1 { "" } else { "s" },
                 local_time(f.since_unix)
@@ -656,7 +658,7 @@ pub fn render(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
             "\nconflict copies (R's edits kept aside; merge them and delete the copy):"
         )?;
         for c in copies {
-            writeln!(out, "  {c}")?;
+            writeln!(out, "  {}", zync_cli::visible::line(&c))?;
         }
     }
     writeln!(out)?;
@@ -859,6 +861,25 @@ mod tests {
             text.contains("UNREACHABLE: connection refused") && text.contains("?"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn failing_paths_and_conflict_copies_are_printed_as_they_are_not_as_a_terminal_draws_them() {
+        let mut s = status(false, true);
+        let dir = &mut s.dirs[0];
+        dir.failing[0].path = "x\r\x1b[2Kok.txt".into();
+        dir.failing[0].error = "cannot write x\r\x1b[2Kok.txt".into();
+        dir.conflict_copies = vec!["y\u{202E}txt.zync-conflict-20240101T000000".into()];
+        let mut out = Vec::new();
+        render(&s, &mut out).expect("render");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(!text.contains('\x1b') && !text.contains('\r'), "{text:?}");
+        assert!(!text.contains('\u{202E}'), "{text:?}");
+        assert!(
+            text.contains("code/x^M^[[2Kok.txt: cannot write x^M^[[2Kok.txt"),
+            "{text}"
+        );
+        assert!(text.contains("y<U+202E>txt.zync-conflict"), "{text}");
     }
 
     #[test]
