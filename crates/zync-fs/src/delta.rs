@@ -2180,4 +2180,39 @@ mod tests {
             prop_assert_eq!(theirs, ours);
         }
     }
+
+    proptest! {
+        // Files of a few MiB: fewer cases.
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        #[test]
+        fn any_edit_round_trips_with_window_hashes(
+            len in (MIB * 3 / 2)..(3 * MIB),
+            seed in any::<u64>(),
+            edits in edits(5000, 4),
+        ) {
+            // Windows of 1 MiB, pieces of 16 blocks of 4 KiB: edits anywhere, including across
+            // window and piece boundaries and changing the length.
+            let base = noise(len, seed);
+            let new = edit(&base, &edits);
+            let sig = signature_of(&base[..], base.len() as u64).expect("signature");
+            let windows = hashes_of(&base, W);
+            let delta = collect_windowed(&new, &sig, &windows);
+            let rebuilt = apply_bytes(&base, &delta, new.len() as u64).expect("apply");
+            prop_assert!(rebuilt == new, "rebuilt {} bytes, expected {}", rebuilt.len(), new.len());
+            // Every window the edits left alone (same bytes at the same offset) is one copy.
+            let same: Vec<(u64, u64)> = base
+                .chunks(W as usize)
+                .zip(new.chunks(W as usize))
+                .enumerate()
+                .filter(|(_, (b, n))| b == n)
+                .map(|(i, (b, _))| ((i * W as usize) as u64, b.len() as u64))
+                .collect();
+            let copies = window_copies(&delta, base.len());
+            prop_assert!(
+                same.iter().all(|c| copies.contains(c)),
+                "unchanged windows {same:?}, single copies {copies:?}"
+            );
+        }
+    }
 }

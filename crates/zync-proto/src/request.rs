@@ -598,6 +598,13 @@ mod tests {
         };
         let windows = get.windows.expect("windows");
         assert_eq!((windows.window, windows.base_size), (1 << 20, 5));
+        // A daemon from before `windows` read such a request as one with a field it does not
+        // know: ignored, like this one.
+        let r = Request::parse(
+            r#"{"id":4,"operation":"GET_DELTA","dir":"d","path":"p","signature":"","windows_v2":{"window":"x"}}"#,
+        )
+        .expect("an unknown field is ignored");
+        assert!(matches!(r.op, Op::GetDelta(GetDelta { windows: None, .. })));
         assert_eq!(windows.hashes, (0..16).collect::<Vec<u8>>());
         assert_eq!(windows.count(), 1);
 
