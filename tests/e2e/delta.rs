@@ -152,6 +152,118 @@ async fn a_64_kib_edit_in_a_32_mib_file_crosses_as_a_small_delta() {
     peer.ping_ok().await;
 }
 
+/// GET_DELTA with R's window hashes beside the signature (`zync_fs::delta::signature_and_windows`).
+async fn get_delta_windows(peer: &mut Peer, path: &str, base: &Path) -> (Value, Vec<u8>) {
+    let (signature, windows) =
+        zync_fs::delta::signature_and_windows(base).expect("signature of R's version");
+    let windows = windows.expect("window hashes");
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    get_delta_raw(
+        peer,
+        json!({"operation": "GET_DELTA", "dir": "code", "path": path,
+               "signature": b64(&signature),
+               "windows": {"window": windows.window, "base_size": windows.base_size,
+                           "hashes": b64(&windows.hashes)}}),
+    )
+    .await
+}
+
+/// The records of a delta stream that are exactly one copy command of `len` bytes: the
+/// windows the daemon found unchanged and did not diff. Their offsets, in order.
+fn single_copies(delta: &[u8], len: u64) -> Vec<u64> {
+    let mut copies = Vec::new();
+    let mut at = 8;
+    while let Some(size) = delta.get(at..at + 4) {
+        let size = u32::from_be_bytes(size.try_into().expect("4 bytes")) as usize;
+        at += 4;
+        let Some(record) = delta.get(at..at + size).filter(|_| size > 0) else {
+            break;
+        };
+        at += size;
+        // magic, one copy command (0x45 ..= 0x54: offset and length of 1, 2, 4 or 8 bytes), end.
+        let Some(&op) = record.get(4) else { continue };
+        if !(0x45..=0x54).contains(&op) {
+            continue;
+        }
+        let (wo, wl) = (1usize << ((op - 0x45) / 4), 1usize << ((op - 0x45) % 4));
+        if record.len() != 4 + 1 + wo + wl + 1 || record[record.len() - 1] != 0 {
+            continue;
+        }
+        let number = |bytes: &[u8]| bytes.iter().fold(0u64, |n, &b| (n << 8) | u64::from(b));
+        let (offset, copied) = (
+            number(&record[5..5 + wo]),
+            number(&record[5 + wo..5 + wo + wl]),
+        );
+        if copied == len {
+            copies.push(offset);
+        }
+    }
+    copies
+}
+
+#[tokio::test]
+async fn with_window_hashes_only_the_edited_window_is_diffed() {
+    let f = fixture();
+    let mut peer = hello(&f.daemon).await;
+    let window = u64::from(zync_proto::MAX_HASH_WINDOW);
+    let before = peer.wire();
+    let (header, delta) = get_delta_windows(&mut peer, "data/big.bin", &f.base).await;
+    let wire = peer.wire() - before;
+    assert_eq!(header["status"], "ok", "GET_DELTA failed: {header}");
+    let e_sha = file_sha(&f.e.join("data/big.bin"));
+    assert_eq!(header["sha256"], json!(e_sha), "{header}");
+    assert_eq!(
+        sha256(&apply(&f.base, &delta, &header)),
+        e_sha,
+        "the delta rebuilt other bytes than E's file"
+    );
+    // 32 MiB in four windows of 8 MiB; the edit is in the third: the other three are one copy
+    // each, at their own offset.
+    assert_eq!(
+        single_copies(&delta, window),
+        [0, window, 3 * window],
+        "the unchanged windows are not single copies"
+    );
+    assert!(
+        delta.len() < 64 * 1024 + 16 * 1024,
+        "delta of {} bytes",
+        delta.len()
+    );
+    assert!(
+        wire < 300 * 1024,
+        "{wire} bytes on the wire for a 64 KiB edit"
+    );
+
+    // R has E's version: four copies and nothing else.
+    let (header, delta) =
+        get_delta_windows(&mut peer, "data/big.bin", &f.e.join("data/big.bin")).await;
+    assert_eq!(header["status"], "ok", "{header}");
+    assert_eq!(
+        single_copies(&delta, window),
+        [0, window, 2 * window, 3 * window]
+    );
+    assert!(
+        delta.len() < 100,
+        "{} bytes of delta between equal files",
+        delta.len()
+    );
+
+    // A base that grew past E's file and one that is small: still E's exact bytes.
+    let grown = f.base.with_file_name("grown");
+    let mut bytes = std::fs::read(f.e.join("data/big.bin")).expect("read");
+    bytes.extend_from_slice(&pseudo_random(3 * MIB, 23));
+    write(&grown, &bytes);
+    let (header, delta) = get_delta_windows(&mut peer, "data/big.bin", &grown).await;
+    assert_eq!(sha256(&apply(&grown, &delta, &header)), e_sha);
+    assert_eq!(
+        single_copies(&delta, window),
+        [0, window, 2 * window, 3 * window]
+    );
+    let (header, delta) = get_delta_windows(&mut peer, "small.txt", &f.base).await;
+    assert_eq!(apply(&f.base, &delta, &header), b"hello\n");
+    peer.ping_ok().await;
+}
+
 /// Sends a request that must fail with `code` and a message containing `says`; the connection
 /// must go on.
 async fn refused(peer: &mut Peer, request: Value, code: &str, says: &str) {
@@ -265,6 +377,55 @@ async fn bad_input_gets_a_clear_error_and_the_connection_keeps_serving() {
     )
     .await;
 
+    // Window hashes that are not what they say.
+    let (signature, windows) = zync_fs::delta::signature_and_windows(&f.base).expect("signature");
+    let windows = windows.expect("window hashes");
+    let hashes = b64(&windows.hashes);
+    let with = |windows: Value| json!({"operation": "GET_DELTA", "dir": "code", "path": "data/big.bin", "signature": b64(&signature), "windows": windows});
+    let size = windows.base_size;
+    for (windows, says) in [
+        (json!("windows"), "invalid type"),
+        (json!({"window": 8 << 20, "base_size": size}), "hashes"),
+        (
+            json!({"window": 8 << 20, "base_size": size, "hashes": "*** not base64 ***"}),
+            "not valid base64",
+        ),
+        (
+            json!({"window": 8 << 20, "base_size": size, "hashes": b64(&[1; 17])}),
+            "whole number of 16-byte hashes",
+        ),
+        (
+            json!({"window": 8 << 20, "base_size": -1, "hashes": hashes}),
+            "-1",
+        ),
+        (
+            json!({"window": 1u64 << 40, "base_size": size, "hashes": hashes}),
+            "expected u32",
+        ),
+        (
+            json!({"window": 4096, "base_size": size, "hashes": hashes}),
+            "window of 4096 bytes is outside",
+        ),
+        (
+            json!({"window": 8 << 20, "base_size": size, "hashes": b64(&windows.hashes[16..])}),
+            "3 hashes for a file of",
+        ),
+        (
+            json!({"window": 4 << 20, "base_size": size, "hashes": hashes}),
+            "4 hashes for a file of",
+        ),
+        (
+            json!({"window": 8 << 20, "base_size": size - 8 * MIB as u64, "hashes": b64(&windows.hashes[16..])}),
+            "the signature's",
+        ),
+        (
+            json!({"window": 8 << 20, "base_size": size, "hashes": "A".repeat(700_000)}),
+            "over the limit",
+        ),
+    ] {
+        refused(&mut peer, with(windows), "bad_request", says).await;
+    }
+
     // After all that, the same connection still delivers a delta.
     let (header, delta) = get_delta(&mut peer, "code", "data/big.bin", &good).await;
     assert_eq!(header["status"], "ok", "{header}");
@@ -359,6 +520,23 @@ fn a_small_edit_in_a_big_file_reaches_r_as_a_delta() {
         wire < MIB as u64,
         "{wire} bytes crossed the wire for a 64 KiB edit in {SIZE} bytes:\n{logs}"
     );
+    // The client sent its window hashes with the signature: three windows of 8 MiB.
+    let deltas: Vec<Value> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r["operation"] == "GET_DELTA")
+        .collect();
+    let [delta] = &deltas[..] else {
+        panic!("expected one GET_DELTA, got {}:\n{logs}", deltas.len())
+    };
+    assert_eq!(
+        (&delta["windows"]["window"], &delta["windows"]["base_size"]),
+        (&json!(8 << 20), &json!(SIZE)),
+        "{}",
+        delta["windows"]
+    );
+    let hashes = delta["windows"]["hashes"].as_str().unwrap_or_default();
+    assert_eq!(hashes.len(), (3 * 16usize).div_ceil(3) * 4, "{hashes:?}");
     assert_eq!(temp_files(&r), Vec::<String>::new(), "temp files left on R");
     assert!(
         conflict_copies(&r).is_empty(),

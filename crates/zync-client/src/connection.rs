@@ -11,6 +11,7 @@ use tokio_tungstenite::WebSocketStream;
 use zync_proto::{
     Auth, Challenge, DeltaHeader, ErrorCode, Event, FileHeader, GetDelta, GetFile, Hello, Nonce,
     Op, Reply, Request, Role, ServerMessage, UpstreamFile, UpstreamFileReply, Welcome,
+    WindowHashes,
 };
 
 use crate::error::ClientError;
@@ -432,7 +433,9 @@ impl Connection {
     }
 
     /// Queues a GET_DELTA for a file R has an older version of, given that version's
-    /// signature ([`zync_fs::delta::signature`]); answered like [`Connection::request_file`].
+    /// signature and window hashes ([`zync_fs::delta::signature_and_windows`]); answered like
+    /// [`Connection::request_file`]. A daemon that does not know window hashes ignores them and
+    /// diffs the whole file.
     ///
     /// # Errors
     /// A transport failure or a stalled send.
@@ -441,11 +444,13 @@ impl Connection {
         dir: &str,
         path: &str,
         signature: Vec<u8>,
+        windows: Option<WindowHashes>,
     ) -> Result<u64, ClientError> {
         self.queue(Op::GetDelta(GetDelta {
             dir: dir.to_string(),
             path: path.to_string(),
             signature,
+            windows,
         }))
         .await
     }

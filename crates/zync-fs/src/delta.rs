@@ -13,6 +13,13 @@
 //! output record by record, reading the base file with positioned reads (see [`apply`] for why
 //! not a memory map).
 //!
+//! The diff computes a rolling checksum and, wherever it matches, an MD4 at every block of the
+//! new file: for a small edit in a big file nearly all of its cost is spent on content R
+//! already has. So R also sends the hashes of its version's windows
+//! ([`signature_and_windows`], from the same read), and [`diff_file`] turns each window of the
+//! new file with the same length and hash at the same offset into one copy command, diffing
+//! only the others.
+//!
 //! # The delta stream
 //!
 //! ```text
@@ -28,8 +35,11 @@ use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-use fast_rsync::{Signature, SignatureOptions};
+use fast_rsync::{IndexedSignature, Signature, SignatureOptions};
 use rayon::prelude::*;
+
+use xxhash_rust::xxh3::Xxh3Default;
+use zync_proto::{WindowHashes, MAX_HASH_WINDOW, MAX_WINDOW_HASHES, MIN_HASH_WINDOW};
 
 use crate::atomic::FsError;
 
@@ -77,6 +87,12 @@ pub enum DeltaError {
     /// corruption). Retrying with the same signature cannot help.
     #[error("bad signature: {0}; compute it again with zync_fs::delta::signature")]
     BadSignature(String),
+    /// The window hashes sent with the signature (GET_DELTA's `windows`) do not fit it or the
+    /// limits. Retrying with the same hashes cannot help.
+    #[error(
+        "bad window hashes: {0}; compute them again with zync_fs::delta::signature_and_windows"
+    )]
+    BadWindows(String),
     /// The delta stream is malformed, or does not fit the base or the expected length.
     /// Retrying cannot help: download the whole file instead.
     #[error("bad delta: {0}; download the whole file instead")]
@@ -91,7 +107,9 @@ impl DeltaError {
     pub fn is_permanent(&self) -> bool {
         match self {
             DeltaError::Fs(e) => e.is_permanent(),
-            DeltaError::BadSignature(_) | DeltaError::BadDelta(_) => true,
+            DeltaError::BadSignature(_) | DeltaError::BadWindows(_) | DeltaError::BadDelta(_) => {
+                true
+            }
             DeltaError::Output(_) => false,
         }
     }
@@ -124,9 +142,26 @@ pub fn strong_sum_for(len: u64, block: u32) -> u32 {
 /// A window of whole blocks, at least [`WINDOW`] and at least four blocks (so a shifted block
 /// can still match inside it).
 fn window_for(block: u32) -> usize {
-    let block = block as usize;
-    WINDOW.div_ceil(block).max(4) * block
+    whole_blocks(WINDOW, block)
 }
+
+/// At least `target` bytes and at least four blocks, in whole blocks.
+fn whole_blocks(target: usize, block: u32) -> usize {
+    let block = block as usize;
+    target.div_ceil(block).max(4) * block
+}
+
+/// How much new content [`diff_file`] diffs at a time where windows changed (whole blocks; see
+/// [`whole_blocks`]): smaller than [`WINDOW`], so the few windows held while they are diffed in
+/// parallel take little memory; the records' stitching makes the cut cost nothing on the wire.
+const CHANGED_PIECE: usize = 512 << 10;
+
+/// How much of a window [`diff_file`] reads at a time to hash it.
+const HASH_READ: usize = 256 << 10;
+
+/// The window hashes of GET_DELTA must fit the delta stream's records: one copy command
+/// rebuilds a whole window, and a record may rebuild at most the stream's window.
+const _: () = assert!(MAX_HASH_WINDOW as usize <= WINDOW && WINDOW <= MAX_WINDOW as usize);
 
 /// The longest record [`apply`] accepts for a window: a record of our [`diff`] is at most its
 /// window plus a few bytes of commands (blocks of at least [`MIN_SIGNATURE_BLOCK`] make a copy
@@ -208,7 +243,43 @@ pub fn signature(path: &Path) -> Result<Vec<u8>, FsError> {
 ///
 /// # Errors
 /// When a read fails.
-pub fn signature_of(mut reader: impl Read, len: u64) -> io::Result<Vec<u8>> {
+pub fn signature_of(reader: impl Read, len: u64) -> io::Result<Vec<u8>> {
+    signature_parts(reader, len, None)
+}
+
+/// [`signature`], and the hashes of the file's windows for GET_DELTA's `windows`, from the same
+/// one read of the file: the daemon sends each window of its version that has the same length
+/// and hash at the same offset as one copy, without diffing it ([`diff_file`]). The hashes are
+/// `None` for a file too big to list them (over [`MAX_WINDOW_HASHES`] windows of
+/// [`MAX_HASH_WINDOW`]).
+///
+/// # Errors
+/// As [`signature`].
+pub fn signature_and_windows(path: &Path) -> Result<(Vec<u8>, Option<WindowHashes>), FsError> {
+    let (file, len) = open_regular(path, "open for a signature")?;
+    signature_and_windows_of(file, len).map_err(|e| FsError::io("read for a signature", path, e))
+}
+
+/// [`signature_of`] and the window hashes of [`signature_and_windows`], of what `reader`
+/// yields; `len` is a hint as for [`signature_of`], the hashes cover what was read.
+///
+/// # Errors
+/// When a read fails.
+pub fn signature_and_windows_of(
+    reader: impl Read,
+    len: u64,
+) -> io::Result<(Vec<u8>, Option<WindowHashes>)> {
+    let mut hasher = WindowHasher::new(MAX_HASH_WINDOW);
+    let signature = signature_parts(reader, len, Some(&mut hasher))?;
+    Ok((signature, hasher.finish()))
+}
+
+/// [`signature_of`], feeding what it reads to `hasher` too.
+fn signature_parts(
+    mut reader: impl Read,
+    len: u64,
+    mut hasher: Option<&mut WindowHasher>,
+) -> io::Result<Vec<u8>> {
     let block = block_size_for(len);
     let strong = strong_sum_for(len, block);
     let header = signature_header(block, strong).len();
@@ -238,6 +309,11 @@ pub fn signature_of(mut reader: impl Read, len: u64) -> io::Result<Vec<u8>> {
             .par_iter()
             .map(|(buf, filled)| Signature::calculate(&buf[..*filled], options(block, strong)))
             .collect();
+        if let Some(hasher) = hasher.as_deref_mut() {
+            for (buf, filled) in &windows[..read] {
+                hasher.update(&buf[..*filled]);
+            }
+        }
         for sig in &sigs {
             let bytes = sig.serialized();
             out.extend_from_slice(if first { bytes } else { &bytes[header..] });
@@ -253,6 +329,8 @@ pub fn signature_of(mut reader: impl Read, len: u64) -> io::Result<Vec<u8>> {
 struct CheckedSignature {
     signature: Signature,
     block: u32,
+    /// How many blocks it has entries for.
+    blocks: u64,
 }
 
 fn check_signature(bytes: &[u8]) -> Result<CheckedSignature, DeltaError> {
@@ -294,7 +372,11 @@ fn check_signature(bytes: &[u8]) -> Result<CheckedSignature, DeltaError> {
     }
     let signature = Signature::deserialize(bytes.to_vec())
         .map_err(|e| DeltaError::BadSignature(e.to_string()))?;
-    Ok(CheckedSignature { signature, block })
+    Ok(CheckedSignature {
+        signature,
+        block,
+        blocks: (body / entry) as u64,
+    })
 }
 
 /// The delta of the file at `path` (E's new version) against `signature` (R's base), streamed to
@@ -355,24 +437,66 @@ fn diff_windows(
     signature: &[u8],
     blocks: Option<usize>,
     lanes: usize,
-    mut sink: impl FnMut(&[u8]) -> io::Result<()>,
+    sink: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> Result<(u64, u64), DeltaError> {
     let checked = check_signature(signature)?;
     let block = checked.block as usize;
     let index = checked.signature.index();
     let span = blocks.map_or_else(|| window_for(checked.block), |n| n.max(2) * block);
+    let mut out = Out::new(sink);
+    out.emit(&stream_head(span))?;
+    let read = diff_run(&mut new, path, &index, block, span, lanes, &mut out)?;
+    out.emit(&0u32.to_be_bytes())?;
+    Ok((out.written, read))
+}
+
+/// Passes the delta stream's bytes on to the caller's sink, counting them.
+struct Out<F> {
+    sink: F,
+    written: u64,
+}
+
+impl<F: FnMut(&[u8]) -> io::Result<()>> Out<F> {
+    fn new(sink: F) -> Out<F> {
+        Out { sink, written: 0 }
+    }
+
+    fn emit(&mut self, bytes: &[u8]) -> Result<(), DeltaError> {
+        self.written += bytes.len() as u64;
+        (self.sink)(bytes).map_err(DeltaError::Output)
+    }
+
+    /// One record: its length, then its bytes.
+    fn record(&mut self, record: &[u8]) -> Result<(), DeltaError> {
+        self.emit(&(record.len() as u32).to_be_bytes())?;
+        self.emit(record)
+    }
+}
+
+/// The start of a delta stream whose records rebuild at most `span` bytes each.
+fn stream_head(span: usize) -> [u8; 8] {
+    let mut head = [0u8; 8];
+    head[..4].copy_from_slice(&STREAM_MAGIC);
+    head[4..].copy_from_slice(&(span as u32).to_be_bytes());
+    head
+}
+
+/// Diffs everything `new` yields, in windows of `span` bytes (see [`diff_windows`]), and emits
+/// the records that rebuild it, starting with no carried bytes and ending with none; returns
+/// how many bytes were read. A run of new content is rebuilt whole by its records, so runs can
+/// be diffed one after another, with other records between them.
+fn diff_run<F: FnMut(&[u8]) -> io::Result<()>>(
+    new: &mut impl Read,
+    path: &Path,
+    index: &IndexedSignature<'_>,
+    block: usize,
+    span: usize,
+    lanes: usize,
+    out: &mut Out<F>,
+) -> Result<u64, DeltaError> {
     let overlap = block - 1;
     // New bytes per window: with its lead, a window stays under `span`.
     let step = span - block;
-    let mut written = 0u64;
-    let mut emit = |bytes: &[u8], written: &mut u64| -> Result<(), DeltaError> {
-        *written += bytes.len() as u64;
-        sink(bytes).map_err(DeltaError::Output)
-    };
-    let mut head = STREAM_MAGIC.to_vec();
-    head.extend_from_slice(&(span as u32).to_be_bytes());
-    emit(&head, &mut written)?;
-
     // A diffed window, back from its worker: the record, its bytes (for reuse), how many of
     // them lead (the end of the window before) and whether another window follows.
     struct Diffed {
@@ -390,7 +514,7 @@ fn diff_windows(
         // is caught, so that a thread waiting for this record gets an error, not a hang.
         let record = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut record = Vec::new();
-            fast_rsync::diff(&index, &bytes, &mut record).map(|()| record)
+            fast_rsync::diff(index, &bytes, &mut record).map(|()| record)
         }))
         .map_err(|_| DeltaError::BadDelta("the diff of a window panicked".into()))
         .and_then(|r| r.map_err(|e| DeltaError::BadSignature(e.to_string())));
@@ -421,7 +545,7 @@ fn diff_windows(
                 let lead = tail.len();
                 bytes.resize(lead + step, 0);
                 bytes[..lead].copy_from_slice(&tail);
-                let n = read_full(&mut new, &mut bytes[lead..])
+                let n = read_full(new, &mut bytes[lead..])
                     .map_err(|e| FsError::io("read for a delta", path, e))?;
                 read += n as u64;
                 bytes.truncate(lead + n);
@@ -467,16 +591,326 @@ fn diff_windows(
                 };
                 // A last window of no new bytes rebuilds only what the one before it cut.
                 if diffed.bytes.len() - skip > carried {
-                    emit(&(record.len() as u32).to_be_bytes(), &mut written)?;
-                    emit(&record, &mut written)?;
+                    out.record(&record)?;
                 }
                 spare.push(diffed.bytes);
                 next_emit += 1;
             }
         }
     })?;
-    emit(&0u32.to_be_bytes(), &mut written)?;
-    Ok((written, read))
+    Ok(read)
+}
+
+/// Cuts what it is fed into windows of `window` bytes from the start and hashes each with
+/// XXH3-128: GET_DELTA's `windows`.
+struct WindowHasher {
+    window: u64,
+    state: Xxh3Default,
+    /// Bytes of the current window fed so far.
+    in_window: u64,
+    size: u64,
+    hashes: Vec<u8>,
+}
+
+impl WindowHasher {
+    fn new(window: u32) -> WindowHasher {
+        WindowHasher {
+            window: u64::from(window.max(1)),
+            state: Xxh3Default::new(),
+            in_window: 0,
+            size: 0,
+            hashes: Vec::new(),
+        }
+    }
+
+    fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let take = (self.window - self.in_window).min(bytes.len() as u64) as usize;
+            self.state.update(&bytes[..take]);
+            self.in_window += take as u64;
+            self.size += take as u64;
+            bytes = &bytes[take..];
+            if self.in_window == self.window {
+                self.push();
+            }
+        }
+    }
+
+    fn push(&mut self) {
+        self.hashes
+            .extend_from_slice(&self.state.digest128().to_be_bytes());
+        self.state.reset();
+        self.in_window = 0;
+    }
+
+    /// The hashes, `None` when there are more than a request may carry.
+    fn finish(mut self) -> Option<WindowHashes> {
+        if self.in_window > 0 {
+            self.push();
+        }
+        (self.hashes.len() <= MAX_WINDOW_HASHES * WindowHashes::HASH_LEN).then_some(WindowHashes {
+            window: self.window as u32,
+            base_size: self.size,
+            hashes: self.hashes,
+        })
+    }
+}
+
+/// Checks a peer's window hashes against its signature: the window size within limits, and the
+/// hashes, the signature's blocks and `base_size` describing the same file.
+fn check_windows(windows: &WindowHashes, signature: &CheckedSignature) -> Result<(), DeltaError> {
+    let bad = |why: String| Err(DeltaError::BadWindows(why));
+    let window = windows.window;
+    if !(MIN_HASH_WINDOW..=MAX_HASH_WINDOW).contains(&window) {
+        return bad(format!(
+            "window of {window} bytes is outside {MIN_HASH_WINDOW} ..= {MAX_HASH_WINDOW}"
+        ));
+    }
+    let len = WindowHashes::HASH_LEN;
+    if !windows.hashes.len().is_multiple_of(len) {
+        return bad(format!(
+            "{} bytes of hashes are not a whole number of {len}-byte hashes",
+            windows.hashes.len()
+        ));
+    }
+    let count = windows.count();
+    if count > MAX_WINDOW_HASHES {
+        return bad(format!(
+            "{count} hashes are over the limit of {MAX_WINDOW_HASHES}"
+        ));
+    }
+    let size = windows.base_size;
+    let expected = size.div_ceil(u64::from(window));
+    if count as u64 != expected {
+        return bad(format!(
+            "{count} hashes for a file of {size} bytes, which has {expected} windows of {window} bytes"
+        ));
+    }
+    let block = u64::from(signature.block);
+    if size.div_ceil(block) != signature.blocks {
+        return bad(format!(
+            "they are for a file of {size} bytes, but the signature's {} blocks of {block} bytes are not",
+            signature.blocks
+        ));
+    }
+    Ok(())
+}
+
+/// The length and hash of window `number` of the peer's file, if it has one.
+fn base_window(windows: &WindowHashes, number: u64) -> Option<(u64, u128)> {
+    let window = u64::from(windows.window);
+    let start = number.checked_mul(window)?;
+    let len = windows.base_size.checked_sub(start)?.min(window);
+    let at = usize::try_from(number)
+        .ok()?
+        .checked_mul(WindowHashes::HASH_LEN)?;
+    let hash = windows.hashes.get(at..at + WindowHashes::HASH_LEN)?;
+    let hash = u128::from_be_bytes(hash.try_into().ok()?);
+    (len > 0).then_some((len, hash))
+}
+
+/// Content read by position: E's file, or bytes in the tests.
+trait ReadAt: Sync {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+}
+
+impl ReadAt for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// The bytes of a [`ReadAt`] from `at` up to `end`, as a reader.
+struct Range<'a, S: ?Sized> {
+    source: &'a S,
+    at: u64,
+    end: u64,
+}
+
+impl<S: ReadAt + ?Sized> Read for Range<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (self.end - self.at).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.source.read_at(&mut buf[..want], self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// The delta of the opened file `new` (E's version; `path` names it in errors) against
+/// `signature`, as [`diff_reader`]; with `windows`, R's window hashes from
+/// [`signature_and_windows`], each window of `new` with the length and hash of R's window at
+/// the same offset becomes a record of one copy command, without a diff; only the windows
+/// between them are diffed, against the whole signature. A false match (a hash collision, or
+/// hashes of another file than the signature's) rebuilds wrong bytes, which the caller's sha256
+/// check catches, as any false match of the signature's block sums.
+///
+/// Memory with `windows`: a buffer of [`HASH_READ`] to hash, and a few pieces of
+/// [`CHANGED_PIECE`] while changed windows are diffed; the delta stream is the same format.
+///
+/// # Errors
+/// As [`diff_reader`]; also [`DeltaError::BadWindows`] for window hashes that do not fit the
+/// signature or the limits (checked before anything is sent to `sink`), and
+/// [`DeltaError::Fs`] when `new` shrinks while it is read.
+pub fn diff_file(
+    new: &File,
+    path: &Path,
+    signature: &[u8],
+    windows: Option<&WindowHashes>,
+    sink: impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<(u64, u64), DeltaError> {
+    match windows {
+        None => diff_reader(new, path, signature, sink),
+        Some(windows) => diff_windowed(new, path, signature, windows, None, lanes(), sink),
+    }
+}
+
+/// [`diff_file`] with `windows`, changed windows diffed in pieces of `blocks` blocks when given
+/// (tests use small ones), `lanes` at a time.
+///
+/// Each window of `new` is read and hashed in turn. A run of changed windows is diffed once the
+/// next unchanged window (or the end) is found, read again by position: only the changed
+/// windows are read twice, from the page cache.
+fn diff_windowed<S: ReadAt + ?Sized, F: FnMut(&[u8]) -> io::Result<()>>(
+    new: &S,
+    path: &Path,
+    signature: &[u8],
+    windows: &WindowHashes,
+    blocks: Option<usize>,
+    lanes: usize,
+    sink: F,
+) -> Result<(u64, u64), DeltaError> {
+    let checked = check_signature(signature)?;
+    check_windows(windows, &checked)?;
+    let index = checked.signature.index();
+    let block = checked.block as usize;
+    let piece = blocks.map_or_else(
+        || whole_blocks(CHANGED_PIECE, checked.block),
+        |n| n.max(2) * block,
+    );
+    // The stream's window, as without window hashes: a record rebuilds at most that much, and
+    // a copy of a whole hashed window fits it (MAX_HASH_WINDOW <= WINDOW).
+    let span = window_for(checked.block).max(piece);
+    let window = u64::from(windows.window);
+    let mut out = Out::new(sink);
+    out.emit(&stream_head(span))?;
+    let mut buf = vec![0u8; HASH_READ.min(windows.window as usize)];
+    let read_error = |e| DeltaError::Fs(FsError::io("read for a delta", path, e));
+    // The start of the run of changed windows not yet diffed.
+    let mut changed: Option<u64> = None;
+    let mut at = 0u64;
+    for number in 0.. {
+        let (len, hash) = hash_window(new, at, window, &mut buf).map_err(read_error)?;
+        if len == 0 {
+            break;
+        }
+        if base_window(windows, number) == Some((len, hash)) {
+            if let Some(start) = changed.take() {
+                diff_changed(
+                    new,
+                    path,
+                    &index,
+                    (start, at),
+                    block,
+                    piece,
+                    lanes,
+                    &mut out,
+                )?;
+            }
+            let mut record = DELTA_MAGIC.to_vec();
+            copy_command(at, len, &mut record);
+            record.push(OP_END);
+            out.record(&record)?;
+        } else if changed.is_none() {
+            changed = Some(at);
+        }
+        at += len;
+        if len < window {
+            break;
+        }
+    }
+    if let Some(start) = changed {
+        diff_changed(
+            new,
+            path,
+            &index,
+            (start, at),
+            block,
+            piece,
+            lanes,
+            &mut out,
+        )?;
+    }
+    out.emit(&0u32.to_be_bytes())?;
+    Ok((out.written, at))
+}
+
+/// The length and XXH3-128 of the up to `window` bytes of `new` from `at`, read `buf` at a time.
+fn hash_window<S: ReadAt + ?Sized>(
+    new: &S,
+    at: u64,
+    window: u64,
+    buf: &mut [u8],
+) -> io::Result<(u64, u128)> {
+    let mut state = Xxh3Default::new();
+    let mut range = Range {
+        source: new,
+        at,
+        end: at.saturating_add(window),
+    };
+    let mut len = 0u64;
+    loop {
+        let n = read_full(&mut range, buf)?;
+        state.update(&buf[..n]);
+        len += n as u64;
+        if n < buf.len() {
+            return Ok((len, state.digest128()));
+        }
+    }
+}
+
+/// Diffs the bytes `start..end` of `new` (a run of changed windows) and emits their records.
+#[allow(clippy::too_many_arguments)]
+fn diff_changed<S: ReadAt + ?Sized, F: FnMut(&[u8]) -> io::Result<()>>(
+    new: &S,
+    path: &Path,
+    index: &IndexedSignature<'_>,
+    (start, end): (u64, u64),
+    block: usize,
+    piece: usize,
+    lanes: usize,
+    out: &mut Out<F>,
+) -> Result<(), DeltaError> {
+    let mut range = Range {
+        source: new,
+        at: start,
+        end,
+    };
+    let read = diff_run(&mut range, path, index, block, piece, lanes, out)?;
+    if read != end - start {
+        return Err(DeltaError::Fs(FsError::io(
+            "read for a delta",
+            path,
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file shrank while its delta was computed",
+            ),
+        )));
+    }
+    Ok(())
 }
 
 /// Removes up to `max` bytes from the end of a record that ends with a literal, so they can be
@@ -1230,6 +1664,307 @@ mod tests {
         round_trip(b"", b"");
     }
 
+    /// R's window hashes of `base` in windows of `window` bytes.
+    fn hashes_of(base: &[u8], window: u32) -> WindowHashes {
+        let mut hasher = WindowHasher::new(window);
+        hasher.update(base);
+        hasher.finish().expect("few windows")
+    }
+
+    /// The delta of `new` against `signature` and `windows`, changed windows diffed in pieces
+    /// of 16 blocks.
+    fn collect_windowed(new: &[u8], signature: &[u8], windows: &WindowHashes) -> Vec<u8> {
+        let mut delta = Vec::new();
+        let (produced, read) = diff_windowed(
+            new,
+            Path::new("new"),
+            signature,
+            windows,
+            Some(16),
+            lanes(),
+            |b| {
+                delta.extend_from_slice(b);
+                Ok(())
+            },
+        )
+        .expect("diff");
+        assert_eq!(produced, delta.len() as u64, "reported delta size");
+        assert_eq!(read, new.len() as u64, "bytes read of the new content");
+        delta
+    }
+
+    /// What a record does, in short.
+    #[derive(Debug, PartialEq)]
+    enum Does {
+        Copy { offset: u64, len: u64 },
+        Literal(usize),
+    }
+
+    /// The commands of each record of a delta stream.
+    fn records(delta: &[u8]) -> Vec<Vec<Does>> {
+        let mut at = 8;
+        let mut all = Vec::new();
+        loop {
+            let len = u32::from_be_bytes(delta[at..at + 4].try_into().expect("4 bytes")) as usize;
+            at += 4;
+            if len == 0 {
+                return all;
+            }
+            let mut commands = Commands::new(&delta[at..at + len]).expect("record");
+            let mut does = Vec::new();
+            loop {
+                match commands.next().expect("command").1 {
+                    Command::End => break,
+                    Command::Copy { offset, len } => does.push(Does::Copy { offset, len }),
+                    Command::Literal(bytes) => does.push(Does::Literal(bytes.len())),
+                }
+            }
+            all.push(does);
+            at += len;
+        }
+    }
+
+    /// The records that are exactly one copy of a whole window of 1 MiB of a base of `base`
+    /// bytes (the last window may be shorter): (offset, len).
+    fn window_copies(delta: &[u8], base: usize) -> Vec<(u64, u64)> {
+        let (m, base) = (MIB as u64, base as u64);
+        records(delta)
+            .into_iter()
+            .filter_map(|r| match r[..] {
+                [Does::Copy { offset, len }]
+                    if offset % m == 0 && (len == m || offset + len == base) =>
+                {
+                    Some((offset, len))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    const W: u32 = MIN_HASH_WINDOW;
+
+    #[test]
+    fn unchanged_windows_become_single_copies_and_changed_ones_are_diffed() {
+        // Six windows of 1 MiB, the last partial; 64 KiB rewritten inside the third.
+        let base = noise(5 * MIB + 12_345, 31);
+        let mut new = base.clone();
+        let at = 2 * MIB + 300_000;
+        new[at..at + 65536].copy_from_slice(&noise(65536, 32));
+        let sig = signature_of(&base[..], base.len() as u64).expect("signature");
+        let delta = collect_windowed(&new, &sig, &hashes_of(&base, W));
+        assert!(
+            apply_bytes(&base, &delta, new.len() as u64).expect("apply") == new,
+            "rebuilt other bytes"
+        );
+        let m = MIB as u64;
+        assert_eq!(
+            window_copies(&delta, base.len()),
+            [(0, m), (m, m), (3 * m, m), (4 * m, m), (5 * m, 12_345)],
+            "every window but the edited one is one copy"
+        );
+        // The edited window was diffed: copies around the edit's literal, not one literal.
+        let literal: usize = records(&delta)
+            .iter()
+            .flatten()
+            .map(|d| match d {
+                Does::Literal(n) => *n,
+                Does::Copy { .. } => 0,
+            })
+            .sum();
+        assert!(
+            (65536..65536 + 2 * 4096).contains(&literal),
+            "{literal} literal bytes for a 64 KiB edit"
+        );
+        // The same delta size as without window hashes, give or take a few commands.
+        let plain = collect_diff(&new, &sig, None);
+        assert!(
+            delta.len() < plain.len() + 1024,
+            "{} bytes with window hashes, {} without",
+            delta.len(),
+            plain.len()
+        );
+    }
+
+    #[test]
+    fn a_file_that_grew_or_shrank_keeps_the_windows_it_shares() {
+        let base = noise(3 * MIB + MIB / 2, 33);
+        let sig = signature_of(&base[..], base.len() as u64).expect("signature");
+        let hashes = hashes_of(&base, W);
+        assert_eq!(hashes.count(), 4);
+        let m = MIB as u64;
+        // Grown: R's last, partial window is no longer a whole window of E's.
+        let mut grown = base.clone();
+        grown.extend_from_slice(&noise(MIB + 200_000, 34));
+        let delta = collect_windowed(&grown, &sig, &hashes);
+        assert!(apply_bytes(&base, &delta, grown.len() as u64).expect("apply") == grown);
+        assert_eq!(
+            window_copies(&delta, base.len()),
+            [(0, m), (m, m), (2 * m, m)]
+        );
+        // Shrunk into its third window.
+        let shrunk = base[..2 * MIB + 300_000].to_vec();
+        let delta = collect_windowed(&shrunk, &sig, &hashes);
+        assert!(apply_bytes(&base, &delta, shrunk.len() as u64).expect("apply") == shrunk);
+        assert_eq!(window_copies(&delta, base.len()), [(0, m), (m, m)]);
+        // Shrunk to whole windows, and emptied.
+        let whole = base[..2 * MIB].to_vec();
+        let delta = collect_windowed(&whole, &sig, &hashes);
+        assert!(apply_bytes(&base, &delta, whole.len() as u64).expect("apply") == whole);
+        assert_eq!(
+            records(&delta),
+            [
+                [Does::Copy { offset: 0, len: m }],
+                [Does::Copy { offset: m, len: m }]
+            ]
+        );
+        let delta = collect_windowed(&[], &sig, &hashes);
+        assert_eq!(records(&delta), Vec::<Vec<Does>>::new());
+        // Unchanged, ragged last window included: nothing but copies.
+        let delta = collect_windowed(&base, &sig, &hashes);
+        assert_eq!(
+            window_copies(&delta, base.len()),
+            [(0, m), (m, m), (2 * m, m), (3 * m, m / 2)]
+        );
+        assert_eq!(records(&delta).len(), 4);
+        // From an empty base.
+        let (sig, hashes) = signature_and_windows_of(&[][..], 0).expect("signature");
+        let hashes = hashes.expect("hashes");
+        assert_eq!((hashes.count(), hashes.base_size), (0, 0));
+        let delta = collect_windowed(&base, &sig, &hashes);
+        assert!(apply_bytes(&[], &delta, base.len() as u64).expect("apply") == base);
+    }
+
+    #[test]
+    fn hashes_of_another_file_match_nothing_and_the_result_is_still_right() {
+        let base = noise(3 * MIB, 35);
+        let other = noise(3 * MIB, 36);
+        let mut new = base.clone();
+        new[MIB + 10..MIB + 20].fill(0);
+        let sig = signature_of(&base[..], base.len() as u64).expect("signature");
+        let delta = collect_windowed(&new, &sig, &hashes_of(&other, W));
+        assert_eq!(window_copies(&delta, base.len()), Vec::new());
+        assert!(apply_bytes(&base, &delta, new.len() as u64).expect("apply") == new);
+    }
+
+    #[test]
+    fn hashes_that_claim_a_match_rebuild_other_bytes_which_the_sha256_check_catches() {
+        // Hashes of E's own version sent with the signature of R's: every window "matches", so
+        // the copies rebuild R's bytes. Only the sha256 check of the result can tell (as for a
+        // false match of the signature's block sums); the client then downloads the file whole.
+        let base = noise(2 * MIB, 37);
+        let mut new = base.clone();
+        new[100..200].fill(1);
+        let sig = signature_of(&base[..], base.len() as u64).expect("signature");
+        let delta = collect_windowed(&new, &sig, &hashes_of(&new, W));
+        let rebuilt = apply_bytes(&base, &delta, new.len() as u64).expect("apply");
+        assert_eq!(rebuilt.len(), new.len());
+        assert!(
+            crate::hash_bytes(&rebuilt) != crate::hash_bytes(&new),
+            "the rebuilt file passes the sha256 check"
+        );
+    }
+
+    #[test]
+    fn signature_and_windows_reads_once_and_hashes_whole_windows() {
+        let data = noise(2 * WINDOW + 3 * 4096 + 123, 38);
+        let (sig, hashes) = signature_and_windows_of(&data[..], data.len() as u64).expect("read");
+        assert!(sig == signature_of(&data[..], data.len() as u64).expect("signature"));
+        let hashes = hashes.expect("hashes");
+        let want: Vec<u8> = data
+            .chunks(MAX_HASH_WINDOW as usize)
+            .flat_map(|w| xxhash_rust::xxh3::xxh3_128(w).to_be_bytes())
+            .collect();
+        assert_eq!(
+            (hashes.window, hashes.base_size),
+            (MAX_HASH_WINDOW, data.len() as u64)
+        );
+        assert!(
+            hashes.hashes == want,
+            "other hashes than XXH3-128 of each window"
+        );
+        // A file that grew since its size was taken is read in small pieces: the same hashes.
+        let (_, grown) = signature_and_windows_of(&data[..], 5000).expect("read");
+        assert_eq!(grown, Some(hashes.clone()));
+        // Through the file API.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("f");
+        std::fs::write(&path, &data).expect("write");
+        assert_eq!(
+            signature_and_windows(&path).expect("signature"),
+            (sig, Some(hashes))
+        );
+        // Too many windows to send: none.
+        let mut many = WindowHasher::new(1);
+        many.update(&vec![0; MAX_WINDOW_HASHES + 1]);
+        assert_eq!(many.finish(), None);
+    }
+
+    fn bad_windows(signature: &[u8], windows: &WindowHashes) -> String {
+        let mut called = false;
+        let result = diff_windowed(
+            &b"new content"[..],
+            Path::new("n"),
+            signature,
+            windows,
+            None,
+            2,
+            |_| {
+                called = true;
+                Ok(())
+            },
+        );
+        assert!(!called, "bytes were sent for bad window hashes");
+        match result {
+            Err(e @ DeltaError::BadWindows(_)) => {
+                assert!(e.is_permanent());
+                e.to_string()
+            }
+            other => panic!("expected BadWindows, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_window_hashes_are_errors_that_say_why() {
+        let base = noise(3 * MIB + 5, 39);
+        let sig = signature_of(&base[..], base.len() as u64).expect("signature");
+        let good = hashes_of(&base, W);
+        let with = |f: &dyn Fn(&mut WindowHashes)| {
+            let mut w = good.clone();
+            f(&mut w);
+            bad_windows(&sig, &w)
+        };
+        assert!(with(&|w| w.window = 0).contains("window of 0 bytes is outside"));
+        assert!(with(&|w| w.window = MIN_HASH_WINDOW - 1).contains("outside"));
+        assert!(with(&|w| w.window = MAX_HASH_WINDOW + 1).contains("outside"));
+        assert!(with(&|w| {
+            w.hashes.pop();
+        })
+        .contains("whole number of 16-byte"));
+        assert!(with(&|w| w.hashes.truncate(16)).contains("1 hashes for a file of"));
+        assert!(with(&|w| w.hashes.extend([0; 16])).contains("5 hashes for a file of"));
+        // Hashes that fit another size than the signature's file.
+        let other = with(&|w| w.base_size = 3 * MIB as u64 + 1_000_000);
+        assert!(other.contains("the signature's"), "{other}");
+        let too_many = with(&|w| {
+            w.hashes = vec![0; (MAX_WINDOW_HASHES + 1) * 16];
+            w.base_size = (MAX_WINDOW_HASHES as u64 + 1) * u64::from(W);
+        });
+        assert!(too_many.contains("over the limit"), "{too_many}");
+        // A bad signature is reported first.
+        assert!(matches!(
+            diff_windowed(
+                &b""[..],
+                Path::new("n"),
+                b"junk",
+                &good,
+                None,
+                2,
+                |_| Ok(())
+            ),
+            Err(DeltaError::BadSignature(_))
+        ));
+    }
+
     fn bad_signature(bytes: &[u8]) -> String {
         let mut called = false;
         let result = diff_reader(&b"new content"[..], Path::new("n"), bytes, |_| {
@@ -1443,6 +2178,41 @@ mod tests {
             }
             let (theirs, ours) = both_appliers(&base, &record);
             prop_assert_eq!(theirs, ours);
+        }
+    }
+
+    proptest! {
+        // Files of a few MiB: fewer cases.
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        #[test]
+        fn any_edit_round_trips_with_window_hashes(
+            len in (MIB * 3 / 2)..(3 * MIB),
+            seed in any::<u64>(),
+            edits in edits(5000, 4),
+        ) {
+            // Windows of 1 MiB, pieces of 16 blocks of 4 KiB: edits anywhere, including across
+            // window and piece boundaries and changing the length.
+            let base = noise(len, seed);
+            let new = edit(&base, &edits);
+            let sig = signature_of(&base[..], base.len() as u64).expect("signature");
+            let windows = hashes_of(&base, W);
+            let delta = collect_windowed(&new, &sig, &windows);
+            let rebuilt = apply_bytes(&base, &delta, new.len() as u64).expect("apply");
+            prop_assert!(rebuilt == new, "rebuilt {} bytes, expected {}", rebuilt.len(), new.len());
+            // Every window the edits left alone (same bytes at the same offset) is one copy.
+            let same: Vec<(u64, u64)> = base
+                .chunks(W as usize)
+                .zip(new.chunks(W as usize))
+                .enumerate()
+                .filter(|(_, (b, n))| b == n)
+                .map(|(i, (b, _))| ((i * W as usize) as u64, b.len() as u64))
+                .collect();
+            let copies = window_copies(&delta, base.len());
+            prop_assert!(
+                same.iter().all(|c| copies.contains(c)),
+                "unchanged windows {same:?}, single copies {copies:?}"
+            );
         }
     }
 }

@@ -26,7 +26,7 @@ pub use message::{
 };
 pub use request::{
     AckChanges, Auth, FinalizeUpstream, GetChanges, GetDelta, GetFile, Hello, Op, ParseError,
-    PrepareUpstream, Request, UpstreamAction, UpstreamFile,
+    PrepareUpstream, Request, UpstreamAction, UpstreamFile, WindowHashes,
 };
 
 /// The protocol version this build speaks; the handshake refuses any other.
@@ -59,6 +59,20 @@ pub const MAX_BINARY_FRAME: usize = MAX_CHUNK + CHUNK_HEADER;
 /// and the rest of the request stay well under [`MAX_TEXT_MESSAGE`]. zync's own signatures
 /// stay under 400 KiB (`zync_fs::delta`).
 pub const MAX_SIGNATURE: usize = 2 << 20;
+
+/// The most window hashes a GET_DELTA's `windows` may carry (16 bytes each, 512 KiB, about
+/// 683 KiB as base64): with windows of [`MAX_HASH_WINDOW`], files up to 256 GiB. Together
+/// with a signature at [`MAX_SIGNATURE`] the request stays under [`MAX_TEXT_MESSAGE`]; a client
+/// with a larger file sends no window hashes.
+pub const MAX_WINDOW_HASHES: usize = 32 << 10;
+
+/// The smallest window GET_DELTA's `windows` may cut the client's file into.
+pub const MIN_HASH_WINDOW: u32 = 1 << 20;
+
+/// The largest window GET_DELTA's `windows` may cut the client's file into (what the zync
+/// client uses): no larger than the windows of the delta stream, so one copy command fits a
+/// record.
+pub const MAX_HASH_WINDOW: u32 = 8 << 20;
 
 /// How many changes GET_CHANGES returns when the request names no limit.
 pub const DEFAULT_CHANGES_LIMIT: u32 = 1000;

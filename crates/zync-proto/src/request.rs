@@ -156,6 +156,39 @@ pub struct GetDelta {
     /// The signature's bytes (base64, standard alphabet with padding, on the wire).
     #[serde(with = "base64_signature")]
     pub signature: Vec<u8>,
+    /// Hashes of the client's version cut in windows, so the daemon can send each window that
+    /// did not change as one copy, without diffing it. Absent from older clients (and ignored
+    /// by older daemons): every window is diffed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<WindowHashes>,
+}
+
+/// GET_DELTA's `windows`: the client's version of the file cut into windows of `window` bytes
+/// from its start (the last one shorter), each hashed with XXH3-128. A window of E's file at
+/// the same offset with the same length and hash is taken as unchanged; a false match only
+/// rebuilds a file whose sha256 the client then refuses (it downloads the file whole).
+/// Parsing checks the encoding and the count limit; `zync_fs::delta` checks the rest against
+/// the signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowHashes {
+    /// Bytes per window, [`crate::MIN_HASH_WINDOW`] ..= [`crate::MAX_HASH_WINDOW`].
+    pub window: u32,
+    /// The size of the client's version: the windows cover exactly this many bytes.
+    pub base_size: u64,
+    /// The windows' XXH3-128 hashes in order, 16 bytes each (big-endian); base64 on the
+    /// wire, at most [`crate::MAX_WINDOW_HASHES`] of them.
+    #[serde(with = "base64_hashes")]
+    pub hashes: Vec<u8>,
+}
+
+impl WindowHashes {
+    /// Bytes of one window's hash.
+    pub const HASH_LEN: usize = 16;
+
+    /// How many windows the hashes cover.
+    pub fn count(&self) -> usize {
+        self.hashes.len() / Self::HASH_LEN
+    }
 }
 
 /// GET_DELTA's `signature`: bytes as standard base64, bounded by [`crate::MAX_SIGNATURE`].
@@ -183,6 +216,46 @@ mod base64_signature {
         base64::engine::general_purpose::STANDARD
             .decode(text.as_bytes())
             .map_err(|e| de::Error::custom(format!("signature is not valid base64: {e}")))
+    }
+}
+
+/// GET_DELTA's window `hashes`: 16-byte hashes as standard base64, at most
+/// [`crate::MAX_WINDOW_HASHES`] of them.
+mod base64_hashes {
+    use base64::Engine;
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    use super::WindowHashes;
+    use crate::MAX_WINDOW_HASHES;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        let max_bytes = MAX_WINDOW_HASHES * WindowHashes::HASH_LEN;
+        // Checked before decoding, so an oversized one costs no allocation.
+        let max_text = max_bytes.div_ceil(3) * 4;
+        if text.len() > max_text {
+            return Err(de::Error::custom(format!(
+                "windows.hashes is {} base64 characters, over the limit of {max_text} \
+                 ({MAX_WINDOW_HASHES} hashes of {} bytes)",
+                text.len(),
+                WindowHashes::HASH_LEN
+            )));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| de::Error::custom(format!("windows.hashes is not valid base64: {e}")))?;
+        if bytes.len() % WindowHashes::HASH_LEN != 0 || bytes.len() > max_bytes {
+            return Err(de::Error::custom(format!(
+                "windows.hashes is {} bytes, not a whole number of {}-byte hashes (at most {MAX_WINDOW_HASHES})",
+                bytes.len(),
+                WindowHashes::HASH_LEN
+            )));
+        }
+        Ok(bytes)
     }
 }
 
@@ -453,11 +526,17 @@ mod tests {
                 dir: "d".into(),
                 path: "a/b".into(),
                 signature: vec![0, 1, 2, 250, 255],
+                windows: None,
             }),
             Op::GetDelta(GetDelta {
                 dir: "d".into(),
                 path: "e".into(),
                 signature: Vec::new(),
+                windows: Some(WindowHashes {
+                    window: 8 << 20,
+                    base_size: 20 << 20,
+                    hashes: (0..48).collect(),
+                }),
             }),
         ];
         for (i, op) in ops.into_iter().enumerate() {
@@ -506,6 +585,84 @@ mod tests {
         let e = Request::parse(&over).unwrap_err();
         assert_eq!((e.id, e.code), (Some(6), ErrorCode::BadRequest));
         assert!(e.message.contains("over the limit"), "{}", e.message);
+    }
+
+    #[test]
+    fn get_delta_s_window_hashes_are_optional_base64_in_whole_hashes() {
+        let r = Request::parse(
+            r#"{"id":4,"operation":"GET_DELTA","dir":"d","path":"p","signature":"","windows":{"window":1048576,"base_size":5,"hashes":"AAECAwQFBgcICQoLDA0ODw=="}}"#,
+        )
+        .expect("parses");
+        let Op::GetDelta(get) = r.op else {
+            panic!("parsed as {:?}", r.op)
+        };
+        let windows = get.windows.expect("windows");
+        assert_eq!((windows.window, windows.base_size), (1 << 20, 5));
+        // A daemon from before `windows` read such a request as one with a field it does not
+        // know: ignored, like this one.
+        let r = Request::parse(
+            r#"{"id":4,"operation":"GET_DELTA","dir":"d","path":"p","signature":"","windows_v2":{"window":"x"}}"#,
+        )
+        .expect("an unknown field is ignored");
+        assert!(matches!(r.op, Op::GetDelta(GetDelta { windows: None, .. })));
+        assert_eq!(windows.hashes, (0..16).collect::<Vec<u8>>());
+        assert_eq!(windows.count(), 1);
+
+        let refused = |windows: &str, says: &str| {
+            let e = Request::parse(&format!(
+                r#"{{"id":5,"operation":"GET_DELTA","dir":"d","path":"p","signature":"","windows":{windows}}}"#
+            ))
+            .expect_err(windows);
+            assert_eq!(
+                (e.id, e.code),
+                (Some(5), ErrorCode::BadRequest),
+                "{windows}"
+            );
+            assert!(e.message.contains(says), "{windows}: {}", e.message);
+        };
+        refused(
+            r#"{"window":1,"base_size":5,"hashes":"!!"}"#,
+            "not valid base64",
+        );
+        refused(
+            r#"{"window":1,"base_size":5,"hashes":"AAEC"}"#,
+            "whole number of 16-byte",
+        );
+        refused(r#"{"window":1,"base_size":5}"#, "hashes");
+        refused(r#"{"window":-1,"base_size":5,"hashes":""}"#, "-1");
+        refused(r#""hashes""#, "invalid type");
+        let max = (crate::MAX_WINDOW_HASHES * WindowHashes::HASH_LEN).div_ceil(3) * 4;
+        let at_limit = "A".repeat(crate::MAX_WINDOW_HASHES * WindowHashes::HASH_LEN / 3 * 4);
+        assert!(at_limit.len() <= max);
+        let parsed = Request::parse(&format!(
+            r#"{{"id":6,"operation":"GET_DELTA","dir":"d","path":"p","signature":"","windows":{{"window":1,"base_size":1,"hashes":"{at_limit}AAAA"}}}}"#
+        ));
+        // 32,769 hashes of 16 bytes, less 2 bytes: not whole, or over the limit.
+        assert!(parsed.is_err());
+        refused(
+            &format!(
+                r#"{{"window":1,"base_size":1,"hashes":"{}"}}"#,
+                "A".repeat(max + 4)
+            ),
+            "over the limit",
+        );
+        // With the largest signature, the largest window list still fits a text message.
+        let request = Request {
+            id: u64::MAX,
+            op: Op::GetDelta(GetDelta {
+                dir: "d".repeat(255),
+                path: "p".repeat(4096),
+                signature: vec![0; crate::MAX_SIGNATURE],
+                windows: Some(WindowHashes {
+                    window: crate::MAX_HASH_WINDOW,
+                    base_size: u64::MAX,
+                    hashes: vec![0; crate::MAX_WINDOW_HASHES * WindowHashes::HASH_LEN],
+                }),
+            }),
+        };
+        let json = request.to_json();
+        assert!(json.len() < crate::MAX_TEXT_MESSAGE, "{} bytes", json.len());
+        assert_eq!(Request::parse(&json), Ok(request));
     }
 
     #[test]

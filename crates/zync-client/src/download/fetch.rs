@@ -239,8 +239,8 @@ impl<'a> Pipeline<'a> {
             let signature = pending.take_signature();
             let asked_delta = signature.is_some();
             let id = match signature {
-                Some(signature) => {
-                    conn.request_delta(self.dir, pending.path(), signature)
+                Some((signature, windows)) => {
+                    conn.request_delta(self.dir, pending.path(), signature, windows)
                         .await?
                 }
                 None => conn.request_file(self.dir, pending.path(), offset).await?,

@@ -5,8 +5,9 @@
 //! spooled (memory up to [`SPOOL_MEMORY`], then an unnamed temp file beside the database)
 //! because the reply's header announces the delta's size and the file must be checked against
 //! the index after it was read whole; then the spool is streamed to the connection through a
-//! bounded channel. Memory per request: a window of the file, the signature, the in-memory
-//! spool and [`PIPE`] chunks, whatever the file size.
+//! bounded channel. Memory per request: a few windows of the file (a few pieces of 512 KiB
+//! when the client sent window hashes: only its changed windows are diffed), the signature, the
+//! in-memory spool and [`PIPE`] chunks, whatever the file size.
 
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -15,7 +16,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use zync_fs::DeltaError;
-use zync_proto::{DeltaHeader, ErrorCode, GetDelta, OkResponse, Reply, ServerMessage, MAX_CHUNK};
+use zync_proto::{
+    DeltaHeader, ErrorCode, GetDelta, OkResponse, Reply, ServerMessage, WindowHashes, MAX_CHUNK,
+};
 
 use crate::context::Context;
 use crate::indexed_file::{self, IndexedFile};
@@ -69,8 +72,10 @@ async fn send_delta(
     };
     let spool_dir = spool_dir(&cx.shared.db_path);
     let (tx, mut rx) = mpsc::channel(PIPE);
-    let signature = get.signature;
-    let task = tokio::task::spawn_blocking(move || produce(opened, &signature, &spool_dir, &tx));
+    let (signature, windows) = (get.signature, get.windows);
+    let task = tokio::task::spawn_blocking(move || {
+        produce(opened, &signature, windows.as_ref(), &spool_dir, &tx)
+    });
 
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
@@ -150,9 +155,15 @@ async fn task_failed(task: tokio::task::JoinHandle<()>) -> Refusal {
 
 /// The blocking side: diff into the spool, check the file did not change, then pass the spool
 /// on in chunks. Stops early when the connection goes away (the channel closes).
-fn produce(opened: IndexedFile, signature: &[u8], spool_dir: &Path, tx: &mpsc::Sender<Piece>) {
+fn produce(
+    opened: IndexedFile,
+    signature: &[u8],
+    windows: Option<&WindowHashes>,
+    spool_dir: &Path,
+    tx: &mpsc::Sender<Piece>,
+) {
     let mut spool = tempfile::spooled_tempfile_in(SPOOL_MEMORY, spool_dir);
-    match diff_checked(&opened, signature, &mut spool, tx) {
+    match diff_checked(&opened, signature, windows, &mut spool, tx) {
         Ok(delta_size) => {
             if tx.blocking_send(Piece::Ready { delta_size }).is_err() {
                 return;
@@ -191,11 +202,13 @@ fn produce(opened: IndexedFile, signature: &[u8], spool_dir: &Path, tx: &mpsc::S
     }
 }
 
-/// Diffs the opened file into `spool` and checks it still is what the index says; returns the
-/// delta's size.
+/// Diffs the opened file into `spool` (with the client's window hashes, only the windows that
+/// changed: `zync_fs::delta::diff_file`) and checks it still is what the index says; returns
+/// the delta's size.
 fn diff_checked(
     opened: &IndexedFile,
     signature: &[u8],
+    windows: Option<&WindowHashes>,
     spool: &mut impl Write,
     tx: &mpsc::Sender<Piece>,
 ) -> Result<u64, Refusal> {
@@ -206,9 +219,11 @@ fn diff_checked(
         spool.write_all(bytes)
     };
     let (delta_size, read) =
-        zync_fs::delta::diff_reader(&opened.file, &opened.abs, signature, sink).map_err(
+        zync_fs::delta::diff_file(&opened.file, &opened.abs, signature, windows, sink).map_err(
             |e| match e {
-                DeltaError::BadSignature(_) => Refusal::new(ErrorCode::BadRequest, e.to_string()),
+                DeltaError::BadSignature(_) | DeltaError::BadWindows(_) => {
+                    Refusal::new(ErrorCode::BadRequest, e.to_string())
+                }
                 DeltaError::Fs(e) => {
                     IndexedFile::stale_refusal(&opened.rel, &format!("cannot be read ({e})"))
                 }
@@ -286,7 +301,7 @@ mod tests {
         let file = opened(tmp.path(), "f", &data);
         let (tx, _rx) = mpsc::channel(1);
         let mut spool = Vec::new();
-        let size = match diff_checked(&file, &signature_of(&data), &mut spool, &tx) {
+        let size = match diff_checked(&file, &signature_of(&data), None, &mut spool, &tx) {
             Ok(size) => size,
             Err(refusal) => panic!("refused: {}", refusal.message()),
         };
@@ -297,6 +312,95 @@ mod tests {
             size < 1100,
             "a delta against the same content is {size} bytes"
         );
+    }
+
+    #[test]
+    fn with_window_hashes_an_unchanged_file_is_one_copy_and_bad_hashes_a_bad_request() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = content();
+        let file = opened(tmp.path(), "f", &data);
+        let (signature, windows) =
+            zync_fs::delta::signature_and_windows_of(&data[..], data.len() as u64)
+                .expect("signature");
+        let windows = windows.expect("window hashes");
+        let (tx, _rx) = mpsc::channel(1);
+        let mut spool = Vec::new();
+        let size = match diff_checked(&file, &signature, Some(&windows), &mut spool, &tx) {
+            Ok(size) => size,
+            Err(refusal) => panic!("refused: {}", refusal.message()),
+        };
+        assert_eq!(size, spool.len() as u64);
+        // The stream's head, one record of one copy of the whole file, the end.
+        assert!(
+            size < 32,
+            "a delta against the same content is {size} bytes"
+        );
+        let mut rebuilt = Vec::new();
+        zync_fs::delta::apply(&file.abs, &spool[..], data.len() as u64, |b| {
+            rebuilt.extend_from_slice(b);
+            Ok(())
+        })
+        .expect("apply");
+        assert!(rebuilt == data, "rebuilt other bytes");
+
+        for (bad, says) in [
+            (
+                WindowHashes {
+                    window: 4096,
+                    ..windows.clone()
+                },
+                "window of 4096 bytes is outside",
+            ),
+            (
+                WindowHashes {
+                    hashes: [windows.hashes.clone(), vec![0; 16]].concat(),
+                    ..windows.clone()
+                },
+                "2 hashes for a file of",
+            ),
+            (
+                WindowHashes {
+                    base_size: 5_000_000,
+                    ..windows.clone()
+                },
+                "the signature's",
+            ),
+        ] {
+            let refusal = diff_checked(&file, &signature, Some(&bad), &mut Vec::new(), &tx)
+                .expect_err("bad window hashes must be refused");
+            assert_eq!(
+                refusal.code(),
+                ErrorCode::BadRequest,
+                "{}",
+                refusal.message()
+            );
+            assert!(
+                refusal.message().contains("bad window hashes") && refusal.message().contains(says),
+                "{}",
+                refusal.message()
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_that_shrank_during_a_diff_with_window_hashes_is_stale() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = content();
+        let file = opened(tmp.path(), "f", &data);
+        // Checked and opened, then cut short before the diff read it; the hashes are of other
+        // content, so the window that is left is diffed.
+        let (signature, windows) =
+            zync_fs::delta::signature_and_windows_of(&data[1..1001], 1000).expect("signature");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file.abs)
+            .expect("open")
+            .set_len(1000)
+            .expect("truncate");
+        let (tx, _rx) = mpsc::channel(1);
+        let refusal = diff_checked(&file, &signature, windows.as_ref(), &mut Vec::new(), &tx)
+            .expect_err("a shrunk file must be refused");
+        assert_eq!(refusal.code(), ErrorCode::Stale, "{}", refusal.message());
     }
 
     #[test]
@@ -311,7 +415,7 @@ mod tests {
             .expect("open");
         grown.write_all_at(b"more", 0).expect("append");
         let (tx, _rx) = mpsc::channel(1);
-        let refusal = diff_checked(&file, &signature_of(&data), &mut Vec::new(), &tx)
+        let refusal = diff_checked(&file, &signature_of(&data), None, &mut Vec::new(), &tx)
             .expect_err("a grown file must be refused");
         assert_eq!(refusal.code(), ErrorCode::Stale, "{}", refusal.message());
         assert!(refusal
@@ -333,7 +437,7 @@ mod tests {
             .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000))
             .expect("set mtime");
         let (tx, _rx) = mpsc::channel(1);
-        let refusal = diff_checked(&file, &signature_of(&data), &mut Vec::new(), &tx)
+        let refusal = diff_checked(&file, &signature_of(&data), None, &mut Vec::new(), &tx)
             .expect_err("a rewritten file must be refused");
         assert_eq!(refusal.code(), ErrorCode::Stale, "{}", refusal.message());
         assert!(refusal.message().contains("changed since it was indexed"));
@@ -345,8 +449,8 @@ mod tests {
         let data = content();
         let file = opened(tmp.path(), "f", &data);
         let (tx, rx) = mpsc::channel(1);
-        let refusal =
-            diff_checked(&file, b"junk", &mut Vec::new(), &tx).expect_err("junk must be refused");
+        let refusal = diff_checked(&file, b"junk", None, &mut Vec::new(), &tx)
+            .expect_err("junk must be refused");
         assert_eq!(
             refusal.code(),
             ErrorCode::BadRequest,
@@ -360,7 +464,7 @@ mod tests {
         );
         drop(rx);
         let mut spool = Vec::new();
-        let refusal = diff_checked(&file, &signature_of(&data), &mut spool, &tx)
+        let refusal = diff_checked(&file, &signature_of(&data), None, &mut spool, &tx)
             .expect_err("nobody reads the delta");
         assert_eq!(refusal.code(), ErrorCode::Internal);
         assert!(

@@ -131,8 +131,8 @@ impl Place {
                     }
                 }
                 if delta {
-                    match zync_fs::delta::signature(&path) {
-                        Ok(signature) => pending.set_signature(signature),
+                    match zync_fs::delta::signature_and_windows(&path) {
+                        Ok((signature, windows)) => pending.set_signature(signature, windows),
                         Err(e) => {
                             tracing::debug!(
                                 path = pending.path(),

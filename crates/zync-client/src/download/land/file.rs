@@ -8,7 +8,7 @@ use zync_proto::Kind;
 
 use zync_db::Synced;
 use zync_fs::{AtomicFile, RelPath, Sealed, Stat};
-use zync_proto::{DeltaHeader, FileHeader};
+use zync_proto::{DeltaHeader, FileHeader, WindowHashes};
 
 use crate::error::ClientError;
 
@@ -25,8 +25,9 @@ pub struct Pending {
     partial: bool,
     record: Synced,
     file: Option<AtomicFile>,
-    /// The signature of R's older version at the path, when a delta is worth asking for.
-    signature: Option<Vec<u8>>,
+    /// The signature of R's older version at the path, when a delta is worth asking for, and
+    /// the hashes of its windows (so E diffs only the windows that changed).
+    signature: Option<(Vec<u8>, Option<WindowHashes>)>,
 }
 
 impl Pending {
@@ -46,14 +47,15 @@ impl Pending {
         }
     }
 
-    /// Asks for a delta against R's older version at the path: its signature is sent with
-    /// GET_DELTA.
-    pub fn set_signature(&mut self, signature: Vec<u8>) {
-        self.signature = Some(signature);
+    /// Asks for a delta against R's older version at the path: its signature and window
+    /// hashes (`zync_fs::delta::signature_and_windows`) are sent with GET_DELTA.
+    pub fn set_signature(&mut self, signature: Vec<u8>, windows: Option<WindowHashes>) {
+        self.signature = Some((signature, windows));
     }
 
-    /// The signature to send with GET_DELTA, once; `None` asks for the whole file.
-    pub fn take_signature(&mut self) -> Option<Vec<u8>> {
+    /// The signature and window hashes to send with GET_DELTA, once; `None` asks for the whole
+    /// file.
+    pub fn take_signature(&mut self) -> Option<(Vec<u8>, Option<WindowHashes>)> {
         self.signature.take()
     }
 
