@@ -199,6 +199,43 @@ async fn once_against(
     (out, seen)
 }
 
+/// The same in a directory the first page made: a path planned again after the first page
+/// settled finds the client's own file there, not an empty new directory.
+#[tokio::test]
+async fn a_path_in_a_directory_made_by_an_earlier_page_is_replaced_without_a_conflict_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, r) = (tmp.path().join("state"), tmp.path().join("r"));
+    std::fs::create_dir_all(&state).unwrap();
+    let pages = vec![
+        vec![
+            dir(1, "new"),
+            file(2, "new/p.txt", b"first version\n"),
+            file(3, "new/q.txt", b"another file\n"),
+        ],
+        vec![file(4, "new/p.txt", b"second version\n")],
+    ];
+    let (out, _) = once_against(pages, &state, &r).await;
+    assert!(
+        out.status.success(),
+        "zync-client --once failed:\n{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read(r.join("new/p.txt")).unwrap(),
+        b"second version\n"
+    );
+    assert_eq!(
+        std::fs::read(r.join("new/q.txt")).unwrap(),
+        b"another file\n"
+    );
+    let copies = conflict_copies(&r.join("new"));
+    assert!(
+        copies.is_empty(),
+        "zync's own write was kept as a conflict copy: {copies:?}\n{}",
+        stderr(&out)
+    );
+}
+
 #[tokio::test]
 async fn a_path_in_a_later_page_waits_for_its_earlier_version_and_makes_no_conflict_copy() {
     let tmp = tempfile::tempdir().unwrap();

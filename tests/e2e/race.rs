@@ -400,3 +400,121 @@ fn a_directory_swapped_for_a_symlink_during_an_apply_is_never_written_through() 
         }
     }
 }
+
+/// Another local user on R puts files into the directories zync-client makes for a fresh tree,
+/// at the names E's files will take, as soon as each directory appears (the client does not
+/// look at paths in a directory it just made: its rename into place must refuse to replace
+/// them). Whatever that user wrote survives, at its name or as a conflict copy beside it
+/// (invariant 4, docs/ARCHITECTURE.md), and a second run leaves E's tree in place.
+#[test]
+fn files_another_user_puts_into_directories_zync_just_made_are_never_replaced() {
+    const DIRS: usize = 40;
+    const FILES: usize = 50;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let e = tmp.path().join("e");
+    for d in 0..DIRS {
+        for f in 0..FILES {
+            write(
+                &e.join(format!("d{d:02}/f{f:02}.txt")),
+                format!("E's d{d:02}/f{f:02}\n"),
+            );
+        }
+    }
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let r = tmp.path().join("r");
+    std::fs::create_dir(&r).expect("mkdir r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+
+    // The other user: every fifth name of each directory, created (never replaced) as soon as
+    // the directory is there.
+    let stop = Arc::new(AtomicBool::new(false));
+    let racer = {
+        let (stop, r) = (stop.clone(), r.clone());
+        std::thread::spawn(move || {
+            let mut planted = BTreeMap::new();
+            while !stop.load(Ordering::Relaxed) && planted.len() < DIRS * FILES / 5 {
+                for d in 0..DIRS {
+                    let dir = r.join(format!("d{d:02}"));
+                    if !dir.is_dir() {
+                        continue;
+                    }
+                    for f in (0..FILES).step_by(5) {
+                        let name = format!("d{d:02}/f{f:02}.txt");
+                        if planted.contains_key(&name) {
+                            continue;
+                        }
+                        let text = format!("the other user's {name}\n");
+                        let made = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(r.join(&name))
+                            .and_then(|mut file| {
+                                std::io::Write::write_all(&mut file, text.as_bytes())
+                            });
+                        match made {
+                            Ok(()) => {
+                                planted.insert(name, text);
+                            }
+                            // E's file got there first: nothing of the other user's to keep.
+                            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                                planted.insert(name, String::new());
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                }
+            }
+            planted
+        })
+    };
+    let first = client.once(&daemon.url());
+    stop.store(true, Ordering::Relaxed);
+    let planted = racer.join().expect("the other user's thread panicked");
+    let won: Vec<(&String, &String)> = planted.iter().filter(|(_, t)| !t.is_empty()).collect();
+    eprintln!(
+        "the other user planted {} of {} files first (first run: {})",
+        won.len(),
+        planted.len(),
+        first.status
+    );
+
+    for (name, text) in &won {
+        let path = r.join(name);
+        let dir = path.parent().expect("a parent");
+        let base = path
+            .file_name()
+            .expect("a name")
+            .to_string_lossy()
+            .to_string();
+        let stem = base.trim_end_matches(".txt");
+        let kept = std::fs::read_to_string(&path).is_ok_and(|t| &t == *text)
+            || conflict_copies(dir)
+                .iter()
+                .filter(|c| c.starts_with(stem))
+                .any(|c| std::fs::read_to_string(dir.join(c)).is_ok_and(|t| &t == *text));
+        assert!(
+            kept,
+            "the other user's {name} was replaced: {name} holds {:?}, conflict copies {:?}",
+            std::fs::read_to_string(&path),
+            conflict_copies(dir)
+        );
+    }
+    // A second run puts E's version wherever the other user's file still stands.
+    let second = client.once(&daemon.url());
+    assert!(
+        matches!(second.status.code(), Some(0 | 3)),
+        "the second run failed:\n{}",
+        stderr(&second)
+    );
+    for d in 0..DIRS {
+        for f in 0..FILES {
+            let name = format!("d{d:02}/f{f:02}.txt");
+            assert_eq!(
+                std::fs::read_to_string(r.join(&name)).ok(),
+                Some(format!("E's d{d:02}/f{f:02}\n")),
+                "{name} after the second run"
+            );
+        }
+    }
+}

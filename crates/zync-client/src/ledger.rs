@@ -89,21 +89,35 @@ impl Commit {
         }
         let dir = self.dir.as_str();
         let mut batch = state.batch()?;
-        for (path, sha) in &self.inflight {
-            batch.set_inflight(dir, path, sha)?;
-        }
+        let notes: Vec<(&str, &str)> = self
+            .inflight
+            .iter()
+            .map(|(path, sha)| (path.as_str(), sha.as_str()))
+            .collect();
+        batch.set_inflight_many(dir, &notes)?;
+        // Runs of files go in one statement each; a removal ends a run, so that the records
+        // reach the table in the order the changes were applied.
+        let mut run: Vec<(&str, &Synced)> = Vec::new();
+        let mut recorded: Vec<&str> = Vec::with_capacity(self.applied.len());
         for (path, record, clear_failing) in &self.applied {
             match record {
-                Record::Set(at, synced) => batch.set_synced(dir, at, synced)?,
-                Record::Remove(at) => batch.remove_synced_tree(dir, at)?,
+                Record::Set(at, synced) => run.push((at, synced)),
+                Record::Remove(at) => {
+                    batch.set_synced_many(dir, &run)?;
+                    run.clear();
+                    batch.remove_synced_tree(dir, at)?;
+                }
                 Record::Nothing => {}
             }
             if *clear_failing {
                 batch.clear_failing(dir, path)?;
             }
-            batch.clear_inflight_path(dir, path)?;
+            recorded.push(path);
             committed.applied += 1;
         }
+        batch.set_synced_many(dir, &run)?;
+        // After the notes above: a path recorded now has no note left.
+        batch.clear_inflight_paths(dir, &recorded)?;
         for (path, error, transient) in &self.failed {
             batch.set_failing(dir, path, error)?;
             committed
@@ -441,6 +455,37 @@ mod tests {
         l.commit(&mut state, cp).unwrap();
         assert_eq!((l.durable(), stored(&state)), (12, 12));
         assert!(l.is_settled());
+    }
+
+    #[test]
+    fn one_commit_records_its_changes_in_the_order_they_were_applied() {
+        let mut state = ClientState::open_in_memory().unwrap();
+        let mut l = ledger(&state);
+        // A file written, its directory removed (with it), the directory made again with
+        // another file, and many files after: one checkpoint, one commit.
+        let x = l.push(1, "a/x");
+        let gone = l.push(2, "a");
+        let y = l.push(3, "a/y");
+        l.note_inflight("a/y", &"cd".repeat(32));
+        l.note_inflight("later", &"ef".repeat(32));
+        l.done(x, record("a/x"));
+        l.done(gone, Record::Remove("a".to_string()));
+        l.done(y, record("a/y"));
+        let many: Vec<String> = (0..200).map(|i| format!("b/{i:03}")).collect();
+        for (i, path) in many.iter().enumerate() {
+            let at = l.push(4 + i as u64, path);
+            l.done(at, record(path));
+        }
+        let cp = l.checkpoint();
+        let done = l.commit(&mut state, cp).unwrap();
+        assert_eq!(done.applied, 203);
+        assert_eq!(state.synced("d", "a/x").unwrap(), None, "removed with a");
+        assert!(state.synced("d", "a/y").unwrap().is_some());
+        assert_eq!(state.synced_count("d").unwrap(), 201);
+        // The note of a recorded path is cleared with it; another's stays for its rename.
+        assert!(!state.was_inflight("d", "a/y", &"cd".repeat(32)).unwrap());
+        assert!(state.was_inflight("d", "later", &"ef".repeat(32)).unwrap());
+        assert_eq!(stored(&state), 203);
     }
 
     #[test]

@@ -421,6 +421,7 @@ impl<'a> Run<'a> {
         self.pump(conn, None).await?;
         self.wrap_up().await?;
         self.planned = Planned::default();
+        self.known.forget_fresh();
         self.ack(conn).await;
         Ok(())
     }

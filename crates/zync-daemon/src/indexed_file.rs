@@ -3,12 +3,13 @@
 //! served and again after it was read whole. Anything else is `stale`: a newer change is on
 //! its way.
 
-use std::os::unix::fs::OpenOptionsExt;
+use std::collections::hash_map::{Entry, HashMap};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use zync_proto::Kind;
 
 use zync_db::Index;
-use zync_fs::RelPath;
+use zync_fs::{Dir, FsError, RelPath};
 use zync_proto::ErrorCode;
 
 use crate::refusal::Refusal;
@@ -38,7 +39,7 @@ impl IndexedFile {
     }
 
     /// Checks the open file is still a regular file of the indexed size and its path has the
-    /// indexed mtime: before serving it, and after reading it whole (GET_DELTA).
+    /// indexed mtime: after reading it whole (GET_DELTA). [`open`] checked it before.
     pub(crate) fn check_unchanged(&self) -> Result<(), Refusal> {
         let meta = self
             .file
@@ -61,12 +62,45 @@ impl IndexedFile {
     }
 }
 
+/// The directories files were opened in during one batch of requests, each reached once from
+/// its root without following a symlink (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`,
+/// [`Dir::subdir`]), so that a batch of files in one directory walks from the root once, not
+/// once per file. A handle names the directory itself, not its path: a directory swapped for
+/// a symlink after it was opened leaves the handle on the real directory, so nothing outside
+/// the root is ever reached through it (invariant 3, docs/ARCHITECTURE.md). Keep one for a
+/// batch only: a directory moved or removed later is then looked up again by the next batch.
+#[derive(Default)]
+pub(crate) struct Parents {
+    /// Keyed by root, then by the directory's path in it ("" for the root).
+    dirs: HashMap<(PathBuf, String), Dir>,
+}
+
+impl Parents {
+    /// The directory `rel` lies in under `root`, opened the first time it is asked for.
+    fn of(&mut self, root: &Path, rel: &RelPath) -> Result<&Dir, FsError> {
+        let parent = rel.parent();
+        let key = (
+            root.to_path_buf(),
+            parent.as_ref().map_or("", |p| p.as_str()).to_string(),
+        );
+        let dir = match self.dirs.entry(key) {
+            Entry::Occupied(known) => known.into_mut(),
+            // A failure is not kept: the next file there looks again.
+            Entry::Vacant(new) => new.insert(Dir::open_dir(root, parent.as_ref())?),
+        };
+        Ok(dir)
+    }
+}
+
 /// Opens the indexed regular file `rel` of `dir`, checked in the order docs/PROTOCOL.md gives
 /// for GET_FILE: the index has a live regular-file row for it, and the file on disk is still
 /// what that row says (parents are real directories, no symlink followed, same size and mtime,
-/// checksum known), else `stale`: a newer change is on its way. Blocking: runs off the reactor.
+/// checksum known), else `stale`: a newer change is on its way. The file is opened relative to
+/// its directory's handle from `parents` (one name, `O_NOFOLLOW`), so what is checked is what
+/// is read. Blocking: runs off the reactor.
 pub(crate) fn open(
     index: &Index,
+    parents: &mut Parents,
     root: &Path,
     dir: &str,
     rel: RelPath,
@@ -90,25 +124,156 @@ pub(crate) fn open(
         ));
     }
     let stale = |why: String| IndexedFile::stale_refusal(&rel, &why);
-    zync_fs::check_parents(root, &rel).map_err(|e| stale(format!("changed: {e}")))?;
-    let abs = rel.to_path(root);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&abs)
-        .map_err(|e| stale(format!("cannot be opened ({e})")))?;
+    let parent = parents
+        .of(root, &rel)
+        .map_err(|e| stale(format!("changed: {e}")))?;
+    let file = match parent.open_file(rel.file_name(), false) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Err(stale("is no longer a regular file".to_string())),
+        Err(e) => return Err(stale(format!("cannot be opened ({e})"))),
+    };
     let Some(sha256) = entry.meta.sha256.clone() else {
         return Err(stale("has no checksum yet".to_string()));
     };
-    let opened = IndexedFile {
+    // The open file itself is what is served: its size and mtime, read from the descriptor,
+    // must be the indexed ones.
+    let meta = file
+        .metadata()
+        .map_err(|e| stale(format!("cannot be read ({e})")))?;
+    let mtime_ns = meta
+        .mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec());
+    if meta.len() != entry.meta.size || mtime_ns != entry.meta.mtime_ns {
+        return Err(stale("changed since it was indexed".to_string()));
+    }
+    Ok(IndexedFile {
+        abs: rel.to_path(root),
         rel,
-        abs,
         file,
         size: entry.meta.size,
         mtime_ns: entry.meta.mtime_ns,
         mode: entry.meta.mode,
         sha256,
-    };
-    opened.check_unchanged()?;
-    Ok(opened)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use zync_db::EntryMeta;
+
+    /// Indexes the regular file `rel` under `root` as it is now.
+    fn index_file(index: &mut Index, root: &Path, rel: &str) {
+        let Ok(zync_fs::Stat::Entry(m)) = zync_fs::lstat(&root.join(rel)) else {
+            panic!("{rel} is not there to index");
+        };
+        let meta = EntryMeta {
+            kind: m.kind,
+            size: m.size,
+            mtime_ns: m.mtime_ns,
+            mode: m.mode,
+            inode: m.inode,
+            sha256: Some("0".repeat(64)),
+            target: None,
+        };
+        let mut w = index.writer().expect("writer");
+        w.upsert("d", rel, &meta).expect("upsert");
+        w.commit().expect("commit");
+    }
+
+    fn content(opened: Result<IndexedFile, Refusal>) -> String {
+        let mut file = match opened {
+            Ok(opened) => opened.file,
+            Err(refusal) => panic!("refused: {}", refusal.message()),
+        };
+        let mut s = String::new();
+        file.read_to_string(&mut s).expect("read");
+        s
+    }
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::parse(s).expect("relpath")
+    }
+
+    /// Copies `from`'s mtime to `to`, so that only the directory tells them apart.
+    fn same_mtime(from: &Path, to: &Path) {
+        let mtime = std::fs::metadata(from)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        std::fs::File::options()
+            .write(true)
+            .open(to)
+            .and_then(|f| f.set_modified(mtime))
+            .expect("set mtime");
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_mid_batch_is_never_read_through() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("root");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(root.join("sub")).expect("mkdir");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        for name in ["x", "y"] {
+            std::fs::write(root.join("sub").join(name), "inside!\n").expect("write");
+            // The same size and mtime outside: only the directory tells them apart.
+            std::fs::write(outside.join(name), "SECRET!\n").expect("write");
+            same_mtime(&root.join("sub").join(name), &outside.join(name));
+        }
+        let mut index = Index::open_in_memory().expect("index");
+        index_file(&mut index, &root, "sub/x");
+        index_file(&mut index, &root, "sub/y");
+
+        let mut batch = Parents::default();
+        let x = open(&index, &mut batch, &root, "d", rel("sub/x"));
+        assert_eq!(content(x), "inside!\n");
+        // Another user swaps the directory for a symlink to the outside mid-batch.
+        std::fs::rename(root.join("sub"), root.join("moved")).expect("move");
+        std::os::unix::fs::symlink(&outside, root.join("sub")).expect("symlink");
+        // The batch's handle is still the real directory: its file, never the outside's.
+        let y = open(&index, &mut batch, &root, "d", rel("sub/y"));
+        assert_eq!(content(y), "inside!\n");
+        // A new batch looks again and finds the symlink: stale, nothing read.
+        let again = open(&index, &mut Parents::default(), &root, "d", rel("sub/y"));
+        match again {
+            Ok(_) => panic!("served sub/y through a symlinked directory"),
+            Err(refusal) => assert_eq!(refusal.code(), ErrorCode::Stale, "{}", refusal.message()),
+        }
+    }
+
+    #[test]
+    fn a_file_changed_or_replaced_since_it_was_indexed_is_stale() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        std::fs::write(root.join("a"), "indexed\n").expect("write");
+        std::fs::write(root.join("b"), "indexed\n").expect("write");
+        let mut index = Index::open_in_memory().expect("index");
+        index_file(&mut index, root, "a");
+        index_file(&mut index, root, "b");
+        let mut batch = Parents::default();
+        assert_eq!(
+            content(open(&index, &mut batch, root, "d", rel("a"))),
+            "indexed\n"
+        );
+
+        // Grown, and replaced by a symlink to a file of the same size and mtime.
+        std::fs::write(root.join("a"), "indexed, then more\n").expect("write");
+        std::fs::write(root.join("target"), "SECRET!!\n").expect("write");
+        same_mtime(&root.join("b"), &root.join("target"));
+        std::fs::remove_file(root.join("b")).expect("rm");
+        std::os::unix::fs::symlink(root.join("target"), root.join("b")).expect("symlink");
+        for path in ["a", "b"] {
+            match open(&index, &mut batch, root, "d", rel(path)) {
+                Ok(_) => panic!("{path} was served though it is not what the index says"),
+                Err(r) => assert_eq!(r.code(), ErrorCode::Stale, "{path}: {}", r.message()),
+            }
+        }
+        // Not in the index at all.
+        match open(&index, &mut batch, root, "d", rel("target")) {
+            Ok(_) => panic!("an unindexed file was served"),
+            Err(r) => assert_eq!(r.code(), ErrorCode::NotFound, "{}", r.message()),
+        }
+    }
 }

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use crate::conn::{self, Synchronous};
 use crate::error::{Context, Result};
 use crate::migrate::{self, CLIENT};
-use crate::sql::{seq_from_sql, seq_to_sql, subtree_bounds, u64_from_sql, u64_to_sql};
+use crate::sql::{seq_from_sql, seq_to_sql, subtree_bounds, u64_from_sql, u64_to_sql, values_rows};
 use zync_proto::Kind;
 
 /// A path that failed to apply and is retried every round.
@@ -69,6 +69,10 @@ pub struct ClientBatch<'a> {
 }
 
 const SYNCED_COLUMNS: &str = "kind, size, mtime_ns, mode, sha256, target";
+
+/// Rows written by one statement of the `*_many` writes: a batch of a thousand files is a few
+/// statements, not a thousand (each statement costs a step, a reset and its bindings).
+const ROWS_PER_STATEMENT: usize = 64;
 
 impl ClientState {
     /// Opens the client state at `path`, creating the file, its schema and a new client id if
@@ -142,6 +146,10 @@ impl ClientState {
     }
 
     fn from_conn(conn: Connection) -> Result<ClientState> {
+        // A multi-row write keeps a statement journal to undo itself if a row fails: in
+        // memory (a few pages) rather than a temp file written page by page.
+        conn.execute_batch("PRAGMA temp_store = MEMORY")
+            .ctx("setting up the client state")?;
         let client_id = migrate::database_id(&conn, "client_id")?;
         Ok(ClientState { conn, client_id })
     }
@@ -356,6 +364,51 @@ impl ClientBatch<'_> {
         Ok(())
     }
 
+    /// Records what the client just wrote at each (dir, path) of `entries`, in order, as
+    /// [`ClientBatch::set_synced`] does for one, with one statement per
+    /// [`ROWS_PER_STATEMENT`] paths.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure; the batch should then be dropped.
+    pub fn set_synced_many(&mut self, dir: &str, entries: &[(&str, &Synced)]) -> Result<()> {
+        for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO synced (dir, path, kind, size, mtime_ns, mode, sha256, target)
+                 VALUES {}
+                 ON CONFLICT (dir, path) DO UPDATE SET
+                     kind = excluded.kind, size = excluded.size, mtime_ns = excluded.mtime_ns,
+                     mode = excluded.mode, sha256 = excluded.sha256, target = excluded.target",
+                values_rows(chunk.len(), 7)
+            );
+            let sizes: Vec<i64> = chunk.iter().map(|(_, s)| u64_to_sql(s.size)).collect();
+            let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(1 + 7 * chunk.len());
+            params.push(&dir);
+            for ((path, synced), size) in chunk.iter().zip(&sizes) {
+                params.extend([
+                    path as &dyn rusqlite::ToSql,
+                    &synced.kind,
+                    size,
+                    &synced.mtime_ns,
+                    &synced.mode,
+                    &synced.sha256,
+                    &synced.target,
+                ]);
+            }
+            self.tx
+                .prepare_cached(&sql)
+                .and_then(|mut stmt| stmt.execute(params.as_slice()))
+                .with_ctx(|| {
+                    format!(
+                        "recording the synced state of {} paths of {dir} from {}",
+                        chunk.len(),
+                        chunk.first().map_or("", |(path, _)| path)
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
     /// Forgets (dir, path). Nothing happens if it was not recorded.
     ///
     /// # Errors
@@ -409,6 +462,66 @@ impl ClientBatch<'_> {
             )
             .and_then(|mut stmt| stmt.execute((dir, path, sha256)))
             .with_ctx(|| format!("recording the in-flight state of {dir}/{path}"))?;
+        Ok(())
+    }
+
+    /// Notes each (path, sha256) of `notes` in dir, as [`ClientBatch::set_inflight`] does
+    /// for one, with one statement per [`ROWS_PER_STATEMENT`] notes.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure; the batch should then be dropped.
+    pub fn set_inflight_many(&mut self, dir: &str, notes: &[(&str, &str)]) -> Result<()> {
+        for chunk in notes.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO inflight (dir, path, sha256) VALUES {} ON CONFLICT DO NOTHING",
+                values_rows(chunk.len(), 2)
+            );
+            let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(1 + 2 * chunk.len());
+            params.push(&dir);
+            for (path, sha256) in chunk {
+                params.extend([path as &dyn rusqlite::ToSql, sha256]);
+            }
+            self.tx
+                .prepare_cached(&sql)
+                .and_then(|mut stmt| stmt.execute(params.as_slice()))
+                .with_ctx(|| {
+                    format!(
+                        "recording the in-flight state of {} paths of {dir}",
+                        chunk.len()
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the in-flight notes of each of `paths` in dir, as
+    /// [`ClientBatch::clear_inflight_path`] does for one, with one statement per
+    /// [`ROWS_PER_STATEMENT`] paths.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure; the batch should then be dropped.
+    pub fn clear_inflight_paths(&mut self, dir: &str, paths: &[&str]) -> Result<()> {
+        for chunk in paths.chunks(ROWS_PER_STATEMENT) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("?{}", i + 2)).collect();
+            let sql = format!(
+                "DELETE FROM inflight WHERE dir = ?1 AND path IN ({})",
+                list.join(", ")
+            );
+            let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(1 + chunk.len());
+            params.push(&dir);
+            params.extend(chunk.iter().map(|p| p as &dyn rusqlite::ToSql));
+            self.tx
+                .prepare_cached(&sql)
+                .and_then(|mut stmt| stmt.execute(params.as_slice()))
+                .with_ctx(|| {
+                    format!(
+                        "clearing the in-flight state of {} paths of {dir}",
+                        chunk.len()
+                    )
+                })?;
+        }
         Ok(())
     }
 
@@ -890,5 +1003,72 @@ mod tests {
         batch.commit().expect("commit");
         assert!(state.failing(Some("code")).expect("failing").is_empty());
         assert!(!state.was_inflight("docs", "b.txt", &b).expect("read"));
+    }
+
+    #[test]
+    fn many_row_writes_record_what_one_row_writes_do_across_statement_boundaries() {
+        // 150 paths: three statements' worth, one path twice (the later record wins) and one
+        // already recorded (replaced).
+        let mut entries: Vec<(String, Synced)> = (0..150)
+            .map(|i| (format!("d/f{i:03}"), file(&format!("{i:064x}"), i)))
+            .collect();
+        entries.insert(100, ("d/f010".to_string(), file(&"e".repeat(64), 7)));
+        let earlier = ("d/f005", file(&"f".repeat(64), 99));
+        let borrowed: Vec<(&str, &Synced)> = entries.iter().map(|(p, s)| (p.as_str(), s)).collect();
+
+        let mut one_by_one = ClientState::open_in_memory().expect("open");
+        set(&mut one_by_one, "code", std::slice::from_ref(&earlier));
+        set(
+            &mut one_by_one,
+            "code",
+            &entries
+                .iter()
+                .map(|(p, s)| (p.as_str(), s.clone()))
+                .collect::<Vec<_>>(),
+        );
+        let mut many = ClientState::open_in_memory().expect("open");
+        set(&mut many, "code", std::slice::from_ref(&earlier));
+        let mut batch = many.batch().expect("batch");
+        batch
+            .set_synced_many("code", &borrowed)
+            .expect("set_synced_many");
+        batch.set_synced_many("code", &[]).expect("nothing");
+        batch.commit().expect("commit");
+        let all = many.synced_all("code").expect("synced_all");
+        assert_eq!(all, one_by_one.synced_all("code").expect("synced_all"));
+        assert_eq!(all.len(), 150);
+        assert_eq!(
+            many.synced("code", "d/f010").expect("read"),
+            Some(file(&"e".repeat(64), 7))
+        );
+
+        let shas: Vec<String> = (0..130).map(|i| format!("{i:064x}")).collect();
+        let notes: Vec<(&str, &str)> = entries
+            .iter()
+            .zip(&shas)
+            .map(|((p, _), sha)| (p.as_str(), sha.as_str()))
+            .collect();
+        let mut batch = many.batch().expect("batch");
+        batch.set_inflight_many("code", &notes).expect("notes");
+        batch
+            .set_inflight_many("other", &notes[..1])
+            .expect("notes");
+        batch.commit().expect("commit");
+        assert!(notes
+            .iter()
+            .all(|(p, sha)| many.was_inflight("code", p, sha).expect("read")));
+        let cleared: Vec<&str> = notes[..129].iter().map(|(p, _)| *p).collect();
+        let mut batch = many.batch().expect("batch");
+        batch.clear_inflight_paths("code", &cleared).expect("clear");
+        batch.commit().expect("commit");
+        let left: Vec<&str> = notes
+            .iter()
+            .filter(|(p, sha)| many.was_inflight("code", p, sha).expect("read"))
+            .map(|(p, _)| *p)
+            .collect();
+        assert_eq!(left, vec![notes[129].0]);
+        assert!(many
+            .was_inflight("other", notes[0].0, notes[0].1)
+            .expect("read"));
     }
 }

@@ -284,6 +284,8 @@ mod tests {
         // Both FULL (2): neither a handed-out nor a stored sequence may go back on power loss.
         assert_eq!(pragma(index.conn(), "synchronous"), "Integer(2)");
         assert_eq!(pragma(client.conn(), "synchronous"), "Integer(2)");
+        // The client's multi-row writes keep their statement journal in memory (2).
+        assert_eq!(pragma(client.conn(), "temp_store"), "Integer(2)");
     }
 
     /// In octal, so that a failure reads `644`, not `420`; `None` when missing.

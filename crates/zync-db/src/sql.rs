@@ -2,6 +2,7 @@
 //! integers, sequence numbers saturating so that they compare right in SQL, and the path range
 //! that selects a subtree without `LIKE`.
 
+use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The exclusive bounds between which every path strictly below `path` sorts.
@@ -44,4 +45,36 @@ pub(crate) fn saturating_i64(value: u64) -> i64 {
 /// How many `/` a path has: how deep below its root it is.
 pub(crate) fn depth(path: &str) -> usize {
     path.bytes().filter(|&b| b == b'/').count()
+}
+
+/// `rows` rows of `per_row` placeholders each for a multi-row `VALUES` list, each row led by
+/// the shared `?1`: `(?1, ?2, ?3), (?1, ?4, ?5)` for 2 rows of 2. One statement for a batch
+/// of rows costs one step instead of one per row.
+pub(crate) fn values_rows(rows: usize, per_row: usize) -> String {
+    let mut sql = String::new();
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("(?1");
+        for col in 0..per_row {
+            let n = 2 + row * per_row + col;
+            // Writing to a String cannot fail.
+            let _ = write!(sql, ", ?{n}");
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_rows_number_every_placeholder_once_after_the_shared_first() {
+        assert_eq!(values_rows(1, 1), "(?1, ?2)");
+        assert_eq!(values_rows(2, 2), "(?1, ?2, ?3), (?1, ?4, ?5)");
+        assert_eq!(values_rows(3, 0), "(?1), (?1), (?1)");
+    }
 }

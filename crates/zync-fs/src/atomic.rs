@@ -483,6 +483,36 @@ impl Sealed {
         self.name = None;
         Ok(())
     }
+
+    /// Renames the file into place only if nothing is at its destination: for a file planned
+    /// where R had nothing, so that whatever appeared there since (an edit on R) is never
+    /// replaced, with no look at the path first. Returns the file back, not renamed, when
+    /// something is there or the file system cannot rename without replacing: the caller
+    /// then looks and decides ([`Sealed::install`]). Call only after the content was made
+    /// durable.
+    ///
+    /// # Errors
+    ///
+    /// As [`Sealed::install`].
+    pub fn install_new(mut self) -> Result<Option<Sealed>, FsError> {
+        let dir = Dir::parent_of(&self.root, &self.rel)?;
+        let name = self.name.as_deref().unwrap_or_default();
+        match dir.rename_noreplace(name, &dir, self.rel.file_name()) {
+            Ok(()) => {
+                self.name = None;
+                Ok(None)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::Unsupported
+                ) =>
+            {
+                Ok(Some(self))
+            }
+            Err(e) => Err(FsError::io("rename a temp file to", &self.dest, e)),
+        }
+    }
 }
 
 impl Drop for Sealed {
@@ -632,6 +662,43 @@ mod tests {
         symlink(&outside, r.join("d")).expect("symlink");
         assert!(sealed.install().is_err());
         assert!(!outside.join("f").exists(), "wrote through a symlink");
+    }
+
+    #[test]
+    fn install_new_never_replaces_what_is_there_and_never_goes_through_a_symlink() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path().join("root");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(r.join("d")).expect("mkdir");
+        fs::create_dir(&outside).expect("mkdir");
+        let sealed = |name: &str| {
+            let mut f = AtomicFile::create(&r, &rel(name)).expect("create");
+            f.write(b"new").expect("write");
+            f.seal(&hash_bytes(b"new"), 0o644, 0).expect("seal")
+        };
+        // Nothing there: renamed into place.
+        assert!(sealed("d/a").install_new().expect("install").is_none());
+        assert_eq!(fs::read(r.join("d/a")).expect("read"), b"new");
+        // A file and a symlink there: left as they are, the temp file handed back.
+        let (b, c) = (sealed("d/b"), sealed("d/c"));
+        fs::write(r.join("d/b"), b"R's").expect("write");
+        symlink(outside.join("target"), r.join("d/c")).expect("symlink");
+        let b = b.install_new().expect("install").expect("b is handed back");
+        assert!(c.install_new().expect("install").is_some(), "c replaced");
+        assert_eq!(fs::read(r.join("d/b")).expect("read"), b"R's");
+        assert!(fs::symlink_metadata(r.join("d/c"))
+            .expect("stat")
+            .is_symlink());
+        assert!(!outside.join("target").exists(), "wrote through a symlink");
+        // Handed back, it can still be installed over what is there (after a conflict copy).
+        b.install().expect("install");
+        assert_eq!(fs::read(r.join("d/b")).expect("read"), b"new");
+        // A parent swapped for a symlink: refused, nothing outside.
+        let e = sealed("d/e");
+        fs::rename(r.join("d"), r.join("moved")).expect("move");
+        symlink(&outside, r.join("d")).expect("symlink");
+        assert!(e.install_new().is_err());
+        assert!(!outside.join("e").exists(), "wrote through a symlink");
     }
 
     #[test]

@@ -364,6 +364,34 @@ impl Dir {
         .map_err(errno)
     }
 
+    /// Renames `from` in this directory to `to` in `to_dir` only if nothing is at `to`
+    /// (`renameat2(RENAME_NOREPLACE)`): whatever another user put there stays as it is.
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyExists` when something is at `to`; `Unsupported` where the file system cannot
+    /// rename without replacing; another I/O error.
+    pub fn rename_noreplace(
+        &self,
+        from: impl AsRef<OsStr>,
+        to_dir: &Dir,
+        to: impl AsRef<OsStr>,
+    ) -> io::Result<()> {
+        match rustix::fs::renameat_with(
+            &self.fd,
+            entry(from.as_ref())?,
+            &to_dir.fd,
+            entry(to.as_ref())?,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => Ok(()),
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                Err(io::ErrorKind::Unsupported.into())
+            }
+            Err(e) => Err(errno(e)),
+        }
+    }
+
     /// Removes the file or symlink `name` (`unlinkat`).
     ///
     /// # Errors

@@ -29,17 +29,18 @@ pub fn check_parents(root: &Path, rel: &RelPath) -> Result<(), FsError> {
 /// Creates `root/rel` and its missing ancestors as directories without following symlinks
 /// (each `mkdirat` relative to its parent's handle). When `mode` is given it is applied to
 /// `root/rel` (also if it already existed), through the handle; new ancestors get the default
-/// mode.
+/// mode. Returns the directories this call made (empty when made), shallowest first; one
+/// that someone else made first is not among them.
 ///
 /// # Errors
 ///
 /// As [`check_parents`], for `rel` itself too; [`FsError::Io`] when creation fails.
-pub fn ensure_dir(root: &Path, rel: &RelPath, mode: Option<u32>) -> Result<(), FsError> {
-    let (dir, _) = Dir::open_root(root)?.create_dirs(rel)?;
+pub fn ensure_dir(root: &Path, rel: &RelPath, mode: Option<u32>) -> Result<Vec<RelPath>, FsError> {
+    let (dir, made) = Dir::open_root(root)?.create_dirs(rel)?;
     if let Some(mode) = mode {
         chmod_fd(dir.as_fd(), mode).map_err(|e| FsError::io("set the mode of", dir.path(), e))?;
     }
-    Ok(())
+    Ok(made)
 }
 
 /// Removes zync temp files (names starting with [`TEMP_PREFIX`]) anywhere under `root`, left by
@@ -191,11 +192,13 @@ mod tests {
     fn ensure_dir_creates_and_refuses_symlinks() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let r = tmp.path();
-        ensure_dir(r, &rel("x/y/z"), Some(0o750)).expect("ensure_dir");
+        let made = ensure_dir(r, &rel("x/y/z"), Some(0o750)).expect("ensure_dir");
+        assert_eq!(made, vec![rel("x"), rel("x/y"), rel("x/y/z")]);
         let md = fs::symlink_metadata(r.join("x/y/z")).expect("stat");
         assert!(md.is_dir());
         assert_eq!(md.permissions().mode() & 0o7777, 0o750);
-        ensure_dir(r, &rel("x/y/z"), Some(0o700)).expect("existing dir is fine");
+        let made = ensure_dir(r, &rel("x/y/z"), Some(0o700)).expect("existing dir is fine");
+        assert!(made.is_empty(), "{made:?}");
         let md = fs::symlink_metadata(r.join("x/y/z")).expect("stat");
         assert_eq!(md.permissions().mode() & 0o7777, 0o700);
 

@@ -19,6 +19,10 @@ use crate::error::ClientError;
 pub struct Known {
     /// Directories seen in this sync; forgotten whenever anything is moved or removed.
     pub dirs: HashSet<String>,
+    /// Directories this sync made, empty, since it last finished everything planned: a file
+    /// planned in one is taken to have nothing at its path without a look (see
+    /// [`Look::here`]). Forgotten with `dirs`, and by [`Known::forget_fresh`].
+    pub fresh: HashSet<String>,
     /// Deleted files set aside by content, as sources for copies (renames on E).
     pub stash: HashMap<String, PathBuf>,
     /// For each directory looked at: whether it may hold partial downloads.
@@ -28,8 +32,23 @@ pub struct Known {
 impl Known {
     /// Something at `rel` changed: it may have been a directory seen earlier.
     pub fn forget_dirs(&mut self, rel: &RelPath) {
-        if self.dirs.contains(rel.as_str()) {
+        if self.dirs.contains(rel.as_str()) || self.fresh.contains(rel.as_str()) {
             self.dirs.clear();
+            self.fresh.clear();
+        }
+    }
+
+    /// Everything planned so far was installed: a path planned again may find this sync's own
+    /// file, so no directory counts as fresh any more.
+    pub fn forget_fresh(&mut self) {
+        self.fresh.clear();
+    }
+
+    /// `made` are directories this sync just created, empty.
+    pub fn made_dirs(&mut self, made: Vec<RelPath>) {
+        for dir in made {
+            self.dirs.insert(dir.to_string());
+            self.fresh.insert(dir.to_string());
         }
     }
 
@@ -85,6 +104,22 @@ impl Look<'_> {
             umask: self.umask,
         };
         let rel = &here.rel;
+        let in_fresh = rel
+            .parent()
+            .is_some_and(|parent| known.fresh.contains(parent.as_str()));
+        if in_fresh && !change.deleted && change.kind == Kind::File {
+            // A directory this sync made empty holds nothing but what it planned into it,
+            // each path once. Another user on R may put a file or symlink here at any
+            // moment, before a look or after it: the rename into place refuses to replace
+            // anything where R had nothing (`Sealed::install_new`) and keeps what it finds
+            // as a conflict copy (invariant 4, docs/ARCHITECTURE.md), and every write goes
+            // through the directory's handle (invariant 3). So no look: one `lstat` less
+            // per file of a fresh tree.
+            if let Some(sha) = change.sha256.as_deref() {
+                here.sources = self.sources(known, rel, sha)?;
+            }
+            return Ok(here);
+        }
         if change.deleted {
             here.parents_real = zync_fs::check_parents(self.root, rel).is_ok();
             if here.parents_real {

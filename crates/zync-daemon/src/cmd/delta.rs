@@ -127,8 +127,11 @@ async fn send_delta(
 /// are: see [`indexed_file::open`].
 async fn open_indexed(cx: &mut Context, dir: String, path: &str) -> Result<IndexedFile, Refusal> {
     let (root, dir, rel, _) = cx.locate(dir, path, None)?;
-    cx.query(move |index| Ok(indexed_file::open(index, &root, &dir, rel)))
-        .await?
+    cx.query(move |index| {
+        let mut parents = indexed_file::Parents::default();
+        Ok(indexed_file::open(index, &mut parents, &root, &dir, rel))
+    })
+    .await?
 }
 
 /// Where a large delta is spooled: the database's directory (the daemon's own state, never

@@ -12,7 +12,7 @@ use zync_fs::RelPath;
 use zync_proto::{ErrorCode, FileHeader, GetFile, OkResponse, Op, Reply, Request, ServerMessage};
 
 use crate::context::Context;
-use crate::indexed_file::{self, IndexedFile};
+use crate::indexed_file::{self, IndexedFile, Parents};
 use crate::link::Link;
 use crate::refusal::Refusal;
 
@@ -94,12 +94,16 @@ async fn open_files(cx: &mut Context, batch: Vec<(u64, GetFile)>) -> Opening {
             .lock()
             .map_err(|_| Refusal::new(ErrorCode::Internal, "index lock poisoned"))?;
         let mut budget = READ_AHEAD_BYTES;
+        // One read of the index and one walk to each directory for the whole batch, not one
+        // per file.
+        let _snapshot = index.read_snapshot()?;
+        let mut parents = Parents::default();
         Ok(wanted
             .into_iter()
             .map(|(id, located)| {
                 let opened = located.and_then(|(root, dir, rel, offset)| {
                     let file = Get { dir, rel, offset };
-                    open_for_get(id, &index, &root, file, &mut budget)
+                    open_for_get(id, &index, &mut parents, &root, file, &mut budget)
                 });
                 (id, opened)
             })
@@ -250,6 +254,7 @@ struct Get {
 fn open_for_get(
     id: u64,
     index: &Index,
+    parents: &mut Parents,
     root: &Path,
     Get { dir, rel, offset }: Get,
     budget: &mut usize,
@@ -262,7 +267,7 @@ fn open_for_get(
         mode,
         sha256,
         ..
-    } = indexed_file::open(index, root, &dir, rel)?;
+    } = indexed_file::open(index, parents, root, &dir, rel)?;
     let stale = |why: String| IndexedFile::stale_refusal(&rel, &why);
     if offset > size {
         return Err(Refusal::new(

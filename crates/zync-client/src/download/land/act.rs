@@ -41,9 +41,10 @@ impl Place {
             if let Some(clear) = clear {
                 self.clear(known, &rel, clear)?;
             }
-            zync_fs::ensure_dir(self.root(), &rel, None)?;
+            let made = zync_fs::ensure_dir(self.root(), &rel, None)?;
             self.changed(known, &rel);
             known.dirs.insert(rel.to_string());
+            known.made_dirs(made);
         }
         let Here { rel, at, .. } = here;
         let path = rel.to_path(self.root());
@@ -88,8 +89,9 @@ impl Place {
                     self.clear(known, &rel, clear)?;
                 }
                 if create {
-                    zync_fs::ensure_dir(self.root(), &rel, Some(record.mode))?;
+                    let made = zync_fs::ensure_dir(self.root(), &rel, Some(record.mode))?;
                     self.changed(known, &rel);
+                    known.made_dirs(made);
                 }
                 if let Some(mode) = set_mode {
                     zync_fs::set_mode_beneath(self.root(), &rel, mode)?;

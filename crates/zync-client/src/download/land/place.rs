@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use zync_fs::RelPath;
+use zync_fs::{RelPath, Stat};
 
 use crate::download::land::file::Ready;
 use crate::download::look;
@@ -129,13 +129,21 @@ impl Place {
             downloaded,
             partial,
         } = *ready;
-        if look::stat(&self.root, &rel)? != before {
-            self.keep_local(
-                &rel,
-                "this file changed on R while E's version was downloading",
-            )?;
+        // Where R had nothing, the rename itself refuses to replace whatever appeared since:
+        // no look at the path first, and no moment between a look and the rename.
+        let sealed = match before {
+            Stat::Missing => sealed.install_new()?,
+            _ => Some(sealed),
+        };
+        if let Some(sealed) = sealed {
+            if look::stat(&self.root, &rel)? != before {
+                self.keep_local(
+                    &rel,
+                    "this file changed on R while E's version was downloading",
+                )?;
+            }
+            sealed.install()?;
         }
-        sealed.install()?;
         if partial {
             zync_fs::remove_partials(&self.root, &rel);
         }
@@ -188,5 +196,83 @@ fn into_io(e: zync_fs::FsError) -> io::Error {
     match e {
         zync_fs::FsError::Io { source, .. } => source,
         other => io::Error::other(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::download::land::file::Pending;
+    use zync_db::Synced;
+    use zync_proto::{FileHeader, Kind};
+
+    const E: &[u8] = b"E's version\n";
+
+    /// E's file for `path`, written and sealed as planned where R had nothing.
+    fn ready_where_r_had_nothing(root: &Path, path: &str) -> Box<Ready> {
+        let sha256 = zync_fs::hash_bytes(E);
+        let record = Synced {
+            kind: Kind::File,
+            size: E.len() as u64,
+            mtime_ns: 1_700_000_000_000_000_000,
+            mode: 0o644,
+            sha256: Some(sha256.clone()),
+            target: None,
+        };
+        let rel = RelPath::parse(path).expect("relpath");
+        let pending = Pending::new(root, rel, Stat::Missing, false, record);
+        let header = FileHeader {
+            dir: "d".to_string(),
+            path: path.to_string(),
+            size: E.len() as u64,
+            offset: 0,
+            sha256,
+            mtime_ns: 1_700_000_000_000_000_000,
+            mode: 0o644,
+            chunks: 1,
+        };
+        Box::new(pending)
+            .write_whole(&header, E)
+            .unwrap_or_else(|e| panic!("writing {path}: {e}"))
+    }
+
+    #[test]
+    fn what_appears_on_r_where_r_had_nothing_is_never_replaced() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("r");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        std::fs::write(&outside, "outside\n").expect("write");
+        let mut place = Place::new(&root, "d");
+
+        // Nothing appeared: E's file goes into place.
+        let plain = ready_where_r_had_nothing(&root, "plain.txt");
+        place.install(plain).expect("install");
+        assert_eq!(std::fs::read(root.join("plain.txt")).expect("read"), E);
+        assert!(place.take_conflicts().is_empty());
+
+        // Another user's file and symlink appear during the download: each is kept aside,
+        // E's file takes the name, and the symlink's target is untouched.
+        let edited = ready_where_r_had_nothing(&root, "edited.txt");
+        let linked = ready_where_r_had_nothing(&root, "linked.txt");
+        std::fs::write(root.join("edited.txt"), "R's edit\n").expect("write");
+        std::os::unix::fs::symlink(&outside, root.join("linked.txt")).expect("symlink");
+        place.install(edited).expect("install");
+        place.install(linked).expect("install");
+        for name in ["edited.txt", "linked.txt"] {
+            let meta = std::fs::symlink_metadata(root.join(name)).expect("stat");
+            assert!(meta.is_file(), "{name} is not E's regular file");
+            assert_eq!(std::fs::read(root.join(name)).expect("read"), E, "{name}");
+        }
+        let conflicts = place.take_conflicts();
+        assert_eq!(conflicts.len(), 2, "{conflicts:?}");
+        let kept = std::fs::read_to_string(root.join(&conflicts[0])).expect("read");
+        assert_eq!(kept, "R's edit\n");
+        let link = std::fs::read_link(root.join(&conflicts[1])).expect("a symlink");
+        assert_eq!(link, outside);
+        assert_eq!(
+            std::fs::read_to_string(&outside).expect("read"),
+            "outside\n"
+        );
     }
 }
