@@ -744,6 +744,18 @@ impl Indexer {
             Stat::Entry(meta) => meta,
         };
         if let Some(ignored) = root.rules.ignored_by(rel, meta.kind == Kind::Dir) {
+            // What was served here before it became ignored (a file `build` replaced by an
+            // ignored `build/` directory) is gone from E's side. Below an ignored path
+            // nothing was ever indexed, so only the path itself is looked up.
+            if ignored.path.as_str() == rel.as_str()
+                && self
+                    .index
+                    .get(&name, rel.as_str())?
+                    .is_some_and(|e| !e.deleted)
+            {
+                self.record(i, batch)?;
+                self.forget(&name, rel)?;
+            }
             return self.note_ignored(&name, &ignored);
         }
         // A parent the index does not know yet (created and filled between two batches):
@@ -1294,6 +1306,30 @@ mod tests {
             .map(|e| e.path)
             .collect();
         assert_eq!(order, ["top.txt", "a/new", "a/new/n.txt"]);
+    }
+
+    #[test]
+    fn a_file_replaced_by_an_ignored_directory_is_no_longer_served() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("stays.txt"), "s").unwrap();
+        // `build/` ignores directories only: a file named `build` is synced.
+        std::fs::write(dir.path().join("build"), "a script").unwrap();
+        let (mut ix, _rx) = indexer(dir.path(), &[]);
+        ix.scan_root(0, None).unwrap();
+        assert_eq!(live(&ix), ["build", "stays.txt"]);
+        std::fs::remove_file(dir.path().join("build")).unwrap();
+        std::fs::create_dir(dir.path().join("build")).unwrap();
+        std::fs::write(dir.path().join("build/out.o"), "o").unwrap();
+        ix.reconcile_paths(
+            0,
+            vec![dir.path().join("build"), dir.path().join("build/out.o")],
+        )
+        .unwrap();
+        assert_eq!(live(&ix), ["stays.txt"], "the file `build` is gone from E");
+        assert_eq!(ignored(&ix), [ig("build", "build/", "built-in")]);
+        // A full scan agrees.
+        assert_eq!(ix.scan_root(0, None).unwrap(), 0);
+        assert_eq!(live(&ix), ["stays.txt"]);
     }
 
     /// What the index says `code` ignores: (path, pattern, source), by path.
