@@ -302,3 +302,49 @@ fn v_q_and_rust_log_set_how_much_is_logged() {
     let out = run_ok(zync_apply(&daemon.db, &["-q", "list"]));
     assert!(stderr(&out).is_empty(), "{}", stderr(&out));
 }
+
+#[test]
+fn a_second_daemon_on_the_same_database_is_refused_and_the_first_serves_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("a.txt"), "a\n");
+    let daemon = start_daemon(tmp.path(), &e);
+    daemon.wait_scanned();
+    let client = ClientSpec::new(
+        &tmp.path().join("client"),
+        &daemon,
+        &[("code", &tmp.path().join("r"))],
+    );
+    // A loop client stays connected while the second daemon starts: that one, had it opened
+    // the database, would have reset the first one's connections at its start.
+    let _looping = client.spawn(&daemon.url(), &tmp.path().join("loop.log"));
+    wait_until("the first sync", || tmp.path().join("r/a.txt").exists());
+
+    let mut second = command("zync-daemon");
+    second
+        .args(["--host", "127.0.0.1", "--port", "0", "--db"])
+        .arg(&daemon.db)
+        .arg("--token-file")
+        .arg(&daemon.token_file)
+        .arg("--dirs")
+        .arg(format!("code:{}", e.display()));
+    let out = output_within_deadline(second);
+    let log = stderr(&out);
+    assert!(!out.status.success(), "a second daemon started:\n{log}");
+    assert!(
+        log.contains("another zync-daemon (pid ")
+            && log.contains(&daemon.db.display().to_string())
+            && log.contains("--db"),
+        "the refusal does not name the running daemon, the database and what to do:\n{log}"
+    );
+    assert!(
+        !log.contains("listening on"),
+        "it listened before refusing:\n{log}"
+    );
+
+    // The first daemon and its client carry on.
+    write(&e.join("b.txt"), "b\n");
+    wait_until("a change after the refusal", || {
+        tmp.path().join("r/b.txt").exists()
+    });
+}

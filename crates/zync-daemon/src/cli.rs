@@ -171,6 +171,7 @@ impl Config {
             ("-wal", "zync-daemon's database journal (-wal)"),
             ("-shm", "zync-daemon's database shared memory (-shm)"),
             ("-journal", "zync-daemon's database journal (-journal)"),
+            (".lock", "zync-daemon's database lock"),
         ] {
             own.add_file(PathBuf::from(format!("{}{suffix}", db.display())), what);
         }

@@ -51,6 +51,9 @@ use shared::{ServedRoot, Shared};
 pub fn main_with_args(args: Args) -> anyhow::Result<()> {
     let tunnel = tunnel::Tunnel::from_args(&args)?;
     let config = Config::from_args(&args)?;
+    // Held until the daemon ends, taken before it listens: a second daemon on this database
+    // would reset this one's connections and abort its upstream sessions at its start.
+    let _lock = lock_database(&config.db)?;
     let runtime = zync_cli::runtime(None)?;
     runtime.block_on(async {
         let address = format!("{}:{}", args.host, args.port);
@@ -192,4 +195,34 @@ pub async fn run(
         return Err(e.context("the indexer failed"));
     }
     Ok(())
+}
+
+/// Takes the daemon's lock on its database (`<db>.lock`, an flock that ends with the process,
+/// however it ends).
+///
+/// # Errors
+/// Another zync-daemon holds it (named by its pid), or the lock file cannot be made.
+fn lock_database(db: &std::path::Path) -> anyhow::Result<zync_fs::LockFile> {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    let path = db.with_file_name(name);
+    let note = format!("pid {}", std::process::id());
+    match zync_fs::try_lock(&path, note.as_bytes())
+        .with_context(|| format!("cannot lock the daemon database with {}", path.display()))?
+    {
+        zync_fs::Locked::Held(lock) => Ok(lock),
+        zync_fs::Locked::Busy(holder) => {
+            let holder = zync_cli::visible::line(holder.trim()).into_owned();
+            let who = if holder.is_empty() {
+                "another zync-daemon".to_string()
+            } else {
+                format!("another zync-daemon ({holder})")
+            };
+            anyhow::bail!(
+                "{who} is using the database {}; one daemon serves a database at a time: stop                  it first, or give this one another --db (its lock on {} ends with that process)",
+                db.display(),
+                path.display()
+            )
+        }
+    }
 }
