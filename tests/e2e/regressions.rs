@@ -162,6 +162,7 @@ fn the_daemons_database_token_and_staging_area_inside_e_never_reach_a_client() {
         "sync.db-wal",
         "sync.db-shm",
         "sync.db-journal",
+        "sync.db.lock",
         "zync.token",
         "sync.db.staging",
     ];
