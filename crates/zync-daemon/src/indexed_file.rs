@@ -3,13 +3,12 @@
 //! served and again after it was read whole. Anything else is `stale`: a newer change is on
 //! its way.
 
-use std::collections::hash_map::{Entry, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use zync_proto::Kind;
 
 use zync_db::Index;
-use zync_fs::{Dir, FsError, RelPath};
+use zync_fs::{Parents, RelPath};
 use zync_proto::ErrorCode;
 
 use crate::refusal::Refusal;
@@ -59,36 +58,6 @@ impl IndexedFile {
             ));
         }
         Ok(())
-    }
-}
-
-/// The directories files were opened in during one batch of requests, each reached once from
-/// its root without following a symlink (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`,
-/// [`Dir::subdir`]), so that a batch of files in one directory walks from the root once, not
-/// once per file. A handle names the directory itself, not its path: a directory swapped for
-/// a symlink after it was opened leaves the handle on the real directory, so nothing outside
-/// the root is ever reached through it (invariant 3, docs/ARCHITECTURE.md). Keep one for a
-/// batch only: a directory moved or removed later is then looked up again by the next batch.
-#[derive(Default)]
-pub(crate) struct Parents {
-    /// Keyed by root, then by the directory's path in it ("" for the root).
-    dirs: HashMap<(PathBuf, String), Dir>,
-}
-
-impl Parents {
-    /// The directory `rel` lies in under `root`, opened the first time it is asked for.
-    fn of(&mut self, root: &Path, rel: &RelPath) -> Result<&Dir, FsError> {
-        let parent = rel.parent();
-        let key = (
-            root.to_path_buf(),
-            parent.as_ref().map_or("", |p| p.as_str()).to_string(),
-        );
-        let dir = match self.dirs.entry(key) {
-            Entry::Occupied(known) => known.into_mut(),
-            // A failure is not kept: the next file there looks again.
-            Entry::Vacant(new) => new.insert(Dir::open_dir(root, parent.as_ref())?),
-        };
-        Ok(dir)
     }
 }
 

@@ -4,7 +4,7 @@
 //! removed relative to it, so no symlinked parent is ever followed (invariant 3).
 
 use crate::attrs::set_file_mtime;
-use crate::beneath::Dir;
+use crate::beneath::{Dir, Parents};
 use crate::hash::Hasher;
 use crate::ignore::TEMP_PREFIX;
 use crate::path::RelPath;
@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use crate::attrs::{fsync_dir, set_mode, set_mtime, sync_filesystems};
 pub use crate::beneath::{
@@ -59,7 +60,7 @@ fn start_writeback(_file: &File, _from: u64, _to: u64) {}
 /// A temp file being written in its destination's directory, held through that directory's
 /// handle. Dropped while still armed, it is removed (relative to the handle, never by path).
 struct Temp {
-    dir: Dir,
+    dir: Arc<Dir>,
     name: String,
     file: File,
     armed: bool,
@@ -121,8 +122,22 @@ impl AtomicFile {
     ///
     /// As [`check_parents`]; [`FsError::Io`] when the temp file cannot be created.
     pub fn create(root: &Path, rel: &RelPath) -> Result<AtomicFile, FsError> {
+        AtomicFile::create_in(&mut Parents::default(), root, rel)
+    }
+
+    /// As [`AtomicFile::create`], with the directory's handle from `parents` (opened there
+    /// once for a group of files).
+    ///
+    /// # Errors
+    ///
+    /// As [`AtomicFile::create`].
+    pub fn create_in(
+        parents: &mut Parents,
+        root: &Path,
+        rel: &RelPath,
+    ) -> Result<AtomicFile, FsError> {
         let dest = rel.to_path(root);
-        let dir = Dir::parent_of(root, rel)?;
+        let dir = parents.of(root, rel)?;
         let (file, name) = dir
             .create_temp(TEMP_PREFIX)
             .map_err(|e| FsError::io("create a temp file in", dir.path(), e))?;
@@ -293,7 +308,7 @@ impl AtomicFile {
     ///
     /// As [`check_parents`]; [`FsError::Io`] when the partial cannot be read.
     pub fn resume(root: &Path, rel: &RelPath, sha256: &str) -> Result<Option<AtomicFile>, FsError> {
-        let dir = Dir::parent_of(root, rel)?;
+        let dir = Arc::new(Dir::parent_of(root, rel)?);
         let name = partial_name(rel, sha256);
         let partial = dir.path_of(&name);
         use std::io::{Read, Seek};
@@ -494,8 +509,18 @@ impl Sealed {
     /// # Errors
     ///
     /// As [`Sealed::install`].
-    pub fn install_new(mut self) -> Result<Option<Sealed>, FsError> {
-        let dir = Dir::parent_of(&self.root, &self.rel)?;
+    pub fn install_new(self) -> Result<Option<Sealed>, FsError> {
+        self.install_new_in(&mut Parents::default())
+    }
+
+    /// As [`Sealed::install_new`], with the directory's handle from `parents` (opened there
+    /// once for a batch of renames).
+    ///
+    /// # Errors
+    ///
+    /// As [`Sealed::install`].
+    pub fn install_new_in(mut self, parents: &mut Parents) -> Result<Option<Sealed>, FsError> {
+        let dir = parents.of(&self.root, &self.rel)?;
         let name = self.name.as_deref().unwrap_or_default();
         match dir.rename_noreplace(name, &dir, self.rel.file_name()) {
             Ok(()) => {

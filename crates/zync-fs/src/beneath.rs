@@ -16,6 +16,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use zync_proto::Kind;
 
 /// Set once `openat2` turned out to be missing (ENOSYS: a kernel before 5.6, or a seccomp
@@ -715,6 +716,40 @@ pub fn open_file_beneath(root: &Path, rel: &RelPath) -> Result<Option<File>, FsE
         .map_err(|e| FsError::io("open", rel.to_path(root), e))
 }
 
+/// Directory handles of files written, renamed or read together (a group of small files, a
+/// batch of renames, a batch of GET_FILEs), each reached once from its root, as
+/// [`Dir::parent_of`] does, and then shared: two lookups from the root per file cost more than
+/// writing or sending a small file. A handle keeps naming the directory it was opened as: if
+/// another local user moves that directory away while the group is under way, the group's
+/// later files follow it there (as the files already written into it did), and none is ever
+/// reached through a symlink put in its place. Lookups that fail are not kept.
+#[derive(Debug, Default)]
+pub struct Parents {
+    /// By root, then by the directory's path in it ("" for the root).
+    open: std::collections::HashMap<PathBuf, std::collections::HashMap<String, Arc<Dir>>>,
+}
+
+impl Parents {
+    /// The handle of the directory `rel` is in under `root`, opened on first use.
+    ///
+    /// # Errors
+    ///
+    /// As [`Dir::parent_of`].
+    pub fn of(&mut self, root: &Path, rel: &RelPath) -> Result<Arc<Dir>, FsError> {
+        let parent = rel.parent();
+        let key = parent.as_ref().map_or("", RelPath::as_str);
+        if let Some(dir) = self.open.get(root).and_then(|dirs| dirs.get(key)) {
+            return Ok(Arc::clone(dir));
+        }
+        let dir = Arc::new(Dir::open_dir(root, parent.as_ref())?);
+        self.open
+            .entry(root.to_path_buf())
+            .or_default()
+            .insert(key.to_string(), Arc::clone(&dir));
+        Ok(dir)
+    }
+}
+
 /// Whether lookups use the walk because the kernel has no `openat2`.
 #[cfg(test)]
 pub(crate) fn openat2_missing() -> bool {
@@ -859,5 +894,55 @@ mod tests {
         for bad in ["", "..", "a/b", "."] {
             assert!(d.unlink(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// A group's files in one directory share one handle; a symlinked parent is refused, and
+    /// the refusal is not kept: once a real directory is there, it is opened.
+    #[test]
+    fn parents_open_each_directory_once_and_never_through_a_symlink() {
+        let (_tmp, r, out) = fixture();
+        let mut parents = Parents::default();
+        let one = parents.of(&r, &rel("a/b/x")).expect("a/b");
+        let two = parents.of(&r, &rel("a/b/y")).expect("a/b again");
+        assert!(Arc::ptr_eq(&one, &two), "a/b was opened twice");
+        let top = parents.of(&r, &rel("f")).expect("the root");
+        assert!(!Arc::ptr_eq(&one, &top));
+        assert_eq!(top.path(), r.as_path());
+
+        assert!(matches!(
+            parents.of(&r, &rel("l/x")),
+            Err(FsError::SymlinkInPath { .. })
+        ));
+        assert!(empty(&out));
+        fs::remove_file(r.join("l")).expect("rm");
+        fs::create_dir(r.join("l")).expect("mkdir");
+        let real = parents.of(&r, &rel("l/x")).expect("a real l now");
+        assert_eq!(real.path(), r.join("l"));
+    }
+
+    /// A directory moved away while its group is under way, a symlink put in its place: the
+    /// handle still names the directory that was moved, so nothing reaches the symlink's target.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_mid_group_keeps_its_handle() {
+        let (tmp, r, out) = fixture();
+        let mut parents = Parents::default();
+        let before = parents.of(&r, &rel("a/b/x")).expect("a/b");
+        let moved = tmp.path().join("moved");
+        fs::rename(r.join("a/b"), &moved).expect("move a/b away");
+        symlink(&out, r.join("a/b")).expect("symlink in its place");
+        let after = parents.of(&r, &rel("a/b/y")).expect("kept handle");
+        let (file, name) = after.create_temp(".t").expect("create through the handle");
+        drop(file);
+        assert!(Arc::ptr_eq(&before, &after));
+        assert!(
+            moved.join(&name).is_file(),
+            "not in the directory that was moved"
+        );
+        assert!(empty(&out), "written through the symlink");
+        // A new group looks again and refuses the symlink.
+        assert!(matches!(
+            Parents::default().of(&r, &rel("a/b/y")),
+            Err(FsError::SymlinkInPath { .. })
+        ));
     }
 }

@@ -128,7 +128,7 @@ async fn send_delta(
 async fn open_indexed(cx: &mut Context, dir: String, path: &str) -> Result<IndexedFile, Refusal> {
     let (root, dir, rel, _) = cx.locate(dir, path, None)?;
     cx.query(move |index| {
-        let mut parents = indexed_file::Parents::default();
+        let mut parents = zync_fs::Parents::default();
         Ok(indexed_file::open(index, &mut parents, &root, &dir, rel))
     })
     .await?

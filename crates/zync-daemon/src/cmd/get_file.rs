@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Message;
 use zync_db::Index;
-use zync_fs::RelPath;
+use zync_fs::{Parents, RelPath};
 use zync_proto::{ErrorCode, FileHeader, GetFile, OkResponse, Op, Reply, Request, ServerMessage};
 
 use crate::context::Context;
-use crate::indexed_file::{self, IndexedFile, Parents};
+use crate::indexed_file::{self, IndexedFile};
 use crate::link::Link;
 use crate::refusal::Refusal;
 

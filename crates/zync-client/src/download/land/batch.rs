@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use tokio_tungstenite::tungstenite::Bytes;
 use zync_cli::progress::Progress;
 use zync_db::ClientState;
+use zync_fs::Parents;
 use zync_proto::FileHeader;
 
 use crate::download::land::file::{Pending, Ready};
@@ -121,11 +122,12 @@ impl Writer {
     }
 }
 
-/// Writes and seals a group of whole files.
+/// Writes and seals a group of whole files, reaching each directory once for the group.
 fn write_group(group: Vec<(usize, Box<Pending>, FileHeader, Bytes)>) -> Written {
+    let mut parents = Parents::default();
     group
         .into_iter()
-        .map(|(i, pending, header, data)| (i, pending.write_whole(&header, &data)))
+        .map(|(i, pending, header, data)| (i, pending.write_whole(&mut parents, &header, &data)))
         .collect()
 }
 
@@ -294,10 +296,11 @@ impl Batch {
             // Durable now: what finished before the flush, and the notes of the files about
             // to be renamed.
             let committed = commit.write(&mut db)?;
+            let mut parents = Parents::default();
             let results = files
                 .into_iter()
                 .map(|(i, ready)| {
-                    let result = place.install(ready);
+                    let result = place.install_in(ready, &mut parents);
                     if result.is_ok() {
                         progress.files(1);
                     }

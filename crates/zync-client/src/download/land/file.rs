@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use zync_proto::Kind;
 
 use zync_db::Synced;
-use zync_fs::{AtomicFile, RelPath, Sealed, Stat};
+use zync_fs::{AtomicFile, Parents, RelPath, Sealed, Stat};
 use zync_proto::{DeltaHeader, FileHeader, WindowHashes};
 
 use crate::error::ClientError;
@@ -98,8 +98,17 @@ impl Pending {
     /// When the temp file cannot be made, the partial changed since it was measured, or the
     /// disk has no room for the file ([`zync_fs::FsError::NoSpace`]).
     pub fn open(&mut self, offset: u64) -> Result<(), ClientError> {
+        self.open_in(offset, None)
+    }
+
+    /// As [`Pending::open`]; a new temp file's directory handle comes from `parents` when
+    /// given (a group of files shares them).
+    fn open_in(&mut self, offset: u64, parents: Option<&mut Parents>) -> Result<(), ClientError> {
         let mut file = if offset == 0 {
-            AtomicFile::create(&self.root, &self.rel)?
+            match parents {
+                Some(parents) => AtomicFile::create_in(parents, &self.root, &self.rel)?,
+                None => AtomicFile::create(&self.root, &self.rel)?,
+            }
         } else {
             match AtomicFile::resume(&self.root, &self.rel, &self.sha)? {
                 Some(partial) if partial.written() == offset => {
@@ -189,10 +198,11 @@ impl Pending {
     /// As those three.
     pub fn write_whole(
         mut self: Box<Self>,
+        parents: &mut Parents,
         header: &FileHeader,
         data: &[u8],
     ) -> Result<Box<Ready>, ClientError> {
-        self.open(0)?;
+        self.open_in(0, Some(parents))?;
         self.write(data)?;
         self.seal(header)
     }

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use zync_fs::{RelPath, Stat};
+use zync_fs::{Parents, RelPath, Stat};
 
 use crate::download::land::file::Ready;
 use crate::download::look;
@@ -116,11 +116,16 @@ impl Place {
 
     /// Renames a sealed file into place. Call only after its content was made durable
     /// (invariant 1 (docs/ARCHITECTURE.md)). An edit R made meanwhile is kept as a conflict
-    /// copy first (invariant 4).
+    /// copy first (invariant 4). A file renamed where R had nothing reaches its directory
+    /// through `parents` (a batch of renames shares the handles).
     ///
     /// # Errors
     /// When the rename fails or a conflict copy cannot be made.
-    pub fn install(&mut self, ready: Box<Ready>) -> Result<Record, ClientError> {
+    pub fn install_in(
+        &mut self,
+        ready: Box<Ready>,
+        parents: &mut Parents,
+    ) -> Result<Record, ClientError> {
         let Ready {
             rel,
             before,
@@ -132,7 +137,7 @@ impl Place {
         // Where R had nothing, the rename itself refuses to replace whatever appeared since:
         // no look at the path first, and no moment between a look and the rename.
         let sealed = match before {
-            Stat::Missing => sealed.install_new()?,
+            Stat::Missing => sealed.install_new_in(parents)?,
             _ => Some(sealed),
         };
         if let Some(sealed) = sealed {
@@ -232,7 +237,7 @@ mod tests {
             chunks: 1,
         };
         Box::new(pending)
-            .write_whole(&header, E)
+            .write_whole(&mut Parents::default(), &header, E)
             .unwrap_or_else(|e| panic!("writing {path}: {e}"))
     }
 
@@ -244,10 +249,11 @@ mod tests {
         std::fs::create_dir_all(&root).expect("mkdir");
         std::fs::write(&outside, "outside\n").expect("write");
         let mut place = Place::new(&root, "d");
+        let mut parents = Parents::default();
 
         // Nothing appeared: E's file goes into place.
         let plain = ready_where_r_had_nothing(&root, "plain.txt");
-        place.install(plain).expect("install");
+        place.install_in(plain, &mut parents).expect("install");
         assert_eq!(std::fs::read(root.join("plain.txt")).expect("read"), E);
         assert!(place.take_conflicts().is_empty());
 
@@ -257,8 +263,8 @@ mod tests {
         let linked = ready_where_r_had_nothing(&root, "linked.txt");
         std::fs::write(root.join("edited.txt"), "R's edit\n").expect("write");
         std::os::unix::fs::symlink(&outside, root.join("linked.txt")).expect("symlink");
-        place.install(edited).expect("install");
-        place.install(linked).expect("install");
+        place.install_in(edited, &mut parents).expect("install");
+        place.install_in(linked, &mut parents).expect("install");
         for name in ["edited.txt", "linked.txt"] {
             let meta = std::fs::symlink_metadata(root.join(name)).expect("stat");
             assert!(meta.is_file(), "{name} is not E's regular file");
