@@ -16,9 +16,8 @@ struct Args {
     /// Delay added by the proxy in each direction, standing for a real tunnel.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
-    /// Scenarios to run (default: all): initial-small big-file edit-in-big noop latency soak
-    /// restart.
-    #[arg(long, num_args = 1..)]
+    /// Scenarios to run (default: all).
+    #[arg(long, num_args = 1.., value_parser = clap::builder::PossibleValuesParser::new(zync_bench::SCENARIOS))]
     scenario: Vec<String>,
     /// Runs per scenario; the table shows medians (default 3, or 1 with --quick).
     #[arg(long)]
@@ -46,5 +45,29 @@ fn main() -> ExitCode {
             eprintln!("zync-bench: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_is_accepted_and_listed_and_an_unknown_one_is_refused() {
+        for name in zync_bench::SCENARIOS {
+            let args = Args::try_parse_from(["zync-bench", "--scenario", name]);
+            assert!(args.is_ok(), "{name} refused");
+        }
+        let help = <Args as clap::CommandFactory>::command()
+            .render_help()
+            .to_string();
+        for name in zync_bench::SCENARIOS {
+            assert!(help.contains(name), "--help does not list {name}:\n{help}");
+        }
+        let err = Args::try_parse_from(["zync-bench", "--scenario", "nope"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("invalid value 'nope'"), "{err}");
     }
 }
