@@ -331,8 +331,7 @@ fn a_directory_swapped_for_a_symlink_during_a_sync_is_never_written_through() {
 /// `zync-client --update-upstream --json`: the session id it pushed.
 fn push(client: &ClientSpec, url: &str) -> String {
     let mut cmd = client.command(url);
-    // As in crash.rs: a loaded machine has seen the daemon silent past the default 20 s.
-    cmd.args(["--update-upstream", "--json", "--stall-timeout", "60"]);
+    cmd.args(["--update-upstream", "--json"]);
     let out = run(cmd);
     assert!(
         out.status.success(),

@@ -320,6 +320,12 @@ impl Connection {
                 Some(Incoming::Text(ServerMessage::Error(e))) if e.id.is_none() => {
                     tracing::warn!("the daemon reported: {}", e.message);
                 }
+                // The answer itself, already (after the last chunk it often is): kept for
+                // `response`, which would otherwise wait for it until the stall timeout.
+                Some(Incoming::Text(ServerMessage::Ok(ok))) if ok.id == id => {
+                    self.answer = Some((id, Ok(ok.reply)));
+                    return Ok(None);
+                }
                 _ => {}
             }
         }
