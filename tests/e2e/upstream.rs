@@ -617,6 +617,77 @@ fn apply_does_not_overwrite_a_file_that_changed_on_e_after_staging() {
 // ---------------------------------------------------------------------------------------------
 // 7. An interactive apply with stdin not a terminal refuses at once.
 
+/// Flushes (`fsync`, `fdatasync`, `syncfs`) that `pid` makes while `during` runs, counted by
+/// `strace -c` attached to all its threads.
+fn flushes_of(pid: u32, during: impl FnOnce()) -> u64 {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let summary = tmp.path().join("strace.txt");
+    let mut strace = Command::new("strace")
+        .args(["-f", "-c", "-e", "trace=fsync,fdatasync,syncfs", "-o"])
+        .arg(&summary)
+        .args(["-p", &pid.to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strace (apt-get install strace) must be installed");
+    // Attached once it says so for the process's threads.
+    let mut lines = BufReader::new(strace.stderr.take().expect("stderr")).lines();
+    let attached = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(
+        attached.contains("attached"),
+        "strace did not attach: {attached:?}"
+    );
+    during();
+    // SAFETY: kill(2) on a child this test spawned and has not reaped.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    strace.wait().expect("strace ends");
+    let text = std::fs::read_to_string(&summary).unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            ["fsync", "fdatasync", "syncfs"].contains(&l.split_whitespace().last().unwrap_or(""))
+        })
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            // % time, seconds, usecs/call, calls, [errors,] syscall
+            cols.get(3).and_then(|c| c.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// The staged files of a push, and their rows, are made durable together when the session is
+/// finalized: a push of many files costs E a handful of flushes, not one or two per file. The
+/// session is complete and reviewable afterwards.
+#[test]
+fn a_push_of_many_files_is_flushed_at_finalize_not_file_by_file() {
+    const FILES: usize = 120;
+    let originals: Vec<(String, Vec<u8>)> = (0..FILES)
+        .map(|i| {
+            (
+                format!("d{}/f{i:03}.txt", i % 4),
+                format!("E {i}\n").into_bytes(),
+            )
+        })
+        .collect();
+    let files: Vec<(&str, &[u8])> = originals
+        .iter()
+        .map(|(p, d)| (p.as_str(), d.as_slice()))
+        .collect();
+    let p = Pair::new(&files);
+    for (path, _) in &originals {
+        write(&p.r.join(path), format!("R's edit of {path}\n"));
+    }
+    let mut id = String::new();
+    let flushes = flushes_of(p.daemon.pid(), || id = p.push_session());
+    assert!(
+        flushes <= 40,
+        "the daemon flushed {flushes} times for a push of {FILES} files (once or twice per \
+         file?)"
+    );
+    let session = listed(p.db(), &id).unwrap_or_else(|| panic!("{id} is not listed"));
+    assert_eq!(session["status"], "staged", "{session}");
+    assert_eq!(session["files"], FILES, "{session}");
+}
+
 #[test]
 fn interactive_apply_without_a_terminal_refuses_quickly_and_changes_nothing() {
     let p = Pair::new(&[("f.txt", b"base\n")]);

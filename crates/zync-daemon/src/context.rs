@@ -126,7 +126,10 @@ impl Context {
         }
         let id = session.id.clone();
         if let Err(e) = self
-            .query(move |index| index.set_session_status(&id, SessionStatus::Aborted))
+            .query(move |index| {
+                index.set_commits_wait(true)?;
+                index.set_session_status(&id, SessionStatus::Aborted)
+            })
             .await
         {
             tracing::warn!(session = %session.id, "cannot mark the session aborted: {}", e.message());

@@ -71,6 +71,34 @@ pub(crate) struct Discard {
     pub(crate) frames: u64,
 }
 
+/// Sessions of at most this many files are flushed file by file when finalized; larger ones
+/// with one `syncfs` of the staging area's file system (as the client flushes its batches).
+const OWN_FLUSH_FILES: usize = 16;
+
+/// Makes a finalized session's staged files durable, and their names: each file, or the whole
+/// file system when there are many, then the session's directory. Blocking.
+///
+/// # Errors
+/// When a file or the file system cannot be flushed.
+pub(crate) fn flush_session(dir: &Path) -> Result<(), FsError> {
+    let listed = |e: std::io::Error| FsError::io("list the staged files of", dir.to_path_buf(), e);
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(listed)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(listed)?;
+    if files.len() <= OWN_FLUSH_FILES {
+        for file in &files {
+            std::fs::File::open(file)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| FsError::io("flush the staged file", file, e))?;
+        }
+    } else {
+        zync_fs::sync_filesystems([dir])?;
+    }
+    zync_fs::fsync_dir(dir)
+}
+
 /// Aborts sessions left receiving by a daemon that stopped mid-upload.
 ///
 /// # Errors
@@ -171,8 +199,10 @@ impl Stager {
                     }
                     Piece::End => {
                         let received = out.written();
+                        // Flushed with the whole session when it is finalized: until then
+                        // the session is not staged, and a crash aborts it.
                         return out
-                            .commit(&sha256, STAGED_MODE, mtime_ns)
+                            .commit_unflushed(&sha256, STAGED_MODE, mtime_ns)
                             .map_err(|e| staging_refusal(&path, received, e));
                     }
                 }

@@ -25,7 +25,7 @@ pub(crate) enum Synchronous {
 }
 
 impl Synchronous {
-    fn pragma(self) -> &'static str {
+    pub(crate) fn pragma(self) -> &'static str {
         match self {
             Synchronous::Normal => "PRAGMA synchronous = NORMAL",
             Synchronous::Full => "PRAGMA synchronous = FULL",
@@ -286,6 +286,11 @@ mod tests {
         assert_eq!(pragma(client.conn(), "synchronous"), "Integer(2)");
         // The client's multi-row writes keep their statement journal in memory (2).
         assert_eq!(pragma(client.conn(), "temp_store"), "Integer(2)");
+        // An index handle's commits can stop waiting for the disk, and wait again.
+        index.set_commits_wait(false).expect("normal");
+        assert_eq!(pragma(index.conn(), "synchronous"), "Integer(1)");
+        index.set_commits_wait(true).expect("full");
+        assert_eq!(pragma(index.conn(), "synchronous"), "Integer(2)");
     }
 
     /// In octal, so that a failure reads `644`, not `420`; `None` when missing.

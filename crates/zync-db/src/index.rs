@@ -72,6 +72,27 @@ impl Index {
         &self.conn
     }
 
+    /// Whether this handle's commits wait until they are on disk (SQLite `synchronous = FULL`,
+    /// as every handle is opened) or not (`NORMAL`). In WAL mode a commit that does not wait
+    /// becomes durable with the next one that does: its flush of the log covers every commit
+    /// written before it. For rows that count only once a later, waiting commit marks them
+    /// done, such as the files of an upstream session being received.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn set_commits_wait(&self, wait: bool) -> Result<()> {
+        let pragma = if wait {
+            Synchronous::Full
+        } else {
+            Synchronous::Normal
+        }
+        .pragma();
+        self.conn
+            .execute_batch(pragma)
+            .with_ctx(|| format!("setting {pragma}"))
+    }
+
     /// How many write transactions were committed through this handle since it was opened:
     /// each is a flush of the database file (synchronous FULL), so a burst of changes must
     /// cost one per batch, not one per file.

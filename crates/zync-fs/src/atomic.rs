@@ -388,6 +388,29 @@ impl AtomicFile {
         Ok(())
     }
 
+    /// As [`AtomicFile::commit`] without the flush: the file takes its name at once, and is
+    /// durable only once the caller flushes its file system (or the file). For content that
+    /// counts only after such a flush, such as the files of an upstream session, which E
+    /// flushes together when the session is finalized.
+    ///
+    /// # Errors
+    ///
+    /// As [`AtomicFile::commit`].
+    pub fn commit_unflushed(
+        self,
+        expected_sha256: &str,
+        mode: u32,
+        mtime_ns: i64,
+    ) -> Result<(), FsError> {
+        let (rel, dest) = (self.rel.clone(), self.dest.clone());
+        let temp = self.finish(expected_sha256, mode, mtime_ns)?;
+        temp.dir
+            .rename(&temp.name, &temp.dir, rel.file_name())
+            .map_err(|e| FsError::io("rename a temp file to", &dest, e))?;
+        temp.disarm();
+        Ok(())
+    }
+
     /// Verifies the sha256 of what was written and sets the permission bits and mtime, but does
     /// not flush: the returned [`Sealed`] file is renamed into place by [`Sealed::install`]
     /// only after the caller made a whole batch durable at once ([`sync_filesystems`]), so that

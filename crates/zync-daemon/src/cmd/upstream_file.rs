@@ -118,10 +118,16 @@ async fn create_session(cx: &mut Context) -> Result<(), Refusal> {
     super::upstream_prepare::check_pending(cx).await?;
     let client = cx.client_id.clone();
     let session = id.clone();
-    // The row first: a directory in the staging area that no row owns is litter that
-    // `zync-apply gc` may remove at any time.
-    cx.query(move |index| index.create_session(&session, &client))
-        .await?;
+    // The row first, and on disk: a directory in the staging area that no row owns is litter
+    // that `zync-apply gc` may remove at any time, while a session left `receiving` by a crash
+    // is aborted, and its directory removed, when the daemon starts again. Its files' rows are
+    // then written without waiting for the disk each: FINALIZE_UPSTREAM's commit, which waits,
+    // makes them durable together with the staged status, after flushing the staged files.
+    cx.query(move |index| {
+        index.create_session(&session, &client)?;
+        index.set_commits_wait(false)
+    })
+    .await?;
     if let Some(open) = cx.upstream.as_mut() {
         open.created = true;
     }

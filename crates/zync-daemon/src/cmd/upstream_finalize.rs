@@ -40,7 +40,11 @@ pub(crate) async fn apply(cx: &mut Context, finalize: FinalizeUpstream) -> Resul
     if recorded.is_none_or(|s| s.files == 0) {
         // Its uploads all failed: the row and the (empty) directory go.
         let gone = id.clone();
-        cx.query(move |index| index.delete_session(&gone)).await?;
+        cx.query(move |index| {
+            index.set_commits_wait(true)?;
+            index.delete_session(&gone)
+        })
+        .await?;
         let removed = tokio::task::spawn_blocking(move || zync_db::remove_dir(&dir))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
@@ -51,8 +55,8 @@ pub(crate) async fn apply(cx: &mut Context, finalize: FinalizeUpstream) -> Resul
         tracing::info!(session = %id, "upstream session finalized with nothing staged; nothing kept");
         return Ok(empty());
     }
-    // The staged files' names are made durable before the session counts as staged.
-    tokio::task::spawn_blocking(move || zync_fs::fsync_dir(&dir))
+    // The staged files, and their names, are made durable before the session counts as staged.
+    tokio::task::spawn_blocking(move || crate::staging::flush_session(&dir))
         .await
         .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?
         .map_err(|e| {
@@ -63,6 +67,9 @@ pub(crate) async fn apply(cx: &mut Context, finalize: FinalizeUpstream) -> Resul
         })?;
     let session = cx
         .query(move |index| {
+            // This commit waits for the disk, and with it every row of the session that was
+            // written without waiting (`create_session` in upstream_file.rs).
+            index.set_commits_wait(true)?;
             index.set_session_status(&id, SessionStatus::Staged)?;
             index.session(&id)
         })
