@@ -7,7 +7,7 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{Config, Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -192,11 +192,17 @@ pub struct Batch {
     pub rescan: BTreeSet<usize>,
     /// The highest [`WatchEvent::Marker`] that came out with this batch.
     pub marker: Option<u64>,
+    /// How many events it holds (before paths were merged).
+    pub events: usize,
+    /// How many times collecting it went to the channel (a wait or a drain): one per event
+    /// for a save, a few per debounce period for a burst.
+    pub waits: usize,
 }
 
 impl Batch {
     /// Adds one event.
     pub fn push(&mut self, event: WatchEvent) {
+        self.events += 1;
         match event {
             WatchEvent::Paths { root, paths } => self.paths.entry(root).or_default().extend(paths),
             WatchEvent::Rescan { root: None, reason } => {
@@ -264,25 +270,50 @@ fn collect(rx: &Receiver<WatchEvent>, first: WatchEvent, quiet: Duration, max: D
     let hard_deadline = start + max;
     let mut batch = Batch::default();
     batch.push(first);
-    let mut events = 1;
+    batch.waits = 1;
     let mut last = start;
-    loop {
-        let deadline = (last + quiet_after(events, quiet)).min(hard_deadline);
+    // While it looks like a save, every event is taken as it comes: the batch must end a
+    // short quiet after the last one.
+    while batch.events <= SAVE_EVENTS {
+        let deadline = (last + quiet_after(batch.events, quiet)).min(hard_deadline);
         let now = Instant::now();
         if now >= deadline {
-            break;
+            return batch;
         }
+        batch.waits += 1;
         match rx.recv_timeout(deadline - now) {
             Ok(event) => {
                 batch.push(event);
-                events += 1;
                 last = Instant::now();
             }
             // Disconnected: return what we have; the next call reports the disconnection.
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return batch,
         }
     }
-    batch
+    // A burst (a checkout, a build): waking for each of its thousands of events cost the
+    // indexer and the watcher's thread (which has to wake it) more than the indexing. Sleep
+    // a quiet period at a time and take whatever came meanwhile; the batch ends after a
+    // period that brought nothing (so between one and two quiet periods after its last
+    // event), or at `max`.
+    loop {
+        let now = Instant::now();
+        if now >= hard_deadline {
+            return batch;
+        }
+        std::thread::sleep(quiet.min(hard_deadline - now));
+        batch.waits += 1;
+        let before = batch.events;
+        loop {
+            match rx.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return batch,
+            }
+        }
+        if batch.events == before {
+            return batch;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -511,6 +542,28 @@ mod tests {
         assert!(!batch.rescan_all);
         assert!(next_batch(&rx, QUIET, MAX).is_none());
         assert!(next_batch_timeout(&rx, QUIET, QUIET, MAX).is_none());
+    }
+
+    #[test]
+    fn a_burst_is_taken_a_quiet_period_at_a_time_not_an_event_at_a_time() {
+        let (tx, rx) = channel();
+        for i in 0..1000 {
+            tx.send(paths_event(0, &format!("/f{i}"))).expect("send");
+        }
+        let batch = next_batch(&rx, QUIET, MAX).expect("a batch");
+        assert_eq!(batch.events, 1000);
+        assert_eq!(batch.paths[&0].len(), 1000, "every event is in the batch");
+        // One wait per event of a save, then one per quiet period, bounded by MAX.
+        let most = SAVE_EVENTS + 2 + (MAX.as_millis() / QUIET.as_millis()) as usize;
+        assert!(
+            batch.waits <= most,
+            "1000 events took {} waits (at most {most} expected)",
+            batch.waits
+        );
+        // The sender is still there: the batch ended because the burst went quiet.
+        tx.send(paths_event(0, "/later")).expect("send");
+        let batch = next_batch(&rx, QUIET, MAX).expect("a batch");
+        assert_eq!((batch.events, batch.waits), (1, 2), "a save: {batch:?}");
     }
 
     #[test]
