@@ -375,17 +375,7 @@ impl AtomicFile {
     /// [`FsError::HashMismatch`] when the content does not match (the temp file is removed, the
     /// destination untouched); [`FsError::Io`] otherwise. On any error the temp file is removed.
     pub fn commit(self, expected_sha256: &str, mode: u32, mtime_ns: i64) -> Result<(), FsError> {
-        let rel = self.rel.clone();
-        let dest = self.dest.clone();
-        let temp = self.finish(expected_sha256, mode, mtime_ns)?;
-        temp.file
-            .sync_all()
-            .map_err(|e| FsError::io("flush the new content of", &dest, e))?;
-        temp.dir
-            .rename(&temp.name, &temp.dir, rel.file_name())
-            .map_err(|e| FsError::io("rename a temp file to", &dest, e))?;
-        temp.disarm();
-        Ok(())
+        self.rename_into_place(expected_sha256, mode, mtime_ns, true)
     }
 
     /// As [`AtomicFile::commit`] without the flush: the file takes its name at once, and is
@@ -402,8 +392,24 @@ impl AtomicFile {
         mode: u32,
         mtime_ns: i64,
     ) -> Result<(), FsError> {
+        self.rename_into_place(expected_sha256, mode, mtime_ns, false)
+    }
+
+    /// [`AtomicFile::commit`], flushing the content first or not.
+    fn rename_into_place(
+        self,
+        expected_sha256: &str,
+        mode: u32,
+        mtime_ns: i64,
+        flush: bool,
+    ) -> Result<(), FsError> {
         let (rel, dest) = (self.rel.clone(), self.dest.clone());
         let temp = self.finish(expected_sha256, mode, mtime_ns)?;
+        if flush {
+            temp.file
+                .sync_all()
+                .map_err(|e| FsError::io("flush the new content of", &dest, e))?;
+        }
         temp.dir
             .rename(&temp.name, &temp.dir, rel.file_name())
             .map_err(|e| FsError::io("rename a temp file to", &dest, e))?;
