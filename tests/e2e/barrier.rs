@@ -167,10 +167,58 @@ fn zync_apply_wait_without_a_client_or_a_daemon_says_so() {
         stderr(&out)
     );
 
-    daemon.stop();
-    let out = output_within_deadline(zync_apply(&daemon.db, &["wait", "--timeout", "1"]));
+    // A daemon that hangs still holds its database's lock: the wait names it and times out.
+    let pid = daemon.pid();
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let out = output_within_deadline(zync_apply(&daemon.db, &["wait", "--timeout", "4"]));
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
-    assert!(stderr(&out).contains("is it running"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("zync-daemon (pid {pid})")),
+        "{}",
+        stderr(&out)
+    );
+
+    // With no daemon, nothing can answer: an error once none has held the lock for a few
+    // seconds, not a wait until the timeout.
+    daemon.stop();
+    let out = output_within_deadline(zync_apply(&daemon.db, &["wait", "--timeout", "20"]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("zync-daemon is not running: no process holds the lock"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A daemon that stops while `zync-apply wait` waits for a client ends the wait with an error:
+/// clients' progress reaches the database through the daemon only.
+#[test]
+fn zync_apply_wait_ends_when_the_daemon_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("a.txt"), "a\n");
+    let mut daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let mut wait = zync_apply(&daemon.db, &["wait", "--timeout", "20", "--json"]);
+    let waiting = wait
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn zync-apply wait");
+    // The daemon answers the barrier; no client is connected, so the wait goes on.
+    wait_until("the daemon answered the wait's ticket", || {
+        settled_ticket(&daemon.db) > 0
+    });
+    let pid = daemon.pid();
+    daemon.kill();
+    let out = waiting.wait_with_output().expect("zync-apply wait");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("zync-daemon (pid {pid}) stopped while waiting")),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -324,4 +372,19 @@ async fn zync_apply_wait_does_not_wait_for_a_status_probe() {
         "{report}"
     );
     drop(s.running);
+}
+
+/// The last `zync-apply wait` ticket the daemon answered, from its database (0: none).
+fn settled_ticket(db: &Path) -> u64 {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0;
+    };
+    conn.query_row("SELECT value FROM meta WHERE key = 'settled'", [], |row| {
+        row.get::<_, String>(0)
+    })
+    .ok()
+    .and_then(|v| v.parse().ok())
+    .unwrap_or(0)
 }

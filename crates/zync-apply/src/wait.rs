@@ -22,6 +22,9 @@ use crate::outcome::Outcome;
 const POLL: Duration = Duration::from_millis(50);
 /// After this long without an answer from the daemon, say on stderr what is being waited for.
 const NOTICE_AFTER: Duration = Duration::from_secs(3);
+/// After this long with no daemon holding the database's lock, stop waiting: nothing can
+/// answer. Long enough for a daemon started just before the command to take its lock.
+const GONE_AFTER: Duration = Duration::from_secs(3);
 
 /// What `--json` prints.
 #[derive(Debug, Serialize)]
@@ -118,6 +121,7 @@ pub fn wait(
         .request_settle()
         .with_context(|| format!("cannot write the daemon database {}", db.display()))?;
     let mut noticed = false;
+    let mut daemon = DaemonLock::new(db);
     let mut report = WaitReport {
         in_sync: false,
         waited_ms: 0,
@@ -132,19 +136,31 @@ pub fn wait(
             report.daemon_settled = true;
             break;
         }
+        daemon.check()?;
         if expired() {
-            report.outstanding.push(format!(
-                "zync-daemon did not take in E's latest changes within {}s: is it running with --db {}? (it answers within a second unless it is scanning)",
-                timeout.as_secs(),
-                db.display()
-            ));
+            report.outstanding.push(match daemon.pid {
+                Some(pid) => format!(
+                    "zync-daemon (pid {pid}) did not take in E's latest changes within {}s: it runs, but is busy or hung (it answers within a second unless it is scanning)",
+                    timeout.as_secs()
+                ),
+                None => format!(
+                    "zync-daemon did not take in E's latest changes within {}s: is it running with --db {}? (it answers within a second unless it is scanning)",
+                    timeout.as_secs(),
+                    db.display()
+                ),
+            });
             return finish(report, started, json, out);
         }
         if !noticed && started.elapsed() >= NOTICE_AFTER {
-            eprintln!(
-                "zync-apply: waiting for zync-daemon to take in E's latest changes (is it running with --db {}?)",
-                db.display()
-            );
+            match daemon.pid {
+                Some(pid) => eprintln!(
+                    "zync-apply: waiting for zync-daemon (pid {pid}) to take in E's latest changes; it is busy (a startup scan of a big tree takes a while)"
+                ),
+                None => eprintln!(
+                    "zync-apply: waiting for zync-daemon to take in E's latest changes (is it running with --db {}?)",
+                    db.display()
+                ),
+            }
             noticed = true;
         }
         std::thread::sleep(POLL);
@@ -177,11 +193,67 @@ pub fn wait(
             report.in_sync = true;
             return finish(report, started, json, out);
         }
+        // Clients' acknowledgements reach the database through the daemon only.
+        daemon.check()?;
         if expired() {
             report.outstanding = outstanding(&report.clients);
             return finish(report, started, json, out);
         }
         std::thread::sleep(POLL);
+    }
+}
+
+/// The daemon serving the database, as its lock file tells ([`zync_fs::lock::holder`]):
+/// nothing answers a wait while no daemon runs, so the wait ends with an error once none has
+/// held the lock for [`GONE_AFTER`], instead of at its timeout.
+struct DaemonLock {
+    lock: std::path::PathBuf,
+    db: std::path::PathBuf,
+    /// The daemon's pid, once seen running.
+    pid: Option<u32>,
+    /// Since when no daemon was seen holding the lock.
+    gone_since: Option<Instant>,
+}
+
+impl DaemonLock {
+    fn new(db: &Path) -> DaemonLock {
+        DaemonLock {
+            lock: zync_fs::lock::path_beside(db),
+            db: db.to_path_buf(),
+            pid: None,
+            gone_since: None,
+        }
+    }
+
+    /// Looks at the lock again.
+    ///
+    /// # Errors
+    /// No daemon has held the database's lock for [`GONE_AFTER`].
+    fn check(&mut self) -> anyhow::Result<()> {
+        match zync_fs::lock::holder(&self.lock) {
+            zync_fs::Holder::Running(pid) => {
+                self.pid = Some(pid);
+                self.gone_since = None;
+            }
+            // Another user's daemon, or no /proc: wait as before, until the timeout.
+            zync_fs::Holder::Unknown => self.gone_since = None,
+            zync_fs::Holder::Gone => {
+                let since = *self.gone_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= GONE_AFTER {
+                    let was = match self.pid {
+                        Some(pid) => format!("zync-daemon (pid {pid}) stopped while waiting"),
+                        None => "zync-daemon is not running".to_string(),
+                    };
+                    bail!(
+                        "{was}: no process holds the lock {} of the database {}; start zync-daemon with --db {}, then run this again",
+                        self.lock.display(),
+                        self.db.display(),
+                        self.db.display()
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 }
 

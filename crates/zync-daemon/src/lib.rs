@@ -203,9 +203,8 @@ pub async fn run(
 /// # Errors
 /// Another zync-daemon holds it (named by its pid), or the lock file cannot be made.
 fn lock_database(db: &std::path::Path) -> anyhow::Result<zync_fs::LockFile> {
-    let mut name = db.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
-    let path = db.with_file_name(name);
+    let path = zync_fs::lock::path_beside(db);
+    // `zync-apply wait` reads the pid to tell a daemon that is not running from a busy one.
     let note = format!("pid {}", std::process::id());
     match zync_fs::try_lock(&path, note.as_bytes())
         .with_context(|| format!("cannot lock the daemon database with {}", path.display()))?

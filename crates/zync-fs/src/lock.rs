@@ -56,6 +56,74 @@ pub fn try_lock(path: &Path, note: &[u8]) -> io::Result<Locked> {
     Ok(Locked::Held(LockFile { _file: file }))
 }
 
+/// The lock file that goes with the file `owner` (a database): `<owner>.lock` beside it. The
+/// daemon locks its database with it; `zync-apply wait` asks whether that daemon runs.
+pub fn path_beside(owner: &Path) -> std::path::PathBuf {
+    let mut name = owner.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    owner.with_file_name(name)
+}
+
+/// Whether the process a lock file's note names (`pid N`, as the daemon writes it) is alive
+/// and holds that lock file open: see [`holder`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// Process `pid` has the lock file open: it holds the lock, or is about to.
+    Running(u32),
+    /// Nobody holds it: there is no lock file, or the process its note names is gone, or it
+    /// has another file open under that pid (the pid was reused).
+    Gone,
+    /// Cannot tell: no pid in the note, another user's process, or no `/proc`.
+    Unknown,
+}
+
+/// Who holds the lock file at `path`, found without taking the lock, so that asking can never
+/// make its holder's own attempt fail: the pid its note names, and whether `/proc/PID/fd` has
+/// that very file (same device and inode) open. A lock is held for as long as its file is
+/// open ([`LockFile`]).
+pub fn holder(path: &Path) -> Holder {
+    use std::os::unix::fs::MetadataExt;
+    let lock = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Holder::Gone,
+        _ => return Holder::Unknown,
+    };
+    let note = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .and_then(|file| {
+            let mut text = String::new();
+            file.take(256).read_to_string(&mut text).map(|_| text)
+        });
+    let Some(pid) = note.ok().as_deref().and_then(pid_in_note) else {
+        return Holder::Unknown;
+    };
+    if !Path::new("/proc/self/fd").is_dir() {
+        return Holder::Unknown;
+    }
+    let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(fds) => fds,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Holder::Gone,
+        Err(_) => return Holder::Unknown,
+    };
+    let holds = fds.filter_map(Result::ok).any(|fd| {
+        std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == lock.dev() && m.ino() == lock.ino())
+    });
+    if holds {
+        Holder::Running(pid)
+    } else {
+        Holder::Gone
+    }
+}
+
+/// The pid in a lock file's note: the number after `pid `.
+fn pid_in_note(note: &str) -> Option<u32> {
+    let (_, rest) = note.split_once("pid ")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().filter(|&pid| pid > 0)
+}
+
 /// Opens (creating, mode 0600) the lock file without following a symlink at it, and checks
 /// that it is a regular file.
 fn open_lock_file(path: &Path) -> io::Result<File> {
@@ -115,6 +183,38 @@ mod tests {
         ));
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
         assert_eq!(mode & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn the_holder_is_the_live_process_its_note_names_while_it_has_the_file_open() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let db = tmp.path().join("sync.db");
+        let path = path_beside(&db);
+        assert_eq!(path, tmp.path().join("sync.db.lock"));
+        assert_eq!(holder(&path), Holder::Gone, "no lock file yet");
+        let me = std::process::id();
+        let Locked::Held(lock) = try_lock(&path, format!("pid {me}").as_bytes()).expect("lock")
+        else {
+            panic!("the lock must be ours");
+        };
+        assert_eq!(holder(&path), Holder::Running(me));
+        drop(lock);
+        // The note still names this process, which no longer has the file open.
+        assert_eq!(holder(&path), Holder::Gone);
+        // A pid that names nobody.
+        std::fs::write(&path, format!("pid {}", u32::MAX - 1)).expect("note");
+        assert_eq!(holder(&path), Holder::Gone);
+        std::fs::write(&path, "zync-apply undo").expect("note");
+        assert_eq!(holder(&path), Holder::Unknown, "no pid in the note");
+    }
+
+    #[test]
+    fn a_pid_is_read_from_a_note() {
+        assert_eq!(pid_in_note("pid 42"), Some(42));
+        assert_eq!(pid_in_note("zync-apply (pid 7, since 12:00)"), Some(7));
+        assert_eq!(pid_in_note("pid x"), None);
+        assert_eq!(pid_in_note("pid 0"), None);
+        assert_eq!(pid_in_note(""), None);
     }
 
     #[test]
