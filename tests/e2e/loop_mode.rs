@@ -181,3 +181,65 @@ fn a_second_writer_on_one_client_database_is_refused_naming_the_running_one() {
     assert!(lock.exists());
     client.once_ok(&daemon.url());
 }
+
+/// Times `pid` (all its threads) opens the file at `path` while `during` runs, counted by
+/// `strace` attached to it: each `openat` naming exactly that path, whatever its result.
+fn opens_of(pid: u32, path: &std::path::Path, during: impl FnOnce()) -> usize {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("strace.txt");
+    let mut strace = Command::new("strace")
+        .args(["-f", "-e", "trace=openat", "-o"])
+        .arg(&trace)
+        .args(["-p", &pid.to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strace (apt-get install strace) must be installed");
+    let mut lines = BufReader::new(strace.stderr.take().expect("stderr")).lines();
+    let attached = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(
+        attached.contains("attached"),
+        "strace did not attach: {attached:?}"
+    );
+    during();
+    // SAFETY: kill(2) on a child this test spawned and has not reaped.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    strace.wait().expect("strace ends");
+    let quoted = format!("\"{}\"", path.display());
+    std::fs::read_to_string(&trace)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("openat(") && l.contains(&quoted))
+        .count()
+}
+
+/// A loop client syncs once per save on E. The database connection its commits are written on
+/// is kept from one sync to the next, not opened again for each (which cost about a tenth of a
+/// lone save's CPU).
+#[test]
+fn a_loop_client_does_not_open_its_database_again_for_each_sync() {
+    const SAVES: usize = 5;
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("first.txt"), "first\n");
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    let running = client.spawn(&daemon.url(), &tmp.path().join("client.log"));
+    wait_same_tree(&e, &r, IGNORED);
+    let opens = opens_of(running.pid(), &client.db, || {
+        // One at a time: each save is a sync of its own.
+        for i in 0..SAVES {
+            write(&e.join(format!("save-{i}.txt")), format!("save {i}\n"));
+            wait_same_tree(&e, &r, IGNORED);
+        }
+    });
+    assert_eq!(
+        opens,
+        0,
+        "the client opened {} again during {SAVES} syncs:\n{}",
+        client.db.display(),
+        running.log_text()
+    );
+}

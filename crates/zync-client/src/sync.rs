@@ -79,8 +79,9 @@ pub async fn sync_dir(
         .map(|f| f.path)
         .collect();
     let place = Place::new(&mapping.root, name);
-    // Commits are written beside the renames, on their thread: a connection of their own.
-    let batch = Batch::new(place.sibling(), state.open_another()?);
+    // Commits are written beside the renames, on their thread: a connection of their own, kept
+    // from one sync to the next (a loop client syncs once per save).
+    let batch = Batch::new(place.sibling(), state.take_another()?);
     let mut run = Run {
         name,
         mapping,
@@ -504,9 +505,10 @@ impl<'a> Run<'a> {
         }
         let mut conflicts = self.place.take_conflicts();
         let mut tally = Tally::default();
-        if let Some(mut renamed) = self.batch.place() {
+        if let Some((mut renamed, db)) = self.batch.place() {
             conflicts.extend(renamed.take_conflicts());
             tally = renamed.tally();
+            state.keep_another(db);
         }
         Ok(DirReport {
             applied: self.committed.applied,

@@ -263,12 +263,13 @@ impl Batch {
     }
 
     /// The place files were renamed into, with what the renames did (files, bytes, conflict
-    /// copies); `None` until the batch is drained, or after a failure.
-    pub fn place(&mut self) -> Option<Place> {
+    /// copies), and the connection the commits were written on (for the next sync to reuse);
+    /// `None` until the batch is drained, or after a failure.
+    pub fn place(&mut self) -> Option<(Place, ClientState)> {
         if !self.flights.is_empty() {
             return None;
         }
-        self.baton.try_recv().ok().map(|(place, _)| place)
+        self.baton.try_recv().ok()
     }
 
     fn start(&mut self, sink: &mut Sink<'_>) {
