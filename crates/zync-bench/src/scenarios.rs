@@ -107,7 +107,7 @@ fn median_rss(exits: &[Exit]) -> Option<u64> {
 /// What happens to a run's destinations when the next run starts.
 #[derive(PartialEq, Clone, Copy)]
 enum Keep {
-    /// Kept until the scenario ends: on ext4, creating many files right after many were
+    /// Kept until the benchmark ends: on ext4, creating many files right after many were
     /// deleted is several times slower ("recently deleted" inodes are skipped one by one),
     /// which would time the file system, not the tools.
     Tree,
