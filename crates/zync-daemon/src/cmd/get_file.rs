@@ -11,7 +11,7 @@ use zync_db::Index;
 use zync_fs::{Parents, RelPath};
 use zync_proto::{ErrorCode, FileHeader, GetFile, OkResponse, Op, Reply, Request, ServerMessage};
 
-use crate::context::Context;
+use crate::context::{Context, KeptDirs};
 use crate::indexed_file::{self, IndexedFile};
 use crate::link::Link;
 use crate::refusal::Refusal;
@@ -82,8 +82,12 @@ pub(crate) async fn apply(cx: &mut Context, link: &mut Link, id: u64, get: GetFi
 async fn open_files(cx: &mut Context, batch: Vec<(u64, GetFile)>) -> Opening {
     let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
     let mut wanted = Vec::with_capacity(batch.len());
+    let mut kept = KeptDirs::default();
     for (id, get) in batch {
-        wanted.push((id, cx.locate(get.dir, &get.path, get.offset)));
+        wanted.push((
+            id,
+            cx.locate_in_batch(get.dir, &get.path, get.offset, &mut kept),
+        ));
     }
     let db = match cx.index().await {
         Ok(db) => db,
