@@ -860,3 +860,43 @@ pub fn names_in(dir: &Path) -> std::collections::BTreeSet<String> {
         })
         .unwrap_or_default()
 }
+
+/// How many times `pid` (all its threads) made each of the system calls `names` while
+/// `during` ran, counted by `strace -c` (apt-get install strace); a call never made is 0.
+pub fn syscalls_of(pid: u32, names: &[&str], during: impl FnOnce()) -> BTreeMap<String, u64> {
+    let tmp = tempfile::tempdir().unwrap();
+    let summary = tmp.path().join("strace.txt");
+    let mut strace = Command::new("strace")
+        // Only the traced calls stop the process (seccomp), so that it runs near full speed.
+        .args(["-f", "-c", "--seccomp-bpf", "-e"])
+        .arg(format!("trace={}", names.join(",")))
+        .arg("-o")
+        .arg(&summary)
+        .args(["-p", &pid.to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strace (apt-get install strace) must be installed");
+    // Attached once it says so for the process's threads.
+    let mut lines = BufReader::new(strace.stderr.take().expect("stderr")).lines();
+    let attached = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(
+        attached.contains("attached"),
+        "strace did not attach: {attached:?}"
+    );
+    during();
+    // SAFETY: kill(2) on a child this test spawned and has not reaped.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    strace.wait().expect("strace ends");
+    let text = std::fs::read_to_string(&summary).unwrap_or_default();
+    let mut calls: BTreeMap<String, u64> = names.iter().map(|n| (n.to_string(), 0)).collect();
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // % time, seconds, usecs/call, calls, [errors,] syscall
+        if let (Some(name), Some(n)) = (cols.last(), cols.get(3)) {
+            if let (Some(count), Ok(n)) = (calls.get_mut(*name), n.parse::<u64>()) {
+                *count += n;
+            }
+        }
+    }
+    calls
+}

@@ -271,3 +271,52 @@ fn deletions_and_renames_of_files_with_the_same_content_leave_no_temp_file_on_r(
     assert_same_tree(&e, &r, &[]);
     assert_eq!(temp_files(&r), Vec::<String>::new(), "temp files left on R");
 }
+
+/// Serving a download costs E no flush and few system calls per file: the client's
+/// acknowledgements and its presence are records for the status commands, written without a
+/// flush of the database each, and its directories are written only when they change; a
+/// GET_FILE checks its open file with one `fstat` and reads it with `pread`.
+#[test]
+fn serving_a_download_flushes_nothing_on_e_and_costs_few_calls_per_file() {
+    const FILES: usize = 300;
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("first.txt"), "first\n");
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let r = tmp.path().join("r/code");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    // The client and its directories are known from a first sync.
+    client.once_ok(&daemon.url());
+    for i in 0..FILES {
+        write(
+            &e.join(format!("d{}/f{i:04}.txt", i % 3)),
+            format!("file {i}\n"),
+        );
+    }
+    let last = format!("d{}/f{:04}.txt", (FILES - 1) % 3, FILES - 1);
+    daemon.wait_indexed(&[last.as_str()], &[]);
+    let names = [
+        "fsync",
+        "fdatasync",
+        "syncfs",
+        "statx",
+        "fstat",
+        "newfstatat",
+        "lseek",
+        "fcntl",
+    ];
+    let calls = syscalls_of(daemon.pid(), &names, || {
+        client.once_ok(&daemon.url());
+    });
+    assert_same_tree(&e, &r, &[]);
+    let flushes = calls["fsync"] + calls["fdatasync"] + calls["syncfs"];
+    assert_eq!(flushes, 0, "E flushed while serving a download: {calls:?}");
+    let stats = calls["statx"] + calls["fstat"] + calls["newfstatat"];
+    let files = FILES as u64;
+    assert!(
+        stats <= files + 50,
+        "expected one stat per file served ({files}), found {stats}: {calls:?}"
+    );
+    assert!(calls["lseek"] <= 10, "a seek per file served: {calls:?}");
+}

@@ -3,6 +3,7 @@
 //! use, queried off the reactor) and the upstream session open on the connection. Handlers
 //! take it instead of the whole connection, so the simple ones run without a network.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +18,17 @@ use crate::staging::{Discard, OpenSession};
 /// A file request's directory and path, checked: the root's path, the dir's name, the path in
 /// it, and the offset to start from.
 pub(crate) type Located = (PathBuf, String, RelPath, u64);
+
+/// Whether the parent directories of a batch of file requests are ignored, each evaluated
+/// once ([`Context::locate_in_batch`]): a batch of files in one directory evaluated the rules
+/// for every ancestor of every file, a tenth of the daemon's work serving small files.
+#[derive(Debug, Default)]
+pub(crate) struct KeptDirs {
+    /// By served dir and directory path: ignored or not.
+    ignored: HashMap<(String, String), bool>,
+    /// How many directories were evaluated.
+    pub(crate) evaluated: usize,
+}
 
 /// The state a connection's handlers share.
 pub(crate) struct Context {
@@ -102,10 +114,38 @@ impl Context {
         path: &str,
         offset: Option<u64>,
     ) -> Result<Located, Refusal> {
+        self.locate_in_batch(dir, path, offset, &mut KeptDirs::default())
+    }
+
+    /// [`Context::locate`] for one request of a batch: the ignore rules of each parent
+    /// directory are evaluated once for the batch (`kept`), then only each file's own name.
+    pub(crate) fn locate_in_batch(
+        &self,
+        dir: String,
+        path: &str,
+        offset: Option<u64>,
+        kept: &mut KeptDirs,
+    ) -> Result<Located, Refusal> {
         let root = self.served(&dir)?;
         let rel = RelPath::parse(path)
             .map_err(|e| Refusal::new(ErrorCode::InvalidPath, e.to_string()))?;
-        if root.rules.is_ignored(&rel, false) {
+        let ignored = match rel.parent() {
+            None => root.rules.is_ignored(&rel, false),
+            Some(parent) => {
+                let key = (dir.clone(), parent.as_str().to_string());
+                let parent_ignored = match kept.ignored.get(&key) {
+                    Some(&known) => known,
+                    None => {
+                        kept.evaluated += 1;
+                        let ignored = root.rules.is_ignored(&parent, true);
+                        kept.ignored.insert(key, ignored);
+                        ignored
+                    }
+                };
+                parent_ignored || root.rules.is_ignored_in_kept_dir(&rel, false)
+            }
+        };
+        if ignored {
             return Err(Refusal::new(
                 ErrorCode::NotAFile,
                 format!("{rel} is ignored by the daemon's rules"),
@@ -183,5 +223,57 @@ pub(crate) mod testing {
             budget: crate::budget::Budget::default(),
         };
         (Context::new(Arc::new(shared), client_id.to_string()), tmp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `path` is located (true) or refused as ignored (false) within the batch `kept`.
+    fn served(cx: &Context, path: &str, kept: &mut KeptDirs) -> bool {
+        match cx.locate_in_batch("docs".to_string(), path, None, kept) {
+            Ok(_) => true,
+            Err(refusal) => {
+                assert_eq!(refusal.code(), ErrorCode::NotAFile, "{}", refusal.message());
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_evaluates_each_directory_once_and_refuses_what_is_ignored() {
+        let (cx, _tmp) = testing::context("client-1");
+        let mut kept = KeptDirs::default();
+        for i in 0..100 {
+            assert!(served(&cx, &format!("src/m/f{i}.rs"), &mut kept));
+            assert!(served(&cx, &format!("top{i}.txt"), &mut kept));
+        }
+        assert_eq!(kept.evaluated, 1, "src/m once, top-level files need none");
+        // Ignored by the directory (node_modules/, .git), by an ancestor, by the name, and
+        // zync's own temp files; each directory evaluated once however often it is asked.
+        let refused = [
+            "node_modules/x.js",
+            "src/node_modules/y.js",
+            "src/node_modules/deeper/z.js",
+            ".git/config",
+            "src/m/f.pyc",
+            "src/m/.zync-tmp-123",
+            "x.swp",
+        ];
+        for _ in 0..3 {
+            for path in refused {
+                assert!(!served(&cx, path, &mut kept), "{path} was served");
+            }
+        }
+        assert_eq!(
+            kept.evaluated, 5,
+            "node_modules, src/node_modules(/deeper), .git"
+        );
+        // The same decisions as one request at a time.
+        for path in refused {
+            assert!(cx.locate("docs".to_string(), path, None).is_err(), "{path}");
+        }
+        assert!(cx.locate("docs".to_string(), "src/m/f1.rs", None).is_ok());
     }
 }

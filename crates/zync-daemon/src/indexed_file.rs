@@ -3,7 +3,6 @@
 //! served and again after it was read whole. Anything else is `stale`: a newer change is on
 //! its way.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use zync_proto::Kind;
 
@@ -96,26 +95,20 @@ pub(crate) fn open(
     let parent = parents
         .of(root, &rel)
         .map_err(|e| stale(format!("changed: {e}")))?;
-    let file = match parent.open_file(rel.file_name(), false) {
-        Ok(Some(file)) => file,
+    // The open file itself is what is served: its size and mtime, from `fstat` on the
+    // descriptor once opened, must be the indexed ones.
+    let opened = match parent.open_file_to_read(rel.file_name()) {
+        Ok(Some(opened)) => opened,
         Ok(None) => return Err(stale("is no longer a regular file".to_string())),
         Err(e) => return Err(stale(format!("cannot be opened ({e})"))),
     };
     let Some(sha256) = entry.meta.sha256.clone() else {
         return Err(stale("has no checksum yet".to_string()));
     };
-    // The open file itself is what is served: its size and mtime, read from the descriptor,
-    // must be the indexed ones.
-    let meta = file
-        .metadata()
-        .map_err(|e| stale(format!("cannot be read ({e})")))?;
-    let mtime_ns = meta
-        .mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(meta.mtime_nsec());
-    if meta.len() != entry.meta.size || mtime_ns != entry.meta.mtime_ns {
+    if opened.size != entry.meta.size || opened.mtime_ns != entry.meta.mtime_ns {
         return Err(stale("changed since it was indexed".to_string()));
     }
+    let file = opened.file;
     Ok(IndexedFile {
         abs: rel.to_path(root),
         rel,

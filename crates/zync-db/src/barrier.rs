@@ -84,6 +84,11 @@ impl Index {
     ///
     /// An SQLite failure.
     pub fn set_client_dirs(&self, client_id: &str, dirs: &[String]) -> Result<()> {
+        // A client says the same at every connection: a write (a flush of the database)
+        // only when it changed.
+        if self.client_dirs(client_id)?.as_deref() == Some(dirs) {
+            return Ok(());
+        }
         self.conn()
             .execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)
@@ -171,5 +176,12 @@ mod tests {
             index.client_dirs("c1").expect("dirs"),
             Some(vec!["docs".to_string()])
         );
+        // The same again (every connection says it) writes nothing.
+        let before = index.conn().total_changes();
+        index
+            .set_client_dirs("c1", &["docs".to_string()])
+            .expect("same");
+        index.set_client_dirs("c2", &[]).expect("same");
+        assert_eq!(index.conn().total_changes(), before);
     }
 }

@@ -64,8 +64,14 @@ pub struct ScanRow {
     pub target: Option<String>,
 }
 
-const ENTRY_COLUMNS: &str =
-    "dir, path, kind, size, mtime_ns, mode, inode, sha256, target, deleted, seq";
+/// The columns [`entry_from_row`] reads, in its order (a macro, so that the statements below
+/// are constants: the daemon looks a row up per file it serves).
+macro_rules! entry_columns {
+    () => {
+        "dir, path, kind, size, mtime_ns, mode, inode, sha256, target, deleted, seq"
+    };
+}
+const ENTRY_COLUMNS: &str = entry_columns!();
 
 impl Index {
     /// The row for (dir, path), live or tombstone.
@@ -182,8 +188,12 @@ impl Index {
 }
 
 pub(crate) fn get(conn: &Connection, dir: &str, path: &str) -> Result<Option<Entry>> {
-    let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE dir = ?1 AND path = ?2");
-    conn.prepare_cached(&sql)
+    const SQL: &str = concat!(
+        "SELECT ",
+        entry_columns!(),
+        " FROM entries WHERE dir = ?1 AND path = ?2"
+    );
+    conn.prepare_cached(SQL)
         .and_then(|mut stmt| stmt.query_row((dir, path), entry_from_row).optional())
         .with_ctx(|| format!("reading the index entry {dir}/{path}"))
 }

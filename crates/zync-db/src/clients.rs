@@ -42,14 +42,15 @@ impl Index {
     /// An SQLite failure.
     pub fn record_ack(&self, client_id: &str, dir: &str, seq: u64) -> Result<()> {
         let now = unix_now();
-        self.conn()
-            .execute(
+        self.without_waiting(|conn| {
+            conn.prepare_cached(
                 "INSERT INTO acks (client_id, dir, seq, at_unix) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (client_id, dir)
                  DO UPDATE SET seq = max(seq, excluded.seq), at_unix = excluded.at_unix",
-                (client_id, dir, seq_to_sql(seq), now),
             )
-            .with_ctx(|| format!("recording the ack of {client_id} for {dir} at {seq}"))?;
+            .and_then(|mut stmt| stmt.execute((client_id, dir, seq_to_sql(seq), now)))
+            .with_ctx(|| format!("recording the ack of {client_id} for {dir} at {seq}"))
+        })?;
         Ok(())
     }
 
@@ -83,8 +84,8 @@ impl Index {
     ///
     /// An SQLite failure.
     pub fn client_connected(&self, client_id: &str, version: Option<&str>) -> Result<()> {
-        self.conn()
-            .execute(
+        self.without_waiting(|conn| {
+            conn.execute(
                 "INSERT INTO clients (client_id, connections, first_seen_unix, last_seen_unix,
                      client_version) VALUES (?1, 1, ?2, ?2, ?3)
                  ON CONFLICT (client_id) DO UPDATE SET connections = connections + 1,
@@ -92,7 +93,8 @@ impl Index {
                      client_version = excluded.client_version",
                 (client_id, unix_now(), version),
             )
-            .with_ctx(|| format!("recording that {client_id} connected"))?;
+            .with_ctx(|| format!("recording that {client_id} connected"))
+        })?;
         Ok(())
     }
 
@@ -102,13 +104,14 @@ impl Index {
     ///
     /// An SQLite failure.
     pub fn client_disconnected(&self, client_id: &str) -> Result<()> {
-        self.conn()
-            .execute(
+        self.without_waiting(|conn| {
+            conn.execute(
                 "UPDATE clients SET connections = max(connections - 1, 0), last_seen_unix = ?2
                  WHERE client_id = ?1",
                 (client_id, unix_now()),
             )
-            .with_ctx(|| format!("recording that {client_id} disconnected"))?;
+            .with_ctx(|| format!("recording that {client_id} disconnected"))
+        })?;
         Ok(())
     }
 
@@ -160,6 +163,32 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn synchronous(index: &Index) -> i64 {
+        index
+            .conn()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .expect("pragma")
+    }
+
+    #[test]
+    fn acks_and_presence_leave_the_handle_committing_as_it_did() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index = Index::open(&dir.path().join("sync.db")).expect("index");
+        index.client_connected("c1", None).expect("hello");
+        index.record_ack("c1", "docs", 3).expect("ack");
+        index.client_disconnected("c1").expect("bye");
+        assert_eq!(synchronous(&index), 2, "FULL again after the status writes");
+        index.set_commits_wait(false).expect("normal");
+        index.record_ack("c1", "docs", 4).expect("ack");
+        assert_eq!(
+            synchronous(&index),
+            1,
+            "an upstream session's NORMAL is kept"
+        );
+        let acks = index.acks().expect("acks");
+        assert_eq!((acks.len(), acks[0].seq), (1, 4));
+    }
 
     #[test]
     fn clients_count_their_connections_and_a_restart_zeroes_them() {

@@ -18,6 +18,8 @@ pub struct Index {
     index_id: String,
     /// Write transactions committed through this handle ([`Index::commits`]).
     pub(crate) commits: u64,
+    /// Whether commits wait until they are on disk ([`Index::set_commits_wait`]).
+    waits: std::cell::Cell<bool>,
 }
 
 impl Index {
@@ -47,6 +49,7 @@ impl Index {
             conn,
             index_id,
             commits: 0,
+            waits: std::cell::Cell::new(true),
         })
     }
 
@@ -65,6 +68,7 @@ impl Index {
             conn,
             index_id,
             commits: 0,
+            waits: std::cell::Cell::new(true),
         })
     }
 
@@ -89,8 +93,32 @@ impl Index {
         }
         .pragma();
         self.conn
-            .execute_batch(pragma)
-            .with_ctx(|| format!("setting {pragma}"))
+            .prepare_cached(pragma)
+            .and_then(|mut stmt| stmt.execute([]))
+            .with_ctx(|| format!("setting {pragma}"))?;
+        self.waits.set(wait);
+        Ok(())
+    }
+
+    /// Runs `write`, whose commits do not wait until they are on disk, then sets back how
+    /// this handle commits. For what is kept for the status commands only (acknowledgements,
+    /// presence): losing the last of it to a power cut shows an older state, never a false
+    /// one, and a flush of the database per ACK_CHANGES was a few percent of the daemon's
+    /// work while it served a burst. The next commit that waits (the indexer's, in WAL mode)
+    /// makes it durable too.
+    pub(crate) fn without_waiting<T>(
+        &self,
+        write: impl FnOnce(&Connection) -> Result<T>,
+    ) -> Result<T> {
+        let waits = self.waits.get();
+        if waits {
+            self.set_commits_wait(false)?;
+        }
+        let result = write(&self.conn);
+        if waits {
+            self.set_commits_wait(true)?;
+        }
+        result
     }
 
     /// How many write transactions were committed through this handle since it was opened:

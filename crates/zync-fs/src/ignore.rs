@@ -211,6 +211,14 @@ impl IgnoreRules {
         self.ignoring_rule(rel, is_dir).is_some()
     }
 
+    /// The decision of [`IgnoreRules::is_ignored`] for `rel` in a directory known not to be
+    /// ignored (`is_ignored(parent, true)` was false): only `rel` itself is matched, not its
+    /// ancestors again, so that a batch of files in one directory checks the directory once.
+    pub fn is_ignored_in_kept_dir(&self, rel: &RelPath, is_dir: bool) -> bool {
+        rel.file_name().starts_with(TEMP_PREFIX)
+            || self.ignored_here(rel.as_str(), is_dir).is_some()
+    }
+
     /// The rule that ignores `rel`, for a person (``pattern `*.log` from --ignore``,
     /// ``pattern `build` in the built-in ignore list``, ``pattern `x` in sub/.zyncignore``),
     /// naming the ancestor it matched when that is not `rel` itself; `None` when `rel` is not

@@ -11,7 +11,7 @@ use zync_db::Index;
 use zync_fs::{Parents, RelPath};
 use zync_proto::{ErrorCode, FileHeader, GetFile, OkResponse, Op, Reply, Request, ServerMessage};
 
-use crate::context::Context;
+use crate::context::{Context, KeptDirs};
 use crate::indexed_file::{self, IndexedFile};
 use crate::link::Link;
 use crate::refusal::Refusal;
@@ -82,8 +82,12 @@ pub(crate) async fn apply(cx: &mut Context, link: &mut Link, id: u64, get: GetFi
 async fn open_files(cx: &mut Context, batch: Vec<(u64, GetFile)>) -> Opening {
     let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
     let mut wanted = Vec::with_capacity(batch.len());
+    let mut kept = KeptDirs::default();
     for (id, get) in batch {
-        wanted.push((id, cx.locate(get.dir, &get.path, get.offset)));
+        wanted.push((
+            id,
+            cx.locate_in_batch(get.dir, &get.path, get.offset, &mut kept),
+        ));
     }
     let db = match cx.index().await {
         Ok(db) => db,
@@ -294,32 +298,55 @@ fn open_for_get(
     Ok((file, header, first))
 }
 /// Request `id`'s frame holding the `len` bytes of `file` at `at`: read straight into the frame
-/// behind its header, into memory that is not zeroed first (`File` reads into uninitialised
-/// room; zeroing every 1 MiB frame cost the daemon about a seventh of its CPU when it sent a
-/// big file, docs/PROFILE.md). Reads go through the file's offset, so one read at a time per
-/// open file. A file shorter than `at + len` is an `UnexpectedEof` error.
-fn read_frame_at(
-    mut file: &std::fs::File,
-    id: u64,
-    len: usize,
-    at: u64,
-) -> std::io::Result<Vec<u8>> {
-    use std::io::{Read, Seek, SeekFrom};
+/// behind its header, into memory that is not zeroed first (zeroing every 1 MiB frame cost the
+/// daemon about a seventh of its CPU when it sent a big file, docs/PROFILE.md), with positioned
+/// reads (`pread`: no seek before each file's first chunk). A file shorter than `at + len` is an
+/// `UnexpectedEof` error.
+fn read_frame_at(file: &std::fs::File, id: u64, len: usize, at: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
     assert!(
         len <= zync_proto::MAX_CHUNK,
         "chunk of {len} bytes over the limit"
     );
     let mut frame = Vec::with_capacity(zync_proto::CHUNK_HEADER + len);
     frame.extend_from_slice(&id.to_be_bytes());
-    file.seek(SeekFrom::Start(at))?;
-    file.take(len as u64).read_to_end(&mut frame)?;
-    if frame.len() != zync_proto::CHUNK_HEADER + len {
+    let mut read = 0usize;
+    while read < len {
+        let spare = &mut frame.spare_capacity_mut()[..len - read];
+        let offset = at
+            .checked_add(read as u64)
+            .and_then(|o| libc::off_t::try_from(o).ok())
+            .ok_or_else(|| std::io::Error::other(format!("offset {at} + {read} is too large")))?;
+        // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `frame`, and the
+        // descriptor is open for the life of `file`.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                offset,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => {
+                let n = n as usize;
+                // SAFETY: pread initialised the first `n` bytes of the spare capacity.
+                unsafe { frame.set_len(frame.len() + n) };
+                read += n;
+            }
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    if read != len {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
-            format!(
-                "{} of {len} bytes at {at}",
-                frame.len() - zync_proto::CHUNK_HEADER
-            ),
+            format!("{read} of {len} bytes at {at}"),
         ));
     }
     Ok(frame)
