@@ -861,17 +861,17 @@ pub fn names_in(dir: &Path) -> std::collections::BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// How many times `pid` (all its threads) made each of the system calls `names` while
-/// `during` ran, counted by `strace -c` (apt-get install strace); a call never made is 0.
-pub fn syscalls_of(pid: u32, names: &[&str], during: impl FnOnce()) -> BTreeMap<String, u64> {
+/// What `strace` (apt-get install strace) wrote about `pid` (all its threads) while `during`
+/// ran, traced with `args` (`-e trace=...`, `-c`); only the traced calls stop the process
+/// (`--seccomp-bpf`), so that it runs near full speed.
+pub fn strace_during(pid: u32, args: &[&str], during: impl FnOnce()) -> String {
     let tmp = tempfile::tempdir().unwrap();
-    let summary = tmp.path().join("strace.txt");
+    let output = tmp.path().join("strace.txt");
     let mut strace = Command::new("strace")
-        // Only the traced calls stop the process (seccomp), so that it runs near full speed.
-        .args(["-f", "-c", "--seccomp-bpf", "-e"])
-        .arg(format!("trace={}", names.join(",")))
+        .args(["-f", "--seccomp-bpf"])
+        .args(args)
         .arg("-o")
-        .arg(&summary)
+        .arg(&output)
         .args(["-p", &pid.to_string()])
         .stderr(Stdio::piped())
         .spawn()
@@ -887,7 +887,14 @@ pub fn syscalls_of(pid: u32, names: &[&str], during: impl FnOnce()) -> BTreeMap<
     // SAFETY: kill(2) on a child this test spawned and has not reaped.
     unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
     strace.wait().expect("strace ends");
-    let text = std::fs::read_to_string(&summary).unwrap_or_default();
+    std::fs::read_to_string(&output).unwrap_or_default()
+}
+
+/// How many times `pid` (all its threads) made each of the system calls `names` while
+/// `during` ran, counted by `strace -c`; a call never made is 0.
+pub fn syscalls_of(pid: u32, names: &[&str], during: impl FnOnce()) -> BTreeMap<String, u64> {
+    let trace = format!("trace={}", names.join(","));
+    let text = strace_during(pid, &["-c", "-e", &trace], during);
     let mut calls: BTreeMap<String, u64> = names.iter().map(|n| (n.to_string(), 0)).collect();
     for line in text.lines() {
         let cols: Vec<&str> = line.split_whitespace().collect();

@@ -185,30 +185,8 @@ fn a_second_writer_on_one_client_database_is_refused_naming_the_running_one() {
 /// Times `pid` (all its threads) opens the file at `path` while `during` runs, counted by
 /// `strace` attached to it: each `openat` naming exactly that path, whatever its result.
 fn opens_of(pid: u32, path: &std::path::Path, during: impl FnOnce()) -> usize {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    let tmp = tempfile::tempdir().unwrap();
-    let trace = tmp.path().join("strace.txt");
-    let mut strace = Command::new("strace")
-        .args(["-f", "-e", "trace=openat", "-o"])
-        .arg(&trace)
-        .args(["-p", &pid.to_string()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("strace (apt-get install strace) must be installed");
-    let mut lines = BufReader::new(strace.stderr.take().expect("stderr")).lines();
-    let attached = lines.next().and_then(Result::ok).unwrap_or_default();
-    assert!(
-        attached.contains("attached"),
-        "strace did not attach: {attached:?}"
-    );
-    during();
-    // SAFETY: kill(2) on a child this test spawned and has not reaped.
-    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
-    strace.wait().expect("strace ends");
     let quoted = format!("\"{}\"", path.display());
-    std::fs::read_to_string(&trace)
-        .unwrap_or_default()
+    strace_during(pid, &["-e", "trace=openat"], during)
         .lines()
         .filter(|l| l.contains("openat(") && l.contains(&quoted))
         .count()

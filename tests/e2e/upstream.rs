@@ -620,37 +620,8 @@ fn apply_does_not_overwrite_a_file_that_changed_on_e_after_staging() {
 /// Flushes (`fsync`, `fdatasync`, `syncfs`) that `pid` makes while `during` runs, counted by
 /// `strace -c` attached to all its threads.
 fn flushes_of(pid: u32, during: impl FnOnce()) -> u64 {
-    use std::io::{BufRead, BufReader};
-    let tmp = tempfile::tempdir().unwrap();
-    let summary = tmp.path().join("strace.txt");
-    let mut strace = Command::new("strace")
-        .args(["-f", "-c", "-e", "trace=fsync,fdatasync,syncfs", "-o"])
-        .arg(&summary)
-        .args(["-p", &pid.to_string()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("strace (apt-get install strace) must be installed");
-    // Attached once it says so for the process's threads.
-    let mut lines = BufReader::new(strace.stderr.take().expect("stderr")).lines();
-    let attached = lines.next().and_then(Result::ok).unwrap_or_default();
-    assert!(
-        attached.contains("attached"),
-        "strace did not attach: {attached:?}"
-    );
-    during();
-    // SAFETY: kill(2) on a child this test spawned and has not reaped.
-    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
-    strace.wait().expect("strace ends");
-    let text = std::fs::read_to_string(&summary).unwrap_or_default();
-    text.lines()
-        .filter(|l| {
-            ["fsync", "fdatasync", "syncfs"].contains(&l.split_whitespace().last().unwrap_or(""))
-        })
-        .filter_map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            // % time, seconds, usecs/call, calls, [errors,] syscall
-            cols.get(3).and_then(|c| c.parse::<u64>().ok())
-        })
+    syscalls_of(pid, &["fsync", "fdatasync", "syncfs"], during)
+        .values()
         .sum()
 }
 
