@@ -64,9 +64,11 @@ pub fn run(opts: &Options) -> Result<String> {
                     dir: &dir,
                 },
             )?;
-            // Nothing is deleted until the whole benchmark ends (`work` goes then): on ext4,
-            // creating files for minutes after many were deleted is several times slower, for
-            // both tools, which made the scenario after a small-file one time the file system.
+            // Trees of small files are deleted when the whole benchmark ends (`work` goes
+            // then), not after their scenario: on ext4, creating files for minutes after many
+            // were deleted is several times slower, for both tools, which made the scenario
+            // after a small-file one time the file system. Big files go at once
+            // (`scenarios::run`).
             rows.push(row);
         }
     }
