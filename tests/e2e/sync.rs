@@ -320,3 +320,33 @@ fn serving_a_download_flushes_nothing_on_e_and_costs_few_calls_per_file() {
     );
     assert!(calls["lseek"] <= 10, "a seek per file served: {calls:?}");
 }
+
+/// A big download is flushed to R's disk while it arrives, not all at the end: a disk with a
+/// write cache of its own (a VM's) writes only when flushed, and a 1 GiB file's final `fsync`
+/// then waited 1.5 s for all of it. The loop client's flushes of its temp file are counted by
+/// strace (`-y` names each descriptor's file).
+#[test]
+fn a_big_download_is_flushed_while_it_arrives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("first.txt"), "first\n");
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    let running = client.spawn(&daemon.url(), &tmp.path().join("client.log"));
+    wait_same_tree(&e, &r, &[]);
+    // 160 MiB: past two of the 64 MiB windows after which a flush is asked for.
+    let big = pseudo_random(160 << 20, 7);
+    let trace = strace_during(running.pid(), &["-y", "-e", "trace=fdatasync"], || {
+        write(&e.join("big.bin"), &big);
+        wait_same_tree(&e, &r, &[]);
+    });
+    let of_temp = trace
+        .lines()
+        .filter(|l| l.contains("fdatasync(") && l.contains(".zync-tmp-"))
+        .count();
+    assert!(
+        of_temp >= 1,
+        "the temp file was not flushed while it was written:\n{trace}"
+    );
+}
