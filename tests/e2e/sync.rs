@@ -312,11 +312,18 @@ fn serving_a_download_flushes_nothing_on_e_and_costs_few_calls_per_file() {
     assert_same_tree(&e, &r, &[]);
     let flushes = calls["fsync"] + calls["fdatasync"] + calls["syncfs"];
     assert_eq!(flushes, 0, "E flushed while serving a download: {calls:?}");
-    let stats = calls["statx"] + calls["fstat"] + calls["newfstatat"];
     let files = FILES as u64;
+    // One fstat per file served, of the descriptor opened; no second stat of the path (it was
+    // a statx per file). The indexer may still look at a few of the files just written (a
+    // fresh file is looked at again once its mtime is 100 ms old): 83 such calls were seen.
     assert!(
-        stats <= files + 50,
-        "expected one stat per file served ({files}), found {stats}: {calls:?}"
+        calls["fstat"] <= files + 50,
+        "expected one fstat per file served ({files}): {calls:?}"
+    );
+    let by_path = calls["statx"] + calls["newfstatat"];
+    assert!(
+        by_path <= files / 2,
+        "a stat of the path per file served ({files}), found {by_path}: {calls:?}"
     );
     assert!(calls["lseek"] <= 10, "a seek per file served: {calls:?}");
 }
