@@ -907,3 +907,47 @@ pub fn syscalls_of(pid: u32, names: &[&str], during: impl FnOnce()) -> BTreeMap<
     }
     calls
 }
+
+/// The thread of `pid` whose name starts with `name` (as /proc shows it: 15 bytes at most).
+pub fn thread_named(pid: u32, name: &str) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks.flatten().find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        let tid = task.file_name().to_str()?.parse().ok()?;
+        comm.trim_end().starts_with(name).then_some(tid)
+    })
+}
+
+/// While it lives, every `syscall` that thread `tid` alone makes waits `delay_us` first
+/// (`strace -e inject=...:delay_enter`), as on a machine so loaded that the thread lags.
+pub struct SlowedThread {
+    strace: Child,
+}
+
+impl SlowedThread {
+    /// Slows `syscall` of thread `tid`; returns once strace has attached.
+    pub fn start(tid: u32, syscall: &str, delay_us: u64) -> SlowedThread {
+        let mut strace = Command::new("strace")
+            .args(["-e", &format!("trace={syscall}")])
+            .args(["-e", &format!("inject={syscall}:delay_enter={delay_us}")])
+            .args(["-o", "/dev/null", "-p", &tid.to_string()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("strace (apt-get install strace) must be installed");
+        let mut lines = BufReader::new(strace.stderr.take().expect("stderr")).lines();
+        let attached = lines.next().and_then(Result::ok).unwrap_or_default();
+        assert!(
+            attached.contains("attached"),
+            "strace did not attach: {attached:?}"
+        );
+        SlowedThread { strace }
+    }
+}
+
+impl Drop for SlowedThread {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a child this test spawned and has not reaped.
+        unsafe { libc::kill(self.strace.id() as i32, libc::SIGINT) };
+        let _ = self.strace.wait();
+    }
+}

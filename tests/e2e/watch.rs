@@ -100,3 +100,32 @@ fn the_daemon_watches_every_directory_for_changes_and_none_for_reads() {
         .is_ok_and(|n| n == 1)
     });
 }
+
+/// Files written into a new directory while the watcher's thread lags behind the kernel (every
+/// read it makes of the queue waits 20 ms here): notify reports the directory's creation as
+/// it reads it, but watches the directory only after its read loop, so a scan of the directory
+/// made in between missed the files written after it and before the watch, and no event ever
+/// came for them. They must reach a running client all the same, with no barrier and no
+/// rescan to help.
+#[test]
+fn files_written_into_a_new_directory_while_the_watcher_lags_all_reach_r() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("first.txt"), "first\n");
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    let running = client.spawn(&daemon.url(), &tmp.path().join("client.log"));
+    wait_same_tree(&e, &r, &[]);
+    let tid = thread_named(daemon.pid(), "notify-rs").expect("the daemon's inotify thread");
+    let slowed = SlowedThread::start(tid, "read", 20_000);
+    for d in 0..3 {
+        for i in 0..150 {
+            write(&e.join(format!("new{d}/f{i}.txt")), format!("{d} {i}\n"));
+        }
+    }
+    drop(slowed);
+    wait_same_tree(&e, &r, &[]);
+    drop(running);
+}

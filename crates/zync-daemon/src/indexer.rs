@@ -691,6 +691,23 @@ impl Indexer {
         result
     }
 
+    /// Scans the directory `rel`, new to the index, whole: files may have been created in it
+    /// before the watcher watched it. The watcher catches up first (once per batch), so that
+    /// what the scan misses has events coming.
+    fn scan_new(&mut self, i: usize, rel: &RelPath, batch: &mut WatchBatch) -> anyhow::Result<()> {
+        self.record(i, batch)?;
+        if !batch.caught_up {
+            if let Some(w) = &mut self.watcher {
+                if let Err(e) = w.catch_up() {
+                    tracing::warn!("the file watcher did not answer: {e}");
+                }
+            }
+            batch.caught_up = true;
+        }
+        self.scan_root(i, Some(rel))?;
+        Ok(())
+    }
+
     /// Writes the entries a watch batch has read so far, in one transaction: each commit is a
     /// flush of the database, and a burst of new files must not cost one per file while E's
     /// writer is still writing.
@@ -767,17 +784,13 @@ impl Indexer {
             }
             let known = self.index.get(&name, ancestor.as_str())?;
             if !known.is_some_and(|e| !e.deleted && e.meta.kind == Kind::Dir) {
-                self.record(i, batch)?;
-                self.scan_root(i, Some(&ancestor))?;
-                return Ok(());
+                return self.scan_new(i, &ancestor, batch);
             }
             batch.known_dirs.insert(ancestor.as_str().to_string());
         }
         let old = self.index.get(&name, rel.as_str())?.filter(|e| !e.deleted);
         if meta.kind == Kind::Dir && !old.as_ref().is_some_and(|o| o.meta.kind == Kind::Dir) {
-            self.record(i, batch)?;
-            self.scan_root(i, Some(rel))?;
-            return Ok(());
+            return self.scan_new(i, rel, batch);
         }
         if old
             .as_ref()
@@ -837,6 +850,8 @@ fn ignored_row(ignored: &Ignored) -> IgnoredPath {
 struct WatchBatch {
     entries: Vec<(RelPath, EntryMeta, bool)>,
     known_dirs: HashSet<String>,
+    /// The watcher has caught up with the directories it reported ([`Indexer::scan_new`]).
+    caught_up: bool,
 }
 
 /// Tells connections the last sequence number and whether a scan is running.

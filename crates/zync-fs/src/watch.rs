@@ -35,7 +35,7 @@ pub enum WatchEvent {
 
 /// Watches roots recursively while it lives; dropping it stops watching.
 pub struct Watcher {
-    _inner: RecommendedWatcher,
+    inner: RecommendedWatcher,
     roots: Vec<PathBuf>,
     /// Parts of the trees the watcher reported it could not watch, not yet taken.
     blind: Arc<Mutex<Vec<String>>>,
@@ -109,7 +109,7 @@ impl Watcher {
                 .map_err(|e| e.add_path(root.clone()))?;
         }
         Ok(Watcher {
-            _inner: inner,
+            inner,
             roots: roots.to_vec(),
             blind,
         })
@@ -122,6 +122,20 @@ impl Watcher {
             .lock()
             .map(|mut blind| std::mem::take(&mut *blind))
             .unwrap_or_default()
+    }
+
+    /// Returns once the watcher's thread has watched every directory whose creation it has
+    /// reported. notify reports a new directory's creation as it reads the event, but watches
+    /// the directory only once it has read everything the kernel had queued; a scan of the new
+    /// directory made in between misses the files created after it and before the watch, for
+    /// which no event ever comes. This asks the thread a question it answers between two such
+    /// reads, so a scan made after it returns (and the watch's events) sees everything.
+    ///
+    /// # Errors
+    ///
+    /// When the watcher's thread is gone.
+    pub fn catch_up(&mut self) -> Result<(), notify::Error> {
+        self.inner.configure(Config::default()).map(drop)
     }
 
     /// The roots being watched, in index order.
