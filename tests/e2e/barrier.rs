@@ -341,6 +341,93 @@ fn a_wait_started_right_after_a_burst_of_writes_covers_every_file_of_the_burst()
     drop(s.running);
 }
 
+/// The watcher's thread lagging behind the kernel's queue of file events (a loaded machine:
+/// here every read it makes of the queue waits 20 ms): a barrier must still cover every file
+/// written before it started, in what it waits for on E and on R.
+#[test]
+fn a_wait_covers_a_burst_the_watchers_thread_has_not_read_yet() {
+    let s = setup();
+    let tid = thread_named(s.daemon.pid(), "notify-rs")
+        .expect("the daemon has a notify-rs inotify thread");
+    for (round, cmd) in ["apply", "client"].into_iter().enumerate() {
+        let slowed = SlowedThread::start(tid, "read", 20_000);
+        for i in 0..300 {
+            write(&s.e.join(format!("lag{round}/f{i}.txt")), format!("{i}\n"));
+        }
+        let out = match cmd {
+            "apply" => run_ok(zync_apply(&s.daemon.db, &["wait", "--timeout", "100"])),
+            _ => {
+                let mut cmd = s.client.command(&s.daemon.url());
+                cmd.args(["--wait", "--timeout", "100"]);
+                run_ok(cmd)
+            }
+        };
+        drop(slowed);
+        let missing = (0..300)
+            .filter(|i| !s.r.join(format!("lag{round}/f{i}.txt")).exists())
+            .count();
+        assert_eq!(
+            missing,
+            0,
+            "the {cmd} barrier exited 0 with {missing} file(s) of 300 not on R:\n{}",
+            stderr(&out)
+        );
+        // The barrier's cookies are gone from E and never reached R.
+        for (side, dir) in [("E", &s.e), ("R", &s.r)] {
+            let cookies: Vec<String> = names_in(dir)
+                .into_iter()
+                .filter(|n| n.starts_with(".zync-tmp-cookie-"))
+                .collect();
+            assert!(cookies.is_empty(), "cookies left on {side}: {cookies:?}");
+        }
+    }
+    assert_same_tree(&s.e, &s.r, IGNORED);
+    drop(s.running);
+}
+
+/// A served directory the daemon may not write to (here it runs as nobody over root's tree)
+/// takes no barrier cookie: each barrier rescans it instead, and still covers a burst the
+/// lagging watcher has not read yet.
+#[test]
+fn a_barrier_rescans_a_directory_the_daemon_cannot_write_to() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("first.txt"), "first\n");
+    let daemon = Daemon::start_as_nobody(&state, &[("code", &e)]);
+    daemon.wait_scanned();
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    let running = client.spawn(&daemon.url(), &tmp.path().join("client.log"));
+    wait_same_tree(&e, &r, IGNORED);
+    let tid = thread_named(daemon.pid(), "notify-rs").expect("the daemon's inotify thread");
+    let slowed = SlowedThread::start(tid, "read", 20_000);
+    for i in 0..300 {
+        write(&e.join(format!("f{i}.txt")), format!("{i}\n"));
+    }
+    let out = run_ok(zync_apply(&daemon.db, &["wait", "--timeout", "100"]));
+    drop(slowed);
+    let missing = (0..300)
+        .filter(|i| !r.join(format!("f{i}.txt")).exists())
+        .count();
+    assert_eq!(
+        missing,
+        0,
+        "zync-apply wait exited 0 with {missing} file(s) of 300 not on R:\n{}",
+        stderr(&out)
+    );
+    let log = daemon.log_text();
+    assert!(
+        log.contains("cannot write a barrier cookie") && log.contains("rescans this directory"),
+        "the daemon must say why barriers rescan:\n{log}"
+    );
+    drop(running);
+}
+
 /// A `zync-client --status` or dry run of an R that never synced says HELLO under a shared
 /// probe id and mirrors nothing: `zync-apply wait` must not wait for it, even while it is
 /// connected (here one is held open for the whole wait).

@@ -2,7 +2,7 @@
 //! daemon was down (invariant 6 (docs/ARCHITECTURE.md)), then the watcher's debounced batches are reconciled
 //! path by path; an overflow or watcher error triggers a rescan of the root.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,6 +45,9 @@ const ROOT_CHECK: Duration = Duration::from_secs(2);
 /// Deletions seen by the watcher wait until the events of their root go quiet (a wipe is one
 /// long burst that ends with the root empty or gone), but no longer than this.
 const DEFER_MAX: Duration = Duration::from_secs(5);
+/// A barrier's cookie not seen coming out of the watcher within this (its event lost: the
+/// watcher restarted, or a root replaced) is given up on: its root is rescanned instead.
+const COOKIE_MAX: Duration = Duration::from_secs(5);
 
 /// What the indexer publishes to connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,12 +95,25 @@ pub struct Indexer {
     watch_tx: Option<Sender<WatchEvent>>,
     /// Periodic rescans are on: the watcher cannot see everything.
     polling: bool,
-    /// Barrier tickets (docs/ARCHITECTURE.md, "Barriers"): the last one a marker was sent
-    /// into the watcher's channel for, the last one whose marker came out, and the last one
-    /// answered.
+    /// Barrier tickets (docs/ARCHITECTURE.md, "Barriers"): the last one cookies were planted
+    /// for, those whose cookies did not all come out yet (oldest first), the last one whose
+    /// cookies all did, and the last one answered.
     marked: u64,
+    cookies: VecDeque<Cookies>,
     reached: u64,
     settled: u64,
+    /// Roots a cookie could not be planted in (read-only): warned about once.
+    cookie_failed: HashSet<usize>,
+}
+
+/// The cookies planted for one barrier ticket.
+struct Cookies {
+    ticket: u64,
+    /// The roots it was planted in, to remove it from.
+    planted: Vec<usize>,
+    /// The roots whose cookie has not come out of the watcher yet.
+    awaited: BTreeSet<usize>,
+    since: Instant,
 }
 
 impl Indexer {
@@ -128,8 +144,10 @@ impl Indexer {
             watch_tx: None,
             polling: false,
             marked: 0,
+            cookies: VecDeque::new(),
             reached: 0,
             settled: 0,
+            cookie_failed: HashSet::new(),
         }
     }
 
@@ -145,6 +163,11 @@ impl Indexer {
         for i in 0..self.roots.len() {
             let name = self.roots[i].root.name.as_str();
             self.unavailable[i] = self.index.unavailable(name)?;
+            // Left by a daemon killed while a barrier waited; a root that is not there or
+            // cannot be written has none to remove.
+            if let Ok(n @ 1..) = zync_fs::remove_stale_cookies(&self.roots[i].root.path) {
+                tracing::info!(dir = %name, "removed {n} barrier cookie(s) of a daemon that is gone");
+            }
         }
         // The watcher starts before the scan, so nothing that changes during the scan is missed.
         self.watch();
@@ -174,8 +197,9 @@ impl Indexer {
                 last_poll = Instant::now();
             }
             if barrier {
-                self.mark(asked);
+                self.mark(asked)?;
             }
+            self.cookies_overdue()?;
             if last_check.elapsed() >= ROOT_CHECK {
                 for i in 0..self.roots.len() {
                     self.admit(i)?;
@@ -196,7 +220,7 @@ impl Indexer {
                 warn_blind(&spots.join("; "));
                 self.polling = true;
             }
-            let Some(batch) =
+            let Some(mut batch) =
                 zync_fs::next_batch_timeout(&rx, IDLE_TICK, DEBOUNCE_QUIET, DEBOUNCE_MAX)
             else {
                 tracing::warn!("the file watcher stopped; rescanning periodically instead");
@@ -210,7 +234,7 @@ impl Indexer {
                 batch.rescan.iter().copied().collect()
             };
             let busy: BTreeSet<usize> = batch.paths.keys().copied().collect();
-            let marker = batch.marker;
+            let cookies = std::mem::take(&mut batch.cookies);
             self.rescan(rescan.clone())?;
             for (i, paths) in batch.paths {
                 if rescan.contains(&i) {
@@ -221,32 +245,106 @@ impl Indexer {
             self.record_deferred(|i| !busy.contains(&i))?;
             self.recheck_due()?;
             self.publish(false)?;
-            if let Some(m) = marker {
-                self.reached = self.reached.max(m);
+            for (i, ticket) in cookies {
+                self.cookie_seen(i, ticket);
             }
             self.answer()?;
         }
         Ok(())
     }
 
-    /// Puts a marker for the tickets up to `asked` into the watcher's channel, behind every
-    /// event reported so far; without a watcher (the rescan just done looked at everything)
-    /// they are reached at once.
-    fn mark(&mut self, asked: u64) {
+    /// Plants a cookie for the tickets up to `asked` in every root the watcher follows
+    /// (docs/ARCHITECTURE.md, "Barriers"): when each has come out of the watcher, so has every
+    /// event the kernel queued before the ticket, however far the watcher's thread lags. A root
+    /// that cannot take one (read-only) is rescanned now instead; without a watcher (the
+    /// rescan just done looked at everything) the tickets are reached at once.
+    fn mark(&mut self, asked: u64) -> anyhow::Result<()> {
         self.marked = asked;
-        match (&self.watcher, &self.watch_tx) {
-            (Some(_), Some(tx)) => {
-                // Let the watcher's thread forward what the kernel queued before the ticket.
-                std::thread::sleep(DEBOUNCE_QUIET);
-                if tx.send(WatchEvent::Marker(asked)).is_err() {
-                    self.reached = asked;
+        let mut cookies = Cookies {
+            ticket: asked,
+            planted: Vec::new(),
+            awaited: BTreeSet::new(),
+            since: Instant::now(),
+        };
+        if let Some(w) = &self.watcher {
+            let mut refused = Vec::new();
+            for i in 0..self.roots.len() {
+                if self.watched[i].is_none() || self.unavailable[i].is_some() {
+                    continue;
+                }
+                match w.plant_cookie(i, asked) {
+                    Ok(()) => {
+                        cookies.planted.push(i);
+                        cookies.awaited.insert(i);
+                    }
+                    Err(e) => {
+                        if self.cookie_failed.insert(i) {
+                            let root = &self.roots[i].root;
+                            tracing::warn!(
+                                dir = %root.name,
+                                "cannot write a barrier cookie in {} ({e}); each barrier \
+                                 rescans this directory instead",
+                                root.path.display()
+                            );
+                        }
+                        refused.push(i);
+                    }
                 }
             }
-            _ => self.reached = asked,
+            self.rescan(refused)?;
+        }
+        self.cookies.push_back(cookies);
+        self.advance();
+        Ok(())
+    }
+
+    /// The cookie of `ticket` came out of the watcher for root `i`: so has everything queued
+    /// before it, for that ticket and every earlier one.
+    fn cookie_seen(&mut self, i: usize, ticket: u64) {
+        for c in self.cookies.iter_mut().filter(|c| c.ticket <= ticket) {
+            c.awaited.remove(&i);
+        }
+        self.advance();
+    }
+
+    /// Rescans the roots whose cookie is overdue ([`COOKIE_MAX`]): its event was lost.
+    fn cookies_overdue(&mut self) -> anyhow::Result<()> {
+        let Some(c) = self.cookies.front() else {
+            return Ok(());
+        };
+        if c.since.elapsed() < COOKIE_MAX {
+            return Ok(());
+        }
+        let late: Vec<usize> = c.awaited.iter().copied().collect();
+        tracing::info!(
+            ticket = c.ticket,
+            "a barrier cookie did not come back; rescanning instead"
+        );
+        self.rescan(late)
+    }
+
+    /// Takes out the tickets whose cookies have all come out (or whose roots were rescanned
+    /// since), oldest first, removing their cookie files.
+    fn advance(&mut self) {
+        while self.cookies.front().is_some_and(|c| c.awaited.is_empty()) {
+            let Some(c) = self.cookies.pop_front() else {
+                break;
+            };
+            if let Some(w) = &self.watcher {
+                for i in c.planted {
+                    if let Err(e) = w.remove_cookie(i, c.ticket) {
+                        tracing::warn!(
+                            dir = %self.roots[i].root.name,
+                            "cannot remove barrier cookie: {e}"
+                        );
+                    }
+                }
+            }
+            self.reached = self.reached.max(c.ticket);
         }
     }
 
-    /// Answers the tickets whose marker came out, once no deletion waits for its root to go
+    /// Answers the tickets whose cookies came out, once no deletion waits for its root to go
     /// quiet (a waiter must see those too).
     fn answer(&mut self) -> anyhow::Result<()> {
         if self.reached <= self.settled || !self.deferred.is_empty() {
@@ -470,6 +568,14 @@ impl Indexer {
     /// walk order in one transaction, so sequence numbers (parents before children) and the
     /// resulting index do not depend on the number of threads.
     pub fn scan_root(&mut self, i: usize, under: Option<&RelPath>) -> anyhow::Result<usize> {
+        if under.is_none() {
+            // This scan sees everything written in the root before it starts: the barrier
+            // tickets taken so far need no cookie of it.
+            for c in &mut self.cookies {
+                c.awaited.remove(&i);
+            }
+            self.advance();
+        }
         let name = self.roots[i].root.name.as_str().to_string();
         let root_path = self.roots[i].root.path.clone();
         // A deleted root, an unmounted disk or a root emptied at once must not become "delete

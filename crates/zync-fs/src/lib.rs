@@ -46,4 +46,6 @@ pub use crate::private::{
 pub use crate::scan::{scan, ScanEntry, ScanResult};
 pub use crate::token::{create_token_file, read_token_file, TokenError};
 pub use crate::umask::{mask_mode, mask_with, umask};
-pub use crate::watch::{next_batch, next_batch_timeout, Batch, WatchEvent, Watcher};
+pub use crate::watch::{
+    next_batch, next_batch_timeout, remove_stale_cookies, Batch, WatchEvent, Watcher,
+};

@@ -28,9 +28,62 @@ pub enum WatchEvent {
         /// Why, for the log.
         reason: String,
     },
-    /// A marker the consumer put into the channel itself: when it comes out, every event sent
-    /// before it has come out too (a barrier's ticket, in the daemon).
-    Marker(u64),
+    /// The cookie file of a barrier ticket ([`Watcher::plant_cookie`]) appeared in root
+    /// number `root`: every event the kernel queued before it has come out too, for one
+    /// inotify queue delivers in order (a barrier's ticket, in the daemon).
+    Cookie {
+        /// Index of the root the cookie was planted in.
+        root: usize,
+        /// The ticket it stands for.
+        ticket: u64,
+    },
+}
+
+/// The name prefix of barrier cookies ([`Watcher::plant_cookie`]): a temp file's, so that
+/// scans, ignore rules and clients never take one for the user's.
+const COOKIE_PREFIX: &str = ".zync-tmp-cookie-";
+
+/// The cookie's name for `ticket`, in this process.
+fn cookie_name(ticket: u64) -> String {
+    format!("{COOKIE_PREFIX}{}-{ticket}", std::process::id())
+}
+
+/// The ticket of a cookie of this process named `name`, or `None` for any other name.
+fn cookie_ticket(name: &std::ffi::OsStr) -> Option<u64> {
+    let rest = name.to_str()?.strip_prefix(COOKIE_PREFIX)?;
+    let (pid, ticket) = rest.split_once('-')?;
+    (pid.parse() == Ok(std::process::id())).then_some(())?;
+    ticket.parse().ok()
+}
+
+/// Removes the cookies left in `root` by processes that are gone (a daemon killed between
+/// planting one and seeing it); returns how many. Only regular files named as cookies, at the
+/// root's top level, are touched.
+///
+/// # Errors
+///
+/// When the root cannot be opened or listed.
+pub fn remove_stale_cookies(root: &Path) -> Result<usize, crate::FsError> {
+    let dir = crate::Dir::open_root(root)?;
+    let entries = dir
+        .entries()
+        .map_err(|e| crate::FsError::io("list the directory", root, e))?;
+    let mut removed = 0;
+    for (name, kind) in entries {
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(COOKIE_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+        if kind == Some(zync_proto::Kind::File) && !alive && dir.unlink(&name).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Watches roots recursively while it lives; dropping it stops watching.
@@ -138,6 +191,41 @@ impl Watcher {
         self.inner.configure(Config::default()).map(drop)
     }
 
+    /// Creates the cookie file of barrier ticket `ticket` in root number `root`. When
+    /// [`WatchEvent::Cookie`] for it comes out of the channel, every event of that root the
+    /// kernel queued before the cookie was created has come out too: unlike a marker put
+    /// into the channel, this holds however far the watcher's thread lags behind the kernel.
+    /// The caller removes it with [`Watcher::remove_cookie`].
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be created (a read-only root): the caller must look at the root
+    /// some other way.
+    pub fn plant_cookie(&self, root: usize, ticket: u64) -> std::io::Result<()> {
+        let dir = self.root_dir(root)?;
+        dir.create_new(cookie_name(ticket)).map(drop)
+    }
+
+    /// Removes the cookie of `ticket` from root number `root`; one already gone is fine.
+    ///
+    /// # Errors
+    ///
+    /// When it is there and cannot be removed.
+    pub fn remove_cookie(&self, root: usize, ticket: u64) -> std::io::Result<()> {
+        match self.root_dir(root)?.unlink(cookie_name(ticket)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    fn root_dir(&self, root: usize) -> std::io::Result<crate::Dir> {
+        let path = self
+            .roots
+            .get(root)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such root"))?;
+        crate::Dir::open_root(path).map_err(std::io::Error::other)
+    }
+
     /// The roots being watched, in index order.
     pub fn roots(&self) -> &[PathBuf] {
         &self.roots
@@ -168,7 +256,19 @@ fn translate(roots: &[PathBuf], res: notify::Result<Event>) -> Vec<WatchEvent> {
                 }
             }
             let mut by_root: BTreeMap<usize, Vec<PathBuf>> = BTreeMap::new();
+            let mut cookies = Vec::new();
             for path in &event.paths {
+                // A cookie is the barrier's, never the user's: its creation is reported as
+                // such, anything else done to it (its removal) not at all.
+                if let Some(ticket) = path.file_name().and_then(cookie_ticket) {
+                    let root = roots
+                        .iter()
+                        .position(|r| path.parent() == Some(r.as_path()));
+                    if let (Some(root), EventKind::Create(_)) = (root, event.kind) {
+                        cookies.push(WatchEvent::Cookie { root, ticket });
+                    }
+                    continue;
+                }
                 for root in roots_of(roots, path) {
                     by_root.entry(root).or_default().push(path.clone());
                 }
@@ -176,6 +276,7 @@ fn translate(roots: &[PathBuf], res: notify::Result<Event>) -> Vec<WatchEvent> {
             return by_root
                 .into_iter()
                 .map(|(root, paths)| WatchEvent::Paths { root, paths })
+                .chain(cookies)
                 .collect();
         }
     };
@@ -204,8 +305,8 @@ pub struct Batch {
     pub rescan_all: bool,
     /// These roots need a rescan.
     pub rescan: BTreeSet<usize>,
-    /// The highest [`WatchEvent::Marker`] that came out with this batch.
-    pub marker: Option<u64>,
+    /// The [`WatchEvent::Cookie`]s that came out with this batch, as (root, ticket).
+    pub cookies: Vec<(usize, u64)>,
     /// How many events it holds (before paths were merged).
     pub events: usize,
     /// How many times collecting it went to the channel (a wait or a drain): one per event
@@ -230,7 +331,7 @@ impl Batch {
                 tracing::info!("rescanning root {root}: {reason}");
                 self.rescan.insert(root);
             }
-            WatchEvent::Marker(m) => self.marker = self.marker.max(Some(m)),
+            WatchEvent::Cookie { root, ticket } => self.cookies.push((root, ticket)),
         }
     }
 
@@ -350,24 +451,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_marker_comes_out_behind_the_events_sent_before_it() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let event = |p: &str| WatchEvent::Paths {
-            root: 0,
-            paths: vec![PathBuf::from(p)],
-        };
-        tx.send(event("/r/a")).expect("send");
-        tx.send(WatchEvent::Marker(3)).expect("send");
-        tx.send(WatchEvent::Marker(2)).expect("send");
-        let quiet = Duration::from_millis(5);
-        let batch = next_batch_timeout(&rx, quiet, quiet, Duration::from_secs(1)).expect("batch");
-        assert_eq!(batch.marker, Some(3));
-        assert!(batch.paths[&0].contains(Path::new("/r/a")));
-        tx.send(event("/r/b")).expect("send");
-        let batch = next_batch_timeout(&rx, quiet, quiet, Duration::from_secs(1)).expect("batch");
-        assert_eq!(batch.marker, None, "no marker behind /r/b");
-    }
     use std::fs;
     use std::sync::mpsc::channel;
 
@@ -512,6 +595,92 @@ mod tests {
         let write = Event::new(EventKind::Access(AccessKind::Close(AccessMode::Write)))
             .add_path("/r0/a".into());
         assert_eq!(translate(&roots, Ok(write)), vec![paths_event(0, "/r0/a")]);
+    }
+
+    #[test]
+    fn translate_reports_this_processs_cookies_in_a_root_and_nothing_else_of_them() {
+        let roots = vec![PathBuf::from("/r0"), PathBuf::from("/r0/inner")];
+        let mine = cookie_name(7);
+        let create = |p: String| {
+            Event::new(EventKind::Create(notify::event::CreateKind::File)).add_path(p.into())
+        };
+        assert_eq!(
+            translate(&roots, Ok(create(format!("/r0/inner/{mine}")))),
+            vec![WatchEvent::Cookie { root: 1, ticket: 7 }],
+            "the cookie belongs to the root it is in, not to the one around it"
+        );
+        let removed = Event::new(EventKind::Remove(notify::event::RemoveKind::File))
+            .add_path(format!("/r0/{mine}").into());
+        assert!(translate(&roots, Ok(removed)).is_empty());
+        assert!(translate(&roots, Ok(create(format!("/r0/sub/{mine}")))).is_empty());
+        // Another process's cookie is only a temp file, left to the ignore rules.
+        let theirs = format!("{COOKIE_PREFIX}{}-7", std::process::id() + 1);
+        assert_eq!(
+            translate(&roots, Ok(create(format!("/r0/{theirs}")))),
+            vec![paths_event(0, &format!("/r0/{theirs}"))]
+        );
+        assert!(
+            mine.starts_with(crate::TEMP_PREFIX),
+            "always ignored: {mine}"
+        );
+    }
+
+    #[test]
+    fn a_cookie_comes_out_behind_every_event_queued_before_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().canonicalize().expect("canonicalize");
+        let (tx, rx) = channel();
+        let watcher = Watcher::new(std::slice::from_ref(&root), tx).expect("watcher");
+        let files: Vec<PathBuf> = (0..200).map(|i| root.join(format!("f{i}"))).collect();
+        for f in &files {
+            fs::write(f, b"x").expect("write");
+        }
+        watcher.plant_cookie(0, 9).expect("cookie");
+        let mut seen = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "no cookie; saw {}", seen.len());
+            let batch = next_batch_timeout(&rx, Duration::from_millis(100), QUIET, MAX)
+                .expect("watcher channel closed");
+            seen.extend(batch.paths.into_values().flatten());
+            if batch.cookies.contains(&(0, 9)) {
+                break;
+            }
+        }
+        let missing = files.iter().filter(|f| !seen.contains(*f)).count();
+        assert_eq!(missing, 0, "the cookie overtook {missing} file(s)");
+        assert!(seen
+            .iter()
+            .all(|p| !p.to_string_lossy().contains(COOKIE_PREFIX)));
+        watcher.remove_cookie(0, 9).expect("remove");
+        watcher
+            .remove_cookie(0, 9)
+            .expect("removing it twice is fine");
+        assert!(!root.join(cookie_name(9)).exists());
+        let err = watcher.plant_cookie(3, 1).expect_err("no root 3");
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn stale_cookies_of_gone_processes_are_removed_and_nothing_else() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        let gone = format!("{COOKIE_PREFIX}999999999-3");
+        let live = format!("{COOKIE_PREFIX}1-3");
+        for name in [gone.as_str(), &cookie_name(4), &live, "keep.txt"] {
+            fs::write(root.join(name), b"").expect("write");
+        }
+        let dir_named = format!("{COOKIE_PREFIX}999999998-3");
+        fs::create_dir(root.join(&dir_named)).expect("mkdir");
+        assert_eq!(remove_stale_cookies(root).expect("remove"), 2);
+        let mut left: Vec<String> = fs::read_dir(root)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want = vec![dir_named, live, "keep.txt".to_string()];
+        want.sort();
+        assert_eq!(left, want);
     }
 
     #[test]

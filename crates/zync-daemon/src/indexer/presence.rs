@@ -20,7 +20,8 @@ pub(crate) enum Look {
 }
 
 impl Look {
-    /// Looks at `path`: one `stat`, and one read of the directory's first entry.
+    /// Looks at `path`: one `stat`, and one read of the directory's first entry. zync's own
+    /// temp files (a barrier's cookie, an interrupted apply's) do not make it full.
     pub(crate) fn at(path: &Path) -> Look {
         let Ok(meta) = std::fs::metadata(path) else {
             return Look::Gone;
@@ -29,7 +30,14 @@ impl Look {
             return Look::Gone;
         }
         let id = (meta.dev(), meta.ino());
-        match std::fs::read_dir(path).map(|mut entries| entries.next().is_none()) {
+        let ours = |name: &std::ffi::OsStr| {
+            name.as_encoded_bytes()
+                .starts_with(zync_fs::TEMP_PREFIX.as_bytes())
+        };
+        let empty = |mut entries: std::fs::ReadDir| {
+            !entries.any(|e| e.map_or(true, |e| !ours(&e.file_name())))
+        };
+        match std::fs::read_dir(path).map(empty) {
             Ok(true) => Look::Empty(id),
             Ok(false) => Look::Full(id),
             Err(_) => Look::Gone,
@@ -152,6 +160,11 @@ mod tests {
         assert_eq!(Look::at(&root), Look::Gone);
         std::fs::remove_file(&root).unwrap();
         std::fs::create_dir(&root).unwrap();
+        assert!(matches!(Look::at(&root), Look::Empty(_)));
+        // A barrier's cookie or an interrupted write's temp file is not the user's content:
+        // a root wiped while one is there is still emptied.
+        std::fs::write(root.join(".zync-tmp-cookie-1-2"), "").unwrap();
+        std::fs::write(root.join(".zync-tmp-0123"), "partial").unwrap();
         assert!(matches!(Look::at(&root), Look::Empty(_)));
         std::fs::write(root.join(".hidden"), "").unwrap();
         assert!(matches!(Look::at(&root), Look::Full(_)));
