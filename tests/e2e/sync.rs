@@ -357,3 +357,61 @@ fn a_big_download_is_flushed_while_it_arrives() {
         "the temp file was not flushed while it was written:\n{trace}"
     );
 }
+
+/// glibc's malloc arenas of `pid` made with mmap (the main one grows with brk): each is a
+/// 64 MiB-aligned reservation, one mapping or a writable one followed by an inaccessible one,
+/// 64 MiB in all.
+fn mmapped_arenas(pid: u32) -> usize {
+    const HEAP: u64 = 64 << 20;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let anon: Vec<(u64, u64)> = maps
+        .lines()
+        .filter(|l| l.split_whitespace().count() == 5)
+        .filter_map(|l| {
+            let (start, end) = l.split_whitespace().next()?.split_once('-')?;
+            let start = u64::from_str_radix(start, 16).ok()?;
+            Some((start, u64::from_str_radix(end, 16).ok()?))
+        })
+        .collect();
+    anon.iter()
+        .enumerate()
+        .filter(|(i, (start, end))| {
+            let whole = match anon.get(i + 1) {
+                Some((next, next_end)) if next == end => next_end - start,
+                _ => end - start,
+            };
+            start % HEAP == 0 && (whole == HEAP || end - start == HEAP)
+        })
+        .count()
+}
+
+/// The daemon and the client cap glibc's malloc arenas (zync_cli::limit_malloc_arenas): by
+/// default every thread that allocates may get one, and each keeps what was freed in it, the
+/// 1 MiB chunk buffers of a big transfer among it.
+#[test]
+fn the_daemon_and_the_client_keep_at_most_two_malloc_arenas() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    for i in 0..40 {
+        write(
+            &e.join(format!("d{}/f{i}.bin", i % 4)),
+            pseudo_random(256 << 10, i),
+        );
+    }
+    write(&e.join("big.bin"), pseudo_random(24 << 20, 99));
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    let running = client.spawn(&daemon.url(), &tmp.path().join("client.log"));
+    wait_same_tree(&e, &r, &[]);
+    write(&e.join("later.bin"), pseudo_random(8 << 20, 100));
+    wait_same_tree(&e, &r, &[]);
+    for (who, pid) in [("daemon", daemon.pid()), ("client", running.pid())] {
+        let arenas = mmapped_arenas(pid);
+        assert!(
+            arenas <= 1,
+            "the {who} has {arenas} malloc arenas besides the main one (at most 1 expected)"
+        );
+    }
+}

@@ -19,6 +19,22 @@ pub fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime
         .context("cannot start the async runtime")
 }
 
+/// The most malloc arenas the binaries let glibc keep ([`limit_malloc_arenas`]).
+pub const MALLOC_ARENAS: i32 = 2;
+
+/// Caps glibc's malloc arenas at [`MALLOC_ARENAS`], unless the user set `MALLOC_ARENA_MAX`.
+/// By default each thread that allocates may get an arena of its own (up to 8 per core), and
+/// each arena keeps what was freed in it: during a big transfer, the runtime's threads, the
+/// hashing threads and the indexer each kept freed 1 MiB chunk buffers, and the daemon's peak
+/// memory on a 1 GiB download was 16.1 MiB instead of 15.1. Call it first thing in `main`,
+/// before any thread starts: arenas already made stay.
+pub fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a tunable of the allocator; no thread is allocating yet.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
+    }
+}
+
 /// Completes on SIGINT or SIGTERM, logging `what` (for example "stopping") at info. Never
 /// completes when the handlers cannot be installed.
 pub async fn shutdown_signal(what: &'static str) {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
+    zync_cli::limit_malloc_arenas();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let matches = zync_daemon::Args::command().get_matches_from(&argv);
     if let Some(code) = zync_cli::Generate::answer(&matches, zync_daemon::Args::command()) {
