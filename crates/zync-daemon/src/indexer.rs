@@ -2,7 +2,7 @@
 //! daemon was down (invariant 6 (docs/ARCHITECTURE.md)), then the watcher's debounced batches are reconciled
 //! path by path; an overflow or watcher error triggers a rescan of the root.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +20,7 @@ use zync_fs::{IgnoreRules, Ignored, RelPath, Stat, WatchEvent};
 use crate::own::OwnPaths;
 use crate::root::Root;
 
+mod cookies;
 mod entry;
 mod presence;
 mod workers;
@@ -99,21 +100,11 @@ pub struct Indexer {
     /// for, those whose cookies did not all come out yet (oldest first), the last one whose
     /// cookies all did, and the last one answered.
     marked: u64,
-    cookies: VecDeque<Cookies>,
+    cookies: cookies::Pending,
     reached: u64,
     settled: u64,
     /// Roots a cookie could not be planted in (read-only): warned about once.
     cookie_failed: HashSet<usize>,
-}
-
-/// The cookies planted for one barrier ticket.
-struct Cookies {
-    ticket: u64,
-    /// The roots it was planted in, to remove it from.
-    planted: Vec<usize>,
-    /// The roots whose cookie has not come out of the watcher yet.
-    awaited: BTreeSet<usize>,
-    since: Instant,
 }
 
 impl Indexer {
@@ -144,7 +135,7 @@ impl Indexer {
             watch_tx: None,
             polling: false,
             marked: 0,
-            cookies: VecDeque::new(),
+            cookies: cookies::Pending::default(),
             reached: 0,
             settled: 0,
             cookie_failed: HashSet::new(),
@@ -246,8 +237,9 @@ impl Indexer {
             self.recheck_due()?;
             self.publish(false)?;
             for (i, ticket) in cookies {
-                self.cookie_seen(i, ticket);
+                self.cookies.seen(i, ticket);
             }
+            self.advance();
             self.answer()?;
         }
         Ok(())
@@ -260,12 +252,7 @@ impl Indexer {
     /// rescan just done looked at everything) the tickets are reached at once.
     fn mark(&mut self, asked: u64) -> anyhow::Result<()> {
         self.marked = asked;
-        let mut cookies = Cookies {
-            ticket: asked,
-            planted: Vec::new(),
-            awaited: BTreeSet::new(),
-            since: Instant::now(),
-        };
+        let mut planted = Vec::new();
         if let Some(w) = &self.watcher {
             let mut refused = Vec::new();
             for i in 0..self.roots.len() {
@@ -273,10 +260,7 @@ impl Indexer {
                     continue;
                 }
                 match w.plant_cookie(i, asked) {
-                    Ok(()) => {
-                        cookies.planted.push(i);
-                        cookies.awaited.insert(i);
-                    }
+                    Ok(()) => planted.push(i),
                     Err(e) => {
                         if self.cookie_failed.insert(i) {
                             let root = &self.roots[i].root;
@@ -293,46 +277,27 @@ impl Indexer {
             }
             self.rescan(refused)?;
         }
-        self.cookies.push_back(cookies);
+        self.cookies.push(asked, planted);
         self.advance();
         Ok(())
     }
 
-    /// The cookie of `ticket` came out of the watcher for root `i`: so has everything queued
-    /// before it, for that ticket and every earlier one.
-    fn cookie_seen(&mut self, i: usize, ticket: u64) {
-        for c in self.cookies.iter_mut().filter(|c| c.ticket <= ticket) {
-            c.awaited.remove(&i);
-        }
-        self.advance();
-    }
-
     /// Rescans the roots whose cookie is overdue ([`COOKIE_MAX`]): its event was lost.
     fn cookies_overdue(&mut self) -> anyhow::Result<()> {
-        let Some(c) = self.cookies.front() else {
-            return Ok(());
-        };
-        if c.since.elapsed() < COOKIE_MAX {
-            return Ok(());
+        let late = self.cookies.overdue(COOKIE_MAX);
+        if !late.is_empty() {
+            tracing::info!("a barrier cookie did not come back; rescanning instead");
         }
-        let late: Vec<usize> = c.awaited.iter().copied().collect();
-        tracing::info!(
-            ticket = c.ticket,
-            "a barrier cookie did not come back; rescanning instead"
-        );
         self.rescan(late)
     }
 
     /// Takes out the tickets whose cookies have all come out (or whose roots were rescanned
     /// since), oldest first, removing their cookie files.
     fn advance(&mut self) {
-        while self.cookies.front().is_some_and(|c| c.awaited.is_empty()) {
-            let Some(c) = self.cookies.pop_front() else {
-                break;
-            };
+        for t in self.cookies.take_reached() {
             if let Some(w) = &self.watcher {
-                for i in c.planted {
-                    if let Err(e) = w.remove_cookie(i, c.ticket) {
+                for i in t.planted {
+                    if let Err(e) = w.remove_cookie(i, t.ticket) {
                         tracing::warn!(
                             dir = %self.roots[i].root.name,
                             "cannot remove barrier cookie: {e}"
@@ -340,7 +305,7 @@ impl Indexer {
                     }
                 }
             }
-            self.reached = self.reached.max(c.ticket);
+            self.reached = self.reached.max(t.ticket);
         }
     }
 
@@ -571,9 +536,7 @@ impl Indexer {
         if under.is_none() {
             // This scan sees everything written in the root before it starts: the barrier
             // tickets taken so far need no cookie of it.
-            for c in &mut self.cookies {
-                c.awaited.remove(&i);
-            }
+            self.cookies.rescanned(i);
             self.advance();
         }
         let name = self.roots[i].root.name.as_str().to_string();
