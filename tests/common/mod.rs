@@ -132,8 +132,19 @@ impl Daemon {
         Daemon::start_with(state, dirs, &[])
     }
 
+    /// A state directory `tmp/state` that a daemon run as nobody may use
+    /// ([`Daemon::start_as_nobody`]): `tmp` readable by all, `state` writable by all.
+    pub fn state_for_nobody(tmp: &Path) -> PathBuf {
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let state = tmp.join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+        state
+    }
+
     /// As [`Daemon::start`], but the daemon runs as user `nobody` (65534), so that file
-    /// permissions apply to it even when the tests run as root. `state` must be writable by it.
+    /// permissions apply to it even when the tests run as root. `state` must be writable by it
+    /// ([`Daemon::state_for_nobody`]).
     pub fn start_as_nobody(state: &Path, dirs: &[(&str, &Path)]) -> Daemon {
         Daemon::start_with_user(state, dirs, &[], Some(65534))
     }
@@ -665,6 +676,36 @@ pub fn assert_same_tree(e: &Path, r: &Path, skip: &[&str]) {
     }
 }
 
+/// A daemon serving E as `code` and a loop client mirroring it into R.
+pub struct Mirror {
+    /// The daemon.
+    pub daemon: Daemon,
+    /// R's copy.
+    pub r: PathBuf,
+    /// The loop client's settings.
+    pub client: ClientSpec,
+    /// The loop client.
+    pub running: Running,
+}
+
+impl Mirror {
+    /// Starts a loop client mirroring `daemon`'s `code` (served from `e`) into `tmp/r`, its
+    /// state under `tmp/client`; returns once R has what E has.
+    pub fn start(tmp: &Path, daemon: Daemon, e: &Path) -> Mirror {
+        daemon.wait_scanned();
+        let r = tmp.join("r");
+        let client = ClientSpec::new(&tmp.join("client"), &daemon, &[("code", &r)]);
+        let running = client.spawn(&daemon.url(), &tmp.join("client.log"));
+        wait_same_tree(e, &r, &[]);
+        Mirror {
+            daemon,
+            r,
+            client,
+            running,
+        }
+    }
+}
+
 /// Waits until R's tree equals E's, printing the difference on timeout.
 pub fn wait_same_tree(e: &Path, r: &Path, skip: &[&str]) {
     let start = Instant::now();
@@ -867,27 +908,51 @@ pub fn names_in(dir: &Path) -> std::collections::BTreeSet<String> {
 pub fn strace_during(pid: u32, args: &[&str], during: impl FnOnce()) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let output = tmp.path().join("strace.txt");
-    let mut strace = Command::new("strace")
-        .args(["-f", "--seccomp-bpf"])
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "--seccomp-bpf"])
         .args(args)
         .arg("-o")
-        .arg(&output)
+        .arg(&output);
+    let mut strace = attach_strace(cmd, pid);
+    during();
+    strace.stop();
+    std::fs::read_to_string(&output).unwrap_or_default()
+}
+
+/// A running `strace` and the pipe of its stderr, kept open: closed, strace's next message
+/// (another thread attached, with `-f`) would kill it with SIGPIPE.
+struct Strace {
+    child: Child,
+    _stderr: std::io::Lines<BufReader<std::process::ChildStderr>>,
+}
+
+impl Strace {
+    /// Stops it (SIGINT, so it writes what it has) and waits for it.
+    fn stop(&mut self) {
+        // SAFETY: kill(2) on a child this test spawned and has not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `strace` (apt-get install strace), given its options, on process or thread `pid`;
+/// returns once it says it has attached.
+fn attach_strace(mut strace: Command, pid: u32) -> Strace {
+    let mut child = strace
         .args(["-p", &pid.to_string()])
         .stderr(Stdio::piped())
         .spawn()
         .expect("strace (apt-get install strace) must be installed");
-    // Attached once it says so for the process's threads.
-    let mut lines = BufReader::new(strace.stderr.take().expect("stderr")).lines();
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let attached = lines.next().and_then(Result::ok).unwrap_or_default();
     assert!(
         attached.contains("attached"),
         "strace did not attach: {attached:?}"
     );
-    during();
-    // SAFETY: kill(2) on a child this test spawned and has not reaped.
-    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
-    strace.wait().expect("strace ends");
-    std::fs::read_to_string(&output).unwrap_or_default()
+    Strace {
+        child,
+        _stderr: lines,
+    }
 }
 
 /// How many times `pid` (all its threads) made each of the system calls `names` while
@@ -921,33 +986,24 @@ pub fn thread_named(pid: u32, name: &str) -> Option<u32> {
 /// While it lives, every `syscall` that thread `tid` alone makes waits `delay_us` first
 /// (`strace -e inject=...:delay_enter`), as on a machine so loaded that the thread lags.
 pub struct SlowedThread {
-    strace: Child,
+    strace: Strace,
 }
 
 impl SlowedThread {
     /// Slows `syscall` of thread `tid`; returns once strace has attached.
     pub fn start(tid: u32, syscall: &str, delay_us: u64) -> SlowedThread {
-        let mut strace = Command::new("strace")
-            .args(["-e", &format!("trace={syscall}")])
+        let mut cmd = Command::new("strace");
+        cmd.args(["-e", &format!("trace={syscall}")])
             .args(["-e", &format!("inject={syscall}:delay_enter={delay_us}")])
-            .args(["-o", "/dev/null", "-p", &tid.to_string()])
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("strace (apt-get install strace) must be installed");
-        let mut lines = BufReader::new(strace.stderr.take().expect("stderr")).lines();
-        let attached = lines.next().and_then(Result::ok).unwrap_or_default();
-        assert!(
-            attached.contains("attached"),
-            "strace did not attach: {attached:?}"
-        );
-        SlowedThread { strace }
+            .args(["-o", "/dev/null"]);
+        SlowedThread {
+            strace: attach_strace(cmd, tid),
+        }
     }
 }
 
 impl Drop for SlowedThread {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on a child this test spawned and has not reaped.
-        unsafe { libc::kill(self.strace.id() as i32, libc::SIGINT) };
-        let _ = self.strace.wait();
+        self.strace.stop();
     }
 }

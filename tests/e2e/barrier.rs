@@ -390,20 +390,16 @@ fn a_wait_covers_a_burst_the_watchers_thread_has_not_read_yet() {
 /// lagging watcher has not read yet.
 #[test]
 fn a_barrier_rescans_a_directory_the_daemon_cannot_write_to() {
-    use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let state = tmp.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let state = Daemon::state_for_nobody(tmp.path());
     let e = tmp.path().join("e");
     write(&e.join("first.txt"), "first\n");
-    let daemon = Daemon::start_as_nobody(&state, &[("code", &e)]);
-    daemon.wait_scanned();
-    let r = tmp.path().join("r");
-    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
-    let running = client.spawn(&daemon.url(), &tmp.path().join("client.log"));
-    wait_same_tree(&e, &r, IGNORED);
+    let m = Mirror::start(
+        tmp.path(),
+        Daemon::start_as_nobody(&state, &[("code", &e)]),
+        &e,
+    );
+    let (daemon, r) = (&m.daemon, &m.r);
     let tid = thread_named(daemon.pid(), "notify-rs").expect("the daemon's inotify thread");
     let slowed = SlowedThread::start(tid, "read", 20_000);
     for i in 0..300 {
@@ -425,7 +421,6 @@ fn a_barrier_rescans_a_directory_the_daemon_cannot_write_to() {
         log.contains("cannot write a barrier cookie") && log.contains("rescans this directory"),
         "the daemon must say why barriers rescan:\n{log}"
     );
-    drop(running);
 }
 
 /// A `zync-client --status` or dry run of an R that never synced says HELLO under a shared

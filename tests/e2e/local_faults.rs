@@ -110,10 +110,7 @@ fn a_daemon_that_cannot_watch_falls_back_to_rescans() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     // The daemon runs as nobody: it needs to reach its state and the served tree.
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let state = tmp.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let state = Daemon::state_for_nobody(tmp.path());
     let e = tmp.path().join("e");
     write(&e.join("seen.txt"), "v1\n");
     // An old mtime, so the daemon's second look at freshly written files cannot be what finds

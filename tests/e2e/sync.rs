@@ -399,15 +399,10 @@ fn the_daemon_and_the_client_keep_at_most_two_malloc_arenas() {
         );
     }
     write(&e.join("big.bin"), pseudo_random(24 << 20, 99));
-    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
-    daemon.wait_scanned();
-    let r = tmp.path().join("r");
-    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
-    let running = client.spawn(&daemon.url(), &tmp.path().join("client.log"));
-    wait_same_tree(&e, &r, &[]);
+    let m = Mirror::start(tmp.path(), Daemon::start(tmp.path(), &[("code", &e)]), &e);
     write(&e.join("later.bin"), pseudo_random(8 << 20, 100));
-    wait_same_tree(&e, &r, &[]);
-    for (who, pid) in [("daemon", daemon.pid()), ("client", running.pid())] {
+    wait_same_tree(&e, &m.r, &[]);
+    for (who, pid) in [("daemon", m.daemon.pid()), ("client", m.running.pid())] {
         let arenas = mmapped_arenas(pid);
         assert!(
             arenas <= 1,

@@ -112,13 +112,8 @@ fn files_written_into_a_new_directory_while_the_watcher_lags_all_reach_r() {
     let tmp = tempfile::tempdir().unwrap();
     let e = tmp.path().join("e");
     write(&e.join("first.txt"), "first\n");
-    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
-    daemon.wait_scanned();
-    let r = tmp.path().join("r");
-    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
-    let running = client.spawn(&daemon.url(), &tmp.path().join("client.log"));
-    wait_same_tree(&e, &r, &[]);
-    let tid = thread_named(daemon.pid(), "notify-rs").expect("the daemon's inotify thread");
+    let m = Mirror::start(tmp.path(), Daemon::start(tmp.path(), &[("code", &e)]), &e);
+    let tid = thread_named(m.daemon.pid(), "notify-rs").expect("the daemon's inotify thread");
     let slowed = SlowedThread::start(tid, "read", 20_000);
     for d in 0..3 {
         for i in 0..150 {
@@ -126,6 +121,5 @@ fn files_written_into_a_new_directory_while_the_watcher_lags_all_reach_r() {
         }
     }
     drop(slowed);
-    wait_same_tree(&e, &r, &[]);
-    drop(running);
+    wait_same_tree(&e, &m.r, &[]);
 }
