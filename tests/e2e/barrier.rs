@@ -5,7 +5,7 @@
 //! for the daemon to take it in.
 
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::common::proxy::Proxy;
@@ -420,6 +420,52 @@ fn a_barrier_rescans_a_directory_the_daemon_cannot_write_to() {
     assert!(
         log.contains("cannot write a barrier cookie") && log.contains("rescans this directory"),
         "the daemon must say why barriers rescan:\n{log}"
+    );
+}
+
+/// Another local user who may write to a served directory (here nobody, in a directory open
+/// to all) creates files named like the daemon's barrier cookies for the coming tickets,
+/// right before E's owner writes a burst and waits. The watcher lags (its reads slowed 40 ms
+/// each), so the forged names come out of it after the ticket was taken and before the burst:
+/// they must not answer the barrier.
+#[test]
+fn cookies_forged_by_another_user_do_not_answer_a_barrier() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("first.txt"), "first\n");
+    std::fs::set_permissions(&e, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let m = Mirror::start(tmp.path(), Daemon::start(tmp.path(), &[("code", &e)]), &e);
+    let next = settled_ticket(&m.daemon.db) + 1;
+    let tid = thread_named(m.daemon.pid(), "notify-rs").expect("the daemon's inotify thread");
+    let slowed = SlowedThread::start(tid, "read", 40_000);
+    let forged = format!(
+        "for n in $(seq {} {}); do : > .zync-tmp-cookie-{}-$n; done",
+        next + 1,
+        next + 100,
+        m.daemon.pid()
+    );
+    let status = Command::new("sh")
+        .args(["-c", &forged])
+        .current_dir(&e)
+        .uid(65534)
+        .gid(65534)
+        .status()
+        .expect("forge cookies as nobody");
+    assert!(status.success(), "the forger failed: {status}");
+    for i in 0..300 {
+        write(&e.join(format!("f{i}.txt")), format!("{i}\n"));
+    }
+    let out = run_ok(zync_apply(&m.daemon.db, &["wait", "--timeout", "100"]));
+    drop(slowed);
+    let missing = (0..300)
+        .filter(|i| !m.r.join(format!("f{i}.txt")).exists())
+        .count();
+    assert_eq!(
+        missing,
+        0,
+        "forged cookies answered the barrier: {missing} file(s) of 300 not on R:\n{}",
+        stderr(&out)
     );
 }
 
