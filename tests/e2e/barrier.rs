@@ -469,6 +469,32 @@ fn cookies_forged_by_another_user_do_not_answer_a_barrier() {
     );
 }
 
+/// The watcher's thread stalls (each read it makes of the kernel's queue waits 8 s): a
+/// barrier's cookie does not come out within 5 s, so the daemon gives up on it and rescans
+/// the root instead, and the barrier still covers what was written before it.
+#[test]
+fn a_cookie_that_does_not_come_back_is_replaced_by_a_rescan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("first.txt"), "first\n");
+    let m = Mirror::start(tmp.path(), Daemon::start(tmp.path(), &[("code", &e)]), &e);
+    let tid = thread_named(m.daemon.pid(), "notify-rs").expect("the daemon's inotify thread");
+    let slowed = SlowedThread::start(tid, "read", 8_000_000);
+    write(&e.join("stalled.txt"), "written while the watcher stalls\n");
+    let out = run_ok(zync_apply(&m.daemon.db, &["wait", "--timeout", "100"]));
+    assert!(
+        landed(&e, &m.r, "stalled.txt"),
+        "zync-apply wait exited 0 without stalled.txt on R:\n{}",
+        stderr(&out)
+    );
+    let log = m.daemon.log_text();
+    drop(slowed);
+    assert!(
+        log.contains("a barrier cookie did not come back; rescanning instead"),
+        "the barrier was not answered by the rescan:\n{log}"
+    );
+}
+
 /// A `zync-client --status` or dry run of an R that never synced says HELLO under a shared
 /// probe id and mirrors nothing: `zync-apply wait` must not wait for it, even while it is
 /// connected (here one is held open for the whole wait).
