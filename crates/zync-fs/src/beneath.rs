@@ -324,9 +324,44 @@ impl Dir {
     /// An I/O error other than "not found" or "a symlink".
     pub fn open_file(&self, name: impl AsRef<OsStr>, write: bool) -> io::Result<Option<File>> {
         let access = if write { OFlags::RDWR } else { OFlags::RDONLY };
+        Ok(self
+            .open_regular(name.as_ref(), access)?
+            .map(|(fd, _)| File::from(fd)))
+    }
+
+    /// Opens the regular file `name` in this directory for reading, as
+    /// [`Dir::open_file`] does (never through a symlink, `None` for anything but a regular
+    /// file), with the size and mtime its descriptor had once opened: a server checks them
+    /// against its index without asking again.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error.
+    pub fn open_file_to_read(&self, name: impl AsRef<OsStr>) -> io::Result<Option<OpenedFile>> {
+        let Some((fd, st)) = self.open_regular(name.as_ref(), OFlags::RDONLY)? else {
+            return Ok(None);
+        };
+        // The fields' widths differ between targets.
+        #[allow(clippy::unnecessary_cast)]
+        let (secs, nanos) = (st.st_mtime as i64, st.st_mtime_nsec as i64);
+        Ok(Some(OpenedFile {
+            file: File::from(fd),
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime_ns: secs.saturating_mul(1_000_000_000).saturating_add(nanos),
+        }))
+    }
+
+    /// Opens `name` with `access` if it is a regular file, never through a symlink, and
+    /// without blocking on a FIFO or a device swapped in: `None` for anything else. Returns
+    /// the descriptor, blocking again, and the `fstat` that judged it.
+    fn open_regular(
+        &self,
+        name: &OsStr,
+        access: OFlags,
+    ) -> io::Result<Option<(OwnedFd, rustix::fs::Stat)>> {
         let fd = match rustix::fs::openat(
             &self.fd,
-            entry(name.as_ref())?,
+            entry(name)?,
             access | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
@@ -338,47 +373,11 @@ impl Dir {
         if kind_of(&st) != Some(Kind::File) {
             return Ok(None);
         }
-        // Back to blocking for the reads and writes that follow.
-        let flags = rustix::fs::fcntl_getfl(&fd).map_err(errno)?;
-        rustix::fs::fcntl_setfl(&fd, flags - OFlags::NONBLOCK).map_err(errno)?;
-        Ok(Some(File::from(fd)))
-    }
-
-    /// Opens the regular file `name` in this directory for reading, as
-    /// [`Dir::open_file`] does (never through a symlink, `None` for anything but a regular
-    /// file), with the size and mtime its descriptor had once opened: a server checks them
-    /// against its index without asking again, and saves one call by setting the flags it
-    /// opened with instead of reading them first.
-    ///
-    /// # Errors
-    ///
-    /// An I/O error.
-    pub fn open_file_to_read(&self, name: impl AsRef<OsStr>) -> io::Result<Option<OpenedFile>> {
-        let fd = match rustix::fs::openat(
-            &self.fd,
-            entry(name.as_ref())?,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT | Errno::LOOP | Errno::ISDIR | Errno::NXIO) => return Ok(None),
-            Err(e) => return Err(errno(e)),
-        };
-        let st = rustix::fs::fstat(&fd).map_err(errno)?;
-        if kind_of(&st) != Some(Kind::File) {
-            return Ok(None);
-        }
         // Back to blocking. F_SETFL sets only the status flags (append, async, direct,
-        // noatime, nonblock), and of those this descriptor was opened with nonblock alone.
+        // noatime, nonblock), and of those this descriptor was opened with nonblock alone, so
+        // there is nothing to read first.
         rustix::fs::fcntl_setfl(&fd, OFlags::empty()).map_err(errno)?;
-        // The fields' widths differ between targets.
-        #[allow(clippy::unnecessary_cast)]
-        let (secs, nanos) = (st.st_mtime as i64, st.st_mtime_nsec as i64);
-        Ok(Some(OpenedFile {
-            file: File::from(fd),
-            size: u64::try_from(st.st_size).unwrap_or(0),
-            mtime_ns: secs.saturating_mul(1_000_000_000).saturating_add(nanos),
-        }))
+        Ok(Some((fd, st)))
     }
 
     /// Renames `from` in this directory to `to` in `to_dir` (`renameat`): replaces a file or
@@ -857,10 +856,19 @@ mod tests {
         );
         let flags = rustix::fs::fcntl_getfl(&opened.file).expect("flags");
         assert!(!flags.contains(OFlags::NONBLOCK), "{flags:?}");
+        // Opened to write, the same way: blocking, and writable.
+        let written = root.open_file("f", true).expect("open").expect("a file");
+        let flags = rustix::fs::fcntl_getfl(&written).expect("flags");
+        assert!(!flags.contains(OFlags::NONBLOCK), "{flags:?}");
+        assert!(flags.contains(OFlags::RDWR), "{flags:?}");
         for name in ["s", "p", "a", "missing"] {
             assert!(
                 root.open_file_to_read(name).expect("open").is_none(),
                 "{name} opened"
+            );
+            assert!(
+                root.open_file(name, true).expect("open").is_none(),
+                "{name} opened to write"
             );
         }
     }
