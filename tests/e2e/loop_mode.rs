@@ -201,23 +201,19 @@ fn a_loop_client_does_not_open_its_database_again_for_each_sync() {
     let tmp = tempfile::tempdir().unwrap();
     let e = tmp.path().join("e");
     write(&e.join("first.txt"), "first\n");
-    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
-    let r = tmp.path().join("r");
-    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
-    let running = client.spawn(&daemon.url(), &tmp.path().join("client.log"));
-    wait_same_tree(&e, &r, IGNORED);
-    let opens = opens_of(running.pid(), &client.db, || {
+    let m = Mirror::start(tmp.path(), Daemon::start(tmp.path(), &[("code", &e)]), &e);
+    let opens = opens_of(m.running.pid(), &m.client.db, || {
         // One at a time: each save is a sync of its own.
         for i in 0..SAVES {
             write(&e.join(format!("save-{i}.txt")), format!("save {i}\n"));
-            wait_same_tree(&e, &r, IGNORED);
+            wait_same_tree(&e, &m.r, IGNORED);
         }
     });
     assert_eq!(
         opens,
         0,
         "the client opened {} again during {SAVES} syncs:\n{}",
-        client.db.display(),
-        running.log_text()
+        m.client.db.display(),
+        m.running.log_text()
     );
 }

@@ -337,16 +337,12 @@ fn a_big_download_is_flushed_while_it_arrives() {
     let tmp = tempfile::tempdir().unwrap();
     let e = tmp.path().join("e");
     write(&e.join("first.txt"), "first\n");
-    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
-    let r = tmp.path().join("r");
-    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
-    let running = client.spawn(&daemon.url(), &tmp.path().join("client.log"));
-    wait_same_tree(&e, &r, &[]);
+    let m = Mirror::start(tmp.path(), Daemon::start(tmp.path(), &[("code", &e)]), &e);
     // 160 MiB: past two of the 64 MiB windows after which a flush is asked for.
     let big = pseudo_random(160 << 20, 7);
-    let trace = strace_during(running.pid(), &["-y", "-e", "trace=fdatasync"], || {
+    let trace = strace_during(m.running.pid(), &["-y", "-e", "trace=fdatasync"], || {
         write(&e.join("big.bin"), &big);
-        wait_same_tree(&e, &r, &[]);
+        wait_same_tree(&e, &m.r, &[]);
     });
     let of_temp = trace
         .lines()
