@@ -123,3 +123,27 @@ fn files_written_into_a_new_directory_while_the_watcher_lags_all_reach_r() {
     drop(slowed);
     wait_same_tree(&e, &m.r, &[]);
 }
+
+/// A burst of fresh files is hashed while each is within its mtime tick, where the indexer
+/// asks whether the root's file system keeps this machine's clock (`statfs`). It asks once
+/// per batch of events: it asked for each file (300 `statfs` calls for 300 files), a system
+/// call that walks the root's path, on E while E's user is still writing.
+#[test]
+fn a_burst_of_fresh_files_asks_the_file_system_kind_once_per_batch_not_per_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("dir/first.txt"), "first\n");
+    let m = Mirror::start(tmp.path(), Daemon::start(tmp.path(), &[("code", &e)]), &e);
+    const FILES: usize = 300;
+    let calls = syscalls_of(m.daemon.pid(), &["statfs"], || {
+        for i in 0..FILES {
+            write(&e.join(format!("dir/f{i}.txt")), format!("{i}\n"));
+        }
+        wait_same_tree(&e, &m.r, &[]);
+    });
+    assert!(
+        calls["statfs"] < 30,
+        "{} statfs calls for {FILES} files: {calls:?}",
+        calls["statfs"]
+    );
+}

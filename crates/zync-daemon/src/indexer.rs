@@ -2,7 +2,7 @@
 //! daemon was down (invariant 6 (docs/ARCHITECTURE.md)), then the watcher's debounced batches are reconciled
 //! path by path; an overflow or watcher error triggers a rescan of the root.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +25,7 @@ mod entry;
 mod presence;
 mod workers;
 
-use entry::{describe, unchanged, RACY};
+use entry::{describe, unchanged, Clock, RACY};
 use presence::{judge, Identity, Look, Verdict, Why};
 use workers::Workers;
 
@@ -493,6 +493,7 @@ impl Indexer {
             .into_iter()
             .partition(|(_, _, at)| *at <= now);
         self.recheck = later;
+        let mut clocks: HashMap<usize, Clock> = HashMap::new();
         for (i, rel, _) in due {
             let name = self.roots[i].root.name.as_str().to_string();
             let root_path = self.roots[i].root.path.clone();
@@ -505,7 +506,8 @@ impl Indexer {
             if meta.kind != Kind::File {
                 continue;
             }
-            let Some((new, racy)) = describe(&root_path, &rel, &meta, &self.hashed) else {
+            let clock = clocks.entry(i).or_insert_with(|| Clock::of(&root_path));
+            let Some((new, racy)) = describe(clock, &rel, &meta, &self.hashed) else {
                 continue;
             };
             if racy {
@@ -623,7 +625,7 @@ impl Indexer {
             &mut self.recheck,
             &self.hashed,
         );
-        let root_ref = &root_path;
+        let clock = &Clock::of(&root_path);
         // The pool hashes batch k+1 while this thread writes batch k; the channel holds one
         // batch, so at most three are in memory. Batches arrive in walk order.
         self.workers
@@ -635,7 +637,7 @@ impl Indexer {
                     for chunk in chunks {
                         let described = chunk
                             .par_iter()
-                            .map(|(entry, _)| describe(root_ref, &entry.path, &entry.meta, hashed))
+                            .map(|(entry, _)| describe(clock, &entry.path, &entry.meta, hashed))
                             .collect();
                         if tx.send(described).is_err() {
                             return; // the writer failed and stopped listening
@@ -867,7 +869,8 @@ impl Indexer {
         {
             return Ok(());
         }
-        let Some((new, racy)) = describe(&root_path, rel, &meta, &self.hashed) else {
+        let clock = batch.clock.get_or_insert_with(|| Clock::of(&root_path));
+        let Some((new, racy)) = describe(clock, rel, &meta, &self.hashed) else {
             return Ok(());
         };
         if racy {
@@ -921,6 +924,8 @@ struct WatchBatch {
     known_dirs: HashSet<String>,
     /// The watcher has caught up with the directories it reported ([`Indexer::scan_new`]).
     caught_up: bool,
+    /// The batch's root, asked once whether it keeps this machine's clock.
+    clock: Option<Clock>,
 }
 
 /// Tells connections the last sequence number and whether a scan is running.
@@ -1243,9 +1248,10 @@ mod tests {
     fn a_file_with_a_fine_mtime_is_rechecked_only_within_its_tick() {
         let dir = tempfile::tempdir().unwrap();
         let here = dir.path();
-        assert_eq!(entry::racy_window(here, 1_650_000_000_000_000_000), RACY);
+        let clock = Clock::of(here);
+        assert_eq!(entry::racy_window(&clock, 1_650_000_000_000_000_000), RACY);
         assert_eq!(
-            entry::racy_window(here, 1_650_000_000_123_456_789),
+            entry::racy_window(&clock, 1_650_000_000_123_456_789),
             entry::RACY_FINE
         );
         let path = dir.path().join("saved-a-moment-ago");

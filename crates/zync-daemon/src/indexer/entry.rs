@@ -2,8 +2,9 @@
 //! unchanged files are never read), and a new row for an entry, its content hashed.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 use zync_proto::Kind;
 
@@ -76,11 +77,33 @@ impl<'a> From<&'a ScanRow> for Known<'a> {
 /// a coarse one (FAT keeps two seconds), and on a network file system the mtime comes from
 /// another machine's clock, which may be behind this one: [`RACY`]. Without this, every file
 /// saved in the two seconds before a scan was hashed twice, a big one costing seconds of CPU.
-pub(super) fn racy_window(root: &Path, mtime_ns: i64) -> Duration {
-    if mtime_ns.rem_euclid(1_000_000_000) == 0 || !local_clock(root) {
+pub(super) fn racy_window(clock: &Clock, mtime_ns: i64) -> Duration {
+    if mtime_ns.rem_euclid(1_000_000_000) == 0 || !clock.local() {
         RACY
     } else {
         RACY_FINE
+    }
+}
+
+/// A root, and whether its files get their timestamps from this machine's clock
+/// ([`local_clock`]), asked at most once: a scan or a batch of events describes thousands of
+/// files of one root, and asking for each walked the root's path with `statfs` every time.
+pub(super) struct Clock {
+    root: PathBuf,
+    local: OnceLock<bool>,
+}
+
+impl Clock {
+    /// For the files under `root`; nothing is asked until [`describe`] needs it.
+    pub(super) fn of(root: &Path) -> Clock {
+        Clock {
+            root: root.to_path_buf(),
+            local: OnceLock::new(),
+        }
+    }
+
+    fn local(&self) -> bool {
+        *self.local.get_or_init(|| local_clock(&self.root))
     }
 }
 
@@ -126,13 +149,13 @@ fn local_clock(root: &Path) -> bool {
 /// ended: a write in the same mtime tick would go unnoticed, so the caller hashes it again
 /// later.
 pub(super) fn describe(
-    root: &Path,
+    clock: &Clock,
     rel: &RelPath,
     meta: &Meta,
     hashed: &AtomicU64,
 ) -> Option<(EntryMeta, bool)> {
     let sha256 = if meta.kind == Kind::File {
-        let path = rel.to_path(root);
+        let path = rel.to_path(&clock.root);
         hashed.fetch_add(1, Ordering::Relaxed);
         match zync_fs::hash::hash_file_stat(&path) {
             Ok(h) => {
@@ -168,7 +191,7 @@ pub(super) fn describe(
     let age = now_ns().saturating_sub(meta.mtime_ns);
     let racy = meta.kind == Kind::File
         && age < RACY.as_nanos() as i64
-        && age < racy_window(root, meta.mtime_ns).as_nanos() as i64;
+        && age < racy_window(clock, meta.mtime_ns).as_nanos() as i64;
     let entry = EntryMeta {
         kind: meta.kind,
         size: meta.size,
