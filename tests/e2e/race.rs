@@ -383,7 +383,18 @@ fn a_directory_swapped_for_a_symlink_during_an_apply_is_never_written_through() 
     assert!(swaps > 0, "the swapper never ran");
 
     assert_untouched(&before, &snapshot(&out_dir));
-    assert_clear("zync-apply apply", &out, &e.join("d"));
+    if out.status.code() == Some(3) {
+        // A file looked at while `d` was the symlink is a conflict (E's version is not the one
+        // R's change was made against): it stays staged, and the run ends with exit 3. Seen
+        // once in a full e2e run.
+        let said = stdout(&out);
+        assert!(
+            said.contains("conflict, left staged: code/d/"),
+            "exit 3 without a conflict in d:\n{said}"
+        );
+    } else {
+        assert_clear("zync-apply apply", &out, &e.join("d"));
+    }
     // Whatever was applied is in E's real directory, and nothing else is there.
     for entry in std::fs::read_dir(e.join("d")).expect("list E's d") {
         let name = entry.expect("entry").file_name();
