@@ -552,3 +552,61 @@ fn every_binary_generates_completions_and_man_pages() {
     let page = std::fs::read_to_string(&apply_page).expect("zync-apply-apply.1");
     assert!(page.contains("\\-\\-non\\-interactive"), "{page}");
 }
+
+/// The nice value of each thread of process `pid` (field 19 of /proc/PID/task/TID/stat).
+fn thread_nice_values(pid: u32) -> Vec<i32> {
+    let mut values = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("list the threads") {
+        let stat = std::fs::read_to_string(task.expect("a thread").path().join("stat"))
+            .expect("read a thread's stat");
+        // After the command name in parentheses: state is field 3, nice field 19.
+        let after = stat.rsplit_once(')').expect("stat has a command name").1;
+        let nice = after.split_whitespace().nth(16).expect("a nice field");
+        values.push(nice.parse().expect("a number"));
+    }
+    values
+}
+
+#[test]
+fn the_daemon_runs_below_the_users_own_programs_unless_told_otherwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    make_e(&root.join("e"), "from E\n");
+    let dirs = format!("code:{}", root.join("e").display());
+    let start = |extra: &[&str], wrap: Option<&[&str]>, name: &str| {
+        let mut cmd = match wrap {
+            Some(prefix) => {
+                let mut cmd = Command::new(prefix[0]);
+                cmd.args(&prefix[1..]).arg(bin_dir().join("zync-daemon"));
+                cmd
+            }
+            None => command("zync-daemon"),
+        };
+        cmd.current_dir(root)
+            .args(["--host", "127.0.0.1", "--dirs", &dirs, "--db"])
+            .arg(root.join(format!("{name}.db")))
+            .args(extra);
+        Running::start(cmd, &root.join(format!("{name}.log")))
+    };
+    // Every thread, the runtime's, the indexer's, the hashing pool's and the watcher's, at
+    // nice 10 by default: they all started after the main thread lowered its priority.
+    let daemon = start(&[], None, "default");
+    let values = thread_nice_values(daemon.child.id());
+    assert!(
+        values.len() > 3,
+        "only {} threads: {values:?}",
+        values.len()
+    );
+    assert!(values.iter().all(|&n| n == 10), "{values:?}");
+    drop(daemon);
+
+    let daemon = start(&["--nice", "0"], None, "zero");
+    let values = thread_nice_values(daemon.child.id());
+    assert!(values.iter().all(|&n| n == 0), "--nice 0: {values:?}");
+    drop(daemon);
+
+    // Started lower than asked (under `nice -n 15`), it stays there.
+    let daemon = start(&[], Some(&["nice", "-n", "15"]), "lower");
+    let values = thread_nice_values(daemon.child.id());
+    assert!(values.iter().all(|&n| n == 15), "under nice 15: {values:?}");
+}

@@ -35,6 +35,34 @@ pub fn limit_malloc_arenas() {
     }
 }
 
+/// Lowers the CPU priority of the calling thread, and of every thread it starts afterwards,
+/// to the nice value `nice` (0 to 19), unless it already runs at that or a lower priority.
+/// Returns the nice value it runs at now.
+///
+/// Linux keeps a nice value per thread and a new thread takes its creator's: call it before
+/// any thread starts, and the whole process follows.
+///
+/// # Errors
+/// The priority cannot be read or set (a seccomp filter, say); nothing changed.
+pub fn lower_priority(nice: i32) -> std::io::Result<i32> {
+    // SAFETY: getpriority and setpriority read and write a scheduling attribute of this
+    // thread (who 0) and nothing else. -1 is a valid answer of getpriority: errno tells.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let now = libc::getpriority(libc::PRIO_PROCESS, 0);
+        if now == -1 && *libc::__errno_location() != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if now >= nice {
+            return Ok(now);
+        }
+        if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(nice)
+}
+
 /// Completes on SIGINT or SIGTERM, logging `what` (for example "stopping") at info. Never
 /// completes when the handlers cannot be installed.
 pub async fn shutdown_signal(what: &'static str) {
@@ -62,6 +90,29 @@ mod tests {
         let rt = runtime(Some(2)).expect("runtime");
         assert_eq!(rt.metrics().num_workers(), 2);
         assert_eq!(rt.block_on(async { 1 + 1 }), 2);
+    }
+
+    #[test]
+    fn lower_priority_lowers_and_never_raises() {
+        // On a thread of its own: the nice value stays with the thread, not the test binary.
+        std::thread::spawn(|| {
+            // SAFETY: reads this thread's nice value.
+            let nice_now = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+            let start = nice_now();
+            assert!(
+                start < 12,
+                "the test needs a thread below nice 12, not {start}"
+            );
+            assert_eq!(lower_priority(12).expect("lower"), 12);
+            assert_eq!(nice_now(), 12);
+            let child = std::thread::spawn(nice_now).join().expect("child");
+            assert_eq!(child, 12, "a thread started later takes the lower priority");
+            // Asking for a higher priority (a lower nice value) changes nothing.
+            assert_eq!(lower_priority(5).expect("keep"), 12);
+            assert_eq!(nice_now(), 12);
+        })
+        .join()
+        .expect("test thread");
     }
 
     #[test]

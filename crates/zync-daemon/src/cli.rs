@@ -60,6 +60,12 @@ pub struct Args {
     /// zync client pings at least once a minute while idle, so keep this above 60.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..), help_heading = zync_cli::SETTINGS)]
     pub idle_timeout: u64,
+    /// CPU priority to run at, as a nice value (0-19): the higher, the more the daemon's
+    /// indexing and serving give way to your own programs on E (a checkout or a build beside
+    /// it is slowed less; zync catches up when they pause). 0 keeps the priority it was
+    /// started with, and so does a higher nice value it was started with.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19), help_heading = zync_cli::SETTINGS)]
+    pub nice: i32,
     /// Bytes of content R may stage in one upstream session (4GiB, 512MiB, ...). A file that
     /// would pass it is refused; what the session staged before stays.
     #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = zync_cli::units::parse_bytes, help_heading = zync_cli::SETTINGS)]

@@ -54,6 +54,14 @@ pub fn main_with_args(args: Args) -> anyhow::Result<()> {
     // Held until the daemon ends, taken before it listens: a second daemon on this database
     // would reset this one's connections and abort its upstream sessions at its start.
     let _lock = lock_database(&config.db)?;
+    // Before the runtime and the indexer start their threads, which take it from this one.
+    match zync_cli::lower_priority(args.nice) {
+        Ok(nice) => tracing::debug!("running at nice {nice}"),
+        Err(e) => tracing::warn!(
+            "cannot lower the CPU priority to nice {} (--nice): {e}",
+            args.nice
+        ),
+    }
     let runtime = zync_cli::runtime(None)?;
     runtime.block_on(async {
         let address = format!("{}:{}", args.host, args.port);
