@@ -553,22 +553,30 @@ fn every_binary_generates_completions_and_man_pages() {
     assert!(page.contains("\\-\\-non\\-interactive"), "{page}");
 }
 
-/// The nice value of each thread of process `pid` (field 19 of /proc/PID/task/TID/stat).
-fn thread_nice_values(pid: u32) -> Vec<i32> {
+/// The name and nice value of each thread of process `pid` (/proc/PID/task/TID/comm, and field
+/// 19 of its stat).
+fn thread_nice_values(pid: u32) -> Vec<(String, i32)> {
     let mut values = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("list the threads") {
-        let stat = std::fs::read_to_string(task.expect("a thread").path().join("stat"))
-            .expect("read a thread's stat");
+        let dir = task.expect("a thread").path();
+        let stat = std::fs::read_to_string(dir.join("stat")).expect("read a thread's stat");
+        let name = std::fs::read_to_string(dir.join("comm")).expect("read a thread's name");
         // After the command name in parentheses: state is field 3, nice field 19.
         let after = stat.rsplit_once(')').expect("stat has a command name").1;
         let nice = after.split_whitespace().nth(16).expect("a nice field");
-        values.push(nice.parse().expect("a number"));
+        values.push((name.trim().to_string(), nice.parse().expect("a number")));
     }
     values
 }
 
+/// Whether thread `name` is one of the daemon's indexing threads: the indexer, its hashing
+/// pool and notify's watcher thread.
+fn indexing(name: &str) -> bool {
+    name == "zync-indexer" || name.starts_with("zync-hash") || name.starts_with("notify-rs")
+}
+
 #[test]
-fn the_daemon_runs_below_the_users_own_programs_unless_told_otherwise() {
+fn the_daemon_indexes_below_the_users_own_programs_and_serves_at_its_own_priority() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     make_e(&root.join("e"), "from E\n");
@@ -586,27 +594,38 @@ fn the_daemon_runs_below_the_users_own_programs_unless_told_otherwise() {
             .args(["--host", "127.0.0.1", "--dirs", &dirs, "--db"])
             .arg(root.join(format!("{name}.db")))
             .args(extra);
-        Running::start(cmd, &root.join(format!("{name}.log")))
+        let daemon = Running::start(cmd, &root.join(format!("{name}.log")));
+        // The hashing pool starts with the first scan, which hashes E's files.
+        let mut values = Vec::new();
+        wait_until("the indexer's threads to start", || {
+            values = thread_nice_values(daemon.child.id());
+            values.iter().any(|(n, _)| n == "zync-indexer")
+                && values.iter().any(|(n, _)| n.starts_with("zync-hash"))
+                && values.iter().any(|(n, _)| n.starts_with("notify-rs"))
+        });
+        (daemon, values)
     };
-    // Every thread, the runtime's, the indexer's, the hashing pool's and the watcher's, at
-    // nice 10 by default: they all started after the main thread lowered its priority.
-    let daemon = start(&[], None, "default");
-    let values = thread_nice_values(daemon.child.id());
+    // By default the indexing threads run at nice 10 (they all start from the indexer's,
+    // which lowered its priority first); the runtime's threads, which serve R, do not.
+    let (daemon, values) = start(&[], None, "default");
+    for (name, nice) in &values {
+        let want = if indexing(name) { 10 } else { 0 };
+        assert_eq!(*nice, want, "thread {name}: {values:?}");
+    }
     assert!(
-        values.len() > 3,
-        "only {} threads: {values:?}",
-        values.len()
+        values.iter().any(|(n, _)| n.starts_with("tokio")),
+        "no runtime thread: {values:?}"
     );
-    assert!(values.iter().all(|&n| n == 10), "{values:?}");
     drop(daemon);
 
-    let daemon = start(&["--nice", "0"], None, "zero");
-    let values = thread_nice_values(daemon.child.id());
-    assert!(values.iter().all(|&n| n == 0), "--nice 0: {values:?}");
+    let (daemon, values) = start(&["--nice", "0"], None, "zero");
+    assert!(values.iter().all(|(_, n)| *n == 0), "--nice 0: {values:?}");
     drop(daemon);
 
-    // Started lower than asked (under `nice -n 15`), it stays there.
-    let daemon = start(&[], Some(&["nice", "-n", "15"]), "lower");
-    let values = thread_nice_values(daemon.child.id());
-    assert!(values.iter().all(|&n| n == 15), "under nice 15: {values:?}");
+    // Started lower than asked (under `nice -n 15`), every thread stays there.
+    let (_daemon, values) = start(&[], Some(&["nice", "-n", "15"]), "lower");
+    assert!(
+        values.iter().all(|(_, n)| *n == 15),
+        "under nice 15: {values:?}"
+    );
 }

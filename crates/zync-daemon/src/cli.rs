@@ -60,10 +60,11 @@ pub struct Args {
     /// zync client pings at least once a minute while idle, so keep this above 60.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..), help_heading = zync_cli::SETTINGS)]
     pub idle_timeout: u64,
-    /// CPU priority to run at, as a nice value (0-19): the higher, the more the daemon's
-    /// indexing and serving give way to your own programs on E (a checkout or a build beside
-    /// it is slowed less; zync catches up when they pause). 0 keeps the priority it was
-    /// started with, and so does a higher nice value it was started with.
+    /// CPU priority of the daemon's indexing (its indexer, hashing and file-watching threads),
+    /// as a nice value (0-19): the higher, the more indexing gives way to your own programs on
+    /// E (a checkout or a build beside it is slowed less; zync catches up when they pause).
+    /// Serving clients keeps the priority the daemon started with. 0 keeps that priority for
+    /// indexing too, and so does a higher nice value the daemon was started with.
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19), help_heading = zync_cli::SETTINGS)]
     pub nice: i32,
     /// Bytes of content R may stage in one upstream session (4GiB, 512MiB, ...). A file that
@@ -152,6 +153,8 @@ pub struct Config {
     pub own: OwnPaths,
     /// What R may stage.
     pub staging: StagingLimits,
+    /// The nice value the indexing threads run at (`--nice`).
+    pub index_nice: i32,
 }
 
 impl Config {
@@ -215,6 +218,7 @@ impl Config {
                 upload_stall: std::time::Duration::from_secs(args.upload_stall_timeout),
                 max_age: args.staging_max_age,
             },
+            index_nice: args.nice,
         })
     }
 }

@@ -54,14 +54,6 @@ pub fn main_with_args(args: Args) -> anyhow::Result<()> {
     // Held until the daemon ends, taken before it listens: a second daemon on this database
     // would reset this one's connections and abort its upstream sessions at its start.
     let _lock = lock_database(&config.db)?;
-    // Before the runtime and the indexer start their threads, which take it from this one.
-    match zync_cli::lower_priority(args.nice) {
-        Ok(nice) => tracing::debug!("running at nice {nice}"),
-        Err(e) => tracing::warn!(
-            "cannot lower the CPU priority to nice {} (--nice): {e}",
-            args.nice
-        ),
-    }
     let runtime = zync_cli::runtime(None)?;
     runtime.block_on(async {
         let address = format!("{}:{}", args.host, args.port);
@@ -156,9 +148,18 @@ pub async fn run(
     let (done_tx, done_rx) = oneshot::channel();
     let indexer = Indexer::new(index, indexed, config.own.clone(), status_tx);
     let thread_stop = stop.clone();
+    let nice = config.index_nice;
     let thread = std::thread::Builder::new()
         .name("zync-indexer".into())
         .spawn(move || {
+            // First thing: the hashing pool and the watcher's thread are started from this
+            // thread and take its priority. Serving stays at the daemon's own.
+            match zync_cli::lower_priority(nice) {
+                Ok(nice) => tracing::debug!("indexing at nice {nice}"),
+                Err(e) => tracing::warn!(
+                    "cannot lower indexing's CPU priority to nice {nice} (--nice): {e}"
+                ),
+            }
             let result = indexer.run(thread_stop);
             let _ = done_tx.send(result);
         })
