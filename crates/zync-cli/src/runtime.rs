@@ -39,8 +39,9 @@ pub fn limit_malloc_arenas() {
 /// to the nice value `nice` (0 to 19), unless it already runs at that or a lower priority.
 /// Returns the nice value it runs at now.
 ///
-/// Linux keeps a nice value per thread and a new thread takes its creator's: call it before
-/// any thread starts, and the whole process follows.
+/// Linux keeps a nice value per thread and a new thread takes its creator's: called first thing
+/// on a thread, it covers the threads that thread starts (the daemon calls it on its indexer's);
+/// called in `main` before any thread starts, the whole process.
 ///
 /// # Errors
 /// The priority cannot be read or set (a seccomp filter, say); nothing changed.
