@@ -7,6 +7,7 @@ use crate::attrs::set_file_mtime;
 use crate::beneath::{Dir, Parents};
 use crate::hash::Hasher;
 use crate::ignore::TEMP_PREFIX;
+use crate::meta::Stat;
 use crate::path::RelPath;
 use crate::space::Reserve;
 use std::fs::File;
@@ -633,6 +634,33 @@ impl Sealed {
         Ok(())
     }
 
+    /// Renames the file over its destination if what stands there is still `expected` (as
+    /// [`crate::lstat`] described it when the change was planned); returns the file back, not
+    /// renamed, when something else is there now (an edit made meanwhile, for the caller to
+    /// keep before [`Sealed::install`]). The look and the rename go through one handle of the
+    /// destination's directory, reached without following symlinks: a directory swapped for
+    /// a symlink between a look by path and the rename could make the look see a file outside
+    /// the root that matches `expected` while the rename replaced the edited one. Call only
+    /// after the content was made durable.
+    ///
+    /// # Errors
+    ///
+    /// As [`Sealed::install`], and when the destination cannot be looked at.
+    pub fn install_if_unchanged(mut self, expected: &Stat) -> Result<Option<Sealed>, FsError> {
+        let dir = Dir::parent_of(&self.root, &self.rel)?;
+        let now = dir
+            .lstat(self.rel.file_name())
+            .map_err(|e| FsError::io("inspect", &self.dest, e))?;
+        if now != *expected {
+            return Ok(Some(self));
+        }
+        let name = self.name.as_deref().unwrap_or_default();
+        dir.rename(name, &dir, self.rel.file_name())
+            .map_err(|e| FsError::io("rename a temp file to", &self.dest, e))?;
+        self.name = None;
+        Ok(None)
+    }
+
     /// Renames the file into place only if nothing is at its destination: for a file planned
     /// where R had nothing, so that whatever appeared there since (an edit on R) is never
     /// replaced, with no look at the path first. Returns the file back, not renamed, when
@@ -738,6 +766,83 @@ mod tests {
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with(TEMP_PREFIX))
             .collect()
+    }
+
+    /// Another local user exchanges R's directory `d` with a symlink to a directory of their
+    /// own, in a loop, while files are installed over `d/f` "if unchanged". Their `f` looks
+    /// exactly like what the plan saw (it is the file the plan's look found through the
+    /// symlink). The edited `d/f` must never be replaced: a look by path that saw their file
+    /// followed by a rename in the real directory replaced it.
+    #[test]
+    fn install_if_unchanged_never_replaces_a_file_seen_through_a_swapped_directory() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("root");
+        fs::create_dir_all(root.join("d")).expect("mkdir");
+        fs::write(root.join("d/f"), b"edited on R").expect("write");
+        let theirs = tmp.path().join("theirs");
+        fs::create_dir(&theirs).expect("mkdir");
+        fs::write(theirs.join("f"), b"as synced").expect("write");
+        let link = tmp.path().join("link");
+        symlink(&theirs, &link).expect("symlink");
+        // What a look by path at d/f returns while d is the symlink.
+        let seen = crate::lstat(&theirs.join("f")).expect("lstat");
+
+        let stop = AtomicBool::new(false);
+        let swaps = AtomicU64::new(0);
+        let (mut installed, mut tries) = (0u32, 0u32);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    rustix::fs::renameat_with(
+                        rustix::fs::CWD,
+                        root.join("d"),
+                        rustix::fs::CWD,
+                        &link,
+                        rustix::fs::RenameFlags::EXCHANGE,
+                    )
+                    .expect("exchange");
+                    swaps.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while std::time::Instant::now() < deadline {
+                // The temp file can be made only while d is the real directory.
+                let Ok(mut file) = AtomicFile::create(&root, &rel("d/f")) else {
+                    continue;
+                };
+                tries += 1;
+                file.write(b"E's version").expect("write");
+                let sealed = file
+                    .seal(&hash_bytes(b"E's version"), 0o644, 0)
+                    .expect("seal");
+                if let Ok(None) = sealed.install_if_unchanged(&seen) {
+                    installed += 1;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(
+            swaps.load(Ordering::Relaxed) > 100,
+            "the swapper barely ran"
+        );
+        assert!(tries > 100, "only {tries} temp files were made");
+        // The real directory is at d or at link, whichever the last exchange left.
+        let real = if fs::symlink_metadata(root.join("d")).expect("d").is_dir() {
+            root.join("d")
+        } else {
+            link.clone()
+        };
+        assert_eq!(
+            fs::read(real.join("f")).expect("read the real f"),
+            b"edited on R",
+            "the edit was replaced ({installed} of {tries} installs went through)"
+        );
+        assert_eq!(installed, 0, "{installed} of {tries} installs went through");
+        assert_eq!(
+            fs::read(theirs.join("f")).expect("read theirs"),
+            b"as synced"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! symlink by another local user at any moment can make a write fail, never land outside.
 
 use crate::error::FsError;
+use crate::meta::Stat;
 use crate::path::RelPath;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -14,6 +15,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -561,6 +563,35 @@ impl Dir {
         Ok(out)
     }
 
+    /// What stands at `name` in this directory, as [`crate::lstat`] describes it, looked at
+    /// through this handle: the entry is opened path-only (`O_PATH | O_NOFOLLOW`) relative to
+    /// it, so a directory swapped for a symlink elsewhere cannot make the look see another
+    /// directory's entry.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error other than "not found".
+    pub fn lstat(&self, name: impl AsRef<OsStr>) -> io::Result<Stat> {
+        let fd = match rustix::fs::openat(
+            &self.fd,
+            entry(name.as_ref())?,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT | Errno::NOTDIR) => return Ok(Stat::Missing),
+            Err(e) => return Err(errno(e)),
+        };
+        let file = File::from(fd);
+        let md = file.metadata()?;
+        crate::meta::meta_from(&md, || {
+            // An empty path reads the link the descriptor itself is.
+            rustix::fs::readlinkat(&file, "", Vec::new())
+                .map(|t| PathBuf::from(std::ffi::OsString::from_vec(t.into_bytes())))
+                .map_err(errno)
+        })
+    }
+
     /// The modification time of `name` (ns since the epoch), not following a symlink.
     ///
     /// # Errors
@@ -812,6 +843,40 @@ mod tests {
 
     fn rel(s: &str) -> RelPath {
         RelPath::parse(s).expect("valid test path")
+    }
+
+    #[test]
+    fn lstat_through_a_handle_says_what_lstat_by_path_says() {
+        let (_tmp, r, _out) = fixture();
+        let fifo = r.join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        symlink("a/b", r.join("a/rel-link")).expect("symlink");
+        let root = Dir::open_root(&r).expect("root");
+        let a = Dir::open_dir(&r, Some(&rel("a"))).expect("a");
+        for (dir, name, path) in [
+            (&root, "f", r.join("f")),
+            (&root, "a", r.join("a")),
+            (&root, "l", r.join("l")),
+            (&root, "fifo", fifo.clone()),
+            (&root, "missing", r.join("missing")),
+            (&a, "rel-link", r.join("a/rel-link")),
+            (&a, "b", r.join("a/b")),
+        ] {
+            assert_eq!(
+                dir.lstat(name).expect("lstat through the handle"),
+                crate::lstat(&path).expect("lstat by path"),
+                "{name}"
+            );
+        }
+        assert_eq!(root.lstat("missing").expect("lstat"), Stat::Missing);
+        assert!(root.lstat("a/b").is_err(), "only single names");
     }
 
     fn empty(dir: &Path) -> bool {

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use zync_fs::{Parents, RelPath, Stat};
 
 use crate::download::land::file::Ready;
-use crate::download::look;
 use crate::error::ClientError;
 use crate::ledger::Record;
 
@@ -140,13 +139,18 @@ impl Place {
             Stat::Missing => sealed.install_new_in(parents)?,
             _ => Some(sealed),
         };
-        if let Some(sealed) = sealed {
-            if look::stat(&self.root, &rel)? != before {
-                self.keep_local(
-                    &rel,
-                    "this file changed on R while E's version was downloading",
-                )?;
-            }
+        // Whatever stands there now is looked at through the handle the rename goes through
+        // (a look by path could see another directory's file through a directory swapped for
+        // a symlink, and the rename then replace an edit in the real one).
+        let changed = match sealed {
+            Some(sealed) => sealed.install_if_unchanged(&before)?,
+            None => None,
+        };
+        if let Some(sealed) = changed {
+            self.keep_local(
+                &rel,
+                "this file changed on R while E's version was downloading",
+            )?;
             sealed.install()?;
         }
         if partial {
