@@ -826,7 +826,7 @@ mod tests {
             swaps.load(Ordering::Relaxed) > 100,
             "the swapper barely ran"
         );
-        assert!(tries > 100, "only {tries} temp files were made");
+        assert!(tries > 20, "only {tries} temp files were made");
         // The real directory is at d or at link, whichever the last exchange left.
         let real = if fs::symlink_metadata(root.join("d")).expect("d").is_dir() {
             root.join("d")
