@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use zync_db::{is_conflict, Action, FileState, Index, SessionStatus, StagedFile};
 use zync_fs::RelPath;
 
@@ -354,17 +354,8 @@ impl Run<'_> {
                 crashpoint::reached(Step::Intent)?;
                 // E's file must still be what was backed up when the rename happens: an edit
                 // saved on E during a long copy is never overwritten unseen (invariant 5).
-                let unchanged_since_backup = || {
-                    if probe::probe(root, rel)? != *current {
-                        bail!(
-                            "{rel} changed on E while the apply was copying R's version; \
-                             nothing was replaced: run apply again"
-                        );
-                    }
-                    Ok(())
-                };
                 let written = fileops::ensure_parents(root, rel).and_then(|new_dirs| {
-                    fileops::write_from_checked(
+                    fileops::replace_if_unchanged(
                         root,
                         rel,
                         &staged,
@@ -373,7 +364,13 @@ impl Run<'_> {
                         // from R lands 0755 under umask 022.
                         zync_fs::mask_mode(file.mode),
                         file.mtime_ns,
-                        unchanged_since_backup,
+                        current,
+                        || {
+                            anyhow!(
+                                "{rel} changed on E while the apply was copying R's version; \
+                                 nothing was replaced: run apply again"
+                            )
+                        },
                     )?;
                     Ok(new_dirs)
                 });

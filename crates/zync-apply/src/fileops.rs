@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use zync_db::{EntryMeta, Index};
 use zync_fs::{fsync_dir, fsync_dir_beneath, lstat, AtomicFile, Dir, RelPath, Stat};
 
-use crate::probe::open_regular;
+use crate::probe::{self, open_regular, Current};
 
 /// How much is copied at a time.
 const CHUNK: usize = 256 * 1024;
@@ -217,23 +217,48 @@ pub fn write_from(
     mode: u32,
     mtime_ns: i64,
 ) -> anyhow::Result<()> {
-    write_from_checked(root, rel, src, sha256, mode, mtime_ns, || Ok(()))
+    write_checked(root, rel, src, sha256, mode, mtime_ns, |_, _| Ok(()))
 }
 
-/// As [`write_from`], but `check` runs after the copy and right before the rename, so that a
-/// destination that changed while a large file was being copied is not replaced unseen.
+/// As [`write_from`], but only while E still has `expected` at `rel`: it is looked at after
+/// the copy, right before the rename, through the directory handle the rename goes through
+/// ([`probe::probe_in`]). So an edit saved on E while a large file was being copied is never
+/// replaced unseen, even when another local user swaps one of E's directories for a symlink
+/// to a copy of what was expected just as the look is made (invariants 3 and 5).
 ///
 /// # Errors
 ///
-/// As [`write_from`], or `check`'s error (then nothing was replaced).
-pub fn write_from_checked(
+/// As [`write_from`]; `changed()` when E has something else there now (nothing was
+/// replaced).
+#[allow(clippy::too_many_arguments)]
+pub fn replace_if_unchanged(
     root: &Path,
     rel: &RelPath,
     src: &Path,
     sha256: &str,
     mode: u32,
     mtime_ns: i64,
-    check: impl FnOnce() -> anyhow::Result<()>,
+    expected: &Current,
+    changed: impl FnOnce() -> anyhow::Error,
+) -> anyhow::Result<()> {
+    write_checked(root, rel, src, sha256, mode, mtime_ns, |dir, name| {
+        if probe::probe_in(dir, name)? != *expected {
+            return Err(changed());
+        }
+        Ok(())
+    })
+}
+
+/// [`write_from`], renaming only if `check` passes (given the directory handle the rename
+/// goes through and the file's name in it).
+fn write_checked(
+    root: &Path,
+    rel: &RelPath,
+    src: &Path,
+    sha256: &str,
+    mode: u32,
+    mtime_ns: i64,
+    check: impl FnOnce(&Dir, &str) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let mut from = open_regular(src).with_context(|| format!("cannot read {}", src.display()))?;
     let mut file = AtomicFile::create(root, rel)?;
@@ -241,8 +266,7 @@ pub fn write_from_checked(
         file.reserve(meta.len())?;
     }
     copy_hashing(&mut from, |data| file.write(data).map_err(Into::into))?;
-    check()?;
-    file.commit(sha256, mode, mtime_ns)?;
+    file.commit_if(sha256, mode, mtime_ns, check)?;
     fsync_dir_beneath(root, rel.parent().as_ref())?;
     Ok(())
 }
@@ -396,6 +420,7 @@ pub fn decode_copy(name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::PermissionsExt;
 
     fn rel(s: &str) -> RelPath {
@@ -403,28 +428,157 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_check_before_the_rename_replaces_nothing() {
+    fn a_file_changed_before_the_rename_is_not_replaced() {
         let e = tempfile::tempdir().expect("tempdir");
         let s = tempfile::tempdir().expect("tempdir");
+        std::fs::write(e.path().join("f.txt"), "as it was\n").expect("write E");
+        let expected = probe::probe(e.path(), &rel("f.txt")).expect("probe");
         std::fs::write(e.path().join("f.txt"), "edited on E meanwhile\n").expect("write E");
         let src = s.path().join("staged");
         std::fs::write(&src, "R's version\n").expect("write staged");
         let sha = zync_fs::hash_bytes(b"R's version\n");
-        let r = write_from_checked(e.path(), &rel("f.txt"), &src, &sha, 0o644, 0, || {
-            anyhow::bail!("changed")
-        });
-        assert!(r.is_err());
+        let replace = |expected: &Current| {
+            replace_if_unchanged(
+                e.path(),
+                &rel("f.txt"),
+                &src,
+                &sha,
+                0o644,
+                0,
+                expected,
+                || anyhow::anyhow!("changed"),
+            )
+        };
+        let err = replace(&expected).expect_err("E's file changed");
+        assert_eq!(err.to_string(), "changed");
         assert_eq!(
             std::fs::read_to_string(e.path().join("f.txt")).expect("read"),
             "edited on E meanwhile\n"
         );
         let names: Vec<_> = std::fs::read_dir(e.path()).expect("list").collect();
         assert_eq!(names.len(), 1, "no temp file may be left");
-        write_from_checked(e.path(), &rel("f.txt"), &src, &sha, 0o644, 0, || Ok(()))
-            .expect("a passing check writes");
+        let now = probe::probe(e.path(), &rel("f.txt")).expect("probe");
+        replace(&now).expect("an unchanged file is replaced");
         assert_eq!(
             std::fs::read_to_string(e.path().join("f.txt")).expect("read"),
             "R's version\n"
+        );
+        // Nothing there, as expected: written.
+        std::fs::remove_file(e.path().join("f.txt")).expect("rm");
+        replace(&Current::Missing).expect("a missing file is written");
+        assert!(replace(&Current::Missing).is_err(), "now there is one");
+    }
+
+    /// Another local user who may write to E's tree swaps E's directory `d` with their own
+    /// (`renameat2(RENAME_EXCHANGE)` in a loop) while R's version of `d/f` is put in place "if
+    /// unchanged". Their `f` is exactly what zync-apply saw before E's user edited `d/f`.
+    /// Returns how many times E's edit was replaced, and how many tries reached the check.
+    fn swap_during_replaces(swap_with_symlink: bool) -> (u32, u32) {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        const SEEN: &[u8] = b"as staged against";
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("d")).expect("mkdir");
+        std::fs::write(root.join("d/f"), SEEN).expect("write");
+        let expected = probe::probe(&root, &rel("d/f")).expect("probe");
+        std::fs::write(root.join("d/f"), b"edited on E").expect("write");
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        std::fs::write(theirs.join("f"), SEEN).expect("write");
+        let swapped = if swap_with_symlink {
+            let link = tmp.path().join("link");
+            std::os::unix::fs::symlink(&theirs, &link).expect("symlink");
+            link
+        } else {
+            theirs.clone()
+        };
+        // Both directories wherever the exchanges leave them.
+        let real = File::open(root.join("d")).expect("open d");
+        let real_f = PathBuf::from(format!("/proc/self/fd/{}/f", real.as_raw_fd()));
+        let their_dir = File::open(&theirs).expect("open theirs");
+        let their_f = PathBuf::from(format!("/proc/self/fd/{}/f", their_dir.as_raw_fd()));
+        let src = tmp.path().join("staged");
+        std::fs::write(&src, b"R's version").expect("write");
+        let sha = zync_fs::hash_bytes(b"R's version");
+        let cstr = |p: &Path| CString::new(p.as_os_str().as_bytes()).expect("no NUL");
+        let (d, other) = (cstr(&root.join("d")), cstr(&swapped));
+
+        let stop = AtomicBool::new(false);
+        let swaps = AtomicU64::new(0);
+        let (mut edits_replaced, mut checked) = (0u32, 0u32);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: both are NUL-terminated paths that outlive the call.
+                    let rc = unsafe {
+                        libc::renameat2(
+                            libc::AT_FDCWD,
+                            d.as_ptr(),
+                            libc::AT_FDCWD,
+                            other.as_ptr(),
+                            libc::RENAME_EXCHANGE,
+                        )
+                    };
+                    assert_eq!(rc, 0, "renameat2: {}", io::Error::last_os_error());
+                    swaps.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while std::time::Instant::now() < deadline {
+                // While d is the symlink the write is refused before any check.
+                let r = replace_if_unchanged(
+                    &root,
+                    &rel("d/f"),
+                    &src,
+                    &sha,
+                    0o644,
+                    0,
+                    &expected,
+                    || anyhow::anyhow!("changed"),
+                );
+                match r {
+                    Ok(()) => checked += 1,
+                    Err(e) if e.to_string() == "changed" => checked += 1,
+                    Err(_) => continue,
+                }
+                if std::fs::read(&real_f).expect("read E's f") != b"edited on E" {
+                    edits_replaced += 1;
+                    std::fs::write(&real_f, b"edited on E").expect("edit again");
+                }
+                // Written into their directory while it stood at d: fine, and they put
+                // back the bait.
+                if std::fs::read(&their_f).expect("read their f") != SEEN {
+                    std::fs::write(&their_f, SEEN).expect("bait again");
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(
+            swaps.load(Ordering::Relaxed) > 100,
+            "the swapper barely ran"
+        );
+        (edits_replaced, checked)
+    }
+
+    #[test]
+    fn an_edit_is_never_replaced_because_a_look_was_led_through_a_symlink_swapped_in() {
+        let (replaced, checked) = swap_during_replaces(true);
+        assert!(checked > 20, "only {checked} tries reached the check");
+        assert_eq!(
+            replaced, 0,
+            "E's edit was replaced {replaced} times in {checked}"
+        );
+    }
+
+    #[test]
+    fn an_edit_is_never_replaced_because_a_look_was_made_in_a_directory_swapped_in() {
+        let (replaced, checked) = swap_during_replaces(false);
+        assert!(checked > 20, "only {checked} tries reached the check");
+        assert_eq!(
+            replaced, 0,
+            "E's edit was replaced {replaced} times in {checked}"
         );
     }
 

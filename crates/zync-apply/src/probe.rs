@@ -4,13 +4,13 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use zync_proto::Kind;
 
 use anyhow::Context;
 use zync_db::{Action, OnE, StagedFile};
-use zync_fs::{check_parents, lstat, FsError, RelPath, Stat};
+use zync_fs::{Dir, FsError, RelPath, Stat};
 
 /// Files larger than this are not diffed.
 const MAX_DIFF_BYTES: u64 = 4 * 1024 * 1024;
@@ -76,8 +76,8 @@ pub fn mode_change(file: &StagedFile, current: &Current) -> Option<(u32, u32)> {
 ///
 /// An I/O error other than "not found".
 pub fn probe(root: &Path, rel: &RelPath) -> anyhow::Result<Current> {
-    match check_parents(root, rel) {
-        Ok(()) => {}
+    let dir = match Dir::parent_of(root, rel) {
+        Ok(dir) => dir,
         Err(FsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             return Ok(Current::Missing)
         }
@@ -85,32 +85,64 @@ pub fn probe(root: &Path, rel: &RelPath) -> anyhow::Result<Current> {
             return Ok(Current::Other(e.to_string()))
         }
         Err(e) => return Err(e).context("cannot inspect E's directories"),
-    }
-    let path = rel.to_path(root);
-    let stat = lstat(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
-    Ok(match stat {
-        Stat::Missing => Current::Missing,
-        Stat::Entry(m) if m.kind == Kind::File => {
-            match zync_fs::hash_file(&path) {
-                Ok((sha256, size)) => Current::File {
-                    sha256,
-                    size,
-                    mode: m.mode,
-                },
-                // Removed between the lstat and the open.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Current::Missing,
-                Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-            }
+    };
+    probe_in(&dir, rel.file_name())
+}
+
+/// Looks at the entry `name` of `dir` through that handle (never by path, never following a
+/// symlink): the entry is opened relative to the handle, and a regular file is hashed from
+/// that descriptor, so what is described is what stands in that directory even when another
+/// user swaps one of its parents for a symlink meanwhile. A check made right before a rename
+/// through the same handle ([`zync_fs::AtomicFile::commit_if`]) therefore judges the file the
+/// rename would replace.
+///
+/// # Errors
+///
+/// An I/O error other than "not found".
+pub fn probe_in(dir: &Dir, name: &str) -> anyhow::Result<Current> {
+    let path = dir.path_of(name);
+    // A file replaced by something else between the look and the open is looked at again; a
+    // few times at most, then it is reported as what it was last.
+    for _ in 0..3 {
+        let opened = dir
+            .open_file_to_read(name)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if let Some(mut opened) = opened {
+            let mode = opened
+                .file
+                .metadata()
+                .with_context(|| format!("cannot inspect {}", path.display()))?
+                .mode();
+            let (sha256, size) = zync_fs::hash_open(&mut opened.file, opened.size)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            return Ok(Current::File {
+                sha256,
+                size,
+                mode: mode & 0o7777,
+            });
         }
-        Stat::Entry(m) => match &m.target {
-            Some(target) => Current::Other(format!(
-                "a symlink (to {})",
-                zync_cli::visible::line(target)
-            )),
-            None => Current::Other(format!("a {}", m.kind.as_str())),
-        },
-        Stat::Unsupported(what) => Current::Other(format!("a {what}")),
-    })
+        let stat = dir
+            .lstat(name)
+            .with_context(|| format!("cannot inspect {}", path.display()))?;
+        match stat {
+            Stat::Missing => return Ok(Current::Missing),
+            // Not a file when opened, a file now: look again.
+            Stat::Entry(m) if m.kind == Kind::File => continue,
+            Stat::Entry(m) => {
+                return Ok(match &m.target {
+                    Some(target) => Current::Other(format!(
+                        "a symlink (to {})",
+                        zync_cli::visible::line(target)
+                    )),
+                    None => Current::Other(format!("a {}", m.kind.as_str())),
+                })
+            }
+            Stat::Unsupported(what) => return Ok(Current::Other(format!("a {what}"))),
+        }
+    }
+    Ok(Current::Other(
+        "a file that kept being replaced while it was looked at".to_string(),
+    ))
 }
 
 /// Opens a regular file for reading, refusing a symlink (`O_NOFOLLOW`) and never blocking on

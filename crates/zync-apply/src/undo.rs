@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use zync_db::{Action, FileState, Index, SessionStatus, StagedFile};
 use zync_fs::RelPath;
 
@@ -254,23 +254,20 @@ fn restore(
 ) -> anyhow::Result<()> {
     let meta = fileops::backup_meta(backup)?;
     let new_dirs = fileops::ensure_parents(root, rel)?;
-    let unchanged = || {
-        if probe::probe(root, rel)? != *expected {
-            bail!(
-                "{rel} changed on E while undo was restoring it; nothing was replaced: run undo \
-                 again"
-            );
-        }
-        Ok(())
-    };
-    fileops::write_from_checked(
+    fileops::replace_if_unchanged(
         root,
         rel,
         backup,
         &meta.sha256,
         meta.mode,
         meta.mtime_ns,
-        unchanged,
+        expected,
+        || {
+            anyhow!(
+                "{rel} changed on E while undo was restoring it; nothing was replaced: run undo \
+                 again"
+            )
+        },
     )
     .with_context(|| format!("cannot restore {rel} from {}", backup.display()))?;
     fileops::index_file(index, dir, root, rel, &meta.sha256, &new_dirs)

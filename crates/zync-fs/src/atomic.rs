@@ -480,7 +480,28 @@ impl AtomicFile {
     /// [`FsError::HashMismatch`] when the content does not match (the temp file is removed, the
     /// destination untouched); [`FsError::Io`] otherwise. On any error the temp file is removed.
     pub fn commit(self, expected_sha256: &str, mode: u32, mtime_ns: i64) -> Result<(), FsError> {
-        self.rename_into_place(expected_sha256, mode, mtime_ns, true)
+        self.rename_into_place(expected_sha256, mode, mtime_ns, true, |_, _| Ok(()))
+    }
+
+    /// As [`AtomicFile::commit`], but `check` runs after the flush, right before the rename,
+    /// with the directory handle the rename goes through and the destination's name in it;
+    /// when it fails nothing is renamed (the temp file is removed) and its error is returned.
+    /// A caller that must not replace what changed at the destination looks through that
+    /// handle ([`Dir::lstat`], [`Dir::open_file_to_read`]): a look by path could be led into
+    /// another directory by a parent swapped for a symlink, and approve a rename that then
+    /// replaces a file it never saw.
+    ///
+    /// # Errors
+    ///
+    /// As [`AtomicFile::commit`], or `check`'s error.
+    pub fn commit_if<E: From<FsError>>(
+        self,
+        expected_sha256: &str,
+        mode: u32,
+        mtime_ns: i64,
+        check: impl FnOnce(&Dir, &str) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.rename_into_place(expected_sha256, mode, mtime_ns, true, check)
     }
 
     /// As [`AtomicFile::commit`] without the flush: the file takes its name at once, and is
@@ -497,17 +518,19 @@ impl AtomicFile {
         mode: u32,
         mtime_ns: i64,
     ) -> Result<(), FsError> {
-        self.rename_into_place(expected_sha256, mode, mtime_ns, false)
+        self.rename_into_place(expected_sha256, mode, mtime_ns, false, |_, _| Ok(()))
     }
 
-    /// [`AtomicFile::commit`], flushing the content first or not.
-    fn rename_into_place(
+    /// [`AtomicFile::commit`], flushing the content first or not, renaming only if `check`
+    /// passes.
+    fn rename_into_place<E: From<FsError>>(
         self,
         expected_sha256: &str,
         mode: u32,
         mtime_ns: i64,
         flush: bool,
-    ) -> Result<(), FsError> {
+        check: impl FnOnce(&Dir, &str) -> Result<(), E>,
+    ) -> Result<(), E> {
         let (rel, dest) = (self.rel.clone(), self.dest.clone());
         let temp = self.finish(expected_sha256, mode, mtime_ns)?;
         if flush {
@@ -515,6 +538,7 @@ impl AtomicFile {
                 .sync_all()
                 .map_err(|e| FsError::io("flush the new content of", &dest, e))?;
         }
+        check(&temp.dir, rel.file_name())?;
         temp.dir
             .rename(&temp.name, &temp.dir, rel.file_name())
             .map_err(|e| FsError::io("rename a temp file to", &dest, e))?;

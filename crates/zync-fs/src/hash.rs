@@ -82,10 +82,27 @@ pub fn hash_file_stat(path: &Path) -> io::Result<HashedFile> {
             format!("{} is not a regular file", path.display()),
         ));
     }
+    let (sha256, len) = hash_open(&mut file, before.len())?;
+    Ok(HashedFile {
+        sha256,
+        len,
+        after: file.metadata()?,
+    })
+}
+
+/// Hashes an open file from where it stands to its end, as [`hash_file`] does; `len_hint` (the
+/// size it had when opened) sizes the buffer. For a file opened relative to a directory
+/// handle ([`crate::Dir::open_file_to_read`]), so the bytes hashed are the ones that handle
+/// names. Returns the hex digest and the number of bytes read.
+///
+/// # Errors
+///
+/// A read error.
+pub fn hash_open(file: &mut File, len_hint: u64) -> io::Result<(String, u64)> {
     // Most files are small: a buffer sized to the file (plus one byte, so the read that sees
     // the end fits too) saves zeroing 256 KiB per file, which took more time than the hashing
     // in a startup scan of small files. Never tiny, in case the file grows.
-    let cap = usize::try_from(before.len()).map_or(READ_CHUNK, |len| {
+    let cap = usize::try_from(len_hint).map_or(READ_CHUNK, |len| {
         len.saturating_add(1).clamp(MIN_CHUNK, READ_CHUNK)
     });
     let mut hasher = Hasher::new();
@@ -101,11 +118,7 @@ pub fn hash_file_stat(path: &Path) -> io::Result<HashedFile> {
         hasher.update(&buf[..n]);
         total += n as u64;
     }
-    Ok(HashedFile {
-        sha256: hasher.finish(),
-        len: total,
-        after: file.metadata()?,
-    })
+    Ok((hasher.finish(), total))
 }
 
 /// Whether `s` looks like a digest from this module: exactly 64 lowercase hex characters.

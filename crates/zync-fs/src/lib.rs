@@ -32,7 +32,7 @@ pub use crate::atomic::{
 pub use crate::beneath::{Dir, OpenedFile, Parents};
 pub use crate::conflict::{conflict_name, free_conflict_name, is_conflict_copy, CONFLICT_MARKER};
 pub use crate::delta::DeltaError;
-pub use crate::hash::{hash_bytes, hash_file, is_sha256_hex, Hasher};
+pub use crate::hash::{hash_bytes, hash_file, hash_open, is_sha256_hex, Hasher};
 pub use crate::ignore::{
     control_reason, IgnoreError, IgnoreRule, IgnoreRules, Ignored, RuleSource, DEFAULT_IGNORES,
     IGNORE_FILE, TEMP_PREFIX,
