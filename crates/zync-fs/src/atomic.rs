@@ -651,8 +651,13 @@ impl Sealed {
     /// it); [`FsError::Io`] when the rename fails. The temp file is removed on any error.
     pub fn install(mut self) -> Result<(), FsError> {
         let dir = Dir::parent_of(&self.root, &self.rel)?;
+        self.rename_in(&dir)
+    }
+
+    /// Renames the temp file over its destination in `dir` (its directory's handle).
+    fn rename_in(&mut self, dir: &Dir) -> Result<(), FsError> {
         let name = self.name.as_deref().unwrap_or_default();
-        dir.rename(name, &dir, self.rel.file_name())
+        dir.rename(name, dir, self.rel.file_name())
             .map_err(|e| FsError::io("rename a temp file to", &self.dest, e))?;
         self.name = None;
         Ok(())
@@ -678,10 +683,7 @@ impl Sealed {
         if now != *expected {
             return Ok(Some(self));
         }
-        let name = self.name.as_deref().unwrap_or_default();
-        dir.rename(name, &dir, self.rel.file_name())
-            .map_err(|e| FsError::io("rename a temp file to", &self.dest, e))?;
-        self.name = None;
+        self.rename_in(&dir)?;
         Ok(None)
     }
 
