@@ -698,6 +698,96 @@ pub fn remove_beneath(root: &Path, rel: &RelPath) -> Result<bool, FsError> {
     }
 }
 
+/// What [`remove_if_unchanged`] or [`rename_if_unchanged`] found at the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfUnchanged {
+    /// It was what was expected, and is now removed (or renamed).
+    Done,
+    /// Nothing is there now: nothing was done.
+    Gone,
+    /// Something else is there now (an edit made since it was looked at): nothing was done.
+    Changed,
+}
+
+/// Removes the file or symlink `root/rel` only if it is still `expected` (as [`crate::lstat`]
+/// described it when the removal was decided). The look and the unlink go through one handle
+/// of its directory: a look by path could be led through a directory swapped for a symlink
+/// (or made in another directory renamed into place) to a file matching `expected` while the
+/// unlink removed an edited file in the real one.
+///
+/// # Errors
+///
+/// As [`Dir::open_dir`] for its parent; [`FsError::Io`] when the look or the removal fails.
+pub fn remove_if_unchanged(
+    root: &Path,
+    rel: &RelPath,
+    expected: &Stat,
+) -> Result<IfUnchanged, FsError> {
+    let dir = Dir::parent_of(root, rel)?;
+    match look_again(&dir, root, rel, expected)? {
+        IfUnchanged::Done => {}
+        other => return Ok(other),
+    }
+    match dir.unlink(rel.file_name()) {
+        Ok(()) => Ok(IfUnchanged::Done),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(IfUnchanged::Gone),
+        Err(e) => Err(FsError::io("remove", rel.to_path(root), e)),
+    }
+}
+
+/// Renames `root/from` to `root/to`, as [`rename_beneath`] does, only if `from` is still
+/// `expected`, looked at through the handle the rename goes through (see
+/// [`remove_if_unchanged`]).
+///
+/// # Errors
+///
+/// As [`rename_beneath`], and when the look fails.
+pub fn rename_if_unchanged(
+    root: &Path,
+    from: &RelPath,
+    to: &RelPath,
+    expected: &Stat,
+) -> Result<IfUnchanged, FsError> {
+    let from_dir = Dir::parent_of(root, from)?;
+    match look_again(&from_dir, root, from, expected)? {
+        IfUnchanged::Done => {}
+        other => return Ok(other),
+    }
+    let to_dir = if from.parent() == to.parent() {
+        None
+    } else {
+        Some(Dir::parent_of(root, to)?)
+    };
+    match from_dir.rename(
+        from.file_name(),
+        to_dir.as_ref().unwrap_or(&from_dir),
+        to.file_name(),
+    ) {
+        Ok(()) => Ok(IfUnchanged::Done),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(IfUnchanged::Gone),
+        Err(e) => Err(FsError::io("rename", from.to_path(root), e)),
+    }
+}
+
+/// Whether `rel`'s entry in `dir` is still `expected`: `Done` when it is.
+fn look_again(
+    dir: &Dir,
+    root: &Path,
+    rel: &RelPath,
+    expected: &Stat,
+) -> Result<IfUnchanged, FsError> {
+    let now = dir
+        .lstat(rel.file_name())
+        .map_err(|e| FsError::io("inspect", rel.to_path(root), e))?;
+    Ok(if now == *expected {
+        IfUnchanged::Done
+    } else if now == Stat::Missing {
+        IfUnchanged::Gone
+    } else {
+        IfUnchanged::Changed
+    })
+}
+
 /// Removes the empty directory `root/rel` through its parent's handle. Returns false when
 /// nothing was there.
 ///
@@ -843,6 +933,112 @@ mod tests {
 
     fn rel(s: &str) -> RelPath {
         RelPath::parse(s).expect("valid test path")
+    }
+
+    #[test]
+    fn removes_and_renames_only_what_is_still_as_seen() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        fs::create_dir(r.join("d")).expect("mkdir");
+        fs::write(r.join("d/f"), b"as synced").expect("write");
+        let seen = crate::lstat(&r.join("d/f")).expect("lstat");
+        fs::write(r.join("d/f"), b"edited on R").expect("edit");
+        let edited = crate::lstat(&r.join("d/f")).expect("lstat");
+        assert_ne!(seen, edited);
+        assert_eq!(
+            remove_if_unchanged(r, &rel("d/f"), &seen).expect("remove"),
+            IfUnchanged::Changed
+        );
+        assert_eq!(
+            rename_if_unchanged(r, &rel("d/f"), &rel("kept"), &seen).expect("rename"),
+            IfUnchanged::Changed
+        );
+        assert_eq!(fs::read(r.join("d/f")).expect("read"), b"edited on R");
+        assert_eq!(
+            rename_if_unchanged(r, &rel("d/f"), &rel("kept"), &edited).expect("rename"),
+            IfUnchanged::Done
+        );
+        assert_eq!(fs::read(r.join("kept")).expect("read"), b"edited on R");
+        assert_eq!(
+            rename_if_unchanged(r, &rel("d/f"), &rel("kept"), &edited).expect("rename"),
+            IfUnchanged::Gone
+        );
+        let kept = crate::lstat(&r.join("kept")).expect("lstat");
+        assert_eq!(
+            remove_if_unchanged(r, &rel("kept"), &kept).expect("remove"),
+            IfUnchanged::Done
+        );
+        assert!(!r.join("kept").exists());
+        assert_eq!(
+            remove_if_unchanged(r, &rel("kept"), &kept).expect("remove"),
+            IfUnchanged::Gone
+        );
+        // A symlink in the path is refused, not looked through.
+        symlink(r.join("d"), r.join("l")).expect("symlink");
+        fs::write(r.join("d/g"), b"g").expect("write");
+        let g = crate::lstat(&r.join("d/g")).expect("lstat");
+        assert!(remove_if_unchanged(r, &rel("l/g"), &g).is_err());
+        assert!(r.join("d/g").exists());
+    }
+
+    /// Another local user exchanges R's directory `d` with a symlink to their own, in a loop,
+    /// while a deletion from E removes `d/f` "if unchanged". Their `f` is exactly what the
+    /// plan saw; R's `d/f` was edited since. The edit must never be removed: a look by path
+    /// that went through the symlink saw their file, and the unlink in the real directory
+    /// then removed the edit.
+    #[test]
+    fn an_edit_is_never_removed_because_a_look_went_through_a_swapped_directory() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("root");
+        fs::create_dir_all(root.join("d")).expect("mkdir");
+        fs::write(root.join("d/f"), b"edited on R").expect("write");
+        let theirs = tmp.path().join("theirs");
+        fs::create_dir(&theirs).expect("mkdir");
+        fs::write(theirs.join("f"), b"as synced").expect("write");
+        let link = tmp.path().join("link");
+        symlink(&theirs, &link).expect("symlink");
+        // What a look by path at d/f returns while d is the symlink.
+        let seen = crate::lstat(&theirs.join("f")).expect("lstat");
+        let real = fs::File::open(root.join("d")).expect("open d");
+        let real_f = PathBuf::from(format!("/proc/self/fd/{}/f", real.as_raw_fd()));
+
+        let stop = AtomicBool::new(false);
+        let swaps = AtomicU64::new(0);
+        let (mut looked, mut removed) = (0u32, 0u32);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    rustix::fs::renameat_with(
+                        rustix::fs::CWD,
+                        root.join("d"),
+                        rustix::fs::CWD,
+                        &link,
+                        rustix::fs::RenameFlags::EXCHANGE,
+                    )
+                    .expect("exchange");
+                    swaps.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while std::time::Instant::now() < deadline && real_f.exists() {
+                // Refused outright while d is the symlink.
+                if let Ok(found) = remove_if_unchanged(&root, &rel("d/f"), &seen) {
+                    looked += 1;
+                    removed += u32::from(found == IfUnchanged::Done);
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        let swaps = swaps.load(Ordering::Relaxed);
+        assert_eq!(
+            fs::read(&real_f).ok().as_deref(),
+            Some(&b"edited on R"[..]),
+            "the edit was removed after {looked} looks and {swaps} swaps"
+        );
+        assert_eq!(removed, 0, "{removed} of {looked} removals went through");
+        assert!(swaps > 100, "the swapper barely ran");
+        assert!(looked > 20, "only {looked} looks were made");
     }
 
     #[test]

@@ -29,7 +29,9 @@ pub use crate::atomic::{
     rename_beneath, replace_with_symlink, set_mode, set_mode_beneath, set_mtime, set_mtime_beneath,
     sync_filesystems, AtomicFile, FsError, Sealed, PARTIAL_MAX_AGE,
 };
-pub use crate::beneath::{Dir, OpenedFile, Parents};
+pub use crate::beneath::{
+    remove_if_unchanged, rename_if_unchanged, Dir, IfUnchanged, OpenedFile, Parents,
+};
 pub use crate::conflict::{conflict_name, free_conflict_name, is_conflict_copy, CONFLICT_MARKER};
 pub use crate::delta::DeltaError;
 pub use crate::hash::{hash_bytes, hash_file, hash_open, is_sha256_hex, Hasher};

@@ -6,7 +6,7 @@
 use std::io::ErrorKind;
 use std::path::Path;
 
-use zync_fs::RelPath;
+use zync_fs::{IfUnchanged, RelPath, Stat};
 
 use crate::download::land::file::{Pending, Ready};
 use crate::download::land::place::{self, Place};
@@ -39,7 +39,12 @@ impl Place {
     ) -> Result<Outcome, ClientError> {
         for MakeDir { rel, clear } in plan.parents {
             if let Some(clear) = clear {
-                self.clear(known, &rel, clear)?;
+                let before = here
+                    .parents
+                    .iter()
+                    .find(|(parent, _)| *parent == rel)
+                    .map_or(&Stat::Missing, |(_, local)| &local.stat);
+                self.clear(known, &rel, clear, before)?;
             }
             let made = zync_fs::ensure_dir(self.root(), &rel, None)?;
             self.changed(known, &rel);
@@ -63,7 +68,7 @@ impl Place {
                 if partials {
                     zync_fs::remove_partials(self.root(), &rel);
                 }
-                self.remove(known, &rel, removal)?;
+                self.remove(known, &rel, removal, &at.stat)?;
                 Ok(Outcome::Done(Record::Remove(rel.to_string())))
             }
             Step::Same {
@@ -86,7 +91,7 @@ impl Place {
                 record,
             } => {
                 if let Some(clear) = clear {
-                    self.clear(known, &rel, clear)?;
+                    self.clear(known, &rel, clear, &at.stat)?;
                 }
                 if create {
                     let made = zync_fs::ensure_dir(self.root(), &rel, Some(record.mode))?;
@@ -100,7 +105,7 @@ impl Place {
             }
             Step::Symlink { clear, record } => {
                 if let Some(clear) = clear {
-                    self.clear(known, &rel, clear)?;
+                    self.clear(known, &rel, clear, &at.stat)?;
                 }
                 let target = record.target.as_deref().unwrap_or_default();
                 zync_fs::replace_with_symlink(self.root(), &rel, target)?;
@@ -118,7 +123,7 @@ impl Place {
                 // saving on R), that save is kept as a conflict copy before the rename.
                 let before = match clear {
                     Some(clear) => {
-                        self.clear(known, &rel, clear)?;
+                        self.clear(known, &rel, clear, &at.stat)?;
                         look::stat(self.root(), &rel)?
                     }
                     None => at.stat,
@@ -173,8 +178,15 @@ impl Place {
         self.touch(rel);
     }
 
-    /// Clears `rel` for an entry of another kind or for E's version.
-    fn clear(&mut self, known: &mut Known, rel: &RelPath, clear: Clear) -> Result<(), ClientError> {
+    /// Clears `rel` for an entry of another kind or for E's version; `before` is what the plan
+    /// saw there.
+    fn clear(
+        &mut self,
+        known: &mut Known,
+        rel: &RelPath,
+        clear: Clear,
+        before: &Stat,
+    ) -> Result<(), ClientError> {
         let path = rel.to_path(self.root());
         match clear {
             Clear::RemoveDir => match place::remove_dir(self.root(), rel) {
@@ -184,20 +196,24 @@ impl Place {
                 }
                 Err(source) => return Err(io_error("remove", &path, source)),
             },
-            Clear::Remove => place::remove_file(self.root(), rel)
-                .map_err(|source| io_error("remove", &path, source))?,
+            Clear::Remove => self.remove_as_seen(
+                rel,
+                before,
+                "this path changed on R while E's change to it was being applied",
+            )?,
             Clear::Keep(why) => self.keep_local(rel, why)?,
         }
         self.changed(known, rel);
         Ok(())
     }
 
-    /// What a deletion does to what stands at `rel`.
+    /// What a deletion does to what stands at `rel`; `before` is what the plan saw there.
     fn remove(
         &mut self,
         known: &mut Known,
         rel: &RelPath,
         removal: Removal,
+        before: &Stat,
     ) -> Result<(), ClientError> {
         let path = rel.to_path(self.root());
         match removal {
@@ -220,10 +236,10 @@ impl Place {
             // the same content is removed, never set aside over the first (which would then
             // be forgotten, and left in R's root).
             Removal::SetAside(sha)
-                if !known.stash.contains_key(&sha) && self.set_aside(known, rel, &sha) => {}
+                if !known.stash.contains_key(&sha)
+                    && self.set_aside(known, rel, &sha, before)? => {}
             Removal::SetAside(_) | Removal::Remove => {
-                place::remove_file(self.root(), rel)
-                    .map_err(|source| io_error("remove", &path, source))?;
+                self.remove_as_seen(rel, before, DELETED_BUT_CHANGED)?;
                 self.changed(known, rel);
             }
             Removal::Keep(why) => {
@@ -234,9 +250,34 @@ impl Place {
         Ok(())
     }
 
+    /// Removes the file or link at `rel` if it is still `before`, looked at through the
+    /// handle the unlink goes through (a look by path can be led elsewhere by a directory
+    /// swapped for a symlink); an edit made on R since is kept as a conflict copy (`why`)
+    /// instead (invariant 4).
+    fn remove_as_seen(
+        &mut self,
+        rel: &RelPath,
+        before: &Stat,
+        why: &str,
+    ) -> Result<(), ClientError> {
+        let found = place::remove_file_if_unchanged(self.root(), rel, before)
+            .map_err(|source| io_error("remove", &rel.to_path(self.root()), source))?;
+        if found == IfUnchanged::Changed {
+            self.keep_local(rel, why)?;
+        }
+        Ok(())
+    }
+
     /// Sets a file that E deleted aside under a temp name, as the source for a later copy of
-    /// the same content in this page. False when it could not be moved (then remove it).
-    fn set_aside(&mut self, known: &mut Known, rel: &RelPath, sha: &str) -> bool {
+    /// the same content in this page, if it is still `before`. False when it could not be
+    /// moved (then remove it); an edit made on R since is kept as a conflict copy instead.
+    fn set_aside(
+        &mut self,
+        known: &mut Known,
+        rel: &RelPath,
+        sha: &str,
+        before: &Stat,
+    ) -> Result<bool, ClientError> {
         let name = format!(
             "{}stash-{}-{}",
             zync_fs::TEMP_PREFIX,
@@ -244,18 +285,27 @@ impl Place {
             &sha[..sha.len().min(16)]
         );
         let Ok(to) = RelPath::parse(&name) else {
-            return false;
+            return Ok(false);
         };
-        match place::rename(self.root(), rel, &to) {
-            Ok(()) => {
+        match place::rename_if_unchanged(self.root(), rel, &to, before) {
+            Ok(IfUnchanged::Done) => {
                 known.stash.insert(sha.to_string(), to.to_path(self.root()));
                 self.changed(known, rel);
-                true
+                Ok(true)
             }
-            Err(_) => false,
+            Ok(IfUnchanged::Gone) => Ok(true),
+            Ok(IfUnchanged::Changed) => {
+                self.keep_local(rel, DELETED_BUT_CHANGED)?;
+                self.changed(known, rel);
+                Ok(true)
+            }
+            Err(_) => Ok(false),
         }
     }
 }
+
+/// Why R's file was kept when E deleted it.
+const DELETED_BUT_CHANGED: &str = "E deleted this file, which was changed on R";
 
 fn io_error(what: &'static str, path: &Path, source: std::io::Error) -> ClientError {
     ClientError::Io {
@@ -280,6 +330,116 @@ fn remove_own_temp_files(root: &Path, rel: &RelPath) {
             .starts_with(zync_fs::TEMP_PREFIX.as_bytes());
         if is_temp && kind == Some(zync_proto::Kind::File) {
             let _ = dir.unlink(&name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::download::plan::Local;
+    use zync_db::Synced;
+
+    const SYNCED: &[u8] = b"as synced\n";
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::parse(s).expect("valid test path")
+    }
+
+    /// What the planner gathered for `f`, as zync last wrote it.
+    fn here_as_synced(root: &Path) -> Here {
+        let sha = zync_fs::hash_bytes(SYNCED);
+        Here {
+            rel: rel("f"),
+            parents: Vec::new(),
+            parents_real: true,
+            at: Local {
+                stat: zync_fs::lstat(&root.join("f")).expect("lstat"),
+                sha: Some(sha.clone()),
+                inflight: false,
+                synced: Some(Synced {
+                    kind: zync_proto::Kind::File,
+                    size: SYNCED.len() as u64,
+                    mtime_ns: 0,
+                    mode: 0o644,
+                    sha256: Some(sha),
+                    target: None,
+                }),
+            },
+            partials: false,
+            sources: Vec::new(),
+            umask: 0o022,
+        }
+    }
+
+    /// Each way a plan removes R's file as zync wrote it (E's deletion, a file set aside for
+    /// a copy, a file cleared for E's symlink) meets R's file edited after the plan's look.
+    /// The edit is kept as a conflict copy, never removed (invariant 4); a file still as the
+    /// plan saw it goes.
+    #[test]
+    fn a_file_edited_on_r_after_the_plan_looked_is_kept_not_removed() {
+        let steps = [
+            Step::Delete {
+                partials: false,
+                removal: Removal::Remove,
+            },
+            Step::Delete {
+                partials: false,
+                removal: Removal::SetAside(zync_fs::hash_bytes(SYNCED)),
+            },
+            Step::Symlink {
+                clear: Some(Clear::Remove),
+                record: Synced {
+                    kind: zync_proto::Kind::Symlink,
+                    size: 1,
+                    mtime_ns: 0,
+                    mode: 0,
+                    sha256: None,
+                    target: Some("t".to_string()),
+                },
+            },
+        ];
+        for step in steps {
+            for edited in [false, true] {
+                let tmp = tempfile::tempdir().expect("tempdir");
+                let root = tmp.path();
+                std::fs::write(root.join("f"), SYNCED).expect("write");
+                let here = here_as_synced(root);
+                if edited {
+                    std::fs::write(root.join("f"), b"edited on R after the look\n").expect("edit");
+                }
+                let mut place = Place::new(root, "d");
+                let mut known = Known::default();
+                let plan = Plan {
+                    parents: Vec::new(),
+                    step: step.clone(),
+                };
+                place
+                    .carry_out(&mut known, here, plan)
+                    .unwrap_or_else(|e| panic!("{step:?}: {e}"));
+                place.clear_stash(&mut known);
+                let conflicts = place.take_conflicts();
+                let kept: Vec<Vec<u8>> = conflicts
+                    .iter()
+                    .map(|c| std::fs::read(root.join(c)).expect("read the copy"))
+                    .collect();
+                if edited {
+                    assert_eq!(
+                        kept,
+                        vec![b"edited on R after the look\n".to_vec()],
+                        "{step:?}: the edit must be kept"
+                    );
+                } else {
+                    assert!(
+                        kept.is_empty(),
+                        "{step:?}: nothing to keep, kept {conflicts:?}"
+                    );
+                }
+                assert!(
+                    std::fs::read(root.join("f")).map_or(true, |c| c != SYNCED),
+                    "{step:?}: zync's file stayed"
+                );
+            }
         }
     }
 }

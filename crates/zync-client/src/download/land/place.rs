@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use zync_fs::{Parents, RelPath, Stat};
+use zync_fs::{IfUnchanged, Parents, RelPath, Stat};
 
 use crate::download::land::file::Ready;
 use crate::error::ClientError;
@@ -189,6 +189,27 @@ pub(super) fn remove_file(root: &Path, rel: &RelPath) -> io::Result<()> {
         true => Ok(()),
         false => Err(io::ErrorKind::NotFound.into()),
     }
+}
+
+/// Removes the file or symlink `root/rel` if it is still `before` (what the plan saw), looked
+/// at through the handle the unlink goes through.
+pub(super) fn remove_file_if_unchanged(
+    root: &Path,
+    rel: &RelPath,
+    before: &Stat,
+) -> io::Result<IfUnchanged> {
+    zync_fs::remove_if_unchanged(root, rel, before).map_err(into_io)
+}
+
+/// Renames `root/from` to `root/to` if `from` is still `before` (what the plan saw), looked
+/// at through the handle the rename goes through.
+pub(super) fn rename_if_unchanged(
+    root: &Path,
+    from: &RelPath,
+    to: &RelPath,
+    before: &Stat,
+) -> io::Result<IfUnchanged> {
+    zync_fs::rename_if_unchanged(root, from, to, before).map_err(into_io)
 }
 
 /// Removes the empty directory `root/rel`; NotFound when nothing was there.
