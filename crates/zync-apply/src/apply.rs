@@ -395,7 +395,13 @@ impl Run<'_> {
                 if backup.is_some() {
                     self.mark(file, FileState::Applying, backup.as_ref(), current)?;
                     crashpoint::reached(Step::Intent)?;
-                    if let Err(e) = fileops::remove(root, rel) {
+                    let removed = fileops::remove_if_unchanged(root, rel, current, || {
+                        anyhow!(
+                            "{rel} changed on E while the apply was removing it; nothing was \
+                             removed: run apply again"
+                        )
+                    });
+                    if let Err(e) = removed {
                         return Err(self.failed(file, root, rel, None, backup.as_ref(), e));
                     }
                     crashpoint::reached(Step::Written)?;

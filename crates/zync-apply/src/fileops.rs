@@ -271,13 +271,24 @@ fn write_checked(
     Ok(())
 }
 
-/// Removes E's file `root/rel` (never through a symlinked parent) and fsyncs its directory.
+/// Removes E's file `root/rel` (never through a symlinked parent) only while it is still
+/// `expected`, looked at through the directory handle the unlink goes through
+/// ([`probe::probe_in`], as [`replace_if_unchanged`] does), and fsyncs its directory.
 ///
 /// # Errors
 ///
-/// A symlinked parent, or an I/O error.
-pub fn remove(root: &Path, rel: &RelPath) -> anyhow::Result<()> {
+/// A symlinked parent, an I/O error, or `changed()` when E has something else there now
+/// (nothing was removed).
+pub fn remove_if_unchanged(
+    root: &Path,
+    rel: &RelPath,
+    expected: &Current,
+    changed: impl FnOnce() -> anyhow::Error,
+) -> anyhow::Result<()> {
     let dir = Dir::parent_of(root, rel)?;
+    if probe::probe_in(&dir, rel.file_name())? != *expected {
+        return Err(changed());
+    }
     match dir.unlink(rel.file_name()) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -473,7 +484,10 @@ mod tests {
     /// (`renameat2(RENAME_EXCHANGE)` in a loop) while R's version of `d/f` is put in place "if
     /// unchanged". Their `f` is exactly what zync-apply saw before E's user edited `d/f`.
     /// Returns how many times E's edit was replaced, and how many tries reached the check.
-    fn swap_during_replaces(swap_with_symlink: bool) -> (u32, u32) {
+    fn swap_during(
+        swap_with_symlink: bool,
+        op: impl Fn(&Path, &Current) -> anyhow::Result<()>,
+    ) -> (u32, u32) {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -499,9 +513,6 @@ mod tests {
         let real_f = PathBuf::from(format!("/proc/self/fd/{}/f", real.as_raw_fd()));
         let their_dir = File::open(&theirs).expect("open theirs");
         let their_f = PathBuf::from(format!("/proc/self/fd/{}/f", their_dir.as_raw_fd()));
-        let src = tmp.path().join("staged");
-        std::fs::write(&src, b"R's version").expect("write");
-        let sha = zync_fs::hash_bytes(b"R's version");
         let cstr = |p: &Path| CString::new(p.as_os_str().as_bytes()).expect("no NUL");
         let (d, other) = (cstr(&root.join("d")), cstr(&swapped));
 
@@ -527,29 +538,19 @@ mod tests {
             });
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
             while std::time::Instant::now() < deadline {
-                // While d is the symlink the write is refused before any check.
-                let r = replace_if_unchanged(
-                    &root,
-                    &rel("d/f"),
-                    &src,
-                    &sha,
-                    0o644,
-                    0,
-                    &expected,
-                    || anyhow::anyhow!("changed"),
-                );
-                match r {
+                // While d is the symlink the change is refused before any check.
+                match op(&root, &expected) {
                     Ok(()) => checked += 1,
                     Err(e) if e.to_string() == "changed" => checked += 1,
                     Err(_) => continue,
                 }
-                if std::fs::read(&real_f).expect("read E's f") != b"edited on E" {
+                if std::fs::read(&real_f).ok().as_deref() != Some(&b"edited on E"[..]) {
                     edits_replaced += 1;
                     std::fs::write(&real_f, b"edited on E").expect("edit again");
                 }
                 // Written into their directory while it stood at d: fine, and they put
                 // back the bait.
-                if std::fs::read(&their_f).expect("read their f") != SEEN {
+                if std::fs::read(&their_f).ok().as_deref() != Some(SEEN) {
                     std::fs::write(&their_f, SEEN).expect("bait again");
                 }
             }
@@ -562,9 +563,26 @@ mod tests {
         (edits_replaced, checked)
     }
 
+    /// R's version put in place "if unchanged" (apply, undo).
+    fn replace(root: &Path, expected: &Current) -> anyhow::Result<()> {
+        let src = root.with_file_name("staged");
+        if !src.exists() {
+            std::fs::write(&src, b"R's version").expect("write");
+        }
+        let sha = zync_fs::hash_bytes(b"R's version");
+        replace_if_unchanged(root, &rel("d/f"), &src, &sha, 0o644, 0, expected, || {
+            anyhow::anyhow!("changed")
+        })
+    }
+
+    /// E's file removed "if unchanged" (apply of R's deletion, undo of a file apply made).
+    fn remove(root: &Path, expected: &Current) -> anyhow::Result<()> {
+        remove_if_unchanged(root, &rel("d/f"), expected, || anyhow::anyhow!("changed"))
+    }
+
     #[test]
     fn an_edit_is_never_replaced_because_a_look_was_led_through_a_symlink_swapped_in() {
-        let (replaced, checked) = swap_during_replaces(true);
+        let (replaced, checked) = swap_during(true, replace);
         assert!(checked > 20, "only {checked} tries reached the check");
         assert_eq!(
             replaced, 0,
@@ -574,11 +592,31 @@ mod tests {
 
     #[test]
     fn an_edit_is_never_replaced_because_a_look_was_made_in_a_directory_swapped_in() {
-        let (replaced, checked) = swap_during_replaces(false);
+        let (replaced, checked) = swap_during(false, replace);
         assert!(checked > 20, "only {checked} tries reached the check");
         assert_eq!(
             replaced, 0,
             "E's edit was replaced {replaced} times in {checked}"
+        );
+    }
+
+    #[test]
+    fn an_edit_is_never_removed_because_a_look_was_led_through_a_symlink_swapped_in() {
+        let (removed, checked) = swap_during(true, remove);
+        assert!(checked > 20, "only {checked} tries reached the check");
+        assert_eq!(
+            removed, 0,
+            "E's edit was removed {removed} times in {checked}"
+        );
+    }
+
+    #[test]
+    fn an_edit_is_never_removed_because_a_look_was_made_in_a_directory_swapped_in() {
+        let (removed, checked) = swap_during(false, remove);
+        assert!(checked > 20, "only {checked} tries reached the check");
+        assert_eq!(
+            removed, 0,
+            "E's edit was removed {removed} times in {checked}"
         );
     }
 

@@ -234,7 +234,12 @@ fn remove_if_ours(
         if expect_current(&current, sha256, force, rel)? {
             copy = Some(keep_newer(index, root, rel, dir, &current)?);
         } else {
-            fileops::remove(root, rel)?;
+            fileops::remove_if_unchanged(root, rel, &current, || {
+                anyhow!(
+                    "{rel} changed on E while undo was removing it; nothing was removed: run \
+                     undo again"
+                )
+            })?;
         }
     }
     fileops::index_removed(index, dir, rel)?;
