@@ -801,7 +801,6 @@ mod tests {
     /// followed by a rename in the real directory replaced it.
     #[test]
     fn install_if_unchanged_never_replaces_a_file_seen_through_a_swapped_directory() {
-        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         let tmp = tempfile::tempdir().expect("tempdir");
         let root = tmp.path().join("root");
         fs::create_dir_all(root.join("d")).expect("mkdir");
@@ -814,44 +813,27 @@ mod tests {
         // What a look by path at d/f returns while d is the symlink.
         let seen = crate::lstat(&theirs.join("f")).expect("lstat");
 
-        let stop = AtomicBool::new(false);
-        let swaps = AtomicU64::new(0);
-        let (mut installed, mut tries) = (0u32, 0u32);
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                while !stop.load(Ordering::Relaxed) {
-                    rustix::fs::renameat_with(
-                        rustix::fs::CWD,
-                        root.join("d"),
-                        rustix::fs::CWD,
-                        &link,
-                        rustix::fs::RenameFlags::EXCHANGE,
-                    )
-                    .expect("exchange");
-                    swaps.fetch_add(1, Ordering::Relaxed);
+        let ((installed, tries), swaps) =
+            crate::testkit::exchanging(&root.join("d"), &link, || {
+                let (mut installed, mut tries) = (0u32, 0u32);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                while std::time::Instant::now() < deadline {
+                    // The temp file can be made only while d is the real directory.
+                    let Ok(mut file) = AtomicFile::create(&root, &rel("d/f")) else {
+                        continue;
+                    };
+                    tries += 1;
+                    file.write(b"E's version").expect("write");
+                    let sealed = file
+                        .seal(&hash_bytes(b"E's version"), 0o644, 0)
+                        .expect("seal");
+                    if let Ok(None) = sealed.install_if_unchanged(&seen) {
+                        installed += 1;
+                    }
                 }
+                (installed, tries)
             });
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            while std::time::Instant::now() < deadline {
-                // The temp file can be made only while d is the real directory.
-                let Ok(mut file) = AtomicFile::create(&root, &rel("d/f")) else {
-                    continue;
-                };
-                tries += 1;
-                file.write(b"E's version").expect("write");
-                let sealed = file
-                    .seal(&hash_bytes(b"E's version"), 0o644, 0)
-                    .expect("seal");
-                if let Ok(None) = sealed.install_if_unchanged(&seen) {
-                    installed += 1;
-                }
-            }
-            stop.store(true, Ordering::Relaxed);
-        });
-        assert!(
-            swaps.load(Ordering::Relaxed) > 100,
-            "the swapper barely ran"
-        );
+        assert!(swaps > 100, "the swapper barely ran");
         assert!(tries > 20, "only {tries} temp files were made");
         // The real directory is at d or at link, whichever the last exchange left.
         let real = if fs::symlink_metadata(root.join("d")).expect("d").is_dir() {

@@ -988,7 +988,6 @@ mod tests {
     /// then removed the edit.
     #[test]
     fn an_edit_is_never_removed_because_a_look_went_through_a_swapped_directory() {
-        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         let tmp = tempfile::tempdir().expect("tempdir");
         let root = tmp.path().join("root");
         fs::create_dir_all(root.join("d")).expect("mkdir");
@@ -1003,23 +1002,8 @@ mod tests {
         let real = fs::File::open(root.join("d")).expect("open d");
         let real_f = PathBuf::from(format!("/proc/self/fd/{}/f", real.as_raw_fd()));
 
-        let stop = AtomicBool::new(false);
-        let swaps = AtomicU64::new(0);
-        let (mut looked, mut removed) = (0u32, 0u32);
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                while !stop.load(Ordering::Relaxed) {
-                    rustix::fs::renameat_with(
-                        rustix::fs::CWD,
-                        root.join("d"),
-                        rustix::fs::CWD,
-                        &link,
-                        rustix::fs::RenameFlags::EXCHANGE,
-                    )
-                    .expect("exchange");
-                    swaps.fetch_add(1, Ordering::Relaxed);
-                }
-            });
+        let ((looked, removed), swaps) = crate::testkit::exchanging(&root.join("d"), &link, || {
+            let (mut looked, mut removed) = (0u32, 0u32);
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
             while std::time::Instant::now() < deadline && real_f.exists() {
                 // Refused outright while d is the symlink.
@@ -1028,9 +1012,8 @@ mod tests {
                     removed += u32::from(found == IfUnchanged::Done);
                 }
             }
-            stop.store(true, Ordering::Relaxed);
+            (looked, removed)
         });
-        let swaps = swaps.load(Ordering::Relaxed);
         assert_eq!(
             fs::read(&real_f).ok().as_deref(),
             Some(&b"edited on R"[..]),

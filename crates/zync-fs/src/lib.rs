@@ -19,6 +19,8 @@ pub mod path;
 pub mod private;
 pub mod scan;
 mod space;
+#[cfg(test)]
+mod testkit;
 pub mod token;
 pub mod umask;
 pub mod watch;
