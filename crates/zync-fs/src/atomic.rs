@@ -801,38 +801,28 @@ mod tests {
     /// followed by a rename in the real directory replaced it.
     #[test]
     fn install_if_unchanged_never_replaces_a_file_seen_through_a_swapped_directory() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let root = tmp.path().join("root");
-        fs::create_dir_all(root.join("d")).expect("mkdir");
-        fs::write(root.join("d/f"), b"edited on R").expect("write");
-        let theirs = tmp.path().join("theirs");
-        fs::create_dir(&theirs).expect("mkdir");
-        fs::write(theirs.join("f"), b"as synced").expect("write");
-        let link = tmp.path().join("link");
-        symlink(&theirs, &link).expect("symlink");
-        // What a look by path at d/f returns while d is the symlink.
-        let seen = crate::lstat(&theirs.join("f")).expect("lstat");
+        let bait = crate::testkit::Bait::new(b"edited on R", b"as synced");
+        let (root, link, theirs, seen) = (&bait.root, &bait.link, &bait.theirs, &bait.seen);
 
-        let ((installed, tries), swaps) =
-            crate::testkit::exchanging(&root.join("d"), &link, || {
-                let (mut installed, mut tries) = (0u32, 0u32);
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-                while std::time::Instant::now() < deadline {
-                    // The temp file can be made only while d is the real directory.
-                    let Ok(mut file) = AtomicFile::create(&root, &rel("d/f")) else {
-                        continue;
-                    };
-                    tries += 1;
-                    file.write(b"E's version").expect("write");
-                    let sealed = file
-                        .seal(&hash_bytes(b"E's version"), 0o644, 0)
-                        .expect("seal");
-                    if let Ok(None) = sealed.install_if_unchanged(&seen) {
-                        installed += 1;
-                    }
+        let ((installed, tries), swaps) = crate::testkit::exchanging(&root.join("d"), link, || {
+            let (mut installed, mut tries) = (0u32, 0u32);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while std::time::Instant::now() < deadline {
+                // The temp file can be made only while d is the real directory.
+                let Ok(mut file) = AtomicFile::create(root, &rel("d/f")) else {
+                    continue;
+                };
+                tries += 1;
+                file.write(b"E's version").expect("write");
+                let sealed = file
+                    .seal(&hash_bytes(b"E's version"), 0o644, 0)
+                    .expect("seal");
+                if let Ok(None) = sealed.install_if_unchanged(seen) {
+                    installed += 1;
                 }
-                (installed, tries)
-            });
+            }
+            (installed, tries)
+        });
         assert!(swaps > 100, "the swapper barely ran");
         assert!(tries > 20, "only {tries} temp files were made");
         // The real directory is at d or at link, whichever the last exchange left.

@@ -988,26 +988,17 @@ mod tests {
     /// then removed the edit.
     #[test]
     fn an_edit_is_never_removed_because_a_look_went_through_a_swapped_directory() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let root = tmp.path().join("root");
-        fs::create_dir_all(root.join("d")).expect("mkdir");
-        fs::write(root.join("d/f"), b"edited on R").expect("write");
-        let theirs = tmp.path().join("theirs");
-        fs::create_dir(&theirs).expect("mkdir");
-        fs::write(theirs.join("f"), b"as synced").expect("write");
-        let link = tmp.path().join("link");
-        symlink(&theirs, &link).expect("symlink");
-        // What a look by path at d/f returns while d is the symlink.
-        let seen = crate::lstat(&theirs.join("f")).expect("lstat");
+        let bait = crate::testkit::Bait::new(b"edited on R", b"as synced");
+        let (root, link, seen) = (&bait.root, &bait.link, &bait.seen);
         let real = fs::File::open(root.join("d")).expect("open d");
         let real_f = PathBuf::from(format!("/proc/self/fd/{}/f", real.as_raw_fd()));
 
-        let ((looked, removed), swaps) = crate::testkit::exchanging(&root.join("d"), &link, || {
+        let ((looked, removed), swaps) = crate::testkit::exchanging(&root.join("d"), link, || {
             let (mut looked, mut removed) = (0u32, 0u32);
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
             while std::time::Instant::now() < deadline && real_f.exists() {
                 // Refused outright while d is the symlink.
-                if let Ok(found) = remove_if_unchanged(&root, &rel("d/f"), &seen) {
+                if let Ok(found) = remove_if_unchanged(root, &rel("d/f"), seen) {
                     looked += 1;
                     removed += u32::from(found == IfUnchanged::Done);
                 }

@@ -35,3 +35,41 @@ pub(crate) fn exchanging<T>(a: &Path, b: &Path, body: impl FnOnce() -> T) -> (T,
     });
     (out, swaps.load(Ordering::Relaxed))
 }
+
+/// A root whose `d/f` was edited on this machine, and another user's directory `theirs`,
+/// reachable through the symlink `link`, whose `f` is what was synced.
+pub(crate) struct Bait {
+    /// Keeps the files.
+    pub _tmp: tempfile::TempDir,
+    /// The synced root.
+    pub root: std::path::PathBuf,
+    /// The symlink to their directory, to exchange with `root/d`.
+    pub link: std::path::PathBuf,
+    /// Their directory.
+    pub theirs: std::path::PathBuf,
+    /// What a look by path at `root/d/f` returns while `d` is the symlink.
+    pub seen: crate::Stat,
+}
+
+impl Bait {
+    /// `root/d/f` holds `edit`; their `f` holds `synced`.
+    pub(crate) fn new(edit: &[u8], synced: &[u8]) -> Bait {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("d")).expect("mkdir");
+        std::fs::write(root.join("d/f"), edit).expect("write");
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        std::fs::write(theirs.join("f"), synced).expect("write");
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&theirs, &link).expect("symlink");
+        let seen = crate::lstat(&theirs.join("f")).expect("lstat");
+        Bait {
+            _tmp: tmp,
+            root,
+            link,
+            theirs,
+            seen,
+        }
+    }
+}
