@@ -217,14 +217,19 @@ pub fn write_from(
     mode: u32,
     mtime_ns: i64,
 ) -> anyhow::Result<()> {
-    write_checked(root, rel, src, sha256, mode, mtime_ns, |_, _| Ok(()))
+    copy_beside(root, rel, src)?.commit(sha256, mode, mtime_ns)?;
+    fsync_dir_beneath(root, rel.parent().as_ref())?;
+    Ok(())
 }
 
 /// As [`write_from`], but only while E still has `expected` at `rel`: it is looked at after
 /// the copy, right before the rename, through the directory handle the rename goes through
-/// ([`probe::probe_in`]). So an edit saved on E while a large file was being copied is never
-/// replaced unseen, even when another local user swaps one of E's directories for a symlink
-/// to a copy of what was expected just as the look is made (invariants 3 and 5).
+/// ([`probe::probe_seen`], which reads a file whole and looks again if it changed meanwhile),
+/// and the rename replaces only the entry that was looked at ([`Dir::replace_if`]). So an
+/// edit saved on E while a large file was being copied, or while it was being checked, is
+/// never replaced unseen, even when another local user swaps one of E's directories for a
+/// symlink or a directory of their own holding a copy of what was expected (invariants 3
+/// and 5).
 ///
 /// # Errors
 ///
@@ -241,39 +246,52 @@ pub fn replace_if_unchanged(
     expected: &Current,
     changed: impl FnOnce() -> anyhow::Error,
 ) -> anyhow::Result<()> {
-    write_checked(root, rel, src, sha256, mode, mtime_ns, |dir, name| {
-        if probe::probe_in(dir, name)? != *expected {
-            return Err(changed());
+    let file = copy_beside(root, rel, src)?;
+    let placed = file.commit_if(sha256, mode, mtime_ns, |dir, name| {
+        let (now, seen) = probe::probe_seen(dir, name)?;
+        if now != *expected {
+            return Err(anyhow::Error::new(Changed));
         }
-        Ok(())
-    })
+        Ok(seen)
+    });
+    match placed {
+        Ok(zync_fs::IfUnchanged::Done) => {}
+        Ok(_) => return Err(changed()),
+        Err(e) if e.is::<Changed>() => return Err(changed()),
+        Err(e) => return Err(e),
+    }
+    fsync_dir_beneath(root, rel.parent().as_ref())?;
+    Ok(())
 }
 
-/// [`write_from`], renaming only if `check` passes (given the directory handle the rename
-/// goes through and the file's name in it).
-fn write_checked(
-    root: &Path,
-    rel: &RelPath,
-    src: &Path,
-    sha256: &str,
-    mode: u32,
-    mtime_ns: i64,
-    check: impl FnOnce(&Dir, &str) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+/// What a check before a rename found: E's file is not what was expected.
+#[derive(Debug)]
+struct Changed;
+
+impl std::fmt::Display for Changed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("E's file changed")
+    }
+}
+
+impl std::error::Error for Changed {}
+
+/// Copies `src` (a regular file, never followed through a symlink) into a new temp file
+/// beside `root/rel`, ready to commit.
+fn copy_beside(root: &Path, rel: &RelPath, src: &Path) -> anyhow::Result<AtomicFile> {
     let mut from = open_regular(src).with_context(|| format!("cannot read {}", src.display()))?;
     let mut file = AtomicFile::create(root, rel)?;
     if let Ok(meta) = from.metadata() {
         file.reserve(meta.len())?;
     }
     copy_hashing(&mut from, |data| file.write(data).map_err(Into::into))?;
-    file.commit_if(sha256, mode, mtime_ns, check)?;
-    fsync_dir_beneath(root, rel.parent().as_ref())?;
-    Ok(())
+    Ok(file)
 }
 
 /// Removes E's file `root/rel` (never through a symlinked parent) only while it is still
 /// `expected`, looked at through the directory handle the unlink goes through
-/// ([`probe::probe_in`], as [`replace_if_unchanged`] does), and fsyncs its directory.
+/// ([`probe::probe_in`], as [`replace_if_unchanged`] does), and fsyncs its directory. Nothing
+/// there is fine: there is nothing to remove.
 ///
 /// # Errors
 ///
@@ -286,8 +304,11 @@ pub fn remove_if_unchanged(
     changed: impl FnOnce() -> anyhow::Error,
 ) -> anyhow::Result<()> {
     let dir = Dir::parent_of(root, rel)?;
-    if probe::probe_in(&dir, rel.file_name())? != *expected {
-        return Err(changed());
+    match probe::probe_in(&dir, rel.file_name())? {
+        // Nothing left to remove.
+        Current::Missing => return Ok(()),
+        now if now != *expected => return Err(changed()),
+        _ => {}
     }
     match dir.unlink(rel.file_name()) {
         Ok(()) => {}
@@ -536,13 +557,19 @@ mod tests {
                     swaps.fetch_add(1, Ordering::Relaxed);
                 }
             });
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            while std::time::Instant::now() < deadline {
+            // At least 2 s and 50 checks (a loaded machine flushes slowly), at most 20 s.
+            let started = std::time::Instant::now();
+            let enough = |checked: u32| {
+                let spent = started.elapsed();
+                spent > std::time::Duration::from_secs(20)
+                    || (spent > std::time::Duration::from_secs(2) && checked >= 50)
+            };
+            while !enough(checked) {
                 // While d is the symlink the change is refused before any check.
                 match op(&root, &expected) {
                     Ok(()) => checked += 1,
                     Err(e) if e.to_string() == "changed" => checked += 1,
-                    Err(_) => continue,
+                    Err(_) => {}
                 }
                 if std::fs::read(&real_f).ok().as_deref() != Some(&b"edited on E"[..]) {
                     edits_replaced += 1;
@@ -608,6 +635,60 @@ mod tests {
     #[test]
     fn an_edit_is_never_removed_because_a_look_was_made_in_a_directory_swapped_in() {
         assert_edit_survives(false, remove);
+    }
+
+    /// E's user saves `f` (a new file renamed over it, as editors do) at moments swept across
+    /// the apply's last check, which reads the whole 32 MiB file E had. A save landing while
+    /// the check reads must make it look again, not approve the version it started reading:
+    /// R's version would then replace the save.
+    #[test]
+    fn a_save_on_e_while_the_last_check_reads_the_file_is_never_replaced() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).expect("mkdir");
+        let mut big = vec![0u8; 32 << 20];
+        for (i, b) in big.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let master = tmp.path().join("master");
+        std::fs::write(&master, &big).expect("write");
+        std::fs::copy(&master, root.join("f")).expect("copy");
+        let expected = probe::probe(&root, &rel("f")).expect("probe");
+        let src = tmp.path().join("staged");
+        std::fs::write(&src, b"R's version").expect("write");
+        let sha = zync_fs::hash_bytes(b"R's version");
+        let (mut lost, mut refused) = (0u32, 0u32);
+        // Delays from 0 to 60 ms after the apply starts, in steps of 0.5 ms.
+        for step in 0..120u64 {
+            let _ = std::fs::remove_file(root.join("f"));
+            std::fs::hard_link(&master, root.join("f")).expect("link");
+            let save = root.join(".save");
+            std::fs::write(&save, b"saved on E").expect("write");
+            let start = std::time::Instant::now();
+            let at = std::time::Duration::from_micros(step * 500);
+            let result = std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    // The other side of the race: the save lands at `at`.
+                    while start.elapsed() < at {
+                        std::hint::spin_loop();
+                    }
+                    std::fs::rename(&save, root.join("f")).expect("save");
+                });
+                replace_if_unchanged(&root, &rel("f"), &src, &sha, 0o644, 0, &expected, || {
+                    anyhow::anyhow!("changed")
+                })
+            });
+            match std::fs::read(root.join("f")).expect("read").as_slice() {
+                b"R's version" => lost += 1,
+                b"saved on E" => refused += u32::from(result.is_err()),
+                other => panic!("f holds {} bytes of something else", other.len()),
+            }
+        }
+        assert_eq!(
+            lost, 0,
+            "the save was replaced {lost} times in 120 ({refused} refused)"
+        );
+        assert!(refused > 0, "no save landed before the check");
     }
 
     #[test]

@@ -90,59 +90,76 @@ pub fn probe(root: &Path, rel: &RelPath) -> anyhow::Result<Current> {
 }
 
 /// Looks at the entry `name` of `dir` through that handle (never by path, never following a
-/// symlink): the entry is opened relative to the handle, and a regular file is hashed from
-/// that descriptor, so what is described is what stands in that directory even when another
-/// user swaps one of its parents for a symlink meanwhile. A check made right before a rename
-/// through the same handle ([`zync_fs::AtomicFile::commit_if`]) therefore judges the file the
-/// rename would replace.
+/// symlink): the entry is looked at and opened relative to the handle, and a regular file is
+/// hashed from that descriptor, so what is described is what stands in that directory even
+/// when another user swaps one of its parents for a symlink meanwhile. A file is described
+/// only if the same file, unchanged, still stands at the name once it was read: an editor's
+/// save during the read (in place, or a new file renamed over it) makes it look again. A
+/// check made right before a rename through the same handle
+/// ([`zync_fs::AtomicFile::commit_if`]) therefore judges the file the rename would replace.
+/// Only a regular file is opened: a fifo or device is never opened, so cannot block or
+/// react.
 ///
 /// # Errors
 ///
 /// An I/O error other than "not found".
 pub fn probe_in(dir: &Dir, name: &str) -> anyhow::Result<Current> {
+    probe_seen(dir, name).map(|(current, _)| current)
+}
+
+/// As [`probe_in`], and also the entry as [`zync_fs::lstat`] describes it (for a file: the
+/// one that was read), for a rename that must replace only that entry
+/// ([`Dir::replace_if`]).
+///
+/// # Errors
+///
+/// As [`probe_in`].
+pub fn probe_seen(dir: &Dir, name: &str) -> anyhow::Result<(Current, Stat)> {
     let path = dir.path_of(name);
-    // A file replaced by something else between the look and the open is looked at again; a
-    // few times at most, then it is reported as what it was last.
+    let look = || {
+        dir.lstat(name)
+            .with_context(|| format!("cannot inspect {}", path.display()))
+    };
+    // A file that keeps changing while it is read is looked at a few times, then reported.
     for _ in 0..3 {
+        let seen = match look()? {
+            Stat::Entry(m) if m.kind == Kind::File => m,
+            Stat::Missing => return Ok((Current::Missing, Stat::Missing)),
+            Stat::Entry(m) => {
+                let what = match &m.target {
+                    Some(target) => {
+                        format!("a symlink (to {})", zync_cli::visible::line(target))
+                    }
+                    None => format!("a {}", m.kind.as_str()),
+                };
+                return Ok((Current::Other(what), Stat::Entry(m)));
+            }
+            Stat::Unsupported(what) => {
+                return Ok((Current::Other(format!("a {what}")), Stat::Unsupported(what)))
+            }
+        };
         let opened = dir
             .open_file_to_read(name)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        if let Some(mut opened) = opened {
-            let mode = opened
-                .file
-                .metadata()
-                .with_context(|| format!("cannot inspect {}", path.display()))?
-                .mode();
-            let (sha256, size) = zync_fs::hash_open(&mut opened.file, opened.size)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            return Ok(Current::File {
-                sha256,
-                size,
-                mode: mode & 0o7777,
-            });
-        }
-        let stat = dir
-            .lstat(name)
-            .with_context(|| format!("cannot inspect {}", path.display()))?;
-        match stat {
-            Stat::Missing => return Ok(Current::Missing),
-            // Not a file when opened, a file now: look again.
-            Stat::Entry(m) if m.kind == Kind::File => continue,
-            Stat::Entry(m) => {
-                return Ok(match &m.target {
-                    Some(target) => Current::Other(format!(
-                        "a symlink (to {})",
-                        zync_cli::visible::line(target)
-                    )),
-                    None => Current::Other(format!("a {}", m.kind.as_str())),
-                })
-            }
-            Stat::Unsupported(what) => return Ok(Current::Other(format!("a {what}"))),
+        // Replaced by something else since the look: look again.
+        let Some(mut opened) = opened else { continue };
+        let inode = opened
+            .file
+            .metadata()
+            .with_context(|| format!("cannot inspect {}", path.display()))?
+            .ino();
+        let (sha256, size) = zync_fs::hash_open(&mut opened.file, opened.size)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let read_whole =
+            inode == seen.inode && size == seen.size && opened.mtime_ns == seen.mtime_ns;
+        let mode = seen.mode;
+        let seen = Stat::Entry(seen);
+        if read_whole && look()? == seen {
+            return Ok((Current::File { sha256, size, mode }, seen));
         }
     }
-    Ok(Current::Other(
-        "a file that kept being replaced while it was looked at".to_string(),
-    ))
+    let changing = "a file that kept changing while it was read".to_string();
+    Ok((Current::Other(changing), Stat::Missing))
 }
 
 /// Opens a regular file for reading, refusing a symlink (`O_NOFOLLOW`) and never blocking on

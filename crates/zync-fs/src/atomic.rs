@@ -4,7 +4,7 @@
 //! removed relative to it, so no symlinked parent is ever followed (invariant 3).
 
 use crate::attrs::set_file_mtime;
-use crate::beneath::{Dir, Parents};
+use crate::beneath::{Dir, IfUnchanged, Parents};
 use crate::hash::Hasher;
 use crate::ignore::TEMP_PREFIX;
 use crate::meta::Stat;
@@ -480,28 +480,44 @@ impl AtomicFile {
     /// [`FsError::HashMismatch`] when the content does not match (the temp file is removed, the
     /// destination untouched); [`FsError::Io`] otherwise. On any error the temp file is removed.
     pub fn commit(self, expected_sha256: &str, mode: u32, mtime_ns: i64) -> Result<(), FsError> {
-        self.rename_into_place(expected_sha256, mode, mtime_ns, true, |_, _| Ok(()))
+        self.rename_into_place(expected_sha256, mode, mtime_ns, true)
     }
 
-    /// As [`AtomicFile::commit`], but `check` runs after the flush, right before the rename,
-    /// with the directory handle the rename goes through and the destination's name in it;
-    /// when it fails nothing is renamed (the temp file is removed) and its error is returned.
-    /// A caller that must not replace what changed at the destination looks through that
-    /// handle ([`Dir::lstat`], [`Dir::open_file_to_read`]): a look by path could be led into
-    /// another directory by a parent swapped for a symlink, and approve a rename that then
-    /// replaces a file it never saw.
+    /// As [`AtomicFile::commit`], but only over what `check` approves. `check` runs after the
+    /// flush, right before the rename, with the directory handle the rename goes through and
+    /// the destination's name in it, and returns what it approved replacing (as
+    /// [`crate::lstat`] describes it; [`Stat::Missing`] for nothing); the rename then happens
+    /// only if that still stands there, with no moment between the last look and the rename
+    /// ([`Dir::replace_if`]). Returns [`IfUnchanged::Done`] when the file took its name;
+    /// otherwise nothing was replaced and the temp file is removed. A caller that must not
+    /// replace what changed looks through that handle ([`Dir::lstat`],
+    /// [`Dir::open_file_to_read`]): a look by path could be led into another directory by a
+    /// parent swapped for a symlink, and approve a file it never saw.
     ///
     /// # Errors
     ///
-    /// As [`AtomicFile::commit`], or `check`'s error.
+    /// As [`AtomicFile::commit`], or `check`'s error (nothing renamed, the temp removed).
     pub fn commit_if<E: From<FsError>>(
         self,
         expected_sha256: &str,
         mode: u32,
         mtime_ns: i64,
-        check: impl FnOnce(&Dir, &str) -> Result<(), E>,
-    ) -> Result<(), E> {
-        self.rename_into_place(expected_sha256, mode, mtime_ns, true, check)
+        check: impl FnOnce(&Dir, &str) -> Result<Stat, E>,
+    ) -> Result<IfUnchanged, E> {
+        let (rel, dest) = (self.rel.clone(), self.dest.clone());
+        let temp = self.finish(expected_sha256, mode, mtime_ns)?;
+        temp.file
+            .sync_all()
+            .map_err(|e| FsError::io("flush the new content of", &dest, e))?;
+        let approved = check(&temp.dir, rel.file_name())?;
+        let placed = temp
+            .dir
+            .replace_if(&temp.name, rel.file_name(), &approved)
+            .map_err(|e| FsError::io("rename a temp file to", &dest, e))?;
+        if placed == IfUnchanged::Done {
+            temp.disarm();
+        }
+        Ok(placed)
     }
 
     /// As [`AtomicFile::commit`] without the flush: the file takes its name at once, and is
@@ -518,19 +534,17 @@ impl AtomicFile {
         mode: u32,
         mtime_ns: i64,
     ) -> Result<(), FsError> {
-        self.rename_into_place(expected_sha256, mode, mtime_ns, false, |_, _| Ok(()))
+        self.rename_into_place(expected_sha256, mode, mtime_ns, false)
     }
 
-    /// [`AtomicFile::commit`], flushing the content first or not, renaming only if `check`
-    /// passes.
-    fn rename_into_place<E: From<FsError>>(
+    /// [`AtomicFile::commit`], flushing the content first or not.
+    fn rename_into_place(
         self,
         expected_sha256: &str,
         mode: u32,
         mtime_ns: i64,
         flush: bool,
-        check: impl FnOnce(&Dir, &str) -> Result<(), E>,
-    ) -> Result<(), E> {
+    ) -> Result<(), FsError> {
         let (rel, dest) = (self.rel.clone(), self.dest.clone());
         let temp = self.finish(expected_sha256, mode, mtime_ns)?;
         if flush {
@@ -538,7 +552,6 @@ impl AtomicFile {
                 .sync_all()
                 .map_err(|e| FsError::io("flush the new content of", &dest, e))?;
         }
-        check(&temp.dir, rel.file_name())?;
         temp.dir
             .rename(&temp.name, &temp.dir, rel.file_name())
             .map_err(|e| FsError::io("rename a temp file to", &dest, e))?;
@@ -667,24 +680,28 @@ impl Sealed {
     /// [`crate::lstat`] described it when the change was planned); returns the file back, not
     /// renamed, when something else is there now (an edit made meanwhile, for the caller to
     /// keep before [`Sealed::install`]). The look and the rename go through one handle of the
-    /// destination's directory, reached without following symlinks: a directory swapped for
+    /// destination's directory, reached without following symlinks (a directory swapped for
     /// a symlink between a look by path and the rename could make the look see a file outside
-    /// the root that matches `expected` while the rename replaced the edited one. Call only
-    /// after the content was made durable.
+    /// the root that matches `expected` while the rename replaced the edited one), with no
+    /// moment between them ([`Dir::replace_if`]). Call only after the content was made
+    /// durable.
     ///
     /// # Errors
     ///
     /// As [`Sealed::install`], and when the destination cannot be looked at.
     pub fn install_if_unchanged(mut self, expected: &Stat) -> Result<Option<Sealed>, FsError> {
         let dir = Dir::parent_of(&self.root, &self.rel)?;
-        let now = dir
-            .lstat(self.rel.file_name())
-            .map_err(|e| FsError::io("inspect", &self.dest, e))?;
-        if now != *expected {
-            return Ok(Some(self));
+        let name = self.name.as_deref().unwrap_or_default();
+        match dir
+            .replace_if(name, self.rel.file_name(), expected)
+            .map_err(|e| FsError::io("rename a temp file to", &self.dest, e))?
+        {
+            IfUnchanged::Done => {
+                self.name = None;
+                Ok(None)
+            }
+            IfUnchanged::Gone | IfUnchanged::Changed => Ok(Some(self)),
         }
-        self.rename_in(&dir)?;
-        Ok(None)
     }
 
     /// Renames the file into place only if nothing is at its destination: for a file planned
@@ -757,6 +774,35 @@ fn partial_name(rel: &RelPath, sha256: &str) -> String {
 /// As [`check_parents`]; [`FsError::Io`] when the link cannot be made or renamed (for example
 /// when `root/rel` is a directory).
 pub fn replace_with_symlink(root: &Path, rel: &RelPath, target: &str) -> Result<(), FsError> {
+    symlink_into_place(root, rel, target, None).map(drop)
+}
+
+/// As [`replace_with_symlink`], only if what stands at `root/rel` is still `expected` (as
+/// [`crate::lstat`] described it when the change was planned), looked at through the handle
+/// the rename goes through; where nothing was expected, the rename itself refuses to replace
+/// anything that appeared since. Returns false, with nothing changed, when something else
+/// stands there now (an edit, for the caller to keep first).
+///
+/// # Errors
+///
+/// As [`replace_with_symlink`], and when the destination cannot be looked at.
+pub fn replace_with_symlink_if_unchanged(
+    root: &Path,
+    rel: &RelPath,
+    target: &str,
+    expected: &Stat,
+) -> Result<bool, FsError> {
+    symlink_into_place(root, rel, target, Some(expected))
+}
+
+/// Makes the link under a temp name beside `root/rel` and renames it over `rel` (only over
+/// `expected`, when given); false when the destination was not as expected.
+fn symlink_into_place(
+    root: &Path,
+    rel: &RelPath,
+    target: &str,
+    expected: Option<&Stat>,
+) -> Result<bool, FsError> {
     let dest = rel.to_path(root);
     let dir = Dir::parent_of(root, rel)?;
     let name = loop {
@@ -767,11 +813,31 @@ pub fn replace_with_symlink(root: &Path, rel: &RelPath, target: &str) -> Result<
             Err(e) => return Err(FsError::io("create a temp symlink in", dir.path(), e)),
         }
     };
-    if let Err(e) = dir.rename(&name, &dir, rel.file_name()) {
+    let to = rel.file_name();
+    let placed = (|| -> std::io::Result<bool> {
+        let as_expected = match expected {
+            None => true,
+            Some(Stat::Missing) => match dir.rename_noreplace(&name, &dir, to) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                // The file system cannot refuse: look, then rename.
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                    dir.lstat(to)? == Stat::Missing
+                }
+                Err(e) => return Err(e),
+            },
+            Some(expected) => dir.lstat(to)? == *expected,
+        };
+        if !as_expected {
+            return Ok(false);
+        }
+        dir.rename(&name, &dir, to)?;
+        Ok(true)
+    })();
+    if !matches!(placed, Ok(true)) {
         let _ = dir.unlink(&name);
-        return Err(FsError::io("rename a temp symlink to", &dest, e));
     }
-    Ok(())
+    placed.map_err(|e| FsError::io("rename a temp symlink to", &dest, e))
 }
 
 #[cfg(test)]
@@ -1073,6 +1139,31 @@ mod tests {
         f.commit(&hash_bytes(b"data"), 0o644, 0).expect("commit");
         assert_eq!(fs::read(&victim).expect("read"), b"precious");
         assert!(fs::symlink_metadata(r.join("f")).expect("stat").is_file());
+    }
+
+    #[test]
+    fn a_symlink_replaces_only_what_was_planned_over() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        fs::write(r.join("f"), b"as synced").expect("write");
+        let seen = crate::lstat(&r.join("f")).expect("lstat");
+        fs::write(r.join("f"), b"edited since").expect("edit");
+        assert!(!replace_with_symlink_if_unchanged(r, &rel("f"), "t", &seen).expect("look"));
+        assert_eq!(fs::read(r.join("f")).expect("read"), b"edited since");
+        let now = crate::lstat(&r.join("f")).expect("lstat");
+        assert!(replace_with_symlink_if_unchanged(r, &rel("f"), "t", &now).expect("replace"));
+        assert_eq!(fs::read_link(r.join("f")).expect("link"), Path::new("t"));
+        // Planned where R had nothing: whatever appeared is not replaced.
+        fs::write(r.join("g"), b"appeared").expect("write");
+        assert!(
+            !replace_with_symlink_if_unchanged(r, &rel("g"), "t", &Stat::Missing).expect("look")
+        );
+        assert_eq!(fs::read(r.join("g")).expect("read"), b"appeared");
+        assert!(
+            replace_with_symlink_if_unchanged(r, &rel("h"), "t", &Stat::Missing).expect("make")
+        );
+        assert_eq!(fs::read_link(r.join("h")).expect("link"), Path::new("t"));
+        assert!(temps(r).is_empty(), "temp link left: {:?}", temps(r));
     }
 
     #[test]

@@ -431,6 +431,110 @@ impl Dir {
         }
     }
 
+    /// Exchanges the entries `a` and `b` of this directory atomically
+    /// (`renameat2(RENAME_EXCHANGE)`).
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` when either is missing; `Unsupported` where the file system cannot exchange;
+    /// another I/O error.
+    fn exchange(&self, a: &OsStr, b: &OsStr) -> io::Result<()> {
+        match rustix::fs::renameat_with(
+            &self.fd,
+            entry(a)?,
+            &self.fd,
+            entry(b)?,
+            rustix::fs::RenameFlags::EXCHANGE,
+        ) {
+            Ok(()) => Ok(()),
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                Err(io::ErrorKind::Unsupported.into())
+            }
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    /// Renames `from` over `to` (both in this directory) only if what stands at `to` is
+    /// `expected` (as [`crate::lstat`] describes it; [`Stat::Missing`] for nothing), with no
+    /// moment between the last look and the rename: the two are exchanged atomically
+    /// (`RENAME_EXCHANGE`) and what came out of `to` is looked at; if it is not `expected`
+    /// (an edit saved at that instant), it is exchanged back. Where nothing is expected the
+    /// rename itself refuses to replace (`RENAME_NOREPLACE`). On a file system that can do
+    /// neither, it looks, then renames. Returns [`IfUnchanged::Done`] when `from` took the
+    /// name (and what was at `to` is gone), else nothing was replaced and `from` is as it
+    /// was, for the caller to remove or keep.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error of the look or the rename.
+    pub fn replace_if(
+        &self,
+        from: impl AsRef<OsStr>,
+        to: impl AsRef<OsStr>,
+        expected: &Stat,
+    ) -> io::Result<IfUnchanged> {
+        let (from, to) = (from.as_ref(), to.as_ref());
+        let look = || -> io::Result<IfUnchanged> {
+            Ok(match self.lstat(to)? {
+                Stat::Missing if *expected != Stat::Missing => IfUnchanged::Gone,
+                now if now == *expected => IfUnchanged::Done,
+                _ => IfUnchanged::Changed,
+            })
+        };
+        if *expected == Stat::Missing {
+            match self.rename_noreplace(from, self, to) {
+                Ok(()) => return Ok(IfUnchanged::Done),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Ok(IfUnchanged::Changed)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
+                Err(e) => return Err(e),
+            }
+        } else {
+            let ours = self.lstat(from)?;
+            match self.exchange(from, to) {
+                Ok(()) => {
+                    // `from` now names what stood at `to`.
+                    let displaced = match self.lstat(from) {
+                        Ok(displaced) => displaced,
+                        Err(e) => {
+                            let _ = self.exchange(from, to);
+                            return Err(e);
+                        }
+                    };
+                    if displaced == *expected {
+                        self.unlink(from)?;
+                        return Ok(IfUnchanged::Done);
+                    }
+                    // An edit: it goes back. Should a second save have replaced our file at
+                    // `to` meanwhile, `from` is not ours after the exchange back: exchanging
+                    // once more leaves the newest save at `to`, and at `from` the earlier one
+                    // it superseded.
+                    self.exchange(from, to)?;
+                    if self.lstat(from)? != ours {
+                        self.exchange(from, to)?;
+                    }
+                    return Ok(IfUnchanged::Changed);
+                }
+                // Nothing at `to` (or `from` gone, which is an error).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if self.lstat(from)? == Stat::Missing {
+                        return Err(e);
+                    }
+                    return Ok(IfUnchanged::Gone);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match look()? {
+            IfUnchanged::Done => {}
+            other => return Ok(other),
+        }
+        self.rename(from, self, to)?;
+        Ok(IfUnchanged::Done)
+    }
+
     /// Removes the file or symlink `name` (`unlinkat`).
     ///
     /// # Errors
@@ -779,10 +883,10 @@ fn look_again(
     let now = dir
         .lstat(rel.file_name())
         .map_err(|e| FsError::io("inspect", rel.to_path(root), e))?;
-    Ok(if now == *expected {
-        IfUnchanged::Done
-    } else if now == Stat::Missing {
+    Ok(if now == Stat::Missing {
         IfUnchanged::Gone
+    } else if now == *expected {
+        IfUnchanged::Done
     } else {
         IfUnchanged::Changed
     })
@@ -933,6 +1037,55 @@ mod tests {
 
     fn rel(s: &str) -> RelPath {
         RelPath::parse(s).expect("valid test path")
+    }
+
+    #[test]
+    fn replace_if_renames_over_only_the_entry_expected() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        let dir = Dir::open_root(r).expect("open");
+        fs::write(r.join("f"), b"as seen").expect("write");
+        let seen = crate::lstat(&r.join("f")).expect("lstat");
+        // An editor's save: a new file renamed over f.
+        fs::write(r.join("save"), b"saved").expect("write");
+        fs::rename(r.join("save"), r.join("f")).expect("rename");
+        fs::write(r.join("ours"), b"ours").expect("write");
+        assert_eq!(
+            dir.replace_if("ours", "f", &seen).expect("replace"),
+            IfUnchanged::Changed
+        );
+        assert_eq!(fs::read(r.join("f")).expect("read"), b"saved");
+        assert_eq!(fs::read(r.join("ours")).expect("read"), b"ours");
+        let now = crate::lstat(&r.join("f")).expect("lstat");
+        assert_eq!(
+            dir.replace_if("ours", "f", &now).expect("replace"),
+            IfUnchanged::Done
+        );
+        assert_eq!(fs::read(r.join("f")).expect("read"), b"ours");
+        let names: Vec<_> = fs::read_dir(r).expect("list").flatten().collect();
+        assert_eq!(names.len(), 1, "only f is left: {names:?}");
+        // Where nothing was expected, nothing is replaced.
+        fs::write(r.join("ours"), b"ours").expect("write");
+        assert_eq!(
+            dir.replace_if("ours", "f", &Stat::Missing)
+                .expect("replace"),
+            IfUnchanged::Changed
+        );
+        assert_eq!(
+            dir.replace_if("ours", "g", &Stat::Missing)
+                .expect("replace"),
+            IfUnchanged::Done
+        );
+        assert_eq!(fs::read(r.join("g")).expect("read"), b"ours");
+        // Expected a file, found nothing.
+        fs::write(r.join("ours"), b"ours").expect("write");
+        assert_eq!(
+            dir.replace_if("ours", "h", &now).expect("replace"),
+            IfUnchanged::Gone
+        );
+        assert!(!r.join("h").exists());
+        // Our own file gone is an error, not a look.
+        assert!(dir.replace_if("nothing", "f", &now).is_err());
     }
 
     #[test]
