@@ -104,11 +104,24 @@ impl Place {
                 Ok(Outcome::Done(Record::Set(rel.to_string(), record)))
             }
             Step::Symlink { clear, record } => {
-                if let Some(clear) = clear {
-                    self.clear(known, &rel, clear, &at.stat)?;
-                }
+                // What the rename may replace: a file or link as synced, or nothing once
+                // cleared. Anything else there now (an edit since the plan's look) is kept.
+                let before = match clear {
+                    Some(clear) => {
+                        self.clear(known, &rel, clear, &at.stat)?;
+                        Stat::Missing
+                    }
+                    None => at.stat,
+                };
                 let target = record.target.as_deref().unwrap_or_default();
-                zync_fs::replace_with_symlink(self.root(), &rel, target)?;
+                if !zync_fs::replace_with_symlink_if_unchanged(self.root(), &rel, target, &before)?
+                {
+                    self.keep_local(
+                        &rel,
+                        "this path changed on R while E's symlink was on its way",
+                    )?;
+                    zync_fs::replace_with_symlink(self.root(), &rel, target)?;
+                }
                 self.changed(known, &rel);
                 Ok(Outcome::Done(Record::Set(rel.to_string(), record)))
             }
@@ -346,77 +359,116 @@ mod tests {
         RelPath::parse(s).expect("valid test path")
     }
 
-    /// What the planner gathered for `f`, as zync last wrote it.
-    fn here_as_synced(root: &Path) -> Here {
+    /// What the planner gathered about R's `f`, as zync last wrote it.
+    fn as_synced(root: &Path) -> Local {
         let sha = zync_fs::hash_bytes(SYNCED);
+        Local {
+            stat: zync_fs::lstat(&root.join("f")).expect("lstat"),
+            sha: Some(sha.clone()),
+            inflight: false,
+            synced: Some(Synced {
+                kind: zync_proto::Kind::File,
+                size: SYNCED.len() as u64,
+                mtime_ns: 0,
+                mode: 0o644,
+                sha256: Some(sha),
+                target: None,
+            }),
+        }
+    }
+
+    fn here(path: &str, parents: Vec<(RelPath, Local)>, at: Local) -> Here {
         Here {
-            rel: rel("f"),
-            parents: Vec::new(),
+            rel: rel(path),
+            parents,
             parents_real: true,
-            at: Local {
-                stat: zync_fs::lstat(&root.join("f")).expect("lstat"),
-                sha: Some(sha.clone()),
-                inflight: false,
-                synced: Some(Synced {
-                    kind: zync_proto::Kind::File,
-                    size: SYNCED.len() as u64,
-                    mtime_ns: 0,
-                    mode: 0o644,
-                    sha256: Some(sha),
-                    target: None,
-                }),
-            },
+            at,
             partials: false,
             sources: Vec::new(),
             umask: 0o022,
         }
     }
 
-    /// Each way a plan removes R's file as zync wrote it (E's deletion, a file set aside for
-    /// a copy, a file cleared for E's symlink) meets R's file edited after the plan's look.
-    /// The edit is kept as a conflict copy, never removed (invariant 4); a file still as the
-    /// plan saw it goes.
-    #[test]
-    fn a_file_edited_on_r_after_the_plan_looked_is_kept_not_removed() {
-        let steps = [
-            Step::Delete {
+    fn link_record() -> Synced {
+        Synced {
+            kind: zync_proto::Kind::Symlink,
+            size: 1,
+            mtime_ns: 0,
+            mode: 0,
+            sha256: None,
+            target: Some("t".to_string()),
+        }
+    }
+
+    /// Each plan that removes or replaces R's `f` as zync wrote it, as the planner makes it
+    /// from a look at `f` (`synced`).
+    fn plans(synced: impl Fn() -> Local) -> Vec<(&'static str, Here, Plan)> {
+        let delete = |removal| Plan {
+            parents: Vec::new(),
+            step: Step::Delete {
                 partials: false,
-                removal: Removal::Remove,
+                removal,
             },
-            Step::Delete {
-                partials: false,
-                removal: Removal::SetAside(zync_fs::hash_bytes(SYNCED)),
-            },
-            Step::Symlink {
-                clear: Some(Clear::Remove),
-                record: Synced {
-                    kind: zync_proto::Kind::Symlink,
-                    size: 1,
-                    mtime_ns: 0,
-                    mode: 0,
-                    sha256: None,
-                    target: Some("t".to_string()),
+        };
+        vec![
+            (
+                "E deleted f",
+                here("f", Vec::new(), synced()),
+                delete(Removal::Remove),
+            ),
+            (
+                "E renamed f: set aside for the copy",
+                here("f", Vec::new(), synced()),
+                delete(Removal::SetAside(zync_fs::hash_bytes(SYNCED))),
+            ),
+            (
+                "E replaced f with a symlink",
+                here("f", Vec::new(), synced()),
+                Plan {
+                    parents: Vec::new(),
+                    step: Step::Symlink {
+                        clear: None,
+                        record: link_record(),
+                    },
                 },
-            },
-        ];
-        for step in steps {
-            for edited in [false, true] {
+            ),
+            (
+                "E made f a directory holding a symlink",
+                here("f/l", vec![(rel("f"), synced())], Local::missing()),
+                Plan {
+                    parents: vec![MakeDir {
+                        rel: rel("f"),
+                        clear: Some(Clear::Remove),
+                    }],
+                    step: Step::Symlink {
+                        clear: None,
+                        record: link_record(),
+                    },
+                },
+            ),
+        ]
+    }
+
+    /// R's `f` edited after the plan's look meets each plan that would remove or replace it:
+    /// the edit is kept as a conflict copy, never lost (invariant 4). A file still as the plan
+    /// saw it goes without a copy.
+    #[test]
+    fn a_file_edited_on_r_after_the_plan_looked_is_kept_not_lost() {
+        const EDIT: &[u8] = b"edited on R after the look\n";
+        for edited in [false, true] {
+            for case in 0..plans(Local::missing).len() {
                 let tmp = tempfile::tempdir().expect("tempdir");
                 let root = tmp.path();
                 std::fs::write(root.join("f"), SYNCED).expect("write");
-                let here = here_as_synced(root);
+                let (what, here, plan) = plans(|| as_synced(root)).swap_remove(case);
                 if edited {
-                    std::fs::write(root.join("f"), b"edited on R after the look\n").expect("edit");
+                    std::fs::write(root.join("f"), EDIT).expect("edit");
                 }
                 let mut place = Place::new(root, "d");
                 let mut known = Known::default();
-                let plan = Plan {
-                    parents: Vec::new(),
-                    step: step.clone(),
-                };
                 place
                     .carry_out(&mut known, here, plan)
-                    .unwrap_or_else(|e| panic!("{step:?}: {e}"));
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
                 place.clear_stash(&mut known);
                 let conflicts = place.take_conflicts();
                 let kept: Vec<Vec<u8>> = conflicts
@@ -424,22 +476,48 @@ mod tests {
                     .map(|c| std::fs::read(root.join(c)).expect("read the copy"))
                     .collect();
                 if edited {
-                    assert_eq!(
-                        kept,
-                        vec![b"edited on R after the look\n".to_vec()],
-                        "{step:?}: the edit must be kept"
-                    );
+                    assert_eq!(kept, vec![EDIT.to_vec()], "{what}: the edit must be kept");
                 } else {
                     assert!(
                         kept.is_empty(),
-                        "{step:?}: nothing to keep, kept {conflicts:?}"
+                        "{what}: nothing to keep, kept {conflicts:?}"
                     );
                 }
                 assert!(
-                    std::fs::read(root.join("f")).map_or(true, |c| c != SYNCED),
-                    "{step:?}: zync's file stayed"
+                    std::fs::read(root.join("f")).map_or(true, |c| c != SYNCED && c != EDIT),
+                    "{what}: R's file is still at f"
                 );
             }
         }
+    }
+
+    /// A symlink planned where R had nothing never replaces a file that appeared since.
+    #[test]
+    fn a_symlink_planned_over_nothing_keeps_what_appeared_since() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        let here = here("f", Vec::new(), Local::missing());
+        std::fs::write(root.join("f"), b"appeared on R").expect("write");
+        let mut place = Place::new(root, "d");
+        let plan = Plan {
+            parents: Vec::new(),
+            step: Step::Symlink {
+                clear: None,
+                record: link_record(),
+            },
+        };
+        place
+            .carry_out(&mut Known::default(), here, plan)
+            .expect("carry out");
+        let conflicts = place.take_conflicts();
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!(
+            std::fs::read(root.join(&conflicts[0])).expect("read the copy"),
+            b"appeared on R"
+        );
+        assert_eq!(
+            std::fs::read_link(root.join("f")).expect("link"),
+            Path::new("t")
+        );
     }
 }
