@@ -97,8 +97,8 @@ pub fn probe(root: &Path, rel: &RelPath) -> anyhow::Result<Current> {
 /// save during the read (in place, or a new file renamed over it) makes it look again. A
 /// check made right before a rename through the same handle
 /// ([`zync_fs::AtomicFile::commit_if`]) therefore judges the file the rename would replace.
-/// Only a regular file is opened: a fifo or device is never opened, so cannot block or
-/// react.
+/// Only what the look saw as a regular file is opened, and without blocking: a fifo swapped
+/// in between cannot hold the check up.
 ///
 /// # Errors
 ///

@@ -814,26 +814,12 @@ fn symlink_into_place(
         }
     };
     let to = rel.file_name();
-    let placed = (|| -> std::io::Result<bool> {
-        let as_expected = match expected {
-            None => true,
-            Some(Stat::Missing) => match dir.rename_noreplace(&name, &dir, to) {
-                Ok(()) => return Ok(true),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-                // The file system cannot refuse: look, then rename.
-                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
-                    dir.lstat(to)? == Stat::Missing
-                }
-                Err(e) => return Err(e),
-            },
-            Some(expected) => dir.lstat(to)? == *expected,
-        };
-        if !as_expected {
-            return Ok(false);
-        }
-        dir.rename(&name, &dir, to)?;
-        Ok(true)
-    })();
+    let placed = match expected {
+        None => dir.rename(&name, &dir, to).map(|()| true),
+        Some(expected) => dir
+            .replace_if(&name, to, expected)
+            .map(|placed| placed == IfUnchanged::Done),
+    };
     if !matches!(placed, Ok(true)) {
         let _ = dir.unlink(&name);
     }

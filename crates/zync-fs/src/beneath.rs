@@ -473,7 +473,18 @@ impl Dir {
         to: impl AsRef<OsStr>,
         expected: &Stat,
     ) -> io::Result<IfUnchanged> {
-        let (from, to) = (from.as_ref(), to.as_ref());
+        self.replace_if_between(from.as_ref(), to.as_ref(), expected, |_| {})
+    }
+
+    /// [`Dir::replace_if`], calling `between` right after each exchange (so tests can land a
+    /// save at those instants).
+    fn replace_if_between(
+        &self,
+        from: &OsStr,
+        to: &OsStr,
+        expected: &Stat,
+        mut between: impl FnMut(Exchange),
+    ) -> io::Result<IfUnchanged> {
         let look = || -> io::Result<IfUnchanged> {
             Ok(match self.lstat(to)? {
                 Stat::Missing if *expected != Stat::Missing => IfUnchanged::Gone,
@@ -492,27 +503,33 @@ impl Dir {
             }
         } else {
             let ours = self.lstat(from)?;
+            if ours == Stat::Missing {
+                return Err(io::ErrorKind::NotFound.into());
+            }
             match self.exchange(from, to) {
                 Ok(()) => {
-                    // `from` now names what stood at `to`.
-                    let displaced = match self.lstat(from) {
-                        Ok(displaced) => displaced,
-                        Err(e) => {
-                            let _ = self.exchange(from, to);
-                            return Err(e);
-                        }
-                    };
-                    if displaced == *expected {
+                    between(Exchange::Out);
+                    // `from` now names what stood at `to`: removed if it is the entry
+                    // approved (should the unlink fail, it is still that entry, which the
+                    // caller may remove).
+                    if matches!(self.lstat(from), Ok(out) if out == *expected) {
                         self.unlink(from)?;
                         return Ok(IfUnchanged::Done);
                     }
-                    // An edit: it goes back. Should a second save have replaced our file at
-                    // `to` meanwhile, `from` is not ours after the exchange back: exchanging
-                    // once more leaves the newest save at `to`, and at `from` the earlier one
-                    // it superseded.
-                    self.exchange(from, to)?;
-                    if self.lstat(from)? != ours {
-                        self.exchange(from, to)?;
+                    // Someone's save: it goes back. Whatever is then left at `from` that is
+                    // not ours (a second save landed at `to` meanwhile, or the exchange back
+                    // failed because `to` was renamed away) is a save too: kept beside `to`,
+                    // never left under our temp name for the caller to remove.
+                    if let Err(e) = self.exchange(from, to) {
+                        tracing::warn!(
+                            path = %self.path_of(to).display(),
+                            "cannot put a file saved during a replacement back: {e}"
+                        );
+                    }
+                    between(Exchange::Back);
+                    let still_ours = matches!((self.lstat(from), &ours), (Ok(Stat::Entry(now)), Stat::Entry(ours)) if now.inode == ours.inode);
+                    if !still_ours {
+                        self.keep_aside(from, to)?;
                     }
                     return Ok(IfUnchanged::Changed);
                 }
@@ -533,6 +550,40 @@ impl Dir {
         }
         self.rename(from, self, to)?;
         Ok(IfUnchanged::Done)
+    }
+
+    /// Renames `name`, a file someone saved at `of` that a replacement moved out, to a new
+    /// conflict-copy name of `of` in this directory, never replacing anything.
+    fn keep_aside(&self, name: &OsStr, of: &OsStr) -> io::Result<()> {
+        let of_rel = of.to_str().and_then(|s| RelPath::parse(s).ok());
+        loop {
+            let stamp = format!("kept-{:016x}", random());
+            let copy = match &of_rel {
+                Some(rel) => crate::conflict_name(rel, &stamp).as_str().to_string(),
+                None => format!("zync-conflict-{stamp}"),
+            };
+            let kept = match self.rename_noreplace(name, self, &copy) {
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                    if self.lstat(&copy)? != Stat::Missing {
+                        continue;
+                    }
+                    self.rename(name, self, &copy)
+                }
+                other => other,
+            };
+            match kept {
+                Ok(()) => {
+                    tracing::warn!(
+                        path = %self.path_of(of).display(),
+                        copy = %copy,
+                        "a save that landed during a replacement was kept as {copy}"
+                    );
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Removes the file or symlink `name` (`unlinkat`).
@@ -800,6 +851,15 @@ pub fn remove_beneath(root: &Path, rel: &RelPath) -> Result<bool, FsError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(FsError::io("remove", rel.to_path(root), e)),
     }
+}
+
+/// The instants of [`Dir::replace_if`] a test can act at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exchange {
+    /// The new file took the name; what stood there is under the new file's old name.
+    Out,
+    /// What came out was not the entry expected, and was exchanged back.
+    Back,
 }
 
 /// What [`remove_if_unchanged`] or [`rename_if_unchanged`] found at the path.
@@ -1086,6 +1146,73 @@ mod tests {
         assert!(!r.join("h").exists());
         // Our own file gone is an error, not a look.
         assert!(dir.replace_if("nothing", "f", &now).is_err());
+    }
+
+    /// Saves landing at each instant of a replacement that found an edit (E's or R's user
+    /// saving by renaming a new file over the old, or renaming it away as an editor's backup):
+    /// every save survives, at the name or as a conflict copy, and nothing of theirs is left
+    /// under the new file's temp name, which the caller removes.
+    #[test]
+    fn saves_landing_during_a_refused_replacement_are_all_kept() {
+        type Act = fn(&Path);
+        let save = |r: &Path, content: &[u8]| {
+            fs::write(r.join("save.tmp"), content).expect("write");
+            fs::rename(r.join("save.tmp"), r.join("f")).expect("save");
+        };
+        let cases: [(&str, Act, &[&[u8]]); 3] = [
+            ("nothing more", |_| {}, &[b"edit 1"]),
+            (
+                "a second save while ours held the name",
+                |r| {
+                    fs::write(r.join("save.tmp"), b"edit 2").expect("write");
+                    fs::rename(r.join("save.tmp"), r.join("f")).expect("save");
+                },
+                &[b"edit 1", b"edit 2"],
+            ),
+            (
+                "the name renamed away as a backup",
+                |r| fs::rename(r.join("f"), r.join("f~")).expect("backup"),
+                &[b"edit 1"],
+            ),
+        ];
+        for (what, act, kept) in cases {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let r = tmp.path();
+            fs::write(r.join("f"), b"as approved").expect("write");
+            let approved = crate::lstat(&r.join("f")).expect("lstat");
+            save(r, b"edit 1");
+            fs::write(r.join(".zync-tmp-ours"), b"ours").expect("write");
+            let dir = Dir::open_root(r).expect("open");
+            let found = dir
+                .replace_if_between(
+                    OsStr::new(".zync-tmp-ours"),
+                    OsStr::new("f"),
+                    &approved,
+                    |at| {
+                        if at == Exchange::Out {
+                            act(r);
+                        }
+                    },
+                )
+                .expect("replace");
+            assert_eq!(found, IfUnchanged::Changed, "{what}");
+            // What the caller does with its temp file.
+            let _ = fs::remove_file(r.join(".zync-tmp-ours"));
+            let mut contents: Vec<Vec<u8>> = fs::read_dir(r)
+                .expect("list")
+                .flatten()
+                .map(|e| fs::read(e.path()).expect("read"))
+                .collect();
+            contents.sort();
+            for k in kept {
+                assert!(
+                    contents.iter().any(|c| c == k),
+                    "{what}: {} was lost; left: {contents:?}",
+                    String::from_utf8_lossy(k)
+                );
+            }
+            assert!(!contents.iter().any(|c| c == b"as approved"), "{what}");
+        }
     }
 
     #[test]

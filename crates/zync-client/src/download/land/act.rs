@@ -10,7 +10,7 @@ use zync_fs::{IfUnchanged, RelPath, Stat};
 
 use crate::download::land::file::{Pending, Ready};
 use crate::download::land::place::{self, Place};
-use crate::download::look::{self, Known};
+use crate::download::look::Known;
 use crate::download::plan::{Clear, Here, MakeDir, Plan, Removal, Step};
 use crate::error::ClientError;
 use crate::ledger::Record;
@@ -114,13 +114,23 @@ impl Place {
                     None => at.stat,
                 };
                 let target = record.target.as_deref().unwrap_or_default();
-                if !zync_fs::replace_with_symlink_if_unchanged(self.root(), &rel, target, &before)?
-                {
-                    self.keep_local(
+                let mut before = before;
+                let mut tries = 0;
+                while !zync_fs::replace_with_symlink_if_unchanged(
+                    self.root(),
+                    &rel,
+                    target,
+                    &before,
+                )? {
+                    tries += 1;
+                    if tries > place::KEEP_TRIES {
+                        return Err(self.keeps_changing(&rel));
+                    }
+                    self.keep_what_stands(
                         &rel,
                         "this path changed on R while E's symlink was on its way",
                     )?;
-                    zync_fs::replace_with_symlink(self.root(), &rel, target)?;
+                    before = Stat::Missing;
                 }
                 self.changed(known, &rel);
                 Ok(Outcome::Done(Record::Set(rel.to_string(), record)))
@@ -136,8 +146,9 @@ impl Place {
                 // saving on R), that save is kept as a conflict copy before the rename.
                 let before = match clear {
                     Some(clear) => {
+                        // Cleared: anything there at the rename appeared since, and is kept.
                         self.clear(known, &rel, clear, &at.stat)?;
-                        look::stat(self.root(), &rel)?
+                        Stat::Missing
                     }
                     None => at.stat,
                 };

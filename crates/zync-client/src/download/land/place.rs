@@ -98,6 +98,29 @@ impl Place {
         Ok(())
     }
 
+    /// Keeps whatever stands at `rel` now as a conflict copy (nothing there: nothing to
+    /// keep), before E's version takes the name where nothing is.
+    ///
+    /// # Errors
+    /// When it cannot be looked at or renamed.
+    pub fn keep_what_stands(&mut self, rel: &RelPath, why: &str) -> Result<(), ClientError> {
+        if crate::download::look::stat(&self.root, rel)? == Stat::Missing {
+            return Ok(());
+        }
+        self.keep_local(rel, why)
+    }
+
+    /// The error for a path where something new kept appearing while E's version was put
+    /// in place ([`KEEP_TRIES`] times).
+    pub fn keeps_changing(&self, rel: &RelPath) -> ClientError {
+        ClientError::Blocked {
+            path: rel.to_path(&self.root).display().to_string(),
+            reason: "something new kept appearing here while E's version was put in place; \
+                     each was kept as a conflict copy, and it is tried again next sync"
+                .to_string(),
+        }
+    }
+
     /// The directories touched since the last call.
     pub fn take_touched(&mut self) -> BTreeSet<PathBuf> {
         std::mem::take(&mut self.touched)
@@ -146,12 +169,19 @@ impl Place {
             Some(sealed) => sealed.install_if_unchanged(&before)?,
             None => None,
         };
-        if let Some(sealed) = changed {
-            self.keep_local(
+        // R's edit is kept aside, then E's file takes the name only where nothing is: a save
+        // landing again in between is kept too, never replaced.
+        let mut left = changed;
+        for _ in 0..KEEP_TRIES {
+            let Some(sealed) = left else { break };
+            self.keep_what_stands(
                 &rel,
                 "this file changed on R while E's version was downloading",
             )?;
-            sealed.install()?;
+            left = sealed.install_if_unchanged(&Stat::Missing)?;
+        }
+        if left.is_some() {
+            return Err(self.keeps_changing(&rel));
         }
         if partial {
             zync_fs::remove_partials(&self.root, &rel);
@@ -172,6 +202,10 @@ impl Place {
         Ok(Record::Set(rel.to_string(), record))
     }
 }
+
+/// How many times an edit appearing where E's version goes is kept aside before giving up
+/// on that path for this sync.
+pub const KEEP_TRIES: usize = 3;
 
 // The client's only renames and removals by name. Each goes through the handle of the
 // entry's directory, reached from the root without following a symlink (invariant 3,
