@@ -91,15 +91,28 @@ pub fn with_umask(cmd: &mut Command, mask: u32) -> &mut Command {
 }
 
 /// Polls `cond` until it holds, failing the test with `what` after [`DEADLINE`].
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_until_else(what, cond, String::new);
+}
+
+/// As [`wait_until`], adding `context()` (such as the logs' last lines) to the failure.
+pub fn wait_until_else(what: &str, mut cond: impl FnMut() -> bool, context: impl Fn() -> String) {
     let start = Instant::now();
     while !cond() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for: {what}"
-        );
+        if start.elapsed() >= DEADLINE {
+            panic!(
+                "timed out after {DEADLINE:?} waiting for: {what}\n{}",
+                context()
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A running daemon; killed on drop.

@@ -87,8 +87,22 @@ fn other_still_syncs(s: &Setup) {
     wait_same_tree(&s.e_other, &s.r_other, &[]);
 }
 
-fn wait_file(path: &Path) {
-    wait_until(&format!("{} to appear", path.display()), || path.exists());
+/// Waits for `path` on R; a timeout shows the ends of both logs (the daemon's watch and scans
+/// of a root coming back, the client's pulls).
+fn wait_file(s: &Setup, path: &Path) {
+    wait_until_else(
+        &format!("{} to appear", path.display()),
+        || path.exists(),
+        || {
+            let client =
+                std::fs::read_to_string(s._tmp.path().join("client.log")).unwrap_or_default();
+            format!(
+                "daemon log, last lines:\n{}\nclient log, last lines:\n{}",
+                tail(&s.daemon.log_text(), 60),
+                tail(&client, 40)
+            )
+        },
+    );
 }
 
 #[test]
@@ -106,14 +120,14 @@ fn a_root_removed_while_a_client_loops_deletes_nothing_on_r_and_syncs_again_when
     write(&s.e.join("a.txt"), "a\n");
     write(&s.e.join("sub/b.txt"), "b\n");
     write(&s.e.join("new.txt"), "new\n");
-    wait_file(&s.r.join("new.txt"));
+    wait_file(&s, &s.r.join("new.txt"));
     wait_same_tree(&s.e, &s.r, &[]);
     wait_until("--status to say code is no longer unavailable", || {
         code_status(&s)["state"] != "unavailable"
     });
     // Watched again, not only rescanned once.
     write(&s.e.join("later.txt"), "later\n");
-    wait_file(&s.r.join("later.txt"));
+    wait_file(&s, &s.r.join("later.txt"));
 }
 
 #[test]
@@ -123,14 +137,14 @@ fn a_replaced_root_is_noticed_watched_again_and_its_new_files_reach_r() {
     std::fs::rename(&s.e, &old).unwrap();
     std::fs::create_dir(&s.e).unwrap();
     write(&s.e.join("new"), "x\n");
-    wait_file(&s.r.join("new"));
+    wait_file(&s, &s.r.join("new"));
     // The new directory is what E serves now: the scan against the index decides, so R
     // mirrors it (what the old one held is deleted as a real change on E).
     wait_same_tree(&s.e, &s.r, &[]);
     // The old directory is no longer followed; the new one is.
     write(&old.join("ghost.txt"), "written in the old directory\n");
     write(&s.e.join("after.txt"), "after\n");
-    wait_file(&s.r.join("after.txt"));
+    wait_file(&s, &s.r.join("after.txt"));
     wait_same_tree(&s.e, &s.r, &[]);
     assert!(!s.r.join("ghost.txt").exists());
     other_still_syncs(&s);
