@@ -719,17 +719,54 @@ impl Dir {
     }
 
     /// What stands at `name` in this directory, as [`crate::lstat`] describes it, looked at
-    /// through this handle: the entry is opened path-only (`O_PATH | O_NOFOLLOW`) relative to
-    /// it, so a directory swapped for a symlink elsewhere cannot make the look see another
-    /// directory's entry.
+    /// through this handle (`fstatat` relative to it, never following a symlink), so a
+    /// directory swapped for a symlink elsewhere cannot make the look see another directory's
+    /// entry. A symlink's target is read through a path-only descriptor of that same entry.
     ///
     /// # Errors
     ///
     /// An I/O error other than "not found".
     pub fn lstat(&self, name: impl AsRef<OsStr>) -> io::Result<Stat> {
+        let name = entry(name.as_ref())?;
+        let st = match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT | Errno::NOTDIR) => return Ok(Stat::Missing),
+            Err(e) => return Err(errno(e)),
+        };
+        let kind = match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => Kind::File,
+            FileType::Directory => Kind::Dir,
+            FileType::Symlink => return self.lstat_link(name),
+            FileType::Fifo => return Ok(Stat::Unsupported("fifo")),
+            FileType::Socket => return Ok(Stat::Unsupported("socket")),
+            FileType::BlockDevice | FileType::CharacterDevice => {
+                return Ok(Stat::Unsupported("device"))
+            }
+            FileType::Unknown => return Ok(Stat::Unsupported("unknown file type")),
+        };
+        let size = match kind {
+            Kind::File => u64::try_from(st.st_size).unwrap_or(0),
+            _ => 0,
+        };
+        // The fields' widths differ between targets.
+        #[allow(clippy::unnecessary_cast)]
+        let (mode, inode) = (st.st_mode as u32 & 0o7777, st.st_ino as u64);
+        Ok(Stat::Entry(crate::Meta {
+            kind,
+            size,
+            mtime_ns: mtime_ns(&st),
+            mode,
+            inode,
+            target: None,
+        }))
+    }
+
+    /// [`Dir::lstat`] of a symlink: the entry opened path-only (`O_PATH | O_NOFOLLOW`), then
+    /// `fstat` and `readlinkat` on that descriptor, so the target read is that entry's.
+    fn lstat_link(&self, name: &OsStr) -> io::Result<Stat> {
         let fd = match rustix::fs::openat(
             &self.fd,
-            entry(name.as_ref())?,
+            name,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
