@@ -560,7 +560,8 @@ impl AtomicFile {
     }
 
     /// Verifies the sha256 of what was written and sets the permission bits and mtime, but does
-    /// not flush: the returned [`Sealed`] file is renamed into place by [`Sealed::install`]
+    /// not flush: the returned [`Sealed`] file is renamed into place by
+    /// [`Sealed::install_new`] or [`Sealed::install_if_unchanged`]
     /// only after the caller made a whole batch durable at once ([`sync_filesystems`]), so that
     /// a batch of small files costs one flush instead of one per file (invariant 1 still holds:
     /// no file is renamed into place before its content is on disk). The file is closed, so
@@ -619,7 +620,7 @@ impl AtomicFile {
 }
 
 /// A complete, verified temp file waiting for its rename (see [`AtomicFile::seal`]). It holds
-/// no descriptor: [`Sealed::install`] reaches the directory again through a handle and renames
+/// no descriptor: its install reaches the directory again through a handle and renames
 /// relative to it. Dropping it removes the temp file the same way.
 #[derive(Debug)]
 pub struct Sealed {
@@ -632,7 +633,7 @@ pub struct Sealed {
 }
 
 impl Sealed {
-    /// The temp file's path (to sync its file system before [`Sealed::install`]).
+    /// The temp file's path (to sync its file system before it is installed).
     pub fn temp_path(&self) -> &Path {
         &self.temp_path
     }
@@ -655,31 +656,10 @@ impl Sealed {
         flush().map_err(|e| FsError::io("flush the new content of", &self.dest, e))
     }
 
-    /// Renames the file over its destination. Call only after the content was made durable.
-    /// The parent directory is not flushed: sync it (or its file system) once per batch.
-    ///
-    /// # Errors
-    ///
-    /// As [`check_parents`] if a parent became a symlink meanwhile (nothing is renamed through
-    /// it); [`FsError::Io`] when the rename fails. The temp file is removed on any error.
-    pub fn install(mut self) -> Result<(), FsError> {
-        let dir = Dir::parent_of(&self.root, &self.rel)?;
-        self.rename_in(&dir)
-    }
-
-    /// Renames the temp file over its destination in `dir` (its directory's handle).
-    fn rename_in(&mut self, dir: &Dir) -> Result<(), FsError> {
-        let name = self.name.as_deref().unwrap_or_default();
-        dir.rename(name, dir, self.rel.file_name())
-            .map_err(|e| FsError::io("rename a temp file to", &self.dest, e))?;
-        self.name = None;
-        Ok(())
-    }
-
     /// Renames the file over its destination if what stands there is still `expected` (as
     /// [`crate::lstat`] described it when the change was planned); returns the file back, not
     /// renamed, when something else is there now (an edit made meanwhile, for the caller to
-    /// keep before [`Sealed::install`]). The look and the rename go through one handle of the
+    /// keep before installing it where nothing is). The look and the rename go through one handle of the
     /// destination's directory, reached without following symlinks (a directory swapped for
     /// a symlink between a look by path and the rename could make the look see a file outside
     /// the root that matches `expected` while the rename replaced the edited one), with no
@@ -688,7 +668,9 @@ impl Sealed {
     ///
     /// # Errors
     ///
-    /// As [`Sealed::install`], and when the destination cannot be looked at.
+    /// As [`check_parents`] if a parent became a symlink meanwhile (nothing is renamed
+    /// through it); [`FsError::Io`] when the look or the rename fails. The temp file is
+    /// removed on any error.
     pub fn install_if_unchanged(mut self, expected: &Stat) -> Result<Option<Sealed>, FsError> {
         let dir = Dir::parent_of(&self.root, &self.rel)?;
         let name = self.name.as_deref().unwrap_or_default();
@@ -708,12 +690,12 @@ impl Sealed {
     /// where R had nothing, so that whatever appeared there since (an edit on R) is never
     /// replaced, with no look at the path first. Returns the file back, not renamed, when
     /// something is there or the file system cannot rename without replacing: the caller
-    /// then looks and decides ([`Sealed::install`]). Call only after the content was made
+    /// then looks and decides ([`Sealed::install_if_unchanged`]). Call only after the content was made
     /// durable.
     ///
     /// # Errors
     ///
-    /// As [`Sealed::install`].
+    /// As [`Sealed::install_if_unchanged`].
     pub fn install_new(self) -> Result<Option<Sealed>, FsError> {
         self.install_new_in(&mut Parents::default())
     }
@@ -723,7 +705,7 @@ impl Sealed {
     ///
     /// # Errors
     ///
-    /// As [`Sealed::install`].
+    /// As [`Sealed::install_if_unchanged`].
     pub fn install_new_in(mut self, parents: &mut Parents) -> Result<Option<Sealed>, FsError> {
         let dir = parents.of(&self.root, &self.rel)?;
         let name = self.name.as_deref().unwrap_or_default();
@@ -941,7 +923,11 @@ mod tests {
         );
         assert_eq!(temps(r).len(), 1);
         sync_filesystems([sealed.temp_path()]).expect("syncfs");
-        sealed.install().expect("install");
+        let old = crate::lstat(&r.join("f")).expect("lstat");
+        assert!(sealed
+            .install_if_unchanged(&old)
+            .expect("install")
+            .is_none());
         assert_eq!(fs::read(r.join("f")).expect("read"), b"new");
         let md = fs::symlink_metadata(r.join("f")).expect("stat");
         assert_eq!((md.mode() & 0o7777, md.mtime()), (0o600, 1_650_000_000));
@@ -974,7 +960,7 @@ mod tests {
         let sealed = f.seal(&hash_bytes(b"x"), 0o644, 0).expect("seal");
         fs::rename(r.join("d"), r.join("moved")).expect("move");
         symlink(&outside, r.join("d")).expect("symlink");
-        assert!(sealed.install().is_err());
+        assert!(sealed.install_if_unchanged(&Stat::Missing).is_err());
         assert!(!outside.join("f").exists(), "wrote through a symlink");
     }
 
@@ -1005,7 +991,8 @@ mod tests {
             .is_symlink());
         assert!(!outside.join("target").exists(), "wrote through a symlink");
         // Handed back, it can still be installed over what is there (after a conflict copy).
-        b.install().expect("install");
+        let theirs = crate::lstat(&r.join("d/b")).expect("lstat");
+        assert!(b.install_if_unchanged(&theirs).expect("install").is_none());
         assert_eq!(fs::read(r.join("d/b")).expect("read"), b"new");
         // A parent swapped for a symlink: refused, nothing outside.
         let e = sealed("d/e");
@@ -1274,7 +1261,7 @@ mod tests {
         f.write(b"short").expect("write");
         let sealed = f.seal(&hash_bytes(b"short"), 0o644, 0).expect("seal");
         assert!(allocated(sealed.temp_path()) < 1 << 20, "reservation kept");
-        sealed.install().expect("install");
+        assert!(sealed.install_new().expect("install").is_none());
         assert_eq!(fs::read(r.join("big")).expect("read"), b"short");
 
         // A partial kept after an interruption holds only what it has.
