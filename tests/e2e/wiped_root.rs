@@ -177,3 +177,21 @@ fn a_root_emptied_at_once_deletes_nothing_on_r_until_a_file_left_in_it_says_it_i
         "R follows E"
     );
 }
+
+#[test]
+fn a_root_removed_and_cloned_again_at_once_is_watched_and_its_files_reach_r() {
+    let s = setup();
+    // `rm -rf code && git clone ... code`: the new directory usually gets the old one's inode
+    // number, and the daemon may never see the path empty or gone.
+    std::fs::remove_dir_all(&s.e).unwrap();
+    write(&s.e.join("a.txt"), "a, cloned again\n");
+    write(&s.e.join("sub/b.txt"), "b\n");
+    write(&s.e.join("new.txt"), "new\n");
+    wait_file(&s, &s.r.join("new.txt"));
+    wait_same_tree(&s.e, &s.r, &[]);
+    // The new directory is watched, not only scanned once.
+    write(&s.e.join("later.txt"), "later\n");
+    wait_file(&s, &s.r.join("later.txt"));
+    wait_same_tree(&s.e, &s.r, &[]);
+    other_still_syncs(&s);
+}

@@ -416,6 +416,11 @@ impl Indexer {
     /// drops the deletions waiting for it.
     fn mark_unavailable(&mut self, i: usize, why: Why) -> anyhow::Result<()> {
         self.deferred.retain(|(r, _, _)| *r != i);
+        if why == Why::Missing {
+            // Its watch died with it (or follows it elsewhere): whatever directory comes back
+            // at that path is watched anew, even one that gets the old inode number.
+            self.watched[i] = None;
+        }
         let root = &self.roots[i].root;
         let message = presence::message(why, root.name.as_str(), &root.path);
         if self.unavailable[i].as_deref() == Some(message.as_str()) {
@@ -1185,9 +1190,70 @@ mod tests {
         assert!(unavailable(&ix).is_some_and(|m| m.contains("emptied at once")));
     }
 
+    /// Waits (with a deadline) for the watcher to report `path`.
+    fn reported(events: &std::sync::mpsc::Receiver<WatchEvent>, path: &Path) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match events.recv_timeout(left) {
+                Ok(WatchEvent::Paths { paths, .. }) if paths.iter().any(|p| p == path) => {
+                    return true
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn a_root_removed_and_made_again_is_watched_again_even_where_its_inode_number_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ix, _rx, root) = served(dir.path());
+        let (tx, events) = std::sync::mpsc::channel();
+        ix.watch_tx = Some(tx);
+        ix.watch();
+        let old = inode(&root);
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(!ix.admit(0).unwrap());
+        assert!(unavailable(&ix).is_some_and(|m| m.contains("disappeared")));
+        // Where the file system keeps no birth time, only this tells a directory made again
+        // from the one whose watch died.
+        assert_eq!(ix.watched[0], None, "the dead watch is forgotten");
+        // ext4 and tmpfs hand a freed inode number to the next directory made beside it: the
+        // same (device, inode) must not pass for the directory the dead watch was on.
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("a"), "a").unwrap();
+        let reused = inode(&root) == old;
+        assert!(!ix.admit(0).unwrap(), "a root back is scanned whole");
+        assert_eq!(unavailable(&ix), None);
+        assert_eq!(live(&ix), ["a"]);
+        std::fs::write(root.join("later"), "l").unwrap();
+        assert!(
+            reported(&events, &root.join("later")),
+            "a file written in the root made again is seen (inode number reused: {reused})"
+        );
+
+        // Removed and made again between two looks: the watch on the old one died with it.
+        let old = inode(&root);
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("b"), "b").unwrap();
+        let reused = inode(&root) == old;
+        assert!(!ix.admit(0).unwrap(), "a root made again is scanned whole");
+        assert_eq!(live(&ix), ["b"]);
+        std::fs::write(root.join("after"), "x").unwrap();
+        assert!(
+            reported(&events, &root.join("after")),
+            "a file written in the root made again is seen (inode number reused: {reused})"
+        );
+    }
+
     fn identity(path: &Path) -> Identity {
-        let m = std::fs::metadata(path).unwrap();
-        (m.dev(), m.ino())
+        Identity::of(&std::fs::metadata(path).unwrap())
+    }
+
+    fn inode(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().ino()
     }
 
     #[test]

@@ -4,9 +4,28 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::SystemTime;
 
-/// Device and inode of a root directory: which directory the watcher follows.
-pub(crate) type Identity = (u64, u64);
+/// Which directory the watcher follows at a root's path: device, inode and birth time. ext4
+/// and tmpfs give a freed inode number to the next directory made beside it, so a root removed
+/// and made again (`rm -rf code && git clone ... code`) often has the old device and inode; its
+/// birth time, where the file system keeps one, tells the two apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Identity {
+    dev: u64,
+    ino: u64,
+    born: Option<SystemTime>,
+}
+
+impl Identity {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Identity {
+        Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            born: meta.created().ok(),
+        }
+    }
+}
 
 /// What is at a root's path now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +48,7 @@ impl Look {
         if !meta.is_dir() {
             return Look::Gone;
         }
-        let id = (meta.dev(), meta.ino());
+        let id = Identity::of(&meta);
         let ours = |name: &std::ffi::OsStr| {
             name.as_encoded_bytes()
                 .starts_with(zync_fs::TEMP_PREFIX.as_bytes())
@@ -80,7 +99,7 @@ pub(crate) fn judge(look: Look, watched: Option<Identity>, indexed: bool) -> Ver
     match look {
         Look::Gone => Verdict::Unavailable(Why::Missing),
         Look::Empty(id) if indexed => Verdict::Unavailable(Why::Emptied {
-            other_device: watched.is_some_and(|w| w.0 != id.0),
+            other_device: watched.is_some_and(|w| w.dev != id.dev),
         }),
         Look::Empty(id) | Look::Full(id) if watched.is_some_and(|w| w != id) => Verdict::Replaced,
         Look::Empty(_) | Look::Full(_) => Verdict::Fine,
@@ -111,7 +130,22 @@ pub(crate) fn message(why: Why, name: &str, path: &Path) -> String {
 mod tests {
     use super::*;
 
-    const A: Identity = (1, 10);
+    const fn id(dev: u64, ino: u64) -> Identity {
+        Identity {
+            dev,
+            ino,
+            born: None,
+        }
+    }
+
+    const A: Identity = id(1, 10);
+
+    fn born_later(of: Identity) -> Identity {
+        Identity {
+            born: Some(SystemTime::now()),
+            ..of
+        }
+    }
 
     #[test]
     fn every_look_meets_every_watch() {
@@ -122,8 +156,11 @@ mod tests {
             (Look::Gone, None, false, Unavailable(Why::Missing)),
             (Look::Full(A), Some(A), true, Fine),
             (Look::Full(A), None, true, Fine),
-            (Look::Full((1, 11)), Some(A), true, Replaced),
-            (Look::Full((2, 10)), Some(A), true, Replaced),
+            (Look::Full(id(1, 11)), Some(A), true, Replaced),
+            (Look::Full(id(2, 10)), Some(A), true, Replaced),
+            // The old inode number given to a directory made since.
+            (Look::Full(born_later(A)), Some(A), true, Replaced),
+            (Look::Empty(born_later(A)), Some(A), false, Replaced),
             (
                 Look::Empty(A),
                 Some(A),
@@ -133,13 +170,13 @@ mod tests {
                 }),
             ),
             (
-                Look::Empty((2, 1)),
+                Look::Empty(id(2, 1)),
                 Some(A),
                 true,
                 Unavailable(Why::Emptied { other_device: true }),
             ),
             (Look::Empty(A), Some(A), false, Fine),
-            (Look::Empty((1, 11)), Some(A), false, Replaced),
+            (Look::Empty(id(1, 11)), Some(A), false, Replaced),
             (Look::Empty(A), None, false, Fine),
         ];
         for (look, watched, indexed, want) in cases {
