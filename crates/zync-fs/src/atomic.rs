@@ -5,7 +5,7 @@
 
 use crate::attrs::set_file_mtime;
 use crate::beneath::{Dir, IfUnchanged, Parents};
-use crate::hash::Hasher;
+use crate::checkpoint::{CheckedSha256, Checkpoints};
 use crate::ignore::TEMP_PREFIX;
 use crate::meta::Stat;
 use crate::path::RelPath;
@@ -164,7 +164,7 @@ pub struct AtomicFile {
     rel: RelPath,
     dest: PathBuf,
     temp: Temp,
-    hasher: Hasher,
+    hasher: CheckedSha256,
     written: u64,
     /// Bytes of disk reserved from offset 0 ([`AtomicFile::reserve`]); what the writes did not
     /// use is given back when the file is sealed or kept as a partial.
@@ -224,7 +224,7 @@ impl AtomicFile {
             rel: rel.clone(),
             dest,
             temp,
-            hasher: Hasher::new(),
+            hasher: CheckedSha256::new(),
             written: 0,
             reserved: 0,
             broken: false,
@@ -334,6 +334,14 @@ impl AtomicFile {
                 e,
             ));
         }
+        // A window that differs from the older version's: SHA-256 goes on from its start,
+        // read back from the file (still in the page cache).
+        if hasher.behind(false).is_some() {
+            if let Err(e) = hasher.catch_up(&temp.file) {
+                *broken = true;
+                return Err(FsError::io("read back the new content of", &*dest, e));
+            }
+        }
         let before = *written;
         *written += data.len() as u64;
         let (done, was) = (
@@ -422,7 +430,9 @@ impl AtomicFile {
         else {
             return Ok(None);
         };
-        let mut hasher = Hasher::new();
+        // With checkpoints, as a download that was not cut would have had.
+        let mut hasher = CheckedSha256::new();
+        hasher.keep_checkpoints(None);
         let mut written = 0u64;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -458,6 +468,13 @@ impl AtomicFile {
             broken: false,
             flusher: None,
         }))
+    }
+
+    /// Keeps the [`Checkpoints`] of this file's content (see [`crate::checkpoint`]), handed
+    /// out by [`Sealed::checkpoints`], and skips the SHA-256 of the windows that match
+    /// `prior`'s: those of the version this file replaces. Only before the first write.
+    pub fn keep_checkpoints(&mut self, prior: Option<&Checkpoints>) {
+        self.hasher.keep_checkpoints(prior);
     }
 
     /// Bytes written so far.
@@ -505,7 +522,7 @@ impl AtomicFile {
         check: impl FnOnce(&Dir, &str) -> Result<Stat, E>,
     ) -> Result<IfUnchanged, E> {
         let (rel, dest) = (self.rel.clone(), self.dest.clone());
-        let temp = self.finish(expected_sha256, mode, mtime_ns)?;
+        let (temp, _) = self.finish(expected_sha256, mode, mtime_ns)?;
         temp.file
             .sync_all()
             .map_err(|e| FsError::io("flush the new content of", &dest, e))?;
@@ -546,7 +563,7 @@ impl AtomicFile {
         flush: bool,
     ) -> Result<(), FsError> {
         let (rel, dest) = (self.rel.clone(), self.dest.clone());
-        let temp = self.finish(expected_sha256, mode, mtime_ns)?;
+        let (temp, _) = self.finish(expected_sha256, mode, mtime_ns)?;
         if flush {
             temp.file
                 .sync_all()
@@ -572,7 +589,7 @@ impl AtomicFile {
     /// As [`AtomicFile::commit`]; the temp file is removed on any error.
     pub fn seal(self, expected_sha256: &str, mode: u32, mtime_ns: i64) -> Result<Sealed, FsError> {
         let (root, rel, dest) = (self.root.clone(), self.rel.clone(), self.dest.clone());
-        let temp = self.finish(expected_sha256, mode, mtime_ns)?;
+        let (temp, checkpoints) = self.finish(expected_sha256, mode, mtime_ns)?;
         let temp_path = temp.path();
         let name = temp.disarm();
         Ok(Sealed {
@@ -581,12 +598,18 @@ impl AtomicFile {
             dest,
             temp_path,
             name: Some(name),
+            checkpoints,
         })
     }
 
     /// Checks the hash and sets mode and mtime on the temp file (the mtime before any flush, so
     /// that it is durable too).
-    fn finish(mut self, expected_sha256: &str, mode: u32, mtime_ns: i64) -> Result<Temp, FsError> {
+    fn finish(
+        mut self,
+        expected_sha256: &str,
+        mode: u32,
+        mtime_ns: i64,
+    ) -> Result<(Temp, Option<Checkpoints>), FsError> {
         self.release_unused();
         self.stop_flusher()?;
         let AtomicFile {
@@ -603,7 +626,13 @@ impl AtomicFile {
                 std::io::Error::other("an earlier write to it failed"),
             ));
         }
-        let actual = hasher.finish();
+        let mut hasher = hasher;
+        if hasher.behind(true).is_some() {
+            hasher
+                .catch_up(&temp.file)
+                .map_err(|e| FsError::io("read back the new content of", &dest, e))?;
+        }
+        let (actual, checkpoints) = hasher.finish();
         if !actual.eq_ignore_ascii_case(expected_sha256) {
             return Err(FsError::HashMismatch {
                 path: dest,
@@ -615,7 +644,7 @@ impl AtomicFile {
         file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
             .map_err(|e| FsError::io("set the mode of the new content of", &dest, e))?;
         set_file_mtime(file, &dest, mtime_ns)?;
-        Ok(temp)
+        Ok((temp, checkpoints))
     }
 }
 
@@ -630,9 +659,17 @@ pub struct Sealed {
     temp_path: PathBuf,
     /// The temp file's name in the destination's directory; `None` once renamed.
     name: Option<String>,
+    /// The content's checkpoints, when they were kept ([`AtomicFile::keep_checkpoints`]).
+    checkpoints: Option<Checkpoints>,
 }
 
 impl Sealed {
+    /// The checkpoints of the content, when they were kept
+    /// ([`AtomicFile::keep_checkpoints`]), for the next version written over it.
+    pub fn checkpoints(&self) -> Option<&Checkpoints> {
+        self.checkpoints.as_ref()
+    }
+
     /// The temp file's path (to sync its file system before it is installed).
     pub fn temp_path(&self) -> &Path {
         &self.temp_path
@@ -1023,6 +1060,58 @@ mod tests {
         }
         assert_eq!(fs::read(r.join("f")).expect("read"), b"old");
         assert!(temps(r).is_empty(), "temp file left: {:?}", temps(r));
+    }
+
+    /// Writes `content` to `name` in pieces of 3 MiB (hashed beside the write, as downloads
+    /// are) with checkpoints over `prior`, seals it against `expected` and returns the result.
+    fn seal_checked(
+        r: &Path,
+        name: &str,
+        content: &[u8],
+        prior: Option<&Checkpoints>,
+        expected: &str,
+    ) -> Result<Sealed, FsError> {
+        let mut f = AtomicFile::create(r, &rel(name)).expect("create");
+        f.keep_checkpoints(prior);
+        for piece in content.chunks(3 << 20) {
+            f.write(piece).expect("write");
+        }
+        f.seal(expected, 0o644, 0)
+    }
+
+    #[test]
+    fn a_version_written_over_an_older_one_with_its_checkpoints_is_verified_the_same() {
+        use crate::checkpoint::WINDOW;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        let w = WINDOW as usize;
+        let old: Vec<u8> = (0..4 * w + 1234).map(|i| (i % 251) as u8).collect();
+        let sealed = seal_checked(r, "f", &old, None, &hash_bytes(&old)).expect("seal old");
+        let prior = sealed.checkpoints().cloned().expect("checkpoints kept");
+        assert_eq!(prior.len(), 4);
+        drop(sealed);
+        // An edit in the third window: the first two windows are not hashed again, the rest is.
+        let mut new = old.clone();
+        new[2 * w + 5] ^= 0xff;
+        let sealed = seal_checked(r, "f", &new, Some(&prior), &hash_bytes(&new)).expect("seal new");
+        let fresh = seal_checked(r, "g", &new, None, &hash_bytes(&new)).expect("seal fresh");
+        assert_eq!(sealed.checkpoints(), fresh.checkpoints());
+        // Cut short inside a window that matched so far: its start is read back at the end.
+        let cut = &old[..2 * w + 100];
+        seal_checked(r, "f", cut, Some(&prior), &hash_bytes(cut)).expect("seal a shorter one");
+        // Bytes that are not E's are refused, skipped windows or not: the old content
+        // against the new one's sha256, and the new one with a byte changed in a window
+        // that matches the older version's.
+        assert!(matches!(
+            seal_checked(r, "f", &old, Some(&prior), &hash_bytes(&new)),
+            Err(FsError::HashMismatch { .. })
+        ));
+        let mut wrong = new.clone();
+        wrong[10] ^= 1;
+        assert!(matches!(
+            seal_checked(r, "f", &wrong, Some(&prior), &hash_bytes(&new)),
+            Err(FsError::HashMismatch { .. })
+        ));
     }
 
     #[test]

@@ -127,7 +127,7 @@ pub fn is_sha256_hex(s: &str) -> bool {
 }
 
 /// Lowercase hex encoding.
-fn to_hex(bytes: &[u8]) -> String {
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for &b in bytes {
