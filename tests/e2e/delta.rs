@@ -598,3 +598,94 @@ fn a_corrupt_delta_is_caught_and_the_file_downloaded_whole() {
         "no edit on R, no conflict copy"
     );
 }
+
+/// The checkpoints the client stored for the content with `sha` (`zync_fs::checkpoint`): per
+/// whole 8 MiB window, its XXH3-128 (16 bytes) and the SHA-256 state after it (32 bytes).
+fn stored_checkpoints(client: &ClientSpec, sha: &str) -> Option<Vec<u8>> {
+    let db = rusqlite::Connection::open(&client.db).expect("open the client database");
+    db.query_row(
+        "SELECT data FROM checkpoints WHERE sha256 = ?1",
+        [sha],
+        |row| row.get(0),
+    )
+    .ok()
+}
+
+/// An edit in the last window of a 24 MiB file: its first two windows are the same as the
+/// version R wrote, so the client skips their SHA-256 and goes on from the state it stored
+/// when it wrote them. States that lie (the database tampered with) cannot let other bytes
+/// pass for E's: the digest is then not E's sha256, and the file is downloaded whole. Honest
+/// ones rebuild the file from the delta alone, and the new content's checkpoints are stored.
+#[test]
+fn checkpoints_spare_hashing_what_r_wrote_and_lying_ones_let_nothing_wrong_in() {
+    const SIZE: usize = 24 * MIB;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let e = tmp.path().join("e");
+    let mut data = pseudo_random(SIZE, 61);
+    write(&e.join("big.bin"), &data);
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+    let first = sha256(&data);
+    assert_eq!(file_sha(&r.join("big.bin")), first);
+    let stored = stored_checkpoints(&client, &first).expect("checkpoints of the first version");
+    assert_eq!(stored.len(), 3 * 48, "three whole windows");
+
+    // Tampered: every stored state changed, the window hashes kept.
+    let mut forged = stored.clone();
+    for checkpoint in forged.chunks_exact_mut(48) {
+        checkpoint[20] ^= 0x55;
+    }
+    rusqlite::Connection::open(&client.db)
+        .expect("open")
+        .execute(
+            "UPDATE checkpoints SET data = ?1 WHERE sha256 = ?2",
+            (&forged, &first),
+        )
+        .expect("tamper");
+    let edit = |data: &mut Vec<u8>, seed| {
+        let at = SIZE - MIB;
+        data[at..at + 64 * 1024].copy_from_slice(&pseudo_random(64 * 1024, seed));
+        write(&e.join("big.bin"), &data[..]);
+        sha256(&data[..])
+    };
+    let asked = |proxy: &crate::common::proxy::Proxy| -> Vec<String> {
+        proxy
+            .requests()
+            .iter()
+            .filter_map(|r| r["operation"].as_str().map(str::to_string))
+            .filter(|op| op.starts_with("GET_") && op != "GET_CHANGES")
+            .collect()
+    };
+    let second = edit(&mut data, 62);
+    let proxy = crate::common::proxy::Proxy::to_port(daemon.port);
+    let logs = once_until(&client, &proxy.url(), "R has the second version", || {
+        file_sha(&r.join("big.bin")) == second
+    });
+    assert_eq!(
+        asked(&proxy),
+        ["GET_DELTA", "GET_FILE"],
+        "states that lie fail the check, and the file comes whole:\n{logs}"
+    );
+
+    // Written whole, the second version's checkpoints are its own: the next edit needs the
+    // delta only.
+    let third = edit(&mut data, 63);
+    let proxy = crate::common::proxy::Proxy::to_port(daemon.port);
+    let logs = once_until(&client, &proxy.url(), "R has the third version", || {
+        file_sha(&r.join("big.bin")) == third
+    });
+    assert_eq!(asked(&proxy), ["GET_DELTA"], "{logs}");
+    assert_eq!(
+        stored_checkpoints(&client, &third).map(|c| c.len()),
+        Some(3 * 48),
+        "the rebuilt content's checkpoints are stored"
+    );
+    assert_eq!(temp_files(&r), Vec::<String>::new(), "temp files left on R");
+    assert!(
+        conflict_copies(&r).is_empty(),
+        "no edit on R, no conflict copy"
+    );
+}

@@ -10,12 +10,14 @@ use std::hash::{Hash, Hasher};
 
 use zync_cli::progress::Progress;
 use zync_db::ClientState;
+use zync_fs::Checkpoints;
 use zync_proto::{AckChanges, Change, ChangesReply, GetChanges, Op, Reply};
 
 use crate::connection::Connection;
 use crate::download::fetch::{Finished, Pipeline, Window};
 use crate::download::land::act::Outcome;
 use crate::download::land::batch::{Batch, Sink, Writer};
+use crate::download::land::file::Pending;
 use crate::download::land::place::{Place, Tally};
 use crate::download::look::{self, Known, Look};
 use crate::download::plan;
@@ -278,9 +280,14 @@ impl<'a> Run<'a> {
                     }
                     self.ledger.done(i, record);
                 }
-                Ok(Outcome::Fetch(pending)) => match pending.check_room(0) {
+                Ok(Outcome::Fetch(mut pending)) => match pending.check_room(0) {
                     Ok(()) => {
                         self.note_inflight(change);
+                        if pending.checkpointed() && pending.wants_delta() {
+                            if let Some(prior) = prior_checkpoints(state, self.name, &pending) {
+                                pending.set_prior(prior);
+                            }
+                        }
                         self.pipeline.push(i, pending);
                     }
                     Err(e) => self.ledger.fail(i, &e),
@@ -577,6 +584,29 @@ fn hash(path: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
     path.hash(&mut hasher);
     hasher.finish()
+}
+
+/// The checkpoints of what the client last wrote at `pending`'s path (`zync_fs::checkpoint`),
+/// if it stored any: they only spare hashing, so a database error is logged and costs a full
+/// SHA-256.
+fn prior_checkpoints(state: &ClientState, dir: &str, pending: &Pending) -> Option<Checkpoints> {
+    let looked =
+        state
+            .synced(dir, pending.path())
+            .and_then(|synced| match synced.and_then(|s| s.sha256) {
+                Some(sha256) => state.checkpoints(&sha256),
+                None => Ok(None),
+            });
+    match looked {
+        Ok(bytes) => bytes.and_then(|b| Checkpoints::from_bytes(&b)),
+        Err(e) => {
+            tracing::debug!(
+                path = pending.path(),
+                "cannot read the file's checkpoints: {e}"
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,10 @@ pub struct Failing {
     pub attempts: u64,
 }
 
+/// How long the checkpoints of a content no synced path has are kept: enough for a download
+/// in progress to land and be recorded.
+pub const CHECKPOINTS_KEPT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// What the client last wrote at a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Synced {
@@ -254,6 +258,19 @@ impl ClientState {
                     .optional()
             })
             .with_ctx(|| format!("reading the synced state of {dir}/{path}"))
+    }
+
+    /// The checkpoints stored for the content with this sha256
+    /// ([`ClientBatch::put_checkpoints`]), if any.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn checkpoints(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        self.conn
+            .prepare_cached("SELECT data FROM checkpoints WHERE sha256 = ?1")
+            .and_then(|mut stmt| stmt.query_row([sha256], |row| row.get(0)).optional())
+            .with_ctx(|| format!("reading the checkpoints of {sha256}"))
     }
 
     /// Every synced path of dir with its state, ordered by path.
@@ -615,6 +632,37 @@ impl ClientBatch<'_> {
         Ok(())
     }
 
+    /// Stores the checkpoints of the content with this sha256 (written before the file is in
+    /// place: they describe the content, wherever it is), and forgets those of contents no
+    /// synced path has had for [`CHECKPOINTS_KEPT`].
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure; the batch should then be dropped.
+    pub fn put_checkpoints(&mut self, sha256: &str, data: &[u8]) -> Result<()> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.tx
+            .prepare_cached(
+                "INSERT INTO checkpoints (sha256, data, at_unix) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (sha256) DO UPDATE SET data = excluded.data, at_unix = ?3",
+            )
+            .and_then(|mut stmt| stmt.execute((sha256, data, now)))
+            .with_ctx(|| format!("recording the checkpoints of {sha256}"))?;
+        // A content on its way into place has no synced row yet: kept while it is young.
+        self.tx
+            .prepare_cached(
+                "DELETE FROM checkpoints WHERE at_unix < ?1 AND NOT EXISTS
+                     (SELECT 1 FROM synced WHERE synced.sha256 = checkpoints.sha256)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute([now.saturating_sub(CHECKPOINTS_KEPT.as_secs() as i64)])
+            })
+            .with_ctx(|| "forgetting the checkpoints of contents no longer synced".to_string())?;
+        Ok(())
+    }
+
     /// Forgets the failure of (dir, path), once it applied.
     ///
     /// # Errors
@@ -714,6 +762,39 @@ mod tests {
             memory.open_another(),
             Err(crate::DbError::InMemory)
         ));
+    }
+
+    #[test]
+    fn checkpoints_are_kept_by_content_while_a_synced_path_has_it_or_it_is_young() {
+        let mut state = ClientState::open_in_memory().expect("state");
+        let (kept, young, old) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        set(&mut state, "d", &[("big", file(&kept, 1 << 30))]);
+        for (sha, data) in [(&kept, b"k".as_slice()), (&old, b"o"), (&young, b"y")] {
+            let mut batch = state.batch().expect("batch");
+            batch.put_checkpoints(sha, data).expect("put");
+            batch.commit().expect("commit");
+        }
+        assert_eq!(state.checkpoints(&kept).expect("read"), Some(b"k".to_vec()));
+        assert_eq!(state.checkpoints(&"d".repeat(64)).expect("read"), None);
+        // Long ago, and no path has them: forgotten at the next put. The same age with a
+        // synced path: kept.
+        let long_ago = CHECKPOINTS_KEPT.as_secs() as i64 + 60;
+        state
+            .conn()
+            .execute(
+                "UPDATE checkpoints SET at_unix = at_unix - ?1 WHERE sha256 IN (?2, ?3)",
+                (long_ago, &kept, &old),
+            )
+            .expect("age");
+        let mut batch = state.batch().expect("batch");
+        batch.put_checkpoints(&young, b"y2").expect("put");
+        batch.commit().expect("commit");
+        assert_eq!(state.checkpoints(&old).expect("read"), None);
+        assert_eq!(state.checkpoints(&kept).expect("read"), Some(b"k".to_vec()));
+        assert_eq!(
+            state.checkpoints(&young).expect("read"),
+            Some(b"y2".to_vec())
+        );
     }
 
     #[test]

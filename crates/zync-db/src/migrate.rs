@@ -239,6 +239,13 @@ pub(crate) const CLIENT: Schema = Schema {
              attempts INTEGER NOT NULL CHECK (attempts >= 1),
              PRIMARY KEY (dir, path)
          ) WITHOUT ROWID;",
+        // 3: the checkpoints of big files' contents, by sha256 (zync_fs::checkpoint): a new
+        // version written over one skips the SHA-256 of the windows they share.
+        "CREATE TABLE checkpoints (
+             sha256 TEXT PRIMARY KEY NOT NULL,
+             data BLOB NOT NULL,
+             at_unix INTEGER NOT NULL
+         ) WITHOUT ROWID;",
     ],
 };
 

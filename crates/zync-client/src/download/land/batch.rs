@@ -294,6 +294,7 @@ impl Batch {
                 path: root.display().to_string(),
                 source: std::io::Error::other("the batch before this one failed"),
             })?;
+            store_checkpoints(&mut db, &files);
             // Durable now: what finished before the flush, and the notes of the files about
             // to be renamed.
             let committed = commit.write(&mut db)?;
@@ -339,6 +340,27 @@ impl Batch {
         }
         self.touched.extend(installed.touched);
         Ok(())
+    }
+}
+
+/// Stores the checkpoints of the batch's big files, for their next versions. They only spare
+/// hashing: a failure to store them is logged, and costs the next version a full SHA-256.
+fn store_checkpoints(db: &mut ClientState, files: &Files) {
+    let mut kept = files
+        .iter()
+        .filter_map(|(_, ready)| ready.checkpoints())
+        .peekable();
+    if kept.peek().is_none() {
+        return;
+    }
+    let stored = db.batch().and_then(|mut batch| {
+        for (sha256, checkpoints) in kept {
+            batch.put_checkpoints(sha256, &checkpoints.to_bytes())?;
+        }
+        batch.commit()
+    });
+    if let Err(e) = stored {
+        tracing::warn!("cannot store the checkpoints of big files: {e}");
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use zync_proto::Kind;
 
 use zync_db::Synced;
-use zync_fs::{AtomicFile, Parents, RelPath, Sealed, Stat};
+use zync_fs::{AtomicFile, Checkpoints, Parents, RelPath, Sealed, Stat, CHECKPOINT_MIN};
 use zync_proto::{DeltaHeader, FileHeader, WindowHashes};
 
 use crate::error::ClientError;
@@ -28,6 +28,10 @@ pub struct Pending {
     /// The signature of R's older version at the path, when a delta is worth asking for, and
     /// the hashes of its windows (so E diffs only the windows that changed).
     signature: Option<(Vec<u8>, Option<WindowHashes>)>,
+    /// The checkpoints of the version the client last wrote at the path: the windows a
+    /// version rebuilt from a delta shares with it are not SHA-256-hashed again
+    /// (`zync_fs::checkpoint`).
+    prior: Option<Checkpoints>,
 }
 
 impl Pending {
@@ -44,7 +48,24 @@ impl Pending {
             record,
             file: None,
             signature: None,
+            prior: None,
         }
+    }
+
+    /// Gives the checkpoints of the version the client last wrote at the path.
+    pub fn set_prior(&mut self, prior: Checkpoints) {
+        self.prior = Some(prior);
+    }
+
+    /// True when the file is written with checkpoints (big enough for them to pay).
+    pub fn checkpointed(&self) -> bool {
+        self.size >= CHECKPOINT_MIN
+    }
+
+    /// True when a delta will be asked for (a rebuild can use the older version's
+    /// checkpoints).
+    pub fn wants_delta(&self) -> bool {
+        self.signature.is_some()
     }
 
     /// Asks for a delta against R's older version at the path: its signature and window
@@ -105,10 +126,14 @@ impl Pending {
     /// given (a group of files shares them).
     fn open_in(&mut self, offset: u64, parents: Option<&mut Parents>) -> Result<(), ClientError> {
         let mut file = if offset == 0 {
-            match parents {
+            let mut file = match parents {
                 Some(parents) => AtomicFile::create_in(parents, &self.root, &self.rel)?,
                 None => AtomicFile::create(&self.root, &self.rel)?,
+            };
+            if self.checkpointed() {
+                file.keep_checkpoints(None);
             }
+            file
         } else {
             match AtomicFile::resume(&self.root, &self.rel, &self.sha)? {
                 Some(partial) if partial.written() == offset => {
@@ -280,6 +305,11 @@ impl Pending {
             let file = pending.file.as_mut().ok_or_else(|| {
                 ClientError::Protocol(format!("{}: no file to rebuild into", pending.rel))
             })?;
+            // Only here: a rebuild that fails the check (its checkpoints may be what is
+            // wrong) is downloaded whole, and that download hashes every byte.
+            if let Some(prior) = pending.prior.take() {
+                file.keep_checkpoints(Some(&prior));
+            }
             zync_fs::delta::apply(&base, std::io::BufReader::new(spool), header.size, |data| {
                 file.write(data).map_err(std::io::Error::other)
             })
@@ -324,6 +354,9 @@ impl Pending {
             .open(source)
             .map_err(io)?;
         let mut file = AtomicFile::create(&p.root, &p.rel)?;
+        if p.checkpointed() {
+            file.keep_checkpoints(None);
+        }
         file.reserve(p.size)?;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -367,6 +400,12 @@ impl Ready {
     /// The file's size.
     pub fn size(&self) -> u64 {
         self.record.size
+    }
+
+    /// The content's sha256 and checkpoints, when they were kept, to store for the next
+    /// version written over it.
+    pub fn checkpoints(&self) -> Option<(&str, &Checkpoints)> {
+        Some((self.record.sha256.as_deref()?, self.sealed.checkpoints()?))
     }
 
     /// Flushes this file's content on its own.
