@@ -750,13 +750,18 @@ impl Dir {
         };
         // The fields' widths differ between targets.
         #[allow(clippy::unnecessary_cast)]
-        let (mode, inode) = (st.st_mode as u32 & 0o7777, st.st_ino as u64);
+        let (mode, inode, device) = (
+            st.st_mode as u32 & 0o7777,
+            st.st_ino as u64,
+            st.st_dev as u64,
+        );
         Ok(Stat::Entry(crate::Meta {
             kind,
             size,
             mtime_ns: mtime_ns(&st),
             mode,
             inode,
+            device,
             target: None,
         }))
     }
@@ -1154,6 +1159,20 @@ mod tests {
         assert_eq!(fs::read(r.join("f")).expect("read"), b"saved");
         assert_eq!(fs::read(r.join("ours")).expect("read"), b"ours");
         let now = crate::lstat(&r.join("f")).expect("lstat");
+        // The same inode number, size, mtime and mode on another device (a parent swapped
+        // for a directory on another file system) is another file.
+        let Stat::Entry(meta) = &now else {
+            panic!("f is a file: {now:?}")
+        };
+        let elsewhere = Stat::Entry(crate::Meta {
+            device: meta.device ^ 1,
+            ..meta.clone()
+        });
+        assert_eq!(
+            dir.replace_if("ours", "f", &elsewhere).expect("replace"),
+            IfUnchanged::Changed
+        );
+        assert_eq!(fs::read(r.join("f")).expect("read"), b"saved");
         assert_eq!(
             dir.replace_if("ours", "f", &now).expect("replace"),
             IfUnchanged::Done

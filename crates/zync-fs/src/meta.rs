@@ -20,6 +20,9 @@ pub struct Meta {
     pub mode: u32,
     /// The inode number.
     pub inode: u64,
+    /// The device holding the entry (`st_dev`): with the inode, which entry this is, also
+    /// when a parent was swapped for a directory on another file system.
+    pub device: u64,
     /// The symlink target, verbatim; `None` for files and directories.
     pub target: Option<String>,
 }
@@ -96,6 +99,7 @@ pub(crate) fn meta_from(
             .saturating_add(md.mtime_nsec()),
         mode: md.mode() & 0o7777,
         inode: md.ino(),
+        device: md.dev(),
         target,
     }))
 }

@@ -440,6 +440,7 @@ mod tests {
             mtime_ns: 5,
             mode: if kind == Kind::Dir { 0o755 } else { 0o644 },
             inode: 1,
+            device: 1,
             target: target.map(str::to_string),
         }
     }

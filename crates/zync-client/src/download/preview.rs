@@ -388,6 +388,7 @@ mod tests {
                 mtime_ns: 5,
                 mode: 0o644,
                 inode: 1,
+                device: 1,
                 target: None,
             }),
             sha: Some(sha.to_string()),
