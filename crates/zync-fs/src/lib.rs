@@ -34,7 +34,8 @@ pub use crate::atomic::{
     PARTIAL_MAX_AGE,
 };
 pub use crate::beneath::{
-    remove_if_unchanged, rename_if_unchanged, Dir, IfUnchanged, OpenedFile, Parents,
+    keep_swapped, remove_if_unchanged, rename_if_unchanged, Dir, IfUnchanged, OpenedFile, Parents,
+    SWAP_PREFIX,
 };
 pub use crate::checkpoint::{CheckedSha256, Checkpoints, CHECKPOINT_MIN};
 pub use crate::conflict::{conflict_name, free_conflict_name, is_conflict_copy, CONFLICT_MARKER};
