@@ -324,9 +324,7 @@ pub fn remove_if_unchanged(
 
 /// Removes the temp files (`.zync-tmp-*`, regular files only) beside `root/rel`: what a write
 /// killed before its rename leaves there. Returns how many went. Only zync-apply writes temp
-/// files into E's directories, and only after recording its intent for the file. What a
-/// replacement cut short left under [`zync_fs::SWAP_PREFIX`] stood at the destination (E's
-/// file, or a save made that instant): kept as a conflict copy, never removed.
+/// files into E's directories, and only after recording its intent for the file.
 ///
 /// # Errors
 ///
@@ -351,21 +349,7 @@ pub fn remove_temps_beside(root: &Path, rel: &RelPath) -> anyhow::Result<usize> 
         {
             continue;
         }
-        if kind != Some(zync_proto::Kind::File) {
-            continue;
-        }
-        if name
-            .as_encoded_bytes()
-            .starts_with(zync_fs::SWAP_PREFIX.as_bytes())
-        {
-            zync_fs::keep_swapped(&dir, &name).with_context(|| {
-                format!(
-                    "cannot keep {} (left by an apply cut short)",
-                    dir.path_of(&name).display()
-                )
-            })?;
-            removed += 1;
-        } else if dir.unlink(&name).is_ok() {
+        if kind == Some(zync_proto::Kind::File) && dir.unlink(&name).is_ok() {
             removed += 1;
         }
     }

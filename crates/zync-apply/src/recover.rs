@@ -409,12 +409,6 @@ mod tests {
         // What a kill in the middle of write_from leaves: the new parents and a partial temp.
         fx.e_write("new/dir/.zync-tmp-AbC123", b"new o");
         fx.e_write("new/dir/keep.txt", b"not ours\n");
-        // And what a kill right after a replacement's exchange leaves: what stood at the name
-        // (perhaps a save made that instant), under a swap name.
-        fx.e_write(
-            "new/dir/.zync-tmp-swap-0123456789abcdef-keep.txt",
-            b"saved that instant\n",
-        );
         let (r, out) = fx.run(
             &["apply", ID, "--non-interactive", "--force"],
             &mut no_prompts(),
@@ -423,20 +417,6 @@ mod tests {
         assert!(!fx.root.join("new/dir/.zync-tmp-AbC123").exists(), "{out}");
         assert!(fx.root.join("new/dir/keep.txt").exists());
         assert!(r_versions(&fx));
-        let kept: Vec<String> = std::fs::read_dir(fx.root.join("new/dir"))
-            .expect("list")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| zync_fs::is_conflict_copy(n))
-            .collect();
-        let [copy] = &kept[..] else {
-            panic!("expected one conflict copy, found {kept:?}:\n{out}")
-        };
-        assert!(copy.starts_with("keep"), "{copy}");
-        assert_eq!(
-            std::fs::read(fx.root.join("new/dir").join(copy)).expect("read"),
-            b"saved that instant\n"
-        );
     }
 
     #[test]

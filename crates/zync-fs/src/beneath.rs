@@ -506,58 +506,42 @@ impl Dir {
             if ours == Stat::Missing {
                 return Err(io::ErrorKind::NotFound.into());
             }
-            // Under a name cleanups keep: from the exchange until the look is done, it holds
-            // what stood at `to`, which may be a save made that instant; a crash then must not
-            // leave it where a cleanup of temp files would remove it.
-            let swap = self.name_to_swap(from, to)?;
-            let back = |e: io::Error| match self.rename(&swap, self, from) {
-                Ok(()) => e,
-                Err(b) => b,
-            };
-            match self.exchange(OsStr::new(&swap), to) {
+            match self.exchange(from, to) {
                 Ok(()) => {
                     between(Exchange::Out);
-                    // `swap` now names what stood at `to`: removed if it is the entry
+                    // `from` now names what stood at `to`: removed if it is the entry
                     // approved (should the unlink fail, it is still that entry, which the
                     // caller may remove).
-                    if matches!(self.lstat(&swap), Ok(out) if out == *expected) {
-                        self.unlink(&swap)?;
+                    if matches!(self.lstat(from), Ok(out) if out == *expected) {
+                        self.unlink(from)?;
                         return Ok(IfUnchanged::Done);
                     }
-                    // Someone's save: it goes back. Whatever is then left at `swap` that is
+                    // Someone's save: it goes back. Whatever is then left at `from` that is
                     // not ours (a second save landed at `to` meanwhile, or the exchange back
                     // failed because `to` was renamed away) is a save too: kept beside `to`,
-                    // never left under a temp name for the caller to remove.
-                    if let Err(e) = self.exchange(OsStr::new(&swap), to) {
+                    // never left under our temp name for the caller to remove.
+                    if let Err(e) = self.exchange(from, to) {
                         tracing::warn!(
                             path = %self.path_of(to).display(),
                             "cannot put a file saved during a replacement back: {e}"
                         );
                     }
                     between(Exchange::Back);
-                    let still_ours = matches!((self.lstat(&swap), &ours), (Ok(Stat::Entry(now)), Stat::Entry(ours)) if now.inode == ours.inode);
-                    if still_ours {
-                        self.rename(&swap, self, from)?;
-                    } else {
-                        self.keep_aside(OsStr::new(&swap), to)?;
+                    let still_ours = matches!((self.lstat(from), &ours), (Ok(Stat::Entry(now)), Stat::Entry(ours)) if now.inode == ours.inode);
+                    if !still_ours {
+                        self.keep_aside(from, to)?;
                     }
                     return Ok(IfUnchanged::Changed);
                 }
-                // Nothing at `to` (or ours gone, which is an error).
+                // Nothing at `to` (or `from` gone, which is an error).
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    let e = back(e);
                     if self.lstat(from)? == Stat::Missing {
                         return Err(e);
                     }
                     return Ok(IfUnchanged::Gone);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                    let e = back(e);
-                    if e.kind() != io::ErrorKind::Unsupported {
-                        return Err(e);
-                    }
-                }
-                Err(e) => return Err(back(e)),
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
+                Err(e) => return Err(e),
             }
         }
         match look()? {
@@ -566,28 +550,6 @@ impl Dir {
         }
         self.rename(from, self, to)?;
         Ok(IfUnchanged::Done)
-    }
-
-    /// Renames our file `from` to a new name under [`SWAP_PREFIX`] for `to` (never over
-    /// anything), and returns that name.
-    fn name_to_swap(&self, from: &OsStr, to: &OsStr) -> io::Result<String> {
-        loop {
-            let swap = swap_name(to);
-            let renamed = match self.rename_noreplace(from, self, &swap) {
-                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                    if self.lstat(&swap)? != Stat::Missing {
-                        continue;
-                    }
-                    self.rename(from, self, &swap)
-                }
-                other => other,
-            };
-            match renamed {
-                Ok(()) => return Ok(swap),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
-            }
-        }
     }
 
     /// Renames `name`, a file someone saved at `of` that a replacement moved out, to a new
@@ -883,43 +845,6 @@ pub(crate) fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
 /// `prefix` and 16 random hex digits: a temp name (`O_EXCL` settles any clash).
 pub(crate) fn temp_name(prefix: &str) -> String {
     format!("{prefix}{:016x}", random())
-}
-
-/// The prefix of the name a replacement gives its new file before exchanging it with the
-/// entry it replaces ([`Dir::replace_if`]): a crash between the exchange and the look that
-/// follows leaves what stood there (perhaps a save made that instant) under it. Cleanups of
-/// temp files keep such a file as a conflict copy ([`keep_swapped`]), never remove it.
-pub const SWAP_PREFIX: &str = ".zync-tmp-swap-";
-
-/// A new name under [`SWAP_PREFIX`] for a replacement of `to`: 16 random hex digits, then
-/// `to` (cut to the component limit), so that a cleanup knows whose copy it keeps.
-fn swap_name(to: &OsStr) -> String {
-    let mut name = format!(
-        "{SWAP_PREFIX}{:016x}-{}",
-        random(),
-        to.to_str().unwrap_or_default()
-    );
-    while name.len() > crate::path::MAX_COMPONENT_BYTES {
-        name.pop();
-    }
-    name
-}
-
-/// Keeps `name`, a file a replacement left under [`SWAP_PREFIX`] when it was cut short, as a
-/// conflict copy of the entry it was for (named in it), in `dir`: it may be a save someone
-/// made while the replacement ran.
-///
-/// # Errors
-///
-/// An I/O error of the rename.
-pub fn keep_swapped(dir: &Dir, name: &OsStr) -> io::Result<()> {
-    let of = name
-        .to_str()
-        .and_then(|n| n.strip_prefix(SWAP_PREFIX))
-        .and_then(|rest| rest.get(17..))
-        .filter(|of| !of.is_empty())
-        .unwrap_or("zync-recovered");
-    dir.keep_aside(name, OsStr::new(of))
 }
 
 fn random() -> u64 {
@@ -1344,56 +1269,6 @@ mod tests {
             }
             assert!(!contents.iter().any(|c| c == b"as approved"), "{what}");
         }
-    }
-
-    /// A crash (kill -9, power cut) right after the exchange, before the look: what stood at
-    /// the name, here a save made that instant, is under a swap name, and the cleanup of temp
-    /// files at the next start keeps it as a conflict copy, while it removes plain temp files.
-    #[test]
-    fn a_crash_between_the_exchange_and_the_look_leaves_a_save_that_cleanup_keeps() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let r = tmp.path().join("r");
-        fs::create_dir(&r).expect("mkdir");
-        fs::write(r.join("f"), b"as approved").expect("write");
-        let approved = crate::lstat(&r.join("f")).expect("lstat");
-        fs::write(r.join("save.tmp"), b"saved that instant").expect("write");
-        fs::rename(r.join("save.tmp"), r.join("f")).expect("save");
-        fs::write(r.join(".zync-tmp-ours"), b"ours").expect("write");
-        fs::write(r.join(".zync-tmp-partly-written"), b"par").expect("write");
-        // What a crash at that instant leaves: a copy of the directory.
-        let crashed = tmp.path().join("crashed");
-        fs::create_dir(&crashed).expect("mkdir");
-        let dir = Dir::open_root(&r).expect("open");
-        dir.replace_if_between(
-            OsStr::new(".zync-tmp-ours"),
-            OsStr::new("f"),
-            &approved,
-            |at| {
-                if at == Exchange::Out {
-                    for entry in fs::read_dir(&r).expect("list").flatten() {
-                        fs::copy(entry.path(), crashed.join(entry.file_name())).expect("copy");
-                    }
-                }
-            },
-        )
-        .expect("replace");
-        crate::remove_temp_files(&crashed).expect("cleanup");
-        let mut left: Vec<(String, Vec<u8>)> = fs::read_dir(&crashed)
-            .expect("list")
-            .flatten()
-            .map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                (name, fs::read(e.path()).expect("read"))
-            })
-            .collect();
-        left.sort();
-        assert_eq!(left.len(), 2, "{left:?}");
-        assert_eq!(left[0], ("f".to_string(), b"ours".to_vec()), "{left:?}");
-        assert!(
-            crate::is_conflict_copy(&left[1].0) && left[1].0.starts_with('f'),
-            "{left:?}"
-        );
-        assert_eq!(left[1].1, b"saved that instant", "{left:?}");
     }
 
     #[test]

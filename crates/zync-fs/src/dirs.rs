@@ -1,7 +1,7 @@
 //! Directories under a synced root, handled without ever following a symlink (invariant 3):
 //! checking a path's parents, creating directories, and clearing leftover temp files.
 
-use crate::beneath::{chmod_fd, Dir, SWAP_PREFIX};
+use crate::beneath::{chmod_fd, Dir};
 use crate::error::FsError;
 use crate::ignore::TEMP_PREFIX;
 use crate::path::RelPath;
@@ -45,8 +45,7 @@ pub fn ensure_dir(root: &Path, rel: &RelPath, mode: Option<u32>) -> Result<Vec<R
 
 /// Removes zync temp files (names starting with [`TEMP_PREFIX`]) anywhere under `root`, left by
 /// an interrupted run, except partial downloads younger than [`PARTIAL_MAX_AGE`], which a
-/// later run resumes, and what a replacement cut short left under [`SWAP_PREFIX`] (perhaps
-/// someone's save), which is kept as a conflict copy. Does not follow symlinks: every directory is opened from its parent's
+/// later run resumes. Does not follow symlinks: every directory is opened from its parent's
 /// handle and every file removed relative to it. Unreadable subdirectories are logged and
 /// skipped. Returns how many files were removed.
 ///
@@ -78,13 +77,6 @@ pub fn remove_temp_files(root: &Path) -> Result<usize, FsError> {
                         "cannot read {} to remove temp files: {e}",
                         dir.path_of(&name).display()
                     ),
-                }
-            } else if name.as_encoded_bytes().starts_with(SWAP_PREFIX.as_bytes()) {
-                // What stood where a replacement was cut short: perhaps someone's save.
-                if kind == Some(Kind::File) || kind == Some(Kind::Symlink) {
-                    crate::beneath::keep_swapped(&dir, &name).map_err(|e| {
-                        FsError::io("keep a file a replacement left", dir.path_of(&name), e)
-                    })?;
                 }
             } else if name.as_encoded_bytes().starts_with(TEMP_PREFIX.as_bytes())
                 && !is_recent_partial(&dir, &name)
@@ -264,34 +256,5 @@ mod tests {
         );
         assert_eq!(remove_temp_files(r).expect("remove"), 0);
         assert!(remove_temp_files(&r.join("missing")).is_err());
-    }
-
-    #[test]
-    fn what_a_replacement_cut_short_left_is_kept_as_a_conflict_copy() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let r = tmp.path();
-        fs::create_dir(r.join("d")).expect("mkdir");
-        fs::write(
-            r.join("d/.zync-tmp-swap-0123456789abcdef-notes.txt"),
-            b"a save",
-        )
-        .unwrap();
-        // A name cut to the component limit before the file's name began.
-        fs::write(r.join("d/.zync-tmp-swap-0123456789abcdef-"), b"another").unwrap();
-        assert_eq!(remove_temp_files(r).expect("cleanup"), 0);
-        let mut left: Vec<(String, Vec<u8>)> = fs::read_dir(r.join("d"))
-            .expect("list")
-            .flatten()
-            .map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                (name, fs::read(e.path()).expect("read"))
-            })
-            .collect();
-        left.sort();
-        assert_eq!(left.len(), 2, "{left:?}");
-        assert!(left[0].0.starts_with("notes") && crate::is_conflict_copy(&left[0].0));
-        assert_eq!(left[0].1, b"a save");
-        assert!(left[1].0.starts_with("zync-recovered"), "{left:?}");
-        assert_eq!(left[1].1, b"another");
     }
 }

@@ -34,8 +34,7 @@ pub use crate::atomic::{
     PARTIAL_MAX_AGE,
 };
 pub use crate::beneath::{
-    keep_swapped, remove_if_unchanged, rename_if_unchanged, Dir, IfUnchanged, OpenedFile, Parents,
-    SWAP_PREFIX,
+    remove_if_unchanged, rename_if_unchanged, Dir, IfUnchanged, OpenedFile, Parents,
 };
 pub use crate::checkpoint::{CheckedSha256, Checkpoints, CHECKPOINT_MIN};
 pub use crate::conflict::{conflict_name, free_conflict_name, is_conflict_copy, CONFLICT_MARKER};
