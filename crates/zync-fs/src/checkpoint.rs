@@ -46,9 +46,6 @@ const INITIAL: [u32; 8] = [
     0x5be0_cd19,
 ];
 
-/// How many blocks are copied out of the caller's bytes for one call of `compress256`.
-const BATCH: usize = 32;
-
 /// One window's XXH3-128, and the SHA-256 state after the file's bytes up to its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Checkpoint {
@@ -136,7 +133,8 @@ pub struct CheckedSha256 {
     filled: usize,
     /// Bytes given to [`CheckedSha256::update`].
     fed: u64,
-    windows: Option<Windows>,
+    /// Boxed: a download waiting in the queue holds its hasher, and most never keep windows.
+    windows: Option<Box<Windows>>,
 }
 
 impl std::fmt::Debug for CheckedSha256 {
@@ -179,34 +177,21 @@ impl CheckedSha256 {
             Some(prior) if !prior.is_empty() => Mode::Skip(prior.0.clone()),
             _ => Mode::Hash,
         };
-        self.windows = Some(Windows {
+        self.windows = Some(Box::new(Windows {
             xxh3: Xxh3Default::new(),
             made: Vec::new(),
             mode,
-        });
+        }));
     }
 
     /// Feeds the next bytes of the file. While a window is skipped, they are only XXH3-hashed;
     /// when it turns out not to match, [`CheckedSha256::behind`] says from where to read back.
     pub fn update(&mut self, data: &[u8]) {
         self.fed += data.len() as u64;
-        let skipping = matches!(
-            &self.windows,
-            Some(Windows {
-                mode: Mode::Skip(_),
-                ..
-            })
-        );
-        if skipping {
-            self.skip(data);
-        } else if !matches!(
-            &self.windows,
-            Some(Windows {
-                mode: Mode::Behind,
-                ..
-            })
-        ) {
-            self.hash(data);
+        match self.windows.as_deref().map(|w| &w.mode) {
+            Some(Mode::Skip(_)) => self.skip(data),
+            Some(Mode::Behind) => {}
+            Some(Mode::Hash) | None => self.hash(data),
         }
     }
 
@@ -356,19 +341,16 @@ impl CheckedSha256 {
 }
 
 /// SHA-256's compression of whole 64-byte blocks (`data.len()` a multiple of 64), through
-/// `sha2` (SHA-NI where the CPU has it), in batches copied out of `data`.
+/// `sha2` (SHA-NI where the CPU has it), straight from `data`.
 fn compress(state: &mut [u32; 8], data: &[u8]) {
-    if data.is_empty() {
-        return;
-    }
-    let mut blocks = [GenericArray::<u8, U64>::default(); BATCH];
-    for chunk in data.chunks(64 * BATCH) {
-        let n = chunk.len() / 64;
-        for (block, bytes) in blocks.iter_mut().zip(chunk.chunks_exact(64)) {
-            block.copy_from_slice(bytes);
-        }
-        sha2::compress256(state, &blocks[..n]);
-    }
+    let n = data.len() / 64;
+    // SAFETY: `GenericArray<u8, U64>` is `#[repr(transparent)]` over an array of 64 `u8`
+    // (size 64, alignment 1), so the first `n * 64` bytes of `data` are `n` such blocks; the
+    // slice borrows `data` and does not outlive it. The `block-buffer` crate that `sha2`
+    // itself uses casts its input the same way.
+    let blocks: &[GenericArray<u8, U64>] =
+        unsafe { std::slice::from_raw_parts(data.as_ptr().cast(), n) };
+    sha2::compress256(state, blocks);
 }
 
 #[cfg(test)]
