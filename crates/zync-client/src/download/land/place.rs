@@ -340,4 +340,75 @@ mod tests {
             "outside\n"
         );
     }
+
+    /// An editor on R saving where E's version is going, again and again: each save lands
+    /// where nothing is (`RENAME_NOREPLACE`), so it can only land between the keeping aside
+    /// of what stood there and E's rename, the retry loop's window. Every save that landed
+    /// is at the name or in a conflict copy afterwards; an install that kept meeting saves
+    /// gives up for this sync (blocked) instead of replacing one.
+    #[test]
+    fn saves_landing_between_keeping_aside_and_the_rename_are_all_kept() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("r");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        let stop = Arc::new(AtomicBool::new(false));
+        let saver = {
+            let (root, stop) = (root.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let dir = zync_fs::Dir::open_root(&root).expect("open");
+                let mut landed = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let content = format!("save {n}\n");
+                    std::fs::write(root.join("editor.tmp"), &content).expect("write");
+                    if dir.rename_noreplace("editor.tmp", &dir, "f").is_ok() {
+                        landed.push(content);
+                    }
+                }
+                landed
+            })
+        };
+        let mut place = Place::new(&root, "d");
+        let mut parents = Parents::default();
+        let (mut installed, mut blocked) = (0, 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while installed + blocked < 300 && std::time::Instant::now() < deadline {
+            let ready = ready_where_r_had_nothing(&root, "f");
+            match place.install_in(ready, &mut parents) {
+                Ok(_) => installed += 1,
+                Err(ClientError::Blocked { .. }) => blocked += 1,
+                Err(e) => panic!("install: {e}"),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let landed = saver.join().expect("saver");
+        let _ = std::fs::remove_file(root.join("editor.tmp"));
+        let mut kept: Vec<String> = place
+            .take_conflicts()
+            .iter()
+            .map(|c| std::fs::read_to_string(root.join(c)).expect("read a copy"))
+            .collect();
+        kept.push(std::fs::read_to_string(root.join("f")).expect("read f"));
+        let lost: Vec<&String> = landed.iter().filter(|s| !kept.contains(s)).collect();
+        assert!(
+            lost.is_empty(),
+            "{} of {} saves lost ({installed} installs, {blocked} blocked): {lost:?}",
+            lost.len(),
+            landed.len()
+        );
+        assert!(
+            !landed.is_empty(),
+            "no save landed in the window ({installed} installs, {blocked} blocked)"
+        );
+        let names: Vec<String> = std::fs::read_dir(&root)
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(zync_fs::TEMP_PREFIX))
+            .collect();
+        assert!(names.is_empty(), "temp files left: {names:?}");
+    }
 }
