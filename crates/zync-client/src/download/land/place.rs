@@ -348,14 +348,15 @@ mod tests {
     /// gives up for this sync (blocked) instead of replacing one.
     #[test]
     fn saves_landing_between_keeping_aside_and_the_rename_are_all_kept() {
-        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         use std::sync::Arc;
         let tmp = tempfile::tempdir().expect("tempdir");
         let root = tmp.path().join("r");
         std::fs::create_dir_all(&root).expect("mkdir");
         let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicUsize::new(0));
         let saver = {
-            let (root, stop) = (root.clone(), Arc::clone(&stop));
+            let (root, stop, count) = (root.clone(), Arc::clone(&stop), Arc::clone(&count));
             std::thread::spawn(move || {
                 let dir = zync_fs::Dir::open_root(&root).expect("open");
                 let mut landed = Vec::new();
@@ -366,6 +367,7 @@ mod tests {
                     std::fs::write(root.join("editor.tmp"), &content).expect("write");
                     if dir.rename_noreplace("editor.tmp", &dir, "f").is_ok() {
                         landed.push(content);
+                        count.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 landed
@@ -375,7 +377,10 @@ mod tests {
         let mut parents = Parents::default();
         let (mut installed, mut blocked) = (0, 0);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while installed + blocked < 300 && std::time::Instant::now() < deadline {
+        // At least 300 installs, and on until a few saves landed in the window.
+        while (installed + blocked < 300 || count.load(Ordering::Relaxed) < 5)
+            && std::time::Instant::now() < deadline
+        {
             let ready = ready_where_r_had_nothing(&root, "f");
             match place.install_in(ready, &mut parents) {
                 Ok(_) => installed += 1,
