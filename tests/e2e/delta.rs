@@ -490,21 +490,51 @@ async fn a_file_that_changed_since_it_was_indexed_is_stale() {
     peer.ping_ok().await;
 }
 
-/// The client uses GET_DELTA by itself: a 64 KiB edit in the middle of a 24 MiB file
-/// that R already has crosses the wire as a signature and a small delta, well under 1 MiB
-/// both ways, and R ends with E's exact bytes, leaving no temp file behind.
-#[test]
-fn a_small_edit_in_a_big_file_reaches_r_as_a_delta() {
-    const SIZE: usize = 24 * MIB;
+/// E's `big.bin` of `size` pseudo-random bytes (`seed`), served by a daemon and synced once to
+/// R by a client.
+struct Synced {
+    tmp: tempfile::TempDir,
+    e: PathBuf,
+    r: PathBuf,
+    daemon: Daemon,
+    client: ClientSpec,
+    data: Vec<u8>,
+}
+
+fn synced_big_file(size: usize, seed: u64) -> Synced {
     let tmp = tempfile::tempdir().expect("tempdir");
     let e = tmp.path().join("e");
-    let mut data = pseudo_random(SIZE, 77);
+    let data = pseudo_random(size, seed);
     write(&e.join("big.bin"), &data);
     let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
     daemon.wait_scanned();
     let r = tmp.path().join("r");
     let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
     client.once_ok(&daemon.url());
+    Synced {
+        tmp,
+        e,
+        r,
+        daemon,
+        client,
+        data,
+    }
+}
+
+/// The client uses GET_DELTA by itself: a 64 KiB edit in the middle of a 24 MiB file
+/// that R already has crosses the wire as a signature and a small delta, well under 1 MiB
+/// both ways, and R ends with E's exact bytes, leaving no temp file behind.
+#[test]
+fn a_small_edit_in_a_big_file_reaches_r_as_a_delta() {
+    const SIZE: usize = 24 * MIB;
+    let Synced {
+        tmp: _tmp,
+        e,
+        r,
+        daemon,
+        client,
+        mut data,
+    } = synced_big_file(SIZE, 77);
     assert_eq!(file_sha(&r.join("big.bin")), sha256(&data));
 
     let middle = SIZE / 2 + 1234;
@@ -550,15 +580,14 @@ fn a_small_edit_in_a_big_file_reaches_r_as_a_delta() {
 #[test]
 fn a_corrupt_delta_is_caught_and_the_file_downloaded_whole() {
     const SIZE: usize = 8 * MIB;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let e = tmp.path().join("e");
-    let mut data = pseudo_random(SIZE, 91);
-    write(&e.join("big.bin"), &data);
-    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
-    daemon.wait_scanned();
-    let r = tmp.path().join("r");
-    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
-    client.once_ok(&daemon.url());
+    let Synced {
+        tmp: _tmp,
+        e,
+        r,
+        daemon,
+        client,
+        mut data,
+    } = synced_big_file(SIZE, 91);
 
     let middle = SIZE / 2 + 4321;
     data[middle..middle + 64 * 1024].copy_from_slice(&pseudo_random(64 * 1024, 92));
@@ -619,15 +648,14 @@ fn stored_checkpoints(client: &ClientSpec, sha: &str) -> Option<Vec<u8>> {
 #[test]
 fn checkpoints_spare_hashing_what_r_wrote_and_lying_ones_let_nothing_wrong_in() {
     const SIZE: usize = 24 * MIB;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let e = tmp.path().join("e");
-    let mut data = pseudo_random(SIZE, 61);
-    write(&e.join("big.bin"), &data);
-    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
-    daemon.wait_scanned();
-    let r = tmp.path().join("r");
-    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
-    client.once_ok(&daemon.url());
+    let Synced {
+        tmp: _tmp,
+        e,
+        r,
+        daemon,
+        client,
+        mut data,
+    } = synced_big_file(SIZE, 61);
     let first = sha256(&data);
     assert_eq!(file_sha(&r.join("big.bin")), first);
     let stored = stored_checkpoints(&client, &first).expect("checkpoints of the first version");

@@ -358,18 +358,7 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    /// Deterministic bytes, different at every offset.
-    fn bytes(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::testkit::noise as bytes;
 
     /// Feeds `data` in pieces of `piece` bytes, writing them to a temp file as AtomicFile does
     /// and catching up as asked; returns the digest, the checkpoints and how many bytes were

@@ -1292,18 +1292,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
+    use crate::testkit::noise;
 
     fn collect_diff(new: &[u8], signature: &[u8], blocks: Option<usize>) -> Vec<u8> {
         collect_diff_lanes(new, signature, blocks, lanes())
