@@ -8,9 +8,10 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 
+use std::sync::Arc;
 use zync_cli::progress::Progress;
 use zync_db::ClientState;
-use zync_fs::Checkpoints;
+use zync_fs::{Checkpoints, WindowKey};
 use zync_proto::{AckChanges, Change, ChangesReply, GetChanges, Op, Reply};
 
 use crate::connection::Connection;
@@ -84,8 +85,10 @@ pub async fn sync_dir(
     // Commits are written beside the renames, on their thread: a connection of their own, kept
     // from one sync to the next (a loop client syncs once per save).
     let batch = Batch::new(place.sibling(), state.take_another()?);
+    let key = window_key(state);
     let mut run = Run {
         name,
+        key,
         mapping,
         place,
         known: Known::default(),
@@ -128,6 +131,8 @@ struct Run<'a> {
     /// Contents this page's file changes need: a deleted file with one of them is set aside,
     /// so a rename on E costs a local copy instead of a download.
     wanted: HashSet<String>,
+    /// This client's checkpoint key; without one, no checkpoints are kept.
+    key: Option<Arc<WindowKey>>,
     /// The umask new entries get.
     umask: u32,
     pipeline: Pipeline<'a>,
@@ -283,10 +288,12 @@ impl<'a> Run<'a> {
                 Ok(Outcome::Fetch(mut pending)) => match pending.check_room(0) {
                     Ok(()) => {
                         self.note_inflight(change);
-                        if pending.checkpointed() && pending.wants_delta() {
-                            if let Some(prior) = prior_checkpoints(state, self.name, &pending) {
-                                pending.set_prior(prior);
-                            }
+                        if let Some(key) = self.key.as_ref().filter(|_| pending.checkpointed()) {
+                            let prior = pending
+                                .wants_delta()
+                                .then(|| prior_checkpoints(state, self.name, &pending))
+                                .flatten();
+                            pending.keep_checkpoints(Arc::clone(key), prior);
                         }
                         self.pipeline.push(i, pending);
                     }
@@ -584,6 +591,25 @@ fn hash(path: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
     path.hash(&mut hasher);
     hasher.finish()
+}
+
+/// This client's checkpoint key (`zync_fs::checkpoint`), made the first time; without one (no
+/// random bytes, a database error) big files are written without checkpoints, and hashed whole.
+fn window_key(state: &mut ClientState) -> Option<Arc<WindowKey>> {
+    let fresh = match WindowKey::random() {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::debug!("no checkpoint key: {e}");
+            return None;
+        }
+    };
+    match state.checkpoint_key(|| fresh.as_bytes().to_vec()) {
+        Ok(bytes) => WindowKey::from_bytes(&bytes).map(Arc::new),
+        Err(e) => {
+            tracing::debug!("cannot read the checkpoint key: {e}");
+            None
+        }
+    }
 }
 
 /// The checkpoints of what the client last wrote at `pending`'s path (`zync_fs::checkpoint`),

@@ -260,6 +260,38 @@ impl ClientState {
             .with_ctx(|| format!("reading the synced state of {dir}/{path}"))
     }
 
+    /// The key of this client's checkpoints (`zync_fs::WindowKey`), made by `make` and stored
+    /// the first time it is asked for: kept in the database, which only its owner can read, so
+    /// that nobody else can make windows whose hashes match.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn checkpoint_key(&mut self, make: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>> {
+        let read = |conn: &Connection| {
+            conn.query_row(
+                "SELECT value FROM meta WHERE key = 'checkpoint_key'",
+                [],
+                |row| row.get::<_, Vec<u8>>(0),
+            )
+            .optional()
+            .ctx("reading the checkpoint key")
+        };
+        if let Some(key) = read(&self.conn)? {
+            return Ok(key);
+        }
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('checkpoint_key', ?1)",
+                [make()],
+            )
+            .ctx("storing the checkpoint key")?;
+        read(&self.conn)?.ok_or_else(|| crate::error::DbError::Sqlite {
+            context: "reading the checkpoint key just stored".to_string(),
+            source: rusqlite::Error::QueryReturnedNoRows,
+        })
+    }
+
     /// The checkpoints stored for the content with this sha256
     /// ([`ClientBatch::put_checkpoints`]), if any.
     ///
@@ -762,6 +794,21 @@ mod tests {
             memory.open_another(),
             Err(crate::DbError::InMemory)
         ));
+    }
+
+    #[test]
+    fn the_checkpoint_key_is_made_once_and_kept() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("client.db");
+        let mut state = ClientState::open(&path).expect("open");
+        let key = state.checkpoint_key(|| vec![1; 192]).expect("key");
+        assert_eq!(key, vec![1; 192]);
+        drop(state);
+        let mut state = ClientState::open(&path).expect("open again");
+        let again = state
+            .checkpoint_key(|| panic!("a second key was made"))
+            .expect("key");
+        assert_eq!(again, key);
     }
 
     #[test]

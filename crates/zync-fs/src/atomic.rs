@@ -5,7 +5,7 @@
 
 use crate::attrs::set_file_mtime;
 use crate::beneath::{Dir, IfUnchanged, Parents};
-use crate::checkpoint::{CheckedSha256, Checkpoints};
+use crate::checkpoint::{CheckedSha256, Checkpoints, WindowKey};
 use crate::ignore::TEMP_PREFIX;
 use crate::meta::Stat;
 use crate::path::RelPath;
@@ -430,9 +430,8 @@ impl AtomicFile {
         else {
             return Ok(None);
         };
-        // With checkpoints, as a download that was not cut would have had.
+        // Without checkpoints: the next version of this file is hashed whole.
         let mut hasher = CheckedSha256::new();
-        hasher.keep_checkpoints(None);
         let mut written = 0u64;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -470,11 +469,12 @@ impl AtomicFile {
         }))
     }
 
-    /// Keeps the [`Checkpoints`] of this file's content (see [`crate::checkpoint`]), handed
-    /// out by [`Sealed::checkpoints`], and skips the SHA-256 of the windows that match
-    /// `prior`'s: those of the version this file replaces. Only before the first write.
-    pub fn keep_checkpoints(&mut self, prior: Option<&Checkpoints>) {
-        self.hasher.keep_checkpoints(prior);
+    /// Keeps the [`Checkpoints`] of this file's content (see [`crate::checkpoint`]), their
+    /// window hashes keyed with `key`, handed out by [`Sealed::checkpoints`], and skips the
+    /// SHA-256 of the windows that match `prior`'s: those of the version this file replaces.
+    /// Only before the first write.
+    pub fn keep_checkpoints(&mut self, prior: Option<&Checkpoints>, key: &WindowKey) {
+        self.hasher.keep_checkpoints(prior, key);
     }
 
     /// Bytes written so far.
@@ -1072,7 +1072,8 @@ mod tests {
         expected: &str,
     ) -> Result<Sealed, FsError> {
         let mut f = AtomicFile::create(r, &rel(name)).expect("create");
-        f.keep_checkpoints(prior);
+        let key = WindowKey::from_bytes(&[7; 192]).expect("a key");
+        f.keep_checkpoints(prior, &key);
         for piece in content.chunks(3 << 20) {
             f.write(piece).expect("write");
         }

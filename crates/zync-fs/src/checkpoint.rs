@@ -11,7 +11,8 @@
 //! costs the SHA-256 of its second half, and an append only that of the new tail.
 //!
 //! What the comparison with E's sha256 then rests on: a skipped window holds the bytes of the
-//! older version's window (XXH3-128: one in 2^128 for an accidental difference), and that
+//! older version's window (XXH3-128 keyed with the client's secret [`WindowKey`]: one in 2^128
+//! for an accidental difference, and without the key there is no known way to make one on purpose), and that
 //! window's SHA-256 state was computed from those bytes when the older version was written.
 //! Every byte from the first window that differs on is hashed with SHA-256. A delta that
 //! rebuilt the wrong bytes (MD4 block sums can collide) is still caught: the digest is then of
@@ -22,7 +23,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 use sha2::digest::generic_array::{typenum::U64, GenericArray};
-use xxhash_rust::xxh3::Xxh3Default;
+use xxhash_rust::xxh3::Xxh3;
 
 /// Bytes per window: the windows of GET_DELTA's hashes, so that a window E found unchanged
 /// is one copy of the same window of R's version.
@@ -45,6 +46,47 @@ const INITIAL: [u32; 8] = [
     0x1f83_d9ab,
     0x5be0_cd19,
 ];
+
+/// Bytes of a [`WindowKey`]: an XXH3 secret.
+const KEY_LEN: usize = 192;
+
+/// The secret the windows' XXH3-128 is keyed with: random, made once per client and kept in
+/// its state. With XXH3's published default secret, two windows with the same hash are easy
+/// to make on purpose (a change in one 8-byte lane that a change in another cancels), so a
+/// file planted at a path on R could pass a skipped window for the one its state was computed
+/// from; keyed with a secret nobody else knows, they cannot be made to.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WindowKey([u8; KEY_LEN]);
+
+impl WindowKey {
+    /// A new random key.
+    ///
+    /// # Errors
+    ///
+    /// When the system has no random bytes to give.
+    pub fn random() -> io::Result<WindowKey> {
+        let mut key = [0u8; KEY_LEN];
+        getrandom::fill(&mut key)
+            .map_err(|e| io::Error::other(format!("cannot get random bytes: {e}")))?;
+        Ok(WindowKey(key))
+    }
+
+    /// A key stored with [`WindowKey::as_bytes`]; `None` for bytes of another length.
+    pub fn from_bytes(bytes: &[u8]) -> Option<WindowKey> {
+        bytes.try_into().ok().map(WindowKey)
+    }
+
+    /// The key's bytes, to store.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for WindowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WindowKey(..)")
+    }
+}
 
 /// One window's XXH3-128, and the SHA-256 state after the file's bytes up to its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +159,7 @@ enum Mode {
 /// The windows' part of [`CheckedSha256`].
 struct Windows {
     /// The current window, so far.
-    xxh3: Xxh3Default,
+    xxh3: Xxh3,
     /// The checkpoints of what was written, window by window.
     made: Vec<Checkpoint>,
     mode: Mode,
@@ -166,10 +208,11 @@ impl CheckedSha256 {
         }
     }
 
-    /// Keeps checkpoints of what is written from now on, and skips the SHA-256 of the windows
-    /// that match `prior`'s (those of the version being replaced). Only before the first byte;
-    /// later it changes nothing.
-    pub fn keep_checkpoints(&mut self, prior: Option<&Checkpoints>) {
+    /// Keeps checkpoints of what is written from now on, their window hashes keyed with
+    /// `key`, and skips the SHA-256 of the windows that match `prior`'s (those of the version
+    /// being replaced, made with the same key). Only before the first byte; later it changes
+    /// nothing.
+    pub fn keep_checkpoints(&mut self, prior: Option<&Checkpoints>, key: &WindowKey) {
         if self.fed > 0 {
             return;
         }
@@ -178,7 +221,7 @@ impl CheckedSha256 {
             _ => Mode::Hash,
         };
         self.windows = Some(Box::new(Windows {
-            xxh3: Xxh3Default::new(),
+            xxh3: Xxh3::with_secret(key.0),
             made: Vec::new(),
             mode,
         }));
@@ -360,13 +403,18 @@ mod tests {
 
     use crate::testkit::noise as bytes;
 
+    /// The key of these tests' checkpoints.
+    fn key() -> WindowKey {
+        WindowKey::from_bytes(&bytes(KEY_LEN, 99)).expect("a key's length")
+    }
+
     /// Feeds `data` in pieces of `piece` bytes, writing them to a temp file as AtomicFile does
     /// and catching up as asked; returns the digest, the checkpoints and how many bytes were
     /// read back.
     fn write(data: &[u8], piece: usize, prior: Option<&Checkpoints>) -> (String, Checkpoints, u64) {
         let mut file = tempfile::tempfile().unwrap();
         let mut h = CheckedSha256::new();
-        h.keep_checkpoints(prior);
+        h.keep_checkpoints(prior, &key());
         let mut reread = 0;
         for p in data.chunks(piece.max(1)) {
             h.update(p);
@@ -405,7 +453,10 @@ mod tests {
         assert_eq!(reread, 0);
         assert_eq!(cps.len(), 2, "whole windows only");
         let w = WINDOW as usize;
-        assert_eq!(cps.0[1].xxh3, xxhash_rust::xxh3::xxh3_128(&data[w..2 * w]));
+        assert_eq!(
+            cps.0[1].xxh3,
+            xxhash_rust::xxh3::xxh3_128_with_secret(&data[w..2 * w], key().as_bytes())
+        );
         // The state after a window is that of SHA-256 over the bytes up to its end.
         let mut resumed = CheckedSha256::new();
         resumed.state = cps.0[0].state;
@@ -474,5 +525,41 @@ mod tests {
         forged.0[2].state[0] ^= 1;
         let (digest, _, _) = write(&old, 1 << 20, Some(&forged));
         assert_ne!(digest, crate::hash_bytes(&old));
+    }
+
+    /// XXH3's default secret is published, and with it two windows of the same hash are easy
+    /// to make: in its long-input loop a lane whose low 32 bits equal the secret's adds only
+    /// itself, so +d in one stripe and -d in another leave the digest as it was. Keyed with the
+    /// client's secret, such a window is not taken for the older version's.
+    #[test]
+    fn a_window_made_to_collide_under_the_default_secret_is_not_skipped() {
+        let w = WINDOW as usize;
+        // The first 16 bytes of XXH3's default secret, as little-endian words.
+        let (k0, k1) = (0xbe4b_a423_396c_feb8_u64, 0x1cad_21f7_2c81_017c_u64);
+        let mut old = vec![0u8; 3 * w];
+        let (v0, v1) = (
+            (k0 & 0xffff_ffff) | (5 << 32),
+            (k1 & 0xffff_ffff) | (9 << 32),
+        );
+        old[0..8].copy_from_slice(&v0.to_le_bytes());
+        old[64..72].copy_from_slice(&v1.to_le_bytes());
+        let mut new = old.clone();
+        let d = 3u64 << 32;
+        new[0..8].copy_from_slice(&v0.wrapping_add(d).to_le_bytes());
+        new[64..72].copy_from_slice(&v1.wrapping_sub(d).to_le_bytes());
+        assert_ne!(old[..w], new[..w]);
+        assert_eq!(
+            xxhash_rust::xxh3::xxh3_128(&old[..w]),
+            xxhash_rust::xxh3::xxh3_128(&new[..w]),
+            "the windows collide under the default secret"
+        );
+        let (_, prior, _) = write(&old, 1 << 20, None);
+        let (digest, _, reread) = write(&new, 1 << 20, Some(&prior));
+        assert_eq!(
+            digest,
+            crate::hash_bytes(&new),
+            "the digest is of the bytes written"
+        );
+        assert_eq!(reread, WINDOW, "the first window was hashed, not skipped");
     }
 }

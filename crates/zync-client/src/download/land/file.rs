@@ -6,8 +6,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use zync_proto::Kind;
 
+use std::sync::Arc;
 use zync_db::Synced;
-use zync_fs::{AtomicFile, Checkpoints, Parents, RelPath, Sealed, Stat, CHECKPOINT_MIN};
+use zync_fs::{AtomicFile, Checkpoints, Parents, RelPath, Sealed, Stat, WindowKey, CHECKPOINT_MIN};
 use zync_proto::{DeltaHeader, FileHeader, WindowHashes};
 
 use crate::error::ClientError;
@@ -28,10 +29,10 @@ pub struct Pending {
     /// The signature of R's older version at the path, when a delta is worth asking for, and
     /// the hashes of its windows (so E diffs only the windows that changed).
     signature: Option<(Vec<u8>, Option<WindowHashes>)>,
-    /// The checkpoints of the version the client last wrote at the path: the windows a
-    /// version rebuilt from a delta shares with it are not SHA-256-hashed again
-    /// (`zync_fs::checkpoint`).
-    prior: Option<Checkpoints>,
+    /// Checkpoints are kept for this file with this client's key (`zync_fs::checkpoint`),
+    /// and, for a rebuild from a delta, those of the version the client last wrote at the
+    /// path: the windows the two share are not SHA-256-hashed again.
+    checkpoints: Option<(Arc<WindowKey>, Option<Checkpoints>)>,
 }
 
 impl Pending {
@@ -48,16 +49,17 @@ impl Pending {
             record,
             file: None,
             signature: None,
-            prior: None,
+            checkpoints: None,
         }
     }
 
-    /// Gives the checkpoints of the version the client last wrote at the path.
-    pub fn set_prior(&mut self, prior: Checkpoints) {
-        self.prior = Some(prior);
+    /// Keeps the file's checkpoints, keyed with `key`; `prior` are those of the version the
+    /// client last wrote at the path, for a rebuild from a delta.
+    pub fn keep_checkpoints(&mut self, key: Arc<WindowKey>, prior: Option<Checkpoints>) {
+        self.checkpoints = Some((key, prior));
     }
 
-    /// True when the file is written with checkpoints (big enough for them to pay).
+    /// True when the file is big enough for checkpoints to pay.
     pub fn checkpointed(&self) -> bool {
         self.size >= CHECKPOINT_MIN
     }
@@ -130,8 +132,8 @@ impl Pending {
                 Some(parents) => AtomicFile::create_in(parents, &self.root, &self.rel)?,
                 None => AtomicFile::create(&self.root, &self.rel)?,
             };
-            if self.checkpointed() {
-                file.keep_checkpoints(None);
+            if let Some((key, _)) = &self.checkpoints {
+                file.keep_checkpoints(None, key);
             }
             file
         } else {
@@ -307,8 +309,10 @@ impl Pending {
             })?;
             // Only here: a rebuild that fails the check (its checkpoints may be what is
             // wrong) is downloaded whole, and that download hashes every byte.
-            if let Some(prior) = pending.prior.take() {
-                file.keep_checkpoints(Some(&prior));
+            if let Some((key, prior)) = &mut pending.checkpoints {
+                if let Some(prior) = prior.take() {
+                    file.keep_checkpoints(Some(&prior), key);
+                }
             }
             zync_fs::delta::apply(&base, std::io::BufReader::new(spool), header.size, |data| {
                 file.write(data).map_err(std::io::Error::other)
@@ -354,9 +358,6 @@ impl Pending {
             .open(source)
             .map_err(io)?;
         let mut file = AtomicFile::create(&p.root, &p.rel)?;
-        if p.checkpointed() {
-            file.keep_checkpoints(None);
-        }
         file.reserve(p.size)?;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
