@@ -727,10 +727,18 @@ impl Indexer {
 
     /// Reconciles the paths of one watch batch, shallowest first so parents precede children.
     fn reconcile_paths(&mut self, i: usize, paths: Vec<PathBuf>) -> anyhow::Result<()> {
+        let root_path = self.roots[i].root.path.clone();
+        // An event on the root itself: its attributes changed, or it was removed or moved, and
+        // its watch with it. Whatever directory stands there now is watched anew and scanned
+        // whole: where the file system keeps no birth time, a directory made again with the
+        // old inode number has the identity of the one whose watch died.
+        if paths.contains(&root_path) {
+            self.watched[i] = None;
+            return self.resume(i);
+        }
         if !self.admit(i)? {
             return Ok(());
         }
-        let root_path = self.roots[i].root.path.clone();
         let mut rels: Vec<RelPath> = Vec::new();
         for path in paths {
             if self.own.contains(&path) {
@@ -1245,6 +1253,29 @@ mod tests {
         assert!(
             reported(&events, &root.join("after")),
             "a file written in the root made again is seen (inode number reused: {reused})"
+        );
+    }
+
+    #[test]
+    fn an_event_on_the_root_itself_has_it_watched_anew_even_where_identities_cannot_tell() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ix, _rx, root) = served(dir.path());
+        let (tx, events) = std::sync::mpsc::channel();
+        ix.watch_tx = Some(tx);
+        ix.watch();
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("b"), "b").unwrap();
+        // As on a file system without birth times, when the inode number comes back: the new
+        // directory has the identity of the one watched.
+        ix.watched[0] = Some(identity(&root));
+        // The watcher's event for the root's removal.
+        ix.reconcile_paths(0, vec![root.clone()]).unwrap();
+        assert_eq!(live(&ix), ["b"]);
+        std::fs::write(root.join("later"), "l").unwrap();
+        assert!(
+            reported(&events, &root.join("later")),
+            "a file written in the root made again is seen"
         );
     }
 
