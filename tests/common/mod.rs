@@ -309,7 +309,7 @@ impl Daemon {
         if let Some(mask) = self.umask {
             with_umask(&mut cmd, mask);
         }
-        let child = cmd.spawn().expect("spawn zync-daemon");
+        let child = spawn_retrying_busy(&mut cmd, "zync-daemon");
         self.child = Some(child);
         let mut found = None;
         wait_until("the daemon to listen", || {
@@ -1018,5 +1018,21 @@ impl SlowedThread {
 impl Drop for SlowedThread {
     fn drop(&mut self) {
         self.strace.stop();
+    }
+}
+
+/// Spawns `cmd`. A binary copied just before (for another user) can fail with "text file
+/// busy" while another test thread's child, forked between the copy's open and close, still
+/// holds the write descriptor until it execs: retried until that passes.
+fn spawn_retrying_busy(cmd: &mut Command, what: &str) -> std::process::Child {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cmd.spawn() {
+            Ok(child) => return child,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("spawn {what}: {e}"),
+        }
     }
 }
