@@ -11,14 +11,14 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use zync_cli::progress::Progress;
 use zync_db::ClientState;
-use zync_fs::{Checkpoints, WindowKey};
+use zync_fs::{Checkpoints, FsError, WindowKey};
 use zync_proto::{AckChanges, Change, ChangesReply, GetChanges, Op, Reply};
 
 use crate::connection::Connection;
 use crate::download::fetch::{Finished, Pipeline, Window};
 use crate::download::land::act::Outcome;
 use crate::download::land::batch::{Batch, Sink, Writer};
-use crate::download::land::file::Pending;
+use crate::download::land::file::{Pending, Prior};
 use crate::download::land::place::{Place, Tally};
 use crate::download::look::{self, Known, Look};
 use crate::download::plan;
@@ -89,6 +89,7 @@ pub async fn sync_dir(
     let mut run = Run {
         name,
         key,
+        bad_checkpoints: Vec::new(),
         mapping,
         place,
         known: Known::default(),
@@ -133,6 +134,8 @@ struct Run<'a> {
     wanted: HashSet<String>,
     /// This client's checkpoint key; without one, no checkpoints are kept.
     key: Option<Arc<WindowKey>>,
+    /// Contents whose checkpoints a rebuild used and failed its check with.
+    bad_checkpoints: Vec<String>,
     /// The umask new entries get.
     umask: u32,
     pipeline: Pipeline<'a>,
@@ -408,6 +411,12 @@ impl<'a> Run<'a> {
                             path = pending.path(),
                             "delta failed ({e}); downloading whole"
                         );
+                        if let (Some(sha256), ClientError::Fs(FsError::HashMismatch { .. })) =
+                            (pending.used_prior(), &e)
+                        {
+                            // Forgotten at the end of the sync, so no other file tries them.
+                            self.bad_checkpoints.push(sha256.to_string());
+                        }
                         self.pipeline.push(i, pending);
                     }
                     Err((None, e)) => self.ledger.fail(i, &e),
@@ -490,6 +499,13 @@ impl<'a> Run<'a> {
         }
         // Small files that arrived whole are complete even when the connection was lost.
         self.wrap_up().await?;
+        if !self.bad_checkpoints.is_empty() {
+            let mut batch = state.batch()?;
+            for sha256 in &self.bad_checkpoints {
+                batch.forget_checkpoints(sha256)?;
+            }
+            batch.commit()?;
+        }
         self.ack(conn).await;
         self.progress.finish();
         // A path that failed and then applied in a later page of this run is not failing.
@@ -615,16 +631,18 @@ fn window_key(state: &mut ClientState) -> Option<Arc<WindowKey>> {
 /// The checkpoints of what the client last wrote at `pending`'s path (`zync_fs::checkpoint`),
 /// if it stored any: they only spare hashing, so a database error is logged and costs a full
 /// SHA-256.
-fn prior_checkpoints(state: &ClientState, dir: &str, pending: &Pending) -> Option<Checkpoints> {
+fn prior_checkpoints(state: &ClientState, dir: &str, pending: &Pending) -> Option<Prior> {
     let looked =
         state
             .synced(dir, pending.path())
             .and_then(|synced| match synced.and_then(|s| s.sha256) {
-                Some(sha256) => state.checkpoints(&sha256),
+                Some(sha256) => Ok(state.checkpoints(&sha256)?.map(|bytes| (sha256, bytes))),
                 None => Ok(None),
             });
     match looked {
-        Ok(bytes) => bytes.and_then(|b| Checkpoints::from_bytes(&b)),
+        Ok(found) => {
+            found.and_then(|(sha256, bytes)| Some((sha256, Checkpoints::from_bytes(&bytes)?)))
+        }
         Err(e) => {
             tracing::debug!(
                 path = pending.path(),

@@ -695,6 +695,20 @@ impl ClientBatch<'_> {
         Ok(())
     }
 
+    /// Forgets the checkpoints of the content with this sha256 (a rebuild with them failed
+    /// its check).
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure; the batch should then be dropped.
+    pub fn forget_checkpoints(&mut self, sha256: &str) -> Result<()> {
+        self.tx
+            .prepare_cached("DELETE FROM checkpoints WHERE sha256 = ?1")
+            .and_then(|mut stmt| stmt.execute([sha256]))
+            .with_ctx(|| format!("forgetting the checkpoints of {sha256}"))?;
+        Ok(())
+    }
+
     /// Forgets the failure of (dir, path), once it applied.
     ///
     /// # Errors

@@ -32,8 +32,13 @@ pub struct Pending {
     /// Checkpoints are kept for this file with this client's key (`zync_fs::checkpoint`),
     /// and, for a rebuild from a delta, those of the version the client last wrote at the
     /// path: the windows the two share are not SHA-256-hashed again.
-    checkpoints: Option<(Arc<WindowKey>, Option<Checkpoints>)>,
+    checkpoints: Option<(Arc<WindowKey>, Option<Prior>)>,
+    /// The sha256 of the content whose checkpoints a rebuild used, once it used them.
+    used_prior: Option<String>,
 }
+
+/// The checkpoints of the version the client last wrote at a path, and that version's sha256.
+pub type Prior = (String, Checkpoints);
 
 impl Pending {
     /// E's file as `record` says (size, sha256, mode, mtime), to write at `rel`; `before` is
@@ -50,18 +55,25 @@ impl Pending {
             file: None,
             signature: None,
             checkpoints: None,
+            used_prior: None,
         }
     }
 
     /// Keeps the file's checkpoints, keyed with `key`; `prior` are those of the version the
     /// client last wrote at the path, for a rebuild from a delta.
-    pub fn keep_checkpoints(&mut self, key: Arc<WindowKey>, prior: Option<Checkpoints>) {
+    pub fn keep_checkpoints(&mut self, key: Arc<WindowKey>, prior: Option<Prior>) {
         self.checkpoints = Some((key, prior));
     }
 
     /// True when the file is big enough for checkpoints to pay.
     pub fn checkpointed(&self) -> bool {
         self.size >= CHECKPOINT_MIN
+    }
+
+    /// The sha256 of the content whose checkpoints the last rebuild used, if it used any:
+    /// after a rebuild that failed its check, they may be what was wrong.
+    pub fn used_prior(&self) -> Option<&str> {
+        self.used_prior.as_deref()
     }
 
     /// True when a delta will be asked for (a rebuild can use the older version's
@@ -310,8 +322,9 @@ impl Pending {
             // Only here: a rebuild that fails the check (its checkpoints may be what is
             // wrong) is downloaded whole, and that download hashes every byte.
             if let Some((key, prior)) = &mut pending.checkpoints {
-                if let Some(prior) = prior.take() {
+                if let Some((sha256, prior)) = prior.take() {
                     file.keep_checkpoints(Some(&prior), key);
+                    pending.used_prior = Some(sha256);
                 }
             }
             zync_fs::delta::apply(&base, std::io::BufReader::new(spool), header.size, |data| {
