@@ -12,8 +12,9 @@
 //!
 //! What the comparison with E's sha256 then rests on: a skipped window holds the bytes of the
 //! older version's window (XXH3-128 keyed with the client's secret [`WindowKey`]: one in 2^128
-//! for an accidental difference, and without the key there is no known way to make one on purpose), and that
-//! window's SHA-256 state was computed from those bytes when the older version was written.
+//! for an accidental difference, and without the key there is no known way to make one on
+//! purpose), and that window's SHA-256 state was computed from those bytes when the older
+//! version was written.
 //! Every byte from the first window that differs on is hashed with SHA-256. A delta that
 //! rebuilt the wrong bytes (MD4 block sums can collide) is still caught: the digest is then of
 //! the bytes written, not of E's.
