@@ -612,15 +612,15 @@ fn hash(path: &str) -> u64 {
 /// This client's checkpoint key (`zync_fs::checkpoint`), made the first time; without one (no
 /// random bytes, a database error) big files are written without checkpoints, and hashed whole.
 fn window_key(state: &mut ClientState) -> Option<Arc<WindowKey>> {
-    let fresh = match WindowKey::random() {
-        Ok(key) => key,
+    let made = || match WindowKey::random() {
+        Ok(key) => Some(key.as_bytes().to_vec()),
         Err(e) => {
             tracing::debug!("no checkpoint key: {e}");
-            return None;
+            None
         }
     };
-    match state.checkpoint_key(|| fresh.as_bytes().to_vec()) {
-        Ok(bytes) => WindowKey::from_bytes(&bytes).map(Arc::new),
+    match state.checkpoint_key(made) {
+        Ok(bytes) => WindowKey::from_bytes(&bytes?).map(Arc::new),
         Err(e) => {
             tracing::debug!("cannot read the checkpoint key: {e}");
             None

@@ -261,13 +261,17 @@ impl ClientState {
     }
 
     /// The key of this client's checkpoints (`zync_fs::WindowKey`), made by `make` and stored
-    /// the first time it is asked for: kept in the database, which only its owner can read, so
-    /// that nobody else can make windows whose hashes match.
+    /// the first time it is asked for (`None` when there is none and `make` made none): kept in
+    /// the database, which only its owner can read, so that nobody else can make windows whose
+    /// hashes match.
     ///
     /// # Errors
     ///
     /// An SQLite failure.
-    pub fn checkpoint_key(&mut self, make: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>> {
+    pub fn checkpoint_key(
+        &mut self,
+        make: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>> {
         let read = |conn: &Connection| {
             conn.query_row(
                 "SELECT value FROM meta WHERE key = 'checkpoint_key'",
@@ -278,18 +282,18 @@ impl ClientState {
             .ctx("reading the checkpoint key")
         };
         if let Some(key) = read(&self.conn)? {
-            return Ok(key);
+            return Ok(Some(key));
         }
+        let Some(made) = make() else {
+            return Ok(None);
+        };
         self.conn
             .execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('checkpoint_key', ?1)",
-                [make()],
+                [made],
             )
             .ctx("storing the checkpoint key")?;
-        read(&self.conn)?.ok_or_else(|| crate::error::DbError::Sqlite {
-            context: "reading the checkpoint key just stored".to_string(),
-            source: rusqlite::Error::QueryReturnedNoRows,
-        })
+        read(&self.conn)
     }
 
     /// The checkpoints stored for the content with this sha256
@@ -815,8 +819,9 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let path = tmp.path().join("client.db");
         let mut state = ClientState::open(&path).expect("open");
-        let key = state.checkpoint_key(|| vec![1; 192]).expect("key");
-        assert_eq!(key, vec![1; 192]);
+        assert_eq!(state.checkpoint_key(|| None).expect("no key"), None);
+        let key = state.checkpoint_key(|| Some(vec![1; 192])).expect("key");
+        assert_eq!(key, Some(vec![1; 192]));
         drop(state);
         let mut state = ClientState::open(&path).expect("open again");
         let again = state
