@@ -4,9 +4,9 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use zync_proto::Kind;
 
-use std::sync::Arc;
 use zync_db::Synced;
 use zync_fs::{AtomicFile, Checkpoints, Parents, RelPath, Sealed, Stat, WindowKey, CHECKPOINT_MIN};
 use zync_proto::{DeltaHeader, FileHeader, WindowHashes};
