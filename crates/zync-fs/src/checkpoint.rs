@@ -48,8 +48,8 @@ const INITIAL: [u32; 8] = [
     0x5be0_cd19,
 ];
 
-/// Bytes of a [`WindowKey`]: an XXH3 secret.
-const KEY_LEN: usize = 192;
+/// Bytes of a [`WindowKey`]: an XXH3 secret, sent with GET_WINDOWS.
+const KEY_LEN: usize = zync_proto::GetWindows::KEY_LEN;
 
 /// The secret the windows' XXH3-128 is keyed with: random, made once per client and kept in
 /// its state. With XXH3's published default secret, two windows with the same hash are easy
@@ -111,6 +111,12 @@ impl Checkpoints {
         self.0.is_empty()
     }
 
+    /// The keyed XXH3-128 of whole window `number` (from 0), if they cover it: what
+    /// [`keyed_window_hashes`] gives for the same bytes with the same key.
+    pub fn window_hash(&self, number: usize) -> Option<u128> {
+        self.0.get(number).map(|c| c.xxh3)
+    }
+
     /// The stored form: per window its XXH3-128 and state, big-endian.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.0.len() * STORED);
@@ -143,6 +149,50 @@ impl Checkpoints {
             .collect::<Option<Vec<_>>>()
             .map(Checkpoints)
     }
+}
+
+/// The XXH3-128 of each window of `window` bytes of what `reader` yields (the last one may be
+/// shorter), keyed with `key`: with a window of [`WINDOW`], the hashes that the checkpoints of
+/// the same bytes written with the same key hold ([`Checkpoints::window_hash`]). The daemon
+/// answers GET_WINDOWS with them. Returns the bytes read and the hashes, 16 bytes each,
+/// big-endian.
+///
+/// # Errors
+///
+/// A read error.
+pub fn keyed_window_hashes(
+    mut reader: impl io::Read,
+    window: u64,
+    key: &WindowKey,
+) -> io::Result<(u64, Vec<u8>)> {
+    let window = window.max(1);
+    let mut xxh3 = Xxh3::with_secret(key.0);
+    let mut buf = vec![0u8; (256 << 10).min(window) as usize];
+    let (mut size, mut in_window) = (0u64, 0u64);
+    let mut hashes = Vec::new();
+    loop {
+        let want = (window - in_window).min(buf.len() as u64) as usize;
+        let n = match reader.read(&mut buf[..want]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        xxh3.update(&buf[..n]);
+        size += n as u64;
+        in_window += n as u64;
+        if in_window == window {
+            hashes.extend_from_slice(&xxh3.digest128().to_be_bytes());
+            xxh3.reset();
+            in_window = 0;
+        }
+    }
+    if in_window > 0 {
+        hashes.extend_from_slice(&xxh3.digest128().to_be_bytes());
+    }
+    Ok((size, hashes))
 }
 
 /// How the windows of what is written are followed.
@@ -431,6 +481,43 @@ mod tests {
         }
         let (digest, checkpoints) = h.finish();
         (digest, checkpoints.unwrap(), reread)
+    }
+
+    #[test]
+    fn keyed_window_hashes_are_those_the_checkpoints_hold() {
+        let len = 2 * WINDOW as usize + 12_345;
+        let data = bytes(len, 5);
+        let (_, written, _) = write(&data, 1 << 20, None);
+        // A later version that skipped its first window keeps the same hashes.
+        let mut edited = data.clone();
+        edited[WINDOW as usize + 9] ^= 1;
+        let (_, rewritten, _) = write(&edited, 1 << 20, Some(&written));
+        for (content, checkpoints) in [(&data, &written), (&edited, &rewritten)] {
+            let (size, hashes) =
+                keyed_window_hashes(&content[..], WINDOW, &key()).expect("read from memory");
+            assert_eq!(size, len as u64);
+            // Three windows, the last one short: the checkpoints keep whole windows only.
+            assert_eq!(hashes.len(), 3 * 16);
+            assert_eq!(checkpoints.len(), 2);
+            for (number, hash) in hashes.chunks_exact(16).take(2).enumerate() {
+                let hash = u128::from_be_bytes(hash.try_into().expect("16 bytes"));
+                assert_eq!(
+                    checkpoints.window_hash(number),
+                    Some(hash),
+                    "window {number}"
+                );
+            }
+            assert_eq!(checkpoints.window_hash(2), None);
+        }
+        assert_eq!(written.window_hash(0), rewritten.window_hash(0));
+        assert_ne!(written.window_hash(1), rewritten.window_hash(1));
+        // Another key, other hashes.
+        let other = WindowKey::from_bytes(&bytes(KEY_LEN, 7)).expect("a key's length");
+        let (_, theirs) = keyed_window_hashes(&data[..], WINDOW, &other).expect("read");
+        assert_ne!(
+            u128::from_be_bytes(theirs[..16].try_into().expect("16 bytes")),
+            written.window_hash(0).expect("a window")
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ use std::path::Path;
 use fast_rsync::{IndexedSignature, Signature, SignatureOptions};
 
 use xxhash_rust::xxh3::Xxh3Default;
-use zync_proto::{WindowHashes, MAX_HASH_WINDOW, MAX_WINDOW_HASHES, MIN_HASH_WINDOW};
+use zync_proto::{DeltaPlan, WindowHashes, MAX_HASH_WINDOW, MAX_WINDOW_HASHES, MIN_HASH_WINDOW};
 
 use crate::atomic::FsError;
 
@@ -285,12 +285,23 @@ const SIGNATURE_READ: usize = 256 << 10;
 /// signature. Hashing pieces in parallel saved wall time, not CPU, and held a few 8 MiB
 /// windows (most of the client's peak memory).
 fn signature_parts(
-    mut reader: impl Read,
+    reader: impl Read,
     len: u64,
-    mut hasher: Option<&mut WindowHasher>,
+    hasher: Option<&mut WindowHasher>,
 ) -> io::Result<Vec<u8>> {
     let block = block_size_for(len);
-    let strong = strong_sum_for(len, block);
+    signature_blocks(reader, len, block, strong_sum_for(len, block), hasher)
+}
+
+/// [`signature_parts`] with the block size and strong sum length given; `len` is a hint of how
+/// many bytes `reader` yields.
+fn signature_blocks(
+    mut reader: impl Read,
+    len: u64,
+    block: u32,
+    strong: u32,
+    mut hasher: Option<&mut WindowHasher>,
+) -> io::Result<Vec<u8>> {
     let header = signature_header(block, strong).len();
     let blocks = len.div_ceil(u64::from(block));
     let entry = 4 + strong as usize;
@@ -321,6 +332,233 @@ fn signature_parts(
 fn signature_piece(block: u32) -> usize {
     let block = block.max(1) as usize;
     SIGNATURE_READ.div_ceil(block) * block
+}
+
+/// The signature of some windows of R's version of a file (GET_DELTA's `plan`): of the
+/// windows `covers` (by number, increasing) of `window` bytes of `base`, read one after another
+/// as if they were one file, with the block size and strong sum length of the whole file's
+/// [`signature`] (`base_size` bytes). Only those windows are read.
+///
+/// # Errors
+/// [`DeltaError::BadWindows`] when the windows are not whole blocks or `covers` does not fit
+/// `base_size`; [`DeltaError::Fs`] when a read fails or the file is shorter than `base_size`.
+pub fn signature_of_windows(
+    base: &File,
+    path: &Path,
+    base_size: u64,
+    window: u32,
+    covers: &[u32],
+) -> Result<Vec<u8>, DeltaError> {
+    let block = block_size_for(base_size);
+    let virtual_base = VirtualBase::new(window, base_size, covers, block)?;
+    let reader = Ranges {
+        source: base,
+        ranges: virtual_base
+            .starts
+            .iter()
+            .zip(&virtual_base.lens)
+            .map(|(&start, &len)| (start, start + len))
+            .collect(),
+        next: 0,
+        current: None,
+    };
+    let mut counted = Counted { reader, read: 0 };
+    let strong = strong_sum_for(base_size, block);
+    let signature = signature_blocks(&mut counted, virtual_base.len, block, strong, None)
+        .map_err(|e| FsError::io("read for a signature", path, e))?;
+    if counted.read != virtual_base.len {
+        return Err(DeltaError::Fs(FsError::io(
+            "read for a signature",
+            path,
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file is shorter than the version its windows were kept for",
+            ),
+        )));
+    }
+    Ok(signature)
+}
+
+/// The windows of R's version that a partial signature covers, as one virtual file: window
+/// `covers[k]` is bytes `k * window ..` of it. Copy commands of a diff against that signature
+/// address the virtual file; [`VirtualBase::translate`] turns them into offsets of R's file.
+#[derive(Debug)]
+struct VirtualBase {
+    window: u64,
+    /// Where each covered window starts in R's file, and its length.
+    starts: Vec<u64>,
+    lens: Vec<u64>,
+    /// The virtual file's length.
+    len: u64,
+}
+
+impl VirtualBase {
+    /// Checks `covers` against a file of `base_size` bytes cut in windows of `window`, and the
+    /// windows against blocks of `block` bytes: only the file's last window may be short, so
+    /// the virtual file's blocks are the real windows' blocks.
+    fn new(
+        window: u32,
+        base_size: u64,
+        covers: &[u32],
+        block: u32,
+    ) -> Result<VirtualBase, DeltaError> {
+        let bad = |why: String| Err(DeltaError::BadWindows(why));
+        if !(MIN_HASH_WINDOW..=MAX_HASH_WINDOW).contains(&window) {
+            return bad(format!(
+                "window of {window} bytes is outside {MIN_HASH_WINDOW} ..= {MAX_HASH_WINDOW}"
+            ));
+        }
+        if !window.is_multiple_of(block) {
+            return bad(format!(
+                "windows of {window} bytes are not whole blocks of {block} bytes"
+            ));
+        }
+        let count = base_size.div_ceil(u64::from(window));
+        check_increasing(covers, count, "covers")?;
+        let window = u64::from(window);
+        let starts: Vec<u64> = covers.iter().map(|&c| u64::from(c) * window).collect();
+        let lens: Vec<u64> = starts
+            .iter()
+            .map(|&start| (base_size - start).min(window))
+            .collect();
+        Ok(VirtualBase {
+            window,
+            len: lens.iter().sum(),
+            starts,
+            lens,
+        })
+    }
+
+    /// `record`, with its copy commands moved from the virtual file to R's file (a copy that
+    /// spans two covered windows becomes two copies, unless they are next to each other).
+    fn translate(&self, record: &[u8]) -> Result<Vec<u8>, DeltaError> {
+        let mut out = Vec::with_capacity(record.len() + 32);
+        out.extend_from_slice(&DELTA_MAGIC);
+        let mut commands = Commands::new(record).map_err(DeltaError::BadDelta)?;
+        // A copy not written yet, so that the next one can extend it.
+        let mut held: Option<(u64, u64)> = None;
+        loop {
+            let (_, command) = commands.next().map_err(DeltaError::BadDelta)?;
+            match command {
+                Command::Copy { offset, len } => {
+                    let (mut at, mut left) = (offset, len);
+                    while left > 0 {
+                        let number = usize::try_from(at / self.window).unwrap_or(usize::MAX);
+                        let within = at % self.window;
+                        let (Some(&start), Some(&len)) =
+                            (self.starts.get(number), self.lens.get(number))
+                        else {
+                            return Err(DeltaError::BadDelta(format!(
+                                "a copy at {at} is beyond the {} bytes signed",
+                                self.len
+                            )));
+                        };
+                        if within >= len {
+                            return Err(DeltaError::BadDelta(format!(
+                                "a copy at {at} is beyond the {} bytes signed",
+                                self.len
+                            )));
+                        }
+                        let take = left.min(len - within);
+                        held = match held {
+                            Some((o, l)) if o + l == start + within => Some((o, l + take)),
+                            other => {
+                                if let Some((o, l)) = other {
+                                    copy_command(o, l, &mut out);
+                                }
+                                Some((start + within, take))
+                            }
+                        };
+                        at += take;
+                        left -= take;
+                    }
+                }
+                other => {
+                    if let Some((o, l)) = held.take() {
+                        copy_command(o, l, &mut out);
+                    }
+                    match other {
+                        Command::Literal(bytes) => {
+                            literal_header(bytes.len() as u64, &mut out);
+                            out.extend_from_slice(bytes);
+                        }
+                        Command::End => {
+                            out.push(OP_END);
+                            return Ok(out);
+                        }
+                        Command::Copy { .. } => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Checks that `numbers` (window numbers of a plan's `what` list) increase and are below
+/// `count`, and that there are at most [`MAX_WINDOW_HASHES`] of them.
+fn check_increasing(numbers: &[u32], count: u64, what: &str) -> Result<(), DeltaError> {
+    if numbers.len() > MAX_WINDOW_HASHES {
+        return Err(DeltaError::BadWindows(format!(
+            "plan.{what} lists {} windows, over the limit of {MAX_WINDOW_HASHES}",
+            numbers.len()
+        )));
+    }
+    if let Some(pair) = numbers.windows(2).find(|pair| pair[0] >= pair[1]) {
+        return Err(DeltaError::BadWindows(format!(
+            "plan.{what} must increase, but {} is followed by {}",
+            pair[0], pair[1]
+        )));
+    }
+    if let Some(&last) = numbers.last().filter(|&&n| u64::from(n) >= count) {
+        return Err(DeltaError::BadWindows(format!(
+            "plan.{what} names window {last}, but the file has {count} windows"
+        )));
+    }
+    Ok(())
+}
+
+/// Byte ranges of a [`ReadAt`], read one after another.
+struct Ranges<'a, S: ?Sized> {
+    source: &'a S,
+    ranges: Vec<(u64, u64)>,
+    next: usize,
+    current: Option<Range<'a, S>>,
+}
+
+impl<S: ReadAt + ?Sized> Read for Ranges<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(range) = &mut self.current {
+                let n = range.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+            }
+            let Some(&(at, end)) = self.ranges.get(self.next) else {
+                return Ok(0);
+            };
+            self.next += 1;
+            self.current = Some(Range {
+                source: self.source,
+                at,
+                end,
+            });
+        }
+    }
+}
+
+/// A reader that counts what it yields.
+struct Counted<R> {
+    reader: R,
+    read: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.reader.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 /// A signature from a peer, checked before use.
@@ -452,11 +690,29 @@ fn diff_windows(
 struct Out<F> {
     sink: F,
     written: u64,
+    /// For a diff against a partial signature: where its copies really are.
+    base: Option<VirtualBase>,
 }
 
 impl<F: FnMut(&[u8]) -> io::Result<()>> Out<F> {
     fn new(sink: F) -> Out<F> {
-        Out { sink, written: 0 }
+        Out {
+            sink,
+            written: 0,
+            base: None,
+        }
+    }
+
+    /// One record from a diff against the signature: its copies translated first when the
+    /// signature was of some windows only.
+    fn diffed(&mut self, record: &[u8]) -> Result<(), DeltaError> {
+        match &self.base {
+            Some(base) => {
+                let translated = base.translate(record)?;
+                self.record(&translated)
+            }
+            None => self.record(record),
+        }
     }
 
     fn emit(&mut self, bytes: &[u8]) -> Result<(), DeltaError> {
@@ -589,7 +845,7 @@ fn diff_run<F: FnMut(&[u8]) -> io::Result<()>>(
                 };
                 // A last window of no new bytes rebuilds only what the one before it cut.
                 if diffed.bytes.len() - skip > carried {
-                    out.record(&record)?;
+                    out.diffed(&record)?;
                 }
                 spare.push(diffed.bytes);
                 next_emit += 1;
@@ -854,6 +1110,131 @@ fn diff_windowed<S: ReadAt + ?Sized, F: FnMut(&[u8]) -> io::Result<()>>(
     }
     out.emit(&0u32.to_be_bytes())?;
     Ok((out.written, at))
+}
+
+/// The delta of `new` (E's version, `new_size` bytes; `path` names it in errors) that follows
+/// `plan`, the second step of a delta after GET_WINDOWS: each window of `new` listed in
+/// `plan.same` becomes a record of one copy of R's window at the same offset, without being
+/// read; the runs of other windows are read and diffed against `signature`, the signature of
+/// R's windows `plan.covers` ([`signature_of_windows`]), and their copy commands moved to
+/// where those windows are in R's file. Content that moved from a window R has unchanged into
+/// one that changed is sent as literal bytes: only the windows R signed can match.
+///
+/// Returns the number of delta bytes produced and the number of bytes of `new` they rebuild
+/// (`new_size` when nothing went wrong). A wrong `same` (R's windows are not E's) rebuilds
+/// wrong bytes, which the caller's sha256 check catches.
+///
+/// # Errors
+/// [`DeltaError::BadSignature`] and [`DeltaError::BadWindows`] for a signature or plan that do
+/// not fit each other, the sizes or the limits (checked before anything is sent to `sink`);
+/// otherwise as [`diff_file`].
+pub fn diff_planned(
+    new: &File,
+    path: &Path,
+    new_size: u64,
+    signature: &[u8],
+    plan: &DeltaPlan,
+    sink: impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<(u64, u64), DeltaError> {
+    diff_planned_in(new, path, new_size, signature, plan, None, lanes(), sink)
+}
+
+/// [`diff_planned`], changed windows diffed in pieces of `blocks` blocks when given (tests use
+/// small ones), `lanes` at a time.
+#[allow(clippy::too_many_arguments)]
+fn diff_planned_in<S: ReadAt + ?Sized, F: FnMut(&[u8]) -> io::Result<()>>(
+    new: &S,
+    path: &Path,
+    new_size: u64,
+    signature: &[u8],
+    plan: &DeltaPlan,
+    blocks: Option<usize>,
+    lanes: usize,
+    sink: F,
+) -> Result<(u64, u64), DeltaError> {
+    let checked = check_signature(signature)?;
+    let base = VirtualBase::new(plan.window, plan.base_size, &plan.covers, checked.block)?;
+    if base.len.div_ceil(u64::from(checked.block)) != checked.blocks {
+        return Err(DeltaError::BadWindows(format!(
+            "the signature has {} blocks of {} bytes, but the {} windows it covers hold {} bytes",
+            checked.blocks,
+            checked.block,
+            plan.covers.len(),
+            base.len
+        )));
+    }
+    let window = u64::from(plan.window);
+    let len_in =
+        |size: u64, number: u32| size.saturating_sub(u64::from(number) * window).min(window);
+    let windows = new_size.div_ceil(window);
+    check_increasing(&plan.same, windows, "same")?;
+    if let Some(&number) = plan
+        .same
+        .iter()
+        .find(|&&n| len_in(plan.base_size, n) != len_in(new_size, n))
+    {
+        return Err(DeltaError::BadWindows(format!(
+            "plan.same names window {number}, which is {} bytes in R's version of {} bytes and {} in E's of {new_size}",
+            len_in(plan.base_size, number),
+            plan.base_size,
+            len_in(new_size, number)
+        )));
+    }
+    let index = checked.signature.index();
+    let block = checked.block as usize;
+    let piece = blocks.map_or_else(
+        || whole_blocks(CHANGED_PIECE, checked.block),
+        |n| n.max(2) * block,
+    );
+    let span = window_for(checked.block).max(piece);
+    let mut out = Out::new(sink);
+    out.base = Some(base);
+    out.emit(&stream_head(span))?;
+    let mut same = plan.same.iter().copied().peekable();
+    let mut changed: Option<u64> = None;
+    let mut rebuilt = 0u64;
+    for number in 0..windows {
+        let at = number * window;
+        let len = (new_size - at).min(window);
+        if same.peek().is_some_and(|&n| u64::from(n) == number) {
+            same.next();
+            if let Some(start) = changed.take() {
+                diff_changed(
+                    new,
+                    path,
+                    &index,
+                    (start, at),
+                    block,
+                    piece,
+                    lanes,
+                    &mut out,
+                )?;
+                rebuilt += at - start;
+            }
+            let mut record = DELTA_MAGIC.to_vec();
+            copy_command(at, len, &mut record);
+            record.push(OP_END);
+            out.record(&record)?;
+            rebuilt += len;
+        } else if changed.is_none() {
+            changed = Some(at);
+        }
+    }
+    if let Some(start) = changed {
+        diff_changed(
+            new,
+            path,
+            &index,
+            (start, new_size),
+            block,
+            piece,
+            lanes,
+            &mut out,
+        )?;
+        rebuilt += new_size - start;
+    }
+    out.emit(&0u32.to_be_bytes())?;
+    Ok((out.written, rebuilt))
 }
 
 /// The length and XXH3-128 of the up to `window` bytes of `new` from `at`, read `buf` at a time.
@@ -2201,6 +2582,272 @@ mod tests {
         }
     }
 
+    /// R's plan for `new` against `base` in windows of `window` bytes, as the client makes it
+    /// from E's window hashes: the windows with the same bytes at the same offset are `same`,
+    /// R's others are signed.
+    fn plan_for(base: &[u8], new: &[u8], window: u32) -> DeltaPlan {
+        let w = window as usize;
+        let same: Vec<u32> = base
+            .chunks(w)
+            .zip(new.chunks(w))
+            .enumerate()
+            .filter(|(_, (b, n))| b == n)
+            .map(|(i, _)| i as u32)
+            .collect();
+        let covers = (0..base.len().div_ceil(w) as u32)
+            .filter(|i| !same.contains(i))
+            .collect();
+        DeltaPlan {
+            sha256: String::new(),
+            window,
+            base_size: base.len() as u64,
+            same,
+            covers,
+        }
+    }
+
+    /// The partial signature of `plan.covers` of `base`, through the file API.
+    fn signature_for(base: &[u8], plan: &DeltaPlan) -> Result<Vec<u8>, DeltaError> {
+        let file = tempfile::tempfile().expect("temp file");
+        file.write_all_at(base, 0).expect("write base");
+        signature_of_windows(
+            &file,
+            Path::new("base"),
+            plan.base_size,
+            plan.window,
+            &plan.covers,
+        )
+    }
+
+    /// Bytes read by position, counted.
+    struct Counting<'a> {
+        bytes: &'a [u8],
+        read: std::sync::atomic::AtomicU64,
+    }
+
+    impl ReadAt for Counting<'_> {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            let n = self.bytes.read_at(buf, offset)?;
+            self.read
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(n)
+        }
+    }
+
+    /// The delta of `new` following `plan`, changed windows diffed in pieces of 16 blocks;
+    /// also how many bytes of `new` were read.
+    fn collect_planned(
+        new: &[u8],
+        signature: &[u8],
+        plan: &DeltaPlan,
+    ) -> Result<(Vec<u8>, u64), DeltaError> {
+        let counting = Counting {
+            bytes: new,
+            read: 0.into(),
+        };
+        let mut delta = Vec::new();
+        let (produced, rebuilt) = diff_planned_in(
+            &counting,
+            Path::new("new"),
+            new.len() as u64,
+            signature,
+            plan,
+            Some(16),
+            lanes(),
+            |b| {
+                delta.extend_from_slice(b);
+                Ok(())
+            },
+        )?;
+        assert_eq!(produced, delta.len() as u64, "reported delta size");
+        assert_eq!(rebuilt, new.len() as u64, "bytes the delta rebuilds");
+        Ok((delta, counting.read.into_inner()))
+    }
+
+    #[test]
+    fn a_plan_signs_and_reads_only_the_windows_that_differ() {
+        // Six windows of 1 MiB, the last partial; 64 KiB rewritten inside the third.
+        let base = noise(5 * MIB + 12_345, 41);
+        let mut new = base.clone();
+        let at = 2 * MIB + 300_000;
+        new[at..at + 65536].copy_from_slice(&noise(65536, 42));
+        let plan = plan_for(&base, &new, W);
+        assert_eq!(
+            (&plan.same[..], &plan.covers[..]),
+            (&[0, 1, 3, 4, 5][..], &[2][..])
+        );
+        let sig = signature_for(&base, &plan).expect("signature");
+        let whole = signature_of(&base[..], base.len() as u64).expect("signature");
+        assert!(
+            sig.len() * 4 < whole.len(),
+            "{} bytes for one window, {} for all six",
+            sig.len(),
+            whole.len()
+        );
+        let (delta, read) = collect_planned(&new, &sig, &plan).expect("diff");
+        assert_eq!(read, MIB as u64, "only the changed window is read");
+        assert!(
+            apply_bytes(&base, &delta, new.len() as u64).expect("apply") == new,
+            "rebuilt other bytes"
+        );
+        let m = MIB as u64;
+        assert_eq!(
+            window_copies(&delta, base.len()),
+            [(0, m), (m, m), (3 * m, m), (4 * m, m), (5 * m, 12_345)],
+        );
+        let literal: usize = records(&delta)
+            .iter()
+            .flatten()
+            .map(|d| match d {
+                Does::Literal(n) => *n,
+                Does::Copy { .. } => 0,
+            })
+            .sum();
+        assert!(
+            (65536..65536 + 2 * 4096).contains(&literal),
+            "{literal} literal bytes for a 64 KiB edit"
+        );
+    }
+
+    #[test]
+    fn copies_against_signed_windows_land_where_those_windows_are() {
+        let w = u64::from(W);
+        let base = VirtualBase::new(W, 5 * w, &[1, 3, 4], MIN_BLOCK).expect("plan");
+        let mut record = DELTA_MAGIC.to_vec();
+        // Across the first two signed windows, then across the last two, with a literal.
+        copy_command(w - 4096, 8192, &mut record);
+        literal_header(3, &mut record);
+        record.extend_from_slice(b"abc");
+        copy_command(2 * w - 100, 200, &mut record);
+        record.push(OP_END);
+        let translated = base.translate(&record).expect("translate");
+        let mut commands = Commands::new(&translated).expect("record");
+        let mut does = Vec::new();
+        loop {
+            match commands.next().expect("command").1 {
+                Command::End => break,
+                Command::Copy { offset, len } => does.push(Does::Copy { offset, len }),
+                Command::Literal(bytes) => does.push(Does::Literal(bytes.len())),
+            }
+        }
+        assert_eq!(
+            does,
+            [
+                // Windows 1 and 3 are apart: two copies.
+                Does::Copy {
+                    offset: 2 * w - 4096,
+                    len: 4096
+                },
+                Does::Copy {
+                    offset: 3 * w,
+                    len: 4096
+                },
+                Does::Literal(3),
+                // Windows 3 and 4 are next to each other: one copy.
+                Does::Copy {
+                    offset: 4 * w - 100,
+                    len: 200
+                },
+            ]
+        );
+        let mut beyond = DELTA_MAGIC.to_vec();
+        copy_command(3 * w - 10, 20, &mut beyond);
+        beyond.push(OP_END);
+        let e = base
+            .translate(&beyond)
+            .expect_err("beyond the signed windows");
+        assert!(e.to_string().contains("beyond"), "{e}");
+    }
+
+    #[test]
+    fn a_plan_that_claims_a_window_it_lacks_rebuilds_other_bytes() {
+        let base = noise(3 * MIB, 43);
+        let mut new = base.clone();
+        new[MIB + 5] ^= 0xff;
+        let mut plan = plan_for(&base, &new, W);
+        plan.same = vec![0, 1, 2];
+        plan.covers = vec![];
+        let sig = signature_for(&base, &plan).expect("signature");
+        let (delta, read) = collect_planned(&new, &sig, &plan).expect("diff");
+        assert_eq!(read, 0);
+        let rebuilt = apply_bytes(&base, &delta, new.len() as u64).expect("apply");
+        assert!(
+            rebuilt == base,
+            "R gets its own bytes, which E's sha256 then refuses"
+        );
+    }
+
+    #[test]
+    fn bad_plans_are_errors_that_say_why() {
+        let base = noise(3 * MIB + 10, 44);
+        let new = noise(2 * MIB, 45);
+        let good = DeltaPlan {
+            sha256: String::new(),
+            window: W,
+            base_size: base.len() as u64,
+            same: vec![0],
+            covers: vec![1, 3],
+        };
+        let sig = signature_for(&base, &good).expect("signature");
+        assert!(collect_planned(&new, &sig, &good).is_ok());
+        let error = |change: &dyn Fn(&mut DeltaPlan), sig: &[u8]| {
+            let mut plan = good.clone();
+            change(&mut plan);
+            collect_planned(&new, sig, &plan)
+                .expect_err("a bad plan")
+                .to_string()
+        };
+        for (change, expected) in [
+            (
+                &(|p: &mut DeltaPlan| p.covers = vec![3, 1]) as &dyn Fn(&mut DeltaPlan),
+                "plan.covers must increase, but 3 is followed by 1",
+            ),
+            (
+                &|p: &mut DeltaPlan| p.covers = vec![1, 4],
+                "plan.covers names window 4, but the file has 4 windows",
+            ),
+            (
+                &|p: &mut DeltaPlan| p.same = vec![0, 2],
+                "plan.same names window 2, but the file has 2 windows",
+            ),
+            (
+                &|p: &mut DeltaPlan| p.same = vec![1, 1],
+                "plan.same must increase",
+            ),
+            (
+                &|p: &mut DeltaPlan| p.covers = vec![1],
+                "the signature has 257 blocks of 4096 bytes, but the 1 windows it covers hold 1048576 bytes",
+            ),
+            (
+                &|p: &mut DeltaPlan| p.window = 4096,
+                "window of 4096 bytes is outside",
+            ),
+            (
+                &|p: &mut DeltaPlan| p.covers = (0..40_000).collect(),
+                "plan.covers lists 40000 windows, over the limit",
+            ),
+        ] {
+            let e = error(change, &sig);
+            assert!(e.contains(expected), "{e}");
+        }
+        // A window whose length differs between the two versions is not the same.
+        let shorter = noise(MIB + 5, 46);
+        let mut plan = good.clone();
+        plan.same = vec![1];
+        let e = collect_planned(&shorter, &sig, &plan)
+            .expect_err("lengths differ")
+            .to_string();
+        assert!(
+            e.contains("plan.same names window 1, which is 1048576 bytes in R's version"),
+            "{e}"
+        );
+        // Windows of blocks that do not divide them.
+        let e = VirtualBase::new(W, 1 << 30, &[0], W * 2)
+            .expect_err("blocks bigger than windows")
+            .to_string();
+        assert!(e.contains("not whole blocks"), "{e}");
+    }
+
     proptest! {
         // Files of a few MiB: fewer cases.
         #![proptest_config(ProptestConfig::with_cases(16))]
@@ -2233,6 +2880,23 @@ mod tests {
                 same.iter().all(|c| copies.contains(c)),
                 "unchanged windows {same:?}, single copies {copies:?}"
             );
+        }
+
+        #[test]
+        fn any_edit_round_trips_with_a_plan(
+            len in (MIB * 3 / 2)..(3 * MIB),
+            seed in any::<u64>(),
+            edits in edits(5000, 4),
+        ) {
+            let base = noise(len, seed);
+            let new = edit(&base, &edits);
+            let plan = plan_for(&base, &new, W);
+            let sig = signature_for(&base, &plan).expect("signature");
+            let (delta, read) = collect_planned(&new, &sig, &plan).expect("diff");
+            let rebuilt = apply_bytes(&base, &delta, new.len() as u64).expect("apply");
+            prop_assert!(rebuilt == new, "rebuilt {} bytes, expected {}", rebuilt.len(), new.len());
+            let same_bytes: u64 = plan.same.iter().map(|&i| (new.len() as u64 - u64::from(i) * u64::from(W)).min(u64::from(W))).sum();
+            prop_assert_eq!(read, new.len() as u64 - same_bytes, "read only the windows not the same");
         }
     }
 }

@@ -36,7 +36,9 @@ pub use crate::atomic::{
 pub use crate::beneath::{
     remove_if_unchanged, rename_if_unchanged, Dir, IfUnchanged, OpenedFile, Parents,
 };
-pub use crate::checkpoint::{CheckedSha256, Checkpoints, WindowKey, CHECKPOINT_MIN};
+pub use crate::checkpoint::{
+    keyed_window_hashes, CheckedSha256, Checkpoints, WindowKey, CHECKPOINT_MIN,
+};
 pub use crate::conflict::{conflict_name, free_conflict_name, is_conflict_copy, CONFLICT_MARKER};
 pub use crate::delta::DeltaError;
 pub use crate::hash::{hash_bytes, hash_file, hash_open, is_sha256_hex, Hasher};

@@ -22,11 +22,11 @@ pub use kind::Kind;
 pub use message::{
     AckReply, Challenge, Change, ChangesReply, DeltaHeader, ErrorCode, ErrorResponse, Event,
     FileHeader, FinalizeReply, LastSequence, OkResponse, Pipelining, Reply, ServerMessage,
-    SessionReply, UpstreamFileReply, Welcome,
+    SessionReply, UpstreamFileReply, Welcome, WindowsReply,
 };
 pub use request::{
-    AckChanges, Auth, FinalizeUpstream, GetChanges, GetDelta, GetFile, Hello, Op, ParseError,
-    PrepareUpstream, Request, UpstreamAction, UpstreamFile, WindowHashes,
+    AckChanges, Auth, DeltaPlan, FinalizeUpstream, GetChanges, GetDelta, GetFile, GetWindows,
+    Hello, Op, ParseError, PrepareUpstream, Request, UpstreamAction, UpstreamFile, WindowHashes,
 };
 
 /// The protocol version this build speaks; the handshake refuses any other.

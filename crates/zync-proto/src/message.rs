@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::Kind;
+use crate::{Kind, WindowHashes};
 use serde::{Deserialize, Serialize};
 
 /// Every text frame the daemon sends.
@@ -139,6 +139,8 @@ pub enum Reply {
     GetFile(FileHeader),
     /// GET_DELTA's answer; `chunks` binary frames of the delta follow.
     GetDelta(DeltaHeader),
+    /// GET_WINDOWS's answer.
+    GetWindows(WindowsReply),
     /// ACK_CHANGES's answer.
     AckChanges(AckReply),
     /// PREPARE_UPSTREAM's answer.
@@ -330,6 +332,19 @@ pub struct DeltaHeader {
     pub delta_size: u64,
     /// Number of binary frames that follow: `ceil(delta_size / MAX_CHUNK)`.
     pub chunks: u64,
+}
+
+/// GET_WINDOWS's answer: which version of the file the hashes are of, and the hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowsReply {
+    /// The directory name.
+    pub dir: String,
+    /// The file's path.
+    pub path: String,
+    /// sha256 of the file hashed: a GET_DELTA `plan` names it.
+    pub sha256: String,
+    /// The keyed hashes of its windows; `base_size` is the file's size.
+    pub windows: WindowHashes,
 }
 
 /// ACK_CHANGES's answer.

@@ -42,6 +42,9 @@ pub enum Op {
     GetFile(GetFile),
     /// A file's content as a delta against the client's version, streamed like GET_FILE's.
     GetDelta(GetDelta),
+    /// The hashes of a file's windows, keyed with the client's key: which windows of its own
+    /// version the client then needs to sign for a GET_DELTA with a `plan`.
+    GetWindows(GetWindows),
     /// The client has durably applied a directory's changes up to a sequence number.
     AckChanges(AckChanges),
     /// Opens an upstream session (R's changes, staged on E for review).
@@ -63,6 +66,7 @@ impl Op {
         "GET_CHANGES",
         "GET_FILE",
         "GET_DELTA",
+        "GET_WINDOWS",
         "ACK_CHANGES",
         "PREPARE_UPSTREAM",
         "UPSTREAM_FILE",
@@ -80,6 +84,7 @@ impl Op {
             Op::GetChanges(_) => "GET_CHANGES",
             Op::GetFile(_) => "GET_FILE",
             Op::GetDelta(_) => "GET_DELTA",
+            Op::GetWindows(_) => "GET_WINDOWS",
             Op::AckChanges(_) => "ACK_CHANGES",
             Op::PrepareUpstream(_) => "PREPARE_UPSTREAM",
             Op::UpstreamFile(_) => "UPSTREAM_FILE",
@@ -161,6 +166,60 @@ pub struct GetDelta {
     /// by older daemons): every window is diffed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub windows: Option<WindowHashes>,
+    /// Instead of `windows`: which windows of E's file the client already has (from a
+    /// GET_WINDOWS answer), and which of its own windows `signature` covers. Absent from
+    /// older clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<DeltaPlan>,
+}
+
+/// GET_DELTA's `plan`: the second step of a delta whose first step was GET_WINDOWS. The client
+/// compared E's window hashes with those it kept of its own version, so it signs only the
+/// windows that differ: a small edit in a big file costs a signature of a window or two, not of
+/// the whole file, and the client need not read the rest of its version.
+///
+/// The daemon sends each window of E's file listed in `same` as one copy of the client's window
+/// at the same offset, and diffs the others against `signature`: the signature of the client's
+/// windows listed in `covers`, read one after another as if they were one file. `zync_fs::delta`
+/// checks the lists against the signature and both sizes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaPlan {
+    /// The sha256 GET_WINDOWS reported: the daemon refuses the plan (`stale`) when its
+    /// file is no longer that version, since `same` was decided against it.
+    pub sha256: String,
+    /// Bytes per window, as asked for with GET_WINDOWS.
+    pub window: u32,
+    /// The size of the client's version.
+    pub base_size: u64,
+    /// Windows (by number from 0) of E's file that the client has at the same offset, with the
+    /// same length and hash; increasing.
+    pub same: Vec<u32>,
+    /// Windows of the client's version that `signature` covers, in the order signed;
+    /// increasing.
+    pub covers: Vec<u32>,
+}
+
+/// GET_WINDOWS: the XXH3-128 of each window of `window` bytes of a file (the last one shorter),
+/// keyed with `key`, the client's secret for its checkpoints (`zync_fs::checkpoint`). The
+/// client keeps those hashes for every big file it wrote, so it can tell which of its windows
+/// differ from E's without reading its own version. The key never reaches anyone but the
+/// daemon the client authenticated (invariant 8), which sends the file's bytes anyway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetWindows {
+    /// The directory name.
+    pub dir: String,
+    /// The file's path relative to the directory, `/`-separated.
+    pub path: String,
+    /// Bytes per window, [`crate::MIN_HASH_WINDOW`] ..= [`crate::MAX_HASH_WINDOW`].
+    pub window: u32,
+    /// The XXH3 secret, [`GetWindows::KEY_LEN`] bytes (base64 on the wire).
+    #[serde(with = "base64_key")]
+    pub key: Vec<u8>,
+}
+
+impl GetWindows {
+    /// Bytes of the key.
+    pub const KEY_LEN: usize = 192;
 }
 
 /// GET_DELTA's `windows`: the client's version of the file cut into windows of `window` bytes
@@ -256,6 +315,33 @@ mod base64_hashes {
             )));
         }
         Ok(bytes)
+    }
+}
+
+/// GET_WINDOWS's `key`: exactly [`GetWindows::KEY_LEN`] bytes as standard base64.
+mod base64_key {
+    use base64::Engine;
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    use super::GetWindows;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        let want = GetWindows::KEY_LEN.div_ceil(3) * 4;
+        if text.len() != want {
+            return Err(de::Error::custom(format!(
+                "key is {} base64 characters; it must be {want} ({} bytes)",
+                text.len(),
+                GetWindows::KEY_LEN
+            )));
+        }
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| de::Error::custom(format!("key is not valid base64: {e}")))
     }
 }
 
@@ -527,6 +613,7 @@ mod tests {
                 path: "a/b".into(),
                 signature: vec![0, 1, 2, 250, 255],
                 windows: None,
+                plan: None,
             }),
             Op::GetDelta(GetDelta {
                 dir: "d".into(),
@@ -537,6 +624,7 @@ mod tests {
                     base_size: 20 << 20,
                     hashes: (0..48).collect(),
                 }),
+                plan: None,
             }),
         ];
         for (i, op) in ops.into_iter().enumerate() {
@@ -549,6 +637,50 @@ mod tests {
             );
             assert_eq!(Request::parse(&json), Ok(request));
         }
+    }
+
+    #[test]
+    fn get_windows_carries_a_key_of_exactly_its_length_and_get_delta_a_plan() {
+        let key = "A".repeat(256);
+        let r = Request::parse(&format!(
+            r#"{{"id":3,"operation":"GET_WINDOWS","dir":"d","path":"p","window":8388608,"key":"{key}"}}"#
+        ))
+        .expect("parses");
+        let Op::GetWindows(get) = &r.op else {
+            panic!("parsed as {:?}", r.op)
+        };
+        assert_eq!((get.window, get.key.len()), (8 << 20, GetWindows::KEY_LEN));
+        assert_eq!(Request::parse(&r.to_json()), Ok(r.clone()));
+        for (key, says) in [
+            (
+                "A".repeat(252),
+                "key is 252 base64 characters; it must be 256 (192 bytes)",
+            ),
+            (format!("{}!", "A".repeat(255)), "key is not valid base64"),
+        ] {
+            let e = Request::parse(&format!(
+                r#"{{"id":4,"operation":"GET_WINDOWS","dir":"d","path":"p","window":1,"key":"{key}"}}"#
+            ))
+            .unwrap_err();
+            assert_eq!((e.id, e.code), (Some(4), ErrorCode::BadRequest));
+            assert!(e.message.contains(says), "{}", e.message);
+        }
+
+        let r = Request::parse(
+            r#"{"id":5,"operation":"GET_DELTA","dir":"d","path":"p","signature":"","plan":{"sha256":"ab","window":8388608,"base_size":9,"same":[0,2],"covers":[1]}}"#,
+        )
+        .expect("parses");
+        let Op::GetDelta(get) = &r.op else {
+            panic!("parsed as {:?}", r.op)
+        };
+        let plan = get.plan.as_ref().expect("a plan");
+        assert_eq!((&plan.same[..], &plan.covers[..]), (&[0, 2][..], &[1][..]));
+        assert_eq!(Request::parse(&r.to_json()), Ok(r.clone()));
+        let e = Request::parse(
+            r#"{"id":6,"operation":"GET_DELTA","dir":"d","path":"p","signature":"","plan":{"sha256":"ab","window":1,"base_size":9,"same":[-1],"covers":[]}}"#,
+        )
+        .unwrap_err();
+        assert_eq!((e.id, e.code), (Some(6), ErrorCode::BadRequest));
     }
 
     #[test]
@@ -658,6 +790,7 @@ mod tests {
                     base_size: u64::MAX,
                     hashes: vec![0; crate::MAX_WINDOW_HASHES * WindowHashes::HASH_LEN],
                 }),
+                plan: None,
             }),
         };
         let json = request.to_json();

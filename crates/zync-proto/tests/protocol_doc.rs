@@ -128,6 +128,7 @@ fn reply_name(reply: &Reply) -> &'static str {
         Reply::GetChanges(_) => "GET_CHANGES",
         Reply::GetFile(_) => "GET_FILE",
         Reply::GetDelta(_) => "GET_DELTA",
+        Reply::GetWindows(_) => "GET_WINDOWS",
         Reply::AckChanges(_) => "ACK_CHANGES",
         Reply::PrepareUpstream(_) => "PREPARE_UPSTREAM",
         Reply::UpstreamFile(_) => "UPSTREAM_FILE",

@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use zync_fs::DeltaError;
 use zync_proto::{
-    DeltaHeader, ErrorCode, GetDelta, OkResponse, Reply, ServerMessage, WindowHashes, MAX_CHUNK,
+    DeltaHeader, DeltaPlan, ErrorCode, GetDelta, OkResponse, Reply, ServerMessage, WindowHashes,
+    MAX_CHUNK,
 };
 
 use crate::context::Context;
@@ -33,7 +34,7 @@ const PIPE: usize = 4;
 
 /// While the diff runs, a WebSocket ping goes out this often, so a client waiting for the reply
 /// sees frames within its stall timeout (20 s by default) even for a file that takes longer.
-const KEEPALIVE: Duration = Duration::from_secs(5);
+pub(super) const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// What the blocking side passes to the connection, in this order: `Ready` or `Failed`, then
 /// the chunks (or a `Failed` in place of the rest).
@@ -60,6 +61,24 @@ async fn send_delta(
     get: GetDelta,
 ) -> Result<bool, Refusal> {
     let opened = open_indexed(cx, get.dir.clone(), &get.path).await?;
+    let way = match (get.windows, get.plan) {
+        (Some(_), Some(_)) => {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "a GET_DELTA carries `windows` or a `plan`, not both",
+            ))
+        }
+        (windows, None) => Way::Windows(windows),
+        (None, Some(plan)) => {
+            if plan.sha256 != opened.sha256 {
+                return Err(IndexedFile::stale_refusal(
+                    &opened.rel,
+                    "is no longer the version GET_WINDOWS hashed",
+                ));
+            }
+            Way::Plan(plan)
+        }
+    };
     let header = DeltaHeader {
         dir: get.dir,
         path: opened.rel.to_string(),
@@ -72,10 +91,9 @@ async fn send_delta(
     };
     let spool_dir = spool_dir(&cx.shared.db_path);
     let (tx, mut rx) = mpsc::channel(PIPE);
-    let (signature, windows) = (get.signature, get.windows);
-    let task = tokio::task::spawn_blocking(move || {
-        produce(opened, &signature, windows.as_ref(), &spool_dir, &tx)
-    });
+    let signature = get.signature;
+    let task =
+        tokio::task::spawn_blocking(move || produce(opened, &signature, &way, &spool_dir, &tx));
 
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
@@ -125,7 +143,11 @@ async fn send_delta(
 
 /// Opens the indexed regular file `path` of `dir` for serving, checked as GET_FILE's files
 /// are: see [`indexed_file::open`].
-async fn open_indexed(cx: &mut Context, dir: String, path: &str) -> Result<IndexedFile, Refusal> {
+pub(super) async fn open_indexed(
+    cx: &mut Context,
+    dir: String,
+    path: &str,
+) -> Result<IndexedFile, Refusal> {
     let (root, dir, rel, _) = cx.locate(dir, path, None)?;
     cx.query(move |index| {
         let mut parents = zync_fs::Parents::default();
@@ -156,17 +178,25 @@ async fn task_failed(task: tokio::task::JoinHandle<()>) -> Refusal {
     )
 }
 
+/// How the client's version is described besides its signature.
+enum Way {
+    /// The whole file's signature, with or without its window hashes.
+    Windows(Option<WindowHashes>),
+    /// The signature of some windows, after GET_WINDOWS (`zync_fs::delta::diff_planned`).
+    Plan(DeltaPlan),
+}
+
 /// The blocking side: diff into the spool, check the file did not change, then pass the spool
 /// on in chunks. Stops early when the connection goes away (the channel closes).
 fn produce(
     opened: IndexedFile,
     signature: &[u8],
-    windows: Option<&WindowHashes>,
+    way: &Way,
     spool_dir: &Path,
     tx: &mpsc::Sender<Piece>,
 ) {
     let mut spool = tempfile::spooled_tempfile_in(SPOOL_MEMORY, spool_dir);
-    match diff_checked(&opened, signature, windows, &mut spool, tx) {
+    match diff_checked(&opened, signature, way, &mut spool, tx) {
         Ok(delta_size) => {
             if tx.blocking_send(Piece::Ready { delta_size }).is_err() {
                 return;
@@ -206,12 +236,13 @@ fn produce(
 }
 
 /// Diffs the opened file into `spool` (with the client's window hashes, only the windows that
-/// changed: `zync_fs::delta::diff_file`) and checks it still is what the index says; returns
-/// the delta's size.
+/// changed: `zync_fs::delta::diff_file`; with a plan, only the windows it does not have:
+/// `zync_fs::delta::diff_planned`) and checks it still is what the index says; returns the
+/// delta's size.
 fn diff_checked(
     opened: &IndexedFile,
     signature: &[u8],
-    windows: Option<&WindowHashes>,
+    way: &Way,
     spool: &mut impl Write,
     tx: &mpsc::Sender<Piece>,
 ) -> Result<u64, Refusal> {
@@ -221,23 +252,30 @@ fn diff_checked(
         }
         spool.write_all(bytes)
     };
-    let (delta_size, read) =
-        zync_fs::delta::diff_file(&opened.file, &opened.abs, signature, windows, sink).map_err(
-            |e| match e {
-                DeltaError::BadSignature(_) | DeltaError::BadWindows(_) => {
-                    Refusal::new(ErrorCode::BadRequest, e.to_string())
-                }
-                DeltaError::Fs(e) => {
-                    IndexedFile::stale_refusal(&opened.rel, &format!("cannot be read ({e})"))
-                }
-                // The connection went away: nobody reads the refusal.
-                DeltaError::Output(_) if tx.is_closed() => {
-                    Refusal::new(ErrorCode::Internal, "the connection closed")
-                }
-                DeltaError::Output(e) => spool_failed(&e),
-                DeltaError::BadDelta(_) => Refusal::new(ErrorCode::Internal, e.to_string()),
-            },
-        )?;
+    let (file, abs) = (&opened.file, &opened.abs);
+    let diffed = match way {
+        Way::Windows(windows) => {
+            zync_fs::delta::diff_file(file, abs, signature, windows.as_ref(), sink)
+        }
+        Way::Plan(plan) => {
+            zync_fs::delta::diff_planned(file, abs, opened.size, signature, plan, sink)
+        }
+    };
+    // With a plan, the bytes the delta rebuilds: the windows copied are not read.
+    let (delta_size, read) = diffed.map_err(|e| match e {
+        DeltaError::BadSignature(_) | DeltaError::BadWindows(_) => {
+            Refusal::new(ErrorCode::BadRequest, e.to_string())
+        }
+        DeltaError::Fs(e) => {
+            IndexedFile::stale_refusal(&opened.rel, &format!("cannot be read ({e})"))
+        }
+        // The connection went away: nobody reads the refusal.
+        DeltaError::Output(_) if tx.is_closed() => {
+            Refusal::new(ErrorCode::Internal, "the connection closed")
+        }
+        DeltaError::Output(e) => spool_failed(&e),
+        DeltaError::BadDelta(_) => Refusal::new(ErrorCode::Internal, e.to_string()),
+    })?;
     if read != opened.size {
         return Err(IndexedFile::stale_refusal(
             &opened.rel,
@@ -304,7 +342,13 @@ mod tests {
         let file = opened(tmp.path(), "f", &data);
         let (tx, _rx) = mpsc::channel(1);
         let mut spool = Vec::new();
-        let size = match diff_checked(&file, &signature_of(&data), None, &mut spool, &tx) {
+        let size = match diff_checked(
+            &file,
+            &signature_of(&data),
+            &Way::Windows(None),
+            &mut spool,
+            &tx,
+        ) {
             Ok(size) => size,
             Err(refusal) => panic!("refused: {}", refusal.message()),
         };
@@ -328,7 +372,13 @@ mod tests {
         let windows = windows.expect("window hashes");
         let (tx, _rx) = mpsc::channel(1);
         let mut spool = Vec::new();
-        let size = match diff_checked(&file, &signature, Some(&windows), &mut spool, &tx) {
+        let size = match diff_checked(
+            &file,
+            &signature,
+            &Way::Windows(Some(windows.clone())),
+            &mut spool,
+            &tx,
+        ) {
             Ok(size) => size,
             Err(refusal) => panic!("refused: {}", refusal.message()),
         };
@@ -369,8 +419,14 @@ mod tests {
                 "the signature's",
             ),
         ] {
-            let refusal = diff_checked(&file, &signature, Some(&bad), &mut Vec::new(), &tx)
-                .expect_err("bad window hashes must be refused");
+            let refusal = diff_checked(
+                &file,
+                &signature,
+                &Way::Windows(Some(bad.clone())),
+                &mut Vec::new(),
+                &tx,
+            )
+            .expect_err("bad window hashes must be refused");
             assert_eq!(
                 refusal.code(),
                 ErrorCode::BadRequest,
@@ -382,6 +438,92 @@ mod tests {
                 "{}",
                 refusal.message()
             );
+        }
+    }
+
+    #[test]
+    fn with_a_plan_windows_the_client_has_are_copied_unread_and_a_file_cut_short_is_stale() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = content();
+        let file = opened(tmp.path(), "f", &data);
+        let plan = |same: Vec<u32>, covers: Vec<u32>| DeltaPlan {
+            sha256: file.sha256.clone(),
+            window: zync_proto::MIN_HASH_WINDOW,
+            base_size: data.len() as u64,
+            same,
+            covers,
+        };
+        let rebuild = |spool: &[u8]| {
+            let mut rebuilt = Vec::new();
+            zync_fs::delta::apply(&file.abs, spool, data.len() as u64, |b| {
+                rebuilt.extend_from_slice(b);
+                Ok(())
+            })
+            .expect("apply");
+            rebuilt
+        };
+        let (tx, _rx) = mpsc::channel(1);
+        // The one window is the client's: one copy, and an empty signature.
+        let copied = plan(vec![0], vec![]);
+        let nothing = zync_fs::delta::signature_of_windows(
+            &file.file,
+            &file.abs,
+            copied.base_size,
+            copied.window,
+            &[],
+        )
+        .expect("signature");
+        let mut spool = Vec::new();
+        let size = diff_checked(&file, &nothing, &Way::Plan(copied.clone()), &mut spool, &tx)
+            .unwrap_or_else(|r| panic!("refused: {}", r.message()));
+        assert!(size < 32, "one copy takes {size} bytes");
+        assert!(rebuild(&spool) == data, "rebuilt other bytes");
+        // The window signed and diffed.
+        let diffed = plan(vec![], vec![0]);
+        let signature = zync_fs::delta::signature_of_windows(
+            &file.file,
+            &file.abs,
+            data.len() as u64,
+            diffed.window,
+            &[0],
+        )
+        .expect("signature");
+        let mut spool = Vec::new();
+        diff_checked(
+            &file,
+            &signature,
+            &Way::Plan(diffed.clone()),
+            &mut spool,
+            &tx,
+        )
+        .unwrap_or_else(|r| panic!("refused: {}", r.message()));
+        assert!(rebuild(&spool) == data, "rebuilt other bytes");
+        // A plan that does not fit its signature is a bad request.
+        let refusal = diff_checked(
+            &file,
+            &nothing,
+            &Way::Plan(diffed.clone()),
+            &mut Vec::new(),
+            &tx,
+        )
+        .expect_err("a signature of nothing for a window to diff");
+        assert_eq!(
+            refusal.code(),
+            ErrorCode::BadRequest,
+            "{}",
+            refusal.message()
+        );
+        // Cut short after it was opened: stale, whichever way.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file.abs)
+            .expect("open")
+            .set_len(1000)
+            .expect("truncate");
+        for (plan, signature) in [(copied, &nothing), (diffed, &signature)] {
+            let refusal = diff_checked(&file, signature, &Way::Plan(plan), &mut Vec::new(), &tx)
+                .expect_err("a file cut short");
+            assert_eq!(refusal.code(), ErrorCode::Stale, "{}", refusal.message());
         }
     }
 
@@ -401,8 +543,14 @@ mod tests {
             .set_len(1000)
             .expect("truncate");
         let (tx, _rx) = mpsc::channel(1);
-        let refusal = diff_checked(&file, &signature, windows.as_ref(), &mut Vec::new(), &tx)
-            .expect_err("a shrunk file must be refused");
+        let refusal = diff_checked(
+            &file,
+            &signature,
+            &Way::Windows(windows.clone()),
+            &mut Vec::new(),
+            &tx,
+        )
+        .expect_err("a shrunk file must be refused");
         assert_eq!(refusal.code(), ErrorCode::Stale, "{}", refusal.message());
     }
 
@@ -418,8 +566,14 @@ mod tests {
             .expect("open");
         grown.write_all_at(b"more", 0).expect("append");
         let (tx, _rx) = mpsc::channel(1);
-        let refusal = diff_checked(&file, &signature_of(&data), None, &mut Vec::new(), &tx)
-            .expect_err("a grown file must be refused");
+        let refusal = diff_checked(
+            &file,
+            &signature_of(&data),
+            &Way::Windows(None),
+            &mut Vec::new(),
+            &tx,
+        )
+        .expect_err("a grown file must be refused");
         assert_eq!(refusal.code(), ErrorCode::Stale, "{}", refusal.message());
         assert!(refusal
             .message()
@@ -440,8 +594,14 @@ mod tests {
             .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000))
             .expect("set mtime");
         let (tx, _rx) = mpsc::channel(1);
-        let refusal = diff_checked(&file, &signature_of(&data), None, &mut Vec::new(), &tx)
-            .expect_err("a rewritten file must be refused");
+        let refusal = diff_checked(
+            &file,
+            &signature_of(&data),
+            &Way::Windows(None),
+            &mut Vec::new(),
+            &tx,
+        )
+        .expect_err("a rewritten file must be refused");
         assert_eq!(refusal.code(), ErrorCode::Stale, "{}", refusal.message());
         assert!(refusal.message().contains("changed since it was indexed"));
     }
@@ -452,7 +612,7 @@ mod tests {
         let data = content();
         let file = opened(tmp.path(), "f", &data);
         let (tx, rx) = mpsc::channel(1);
-        let refusal = diff_checked(&file, b"junk", None, &mut Vec::new(), &tx)
+        let refusal = diff_checked(&file, b"junk", &Way::Windows(None), &mut Vec::new(), &tx)
             .expect_err("junk must be refused");
         assert_eq!(
             refusal.code(),
@@ -467,8 +627,14 @@ mod tests {
         );
         drop(rx);
         let mut spool = Vec::new();
-        let refusal = diff_checked(&file, &signature_of(&data), None, &mut spool, &tx)
-            .expect_err("nobody reads the delta");
+        let refusal = diff_checked(
+            &file,
+            &signature_of(&data),
+            &Way::Windows(None),
+            &mut spool,
+            &tx,
+        )
+        .expect_err("nobody reads the delta");
         assert_eq!(refusal.code(), ErrorCode::Internal);
         assert!(
             spool.is_empty(),

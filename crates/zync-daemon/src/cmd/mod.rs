@@ -14,10 +14,11 @@ mod status;
 mod upstream_file;
 mod upstream_finalize;
 mod upstream_prepare;
+mod windows;
 
 use zync_proto::{
-    AckChanges, ErrorCode, FinalizeUpstream, GetChanges, GetDelta, GetFile, Op, PrepareUpstream,
-    Request, UpstreamFile,
+    AckChanges, ErrorCode, FinalizeUpstream, GetChanges, GetDelta, GetFile, GetWindows, Op,
+    PrepareUpstream, Request, UpstreamFile,
 };
 
 use crate::context::Context;
@@ -41,6 +42,8 @@ pub(crate) enum Operation {
     GetFile(GetFile),
     /// GET_DELTA.
     Delta(GetDelta),
+    /// GET_WINDOWS.
+    Windows(GetWindows),
     /// PREPARE_UPSTREAM.
     PrepareUpstream(PrepareUpstream),
     /// UPSTREAM_FILE (a write's content frames follow it).
@@ -89,6 +92,7 @@ impl Operation {
             Op::AckChanges(ack) => Operation::Ack(ack),
             Op::GetFile(get) => Operation::GetFile(get),
             Op::GetDelta(get) => Operation::Delta(get),
+            Op::GetWindows(get) => Operation::Windows(get),
             Op::PrepareUpstream(prepare) => Operation::PrepareUpstream(prepare),
             Op::UpstreamFile(file) => Operation::UpstreamFile(file),
             Op::FinalizeUpstream(finalize) => Operation::FinalizeUpstream(finalize),
@@ -107,6 +111,7 @@ impl Operation {
             Operation::Ack(ack) => ack::apply(cx, ack).await,
             Operation::GetFile(get) => return get_file::apply(cx, link, id, get).await,
             Operation::Delta(get) => return delta::apply(cx, link, id, get).await,
+            Operation::Windows(get) => return windows::apply(cx, link, id, get).await,
             Operation::PrepareUpstream(prepare) => upstream_prepare::apply(cx, prepare).await,
             Operation::UpstreamFile(file) => upstream_file::apply(cx, link, id, file).await,
             Operation::FinalizeUpstream(finalize) => upstream_finalize::apply(cx, finalize).await,
