@@ -53,6 +53,8 @@ struct Shared {
     corrupt_next: AtomicBool,
     /// Binary frames corrupted so far.
     corrupted: AtomicU64,
+    /// Rename every GET_WINDOWS request on its way to the daemon ([`Proxy::hide_get_windows`]).
+    hide_windows: AtomicBool,
     next_id: AtomicU64,
     conns: Mutex<Vec<Conn>>,
     /// Every JSON request clients sent, with the connection it came on, in the order the
@@ -169,6 +171,13 @@ impl Proxy {
     }
 
     /// Binary frames corrupted so far.
+    /// Plays a daemon older than GET_WINDOWS: the name of every GET_WINDOWS request is changed
+    /// on its way (to GET_WINDOWZ), so the daemon answers `unknown_operation` with its id, as an
+    /// older one does.
+    pub fn hide_get_windows(&self) {
+        self.shared.hide_windows.store(true, Ordering::SeqCst);
+    }
+
     pub fn corrupted(&self) -> u64 {
         self.shared.corrupted.load(Ordering::SeqCst)
     }
@@ -340,6 +349,7 @@ fn pump(
     };
     let mut tap = to_client.is_none().then(RequestTap::default);
     let mut tamper = ResponseTamper::default();
+    let mut renamer = RequestRenamer::default();
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => return,
@@ -372,6 +382,8 @@ fn pump(
         }
         if to_client.is_some() {
             tamper.feed(&mut buf[..n], shared);
+        } else if shared.hide_windows.load(Ordering::SeqCst) {
+            renamer.feed(&mut buf[..n]);
         }
         if n > 0 && to.write_all(&buf[..n]).is_err() {
             return;
@@ -487,6 +499,80 @@ impl ResponseTamper {
             at += take as usize;
         }
     }
+}
+
+/// Follows a client's side of a connection (the HTTP upgrade request, then masked WebSocket
+/// frames) across reads, and turns "GET_WINDOWS" in a text frame's payload into "GET_WINDOWZ"
+/// as the bytes pass ([`Proxy::hide_get_windows`]).
+#[derive(Default)]
+struct RequestRenamer {
+    upgraded: bool,
+    tail: Vec<u8>,
+    header: Vec<u8>,
+    remaining: u64,
+    text: bool,
+    mask: [u8; 4],
+    /// Payload bytes of the current frame seen so far.
+    index: u64,
+    /// The last unmasked payload bytes, to find the name.
+    recent: Vec<u8>,
+}
+
+impl RequestRenamer {
+    const NAME: &'static [u8] = b"GET_WINDOWS";
+
+    fn feed(&mut self, data: &mut [u8]) {
+        let mut at = 0;
+        while !self.upgraded && at < data.len() {
+            self.tail.push(data[at]);
+            at += 1;
+            self.upgraded = self.tail.ends_with(b"\r\n\r\n");
+        }
+        while at < data.len() {
+            if self.remaining == 0 {
+                self.header.push(data[at]);
+                at += 1;
+                let Some((opcode, len)) = masked_header(&self.header) else {
+                    continue;
+                };
+                let n = self.header.len();
+                self.mask.copy_from_slice(&self.header[n - 4..]);
+                self.header.clear();
+                (self.remaining, self.text, self.index) = (len, opcode == 1, 0);
+                self.recent.clear();
+                continue;
+            }
+            let plain = data[at] ^ self.mask[(self.index % 4) as usize];
+            if self.text {
+                self.recent.push(plain);
+                if self.recent.len() > Self::NAME.len() {
+                    self.recent.remove(0);
+                }
+                if self.recent == Self::NAME {
+                    data[at] = b'Z' ^ self.mask[(self.index % 4) as usize];
+                    self.recent.clear();
+                }
+            }
+            self.index += 1;
+            self.remaining -= 1;
+            at += 1;
+        }
+    }
+}
+
+/// The opcode and payload length of a masked frame header (a client's), once `header` holds
+/// all of it, mask key included.
+fn masked_header(header: &[u8]) -> Option<(u8, u64)> {
+    let (&b0, &b1) = (header.first()?, header.get(1)?);
+    let (len, at) = match b1 & 0x7f {
+        126 => (
+            u64::from(u16::from_be_bytes(header.get(2..4)?.try_into().ok()?)),
+            4,
+        ),
+        127 => (u64::from_be_bytes(header.get(2..10)?.try_into().ok()?), 10),
+        n => (u64::from(n), 2),
+    };
+    (header.len() == at + 4).then_some((b0 & 0x0f, len))
 }
 
 /// The opcode and payload length of an unmasked frame header, once `header` holds all of it.

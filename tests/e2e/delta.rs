@@ -4,6 +4,7 @@
 //! file exactly (its sha256 is the header's) with few bytes on the wire. Bad input gets an
 //! error naming the problem, and the connection keeps serving.
 
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -435,6 +436,113 @@ async fn bad_input_gets_a_clear_error_and_the_connection_keeps_serving() {
     );
 }
 
+/// The two steps of a delta as the client takes them for a big file it kept checkpoints of:
+/// GET_WINDOWS gives E's window hashes keyed with R's key, R compares them with its own (here
+/// computed, as R's checkpoints hold them), and GET_DELTA with a plan carries the signature of
+/// only the window that differs. The delta rebuilds E's file exactly. A plan made against
+/// another version of E's file is refused as stale, and bad steps get errors that say why.
+#[tokio::test]
+async fn get_windows_then_a_planned_delta_sign_only_the_window_that_differs() {
+    let f = fixture();
+    let mut peer = hello(&f.daemon).await;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let key = zync_fs::WindowKey::random().expect("a key");
+    const W: u64 = 8 << 20;
+    let reply = peer
+        .call(
+            json!({"operation": "GET_WINDOWS", "dir": "code", "path": "data/big.bin",
+            "window": W, "key": b64(key.as_bytes())}),
+        )
+        .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(reply["operation"], "GET_WINDOWS", "{reply}");
+    let new = std::fs::read(f.e.join("data/big.bin")).expect("read E's file");
+    assert_eq!(reply["sha256"], sha256(&new), "{reply}");
+    assert_eq!(reply["windows"]["base_size"], json!(new.len()), "{reply}");
+    let theirs = base64::engine::general_purpose::STANDARD
+        .decode(reply["windows"]["hashes"].as_str().expect("hashes"))
+        .expect("base64");
+    let base_file = std::fs::File::open(&f.base).expect("open R's version");
+    let (base_size, ours) =
+        zync_fs::keyed_window_hashes(&base_file, W, &key).expect("hash R's version");
+    assert_eq!(theirs.len(), ours.len(), "four windows each");
+    let same: Vec<u32> = (0..theirs.len() / 16)
+        .filter(|&i| theirs[i * 16..i * 16 + 16] == ours[i * 16..i * 16 + 16])
+        .map(|i| i as u32)
+        .collect();
+    assert_eq!(same, [0, 1, 3], "the edit is in the third window");
+    let signature =
+        zync_fs::delta::signature_of_windows(&base_file, &f.base, base_size, W as u32, &[2])
+            .expect("signature of one window");
+    let whole = zync_fs::delta::signature(&f.base).expect("whole signature");
+    assert!(
+        signature.len() * 3 < whole.len(),
+        "{} signature bytes for one window, {} for four",
+        signature.len(),
+        whole.len()
+    );
+    let plan = json!({"sha256": reply["sha256"], "window": W, "base_size": base_size,
+        "same": same, "covers": [2]});
+    let request = |plan: &Value| {
+        json!({"operation": "GET_DELTA", "dir": "code",
+        "path": "data/big.bin", "signature": b64(&signature), "plan": plan})
+    };
+    let (header, delta) = get_delta_raw(&mut peer, request(&plan)).await;
+    assert_eq!(header["status"], "ok", "{header}");
+    assert!(
+        delta.len() < 200 * 1024,
+        "{} bytes of delta for a 64 KiB edit",
+        delta.len()
+    );
+    assert!(
+        apply(&f.base, &delta, &header) == new,
+        "rebuilt other bytes"
+    );
+
+    let mut other = plan.clone();
+    other["sha256"] = json!("0".repeat(64));
+    refused(
+        &mut peer,
+        request(&other),
+        "stale",
+        "is no longer the version GET_WINDOWS hashed",
+    )
+    .await;
+    let mut both = request(&plan);
+    both["windows"] = json!({"window": W, "base_size": base_size, "hashes": b64(&ours)});
+    refused(&mut peer, both, "bad_request", "not both").await;
+    let mut beyond = plan.clone();
+    beyond["same"] = json!([0, 1, 3, 9]);
+    refused(
+        &mut peer,
+        request(&beyond),
+        "bad_request",
+        "plan.same names window 9, but the file has 4 windows",
+    )
+    .await;
+    let windows = |window: u64, key: String| {
+        json!({"operation": "GET_WINDOWS", "dir": "code",
+        "path": "data/big.bin", "window": window, "key": key})
+    };
+    refused(
+        &mut peer,
+        windows(W, b64(&[7; 10])),
+        "bad_request",
+        "key is 16 base64 characters; it must be 256",
+    )
+    .await;
+    refused(
+        &mut peer,
+        windows(4096, b64(key.as_bytes())),
+        "bad_request",
+        "window of 4096 bytes is outside",
+    )
+    .await;
+    let mut missing = windows(W, b64(key.as_bytes()));
+    missing["path"] = json!("data/nothing.bin");
+    refused(&mut peer, missing, "not_found", "").await;
+}
+
 #[tokio::test]
 async fn get_delta_needs_the_handshake() {
     let f = fixture();
@@ -550,23 +658,46 @@ fn a_small_edit_in_a_big_file_reaches_r_as_a_delta() {
         wire < MIB as u64,
         "{wire} bytes crossed the wire for a 64 KiB edit in {SIZE} bytes:\n{logs}"
     );
-    // The client sent its window hashes with the signature: three windows of 8 MiB.
-    let deltas: Vec<Value> = proxy
+    // R kept the checkpoints of the version it has: it asked E for its window hashes, and
+    // signed only the window of three that differs.
+    let asked: Vec<Value> = proxy
         .requests()
         .into_iter()
-        .filter(|r| r["operation"] == "GET_DELTA")
+        .filter(|r| r["operation"] != "GET_CHANGES" && r["operation"] != "ACK_CHANGES")
+        .filter(|r| {
+            r["operation"]
+                .as_str()
+                .is_some_and(|op| op.starts_with("GET_"))
+        })
         .collect();
-    let [delta] = &deltas[..] else {
-        panic!("expected one GET_DELTA, got {}:\n{logs}", deltas.len())
+    let [windows, delta] = &asked[..] else {
+        panic!("expected GET_WINDOWS then GET_DELTA, got {asked:?}:\n{logs}")
     };
+    assert_eq!(windows["operation"], "GET_WINDOWS", "{windows}");
+    assert_eq!(windows["window"], json!(8 << 20), "{windows}");
+    assert_eq!(delta["operation"], "GET_DELTA", "{delta}");
+    assert_eq!(delta["windows"], Value::Null, "{delta}");
+    let plan = &delta["plan"];
     assert_eq!(
-        (&delta["windows"]["window"], &delta["windows"]["base_size"]),
-        (&json!(8 << 20), &json!(SIZE)),
-        "{}",
-        delta["windows"]
+        (
+            &plan["same"],
+            &plan["covers"],
+            &plan["base_size"],
+            &plan["sha256"]
+        ),
+        (&json!([0, 2]), &json!([1]), &json!(SIZE), &json!(want)),
+        "{plan}"
     );
-    let hashes = delta["windows"]["hashes"].as_str().unwrap_or_default();
-    assert_eq!(hashes.len(), (3 * 16usize).div_ceil(3) * 4, "{hashes:?}");
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(delta["signature"].as_str().unwrap_or_default())
+        .expect("base64");
+    let block = zync_fs::delta::block_size_for(SIZE as u64);
+    let entry = 4 + zync_fs::delta::strong_sum_for(SIZE as u64, block) as usize;
+    assert_eq!(
+        signature.len(),
+        12 + (8 * MIB / block as usize) * entry,
+        "the signature covers one window"
+    );
     assert_eq!(temp_files(&r), Vec::<String>::new(), "temp files left on R");
     assert!(
         conflict_copies(&r).is_empty(),
@@ -714,7 +845,7 @@ fn checkpoints_spare_hashing_what_r_wrote_and_lying_ones_let_nothing_wrong_in() 
     });
     assert_eq!(
         asked(&proxy),
-        ["GET_DELTA", "GET_FILE"],
+        ["GET_WINDOWS", "GET_DELTA", "GET_FILE"],
         "states that lie fail the check, and the file comes whole:\n{logs}"
     );
     assert_eq!(
@@ -731,7 +862,7 @@ fn checkpoints_spare_hashing_what_r_wrote_and_lying_ones_let_nothing_wrong_in() 
     let logs = once_until(&client, &proxy.url(), "R has the third version", || {
         file_sha(&r.join("big.bin")) == third
     });
-    assert_eq!(asked(&proxy), ["GET_DELTA"], "{logs}");
+    assert_eq!(asked(&proxy), ["GET_WINDOWS", "GET_DELTA"], "{logs}");
     assert_eq!(
         stored_checkpoints(&client, &third).map(|c| c.len()),
         Some(3 * 48),
@@ -741,5 +872,109 @@ fn checkpoints_spare_hashing_what_r_wrote_and_lying_ones_let_nothing_wrong_in() 
     assert!(
         conflict_copies(&r).is_empty(),
         "no edit on R, no conflict copy"
+    );
+}
+
+/// R's file is changed behind the client's back in a window E left alone, its size and mtime
+/// put back (so it still reads as the version R synced): the plan has R copy that window from
+/// its own file, the rebuilt file is not E's, and the sha256 check refuses it. The file is then
+/// downloaded whole: R ends with E's bytes, never with the bytes planted in it.
+#[test]
+fn a_window_changed_on_r_behind_the_client_s_back_never_passes_for_e_s() {
+    const SIZE: usize = 24 * MIB;
+    let Synced {
+        tmp: _tmp,
+        e,
+        r,
+        daemon,
+        client,
+        mut data,
+    } = synced_big_file(SIZE, 71);
+    let on_r = r.join("big.bin");
+    let mtime = std::fs::metadata(&on_r)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let planted = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&on_r)
+        .expect("open R's file");
+    planted
+        .write_all_at(b"planted", MIB as u64)
+        .expect("plant bytes in the first window");
+    planted.set_modified(mtime).expect("put the mtime back");
+    drop(planted);
+
+    let at = SIZE - MIB;
+    data[at..at + 64 * 1024].copy_from_slice(&pseudo_random(64 * 1024, 72));
+    write(&e.join("big.bin"), &data);
+    let want = sha256(&data);
+    wait_indexed_as(&daemon, &want);
+    let proxy = crate::common::proxy::Proxy::to_port(daemon.port);
+    let logs = once_until(&client, &proxy.url(), "R has E's edited file", || {
+        file_sha(&on_r) == want
+    });
+    let asked: Vec<String> = proxy
+        .requests()
+        .iter()
+        .filter_map(|r| r["operation"].as_str().map(str::to_string))
+        .filter(|op| op.starts_with("GET_") && op != "GET_CHANGES")
+        .collect();
+    assert_eq!(
+        asked,
+        ["GET_WINDOWS", "GET_DELTA", "GET_FILE"],
+        "the planted window fails the check, and the file comes whole:\n{logs}"
+    );
+    assert_eq!(temp_files(&r), Vec::<String>::new(), "temp files left on R");
+}
+
+/// A daemon older than GET_WINDOWS answers it `unknown_operation`: the client then signs its
+/// whole version, as before, and the edit still arrives as a delta in the same run.
+#[test]
+fn a_daemon_without_get_windows_gets_the_whole_signature() {
+    const SIZE: usize = 24 * MIB;
+    let Synced {
+        tmp: _tmp,
+        e,
+        r,
+        daemon,
+        client,
+        mut data,
+    } = synced_big_file(SIZE, 81);
+    let at = SIZE / 2;
+    data[at..at + 64 * 1024].copy_from_slice(&pseudo_random(64 * 1024, 82));
+    write(&e.join("big.bin"), &data);
+    let want = sha256(&data);
+    wait_indexed_as(&daemon, &want);
+    let proxy = crate::common::proxy::Proxy::to_port(daemon.port);
+    proxy.hide_get_windows();
+    let logs = once_until(&client, &proxy.url(), "R has E's edited file", || {
+        file_sha(&r.join("big.bin")) == want
+    });
+    let asked: Vec<Value> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r["operation"]
+                .as_str()
+                .is_some_and(|op| op.starts_with("GET_"))
+        })
+        .filter(|r| r["operation"] != "GET_CHANGES")
+        .collect();
+    let ops: Vec<&str> = asked
+        .iter()
+        .filter_map(|r| r["operation"].as_str())
+        .collect();
+    assert_eq!(ops, ["GET_WINDOWZ", "GET_DELTA"], "{logs}");
+    assert_eq!(asked[1]["plan"], Value::Null, "{}", asked[1]);
+    assert_eq!(
+        asked[1]["windows"]["base_size"],
+        json!(SIZE),
+        "{}",
+        asked[1]
+    );
+    assert!(
+        proxy.bytes_to_client() < MIB as u64,
+        "{} bytes down for a 64 KiB edit:\n{logs}",
+        proxy.bytes_to_client()
     );
 }

@@ -9,9 +9,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Bytes, Message};
 use tokio_tungstenite::WebSocketStream;
 use zync_proto::{
-    Auth, Challenge, DeltaHeader, ErrorCode, Event, FileHeader, GetDelta, GetFile, Hello, Nonce,
-    Op, Reply, Request, Role, ServerMessage, UpstreamFile, UpstreamFileReply, Welcome,
-    WindowHashes,
+    Auth, Challenge, DeltaHeader, DeltaPlan, ErrorCode, Event, FileHeader, GetDelta, GetFile,
+    GetWindows, Hello, Nonce, Op, Reply, Request, Role, ServerMessage, UpstreamFile,
+    UpstreamFileReply, Welcome, WindowHashes, WindowsReply,
 };
 
 use crate::error::ClientError;
@@ -457,6 +457,50 @@ impl Connection {
             path: path.to_string(),
             signature,
             windows,
+            plan: None,
+        }))
+        .await
+    }
+
+    /// Queues a GET_DELTA that follows `plan` (made from a GET_WINDOWS answer), given the
+    /// signature of the windows it covers; answered like [`Connection::request_delta`].
+    ///
+    /// # Errors
+    /// A transport failure or a stalled send.
+    pub async fn request_planned_delta(
+        &mut self,
+        dir: &str,
+        path: &str,
+        signature: Vec<u8>,
+        plan: DeltaPlan,
+    ) -> Result<u64, ClientError> {
+        self.queue(Op::GetDelta(GetDelta {
+            dir: dir.to_string(),
+            path: path.to_string(),
+            signature,
+            windows: None,
+            plan: Some(plan),
+        }))
+        .await
+    }
+
+    /// Queues a GET_WINDOWS: E's hashes of the file's windows of `window` bytes, keyed with
+    /// `key`; answered through [`Connection::next_transfer`] as [`Transfer::Windows`].
+    ///
+    /// # Errors
+    /// A transport failure or a stalled send.
+    pub async fn request_windows(
+        &mut self,
+        dir: &str,
+        path: &str,
+        window: u32,
+        key: &zync_fs::WindowKey,
+    ) -> Result<u64, ClientError> {
+        self.queue(Op::GetWindows(GetWindows {
+            dir: dir.to_string(),
+            path: path.to_string(),
+            window,
+            key: key.as_bytes().to_vec(),
         }))
         .await
     }
@@ -502,6 +546,7 @@ impl Connection {
                 Incoming::Text(ServerMessage::Ok(ok)) => match ok.reply {
                     Reply::GetFile(header) => return Ok(Transfer::Header(ok.id, header)),
                     Reply::GetDelta(header) => return Ok(Transfer::Delta(ok.id, header)),
+                    Reply::GetWindows(reply) => return Ok(Transfer::Windows(ok.id, reply)),
                     other => {
                         if self.keep_answer(ok.id, Ok(other)) {
                             return Ok(Transfer::Answered);
@@ -684,6 +729,8 @@ pub enum Transfer {
     Header(u64, FileHeader),
     /// A delta's header: the delta's size and what the rebuilt file must hash to.
     Delta(u64, DeltaHeader),
+    /// GET_WINDOWS's answer: E's hashes of the file's windows.
+    Windows(u64, WindowsReply),
     /// A piece of the content, in order.
     Chunk(u64, Bytes),
     /// The daemon refused the request (or stopped sending: the file changed meanwhile).

@@ -298,6 +298,7 @@ impl<'a> Run<'a> {
                                 .flatten();
                             pending.keep_checkpoints(Arc::clone(key), prior);
                         }
+                        pending.prepare_delta();
                         self.pipeline.push(i, pending);
                     }
                     Err(e) => self.ledger.fail(i, &e),

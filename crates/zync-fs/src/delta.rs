@@ -208,6 +208,15 @@ fn open_regular(path: &Path, what: &'static str) -> Result<(File, u64), FsError>
     Ok((file, meta.len()))
 }
 
+/// Opens R's version of a file as the base of a delta, and its size: a regular file, never
+/// through a symlink, never blocking on a fifo.
+///
+/// # Errors
+/// When it cannot be opened or is not a regular file.
+pub fn open_base(path: &Path) -> Result<(File, u64), FsError> {
+    open_regular(path, "open as a delta's base")
+}
+
 /// Reads until `buf` is full or the reader is exhausted; returns how much was read.
 fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;

@@ -12,7 +12,7 @@ use zync_proto::{DeltaHeader, ErrorCode, FileHeader};
 use zync_fs::AtomicFile;
 
 use crate::connection::{Connection, Transfer};
-use crate::download::land::file::Pending;
+use crate::download::land::file::{Ask, Pending};
 use crate::error::ClientError;
 use tokio_tungstenite::tungstenite::Bytes;
 
@@ -135,6 +135,8 @@ struct Slot {
     /// (an unnamed temp file: memory does not grow with the delta).
     delta: Option<(DeltaHeader, std::fs::File)>,
     asked_delta: bool,
+    /// A GET_WINDOWS, the first step of a delta: its answer plans the GET_DELTA.
+    asked_windows: bool,
     /// How the content is written, decided when its header came.
     method: Method,
     /// The thread writing this file's chunks, for [`Method::Behind`].
@@ -236,14 +238,34 @@ impl<'a> Pipeline<'a> {
                 self.refused.push_back(Finished::Failed(index, e));
                 continue;
             }
-            let signature = pending.take_signature();
-            let asked_delta = signature.is_some();
-            let id = match signature {
-                Some((signature, windows)) => {
+            let ask = match pending.take_ask() {
+                // Without a key to ask with, the whole older version is signed.
+                Some(Ask::Windows) if pending.window_key().is_none() => {
+                    pending.sign_whole();
+                    pending.take_ask()
+                }
+                ask => ask,
+            };
+            let (mut asked_delta, mut asked_windows) = (true, false);
+            let id = match (ask, pending.window_key()) {
+                (Some(Ask::Signature(signature, windows)), _) => {
                     conn.request_delta(self.dir, pending.path(), signature, windows)
                         .await?
                 }
-                None => conn.request_file(self.dir, pending.path(), offset).await?,
+                (Some(Ask::Plan(signature, plan)), _) => {
+                    conn.request_planned_delta(self.dir, pending.path(), signature, plan)
+                        .await?
+                }
+                (Some(Ask::Windows), Some(key)) => {
+                    (asked_delta, asked_windows) = (false, true);
+                    let window = zync_fs::checkpoint::WINDOW as u32;
+                    conn.request_windows(self.dir, pending.path(), window, key)
+                        .await?
+                }
+                _ => {
+                    asked_delta = false;
+                    conn.request_file(self.dir, pending.path(), offset).await?
+                }
             };
             sent = true;
             // What an earlier attempt kept counts as done: the total is whole files.
@@ -260,6 +282,7 @@ impl<'a> Pipeline<'a> {
                     header: None,
                     delta: None,
                     asked_delta,
+                    asked_windows,
                     method: Method::Here,
                     writing: None,
                     received: 0,
@@ -440,6 +463,24 @@ impl<'a> Pipeline<'a> {
                 }
                 Ok(self.complete(id))
             }
+            Transfer::Windows(id, reply) => {
+                let Some(slot) = self.inflight.get(&id) else {
+                    return Ok(None);
+                };
+                if !slot.asked_windows || reply.path != slot.pending.path() {
+                    return Err(ClientError::Protocol(format!(
+                        "{}: window hashes that do not match the request",
+                        reply.path
+                    )));
+                }
+                // The GET_DELTA it plans goes out next, in this request's place.
+                let Some(mut slot) = self.take(id) else {
+                    return Ok(None);
+                };
+                slot.pending.plan_delta(reply);
+                self.queue.push_front((slot.index, slot.pending));
+                Ok(None)
+            }
             Transfer::Failed(id, e) => Ok(if self.inflight.contains_key(&id) {
                 self.fail(id, e)
             } else {
@@ -473,8 +514,8 @@ impl<'a> Pipeline<'a> {
     /// Ends a download with `error`. A refused delta (an older daemon, a signature it would
     /// not take) is asked for again as the whole file instead.
     fn fail(&mut self, id: u64, error: ClientError) -> Option<Finished> {
-        let slot = self.take(id)?;
-        let retry = slot.asked_delta
+        let mut slot = self.take(id)?;
+        let retry = (slot.asked_delta || slot.asked_windows)
             && !matches!(
                 &error,
                 ClientError::Server {
@@ -482,6 +523,17 @@ impl<'a> Pipeline<'a> {
                     ..
                 }
             );
+        if retry && slot.asked_windows {
+            // An older daemon, or a file too big to list its windows: the first step is
+            // skipped.
+            tracing::debug!(
+                path = slot.pending.path(),
+                "window hashes refused ({error}); signing the whole file"
+            );
+            slot.pending.sign_whole();
+            self.queue.push_front((slot.index, slot.pending));
+            return None;
+        }
         if retry {
             tracing::debug!(
                 path = slot.pending.path(),

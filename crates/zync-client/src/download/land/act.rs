@@ -52,7 +52,6 @@ impl Place {
             known.made_dirs(made);
         }
         let Here { rel, at, .. } = here;
-        let path = rel.to_path(self.root());
         match plan.step {
             Step::Skip(why) => {
                 tracing::warn!(dir = self.dir(), path = %rel, "skipped {why}");
@@ -162,15 +161,8 @@ impl Place {
                     }
                 }
                 if delta {
-                    match zync_fs::delta::signature_and_windows(&path) {
-                        Ok((signature, windows)) => pending.set_signature(signature, windows),
-                        Err(e) => {
-                            tracing::debug!(
-                                path = pending.path(),
-                                "no delta, downloading whole: {e}"
-                            )
-                        }
-                    }
+                    // How is decided once the older version's checkpoints are known.
+                    pending.want_delta();
                 }
                 Ok(Outcome::Fetch(Box::new(pending)))
             }

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use zync_proto::Kind;
 
 use zync_db::Synced;
+use zync_fs::checkpoint::WINDOW as CHECKPOINT_WINDOW;
 use zync_fs::{AtomicFile, Checkpoints, Parents, RelPath, Sealed, Stat, WindowKey, CHECKPOINT_MIN};
-use zync_proto::{DeltaHeader, FileHeader, WindowHashes};
+use zync_proto::{DeltaHeader, DeltaPlan, FileHeader, WindowHashes, WindowsReply};
 
 use crate::error::ClientError;
 
@@ -26,15 +27,27 @@ pub struct Pending {
     partial: bool,
     record: Synced,
     file: Option<AtomicFile>,
-    /// The signature of R's older version at the path, when a delta is worth asking for, and
-    /// the hashes of its windows (so E diffs only the windows that changed).
-    signature: Option<(Vec<u8>, Option<WindowHashes>)>,
+    /// How a delta against R's older version at the path is asked for, when one is worth it.
+    delta: Option<Ask>,
     /// Checkpoints are kept for this file with this client's key (`zync_fs::checkpoint`),
     /// and, for a rebuild from a delta, those of the version the client last wrote at the
     /// path: the windows the two share are not SHA-256-hashed again.
     checkpoints: Option<(Arc<WindowKey>, Option<Prior>)>,
     /// The sha256 of the content whose checkpoints a rebuild used, once it used them.
     used_prior: Option<String>,
+}
+
+/// How a delta is asked for.
+#[derive(Debug)]
+pub enum Ask {
+    /// Against R's version at the path, not decided how yet ([`Pending::prepare_delta`]).
+    Wanted,
+    /// GET_WINDOWS first, then GET_DELTA with a plan ([`Pending::plan_delta`]).
+    Windows,
+    /// GET_DELTA with the signature and window hashes of R's whole version.
+    Signature(Vec<u8>, Option<WindowHashes>),
+    /// GET_DELTA with the signature of R's windows that differ, and the plan.
+    Plan(Vec<u8>, DeltaPlan),
 }
 
 /// The checkpoints of the version the client last wrote at a path, and that version's sha256.
@@ -53,7 +66,7 @@ impl Pending {
             partial,
             record,
             file: None,
-            signature: None,
+            delta: None,
             checkpoints: None,
             used_prior: None,
         }
@@ -79,19 +92,136 @@ impl Pending {
     /// True when a delta will be asked for (a rebuild can use the older version's
     /// checkpoints).
     pub fn wants_delta(&self) -> bool {
-        self.signature.is_some()
+        self.delta.is_some()
     }
 
-    /// Asks for a delta against R's older version at the path: its signature and window
-    /// hashes (`zync_fs::delta::signature_and_windows`) are sent with GET_DELTA.
-    pub fn set_signature(&mut self, signature: Vec<u8>, windows: Option<WindowHashes>) {
-        self.signature = Some((signature, windows));
+    /// Asks for a delta against R's older version at the path, rather than the whole file; how
+    /// is decided by [`Pending::prepare_delta`], once the older version's checkpoints are known.
+    pub fn want_delta(&mut self) {
+        self.delta = Some(Ask::Wanted);
     }
 
-    /// The signature and window hashes to send with GET_DELTA, once; `None` asks for the whole
-    /// file.
-    pub fn take_signature(&mut self) -> Option<(Vec<u8>, Option<WindowHashes>)> {
-        self.signature.take()
+    /// Decides how to ask for the delta [`Pending::want_delta`] wanted: with the checkpoints of
+    /// the older version (their window hashes), E is asked for its window hashes first
+    /// (GET_WINDOWS) and only the windows that differ are signed; without, the whole older
+    /// version is read for its signature now.
+    pub fn prepare_delta(&mut self) {
+        if !matches!(self.delta, Some(Ask::Wanted)) {
+            return;
+        }
+        let known = matches!(&self.checkpoints, Some((_, Some((_, prior)))) if !prior.is_empty());
+        if known {
+            self.delta = Some(Ask::Windows);
+        } else {
+            self.sign_whole();
+        }
+    }
+
+    /// Asks for the delta with the signature and window hashes of the whole older version
+    /// (`zync_fs::delta::signature_and_windows`), or for the whole file when it cannot be read.
+    pub fn sign_whole(&mut self) {
+        let path = self.rel.to_path(&self.root);
+        self.delta = match zync_fs::delta::signature_and_windows(&path) {
+            Ok((signature, windows)) => Some(Ask::Signature(signature, windows)),
+            Err(e) => {
+                tracing::debug!(path = self.path(), "no delta, downloading whole: {e}");
+                None
+            }
+        };
+    }
+
+    /// The key E hashes windows with for GET_WINDOWS: this client's checkpoint key.
+    pub fn window_key(&self) -> Option<&WindowKey> {
+        self.checkpoints.as_ref().map(|(key, _)| &**key)
+    }
+
+    /// The request to send for this file, once: `None` asks for the whole file (from where a
+    /// kept partial ends).
+    pub fn take_ask(&mut self) -> Option<Ask> {
+        if matches!(self.delta, Some(Ask::Wanted)) {
+            self.prepare_delta();
+        }
+        self.delta.take()
+    }
+
+    /// Plans the delta from E's window hashes (GET_WINDOWS's answer): the windows of E's file
+    /// whose hash is that of the older version's window at the same offset (from its
+    /// checkpoints, so R's file is not read for them) are copied; only R's other windows are
+    /// read and signed. When no window is the same, the whole older version is signed instead.
+    ///
+    /// What the plan rests on is checked where it matters: a window R no longer has as its
+    /// checkpoints say (R's file changed since) rebuilds other bytes, which the sha256 check
+    /// refuses; the file is then downloaded whole.
+    pub fn plan_delta(&mut self, reply: WindowsReply) {
+        let Some((_, Some((_, prior)))) = &self.checkpoints else {
+            return self.sign_whole();
+        };
+        let theirs = reply.windows;
+        let window = u64::from(theirs.window);
+        if window != CHECKPOINT_WINDOW
+            || theirs.hashes.len() as u64
+                != theirs.base_size.div_ceil(window) * WindowHashes::HASH_LEN as u64
+        {
+            tracing::debug!(
+                path = self.path(),
+                "GET_WINDOWS answered {} bytes of hashes for {} bytes in windows of {window}; signing the whole file",
+                theirs.hashes.len(),
+                theirs.base_size
+            );
+            return self.sign_whole();
+        }
+        let path = self.rel.to_path(&self.root);
+        let planned = zync_fs::delta::open_base(&path)
+            .map_err(zync_fs::DeltaError::from)
+            .and_then(|(base, base_size)| {
+                // E's whole windows with the hash of R's window at the same offset.
+                let whole_in_e = theirs.base_size / window;
+                let same: Vec<u32> = theirs
+                    .hashes
+                    .chunks_exact(WindowHashes::HASH_LEN)
+                    .take(whole_in_e.min(base_size / window) as usize)
+                    .enumerate()
+                    .filter(|(number, hash)| {
+                        let hash = u128::from_be_bytes((*hash).try_into().unwrap_or_default());
+                        prior.window_hash(*number) == Some(hash)
+                    })
+                    .map(|(number, _)| number as u32)
+                    .collect();
+                let covers: Vec<u32> = (0..base_size.div_ceil(window) as u32)
+                    .filter(|number| same.binary_search(number).is_err())
+                    .collect();
+                if same.is_empty() {
+                    return Ok(None);
+                }
+                let signature = zync_fs::delta::signature_of_windows(
+                    &base,
+                    &path,
+                    base_size,
+                    theirs.window,
+                    &covers,
+                )?;
+                Ok(Some(Ask::Plan(
+                    signature,
+                    DeltaPlan {
+                        sha256: reply.sha256,
+                        window: theirs.window,
+                        base_size,
+                        same,
+                        covers,
+                    },
+                )))
+            });
+        match planned {
+            Ok(Some(ask)) => self.delta = Some(ask),
+            Ok(None) => self.sign_whole(),
+            Err(e) => {
+                tracing::debug!(
+                    path = self.path(),
+                    "no delta plan, signing the whole file: {e}"
+                );
+                self.sign_whole()
+            }
+        }
     }
 
     /// The synced directory the file belongs to.
@@ -346,7 +476,7 @@ impl Pending {
             Err(e @ ClientError::Fs(zync_fs::FsError::NoSpace { .. })) => Err((None, e)),
             Err(e) => {
                 pending.file = None;
-                pending.signature = None;
+                pending.delta = None;
                 Err((Some(pending), e))
             }
         }
