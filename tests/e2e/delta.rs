@@ -928,53 +928,59 @@ fn a_window_changed_on_r_behind_the_client_s_back_never_passes_for_e_s() {
 }
 
 /// A daemon older than GET_WINDOWS answers it `unknown_operation`: the client then signs its
-/// whole version, as before, and the edit still arrives as a delta in the same run.
+/// whole version, as before, and the edit still arrives as a delta. A loop client asks no more
+/// GET_WINDOWS on that connection: the next big file it fetches is signed whole at once.
 #[test]
 fn a_daemon_without_get_windows_gets_the_whole_signature() {
     const SIZE: usize = 24 * MIB;
     let Synced {
-        tmp: _tmp,
+        tmp,
         e,
         r,
         daemon,
         client,
         mut data,
     } = synced_big_file(SIZE, 81);
-    let at = SIZE / 2;
-    data[at..at + 64 * 1024].copy_from_slice(&pseudo_random(64 * 1024, 82));
-    write(&e.join("big.bin"), &data);
-    let want = sha256(&data);
-    wait_indexed_as(&daemon, &want);
+    // A second big file R wrote, so it has its checkpoints too.
+    let mut other = pseudo_random(SIZE, 83);
+    write(&e.join("other.bin"), &other);
+    once_until(&client, &daemon.url(), "R has the second file", || {
+        r.join("other.bin").exists() && file_sha(&r.join("other.bin")) == sha256(&other)
+    });
     let proxy = crate::common::proxy::Proxy::to_port(daemon.port);
     proxy.hide_get_windows();
-    let logs = once_until(&client, &proxy.url(), "R has E's edited file", || {
-        file_sha(&r.join("big.bin")) == want
-    });
+    let running = client.spawn(&proxy.url(), &tmp.path().join("loop.log"));
+    let at = SIZE / 2;
+    for (name, content, seed) in [("big.bin", &mut data, 82), ("other.bin", &mut other, 84)] {
+        content[at..at + 64 * 1024].copy_from_slice(&pseudo_random(64 * 1024, seed));
+        write(&e.join(name), &content[..]);
+        let want = sha256(&content[..]);
+        wait_until(&format!("R to have E's edited {name}"), || {
+            file_sha(&r.join(name)) == want
+        });
+    }
+    let logs = running.log_text();
     let asked: Vec<Value> = proxy
         .requests()
         .into_iter()
         .filter(|r| {
-            r["operation"]
-                .as_str()
-                .is_some_and(|op| op.starts_with("GET_"))
+            r["operation"].as_str().is_some_and(|op| {
+                op.starts_with("GET_WINDOW") || op == "GET_DELTA" || op == "GET_FILE"
+            })
         })
-        .filter(|r| r["operation"] != "GET_CHANGES")
         .collect();
     let ops: Vec<&str> = asked
         .iter()
         .filter_map(|r| r["operation"].as_str())
         .collect();
-    assert_eq!(ops, ["GET_WINDOWZ", "GET_DELTA"], "{logs}");
-    assert_eq!(asked[1]["plan"], Value::Null, "{}", asked[1]);
-    assert_eq!(
-        asked[1]["windows"]["base_size"],
-        json!(SIZE),
-        "{}",
-        asked[1]
-    );
+    assert_eq!(ops, ["GET_WINDOWZ", "GET_DELTA", "GET_DELTA"], "{logs}");
+    for delta in &asked[1..] {
+        assert_eq!(delta["plan"], Value::Null, "{delta}");
+        assert_eq!(delta["windows"]["base_size"], json!(SIZE), "{delta}");
+    }
     assert!(
-        proxy.bytes_to_client() < MIB as u64,
-        "{} bytes down for a 64 KiB edit:\n{logs}",
+        proxy.bytes_to_client() < 2 * MIB as u64,
+        "{} bytes down for two 64 KiB edits:\n{logs}",
         proxy.bytes_to_client()
     );
 }

@@ -51,6 +51,8 @@ pub struct Connection {
     /// downloads, and that answer.
     asked: Option<u64>,
     answer: Option<(u64, Result<Reply, ClientError>)>,
+    /// The daemon answered a GET_WINDOWS `unknown_operation`: none is sent to it again.
+    lacks_windows: bool,
 }
 
 /// The token, and where it came from for messages.
@@ -135,6 +137,7 @@ impl Connection {
             seen: Seen::default(),
             asked: None,
             answer: None,
+            lacks_windows: false,
             hello: Welcome {
                 protocol_version: 0,
                 index_id: String::new(),
@@ -484,6 +487,17 @@ impl Connection {
         .await
     }
 
+    /// True once the daemon answered a GET_WINDOWS `unknown_operation` (an older daemon): big
+    /// files are then signed whole, without asking it.
+    pub fn lacks_windows(&self) -> bool {
+        self.lacks_windows
+    }
+
+    /// Notes that the daemon does not know GET_WINDOWS.
+    pub fn note_lacks_windows(&mut self) {
+        self.lacks_windows = true;
+    }
+
     /// Queues a GET_WINDOWS: E's hashes of the file's windows of `window` bytes, keyed with
     /// `key`; answered through [`Connection::next_transfer`] as [`Transfer::Windows`].
     ///
@@ -546,7 +560,9 @@ impl Connection {
                 Incoming::Text(ServerMessage::Ok(ok)) => match ok.reply {
                     Reply::GetFile(header) => return Ok(Transfer::Header(ok.id, header)),
                     Reply::GetDelta(header) => return Ok(Transfer::Delta(ok.id, header)),
-                    Reply::GetWindows(reply) => return Ok(Transfer::Windows(ok.id, reply)),
+                    Reply::GetWindows(reply) if self.asked != Some(ok.id) => {
+                        return Ok(Transfer::Windows(ok.id, reply))
+                    }
                     other => {
                         if self.keep_answer(ok.id, Ok(other)) {
                             return Ok(Transfer::Answered);

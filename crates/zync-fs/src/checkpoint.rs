@@ -12,9 +12,9 @@
 //!
 //! What the comparison with E's sha256 then rests on: a skipped window holds the bytes of the
 //! older version's window (XXH3-128 keyed with the client's secret [`WindowKey`]: one in 2^128
-//! for an accidental difference, and without the key there is no known way to make one on
-//! purpose), and that window's SHA-256 state was computed from those bytes when the older
-//! version was written.
+//! for an accidental difference, and without the key, which only the client and the daemon it
+//! authenticated hold, there is no known way to make one on purpose), and that window's
+//! SHA-256 state was computed from those bytes when the older version was written.
 //! Every byte from the first window that differs on is hashed with SHA-256. A delta that
 //! rebuilt the wrong bytes (MD4 block sums can collide) is still caught: the digest is then of
 //! the bytes written, not of E's.
@@ -55,7 +55,10 @@ const KEY_LEN: usize = zync_proto::GetWindows::KEY_LEN;
 /// its state. With XXH3's published default secret, two windows with the same hash are easy
 /// to make on purpose (a change in one 8-byte lane that a change in another cancels), so a
 /// file planted at a path on R could pass a skipped window for the one its state was computed
-/// from; keyed with a secret nobody else knows, they cannot be made to.
+/// from; keyed with a secret that only the client and the daemons it authenticated know
+/// (GET_WINDOWS carries it, so E can hash its windows the same way), they cannot be made to
+/// by anyone else. A daemon gains nothing by knowing it: it already decides which sha256 the
+/// client accepts.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WindowKey([u8; KEY_LEN]);
 

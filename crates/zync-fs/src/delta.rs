@@ -717,7 +717,13 @@ impl<F: FnMut(&[u8]) -> io::Result<()>> Out<F> {
     fn diffed(&mut self, record: &[u8]) -> Result<(), DeltaError> {
         match &self.base {
             Some(base) => {
-                let translated = base.translate(record)?;
+                // Only a signature that does not describe the windows its plan covers can
+                // match beyond them: the peer's error, not this diff's.
+                let translated = base.translate(record).map_err(|e| {
+                    DeltaError::BadSignature(format!(
+                        "it does not fit the windows its plan covers ({e})"
+                    ))
+                })?;
                 self.record(&translated)
             }
             None => self.record(record),

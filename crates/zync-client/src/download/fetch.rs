@@ -220,9 +220,32 @@ impl<'a> Pipeline<'a> {
             return Ok(());
         }
         let mut sent = false;
-        while let Some((_, pending)) = self.queue.front() {
+        while let Some((_, pending)) = self.queue.front_mut() {
+            pending.prepare_delta();
+            if pending.asks_windows() && (conn.lacks_windows() || pending.window_key().is_none()) {
+                pending.sign_later();
+            }
+            if pending.needs_signing() {
+                // A read of the whole older version: off the runtime's threads.
+                let Some((index, mut pending)) = self.queue.pop_front() else {
+                    break;
+                };
+                let pending = tokio::task::spawn_blocking(move || {
+                    pending.sign_whole();
+                    pending
+                })
+                .await
+                .map_err(|e| ClientError::Protocol(format!("signing a file failed: {e}")))?;
+                self.queue.push_front((index, pending));
+                continue;
+            }
             let offset = pending.resume_offset();
-            let expected = pending.remaining(offset);
+            // A GET_WINDOWS is answered with a few KiB, not the file.
+            let expected = if pending.asks_windows() {
+                0
+            } else {
+                pending.remaining(offset)
+            };
             let cost = 64 + self.dir.len() + pending.path().len();
             let full = self.inflight.len() >= w.requests
                 || self.request_bytes + cost > w.request_bytes
@@ -238,14 +261,7 @@ impl<'a> Pipeline<'a> {
                 self.refused.push_back(Finished::Failed(index, e));
                 continue;
             }
-            let ask = match pending.take_ask() {
-                // Without a key to ask with, the whole older version is signed.
-                Some(Ask::Windows) if pending.window_key().is_none() => {
-                    pending.sign_whole();
-                    pending.take_ask()
-                }
-                ask => ask,
-            };
+            let ask = pending.take_ask();
             let (mut asked_delta, mut asked_windows) = (true, false);
             let id = match (ask, pending.window_key()) {
                 (Some(Ask::Signature(signature, windows)), _) => {
@@ -314,7 +330,11 @@ impl<'a> Pipeline<'a> {
                     tracing::debug!(id, "skipped the header of a download no longer wanted");
                     return Ok(None);
                 };
-                if header.offset != slot.offset || header.path != slot.pending.path() {
+                if slot.asked_delta
+                    || slot.asked_windows
+                    || header.offset != slot.offset
+                    || header.path != slot.pending.path()
+                {
                     return Err(ClientError::Protocol(format!(
                         "asked for {} from byte {}, the daemon sends {} from byte {}",
                         slot.pending.path(),
@@ -473,20 +493,53 @@ impl<'a> Pipeline<'a> {
                         reply.path
                     )));
                 }
-                // The GET_DELTA it plans goes out next, in this request's place.
-                let Some(mut slot) = self.take(id) else {
+                let Some(slot) = self.take(id) else {
                     return Ok(None);
                 };
-                slot.pending.plan_delta(reply);
-                self.queue.push_front((slot.index, slot.pending));
+                if reply.sha256 != slot.pending.sha256() {
+                    // E's file moved on: a newer change for it is coming.
+                    let stale = ClientError::Server {
+                        code: ErrorCode::Stale,
+                        message: format!("{} changed on E during the transfer", reply.path),
+                    };
+                    return Ok(Some(Finished::Failed(slot.index, stale)));
+                }
+                // Reads R's windows that differ: off the runtime's threads. The GET_DELTA it
+                // plans goes out next, in this request's place.
+                let mut pending = slot.pending;
+                let pending = tokio::task::spawn_blocking(move || {
+                    pending.plan_delta(reply);
+                    pending
+                })
+                .await
+                .map_err(|e| ClientError::Protocol(format!("planning a delta failed: {e}")))?;
+                self.queue.push_front((slot.index, pending));
                 Ok(None)
             }
-            Transfer::Failed(id, e) => Ok(if self.inflight.contains_key(&id) {
-                self.fail(id, e)
-            } else {
-                None
-            }),
+            Transfer::Failed(id, e) => {
+                let unknown = matches!(
+                    &e,
+                    ClientError::Server {
+                        code: ErrorCode::UnknownOperation,
+                        ..
+                    }
+                );
+                if unknown && self.inflight.get(&id).is_some_and(|s| s.asked_windows) {
+                    // An older daemon: no more GET_WINDOWS on this connection.
+                    conn.note_lacks_windows();
+                }
+                Ok(self.failed(id, e))
+            }
             Transfer::Answered => Ok(None),
+        }
+    }
+
+    /// A download the daemon refused, if it is still in flight.
+    fn failed(&mut self, id: u64, e: ClientError) -> Option<Finished> {
+        if self.inflight.contains_key(&id) {
+            self.fail(id, e)
+        } else {
+            None
         }
     }
 
@@ -512,7 +565,8 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Ends a download with `error`. A refused delta (an older daemon, a signature it would
-    /// not take) is asked for again as the whole file instead.
+    /// not take) is asked for again as the whole file instead; a refused GET_WINDOWS, as a
+    /// delta against the whole older version's signature.
     fn fail(&mut self, id: u64, error: ClientError) -> Option<Finished> {
         let mut slot = self.take(id)?;
         let retry = (slot.asked_delta || slot.asked_windows)
@@ -524,13 +578,13 @@ impl<'a> Pipeline<'a> {
                 }
             );
         if retry && slot.asked_windows {
-            // An older daemon, or a file too big to list its windows: the first step is
-            // skipped.
+            // An older daemon (which will refuse every GET_WINDOWS), or a file too big to list
+            // its windows: the first step is skipped.
             tracing::debug!(
                 path = slot.pending.path(),
                 "window hashes refused ({error}); signing the whole file"
             );
-            slot.pending.sign_whole();
+            slot.pending.sign_later();
             self.queue.push_front((slot.index, slot.pending));
             return None;
         }

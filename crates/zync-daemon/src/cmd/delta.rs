@@ -295,13 +295,13 @@ fn spool_failed(e: &std::io::Error) -> Refusal {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
 
     /// A file of E's opened as `open_indexed` would, with its current size and mtime as the
     /// index row.
-    fn opened(dir: &Path, name: &str, content: &[u8]) -> IndexedFile {
+    pub(in crate::cmd) fn opened(dir: &Path, name: &str, content: &[u8]) -> IndexedFile {
         let abs = dir.join(name);
         std::fs::write(&abs, content).expect("write");
         let zync_fs::Stat::Entry(meta) = zync_fs::lstat(&abs).expect("lstat") else {
@@ -319,7 +319,7 @@ mod tests {
     }
 
     /// 300 KB without repeated blocks (xorshift).
-    fn content() -> Vec<u8> {
+    pub(in crate::cmd) fn content() -> Vec<u8> {
         let mut x = 0x2545_f491_4f6c_dd1du64;
         (0..300_000)
             .map(|_| {

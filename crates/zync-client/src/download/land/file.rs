@@ -42,6 +42,9 @@ pub struct Pending {
 pub enum Ask {
     /// Against R's version at the path, not decided how yet ([`Pending::prepare_delta`]).
     Wanted,
+    /// GET_DELTA with the signature of R's whole version, not made yet
+    /// ([`Pending::sign_whole`]).
+    Sign,
     /// GET_WINDOWS first, then GET_DELTA with a plan ([`Pending::plan_delta`]).
     Windows,
     /// GET_DELTA with the signature and window hashes of R's whole version.
@@ -102,23 +105,37 @@ impl Pending {
     }
 
     /// Decides how to ask for the delta [`Pending::want_delta`] wanted: with the checkpoints of
-    /// the older version (their window hashes), E is asked for its window hashes first
-    /// (GET_WINDOWS) and only the windows that differ are signed; without, the whole older
-    /// version is read for its signature now.
+    /// the older version (their window hashes) and a key, E is asked for its window hashes
+    /// first (GET_WINDOWS) and only the windows that differ are signed; without, the whole
+    /// older version is to be signed ([`Pending::needs_signing`]).
     pub fn prepare_delta(&mut self) {
         if !matches!(self.delta, Some(Ask::Wanted)) {
             return;
         }
         let known = matches!(&self.checkpoints, Some((_, Some((_, prior)))) if !prior.is_empty());
-        if known {
-            self.delta = Some(Ask::Windows);
-        } else {
-            self.sign_whole();
-        }
+        self.delta = Some(if known { Ask::Windows } else { Ask::Sign });
+    }
+
+    /// The whole older version is to be signed ([`Pending::sign_whole`]) before the request can
+    /// go out: a read of the whole file, which the caller does off the async runtime.
+    pub fn needs_signing(&self) -> bool {
+        matches!(self.delta, Some(Ask::Sign))
+    }
+
+    /// True when the next request for this file is a GET_WINDOWS.
+    pub fn asks_windows(&self) -> bool {
+        matches!(self.delta, Some(Ask::Windows))
+    }
+
+    /// Signs the whole older version instead of asking for window hashes (a daemon that does not
+    /// know GET_WINDOWS, or one that refused it for this file).
+    pub fn sign_later(&mut self) {
+        self.delta = Some(Ask::Sign);
     }
 
     /// Asks for the delta with the signature and window hashes of the whole older version
     /// (`zync_fs::delta::signature_and_windows`), or for the whole file when it cannot be read.
+    /// Reads the whole file: call it off the async runtime.
     pub fn sign_whole(&mut self) {
         let path = self.rel.to_path(&self.root);
         self.delta = match zync_fs::delta::signature_and_windows(&path) {
@@ -135,12 +152,15 @@ impl Pending {
         self.checkpoints.as_ref().map(|(key, _)| &**key)
     }
 
+    /// The sha256 of E's version this download is for.
+    pub fn sha256(&self) -> &str {
+        &self.sha
+    }
+
     /// The request to send for this file, once: `None` asks for the whole file (from where a
-    /// kept partial ends).
+    /// kept partial ends). Call [`Pending::prepare_delta`] first, and sign when
+    /// [`Pending::needs_signing`] says so.
     pub fn take_ask(&mut self) -> Option<Ask> {
-        if matches!(self.delta, Some(Ask::Wanted)) {
-            self.prepare_delta();
-        }
         self.delta.take()
     }
 
@@ -148,6 +168,7 @@ impl Pending {
     /// whose hash is that of the older version's window at the same offset (from its
     /// checkpoints, so R's file is not read for them) are copied; only R's other windows are
     /// read and signed. When no window is the same, the whole older version is signed instead.
+    /// Reads R's file: call it off the async runtime.
     ///
     /// What the plan rests on is checked where it matters: a window R no longer has as its
     /// checkpoints say (R's file changed since) rebuilds other bytes, which the sha256 check
