@@ -246,7 +246,7 @@ impl<'a> Pipeline<'a> {
             } else {
                 pending.remaining(offset)
             };
-            let cost = 64 + self.dir.len() + pending.path().len();
+            let cost = 64 + self.dir.len() + pending.path().len() + pending.ask_bytes();
             let full = self.inflight.len() >= w.requests
                 || self.request_bytes + cost > w.request_bytes
                 || self.content_bytes + expected > w.content_bytes;

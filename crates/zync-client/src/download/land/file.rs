@@ -152,6 +152,24 @@ impl Pending {
         self.checkpoints.as_ref().map(|(key, _)| &**key)
     }
 
+    /// About how many bytes the request's delta fields add to its frame: the signature and
+    /// hashes as base64, the key of a GET_WINDOWS, a plan's window lists.
+    pub fn ask_bytes(&self) -> usize {
+        let base64 = |n: usize| n.div_ceil(3) * 4;
+        match &self.delta {
+            Some(Ask::Signature(signature, windows)) => {
+                32 + base64(signature.len())
+                    + windows.as_ref().map_or(0, |w| 96 + base64(w.hashes.len()))
+            }
+            Some(Ask::Plan(signature, plan)) => {
+                // Each window number is at most 11 characters with its comma.
+                32 + base64(signature.len()) + 192 + 11 * (plan.same.len() + plan.covers.len())
+            }
+            Some(Ask::Windows) => 64 + base64(zync_proto::GetWindows::KEY_LEN),
+            Some(Ask::Wanted | Ask::Sign) | None => 0,
+        }
+    }
+
     /// The sha256 of E's version this download is for.
     pub fn sha256(&self) -> &str {
         &self.sha
@@ -579,5 +597,86 @@ impl Ready {
     /// When the temp file cannot be flushed.
     pub fn sync(&self) -> Result<(), ClientError> {
         Ok(self.sealed.sync()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zync_proto::{GetDelta, GetWindows, Op, Request};
+
+    /// A big file's download, with `ask` as its delta request.
+    fn pending(ask: Ask) -> Pending {
+        let record = Synced {
+            kind: Kind::File,
+            size: 1 << 30,
+            mtime_ns: 1,
+            mode: 0o644,
+            sha256: Some("ab".repeat(32)),
+            target: None,
+        };
+        let rel = RelPath::parse("deep/path/to/big.bin").expect("path");
+        let mut pending = Pending::new(Path::new("/r"), rel, Stat::Missing, false, record);
+        pending.delta = Some(ask);
+        pending
+    }
+
+    /// What the pipeline counts a request as ([`Pending::ask_bytes`] with `fetch.rs`'s fixed
+    /// part) is at least the request's frame, for each kind of delta request.
+    #[test]
+    fn a_request_counts_at_least_the_bytes_of_its_frame() {
+        let (dir, path) = ("code", "deep/path/to/big.bin");
+        let signature = vec![7u8; 115_000];
+        let windows = WindowHashes {
+            window: 8 << 20,
+            base_size: u64::MAX,
+            hashes: vec![9; 128 * WindowHashes::HASH_LEN],
+        };
+        let plan = DeltaPlan {
+            sha256: "ab".repeat(32),
+            window: 8 << 20,
+            base_size: u64::MAX,
+            same: (4_000_000_000..4_000_000_100).collect(),
+            covers: (4_100_000_000..4_100_000_028).collect(),
+        };
+        let get_delta = |windows, plan| {
+            Op::GetDelta(GetDelta {
+                dir: dir.into(),
+                path: path.into(),
+                signature: signature.clone(),
+                windows,
+                plan,
+            })
+        };
+        for (ask, op) in [
+            (
+                Ask::Signature(signature.clone(), Some(windows.clone())),
+                get_delta(Some(windows.clone()), None),
+            ),
+            (
+                Ask::Plan(signature.clone(), plan.clone()),
+                get_delta(None, Some(plan.clone())),
+            ),
+            (
+                Ask::Windows,
+                Op::GetWindows(GetWindows {
+                    dir: dir.into(),
+                    path: path.into(),
+                    window: 8 << 20,
+                    key: vec![1; GetWindows::KEY_LEN],
+                }),
+            ),
+        ] {
+            let counted = 64 + dir.len() + path.len() + pending(ask).ask_bytes();
+            let frame = Request { id: u64::MAX, op }.to_json().len();
+            assert!(
+                counted >= frame,
+                "{counted} counted for a {frame}-byte frame"
+            );
+            assert!(
+                counted < frame + 1024,
+                "{counted} counted for a {frame}-byte frame"
+            );
+        }
     }
 }
