@@ -1065,21 +1065,18 @@ fn diff_windowed<S: ReadAt + ?Sized, F: FnMut(&[u8]) -> io::Result<()>>(
     let checked = check_signature(signature)?;
     check_windows(windows, &checked)?;
     let index = checked.signature.index();
-    let block = checked.block as usize;
-    let piece = blocks.map_or_else(
-        || whole_blocks(CHANGED_PIECE, checked.block),
-        |n| n.max(2) * block,
-    );
-    // The stream's window, as without window hashes: a record rebuilds at most that much, and
-    // a copy of a whole hashed window fits it (MAX_HASH_WINDOW <= WINDOW).
-    let span = window_for(checked.block).max(piece);
+    let mut run = WindowRun::start(
+        new,
+        path,
+        &index,
+        checked.block,
+        blocks,
+        lanes,
+        Out::new(sink),
+    )?;
     let window = u64::from(windows.window);
-    let mut out = Out::new(sink);
-    out.emit(&stream_head(span))?;
     let mut buf = vec![0u8; HASH_READ.min(windows.window as usize)];
     let read_error = |e| DeltaError::Fs(FsError::io("read for a delta", path, e));
-    // The start of the run of changed windows not yet diffed.
-    let mut changed: Option<u64> = None;
     let mut at = 0u64;
     for number in 0.. {
         let (len, hash) = hash_window(new, at, window, &mut buf).map_err(read_error)?;
@@ -1087,44 +1084,121 @@ fn diff_windowed<S: ReadAt + ?Sized, F: FnMut(&[u8]) -> io::Result<()>>(
             break;
         }
         if base_window(windows, number) == Some((len, hash)) {
-            if let Some(start) = changed.take() {
-                diff_changed(
-                    new,
-                    path,
-                    &index,
-                    (start, at),
-                    block,
-                    piece,
-                    lanes,
-                    &mut out,
-                )?;
-            }
-            let mut record = DELTA_MAGIC.to_vec();
-            copy_command(at, len, &mut record);
-            record.push(OP_END);
-            out.record(&record)?;
-        } else if changed.is_none() {
-            changed = Some(at);
+            run.copy(at, len)?;
+        } else {
+            run.differs(at);
         }
         at += len;
         if len < window {
             break;
         }
     }
-    if let Some(start) = changed {
-        diff_changed(
+    let written = run.finish(at)?;
+    Ok((written, at))
+}
+
+/// The windows of E's file in order, each copied whole from R's or diffed with the changed
+/// windows next to it, into a delta stream: what [`diff_file`] with window hashes and
+/// [`diff_planned`] share.
+struct WindowRun<'a, S: ?Sized, F> {
+    new: &'a S,
+    path: &'a Path,
+    index: &'a IndexedSignature<'a>,
+    block: usize,
+    /// How much of a changed run is diffed at a time.
+    piece: usize,
+    lanes: usize,
+    out: Out<F>,
+    /// The start of the run of changed windows not yet diffed.
+    changed: Option<u64>,
+}
+
+impl<'a, S: ReadAt + ?Sized, F: FnMut(&[u8]) -> io::Result<()>> WindowRun<'a, S, F> {
+    /// Starts the stream: changed windows diffed in pieces of [`CHANGED_PIECE`], or of `blocks`
+    /// blocks when given (tests use small ones), `lanes` at a time. The stream's window is as
+    /// without window hashes: a record rebuilds at most that much, and a copy of a whole hashed
+    /// window fits it (MAX_HASH_WINDOW <= WINDOW).
+    fn start(
+        new: &'a S,
+        path: &'a Path,
+        index: &'a IndexedSignature<'a>,
+        block: u32,
+        blocks: Option<usize>,
+        lanes: usize,
+        mut out: Out<F>,
+    ) -> Result<Self, DeltaError> {
+        let piece = blocks.map_or_else(
+            || whole_blocks(CHANGED_PIECE, block),
+            |n| n.max(2) * block as usize,
+        );
+        out.emit(&stream_head(window_for(block).max(piece)))?;
+        Ok(WindowRun {
             new,
             path,
-            &index,
-            (start, at),
+            index,
+            block: block as usize,
+            piece,
+            lanes,
+            out,
+            changed: None,
+        })
+    }
+
+    /// The window of `len` bytes at `at` is R's: one record of one copy, after the changed
+    /// run before it.
+    fn copy(&mut self, at: u64, len: u64) -> Result<(), DeltaError> {
+        self.diff_changed(at)?;
+        let mut record = DELTA_MAGIC.to_vec();
+        copy_command(at, len, &mut record);
+        record.push(OP_END);
+        self.out.record(&record)
+    }
+
+    /// The window at `at` is to be diffed, with the changed ones next to it.
+    fn differs(&mut self, at: u64) {
+        self.changed.get_or_insert(at);
+    }
+
+    /// Diffs the run of changed windows up to `end`, if any (read by position: the file
+    /// shrinking meanwhile is an error).
+    fn diff_changed(&mut self, end: u64) -> Result<(), DeltaError> {
+        let Some(start) = self.changed.take() else {
+            return Ok(());
+        };
+        let mut range = Range {
+            source: self.new,
+            at: start,
+            end,
+        };
+        let (index, block, piece, lanes) = (self.index, self.block, self.piece, self.lanes);
+        let read = diff_run(
+            &mut range,
+            self.path,
+            index,
             block,
             piece,
             lanes,
-            &mut out,
+            &mut self.out,
         )?;
+        if read != end - start {
+            return Err(DeltaError::Fs(FsError::io(
+                "read for a delta",
+                self.path,
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file shrank while its delta was computed",
+                ),
+            )));
+        }
+        Ok(())
     }
-    out.emit(&0u32.to_be_bytes())?;
-    Ok((out.written, at))
+
+    /// Diffs the last changed run, up to `end`, and ends the stream; returns its length.
+    fn finish(mut self, end: u64) -> Result<u64, DeltaError> {
+        self.diff_changed(end)?;
+        self.out.emit(&0u32.to_be_bytes())?;
+        Ok(self.out.written)
+    }
 }
 
 /// The delta of `new` (E's version, `new_size` bytes; `path` names it in errors) that follows
@@ -1196,60 +1270,20 @@ fn diff_planned_in<S: ReadAt + ?Sized, F: FnMut(&[u8]) -> io::Result<()>>(
         )));
     }
     let index = checked.signature.index();
-    let block = checked.block as usize;
-    let piece = blocks.map_or_else(
-        || whole_blocks(CHANGED_PIECE, checked.block),
-        |n| n.max(2) * block,
-    );
-    let span = window_for(checked.block).max(piece);
     let mut out = Out::new(sink);
     out.base = Some(base);
-    out.emit(&stream_head(span))?;
+    let mut run = WindowRun::start(new, path, &index, checked.block, blocks, lanes, out)?;
     let mut same = plan.same.iter().copied().peekable();
-    let mut changed: Option<u64> = None;
-    let mut rebuilt = 0u64;
     for number in 0..windows {
         let at = number * window;
-        let len = (new_size - at).min(window);
-        if same.peek().is_some_and(|&n| u64::from(n) == number) {
-            same.next();
-            if let Some(start) = changed.take() {
-                diff_changed(
-                    new,
-                    path,
-                    &index,
-                    (start, at),
-                    block,
-                    piece,
-                    lanes,
-                    &mut out,
-                )?;
-                rebuilt += at - start;
-            }
-            let mut record = DELTA_MAGIC.to_vec();
-            copy_command(at, len, &mut record);
-            record.push(OP_END);
-            out.record(&record)?;
-            rebuilt += len;
-        } else if changed.is_none() {
-            changed = Some(at);
+        if same.next_if(|&n| u64::from(n) == number).is_some() {
+            run.copy(at, (new_size - at).min(window))?;
+        } else {
+            run.differs(at);
         }
     }
-    if let Some(start) = changed {
-        diff_changed(
-            new,
-            path,
-            &index,
-            (start, new_size),
-            block,
-            piece,
-            lanes,
-            &mut out,
-        )?;
-        rebuilt += new_size - start;
-    }
-    out.emit(&0u32.to_be_bytes())?;
-    Ok((out.written, rebuilt))
+    let written = run.finish(new_size)?;
+    Ok((written, new_size))
 }
 
 /// The length and XXH3-128 of the up to `window` bytes of `new` from `at`, read `buf` at a time.
@@ -1274,37 +1308,6 @@ fn hash_window<S: ReadAt + ?Sized>(
             return Ok((len, state.digest128()));
         }
     }
-}
-
-/// Diffs the bytes `start..end` of `new` (a run of changed windows) and emits their records.
-#[allow(clippy::too_many_arguments)]
-fn diff_changed<S: ReadAt + ?Sized, F: FnMut(&[u8]) -> io::Result<()>>(
-    new: &S,
-    path: &Path,
-    index: &IndexedSignature<'_>,
-    (start, end): (u64, u64),
-    block: usize,
-    piece: usize,
-    lanes: usize,
-    out: &mut Out<F>,
-) -> Result<(), DeltaError> {
-    let mut range = Range {
-        source: new,
-        at: start,
-        end,
-    };
-    let read = diff_run(&mut range, path, index, block, piece, lanes, out)?;
-    if read != end - start {
-        return Err(DeltaError::Fs(FsError::io(
-            "read for a delta",
-            path,
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the file shrank while its delta was computed",
-            ),
-        )));
-    }
-    Ok(())
 }
 
 /// Removes up to `max` bytes from the end of a record that ends with a literal, so they can be
