@@ -599,15 +599,16 @@ async fn a_file_that_changed_since_it_was_indexed_is_stale() {
 }
 
 /// E's `big.bin` of `size` pseudo-random bytes (`seed`), served by a daemon and synced once to
-/// R by a client.
-struct Synced {
-    tmp: tempfile::TempDir,
-    e: PathBuf,
-    r: PathBuf,
-    daemon: Daemon,
-    client: ClientSpec,
-    data: Vec<u8>,
-}
+/// R by a client: the temp directory holding it all (removed when dropped), E's directory, R's,
+/// the daemon, the client and the file's bytes.
+type Synced = (
+    tempfile::TempDir,
+    PathBuf,
+    PathBuf,
+    Daemon,
+    ClientSpec,
+    Vec<u8>,
+);
 
 fn synced_big_file(size: usize, seed: u64) -> Synced {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -619,14 +620,7 @@ fn synced_big_file(size: usize, seed: u64) -> Synced {
     let r = tmp.path().join("r");
     let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
     client.once_ok(&daemon.url());
-    Synced {
-        tmp,
-        e,
-        r,
-        daemon,
-        client,
-        data,
-    }
+    (tmp, e, r, daemon, client, data)
 }
 
 /// The client uses GET_DELTA by itself: a 64 KiB edit in the middle of a 24 MiB file
@@ -635,14 +629,7 @@ fn synced_big_file(size: usize, seed: u64) -> Synced {
 #[test]
 fn a_small_edit_in_a_big_file_reaches_r_as_a_delta() {
     const SIZE: usize = 24 * MIB;
-    let Synced {
-        tmp: _tmp,
-        e,
-        r,
-        daemon,
-        client,
-        mut data,
-    } = synced_big_file(SIZE, 77);
+    let (_tmp, e, r, daemon, client, mut data) = synced_big_file(SIZE, 77);
     assert_eq!(file_sha(&r.join("big.bin")), sha256(&data));
 
     let middle = SIZE / 2 + 1234;
@@ -711,14 +698,7 @@ fn a_small_edit_in_a_big_file_reaches_r_as_a_delta() {
 #[test]
 fn a_corrupt_delta_is_caught_and_the_file_downloaded_whole() {
     const SIZE: usize = 8 * MIB;
-    let Synced {
-        tmp: _tmp,
-        e,
-        r,
-        daemon,
-        client,
-        mut data,
-    } = synced_big_file(SIZE, 91);
+    let (_tmp, e, r, daemon, client, mut data) = synced_big_file(SIZE, 91);
 
     let middle = SIZE / 2 + 4321;
     data[middle..middle + 64 * 1024].copy_from_slice(&pseudo_random(64 * 1024, 92));
@@ -798,14 +778,7 @@ fn wait_indexed_as(daemon: &Daemon, sha: &str) {
 #[test]
 fn checkpoints_spare_hashing_what_r_wrote_and_lying_ones_let_nothing_wrong_in() {
     const SIZE: usize = 24 * MIB;
-    let Synced {
-        tmp: _tmp,
-        e,
-        r,
-        daemon,
-        client,
-        mut data,
-    } = synced_big_file(SIZE, 61);
+    let (_tmp, e, r, daemon, client, mut data) = synced_big_file(SIZE, 61);
     let first = sha256(&data);
     assert_eq!(file_sha(&r.join("big.bin")), first);
     let stored = stored_checkpoints(&client, &first).expect("checkpoints of the first version");
@@ -882,14 +855,7 @@ fn checkpoints_spare_hashing_what_r_wrote_and_lying_ones_let_nothing_wrong_in() 
 #[test]
 fn a_window_changed_on_r_behind_the_client_s_back_never_passes_for_e_s() {
     const SIZE: usize = 24 * MIB;
-    let Synced {
-        tmp: _tmp,
-        e,
-        r,
-        daemon,
-        client,
-        mut data,
-    } = synced_big_file(SIZE, 71);
+    let (_tmp, e, r, daemon, client, mut data) = synced_big_file(SIZE, 71);
     let on_r = r.join("big.bin");
     let mtime = std::fs::metadata(&on_r)
         .and_then(|m| m.modified())
@@ -933,14 +899,7 @@ fn a_window_changed_on_r_behind_the_client_s_back_never_passes_for_e_s() {
 #[test]
 fn a_daemon_without_get_windows_gets_the_whole_signature() {
     const SIZE: usize = 24 * MIB;
-    let Synced {
-        tmp,
-        e,
-        r,
-        daemon,
-        client,
-        mut data,
-    } = synced_big_file(SIZE, 81);
+    let (tmp, e, r, daemon, client, mut data) = synced_big_file(SIZE, 81);
     // A second big file R wrote, so it has its checkpoints too.
     let mut other = pseudo_random(SIZE, 83);
     write(&e.join("other.bin"), &other);

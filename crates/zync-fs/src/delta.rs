@@ -2162,6 +2162,30 @@ mod tests {
 
     const W: u32 = MIN_HASH_WINDOW;
 
+    /// For a delta of 5 MiB + 12,345 bytes (six windows of 1 MiB) with 64 KiB rewritten in the
+    /// third: every other window is one copy, and the third was diffed (copies around the
+    /// edit's literal, not one literal).
+    fn only_the_third_window_was_diffed(delta: &[u8], base_len: usize) {
+        let m = MIB as u64;
+        assert_eq!(
+            window_copies(delta, base_len),
+            [(0, m), (m, m), (3 * m, m), (4 * m, m), (5 * m, 12_345)],
+            "every window but the edited one is one copy"
+        );
+        let literal: usize = records(delta)
+            .iter()
+            .flatten()
+            .map(|d| match d {
+                Does::Literal(n) => *n,
+                Does::Copy { .. } => 0,
+            })
+            .sum();
+        assert!(
+            (65536..65536 + 2 * 4096).contains(&literal),
+            "{literal} literal bytes for a 64 KiB edit"
+        );
+    }
+
     #[test]
     fn unchanged_windows_become_single_copies_and_changed_ones_are_diffed() {
         // Six windows of 1 MiB, the last partial; 64 KiB rewritten inside the third.
@@ -2175,25 +2199,7 @@ mod tests {
             apply_bytes(&base, &delta, new.len() as u64).expect("apply") == new,
             "rebuilt other bytes"
         );
-        let m = MIB as u64;
-        assert_eq!(
-            window_copies(&delta, base.len()),
-            [(0, m), (m, m), (3 * m, m), (4 * m, m), (5 * m, 12_345)],
-            "every window but the edited one is one copy"
-        );
-        // The edited window was diffed: copies around the edit's literal, not one literal.
-        let literal: usize = records(&delta)
-            .iter()
-            .flatten()
-            .map(|d| match d {
-                Does::Literal(n) => *n,
-                Does::Copy { .. } => 0,
-            })
-            .sum();
-        assert!(
-            (65536..65536 + 2 * 4096).contains(&literal),
-            "{literal} literal bytes for a 64 KiB edit"
-        );
+        only_the_third_window_was_diffed(&delta, base.len());
         // The same delta size as without window hashes, give or take a few commands.
         let plain = collect_diff(&new, &sig, None);
         assert!(
@@ -2708,23 +2714,7 @@ mod tests {
             apply_bytes(&base, &delta, new.len() as u64).expect("apply") == new,
             "rebuilt other bytes"
         );
-        let m = MIB as u64;
-        assert_eq!(
-            window_copies(&delta, base.len()),
-            [(0, m), (m, m), (3 * m, m), (4 * m, m), (5 * m, 12_345)],
-        );
-        let literal: usize = records(&delta)
-            .iter()
-            .flatten()
-            .map(|d| match d {
-                Does::Literal(n) => *n,
-                Does::Copy { .. } => 0,
-            })
-            .sum();
-        assert!(
-            (65536..65536 + 2 * 4096).contains(&literal),
-            "{literal} literal bytes for a 64 KiB edit"
-        );
+        only_the_third_window_was_diffed(&delta, base.len());
     }
 
     #[test]
