@@ -364,20 +364,10 @@ fn store_checkpoints(db: &mut ClientState, files: &Files) {
     }
 }
 
-/// Whether a flush of `files` small files and `dirs` directories flushes each on its own
-/// rather than their whole file system (see [`flush`]).
-fn one_by_one(files: usize, dirs: usize) -> bool {
-    files == 0 || files + dirs <= OWN_FLUSH_FILES
-}
-
 /// Makes a batch's content and the touched directories durable. A big file, or a handful of
-/// files and directories, is flushed on its own; many files with one flush of their file
-/// system (which also waits for unrelated dirty data there, so it is kept for the batches
-/// where it saves hundreds of flushes). Directories alone (the renames of the batch before,
-/// at the end of a sync) are flushed one by one however many: the first flush commits the
-/// file system's journal with all their renames in it, and the others find it committed,
-/// where one flush of the file system would wait for every byte written there meanwhile (E's
-/// writer's, on the benchmark's single machine; another user's on a shared R).
+/// files and directories, is flushed on its own; many with one flush of their file system
+/// (which also waits for unrelated dirty data there, so it is kept for the batches where it
+/// saves hundreds of flushes).
 fn flush(files: &Files, dirs: &BTreeSet<PathBuf>) -> Result<(), ClientError> {
     let (big, small): (Vec<_>, Vec<_>) = files
         .iter()
@@ -386,7 +376,7 @@ fn flush(files: &Files, dirs: &BTreeSet<PathBuf>) -> Result<(), ClientError> {
     for ready in big {
         ready.sync()?;
     }
-    if one_by_one(small.len(), dirs.len()) {
+    if small.len() + dirs.len() <= OWN_FLUSH_FILES {
         for ready in small {
             ready.sync()?;
         }
@@ -404,23 +394,4 @@ fn flush(files: &Files, dirs: &BTreeSet<PathBuf>) -> Result<(), ClientError> {
         zync_fs::sync_filesystems(all)?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn directories_alone_are_flushed_one_by_one_and_many_files_with_their_file_system() {
-        // The renames of a sync's last batch: however many directories, never a syncfs.
-        assert!(one_by_one(0, 1));
-        assert!(one_by_one(0, 5_000));
-        // A handful of files and directories: each on its own.
-        assert!(one_by_one(10, 6));
-        assert!(one_by_one(OWN_FLUSH_FILES, 0));
-        // Many files: one flush of their file system saves hundreds.
-        assert!(!one_by_one(OWN_FLUSH_FILES + 1, 0));
-        assert!(!one_by_one(10, 7));
-        assert!(!one_by_one(1_024, 50));
-    }
 }
