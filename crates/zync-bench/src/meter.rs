@@ -63,6 +63,25 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Waits until none of `pids` has used CPU for `quiet` (they are idle), or `limit` passed;
+/// returns how long it waited. Between two timed turns, so that what one tool still does in
+/// the background after its turn (zync's daemon hashes a burst's files again once they are
+/// two seconds old: `RACY` in the daemon's indexer) is not timed as part of the next turn,
+/// the other tool's.
+pub fn wait_idle(pids: &[u32], quiet: Duration, limit: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    let total = || pids.iter().filter_map(|&p| ticks(p)).sum::<u64>();
+    let (mut last, mut since) = (total(), std::time::Instant::now());
+    while since.elapsed() < quiet && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = total();
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        }
+    }
+    start.elapsed()
+}
+
 /// A measurement of one server over one run: `start` before the client starts, `finish` after
 /// it exited.
 pub struct Meter {
@@ -137,6 +156,37 @@ mod tests {
         assert_eq!(stat_ticks("no parenthesis here"), None);
         // This process's own line parses.
         assert!(ticks(std::process::id()).is_some());
+    }
+
+    /// A child process, killed however the test ends (a busy loop left running would keep
+    /// the test's output open).
+    struct Child(std::process::Child);
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn spawn(program: &str, args: &[&str]) -> Child {
+        Child(
+            std::process::Command::new(program)
+                .args(args)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn waiting_for_idle_ends_once_a_process_is_quiet_and_not_while_it_works() {
+        let (quiet, limit) = (Duration::from_millis(200), Duration::from_millis(1_500));
+        let idle = spawn("sleep", &["10"]);
+        let waited = wait_idle(&[idle.0.id()], quiet, limit);
+        assert!(waited >= quiet && waited < limit, "idle: waited {waited:?}");
+        let busy = spawn("sh", &["-c", "while :; do :; done"]);
+        let waited = wait_idle(&[idle.0.id(), busy.0.id()], quiet, limit);
+        assert!(waited >= limit, "busy: waited only {waited:?}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::meter::{Meter, Usage};
+use crate::meter::{self, Meter, Usage};
 use crate::process::{rss_kib, Exit};
 use crate::proxy::{Proxy, Traffic};
 use crate::report::{fmt_duration, median, percentile, Row};
@@ -343,6 +343,12 @@ fn same_tree(src: &Path, dst: &Path) -> Result<()> {
 /// holds every one of them; against writing the same files beside an idle rsync daemon and
 /// then running rsync once over the whole tree (a base tree the first sync already brought).
 /// Both times include the writing: indexing that slows E's writer counts against zync.
+/// How long zync's daemon and loop client must have used no CPU before a watched-burst turn
+/// starts (longer than the daemon's two seconds before it rehashes fresh files), and the most
+/// that is waited for it.
+const IDLE_QUIET: Duration = Duration::from_millis(2_500);
+const IDLE_LIMIT: Duration = Duration::from_secs(20);
+
 fn watched_burst(ctx: &Ctx) -> Result<Row> {
     let (bins, dir, delay) = (ctx.bins, ctx.dir, ctx.delay());
     let (base, burst) = (ctx.pick(5_000, 1_000), ctx.pick(5_000, 2_000));
@@ -369,6 +375,9 @@ fn watched_burst(ctx: &Ctx) -> Result<Row> {
             let seed = SEED + 100 + run as u64;
             for turn in 0..2 {
                 settle_disk();
+                // zync's daemon rehashes the burst's files two seconds after it hashed them
+                // (they were fresh): not in rsync's turn, nor in zync's next one.
+                meter::wait_idle(&[zd.pid(), client.pid()], IDLE_QUIET, IDLE_LIMIT);
                 if (run + turn) % 2 == 0 {
                     zp.take_bytes();
                     let (meter, cmeter) = (Meter::start(zd.pid()), Meter::start(client.pid()));
