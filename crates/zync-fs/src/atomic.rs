@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 pub use crate::attrs::{fsync_dir, set_mode, set_mtime, sync_filesystems};
 pub use crate::beneath::{
-    create_dirs_beneath, fsync_dir_beneath, open_file_beneath, remove_beneath, remove_dir_beneath,
-    rename_beneath, set_mode_beneath, set_mtime_beneath,
+    create_dirs_beneath, fsync_dir_beneath, fsync_file_beneath, open_file_beneath, remove_beneath,
+    remove_dir_beneath, rename_beneath, set_mode_beneath, set_mtime_beneath,
 };
 pub use crate::dirs::{
     check_parents, ensure_dir, remove_partials, remove_temp_files, PARTIAL_MAX_AGE,

@@ -101,10 +101,16 @@ pub fn sync_filesystems<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Result
         let Ok(md) = std::fs::metadata(path) else {
             continue;
         };
-        if !seen.insert(md.dev()) {
+        // Directories and files only, opened without waiting: a path another user swapped
+        // for a symlink to a FIFO must not block the open.
+        if !(md.is_dir() || md.is_file()) || !seen.insert(md.dev()) {
             continue;
         }
-        let file = File::open(path).map_err(|e| FsError::io("open", path, e))?;
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| FsError::io("open", path, e))?;
         sync_fs_of(&file).map_err(|e| FsError::io("sync the file system of", path, e))?;
     }
     Ok(())
@@ -159,6 +165,25 @@ mod tests {
         fs::write(&f, b"x").expect("write");
         let missing = tmp.path().join("missing");
         sync_filesystems([tmp.path(), f.as_path(), missing.as_path()]).expect("syncfs");
+    }
+
+    #[test]
+    fn sync_filesystems_never_waits_on_a_fifo_put_where_a_directory_was() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fifo = tmp.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        // Another user swapped a touched directory for a symlink to a FIFO: opening it for
+        // reading would wait for a writer that never comes.
+        let swapped = tmp.path().join("dir");
+        symlink(&fifo, &swapped).expect("symlink");
+        sync_filesystems([swapped.as_path(), fifo.as_path()]).expect("syncfs");
     }
 
     #[test]

@@ -667,15 +667,28 @@ impl Dir {
     ///
     /// An I/O error.
     pub fn sync(&self) -> io::Result<()> {
-        // A path-only descriptor cannot be flushed: open the directory itself for reading.
-        let fd = rustix::fs::openat(
+        rustix::fs::fsync(self.readable()?).map_err(errno)
+    }
+
+    /// Flushes the whole file system this directory is on (`syncfs`): for an entry in it
+    /// that cannot be opened to be flushed on its own (a file without read permission).
+    ///
+    /// # Errors
+    ///
+    /// An I/O error.
+    pub fn sync_file_system(&self) -> io::Result<()> {
+        rustix::fs::syncfs(self.readable()?).map_err(errno)
+    }
+
+    /// This directory opened for reading: a path-only descriptor cannot be flushed.
+    fn readable(&self) -> io::Result<OwnedFd> {
+        rustix::fs::openat(
             &self.fd,
             ".",
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(errno)?;
-        rustix::fs::fsync(&fd).map_err(errno)
+        .map_err(errno)
     }
 
     /// The names in this directory with what each is (`.` and `..` left out); `None` for a
@@ -1034,6 +1047,36 @@ pub fn set_mtime_beneath(root: &Path, rel: &RelPath, mtime_ns: i64) -> Result<()
         .map_err(|e| FsError::io("set the mtime of", rel.to_path(root), e))
 }
 
+/// Flushes the regular file `root/rel` (its content, mode and times), reached without
+/// following a symlink; one it may not open, with its whole file system. Nothing there any
+/// more, something other than a regular file, or a
+/// path that no longer leads there through directories only, is nothing to flush: whatever
+/// stands there now was not what the caller recorded, and its next look sees that.
+///
+/// # Errors
+///
+/// [`FsError::Io`] when the file cannot be opened or flushed.
+pub fn fsync_file_beneath(root: &Path, rel: &RelPath) -> Result<(), FsError> {
+    let dir = match Dir::parent_of(root, rel) {
+        Ok(dir) => dir,
+        Err(FsError::SymlinkInPath { .. } | FsError::NotADirectory { .. }) => return Ok(()),
+        Err(FsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
+    };
+    let path = || rel.to_path(root);
+    match dir.open_file(rel.file_name(), false) {
+        Ok(Some(file)) => file.sync_all().map_err(|e| FsError::io("flush", path(), e)),
+        Ok(None) => Ok(()),
+        // A file E's mode leaves unreadable: its whole file system is flushed instead.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => dir
+            .sync_file_system()
+            .map_err(|e| FsError::io("flush the file system of", path(), e)),
+        Err(e) => Err(FsError::io("open to flush", path(), e)),
+    }
+}
+
 /// Flushes the directory `root/rel` (the root when `None`), reached without following a
 /// symlink.
 ///
@@ -1139,6 +1182,35 @@ mod tests {
 
     fn rel(s: &str) -> RelPath {
         RelPath::parse(s).expect("valid test path")
+    }
+
+    #[test]
+    fn flushing_a_file_beneath_flushes_files_only_and_never_blocks_or_follows() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path();
+        fs::create_dir(r.join("d")).expect("mkdir");
+        fs::write(r.join("d/f"), b"kept").expect("write");
+        fsync_file_beneath(r, &rel("d/f")).expect("a file is flushed");
+        // Gone since, or never there: nothing to flush.
+        fsync_file_beneath(r, &rel("d/gone")).expect("a missing file");
+        fsync_file_beneath(r, &rel("gone/f")).expect("a missing parent");
+        // A FIFO put where the file was: opening it must not wait for a writer.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            r.join("d/fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        fsync_file_beneath(r, &rel("d/fifo")).expect("a FIFO is not a file");
+        // A parent swapped for a symlink is not followed; nor is a symlink in its place.
+        let out = tempfile::tempdir().expect("tempdir");
+        fs::write(out.path().join("f"), b"outside").expect("write");
+        symlink(out.path(), r.join("l")).expect("symlink");
+        symlink(out.path().join("f"), r.join("d/link")).expect("symlink");
+        fsync_file_beneath(r, &rel("l/f")).expect("a symlinked parent");
+        fsync_file_beneath(r, &rel("d/link")).expect("a symlink");
     }
 
     #[test]

@@ -28,10 +28,10 @@ pub mod watch;
 
 pub use crate::atomic::{
     check_parents, create_dirs_beneath, ensure_dir, fsync_dir, fsync_dir_beneath,
-    open_file_beneath, remove_beneath, remove_dir_beneath, remove_partials, remove_temp_files,
-    rename_beneath, replace_with_symlink, replace_with_symlink_if_unchanged, set_mode,
-    set_mode_beneath, set_mtime, set_mtime_beneath, sync_filesystems, AtomicFile, FsError, Sealed,
-    PARTIAL_MAX_AGE,
+    fsync_file_beneath, open_file_beneath, remove_beneath, remove_dir_beneath, remove_partials,
+    remove_temp_files, rename_beneath, replace_with_symlink, replace_with_symlink_if_unchanged,
+    set_mode, set_mode_beneath, set_mtime, set_mtime_beneath, sync_filesystems, AtomicFile,
+    FsError, Sealed, PARTIAL_MAX_AGE,
 };
 pub use crate::beneath::{
     remove_if_unchanged, rename_if_unchanged, Dir, IfUnchanged, OpenedFile, Parents,

@@ -81,6 +81,13 @@ impl Place {
                 if let Some(mtime_ns) = mtime_ns {
                     zync_fs::set_mtime_beneath(self.root(), &rel, mtime_ns)?;
                 }
+                // R's own write of this content (or link) may not be on disk yet: it is made
+                // durable with the batch, before it is recorded.
+                if record.kind == zync_proto::Kind::File {
+                    self.keep_in_place(&rel);
+                } else {
+                    self.touch(&rel);
+                }
                 Ok(Outcome::Done(Record::Set(rel.to_string(), record)))
             }
             Step::Dir {
@@ -99,7 +106,10 @@ impl Place {
                 }
                 if let Some(mode) = set_mode {
                     zync_fs::set_mode_beneath(self.root(), &rel, mode)?;
+                    self.touch_dir(&rel);
                 }
+                // A directory R had already: R's own mkdir may not be on disk yet.
+                self.touch(&rel);
                 Ok(Outcome::Done(Record::Set(rel.to_string(), record)))
             }
             Step::Symlink { clear, record } => {
@@ -233,7 +243,8 @@ impl Place {
     ) -> Result<(), ClientError> {
         let path = rel.to_path(self.root());
         match removal {
-            Removal::Nothing => {}
+            // Gone from R already: R's own removal may not be on disk yet.
+            Removal::Nothing => self.touch(rel),
             Removal::RemoveDir => {
                 // zync's own leftovers (partial downloads) must not keep the directory.
                 remove_own_temp_files(self.root(), rel);
@@ -244,7 +255,7 @@ impl Place {
                         path = %rel,
                         "E deleted this directory; kept on R because it holds files that did not come from E"
                     ),
-                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => self.touch(rel),
                     Err(source) => return Err(io_error("remove", &path, source)),
                 }
             }
@@ -489,6 +500,83 @@ mod tests {
                 assert!(
                     std::fs::read(root.join("f")).map_or(true, |c| c != SYNCED && c != EDIT),
                     "{what}: R's file is still at f"
+                );
+            }
+        }
+    }
+
+    /// What a plan records without writing anything of its own is flushed with the batch
+    /// before it is recorded (invariant 2): a file R already had (R's own write of it may not
+    /// be on disk yet) and its directory entry, a symlink's or directory's entry, a directory
+    /// whose mode was set, the directory of a path R removed already.
+    #[test]
+    fn what_is_recorded_as_it_stands_on_r_is_flushed_before_the_record() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join("a/b")).expect("mkdir");
+        std::fs::write(root.join("a/f"), SYNCED).expect("write");
+        std::os::unix::fs::symlink("t", root.join("a/l")).expect("symlink");
+        let record = |kind, mode| Synced {
+            kind,
+            size: 0,
+            mtime_ns: 0,
+            mode,
+            sha256: None,
+            target: None,
+        };
+        let same = |mtime_ns, record| Step::Same {
+            mode: None,
+            mtime_ns,
+            record,
+        };
+        let dir = |set_mode| Step::Dir {
+            clear: None,
+            create: false,
+            set_mode,
+            record: record(zync_proto::Kind::Dir, 0o700),
+        };
+        let gone = || Step::Delete {
+            partials: false,
+            removal: Removal::Nothing,
+        };
+        let cases = [
+            (
+                "a/f",
+                same(Some(1_000_000_000), record(zync_proto::Kind::File, 0o644)),
+                vec!["a/f"],
+                vec!["a"],
+            ),
+            ("a/l", same(None, link_record()), vec![], vec!["a"]),
+            // R's own mkdir, and the mode set on it.
+            ("a/b", dir(None), vec![], vec!["a"]),
+            ("a/b", dir(Some(0o700)), vec![], vec!["a", "a/b"]),
+            // R's own removal of what E deleted too.
+            ("a/gone", gone(), vec![], vec!["a"]),
+        ];
+        let mut place = Place::new(root, "d");
+        let mut known = Known::default();
+        for (path, step, in_place, touched) in cases {
+            let plan = Plan {
+                parents: Vec::new(),
+                step,
+            };
+            place
+                .carry_out(&mut known, here(path, Vec::new(), Local::missing()), plan)
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            let flushed: Vec<String> = place
+                .take_in_place()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(
+                flushed, in_place,
+                "{path}: the files flushed where they stand"
+            );
+            let flushed = place.take_touched();
+            for dir in touched {
+                assert!(
+                    flushed.contains(&root.join(dir)),
+                    "{path}: {dir} is flushed, only {flushed:?} are"
                 );
             }
         }

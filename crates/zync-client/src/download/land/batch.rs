@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use tokio_tungstenite::tungstenite::Bytes;
 use zync_cli::progress::Progress;
 use zync_db::ClientState;
-use zync_fs::Parents;
+use zync_fs::{Parents, RelPath};
 use zync_proto::FileHeader;
 
 use crate::download::land::file::{Pending, Ready};
@@ -277,8 +277,9 @@ impl Batch {
         self.bytes = 0;
         let mut dirs = sink.place.take_touched();
         dirs.append(&mut self.touched);
+        let in_place = sink.place.take_in_place();
         let checkpoint = sink.ledger.checkpoint();
-        if files.is_empty() && dirs.is_empty() && checkpoint.is_empty() {
+        if files.is_empty() && dirs.is_empty() && in_place.is_empty() && checkpoint.is_empty() {
             return;
         }
         let commit = sink.ledger.prepare(checkpoint);
@@ -287,7 +288,7 @@ impl Batch {
         let baton = std::mem::replace(&mut self.baton, next);
         let root = self.root.clone();
         self.flights.push_back(tokio::task::spawn_blocking(move || {
-            flush(&files, &dirs)?;
+            flush(&files, &root, &in_place, &dirs)?;
             // In batch order from here: the one before has committed and renamed.
             let (mut place, mut db) = baton.recv().map_err(|_| ClientError::Io {
                 what: "rename files into",
@@ -364,11 +365,17 @@ fn store_checkpoints(db: &mut ClientState, files: &Files) {
     }
 }
 
-/// Makes a batch's content and the touched directories durable. A big file, or a handful of
-/// files and directories, is flushed on its own; many with one flush of their file system
-/// (which also waits for unrelated dirty data there, so it is kept for the batches where it
-/// saves hundreds of flushes).
-fn flush(files: &Files, dirs: &BTreeSet<PathBuf>) -> Result<(), ClientError> {
+/// Makes a batch's content, the files recorded as synced in place (`in_place`, under
+/// `root`) and the touched directories durable. A big file, or a handful of files and
+/// directories, is flushed on its own; many with one flush of their file system (which also
+/// waits for unrelated dirty data there, so it is kept for the batches where it saves
+/// hundreds of flushes).
+fn flush(
+    files: &Files,
+    root: &Path,
+    in_place: &[RelPath],
+    dirs: &BTreeSet<PathBuf>,
+) -> Result<(), ClientError> {
     let (big, small): (Vec<_>, Vec<_>) = files
         .iter()
         .map(|(_, ready)| ready)
@@ -376,9 +383,12 @@ fn flush(files: &Files, dirs: &BTreeSet<PathBuf>) -> Result<(), ClientError> {
     for ready in big {
         ready.sync()?;
     }
-    if small.len() + dirs.len() <= OWN_FLUSH_FILES {
+    if small.len() + in_place.len() + dirs.len() <= OWN_FLUSH_FILES {
         for ready in small {
             ready.sync()?;
+        }
+        for rel in in_place {
+            zync_fs::fsync_file_beneath(root, rel)?;
         }
         // A directory may have gone since it was touched (E deleted it).
         for dir in dirs.iter().filter(|d| d.is_dir()) {
@@ -386,6 +396,7 @@ fn flush(files: &Files, dirs: &BTreeSet<PathBuf>) -> Result<(), ClientError> {
         }
     } else {
         // A temp file made here is on its directory's file system: one look per directory.
+        // A file kept in place has its directory among `dirs`.
         let all: BTreeSet<&Path> = small
             .iter()
             .filter_map(|ready| ready.temp_path().parent())

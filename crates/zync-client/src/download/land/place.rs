@@ -23,6 +23,9 @@ pub struct Place {
     stamp: String,
     /// Directories whose entries changed: made durable by the next flush.
     touched: BTreeSet<PathBuf>,
+    /// Files recorded as synced where they stand (R already had E's content, maybe not yet
+    /// on disk; modes and times set on them): flushed by the next flush, before the record.
+    in_place: Vec<RelPath>,
     /// Conflict copies made, as paths relative to the root.
     conflicts: Vec<String>,
     /// What the renames brought in.
@@ -48,6 +51,7 @@ impl Place {
             dir: dir.to_string(),
             stamp: chrono::Local::now().format("%Y%m%dT%H%M%S").to_string(),
             touched: BTreeSet::new(),
+            in_place: Vec::new(),
             conflicts: Vec::new(),
             tally: Tally::default(),
         }
@@ -78,6 +82,19 @@ impl Place {
             .parent()
             .map_or_else(|| self.root.clone(), |p| p.to_path(&self.root));
         self.touched.insert(parent);
+    }
+
+    /// Notes that the directory `rel` itself changed (its mode): flushed before it is
+    /// recorded.
+    pub fn touch_dir(&mut self, rel: &RelPath) {
+        self.touched.insert(rel.to_path(&self.root));
+    }
+
+    /// Notes that the file `rel` is recorded as synced as it stands: it, and its entry in its
+    /// directory, are flushed before the record (invariant 2).
+    pub fn keep_in_place(&mut self, rel: &RelPath) {
+        self.in_place.push(rel.clone());
+        self.touch(rel);
     }
 
     /// Moves R's version aside as a conflict copy (invariant 4 (docs/ARCHITECTURE.md)) and
@@ -124,6 +141,11 @@ impl Place {
     /// The directories touched since the last call.
     pub fn take_touched(&mut self) -> BTreeSet<PathBuf> {
         std::mem::take(&mut self.touched)
+    }
+
+    /// The files recorded as synced in place since the last call.
+    pub fn take_in_place(&mut self) -> Vec<RelPath> {
+        std::mem::take(&mut self.in_place)
     }
 
     /// The conflict copies made since the last call.
