@@ -171,14 +171,7 @@ mod tests {
     fn sync_filesystems_never_waits_on_a_fifo_put_where_a_directory_was() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let fifo = tmp.path().join("fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            Mode::from_raw_mode(0o600),
-            0,
-        )
-        .expect("mkfifo");
+        crate::testkit::fifo(&fifo);
         // Another user swapped a touched directory for a symlink to a FIFO: opening it for
         // reading would wait for a writer that never comes.
         let swapped = tmp.path().join("dir");

@@ -1195,14 +1195,7 @@ mod tests {
         fsync_file_beneath(r, &rel("d/gone")).expect("a missing file");
         fsync_file_beneath(r, &rel("gone/f")).expect("a missing parent");
         // A FIFO put where the file was: opening it must not wait for a writer.
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            r.join("d/fifo"),
-            FileType::Fifo,
-            Mode::from_raw_mode(0o600),
-            0,
-        )
-        .expect("mkfifo");
+        crate::testkit::fifo(&r.join("d/fifo"));
         fsync_file_beneath(r, &rel("d/fifo")).expect("a FIFO is not a file");
         // A parent swapped for a symlink is not followed; nor is a symlink in its place.
         let out = tempfile::tempdir().expect("tempdir");
@@ -1427,14 +1420,7 @@ mod tests {
     fn lstat_through_a_handle_says_what_lstat_by_path_says() {
         let (_tmp, r, _out) = fixture();
         let fifo = r.join("fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            FileType::Fifo,
-            Mode::from_raw_mode(0o600),
-            0,
-        )
-        .expect("mkfifo");
+        crate::testkit::fifo(&fifo);
         symlink("a/b", r.join("a/rel-link")).expect("symlink");
         let root = Dir::open_root(&r).expect("root");
         let a = Dir::open_dir(&r, Some(&rel("a"))).expect("a");
@@ -1482,10 +1468,7 @@ mod tests {
         let (_tmp, r, out) = fixture();
         fs::write(out.join("secret"), b"outside").expect("write");
         symlink(out.join("secret"), r.join("s")).expect("symlink");
-        let fifo =
-            std::ffi::CString::new(r.join("p").as_os_str().as_encoded_bytes()).expect("path");
-        // SAFETY: a valid C string.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+        crate::testkit::fifo(&r.join("p"));
         let root = Dir::open_root(&r).expect("root");
         let opened = root
             .open_file_to_read("f")

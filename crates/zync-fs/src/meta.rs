@@ -174,13 +174,7 @@ mod tests {
     fn unsupported_types() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let fifo = tmp.path().join("fifo");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("cstring");
-        // SAFETY: c is a valid NUL-terminated path.
-        assert_eq!(
-            unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
-            0,
-            "mkfifo failed"
-        );
+        crate::testkit::fifo(&fifo);
         assert_eq!(lstat(&fifo).expect("lstat"), Stat::Unsupported("fifo"));
 
         let sock = tmp.path().join("sock");

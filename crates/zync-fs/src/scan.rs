@@ -417,9 +417,7 @@ mod tests {
         let outside = tempfile::tempdir().expect("tempdir");
         fs::write(outside.path().join("secret"), b"s").expect("write");
         symlink(outside.path(), r.join("link")).expect("symlink");
-        let c = std::ffi::CString::new(r.join("fifo").as_os_str().as_encoded_bytes()).expect("c");
-        // SAFETY: c is a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::testkit::fifo(&r.join("fifo"));
         let rules = IgnoreRules::new(r, &[], true).expect("rules");
         let result = scan(r, &rules, None);
         let link = result
