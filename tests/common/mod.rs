@@ -795,7 +795,9 @@ pub fn output_within_deadline(cmd: Command) -> Output {
     output_within(cmd, DEADLINE)
 }
 
-/// Runs a command that must exit by itself, killing it and failing after `deadline`.
+/// Runs a command that must exit by itself, killing it and failing after `deadline`. Its
+/// output is read as it comes: a command that writes more than a pipe holds (a debug log)
+/// would otherwise block on its write and never exit.
 pub fn output_within(mut cmd: Command, deadline: Duration) -> Output {
     let mut child = cmd
         .stdin(Stdio::null())
@@ -803,20 +805,40 @@ pub fn output_within(mut cmd: Command, deadline: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let start = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("collect output");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
         }
         if start.elapsed() > deadline {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("collect output");
-            panic!(
-                "{cmd:?} did not exit within {deadline:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let _ = child.wait();
+            break None;
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    match status {
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "{cmd:?} did not exit within {deadline:?}; stderr:\n{}",
+            String::from_utf8_lossy(&stderr)
+        ),
     }
 }
 
