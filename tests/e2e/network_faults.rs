@@ -576,3 +576,74 @@ async fn hostile_sizes_end_only_the_offending_connection() {
     let pong = good.call(json!({"operation": "PING"})).await;
     assert_eq!(pong["status"], "ok", "{pong}");
 }
+
+/// A tunnel cut while the client plans a page in parts (docs/ARCHITECTURE.md, "Memory"): the
+/// rest of the page was never planned, so nothing is recorded past it, and the next run
+/// brings R to E's tree from where the first run was durable, without downloading again what
+/// it had recorded (invariant 2).
+#[test]
+fn a_cut_while_a_page_is_planned_in_parts_loses_nothing() {
+    const FILES: usize = 9000;
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    // Two pages (5,000 changes each at most). The client plans the second page only up to
+    // 2,048 queued downloads while 4,096 are in flight, so `z`, near its end, is not made
+    // until thousands of files have landed.
+    for i in 0..FILES {
+        write(
+            &e.join(format!("a/{i:04}.txt")),
+            pseudo_random(100 + (i * 7) % 200, i as u64),
+        );
+    }
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    // Made after the scan, so that `z` comes after all of `a` in the change log.
+    for i in 0..20u64 {
+        write(&e.join(format!("z/{i:02}.txt")), format!("late {i}\n"));
+    }
+    daemon.wait_indexed(&["z", "z/19.txt"], &[]);
+    let proxy = Proxy::to_port(daemon.port);
+    // Past the two pages of changes (about 1 MiB each) and a few hundred files.
+    proxy.cut_after_bytes(3 * MIB);
+    let r = tmp.path().join("r");
+    std::fs::create_dir_all(&r).unwrap();
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+
+    let cut = client.once(&proxy.url());
+    assert!(
+        !cut.status.success(),
+        "the run through a tunnel cut after 3 MiB succeeded:\n{}",
+        stderr(&cut)
+    );
+    assert_eq!(proxy.connections(), 1, "the run reconnected");
+    let landed: Vec<String> = tree(&r.join("a"), &[]).into_keys().collect();
+    assert!(
+        !landed.is_empty() && landed.len() < FILES,
+        "{} of the {FILES} files landed before the cut: the cut did not fall within the sync",
+        landed.len()
+    );
+    assert!(
+        !r.join("z").exists(),
+        "the directory at the end of the second page was made before the cut, when {} files \
+         had landed: the page was planned whole, not in parts",
+        landed.len()
+    );
+
+    proxy.cut_after_bytes(0);
+    proxy.reset_counts();
+    client.once_ok(&proxy.url());
+    assert_same_tree(&e, &r, IGNORED);
+    assert!(temp_files(&r).is_empty(), "temp files left on R");
+    let again: Vec<String> = proxy
+        .downloads()
+        .into_iter()
+        .filter(|d| landed.iter().any(|l| d == &format!("code/a/{l}")))
+        .collect();
+    assert!(
+        again.is_empty(),
+        "{} files that had landed and been recorded before the cut were downloaded again, \
+         e.g. {:?}",
+        again.len(),
+        &again[..again.len().min(3)]
+    );
+}

@@ -55,11 +55,16 @@ fn change(c: &Scripted) -> Value {
 
 /// Serves one connection: HELLO, the pages in order (the first for `since` 0, each next one
 /// for the last sequence of the one before), and each path's versions in the order the pages
-/// name them, one GET_FILE after another. Returns the operations in the order received.
+/// name them, one GET_FILE after another. Returns the operations in the order received, and
+/// before the first GET_FILE what the client had made in `r` by then (`R HAD a, b`).
 /// The token the scripted daemon and its client share.
 const TOKEN: &str = "scripted-token";
 
-async fn scripted_daemon(listener: TcpListener, pages: Vec<Vec<Scripted>>) -> Vec<String> {
+async fn scripted_daemon(
+    listener: TcpListener,
+    pages: Vec<Vec<Scripted>>,
+    r: std::path::PathBuf,
+) -> Vec<String> {
     let (stream, _) = listener.accept().await.unwrap();
     let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
     let mut versions: HashMap<&str, Vec<&[u8]>> = HashMap::new();
@@ -128,6 +133,14 @@ async fn scripted_daemon(listener: TcpListener, pages: Vec<Vec<Scripted>>) -> Ve
             }
             "GET_FILE" => {
                 let path = request["path"].as_str().unwrap().to_string();
+                if !seen.iter().any(|s| s.starts_with("GET_FILE ")) {
+                    let mut had: Vec<String> = std::fs::read_dir(&r)
+                        .unwrap()
+                        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect();
+                    had.sort();
+                    seen.push(format!("R HAD {}", had.join(", ")));
+                }
                 seen.push(format!("GET_FILE {path}"));
                 let queue = versions.get_mut(path.as_str()).unwrap();
                 let content = if queue.len() > 1 {
@@ -204,7 +217,7 @@ async fn run_against(
 ) -> (Output, Vec<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
-    let daemon = tokio::spawn(scripted_daemon(listener, pages));
+    let daemon = tokio::spawn(scripted_daemon(listener, pages, r.to_path_buf()));
     std::fs::create_dir_all(r).unwrap();
     let token = state.join("token");
     write(&token, TOKEN);
@@ -375,4 +388,64 @@ async fn an_upload_answered_before_its_last_chunk_is_read_completes() {
         stderr(&out)
     );
     assert_eq!(seen, ["UPSTREAM_FILE big.bin"]);
+}
+
+/// A page of thousands of downloads is planned in parts: once 2,048 downloads wait to be
+/// requested, the client downloads until there is room before it plans the rest of the page,
+/// so its memory does not grow with the page (each planned download holds about a kilobyte;
+/// docs/ARCHITECTURE.md, "Memory"). Seen from outside: a directory named late in the page is
+/// not made before the first files are asked for. And a page planned in parts still lands
+/// whole.
+#[tokio::test]
+async fn a_big_page_is_planned_in_parts_and_lands_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, r) = (tmp.path().join("state"), tmp.path().join("r"));
+    std::fs::create_dir_all(&state).unwrap();
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let mut page = vec![dir(1, "a")];
+    let mut seq = 1;
+    for i in 0..2200 {
+        seq += 1;
+        page.push(file(
+            seq,
+            leak(format!("a/f{i:04}")),
+            leak(format!("a {i}\n")).as_bytes(),
+        ));
+    }
+    seq += 1;
+    page.push(dir(seq, "z"));
+    for i in 0..10 {
+        seq += 1;
+        page.push(file(
+            seq,
+            leak(format!("z/f{i}")),
+            leak(format!("z {i}\n")).as_bytes(),
+        ));
+    }
+    let (out, seen) = once_against(vec![page], &state, &r).await;
+    assert!(
+        out.status.success(),
+        "zync-client --once failed:\n{}",
+        stderr(&out)
+    );
+    let had = seen.iter().find(|s| s.starts_with("R HAD")).unwrap();
+    assert_eq!(
+        had, "R HAD a",
+        "the directory planned after 2,200 downloads was made before the first of them was \
+         asked for: the whole page was planned at once"
+    );
+    for i in [0, 1234, 2199] {
+        let got = std::fs::read_to_string(r.join(format!("a/f{i:04}"))).unwrap();
+        assert_eq!(got, format!("a {i}\n"));
+    }
+    for i in 0..10 {
+        let got = std::fs::read_to_string(r.join(format!("z/f{i}"))).unwrap();
+        assert_eq!(got, format!("z {i}\n"));
+    }
+    assert_eq!(std::fs::read_dir(r.join("a")).unwrap().count(), 2200);
+    assert_eq!(
+        seen.iter().filter(|s| s.starts_with("GET_FILE ")).count(),
+        2210,
+        "each file is downloaded once"
+    );
 }

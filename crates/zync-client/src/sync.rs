@@ -26,9 +26,25 @@ use crate::error::ClientError;
 use crate::ledger::{Committed, Ledger};
 use crate::mapping::Mapping;
 
-/// The next page is planned only once fewer downloads than this wait to be requested: memory
-/// holds about two pages of plans, however big the tree.
-const PLAN_AHEAD: usize = zync_proto::MAX_CHANGES_LIMIT as usize;
+/// A page is planned until this many downloads wait to be requested; the rest of it waits
+/// (as its changes, a tenth of the memory of their plans) until fewer than [`PLAN_RESUME`] do.
+/// With the window's requests in flight, a sync holds at most about 6,000 planned downloads,
+/// however big the tree and its pages (docs/ARCHITECTURE.md, "Memory").
+const PLAN_AHEAD: usize = 2048;
+/// Planning resumes below this many waiting downloads: while the next ones are planned, the
+/// queue still refills an eighth of the largest window (4,096 requests).
+const PLAN_RESUME: usize = 512;
+
+/// How long [`Run::pump`] goes on.
+#[derive(Clone, Copy)]
+enum Until {
+    /// Until nothing is in flight or queued.
+    Drained,
+    /// Until there is room to plan more ([`PLAN_RESUME`]).
+    Room,
+    /// Until the page asked for with this id has arrived, and there is room to plan it.
+    Page(u64),
+}
 
 /// What one sync of one directory did.
 #[derive(Debug, Default)]
@@ -168,7 +184,7 @@ impl<'a> Run<'a> {
         let mut asked = self.ask(conn, since).await;
         while let Some(id) = asked.take() {
             // Downloads go on until the page is in (and the queue has room for it).
-            self.pump(conn, Some(id)).await?;
+            self.pump(conn, Until::Page(id)).await?;
             if self.lost.is_some() {
                 break;
             }
@@ -224,9 +240,12 @@ impl<'a> Run<'a> {
                 }
             }
             self.plan(conn, state, &page).await?;
+            if self.lost.is_some() {
+                break;
+            }
             since = last;
         }
-        self.pump(conn, None).await
+        self.pump(conn, Until::Drained).await
     }
 
     /// Sends GET_CHANGES from `since`; `None` when the connection is lost.
@@ -247,7 +266,10 @@ impl<'a> Run<'a> {
     }
 
     /// Plans one page: every change in order, directories, links, deletions and local copies
-    /// done at once, downloads queued on the pipeline.
+    /// done at once, downloads queued on the pipeline. Once [`PLAN_AHEAD`] downloads are
+    /// queued, the downloads go on until there is room again, then the page's next changes
+    /// are planned; when the connection is lost meanwhile, the rest of the page is left
+    /// unplanned (the ledger never had those changes, so nothing is recorded past them).
     ///
     /// # Errors
     /// Database errors; problems with single paths are recorded as their failures.
@@ -277,6 +299,14 @@ impl<'a> Run<'a> {
         // One read transaction for the page's lookups.
         let mut snapshot = state.read_snapshot()?;
         for change in &page.changes {
+            if self.pipeline.queued() >= PLAN_AHEAD {
+                drop(snapshot);
+                self.pump(conn, Until::Room).await?;
+                snapshot = state.read_snapshot()?;
+                if self.lost.is_some() {
+                    break;
+                }
+            }
             let i = self.ledger.push(change.seq, &change.path);
             self.planned.add(change);
             match self.start(state, change) {
@@ -352,18 +382,24 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Reads downloads and finishes them until the page `page` has arrived (and there is room
-    /// to plan it), or nothing is in flight. Requests go out as the window allows; full
-    /// batches are flushed, committed and installed on the way.
+    /// Reads downloads and finishes them until `until` holds, or nothing is in flight.
+    /// Requests go out as the window allows; full batches are flushed, committed and installed
+    /// on the way.
     ///
     /// # Errors
     /// Database and flush errors; a lost connection is kept in `lost`.
-    async fn pump(&mut self, conn: &mut Connection, page: Option<u64>) -> Result<(), ClientError> {
+    async fn pump(&mut self, conn: &mut Connection, until: Until) -> Result<(), ClientError> {
         loop {
             if self.lost.is_some() || self.pipeline.is_empty() {
                 return Ok(());
             }
-            if page.is_some_and(|id| conn.has_answer(id)) && self.pipeline.queued() < PLAN_AHEAD {
+            let room = self.pipeline.queued() < PLAN_RESUME;
+            let done = match until {
+                Until::Drained => false,
+                Until::Room => room,
+                Until::Page(id) => room && conn.has_answer(id),
+            };
+            if done {
                 return Ok(());
             }
             if let Err(e) = self.pipeline.fill(conn).await {
@@ -443,7 +479,7 @@ impl<'a> Run<'a> {
     /// # Errors
     /// Database and flush errors.
     async fn settle(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
-        self.pump(conn, None).await?;
+        self.pump(conn, Until::Drained).await?;
         self.wrap_up().await?;
         self.planned = Planned::default();
         self.known.forget_fresh();

@@ -153,7 +153,9 @@ struct Slot {
 pub struct Pipeline<'a> {
     dir: &'a str,
     queue: VecDeque<(usize, Box<Pending>)>,
-    inflight: HashMap<u64, Slot>,
+    /// Boxed: a full window is thousands of slots, and a map of them inline holds about twice
+    /// as many slots' worth of memory.
+    inflight: HashMap<u64, Box<Slot>>,
     request_bytes: usize,
     content_bytes: u64,
     /// Bytes asked for whose files have not reserved their space yet: the room a download
@@ -291,7 +293,7 @@ impl<'a> Pipeline<'a> {
             self.claimed += expected;
             self.inflight.insert(
                 id,
-                Slot {
+                Box::new(Slot {
                     index,
                     pending,
                     offset,
@@ -306,7 +308,7 @@ impl<'a> Pipeline<'a> {
                     cost,
                     expected,
                     claimed: true,
-                },
+                }),
             );
         }
         if sent {
@@ -452,7 +454,7 @@ impl<'a> Pipeline<'a> {
                         pending,
                         header: Some(header),
                         ..
-                    }) = self.take(id)
+                    }) = self.take(id).map(|slot| *slot)
                     else {
                         return Ok(None);
                     };
@@ -543,7 +545,7 @@ impl<'a> Pipeline<'a> {
         }
     }
 
-    fn take(&mut self, id: u64) -> Option<Slot> {
+    fn take(&mut self, id: u64) -> Option<Box<Slot>> {
         let slot = self.inflight.remove(&id)?;
         self.request_bytes -= slot.cost;
         self.content_bytes -= slot.expected;

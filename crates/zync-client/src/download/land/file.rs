@@ -3,7 +3,7 @@
 //! (invariant 1 (docs/ARCHITECTURE.md)), until its batch is flushed and it is renamed.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use zync_proto::Kind;
 
@@ -16,19 +16,22 @@ use crate::error::ClientError;
 
 /// A file whose content is on its way from the daemon.
 pub struct Pending {
-    root: PathBuf,
+    /// Shared by every file of the sync: a queue of thousands of these holds one copy.
+    root: Arc<Path>,
     rel: RelPath,
-    sha: String,
     size: u64,
     /// What stood at the path when the change was planned; anything else at install time is
     /// an edit on R, kept as a conflict copy.
     before: Stat,
     /// A partial download of this content may have been kept in the file's directory.
     partial: bool,
+    /// What is recorded once the file is in place; its sha256 is the content wanted.
     record: Synced,
-    file: Option<AtomicFile>,
+    /// Boxed, as `delta`: only files being written or asked for as a delta have one, and the
+    /// pipeline's queue holds thousands of `Pending`s (docs/ARCHITECTURE.md, "Memory").
+    file: Option<Box<AtomicFile>>,
     /// How a delta against R's older version at the path is asked for, when one is worth it.
-    delta: Option<Ask>,
+    delta: Option<Box<Ask>>,
     /// Checkpoints are kept for this file with this client's key (`zync_fs::checkpoint`),
     /// and, for a rebuild from a delta, those of the version the client last wrote at the
     /// path: the windows the two share are not SHA-256-hashed again.
@@ -59,11 +62,16 @@ pub type Prior = (String, Checkpoints);
 impl Pending {
     /// E's file as `record` says (size, sha256, mode, mtime), to write at `rel`; `before` is
     /// what stands there now, `partial` whether its directory may hold a partial download.
-    pub fn new(root: &Path, rel: RelPath, before: Stat, partial: bool, record: Synced) -> Pending {
+    pub fn new(
+        root: &Arc<Path>,
+        rel: RelPath,
+        before: Stat,
+        partial: bool,
+        record: Synced,
+    ) -> Pending {
         Pending {
-            root: root.to_path_buf(),
+            root: Arc::clone(root),
             rel,
-            sha: record.sha256.clone().unwrap_or_default(),
             size: record.size,
             before,
             partial,
@@ -101,7 +109,7 @@ impl Pending {
     /// Asks for a delta against R's older version at the path, rather than the whole file; how
     /// is decided by [`Pending::prepare_delta`], once the older version's checkpoints are known.
     pub fn want_delta(&mut self) {
-        self.delta = Some(Ask::Wanted);
+        self.delta = Some(Box::new(Ask::Wanted));
     }
 
     /// Decides how to ask for the delta [`Pending::want_delta`] wanted: with the checkpoints of
@@ -109,28 +117,28 @@ impl Pending {
     /// first (GET_WINDOWS) and only the windows that differ are signed; without, the whole
     /// older version is to be signed ([`Pending::needs_signing`]).
     pub fn prepare_delta(&mut self) {
-        if !matches!(self.delta, Some(Ask::Wanted)) {
+        if !matches!(self.delta.as_deref(), Some(Ask::Wanted)) {
             return;
         }
         let known = matches!(&self.checkpoints, Some((_, Some((_, prior)))) if !prior.is_empty());
-        self.delta = Some(if known { Ask::Windows } else { Ask::Sign });
+        self.delta = Some(Box::new(if known { Ask::Windows } else { Ask::Sign }));
     }
 
     /// The whole older version is to be signed ([`Pending::sign_whole`]) before the request can
     /// go out: a read of the whole file, which the caller does off the async runtime.
     pub fn needs_signing(&self) -> bool {
-        matches!(self.delta, Some(Ask::Sign))
+        matches!(self.delta.as_deref(), Some(Ask::Sign))
     }
 
     /// True when the next request for this file is a GET_WINDOWS.
     pub fn asks_windows(&self) -> bool {
-        matches!(self.delta, Some(Ask::Windows))
+        matches!(self.delta.as_deref(), Some(Ask::Windows))
     }
 
     /// Signs the whole older version instead of asking for window hashes (a daemon that does not
     /// know GET_WINDOWS, or one that refused it for this file).
     pub fn sign_later(&mut self) {
-        self.delta = Some(Ask::Sign);
+        self.delta = Some(Box::new(Ask::Sign));
     }
 
     /// Asks for the delta with the signature and window hashes of the whole older version
@@ -139,7 +147,7 @@ impl Pending {
     pub fn sign_whole(&mut self) {
         let path = self.rel.to_path(&self.root);
         self.delta = match zync_fs::delta::signature_and_windows(&path) {
-            Ok((signature, windows)) => Some(Ask::Signature(signature, windows)),
+            Ok((signature, windows)) => Some(Box::new(Ask::Signature(signature, windows))),
             Err(e) => {
                 tracing::debug!(path = self.path(), "no delta, downloading whole: {e}");
                 None
@@ -156,7 +164,7 @@ impl Pending {
     /// hashes as base64, the key of a GET_WINDOWS, a plan's window lists.
     pub fn ask_bytes(&self) -> usize {
         let base64 = |n: usize| n.div_ceil(3) * 4;
-        match &self.delta {
+        match self.delta.as_deref() {
             Some(Ask::Signature(signature, windows)) => {
                 32 + base64(signature.len())
                     + windows.as_ref().map_or(0, |w| 96 + base64(w.hashes.len()))
@@ -172,14 +180,14 @@ impl Pending {
 
     /// The sha256 of E's version this download is for.
     pub fn sha256(&self) -> &str {
-        &self.sha
+        self.record.sha256.as_deref().unwrap_or_default()
     }
 
     /// The request to send for this file, once: `None` asks for the whole file (from where a
     /// kept partial ends). Call [`Pending::prepare_delta`] first, and sign when
     /// [`Pending::needs_signing`] says so.
     pub fn take_ask(&mut self) -> Option<Ask> {
-        self.delta.take()
+        self.delta.take().map(|ask| *ask)
     }
 
     /// Plans the delta from E's window hashes (GET_WINDOWS's answer): the windows of E's file
@@ -251,7 +259,7 @@ impl Pending {
                 )))
             });
         match planned {
-            Ok(Some(ask)) => self.delta = Some(ask),
+            Ok(Some(ask)) => self.delta = Some(Box::new(ask)),
             Ok(None) => self.sign_whole(),
             Err(e) => {
                 tracing::debug!(
@@ -289,7 +297,7 @@ impl Pending {
         if !self.partial {
             return 0;
         }
-        let partial = AtomicFile::partial_path(&self.root, &self.rel, &self.sha);
+        let partial = AtomicFile::partial_path(&self.root, &self.rel, self.sha256());
         match zync_fs::lstat(&partial) {
             Ok(Stat::Entry(m)) if m.kind == Kind::File && m.size <= self.size => m.size,
             _ => 0,
@@ -318,7 +326,7 @@ impl Pending {
             }
             file
         } else {
-            match AtomicFile::resume(&self.root, &self.rel, &self.sha)? {
+            match AtomicFile::resume(&self.root, &self.rel, self.sha256())? {
                 Some(partial) if partial.written() == offset => {
                     tracing::debug!(path = %self.rel, from = offset, "resuming a partial download");
                     partial
@@ -337,13 +345,13 @@ impl Pending {
         if let Err(e) = file.reserve(self.size) {
             if offset > 0 {
                 // Kept, so that what it holds is not downloaded again next time.
-                if let Err(k) = file.keep_partial(&self.sha) {
+                if let Err(k) = file.keep_partial(self.sha256()) {
                     tracing::debug!(path = %self.rel, "cannot keep the partial download: {k}");
                 }
             }
             return Err(e.into());
         }
-        self.file = Some(file);
+        self.file = Some(Box::new(file));
         Ok(())
     }
 
@@ -381,7 +389,7 @@ impl Pending {
     /// # Errors
     /// `stale` when E's file moved on meanwhile (a newer change brings it); a hash mismatch.
     pub fn seal(mut self: Box<Self>, header: &FileHeader) -> Result<Box<Ready>, ClientError> {
-        if header.sha256 != self.sha {
+        if header.sha256 != self.sha256() {
             return Err(ClientError::Server {
                 code: zync_proto::ErrorCode::Stale,
                 message: format!("{} changed on E during the transfer", self.rel),
@@ -394,7 +402,7 @@ impl Pending {
             )));
         };
         let downloaded = Some(header.size - header.offset);
-        let sealed = file.seal(&self.sha, self.record.mode, self.record.mtime_ns)?;
+        let sealed = file.seal(self.sha256(), self.record.mode, self.record.mtime_ns)?;
         Ok(self.into_ready(sealed, downloaded))
     }
 
@@ -437,19 +445,19 @@ impl Pending {
     /// Lends the open temp file out (to write a large chunk off the reactor); give it back
     /// with [`Pending::put_file`].
     pub fn take_file(&mut self) -> Option<AtomicFile> {
-        self.file.take()
+        self.file.take().map(|file| *file)
     }
 
     /// Returns the temp file lent by [`Pending::take_file`].
     pub fn put_file(&mut self, file: AtomicFile) {
-        self.file = Some(file);
+        self.file = Some(Box::new(file));
     }
 
     /// Keeps what arrived as a partial download when the connection broke, so that the next
     /// attempt resumes there.
-    pub fn keep_partial(self) {
-        if let Some(file) = self.file.filter(|f| f.written() > 0) {
-            if let Err(e) = file.keep_partial(&self.sha) {
+    pub fn keep_partial(mut self) {
+        if let Some(file) = self.file.take().filter(|f| f.written() > 0) {
+            if let Err(e) = file.keep_partial(self.sha256()) {
                 tracing::debug!(path = %self.rel, "cannot keep the partial download: {e}");
             }
         }
@@ -469,7 +477,7 @@ impl Pending {
     ) -> Result<Box<Ready>, (Option<Box<Pending>>, ClientError)> {
         use std::io::Seek;
         let mut pending = self;
-        if header.sha256 != pending.sha {
+        if header.sha256 != pending.sha256() {
             let stale = ClientError::Server {
                 code: zync_proto::ErrorCode::Stale,
                 message: format!("{} changed on E during the transfer", pending.rel),
@@ -504,7 +512,7 @@ impl Pending {
                 ClientError::Protocol(format!("{}: no file to rebuild into", pending.rel))
             })?;
             Ok::<_, ClientError>(file.seal(
-                &pending.sha,
+                pending.sha256(),
                 pending.record.mode,
                 pending.record.mtime_ns,
             )?)
@@ -549,7 +557,7 @@ impl Pending {
             }
             file.write(&buf[..n])?;
         }
-        let sealed = file.seal(&p.sha, p.record.mode, p.record.mtime_ns)?;
+        let sealed = file.seal(p.sha256(), p.record.mode, p.record.mtime_ns)?;
         Ok(Box::new(Ready {
             rel: p.rel.clone(),
             before: p.before.clone(),
@@ -616,8 +624,14 @@ mod tests {
             target: None,
         };
         let rel = RelPath::parse("deep/path/to/big.bin").expect("path");
-        let mut pending = Pending::new(Path::new("/r"), rel, Stat::Missing, false, record);
-        pending.delta = Some(ask);
+        let mut pending = Pending::new(
+            &Arc::from(Path::new("/r")),
+            rel,
+            Stat::Missing,
+            false,
+            record,
+        );
+        pending.delta = Some(Box::new(ask));
         pending
     }
 

@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use zync_fs::{IfUnchanged, Parents, RelPath, Stat};
 
@@ -17,7 +18,8 @@ use crate::ledger::Record;
 
 /// One synced directory on R, and what was changed in it.
 pub struct Place {
-    root: PathBuf,
+    /// Shared with every file planned into it ([`Pending`](super::file::Pending)).
+    root: Arc<Path>,
     dir: String,
     /// Names this run's conflict copies.
     stamp: String,
@@ -47,7 +49,7 @@ impl Place {
     /// The place for `root`, served by the daemon as `dir`.
     pub fn new(root: &Path, dir: &str) -> Place {
         Place {
-            root: root.to_path_buf(),
+            root: Arc::from(root),
             dir: dir.to_string(),
             stamp: chrono::Local::now().format("%Y%m%dT%H%M%S").to_string(),
             touched: BTreeSet::new(),
@@ -61,13 +63,14 @@ impl Place {
     /// one batches rename files into.
     pub fn sibling(&self) -> Place {
         Place {
+            root: Arc::clone(&self.root),
             stamp: self.stamp.clone(),
             ..Place::new(&self.root, &self.dir)
         }
     }
 
     /// The synced directory.
-    pub fn root(&self) -> &Path {
+    pub fn root(&self) -> &Arc<Path> {
         &self.root
     }
 
@@ -80,7 +83,7 @@ impl Place {
     pub fn touch(&mut self, rel: &RelPath) {
         let parent = rel
             .parent()
-            .map_or_else(|| self.root.clone(), |p| p.to_path(&self.root));
+            .map_or_else(|| self.root.to_path_buf(), |p| p.to_path(&self.root));
         self.touched.insert(parent);
     }
 
@@ -306,7 +309,7 @@ mod tests {
             target: None,
         };
         let rel = RelPath::parse(path).expect("relpath");
-        let pending = Pending::new(root, rel, Stat::Missing, false, record);
+        let pending = Pending::new(&Arc::from(root), rel, Stat::Missing, false, record);
         let header = FileHeader {
             dir: "d".to_string(),
             path: path.to_string(),
