@@ -603,12 +603,23 @@ fn a_cut_while_a_page_is_planned_in_parts_loses_nothing() {
     }
     daemon.wait_indexed(&["z", "z/19.txt"], &[]);
     let proxy = Proxy::to_port(daemon.port);
-    // Past the two pages of changes (about 1 MiB each) and a few hundred files.
+    // Past the two pages of changes (about 0.8 MiB each) and some 3,000 files of the first.
     proxy.cut_after_bytes(3 * MIB);
     let r = tmp.path().join("r");
     std::fs::create_dir_all(&r).unwrap();
     let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
 
+    let z_seq = {
+        let db = rusqlite::Connection::open_with_flags(
+            &daemon.db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        db.query_row("SELECT seq FROM entries WHERE path = 'z'", [], |row| {
+            row.get::<_, i64>(0)
+        })
+        .unwrap()
+    };
     let cut = client.once(&proxy.url());
     assert!(
         !cut.status.success(),
@@ -629,6 +640,21 @@ fn a_cut_while_a_page_is_planned_in_parts_loses_nothing() {
         landed.len()
     );
 
+    // What the cut run stored is past what landed and short of the unplanned rest.
+    let stored = rusqlite::Connection::open_with_flags(
+        &client.db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+    .query_row("SELECT last_seq FROM dirs WHERE dir = 'code'", [], |row| {
+        row.get::<_, i64>(0)
+    })
+    .unwrap_or(0);
+    assert!(
+        0 < stored && stored < z_seq,
+        "the cut run stored sequence {stored}; `z` is {z_seq}, never planned"
+    );
+
     proxy.cut_after_bytes(0);
     proxy.reset_counts();
     client.once_ok(&proxy.url());
@@ -641,7 +667,7 @@ fn a_cut_while_a_page_is_planned_in_parts_loses_nothing() {
         .collect();
     assert!(
         again.is_empty(),
-        "{} files that had landed and been recorded before the cut were downloaded again, \
+        "{} files that had landed before the cut were downloaded again, \
          e.g. {:?}",
         again.len(),
         &again[..again.len().min(3)]

@@ -392,8 +392,7 @@ async fn an_upload_answered_before_its_last_chunk_is_read_completes() {
 
 /// A page of thousands of downloads is planned in parts: once 2,048 downloads wait to be
 /// requested, the client downloads until there is room before it plans the rest of the page,
-/// so its memory does not grow with the page (each planned download holds about a kilobyte;
-/// docs/ARCHITECTURE.md, "Memory"). Seen from outside: a directory named late in the page is
+/// so its memory does not grow with the page (docs/ARCHITECTURE.md, "Memory"). Seen from outside: a directory named late in the page is
 /// not made before the first files are asked for. And a page planned in parts still lands
 /// whole.
 #[tokio::test]

@@ -296,16 +296,32 @@ impl<'a> Run<'a> {
             .filter(|c| is_file(c))
             .filter_map(|c| c.sha256.clone())
             .collect();
-        // One read transaction for the page's lookups.
+        let planned = self.plan_changes(conn, state, &page.changes).await;
+        // Files set aside for this page's copies go however its planning ended.
+        self.place.clear_stash(&mut self.known);
+        planned
+    }
+
+    /// [`Run::plan`]'s changes, in order, until the connection is lost.
+    ///
+    /// # Errors
+    /// As [`Run::plan`].
+    async fn plan_changes(
+        &mut self,
+        conn: &mut Connection,
+        state: &ClientState,
+        changes: &[Change],
+    ) -> Result<(), ClientError> {
+        // One read transaction for the lookups, taken again after downloads went on.
         let mut snapshot = state.read_snapshot()?;
-        for change in &page.changes {
+        for change in changes {
             if self.pipeline.queued() >= PLAN_AHEAD {
                 drop(snapshot);
                 self.pump(conn, Until::Room).await?;
                 snapshot = state.read_snapshot()?;
-                if self.lost.is_some() {
-                    break;
-                }
+            }
+            if self.lost.is_some() {
+                break;
             }
             let i = self.ledger.push(change.seq, &change.path);
             self.planned.add(change);
@@ -350,7 +366,6 @@ impl<'a> Run<'a> {
             }
         }
         drop(snapshot);
-        self.place.clear_stash(&mut self.known);
         Ok(())
     }
 
