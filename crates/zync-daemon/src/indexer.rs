@@ -1374,6 +1374,38 @@ mod tests {
     }
 
     #[test]
+    fn a_file_of_a_burst_is_hashed_again_only_when_hashed_within_a_few_ticks_of_its_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["written-just-now", "written-40-ms-ago"];
+        for name in names {
+            std::fs::write(dir.path().join(name), name).unwrap();
+        }
+        let (mut ix, _rx) = indexer(dir.path(), &[]);
+        // As a watch batch finds a burst's files: written up to 50 ms before they are hashed.
+        // "Just now" is 15 ms ahead, so that a slow test machine still hashes it within 20 ms.
+        let now = std::time::SystemTime::now();
+        let mtimes = [
+            now + Duration::from_millis(15),
+            now - Duration::from_millis(40),
+        ];
+        for (name, mtime) in names.into_iter().zip(mtimes) {
+            std::fs::File::options()
+                .write(true)
+                .open(dir.path().join(name))
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
+        }
+        ix.scan_root(0, None).unwrap();
+        let rechecked: Vec<&str> = ix.recheck.iter().map(|(_, rel, _)| rel.as_str()).collect();
+        assert_eq!(
+            rechecked,
+            ["written-just-now"],
+            "only a file hashed within its mtime's tick (or two) is hashed again later"
+        );
+    }
+
+    #[test]
     fn a_big_file_saved_just_now_is_hashed_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big.bin");

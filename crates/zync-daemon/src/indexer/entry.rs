@@ -15,8 +15,12 @@ use zync_fs::{Meta, RelPath};
 /// same mtime tick; it is hashed once more this long later ("racy git").
 pub(super) const RACY: Duration = Duration::from_secs(2);
 /// The window instead for an mtime with a sub-second part on a local file system (see
-/// [`racy_window`]); such a file is still hashed again [`RACY`] later.
-pub(super) const RACY_FINE: Duration = Duration::from_millis(100);
+/// [`racy_window`]); such a file is still hashed again [`RACY`] later. Linux stamps a write
+/// with its coarse clock, which moves at every tick: at least 100 times a second (`HZ` is
+/// 100, 250, 300 or 1000). A file whose mtime is two ticks of the slowest of those behind the
+/// end of its hashing gets a later mtime from any later write. It was 100 ms until 2026-12-07:
+/// with the watcher's 50 ms batches, nearly every file of a burst was then hashed twice.
+pub(super) const RACY_FINE: Duration = Duration::from_millis(20);
 
 /// Same kind, size, mtime, inode, mode and link target: the content is taken as unchanged.
 /// A directory's mtime, size and inode move whenever a child comes or goes; only its mode is
