@@ -763,11 +763,14 @@ impl Indexer {
             self.scan_root(i, None)?;
             return Ok(());
         }
-        rels.sort_by_key(|r| (r.depth(), r.clone()));
+        // Parents first. Each key is made once: a key made per comparison (a copy of the path
+        // and a count of its slashes) was thousands of allocations per batch of a burst.
+        let mut rels: Vec<(usize, RelPath)> = rels.into_iter().map(|r| (r.depth(), r)).collect();
+        rels.sort_unstable();
         rels.dedup();
         let mut batch = WatchBatch::default();
         let mut result = Ok(());
-        for rel in rels {
+        for (_, rel) in rels {
             result = self.reconcile(i, &rel, &mut batch);
             if result.is_err() {
                 break;

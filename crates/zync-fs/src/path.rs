@@ -236,7 +236,7 @@ impl RelPath {
 
     /// The number of components.
     pub fn depth(&self) -> usize {
-        self.0.split('/').count()
+        self.0.bytes().filter(|&b| b == b'/').count() + 1
     }
 
     /// The proper ancestors, shallowest first: `a/b/c` gives `[a, a/b]`.
