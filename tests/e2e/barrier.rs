@@ -311,13 +311,19 @@ fn a_wait_started_right_after_a_burst_of_writes_covers_every_file_of_the_burst()
         &s.daemon.db,
         &["wait", "--timeout", "100", "--json"],
     ));
-    let missing = (0..3000)
-        .filter(|i| !s.r.join(format!("burst/d{}/f{i}.txt", i % 30)).exists())
-        .count();
-    assert_eq!(
-        missing,
-        0,
-        "zync-apply wait exited 0 with {missing} file(s) of the burst not on R:\n{}",
+    let missing: Vec<String> = (0..3000)
+        .map(|i| format!("burst/d{}/f{i}.txt", i % 30))
+        .filter(|path| !s.r.join(path).exists())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "zync-apply wait exited 0 with {} file(s) of the burst not on R: {}\n{}",
+        missing.len(),
+        missing
+            .iter()
+            .map(|path| format!("{path} ({})", indexed_as(&s.daemon.db, path)))
+            .collect::<Vec<_>>()
+            .join(", "),
         stdout(&out)
     );
     // Again, with the barrier on R.
@@ -541,4 +547,25 @@ fn settled_ticket(db: &Path) -> u64 {
     .ok()
     .and_then(|v| v.parse().ok())
     .unwrap_or(0)
+}
+
+/// What the daemon's index holds for `path` of `code`: its sequence and size, or that it has no
+/// row, for a failure's message.
+fn indexed_as(db: &std::path::Path, path: &str) -> String {
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|db| {
+            db.query_row(
+                "SELECT seq, size, deleted FROM entries WHERE dir = 'code' AND path = ?1",
+                [path],
+                |row| {
+                    Ok(format!(
+                        "indexed at seq {}, {} bytes, deleted {}",
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?
+                    ))
+                },
+            )
+        })
+        .unwrap_or_else(|e| format!("not in the index: {e}"))
 }

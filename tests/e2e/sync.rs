@@ -319,8 +319,8 @@ fn serving_a_download_flushes_nothing_on_e_and_costs_few_calls_per_file() {
     assert_eq!(flushes, 0, "E flushed while serving a download: {calls:?}");
     let files = FILES as u64;
     // One fstat per file served, of the descriptor opened; no second stat of the path (it was
-    // a statx per file). The indexer may still look at a few of the files just written (a
-    // fresh file is looked at again once its mtime is 100 ms old): 83 such calls were seen.
+    // a statx per file). The indexer may still look at a few of the files just written (a file
+    // hashed within its mtime's tick is hashed again later): 83 such calls were seen.
     assert!(
         calls["fstat"] <= files + 50,
         "expected one fstat per file served ({files}): {calls:?}"
