@@ -1353,22 +1353,9 @@ mod tests {
         let here = dir.path();
         let clock = Clock::of(here);
         assert_eq!(entry::racy_window(&clock, 1_650_000_000_000_000_000), RACY);
-        // The granule the sub-second part shows: 1 ns (ext4), 100 ns (NTFS), 10 ms (exFAT).
         assert_eq!(
             entry::racy_window(&clock, 1_650_000_000_123_456_789),
-            Duration::from_nanos(1)
-        );
-        assert_eq!(
-            entry::racy_window(&clock, 1_650_000_000_123_456_700),
-            Duration::from_nanos(100)
-        );
-        assert_eq!(
-            entry::racy_window(&clock, 1_650_000_000_120_000_000),
-            Duration::from_millis(10)
-        );
-        assert_eq!(
-            entry::racy_window(&clock, 1_650_000_000_500_000_000),
-            Duration::from_millis(100)
+            entry::RACY_FINE
         );
         let path = dir.path().join("saved-a-moment-ago");
         std::fs::write(&path, "aaaa").unwrap();
@@ -1390,78 +1377,13 @@ mod tests {
     }
 
     #[test]
-    fn a_file_is_racy_only_while_the_stamping_clock_is_within_a_granule_of_its_mtime() {
-        let ns = Duration::from_nanos;
-        let (ms, s) = (1_000_000i64, 1_000_000_000i64);
-        let mtime = 1_650_000_000 * s + 123_456_789;
-        // The clock has not moved since the write: a write now gets the same stamp.
-        assert!(entry::is_racy(mtime, mtime, ns(1)));
-        // It moved on, by a nanosecond or by 40 ms: any write now gets another stamp.
-        assert!(!entry::is_racy(mtime + 1, mtime, ns(1)));
-        assert!(!entry::is_racy(mtime + 40 * ms, mtime, ns(1)));
-        // exFAT's 10 ms: 9 ms on, a write may still fall into the same granule.
-        let coarse = 1_650_000_000 * s + 120 * ms;
-        assert!(entry::is_racy(
-            coarse + 9 * ms,
-            coarse,
-            Duration::from_millis(10)
-        ));
-        assert!(!entry::is_racy(
-            coarse + 10 * ms,
-            coarse,
-            Duration::from_millis(10)
-        ));
-        // A clock a little behind the mtime (another machine's): racy. An mtime an hour ahead
-        // was set by a tool: a write now is stamped now.
-        assert!(entry::is_racy(mtime - s, mtime, ns(1)));
-        assert!(!entry::is_racy(mtime - 3600 * s, mtime, ns(1)));
-    }
-
-    #[test]
-    fn a_scan_hashes_again_only_files_the_stamping_clock_has_not_passed() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = [
-            "stamped-40-ms-ago",
-            "stamped-1-s-ahead",
-            "stamped-an-hour-ahead",
-        ];
-        for name in names {
-            std::fs::write(dir.path().join(name), name).unwrap();
-        }
-        let (mut ix, _rx) = indexer(dir.path(), &[]);
-        let now = std::time::SystemTime::now();
-        let mtimes = [
-            now - Duration::from_millis(40),
-            now + Duration::from_secs(1),
-            now + Duration::from_secs(3600),
-        ];
-        for (name, mtime) in names.into_iter().zip(mtimes) {
-            std::fs::File::options()
-                .write(true)
-                .open(dir.path().join(name))
-                .unwrap()
-                .set_modified(mtime)
-                .unwrap();
-        }
-        ix.scan_root(0, None).unwrap();
-        let rechecked: Vec<&str> = ix.recheck.iter().map(|(_, rel, _)| rel.as_str()).collect();
-        assert_eq!(
-            rechecked,
-            ["stamped-1-s-ahead"],
-            "40 ms on, the clock that stamps writes is past the mtime; an hour ahead, a write \
-             now could not get that stamp"
-        );
-    }
-
-    #[test]
     fn a_big_file_saved_just_now_is_hashed_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big.bin");
         std::fs::write(&path, vec![7u8; 48 << 20]).unwrap();
-        // Saved 60 ms ago: the clock that stamps writes has moved past its mtime before the
-        // read begins (however late its ticks, within reason), so a later write gets a later
-        // mtime and one hash is enough.
-        let saved = std::time::SystemTime::now() - Duration::from_millis(60);
+        // Saved 95 ms ago: within the fine window when the hashing starts, past it once the
+        // 48 MiB are read, when a later write would get a later mtime.
+        let saved = std::time::SystemTime::now() - Duration::from_millis(95);
         std::fs::File::options()
             .write(true)
             .open(&path)

@@ -11,9 +11,12 @@ use zync_proto::Kind;
 use zync_db::{EntryMeta, ScanRow};
 use zync_fs::{Meta, RelPath};
 
-/// A file modified less than this long before it was hashed may be written again without its
-/// mtime moving (see [`racy_window`]); it is hashed once more this long later ("racy git").
+/// A file modified less than this long before it was hashed may be written again within the
+/// same mtime tick; it is hashed once more this long later ("racy git").
 pub(super) const RACY: Duration = Duration::from_secs(2);
+/// The window instead for an mtime with a sub-second part on a local file system (see
+/// [`racy_window`]); such a file is still hashed again [`RACY`] later.
+pub(super) const RACY_FINE: Duration = Duration::from_millis(100);
 
 /// Same kind, size, mtime, inode, mode and link target: the content is taken as unchanged.
 /// A directory's mtime, size and inode move whenever a child comes or goes; only its mode is
@@ -67,68 +70,19 @@ impl<'a> From<&'a ScanRow> for Known<'a> {
     }
 }
 
-/// How far past a file's mtime the clock that stamps writes must be, when the file is read,
-/// for any later write to give it another mtime: the timestamp granularity of its file
-/// system, judged from the mtime itself.
-///
-/// Linux stamps a write with its coarse clock (`CLOCK_REALTIME_COARSE`, or a finer and later
-/// time with multigrain timestamps), cut to the file system's granularity. [`describe`] reads
-/// that clock before it opens the file: a write after that instant gets a stamp no earlier, so
-/// once the clock is a granule past the mtime, the stamp differs, however late the clock's
-/// ticks come (a stalled tick, a VM's vCPU preempted).
-/// - A sub-second part shows the granularity: exFAT keeps 10 ms (an mtime a multiple of 10 ms),
-///   NTFS 100 ns, ext4, XFS, btrfs and tmpfs 1 ns. An mtime that happens to end in zeros on a
-///   fine file system only makes the window longer than it needs.
-/// - A whole-second mtime may come from a coarse file system (FAT keeps two seconds), and on a
-///   network file system the mtime comes from another machine's clock, which may be behind
-///   this one: [`RACY`].
-///
-/// It was 100 ms past the end of the read until 2026-12-07 (20 ms for a few hours): with the
-/// watcher's 50 ms batches nearly every file of a burst was hashed twice, and a write during
-/// the read, in the mtime's own tick, could go unseen.
+/// How long after its mtime a file may still be written without its mtime moving: the
+/// timestamp granularity of its file system, judged from the mtime itself. One with a
+/// sub-second part, on a local file system, comes from one that keeps fine timestamps (Linux
+/// ones tick every few milliseconds at most): [`RACY_FINE`]. A whole-second mtime may come from
+/// a coarse one (FAT keeps two seconds), and on a network file system the mtime comes from
+/// another machine's clock, which may be behind this one: [`RACY`]. Without this, every file
+/// saved in the two seconds before a scan was hashed twice, a big one costing seconds of CPU.
 pub(super) fn racy_window(clock: &Clock, mtime_ns: i64) -> Duration {
-    let sub_second = mtime_ns.rem_euclid(1_000_000_000);
-    if sub_second == 0 || !clock.local() {
-        return RACY;
+    if mtime_ns.rem_euclid(1_000_000_000) == 0 || !clock.local() {
+        RACY
+    } else {
+        RACY_FINE
     }
-    let mut granule = 1u64;
-    while granule < 100_000_000 && (sub_second as u64).is_multiple_of(granule * 10) {
-        granule *= 10;
-    }
-    Duration::from_nanos(granule)
-}
-
-/// Whether a file with mtime `mtime_ns`, read after the stamping clock showed `start_ns`, may
-/// be written again without its mtime moving: the clock was less than `window` past the mtime,
-/// or behind it by less than [`RACY`] (another machine's clock a little ahead). An mtime
-/// further in the future was set by a tool (`touch -d`, an archive from a skewed machine): a
-/// write now gets a stamp of now, not that one. Such a file used to be hashed again every
-/// [`RACY`] until its time came.
-pub(super) fn is_racy(start_ns: i64, mtime_ns: i64, window: Duration) -> bool {
-    let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
-    let past = start_ns.saturating_sub(mtime_ns);
-    past < nanos(window) && past > -nanos(RACY)
-}
-
-/// The clock Linux stamps file writes with, now, in nanoseconds since the Unix epoch (the
-/// precise clock elsewhere, or if this one cannot be read: it is never behind the coarse one).
-fn stamping_clock_ns() -> i64 {
-    #[cfg(target_os = "linux")]
-    {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid out-parameter for the call.
-        if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0 {
-            // `time_t` and `c_long` are 32 bits on some targets.
-            #[allow(clippy::useless_conversion)]
-            return i64::from(ts.tv_sec)
-                .saturating_mul(1_000_000_000)
-                .saturating_add(i64::from(ts.tv_nsec));
-        }
-    }
-    now_ns()
 }
 
 /// A root, and whether its files get their timestamps from this machine's clock
@@ -198,17 +152,15 @@ fn local_clock(root: &Path) -> bool {
 
 /// The index row for an entry, hashing files (counted in `hashed`). A file that changes while
 /// it is hashed is skipped: its next watch event records the settled version.
-/// The flag says the stamping clock was less than the file's [`racy_window`] past its mtime
-/// when the read began: a write in the mtime's own tick would go unnoticed, so the caller
-/// hashes it again later.
+/// The flag says the file was modified less than its [`racy_window`] before its hashing
+/// ended: a write in the same mtime tick would go unnoticed, so the caller hashes it again
+/// later.
 pub(super) fn describe(
     clock: &Clock,
     rel: &RelPath,
     meta: &Meta,
     hashed: &AtomicU64,
 ) -> Option<(EntryMeta, bool)> {
-    // Before the file is opened: a write from here on is stamped no earlier than this.
-    let start = stamping_clock_ns();
     let sha256 = if meta.kind == Kind::File {
         let path = rel.to_path(&clock.root);
         hashed.fetch_add(1, Ordering::Relaxed);
@@ -240,8 +192,13 @@ pub(super) fn describe(
     } else {
         None
     };
-    let racy =
-        meta.kind == Kind::File && is_racy(start, meta.mtime_ns, racy_window(clock, meta.mtime_ns));
+    // Judged once the read is done: a write after it gets a later mtime when the read ended
+    // a window after the mtime, however long the hashing took (a big file saved just now is
+    // then hashed once, not twice).
+    let age = now_ns().saturating_sub(meta.mtime_ns);
+    let racy = meta.kind == Kind::File
+        && age < RACY.as_nanos() as i64
+        && age < racy_window(clock, meta.mtime_ns).as_nanos() as i64;
     let entry = EntryMeta {
         kind: meta.kind,
         size: meta.size,
