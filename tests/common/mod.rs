@@ -795,10 +795,20 @@ pub fn output_within_deadline(cmd: Command) -> Output {
     output_within(cmd, DEADLINE)
 }
 
+/// How long a command's output may stay open once it exited (or was killed): only a process
+/// it left behind holds it longer, and the test fails then instead of hanging on it.
+const OUTPUT_GRACE: Duration = Duration::from_secs(10);
+
 /// Runs a command that must exit by itself, killing it and failing after `deadline`. Its
 /// output is read as it comes: a command that writes more than a pipe holds (a debug log)
-/// would otherwise block on its write and never exit.
-pub fn output_within(mut cmd: Command, deadline: Duration) -> Output {
+/// would otherwise block on its write and never exit. A process the command left running
+/// with its output open fails the test [`OUTPUT_GRACE`] after the command exited.
+pub fn output_within(cmd: Command, deadline: Duration) -> Output {
+    output_within_grace(cmd, deadline, OUTPUT_GRACE)
+}
+
+/// [`output_within`], with the time the output may stay open after the command exited.
+pub fn output_within_grace(mut cmd: Command, deadline: Duration, grace: Duration) -> Output {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -806,13 +816,15 @@ pub fn output_within(mut cmd: Command, deadline: Duration) -> Output {
         .spawn()
         .expect("spawn");
     let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
             if let Some(mut pipe) = pipe {
                 let _ = pipe.read_to_end(&mut bytes);
             }
-            bytes
-        })
+            let _ = tx.send(bytes);
+        });
+        rx
     };
     let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
     let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
@@ -828,7 +840,22 @@ pub fn output_within(mut cmd: Command, deadline: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let ended = Instant::now();
+    let collect = |pipe: std::sync::mpsc::Receiver<Vec<u8>>, name: &str| {
+        let left = grace.saturating_sub(ended.elapsed());
+        pipe.recv_timeout(left).unwrap_or_else(|_| {
+            panic!(
+                "{cmd:?} {} but its {name} was still open {grace:?} later: a process it \
+                 started holds it",
+                if status.is_some() {
+                    "exited"
+                } else {
+                    "was killed"
+                }
+            )
+        })
+    };
+    let (stdout, stderr) = (collect(stdout, "stdout"), collect(stderr, "stderr"));
     match status {
         Some(status) => Output {
             status,
