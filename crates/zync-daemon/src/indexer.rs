@@ -1376,13 +1376,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let here = dir.path();
         let clock = Clock::of(here);
-        assert_eq!(entry::racy_window(&clock, 1_650_000_000_000_000_000), RACY);
-        assert_eq!(
-            entry::racy_window(&clock, 1_650_000_000_123_456_789),
-            entry::RACY_FINE
-        );
         let path = dir.path().join("saved-a-moment-ago");
         std::fs::write(&path, "aaaa").unwrap();
+        let Ok(Stat::Entry(mut meta)) = zync_fs::lstat(&path) else {
+            panic!("no file at {}", path.display());
+        };
+        meta.mtime_ns = 1_650_000_000_000_000_000;
+        assert_eq!(entry::racy_window(&clock, &meta, &path), RACY);
+        meta.mtime_ns = 1_650_000_000_123_456_789;
+        assert_eq!(entry::racy_window(&clock, &meta, &path), entry::RACY_FINE);
         // Most of a second old, with a sub-second part: past the tick of a fine file system,
         // so hashing it once is enough (a second hash of a big file costs seconds).
         let now = std::time::SystemTime::now()
