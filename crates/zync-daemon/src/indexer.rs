@@ -36,6 +36,16 @@ const DEBOUNCE_QUIET: Duration = Duration::from_millis(15);
 /// burst's first 150 ms and R finished a 5,000-file burst about 10% later. A batch is a
 /// commit, so this is also what a long burst costs the database: one flush per 50 ms.
 const DEBOUNCE_MAX: Duration = Duration::from_millis(50);
+/// A file whose mtime was less than this old when its read began may have been read while a
+/// long `write()` was still running in it: a write stamps the mtime when it begins and
+/// inotify reports it when it returns, so the read may hold part of the new bytes while the
+/// file's stat, after the read and after the write, matches what was read. The end of a
+/// write reported in a later batch has it read again ([`FreshReads`]). A write that ran
+/// longer than this before the read began is not covered.
+const FRESH_WRITE: Duration = Duration::from_secs(10);
+/// How long such a read is remembered: the end of its write may be taken in only after the
+/// indexer's other work (a big file hashed, a rescan); if that takes longer, it is missed.
+const FRESH_KEEP: Duration = Duration::from_secs(30);
 /// How often the thread checks its stop flag when idle.
 const IDLE_TICK: Duration = Duration::from_millis(200);
 /// Changes per transaction during a scan; clients see progress between them.
@@ -108,6 +118,59 @@ pub struct Indexer {
     settled: u64,
     /// Roots a cookie could not be planted in (read-only): warned about once.
     cookie_failed: HashSet<usize>,
+    /// Files read while a write may still have been running in them ([`FRESH_WRITE`]).
+    fresh: FreshReads,
+}
+
+/// The files whose read began within [`FRESH_WRITE`] of their mtime, by root and path, with
+/// the batch that read them and when. Forgotten [`FRESH_KEEP`] after the read (looked at once
+/// a second).
+#[derive(Default)]
+struct FreshReads {
+    reads: HashMap<usize, HashMap<RelPath, (u64, Instant)>>,
+    /// Counts batches: one more for each root of each watch batch reconciled, and for each
+    /// rescan. A read and the end of a write reported after it never share one.
+    batch: u64,
+    pruned: Option<Instant>,
+}
+
+impl FreshReads {
+    /// Notes that the read of file `rel` of root `i`, described as `meta`, began at
+    /// `began_ns` (nanoseconds since the Unix epoch); forgets a read of it that no longer
+    /// counts.
+    fn note(&mut self, i: usize, rel: &RelPath, meta: &EntryMeta, began_ns: i64) {
+        let age = began_ns.saturating_sub(meta.mtime_ns);
+        let reads = self.reads.entry(i).or_default();
+        if meta.kind == Kind::File && age < FRESH_WRITE.as_nanos() as i64 {
+            reads.insert(rel.clone(), (self.batch, Instant::now()));
+        } else {
+            reads.remove(rel);
+        }
+    }
+
+    /// True when file `rel` of root `i` was read fresh by an earlier batch than this one.
+    fn read_before(&self, i: usize, rel: &RelPath) -> bool {
+        self.reads
+            .get(&i)
+            .and_then(|reads| reads.get(rel))
+            .is_some_and(|&(batch, _)| batch < self.batch)
+    }
+
+    /// Starts the next batch; forgets reads older than [`FRESH_KEEP`], once a second.
+    fn next_batch(&mut self) {
+        self.batch += 1;
+        if self
+            .pruned
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.pruned = Some(Instant::now());
+        for reads in self.reads.values_mut() {
+            reads.retain(|_, (_, at)| at.elapsed() < FRESH_KEEP);
+            reads.shrink_to_fit();
+        }
+    }
 }
 
 impl Indexer {
@@ -142,6 +205,7 @@ impl Indexer {
             reached: 0,
             settled: 0,
             cookie_failed: HashSet::new(),
+            fresh: FreshReads::default(),
         }
     }
 
@@ -234,7 +298,8 @@ impl Indexer {
                 if rescan.contains(&i) {
                     continue;
                 }
-                self.reconcile_paths(i, paths.into_iter().collect())?;
+                let written = batch.written.remove(&i).unwrap_or_default();
+                self.reconcile_written(i, paths.into_iter().collect(), &written)?;
             }
             self.record_deferred(|i| !busy.contains(&i))?;
             self.recheck_due()?;
@@ -486,6 +551,7 @@ impl Indexer {
             return Ok(());
         }
         self.publish(true)?;
+        self.fresh.next_batch();
         for i in roots {
             tracing::info!(dir = %self.roots[i].root.name, "rescanning");
             self.scan_root(i, None)?;
@@ -493,14 +559,22 @@ impl Indexer {
         self.publish(false)
     }
 
+    /// Has file `rel` of root `i` hashed again by the next [`Indexer::recheck_due`].
+    fn recheck_now(&mut self, i: usize, rel: RelPath) {
+        self.recheck.push((i, rel, Instant::now()));
+    }
+
     /// Hashes again the files that were fresh when hashed; records them if the content moved
     /// although size, mtime and inode did not.
     fn recheck_due(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.recheck)
+        let (mut due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.recheck)
             .into_iter()
             .partition(|(_, _, at)| *at <= now);
         self.recheck = later;
+        // A file can be due twice (fresh when hashed, and the end of a write since): once.
+        due.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        due.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
         let mut clocks: HashMap<usize, Clock> = HashMap::new();
         for (i, rel, _) in due {
             let name = self.roots[i].root.name.as_str().to_string();
@@ -515,9 +589,11 @@ impl Indexer {
                 continue;
             }
             let clock = clocks.entry(i).or_insert_with(|| Clock::of(&root_path));
+            let began = entry::now_ns();
             let Some((new, racy)) = describe(clock, &rel, &meta, &self.hashed) else {
                 continue;
             };
+            self.fresh.note(i, &rel, &new, began);
             if racy {
                 self.recheck.push((i, rel.clone(), Instant::now() + RACY));
             }
@@ -611,6 +687,7 @@ impl Indexer {
 
         // What changed, in walk order, with the kind the index had for it.
         let mut todo: Vec<(&zync_fs::ScanEntry, Option<Kind>)> = Vec::new();
+        let mut again: Vec<RelPath> = Vec::new();
         for (entry, row) in entries.iter().zip(&row_of) {
             if own.contains(&entry.path) {
                 // Never indexed; a row left from before it was the daemon's goes.
@@ -619,6 +696,11 @@ impl Indexer {
             }
             let old = row.map(|r| &rows[r]);
             if old.is_some_and(|o| unchanged(o.into(), &entry.meta)) {
+                // A scan has no event kinds to go by: one read fresh by an earlier batch is
+                // read again, in case a write was running in it then.
+                if self.fresh.read_before(i, &entry.path) {
+                    again.push(entry.path.clone());
+                }
                 continue;
             }
             todo.push((entry, old.map(|o| o.kind)));
@@ -631,11 +713,16 @@ impl Indexer {
         let mut changed = 0usize;
         let batch = self.batch.max(1);
         let settled = self.settled;
-        let (index, status, recheck, hashed) = (
+        for rel in again {
+            self.recheck_now(i, rel);
+        }
+        let began = entry::now_ns();
+        let (index, status, recheck, hashed, fresh) = (
             &mut self.index,
             &self.status,
             &mut self.recheck,
             &self.hashed,
+            &mut self.fresh,
         );
         let clock = &Clock::of(&root_path);
         // The pool hashes batch k+1 while this thread writes batch k; the channel holds one
@@ -665,6 +752,7 @@ impl Indexer {
                         let Some((meta, racy)) = described else {
                             continue;
                         };
+                        fresh.note(i, &entry.path, &meta, began);
                         if racy {
                             recheck.push((i, entry.path.clone(), Instant::now() + RACY));
                         }
@@ -733,7 +821,21 @@ impl Indexer {
     }
 
     /// Reconciles the paths of one watch batch, shallowest first so parents precede children.
+    #[cfg(test)]
     fn reconcile_paths(&mut self, i: usize, paths: Vec<PathBuf>) -> anyhow::Result<()> {
+        self.reconcile_written(i, paths, &HashSet::new())
+    }
+
+    /// Reconciles the paths of one watch batch of root `i` (absolute, as the watcher reports
+    /// them), shallowest first so parents precede children, where a write ended in the files
+    /// `written`.
+    fn reconcile_written(
+        &mut self,
+        i: usize,
+        paths: Vec<PathBuf>,
+        written: &HashSet<PathBuf>,
+    ) -> anyhow::Result<()> {
+        self.fresh.next_batch();
         let root_path = self.roots[i].root.path.clone();
         // An event on the root itself: its attributes changed, or it was removed or moved, and
         // its watch with it. Whatever directory stands there now is watched anew and scanned
@@ -772,7 +874,14 @@ impl Indexer {
         let mut rels: Vec<(usize, RelPath)> = rels.into_iter().map(|r| (r.depth(), r)).collect();
         rels.sort_unstable();
         rels.dedup();
-        let mut batch = WatchBatch::default();
+        let mut batch = WatchBatch {
+            written: written
+                .iter()
+                .filter_map(|p| p.strip_prefix(&root_path).ok())
+                .filter_map(|rel| RelPath::from_path(rel).ok())
+                .collect(),
+            ..WatchBatch::default()
+        };
         let mut result = Ok(());
         for (_, rel) in rels {
             result = self.reconcile(i, &rel, &mut batch);
@@ -908,12 +1017,19 @@ impl Indexer {
             .as_ref()
             .is_some_and(|o| unchanged((&o.meta).into(), &meta))
         {
+            // The end of a write in a file read fresh by an earlier batch: that read may have
+            // been made while this write ran.
+            if batch.written.contains(rel) && self.fresh.read_before(i, rel) {
+                self.recheck_now(i, rel.clone());
+            }
             return Ok(());
         }
         let clock = batch.clock.get_or_insert_with(|| Clock::of(&root_path));
+        let began = entry::now_ns();
         let Some((new, racy)) = describe(clock, rel, &meta, &self.hashed) else {
             return Ok(());
         };
+        self.fresh.note(i, rel, &new, began);
         if racy {
             self.recheck.push((i, rel.clone(), Instant::now() + RACY));
         }
@@ -969,6 +1085,8 @@ struct WatchBatch {
     clock: Option<Clock>,
     /// Subtrees scanned whole in this batch ([`Indexer::scan_new`]).
     scanned: Vec<RelPath>,
+    /// The files a write ended in, as the watcher reported ([`zync_fs::Batch::written`]).
+    written: HashSet<RelPath>,
 }
 
 /// Tells connections the last sequence number and whether a scan is running.
@@ -1400,6 +1518,97 @@ mod tests {
         let (mut ix, _rx) = indexer(dir.path(), &[]);
         ix.scan_root(0, None).unwrap();
         assert!(ix.recheck.is_empty(), "{:?}", ix.recheck);
+    }
+
+    /// Rewrites `path` in place with `content` (same inode) and stamps `mtime`.
+    fn rewrite_in_place(path: &Path, content: &[u8], mtime: std::time::SystemTime) {
+        use std::io::Write;
+        let mut f = std::fs::File::options().write(true).open(path).unwrap();
+        f.write_all(content).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+
+    fn sha_of(ix: &Indexer, path: &str) -> Option<String> {
+        ix.index.get("code", path).unwrap().unwrap().meta.sha256
+    }
+
+    /// A file read while a long `write()` ran in it: the write began 300 ms before the read
+    /// (stamping the mtime then, past the fine racy window) and had rewritten half of it.
+    /// Returns the file, when the write began, and the indexer that read it.
+    fn read_during_a_long_write(dir: &Path) -> (PathBuf, std::time::SystemTime, Indexer) {
+        let path = dir.join("data.bin");
+        std::fs::write(&path, b"old-old-old-old!").unwrap();
+        let began = std::time::SystemTime::now() - Duration::from_millis(300);
+        rewrite_in_place(&path, b"new-new-", began);
+        let (mut ix, _rx) = indexer(dir, &[]);
+        ix.reconcile_paths(0, vec![path.clone()]).unwrap();
+        let torn = zync_fs::hash_bytes(b"new-new-old-old!");
+        assert_eq!(sha_of(&ix, "data.bin"), Some(torn));
+        assert!(ix.recheck.is_empty(), "not racy: {:?}", ix.recheck);
+        // The write ends: the rest rewritten, the mtime where the write began.
+        rewrite_in_place(&path, b"new-new-new-new!", began);
+        (path, began, ix)
+    }
+
+    #[test]
+    fn a_file_read_while_a_long_write_ran_in_it_is_read_again_when_the_write_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _, mut ix) = read_during_a_long_write(dir.path());
+        let whole = zync_fs::hash_bytes(b"new-new-new-new!");
+        // A close or a change of attributes is not the end of a write: nothing is read.
+        let before = hashed(&ix);
+        ix.reconcile_written(0, vec![path.clone()], &HashSet::new())
+            .unwrap();
+        ix.recheck_due().unwrap();
+        assert_eq!(hashed(&ix), before);
+        // The write's own event, in a later batch than the read.
+        let seq = ix.index.last_seq().unwrap();
+        let written: HashSet<PathBuf> = [path.clone()].into();
+        ix.reconcile_written(0, vec![path.clone()], &written)
+            .unwrap();
+        ix.recheck_due().unwrap();
+        assert_eq!(sha_of(&ix, "data.bin"), Some(whole));
+        assert!(ix.index.last_seq().unwrap() > seq);
+        // Two more ends of writes, with nothing changed, before the recheck: read again once,
+        // and nothing recorded.
+        let seq = ix.index.last_seq().unwrap();
+        let before = hashed(&ix);
+        ix.reconcile_written(0, vec![path.clone()], &written)
+            .unwrap();
+        ix.reconcile_written(0, vec![path.clone()], &written)
+            .unwrap();
+        ix.recheck_due().unwrap();
+        assert_eq!(hashed(&ix), before + 1);
+        assert_eq!(ix.index.last_seq().unwrap(), seq);
+    }
+
+    #[test]
+    fn a_rescan_reads_again_a_file_read_while_a_write_may_have_run_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, _, mut ix) = read_during_a_long_write(dir.path());
+        // The write's event was lost (the kernel's queue overflowed): the root is rescanned.
+        ix.rescan(vec![0]).unwrap();
+        ix.recheck_due().unwrap();
+        let whole = zync_fs::hash_bytes(b"new-new-new-new!");
+        assert_eq!(sha_of(&ix, "data.bin"), Some(whole));
+    }
+
+    #[test]
+    fn the_end_of_a_write_in_an_old_file_that_changed_nothing_reads_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.txt");
+        std::fs::write(&path, b"settled long ago").unwrap();
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        rewrite_in_place(&path, b"settled long ago", hour_ago);
+        let (mut ix, _rx) = indexer(dir.path(), &[]);
+        ix.scan_root(0, None).unwrap();
+        let before = hashed(&ix);
+        let written: HashSet<PathBuf> = [path.clone()].into();
+        ix.reconcile_written(0, vec![path.clone()], &written)
+            .unwrap();
+        ix.rescan(vec![0]).unwrap();
+        ix.recheck_due().unwrap();
+        assert_eq!(hashed(&ix), before);
     }
 
     #[test]

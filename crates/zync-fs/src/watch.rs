@@ -3,7 +3,7 @@
 //! never misses a change (invariant 6).
 
 use notify::event::EventKindMask;
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{Config, Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -20,6 +20,10 @@ pub enum WatchEvent {
         root: usize,
         /// Absolute paths that changed (created, modified, removed or renamed).
         paths: Vec<PathBuf>,
+        /// The event is the end of a `write()` into them (inotify's `IN_MODIFY`, reported
+        /// once the write returned), not their creation, a close or a change of attributes: a
+        /// file read while that write ran may hold part of what it wrote.
+        written: bool,
     },
     /// Events were lost: rescan one root, or all of them (`None`).
     Rescan {
@@ -273,9 +277,17 @@ fn translate(roots: &[PathBuf], res: notify::Result<Event>) -> Vec<WatchEvent> {
                     by_root.entry(root).or_default().push(path.clone());
                 }
             }
+            let written = matches!(
+                event.kind,
+                EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any)
+            );
             return by_root
                 .into_iter()
-                .map(|(root, paths)| WatchEvent::Paths { root, paths })
+                .map(|(root, paths)| WatchEvent::Paths {
+                    root,
+                    paths,
+                    written,
+                })
                 .chain(cookies)
                 .collect();
         }
@@ -303,6 +315,8 @@ pub struct Batch {
     /// them; a set ordered by path compared every burst event's path component by component,
     /// a fifth of the indexer's thread in a 5,000-file burst).
     pub paths: BTreeMap<usize, HashSet<PathBuf>>,
+    /// Of those, the ones a write ended in ([`WatchEvent::Paths`]'s `written`), by root.
+    pub written: BTreeMap<usize, HashSet<PathBuf>>,
     /// Every root needs a rescan.
     pub rescan_all: bool,
     /// These roots need a rescan.
@@ -321,7 +335,19 @@ impl Batch {
     pub fn push(&mut self, event: WatchEvent) {
         self.events += 1;
         match event {
-            WatchEvent::Paths { root, paths } => self.paths.entry(root).or_default().extend(paths),
+            WatchEvent::Paths {
+                root,
+                paths,
+                written,
+            } => {
+                if written {
+                    self.written
+                        .entry(root)
+                        .or_default()
+                        .extend(paths.iter().cloned());
+                }
+                self.paths.entry(root).or_default().extend(paths)
+            }
             WatchEvent::Rescan { root: None, reason } => {
                 tracing::info!("rescanning all roots: {reason}");
                 self.rescan_all = true;
@@ -463,6 +489,7 @@ mod tests {
         WatchEvent::Paths {
             root,
             paths: vec![PathBuf::from(p)],
+            written: false,
         }
     }
 
@@ -597,6 +624,61 @@ mod tests {
         let write = Event::new(EventKind::Access(AccessKind::Close(AccessMode::Write)))
             .add_path("/r0/a".into());
         assert_eq!(translate(&roots, Ok(write)), vec![paths_event(0, "/r0/a")]);
+    }
+
+    #[test]
+    fn the_end_of_a_write_is_told_from_a_close_a_creation_and_attributes() {
+        use notify::event::{CreateKind, DataChange, MetadataKind};
+        let roots = vec![PathBuf::from("/r")];
+        let written = |kind: EventKind| {
+            let ev = Event::new(kind).add_path("/r/a".into());
+            let mut batch = Batch::default();
+            for event in translate(&roots, Ok(ev)) {
+                batch.push(event);
+            }
+            assert!(batch.paths[&0].contains(Path::new("/r/a")), "{batch:?}");
+            batch
+                .written
+                .get(&0)
+                .is_some_and(|w| w.contains(Path::new("/r/a")))
+        };
+        assert!(written(EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
+        assert!(written(EventKind::Modify(ModifyKind::Any)));
+        assert!(!written(EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(!written(EventKind::Create(CreateKind::File)));
+        assert!(!written(EventKind::Modify(ModifyKind::Metadata(
+            MetadataKind::Any
+        ))));
+    }
+
+    /// A real write reported by the watcher comes marked as one; a close after it does not
+    /// take the mark away.
+    #[test]
+    fn a_write_seen_by_the_watcher_is_marked_as_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let roots = vec![dir.path().canonicalize().expect("canonicalize")];
+        let f = roots[0].join("f");
+        fs::write(&f, b"before").expect("write");
+        let (tx, rx) = channel();
+        let _watcher = Watcher::new(&roots, tx).expect("watcher");
+        {
+            use std::io::Write;
+            let mut file = fs::File::options().write(true).open(&f).expect("open");
+            file.write_all(b"after!").expect("write");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "no write reported for {f:?}");
+            let batch = next_batch_timeout(&rx, Duration::from_millis(100), QUIET, MAX)
+                .expect("watcher channel closed");
+            if batch.written.get(&0).is_some_and(|w| w.contains(&f)) {
+                break;
+            }
+        }
     }
 
     #[test]

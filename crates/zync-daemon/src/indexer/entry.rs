@@ -269,7 +269,7 @@ pub(super) fn describe(
 }
 
 /// The time now, in nanoseconds since the Unix epoch (saturating).
-fn now_ns() -> i64 {
+pub(super) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(i64::MAX, |d| {
