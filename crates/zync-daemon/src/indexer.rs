@@ -594,7 +594,12 @@ impl Indexer {
                 continue;
             };
             self.fresh.note(i, &rel, &new, began);
-            if racy {
+            // An mtime further ahead of this clock than the window stays "fresh" until that
+            // time comes (a file unpacked with a date in the future, a server clock ahead): it
+            // was hashed again once, a window after the first time, and a write since would
+            // have moved its mtime to now.
+            let ahead = new.mtime_ns.saturating_sub(entry::now_ns()) > RACY.as_nanos() as i64;
+            if racy && !ahead {
                 self.recheck.push((i, rel.clone(), Instant::now() + RACY));
             }
             if new.sha256 != old.meta.sha256 {
@@ -1609,6 +1614,27 @@ mod tests {
         ix.rescan(vec![0]).unwrap();
         ix.recheck_due().unwrap();
         assert_eq!(hashed(&ix), before);
+    }
+
+    #[test]
+    fn a_file_dated_in_the_future_is_hashed_again_once_not_every_two_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("from-the-future.tar-member");
+        std::fs::write(&path, b"unpacked").unwrap();
+        let hour_ahead = std::time::SystemTime::now() + Duration::from_secs(3600);
+        rewrite_in_place(&path, b"unpacked", hour_ahead);
+        let (mut ix, _rx) = indexer(dir.path(), &[]);
+        ix.reconcile_paths(0, vec![path.clone()]).unwrap();
+        assert_eq!(ix.recheck.len(), 1, "hashed again once: {:?}", ix.recheck);
+        let before = hashed(&ix);
+        for _ in 0..3 {
+            for (_, _, due) in &mut ix.recheck {
+                *due = Instant::now();
+            }
+            ix.recheck_due().unwrap();
+        }
+        assert_eq!(hashed(&ix), before + 1);
+        assert!(ix.recheck.is_empty(), "{:?}", ix.recheck);
     }
 
     #[test]
