@@ -121,13 +121,13 @@ pub(crate) fn open(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Read;
     use zync_db::EntryMeta;
 
-    /// Indexes the regular file `rel` under `root` as it is now.
-    fn index_file(index: &mut Index, root: &Path, rel: &str) {
+    /// Indexes the regular file `rel` under `root` as it is now, in dir `d`.
+    pub(crate) fn index_file(index: &mut Index, root: &Path, rel: &str) {
         let Ok(zync_fs::Stat::Entry(m)) = zync_fs::lstat(&root.join(rel)) else {
             panic!("{rel} is not there to index");
         };

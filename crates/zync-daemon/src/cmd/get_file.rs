@@ -280,8 +280,11 @@ fn open_for_get(
         ));
     }
     let chunk = zync_proto::MAX_CHUNK as u64;
-    // Past the batch's budget, the content is read while it is sent instead.
-    let first_len = ((size - offset).min(chunk) as usize).min(*budget);
+    // Past the batch's budget, the content is read while it is sent instead. The first chunk is
+    // read whole or not at all: a part of it would be a short frame before full ones, more
+    // frames than the header announces, and the client gives up on the connection.
+    let whole = (size - offset).min(chunk) as usize;
+    let first_len = if whole <= *budget { whole } else { 0 };
     *budget -= first_len;
     let first = read_frame_at(&file, id, first_len, offset)
         .map_err(|e| stale(format!("cannot be read ({e})")))?;
@@ -355,6 +358,65 @@ fn read_frame_at(file: &std::fs::File, id: u64, len: usize, at: u64) -> std::io:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::indexed_file::tests::index_file;
+
+    /// Opens `rel` of dir `d` for GET_FILE as a batch would, with `budget` bytes left to read
+    /// ahead: the frames it sends, the first one already read, and the budget left.
+    fn frames_with_budget(root: &Path, rel: &str, budget: usize) -> (Vec<Vec<u8>>, usize) {
+        let mut index = Index::open_in_memory().expect("index");
+        index_file(&mut index, root, rel);
+        let mut left = budget;
+        let get = Get {
+            dir: "d".into(),
+            rel: RelPath::parse(rel).expect("path"),
+            offset: 0,
+        };
+        let (file, header, first) =
+            match open_for_get(5, &index, &mut Parents::default(), root, get, &mut left) {
+                Ok(opened) => opened,
+                Err(refusal) => panic!("refused: {}", refusal.message()),
+            };
+        // The rest as `stream_file` reads it, from where the first frame ended.
+        let mut frames = vec![first];
+        let mut sent = (frames[0].len() - zync_proto::CHUNK_HEADER) as u64;
+        while sent < header.size {
+            let want = (header.size - sent).min(zync_proto::MAX_CHUNK as u64) as usize;
+            frames.push(read_frame_at(&file, 5, want, sent).expect("read"));
+            sent += want as u64;
+        }
+        // An empty first frame is not sent: the content is read while it is sent.
+        if frames[0].len() == zync_proto::CHUNK_HEADER && header.size > 0 {
+            frames.remove(0);
+        }
+        assert_eq!(
+            frames.len() as u64,
+            header.chunks,
+            "frames against the header"
+        );
+        (frames, left)
+    }
+
+    #[test]
+    fn a_first_chunk_is_read_ahead_whole_or_not_at_all() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+        std::fs::write(tmp.path().join("big"), &big).expect("write");
+        std::fs::write(tmp.path().join("small"), b"hello").expect("write");
+        // Less than a chunk left, after a batch of small files: nothing read ahead, three full
+        // frames of the file as announced.
+        let (frames, left) = frames_with_budget(tmp.path(), "big", 32 << 10);
+        assert_eq!(left, 32 << 10);
+        assert!(frames
+            .iter()
+            .all(|f| f.len() == zync_proto::CHUNK_HEADER + zync_proto::MAX_CHUNK));
+        // Room for a whole chunk: the first is read ahead.
+        let (frames, left) = frames_with_budget(tmp.path(), "big", 8 << 20);
+        assert_eq!((frames.len(), left), (3, 7 << 20));
+        // A small file fits in what is left.
+        let (frames, left) = frames_with_budget(tmp.path(), "small", 32 << 10);
+        assert_eq!(frames, vec![[&5u64.to_be_bytes()[..], b"hello"].concat()]);
+        assert_eq!(left, (32 << 10) - 5);
+    }
 
     #[test]
     fn a_frame_holds_the_id_then_exactly_the_bytes_asked_for() {
