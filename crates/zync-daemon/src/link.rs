@@ -66,6 +66,21 @@ impl Link {
         self.ws.send(frame).await.is_ok()
     }
 
+    /// Hands a frame to the WebSocket's write buffer without waiting for it to be written:
+    /// once the frames before it have left that buffer, the frame is copied into it and
+    /// dropped. The split sink keeps a fed frame in a slot of its own until it is polled
+    /// again, so it is polled once more here; a sender that reads its next chunk only after
+    /// this returns then holds two chunks (that buffer and the one being read), not three
+    /// (docs/PROFILE.md, memory). False when the connection failed.
+    pub(crate) async fn feed_frame(&mut self, frame: Message) -> bool {
+        if self.ws.feed(frame).await.is_err() {
+            return false;
+        }
+        std::future::poll_fn(|cx| self.ws.poll_ready_unpin(cx))
+            .await
+            .is_ok()
+    }
+
     /// Sends a message; false when the connection failed.
     pub(crate) async fn send(&mut self, message: &ServerMessage) -> bool {
         self.send_frame(Message::text(message.to_json())).await
@@ -116,5 +131,71 @@ impl Link {
             reason: reason.into(),
         })))
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::tungstenite::Bytes;
+
+    use super::*;
+
+    /// A frame's bytes that say when they are freed.
+    struct Watched(Vec<u8>, Arc<AtomicBool>);
+
+    impl AsRef<[u8]> for Watched {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Both ends of a WebSocket over loopback: the daemon's, then the client's.
+    async fn pair() -> (Ws, Ws) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::spawn(async move {
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            tokio_tungstenite::client_async(format!("ws://{addr}/"), stream)
+                .await
+                .expect("client handshake")
+                .0
+        });
+        let (stream, _) = listener.accept().await.expect("accept");
+        let server = tokio_tungstenite::accept_async(stream)
+            .await
+            .expect("server handshake");
+        (server, client.await.expect("client task"))
+    }
+
+    #[tokio::test]
+    async fn a_fed_frame_is_freed_once_it_is_in_the_write_buffer_and_arrives_after_a_flush() {
+        let (server, mut client) = pair().await;
+        let mut link = Link::new(server);
+        let freed = Arc::new(AtomicBool::new(false));
+        let chunk = Watched(vec![7; zync_proto::MAX_CHUNK], Arc::clone(&freed));
+        assert!(
+            link.feed_frame(Message::binary(Bytes::from_owner(chunk)))
+                .await
+        );
+        // The sender reads its next chunk now: this one must not be held beside it.
+        assert!(
+            freed.load(Ordering::SeqCst),
+            "the frame was still held after feed_frame returned"
+        );
+        // Read while flushed: the socket need not hold the whole frame.
+        let (flushed, got) = tokio::join!(link.flush(), client.next());
+        assert!(flushed);
+        let got = got.expect("a frame").expect("a good frame");
+        assert_eq!(got.into_data(), vec![7; zync_proto::MAX_CHUNK]);
     }
 }

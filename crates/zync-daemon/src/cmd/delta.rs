@@ -7,12 +7,14 @@
 //! the index after it was read whole; then the spool is streamed to the connection through a
 //! bounded channel. Memory per request: a few windows of the file (a few pieces of 512 KiB
 //! when the client sent window hashes: only its changed windows are diffed), the signature, the
-//! in-memory spool and [`PIPE`] chunks, whatever the file size.
+//! in-memory spool and three chunks (the one being sent, [`PIPE`] waiting, one being read),
+//! whatever the file size.
 
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tempfile::SpooledData;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use zync_fs::DeltaError;
@@ -26,11 +28,15 @@ use crate::indexed_file::{self, IndexedFile};
 use crate::link::Link;
 use crate::refusal::Refusal;
 
-/// Deltas up to this size stay in memory; larger ones go to a temp file.
-const SPOOL_MEMORY: usize = 8 << 20;
+/// Deltas up to this size stay in memory (a small edit's, many times over); larger ones go to a
+/// temp file, which the page cache holds instead of the daemon (an 8 MiB spool took the
+/// daemon's peak RSS to 25 MiB on a big file rewritten whole, docs/PROFILE.md, memory).
+const SPOOL_MEMORY: usize = MAX_CHUNK;
 
-/// Chunks read ahead of the socket.
-const PIPE: usize = 4;
+/// Chunks read from the spool ahead of the socket: reading the spool is far quicker than
+/// sending, so one waiting chunk (and the next one read, waiting for room) keeps the socket
+/// busy.
+const PIPE: usize = 1;
 
 /// While the diff runs, a WebSocket ping goes out this often, so a client waiting for the reply
 /// sees frames within its stall timeout (20 s by default) even for a file that takes longer.
@@ -39,7 +45,10 @@ pub(super) const KEEPALIVE: Duration = Duration::from_secs(5);
 /// What the blocking side passes to the connection, in this order: `Ready` or `Failed`, then
 /// the chunks (or a `Failed` in place of the rest).
 enum Piece {
-    Ready { delta_size: u64 },
+    Ready {
+        delta_size: u64,
+    },
+    /// A chunk as its frame: the request's id, then the bytes.
     Chunk(Vec<u8>),
     Failed(Refusal),
 }
@@ -93,7 +102,7 @@ async fn send_delta(
     let (tx, mut rx) = mpsc::channel(PIPE);
     let signature = get.signature;
     let task =
-        tokio::task::spawn_blocking(move || produce(opened, &signature, &way, &spool_dir, &tx));
+        tokio::task::spawn_blocking(move || produce(id, opened, &signature, &way, &spool_dir, &tx));
 
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
@@ -125,15 +134,16 @@ async fn send_delta(
         return Ok(false);
     }
     for _ in 0..chunks {
-        let data = match rx.recv().await {
-            Some(Piece::Chunk(data)) => data,
+        let frame = match rx.recv().await {
+            Some(Piece::Chunk(frame)) => frame,
             Some(Piece::Failed(refusal)) => return Ok(link.send_error(Some(id), refusal).await),
             Some(Piece::Ready { .. }) | None => {
                 let refusal = task_failed(task).await;
                 return Ok(link.send_error(Some(id), refusal).await);
             }
         };
-        let frame = zync_proto::encode_chunk(id, &data);
+        // Sent whole before the next chunk is taken: with the one waiting in the channel and
+        // the one being read, three chunks at most.
         if !link.send_frame(Message::binary(frame)).await {
             return Ok(false);
         }
@@ -187,8 +197,10 @@ enum Way {
 }
 
 /// The blocking side: diff into the spool, check the file did not change, then pass the spool
-/// on in chunks. Stops early when the connection goes away (the channel closes).
+/// on in chunks, each read straight into its frame for request `id` (no zeroed buffer, no
+/// second copy). Stops early when the connection goes away (the channel closes).
 fn produce(
+    id: u64,
     opened: IndexedFile,
     signature: &[u8],
     way: &Way,
@@ -211,25 +223,23 @@ fn produce(
         let _ = tx.blocking_send(Piece::Failed(spool_failed(&e)));
         return;
     }
+    // The spool's own reads would zero each buffer first; its file's do not.
+    let mut source: Box<dyn Read> = match spool.into_inner() {
+        SpooledData::InMemory(cursor) => Box::new(cursor),
+        SpooledData::OnDisk(file) => Box::new(file),
+    };
     loop {
-        let mut data = vec![0u8; MAX_CHUNK];
-        let mut filled = 0;
-        while filled < data.len() {
-            match spool.read(&mut data[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = tx.blocking_send(Piece::Failed(spool_failed(&e)));
-                    return;
-                }
+        let mut frame = Vec::with_capacity(zync_proto::CHUNK_HEADER + MAX_CHUNK);
+        frame.extend_from_slice(&id.to_be_bytes());
+        match (&mut source).take(MAX_CHUNK as u64).read_to_end(&mut frame) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                let _ = tx.blocking_send(Piece::Failed(spool_failed(&e)));
+                return;
             }
         }
-        if filled == 0 {
-            return;
-        }
-        data.truncate(filled);
-        if tx.blocking_send(Piece::Chunk(data)).is_err() {
+        if tx.blocking_send(Piece::Chunk(frame)).is_err() {
             return;
         }
     }
@@ -359,6 +369,74 @@ pub(super) mod tests {
             size < 1100,
             "a delta against the same content is {size} bytes"
         );
+    }
+
+    /// `len` bytes of xorshift from `seed`: no block repeats, nothing matches another seed's.
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_delta_over_the_memory_spool_goes_out_in_full_frames_of_its_request_and_rebuilds_the_file()
+    {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // Rewritten whole: the delta is all literal, over two chunks and over SPOOL_MEMORY.
+        let (old, new) = (noise(1, 3 << 20), noise(2, 3 << 20));
+        let base = tmp.path().join("base");
+        std::fs::write(&base, &old).expect("write base");
+        let file = opened(tmp.path(), "f", &new);
+        let (tx, mut rx) = mpsc::channel(PIPE);
+        let (signature, spool_dir) = (signature_of(&old), tmp.path().to_path_buf());
+        let producer = std::thread::spawn(move || {
+            produce(77, file, &signature, &Way::Windows(None), &spool_dir, &tx)
+        });
+        let delta_size = match rx.blocking_recv() {
+            Some(Piece::Ready { delta_size }) => delta_size,
+            Some(Piece::Failed(refusal)) => panic!("refused: {}", refusal.message()),
+            _ => panic!("no header first"),
+        };
+        assert!(delta_size > SPOOL_MEMORY as u64 * 2, "{delta_size}");
+        let mut frames = Vec::new();
+        while let Some(piece) = rx.blocking_recv() {
+            match piece {
+                Piece::Chunk(frame) => frames.push(frame),
+                Piece::Failed(refusal) => panic!("failed: {}", refusal.message()),
+                Piece::Ready { .. } => panic!("a second header"),
+            }
+        }
+        producer.join().expect("producer");
+        assert_eq!(frames.len() as u64, delta_size.div_ceil(MAX_CHUNK as u64));
+        let mut delta = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            let (id, data) = zync_proto::decode_chunk(frame).expect("a chunk frame");
+            assert_eq!(id, 77, "frame {i}");
+            if i + 1 < frames.len() {
+                assert_eq!(data.len(), MAX_CHUNK, "frame {i} is not full");
+            }
+            // Read into the frame as allocated, never grown (and copied) on the way.
+            assert_eq!(
+                frame.capacity(),
+                zync_proto::CHUNK_HEADER + MAX_CHUNK,
+                "frame {i}"
+            );
+            delta.extend_from_slice(data);
+        }
+        assert_eq!(delta.len() as u64, delta_size);
+        let mut rebuilt = Vec::new();
+        zync_fs::delta::apply(&base, &delta[..], new.len() as u64, |piece| {
+            rebuilt.extend_from_slice(piece);
+            Ok(())
+        })
+        .expect("apply");
+        assert!(rebuilt == new, "the delta does not rebuild the file");
     }
 
     #[test]

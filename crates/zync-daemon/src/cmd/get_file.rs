@@ -148,7 +148,8 @@ async fn send_opened(
 
 /// Sends one opened file: its header, the first chunk (already read as a frame), then the
 /// rest chunk by chunk, each read with a positioned read straight into its frame while the
-/// previous one is sent (memory bounded by two chunks). Not flushed at the end.
+/// previous one is written out of the WebSocket's buffer (memory bounded by two chunks: that
+/// buffer and the chunk being read). Not flushed at the end.
 async fn stream_file(
     link: &mut Link,
     id: u64,
@@ -175,45 +176,40 @@ async fn stream_file(
         tokio::task::spawn_blocking(move || read_frame_at(&file, id, want, at))
     };
     // The first chunk was read with the checks, unless the batch's budget ran out.
-    let mut reading = None;
-    let mut next = if first.len() > zync_proto::CHUNK_HEADER {
-        Some(first)
-    } else {
-        reading = (sent < size).then(|| read(sent));
-        None
-    };
+    let mut next = (first.len() > zync_proto::CHUNK_HEADER).then_some(first);
     loop {
-        if let Some(handle) = reading.take() {
-            match handle.await {
-                Ok(Ok(frame)) => next = Some(frame),
-                Ok(Err(e)) => {
-                    // The file shrank or failed while being sent: the client drops it.
-                    tracing::warn!(path = %path, "read failed mid-transfer: {e}");
-                    let stale = Refusal::new(
-                        ErrorCode::Stale,
-                        format!(
-                            "{path} changed during the transfer; ask again after the next change"
-                        ),
-                    );
-                    return link.feed_error(Some(id), stale).await;
-                }
-                Err(e) => {
-                    let internal = Refusal::new(ErrorCode::Internal, e.to_string());
-                    return link.feed_error(Some(id), internal).await;
-                }
+        if let Some(frame) = next.take() {
+            sent += (frame.len() - zync_proto::CHUNK_HEADER) as u64;
+            if !link.feed_frame(Message::binary(frame)).await {
+                return false;
             }
         }
-        let Some(frame) = next.take() else {
-            break;
-        };
-        sent += (frame.len() - zync_proto::CHUNK_HEADER) as u64;
-        // The next chunk is read while this one is sent.
-        reading = (sent < size).then(|| read(sent));
-        if !link.send_frame(Message::binary(frame)).await {
+        if sent >= size {
+            return true;
+        }
+        // Only once a chunk is in the write buffer is the next one read, while that buffer is
+        // written out: two chunks at most.
+        let (read, flushed) = tokio::join!(read(sent), link.flush());
+        if !flushed {
             return false;
         }
+        match read {
+            Ok(Ok(frame)) => next = Some(frame),
+            Ok(Err(e)) => {
+                // The file shrank or failed while being sent: the client drops it.
+                tracing::warn!(path = %path, "read failed mid-transfer: {e}");
+                let stale = Refusal::new(
+                    ErrorCode::Stale,
+                    format!("{path} changed during the transfer; ask again after the next change"),
+                );
+                return link.feed_error(Some(id), stale).await;
+            }
+            Err(e) => {
+                let internal = Refusal::new(ErrorCode::Internal, e.to_string());
+                return link.feed_error(Some(id), internal).await;
+            }
+        }
     }
-    true
 }
 
 /// A GET_FILE opened for sending: the file, its header, and its first chunk as a frame.
