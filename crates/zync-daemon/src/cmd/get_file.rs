@@ -269,11 +269,13 @@ fn open_for_get(
         ..
     } = indexed_file::open(index, parents, root, &dir, rel)?;
     let stale = |why: String| IndexedFile::stale_refusal(&rel, &why);
+    // A client resumes from the length of a part it kept of the version it asked for, never
+    // past that version's size: a longer part is of another version than E's file is now.
     if offset > size {
-        return Err(Refusal::new(
-            ErrorCode::BadRequest,
-            format!("offset {offset} is beyond the {size} bytes of {rel}; ask from 0"),
-        ));
+        return Err(stale(format!(
+            "is now {size} bytes, shorter than the {offset} kept of the version asked for \
+             (ask from 0)"
+        )));
     }
     let chunk = zync_proto::MAX_CHUNK as u64;
     // Past the batch's budget, the content is read while it is sent instead. The first chunk is
@@ -390,6 +392,45 @@ mod tests {
             "frames against the header"
         );
         (frames, left)
+    }
+
+    #[test]
+    fn a_resume_past_the_end_of_e_s_file_is_stale_not_a_bad_request() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("f"), b"now shorter").expect("write");
+        let mut index = Index::open_in_memory().expect("index");
+        index_file(&mut index, tmp.path(), "f");
+        let get = |offset| Get {
+            dir: "d".into(),
+            rel: RelPath::parse("f").expect("path"),
+            offset,
+        };
+        let mut budget = READ_AHEAD_BYTES;
+        let open = |offset, budget: &mut usize| {
+            open_for_get(
+                7,
+                &index,
+                &mut Parents::default(),
+                tmp.path(),
+                get(offset),
+                budget,
+            )
+        };
+        // R kept 4 KiB of a longer version: E's file changed since, a newer change is coming.
+        let Err(refusal) = open(4096, &mut budget) else {
+            panic!("a resume past the end was served");
+        };
+        assert_eq!(refusal.code(), ErrorCode::Stale, "{}", refusal.message());
+        assert!(
+            refusal.message().contains("ask from 0"),
+            "{}",
+            refusal.message()
+        );
+        // Up to the end is a resume: what is left, possibly nothing.
+        let Ok((_, header, first)) = open(11, &mut budget) else {
+            panic!("a resume at the end was refused");
+        };
+        assert_eq!((header.chunks, first.len()), (0, zync_proto::CHUNK_HEADER));
     }
 
     #[test]
