@@ -916,3 +916,129 @@ fn an_upload_e_has_no_room_for_is_refused_before_it_is_sent_and_leaves_nothing_s
     assert_eq!(session["status"], "staged", "{session}");
     assert_eq!(session["files"], 1, "{session}");
 }
+
+// 8. A file R changes while it is pushed.
+
+/// Runs `zync-client --update-upstream --json` through `proxy` (300 ms each way, so that R has
+/// hashed its changes long before it sends them), runs `meanwhile` (with the proxy and the
+/// push's thread) once the push's session is open on E, and returns the run's output.
+fn push_changing_meanwhile(
+    p: &Pair,
+    meanwhile: impl FnOnce(&Proxy, &std::thread::JoinHandle<Output>),
+) -> Output {
+    let proxy = Proxy::to_port(p.daemon.port);
+    proxy.delay(Duration::from_millis(300));
+    let mut cmd = p.client.command(&proxy.url());
+    cmd.args(["--update-upstream", "--json"]);
+    let push = std::thread::spawn(move || output_within_deadline(cmd));
+    wait_until("the push to open its session on E", || {
+        proxy
+            .requests()
+            .iter()
+            .any(|r| r["operation"] == "PREPARE_UPSTREAM")
+    });
+    // R hashed its files before it opened the session; the content goes out after E's answer
+    // comes back through the proxy, 300 ms from now.
+    meanwhile(&proxy, &push);
+    push.join().expect("the push's thread")
+}
+
+#[test]
+fn a_file_changed_on_r_while_it_is_pushed_is_sent_again_as_it_is_now() {
+    let p = Pair::new(&[("a.txt", b"E's version\n"), ("b.txt", b"E's b\n")]);
+    write(&p.r.join("a.txt"), "R's first edit\n");
+    write(&p.r.join("b.txt"), "R's edit of b\n");
+    write(&p.r.join("c.txt"), "new on R, gone before it is sent\n");
+    let out = push_changing_meanwhile(&p, |_, _| {
+        // Other bytes than were hashed (the client sends as many as it announced).
+        write(
+            &p.r.join("a.txt"),
+            "R's second edit, after the push began\n",
+        );
+        // Gone: E never had it, nothing to send any more.
+        std::fs::remove_file(p.r.join("c.txt")).unwrap();
+    });
+    let (log, summary) = (stderr(&out), stdout(&out));
+    assert!(out.status.success(), "the push failed:\n{log}\n{summary}");
+    let summary: Value = serde_json::from_str(&summary).expect("the summary is JSON");
+    assert_eq!(summary["changing"], 0, "{summary}\n{log}");
+    assert_eq!(
+        summary["files"], 2,
+        "a.txt as it is now and b.txt: {summary}\n{log}"
+    );
+    assert!(
+        log.contains("a.txt") && log.contains("sending it again as it is now"),
+        "the log does not say a.txt was sent again:\n{log}"
+    );
+    let id = summary["session_id"]
+        .as_str()
+        .expect("a session")
+        .to_string();
+    assert_eq!(
+        paths_in(&show_json(p.db(), &id)),
+        BTreeSet::from(["a.txt".to_string(), "b.txt".to_string()])
+    );
+    zync_apply_code(p.db(), &["apply", &id, "--non-interactive"], 0);
+    assert_eq!(
+        read(&p.e.join("a.txt")),
+        b"R's second edit, after the push began\n"
+    );
+    assert_eq!(read(&p.e.join("b.txt")), b"R's edit of b\n");
+    assert!(!p.e.join("c.txt").exists(), "c.txt reached E");
+}
+
+#[test]
+fn a_file_that_keeps_changing_while_it_is_pushed_is_left_out_and_the_push_says_so() {
+    let p = Pair::new(&[("b.txt", b"E's b\n")]);
+    let versions = [pseudo_random(32 << 20, 1), pseudo_random(32 << 20, 2)];
+    write(&p.r.join("busy.bin"), &versions[0]);
+    write(&p.r.join("b.txt"), "R's edit of b\n");
+    let out = push_changing_meanwhile(&p, |proxy, push| {
+        // About 2.6 s per upload of busy.bin: R reads most of it long after its request.
+        proxy.delay(Duration::from_millis(5));
+        let (busy, deadline) = (p.r.join("busy.bin"), Instant::now() + DEADLINE);
+        let mut rewritten = 0;
+        while !push.is_finished() && Instant::now() < deadline {
+            let asked = proxy
+                .requests()
+                .iter()
+                .filter(|r| r["operation"] == "UPSTREAM_FILE" && r["path"] == "busy.bin")
+                .count();
+            // Each time R starts sending busy.bin, it becomes the other version in place, so
+            // R's read ends in other bytes than it hashed, every time.
+            if asked > rewritten {
+                rewritten = asked;
+                use std::io::Write;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&busy)
+                    .and_then(|mut f| f.write_all(&versions[rewritten % 2]))
+                    .unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let (log, summary) = (stderr(&out), stdout(&out));
+    // Partly sent: a script must notice.
+    assert_eq!(out.status.code(), Some(4), "{log}\n{summary}");
+    assert!(
+        log.contains("busy.bin")
+            && log.contains("it changed on R while it was sent, 3 time(s)")
+            && log.contains("push again once they are quiet"),
+        "the push does not say busy.bin was left out and what to do:\n{log}"
+    );
+    let summary: Value = serde_json::from_str(&summary).expect("the summary is JSON");
+    assert_eq!(
+        (summary["changing"].clone(), summary["files"].clone()),
+        (json!(1), json!(1)),
+        "{summary}"
+    );
+    let id = summary["session_id"]
+        .as_str()
+        .expect("b.txt's session")
+        .to_string();
+    assert_eq!(
+        paths_in(&show_json(p.db(), &id)),
+        BTreeSet::from(["b.txt".to_string()])
+    );
+}

@@ -103,7 +103,8 @@ pub struct Args {
     pub ignored: bool,
     /// With --status, --wait, --update-upstream or --dry-run: print one JSON document on
     /// stdout instead of text (shapes in the README; the push summary has session_id, files,
-    /// bytes, conflicts and skipped, session_id null when nothing was sent).
+    /// bytes, conflicts, skipped, not_sent and changing, session_id null when nothing was
+    /// sent).
     #[arg(long, requires = "json_mode")]
     pub json: bool,
     /// File holding the daemon's token (default: zync.token beside --db, if it exists).

@@ -602,9 +602,11 @@ impl Connection {
         progress: &zync_cli::progress::Progress,
     ) -> Result<UpstreamFileReply, ClientError> {
         let size = file.size;
+        // Opened before the request goes out: a file gone since it was hashed fails here, with
+        // nothing sent, and the session goes on.
+        let reader = content.map(open_for_upload).transpose()?;
         let id = self.send(Op::UpstreamFile(file)).await?;
-        if let Some(path) = content {
-            let mut reader = open_for_upload(path)?;
+        if let (Some(path), Some(mut reader)) = (content, reader) {
             let mut remaining = size;
             let mut buf = vec![0u8; zync_proto::MAX_CHUNK];
             while remaining > 0 {
@@ -714,6 +716,10 @@ impl Connection {
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.
 /// Reads a file for upload; used by [`Connection::upload`].
+/// What [`ClientError::Io`] says when a file to upload could not be opened: nothing of it was
+/// sent.
+pub const OPEN_TO_UPLOAD: &str = "open to send";
+
 fn open_for_upload(path: &std::path::Path) -> Result<std::fs::File, ClientError> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -721,7 +727,7 @@ fn open_for_upload(path: &std::path::Path) -> Result<std::fs::File, ClientError>
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|source| ClientError::Io {
-            what: "read",
+            what: OPEN_TO_UPLOAD,
             path: path.display().to_string(),
             source,
         })

@@ -67,6 +67,13 @@ pub fn main_with_args(args: Args) -> anyhow::Result<u8> {
                     );
                     Ok(exit::PARTIAL)
                 }
+                None if summary.changing > 0 => {
+                    eprintln!(
+                        "zync-client: {} file(s) not sent: they changed on R each time they were sent; push again once they are quiet",
+                        summary.changing
+                    );
+                    Ok(exit::PARTIAL)
+                }
                 None => Ok(exit::OK),
             }
         } else if args.wait {
@@ -123,6 +130,11 @@ fn print_summary(summary: &PushSummary, json: bool) -> anyhow::Result<()> {
             out,
             "nothing was staged: E refused the push before any file was staged (see below)"
         )?,
+        None if summary.changing > 0 => writeln!(
+            out,
+            "nothing was staged: {} file(s) changed on R each time they were sent (see the warnings above); push again once they are quiet",
+            summary.changing
+        )?,
         None if summary.skipped > 0 => writeln!(
             out,
             "nothing was staged: all {} changed file(s) are refused by E ({}; see the warnings above for each)",
@@ -145,6 +157,13 @@ fn print_summary(summary: &PushSummary, json: bool) -> anyhow::Result<()> {
                     out,
                     "{} file(s) not sent: E refuses their paths (see the warnings above)",
                     summary.skipped
+                )?;
+            }
+            if summary.changing > 0 {
+                writeln!(
+                    out,
+                    "{} file(s) not sent: they changed on R each time they were sent (see the warnings above); push again once they are quiet",
+                    summary.changing
                 )?;
             }
             if summary.refused.is_some() {

@@ -8,7 +8,7 @@ use zync_fs::{IgnoreRules, RelPath, Stat};
 use zync_proto::Kind;
 use zync_proto::{FinalizeUpstream, Op, PrepareUpstream, Reply, UpstreamAction, UpstreamFile};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, OPEN_TO_UPLOAD};
 use crate::error::ClientError;
 use crate::mapping::Mapping;
 
@@ -55,7 +55,13 @@ pub struct PushSummary {
     /// that raises it). What was sent before it is staged in `session_id`, if anything.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// Files not sent because they changed on R each time they were sent ([`SEND_TRIES`]
+    /// times): push again once they are quiet.
+    pub changing: u64,
 }
+
+/// How many times a file that changes on R while it is sent is sent: each time as it is then.
+pub const SEND_TRIES: usize = 3;
 
 /// R's changes in one mapping. Unchanged files are recognised by size and mtime against the
 /// synced state before any hashing; conflict copies and ignored paths are never sent.
@@ -152,15 +158,17 @@ pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, 
 
 /// Sends `changes` as one session; nothing is sent (and no session made) when empty.
 ///
-/// A path E refuses (ignored there, or one of the daemon's own files) is skipped. A file E's
-/// staging limits refuse (`too_large`) stops the push: what was sent before it is finalized
-/// so that it can be reviewed on E, and the summary's `refused` says why the rest was not
-/// sent. A session in which E staged nothing leaves nothing on E, and the summary names no
-/// session.
+/// A path E refuses (ignored there, or one of the daemon's own files) is skipped. A file that
+/// changed on R after it was hashed (E finds other bytes than its sha256 or size announced,
+/// `checksum_mismatch`) is read and sent again as it is now, up to [`SEND_TRIES`] times in
+/// all, then left out and counted in `changing`. A file E's staging limits refuse
+/// (`too_large`) stops the push: what was sent before it is finalized so that it can be
+/// reviewed on E, and the summary's `refused` says why the rest was not sent. A session in
+/// which E staged nothing leaves nothing on E, and the summary names no session.
 ///
 /// # Errors
-/// Connection errors, another refused file, or a file that changed while it was being sent
-/// (run again): the session is then left unfinalized, and the daemon aborts it.
+/// Connection errors, or another refused file: the session is then left unfinalized, and the
+/// daemon aborts it.
 pub async fn push(
     conn: &mut Connection,
     mappings: &[Mapping],
@@ -186,6 +194,7 @@ pub async fn push(
     let mut skipped_because = None;
     let mut refused = None;
     let mut not_sent = 0u64;
+    let mut changing = 0u64;
     let written = changes.iter().filter(|c| c.action == UpstreamAction::Write);
     let progress =
         Progress::start_if_large("sent", changes.len() as u64, written.map(|c| c.size).sum());
@@ -197,22 +206,62 @@ pub async fn push(
         else {
             continue;
         };
-        let request = UpstreamFile {
-            session_id: session_id.clone(),
-            dir: change.dir.clone(),
-            path: change.path.to_string(),
-            action: change.action,
-            mode: change.mode,
-            size: change.size,
-            mtime_ns: change.mtime_ns,
-            sha256: change.sha256.clone(),
-            base_sha256: change.base_sha256.clone(),
+        let mut sent = change.clone();
+        let mut tries = 1;
+        let uploaded = loop {
+            let content = match sent.action {
+                UpstreamAction::Write => Some(sent.path.to_path(root)),
+                UpstreamAction::Delete => None,
+            };
+            let request = upstream_file(&session_id, &sent);
+            // Why this attempt did not stage the file because it changed on R, if it did not.
+            let changed = match conn.upload(request, content.as_deref(), &progress).await {
+                Err(ClientError::Server {
+                    code: zync_proto::ErrorCode::ChecksumMismatch,
+                    message,
+                }) if sent.action == UpstreamAction::Write => message,
+                // Gone since it was hashed: it could not be opened, and nothing of it was sent.
+                Err(ClientError::Io {
+                    what: OPEN_TO_UPLOAD,
+                    source,
+                    ..
+                }) if sent.action == UpstreamAction::Write
+                    && source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    "it was deleted".to_string()
+                }
+                other => break Resent::Uploaded(other),
+            };
+            if tries == SEND_TRIES {
+                break Resent::StillChanging(changed);
+            }
+            tries += 1;
+            match as_it_is_now(root, &sent) {
+                Now::Send(now) => {
+                    tracing::info!(dir = %sent.dir, path = %sent.path, "changed on R while it was sent ({changed}); sending it again as it is now");
+                    sent = now;
+                }
+                Now::Gone => {
+                    tracing::info!(dir = %sent.dir, path = %sent.path, "deleted on R while it was sent, and E never had it: nothing to send");
+                    break Resent::Gone;
+                }
+                Now::Unsendable(why) => break Resent::StillChanging(why),
+            }
         };
-        let content = match change.action {
-            UpstreamAction::Write => Some(change.path.to_path(root)),
-            UpstreamAction::Delete => None,
+        let uploaded = match uploaded {
+            Resent::Uploaded(uploaded) => uploaded,
+            Resent::Gone => {
+                progress.files(1);
+                continue;
+            }
+            Resent::StillChanging(why) => {
+                tracing::warn!(dir = %change.dir, path = %change.path, "not sent: it changed on R while it was sent, {tries} time(s) ({why}); push again once it is quiet");
+                changing += 1;
+                progress.files(1);
+                continue;
+            }
         };
-        let conflict = match conn.upload(request, content.as_deref(), &progress).await {
+        let conflict = match uploaded {
             Ok(reply) => reply.conflict,
             Err(ClientError::Server {
                 code: zync_proto::ErrorCode::InvalidPath,
@@ -262,10 +311,81 @@ pub async fn push(
             skipped_because,
             not_sent,
             refused,
+            changing,
         }),
         other => Err(ClientError::Protocol(format!(
             "expected FINALIZE_UPSTREAM, got {other:?}"
         ))),
+    }
+}
+
+/// The UPSTREAM_FILE request for `change` in session `session_id`.
+fn upstream_file(session_id: &str, change: &Outgoing) -> UpstreamFile {
+    UpstreamFile {
+        session_id: session_id.to_string(),
+        dir: change.dir.clone(),
+        path: change.path.to_string(),
+        action: change.action,
+        mode: change.mode,
+        size: change.size,
+        mtime_ns: change.mtime_ns,
+        sha256: change.sha256.clone(),
+        base_sha256: change.base_sha256.clone(),
+    }
+}
+
+/// How one file's upload ended, with the attempts it took.
+enum Resent {
+    /// E answered the last attempt (the file staged, or another refusal).
+    Uploaded(Result<zync_proto::UpstreamFileReply, ClientError>),
+    /// Deleted on R meanwhile, and E never had it: nothing to send.
+    Gone,
+    /// It changed on every attempt, or became something that cannot be sent: why.
+    StillChanging(String),
+}
+
+/// What to send for a file after it changed on R while it was sent.
+enum Now {
+    /// The file as it is now (hashed again), or its deletion when E had it.
+    Send(Outgoing),
+    /// Deleted, and E never had it.
+    Gone,
+    /// No longer a regular file, or unreadable: why. `collect` would not send it either.
+    Unsendable(String),
+}
+
+/// `change` read again from R's disk under `root`, after it changed while it was sent.
+fn as_it_is_now(root: &std::path::Path, change: &Outgoing) -> Now {
+    let abs = change.path.to_path(root);
+    let deleted = || match change.base_sha256 {
+        Some(_) => Now::Send(Outgoing {
+            action: UpstreamAction::Delete,
+            mode: 0,
+            size: 0,
+            mtime_ns: 0,
+            sha256: None,
+            ..change.clone()
+        }),
+        None => Now::Gone,
+    };
+    let meta = match zync_fs::lstat(&abs) {
+        Ok(Stat::Missing) => return deleted(),
+        Ok(Stat::Entry(meta)) if meta.kind == Kind::File => meta,
+        Ok(Stat::Entry(_) | Stat::Unsupported(_)) => {
+            return Now::Unsendable("it is no longer a regular file".into())
+        }
+        Err(e) => return Now::Unsendable(format!("it cannot be read again: {e}")),
+    };
+    match zync_fs::hash_file(&abs) {
+        Ok((sha, size)) => Now::Send(Outgoing {
+            mode: meta.mode & 0o777,
+            size,
+            mtime_ns: meta.mtime_ns,
+            sha256: Some(sha),
+            ..change.clone()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => deleted(),
+        Err(e) => Now::Unsendable(format!("it cannot be read again: {e}")),
     }
 }
 
