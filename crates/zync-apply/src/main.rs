@@ -26,14 +26,14 @@ fn main() -> ExitCode {
     let cli = match cli.with_config_file(&matches) {
         Ok(cli) => cli,
         Err(e) => {
-            eprintln!("zync-apply: {e:#}");
+            eprintln!("zync-apply: {}", zync_cli::one_line(&e));
             return ExitCode::from(2);
         }
     };
     if let Err(e) =
         zync_cli::logging::init(&cli.verbosity.level(cli.log_level.as_deref(), "warn"), true)
     {
-        eprintln!("zync-apply: {e:#}");
+        eprintln!("zync-apply: {}", zync_cli::one_line(&e));
         return ExitCode::from(2);
     }
     match zync_apply::run(&cli) {
@@ -41,7 +41,10 @@ fn main() -> ExitCode {
         Err(e) if zync_apply::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // Error messages may quote paths and ids that R chose.
-            eprintln!("zync-apply: {}", zync_cli::visible::text(&format!("{e:#}")));
+            eprintln!(
+                "zync-apply: {}",
+                zync_cli::visible::text(&zync_cli::one_line(&e))
+            );
             ExitCode::FAILURE
         }
     }

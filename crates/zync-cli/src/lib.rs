@@ -27,6 +27,25 @@ pub use settings::SETTINGS;
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 
+/// `e` and its causes on one line, as `{:#}` prints them (`message: cause: cause`), but without
+/// a cause the text before it already ends with: an error that prints its source itself (as
+/// `cannot read PATH: No such file or directory (os error 2)` does) is not followed by that
+/// source a second time.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Whether the user set argument `id` (its field name) on the command line or through its
 /// environment variable, so that it beats the config file. False for a built-in default.
 pub fn given(matches: &ArgMatches, id: &str) -> bool {
@@ -48,6 +67,29 @@ pub fn merge<T>(matches: &ArgMatches, id: &str, value: &mut T, from_file: Option
 mod tests {
     use super::*;
     use clap::{Arg, Command};
+
+    /// An error that prints its source in its own message, as many of zync's do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read /r/c.txt: {source}")]
+    struct Unreadable {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn one_line_prints_each_cause_once() {
+        let gone = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::new(Unreadable { source: gone() });
+        let os = gone().to_string();
+        assert_eq!(one_line(&e), format!("cannot read /r/c.txt: {os}"));
+        // A context above it and a cause that is not repeated are both kept.
+        let e = e.context("pushing R's changes");
+        assert_eq!(
+            one_line(&e),
+            format!("pushing R's changes: cannot read /r/c.txt: {os}")
+        );
+        let e = anyhow::Error::new(gone()).context("opening the database");
+        assert_eq!(one_line(&e), format!("opening the database: {os}"));
+    }
 
     fn matches(argv: &[&str]) -> ArgMatches {
         Command::new("t")

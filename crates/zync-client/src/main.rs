@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let args = match args.with_config_file(&argv) {
         Ok(args) => args,
         Err(e) => {
-            eprintln!("zync-client: {e:#}");
+            eprintln!("zync-client: {}", zync_cli::one_line(&e));
             return ExitCode::from(2);
         }
     };
@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         &args.verbosity.level(args.log_level.as_deref(), "info"),
         false,
     ) {
-        eprintln!("zync-client: {e:#}");
+        eprintln!("zync-client: {}", zync_cli::one_line(&e));
         return ExitCode::from(2);
     }
     if args.status {
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     match zync_client::main_with_args(args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("zync-client: {e:#}");
+            eprintln!("zync-client: {}", zync_cli::one_line(&e));
             ExitCode::from(zync_client::error::exit_code(&e))
         }
     }

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let args = match args.with_config_file(&argv) {
         Ok(args) => args,
         Err(e) => {
-            eprintln!("zync-daemon: {e:#}");
+            eprintln!("zync-daemon: {}", zync_cli::one_line(&e));
             return ExitCode::from(2);
         }
     };
@@ -24,13 +24,13 @@ fn main() -> ExitCode {
         &args.verbosity.level(args.log_level.as_deref(), "info"),
         false,
     ) {
-        eprintln!("zync-daemon: {e:#}");
+        eprintln!("zync-daemon: {}", zync_cli::one_line(&e));
         return ExitCode::from(2);
     }
     match zync_daemon::main_with_args(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("zync-daemon: {e:#}");
+            eprintln!("zync-daemon: {}", zync_cli::one_line(&e));
             ExitCode::FAILURE
         }
     }
