@@ -1042,3 +1042,40 @@ fn a_file_that_keeps_changing_while_it_is_pushed_is_left_out_and_the_push_says_s
         BTreeSet::from(["b.txt".to_string()])
     );
 }
+
+#[test]
+fn a_directory_swapped_for_a_symlink_during_a_push_is_never_read_through() {
+    let p = Pair::new(&[("sub/x.txt", b"E's x\n"), ("b.txt", b"E's b\n")]);
+    write(&p.r.join("sub/x.txt"), "R's edit of x\n");
+    write(&p.r.join("b.txt"), "R's edit of b\n");
+    // Another user's trap: a file of the same name outside the root, readable by R's user.
+    let outside = p.top.join("outside");
+    write(&outside.join("x.txt"), "SECRET of R's user\n");
+    let out = push_changing_meanwhile(&p, |_, _| {
+        // R hashed sub/x.txt; before it is read to be sent, sub becomes a symlink.
+        std::fs::rename(p.r.join("sub"), p.r.join("sub.moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, p.r.join("sub")).unwrap();
+    });
+    let (log, summary) = (stderr(&out), stdout(&out));
+    assert_eq!(out.status.code(), Some(4), "{log}\n{summary}");
+    assert!(
+        log.contains("sub/x.txt") && log.contains("never reads through"),
+        "the push does not say why sub/x.txt was not sent:\n{log}"
+    );
+    let summary: Value = serde_json::from_str(&summary).expect("the summary is JSON");
+    assert_eq!(summary["changing"], 1, "{summary}");
+    let id = summary["session_id"].as_str().expect("b.txt's session");
+    assert_eq!(
+        paths_in(&show_json(p.db(), id)),
+        BTreeSet::from(["b.txt".to_string()])
+    );
+    // Nothing from outside the root reached E, staged or otherwise.
+    let secret = sha256(b"SECRET of R's user\n");
+    let staged = tree(&staging_root(p.db()), &[]);
+    assert!(
+        !staged
+            .values()
+            .any(|n| matches!(n, Node::File { sha256, .. } if *sha256 == secret)),
+        "outside content staged on E: {staged:?}"
+    );
+}

@@ -590,7 +590,8 @@ impl Connection {
     }
 
     /// Sends UPSTREAM_FILE and, for a write, the file's content as chunks read from `content`
-    /// (streamed: memory does not grow with the file); returns the daemon's verdict.
+    /// (the file, opened by the caller, and its path for messages; streamed: memory does not
+    /// grow with the file); returns the daemon's verdict.
     ///
     /// # Errors
     /// As [`Connection::call`]; a file that changed since it was hashed is refused by the
@@ -598,15 +599,12 @@ impl Connection {
     pub async fn upload(
         &mut self,
         file: UpstreamFile,
-        content: Option<&std::path::Path>,
+        content: Option<(std::fs::File, &std::path::Path)>,
         progress: &zync_cli::progress::Progress,
     ) -> Result<UpstreamFileReply, ClientError> {
         let size = file.size;
-        // Opened before the request goes out: a file gone since it was hashed fails here, with
-        // nothing sent, and the session goes on.
-        let reader = content.map(open_for_upload).transpose()?;
         let id = self.send(Op::UpstreamFile(file)).await?;
-        if let (Some(path), Some(mut reader)) = (content, reader) {
+        if let Some((mut reader, path)) = content {
             let mut remaining = size;
             let mut buf = vec![0u8; zync_proto::MAX_CHUNK];
             while remaining > 0 {
@@ -716,23 +714,6 @@ impl Connection {
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.
 /// Reads a file for upload; used by [`Connection::upload`].
-/// What [`ClientError::Io`] says when a file to upload could not be opened: nothing of it was
-/// sent.
-pub const OPEN_TO_UPLOAD: &str = "open to send";
-
-fn open_for_upload(path: &std::path::Path) -> Result<std::fs::File, ClientError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|source| ClientError::Io {
-            what: OPEN_TO_UPLOAD,
-            path: path.display().to_string(),
-            source,
-        })
-}
-
 fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {

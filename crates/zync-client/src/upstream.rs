@@ -8,7 +8,7 @@ use zync_fs::{IgnoreRules, RelPath, Stat};
 use zync_proto::Kind;
 use zync_proto::{FinalizeUpstream, Op, PrepareUpstream, Reply, UpstreamAction, UpstreamFile};
 
-use crate::connection::{Connection, OPEN_TO_UPLOAD};
+use crate::connection::Connection;
 use crate::error::ClientError;
 use crate::mapping::Mapping;
 
@@ -209,28 +209,30 @@ pub async fn push(
         let mut sent = change.clone();
         let mut tries = 1;
         let uploaded = loop {
-            let content = match sent.action {
-                UpstreamAction::Write => Some(sent.path.to_path(root)),
-                UpstreamAction::Delete => None,
-            };
             let request = upstream_file(&session_id, &sent);
             // Why this attempt did not stage the file because it changed on R, if it did not.
-            let changed = match conn.upload(request, content.as_deref(), &progress).await {
-                Err(ClientError::Server {
-                    code: zync_proto::ErrorCode::ChecksumMismatch,
-                    message,
-                }) if sent.action == UpstreamAction::Write => message,
-                // Gone since it was hashed: it could not be opened, and nothing of it was sent.
-                Err(ClientError::Io {
-                    what: OPEN_TO_UPLOAD,
-                    source,
-                    ..
-                }) if sent.action == UpstreamAction::Write
-                    && source.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    "it was deleted".to_string()
+            let changed = match sent.action {
+                UpstreamAction::Delete => {
+                    break Resent::Uploaded(conn.upload(request, None, &progress).await)
                 }
-                other => break Resent::Uploaded(other),
+                UpstreamAction::Write => match look(root, &sent.path) {
+                    There::File(opened) => {
+                        let path = sent.path.to_path(root);
+                        match conn
+                            .upload(request, Some((opened.file, &path)), &progress)
+                            .await
+                        {
+                            Err(ClientError::Server {
+                                code: zync_proto::ErrorCode::ChecksumMismatch,
+                                message,
+                            }) => message,
+                            other => break Resent::Uploaded(other),
+                        }
+                    }
+                    // Nothing of it was sent: the session goes on.
+                    There::Missing => "it was deleted".to_string(),
+                    There::Other(why) => break Resent::StillChanging(why),
+                },
             };
             if tries == SEND_TRIES {
                 break Resent::StillChanging(changed);
@@ -354,37 +356,77 @@ enum Now {
     Unsendable(String),
 }
 
+/// What R has at a path now, looked up from the root without following a symlink in any
+/// component: another user on R can swap a directory on the path for a symlink at any
+/// instant, and zync never reads through one (the content would be from outside the root).
+enum There {
+    /// A regular file, open to read.
+    File(zync_fs::OpenedFile),
+    /// Nothing.
+    Missing,
+    /// Something that cannot be sent: why.
+    Other(String),
+}
+
+/// What R has at `rel` under `root` now (see [`There`]).
+fn look(root: &std::path::Path, rel: &RelPath) -> There {
+    let dir = match zync_fs::Dir::parent_of(root, rel) {
+        Ok(dir) => dir,
+        Err(zync_fs::FsError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return There::Missing
+        }
+        Err(zync_fs::FsError::SymlinkInPath { path }) => {
+            return There::Other(format!(
+                "{} on its path is now a symlink, and zync never reads through one",
+                path.display()
+            ))
+        }
+        Err(e) => return There::Other(e.to_string()),
+    };
+    match dir.open_file_to_read(rel.file_name()) {
+        Ok(Some(opened)) => There::File(opened),
+        Ok(None) => match dir.lstat(rel.file_name()) {
+            Ok(Stat::Missing) => There::Missing,
+            _ => There::Other("it is no longer a regular file".into()),
+        },
+        Err(e) => There::Other(format!("it cannot be read: {e}")),
+    }
+}
+
 /// `change` read again from R's disk under `root`, after it changed while it was sent.
 fn as_it_is_now(root: &std::path::Path, change: &Outgoing) -> Now {
-    let abs = change.path.to_path(root);
-    let deleted = || match change.base_sha256 {
-        Some(_) => Now::Send(Outgoing {
-            action: UpstreamAction::Delete,
-            mode: 0,
-            size: 0,
-            mtime_ns: 0,
-            sha256: None,
-            ..change.clone()
-        }),
-        None => Now::Gone,
-    };
-    let meta = match zync_fs::lstat(&abs) {
-        Ok(Stat::Missing) => return deleted(),
-        Ok(Stat::Entry(meta)) if meta.kind == Kind::File => meta,
-        Ok(Stat::Entry(_) | Stat::Unsupported(_)) => {
-            return Now::Unsendable("it is no longer a regular file".into())
+    use std::os::unix::fs::PermissionsExt;
+    let mut opened = match look(root, &change.path) {
+        There::File(opened) => opened,
+        There::Missing => {
+            return match change.base_sha256 {
+                Some(_) => Now::Send(Outgoing {
+                    action: UpstreamAction::Delete,
+                    mode: 0,
+                    size: 0,
+                    mtime_ns: 0,
+                    sha256: None,
+                    ..change.clone()
+                }),
+                None => Now::Gone,
+            }
         }
-        Err(e) => return Now::Unsendable(format!("it cannot be read again: {e}")),
+        There::Other(why) => return Now::Unsendable(why),
     };
-    match zync_fs::hash_file(&abs) {
-        Ok((sha, size)) => Now::Send(Outgoing {
-            mode: meta.mode & 0o777,
+    let hashed = opened.file.metadata().and_then(|meta| {
+        let (sha, size) = zync_fs::hash_open(&mut opened.file, opened.size)?;
+        Ok((sha, size, meta.permissions().mode()))
+    });
+    match hashed {
+        Ok((sha, size, mode)) => Now::Send(Outgoing {
+            mode: mode & 0o777,
             size,
-            mtime_ns: meta.mtime_ns,
+            mtime_ns: opened.mtime_ns,
             sha256: Some(sha),
             ..change.clone()
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => deleted(),
         Err(e) => Now::Unsendable(format!("it cannot be read again: {e}")),
     }
 }
