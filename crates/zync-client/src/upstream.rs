@@ -55,8 +55,9 @@ pub struct PushSummary {
     /// that raises it). What was sent before it is staged in `session_id`, if anything.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
-    /// Files not sent because they changed on R each time they were sent ([`SEND_TRIES`]
-    /// times): push again once they are quiet.
+    /// Files not sent because they changed on R each of the [`SEND_TRIES`] times they were
+    /// sent, or became something that is not sent (not a regular file, or behind a symlink on
+    /// their path): push again once they are quiet.
     pub changing: u64,
 }
 
@@ -161,7 +162,8 @@ pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, 
 /// A path E refuses (ignored there, or one of the daemon's own files) is skipped. A file that
 /// changed on R after it was hashed (E finds other bytes than its sha256 or size announced,
 /// `checksum_mismatch`) is read and sent again as it is now, up to [`SEND_TRIES`] times in
-/// all, then left out and counted in `changing`. A file E's staging limits refuse
+/// all, then left out and counted in `changing`, as is one that is no longer a regular file
+/// or lies behind a symlink on its path (files are opened from the root, never through one). A file E's staging limits refuse
 /// (`too_large`) stops the push: what was sent before it is finalized so that it can be
 /// reviewed on E, and the summary's `refused` says why the rest was not sent. A session in
 /// which E staged nothing leaves nothing on E, and the summary names no session.
