@@ -919,6 +919,14 @@ fn an_upload_e_has_no_room_for_is_refused_before_it_is_sent_and_leaves_nothing_s
 
 // 8. A file R changes while it is pushed.
 
+/// The paths staged in the session a push's JSON `summary` names.
+fn staged_paths(p: &Pair, summary: &Value) -> BTreeSet<String> {
+    let id = summary["session_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the push staged no session: {summary}"));
+    paths_in(&show_json(p.db(), id))
+}
+
 /// Runs `zync-client --update-upstream --json` through `proxy` (300 ms each way, so that R has
 /// hashed its changes long before it sends them), runs `meanwhile` (with the proxy and the
 /// push's thread) once the push's session is open on E, and returns the run's output.
@@ -970,14 +978,14 @@ fn a_file_changed_on_r_while_it_is_pushed_is_sent_again_as_it_is_now() {
         log.contains("a.txt") && log.contains("sending it again as it is now"),
         "the log does not say a.txt was sent again:\n{log}"
     );
+    assert_eq!(
+        staged_paths(&p, &summary),
+        BTreeSet::from(["a.txt".to_string(), "b.txt".to_string()])
+    );
     let id = summary["session_id"]
         .as_str()
         .expect("a session")
         .to_string();
-    assert_eq!(
-        paths_in(&show_json(p.db(), &id)),
-        BTreeSet::from(["a.txt".to_string(), "b.txt".to_string()])
-    );
     zync_apply_code(p.db(), &["apply", &id, "--non-interactive"], 0);
     assert_eq!(
         read(&p.e.join("a.txt")),
@@ -1033,12 +1041,8 @@ fn a_file_that_keeps_changing_while_it_is_pushed_is_left_out_and_the_push_says_s
         (json!(1), json!(1)),
         "{summary}"
     );
-    let id = summary["session_id"]
-        .as_str()
-        .expect("b.txt's session")
-        .to_string();
     assert_eq!(
-        paths_in(&show_json(p.db(), &id)),
+        staged_paths(&p, &summary),
         BTreeSet::from(["b.txt".to_string()])
     );
 }
@@ -1064,9 +1068,8 @@ fn a_directory_swapped_for_a_symlink_during_a_push_is_never_read_through() {
     );
     let summary: Value = serde_json::from_str(&summary).expect("the summary is JSON");
     assert_eq!(summary["changing"], 1, "{summary}");
-    let id = summary["session_id"].as_str().expect("b.txt's session");
     assert_eq!(
-        paths_in(&show_json(p.db(), id)),
+        staged_paths(&p, &summary),
         BTreeSet::from(["b.txt".to_string()])
     );
     // Nothing from outside the root reached E, staged or otherwise.

@@ -328,10 +328,10 @@ pub(super) mod tests {
         }
     }
 
-    /// 300 KB without repeated blocks (xorshift).
-    pub(in crate::cmd) fn content() -> Vec<u8> {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        (0..300_000)
+    /// `len` bytes of xorshift from `seed`: no block repeats, nothing matches another seed's.
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -339,6 +339,11 @@ pub(super) mod tests {
                 (x >> 32) as u8
             })
             .collect()
+    }
+
+    /// 300 KB without repeated blocks (xorshift).
+    pub(in crate::cmd) fn content() -> Vec<u8> {
+        noise(0x2545_f491_4f6c_dd1d, 300_000)
     }
 
     fn signature_of(bytes: &[u8]) -> Vec<u8> {
@@ -369,19 +374,6 @@ pub(super) mod tests {
             size < 1100,
             "a delta against the same content is {size} bytes"
         );
-    }
-
-    /// `len` bytes of xorshift from `seed`: no block repeats, nothing matches another seed's.
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect()
     }
 
     #[test]
