@@ -227,6 +227,47 @@ impl Side {
         }
     }
 
+    /// E's file at `root/rel` as `probe` saw it (`sha256`): read through the directory handles,
+    /// never through a symlink in the path, so another user who swaps a parent for a symlink
+    /// between the look and the read cannot put a decoy in the diff. Content that no longer
+    /// hashes to what the look saw is not shown: the diff would not be of the file apply
+    /// would replace.
+    fn read_on_e(root: &Path, rel: &RelPath, sha256: &str) -> Side {
+        let path = rel.to_path(root);
+        let changed = || {
+            Side::Unreadable(format!(
+                "{} changed while it was read; run this again to see it as it is now",
+                path.display()
+            ))
+        };
+        let opened = match Dir::parent_of(root, rel) {
+            Ok(dir) => dir.open_file_to_read(rel.file_name()),
+            Err(e) => return Side::Unreadable(format!("cannot read {}: {e}", path.display())),
+        };
+        let mut opened = match opened {
+            Ok(Some(opened)) => opened,
+            Ok(None) => return changed(),
+            Err(e) => return Side::Unreadable(format!("cannot read {}: {e}", path.display())),
+        };
+        if opened.size > MAX_DIFF_BYTES {
+            return Side::TooLarge(opened.size);
+        }
+        let mut data = Vec::new();
+        if let Err(e) = (&mut opened.file)
+            .take(MAX_DIFF_BYTES + 1)
+            .read_to_end(&mut data)
+        {
+            return Side::Unreadable(format!("cannot read {}: {e}", path.display()));
+        }
+        if data.len() as u64 > MAX_DIFF_BYTES {
+            return Side::TooLarge(data.len() as u64);
+        }
+        if zync_fs::hash_bytes(&data) != sha256 {
+            return changed();
+        }
+        Side::Content(data)
+    }
+
     fn size(&self) -> u64 {
         match self {
             Side::Empty | Side::Unreadable(_) => 0,
@@ -253,7 +294,9 @@ fn raw_diff(root: &Path, rel: &RelPath, file: &StagedFile, session_dir: &Path) -
     };
     let (old, old_label) = match &current {
         Current::Missing => (Side::Empty, "/dev/null".to_string()),
-        Current::File { .. } => (Side::read(&rel.to_path(root)), format!("a/{name} (E)")),
+        Current::File { sha256, .. } => {
+            (Side::read_on_e(root, rel, sha256), format!("a/{name} (E)"))
+        }
         Current::Other(what) => return format!("{name}: E has {what} there; not diffed\n"),
     };
     let mode = match (file.action, &current) {
@@ -393,5 +436,76 @@ mod tests {
             assert!(session_file(d, Some(bad), "staged").is_err(), "{bad}");
         }
         assert!(session_file(d, None, "staged").is_err());
+    }
+
+    /// Another user on E swaps E's directory `d` with a symlink to a directory of theirs
+    /// holding a decoy `f.txt` (`renameat2(RENAME_EXCHANGE)` in a loop) while the conflict's
+    /// diff is made: the diff is of E's own file or says it changed, never of the decoy.
+    #[test]
+    fn a_parent_swapped_for_a_symlink_never_puts_a_decoy_in_the_diff() {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let f = crate::testkit::Fixture::new();
+        f.e_write("d/f.txt", b"E's line\n");
+        let id = "00000000-0000-4000-8000-000000000001";
+        f.stage(
+            id,
+            &[crate::testkit::write(
+                "d/f.txt",
+                b"R's line\n",
+                Some(b"older\n"),
+            )],
+        );
+        let file = f.file(id, "d/f.txt");
+        let theirs = f.root.with_file_name("theirs");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        std::fs::write(theirs.join("f.txt"), b"decoy line\n").expect("write");
+        let link = f.root.with_file_name("link");
+        symlink(&theirs, &link).expect("symlink");
+        let cstr = |p: &Path| CString::new(p.as_os_str().as_bytes()).expect("no NUL");
+        let (d, other) = (cstr(&f.root.join("d")), cstr(&link));
+        let stop = AtomicBool::new(false);
+        let swaps = AtomicU64::new(0);
+        let (mut diffs, mut own, mut decoy) = (0u32, 0u32, None);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: both are NUL-terminated paths that outlive the call.
+                    let rc = unsafe {
+                        libc::renameat2(
+                            libc::AT_FDCWD,
+                            d.as_ptr(),
+                            libc::AT_FDCWD,
+                            other.as_ptr(),
+                            libc::RENAME_EXCHANGE,
+                        )
+                    };
+                    assert_eq!(rc, 0, "renameat2: {}", io::Error::last_os_error());
+                    swaps.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            let started = std::time::Instant::now();
+            while started.elapsed() < std::time::Duration::from_secs(2) || own < 50 {
+                let shown = diff(&f.root, &rel("d/f.txt"), &file, &f.session_dir(id));
+                diffs += 1;
+                if shown.contains("decoy") {
+                    // Asserted once the swapper has stopped: a panic here would wait for it.
+                    decoy = Some(shown);
+                    break;
+                }
+                own += u32::from(shown.contains("-E's line"));
+                if started.elapsed() > std::time::Duration::from_secs(20) {
+                    break;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert_eq!(decoy, None, "diff {diffs} shows the decoy");
+        assert!(
+            swaps.load(Ordering::Relaxed) > 100,
+            "the swapper barely ran"
+        );
+        assert!(own > 20, "only {own} of {diffs} diffs showed E's file");
     }
 }
