@@ -184,7 +184,7 @@ pub fn show(
             .as_deref()
             .filter(|w| !matches!(*w, "missing" | "file"))
         {
-            notes.push_str(&format!("  (E has {what} there)"));
+            notes.push_str(&format!("  (E has {} there)", visible::line(what)));
         }
         if let Some(why) = r.control {
             notes.push_str(&format!("  CONTROL FILE: {why}"));
@@ -395,6 +395,26 @@ mod tests {
         }
         kept.push_str(rest);
         kept
+    }
+
+    /// A file on E whose name R chose in an earlier session, and R's path beneath it now:
+    /// what E has there is described with that name, made visible.
+    #[test]
+    fn what_e_has_under_a_name_r_chose_is_shown_as_it_is() {
+        let fx = Fixture::new();
+        fx.e_write("e\x1b]0;x\x07", b"a file\n");
+        fx.stage("esc-1", &[write("e\x1b]0;x\x07/f", b"f\n", None)]);
+        let mut p = ScriptedPrompter::new([]);
+        for args in [
+            &["show", "esc"][..],
+            &["show", "esc", "--diff", "--color", "never"],
+        ] {
+            let (r, out) = fx.run(args, &mut p);
+            r.expect("show");
+            let raw = raw_controls(&out);
+            assert!(raw.is_empty(), "{args:?} printed {raw:?} in {out:?}");
+            assert!(out.contains("e^[]0;x^G"), "{args:?}: {out}");
+        }
     }
 
     #[test]
