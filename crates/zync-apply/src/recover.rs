@@ -123,8 +123,11 @@ fn resolve_one(
     fileops::remove_temps_beside(root, &rel)?;
     let current = probe::probe(root, &rel)?;
     let done = match (file.action, &current) {
+        // The content and the mode: a change of mode only leaves the content as it was, and
+        // the rename that brings R's mode is then all the change there is.
         (Action::Write, Current::File { sha256, .. }) => {
             Some(sha256.as_str()) == file.sha256.as_deref()
+                && probe::mode_change(file, &current).is_none()
         }
         (Action::Delete, Current::Missing) => true,
         _ => false,
@@ -441,6 +444,40 @@ mod tests {
             fx.e_read("mod.txt").as_deref(),
             Some(&b"edited on E after the crash\n"[..])
         );
+    }
+
+    /// R made a file private without changing it; a run killed after its intent, before the
+    /// rename that brings the mode, has not applied it, though E's content is already R's.
+    #[test]
+    fn a_mode_only_change_interrupted_before_its_rename_is_applied_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |fx: &Fixture| {
+            std::fs::metadata(fx.root.join("key.txt"))
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        let fx = Fixture::new();
+        fx.e_write("key.txt", b"secret\n");
+        std::fs::set_permissions(
+            fx.root.join("key.txt"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+        fx.stage(
+            ID,
+            &[write("key.txt", b"secret\n", Some(b"secret\n")).mode(0o600)],
+        );
+        crashpoint::arm(Step::Intent, 0);
+        let (r, out) = fx.run(&["apply", ID, "--non-interactive"], &mut no_prompts());
+        assert!(crashpoint::is_crash(&r.expect_err("crash")), "{out}");
+        assert_eq!(mode(&fx), 0o644, "the crash came before the rename");
+        let (r, out) = fx.run(&["apply", ID, "--non-interactive"], &mut no_prompts());
+        r.expect("apply again");
+        assert!(out.contains("had not changed E"), "{out}");
+        assert_eq!(mode(&fx), 0o600, "{out}");
+        assert_eq!(fx.state(ID, "key.txt"), FileState::Applied);
     }
 
     #[test]
