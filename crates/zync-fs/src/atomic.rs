@@ -269,17 +269,26 @@ impl AtomicFile {
     /// makes, so that a file that cannot fit is not sent over the network first. Small files,
     /// and file systems that do not reserve, are not checked.
     ///
+    /// The file's directory is reached as it is for writing ([`Dir::parent_of`]): by path, a
+    /// directory another local user swapped for a FIFO (or a symlink to one) would be opened
+    /// and waited on forever. A directory that is not there yet (or cannot be opened) has
+    /// nothing to check.
+    ///
     /// # Errors
     ///
     /// [`FsError::NoSpace`] when there is not room for `len` bytes after `claimed` (and a few
-    /// MiB to spare).
+    /// MiB to spare); as [`check_parents`] when a component of the directory's path is a
+    /// symlink or not a directory (the download could not be written there either).
     pub fn check_room(root: &Path, rel: &RelPath, len: u64, claimed: u64) -> Result<(), FsError> {
         if len < RESERVE_MIN {
             return Ok(());
         }
-        let dir = rel
-            .parent()
-            .map_or_else(|| root.to_path_buf(), |p| p.to_path(root));
+        let dir = match Dir::parent_of(root, rel) {
+            Ok(dir) => dir,
+            Err(e) if e.is_permanent() => return Err(e),
+            // Missing, or unreadable: the writes will tell.
+            Err(_) => return Ok(()),
+        };
         crate::space::check_room(&dir, len, claimed)
             .map_err(|e| FsError::io_or_no_space("check the free space for", rel.to_path(root), e))
     }
@@ -412,9 +421,29 @@ impl AtomicFile {
         Ok(partial)
     }
 
+    /// The length of the partial download of `rel` with content `sha256` that
+    /// [`AtomicFile::resume`] would continue from, or 0 when there is none it would trust (see
+    /// there). Looked at through the directory's handle, as the resume opens it.
+    pub fn resume_offset(root: &Path, rel: &RelPath, sha256: &str) -> u64 {
+        let Ok(dir) = Dir::parent_of(root, rel) else {
+            return 0;
+        };
+        match open_partial(&dir, &partial_name(rel, sha256), false) {
+            Ok(Some((_, len))) => len,
+            Ok(None) | Err(_) => 0,
+        }
+    }
+
     /// Continues a partial download of `rel` with content `sha256`, if one was kept: the bytes
     /// already there are hashed again (cheaper than fetching them) and writing appends.
-    /// Returns `None` when there is no partial.
+    /// Returns `None` when there is no partial, or none zync can trust as its own: in a
+    /// directory another local user can write to, they can put their own file at the partial's
+    /// name (and read what is appended to it), or a hard link to one of this user's files
+    /// elsewhere (and have it appended to, outside the root: invariant 3). Only a regular file
+    /// reached without a symlink, owned by this user, with no other link and no permission
+    /// bits but the owner's read and write (zync's temp files are made 0600) is resumed;
+    /// anything else is left alone, never opened for writing, and the download starts over in
+    /// a temp file of its own ([`remove_partials`] removes the name once the file is in place).
     ///
     /// # Errors
     ///
@@ -424,8 +453,7 @@ impl AtomicFile {
         let name = partial_name(rel, sha256);
         let partial = dir.path_of(&name);
         use std::io::{Read, Seek};
-        let Some(mut file) = dir
-            .open_file(&name, true)
+        let Some((mut file, _)) = open_partial(&dir, &name, true)
             .map_err(|e| FsError::io("open partial download", &partial, e))?
         else {
             return Ok(None);
@@ -772,6 +800,34 @@ impl Drop for Sealed {
             }
         }
     }
+}
+
+/// Opens the partial download `name` in `dir` (to append to it when `write`) if it is one
+/// zync made and may go on with (see [`AtomicFile::resume`]): a regular file, reached without
+/// following a symlink and without blocking on a FIFO ([`Dir::open_file`]), owned by this
+/// process's effective user, with one link, and no permission bits but `0o600`. Judged by
+/// `fstat` of the descriptor opened, so the file judged is the one written. Returns it and its
+/// length; `None` for anything else. Opening one to write changes nothing in it (no
+/// `O_TRUNC`, no `O_CREAT`): a refused file is closed untouched.
+fn open_partial(dir: &Dir, name: &str, write: bool) -> std::io::Result<Option<(File, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(file) = dir.open_file(name, write)? else {
+        return Ok(None);
+    };
+    let st = file.metadata()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if st.uid() != euid || st.nlink() != 1 || st.mode() & 0o7777 & !0o600 != 0 {
+        tracing::debug!(
+            path = %dir.path_of(name).display(),
+            uid = st.uid(),
+            links = st.nlink(),
+            mode = format_args!("{:o}", st.mode() & 0o7777),
+            "not resuming from a partial download zync did not make as it stands"
+        );
+        return Ok(None);
+    }
+    Ok(Some((file, st.len())))
 }
 
 /// The name of the partial download of `rel` with content `sha256`, in `rel`'s directory.
@@ -1286,6 +1342,141 @@ mod tests {
             .is_none());
     }
 
+    /// Runs `f` on a thread of its own and returns what it returned, or fails the test if it
+    /// takes longer than a few seconds (a call blocked on a FIFO, say) instead of hanging it.
+    fn in_time<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(5)) {
+            Ok(out) => out,
+            Err(e) => panic!("{what}: no answer within 5 s ({e}): it blocked"),
+        }
+    }
+
+    /// R's user's file outside the root, and a hard link to it at the name of the partial
+    /// download of `big` in the root, as another local user who can write in the root (and
+    /// link to the file) would put it: zync must not resume from it, which appends E's bytes
+    /// to the file outside the root, nor change it in any way.
+    #[test]
+    fn a_partial_hard_linked_to_a_file_elsewhere_is_never_resumed_nor_written() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (r, outside) = (tmp.path().join("root"), tmp.path().join("outside"));
+        fs::create_dir(&r).expect("mkdir");
+        fs::create_dir(&outside).expect("mkdir");
+        let precious = outside.join("precious");
+        fs::write(&precious, b"R's user's own file").expect("write");
+        // Otherwise just like zync's own partial: this user's, 0600.
+        fs::set_permissions(&precious, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let before = fs::metadata(&precious).expect("stat");
+        let content = crate::testkit::noise(100_000, 1);
+        let sha = hash_bytes(&content);
+        let partial = AtomicFile::partial_path(&r, &rel("big"), &sha);
+        fs::hard_link(&precious, &partial).expect("link");
+
+        assert_eq!(AtomicFile::resume_offset(&r, &rel("big"), &sha), 0);
+        let resumed = AtomicFile::resume(&r, &rel("big"), &sha).expect("resume");
+        assert!(resumed.is_none(), "resumed from a hard link: {resumed:?}");
+        // The download starts over in a temp file of its own and lands at its name.
+        let mut f = AtomicFile::create(&r, &rel("big")).expect("create");
+        f.write(&content).expect("write");
+        f.commit(&sha, 0o644, 0).expect("commit");
+        crate::remove_partials(&r, &rel("big"));
+        assert_eq!(fs::read(r.join("big")).expect("read"), content);
+        let after = fs::metadata(&precious).expect("stat");
+        assert_eq!(
+            fs::read(&precious).expect("read"),
+            b"R's user's own file",
+            "the file outside the root was written"
+        );
+        assert_eq!(
+            (after.len(), after.mtime(), after.mtime_nsec()),
+            (before.len(), before.mtime(), before.mtime_nsec())
+        );
+        assert!(!partial.exists(), "the link's name is left");
+    }
+
+    /// A partial download that anyone else could have put there or can read (another owner,
+    /// group or other bits, a symlink, a FIFO) is not resumed: offset 0, `None`, and it is
+    /// left as it was. Zync's own (this user's, 0600, one link) is.
+    #[test]
+    fn a_partial_others_may_own_or_read_is_never_resumed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path().to_path_buf();
+        let sha = "f".repeat(64);
+        let partial = AtomicFile::partial_path(&r, &rel("big"), &sha);
+        let kept = [3u8; 4096];
+        let refused = |why: &str| {
+            assert_eq!(
+                AtomicFile::resume_offset(&r, &rel("big"), &sha),
+                0,
+                "{why}: measured"
+            );
+            let (root, sha2) = (r.clone(), sha.clone());
+            let resumed = in_time(why, move || {
+                AtomicFile::resume(&root, &rel("big"), &sha2)
+                    .expect("resume")
+                    .map(|f| f.written())
+            });
+            assert_eq!(resumed, None, "{why}: resumed");
+        };
+        fs::write(&partial, kept).expect("write");
+        for mode in [0o666, 0o644, 0o640, 0o604, 0o2600] {
+            fs::set_permissions(&partial, fs::Permissions::from_mode(mode)).expect("chmod");
+            refused(&format!("mode {mode:o}"));
+            assert_eq!(fs::read(&partial).expect("read"), kept, "mode {mode:o}");
+        }
+        fs::set_permissions(&partial, fs::Permissions::from_mode(0o600)).expect("chmod");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            // nobody's.
+            std::os::unix::fs::chown(&partial, Some(65534), Some(65534)).expect("chown");
+            refused("another owner");
+            std::os::unix::fs::chown(&partial, Some(0), Some(0)).expect("chown");
+        }
+        assert_eq!(AtomicFile::resume_offset(&r, &rel("big"), &sha), 4096);
+        let resumed = AtomicFile::resume(&r, &rel("big"), &sha)
+            .expect("resume")
+            .expect("zync's own partial");
+        assert_eq!(resumed.written(), 4096);
+        resumed.keep_partial(&sha).expect("keep");
+        // A symlink to a file that would pass, and a FIFO: not followed, not waited on.
+        let theirs = tmp.path().join("theirs");
+        fs::rename(&partial, &theirs).expect("rename");
+        symlink(&theirs, &partial).expect("symlink");
+        refused("a symlink");
+        fs::remove_file(&partial).expect("remove");
+        crate::testkit::fifo(&partial);
+        refused("a FIFO");
+    }
+
+    /// Another local user swaps the directory a big download goes to for a FIFO, or a symlink
+    /// to one, right before the client checks its free space: the check must fail at once, not
+    /// open the FIFO and wait for a writer forever.
+    #[test]
+    fn the_room_check_never_blocks_on_a_fifo_put_for_the_directory() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path().join("root");
+        fs::create_dir(&r).expect("mkdir");
+        crate::testkit::fifo(&r.join("p"));
+        crate::testkit::fifo(&tmp.path().join("theirs"));
+        symlink(r.join("p"), r.join("l")).expect("symlink");
+        symlink(tmp.path().join("theirs"), r.join("out")).expect("symlink");
+        for name in ["p/big", "l/big", "out/big"] {
+            let root = r.clone();
+            let checked = in_time(name, move || {
+                AtomicFile::check_room(&root, &rel(name), 1 << 30, 0)
+            });
+            match checked {
+                Err(FsError::NotADirectory { .. } | FsError::SymlinkInPath { .. }) => {}
+                other => panic!("{name}: expected a refusal, got {other:?}"),
+            }
+        }
+        // A directory that is not there (yet) has nothing to check.
+        AtomicFile::check_room(&r, &rel("not/there/big"), u64::MAX / 2, 0).expect("no directory");
+    }
+
     #[test]
     fn partials_of_a_path_are_removed_once_it_is_complete() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1374,6 +1565,8 @@ mod tests {
         let sha = "e".repeat(64);
         let partial = AtomicFile::partial_path(r, &rel("big"), &sha);
         fs::write(&partial, [5u8; 4096]).expect("write");
+        // As zync's own temp files are: no one else may read it.
+        fs::set_permissions(&partial, fs::Permissions::from_mode(0o600)).expect("chmod");
         // A run killed after reserving: the partial holds blocks past its end.
         let reserves = {
             let f = fs::OpenOptions::new()

@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::os::fd::AsFd;
 
 /// What [`reserve`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,11 +23,12 @@ pub(crate) enum Reserve {
 const SPARE: u64 = 16 << 20;
 
 /// The bytes free for unprivileged users (what `df` shows as available) on the file system
-/// holding `file`, when it is one [`reserve`] works on; `None` elsewhere, or when it cannot
-/// be examined.
+/// holding `file` (a file, or a directory's handle), when it is one [`reserve`] works on;
+/// `None` elsewhere, or when it cannot be examined.
 #[cfg(target_os = "linux")]
-fn free_where_reserving(file: &File) -> Option<u64> {
+fn free_where_reserving(file: impl AsFd) -> Option<u64> {
     use std::os::fd::AsRawFd;
+    let file = file.as_fd();
     const EXT_MAGIC: i64 = 0xEF53;
     const XFS_MAGIC: i64 = 0x5846_5342;
     const TMPFS_MAGIC: i64 = 0x0102_1994;
@@ -71,19 +72,23 @@ fn room(needed: u64, claimed: u64, free: u64) -> io::Result<()> {
 /// reserve them; anywhere else, and when `dir` cannot be examined, there is nothing to check
 /// and the writes will tell.
 ///
+/// `dir` is an open handle ([`crate::Dir`], reached from the root without following a
+/// symlink), never a path opened here: another local user can swap the directory for a FIFO,
+/// or a symlink to one, at any instant, and a plain `open` of it waits for a writer forever.
+///
 /// # Errors
 ///
 /// [`io::ErrorKind::StorageFull`] when there is not room for them.
 #[cfg(target_os = "linux")]
-pub(crate) fn check_room(dir: &Path, needed: u64, claimed: u64) -> io::Result<()> {
-    match File::open(dir).ok().as_ref().and_then(free_where_reserving) {
+pub(crate) fn check_room(dir: impl AsFd, needed: u64, claimed: u64) -> io::Result<()> {
+    match free_where_reserving(dir) {
         Some(free) => room(needed, claimed, free),
         None => Ok(()),
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn check_room(_dir: &Path, _needed: u64, _claimed: u64) -> io::Result<()> {
+pub(crate) fn check_room(_dir: impl AsFd, _needed: u64, _claimed: u64) -> io::Result<()> {
     Ok(())
 }
 
@@ -165,15 +170,14 @@ mod tests {
     fn a_directory_is_checked_where_files_are_reserved() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let probe = File::create(tmp.path().join("probe")).expect("create");
+        let dir = crate::Dir::open_root(tmp.path()).expect("open");
         if reserves_here(&probe) {
-            let e = check_room(tmp.path(), u64::MAX / 2, 0).expect_err("4 EiB fit");
+            let e = check_room(&dir, u64::MAX / 2, 0).expect_err("4 EiB fit");
             assert_eq!(e.kind(), io::ErrorKind::StorageFull);
-            check_room(tmp.path(), 1 << 20, 0).expect("1 MiB fits");
-            check_room(tmp.path(), 1 << 20, u64::MAX / 2).expect_err("1 MiB after 4 EiB fit");
+            check_room(&dir, 1 << 20, 0).expect("1 MiB fits");
+            check_room(&dir, 1 << 20, u64::MAX / 2).expect_err("1 MiB after 4 EiB fit");
         } else {
-            check_room(tmp.path(), u64::MAX / 2, 0).expect("nothing is checked here");
+            check_room(&dir, u64::MAX / 2, 0).expect("nothing is checked here");
         }
-        // A directory that is not there (yet) has nothing to check.
-        check_room(&tmp.path().join("not/there"), u64::MAX / 2, 0).expect("no directory");
     }
 }
