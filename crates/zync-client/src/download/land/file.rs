@@ -5,7 +5,6 @@
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
-use zync_proto::Kind;
 
 use zync_db::Synced;
 use zync_fs::checkpoint::WINDOW as CHECKPOINT_WINDOW;
@@ -292,14 +291,16 @@ impl Pending {
     }
 
     /// Where the download starts: the length of a partial download of this very content kept
-    /// by an earlier attempt (as rsync's `--partial`), else 0.
+    /// by an earlier attempt (as rsync's `--partial`), else 0. Only a partial that
+    /// [`AtomicFile::resume`] would go on with counts (zync's own, looked at through the
+    /// directory's handle): one another local user put there is downloaded over from 0 in a
+    /// temp file of its own, not resumed, and does not fail the download.
     pub fn resume_offset(&self) -> u64 {
         if !self.partial {
             return 0;
         }
-        let partial = AtomicFile::partial_path(&self.root, &self.rel, self.sha256());
-        match zync_fs::lstat(&partial) {
-            Ok(Stat::Entry(m)) if m.kind == Kind::File && m.size <= self.size => m.size,
+        match AtomicFile::resume_offset(&self.root, &self.rel, self.sha256()) {
+            len if len <= self.size => len,
             _ => 0,
         }
     }
@@ -529,34 +530,54 @@ impl Pending {
         }
     }
 
-    /// Copies content R already has (a file E renamed or copied) from `source` into a sealed
-    /// temp file, verified like a download.
+    /// Copies content R already has (a file E renamed or copied) from `source`, a file in
+    /// this file's root, into a sealed temp file, verified like a download.
+    ///
+    /// Another local user can swap a directory on the source's path for a symlink, or the
+    /// source for a FIFO or a huge sparse file, at any instant. So the source is opened from
+    /// the root's handle without following a symlink in any component (invariant 3
+    /// (docs/ARCHITECTURE.md): nothing from outside the root is read into it either), without
+    /// waiting on a FIFO, only if it is a regular file of the expected size, and at most the
+    /// expected size and one byte more are read from it: a longer file fails at once. The
+    /// caller then downloads the file instead.
     ///
     /// # Errors
-    /// When `source` cannot be read or no longer holds the content.
+    /// When `source` is not a regular file of the expected size in the root, reached without a
+    /// symlink, cannot be read, or no longer holds the content.
     pub fn copy_from(&self, source: &Path) -> Result<Box<Ready>, ClientError> {
         let p = self;
-        use std::os::unix::fs::OpenOptionsExt;
-        let io = |source_err| ClientError::Io {
+        let refused = |why: String| ClientError::Io {
             what: "copy",
             path: source.display().to_string(),
-            source: source_err,
+            source: std::io::Error::other(why),
         };
-        let mut input = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(source)
-            .map_err(io)?;
+        let rel = source
+            .strip_prefix(&*p.root)
+            .ok()
+            .and_then(Path::to_str)
+            .and_then(|rel| RelPath::parse(rel).ok())
+            .ok_or_else(|| refused("it is not a path in the synced directory".into()))?;
+        let dir = zync_fs::Dir::parent_of(&p.root, &rel)?;
+        let mut input = match dir.open_file_to_read(rel.file_name()) {
+            Ok(Some(opened)) if opened.size == p.size => opened.file,
+            Ok(Some(opened)) => {
+                return Err(refused(format!(
+                    "it holds {} bytes, not the {} expected",
+                    opened.size, p.size
+                )))
+            }
+            Ok(None) => return Err(refused("it is missing or not a regular file".into())),
+            Err(e) => {
+                return Err(ClientError::Io {
+                    what: "copy",
+                    path: source.display().to_string(),
+                    source: e,
+                })
+            }
+        };
         let mut file = AtomicFile::create(&p.root, &p.rel)?;
         file.reserve(p.size)?;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = input.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            file.write(&buf[..n])?;
-        }
+        copy_at_most(&mut input, p.size, &mut file, source)?;
         let sealed = file.seal(p.sha256(), p.record.mode, p.record.mtime_ns)?;
         Ok(Box::new(Ready {
             rel: p.rel.clone(),
@@ -568,6 +589,45 @@ impl Pending {
         }))
     }
 }
+
+/// Copies `input` to its end into `file`, reading at most `size` bytes and one more: a source
+/// that turns out longer than `size` (it grew since it was opened) fails as soon as that one
+/// more byte is read, with nothing past `size` written. `source` names it in errors.
+fn copy_at_most(
+    input: &mut impl Read,
+    size: u64,
+    file: &mut AtomicFile,
+    source: &Path,
+) -> Result<(), ClientError> {
+    let io = |e| ClientError::Io {
+        what: "copy",
+        path: source.display().to_string(),
+        source: e,
+    };
+    let limit = size.saturating_add(1);
+    let cap = usize::try_from(limit).map_or(COPY_PIECE, |n| n.clamp(1, COPY_PIECE));
+    let mut input = input.take(limit);
+    let mut buf = vec![0u8; cap];
+    let mut copied = 0u64;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
+        };
+        copied += n as u64;
+        if copied > size {
+            return Err(io(std::io::Error::other(format!(
+                "it is longer than the {size} bytes expected"
+            ))));
+        }
+        file.write(&buf[..n])?;
+    }
+}
+
+/// The largest read of a local copy.
+const COPY_PIECE: usize = 256 << 10;
 
 /// A complete, verified file waiting for its rename (after its batch was made durable).
 pub struct Ready {
@@ -611,7 +671,8 @@ impl Ready {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zync_proto::{GetDelta, GetWindows, Op, Request};
+    use std::path::PathBuf;
+    use zync_proto::{GetDelta, GetWindows, Kind, Op, Request};
 
     /// A big file's download, with `ask` as its delta request.
     fn pending(ask: Ask) -> Pending {
@@ -633,6 +694,152 @@ mod tests {
         );
         pending.delta = Some(Box::new(ask));
         pending
+    }
+
+    /// A root `tmp/root` holding nothing, and the download of `content` to its `new`.
+    fn copy_fixture(content: &[u8]) -> (tempfile::TempDir, Arc<Path>, Pending) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root: Arc<Path> = Arc::from(tmp.path().join("root"));
+        std::fs::create_dir(&root).expect("mkdir");
+        let record = Synced {
+            kind: Kind::File,
+            size: content.len() as u64,
+            mtime_ns: 1_000_000_000,
+            mode: 0o644,
+            sha256: Some(zync_fs::hash_bytes(content)),
+            target: None,
+        };
+        let rel = RelPath::parse("new").expect("path");
+        let pending = Pending::new(&root, rel, Stat::Missing, false, record);
+        (tmp, root, pending)
+    }
+
+    /// Makes a FIFO at `path`, as another local user may put one where a file was.
+    fn fifo(path: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL");
+        // SAFETY: a valid NUL-terminated path; mkfifo reads it only.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    }
+
+    /// What is in `root` (names), sorted.
+    fn names(root: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(root)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Runs a local copy of `pending` from `source` on a thread of its own; fails the test
+    /// (instead of hanging it) if it takes more than a few seconds.
+    fn copy_in_time(pending: Pending, source: PathBuf) -> Result<(), ClientError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(pending.copy_from(&source).map(|_| ()));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("the copy did not end within 5 s ({e}): it blocked"))
+    }
+
+    /// Another local user puts a FIFO, or a symlink to one, where the copy's source was: the
+    /// copy fails at once (and the file is downloaded instead), never waits for a writer.
+    #[test]
+    fn a_fifo_as_a_copy_source_fails_at_once_and_never_blocks() {
+        for link in [false, true] {
+            let (tmp, root, pending) = copy_fixture(b"content");
+            let source = if link {
+                fifo(&tmp.path().join("theirs"));
+                std::os::unix::fs::symlink(tmp.path().join("theirs"), root.join("src"))
+                    .expect("symlink");
+                root.join("src")
+            } else {
+                fifo(&root.join("src"));
+                root.join("src")
+            };
+            let copied = copy_in_time(pending, source);
+            assert!(copied.is_err(), "link {link}: copied from a FIFO");
+            assert_eq!(names(&root), ["src"], "link {link}: left behind");
+        }
+    }
+
+    /// The source's directory is swapped for a symlink to another user's directory holding a
+    /// file with the very content wanted: it is not read through the symlink (the download
+    /// from E takes over), and nothing is made in the root.
+    #[test]
+    fn a_copy_source_behind_a_symlinked_parent_is_not_read_through() {
+        let content = b"the content E has";
+        let (tmp, root, pending) = copy_fixture(content);
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        std::fs::write(theirs.join("f"), content).expect("write");
+        std::os::unix::fs::symlink(&theirs, root.join("d")).expect("symlink");
+        let copied = copy_in_time(pending, root.join("d/f"));
+        assert!(
+            matches!(
+                copied,
+                Err(ClientError::Fs(zync_fs::FsError::SymlinkInPath { .. }))
+            ),
+            "read through a symlinked parent: {copied:?}"
+        );
+        assert_eq!(names(&root), ["d"], "left behind");
+        // A source outside the root altogether is refused too.
+        let (_tmp, root, pending) = copy_fixture(content);
+        let copied = copy_in_time(pending, theirs.join("f"));
+        assert!(copied.is_err(), "copied from outside the root");
+        assert!(names(&root).is_empty(), "left behind: {:?}", names(&root));
+    }
+
+    /// A source longer than expected (a huge sparse file, say) fails without being read: the
+    /// error is the refusal, not the sha256 check after a whole copy. (Only 64 MiB here: a
+    /// copy without a bound would fill the disk with a sparse terabyte's zeros.)
+    #[test]
+    fn a_copy_source_longer_than_expected_fails_without_being_copied() {
+        let content = b"short";
+        let (_tmp, root, pending) = copy_fixture(content);
+        let big = std::fs::File::create(root.join("src")).expect("create");
+        big.set_len(64 << 20).expect("a sparse 64 MiB");
+        drop(big);
+        match pending.copy_from(&root.join("src")) {
+            Err(ClientError::Io { what: "copy", .. }) => {}
+            Err(e) => panic!("expected the copy refused before reading, got {e:?}"),
+            Ok(_) => panic!("copied 64 MiB for 5 bytes"),
+        }
+        assert_eq!(names(&root), ["src"], "left behind");
+    }
+
+    /// A source that grows while it is copied (its size was right when it was opened) is read
+    /// no further than the expected size and one byte, and nothing past the expected size is
+    /// written.
+    #[test]
+    fn a_copy_reads_at_most_one_byte_past_the_expected_size() {
+        /// Zeros without end (up to a cap, so a broken bound cannot hang the test), counted.
+        struct Endless(u64);
+        impl Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf
+                    .len()
+                    .min(usize::try_from((64u64 << 20) - self.0).unwrap_or(0));
+                buf[..n].fill(0);
+                self.0 += n as u64;
+                Ok(n)
+            }
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let rel = RelPath::parse("new").expect("path");
+        for size in [0u64, 1, 1000, 300_000] {
+            let mut file = AtomicFile::create(tmp.path(), &rel).expect("create");
+            let mut input = Endless(0);
+            let copied = copy_at_most(&mut input, size, &mut file, Path::new("src"));
+            assert!(copied.is_err(), "size {size}: an endless source copied");
+            assert!(input.0 <= size + 1, "size {size}: read {} bytes", input.0);
+            assert!(
+                file.written() <= size,
+                "size {size}: wrote {}",
+                file.written()
+            );
+        }
     }
 
     /// What the pipeline counts a request as ([`Pending::ask_bytes`] with `fetch.rs`'s fixed
