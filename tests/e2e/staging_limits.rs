@@ -2,8 +2,9 @@
 //! docs/ARCHITECTURE.md; docs/PROTOCOL.md "Staging limits"). Each limit refuses with its value
 //! and the flag that raises it and loses nothing staged before; an upload that stalls gives its
 //! room back; the daemon's own files are never accepted as upstream paths; a push E stages
-//! nothing of leaves nothing; a path sent twice keeps one staged file; `zync-apply drop` and
-//! `gc` remove what they should and nothing else.
+//! nothing of leaves nothing; a path sent twice keeps one staged file; a session left
+//! unfinished leaves neither files nor rows; `zync-apply drop` and `gc` remove what they should
+//! and nothing else.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -396,7 +397,139 @@ async fn an_empty_session_and_a_re_sent_path_leave_nothing_extra_staged() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 5. drop and gc (and expiry at a daemon start) remove what they should and nothing else.
+// 5. Abandoned sessions leave nothing: not their files, not their rows in E's database.
+
+/// Rows of `upstream_files` in the daemon's database at `db` belonging to one of `sessions`.
+fn file_rows(db: &Path, sessions: &[&str]) -> i64 {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open db read-only");
+    sessions
+        .iter()
+        .map(|id| {
+            conn.query_row(
+                "SELECT count(*) FROM upstream_files WHERE session_id = ?1",
+                [id],
+                |row| row.get::<_, i64>(0),
+            )
+            .expect("count rows")
+        })
+        .sum()
+}
+
+/// Opens a session on `peer` and stages `deletes` deletes of long paths that exist nowhere
+/// (accepted: a delete carries no content); returns the session.
+async fn abandon_deletes(peer: &mut Peer, round: usize, deletes: usize) -> String {
+    let s = peer.prepare_upstream().await;
+    let long = format!("{}/{}", "d".repeat(200), "e".repeat(200));
+    for k in 0..deletes {
+        peer.ok(json!({
+            "operation": "UPSTREAM_FILE", "session_id": s, "dir": "code",
+            "path": format!("{long}/{round}-{k}"), "action": "delete",
+        }))
+        .await;
+    }
+    s
+}
+
+#[tokio::test]
+async fn abandoned_sessions_leave_no_rows_in_the_database_and_nothing_staged() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (e, mut daemon) = daemon_with(tmp.path(), &[("keep.txt", b"on E\n")], &[]);
+    let db = daemon.db.clone();
+    let staging = staging_root(&db);
+    let e_before = tree(&e, &[]);
+
+    // A hostile R's loop: open a session, send hundreds of deletes, leave; again and again.
+    let mut hostile = Vec::new();
+    for round in 0..4 {
+        let (mut peer, _) = Peer::authenticated(&daemon, "hostile-r").await;
+        let s = abandon_deletes(&mut peer, round, 300).await;
+        assert_eq!(file_rows(&db, &[s.as_str()]), 300, "round {round}: staged");
+        drop(peer);
+        wait_until(&format!("round {round}: the session to be aborted"), || {
+            session(&db, &s)["status"] == "aborted"
+        });
+        hostile.push(s);
+    }
+    assert_eq!(
+        file_rows(&db, &hostile.iter().map(String::as_str).collect::<Vec<_>>()),
+        0,
+        "the abandoned sessions' rows stay in E's database"
+    );
+
+    // An honest push cut off before FINALIZE_UPSTREAM: nothing of it stays staged either.
+    let (mut honest, _) = Peer::authenticated(&daemon, "honest-r").await;
+    let h = honest.prepare_upstream().await;
+    honest.upload_ok(&h, "new.txt", b"R's new file\n").await;
+    assert!(staging.join(&h).exists(), "the upload is staged");
+    drop(honest);
+    wait_until("the honest session to be aborted", || {
+        session(&db, &h)["status"] == "aborted" && !staging.join(&h).exists()
+    });
+    assert_eq!(session(&db, &h)["files"], 0, "{}", session(&db, &h));
+    assert_eq!(file_rows(&db, &[h.as_str()]), 0);
+    assert!(
+        zync_apply_json(&db, &["list", "--json"])
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "an aborted session is pending"
+    );
+    assert!(names_in(&staging).is_empty(), "{:?}", names_in(&staging));
+
+    // A daemon killed mid-upload leaves a session receiving, rows and all: the next start
+    // aborts it and deletes them. A staged session is not touched.
+    let (mut peer, _) = Peer::authenticated(&daemon, "hostile-r").await;
+    let staged = abandon_deletes(&mut peer, 10, 200).await;
+    assert_eq!(finalize(&mut peer, &staged).await["files"], 200);
+    let killed = abandon_deletes(&mut peer, 11, 200).await;
+    daemon.kill();
+    drop(peer);
+    assert_eq!(
+        file_rows(&db, &[killed.as_str()]),
+        200,
+        "before the restart"
+    );
+    let state = tmp.path().join("state");
+    let mut again = Daemon::start_with(&state, &[("code", &e)], &[]);
+    again.wait_scanned();
+    assert_eq!(session(&db, &killed)["status"], "aborted");
+    assert_eq!(
+        file_rows(&db, &[killed.as_str()]),
+        0,
+        "the start kept the rows of the session it aborted"
+    );
+    assert!(!staging.join(&killed).exists());
+    assert_eq!(session(&db, &staged)["status"], "staged");
+    assert_eq!(
+        file_rows(&db, &[staged.as_str()]),
+        200,
+        "a staged session lost rows"
+    );
+
+    // An older zync left its aborted sessions' rows in full: the next start deletes them.
+    again.stop();
+    rusqlite::Connection::open(&db)
+        .expect("open db")
+        .execute(
+            "UPDATE upstream_sessions SET status = 'aborted' WHERE id = ?1",
+            [&staged],
+        )
+        .expect("abort the old way");
+    std::fs::remove_dir_all(staging.join(&staged)).expect("an older zync removed its files");
+    let third = Daemon::start_with(&state, &[("code", &e)], &[]);
+    third.wait_scanned();
+    assert_eq!(
+        file_rows(&db, &[staged.as_str()]),
+        0,
+        "the start kept the rows of a session an older zync aborted"
+    );
+    assert!(names_in(&staging).is_empty(), "{:?}", names_in(&staging));
+    assert_eq!(tree(&e, &[]), e_before, "E changed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. drop and gc (and expiry at a daemon start) remove what they should and nothing else.
 
 /// Makes session `id` `days` days older in the daemon's database.
 fn age(db: &Path, id: &str, days: i64) {

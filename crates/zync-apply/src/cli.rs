@@ -56,7 +56,8 @@ pub struct Cli {
 pub enum Command {
     /// List staged sessions (pending ones unless --all).
     List {
-        /// Every session, also applied, undone, aborted and still-receiving ones.
+        /// Every session, also applied, undone, expired, dropped and still-receiving ones, and
+        /// the last aborted ones (their files are gone).
         #[arg(long)]
         all: bool,
         /// Print a JSON array instead of text.

@@ -1,7 +1,10 @@
 //! `zync-apply gc`: what the daemon does to the staging area at its start, on demand. Staged
 //! sessions nobody touched for longer than the daemon's `--staging-max-age` (or
 //! `--older-than`) expire: their staged files are removed and they are marked `expired`
-//! (`zync_db::expire`, the daemon's own rule). Partly applied sessions are kept and named.
+//! (`zync_db::expire`, the daemon's own rule). A session that an `apply` is working on right
+//! now (it holds the session's lock, `lock.rs`) is left alone and named busy: it is still
+//! `staged` until that run ends, but its directory already holds the backups of E's files the
+//! run replaced. Partly applied sessions are kept and named.
 //! Directories in the staging area that no session owns are removed (`zync_db::leftover_dirs`).
 //! E's directories are never touched.
 
@@ -12,6 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 use zync_cli::units::{format_bytes, format_duration};
 
+use crate::lock::SessionLock;
 use crate::session::{self, SessionJson};
 
 /// The daemon's default `--staging-max-age`.
@@ -22,6 +26,7 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 struct Report {
     older_than_secs: u64,
     expired: Vec<SessionJson>,
+    busy: Vec<SessionJson>,
     kept_partial: Vec<SessionJson>,
     removed_dirs: Vec<String>,
 }
@@ -34,7 +39,9 @@ struct Report {
 /// should go could not be removed (after doing everything else).
 pub fn gc(db: &Path, max_age: Duration, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let index = session::open_index(db)?;
-    let expiry = zync_db::expire(&index, db, max_age, zync_db::now_unix())?;
+    let expiry = zync_db::expire(&index, db, max_age, zync_db::now_unix(), |dir| {
+        SessionLock::try_dir(dir, "gc")
+    })?;
     let mut failures: Vec<String> = expiry
         .failures
         .iter()
@@ -52,6 +59,7 @@ pub fn gc(db: &Path, max_age: Duration, json: bool, out: &mut dyn Write) -> anyh
         let report = Report {
             older_than_secs: max_age.as_secs(),
             expired: expiry.expired.iter().map(SessionJson::from).collect(),
+            busy: expiry.busy.iter().map(SessionJson::from).collect(),
             kept_partial: expiry.kept_partial.iter().map(SessionJson::from).collect(),
             removed_dirs: removed.iter().map(|d| d.display().to_string()).collect(),
         };
@@ -72,6 +80,15 @@ pub fn gc(db: &Path, max_age: Duration, json: bool, out: &mut dyn Write) -> anyh
         for dir in &removed {
             writeln!(out, "removed {}: no session owns it", dir.display())?;
         }
+        for s in &expiry.busy {
+            writeln!(
+                out,
+                "kept session {}: busy, staged {}, older than {age}; a run holds its lock (an \
+                 apply at its prompt), so a later gc expires it if it is still untouched then",
+                s.id,
+                session::local_time(s.created_unix)
+            )?;
+        }
         for s in &expiry.kept_partial {
             writeln!(
                 out,
@@ -83,8 +100,10 @@ pub fn gc(db: &Path, max_age: Duration, json: bool, out: &mut dyn Write) -> anyh
         }
         writeln!(
             out,
-            "gc: {} older than {age} expired, {} removed; E's directories were not touched",
+            "gc: {} older than {age} expired, {} busy, {} removed; E's directories were not \
+             touched",
             session::count(expiry.expired.len() as u64, "session"),
+            expiry.busy.len(),
             session::count(removed.len() as u64, "leftover directory")
                 .replace("directorys", "directories")
         )?;
@@ -100,7 +119,12 @@ pub fn gc(db: &Path, max_age: Duration, json: bool, out: &mut dyn Write) -> anyh
 
 #[cfg(test)]
 mod tests {
-    use crate::prompt::ScriptedPrompter;
+    use std::collections::VecDeque;
+    use std::path::PathBuf;
+
+    use crate::lock::SessionLock;
+    use crate::outcome::Outcome;
+    use crate::prompt::{title, Choice, Prompter, Question, ScriptedPrompter};
     use crate::testkit::{write, Fixture};
     use zync_db::SessionStatus;
 
@@ -169,5 +193,138 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
         assert_eq!(v["expired"].as_array().map(Vec::len), Some(0), "{v}");
         assert_eq!(v["older_than_secs"], 86_400);
+    }
+
+    /// What [`GcAtPrompt`] saw when gc ran at its second question.
+    #[derive(Debug)]
+    struct SeenAtPrompt {
+        gc: String,
+        status: SessionStatus,
+        backup: Option<Vec<u8>>,
+    }
+
+    /// An interactive user who answers from a script and, at the second question (the first
+    /// file already applied and backed up), runs `zync-apply gc` from another terminal.
+    struct GcAtPrompt<'a> {
+        fx: &'a Fixture,
+        id: &'a str,
+        answers: VecDeque<Choice>,
+        asked: usize,
+        seen: Option<SeenAtPrompt>,
+    }
+
+    impl Prompter for GcAtPrompt<'_> {
+        fn is_interactive(&self) -> bool {
+            true
+        }
+
+        fn choose(&mut self, q: &Question<'_>, _: &[Choice]) -> anyhow::Result<Choice> {
+            self.asked += 1;
+            if self.asked == 2 {
+                let mut out = Vec::new();
+                let r = super::gc(&self.fx.db, super::DEFAULT_MAX_AGE, false, &mut out);
+                let backup =
+                    self.fx.file(self.id, "a.txt").backup_name.and_then(|name| {
+                        std::fs::read(self.fx.session_dir(self.id).join(name)).ok()
+                    });
+                self.seen = Some(SeenAtPrompt {
+                    gc: format!("{}{r:?}", String::from_utf8_lossy(&out)),
+                    status: self.fx.status(self.id),
+                    backup,
+                });
+            }
+            self.answers
+                .pop_front()
+                .ok_or_else(|| anyhow::anyhow!("no answer left for {}", title(q)))
+        }
+
+        fn show(&mut self, _: &str) {}
+    }
+
+    #[test]
+    fn gc_during_an_interactive_apply_keeps_the_session_and_the_backups_undo_needs() {
+        const ID: &str = "eeee1111-2222-4333-8444-555566667777";
+        let fx = Fixture::new();
+        fx.e_write("a.txt", b"E's original\n");
+        fx.stage(
+            ID,
+            &[
+                write("a.txt", b"R\n", Some(b"E's original\n")),
+                write("b.txt", b"b\n", None),
+            ],
+        );
+        age(&fx, ID, 40);
+        let mut user = GcAtPrompt {
+            fx: &fx,
+            id: ID,
+            answers: [Choice::Apply, Choice::Quit].into(),
+            asked: 0,
+            seen: None,
+        };
+        let (r, out) = fx.run(&["apply", ID], &mut user);
+        r.expect("apply");
+        let seen = user.seen.take().expect("gc ran at the second question");
+        assert_eq!(
+            seen.status,
+            SessionStatus::Staged,
+            "an apply at its prompt keeps the session staged: {seen:?}"
+        );
+        assert_eq!(
+            seen.backup.as_deref(),
+            Some(&b"E's original\n"[..]),
+            "gc removed the backup of the file the apply had replaced: {seen:?}"
+        );
+        assert!(
+            seen.gc.contains(&format!("kept session {ID}: busy")) && seen.gc.contains("Ok(())"),
+            "{seen:?}"
+        );
+        assert_eq!(fx.e_read("a.txt").as_deref(), Some(&b"R\n"[..]), "{out}");
+        assert_eq!(fx.status(ID), SessionStatus::Partial, "{out}");
+
+        // The backup is still there for undo: E's original comes back.
+        let mut p = ScriptedPrompter::new([]);
+        let (r, out) = fx.run(&["undo", ID], &mut p);
+        assert_eq!(r.expect("undo"), Outcome::Done, "{out}");
+        assert_eq!(fx.e_read("a.txt").as_deref(), Some(&b"E's original\n"[..]));
+    }
+
+    #[test]
+    fn gc_leaves_a_locked_session_with_its_backups_and_expires_it_once_free() {
+        let fx = Fixture::new();
+        fx.stage(OLD, &[write("x.txt", b"x", None)]);
+        age(&fx, OLD, 40);
+        // As an apply holds it, with a backup of E's file already in the directory.
+        let backup: PathBuf = fx.session_dir(OLD).join("backup-000001");
+        std::fs::write(&backup, b"E's original").expect("backup");
+        let held = SessionLock::acquire(&fx.db, OLD, "apply").expect("hold");
+        let mut p = ScriptedPrompter::new([]);
+
+        let (r, out) = fx.run(&["gc", "--older-than", "30d", "--json"], &mut p);
+        r.expect("gc");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["expired"].as_array().map(Vec::len), Some(0), "{v}");
+        assert_eq!(v["busy"][0]["id"], OLD, "{v}");
+        assert_eq!(fx.status(OLD), SessionStatus::Staged);
+        assert_eq!(
+            std::fs::read(&backup).ok().as_deref(),
+            Some(&b"E's original"[..]),
+            "the held session's backup was removed"
+        );
+
+        // Once the apply is over (here: without touching the session), gc expires it.
+        drop(held);
+        let (r, out) = fx.run(&["gc", "--older-than", "30d"], &mut p);
+        r.expect("gc once free");
+        assert!(out.contains(&format!("expired session {OLD}")), "{out}");
+        assert!(
+            out.contains("1 session older than 30d expired, 0 busy"),
+            "{out}"
+        );
+        assert_eq!(fx.status(OLD), SessionStatus::Expired);
+        assert!(!fx.session_dir(OLD).exists());
+        // An apply that comes after finds it expired, and the lock it takes changes nothing.
+        let (r, _) = fx.run(&["apply", OLD, "--non-interactive"], &mut p);
+        let err = format!("{:#}", r.expect_err("expired"));
+        assert!(err.contains("is expired"), "{err}");
     }
 }

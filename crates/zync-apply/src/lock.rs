@@ -1,8 +1,12 @@
-//! One `apply` or `undo` at a time on a session. Two runs interleaving their steps on one
-//! session would each back up, write and record the same files, and recovery (`recover.rs`)
-//! would take the other run's live intent records for a crash. So each run holds an exclusive
-//! `flock` on `apply.lock` in the session's staging directory from before it looks at the
-//! session's files until it has finished; a second run is refused at once, naming the holder.
+//! One `apply` or `undo` at a time on a session, and no expiry under either. Two runs
+//! interleaving their steps on one session would each back up, write and record the same
+//! files, and recovery (`recover.rs`) would take the other run's live intent records for a
+//! crash; and expiry (`gc`, or the daemon at its start) would remove the backups of a run that
+//! is still going, since a session stays `staged` until its run ends. So each run holds an
+//! exclusive `flock` on [`zync_db::SESSION_LOCK_FILE`] in the session's staging directory from
+//! before it looks at the session's files until it has finished, and expiry takes the same
+//! lock before it touches a session; a second run is refused at once, naming the holder, and
+//! expiry leaves a busy session alone.
 //!
 //! An flock, not a database row: the kernel releases it when its holder ends, even by
 //! `kill -9` or a power cut, so a dead run can never leave the session locked. The file only
@@ -12,10 +16,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
+use zync_db::SESSION_LOCK_FILE;
 use zync_fs::{LockFile, Locked};
-
-/// The lock file's name inside the session directory.
-pub(crate) const LOCK_FILE: &str = "apply.lock";
 
 /// Who holds the lock, as written into the lock file.
 #[derive(Debug, Serialize, Deserialize)]
@@ -41,28 +43,42 @@ impl SessionLock {
     /// created or opened (it is a symlink or not a regular file, or an I/O error).
     pub(crate) fn acquire(db: &Path, session_id: &str, command: &str) -> anyhow::Result<Self> {
         let dir = zync_db::session_dir(db, session_id);
-        // The session directory is zync's own and private; a session whose staged files are
-        // gone may have lost it, and the lock still needs a place.
-        zync_fs::create_private_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join(LOCK_FILE);
-        let holder = Holder {
-            pid: std::process::id(),
-            command: command.to_string(),
-            started_unix: chrono::Local::now().timestamp(),
-        };
-        // Only for the message of a refused run.
-        let note = serde_json::to_vec(&holder).unwrap_or_default();
-        match zync_fs::try_lock(&path, &note)
-            .with_context(|| format!("cannot lock {}", path.display()))?
-        {
+        let path = dir.join(SESSION_LOCK_FILE);
+        match take(&dir, command).with_context(|| format!("cannot lock {}", path.display()))? {
             Locked::Held(lock) => Ok(SessionLock { _lock: lock }),
             Locked::Busy(note) => bail!("{}", busy_message(session_id, &path, &note)),
         }
     }
+
+    /// Locks the session whose staging directory is `dir` for `command` if nobody holds it:
+    /// `Ok(None)` when someone does. What `zync_db::expire` is given, for `gc`.
+    ///
+    /// # Errors
+    ///
+    /// As [`SessionLock::acquire`], except that a held lock is `Ok(None)`.
+    pub(crate) fn try_dir(dir: &Path, command: &str) -> std::io::Result<Option<Self>> {
+        Ok(match take(dir, command)? {
+            Locked::Held(lock) => Some(SessionLock { _lock: lock }),
+            Locked::Busy(_) => None,
+        })
+    }
 }
 
-/// The refusal: who holds the lock, when it is known.
+/// Takes the lock in the session directory `dir` (made when missing: a session whose staged
+/// files are gone may have lost it, and the lock still needs a place), noting who holds it.
+fn take(dir: &Path, command: &str) -> std::io::Result<Locked> {
+    let holder = Holder {
+        pid: std::process::id(),
+        command: command.to_string(),
+        started_unix: chrono::Local::now().timestamp(),
+    };
+    // Only for the message of a refused run.
+    let note = serde_json::to_vec(&holder).unwrap_or_default();
+    zync_fs::try_lock_in(dir, SESSION_LOCK_FILE, &note)
+}
+
+/// The refusal: who holds the lock, when it is known. zync-apply notes itself in JSON
+/// ([`Holder`]); the daemon, expiring sessions at its start, in words.
 fn busy_message(session_id: &str, path: &Path, note: &str) -> String {
     let who = match serde_json::from_str::<Holder>(note) {
         Ok(h) => format!(
@@ -71,6 +87,7 @@ fn busy_message(session_id: &str, path: &Path, note: &str) -> String {
             h.pid,
             crate::session::local_time(h.started_unix)
         ),
+        Err(_) if !note.trim().is_empty() => zync_cli::visible::line(note.trim()).to_string(),
         Err(_) => "another zync-apply".to_string(),
     };
     format!(
@@ -84,7 +101,7 @@ fn busy_message(session_id: &str, path: &Path, note: &str) -> String {
 /// Where the lock of session `session_id` lives.
 #[cfg(test)]
 pub(crate) fn lock_path(db: &Path, session_id: &str) -> std::path::PathBuf {
-    zync_db::session_dir(db, session_id).join(LOCK_FILE)
+    zync_db::session_dir(db, session_id).join(SESSION_LOCK_FILE)
 }
 
 #[cfg(test)]

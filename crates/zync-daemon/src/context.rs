@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use zync_db::{Index, SessionStatus};
+use zync_db::Index;
 use zync_fs::RelPath;
 use zync_proto::ErrorCode;
 
@@ -154,8 +154,11 @@ impl Context {
         Ok((root.path.clone(), dir, rel, offset.unwrap_or(0)))
     }
 
-    /// Called when the connection ends: an unfinished upstream session is aborted and its
-    /// files removed.
+    /// Called when the connection ends: an unfinished upstream session is aborted, its files
+    /// removed and its files' rows deleted (`Index::abort_session`: only the newest aborted
+    /// sessions keep a row, with no files), so a client that keeps opening sessions and
+    /// leaving them cannot grow E's database or staging area (invariant 9
+    /// (docs/ARCHITECTURE.md)).
     pub(crate) async fn abort_upstream(&mut self) {
         let Some(session) = self.upstream.take() else {
             return;
@@ -165,17 +168,25 @@ impl Context {
             return;
         }
         let id = session.id.clone();
-        if let Err(e) = self
+        let aborted = self
             .query(move |index| {
                 index.set_commits_wait(true)?;
-                index.set_session_status(&id, SessionStatus::Aborted)
+                index.abort_session(&id)
             })
-            .await
-        {
-            tracing::warn!(session = %session.id, "cannot mark the session aborted: {}", e.message());
+            .await;
+        match aborted {
+            Ok(true) => {}
+            Ok(false) => {
+                // Not receiving any more: its files are not this connection's to remove.
+                tracing::warn!(session = %session.id, "the session left open by the client is no longer receiving; left as it is");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(session = %session.id, "cannot mark the session aborted: {}", e.message());
+            }
         }
         let dir = session.dir.clone();
-        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir))
+        let removed = tokio::task::spawn_blocking(move || zync_db::remove_dir(&dir))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         if let Err(e) = removed {
@@ -275,5 +286,55 @@ mod tests {
             assert!(cx.locate("docs".to_string(), path, None).is_err(), "{path}");
         }
         assert!(cx.locate("docs".to_string(), "src/m/f1.rs", None).is_ok());
+    }
+
+    /// A delete of `path` in session `id`, as UPSTREAM_FILE stages one.
+    fn delete(id: &str, path: &str) -> zync_db::StagedFile {
+        zync_db::StagedFile {
+            session_id: id.to_string(),
+            dir: "docs".to_string(),
+            path: path.to_string(),
+            action: zync_db::Action::Delete,
+            mode: 0,
+            size: 0,
+            mtime_ns: 0,
+            sha256: None,
+            base_sha256: None,
+            conflict: false,
+            state: zync_db::FileState::Staged,
+            staged_name: None,
+            backup_name: None,
+            e_existed: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_session_leaves_no_rows_of_its_files_and_no_directory() {
+        let (mut cx, tmp) = testing::context("hostile-r");
+        let db = tmp.path().join("sync.db");
+        let index = Index::open(&db).expect("index");
+        let mut ids = Vec::new();
+        for round in 0..3 {
+            let id = format!("{round:08x}-0000-4000-8000-000000000000");
+            let dir = zync_db::session_dir(&db, &id);
+            index.create_session(&id, "hostile-r").expect("create");
+            for k in 0..200 {
+                let path = format!("{}/{k}", "long-name-".repeat(20));
+                index.add_staged_file(&delete(&id, &path)).expect("delete");
+            }
+            std::fs::create_dir_all(&dir).expect("session dir");
+            let mut open = crate::staging::OpenSession::new(id.clone(), dir.clone());
+            open.created = true;
+            cx.upstream = Some(open);
+            cx.abort_upstream().await;
+            assert!(!dir.exists(), "{id}: its directory is left");
+            ids.push(id);
+        }
+        for id in &ids {
+            let rows = index.staged_files(id).expect("files").len();
+            assert_eq!(rows, 0, "{id}: its files' rows stay in the database");
+            let s = index.session(id).expect("session").expect("listed");
+            assert_eq!(s.status, zync_db::SessionStatus::Aborted, "{id}");
+        }
     }
 }

@@ -99,27 +99,41 @@ pub(crate) fn flush_session(dir: &Path) -> Result<(), FsError> {
     zync_fs::fsync_dir(dir)
 }
 
-/// Aborts sessions left receiving by a daemon that stopped mid-upload.
+/// Aborts sessions left receiving by a daemon that stopped mid-upload: their staged files are
+/// removed and their files' rows deleted (`Index::abort_session`). Then forgets what older
+/// versions kept of the sessions they aborted (every file's row), so a database grown by
+/// abandoned sessions shrinks back at the first start (`Index::forget_aborted`).
 ///
 /// # Errors
 /// Database errors.
 pub fn abort_stale_sessions(index: &zync_db::Index, db: &Path) -> zync_db::Result<()> {
     for session in index.sessions_with_status(SessionStatus::Receiving)? {
-        index.set_session_status(&session.id, SessionStatus::Aborted)?;
+        if !index.abort_session(&session.id)? {
+            continue;
+        }
         let dir = zync_db::session_dir(db, &session.id);
-        if dir.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), "cannot remove an aborted session's files: {e}");
-            }
+        if let Err(e) = zync_db::remove_dir(&dir) {
+            tracing::warn!(dir = %dir.display(), "cannot remove an aborted session's files: {e}");
         }
         tracing::info!(session = %session.id, "aborted an upstream session left unfinished by the last run");
+    }
+    let (sessions, files) = index.forget_aborted()?;
+    if sessions + files > 0 {
+        tracing::info!(
+            sessions,
+            files,
+            "deleted the rows aborted upstream sessions had left in the database"
+        );
     }
     Ok(())
 }
 
 /// Expires the sessions staged longer than `max_age` ago and never touched since
 /// (`zync_db::expire`: their staged files removed, status `expired`); partly applied sessions
-/// are kept and named in the log.
+/// are kept and named in the log. Each session's lock is taken first, as `zync-apply` takes it
+/// (`zync_fs::try_lock_in` on `zync_db::SESSION_LOCK_FILE`): a session an interactive apply is
+/// working on is still `staged`, but its directory already holds the backups of the files it
+/// replaced on E, so a busy session is left alone and named in the log.
 ///
 /// # Errors
 /// Database errors.
@@ -128,16 +142,31 @@ pub fn expire_sessions(
     db: &Path,
     max_age: Duration,
 ) -> zync_db::Result<()> {
-    let expiry = zync_db::expire(index, db, max_age, zync_db::now_unix())?;
+    // Shown to an apply refused meanwhile (zync-apply's `lock.rs` prints a note in words as is).
+    let note = format!(
+        "zync-daemon (pid {}, expiring old sessions at its start)",
+        std::process::id()
+    );
+    let expiry = zync_db::expire(index, db, max_age, zync_db::now_unix(), |dir| {
+        Ok(
+            match zync_fs::try_lock_in(dir, zync_db::SESSION_LOCK_FILE, note.as_bytes())? {
+                zync_fs::Locked::Held(lock) => Some(lock),
+                zync_fs::Locked::Busy(_) => None,
+            },
+        )
+    })?;
     let age = zync_cli::units::format_duration(max_age);
     for session in &expiry.expired {
         tracing::info!(session = %session.id, files = session.files, bytes = session.bytes, "expired an upstream session staged more than {age} ago (--staging-max-age); its staged files are removed");
+    }
+    for session in &expiry.busy {
+        tracing::info!(session = %session.id, "an upstream session staged more than {age} ago is kept for now: zync-apply is working on it (it holds the session's lock)");
     }
     for session in &expiry.kept_partial {
         tracing::warn!(session = %session.id, "an upstream session partly applied more than {age} ago is kept: finish it with zync-apply apply, or undo it and drop it");
     }
     for (dir, e) in &expiry.failures {
-        tracing::warn!(dir = %dir.display(), "cannot remove an expired session's files: {e}");
+        tracing::warn!(dir = %dir.display(), "cannot lock or remove an old session's staged files: {e}");
     }
     Ok(())
 }
@@ -281,5 +310,46 @@ fn staging_refusal(path: &str, received: u64, e: FsError) -> Refusal {
             ErrorCode::Internal,
             format!("cannot stage {path} on E: {other}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_at_start_leaves_a_session_an_apply_holds_and_takes_it_once_free() {
+        const ID: &str = "aaaa1111-2222-4333-8444-555566667777";
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let db = tmp.path().join("sync.db");
+        let index = zync_db::Index::open(&db).expect("index");
+        index.create_session(ID, "r").expect("create");
+        index
+            .set_session_status(ID, SessionStatus::Staged)
+            .expect("staged");
+        let dir = zync_db::session_dir(&db, ID);
+        std::fs::create_dir_all(&dir).expect("session dir");
+        std::fs::write(dir.join("backup-000001"), b"E's original").expect("backup");
+        // As `zync-apply apply` holds it while it waits at a prompt.
+        let zync_fs::Locked::Held(held) =
+            zync_fs::try_lock_in(&dir, zync_db::SESSION_LOCK_FILE, b"apply").expect("lock")
+        else {
+            panic!("the lock must be ours");
+        };
+        // Created a second ago or more: older than an age of zero.
+        let session = || index.session(ID).expect("session").expect("kept");
+        std::thread::sleep(Duration::from_millis(1_100));
+        expire_sessions(&index, &db, Duration::ZERO).expect("expire");
+        assert_eq!(
+            session().status,
+            SessionStatus::Staged,
+            "expired under a lock"
+        );
+        assert!(dir.join("backup-000001").exists(), "the backup was removed");
+
+        drop(held);
+        expire_sessions(&index, &db, Duration::ZERO).expect("expire");
+        assert_eq!(session().status, SessionStatus::Expired);
+        assert!(!dir.exists());
     }
 }

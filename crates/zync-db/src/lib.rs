@@ -35,9 +35,10 @@ pub use index::Index;
 pub use migrate::{CLIENT_SCHEMA_VERSION, INDEX_SCHEMA_VERSION};
 pub use retire::{
     drop_session, expire, leftover_dirs, looks_like_session_id, now_unix, remove_dir, Expiry,
-    LeftoverError, Undroppable,
+    LeftoverError, Undroppable, ABORTED_KEPT,
 };
 pub use staging::{
-    is_plain_name, session_dir, staging_root, Action, FileState, Session, SessionStatus, StagedFile,
+    is_plain_name, session_dir, staging_root, Action, FileState, Session, SessionStatus,
+    StagedFile, SESSION_LOCK_FILE,
 };
 pub use writer::IndexWriter;

@@ -3,8 +3,9 @@
 //! replacing its earlier staged file, and the ends of a session's life that remove its staged
 //! files without touching E's directories: expiry of sessions left staged too long (at a
 //! daemon start, and `zync-apply gc`), `zync-apply drop`, and directories in the staging area
-//! that no live session owns. The daemon and zync-apply both call these, so the rules live
-//! once, here (invariant 9 (docs/ARCHITECTURE.md): staging is bounded).
+//! that no live session owns; and the rows an aborted session would leave behind. The daemon
+//! and zync-apply both call these, so the rules live once, here (invariant 9
+//! (docs/ARCHITECTURE.md): staging is bounded).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,8 +14,13 @@ use rusqlite::OptionalExtension;
 
 use crate::error::{Context, Result};
 use crate::sessions::FILE_COLUMNS;
-use crate::sql::u64_from_sql;
+use crate::sql::{u64_from_sql, u64_to_sql};
 use crate::{session_dir, staging_root, Index, Session, SessionStatus, StagedFile};
+
+/// How many aborted sessions keep their row (without their files) for `zync-apply list --all`:
+/// enough to see what became of the last pushes that failed, few enough that abandoned
+/// sessions cannot grow E's database ([`Index::abort_session`]).
+pub const ABORTED_KEPT: u64 = 20;
 
 /// `?1, ?2, ?3`: the pending statuses as SQL parameters.
 const PENDING_IN: &str = "(?1, ?2, ?3)";
@@ -109,6 +115,65 @@ impl Index {
         Ok(())
     }
 
+    /// Aborts session `id` if it is still [`SessionStatus::Receiving`] (R left before
+    /// FINALIZE_UPSTREAM, or a daemon stopped mid-upload) and forgets what it held: its files'
+    /// rows are deleted, and the session keeps a row, with no files, for `zync-apply list
+    /// --all` only while it is among the newest [`ABORTED_KEPT`] aborted sessions
+    /// ([`Index::forget_aborted`]). A hostile R can open sessions and send thousands of
+    /// accepted deletes without ever finalizing; limits count only pending sessions, so
+    /// without this each round would stay in the database for good (invariant 9
+    /// (docs/ARCHITECTURE.md): staging is bounded). Returns whether the session was aborted
+    /// (its staged files are the caller's to remove); one that moved on meanwhile is left alone.
+    ///
+    /// # Errors
+    /// An SQLite failure (nothing is changed then).
+    pub fn abort_session(&self, id: &str) -> Result<bool> {
+        let context = || format!("aborting the upstream session {id}");
+        // IMMEDIATE: the indexer may commit between a deferred transaction's read and write.
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.conn(),
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .with_ctx(context)?;
+        let aborted = self.move_session(id, &[SessionStatus::Receiving], SessionStatus::Aborted)?;
+        if aborted {
+            self.forget_aborted()?;
+        }
+        tx.commit().with_ctx(context)?;
+        Ok(aborted)
+    }
+
+    /// Deletes what aborted sessions left in the database: the rows of their files, and the
+    /// sessions themselves but for the newest [`ABORTED_KEPT`]. [`Index::abort_session`] calls
+    /// it for each session it aborts; the daemon calls it at its start, for the aborted
+    /// sessions older versions kept in full. Returns how many session rows and file rows went.
+    ///
+    /// # Errors
+    /// An SQLite failure.
+    pub fn forget_aborted(&self) -> Result<(u64, u64)> {
+        let context = || "deleting what the aborted upstream sessions left".to_owned();
+        let sessions = self
+            .conn()
+            .execute(
+                "DELETE FROM upstream_sessions WHERE status = ?1 AND id NOT IN (
+                     SELECT id FROM upstream_sessions WHERE status = ?1
+                     ORDER BY created_unix DESC, id LIMIT ?2)",
+                (SessionStatus::Aborted, u64_to_sql(ABORTED_KEPT)),
+            )
+            .with_ctx(context)?;
+        // The files of the sessions deleted went with them (ON DELETE CASCADE); those of the
+        // sessions kept go here.
+        let files = self
+            .conn()
+            .execute(
+                "DELETE FROM upstream_files WHERE session_id IN (
+                     SELECT id FROM upstream_sessions WHERE status = ?1)",
+                [SessionStatus::Aborted],
+            )
+            .with_ctx(context)?;
+        Ok((sessions as u64, files as u64))
+    }
+
     /// Sets a session's status to `to` only if it is one of `from` now (compare and set), so
     /// that a session another process moved on meanwhile (an apply that began) is left alone.
     /// Returns whether it changed.
@@ -163,10 +228,15 @@ fn pending() -> [SessionStatus; 3] {
 pub struct Expiry {
     /// Sessions now [`SessionStatus::Expired`], their staged files removed.
     pub expired: Vec<Session>,
+    /// Sessions old enough to expire whose lock someone holds (an `apply` waiting at its
+    /// prompt, having already replaced E's files and kept their backups here): left as they
+    /// are, to be expired by a later run once they are free (if still untouched).
+    pub busy: Vec<Session>,
     /// Partly applied sessions older than the age: never expired (their directories hold the
     /// backups `zync-apply undo` needs), only reported.
     pub kept_partial: Vec<Session>,
-    /// Directories that could not be removed, with why (the sessions are expired all the same).
+    /// Directories whose lock could not be taken (those sessions are left as they are), or that
+    /// could not be removed (those sessions are expired all the same), with why.
     pub failures: Vec<(PathBuf, std::io::Error)>,
 }
 
@@ -177,14 +247,42 @@ pub struct Expiry {
 /// applied ones older than the age are returned in [`Expiry::kept_partial`] so the caller can
 /// say so. Nothing in E's directories is touched.
 ///
+/// A session stays `staged` while an interactive `zync-apply apply` works on it, until the
+/// run ends; only the run's lock on the session ([`crate::SESSION_LOCK_FILE`]) says that its
+/// directory already holds the backups of E's files it replaced. So each session is locked
+/// first, with `lock` (given the session's directory, which it creates when missing, as
+/// `apply` does; `Ok(None)`: someone holds the lock), and the guard it returns is held while
+/// the session is marked and its directory removed. A busy session is left alone
+/// ([`Expiry::busy`]); an `apply` that takes the lock after expiry let go of it reads the
+/// session again and refuses it as expired. This crate takes no locks itself: zync-fs does
+/// (`zync_fs::try_lock_in`), and the two crates do not depend on each other.
+///
 /// # Errors
-/// An SQLite failure (a directory that cannot be removed is reported in
+/// An SQLite failure (a directory that cannot be locked or removed is reported in
 /// [`Expiry::failures`] instead).
-pub fn expire(index: &Index, db: &Path, max_age: Duration, now_unix: i64) -> Result<Expiry> {
+pub fn expire<G>(
+    index: &Index,
+    db: &Path,
+    max_age: Duration,
+    now_unix: i64,
+    mut lock: impl FnMut(&Path) -> std::io::Result<Option<G>>,
+) -> Result<Expiry> {
     let age = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
     let cutoff = now_unix.saturating_sub(age);
     let mut expiry = Expiry::default();
     for session in index.staged_before(cutoff)? {
+        let dir = session_dir(db, &session.id);
+        let _guard = match lock(&dir) {
+            Ok(Some(guard)) => guard,
+            Ok(None) => {
+                expiry.busy.push(session);
+                continue;
+            }
+            Err(e) => {
+                expiry.failures.push((dir, e));
+                continue;
+            }
+        };
         if !index.move_session(
             &session.id,
             &[SessionStatus::Staged],
@@ -192,8 +290,8 @@ pub fn expire(index: &Index, db: &Path, max_age: Duration, now_unix: i64) -> Res
         )? {
             continue; // an apply took it meanwhile
         }
-        if let Err(e) = remove_dir(&session_dir(db, &session.id)) {
-            expiry.failures.push((session_dir(db, &session.id), e));
+        if let Err(e) = remove_dir(&dir) {
+            expiry.failures.push((dir, e));
         }
         expiry.expired.push(Session {
             status: SessionStatus::Expired,
@@ -449,7 +547,7 @@ mod tests {
             session(&index, &db, &uuid(n), "r", days, status, u64::from(n));
         }
         let expiry =
-            expire(&index, &db, Duration::from_secs(30 * DAY as u64), NOW).expect("expire");
+            expire(&index, &db, Duration::from_secs(30 * DAY as u64), NOW, free).expect("expire");
         let expired: Vec<&str> = expiry.expired.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(expired, [uuid(1)]);
         assert!(expiry.failures.is_empty(), "{:?}", expiry.failures);
@@ -470,8 +568,175 @@ mod tests {
                 assert!(session_dir(&db, &id).exists(), "{id}: files removed");
             }
         }
-        let again = expire(&index, &db, Duration::from_secs(30 * DAY as u64), NOW).expect("again");
+        let again =
+            expire(&index, &db, Duration::from_secs(30 * DAY as u64), NOW, free).expect("again");
         assert!(again.expired.is_empty(), "expiry is not repeated");
+    }
+
+    /// A lock that is always free: the guard is nothing.
+    fn free(_: &Path) -> std::io::Result<Option<()>> {
+        Ok(Some(()))
+    }
+
+    #[test]
+    fn expiry_leaves_a_session_whose_lock_is_held_and_takes_it_once_free() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let db = tmp.path().join("sync.db");
+        let index = Index::open(&db).expect("open");
+        for n in 1..=3 {
+            session(
+                &index,
+                &db,
+                &uuid(n),
+                "r",
+                40,
+                SessionStatus::Staged,
+                u64::from(n),
+            );
+        }
+        let max_age = Duration::from_secs(30 * DAY as u64);
+        // Session 1 is held (an apply at its prompt), session 2's lock cannot be taken.
+        let (held, broken) = (session_dir(&db, &uuid(1)), session_dir(&db, &uuid(2)));
+        let mut asked = Vec::new();
+        let expiry = expire(&index, &db, max_age, NOW, |dir| {
+            asked.push(dir.to_path_buf());
+            if dir == held {
+                Ok(None)
+            } else if dir == broken {
+                Err(std::io::Error::other("the lock file is a symlink"))
+            } else {
+                // The guard is held while the directory goes: it is still there now.
+                assert!(
+                    dir.exists(),
+                    "{} removed before it was locked",
+                    dir.display()
+                );
+                Ok(Some(()))
+            }
+        })
+        .expect("expire");
+        assert_eq!(
+            asked.len(),
+            3,
+            "every old session is locked first: {asked:?}"
+        );
+        let ids = |list: &[Session]| list.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&expiry.expired), [uuid(3)]);
+        assert_eq!(
+            ids(&expiry.busy),
+            [uuid(1)],
+            "the held session is reported busy"
+        );
+        let failed: Vec<&PathBuf> = expiry.failures.iter().map(|(d, _)| d).collect();
+        assert_eq!(failed, [&broken]);
+        for n in [1, 2] {
+            let id = uuid(n);
+            let now = index.session(&id).expect("session").expect("kept").status;
+            assert_eq!(now, SessionStatus::Staged, "{id}");
+            assert!(
+                session_dir(&db, &id).join(format!("{n}.new")).exists(),
+                "{id}: its files were removed"
+            );
+        }
+        assert!(!session_dir(&db, &uuid(3)).exists());
+
+        let expiry = expire(&index, &db, max_age, NOW, free).expect("once free");
+        assert_eq!(ids(&expiry.expired), [uuid(2), uuid(1)]);
+        assert!(expiry.busy.is_empty() && expiry.failures.is_empty());
+        for n in [1, 2] {
+            assert!(!session_dir(&db, &uuid(n)).exists());
+        }
+    }
+
+    /// Rows in `upstream_files`, for session `id` or (`None`) in all.
+    fn file_rows(index: &Index, id: Option<&str>) -> i64 {
+        index
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM upstream_files WHERE ?1 IS NULL OR session_id = ?1",
+                [id],
+                |row| row.get(0),
+            )
+            .expect("count")
+    }
+
+    #[test]
+    fn an_aborted_session_leaves_no_files_rows_and_only_the_newest_keep_their_row() {
+        let index = Index::open_in_memory().expect("open");
+        // One round of a hostile R: a session, hundreds of deletes of long paths, no finalize.
+        let round = |n: u8, created: i64| {
+            let id = uuid(n);
+            index.create_session(&id, "hostile-r").expect("create");
+            index
+                .conn()
+                .execute(
+                    "UPDATE upstream_sessions SET created_unix = ?2 WHERE id = ?1",
+                    (&id, created),
+                )
+                .expect("created");
+            for k in 0..300 {
+                let path = format!("{}/{k}", "x".repeat(200));
+                index
+                    .add_staged_file(&deleted(&id, "docs", &path))
+                    .expect("delete");
+            }
+            id
+        };
+        session_rows_stay_bounded(&index, &round);
+
+        // A session no longer receiving is not aborted, and keeps its files.
+        let staged = round(200, NOW);
+        index
+            .set_session_status(&staged, SessionStatus::Staged)
+            .expect("staged");
+        assert!(!index.abort_session(&staged).expect("abort"));
+        assert_eq!(file_rows(&index, Some(&staged)), 300);
+        assert!(!index.abort_session("no-such-session").expect("abort"));
+
+        // Sessions an older version aborted kept every row: forgotten in one go.
+        let old: Vec<String> = (201..=203).map(|n| round(n, NOW + 1_000)).collect();
+        for id in &old {
+            index
+                .set_session_status(id, SessionStatus::Aborted)
+                .expect("aborted the old way");
+        }
+        let (sessions, files) = index.forget_aborted().expect("forget");
+        assert_eq!(
+            (sessions, files),
+            (3, 900),
+            "the 3 newest stay, without files; as many older ones go with theirs"
+        );
+        assert_eq!(
+            file_rows(&index, None),
+            300,
+            "only the staged session's files"
+        );
+        assert_eq!(index.forget_aborted().expect("again"), (0, 0));
+    }
+
+    /// Rounds of sessions aborted one after the other keep no file rows, and at most
+    /// [`ABORTED_KEPT`] session rows: the newest.
+    fn session_rows_stay_bounded(index: &Index, round: &dyn Fn(u8, i64) -> String) {
+        let rounds = u8::try_from(ABORTED_KEPT).expect("small") + 5;
+        let mut ids = Vec::new();
+        for n in 1..=rounds {
+            let id = round(n, NOW + i64::from(n));
+            assert!(index.abort_session(&id).expect("abort"), "{id}");
+            let s = index.session(&id).expect("session").expect("kept");
+            assert_eq!((s.status, s.files), (SessionStatus::Aborted, 0), "{id}");
+            ids.push(id);
+        }
+        assert_eq!(file_rows(index, None), 0, "rows of aborted sessions remain");
+        let aborted = index
+            .sessions_with_status(SessionStatus::Aborted)
+            .expect("aborted");
+        let newest: Vec<&String> = ids.iter().rev().take(aborted.len()).collect();
+        assert_eq!(aborted.len() as u64, ABORTED_KEPT);
+        assert_eq!(
+            aborted.iter().map(|s| &s.id).collect::<Vec<_>>(),
+            newest,
+            "the newest are kept"
+        );
     }
 
     #[test]

@@ -81,8 +81,9 @@ pub enum SessionStatus {
     Partial,
     /// Every file was dealt with.
     Applied,
-    /// R disconnected before FINALIZE_UPSTREAM, or the session was given up; its staged
-    /// files are removed.
+    /// R disconnected before FINALIZE_UPSTREAM, or a daemon stopped mid-upload; its staged
+    /// files and their rows are deleted, and only the newest [`crate::ABORTED_KEPT`] aborted
+    /// sessions keep their own row ([`crate::Index::abort_session`]).
     Aborted,
     /// An applied session was undone from its backups.
     Undone,
@@ -225,6 +226,13 @@ pub fn staging_root(db: &Path) -> PathBuf {
 pub fn session_dir(db: &Path, session_id: &str) -> PathBuf {
     staging_root(db).join(session_id)
 }
+
+/// The lock file in a session's directory ([`session_dir`]). Whoever works on the session's
+/// staged files or backups holds an exclusive `flock` on it meanwhile: `zync-apply apply`,
+/// `undo` and `drop` for their whole run, and expiry ([`crate::expire`]) while it marks the
+/// session expired and removes the directory, so that neither pulls the files from under the
+/// other. The lock is taken by the callers (zync-fs); this crate only names it.
+pub const SESSION_LOCK_FILE: &str = "apply.lock";
 
 /// Whether `name` can name one file inside a directory and nothing else: not empty, not `.`
 /// or `..`, no `/`, `\` or NUL. Session ids, staged names and backup names must be.

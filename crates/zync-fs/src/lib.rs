@@ -46,7 +46,7 @@ pub use crate::ignore::{
     control_reason, IgnoreError, IgnoreRule, IgnoreRules, Ignored, RuleSource, DEFAULT_IGNORES,
     IGNORE_FILE, TEMP_PREFIX,
 };
-pub use crate::lock::{try_lock, Holder, LockFile, Locked};
+pub use crate::lock::{try_lock, try_lock_in, Holder, LockFile, Locked};
 pub use crate::meta::{lstat, Meta, Stat};
 pub use crate::path::{DirName, PathError, RelPath};
 pub use crate::private::{

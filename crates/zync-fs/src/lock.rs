@@ -1,5 +1,5 @@
-//! Exclusive locks held for a whole run: one writer per client database, one apply or undo per
-//! staged session. An `flock` on a private lock file, not a marker file or a database row: the
+//! Exclusive locks held for a whole run: one writer per client database, one apply, undo or
+//! expiry per staged session. An `flock` on a private lock file, not a marker file or a database row: the
 //! kernel releases it when its holder ends, even by `kill -9` or a power cut, so a dead run
 //! can never leave anything locked. The file carries a note from its holder (who it is, for
 //! the message a refused run prints), written once the lock is held.
@@ -54,6 +54,22 @@ pub fn try_lock(path: &Path, note: &[u8]) -> io::Result<Locked> {
         tracing::warn!("cannot note the holder in {}: {e}", path.display());
     }
     Ok(Locked::Held(LockFile { _file: file }))
+}
+
+/// As [`try_lock`] on the lock file `name` inside the directory `dir`, creating `dir` (and
+/// any missing parent, mode 0700) first when it is missing. A staged session's lock lives in
+/// its own directory, which may be gone (its staged files removed) or not made yet; the lock
+/// must be taken all the same, or a run that creates the directory meanwhile would hold a
+/// lock nobody else sees. `zync-apply` (apply, undo, drop, gc) and the daemon's expiry at
+/// start take a session's lock with this one function.
+///
+/// # Errors
+///
+/// `dir` cannot be created (a file or something else is in the way, or an I/O error), or as
+/// [`try_lock`].
+pub fn try_lock_in(dir: &Path, name: &str, note: &[u8]) -> io::Result<Locked> {
+    crate::private::create_private_dir_all(dir).map_err(io::Error::other)?;
+    try_lock(&dir.join(name), note)
 }
 
 /// The lock file that goes with the file `owner` (a database): `<owner>.lock` beside it. The
@@ -215,6 +231,30 @@ mod tests {
         assert_eq!(pid_in_note("pid x"), None);
         assert_eq!(pid_in_note("pid 0"), None);
         assert_eq!(pid_in_note(""), None);
+    }
+
+    #[test]
+    fn a_lock_in_a_missing_directory_makes_it_private_and_is_exclusive() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("staging/s1");
+        let Locked::Held(first) = try_lock_in(&dir, "x.lock", b"first").expect("lock") else {
+            panic!("the first lock must be ours");
+        };
+        let mode = std::fs::metadata(&dir).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o7777, 0o700, "the directory it made");
+        match try_lock_in(&dir, "x.lock", b"second").expect("try") {
+            Locked::Busy(note) => assert_eq!(note, "first"),
+            Locked::Held(_) => panic!("two holders"),
+        }
+        drop(first);
+        assert!(matches!(
+            try_lock_in(&dir, "x.lock", b"third").expect("try"),
+            Locked::Held(_)
+        ));
+        let file = tmp.path().join("a-file");
+        std::fs::write(&file, "x").expect("write");
+        let err = try_lock_in(&file, "x.lock", b"n").expect_err("not a directory");
+        assert!(err.to_string().contains("not a directory"), "{err}");
     }
 
     #[test]
