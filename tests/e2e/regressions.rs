@@ -141,6 +141,95 @@ fn the_clients_own_database_and_token_inside_a_mapped_directory_are_never_sent_n
     assert!(all_sessions(&daemon.db).is_empty());
 }
 
+/// The client's database, lock and token in a state directory inside R's mapped directory
+/// (`r/.zync/`): E putting a tree below the database's path, then making `.zync` a file, moves
+/// none of them (no conflict copy of the state directory, no fresh database); those paths are
+/// skipped, the rest syncs, and the next run goes on from where the last one was.
+#[test]
+fn paths_from_e_over_the_clients_own_state_directory_leave_it_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("a.txt"), "a\n");
+    write(&e.join("sub/b.txt"), "b\n");
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let proxy = Proxy::to_port(daemon.port);
+
+    let r = tmp.path().join("r");
+    let state = r.join(".zync");
+    std::fs::create_dir_all(&state).unwrap();
+    let token_file = state.join("client.token");
+    std::fs::copy(&daemon.token_file, &token_file).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let client = ClientSpec {
+        db: state.join("sync_client.db"),
+        token_file: token_file.clone(),
+        dirs: vec![("code".to_string(), r.clone())],
+    };
+    client.once_ok(&proxy.url());
+    assert_same_tree(&e, &r, &[".zync"]);
+    let token = std::fs::read(&token_file).unwrap();
+    let lock = with_suffix(&client.db, ".lock");
+    let in_place = |when: &str, logs: &str| {
+        let db = std::fs::read(&client.db).unwrap_or_default();
+        assert!(
+            db.starts_with(b"SQLite format 3\0"),
+            "{when}: the client's database is no longer at {}:\n{}",
+            client.db.display(),
+            tail(logs, 40)
+        );
+        assert!(lock.is_file(), "{when}: the lock file moved");
+        assert_eq!(
+            std::fs::read(&token_file).ok().as_ref(),
+            Some(&token),
+            "{when}: the token file moved"
+        );
+        let copies = [conflict_copies(&r), conflict_copies(&state)].concat();
+        assert!(copies.is_empty(), "{when}: conflict copies {copies:?}");
+    };
+    in_place("after the first run", "");
+
+    // Each step ends with a file beside the state directory, which must arrive.
+    let steps: [(&str, &dyn Fn(), &str); 2] = [
+        (
+            "a file below the database's path",
+            &|| write(&e.join(".zync/sync_client.db/x"), "x\n"),
+            "c.txt",
+        ),
+        (
+            "`.zync` a file",
+            &|| {
+                std::fs::remove_dir_all(e.join(".zync")).unwrap();
+                write(
+                    &e.join(".zync"),
+                    "E's file named like R's state directory\n",
+                );
+            },
+            "d.txt",
+        ),
+    ];
+    for (what, make, beside) in steps {
+        make();
+        write(&e.join(beside), "beside\n");
+        let logs = once_until(&client, &proxy.url(), what, || {
+            let status = client.status_json(&proxy.url());
+            r.join(beside).is_file()
+                && status["dirs"][0]["client_sequence"] == status["dirs"][0]["daemon_sequence"]
+        });
+        in_place(what, &logs);
+        assert_same_tree(&e, &r, &[".zync"]);
+    }
+
+    // The next run resumes: only E's new file is downloaded.
+    proxy.reset_counts();
+    write(&e.join("f.txt"), "f\n");
+    once_until(&client, &proxy.url(), "f.txt on R", || {
+        r.join("f.txt").is_file()
+    });
+    assert_eq!(proxy.downloads(), ["code/f.txt"]);
+    in_place("at the end", "");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. The daemon's database, token and staging area inside the served directory.
 

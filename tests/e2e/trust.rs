@@ -201,6 +201,153 @@ async fn an_impostor_on_the_client_s_port_gets_no_token_no_proof_and_no_writes()
     assert_same_tree(&f.e, &f.r, &[]);
 }
 
+/// The size of the biggest file anywhere under `dir` (zync's temp files included).
+fn biggest_file(dir: &std::path::Path) -> u64 {
+    let mut biggest = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => biggest = biggest.max(m.len()),
+                Err(_) => {}
+            }
+        }
+    }
+    biggest
+}
+
+/// What the lying daemon's page announces: a 10-byte file.
+const SMALL: &[u8] = b"0123456789";
+/// What its GET_FILE header announces for that file instead.
+const HUGE: u64 = 100 << 20;
+
+/// Poses as a daemon that holds the token (a hostile or broken one on E): proves itself,
+/// announces `small.txt` of 10 bytes in its page, then answers GET_FILE with a header of
+/// [`HUGE`] bytes of that very sha256 and streams that many bytes, looking at R's root `r`
+/// after each chunk. Returns the biggest file it saw there.
+async fn lying_daemon(listener: TcpListener, token: String, r: std::path::PathBuf) -> u64 {
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+    let sha = sha256(SMALL);
+    let mut biggest = 0;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(DEADLINE, ws.next()).await {
+        let text = match message {
+            Message::Text(text) => text.to_string(),
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let request: Value = serde_json::from_str(&text).unwrap();
+        let op = request["operation"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut reply = match op.as_str() {
+            "HELLO" => {
+                let client = Nonce::from_hex(request["client_nonce"].as_str().unwrap()).unwrap();
+                let daemon = Nonce::generate().unwrap();
+                let client_id = request["client_id"].as_str().unwrap();
+                let proof = zync_proto::proof(
+                    &token,
+                    zync_proto::Role::Daemon,
+                    &client,
+                    &daemon,
+                    client_id,
+                );
+                json!({"protocol_version": 2, "daemon_nonce": daemon.to_hex(),
+                       "daemon_proof": proof, "server_version": "liar"})
+            }
+            "AUTH" => json!({"protocol_version": 2, "dirs": ["code"], "scanning": false,
+                             "index_id": "0b6c3f52-0d1e-4c8a-9a57-2f0f6a1e7c11",
+                             "server_version": "liar"}),
+            "GET_LAST_SEQUENCE" | "FLUSH" => {
+                json!({"last_sequence": 1, "dirs": {"code": 1}, "scanning": false})
+            }
+            "GET_CHANGES" => {
+                let change = json!({"seq": 1, "path": "small.txt", "kind": "file",
+                                    "deleted": false, "size": SMALL.len(),
+                                    "mtime_ns": 1_700_000_000_000_000_000_i64, "mode": 420,
+                                    "sha256": sha});
+                let changes = if request["since"] == 0 {
+                    vec![change]
+                } else {
+                    vec![]
+                };
+                json!({"dir": "code", "changes": changes, "last_sequence": 1, "more": false})
+            }
+            "GET_FILE" => json!({"dir": "code", "path": "small.txt", "size": HUGE, "offset": 0,
+                                 "sha256": sha, "mtime_ns": 1_700_000_000_000_000_000_i64,
+                                 "mode": 420, "chunks": HUGE.div_ceil(peer::MAX_CHUNK as u64)}),
+            "ACK_CHANGES" => json!({"dir": "code", "sequence": request["sequence"]}),
+            _ => json!({}),
+        };
+        reply["status"] = json!("ok");
+        reply["id"] = request["id"].clone();
+        reply["operation"] = json!(op);
+        if ws.send(Message::text(reply.to_string())).await.is_err() {
+            break;
+        }
+        if op != "GET_FILE" {
+            continue;
+        }
+        let id = request["id"].as_u64().unwrap();
+        let mut frame = id.to_be_bytes().to_vec();
+        frame.resize(8 + peer::MAX_CHUNK, b'x');
+        for _ in 0..HUGE.div_ceil(peer::MAX_CHUNK as u64) {
+            if ws.send(Message::binary(frame.clone())).await.is_err() {
+                break;
+            }
+            biggest = biggest.max(biggest_file(&r));
+        }
+    }
+    biggest.max(biggest_file(&r))
+}
+
+/// A daemon that holds the token but lies about a file's size (its page says 10 bytes, its
+/// GET_FILE header 100 MiB) cannot fill R's disk: the client refuses the header as a protocol
+/// error naming the path and both sizes, and writes nothing for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_announces_more_than_its_page_said_cannot_fill_r_s_disk() {
+    let f = fixture(&[]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let serving = tokio::spawn(lying_daemon(
+        listener,
+        peer::token_of(&f.daemon),
+        f.r.clone(),
+    ));
+    let mut cmd = f.client.command(&url);
+    cmd.arg("--once");
+    let out = tokio::task::spawn_blocking(move || output_within_deadline(cmd))
+        .await
+        .unwrap();
+    let biggest = tokio::time::timeout(DEADLINE, serving)
+        .await
+        .expect("the lying daemon did not finish")
+        .unwrap();
+    let log = tail(&stderr(&out), 30);
+    assert!(
+        biggest <= SMALL.len() as u64,
+        "R's root held a file of {biggest} bytes for a 10-byte file:\n{log}"
+    );
+    assert!(
+        temp_files(&f.r).is_empty(),
+        "temp files left: {:?}",
+        temp_files(&f.r)
+    );
+    assert!(!out.status.success(), "the client took the lie:\n{log}");
+    let error = log
+        .lines()
+        .find(|line| line.starts_with("zync-client:"))
+        .unwrap_or_default();
+    assert!(
+        error.contains("small.txt")
+            && error.contains(&format!("{HUGE} bytes"))
+            && error.contains("10 bytes"),
+        "the error does not name the path and both sizes:\n{log}"
+    );
+}
+
 /// Expects AUTH's `unauthorized` and the close that follows.
 async fn expect_unauthorized(ws: &mut RawWs, reply: Value) {
     assert_eq!(reply["status"], "error", "{reply}");

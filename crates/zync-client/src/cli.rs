@@ -206,14 +206,23 @@ fn beside_db(db: &Path) -> PathBuf {
     }
 }
 
-/// `path` with its directory resolved, as the canonical roots spell it; None when the
-/// directory does not exist (then the file cannot be inside a root either).
+/// `path` with its directory resolved, as the canonical roots spell it. A directory not made
+/// yet (the database's, made when the lock is taken) is resolved from its nearest existing
+/// ancestor, which may be a root: the database a first run makes in `ROOT/.zync/` is inside
+/// it. None when no ancestor resolves.
 fn canonical_file(path: &Path) -> Option<PathBuf> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    Some(std::fs::canonicalize(dir).ok()?.join(path.file_name()?))
+    let name = path.file_name()?;
+    for existing in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+        if let Ok(resolved) = std::fs::canonicalize(existing) {
+            let missing = dir.strip_prefix(existing).ok()?;
+            return Some(resolved.join(missing).join(name));
+        }
+    }
+    Some(std::fs::canonicalize(".").ok()?.join(dir).join(name))
 }
 
 pub(crate) fn credentials(
@@ -351,5 +360,22 @@ mod tests {
                 "{specs:?}: expected {expected:?} in {err:?}"
             );
         }
+    }
+
+    /// A database whose directory a first run has yet to make inside a root is still known
+    /// to be in that root, spelled as the canonical root is.
+    #[test]
+    fn a_database_in_a_directory_not_made_yet_resolves_from_its_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("r");
+        std::fs::create_dir(&root).expect("mkdir");
+        std::os::unix::fs::symlink(&root, dir.path().join("link")).expect("symlink");
+        let db = dir.path().join("link/.zync/state/sync_client.db");
+        let canonical = std::fs::canonicalize(&root).expect("canonical");
+        assert_eq!(
+            canonical_file(&db),
+            Some(canonical.join(".zync/state/sync_client.db"))
+        );
+        assert_eq!(canonical_file(&root.join("db")), Some(canonical.join("db")));
     }
 }

@@ -56,6 +56,18 @@ impl Window {
     }
 }
 
+/// The most delta a GET_DELTA may announce for a file of `size` bytes; more is a protocol
+/// error, not spooled. A delta (`zync_fs::delta`, docs/PROTOCOL.md "GET_DELTA") carries each
+/// byte of the file at most once, as a literal; a copy command (at most 17 bytes) stands for a
+/// whole block of the client's signature (256 bytes or more), so it is shorter than the literal
+/// it replaces. What is left is the stream's header and end marker (12 bytes) and, per record
+/// (one per window or per piece of 512 KiB diffed), its length, magic, end command and a
+/// literal's command: under 20 bytes. A thousandth of the file and 64 KiB leave room for all
+/// of it many times over.
+fn max_delta(size: u64) -> u64 {
+    size.saturating_add(size / 1024).saturating_add(64 << 10)
+}
+
 /// A file whose chunks are this big is written and hashed off the reactor while the next chunks
 /// are received: a big file streams at the speed of the slower of the two, not of their sum.
 const WRITE_BEHIND_MIN: u64 = 128 << 10;
@@ -354,6 +366,26 @@ impl<'a> Pipeline<'a> {
                         header.path, header.size, header.offset, header.chunks
                     )));
                 }
+                if header.sha256 != slot.pending.sha256() {
+                    // GET_FILE names no version (docs/PROTOCOL.md): E's file moved on since the
+                    // page, and a newer change brings it. Nothing of this one is written.
+                    let stale = ClientError::Server {
+                        code: ErrorCode::Stale,
+                        message: format!("{} changed on E during the transfer", header.path),
+                    };
+                    return Ok(self.fail(id, stale));
+                }
+                // The room check and the reservation were for the planned size: frames are
+                // taken up to the header's, so it must be that size.
+                if header.size != slot.pending.size() {
+                    return Err(ClientError::Protocol(format!(
+                        "{}: the daemon announced {} bytes of the version its changes listed as {} bytes (sha256 {})",
+                        header.path,
+                        header.size,
+                        slot.pending.size(),
+                        header.sha256
+                    )));
+                }
                 slot.method = Method::for_download(slot.offset, &header);
                 if slot.method != Method::Whole {
                     if let Err(e) = slot.pending.open(slot.offset) {
@@ -381,6 +413,27 @@ impl<'a> Pipeline<'a> {
                     return Err(ClientError::Protocol(format!(
                         "{}: a delta header that does not match the request",
                         header.path
+                    )));
+                }
+                if header.sha256 != slot.pending.sha256() {
+                    // E's file moved on since the page: a newer change brings it.
+                    let stale = ClientError::Server {
+                        code: ErrorCode::Stale,
+                        message: format!("{} changed on E during the transfer", header.path),
+                    };
+                    return Ok(self.fail(id, stale));
+                }
+                // The delta is spooled in the root, and its frames are taken up to
+                // `delta_size`: that must be what a delta of the planned file can be.
+                if header.size != slot.pending.size() || header.delta_size > max_delta(header.size)
+                {
+                    return Err(ClientError::Protocol(format!(
+                        "{}: the daemon announced a delta of {} bytes rebuilding {} bytes, for the version its changes listed as {} bytes (a delta of it is at most {} bytes)",
+                        header.path,
+                        header.delta_size,
+                        header.size,
+                        slot.pending.size(),
+                        max_delta(slot.pending.size())
                     )));
                 }
                 let spool = match tempfile::tempfile_in(slot.pending.root()) {
@@ -413,6 +466,12 @@ impl<'a> Pipeline<'a> {
                         )));
                     }
                     let last = slot.chunks == header.chunks;
+                    if last && slot.received != header.delta_size {
+                        return Err(ClientError::Protocol(format!(
+                            "{}: received {} of {} bytes of delta",
+                            header.path, slot.received, header.delta_size
+                        )));
+                    }
                     if let Err(source) = spool.write_all(&data) {
                         let e = ClientError::Io {
                             what: "keep the delta of",
@@ -642,6 +701,253 @@ async fn settle(slot: &mut Slot) -> Result<(), ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{json, Value};
+    use tokio_tungstenite::tungstenite::Message;
+    use zync_db::Synced;
+    use zync_fs::{RelPath, Stat};
+    use zync_proto::{Kind, Nonce, Role};
+
+    use crate::connection::Credentials;
+
+    const TOKEN: &str = "the token both ends hold";
+
+    /// Plays the daemon for one connection: proves itself with [`TOKEN`], then answers a
+    /// GET_FILE or GET_DELTA with `header` (its envelope filled in) and a chunk of each of
+    /// `frames`.
+    async fn daemon(listener: tokio::net::TcpListener, header: Value, frames: Vec<Vec<u8>>) {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::accept_async(stream)
+            .await
+            .expect("upgrade");
+        while let Some(Ok(message)) = ws.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let request: Value = serde_json::from_str(&text).expect("a JSON request");
+            let op = request["operation"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let mut reply = match op.as_str() {
+                "HELLO" => {
+                    let nonce = |v: &Value| Nonce::from_hex(v.as_str().unwrap_or_default());
+                    let client = nonce(&request["client_nonce"]).expect("a nonce");
+                    let ours = Nonce::generate().expect("random");
+                    let id = request["client_id"].as_str().unwrap_or_default();
+                    let proof = zync_proto::proof(TOKEN, Role::Daemon, &client, &ours, id);
+                    json!({"protocol_version": zync_proto::PROTOCOL_VERSION,
+                           "daemon_nonce": ours.to_hex(), "daemon_proof": proof,
+                           "server_version": "test"})
+                }
+                "AUTH" => json!({"protocol_version": zync_proto::PROTOCOL_VERSION,
+                                 "index_id": "test", "dirs": ["code"], "scanning": false,
+                                 "server_version": "test"}),
+                _ => header.clone(),
+            };
+            reply["status"] = json!("ok");
+            reply["id"] = request["id"].clone();
+            reply["operation"] = json!(op);
+            if ws.send(Message::text(reply.to_string())).await.is_err() {
+                return;
+            }
+            if op == "GET_FILE" || op == "GET_DELTA" {
+                let id = request["id"].as_u64().unwrap_or_default();
+                for frame in &frames {
+                    let chunk = zync_proto::encode_chunk(id, frame);
+                    if ws.send(Message::binary(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// How one download from [`daemon`] ended, and the root it went to.
+    struct Fetched {
+        _tmp: tempfile::TempDir,
+        root: Arc<Path>,
+        result: Result<&'static str, ClientError>,
+    }
+
+    /// Downloads `f`, planned as `planned` (its content), from a daemon answering with
+    /// `header` and `frames`; as a delta against `older` (R's version at the path) when given.
+    async fn fetch(
+        planned: &[u8],
+        older: Option<&[u8]>,
+        header: Value,
+        frames: Vec<Vec<u8>>,
+    ) -> Fetched {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root: Arc<Path> = Arc::from(tmp.path().join("root"));
+        std::fs::create_dir(&root).expect("mkdir");
+        if let Some(older) = older {
+            std::fs::write(root.join("f"), older).expect("write");
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("ws://{}", listener.local_addr().expect("address"));
+        let serving = tokio::spawn(daemon(listener, header, frames));
+        let credentials = Credentials {
+            token: Some(TOKEN.into()),
+            source: "the test".into(),
+        };
+        let stall = Duration::from_secs(10);
+        let mut conn = Connection::open(&url, &credentials, "fetch-test", None, stall)
+            .await
+            .expect("handshake");
+        let record = Synced {
+            kind: Kind::File,
+            size: planned.len() as u64,
+            mtime_ns: 1_000_000_000,
+            mode: 0o644,
+            sha256: Some(zync_fs::hash_bytes(planned)),
+            target: None,
+        };
+        let rel = RelPath::parse("f").expect("path");
+        let mut pending = Pending::new(&root, rel, Stat::Missing, false, record);
+        if older.is_some() {
+            pending.want_delta();
+        }
+        let mut pipeline = Pipeline::new("code", Window::for_daemon(None), Progress::hidden());
+        pipeline.push(0, Box::new(pending));
+        let result = async {
+            pipeline.fill(&mut conn).await?;
+            loop {
+                match pipeline.next(&mut conn).await? {
+                    None => continue,
+                    Some(Finished::Done(..)) => return Ok("done"),
+                    Some(Finished::Whole(..)) => return Ok("whole"),
+                    Some(Finished::Delta(..)) => return Ok("delta"),
+                    Some(Finished::Failed(_, e)) => return Err(e),
+                }
+            }
+        }
+        .await;
+        drop(conn);
+        serving.abort();
+        Fetched {
+            _tmp: tmp,
+            root,
+            result,
+        }
+    }
+
+    /// A GET_DELTA header for `f`: a delta of `delta_size` bytes in `chunks` frames, rebuilding
+    /// `content`.
+    fn delta_header(content: &[u8], delta_size: u64, chunks: u64) -> Value {
+        json!({"dir": "code", "path": "f", "size": content.len(),
+               "sha256": zync_fs::hash_bytes(content), "mtime_ns": 1_000_000_000_i64,
+               "mode": 420, "delta_size": delta_size, "chunks": chunks})
+    }
+
+    /// A delta whose last frame brings fewer bytes than the header's `delta_size` is a protocol
+    /// error, as a file's is: not a delta handed on to be rebuilt.
+    #[tokio::test]
+    async fn a_delta_whose_last_frame_falls_short_is_a_protocol_error() {
+        let content = b"the new version of the file";
+        let header = delta_header(content, 100, 1);
+        let fetched = fetch(content, Some(b"the old one"), header, vec![vec![7; 60]]).await;
+        match fetched.result {
+            Err(ClientError::Protocol(message)) => {
+                assert!(message.contains("60 of 100"), "{message}")
+            }
+            Err(e) => panic!("expected a protocol error, got {e:?}"),
+            Ok(how) => panic!("a delta 40 bytes short was taken ({how})"),
+        }
+    }
+
+    /// A delta bigger than any delta of the file can be (the file itself, plus the commands'
+    /// few bytes) is refused at its header: nothing is spooled, however much follows.
+    #[tokio::test]
+    async fn a_delta_bigger_than_its_file_can_need_is_refused_at_its_header() {
+        let content = b"ten bytes!";
+        let huge = 64u64 << 20;
+        let chunks = huge.div_ceil(zync_proto::MAX_CHUNK as u64);
+        let header = delta_header(content, huge, chunks);
+        let frames = vec![vec![0; zync_proto::MAX_CHUNK]; 4];
+        let fetched = fetch(content, Some(b"older"), header, frames).await;
+        match fetched.result {
+            Err(ClientError::Protocol(message)) => {
+                assert!(message.contains(&huge.to_string()), "{message}")
+            }
+            Err(e) => panic!("expected a protocol error, got {e:?}"),
+            Ok(how) => panic!("a delta of {huge} bytes for 10 was taken ({how})"),
+        }
+        // A delta as big as a real one for this file gets through (to its rebuild, which
+        // checks it).
+        let header = delta_header(content, max_delta(10), 1);
+        let frames = vec![vec![0; max_delta(10) as usize]];
+        let fetched = fetch(content, Some(b"older"), header, frames).await;
+        assert!(
+            matches!(fetched.result, Ok("delta")),
+            "{:?}",
+            fetched.result
+        );
+    }
+
+    /// A GET_FILE header with the planned sha256 but another size is a protocol error before
+    /// anything is written; one with another sha256 (E's file moved on) is `stale`, and
+    /// nothing is written either.
+    #[tokio::test]
+    async fn a_file_header_must_be_the_planned_version() {
+        let content = b"ten bytes!";
+        let file_header = |size: u64, sha256: String| {
+            json!({"dir": "code", "path": "f", "size": size, "offset": 0, "sha256": sha256,
+                   "mtime_ns": 1_000_000_000_i64, "mode": 420,
+                   "chunks": size.div_ceil(zync_proto::MAX_CHUNK as u64)})
+        };
+        let frames = vec![vec![b'x'; zync_proto::MAX_CHUNK]; 4];
+        let huge = 100u64 << 20;
+        let header = file_header(huge, zync_fs::hash_bytes(content));
+        let fetched = fetch(content, None, header, frames.clone()).await;
+        match &fetched.result {
+            Err(ClientError::Protocol(message)) => assert!(
+                message.contains(&format!("{huge} bytes")) && message.contains("10 bytes"),
+                "{message}"
+            ),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+        assert!(
+            names(&fetched.root).is_empty(),
+            "{:?}",
+            names(&fetched.root)
+        );
+
+        let header = file_header(huge, zync_fs::hash_bytes(b"another version"));
+        let fetched = fetch(content, None, header, frames).await;
+        assert!(
+            matches!(
+                &fetched.result,
+                Err(ClientError::Server {
+                    code: ErrorCode::Stale,
+                    ..
+                })
+            ),
+            "{:?}",
+            fetched.result
+        );
+        assert!(
+            names(&fetched.root).is_empty(),
+            "{:?}",
+            names(&fetched.root)
+        );
+    }
+
+    /// What is in `root` (names).
+    fn names(root: &Path) -> Vec<String> {
+        std::fs::read_dir(root)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect()
+    }
 
     #[test]
     fn the_window_follows_the_daemon_and_stays_small_for_an_old_one() {

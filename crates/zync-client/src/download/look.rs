@@ -269,8 +269,8 @@ pub fn stat(root: &Path, rel: &RelPath) -> Result<Stat, ClientError> {
 }
 
 /// The change's path as a [`RelPath`], or `None` (said in the log) when it must not be
-/// written: a path that could leave the root (invariant 3 (docs/ARCHITECTURE.md)) or one of
-/// the client's own files.
+/// written: a path that could leave the root (invariant 3 (docs/ARCHITECTURE.md)), or one that
+/// is, holds or lies below one of the client's own files (see [`is_own`]).
 pub fn parse(change: &Change, root: &Path, dir: &str, own: &[PathBuf]) -> Option<RelPath> {
     let rel = match RelPath::parse(&change.path) {
         Ok(rel) => rel,
@@ -279,9 +279,47 @@ pub fn parse(change: &Change, root: &Path, dir: &str, own: &[PathBuf]) -> Option
             return None;
         }
     };
-    if own.contains(&rel.to_path(root)) {
-        tracing::warn!(dir, path = %rel, "skipped: this is the client's own database or token file; keep them outside synced directories");
+    if is_own(&rel.to_path(root), own) {
+        tracing::warn!(dir, path = %rel, "skipped: this path is, holds or lies below the client's own database, lock or token file; keep them outside synced directories");
         return None;
     }
     Some(rel)
+}
+
+/// True when `path` is one of the client's own files (`own`: its database and SQLite's files
+/// beside it, its lock, its token), a directory holding one, or a path below one. A change
+/// there would replace, remove or set aside as a conflict copy the live database (a directory
+/// holding it is cleared whole when E makes it a file; a file is cleared to make it E's
+/// directory), and the next run would start from a fresh one, beside a lock and a token that
+/// moved with it.
+fn is_own(path: &Path, own: &[PathBuf]) -> bool {
+    own.iter()
+        .any(|file| file.starts_with(path) || path.starts_with(file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_holding_or_below_the_clients_own_files_is_its_own() {
+        let own = [
+            PathBuf::from("/r/.zync/sync_client.db"),
+            PathBuf::from("/r/.zync/sync_client.db-wal"),
+            PathBuf::from("/r/token"),
+        ];
+        for (path, expected) in [
+            ("/r/.zync/sync_client.db", true),
+            ("/r/.zync", true),
+            ("/r/.zync/sync_client.db/x", true),
+            ("/r/.zync/sync_client.db-wal/x/y", true),
+            ("/r/token", true),
+            ("/r/.zync/other", false),
+            ("/r/.zyncx", false),
+            ("/r/.zync/sync_client", false),
+            ("/r/token2", false),
+        ] {
+            assert_eq!(is_own(Path::new(path), &own), expected, "{path}");
+        }
+    }
 }
