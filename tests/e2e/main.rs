@@ -18,6 +18,7 @@ mod crash;
 mod delta;
 mod demo;
 mod dry_run;
+mod flood;
 mod harness;
 mod ignored;
 mod layout;

@@ -13,16 +13,18 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use zync_proto::{ErrorCode, ErrorResponse, ServerMessage};
 
-use crate::admission::{Admission, Ticket};
+use crate::admission::{Admission, Origin, Ticket};
 use crate::connection::Connection;
 use crate::handshake;
+use crate::peer_uid;
 use crate::shared::Shared;
 
 /// At most this many authenticated clients are served at once; one more is told the daemon is
 /// busy.
 const MAX_CONNECTIONS: usize = 256;
 /// At most this many connections wait for their handshake at once; a newer one pushes out the
-/// one that made the least progress (see [`Admission`]).
+/// one that made the least progress, a stranger's before one of the daemon's own user's, and a
+/// stranger's newcomer is refused when only the daemon's own user's wait (see [`Admission`]).
 const MAX_HANDSHAKING: usize = 64;
 
 /// WebSocket limits: a JSON message or one chunk frame, never more (docs/PROTOCOL.md).
@@ -40,7 +42,9 @@ pub fn ws_config() -> WebSocketConfig {
 ///
 /// Connections are accepted at once, whoever opens them: a stranger's connections wait in
 /// [`Admission`] for their handshake, where they can neither hold a slot of an
-/// authenticated client nor keep a real client from reaching its own handshake.
+/// authenticated client nor keep a real client from reaching its own handshake. The real
+/// client comes through the tunnel, E's `ssh`: a process of the daemon's own user, which the
+/// kernel names ([`peer_uid::lookup`]) and other users cannot pose as.
 ///
 /// # Errors
 /// When accepting fails in a way that retrying cannot fix.
@@ -52,6 +56,8 @@ pub async fn serve(
     let (stop_tx, _) = broadcast::channel::<()>(1);
     let clients = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let admission = Admission::new(MAX_HANDSHAKING);
+    // SAFETY: geteuid cannot fail.
+    let own_uid = unsafe { libc::geteuid() };
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -68,12 +74,28 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         while tasks.try_join_next().is_some() {}
-        let ticket = admission.admit();
+        // One netlink request answered at once, without waiting (see peer_uid).
+        let owner = stream
+            .local_addr()
+            .and_then(|local| peer_uid::lookup(local, peer));
+        let origin = match owner {
+            Ok(uid) if uid == own_uid => Origin::Ours,
+            _ => Origin::Stranger,
+        };
+        let Some(ticket) = admission.admit(origin) else {
+            tracing::debug!(%peer, "refused a stranger's connection: only connections of the daemon's own user wait for their handshake");
+            continue;
+        };
         let shared = shared.clone();
         let clients = clients.clone();
         let stop = stop_tx.subscribe();
         tasks.spawn(async move {
-            tracing::debug!(%peer, "connection opened");
+            match owner {
+                Ok(uid) => tracing::debug!(%peer, uid, ?origin, "connection opened"),
+                Err(e) => {
+                    tracing::debug!(%peer, ?origin, "connection opened; its owner is unknown: {e}")
+                }
+            }
             handle(stream, shared, clients, ticket, stop).await;
             tracing::debug!(%peer, "connection closed");
         });
