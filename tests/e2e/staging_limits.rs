@@ -4,7 +4,8 @@
 //! room back; the daemon's own files are never accepted as upstream paths; a push E stages
 //! nothing of leaves nothing; a path sent twice keeps one staged file; a session left
 //! unfinished leaves neither files nor rows; `zync-apply drop` and `gc` remove what they should
-//! and nothing else.
+//! and nothing else; the backups applied pushes keep go after `--staging-max-age`, or at once
+//! with `drop --discard-backups`, and E keeps what was applied.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -620,4 +621,114 @@ fn drop_gc_and_expiry_remove_staged_sessions_and_nothing_else() {
     assert!(!staging.join(&at_start).exists());
     assert_eq!(session(&db, &applied)["status"], "applied");
     assert_eq!(tree(&e, &[]), e_applied, "expiry touched E");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. The backups of applied pushes do not stay for good (invariants 5 and 9).
+
+/// Makes session `id`'s apply `days` days older in the daemon's database.
+fn age_apply(db: &Path, id: &str, days: i64) {
+    let conn = rusqlite::Connection::open(db).expect("open db");
+    conn.execute(
+        "UPDATE upstream_sessions SET applied_unix = applied_unix - ?2 WHERE id = ?1",
+        rusqlite::params![id, days * 86_400],
+    )
+    .expect("age the apply");
+}
+
+/// Bytes in the regular files under `dir`.
+fn bytes_under(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).expect("list").flatten() {
+        let meta = entry.metadata().expect("stat");
+        if meta.is_dir() {
+            total += bytes_under(&entry.path());
+        } else if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    total
+}
+
+#[test]
+fn backups_of_applied_one_byte_edits_are_reclaimed_by_drop_gc_and_expiry_at_start() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let big: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let (e, daemon) = daemon_with(tmp.path(), &[("big.bin", &big)], &[]);
+    let db = daemon.db.clone();
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+    // A hostile R flips one byte of E's big file, three times; E's user applies each push, and
+    // each apply keeps a whole copy of the file it replaced.
+    let mut pushed = Vec::new();
+    for round in 0..3 {
+        let mut edited = std::fs::read(r.join("big.bin")).expect("R's copy");
+        edited[round] ^= 0xff;
+        write(&r.join("big.bin"), &edited);
+        let summary = client.push_json(&daemon.url());
+        let id = summary["session_id"]
+            .as_str()
+            .expect("a session")
+            .to_string();
+        zync_apply_ok(&db, &["apply", &id, "--non-interactive", "--force"]);
+        client.once_ok(&daemon.url());
+        pushed.push(id);
+    }
+    let staging = staging_root(&db);
+    let four_mib = big.len() as u64;
+    assert!(
+        bytes_under(&staging) >= 3 * four_mib,
+        "three backups of the big file: {} bytes staged",
+        bytes_under(&staging)
+    );
+    let e_applied = tree(&e, &[]);
+
+    // drop --discard-backups: the first push's backups go at once; E keeps what it applied.
+    let out = zync_apply_ok(&db, &["drop", &pushed[0], "--discard-backups"]);
+    assert!(
+        out.contains(&format!("settled session {}", pushed[0])),
+        "{out}"
+    );
+    assert_eq!(session(&db, &pushed[0])["status"], "settled");
+    assert!(!staging.join(&pushed[0]).exists());
+    let out = output_within_deadline(zync_apply(&db, &["undo", &pushed[0]]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be undone"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tree(&e, &[]), e_applied, "drop or undo touched E");
+
+    // gc: an apply older than --older-than loses its backups; a recent one keeps them.
+    age_apply(&db, &pushed[1], 40);
+    let report = zync_apply_json(&db, &["gc", "--older-than", "30d", "--json"]);
+    let settled: Vec<&str> = report["settled"]
+        .as_array()
+        .expect("settled")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(settled, [pushed[1].as_str()], "{report}");
+    assert!(!staging.join(&pushed[1]).exists());
+    assert_eq!(session(&db, &pushed[2])["status"], "applied");
+    assert!(staging.join(&pushed[2]).exists());
+
+    // The daemon does the same at its start, by its --staging-max-age.
+    age_apply(&db, &pushed[2], 3);
+    drop(daemon);
+    let again = Daemon::start_with(
+        &tmp.path().join("state"),
+        &[("code", &e)],
+        &["--staging-max-age", "2d"],
+    );
+    again.wait_scanned();
+    assert_eq!(session(&db, &pushed[2])["status"], "settled");
+    assert!(
+        bytes_under(&staging) < four_mib,
+        "backups left: {} bytes staged",
+        bytes_under(&staging)
+    );
+    assert_eq!(tree(&e, &[]), e_applied, "settling touched E");
 }

@@ -56,8 +56,8 @@ pub struct Cli {
 pub enum Command {
     /// List staged sessions (pending ones unless --all).
     List {
-        /// Every session, also applied, undone, expired, dropped and still-receiving ones, and
-        /// the last aborted ones (their files are gone).
+        /// Every session, also applied, undone, settled, expired, dropped and still-receiving
+        /// ones, and the last aborted ones (their files are gone).
         #[arg(long)]
         all: bool,
         /// Print a JSON array instead of text.
@@ -132,22 +132,29 @@ pub enum Command {
     },
     /// Discard a staged session: remove its staged files from the staging area and mark it
     /// `dropped`. E's directories are not touched. An applied or partly applied session is
-    /// refused (its directory holds the backups `undo` needs: undo it first), and so is one
-    /// still being received.
+    /// refused unless --discard-backups is given (its directory holds the backups `undo`
+    /// needs), and so is one still being received.
     Drop {
         /// Session id, or a unique prefix of it.
         id: String,
+        /// Give up undo: take an applied or partly applied session too, removing its backups
+        /// (and the files a partly applied one still has staged, which are NOT applied), and
+        /// mark it `settled`. What it applied stays on E; it can no longer be undone.
+        #[arg(long)]
+        discard_backups: bool,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Expire staged sessions nobody applied for longer than the daemon's --staging-max-age
-    /// (or --older-than), removing their staged files, and remove directories in the staging
-    /// area that no session owns. Partly applied sessions are kept and named. E's directories
-    /// are not touched.
+    /// (or --older-than), removing their staged files; settle applied sessions whose apply
+    /// ended longer ago than that, removing their backups (what they applied stays on E; they
+    /// can no longer be undone); and remove directories in the staging area that no session
+    /// owns. Partly applied sessions are kept and named (`drop --discard-backups` settles one).
+    /// E's directories are not touched.
     Gc {
-        /// Expire staged sessions older than this (30d, 12h, ...). Default: `staging-max-age`
-        /// from zync-daemon's config file, else 30d.
+        /// Expire staged sessions, and settle applied ones, older than this (30d, 12h, ...).
+        /// Default: `staging-max-age` from zync-daemon's config file, else 30d.
         #[arg(long, value_name = "AGE", value_parser = zync_cli::units::parse_duration)]
         older_than: Option<std::time::Duration>,
         /// Print one JSON object instead of text.
@@ -157,7 +164,8 @@ pub enum Command {
         #[arg(skip)]
         configured_max_age: Option<std::time::Duration>,
     },
-    /// Undo an applied session: restore E's previous files from the backups.
+    /// Undo an applied session: restore E's previous files from the backups. A `settled`
+    /// session (its backups removed by `drop --discard-backups` or `gc`) cannot be undone.
     Undo {
         /// Session id, or a unique prefix of it.
         id: String,
@@ -240,7 +248,20 @@ mod tests {
     #[test]
     fn drop_and_gc_parse() {
         let cli = Cli::try_parse_from(["zync-apply", "drop", "abc", "--json"]).expect("drop");
-        assert!(matches!(cli.command, Command::Drop { ref id, json: true } if id == "abc"));
+        assert!(matches!(
+            cli.command,
+            Command::Drop { ref id, discard_backups: false, json: true } if id == "abc"
+        ));
+        let cli = Cli::try_parse_from(["zync-apply", "drop", "abc", "--discard-backups"])
+            .expect("drop --discard-backups");
+        assert!(matches!(
+            cli.command,
+            Command::Drop {
+                discard_backups: true,
+                json: false,
+                ..
+            }
+        ));
         let cli = Cli::try_parse_from(["zync-apply", "gc", "--older-than", "12h"]).expect("gc");
         assert!(matches!(
             cli.command,

@@ -4,9 +4,12 @@
 //! (`zync_db::expire`, the daemon's own rule). A session that an `apply` is working on right
 //! now (it holds the session's lock, `lock.rs`) is left alone and named busy: it is still
 //! `staged` until that run ends, but its directory already holds the backups of E's files the
-//! run replaced. Partly applied sessions are kept and named.
-//! Directories in the staging area that no session owns are removed (`zync_db::leftover_dirs`).
-//! E's directories are never touched.
+//! run replaced. Applied sessions whose apply ended longer ago than that age are settled: their
+//! backups are removed and they are marked `settled` (what they applied stays on E; they can no
+//! longer be undone), so that E's staging area does not keep a copy of every file every apply
+//! replaced for good. Partly applied sessions are kept and named, with how to settle one
+//! (`drop --discard-backups`). Directories in the staging area that no session owns are removed
+//! (`zync_db::leftover_dirs`). E's directories are never touched.
 
 use std::io::Write;
 use std::path::Path;
@@ -14,6 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use zync_cli::units::{format_bytes, format_duration};
+use zync_db::SessionStatus;
 
 use crate::lock::SessionLock;
 use crate::session::{self, SessionJson};
@@ -26,13 +30,15 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 struct Report {
     older_than_secs: u64,
     expired: Vec<SessionJson>,
+    settled: Vec<SessionJson>,
     busy: Vec<SessionJson>,
     kept_partial: Vec<SessionJson>,
     removed_dirs: Vec<String>,
 }
 
-/// Expires the staged sessions of the database `db` older than `max_age` and removes
-/// leftover staging directories, printing what it removed.
+/// Expires the staged sessions of the database `db` older than `max_age`, settles the applied
+/// ones whose apply ended longer ago than that, and removes leftover staging directories,
+/// printing what it removed.
 ///
 /// # Errors
 /// The database cannot be opened or read; the staging area cannot be listed; a directory that
@@ -59,6 +65,7 @@ pub fn gc(db: &Path, max_age: Duration, json: bool, out: &mut dyn Write) -> anyh
         let report = Report {
             older_than_secs: max_age.as_secs(),
             expired: expiry.expired.iter().map(SessionJson::from).collect(),
+            settled: expiry.settled.iter().map(SessionJson::from).collect(),
             busy: expiry.busy.iter().map(SessionJson::from).collect(),
             kept_partial: expiry.kept_partial.iter().map(SessionJson::from).collect(),
             removed_dirs: removed.iter().map(|d| d.display().to_string()).collect(),
@@ -77,33 +84,54 @@ pub fn gc(db: &Path, max_age: Duration, json: bool, out: &mut dyn Write) -> anyh
                 format_bytes(s.bytes)
             )?;
         }
+        for s in &expiry.settled {
+            writeln!(
+                out,
+                "settled session {} (applied {}, from {}): its backups were removed; what it \
+                 applied stays on E, and it can no longer be undone",
+                s.id,
+                session::local_time(s.applied_unix.unwrap_or(s.created_unix)),
+                zync_cli::visible::line(&s.client_id)
+            )?;
+        }
         for dir in &removed {
             writeln!(out, "removed {}: no session owns it", dir.display())?;
         }
         for s in &expiry.busy {
-            writeln!(
-                out,
-                "kept session {}: busy, staged {}, older than {age}; a run holds its lock (an \
-                 apply at its prompt), so a later gc expires it if it is still untouched then",
-                s.id,
-                session::local_time(s.created_unix)
-            )?;
+            let what = if s.status == SessionStatus::Applied {
+                format!(
+                    "applied {}, older than {age}; a run holds its lock (an undo), so a later gc \
+                     removes its backups if it is still applied then",
+                    session::local_time(s.applied_unix.unwrap_or(s.created_unix))
+                )
+            } else {
+                format!(
+                    "staged {}, older than {age}; a run holds its lock (an apply at its \
+                     prompt), so a later gc expires it if it is still untouched then",
+                    session::local_time(s.created_unix)
+                )
+            };
+            writeln!(out, "kept session {}: busy, {what}", s.id)?;
         }
         for s in &expiry.kept_partial {
             writeln!(
                 out,
                 "kept session {}: partly applied, staged {}, older than {age}; finish it with \
-                 `zync-apply apply`, or `zync-apply undo` it and drop it",
+                 `zync-apply apply`, or `zync-apply undo` it and drop it, or keep what it \
+                 applied and give up undo with `zync-apply drop {} --discard-backups` (removes \
+                 its backups and the files still staged, without applying them)",
                 s.id,
-                session::local_time(s.created_unix)
+                session::local_time(s.created_unix),
+                s.id
             )?;
         }
         writeln!(
             out,
-            "gc: {} older than {age} expired, {} busy, {} removed; E's directories were not \
-             touched",
+            "gc: {} older than {age} expired, {} busy, {} settled (backups removed), {} removed; \
+             E's directories were not touched",
             session::count(expiry.expired.len() as u64, "session"),
             expiry.busy.len(),
+            expiry.settled.len(),
             session::count(removed.len() as u64, "leftover directory")
                 .replace("directorys", "directories")
         )?;
@@ -172,7 +200,8 @@ mod tests {
         r.expect("gc");
         assert!(out.contains(&format!("expired session {OLD}")), "{out}");
         assert!(
-            out.contains(&format!("kept session {PART}: partly applied")),
+            out.contains(&format!("kept session {PART}: partly applied"))
+                && out.contains(&format!("zync-apply drop {PART} --discard-backups")),
             "{out}"
         );
         assert!(
@@ -193,6 +222,75 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
         assert_eq!(v["expired"].as_array().map(Vec::len), Some(0), "{v}");
         assert_eq!(v["older_than_secs"], 86_400);
+    }
+
+    /// Makes session `id`'s apply `days` days older.
+    fn age_apply(fx: &Fixture, id: &str, days: i64) {
+        rusqlite::Connection::open(&fx.db)
+            .expect("open db")
+            .execute(
+                "UPDATE upstream_sessions SET applied_unix = applied_unix - ?2 WHERE id = ?1",
+                (id, days * 86_400),
+            )
+            .expect("age the apply");
+    }
+
+    #[test]
+    fn gc_removes_the_backups_of_sessions_applied_longer_ago_than_the_age_and_keeps_e() {
+        let fx = Fixture::new();
+        fx.e_write("big.bin", b"E's original\n");
+        // Two one-byte edits of E's file from R, each applied: each keeps a whole backup.
+        fx.stage(OLD, &[write("big.bin", b"R1\n", Some(b"E's original\n"))]);
+        let mut p = ScriptedPrompter::new([]);
+        fx.run(&["apply", OLD, "--non-interactive"], &mut p)
+            .0
+            .expect("apply");
+        fx.stage(NEW, &[write("big.bin", b"R2\n", Some(b"R1\n"))]);
+        fx.run(&["apply", NEW, "--non-interactive"], &mut p)
+            .0
+            .expect("apply");
+        // Pushed long ago but applied yesterday: its backups are young.
+        fx.stage(PART, &[write("p.txt", b"p\n", None)]);
+        age(&fx, PART, 40);
+        fx.run(&["apply", PART, "--non-interactive"], &mut p)
+            .0
+            .expect("apply");
+        age_apply(&fx, PART, 1);
+        age_apply(&fx, OLD, 40);
+        age(&fx, OLD, 40);
+        let new_backup = fx.file(NEW, "big.bin").backup_name.expect("a backup");
+        let e_before = fx.e_tree();
+
+        let (r, out) = fx.run(&["gc", "--older-than", "30d"], &mut p);
+        r.expect("gc");
+        assert!(
+            out.contains(&format!("settled session {OLD} (applied "))
+                && out.contains("can no longer be undone")
+                && out.contains("0 busy, 1 settled"),
+            "{out}"
+        );
+        assert_eq!(fx.status(OLD), SessionStatus::Settled);
+        assert!(!fx.session_dir(OLD).exists(), "the old backups stay");
+        for id in [NEW, PART] {
+            assert_eq!(fx.status(id), SessionStatus::Applied, "{id}");
+        }
+        assert!(
+            fx.session_dir(NEW).join(new_backup).exists(),
+            "the backup of a recent apply went"
+        );
+        assert!(fx.session_dir(PART).exists());
+        assert_eq!(fx.e_tree(), e_before, "E changed");
+
+        let (r, out) = fx.run(&["gc", "--older-than", "30d", "--json"], &mut p);
+        r.expect("gc --json");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["settled"].as_array().map(Vec::len), Some(0), "{v}");
+        // The recent apply can still be undone; the settled one cannot.
+        let (r, out) = fx.run(&["undo", NEW], &mut p);
+        assert_eq!(r.expect("undo"), Outcome::Done, "{out}");
+        assert_eq!(fx.e_read("big.bin").as_deref(), Some(&b"R1\n"[..]));
+        let (r, _) = fx.run(&["undo", OLD], &mut p);
+        assert!(format!("{:#}", r.expect_err("settled")).contains("cannot be undone"));
     }
 
     /// What [`GcAtPrompt`] saw when gc ran at its second question.

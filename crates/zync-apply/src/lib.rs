@@ -121,7 +121,11 @@ pub fn run_with(
             out,
         ),
         Command::Undo { id, dirs, force } => undo::undo(&cli.db, id, &dirs.dirs, *force, out),
-        Command::Drop { id, json } => drop::drop(&cli.db, id, *json, out).map(|()| Outcome::Done),
+        Command::Drop {
+            id,
+            discard_backups,
+            json,
+        } => drop::drop(&cli.db, id, *discard_backups, *json, out).map(|()| Outcome::Done),
         Command::Gc {
             older_than,
             json,

@@ -125,6 +125,10 @@ pub struct SessionJson {
     pub conflicts: u64,
     /// Bytes of content.
     pub bytes: u64,
+    /// When an apply run last ended on it (it became `partial` or `applied`), seconds since
+    /// the Unix epoch; null if none did. An `applied` session's backups are removed (it is
+    /// `settled`) once this is older than the daemon's `--staging-max-age`.
+    pub applied_unix: Option<i64>,
     /// Files that change what E serves or runs (`.zyncignore`, anything in `.git`); each is
     /// applied only with an explicit yes. Given by `list` and `show`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,6 +146,7 @@ impl From<&Session> for SessionJson {
             files: s.files,
             conflicts: s.conflicts,
             bytes: s.bytes,
+            applied_unix: s.applied_unix,
             control_files: None,
         }
     }

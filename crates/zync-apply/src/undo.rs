@@ -37,8 +37,12 @@ pub fn undo(
 ) -> anyhow::Result<Outcome> {
     let mut index = session::open_index(db)?;
     let session = session::find(&index, id)?;
-    // Never beside an apply or another undo of the session (lock.rs).
+    refuse_settled(&session)?;
+    // Never beside an apply or another undo of the session (lock.rs); then read it again, as
+    // a `drop --discard-backups` may have settled it meanwhile.
     let _lock = SessionLock::acquire(db, &session.id, "undo")?;
+    let session = session::find(&index, &session.id)?;
+    refuse_settled(&session)?;
     // A killed apply left intent records: what went through is undone below with its backup.
     recover::resolve_session(&mut index, db, &session.id, dirs, out)?;
     let files: Vec<StagedFile> = index
@@ -114,6 +118,19 @@ pub fn undo(
         );
     }
     Ok(Outcome::Done)
+}
+
+/// Refuses a settled session: the backups undo would restore from are gone.
+fn refuse_settled(session: &zync_db::Session) -> anyhow::Result<()> {
+    if session.status == SessionStatus::Settled {
+        bail!(
+            "session {} is settled: its backups were removed (`zync-apply drop --discard-backups`, \
+             or `zync-apply gc` and the daemon once it had been applied for longer than \
+             --staging-max-age), so it cannot be undone; what it applied stays on E",
+            session.id
+        );
+    }
+    Ok(())
 }
 
 fn report_removed_dirs(out: &mut dyn Write, removed: &[String]) -> anyhow::Result<()> {

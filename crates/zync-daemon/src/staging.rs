@@ -129,11 +129,15 @@ pub fn abort_stale_sessions(index: &zync_db::Index, db: &Path) -> zync_db::Resul
 }
 
 /// Expires the sessions staged longer than `max_age` ago and never touched since
-/// (`zync_db::expire`: their staged files removed, status `expired`); partly applied sessions
-/// are kept and named in the log. Each session's lock is taken first, as `zync-apply` takes it
-/// (`zync_fs::try_lock_in` on `zync_db::SESSION_LOCK_FILE`): a session an interactive apply is
-/// working on is still `staged`, but its directory already holds the backups of the files it
-/// replaced on E, so a busy session is left alone and named in the log.
+/// (`zync_db::expire`: their staged files removed, status `expired`), and settles the sessions
+/// whose apply ended longer than `max_age` ago (their backups removed, status `settled`: what
+/// they applied stays on E, they can no longer be undone), so that every apply does not keep
+/// a copy of each E file it replaced for good (invariant 9 (docs/ARCHITECTURE.md)); partly
+/// applied sessions are kept and named in the log. Each session's lock is taken first, as
+/// `zync-apply` takes it (`zync_fs::try_lock_in` on `zync_db::SESSION_LOCK_FILE`): a session an
+/// interactive apply is working on is still `staged`, but its directory already holds the
+/// backups of the files it replaced on E, and an undo restores from an applied session's
+/// backups, so a busy session is left alone and named in the log.
 ///
 /// # Errors
 /// Database errors.
@@ -159,11 +163,14 @@ pub fn expire_sessions(
     for session in &expiry.expired {
         tracing::info!(session = %session.id, files = session.files, bytes = session.bytes, "expired an upstream session staged more than {age} ago (--staging-max-age); its staged files are removed");
     }
+    for session in &expiry.settled {
+        tracing::info!(session = %session.id, "removed the backups of an upstream session applied more than {age} ago (--staging-max-age): what it applied stays on E, and it can no longer be undone (status settled)");
+    }
     for session in &expiry.busy {
-        tracing::info!(session = %session.id, "an upstream session staged more than {age} ago is kept for now: zync-apply is working on it (it holds the session's lock)");
+        tracing::info!(session = %session.id, status = %session.status, "an upstream session older than {age} is kept for now: zync-apply is working on it (it holds the session's lock)");
     }
     for session in &expiry.kept_partial {
-        tracing::warn!(session = %session.id, "an upstream session partly applied more than {age} ago is kept: finish it with zync-apply apply, or undo it and drop it");
+        tracing::warn!(session = %session.id, "an upstream session partly applied more than {age} ago is kept: finish it with zync-apply apply, or undo it and drop it, or keep what it applied with zync-apply drop ID --discard-backups");
     }
     for (dir, e) in &expiry.failures {
         tracing::warn!(dir = %dir.display(), "cannot lock or remove an old session's staged files: {e}");
@@ -351,5 +358,33 @@ mod tests {
         expire_sessions(&index, &db, Duration::ZERO).expect("expire");
         assert_eq!(session().status, SessionStatus::Expired);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn staging_expiry_at_start_removes_the_backups_of_applies_older_than_the_age() {
+        const ID: &str = "aaaa1111-2222-4333-8444-555566667777";
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let db = tmp.path().join("sync.db");
+        let index = zync_db::Index::open(&db).expect("index");
+        index.create_session(ID, "r").expect("create");
+        index
+            .set_session_status(ID, SessionStatus::Applied)
+            .expect("applied");
+        let dir = zync_db::session_dir(&db, ID);
+        std::fs::create_dir_all(&dir).expect("session dir");
+        std::fs::write(dir.join("backup-000001"), b"E's original").expect("backup");
+        let status = || index.session(ID).expect("session").expect("kept").status;
+        expire_sessions(&index, &db, Duration::from_secs(60)).expect("expire");
+        assert_eq!(
+            status(),
+            SessionStatus::Applied,
+            "a recent apply was settled"
+        );
+        assert!(dir.join("backup-000001").exists());
+        // Applied a second ago or more: older than an age of zero.
+        std::thread::sleep(Duration::from_millis(1_100));
+        expire_sessions(&index, &db, Duration::ZERO).expect("expire");
+        assert_eq!(status(), SessionStatus::Settled);
+        assert!(!dir.exists(), "its backups stay");
     }
 }

@@ -193,6 +193,58 @@ pub(crate) const INDEX: Schema = Schema {
              source TEXT NOT NULL,
              PRIMARY KEY (dir, path)
          ) WITHOUT ROWID;",
+        // 8: the 'settled' session status (an applied or partly applied session whose
+        // directory, with the backups undo needed, was removed: its changes stay on E), and
+        // `applied_unix`, when an apply run last ended on a session, from which expiry counts
+        // the age of an applied session's backups (retire.rs `expire`). The status CHECK is
+        // rebuilt as in step 5, keeping step 6's `created_dirs`. Sessions applied before this
+        // version have no such time and get the upgrade's: their backups are kept for a whole
+        // --staging-max-age from the upgrade, never fewer.
+        "CREATE TABLE upstream_sessions_v8 (
+             id TEXT PRIMARY KEY NOT NULL,
+             client_id TEXT NOT NULL,
+             created_unix INTEGER NOT NULL,
+             status TEXT NOT NULL CHECK (status IN ('receiving', 'staged', 'partial',
+                 'applied', 'aborted', 'undone', 'expired', 'dropped', 'settled')),
+             applied_unix INTEGER
+         ) WITHOUT ROWID;
+         INSERT INTO upstream_sessions_v8 (id, client_id, created_unix, status, applied_unix)
+             SELECT id, client_id, created_unix, status,
+                 CASE WHEN status IN ('partial', 'applied')
+                     THEN CAST(strftime('%s', 'now') AS INTEGER) END
+             FROM upstream_sessions;
+         CREATE TABLE upstream_files_v8 AS SELECT * FROM upstream_files;
+         DROP TABLE upstream_files;
+         DROP TABLE upstream_sessions;
+         ALTER TABLE upstream_sessions_v8 RENAME TO upstream_sessions;
+         CREATE TABLE upstream_files (
+             session_id TEXT NOT NULL REFERENCES upstream_sessions (id) ON DELETE CASCADE,
+             dir TEXT NOT NULL,
+             path TEXT NOT NULL,
+             action TEXT NOT NULL CHECK (action IN ('write', 'delete')),
+             mode INTEGER NOT NULL,
+             size INTEGER NOT NULL,
+             mtime_ns INTEGER NOT NULL,
+             sha256 TEXT,
+             base_sha256 TEXT,
+             conflict INTEGER NOT NULL CHECK (conflict IN (0, 1)),
+             state TEXT NOT NULL CHECK (state IN
+                 ('staged', 'applying', 'applied', 'skipped', 'kept_both', 'undone')),
+             staged_name TEXT,
+             backup_name TEXT,
+             e_existed INTEGER NOT NULL DEFAULT 0 CHECK (e_existed IN (0, 1)),
+             created_dirs TEXT,
+             PRIMARY KEY (session_id, dir, path)
+         ) WITHOUT ROWID;
+         INSERT INTO upstream_files (session_id, dir, path, action, mode, size, mtime_ns,
+                 sha256, base_sha256, conflict, state, staged_name, backup_name, e_existed,
+                 created_dirs)
+             SELECT session_id, dir, path, action, mode, size, mtime_ns,
+                 sha256, base_sha256, conflict, state, staged_name, backup_name, e_existed,
+                 created_dirs
+             FROM upstream_files_v8;
+         DROP TABLE upstream_files_v8;
+         CREATE INDEX upstream_files_session ON upstream_files (session_id);",
     ],
 };
 

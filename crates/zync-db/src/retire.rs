@@ -3,9 +3,11 @@
 //! replacing its earlier staged file, and the ends of a session's life that remove its staged
 //! files without touching E's directories: expiry of sessions left staged too long (at a
 //! daemon start, and `zync-apply gc`), `zync-apply drop`, and directories in the staging area
-//! that no live session owns; and the rows an aborted session would leave behind. The daemon
-//! and zync-apply both call these, so the rules live once, here (invariant 9
-//! (docs/ARCHITECTURE.md): staging is bounded).
+//! that no live session owns; the end of an applied session's backups (settling: by expiry
+//! once the apply is old enough, or `zync-apply drop --discard-backups`); and the rows an
+//! aborted session would leave behind. The daemon and zync-apply both call these, so the rules
+//! live once, here (invariant 9 (docs/ARCHITECTURE.md): staging is bounded; invariant 5: the
+//! backups are kept, for undo, until their time is up or the user gives undo up).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +17,7 @@ use rusqlite::OptionalExtension;
 use crate::error::{Context, Result};
 use crate::sessions::FILE_COLUMNS;
 use crate::sql::{u64_from_sql, u64_to_sql};
-use crate::{session_dir, staging_root, Index, Session, SessionStatus, StagedFile};
+use crate::{session_dir, staging_root, FileState, Index, Session, SessionStatus, StagedFile};
 
 /// How many aborted sessions keep their row (without their files) for `zync-apply list --all`:
 /// enough to see what became of the last pushes that failed, few enough that abandoned
@@ -213,6 +215,54 @@ impl Index {
         found.reverse();
         Ok(found)
     }
+
+    /// Applied sessions ([`SessionStatus::Applied`]) whose apply ended before `cutoff_unix`,
+    /// oldest apply first. A session without that time (none should be: the upgrade that added
+    /// it gave applied sessions its own) counts from its creation, the earliest it can have
+    /// been applied.
+    fn applied_before(&self, cutoff_unix: i64) -> Result<Vec<Session>> {
+        let mut found: Vec<Session> = self
+            .sessions_with_status(SessionStatus::Applied)?
+            .into_iter()
+            .filter(|s| s.applied_unix.unwrap_or(s.created_unix) < cutoff_unix)
+            .collect();
+        found.sort_by_key(|s| s.applied_unix.unwrap_or(s.created_unix));
+        Ok(found)
+    }
+
+    /// Marks session `id` [`SessionStatus::Settled`] if it is one of `from` now and no file of
+    /// it is [`FileState::Applying`] (compare and set, in one statement): an intent record
+    /// names a backup that the next `apply` or `undo` needs to learn how far a killed run got.
+    /// Returns whether it changed.
+    fn settle_row(&self, id: &str, from: &[SessionStatus]) -> Result<bool> {
+        for status in from {
+            let changed = self
+                .conn()
+                .execute(
+                    "UPDATE upstream_sessions SET status = ?3
+                     WHERE id = ?1 AND status = ?2 AND NOT EXISTS (
+                         SELECT 1 FROM upstream_files WHERE session_id = ?1 AND state = ?4)",
+                    (id, status, SessionStatus::Settled, FileState::Applying),
+                )
+                .with_ctx(|| format!("marking the upstream session {id} settled"))?;
+            if changed > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// How many files of session `id` are in `state`.
+    fn files_in_state(&self, id: &str, state: FileState) -> Result<u64> {
+        self.conn()
+            .query_row(
+                "SELECT count(*) FROM upstream_files WHERE session_id = ?1 AND state = ?2",
+                (id, state),
+                |row| row.get::<_, i64>(0),
+            )
+            .map(u64_from_sql)
+            .with_ctx(|| format!("counting the {state} files of the upstream session {id}"))
+    }
 }
 
 fn pending() -> [SessionStatus; 3] {
@@ -228,24 +278,35 @@ fn pending() -> [SessionStatus; 3] {
 pub struct Expiry {
     /// Sessions now [`SessionStatus::Expired`], their staged files removed.
     pub expired: Vec<Session>,
-    /// Sessions old enough to expire whose lock someone holds (an `apply` waiting at its
-    /// prompt, having already replaced E's files and kept their backups here): left as they
-    /// are, to be expired by a later run once they are free (if still untouched).
+    /// Applied sessions whose apply ended longer than the age ago, now
+    /// [`SessionStatus::Settled`]: their directories, with the backups of what they replaced
+    /// on E, removed; their changes stay on E, and they can no longer be undone.
+    pub settled: Vec<Session>,
+    /// Sessions old enough to expire or settle whose lock someone holds (an `apply` waiting at
+    /// its prompt, having already replaced E's files and kept their backups here; an `undo`
+    /// restoring from them): left as they are, for a later run once they are free (if still
+    /// in the same state).
     pub busy: Vec<Session>,
-    /// Partly applied sessions older than the age: never expired (their directories hold the
-    /// backups `zync-apply undo` needs), only reported.
+    /// Partly applied sessions older than the age: neither expired nor settled (besides the
+    /// backups `zync-apply undo` needs, their directories hold staged files still waiting for
+    /// E's user), only reported. `zync-apply drop --discard-backups` settles one
+    /// ([`settle_session`]).
     pub kept_partial: Vec<Session>,
     /// Directories whose lock could not be taken (those sessions are left as they are), or that
-    /// could not be removed (those sessions are expired all the same), with why.
+    /// could not be removed (those sessions are expired or settled all the same), with why.
     pub failures: Vec<(PathBuf, std::io::Error)>,
 }
 
 /// Expires the sessions of the database at `db` that were staged more than `max_age` before
 /// `now_unix` and never touched since ([`SessionStatus::Staged`]): each is marked
-/// [`SessionStatus::Expired`], then its directory in the staging area is removed. Sessions
-/// still receiving, partly or wholly applied, undone or already ended are left alone; partly
-/// applied ones older than the age are returned in [`Expiry::kept_partial`] so the caller can
-/// say so. Nothing in E's directories is touched.
+/// [`SessionStatus::Expired`], then its directory in the staging area is removed. Then settles
+/// the sessions whose apply ended more than `max_age` before `now_unix`
+/// ([`SessionStatus::Applied`], by [`Session::applied_unix`]): each is marked
+/// [`SessionStatus::Settled`], then its directory, which holds the backups `undo` would need,
+/// is removed, so that every apply (each keeping a whole copy of every E file it replaced)
+/// does not grow the staging area for good. Sessions still receiving, partly applied, undone
+/// or already ended are left alone; partly applied ones older than the age are returned in
+/// [`Expiry::kept_partial`] so the caller can say so. Nothing in E's directories is touched.
 ///
 /// A session stays `staged` while an interactive `zync-apply apply` works on it, until the
 /// run ends; only the run's lock on the session ([`crate::SESSION_LOCK_FILE`]) says that its
@@ -298,6 +359,31 @@ pub fn expire<G>(
             ..session
         });
     }
+    for session in index.applied_before(cutoff)? {
+        let dir = session_dir(db, &session.id);
+        // An `undo` restoring from the backups holds the lock.
+        let _guard = match lock(&dir) {
+            Ok(Some(guard)) => guard,
+            Ok(None) => {
+                expiry.busy.push(session);
+                continue;
+            }
+            Err(e) => {
+                expiry.failures.push((dir, e));
+                continue;
+            }
+        };
+        if !index.settle_row(&session.id, &[SessionStatus::Applied])? {
+            continue; // undone meanwhile
+        }
+        if let Err(e) = remove_dir(&dir) {
+            expiry.failures.push((dir, e));
+        }
+        expiry.settled.push(Session {
+            status: SessionStatus::Settled,
+            ..session
+        });
+    }
     let mut partial: Vec<Session> = index
         .sessions_with_status(SessionStatus::Partial)?
         .into_iter()
@@ -313,9 +399,10 @@ pub fn expire<G>(
 pub enum Undroppable {
     /// Still being received from R.
     Receiving,
-    /// Some files were applied: its directory holds the backups `undo` needs.
+    /// Some files were applied: its directory holds the backups `undo` needs. Only
+    /// [`settle_session`] removes them, when the user gives undo up.
     Applied(SessionStatus),
-    /// Already ended (aborted, expired or dropped): nothing is staged.
+    /// Already ended (aborted, expired, dropped or settled): nothing is staged.
     Ended(SessionStatus),
 }
 
@@ -337,9 +424,10 @@ pub fn drop_session(
         SessionStatus::Staged | SessionStatus::Undone => None,
         SessionStatus::Receiving => Some(Undroppable::Receiving),
         s @ (SessionStatus::Partial | SessionStatus::Applied) => Some(Undroppable::Applied(s)),
-        s @ (SessionStatus::Aborted | SessionStatus::Expired | SessionStatus::Dropped) => {
-            Some(Undroppable::Ended(s))
-        }
+        s @ (SessionStatus::Aborted
+        | SessionStatus::Expired
+        | SessionStatus::Dropped
+        | SessionStatus::Settled) => Some(Undroppable::Ended(s)),
     };
     if let Some(why) = why {
         return Ok(Err(why));
@@ -358,9 +446,56 @@ pub fn drop_session(
     Ok(Ok(remove_dir(&session_dir(db, &session.id))))
 }
 
+/// Why [`settle_session`] refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unsettleable {
+    /// Not [`SessionStatus::Applied`] or [`SessionStatus::Partial`] (now): nothing of it is on
+    /// E (staged, undone: [`drop_session`] takes those), it is still being received, or it
+    /// already ended.
+    Status(SessionStatus),
+    /// This many of its files are [`FileState::Applying`]: an apply was killed while changing
+    /// them, and only their backups tell the next `apply` or `undo` how far it got.
+    Interrupted(u64),
+}
+
+/// Settles `session` of the database at `db`, giving its undo up: marks it
+/// [`SessionStatus::Settled`], then removes its directory in the staging area: the backups of
+/// the E files it replaced or deleted, and, for a partly applied session, the staged files it
+/// never applied (they are not applied by this, and can no longer be). What it applied stays
+/// on E; nothing in E's directories is touched. Only an applied or partly applied session
+/// without interrupted files may be settled. The caller holds the session's lock
+/// ([`crate::SESSION_LOCK_FILE`]).
+///
+/// # Errors
+/// `Ok(Err(why))` when the session may not be settled (or another process moved it on
+/// meanwhile); an SQLite failure; the directory could not be removed (the session is settled
+/// all the same; `zync-apply gc` removes what is left, [`leftover_dirs`]).
+pub fn settle_session(
+    index: &Index,
+    db: &Path,
+    session: &Session,
+) -> Result<std::result::Result<std::io::Result<()>, Unsettleable>> {
+    let from = [SessionStatus::Applied, SessionStatus::Partial];
+    if !from.contains(&session.status) {
+        return Ok(Err(Unsettleable::Status(session.status)));
+    }
+    if !index.settle_row(&session.id, &from)? {
+        let interrupted = index.files_in_state(&session.id, FileState::Applying)?;
+        let now = index
+            .session(&session.id)?
+            .map_or(SessionStatus::Dropped, |s| s.status);
+        return Ok(Err(if interrupted > 0 && from.contains(&now) {
+            Unsettleable::Interrupted(interrupted)
+        } else {
+            Unsettleable::Status(now)
+        }));
+    }
+    Ok(Ok(remove_dir(&session_dir(db, &session.id))))
+}
+
 /// Directories in the staging area of the database at `db` that no live session owns: named
 /// like a session id (a UUID) and either unknown to the index or belonging to a session that
-/// ended (aborted, expired, dropped) whose files should be gone. Anything else there is left
+/// ended ([`SessionStatus::ENDED`]) whose files should be gone. Anything else there is left
 /// alone. A missing staging area has none.
 ///
 /// # Errors
@@ -476,6 +611,15 @@ mod tests {
         if status != SessionStatus::Receiving {
             index.set_session_status(id, status).expect("status");
         }
+        // Applied (partly or wholly) as long ago as it was created.
+        index
+            .conn()
+            .execute(
+                "UPDATE upstream_sessions SET applied_unix = ?2
+                 WHERE id = ?1 AND applied_unix IS NOT NULL",
+                (id, NOW - days * DAY),
+            )
+            .expect("applied");
         let dir = session_dir(db, id);
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::write(dir.join(format!("{size}.new")), b"x").expect("staged file");
@@ -496,6 +640,7 @@ mod tests {
             (6, SessionStatus::Undone, 6_000_000),
             (7, SessionStatus::Expired, 70_000_000),
             (8, SessionStatus::Dropped, 800_000_000),
+            (9, SessionStatus::Settled, 900_000_000),
         ] {
             session(&index, &db, &uuid(n), "r", 0, status, size);
         }
@@ -546,10 +691,13 @@ mod tests {
         for (n, days, status, _) in cases {
             session(&index, &db, &uuid(n), "r", days, status, u64::from(n));
         }
+        // Pushed long ago, applied yesterday: its backups are young.
+        set_applied(&index, &uuid(4), Some(NOW - DAY));
         let expiry =
             expire(&index, &db, Duration::from_secs(30 * DAY as u64), NOW, free).expect("expire");
         let expired: Vec<&str> = expiry.expired.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(expired, [uuid(1)]);
+        assert!(expiry.settled.is_empty(), "{:?}", expiry.settled);
         assert!(expiry.failures.is_empty(), "{:?}", expiry.failures);
         let kept: Vec<&str> = expiry.kept_partial.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(
@@ -571,6 +719,174 @@ mod tests {
         let again =
             expire(&index, &db, Duration::from_secs(30 * DAY as u64), NOW, free).expect("again");
         assert!(again.expired.is_empty(), "expiry is not repeated");
+    }
+
+    /// Sets when session `id`'s apply ended (`None`: never recorded).
+    fn set_applied(index: &Index, id: &str, at: Option<i64>) {
+        index
+            .conn()
+            .execute(
+                "UPDATE upstream_sessions SET applied_unix = ?2 WHERE id = ?1",
+                (id, at),
+            )
+            .expect("applied_unix");
+    }
+
+    #[test]
+    fn expiry_settles_applied_sessions_whose_apply_ended_longer_ago_than_the_age() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let db = tmp.path().join("sync.db");
+        let index = Index::open(&db).expect("open");
+        let max_age = Duration::from_secs(30 * DAY as u64);
+        // (n, days since created and applied, status, backups reclaimed)
+        let cases = [
+            (1, 31, SessionStatus::Applied, true),
+            (2, 40, SessionStatus::Applied, false), // applied yesterday (below)
+            (3, 40, SessionStatus::Applied, false), // its lock is held (below)
+            (4, 50, SessionStatus::Applied, true),  // no apply time: counted from creation
+            (5, 40, SessionStatus::Partial, false),
+            (6, 29, SessionStatus::Applied, false),
+        ];
+        for (n, days, status, _) in cases {
+            session(&index, &db, &uuid(n), "r", days, status, u64::from(n));
+            // The backup of what its apply replaced on E.
+            std::fs::write(session_dir(&db, &uuid(n)).join("backup-1"), b"E's original")
+                .expect("backup");
+        }
+        set_applied(&index, &uuid(2), Some(NOW - DAY));
+        set_applied(&index, &uuid(4), None);
+        let held = session_dir(&db, &uuid(3));
+        let expiry = expire(&index, &db, max_age, NOW, |dir| {
+            Ok((dir != held).then_some(()))
+        })
+        .expect("expire");
+        let ids = |list: &[Session]| list.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            ids(&expiry.settled),
+            [uuid(4), uuid(1)],
+            "the oldest apply first"
+        );
+        assert!(expiry
+            .settled
+            .iter()
+            .all(|s| s.status == SessionStatus::Settled));
+        assert_eq!(ids(&expiry.busy), [uuid(3)], "the held session is busy");
+        assert_eq!(ids(&expiry.kept_partial), [uuid(5)]);
+        assert!(expiry.expired.is_empty() && expiry.failures.is_empty());
+        for (n, _, status, reclaimed) in cases {
+            let id = uuid(n);
+            let now = index.session(&id).expect("session").expect("kept").status;
+            let backup = session_dir(&db, &id).join("backup-1");
+            if reclaimed {
+                assert_eq!(now, SessionStatus::Settled, "{id}");
+                assert!(!session_dir(&db, &id).exists(), "{id}: backups left");
+            } else {
+                assert_eq!(now, status, "{id} changed");
+                assert!(backup.exists(), "{id}: its backup was removed");
+            }
+        }
+        // Settled is an end: nothing to drop, the directory is litter if it comes back.
+        let settled = index.session(&uuid(1)).expect("session").expect("kept");
+        assert_eq!(
+            drop_session(&index, &db, &settled)
+                .expect("db")
+                .expect_err("refused"),
+            Undroppable::Ended(SessionStatus::Settled)
+        );
+
+        // Once the undo (or whatever held it) is over, the next run takes it.
+        let expiry = expire(&index, &db, max_age, NOW, free).expect("once free");
+        assert_eq!(ids(&expiry.settled), [uuid(3)]);
+        assert!(!session_dir(&db, &uuid(3)).exists());
+        assert_eq!(
+            index
+                .session(&uuid(2))
+                .expect("session")
+                .expect("kept")
+                .status,
+            SessionStatus::Applied,
+            "an apply younger than the age keeps its backups"
+        );
+    }
+
+    #[test]
+    fn settle_takes_applied_and_partial_sessions_and_refuses_the_others() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let db = tmp.path().join("sync.db");
+        let index = Index::open(&db).expect("open");
+        let cases = [
+            (1, SessionStatus::Applied, None),
+            (2, SessionStatus::Partial, None),
+            (
+                3,
+                SessionStatus::Staged,
+                Some(Unsettleable::Status(SessionStatus::Staged)),
+            ),
+            (
+                4,
+                SessionStatus::Undone,
+                Some(Unsettleable::Status(SessionStatus::Undone)),
+            ),
+            (
+                5,
+                SessionStatus::Receiving,
+                Some(Unsettleable::Status(SessionStatus::Receiving)),
+            ),
+            (
+                6,
+                SessionStatus::Dropped,
+                Some(Unsettleable::Status(SessionStatus::Dropped)),
+            ),
+            (
+                7,
+                SessionStatus::Partial,
+                Some(Unsettleable::Interrupted(1)),
+            ),
+        ];
+        for (n, status, _) in &cases {
+            session(&index, &db, &uuid(*n), "r", 0, *status, 1);
+        }
+        // A killed apply left an intent record naming its backup.
+        index
+            .add_staged_file(&StagedFile {
+                state: FileState::Applying,
+                backup_name: Some("backup-1".into()),
+                ..staged(&uuid(7), "docs", "b.txt", 2, false)
+            })
+            .expect("intent");
+        for (n, status, refusal) in cases {
+            let id = uuid(n);
+            let s = index.session(&id).expect("session").expect("exists");
+            let result = settle_session(&index, &db, &s).expect("db");
+            let now = index.session(&id).expect("session").expect("exists");
+            match refusal {
+                None => {
+                    result.expect("settleable").expect("removed");
+                    assert_eq!(now.status, SessionStatus::Settled, "{id}");
+                    assert!(!session_dir(&db, &id).exists(), "{id}: files left");
+                    assert_eq!(
+                        (now.files, now.bytes),
+                        (s.files, s.bytes),
+                        "{id}: the rows stay, for the record"
+                    );
+                }
+                Some(why) => {
+                    assert_eq!(result.expect_err("refused"), why, "{id}");
+                    assert_eq!(now.status, status, "{id} changed");
+                    assert!(session_dir(&db, &id).exists(), "{id}: files removed");
+                }
+            }
+        }
+        // Settled sessions are neither pending nor live: their directories are litter.
+        assert_eq!(
+            index.pending_sessions_of("r").expect("count"),
+            3,
+            "staged, receiving and the interrupted partial one"
+        );
+        std::fs::create_dir_all(session_dir(&db, &uuid(1))).expect("left behind");
+        assert!(leftover_dirs(&index, &db)
+            .expect("leftovers")
+            .contains(&session_dir(&db, &uuid(1))));
     }
 
     /// A lock that is always free: the guard is nothing.

@@ -2,19 +2,18 @@
 //! PREPARE_UPSTREAM .. FINALIZE_UPSTREAM exchange) and one per file in it. The staged content
 //! lives in files under [`crate::session_dir`].
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use rusqlite::{ErrorCode, OptionalExtension, Row};
 
 use crate::error::{Context, DbError, Result};
-use crate::sql::{seq_from_sql, u64_from_sql, u64_to_sql};
+use crate::sql::{seq_from_sql, u64_from_sql, u64_to_sql, unix_now};
 use crate::staging::check_name;
 use crate::{FileState, Index, Session, SessionStatus, StagedFile};
 
 const SESSION_SELECT: &str = "SELECT s.id, s.client_id, s.created_unix, s.status,
             count(f.path),
             coalesce(sum(f.conflict), 0),
-            coalesce(sum(CASE WHEN f.action = 'write' THEN f.size ELSE 0 END), 0)
+            coalesce(sum(CASE WHEN f.action = 'write' THEN f.size ELSE 0 END), 0),
+            s.applied_unix
      FROM upstream_sessions AS s LEFT JOIN upstream_files AS f ON f.session_id = s.id";
 
 const SESSION_ORDER: &str = "GROUP BY s.id ORDER BY s.created_unix DESC, s.id";
@@ -32,9 +31,7 @@ impl Index {
     /// staging area); an SQLite failure, such as a session with this id already existing.
     pub fn create_session(&self, id: &str, client_id: &str) -> Result<()> {
         check_name("session id", id)?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let now = unix_now();
         self.conn()
             .execute(
                 "INSERT INTO upstream_sessions (id, client_id, created_unix, status)
@@ -103,17 +100,23 @@ impl Index {
         }
     }
 
-    /// Sets a session's status.
+    /// Sets a session's status. Setting [`SessionStatus::Partial`] or
+    /// [`SessionStatus::Applied`] (an apply run ended) also records the time, now, as
+    /// [`Session::applied_unix`]: expiry counts the age of an applied session's backups from
+    /// it, not from when R pushed it.
     ///
     /// # Errors
     ///
     /// [`DbError::NoSuchSession`] if there is no such session; an SQLite failure.
     pub fn set_session_status(&self, id: &str, status: SessionStatus) -> Result<()> {
+        let applied = matches!(status, SessionStatus::Partial | SessionStatus::Applied);
         let changed = self
             .conn()
             .execute(
-                "UPDATE upstream_sessions SET status = ?2 WHERE id = ?1",
-                (id, status),
+                "UPDATE upstream_sessions SET status = ?2,
+                     applied_unix = CASE WHEN ?3 THEN ?4 ELSE applied_unix END
+                 WHERE id = ?1",
+                (id, status, applied, unix_now()),
             )
             .with_ctx(|| format!("marking the upstream session {id} {status}"))?;
         if changed == 0 {
@@ -330,6 +333,7 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
         files: seq_from_sql(row.get(4)?),
         conflicts: seq_from_sql(row.get(5)?),
         bytes: u64_from_sql(row.get(6)?),
+        applied_unix: row.get(7)?,
     })
 }
 
@@ -437,6 +441,8 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
     use super::fixtures::*;
     use super::*;
 
@@ -550,6 +556,41 @@ mod tests {
                 .status,
             SessionStatus::Partial
         );
+    }
+
+    #[test]
+    fn an_apply_run_ending_records_when_and_other_statuses_keep_it() {
+        let index = Index::open_in_memory().expect("open");
+        index.create_session("s1", "c").expect("create");
+        let applied_unix = || {
+            index
+                .session("s1")
+                .expect("session")
+                .expect("exists")
+                .applied_unix
+        };
+        index
+            .set_session_status("s1", SessionStatus::Staged)
+            .expect("staged");
+        assert_eq!(applied_unix(), None, "never applied");
+        for status in [SessionStatus::Partial, SessionStatus::Applied] {
+            index
+                .conn()
+                .execute("UPDATE upstream_sessions SET applied_unix = 5", [])
+                .expect("an old time");
+            index.set_session_status("s1", status).expect("status");
+            let now = unix_now();
+            let at = applied_unix().expect("recorded");
+            assert!((now - 5..=now).contains(&at), "{status}: {at} is not now");
+        }
+        index
+            .conn()
+            .execute("UPDATE upstream_sessions SET applied_unix = 5", [])
+            .expect("an old time");
+        index
+            .set_session_status("s1", SessionStatus::Undone)
+            .expect("undone");
+        assert_eq!(applied_unix(), Some(5), "undo is not an apply");
     }
 
     #[test]

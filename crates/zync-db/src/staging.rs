@@ -92,6 +92,12 @@ pub enum SessionStatus {
     Expired,
     /// Discarded by `zync-apply drop`: its staged files were removed, E was not touched.
     Dropped,
+    /// Applied or partly applied, then its directory was removed: the backups `undo` needed,
+    /// and the staged files of a partly applied session that were never applied. What it
+    /// applied stays on E, and it can no longer be undone. Reached by `zync-apply drop
+    /// --discard-backups` ([`crate::settle_session`]), or by expiry once its apply ended longer
+    /// than the daemon's `--staging-max-age` ago ([`crate::expire`]).
+    Settled,
 }
 
 impl SessionStatus {
@@ -103,12 +109,13 @@ impl SessionStatus {
         SessionStatus::Partial,
     ];
 
-    /// The statuses of a session whose staged files are gone (or should be): aborted,
-    /// expired, dropped. A directory left in the staging area for such a session is litter.
+    /// The statuses of a session whose directory is gone (or should be): aborted, expired,
+    /// dropped, settled. A directory left in the staging area for such a session is litter.
     pub const ENDED: &'static [SessionStatus] = &[
         SessionStatus::Aborted,
         SessionStatus::Expired,
         SessionStatus::Dropped,
+        SessionStatus::Settled,
     ];
 }
 
@@ -121,6 +128,7 @@ stored_as_text!(SessionStatus, "session status", [
     Undone => "undone",
     Expired => "expired",
     Dropped => "dropped",
+    Settled => "settled",
 ]);
 
 /// Where one staged file is in its life.
@@ -171,6 +179,10 @@ pub struct Session {
     pub conflicts: u64,
     /// The total size of its [`Action::Write`] files (deletes count nothing).
     pub bytes: u64,
+    /// When an apply run last ended on it (it became [`SessionStatus::Partial`] or
+    /// [`SessionStatus::Applied`]), seconds since the Unix epoch; `None` if none ever did.
+    /// Expiry counts the age of an applied session's backups from it.
+    pub applied_unix: Option<i64>,
 }
 
 /// One file of an upstream session.
@@ -230,7 +242,7 @@ pub fn session_dir(db: &Path, session_id: &str) -> PathBuf {
 /// The lock file in a session's directory ([`session_dir`]). Whoever works on the session's
 /// staged files or backups holds an exclusive `flock` on it meanwhile: `zync-apply apply`,
 /// `undo` and `drop` for their whole run, and expiry ([`crate::expire`]) while it marks the
-/// session expired and removes the directory, so that neither pulls the files from under the
+/// session expired or settled and removes the directory, so that neither pulls the files from under the
 /// other. The lock is taken by the callers (zync-fs); this crate only names it.
 pub const SESSION_LOCK_FILE: &str = "apply.lock";
 
@@ -274,7 +286,8 @@ mod tests {
                 "aborted",
                 "undone",
                 "expired",
-                "dropped"
+                "dropped",
+                "settled"
             ]
         );
         let states: Vec<&str> = FileState::ALL.iter().map(FileState::as_str).collect();

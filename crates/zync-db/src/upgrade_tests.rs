@@ -54,7 +54,7 @@ fn a_version_1_index_upgrades_in_place() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(version, INDEX_SCHEMA_VERSION);
-    assert_eq!(INDEX_SCHEMA_VERSION, 7);
+    assert_eq!(INDEX_SCHEMA_VERSION, 8);
     for (kind, name) in [
         ("table", "clients"),
         ("table", "ignored"),
@@ -475,4 +475,152 @@ fn a_version_6_index_upgrades_in_place_and_learns_what_each_dir_ignores() {
     drop(index);
     let reopened = Index::open_read_only(&path).expect("read-only, as zync-apply status");
     assert_eq!(reopened.ignored_paths("code", 10).expect("list"), [dist]);
+}
+
+#[test]
+fn a_version_7_index_upgrades_keeping_every_status_and_learns_settled_and_when_applied() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("index.db");
+    let v7 = Schema {
+        steps: &INDEX.steps[..7],
+        ..INDEX
+    };
+    let statuses = [
+        ("s1", "receiving"),
+        ("s2", "staged"),
+        ("s3", "partial"),
+        ("s4", "applied"),
+        ("s5", "aborted"),
+        ("s6", "undone"),
+        ("s7", "expired"),
+        ("s8", "dropped"),
+    ];
+    let applied = StagedFile {
+        state: FileState::Applied,
+        backup_name: Some("backup-1".into()),
+        e_existed: true,
+        ..staged("s4", "docs", "new/a.txt", 10, false)
+    };
+    let waiting = staged("s3", "docs", "b.txt", 20, true);
+    let id = {
+        let mut conn = rusqlite::Connection::open(&path).expect("open");
+        migrate::migrate(&mut conn, &v7, &path).expect("v7");
+        conn.execute_batch("PRAGMA foreign_keys = ON").expect("fk");
+        let id = migrate::database_id(&conn, "index_id").expect("id");
+        for (n, (session, status)) in (1..).zip(statuses) {
+            conn.execute(
+                "INSERT INTO upstream_sessions (id, client_id, created_unix, status)
+                 VALUES (?1, 'client-r', ?2, ?3)",
+                rusqlite::params![session, 1000 + n, status],
+            )
+            .expect("session");
+        }
+        for f in [&applied, &waiting] {
+            conn.execute(
+                &format!(
+                    "INSERT INTO upstream_files ({FILE_COLUMNS}) VALUES
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                ),
+                rusqlite::params![
+                    f.session_id,
+                    f.dir,
+                    f.path,
+                    f.action,
+                    f.mode,
+                    u64_to_sql(f.size),
+                    f.mtime_ns,
+                    f.sha256,
+                    f.base_sha256,
+                    f.conflict,
+                    f.state,
+                    f.staged_name,
+                    f.backup_name,
+                    f.e_existed,
+                ],
+            )
+            .expect("file row");
+        }
+        conn.execute(
+            "UPDATE upstream_files SET created_dirs = 'new' WHERE session_id = 's4'",
+            [],
+        )
+        .expect("created_dirs");
+        let err = conn
+            .execute(
+                "UPDATE upstream_sessions SET status = 'settled' WHERE id = 's4'",
+                [],
+            )
+            .expect_err("version 7 refuses 'settled'");
+        assert!(err.to_string().contains("CHECK"), "{err}");
+        id
+    };
+
+    let before_upgrade = crate::sql::unix_now();
+    let index = Index::open(&path).expect("upgrade");
+    let version: i64 = index
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, INDEX_SCHEMA_VERSION);
+    assert_eq!(index.index_id(), id, "the index id survives");
+    for (n, (session, status)) in (1..).zip(statuses) {
+        let s = index.session(session).expect("session").expect("kept");
+        assert_eq!(
+            (s.status.as_str(), s.created_unix, s.client_id.as_str()),
+            (status, 1000 + n, "client-r"),
+            "{session}"
+        );
+        // An apply before the upgrade counts from the upgrade: its backups are not reclaimed
+        // at once.
+        if matches!(status, "partial" | "applied") {
+            let at = s.applied_unix.expect("an apply time");
+            assert!(
+                (before_upgrade..=crate::sql::unix_now()).contains(&at),
+                "{session}: applied at {at}, not at the upgrade"
+            );
+        } else {
+            assert_eq!(s.applied_unix, None, "{session}");
+        }
+    }
+    assert_eq!(index.staged_files("s4").expect("files"), [applied]);
+    assert_eq!(index.staged_files("s3").expect("files"), [waiting]);
+    assert_eq!(
+        index
+            .created_dirs("s4", "docs", "new/a.txt")
+            .expect("created_dirs"),
+        ["new"],
+        "the directories apply created survive the rebuild"
+    );
+    index
+        .set_session_status("s4", SessionStatus::Settled)
+        .expect("settled is stored now");
+    let leftovers: i64 = index
+        .conn()
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE '%_v8'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("schema");
+    assert_eq!(leftovers, 0);
+    // The reference still holds, and still cascades.
+    let err = index
+        .add_staged_file(&staged("nope", "docs", "x", 1, false))
+        .expect_err("foreign key");
+    assert!(matches!(err, DbError::NoSuchSession { .. }), "got {err:?}");
+    index.delete_session("s3").expect("delete");
+    assert!(
+        index.staged_files("s3").expect("files").is_empty(),
+        "cascade"
+    );
+    drop(index);
+    let reopened = Index::open_read_only(&path).expect("read-only, as zync-apply status");
+    assert_eq!(
+        reopened
+            .session("s4")
+            .expect("session")
+            .expect("kept")
+            .status,
+        SessionStatus::Settled
+    );
 }
