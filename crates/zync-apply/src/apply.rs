@@ -493,7 +493,7 @@ impl Run<'_> {
         crashpoint::reached(Step::Intent)?;
         let written = fileops::ensure_parents(root, &copy).and_then(|new_dirs| {
             let mode = zync_fs::mask_mode(file.mode);
-            fileops::write_from(root, &copy, &staged, &sha, mode, file.mtime_ns)?;
+            fileops::write_new(root, &copy, &staged, &sha, mode, file.mtime_ns)?;
             Ok(new_dirs)
         });
         let new_dirs = match written {

@@ -202,14 +202,17 @@ pub fn ensure_parents(root: &Path, rel: &RelPath) -> anyhow::Result<Vec<RelPath>
     Ok(zync_fs::create_dirs_beneath(root, &parent)?)
 }
 
-/// Atomically replaces `root/rel` with the content of `src` (a file in the staging area),
-/// which must hash to `sha256`; sets `mode` and `mtime_ns` and fsyncs the parent directory.
+/// Puts the content of `src` (a file in the staging area), which must hash to `sha256`, at
+/// `root/rel` where nothing is, with `mode` and `mtime_ns`, and fsyncs the parent directory:
+/// the rename never replaces an entry that appeared at `rel` after its name was picked (a
+/// conflict copy's name is free when it is picked, and another run, or another user, may take
+/// it before the copy is written).
 ///
 /// # Errors
 ///
-/// A symlinked parent, content that does not match `sha256` (E is then untouched), or an I/O
-/// error.
-pub fn write_from(
+/// A symlinked parent, content that does not match `sha256` (E is then untouched), something
+/// at `rel` now (nothing was replaced), or an I/O error.
+pub fn write_new(
     root: &Path,
     rel: &RelPath,
     src: &Path,
@@ -217,12 +220,25 @@ pub fn write_from(
     mode: u32,
     mtime_ns: i64,
 ) -> anyhow::Result<()> {
-    copy_beside(root, rel, src)?.commit(sha256, mode, mtime_ns)?;
-    fsync_dir_beneath(root, rel.parent().as_ref())?;
-    Ok(())
+    replace_if_unchanged(
+        root,
+        rel,
+        src,
+        sha256,
+        mode,
+        mtime_ns,
+        &Current::Missing,
+        || {
+            anyhow::anyhow!(
+                "{} appeared on E while R's version was being written there; nothing was \
+             replaced: apply again to keep both under another name",
+                rel.to_path(root).display()
+            )
+        },
+    )
 }
 
-/// As [`write_from`], but only while E still has `expected` at `rel`: it is looked at after
+/// As [`write_new`], over E's file, but only while E still has `expected` at `rel`: it is looked at after
 /// the copy, right before the rename, through the directory handle the rename goes through
 /// ([`probe::probe_seen`], which reads a file whole and looks again if it changed meanwhile),
 /// and the rename replaces only the entry that was looked at ([`Dir::replace_if`]). So an
@@ -233,7 +249,7 @@ pub fn write_from(
 ///
 /// # Errors
 ///
-/// As [`write_from`]; `changed()` when E has something else there now (nothing was
+/// As [`write_new`]; `changed()` when E has something else there now (nothing was
 /// replaced).
 #[allow(clippy::too_many_arguments)]
 pub fn replace_if_unchanged(
@@ -499,6 +515,43 @@ mod tests {
         std::fs::remove_file(e.path().join("f.txt")).expect("rm");
         replace(&Current::Missing).expect("a missing file is written");
         assert!(replace(&Current::Missing).is_err(), "now there is one");
+    }
+
+    /// A conflict copy's name was free when it was picked; whatever took it before the copy
+    /// is written (another run keeping both for the same path in the same second, another
+    /// user) is left as it is, and the copy is not written.
+    #[test]
+    fn a_new_file_never_replaces_what_took_its_name_meanwhile() {
+        let e = tempfile::tempdir().expect("tempdir");
+        let s = tempfile::tempdir().expect("tempdir");
+        let src = s.path().join("staged");
+        std::fs::write(&src, "R's version\n").expect("write staged");
+        let sha = zync_fs::hash_bytes(b"R's version\n");
+        let copy = rel("f.conflict-R-20261207T091500.txt");
+        std::fs::write(copy.to_path(e.path()), "another run's copy\n").expect("write");
+        let err = write_new(e.path(), &copy, &src, &sha, 0o640, 0).expect_err("the name is taken");
+        assert!(err.to_string().contains("nothing was replaced"), "{err:#}");
+        assert_eq!(
+            std::fs::read_to_string(copy.to_path(e.path())).expect("read"),
+            "another run's copy\n"
+        );
+        let names: Vec<_> = std::fs::read_dir(e.path()).expect("list").collect();
+        assert_eq!(names.len(), 1, "no temp file may be left");
+        std::fs::remove_file(copy.to_path(e.path())).expect("rm");
+        write_new(e.path(), &copy, &src, &sha, 0o640, 0).expect("a free name is written");
+        let written = copy.to_path(e.path());
+        assert_eq!(
+            std::fs::read_to_string(&written).expect("read"),
+            "R's version\n"
+        );
+        assert_eq!(
+            std::fs::metadata(&written)
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o777,
+            0o640
+        );
     }
 
     /// Another local user who may write to E's tree swaps E's directory `d` with their own

@@ -409,7 +409,7 @@ mod tests {
     #[test]
     fn the_temp_file_of_a_write_killed_before_its_rename_is_removed() {
         let fx = crash(2, Step::Intent);
-        // What a kill in the middle of write_from leaves: the new parents and a partial temp.
+        // What a kill in the middle of write_new leaves: the new parents and a partial temp.
         fx.e_write("new/dir/.zync-tmp-AbC123", b"new o");
         fx.e_write("new/dir/keep.txt", b"not ours\n");
         let (r, out) = fx.run(
