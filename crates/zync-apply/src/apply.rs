@@ -214,6 +214,19 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Marks the session `partial` before the first intent of a run that changes E (a no-op
+    /// after it). A `staged` session's directory is removed whole by `drop` and by expiry, as
+    /// nothing of it was applied; a run killed before its end, which sets the status, would
+    /// otherwise leave the backups `undo` needs in a session that says `staged`.
+    fn changing_e(&self, file: &StagedFile) -> anyhow::Result<()> {
+        self.index.move_session(
+            &file.session_id,
+            &[SessionStatus::Staged],
+            SessionStatus::Partial,
+        )?;
+        Ok(())
+    }
+
     fn one(
         &mut self,
         file: &StagedFile,
@@ -481,6 +494,7 @@ impl Run<'_> {
         let stamp = chrono::Local::now().format("%Y%m%dT%H%M%S").to_string();
         let copy = zync_fs::free_conflict_name(root, rel, &stamp);
         let encoded = encode_copy(&copy);
+        self.changing_e(file)?;
         // The intent names the copy, so a killed run's copy is found and recorded.
         self.index.set_file_state(
             &file.session_id,
@@ -560,6 +574,9 @@ impl Run<'_> {
         backup: Option<&fileops::Backup>,
         current: &Current,
     ) -> anyhow::Result<()> {
+        if state == FileState::Applying {
+            self.changing_e(file)?;
+        }
         self.index.set_file_state(
             &file.session_id,
             &file.dir,

@@ -2,9 +2,9 @@
 //! sessions nobody touched for longer than the daemon's `--staging-max-age` (or
 //! `--older-than`) expire: their staged files are removed and they are marked `expired`
 //! (`zync_db::expire`, the daemon's own rule). A session that an `apply` is working on right
-//! now (it holds the session's lock, `lock.rs`) is left alone and named busy: it is still
-//! `staged` until that run ends, but its directory already holds the backups of E's files the
-//! run replaced. Applied sessions whose apply ended longer ago than that age are settled: their
+//! now (it holds the session's lock, `lock.rs`) is left alone and named busy: it may still be
+//! `staged` with a backup of E's first file already in its directory (an apply marks it
+//! `partial` right before it changes E). Applied sessions whose apply ended longer ago than that age are settled: their
 //! backups are removed and they are marked `settled` (what they applied stays on E; they can no
 //! longer be undone), so that E's staging area does not keep a copy of every file every apply
 //! replaced for good. Partly applied sessions are kept and named, with how to settle one
@@ -301,14 +301,15 @@ mod tests {
         backup: Option<Vec<u8>>,
     }
 
-    /// An interactive user who answers from a script and, at the second question (the first
-    /// file already applied and backed up), runs `zync-apply gc` from another terminal.
+    /// An interactive user who answers from a script and, at the first question (nothing
+    /// changed on E yet, the run holding the session's lock) and at the second (the first file
+    /// already applied and backed up), runs `zync-apply gc` from another terminal.
     struct GcAtPrompt<'a> {
         fx: &'a Fixture,
         id: &'a str,
         answers: VecDeque<Choice>,
         asked: usize,
-        seen: Option<SeenAtPrompt>,
+        seen: Vec<SeenAtPrompt>,
     }
 
     impl Prompter for GcAtPrompt<'_> {
@@ -318,14 +319,14 @@ mod tests {
 
         fn choose(&mut self, q: &Question<'_>, _: &[Choice]) -> anyhow::Result<Choice> {
             self.asked += 1;
-            if self.asked == 2 {
+            if self.asked <= 2 {
                 let mut out = Vec::new();
                 let r = super::gc(&self.fx.db, super::DEFAULT_MAX_AGE, false, &mut out);
                 let backup =
                     self.fx.file(self.id, "a.txt").backup_name.and_then(|name| {
                         std::fs::read(self.fx.session_dir(self.id).join(name)).ok()
                     });
-                self.seen = Some(SeenAtPrompt {
+                self.seen.push(SeenAtPrompt {
                     gc: format!("{}{r:?}", String::from_utf8_lossy(&out)),
                     status: self.fx.status(self.id),
                     backup,
@@ -357,25 +358,32 @@ mod tests {
             id: ID,
             answers: [Choice::Apply, Choice::Quit].into(),
             asked: 0,
-            seen: None,
+            seen: Vec::new(),
         };
         let (r, out) = fx.run(&["apply", ID], &mut user);
         r.expect("apply");
-        let seen = user.seen.take().expect("gc ran at the second question");
-        assert_eq!(
-            seen.status,
-            SessionStatus::Staged,
-            "an apply at its prompt keeps the session staged: {seen:?}"
-        );
-        assert_eq!(
-            seen.backup.as_deref(),
-            Some(&b"E's original\n"[..]),
-            "gc removed the backup of the file the apply had replaced: {seen:?}"
-        );
+        let [first, second] = &user.seen[..] else {
+            panic!("gc ran at the first two questions: {:?}", user.seen);
+        };
+        // Nothing changed on E yet: the session is still staged, and only the run's lock
+        // keeps gc from expiring it.
+        assert_eq!(first.status, SessionStatus::Staged, "{first:?}");
         assert!(
-            seen.gc.contains(&format!("kept session {ID}: busy")) && seen.gc.contains("Ok(())"),
-            "{seen:?}"
+            first.gc.contains(&format!("kept session {ID}: busy")) && first.gc.contains("Ok(())"),
+            "{first:?}"
         );
+        // The first file replaced: the session says so, and its backup is kept.
+        assert_eq!(
+            second.status,
+            SessionStatus::Partial,
+            "an apply that changed E leaves its session partial: {second:?}"
+        );
+        assert_eq!(
+            second.backup.as_deref(),
+            Some(&b"E's original\n"[..]),
+            "gc removed the backup of the file the apply had replaced: {second:?}"
+        );
+        assert!(second.gc.contains("Ok(())"), "{second:?}");
         assert_eq!(fx.e_read("a.txt").as_deref(), Some(&b"R\n"[..]), "{out}");
         assert_eq!(fx.status(ID), SessionStatus::Partial, "{out}");
 

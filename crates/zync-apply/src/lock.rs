@@ -1,8 +1,9 @@
 //! One `apply` or `undo` at a time on a session, and no expiry under either. Two runs
 //! interleaving their steps on one session would each back up, write and record the same
 //! files, and recovery (`recover.rs`) would take the other run's live intent records for a
-//! crash; and expiry (`gc`, or the daemon at its start) would remove the backups of a run that
-//! is still going, since a session stays `staged` until its run ends. So each run holds an
+//! crash; and expiry (`gc`, or the daemon at its start) would remove the backup a run has just
+//! made, while the session is still `staged` (an apply marks it `partial` right before it
+//! changes the first file on E, after that file's backup). So each run holds an
 //! exclusive `flock` on [`zync_db::SESSION_LOCK_FILE`] in the session's staging directory from
 //! before it looks at the session's files until it has finished, and expiry takes the same
 //! lock before it touches a session; a second run is refused at once, naming the holder, and

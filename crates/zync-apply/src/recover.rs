@@ -446,6 +446,31 @@ mod tests {
         );
     }
 
+    /// A run killed after it replaced E's file leaves the session `partial`, not `staged`:
+    /// neither a plain `drop` nor expiry removes the directory holding the backup `undo`
+    /// needs, and undo then restores E's original.
+    #[test]
+    fn a_killed_run_leaves_its_backups_to_undo_not_to_drop_or_expiry() {
+        let fx = crash(1, Step::Written);
+        assert_eq!(fx.status(ID), SessionStatus::Partial);
+        let (r, out) = fx.run(&["drop", ID], &mut no_prompts());
+        let err = format!("{:#}", r.expect_err("a plain drop is refused"));
+        assert!(err.contains("--discard-backups"), "{err}\n{out}");
+        rusqlite::Connection::open(&fx.db)
+            .expect("open db")
+            .execute(
+                "UPDATE upstream_sessions SET created_unix = created_unix - 90 * 86400",
+                [],
+            )
+            .expect("age the session");
+        let (r, out) = fx.run(&["gc"], &mut no_prompts());
+        r.expect("gc");
+        assert_eq!(fx.status(ID), SessionStatus::Partial, "{out}");
+        let (r, out) = fx.run(&["undo", ID], &mut no_prompts());
+        r.expect("undo");
+        assert!(originals(&fx), "E is back as it was: {out}");
+    }
+
     /// R made a file private without changing it; a run killed after its intent, before the
     /// rename that brings the mode, has not applied it, though E's content is already R's.
     #[test]

@@ -308,9 +308,9 @@ pub struct Expiry {
 /// or already ended are left alone; partly applied ones older than the age are returned in
 /// [`Expiry::kept_partial`] so the caller can say so. Nothing in E's directories is touched.
 ///
-/// A session stays `staged` while an interactive `zync-apply apply` works on it, until the
-/// run ends; only the run's lock on the session ([`crate::SESSION_LOCK_FILE`]) says that its
-/// directory already holds the backups of E's files it replaced. So each session is locked
+/// A `zync-apply apply` backs up E's first file into the session's directory while the session
+/// is still `staged` (it marks it `partial` right before it changes E); only the run's lock on
+/// the session ([`crate::SESSION_LOCK_FILE`]) says that the directory is in use. So each session is locked
 /// first, with `lock` (given the session's directory, which it creates when missing, as
 /// `apply` does; `Ok(None)`: someone holds the lock), and the guard it returns is held while
 /// the session is marked and its directory removed. A busy session is left alone
