@@ -76,6 +76,20 @@ pub(crate) fn resolve_session(
     Ok(pending.len())
 }
 
+/// True when the intent's backup holds `sha256`, E's content now, with E's mode now `mode`:
+/// a change of mode only whose rename has not happened. False when there is no readable
+/// backup (E had no file, or its content differed: the content tells).
+fn mode_left_as_backed_up(session_dir: &Path, file: &StagedFile, sha256: &str, mode: u32) -> bool {
+    let Some(name) = file.backup_name.as_deref() else {
+        return false;
+    };
+    let Ok(backup) = probe::session_file(session_dir, Some(name), "backup") else {
+        return false;
+    };
+    fileops::backup_meta(&backup)
+        .is_ok_and(|meta| meta.sha256 == sha256 && meta.mode & 0o7777 == mode & 0o7777)
+}
+
 fn is_keep_both(file: &StagedFile) -> bool {
     file.backup_name.as_deref().and_then(decode_copy).is_some()
 }
@@ -123,11 +137,13 @@ fn resolve_one(
     fileops::remove_temps_beside(root, &rel)?;
     let current = probe::probe(root, &rel)?;
     let done = match (file.action, &current) {
-        // The content and the mode: a change of mode only leaves the content as it was, and
-        // the rename that brings R's mode is then all the change there is.
-        (Action::Write, Current::File { sha256, .. }) => {
+        // R's content is there. A change of mode only leaves the content as it was: then the
+        // rename that brings R's mode is all the change there is, and it is done once E's
+        // mode is no longer the one backed up. (Not "R's mode": the mode a rename brings
+        // depends on the umask of the run that was killed.)
+        (Action::Write, Current::File { sha256, mode, .. }) => {
             Some(sha256.as_str()) == file.sha256.as_deref()
-                && probe::mode_change(file, &current).is_none()
+                && !mode_left_as_backed_up(session_dir, file, sha256, *mode)
         }
         (Action::Delete, Current::Missing) => true,
         _ => false,
@@ -469,6 +485,33 @@ mod tests {
         let (r, out) = fx.run(&["undo", ID], &mut no_prompts());
         r.expect("undo");
         assert!(originals(&fx), "E is back as it was: {out}");
+    }
+
+    /// A run killed after its rename of R's content, then E's file chmodded (or the rerun
+    /// under another umask, which masks R's mode differently): R's content is there, so the
+    /// write is done, and its backup stays recorded for undo.
+    #[test]
+    fn a_write_whose_rename_happened_is_done_whatever_its_mode_now() {
+        use std::os::unix::fs::PermissionsExt;
+        let fx = crash(1, Step::Written);
+        std::fs::set_permissions(
+            fx.root.join("mod.txt"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
+        let (r, out) = fx.run(
+            &["apply", ID, "--non-interactive", "--force"],
+            &mut no_prompts(),
+        );
+        r.expect("apply again");
+        assert!(
+            out.contains("mod.txt: an interrupted apply had finished changing E"),
+            "{out}"
+        );
+        assert!(r_versions(&fx), "{out}");
+        let (r, out) = fx.run(&["undo", ID], &mut no_prompts());
+        r.expect("undo");
+        assert!(originals(&fx), "undo restores E's original: {out}");
     }
 
     /// R made a file private without changing it; a run killed after its intent, before the
