@@ -348,6 +348,214 @@ async fn a_daemon_that_announces_more_than_its_page_said_cannot_fill_r_s_disk() 
     );
 }
 
+/// How many changes the flooding daemon announces, and how many a page of it holds: a page
+/// of 1,000 paths of about 3 KiB is about 3.2 MiB, under the client's 4 MiB message limit.
+const FLOOD_CHANGES: u64 = 50_000;
+const FLOOD_PAGE: u64 = 1_000;
+/// What the client may peak at against it: a page, the downloads in flight, what waits for a
+/// commit, the failures it names. It peaks at 82 MiB here (94 MiB with 200,000 changes, 97
+/// with 400,000); when it kept every failure (in its report, its ledger, and each retry
+/// loading them all from its database), it peaked at 1,375 MiB here, 5.3 GiB with 200,000.
+const FLOOD_PEAK: u64 = 128 << 20;
+
+/// The `seq`th path the flooding daemon announces: about 3 KiB, twelve levels deep, a
+/// hundred files to a directory.
+fn flood_path(seq: u64) -> String {
+    let mut path = format!("d{:05}{}", seq / 100, "a".repeat(240));
+    for _ in 0..10 {
+        path.push('/');
+        path.push_str(&"b".repeat(250));
+    }
+    path.push_str(&format!("/f{seq:07}{}", "c".repeat(240)));
+    path
+}
+
+/// Poses as a daemon that holds the token (a hostile or broken one on E): its pages announce
+/// [`FLOOD_CHANGES`] distinct files, [`FLOOD_PAGE`] to a page (`more` until the last), and it
+/// answers every GET_FILE `stale`, as a daemon whose files all changed during their transfer
+/// does. Returns how many GET_FILEs it refused.
+async fn flooding_daemon(listener: TcpListener, token: String) -> u64 {
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+    let sha = sha256(b"never sent");
+    let mut refused = 0;
+    // A client that kept every failure went quiet for long over its last commit.
+    let quiet = DEADLINE * 4;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(quiet, ws.next()).await {
+        let text = match message {
+            Message::Text(text) => text.to_string(),
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let request: Value = serde_json::from_str(&text).unwrap();
+        let op = request["operation"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut reply = match op.as_str() {
+            "HELLO" => {
+                let client = Nonce::from_hex(request["client_nonce"].as_str().unwrap()).unwrap();
+                let daemon = Nonce::generate().unwrap();
+                let client_id = request["client_id"].as_str().unwrap();
+                let proof = zync_proto::proof(
+                    &token,
+                    zync_proto::Role::Daemon,
+                    &client,
+                    &daemon,
+                    client_id,
+                );
+                json!({"protocol_version": 2, "daemon_nonce": daemon.to_hex(),
+                       "daemon_proof": proof, "server_version": "flood"})
+            }
+            "AUTH" => json!({"protocol_version": 2, "dirs": ["code"], "scanning": false,
+                             "index_id": "5d0a1c7e-3b9f-4e2a-8c61-0f4b7d2e9a13",
+                             "server_version": "flood"}),
+            "GET_LAST_SEQUENCE" | "FLUSH" => json!({"last_sequence": FLOOD_CHANGES,
+                                                    "dirs": {"code": FLOOD_CHANGES},
+                                                    "scanning": false}),
+            "GET_CHANGES" => {
+                let since = request["since"].as_u64().unwrap().min(FLOOD_CHANGES);
+                let end = (since + FLOOD_PAGE).min(FLOOD_CHANGES);
+                let changes: Vec<Value> = (since + 1..=end)
+                    .map(|seq| {
+                        json!({"seq": seq, "path": flood_path(seq), "kind": "file",
+                               "deleted": false, "size": 10,
+                               "mtime_ns": 1_700_000_000_000_000_000_i64, "mode": 420,
+                               "sha256": sha})
+                    })
+                    .collect();
+                json!({"dir": "code", "changes": changes, "last_sequence": FLOOD_CHANGES,
+                       "more": end < FLOOD_CHANGES})
+            }
+            "GET_FILE" => {
+                refused += 1;
+                let path = request["path"].as_str().unwrap_or_default();
+                json!({"status": "error", "id": request["id"], "code": "stale",
+                       "message": format!("{path} changed during the transfer; ask again after the next change")})
+            }
+            "ACK_CHANGES" => json!({"dir": "code", "sequence": request["sequence"]}),
+            _ => json!({}),
+        };
+        if reply.get("status").is_none() {
+            reply["status"] = json!("ok");
+            reply["id"] = request["id"].clone();
+            reply["operation"] = json!(op);
+        }
+        if ws.send(Message::text(reply.to_string())).await.is_err() {
+            break;
+        }
+    }
+    refused
+}
+
+/// A process's peak resident memory so far (VmHWM), in bytes; `None` once it has exited.
+fn peak_so_far(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Runs `cmd` to its end, within `deadline`, and returns its exit code and its peak resident
+/// memory, read every few milliseconds while it runs (a child's `ru_maxrss` would count the
+/// memory of this test process, which it was forked from).
+fn exit_and_peak(mut cmd: std::process::Command, deadline: Duration) -> (Option<i32>, u64) {
+    let mut child = cmd.spawn().expect("spawn");
+    let start = Instant::now();
+    let mut peak = 0;
+    loop {
+        if let Some(now) = peak_so_far(child.id()) {
+            peak = peak.max(now);
+        }
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return (status.code(), peak);
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not exit within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A daemon that holds the token but sends page after page of distinct paths (3 KiB each)
+/// and answers every GET_FILE with an error cannot exhaust R's memory: what the client keeps
+/// of the failures (to report them, to clear them once they apply) does not grow with their
+/// number, and `--once` still says how many paths failed, showing the first of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_fails_every_file_of_endless_pages_cannot_fill_r_s_memory() {
+    let f = fixture(&[]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let serving = tokio::spawn(flooding_daemon(listener, peer::token_of(&f.daemon)));
+    let log_path = f.r.with_extension("log");
+    let mut cmd = command("zync-client");
+    cmd.args(["--server", &url, "--log-level", "error", "--once", "--db"])
+        .arg(&f.client.db)
+        .arg("--token-file")
+        .arg(&f.client.token_file)
+        .arg("--dirs")
+        .arg(format!("code:{}", f.r.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    let (code, peak) = tokio::task::spawn_blocking(move || exit_and_peak(cmd, DEADLINE * 20))
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(DEADLINE * 4, serving)
+        .await
+        .expect("the flooding daemon did not finish")
+        .unwrap();
+    let mut log = String::new();
+    std::fs::File::open(&log_path)
+        .unwrap()
+        .take(8 << 20)
+        .read_to_string(&mut log)
+        .unwrap();
+    eprintln!(
+        "client peak {} MiB after {refused} GET_FILEs refused",
+        peak >> 20
+    );
+    assert!(
+        refused >= FLOOD_CHANGES,
+        "only {refused} GET_FILEs were refused:\n{}",
+        tail(&log, 5)
+    );
+    assert_eq!(
+        code,
+        Some(4),
+        "expected exit 4 (paths failed):\n{}",
+        tail(&log, 5)
+    );
+    assert!(
+        peak < FLOOD_PEAK,
+        "the client peaked at {} MiB for {FLOOD_CHANGES} failing paths (bound {} MiB)",
+        peak >> 20,
+        FLOOD_PEAK >> 20
+    );
+    // Every failure is counted; the first ones are named, not all 50,000 (300 MB of them).
+    assert!(
+        log.contains(&format!("{FLOOD_CHANGES} path(s) could not be synced"))
+            && log
+                .lines()
+                .any(|l| l.trim_start().starts_with("and ") && l.contains(" more")),
+        "the error does not count the failures:\n{}",
+        tail(&log, 3)
+    );
+    assert!(
+        log.len() < 4 << 20,
+        "the error lists {} bytes of failures",
+        log.len()
+    );
+}
+
 /// Expects AUTH's `unauthorized` and the close that follows.
 async fn expect_unauthorized(ws: &mut RawWs, reply: Value) {
     assert_eq!(reply["status"], "error", "{reply}");

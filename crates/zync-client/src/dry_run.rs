@@ -168,12 +168,12 @@ fn preview(
     let mut actions = preview::describe(change, &here, &plan, &mapping.root);
     actions.retain(|a| !matches!(a, Action::MakeDir { path } if made.contains(path)));
     for parent in &plan.parents {
-        known.dirs.insert(parent.rel.to_string());
+        known.insert_dir(parent.rel.to_string());
         made.insert(parent.rel.to_string());
     }
     match &plan.step {
         Step::Dir { create: true, .. } => {
-            known.dirs.insert(here.rel.to_string());
+            known.insert_dir(here.rel.to_string());
             made.insert(here.rel.to_string());
         }
         Step::Delete {

@@ -135,8 +135,21 @@ impl ClientError {
 
 /// Paths a `--once` run could not sync (exit code [`exit::PARTIAL`]).
 #[derive(Debug, thiserror::Error)]
-#[error("{} path(s) could not be synced; fix them and run again:\n  {}", .0.len(), .0.join("\n  "))]
-pub struct PathsFailed(pub Vec<String>);
+#[error("{count} path(s) could not be synced; fix them and run again:\n  {}{}", .shown.join("\n  "), unshown(*.count, .shown.len()))]
+pub struct PathsFailed {
+    /// How many.
+    pub count: usize,
+    /// The first of them, each with its reason (a few hundred at most).
+    pub shown: Vec<String>,
+}
+
+/// The line that stands for the failing paths not shown.
+fn unshown(count: usize, shown: usize) -> String {
+    match count.saturating_sub(shown) {
+        0 => String::new(),
+        more => format!("\n  and {more} more; `zync-client --status` lists them all"),
+    }
+}
 
 /// The exit codes of `zync-client`, as `--help` documents them (rsync documents its own the
 /// same way, so a script can tell "try again later" from "fix something").

@@ -8,6 +8,7 @@ use std::collections::{HashSet, VecDeque};
 use zync_db::{ClientState, DirState, Synced};
 
 use crate::error::ClientError;
+use crate::failures::{self, Failures};
 
 /// What the client database must remember after a change was applied.
 #[derive(Debug)]
@@ -68,10 +69,10 @@ pub struct Commit {
     dir: String,
     index_id: String,
     inflight: Vec<(String, String)>,
-    /// Each applied change's path, its record, and whether it was failing before.
-    applied: Vec<(String, Record, bool)>,
-    /// Each failed change's path, error, and whether it may clear by itself soon.
-    failed: Vec<(String, String, bool)>,
+    /// Each applied change's path and its record.
+    applied: Vec<(String, Record)>,
+    /// Each failed change's path and error.
+    failed: Vec<(String, String)>,
     durable: u64,
     indices: Vec<usize>,
 }
@@ -99,7 +100,7 @@ impl Commit {
         // reach the table in the order the changes were applied.
         let mut run: Vec<(&str, &Synced)> = Vec::new();
         let mut recorded: Vec<&str> = Vec::with_capacity(self.applied.len());
-        for (path, record, clear_failing) in &self.applied {
+        for (path, record) in &self.applied {
             match record {
                 Record::Set(at, synced) => run.push((at, synced)),
                 Record::Remove(at) => {
@@ -109,20 +110,17 @@ impl Commit {
                 }
                 Record::Nothing => {}
             }
-            if *clear_failing {
-                batch.clear_failing(dir, path)?;
-            }
+            // Any applied path may have failed before, in this run or an earlier one: which
+            // ones did is in the database alone (memory does not hold every failing path).
+            batch.clear_failing(dir, path)?;
             recorded.push(path);
             committed.applied += 1;
         }
         batch.set_synced_many(dir, &run)?;
         // After the notes above: a path recorded now has no note left.
         batch.clear_inflight_paths(dir, &recorded)?;
-        for (path, error, transient) in &self.failed {
+        for (path, error) in &self.failed {
             batch.set_failing(dir, path, error)?;
-            committed
-                .failed
-                .push((path.clone(), error.clone(), *transient));
         }
         batch.set_dir_state(
             dir,
@@ -136,20 +134,17 @@ impl Commit {
     }
 }
 
-/// What one commit added to the totals.
+/// What one commit added to the totals. The failures are the [`Ledger`]'s.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Committed {
     /// Changes recorded as applied.
     pub applied: usize,
-    /// Changes recorded as failing: path, error, and whether it may clear by itself soon.
-    pub failed: Vec<(String, String, bool)>,
 }
 
 impl Committed {
     /// Adds another commit's totals.
     pub fn add(&mut self, other: Committed) {
         self.applied += other.applied;
-        self.failed.extend(other.failed);
     }
 }
 
@@ -170,15 +165,13 @@ pub struct Ledger {
     /// Files about to be written: noted in the next commit, before any of them is renamed
     /// into place, so that after a crash the next run knows them for zync's own writes.
     inflight: Vec<(String, String)>,
-    /// Paths recorded as failing (before this run, or by one of its commits): cleared when
-    /// they apply.
-    failing: HashSet<String>,
+    /// The paths this run recorded as failing and that did not apply since, for its report.
+    failures: Failures,
 }
 
 impl Ledger {
-    /// A ledger for `dir` whose stored sequence is `durable`; `failing` are the paths the
-    /// database lists as failing.
-    pub fn new(dir: &str, index_id: &str, durable: u64, failing: HashSet<String>) -> Self {
+    /// A ledger for `dir` whose stored sequence is `durable`.
+    pub fn new(dir: &str, index_id: &str, durable: u64) -> Self {
         Ledger {
             dir: dir.to_string(),
             index_id: index_id.to_string(),
@@ -188,7 +181,7 @@ impl Ledger {
             stuck: false,
             fresh: Vec::new(),
             inflight: Vec::new(),
-            failing,
+            failures: Failures::default(),
         }
     }
 
@@ -231,11 +224,12 @@ impl Ledger {
         self.settle(index, State::Done(record));
     }
 
-    /// Change `index` failed this round.
+    /// Change `index` failed this round. Its message is cut to [`failures::MAX_MESSAGE`]: a
+    /// daemon's refusal may be megabytes long, and thousands wait here for their checkpoint.
     pub fn fail(&mut self, index: usize, error: &ClientError) {
         self.settle(
             index,
-            State::Failed(error.to_string(), error.is_transient()),
+            State::Failed(failures::cut(error.to_string()), error.is_transient()),
         );
     }
 
@@ -265,9 +259,21 @@ impl Ledger {
         self.fresh.is_empty() && self.inflight.is_empty()
     }
 
-    /// True when `path` is recorded as failing and did not apply since.
-    pub fn is_failing(&self, path: &str) -> bool {
-        self.failing.contains(path)
+    /// How many changes finished since the last checkpoint: held here, path, record or message,
+    /// until one commits them.
+    pub fn unrecorded(&self) -> usize {
+        self.fresh.len()
+    }
+
+    /// The paths recorded as failing in this run that did not apply since.
+    #[cfg(test)]
+    pub fn failures(&self) -> &Failures {
+        &self.failures
+    }
+
+    /// Takes the failures out, for the run's report.
+    pub fn take_failures(&mut self) -> Failures {
+        std::mem::take(&mut self.failures)
     }
 
     /// True when no change is pending.
@@ -300,15 +306,13 @@ impl Ledger {
             };
             match std::mem::replace(&mut entry.state, State::Pending) {
                 State::Done(record) => {
-                    let clear_failing = self.failing.remove(&entry.path);
-                    commit
-                        .applied
-                        .push((entry.path.clone(), record, clear_failing));
+                    self.failures.applied(&entry.path);
+                    commit.applied.push((entry.path.clone(), record));
                     entry.state = State::Writing { failed: false };
                 }
                 State::Failed(error, transient) => {
-                    self.failing.insert(entry.path.clone());
-                    commit.failed.push((entry.path.clone(), error, transient));
+                    self.failures.fail(&entry.path, &error, transient);
+                    commit.failed.push((entry.path.clone(), error));
                     entry.state = State::Writing { failed: true };
                 }
                 other => entry.state = other,
@@ -417,14 +421,8 @@ mod tests {
         )
     }
 
-    fn ledger(state: &ClientState) -> Ledger {
-        let failing = state
-            .failing(Some("d"))
-            .unwrap()
-            .into_iter()
-            .map(|f| f.path)
-            .collect();
-        Ledger::new("d", "idx", 0, failing)
+    fn ledger() -> Ledger {
+        Ledger::new("d", "idx", 0)
     }
 
     fn stored(state: &ClientState) -> u64 {
@@ -434,7 +432,7 @@ mod tests {
     #[test]
     fn the_stored_sequence_stops_at_the_first_change_not_yet_recorded() {
         let mut state = ClientState::open_in_memory().unwrap();
-        let mut l = ledger(&state);
+        let mut l = ledger();
         let a = l.push(10, "a");
         let b = l.push(11, "b");
         let c = l.push(12, "c");
@@ -460,7 +458,7 @@ mod tests {
     #[test]
     fn one_commit_records_its_changes_in_the_order_they_were_applied() {
         let mut state = ClientState::open_in_memory().unwrap();
-        let mut l = ledger(&state);
+        let mut l = ledger();
         // A file written, its directory removed (with it), the directory made again with
         // another file, and many files after: one checkpoint, one commit.
         let x = l.push(1, "a/x");
@@ -491,7 +489,7 @@ mod tests {
     #[test]
     fn a_change_finished_after_its_checkpoint_waits_for_the_next_one() {
         let mut state = ClientState::open_in_memory().unwrap();
-        let mut l = ledger(&state);
+        let mut l = ledger();
         let a = l.push(1, "a");
         let b = l.push(2, "b");
         l.done(a, record("a"));
@@ -509,7 +507,7 @@ mod tests {
     #[test]
     fn a_failure_holds_the_sequence_below_it_but_later_changes_are_still_recorded() {
         let mut state = ClientState::open_in_memory().unwrap();
-        let mut l = ledger(&state);
+        let mut l = ledger();
         let a = l.push(5, "a");
         let b = l.push(6, "b");
         let c = l.push(7, "c");
@@ -517,14 +515,15 @@ mod tests {
         l.fail(b, &ClientError::Protocol("boom".into()));
         l.done(c, record("c"));
         let cp = l.checkpoint();
-        let done = l.commit(&mut state, cp).unwrap();
+        l.commit(&mut state, cp).unwrap();
+        let failures = l.failures();
+        assert_eq!((failures.count(), failures.transient()), (1, 0));
         assert_eq!(
-            done.failed,
-            vec![(
-                "b".to_string(),
-                "unexpected message from the daemon: boom".to_string(),
-                false
-            )]
+            (
+                failures.shown()[0].path.as_str(),
+                failures.shown()[0].message.as_str()
+            ),
+            ("b", "unexpected message from the daemon: boom")
         );
         assert_eq!(stored(&state), 5);
         assert!(state.synced("d", "c").unwrap().is_some());
@@ -547,7 +546,7 @@ mod tests {
     #[test]
     fn inflight_notes_are_committed_with_the_next_checkpoint_and_cleared_when_recorded() {
         let mut state = ClientState::open_in_memory().unwrap();
-        let mut l = ledger(&state);
+        let mut l = ledger();
         let sha = "cd".repeat(32);
         let a = l.push(3, "a");
         l.note_inflight("a", &sha);
@@ -570,7 +569,7 @@ mod tests {
             batch.set_failing("d", "a", "earlier").unwrap();
             batch.commit().unwrap();
         }
-        let mut l = ledger(&state);
+        let mut l = ledger();
         let a = l.push(1, "a");
         l.done(a, record("a"));
         let cp = l.checkpoint();
@@ -581,7 +580,7 @@ mod tests {
     #[test]
     fn a_path_that_fails_and_then_applies_in_the_same_run_is_no_longer_failing() {
         let mut state = ClientState::open_in_memory().unwrap();
-        let mut l = ledger(&state);
+        let mut l = ledger();
         let a = l.push(1, "a");
         l.fail(
             a,
@@ -590,18 +589,20 @@ mod tests {
         let cp = l.checkpoint();
         l.commit(&mut state, cp).unwrap();
         assert_eq!(state.failing(Some("d")).unwrap().len(), 1);
+        assert_eq!(l.failures().transient(), 0);
         // A later page brings the path again, and this time it applies.
         let again = l.push(7, "a");
         l.done(again, record("a"));
         let cp = l.checkpoint();
         l.commit(&mut state, cp).unwrap();
         assert!(state.failing(Some("d")).unwrap().is_empty());
+        assert!(l.failures().is_empty());
     }
 
     #[test]
     fn unreached_changes_block_the_sequence_and_an_empty_checkpoint_writes_nothing() {
         let mut state = ClientState::open_in_memory().unwrap();
-        let mut l = ledger(&state);
+        let mut l = ledger();
         let a = l.push(1, "a");
         let _b = l.push(2, "b");
         let c = l.push(3, "c");

@@ -7,6 +7,7 @@ mod connection;
 mod download;
 mod dry_run;
 pub mod error;
+mod failures;
 mod ledger;
 mod mapping;
 pub mod status;
@@ -240,9 +241,11 @@ async fn sync_until_settled(
     Ok(reports)
 }
 
-/// Fails with every path that could not be applied (exit code [`exit::PARTIAL`]).
+/// Fails with the paths that could not be applied, the first of them by name (exit code
+/// [`exit::PARTIAL`]).
 fn all_applied(reports: &[DirReport]) -> Result<(), crate::error::PathsFailed> {
-    let failures: Vec<String> = reports
+    let count = reports.iter().map(|r| r.failed).sum();
+    let shown: Vec<String> = reports
         .iter()
         // Printed to a terminal: a path from E is shown as it is, never drawn.
         .flat_map(|r| {
@@ -250,11 +253,12 @@ fn all_applied(reports: &[DirReport]) -> Result<(), crate::error::PathsFailed> {
                 .iter()
                 .map(|(p, e)| zync_cli::visible::line(&format!("{p}: {e}")).into_owned())
         })
+        .take(failures::SHOWN)
         .collect();
-    if failures.is_empty() {
+    if count == 0 {
         Ok(())
     } else {
-        Err(crate::error::PathsFailed(failures))
+        Err(crate::error::PathsFailed { count, shown })
     }
 }
 
@@ -337,7 +341,7 @@ async fn sync_all(
     let mut reports = Vec::new();
     for mapping in &config.mappings {
         let report = sync_dir(conn, state, mapping).await?;
-        if report.applied > 0 || !report.failures.is_empty() {
+        if report.applied > 0 || report.failed > 0 {
             tracing::info!(
                 dir = %mapping.name,
                 applied = report.applied,
@@ -345,7 +349,7 @@ async fn sync_all(
                 copied = report.copied,
                 bytes = report.bytes,
                 conflicts = report.conflicts.len(),
-                failing = report.failures.len(),
+                failing = report.failed,
                 sequence = report.last_seq,
                 "synced"
             );
@@ -414,6 +418,7 @@ mod tests {
     #[test]
     fn the_paths_that_failed_are_listed_as_they_are_not_as_a_terminal_draws_them() {
         let report = DirReport {
+            failed: 1,
             failures: vec![("x\r\x1b[2Kok.txt".into(), "disk full".into())],
             ..DirReport::default()
         };

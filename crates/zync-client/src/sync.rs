@@ -34,6 +34,13 @@ const PLAN_AHEAD: usize = 2048;
 /// Planning resumes below this many waiting downloads: while the next ones are planned, the
 /// queue still refills an eighth of the largest window (4,096 requests).
 const PLAN_RESUME: usize = 512;
+/// The batch goes to its thread once this many changes finished unrecorded, whatever it holds:
+/// failures, directories and deletions bring it no file, and until its commit each keeps its
+/// path, record or message in the ledger.
+const UNRECORDED_MAX: usize = 1024;
+/// The sync settles (finishes and records everything planned) once [`Planned`] holds this many
+/// hashes (about 5 MiB), and forgets them: otherwise they would grow with every page.
+const PLANNED_MAX: usize = 1 << 18;
 
 /// How long [`Run::pump`] goes on.
 #[derive(Clone, Copy)]
@@ -59,7 +66,10 @@ pub struct DirReport {
     pub bytes: u64,
     /// Conflict copies made.
     pub conflicts: Vec<String>,
-    /// Paths that could not be applied, with the reason; retried next round.
+    /// How many paths could not be applied; retried next round.
+    pub failed: usize,
+    /// The first of them (up to 200), with the reason; every one is in the client database
+    /// (`--status` lists them).
     pub failures: Vec<(String, String)>,
     /// How many of the failures may clear by themselves soon (a file that changed on E during
     /// its transfer): worth an immediate retry.
@@ -92,11 +102,6 @@ pub async fn sync_dir(
         }
         None => 0,
     };
-    let failing = state
-        .failing(Some(name))?
-        .into_iter()
-        .map(|f| f.path)
-        .collect();
     let place = Place::new(&mapping.root, name);
     // Commits are written beside the renames, on their thread: a connection of their own, kept
     // from one sync to the next (a loop client syncs once per save).
@@ -105,10 +110,10 @@ pub async fn sync_dir(
     let mut run = Run {
         name,
         key,
-        bad_checkpoints: Vec::new(),
+        bad_checkpoints: HashSet::new(),
         mapping,
         place,
-        known: Known::default(),
+        known: Known::bounded(),
         wanted: HashSet::new(),
         umask: zync_fs::umask(),
         pipeline: Pipeline::new(
@@ -118,7 +123,7 @@ pub async fn sync_dir(
         ),
         writer: Writer::default(),
         batch,
-        ledger: Ledger::new(name, &index_id, since, failing),
+        ledger: Ledger::new(name, &index_id, since),
         planned: Planned::default(),
         progress: Progress::hidden(),
         committed: Committed::default(),
@@ -150,8 +155,9 @@ struct Run<'a> {
     wanted: HashSet<String>,
     /// This client's checkpoint key; without one, no checkpoints are kept.
     key: Option<Arc<WindowKey>>,
-    /// Contents whose checkpoints a rebuild used and failed its check with.
-    bad_checkpoints: Vec<String>,
+    /// Contents whose checkpoints a rebuild used and failed its check with (each once: no more
+    /// than R has checkpoints for).
+    bad_checkpoints: HashSet<String>,
     /// The umask new entries get.
     umask: u32,
     pipeline: Pipeline<'a>,
@@ -320,6 +326,12 @@ impl<'a> Run<'a> {
                 self.pump(conn, Until::Room).await?;
                 snapshot = state.read_snapshot()?;
             }
+            if self.planned.len() >= PLANNED_MAX && self.lost.is_none() {
+                // Everything planned so far is recorded: no later change can meet it unrecorded.
+                drop(snapshot);
+                self.settle(conn).await?;
+                snapshot = state.read_snapshot()?;
+            }
             if self.lost.is_some() {
                 break;
             }
@@ -354,15 +366,15 @@ impl<'a> Run<'a> {
                     self.note_inflight(change);
                     self.progress.bytes(ready.size());
                     self.batch.add(i, ready);
-                    if self.batch.is_full() {
-                        // A renamed tree is all local copies: they go into place batch by
-                        // batch, not all at the end.
-                        drop(snapshot);
-                        self.rotate(conn).await?;
-                        snapshot = state.read_snapshot()?;
-                    }
                 }
                 Err(e) => self.ledger.fail(i, &e),
+            }
+            if self.is_due() {
+                // A renamed tree is all local copies, a deleted one all removals: they are
+                // made durable and recorded batch by batch, not all at the end.
+                drop(snapshot);
+                self.rotate(conn).await?;
+                snapshot = state.read_snapshot()?;
             }
         }
         drop(snapshot);
@@ -429,10 +441,16 @@ impl<'a> Run<'a> {
                     return Ok(());
                 }
             }
-            if self.batch.is_full() {
+            if self.is_due() {
                 self.rotate(conn).await?;
             }
         }
+    }
+
+    /// True when the batch should go to its thread: it is full, or many changes wait for a
+    /// commit to record them ([`UNRECORDED_MAX`]).
+    fn is_due(&self) -> bool {
+        self.batch.is_full() || self.ledger.unrecorded() >= UNRECORDED_MAX
     }
 
     /// Hands the full batch to its thread, and tells the daemon how far the sync got.
@@ -467,7 +485,7 @@ impl<'a> Run<'a> {
                             (pending.used_prior(), &e)
                         {
                             // Forgotten at the end of the sync, so no other file tries them.
-                            self.bad_checkpoints.push(sha256.to_string());
+                            self.bad_checkpoints.insert(sha256.to_string());
                         }
                         self.pipeline.push(i, pending);
                     }
@@ -560,18 +578,22 @@ impl<'a> Run<'a> {
         }
         self.ack(conn).await;
         self.progress.finish();
-        // A path that failed and then applied in a later page of this run is not failing.
-        let ledger = &self.ledger;
-        self.committed
-            .failed
-            .retain(|(path, ..)| ledger.is_failing(path));
-        for (path, error, _) in &self.committed.failed {
-            tracing::warn!(dir = self.name, path = %path, "{error}");
+        // A path that failed and then applied in a later page of this run is not among them.
+        let failures = self.ledger.take_failures();
+        for failure in failures.shown() {
+            tracing::warn!(dir = self.name, path = %failure.path, "{}", failure.message);
+        }
+        let unshown = failures.count().saturating_sub(failures.shown().len());
+        if unshown > 0 {
+            tracing::warn!(
+                dir = self.name,
+                "{unshown} more paths failed; `zync-client --status` lists them all"
+            );
         }
         if let Some(e) = self.lost {
             return Err(e);
         }
-        if self.committed.failed.is_empty() && self.ledger.is_settled() {
+        if failures.is_empty() && self.ledger.is_settled() {
             // Everything up to the daemon's sequence is recorded: no write of an unfinished run
             // is left to recognise.
             // A directory with nothing to apply (empty on E) has now been synced all the
@@ -598,12 +620,12 @@ impl<'a> Run<'a> {
             copied: tally.copied,
             bytes: tally.bytes,
             conflicts,
-            transient: self.committed.failed.iter().filter(|f| f.2).count(),
-            failures: self
-                .committed
-                .failed
+            failed: failures.count(),
+            transient: failures.transient(),
+            failures: failures
+                .into_shown()
                 .into_iter()
-                .map(|(path, error, _)| (path, error))
+                .map(|f| (f.path, f.message))
                 .collect(),
             last_seq: self.ledger.durable(),
         })
@@ -641,6 +663,11 @@ impl Planned {
         for (i, _) in path.match_indices('/') {
             self.ancestors.insert(hash(&path[..i]));
         }
+    }
+
+    /// How many hashes it holds.
+    fn len(&self) -> usize {
+        self.paths.len() + self.ancestors.len() + self.leaves.len()
     }
 
     fn overlaps(&self, changes: &[Change]) -> bool {

@@ -14,41 +14,89 @@ use zync_proto::Change;
 use crate::download::plan::{Here, Local};
 use crate::error::ClientError;
 
-/// What one sync knows about its root beyond the database.
+/// What a sync's [`Known`] holds of directory names (`dirs` and `fresh`), in bytes: past it,
+/// both are forgotten, and the directories are looked at again. A tree of short names fills it
+/// after a hundred thousand directories; a daemon naming ever new deep paths, at once.
+const KNOWN_DIR_BYTES: usize = 8 << 20;
+/// What `partial_dirs` holds, in bytes of paths: past it, it is forgotten and read again.
+const PARTIAL_DIR_BYTES: usize = 4 << 20;
+
+/// What one sync knows about its root beyond the database. All of it but the stash only spares
+/// looks, so a sync may forget it at any time.
 #[derive(Debug, Default)]
 pub struct Known {
     /// Directories seen in this sync; forgotten whenever anything is moved or removed.
-    pub dirs: HashSet<String>,
+    dirs: HashSet<String>,
     /// Directories this sync made, empty, since it last finished everything planned: a file
     /// planned in one is taken to have nothing at its path without a look (see
     /// [`Look::here`]). Forgotten with `dirs`, and by [`Known::forget_fresh`].
-    pub fresh: HashSet<String>,
+    fresh: HashSet<String>,
+    /// The bytes of the names in `dirs` and `fresh`.
+    dir_bytes: usize,
+    /// Whether `dirs` and `fresh` are forgotten past [`KNOWN_DIR_BYTES`]: a sync's are, a dry
+    /// run's are not (it imagines there the directories it would make).
+    bounded: bool,
     /// Deleted files set aside by content, as sources for copies (renames on E).
     pub stash: HashMap<String, PathBuf>,
     /// For each directory looked at: whether it may hold partial downloads.
     partial_dirs: HashMap<PathBuf, bool>,
+    /// The bytes of the paths in `partial_dirs`.
+    partial_bytes: usize,
 }
 
 impl Known {
+    /// A sync's: what it holds of directories does not grow past [`KNOWN_DIR_BYTES`], however
+    /// many directories the sync meets.
+    pub fn bounded() -> Known {
+        Known {
+            bounded: true,
+            ..Known::default()
+        }
+    }
+
     /// Something at `rel` changed: it may have been a directory seen earlier.
     pub fn forget_dirs(&mut self, rel: &RelPath) {
         if self.dirs.contains(rel.as_str()) || self.fresh.contains(rel.as_str()) {
-            self.dirs.clear();
-            self.fresh.clear();
+            self.clear_dirs();
         }
+    }
+
+    fn clear_dirs(&mut self) {
+        self.dirs.clear();
+        self.fresh.clear();
+        self.dir_bytes = 0;
     }
 
     /// Everything planned so far was installed: a path planned again may find this sync's own
     /// file, so no directory counts as fresh any more.
     pub fn forget_fresh(&mut self) {
-        self.fresh.clear();
+        let fresh = std::mem::take(&mut self.fresh);
+        let bytes: usize = fresh.iter().map(String::len).sum();
+        self.dir_bytes = self.dir_bytes.saturating_sub(bytes);
+    }
+
+    /// `dir` is a directory (seen, made, or imagined by a dry run).
+    pub fn insert_dir(&mut self, dir: String) {
+        self.note(dir, false);
     }
 
     /// `made` are directories this sync just created, empty.
     pub fn made_dirs(&mut self, made: Vec<RelPath>) {
         for dir in made {
-            self.dirs.insert(dir.to_string());
-            self.fresh.insert(dir.to_string());
+            self.note(dir.to_string(), true);
+        }
+    }
+
+    fn note(&mut self, dir: String, fresh: bool) {
+        let len = dir.len();
+        if fresh && self.fresh.insert(dir.clone()) {
+            self.dir_bytes += len;
+        }
+        if self.dirs.insert(dir) {
+            self.dir_bytes += len;
+        }
+        if self.bounded && self.dir_bytes > KNOWN_DIR_BYTES {
+            self.clear_dirs();
         }
     }
 
@@ -58,6 +106,14 @@ impl Known {
         let dir = rel
             .parent()
             .map_or_else(|| root.to_path_buf(), |p| p.to_path(root));
+        if let Some(&may) = self.partial_dirs.get(&dir) {
+            return may;
+        }
+        if self.partial_bytes > PARTIAL_DIR_BYTES {
+            self.partial_dirs.clear();
+            self.partial_bytes = 0;
+        }
+        self.partial_bytes += dir.as_os_str().len();
         *self.partial_dirs.entry(dir).or_insert_with_key(|dir| {
             let prefix = format!("{}partial-", zync_fs::TEMP_PREFIX);
             std::fs::read_dir(dir).is_ok_and(|entries| {
@@ -140,7 +196,7 @@ impl Look<'_> {
             }
             let local = self.local(&ancestor)?;
             if matches!(&local.stat, Stat::Entry(m) if m.kind == Kind::Dir) {
-                known.dirs.insert(ancestor.to_string());
+                known.insert_dir(ancestor.to_string());
             } else {
                 // Made a directory before anything below it is written: nothing below exists.
                 below_missing = true;
@@ -300,6 +356,33 @@ fn is_own(path: &Path, own: &[PathBuf]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_syncs_known_directories_are_forgotten_past_their_bound_and_a_dry_runs_are_not() {
+        // 4 KiB each: sixteen components of 250 bytes under one of its own.
+        let name = |i: usize| format!("{i:04}{}", format!("/{}", "d".repeat(250)).repeat(16));
+        let mut bounded = Known::bounded();
+        let mut dry_run = Known::default();
+        for i in 0..3000 {
+            bounded.made_dirs(vec![RelPath::parse(&name(i)).expect("a path")]);
+            dry_run.insert_dir(name(i));
+        }
+        assert!(
+            bounded.dir_bytes <= KNOWN_DIR_BYTES && bounded.dirs.len() < 3000,
+            "{} directories, {} bytes",
+            bounded.dirs.len(),
+            bounded.dir_bytes
+        );
+        assert_eq!(bounded.fresh.len(), bounded.dirs.len());
+        // The last ones are still known.
+        assert!(bounded.fresh.contains(&name(2999)));
+        bounded.forget_fresh();
+        assert_eq!(
+            bounded.dir_bytes,
+            bounded.dirs.iter().map(String::len).sum::<usize>()
+        );
+        assert_eq!(dry_run.dirs.len(), 3000);
+    }
 
     #[test]
     fn a_path_holding_or_below_the_clients_own_files_is_its_own() {

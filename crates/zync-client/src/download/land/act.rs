@@ -48,7 +48,7 @@ impl Place {
             }
             let made = zync_fs::ensure_dir(self.root(), &rel, None)?;
             self.changed(known, &rel);
-            known.dirs.insert(rel.to_string());
+            known.insert_dir(rel.to_string());
             known.made_dirs(made);
         }
         let Here { rel, at, .. } = here;
