@@ -804,8 +804,9 @@ impl Drop for Sealed {
 
 /// Opens the partial download `name` in `dir` (to append to it when `write`) if it is one
 /// zync made and may go on with (see [`AtomicFile::resume`]): a regular file, reached without
-/// following a symlink and without blocking on a FIFO ([`Dir::open_file`]), owned by this
-/// process's effective user, with one link, and no permission bits but `0o600`. Judged by
+/// following a symlink and without blocking on a FIFO ([`Dir::open_file`]), with one link,
+/// and, in a directory other users may write to, owned by this process's effective user with
+/// no permission bits but `0o600`. Judged by
 /// `fstat` of the descriptor opened, so the file judged is the one written. Returns it and its
 /// length; `None` for anything else. Opening one to write changes nothing in it (no
 /// `O_TRUNC`, no `O_CREAT`): a refused file is closed untouched.
@@ -817,7 +818,14 @@ fn open_partial(dir: &Dir, name: &str, write: bool) -> std::io::Result<Option<(F
     let st = file.metadata()?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    if st.uid() != euid || st.nlink() != 1 || st.mode() & 0o7777 & !0o600 != 0 {
+    // Only a directory others can write to can hold a file another user put there. In one
+    // only this user can write to, the owner and mode are not checked: some file systems
+    // (vfat, exFAT, a squashing NFS export) report them from mount options, and each attempt
+    // at a big file there would start over from byte 0.
+    let dir_st = rustix::fs::fstat(dir)?;
+    let others_may_write = dir_st.st_uid != euid || dir_st.st_mode & 0o022 != 0;
+    let foreign = st.uid() != euid || st.mode() & 0o7777 & !0o600 != 0;
+    if st.nlink() != 1 || (others_may_write && foreign) {
         tracing::debug!(
             path = %dir.path_of(name).display(),
             uid = st.uid(),
@@ -1404,6 +1412,8 @@ mod tests {
     fn a_partial_others_may_own_or_read_is_never_resumed() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let r = tmp.path().to_path_buf();
+        // A directory others may write to (and so put a partial in), as /tmp is.
+        fs::set_permissions(&r, fs::Permissions::from_mode(0o1777)).expect("chmod");
         let sha = "f".repeat(64);
         let partial = AtomicFile::partial_path(&r, &rel("big"), &sha);
         let kept = [3u8; 4096];
@@ -1449,6 +1459,31 @@ mod tests {
         fs::remove_file(&partial).expect("remove");
         crate::testkit::fifo(&partial);
         refused("a FIFO");
+    }
+
+    /// In a directory only this user can write to, nobody else can have put the partial
+    /// there: one whose mode the file system reports from its mount options (vfat: 0644 or
+    /// 0755) is resumed, so a big file there is not started over at each attempt.
+    #[test]
+    fn a_partial_in_a_directory_only_this_user_writes_is_resumed_whatever_its_mode() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let r = tmp.path().to_path_buf();
+        fs::set_permissions(&r, fs::Permissions::from_mode(0o700)).expect("chmod");
+        let sha = "d".repeat(64);
+        let partial = AtomicFile::partial_path(&r, &rel("big"), &sha);
+        fs::write(&partial, [3u8; 4096]).expect("write");
+        for mode in [0o644, 0o755] {
+            fs::set_permissions(&partial, fs::Permissions::from_mode(mode)).expect("chmod");
+            assert_eq!(
+                AtomicFile::resume_offset(&r, &rel("big"), &sha),
+                4096,
+                "mode {mode:o}"
+            );
+        }
+        let resumed = AtomicFile::resume(&r, &rel("big"), &sha)
+            .expect("resume")
+            .expect("a partial in a private directory");
+        assert_eq!(resumed.written(), 4096);
     }
 
     /// Another local user swaps the directory a big download goes to for a FIFO, or a symlink
