@@ -222,6 +222,22 @@ const SMALL: &[u8] = b"0123456789";
 /// What its GET_FILE header announces for that file instead.
 const HUGE: u64 = 100 << 20;
 
+/// A daemon's answer to HELLO (its nonce and its proof of `token`) or AUTH (serving `code`),
+/// as a fake daemon named `name` that holds the token gives it.
+fn proof_of_token(op: &str, request: &Value, token: &str, name: &str) -> Value {
+    if op == "AUTH" {
+        return json!({"protocol_version": 2, "dirs": ["code"], "scanning": false,
+                      "index_id": "0b6c3f52-0d1e-4c8a-9a57-2f0f6a1e7c11",
+                      "server_version": name});
+    }
+    let client = Nonce::from_hex(request["client_nonce"].as_str().unwrap()).unwrap();
+    let daemon = Nonce::generate().unwrap();
+    let client_id = request["client_id"].as_str().unwrap();
+    let proof = zync_proto::proof(token, zync_proto::Role::Daemon, &client, &daemon, client_id);
+    json!({"protocol_version": 2, "daemon_nonce": daemon.to_hex(),
+           "daemon_proof": proof, "server_version": name})
+}
+
 /// Poses as a daemon that holds the token (a hostile or broken one on E): proves itself,
 /// announces `small.txt` of 10 bytes in its page, then answers GET_FILE with a header of
 /// [`HUGE`] bytes of that very sha256 and streams that many bytes, looking at R's root `r`
@@ -243,23 +259,7 @@ async fn lying_daemon(listener: TcpListener, token: String, r: std::path::PathBu
             .unwrap_or_default()
             .to_string();
         let mut reply = match op.as_str() {
-            "HELLO" => {
-                let client = Nonce::from_hex(request["client_nonce"].as_str().unwrap()).unwrap();
-                let daemon = Nonce::generate().unwrap();
-                let client_id = request["client_id"].as_str().unwrap();
-                let proof = zync_proto::proof(
-                    &token,
-                    zync_proto::Role::Daemon,
-                    &client,
-                    &daemon,
-                    client_id,
-                );
-                json!({"protocol_version": 2, "daemon_nonce": daemon.to_hex(),
-                       "daemon_proof": proof, "server_version": "liar"})
-            }
-            "AUTH" => json!({"protocol_version": 2, "dirs": ["code"], "scanning": false,
-                             "index_id": "0b6c3f52-0d1e-4c8a-9a57-2f0f6a1e7c11",
-                             "server_version": "liar"}),
+            "HELLO" | "AUTH" => proof_of_token(&op, &request, &token, "liar"),
             "GET_LAST_SEQUENCE" | "FLUSH" => {
                 json!({"last_sequence": 1, "dirs": {"code": 1}, "scanning": false})
             }
@@ -393,23 +393,7 @@ async fn flooding_daemon(listener: TcpListener, token: String) -> u64 {
             .unwrap_or_default()
             .to_string();
         let mut reply = match op.as_str() {
-            "HELLO" => {
-                let client = Nonce::from_hex(request["client_nonce"].as_str().unwrap()).unwrap();
-                let daemon = Nonce::generate().unwrap();
-                let client_id = request["client_id"].as_str().unwrap();
-                let proof = zync_proto::proof(
-                    &token,
-                    zync_proto::Role::Daemon,
-                    &client,
-                    &daemon,
-                    client_id,
-                );
-                json!({"protocol_version": 2, "daemon_nonce": daemon.to_hex(),
-                       "daemon_proof": proof, "server_version": "flood"})
-            }
-            "AUTH" => json!({"protocol_version": 2, "dirs": ["code"], "scanning": false,
-                             "index_id": "5d0a1c7e-3b9f-4e2a-8c61-0f4b7d2e9a13",
-                             "server_version": "flood"}),
+            "HELLO" | "AUTH" => proof_of_token(&op, &request, &token, "flood"),
             "GET_LAST_SEQUENCE" | "FLUSH" => json!({"last_sequence": FLOOD_CHANGES,
                                                     "dirs": {"code": FLOOD_CHANGES},
                                                     "scanning": false}),

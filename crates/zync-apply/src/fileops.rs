@@ -562,8 +562,6 @@ mod tests {
         swap_with_symlink: bool,
         op: impl Fn(&Path, &Current) -> anyhow::Result<()>,
     ) -> (u32, u32) {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt;
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         const SEEN: &[u8] = b"as staged against";
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -587,29 +585,13 @@ mod tests {
         let real_f = PathBuf::from(format!("/proc/self/fd/{}/f", real.as_raw_fd()));
         let their_dir = File::open(&theirs).expect("open theirs");
         let their_f = PathBuf::from(format!("/proc/self/fd/{}/f", their_dir.as_raw_fd()));
-        let cstr = |p: &Path| CString::new(p.as_os_str().as_bytes()).expect("no NUL");
-        let (d, other) = (cstr(&root.join("d")), cstr(&swapped));
+        let d = root.join("d");
 
         let stop = AtomicBool::new(false);
         let swaps = AtomicU64::new(0);
         let (mut edits_replaced, mut checked) = (0u32, 0u32);
         std::thread::scope(|scope| {
-            scope.spawn(|| {
-                while !stop.load(Ordering::Relaxed) {
-                    // SAFETY: both are NUL-terminated paths that outlive the call.
-                    let rc = unsafe {
-                        libc::renameat2(
-                            libc::AT_FDCWD,
-                            d.as_ptr(),
-                            libc::AT_FDCWD,
-                            other.as_ptr(),
-                            libc::RENAME_EXCHANGE,
-                        )
-                    };
-                    assert_eq!(rc, 0, "renameat2: {}", io::Error::last_os_error());
-                    swaps.fetch_add(1, Ordering::Relaxed);
-                }
-            });
+            scope.spawn(|| crate::testkit::exchange_until(&d, &swapped, &stop, &swaps));
             // At least 2 s and 50 checks (a loaded machine flushes slowly), at most 20 s.
             let started = std::time::Instant::now();
             let enough = |checked: u32| {

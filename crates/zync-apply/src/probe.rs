@@ -443,8 +443,6 @@ mod tests {
     /// diff is made: the diff is of E's own file or says it changed, never of the decoy.
     #[test]
     fn a_parent_swapped_for_a_symlink_never_puts_a_decoy_in_the_diff() {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt;
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         let f = crate::testkit::Fixture::new();
         f.e_write("d/f.txt", b"E's line\n");
@@ -463,28 +461,12 @@ mod tests {
         std::fs::write(theirs.join("f.txt"), b"decoy line\n").expect("write");
         let link = f.root.with_file_name("link");
         symlink(&theirs, &link).expect("symlink");
-        let cstr = |p: &Path| CString::new(p.as_os_str().as_bytes()).expect("no NUL");
-        let (d, other) = (cstr(&f.root.join("d")), cstr(&link));
+        let d = f.root.join("d");
         let stop = AtomicBool::new(false);
         let swaps = AtomicU64::new(0);
         let (mut diffs, mut own, mut decoy) = (0u32, 0u32, None);
         std::thread::scope(|scope| {
-            scope.spawn(|| {
-                while !stop.load(Ordering::Relaxed) {
-                    // SAFETY: both are NUL-terminated paths that outlive the call.
-                    let rc = unsafe {
-                        libc::renameat2(
-                            libc::AT_FDCWD,
-                            d.as_ptr(),
-                            libc::AT_FDCWD,
-                            other.as_ptr(),
-                            libc::RENAME_EXCHANGE,
-                        )
-                    };
-                    assert_eq!(rc, 0, "renameat2: {}", io::Error::last_os_error());
-                    swaps.fetch_add(1, Ordering::Relaxed);
-                }
-            });
+            scope.spawn(|| crate::testkit::exchange_until(&d, &link, &stop, &swaps));
             let started = std::time::Instant::now();
             while started.elapsed() < std::time::Duration::from_secs(2) || own < 50 {
                 let shown = diff(&f.root, &rel("d/f.txt"), &file, &f.session_dir(id));
