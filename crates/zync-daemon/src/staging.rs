@@ -343,9 +343,15 @@ mod tests {
         else {
             panic!("the lock must be ours");
         };
-        // Created a second ago or more: older than an age of zero.
+        // Created ten seconds ago: older than an age of zero.
+        rusqlite::Connection::open(&db)
+            .expect("open db")
+            .execute(
+                "UPDATE upstream_sessions SET created_unix = created_unix - 10 WHERE id = ?1",
+                [ID],
+            )
+            .expect("age the session");
         let session = || index.session(ID).expect("session").expect("kept");
-        std::thread::sleep(Duration::from_millis(1_100));
         expire_sessions(&index, &db, Duration::ZERO).expect("expire");
         assert_eq!(
             session().status,
@@ -381,8 +387,14 @@ mod tests {
             "a recent apply was settled"
         );
         assert!(dir.join("backup-000001").exists());
-        // Applied a second ago or more: older than an age of zero.
-        std::thread::sleep(Duration::from_millis(1_100));
+        // Applied ten seconds ago: older than an age of zero.
+        rusqlite::Connection::open(&db)
+            .expect("open db")
+            .execute(
+                "UPDATE upstream_sessions SET applied_unix = applied_unix - 10 WHERE id = ?1",
+                [ID],
+            )
+            .expect("age the apply");
         expire_sessions(&index, &db, Duration::ZERO).expect("expire");
         assert_eq!(status(), SessionStatus::Settled);
         assert!(!dir.exists(), "its backups stay");
