@@ -341,8 +341,8 @@ mod tests {
         assert!(listed["applied_unix"].is_i64(), "{listed}");
     }
 
-    #[test]
-    fn drop_discard_backups_settles_a_partial_session_without_applying_what_is_still_staged() {
+    /// Session A applied without its conflict: `x.txt` on E, `c.txt` (E's edit) still staged.
+    fn partly_applied() -> (Fixture, ScriptedPrompter) {
         let fx = Fixture::new();
         fx.e_write("c.txt", b"E's edit\n");
         fx.stage(
@@ -356,6 +356,12 @@ mod tests {
         fx.run(&["apply", A, "--non-interactive"], &mut p)
             .0
             .expect("apply");
+        (fx, p)
+    }
+
+    #[test]
+    fn drop_discard_backups_settles_a_partial_session_without_applying_what_is_still_staged() {
+        let (fx, mut p) = partly_applied();
         assert_eq!(
             fx.status(A),
             SessionStatus::Partial,
@@ -413,19 +419,7 @@ mod tests {
     #[test]
     fn drop_discard_backups_first_resolves_what_a_killed_apply_left() {
         use crate::crashpoint::{self, Step};
-        let fx = Fixture::new();
-        fx.e_write("c.txt", b"E's edit\n");
-        fx.stage(
-            A,
-            &[
-                write("x.txt", b"x\n", None),
-                write("c.txt", b"R\n", Some(b"base\n")),
-            ],
-        );
-        let mut p = ScriptedPrompter::new([]);
-        fx.run(&["apply", A, "--non-interactive"], &mut p)
-            .0
-            .expect("apply");
+        let (fx, mut p) = partly_applied();
         // A second run, forcing the conflict, is killed once E has R's version.
         crashpoint::arm(Step::Written, 0);
         let (r, _) = fx.run(&["apply", A, "--non-interactive", "--force"], &mut p);

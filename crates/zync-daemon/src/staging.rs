@@ -324,19 +324,32 @@ fn staging_refusal(path: &str, received: u64, e: FsError) -> Refusal {
 mod tests {
     use super::*;
 
-    #[test]
-    fn expiry_at_start_leaves_a_session_an_apply_holds_and_takes_it_once_free() {
-        const ID: &str = "aaaa1111-2222-4333-8444-555566667777";
+    const ID: &str = "aaaa1111-2222-4333-8444-555566667777";
+
+    /// A database in a temp dir holding session [`ID`] with `status`, and its directory with
+    /// a backup of one of E's files in it.
+    fn session_with_backup(
+        status: SessionStatus,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        zync_db::Index,
+        std::path::PathBuf,
+    ) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let db = tmp.path().join("sync.db");
         let index = zync_db::Index::open(&db).expect("index");
         index.create_session(ID, "r").expect("create");
-        index
-            .set_session_status(ID, SessionStatus::Staged)
-            .expect("staged");
+        index.set_session_status(ID, status).expect("status");
         let dir = zync_db::session_dir(&db, ID);
         std::fs::create_dir_all(&dir).expect("session dir");
         std::fs::write(dir.join("backup-000001"), b"E's original").expect("backup");
+        (tmp, db, index, dir)
+    }
+
+    #[test]
+    fn expiry_at_start_leaves_a_session_an_apply_holds_and_takes_it_once_free() {
+        let (_tmp, db, index, dir) = session_with_backup(SessionStatus::Staged);
         // As `zync-apply apply` holds it while it waits at a prompt.
         let zync_fs::Locked::Held(held) =
             zync_fs::try_lock_in(&dir, zync_db::SESSION_LOCK_FILE, b"apply").expect("lock")
@@ -368,17 +381,7 @@ mod tests {
 
     #[test]
     fn staging_expiry_at_start_removes_the_backups_of_applies_older_than_the_age() {
-        const ID: &str = "aaaa1111-2222-4333-8444-555566667777";
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let db = tmp.path().join("sync.db");
-        let index = zync_db::Index::open(&db).expect("index");
-        index.create_session(ID, "r").expect("create");
-        index
-            .set_session_status(ID, SessionStatus::Applied)
-            .expect("applied");
-        let dir = zync_db::session_dir(&db, ID);
-        std::fs::create_dir_all(&dir).expect("session dir");
-        std::fs::write(dir.join("backup-000001"), b"E's original").expect("backup");
+        let (_tmp, db, index, dir) = session_with_backup(SessionStatus::Applied);
         let status = || index.session(ID).expect("session").expect("kept").status;
         expire_sessions(&index, &db, Duration::from_secs(60)).expect("expire");
         assert_eq!(
