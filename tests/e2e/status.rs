@@ -176,6 +176,14 @@ fn status_lists_failing_paths_and_conflict_copies() {
     for expected in ["a/blocked.txt", "fifo", copy, "NOT IN SYNC"] {
         assert!(text.contains(expected), "{expected:?} missing in:\n{text}");
     }
+
+    // Once the path applies, its failure is forgotten: the dir is failing no more.
+    std::fs::remove_file(&fifo).unwrap();
+    client.once_ok(&daemon.url());
+    let v = client.status_json(&daemon.url());
+    let dir = &v["dirs"][0];
+    assert_eq!(dir["failing"], serde_json::json!([]), "{v}");
+    assert_ne!(dir["state"], "failing", "{v}");
 }
 
 #[test]

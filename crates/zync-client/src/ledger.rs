@@ -110,15 +110,16 @@ impl Commit {
                 }
                 Record::Nothing => {}
             }
-            // Any applied path may have failed before, in this run or an earlier one: which
-            // ones did is in the database alone (memory does not hold every failing path).
-            batch.clear_failing(dir, path)?;
             recorded.push(path);
             committed.applied += 1;
         }
         batch.set_synced_many(dir, &run)?;
         // After the notes above: a path recorded now has no note left.
         batch.clear_inflight_paths(dir, &recorded)?;
+        // Any applied path may have failed before, in this run or an earlier one: which ones
+        // did is in the database alone (memory does not hold every failing path). Before the
+        // failures of this commit are set, so a path that failed again keeps its row.
+        batch.clear_failing_paths(dir, &recorded)?;
         for (path, error) in &self.failed {
             batch.set_failing(dir, path, error)?;
         }
