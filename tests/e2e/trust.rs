@@ -201,6 +201,37 @@ async fn an_impostor_on_the_client_s_port_gets_no_token_no_proof_and_no_writes()
     assert_same_tree(&f.e, &f.r, &[]);
 }
 
+/// What an impostor says cannot drive R's terminal: whatever anyone on the client's port
+/// answers (an error, or a frame that is not the protocol) reaches the user's screen with its
+/// control characters made visible, never as escape sequences that retitle the window, write
+/// the clipboard or draw a fake "in sync" over the real message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impostor_s_words_reach_r_s_terminal_only_made_visible() {
+    let f = fixture(&[]);
+    let lies = "\u{1b}]0;owned\u{7}\u{1b}]52;c;cm0gLXJmIH4=\u{7}\r\u{1b}[2Kzync: in sync\u{9b}2J";
+    let answers: [Box<dyn FnOnce(&Value) -> Value + Send>; 2] = [
+        Box::new(move |hello| {
+            json!({"status": "error", "id": hello["id"], "code": "unsupported_version",
+                   "message": lies})
+        }),
+        Box::new(move |hello| json!({"id": hello["id"], "nonsense": lies})),
+    ];
+    for answer in answers {
+        let (out, _) = client_meets_impostor(&f, answer).await;
+        let log = stderr(&out);
+        assert!(!out.status.success(), "{log}");
+        assert!(
+            !log.contains(['\u{1b}', '\u{7}', '\r', '\u{9b}']),
+            "an impostor's control characters reached R's terminal: {log:?}"
+        );
+        assert!(
+            log.contains("owned"),
+            "the impostor's answer should still be shown, made visible: {log:?}"
+        );
+    }
+    assert!(nothing_in(&f.r), "the client wrote on R for an impostor");
+}
+
 /// The size of the biggest file anywhere under `dir` (zync's temp files included).
 fn biggest_file(dir: &std::path::Path) -> u64 {
     let mut biggest = 0;

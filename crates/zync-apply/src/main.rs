@@ -40,11 +40,8 @@ fn main() -> ExitCode {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(e) if zync_apply::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            // Error messages may quote paths and ids that R chose.
-            eprintln!(
-                "zync-apply: {}",
-                zync_cli::visible::text(&zync_cli::one_line(&e))
-            );
+            // Error messages may quote paths and ids that R chose: one_line makes them visible.
+            eprintln!("zync-apply: {}", zync_cli::one_line(&e));
             ExitCode::FAILURE
         }
     }

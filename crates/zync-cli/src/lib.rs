@@ -30,8 +30,16 @@ use clap::ArgMatches;
 /// `e` and its causes on one line, as `{:#}` prints them (`message: cause: cause`), but without
 /// a cause the text before it already ends with: an error that prints its source itself (as
 /// `cannot read PATH: No such file or directory (os error 2)` does) is not followed by that
-/// source a second time.
+/// source a second time. Made visible ([`visible::text`]): errors quote what the other
+/// machine, or whatever answered on the daemon's port, said and named, and a carriage return
+/// or an escape sequence in it must not reach the terminal (a retitled window, a clipboard
+/// written, a fake "in sync" drawn over the real message).
 pub fn one_line(e: &anyhow::Error) -> String {
+    visible::text(&chained(e)).into_owned()
+}
+
+/// [`one_line`] before it is made visible.
+fn chained(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
@@ -89,6 +97,22 @@ mod tests {
         );
         let e = anyhow::Error::new(gone()).context("opening the database");
         assert_eq!(one_line(&e), format!("opening the database: {os}"));
+    }
+
+    #[test]
+    fn one_line_shows_control_characters_and_keeps_lines() {
+        let said = "refused: \u{1b}]0;owned\u{7}\r\u{1b}[2Kin sync\u{202e}";
+        let e = anyhow::anyhow!("{said}").context("the daemon said");
+        assert_eq!(
+            one_line(&e),
+            "the daemon said: refused: ^[]0;owned^G^M^[[2Kin sync<U+202E>"
+        );
+        // A list of failures, one per line, stays one per line.
+        let e = anyhow::anyhow!("2 path(s) failed:\n  a: no room\n  b: no room");
+        assert_eq!(
+            one_line(&e),
+            "2 path(s) failed:\n  a: no room\n  b: no room"
+        );
     }
 
     fn matches(argv: &[&str]) -> ArgMatches {

@@ -63,8 +63,9 @@ pub fn main_with_args(args: Args) -> anyhow::Result<u8> {
                 // Scripts must notice that part of R's changes did not reach E.
                 Some(why) => {
                     eprintln!(
-                        "zync-client: E refused the push part way; {} file(s) not sent: {why}",
-                        summary.not_sent
+                        "zync-client: E refused the push part way; {} file(s) not sent: {}",
+                        summary.not_sent,
+                        zync_cli::visible::text(why)
                     );
                     Ok(exit::PARTIAL)
                 }
@@ -384,7 +385,12 @@ pub async fn run_loop(config: &Config, shutdown: impl Future<Output = ()>) -> an
             if e.is_permanent() {
                 return Err(e.into());
             }
-            tracing::warn!("{e}; reconnecting in {wait:.1?}");
+            // Whatever answered on the daemon's port may have put words in the error.
+            let e = e.to_string();
+            tracing::warn!(
+                "{}; reconnecting in {wait:.1?}",
+                zync_cli::visible::text(&e)
+            );
         }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
