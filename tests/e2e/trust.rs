@@ -209,7 +209,8 @@ async fn an_impostor_on_the_client_s_port_gets_no_token_no_proof_and_no_writes()
 async fn an_impostor_s_words_reach_r_s_terminal_only_made_visible() {
     let f = fixture(&[]);
     let lies = "\u{1b}]0;owned\u{7}\u{1b}]52;c;cm0gLXJmIH4=\u{7}\r\u{1b}[2Kzync: in sync\u{9b}2J";
-    let answers: [Box<dyn FnOnce(&Value) -> Value + Send>; 2] = [
+    type Answer = Box<dyn FnOnce(&Value) -> Value + Send>;
+    let answers: [Answer; 2] = [
         Box::new(move |hello| {
             json!({"status": "error", "id": hello["id"], "code": "unsupported_version",
                    "message": lies})
