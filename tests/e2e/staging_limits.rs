@@ -3,7 +3,8 @@
 //! and the flag that raises it and loses nothing staged before; an upload that stalls gives its
 //! room back; the daemon's own files are never accepted as upstream paths; a push E stages
 //! nothing of leaves nothing; a path sent twice keeps one staged file; a session left
-//! unfinished leaves neither files nor rows; `zync-apply drop` and `gc` remove what they should
+//! unfinished leaves neither files nor rows; junk E's user drops, or leaves to expire, keeps
+//! rows only for the newest few sessions; `zync-apply drop` and `gc` remove what they should
 //! and nothing else; the backups applied pushes keep go after `--staging-max-age`, or at once
 //! with `drop --discard-backups`, and E keeps what was applied.
 
@@ -398,7 +399,8 @@ async fn an_empty_session_and_a_re_sent_path_leave_nothing_extra_staged() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 5. Abandoned sessions leave nothing: not their files, not their rows in E's database.
+// 5. Abandoned sessions leave nothing: not their files, not their rows in E's database; and
+// sessions dropped or expired leave their rows only while among the newest few.
 
 /// Rows of `upstream_files` in the daemon's database at `db` belonging to one of `sessions`.
 fn file_rows(db: &Path, sessions: &[&str]) -> i64 {
@@ -526,6 +528,128 @@ async fn abandoned_sessions_leave_no_rows_in_the_database_and_nothing_staged() {
         "the start kept the rows of a session an older zync aborted"
     );
     assert!(names_in(&staging).is_empty(), "{:?}", names_in(&staging));
+    assert_eq!(tree(&e, &[]), e_before, "E changed");
+}
+
+/// How many sessions of each ended status (dropped, expired, settled) keep their rows:
+/// `zync_db::ENDED_KEPT` (this crate does not link zync-db).
+const ENDED_KEPT: usize = 10;
+
+/// Rows of `upstream_files` in the daemon's database at `db`, of every session.
+fn all_file_rows(db: &Path) -> usize {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open db read-only");
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM upstream_files", [], |row| row.get(0))
+        .expect("count rows");
+    usize::try_from(rows).expect("a count")
+}
+
+#[tokio::test]
+async fn dropped_and_expired_junk_keeps_the_rows_of_the_newest_few_sessions_only() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (e, mut daemon) = daemon_with(tmp.path(), &[("keep.txt", b"on E\n")], &[]);
+    let db = daemon.db.clone();
+    let e_before = tree(&e, &[]);
+    let deletes = 100;
+    let bound = ENDED_KEPT * deletes;
+
+    // A hostile R's loop: push a hundred deletes of long paths that exist nowhere, which E's
+    // user sees as junk and drops; again and again, each round freeing its pending slot.
+    let (mut peer, _) = Peer::authenticated(&daemon, "hostile-r").await;
+    let mut dropped = Vec::new();
+    for round in 0..ENDED_KEPT + 3 {
+        let s = abandon_deletes(&mut peer, round, deletes).await;
+        assert_eq!(finalize(&mut peer, &s).await["files"], deletes);
+        let out = zync_apply_ok(&db, &["drop", &s]);
+        assert!(out.contains(&format!("dropped session {s}")), "{out}");
+        dropped.push(s);
+        let rows = all_file_rows(&db);
+        assert!(
+            rows <= bound,
+            "after {} dropped sessions, {rows} rows of upstream_files stay in E's database \
+             (at most {bound})",
+            round + 1
+        );
+    }
+    // The newest dropped keep their files, for `list --all` and `show`; the oldest are
+    // forgotten, and `show` says so.
+    let newest = dropped.last().expect("dropped");
+    assert_eq!(session(&db, newest)["status"], "dropped");
+    assert_eq!(session(&db, newest)["files"], deletes);
+    let shown = zync_apply_json(&db, &["show", newest, "--json"]);
+    assert_eq!(shown["files"].as_array().map(Vec::len), Some(deletes));
+    let out = output_within_deadline(zync_apply(&db, &["show", &dropped[0]]));
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("no session matches") && stderr(&out).contains("forgotten"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Pushes left staged past --staging-max-age: the next start expires them all, and keeps
+    // the rows of the newest few.
+    let mut left = Vec::new();
+    for round in 100..100 + ENDED_KEPT + 3 {
+        let s = abandon_deletes(&mut peer, round, deletes).await;
+        assert_eq!(finalize(&mut peer, &s).await["files"], deletes);
+        age(&db, &s, 3);
+        left.push(s);
+    }
+    drop(peer);
+    daemon.stop();
+    let state = tmp.path().join("state");
+    let mut again = Daemon::start_with(&state, &[("code", &e)], &["--staging-max-age", "2d"]);
+    again.wait_scanned();
+    let newest = left.last().expect("left");
+    assert_eq!(session(&db, newest)["status"], "expired");
+    assert_eq!(session(&db, newest)["files"], deletes);
+    assert!(
+        sessions(&db).iter().all(|s| s["status"] != "staged"),
+        "a session was not expired"
+    );
+    let rows = all_file_rows(&db);
+    assert!(
+        rows <= 2 * bound,
+        "{rows} rows of upstream_files stay after the start expired {} sessions (at most {})",
+        left.len(),
+        2 * bound
+    );
+
+    // An older zync kept every row of every session it ended: the next start deletes those
+    // beyond the newest few.
+    again.stop();
+    let conn = rusqlite::Connection::open(&db).expect("open db");
+    for (n, id) in (0i64..).zip(&left) {
+        // Back as an older zync left them (it did not record the order they ended in).
+        conn.execute(
+            "INSERT INTO upstream_sessions (id, client_id, created_unix, status)
+             VALUES (?1, 'hostile-r', ?2, 'dropped')",
+            rusqlite::params![format!("{id:.8}-0000-4000-8000-00000000{n:04}"), n],
+        )
+        .expect("an old session");
+    }
+    conn.execute(
+        "INSERT INTO upstream_files
+             (session_id, dir, path, action, mode, size, mtime_ns, conflict, state)
+         SELECT s.id, 'code', 'old/' || f.path, 'delete', 420, 0, 0, 0, 'staged'
+         FROM upstream_sessions AS s JOIN upstream_files AS f
+             ON f.session_id = ?1 WHERE s.status = 'dropped' AND s.created_unix < 1000",
+        [newest],
+    )
+    .expect("their files");
+    drop(conn);
+    assert!(all_file_rows(&db) > 2 * bound, "the older zync's rows");
+    let third = Daemon::start_with(&state, &[("code", &e)], &[]);
+    third.wait_scanned();
+    let rows = all_file_rows(&db);
+    assert!(
+        rows <= 2 * bound,
+        "{rows} rows of upstream_files stay after a start (at most {})",
+        2 * bound
+    );
+    assert!(names_in(&staging_root(&db)).is_empty());
     assert_eq!(tree(&e, &[]), e_before, "E changed");
 }
 

@@ -28,8 +28,8 @@ pub fn open_index(db: &Path) -> anyhow::Result<Index> {
 ///
 /// # Errors
 ///
-/// No session matches (the message suggests `zync-apply list --all`), or several do (the
-/// message lists them).
+/// No session matches (the message suggests `zync-apply list --all` and says that the oldest
+/// ended sessions are forgotten), or several do (the message lists them).
 pub fn find(index: &Index, id: &str) -> anyhow::Result<Session> {
     if id.is_empty() {
         bail!("the session id is empty; see `zync-apply list --all`");
@@ -41,7 +41,13 @@ pub fn find(index: &Index, id: &str) -> anyhow::Result<Session> {
         return Ok(found.swap_remove(exact));
     }
     match found.len() {
-        0 => bail!("no session matches {id:?}; see `zync-apply list --all`"),
+        0 => bail!(
+            "no session matches {id:?}; see `zync-apply list --all`: of the sessions that \
+             ended, the database keeps the newest {} expired, dropped and settled ones each, \
+             with their files, and the newest {} aborted ones; older ones are forgotten",
+            zync_db::ENDED_KEPT,
+            zync_db::ABORTED_KEPT
+        ),
         1 => Ok(found.swap_remove(0)),
         _ => {
             let list: Vec<String> = found

@@ -153,7 +153,16 @@ pub fn show(
         )?;
     }
     if rows.is_empty() {
-        writeln!(out, "  (no files)")?;
+        if session.status == zync_db::SessionStatus::Aborted {
+            // Deleted when it was aborted (`Index::abort_session`): R could otherwise fill E's
+            // database with sessions it never finishes.
+            writeln!(
+                out,
+                "  (its files are not kept: a session that was aborted keeps only this line)"
+            )?;
+        } else {
+            writeln!(out, "  (no files)")?;
+        }
     }
     for r in &rows {
         let flag = match r.conflict {
@@ -524,5 +533,44 @@ mod tests {
             0o600,
             "skipped: E's mode unchanged"
         );
+    }
+
+    #[test]
+    fn a_forgotten_session_and_an_aborted_one_s_files_are_said_so_not_shown_empty() {
+        let fx = Fixture::new();
+        let mut p = ScriptedPrompter::new([]);
+        // E's user drops one push more than the database keeps.
+        let ids: Vec<String> = (0..=zync_db::ENDED_KEPT)
+            .map(|n| format!("{n:08x}-0000-4000-8000-000000000000"))
+            .collect();
+        for id in &ids {
+            fx.stage(id, &[delete("junk.txt", None)]);
+            fx.run(&["drop", id], &mut p).0.expect("drop");
+        }
+        let newest = ids.last().expect("ids");
+        let (r, out) = fx.run(&["show", newest], &mut p);
+        r.expect("show the newest");
+        assert!(
+            out.contains("dropped") && out.contains("docs/junk.txt"),
+            "{out}"
+        );
+        for args in [["show", &ids[0]], ["undo", &ids[0]], ["drop", &ids[0]]] {
+            let err = fx.run(&args, &mut p).0.expect_err("forgotten");
+            let err = format!("{err:#}");
+            assert!(
+                err.contains("no session matches")
+                    && err.contains("list --all")
+                    && err.contains("forgotten"),
+                "{args:?}: {err}"
+            );
+        }
+
+        let aborted = "abababab-0000-4000-8000-000000000000";
+        let index = fx.index();
+        index.create_session(aborted, "r").expect("create");
+        assert!(index.abort_session(aborted).expect("abort"));
+        let (r, out) = fx.run(&["show", aborted], &mut p);
+        r.expect("show");
+        assert!(out.contains("aborted") && out.contains("not kept"), "{out}");
     }
 }

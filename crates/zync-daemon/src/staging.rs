@@ -102,7 +102,11 @@ pub(crate) fn flush_session(dir: &Path) -> Result<(), FsError> {
 /// Aborts sessions left receiving by a daemon that stopped mid-upload: their staged files are
 /// removed and their files' rows deleted (`Index::abort_session`). Then forgets what older
 /// versions kept of the sessions they aborted (every file's row), so a database grown by
-/// abandoned sessions shrinks back at the first start (`Index::forget_aborted`).
+/// abandoned sessions shrinks back at the first start (`Index::forget_aborted`), and of the
+/// sessions that expired, were dropped or settled (every row of every one of them): only the
+/// newest `zync_db::ENDED_KEPT` of each keep theirs (`Index::forget_ended`; each end does the
+/// same from then on), so a database grown by R's junk, dropped or left to expire, shrinks
+/// back too (invariant 9 (docs/ARCHITECTURE.md)).
 ///
 /// # Errors
 /// Database errors.
@@ -123,6 +127,15 @@ pub fn abort_stale_sessions(index: &zync_db::Index, db: &Path) -> zync_db::Resul
             sessions,
             files,
             "deleted the rows aborted upstream sessions had left in the database"
+        );
+    }
+    let (sessions, files) = index.forget_ended()?;
+    if sessions + files > 0 {
+        tracing::info!(
+            sessions,
+            files,
+            kept = zync_db::ENDED_KEPT,
+            "deleted the expired, dropped and settled upstream sessions older than the newest of each, rows and all"
         );
     }
     Ok(())
@@ -401,5 +414,82 @@ mod tests {
         expire_sessions(&index, &db, Duration::ZERO).expect("expire");
         assert_eq!(status(), SessionStatus::Settled);
         assert!(!dir.exists(), "its backups stay");
+    }
+
+    #[test]
+    fn the_start_deletes_what_older_versions_kept_of_ended_sessions_but_the_newest() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let db = tmp.path().join("sync.db");
+        let index = zync_db::Index::open(&db).expect("index");
+        let rows = |status: &str| -> i64 {
+            rusqlite::Connection::open(&db)
+                .expect("open db")
+                .query_row(
+                    "SELECT count(*) FROM upstream_files AS f
+                     JOIN upstream_sessions AS s ON s.id = f.session_id WHERE s.status = ?1",
+                    [status],
+                    |row| row.get(0),
+                )
+                .expect("count")
+        };
+        let kept = i64::try_from(zync_db::ENDED_KEPT).expect("small");
+        let per_session = 30;
+        // What an older daemon and zync-apply left: every row of every session that ended,
+        // and a staged session, which stays.
+        let mut n = 0u32;
+        let mut session = |status: SessionStatus| {
+            n += 1;
+            let id = format!("{n:08x}-0000-4000-8000-000000000000");
+            index.create_session(&id, "hostile-r").expect("create");
+            for k in 0..per_session {
+                index
+                    .add_staged_file(&zync_db::StagedFile {
+                        session_id: id.clone(),
+                        dir: "code".into(),
+                        path: format!("{}/{k}", "d".repeat(400)),
+                        action: zync_db::Action::Delete,
+                        mode: 0o644,
+                        size: 0,
+                        mtime_ns: 0,
+                        sha256: None,
+                        base_sha256: None,
+                        conflict: false,
+                        state: zync_db::FileState::Staged,
+                        staged_name: None,
+                        backup_name: None,
+                        e_existed: false,
+                    })
+                    .expect("delete");
+            }
+            rusqlite::Connection::open(&db)
+                .expect("open db")
+                .execute(
+                    "UPDATE upstream_sessions SET status = ?2, created_unix = ?3 WHERE id = ?1",
+                    rusqlite::params![id, status.as_str(), 1_000 + i64::from(n)],
+                )
+                .expect("ended the old way");
+            id
+        };
+        let staged = session(SessionStatus::Staged);
+        for status in ["dropped", "expired", "settled"] {
+            for _ in 0..kept + 5 {
+                session(SessionStatus::parse(status).expect("status"));
+            }
+            assert_eq!(rows(status), (kept + 5) * per_session, "{status}");
+        }
+
+        abort_stale_sessions(&index, &db).expect("start");
+        for status in ["dropped", "expired", "settled"] {
+            assert_eq!(
+                rows(status),
+                kept * per_session,
+                "the start kept the rows of more {status} sessions than the newest {kept}"
+            );
+        }
+        let s = index.session(&staged).expect("session").expect("kept");
+        assert_eq!(
+            (s.status, s.files),
+            (SessionStatus::Staged, per_session as u64)
+        );
     }
 }

@@ -245,6 +245,13 @@ pub(crate) const INDEX: Schema = Schema {
              FROM upstream_files_v8;
          DROP TABLE upstream_files_v8;
          CREATE INDEX upstream_files_session ON upstream_files (session_id);",
+        // 9: `ended_seq`, the order in which sessions ended (aborted, expired, dropped,
+        // settled: 1, 2, ...), so that only the newest ended sessions of each status keep their
+        // rows (retire.rs `forget_ended`, `ENDED_KEPT`). A counter, not a time: sessions ending
+        // in the same second (one expiry ends many) still have an order, and a clock set back
+        // cannot make an old one look new. Sessions that ended before this version have none
+        // and count as older than any that has one.
+        "ALTER TABLE upstream_sessions ADD COLUMN ended_seq INTEGER;",
     ],
 };
 

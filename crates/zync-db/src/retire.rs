@@ -4,10 +4,12 @@
 //! files without touching E's directories: expiry of sessions left staged too long (at a
 //! daemon start, and `zync-apply gc`), `zync-apply drop`, and directories in the staging area
 //! that no live session owns; the end of an applied session's backups (settling: by expiry
-//! once the apply is old enough, or `zync-apply drop --discard-backups`); and the rows an
-//! aborted session would leave behind. The daemon and zync-apply both call these, so the rules
-//! live once, here (invariant 9 (docs/ARCHITECTURE.md): staging is bounded; invariant 5: the
-//! backups are kept, for undo, until their time is up or the user gives undo up).
+//! once the apply is old enough, or `zync-apply drop --discard-backups`); and the rows ended
+//! sessions would leave behind (aborted ones keep none of their files; expired, dropped and
+//! settled ones keep theirs only while among the newest few of their status). The daemon and
+//! zync-apply both call these, so the rules live once, here (invariant 9
+//! (docs/ARCHITECTURE.md): staging is bounded; invariant 5: the backups are kept, for undo,
+//! until their time is up or the user gives undo up).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +25,49 @@ use crate::{session_dir, staging_root, FileState, Index, Session, SessionStatus,
 /// enough to see what became of the last pushes that failed, few enough that abandoned
 /// sessions cannot grow E's database ([`Index::abort_session`]).
 pub const ABORTED_KEPT: u64 = 20;
+
+/// How many sessions of each other ended status (expired, dropped, settled) keep their rows,
+/// files and all, for `zync-apply list --all` and `show`: the newest to have ended (by
+/// `ended_seq`, the order they ended in, not when R pushed them). Older ones are deleted, rows
+/// and all ([`Index::forget_ended`]), at each end and at each daemon start.
+///
+/// Why a bound at all: limits count only pending sessions, so a hostile R could push
+/// `--max-pending-sessions` sessions of `--max-session-files` deletes of long paths (accepted:
+/// a delete carries no content), have E's user drop them as junk (or let them expire), and
+/// do it again: every round would stay in the database for good (invariant 9
+/// (docs/ARCHITECTURE.md): staging is bounded so that R cannot exhaust E).
+///
+/// Why per status, and why 10: R can fill two of these statuses (expired by waiting, dropped
+/// by E's user's reaction to its junk), but not settled, which only an apply by E's user
+/// reaches; a bound of its own per status keeps a flood of R's junk from pushing out the
+/// record of what was applied to E, or a batch of expiries from pushing out the user's recent
+/// drops. 10 each keeps the last few of each for a person to look at, while what R can make E
+/// keep after its sessions ended, 20 sessions' files, stays near the 16 pending sessions the
+/// daemon's default limits already let it keep. Aborted sessions keep no files at all and only
+/// [`ABORTED_KEPT`] rows.
+pub const ENDED_KEPT: u64 = 10;
+
+/// The statuses [`ENDED_KEPT`] bounds, each on its own.
+const KEPT_ENDED: [SessionStatus; 3] = [
+    SessionStatus::Expired,
+    SessionStatus::Dropped,
+    SessionStatus::Settled,
+];
+
+/// `ended_seq = ...`: the next number in the order sessions end, for an UPDATE of the
+/// session that ends now.
+const NEXT_ENDED_SEQ: &str =
+    "ended_seq = (SELECT coalesce(max(ended_seq), 0) + 1 FROM upstream_sessions)";
+
+/// Ended sessions of status `?1` but for the newest `?2` to have ended: by `ended_seq` (set
+/// when they ended), then, for what an older version ended without one (they count as
+/// older, since in SQLite NULL sorts last in descending order), when their apply ended or
+/// they were created.
+const ENDED_BEYOND_KEPT: &str = "SELECT id FROM upstream_sessions WHERE status = ?1 AND id NOT IN (
+         SELECT id FROM upstream_sessions WHERE status = ?1
+         ORDER BY ended_seq DESC, coalesce(applied_unix, created_unix) DESC, created_unix DESC,
+             id DESC
+         LIMIT ?2)";
 
 /// `?1, ?2, ?3`: the pending statuses as SQL parameters.
 const PENDING_IN: &str = "(?1, ?2, ?3)";
@@ -176,9 +221,87 @@ impl Index {
         Ok((sessions as u64, files as u64))
     }
 
+    /// Deletes the expired, dropped and settled sessions, files and all, but for the newest
+    /// [`ENDED_KEPT`] of each status. The ends of a session ([`expire`], [`drop_session`],
+    /// [`settle_session`]) do it for the status they reach, in the transaction that reaches it;
+    /// the daemon calls this at its start, for what older versions kept of every session that
+    /// ever ended. Sessions that have not ended (undo needs an applied session's rows, the
+    /// others still wait for E's user) and aborted ones ([`Index::forget_aborted`]) are not
+    /// touched. Their directories should be gone already; one that is not is litter for
+    /// `zync-apply gc` ([`leftover_dirs`]: no session owns it). Returns how many session rows
+    /// and file rows went.
+    ///
+    /// # Errors
+    /// An SQLite failure (nothing is deleted then).
+    pub fn forget_ended(&self) -> Result<(u64, u64)> {
+        let context = || "deleting what the ended upstream sessions left".to_owned();
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.conn(),
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .with_ctx(context)?;
+        let mut gone = (0, 0);
+        for status in KEPT_ENDED {
+            let (sessions, files) = self.forget_ended_of(status)?;
+            gone = (gone.0 + sessions, gone.1 + files);
+        }
+        tx.commit().with_ctx(context)?;
+        Ok(gone)
+    }
+
+    /// [`Index::forget_ended`] for one status, in the caller's transaction.
+    fn forget_ended_of(&self, status: SessionStatus) -> Result<(u64, u64)> {
+        let context = || {
+            format!("deleting the {status} upstream sessions older than the newest {ENDED_KEPT}")
+        };
+        let params = (status, u64_to_sql(ENDED_KEPT));
+        // The files first, to count them (ON DELETE CASCADE would delete them unseen).
+        let files = self
+            .conn()
+            .execute(
+                &format!("DELETE FROM upstream_files WHERE session_id IN ({ENDED_BEYOND_KEPT})"),
+                params,
+            )
+            .with_ctx(context)?;
+        let sessions = self
+            .conn()
+            .execute(
+                &format!("DELETE FROM upstream_sessions WHERE id IN ({ENDED_BEYOND_KEPT})"),
+                params,
+            )
+            .with_ctx(context)?;
+        Ok((sessions as u64, files as u64))
+    }
+
+    /// Runs `end`, which moves session `id` to the ended status `to` (compare and set,
+    /// returning whether it did), and when it did deletes the sessions of that status beyond
+    /// the newest [`ENDED_KEPT`], in one transaction: a crash leaves either the session as it
+    /// was, or it ended with the older ones forgotten.
+    fn end_session(
+        &self,
+        id: &str,
+        to: SessionStatus,
+        end: impl FnOnce() -> Result<bool>,
+    ) -> Result<bool> {
+        let context = || format!("marking the upstream session {id} {to}");
+        // IMMEDIATE: the indexer may commit between a deferred transaction's read and write.
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.conn(),
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .with_ctx(context)?;
+        let ended = end()?;
+        if ended {
+            self.forget_ended_of(to)?;
+        }
+        tx.commit().with_ctx(context)?;
+        Ok(ended)
+    }
+
     /// Sets a session's status to `to` only if it is one of `from` now (compare and set), so
     /// that a session another process moved on meanwhile (an apply that began) is left alone.
-    /// Returns whether it changed.
+    /// A session that ends ([`SessionStatus::ENDED`]) takes the next number in the order
+    /// sessions end (`ended_seq`). Returns whether it changed.
     ///
     /// # Errors
     /// An SQLite failure.
@@ -188,14 +311,19 @@ impl Index {
         from: &[SessionStatus],
         to: SessionStatus,
     ) -> Result<bool> {
+        let sql = if SessionStatus::ENDED.contains(&to) {
+            format!(
+                "UPDATE upstream_sessions SET status = ?3, {NEXT_ENDED_SEQ}
+                 WHERE id = ?1 AND status = ?2"
+            )
+        } else {
+            "UPDATE upstream_sessions SET status = ?3 WHERE id = ?1 AND status = ?2".to_owned()
+        };
         let mut changed = 0;
         for status in from {
             changed += self
                 .conn()
-                .execute(
-                    "UPDATE upstream_sessions SET status = ?3 WHERE id = ?1 AND status = ?2",
-                    (id, status, to),
-                )
+                .execute(&sql, (id, status, to))
                 .with_ctx(|| format!("marking the upstream session {id} {to}"))?;
             if changed > 0 {
                 break;
@@ -239,9 +367,11 @@ impl Index {
             let changed = self
                 .conn()
                 .execute(
-                    "UPDATE upstream_sessions SET status = ?3
-                     WHERE id = ?1 AND status = ?2 AND NOT EXISTS (
-                         SELECT 1 FROM upstream_files WHERE session_id = ?1 AND state = ?4)",
+                    &format!(
+                        "UPDATE upstream_sessions SET status = ?3, {NEXT_ENDED_SEQ}
+                         WHERE id = ?1 AND status = ?2 AND NOT EXISTS (
+                             SELECT 1 FROM upstream_files WHERE session_id = ?1 AND state = ?4)"
+                    ),
                     (id, status, SessionStatus::Settled, FileState::Applying),
                 )
                 .with_ctx(|| format!("marking the upstream session {id} settled"))?;
@@ -307,6 +437,9 @@ pub struct Expiry {
 /// does not grow the staging area for good. Sessions still receiving, partly applied, undone
 /// or already ended are left alone; partly applied ones older than the age are returned in
 /// [`Expiry::kept_partial`] so the caller can say so. Nothing in E's directories is touched.
+/// Each session that expires or settles is the newest of its status, and in the same
+/// transaction the sessions of that status beyond the newest [`ENDED_KEPT`] are deleted, rows
+/// and all ([`Index::forget_ended`]): the sessions returned may no longer be in the database.
 ///
 /// A `zync-apply apply` backs up E's first file into the session's directory while the session
 /// is still `staged` (it marks it `partial` right before it changes E); only the run's lock on
@@ -344,11 +477,14 @@ pub fn expire<G>(
                 continue;
             }
         };
-        if !index.move_session(
-            &session.id,
-            &[SessionStatus::Staged],
-            SessionStatus::Expired,
-        )? {
+        let expired = index.end_session(&session.id, SessionStatus::Expired, || {
+            index.move_session(
+                &session.id,
+                &[SessionStatus::Staged],
+                SessionStatus::Expired,
+            )
+        })?;
+        if !expired {
             continue; // an apply took it meanwhile
         }
         if let Err(e) = remove_dir(&dir) {
@@ -373,7 +509,10 @@ pub fn expire<G>(
                 continue;
             }
         };
-        if !index.settle_row(&session.id, &[SessionStatus::Applied])? {
+        let settled = index.end_session(&session.id, SessionStatus::Settled, || {
+            index.settle_row(&session.id, &[SessionStatus::Applied])
+        })?;
+        if !settled {
             continue; // undone meanwhile
         }
         if let Err(e) = remove_dir(&dir) {
@@ -410,6 +549,9 @@ pub enum Undroppable {
 /// removes its directory in the staging area (its staged files). Only a session whose staged
 /// files nothing else needs may go: [`SessionStatus::Staged`] (nothing applied) or
 /// [`SessionStatus::Undone`] (E is back as it was). Nothing in E's directories is touched.
+/// In the transaction that marks it, the dropped sessions beyond the newest [`ENDED_KEPT`] are
+/// deleted, rows and all ([`Index::forget_ended`]): this one, the newest, keeps its files for
+/// `zync-apply list --all` and `show`.
 ///
 /// # Errors
 /// `Ok(Err(why))` when the session may not be dropped (or another process moved it on
@@ -433,7 +575,10 @@ pub fn drop_session(
         return Ok(Err(why));
     }
     let from = [SessionStatus::Staged, SessionStatus::Undone];
-    if !index.move_session(&session.id, &from, SessionStatus::Dropped)? {
+    let dropped = index.end_session(&session.id, SessionStatus::Dropped, || {
+        index.move_session(&session.id, &from, SessionStatus::Dropped)
+    })?;
+    if !dropped {
         let now = index
             .session(&session.id)?
             .map_or(SessionStatus::Dropped, |s| s.status);
@@ -464,7 +609,8 @@ pub enum Unsettleable {
 /// never applied (they are not applied by this, and can no longer be). What it applied stays
 /// on E; nothing in E's directories is touched. Only an applied or partly applied session
 /// without interrupted files may be settled. The caller holds the session's lock
-/// ([`crate::SESSION_LOCK_FILE`]).
+/// ([`crate::SESSION_LOCK_FILE`]). In the transaction that marks it, the settled sessions
+/// beyond the newest [`ENDED_KEPT`] are deleted, rows and all ([`Index::forget_ended`]).
 ///
 /// # Errors
 /// `Ok(Err(why))` when the session may not be settled (or another process moved it on
@@ -479,7 +625,10 @@ pub fn settle_session(
     if !from.contains(&session.status) {
         return Ok(Err(Unsettleable::Status(session.status)));
     }
-    if !index.settle_row(&session.id, &from)? {
+    let settled = index.end_session(&session.id, SessionStatus::Settled, || {
+        index.settle_row(&session.id, &from)
+    })?;
+    if !settled {
         let interrupted = index.files_in_state(&session.id, FileState::Applying)?;
         let now = index
             .session(&session.id)?
@@ -1135,5 +1284,250 @@ mod tests {
         ] {
             assert!(!looks_like_session_id(bad), "{bad}");
         }
+    }
+
+    /// Deletes of long paths a hostile R adds to each of its sessions, besides the one write
+    /// [`session`] stages: every session here has [`ROWS`] file rows.
+    const JUNK: u64 = 40;
+    const ROWS: u64 = JUNK + 1;
+
+    /// As [`session`] (created `secs` seconds before NOW, and applied as long ago when `status`
+    /// is applied or partial), holding [`ROWS`] files.
+    fn junk_session(index: &Index, db: &Path, n: u8, secs: i64, status: SessionStatus) -> String {
+        let id = uuid(n);
+        session(index, db, &id, "hostile-r", 0, status, u64::from(n));
+        index
+            .conn()
+            .execute(
+                "UPDATE upstream_sessions SET created_unix = ?2,
+                     applied_unix = CASE WHEN applied_unix IS NULL THEN NULL ELSE ?2 END
+                 WHERE id = ?1",
+                (&id, NOW - secs),
+            )
+            .expect("created");
+        for k in 0..JUNK {
+            let path = format!("{}/{n}-{k}", "x".repeat(300));
+            index
+                .add_staged_file(&deleted(&id, "docs", &path))
+                .expect("delete");
+        }
+        id
+    }
+
+    /// Rows in `upstream_files` of the sessions now in `status`.
+    fn file_rows_of(index: &Index, status: SessionStatus) -> u64 {
+        index
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM upstream_files AS f
+                 JOIN upstream_sessions AS s ON s.id = f.session_id WHERE s.status = ?1",
+                [status],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(u64_from_sql)
+            .expect("count")
+    }
+
+    /// Sessions of every live status, with their files: nothing that ends others may touch
+    /// them (undo needs an applied session's rows; the others still wait for E's user).
+    const LIVE: [(u8, SessionStatus); 5] = [
+        (200, SessionStatus::Receiving),
+        (201, SessionStatus::Staged),
+        (202, SessionStatus::Partial),
+        (203, SessionStatus::Applied),
+        (204, SessionStatus::Undone),
+    ];
+
+    fn live_sessions(index: &Index, db: &Path) {
+        for (n, status) in LIVE {
+            junk_session(index, db, n, 0, status);
+        }
+    }
+
+    fn assert_live_untouched(index: &Index) {
+        for (n, status) in LIVE {
+            let s = index.session(&uuid(n)).expect("session").expect("kept");
+            assert_eq!((s.status, s.files), (status, ROWS), "{}", uuid(n));
+        }
+    }
+
+    /// Of `ids`, ended in this order, the last [`ENDED_KEPT`] keep every row, and the others
+    /// are gone, rows and all.
+    fn only_the_newest_kept(index: &Index, ids: &[String], status: SessionStatus) {
+        let kept = usize::try_from(ENDED_KEPT).expect("small");
+        let (forgotten, newest) = ids.split_at(ids.len() - kept);
+        for id in newest {
+            let s = index.session(id).expect("session").expect("kept");
+            assert_eq!((s.status, s.files), (status, ROWS), "{id}");
+            assert_eq!(index.staged_files(id).expect("files").len() as u64, ROWS);
+        }
+        for id in forgotten {
+            assert!(
+                index.session(id).expect("session").is_none(),
+                "{status} {id} is older than the newest {kept} and still there"
+            );
+            assert!(index.staged_files(id).expect("files").is_empty(), "{id}");
+        }
+    }
+
+    #[test]
+    fn dropped_expired_and_settled_sessions_keep_their_files_only_among_the_newest_of_each() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let db = tmp.path().join("sync.db");
+        let index = Index::open(&db).expect("open");
+        live_sessions(&index, &db);
+        let rounds = u8::try_from(ENDED_KEPT).expect("small") + 3;
+        let bound = ENDED_KEPT * ROWS;
+
+        // A hostile R pushes junk again and again; E's user drops each push.
+        let mut dropped = Vec::new();
+        for r in 0..rounds {
+            let id = junk_session(&index, &db, 1 + r, 0, SessionStatus::Staged);
+            let s = index.session(&id).expect("session").expect("exists");
+            drop_session(&index, &db, &s)
+                .expect("db")
+                .expect("droppable")
+                .expect("removed");
+            dropped.push(id);
+            let rows = file_rows_of(&index, SessionStatus::Dropped);
+            assert!(
+                rows <= bound,
+                "after {} drops, {rows} rows of dropped sessions are left (at most {bound})",
+                r + 1
+            );
+        }
+        only_the_newest_kept(&index, &dropped, SessionStatus::Dropped);
+
+        // E's user gives the undo of applied pushes up, one after the other.
+        let mut settled = Vec::new();
+        for r in 0..rounds {
+            let id = junk_session(&index, &db, 50 + r, 0, SessionStatus::Applied);
+            let s = index.session(&id).expect("session").expect("exists");
+            settle_session(&index, &db, &s)
+                .expect("db")
+                .expect("settleable")
+                .expect("removed");
+            settled.push(id);
+            let rows = file_rows_of(&index, SessionStatus::Settled);
+            assert!(
+                rows <= bound,
+                "after {} settles, {rows} rows of settled sessions are left (at most {bound})",
+                r + 1
+            );
+        }
+        only_the_newest_kept(&index, &settled, SessionStatus::Settled);
+
+        // Pushes left staged, and applies, older than the age: one expiry ends them all,
+        // oldest first.
+        let mut expired = Vec::new();
+        let mut old_applies = Vec::new();
+        for r in 0..rounds {
+            let age = 40 * DAY - i64::from(r);
+            expired.push(junk_session(
+                &index,
+                &db,
+                100 + r,
+                age,
+                SessionStatus::Staged,
+            ));
+            old_applies.push(junk_session(
+                &index,
+                &db,
+                150 + r,
+                age,
+                SessionStatus::Applied,
+            ));
+        }
+        let expiry =
+            expire(&index, &db, Duration::from_secs(30 * DAY as u64), NOW, free).expect("expire");
+        assert_eq!(
+            (expiry.expired.len(), expiry.settled.len()),
+            (expired.len(), old_applies.len()),
+            "every one is reported, forgotten or not"
+        );
+        assert!(expiry.failures.is_empty() && expiry.busy.is_empty());
+        for status in [SessionStatus::Expired, SessionStatus::Settled] {
+            let rows = file_rows_of(&index, status);
+            assert!(rows <= bound, "{rows} rows of {status} sessions left");
+        }
+        only_the_newest_kept(&index, &expired, SessionStatus::Expired);
+        // The settles by expiry came after those by drop: they are the newest settled.
+        let all_settled = [settled, old_applies].concat();
+        only_the_newest_kept(&index, &all_settled, SessionStatus::Settled);
+        assert_live_untouched(&index);
+
+        // A directory left for a forgotten session is litter; a live one's is not.
+        std::fs::create_dir_all(session_dir(&db, &dropped[0])).expect("left behind");
+        let leftovers = leftover_dirs(&index, &db).expect("leftovers");
+        assert!(leftovers.contains(&session_dir(&db, &dropped[0])));
+        for (n, _) in LIVE {
+            assert!(!leftovers.contains(&session_dir(&db, &uuid(n))));
+        }
+    }
+
+    #[test]
+    fn forgetting_ended_sessions_deletes_what_older_versions_kept_and_keeps_the_newest() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let db = tmp.path().join("sync.db");
+        let index = Index::open(&db).expect("open");
+        live_sessions(&index, &db);
+        let rounds = u8::try_from(ENDED_KEPT).expect("small") + 3;
+        let ended = [
+            (0, SessionStatus::Dropped, SessionStatus::Staged),
+            (50, SessionStatus::Expired, SessionStatus::Staged),
+            (100, SessionStatus::Settled, SessionStatus::Applied),
+        ];
+        // An older version ended them (in order of creation), keeping every row.
+        let mut ids = Vec::new();
+        for (base, end, from) in ended {
+            let list: Vec<String> = (0..rounds)
+                .map(|r| junk_session(&index, &db, base + r, i64::from(rounds - r), from))
+                .collect();
+            for id in &list {
+                index
+                    .conn()
+                    .execute(
+                        "UPDATE upstream_sessions SET status = ?2 WHERE id = ?1",
+                        (id, end),
+                    )
+                    .expect("ended the old way");
+                remove_dir(&session_dir(&db, id)).expect("its files went");
+            }
+            ids.push((end, list));
+        }
+        // And an aborted one: forget_aborted's, not this.
+        let aborted = junk_session(&index, &db, 250, 0, SessionStatus::Receiving);
+        index
+            .conn()
+            .execute(
+                "UPDATE upstream_sessions SET status = 'aborted' WHERE id = ?1",
+                [&aborted],
+            )
+            .expect("aborted the old way");
+
+        let (sessions, files) = index.forget_ended().expect("forget");
+        assert_eq!(
+            (sessions, files),
+            (3 * 3, 3 * 3 * ROWS),
+            "three sessions of each ended status, older than the newest kept, go with their files"
+        );
+        for (end, list) in &ids {
+            only_the_newest_kept(&index, list, *end);
+        }
+        assert_eq!(file_rows(&index, Some(&aborted)), ROWS as i64);
+        assert_live_untouched(&index);
+        assert_eq!(index.forget_ended().expect("again"), (0, 0));
+
+        // One more drop by this version: the newest, kept; the oldest the older version kept
+        // goes.
+        let (_, old_dropped) = &ids[0];
+        let id = junk_session(&index, &db, 251, 100 * DAY, SessionStatus::Staged);
+        let s = index.session(&id).expect("session").expect("exists");
+        drop_session(&index, &db, &s)
+            .expect("db")
+            .expect("droppable")
+            .expect("removed");
+        let now_dropped = [old_dropped.as_slice(), &[id]].concat();
+        only_the_newest_kept(&index, &now_dropped, SessionStatus::Dropped);
     }
 }

@@ -103,20 +103,26 @@ impl Index {
     /// Sets a session's status. Setting [`SessionStatus::Partial`] or
     /// [`SessionStatus::Applied`] (an apply run ended) also records the time, now, as
     /// [`Session::applied_unix`]: expiry counts the age of an applied session's backups from
-    /// it, not from when R pushed it.
+    /// it, not from when R pushed it. Setting an ended status ([`SessionStatus::ENDED`]) gives
+    /// the session the next number in the order sessions end, as [`Index::move_session`] does
+    /// (it forgets no other session: the ends in `retire.rs` do that).
     ///
     /// # Errors
     ///
     /// [`DbError::NoSuchSession`] if there is no such session; an SQLite failure.
     pub fn set_session_status(&self, id: &str, status: SessionStatus) -> Result<()> {
         let applied = matches!(status, SessionStatus::Partial | SessionStatus::Applied);
+        let ended = SessionStatus::ENDED.contains(&status);
         let changed = self
             .conn()
             .execute(
                 "UPDATE upstream_sessions SET status = ?2,
-                     applied_unix = CASE WHEN ?3 THEN ?4 ELSE applied_unix END
+                     applied_unix = CASE WHEN ?3 THEN ?4 ELSE applied_unix END,
+                     ended_seq = CASE WHEN ?5
+                         THEN (SELECT coalesce(max(ended_seq), 0) + 1 FROM upstream_sessions)
+                         ELSE ended_seq END
                  WHERE id = ?1",
-                (id, status, applied, unix_now()),
+                (id, status, applied, unix_now(), ended),
             )
             .with_ctx(|| format!("marking the upstream session {id} {status}"))?;
         if changed == 0 {

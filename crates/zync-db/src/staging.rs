@@ -88,15 +88,21 @@ pub enum SessionStatus {
     /// An applied session was undone from its backups.
     Undone,
     /// Staged and never touched for longer than the daemon's `--staging-max-age`: its staged
-    /// files were removed at a daemon start or by `zync-apply gc`.
+    /// files were removed at a daemon start or by `zync-apply gc`. Only the newest
+    /// [`crate::ENDED_KEPT`] expired sessions stay in the database, with their files' rows
+    /// ([`crate::Index::forget_ended`]).
     Expired,
-    /// Discarded by `zync-apply drop`: its staged files were removed, E was not touched.
+    /// Discarded by `zync-apply drop`: its staged files were removed, E was not touched. Only
+    /// the newest [`crate::ENDED_KEPT`] dropped sessions stay in the database, with their
+    /// files' rows ([`crate::Index::forget_ended`]).
     Dropped,
     /// Applied or partly applied, then its directory was removed: the backups `undo` needed,
     /// and the staged files of a partly applied session that were never applied. What it
     /// applied stays on E, and it can no longer be undone. Reached by `zync-apply drop
     /// --discard-backups` ([`crate::settle_session`]), or by expiry once its apply ended longer
-    /// than the daemon's `--staging-max-age` ago ([`crate::expire`]).
+    /// than the daemon's `--staging-max-age` ago ([`crate::expire`]). Only the newest
+    /// [`crate::ENDED_KEPT`] settled sessions stay in the database, with their files' rows
+    /// ([`crate::Index::forget_ended`]).
     Settled,
 }
 
@@ -111,6 +117,8 @@ impl SessionStatus {
 
     /// The statuses of a session whose directory is gone (or should be): aborted, expired,
     /// dropped, settled. A directory left in the staging area for such a session is litter.
+    /// Such a session is kept in the database only while it is among the newest of its status
+    /// ([`crate::ABORTED_KEPT`], without its files; [`crate::ENDED_KEPT`], with them).
     pub const ENDED: &'static [SessionStatus] = &[
         SessionStatus::Aborted,
         SessionStatus::Expired,

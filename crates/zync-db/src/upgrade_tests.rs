@@ -54,7 +54,7 @@ fn a_version_1_index_upgrades_in_place() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(version, INDEX_SCHEMA_VERSION);
-    assert_eq!(INDEX_SCHEMA_VERSION, 8);
+    assert_eq!(INDEX_SCHEMA_VERSION, 9);
     for (kind, name) in [
         ("table", "clients"),
         ("table", "ignored"),
@@ -623,4 +623,94 @@ fn a_version_7_index_upgrades_keeping_every_status_and_learns_settled_and_when_a
             .status,
         SessionStatus::Settled
     );
+}
+
+#[test]
+fn a_version_8_index_upgrades_keeping_every_row_and_learns_the_order_sessions_end_in() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("index.db");
+    let v8 = Schema {
+        steps: &INDEX.steps[..8],
+        ..INDEX
+    };
+    let kept = crate::ENDED_KEPT;
+    // What a version 8 zync kept: every dropped session with its files, and a staged one.
+    let dropped: Vec<String> = (0..kept + 2).map(|n| format!("d{n:02}")).collect();
+    {
+        let mut conn = rusqlite::Connection::open(&path).expect("open");
+        migrate::migrate(&mut conn, &v8, &path).expect("v8");
+        conn.execute_batch("PRAGMA foreign_keys = ON").expect("fk");
+        let sessions = dropped
+            .iter()
+            .map(|id| (id.as_str(), "dropped"))
+            .chain([("s1", "staged")]);
+        for (n, (id, status)) in (1..).zip(sessions) {
+            conn.execute(
+                "INSERT INTO upstream_sessions (id, client_id, created_unix, status)
+                 VALUES (?1, 'client-r', ?2, ?3)",
+                rusqlite::params![id, 1000 + n, status],
+            )
+            .expect("session");
+            conn.execute(
+                "INSERT INTO upstream_files
+                     (session_id, dir, path, action, mode, size, mtime_ns, conflict, state)
+                 VALUES (?1, 'docs', 'gone.txt', 'delete', 420, 0, 0, 0, 'staged')",
+                [id],
+            )
+            .expect("file");
+        }
+        let err = conn
+            .prepare("SELECT ended_seq FROM upstream_sessions")
+            .expect_err("version 8 has no ended_seq");
+        assert!(err.to_string().contains("ended_seq"), "{err}");
+    }
+
+    let index = Index::open(&path).expect("upgrade");
+    let version: i64 = index
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, INDEX_SCHEMA_VERSION);
+    let all = index.sessions(true).expect("all");
+    assert_eq!(all.len(), dropped.len() + 1, "the upgrade deletes nothing");
+    assert!(all.iter().all(|s| s.files == 1), "{all:?}");
+    let unordered: i64 = index
+        .conn()
+        .query_row(
+            "SELECT count(*) FROM upstream_sessions WHERE ended_seq IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(
+        unordered,
+        all.len() as i64,
+        "no session ended in a known order"
+    );
+
+    // The daemon's start forgets the oldest of them; then a drop is the newest of all.
+    assert_eq!(index.forget_ended().expect("forget"), (2, 2));
+    for id in &dropped[..2] {
+        assert!(index.session(id).expect("session").is_none(), "{id}");
+    }
+    let s1 = index.session("s1").expect("session").expect("kept");
+    assert!(crate::drop_session(&index, &path, &s1)
+        .expect("db")
+        .expect("droppable")
+        .is_ok());
+    let seq: Option<i64> = index
+        .conn()
+        .query_row(
+            "SELECT ended_seq FROM upstream_sessions WHERE id = 's1'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("seq");
+    assert_eq!(seq, Some(1));
+    assert_eq!(index.staged_files("s1").expect("files").len(), 1);
+    assert!(index.session(&dropped[2]).expect("session").is_none());
+    let now_dropped = index
+        .sessions_with_status(SessionStatus::Dropped)
+        .expect("dropped");
+    assert_eq!(now_dropped.len() as u64, kept);
 }
