@@ -265,6 +265,17 @@ fn apply_status_shows_dirs_the_connected_client_its_acks_and_a_staged_session() 
             .any(|l| l.starts_with(id) && l.contains("yes") && l.contains("code")),
         "{text}"
     );
+    // Its version and the dirs it mirrors reached E (in AUTH, once E proved itself).
+    assert_eq!(c["version"], env!("CARGO_PKG_VERSION"), "{v}");
+    let mirrored: String = rusqlite::Connection::open(&daemon.db)
+        .expect("daemon db")
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [format!("client_dirs:{id}")],
+            |row| row.get(0),
+        )
+        .expect("the client's dirs are recorded");
+    assert_eq!(mirrored, "code");
 
     // Gone when it disconnects.
     running.signal_and_wait(libc::SIGTERM);

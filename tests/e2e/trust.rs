@@ -160,6 +160,19 @@ async fn an_impostor_on_the_client_s_port_gets_no_token_no_proof_and_no_writes()
         "the client sent a proof to an impostor: {}",
         seen.frames[0]
     );
+    // Nor what it mirrors, nor which version it runs: only what the proofs need.
+    for told in [
+        "dirs",
+        "\"code\"",
+        "client_version",
+        env!("CARGO_PKG_VERSION"),
+    ] {
+        assert!(
+            !seen.frames[0].contains(told),
+            "the client told an impostor {told}: {}",
+            seen.frames[0]
+        );
+    }
     assert!(nothing_in(&f.r), "the client wrote on R for an impostor");
 
     // 2. An impostor that replays a real challenge, recorded from the daemon a moment ago for

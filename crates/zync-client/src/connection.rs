@@ -155,12 +155,15 @@ impl Connection {
         let client_nonce = Nonce::generate().map_err(|e| {
             ClientError::Config(format!("cannot get random bytes for the handshake: {e}"))
         })?;
+        // Only what the proofs need goes out before the daemon proved that it holds the token
+        // (its id is part of them): which dirs this client mirrors, and which version it is,
+        // wait for AUTH (invariant 8, docs/ARCHITECTURE.md).
         let hello = Op::Hello(Hello {
             protocol_version: zync_proto::PROTOCOL_VERSION,
             client_id: client_id.to_string(),
-            client_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+            client_version: None,
             client_nonce: Some(client_nonce.to_hex()),
-            dirs,
+            dirs: None,
         });
         let challenge = match connection.call(hello).await {
             Ok(Reply::Hello(challenge)) => challenge,
@@ -211,7 +214,12 @@ impl Connection {
             // unauthenticated clients).
             (None, _) => None,
         };
-        match connection.call(Op::Auth(Auth { client_proof })).await {
+        let auth = Auth {
+            client_proof,
+            client_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+            dirs,
+        };
+        match connection.call(Op::Auth(auth)).await {
             Ok(Reply::Auth(welcome)) => connection.hello = welcome,
             Ok(other) => {
                 return Err(ClientError::Protocol(format!(

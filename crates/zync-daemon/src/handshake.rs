@@ -146,10 +146,12 @@ pub(crate) async fn run(ws: &mut Ws, auth: &Auth) -> Result<Authenticated, Faile
             return Err(refuse(ws, Some(auth_id), ErrorCode::Unauthorized, message.into()).await);
         }
     }
+    // A client of this version says which version it is and what it mirrors in AUTH, after
+    // the daemon proved itself; an older one said so in HELLO.
     Ok(Authenticated {
         client_id: hello.client_id,
-        client_version: hello.client_version,
-        dirs: hello.dirs,
+        client_version: given.client_version.or(hello.client_version),
+        dirs: given.dirs.or(hello.dirs),
         auth_id,
     })
 }

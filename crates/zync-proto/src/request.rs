@@ -101,15 +101,17 @@ pub struct Hello {
     pub protocol_version: u32,
     /// A stable id for this client's database (ACKs are recorded under it).
     pub client_id: String,
-    /// Free-form version of the client program, for logs.
+    /// Free-form version of the client program, for logs. Sent here only by older clients:
+    /// this one sends it in [`Auth`], once the daemon proved that it holds the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_version: Option<String>,
     /// A fresh random nonce, 64 hex characters ([`crate::Nonce`]). Optional only so that an
     /// older client's HELLO still parses and gets `unsupported_version`, not `bad_request`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_nonce: Option<String>,
-    /// The directory names this client mirrors, so `zync-apply wait` knows what to wait for.
-    /// Absent from older clients.
+    /// The directory names this client mirrors. Sent here only by older clients: this one
+    /// sends them in [`Auth`], so that whatever answers on the daemon's port learns nothing
+    /// of them before it proved itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dirs: Option<Vec<String>>,
 }
@@ -121,6 +123,13 @@ pub struct Auth {
     /// daemon that runs without authentication.
     #[serde(default)]
     pub client_proof: Option<String>,
+    /// Free-form version of the client program, for the daemon's logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_version: Option<String>,
+    /// The directory names this client mirrors, so `zync-apply wait` knows what to wait for.
+    /// Absent from older clients (which may have sent them in [`Hello`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirs: Option<Vec<String>>,
 }
 
 /// GET_CHANGES: changes of `dir` with a sequence number above `since`.
@@ -590,6 +599,13 @@ mod tests {
             Op::Flush {},
             Op::Auth(Auth {
                 client_proof: Some("cd".repeat(32)),
+                client_version: None,
+                dirs: None,
+            }),
+            Op::Auth(Auth {
+                client_proof: None,
+                client_version: Some("0.1".into()),
+                dirs: Some(vec!["docs".into(), "code".into()]),
             }),
             Op::Ping {},
             Op::GetLastSequence { ignored: None },
