@@ -105,12 +105,21 @@ async fn client_meets_impostor(
     f: &Fixture,
     challenge: impl FnOnce(&Value) -> Value + Send + 'static,
 ) -> (std::process::Output, Seen) {
+    client_meets_impostor_with(f, &["--once"], challenge).await
+}
+
+/// [`client_meets_impostor`] for `zync-client` run with `args`.
+async fn client_meets_impostor_with(
+    f: &Fixture,
+    args: &[&str],
+    challenge: impl FnOnce(&Value) -> Value + Send + 'static,
+) -> (std::process::Output, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let seen = Arc::new(Mutex::new(Seen::default()));
     let serving = tokio::spawn(impostor(listener, seen.clone(), challenge));
     let mut cmd = f.client.command(&url);
-    cmd.arg("--once");
+    cmd.args(args);
     let out = tokio::task::spawn_blocking(move || output_within_deadline(cmd))
         .await
         .unwrap();
@@ -221,26 +230,41 @@ async fn an_impostor_on_the_client_s_port_gets_no_token_no_proof_and_no_writes()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_impostor_s_words_reach_r_s_terminal_only_made_visible() {
     let f = fixture(&[]);
-    let lies = "\u{1b}]0;owned\u{7}\u{1b}]52;c;cm0gLXJmIH4=\u{7}\r\u{1b}[2Kzync: in sync\u{9b}2J";
+    let lies = "\u{1b}]0;owned\u{7}\u{1b}]52;c;cm0gLXJmIH4=\u{7}\r\u{1b}[2Kzync: in sync\u{9b}2J\nzync-client: in sync";
     type Answer = Box<dyn FnOnce(&Value) -> Value + Send>;
-    let answers: [Answer; 2] = [
+    let refusal = move |id: Option<&Value>| -> Answer {
+        let id = id.cloned();
         Box::new(move |hello| {
-            json!({"status": "error", "id": hello["id"], "code": "unsupported_version",
-                   "message": lies})
-        }),
-        Box::new(move |hello| json!({"id": hello["id"], "nonsense": lies})),
+            json!({"status": "error", "id": id.unwrap_or_else(|| hello["id"].clone()),
+                   "code": "unsupported_version", "message": lies})
+        })
+    };
+    let runs: [(&[&str], Answer); 5] = [
+        (&["--once"], refusal(None)),
+        // An error about no request: logged, then the wait for HELLO's answer times out.
+        (&["--once"], refusal(Some(&Value::Null))),
+        (
+            &["--once"],
+            Box::new(move |hello| json!({"id": hello["id"], "nonsense": lies})),
+        ),
+        (&["--status"], refusal(None)),
+        (&["--status", "--json"], refusal(None)),
     ];
-    for answer in answers {
-        let (out, _) = client_meets_impostor(&f, answer).await;
-        let log = stderr(&out);
-        assert!(!out.status.success(), "{log}");
+    for (args, answer) in runs {
+        let (out, _) = client_meets_impostor_with(&f, args, answer).await;
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(!out.status.success(), "{args:?}: {all}");
         assert!(
-            !log.contains(['\u{1b}', '\u{7}', '\r', '\u{9b}']),
-            "an impostor's control characters reached R's terminal: {log:?}"
+            !all.contains(['\u{1b}', '\u{7}', '\r', '\u{9b}']),
+            "{args:?}: an impostor's control characters reached R's terminal: {all:?}"
         );
         assert!(
-            log.contains("owned"),
-            "the impostor's answer should still be shown, made visible: {log:?}"
+            !all.lines().any(|l| l.starts_with("zync-client: in sync")),
+            "{args:?}: an impostor forged a line of the client's own: {all:?}"
+        );
+        assert!(
+            all.contains("owned"),
+            "{args:?}: the impostor's answer should still be shown, made visible: {all:?}"
         );
     }
     assert!(nothing_in(&f.r), "the client wrote on R for an impostor");

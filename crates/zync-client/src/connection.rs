@@ -329,7 +329,10 @@ impl Connection {
                     }))
                 }
                 Some(Incoming::Text(ServerMessage::Error(e))) if e.id.is_none() => {
-                    tracing::warn!("the daemon reported: {}", e.message);
+                    tracing::warn!(
+                        "the daemon reported: {}",
+                        zync_cli::visible::line(&e.message)
+                    );
                 }
                 // The answer itself, already (after the last chunk it often is): kept for
                 // `response`, which would otherwise wait for it until the stall timeout.
@@ -358,7 +361,10 @@ impl Connection {
                 Incoming::Text(ServerMessage::Error(e)) if e.id.is_none() => {
                     // About no request of ours (a frame the daemon could not read): not an
                     // answer to the one we wait for.
-                    tracing::warn!("the daemon reported: {}", e.message);
+                    tracing::warn!(
+                        "the daemon reported: {}",
+                        zync_cli::visible::line(&e.message)
+                    );
                 }
                 Incoming::Text(ServerMessage::Error(e)) if e.id == Some(id) => {
                     return Err(ClientError::Server {
@@ -590,7 +596,10 @@ impl Connection {
                         }
                         return Ok(Transfer::Failed(id, error));
                     }
-                    None => tracing::warn!("the daemon reported: {}", e.message),
+                    None => tracing::warn!(
+                        "the daemon reported: {}",
+                        zync_cli::visible::line(&e.message)
+                    ),
                 },
                 Incoming::Text(ServerMessage::Event(_)) => {}
             }
@@ -756,5 +765,7 @@ enum Incoming {
 }
 
 fn truncate(text: &str) -> String {
-    text.chars().take(200).collect()
+    // What was received, made visible: it may come from whatever answered on the port.
+    let start: String = text.chars().take(200).collect();
+    zync_cli::visible::line(&start).into_owned()
 }

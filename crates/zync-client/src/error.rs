@@ -46,7 +46,7 @@ pub enum ClientError {
     #[error("the connection to the daemon was lost: {0}")]
     Connection(String),
     /// The daemon answered a request with an error.
-    #[error("the daemon refused the request ({code:?}): {message}")]
+    #[error("the daemon refused the request ({code:?}): {}", zync_cli::visible::line(.message))]
     Server {
         /// The error class.
         code: ErrorCode,

@@ -527,14 +527,14 @@ pub fn render(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
             out,
             "daemon   {}  reachable (zync {}{scanning})",
             s.server,
-            d.version.as_deref().unwrap_or("?")
+            zync_cli::visible::line(d.version.as_deref().unwrap_or("?"))
         )?;
     } else {
         writeln!(
             out,
             "daemon   {}  UNREACHABLE: {}",
             s.server,
-            d.error.as_deref().unwrap_or("no answer")
+            zync_cli::visible::line(d.error.as_deref().unwrap_or("no answer"))
         )?;
     }
     match &s.client_id {

@@ -22,7 +22,8 @@ pub(crate) struct Authenticated {
     pub(crate) client_id: String,
     /// The client program's version, for logs.
     pub(crate) client_version: Option<String>,
-    /// The directories the client says it mirrors (HELLO's `dirs`), as sent; the connection
+    /// The directories the client says it mirrors (AUTH's `dirs`, or HELLO's from an older
+    /// client), as sent; the connection
     /// keeps those the daemon serves.
     pub(crate) dirs: Option<Vec<String>>,
     /// The AUTH request's id, which the welcome (or a refusal) answers.
