@@ -71,6 +71,24 @@ pub struct HashedFile {
 ///
 /// As [`hash_file`].
 pub fn hash_file_stat(path: &Path) -> io::Result<HashedFile> {
+    hash_checked(path, None)
+}
+
+/// As [`hash_file_stat`], for the file a scan saw at `path`: device and inode `identity`. When
+/// the file opened is another one (a parent directory swapped for a symlink since the scan
+/// looked, or the name given to another file), nothing of it is read: a daemon never reads a
+/// file outside what it serves, nor spends its time on one, because another user moved
+/// directories about.
+///
+/// # Errors
+///
+/// As [`hash_file`]; [`io::ErrorKind::NotFound`] when the file opened is not `identity`.
+pub fn hash_file_identified(path: &Path, identity: (u64, u64)) -> io::Result<HashedFile> {
+    hash_checked(path, Some(identity))
+}
+
+fn hash_checked(path: &Path, identity: Option<(u64, u64)>) -> io::Result<HashedFile> {
+    use std::os::unix::fs::MetadataExt;
     let mut file = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -80,6 +98,12 @@ pub fn hash_file_stat(path: &Path) -> io::Result<HashedFile> {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is not a regular file", path.display()),
+        ));
+    }
+    if identity.is_some_and(|(dev, ino)| (before.dev(), before.ino()) != (dev, ino)) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} is another file than the one looked at", path.display()),
         ));
     }
     let (sha256, len) = hash_open(&mut file, before.len())?;
@@ -153,6 +177,38 @@ mod tests {
         h.update(b"bc");
         assert_eq!(h.finish(), ABC);
         assert_eq!(to_hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    }
+
+    /// Bytes this thread has read so far (`rchar` of /proc/thread-self/io).
+    fn read_by_this_thread() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").expect("thread io");
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("rchar")
+    }
+
+    #[test]
+    fn a_file_that_is_not_the_one_looked_at_is_not_read() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let seen = tmp.path().join("seen.txt");
+        std::fs::write(&seen, b"abc").expect("write");
+        let meta = std::fs::metadata(&seen).expect("stat");
+        let identity = (meta.dev(), meta.ino());
+        let hashed = hash_file_identified(&seen, identity).expect("the file looked at");
+        assert_eq!((hashed.sha256.as_str(), hashed.len), (ABC, 3));
+
+        // Its name now leads to another file (as when another user swapped a parent
+        // directory for a symlink): a mebibyte the daemon must not read.
+        let other = tmp.path().join("other.bin");
+        std::fs::write(&other, vec![7u8; 1 << 20]).expect("write");
+        std::fs::rename(&other, &seen).expect("rename");
+        let before = read_by_this_thread();
+        let err = hash_file_identified(&seen, identity).expect_err("another file");
+        let read = read_by_this_thread() - before;
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        assert!(read < 4096, "{read} bytes of another file were read");
     }
 
     #[test]

@@ -220,7 +220,8 @@ pub(super) fn describe(
     let path = (meta.kind == Kind::File).then(|| rel.to_path(&clock.root));
     let sha256 = if let Some(path) = &path {
         hashed.fetch_add(1, Ordering::Relaxed);
-        match zync_fs::hash::hash_file_stat(path) {
+        // Only the file the scan saw is read: not one a swapped parent leads to.
+        match zync_fs::hash::hash_file_identified(path, (meta.device, meta.inode)) {
             Ok(h) => {
                 // The file read must be the one the scan saw, unchanged since: same device,
                 // inode, size and mtime, asked of the open file once it was read to the end.
