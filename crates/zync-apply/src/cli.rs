@@ -147,7 +147,8 @@ pub enum Command {
         json: bool,
     },
     /// Expire staged sessions nobody applied for longer than the daemon's --staging-max-age
-    /// (or --older-than), removing their staged files; settle applied sessions whose apply
+    /// (or --older-than), and undone sessions whose undone apply ended longer ago than that,
+    /// removing their staged files; settle applied sessions whose apply
     /// ended longer ago than that, removing their backups (what they applied stays on E; they
     /// can no longer be undone); and remove directories in the staging area that no session
     /// owns. Partly applied sessions are kept and named (`drop --discard-backups` settles one).

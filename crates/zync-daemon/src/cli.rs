@@ -88,9 +88,10 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..), help_heading = zync_cli::SETTINGS)]
     pub upload_stall_timeout: u64,
     /// Staged sessions nobody applied for this long (30d, 12h, ...) expire when the daemon
-    /// starts (and with `zync-apply gc`): their staged files are removed. Applied sessions
-    /// lose the backups of what they replaced on E this long after the apply (they become
-    /// settled: no more undo). Partly applied sessions are kept.
+    /// starts (and with `zync-apply gc`): their staged files are removed; so do undone
+    /// sessions this long after the apply they undid. Applied sessions lose the backups of what
+    /// they replaced on E this long after the apply (they become settled: no more undo). Partly
+    /// applied sessions are kept.
     #[arg(long, value_name = "AGE", default_value = "30d", value_parser = zync_cli::units::parse_duration, help_heading = zync_cli::SETTINGS)]
     pub staging_max_age: std::time::Duration,
     /// Log level: error, warn, info, debug or trace (or a tracing filter). Default

@@ -344,6 +344,18 @@ impl Index {
         Ok(found)
     }
 
+    /// Undone sessions ([`SessionStatus::Undone`]) whose apply (the one undone) ended before
+    /// `cutoff_unix`, oldest first; one without that time counts from its creation.
+    fn undone_before(&self, cutoff_unix: i64) -> Result<Vec<Session>> {
+        let mut found: Vec<Session> = self
+            .sessions_with_status(SessionStatus::Undone)?
+            .into_iter()
+            .filter(|s| s.applied_unix.unwrap_or(s.created_unix) < cutoff_unix)
+            .collect();
+        found.sort_by_key(|s| s.applied_unix.unwrap_or(s.created_unix));
+        Ok(found)
+    }
+
     /// Applied sessions ([`SessionStatus::Applied`]) whose apply ended before `cutoff_unix`,
     /// oldest apply first. A session without that time (none should be: the upgrade that added
     /// it gave applied sessions its own) counts from its creation, the earliest it can have
@@ -434,7 +446,9 @@ pub struct Expiry {
 /// ([`SessionStatus::Applied`], by [`Session::applied_unix`]): each is marked
 /// [`SessionStatus::Settled`], then its directory, which holds the backups `undo` would need,
 /// is removed, so that every apply (each keeping a whole copy of every E file it replaced)
-/// does not grow the staging area for good. Sessions still receiving, partly applied, undone
+/// does not grow the staging area for good. Undone sessions whose undone apply ended more than
+/// `max_age` before `now_unix` expire too (E is back as it was; their directories hold what R
+/// sent, which the pending limits no longer count). Sessions still receiving, partly applied
 /// or already ended are left alone; partly applied ones older than the age are returned in
 /// [`Expiry::kept_partial`] so the caller can say so. Nothing in E's directories is touched.
 /// Each session that expires or settles is the newest of its status, and in the same
@@ -464,65 +478,31 @@ pub fn expire<G>(
     let age = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
     let cutoff = now_unix.saturating_sub(age);
     let mut expiry = Expiry::default();
-    for session in index.staged_before(cutoff)? {
-        let dir = session_dir(db, &session.id);
-        let _guard = match lock(&dir) {
-            Ok(Some(guard)) => guard,
-            Ok(None) => {
-                expiry.busy.push(session);
-                continue;
-            }
-            Err(e) => {
-                expiry.failures.push((dir, e));
-                continue;
-            }
-        };
-        let expired = index.end_session(&session.id, SessionStatus::Expired, || {
-            index.move_session(
-                &session.id,
-                &[SessionStatus::Staged],
-                SessionStatus::Expired,
-            )
-        })?;
-        if !expired {
-            continue; // an apply took it meanwhile
-        }
-        if let Err(e) = remove_dir(&dir) {
-            expiry.failures.push((dir, e));
-        }
-        expiry.expired.push(Session {
-            status: SessionStatus::Expired,
-            ..session
-        });
-    }
-    for session in index.applied_before(cutoff)? {
-        let dir = session_dir(db, &session.id);
-        // An `undo` restoring from the backups holds the lock.
-        let _guard = match lock(&dir) {
-            Ok(Some(guard)) => guard,
-            Ok(None) => {
-                expiry.busy.push(session);
-                continue;
-            }
-            Err(e) => {
-                expiry.failures.push((dir, e));
-                continue;
-            }
-        };
-        let settled = index.end_session(&session.id, SessionStatus::Settled, || {
-            index.settle_row(&session.id, &[SessionStatus::Applied])
-        })?;
-        if !settled {
-            continue; // undone meanwhile
-        }
-        if let Err(e) = remove_dir(&dir) {
-            expiry.failures.push((dir, e));
-        }
-        expiry.settled.push(Session {
-            status: SessionStatus::Settled,
-            ..session
-        });
-    }
+    let staged = index.staged_before(cutoff)?;
+    let expired = SessionStatus::Expired;
+    expiry.expired = retire_each(db, staged, expired, &mut lock, &mut expiry, |s| {
+        index.end_session(&s.id, expired, || {
+            index.move_session(&s.id, &[SessionStatus::Staged], expired)
+        })
+    })?;
+    // Undone: E is back as it was, and the directory holds only what R sent (and the backups
+    // the undo restored from), up to a session's whole budget, which pending limits no
+    // longer count. Aged from the apply that was undone.
+    let undone = index.undone_before(cutoff)?;
+    let undone = retire_each(db, undone, expired, &mut lock, &mut expiry, |s| {
+        index.end_session(&s.id, expired, || {
+            index.move_session(&s.id, &[SessionStatus::Undone], expired)
+        })
+    })?;
+    expiry.expired.extend(undone);
+    // An `undo` restoring from the backups holds the lock.
+    let applied = index.applied_before(cutoff)?;
+    let settled = SessionStatus::Settled;
+    expiry.settled = retire_each(db, applied, settled, &mut lock, &mut expiry, |s| {
+        index.end_session(&s.id, settled, || {
+            index.settle_row(&s.id, &[SessionStatus::Applied])
+        })
+    })?;
     let mut partial: Vec<Session> = index
         .sessions_with_status(SessionStatus::Partial)?
         .into_iter()
@@ -531,6 +511,46 @@ pub fn expire<G>(
     partial.reverse();
     expiry.kept_partial = partial;
     Ok(expiry)
+}
+
+/// Retires each of `sessions` for [`expire`]: takes its lock (a busy one, or one whose lock
+/// fails, is noted in `expiry` and left as it is), marks it with `mark` (compare and set:
+/// false when another process moved it on meanwhile, then it is left alone), then removes its
+/// directory. Returns the sessions marked, now of status `to`.
+fn retire_each<G>(
+    db: &Path,
+    sessions: Vec<Session>,
+    to: SessionStatus,
+    lock: &mut impl FnMut(&Path) -> std::io::Result<Option<G>>,
+    expiry: &mut Expiry,
+    mark: impl Fn(&Session) -> Result<bool>,
+) -> Result<Vec<Session>> {
+    let mut retired = Vec::new();
+    for session in sessions {
+        let dir = session_dir(db, &session.id);
+        let _guard = match lock(&dir) {
+            Ok(Some(guard)) => guard,
+            Ok(None) => {
+                expiry.busy.push(session);
+                continue;
+            }
+            Err(e) => {
+                expiry.failures.push((dir, e));
+                continue;
+            }
+        };
+        if !mark(&session)? {
+            continue;
+        }
+        if let Err(e) = remove_dir(&dir) {
+            expiry.failures.push((dir, e));
+        }
+        retired.push(Session {
+            status: to,
+            ..session
+        });
+    }
+    Ok(retired)
 }
 
 /// Why [`drop_session`] refused.
@@ -825,7 +845,7 @@ mod tests {
     }
 
     #[test]
-    fn expiry_takes_only_untouched_staged_sessions_older_than_the_age() {
+    fn expiry_takes_untouched_staged_and_undone_sessions_older_than_the_age() {
         let tmp = tempfile::tempdir().expect("tmp");
         let db = tmp.path().join("sync.db");
         let index = Index::open(&db).expect("open");
@@ -834,18 +854,23 @@ mod tests {
             (2, 29, SessionStatus::Staged, false),
             (3, 40, SessionStatus::Partial, false),
             (4, 40, SessionStatus::Applied, false),
-            (5, 40, SessionStatus::Undone, false),
+            (5, 40, SessionStatus::Undone, true),
             (6, 40, SessionStatus::Receiving, false),
+            (7, 40, SessionStatus::Undone, false),
         ];
         for (n, days, status, _) in cases {
             session(&index, &db, &uuid(n), "r", days, status, u64::from(n));
         }
         // Pushed long ago, applied yesterday: its backups are young.
         set_applied(&index, &uuid(4), Some(NOW - DAY));
+        // Pushed long ago, applied (then undone) yesterday: aged from that apply. The other
+        // undone one was applied 35 days ago.
+        set_applied(&index, &uuid(7), Some(NOW - DAY));
+        set_applied(&index, &uuid(5), Some(NOW - 35 * DAY));
         let expiry =
             expire(&index, &db, Duration::from_secs(30 * DAY as u64), NOW, free).expect("expire");
         let expired: Vec<&str> = expiry.expired.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(expired, [uuid(1)]);
+        assert_eq!(expired, [uuid(1), uuid(5)]);
         assert!(expiry.settled.is_empty(), "{:?}", expiry.settled);
         assert!(expiry.failures.is_empty(), "{:?}", expiry.failures);
         let kept: Vec<&str> = expiry.kept_partial.iter().map(|s| s.id.as_str()).collect();
