@@ -694,10 +694,12 @@ fn a_small_edit_in_a_big_file_reaches_r_as_a_delta() {
 
 /// A delta corrupted on the way (one byte flipped in the middle of its first frame) rebuilds
 /// the wrong bytes: the client's sha256 check catches it and it downloads the file whole,
-/// ending with E's exact bytes in the same run, no temp file and no conflict copy.
+/// ending with E's exact bytes in the same run, no temp file and no conflict copy; its
+/// progress counts the file once, not once for the delta and again for the download.
 #[test]
 fn a_corrupt_delta_is_caught_and_the_file_downloaded_whole() {
-    const SIZE: usize = 8 * MIB;
+    // Big enough for progress lines (zync_cli::progress::LARGE_BYTES).
+    const SIZE: usize = 40 * MIB;
     let (_tmp, e, r, daemon, client, mut data) = synced_big_file(SIZE, 91);
 
     let middle = SIZE / 2 + 4321;
@@ -708,10 +710,28 @@ fn a_corrupt_delta_is_caught_and_the_file_downloaded_whole() {
         out["dirs"][0]["pending"].as_u64() == Some(1)
     });
     let proxy = crate::common::proxy::Proxy::to_port(daemon.port);
+    // A file this big would first ask for E's window hashes (binary frames too): as an older
+    // daemon, the proxy refuses that, so the frame corrupted is the delta's.
+    proxy.hide_get_windows();
     proxy.corrupt_next_binary_frame();
-    let out = client.once_ok(&proxy.url());
+    let mut cmd = client.command(&proxy.url());
+    cmd.arg("--once").env("ZYNC_PROGRESS_SECS", "0.001");
+    let out = output_within_deadline(cmd);
     let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
     assert_eq!(proxy.corrupted(), 1, "nothing was corrupted:\n{log}");
+    // `synced 1/1 files, 40.0 MiB, ...`: never more than the file.
+    let counted: Vec<f64> = log
+        .lines()
+        .filter_map(|l| l.split("/1 files, ").nth(1))
+        .filter_map(|rest| rest.split(" MiB").next()?.parse().ok())
+        .collect();
+    assert!(!counted.is_empty(), "no progress lines:\n{log}");
+    assert!(
+        counted.iter().all(|&mib| mib <= (SIZE / MIB) as f64),
+        "progress counted more than the {} MiB file: {counted:?}\n{log}",
+        SIZE / MIB
+    );
     assert_eq!(
         file_sha(&r.join("big.bin")),
         sha256(&data),

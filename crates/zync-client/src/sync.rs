@@ -474,7 +474,11 @@ impl<'a> Run<'a> {
             }
             Finished::Delta(i, pending, header, spool) => {
                 match pending.rebuild(&header, spool) {
-                    Ok(ready) => self.batch.add(i, ready),
+                    Ok(ready) => {
+                        // A delta stands for the whole file in the byte count.
+                        self.progress.bytes(ready.size());
+                        self.batch.add(i, ready);
+                    }
                     // The delta did not rebuild E's file: download it whole.
                     Err((Some(pending), e)) => {
                         tracing::debug!(

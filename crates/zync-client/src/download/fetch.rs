@@ -617,8 +617,7 @@ impl<'a> Pipeline<'a> {
     fn complete(&mut self, id: u64) -> Option<Finished> {
         let mut slot = self.take(id)?;
         if let Some((header, spool)) = slot.delta.take() {
-            // A delta stands for the whole file in the byte count.
-            self.progress.bytes(slot.pending.size());
+            // Counted once the file is rebuilt: a delta that fails is downloaded whole.
             return Some(Finished::Delta(slot.index, slot.pending, header, spool));
         }
         let header = slot.header.take()?;
