@@ -478,7 +478,11 @@ impl Run<'_> {
         }
         // Parents made for the file go again while empty; a failure here is not the news.
         if let Err(e) = created_dirs::roll_back(self.index, file, root) {
-            tracing::warn!("{}/{}: {e:#}", file.dir, file.path);
+            tracing::warn!(
+                "{}: {}",
+                session::file_name(file),
+                zync_cli::visible::text(&format!("{e:#}"))
+            );
         }
         error
     }
@@ -596,6 +600,8 @@ fn summarize(
     r: &ApplyReport,
 ) -> anyhow::Result<()> {
     for (f, copy) in &r.kept_both {
+        // Named after R's path: made visible, as `f` is.
+        let copy = zync_cli::visible::line(copy);
         writeln!(out, "kept both: {f} (R's version is {copy})")?;
     }
     for f in &r.conflicts_left {
@@ -842,6 +848,35 @@ mod tests {
             Some(&b"E edit\n"[..]),
             "{out}"
         );
+    }
+
+    /// R chose these names: what apply and undo say about the copies and directories they
+    /// made for them reaches E's terminal made visible (invariant 9).
+    #[test]
+    fn names_r_chose_are_reported_made_visible_by_keep_both_and_undo() {
+        let fx = Fixture::new();
+        let evil = "d\u{1b}]0;x\u{7}/f\r\u{1b}[2K.txt";
+        fx.e_write(evil, b"E edit\n");
+        fx.stage(
+            ID,
+            &[
+                write(evil, b"R edit\n", Some(b"base\n")),
+                write("n\u{1b}[31m/new.txt", b"new\n", None),
+            ],
+        );
+        let mut p = ScriptedPrompter::new([Choice::KeepBoth, Choice::Apply]);
+        let (r, out) = fx.run(&["apply", ID], &mut p);
+        assert_eq!(r.expect("apply"), Outcome::Done, "{out}");
+        assert!(out.contains("kept both"), "{out}");
+        let (r, undone) = fx.run(&["undo", ID], &mut ScriptedPrompter::new([]));
+        r.expect("undo");
+        assert!(undone.contains("removed the empty directory"), "{undone}");
+        for text in [&out, &undone] {
+            assert!(
+                !text.contains(['\u{1b}', '\u{7}', '\r']),
+                "a name R chose reached the terminal raw: {text:?}"
+            );
+        }
     }
 
     #[test]

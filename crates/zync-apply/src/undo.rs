@@ -101,6 +101,7 @@ pub fn undo(
     report_removed_dirs(out, &removed)?;
     // Where E's newer versions went: never lost, and the user is told where (invariant 5).
     for (file, copy) in &kept {
+        let (file, copy) = (zync_cli::visible::line(file), zync_cli::visible::line(copy));
         writeln!(out, "kept E's newer version of {file} as {copy}")?;
     }
     writeln!(
@@ -135,6 +136,8 @@ fn refuse_settled(session: &zync_db::Session) -> anyhow::Result<()> {
 
 fn report_removed_dirs(out: &mut dyn Write, removed: &[String]) -> anyhow::Result<()> {
     for d in removed {
+        // Made for R's paths: R chose their names.
+        let d = zync_cli::visible::line(d);
         writeln!(
             out,
             "removed the empty directory {d} (the apply had created it)"
@@ -231,7 +234,11 @@ fn keep_newer(
     let copy = zync_fs::free_conflict_name(root, rel, &stamp);
     zync_fs::rename_beneath(root, rel, &copy)
         .with_context(|| format!("cannot keep E's newer {rel} as {copy}"))?;
-    tracing::warn!(path = %rel, copy = %copy, "E's newer version was kept as {copy}");
+    let (shown, shown_copy) = (
+        zync_cli::visible::line(rel.as_str()),
+        zync_cli::visible::line(copy.as_str()),
+    );
+    tracing::warn!(path = %shown, copy = %shown_copy, "E's newer version was kept as {shown_copy}");
     fileops::index_file(index, dir, root, &copy, sha256, &[])?;
     Ok(format!("{dir}/{copy}"))
 }
