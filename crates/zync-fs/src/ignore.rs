@@ -2,6 +2,7 @@
 //! in gitignore syntax. Scanning and watching both ask `IgnoreRules`, so they agree exactly.
 
 use crate::path::RelPath;
+use crate::Dir;
 use ::ignore::gitignore::{Gitignore, GitignoreBuilder};
 use ::ignore::Match;
 use std::collections::HashMap;
@@ -325,11 +326,11 @@ impl IgnoreRules {
 
     fn load(&self, dir: &str) -> Option<Gitignore> {
         let file = self.inner.root.join(dir).join(IGNORE_FILE);
-        let text = match std::fs::read(&file) {
-            Ok(bytes) => bytes,
-            Err(e) if crate::meta::is_missing(&e) => return None,
-            Err(e) => {
-                tracing::warn!("cannot read {}: {e}; ignoring it", file.display());
+        let text = match read_ignore_file(&self.inner.root, dir) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return None,
+            Err(why) => {
+                tracing::warn!("{}: {why}; ignoring it", file.display());
                 return None;
             }
         };
@@ -365,6 +366,59 @@ impl IgnoreRules {
     }
 }
 
+/// The most a `.zyncignore` may hold: rules are a few lines; anything bigger is not one.
+const MAX_IGNORE_FILE: u64 = 1 << 20;
+
+/// The bytes of the `.zyncignore` of `dir` ("" for the root) below `root`, or `None` when it
+/// has none. Read through the root's directory handles ([`Dir`]): never through a symlink, in
+/// a parent or the file itself (another user who can write in the tree would otherwise have
+/// zync read rules from anywhere, or read /dev/zero until memory runs out), never blocking on
+/// a FIFO, and never more than [`MAX_IGNORE_FILE`] bytes.
+///
+/// # Errors
+/// Why it was not read, for a warning: not a regular file, too big, unreadable.
+fn read_ignore_file(root: &Path, dir: &str) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    let rel = if dir.is_empty() {
+        None
+    } else {
+        Some(RelPath::parse(dir).map_err(|e| e.to_string())?)
+    };
+    let parent = Dir::open_dir(root, rel.as_ref()).map_err(|e| e.to_string())?;
+    let opened = match parent.open_file_to_read(IGNORE_FILE) {
+        Ok(Some(opened)) => opened,
+        Ok(None) => {
+            return match parent.lstat(IGNORE_FILE) {
+                Ok(_) => Err(
+                    "not a regular file (a symlink, a FIFO, ...): zync reads only a plain file"
+                        .into(),
+                ),
+                Err(_) => Ok(None),
+            };
+        }
+        Err(e) if crate::meta::is_missing(&e) => return Ok(None),
+        Err(e) => return Err(format!("cannot read it ({e})")),
+    };
+    if opened.size > MAX_IGNORE_FILE {
+        return Err(format!(
+            "{} bytes, more than the {MAX_IGNORE_FILE} a .zyncignore may have",
+            opened.size
+        ));
+    }
+    let mut bytes = Vec::new();
+    opened
+        .file
+        .take(MAX_IGNORE_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read it ({e})"))?;
+    if bytes.len() as u64 > MAX_IGNORE_FILE {
+        return Err(format!(
+            "more than the {MAX_IGNORE_FILE} bytes a .zyncignore may have"
+        ));
+    }
+    Ok(Some(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +436,47 @@ mod tests {
                 "is_ignored({path:?}, is_dir={is_dir}): expected {want}"
             );
         }
+    }
+
+    /// Another user who can write in the tree replaces a `.zyncignore` with a symlink (to
+    /// rules elsewhere, or to /dev/zero), a FIFO, or a file too big to be one: none is read
+    /// through, none blocks, none grows memory; a plain one still works.
+    #[test]
+    fn only_a_regular_zyncignore_of_a_sane_size_is_read() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("root");
+        let outside = tmp.path().join("their-rules");
+        fs::write(&outside, "*.rs\n").expect("write");
+        for d in ["linked", "zero", "fifo", "huge", "plain"] {
+            fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        std::os::unix::fs::symlink(&outside, root.join("linked").join(IGNORE_FILE))
+            .expect("symlink");
+        std::os::unix::fs::symlink("/dev/zero", root.join("zero").join(IGNORE_FILE))
+            .expect("symlink");
+        let fifo =
+            std::ffi::CString::new(root.join("fifo").join(IGNORE_FILE).to_str().expect("utf-8"))
+                .expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
+        let mut huge = "*.rs\n".to_string();
+        huge.push_str(&"# padding\n".repeat(200_000));
+        fs::write(root.join("huge").join(IGNORE_FILE), huge).expect("write");
+        fs::write(root.join("plain").join(IGNORE_FILE), "*.rs\n").expect("write");
+
+        let rules = IgnoreRules::new(&root, &[], false).expect("rules");
+        let (done, answers) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let asked: Vec<bool> = ["linked", "zero", "fifo", "huge", "plain"]
+                .iter()
+                .map(|d| rules.is_ignored(&rel(&format!("{d}/main.rs")), false))
+                .collect();
+            let _ = done.send(asked);
+        });
+        let asked = answers
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading the .zyncignore files blocked or never ended");
+        assert_eq!(asked, [false, false, false, false, true]);
     }
 
     #[test]
