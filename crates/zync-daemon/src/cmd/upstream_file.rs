@@ -6,7 +6,6 @@
 //! (docs/ARCHITECTURE.md)). Nothing is written into E's directories.
 
 use std::path::{Path, PathBuf};
-use zync_proto::Kind;
 
 use tokio_tungstenite::tungstenite::Message;
 use zync_db::{Action, FileState, OnE, StagedFile};
@@ -419,21 +418,88 @@ enum EState {
     Other,
 }
 
-/// What E has at `rel` now, read from disk (the index may lag by a debounce).
+/// What E has at `rel` now, read from disk (the index may lag by a debounce). Read through the
+/// root's directory handles: a parent another user on E swaps for a symlink cannot make the
+/// daemon hash a file elsewhere, whose sha256 would reach R as the conflict flag.
 fn e_state(root: &Path, rel: &RelPath) -> EState {
-    if zync_fs::check_parents(root, rel).is_err() {
-        return match zync_fs::lstat(&rel.to_path(root)) {
-            Ok(Stat::Missing) => EState::Missing,
-            _ => EState::Other,
-        };
-    }
-    let path = rel.to_path(root);
-    match zync_fs::lstat(&path) {
+    let missing_or_other = || match zync_fs::lstat(&rel.to_path(root)) {
         Ok(Stat::Missing) => EState::Missing,
-        Ok(Stat::Entry(meta)) if meta.kind == Kind::File => match zync_fs::hash_file(&path) {
+        _ => EState::Other,
+    };
+    let Ok(parent) = zync_fs::Dir::parent_of(root, rel) else {
+        return missing_or_other();
+    };
+    match parent.open_file_to_read(rel.file_name()) {
+        Ok(Some(mut opened)) => match zync_fs::hash::hash_open(&mut opened.file, opened.size) {
             Ok((sha, _)) => EState::File(sha),
             Err(_) => EState::Other,
         },
-        _ => EState::Other,
+        Ok(None) => match parent.lstat(rel.file_name()) {
+            Ok(Stat::Missing) => EState::Missing,
+            _ => EState::Other,
+        },
+        Err(_) => EState::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// `renameat2(a, b, RENAME_EXCHANGE)`.
+    fn exchange(a: &CString, b: &CString) -> bool {
+        // SAFETY: two valid NUL-terminated paths; the call reads nothing else.
+        unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                a.as_ptr(),
+                libc::AT_FDCWD,
+                b.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            ) == 0
+        }
+    }
+
+    /// Another user on E swaps a directory of the tree for a symlink to a file of theirs
+    /// while R pushes a path below it: what E has there is never the outside file (its
+    /// sha256 would go back to R as the conflict flag, an oracle on any file the daemon can
+    /// read).
+    #[test]
+    fn a_parent_swapped_for_a_symlink_never_makes_e_state_read_elsewhere() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("d")).expect("mkdir");
+        std::fs::write(root.join("d/f"), b"ours\n").expect("write");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::fs::write(outside.join("f"), b"secret\n").expect("write");
+        std::os::unix::fs::symlink(&outside, root.join("link")).expect("symlink");
+        let secret = zync_fs::hash::hash_bytes(b"secret\n");
+        let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).expect("path");
+        let (a, b) = (c(&root.join("d")), c(&root.join("link")));
+        let rel = RelPath::parse("d/f").expect("rel");
+        let stop = AtomicBool::new(false);
+        let mut leaked = 0;
+        let mut files = 0;
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    exchange(&a, &b);
+                }
+            });
+            for _ in 0..20_000 {
+                match e_state(&root, &rel) {
+                    EState::File(sha) if sha == secret => leaked += 1,
+                    EState::File(_) => files += 1,
+                    _ => {}
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert_eq!(leaked, 0, "the outside file was hashed {leaked} times");
+        assert!(files > 0, "the file of the tree was never seen");
     }
 }
