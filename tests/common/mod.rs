@@ -699,22 +699,39 @@ pub struct Mirror {
     pub client: ClientSpec,
     /// The loop client.
     pub running: Running,
+    /// The proxy the client reaches the daemon through, if any.
+    _proxy: Option<proxy::Proxy>,
 }
 
 impl Mirror {
     /// Starts a loop client mirroring `daemon`'s `code` (served from `e`) into `tmp/r`, its
     /// state under `tmp/client`; returns once R has what E has.
     pub fn start(tmp: &Path, daemon: Daemon, e: &Path) -> Mirror {
+        Mirror::start_with(tmp, daemon, e, None)
+    }
+
+    /// As [`Mirror::start`], the client reaching the daemon through a proxy of this test's
+    /// user: for a daemon run as another user, whose server the client refuses.
+    pub fn start_through_proxy(tmp: &Path, daemon: Daemon, e: &Path) -> Mirror {
+        let proxy = proxy::Proxy::to_port(daemon.port);
+        Mirror::start_with(tmp, daemon, e, Some(proxy))
+    }
+
+    fn start_with(tmp: &Path, daemon: Daemon, e: &Path, proxy: Option<proxy::Proxy>) -> Mirror {
         daemon.wait_scanned();
         let r = tmp.join("r");
         let client = ClientSpec::new(&tmp.join("client"), &daemon, &[("code", &r)]);
-        let running = client.spawn(&daemon.url(), &tmp.join("client.log"));
+        let url = proxy
+            .as_ref()
+            .map_or_else(|| daemon.url(), proxy::Proxy::url);
+        let running = client.spawn(&url, &tmp.join("client.log"));
         wait_same_tree(e, &r, &[]);
         Mirror {
             daemon,
             r,
             client,
             running,
+            _proxy: proxy,
         }
     }
 }
@@ -788,6 +805,12 @@ pub fn once_until(
         cond()
     });
     logs
+}
+
+/// Whether the tests run as root (those that act as another local user, `nobody`, need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Runs a command that must exit by itself, killing it and failing after [`DEADLINE`].

@@ -400,7 +400,7 @@ fn a_barrier_rescans_a_directory_the_daemon_cannot_write_to() {
     let state = Daemon::state_for_nobody(tmp.path());
     let e = tmp.path().join("e");
     write(&e.join("first.txt"), "first\n");
-    let m = Mirror::start(
+    let m = Mirror::start_through_proxy(
         tmp.path(),
         Daemon::start_as_nobody(&state, &[("code", &e)]),
         &e,

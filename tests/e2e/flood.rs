@@ -81,11 +81,6 @@ const TUNNEL_DELAY: Duration = Duration::from_millis(40);
 /// daemon's handshake deadline (5 s) times a few retries.
 const SYNC_LIMIT: Duration = Duration::from_secs(10);
 
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// The flooder, run as user nobody; killed on drop.
 struct Flooder {
     child: Child,

@@ -270,6 +270,88 @@ async fn an_impostor_s_words_reach_r_s_terminal_only_made_visible() {
     assert!(nothing_in(&f.r), "the client wrote on R for an impostor");
 }
 
+/// Relays one connection from `[::1]:PORT` (the port it prints first) to 127.0.0.1:`to`, as
+/// user nobody would; prints `auth True` when the client's AUTH went through it.
+const RELAY: &str = r#"
+import socket, sys, threading
+s = socket.socket(socket.AF_INET6)
+s.bind(("::1", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+u = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+seen = []
+def pipe(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d: break
+            seen.append(d); b.sendall(d)
+    except OSError: pass
+    for x in (a, b):
+        try: x.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+t = [threading.Thread(target=pipe, args=p) for p in ((c, u), (u, c))]
+for x in t: x.start()
+for x in t: x.join(30)
+print("auth", any(b"AUTH" in d for d in seen), flush=True)
+"#;
+
+/// Another user on R holds the address the client connects to (here `[::1]:PORT`, as when
+/// `localhost` resolves there first and they bound it before the tunnel) and relays to the
+/// real daemon: the handshake's proofs would pass through, and the relay would read every
+/// file. The client sees who holds the server and refuses it before saying anything.
+#[test]
+fn a_relay_another_user_runs_on_r_is_refused_before_the_handshake() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    assert!(
+        is_root(),
+        "this test relays as user nobody and must run as root (CI's .ci/run does)"
+    );
+    let f = fixture(&[]);
+    let mut relay = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(RELAY)
+        .arg(f.daemon.port.to_string())
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .expect("start the relay as nobody (python3 is needed: CI's .ci/run installs it)");
+    let mut lines = std::io::BufReader::new(relay.stdout.take().expect("stdout")).lines();
+    let port: u16 = lines
+        .next()
+        .and_then(Result::ok)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("the relay's port");
+    let mut cmd = f.client.command(&format!("ws://[::1]:{port}"));
+    cmd.arg("--once");
+    let out = output_within_deadline(cmd);
+    let log = stderr(&out);
+    let _ = relay.kill();
+    let said: Vec<String> = lines.map_while(Result::ok).collect();
+    let _ = relay.wait();
+    assert!(
+        !out.status.success(),
+        "the client synced through another user's relay:\n{log}"
+    );
+    assert!(
+        log.contains("held by a process of uid 65534") && log.contains("ss -ltnp"),
+        "the error does not say who holds the server and what to do:\n{log}"
+    );
+    assert!(
+        !said.iter().any(|l| l == "auth True"),
+        "the client's AUTH went through the relay"
+    );
+    assert!(nothing_in(&f.r), "the client wrote on R through a relay");
+    // The daemon itself, held by this user, is used.
+    f.client.once_ok(&f.daemon.url());
+    assert_same_tree(&f.e, &f.r, &[]);
+}
+
 /// The size of the biggest file anywhere under `dir` (zync's temp files included).
 fn biggest_file(dir: &std::path::Path) -> u64 {
     let mut biggest = 0;

@@ -175,11 +175,6 @@ fn keygen(path: &Path) {
     assert!(out.status.success(), "ssh-keygen failed:\n{}", stderr(&out));
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// The user sshd lets in: the one running the test (sshd run by anyone else than root can
 /// only log in its own user).
 fn user_name() -> String {

@@ -102,11 +102,6 @@ fn daemon_for(tmp: &Path, e: &Path) -> Daemon {
     Daemon::start(&state, &[("code", e)])
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 #[test]
 fn a_client_syncs_through_a_unix_socket() {
     let tmp = tempfile::tempdir().expect("temp dir");

@@ -12,6 +12,7 @@ mod backoff;
 mod file;
 mod generate;
 pub mod logging;
+pub mod peer_uid;
 pub mod progress;
 mod runtime;
 pub mod settings;

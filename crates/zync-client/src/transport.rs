@@ -67,6 +67,18 @@ pub enum TransportError {
         /// The client's uid.
         me: u32,
     },
+    /// A server on this machine held by another user's process.
+    #[error("the server at {address} ({peer}) is held by a process of uid {owner}, not by you (uid {me}) nor root: another user may be relaying to the daemon to read what it sends, so the client will not use it; find who holds it with `ss -ltnp`, run the tunnel as yourself on an address only it can hold (ws://127.0.0.1:PORT when the tunnel binds 127.0.0.1), or use `zync-daemon --tunnel` and its socket (--server unix:~/.zync/zync.sock)")]
+    ForeignServer {
+        /// `--server`'s HOST:PORT.
+        address: String,
+        /// The address it reached.
+        peer: std::net::SocketAddr,
+        /// The uid of the process holding it.
+        owner: u32,
+        /// The client's uid.
+        me: u32,
+    },
     /// The socket's directory lets other users replace the socket.
     #[error("the socket {path} is in {dir}, which other users can write to (mode {mode:03o}): one of them could replace the socket with their own; run `chmod 700 {dir}`, or use a socket in a directory only you can enter (the default ~/.zync/zync.sock)", path = path.display(), dir = dir.display())]
     OpenDirectory {
@@ -93,9 +105,9 @@ impl TransportError {
                 url: server.to_string(),
                 reason,
             },
-            TransportError::ForeignPeer { .. } | TransportError::OpenDirectory { .. } => {
-                ClientError::Untrusted(self.to_string())
-            }
+            TransportError::ForeignPeer { .. }
+            | TransportError::ForeignServer { .. }
+            | TransportError::OpenDirectory { .. } => ClientError::Untrusted(self.to_string()),
         }
     }
 }
@@ -180,6 +192,7 @@ pub async fn connect(server: &Server) -> Result<BoxStream, TransportError> {
             let stream = TcpStream::connect(address.as_str()).await.map_err(|e| {
                 TransportError::Unreachable(format!("cannot connect to {address}: {e}"))
             })?;
+            check_tcp_peer(&stream, address)?;
             // Small requests must not wait for Nagle's algorithm.
             let _ = stream.set_nodelay(true);
             Ok(Box::new(stream))
@@ -226,6 +239,26 @@ fn check_directory(path: &Path, dir: &Path, mode: u32) -> Result<(), TransportEr
         });
     }
     Ok(())
+}
+
+/// Refuses a server on this machine that a process of another user holds (not this user's,
+/// not root's): that user could be relaying the handshake to the real daemon, whose proofs
+/// then pass, and read or change everything that follows (another user who bound `[::1]:PORT`
+/// before the tunnel did, say, when `localhost` resolves there first). A server on another
+/// machine, or one the kernel cannot tell about, is not judged here.
+fn check_tcp_peer(stream: &TcpStream, address: &str) -> Result<(), TransportError> {
+    let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
+        return Ok(());
+    };
+    match zync_cli::peer_uid::lookup(local, peer) {
+        Ok(owner) if owner != 0 && owner != effective_uid() => Err(TransportError::ForeignServer {
+            address: address.to_string(),
+            peer,
+            owner,
+            me: effective_uid(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses a socket served by a process of another uid.

@@ -17,7 +17,7 @@ mod indexed_file;
 mod indexer;
 mod link;
 mod own;
-mod peer_uid;
+
 mod refusal;
 mod root;
 mod server;

@@ -16,8 +16,8 @@ use zync_proto::{ErrorCode, ErrorResponse, ServerMessage};
 use crate::admission::{Admission, Origin, Ticket};
 use crate::connection::Connection;
 use crate::handshake;
-use crate::peer_uid;
 use crate::shared::Shared;
+use zync_cli::peer_uid;
 
 /// At most this many authenticated clients are served at once; one more is told the daemon is
 /// busy.

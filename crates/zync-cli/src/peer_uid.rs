@@ -1,6 +1,8 @@
-//! Which user owns the other end of an accepted TCP connection, when that end is on this
-//! machine: admission keeps the daemon's own user's connections (the tunnel's `ssh`) safe from
-//! other users' (invariant 8, docs/ARCHITECTURE.md "Trust").
+//! Which user owns the other end of a TCP connection, when that end is on this machine: the
+//! daemon's admission keeps its own user's connections (the tunnel's `ssh`) safe from other
+//! users', and the client refuses a server on its machine that another user holds, who could
+//! relay the handshake to the real daemon and read everything (invariant 8,
+//! docs/ARCHITECTURE.md "Trust").
 //!
 //! The kernel is asked through sock_diag netlink: one request naming the peer's socket by its
 //! exact address and port pair, which the kernel answers from its connection hash table
@@ -10,8 +12,9 @@
 use std::io;
 use std::net::SocketAddr;
 
-/// The uid of the process that created the socket at the other end of the TCP connection
-/// this process accepted, `local` being its own address and `peer` the other end's.
+/// The uid of the process that created the socket at the other end of this process's TCP
+/// connection (accepted or connected), `local` being its own address and `peer` the other
+/// end's.
 ///
 /// Never blocks: the kernel answers the request before `sendto` returns, and the answer is
 /// read without waiting.
@@ -20,7 +23,7 @@ use std::net::SocketAddr;
 /// The owner is unknown: the peer is on another machine (or in another network namespace),
 /// has closed its socket already (a socket no process holds any more has no owner worth
 /// trusting), or the kernel could not be asked.
-pub(crate) fn lookup(local: SocketAddr, peer: SocketAddr) -> io::Result<u32> {
+pub fn lookup(local: SocketAddr, peer: SocketAddr) -> io::Result<u32> {
     imp::lookup(local, peer)
 }
 
