@@ -241,30 +241,4 @@ pub fn exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
 
-/// Another local user racing zync-apply: exchanges `a` and `b` (`renameat2(RENAME_EXCHANGE)`)
-/// again and again until `stop`, counting each exchange in `swaps`.
-pub fn exchange_until(
-    a: &Path,
-    b: &Path,
-    stop: &std::sync::atomic::AtomicBool,
-    swaps: &std::sync::atomic::AtomicU64,
-) {
-    use std::os::unix::ffi::OsStrExt;
-    use std::sync::atomic::Ordering;
-    let cstr = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).expect("no NUL");
-    let (a, b) = (cstr(a), cstr(b));
-    while !stop.load(Ordering::Relaxed) {
-        // SAFETY: both are NUL-terminated paths that outlive the call.
-        let rc = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                a.as_ptr(),
-                libc::AT_FDCWD,
-                b.as_ptr(),
-                libc::RENAME_EXCHANGE,
-            )
-        };
-        assert_eq!(rc, 0, "renameat2: {}", std::io::Error::last_os_error());
-        swaps.fetch_add(1, Ordering::Relaxed);
-    }
-}
+pub use zync_fs::race::exchange_until;

@@ -18,6 +18,8 @@ pub mod lock;
 pub mod meta;
 pub mod path;
 pub mod private;
+#[cfg(any(test, feature = "testkit"))]
+pub mod race;
 pub mod scan;
 mod space;
 #[cfg(test)]

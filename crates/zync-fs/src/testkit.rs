@@ -17,19 +17,7 @@ pub(crate) fn exchanging<T>(a: &Path, b: &Path, body: impl FnOnce() -> T) -> (T,
     let stop = AtomicBool::new(false);
     let swaps = AtomicU64::new(0);
     let out = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                rustix::fs::renameat_with(
-                    rustix::fs::CWD,
-                    a,
-                    rustix::fs::CWD,
-                    b,
-                    rustix::fs::RenameFlags::EXCHANGE,
-                )
-                .expect("exchange");
-                swaps.fetch_add(1, Ordering::Relaxed);
-            }
-        });
+        scope.spawn(|| crate::race::exchange_until(a, b, &stop, &swaps));
         let _stop = Stop(&stop);
         body()
     });

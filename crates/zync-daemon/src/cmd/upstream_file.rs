@@ -445,23 +445,7 @@ fn e_state(root: &Path, rel: &RelPath) -> EState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    /// `renameat2(a, b, RENAME_EXCHANGE)`.
-    fn exchange(a: &CString, b: &CString) -> bool {
-        // SAFETY: two valid NUL-terminated paths; the call reads nothing else.
-        unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                a.as_ptr(),
-                libc::AT_FDCWD,
-                b.as_ptr(),
-                libc::RENAME_EXCHANGE,
-            ) == 0
-        }
-    }
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     /// Another user on E swaps a directory of the tree for a symlink to a file of theirs
     /// while R pushes a path below it: what E has there is never the outside file (its
@@ -478,18 +462,13 @@ mod tests {
         std::fs::write(outside.join("f"), b"secret\n").expect("write");
         std::os::unix::fs::symlink(&outside, root.join("link")).expect("symlink");
         let secret = zync_fs::hash::hash_bytes(b"secret\n");
-        let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).expect("path");
-        let (a, b) = (c(&root.join("d")), c(&root.join("link")));
+        let (a, b) = (root.join("d"), root.join("link"));
         let rel = RelPath::parse("d/f").expect("rel");
-        let stop = AtomicBool::new(false);
+        let (stop, swaps) = (AtomicBool::new(false), AtomicU64::new(0));
         let mut leaked = 0;
         let mut files = 0;
         std::thread::scope(|scope| {
-            scope.spawn(|| {
-                while !stop.load(Ordering::Relaxed) {
-                    exchange(&a, &b);
-                }
-            });
+            scope.spawn(|| zync_fs::race::exchange_until(&a, &b, &stop, &swaps));
             for _ in 0..20_000 {
                 match e_state(&root, &rel) {
                     EState::File(sha) if sha == secret => leaked += 1,
@@ -501,5 +480,6 @@ mod tests {
         });
         assert_eq!(leaked, 0, "the outside file was hashed {leaked} times");
         assert!(files > 0, "the file of the tree was never seen");
+        assert!(swaps.load(Ordering::Relaxed) > 0, "nothing was swapped");
     }
 }
