@@ -271,12 +271,14 @@ async fn an_impostor_s_words_reach_r_s_terminal_only_made_visible() {
 }
 
 /// Relays one connection from `[::1]:PORT` (the port it prints first) to 127.0.0.1:`to`, as
-/// user nobody would; prints `auth True` when the client's AUTH went through it.
+/// user nobody would, accepting it only after the seconds its second argument says; prints
+/// `auth True` when the client's AUTH went through it.
 const RELAY: &str = r#"
-import socket, sys, threading
+import socket, sys, threading, time
 s = socket.socket(socket.AF_INET6)
 s.bind(("::1", 0)); s.listen(1)
 print(s.getsockname()[1], flush=True)
+time.sleep(float(sys.argv[2]))
 c, _ = s.accept()
 u = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 seen = []
@@ -299,20 +301,34 @@ print("auth", any(b"AUTH" in d for d in seen), flush=True)
 /// Another user on R holds the address the client connects to (here `[::1]:PORT`, as when
 /// `localhost` resolves there first and they bound it before the tunnel) and relays to the
 /// real daemon: the handshake's proofs would pass through, and the relay would read every
-/// file. The client sees who holds the server and refuses it before saying anything.
+/// file. The client sees who holds the server and refuses it before saying anything, also
+/// when the relay is slow to accept the connection (until it does, no process holds its end:
+/// the client once took that for a server it could not judge, and a busy machine's relay got
+/// through).
 #[test]
 fn a_relay_another_user_runs_on_r_is_refused_before_the_handshake() {
-    use std::io::BufRead;
-    use std::os::unix::process::CommandExt;
     assert!(
         is_root(),
         "this test relays as user nobody and must run as root (CI's .ci/run does)"
     );
     let f = fixture(&[]);
+    for delay in ["0", "1.5"] {
+        refuses_a_relay(&f, delay);
+    }
+    // The daemon itself, held by this user, is used.
+    f.client.once_ok(&f.daemon.url());
+    assert_same_tree(&f.e, &f.r, &[]);
+}
+
+/// A relay as nobody that accepts after `delay` seconds is refused, and nothing reaches R.
+fn refuses_a_relay(f: &Fixture, delay: &str) {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
     let mut relay = std::process::Command::new("/usr/bin/python3")
         .arg("-c")
         .arg(RELAY)
         .arg(f.daemon.port.to_string())
+        .arg(delay)
         .current_dir("/")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -336,7 +352,7 @@ fn a_relay_another_user_runs_on_r_is_refused_before_the_handshake() {
     let _ = relay.wait();
     assert!(
         !out.status.success(),
-        "the client synced through another user's relay:\n{log}"
+        "the client synced through another user's relay accepting after {delay} s:\n{log}"
     );
     assert!(
         log.contains("held by a process of uid 65534") && log.contains("ss -ltnp"),
@@ -347,9 +363,6 @@ fn a_relay_another_user_runs_on_r_is_refused_before_the_handshake() {
         "the client's AUTH went through the relay"
     );
     assert!(nothing_in(&f.r), "the client wrote on R through a relay");
-    // The daemon itself, held by this user, is used.
-    f.client.once_ok(&f.daemon.url());
-    assert_same_tree(&f.e, &f.r, &[]);
 }
 
 /// The size of the biggest file anywhere under `dir` (zync's temp files included).

@@ -22,7 +22,9 @@ use std::net::SocketAddr;
 /// # Errors
 /// The owner is unknown: the peer is on another machine (or in another network namespace),
 /// has closed its socket already (a socket no process holds any more has no owner worth
-/// trusting), or the kernel could not be asked.
+/// trusting), or the kernel could not be asked. [`io::ErrorKind::WouldBlock`]: the peer is on
+/// this machine and has not accepted the connection yet (it waits in its listener's queue,
+/// held by no process): ask again once it has.
 pub fn lookup(local: SocketAddr, peer: SocketAddr) -> io::Result<u32> {
     imp::lookup(local, peer)
 }
@@ -49,6 +51,12 @@ mod imp {
     /// `struct inet_diag_msg`: family, state, timer, retrans (one byte each), the socket id,
     /// then expires, rqueue, wqueue, uid and inode (u32 each).
     const MESSAGE: usize = 4 + SOCKID + 20;
+    /// Where `idiag_state` sits in `struct inet_diag_msg`.
+    const STATE_AT: usize = 1;
+    /// `TCP_ESTABLISHED`, `TCP_SYN_RECV` and `TCP_NEW_SYN_RECV` from the kernel's tcp_states.h.
+    const ESTABLISHED: u8 = 1;
+    const SYN_RECV: u8 = 3;
+    const NEW_SYN_RECV: u8 = 12;
     /// Where `idiag_uid` and `idiag_inode` sit in `struct inet_diag_msg`.
     const UID_AT: usize = 4 + SOCKID + 12;
     const INODE_AT: usize = UID_AT + 4;
@@ -264,6 +272,15 @@ mod imp {
         }
         let uid = u32_at(message, UID_AT).ok_or_else(short)?;
         let inode = u32_at(message, INODE_AT).ok_or_else(short)?;
+        let state = message.get(STATE_AT).copied().ok_or_else(short)?;
+        // Not accepted yet: a connection still in its listener's queue (or half-open, for
+        // which the kernel says uid 0) has no process yet. Whoever accepts it will.
+        if inode == 0 && matches!(state, ESTABLISHED | SYN_RECV | NEW_SYN_RECV) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the peer has not accepted the connection yet",
+            ));
+        }
         // Closed by its process already (orphaned, or in TIME_WAIT, for which the kernel says
         // uid 0): nobody owns it any more.
         if inode == 0 {
@@ -343,6 +360,30 @@ mod tests {
             Some(euid()),
             "mapped: {peer} -> {local}"
         );
+    }
+
+    /// A connection the server has not accepted yet is held by no process: the lookup says
+    /// to ask again (it said "closed", and a client took that for a server on another
+    /// machine, not judged), and gives the owner once the server accepted it.
+    #[test]
+    fn a_peer_that_has_not_accepted_yet_is_asked_about_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let server = listener.local_addr().expect("its address");
+        let client = TcpStream::connect(server).expect("connect");
+        let local = client.local_addr().expect("the client's address");
+        let start = Instant::now();
+        let queued = loop {
+            match lookup(local, server) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break e,
+                other => assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "a connection in the listener's queue: {other:?}"
+                ),
+            }
+        };
+        assert!(queued.to_string().contains("not accepted"), "{queued}");
+        let (_accepted, _) = listener.accept().expect("accept");
+        assert_eq!(lookup(local, server).ok(), Some(euid()));
     }
 
     #[test]

@@ -192,7 +192,7 @@ pub async fn connect(server: &Server) -> Result<BoxStream, TransportError> {
             let stream = TcpStream::connect(address.as_str()).await.map_err(|e| {
                 TransportError::Unreachable(format!("cannot connect to {address}: {e}"))
             })?;
-            check_tcp_peer(&stream, address)?;
+            check_tcp_peer(&stream, address).await?;
             // Small requests must not wait for Nagle's algorithm.
             let _ = stream.set_nodelay(true);
             Ok(Box::new(stream))
@@ -245,21 +245,43 @@ fn check_directory(path: &Path, dir: &Path, mode: u32) -> Result<(), TransportEr
 /// not root's): that user could be relaying the handshake to the real daemon, whose proofs
 /// then pass, and read or change everything that follows (another user who bound `[::1]:PORT`
 /// before the tunnel did, say, when `localhost` resolves there first). A server on another
-/// machine, or one the kernel cannot tell about, is not judged here.
-fn check_tcp_peer(stream: &TcpStream, address: &str) -> Result<(), TransportError> {
+/// machine, or one the kernel cannot tell about, is not judged here. A server on this machine
+/// that has not accepted the connection yet is waited for (up to [`ACCEPT_WAIT`]): until then
+/// no process holds its end, and a busy machine's relay is slow to accept.
+async fn check_tcp_peer(stream: &TcpStream, address: &str) -> Result<(), TransportError> {
     let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
         return Ok(());
     };
-    match zync_cli::peer_uid::lookup(local, peer) {
-        Ok(owner) if owner != 0 && owner != effective_uid() => Err(TransportError::ForeignServer {
-            address: address.to_string(),
-            peer,
-            owner,
-            me: effective_uid(),
-        }),
-        _ => Ok(()),
+    let start = std::time::Instant::now();
+    loop {
+        match zync_cli::peer_uid::lookup(local, peer) {
+            Ok(owner) if owner != 0 && owner != effective_uid() => {
+                return Err(TransportError::ForeignServer {
+                    address: address.to_string(),
+                    peer,
+                    owner,
+                    me: effective_uid(),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if start.elapsed() >= ACCEPT_WAIT {
+                    return Err(TransportError::Unreachable(format!(
+                        "the server at {address} ({peer}, on this machine) has not accepted the \
+                         connection after {} s, so who holds it cannot be told; check what \
+                         listens there (`ss -ltnp`) and try again",
+                        ACCEPT_WAIT.as_secs()
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            _ => return Ok(()),
+        }
     }
 }
+
+/// How long a server on this machine may take to accept the connection before the client can
+/// tell who holds it.
+const ACCEPT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Refuses a socket served by a process of another uid.
 fn check_peer(path: &Path, owner: u32, me: u32) -> Result<(), TransportError> {
