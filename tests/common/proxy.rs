@@ -55,6 +55,8 @@ struct Shared {
     corrupted: AtomicU64,
     /// Rename every GET_WINDOWS request on its way to the daemon ([`Proxy::hide_get_windows`]).
     hide_windows: AtomicBool,
+    /// Rename every GET_FILES request on its way to the daemon ([`Proxy::hide_get_files`]).
+    hide_files: AtomicBool,
     next_id: AtomicU64,
     conns: Mutex<Vec<Conn>>,
     /// Every JSON request clients sent, with the connection it came on, in the order the
@@ -178,6 +180,12 @@ impl Proxy {
         self.shared.hide_windows.store(true, Ordering::SeqCst);
     }
 
+    /// Plays a daemon that advertised GET_FILES and does not know it: the name of every
+    /// GET_FILES request is changed on its way, so the daemon answers `unknown_operation`.
+    pub fn hide_get_files(&self) {
+        self.shared.hide_files.store(true, Ordering::SeqCst);
+    }
+
     pub fn corrupted(&self) -> u64 {
         self.shared.corrupted.load(Ordering::SeqCst)
     }
@@ -188,7 +196,7 @@ impl Proxy {
         requests.iter().map(|(_, r)| r.clone()).collect()
     }
 
-    /// The paths whose content clients asked for (GET_FILE and GET_DELTA), in order, as
+    /// The paths whose content clients asked for (GET_FILE, GET_FILES and GET_DELTA), in order, as
     /// `dir/path`: what was downloaded, whole or as a delta. Fails unless a handshake went
     /// through the proxy since it started (or since [`Proxy::reset_counts`]), so that "nothing
     /// was downloaded" cannot pass because the client went around the proxy.
@@ -216,15 +224,22 @@ impl Proxy {
             .map(|conn| {
                 requests
                     .iter()
-                    .filter(|(c, r)| {
-                        c == conn && (r["operation"] == "GET_FILE" || r["operation"] == "GET_DELTA")
-                    })
-                    .map(|(_, r)| {
-                        format!(
-                            "{}/{}",
-                            r["dir"].as_str().unwrap_or_default(),
-                            r["path"].as_str().unwrap_or_default()
-                        )
+                    .filter(|(c, _)| c == conn)
+                    .flat_map(|(_, r)| {
+                        let dir = r["dir"].as_str().unwrap_or_default();
+                        let paths: Vec<&str> = match r["operation"].as_str() {
+                            Some("GET_FILE" | "GET_DELTA") => {
+                                vec![r["path"].as_str().unwrap_or_default()]
+                            }
+                            Some("GET_FILES") => r["files"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(|f| f["path"].as_str().unwrap_or_default())
+                                .collect(),
+                            _ => Vec::new(),
+                        };
+                        paths.into_iter().map(move |p| format!("{dir}/{p}"))
                     })
                     .collect()
             })
@@ -382,8 +397,12 @@ fn pump(
         }
         if to_client.is_some() {
             tamper.feed(&mut buf[..n], shared);
-        } else if shared.hide_windows.load(Ordering::SeqCst) {
-            renamer.feed(&mut buf[..n]);
+        } else {
+            let windows = shared.hide_windows.load(Ordering::SeqCst);
+            let files = shared.hide_files.load(Ordering::SeqCst);
+            if windows || files {
+                renamer.feed(&mut buf[..n], windows, files);
+            }
         }
         if n > 0 && to.write_all(&buf[..n]).is_err() {
             return;
@@ -502,8 +521,9 @@ impl ResponseTamper {
 }
 
 /// Follows a client's side of a connection (the HTTP upgrade request, then masked WebSocket
-/// frames) across reads, and turns "GET_WINDOWS" in a text frame's payload into "GET_WINDOWZ"
-/// as the bytes pass ([`Proxy::hide_get_windows`]).
+/// frames) across reads, and turns "GET_WINDOWS" or "GET_FILES" in a text frame's payload into
+/// "GET_WINDOWZ" or "GET_FILEZ" as the bytes pass ([`Proxy::hide_get_windows`],
+/// [`Proxy::hide_get_files`]).
 #[derive(Default)]
 struct RequestRenamer {
     upgraded: bool,
@@ -519,9 +539,10 @@ struct RequestRenamer {
 }
 
 impl RequestRenamer {
-    const NAME: &'static [u8] = b"GET_WINDOWS";
+    const WINDOWS: &'static [u8] = b"GET_WINDOWS";
+    const FILES: &'static [u8] = b"GET_FILES";
 
-    fn feed(&mut self, data: &mut [u8]) {
+    fn feed(&mut self, data: &mut [u8], windows: bool, files: bool) {
         let mut at = 0;
         while !self.upgraded && at < data.len() {
             self.tail.push(data[at]);
@@ -545,10 +566,12 @@ impl RequestRenamer {
             let plain = data[at] ^ self.mask[(self.index % 4) as usize];
             if self.text {
                 self.recent.push(plain);
-                if self.recent.len() > Self::NAME.len() {
+                if self.recent.len() > Self::WINDOWS.len() {
                     self.recent.remove(0);
                 }
-                if self.recent == Self::NAME {
+                if (windows && self.recent.ends_with(Self::WINDOWS))
+                    || (files && self.recent.ends_with(Self::FILES))
+                {
                     data[at] = b'Z' ^ self.mask[(self.index % 4) as usize];
                     self.recent.clear();
                 }

@@ -105,6 +105,7 @@ fn operations(proxy: &Proxy) -> Vec<String> {
 const WRITES: &[&str] = &[
     "ACK_CHANGES",
     "GET_FILE",
+    "GET_FILES",
     "GET_DELTA",
     "PREPARE_UPSTREAM",
     "UPSTREAM_FILE",

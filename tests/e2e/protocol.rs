@@ -502,3 +502,93 @@ async fn nothing_outside_the_root_is_served() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// GET_FILES of `files` (path, sha256) in `code`: the reply, then the payload of the one
+/// frame that must follow it with the request's id.
+async fn get_files(peer: &mut Peer, files: &[(&str, String)]) -> (Value, Vec<u8>) {
+    let files: Vec<Value> = files
+        .iter()
+        .map(|(path, sha256)| json!({"path": path, "sha256": sha256}))
+        .collect();
+    let reply = peer
+        .call(json!({"operation": "GET_FILES", "dir": "code", "files": files}))
+        .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let id = peer.last_id();
+    match peer.recv().await {
+        Frame::Binary(frame) => {
+            assert_eq!(frame[..8], id.to_be_bytes(), "the frame of another request");
+            (reply, frame[8..].to_vec())
+        }
+        other => panic!("expected the frame of GET_FILES {id}, got {other:?}"),
+    }
+}
+
+/// GET_FILES against the real daemon: each file is sent or refused alone, with GET_FILE's
+/// codes (nothing from outside the root, nothing of a version not asked for); a request for
+/// more files than allowed, or of a directory not served, is refused whole; the connection
+/// goes on.
+#[tokio::test]
+async fn get_files_sends_each_file_or_refuses_it_alone_and_nothing_outside_the_root() {
+    let f = fixture();
+    let (mut peer, welcome) = Peer::authenticated(&f.daemon, "protocol-test").await;
+    assert_eq!(welcome["get_files"], 256, "{welcome}");
+    let secret = sha256(b"SECRET outside the root\n");
+    let (reply, content) = get_files(
+        &mut peer,
+        &[
+            ("a.txt", sha256(b"hello\n")),
+            ("sub/c.txt", sha256(b"another version of c\n")),
+            ("../outside/secret.txt", secret.clone()),
+            ("outside-dir/secret.txt", secret.clone()),
+            ("outside-link", secret),
+            ("node_modules/x", sha256(b"ignored\n")),
+            ("nowhere.txt", sha256(b"")),
+            ("empty.txt", sha256(b"")),
+            ("sub/c.txt", sha256(b"c\n")),
+        ],
+    )
+    .await;
+    assert_eq!(
+        reply["sizes"],
+        json!([6, 0, 0, 0, 0, 0, 0, 0, 2]),
+        "{reply}"
+    );
+    let refused: Vec<(u64, &str)> = reply["refused"]
+        .as_array()
+        .expect("refusals")
+        .iter()
+        .map(|r| (r["at"].as_u64().unwrap(), r["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            (1, "stale"),
+            (2, "invalid_path"),
+            (3, "not_found"),
+            (4, "not_a_file"),
+            (5, "not_a_file"),
+            (6, "not_found"),
+        ],
+        "{reply}"
+    );
+    assert_eq!(content, b"hello\nc\n");
+
+    let many: Vec<Value> = (0..257)
+        .map(|_| json!({"path": "a.txt", "sha256": sha256(b"hello\n")}))
+        .collect();
+    let id = peer.id();
+    let request = json!({"id": id, "operation": "GET_FILES", "dir": "code", "files": many});
+    peer.expect_error(Message::text(request.to_string()), "too_large", Some(id))
+        .await;
+    peer.ping_ok().await;
+    let id = peer.id();
+    let request = json!({"id": id, "operation": "GET_FILES", "dir": "photos", "files": []});
+    peer.expect_error(Message::text(request.to_string()), "unknown_dir", Some(id))
+        .await;
+    peer.ping_ok().await;
+    // Nothing asked for: an empty frame still follows.
+    let (reply, content) = get_files(&mut peer, &[]).await;
+    assert_eq!((reply["sizes"].clone(), content.len()), (json!([]), 0));
+    peer.ping_ok().await;
+}

@@ -272,10 +272,75 @@ fn deletions_and_renames_of_files_with_the_same_content_leave_no_temp_file_on_r(
     assert_eq!(temp_files(&r), Vec::<String>::new(), "temp files left on R");
 }
 
+/// Small files go to the daemon a few hundred per GET_FILES; a daemon that advertised
+/// GET_FILES and answers it `unknown_operation` is asked one GET_FILE per file instead, and the
+/// sync still ends with R equal to E.
+#[test]
+fn small_files_are_asked_for_together_and_one_by_one_from_a_daemon_that_refuses_that() {
+    const FILES: usize = 600;
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    for i in 0..FILES {
+        write(
+            &e.join(format!("d{}/f{i:04}.txt", i % 4)),
+            format!("file {i}\n"),
+        );
+    }
+    write(&e.join("big.bin"), pseudo_random(600 << 10, 5));
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let ops = |proxy: &Proxy| -> Vec<String> {
+        proxy
+            .requests()
+            .iter()
+            .filter_map(|r| r["operation"].as_str().map(str::to_string))
+            .filter(|op| op.starts_with("GET_FILE"))
+            .collect()
+    };
+
+    let proxy = Proxy::to_port(daemon.port);
+    let r = tmp.path().join("r/code");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&proxy.url());
+    assert_same_tree(&e, &r, &[]);
+    let asked = ops(&proxy);
+    // 600 files in requests of at most 256, and the big one alone.
+    let together = asked.iter().filter(|op| *op == "GET_FILES").count();
+    assert!(
+        (3..=10).contains(&together) && asked.iter().filter(|op| *op == "GET_FILE").count() == 1,
+        "expected the small files in a few GET_FILES and big.bin by GET_FILE: {together} \
+         GET_FILES, {} GET_FILE",
+        asked.len() - together
+    );
+    let mut downloads = proxy.downloads();
+    downloads.sort();
+    assert_eq!(
+        downloads.len(),
+        FILES + 1,
+        "each file asked for once: {downloads:?}"
+    );
+
+    let proxy = Proxy::to_port(daemon.port);
+    proxy.hide_get_files();
+    let r = tmp.path().join("r2/code");
+    let client = ClientSpec::new(&tmp.path().join("client2"), &daemon, &[("code", &r)]);
+    client.once_ok(&proxy.url());
+    assert_same_tree(&e, &r, &[]);
+    let asked = ops(&proxy);
+    let count = |name: &str| asked.iter().filter(|op| *op == name).count();
+    // Those sent before the first refusal arrived (pipelined), then none.
+    let (refused, single) = (count("GET_FILEZ"), count("GET_FILE"));
+    assert!(
+        (1..=3).contains(&refused) && single == FILES + 1,
+        "expected a few refused GET_FILES, then every file by GET_FILE: {refused} refused, \
+         {single} GET_FILE"
+    );
+}
+
 /// Serving a download costs E no flush and few system calls per file: the client's
 /// acknowledgements and its presence are records for the status commands, written without a
 /// flush of the database each, and its directories are written only when they change; a
-/// GET_FILE checks its open file with one `fstat` and reads it with `pread`.
+/// GET_FILES (as GET_FILE) checks each open file with one `fstat` and reads it with `pread`.
 #[test]
 fn serving_a_download_flushes_nothing_on_e_and_costs_few_calls_per_file() {
     const FILES: usize = 300;

@@ -9,9 +9,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Bytes, Message};
 use tokio_tungstenite::WebSocketStream;
 use zync_proto::{
-    Auth, Challenge, DeltaHeader, DeltaPlan, ErrorCode, Event, FileHeader, GetDelta, GetFile,
-    GetWindows, Hello, Nonce, Op, Reply, Request, Role, ServerMessage, UpstreamFile,
-    UpstreamFileReply, Welcome, WindowHashes, WindowsReply,
+    Auth, Challenge, DeltaHeader, DeltaPlan, ErrorCode, Event, FileHeader, FilesReply, GetDelta,
+    GetFile, GetFiles, GetWindows, Hello, Nonce, Op, Reply, Request, Role, ServerMessage,
+    UpstreamFile, UpstreamFileReply, Welcome, WindowHashes, WindowsReply,
 };
 
 use crate::error::ClientError;
@@ -53,6 +53,8 @@ pub struct Connection {
     answer: Option<(u64, Result<Reply, ClientError>)>,
     /// The daemon answered a GET_WINDOWS `unknown_operation`: none is sent to it again.
     lacks_windows: bool,
+    /// The daemon answered a GET_FILES `unknown_operation`: files are asked for one by one.
+    lacks_get_files: bool,
 }
 
 /// The token, and where it came from for messages.
@@ -138,6 +140,7 @@ impl Connection {
             asked: None,
             answer: None,
             lacks_windows: false,
+            lacks_get_files: false,
             hello: Welcome {
                 protocol_version: 0,
                 index_id: String::new(),
@@ -145,6 +148,7 @@ impl Connection {
                 scanning: false,
                 server_version: String::new(),
                 pipelining: None,
+                get_files: None,
             },
         };
         let impostor = |why: String| ClientError::NotTheDaemon {
@@ -455,6 +459,44 @@ impl Connection {
         .await
     }
 
+    /// How many files one GET_FILES may ask this daemon for: what its AUTH reply advertised,
+    /// at most [`zync_proto::MAX_GET_FILES`]; 0 for a daemon that does not know GET_FILES
+    /// (files are then asked for one GET_FILE each).
+    pub fn get_files_limit(&self) -> usize {
+        if self.lacks_get_files {
+            return 0;
+        }
+        self.hello.get_files.map_or(0, |n| {
+            usize::try_from(n).map_or(zync_proto::MAX_GET_FILES, |n| {
+                n.min(zync_proto::MAX_GET_FILES)
+            })
+        })
+    }
+
+    /// Notes that the daemon does not know GET_FILES after all.
+    pub fn note_lacks_get_files(&mut self) {
+        self.lacks_get_files = true;
+    }
+
+    /// Queues a GET_FILES for the whole content of `files` of `dir`, each of the version it
+    /// names, without waiting (send it with [`Connection::flush`]): the reply and the one
+    /// frame of contents arrive through [`Connection::next_transfer`] as [`Transfer::Files`]
+    /// and [`Transfer::Chunk`].
+    ///
+    /// # Errors
+    /// A transport failure or a stalled send.
+    pub async fn request_files(
+        &mut self,
+        dir: &str,
+        files: Vec<zync_proto::WantedFile>,
+    ) -> Result<u64, ClientError> {
+        self.queue(Op::GetFiles(GetFiles {
+            dir: dir.to_string(),
+            files,
+        }))
+        .await
+    }
+
     /// Queues a GET_DELTA for a file R has an older version of, given that version's
     /// signature and window hashes ([`zync_fs::delta::signature_and_windows`]); answered like
     /// [`Connection::request_file`]. A daemon that does not know window hashes ignores them and
@@ -573,6 +615,7 @@ impl Connection {
                 }
                 Incoming::Text(ServerMessage::Ok(ok)) => match ok.reply {
                     Reply::GetFile(header) => return Ok(Transfer::Header(ok.id, header)),
+                    Reply::GetFiles(reply) => return Ok(Transfer::Files(ok.id, reply)),
                     Reply::GetDelta(header) => return Ok(Transfer::Delta(ok.id, header)),
                     Reply::GetWindows(reply) if self.asked != Some(ok.id) => {
                         return Ok(Transfer::Windows(ok.id, reply))
@@ -747,6 +790,8 @@ fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result
 pub enum Transfer {
     /// The file's header: what follows and what it must hash to.
     Header(u64, FileHeader),
+    /// GET_FILES's reply: the size of each file's content in the frame that follows.
+    Files(u64, FilesReply),
     /// A delta's header: the delta's size and what the rebuilt file must hash to.
     Delta(u64, DeltaHeader),
     /// GET_WINDOWS's answer: E's hashes of the file's windows.

@@ -566,7 +566,11 @@ impl<'a> Run<'a> {
         state: &mut ClientState,
     ) -> Result<DirReport, ClientError> {
         if self.lost.is_some() {
-            // The tunnel dropped: keep what arrived, the next attempt resumes from there.
+            // The tunnel dropped: keep what arrived, the next attempt resumes from there. Files
+            // that came whole with others are written as any that came whole.
+            for finished in self.pipeline.take_ready() {
+                self.finished(finished).await;
+            }
             for pending in self.pipeline.abandon().await {
                 pending.keep_partial();
             }

@@ -100,6 +100,7 @@ impl Connection {
                 requests: crate::inbox::MAX_PIPELINED_REQUESTS,
                 bytes: crate::inbox::MAX_PIPELINED_BYTES,
             }),
+            get_files: Some(zync_proto::MAX_GET_FILES as u32),
         });
         let id = self.auth_id;
         self.link

@@ -21,12 +21,13 @@ pub use ignored::{
 pub use kind::Kind;
 pub use message::{
     AckReply, Challenge, Change, ChangesReply, DeltaHeader, ErrorCode, ErrorResponse, Event,
-    FileHeader, FinalizeReply, LastSequence, OkResponse, Pipelining, Reply, ServerMessage,
-    SessionReply, UpstreamFileReply, Welcome, WindowsReply,
+    FileHeader, FilesReply, FinalizeReply, LastSequence, OkResponse, Pipelining, RefusedFile,
+    Reply, ServerMessage, SessionReply, UpstreamFileReply, Welcome, WindowsReply,
 };
 pub use request::{
-    AckChanges, Auth, DeltaPlan, FinalizeUpstream, GetChanges, GetDelta, GetFile, GetWindows,
-    Hello, Op, ParseError, PrepareUpstream, Request, UpstreamAction, UpstreamFile, WindowHashes,
+    AckChanges, Auth, DeltaPlan, FinalizeUpstream, GetChanges, GetDelta, GetFile, GetFiles,
+    GetWindows, Hello, Op, ParseError, PrepareUpstream, Request, UpstreamAction, UpstreamFile,
+    WantedFile, WindowHashes,
 };
 
 /// The protocol version this build speaks; the handshake refuses any other.
@@ -48,6 +49,10 @@ pub const MAX_TEXT_MESSAGE: usize = 4 << 20;
 
 /// The largest file-content payload in one binary frame, in bytes.
 pub const MAX_CHUNK: usize = 1 << 20;
+
+/// The most files one GET_FILES may ask for. Their contents, together, come in one binary frame:
+/// at most [`MAX_CHUNK`] bytes.
+pub const MAX_GET_FILES: usize = 256;
 
 /// Bytes before the payload in a binary frame: the request id, big-endian `u64`.
 pub const CHUNK_HEADER: usize = 8;

@@ -69,7 +69,33 @@ fn direct_reply(text: &str) -> Option<ServerMessage> {
         last_sequence: u64,
         more: bool,
     }
+    /// A GET_FILES reply with its envelope.
+    #[derive(Deserialize)]
+    struct FilesFrame {
+        status: String,
+        id: u64,
+        operation: String,
+        dir: String,
+        sizes: Vec<u64>,
+        #[serde(default)]
+        refused: Vec<RefusedFile>,
+    }
     let ok = |status: &str, operation: &str, name: &str| status == "ok" && operation == name;
+    if text.contains("\"GET_FILES\"") {
+        let f: FilesFrame = serde_json::from_str(text).ok()?;
+        if !ok(&f.status, &f.operation, "GET_FILES") {
+            return None;
+        }
+        let reply = FilesReply {
+            dir: f.dir,
+            sizes: f.sizes,
+            refused: f.refused,
+        };
+        return Some(ServerMessage::Ok(OkResponse {
+            id: f.id,
+            reply: Reply::GetFiles(reply),
+        }));
+    }
     if text.contains("\"GET_FILE\"") {
         let f: FileFrame = serde_json::from_str(text).ok()?;
         if !ok(&f.status, &f.operation, "GET_FILE") {
@@ -137,6 +163,8 @@ pub enum Reply {
     GetChanges(ChangesReply),
     /// GET_FILE's answer; `chunks` binary frames follow.
     GetFile(FileHeader),
+    /// GET_FILES's answer; one binary frame with the contents follows.
+    GetFiles(FilesReply),
     /// GET_DELTA's answer; `chunks` binary frames of the delta follow.
     GetDelta(DeltaHeader),
     /// GET_WINDOWS's answer.
@@ -215,6 +243,10 @@ pub struct Welcome {
     /// only after answering the current one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipelining: Option<Pipelining>,
+    /// The most files the daemon answers in one GET_FILES (at most
+    /// [`crate::MAX_GET_FILES`]). Absent from older daemons, which do not know GET_FILES.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub get_files: Option<u32>,
 }
 
 /// The window a daemon that reads ahead grants each connection (HELLO's `pipelining`).
@@ -309,6 +341,31 @@ pub struct FileHeader {
     pub mode: u32,
     /// Number of binary frames that follow, each at most [`crate::MAX_CHUNK`] bytes of payload.
     pub chunks: u64,
+}
+
+/// GET_FILES's answer: how many bytes of the one binary frame that follows are each file's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesReply {
+    /// The directory name.
+    pub dir: String,
+    /// One per file asked for, in the request's order: its size, the bytes of the frame that
+    /// are its content (the contents follow one another); 0 for a refused file.
+    pub sizes: Vec<u64>,
+    /// The files refused (none sent for them), by their place in the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<RefusedFile>,
+}
+
+/// A file of a GET_FILES that the daemon does not send, and why (the codes GET_FILE would
+/// answer with).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedFile {
+    /// Its place in the request's `files`, from 0.
+    pub at: u32,
+    /// Why, as GET_FILE's error would say.
+    pub code: ErrorCode,
+    /// What was wrong, for a person.
+    pub message: String,
 }
 
 /// GET_DELTA's answer: the file the delta rebuilds, and what the binary chunks that follow
@@ -514,6 +571,7 @@ mod tests {
                 scanning: true,
                 server_version: "0.1.0".into(),
                 pipelining: None,
+                get_files: None,
             }),
         }));
         round_trip(ServerMessage::Ok(OkResponse {
@@ -528,6 +586,7 @@ mod tests {
                     requests: 8192,
                     bytes: 8 << 20,
                 }),
+                get_files: Some(256),
             }),
         }));
         round_trip(ServerMessage::Ok(OkResponse {

@@ -40,6 +40,8 @@ pub enum Op {
     GetChanges(GetChanges),
     /// A file's content, streamed as binary chunks after the reply.
     GetFile(GetFile),
+    /// The whole content of many small files, in one binary frame after the reply.
+    GetFiles(GetFiles),
     /// A file's content as a delta against the client's version, streamed like GET_FILE's.
     GetDelta(GetDelta),
     /// The hashes of a file's windows, keyed with the client's key: which windows of its own
@@ -65,6 +67,7 @@ impl Op {
         "FLUSH",
         "GET_CHANGES",
         "GET_FILE",
+        "GET_FILES",
         "GET_DELTA",
         "GET_WINDOWS",
         "ACK_CHANGES",
@@ -83,6 +86,7 @@ impl Op {
             Op::Flush {} => "FLUSH",
             Op::GetChanges(_) => "GET_CHANGES",
             Op::GetFile(_) => "GET_FILE",
+            Op::GetFiles(_) => "GET_FILES",
             Op::GetDelta(_) => "GET_DELTA",
             Op::GetWindows(_) => "GET_WINDOWS",
             Op::AckChanges(_) => "ACK_CHANGES",
@@ -155,6 +159,27 @@ pub struct GetFile {
     /// Resume a partial download: send the content from this byte on (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+}
+
+/// GET_FILES: the whole content of up to [`crate::MAX_GET_FILES`] regular files of one
+/// directory, each of the version the client names, answered together in one binary frame of
+/// at most [`crate::MAX_CHUNK`] bytes (docs/PROTOCOL.md, GET_FILES).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetFiles {
+    /// The directory name.
+    pub dir: String,
+    /// The files wanted, in the order their contents come back.
+    pub files: Vec<WantedFile>,
+}
+
+/// One file of a GET_FILES: its path and the content the client wants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WantedFile {
+    /// The file's path relative to the directory, `/`-separated.
+    pub path: String,
+    /// Lowercase hex sha256 of the version wanted (from its change): when the index has
+    /// another, the file is refused `stale` and not read.
+    pub sha256: String,
 }
 
 /// GET_DELTA: the current content of a regular file as a delta against `signature`, the
@@ -446,6 +471,9 @@ impl Request {
         if let Some(request) = direct_get_file(text) {
             return Ok(request);
         }
+        if let Some(request) = direct_get_files(text) {
+            return Ok(request);
+        }
         let bad = |id, message: String| ParseError {
             id,
             code: ErrorCode::BadRequest,
@@ -522,9 +550,62 @@ fn direct_get_file(text: &str) -> Option<Request> {
     })
 }
 
+/// GET_FILES read straight into its type, as [`direct_get_file`] does: a request of hundreds
+/// of files through a JSON tree first costs several times more.
+fn direct_get_files(text: &str) -> Option<Request> {
+    #[derive(Deserialize)]
+    struct Frame {
+        id: u64,
+        operation: String,
+        dir: String,
+        files: Vec<WantedFile>,
+    }
+    if !text.contains("\"GET_FILES\"") {
+        return None;
+    }
+    let frame: Frame = serde_json::from_str(text).ok()?;
+    (frame.operation == "GET_FILES").then_some(Request {
+        id: frame.id,
+        op: Op::GetFiles(GetFiles {
+            dir: frame.dir,
+            files: frame.files,
+        }),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn get_files_reads_and_writes_as_the_general_path_does() {
+        let general = |text: &str| -> Request {
+            serde_json::from_value(serde_json::from_str(text).unwrap()).unwrap()
+        };
+        for text in [
+            r#"{"id":4,"operation":"GET_FILES","dir":"code","files":[{"path":"a","sha256":"ab"}]}"#,
+            r#"{"files":[],"dir":"d","operation":"GET_FILES","id":5,"extra":1}"#,
+            r#"{"id":7,"operation":"ACK_CHANGES","dir":"GET_FILES","sequence":3}"#,
+        ] {
+            assert_eq!(Request::parse(text).unwrap(), general(text), "{text}");
+        }
+        let err =
+            Request::parse(r#"{"id":8,"operation":"GET_FILES","dir":"d","files":[{"path":"a"}]}"#)
+                .unwrap_err();
+        assert_eq!((err.id, err.code), (Some(8), ErrorCode::BadRequest));
+        assert!(err.message.contains("sha256"), "{}", err.message);
+        let request = Request {
+            id: 3,
+            op: Op::GetFiles(GetFiles {
+                dir: "d".into(),
+                files: vec![WantedFile {
+                    path: "p".into(),
+                    sha256: "00".into(),
+                }],
+            }),
+        };
+        assert_eq!(Request::parse(&request.to_json()).unwrap(), request);
+    }
 
     #[test]
     fn get_file_reads_and_writes_as_the_general_path_does() {

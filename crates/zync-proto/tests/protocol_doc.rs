@@ -127,6 +127,7 @@ fn reply_name(reply: &Reply) -> &'static str {
         Reply::Flush(_) => "FLUSH",
         Reply::GetChanges(_) => "GET_CHANGES",
         Reply::GetFile(_) => "GET_FILE",
+        Reply::GetFiles(_) => "GET_FILES",
         Reply::GetDelta(_) => "GET_DELTA",
         Reply::GetWindows(_) => "GET_WINDOWS",
         Reply::AckChanges(_) => "ACK_CHANGES",

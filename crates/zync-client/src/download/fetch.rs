@@ -2,12 +2,12 @@
 //! small files costs a few round trips instead of one per file. The daemon answers requests in
 //! order; every frame carries its request id, so nothing here depends on that order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use std::io::Write;
 
 use zync_cli::progress::Progress;
-use zync_proto::{DeltaHeader, ErrorCode, FileHeader};
+use zync_proto::{DeltaHeader, ErrorCode, FileHeader, FilesReply, WantedFile};
 
 use zync_fs::AtomicFile;
 
@@ -173,9 +173,17 @@ pub struct Pipeline<'a> {
     /// Bytes asked for whose files have not reserved their space yet: the room a download
     /// about to be asked for must leave them.
     claimed: u64,
-    /// Downloads refused before they were asked for (no room for them on R's disk), reported
-    /// by [`Pipeline::next`].
-    refused: VecDeque<Finished>,
+    /// GET_FILES in flight, by request id: many small files in one request and one frame.
+    batches: HashMap<u64, Batch>,
+    /// The files of those: each counts in the window as a request would, so that a window
+    /// holds as many downloads (and as much memory) however they are asked for.
+    batched: usize,
+    /// Downloads that must go alone, by GET_FILE (the caller's indices): a daemon refused them
+    /// in a GET_FILES as too large for it.
+    alone: HashSet<usize>,
+    /// Downloads finished or refused before they were asked for (no room for them on R's
+    /// disk) or with others (a GET_FILES), reported by [`Pipeline::next`] one at a time.
+    ready: VecDeque<Finished>,
     window: Window,
     /// Counts bytes as chunks arrive, for the progress bar; hidden for small pages.
     progress: Progress,
@@ -194,7 +202,10 @@ impl<'a> Pipeline<'a> {
             request_bytes: 0,
             content_bytes: 0,
             claimed: 0,
-            refused: VecDeque::new(),
+            batches: HashMap::new(),
+            batched: 0,
+            alone: HashSet::new(),
+            ready: VecDeque::new(),
         }
     }
 
@@ -215,7 +226,10 @@ impl<'a> Pipeline<'a> {
 
     /// True when nothing is queued or in flight.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty() && self.inflight.is_empty() && self.refused.is_empty()
+        self.queue.is_empty()
+            && self.inflight.is_empty()
+            && self.batches.is_empty()
+            && self.ready.is_empty()
     }
 
     /// Sends queued requests while the window has room, once an eighth of it is free:
@@ -227,14 +241,15 @@ impl<'a> Pipeline<'a> {
     /// A transport failure.
     pub async fn fill(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
         let w = self.window;
-        let room = self.inflight.len() <= w.requests - w.requests / 8
+        let room = self.requests() <= w.requests - w.requests / 8
             && self.request_bytes <= w.request_bytes - w.request_bytes / 8
             && self.content_bytes <= w.content_bytes - w.content_bytes / 8;
         if !room {
             return Ok(());
         }
         let mut sent = false;
-        while let Some((_, pending)) = self.queue.front_mut() {
+        let limit = conn.get_files_limit();
+        while let Some((index, pending)) = self.queue.front_mut() {
             pending.prepare_delta();
             if pending.asks_windows() && (conn.lacks_windows() || pending.window_key().is_none()) {
                 pending.sign_later();
@@ -254,6 +269,13 @@ impl<'a> Pipeline<'a> {
                 continue;
             }
             let offset = pending.resume_offset();
+            if limit > 1 && offset == 0 && batchable(pending) && !self.alone.contains(index) {
+                if !self.fill_batch(conn, limit).await? {
+                    break;
+                }
+                sent = true;
+                continue;
+            }
             // A GET_WINDOWS is answered with a few KiB, not the file.
             let expected = if pending.asks_windows() {
                 0
@@ -261,10 +283,7 @@ impl<'a> Pipeline<'a> {
                 pending.remaining(offset)
             };
             let cost = 64 + self.dir.len() + pending.path().len() + pending.ask_bytes();
-            let full = self.inflight.len() >= w.requests
-                || self.request_bytes + cost > w.request_bytes
-                || self.content_bytes + expected > w.content_bytes;
-            if full && !self.inflight.is_empty() {
+            if self.is_full(cost, expected) {
                 break;
             }
             let Some((index, mut pending)) = self.queue.pop_front() else {
@@ -272,7 +291,7 @@ impl<'a> Pipeline<'a> {
             };
             // Checked at plan time alone; now again, with what the downloads before it take.
             if let Err(e) = pending.check_room(self.claimed) {
-                self.refused.push_back(Finished::Failed(index, e));
+                self.ready.push_back(Finished::Failed(index, e));
                 continue;
             }
             let ask = pending.take_ask();
@@ -335,10 +354,14 @@ impl<'a> Pipeline<'a> {
     /// A transport failure, a stall, or a daemon that breaks the protocol (more bytes than
     /// announced, a header that does not match the request): the caller reconnects.
     pub async fn next(&mut self, conn: &mut Connection) -> Result<Option<Finished>, ClientError> {
-        if let Some(refused) = self.refused.pop_front() {
-            return Ok(Some(refused));
+        if let Some(ready) = self.ready.pop_front() {
+            return Ok(Some(ready));
         }
         match conn.next_transfer().await? {
+            Transfer::Files(id, reply) => self.files_reply(id, reply),
+            Transfer::Chunk(id, data) if self.batches.contains_key(&id) => {
+                self.files_content(id, data)
+            }
             Transfer::Header(id, header) => {
                 let Some(slot) = self.inflight.get_mut(&id) else {
                     tracing::debug!(id, "skipped the header of a download no longer wanted");
@@ -589,10 +612,235 @@ impl<'a> Pipeline<'a> {
                     // An older daemon: no more GET_WINDOWS on this connection.
                     conn.note_lacks_windows();
                 }
+                if let Some(batch) = self.take_batch(id) {
+                    if unknown {
+                        // A daemon that advertised GET_FILES and does not know it: one by one.
+                        conn.note_lacks_get_files();
+                        for item in batch.items.into_iter().rev() {
+                            self.queue.push_front(item);
+                        }
+                        return Ok(None);
+                    }
+                    // The whole request refused (an unknown directory, the daemon's index
+                    // failing): each of its files is, for the same reason.
+                    for (index, _) in batch.items {
+                        self.ready
+                            .push_back(Finished::Failed(index, same_error(&e)));
+                    }
+                    return Ok(self.ready.pop_front());
+                }
                 Ok(self.failed(id, e))
             }
             Transfer::Answered => Ok(None),
         }
+    }
+
+    /// Downloads in flight: single ones and the files of GET_FILES.
+    fn requests(&self) -> usize {
+        self.inflight.len() + self.batched
+    }
+
+    /// True when a request of `cost` bytes for `expected` bytes of content does not fit in the
+    /// window, and something is in flight (the first request always goes).
+    fn is_full(&self, cost: usize, expected: u64) -> bool {
+        self.is_full_with(1, cost, expected)
+    }
+
+    /// [`Pipeline::is_full`] for a request of `files` downloads.
+    fn is_full_with(&self, files: usize, cost: usize, expected: u64) -> bool {
+        let w = self.window;
+        let full = self.requests() + files > w.requests
+            || self.request_bytes + cost > w.request_bytes
+            || self.content_bytes + expected > w.content_bytes;
+        full && self.requests() > 0
+    }
+
+    /// Sends one GET_FILES for the small whole files at the front of the queue, as many as
+    /// `limit`, one frame's worth of content and the window allow. False when the window had
+    /// no room for even one.
+    async fn fill_batch(
+        &mut self,
+        conn: &mut Connection,
+        limit: usize,
+    ) -> Result<bool, ClientError> {
+        let mut batch = Batch {
+            items: Vec::new(),
+            reply: None,
+            cost: 64 + self.dir.len(),
+            expected: 0,
+        };
+        let mut wanted = Vec::new();
+        // Whether anything left the queue: false means the window is full.
+        let mut took = false;
+        while batch.items.len() < limit {
+            let Some((index, pending)) = self.queue.front() else {
+                break;
+            };
+            if !batchable(pending) || self.alone.contains(index) || pending.resume_offset() > 0 {
+                break;
+            }
+            let size = pending.size();
+            // JSON escapes a byte of a path in at most six.
+            let cost = 32 + 6 * pending.path().len() + pending.sha256().len();
+            let text = batch.cost + cost;
+            if batch.expected + size > zync_proto::MAX_CHUNK as u64
+                || (!batch.items.is_empty() && text > MAX_BATCH_TEXT)
+                || self.is_full_with(batch.items.len() + 1, text, batch.expected + size)
+            {
+                break;
+            }
+            let Some((index, pending)) = self.queue.pop_front() else {
+                break;
+            };
+            took = true;
+            // Checked at plan time alone; now again, with what the downloads before it take.
+            if let Err(e) = pending.check_room(self.claimed + batch.expected) {
+                self.ready.push_back(Finished::Failed(index, e));
+                continue;
+            }
+            wanted.push(WantedFile {
+                path: pending.path().to_string(),
+                sha256: pending.sha256().to_string(),
+            });
+            batch.cost += cost;
+            batch.expected += size;
+            batch.items.push((index, pending));
+        }
+        if batch.items.is_empty() {
+            return Ok(took);
+        }
+        let id = conn.request_files(self.dir, wanted).await?;
+        self.batched += batch.items.len();
+        self.request_bytes += batch.cost;
+        self.content_bytes += batch.expected;
+        self.claimed += batch.expected;
+        self.batches.insert(id, batch);
+        Ok(true)
+    }
+
+    /// Takes a GET_FILES's reply: it must say, for each file asked for, that it is sent at the
+    /// planned size or why not.
+    fn files_reply(&mut self, id: u64, reply: FilesReply) -> Result<Option<Finished>, ClientError> {
+        let Some(batch) = self.batches.get_mut(&id) else {
+            tracing::debug!(id, "skipped the reply of a GET_FILES no longer wanted");
+            return Ok(None);
+        };
+        let asked = batch.items.len();
+        if batch.reply.is_some() || reply.sizes.len() != asked || reply.dir != self.dir {
+            return Err(ClientError::Protocol(format!(
+                "asked for {asked} files of {} in a GET_FILES, the daemon answers about {} of {}",
+                self.dir,
+                reply.sizes.len(),
+                zync_cli::visible::line(&reply.dir)
+            )));
+        }
+        let mut refused = vec![false; asked];
+        for r in &reply.refused {
+            match refused.get_mut(r.at as usize) {
+                Some(seen) if !*seen => *seen = true,
+                _ => {
+                    return Err(ClientError::Protocol(format!(
+                        "a GET_FILES reply refuses file {} of the {asked} asked for, or twice",
+                        r.at
+                    )))
+                }
+            }
+        }
+        for (i, (_, pending)) in batch.items.iter().enumerate() {
+            let size = reply.sizes[i];
+            if refused[i] && size != 0 {
+                return Err(ClientError::Protocol(format!(
+                    "{}: a GET_FILES reply refuses it and gives it {size} bytes",
+                    pending.path()
+                )));
+            }
+            if !refused[i] && size != pending.size() {
+                return Err(ClientError::Protocol(format!(
+                    "{}: the daemon announced {size} bytes of the version its changes listed as {} bytes (sha256 {})",
+                    pending.path(),
+                    pending.size(),
+                    pending.sha256()
+                )));
+            }
+        }
+        batch.reply = Some(reply);
+        Ok(None)
+    }
+
+    /// Takes a GET_FILES's frame of contents: each file sent is handed on whole
+    /// ([`Finished::Whole`]), each refused one fails with its reason (or goes alone, when too
+    /// large for the daemon's reply).
+    fn files_content(&mut self, id: u64, data: Bytes) -> Result<Option<Finished>, ClientError> {
+        let Some(batch) = self.batches.get(&id) else {
+            return Ok(None);
+        };
+        let Some(reply) = &batch.reply else {
+            return Err(ClientError::Protocol(
+                "the contents of a GET_FILES arrived before its reply".into(),
+            ));
+        };
+        let announced: u64 = reply.sizes.iter().sum();
+        if data.len() as u64 != announced {
+            return Err(ClientError::Protocol(format!(
+                "a GET_FILES reply announced {announced} bytes of content, its frame holds {}",
+                data.len()
+            )));
+        }
+        let Some(Batch {
+            items,
+            reply: Some(reply),
+            ..
+        }) = self.take_batch(id)
+        else {
+            return Ok(None);
+        };
+        let mut refusals: HashMap<u32, zync_proto::RefusedFile> =
+            reply.refused.into_iter().map(|r| (r.at, r)).collect();
+        let mut at = 0usize;
+        for (i, ((index, pending), size)) in items.into_iter().zip(reply.sizes).enumerate() {
+            if let Some(refusal) = u32::try_from(i).ok().and_then(|i| refusals.remove(&i)) {
+                if refusal.code == ErrorCode::TooLarge {
+                    self.alone.insert(index);
+                    self.queue.push_back((index, pending));
+                    continue;
+                }
+                let e = ClientError::Server {
+                    code: refusal.code,
+                    message: refusal.message,
+                };
+                self.ready.push_back(Finished::Failed(index, e));
+                continue;
+            }
+            // The sizes add up to the frame's length (checked above).
+            let len = size as usize;
+            let content = data.slice(at..at + len);
+            at += len;
+            self.progress.bytes(size);
+            let header = FileHeader {
+                dir: self.dir.to_string(),
+                path: pending.path().to_string(),
+                size,
+                offset: 0,
+                sha256: pending.sha256().to_string(),
+                // What a written file gets is its change's (`Pending::seal`).
+                mtime_ns: 0,
+                mode: 0,
+                chunks: 1,
+            };
+            self.ready
+                .push_back(Finished::Whole(index, pending, header, content));
+        }
+        Ok(self.ready.pop_front())
+    }
+
+    /// Takes a GET_FILES out of the window.
+    fn take_batch(&mut self, id: u64) -> Option<Batch> {
+        let batch = self.batches.remove(&id)?;
+        self.batched -= batch.items.len();
+        self.request_bytes -= batch.cost;
+        self.content_bytes -= batch.expected;
+        self.claimed -= batch.expected;
+        Some(batch)
     }
 
     /// A download the daemon refused, if it is still in flight.
@@ -659,15 +907,26 @@ impl<'a> Pipeline<'a> {
         Some(Finished::Failed(slot.index, error))
     }
 
+    /// Downloads that finished (or failed) and were not reported yet: what arrived whole with
+    /// others in a GET_FILES before the connection was lost is still written.
+    pub fn take_ready(&mut self) -> Vec<Finished> {
+        self.ready.drain(..).collect()
+    }
+
     /// The downloads cut off by a lost connection, to keep what arrived of them as partials;
     /// the queued ones are dropped and the pipeline is empty after.
     pub async fn abandon(&mut self) -> Vec<Box<Pending>> {
         self.queue.clear();
-        self.refused.clear();
+        self.ready.clear();
+        self.batched = 0;
         self.request_bytes = 0;
         self.content_bytes = 0;
         self.claimed = 0;
         let mut cut = Vec::with_capacity(self.inflight.len());
+        // Nothing of a GET_FILES is written before its frame came whole.
+        for (_, batch) in std::mem::take(&mut self.batches) {
+            cut.extend(batch.items.into_iter().map(|(_, pending)| pending));
+        }
         for (_, mut slot) in std::mem::take(&mut self.inflight) {
             if let Err(e) = settle(&mut slot).await {
                 tracing::debug!(path = slot.pending.path(), "{e}");
@@ -675,6 +934,36 @@ impl<'a> Pipeline<'a> {
             cut.push(slot.pending);
         }
         cut
+    }
+}
+
+/// The most request text one GET_FILES is made of (more files go in the next): a quarter of
+/// what either side takes in one message, whatever the paths' lengths and escapes.
+const MAX_BATCH_TEXT: usize = zync_proto::MAX_TEXT_MESSAGE / 4;
+
+/// A GET_FILES in flight: its files in the request's order, and its reply once it came.
+struct Batch {
+    items: Vec<(usize, Box<Pending>)>,
+    reply: Option<FilesReply>,
+    /// Bytes of request text, and of content expected, it holds of the window.
+    cost: usize,
+    expected: u64,
+}
+
+/// True when `pending` can be asked for in a GET_FILES: its whole content (no delta), small
+/// enough to be written whole ([`Method::Whole`]). Partials are resumed by GET_FILE.
+fn batchable(pending: &Pending) -> bool {
+    pending.asks_whole() && pending.size() < WRITE_BEHIND_MIN
+}
+
+/// A copy of a daemon's refusal of a whole GET_FILES, for each of its files.
+fn same_error(e: &ClientError) -> ClientError {
+    match e {
+        ClientError::Server { code, message } => ClientError::Server {
+            code: *code,
+            message: message.clone(),
+        },
+        other => ClientError::Protocol(other.to_string()),
     }
 }
 
@@ -715,10 +1004,14 @@ mod tests {
 
     const TOKEN: &str = "the token both ends hold";
 
-    /// Plays the daemon for one connection: proves itself with [`TOKEN`], then answers a
-    /// GET_FILE or GET_DELTA with `header` (its envelope filled in) and a chunk of each of
-    /// `frames`.
-    async fn daemon(listener: tokio::net::TcpListener, header: Value, frames: Vec<Vec<u8>>) {
+    /// What a fake daemon answers a request (after the handshake) with: the reply's fields
+    /// (the envelope's `id` is added; `status` and `operation` too, unless given), and the
+    /// payloads of the binary frames that follow it.
+    type Answer = Box<dyn Fn(&str, &Value) -> (Value, Vec<Vec<u8>>) + Send + Sync>;
+
+    /// Plays the daemon for one connection: proves itself with [`TOKEN`], advertises GET_FILES
+    /// when `get_files`, then answers each request as `answer` says.
+    async fn daemon(listener: tokio::net::TcpListener, get_files: bool, answer: Answer) {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
@@ -734,35 +1027,42 @@ mod tests {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            let mut reply = match op.as_str() {
+            let (mut reply, frames) = match op.as_str() {
                 "HELLO" => {
                     let nonce = |v: &Value| Nonce::from_hex(v.as_str().unwrap_or_default());
                     let client = nonce(&request["client_nonce"]).expect("a nonce");
                     let ours = Nonce::generate().expect("random");
                     let id = request["client_id"].as_str().unwrap_or_default();
                     let proof = zync_proto::proof(TOKEN, Role::Daemon, &client, &ours, id);
-                    json!({"protocol_version": zync_proto::PROTOCOL_VERSION,
+                    let hello = json!({"protocol_version": zync_proto::PROTOCOL_VERSION,
                            "daemon_nonce": ours.to_hex(), "daemon_proof": proof,
-                           "server_version": "test"})
+                           "server_version": "test"});
+                    (hello, Vec::new())
                 }
-                "AUTH" => json!({"protocol_version": zync_proto::PROTOCOL_VERSION,
+                "AUTH" => {
+                    let mut welcome = json!({"protocol_version": zync_proto::PROTOCOL_VERSION,
                                  "index_id": "test", "dirs": ["code"], "scanning": false,
-                                 "server_version": "test"}),
-                _ => header.clone(),
+                                 "server_version": "test"});
+                    if get_files {
+                        welcome["get_files"] = json!(zync_proto::MAX_GET_FILES);
+                    }
+                    (welcome, Vec::new())
+                }
+                _ => answer(&op, &request),
             };
-            reply["status"] = json!("ok");
+            if reply.get("status").is_none() {
+                reply["status"] = json!("ok");
+                reply["operation"] = json!(op);
+            }
             reply["id"] = request["id"].clone();
-            reply["operation"] = json!(op);
             if ws.send(Message::text(reply.to_string())).await.is_err() {
                 return;
             }
-            if op == "GET_FILE" || op == "GET_DELTA" {
-                let id = request["id"].as_u64().unwrap_or_default();
-                for frame in &frames {
-                    let chunk = zync_proto::encode_chunk(id, frame);
-                    if ws.send(Message::binary(chunk)).await.is_err() {
-                        return;
-                    }
+            let id = request["id"].as_u64().unwrap_or_default();
+            for frame in &frames {
+                let chunk = zync_proto::encode_chunk(id, frame);
+                if ws.send(Message::binary(chunk)).await.is_err() {
+                    return;
                 }
             }
         }
@@ -793,7 +1093,8 @@ mod tests {
             .await
             .expect("bind");
         let url = format!("ws://{}", listener.local_addr().expect("address"));
-        let serving = tokio::spawn(daemon(listener, header, frames));
+        let answer: Answer = Box::new(move |_, _| (header.clone(), frames.clone()));
+        let serving = tokio::spawn(daemon(listener, false, answer));
         let credentials = Credentials {
             token: Some(TOKEN.into()),
             source: "the test".into(),
@@ -938,6 +1239,309 @@ mod tests {
             "{:?}",
             names(&fetched.root)
         );
+    }
+
+    /// A connection to a [`daemon`] that advertises GET_FILES when `get_files`, answering as
+    /// `answer` says.
+    async fn connect(get_files: bool, answer: Answer) -> (Connection, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("ws://{}", listener.local_addr().expect("address"));
+        let serving = tokio::spawn(daemon(listener, get_files, answer));
+        let credentials = Credentials {
+            token: Some(TOKEN.into()),
+            source: "the test".into(),
+        };
+        let stall = Duration::from_secs(10);
+        let conn = Connection::open(&url, &credentials, "fetch-test", None, stall)
+            .await
+            .expect("handshake");
+        (conn, serving)
+    }
+
+    /// The download of `content` to `name` in `root`, where R has nothing.
+    fn planned(root: &Arc<Path>, name: &str, content: &[u8]) -> Box<Pending> {
+        let record = Synced {
+            kind: Kind::File,
+            size: content.len() as u64,
+            mtime_ns: 1_000_000_000,
+            mode: 0o644,
+            sha256: Some(zync_fs::hash_bytes(content)),
+            target: None,
+        };
+        let rel = RelPath::parse(name).expect("path");
+        Box::new(Pending::new(root, rel, Stat::Missing, false, record))
+    }
+
+    /// A window whose content is full of a GET_FILES in flight while files of an earlier one
+    /// wait to be reported: `fill` returns (it once asked for the next batch forever, finding
+    /// no room for it and files ready). Run on a thread of its own, so that a `fill` that never
+    /// returns fails the test instead of hanging it.
+    #[test]
+    fn fill_returns_when_the_window_is_full_and_files_are_ready() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let tmp = tempfile::tempdir().expect("tempdir");
+                let root: Arc<Path> = Arc::from(tmp.path());
+                let answer: Answer = Box::new(|_, request| panic!("unexpected {request}"));
+                let (mut conn, _serving) = connect(true, answer).await;
+                let window = Window {
+                    requests: 4096,
+                    request_bytes: 1 << 20,
+                    content_bytes: 100 << 10,
+                };
+                let mut pipeline = Pipeline::new("code", window, Progress::hidden());
+                let in_flight = Batch {
+                    items: vec![(1, planned(&root, "f1", &[b'x'; 80 << 10]))],
+                    reply: None,
+                    cost: 100,
+                    expected: 80 << 10,
+                };
+                pipeline.batches.insert(999, in_flight);
+                (pipeline.batched, pipeline.request_bytes) = (1, 100);
+                (pipeline.content_bytes, pipeline.claimed) = (80 << 10, 80 << 10);
+                let done = ClientError::Protocol("reported later".into());
+                pipeline.ready.push_back(Finished::Failed(2, done));
+                pipeline.push(0, planned(&root, "f0", &[b'y'; 25 << 10]));
+                let filled = pipeline.fill(&mut conn).await;
+                let _ = tx.send((filled.is_ok(), pipeline.queued()));
+            });
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(ended) => assert_eq!(ended, (true, 1), "the file that does not fit waits"),
+            Err(_) => panic!("fill never returned"),
+        }
+    }
+
+    /// How each of several files fetched at once from a daemon that knows GET_FILES ended, by
+    /// the caller's index: "whole <content>" (handed on whole, not written yet), "done", or the
+    /// daemon's code; or the error that ended the connection.
+    async fn fetch_files(contents: &[&[u8]], answer: Answer) -> Result<Vec<String>, ClientError> {
+        let names: Vec<String> = (0..contents.len()).map(|i| format!("f{i}")).collect();
+        fetch_named(&names, contents, answer).await
+    }
+
+    /// [`fetch_files`] of files named `names`.
+    async fn fetch_named(
+        names: &[String],
+        contents: &[&[u8]],
+        answer: Answer,
+    ) -> Result<Vec<String>, ClientError> {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root: Arc<Path> = Arc::from(tmp.path());
+        let (mut conn, serving) = connect(true, answer).await;
+        let mut pipeline = Pipeline::new("code", Window::for_daemon(None), Progress::hidden());
+        for (i, (name, content)) in names.iter().zip(contents).enumerate() {
+            pipeline.push(i, planned(&root, name, content));
+        }
+        let mut ended = vec![String::new(); contents.len()];
+        let result = async {
+            while !pipeline.is_empty() {
+                pipeline.fill(&mut conn).await?;
+                let (i, how) = match pipeline.next(&mut conn).await? {
+                    None => continue,
+                    Some(Finished::Whole(i, _, _, data)) => {
+                        (i, format!("whole {}", String::from_utf8_lossy(&data)))
+                    }
+                    Some(Finished::Done(i, ..)) => (i, "done".to_string()),
+                    Some(Finished::Delta(i, ..)) => (i, "delta".to_string()),
+                    Some(Finished::Failed(i, e)) => (i, format!("{e:?}")),
+                };
+                ended[i] = how;
+            }
+            Ok(ended)
+        }
+        .await;
+        drop(conn);
+        serving.abort();
+        result
+    }
+
+    /// A GET_FILES reply for `request`: each file sent as `sent` says (its content) or refused
+    /// with `code`; the frame holds the contents of those sent.
+    fn files_reply(request: &Value, sent: &[Result<&[u8], &str>]) -> (Value, Vec<Vec<u8>>) {
+        let asked = request["files"].as_array().map_or(0, Vec::len);
+        assert_eq!(asked, sent.len(), "{request}");
+        let mut frame = Vec::new();
+        let (mut sizes, mut refused) = (Vec::new(), Vec::new());
+        for (at, file) in sent.iter().enumerate() {
+            match file {
+                Ok(content) => {
+                    sizes.push(content.len());
+                    frame.extend_from_slice(content);
+                }
+                Err(code) => {
+                    sizes.push(0);
+                    refused.push(json!({"at": at, "code": code, "message": "refused"}));
+                }
+            }
+        }
+        let reply = json!({"dir": "code", "sizes": sizes, "refused": refused});
+        (reply, vec![frame])
+    }
+
+    /// Small files go to a daemon that knows GET_FILES in one request, each with the sha256 of
+    /// the version wanted; each comes back whole, or fails alone with the daemon's reason.
+    #[tokio::test]
+    async fn a_get_files_reply_hands_on_each_file_whole_and_each_refusal_alone() {
+        let contents: [&[u8]; 3] = [b"alpha", b"bravo", b""];
+        let answer: Answer = Box::new(move |op, request| {
+            assert_eq!(op, "GET_FILES", "{request}");
+            for (i, content) in contents.iter().enumerate() {
+                assert_eq!(request["files"][i]["path"], format!("f{i}"));
+                assert_eq!(
+                    request["files"][i]["sha256"],
+                    zync_fs::hash_bytes(content),
+                    "{request}"
+                );
+            }
+            files_reply(request, &[Ok(b"alpha"), Err("stale"), Ok(b"")])
+        });
+        let ended = fetch_files(&contents, answer)
+            .await
+            .expect("no protocol error");
+        assert_eq!(ended[0], "whole alpha");
+        assert!(ended[1].contains("Stale"), "{ended:?}");
+        assert_eq!(ended[2], "whole ");
+    }
+
+    /// A GET_FILES reply that does not say, for each file asked for, either its planned size
+    /// or why not, or whose frame is not what its sizes add up to, is a protocol error: no file
+    /// of it is handed on.
+    #[tokio::test]
+    async fn a_get_files_reply_that_does_not_add_up_is_a_protocol_error() {
+        type Make = fn(&Value) -> (Value, Vec<Vec<u8>>);
+        let cases: [(&str, &str, Make); 6] = [
+            ("one size too few", "answers about 1 of code", |_| {
+                (
+                    json!({"dir": "code", "sizes": [5]}),
+                    vec![b"alpha".to_vec()],
+                )
+            }),
+            ("a size other than planned", "announced 6 bytes", |_| {
+                (
+                    json!({"dir": "code", "sizes": [5, 6]}),
+                    vec![b"alphabravo!".to_vec()],
+                )
+            }),
+            (
+                "a refusal past the files",
+                "refuses file 2 of the 2",
+                |_| {
+                    let refused = json!([{"at": 2, "code": "stale", "message": "m"}]);
+                    let reply = json!({"dir": "code", "sizes": [5, 5], "refused": refused});
+                    (reply, vec![b"alphabravo".to_vec()])
+                },
+            ),
+            (
+                "the same file refused twice",
+                "refuses file 1 of the 2",
+                |_| {
+                    let once = json!({"at": 1, "code": "stale", "message": "m"});
+                    let reply = json!({"dir": "code", "sizes": [5, 0], "refused": [once, once]});
+                    (reply, vec![b"alpha".to_vec()])
+                },
+            ),
+            (
+                "a refused file with a size",
+                "refuses it and gives it 5 bytes",
+                |_| {
+                    let refused = json!([{"at": 1, "code": "stale", "message": "m"}]);
+                    let reply = json!({"dir": "code", "sizes": [5, 5], "refused": refused});
+                    (reply, vec![b"alphabravo".to_vec()])
+                },
+            ),
+            (
+                "a frame shorter than the sizes",
+                "10 bytes of content, its frame holds 9",
+                |_| {
+                    (
+                        json!({"dir": "code", "sizes": [5, 5]}),
+                        vec![b"alphabrav".to_vec()],
+                    )
+                },
+            ),
+        ];
+        for (case, expected, make) in cases {
+            let answer: Answer = Box::new(move |_, request| make(request));
+            match fetch_files(&[b"alpha", b"bravo"], answer).await {
+                Err(ClientError::Protocol(message)) => {
+                    assert!(message.contains(expected), "{case}: {message}")
+                }
+                other => panic!("{case}: expected a protocol error, got {other:?}"),
+            }
+        }
+    }
+
+    /// However long the paths and their escapes, a GET_FILES stays well within what the daemon
+    /// takes in one message: the files go in more requests instead.
+    #[tokio::test]
+    async fn long_paths_are_asked_for_in_more_get_files_each_within_one_message() {
+        let component = "\u{1}".repeat(250);
+        let names: Vec<String> = (0..zync_proto::MAX_GET_FILES)
+            .map(|i| format!("{}/f{i}", vec![component.as_str(); 15].join("/")))
+            .collect();
+        let contents = vec![&b"x"[..]; names.len()];
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lengths = Arc::clone(&seen);
+        let answer: Answer = Box::new(move |_, request| {
+            lengths
+                .lock()
+                .expect("lock")
+                .push(request.to_string().len());
+            let asked = request["files"].as_array().map_or(0, Vec::len);
+            files_reply(request, &vec![Ok(&b"x"[..]); asked])
+        });
+        let ended = fetch_named(&names, &contents, answer)
+            .await
+            .expect("no error");
+        assert!(ended.iter().all(|how| how == "whole x"), "{ended:?}");
+        let lengths = seen.lock().expect("lock").clone();
+        assert!(
+            lengths.len() >= 6 && lengths.iter().all(|&n| n <= MAX_BATCH_TEXT),
+            "requests of {lengths:?} bytes"
+        );
+    }
+
+    /// A file a GET_FILES reply refuses as too large for it is asked for alone, by GET_FILE;
+    /// a daemon that advertised GET_FILES and does not know it is asked one GET_FILE per file.
+    #[tokio::test]
+    async fn files_a_get_files_cannot_carry_go_by_get_file() {
+        let get_file = |request: &Value, content: &[u8]| {
+            let header = json!({"dir": "code", "path": request["path"], "size": content.len(),
+                   "offset": 0, "sha256": zync_fs::hash_bytes(content),
+                   "mtime_ns": 1_000_000_000_i64, "mode": 420, "chunks": 1});
+            (header, vec![content.to_vec()])
+        };
+        let answer: Answer = Box::new(move |op, request| match op {
+            "GET_FILES" => files_reply(request, &[Err("too_large"), Ok(b"bravo")]),
+            "GET_FILE" if request["path"] == "f0" => get_file(request, b"alpha"),
+            _ => panic!("unexpected {request}"),
+        });
+        let ended = fetch_files(&[b"alpha", b"bravo"], answer)
+            .await
+            .expect("no error");
+        assert_eq!(ended, ["whole alpha", "whole bravo"]);
+
+        let answer: Answer = Box::new(move |op, request| match op {
+            "GET_FILES" => (
+                json!({"status": "error", "code": "unknown_operation", "message": "no"}),
+                Vec::new(),
+            ),
+            "GET_FILE" if request["path"] == "f0" => get_file(request, b"alpha"),
+            "GET_FILE" => get_file(request, b"bravo"),
+            _ => panic!("unexpected {request}"),
+        });
+        let ended = fetch_files(&[b"alpha", b"bravo"], answer)
+            .await
+            .expect("no error");
+        assert_eq!(ended, ["whole alpha", "whole bravo"]);
     }
 
     /// What is in `root` (names).

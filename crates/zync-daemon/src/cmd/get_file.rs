@@ -304,21 +304,35 @@ fn open_for_get(
 /// reads (`pread`: no seek before each file's first chunk). A file shorter than `at + len` is an
 /// `UnexpectedEof` error.
 fn read_frame_at(file: &std::fs::File, id: u64, len: usize, at: u64) -> std::io::Result<Vec<u8>> {
-    use std::os::fd::AsRawFd;
     assert!(
         len <= zync_proto::MAX_CHUNK,
         "chunk of {len} bytes over the limit"
     );
     let mut frame = Vec::with_capacity(zync_proto::CHUNK_HEADER + len);
     frame.extend_from_slice(&id.to_be_bytes());
+    read_at_into(file, &mut frame, len, at)?;
+    Ok(frame)
+}
+
+/// Appends the `len` bytes of `file` at `at` to `buf`, read straight into its spare capacity
+/// (not zeroed first) with positioned reads. A file shorter than `at + len` is an
+/// `UnexpectedEof` error; `buf` then holds what was read of it.
+pub(crate) fn read_at_into(
+    file: &std::fs::File,
+    buf: &mut Vec<u8>,
+    len: usize,
+    at: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    buf.reserve(len);
     let mut read = 0usize;
     while read < len {
-        let spare = &mut frame.spare_capacity_mut()[..len - read];
+        let spare = &mut buf.spare_capacity_mut()[..len - read];
         let offset = at
             .checked_add(read as u64)
             .and_then(|o| libc::off_t::try_from(o).ok())
             .ok_or_else(|| std::io::Error::other(format!("offset {at} + {read} is too large")))?;
-        // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `frame`, and the
+        // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`, and the
         // descriptor is open for the life of `file`.
         let n = unsafe {
             libc::pread(
@@ -333,7 +347,7 @@ fn read_frame_at(file: &std::fs::File, id: u64, len: usize, at: u64) -> std::io:
             n if n > 0 => {
                 let n = n as usize;
                 // SAFETY: pread initialised the first `n` bytes of the spare capacity.
-                unsafe { frame.set_len(frame.len() + n) };
+                unsafe { buf.set_len(buf.len() + n) };
                 read += n;
             }
             _ => {
@@ -350,7 +364,7 @@ fn read_frame_at(file: &std::fs::File, id: u64, len: usize, at: u64) -> std::io:
             format!("{read} of {len} bytes at {at}"),
         ));
     }
-    Ok(frame)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod changes;
 mod delta;
 mod flush;
 mod get_file;
+mod get_files;
 mod ping;
 mod status;
 mod upstream_file;
@@ -17,8 +18,8 @@ mod upstream_prepare;
 mod windows;
 
 use zync_proto::{
-    AckChanges, ErrorCode, FinalizeUpstream, GetChanges, GetDelta, GetFile, GetWindows, Op,
-    PrepareUpstream, Request, UpstreamFile,
+    AckChanges, ErrorCode, FinalizeUpstream, GetChanges, GetDelta, GetFile, GetFiles, GetWindows,
+    Op, PrepareUpstream, Request, UpstreamFile,
 };
 
 use crate::context::Context;
@@ -40,6 +41,8 @@ pub(crate) enum Operation {
     Ack(AckChanges),
     /// GET_FILE (pipelined ones are answered in batches).
     GetFile(GetFile),
+    /// GET_FILES.
+    GetFiles(GetFiles),
     /// GET_DELTA.
     Delta(GetDelta),
     /// GET_WINDOWS.
@@ -91,6 +94,7 @@ impl Operation {
             Op::GetChanges(get) => Operation::Changes(get),
             Op::AckChanges(ack) => Operation::Ack(ack),
             Op::GetFile(get) => Operation::GetFile(get),
+            Op::GetFiles(get) => Operation::GetFiles(get),
             Op::GetDelta(get) => Operation::Delta(get),
             Op::GetWindows(get) => Operation::Windows(get),
             Op::PrepareUpstream(prepare) => Operation::PrepareUpstream(prepare),
@@ -100,7 +104,8 @@ impl Operation {
         Ok((id, operation))
     }
 
-    /// Runs request `id` and answers it: a reply, an error response, or (GET_FILE, GET_DELTA)
+    /// Runs request `id` and answers it: a reply, an error response, or (GET_FILE, GET_FILES,
+    /// GET_DELTA)
     /// a header and content frames. Returns false when the connection failed.
     pub(crate) async fn apply(self, id: u64, cx: &mut Context, link: &mut Link) -> bool {
         let answer = match self {
@@ -110,6 +115,7 @@ impl Operation {
             Operation::Changes(get) => changes::apply(cx, get).await,
             Operation::Ack(ack) => ack::apply(cx, ack).await,
             Operation::GetFile(get) => return get_file::apply(cx, link, id, get).await,
+            Operation::GetFiles(get) => return get_files::apply(cx, link, id, get).await,
             Operation::Delta(get) => return delta::apply(cx, link, id, get).await,
             Operation::Windows(get) => return windows::apply(cx, link, id, get).await,
             Operation::PrepareUpstream(prepare) => upstream_prepare::apply(cx, prepare).await,

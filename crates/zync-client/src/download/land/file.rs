@@ -129,6 +129,11 @@ impl Pending {
         matches!(self.delta.as_deref(), Some(Ask::Sign))
     }
 
+    /// True when the next request for this file asks for its whole content (no delta).
+    pub fn asks_whole(&self) -> bool {
+        self.delta.is_none()
+    }
+
     /// True when the next request for this file is a GET_WINDOWS.
     pub fn asks_windows(&self) -> bool {
         matches!(self.delta.as_deref(), Some(Ask::Windows))
