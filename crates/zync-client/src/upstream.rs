@@ -101,11 +101,28 @@ pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, 
             }
         }
         let abs = entry.path.to_path(&mapping.root);
-        let (sha, size) = zync_fs::hash_file(&abs).map_err(|source| ClientError::Io {
-            what: "read",
-            path: abs.display().to_string(),
-            source,
-        })?;
+        // The file the scan saw (through the root's directory handles), or nothing: a parent
+        // another user on R swapped for a symlink since leads elsewhere, and that file is not
+        // read (its sha256 would go to E as R's version of this path).
+        let identity = (entry.meta.device, entry.meta.inode);
+        let (sha, size) = match zync_fs::hash::hash_file_identified(&abs, identity) {
+            Ok(hashed) => (hashed.sha256, hashed.len),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(
+                    dir,
+                    path = %zync_cli::visible::line(entry.path.as_str()),
+                    "not sent: it changed while it was looked at ({e}); push again"
+                );
+                continue;
+            }
+            Err(source) => {
+                return Err(ClientError::Io {
+                    what: "read",
+                    path: abs.display().to_string(),
+                    source,
+                })
+            }
+        };
         if state.was_inflight(dir, entry.path.as_str(), &sha)? {
             // Written by a sync run that stopped before recording it: E's content, not R's.
             tracing::debug!(dir, path = %entry.path, "not sent: zync's own unrecorded download");
@@ -437,4 +454,54 @@ fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| format!("zync-client on {}", h.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    /// Another user on R who can write in the tree swaps a directory of it and a symlink to
+    /// elsewhere, again and again, while R's changes are collected for a push: a file outside
+    /// the tree is never hashed as R's version of a path (its sha256 would reach E).
+    #[test]
+    fn a_parent_swapped_for_a_symlink_never_makes_a_push_hash_a_file_elsewhere() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("d")).expect("mkdir");
+        std::fs::write(root.join("d/f"), b"ours\n").expect("write");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::fs::write(outside.join("f"), b"secret\n").expect("write");
+        std::os::unix::fs::symlink(&outside, root.join("link")).expect("symlink");
+        let secret = zync_fs::hash::hash_bytes(b"secret\n");
+        let state = ClientState::open_in_memory().expect("state");
+        let mapping = Mapping {
+            name: zync_fs::DirName::parse("code").expect("name"),
+            root: root.clone(),
+            own: Vec::new(),
+        };
+        let (a, b) = (root.join("d"), root.join("link"));
+        let (stop, swaps) = (AtomicBool::new(false), AtomicU64::new(0));
+        let (mut leaked, mut ours) = (0, 0);
+        std::thread::scope(|scope| {
+            scope.spawn(|| zync_fs::race::exchange_until(&a, &b, &stop, &swaps));
+            for _ in 0..3_000 {
+                for out in collect(&state, &mapping).expect("collect") {
+                    match out.sha256.as_deref() {
+                        Some(sha) if sha == secret => leaked += 1,
+                        Some(_) => ours += 1,
+                        None => {}
+                    }
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert_eq!(
+            leaked, 0,
+            "the outside file was hashed for a push {leaked} times"
+        );
+        assert!(ours > 0, "the file of the tree was never collected");
+        assert!(swaps.load(Ordering::Relaxed) > 0, "nothing was swapped");
+    }
 }

@@ -7,12 +7,18 @@
 //! open directory rather than by its full path: at daemon start over 100,000 unchanged files,
 //! path lookups and the generic walker's bookkeeping were most of the scan. The
 //! result does not depend on the number of threads.
+//!
+//! Each directory below the root is listed through a handle checked to be the directory its
+//! parent's listing saw (device and inode, [`Dir::open_seen`]): another user who can write in
+//! the tree and swaps a directory for a symlink to elsewhere while the walk goes on makes it
+//! skip that directory, never list the other one as the tree's (its files' sizes and hashes
+//! would reach the other machine as the tree's).
 
+use crate::beneath::Dir;
 use crate::ignore::{IgnoreRules, Ignored};
 use crate::meta::{is_missing, lstat, Meta, Stat};
 use crate::path::RelPath;
 use rayon::prelude::*;
-use std::fs::DirEntry;
 use std::io;
 use std::path::{Path, PathBuf};
 use zync_proto::Kind;
@@ -73,14 +79,14 @@ impl ScanResult {
 /// sorted by name. An unreadable directory is reported in [`ScanResult::errors`], not fatal.
 pub fn scan(root: &Path, rules: &IgnoreRules, under: Option<&RelPath>) -> ScanResult {
     let mut result = ScanResult::default();
-    let start = match under {
-        None => root.to_path_buf(),
+    let (start, identity) = match under {
+        None => (root.to_path_buf(), None),
         Some(under) => match start_under(root, rules, under, &mut result) {
-            Some(start) => start,
+            Some((start, identity)) => (start, Some(identity)),
             None => return result,
         },
     };
-    let listing = list_tree(rules, &start, under);
+    let listing = list_tree(rules, &start, identity, under);
     result.entries.extend(listing.entries);
     result.ignored.extend(listing.ignored);
     result.ignored.sort_unstable_by(|a, b| a.path.cmp(&b.path));
@@ -90,15 +96,15 @@ pub fn scan(root: &Path, rules: &IgnoreRules, under: Option<&RelPath>) -> ScanRe
     result
 }
 
-/// For a scan of `under`: adds `under` itself and returns the directory to walk, or `None` when
-/// there is nothing (more) to walk. `under` counts as existing only when every ancestor is a real
+/// For a scan of `under`: adds `under` itself and returns the directory to walk, with the
+/// device and inode it was seen with, or `None` when there is nothing (more) to walk. `under` counts as existing only when every ancestor is a real
 /// directory, so a symlinked parent is never followed.
 fn start_under(
     root: &Path,
     rules: &IgnoreRules,
     under: &RelPath,
     result: &mut ScanResult,
-) -> Option<PathBuf> {
+) -> Option<(PathBuf, (u64, u64))> {
     for ancestor in under.ancestors() {
         match lstat(&ancestor.to_path(root)) {
             Ok(Stat::Entry(m)) if m.kind == Kind::Dir => {}
@@ -126,6 +132,7 @@ fn start_under(
         }
     };
     let is_dir = meta.kind == Kind::Dir;
+    let identity = (meta.device, meta.inode);
     if let Some(ignored) = rules.ignored_by(under, is_dir) {
         // Ignored with an ancestor: that ancestor is the ignored path, not this one.
         if ignored.path == *under {
@@ -137,7 +144,7 @@ fn start_under(
         path: under.clone(),
         meta,
     });
-    is_dir.then_some(path)
+    is_dir.then_some((path, identity))
 }
 
 /// Something the walk could not read: the path at fault (`None` for the root itself) and
@@ -152,6 +159,10 @@ struct Listing {
     ignored: Vec<Ignored>,
 }
 
+/// A directory to list: its path, its path below the root, its slot in the listing, and the
+/// device and inode its parent's listing saw (`None` for the root, which is the user's choice).
+type ToList = (PathBuf, Option<RelPath>, usize, Option<(u64, u64)>);
+
 /// One listed directory: its children sorted by name, and for each child that is a directory,
 /// in the same order, where its own listing is kept.
 #[derive(Default)]
@@ -164,26 +175,37 @@ struct Listed {
 /// everything below it. One depth at a time, all directories of a depth in parallel; then the
 /// listings are put together in walk order. Neither step recurses, so the depth of a tree is
 /// no risk to the threads' stacks.
-fn list_tree(rules: &IgnoreRules, dir: &Path, rel: Option<&RelPath>) -> Listing {
+fn list_tree(
+    rules: &IgnoreRules,
+    dir: &Path,
+    identity: Option<(u64, u64)>,
+    rel: Option<&RelPath>,
+) -> Listing {
     let mut problems = Vec::new();
     let mut ignored = Vec::new();
     let mut listed: Vec<Listed> = vec![Listed::default()];
-    // The directories of the current depth: (path, path below the root, slot in `listed`).
-    let mut frontier: Vec<(PathBuf, Option<RelPath>, usize)> =
-        vec![(dir.to_path_buf(), rel.cloned(), 0)];
+    // The directories of the current depth.
+    let mut frontier: Vec<ToList> = vec![(dir.to_path_buf(), rel.cloned(), 0, identity)];
     let mut total = 0usize;
     while !frontier.is_empty() {
         let lists: Vec<(Vec<ScanEntry>, Vec<Problem>, Vec<Ignored>)> = frontier
             .par_iter()
-            .map(|(path, rel, _)| {
+            .map(|(path, rel, _, identity)| {
                 let mut problems = Vec::new();
                 let mut skipped = Vec::new();
-                let children = list_dir(rules, path, rel.as_ref(), &mut problems, &mut skipped);
+                let children = list_dir(
+                    rules,
+                    path,
+                    *identity,
+                    rel.as_ref(),
+                    &mut problems,
+                    &mut skipped,
+                );
                 (children, problems, skipped)
             })
             .collect();
         let mut next = Vec::new();
-        for ((path, _, slot), (children, found, skipped)) in frontier.into_iter().zip(lists) {
+        for ((path, _, slot, _), (children, found, skipped)) in frontier.into_iter().zip(lists) {
             problems.extend(found);
             ignored.extend(skipped);
             total += children.len();
@@ -196,6 +218,7 @@ fn list_tree(rules: &IgnoreRules, dir: &Path, rel: Option<&RelPath>) -> Listing 
                     path.join(child.path.file_name()),
                     Some(child.path.clone()),
                     sub,
+                    Some((child.meta.device, child.meta.inode)),
                 ));
             }
             listed[slot] = Listed { children, subdirs };
@@ -234,29 +257,39 @@ fn list_tree(rules: &IgnoreRules, dir: &Path, rel: Option<&RelPath>) -> Listing 
 fn list_dir(
     rules: &IgnoreRules,
     dir: &Path,
+    identity: Option<(u64, u64)>,
     rel: Option<&RelPath>,
     problems: &mut Vec<Problem>,
     ignored: &mut Vec<Ignored>,
 ) -> Vec<ScanEntry> {
-    let read = match std::fs::read_dir(dir) {
-        Ok(read) => read,
+    let opened = match identity {
+        // The root is the user's choice: it may be a symlink.
+        None => Dir::open_root(dir).map(Some).map_err(|e| match e {
+            crate::FsError::Io { source, .. } => source,
+            other => io::Error::other(other.to_string()),
+        }),
+        Some(identity) => Dir::open_seen(dir, identity),
+    };
+    let handle = match opened {
+        Ok(Some(handle)) => handle,
+        // Gone, or another directory than the one listed (swapped since): nothing to list.
+        Ok(None) => return Vec::new(),
         Err(e) if is_missing(&e) => return Vec::new(), // vanished mid-walk
         Err(e) => {
             problems.push((rel.cloned(), format!("cannot read {}: {e}", dir.display())));
             return Vec::new();
         }
     };
+    let names = match handle.entries() {
+        Ok(names) => names,
+        Err(e) if is_missing(&e) => return Vec::new(),
+        Err(e) => {
+            problems.push((rel.cloned(), format!("cannot read {}: {e}", dir.display())));
+            return Vec::new();
+        }
+    };
     let mut children = Vec::new();
-    for item in read {
-        let entry = match item {
-            Ok(entry) => entry,
-            Err(e) => {
-                // The listing stopped half-way: what it did not return is unknown.
-                problems.push((rel.cloned(), format!("cannot read {}: {e}", dir.display())));
-                break;
-            }
-        };
-        let name = entry.file_name();
+    for (name, kind) in names {
         let child = match name.to_str() {
             None => Err("not valid UTF-8".to_string()),
             Some(name) => match rel {
@@ -274,23 +307,24 @@ fn list_dir(
         };
         // The type from the directory listing (no stat): enough for the ignore rules, and an
         // ignored entry is never stat'ed.
-        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        let is_dir = kind == Some(Kind::Dir);
         if let Some(skipped) = rules.ignored_by(&child, is_dir) {
             ignored.push(skipped);
             continue;
         }
-        match stat_entry(&entry) {
+        // Relative to the open directory (`fstatat`): no lookup of the full path.
+        match handle.lstat(&name) {
             Ok(Stat::Entry(meta)) => children.push(ScanEntry { path: child, meta }),
             Ok(Stat::Missing) => {}
             Ok(Stat::Unsupported(what)) => {
                 tracing::debug!(
                     "skipping {}: unsupported file type ({what})",
-                    entry.path().display()
+                    dir.join(&name).display()
                 );
             }
             Err(e) => problems.push((
                 Some(child),
-                format!("cannot inspect {}: {e}", entry.path().display()),
+                format!("cannot inspect {}: {e}", dir.join(&name).display()),
             )),
         }
     }
@@ -299,22 +333,45 @@ fn list_dir(
     children
 }
 
-/// What [`lstat`] says about a listed entry, but stat'ed relative to its open directory
-/// (`fstatat`), which spares the kernel a lookup of every component of the full path.
-fn stat_entry(entry: &DirEntry) -> io::Result<Stat> {
-    let md = match entry.metadata() {
-        Ok(md) => md,
-        Err(e) if is_missing(&e) => return Ok(Stat::Missing),
-        Err(e) => return Err(e),
-    };
-    crate::meta::meta_from(&md, || std::fs::read_link(entry.path()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::{symlink, PermissionsExt};
+
+    /// Another user who can write in the tree swaps its directory `d` and a symlink to a
+    /// directory of theirs, again and again, while the tree is scanned: the scan never lists
+    /// their file as the tree's `d/f` (its size and hash would go to the other machine).
+    #[test]
+    fn a_directory_swapped_for_a_symlink_mid_scan_never_lists_what_it_leads_to() {
+        let bait = crate::testkit::Bait::new(b"edited here", b"theirs, outside the tree");
+        let crate::Stat::Entry(theirs) = &bait.seen else {
+            panic!("their file is not there");
+        };
+        let rules = IgnoreRules::new(&bait.root, &[], false).expect("rules");
+        let d = bait.root.join("d");
+        let ((leaked, ours), swaps) = crate::testkit::exchanging(&d, &bait.link, || {
+            let (mut leaked, mut ours) = (0, 0);
+            for _ in 0..30_000 {
+                for entry in scan(&bait.root, &rules, None).entries {
+                    if entry.meta.kind != Kind::File {
+                        continue;
+                    }
+                    if (entry.meta.device, entry.meta.inode) == (theirs.device, theirs.inode) {
+                        leaked += 1;
+                    } else {
+                        ours += 1;
+                    }
+                }
+            }
+            (leaked, ours)
+        });
+        assert_eq!(
+            leaked, 0,
+            "their file was listed {leaked} times ({swaps} swaps)"
+        );
+        assert!(ours > 0 && swaps > 0, "{ours} files of ours, {swaps} swaps");
+    }
 
     fn paths(result: &ScanResult) -> Vec<&str> {
         result.entries.iter().map(|e| e.path.as_str()).collect()
