@@ -111,32 +111,6 @@ impl Dir {
         }
     }
 
-    /// Opens the directory at `path` that a listing saw with `identity` (device, inode), not
-    /// through a symlink at its last component; `None` when nothing is there any more, or
-    /// when what opened is another directory: a parent another user swapped for a symlink
-    /// since the listing leads elsewhere, and nothing of that directory is read.
-    ///
-    /// # Errors
-    ///
-    /// Another I/O error opening or inspecting it.
-    pub fn open_seen(path: &Path, identity: (u64, u64)) -> io::Result<Option<Dir>> {
-        let fd = match rustix::fs::open(path, DIR_FLAGS, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Ok(None),
-            Err(e) => return Err(errno(e)),
-        };
-        let st = rustix::fs::fstat(&fd).map_err(errno)?;
-        // The fields' widths differ between targets.
-        #[allow(clippy::unnecessary_cast)]
-        if (st.st_dev as u64, st.st_ino as u64) != identity {
-            return Ok(None);
-        }
-        Ok(Some(Dir {
-            fd,
-            path: path.to_path_buf(),
-        }))
-    }
-
     /// Opens the directory `root/rel` will be written into (its parent, or the root).
     ///
     /// # Errors

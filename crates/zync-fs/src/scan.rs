@@ -8,19 +8,20 @@
 //! path lookups and the generic walker's bookkeeping were most of the scan. The
 //! result does not depend on the number of threads.
 //!
-//! Each directory below the root is listed through a handle checked to be the directory its
-//! parent's listing saw (device and inode, [`Dir::open_seen`]): another user who can write in
-//! the tree and swaps a directory for a symlink to elsewhere while the walk goes on makes it
-//! skip that directory, never list the other one as the tree's (its files' sizes and hashes
-//! would reach the other machine as the tree's).
+//! Each directory below the root is opened from the root's handle without following any
+//! symlink on the way ([`Dir::subdir`]: `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`), and
+//! its entries are stat'ed relative to that handle: another user who can write in the tree and
+//! swaps a directory for a symlink to elsewhere while the walk goes on makes it skip that
+//! directory, never list the other one as the tree's (its files' sizes and hashes would reach
+//! the other machine as the tree's). A directory replaced by another real one is listed as it
+//! is now.
 
 use crate::beneath::Dir;
 use crate::ignore::{IgnoreRules, Ignored};
-use crate::meta::{is_missing, lstat, Meta, Stat};
+use crate::meta::{is_missing, Meta, Stat};
 use crate::path::RelPath;
 use rayon::prelude::*;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use zync_proto::Kind;
 
 /// One entry found by [`scan`].
@@ -79,14 +80,21 @@ impl ScanResult {
 /// sorted by name. An unreadable directory is reported in [`ScanResult::errors`], not fatal.
 pub fn scan(root: &Path, rules: &IgnoreRules, under: Option<&RelPath>) -> ScanResult {
     let mut result = ScanResult::default();
-    let (start, identity) = match under {
-        None => (root.to_path_buf(), None),
-        Some(under) => match start_under(root, rules, under, &mut result) {
-            Some((start, identity)) => (start, Some(identity)),
-            None => return result,
-        },
+    // The root is the user's choice: it may be a symlink.
+    let base = match Dir::open_root(root) {
+        Ok(base) => base,
+        Err(crate::FsError::Io { source, .. }) if is_missing(&source) => return result,
+        Err(e) => {
+            result.record(None, format!("cannot read {}: {e}", root.display()));
+            return result;
+        }
     };
-    let listing = list_tree(rules, &start, identity, under);
+    if let Some(under) = under {
+        if !start_under(&base, rules, under, &mut result) {
+            return result;
+        }
+    }
+    let listing = list_tree(rules, &base, under);
     result.entries.extend(listing.entries);
     result.ignored.extend(listing.ignored);
     result.ignored.sort_unstable_by(|a, b| a.path.cmp(&b.path));
@@ -96,55 +104,53 @@ pub fn scan(root: &Path, rules: &IgnoreRules, under: Option<&RelPath>) -> ScanRe
     result
 }
 
-/// For a scan of `under`: adds `under` itself and returns the directory to walk, with the
-/// device and inode it was seen with, or `None` when there is nothing (more) to walk. `under` counts as existing only when every ancestor is a real
-/// directory, so a symlinked parent is never followed.
-fn start_under(
-    root: &Path,
-    rules: &IgnoreRules,
-    under: &RelPath,
-    result: &mut ScanResult,
-) -> Option<(PathBuf, (u64, u64))> {
-    for ancestor in under.ancestors() {
-        match lstat(&ancestor.to_path(root)) {
-            Ok(Stat::Entry(m)) if m.kind == Kind::Dir => {}
-            Ok(_) => return None,
-            Err(e) => {
-                let path = ancestor.to_path(root);
-                result.record(
-                    Some(ancestor),
-                    format!("cannot inspect {}: {e}", path.display()),
-                );
-                return None;
+/// For a scan of `under`: adds `under` itself; true when it is a directory to walk. It is
+/// looked at through its parent, opened from the root's handle `base` without following a
+/// symlink: a symlinked ancestor means there is nothing there to scan.
+fn start_under(base: &Dir, rules: &IgnoreRules, under: &RelPath, result: &mut ScanResult) -> bool {
+    let opened;
+    let parent = match under.parent() {
+        None => base,
+        Some(parent) => match base.subdir(&parent) {
+            Ok(dir) => {
+                opened = dir;
+                &opened
             }
-        }
-    }
-    let path = under.to_path(root);
-    let meta = match lstat(&path) {
+            Err(crate::FsError::Io { source, .. }) if is_missing(&source) => return false,
+            Err(crate::FsError::SymlinkInPath { .. } | crate::FsError::NotADirectory { .. }) => {
+                return false
+            }
+            Err(e) => {
+                result.record(Some(parent), format!("cannot inspect it: {e}"));
+                return false;
+            }
+        },
+    };
+    let meta = match parent.lstat(under.file_name()) {
         Ok(Stat::Entry(meta)) => meta,
-        Ok(_) => return None,
+        Ok(_) => return false,
         Err(e) => {
+            let path = parent.path_of(under.file_name());
             result.record(
                 Some(under.clone()),
                 format!("cannot inspect {}: {e}", path.display()),
             );
-            return None;
+            return false;
         }
     };
     let is_dir = meta.kind == Kind::Dir;
-    let identity = (meta.device, meta.inode);
     if let Some(ignored) = rules.ignored_by(under, is_dir) {
         // Ignored with an ancestor: that ancestor is the ignored path, not this one.
         if ignored.path == *under {
             result.ignored.push(ignored);
         }
-        return None;
+        return false;
     }
     result.entries.push(ScanEntry {
         path: under.clone(),
         meta,
     });
-    is_dir.then_some((path, identity))
+    is_dir
 }
 
 /// Something the walk could not read: the path at fault (`None` for the root itself) and
@@ -159,9 +165,9 @@ struct Listing {
     ignored: Vec<Ignored>,
 }
 
-/// A directory to list: its path, its path below the root, its slot in the listing, and the
-/// device and inode its parent's listing saw (`None` for the root, which is the user's choice).
-type ToList = (PathBuf, Option<RelPath>, usize, Option<(u64, u64)>);
+/// A directory to list: its path below the root (`None` for the root) and its slot in the
+/// listing.
+type ToList = (Option<RelPath>, usize);
 
 /// One listed directory: its children sorted by name, and for each child that is a directory,
 /// in the same order, where its own listing is kept.
@@ -175,37 +181,25 @@ struct Listed {
 /// everything below it. One depth at a time, all directories of a depth in parallel; then the
 /// listings are put together in walk order. Neither step recurses, so the depth of a tree is
 /// no risk to the threads' stacks.
-fn list_tree(
-    rules: &IgnoreRules,
-    dir: &Path,
-    identity: Option<(u64, u64)>,
-    rel: Option<&RelPath>,
-) -> Listing {
+fn list_tree(rules: &IgnoreRules, base: &Dir, rel: Option<&RelPath>) -> Listing {
     let mut problems = Vec::new();
     let mut ignored = Vec::new();
     let mut listed: Vec<Listed> = vec![Listed::default()];
     // The directories of the current depth.
-    let mut frontier: Vec<ToList> = vec![(dir.to_path_buf(), rel.cloned(), 0, identity)];
+    let mut frontier: Vec<ToList> = vec![(rel.cloned(), 0)];
     let mut total = 0usize;
     while !frontier.is_empty() {
         let lists: Vec<(Vec<ScanEntry>, Vec<Problem>, Vec<Ignored>)> = frontier
             .par_iter()
-            .map(|(path, rel, _, identity)| {
+            .map(|(rel, _)| {
                 let mut problems = Vec::new();
                 let mut skipped = Vec::new();
-                let children = list_dir(
-                    rules,
-                    path,
-                    *identity,
-                    rel.as_ref(),
-                    &mut problems,
-                    &mut skipped,
-                );
+                let children = list_dir(rules, base, rel.as_ref(), &mut problems, &mut skipped);
                 (children, problems, skipped)
             })
             .collect();
         let mut next = Vec::new();
-        for ((path, _, slot, _), (children, found, skipped)) in frontier.into_iter().zip(lists) {
+        for ((_, slot), (children, found, skipped)) in frontier.into_iter().zip(lists) {
             problems.extend(found);
             ignored.extend(skipped);
             total += children.len();
@@ -214,12 +208,7 @@ fn list_tree(
                 let sub = listed.len();
                 listed.push(Listed::default());
                 subdirs.push(sub);
-                next.push((
-                    path.join(child.path.file_name()),
-                    Some(child.path.clone()),
-                    sub,
-                    Some((child.meta.device, child.meta.inode)),
-                ));
+                next.push((Some(child.path.clone()), sub));
             }
             listed[slot] = Listed { children, subdirs };
         }
@@ -256,30 +245,32 @@ fn list_tree(
 /// ignored ones go to `ignored`.
 fn list_dir(
     rules: &IgnoreRules,
-    dir: &Path,
-    identity: Option<(u64, u64)>,
+    base: &Dir,
     rel: Option<&RelPath>,
     problems: &mut Vec<Problem>,
     ignored: &mut Vec<Ignored>,
 ) -> Vec<ScanEntry> {
-    let opened = match identity {
-        // The root is the user's choice: it may be a symlink.
-        None => Dir::open_root(dir).map(Some).map_err(|e| match e {
-            crate::FsError::Io { source, .. } => source,
-            other => io::Error::other(other.to_string()),
-        }),
-        Some(identity) => Dir::open_seen(dir, identity),
+    let opened;
+    let handle = match rel {
+        None => base,
+        // Never through a symlink, at any depth.
+        Some(rel) => match base.subdir(rel) {
+            Ok(dir) => {
+                opened = dir;
+                &opened
+            }
+            // Gone, or made a symlink or something else since its parent was listed.
+            Err(crate::FsError::Io { source, .. }) if is_missing(&source) => return Vec::new(),
+            Err(crate::FsError::SymlinkInPath { .. } | crate::FsError::NotADirectory { .. }) => {
+                return Vec::new()
+            }
+            Err(e) => {
+                problems.push((Some(rel.clone()), format!("cannot read it: {e}")));
+                return Vec::new();
+            }
+        },
     };
-    let handle = match opened {
-        Ok(Some(handle)) => handle,
-        // Gone, or another directory than the one listed (swapped since): nothing to list.
-        Ok(None) => return Vec::new(),
-        Err(e) if is_missing(&e) => return Vec::new(), // vanished mid-walk
-        Err(e) => {
-            problems.push((rel.cloned(), format!("cannot read {}: {e}", dir.display())));
-            return Vec::new();
-        }
-    };
+    let dir = handle.path();
     let names = match handle.entries() {
         Ok(names) => names,
         Err(e) if is_missing(&e) => return Vec::new(),
@@ -573,7 +564,7 @@ mod tests {
         assert!(result.errors.is_empty(), "errors: {:?}", result.errors);
         assert_eq!(result.entries.len(), 10, "{:?}", paths(&result));
         for entry in &result.entries {
-            let want = match lstat(&entry.path.to_path(r)).expect("lstat") {
+            let want = match crate::lstat(&entry.path.to_path(r)).expect("lstat") {
                 Stat::Entry(meta) => meta,
                 other => panic!("{}: {other:?}", entry.path),
             };
