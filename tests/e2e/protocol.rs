@@ -579,7 +579,7 @@ async fn get_files_sends_each_file_or_refuses_it_alone_and_nothing_outside_the_r
         .collect();
     let id = peer.id();
     let request = json!({"id": id, "operation": "GET_FILES", "dir": "code", "files": many});
-    peer.expect_error(Message::text(request.to_string()), "too_large", Some(id))
+    peer.expect_error(Message::text(request.to_string()), "bad_request", Some(id))
         .await;
     peer.ping_ok().await;
     let id = peer.id();

@@ -168,8 +168,45 @@ pub struct GetFile {
 pub struct GetFiles {
     /// The directory name.
     pub dir: String,
-    /// The files wanted, in the order their contents come back.
+    /// The files wanted, in the order their contents come back. More than
+    /// [`crate::MAX_GET_FILES`] fail the parse as soon as the one too many is read, so a
+    /// request of hundreds of thousands of tiny entries is not built in memory first.
+    #[serde(deserialize_with = "at_most_max_get_files")]
     pub files: Vec<WantedFile>,
+}
+
+/// Reads GET_FILES's `files`, refusing more than [`crate::MAX_GET_FILES`] of them without
+/// reading the rest.
+fn at_most_max_get_files<'de, D>(deserializer: D) -> Result<Vec<WantedFile>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<WantedFile>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an array of at most {} files", crate::MAX_GET_FILES)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut files = Vec::new();
+            while let Some(file) = seq.next_element()? {
+                if files.len() == crate::MAX_GET_FILES {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {} files; ask for the rest in another GET_FILES",
+                        crate::MAX_GET_FILES
+                    )));
+                }
+                files.push(file);
+            }
+            Ok(files)
+        }
+    }
+    deserializer.deserialize_seq(Bounded)
 }
 
 /// One file of a GET_FILES: its path and the content the client wants.
@@ -558,6 +595,7 @@ fn direct_get_files(text: &str) -> Option<Request> {
         id: u64,
         operation: String,
         dir: String,
+        #[serde(deserialize_with = "at_most_max_get_files")]
         files: Vec<WantedFile>,
     }
     if !text.contains("\"GET_FILES\"") {
@@ -589,6 +627,20 @@ mod tests {
         ] {
             assert_eq!(Request::parse(text).unwrap(), general(text), "{text}");
         }
+        let many: Vec<String> = (0..=crate::MAX_GET_FILES)
+            .map(|i| format!(r#"{{"path":"f{i}","sha256":"00"}}"#))
+            .collect();
+        let text = format!(
+            r#"{{"id":9,"operation":"GET_FILES","dir":"d","files":[{}]}}"#,
+            many.join(",")
+        );
+        let err = Request::parse(&text).unwrap_err();
+        assert_eq!((err.id, err.code), (Some(9), ErrorCode::BadRequest));
+        assert!(
+            err.message.contains("more than 256 files"),
+            "{}",
+            err.message
+        );
         let err =
             Request::parse(r#"{"id":8,"operation":"GET_FILES","dir":"d","files":[{"path":"a"}]}"#)
                 .unwrap_err();

@@ -21,18 +21,8 @@ use crate::refusal::Refusal;
 /// binary frame with the contents of those sent, one after another. Returns false when the
 /// connection failed.
 pub(crate) async fn apply(cx: &mut Context, link: &mut Link, id: u64, get: GetFiles) -> bool {
+    // At most MAX_GET_FILES files: more fail the request's parse (`bad_request`).
     let GetFiles { dir, files } = get;
-    if files.len() > zync_proto::MAX_GET_FILES {
-        let refusal = Refusal::new(
-            ErrorCode::TooLarge,
-            format!(
-                "GET_FILES asks for {} files; at most {} in one request",
-                files.len(),
-                zync_proto::MAX_GET_FILES
-            ),
-        );
-        return link.answer(id, Err(refusal)).await;
-    }
     // The directory is checked once: an unknown one refuses the request, not each file.
     if let Err(refusal) = cx.served(&dir) {
         return link.answer(id, Err(refusal)).await;
