@@ -73,22 +73,19 @@ pub(crate) fn open(
     dir: &str,
     rel: RelPath,
 ) -> Result<IndexedFile, Refusal> {
-    let entry = match index.get(dir, rel.as_str())? {
-        Some(e) if !e.deleted => e,
-        _ => {
+    let entry = match index.to_serve(dir, rel.as_str())? {
+        Some(e) => e,
+        None => {
             return Err(Refusal::new(
                 ErrorCode::NotFound,
                 format!("{rel} is not in the index"),
             ))
         }
     };
-    if entry.meta.kind != Kind::File {
+    if entry.kind != Kind::File {
         return Err(Refusal::new(
             ErrorCode::NotAFile,
-            format!(
-                "{rel} is a {}, not a regular file",
-                entry.meta.kind.as_str()
-            ),
+            format!("{rel} is a {}, not a regular file", entry.kind.as_str()),
         ));
     }
     let stale = |why: String| IndexedFile::stale_refusal(&rel, &why);
@@ -102,10 +99,10 @@ pub(crate) fn open(
         Ok(None) => return Err(stale("is no longer a regular file".to_string())),
         Err(e) => return Err(stale(format!("cannot be opened ({e})"))),
     };
-    let Some(sha256) = entry.meta.sha256.clone() else {
+    let Some(sha256) = entry.sha256 else {
         return Err(stale("has no checksum yet".to_string()));
     };
-    if opened.size != entry.meta.size || opened.mtime_ns != entry.meta.mtime_ns {
+    if opened.size != entry.size || opened.mtime_ns != entry.mtime_ns {
         return Err(stale("changed since it was indexed".to_string()));
     }
     let file = opened.file;
@@ -113,9 +110,9 @@ pub(crate) fn open(
         abs: rel.to_path(root),
         rel,
         file,
-        size: entry.meta.size,
-        mtime_ns: entry.meta.mtime_ns,
-        mode: entry.meta.mode,
+        size: entry.size,
+        mtime_ns: entry.mtime_ns,
+        mode: entry.mode,
         sha256,
     })
 }

@@ -64,6 +64,24 @@ pub struct ScanRow {
     pub target: Option<String>,
 }
 
+/// A live path as the daemon serves its content: what the file on disk must still be (size
+/// and mtime), its permission bits and its content hash. Read without the row's strings the
+/// daemon does not need for that (a lookup per file served: building an [`Entry`] was half of
+/// it, docs/PROFILE.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// File, directory or symlink.
+    pub kind: Kind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Permission bits.
+    pub mode: u32,
+    /// The content hash, once known.
+    pub sha256: Option<String>,
+}
+
 /// The columns [`entry_from_row`] reads, in its order (a macro, so that the statements below
 /// are constants: the daemon looks a row up per file it serves).
 macro_rules! entry_columns {
@@ -81,6 +99,33 @@ impl Index {
     /// An SQLite failure, or a row this build cannot read.
     pub fn get(&self, dir: &str, path: &str) -> Result<Option<Entry>> {
         get(self.conn(), dir, path)
+    }
+
+    /// The live (non-deleted) row of (dir, path) as the daemon serves it; `None` for no row or
+    /// a tombstone.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure, or a row this build cannot read.
+    pub fn to_serve(&self, dir: &str, path: &str) -> Result<Option<Served>> {
+        self.conn()
+            .prepare_cached(
+                "SELECT kind, size, mtime_ns, mode, sha256 FROM entries \
+                 WHERE dir = ?1 AND path = ?2 AND deleted = 0",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row((dir, path), |row| {
+                    Ok(Served {
+                        kind: row.get(0)?,
+                        size: u64_from_sql(row.get(1)?),
+                        mtime_ns: row.get(2)?,
+                        mode: row.get(3)?,
+                        sha256: row.get(4)?,
+                    })
+                })
+                .optional()
+            })
+            .with_ctx(|| format!("reading the index entry {dir}/{path}"))
     }
 
     /// All live (non-deleted) entries of dir whose path equals `under` or starts with
@@ -339,6 +384,36 @@ mod tests {
             .expect("changes")
             .is_empty());
         assert!(index.get("docs", "a").expect("get").is_none());
+    }
+
+    /// What the daemon serves from is the live row, as `get` has it; a tombstone or no row
+    /// is nothing to serve.
+    #[test]
+    fn to_serve_reads_the_live_row_as_get_does_and_nothing_for_a_tombstone() {
+        let mut index = Index::open_in_memory().expect("open");
+        let mut w = index.writer().expect("writer");
+        w.upsert("docs", "a", &file(7)).expect("upsert");
+        w.upsert("docs", "gone", &file(8)).expect("upsert");
+        w.tombstone("docs", "gone").expect("tombstone");
+        w.commit().expect("commit");
+        let full = index.get("docs", "a").expect("get").expect("a row");
+        let served = index
+            .to_serve("docs", "a")
+            .expect("to_serve")
+            .expect("a row");
+        assert_eq!(
+            served,
+            Served {
+                kind: full.meta.kind,
+                size: full.meta.size,
+                mtime_ns: full.meta.mtime_ns,
+                mode: full.meta.mode,
+                sha256: full.meta.sha256,
+            }
+        );
+        assert_eq!(index.to_serve("docs", "gone").expect("to_serve"), None);
+        assert_eq!(index.to_serve("docs", "never").expect("to_serve"), None);
+        assert_eq!(index.to_serve("pics", "a").expect("to_serve"), None);
     }
 
     #[test]

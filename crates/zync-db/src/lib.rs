@@ -27,7 +27,7 @@ mod writer;
 pub use client::{ClientBatch, ClientState, DirState, Failing, Synced};
 pub use error::{DbError, Result};
 
-pub use changes::{Entry, EntryMeta, ScanRow};
+pub use changes::{Entry, EntryMeta, ScanRow, Served};
 pub use clients::{Ack, ClientRecord};
 pub use conflict::{is_conflict, OnE};
 pub use ignored::{IgnoredCount, IgnoredPath};
