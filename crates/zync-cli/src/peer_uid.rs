@@ -57,6 +57,8 @@ mod imp {
     const ESTABLISHED: u8 = 1;
     const SYN_RECV: u8 = 3;
     const NEW_SYN_RECV: u8 = 12;
+    /// `TCP_LISTEN`.
+    const LISTEN: u8 = 10;
     /// Where `idiag_uid` and `idiag_inode` sit in `struct inet_diag_msg`.
     const UID_AT: usize = 4 + SOCKID + 12;
     const INODE_AT: usize = UID_AT + 4;
@@ -108,6 +110,19 @@ mod imp {
             out.extend_from_slice(&0u32.to_ne_bytes()); // any interface
             out.extend_from_slice(&INET_DIAG_NOCOOKIE.to_ne_bytes());
             out.extend_from_slice(&INET_DIAG_NOCOOKIE.to_ne_bytes());
+        }
+
+        /// True when `id` (a `struct inet_diag_sockid` from an answer) is the listener this
+        /// socket's port is served by: its port, and its address or any address.
+        fn is_listener_of(&self, id: &[u8]) -> bool {
+            let len = if i32::from(self.family) == libc::AF_INET {
+                4
+            } else {
+                16
+            };
+            let src = id.get(4..4 + len);
+            id.get(0..2) == Some(&self.sport.to_be_bytes()[..])
+                && (src == self.src.get(..len) || src.is_some_and(|a| a.iter().all(|&b| b == 0)))
         }
 
         /// True when `id` (a `struct inet_diag_sockid` from an answer) names this socket.
@@ -267,12 +282,21 @@ mod imp {
             return Err(protocol("an answer of an unexpected kind"));
         }
         let about = message.get(4..4 + SOCKID).unwrap_or_default();
-        if message.first() != Some(&id.family) || !id.is(about) {
-            return Err(protocol("the answer is about another socket"));
-        }
         let uid = u32_at(message, UID_AT).ok_or_else(short)?;
         let inode = u32_at(message, INODE_AT).ok_or_else(short)?;
         let state = message.get(STATE_AT).copied().ok_or_else(short)?;
+        if message.first() != Some(&id.family) {
+            return Err(protocol("the answer is about another socket"));
+        }
+        // With no connected socket for the pair (the server has not made one yet: a SYN
+        // cookie's connection is made when its first data arrives), the kernel answers with
+        // the listener the port is served by: whoever holds it accepts the connection.
+        if !id.is(about) {
+            if state == LISTEN && inode != 0 && id.is_listener_of(about) {
+                return Ok(uid);
+            }
+            return Err(protocol("the answer is about another socket"));
+        }
         // Not accepted yet: a connection still in its listener's queue (or half-open, for
         // which the kernel says uid 0) has no process yet. Whoever accepts it will.
         if inode == 0 && matches!(state, ESTABLISHED | SYN_RECV | NEW_SYN_RECV) {
@@ -359,6 +383,24 @@ mod tests {
             lookup(local, peer).ok(),
             Some(euid()),
             "mapped: {peer} -> {local}"
+        );
+    }
+
+    /// With no connected socket for a pair on this machine, the kernel answers with the
+    /// listener of the peer's port: its owner is the one who would accept the connection (a
+    /// server that has not made the connection's socket yet, as with SYN cookies, is judged
+    /// by its listener, not let through).
+    #[test]
+    fn a_peer_port_with_only_a_listener_is_judged_by_the_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let server = listener.local_addr().expect("its address");
+        let stranger = SocketAddr::from(([127, 0, 0, 1], 9));
+        assert_eq!(lookup(stranger, server).ok(), Some(euid()), "{server}");
+        drop(listener);
+        let gone = lookup(stranger, server);
+        assert!(
+            gone.is_err(),
+            "a port nobody listens on is owned by {gone:?}"
         );
     }
 
