@@ -81,7 +81,15 @@ pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, 
         tracing::warn!(dir, "{error}");
     }
     let mut out = Vec::new();
-    for entry in scan.entries {
+    // What the scan found, for the deletions below: judged from the scan's own look (through
+    // the root's handles), not from a second look by path, which a swapped parent could
+    // redirect (a file elsewhere missing, and R's file sent to E as deleted).
+    let present: std::collections::HashSet<String> = scan
+        .entries
+        .iter()
+        .map(|e| e.path.as_str().to_string())
+        .collect();
+    for entry in scan.entries.iter() {
         if entry.meta.kind != Kind::File
             || zync_fs::is_conflict_copy(entry.path.file_name())
             || mapping.own.contains(&entry.path.to_path(&mapping.root))
@@ -107,7 +115,9 @@ pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, 
         let identity = (entry.meta.device, entry.meta.inode);
         let (sha, size) = match zync_fs::hash::hash_file_identified(&abs, identity) {
             Ok(hashed) => (hashed.sha256, hashed.len),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Gone, another file, no longer a regular file, or a parent no longer a
+            // directory: not the file the scan saw.
+            Err(e) if is_not_the_file_seen(&e) => {
                 tracing::warn!(
                     dir,
                     path = %zync_cli::visible::line(entry.path.as_str()),
@@ -136,7 +146,7 @@ pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, 
         }
         out.push(Outgoing {
             dir: dir.to_string(),
-            path: entry.path,
+            path: entry.path.clone(),
             action: UpstreamAction::Write,
             mode,
             size,
@@ -155,10 +165,7 @@ pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, 
         if rules.is_ignored(&rel, false) {
             continue;
         }
-        if matches!(
-            zync_fs::lstat(&rel.to_path(&mapping.root)),
-            Ok(Stat::Missing)
-        ) {
+        if !present.contains(rel.as_str()) && scan.covers(&rel) {
             out.push(Outgoing {
                 dir: dir.to_string(),
                 path: rel,
@@ -172,6 +179,15 @@ pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, 
         }
     }
     Ok(out)
+}
+
+/// True when hashing a file the scan listed found another one, or none: it went, it is no
+/// longer a regular file, or a directory on its path is no longer one (swapped for a symlink).
+fn is_not_the_file_seen(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidInput
+    ) || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR))
 }
 
 /// Sends `changes` as one session; nothing is sent (and no session made) when empty.
@@ -460,6 +476,55 @@ fn hostname() -> Option<String> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    /// Deletions are what the scan did not find of what was synced, and only where the scan
+    /// could look: a file present is not deleted, one gone is, and nothing under a directory
+    /// the rules ignore (the scan does not go in) is taken for deleted.
+    #[test]
+    fn a_push_deletes_what_the_scan_did_not_find_where_it_looked() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("keep")).expect("mkdir");
+        std::fs::create_dir_all(root.join("skipped")).expect("mkdir");
+        std::fs::write(root.join("keep/f"), b"kept\n").expect("write");
+        std::fs::write(root.join("skipped/x"), b"ignored\n").expect("write");
+        std::fs::write(root.join(".zyncignore"), b"skipped/\n").expect("write");
+        let mut state = ClientState::open_in_memory().expect("state");
+        let meta = |path: &str| {
+            let m = std::fs::metadata(root.join(path)).ok();
+            zync_db::Synced {
+                kind: Kind::File,
+                size: m.as_ref().map_or(3, |m| m.len()),
+                mtime_ns: m.as_ref().map_or(1, |m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.mtime() * 1_000_000_000 + m.mtime_nsec()
+                }),
+                mode: 0o644,
+                sha256: Some("ab".repeat(32)),
+                target: None,
+            }
+        };
+        let rows: Vec<(&str, zync_db::Synced)> = ["keep/f", "gone/g", "skipped/x", "skipped/y"]
+            .into_iter()
+            .map(|p| (p, meta(p)))
+            .collect();
+        let mut batch = state.batch().expect("batch");
+        let refs: Vec<(&str, &zync_db::Synced)> = rows.iter().map(|(p, s)| (*p, s)).collect();
+        batch.set_synced_many("code", &refs).expect("record");
+        batch.commit().expect("commit");
+        let mapping = Mapping {
+            name: zync_fs::DirName::parse("code").expect("name"),
+            root: root.clone(),
+            own: Vec::new(),
+        };
+        let deleted: Vec<String> = collect(&state, &mapping)
+            .expect("collect")
+            .into_iter()
+            .filter(|o| o.action == UpstreamAction::Delete)
+            .map(|o| o.path.to_string())
+            .collect();
+        assert_eq!(deleted, ["gone/g"]);
+    }
 
     /// Another user on R who can write in the tree swaps a directory of it and a symlink to
     /// elsewhere, again and again, while R's changes are collected for a push: a file outside

@@ -21,6 +21,7 @@ use crate::ignore::{IgnoreRules, Ignored};
 use crate::meta::{is_missing, Meta, Stat};
 use crate::path::RelPath;
 use rayon::prelude::*;
+use std::io;
 use std::path::Path;
 use zync_proto::Kind;
 
@@ -85,7 +86,7 @@ pub fn scan(root: &Path, rules: &IgnoreRules, under: Option<&RelPath>) -> ScanRe
         Ok(base) => base,
         Err(crate::FsError::Io { source, .. }) if is_missing(&source) => return result,
         Err(e) => {
-            result.record(None, format!("cannot read {}: {e}", root.display()));
+            result.record(None, e.to_string());
             return result;
         }
     };
@@ -121,7 +122,7 @@ fn start_under(base: &Dir, rules: &IgnoreRules, under: &RelPath, result: &mut Sc
                 return false
             }
             Err(e) => {
-                result.record(Some(parent), format!("cannot inspect it: {e}"));
+                result.record(Some(parent), e.to_string());
                 return false;
             }
         },
@@ -259,13 +260,31 @@ fn list_dir(
                 opened = dir;
                 &opened
             }
-            // Gone, or made a symlink or something else since its parent was listed.
-            Err(crate::FsError::Io { source, .. }) if is_missing(&source) => return Vec::new(),
-            Err(crate::FsError::SymlinkInPath { .. } | crate::FsError::NotADirectory { .. }) => {
+            // Gone since its parent was listed: so is what it held. (Not ENOTDIR or ELOOP: a
+            // directory that was a symlink for an instant, swapped back since, says that.)
+            Err(crate::FsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                 return Vec::new()
             }
+            // Made a symlink or something else since its parent was listed: what it held is
+            // not known, so not taken for deleted (the change that made it so brings a look).
+            Err(
+                crate::FsError::SymlinkInPath { path } | crate::FsError::NotADirectory { path },
+            ) => {
+                problems.push((
+                    Some(rel.clone()),
+                    format!(
+                        "{} changed while it was scanned (it is no longer a directory); it is \
+                         looked at again with the next change there",
+                        path.display()
+                    ),
+                ));
+                return Vec::new();
+            }
             Err(e) => {
-                problems.push((Some(rel.clone()), format!("cannot read it: {e}")));
+                problems.push((
+                    Some(rel.clone()),
+                    format!("{e}; it is looked at again with the next change there"),
+                ));
                 return Vec::new();
             }
         },
@@ -341,27 +360,80 @@ mod tests {
         };
         let rules = IgnoreRules::new(&bait.root, &[], false).expect("rules");
         let d = bait.root.join("d");
-        let ((leaked, ours), swaps) = crate::testkit::exchanging(&d, &bait.link, || {
-            let (mut leaked, mut ours) = (0, 0);
+        let f = RelPath::parse("d/f").expect("path");
+        let ((leaked, ours, lost), swaps) = crate::testkit::exchanging(&d, &bait.link, || {
+            let (mut leaked, mut ours, mut lost) = (0, 0, 0);
             for _ in 0..30_000 {
-                for entry in scan(&bait.root, &rules, None).entries {
+                let result = scan(&bait.root, &rules, None);
+                let mut saw_d_as_dir = false;
+                let mut saw_f = false;
+                for entry in &result.entries {
+                    saw_d_as_dir |= entry.path.as_str() == "d" && entry.meta.kind == Kind::Dir;
                     if entry.meta.kind != Kind::File {
                         continue;
                     }
                     if (entry.meta.device, entry.meta.inode) == (theirs.device, theirs.inode) {
                         leaked += 1;
                     } else {
+                        saw_f |= entry.path == f;
                         ours += 1;
                     }
                 }
+                // `d` listed as a directory without its file, and the walk claiming to have
+                // looked there: the file would be taken for deleted.
+                if saw_d_as_dir && !saw_f && result.covers(&f) {
+                    lost += 1;
+                }
             }
-            (leaked, ours)
+            (leaked, ours, lost)
         });
         assert_eq!(
             leaked, 0,
             "their file was listed {leaked} times ({swaps} swaps)"
         );
+        assert_eq!(
+            lost, 0,
+            "the tree's d/f was taken for deleted {lost} times ({swaps} swaps)"
+        );
         assert!(ours > 0 && swaps > 0, "{ours} files of ours, {swaps} swaps");
+    }
+
+    /// A directory replaced by another real one while the tree is scanned (a checkout
+    /// replacing a directory, say) is listed as it is now: one of the two files is always
+    /// found, never neither while the walk claims to have looked there.
+    #[test]
+    fn a_directory_replaced_by_another_mid_scan_is_listed_as_it_is_now() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("d")).expect("mkdir");
+        std::fs::write(root.join("d/one"), b"1").expect("write");
+        let other = tmp.path().join("other");
+        std::fs::create_dir(&other).expect("mkdir");
+        std::fs::write(other.join("two"), b"2").expect("write");
+        let rules = IgnoreRules::new(&root, &[], false).expect("rules");
+        let (one, two) = (
+            RelPath::parse("d/one").expect("path"),
+            RelPath::parse("d/two").expect("path"),
+        );
+        let (lost, swaps) = crate::testkit::exchanging(&root.join("d"), &other, || {
+            let mut lost = 0;
+            for _ in 0..10_000 {
+                let result = scan(&root, &rules, None);
+                let found = result
+                    .entries
+                    .iter()
+                    .any(|e| e.path == one || e.path == two);
+                if !found && result.covers(&one) {
+                    lost += 1;
+                }
+            }
+            lost
+        });
+        assert_eq!(
+            lost, 0,
+            "d's file was taken for deleted {lost} times ({swaps} swaps)"
+        );
+        assert!(swaps > 0, "nothing was swapped");
     }
 
     fn paths(result: &ScanResult) -> Vec<&str> {
