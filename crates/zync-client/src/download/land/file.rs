@@ -145,12 +145,36 @@ impl Pending {
         self.delta = Some(Box::new(Ask::Sign));
     }
 
+    /// R's older version at this path, if it is a regular file, opened from the root's handles
+    /// without following a symlink anywhere on its path: a directory another user on R swapped
+    /// for a symlink never makes a delta's signature, plan or rebuild read a file elsewhere
+    /// (its signature would go to E).
+    fn open_older(&self, what: &'static str) -> Result<(std::fs::File, u64), zync_fs::FsError> {
+        let path = || self.rel.to_path(&self.root);
+        let dir = zync_fs::Dir::parent_of(&self.root, &self.rel)?;
+        match dir.open_file_to_read(self.rel.file_name()) {
+            Ok(Some(opened)) => Ok((opened.file, opened.size)),
+            Ok(None) => Err(zync_fs::FsError::io(
+                what,
+                path(),
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+            )),
+            Err(e) => Err(zync_fs::FsError::io(what, path(), e)),
+        }
+    }
+
     /// Asks for the delta with the signature and window hashes of the whole older version
-    /// (`zync_fs::delta::signature_and_windows`), or for the whole file when it cannot be read.
-    /// Reads the whole file: call it off the async runtime.
+    /// (`zync_fs::delta::signature_and_windows_of`), or for the whole file when it cannot be
+    /// read. Reads the whole file: call it off the async runtime.
     pub fn sign_whole(&mut self) {
-        let path = self.rel.to_path(&self.root);
-        self.delta = match zync_fs::delta::signature_and_windows(&path) {
+        let signed = self
+            .open_older("open for a signature")
+            .and_then(|(file, len)| {
+                zync_fs::delta::signature_and_windows_of(file, len).map_err(|e| {
+                    zync_fs::FsError::io("read for a signature", self.rel.to_path(&self.root), e)
+                })
+            });
+        self.delta = match signed {
             Ok((signature, windows)) => Some(Box::new(Ask::Signature(signature, windows))),
             Err(e) => {
                 tracing::debug!(path = self.path(), "no delta, downloading whole: {e}");
@@ -222,7 +246,8 @@ impl Pending {
             return self.sign_whole();
         }
         let path = self.rel.to_path(&self.root);
-        let planned = zync_fs::delta::open_base(&path)
+        let planned = self
+            .open_older("open as a delta's base")
             .map_err(zync_fs::DeltaError::from)
             .and_then(|(base, base_size)| {
                 // E's whole windows with the hash of R's window at the same offset.
@@ -499,6 +524,10 @@ impl Pending {
             })?;
             pending.open(0)?;
             let base = pending.rel.to_path(&pending.root);
+            let older = pending
+                .open_older("open as a delta's base")
+                .map_err(|e| ClientError::Protocol(format!("{}: {e}", pending.rel)))?
+                .0;
             let file = pending.file.as_mut().ok_or_else(|| {
                 ClientError::Protocol(format!("{}: no file to rebuild into", pending.rel))
             })?;
@@ -510,7 +539,8 @@ impl Pending {
                     pending.used_prior = Some(sha256);
                 }
             }
-            zync_fs::delta::apply(&base, std::io::BufReader::new(spool), header.size, |data| {
+            let spool = std::io::BufReader::new(spool);
+            zync_fs::delta::apply_file(&older, &base, spool, header.size, |data| {
                 file.write(data).map_err(std::io::Error::other)
             })
             .map_err(|e| ClientError::Protocol(format!("{}: {e}", pending.rel)))?;
@@ -678,6 +708,53 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
     use zync_proto::{GetDelta, GetWindows, Kind, Op, Request};
+
+    /// Another user on R who can write in the tree swaps the directory of a file about to be
+    /// downloaded as a delta and a symlink to theirs, again and again, while R's older version
+    /// is signed: the signature (which goes to E) is never that of their file.
+    #[test]
+    fn a_parent_swapped_for_a_symlink_never_makes_a_signature_of_a_file_elsewhere() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("d")).expect("mkdir");
+        std::fs::write(root.join("d/f"), vec![b'o'; 8192]).expect("write");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::fs::write(outside.join("f"), vec![b's'; 8192]).expect("write");
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&outside, &link).expect("symlink");
+        let (theirs, _) =
+            zync_fs::delta::signature_and_windows(&outside.join("f")).expect("their signature");
+        let record = Synced {
+            kind: Kind::File,
+            size: 10,
+            mtime_ns: 1,
+            mode: 0o644,
+            sha256: Some("ab".repeat(32)),
+            target: None,
+        };
+        let root: Arc<Path> = Arc::from(root.as_path());
+        let rel = RelPath::parse("d/f").expect("path");
+        let mut pending = Pending::new(&root, rel, Stat::Missing, false, record);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let swaps = std::sync::atomic::AtomicU64::new(0);
+        let (mut leaked, mut ours) = (0, 0);
+        let d = root.join("d");
+        std::thread::scope(|scope| {
+            scope.spawn(|| zync_fs::race::exchange_until(&d, &link, &stop, &swaps));
+            for _ in 0..5_000 {
+                pending.sign_whole();
+                match pending.take_ask() {
+                    Some(Ask::Signature(signature, _)) if signature == theirs => leaked += 1,
+                    Some(Ask::Signature(..)) => ours += 1,
+                    _ => {}
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        assert_eq!(leaked, 0, "their file was signed {leaked} times");
+        assert!(ours > 0, "our file was never signed");
+    }
 
     /// A big file's download, with `ask` as its delta request.
     fn pending(ask: Ask) -> Pending {
