@@ -475,7 +475,6 @@ fn hostname() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     /// Deletions are what the scan did not find of what was synced, and only where the scan
     /// could look: a file present is not deleted, one gone is, and nothing under a directory
@@ -531,26 +530,17 @@ mod tests {
     /// the tree is never hashed as R's version of a path (its sha256 would reach E).
     #[test]
     fn a_parent_swapped_for_a_symlink_never_makes_a_push_hash_a_file_elsewhere() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let root = tmp.path().join("root");
-        std::fs::create_dir_all(root.join("d")).expect("mkdir");
-        std::fs::write(root.join("d/f"), b"ours\n").expect("write");
-        let outside = tmp.path().join("outside");
-        std::fs::create_dir_all(&outside).expect("mkdir");
-        std::fs::write(outside.join("f"), b"secret\n").expect("write");
-        std::os::unix::fs::symlink(&outside, root.join("link")).expect("symlink");
+        let bait = zync_fs::race::Bait::new(b"ours\n", b"secret\n");
         let secret = zync_fs::hash::hash_bytes(b"secret\n");
         let state = ClientState::open_in_memory().expect("state");
         let mapping = Mapping {
             name: zync_fs::DirName::parse("code").expect("name"),
-            root: root.clone(),
+            root: bait.root.clone(),
             own: Vec::new(),
         };
-        let (a, b) = (root.join("d"), root.join("link"));
-        let (stop, swaps) = (AtomicBool::new(false), AtomicU64::new(0));
-        let (mut leaked, mut ours) = (0, 0);
-        std::thread::scope(|scope| {
-            scope.spawn(|| zync_fs::race::exchange_until(&a, &b, &stop, &swaps));
+        let d = bait.root.join("d");
+        let ((leaked, ours), swaps) = zync_fs::race::exchanging(&d, &bait.link, || {
+            let (mut leaked, mut ours) = (0, 0);
             for _ in 0..3_000 {
                 for out in collect(&state, &mapping).expect("collect") {
                     match out.sha256.as_deref() {
@@ -560,13 +550,15 @@ mod tests {
                     }
                 }
             }
-            stop.store(true, Ordering::Relaxed);
+            (leaked, ours)
         });
         assert_eq!(
             leaked, 0,
             "the outside file was hashed for a push {leaked} times"
         );
-        assert!(ours > 0, "the file of the tree was never collected");
-        assert!(swaps.load(Ordering::Relaxed) > 0, "nothing was swapped");
+        assert!(
+            ours > 0 && swaps > 0,
+            "{ours} files of ours collected, {swaps} swaps"
+        );
     }
 }

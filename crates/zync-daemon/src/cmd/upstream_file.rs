@@ -445,7 +445,6 @@ fn e_state(root: &Path, rel: &RelPath) -> EState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     /// Another user on E swaps a directory of the tree for a symlink to a file of theirs
     /// while R pushes a path below it: what E has there is never the outside file (its
@@ -453,33 +452,25 @@ mod tests {
     /// read).
     #[test]
     fn a_parent_swapped_for_a_symlink_never_makes_e_state_read_elsewhere() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let root = tmp.path().join("root");
-        std::fs::create_dir_all(root.join("d")).expect("mkdir");
-        std::fs::write(root.join("d/f"), b"ours\n").expect("write");
-        let outside = tmp.path().join("outside");
-        std::fs::create_dir_all(&outside).expect("mkdir");
-        std::fs::write(outside.join("f"), b"secret\n").expect("write");
-        std::os::unix::fs::symlink(&outside, root.join("link")).expect("symlink");
+        let bait = zync_fs::race::Bait::new(b"ours\n", b"secret\n");
         let secret = zync_fs::hash::hash_bytes(b"secret\n");
-        let (a, b) = (root.join("d"), root.join("link"));
         let rel = RelPath::parse("d/f").expect("rel");
-        let (stop, swaps) = (AtomicBool::new(false), AtomicU64::new(0));
-        let mut leaked = 0;
-        let mut files = 0;
-        std::thread::scope(|scope| {
-            scope.spawn(|| zync_fs::race::exchange_until(&a, &b, &stop, &swaps));
+        let d = bait.root.join("d");
+        let ((leaked, files), swaps) = zync_fs::race::exchanging(&d, &bait.link, || {
+            let (mut leaked, mut files) = (0, 0);
             for _ in 0..20_000 {
-                match e_state(&root, &rel) {
+                match e_state(&bait.root, &rel) {
                     EState::File(sha) if sha == secret => leaked += 1,
                     EState::File(_) => files += 1,
                     _ => {}
                 }
             }
-            stop.store(true, Ordering::Relaxed);
+            (leaked, files)
         });
         assert_eq!(leaked, 0, "the outside file was hashed {leaked} times");
-        assert!(files > 0, "the file of the tree was never seen");
-        assert!(swaps.load(Ordering::Relaxed) > 0, "nothing was swapped");
+        assert!(
+            files > 0 && swaps > 0,
+            "{files} files of the tree seen, {swaps} swaps"
+        );
     }
 }

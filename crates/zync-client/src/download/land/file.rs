@@ -714,17 +714,9 @@ mod tests {
     /// is signed: the signature (which goes to E) is never that of their file.
     #[test]
     fn a_parent_swapped_for_a_symlink_never_makes_a_signature_of_a_file_elsewhere() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let root = tmp.path().join("root");
-        std::fs::create_dir_all(root.join("d")).expect("mkdir");
-        std::fs::write(root.join("d/f"), vec![b'o'; 8192]).expect("write");
-        let outside = tmp.path().join("outside");
-        std::fs::create_dir_all(&outside).expect("mkdir");
-        std::fs::write(outside.join("f"), vec![b's'; 8192]).expect("write");
-        let link = tmp.path().join("link");
-        std::os::unix::fs::symlink(&outside, &link).expect("symlink");
+        let bait = zync_fs::race::Bait::new(&[b'o'; 8192], &[b's'; 8192]);
         let (theirs, _) =
-            zync_fs::delta::signature_and_windows(&outside.join("f")).expect("their signature");
+            zync_fs::delta::signature_and_windows(&bait.theirs.join("f")).expect("their signature");
         let record = Synced {
             kind: Kind::File,
             size: 10,
@@ -733,15 +725,12 @@ mod tests {
             sha256: Some("ab".repeat(32)),
             target: None,
         };
-        let root: Arc<Path> = Arc::from(root.as_path());
+        let root: Arc<Path> = Arc::from(bait.root.as_path());
         let rel = RelPath::parse("d/f").expect("path");
         let mut pending = Pending::new(&root, rel, Stat::Missing, false, record);
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        let swaps = std::sync::atomic::AtomicU64::new(0);
-        let (mut leaked, mut ours) = (0, 0);
-        let d = root.join("d");
-        std::thread::scope(|scope| {
-            scope.spawn(|| zync_fs::race::exchange_until(&d, &link, &stop, &swaps));
+        let d = bait.root.join("d");
+        let ((leaked, ours), swaps) = zync_fs::race::exchanging(&d, &bait.link, || {
+            let (mut leaked, mut ours) = (0, 0);
             for _ in 0..5_000 {
                 pending.sign_whole();
                 match pending.take_ask() {
@@ -750,10 +739,13 @@ mod tests {
                     _ => {}
                 }
             }
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            (leaked, ours)
         });
         assert_eq!(leaked, 0, "their file was signed {leaked} times");
-        assert!(ours > 0, "our file was never signed");
+        assert!(
+            ours > 0 && swaps > 0,
+            "{ours} signatures of ours, {swaps} swaps"
+        );
     }
 
     /// A big file's download, with `ask` as its delta request.
