@@ -1082,3 +1082,53 @@ fn a_directory_swapped_for_a_symlink_during_a_push_is_never_read_through() {
         "outside content staged on E: {staged:?}"
     );
 }
+
+/// Names that another user made in R's tree reach the terminal only made visible: a push and
+/// `--status` log what they skip and what they send (here at the harness's debug level), and
+/// a name of control characters would otherwise retitle the window, draw over what was
+/// printed, or add a line of its own ("zync-client: in sync") to the log. E's daemon log gets
+/// the pushed name made visible too.
+#[test]
+fn names_made_on_r_reach_the_logs_only_made_visible() {
+    use std::os::unix::ffi::OsStrExt;
+    let p = Pair::new(&[("a.txt", b"a\n")]);
+    let lies = "\u{1b}]0;owned\u{7}\r\u{1b}[2K\u{9b}2J\nzync-client: in sync";
+    // Not UTF-8 (the \xff): the scan skips it, and says so.
+    let skipped = [b"skip".as_slice(), lies.as_bytes(), b"\xff"].concat();
+    write(&p.r.join(std::ffi::OsStr::from_bytes(&skipped)), "x\n");
+    // A valid name: pushed, and named in the client's and the daemon's logs.
+    write(&p.r.join(format!("sent{lies}")), "y\n");
+    let mut push = p.client.command(&p.url());
+    push.arg("--update-upstream");
+    let pushed = run_within(push, DEADLINE, false);
+    let mut status = p.client.command(&p.url());
+    status.arg("--status");
+    let status = run_within(status, DEADLINE, false);
+    let daemon_log = p.daemon.log_text();
+    for (what, out) in [
+        (
+            "the push",
+            format!("{}{}", stdout(&pushed), stderr(&pushed)),
+        ),
+        (
+            "--status",
+            format!("{}{}", stdout(&status), stderr(&status)),
+        ),
+        ("the daemon's log", daemon_log),
+    ] {
+        assert!(
+            !out.contains(['\u{1b}', '\u{7}', '\r', '\u{9b}']),
+            "{what}: a name's control characters reached the terminal: {out:?}"
+        );
+        assert!(
+            !out.lines().any(|l| l.starts_with("zync-client: in sync")),
+            "{what}: a name forged a line of its own: {out:?}"
+        );
+    }
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+    let shown = stderr(&pushed);
+    assert!(
+        shown.contains("skip^[]0;owned^G^M^[[2K<U+009B>2J^Jzync-client: in sync"),
+        "the skipped name should be shown, made visible: {shown}"
+    );
+}

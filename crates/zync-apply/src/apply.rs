@@ -163,7 +163,7 @@ pub fn apply_report(
             if e.downcast_ref::<zync_db::DbError>().is_some() || crashpoint::is_crash(&e) {
                 return Err(e.context(format!("while applying {name}")));
             }
-            tracing::warn!("{name}: {}", zync_cli::visible::text(&format!("{e:#}")));
+            tracing::warn!("{name}: {e:#}");
             report.failed.push((name, format!("{e:#}")));
         }
         progress.files(1);
@@ -478,11 +478,7 @@ impl Run<'_> {
         }
         // Parents made for the file go again while empty; a failure here is not the news.
         if let Err(e) = created_dirs::roll_back(self.index, file, root) {
-            tracing::warn!(
-                "{}: {}",
-                session::file_name(file),
-                zync_cli::visible::text(&format!("{e:#}"))
-            );
+            tracing::warn!("{}: {e:#}", session::file_name(file));
         }
         error
     }

@@ -1,7 +1,17 @@
 //! Logging to stderr for the three binaries: one tracing subscriber, written through
-//! [`LogWriter`](crate::progress::LogWriter) so that log lines never tear a progress bar.
+//! [`LogWriter`](crate::progress::LogWriter) so that log lines never tear a progress bar, its
+//! fields and messages shown by [`VisibleFields`] so that no name on disk can forge a log line
+//! or send the terminal an escape sequence.
+
+use std::fmt;
 
 use anyhow::Context;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::FormatFields;
+
+use crate::visible;
 
 /// `-v` and `-q`, shared by the three binaries (flatten into their command line).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::Args)]
@@ -52,13 +62,97 @@ impl Verbosity {
 /// `level` is not a valid filter (the message names `--log-level` and the levels), or logging
 /// was already set up in this process.
 pub fn init(level: &str, show_progress: bool) -> anyhow::Result<()> {
-    let filter = filter(level, show_progress)?;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    subscriber(
+        filter(level, show_progress)?,
+        crate::progress::LogWriter::default,
+        ansi,
+    )
+    .try_init()
+    .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
+/// The subscriber [`init`] installs, writing to `writer`.
+fn subscriber<W>(
+    filter: tracing_subscriber::EnvFilter,
+    writer: W,
+    ansi: bool,
+) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(crate::progress::LogWriter::default)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+        .fmt_fields(VisibleFields)
+        .with_writer(writer)
+        .with_ansi(ansi)
+        .finish()
+}
+
+/// Writes an event's fields as tracing-subscriber's default does (the message bare, then
+/// `name=value`, strings quoted; the `log.*` fields of events from the `log` crate left out),
+/// with every character that would be hidden or would move the cursor made visible
+/// ([`visible::line`]). Names on disk reach the logs in messages and `%` fields: a file that
+/// another user made in a synced tree, named `x\r\x1b[2K...\n<a whole forged line>`, would
+/// otherwise rewrite what the user reads in their terminal, or add lines to the log. Done here,
+/// once, rather than at each of the call sites that name a path.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VisibleFields;
+
+impl<'writer> FormatFields<'writer> for VisibleFields {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut visitor = VisibleVisitor {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct VisibleVisitor<'a, 'writer> {
+    writer: &'a mut Writer<'writer>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Visit for VisibleVisitor<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let text = format!("{value:?}");
+        let shown = visible::line(&text);
+        let space = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
+        self.result = if name == "message" {
+            write!(self.writer, "{space}{shown}")
+        } else {
+            write!(
+                self.writer,
+                "{space}{}={shown}",
+                name.strip_prefix("r#").unwrap_or(name)
+            )
+        };
+    }
 }
 
 /// The filter [`init`] installs.
@@ -100,6 +194,70 @@ mod tests {
         let err = format!("{:#}", filter("x=loud", false).expect_err("not a filter"));
         assert!(err.contains("--log-level \"x=loud\""), "{err}");
         assert!(err.contains("error, warn, info, debug, trace"), "{err}");
+    }
+
+    /// What `emit` logs through [`VisibleFields`] (or, to see the test fail, the default).
+    fn logged(emit: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("buffer").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let filter = tracing_subscriber::EnvFilter::new("trace");
+        let subscriber = super::subscriber(filter, move || writer.clone(), false);
+        tracing::subscriber::with_default(subscriber, emit);
+        let bytes = buffer.0.lock().expect("buffer").clone();
+        String::from_utf8(bytes).expect("utf-8")
+    }
+
+    #[test]
+    fn names_in_fields_and_messages_cannot_forge_a_line_or_reach_the_terminal() {
+        let forged = "2026-12-07T00:00:00.000000Z ERROR zync_daemon: forged";
+        let name = format!("x\r\x1b[2K\x1b]0;owned\x07\u{202E}txt.exe\n{forged}");
+        let path = std::path::Path::new(&name);
+        let out = logged(|| {
+            tracing::warn!(path = %name, shown = %path.display(), "skipping {}: {}", path.display(), "why\r");
+        });
+        assert_eq!(out.matches('\n').count(), 1, "one event, one line: {out:?}");
+        assert!(out.ends_with('\n'), "{out:?}");
+        assert!(
+            out.trim_end_matches('\n')
+                .chars()
+                .all(|c| !c.is_control() && c != '\u{202E}'),
+            "a hidden character reached the log: {out:?}"
+        );
+        assert!(
+            out.contains("skipping x^M^[[2K^[]0;owned^G<U+202E>txt.exe^J2026-12-07"),
+            "{out:?}"
+        );
+        assert!(out.contains("why^M path=x^M^["), "{out:?}");
+        assert!(out.contains("shown=x^M"), "{out:?}");
+    }
+
+    #[test]
+    fn fields_read_as_the_default_format_writes_them() {
+        let out = logged(|| tracing::info!(dir = "bench", applied = 3, id = %"a b", "synced"));
+        assert!(
+            out.contains(" synced dir=\"bench\" applied=3 id=a b\n"),
+            "{out:?}"
+        );
+        // Events of the log crate keep their message and lose the `log.*` bookkeeping.
+        let out = logged(|| {
+            tracing::info!(
+                log.target = "tungstenite",
+                log.line = 9,
+                "Client handshake done."
+            )
+        });
+        assert!(out.ends_with(" Client handshake done.\n"), "{out:?}");
     }
 
     #[test]

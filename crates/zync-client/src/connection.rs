@@ -333,10 +333,7 @@ impl Connection {
                     }))
                 }
                 Some(Incoming::Text(ServerMessage::Error(e))) if e.id.is_none() => {
-                    tracing::warn!(
-                        "the daemon reported: {}",
-                        zync_cli::visible::line(&e.message)
-                    );
+                    tracing::warn!("the daemon reported: {}", e.message);
                 }
                 // The answer itself, already (after the last chunk it often is): kept for
                 // `response`, which would otherwise wait for it until the stall timeout.
@@ -365,10 +362,7 @@ impl Connection {
                 Incoming::Text(ServerMessage::Error(e)) if e.id.is_none() => {
                     // About no request of ours (a frame the daemon could not read): not an
                     // answer to the one we wait for.
-                    tracing::warn!(
-                        "the daemon reported: {}",
-                        zync_cli::visible::line(&e.message)
-                    );
+                    tracing::warn!("the daemon reported: {}", e.message);
                 }
                 Incoming::Text(ServerMessage::Error(e)) if e.id == Some(id) => {
                     return Err(ClientError::Server {
@@ -639,10 +633,7 @@ impl Connection {
                         }
                         return Ok(Transfer::Failed(id, error));
                     }
-                    None => tracing::warn!(
-                        "the daemon reported: {}",
-                        zync_cli::visible::line(&e.message)
-                    ),
+                    None => tracing::warn!("the daemon reported: {}", e.message),
                 },
                 Incoming::Text(ServerMessage::Event(_)) => {}
             }

@@ -387,10 +387,7 @@ pub async fn run_loop(config: &Config, shutdown: impl Future<Output = ()>) -> an
             }
             // Whatever answered on the daemon's port may have put words in the error.
             let e = e.to_string();
-            tracing::warn!(
-                "{}; reconnecting in {wait:.1?}",
-                zync_cli::visible::text(&e)
-            );
+            tracing::warn!("{}; reconnecting in {wait:.1?}", e);
         }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}

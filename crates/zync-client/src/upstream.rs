@@ -120,7 +120,7 @@ pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, 
             Err(e) if is_not_the_file_seen(&e) => {
                 tracing::warn!(
                     dir,
-                    path = %zync_cli::visible::line(entry.path.as_str()),
+                    path = %entry.path,
                     "not sent: it changed while it was looked at ({e}); push again"
                 );
                 continue;

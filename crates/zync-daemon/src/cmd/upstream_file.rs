@@ -295,10 +295,10 @@ async fn stage(
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         if let Err(e) = removed {
-            tracing::warn!(path = %zync_cli::visible::line(rel.as_str()), "cannot remove the staged file {old} it replaces: {e}");
+            tracing::warn!(path = %rel, "cannot remove the staged file {old} it replaces: {e}");
         }
     }
-    tracing::debug!(path = %zync_cli::visible::line(rel.as_str()), conflict, "staged");
+    tracing::debug!(path = %rel, conflict, "staged");
     Ok(Reply::UpstreamFile(UpstreamFileReply {
         dir: file.dir,
         path: rel.to_string(),
@@ -335,7 +335,7 @@ async fn receive_content(
         // (docs/ARCHITECTURE.md)): past the deadline the upload is dropped and the connection
         // closed, which aborts its session.
         let Ok(next) = tokio::time::timeout(stall, link.next()).await else {
-            tracing::info!(client = %cx.client_id, path = %zync_cli::visible::line(&file.path), received, "closing a connection whose upload stalled (--upload-stall-timeout)");
+            tracing::info!(client = %cx.client_id, path = %file.path, received, "closing a connection whose upload stalled (--upload-stall-timeout)");
             let refusal = cx.shared.staging.stalled(&file.path, received, file.size);
             cx.hang_up = Some(format!(
                 "upload stalled: no content for {} s",
