@@ -902,6 +902,20 @@ pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Fails unless `shown` (what `what` printed or logged) holds none of the characters that
+/// drive a terminal (ESC, BEL, CR, the C1 CSI) and no line starting with `forged`: text from
+/// the other side, or a name another user made, must reach the user made visible.
+pub fn assert_shown_visibly(what: &str, shown: &str, forged: &str) {
+    assert!(
+        !shown.contains(['\u{1b}', '\u{7}', '\r', '\u{9b}']),
+        "{what}: control characters reached the terminal: {shown:?}"
+    );
+    assert!(
+        !shown.lines().any(|l| l.starts_with(forged)),
+        "{what}: a line of the program's own was forged: {shown:?}"
+    );
+}
+
 /// The sha256 of a file's content (of nothing when it cannot be read).
 pub fn file_sha(path: &Path) -> String {
     sha256(&std::fs::read(path).unwrap_or_default())
