@@ -170,7 +170,8 @@ async fn each_staging_limit_refuses_naming_its_flag_and_keeps_what_was_staged() 
     peer.upload_ok(&d, "later.txt", b"later\n").await;
 }
 
-/// The zync client stops at a limit, finalizes what E staged, says so and exits 1.
+/// The zync client stops at a limit, finalizes what E staged, says so and exits 1. The file
+/// refused is named by E's refusal, which the client prints: made visible, on one line.
 #[test]
 fn a_client_push_cut_by_a_limit_stages_what_went_before_and_fails_clearly() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -182,7 +183,8 @@ fn a_client_push_cut_by_a_limit_stages_what_went_before_and_fails_clearly() {
     let r = tmp.path().join("r");
     let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
     client.once_ok(&daemon.url());
-    for name in ["a.txt", "b.txt", "c.txt"] {
+    let refused = "c\u{1b}]0;owned\u{7}\r\nzync-client: in sync.txt";
+    for name in ["a.txt", "b.txt", refused] {
         write(&r.join(name), format!("{name} from R\n"));
     }
     let mut cmd = client.command(&daemon.url());
@@ -199,6 +201,7 @@ fn a_client_push_cut_by_a_limit_stages_what_went_before_and_fails_clearly() {
         "{}",
         stderr(&out)
     );
+    assert_shown_visibly("the push", &stderr(&out), "zync-client: in sync");
     let id = summary["session_id"]
         .as_str()
         .expect("the staged part has a session");

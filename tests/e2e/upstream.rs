@@ -162,6 +162,11 @@ struct Pair {
 impl Pair {
     /// Writes `files` on E, starts the daemon, and mirrors E on R with `--once`.
     fn new(files: &[(&str, &[u8])]) -> Pair {
+        Pair::with_daemon_args(files, &[])
+    }
+
+    /// [`Pair::new`] with `extra` on the daemon's command line.
+    fn with_daemon_args(files: &[(&str, &[u8])], extra: &[&str]) -> Pair {
         let tmp = tempfile::tempdir().unwrap();
         let top = tmp.path().to_path_buf();
         let e = top.join("e");
@@ -171,7 +176,7 @@ impl Pair {
         }
         let state = top.join("state");
         std::fs::create_dir_all(&state).unwrap();
-        let daemon = Daemon::start(&state, &[("code", &e)]);
+        let daemon = Daemon::start_with(&state, &[("code", &e)], extra);
         daemon.wait_scanned();
         let r = top.join("r");
         let client = ClientSpec::new(&top.join("client"), &daemon, &[("code", &r)]);
@@ -1092,7 +1097,7 @@ fn a_directory_swapped_for_a_symlink_during_a_push_is_never_read_through() {
 fn names_made_on_r_reach_the_logs_only_made_visible() {
     use std::os::unix::ffi::OsStrExt;
     let p = Pair::new(&[("a.txt", b"a\n")]);
-    let lies = "\u{1b}]0;owned\u{7}\r\u{1b}[2K\u{9b}2J\nzync-client: in sync";
+    let lies = LIES;
     // Not UTF-8 (the \xff): the scan skips it, and says so.
     let skipped = [b"skip".as_slice(), lies.as_bytes(), b"\xff"].concat();
     write(&p.r.join(std::ffi::OsStr::from_bytes(&skipped)), "x\n");
@@ -1123,5 +1128,31 @@ fn names_made_on_r_reach_the_logs_only_made_visible() {
     assert!(
         shown.contains("skip^[]0;owned^G^M^[[2K<U+009B>2J^Jzync-client: in sync"),
         "the skipped name should be shown, made visible: {shown}"
+    );
+}
+
+/// A name made to drive a terminal and forge a line of the client's own.
+const LIES: &str = "\u{1b}]0;owned\u{7}\r\u{1b}[2K\u{9b}2J\nzync-client: in sync";
+
+/// E's refusal of a file R pushed quotes its name, and the push's summary quotes that refusal:
+/// printed made visible, like the logs.
+#[test]
+fn e_s_refusal_of_a_name_made_on_r_is_printed_made_visible() {
+    let p = Pair::with_daemon_args(&[("a.txt", b"a\n")], &["--ignore", "sent*"]);
+    write(&p.r.join(format!("sent{LIES}")), "y\n");
+    let mut push = p.client.command(&p.url());
+    push.arg("--update-upstream");
+    let pushed = run_within(push, DEADLINE, false);
+    let summary = stdout(&pushed);
+    assert_shown_visibly(
+        "the push",
+        &format!("{summary}{}", stderr(&pushed)),
+        "zync-client: in sync",
+    );
+    assert!(
+        summary.contains(
+            "refused by E (sent^[]0;owned^G^M^[[2K<U+009B>2J^Jzync-client: in sync is ignored on E"
+        ),
+        "the summary should quote E's refusal, made visible: {summary}"
     );
 }

@@ -34,9 +34,23 @@ use clap::ArgMatches;
 /// source a second time. Made visible ([`visible::text`]): errors quote what the other
 /// machine, or whatever answered on the daemon's port, said and named, and a carriage return
 /// or an escape sequence in it must not reach the terminal (a retitled window, a clipboard
-/// written, a fake "in sync" drawn over the real message).
+/// written, a fake "in sync" drawn over the real message). A message of several lines (a list
+/// of failing paths) keeps them, but each line after the first is indented: a newline in a
+/// name the message quotes cannot start a line that reads as the program's own
+/// (`zync-client: in sync`) or as a log line.
 pub fn one_line(e: &anyhow::Error) -> String {
-    visible::text(&chained(e)).into_owned()
+    let chained = chained(e);
+    let shown = visible::text(&chained);
+    let mut lines = shown.split('\n');
+    let mut out = lines.next().unwrap_or_default().to_string();
+    for line in lines {
+        out.push('\n');
+        if !line.starts_with([' ', '\t']) {
+            out.push_str("  ");
+        }
+        out.push_str(line);
+    }
+    out
 }
 
 /// [`one_line`] before it is made visible.
@@ -113,6 +127,12 @@ mod tests {
         assert_eq!(
             one_line(&e),
             "2 path(s) failed:\n  a: no room\n  b: no room"
+        );
+        // A newline in a name starts no line of its own at the margin.
+        let e = anyhow::anyhow!("cannot read /r/x\nzync-client: in sync: denied");
+        assert_eq!(
+            one_line(&e),
+            "cannot read /r/x\n  zync-client: in sync: denied"
         );
     }
 

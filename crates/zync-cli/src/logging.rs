@@ -196,7 +196,7 @@ mod tests {
         assert!(err.contains("error, warn, info, debug, trace"), "{err}");
     }
 
-    /// What `emit` logs through [`VisibleFields`] (or, to see the test fail, the default).
+    /// What `emit` logs through the subscriber [`init`] installs (colours off).
     fn logged(emit: impl FnOnce()) -> String {
         #[derive(Clone, Default)]
         struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
@@ -240,6 +240,18 @@ mod tests {
         );
         assert!(out.contains("why^M path=x^M^["), "{out:?}");
         assert!(out.contains("shown=x^M"), "{out:?}");
+        // A span's fields, given at its start or recorded later, are shown the same way.
+        let out = logged(|| {
+            let span = tracing::info_span!("push", dir = %name, path = tracing::field::Empty);
+            span.record("path", tracing::field::display(&name));
+            span.in_scope(|| tracing::info!("sent"));
+        });
+        assert_eq!(out.matches('\n').count(), 1, "one event, one line: {out:?}");
+        assert!(
+            out.trim_end_matches('\n').chars().all(|c| !c.is_control()),
+            "a span's field reached the log raw: {out:?}"
+        );
+        assert!(out.contains("push{dir=x^M^[[2K"), "{out:?}");
     }
 
     #[test]

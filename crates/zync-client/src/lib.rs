@@ -65,7 +65,7 @@ pub fn main_with_args(args: Args) -> anyhow::Result<u8> {
                     eprintln!(
                         "zync-client: E refused the push part way; {} file(s) not sent: {}",
                         summary.not_sent,
-                        zync_cli::visible::text(why)
+                        zync_cli::visible::line(why)
                     );
                     Ok(exit::PARTIAL)
                 }
@@ -141,7 +141,7 @@ fn print_summary(summary: &PushSummary, json: bool) -> anyhow::Result<()> {
             out,
             "nothing was staged: all {} changed file(s) are refused by E ({}; see the warnings above for each)",
             summary.skipped,
-            summary.skipped_because.as_deref().unwrap_or("ignored there")
+            zync_cli::visible::line(summary.skipped_because.as_deref().unwrap_or("ignored there"))
         )?,
         None => writeln!(
             out,

@@ -200,7 +200,7 @@ pub fn main(args: &Args) -> ExitCode {
     let report = match gather(args) {
         Ok(report) => report,
         Err(e) => {
-            eprintln!("zync-client: {e:#}");
+            eprintln!("zync-client: {}", zync_cli::one_line(&e));
             return ExitCode::from(if e.downcast_ref::<ClientError>().is_some() {
                 2
             } else {

@@ -244,7 +244,10 @@ fn outstanding(report: &WaitReport, state: &ClientState) -> anyhow::Result<Vec<S
             let paths: Vec<String> = failing
                 .iter()
                 .take(5)
-                .map(|f| format!("{}: {}", zync_cli::visible::line(&f.path), f.error))
+                .map(|f| {
+                    let (path, error) = (&f.path, &f.error);
+                    zync_cli::visible::line(&format!("{path}: {error}")).into_owned()
+                })
                 .collect();
             line.push_str(&format!("; failing: {}", paths.join("; ")));
         }
@@ -301,4 +304,46 @@ fn print(report: &WaitReport, json: bool, timeout: Duration) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The failing paths `--wait` lists when it times out are names from E or R, and their
+    /// errors quote them: shown made visible, each directory on one line.
+    #[test]
+    fn failing_paths_are_listed_made_visible() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut state = ClientState::open(&tmp.path().join("c.db")).expect("client state");
+        let name = "x\u{1b}]0;owned\u{7}\r\nzync-client: in sync";
+        let mut batch = state.batch().expect("batch");
+        batch
+            .set_failing("code", name, &format!("cannot write {name}: no room"))
+            .expect("failing");
+        batch.commit().expect("commit");
+        let report = WaitReport {
+            in_sync: false,
+            waited_ms: 0,
+            by: "synced-once",
+            dirs: vec![DirWait {
+                dir: "code".into(),
+                target: 9,
+                applied: 3,
+            }],
+            unavailable: BTreeMap::new(),
+            conflict_copies: Vec::new(),
+            outstanding: Vec::new(),
+        };
+        let lines = outstanding(&report, &state).expect("outstanding");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].chars().all(|c| !c.is_control()),
+            "a name reached the terminal raw: {lines:?}"
+        );
+        assert!(
+            lines[0].contains("failing: x^[]0;owned^G^M^Jzync-client: in sync: cannot write x^["),
+            "{lines:?}"
+        );
+    }
 }
