@@ -105,6 +105,12 @@ async fn hello_then_every_operation_works() {
     assert_eq!(hello["operation"], "AUTH", "{hello}");
     assert_eq!(hello["protocol_version"], 2, "{hello}");
     assert_eq!(hello["dirs"], json!(["code"]), "{hello}");
+    // The version is told once the client proved itself.
+    assert_eq!(
+        hello["server_version"],
+        env!("CARGO_PKG_VERSION"),
+        "{hello}"
+    );
     assert!(
         hello["index_id"].as_str().is_some_and(|s| !s.is_empty()),
         "{hello}"

@@ -725,6 +725,10 @@ async fn a_wrong_token_learns_nothing_it_can_reuse() {
         challenge.get("dirs").is_none() && challenge.get("index_id").is_none(),
         "the daemon said what it serves before the client proved itself: {challenge}"
     );
+    assert_eq!(
+        challenge["server_version"], "",
+        "the daemon told its version before the client proved itself: {challenge}"
+    );
     let reflected = challenge["daemon_proof"].clone();
     let reply = peer::exchange(
         &mut ws,

@@ -221,7 +221,9 @@ pub struct Challenge {
     /// `null` when the daemon runs without authentication (`--insecure-no-auth`), which a
     /// client holding a token refuses.
     pub daemon_proof: Option<String>,
-    /// The daemon program's version, for messages.
+    /// Empty: the daemon program's version is told in AUTH's answer, to a client that proved
+    /// itself (daemons before 2026-12-07 told it here). Kept so that older clients still
+    /// parse the challenge.
     pub server_version: String,
 }
 
