@@ -371,6 +371,25 @@ impl Daemon {
         });
     }
 
+    /// Waits until the index holds `sha` for `path` (in any served directory): a client asking
+    /// earlier would be told the file is stale, and ask again.
+    pub fn wait_indexed_as(&self, path: &str, sha: &str) {
+        wait_until("the daemon to index the edit", || {
+            rusqlite::Connection::open_with_flags(
+                &self.db,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .and_then(|db| {
+                db.query_row(
+                    "SELECT sha256 FROM entries WHERE path = ?1 AND deleted = 0",
+                    [path],
+                    |row| row.get::<_, Option<String>>(0),
+                )
+            })
+            .is_ok_and(|indexed| indexed.as_deref() == Some(sha))
+        });
+    }
+
     /// Stops the daemon with SIGTERM and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -771,25 +771,6 @@ fn stored_checkpoints(client: &ClientSpec, sha: &str) -> Option<Vec<u8>> {
     .ok()
 }
 
-/// Waits until E's index holds `sha` for `big.bin`: a client asking earlier would be told
-/// the file is stale, and ask again.
-fn wait_indexed_as(daemon: &Daemon, sha: &str) {
-    wait_until("the daemon to index the edit", || {
-        rusqlite::Connection::open_with_flags(
-            &daemon.db,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .and_then(|db| {
-            db.query_row(
-                "SELECT sha256 FROM entries WHERE dir = 'code' AND path = 'big.bin'",
-                [],
-                |row| row.get::<_, Option<String>>(0),
-            )
-        })
-        .is_ok_and(|indexed| indexed.as_deref() == Some(sha))
-    });
-}
-
 /// An edit in the last window of a 24 MiB file: its first two windows are the same as the
 /// version R wrote, so the client skips their SHA-256 and goes on from the state it stored
 /// when it wrote them. States that lie (the database tampered with) cannot let other bytes
@@ -831,7 +812,7 @@ fn checkpoints_spare_hashing_what_r_wrote_and_lying_ones_let_nothing_wrong_in() 
             .collect()
     };
     let second = edit(&mut data, 62);
-    wait_indexed_as(&daemon, &second);
+    daemon.wait_indexed_as("big.bin", &second);
     let proxy = crate::common::proxy::Proxy::to_port(daemon.port);
     let logs = once_until(&client, &proxy.url(), "R has the second version", || {
         file_sha(&r.join("big.bin")) == second
@@ -850,7 +831,7 @@ fn checkpoints_spare_hashing_what_r_wrote_and_lying_ones_let_nothing_wrong_in() 
     // Written whole, the second version's checkpoints are its own: the next edit needs the
     // delta only.
     let third = edit(&mut data, 63);
-    wait_indexed_as(&daemon, &third);
+    daemon.wait_indexed_as("big.bin", &third);
     let proxy = crate::common::proxy::Proxy::to_port(daemon.port);
     let logs = once_until(&client, &proxy.url(), "R has the third version", || {
         file_sha(&r.join("big.bin")) == third
@@ -894,7 +875,7 @@ fn a_window_changed_on_r_behind_the_client_s_back_never_passes_for_e_s() {
     data[at..at + 64 * 1024].copy_from_slice(&pseudo_random(64 * 1024, 72));
     write(&e.join("big.bin"), &data);
     let want = sha256(&data);
-    wait_indexed_as(&daemon, &want);
+    daemon.wait_indexed_as("big.bin", &want);
     let proxy = crate::common::proxy::Proxy::to_port(daemon.port);
     let logs = once_until(&client, &proxy.url(), "R has E's edited file", || {
         file_sha(&on_r) == want

@@ -378,3 +378,87 @@ fn a_file_r_has_no_room_for_fails_alone_without_being_downloaded_and_syncs_once_
     let sent = proxy.bytes_to_client();
     assert!(sent < 24 << 20, "{sent} bytes sent for a 16 MiB file");
 }
+
+/// A delta is kept in a spool file while the file is rebuilt beside R's older version, so it
+/// needs room for itself and the rebuilt file. When R's disk has room for the file but not for
+/// its delta too (here E rewrote all 16 MiB of it, so the delta is as big as the file), the
+/// client asks for the whole file instead: before, the delta filled the disk and the rebuild
+/// then failed for want of room, every run.
+#[test]
+fn a_delta_r_has_no_room_to_keep_gives_way_to_the_whole_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    write(&e.join("big.bin"), pseudo_random(16 << 20, 21));
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let (r, copy, out) = (
+        tmp.path().join("r"),
+        tmp.path().join("copy"),
+        tmp.path().join("out"),
+    );
+    for dir in [&r, &copy, &out] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    let mut once = client.command(&daemon.url());
+    once.arg("--once");
+    // 56 MiB: after the first sync about 40 MiB are free. The whole file needs 16 and the 16
+    // to spare that every download leaves; its delta as well needs 48.
+    let script = r#"
+        mount -t tmpfs -o size=56m zync-test "$ZT_R" || exit 97
+        "$@" >"$ZT_OUT/1.log" 2>&1; echo $? >"$ZT_OUT/1.rc"
+        while [ ! -e "$ZT_OUT/go" ]; do sleep 0.05; done
+        "$@" >"$ZT_OUT/2.log" 2>&1; echo $? >"$ZT_OUT/2.rc"
+        cp -a "$ZT_R/." "$ZT_COPY/"
+    "#;
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ])
+    .arg(once.get_program())
+    .args(once.get_args())
+    .env("ZT_R", &r)
+    .env("ZT_OUT", &out)
+    .env("ZT_COPY", &copy)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    let mut running = cmd.spawn().expect("unshare (util-linux)");
+    let rc = |n: u32| {
+        std::fs::read_to_string(out.join(format!("{n}.rc")))
+            .ok()
+            .and_then(|rc| rc.trim().parse::<i32>().ok())
+    };
+    let log = |n: u32| std::fs::read_to_string(out.join(format!("{n}.log"))).unwrap_or_default();
+    wait_until("the first sync on the small disk", || {
+        rc(1).is_some() || running.try_wait().ok().flatten().is_some()
+    });
+    assert_eq!(rc(1), Some(0), "the first sync failed:\n{}", log(1));
+    // E rewrites every byte: R's older version has nothing in common with it.
+    let new = pseudo_random(16 << 20, 22);
+    write(&e.join("big.bin"), &new);
+    daemon.wait_indexed_as("big.bin", &sha256(&new));
+    std::fs::write(out.join("go"), "").unwrap();
+    wait_until("the second sync", || {
+        running.try_wait().ok().flatten().is_some()
+    });
+    let ran = running.wait_with_output().expect("unshare's output");
+    assert!(
+        ran.status.success(),
+        "this test runs the client on a small tmpfs in a namespace of its own ({}):\n{}",
+        ran.status,
+        stderr(&ran)
+    );
+    let log2 = log(2);
+    assert_eq!(rc(2), Some(0), "the second sync failed:\n{log2}");
+    assert!(
+        log2.contains("delta refused") && log2.contains("downloading whole"),
+        "the client should have given up the delta for the whole file:\n{log2}"
+    );
+    assert_same_tree(&e, &copy, &[]);
+}

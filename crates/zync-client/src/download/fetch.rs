@@ -459,6 +459,12 @@ impl<'a> Pipeline<'a> {
                         max_delta(slot.pending.size())
                     )));
                 }
+                // The delta is kept beside the file it rebuilds (whose room is claimed): with no
+                // room for both, the whole file is asked for instead (`fail` asks again), which
+                // needs room for the file alone, before the delta fills the disk.
+                if let Err(e) = slot.pending.check_room_for(header.delta_size, self.claimed) {
+                    return Ok(self.fail(id, e));
+                }
                 let spool = match tempfile::tempfile_in(slot.pending.root()) {
                     Ok(spool) => spool,
                     Err(source) => {

@@ -394,10 +394,17 @@ impl Pending {
     /// # Errors
     /// [`zync_fs::FsError::NoSpace`] when there is not room for it.
     pub fn check_room(&self, claimed: u64) -> Result<(), ClientError> {
-        let remaining = self.remaining(self.resume_offset());
-        Ok(AtomicFile::check_room(
-            &self.root, &self.rel, remaining, claimed,
-        )?)
+        self.check_room_for(self.remaining(self.resume_offset()), claimed)
+    }
+
+    /// Checks that R's disk has room for `len` more bytes where this file goes, after the
+    /// `claimed` bytes downloads already asked for will take (a delta kept while the file is
+    /// rebuilt, beside the rebuilt file itself).
+    ///
+    /// # Errors
+    /// [`zync_fs::FsError::NoSpace`] when there is not room for them.
+    pub fn check_room_for(&self, len: u64, claimed: u64) -> Result<(), ClientError> {
+        Ok(AtomicFile::check_room(&self.root, &self.rel, len, claimed)?)
     }
 
     /// Appends content.
