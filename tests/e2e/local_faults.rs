@@ -404,10 +404,11 @@ fn a_delta_r_has_no_room_to_keep_gives_way_to_the_whole_file() {
     once.arg("--once");
     // 56 MiB: after the first sync about 40 MiB are free. The whole file needs 16 and the 16
     // to spare that every download leaves; its delta as well needs 48.
+    // It waits for `go` (the test's edit on E) for at most a minute.
     let script = r#"
         mount -t tmpfs -o size=56m zync-test "$ZT_R" || exit 97
         "$@" >"$ZT_OUT/1.log" 2>&1; echo $? >"$ZT_OUT/1.rc"
-        while [ ! -e "$ZT_OUT/go" ]; do sleep 0.05; done
+        n=0; while [ ! -e "$ZT_OUT/go" ]; do n=$((n + 1)); [ $n -gt 1200 ] && exit 96; sleep 0.05; done
         "$@" >"$ZT_OUT/2.log" 2>&1; echo $? >"$ZT_OUT/2.rc"
         cp -a "$ZT_R/." "$ZT_COPY/"
     "#;
@@ -427,8 +428,22 @@ fn a_delta_r_has_no_room_to_keep_gives_way_to_the_whole_file() {
     .env("ZT_OUT", &out)
     .env("ZT_COPY", &copy)
     .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::piped());
-    let mut running = cmd.spawn().expect("unshare (util-linux)");
+    .stderr(std::process::Stdio::null());
+    for (key, value) in once.get_envs() {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    /// Kills the namespace's shell if the test fails before it ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut running = Killed(cmd.spawn().expect("unshare (util-linux)"));
     let rc = |n: u32| {
         std::fs::read_to_string(out.join(format!("{n}.rc")))
             .ok()
@@ -436,8 +451,13 @@ fn a_delta_r_has_no_room_to_keep_gives_way_to_the_whole_file() {
     };
     let log = |n: u32| std::fs::read_to_string(out.join(format!("{n}.log"))).unwrap_or_default();
     wait_until("the first sync on the small disk", || {
-        rc(1).is_some() || running.try_wait().ok().flatten().is_some()
+        rc(1).is_some() || running.0.try_wait().ok().flatten().is_some()
     });
+    assert!(
+        rc(1).is_some(),
+        "this test runs the client on a small tmpfs in a namespace of its own, which needs \
+         `unshare` (util-linux) and user namespaces, or root"
+    );
     assert_eq!(rc(1), Some(0), "the first sync failed:\n{}", log(1));
     // E rewrites every byte: R's older version has nothing in common with it.
     let new = pseudo_random(16 << 20, 22);
@@ -445,20 +465,18 @@ fn a_delta_r_has_no_room_to_keep_gives_way_to_the_whole_file() {
     daemon.wait_indexed_as("big.bin", &sha256(&new));
     std::fs::write(out.join("go"), "").unwrap();
     wait_until("the second sync", || {
-        running.try_wait().ok().flatten().is_some()
+        running.0.try_wait().ok().flatten().is_some()
     });
-    let ran = running.wait_with_output().expect("unshare's output");
-    assert!(
-        ran.status.success(),
-        "this test runs the client on a small tmpfs in a namespace of its own ({}):\n{}",
-        ran.status,
-        stderr(&ran)
-    );
+    let status = running.0.wait().expect("the namespace's shell");
     let log2 = log(2);
+    assert!(
+        status.success(),
+        "the namespace's shell failed ({status}):\n{log2}"
+    );
     assert_eq!(rc(2), Some(0), "the second sync failed:\n{log2}");
     assert!(
-        log2.contains("delta refused") && log2.contains("downloading whole"),
-        "the client should have given up the delta for the whole file:\n{log2}"
+        log2.contains("delta refused (no room for") && log2.contains("downloading whole"),
+        "the client should have given up the delta for the whole file, for want of room:\n{log2}"
     );
     assert_same_tree(&e, &copy, &[]);
 }

@@ -159,6 +159,9 @@ struct Slot {
     expected: u64,
     /// `expected` counts in [`Pipeline::claimed`]: the file's space is not reserved yet.
     claimed: bool,
+    /// The bytes of a delta being kept in its spool, counted in [`Pipeline::claimed`] too
+    /// until the download ends.
+    spool: u64,
 }
 
 /// The downloads of one directory's page.
@@ -339,6 +342,7 @@ impl<'a> Pipeline<'a> {
                     cost,
                     expected,
                     claimed: true,
+                    spool: 0,
                 }),
             );
         }
@@ -465,6 +469,9 @@ impl<'a> Pipeline<'a> {
                 if let Err(e) = slot.pending.check_room_for(header.delta_size, self.claimed) {
                     return Ok(self.fail(id, e));
                 }
+                // Downloads asked for meanwhile leave it that room.
+                slot.spool = header.delta_size;
+                self.claimed += header.delta_size;
                 let spool = match tempfile::tempfile_in(slot.pending.root()) {
                     Ok(spool) => spool,
                     Err(source) => {
@@ -865,6 +872,7 @@ impl<'a> Pipeline<'a> {
         if slot.claimed {
             self.claimed -= slot.expected;
         }
+        self.claimed -= slot.spool;
         Some(slot)
     }
 

@@ -562,8 +562,8 @@ impl Pending {
         })();
         match rebuilt {
             Ok(sealed) => Ok(pending.into_ready(sealed, Some(header.delta_size))),
-            // The whole file would not fit either.
-            Err(e @ ClientError::Fs(zync_fs::FsError::NoSpace { .. })) => Err((None, e)),
+            // No room for the rebuilt file beside the delta included: the whole file is asked
+            // for, its room checked first without the delta, which is gone by then.
             Err(e) => {
                 pending.file = None;
                 pending.delta = None;
