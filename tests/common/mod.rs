@@ -280,20 +280,10 @@ impl Daemon {
             (None, Some((at, size))) => {
                 let script =
                     r#"mount -t tmpfs -o size="$ZT_SIZE" zync-test "$ZT_AT" || exit 97; exec "$@""#;
-                let mut cmd = Command::new("unshare");
-                cmd.args([
-                    "--user",
-                    "--map-root-user",
-                    "--mount",
-                    "sh",
-                    "-c",
-                    script,
-                    "sh",
-                ])
-                .arg(bin_dir().join("zync-daemon"))
-                .env("ZT_AT", at)
-                .env("ZT_SIZE", size)
-                .env_remove("ZYNC_TOKEN");
+                let mut cmd = in_mount_namespace(script, bin_dir().join("zync-daemon"));
+                cmd.env("ZT_AT", at)
+                    .env("ZT_SIZE", size)
+                    .env_remove("ZYNC_TOKEN");
                 cmd
             }
         };
@@ -909,6 +899,39 @@ pub fn output_within_grace(mut cmd: Command, deadline: Duration, grace: Duration
             String::from_utf8_lossy(&stderr)
         ),
     }
+}
+
+/// `sh -c SCRIPT sh PROGRAM` (append its arguments) in a user and mount namespace of its own
+/// (`unshare --user --map-root-user --mount`: no privileges needed where user namespaces are
+/// allowed, and none as root), so that the script can mount a small tmpfs nothing else sees
+/// and run `"$@"` there.
+pub fn in_mount_namespace(script: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ])
+    .arg(program);
+    cmd
+}
+
+/// `cmd`, its arguments and its environment included, run by `script` as `"$@"` in a namespace
+/// of its own ([`in_mount_namespace`]).
+pub fn namespaced(script: &str, cmd: &Command) -> Command {
+    let mut inside = in_mount_namespace(script, cmd.get_program());
+    inside.args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => inside.env(key, value),
+            None => inside.env_remove(key),
+        };
+    }
+    inside
 }
 
 /// A command's stderr as text.

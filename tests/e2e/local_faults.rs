@@ -236,14 +236,7 @@ fn files_that_fit_one_by_one_but_not_together_are_not_all_downloaded() {
     }
     let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
     daemon.wait_scanned();
-    let (r, copy, out) = (
-        tmp.path().join("r"),
-        tmp.path().join("copy"),
-        tmp.path().join("out"),
-    );
-    for dir in [&r, &copy, &out] {
-        std::fs::create_dir_all(dir).unwrap();
-    }
+    let (r, copy, out) = r_copy_out(tmp.path());
     let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
     let proxy = Proxy::to_port(daemon.port);
     let mut once = client.command(&proxy.url());
@@ -274,6 +267,18 @@ fn files_that_fit_one_by_one_but_not_together_are_not_all_downloaded() {
     assert_same_tree(&e, &copy, &[]);
 }
 
+/// Makes `r` (where a namespace mounts R's small disk), `copy` (what it held at the end) and
+/// `out` (the runs' exit codes and output) under `top`.
+fn r_copy_out(
+    top: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let dirs = (top.join("r"), top.join("copy"), top.join("out"));
+    for dir in [&dirs.0, &dirs.1, &dirs.2] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    dirs
+}
+
 /// Runs `client` (a `zync-client --once` command) twice in a mount namespace of its own, where
 /// `r` is a tmpfs of `sizes[0]` (`8m`, say) the first time and `sizes[1]` the second, then
 /// copies what `r` holds to `copy`; the runs' output goes to `out`. `unshare --user
@@ -291,29 +296,12 @@ fn twice_on_a_small_then_a_bigger_disk(
         "$@" >"$ZT_OUT/2.log" 2>&1; echo $? >"$ZT_OUT/2.rc"
         cp -a "$ZT_R/." "$ZT_COPY/"
     "#;
-    let mut cmd = std::process::Command::new("unshare");
-    cmd.args([
-        "--user",
-        "--map-root-user",
-        "--mount",
-        "sh",
-        "-c",
-        script,
-        "sh",
-    ])
-    .arg(client.get_program())
-    .args(client.get_args())
-    .env("ZT_SMALL", sizes[0])
-    .env("ZT_BIG", sizes[1])
-    .env("ZT_R", r)
-    .env("ZT_OUT", out)
-    .env("ZT_COPY", copy);
-    for (key, value) in client.get_envs() {
-        match value {
-            Some(value) => cmd.env(key, value),
-            None => cmd.env_remove(key),
-        };
-    }
+    let mut cmd = namespaced(script, client);
+    cmd.env("ZT_SMALL", sizes[0])
+        .env("ZT_BIG", sizes[1])
+        .env("ZT_R", r)
+        .env("ZT_OUT", out)
+        .env("ZT_COPY", copy);
     let ran = output_within_deadline(cmd);
     assert!(
         ran.status.success(),
@@ -339,14 +327,7 @@ fn a_file_r_has_no_room_for_fails_alone_without_being_downloaded_and_syncs_once_
     let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
     daemon.wait_scanned();
     let proxy = Proxy::to_port(daemon.port);
-    let (r, copy, out) = (
-        tmp.path().join("r"),
-        tmp.path().join("copy"),
-        tmp.path().join("out"),
-    );
-    for dir in [&r, &copy, &out] {
-        std::fs::create_dir_all(dir).unwrap();
-    }
+    let (r, copy, out) = r_copy_out(tmp.path());
     let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
     let mut once = client.command(&proxy.url());
     once.arg("--once");
@@ -391,14 +372,7 @@ fn a_delta_r_has_no_room_to_keep_gives_way_to_the_whole_file() {
     write(&e.join("big.bin"), pseudo_random(16 << 20, 21));
     let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
     daemon.wait_scanned();
-    let (r, copy, out) = (
-        tmp.path().join("r"),
-        tmp.path().join("copy"),
-        tmp.path().join("out"),
-    );
-    for dir in [&r, &copy, &out] {
-        std::fs::create_dir_all(dir).unwrap();
-    }
+    let (r, copy, out) = r_copy_out(tmp.path());
     let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
     let mut once = client.command(&daemon.url());
     once.arg("--once");
@@ -412,29 +386,12 @@ fn a_delta_r_has_no_room_to_keep_gives_way_to_the_whole_file() {
         "$@" >"$ZT_OUT/2.log" 2>&1; echo $? >"$ZT_OUT/2.rc"
         cp -a "$ZT_R/." "$ZT_COPY/"
     "#;
-    let mut cmd = std::process::Command::new("unshare");
-    cmd.args([
-        "--user",
-        "--map-root-user",
-        "--mount",
-        "sh",
-        "-c",
-        script,
-        "sh",
-    ])
-    .arg(once.get_program())
-    .args(once.get_args())
-    .env("ZT_R", &r)
-    .env("ZT_OUT", &out)
-    .env("ZT_COPY", &copy)
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
-    for (key, value) in once.get_envs() {
-        match value {
-            Some(value) => cmd.env(key, value),
-            None => cmd.env_remove(key),
-        };
-    }
+    let mut cmd = namespaced(script, &once);
+    cmd.env("ZT_R", &r)
+        .env("ZT_OUT", &out)
+        .env("ZT_COPY", &copy)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     /// Kills the namespace's shell if the test fails before it ends.
     struct Killed(std::process::Child);
     impl Drop for Killed {
