@@ -1089,6 +1089,48 @@ mod tests {
         result: Result<&'static str, ClientError>,
     }
 
+    /// A daemon answering every request with `header` and `frames`, a connection to it, and a
+    /// pipeline holding the download of `f`, planned as `planned` (its content); as a delta
+    /// against `older` (R's version at the path) when given.
+    struct Fetching {
+        tmp: tempfile::TempDir,
+        root: Arc<Path>,
+        conn: Connection,
+        pipeline: Pipeline<'static>,
+        serving: tokio::task::JoinHandle<()>,
+    }
+
+    impl Fetching {
+        async fn start(
+            planned: &[u8],
+            older: Option<&[u8]>,
+            header: Value,
+            frames: Vec<Vec<u8>>,
+        ) -> Fetching {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let root: Arc<Path> = Arc::from(tmp.path().join("root"));
+            std::fs::create_dir(&root).expect("mkdir");
+            if let Some(older) = older {
+                std::fs::write(root.join("f"), older).expect("write");
+            }
+            let answer: Answer = Box::new(move |_, _| (header.clone(), frames.clone()));
+            let (conn, serving) = connect(false, answer).await;
+            let mut pending = self::planned(&root, "f", planned);
+            if older.is_some() {
+                pending.want_delta();
+            }
+            let mut pipeline = Pipeline::new("code", Window::for_daemon(None), Progress::hidden());
+            pipeline.push(0, pending);
+            Fetching {
+                tmp,
+                root,
+                conn,
+                pipeline,
+                serving,
+            }
+        }
+    }
+
     /// Downloads `f`, planned as `planned` (its content), from a daemon answering with
     /// `header` and `frames`; as a delta against `older` (R's version at the path) when given.
     async fn fetch(
@@ -1097,41 +1139,13 @@ mod tests {
         header: Value,
         frames: Vec<Vec<u8>>,
     ) -> Fetched {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let root: Arc<Path> = Arc::from(tmp.path().join("root"));
-        std::fs::create_dir(&root).expect("mkdir");
-        if let Some(older) = older {
-            std::fs::write(root.join("f"), older).expect("write");
-        }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("ws://{}", listener.local_addr().expect("address"));
-        let answer: Answer = Box::new(move |_, _| (header.clone(), frames.clone()));
-        let serving = tokio::spawn(daemon(listener, false, answer));
-        let credentials = Credentials {
-            token: Some(TOKEN.into()),
-            source: "the test".into(),
-        };
-        let stall = Duration::from_secs(10);
-        let mut conn = Connection::open(&url, &credentials, "fetch-test", None, stall)
-            .await
-            .expect("handshake");
-        let record = Synced {
-            kind: Kind::File,
-            size: planned.len() as u64,
-            mtime_ns: 1_000_000_000,
-            mode: 0o644,
-            sha256: Some(zync_fs::hash_bytes(planned)),
-            target: None,
-        };
-        let rel = RelPath::parse("f").expect("path");
-        let mut pending = Pending::new(&root, rel, Stat::Missing, false, record);
-        if older.is_some() {
-            pending.want_delta();
-        }
-        let mut pipeline = Pipeline::new("code", Window::for_daemon(None), Progress::hidden());
-        pipeline.push(0, Box::new(pending));
+        let Fetching {
+            tmp,
+            root,
+            mut conn,
+            mut pipeline,
+            serving,
+        } = Fetching::start(planned, older, header, frames).await;
         let result = async {
             pipeline.fill(&mut conn).await?;
             loop {
@@ -1152,6 +1166,33 @@ mod tests {
             root,
             result,
         }
+    }
+
+    /// A delta being kept counts in the room that downloads asked for later must leave, from
+    /// its header until its download ends, beside the room of the file it rebuilds.
+    #[tokio::test]
+    async fn a_delta_being_kept_counts_in_the_room_claimed_until_it_ends() {
+        let content = b"the new version of the file";
+        let size = content.len() as u64;
+        let delta = max_delta(size);
+        let header = delta_header(content, delta, 1);
+        let frames = vec![vec![0; delta as usize]];
+        let mut f = Fetching::start(content, Some(b"the old one"), header, frames).await;
+        f.pipeline.fill(&mut f.conn).await.expect("fill");
+        assert_eq!(f.pipeline.claimed, size, "the file's own room");
+        let header = f.pipeline.next(&mut f.conn).await.expect("the header");
+        assert!(header.is_none(), "the delta ended at its header");
+        assert_eq!(f.pipeline.claimed, size + delta, "the delta's room besides");
+        let done = f.pipeline.next(&mut f.conn).await.expect("the frame");
+        assert!(
+            matches!(done, Some(Finished::Delta(..))),
+            "not a whole delta"
+        );
+        assert_eq!(
+            f.pipeline.claimed, 0,
+            "room claimed after the download ended"
+        );
+        f.serving.abort();
     }
 
     /// A GET_DELTA header for `f`: a delta of `delta_size` bytes in `chunks` frames, rebuilding
