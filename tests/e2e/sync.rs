@@ -192,6 +192,42 @@ fn a_renamed_tree_of_many_files_is_copied_batch_by_batch_not_downloaded() {
     assert_eq!(temp_files(&r), Vec::<String>::new(), "temp files left on R");
 }
 
+/// A copy on E of content R holds in several files is made on R from one R has not edited:
+/// the first holder by name was edited on R, so the copy comes from the next, and nothing is
+/// downloaded; R's edit stays as it was.
+#[test]
+fn a_copy_on_r_comes_from_a_holder_r_has_not_edited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    const SIZE: usize = 300_000;
+    let content = pseudo_random(SIZE, 21);
+    for name in ["a.bin", "b.bin", "c.bin"] {
+        write(&e.join(name), &content);
+    }
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    daemon.wait_scanned();
+    let r = tmp.path().join("r");
+    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+    assert_same_tree(&e, &r, &[]);
+
+    // The same size, another content and mtime: only the look at the file tells.
+    let edited = pseudo_random(SIZE, 22);
+    write(&r.join("a.bin"), &edited);
+    std::fs::copy(e.join("c.bin"), e.join("d.bin")).unwrap();
+    daemon.wait_indexed(&["d.bin"], &[]);
+    let proxy = Proxy::to_port(daemon.port);
+    let logs = once_until(&client, &proxy.url(), "R has d.bin", || {
+        std::fs::read(r.join("d.bin")).is_ok_and(|d| d == content)
+    });
+    assert_eq!(
+        proxy.downloads(),
+        Vec::<String>::new(),
+        "content R held in b.bin and c.bin was downloaded:\n{logs}"
+    );
+    assert_eq!(std::fs::read(r.join("a.bin")).unwrap(), edited, "R's edit");
+}
+
 #[test]
 fn files_named_like_ignored_directories_are_synced_and_the_directories_are_not() {
     let tmp = tempfile::tempdir().unwrap();

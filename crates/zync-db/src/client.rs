@@ -78,7 +78,14 @@ pub struct ClientBatch<'a> {
     tx: Transaction<'a>,
 }
 
-const SYNCED_COLUMNS: &str = "kind, size, mtime_ns, mode, sha256, target";
+/// [`SYNCED_COLUMNS`] as a literal, for `concat!`.
+macro_rules! synced_columns {
+    () => {
+        "kind, size, mtime_ns, mode, sha256, target"
+    };
+}
+/// The columns [`synced_from_row`] reads, in its order.
+const SYNCED_COLUMNS: &str = synced_columns!();
 
 /// Rows written by one statement of the `*_many` writes: a batch of a thousand files is a few
 /// statements, not a thousand (each statement costs a step, a reset and its bindings).
@@ -364,30 +371,50 @@ impl ClientState {
             .with_ctx(|| format!("counting the synced paths of {dir}"))
     }
 
-    /// (dir, path) of synced files (at most 64) whose sha256 equals `sha256`, ordered by dir then path: a
-    /// local copy of content the client would otherwise download. The caller must check the
-    /// file still has that content before copying it.
+    /// The query of [`ClientState::find_by_sha`]. The index is named: a plan fixed once, not
+    /// re-made for every sha bound. It holds (sha256, dir, path), so the rows come in path order
+    /// without a sort, and the read stops where the caller stops stepping. (No `LIMIT ?`: SQLite
+    /// makes a bound limit part of the plan, and a bound `path <> ?` too, so each call would
+    /// prepare the statement again.)
+    const FIND_BY_SHA: &'static str = concat!(
+        "SELECT path, ",
+        synced_columns!(),
+        " FROM synced INDEXED BY synced_sha256
+         WHERE sha256 = ?1 AND dir = ?2 AND kind = 'file'
+         ORDER BY path"
+    );
+
+    /// Up to `limit` synced files of `dir` other than `except` whose sha256 equals `sha256`,
+    /// by path: local copies of content the client would otherwise download. The caller must
+    /// check a file still has that content before copying it.
+    ///
+    /// Only the index is read for them, and only as far as `limit`: in a tree where thousands
+    /// of files share one content (empty files, vendored copies), each lookup stays a few rows.
     ///
     /// # Errors
     ///
     /// An SQLite failure.
-    pub fn find_by_sha(&self, sha256: &str) -> Result<Vec<(String, String)>> {
-        let context = || format!("looking for synced files with sha256 {sha256}");
+    pub fn find_by_sha(
+        &self,
+        dir: &str,
+        sha256: &str,
+        except: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Synced)>> {
+        let context = || format!("looking for synced files of {dir} with sha256 {sha256}");
         let mut stmt = self
             .conn
-            .prepare_cached(
-                // The index named: a plan fixed once, not re-made for every sha bound.
-                "SELECT dir, path FROM synced INDEXED BY synced_sha256
-                 WHERE sha256 = ?1 AND kind = 'file' LIMIT 64",
-            )
+            .prepare_cached(Self::FIND_BY_SHA)
             .with_ctx(context)?;
         let rows = stmt
-            .query_map([sha256], |row| Ok((row.get(0)?, row.get(1)?)))
+            .query_map((sha256, dir), |row| {
+                Ok((row.get::<_, String>(0)?, synced_from_row(row, 1)?))
+            })
             .with_ctx(context)?;
-        let mut found: Vec<(String, String)> =
-            rows.collect::<rusqlite::Result<_>>().with_ctx(context)?;
-        found.sort();
-        Ok(found)
+        rows.filter(|found| found.as_ref().map_or(true, |(path, _)| path != except))
+            .take(limit)
+            .collect::<rusqlite::Result<_>>()
+            .with_ctx(context)
     }
 
     /// Whether a page that was not committed (the client stopped) was about to write content
@@ -1155,13 +1182,56 @@ mod tests {
             ..file("cafe", 0)
         };
         set(&mut state, "docs", &[("d", dir_with_sha)]);
-        let want: Vec<(String, String)> = [("docs", "a"), ("docs", "b"), ("pics", "x/copy")]
-            .iter()
-            .map(|(d, p)| (d.to_string(), p.to_string()))
-            .collect();
-        assert_eq!(state.find_by_sha("cafe").expect("find"), want);
-        assert!(state.find_by_sha("CAFE").expect("case").is_empty());
-        assert!(state.find_by_sha("f00d").expect("none").is_empty());
+        let paths = |dir: &str, sha: &str, except: &str, limit: usize| -> Vec<String> {
+            let found = state.find_by_sha(dir, sha, except, limit).expect("find");
+            found.into_iter().map(|(path, _)| path).collect()
+        };
+        assert_eq!(paths("docs", "cafe", "", 8), ["a", "b"]);
+        assert_eq!(paths("pics", "cafe", "", 8), ["x/copy"]);
+        assert_eq!(paths("docs", "cafe", "a", 8), ["b"]);
+        assert_eq!(paths("docs", "cafe", "", 1), ["a"]);
+        assert!(paths("docs", "CAFE", "", 8).is_empty());
+        assert!(paths("docs", "f00d", "", 8).is_empty());
+        assert!(paths("src", "cafe", "", 8).is_empty());
+        let found = state.find_by_sha("pics", "cafe", "", 8).expect("find");
+        assert_eq!(
+            found,
+            [("x/copy".to_owned(), file("cafe", 2))],
+            "with its record"
+        );
+    }
+
+    /// Thousands of files with one content (empty files, vendored copies): a lookup reads as
+    /// many index rows as it asks for, not every file that shares the content.
+    #[test]
+    fn find_by_sha_reads_only_as_far_as_its_limit() {
+        let mut state = ClientState::open_in_memory().expect("open");
+        let paths: Vec<String> = (0..5000).map(|i| format!("p/{i:05}")).collect();
+        let empty = file("e3b0", 0);
+        let entries: Vec<(&str, &Synced)> = paths.iter().map(|p| (p.as_str(), &empty)).collect();
+        let mut batch = state.batch().expect("batch");
+        batch.set_synced_many("docs", &entries).expect("set");
+        batch.commit().expect("commit");
+        let paths = |except: &str| -> Vec<String> {
+            let found = state.find_by_sha("docs", "e3b0", except, 3).expect("find");
+            found.into_iter().map(|(path, _)| path).collect()
+        };
+        assert_eq!(paths("p/00000"), ["p/00001", "p/00002", "p/00003"]);
+        assert_eq!(paths("p/00001"), ["p/00000", "p/00002", "p/00003"]);
+        let stmt = state
+            .conn
+            .prepare_cached(ClientState::FIND_BY_SHA)
+            .expect("cached");
+        let steps = stmt.get_status(rusqlite::StatementStatus::VmStep);
+        assert!(
+            steps < 200,
+            "{steps} virtual machine steps for 2 x 3 rows of 5,000"
+        );
+        let prepared = stmt.get_status(rusqlite::StatementStatus::RePrepare);
+        assert_eq!(
+            prepared, 0,
+            "the statement was prepared again for new values"
+        );
     }
 
     #[test]

@@ -14,6 +14,11 @@ use zync_proto::Change;
 use crate::download::plan::{Here, Local};
 use crate::error::ClientError;
 
+/// How many files with a content are looked at to find one to copy it from (see
+/// [`Look::source`]): a few, for those edited on R since, and no more (in a tree of thousands of
+/// empty files, each lookup would otherwise read thousands of rows).
+const SOURCE_CANDIDATES: usize = 8;
+
 /// What a sync's [`Known`] holds of directory names (`dirs` and `fresh`), in bytes: past it,
 /// both are forgotten, and the directories are looked at again. A tree of short names fills it
 /// after a hundred thousand directories; a daemon naming ever new deep paths, at once.
@@ -156,7 +161,7 @@ impl Look<'_> {
             parents_real: true,
             at: Local::missing(),
             partials: false,
-            sources: Vec::new(),
+            source: None,
             umask: self.umask,
         };
         let rel = &here.rel;
@@ -172,7 +177,7 @@ impl Look<'_> {
             // through the directory's handle (invariant 3). So no look: one `lstat` less
             // per file of a fresh tree.
             if let Some(sha) = change.sha256.as_deref() {
-                here.sources = self.sources(known, rel, sha)?;
+                here.source = self.source(known, rel, sha)?;
             }
             return Ok(here);
         }
@@ -210,7 +215,7 @@ impl Look<'_> {
             here.partials = known.may_have_partials(self.root, rel);
             let has = here.at.sha.is_some() && here.at.sha == change.sha256;
             if let Some(sha) = change.sha256.as_deref().filter(|_| !has) {
-                here.sources = self.sources(known, rel, sha)?;
+                here.source = self.source(known, rel, sha)?;
             }
         }
         Ok(here)
@@ -244,28 +249,25 @@ impl Look<'_> {
         })
     }
 
-    /// Files on R that hold content `sha`: one set aside in this page, or up to three others
-    /// still exactly as zync wrote them (the copy is verified all the same).
-    fn sources(
+    /// A file on R that holds content `sha`: one set aside in this page, or else the first of
+    /// the others still exactly as zync wrote them. The copy is verified all the same, and a
+    /// file whose copy fails is downloaded.
+    fn source(
         &self,
         known: &Known,
         rel: &RelPath,
         sha: &str,
-    ) -> Result<Vec<PathBuf>, ClientError> {
-        let mut sources: Vec<PathBuf> = known.stash.get(sha).cloned().into_iter().collect();
-        for (dir, path) in self.state.find_by_sha(sha)? {
-            if sources.len() >= 3 {
-                break;
-            }
-            if dir != self.dir || path == rel.as_str() {
-                continue;
-            }
+    ) -> Result<Option<PathBuf>, ClientError> {
+        if let Some(stashed) = known.stash.get(sha) {
+            return Ok(Some(stashed.clone()));
+        }
+        let candidates = self
+            .state
+            .find_by_sha(self.dir, sha, rel.as_str(), SOURCE_CANDIDATES)?;
+        for (path, synced) in candidates {
             // Invariant 3 (docs/ARCHITECTURE.md): a path from the database is validated like
             // one from the network.
             let Ok(source) = RelPath::parse(&path) else {
-                continue;
-            };
-            let Some(synced) = self.synced(&source)? else {
                 continue;
             };
             match stat(self.root, &source)? {
@@ -276,10 +278,10 @@ impl Look<'_> {
                 _ => continue,
             }
             if zync_fs::check_parents(self.root, &source).is_ok() {
-                sources.push(source.to_path(self.root));
+                return Ok(Some(source.to_path(self.root)));
             }
         }
-        Ok(sources)
+        Ok(None)
     }
 
     fn synced(&self, rel: &RelPath) -> Result<Option<Synced>, ClientError> {

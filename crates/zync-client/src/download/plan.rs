@@ -85,8 +85,8 @@ pub struct Here {
     pub at: Local,
     /// The path's directory may hold partial downloads.
     pub partials: bool,
-    /// For a file whose content R lacks at the path: files on R that hold it.
-    pub sources: Vec<PathBuf>,
+    /// For a file whose content R lacks at the path: a file on R that holds it.
+    pub source: Option<PathBuf>,
     /// The umask new files and directories are masked with.
     pub umask: u32,
 }
@@ -157,8 +157,8 @@ pub enum Step {
     File {
         /// What to clear first.
         clear: Option<Clear>,
-        /// Files on R with the content, tried in order.
-        copy_from: Vec<PathBuf>,
+        /// A file on R with the content, tried first.
+        copy_from: Option<PathBuf>,
         /// Ask for a delta against R's older version at the path.
         delta: bool,
         /// The path's directory may hold a partial download to resume.
@@ -314,7 +314,7 @@ fn file(change: &Change, here: &Here) -> Step {
         && !here.partials;
     Step::File {
         clear,
-        copy_from: here.sources.clone(),
+        copy_from: here.source.clone(),
         delta,
         partials: here.partials,
         record,
@@ -505,7 +505,7 @@ mod tests {
             parents_real: true,
             at,
             partials: false,
-            sources: Vec::new(),
+            source: None,
             umask: 0o022,
         }
     }
@@ -560,12 +560,12 @@ mod tests {
     }
 
     fn fetch(clear: Option<Clear>, sha: &str, size: u64) -> Step {
-        fetch_with(clear, Vec::new(), false, false, sha, size)
+        fetch_with(clear, None, false, false, sha, size)
     }
 
     fn fetch_with(
         clear: Option<Clear>,
-        copy_from: Vec<PathBuf>,
+        copy_from: Option<PathBuf>,
         delta: bool,
         partials: bool,
         sha: &str,
@@ -609,7 +609,7 @@ mod tests {
     fn every_kind_of_change_meets_every_kind_of_local_state() {
         let big = DELTA_MIN_SIZE;
         let mut renamed = here("b.txt", Local::missing());
-        renamed.sources = vec![PathBuf::from("/r/a.txt")];
+        renamed.source = Some(PathBuf::from("/r/a.txt"));
         let mut resumable = here("a.txt", file_at(OLD, big, Some(OLD)));
         resumable.partials = true;
         let mut inflight = file_at(EDIT, 3, Some(OLD));
@@ -626,10 +626,10 @@ mod tests {
              fetch(None, NEW, 3)),
             ("a big changed file is fetched as a delta",
              new_file("a.txt", NEW, big), here("a.txt", file_at(OLD, big, Some(OLD))), &none,
-             fetch_with(None, Vec::new(), true, false, NEW, big)),
+             fetch_with(None, None, true, false, NEW, big)),
             ("a partial download is resumed rather than a delta asked for",
              new_file("a.txt", NEW, big), resumable, &none,
-             fetch_with(None, Vec::new(), false, true, NEW, big)),
+             fetch_with(None, None, false, true, NEW, big)),
             ("a file R edited is kept as a conflict copy first",
              new_file("a.txt", NEW, 3), here("a.txt", file_at(EDIT, 3, Some(OLD))), &none,
              fetch(Some(Clear::Keep(EDITED)), NEW, 3)),
@@ -644,7 +644,7 @@ mod tests {
              Step::Same { mode: None, mtime_ns: Some(9), record: record(OLD, 3) }),
             ("content R has elsewhere is copied (a rename on E)",
              new_file("b.txt", NEW, 3), renamed, &none,
-             fetch_with(None, vec![PathBuf::from("/r/a.txt")], false, false, NEW, 3)),
+             fetch_with(None, Some(PathBuf::from("/r/a.txt")), false, false, NEW, 3)),
             ("a deleted file is removed",
              deleted("a.txt", zync_proto::Kind::File), here("a.txt", file_at(OLD, 3, Some(OLD))), &none,
              Step::Delete { partials: false, removal: Removal::Remove }),

@@ -163,7 +163,7 @@ pub fn describe(change: &Change, here: &Here, plan: &Plan, root: &Path) -> Vec<A
             if let Some(clear) = clear {
                 actions.push(cleared(&here.rel, clear));
             }
-            match copy_from.first() {
+            match copy_from {
                 Some(source) => actions.push(Action::Copy {
                     path,
                     size: record.size,
@@ -411,7 +411,7 @@ mod tests {
             parents_real: true,
             at,
             partials: false,
-            sources: Vec::new(),
+            source: None,
             umask: 0o022,
         }
     }
@@ -445,7 +445,7 @@ mod tests {
             delta: false,
         };
         let mut renamed = here("b.txt", Local::missing());
-        renamed.sources = vec![PathBuf::from("/r/old/a.txt")];
+        renamed.source = Some(PathBuf::from("/r/old/a.txt"));
         let mut deep = here("a/b/c.txt", Local::missing());
         deep.parents = vec![
             (rel("a"), file_at(EDIT, Some(OLD))),

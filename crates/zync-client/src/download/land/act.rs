@@ -162,7 +162,7 @@ impl Place {
                     None => at.stat,
                 };
                 let mut pending = Pending::new(self.root(), rel, before, partials, record);
-                for source in copy_from {
+                if let Some(source) = copy_from {
                     match pending.copy_from(&source) {
                         Ok(ready) => return Ok(Outcome::Ready(ready)),
                         Err(e) => {
@@ -398,7 +398,7 @@ mod tests {
             parents_real: true,
             at,
             partials: false,
-            sources: Vec::new(),
+            source: None,
             umask: 0o022,
         }
     }
