@@ -25,8 +25,9 @@ pub struct Options {
 }
 
 /// Every scenario, in the order the table lists them.
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "initial-small",
+    "initial-shared",
     "big-file",
     "edit-in-big",
     "noop",

@@ -71,6 +71,10 @@ fn run_in(name: &str, ctx: &Ctx) -> Result<Row> {
             workload::small_tree(&src, ctx.pick(10_000, 2_000), SEED)?;
             pair(ctx, &src, Mode::Fresh, Keep::Tree)?
         }
+        "initial-shared" => {
+            workload::shared_tree(&src, ctx.pick(10_000, 2_000), SEED)?;
+            pair(ctx, &src, Mode::Fresh, Keep::Tree)?
+        }
         "noop" => {
             workload::small_tree(&src, ctx.pick(10_000, 2_000), SEED)?;
             pair(ctx, &src, Mode::Noop, Keep::Tree)?

@@ -138,15 +138,43 @@ pub fn for_each_source_file(
 pub fn small_tree(root: &Path, n: usize, seed: u64) -> Result<u64> {
     let mut total = 0u64;
     for_each_source_file(n, seed, |rel, content| {
-        let path = root.join(rel);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
         total += content.len() as u64;
-        fs::write(&path, content).with_context(|| format!("cannot write {}", path.display()))
+        write_at(root, &rel, &content)
     })?;
     Ok(total)
+}
+
+/// Writes a tree of `n` files under `root` in which half share their content, as in real trees:
+/// a quarter are empty (`__init__.py`, `.gitkeep`), a quarter are copies of one of 50 common
+/// files (licenses, configurations, vendored copies), and the rest are source files of their
+/// own. Returns its total size in bytes.
+///
+/// # Errors
+/// When a file cannot be written.
+pub fn shared_tree(root: &Path, n: usize, seed: u64) -> Result<u64> {
+    let mut rng = Rng::new(seed);
+    let common: Vec<Vec<u8>> = (0..50).map(|_| source_file(&mut rng)).collect();
+    let mut total = 0u64;
+    for i in 0..n {
+        let content = match i % 4 {
+            0 => Vec::new(),
+            1 => common[rng.below(common.len() as u64) as usize].clone(),
+            _ => source_file(&mut rng),
+        };
+        total += content.len() as u64;
+        write_at(root, &source_path(i), &content)?;
+    }
+    Ok(total)
+}
+
+/// Writes `content` at `rel` under `root`, making its parent directories.
+fn write_at(root: &Path, rel: &Path, content: &[u8]) -> Result<()> {
+    let path = root.join(rel);
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    fs::write(&path, content).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Writes a file of `size` pseudo-random bytes.
@@ -219,6 +247,31 @@ mod tests {
         let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
         assert!(*min >= 100 && *max <= 33 * 1024, "sizes {min}..{max}");
         assert!(*max > 10 * *min, "sizes not varied: {min}..{max}");
+    }
+
+    #[test]
+    fn half_of_a_shared_tree_shares_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = shared_tree(dir.path(), 400, 5).unwrap();
+        let contents: Vec<Vec<u8>> = (0..400)
+            .map(|i| fs::read(dir.path().join(source_path(i))).unwrap())
+            .collect();
+        assert_eq!(total, contents.iter().map(|c| c.len() as u64).sum::<u64>());
+        let empty = contents.iter().filter(|c| c.is_empty()).count();
+        assert_eq!(empty, 100, "a quarter empty");
+        let distinct: std::collections::HashSet<&Vec<u8>> = contents.iter().collect();
+        // 200 of their own, the empty one, and at most 50 common ones.
+        assert!(
+            (201..=251).contains(&distinct.len()),
+            "{} distinct contents in 400 files",
+            distinct.len()
+        );
+        let again = tempfile::tempdir().unwrap();
+        shared_tree(again.path(), 400, 5).unwrap();
+        for i in [1, 2, 399] {
+            let path = source_path(i);
+            assert_eq!(fs::read(again.path().join(&path)).unwrap(), contents[i]);
+        }
     }
 
     #[test]
