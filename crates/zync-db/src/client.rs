@@ -373,23 +373,22 @@ impl ClientState {
 
     /// The query of [`ClientState::find_by_sha`]. The index is named: a plan fixed once, not
     /// re-made for every sha bound. It holds (sha256, dir, path), so the rows come in path order
-    /// without a sort, and the read stops where the caller stops stepping. (No `LIMIT ?`: SQLite
-    /// makes a bound limit part of the plan, and a bound `path <> ?` too, so each call would
-    /// prepare the statement again.)
+    /// without a sort and the read stops at the limit. (Stable plans, `conn::stable_plans`, keep
+    /// the bound limit from making SQLite compile the statement again at every use.)
     const FIND_BY_SHA: &'static str = concat!(
         "SELECT path, ",
         synced_columns!(),
         " FROM synced INDEXED BY synced_sha256
-         WHERE sha256 = ?1 AND dir = ?2 AND kind = 'file'
-         ORDER BY path"
+         WHERE sha256 = ?1 AND dir = ?2 AND path <> ?3 AND kind = 'file'
+         ORDER BY path LIMIT ?4"
     );
 
     /// Up to `limit` synced files of `dir` other than `except` whose sha256 equals `sha256`,
-    /// by path: local copies of content the client would otherwise download. The caller must
-    /// check a file still has that content before copying it.
+    /// by path, with their records: local copies of content the client would otherwise
+    /// download. The caller must check a file still has that content before copying it.
     ///
-    /// Only the index is read for them, and only as far as `limit`: in a tree where thousands
-    /// of files share one content (empty files, vendored copies), each lookup stays a few rows.
+    /// Only as many rows as `limit` are read: in a tree where thousands of files share one
+    /// content (empty files, vendored copies), each lookup stays a few rows.
     ///
     /// # Errors
     ///
@@ -402,19 +401,17 @@ impl ClientState {
         limit: usize,
     ) -> Result<Vec<(String, Synced)>> {
         let context = || format!("looking for synced files of {dir} with sha256 {sha256}");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut stmt = self
             .conn
             .prepare_cached(Self::FIND_BY_SHA)
             .with_ctx(context)?;
         let rows = stmt
-            .query_map((sha256, dir), |row| {
+            .query_map((sha256, dir, except, limit), |row| {
                 Ok((row.get::<_, String>(0)?, synced_from_row(row, 1)?))
             })
             .with_ctx(context)?;
-        rows.filter(|found| found.as_ref().map_or(true, |(path, _)| path != except))
-            .take(limit)
-            .collect::<rusqlite::Result<_>>()
-            .with_ctx(context)
+        rows.collect::<rusqlite::Result<_>>().with_ctx(context)
     }
 
     /// Whether a page that was not committed (the client stopped) was about to write content

@@ -139,6 +139,7 @@ pub(crate) fn open_read_only(path: &Path, schema: &Schema) -> Result<Connection>
         source,
     })?;
     conn.busy_timeout(BUSY_TIMEOUT)
+        .and_then(|()| stable_plans(&conn))
         .map_err(|err| classify(err, path))?;
     check_schema(&conn, schema, path)?;
     Ok(conn)
@@ -174,6 +175,7 @@ pub(crate) fn open_immutable(path: &Path, schema: &Schema) -> Result<Connection>
             source,
         }
     })?;
+    stable_plans(&conn).map_err(|err| classify(err, path))?;
     check_schema(&conn, schema, path)?;
     Ok(conn)
 }
@@ -217,11 +219,16 @@ fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
     })?;
     conn.execute_batch(sync.pragma())?;
     conn.execute_batch("PRAGMA foreign_keys = ON")?;
-    // Plans that do not depend on the values bound. Without it, SQLite marks a statement whose
-    // plan looked at a bound value (an `ORDER BY` after equalities, a `LIMIT ?`) to be compiled
-    // again whenever its bindings are cleared, which rusqlite's statement cache does each time
-    // a statement goes back: such a `prepare_cached` statement was compiled anew at every use.
-    // zync keeps no statistics (no ANALYZE) for values to matter.
+    stable_plans(conn)
+}
+
+/// Plans that do not depend on the values bound, on every connection (it writes nothing).
+/// Without it, SQLite marks a statement whose plan looked at a bound value (an `ORDER BY`
+/// after equalities, a `LIMIT ?`) to be compiled again whenever its bindings are cleared, which
+/// rusqlite's statement cache does each time a statement goes back: such a `prepare_cached`
+/// statement was compiled anew at every use. zync keeps no statistics (no ANALYZE) and no
+/// partial index for values to matter.
+fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(())
 }
@@ -290,13 +297,14 @@ mod tests {
     fn a_cached_statement_is_compiled_once_whatever_is_bound() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let index = open_file(&tmp.path().join("i.db"), &migrate::INDEX, Synchronous::Full);
-        let client = open_file(
-            &tmp.path().join("c.db"),
-            &migrate::CLIENT,
-            Synchronous::Full,
-        );
+        let c = tmp.path().join("c.db");
+        // Made and closed first: an immutable reader reads only what is checkpointed.
+        drop(open_file(&c, &migrate::CLIENT, Synchronous::Full).expect("create"));
+        let immutable = open_immutable(&c, &migrate::CLIENT);
+        let read_only = open_read_only(&c, &migrate::CLIENT);
+        let client = open_file(&c, &migrate::CLIENT, Synchronous::Full);
         let memory = open_memory(&migrate::CLIENT, Synchronous::Full);
-        for conn in [index, client, memory] {
+        for conn in [index, client, memory, read_only, immutable] {
             let conn = conn.expect("open");
             // The shape of the client's lookup by content: a secondary index, two equalities,
             // rows in the index's order.

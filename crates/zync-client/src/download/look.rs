@@ -270,15 +270,20 @@ impl Look<'_> {
             let Ok(source) = RelPath::parse(&path) else {
                 continue;
             };
-            match stat(self.root, &source)? {
-                Stat::Entry(m)
+            // Its parents first, so nothing outside the root is looked at; a holder that cannot
+            // be looked at is passed over, as one that changed is.
+            if zync_fs::check_parents(self.root, &source).is_err() {
+                continue;
+            }
+            match stat(self.root, &source) {
+                Ok(Stat::Entry(m))
                     if m.kind == Kind::File
                         && m.size == synced.size
-                        && m.mtime_ns == synced.mtime_ns => {}
+                        && m.mtime_ns == synced.mtime_ns =>
+                {
+                    return Ok(Some(source.to_path(self.root)));
+                }
                 _ => continue,
-            }
-            if zync_fs::check_parents(self.root, &source).is_ok() {
-                return Ok(Some(source.to_path(self.root)));
             }
         }
         Ok(None)
