@@ -72,7 +72,10 @@ fn run_in(name: &str, ctx: &Ctx) -> Result<Row> {
             pair(ctx, &src, Mode::Fresh, Keep::Tree)?
         }
         "initial-shared" => {
-            workload::shared_tree(&src, ctx.pick(10_000, 2_000), SEED)?;
+            // Bigger than initial-small's tree: a repository with its vendored dependencies.
+            // Files planned in a later page find the holders of their content that earlier
+            // pages wrote, so most of the shared files are copies made on R.
+            workload::shared_tree(&src, ctx.pick(40_000, 4_000), SEED)?;
             pair(ctx, &src, Mode::Fresh, Keep::Tree)?
         }
         "noop" => {
