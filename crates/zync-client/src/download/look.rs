@@ -261,32 +261,44 @@ impl Look<'_> {
         if let Some(stashed) = known.stash.get(sha) {
             return Ok(Some(stashed.clone()));
         }
-        let candidates = self
+        // The first holder is nearly always as zync wrote it: it alone is read first, and the
+        // next few only when it is not.
+        let first = self.state.find_by_sha(self.dir, sha, rel.as_str(), 1)?;
+        let Some(holder) = first.first() else {
+            return Ok(None);
+        };
+        if let Some(source) = self.holder_as_synced(&holder.0, &holder.1) {
+            return Ok(Some(source));
+        }
+        let more = self
             .state
             .find_by_sha(self.dir, sha, rel.as_str(), SOURCE_CANDIDATES)?;
-        for (path, synced) in candidates {
-            // Invariant 3 (docs/ARCHITECTURE.md): a path from the database is validated like
-            // one from the network.
-            let Ok(source) = RelPath::parse(&path) else {
-                continue;
-            };
-            // Its parents first, so nothing outside the root is looked at; a holder that cannot
-            // be looked at is passed over, as one that changed is.
-            if zync_fs::check_parents(self.root, &source).is_err() {
-                continue;
+        Ok(more
+            .iter()
+            .skip(1)
+            .find_map(|(path, synced)| self.holder_as_synced(path, synced)))
+    }
+
+    /// The path under the root of `path`, a file the database says holds some content, when it
+    /// is still the file zync wrote there (`synced`): same kind, size and mtime, reached without
+    /// a symlink.
+    fn holder_as_synced(&self, path: &str, synced: &Synced) -> Option<PathBuf> {
+        // Invariant 3 (docs/ARCHITECTURE.md): a path from the database is validated like one
+        // from the network.
+        let source = RelPath::parse(path).ok()?;
+        // Its parents first, so nothing outside the root is looked at; a holder that cannot be
+        // looked at is passed over, as one that changed is.
+        zync_fs::check_parents(self.root, &source).ok()?;
+        match stat(self.root, &source) {
+            Ok(Stat::Entry(m))
+                if m.kind == Kind::File
+                    && m.size == synced.size
+                    && m.mtime_ns == synced.mtime_ns =>
+            {
+                Some(source.to_path(self.root))
             }
-            match stat(self.root, &source) {
-                Ok(Stat::Entry(m))
-                    if m.kind == Kind::File
-                        && m.size == synced.size
-                        && m.mtime_ns == synced.mtime_ns =>
-                {
-                    return Ok(Some(source.to_path(self.root)));
-                }
-                _ => continue,
-            }
+            _ => None,
         }
-        Ok(None)
     }
 
     fn synced(&self, rel: &RelPath) -> Result<Option<Synced>, ClientError> {
