@@ -1,6 +1,7 @@
 //! End-to-end: a daemon and a client (the real binaries) keep R's directory equal to E's.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use crate::common::proxy::Proxy;
 use crate::common::*;
@@ -99,6 +100,18 @@ fn loop_mode_follows_every_kind_of_change_on_e() {
     drop(running);
 }
 
+/// A daemon serving `e` as dir "code" and a client that synced it once into `tmp`/r, with R
+/// then holding E's tree.
+fn synced_once(tmp: &Path, e: &Path) -> (Daemon, ClientSpec, PathBuf) {
+    let daemon = Daemon::start(tmp, &[("code", e)]);
+    daemon.wait_scanned();
+    let r = tmp.join("r");
+    let client = ClientSpec::new(&tmp.join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+    assert_same_tree(e, &r, &[]);
+    (daemon, client, r)
+}
+
 /// Content R already has is copied on R, not downloaded: a file renamed or moved on
 /// E, a whole directory renamed, and a copy of a file all arrive without their bytes crossing
 /// the wire, and the files set aside during the page leave nothing behind.
@@ -111,12 +124,7 @@ fn renamed_moved_and_copied_files_are_copied_on_r_not_downloaded() {
     write(&e.join("dir/one.txt"), pseudo_random(SIZE, 8));
     write(&e.join("dir/sub/two.txt"), pseudo_random(SIZE, 9));
     write(&e.join("src.txt"), pseudo_random(SIZE, 10));
-    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
-    daemon.wait_scanned();
-    let r = tmp.path().join("r");
-    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
-    client.once_ok(&daemon.url());
-    assert_same_tree(&e, &r, &[]);
+    let (daemon, client, r) = synced_once(tmp.path(), &e);
 
     std::fs::create_dir_all(e.join("b")).unwrap();
     std::fs::rename(e.join("a/big.bin"), e.join("b/moved.bin")).unwrap();
@@ -170,12 +178,7 @@ fn a_renamed_tree_of_many_files_is_copied_batch_by_batch_not_downloaded() {
             format!("file {i} {}", "z".repeat(i % 300)),
         );
     }
-    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
-    daemon.wait_scanned();
-    let r = tmp.path().join("r");
-    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
-    client.once_ok(&daemon.url());
-    assert_same_tree(&e, &r, &[]);
+    let (daemon, client, r) = synced_once(tmp.path(), &e);
 
     std::fs::rename(e.join("old"), e.join("new")).unwrap();
     let proxy = Proxy::to_port(daemon.port);
@@ -204,12 +207,7 @@ fn a_copy_on_r_comes_from_a_holder_r_has_not_edited() {
     for name in ["a.bin", "b.bin", "c.bin"] {
         write(&e.join(name), &content);
     }
-    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
-    daemon.wait_scanned();
-    let r = tmp.path().join("r");
-    let client = ClientSpec::new(&tmp.path().join("client"), &daemon, &[("code", &r)]);
-    client.once_ok(&daemon.url());
-    assert_same_tree(&e, &r, &[]);
+    let (daemon, client, r) = synced_once(tmp.path(), &e);
 
     // The same size, another content and mtime: only the look at the file tells.
     let edited = pseudo_random(SIZE, 22);
