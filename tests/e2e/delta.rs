@@ -705,10 +705,9 @@ fn a_corrupt_delta_is_caught_and_the_file_downloaded_whole() {
     let middle = SIZE / 2 + 4321;
     data[middle..middle + 64 * 1024].copy_from_slice(&pseudo_random(64 * 1024, 92));
     write(&e.join("big.bin"), &data);
-    wait_until("the daemon to index the edit", || {
-        let out = client.status_json(&daemon.url());
-        out["dirs"][0]["pending"].as_u64() == Some(1)
-    });
+    // The edit as written, not a state the daemon saw while it was being written: a delta of
+    // that one would be refused as stale after its frames (the corrupted one among them) went.
+    daemon.wait_indexed_as("big.bin", &sha256(&data));
     let proxy = crate::common::proxy::Proxy::to_port(daemon.port);
     // A file this big would first ask for E's window hashes (binary frames too): as an older
     // daemon, the proxy refuses that, so the frame corrupted is the delta's.
