@@ -141,6 +141,8 @@ fn renamed_moved_and_copied_files_are_copied_on_r_not_downloaded() {
         ],
         &["a/big.bin", "dir/one.txt", "dir/sub/two.txt"],
     );
+    // The copy as made, not a state seen before its bytes arrived.
+    daemon.wait_indexed_as("copy.txt", &sha256(&pseudo_random(SIZE, 10)));
     let proxy = Proxy::to_port(daemon.port);
     let logs = once_until(&client, &proxy.url(), "R has E's renamed tree", || {
         same_tree(&e, &r, &[])
@@ -213,7 +215,9 @@ fn a_copy_on_r_comes_from_a_holder_r_has_not_edited() {
     let edited = pseudo_random(SIZE, 22);
     write(&r.join("a.bin"), &edited);
     std::fs::copy(e.join("c.bin"), e.join("d.bin")).unwrap();
-    daemon.wait_indexed(&["d.bin"], &[]);
+    // The copy as made, not the empty file the daemon may see before its bytes arrive (R
+    // holds no empty file to copy, so that one would be downloaded).
+    daemon.wait_indexed_as("d.bin", &sha256(&content));
     let proxy = Proxy::to_port(daemon.port);
     let logs = once_until(&client, &proxy.url(), "R has d.bin", || {
         std::fs::read(r.join("d.bin")).is_ok_and(|d| d == content)
