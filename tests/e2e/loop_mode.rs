@@ -217,3 +217,30 @@ fn a_loop_client_does_not_open_its_database_again_for_each_sync() {
         m.running.log_text()
     );
 }
+
+#[test]
+fn both_ends_give_back_the_memory_a_big_sync_freed() {
+    // glibc keeps what is freed for later allocations: a daemon and a loop client that run
+    // for days would hold the peak of their first sync of a big tree all along.
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    for i in 0..5_000 {
+        write(
+            &e.join(format!("d{}/f{i}.txt", i % 50)),
+            format!("line {i}\n").repeat(150),
+        );
+    }
+    let daemon = Daemon::start(tmp.path(), &[("code", &e)]);
+    let mirror = Mirror::start(tmp.path(), daemon, &e);
+    const GAVE: &str = "gave freed memory back to the system";
+    wait_until_else(
+        "the loop client to give back what its first sync freed",
+        || mirror.running.log_text().contains(GAVE),
+        || mirror.running.log_text(),
+    );
+    wait_until_else(
+        "the daemon to give back what its scan and the sync freed",
+        || mirror.daemon.log_text().contains(GAVE),
+        || mirror.daemon.log_text(),
+    );
+}

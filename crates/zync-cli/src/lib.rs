@@ -22,7 +22,10 @@ pub mod visible;
 pub use backoff::Backoff;
 pub use file::{default_path, load, ConfigError, Loaded};
 pub use generate::Generate;
-pub use runtime::{limit_malloc_arenas, lower_priority, runtime, shutdown_signal, MALLOC_ARENAS};
+pub use runtime::{
+    give_back_freed_memory, limit_malloc_arenas, lower_priority, runtime, shutdown_signal,
+    MALLOC_ARENAS,
+};
 pub use settings::SETTINGS;
 
 use clap::parser::ValueSource;

@@ -405,12 +405,14 @@ async fn session(
     let mut conn = connect(config, state.client_id()).await?;
     *connected = true;
     tracing::info!(server = %config.server, dirs = conn.hello.dirs.len(), "connected");
-    sync_all(&mut conn, state, config).await?;
     loop {
+        sync_all(&mut conn, state, config).await?;
+        // An initial sync, or a big change on E, leaves megabytes freed that glibc would keep
+        // until the client stops.
+        zync_cli::give_back_freed_memory();
         // A pushed CHANGED event, or the safety-net interval, starts the next round; the wait
         // itself pings the daemon so a stalled tunnel is noticed (--stall-timeout).
         conn.wait_event(config.interval).await?;
-        sync_all(&mut conn, state, config).await?;
     }
 }
 
