@@ -756,6 +756,21 @@ pub fn wait_same_tree(e: &Path, r: &Path, skip: &[&str]) {
     }
 }
 
+/// A memory figure of process `pid` from `/proc/PID/status` (`"VmRSS"` resident now, `"VmHWM"`
+/// its peak so far), in bytes; `None` once it has exited.
+pub fn memory_of(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// Writes a file, creating parents.
 pub fn write(path: &Path, data: impl AsRef<[u8]>) {
     if let Some(parent) = path.parent() {

@@ -401,19 +401,7 @@ fn a_slow_tunnel_still_converges() {
 
 /// The daemon's peak resident memory (VmHWM), in bytes.
 fn peak_memory(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM in /proc/PID/status");
-    let kb: u64 = line
-        .trim_start_matches("VmHWM:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .expect("VmHWM value");
-    kb * 1024
+    memory_of(pid, "VmHWM").expect("VmHWM in /proc/PID/status")
 }
 
 /// (e): 20 loop-mode clients at once, each with its own database and directory, all get the

@@ -589,20 +589,6 @@ async fn flooding_daemon(listener: TcpListener, token: String) -> u64 {
     refused
 }
 
-/// A process's peak resident memory so far (VmHWM), in bytes; `None` once it has exited.
-fn peak_so_far(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 /// Runs `cmd` to its end, within `deadline`, and returns its exit code and its peak resident
 /// memory, read every few milliseconds while it runs (a child's `ru_maxrss` would count the
 /// memory of this test process, which it was forked from).
@@ -611,7 +597,7 @@ fn exit_and_peak(mut cmd: std::process::Command, deadline: Duration) -> (Option<
     let start = Instant::now();
     let mut peak = 0;
     loop {
-        if let Some(now) = peak_so_far(child.id()) {
+        if let Some(now) = memory_of(child.id(), "VmHWM") {
             peak = peak.max(now);
         }
         if let Some(status) = child.try_wait().expect("try_wait") {

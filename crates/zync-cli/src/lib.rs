@@ -23,8 +23,8 @@ pub use backoff::Backoff;
 pub use file::{default_path, load, ConfigError, Loaded};
 pub use generate::Generate;
 pub use runtime::{
-    give_back_freed_memory, limit_malloc_arenas, lower_priority, runtime, shutdown_signal,
-    MALLOC_ARENAS,
+    give_back_freed_memory, limit_malloc_arenas, lower_priority, process_cpu, runtime,
+    shutdown_signal, GiveBack, MALLOC_ARENAS,
 };
 pub use settings::SETTINGS;
 

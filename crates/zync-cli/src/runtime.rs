@@ -40,15 +40,17 @@ pub fn limit_malloc_arenas() {
 ///
 /// glibc keeps what is freed in the middle of its heap for later allocations, so a daemon or a
 /// client looping for days would hold the peak of its biggest burst (a startup scan of a big
-/// tree, an initial sync) for as long as it runs: 24 MiB instead of 17 for a daemon that served
-/// a 40,000-file tree. Returning it costs a walk of the allocator's free lists and, for what
-/// is used again, a page fault per page: call it when a burst of work has ended, or every few
-/// seconds at most. Logs at debug what it gave back, from 256 KiB on.
+/// tree, an initial sync) for as long as it runs: 23 MiB instead of 18 for a daemon that served
+/// a 40,000-file tree. Returning it walks the allocator's free lists holding each arena's lock
+/// (a millisecond or so for a heap of tens of MiB; every thread allocating in that arena waits
+/// meanwhile, so call it at the priority of the threads that serve, never from a niced one),
+/// and what is used again costs a page fault per page: call it through [`GiveBack`], once a
+/// burst of work has ended. Logs at debug what it gave back, from 256 KiB on.
 pub fn give_back_freed_memory() -> u64 {
     let before = resident_bytes();
-    // SAFETY: malloc_trim only returns free pages of the allocator's own heap to the system;
-    // it takes the allocator's locks like any allocation.
-    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions: it returns free pages of the allocator's own
+    // heap to the system, under the allocator's locks.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
         libc::malloc_trim(0);
     }
@@ -62,6 +64,34 @@ pub fn give_back_freed_memory() -> u64 {
     returned
 }
 
+/// Gives freed memory back only when there may be some worth it: when resident memory grew by
+/// [`GiveBack::MIN_GROWTH`] or more since it last gave back (a process at rest then never
+/// walks its heap for nothing).
+#[derive(Debug, Default)]
+pub struct GiveBack {
+    /// Resident memory after the last give-back, in bytes.
+    level: u64,
+}
+
+impl GiveBack {
+    /// How much resident memory must have grown since the last give-back for another.
+    pub const MIN_GROWTH: u64 = 1 << 20;
+
+    /// Gives back what was freed ([`give_back_freed_memory`]) if resident memory grew by
+    /// [`GiveBack::MIN_GROWTH`] since the last time; returns how much went back.
+    pub fn if_grown(&mut self) -> u64 {
+        let Some(now) = resident_bytes() else {
+            return 0;
+        };
+        if now < self.level.saturating_add(Self::MIN_GROWTH) {
+            return 0;
+        }
+        let returned = give_back_freed_memory();
+        self.level = resident_bytes().unwrap_or(now);
+        returned
+    }
+}
+
 /// The process's resident memory in bytes, from `/proc/self/statm`.
 fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -69,6 +99,26 @@ fn resident_bytes() -> Option<u64> {
     // SAFETY: sysconf reads a constant of the system.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages.saturating_mul(u64::try_from(page).ok()?))
+}
+
+/// The CPU time (user and system) the whole process has used so far; zero when it cannot be
+/// read.
+pub fn process_cpu() -> std::time::Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given, which is zeroed and of the right type.
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+            return std::time::Duration::ZERO;
+        }
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| {
+        std::time::Duration::new(
+            u64::try_from(t.tv_sec).unwrap_or(0),
+            u32::try_from(t.tv_usec).unwrap_or(0).saturating_mul(1000),
+        )
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// Lowers the CPU priority of the calling thread, and of every thread it starts afterwards,
@@ -129,18 +179,25 @@ mod tests {
         assert_eq!(rt.block_on(async { 1 + 1 }), 2);
     }
 
+    /// Frees `blocks` blocks of 16 KiB between blocks that stay (as a long run leaves the
+    /// heap: glibc keeps such blocks; a freed block next to the heap's end, or a long run of
+    /// them, may go back by itself), and returns those that stay.
+    fn free_between_kept(blocks: usize) -> Vec<Vec<u8>> {
+        let mut freed = Vec::new();
+        let mut kept = Vec::new();
+        for _ in 0..blocks {
+            freed.push(vec![1u8; 16 << 10]);
+            kept.push(vec![1u8; 64]);
+        }
+        kept
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn freed_memory_goes_back_to_the_system() {
-        // What a long run leaves: freed blocks between live ones, which glibc keeps (a freed
-        // block next to the heap's end, or a big run of them, may go back by itself).
+        // On a thread of its own, so its blocks come from an arena other tests hardly use.
         let returned = std::thread::spawn(|| {
-            let mut blocks = Vec::new();
-            let mut kept = Vec::new();
-            for _ in 0..4096 {
-                blocks.push(vec![1u8; 16 << 10]);
-                kept.push(vec![1u8; 64]);
-            }
-            drop(blocks);
+            let kept = free_between_kept(4096);
             let returned = give_back_freed_memory();
             drop(kept);
             returned
@@ -150,6 +207,39 @@ mod tests {
         assert!(
             returned >= 32 << 20,
             "only {returned} bytes of 64 MiB freed went back to the system"
+        );
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn memory_goes_back_only_once_it_grew() {
+        std::thread::spawn(|| {
+            let mut give_back = GiveBack::default();
+            let kept = free_between_kept(4096);
+            assert!(
+                give_back.if_grown() >= 32 << 20,
+                "64 MiB freed, after growth"
+            );
+            // A quarter of a MiB freed since: less growth than makes a give-back worth it.
+            let kept_too = free_between_kept(16);
+            assert_eq!(give_back.if_grown(), 0, "given back with little growth");
+            drop((kept, kept_too));
+        })
+        .join()
+        .expect("test thread");
+    }
+
+    #[test]
+    fn the_process_cpu_time_grows_with_work() {
+        let before = process_cpu();
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(
+            process_cpu() > before,
+            "no CPU time counted for 30 ms of work"
         );
     }
 

@@ -405,11 +405,17 @@ async fn session(
     let mut conn = connect(config, state.client_id()).await?;
     *connected = true;
     tracing::info!(server = %config.server, dirs = conn.hello.dirs.len(), "connected");
+    let mut give_back = zync_cli::GiveBack::default();
     loop {
         sync_all(&mut conn, state, config).await?;
         // An initial sync, or a big change on E, leaves megabytes freed that glibc would keep
-        // until the client stops.
-        zync_cli::give_back_freed_memory();
+        // until the client stops (off the reactor: the allocator's locks are held meanwhile).
+        give_back = tokio::task::spawn_blocking(move || {
+            give_back.if_grown();
+            give_back
+        })
+        .await
+        .unwrap_or_default();
         // A pushed CHANGED event, or the safety-net interval, starts the next round; the wait
         // itself pings the daemon so a stalled tunnel is noticed (--stall-timeout).
         conn.wait_event(config.interval).await?;

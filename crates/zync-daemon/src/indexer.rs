@@ -263,9 +263,6 @@ impl Indexer {
                     self.admit(i)?;
                 }
                 self.publish(false)?;
-                // A startup scan or a sync of a big tree leaves megabytes freed that glibc
-                // would keep for as long as the daemon runs.
-                zync_cli::give_back_freed_memory();
                 last_check = Instant::now();
             }
             let Some(w) = &self.watcher else {

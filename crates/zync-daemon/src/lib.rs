@@ -198,13 +198,48 @@ pub async fn run(
             () = watch_indexer => {}
         }
     };
-    server::serve(listener, shared, stop_serving).await?;
+    let giving_back = tokio::spawn(give_back_after_bursts());
+    let served = server::serve(listener, shared, stop_serving).await;
+    giving_back.abort();
+    served?;
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     if let Ok(e) = indexer_failed_rx.await {
         return Err(e.context("the indexer failed"));
     }
     Ok(())
+}
+
+/// How often the daemon looks whether a burst of work has ended ([`give_back_after_bursts`]).
+const GIVE_BACK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Gives what a burst of work freed (a startup scan, a sync of a big tree) back to the system
+/// once the daemon is quiet again: it used less than a twentieth of a core over the last
+/// [`GIVE_BACK_EVERY`] (what a busy daemon frees, it uses again). Runs at serving priority,
+/// never on the niced indexer: the allocator's locks are held meanwhile, and serving would
+/// wait behind indexing for them.
+async fn give_back_after_bursts() {
+    let mut give_back = zync_cli::GiveBack::default();
+    let mut ticks = tokio::time::interval(GIVE_BACK_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cpu = zync_cli::process_cpu();
+    loop {
+        ticks.tick().await;
+        let now = zync_cli::process_cpu();
+        let used = now.saturating_sub(cpu);
+        cpu = now;
+        if used > GIVE_BACK_EVERY / 20 {
+            continue;
+        }
+        let given = tokio::task::spawn_blocking(move || {
+            give_back.if_grown();
+            give_back
+        });
+        give_back = match given.await {
+            Ok(give_back) => give_back,
+            Err(_) => return,
+        };
+    }
 }
 
 /// Takes the daemon's lock on its database (`<db>.lock`, an flock that ends with the process,
