@@ -246,15 +246,7 @@ impl IgnoreRules {
         ends.chain(std::iter::once((s.len(), is_dir)))
             .find_map(|(end, dir)| {
                 let here = &s[..end];
-                let name = here.rsplit('/').next().unwrap_or(here);
-                let rule = if name.starts_with(TEMP_PREFIX) {
-                    IgnoreRule {
-                        pattern: format!("{TEMP_PREFIX}*"),
-                        source: RuleSource::Zync,
-                    }
-                } else {
-                    self.ignored_here(here, dir)?
-                };
+                let rule = self.ignoring_itself(here, dir)?;
                 let path = if end == s.len() {
                     rel.clone()
                 } else {
@@ -266,6 +258,31 @@ impl IgnoreRules {
                     rule,
                 })
             })
+    }
+
+    /// [`IgnoreRules::ignored_by`] for `rel` in a directory known not to be ignored (one a walk
+    /// descends into): only `rel` itself is matched, not each of its ancestors again. A walk
+    /// of a deep tree otherwise spends more on the rules than on listing it.
+    pub fn ignored_in_kept_dir(&self, rel: &RelPath, is_dir: bool) -> Option<Ignored> {
+        let rule = self.ignoring_itself(rel.as_str(), is_dir)?;
+        Some(Ignored {
+            path: rel.clone(),
+            is_dir,
+            rule,
+        })
+    }
+
+    /// The rule that ignores `path` itself (not its ancestors): zync's own temp files, then
+    /// the user's rules.
+    fn ignoring_itself(&self, path: &str, is_dir: bool) -> Option<IgnoreRule> {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if name.starts_with(TEMP_PREFIX) {
+            return Some(IgnoreRule {
+                pattern: format!("{TEMP_PREFIX}*"),
+                source: RuleSource::Zync,
+            });
+        }
+        self.ignored_here(path, is_dir)
     }
 
     /// The rule that ignores `path` itself (not its ancestors), if one does: the deepest
@@ -430,11 +447,21 @@ mod tests {
 
     fn check(rules: &IgnoreRules, cases: &[(&str, bool, bool)]) {
         for &(path, is_dir, want) in cases {
+            let path = rel(path);
             assert_eq!(
-                rules.is_ignored(&rel(path), is_dir),
+                rules.is_ignored(&path, is_dir),
                 want,
                 "is_ignored({path:?}, is_dir={is_dir}): expected {want}"
             );
+            // A walk that reached the path's directory asks only about the path itself.
+            let kept_dir = path.parent().is_none_or(|p| !rules.is_ignored(&p, true));
+            if kept_dir {
+                assert_eq!(
+                    rules.ignored_in_kept_dir(&path, is_dir),
+                    rules.ignored_by(&path, is_dir),
+                    "{path:?} (is_dir={is_dir}) in a directory that is not ignored"
+                );
+            }
         }
     }
 

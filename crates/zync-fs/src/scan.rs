@@ -316,9 +316,10 @@ fn list_dir(
             }
         };
         // The type from the directory listing (no stat): enough for the ignore rules, and an
-        // ignored entry is never stat'ed.
+        // ignored entry is never stat'ed. The walk only lists directories that are not
+        // ignored, so only the child itself is matched.
         let is_dir = kind == Some(Kind::Dir);
-        if let Some(skipped) = rules.ignored_by(&child, is_dir) {
+        if let Some(skipped) = rules.ignored_in_kept_dir(&child, is_dir) {
             ignored.push(skipped);
             continue;
         }
