@@ -216,8 +216,7 @@ impl IgnoreRules {
     /// ignored (`is_ignored(parent, true)` was false): only `rel` itself is matched, not its
     /// ancestors again, so that a batch of files in one directory checks the directory once.
     pub fn is_ignored_in_kept_dir(&self, rel: &RelPath, is_dir: bool) -> bool {
-        rel.file_name().starts_with(TEMP_PREFIX)
-            || self.ignored_here(rel.as_str(), is_dir).is_some()
+        self.ignoring_itself(rel.as_str(), is_dir).is_some()
     }
 
     /// The rule that ignores `rel`, for a person (``pattern `*.log` from --ignore``,
