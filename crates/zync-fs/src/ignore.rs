@@ -404,12 +404,14 @@ fn read_ignore_file(root: &Path, dir: &str) -> Result<Option<Vec<u8>>, String> {
     let opened = match parent.open_file_to_read(IGNORE_FILE) {
         Ok(Some(opened)) => opened,
         Ok(None) => {
+            // Most directories have none: only something else standing there is worth a
+            // warning.
             return match parent.lstat(IGNORE_FILE) {
+                Ok(crate::Stat::Missing) | Err(_) => Ok(None),
                 Ok(_) => Err(
                     "not a regular file (a symlink, a FIFO, ...): zync reads only a plain file"
                         .into(),
                 ),
-                Err(_) => Ok(None),
             };
         }
         Err(e) if crate::meta::is_missing(&e) => return Ok(None),
@@ -503,6 +505,20 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("reading the .zyncignore files blocked or never ended");
         assert_eq!(asked, [false, false, false, false, true]);
+    }
+
+    /// A directory without a `.zyncignore` (nearly all of them) has no rules, and nothing to
+    /// warn about; one where something else stands in its place is worth a warning.
+    #[test]
+    fn a_missing_zyncignore_is_no_rules_and_no_complaint() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        fs::create_dir_all(root.join("sub/deeper")).expect("mkdir");
+        for dir in ["", "sub", "sub/deeper"] {
+            assert_eq!(read_ignore_file(root, dir), Ok(None), "{dir:?}");
+        }
+        fs::create_dir(root.join("sub").join(IGNORE_FILE)).expect("mkdir");
+        assert!(read_ignore_file(root, "sub").is_err());
     }
 
     #[test]
