@@ -231,9 +231,8 @@ fn keep_newer(
         bail!("E has no file at {rel} to keep");
     };
     let stamp = chrono::Local::now().format("%Y%m%dT%H%M%S").to_string();
-    let copy = zync_fs::free_conflict_name(root, rel, &stamp);
-    zync_fs::rename_beneath(root, rel, &copy)
-        .with_context(|| format!("cannot keep E's newer {rel} as {copy}"))?;
+    let copy = zync_fs::keep_as_conflict_copy(root, rel, &stamp)
+        .with_context(|| format!("cannot keep E's newer {rel} as a conflict copy"))?;
     let (shown, shown_copy) = (
         zync_cli::visible::line(rel.as_str()),
         zync_cli::visible::line(copy.as_str()),

@@ -1,7 +1,9 @@
 //! Names for conflict copies (invariant 4): when a change from E meets a local edit on R, R's
 //! version is kept next to the file as `name.zync-conflict-STAMP.ext`.
 
+use crate::error::FsError;
 use crate::path::{RelPath, MAX_COMPONENT_BYTES, MAX_PATH_BYTES};
+use crate::{Dir, Stat};
 use std::path::Path;
 
 /// What marks a conflict copy's name.
@@ -94,6 +96,61 @@ pub fn free_conflict_name(root: &Path, rel: &RelPath, stamp: &str) -> RelPath {
     candidate
 }
 
+/// Renames `root/rel` to a conflict copy beside it and returns the copy's name: the name of
+/// [`conflict_name`] for `stamp`, else with `-1`, `-2`... appended to the stamp. Nothing is
+/// ever replaced: the rename itself refuses a name that is taken (`RENAME_NOREPLACE`), and
+/// both ends are reached through directory handles, never through a symlink. A look by path
+/// first (as [`free_conflict_name`] does) could see a name free through a directory another
+/// user swapped for a symlink, and the rename then replace an earlier conflict copy in the
+/// real one, losing the edit it kept (invariant 4).
+///
+/// # Errors
+///
+/// As [`crate::Dir::open_dir`] for either parent; [`FsError::Io`] when the rename fails, or
+/// when every name is taken.
+pub fn keep_as_conflict_copy(root: &Path, rel: &RelPath, stamp: &str) -> Result<RelPath, FsError> {
+    const MAX_TRIES: u32 = 10_000;
+    let from_dir = Dir::parent_of(root, rel)?;
+    let mut candidate = conflict_name(rel, stamp);
+    for n in 1..=MAX_TRIES {
+        // Only a path near the length limit has its copy elsewhere (at the top of the root).
+        let elsewhere = match candidate.parent() == rel.parent() {
+            true => None,
+            false => Some(Dir::parent_of(root, &candidate)?),
+        };
+        let to_dir = elsewhere.as_ref().unwrap_or(&from_dir);
+        let renamed =
+            match from_dir.rename_noreplace(rel.file_name(), to_dir, candidate.file_name()) {
+                // A file system that cannot refuse to replace: look through the handle the rename
+                // goes through, then rename.
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                    match to_dir.lstat(candidate.file_name()) {
+                        Ok(Stat::Missing) => {
+                            from_dir.rename(rel.file_name(), to_dir, candidate.file_name())
+                        }
+                        Ok(_) => Err(std::io::ErrorKind::AlreadyExists.into()),
+                        Err(e) => Err(e),
+                    }
+                }
+                other => other,
+            };
+        match renamed {
+            Ok(()) => return Ok(candidate),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(FsError::io("keep a conflict copy of", rel.to_path(root), e)),
+        }
+        candidate = conflict_name(rel, &format!("{stamp}-{n}"));
+    }
+    Err(FsError::io(
+        "keep a conflict copy of",
+        rel.to_path(root),
+        std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{MAX_TRIES} conflict copies with this stamp exist beside it"),
+        ),
+    ))
+}
+
 /// Whether `file_name` is the name of a conflict copy.
 pub fn is_conflict_copy(file_name: &str) -> bool {
     match file_name.find(CONFLICT_MARKER) {
@@ -110,6 +167,53 @@ mod tests {
 
     fn rel(s: &str) -> RelPath {
         RelPath::parse(s).expect("valid test path")
+    }
+
+    /// Another user swaps the directory of a file for a symlink to a directory of theirs, as
+    /// fast as they can, while R's versions of the file are kept as conflict copies with one
+    /// stamp (one sync, or two in the same second): each copy kept still holds what it kept,
+    /// none was replaced by a later one, and nothing went to their directory.
+    #[test]
+    fn a_conflict_copy_never_replaces_another_while_its_directory_is_swapped() {
+        use std::os::fd::AsRawFd;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("root");
+        let d = root.join("d");
+        std::fs::create_dir_all(&d).expect("mkdir");
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&theirs, &link).expect("symlink");
+        // The real directory, under whichever name it has at the moment.
+        let real = std::fs::File::open(&d).expect("open");
+        let real_path = std::path::PathBuf::from(format!("/proc/self/fd/{}", real.as_raw_fd()));
+        let file = rel("d/f.txt");
+        let (kept, swaps) = crate::race::exchanging(&d, &link, || {
+            let mut kept = Vec::new();
+            for i in 0..1_000 {
+                let edit = format!("R's edit {i}");
+                std::fs::write(real_path.join("f.txt"), &edit).expect("write");
+                if let Ok(copy) = keep_as_conflict_copy(&root, &file, STAMP) {
+                    kept.push((copy, edit));
+                }
+            }
+            kept
+        });
+        assert!(
+            swaps > 0 && kept.len() > 10,
+            "{swaps} swaps, {} copies",
+            kept.len()
+        );
+        for (copy, edit) in &kept {
+            let held = std::fs::read_to_string(real_path.join(copy.file_name())).ok();
+            assert_eq!(
+                held.as_deref(),
+                Some(edit.as_str()),
+                "{copy} lost what it kept"
+            );
+        }
+        let strays = std::fs::read_dir(&theirs).expect("read_dir").count();
+        assert_eq!(strays, 0, "something was written in their directory");
     }
 
     #[test]

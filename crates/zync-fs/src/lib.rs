@@ -41,7 +41,9 @@ pub use crate::beneath::{
 pub use crate::checkpoint::{
     keyed_window_hashes, CheckedSha256, Checkpoints, WindowKey, CHECKPOINT_MIN,
 };
-pub use crate::conflict::{conflict_name, free_conflict_name, is_conflict_copy, CONFLICT_MARKER};
+pub use crate::conflict::{
+    conflict_name, free_conflict_name, is_conflict_copy, keep_as_conflict_copy, CONFLICT_MARKER,
+};
 pub use crate::delta::DeltaError;
 pub use crate::hash::{hash_bytes, hash_file, hash_open, is_sha256_hex, Hasher};
 pub use crate::ignore::{

@@ -120,11 +120,13 @@ impl Place {
     /// # Errors
     /// When it cannot be renamed.
     pub fn keep_local(&mut self, rel: &RelPath, why: &str) -> Result<(), ClientError> {
-        let copy = zync_fs::free_conflict_name(&self.root, rel, &self.stamp);
-        rename(&self.root, rel, &copy).map_err(|source| ClientError::Io {
-            what: "keep a conflict copy of",
-            path: rel.to_path(&self.root).display().to_string(),
-            source,
+        // Never over an earlier copy of the same stamp (zync_fs::keep_as_conflict_copy).
+        let copy = zync_fs::keep_as_conflict_copy(&self.root, rel, &self.stamp).map_err(|e| {
+            ClientError::Io {
+                what: "keep a conflict copy of",
+                path: rel.to_path(&self.root).display().to_string(),
+                source: into_io(e),
+            }
         })?;
         tracing::warn!(dir = self.dir, path = %rel, copy = %copy, "{why}; R's version was kept as {copy}");
         self.conflicts.push(copy.to_string());
@@ -251,11 +253,6 @@ pub const KEEP_TRIES: usize = 3;
 // entry's directory, reached from the root without following a symlink (invariant 3,
 // docs/ARCHITECTURE.md): a directory swapped for a symlink between a check and the act cannot
 // redirect them.
-
-/// Renames `root/from` to `root/to` (a conflict copy, a file set aside).
-pub(super) fn rename(root: &Path, from: &RelPath, to: &RelPath) -> io::Result<()> {
-    zync_fs::rename_beneath(root, from, to).map_err(into_io)
-}
 
 /// Removes the file or symlink `root/rel`; NotFound when nothing was there.
 pub(super) fn remove_file(root: &Path, rel: &RelPath) -> io::Result<()> {
