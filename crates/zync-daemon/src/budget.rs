@@ -85,7 +85,12 @@ impl StagingLimits {
         if pending < self.pending_sessions {
             return Ok(());
         }
-        Err(Refusal::new(
+        Err(self.too_many_pending(client, pending))
+    }
+
+    /// Why a new session of `client`, which has `pending` sessions waiting, is refused.
+    pub(crate) fn too_many_pending(&self, client: &str, pending: u64) -> Refusal {
+        Refusal::new(
             ErrorCode::TooLarge,
             format!(
                 "client {client} already has {pending} upstream sessions waiting on E; E allows {} \
@@ -93,7 +98,7 @@ impl StagingLimits {
                 self.pending_sessions,
                 raise("max-pending-sessions")
             ),
-        ))
+        )
     }
 
     /// The refusal of `upload` into a session holding `load`.

@@ -114,6 +114,36 @@ impl Index {
             .with_ctx(|| format!("counting the pending sessions of client {client_id}"))
     }
 
+    /// Records session `id` of client `client_id` as [`Index::create_session`] does, unless the
+    /// client has `max_pending` pending sessions already: then nothing is recorded and the
+    /// count is returned. The count and the insert are one write transaction, so connections
+    /// of one client racing to open sessions cannot all pass the limit together (invariant 9:
+    /// eight such connections left eight sessions where one was allowed).
+    ///
+    /// # Errors
+    /// As [`Index::create_session`].
+    pub fn create_session_within(
+        &self,
+        id: &str,
+        client_id: &str,
+        max_pending: u64,
+    ) -> Result<Option<u64>> {
+        let context = || format!("creating an upstream session of client {client_id}");
+        // IMMEDIATE: the write lock is taken before the count, not at the insert.
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.conn(),
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .with_ctx(context)?;
+        let pending = self.pending_sessions_of(client_id)?;
+        if pending >= max_pending {
+            return Ok(Some(pending));
+        }
+        self.create_session(id, client_id)?;
+        tx.commit().with_ctx(context)?;
+        Ok(None)
+    }
+
     /// As [`Index::add_staged_file`], returning the row it replaced: the same dir and path sent
     /// again in one session replaces the earlier version, whose staged file the caller then
     /// removes.
@@ -792,6 +822,40 @@ mod tests {
         let dir = session_dir(db, id);
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::write(dir.join(format!("{size}.new")), b"x").expect("staged file");
+    }
+
+    /// Two connections of one client open sessions at once against a limit of one (another
+    /// daemon connection holds its write transaction while this one asks): one session is
+    /// recorded, the other refused with the count.
+    #[test]
+    fn sessions_opened_at_once_by_one_client_stay_within_its_limit() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let db = tmp.path().join("sync.db");
+        let index = Index::open(&db).expect("open");
+        let (held, holding) = std::sync::mpsc::channel();
+        let other = std::thread::spawn({
+            let db = db.clone();
+            move || {
+                let index = Index::open(&db).expect("open");
+                index
+                    .conn()
+                    .execute_batch("BEGIN IMMEDIATE")
+                    .expect("begin");
+                // Its count said none was pending; its insert is on its way.
+                index.create_session("first", "r").expect("create");
+                held.send(()).expect("send");
+                // The other connection's insert is not committed yet while this one asks.
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                index.conn().execute_batch("COMMIT").expect("commit");
+            }
+        });
+        holding
+            .recv()
+            .expect("the other connection holds its transaction");
+        let second = index.create_session_within("second", "r", 1);
+        other.join().expect("thread");
+        assert_eq!(second.expect("second"), Some(1));
+        assert_eq!(index.pending_sessions_of("r").expect("count"), 1);
     }
 
     #[test]

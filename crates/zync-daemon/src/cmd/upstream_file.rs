@@ -104,7 +104,9 @@ async fn reserve(cx: &mut Context, upload: Upload<'_>) -> Result<Reservation, Re
 
 /// Records the open session and makes its private directory, before its first file is staged:
 /// a push whose every file is refused leaves nothing on E. The client's pending sessions are
-/// counted again here (another connection of the same client may have staged one meanwhile).
+/// counted again here, in the transaction that records this one
+/// ([`zync_db::Index::create_session_within`]): other connections of the same client may be
+/// opening theirs at this very moment.
 async fn create_session(cx: &mut Context) -> Result<(), Refusal> {
     let Some((id, dir)) = cx
         .upstream
@@ -114,19 +116,26 @@ async fn create_session(cx: &mut Context) -> Result<(), Refusal> {
     else {
         return Ok(());
     };
-    super::upstream_prepare::check_pending(cx).await?;
     let client = cx.client_id.clone();
     let session = id.clone();
+    let limit = cx.shared.staging.pending_sessions;
     // The row first, and on disk: a directory in the staging area that no row owns is litter
     // that `zync-apply gc` may remove at any time, while a session left `receiving` by a crash
     // is aborted, and its directory removed, when the daemon starts again. Its files' rows are
     // then written without waiting for the disk each: FINALIZE_UPSTREAM's commit, which waits,
     // makes them durable together with the staged status, after flushing the staged files.
-    cx.query(move |index| {
-        index.create_session(&session, &client)?;
-        index.set_commits_wait(false)
-    })
-    .await?;
+    let refused = cx
+        .query(move |index| {
+            let refused = index.create_session_within(&session, &client, limit)?;
+            if refused.is_none() {
+                index.set_commits_wait(false)?;
+            }
+            Ok(refused)
+        })
+        .await?;
+    if let Some(pending) = refused {
+        return Err(cx.shared.staging.too_many_pending(&cx.client_id, pending));
+    }
     if let Some(open) = cx.upstream.as_mut() {
         open.created = true;
     }
