@@ -528,3 +528,56 @@ fn files_another_user_puts_into_directories_zync_just_made_are_never_replaced() 
         }
     }
 }
+
+/// Another user who can rename entries of the directory R's root lies in (a shared project
+/// directory, or a sticky one they own) swaps the root itself for a symlink to a directory of
+/// theirs, back and forth, while a loop client brings E's new files: none lands in theirs
+/// (the client pinned its root when it started), and once the swapping stops R gets them all.
+#[test]
+fn a_mapped_root_swapped_for_a_symlink_while_the_client_runs_is_never_written_through() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let top = tmp.path();
+    let e = top.join("e");
+    write(&e.join("first.txt"), "E's first file\n");
+    let state = top.join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let daemon = Daemon::start(&state, &[("code", &e)]);
+    daemon.wait_scanned();
+    let r = top.join("shared").join("r");
+    std::fs::create_dir_all(&r).expect("mkdir");
+    let (out_dir, link) = outside(top, &["first.txt"]);
+    let before = snapshot(&out_dir);
+    let client = ClientSpec::new(&top.join("client"), &daemon, &[("code", &r)]);
+    let mut running = client.spawn(&daemon.url(), &top.join("client.log"));
+    wait_until("R has E's first file", || r.join("first.txt").exists());
+
+    const NEW: usize = 300;
+    let swapper = Swapper::start(&r, &link);
+    for i in 0..NEW {
+        write(
+            &e.join(format!("new/f{i:03}")),
+            format!("E's new file {i}\n"),
+        );
+    }
+    // The race: the client hears of the new files and writes them while the root is swapped.
+    let racing = Instant::now();
+    while racing.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let swaps = swapper.stop();
+    assert!(swaps > 100, "the swapper barely ran ({swaps} swaps)");
+    assert_untouched(&before, &snapshot(&out_dir));
+    // The next save on E starts a round, which retries what failed.
+    write(&e.join("next.txt"), "E's next save\n");
+    wait_until_else(
+        "R has all of E's new files once the swapping stopped",
+        || r.join("next.txt").exists() && (0..NEW).all(|i| r.join(format!("new/f{i:03}")).exists()),
+        || tail(&running.log_text(), 30),
+    );
+    assert!(
+        running.is_running(),
+        "the client stopped:\n{}",
+        tail(&running.log_text(), 30)
+    );
+    assert_untouched(&before, &snapshot(&out_dir));
+}

@@ -289,6 +289,14 @@ pub(crate) fn parse_mappings_with(
             });
             continue;
         }
+        if let Some((link, owner)) = others_symlink(Path::new(path)) {
+            return Err(bad(format!(
+                "{} is a symlink owned by another user (uid {owner}), who can point it anywhere \
+                 you can write; zync-client does not follow it. Map the directory it leads to \
+                 if you trust it, or remove the link",
+                link.display()
+            )));
+        }
         if create {
             std::fs::create_dir_all(path).map_err(|e| bad(format!("cannot create {path}: {e}")))?;
         }
@@ -298,6 +306,10 @@ pub(crate) fn parse_mappings_with(
             return Err(bad(format!(
                 "{path} is not a directory; map NAME to a directory (it is created when missing)"
             )));
+        }
+        if create {
+            // Writes go into this directory, and only while its path leads to it.
+            zync_fs::pin_root(&root).map_err(|e| bad(e.to_string()))?;
         }
         for other in &mappings {
             if other.name == name {
@@ -320,9 +332,55 @@ pub(crate) fn parse_mappings_with(
     Ok(mappings)
 }
 
+/// The first symlink on `path` (itself or a directory above it) owned by a user other than
+/// this one or root, and its owner: whoever owns a symlink can point it anywhere, so a mapped
+/// directory reached through one (planted where the directory was not made yet, in a
+/// directory such as /tmp) would send E's files where they choose. The kernel's
+/// `fs.protected_symlinks` refuses some such links, not all, and is off on some machines.
+fn others_symlink(path: &Path) -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let me = crate::transport::effective_uid();
+    let path = std::path::absolute(path).ok()?;
+    path.ancestors().find_map(|p| {
+        let meta = std::fs::symlink_metadata(p).ok()?;
+        let theirs = meta.file_type().is_symlink() && meta.uid() != me && meta.uid() != 0;
+        theirs.then(|| (p.to_path_buf(), meta.uid()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Another user plants a symlink where the mapped directory will be made (in /tmp, say):
+    /// refused, through it or below it, and nothing is made where it leads; a symlink of
+    /// one's own is the user's choice.
+    #[test]
+    fn a_mapped_path_through_another_users_symlink_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        let link = dir.path().join("proj");
+        std::os::unix::fs::symlink(&theirs, &link).expect("symlink");
+        if std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).is_err() {
+            eprintln!("not root: cannot give the symlink to another user; skipped");
+            return;
+        }
+        for spec in [
+            format!("a:{}", link.display()),
+            format!("a:{}", link.join("sub").display()),
+        ] {
+            let e = parse_mappings(std::slice::from_ref(&spec)).expect_err(&spec);
+            assert!(
+                e.to_string().contains("owned by another user (uid 65534)"),
+                "{e}"
+            );
+        }
+        assert!(!theirs.join("sub").exists());
+        let mine = dir.path().join("mine");
+        std::os::unix::fs::symlink(&theirs, &mine).expect("symlink");
+        assert!(parse_mappings(&[format!("a:{}", mine.display())]).is_ok());
+    }
 
     #[test]
     fn creates_missing_directories_and_refuses_bad_specs() {

@@ -76,8 +76,55 @@ fn errno(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e.raw_os_error())
 }
 
+/// The roots this process pinned ([`pin_root`]), each with the identity (device, inode) of the
+/// directory it led to then.
+static PINNED: std::sync::RwLock<Vec<(PathBuf, (u64, u64))>> = std::sync::RwLock::new(Vec::new());
+
+/// The device and inode of what `fd` holds.
+fn identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(fd).map_err(errno)?;
+    // The fields' widths differ between targets.
+    #[allow(clippy::unnecessary_cast)]
+    Ok((st.st_dev as u64, st.st_ino as u64))
+}
+
+/// Pins `root` (a mapped directory, as this process will name it): from now on
+/// [`Dir::open_root`] opens it only while its path still leads to the directory it leads to
+/// now, and otherwise fails with [`FsError::RootReplaced`]. The path of a root is resolved
+/// again at every open (the root may be a symlink the user chose), so without a pin another
+/// user who can rename an entry of a directory above it (a shared project directory, a
+/// sticky one they own) could swap it for a symlink between two writes and have them land
+/// in the directory of their choice (invariant 3).
+///
+/// # Errors
+///
+/// [`FsError::Io`] when it cannot be opened.
+pub fn pin_root(root: &Path) -> Result<(), FsError> {
+    let fd = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| FsError::io("open the directory", root, errno(e)))?;
+    let id = identity(fd.as_fd()).map_err(|e| FsError::io("look at", root, e))?;
+    let mut pinned = PINNED.write().unwrap_or_else(|e| e.into_inner());
+    pinned.retain(|(path, _)| path != root);
+    pinned.push((root.to_path_buf(), id));
+    Ok(())
+}
+
+/// The identity `root` was pinned with, if it was.
+fn pinned(root: &Path) -> Option<(u64, u64)> {
+    let pinned = PINNED.read().unwrap_or_else(|e| e.into_inner());
+    pinned
+        .iter()
+        .find(|(path, _)| path == root)
+        .map(|(_, id)| *id)
+}
+
 impl Dir {
     /// Opens `root` itself. The root is the user's choice and is trusted: it may be a symlink.
+    /// A pinned root ([`pin_root`]) must still be the directory it was.
     ///
     /// # Errors
     ///
@@ -89,6 +136,14 @@ impl Dir {
             Mode::empty(),
         )
         .map_err(|e| FsError::io("open the directory", root, errno(e)))?;
+        if let Some(was) = pinned(root) {
+            let now = identity(fd.as_fd()).map_err(|e| FsError::io("look at", root, e))?;
+            if now != was {
+                return Err(FsError::RootReplaced {
+                    path: root.to_path_buf(),
+                });
+            }
+        }
         Ok(Dir {
             fd,
             path: root.to_path_buf(),
@@ -1414,6 +1469,54 @@ mod tests {
         assert_eq!(removed, 0, "{removed} of {looked} removals went through");
         assert!(swaps > 100, "the swapper barely ran");
         assert!(looked > 20, "only {looked} looks were made");
+    }
+
+    /// Another user who can rename entries of a directory above a mapped root (a shared
+    /// project directory) swaps the root for a symlink to their directory as fast as they can
+    /// while directories are made in it: with the root pinned, none lands in theirs.
+    #[test]
+    fn a_pinned_root_swapped_for_a_symlink_takes_no_write_elsewhere() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("shared").join("proj");
+        fs::create_dir_all(&root).expect("mkdir");
+        let theirs = tmp.path().join("theirs");
+        fs::create_dir(&theirs).expect("mkdir");
+        let link = tmp.path().join("shared").join("link");
+        std::os::unix::fs::symlink(&theirs, &link).expect("symlink");
+        pin_root(&root).expect("pin");
+        let (made, swaps) = crate::testkit::exchanging(&root, &link, || {
+            // Most attempts are refused while the swapper runs: go on until enough were made.
+            let (mut made, mut i) = (0u32, 0u32);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while made < 100 && std::time::Instant::now() < deadline {
+                made += u32::from(create_dirs_beneath(&root, &rel(&format!("made/{i}"))).is_ok());
+                i += 1;
+            }
+            made
+        });
+        let landed: Vec<_> = fs::read_dir(&theirs).expect("read_dir").collect();
+        assert!(
+            landed.is_empty(),
+            "{} entries landed in theirs",
+            landed.len()
+        );
+        assert!(swaps > 100 && made > 20, "{swaps} swaps, {made} made");
+    }
+
+    /// A pinned root moved away and made again by the same name is not the root any more:
+    /// refused, with the error saying so, and nothing made in the new one.
+    #[test]
+    fn a_pinned_root_replaced_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("proj");
+        fs::create_dir(&root).expect("mkdir");
+        pin_root(&root).expect("pin");
+        assert!(Dir::open_root(&root).is_ok());
+        fs::rename(&root, tmp.path().join("proj.old")).expect("rename");
+        fs::create_dir(&root).expect("mkdir");
+        let refused = create_dirs_beneath(&root, &rel("made")).expect_err("replaced");
+        assert!(matches!(refused, FsError::RootReplaced { .. }), "{refused}");
+        assert!(!root.join("made").exists());
     }
 
     #[test]

@@ -35,6 +35,19 @@ pub enum FsError {
         /// The symlink.
         path: PathBuf,
     },
+    /// A root pinned by this process ([`crate::pin_root`]) no longer leads to the directory it
+    /// led to when it was pinned: it was moved or replaced, or another user swapped one of the
+    /// directories above it for a symlink. Nothing was done there.
+    #[error(
+        "{} is no longer the directory this program started with: it was moved or replaced, or \
+         one of the directories above it was swapped for a symlink (by another user?); nothing \
+         was written there. If you replaced it yourself, restart the program",
+        .path.display()
+    )]
+    RootReplaced {
+        /// The root.
+        path: PathBuf,
+    },
     /// A component of the path that must be a directory is something else.
     #[error("{} is not a directory", .path.display())]
     NotADirectory {
@@ -59,7 +72,10 @@ impl FsError {
     pub fn is_permanent(&self) -> bool {
         match self {
             FsError::SymlinkInPath { .. } | FsError::NotADirectory { .. } => true,
-            FsError::Io { .. } | FsError::NoSpace { .. } | FsError::HashMismatch { .. } => false,
+            FsError::Io { .. }
+            | FsError::NoSpace { .. }
+            | FsError::HashMismatch { .. }
+            | FsError::RootReplaced { .. } => false,
         }
     }
 
@@ -69,6 +85,7 @@ impl FsError {
             FsError::Io { path, .. }
             | FsError::NoSpace { path, .. }
             | FsError::SymlinkInPath { path }
+            | FsError::RootReplaced { path }
             | FsError::NotADirectory { path }
             | FsError::HashMismatch { path, .. } => path,
         }

@@ -36,7 +36,7 @@ pub use crate::atomic::{
     FsError, Sealed, PARTIAL_MAX_AGE,
 };
 pub use crate::beneath::{
-    remove_if_unchanged, rename_if_unchanged, Dir, IfUnchanged, OpenedFile, Parents,
+    pin_root, remove_if_unchanged, rename_if_unchanged, Dir, IfUnchanged, OpenedFile, Parents,
 };
 pub use crate::checkpoint::{
     keyed_window_hashes, CheckedSha256, Checkpoints, WindowKey, CHECKPOINT_MIN,
