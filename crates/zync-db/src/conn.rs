@@ -105,28 +105,45 @@ fn make_private(path: &Path) -> Result<()> {
 /// The mode of a zync database and its side files.
 const PRIVATE_MODE: u32 = 0o600;
 
-/// Takes group and other bits off an existing file (following a symlink, as SQLite does);
-/// a missing file is fine.
+/// Takes group and other bits off an existing file; a missing file is fine. Never through a
+/// symlink (SQLite opens its files with `O_NOFOLLOW` too): another user who planted
+/// `sync_client.db-wal` as a symlink in a directory they can write (the default database is
+/// relative to the working directory) had the mode of the user's file it named changed. The
+/// file is opened, and its mode changed on that descriptor, so nothing swapped in between is
+/// touched either.
 fn tighten(path: &Path) -> Result<()> {
-    let mode = match std::fs::metadata(path) {
-        Ok(md) => md.permissions().mode() & 0o7777,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(DbError::Private {
-                path: path.to_owned(),
-                source,
-            })
-        }
+    use std::os::unix::fs::OpenOptionsExt;
+    let private = |source| DbError::Private {
+        path: path.to_owned(),
+        source,
     };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(private(std::io::Error::other(
+                "it is a symlink, which zync does not follow; remove it (zync makes the file \
+                 anew)",
+            )))
+        }
+        Err(e) => return Err(private(e)),
+    };
+    let meta = file.metadata().map_err(private)?;
+    if !meta.is_file() {
+        return Err(private(std::io::Error::other(
+            "it is not a regular file; remove it (zync makes the file anew)",
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 == 0 {
         return Ok(());
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700)).map_err(
-        |source| DbError::Private {
-            path: path.to_owned(),
-            source,
-        },
-    )
+    file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
+        .map_err(private)
 }
 
 /// Opens the existing database file at `path` read-only: never creates it, never migrates it,
@@ -407,6 +424,28 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
         drop(Index::open_read_only(&path).expect("read only"));
         assert_eq!(mode_of(&path).as_deref(), Some("640"));
+    }
+
+    /// Another user plants the database's `-wal` and `-shm` as symlinks to files of the user
+    /// (in a directory they can write): opening refuses, saying so, and the files they name
+    /// keep their mode.
+    #[test]
+    fn side_files_planted_as_symlinks_are_not_followed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("sync_client.db");
+        let victim = tmp.path().join("notes.txt");
+        std::fs::write(&victim, "the user's notes\n").expect("write");
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        for suffix in ["-wal", "-shm"] {
+            std::os::unix::fs::symlink(&victim, with_suffix(&path, suffix)).expect("symlink");
+        }
+        let refused = Index::open(&path).expect_err("planted symlinks");
+        assert_eq!(mode_of(&victim).as_deref(), Some("644"));
+        assert!(refused.to_string().contains("symlink"), "{refused}");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read"),
+            "the user's notes\n"
+        );
     }
 
     #[test]
