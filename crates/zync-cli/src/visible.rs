@@ -5,6 +5,10 @@
 //! `git diff` do: C0 controls and DEL in caret notation (`^M`, `^[`, `^?`), C1 controls and the
 //! characters that reorder text, or are drawn as nothing, as `<U+202E>`.
 //!
+//! File content, which may not be UTF-8, is shown a line at a time by [`bytes`], which also
+//! says where the shown text is not literal: a real ESC and the two characters `^[` read the
+//! same, and a diff must tell them apart.
+//!
 //! JSON output needs none of this: serde_json escapes control characters itself.
 
 use std::borrow::Cow;
@@ -75,6 +79,53 @@ pub fn line(s: &str) -> Cow<'_, str> {
 /// shows `^M` at the end of a CRLF line.
 pub fn text(s: &str) -> Cow<'_, str> {
     escape(s, |c| c == '\n' || c == '\t')
+}
+
+/// A line of file content as [`bytes`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    /// The line as [`line`] shows text, tab kept, and each byte that is not part of valid
+    /// UTF-8 as `\xFF`.
+    pub text: String,
+    /// Where `text` shows something other than the characters it reads as: the column (in
+    /// characters, from 1) and the form (`^[`, `<U+202E>`, `\xFF`), in order. The text alone
+    /// is ambiguous (a real ESC and the two characters `^[` both read `^[`); the text and
+    /// these places tell every line apart.
+    pub escapes: Vec<(usize, String)>,
+}
+
+impl Shown {
+    fn push_escape(&mut self, column: &mut usize, form: String) {
+        self.text.push_str(&form);
+        self.escapes.push((*column, form));
+        *column += self.escapes.last().map_or(0, |(_, f)| f.chars().count());
+    }
+}
+
+/// Shows one line of file content, which may not be UTF-8, and says where what is shown is
+/// not literal text (see [`Shown`]).
+pub fn bytes(line: &[u8]) -> Shown {
+    let mut shown = Shown {
+        text: String::with_capacity(line.len()),
+        escapes: Vec::new(),
+    };
+    let mut column = 1;
+    for chunk in line.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if is_hidden(c) && c != '\t' {
+                let mut form = String::new();
+                push_visible(&mut form, c);
+                shown.push_escape(&mut column, form);
+            } else {
+                shown.text.push(c);
+                column += 1;
+            }
+        }
+        for b in chunk.invalid() {
+            shown.push_escape(&mut column, format!("\\x{b:02X}"));
+        }
+    }
+    shown
 }
 
 #[cfg(test)]
@@ -154,5 +205,33 @@ mod tests {
             assert!(matches!(text(s), Cow::Borrowed(_)), "{s:?}");
         }
         assert!(matches!(line("ünïcödé/日本語"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn content_lines_that_read_the_same_are_told_apart_by_their_escapes() {
+        // Each pair reads the same; the places of the escapes differ.
+        let pairs: [(&[u8], &[u8]); 4] = [
+            (b"r'^[a-z]'", b"r'\x1ba-z]'"),
+            (b"a^Mb", b"a\rb"),
+            (b"<U+202E>", "\u{202E}".as_bytes()),
+            (b"# \\xFF", b"# \xff"),
+        ];
+        for (literal, hidden) in pairs {
+            let (l, h) = (bytes(literal), bytes(hidden));
+            assert_eq!(l.text, h.text, "{literal:?} and {hidden:?} read the same");
+            assert_eq!(l.escapes, Vec::new(), "{literal:?} is literal text");
+            assert_ne!(l, h, "{literal:?} and {hidden:?} must be told apart");
+        }
+        let shown = bytes(b"\tx\x1b\xff\xfe\xe2\x80\xaey");
+        assert_eq!(shown.text, "\tx^[\\xFF\\xFE<U+202E>y");
+        assert_eq!(
+            shown.escapes,
+            [
+                (3, "^[".to_owned()),
+                (5, "\\xFF".to_owned()),
+                (9, "\\xFE".to_owned()),
+                (13, "<U+202E>".to_owned())
+            ]
+        );
     }
 }
