@@ -156,7 +156,8 @@ async fn each_staging_limit_refuses_naming_its_flag_and_keeps_what_was_staged() 
     assert_eq!(session(&db, &a)["files"], 3);
     assert_eq!(session(&db, &b)["status"], "staged");
     assert_eq!(names_in(&staging_root(&db).join(&b)).len(), 1);
-    zync_apply_ok(&db, &["apply", &b, "--non-interactive"]);
+    // Binary content the review cannot show: applied with --force.
+    zync_apply_ok(&db, &["apply", &b, "--non-interactive", "--force"]);
     assert_eq!(std::fs::read(e.join("big1.bin")).expect("applied"), two);
     zync_apply_ok(&db, &["apply", &a, "--non-interactive"]);
     assert_eq!(

@@ -515,7 +515,8 @@ fn three_way_conflict_flags_follow_the_documented_rule() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 3. Conflicts stay staged without --force; --force applies them; undo restores E exactly.
+// 3. Conflicts, and binary content the review cannot show, stay staged without --force;
+// --force applies them; undo restores E exactly.
 
 #[test]
 fn conflicts_stay_staged_until_forced_and_undo_restores_e_byte_for_byte() {
@@ -542,12 +543,22 @@ fn conflicts_stay_staged_until_forced_and_undo_restores_e_byte_for_byte() {
     for path in ["mod.bin", "del.txt", "added.txt"] {
         assert_eq!(file_in(&show, path)["conflict"], false, "{path}: {show:#}");
     }
+    assert!(
+        file_in(&show, "mod.bin")["not_shown"]
+            .as_str()
+            .is_some_and(|why| why.contains("binary")),
+        "{show:#}"
+    );
 
     let e_before = files_with_mtime(e);
 
-    // Without --force: exit 3, the conflict stays staged and E's version untouched; the rest
-    // is applied.
-    zync_apply_code(db, &["apply", &id, "--non-interactive"], 3);
+    // Without --force: exit 3, the conflict and the binary file stay staged and E's versions
+    // untouched; the rest is applied.
+    let out = zync_apply_code(db, &["apply", &id, "--non-interactive"], 3);
+    assert!(
+        out.contains("not shown, left staged: code/mod.bin"),
+        "{out}"
+    );
     assert_eq!(
         files_with_mtime(e).get("conf.txt"),
         e_before.get("conf.txt"),
@@ -555,11 +566,13 @@ fn conflicts_stay_staged_until_forced_and_undo_restores_e_byte_for_byte() {
     );
     assert_eq!(read(&e.join("conf.txt")), b"E's side of the conflict\n");
     let show = show_json(db, &id);
-    assert_eq!(file_in(&show, "conf.txt")["state"], "staged", "{show:#}");
-    for path in ["mod.bin", "del.txt", "added.txt"] {
+    for path in ["conf.txt", "mod.bin"] {
+        assert_eq!(file_in(&show, path)["state"], "staged", "{path}: {show:#}");
+    }
+    for path in ["del.txt", "added.txt"] {
         assert_eq!(file_in(&show, path)["state"], "applied", "{path}: {show:#}");
     }
-    assert_eq!(read(&e.join("mod.bin")), pseudo_random(123_457, 12));
+    assert_eq!(read(&e.join("mod.bin")), big_old);
     assert!(!e.join("del.txt").exists());
     assert_eq!(read(&e.join("added.txt")), b"new on R\n");
     assert_eq!(listed(db, &id).expect("listed")["status"], "partial");
@@ -567,6 +580,7 @@ fn conflicts_stay_staged_until_forced_and_undo_restores_e_byte_for_byte() {
     // --force: R's version replaces E's.
     zync_apply_code(db, &["apply", &id, "--force", "--non-interactive"], 0);
     assert_eq!(read(&e.join("conf.txt")), b"R's side of the conflict\n");
+    assert_eq!(read(&e.join("mod.bin")), pseudo_random(123_457, 12));
     assert_eq!(listed(db, &id).expect("listed")["status"], "applied");
 
     // undo: every file of the session as it was, byte for byte (content, mode, mtime), the

@@ -50,6 +50,9 @@ pub struct ApplyReport {
     /// Control files (a `.zyncignore`, anything in `.git`) left staged by a non-interactive
     /// run without `--force`, with the reason.
     pub control_left: Vec<(String, &'static str)>,
+    /// Files whose content the review cannot show (binary, or too large to diff) left staged
+    /// by a non-interactive run without `--force`: (file, why, where R's content is staged).
+    pub unshown_left: Vec<(String, &'static str, String)>,
     /// Files left staged because the user quit.
     pub left_staged: Vec<String>,
     /// Files that could not be applied (they stay staged), with the reason.
@@ -84,7 +87,10 @@ pub fn apply(
             lines.join("\n")
         );
     }
-    if !report.conflicts_left.is_empty() || !report.control_left.is_empty() {
+    if !report.conflicts_left.is_empty()
+        || !report.control_left.is_empty()
+        || !report.unshown_left.is_empty()
+    {
         return Ok(Outcome::ConflictsLeft);
     }
     Ok(Outcome::Done)
@@ -248,9 +254,11 @@ impl Run<'_> {
             ),
             mode_change: probe::mode_change(file, &current),
             control: zync_fs::control_reason(&rel),
+            unshown: probe::unshown(file, &current, self.session_dir).map(probe::Unshown::why),
         };
         let choice = if self.opts.non_interactive {
-            // A conflict or a control file needs a yes; without a person, --force is it.
+            // A conflict, a control file or content the review cannot show needs a yes;
+            // without a person, --force is it.
             if question.conflict && !self.opts.force {
                 report.conflicts_left.push(name);
                 return Ok(());
@@ -259,8 +267,18 @@ impl Run<'_> {
                 report.control_left.push((name, why));
                 return Ok(());
             }
+            if let Some(why) = question.unshown.filter(|_| !self.opts.force) {
+                report
+                    .unshown_left
+                    .push((name, why, self.staged_copy(file)));
+                return Ok(());
+            }
             Choice::Apply
-        } else if self.auto && !question.conflict && question.control.is_none() {
+        } else if self.auto
+            && !question.conflict
+            && question.control.is_none()
+            && question.unshown.is_none()
+        {
             Choice::Apply
         } else {
             self.ask(&question, &current, root, &rel, prompter)?
@@ -316,20 +334,30 @@ impl Run<'_> {
         }
         options.extend([Choice::Skip, Choice::ShowDiff, Choice::Quit]);
         let diff = || probe::diff(root, rel, file, self.session_dir);
+        let name = session::file_name(file);
+        // What needs a yes is seen before the question, with the diff.
+        let mut warnings = Vec::new();
         if conflict {
-            prompter.show(&format!(
-                "{} changed on E since R's version was based on it; applying replaces E's \
-                 version (it is backed up for `zync-apply undo`):\n{}",
-                session::file_name(file),
-                diff()
+            warnings.push(format!(
+                "{name} changed on E since R's version was based on it; applying replaces E's \
+                 version (it is backed up for `zync-apply undo`)"
             ));
-        } else if let Some(why) = question.control {
-            // Seen before the question, as a conflict is: this file changes E itself.
-            prompter.show(&format!(
-                "{} is a control file: {why}. Apply it only if you expected R to change it:\n{}",
-                session::file_name(file),
-                diff()
+        }
+        if let Some(why) = question.control {
+            // This file changes E itself.
+            warnings.push(format!(
+                "{name} is a control file: {why}. Apply it only if you expected R to change it"
             ));
+        }
+        if let Some(why) = question.unshown {
+            warnings.push(format!(
+                "{name}'s content cannot be shown here ({why}). Apply it only if you know what \
+                 R sent: its staged copy is {}",
+                self.staged_copy(file)
+            ));
+        }
+        if !warnings.is_empty() {
+            prompter.show(&format!("{}:\n{}", warnings.join(".\n"), diff()));
         }
         loop {
             match prompter.choose(question, &options)? {
@@ -529,6 +557,15 @@ impl Run<'_> {
         Ok(format!("{}/{copy}", file.dir))
     }
 
+    /// Where R's content for `file` is staged on E, for a person to look at (with `xxd`, say)
+    /// when the review cannot show it.
+    fn staged_copy(&self, file: &StagedFile) -> String {
+        match probe::session_file(self.session_dir, file.staged_name.as_deref(), "staged") {
+            Ok(path) => zync_cli::visible::line(&path.display().to_string()).into_owned(),
+            Err(e) => zync_cli::visible::line(&format!("unknown ({e:#})")).into_owned(),
+        }
+    }
+
     /// The staged file holding R's content, checked against its recorded sha256 before
     /// anything on E is touched.
     fn verified_staged(&self, file: &StagedFile) -> anyhow::Result<(std::path::PathBuf, String)> {
@@ -606,11 +643,25 @@ fn summarize(
     for (f, why) in &r.control_left {
         writeln!(out, "control file, left staged: {f} ({why})")?;
     }
+    for (f, why, copy) in &r.unshown_left {
+        writeln!(
+            out,
+            "not shown, left staged: {f} ({why}; R's content is staged in {copy})"
+        )?;
+    }
     for (f, e) in &r.failed {
         // One line: the error may quote R's path, which may hold a newline.
-        writeln!(out, "failed, left staged: {f}: {}", zync_cli::visible::line(e))?;
+        writeln!(
+            out,
+            "failed, left staged: {f}: {}",
+            zync_cli::visible::line(e)
+        )?;
     }
-    let left = r.conflicts_left.len() + r.control_left.len() + r.left_staged.len() + r.failed.len();
+    let left = r.conflicts_left.len()
+        + r.control_left.len()
+        + r.unshown_left.len()
+        + r.left_staged.len()
+        + r.failed.len();
     writeln!(
         out,
         "session {id}: {} applied, {} skipped, {} kept both, {} left staged; session is now {}",
@@ -625,6 +676,13 @@ fn summarize(
             out,
             "review them with `zync-apply show {id} --diff`, then apply interactively or with \
              --force"
+        )?;
+    }
+    if !r.unshown_left.is_empty() {
+        writeln!(
+            out,
+            "the review cannot show the content of files not shown: look at their staged copies \
+             yourself, then run `zync-apply apply {id}` (it asks about each) or add --force"
         )?;
     }
     Ok(())
@@ -894,6 +952,82 @@ mod tests {
         let f = fx.file(ID, "d/f.txt");
         assert_eq!(f.state, FileState::KeptBoth);
         assert_eq!(f.backup_name.as_deref().and_then(decode_copy), Some(copy));
+    }
+
+    /// Content the review cannot show (binary, or too large to diff) is held back as a
+    /// control file is: a non-interactive run leaves it staged and says why, an interactive
+    /// one warns before asking and "apply all" does not cover it, --force applies it.
+    #[test]
+    fn content_that_cannot_be_shown_waits_for_a_yes() {
+        let fx = Fixture::new();
+        let big = vec![b'x'; 4 * 1024 * 1024 + 1];
+        fx.e_write("same.bin", b"\0same");
+        let id = "n0tsh0wn-1";
+        fx.stage(
+            id,
+            &[
+                write("tool.bin", b"\x7fELF\0\0\x01", None),
+                crate::testkit::Spec {
+                    path: "big.txt",
+                    content: Some(&big),
+                    base: None,
+                    mode: 0o644,
+                },
+                // Unchanged binary content and a deletion add no bytes the review hides.
+                write("same.bin", b"\0same", Some(b"\0same")),
+                write("ok.txt", b"fine\n", None),
+            ],
+        );
+        let (r, out) = fx.run(&["apply", id, "--non-interactive"], &mut no_prompts());
+        assert_eq!(r.expect("apply"), Outcome::ConflictsLeft, "{out}");
+        assert!(
+            out.contains("not shown, left staged: docs/tool.bin (binary content")
+                && out.contains("not shown, left staged: docs/big.txt (over 4 MiB"),
+            "{out}"
+        );
+        assert!(out.contains("--force"), "{out}");
+        assert_eq!(fx.e_read("tool.bin"), None);
+        assert_eq!(fx.e_read("big.txt"), None);
+        assert_eq!(fx.e_read("ok.txt").as_deref(), Some(&b"fine\n"[..]));
+        assert_eq!(fx.state(id, "same.bin"), FileState::Applied);
+        assert_eq!(fx.state(id, "tool.bin"), FileState::Staged);
+
+        // Interactively: warned first, and "apply all" does not cover it.
+        fx.stage(
+            id.replace("-1", "-2").as_str(),
+            &[
+                write("a.txt", b"a\n", None),
+                write("tool2.bin", b"\x7fELF\0\0\x02", None),
+            ],
+        );
+        let mut p = ScriptedPrompter::new([Choice::ApplyAllNonConflicting, Choice::Skip]);
+        let (r, _) = fx.run(&["apply", "n0tsh0wn-2"], &mut p);
+        r.expect("apply");
+        assert_eq!(p.asked.len(), 2, "{:?}", p.asked);
+        assert!(
+            p.asked[1].contains("[NOT SHOWN: binary content"),
+            "{:?}",
+            p.asked
+        );
+        assert!(
+            p.shown
+                .iter()
+                .any(|s| s.contains("docs/tool2.bin") && s.contains("cannot be shown")),
+            "{:?}",
+            p.shown
+        );
+        assert_eq!(fx.e_read("tool2.bin"), None);
+
+        let (r, out) = fx.run(
+            &["apply", id, "--non-interactive", "--force"],
+            &mut no_prompts(),
+        );
+        assert_eq!(r.expect("apply"), Outcome::Done, "{out}");
+        assert_eq!(
+            fx.e_read("tool.bin").as_deref(),
+            Some(&b"\x7fELF\0\0\x01"[..])
+        );
+        assert_eq!(fx.e_read("big.txt").map(|b| b.len()), Some(big.len()));
     }
 
     #[test]

@@ -15,9 +15,10 @@ Exit codes:
   0  done (files you skipped or left staged by quitting do not count as failures)
   1  an error: bad database, unknown session, a file that could not be applied or undone
   2  bad command line
-  3  apply --non-interactive without --force left conflicting files or control files
-     (a .zyncignore, anything in .git) staged; review them with `zync-apply show ID --diff`,
-     then apply interactively or with --force
+  3  apply --non-interactive without --force left conflicting files, control files
+     (a .zyncignore, anything in .git) or content the review cannot show (binary, over
+     4 MiB) staged; review them with `zync-apply show ID --diff`, then apply
+     interactively or with --force
   7  wait timed out: what is outstanding is listed on stderr";
 
 /// Command line of `zync-apply`.
@@ -124,9 +125,9 @@ pub enum Command {
         /// runs offer this per file, after showing the diff.
         #[arg(long)]
         force: bool,
-        /// Do not ask: apply every file without a conflict; conflicting files and control
-        /// files (a .zyncignore, anything in .git) stay staged (exit code 3) unless --force is
-        /// given too.
+        /// Do not ask: apply every file without a conflict; conflicting files, control files
+        /// (a .zyncignore, anything in .git) and content the review cannot show (binary, over
+        /// 4 MiB) stay staged (exit code 3) unless --force is given too.
         #[arg(long)]
         non_interactive: bool,
     },

@@ -54,6 +54,9 @@ pub struct Question<'a> {
     pub mode_change: Option<(u32, u32)>,
     /// Why the file is a control file, when it is one.
     pub control: Option<&'static str>,
+    /// Why the review cannot show the content applying puts on E (binary, too large), when
+    /// it cannot.
+    pub unshown: Option<&'static str>,
 }
 
 /// Asks the user about files.
@@ -91,6 +94,9 @@ pub fn title(q: &Question<'_>) -> String {
     }
     if let Some(why) = q.control {
         title.push_str(&format!("  [CONTROL FILE: {why}]"));
+    }
+    if let Some(why) = q.unshown {
+        title.push_str(&format!("  [NOT SHOWN: {why}]"));
     }
     title
 }
