@@ -2,7 +2,7 @@
 //! a database" into an error that names the file and says what to do.
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::config::DbConfig;
@@ -108,31 +108,35 @@ const PRIVATE_MODE: u32 = 0o600;
 /// Takes group and other bits off an existing file; a missing file is fine. Never through a
 /// symlink (SQLite opens its files with `O_NOFOLLOW` too): another user who planted
 /// `sync_client.db-wal` as a symlink in a directory they can write (the default database is
-/// relative to the working directory) had the mode of the user's file it named changed. The
-/// file is opened, and its mode changed on that descriptor, so nothing swapped in between is
-/// touched either.
+/// relative to the working directory) had the mode of the user's file it named changed.
+///
+/// The file is looked at and changed through a path-only descriptor (`O_PATH | O_NOFOLLOW`),
+/// so nothing swapped in between is touched. Only a path-only one: closing any other
+/// descriptor of a database file drops every POSIX lock this process holds on it, those of
+/// SQLite's open connections too, and another process then took the `-shm` for abandoned and
+/// truncated it under the daemon's mapping of it (SIGBUS).
 fn tighten(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let private = |source| DbError::Private {
         path: path.to_owned(),
         source,
     };
-    let file = match std::fs::OpenOptions::new()
+    let handle = match std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
         .open(path)
     {
-        Ok(file) => file,
+        Ok(handle) => handle,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(private(std::io::Error::other(
-                "it is a symlink, which zync does not follow; remove it (zync makes the file \
-                 anew)",
-            )))
-        }
         Err(e) => return Err(private(e)),
     };
-    let meta = file.metadata().map_err(private)?;
+    let meta = handle.metadata().map_err(private)?;
+    if meta.file_type().is_symlink() {
+        return Err(private(std::io::Error::other(
+            "it is a symlink, which zync does not follow; remove it (zync makes the file anew)",
+        )));
+    }
     if !meta.is_file() {
         return Err(private(std::io::Error::other(
             "it is not a regular file; remove it (zync makes the file anew)",
@@ -142,7 +146,9 @@ fn tighten(path: &Path) -> Result<()> {
     if mode & 0o077 == 0 {
         return Ok(());
     }
-    file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
+    // A path-only descriptor cannot be changed itself; its /proc entry leads to the file.
+    let through = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+    std::fs::set_permissions(&through, std::fs::Permissions::from_mode(mode & 0o700))
         .map_err(private)
 }
 
@@ -424,6 +430,46 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
         drop(Index::open_read_only(&path).expect("read only"));
         assert_eq!(mode_of(&path).as_deref(), Some("640"));
+    }
+
+    /// The POSIX locks this process holds on `file`, as /proc/locks lists them.
+    fn locks_on(file: &Path) -> usize {
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(file).expect("stat").ino();
+        let pid = std::process::id();
+        std::fs::read_to_string("/proc/locks")
+            .expect("/proc/locks")
+            .lines()
+            .filter(|line| line.contains("POSIX"))
+            .filter(|line| line.split_whitespace().nth(4) == Some(&pid.to_string()))
+            .filter(|line| {
+                let id = line.split_whitespace().nth(5).unwrap_or("");
+                id.rsplit(':').next() == Some(&inode.to_string())
+            })
+            .count()
+    }
+
+    /// Opening a database already open in this process keeps the locks of the connections
+    /// that have it: a descriptor of one of its files opened and closed beside them drops
+    /// them all, and another process then took the `-shm` for abandoned and truncated it
+    /// under the daemon's mapping (SIGBUS).
+    #[test]
+    fn opening_a_database_again_keeps_the_locks_of_its_open_connections() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("sync.db");
+        let first = Index::open(&path).expect("open");
+        first.last_seq().expect("read");
+        let shm = with_suffix(&path, "-shm");
+        let held = locks_on(&shm);
+        assert!(held > 0, "SQLite holds no lock on {}", shm.display());
+        std::fs::set_permissions(&shm, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let second = Index::open(&path).expect("open again");
+        assert_eq!(mode_of(&shm).as_deref(), Some("600"), "made private again");
+        assert!(
+            locks_on(&shm) >= held,
+            "the first connection's locks on -shm are gone"
+        );
+        drop((first, second));
     }
 
     /// Another user plants the database's `-wal` and `-shm` as symlinks to files of the user
