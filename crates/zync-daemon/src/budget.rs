@@ -79,6 +79,25 @@ pub(crate) struct Upload<'a> {
     pub(crate) replaces: bool,
 }
 
+impl Upload<'_> {
+    /// What it holds of the total staged once recorded: its content and its record
+    /// ([`zync_db::staged_record_bytes`]).
+    fn held(&self) -> u64 {
+        self.size
+            .saturating_add(zync_db::staged_record_bytes(self.path))
+    }
+
+    /// What the staged entry it replaces held (nothing when it replaces none).
+    fn freed(&self) -> u64 {
+        match self.replaces {
+            true => self
+                .replaced
+                .saturating_add(zync_db::staged_record_bytes(self.path)),
+            false => 0,
+        }
+    }
+}
+
 impl StagingLimits {
     /// The refusal of a new session for a client that has `pending` sessions waiting already.
     pub(crate) fn check_pending(&self, client: &str, pending: u64) -> Result<(), Refusal> {
@@ -145,19 +164,20 @@ impl StagingLimits {
     fn check_total(&self, pending: u64, receiving: u64, upload: Upload<'_>) -> Result<(), Refusal> {
         let held = pending
             .saturating_add(receiving)
-            .saturating_sub(upload.replaced);
-        if held.saturating_add(upload.size) <= self.staged_bytes {
+            .saturating_sub(upload.freed());
+        if held.saturating_add(upload.held()) <= self.staged_bytes {
             return Ok(());
         }
         Err(Refusal::new(
             ErrorCode::TooLarge,
             format!(
-                "{}: E already holds {} of staged content waiting for review; {} more would pass the \
-                 {} E allows in all pending sessions together ({}); apply or drop sessions on E \
-                 (zync-apply list, apply, drop) and push again",
+                "{}: E already holds {} staged for review (content, and {} for each path); {} \
+                 more would pass the {} E allows in all pending sessions together ({}); apply or \
+                 drop sessions on E (zync-apply list, apply, drop) and push again",
                 upload.path,
                 format_bytes(held),
-                format_bytes(upload.size),
+                format_bytes(zync_db::STAGED_RECORD_BYTES),
+                format_bytes(upload.held()),
                 format_bytes(self.staged_bytes),
                 raise("max-staged-bytes")
             ),
@@ -203,10 +223,10 @@ impl Budget {
         let pending = pending.await?;
         let receiving = self.receiving();
         limits.check_total(pending, receiving, upload)?;
-        *self.receiving.lock().unwrap_or_else(|e| e.into_inner()) += upload.size;
+        *self.receiving.lock().unwrap_or_else(|e| e.into_inner()) += upload.held();
         Ok(Reservation {
             receiving: Arc::clone(&self.receiving),
-            bytes: upload.size,
+            bytes: upload.held(),
         })
     }
 
@@ -306,7 +326,10 @@ mod tests {
             "a re-sent path adds no file"
         );
 
-        assert!(limits.check_total(15 << 30, 0, upload(1 << 30)).is_ok());
+        let record = zync_db::staged_record_bytes("big.bin");
+        assert!(limits
+            .check_total((15 << 30) - record, 0, upload(1 << 30))
+            .is_ok());
         let e = limits
             .check_total(15 << 30, 1, upload(1 << 30))
             .expect_err("uploads being received count");
@@ -327,10 +350,46 @@ mod tests {
         );
     }
 
+    /// Deletions and empty files hold no content, but their records count: a client pushing
+    /// many of them with long paths meets `--max-staged-bytes` as one pushing content does.
+    #[test]
+    fn records_count_against_the_total_staged() {
+        let limits = StagingLimits {
+            staged_bytes: 10 * 1024,
+            ..StagingLimits::default()
+        };
+        let long = "d/".repeat(1000) + "f";
+        let empty = Upload {
+            path: &long,
+            size: 0,
+            replaced: 0,
+            replaces: false,
+        };
+        let each = zync_db::staged_record_bytes(&long);
+        assert!(each > 3000, "{each}");
+        let fits = 10 * 1024 / each;
+        assert!(limits.check_total((fits - 1) * each, 0, empty).is_ok());
+        let e = limits
+            .check_total(fits * each, 0, empty)
+            .expect_err("records alone fill the total");
+        assert!(
+            e.message().contains("--max-staged-bytes"),
+            "{}",
+            e.message()
+        );
+        // The same path sent again replaces its record.
+        let again = Upload {
+            replaces: true,
+            ..empty
+        };
+        assert!(limits.check_total(fits * each, 0, again).is_ok());
+    }
+
     #[tokio::test]
     async fn a_reservation_holds_its_bytes_until_it_is_dropped() {
+        let record = zync_db::staged_record_bytes("big.bin");
         let limits = StagingLimits {
-            staged_bytes: 100,
+            staged_bytes: 100 + record,
             ..StagingLimits::default()
         };
         let budget = Budget::default();
@@ -338,7 +397,7 @@ mod tests {
             .reserve(&limits, upload(60), async { Ok(0) })
             .await
             .expect("fits");
-        assert_eq!(budget.receiving(), 60);
+        assert_eq!(budget.receiving(), 60 + record);
         let refused = budget.reserve(&limits, upload(60), async { Ok(0) }).await;
         assert!(refused.is_err(), "the first upload's bytes are held");
         drop(first);

@@ -35,7 +35,8 @@ pub use index::Index;
 pub use migrate::{CLIENT_SCHEMA_VERSION, INDEX_SCHEMA_VERSION};
 pub use retire::{
     drop_session, expire, leftover_dirs, looks_like_session_id, now_unix, remove_dir,
-    settle_session, Expiry, LeftoverError, Undroppable, Unsettleable, ABORTED_KEPT, ENDED_KEPT,
+    settle_session, staged_record_bytes, Expiry, LeftoverError, Undroppable, Unsettleable,
+    ABORTED_KEPT, ENDED_KEPT, STAGED_RECORD_BYTES,
 };
 pub use staging::{
     is_plain_name, session_dir, staging_root, Action, FileState, Session, SessionStatus,

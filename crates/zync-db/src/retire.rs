@@ -72,9 +72,21 @@ const ENDED_BEYOND_KEPT: &str = "SELECT id FROM upstream_sessions WHERE status =
 /// `?1, ?2, ?3`: the pending statuses as SQL parameters.
 const PENDING_IN: &str = "(?1, ?2, ?3)";
 
+/// What each staged path counts against `--max-staged-bytes` besides its content: its rows in
+/// the index and its entry in the staging area. Deletions and empty files hold no content, but
+/// a client pushing a hundred thousand of them with 4 KiB paths grew E's database without
+/// bound when only content counted.
+pub const STAGED_RECORD_BYTES: u64 = 1024;
+
+/// What staging `path` counts against `--max-staged-bytes` besides its content.
+pub fn staged_record_bytes(path: &str) -> u64 {
+    STAGED_RECORD_BYTES.saturating_add(path.len() as u64)
+}
+
 impl Index {
-    /// Bytes of staged content (the sizes of the writes) in every pending session
-    /// ([`SessionStatus::PENDING`]): what the daemon's `--max-staged-bytes` bounds.
+    /// What every pending session ([`SessionStatus::PENDING`]) holds on E: the sizes of its
+    /// writes, and [`staged_record_bytes`] for each of its paths, writes and deletions alike.
+    /// What the daemon's `--max-staged-bytes` bounds.
     ///
     /// # Errors
     /// An SQLite failure.
@@ -83,9 +95,12 @@ impl Index {
         self.conn()
             .query_row(
                 &format!(
-                    "SELECT coalesce(sum(f.size), 0) FROM upstream_files AS f
+                    "SELECT coalesce(sum(
+                         CASE WHEN f.action = 'write' THEN f.size ELSE 0 END
+                         + {STAGED_RECORD_BYTES} + length(CAST(f.path AS BLOB))), 0)
+                     FROM upstream_files AS f
                      JOIN upstream_sessions AS s ON s.id = f.session_id
-                     WHERE f.action = 'write' AND s.status IN {PENDING_IN}"
+                     WHERE s.status IN {PENDING_IN}"
                 ),
                 (a, b, c),
                 |row| row.get::<_, i64>(0),
@@ -882,8 +897,9 @@ mod tests {
             .expect("delete");
         assert_eq!(
             index.pending_bytes().expect("bytes"),
-            3_210,
-            "receiving, staged and partial writes only; deletes carry no bytes"
+            3_210 + 3 * staged_record_bytes("a.txt") + staged_record_bytes("gone.txt"),
+            "the content of receiving, staged and partial writes, and a record for each of \
+             their paths, the deletion's too"
         );
         assert_eq!(index.pending_sessions_of("r").expect("count"), 3);
         assert_eq!(index.pending_sessions_of("other").expect("count"), 0);

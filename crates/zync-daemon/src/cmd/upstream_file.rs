@@ -80,10 +80,8 @@ async fn admit(cx: &mut Context, file: &UpstreamFile) -> Result<Admitted, Refusa
         replaces: replaced.is_some(),
     };
     cx.shared.staging.check_session(load, upload)?;
-    let reservation = match file.action {
-        UpstreamAction::Write => Some(reserve(cx, upload).await?),
-        UpstreamAction::Delete => None,
-    };
+    // A deletion holds no content, but its record counts.
+    let reservation = Some(reserve(cx, upload).await?);
     create_session(cx).await?;
     Ok(Admitted {
         rel,
