@@ -79,7 +79,8 @@ pub fn apply(
         let lines: Vec<String> = report
             .failed
             .iter()
-            .map(|(f, e)| format!("  {f}: {e}"))
+            // R chose the paths inside these messages: never a line of their own.
+            .map(|(f, e)| format!("  {}", zync_cli::visible::line(&format!("{f}: {e}"))))
             .collect();
         bail!(
             "{} could not be applied and stay staged:\n{}",

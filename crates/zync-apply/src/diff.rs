@@ -63,6 +63,12 @@ struct Removed<'a> {
     escapes: Vec<(usize, String)>,
 }
 
+/// `line` without its `\n`: a line and the last line of a file without one read the same and
+/// differ only in that, which the diff says itself (`\ No newline at end of file`).
+fn body(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\n").unwrap_or(line)
+}
+
 fn hunk_text(out: &mut String, hunk: &[DiffOp], old: &[&[u8]], new: &[&[u8]]) {
     let (Some(first), Some(last)) = (hunk.first(), hunk.last()) else {
         return;
@@ -87,15 +93,18 @@ fn hunk_text(out: &mut String, hunk: &[DiffOp], old: &[&[u8]], new: &[&[u8]]) {
                 for line in &old[o] {
                     let Shown { text, escapes } = push_line(out, '-', line);
                     let twins = removed.entry(text).or_default();
-                    if twins.len() < TWINS && !twins.iter().any(|t| t.raw == *line) {
-                        twins.push(Removed { raw: line, escapes });
+                    if twins.len() < TWINS && !twins.iter().any(|t| t.raw == body(line)) {
+                        twins.push(Removed {
+                            raw: body(line),
+                            escapes,
+                        });
                     }
                 }
                 for line in &new[n] {
                     let shown = push_line(out, '+', line);
                     let twin = removed
                         .get(&shown.text)
-                        .and_then(|twins| twins.iter().find(|t| t.raw != *line));
+                        .and_then(|twins| twins.iter().find(|t| t.raw != body(line)));
                     if let Some(twin) = twin {
                         let columns = differing_columns(&twin.escapes, &shown.escapes);
                         let _ = writeln!(
@@ -137,16 +146,73 @@ fn push_line(out: &mut String, mark: char, raw: &[u8]) -> Shown {
 }
 
 /// The columns where one line has an escape the other does not: where two lines that read
-/// the same differ. `a, b and c`.
+/// the same differ. `a, b and c`. Both lists are in column order, so one pass over each: a
+/// long line of escapes compared with another must not take their product.
 fn differing_columns(a: &[(usize, String)], b: &[(usize, String)]) -> String {
-    let mut columns: Vec<usize> = a
-        .iter()
-        .filter(|e| !b.contains(e))
-        .chain(b.iter().filter(|e| !a.contains(e)))
-        .map(|(column, _)| *column)
-        .collect();
-    columns.sort_unstable();
+    let (mut i, mut j) = (0, 0);
+    let mut columns: Vec<usize> = Vec::new();
+    while i < a.len() || j < b.len() {
+        match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x == y => (i, j) = (i + 1, j + 1),
+            (Some(x), Some(y)) if x.0 <= y.0 => {
+                columns.push(x.0);
+                i += 1;
+            }
+            (Some(_), Some(y)) | (None, Some(y)) => {
+                columns.push(y.0);
+                j += 1;
+            }
+            (Some(x), None) => {
+                columns.push(x.0);
+                i += 1;
+            }
+            (None, None) => break,
+        }
+    }
     columns.dedup();
     let columns: Vec<String> = columns.iter().map(usize::to_string).collect();
     columns.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real ESC for the two characters `^[`: the lines read the same, and the diff says
+    /// where they differ.
+    #[test]
+    fn lines_that_read_the_same_are_told_apart_with_the_column() {
+        let old = b"NAME = re.compile(r'^[a-z]+$')\n";
+        let new = b"NAME = re.compile(r'\x1ba-z]+$')\n";
+        let shown = unified(old, new, "a/v.py", "b/v.py");
+        assert!(shown.contains("at column 21"), "{shown}");
+        assert!(
+            shown.contains("looks the same as a removed line"),
+            "{shown}"
+        );
+    }
+
+    /// A last line that lost its newline is told by the diff's own note, not by a twin note
+    /// naming no column.
+    #[test]
+    fn a_missing_final_newline_is_no_twin() {
+        let shown = unified(b"x\n", b"x", "a/f", "b/f");
+        assert!(shown.contains("\\ No newline at end of file"), "{shown}");
+        assert!(!shown.contains("looks the same"), "{shown}");
+    }
+
+    /// The columns where one of two lines has an escape the other lacks, each once.
+    #[test]
+    fn differing_columns_names_each_column_where_one_line_has_an_escape_the_other_lacks() {
+        let a: Vec<(usize, String)> = (0..1_000).map(|c| (c * 4 + 1, "\\xE9".into())).collect();
+        let mut b = a.clone();
+        b.remove(500);
+        assert_eq!(differing_columns(&a, &b), "2001");
+        assert_eq!(differing_columns(&a, &a), "");
+        assert_eq!(
+            differing_columns(&[(3, "^[".into())], &[(3, "^M".into()), (9, "^[".into())]),
+            "3, 9"
+        );
+        assert_eq!(differing_columns(&[], &[(7, "^[".into())]), "7");
+    }
 }

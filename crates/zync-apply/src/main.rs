@@ -1,5 +1,6 @@
 //! `zync-apply`: run on machine E to review and apply changes pushed upstream from R.
-//! Exit codes: 0 done, 1 error, 2 bad command line, 3 conflicts left staged (see `--help`).
+//! Exit codes: 0 done, 1 error, 2 bad command line, 3 files left staged for a say-so
+//! (conflicts, control files, content not shown; see `--help`).
 
 use std::process::ExitCode;
 

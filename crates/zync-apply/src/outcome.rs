@@ -5,7 +5,8 @@
 pub enum Outcome {
     /// Everything asked for was done (exit code 0).
     Done,
-    /// `apply --non-interactive` without `--force` left conflicting files staged (exit 3).
+    /// `apply --non-interactive` without `--force` left files staged that need a say-so:
+    /// conflicts, control files, content the review cannot show (exit 3).
     ConflictsLeft,
     /// `wait` gave up before every client had E's changes (exit 7).
     TimedOut,

@@ -198,6 +198,9 @@ pub enum Unshown {
     Binary,
     /// More than 4 MiB.
     Large,
+    /// So many characters that cannot be shown as themselves (bytes that are not UTF-8,
+    /// controls) that its diff, each marked with a note, would run to many times its size.
+    Garbled,
 }
 
 impl Unshown {
@@ -206,6 +209,10 @@ impl Unshown {
         match self {
             Unshown::Binary => "binary content, with a NUL byte in its first 8 KiB",
             Unshown::Large => "over 4 MiB, too large to diff",
+            Unshown::Garbled => {
+                "more than 10,000 characters that cannot be shown as text (bytes that are not \
+                 UTF-8, control characters)"
+            }
         }
     }
 
@@ -214,19 +221,40 @@ impl Unshown {
         match self {
             Unshown::Binary => "binary file",
             Unshown::Large => "large file (over 4 MiB)",
+            Unshown::Garbled => "file of characters that cannot be shown as text",
         }
     }
 }
 
-/// Whether content of `size` bytes that begins with `head` can be shown in a diff.
-fn unshown_content(size: u64, head: &[u8]) -> Option<Unshown> {
+/// The most characters of one content a diff shows escaped, each with its note
+/// ([`zync_cli::visible::bytes`]): 4 MiB of bytes that are not UTF-8 would otherwise make a
+/// diff of 100 MB, held in memory whole.
+const MAX_ESCAPES: usize = 10_000;
+
+/// Whether `data` (`size` bytes; all of them, unless more than [`MAX_DIFF_BYTES`]) can be
+/// shown in a diff.
+fn unshown_content(size: u64, data: &[u8]) -> Option<Unshown> {
     if size > MAX_DIFF_BYTES {
         Some(Unshown::Large)
-    } else if head[..head.len().min(SNIFF_BYTES)].contains(&0) {
+    } else if data[..data.len().min(SNIFF_BYTES)].contains(&0) {
         Some(Unshown::Binary)
+    } else if escapes_over(data, MAX_ESCAPES) {
+        Some(Unshown::Garbled)
     } else {
         None
     }
+}
+
+/// Whether showing `data` line by line would escape more than `max` characters.
+fn escapes_over(data: &[u8], max: usize) -> bool {
+    let mut escapes = 0;
+    for line in data.split(|b| *b == b'\n') {
+        escapes += zync_cli::visible::bytes(line).escapes.len();
+        if escapes > max {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether applying `file` would put content on E that its diff does not show: R's version
@@ -245,9 +273,12 @@ pub fn unshown(file: &StagedFile, current: &Current, session_dir: &Path) -> Opti
     let path = session_file(session_dir, file.staged_name.as_deref(), "staged").ok()?;
     let file = open_regular(&path).ok()?;
     let size = file.metadata().ok()?.len();
-    let mut head = Vec::with_capacity(SNIFF_BYTES);
-    file.take(SNIFF_BYTES as u64).read_to_end(&mut head).ok()?;
-    unshown_content(size, &head)
+    if size > MAX_DIFF_BYTES {
+        return Some(Unshown::Large);
+    }
+    let mut data = Vec::new();
+    file.take(MAX_DIFF_BYTES).read_to_end(&mut data).ok()?;
+    unshown_content(size, &data)
 }
 
 /// A file inside the session directory named by the database, checked to be one plain name.
@@ -494,11 +525,19 @@ mod tests {
     }
 
     #[test]
-    fn only_a_nul_or_the_size_keeps_content_from_being_shown() {
+    fn only_a_nul_the_size_or_a_flood_of_escapes_keeps_content_from_being_shown() {
         assert_eq!(unshown_content(11, b"plain text\n"), None);
         assert_eq!(unshown_content(3, b"a\0b"), Some(Unshown::Binary));
         assert_eq!(unshown_content(3, &[0xff, 0xfe, b'a']), None);
         assert_eq!(unshown_content(9, "ünïcödé".as_bytes()), None);
+        // A few bytes that are not UTF-8 are shown; a file of them is not.
+        let some = [b"text \xe9t\xe9\n".repeat(100)].concat();
+        assert_eq!(unshown_content(some.len() as u64, &some), None);
+        let garbled = vec![0x80u8; 20_000];
+        assert_eq!(
+            unshown_content(garbled.len() as u64, &garbled),
+            Some(Unshown::Garbled)
+        );
         assert_eq!(
             unshown_content(MAX_DIFF_BYTES + 1, b"text"),
             Some(Unshown::Large)

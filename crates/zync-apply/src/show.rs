@@ -690,8 +690,19 @@ mod tests {
             &["apply", "n3wl1ne", "--non-interactive", "--force"],
             &mut p,
         );
-        assert!(r.is_err(), "E has a directory at {dir:?}: {out}");
+        let failed = format!(
+            "{:#}",
+            r.expect_err(&format!("E has a directory at {dir:?}"))
+        );
         assert_eq!(forged(&out), Vec::<String>::new(), "{out}");
+        // The error that names what could not be applied is printed too.
+        let forged_in_error: Vec<String> = failed
+            .lines()
+            .map(str::trim_start)
+            .filter(|l| l.starts_with("write   docs/README.md") || *l == "+echo hi")
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(forged_in_error, Vec::<String>::new(), "{failed}");
         let mut p = ScriptedPrompter::new([Choice::ShowDiff, Choice::Quit]);
         fx.stage("n3wl1ne-2", &[write(text, b"other\n", None)]);
         let (r, _) = fx.run(&["apply", "n3wl1ne-2"], &mut p);

@@ -32,13 +32,25 @@ fn is_hidden(c: char) -> bool {
             // Word joiner, invisible operators, the bidirectional isolates and the deprecated
             // format characters after them.
             | '\u{2060}'..='\u{206F}'
-            // Variation selectors (also the supplement's), which change how the character
-            // before them is drawn, or hide data after it.
-            | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}'
-            // Byte order mark / zero-width no-break space; interlinear annotation marks.
-            | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
-            // Tag characters: invisible, able to carry a whole hidden ASCII text.
-            | '\u{E0000}'..='\u{E007F}'
+            // Variation selectors, which change how the character before them is drawn, or
+            // hide data after it.
+            | '\u{FE00}'..='\u{FE0F}'
+            // Byte order mark / zero-width no-break space; unassigned specials drawn as
+            // nothing; interlinear annotation marks.
+            | '\u{FEFF}' | '\u{FFF0}'..='\u{FFFB}'
+            // Tag characters (able to carry a whole hidden ASCII text), the supplement's
+            // variation selectors, and the rest of that plane's default-ignorable block.
+            | '\u{E0000}'..='\u{E0FFF}'
+            // Spaces other than the space itself: `rm -rf\u{A0}/tmp/x` reads as `rm -rf /tmp/x`.
+            | '\u{00A0}' | '\u{1680}' | '\u{2000}'..='\u{200A}' | '\u{202F}' | '\u{205F}'
+            | '\u{3000}'
+            // Format characters drawn as nothing or over their neighbours: Arabic number
+            // signs and marks, Syriac abbreviation mark, Kaithi number signs, Egyptian
+            // hieroglyph format controls, shorthand format controls, musical symbol format
+            // characters.
+            | '\u{0600}'..='\u{0605}' | '\u{06DD}' | '\u{070F}' | '\u{0890}' | '\u{0891}'
+            | '\u{08E2}' | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
         )
 }
 
@@ -163,6 +175,36 @@ mod tests {
             shown.contains("<U+202E>") && shown.contains("<U+2066>") && shown.contains("<U+2069>")
         );
         assert_eq!(line("a\u{200B}b\u{FEFF}"), "a<U+200B>b<U+FEFF>");
+    }
+
+    /// Characters that read as a space, or as nothing, are named: a line holding one never
+    /// reads as the line without it.
+    #[test]
+    fn spaces_other_than_space_and_invisible_format_characters_are_named() {
+        assert_eq!(line("rm -rf\u{A0}/tmp/x"), "rm -rf<U+00A0>/tmp/x");
+        for c in [
+            '\u{1680}',
+            '\u{2000}',
+            '\u{200A}',
+            '\u{202F}',
+            '\u{205F}',
+            '\u{3000}',
+            '\u{0600}',
+            '\u{06DD}',
+            '\u{070F}',
+            '\u{110BD}',
+            '\u{13430}',
+            '\u{1BCA0}',
+            '\u{1D173}',
+            '\u{E0080}',
+            '\u{E01F0}',
+            '\u{FFF0}',
+        ] {
+            let shown = line(&format!("a{c}b")).into_owned();
+            assert_eq!(shown, format!("a<U+{:04X}>b", c as u32));
+            assert_eq!(bytes(format!("a{c}b").as_bytes()).escapes.len(), 1, "{c:?}");
+        }
+        assert_eq!(line("plain text, tabs\tkept"), "plain text, tabs^Ikept");
     }
 
     #[test]
