@@ -400,7 +400,16 @@ fn read_ignore_file(root: &Path, dir: &str) -> Result<Option<Vec<u8>>, String> {
     } else {
         Some(RelPath::parse(dir).map_err(|e| e.to_string())?)
     };
-    let parent = Dir::open_dir(root, rel.as_ref()).map_err(|e| e.to_string())?;
+    let parent = match Dir::open_dir(root, rel.as_ref()) {
+        Ok(parent) => parent,
+        // A directory that is not there (yet: a path R pushes into a new directory is checked
+        // before E has it) holds no rules.
+        Err(crate::FsError::NotADirectory { .. }) => return Ok(None),
+        Err(crate::FsError::Io { source, .. }) if crate::meta::is_missing(&source) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let opened = match parent.open_file_to_read(IGNORE_FILE) {
         Ok(Some(opened)) => opened,
         Ok(None) => {
@@ -519,6 +528,11 @@ mod tests {
         }
         fs::create_dir(root.join("sub").join(IGNORE_FILE)).expect("mkdir");
         assert!(read_ignore_file(root, "sub").is_err());
+        // Nor does a directory that is not there, or a file where it would be.
+        fs::write(root.join("file"), "x").expect("write");
+        for dir in ["new", "new/deeper", "file", "file/below"] {
+            assert_eq!(read_ignore_file(root, dir), Ok(None), "{dir:?}");
+        }
     }
 
     #[test]
