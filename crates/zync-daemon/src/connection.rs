@@ -20,6 +20,11 @@ use crate::refusal::Refusal;
 use crate::shared::{Shared, Ws};
 use crate::staging::Discard;
 
+/// How many clients the daemon remembers (for `zync-apply status` and `wait`) besides those
+/// connected or with sessions waiting: far more than one person's machines, and a bound on
+/// what a holder of the token saying HELLO under ever new ids leaves in E's database.
+const KNOWN_CLIENTS: u64 = 1_000;
+
 /// A connection whose client proved that it holds the token.
 pub struct Connection {
     /// Frames to and from the client.
@@ -72,7 +77,8 @@ impl Connection {
         let _ = self.cx.query(move |i| i.client_disconnected(&client)).await;
     }
 
-    /// Answers AUTH with what the daemon serves, and records the client as connected.
+    /// Answers AUTH with what the daemon serves, records the client as connected, and forgets
+    /// the clients seen least recently beyond [`KNOWN_CLIENTS`].
     async fn welcome(&mut self) -> bool {
         tracing::info!(client = %self.cx.client_id, version = ?self.client_version, "client connected");
         let (client, version) = (self.cx.client_id.clone(), self.client_version.clone());
@@ -81,6 +87,7 @@ impl Connection {
             .cx
             .query(move |i| {
                 i.client_connected(&client, version.as_deref())?;
+                i.forget_old_clients(KNOWN_CLIENTS)?;
                 match &dirs {
                     Some(dirs) => i.set_client_dirs(&client, dirs),
                     None => Ok(()),

@@ -19,7 +19,7 @@ const REQUESTED: &str = "settle_requested";
 /// The `meta` key of the last ticket the daemon answered.
 const SETTLED: &str = "settled";
 /// The `meta` key prefix of a client's directories.
-const CLIENT_DIRS_PREFIX: &str = "client_dirs:";
+pub(crate) const CLIENT_DIRS_PREFIX: &str = "client_dirs:";
 
 impl Index {
     /// Takes the next ticket: the daemon answers it ([`Index::settled`] reaches it) once its

@@ -98,6 +98,66 @@ impl Index {
         Ok(())
     }
 
+    /// Forgets the clients seen least recently beyond the newest `keep` (with their acks and
+    /// the directories they named): any holder of the token may say HELLO under ever new
+    /// client ids, and each used to leave its rows for good. A client connected now, or with
+    /// sessions waiting for review, is never forgotten. Returns how many were.
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn forget_old_clients(&self, keep: u64) -> Result<usize> {
+        let known: i64 = self
+            .conn()
+            .query_row("SELECT count(*) FROM clients", [], |row| row.get(0))
+            .ctx("counting the known clients")?;
+        if u64::try_from(known).unwrap_or(0) <= keep {
+            return Ok(0);
+        }
+        let pending = crate::SessionStatus::PENDING
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let forgotten: Vec<String> = {
+            let mut stmt = self
+                .conn()
+                .prepare(&format!(
+                    "SELECT client_id FROM clients
+                     WHERE connections = 0 AND client_id NOT IN
+                         (SELECT client_id FROM upstream_sessions WHERE status IN ({pending}))
+                     ORDER BY last_seen_unix DESC, client_id
+                     LIMIT -1 OFFSET ?1"
+                ))
+                .ctx("finding the clients to forget")?;
+            let rows = stmt
+                .query_map([i64::try_from(keep).unwrap_or(i64::MAX)], |row| row.get(0))
+                .ctx("finding the clients to forget")?;
+            rows.collect::<rusqlite::Result<_>>()
+                .ctx("finding the clients to forget")?
+        };
+        self.without_waiting(|conn| {
+            let tx = rusqlite::Transaction::new_unchecked(
+                conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )
+            .ctx("forgetting old clients")?;
+            for id in &forgotten {
+                tx.execute("DELETE FROM clients WHERE client_id = ?1", [id])
+                    .and_then(|_| tx.execute("DELETE FROM acks WHERE client_id = ?1", [id]))
+                    .and_then(|_| {
+                        tx.execute(
+                            "DELETE FROM meta WHERE key = ?1",
+                            [format!("{}{id}", crate::barrier::CLIENT_DIRS_PREFIX)],
+                        )
+                    })
+                    .with_ctx(|| format!("forgetting client {id}"))?;
+            }
+            tx.commit().ctx("forgetting old clients")
+        })?;
+        Ok(forgotten.len())
+    }
+
     /// Records that one of `client_id`'s connections ended (never below 0 connections).
     ///
     /// # Errors
@@ -169,6 +229,58 @@ mod tests {
             .conn()
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .expect("pragma")
+    }
+
+    /// Clients said HELLO under 20 ids, one after another: beyond the newest 5, those gone
+    /// are forgotten with their acks and directories; one connected now and one with a session
+    /// waiting for review are kept however old.
+    #[test]
+    fn clients_beyond_the_newest_are_forgotten_unless_connected_or_waiting() {
+        let index = Index::open_in_memory().expect("index");
+        for n in 0..20 {
+            let id = format!("r-{n:02}");
+            index.client_connected(&id, None).expect("connected");
+            index.record_ack(&id, "code", 7).expect("ack");
+            index
+                .set_client_dirs(&id, &["code".to_string()])
+                .expect("dirs");
+            if n != 1 {
+                index.client_disconnected(&id).expect("gone");
+            }
+            index
+                .conn()
+                .execute(
+                    "UPDATE clients SET last_seen_unix = ?2 WHERE client_id = ?1",
+                    (&id, 1_000 + n),
+                )
+                .expect("seen");
+        }
+        index.create_session("s-1", "r-02").expect("session");
+        assert_eq!(index.forget_old_clients(5).expect("forget"), 13);
+        let kept: Vec<String> = index
+            .clients()
+            .expect("clients")
+            .into_iter()
+            .map(|c| c.client_id)
+            .collect();
+        assert_eq!(
+            kept,
+            ["r-01", "r-02", "r-15", "r-16", "r-17", "r-18", "r-19"]
+        );
+        let acked: Vec<String> = index
+            .acks()
+            .expect("acks")
+            .into_iter()
+            .map(|a| a.client_id)
+            .collect();
+        assert_eq!(acked, kept);
+        assert_eq!(index.client_dirs("r-03").expect("dirs"), None);
+        assert!(index.client_dirs("r-19").expect("dirs").is_some());
+        assert_eq!(
+            index.forget_old_clients(5).expect("again"),
+            0,
+            "nothing more to forget"
+        );
     }
 
     #[test]
