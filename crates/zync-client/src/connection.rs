@@ -177,6 +177,16 @@ impl Connection {
                     truncate(&format!("{other:?}"))
                 )))
             }
+            // Nothing the peer says before its proof is known to come from the daemon: its
+            // refusal is shown as what it is, the words of a peer that did not prove itself.
+            // A daemon of another protocol version says so here too, and its words are shown.
+            Err(ClientError::Server { code, message }) if credentials.token.is_some() => {
+                return Err(impostor(format!(
+                    "it refused the handshake before proving that it holds the token, saying \
+                     ({code:?}): {}",
+                    truncate(&message)
+                )))
+            }
             Err(e) => return Err(e),
         };
         let Challenge {
