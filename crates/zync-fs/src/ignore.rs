@@ -38,15 +38,17 @@ pub const IGNORE_FILE: &str = ".zyncignore";
 /// Why `rel`, pushed from R, is a control file: one that changes what E's daemon serves or
 /// ignores (a `.zyncignore` at any depth: `!.git` in one would un-ignore E's repository), or
 /// that E's tools run or obey (anything under a `.git` directory: its config and hooks). Such a
-/// file is applied only with an explicit yes; `None` for an ordinary file.
+/// file is applied only with an explicit yes; `None` for an ordinary file. Names are compared
+/// without regard to ASCII case: on a file system that ignores case (macOS, Windows shares,
+/// ext4 casefold, vfat), `.GIT/hooks/post-checkout` is the repository's hook.
 pub fn control_reason(rel: &RelPath) -> Option<&'static str> {
     let mut parts = rel.as_str().split('/').peekable();
     while let Some(part) = parts.next() {
         let last = parts.peek().is_none();
-        if part == ".git" {
+        if part.eq_ignore_ascii_case(".git") {
             return Some("it is inside .git, whose config and hooks run on E");
         }
-        if last && part == IGNORE_FILE {
+        if last && part.eq_ignore_ascii_case(IGNORE_FILE) {
             return Some("it is a .zyncignore: it changes what E's daemon serves and ignores");
         }
     }
@@ -762,6 +764,10 @@ mod tests {
             (".zyncignore/x", false),
             (".gitignore", false),
             ("a.git/config", false),
+            // The same names on a file system that ignores case.
+            (".GIT/config", true),
+            ("sub/.Git/hooks/post-checkout", true),
+            ("src/.ZyncIgnore", true),
         ] {
             let rel = RelPath::parse(path).expect("valid");
             assert_eq!(control_reason(&rel).is_some(), control, "{path}");
