@@ -90,7 +90,9 @@ fn make_private(path: &Path) -> Result<()> {
         Ok(file) => file
             .set_permissions(std::fs::Permissions::from_mode(PRIVATE_MODE))
             .map_err(|e| private(path, e))?,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => tighten(path)?,
+        // The database itself may be reached through a symlink of the user's own (SQLite
+        // resolves one in the database's path); it is changed by path, without opening it.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => tighten_database(path)?,
         // A missing directory and the like: SQLite's own open names the problem better.
         Err(_) => return Ok(()),
     }
@@ -105,8 +107,28 @@ fn make_private(path: &Path) -> Result<()> {
 /// The mode of a zync database and its side files.
 const PRIVATE_MODE: u32 = 0o600;
 
-/// Takes group and other bits off an existing file; a missing file is fine. Never through a
-/// symlink (SQLite opens its files with `O_NOFOLLOW` too): another user who planted
+/// Takes group and other bits off the existing database file at `path`, following a symlink
+/// as SQLite does, by path: a descriptor of it opened and closed here would drop the POSIX
+/// locks SQLite holds on it (see [`tighten`]).
+fn tighten_database(path: &Path) -> Result<()> {
+    let private = |source| DbError::Private {
+        path: path.to_owned(),
+        source,
+    };
+    let mode = match std::fs::metadata(path) {
+        Ok(md) => md.permissions().mode() & 0o7777,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(private(e)),
+    };
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700)).map_err(private)
+}
+
+/// Takes group and other bits off an existing side file (`-wal`, `-shm`, `-journal`); a
+/// missing one is fine. Never through a symlink (SQLite opens its side files with
+/// `O_NOFOLLOW` too): another user who planted
 /// `sync_client.db-wal` as a symlink in a directory they can write (the default database is
 /// relative to the working directory) had the mode of the user's file it named changed.
 ///
@@ -147,9 +169,15 @@ fn tighten(path: &Path) -> Result<()> {
         return Ok(());
     }
     // A path-only descriptor cannot be changed itself; its /proc entry leads to the file.
+    // Without /proc, by path: it was a regular file a moment ago.
+    let private_mode = std::fs::Permissions::from_mode(mode & 0o700);
     let through = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
-    std::fs::set_permissions(&through, std::fs::Permissions::from_mode(mode & 0o700))
-        .map_err(private)
+    match std::fs::set_permissions(&through, private_mode.clone()) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::set_permissions(path, private_mode).map_err(private)
+        }
+        other => other.map_err(private),
+    }
 }
 
 /// Opens the existing database file at `path` read-only: never creates it, never migrates it,
@@ -430,6 +458,20 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
         drop(Index::open_read_only(&path).expect("read only"));
         assert_eq!(mode_of(&path).as_deref(), Some("640"));
+    }
+
+    /// A database reached through a symlink of the user's own opens, and is made private.
+    #[test]
+    fn a_database_behind_the_users_own_symlink_opens() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let real = tmp.path().join("real.db");
+        drop(Index::open(&real).expect("create"));
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let link = tmp.path().join("sync.db");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        let index = Index::open(&link).expect("open through the symlink");
+        index.last_seq().expect("read");
+        assert_eq!(mode_of(&real).as_deref(), Some("600"));
     }
 
     /// The POSIX locks this process holds on `file`, as /proc/locks lists them.
