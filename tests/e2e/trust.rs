@@ -233,6 +233,23 @@ async fn an_impostor_on_the_client_s_port_gets_no_token_no_proof_and_no_writes()
     );
     assert_eq!(seen.frames.len(), 1, "{:?}", seen.frames);
 
+    // 5. A refusal of the protocol version gets the advice for a version mismatch, its words
+    // still quoted as unproven.
+    let (out, _) = client_meets_impostor(&f, |hello| {
+        json!({"status": "error", "id": hello["id"], "code": "unsupported_version",
+               "message": "this daemon speaks protocol 9"})
+    })
+    .await;
+    let log = stderr(&out);
+    assert!(
+        !out.status.success()
+            && log.contains("same zync version")
+            && log.contains("before proving")
+            && log.contains("protocol 9")
+            && !log.contains("token differs"),
+        "{log}"
+    );
+
     // The real daemon still works for the real client.
     f.client.once_ok(&f.daemon.url());
     assert_same_tree(&f.e, &f.r, &[]);

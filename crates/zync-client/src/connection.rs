@@ -179,8 +179,24 @@ impl Connection {
             }
             // Nothing the peer says before its proof is known to come from the daemon: its
             // refusal is shown as what it is, the words of a peer that did not prove itself.
-            // A daemon of another protocol version says so here too, and its words are shown.
-            Err(ClientError::Server { code, message }) if credentials.token.is_some() => {
+            // A daemon of another protocol version refuses here too: that is said with the
+            // advice for it, its words quoted as unproven. An internal error of the daemon
+            // stays one (a loop client tries again).
+            Err(ClientError::Server {
+                code: ErrorCode::UnsupportedVersion,
+                message,
+            }) => {
+                return Err(ClientError::Incompatible(format!(
+                    "the server at {url} refused this client's protocol version {} before \
+                     proving that it is the zync daemon; if it is the daemon, install the same \
+                     zync version on E and R. It said: {}",
+                    zync_proto::PROTOCOL_VERSION,
+                    truncate(&message)
+                )))
+            }
+            Err(ClientError::Server { code, message })
+                if credentials.token.is_some() && code != ErrorCode::Internal =>
+            {
                 return Err(impostor(format!(
                     "it refused the handshake before proving that it holds the token, saying \
                      ({code:?}): {}",
