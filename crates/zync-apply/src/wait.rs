@@ -112,7 +112,7 @@ pub fn wait(
                 .any(|a| a.client_id == id);
         if !known {
             bail!(
-                "no client with id {} ever connected to this daemon; `zync-apply status` lists the clients",
+                "no client with id {} is known to this daemon (it never connected, or it was forgotten as one of more than 1,000 clients); `zync-apply status` lists the clients",
                 visible::line(id)
             );
         }

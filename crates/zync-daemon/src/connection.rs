@@ -87,11 +87,10 @@ impl Connection {
             .cx
             .query(move |i| {
                 i.client_connected(&client, version.as_deref())?;
-                i.forget_old_clients(KNOWN_CLIENTS)?;
-                match &dirs {
-                    Some(dirs) => i.set_client_dirs(&client, dirs),
-                    None => Ok(()),
+                if let Some(dirs) = &dirs {
+                    i.set_client_dirs(&client, dirs)?;
                 }
+                i.forget_old_clients(KNOWN_CLIENTS).map(|_| ())
             })
             .await;
         let shared = &self.cx.shared;

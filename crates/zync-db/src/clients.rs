@@ -119,29 +119,30 @@ impl Index {
             .map(|s| format!("'{}'", s.as_str()))
             .collect::<Vec<_>>()
             .join(", ");
-        let forgotten: Vec<String> = {
-            let mut stmt = self
-                .conn()
-                .prepare(&format!(
-                    "SELECT client_id FROM clients
-                     WHERE connections = 0 AND client_id NOT IN
-                         (SELECT client_id FROM upstream_sessions WHERE status IN ({pending}))
-                     ORDER BY last_seen_unix DESC, client_id
-                     LIMIT -1 OFFSET ?1"
-                ))
-                .ctx("finding the clients to forget")?;
-            let rows = stmt
-                .query_map([i64::try_from(keep).unwrap_or(i64::MAX)], |row| row.get(0))
-                .ctx("finding the clients to forget")?;
-            rows.collect::<rusqlite::Result<_>>()
-                .ctx("finding the clients to forget")?
-        };
-        self.without_waiting(|conn| {
+        // Chosen inside the write transaction: a client that connects meanwhile (on another
+        // of the daemon's connections) is not forgotten.
+        let forgotten = self.without_waiting(|conn| {
             let tx = rusqlite::Transaction::new_unchecked(
                 conn,
                 rusqlite::TransactionBehavior::Immediate,
             )
             .ctx("forgetting old clients")?;
+            let forgotten: Vec<String> = {
+                let mut stmt = tx
+                    .prepare(&format!(
+                        "SELECT client_id FROM clients
+                         WHERE connections = 0 AND client_id NOT IN
+                             (SELECT client_id FROM upstream_sessions WHERE status IN ({pending}))
+                         ORDER BY last_seen_unix DESC, client_id
+                         LIMIT -1 OFFSET ?1"
+                    ))
+                    .ctx("finding the clients to forget")?;
+                let rows = stmt
+                    .query_map([i64::try_from(keep).unwrap_or(i64::MAX)], |row| row.get(0))
+                    .ctx("finding the clients to forget")?;
+                rows.collect::<rusqlite::Result<_>>()
+                    .ctx("finding the clients to forget")?
+            };
             for id in &forgotten {
                 tx.execute("DELETE FROM clients WHERE client_id = ?1", [id])
                     .and_then(|_| tx.execute("DELETE FROM acks WHERE client_id = ?1", [id]))
@@ -153,7 +154,8 @@ impl Index {
                     })
                     .with_ctx(|| format!("forgetting client {id}"))?;
             }
-            tx.commit().ctx("forgetting old clients")
+            tx.commit().ctx("forgetting old clients")?;
+            Ok(forgotten)
         })?;
         Ok(forgotten.len())
     }
