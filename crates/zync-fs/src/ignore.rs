@@ -38,21 +38,41 @@ pub const IGNORE_FILE: &str = ".zyncignore";
 /// Why `rel`, pushed from R, is a control file: one that changes what E's daemon serves or
 /// ignores (a `.zyncignore` at any depth: `!.git` in one would un-ignore E's repository), or
 /// that E's tools run or obey (anything under a `.git` directory: its config and hooks). Such a
-/// file is applied only with an explicit yes; `None` for an ordinary file. Names are compared
-/// without regard to ASCII case: on a file system that ignores case (macOS, Windows shares,
-/// ext4 casefold, vfat), `.GIT/hooks/post-checkout` is the repository's hook.
+/// file is applied only with an explicit yes; `None` for an ordinary file. A name counts as
+/// the one a file system on E may take it for ([`same_name_on_some_file_system`]): on vfat or a
+/// Windows share `.GIT.` and `GIT~1` are `.git`, and on macOS `.g\u{200C}it` is.
 pub fn control_reason(rel: &RelPath) -> Option<&'static str> {
     let mut parts = rel.as_str().split('/').peekable();
     while let Some(part) = parts.next() {
         let last = parts.peek().is_none();
-        if part.eq_ignore_ascii_case(".git") {
+        if same_name_on_some_file_system(part, ".git", "git~1") {
             return Some("it is inside .git, whose config and hooks run on E");
         }
-        if last && part.eq_ignore_ascii_case(IGNORE_FILE) {
+        if last && same_name_on_some_file_system(part, IGNORE_FILE, "zyncig~1") {
             return Some("it is a .zyncignore: it changes what E's daemon serves and ignores");
         }
     }
     None
+}
+
+/// Whether a file system of E may take `name` for `dotname` (`.git`), as git's own checks
+/// of `.git` do (`is_ntfs_dotgit`, `is_hfs_dotgit`): case aside (macOS, Windows, ext4
+/// casefold, vfat), HFS+ leaving out characters it ignores (zero-width joiners, direction
+/// marks), NTFS and vfat dropping trailing dots and spaces and answering to the 8.3 short
+/// name (`short`, `git~1`).
+fn same_name_on_some_file_system(name: &str, dotname: &str, short: &str) -> bool {
+    let kept: String = name
+        .chars()
+        .filter(|c| {
+            !matches!(
+                c,
+                '\u{200C}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{206A}'..='\u{206F}'
+                    | '\u{FEFF}'
+            )
+        })
+        .collect();
+    let trimmed = kept.trim_end_matches(['.', ' ']);
+    trimmed.eq_ignore_ascii_case(dotname) || trimmed.eq_ignore_ascii_case(short)
 }
 
 /// One rule that ignores paths: its pattern as written and where it comes from.
@@ -768,6 +788,14 @@ mod tests {
             (".GIT/config", true),
             ("sub/.Git/hooks/post-checkout", true),
             ("src/.ZyncIgnore", true),
+            // What vfat, NTFS and HFS+ take for .git and .zyncignore.
+            (".git./hooks/post-checkout", true),
+            (".git /config", true),
+            ("GIT~1/hooks/post-checkout", true),
+            (".g\u{200C}it/config", true),
+            ("sub/ZYNCIG~1", true),
+            (".gitx/config", false),
+            ("git/config", false),
         ] {
             let rel = RelPath::parse(path).expect("valid");
             assert_eq!(control_reason(&rel).is_some(), control, "{path}");
