@@ -198,18 +198,35 @@ impl StagingLimits {
     }
 }
 
-/// Bytes of uploads being received on every connection: staged content not yet in the index.
+/// How long the index's total for pending sessions, once read, stands for it: adding up every
+/// pending row for each upload made a push of 50,000 deletions quadratic (minutes), with every
+/// other upload waiting behind it.
+const PENDING_READ_EVERY: Duration = Duration::from_secs(1);
+
+/// The index's total for pending sessions as last read, plus what was recorded since.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    total: u64,
+    read_at: std::time::Instant,
+}
+
+/// Bytes of uploads being received on every connection (staged content not yet in the index),
+/// and the index's total as last read.
 #[derive(Debug, Default)]
 pub(crate) struct Budget {
     /// Held across the check and the reservation, so two uploads cannot both take the last room.
     gate: tokio::sync::Mutex<()>,
     receiving: Arc<Mutex<u64>>,
+    /// What the index holds for pending sessions, read at most every [`PENDING_READ_EVERY`];
+    /// what this daemon records meanwhile is added to it. What `zync-apply` applies or drops
+    /// meanwhile is not taken off until the next read, so it errs on the side of refusing.
+    pending: Arc<Mutex<Option<Pending>>>,
 }
 
 impl Budget {
-    /// Reserves `upload.size` bytes of the total if `pending()` (the bytes the index counts
-    /// for pending sessions, read off the reactor) plus the uploads being received leave room
-    /// for it under `limits`.
+    /// Reserves what `upload` holds of the total if the index's total for pending sessions
+    /// (`pending()`, read off the reactor, at most every [`PENDING_READ_EVERY`]) plus the
+    /// uploads being received leave room for it under `limits`.
     pub(crate) async fn reserve<F>(
         &self,
         limits: &StagingLimits,
@@ -220,12 +237,24 @@ impl Budget {
         F: std::future::Future<Output = Result<u64, Refusal>>,
     {
         let _turn = self.gate.lock().await;
-        let pending = pending.await?;
+        let known = *self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let total = match known.filter(|p| p.read_at.elapsed() < PENDING_READ_EVERY) {
+            Some(known) => known.total,
+            None => {
+                let total = pending.await?;
+                *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(Pending {
+                    total,
+                    read_at: std::time::Instant::now(),
+                });
+                total
+            }
+        };
         let receiving = self.receiving();
-        limits.check_total(pending, receiving, upload)?;
+        limits.check_total(total, receiving, upload)?;
         *self.receiving.lock().unwrap_or_else(|e| e.into_inner()) += upload.held();
         Ok(Reservation {
             receiving: Arc::clone(&self.receiving),
+            pending: Arc::clone(&self.pending),
             bytes: upload.held(),
         })
     }
@@ -241,7 +270,23 @@ impl Budget {
 #[derive(Debug)]
 pub(crate) struct Reservation {
     receiving: Arc<Mutex<u64>>,
+    pending: Arc<Mutex<Option<Pending>>>,
     bytes: u64,
+}
+
+impl Reservation {
+    /// The upload is recorded in the index: its bytes count among the pending sessions' from
+    /// now on (until the index is read again, which counts them itself).
+    pub(crate) fn recorded(self) {
+        if let Some(known) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            known.total = known.total.saturating_add(self.bytes);
+        }
+    }
 }
 
 impl Drop for Reservation {
@@ -383,6 +428,32 @@ mod tests {
             ..empty
         };
         assert!(limits.check_total(fits * each, 0, again).is_ok());
+    }
+
+    /// The index's total is read once for a run of uploads, and what is recorded meanwhile
+    /// counts: the second upload is refused on what the first recorded, without reading the
+    /// index again (which would say nothing is pending).
+    #[tokio::test]
+    async fn the_pending_total_is_read_once_a_second_and_recorded_uploads_count() {
+        let held = upload(60).held();
+        let limits = StagingLimits {
+            staged_bytes: 2 * held - 1,
+            ..StagingLimits::default()
+        };
+        let budget = Budget::default();
+        let reads = std::sync::atomic::AtomicU32::new(0);
+        let read = || async {
+            reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(0)
+        };
+        budget
+            .reserve(&limits, upload(60), read())
+            .await
+            .expect("fits")
+            .recorded();
+        let refused = budget.reserve(&limits, upload(60), read()).await;
+        assert!(refused.is_err(), "the first upload's record is not counted");
+        assert_eq!(reads.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -288,7 +288,9 @@ async fn stage(
         .query(move |index| index.replace_staged_file(&staged))
         .await?;
     // Recorded: the index counts its bytes from now on.
-    drop(reservation);
+    if let Some(reservation) = reservation {
+        reservation.recorded();
+    }
     if let Some(open) = cx.upstream.as_mut() {
         open.staged(&file.dir, rel.as_str(), staged_bytes);
     }
