@@ -332,20 +332,59 @@ pub(crate) fn parse_mappings_with(
     Ok(mappings)
 }
 
-/// The first symlink on `path` (itself or a directory above it) owned by a user other than
-/// this one or root, and its owner: whoever owns a symlink can point it anywhere, so a mapped
-/// directory reached through one (planted where the directory was not made yet, in a
-/// directory such as /tmp) would send E's files where they choose. The kernel's
+/// The first symlink met on the way to `path` (itself, a directory above it, or one that a
+/// symlink on the way leads through) owned by a user other than this one or root, and its
+/// owner: whoever owns a symlink can point it anywhere, so a mapped directory reached through
+/// one (planted where the directory was not made yet, in a directory such as /tmp, or behind
+/// a symlink of the user's own) would send E's files where they choose. The kernel's
 /// `fs.protected_symlinks` refuses some such links, not all, and is off on some machines.
+/// The way is followed as the kernel would, one component at a time; a missing component
+/// ends it (what is made there is the user's).
 fn others_symlink(path: &Path) -> Option<(PathBuf, u32)> {
     use std::os::unix::fs::MetadataExt;
+    use std::path::Component;
+    /// More symlinks than the kernel follows on one path (40): a loop, which canonicalize
+    /// then reports.
+    const MAX_LINKS: usize = 40;
     let me = crate::transport::effective_uid();
-    let path = std::path::absolute(path).ok()?;
-    path.ancestors().find_map(|p| {
-        let meta = std::fs::symlink_metadata(p).ok()?;
-        let theirs = meta.file_type().is_symlink() && meta.uid() != me && meta.uid() != 0;
-        theirs.then(|| (p.to_path_buf(), meta.uid()))
-    })
+    let mut todo: std::collections::VecDeque<PathBuf> = std::path::absolute(path)
+        .ok()?
+        .components()
+        .map(|c| PathBuf::from(c.as_os_str()))
+        .collect();
+    let mut at = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(part) = todo.pop_front() {
+        match part.components().next() {
+            Some(Component::RootDir) => at = PathBuf::from("/"),
+            Some(Component::ParentDir) => {
+                at.pop();
+            }
+            Some(Component::Normal(name)) => {
+                let next = at.join(name);
+                let Ok(meta) = std::fs::symlink_metadata(&next) else {
+                    return None;
+                };
+                if !meta.file_type().is_symlink() {
+                    at = next;
+                    continue;
+                }
+                if meta.uid() != me && meta.uid() != 0 {
+                    return Some((next, meta.uid()));
+                }
+                links += 1;
+                let target = std::fs::read_link(&next).ok()?;
+                if links > MAX_LINKS {
+                    return None;
+                }
+                for c in target.components().rev() {
+                    todo.push_front(PathBuf::from(c.as_os_str()));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -377,9 +416,20 @@ mod tests {
             );
         }
         assert!(!theirs.join("sub").exists());
+        // Behind a symlink of the user's own, theirs still counts.
+        let mine_to_theirs = dir.path().join("mine-to-theirs");
+        std::os::unix::fs::symlink(&link, &mine_to_theirs).expect("symlink");
+        let spec = format!("a:{}", mine_to_theirs.join("proj").display());
+        let e = parse_mappings(std::slice::from_ref(&spec)).expect_err(&spec);
+        assert!(e.to_string().contains("uid 65534"), "{e}");
+        assert!(!theirs.join("proj").exists());
         let mine = dir.path().join("mine");
         std::os::unix::fs::symlink(&theirs, &mine).expect("symlink");
         assert!(parse_mappings(&[format!("a:{}", mine.display())]).is_ok());
+        // A relative symlink of one's own is followed from where it stands.
+        std::fs::create_dir(dir.path().join("real")).expect("mkdir");
+        std::os::unix::fs::symlink("real", dir.path().join("rel")).expect("symlink");
+        assert!(parse_mappings(&[format!("a:{}", dir.path().join("rel/x").display())]).is_ok());
     }
 
     #[test]
