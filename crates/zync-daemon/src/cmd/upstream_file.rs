@@ -43,11 +43,11 @@ pub(crate) async fn apply(
 }
 
 /// An upload that passed every check before its content: its path, its root, and the bytes of
-/// the total it holds while it is received (writes).
+/// the total it holds until it is recorded (its content and its record).
 struct Admitted {
     rel: RelPath,
     root: PathBuf,
-    reservation: Option<Reservation>,
+    reservation: Reservation,
 }
 
 /// Everything checked before any content is read: the request ([`check`]), the daemon's own
@@ -81,7 +81,7 @@ async fn admit(cx: &mut Context, file: &UpstreamFile) -> Result<Admitted, Refusa
     };
     cx.shared.staging.check_session(load, upload)?;
     // A deletion holds no content, but its record counts.
-    let reservation = Some(reserve(cx, upload).await?);
+    let reservation = reserve(cx, upload).await?;
     create_session(cx).await?;
     Ok(Admitted {
         rel,
@@ -288,9 +288,7 @@ async fn stage(
         .query(move |index| index.replace_staged_file(&staged))
         .await?;
     // Recorded: the index counts its bytes from now on.
-    if let Some(reservation) = reservation {
-        reservation.recorded();
-    }
+    reservation.recorded();
     if let Some(open) = cx.upstream.as_mut() {
         open.staged(&file.dir, rel.as_str(), staged_bytes);
     }
