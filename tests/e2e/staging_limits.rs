@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::common::peer::{Peer, MAX_CHUNK};
+use crate::common::peer::{self, Peer, MAX_CHUNK};
 use crate::common::*;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -864,4 +864,71 @@ fn backups_of_applied_one_byte_edits_are_reclaimed_by_drop_gc_and_expiry_at_star
         bytes_under(&staging)
     );
     assert_eq!(tree(&e, &[]), e_applied, "settling touched E");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. What R says about itself stays small on E (invariant 9): a version or a session
+//    description of megabytes, sent at every connection or session, would grow E's database
+//    and log without bound while staging nothing.
+
+#[tokio::test]
+async fn a_long_client_version_or_session_description_is_refused_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_e, daemon) = daemon_with(tmp.path(), &[("a.txt", b"a\n")], &[]);
+    let db = tmp.path().join("state/sync.db");
+    let huge = "v".repeat(1 << 20);
+
+    // AUTH with a proof that verifies, and a version of 1 MiB.
+    let mut ws = peer::upgrade(&daemon).await;
+    let (client_nonce, challenge) = peer::hello(&mut ws, "talkative").await;
+    assert_eq!(challenge["status"], "ok", "{challenge}");
+    let daemon_nonce =
+        zync_proto::Nonce::from_hex(challenge["daemon_nonce"].as_str().unwrap_or_default())
+            .expect("daemon nonce");
+    let token = peer::token_of(&daemon);
+    let proof = zync_proto::proof(
+        &token,
+        zync_proto::Role::Client,
+        &client_nonce,
+        &daemon_nonce,
+        "talkative",
+    );
+    let reply = peer::exchange(
+        &mut ws,
+        json!({"id": 2, "operation": "AUTH", "client_proof": proof, "client_version": huge}),
+    )
+    .await;
+    refused(
+        &reply,
+        "bad_request",
+        &["client_version must be 1 to 64 bytes"],
+    );
+    let status = zync_apply_json(&db, &["status", "--json"]);
+    assert!(
+        !status.to_string().contains("talkative"),
+        "the refused client was recorded: {}",
+        &status.to_string()[..200.min(status.to_string().len())]
+    );
+
+    // A session described in 1 MiB: refused before anything is opened; a short one is fine.
+    let (mut peer, _) = Peer::authenticated(&daemon, "describes").await;
+    let reply = peer
+        .call(json!({"operation": "PREPARE_UPSTREAM", "description": huge}))
+        .await;
+    refused(
+        &reply,
+        "bad_request",
+        &["description must be 1 to 256 bytes"],
+    );
+    let reply = peer
+        .call(json!({"operation": "PREPARE_UPSTREAM", "description": "gpu-box"}))
+        .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+
+    let log = daemon.log_text();
+    assert!(
+        !log.contains(&"v".repeat(1000)),
+        "R's megabyte reached E's log ({} bytes of log)",
+        log.len()
+    );
 }

@@ -151,9 +151,16 @@ pub(crate) async fn run(ws: &mut Ws, auth: &Auth) -> Result<Authenticated, Faile
     }
     // A client of this version says which version it is and what it mirrors in AUTH, after
     // the daemon proved itself; an older one said so in HELLO.
+    let client_version = given.client_version.or(hello.client_version);
+    if let Some(message) = client_version
+        .as_deref()
+        .and_then(|v| text_problem("client_version", v, MAX_CLIENT_VERSION))
+    {
+        return Err(refuse(ws, Some(auth_id), ErrorCode::BadRequest, message).await);
+    }
     Ok(Authenticated {
         client_id: hello.client_id,
-        client_version: given.client_version.or(hello.client_version),
+        client_version,
         dirs: given.dirs.or(hello.dirs),
         auth_id,
     })
@@ -211,13 +218,29 @@ async fn refuse(ws: &mut Ws, id: Option<u64>, code: ErrorCode, message: String) 
 /// list` and `status`, the daemon's log), so besides its length it may hold no character that
 /// a terminal would act on or hide.
 fn client_id_problem(client_id: &str) -> Option<String> {
-    if client_id.is_empty() || client_id.len() > 128 {
-        return Some("client_id must be 1 to 128 bytes".into());
-    }
-    if zync_cli::visible::line(client_id) != client_id {
+    text_problem("client_id", client_id, MAX_CLIENT_ID)
+}
+
+/// The longest client id, in bytes.
+const MAX_CLIENT_ID: usize = 128;
+/// The longest client version, in bytes: this client sends its Cargo version ("0.1.0").
+pub(crate) const MAX_CLIENT_VERSION: usize = 64;
+
+/// What is wrong with `value`, a short text R sends that E records or logs (`what` names the
+/// field), if anything: empty, over `max` bytes (each connection could otherwise leave
+/// megabytes in E's database and log, invariant 9), or holding a character a terminal would
+/// act on or hide. The message never quotes more than `max` bytes of it.
+pub(crate) fn text_problem(what: &str, value: &str, max: usize) -> Option<String> {
+    if value.is_empty() || value.len() > max {
         return Some(format!(
-            "client_id {} holds control or invisible characters; use printable text",
-            zync_cli::visible::line(client_id)
+            "{what} must be 1 to {max} bytes, not {}",
+            value.len()
+        ));
+    }
+    if zync_cli::visible::line(value) != value {
+        return Some(format!(
+            "{what} {} holds control or invisible characters; use printable text",
+            zync_cli::visible::line(value)
         ));
     }
     None
@@ -226,6 +249,22 @@ fn client_id_problem(client_id: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_r_says_about_itself_is_short_printable_text_and_never_quoted_whole() {
+        assert_eq!(
+            text_problem("client_version", "0.1.0", MAX_CLIENT_VERSION),
+            None
+        );
+        let long = "9".repeat(MAX_CLIENT_VERSION + 1);
+        let why = text_problem("client_version", &long, MAX_CLIENT_VERSION).expect("refused");
+        assert_eq!(why, "client_version must be 1 to 64 bytes, not 65");
+        let why = text_problem("description", "a\x1b[2Jb", 256).expect("refused");
+        assert!(
+            why.starts_with("description a^[[2Jb holds control"),
+            "{why}"
+        );
+    }
 
     #[test]
     fn client_ids_are_short_printable_text() {

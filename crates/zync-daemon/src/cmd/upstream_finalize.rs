@@ -32,7 +32,7 @@ pub(crate) async fn apply(cx: &mut Context, finalize: FinalizeUpstream) -> Resul
     };
     if !created {
         cx.upstream = None;
-        tracing::info!(session = %id, "upstream session finalized with nothing staged; nothing kept");
+        tracing::debug!(session = %id, "upstream session finalized with nothing staged; nothing kept");
         return Ok(empty());
     }
     let lookup = id.clone();
@@ -52,7 +52,7 @@ pub(crate) async fn apply(cx: &mut Context, finalize: FinalizeUpstream) -> Resul
             tracing::warn!(session = %id, "cannot remove an empty session's directory: {e}");
         }
         cx.upstream = None;
-        tracing::info!(session = %id, "upstream session finalized with nothing staged; nothing kept");
+        tracing::debug!(session = %id, "upstream session finalized with nothing staged; nothing kept");
         return Ok(empty());
     }
     // The staged files, and their names, are made durable before the session counts as staged.
