@@ -37,7 +37,8 @@ pub const IGNORE_FILE: &str = ".zyncignore";
 
 /// Why `rel`, pushed from R, is a control file: one that changes what E's daemon serves or
 /// ignores (a `.zyncignore` at any depth: `!.git` in one would un-ignore E's repository), or
-/// that E's tools run or obey (anything under a `.git` directory: its config and hooks). Such a
+/// that E's tools run or obey (anything under a `.git` directory, and the config and hooks of
+/// a bare repository named `*.git`). Such a
 /// file is applied only with an explicit yes; `None` for an ordinary file. A name counts as
 /// the one a file system on E may take it for ([`same_name_on_some_file_system`]): on vfat or a
 /// Windows share `.GIT.` and `GIT~1` are `.git`, and on macOS `.g\u{200C}it` is.
@@ -48,11 +49,29 @@ pub fn control_reason(rel: &RelPath) -> Option<&'static str> {
         if same_name_on_some_file_system(part, ".git", "git~1") {
             return Some("it is inside .git, whose config and hooks run on E");
         }
+        if is_bare_repository_name(part)
+            && parts.peek().is_some_and(|next| {
+                next.eq_ignore_ascii_case("hooks") || next.eq_ignore_ascii_case("config")
+            })
+        {
+            return Some("it is the config or a hook of a bare repository, which git runs on E");
+        }
         if last && same_name_on_some_file_system(part, IGNORE_FILE, "zyncig~1") {
             return Some("it is a .zyncignore: it changes what E's daemon serves and ignores");
         }
     }
     None
+}
+
+/// Whether `name` reads as a bare repository's (`project.git`): git runs the hooks in it when
+/// E pushes to it, and obeys its config (`core.fsmonitor`, `core.hooksPath` name commands)
+/// whenever it works in it.
+fn is_bare_repository_name(name: &str) -> bool {
+    let trimmed = name.trim_end_matches(['.', ' ']);
+    trimmed.len() > 4
+        && trimmed
+            .get(trimmed.len() - 4..)
+            .is_some_and(|end| end.eq_ignore_ascii_case(".git"))
 }
 
 /// Whether a file system of E may take `name` for `dotname` (`.git`), as git's own checks
@@ -772,7 +791,7 @@ mod tests {
     }
 
     #[test]
-    fn control_files_are_ignore_files_and_anything_in_git() {
+    fn control_files_are_ignore_files_anything_in_git_and_a_bare_repository_s_config_and_hooks() {
         for (path, control) in [
             (".zyncignore", true),
             ("src/.zyncignore", true),
@@ -783,7 +802,14 @@ mod tests {
             (".zyncignore.bak", false),
             (".zyncignore/x", false),
             (".gitignore", false),
-            ("a.git/config", false),
+            // A bare repository's config and hooks; the rest of it is content.
+            ("a.git/config", true),
+            ("mirrors/project.GIT/hooks/post-receive", true),
+            ("project.git./config", true),
+            ("project.git/objects/ab/cdef", false),
+            ("project.git/description", false),
+            ("a.git", false),
+            (".git.bak/config", false),
             // The same names on a file system that ignores case.
             (".GIT/config", true),
             ("sub/.Git/hooks/post-checkout", true),
