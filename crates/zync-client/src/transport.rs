@@ -7,7 +7,7 @@
 //! as the daemon).
 
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -89,6 +89,18 @@ pub enum TransportError {
         /// The directory's permission bits.
         mode: u32,
     },
+    /// The socket's directory belongs to another user, who could replace the socket.
+    #[error("the socket {path} is in {dir}, which belongs to another user (uid {owner}; you are uid {me}): they could replace the socket with their own; use a socket in a directory of your own (the default ~/.zync/zync.sock)", path = path.display(), dir = dir.display())]
+    ForeignDirectory {
+        /// The socket.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+        /// The directory's owner.
+        owner: u32,
+        /// This process's effective uid.
+        me: u32,
+    },
 }
 
 impl TransportError {
@@ -107,7 +119,8 @@ impl TransportError {
             },
             TransportError::ForeignPeer { .. }
             | TransportError::ForeignServer { .. }
-            | TransportError::OpenDirectory { .. } => ClientError::Untrusted(self.to_string()),
+            | TransportError::OpenDirectory { .. }
+            | TransportError::ForeignDirectory { .. } => ClientError::Untrusted(self.to_string()),
         }
     }
 }
@@ -212,11 +225,9 @@ async fn connect_unix(path: &Path) -> Result<UnixStream, TransportError> {
     // connecting at all.
     let real = std::fs::canonicalize(path).map_err(missing)?;
     let dir = real.parent().unwrap_or(Path::new("/"));
-    let mode = std::fs::metadata(dir)
-        .map_err(missing)?
-        .permissions()
-        .mode();
-    check_directory(&real, dir, mode)?;
+    let meta = std::fs::metadata(dir).map_err(missing)?;
+    check_directory(&real, dir, meta.permissions().mode())?;
+    check_directory_owner(&real, dir, meta.uid(), effective_uid())?;
     let stream = UnixStream::connect(&real).await.map_err(missing)?;
     let peer = stream.peer_cred().map_err(|e| {
         TransportError::Unreachable(format!(
@@ -236,6 +247,25 @@ fn check_directory(path: &Path, dir: &Path, mode: u32) -> Result<(), TransportEr
             path: path.to_path_buf(),
             dir: dir.to_path_buf(),
             mode: mode & 0o7777,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a socket whose directory another user owns (not this user, not root): however
+/// private its mode, they may unlink the socket and bind their own, or change the mode.
+fn check_directory_owner(
+    path: &Path,
+    dir: &Path,
+    owner: u32,
+    me: u32,
+) -> Result<(), TransportError> {
+    if owner != me && owner != 0 {
+        return Err(TransportError::ForeignDirectory {
+            path: path.to_path_buf(),
+            dir: dir.to_path_buf(),
+            owner,
+            me,
         });
     }
     Ok(())
@@ -377,6 +407,21 @@ mod tests {
             assert!(shown.contains("chmod 700 /x/d"), "{mode:o}: {shown}");
             assert!(err.is_permanent());
         }
+    }
+
+    #[test]
+    fn a_directory_another_user_owns_is_refused_naming_its_owner() {
+        let path = Path::new("/x/d/zync.sock");
+        let dir = Path::new("/x/d");
+        assert!(check_directory_owner(path, dir, 1000, 1000).is_ok());
+        assert!(check_directory_owner(path, dir, 0, 1000).is_ok());
+        let err = check_directory_owner(path, dir, 65534, 1000).expect_err("another user's");
+        let shown = err.to_string();
+        assert!(
+            shown.contains("/x/d, which belongs to another user (uid 65534; you are uid 1000)"),
+            "{shown}"
+        );
+        assert!(err.is_permanent());
     }
 
     #[test]

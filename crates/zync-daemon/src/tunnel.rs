@@ -59,6 +59,7 @@ pub const DEFAULT_SOCKET: &str = "~/.zync/zync.sock";
 /// `ls -ld` line: markers, so that whatever a login script on R prints is skipped.
 const DIR_MARKER: &str = "zync-socket-dir ";
 const MODE_MARKER: &str = "zync-socket-mode ";
+const USER_MARKER: &str = "zync-socket-user ";
 
 /// The longest socket path Linux accepts (`sun_path` holds 108 bytes with the final NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -140,8 +141,8 @@ impl RemoteSocket {
 
     /// The command the preparatory ssh run gives R: create the directory (mode 0700 when it
     /// is new; zync's own directory is made 0700 in any case), remove a stale socket (a socket
-    /// only: never a file the user keeps there), and print the directory's absolute path and
-    /// its `ls -ld` line. Wrapped in `sh -c '…'` so that any login shell (bash, zsh, fish,
+    /// only: never a file the user keeps there), and print the directory's absolute path, its
+    /// `ls -ldn` line (numeric owner) and the user's uid. Wrapped in `sh -c '…'` so that any login shell (bash, zsh, fish,
     /// csh) hands it to a POSIX shell unchanged; [`RemoteSocket::parse`] keeps quotes out.
     pub fn prepare_command(&self) -> String {
         let RemoteSocket { dir, name, .. } = self;
@@ -151,15 +152,15 @@ impl RemoteSocket {
             String::new()
         };
         format!(
-            "sh -c 'umask 077 && mkdir -p {dir}{chmod} && cd {dir} && if [ -S {name} ]; then rm -f {name}; fi && echo \"{DIR_MARKER}$(pwd)\" && echo \"{MODE_MARKER}$(ls -ld .)\"'"
+            "sh -c 'umask 077 && mkdir -p {dir}{chmod} && cd {dir} && if [ -S {name} ]; then rm -f {name}; fi && echo \"{DIR_MARKER}$(pwd)\" && echo \"{MODE_MARKER}$(ls -ldn .)\" && echo \"{USER_MARKER}$(id -u)\"'"
         )
     }
 
     /// The socket's absolute path from the preparatory run's output.
     ///
     /// # Errors
-    /// Output without the markers, a directory that other users may write to (they could
-    /// replace the socket), or a path ssh or the kernel cannot take.
+    /// Output without the markers, a directory that other users may write to or that another
+    /// user owns (they could replace the socket), or a path ssh or the kernel cannot take.
     pub fn resolve(&self, output: &str) -> Result<String, String> {
         let line = |marker: &str| {
             output
@@ -182,6 +183,18 @@ impl RemoteSocket {
         if perms.len() < 10 || perms[0] != b'd' {
             return Err(format!(
                 "cannot tell the mode of {dir} on R from `ls -ld`: {mode:?}"
+            ));
+        }
+        let owner = mode.split_whitespace().nth(2).unwrap_or_default();
+        let user = line(USER_MARKER).unwrap_or_default();
+        if user.is_empty() || owner.parse::<u32>().is_err() {
+            return Err(format!(
+                "cannot tell who owns {dir} on R from `ls -ldn` and `id -u`: {mode:?}, {user:?}"
+            ));
+        }
+        if owner != user && owner != "0" {
+            return Err(format!(
+                "the socket's directory {dir} on R belongs to another user (uid {owner}; you are uid {user}): they could replace the socket; give --tunnel-socket a directory of your own"
             ));
         }
         if perms[5] == b'w' || perms[8] == b'w' {
@@ -1279,7 +1292,7 @@ mod tests {
     fn the_preparatory_output_gives_the_absolute_path_in_a_private_directory() {
         let socket = RemoteSocket::parse(DEFAULT_SOCKET).expect("default");
         let output = |mode: &str| {
-            format!("Welcome to R!\nzync-socket-dir /home/me/.zync\nzync-socket-mode {mode} 2 me me 40 Jan  1 00:00 .\n")
+            format!("Welcome to R!\nzync-socket-dir /home/me/.zync\nzync-socket-mode {mode} 2 1000 1000 40 Jan  1 00:00 .\nzync-socket-user 1000\n")
         };
         for mode in ["drwx------", "drwx------.", "drwx------+", "drwxr-xr-x"] {
             assert_eq!(
@@ -1295,19 +1308,32 @@ mod tests {
         for bad in [
             "",
             "zync-socket-dir /x\n",
-            "zync-socket-dir /x\nzync-socket-mode -rw------- 1 .\n",
+            "zync-socket-dir /x\nzync-socket-mode -rw------- 1 7 7 .\nzync-socket-user 7\n",
+            "zync-socket-dir /x\nzync-socket-mode drwx------ 1 7 7 .\n",
+            "zync-socket-dir /x\nzync-socket-mode drwx------ 1 me me .\nzync-socket-user 7\n",
         ] {
             assert!(socket.resolve(bad).is_err(), "{bad:?}");
         }
+        // A private directory of another user's: they could replace the socket. Root's is fine.
+        let theirs = "zync-socket-dir /x\nzync-socket-mode drwxr-xr-x 2 65534 65534 .\nzync-socket-user 1000\n";
+        let err = socket
+            .resolve(theirs)
+            .expect_err("another user's directory");
+        assert!(err.contains("belongs to another user (uid 65534"), "{err}");
+        let roots =
+            "zync-socket-dir /x\nzync-socket-mode drwxr-xr-x 2 0 0 .\nzync-socket-user 1000\n";
+        assert_eq!(socket.resolve(roots).as_deref(), Ok("/x/zync.sock"));
         let long = format!(
-            "zync-socket-dir /{}\nzync-socket-mode drwx------ 2 .\n",
+            "zync-socket-dir /{}\nzync-socket-mode drwx------ 2 0 0 .\nzync-socket-user 0\n",
             "d".repeat(100)
         );
         assert!(socket.resolve(&long).is_err_and(|e| e.contains("shorter")));
         let root = RemoteSocket::parse("/z.sock").expect("root");
         assert_eq!(
-            root.resolve("zync-socket-dir /\nzync-socket-mode drwxr-xr-x 2 .\n")
-                .as_deref(),
+            root.resolve(
+                "zync-socket-dir /\nzync-socket-mode drwxr-xr-x 2 0 0 .\nzync-socket-user 0\n"
+            )
+            .as_deref(),
             Ok("/z.sock")
         );
     }
@@ -1610,7 +1636,7 @@ mod tests {
     fn fake_socket_ssh(dir: &Path, mode: &str) -> Launch {
         let record = dir.join("forward-args");
         let body = format!(
-            "case \"$*\" in\n*zync-socket-dir*) echo 'motd noise'; echo 'zync-socket-dir /home/me/.zync'; echo 'zync-socket-mode {mode} 2 me me 40 Jan  1 00:00 .'; exit 0;;\nesac\necho \"$@\" > {record}\necho 'debug1: remote forward success for: listen /home/me/.zync/zync.sock, connect 127.0.0.1:8000' >&2\nexec sleep 60",
+            "case \"$*\" in\n*zync-socket-dir*) echo 'motd noise'; echo 'zync-socket-dir /home/me/.zync'; echo 'zync-socket-mode {mode} 2 1000 1000 40 Jan  1 00:00 .'; echo 'zync-socket-user 1000'; exit 0;;\nesac\necho \"$@\" > {record}\necho 'debug1: remote forward success for: listen /home/me/.zync/zync.sock, connect 127.0.0.1:8000' >&2\nexec sleep 60",
             record = record.display()
         );
         let mut launch = fake_ssh(dir, &body);
