@@ -48,6 +48,16 @@ pub enum FsError {
         /// The root.
         path: PathBuf,
     },
+    /// A file or directory zync keeps its own state in belongs to another user: zync trusts
+    /// only what it made itself there, as that user could otherwise hand it a token, a
+    /// database, a lock or staged content of their choosing (invariant 8).
+    #[error("{}", crate::private::not_owned_message(.path, *.uid))]
+    NotOwned {
+        /// The file or directory.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
     /// A component of the path that must be a directory is something else.
     #[error("{} is not a directory", .path.display())]
     NotADirectory {
@@ -71,7 +81,9 @@ impl FsError {
     /// symlink where a directory should be); false when it may (I/O errors, a corrupt transfer).
     pub fn is_permanent(&self) -> bool {
         match self {
-            FsError::SymlinkInPath { .. } | FsError::NotADirectory { .. } => true,
+            FsError::SymlinkInPath { .. }
+            | FsError::NotADirectory { .. }
+            | FsError::NotOwned { .. } => true,
             FsError::Io { .. }
             | FsError::NoSpace { .. }
             | FsError::HashMismatch { .. }
@@ -87,6 +99,7 @@ impl FsError {
             | FsError::SymlinkInPath { path }
             | FsError::RootReplaced { path }
             | FsError::NotADirectory { path }
+            | FsError::NotOwned { path, .. }
             | FsError::HashMismatch { path, .. } => path,
         }
     }

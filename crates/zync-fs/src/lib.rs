@@ -54,7 +54,8 @@ pub use crate::lock::{try_lock, try_lock_in, Holder, LockFile, Locked};
 pub use crate::meta::{lstat, Meta, Stat};
 pub use crate::path::{DirName, PathError, RelPath};
 pub use crate::private::{
-    create_private_dir_all, create_private_file, make_private, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE,
+    check_own_dir, check_owner, create_own_dir_all, create_private_dir_all, create_private_file,
+    describe_user, euid, make_private, user_name, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE,
 };
 pub use crate::scan::{scan, ScanEntry, ScanResult};
 pub use crate::token::{create_token_file, read_token_file, TokenError};

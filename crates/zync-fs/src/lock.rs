@@ -57,7 +57,8 @@ pub fn try_lock(path: &Path, note: &[u8]) -> io::Result<Locked> {
 }
 
 /// As [`try_lock`] on the lock file `name` inside the directory `dir`, creating `dir` (and
-/// any missing parent, mode 0700) first when it is missing. A staged session's lock lives in
+/// any missing parent, mode 0700) first when it is missing; `dir` and its parent (a session's
+/// directory in the staging area) must otherwise be directories of this user's. A staged session's lock lives in
 /// its own directory, which may be gone (its staged files removed) or not made yet; the lock
 /// must be taken all the same, or a run that creates the directory meanwhile would hold a
 /// lock nobody else sees. `zync-apply` (apply, undo, drop, gc) and the daemon's expiry at
@@ -68,7 +69,14 @@ pub fn try_lock(path: &Path, note: &[u8]) -> io::Result<Locked> {
 /// `dir` cannot be created (a file or something else is in the way, or an I/O error), or as
 /// [`try_lock`].
 pub fn try_lock_in(dir: &Path, name: &str, note: &[u8]) -> io::Result<Locked> {
-    crate::private::create_private_dir_all(dir).map_err(io::Error::other)?;
+    // The session's directory and the staging area above it are zync's own: made by this
+    // user, or refused (another user's would let them hold or forge the lock, and own what
+    // is staged and backed up there).
+    let top = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(dir);
+    crate::private::create_own_dir_all(top, dir).map_err(io::Error::other)?;
     try_lock(&dir.join(name), note)
 }
 
@@ -89,7 +97,7 @@ pub enum Holder {
     /// Nobody holds it: there is no lock file, or the process its note names is gone, or it
     /// has another file open under that pid (the pid was reused).
     Gone,
-    /// Cannot tell: no pid in the note, another user's process, or no `/proc`.
+    /// Cannot tell: no pid in the note, another user's process or lock file, or no `/proc`.
     Unknown,
 }
 
@@ -100,7 +108,8 @@ pub enum Holder {
 pub fn holder(path: &Path) -> Holder {
     use std::os::unix::fs::MetadataExt;
     let lock = match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_file() => meta,
+        // Another user's file names whom they like.
+        Ok(meta) if meta.is_file() && meta.uid() == crate::private::euid() => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Holder::Gone,
         _ => return Holder::Unknown,
     };
@@ -141,7 +150,8 @@ fn pid_in_note(note: &str) -> Option<u32> {
 }
 
 /// Opens (creating, mode 0600) the lock file without following a symlink at it, and checks
-/// that it is a regular file.
+/// that it is a regular file of this user's: another user who made it first (in a shared
+/// directory) could hold its lock for ever, with a note naming whom they like (invariant 8).
 fn open_lock_file(path: &Path) -> io::Result<File> {
     let file = File::options()
         .read(true)
@@ -171,6 +181,9 @@ fn open_lock_file(path: &Path) -> io::Result<File> {
             ),
         ));
     }
+    // Before the mode is touched: root may change another user's file.
+    crate::private::check_owner(path, &md)
+        .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()))?;
     if md.permissions().mode() & 0o7777 != PRIVATE_FILE_MODE {
         file.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))?;
     }
@@ -180,6 +193,48 @@ fn open_lock_file(path: &Path) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether this test runs as root, which making another user's file needs.
+    fn root_or_skip() -> bool {
+        let root = crate::private::euid() == 0;
+        if !root {
+            eprintln!("skipped: making a file of another user's needs root");
+        }
+        root
+    }
+
+    /// Another user made the lock file first (a sticky shared directory holding --db), and
+    /// holds its lock with a note naming a client that does not exist: the run is refused
+    /// with the owner named, never told "busy" with their note; its mode is left alone.
+    #[test]
+    fn another_users_lock_file_is_refused_naming_its_owner() {
+        if !root_or_skip() {
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("sync.db.lock");
+        std::fs::write(&path, "pid 1 (a forged holder)").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).expect("chown");
+        let theirs = File::open(&path).expect("open");
+        rustix::fs::flock(&theirs, FlockOperation::NonBlockingLockExclusive).expect("flock");
+        let err = try_lock(&path, b"mine").expect_err("another user's lock file");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("belongs to another user, uid 65534") && msg.contains("Remove it"),
+            "{msg}"
+        );
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o7777, 0o644, "their file's mode was changed");
+        assert_eq!(holder(&path), Holder::Unknown, "their note was believed");
+        // Their directory in the staging area is refused the same way.
+        let session = tmp.path().join("staging/s1");
+        std::fs::create_dir_all(&session).expect("mkdir");
+        std::os::unix::fs::chown(&session, Some(65534), Some(65534)).expect("chown");
+        let err = try_lock_in(&session, "x.lock", b"n").expect_err("their session directory");
+        assert!(err.to_string().contains("belongs to another user"), "{err}");
+        assert!(!session.join("x.lock").exists());
+    }
 
     #[test]
     fn a_second_lock_is_busy_with_the_first_note_until_the_first_is_dropped() {

@@ -1,11 +1,15 @@
-//! Files and directories zync makes for its own state (staging areas, backups, tokens): files
-//! 0600 and directories 0700 whatever the process umask, because they hold paths, hashes,
-//! client ids and R's content that other local users must not read (invariant 8, docs/ARCHITECTURE.md).
+//! Files and directories zync makes for its own state (staging areas, backups, tokens, locks):
+//! files 0600 and directories 0700 whatever the process umask, because they hold paths,
+//! hashes, client ids and R's content that other local users must not read; and only ever
+//! ones this process's user owns, because another user who made one first (in a shared
+//! directory such as /tmp) would hand zync state of their choosing (invariant 8,
+//! docs/ARCHITECTURE.md).
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use crate::error::FsError;
 
@@ -93,25 +97,215 @@ fn create_private_dir(path: &Path) -> Result<(), FsError> {
         .map_err(|e| FsError::io("set mode 700 on", path, e))
 }
 
-/// Takes the group and other bits off `path`, a file or directory of zync's own state made by
-/// an older zync under the default umask, so that what it holds stops being readable by other
-/// users. A missing path or a symlink is left alone.
+/// The effective uid of this process: the one owner zync trusts for its own state.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The login name of user `uid`, when the system knows one.
+pub fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: an all-zero passwd is a valid value for getpwuid_r to fill in.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call, and `buf` for its length.
+        let rc = unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: getpwuid_r succeeded, so pw_name is a NUL-terminated string inside `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+        return Some(name.to_string_lossy().into_owned());
+    }
+}
+
+/// `uid 65534 (nobody)`, or `uid 65534` when the system has no name for it.
+pub fn describe_user(uid: u32) -> String {
+    match user_name(uid) {
+        Some(name) => format!("uid {uid} ({name})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+/// The message of [`FsError::NotOwned`]: what is wrong, and what to do.
+pub(crate) fn not_owned_message(path: &Path, uid: u32) -> String {
+    format!(
+        "{} belongs to another user, {}, not to this program's user ({}): zync keeps its own \
+         state there and trusts only what it made itself. Remove it (another user may have \
+         put it there to take over zync's state), or choose a --db in a directory only you \
+         can write",
+        path.display(),
+        describe_user(uid),
+        describe_user(euid())
+    )
+}
+
+/// Refuses `meta`, what is at `path` (a file or directory zync keeps its own state in), when
+/// another user owns it.
 ///
 /// # Errors
 ///
-/// [`FsError::Io`] when the mode cannot be changed (for example: another user owns it).
+/// [`FsError::NotOwned`] naming the path and its owner.
+pub fn check_owner(path: &Path, meta: &std::fs::Metadata) -> Result<(), FsError> {
+    if meta.uid() == euid() {
+        Ok(())
+    } else {
+        Err(FsError::NotOwned {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+        })
+    }
+}
+
+/// Opens `path` without following a symlink there, for a look at what it is.
+fn open_nofollow(path: &Path, flags: i32) -> Result<File, FsError> {
+    File::options()
+        .read(true)
+        .custom_flags(flags | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => FsError::SymlinkInPath { path: path.into() },
+            Some(libc::ENOTDIR) => FsError::NotADirectory { path: path.into() },
+            _ => FsError::io("open", path, e),
+        })
+}
+
+/// Takes the group and other bits off `path`, a file or directory of zync's own state made by
+/// an older zync under the default umask, so that what it holds stops being readable by other
+/// users. A missing path is left alone; a symlink, or what another user owns, is refused: the
+/// staging area must be a directory this user made (another user who made it first would
+/// own everything later staged and backed up in it).
+///
+/// # Errors
+///
+/// [`FsError::SymlinkInPath`] for a symlink, [`FsError::NotOwned`] for another user's file or
+/// directory, [`FsError::Io`] when the mode cannot be changed.
 pub fn make_private(path: &Path) -> Result<(), FsError> {
-    let md = match std::fs::symlink_metadata(path) {
-        Ok(md) => md,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(FsError::io("inspect", path, e)),
+    // A path-only descriptor: nothing is opened for reading, and what is looked at is what
+    // gets its mode changed.
+    let handle = match open_nofollow(path, libc::O_PATH) {
+        Ok(handle) => handle,
+        Err(FsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
     };
+    let md = handle
+        .metadata()
+        .map_err(|e| FsError::io("inspect", path, e))?;
+    if md.file_type().is_symlink() {
+        return Err(FsError::SymlinkInPath { path: path.into() });
+    }
+    check_owner(path, &md)?;
     let mode = md.permissions().mode() & 0o7777;
-    if md.file_type().is_symlink() || mode & 0o077 == 0 {
+    if mode & 0o077 == 0 {
         return Ok(());
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))
-        .map_err(|e| FsError::io("take group and other access off", path, e))
+    let private_mode = std::fs::Permissions::from_mode(mode & 0o700);
+    let through = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+    match std::fs::set_permissions(&through, private_mode.clone()) {
+        // No /proc: by path, as it was ours a moment ago.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::set_permissions(path, private_mode)
+        }
+        other => other,
+    }
+    .map_err(|e| FsError::io("take group and other access off", path, e))
+}
+
+/// Checks that the directory `path`, one zync keeps its own state in, is a directory of this
+/// user's and no symlink; returns false when nothing is there.
+///
+/// # Errors
+///
+/// [`FsError::SymlinkInPath`], [`FsError::NotADirectory`], [`FsError::NotOwned`], or an I/O
+/// error.
+pub fn check_own_dir(path: &Path) -> Result<bool, FsError> {
+    let md = match std::fs::symlink_metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(FsError::io("inspect", path, e)),
+    };
+    if md.file_type().is_symlink() {
+        return Err(FsError::SymlinkInPath { path: path.into() });
+    }
+    if !md.is_dir() {
+        return Err(FsError::NotADirectory { path: path.into() });
+    }
+    check_owner(path, &md)?;
+    Ok(true)
+}
+
+/// Creates `top` and the directories below it down to `path`, as [`create_private_dir_all`]
+/// does (each new one 0700; missing directories above `top`, which are the user's, too), but
+/// accepts one of them that already exists only when it is a directory of this user's and no
+/// symlink, and takes group and other access off it. `top` is where zync's own state begins
+/// (the staging area, `<db>.staging`), `path` is below it (a session's directory).
+///
+/// # Errors
+///
+/// [`FsError::NotOwned`] for another user's directory, [`FsError::SymlinkInPath`] or
+/// [`FsError::NotADirectory`] for something else in the way, or an I/O error (also when
+/// `path` is not below `top`).
+pub fn create_own_dir_all(top: &Path, path: &Path) -> Result<(), FsError> {
+    let below = path.strip_prefix(top).map_err(|_| {
+        FsError::io(
+            "create",
+            path,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it is not below zync's own state",
+            ),
+        )
+    })?;
+    if let Some(parent) = top.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_private_dir_all(parent)?;
+    }
+    own_dir(top)?;
+    let mut at = top.to_path_buf();
+    for part in below.components() {
+        at.push(part);
+        own_dir(&at)?;
+    }
+    Ok(())
+}
+
+/// Creates the directory `path` (its parent must exist), or accepts the one there when it is
+/// this user's; either way leaves it mode 0700.
+fn own_dir(path: &Path) -> Result<(), FsError> {
+    match std::fs::DirBuilder::new()
+        .mode(PRIVATE_DIR_MODE)
+        .create(path)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(FsError::io("create directory", path, e)),
+    }
+    // Looked at and changed through one handle, never through a symlink.
+    let dir = open_nofollow(path, libc::O_DIRECTORY)?;
+    let md = dir
+        .metadata()
+        .map_err(|e| FsError::io("inspect", path, e))?;
+    check_owner(path, &md)?;
+    if md.permissions().mode() & 0o7777 != PRIVATE_DIR_MODE {
+        dir.set_permissions(std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+            .map_err(|e| FsError::io("set mode 700 on", path, e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
