@@ -44,6 +44,7 @@ pub(crate) fn open_file(path: &Path, schema: &Schema, sync: Synchronous) -> Resu
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    check_directory(path)?;
     make_private(path)?;
     let mut conn = Connection::open_with_flags(path, flags).map_err(|source| DbError::Open {
         path: path.to_owned(),
@@ -69,11 +70,79 @@ pub(crate) fn open_file(path: &Path, schema: &Schema, sync: Synchronous) -> Resu
 /// switch to WAL can leave behind).
 const SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
 
+/// The effective uid of this process: the one owner zync trusts for its state. (zync-fs has
+/// the same check for its own files; the two crates do not depend on each other.)
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// `uid 65534 (nobody)`, or `uid 65534` when the system has no name for it.
+pub(crate) fn describe_user(uid: u32) -> String {
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid value for getpwuid_r to fill in.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call, and `buf` for its length.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+        return format!("uid {uid}");
+    }
+    // SAFETY: getpwuid_r succeeded, so pw_name is a NUL-terminated string inside `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    format!("uid {uid} ({})", name.to_string_lossy())
+}
+
+/// Refuses `meta`, what is at `path`, when another user owns it.
+fn check_owner(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() == euid() {
+        return Ok(());
+    }
+    Err(DbError::NotOwned {
+        path: path.to_owned(),
+        uid: meta.uid(),
+    })
+}
+
+/// Refuses a database in a directory every user may write without the sticky bit: there any
+/// of them can rename zync's files away and put theirs in place between any look and any
+/// open. In a sticky one (/tmp) they can only make new names, which the owner checks here
+/// refuse; a group-writable one is left to the user, who chose whom the group holds.
+fn check_directory(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    // A missing directory and the like: SQLite's own open names the problem better.
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(DbError::OpenDirectory {
+            dir: dir.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
 /// Makes the database file private before SQLite opens it: a new one is created empty with
 /// mode 0600 (SQLite takes an empty file as a new database), and one an older zync created
 /// under the default umask loses its group and other bits, its side files too. SQLite gives
 /// the `-wal` and `-shm` files it creates the mode of the database file, so they follow.
-/// The directory is not touched: the user chose it.
+/// The directory is not touched: the user chose it. A database or side file of another
+/// user's is refused ([`DbError::NotOwned`]): one made first in a shared directory would have
+/// SQLite read their content (a `-wal` is replayed on open) as zync's own state.
 fn make_private(path: &Path) -> Result<()> {
     let private = |path: &Path, source| DbError::Private {
         path: path.to_owned(),
@@ -115,30 +184,55 @@ fn tighten_database(path: &Path) -> Result<()> {
         path: path.to_owned(),
         source,
     };
-    let mode = match std::fs::metadata(path) {
-        Ok(md) => md.permissions().mode() & 0o7777,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(private(e)),
+    let Some(meta) = database_meta(path)? else {
+        return Ok(());
     };
+    let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 == 0 {
         return Ok(());
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700)).map_err(private)
 }
 
-/// Takes group and other bits off an existing side file (`-wal`, `-shm`, `-journal`); a
-/// missing one is fine. Never through a symlink (SQLite opens its side files with
-/// `O_NOFOLLOW` too): another user who planted
-/// `sync_client.db-wal` as a symlink in a directory they can write (the default database is
-/// relative to the working directory) had the mode of the user's file it named changed.
-///
-/// The file is looked at and changed through a path-only descriptor (`O_PATH | O_NOFOLLOW`),
-/// so nothing swapped in between is touched. Only a path-only one: closing any other
-/// descriptor of a database file drops every POSIX lock this process holds on it, those of
-/// SQLite's open connections too, and another process then took the `-shm` for abandoned and
-/// truncated it under the daemon's mapping of it (SIGBUS).
-fn tighten(path: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
+/// What the existing database file at `path` is, following a symlink as SQLite does, after
+/// checking that the symlink (if it is one) and the file are this user's; `None` when it is
+/// missing.
+fn database_meta(path: &Path) -> Result<Option<std::fs::Metadata>> {
+    let private = |source| DbError::Private {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(link) if link.file_type().is_symlink() => check_owner(path, &link)?,
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(private(e)),
+    }
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(private(e)),
+    };
+    check_owner(path, &meta)?;
+    Ok(Some(meta))
+}
+
+/// Checks, without changing anything, that the database file at `path` and its side files
+/// are this user's, for the read-only opens: a `-wal` of another user's would be read as
+/// zync's state by a status command just as by a writer.
+fn check_owned(path: &Path) -> Result<()> {
+    database_meta(path)?;
+    for suffix in SIDE_FILES {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        side_file(Path::new(&side))?;
+    }
+    Ok(())
+}
+
+/// A path-only descriptor of the existing side file at `path` (never through a symlink) and
+/// what it is, once checked to be a regular file of this user's; `None` when it is missing.
+fn side_file(path: &Path) -> Result<Option<(std::fs::File, std::fs::Metadata)>> {
     use std::os::unix::fs::OpenOptionsExt;
     let private = |source| DbError::Private {
         path: path.to_owned(),
@@ -150,7 +244,7 @@ fn tighten(path: &Path) -> Result<()> {
         .open(path)
     {
         Ok(handle) => handle,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(private(e)),
     };
     let meta = handle.metadata().map_err(private)?;
@@ -164,6 +258,33 @@ fn tighten(path: &Path) -> Result<()> {
             "it is not a regular file; remove it (zync makes the file anew)",
         )));
     }
+    // Before its mode is touched: root may change another user's file.
+    check_owner(path, &meta)?;
+    Ok(Some((handle, meta)))
+}
+
+/// Takes group and other bits off an existing side file (`-wal`, `-shm`, `-journal`); a
+/// missing one is fine. Never through a symlink (SQLite opens its side files with
+/// `O_NOFOLLOW` too): another user who planted
+/// `sync_client.db-wal` as a symlink in a directory they can write (the default database is
+/// relative to the working directory) had the mode of the user's file it named changed.
+///
+/// The file is looked at and changed through a path-only descriptor (`O_PATH | O_NOFOLLOW`),
+/// so nothing swapped in between is touched. Only a path-only one: closing any other
+/// descriptor of a database file drops every POSIX lock this process holds on it, those of
+/// SQLite's open connections too, and another process then took the `-shm` for abandoned and
+/// truncated it under the daemon's mapping of it (SIGBUS).
+///
+/// One of another user's is refused ([`side_file`]): SQLite would replay a `-wal` they wrote.
+fn tighten(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let private = |source| DbError::Private {
+        path: path.to_owned(),
+        source,
+    };
+    let Some((handle, meta)) = side_file(path)? else {
+        return Ok(());
+    };
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 == 0 {
         return Ok(());
@@ -185,6 +306,7 @@ fn tighten(path: &Path) -> Result<()> {
 /// to WAL; the schema must be exactly this build's.
 pub(crate) fn open_read_only(path: &Path, schema: &Schema) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    check_owned(path)?;
     let conn = Connection::open_with_flags(path, flags).map_err(|source| DbError::Open {
         path: path.to_owned(),
         source,
@@ -220,6 +342,7 @@ pub(crate) fn open_immutable(path: &Path, schema: &Schema) -> Result<Connection>
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
         | OpenFlags::SQLITE_OPEN_URI
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    check_owned(path)?;
     let conn = Connection::open_with_flags(immutable_uri(path), flags).map_err(|source| {
         DbError::Open {
             path: path.to_owned(),

@@ -51,6 +51,43 @@ pub enum DbError {
         source: std::io::Error,
     },
 
+    /// The database file, or a side file beside it (`-wal`, `-shm`, `-journal`), belongs to
+    /// another user: SQLite would take what they wrote for zync's own state (a `-wal` is
+    /// replayed into the database when it is opened), so it is not opened (invariant 8).
+    #[error(
+        "{} belongs to another user, {}, not to this program's user ({}): zync keeps its own \
+         state there and trusts only what it made itself. Remove it (another user may have \
+         put it there to take over zync's state), or choose a --db in a directory only you \
+         can write",
+        path.display(),
+        crate::conn::describe_user(*uid),
+        crate::conn::describe_user(crate::conn::euid())
+    )]
+    NotOwned {
+        /// The file at fault.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
+
+    /// The database's directory lets every user create, rename and remove files there (it is
+    /// world-writable without the sticky bit): any of them could put a database, `-wal` file,
+    /// lock or token of their own in place of zync's at any moment.
+    #[error(
+        "the directory {} of the database is writable by every user (mode {mode:03o}) and \
+         has no sticky bit, so any of them could replace zync's files there with their own; \
+         choose a --db in a directory only you can write, or run `chmod o-w {}` (or `chmod \
+         +t`, as /tmp has)",
+        dir.display(),
+        dir.display()
+    )]
+    OpenDirectory {
+        /// The directory.
+        dir: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+
     /// The file exists but is not an SQLite database (garbage, truncated, or encrypted).
     #[error(
         "{} is not a zync database (not an SQLite file, or a damaged one): move it aside so \
@@ -164,6 +201,8 @@ impl DbError {
             DbError::Sqlite { source, .. } | DbError::Open { source, .. } => source,
             DbError::NotADatabase { .. }
             | DbError::Private { .. }
+            | DbError::NotOwned { .. }
+            | DbError::OpenDirectory { .. }
             | DbError::WrongKind { .. }
             | DbError::TooNew { .. }
             | DbError::TooOld { .. }
