@@ -38,6 +38,7 @@ pub use retire::{
     settle_session, staged_record_bytes, Expiry, LeftoverError, Undroppable, Unsettleable,
     ABORTED_KEPT, ENDED_KEPT, STAGED_RECORD_BYTES,
 };
+pub use sessions::BackupRecord;
 pub use staging::{
     is_plain_name, session_dir, staging_root, Action, FileState, Session, SessionStatus,
     StagedFile, SESSION_LOCK_FILE,

@@ -252,6 +252,14 @@ pub(crate) const INDEX: Schema = Schema {
         // cannot make an old one look new. Sessions that ended before this version have none
         // and count as older than any that has one.
         "ALTER TABLE upstream_sessions ADD COLUMN ended_seq INTEGER;",
+        // 10: what E's file was when zync-apply backed it up before changing it (content hash,
+        // size, mode, mtime), so that undo restores from a record of its own, never from a
+        // file beside the backup (sessions.rs `record_backup`). NULL: no backup, or one made
+        // before this version (undo then reads the JSON an older zync-apply wrote beside it).
+        "ALTER TABLE upstream_files ADD COLUMN backup_sha256 TEXT;
+         ALTER TABLE upstream_files ADD COLUMN backup_size INTEGER;
+         ALTER TABLE upstream_files ADD COLUMN backup_mode INTEGER;
+         ALTER TABLE upstream_files ADD COLUMN backup_mtime_ns INTEGER;",
     ],
 };
 

@@ -9,6 +9,20 @@ use crate::sql::{seq_from_sql, u64_from_sql, u64_to_sql, unix_now};
 use crate::staging::check_name;
 use crate::{FileState, Index, Session, SessionStatus, StagedFile};
 
+/// What E's file was when zync-apply backed it up before changing it
+/// ([`Index::record_backup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRecord {
+    /// Hex sha256 of the content.
+    pub sha256: String,
+    /// Bytes.
+    pub size: u64,
+    /// Permission bits, as E's file had them.
+    pub mode: u32,
+    /// Modification time, ns since the Unix epoch.
+    pub mtime_ns: i64,
+}
+
 const SESSION_SELECT: &str = "SELECT s.id, s.client_id, s.created_unix, s.status,
             count(f.path),
             coalesce(sum(f.conflict), 0),
@@ -255,6 +269,92 @@ impl Index {
             });
         }
         Ok(())
+    }
+
+    /// Records what E's file was when zync-apply backed it up before changing it, for undo:
+    /// its record of the backup, kept in the database rather than beside the backup, where
+    /// whoever could write the staging area could rewrite it (invariants 5 and 8).
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::NoSuchStagedFile`] if the session has no such file; an SQLite failure.
+    pub fn record_backup(
+        &self,
+        session_id: &str,
+        dir: &str,
+        path: &str,
+        backup: &BackupRecord,
+    ) -> Result<()> {
+        let changed = self
+            .conn()
+            .execute(
+                "UPDATE upstream_files SET backup_sha256 = ?4, backup_size = ?5,
+                     backup_mode = ?6, backup_mtime_ns = ?7
+                 WHERE session_id = ?1 AND dir = ?2 AND path = ?3",
+                (
+                    session_id,
+                    dir,
+                    path,
+                    &backup.sha256,
+                    u64_to_sql(backup.size),
+                    backup.mode,
+                    backup.mtime_ns,
+                ),
+            )
+            .with_ctx(|| {
+                format!(
+                    "recording the backup of {dir}/{path} for the upstream session {session_id}"
+                )
+            })?;
+        if changed == 0 {
+            return Err(DbError::NoSuchStagedFile {
+                session_id: session_id.to_owned(),
+                dir: dir.to_owned(),
+                path: path.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// What [`Index::record_backup`] recorded for this file; `None` when nothing was (no
+    /// backup, or one made by a zync-apply older than the record).
+    ///
+    /// # Errors
+    ///
+    /// An SQLite failure.
+    pub fn backup_record(
+        &self,
+        session_id: &str,
+        dir: &str,
+        path: &str,
+    ) -> Result<Option<BackupRecord>> {
+        let context = || format!("reading the backup record of {dir}/{path}");
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT backup_sha256, backup_size, backup_mode, backup_mtime_ns
+                 FROM upstream_files WHERE session_id = ?1 AND dir = ?2 AND path = ?3",
+                (session_id, dir, path),
+                |row| {
+                    Ok((
+                        row.get::<_, Option<String>>(0)?,
+                        row.get::<_, Option<i64>>(1)?,
+                        row.get::<_, Option<u32>>(2)?,
+                        row.get::<_, Option<i64>>(3)?,
+                    ))
+                },
+            )
+            .optional()
+            .with_ctx(context)?;
+        let Some((Some(sha256), Some(size), Some(mode), Some(mtime_ns))) = row else {
+            return Ok(None);
+        };
+        Ok(Some(BackupRecord {
+            sha256,
+            size: u64_from_sql(size),
+            mode,
+            mtime_ns,
+        }))
     }
 
     /// The directories zync-apply recorded as created on E for this file (its missing

@@ -54,7 +54,7 @@ fn a_version_1_index_upgrades_in_place() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(version, INDEX_SCHEMA_VERSION);
-    assert_eq!(INDEX_SCHEMA_VERSION, 9);
+    assert_eq!(INDEX_SCHEMA_VERSION, 10);
     for (kind, name) in [
         ("table", "clients"),
         ("table", "ignored"),
