@@ -103,14 +103,11 @@ pub async fn run(
         let mut index = zync_db::Index::open(&db_path)
             .with_context(|| format!("cannot open the daemon database {}", db_path.display()))?;
         // An older zync made the staging area under the default umask: R's staged content
-        // and E's backups in it must not stay readable by other users (invariant 8).
+        // and E's backups in it must not stay readable by other users; and one another user
+        // made (first, in a shared directory) is theirs to fill: refused (invariant 8).
         let staging = zync_db::staging_root(&db_path);
-        zync_fs::make_private(&staging).with_context(|| {
-            format!(
-                "the staging area {} is readable by other users; run `chmod 700` on it",
-                staging.display()
-            )
-        })?;
+        zync_fs::make_private(&staging)
+            .with_context(|| format!("cannot use the staging area {}", staging.display()))?;
         index.set_roots(&names)?;
         index.reset_connections()?;
         staging::abort_stale_sessions(&index, &db_path)?;

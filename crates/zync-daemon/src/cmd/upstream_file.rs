@@ -138,10 +138,14 @@ async fn create_session(cx: &mut Context) -> Result<(), Refusal> {
         open.created = true;
     }
     // R's content waits here for review: the area and each session's directory are E's
-    // user's only (invariant 8), whatever the daemon's umask.
-    let made = tokio::task::spawn_blocking(move || zync_fs::create_private_dir_all(&dir))
-        .await
-        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+    // user's only (invariant 8), whatever the daemon's umask, and made by E's user: another
+    // user who made the area first would own what is staged and backed up in it.
+    let made = tokio::task::spawn_blocking(move || {
+        let area = dir.parent().unwrap_or(&dir);
+        zync_fs::create_own_dir_all(area, &dir)
+    })
+    .await
+    .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
     made.map_err(|e| {
         Refusal::new(
             ErrorCode::Internal,
