@@ -615,6 +615,11 @@ impl Run<'_> {
         if state == FileState::Applying {
             self.changing_e(file)?;
         }
+        // What the backup holds, in the database before the database names the backup: undo
+        // trusts this record, not a file in the staging area (invariants 5 and 8).
+        if let Some(backup) = backup {
+            fileops::record_backup(self.index, file, backup)?;
+        }
         self.index.set_file_state(
             &file.session_id,
             &file.dir,

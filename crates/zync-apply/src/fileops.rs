@@ -11,7 +11,7 @@ use zync_proto::Kind;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use zync_db::{EntryMeta, Index};
+use zync_db::{EntryMeta, Index, StagedFile};
 use zync_fs::{fsync_dir, fsync_dir_beneath, lstat, AtomicFile, Dir, RelPath, Stat};
 
 use crate::probe::{self, open_regular, Current};
@@ -19,9 +19,10 @@ use crate::probe::{self, open_regular, Current};
 /// How much is copied at a time.
 const CHUNK: usize = 256 * 1024;
 
-/// The mode, mtime and content hash E's file had when it was backed up, kept in a JSON file
-/// beside the backup (`backup-N.json`) so undo can restore them: the staging schema has no
-/// columns for them.
+/// The mode, mtime and content hash E's file had when it was backed up, recorded in the
+/// database ([`Index::record_backup`]) so undo can restore them and check the backup against
+/// them. (A zync-apply older than that record kept them in a JSON file beside the backup,
+/// `backup-N.json`, which [`backup_meta`] still reads for its backups.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupMeta {
     /// Permission bits.
@@ -100,8 +101,10 @@ pub fn backup(root: &Path, rel: &RelPath, session_dir: &Path) -> anyhow::Result<
         );
     };
     let md = src.metadata()?;
-    // Backups hold E's files: the staging area is readable by E's user only (invariant 8).
-    zync_fs::create_private_dir_all(session_dir)
+    // Backups hold E's files: the staging area is readable by E's user only, and made by E's
+    // user: another user's would let them swap what undo restores (invariant 8).
+    let area = session_dir.parent().unwrap_or(session_dir);
+    zync_fs::create_own_dir_all(area, session_dir)
         .with_context(|| format!("cannot create {}", session_dir.display()))?;
     let mut n = 1u32;
     let (name, path, mut dst) = loop {
@@ -136,12 +139,9 @@ pub fn backup(root: &Path, rel: &RelPath, session_dir: &Path) -> anyhow::Result<
             sha256,
             size,
         };
-        let side_path = meta_path(&path);
-        // A leftover of an interrupted backup under the same name is replaced.
-        let _ = std::fs::remove_file(&side_path);
-        let mut side = zync_fs::create_private_file(&side_path)?;
-        side.write_all(&serde_json::to_vec(&meta)?)?;
-        side.sync_all()?;
+        // A leftover of an older zync-apply's interrupted backup under the same name would
+        // be taken for this backup's metadata were the database's record ever missing.
+        let _ = std::fs::remove_file(meta_path(&path));
         fsync_dir(session_dir)?;
         Ok(Backup {
             name: name.clone(),
@@ -163,13 +163,42 @@ pub fn backup(root: &Path, rel: &RelPath, session_dir: &Path) -> anyhow::Result<
     }
 }
 
-/// The metadata stored beside a backup; when it is missing, the backup's own hash with mode
-/// 0644 and the current time.
+/// Records in the database what `backup` holds, for `file` (before the database names the
+/// backup: a backup the database names always has its record).
 ///
 /// # Errors
 ///
-/// The backup cannot be read.
-pub fn backup_meta(path: &Path) -> anyhow::Result<BackupMeta> {
+/// A database failure.
+pub fn record_backup(index: &Index, file: &StagedFile, backup: &Backup) -> anyhow::Result<()> {
+    let record = zync_db::BackupRecord {
+        sha256: backup.meta.sha256.clone(),
+        size: backup.meta.size,
+        mode: backup.meta.mode,
+        mtime_ns: backup.meta.mtime_ns,
+    };
+    index.record_backup(&file.session_id, &file.dir, &file.path, &record)?;
+    Ok(())
+}
+
+/// What E's file was when `file`'s backup at `path` was made: the database's record of it
+/// ([`record_backup`]), never a file beside the backup. A backup made by a zync-apply older
+/// than the record has none; then the JSON file that zync-apply wrote beside it is read (the
+/// staging area and the session's directory are checked to be this user's on the way,
+/// [`probe::session_file`]), and when that is missing too, the backup's own hash with mode
+/// 0644 and the current time. Undo checks the content it restores against the hash.
+///
+/// # Errors
+///
+/// The database or the backup cannot be read.
+pub fn backup_meta(index: &Index, file: &StagedFile, path: &Path) -> anyhow::Result<BackupMeta> {
+    if let Some(record) = index.backup_record(&file.session_id, &file.dir, &file.path)? {
+        return Ok(BackupMeta {
+            mode: record.mode,
+            mtime_ns: record.mtime_ns,
+            sha256: record.sha256,
+            size: record.size,
+        });
+    }
     if let Ok(text) = std::fs::read(meta_path(path)) {
         if let Ok(meta) = serde_json::from_slice(&text) {
             return Ok(meta);
@@ -741,14 +770,14 @@ mod tests {
             ("backup-1", "backup-2")
         );
         assert_eq!(std::fs::read(&b1.path).expect("read"), b"precious");
-        let meta = backup_meta(&b1.path).expect("meta");
+        let meta = &b1.meta;
         assert_eq!(meta.mode, 0o640);
         assert_eq!(meta.mtime_ns, 1_600_000_000_000_000_007);
         assert_eq!(meta.sha256, zync_fs::hash_bytes(b"precious"));
     }
 
     #[test]
-    fn backups_their_metadata_and_a_new_session_directory_are_private() {
+    fn backups_and_a_new_session_directory_are_private() {
         let e = tempfile::tempdir().expect("tempdir");
         let s = tempfile::tempdir().expect("tempdir");
         let f = e.path().join("f");
@@ -761,10 +790,13 @@ mod tests {
             (session.parent().expect("staging root").to_path_buf(), 0o700),
             (session.clone(), 0o700),
             (b.path.clone(), 0o600),
-            (meta_path(&b.path), 0o600),
         ] {
             assert_eq!(mode(&path), want, "mode of {}", path.display());
         }
+        assert!(
+            !meta_path(&b.path).exists(),
+            "the backup's metadata is the database's, not a file beside it"
+        );
     }
 
     #[test]

@@ -281,11 +281,16 @@ pub fn unshown(file: &StagedFile, current: &Current, session_dir: &Path) -> Opti
     unshown_content(size, &data)
 }
 
-/// A file inside the session directory named by the database, checked to be one plain name.
+/// A file inside the session directory named by the database, checked to be one plain name,
+/// in a session directory and staging area that are this user's own directories (no
+/// symlinks): what is staged and backed up there is applied to E, or restored there by undo,
+/// so a directory another user made, or swapped in, is refused before anything in it is read
+/// (invariant 8). Both being this user's, mode 0700, nobody else can change what they hold.
 ///
 /// # Errors
 ///
-/// The name is missing, or not a single path component.
+/// The name is missing, or not a single path component; the session's directory or the
+/// staging area is another user's, a symlink or not a directory.
 pub fn session_file(session_dir: &Path, name: Option<&str>, what: &str) -> anyhow::Result<PathBuf> {
     let Some(name) = name else {
         anyhow::bail!("the database names no {what} file");
@@ -293,6 +298,10 @@ pub fn session_file(session_dir: &Path, name: Option<&str>, what: &str) -> anyho
     if !zync_db::is_plain_name(name) {
         anyhow::bail!("the database names {what} file {name:?}, which is not a plain file name");
     }
+    if let Some(area) = session_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        zync_fs::check_own_dir(area)?;
+    }
+    zync_fs::check_own_dir(session_dir)?;
     Ok(session_dir.join(name))
 }
 
@@ -546,15 +555,48 @@ mod tests {
 
     #[test]
     fn session_file_names_are_plain() {
-        let d = Path::new("/s");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let d = tmp.path().join("s");
         assert_eq!(
-            session_file(d, Some("staged-1"), "staged").expect("ok"),
-            Path::new("/s/staged-1")
+            session_file(&d, Some("staged-1"), "staged").expect("ok"),
+            d.join("staged-1")
         );
         for bad in ["../x", "a/b", "/etc/passwd", ""] {
-            assert!(session_file(d, Some(bad), "staged").is_err(), "{bad}");
+            assert!(session_file(&d, Some(bad), "staged").is_err(), "{bad}");
         }
-        assert!(session_file(d, None, "staged").is_err());
+        assert!(session_file(&d, None, "staged").is_err());
+    }
+
+    /// Another user who made the staging area, or a session's directory in it, first (the
+    /// database in a shared directory such as /tmp) could put there what apply writes to E
+    /// and undo restores: nothing in it is read. A symlink there is not followed either.
+    #[test]
+    fn session_files_in_another_users_directory_or_through_a_symlink_are_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let area = tmp.path().join("sync.db.staging");
+        let session = area.join("s1");
+        std::fs::create_dir_all(&session).expect("mkdir");
+        session_file(&session, Some("backup-1"), "backup").expect("this user's own");
+        if zync_fs::euid() != 0 {
+            eprintln!("skipped the other user's part: making a directory of theirs needs root");
+            return;
+        }
+        for theirs in [&area, &session] {
+            std::os::unix::fs::chown(theirs, Some(65534), Some(65534)).expect("chown");
+            let err = session_file(&session, Some("backup-1"), "backup")
+                .expect_err("another user's directory");
+            let msg = format!("{err:#}");
+            assert!(
+                msg.contains("belongs to another user, uid 65534") && msg.contains("Remove it"),
+                "{msg}"
+            );
+            std::os::unix::fs::chown(theirs, Some(0), Some(0)).expect("chown back");
+        }
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("mkdir");
+        std::os::unix::fs::symlink(&elsewhere, area.join("s2")).expect("symlink");
+        let err = session_file(&area.join("s2"), Some("backup-1"), "backup").expect_err("link");
+        assert!(format!("{err:#}").contains("symlink"), "{err:#}");
     }
 
     /// Another user on E swaps E's directory `d` with a symlink to a directory of theirs

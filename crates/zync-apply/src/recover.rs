@@ -79,14 +79,20 @@ pub(crate) fn resolve_session(
 /// True when the intent's backup holds `sha256`, E's content now, with E's mode now `mode`:
 /// a change of mode only whose rename has not happened. False when there is no readable
 /// backup (E had no file, or its content differed: the content tells).
-fn mode_left_as_backed_up(session_dir: &Path, file: &StagedFile, sha256: &str, mode: u32) -> bool {
+fn mode_left_as_backed_up(
+    index: &Index,
+    session_dir: &Path,
+    file: &StagedFile,
+    sha256: &str,
+    mode: u32,
+) -> bool {
     let Some(name) = file.backup_name.as_deref() else {
         return false;
     };
     let Ok(backup) = probe::session_file(session_dir, Some(name), "backup") else {
         return false;
     };
-    fileops::backup_meta(&backup)
+    fileops::backup_meta(index, file, &backup)
         .is_ok_and(|meta| meta.sha256 == sha256 && meta.mode & 0o7777 == mode & 0o7777)
 }
 
@@ -143,7 +149,7 @@ fn resolve_one(
         // depends on the umask of the run that was killed.)
         (Action::Write, Current::File { sha256, mode, .. }) => {
             Some(sha256.as_str()) == file.sha256.as_deref()
-                && !mode_left_as_backed_up(session_dir, file, sha256, *mode)
+                && !mode_left_as_backed_up(index, session_dir, file, sha256, *mode)
         }
         (Action::Delete, Current::Missing) => true,
         _ => false,
@@ -171,7 +177,7 @@ fn resolve_one(
     created_dirs::roll_back(index, file, root)?;
     if let Some(name) = file.backup_name.as_deref() {
         let backup = probe::session_file(session_dir, Some(name), "backup")?;
-        let untouched = match (&current, fileops::backup_meta(&backup)) {
+        let untouched = match (&current, fileops::backup_meta(index, file, &backup)) {
             (Current::File { sha256, .. }, Ok(meta)) => &meta.sha256 == sha256,
             _ => false,
         };

@@ -188,7 +188,7 @@ fn undo_one(
         copy = Some(keep_newer(index, root, &rel, &file.dir, &current)?);
         current = Current::Missing;
     }
-    restore(index, root, &rel, &file.dir, &backup, &current)?;
+    restore(index, root, &rel, file, &backup, &current)?;
     Ok(copy)
 }
 
@@ -271,23 +271,27 @@ fn remove_if_ours(
 
 /// Writes the backup back to `rel` with the mode and mtime E's file had, and records it. E
 /// must still have `expected` there right before the rename: an edit saved on E while the
-/// backup was being copied is never replaced unseen.
+/// backup was being copied is never replaced unseen. What is written must hash to what the
+/// database recorded when the backup was made ([`fileops::backup_meta`]): a backup changed
+/// since is refused, E untouched. Setuid and setgid bits are never restored, as apply never
+/// gives them to R's files: an undo must not make a program that runs with its owner's
+/// rights out of whatever the staging area holds.
 fn restore(
     index: &mut Index,
     root: &Path,
     rel: &RelPath,
-    dir: &str,
+    file: &StagedFile,
     backup: &Path,
     expected: &Current,
 ) -> anyhow::Result<()> {
-    let meta = fileops::backup_meta(backup)?;
+    let meta = fileops::backup_meta(index, file, backup)?;
     let new_dirs = fileops::ensure_parents(root, rel)?;
     fileops::replace_if_unchanged(
         root,
         rel,
         backup,
         &meta.sha256,
-        meta.mode,
+        meta.mode & 0o777,
         meta.mtime_ns,
         expected,
         || {
@@ -298,7 +302,15 @@ fn restore(
         },
     )
     .with_context(|| format!("cannot restore {rel} from {}", backup.display()))?;
-    fileops::index_file(index, dir, root, rel, &meta.sha256, &new_dirs)
+    if meta.mode & 0o7000 != 0 {
+        tracing::warn!(
+            path = %zync_cli::visible::line(rel.as_str()),
+            "restored without its setuid, setgid and sticky bits (mode {:o} was recorded); \
+             set them again with chmod if E's file needs them",
+            meta.mode & 0o7777
+        );
+    }
+    fileops::index_file(index, &file.dir, root, rel, &meta.sha256, &new_dirs)
 }
 
 #[cfg(test)]
@@ -478,6 +490,7 @@ mod tests {
     #[test]
     fn restore_replaces_nothing_when_e_changed_since_it_was_checked() {
         let fx = Fixture::new();
+        fx.stage(ID, &[write("f.txt", b"R\n", None)]);
         let backup = fx.session_dir(ID).join("backup-1");
         std::fs::create_dir_all(fx.session_dir(ID)).expect("mkdir");
         std::fs::write(&backup, b"the backup\n").expect("backup");
@@ -488,7 +501,7 @@ mod tests {
             &mut fx.index(),
             &fx.root,
             &rel,
-            "docs",
+            &fx.file(ID, "f.txt"),
             &backup,
             &Current::Missing,
         )
@@ -502,6 +515,66 @@ mod tests {
             crate::fileops::remove_temps_beside(&fx.root, &rel).expect("temps"),
             0
         );
+    }
+
+    /// Whoever could write the staging area after the apply (another user who made it
+    /// first, before zync checked whose it was) replaces a backup with a program of theirs and
+    /// writes, beside it, metadata claiming that program's hash and mode 6777: undo restores
+    /// only what the database recorded when the backup was made, so it refuses, and E keeps
+    /// what the apply left.
+    #[test]
+    fn undo_refuses_a_backup_changed_since_the_apply_whatever_lies_beside_it() {
+        let fx = Fixture::new();
+        fx.e_write("run.sh", b"#!/bin/sh\necho build\n");
+        fx.stage(
+            ID,
+            &[write("run.sh", b"#!/bin/sh\necho build --fast\n", None)],
+        );
+        let mut p = ScriptedPrompter::new([]);
+        let (r, out) = fx.run(&["apply", ID, "--force", "--non-interactive"], &mut p);
+        assert_eq!(r.expect("apply"), crate::outcome::Outcome::Done, "{out}");
+        let backup = fx.session_dir(ID).join("backup-1");
+        let planted = b"#!/bin/sh\necho a program of another user's\n";
+        std::fs::write(&backup, planted).expect("replace the backup");
+        let forged = format!(
+            r#"{{"mode":{},"mtime_ns":0,"sha256":"{}","size":{}}}"#,
+            0o6777,
+            sha(planted),
+            planted.len()
+        );
+        std::fs::write(fx.session_dir(ID).join("backup-1.json"), forged).expect("forge");
+        let (r, out) = fx.run(&["undo", ID], &mut p);
+        let err = format!("{:#}", r.expect_err("a changed backup must be refused"));
+        assert!(err.contains("sha256"), "{err}\n{out}");
+        assert_eq!(
+            fx.e_read("run.sh").as_deref(),
+            Some(&b"#!/bin/sh\necho build --fast\n"[..]),
+            "E's file was replaced"
+        );
+        let mode = std::fs::metadata(fx.root.join("run.sh"))
+            .expect("stat")
+            .mode();
+        assert_eq!(mode & 0o7000, 0, "mode {mode:o}");
+    }
+
+    /// E's own file had setuid and setgid bits when the apply replaced it: undo brings its
+    /// content, mtime and permission bits back, never setuid or setgid, as apply never gives
+    /// them to R's files either.
+    #[test]
+    fn undo_never_restores_setuid_or_setgid_bits() {
+        let fx = Fixture::new();
+        fx.e_write("tool", b"E's tool\n");
+        let tool = fx.root.join("tool");
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o6755)).expect("chmod");
+        fx.stage(ID, &[write("tool", b"R's tool\n", None)]);
+        let mut p = ScriptedPrompter::new([]);
+        let (r, out) = fx.run(&["apply", ID, "--force", "--non-interactive"], &mut p);
+        assert_eq!(r.expect("apply"), crate::outcome::Outcome::Done, "{out}");
+        let (r, out) = fx.run(&["undo", ID], &mut p);
+        assert_eq!(r.expect("undo"), crate::outcome::Outcome::Done, "{out}");
+        assert_eq!(fx.e_read("tool").as_deref(), Some(&b"E's tool\n"[..]));
+        let mode = std::fs::metadata(&tool).expect("stat").mode() & 0o7777;
+        assert_eq!(mode, 0o755, "restored with mode {mode:o}");
     }
 
     #[test]
