@@ -146,12 +146,14 @@ impl Daemon {
     }
 
     /// A state directory `tmp/state` that a daemon run as nobody may use
-    /// ([`Daemon::start_as_nobody`]): `tmp` readable by all, `state` writable by all.
+    /// ([`Daemon::start_as_nobody`]): `tmp` readable by all, `state` writable by all and
+    /// sticky, as /tmp is (zync refuses a database in a directory every user may write
+    /// without the sticky bit).
     pub fn state_for_nobody(tmp: &Path) -> PathBuf {
         std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
         let state = tmp.join("state");
         std::fs::create_dir(&state).unwrap();
-        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o1777)).unwrap();
         state
     }
 
@@ -1010,6 +1012,24 @@ pub fn temp_files(root: &Path) -> Vec<String> {
 pub fn zync_apply(db: &Path, args: &[&str]) -> Command {
     let mut cmd = command("zync-apply");
     cmd.arg("--db").arg(db).args(args);
+    cmd
+}
+
+/// As [`zync_apply`], run as user nobody (65534) from a copy of the binary in `state` (the
+/// build directory may not be reachable by other users): for a daemon run as nobody
+/// ([`Daemon::start_as_nobody`]), whose database zync-apply run as another user refuses.
+pub fn zync_apply_as_nobody(state: &Path, db: &Path, args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
+    let exe = state.join("zync-apply");
+    if !exe.exists() {
+        std::fs::copy(bin_dir().join("zync-apply"), &exe).expect("copy zync-apply");
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod zync-apply");
+    }
+    let mut cmd = Command::new(exe);
+    cmd.env_remove("ZYNC_TOKEN").env_remove("RUST_LOG");
+    no_user_config(&mut cmd);
+    cmd.arg("--db").arg(db).args(args).uid(65534).gid(65534);
     cmd
 }
 

@@ -411,7 +411,12 @@ fn a_barrier_rescans_a_directory_the_daemon_cannot_write_to() {
     for i in 0..300 {
         write(&e.join(format!("f{i}.txt")), format!("{i}\n"));
     }
-    let out = run_ok(zync_apply(&daemon.db, &["wait", "--timeout", "100"]));
+    // As the daemon's user: zync-apply trusts only a database of its own user's.
+    let out = run_ok(zync_apply_as_nobody(
+        &state,
+        &daemon.db,
+        &["wait", "--timeout", "100"],
+    ));
     drop(slowed);
     let missing = (0..300)
         .filter(|i| !r.join(format!("f{i}.txt")).exists())

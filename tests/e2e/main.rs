@@ -26,6 +26,7 @@ mod local_faults;
 mod loop_mode;
 mod modes;
 mod network_faults;
+mod own_state;
 mod pages;
 mod progress;
 mod protocol;
