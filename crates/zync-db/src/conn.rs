@@ -659,6 +659,86 @@ mod tests {
         );
     }
 
+    /// Whether this test runs as root, which making another user's file needs.
+    fn root_or_skip() -> bool {
+        let root = euid() == 0;
+        if !root {
+            eprintln!("skipped: making a file of another user's needs root");
+        }
+        root
+    }
+
+    /// Another user who can create files beside the database (a sticky shared directory)
+    /// plants a regular `-wal` of theirs, which SQLite would replay into the database on open:
+    /// the writer and the read-only readers refuse it, naming it and its owner, and leave it
+    /// as it is; the same for the database file itself.
+    #[test]
+    fn another_users_wal_or_database_file_is_refused_by_writers_and_readers() {
+        if !root_or_skip() {
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("sync_client.db");
+        drop(ClientState::open(&path).expect("create"));
+        let wal = with_suffix(&path, "-wal");
+        std::fs::write(&wal, b"their log").expect("plant");
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::os::unix::fs::chown(&wal, Some(65534), Some(65534)).expect("chown");
+        let refusals = [
+            ClientState::open(&path).map(drop),
+            ClientState::open_read_only(&path).map(drop),
+            open_immutable(&path, &migrate::CLIENT).map(drop),
+        ];
+        for refused in refusals {
+            let err = refused.expect_err("another user's -wal");
+            assert!(
+                matches!(err, DbError::NotOwned { uid: 65534, .. }),
+                "{err:?}"
+            );
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&wal.display().to_string())
+                    && msg.contains("belongs to another user, uid 65534")
+                    && msg.contains("Remove it"),
+                "{msg}"
+            );
+        }
+        assert_eq!(std::fs::read(&wal).expect("read"), b"their log");
+        assert_eq!(mode_of(&wal).as_deref(), Some("644"), "their mode changed");
+        std::fs::remove_file(&wal).expect("rm");
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).expect("chown");
+        let err = ClientState::open(&path)
+            .map(drop)
+            .expect_err("their database");
+        assert!(matches!(err, DbError::NotOwned { .. }), "{err:?}");
+        let err = Index::open_read_only(&path)
+            .map(drop)
+            .expect_err("their database");
+        assert!(matches!(err, DbError::NotOwned { .. }), "{err:?}");
+    }
+
+    /// A directory every user may write without the sticky bit lets any of them swap zync's
+    /// files for their own between any look and any open: refused. Sticky (as /tmp) is fine.
+    #[test]
+    fn a_database_in_a_directory_every_user_may_write_needs_the_sticky_bit() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let path = open.join("index.db");
+        let err = Index::open(&path)
+            .map(drop)
+            .expect_err("o+w without sticky");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("writable by every user (mode 777)") && msg.contains("sticky"),
+            "{msg}"
+        );
+        assert!(!path.exists(), "the database was made anyway");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        Index::open(&path).expect("sticky, as /tmp is");
+    }
+
     #[test]
     fn a_database_from_a_newer_zync_is_refused() {
         let tmp = tempfile::tempdir().expect("tempdir");

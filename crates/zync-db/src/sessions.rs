@@ -665,6 +665,36 @@ mod tests {
     }
 
     #[test]
+    fn a_backup_record_is_kept_per_file_and_none_until_one_is_made() {
+        let index = Index::open_in_memory().expect("open");
+        index.create_session("s1", "c").expect("create");
+        index
+            .add_staged_file(&staged("s1", "docs", "a.txt", 100, false))
+            .expect("add");
+        assert_eq!(
+            index.backup_record("s1", "docs", "a.txt").expect("read"),
+            None
+        );
+        let record = BackupRecord {
+            sha256: "ab".repeat(32),
+            size: 7,
+            mode: 0o4755,
+            mtime_ns: 1_600_000_000_000_000_007,
+        };
+        index
+            .record_backup("s1", "docs", "a.txt", &record)
+            .expect("record");
+        assert_eq!(
+            index.backup_record("s1", "docs", "a.txt").expect("read"),
+            Some(record.clone())
+        );
+        assert!(matches!(
+            index.record_backup("s1", "docs", "missing.txt", &record),
+            Err(DbError::NoSuchStagedFile { .. })
+        ));
+    }
+
+    #[test]
     fn an_apply_run_ending_records_when_and_other_statuses_keep_it() {
         let index = Index::open_in_memory().expect("open");
         index.create_session("s1", "c").expect("create");
