@@ -179,6 +179,12 @@ fn open_nofollow(path: &Path, flags: i32) -> Result<File, FsError> {
         .open(path)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) => FsError::SymlinkInPath { path: path.into() },
+            // With O_DIRECTORY a symlink is "not a directory" too: say which it is.
+            Some(libc::ENOTDIR)
+                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) =>
+            {
+                FsError::SymlinkInPath { path: path.into() }
+            }
             Some(libc::ENOTDIR) => FsError::NotADirectory { path: path.into() },
             _ => FsError::io("open", path, e),
         })
@@ -252,8 +258,8 @@ pub fn check_own_dir(path: &Path) -> Result<bool, FsError> {
 
 /// Creates `top` and the directories below it down to `path`, as [`create_private_dir_all`]
 /// does (each new one 0700; missing directories above `top`, which are the user's, too), but
-/// accepts one of them that already exists only when it is a directory of this user's and no
-/// symlink, and takes group and other access off it. `top` is where zync's own state begins
+/// accepts one of them that already exists only when it is a directory of this user's, no
+/// symlink, and not writable by other users. `top` is where zync's own state begins
 /// (the staging area, `<db>.staging`), `path` is below it (a session's directory).
 ///
 /// # Errors
@@ -284,26 +290,41 @@ pub fn create_own_dir_all(top: &Path, path: &Path) -> Result<(), FsError> {
     Ok(())
 }
 
-/// Creates the directory `path` (its parent must exist), or accepts the one there when it is
-/// this user's; either way leaves it mode 0700.
+/// Creates the directory `path` (its parent must exist), mode 0700, or accepts the one there
+/// when it is this user's and nobody else may write in it. An existing one's mode is never
+/// changed here: only the staging area's, at the daemon's start ([`make_private`]), where it
+/// is known to be zync's own and no directory a caller named by mistake (/tmp).
 fn own_dir(path: &Path) -> Result<(), FsError> {
-    match std::fs::DirBuilder::new()
+    let made = match std::fs::DirBuilder::new()
         .mode(PRIVATE_DIR_MODE)
         .create(path)
     {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
         Err(e) => return Err(FsError::io("create directory", path, e)),
-    }
-    // Looked at and changed through one handle, never through a symlink.
+    };
+    // Looked at (and changed) through one handle, never through a symlink.
     let dir = open_nofollow(path, libc::O_DIRECTORY)?;
     let md = dir
         .metadata()
         .map_err(|e| FsError::io("inspect", path, e))?;
     check_owner(path, &md)?;
-    if md.permissions().mode() & 0o7777 != PRIVATE_DIR_MODE {
-        dir.set_permissions(std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
-            .map_err(|e| FsError::io("set mode 700 on", path, e))?;
+    let mode = md.permissions().mode() & 0o7777;
+    if made {
+        // The umask may have taken the owner's own bits.
+        if mode != PRIVATE_DIR_MODE {
+            dir.set_permissions(std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+                .map_err(|e| FsError::io("set mode 700 on", path, e))?;
+        }
+    } else if mode & 0o022 != 0 {
+        return Err(FsError::io(
+            "use",
+            path,
+            io::Error::other(format!(
+                "other users may create and remove files in it (mode {mode:o}); run `chmod \
+                 700` on it"
+            )),
+        ));
     }
     Ok(())
 }
@@ -357,6 +378,76 @@ mod tests {
             create_private_dir_all(&chosen.join("file/below")),
             Err(FsError::NotADirectory { .. })
         ));
+    }
+
+    /// A directory others may write in (a caller naming /tmp as the staging area, say) is
+    /// not zync's own: refused, and its mode left exactly as it was.
+    #[test]
+    fn an_existing_directory_others_may_write_in_is_refused_and_left_as_it_is() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).expect("mkdir");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let err = create_own_dir_all(&shared, &shared.join("s1")).expect_err("shared");
+        assert!(
+            err.to_string()
+                .contains("other users may create and remove files in it"),
+            "{err}"
+        );
+        assert_eq!(mode(&shared), "1777", "its mode was changed");
+        assert!(!shared.join("s1").exists());
+        // Made here: 0700 at every level, and fine to use again.
+        let area = tmp.path().join("sync.db.staging");
+        create_own_dir_all(&area, &area.join("s1")).expect("create");
+        create_own_dir_all(&area, &area.join("s1")).expect("again");
+        assert_eq!(
+            (mode(&area), mode(&area.join("s1"))),
+            ("700".into(), "700".into())
+        );
+    }
+
+    /// Another user made the staging area (or a session's directory in it) first: refused,
+    /// naming them, and nothing is made inside; a symlink there is not followed.
+    #[test]
+    fn another_users_directory_or_a_symlink_is_not_zyncs_own() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let area = tmp.path().join("sync.db.staging");
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("mkdir");
+        std::os::unix::fs::symlink(&elsewhere, &area).expect("symlink");
+        assert!(matches!(
+            create_own_dir_all(&area, &area.join("s1")),
+            Err(FsError::SymlinkInPath { .. })
+        ));
+        assert!(matches!(
+            make_private(&area),
+            Err(FsError::SymlinkInPath { .. })
+        ));
+        assert!(!elsewhere.join("s1").exists(), "made through the symlink");
+        std::fs::remove_file(&area).expect("rm");
+        if euid() != 0 {
+            eprintln!("skipped the other user's part: making a directory of theirs needs root");
+            return;
+        }
+        std::fs::create_dir(&area).expect("mkdir");
+        std::fs::set_permissions(&area, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::os::unix::fs::chown(&area, Some(65534), Some(65534)).expect("chown");
+        for err in [
+            create_own_dir_all(&area, &area.join("s1")).expect_err("theirs"),
+            make_private(&area).expect_err("theirs"),
+        ] {
+            assert!(
+                matches!(err, FsError::NotOwned { uid: 65534, .. }),
+                "{err:?}"
+            );
+            let msg = err.to_string();
+            assert!(
+                msg.contains("belongs to another user, uid 65534") && msg.contains("Remove it"),
+                "{msg}"
+            );
+        }
+        assert!(!area.join("s1").exists());
+        assert_eq!(mode(&area), "755", "their mode was changed");
     }
 
     #[test]
