@@ -141,7 +141,7 @@ fn state_is_private_under(mask: u32) {
         b"R's version\n",
         "zync-apply did not apply R's version"
     );
-    // R's staged file, E's backup and the backup's metadata.
+    // R's staged file and E's backup (whose metadata is in the database).
     let names: Vec<_> = std::fs::read_dir(&session)
         .expect("read the session directory")
         .flatten()
@@ -149,8 +149,8 @@ fn state_is_private_under(mask: u32) {
         .collect();
     let backups = names.iter().filter(|n| n.starts_with("backup-")).count();
     assert!(
-        backups >= 2 && names.len() > backups,
-        "expected a staged file, a backup and its metadata in {}, found {names:?}",
+        backups >= 1 && names.len() > backups,
+        "expected a staged file and a backup in {}, found {names:?}",
         session.display()
     );
 

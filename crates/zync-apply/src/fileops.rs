@@ -763,8 +763,9 @@ mod tests {
         std::fs::write(&f, b"precious").expect("write");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).expect("chmod");
         zync_fs::set_mtime(&f, 1_600_000_000_000_000_007).expect("mtime");
-        let b1 = backup(e.path(), &rel("f"), s.path()).expect("backup");
-        let b2 = backup(e.path(), &rel("f"), s.path()).expect("backup");
+        let session = s.path().join("sync.db.staging/session");
+        let b1 = backup(e.path(), &rel("f"), &session).expect("backup");
+        let b2 = backup(e.path(), &rel("f"), &session).expect("backup");
         assert_eq!(
             (b1.name.as_str(), b2.name.as_str()),
             ("backup-1", "backup-2")
