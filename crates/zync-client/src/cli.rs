@@ -289,7 +289,7 @@ pub(crate) fn parse_mappings_with(
             });
             continue;
         }
-        if let Some((link, owner)) = others_symlink(Path::new(path)) {
+        if let Some((link, owner)) = zync_fs::others_symlink(Path::new(path)) {
             return Err(bad(format!(
                 "{} is a symlink owned by another user (uid {owner}), who can point it anywhere \
                  you can write; zync-client does not follow it. Map the directory it leads to \
@@ -330,61 +330,6 @@ pub(crate) fn parse_mappings_with(
         });
     }
     Ok(mappings)
-}
-
-/// The first symlink met on the way to `path` (itself, a directory above it, or one that a
-/// symlink on the way leads through) owned by a user other than this one or root, and its
-/// owner: whoever owns a symlink can point it anywhere, so a mapped directory reached through
-/// one (planted where the directory was not made yet, in a directory such as /tmp, or behind
-/// a symlink of the user's own) would send E's files where they choose. The kernel's
-/// `fs.protected_symlinks` refuses some such links, not all, and is off on some machines.
-/// The way is followed as the kernel would, one component at a time; a missing component
-/// ends it (what is made there is the user's).
-fn others_symlink(path: &Path) -> Option<(PathBuf, u32)> {
-    use std::os::unix::fs::MetadataExt;
-    use std::path::Component;
-    /// More symlinks than the kernel follows on one path (40): a loop, which canonicalize
-    /// then reports.
-    const MAX_LINKS: usize = 40;
-    let me = crate::transport::effective_uid();
-    let mut todo: std::collections::VecDeque<PathBuf> = std::path::absolute(path)
-        .ok()?
-        .components()
-        .map(|c| PathBuf::from(c.as_os_str()))
-        .collect();
-    let mut at = PathBuf::from("/");
-    let mut links = 0;
-    while let Some(part) = todo.pop_front() {
-        match part.components().next() {
-            Some(Component::RootDir) => at = PathBuf::from("/"),
-            Some(Component::ParentDir) => {
-                at.pop();
-            }
-            Some(Component::Normal(name)) => {
-                let next = at.join(name);
-                let Ok(meta) = std::fs::symlink_metadata(&next) else {
-                    return None;
-                };
-                if !meta.file_type().is_symlink() {
-                    at = next;
-                    continue;
-                }
-                if meta.uid() != me && meta.uid() != 0 {
-                    return Some((next, meta.uid()));
-                }
-                links += 1;
-                let target = std::fs::read_link(&next).ok()?;
-                if links > MAX_LINKS {
-                    return None;
-                }
-                for c in target.components().rev() {
-                    todo.push_front(PathBuf::from(c.as_os_str()));
-                }
-            }
-            _ => {}
-        }
-    }
-    None
 }
 
 #[cfg(test)]

@@ -325,7 +325,7 @@ fn check_peer(path: &Path, owner: u32, me: u32) -> Result<(), TransportError> {
     Ok(())
 }
 
-pub(crate) fn effective_uid() -> u32 {
+fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }

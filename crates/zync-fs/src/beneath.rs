@@ -76,45 +76,124 @@ fn errno(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e.raw_os_error())
 }
 
-/// The roots this process pinned ([`pin_root`]), each with the identity (device, inode) of the
-/// directory it led to then.
-static PINNED: std::sync::RwLock<Vec<(PathBuf, (u64, u64))>> = std::sync::RwLock::new(Vec::new());
-
-/// The device and inode of what `fd` holds.
-fn identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
-    let st = rustix::fs::fstat(fd).map_err(errno)?;
-    // The fields' widths differ between targets.
-    #[allow(clippy::unnecessary_cast)]
-    Ok((st.st_dev as u64, st.st_ino as u64))
+/// Which directory a root's path led to: its device and inode, and its birth time where the
+/// file system keeps one. ext4 and tmpfs give a removed directory's inode number to the next
+/// one made beside it, so `rm -rf proj && mkdir proj` often keeps device and inode; the birth
+/// time tells the two apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RootId {
+    /// The device (`st_dev`).
+    pub dev: u64,
+    /// The inode number.
+    pub ino: u64,
+    /// The birth time in nanoseconds since the Unix epoch (`statx`'s `stx_btime`), `None` where
+    /// the file system keeps none.
+    pub born_ns: Option<i64>,
 }
 
-/// Pins `root` (a mapped directory, as this process will name it): from now on
-/// [`Dir::open_root`] opens it only while its path still leads to the directory it leads to
-/// now, and otherwise fails with [`FsError::RootReplaced`]. The path of a root is resolved
-/// again at every open (the root may be a symlink the user chose), so without a pin another
-/// user who can rename an entry of a directory above it (a shared project directory, a
-/// sticky one they own) could swap it for a symlink between two writes and have them land
-/// in the directory of their choice (invariant 3).
+impl RootId {
+    /// The identity of the directory `path` leads to now (following symlinks, as opening a
+    /// root does).
+    ///
+    /// # Errors
+    ///
+    /// [`FsError::Io`] when it cannot be opened (`NotFound` when it is missing).
+    pub fn of(path: &Path) -> Result<RootId, FsError> {
+        let fd = open_path_dir(path)?;
+        RootId::of_fd(fd.as_fd()).map_err(|e| FsError::io("look at", path, e))
+    }
+
+    /// The identity of what `fd` holds.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error from `fstat`.
+    pub fn of_fd(fd: BorrowedFd<'_>) -> io::Result<RootId> {
+        let st = rustix::fs::fstat(fd).map_err(errno)?;
+        // Only the birth time: `st_dev` is what every other look at a device compares with.
+        let born_ns = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, rustix::fs::StatxFlags::BTIME)
+            .ok()
+            .filter(|x| {
+                x.stx_mask & rustix::fs::StatxFlags::BTIME.bits() != 0
+                    && (x.stx_btime.tv_sec, x.stx_btime.tv_nsec) != (0, 0)
+            })
+            .map(|x| {
+                x.stx_btime
+                    .tv_sec
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(i64::from(x.stx_btime.tv_nsec))
+            });
+        // The fields' widths differ between targets.
+        #[allow(clippy::unnecessary_cast)]
+        Ok(RootId {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            born_ns,
+        })
+    }
+}
+
+/// Opens the directory `path` leads to (following symlinks: a root is the user's choice)
+/// path-only.
+fn open_path_dir(path: &Path) -> Result<OwnedFd, FsError> {
+    rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| FsError::io("open the directory", path, errno(e)))
+}
+
+/// The roots this process pinned ([`pin_root`], [`pin_root_as`]), each with the identity of
+/// the directory it must lead to.
+static PINNED: std::sync::RwLock<Vec<(PathBuf, RootId)>> = std::sync::RwLock::new(Vec::new());
+
+/// Records that `root` must lead to the directory `id`, replacing an earlier pin of it.
+fn pin(root: &Path, id: RootId) {
+    let mut pinned = PINNED.write().unwrap_or_else(|e| e.into_inner());
+    pinned.retain(|(path, _)| path != root);
+    pinned.push((root.to_path_buf(), id));
+}
+
+/// Pins `root` (a mapped or served directory, as this process will name it) to the directory
+/// it leads to now, and returns that directory's identity: from now on [`Dir::open_root`]
+/// opens it only while its path still leads there, and otherwise fails with
+/// [`FsError::RootReplaced`]. The path of a root is resolved again at every open (the root
+/// may be a symlink the user chose), so without a pin another user who can rename an entry
+/// of a directory above it (a shared project directory, a sticky one they own) could swap it
+/// for a symlink between two writes and have them land in the directory of their choice, or
+/// have a read of the tree read theirs (invariant 3).
 ///
 /// # Errors
 ///
 /// [`FsError::Io`] when it cannot be opened.
-pub fn pin_root(root: &Path) -> Result<(), FsError> {
-    let fd = rustix::fs::open(
-        root,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| FsError::io("open the directory", root, errno(e)))?;
-    let id = identity(fd.as_fd()).map_err(|e| FsError::io("look at", root, e))?;
-    let mut pinned = PINNED.write().unwrap_or_else(|e| e.into_inner());
-    pinned.retain(|(path, _)| path != root);
-    pinned.push((root.to_path_buf(), id));
+pub fn pin_root(root: &Path) -> Result<RootId, FsError> {
+    let id = RootId::of(root)?;
+    pin(root, id);
+    Ok(id)
+}
+
+/// Pins `root` to the directory `id` another process found it to be (zync-apply writes only
+/// into the directory zync-daemon pinned when it started): from now on [`Dir::open_root`]
+/// opens it only while its path leads to that directory. The pin holds whatever the path
+/// leads to now.
+///
+/// # Errors
+///
+/// [`FsError::RootReplaced`] when the path leads to another directory now, [`FsError::Io`]
+/// when it cannot be opened.
+pub fn pin_root_as(root: &Path, id: RootId) -> Result<(), FsError> {
+    pin(root, id);
+    if RootId::of(root)? != id {
+        return Err(FsError::RootReplaced {
+            path: root.to_path_buf(),
+        });
+    }
     Ok(())
 }
 
 /// The identity `root` was pinned with, if it was.
-fn pinned(root: &Path) -> Option<(u64, u64)> {
+fn pinned(root: &Path) -> Option<RootId> {
     let pinned = PINNED.read().unwrap_or_else(|e| e.into_inner());
     pinned
         .iter()
@@ -128,16 +207,12 @@ impl Dir {
     ///
     /// # Errors
     ///
-    /// [`FsError::Io`] when it cannot be opened (`NotFound` when it is missing).
+    /// [`FsError::Io`] when it cannot be opened (`NotFound` when it is missing),
+    /// [`FsError::RootReplaced`] when a pinned root's path leads to another directory.
     pub fn open_root(root: &Path) -> Result<Dir, FsError> {
-        let fd = rustix::fs::open(
-            root,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| FsError::io("open the directory", root, errno(e)))?;
+        let fd = open_path_dir(root)?;
         if let Some(was) = pinned(root) {
-            let now = identity(fd.as_fd()).map_err(|e| FsError::io("look at", root, e))?;
+            let now = RootId::of_fd(fd.as_fd()).map_err(|e| FsError::io("look at", root, e))?;
             if now != was {
                 return Err(FsError::RootReplaced {
                     path: root.to_path_buf(),
@@ -148,6 +223,15 @@ impl Dir {
             fd,
             path: root.to_path_buf(),
         })
+    }
+
+    /// The identity of the directory this handle holds.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error from `fstat`.
+    pub fn identity(&self) -> io::Result<RootId> {
+        RootId::of_fd(self.fd.as_fd())
     }
 
     /// Opens the directory `rel` of a root: with `openat2` when the kernel has it, else with
@@ -963,6 +1047,31 @@ pub fn remove_beneath(root: &Path, rel: &RelPath) -> Result<bool, FsError> {
     }
 }
 
+/// What stands at `root/rel`, as [`crate::lstat`] describes it, looked at through the root's
+/// handle and its parent's (never by path, never through a symlink): a path whose parent is a
+/// symlink or not a directory, or is missing, has nothing at it. A reader of the tree (the
+/// daemon's watch events) then describes the tree it serves even while another user swaps a
+/// directory, or a pinned root itself, for a symlink elsewhere.
+///
+/// # Errors
+///
+/// [`FsError::RootReplaced`] for a pinned root whose path leads elsewhere; [`FsError::Io`]
+/// when the root or a parent cannot be opened or the entry looked at.
+pub fn lstat_beneath(root: &Path, rel: &RelPath) -> Result<Stat, FsError> {
+    let dir = match Dir::parent_of(root, rel) {
+        Ok(dir) => dir,
+        Err(FsError::SymlinkInPath { .. } | FsError::NotADirectory { .. }) => {
+            return Ok(Stat::Missing)
+        }
+        Err(FsError::Io { source, .. }) if crate::meta::is_missing(&source) => {
+            return Ok(Stat::Missing)
+        }
+        Err(e) => return Err(e),
+    };
+    dir.lstat(rel.file_name())
+        .map_err(|e| FsError::io("look at", rel.to_path(root), e))
+}
+
 /// The instants of [`Dir::replace_if`] a test can act at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exchange {
@@ -1517,6 +1626,87 @@ mod tests {
         let refused = create_dirs_beneath(&root, &rel("made")).expect_err("replaced");
         assert!(matches!(refused, FsError::RootReplaced { .. }), "{refused}");
         assert!(!root.join("made").exists());
+    }
+
+    /// A root pinned to the identity another process found (zync-apply, to the daemon's):
+    /// refused while its path leads to another directory, with nothing looked at or made
+    /// there, and opened again once it leads back.
+    #[test]
+    fn a_root_pinned_as_found_elsewhere_opens_only_while_it_leads_there() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("proj");
+        fs::create_dir(&root).expect("mkdir");
+        fs::write(root.join("f"), b"ours").expect("write");
+        let id = RootId::of(&root).expect("identity");
+        assert_eq!(RootId::of(&root).expect("identity"), id, "stable");
+        let theirs = tmp.path().join("theirs");
+        fs::create_dir(&theirs).expect("mkdir");
+        fs::write(theirs.join("f"), b"theirs").expect("write");
+        fs::rename(&root, tmp.path().join("proj.real")).expect("rename");
+        symlink(&theirs, &root).expect("symlink");
+        let refused = pin_root_as(&root, id).expect_err("swapped");
+        assert!(matches!(refused, FsError::RootReplaced { .. }), "{refused}");
+        for refused in [
+            Dir::open_root(&root).map(drop).expect_err("open"),
+            lstat_beneath(&root, &rel("f"))
+                .map(drop)
+                .expect_err("lstat"),
+            create_dirs_beneath(&root, &rel("made"))
+                .map(drop)
+                .expect_err("mkdir"),
+        ] {
+            assert!(matches!(refused, FsError::RootReplaced { .. }), "{refused}");
+        }
+        assert!(!theirs.join("made").exists());
+        fs::remove_file(&root).expect("rm symlink");
+        fs::rename(tmp.path().join("proj.real"), &root).expect("rename back");
+        assert!(pin_root_as(&root, id).is_ok());
+        assert!(matches!(
+            lstat_beneath(&root, &rel("f")).expect("lstat"),
+            Stat::Entry(m) if m.size == 4
+        ));
+    }
+
+    /// A directory removed and made again by the same name is another one, also where it gets
+    /// the old inode number back, wherever the file system keeps birth times.
+    #[test]
+    fn a_directory_made_again_is_another_one_where_birth_times_are_kept() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("proj");
+        fs::create_dir(&root).expect("mkdir");
+        let was = RootId::of(&root).expect("identity");
+        fs::remove_dir(&root).expect("rmdir");
+        fs::create_dir(&root).expect("mkdir");
+        let now = RootId::of(&root).expect("identity");
+        let kept = fs::metadata(&root).and_then(|m| m.created()).is_ok();
+        if !kept && now.ino == was.ino {
+            eprintln!("no birth times here and the inode number came back; skipped");
+            return;
+        }
+        assert_ne!(now, was, "inode number came back: {}", now.ino == was.ino);
+    }
+
+    /// Through handles: a parent that is a symlink, a file or missing has nothing below it.
+    #[test]
+    fn lstat_beneath_never_looks_through_a_symlink() {
+        let (_tmp, r, out) = fixture();
+        fs::write(out.join("x"), b"outside").expect("write");
+        assert!(matches!(crate::lstat(&r.join("l/x")), Ok(Stat::Entry(_))));
+        assert_eq!(
+            lstat_beneath(&r, &rel("f")).expect("f"),
+            crate::lstat(&r.join("f")).expect("f")
+        );
+        assert_eq!(
+            lstat_beneath(&r, &rel("a/b")).expect("a/b"),
+            crate::lstat(&r.join("a/b")).expect("a/b")
+        );
+        for nothing in ["l/x", "f/x", "missing/x", "missing"] {
+            assert_eq!(
+                lstat_beneath(&r, &rel(nothing)).expect(nothing),
+                Stat::Missing,
+                "{nothing}"
+            );
+        }
     }
 
     #[test]

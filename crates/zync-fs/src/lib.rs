@@ -14,6 +14,7 @@ mod dirs;
 mod error;
 pub mod hash;
 pub mod ignore;
+mod link_owner;
 pub mod lock;
 pub mod meta;
 pub mod path;
@@ -36,7 +37,8 @@ pub use crate::atomic::{
     FsError, Sealed, PARTIAL_MAX_AGE,
 };
 pub use crate::beneath::{
-    pin_root, remove_if_unchanged, rename_if_unchanged, Dir, IfUnchanged, OpenedFile, Parents,
+    lstat_beneath, pin_root, pin_root_as, remove_if_unchanged, rename_if_unchanged, Dir,
+    IfUnchanged, OpenedFile, Parents, RootId,
 };
 pub use crate::checkpoint::{
     keyed_window_hashes, CheckedSha256, Checkpoints, WindowKey, CHECKPOINT_MIN,
@@ -50,6 +52,7 @@ pub use crate::ignore::{
     control_reason, IgnoreError, IgnoreRule, IgnoreRules, Ignored, RuleSource, DEFAULT_IGNORES,
     IGNORE_FILE, TEMP_PREFIX,
 };
+pub use crate::link_owner::others_symlink;
 pub use crate::lock::{try_lock, try_lock_in, Holder, LockFile, Locked};
 pub use crate::meta::{lstat, Meta, Stat};
 pub use crate::path::{DirName, PathError, RelPath};
@@ -57,7 +60,7 @@ pub use crate::private::{
     check_own_dir, check_owner, create_own_dir_all, create_private_dir_all, create_private_file,
     describe_user, euid, make_private, user_name, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE,
 };
-pub use crate::scan::{scan, ScanEntry, ScanResult};
+pub use crate::scan::{scan, scan_dir, ScanEntry, ScanResult};
 pub use crate::token::{create_token_file, read_token_file, TokenError};
 pub use crate::umask::{mask_mode, mask_with, umask};
 pub use crate::watch::{

@@ -80,22 +80,28 @@ impl ScanResult {
 /// mid-walk. Never includes `root` itself. Parents come before their children; siblings are
 /// sorted by name. An unreadable directory is reported in [`ScanResult::errors`], not fatal.
 pub fn scan(root: &Path, rules: &IgnoreRules, under: Option<&RelPath>) -> ScanResult {
-    let mut result = ScanResult::default();
     // The root is the user's choice: it may be a symlink.
-    let base = match Dir::open_root(root) {
-        Ok(base) => base,
-        Err(crate::FsError::Io { source, .. }) if is_missing(&source) => return result,
+    match Dir::open_root(root) {
+        Ok(base) => scan_dir(&base, rules, under),
+        Err(crate::FsError::Io { source, .. }) if is_missing(&source) => ScanResult::default(),
         Err(e) => {
+            let mut result = ScanResult::default();
             result.record(None, e.to_string());
-            return result;
+            result
         }
-    };
+    }
+}
+
+/// As [`scan`], from the root's handle `base`, which the caller opened (and checked to be
+/// the directory it serves, [`Dir::identity`]): what is walked is what was checked.
+pub fn scan_dir(base: &Dir, rules: &IgnoreRules, under: Option<&RelPath>) -> ScanResult {
+    let mut result = ScanResult::default();
     if let Some(under) = under {
-        if !start_under(&base, rules, under, &mut result) {
+        if !start_under(base, rules, under, &mut result) {
             return result;
         }
     }
-    let listing = list_tree(rules, &base, under);
+    let listing = list_tree(rules, base, under);
     result.entries.extend(listing.entries);
     result.ignored.extend(listing.ignored);
     result.ignored.sort_unstable_by(|a, b| a.path.cmp(&b.path));
