@@ -36,6 +36,7 @@ mod restart_and_conflicts;
 mod review;
 mod staging_limits;
 mod status;
+mod swapped_root;
 mod sync;
 mod trust;
 mod tunnel;

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 /// How long one racing run may take.
-const RACE_DEADLINE: Duration = Duration::from_secs(180);
+pub(crate) const RACE_DEADLINE: Duration = Duration::from_secs(180);
 
 /// What an outside directory holds: every entry's kind, content hash, mode and mtime, and the
 /// directory's own mode and mtime (a create or removal changes the latter).
-fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+pub(crate) fn snapshot(dir: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let md = std::fs::symlink_metadata(dir).expect("stat the outside directory");
     out.insert(
@@ -52,7 +52,10 @@ fn snapshot(dir: &Path) -> BTreeMap<String, String> {
 }
 
 /// Fails with what differs between two snapshots of the outside directory.
-fn assert_untouched(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) {
+pub(crate) fn assert_untouched(
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+) {
     let mut diff = Vec::new();
     for (name, was) in before {
         match after.get(name) {
@@ -75,14 +78,14 @@ fn assert_untouched(before: &BTreeMap<String, String>, after: &BTreeMap<String, 
 
 /// The other local user: swaps `a` and `b` (a directory in the root and a symlink to the
 /// outside directory) with `renameat2(RENAME_EXCHANGE)` as fast as it can, on its own thread.
-struct Swapper {
+pub(crate) struct Swapper {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<u64>>,
     a: PathBuf,
     b: PathBuf,
 }
 
-fn exchange(a: &CString, b: &CString) -> bool {
+pub(crate) fn exchange(a: &CString, b: &CString) -> bool {
     // SAFETY: both are valid NUL-terminated paths that outlive the call; renameat2 takes no
     // other memory.
     unsafe {
@@ -97,12 +100,12 @@ fn exchange(a: &CString, b: &CString) -> bool {
     }
 }
 
-fn c_path(p: &Path) -> CString {
+pub(crate) fn c_path(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).expect("no NUL in a test path")
 }
 
 impl Swapper {
-    fn start(a: &Path, b: &Path) -> Swapper {
+    pub(crate) fn start(a: &Path, b: &Path) -> Swapper {
         let stop = Arc::new(AtomicBool::new(false));
         let (ca, cb) = (c_path(a), c_path(b));
         assert!(
@@ -130,7 +133,7 @@ impl Swapper {
 
     /// Stops swapping and puts the real directory back at `a`; returns how many swaps were
     /// made.
-    fn stop(mut self) -> u64 {
+    pub(crate) fn stop(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         let swaps = self
             .thread
@@ -161,7 +164,7 @@ impl Drop for Swapper {
 
 /// An outside directory with a few files of its own (some named like the files zync writes)
 /// and a place for the attacker's symlink to it.
-fn outside(top: &Path, names: &[&str]) -> (PathBuf, PathBuf) {
+pub(crate) fn outside(top: &Path, names: &[&str]) -> (PathBuf, PathBuf) {
     let out = top.join("outside");
     std::fs::create_dir(&out).expect("mkdir outside");
     for name in names {
@@ -183,7 +186,7 @@ const SWAP_FOR: Duration = Duration::from_secs(20);
 
 /// Runs `cmd` to its end within [`RACE_DEADLINE`], with `swapper` racing it for the first
 /// [`SWAP_FOR`]; returns the output and how many swaps were made.
-fn run_racing(mut cmd: Command, swapper: Swapper) -> (Output, u64) {
+pub(crate) fn run_racing(mut cmd: Command, swapper: Swapper) -> (Output, u64) {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -329,7 +332,7 @@ fn a_directory_swapped_for_a_symlink_during_a_sync_is_never_written_through() {
 }
 
 /// `zync-client --update-upstream --json`: the session id it pushed.
-fn push(client: &ClientSpec, url: &str) -> String {
+pub(crate) fn push(client: &ClientSpec, url: &str) -> String {
     let mut cmd = client.command(url);
     cmd.args(["--update-upstream", "--json"]);
     let out = run(cmd);

@@ -2,7 +2,11 @@
 //! another directory deletes nothing on R. The daemon marks it unavailable (both status
 //! commands say so), serves the other directories as before, and when the directory is back
 //! it is watched again and scanned against the index, which then decides, as at a restart.
+//! Another directory at its path (`mv code code.old && mkdir code`, `rm -rf code && git clone
+//! ... code`) is never taken for it: the daemon cannot tell that from another user's swap
+//! (`swapped_root.rs`), and serves the new one once restarted.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -106,20 +110,21 @@ fn wait_file(s: &Setup, path: &Path) {
 }
 
 #[test]
-fn a_root_removed_while_a_client_loops_deletes_nothing_on_r_and_syncs_again_when_back() {
+fn a_root_moved_away_while_a_client_loops_deletes_nothing_on_r_and_syncs_again_when_back() {
     let s = setup();
     let before = tree(&s.r, &[]);
-    std::fs::remove_dir_all(&s.e).unwrap();
+    let away = s.e.with_file_name("code.away");
+    std::fs::rename(&s.e, &away).unwrap();
     let why = wait_unavailable(&s);
     assert!(why.contains("disappeared"), "{why}");
     other_still_syncs(&s);
     assert_eq!(tree(&s.r, &[]), before, "R lost files of a removed root");
 
-    // Put back (a re-clone with one file fewer and one more): the scan against the index
-    // decides, as at a restart; the new file arrives and the one E no longer has goes.
-    write(&s.e.join("a.txt"), "a\n");
-    write(&s.e.join("sub/b.txt"), "b\n");
-    write(&s.e.join("new.txt"), "new\n");
+    // Put back with one file fewer and one more: the scan against the index decides, as at
+    // a restart; the new file arrives and the one E no longer has goes.
+    std::fs::remove_file(away.join("sub/b.txt")).unwrap();
+    write(&away.join("new.txt"), "new\n");
+    std::fs::rename(&away, &s.e).unwrap();
     wait_file(&s, &s.r.join("new.txt"));
     wait_same_tree(&s.e, &s.r, &[]);
     wait_until("--status to say code is no longer unavailable", || {
@@ -130,23 +135,44 @@ fn a_root_removed_while_a_client_loops_deletes_nothing_on_r_and_syncs_again_when
     wait_file(&s, &s.r.join("later.txt"));
 }
 
+/// Waits until the daemon says `code` is no longer the directory it started with, checks that
+/// R kept everything it had and the other directory still syncs, then restarts the daemon,
+/// which serves the directory there now: R mirrors it.
+fn replaced_then_restarted(s: &mut Setup, before: &BTreeMap<String, Node>) {
+    let why = wait_unavailable(s);
+    assert!(why.contains("restart zync-daemon"), "{why}");
+    other_still_syncs(s);
+    write(&s.e.join("meanwhile.txt"), "written in the new directory\n");
+    write(
+        &s.e_other.join("again.txt"),
+        "the other directory syncs on\n",
+    );
+    wait_same_tree(&s.e_other, &s.r_other, &[]);
+    assert_eq!(tree(&s.r, &[]), *before, "R followed a replaced root");
+    s.daemon.restart();
+    wait_file(s, &s.r.join("meanwhile.txt"));
+    wait_same_tree(&s.e, &s.r, &[]);
+    // Watched, not only scanned once.
+    write(&s.e.join("after.txt"), "after\n");
+    wait_file(s, &s.r.join("after.txt"));
+    wait_same_tree(&s.e, &s.r, &[]);
+}
+
 #[test]
-fn a_replaced_root_is_noticed_watched_again_and_its_new_files_reach_r() {
-    let s = setup();
+fn a_replaced_root_is_not_served_until_the_daemon_restarts() {
+    let mut s = setup();
+    let before = tree(&s.r, &[]);
     let old = s.e.with_file_name("code.old");
     std::fs::rename(&s.e, &old).unwrap();
     std::fs::create_dir(&s.e).unwrap();
     write(&s.e.join("new"), "x\n");
-    wait_file(&s, &s.r.join("new"));
-    // The new directory is what E serves now: the scan against the index decides, so R
-    // mirrors it (what the old one held is deleted as a real change on E).
-    wait_same_tree(&s.e, &s.r, &[]);
-    // The old directory is no longer followed; the new one is.
+    replaced_then_restarted(&mut s, &before);
+    // The new directory is what E serves now (what the old one held is deleted as a real
+    // change on E); the old one is no longer followed.
     write(&old.join("ghost.txt"), "written in the old directory\n");
-    write(&s.e.join("after.txt"), "after\n");
-    wait_file(&s, &s.r.join("after.txt"));
-    wait_same_tree(&s.e, &s.r, &[]);
-    assert!(!s.r.join("ghost.txt").exists());
+    write(&s.e.join("last.txt"), "last\n");
+    wait_file(&s, &s.r.join("last.txt"));
+    assert!(!s.r.join("ghost.txt").exists() && !s.r.join("a.txt").exists());
     other_still_syncs(&s);
 }
 
@@ -179,19 +205,25 @@ fn a_root_emptied_at_once_deletes_nothing_on_r_until_a_file_left_in_it_says_it_i
 }
 
 #[test]
-fn a_root_removed_and_cloned_again_at_once_is_watched_and_its_files_reach_r() {
-    let s = setup();
+fn a_root_removed_and_cloned_again_at_once_is_served_once_the_daemon_restarts() {
+    use std::os::unix::fs::MetadataExt;
+    let mut s = setup();
+    let before = tree(&s.r, &[]);
+    let old = std::fs::metadata(&s.e).unwrap().ino();
     // `rm -rf code && git clone ... code`: the new directory usually gets the old one's inode
-    // number, and the daemon may never see the path empty or gone.
+    // number (its birth time tells them apart), and the daemon may never see the path empty
+    // or gone.
     std::fs::remove_dir_all(&s.e).unwrap();
     write(&s.e.join("a.txt"), "a, cloned again\n");
     write(&s.e.join("sub/b.txt"), "b\n");
     write(&s.e.join("new.txt"), "new\n");
-    wait_file(&s, &s.r.join("new.txt"));
-    wait_same_tree(&s.e, &s.r, &[]);
-    // The new directory is watched, not only scanned once.
-    write(&s.e.join("later.txt"), "later\n");
-    wait_file(&s, &s.r.join("later.txt"));
-    wait_same_tree(&s.e, &s.r, &[]);
+    let meta = std::fs::metadata(&s.e).unwrap();
+    if meta.ino() == old && meta.created().is_err() {
+        // No birth time to tell them apart: taken for the same directory, watched anew.
+        wait_file(&s, &s.r.join("new.txt"));
+        wait_same_tree(&s.e, &s.r, &[]);
+        return;
+    }
+    replaced_then_restarted(&mut s, &before);
     other_still_syncs(&s);
 }

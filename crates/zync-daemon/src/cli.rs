@@ -253,8 +253,9 @@ fn canonical_file(path: &Path, flag: &str) -> anyhow::Result<PathBuf> {
     Ok(dir.join(name))
 }
 
-/// Parses `NAME:PATH` arguments: each path must be an existing directory, names unique, and
-/// no root may contain another (one file would then have two names).
+/// Parses `NAME:PATH` arguments: each path must be an existing directory reached through no
+/// symlink of another user's, names unique, and no root may contain another (one file would
+/// then have two names). Pins each root ([`Root::pin`]).
 pub fn parse_roots(specs: &[String]) -> anyhow::Result<Vec<Root>> {
     let mut roots: Vec<Root> = Vec::new();
     for spec in specs {
@@ -266,6 +267,14 @@ pub fn parse_roots(specs: &[String]) -> anyhow::Result<Vec<Root>> {
         let name = DirName::parse(name).with_context(|| format!("--dirs {spec:?}"))?;
         if path.is_empty() {
             bail!("--dirs {spec:?} has an empty PATH; write it as NAME:/path/to/dir");
+        }
+        if let Some((link, owner)) = zync_fs::others_symlink(Path::new(path)) {
+            bail!(
+                "--dirs {spec:?}: {} is a symlink owned by another user (uid {owner}), who can \
+                 point it anywhere you can read; zync-daemon does not follow it. Serve the \
+                 directory it leads to if you trust it, or remove the link",
+                link.display()
+            );
         }
         let meta = std::fs::metadata(path).with_context(|| {
             format!("--dirs {spec:?}: cannot use {path}; create it or fix the path")
@@ -288,7 +297,9 @@ pub fn parse_roots(specs: &[String]) -> anyhow::Result<Vec<Root>> {
                 );
             }
         }
-        roots.push(Root { name, path });
+        // Served from now on only while the path leads to this directory.
+        let root = Root::pin(name, path).with_context(|| format!("--dirs {spec:?}"))?;
+        roots.push(root);
     }
     Ok(roots)
 }
@@ -338,6 +349,50 @@ mod tests {
             assert!(
                 err.contains(expected),
                 "{specs:?}: expected {expected:?} in {err:?}"
+            );
+        }
+    }
+
+    /// Each root is pinned to the directory its path led to: the same directory opens, one
+    /// swapped in at its path is refused.
+    #[test]
+    fn each_root_is_pinned_to_the_directory_it_led_to() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a");
+        std::fs::create_dir(&a).unwrap();
+        let roots = parse_roots(&[spec("a", &a)]).unwrap();
+        assert_eq!(roots[0].id, zync_fs::RootId::of(&a).unwrap());
+        assert!(zync_fs::Dir::open_root(&roots[0].path).is_ok());
+        std::fs::rename(&a, tmp.path().join("a.old")).unwrap();
+        std::fs::create_dir(&a).unwrap();
+        assert!(matches!(
+            zync_fs::Dir::open_root(&roots[0].path),
+            Err(zync_fs::FsError::RootReplaced { .. })
+        ));
+    }
+
+    /// Another user plants a symlink where the served directory was to be (in /tmp, say):
+    /// refused, through it or below it, naming the link and its owner; a symlink of one's own
+    /// is the user's choice.
+    #[test]
+    fn a_served_path_through_another_users_symlink_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir_all(theirs.join("sub")).unwrap();
+        let mine = tmp.path().join("mine");
+        std::os::unix::fs::symlink(&theirs, &mine).unwrap();
+        assert!(parse_roots(&[spec("a", &mine)]).is_ok());
+        let link = tmp.path().join("proj");
+        std::os::unix::fs::symlink(&theirs, &link).unwrap();
+        if std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).is_err() {
+            eprintln!("not root: cannot give the symlink to another user; skipped");
+            return;
+        }
+        for served in [link.clone(), link.join("sub")] {
+            let err = format!("{:#}", parse_roots(&[spec("a", &served)]).unwrap_err());
+            assert!(
+                err.contains(&link.display().to_string()) && err.contains("uid 65534"),
+                "{err}"
             );
         }
     }

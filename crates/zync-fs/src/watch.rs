@@ -41,6 +41,13 @@ pub enum WatchEvent {
         /// The ticket it stands for.
         ticket: u64,
     },
+    /// Root number `root` itself was removed or unmounted, and its watch with it (inotify
+    /// watches an inode, and follows a root that is only moved): a directory that stands at
+    /// its path again is not watched until it is watched anew.
+    Unwatched {
+        /// Index of the root.
+        root: usize,
+    },
 }
 
 /// The name prefix of barrier cookies ([`Watcher::plant_cookie`]): a temp file's, so that
@@ -281,6 +288,16 @@ fn translate(roots: &[PathBuf], res: notify::Result<Event>) -> Vec<WatchEvent> {
                 event.kind,
                 EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any)
             );
+            // A root's own removal (IN_DELETE_SELF) or unmount (IN_UNMOUNT).
+            let unwatched: Vec<WatchEvent> = match event.kind {
+                EventKind::Remove(_) => roots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| event.paths.contains(r))
+                    .map(|(root, _)| WatchEvent::Unwatched { root })
+                    .collect(),
+                _ => Vec::new(),
+            };
             return by_root
                 .into_iter()
                 .map(|(root, paths)| WatchEvent::Paths {
@@ -289,6 +306,7 @@ fn translate(roots: &[PathBuf], res: notify::Result<Event>) -> Vec<WatchEvent> {
                     written,
                 })
                 .chain(cookies)
+                .chain(unwatched)
                 .collect();
         }
     };
@@ -323,6 +341,8 @@ pub struct Batch {
     pub rescan: BTreeSet<usize>,
     /// The [`WatchEvent::Cookie`]s that came out with this batch, as (root, ticket).
     pub cookies: Vec<(usize, u64)>,
+    /// The roots whose watch died with them ([`WatchEvent::Unwatched`]).
+    pub unwatched: BTreeSet<usize>,
     /// How many events it holds (before paths were merged).
     pub events: usize,
     /// How many times collecting it went to the channel (a wait or a drain): one per event
@@ -360,12 +380,18 @@ impl Batch {
                 self.rescan.insert(root);
             }
             WatchEvent::Cookie { root, ticket } => self.cookies.push((root, ticket)),
+            WatchEvent::Unwatched { root } => {
+                self.unwatched.insert(root);
+            }
         }
     }
 
     /// True when the batch holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.paths.is_empty() && !self.rescan_all && self.rescan.is_empty()
+        self.paths.is_empty()
+            && !self.rescan_all
+            && self.rescan.is_empty()
+            && self.unwatched.is_empty()
     }
 }
 
@@ -624,6 +650,33 @@ mod tests {
         let write = Event::new(EventKind::Access(AccessKind::Close(AccessMode::Write)))
             .add_path("/r0/a".into());
         assert_eq!(translate(&roots, Ok(write)), vec![paths_event(0, "/r0/a")]);
+    }
+
+    /// A root's own removal or unmount says its watch died; its move, or a removal below it,
+    /// does not.
+    #[test]
+    fn a_root_removed_or_unmounted_is_unwatched_and_one_moved_is_not() {
+        use notify::event::{ModifyKind, RemoveKind, RenameMode};
+        let roots = vec![PathBuf::from("/r0"), PathBuf::from("/r1")];
+        let batch = |kind: EventKind, path: &str| {
+            let mut batch = Batch::default();
+            for event in translate(&roots, Ok(Event::new(kind).add_path(path.into()))) {
+                batch.push(event);
+            }
+            assert!(batch.paths.contains_key(&1), "{batch:?}");
+            batch.unwatched
+        };
+        let unwatched = BTreeSet::from([1]);
+        assert_eq!(
+            batch(EventKind::Remove(RemoveKind::Folder), "/r1"),
+            unwatched
+        );
+        assert_eq!(
+            batch(EventKind::Remove(RemoveKind::Other), "/r1"),
+            unwatched
+        );
+        assert!(batch(EventKind::Remove(RemoveKind::Folder), "/r1/d").is_empty());
+        assert!(batch(EventKind::Modify(ModifyKind::Name(RenameMode::From)), "/r1").is_empty());
     }
 
     #[test]

@@ -55,6 +55,7 @@ struct Admitted {
 /// file).
 async fn admit(cx: &mut Context, file: &UpstreamFile) -> Result<Admitted, Refusal> {
     let (rel, root) = check(cx, file)?;
+    refuse_replaced(&file.dir, &root).await?;
     refuse_own(cx, &file.dir, &root, &rel).await?;
     let (load, replaced) = {
         let Some(session) = cx.upstream.as_ref() else {
@@ -154,6 +155,32 @@ async fn create_session(cx: &mut Context) -> Result<(), Refusal> {
     })?;
     tracing::debug!(session = %id, "upstream session recorded with its first file");
     Ok(())
+}
+
+/// Refuses a file for `root` while its path leads to another directory than the one the
+/// daemon pinned at start (moved or replaced, or a directory above it swapped for a symlink
+/// by another user): what E has there, which decides the conflict flag, would be read
+/// elsewhere, and zync-apply would refuse to apply it anyway. Retryable: once the directory
+/// is back, or the daemon restarted by a user who replaced it, the push goes through.
+async fn refuse_replaced(dir: &str, root: &Path) -> Result<(), Refusal> {
+    let path = root.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || zync_fs::Dir::open_root(&path).map(drop))
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+    match opened {
+        Err(zync_fs::FsError::RootReplaced { .. }) => Err(Refusal::new(
+            ErrorCode::Internal,
+            format!(
+                "served directory {dir} ({}) is no longer the directory zync-daemon started \
+                 with (moved or replaced, or a directory above it swapped for a symlink): \
+                 nothing is staged for it until it is back, or zync-daemon is restarted to \
+                 serve the one there now",
+                root.display()
+            ),
+        )),
+        // Anything else is looked at where it matters (E's file, when the conflict is decided).
+        Ok(()) | Err(_) => Ok(()),
+    }
 }
 
 /// Refuses `rel` in `root` when it is one of the daemon's own files, or lies in its staging
@@ -437,8 +464,12 @@ fn e_state(root: &Path, rel: &RelPath) -> EState {
         Ok(Stat::Missing) => EState::Missing,
         _ => EState::Other,
     };
-    let Ok(parent) = zync_fs::Dir::parent_of(root, rel) else {
-        return missing_or_other();
+    let parent = match zync_fs::Dir::parent_of(root, rel) {
+        Ok(parent) => parent,
+        // The root's path leads to another directory than the one served: nothing there is
+        // E's, and a look by path would look there.
+        Err(zync_fs::FsError::RootReplaced { .. }) => return EState::Other,
+        Err(_) => return missing_or_other(),
     };
     match parent.open_file_to_read(rel.file_name()) {
         Ok(Some(mut opened)) => match zync_fs::hash::hash_open(&mut opened.file, opened.size) {
@@ -456,6 +487,33 @@ fn e_state(root: &Path, rel: &RelPath) -> EState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A root whose path leads to another directory than the pinned one takes no upload (a
+    /// retryable refusal naming it); back in place, it takes them again.
+    #[tokio::test]
+    async fn a_root_swapped_for_a_symlink_takes_no_upload_until_it_is_back() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("docs");
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir(&root).expect("mkdir");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        zync_fs::pin_root(&root).expect("pin");
+        assert!(refuse_replaced("docs", &root).await.is_ok());
+        std::fs::rename(&root, tmp.path().join("docs.real")).expect("rename");
+        std::os::unix::fs::symlink(&theirs, &root).expect("symlink");
+        let refused = refuse_replaced("docs", &root).await.expect_err("swapped");
+        assert_eq!(refused.code(), ErrorCode::Internal, "retryable");
+        assert!(
+            refused
+                .message()
+                .contains(&format!("docs ({})", root.display())),
+            "{}",
+            refused.message()
+        );
+        std::fs::remove_file(&root).expect("rm");
+        std::fs::rename(tmp.path().join("docs.real"), &root).expect("rename back");
+        assert!(refuse_replaced("docs", &root).await.is_ok());
+    }
 
     /// Another user on E swaps a directory of the tree for a symlink to a file of theirs
     /// while R pushes a path below it: what E has there is never the outside file (its
