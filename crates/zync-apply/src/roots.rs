@@ -37,7 +37,7 @@ impl Roots {
         Ok(Roots {
             map: stored
                 .into_iter()
-                .map(|(d, p)| (d, PathBuf::from(p)))
+                .map(|r| (r.dir, PathBuf::from(r.path)))
                 .collect(),
         })
     }
@@ -138,7 +138,7 @@ mod tests {
         );
         let p = tmp.path().display().to_string();
         index
-            .set_roots(&[("docs".into(), p.clone())])
+            .set_roots(&[crate::testkit::served("docs", tmp.path())])
             .expect("set roots");
         let roots = Roots::resolve(&[], &index).expect("resolve");
         assert_eq!(roots.get("docs").expect("docs"), tmp.path());

@@ -103,7 +103,10 @@ pub fn gather(db: &Path, list_ignored: bool) -> anyhow::Result<Report> {
     let read = || format!("cannot read the daemon database {}", db.display());
     let mut dirs = Vec::new();
     let mut sequences = BTreeMap::new();
-    for (name, path) in index.roots().with_context(read)? {
+    for zync_db::StoredRoot {
+        dir: name, path, ..
+    } in index.roots().with_context(read)?
+    {
         let sequence = index.dir_last_seq(&name).with_context(read)?;
         sequences.insert(name.clone(), sequence);
         let unavailable = index.unavailable(&name).with_context(read)?;

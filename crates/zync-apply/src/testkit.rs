@@ -51,6 +51,20 @@ pub fn delete(path: &'static str, base: Option<&'static [u8]>) -> Spec<'static> 
     }
 }
 
+/// The root `dir` at `path` as the daemon records it: with the directory it leads to now.
+pub fn served(dir: &str, path: &Path) -> zync_db::StoredRoot {
+    let id = zync_fs::RootId::of(path).expect("the root's identity");
+    zync_db::StoredRoot {
+        dir: dir.into(),
+        path: path.display().to_string(),
+        identity: Some(zync_db::RootIdentity {
+            dev: id.dev,
+            ino: id.ino,
+            born_ns: id.born_ns,
+        }),
+    }
+}
+
 pub struct Fixture {
     pub _tmp: tempfile::TempDir,
     pub db: PathBuf,
@@ -66,7 +80,7 @@ impl Fixture {
         std::fs::create_dir(&root).expect("mkdir");
         let mut index = Index::open(&db).expect("open db");
         index
-            .set_roots(&[("docs".into(), root.display().to_string())])
+            .set_roots(&[served("docs", &root)])
             .expect("set roots");
         Fixture {
             _tmp: tmp,

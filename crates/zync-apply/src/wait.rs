@@ -165,7 +165,7 @@ pub fn wait(
         }
         std::thread::sleep(POLL);
     }
-    for (name, _) in index.roots().with_context(read)? {
+    for name in index.roots().with_context(read)?.into_iter().map(|r| r.dir) {
         report
             .targets
             .insert(name.clone(), index.dir_last_seq(&name).with_context(read)?);

@@ -8,11 +8,23 @@ use zync_db::{Action, FileState, Index, SessionStatus, StagedFile};
 
 const ID: &str = "e2e0c0de-0000-4000-8000-000000000001";
 
+/// The root `dir` at `path` as the daemon records it: with the directory it leads to now.
+fn served(dir: &str, path: &Path) -> zync_db::StoredRoot {
+    let id = zync_fs::RootId::of(path).expect("the root's identity");
+    zync_db::StoredRoot {
+        dir: dir.into(),
+        path: path.display().to_string(),
+        identity: Some(zync_db::RootIdentity {
+            dev: id.dev,
+            ino: id.ino,
+            born_ns: id.born_ns,
+        }),
+    }
+}
+
 fn stage(db: &Path, root: &Path) {
     let mut index = Index::open(db).expect("open");
-    index
-        .set_roots(&[("docs".into(), root.display().to_string())])
-        .expect("roots");
+    index.set_roots(&[served("docs", root)]).expect("roots");
     index.create_session(ID, "r").expect("session");
     let dir = zync_db::session_dir(db, ID);
     std::fs::create_dir_all(&dir).expect("mkdir");

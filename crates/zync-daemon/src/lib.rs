@@ -93,10 +93,20 @@ pub async fn run(
         ),
     }
     let db_path = config.db.clone();
-    let names: Vec<(String, String)> = config
+    // With the directory each root was pinned to: zync-apply writes into a root only while
+    // its path leads there (invariant 3).
+    let stored: Vec<zync_db::StoredRoot> = config
         .roots
         .iter()
-        .map(|r| (r.name.to_string(), r.path.display().to_string()))
+        .map(|r| zync_db::StoredRoot {
+            dir: r.name.to_string(),
+            path: r.path.display().to_string(),
+            identity: Some(zync_db::RootIdentity {
+                dev: r.id.dev,
+                ino: r.id.ino,
+                born_ns: r.id.born_ns,
+            }),
+        })
         .collect();
     let max_age = config.staging.max_age;
     let index = tokio::task::spawn_blocking(move || -> anyhow::Result<zync_db::Index> {
@@ -108,7 +118,7 @@ pub async fn run(
         let staging = zync_db::staging_root(&db_path);
         zync_fs::make_private(&staging)
             .with_context(|| format!("cannot use the staging area {}", staging.display()))?;
-        index.set_roots(&names)?;
+        index.set_roots(&stored)?;
         index.reset_connections()?;
         staging::abort_stale_sessions(&index, &db_path)?;
         staging::expire_sessions(&index, &db_path, max_age)?;

@@ -305,7 +305,11 @@ mod tests {
             .expect("add");
         w.commit().expect("commit");
         index
-            .set_roots(&[("code".into(), "/srv/code".into())])
+            .set_roots(&[crate::StoredRoot {
+                dir: "code".into(),
+                path: "/srv/code".into(),
+                identity: None,
+            }])
             .expect("roots");
         assert_eq!(listed(&index, "code"), ["build"]);
         assert!(listed(&index, "old").is_empty());

@@ -10,6 +10,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use crate::conn::{self, Synchronous};
 use crate::error::{Context, DbError, Result};
 use crate::migrate::{self, INDEX};
+use crate::sql::{u64_from_sql, u64_to_sql};
 
 /// The daemon's index database.
 #[derive(Debug)]
@@ -147,22 +148,33 @@ impl Index {
         &self.index_id
     }
 
-    /// Replaces the stored (dir name, absolute path) mapping of the daemon's roots, so that
-    /// other tools (zync-apply) can find them.
+    /// Replaces the stored mapping of the daemon's roots (dir name, absolute path, and the
+    /// directory the daemon pinned), so that other tools (zync-apply) can find them, and write
+    /// only into the directories the daemon serves.
     ///
     /// # Errors
     ///
     /// An SQLite failure; nothing is changed then.
-    pub fn set_roots(&mut self, roots: &[(String, String)]) -> Result<()> {
+    pub fn set_roots(&mut self, roots: &[StoredRoot]) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx("starting to replace the roots")?;
         tx.execute("DELETE FROM roots", [])
             .ctx("clearing the old roots")?;
-        for (dir, path) in roots {
-            tx.execute("INSERT INTO roots (dir, path) VALUES (?1, ?2)", (dir, path))
-                .with_ctx(|| format!("storing the root {dir} = {path}"))?;
+        for root in roots {
+            let id = root.identity;
+            tx.execute(
+                "INSERT INTO roots (dir, path, dev, ino, born_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
+                (
+                    &root.dir,
+                    &root.path,
+                    id.map(|id| u64_to_sql(id.dev)),
+                    id.map(|id| u64_to_sql(id.ino)),
+                    id.and_then(|id| id.born_ns),
+                ),
+            )
+            .with_ctx(|| format!("storing the root {} = {}", root.dir, root.path))?;
         }
         // What a directory no longer served ignored is nobody's business any more.
         tx.execute(
@@ -173,18 +185,32 @@ impl Index {
         tx.commit().ctx("committing the new roots")
     }
 
-    /// The (dir name, absolute path) mapping last given to [`Index::set_roots`], by dir name.
+    /// The roots last given to [`Index::set_roots`], by dir name.
     ///
     /// # Errors
     ///
     /// An SQLite failure.
-    pub fn roots(&self) -> Result<Vec<(String, String)>> {
+    pub fn roots(&self) -> Result<Vec<StoredRoot>> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT dir, path FROM roots ORDER BY dir")
+            .prepare_cached("SELECT dir, path, dev, ino, born_ns FROM roots ORDER BY dir")
             .ctx("reading the roots")?;
         let rows = stmt
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .query_map([], |row| {
+                let (dev, ino): (Option<i64>, Option<i64>) = (row.get(2)?, row.get(3)?);
+                Ok(StoredRoot {
+                    dir: row.get(0)?,
+                    path: row.get(1)?,
+                    identity: match (dev, ino) {
+                        (Some(dev), Some(ino)) => Some(RootIdentity {
+                            dev: u64_from_sql(dev),
+                            ino: u64_from_sql(ino),
+                            born_ns: row.get(4)?,
+                        }),
+                        _ => None,
+                    },
+                })
+            })
             .ctx("reading the roots")?;
         rows.collect::<rusqlite::Result<_>>()
             .ctx("reading the roots")
@@ -256,6 +282,30 @@ impl Index {
     pub fn unavailable(&self, dir: &str) -> Result<Option<String>> {
         self.setting(&format!("{UNAVAILABLE_PREFIX}{dir}"))
     }
+}
+
+/// One served directory as the daemon records it for other tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRoot {
+    /// The name clients use.
+    pub dir: String,
+    /// Its canonical absolute path.
+    pub path: String,
+    /// The directory the daemon pinned at that path when it started; `None` when an older
+    /// daemon recorded the root.
+    pub identity: Option<RootIdentity>,
+}
+
+/// Which directory a served root was when the daemon started (zync-fs's `RootId`, kept here
+/// apart from it: the database does not depend on the file system layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootIdentity {
+    /// The device (`st_dev`).
+    pub dev: u64,
+    /// The inode number.
+    pub ino: u64,
+    /// The birth time in ns since the Unix epoch, where the file system keeps one.
+    pub born_ns: Option<i64>,
 }
 
 /// The `meta` key prefix under which a directory's unavailability is kept.
@@ -336,24 +386,42 @@ mod tests {
         );
     }
 
+    fn root(dir: &str, path: &str, identity: Option<RootIdentity>) -> StoredRoot {
+        StoredRoot {
+            dir: dir.into(),
+            path: path.into(),
+            identity,
+        }
+    }
+
+    /// The mapping is replaced whole; each root's identity comes back bit for bit (devices and
+    /// inodes above `i64::MAX` included), with or without a birth time.
     #[test]
-    fn set_roots_replaces_the_mapping() {
+    fn set_roots_replaces_the_mapping_and_keeps_each_root_s_identity() {
         let mut index = Index::open_in_memory().expect("open");
         assert!(index.roots().expect("roots").is_empty());
+        let id = |born_ns| RootIdentity {
+            dev: u64::MAX - 1,
+            ino: 1 << 63,
+            born_ns,
+        };
         index
-            .set_roots(&[("pics".into(), "/p".into()), ("docs".into(), "/d".into())])
+            .set_roots(&[root("pics", "/p", None), root("docs", "/d", None)])
             .expect("set");
-        index
-            .set_roots(&[
-                ("docs".into(), "/new/d".into()),
-                ("music".into(), "/m".into()),
-            ])
-            .expect("replace");
-        let want: Vec<(String, String)> = vec![
-            ("docs".into(), "/new/d".into()),
-            ("music".into(), "/m".into()),
+        let want = vec![
+            root("docs", "/new/d", Some(id(Some(1_796_000_000_123_456_789)))),
+            root("music", "/m", Some(id(None))),
+            root("old", "/o", None),
         ];
+        index.set_roots(&want).expect("replace");
         assert_eq!(index.roots().expect("roots"), want);
+        assert_eq!(
+            Index::open_in_memory()
+                .expect("open")
+                .roots()
+                .expect("roots"),
+            []
+        );
     }
 
     #[test]

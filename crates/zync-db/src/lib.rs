@@ -31,7 +31,7 @@ pub use changes::{Entry, EntryMeta, ScanRow, Served};
 pub use clients::{Ack, ClientRecord};
 pub use conflict::{is_conflict, OnE};
 pub use ignored::{IgnoredCount, IgnoredPath};
-pub use index::Index;
+pub use index::{Index, RootIdentity, StoredRoot};
 pub use migrate::{CLIENT_SCHEMA_VERSION, INDEX_SCHEMA_VERSION};
 pub use retire::{
     drop_session, expire, leftover_dirs, looks_like_session_id, now_unix, remove_dir,

@@ -260,6 +260,15 @@ pub(crate) const INDEX: Schema = Schema {
          ALTER TABLE upstream_files ADD COLUMN backup_size INTEGER;
          ALTER TABLE upstream_files ADD COLUMN backup_mode INTEGER;
          ALTER TABLE upstream_files ADD COLUMN backup_mtime_ns INTEGER;",
+        // 11: which directory each served root was when the daemon started: its device and
+        // inode, and its birth time (ns since the epoch) where the file system keeps one
+        // (index.rs `RootIdentity`). zync-apply writes into a root only while its path still
+        // leads to that directory: another user who can rename an entry above the root may
+        // have swapped it for a symlink since. NULL: recorded by an older daemon, which
+        // zync-apply asks to be restarted.
+        "ALTER TABLE roots ADD COLUMN dev INTEGER;
+         ALTER TABLE roots ADD COLUMN ino INTEGER;
+         ALTER TABLE roots ADD COLUMN born_ns INTEGER;",
     ],
 };
 

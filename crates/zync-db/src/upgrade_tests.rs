@@ -8,8 +8,8 @@ use crate::sessions::fixtures::*;
 use crate::sessions::FILE_COLUMNS;
 use crate::sql::u64_to_sql;
 use crate::{
-    DbError, EntryMeta, FileState, IgnoredPath, Index, SessionStatus, StagedFile,
-    INDEX_SCHEMA_VERSION,
+    DbError, EntryMeta, FileState, IgnoredPath, Index, RootIdentity, SessionStatus, StagedFile,
+    StoredRoot, INDEX_SCHEMA_VERSION,
 };
 
 #[test]
@@ -54,7 +54,7 @@ fn a_version_1_index_upgrades_in_place() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(version, INDEX_SCHEMA_VERSION);
-    assert_eq!(INDEX_SCHEMA_VERSION, 10);
+    assert_eq!(INDEX_SCHEMA_VERSION, 11);
     for (kind, name) in [
         ("table", "clients"),
         ("table", "ignored"),
@@ -458,7 +458,11 @@ fn a_version_6_index_upgrades_in_place_and_learns_what_each_dir_ignores() {
     assert!(index.get("code", "build").expect("get").is_some());
     assert_eq!(
         index.roots().expect("roots"),
-        [("code".to_string(), "/srv/code".to_string())]
+        [StoredRoot {
+            dir: "code".into(),
+            path: "/srv/code".into(),
+            identity: None
+        }]
     );
     // Nothing is known to be ignored until the daemon's next scan says so.
     assert!(index.ignored_counts("code").expect("counts").is_empty());
@@ -713,4 +717,63 @@ fn a_version_8_index_upgrades_keeping_every_row_and_learns_the_order_sessions_en
         .sessions_with_status(SessionStatus::Dropped)
         .expect("dropped");
     assert_eq!(now_dropped.len() as u64, kept);
+}
+
+/// A version 9 index (roots recorded without the directory each was) upgrades in place: its
+/// roots stay, known to be unpinned until the daemon's next start records each one's identity.
+#[test]
+fn a_version_9_index_upgrades_keeping_its_roots_and_learns_which_directory_each_is() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("index.db");
+    let v9 = Schema {
+        steps: &INDEX.steps[..9],
+        ..INDEX
+    };
+    let id = {
+        let mut conn = rusqlite::Connection::open(&path).expect("open");
+        migrate::migrate(&mut conn, &v9, &path).expect("v9");
+        let id = migrate::database_id(&conn, "index_id").expect("id");
+        conn.execute(
+            "INSERT INTO roots (dir, path) VALUES ('code', '/srv/code'), ('docs', '/srv/docs')",
+            [],
+        )
+        .expect("roots");
+        let err = conn
+            .prepare("SELECT dev FROM roots")
+            .expect_err("version 9 has no dev");
+        assert!(err.to_string().contains("dev"), "{err}");
+        id
+    };
+
+    let mut index = Index::open(&path).expect("upgrade");
+    let version: i64 = index
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, INDEX_SCHEMA_VERSION);
+    assert_eq!(index.index_id(), id, "the index id survives");
+    let unpinned = |dir: &str, path: &str| StoredRoot {
+        dir: dir.into(),
+        path: path.into(),
+        identity: None,
+    };
+    assert_eq!(
+        index.roots().expect("roots"),
+        [unpinned("code", "/srv/code"), unpinned("docs", "/srv/docs")]
+    );
+    // The daemon's next start records what each root is.
+    let pinned = StoredRoot {
+        identity: Some(RootIdentity {
+            dev: 2049,
+            ino: 12,
+            born_ns: Some(34),
+        }),
+        ..unpinned("code", "/srv/code")
+    };
+    index
+        .set_roots(std::slice::from_ref(&pinned))
+        .expect("record");
+    drop(index);
+    let reopened = Index::open_read_only(&path).expect("read-only, as zync-apply status");
+    assert_eq!(reopened.roots().expect("roots"), [pinned]);
 }
