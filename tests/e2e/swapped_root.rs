@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::*;
-use crate::race::{c_path, exchange, outside, Swapper};
+use crate::race::{
+    assert_untouched, c_path, exchange, outside, push, run_racing, snapshot, Swapper, RACE_DEADLINE,
+};
 
 /// Exchanges the entries `a` and `b` once (the other user's `renameat2(RENAME_EXCHANGE)`).
 fn swap(a: &Path, b: &Path) {
@@ -228,6 +230,152 @@ fn the_daemon_never_serves_a_root_swapped_back_and_forth_and_catches_up_after() 
     );
     wait_same_tree(&s.e, &s.r, &[]);
     s.assert_nothing_leaked();
+}
+
+/// A session R pushed: E's `base.txt` edited, two files added (one in E's existing `d`) and
+/// `d/old.txt` deleted. Returns the session id.
+fn stage(daemon: &Daemon, client: &ClientSpec, r: &Path) -> String {
+    client.once_ok(&daemon.url());
+    write(&r.join("base.txt"), "R's edit\n");
+    write(&r.join("new.txt"), "R's new file\n");
+    write(&r.join("d/new.txt"), "R's new file in d\n");
+    std::fs::remove_file(r.join("d/old.txt")).expect("rm");
+    push(client, &daemon.url())
+}
+
+/// E's served root swapped for a symlink to another directory (holding files named as E's,
+/// with E's content, so that an apply led there sees no conflict) after R pushed and before
+/// zync-apply runs: zync-apply writes nothing there, nor in the real directory, and refuses
+/// naming the root and what to do (exit 1); with the root back, the session applies.
+#[test]
+fn zync_apply_writes_nothing_through_a_served_root_swapped_for_a_symlink() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let top = tmp.path();
+    let e = top.join("shared/e");
+    write(&e.join("base.txt"), "base\n");
+    write(&e.join("d/old.txt"), "old\n");
+    let state = top.join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let daemon = Daemon::start(&state, &[("code", &e)]);
+    daemon.wait_scanned();
+    let r = top.join("r");
+    let client = ClientSpec::new(&top.join("client"), &daemon, &[("code", &r)]);
+    let id = stage(&daemon, &client, &r);
+
+    let (out_dir, link) = outside(top, &[]);
+    write(&out_dir.join("base.txt"), "base\n");
+    write(&out_dir.join("d/old.txt"), "old\n");
+    let before = snapshot(&out_dir);
+    swap(&e, &link);
+    let out = output_within_deadline(zync_apply(&daemon.db, &["apply", &id, "--non-interactive"]));
+    assert_untouched(&before, &snapshot(&out_dir));
+    assert!(
+        out_dir.join("d/old.txt").exists(),
+        "removed through the symlink"
+    );
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "zync-apply did not refuse ({}):\nstdout:\n{}\nstderr:\n{err}",
+        out.status,
+        stdout(&out)
+    );
+    assert!(
+        err.contains(&e.display().to_string())
+            && err.contains("code")
+            && err.contains("restart zync-daemon"),
+        "the refusal names neither the root nor what to do:\n{err}"
+    );
+    // The real directory, now at the other user's path, is as it was.
+    assert_eq!(
+        std::fs::read_to_string(link.join("base.txt"))
+            .ok()
+            .as_deref(),
+        Some("base\n")
+    );
+    assert!(link.join("d/old.txt").exists() && !link.join("new.txt").exists());
+
+    // Put back: the session, still staged, applies into the real directory.
+    swap(&e, &link);
+    run_ok(zync_apply(&daemon.db, &["apply", &id, "--non-interactive"]));
+    assert_eq!(
+        std::fs::read_to_string(e.join("base.txt")).ok().as_deref(),
+        Some("R's edit\n")
+    );
+    assert!(e.join("new.txt").exists() && e.join("d/new.txt").exists());
+    assert!(!e.join("d/old.txt").exists());
+    assert_untouched(&before, &snapshot(&out_dir));
+}
+
+/// E's served root swapped back and forth for a symlink to another directory while
+/// zync-apply runs again and again on a session of 1,500 new files: none lands there, each
+/// run either applies what it can while the root is in place or stops naming it, and once
+/// the swapping stops a last run applies the rest into the real directory.
+#[test]
+fn zync_apply_writes_nothing_through_a_served_root_swapped_back_and_forth_while_it_runs() {
+    const NEW: usize = 1500;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let top = tmp.path();
+    let e = top.join("shared/e");
+    write(&e.join("base.txt"), "base\n");
+    let state = top.join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let mut daemon = Daemon::start(&state, &[("code", &e)]);
+    daemon.wait_scanned();
+    let r = top.join("r");
+    let client = ClientSpec::new(&top.join("client"), &daemon, &[("code", &r)]);
+    client.once_ok(&daemon.url());
+    for i in 0..NEW {
+        write(&r.join(format!("n{i:04}")), format!("R's new file {i}\n"));
+    }
+    let id = push(&client, &daemon.url());
+    // zync-apply needs only the database; a daemon rescanning E on every swap would only
+    // slow the race down.
+    daemon.stop();
+
+    let (out_dir, link) = outside(top, &["n0000", "n0001", "base.txt"]);
+    let before = snapshot(&out_dir);
+    let apply = || zync_apply(&daemon.db, &["apply", &id, "--non-interactive"]);
+    let racing = Instant::now();
+    let mut runs = 0;
+    let mut swaps = 0;
+    let mut done = false;
+    while !done && racing.elapsed() < Duration::from_secs(10) {
+        let (out, n) = run_racing(apply(), Swapper::start(&e, &link));
+        swaps += n;
+        runs += 1;
+        assert_untouched(&before, &snapshot(&out_dir));
+        if out.status.success() {
+            done = true;
+            continue;
+        }
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&e.display().to_string()) && err.contains("restart zync-daemon"),
+            "run {runs} failed without naming the root and what to do:\n{err}"
+        );
+    }
+    assert!(swaps > 0, "the swapper never ran");
+    eprintln!("{runs} runs raced {swaps} swaps; the session was applied while racing: {done}");
+    if !done {
+        let out = output_within(apply(), RACE_DEADLINE);
+        assert!(
+            out.status.success(),
+            "the run after the swapping failed ({}):\n{}",
+            out.status,
+            stderr(&out)
+        );
+    }
+    assert_untouched(&before, &snapshot(&out_dir));
+    for i in 0..NEW {
+        assert_eq!(
+            std::fs::read_to_string(e.join(format!("n{i:04}"))).ok(),
+            Some(format!("R's new file {i}\n")),
+            "n{i:04} in E's real directory after {runs} runs"
+        );
+    }
 }
 
 /// A served path through a symlink another user owns (planted in /tmp before the directory was

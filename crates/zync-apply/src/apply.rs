@@ -57,6 +57,9 @@ pub struct ApplyReport {
     pub left_staged: Vec<String>,
     /// Files that could not be applied (they stay staged), with the reason.
     pub failed: Vec<(String, String)>,
+    /// Why the run stopped before the end: a root's path was found leading to another
+    /// directory than the one the daemon serves (the files not reached are in `left_staged`).
+    pub stopped: Option<String>,
 }
 
 /// Applies session `id` (or unique prefix) from the database `db`.
@@ -75,6 +78,9 @@ pub fn apply(
     out: &mut dyn Write,
 ) -> anyhow::Result<Outcome> {
     let report = apply_report(db, id, dirs, opts, prompter, out)?;
+    if let Some(why) = report.stopped {
+        bail!("{why}");
+    }
     if !report.failed.is_empty() {
         let lines: Vec<String> = report
             .failed
@@ -133,6 +139,9 @@ pub fn apply_report(
         return Ok(report);
     }
     let roots = Roots::resolve(dirs, &index)?;
+    // Every directory the session writes into is the one the daemon serves, or nothing is
+    // written at all (invariant 3).
+    roots.check(files.iter().map(|f| f.dir.as_str()))?;
     // Refuse before touching anything rather than hang on a prompt nobody can answer.
     if !opts.non_interactive && !prompter.is_interactive() {
         bail!(
@@ -169,6 +178,15 @@ pub fn apply_report(
             // Database failures leave E and the index out of step: stop at once.
             if e.downcast_ref::<zync_db::DbError>().is_some() || crashpoint::is_crash(&e) {
                 return Err(e.context(format!("while applying {name}")));
+            }
+            // A root swapped for a symlink meanwhile: nothing more is written anywhere; the
+            // rest stays staged for a run once it is back.
+            if let Some(why) = roots.replaced_during_run(&e) {
+                tracing::warn!("{name}: {e:#}");
+                report.left_staged.push(name);
+                report.stopped = Some(format!("{why}; the files not applied stay staged"));
+                run.quit = true;
+                continue;
             }
             tracing::warn!("{name}: {e:#}");
             report.failed.push((name, format!("{e:#}")));
@@ -822,6 +840,50 @@ mod tests {
         // The other file still went through.
         assert_eq!(fx.e_read("other.txt").as_deref(), Some(&b"fine\n"[..]));
         assert_eq!(fx.status(ID), SessionStatus::Partial);
+    }
+
+    /// E's root swapped for a symlink to another directory (holding E's file as R's change
+    /// was based on it) after staging: nothing is written there or in the real one, the
+    /// session stays staged, and it applies once the root is back.
+    #[test]
+    fn a_root_swapped_for_a_symlink_is_never_applied_into() {
+        let fx = Fixture::new();
+        fx.e_write("f.txt", b"base\n");
+        fx.stage(
+            ID,
+            &[
+                write("f.txt", b"R's edit\n", Some(b"base\n")),
+                write("d/new.txt", b"R's new file\n", None),
+            ],
+        );
+        let theirs = tempfile::tempdir().expect("tempdir");
+        std::fs::write(theirs.path().join("f.txt"), b"base\n").expect("write");
+        fx.swap_root_for(theirs.path());
+        let (r, out) = fx.run(
+            &["apply", ID, "--force", "--non-interactive"],
+            &mut no_prompts(),
+        );
+        let err = format!("{:#}", r.expect_err("refused"));
+        assert!(err.contains("restart zync-daemon"), "{err}\n{out}");
+        let names: Vec<_> = std::fs::read_dir(theirs.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["f.txt"], "written through the symlink");
+        assert_eq!(
+            std::fs::read(theirs.path().join("f.txt")).expect("read"),
+            b"base\n"
+        );
+        assert_eq!(fx.status(ID), SessionStatus::Staged);
+        fx.put_root_back();
+        assert_eq!(fx.e_read("f.txt").as_deref(), Some(&b"base\n"[..]));
+        let (r, out) = fx.run(&["apply", ID, "--non-interactive"], &mut no_prompts());
+        assert_eq!(r.expect("apply"), Outcome::Done, "{out}");
+        assert_eq!(fx.e_read("f.txt").as_deref(), Some(&b"R's edit\n"[..]));
+        assert_eq!(
+            fx.e_read("d/new.txt").as_deref(),
+            Some(&b"R's new file\n"[..])
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use zync_db::{FileState, Index, StagedFile};
 use zync_fs::{lstat, Dir, FsError, RelPath, Stat};
 
@@ -106,7 +106,13 @@ pub(crate) fn remove_for_session(
     let mut removed = Vec::new();
     let mut kept: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (dir, made) in by_dir {
-        let result = remove_empty(index, dir, roots.get(dir)?, &made)?;
+        let result = match remove_empty(index, dir, roots.get(dir)?, &made) {
+            Ok(result) => result,
+            Err(e) => match roots.replaced_during_run(&e) {
+                Some(why) => bail!("{why}; the directories the apply made are left in place"),
+                None => return Err(e),
+            },
+        };
         removed.extend(result.removed.iter().map(|d| format!("{dir}/{d}")));
         kept.insert(dir, result.kept);
     }

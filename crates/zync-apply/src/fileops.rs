@@ -12,7 +12,7 @@ use zync_proto::Kind;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use zync_db::{EntryMeta, Index, StagedFile};
-use zync_fs::{fsync_dir, fsync_dir_beneath, lstat, AtomicFile, Dir, RelPath, Stat};
+use zync_fs::{fsync_dir, fsync_dir_beneath, AtomicFile, Dir, RelPath, Stat};
 
 use crate::probe::{self, open_regular, Current};
 
@@ -419,16 +419,18 @@ pub fn index_file(
     sha256: &str,
     new_dirs: &[RelPath],
 ) -> anyhow::Result<()> {
+    // Looked at through the root's handles, as it was written: never through a symlink
+    // swapped in for the root or a directory of it since.
     let mut entries = Vec::new();
     for d in new_dirs {
-        if let Stat::Entry(m) = lstat(&d.to_path(root))? {
+        if let Stat::Entry(m) = zync_fs::lstat_beneath(root, d)? {
             if m.kind == Kind::Dir {
                 entries.push((d.as_str(), entry_meta(Kind::Dir, &m, None)));
             }
         }
     }
     let path = rel.to_path(root);
-    match lstat(&path)? {
+    match zync_fs::lstat_beneath(root, rel)? {
         Stat::Entry(m) if m.kind == Kind::File => {
             entries.push((rel.as_str(), entry_meta(Kind::File, &m, Some(sha256))));
         }

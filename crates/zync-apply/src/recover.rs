@@ -17,7 +17,7 @@ use std::io::Write;
 use std::path::Path;
 use zync_proto::Kind;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use zync_db::{Action, FileState, Index, StagedFile};
 use zync_fs::{lstat, RelPath, Stat};
 
@@ -51,11 +51,23 @@ pub(crate) fn resolve_session(
         return Ok(0);
     }
     let roots = Roots::resolve(dirs, index)?;
+    // Resolved in the directories the daemon serves only (invariant 3).
+    roots.check(pending.iter().map(|f| f.dir.as_str()))?;
     let session_dir = zync_db::session_dir(db, session_id);
     for file in &pending {
         let name = session::file_name(file);
-        let done = resolve_one(index, &session_dir, &roots, file)
-            .with_context(|| format!("cannot resolve the interrupted apply of {name}"))?;
+        let done = match resolve_one(index, &session_dir, &roots, file) {
+            Ok(done) => done,
+            Err(e) => match roots.replaced_during_run(&e) {
+                Some(why) => bail!(
+                    "{why}; the interrupted apply of {name} is resolved once the directory is \
+                     back"
+                ),
+                None => {
+                    return Err(e.context(format!("cannot resolve the interrupted apply of {name}")))
+                }
+            },
+        };
         if done {
             writeln!(
                 out,
@@ -395,6 +407,48 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An interrupted apply whose root is swapped for a symlink, before the next run or back
+    /// and forth while it resolves the intent, is resolved neither there nor anywhere: the run
+    /// refuses saying why, and once the root is back undo restores E.
+    #[test]
+    fn an_intent_is_never_resolved_through_a_root_swapped_for_a_symlink() {
+        let theirs = tempfile::tempdir().expect("tempdir");
+        let fx = crash(1, Step::Written);
+        fx.swap_root_for(theirs.path());
+        let (r, out) = fx.run(&["undo", ID], &mut no_prompts());
+        let err = format!("{:#}", r.expect_err("refused"));
+        assert!(err.contains("restart zync-daemon"), "{err}\n{out}");
+        assert_eq!(fx.state(ID, "mod.txt"), FileState::Applying);
+        fx.put_root_back();
+        let link = fx.root.with_file_name("link");
+        std::os::unix::fs::symlink(theirs.path(), &link).expect("symlink");
+        let mut refused = 0;
+        for _ in 0..20 {
+            let fx = crash(1, Step::Written);
+            let ((r, out), _) = zync_fs::race::exchanging(&fx.root, &link, || {
+                fx.run(&["apply", ID, "--non-interactive"], &mut no_prompts())
+            });
+            if std::fs::symlink_metadata(&fx.root)
+                .expect("lstat")
+                .is_symlink()
+            {
+                std::fs::rename(&fx.root, fx.root.with_file_name("swapped")).expect("mv");
+                std::fs::rename(&link, &fx.root).expect("mv back");
+                std::fs::rename(fx.root.with_file_name("swapped"), &link).expect("mv");
+            }
+            if let Err(e) = r {
+                let err = format!("{e:#}");
+                assert!(err.contains("restart zync-daemon"), "{err}\n{out}");
+                refused += 1;
+            }
+            assert_eq!(std::fs::read_dir(theirs.path()).expect("list").count(), 0);
+        }
+        assert!(refused > 0, "the swapper never got in the way");
+        let (r, out) = fx.run(&["undo", ID], &mut no_prompts());
+        assert_eq!(r.expect("undo"), Outcome::Done, "{out}");
+        assert!(originals(&fx), "E after undo:\n{out}");
     }
 
     #[test]

@@ -93,6 +93,23 @@ impl Fixture {
         Index::open(&self.db).expect("open db")
     }
 
+    /// Another user's move: E's directory goes to `<root>.real` and a symlink to `theirs`
+    /// takes its place.
+    pub fn swap_root_for(&self, theirs: &Path) {
+        std::fs::rename(&self.root, self.real_root()).expect("move the root away");
+        std::os::unix::fs::symlink(theirs, &self.root).expect("symlink");
+    }
+
+    /// Undoes [`Fixture::swap_root_for`].
+    pub fn put_root_back(&self) {
+        std::fs::remove_file(&self.root).expect("remove the symlink");
+        std::fs::rename(self.real_root(), &self.root).expect("put the root back");
+    }
+
+    fn real_root(&self) -> PathBuf {
+        self.root.with_file_name("e-docs.real")
+    }
+
     /// Stages a session the way the daemon would: content in the session dir, the conflict
     /// flag decided against E as it is now.
     pub fn stage(&self, id: &str, specs: &[Spec<'_>]) {

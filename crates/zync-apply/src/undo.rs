@@ -66,6 +66,8 @@ pub fn undo(
         return Ok(Outcome::Done);
     }
     let roots = Roots::resolve(dirs, &index)?;
+    // Restored into the directories the daemon serves, or not at all (invariant 3).
+    roots.check(files.iter().map(|f| f.dir.as_str()))?;
     let session_dir = zync_db::session_dir(db, &session.id);
     let mut restored = 0usize;
     let mut failed = Vec::new();
@@ -89,7 +91,15 @@ pub fn undo(
             Err(e) if e.downcast_ref::<zync_db::DbError>().is_some() => {
                 return Err(e.context(format!("while undoing {name}")))
             }
-            Err(e) => failed.push(format!("  {name}: {e:#}")),
+            // A root swapped for a symlink meanwhile: nothing more is restored anywhere.
+            Err(e) => match roots.replaced_during_run(&e) {
+                Some(why) => bail!(
+                    "{why}; {restored} restored before it, and `zync-apply undo {}` goes on \
+                     once the directory is back",
+                    session.id
+                ),
+                None => failed.push(format!("  {name}: {e:#}")),
+            },
         }
     }
     // After every file, as one file's new directory may hold another's.
@@ -328,6 +338,33 @@ mod tests {
             md.mode() & 0o7777,
             md.mtime() * 1_000_000_000 + md.mtime_nsec(),
         )
+    }
+
+    /// E's root swapped for a symlink to another directory after an apply: undo restores
+    /// nothing there (nor anywhere), and restores everything once the root is back.
+    #[test]
+    fn undo_never_restores_through_a_root_swapped_for_a_symlink() {
+        let fx = Fixture::new();
+        fx.e_write("f.txt", b"E's\n");
+        fx.stage(ID, &[write("f.txt", b"R's\n", Some(b"E's\n"))]);
+        let mut p = ScriptedPrompter::new([]);
+        let (r, out) = fx.run(&["apply", ID, "--non-interactive"], &mut p);
+        assert_eq!(r.expect("apply"), crate::outcome::Outcome::Done, "{out}");
+        let theirs = tempfile::tempdir().expect("tempdir");
+        std::fs::write(theirs.path().join("f.txt"), b"R's\n").expect("write");
+        fx.swap_root_for(theirs.path());
+        let (r, out) = fx.run(&["undo", ID], &mut p);
+        let err = format!("{:#}", r.expect_err("refused"));
+        assert!(err.contains("restart zync-daemon"), "{err}\n{out}");
+        assert_eq!(
+            std::fs::read(theirs.path().join("f.txt")).expect("read"),
+            b"R's\n"
+        );
+        assert_eq!(std::fs::read_dir(theirs.path()).expect("list").count(), 1);
+        fx.put_root_back();
+        let (r, out) = fx.run(&["undo", ID], &mut p);
+        assert_eq!(r.expect("undo"), crate::outcome::Outcome::Done, "{out}");
+        assert_eq!(fx.e_read("f.txt").as_deref(), Some(&b"E's\n"[..]));
     }
 
     #[test]
