@@ -78,6 +78,11 @@ fn a_staging_area_or_session_directory_of_another_user_s_is_refused_and_undo_res
     give_to_nobody(&staging);
     let out = daemon_exits(&db, &e);
     assert_refused_naming_nobody(&out, &staging, "another user's staging area");
+    assert!(
+        !stderr(&out).contains("listening on"),
+        "the daemon listened before it refused the staging area:\n{}",
+        stderr(&out)
+    );
 
     // The area is the user's own from here on: a push, then an apply of it.
     std::fs::remove_dir(&staging).unwrap();

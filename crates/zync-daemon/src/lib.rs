@@ -55,6 +55,11 @@ pub fn main_with_args(args: Args) -> anyhow::Result<()> {
     // Held until the daemon ends, taken before it listens: a second daemon on this database
     // would reset this one's connections and abort its upstream sessions at its start.
     let _lock = lock_database(&config.db)?;
+    // Checked again by `run`; here too so that a staging area another user made first is
+    // refused before anything listens (invariant 8).
+    let staging = zync_db::staging_root(&config.db);
+    zync_fs::make_private(&staging)
+        .with_context(|| format!("cannot use the staging area {}", staging.display()))?;
     let runtime = zync_cli::runtime(None)?;
     runtime.block_on(async {
         let address = format!("{}:{}", args.host, args.port);
