@@ -587,7 +587,8 @@ mod tests {
                 .expect_err("another user's directory");
             let msg = format!("{err:#}");
             assert!(
-                msg.contains("belongs to another user, uid 65534") && msg.contains("Remove it"),
+                msg.contains("belongs to another user, uid 65534")
+                    && msg.to_lowercase().contains("remove it"),
                 "{msg}"
             );
             std::os::unix::fs::chown(theirs, Some(0), Some(0)).expect("chown back");

@@ -56,12 +56,11 @@ pub enum DbError {
     /// replayed into the database when it is opened), so it is not opened (invariant 8).
     #[error(
         "{} belongs to another user, {}, not to this program's user ({}): zync keeps its own \
-         state there and trusts only what it made itself. Remove it (another user may have \
-         put it there to take over zync's state), or choose a --db in a directory only you \
-         can write",
+         state there and trusts only what it made itself. {}",
         path.display(),
         crate::conn::describe_user(*uid),
-        crate::conn::describe_user(crate::conn::euid())
+        crate::conn::describe_user(crate::conn::euid()),
+        crate::conn::what_to_do(*uid)
     )]
     NotOwned {
         /// The file at fault.

@@ -221,7 +221,8 @@ mod tests {
         let err = try_lock(&path, b"mine").expect_err("another user's lock file");
         let msg = err.to_string();
         assert!(
-            msg.contains("belongs to another user, uid 65534") && msg.contains("Remove it"),
+            msg.contains("belongs to another user, uid 65534")
+                && msg.to_lowercase().contains("remove it"),
             "{msg}"
         );
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();

@@ -145,13 +145,31 @@ pub fn describe_user(uid: u32) -> String {
 pub(crate) fn not_owned_message(path: &Path, uid: u32) -> String {
     format!(
         "{} belongs to another user, {}, not to this program's user ({}): zync keeps its own \
-         state there and trusts only what it made itself. Remove it (another user may have \
-         put it there to take over zync's state), or choose a --db in a directory only you \
-         can write",
+         state there and trusts only what it made itself. {}",
         path.display(),
         describe_user(uid),
-        describe_user(euid())
+        describe_user(euid()),
+        what_to_do(uid)
     )
+}
+
+/// What to do about zync state that user `uid` owns: root looking at a user's state runs as
+/// that user instead (removing it would break their zync); anyone else removes what another
+/// user may have planted, or keeps the state where only they can write. A file system that
+/// maps owners (NFS with root_squash, sshfs) shows the user's own files as another's too.
+pub fn what_to_do(uid: u32) -> String {
+    if euid() == 0 {
+        let who = user_name(uid).unwrap_or_else(|| uid.to_string());
+        format!(
+            "If it is that user's zync state, run this as them (`sudo -u {who} ...`) rather \
+             than as root; if another user put it there to take over zync's state, remove it"
+        )
+    } else {
+        "Remove it (another user may have put it there to take over zync's state), or choose \
+         a --db in a directory only you can write; on a network file system that maps owners \
+         (NFS with root_squash, sshfs), keep zync's state on a local disk"
+            .to_string()
+    }
 }
 
 /// Refuses `meta`, what is at `path` (a file or directory zync keeps its own state in), when
@@ -332,6 +350,23 @@ fn own_dir(path: &Path) -> Result<(), FsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Root looking at a user's state is told to run as that user, not to remove it (which
+    /// would break their zync); anyone else to remove what may have been planted.
+    #[test]
+    fn what_to_do_about_another_users_state_depends_on_who_asks() {
+        let advice = what_to_do(65534);
+        if euid() == 0 {
+            assert!(advice.contains("sudo -u nobody"), "{advice}");
+            assert!(
+                advice.starts_with("If it is that user's zync state"),
+                "{advice}"
+            );
+        } else {
+            assert!(advice.starts_with("Remove it"), "{advice}");
+        }
+        assert!(advice.to_lowercase().contains("remove it"), "{advice}");
+    }
     use std::os::unix::fs::MetadataExt;
 
     /// In octal, so that a failure reads `644`, not `420`.
@@ -442,7 +477,8 @@ mod tests {
             );
             let msg = err.to_string();
             assert!(
-                msg.contains("belongs to another user, uid 65534") && msg.contains("Remove it"),
+                msg.contains("belongs to another user, uid 65534")
+                    && msg.to_lowercase().contains("remove it"),
                 "{msg}"
             );
         }
