@@ -158,6 +158,7 @@ impl Fixture {
                     staged_name,
                     backup_name: None,
                     e_existed: false,
+                    base_mode: None,
                 })
                 .expect("add staged file");
         }

@@ -54,6 +54,7 @@ fn stage(db: &Path, root: &Path) {
                 staged_name: Some(format!("s-{path}")),
                 backup_name: None,
                 e_existed: false,
+                base_mode: None,
             })
             .expect("add");
     }

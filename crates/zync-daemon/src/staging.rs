@@ -458,6 +458,7 @@ mod tests {
                         staged_name: None,
                         backup_name: None,
                         e_existed: false,
+                        base_mode: None,
                     })
                     .expect("delete");
             }

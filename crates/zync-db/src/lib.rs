@@ -29,7 +29,7 @@ pub use error::{DbError, Result};
 
 pub use changes::{Entry, EntryMeta, ScanRow, Served};
 pub use clients::{Ack, ClientRecord};
-pub use conflict::{is_conflict, OnE};
+pub use conflict::{is_conflict, merge_mode, mode_after_write, BaseMode, ModeMerge, OnE};
 pub use ignored::{IgnoredCount, IgnoredPath};
 pub use index::{Index, RootIdentity, StoredRoot};
 pub use migrate::{CLIENT_SCHEMA_VERSION, INDEX_SCHEMA_VERSION};

@@ -269,6 +269,10 @@ pub(crate) const INDEX: Schema = Schema {
         "ALTER TABLE roots ADD COLUMN dev INTEGER;
          ALTER TABLE roots ADD COLUMN ino INTEGER;
          ALTER TABLE roots ADD COLUMN born_ns INTEGER;",
+        // 12: the mode of R's base version (conflict.rs `merge_mode`), so that a mode E's user
+        // set since R's base is neither overwritten silently nor lost with R's content. Files
+        // staged before this version have none: their mode is decided as it was then.
+        "ALTER TABLE upstream_files ADD COLUMN base_mode INTEGER;",
     ],
 };
 

@@ -34,7 +34,7 @@ const SESSION_ORDER: &str = "GROUP BY s.id ORDER BY s.created_unix DESC, s.id";
 
 pub(crate) const FILE_COLUMNS: &str =
     "session_id, dir, path, action, mode, size, mtime_ns, sha256, \
-     base_sha256, conflict, state, staged_name, backup_name, e_existed";
+     base_sha256, conflict, state, staged_name, backup_name, e_existed, base_mode";
 
 impl Index {
     /// Records a new session in [`SessionStatus::Receiving`], created now.
@@ -73,13 +73,14 @@ impl Index {
             .conn()
             .prepare_cached(&format!(
                 "INSERT INTO upstream_files ({FILE_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                  ON CONFLICT (session_id, dir, path) DO UPDATE SET
                      action = excluded.action, mode = excluded.mode, size = excluded.size,
                      mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256,
                      base_sha256 = excluded.base_sha256, conflict = excluded.conflict,
                      state = excluded.state, staged_name = excluded.staged_name,
-                     backup_name = excluded.backup_name, e_existed = excluded.e_existed"
+                     backup_name = excluded.backup_name, e_existed = excluded.e_existed,
+                     base_mode = excluded.base_mode"
             ))
             .and_then(|mut stmt| {
                 stmt.execute(rusqlite::params![
@@ -97,6 +98,7 @@ impl Index {
                     file.staged_name,
                     file.backup_name,
                     file.e_existed,
+                    file.base_mode,
                 ])
             });
         match result {
@@ -459,6 +461,7 @@ pub(crate) fn file_from_row(row: &Row<'_>) -> rusqlite::Result<StagedFile> {
         staged_name: row.get(11)?,
         backup_name: row.get(12)?,
         e_existed: row.get(13)?,
+        base_mode: row.get(14)?,
     })
 }
 
@@ -531,6 +534,7 @@ pub(crate) mod fixtures {
             staged_name: Some(format!("{size}.new")),
             backup_name: None,
             e_existed: false,
+            base_mode: None,
         }
     }
 

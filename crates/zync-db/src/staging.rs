@@ -214,7 +214,12 @@ pub struct StagedFile {
     pub sha256: Option<String>,
     /// Hex SHA-256 of the version R last synced from E (`None`: the file is new on R).
     pub base_sha256: Option<String>,
-    /// Whether E's side changed against the base, decided at staging time ([`is_conflict`]).
+    /// The permission bits of the version R last synced, as R sent them; from a client that
+    /// sends none, E's mode when the file was staged. `None`: new on R, or not known (staged
+    /// before zync recorded it). The mode's half of the three-way rule ([`crate::merge_mode`]).
+    pub base_mode: Option<u32>,
+    /// Whether E's side changed against the base, decided at staging time ([`is_conflict`]
+    /// for the content, [`crate::merge_mode`] for the mode).
     pub conflict: bool,
     /// Where it is in its life.
     pub state: FileState,

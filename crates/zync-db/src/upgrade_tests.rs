@@ -5,12 +5,16 @@ use zync_proto::Kind;
 
 use crate::migrate::{self, Schema, INDEX};
 use crate::sessions::fixtures::*;
-use crate::sessions::FILE_COLUMNS;
 use crate::sql::u64_to_sql;
 use crate::{
     DbError, EntryMeta, FileState, IgnoredPath, Index, RootIdentity, SessionStatus, StagedFile,
     StoredRoot, INDEX_SCHEMA_VERSION,
 };
+
+/// The columns of `upstream_files` that every version since 2 has: what the tests below write
+/// into an index made by an older zync.
+const OLD_FILE_COLUMNS: &str = "session_id, dir, path, action, mode, size, mtime_ns, sha256, \
+     base_sha256, conflict, state, staged_name, backup_name, e_existed";
 
 #[test]
 fn a_version_1_index_upgrades_in_place() {
@@ -54,7 +58,7 @@ fn a_version_1_index_upgrades_in_place() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(version, INDEX_SCHEMA_VERSION);
-    assert_eq!(INDEX_SCHEMA_VERSION, 11);
+    assert_eq!(INDEX_SCHEMA_VERSION, 12);
     for (kind, name) in [
         ("table", "clients"),
         ("table", "ignored"),
@@ -117,7 +121,7 @@ fn a_version_2_index_upgrades_in_place_keeping_its_sessions_and_learns_applying(
         for f in [&applied, &waiting, &gone] {
             conn.execute(
                 &format!(
-                    "INSERT INTO upstream_files ({FILE_COLUMNS}) VALUES
+                    "INSERT INTO upstream_files ({OLD_FILE_COLUMNS}) VALUES
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
                 ),
                 rusqlite::params![
@@ -254,7 +258,7 @@ fn a_version_4_index_upgrades_keeping_sessions_and_files_and_learns_expired_and_
         for f in [&applying, &waiting] {
             conn.execute(
                 &format!(
-                    "INSERT INTO upstream_files ({FILE_COLUMNS}) VALUES
+                    "INSERT INTO upstream_files ({OLD_FILE_COLUMNS}) VALUES
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
                 ),
                 rusqlite::params![
@@ -353,7 +357,7 @@ fn a_version_4_index_upgrades_in_place_and_learns_the_directories_apply_created(
         for f in [&applied, &waiting] {
             conn.execute(
                 &format!(
-                    "INSERT INTO upstream_files ({FILE_COLUMNS}) VALUES
+                    "INSERT INTO upstream_files ({OLD_FILE_COLUMNS}) VALUES
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
                 ),
                 rusqlite::params![
@@ -522,7 +526,7 @@ fn a_version_7_index_upgrades_keeping_every_status_and_learns_settled_and_when_a
         for f in [&applied, &waiting] {
             conn.execute(
                 &format!(
-                    "INSERT INTO upstream_files ({FILE_COLUMNS}) VALUES
+                    "INSERT INTO upstream_files ({OLD_FILE_COLUMNS}) VALUES
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
                 ),
                 rusqlite::params![
@@ -776,4 +780,84 @@ fn a_version_9_index_upgrades_keeping_its_roots_and_learns_which_directory_each_
     drop(index);
     let reopened = Index::open_read_only(&path).expect("read-only, as zync-apply status");
     assert_eq!(reopened.roots().expect("roots"), [pinned]);
+}
+
+#[test]
+fn a_version_9_index_upgrades_keeping_every_file_and_learns_the_base_mode() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("index.db");
+    let v9 = Schema {
+        steps: &INDEX.steps[..9],
+        ..INDEX
+    };
+    let waiting = staged("s1", "docs", "deploy.sh", 32, false);
+    let gone = deleted("s1", "docs", "old.sh");
+    {
+        let mut conn = rusqlite::Connection::open(&path).expect("open");
+        migrate::migrate(&mut conn, &v9, &path).expect("v9");
+        conn.execute_batch("PRAGMA foreign_keys = ON").expect("fk");
+        migrate::database_id(&conn, "index_id").expect("id");
+        conn.execute(
+            "INSERT INTO upstream_sessions (id, client_id, created_unix, status)
+             VALUES ('s1', 'client-r', 1234, 'staged')",
+            [],
+        )
+        .expect("session");
+        for f in [&waiting, &gone] {
+            conn.execute(
+                &format!(
+                    "INSERT INTO upstream_files ({OLD_FILE_COLUMNS}) VALUES
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                ),
+                rusqlite::params![
+                    f.session_id,
+                    f.dir,
+                    f.path,
+                    f.action,
+                    f.mode,
+                    u64_to_sql(f.size),
+                    f.mtime_ns,
+                    f.sha256,
+                    f.base_sha256,
+                    f.conflict,
+                    f.state,
+                    f.staged_name,
+                    f.backup_name,
+                    f.e_existed,
+                ],
+            )
+            .expect("file row");
+        }
+        let err = conn
+            .prepare("SELECT base_mode FROM upstream_files")
+            .expect_err("version 9 has no base_mode");
+        assert!(err.to_string().contains("base_mode"), "{err}");
+    }
+
+    let index = Index::open(&path).expect("upgrade");
+    let version: i64 = index
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, INDEX_SCHEMA_VERSION);
+    // Files staged before the upgrade keep every field and have no base mode: their mode is
+    // decided as it was when they were staged.
+    assert_eq!(
+        index.staged_files("s1").expect("files"),
+        [waiting.clone(), gone.clone()],
+        "every row survives unchanged (ordered by path)"
+    );
+    let with_base = StagedFile {
+        base_mode: Some(0o644),
+        ..staged("s1", "docs", "run.sh", 7, true)
+    };
+    index.add_staged_file(&with_base).expect("add");
+    drop(index);
+    let reopened = Index::open_read_only(&path).expect("read-only, as zync-apply show");
+    let files = reopened.staged_files("s1").expect("files");
+    assert_eq!(
+        files.iter().find(|f| f.path == "run.sh"),
+        Some(&with_base),
+        "{files:?}"
+    );
 }

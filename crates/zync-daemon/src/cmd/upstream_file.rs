@@ -303,6 +303,7 @@ async fn stage(
         mtime_ns: file.mtime_ns,
         sha256: file.sha256.clone(),
         base_sha256: file.base_sha256.clone(),
+        base_mode: None,
         conflict,
         state: FileState::Staged,
         staged_name: (action == Action::Write).then_some(staged_name),
