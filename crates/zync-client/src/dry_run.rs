@@ -381,6 +381,7 @@ mod tests {
             mtime_ns: 1,
             sha256: (action == UpstreamAction::Write).then(|| sha.to_string()),
             base_sha256: base.map(str::to_string),
+            base_mode: base.map(|_| 0o644),
         }
     }
 

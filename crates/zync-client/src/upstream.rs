@@ -1,6 +1,6 @@
 //! `--update-upstream`: R's own changes against what it last synced (new, modified and deleted
-//! files), sent as one session for review on E. Each file carries the base sha256 (the version
-//! R started from) so E can decide conflicts three-way.
+//! files), sent as one session for review on E. Each file carries the base sha256 and mode (the
+//! version R started from) so E can decide conflicts three-way, for the content and the mode.
 
 use zync_cli::progress::Progress;
 use zync_db::ClientState;
@@ -31,6 +31,9 @@ pub struct Outgoing {
     pub sha256: Option<String>,
     /// What R last synced from E (None: new on R).
     pub base_sha256: Option<String>,
+    /// The mode R last synced (its synced record's), with `base_sha256`: E keeps a mode
+    /// its user set since then unless R changed the mode too (invariant 5).
+    pub base_mode: Option<u32>,
 }
 
 /// What a push did.
@@ -139,6 +142,10 @@ pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, 
             continue;
         }
         let base = synced.as_ref().and_then(|s| s.sha256.clone());
+        let base_mode = synced
+            .as_ref()
+            .filter(|s| s.sha256.is_some())
+            .map(|s| s.mode & 0o777);
         if base.as_deref() == Some(sha.as_str())
             && synced.as_ref().is_some_and(|s| s.mode & 0o777 == mode)
         {
@@ -153,6 +160,7 @@ pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, 
             mtime_ns: entry.meta.mtime_ns,
             sha256: Some(sha),
             base_sha256: base,
+            base_mode,
         });
     }
     for (path, synced) in state.synced_all(dir)? {
@@ -174,6 +182,7 @@ pub fn collect(state: &ClientState, mapping: &Mapping) -> Result<Vec<Outgoing>, 
                 size: 0,
                 mtime_ns: 0,
                 sha256: None,
+                base_mode: synced.sha256.is_some().then_some(synced.mode & 0o777),
                 base_sha256: synced.sha256,
             });
         }
@@ -368,6 +377,7 @@ fn upstream_file(session_id: &str, change: &Outgoing) -> UpstreamFile {
         mtime_ns: change.mtime_ns,
         sha256: change.sha256.clone(),
         base_sha256: change.base_sha256.clone(),
+        base_mode: change.base_mode,
     }
 }
 

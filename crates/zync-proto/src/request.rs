@@ -470,6 +470,10 @@ pub struct UpstreamFile {
     /// sha256 of the version R last synced from E; absent for a file new on R.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_sha256: Option<String>,
+    /// Permission bits of the version R last synced (its synced record's mode), sent with
+    /// `base_sha256`: a mode is part of a file's version. Absent from older clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_mode: Option<u32>,
 }
 
 /// FINALIZE_UPSTREAM: the session is complete.
