@@ -2,13 +2,13 @@
 //! content is read (a refused upload's frames are dropped as they arrive): the path, the
 //! daemon's own files, the staging limits; a write's content is received into its staged file
 //! through a [`Stager`], size and sha256 verified, each frame within the upload stall
-//! deadline; the conflict flag is decided three-way against E's disk now (invariant 5
-//! (docs/ARCHITECTURE.md)). Nothing is written into E's directories.
+//! deadline; the conflict flag is decided three-way, for the content and the mode, against E's
+//! disk now (invariant 5 (docs/ARCHITECTURE.md)). Nothing is written into E's directories.
 
 use std::path::{Path, PathBuf};
 
 use tokio_tungstenite::tungstenite::Message;
-use zync_db::{Action, FileState, OnE, StagedFile};
+use zync_db::{Action, BaseMode, FileState, ModeMerge, OnE, StagedFile};
 use zync_fs::{RelPath, Stat};
 use zync_proto::{ErrorCode, Reply, UpstreamAction, UpstreamFile, UpstreamFileReply};
 
@@ -277,33 +277,42 @@ async fn stage(
     let on_e = tokio::task::spawn_blocking(move || e_state(&probe_root, &probe_rel))
         .await
         .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
-    let current = match &on_e {
-        EState::Missing => OnE::Missing,
-        EState::File(sha) => OnE::File(sha),
-        EState::Other => OnE::Other,
+    let (current, e_mode) = match &on_e {
+        EState::Missing => (OnE::Missing, None),
+        EState::File(sha, mode) => (OnE::File(sha), Some(*mode)),
+        EState::Other => (OnE::Other, None),
     };
     let action = match file.action {
         UpstreamAction::Write => Action::Write,
         UpstreamAction::Delete => Action::Delete,
     };
+    // No setuid/setgid/sticky bits from R: whoever holds the token must not plant them on E.
+    let mode = file.mode & 0o777;
+    let base_mode = base_mode(&file, e_mode);
+    let mode_merge = zync_db::merge_mode(
+        action,
+        BaseMode::of(file.base_sha256.as_deref(), base_mode),
+        mode,
+        zync_fs::mask_mode(mode),
+        e_mode,
+    );
     let conflict = zync_db::is_conflict(
         action,
         file.base_sha256.as_deref(),
         file.sha256.as_deref(),
         current,
-    );
+    ) || mode_merge == ModeMerge::Conflict;
     let staged = StagedFile {
         session_id,
         dir: file.dir.clone(),
         path: rel.to_string(),
         action,
-        // No setuid/setgid/sticky bits from R: whoever holds the token must not plant them on E.
-        mode: file.mode & 0o777,
+        mode,
         size: file.size,
         mtime_ns: file.mtime_ns,
         sha256: file.sha256.clone(),
         base_sha256: file.base_sha256.clone(),
-        base_mode: None,
+        base_mode,
         conflict,
         state: FileState::Staged,
         staged_name: (action == Action::Write).then_some(staged_name),
@@ -451,9 +460,20 @@ async fn receive_content(
     stager.finish().await
 }
 
+/// The base mode recorded with a staged file (invariant 5 (docs/ARCHITECTURE.md)): the one R
+/// sent, with its base sha256. An older client sends none; then E's mode now (`e_mode`)
+/// stands in for it, so a mode E's user sets after this push is never overwritten
+/// silently, while one set before it cannot be told from R's change, and R's mode is applied
+/// as before. A file new on R has no base.
+fn base_mode(file: &UpstreamFile, e_mode: Option<u32>) -> Option<u32> {
+    file.base_sha256.as_ref()?;
+    file.base_mode.or(e_mode).map(|mode| mode & 0o777)
+}
+
 enum EState {
     Missing,
-    File(String),
+    /// A regular file: its sha256 and permission bits.
+    File(String, u32),
     Other,
 }
 
@@ -473,10 +493,17 @@ fn e_state(root: &Path, rel: &RelPath) -> EState {
         Err(_) => return missing_or_other(),
     };
     match parent.open_file_to_read(rel.file_name()) {
-        Ok(Some(mut opened)) => match zync_fs::hash::hash_open(&mut opened.file, opened.size) {
-            Ok((sha, _)) => EState::File(sha),
-            Err(_) => EState::Other,
-        },
+        Ok(Some(mut opened)) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = match opened.file.metadata() {
+                Ok(meta) => meta.permissions().mode() & 0o7777,
+                Err(_) => return EState::Other,
+            };
+            match zync_fs::hash::hash_open(&mut opened.file, opened.size) {
+                Ok((sha, _)) => EState::File(sha, mode),
+                Err(_) => EState::Other,
+            }
+        }
         Ok(None) => match parent.lstat(rel.file_name()) {
             Ok(Stat::Missing) => EState::Missing,
             _ => EState::Other,
@@ -516,6 +543,39 @@ mod tests {
         assert!(refuse_replaced("docs", &root).await.is_ok());
     }
 
+    /// The base mode recorded is R's when R sent one, E's when staged for an older client
+    /// that did not, and none for a file new on R (whatever R claims).
+    #[test]
+    fn the_base_mode_is_r_s_or_e_s_when_staged_for_an_older_client() {
+        let file = |base_sha256: Option<&str>, base_mode| UpstreamFile {
+            session_id: "s".into(),
+            dir: "code".into(),
+            path: "deploy.sh".into(),
+            action: UpstreamAction::Write,
+            mode: 0o644,
+            size: 0,
+            mtime_ns: 0,
+            sha256: Some("ab".repeat(32)),
+            base_sha256: base_sha256.map(str::to_string),
+            base_mode,
+        };
+        let base = "cd".repeat(32);
+        let base = Some(base.as_str());
+        assert_eq!(
+            super::base_mode(&file(base, Some(0o100644)), Some(0o755)),
+            Some(0o644)
+        );
+        assert_eq!(
+            super::base_mode(&file(base, None), Some(0o4755)),
+            Some(0o755)
+        );
+        assert_eq!(super::base_mode(&file(base, None), None), None);
+        assert_eq!(
+            super::base_mode(&file(None, Some(0o644)), Some(0o755)),
+            None
+        );
+    }
+
     /// Another user on E swaps a directory of the tree for a symlink to a file of theirs
     /// while R pushes a path below it: what E has there is never the outside file (its
     /// sha256 would go back to R as the conflict flag, an oracle on any file the daemon can
@@ -530,8 +590,8 @@ mod tests {
             let (mut leaked, mut files) = (0, 0);
             for _ in 0..20_000 {
                 match e_state(&bait.root, &rel) {
-                    EState::File(sha) if sha == secret => leaked += 1,
-                    EState::File(_) => files += 1,
+                    EState::File(sha, _) if sha == secret => leaked += 1,
+                    EState::File(..) => files += 1,
                     _ => {}
                 }
             }
