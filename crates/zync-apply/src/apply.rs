@@ -1,5 +1,6 @@
 //! `zync-apply apply`: puts a staged session's files on E. Each file's conflict is decided
-//! again against E's current content (E may have changed since staging); a conflicting file
+//! again against E's current content and mode (E may have changed since staging); a mode E's
+//! user set since R's base stays when R did not change the mode; a conflicting file
 //! only replaces E's version with the user's say-so (an interactive choice made after seeing
 //! the diff, or `--force`), and whatever is replaced is backed up first (invariant
 //! 5, docs/ARCHITECTURE.md). Each change is recorded in the daemon's index at once so it flows to R.
@@ -45,8 +46,9 @@ pub struct ApplyReport {
     pub skipped: Vec<String>,
     /// Files whose R version went beside E's as a conflict copy: (file, copy).
     pub kept_both: Vec<(String, String)>,
-    /// Conflicting files left staged by a non-interactive run without `--force`.
-    pub conflicts_left: Vec<String>,
+    /// Conflicting files left staged by a non-interactive run without `--force`, with why
+    /// their mode conflicts when it does.
+    pub conflicts_left: Vec<(String, Option<String>)>,
     /// Control files (a `.zyncignore`, anything in `.git`) left staged by a non-interactive
     /// run without `--force`, with the reason.
     pub control_left: Vec<(String, &'static str)>,
@@ -271,6 +273,7 @@ impl Run<'_> {
                 file.sha256.as_deref(),
                 current.on_e(),
             ),
+            mode_conflict: probe::mode_conflict(file, &current),
             mode_change: probe::mode_change(file, &current),
             control: zync_fs::control_reason(&rel),
             unshown: probe::unshown(file, &current, self.session_dir).map(probe::Unshown::why),
@@ -278,8 +281,10 @@ impl Run<'_> {
         let choice = if self.opts.non_interactive {
             // A conflict, a control file or content the review cannot show needs a yes;
             // without a person, --force is it.
-            if question.conflict && !self.opts.force {
-                report.conflicts_left.push(name);
+            if question.conflicts() && !self.opts.force {
+                report
+                    .conflicts_left
+                    .push((name, question.mode_conflict.clone()));
                 return Ok(());
             }
             if let Some(why) = question.control.filter(|_| !self.opts.force) {
@@ -294,7 +299,7 @@ impl Run<'_> {
             }
             Choice::Apply
         } else if self.auto
-            && !question.conflict
+            && !question.conflicts()
             && question.control.is_none()
             && question.unshown.is_none()
         {
@@ -340,7 +345,7 @@ impl Run<'_> {
         rel: &RelPath,
         prompter: &mut dyn Prompter,
     ) -> anyhow::Result<Choice> {
-        let (file, conflict) = (question.file, question.conflict);
+        let (file, conflict) = (question.file, question.conflicts());
         // A conflicting file is shown with its diff before the question, so choosing "apply"
         // here is the user's say-so (invariant 5); E's version is backed up either way.
         let mut options = vec![Choice::Apply];
@@ -356,10 +361,16 @@ impl Run<'_> {
         let name = session::file_name(file);
         // What needs a yes is seen before the question, with the diff.
         let mut warnings = Vec::new();
-        if conflict {
+        if question.conflict {
             warnings.push(format!(
                 "{name} changed on E since R's version was based on it; applying replaces E's \
                  version (it is backed up for `zync-apply undo`)"
+            ));
+        }
+        if let Some(why) = &question.mode_conflict {
+            warnings.push(format!(
+                "{name}'s mode conflicts: {why}; applying replaces E's mode with R's change \
+                 (E's file is backed up for `zync-apply undo`)"
             ));
         }
         if let Some(why) = question.control {
@@ -420,9 +431,10 @@ impl Run<'_> {
                         rel,
                         &staged,
                         &sha,
-                        // R's mode as E's user would have created the file: a 0777 file
-                        // from R lands 0755 under umask 022.
-                        zync_fs::mask_mode(file.mode),
+                        // E's own mode when R did not change the mode since its base
+                        // (invariant 5), else R's as E's user would have created the file:
+                        // a 0777 file from R lands 0755 under umask 022.
+                        probe::mode_on_e(file, current),
                         file.mtime_ns,
                         current,
                         || {
@@ -661,8 +673,11 @@ fn summarize(
         let copy = zync_cli::visible::line(copy);
         writeln!(out, "kept both: {f} (R's version is {copy})")?;
     }
-    for f in &r.conflicts_left {
-        writeln!(out, "conflict, left staged: {f}")?;
+    for (f, mode) in &r.conflicts_left {
+        match mode {
+            Some(why) => writeln!(out, "conflict, left staged: {f} (mode: {why})")?,
+            None => writeln!(out, "conflict, left staged: {f}")?,
+        }
     }
     for (f, why) in &r.control_left {
         writeln!(out, "control file, left staged: {f} ({why})")?;
@@ -724,6 +739,166 @@ mod tests {
 
     fn no_prompts() -> ScriptedPrompter {
         ScriptedPrompter::new([])
+    }
+
+    fn e_mode(fx: &Fixture, path: &str) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(fx.root.join(path))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    fn e_chmod(fx: &Fixture, path: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(fx.root.join(path), std::fs::Permissions::from_mode(mode))
+            .expect("chmod");
+    }
+
+    /// A mode is part of a file's version (invariant 5): E's user made a script executable
+    /// after R synced it at 0644; R changed its content only. R's content lands and the
+    /// script stays executable, without a conflict; where only R changed the mode, R's comes.
+    #[test]
+    fn a_mode_set_on_e_stays_when_r_changes_only_the_content() {
+        let fx = Fixture::new();
+        fx.e_write("deploy.sh", b"echo deploy\n");
+        e_chmod(&fx, "deploy.sh", 0o644);
+        fx.e_write("run.sh", b"echo run\n");
+        e_chmod(&fx, "run.sh", 0o644);
+        fx.stage(
+            ID,
+            &[
+                write("deploy.sh", b"echo deploy -v\n", Some(b"echo deploy\n")).base_mode(0o644),
+                write("run.sh", b"echo run\n", Some(b"echo run\n"))
+                    .base_mode(0o644)
+                    .mode(0o700),
+            ],
+        );
+        e_chmod(&fx, "deploy.sh", 0o755);
+        let (r, out) = fx.run(&["show", ID], &mut no_prompts());
+        r.expect("show");
+        let line = out.lines().find(|l| l.contains("deploy.sh")).unwrap_or("");
+        assert!(
+            line.contains("keeps E's mode 0755") && !line.contains("conflict"),
+            "{out}"
+        );
+        let (r, out) = fx.run(&["apply", ID, "--non-interactive"], &mut no_prompts());
+        assert_eq!(r.expect("apply"), Outcome::Done, "{out}");
+        assert_eq!(
+            fx.e_read("deploy.sh").as_deref(),
+            Some(&b"echo deploy -v\n"[..])
+        );
+        assert_eq!(
+            e_mode(&fx, "deploy.sh"),
+            0o755,
+            "E's chmod was undone: {out}"
+        );
+        assert_eq!(
+            e_mode(&fx, "run.sh"),
+            0o700,
+            "R's chmod was not applied: {out}"
+        );
+    }
+
+    /// E and R both changed the mode since R's base, differently (R's a chmod only): a
+    /// conflict like one of content. Shown as such, left staged by a non-interactive run,
+    /// asked about interactively, and applied with --force keeping a backup that undo
+    /// restores E's mode from. A deletion of a file whose mode changed on E is one too.
+    #[test]
+    fn a_mode_changed_on_both_sides_needs_a_yes_and_is_backed_up() {
+        let fx = Fixture::new();
+        fx.e_write("key.sh", b"secret\n");
+        fx.e_write("old.sh", b"old\n");
+        e_chmod(&fx, "key.sh", 0o644);
+        e_chmod(&fx, "old.sh", 0o644);
+        fx.stage(
+            ID,
+            &[
+                write("key.sh", b"secret\n", Some(b"secret\n"))
+                    .base_mode(0o644)
+                    .mode(0o600),
+                delete("old.sh", Some(b"old\n")).base_mode(0o644),
+            ],
+        );
+        e_chmod(&fx, "key.sh", 0o755);
+        e_chmod(&fx, "old.sh", 0o755);
+
+        let (r, out) = fx.run(&["show", ID], &mut no_prompts());
+        r.expect("show");
+        for (path, what) in [("key.sh", "R's is 0600"), ("old.sh", "R deletes the file")] {
+            let line = out.lines().find(|l| l.contains(path)).unwrap_or("");
+            assert!(
+                line.contains("  conflict")
+                    && line.contains(
+                        "MODE CONFLICT: E changed the mode since R's base (0644 -> 0755)"
+                    )
+                    && line.contains(what),
+                "{path}: {out}"
+            );
+        }
+        let (r, out) = fx.run(&["show", ID, "--json"], &mut no_prompts());
+        r.expect("show");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let key = &v["files"][0];
+        assert_eq!(
+            (&key["conflict"], &key["mode_decision"], &key["base_mode"]),
+            (
+                &serde_json::json!(true),
+                &serde_json::json!("conflict"),
+                &serde_json::json!("0644")
+            ),
+            "{out}"
+        );
+
+        let (r, out) = fx.run(&["apply", ID, "--non-interactive"], &mut no_prompts());
+        assert_eq!(r.expect("apply"), Outcome::ConflictsLeft, "{out}");
+        assert!(
+            out.contains("conflict, left staged: docs/key.sh (mode: E changed the mode"),
+            "{out}"
+        );
+        assert_eq!(e_mode(&fx, "key.sh"), 0o755);
+        assert_eq!(fx.e_read("old.sh").as_deref(), Some(&b"old\n"[..]));
+
+        let mut p = ScriptedPrompter::new([Choice::Skip, Choice::Skip]);
+        let (r, _) = fx.run(&["apply", ID], &mut p);
+        r.expect("apply");
+        assert!(
+            p.asked
+                .iter()
+                .all(|t| t.contains("[MODE CONFLICT: E changed the mode")),
+            "{:?}",
+            p.asked
+        );
+        assert!(
+            p.shown
+                .first()
+                .is_some_and(|s| s.contains("mode conflicts")),
+            "{:?}",
+            p.shown
+        );
+        assert_eq!(e_mode(&fx, "key.sh"), 0o755);
+
+        let id = "0b6c1d2e-0000-4000-8000-000000000002";
+        fx.stage(
+            id,
+            &[write("key.sh", b"secret\n", Some(b"secret\n"))
+                .base_mode(0o644)
+                .mode(0o600)],
+        );
+        let (r, out) = fx.run(
+            &["apply", id, "--non-interactive", "--force"],
+            &mut no_prompts(),
+        );
+        assert_eq!(r.expect("apply"), Outcome::Done, "{out}");
+        assert_eq!(e_mode(&fx, "key.sh"), 0o600);
+        let f = fx.file(id, "key.sh");
+        let backup = fx.session_dir(id).join(f.backup_name.expect("a backup"));
+        let meta = crate::fileops::backup_meta(&backup).expect("backup meta");
+        assert_eq!(meta.mode & 0o7777, 0o755, "the backup keeps E's mode");
+        let (r, out) = fx.run(&["undo", id], &mut no_prompts());
+        r.expect("undo");
+        assert_eq!(e_mode(&fx, "key.sh"), 0o755, "{out}");
     }
 
     #[test]
@@ -1040,6 +1215,7 @@ mod tests {
                     content: Some(&big),
                     base: None,
                     mode: 0o644,
+                    base_mode: None,
                 },
                 // Unchanged binary content and a deletion add no bytes the review hides.
                 write("same.bin", b"\0same", Some(b"\0same")),

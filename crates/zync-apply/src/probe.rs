@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use zync_proto::Kind;
 
 use anyhow::Context;
-use zync_db::{Action, OnE, StagedFile};
+use zync_db::{Action, BaseMode, ModeMerge, OnE, StagedFile};
 use zync_fs::{Dir, FsError, RelPath, Stat};
 
 /// Files larger than this are not diffed.
@@ -57,17 +57,69 @@ pub fn octal(mode: u32) -> String {
     format!("{:04o}", mode & 0o7777)
 }
 
+/// The mode of E's regular file, if E has one there.
+fn e_mode(current: &Current) -> Option<u32> {
+    match current {
+        Current::File { mode, .. } => Some(*mode),
+        _ => None,
+    }
+}
+
+/// What applying `file` does about the mode of E's file as it is now (`current`), decided
+/// three-way against R's base mode (invariant 5 (docs/ARCHITECTURE.md)): E's own mode stays
+/// when R did not change it, R's comes when only R did, and both changing it is a conflict.
+pub fn mode_merge(file: &StagedFile, current: &Current) -> ModeMerge {
+    zync_db::merge_mode(
+        file.action,
+        BaseMode::of(file.base_sha256.as_deref(), file.base_mode),
+        file.mode,
+        zync_fs::mask_mode(file.mode),
+        e_mode(current),
+    )
+}
+
+/// The mode applying the write `file` gives E's file: E's own when [`mode_merge`] keeps it,
+/// else R's masked by E's umask (also when a conflict is applied with the user's say-so).
+pub fn mode_on_e(file: &StagedFile, current: &Current) -> u32 {
+    zync_db::mode_after_write(
+        mode_merge(file, current),
+        zync_fs::mask_mode(file.mode),
+        e_mode(current),
+    )
+}
+
 /// What applying `file` would do to the mode on E: `(E's mode now, the mode it would get)`,
-/// when E has a regular file whose mode would change; R's mode is masked by E's umask as
-/// apply does. `None` for deletions, new files and unchanged modes.
+/// when E has a regular file whose mode would change ([`mode_on_e`]). `None` for deletions,
+/// new files and unchanged modes.
 pub fn mode_change(file: &StagedFile, current: &Current) -> Option<(u32, u32)> {
     match (file.action, current) {
         (Action::Write, Current::File { mode, .. }) => {
-            let new = zync_fs::mask_mode(file.mode);
+            let new = mode_on_e(file, current);
             (mode & 0o7777 != new).then_some((mode & 0o7777, new))
         }
         _ => None,
     }
+}
+
+/// Why `file`'s mode conflicts with E's file as it is now (`current`), for a person; `None`
+/// when it does not ([`mode_merge`]).
+pub fn mode_conflict(file: &StagedFile, current: &Current) -> Option<String> {
+    let e = e_mode(current)?;
+    if mode_merge(file, current) != ModeMerge::Conflict {
+        return None;
+    }
+    let on_e = match file.base_mode.filter(|_| file.base_sha256.is_some()) {
+        Some(base) => format!(
+            "E changed the mode since R's base ({} -> {})",
+            octal(base),
+            octal(e)
+        ),
+        None => format!("E's file has mode {}", octal(e)),
+    };
+    Some(match file.action {
+        Action::Write => format!("{on_e}, and R's is {}", octal(file.mode)),
+        Action::Delete => format!("{on_e}, and R deletes the file"),
+    })
 }
 
 /// Looks at `root/rel` without following a symlink, in the path or at its end.

@@ -44,12 +44,14 @@ impl Choice {
 
 /// What the user is asked about: a staged file and what applying it would do beyond its
 /// content.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Question<'a> {
     /// The staged file.
     pub file: &'a StagedFile,
-    /// E's file changed since R's version was based on it.
+    /// E's file's content changed since R's version was based on it.
     pub conflict: bool,
+    /// Why the mode conflicts (E and R both changed it since R's base), when it does.
+    pub mode_conflict: Option<String>,
     /// E's mode now and the mode applying gives it, when it changes.
     pub mode_change: Option<(u32, u32)>,
     /// Why the file is a control file, when it is one.
@@ -57,6 +59,14 @@ pub struct Question<'a> {
     /// Why the review cannot show the content applying puts on E (binary, too large), when
     /// it cannot.
     pub unshown: Option<&'static str>,
+}
+
+impl Question<'_> {
+    /// Whether applying needs the user's say-so because of a conflict, of content or of
+    /// mode (invariant 5 (docs/ARCHITECTURE.md)).
+    pub fn conflicts(&self) -> bool {
+        self.conflict || self.mode_conflict.is_some()
+    }
 }
 
 /// Asks the user about files.
@@ -84,6 +94,12 @@ pub fn title(q: &Question<'_>) -> String {
     let mut title = format!("{action} {}", crate::session::file_name(q.file));
     if q.conflict {
         title.push_str("  [CONFLICT: changed on E since R's base]");
+    }
+    if let Some(why) = &q.mode_conflict {
+        title.push_str(&format!(
+            "  [MODE CONFLICT: {}]",
+            zync_cli::visible::line(why)
+        ));
     }
     if let Some((old, new)) = q.mode_change {
         title.push_str(&format!(

@@ -1,6 +1,6 @@
-//! `zync-apply show`: a session's files with their action, size, state and whether they
-//! conflict with E's files as they are now (not only as they were at staging), optionally with
-//! unified diffs.
+//! `zync-apply show`: a session's files with their action, size, state, what applying does
+//! to their mode, and whether they conflict with E's files as they are now (content and mode;
+//! not only as they were at staging), optionally with unified diffs.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 use zync_cli::visible;
-use zync_db::{is_conflict, Action, FileState, StagedFile};
+use zync_db::{is_conflict, Action, FileState, ModeMerge, StagedFile};
 use zync_fs::RelPath;
 
 use crate::probe::{self, Current};
@@ -23,15 +23,25 @@ struct FileJson {
     action: &'static str,
     size: u64,
     state: &'static str,
-    /// Decided again against E now; `None` when E's directory is not known.
+    /// Decided again against E now, content and mode; `None` when E's directory is not known.
     conflict: Option<bool>,
+    /// Why the mode conflicts with E's now (E and R both changed it since R's base), when it
+    /// does (a part of `conflict`).
+    mode_conflict: Option<String>,
     conflict_at_staging: bool,
     sha256: Option<String>,
     base_sha256: Option<String>,
     /// The permission bits R sent, as an octal string (`"0777"`).
     mode: String,
-    /// The mode applying a write would give E's file (R's masked by E's umask); `None` for a
-    /// deletion.
+    /// The permission bits of the version R started from, when known.
+    base_mode: Option<String>,
+    /// What applying does about the mode of E's file now: `"keep_e"` (R did not change it
+    /// since its base: E's stays), `"take_r"` (R's), `"conflict"` (both changed it; applied
+    /// only with a yes, then R's); `None` when E's directory is not known or the file is no
+    /// longer staged.
+    mode_decision: Option<&'static str>,
+    /// The mode applying a write would give E's file (E's own when kept, else R's masked by
+    /// E's umask); `None` for a deletion.
     mode_on_e: Option<String>,
     /// What E has at the path now: `"missing"`, `"file"`, or a description (a directory, a
     /// symlink and its target); `None` when E's directory is not known.
@@ -96,6 +106,22 @@ pub fn show(
             current,
             diff: text,
         } = check(&roots, f, diff, &session_dir);
+        // What E has now decides the mode of a file still to apply; without a look at E,
+        // R's mode is what a write would bring.
+        let staged = f.state == FileState::Staged;
+        let mode_conflict = current
+            .as_ref()
+            .filter(|_| staged)
+            .and_then(|c| probe::mode_conflict(f, c));
+        let mode_decision =
+            current
+                .as_ref()
+                .filter(|_| staged)
+                .map(|c| match probe::mode_merge(f, c) {
+                    ModeMerge::KeepE => "keep_e",
+                    ModeMerge::TakeR => "take_r",
+                    ModeMerge::Conflict => "conflict",
+                });
         let not_shown = (f.state == FileState::Staged)
             .then(|| {
                 let current = current.as_ref().unwrap_or(&Current::Missing);
@@ -119,12 +145,22 @@ pub fn show(
             size: f.size,
             state: f.state.as_str(),
             conflict,
+            mode_conflict,
             conflict_at_staging: f.conflict,
             sha256: f.sha256.clone(),
             base_sha256: f.base_sha256.clone(),
             mode: probe::octal(f.mode),
-            mode_on_e: (f.action == Action::Write)
-                .then(|| probe::octal(zync_fs::mask_mode(f.mode))),
+            base_mode: f
+                .base_mode
+                .filter(|_| f.base_sha256.is_some())
+                .map(probe::octal),
+            mode_decision,
+            mode_on_e: (f.action == Action::Write).then(|| {
+                probe::octal(match &current {
+                    Some(c) => probe::mode_on_e(f, c),
+                    None => zync_fs::mask_mode(f.mode),
+                })
+            }),
             e_has: current.as_ref().map(|c| match c {
                 Current::Missing => "missing".to_owned(),
                 Current::File { .. } => "file".to_owned(),
@@ -206,7 +242,16 @@ pub fn show(
             (None, Some(new)) if r.e_has.as_deref() == Some("missing") => {
                 notes.push_str(&format!("  new, mode {new}"));
             }
+            // R's mode differs from E's, and E's stays: say so, as R's file says otherwise.
+            (Some(kept), Some(_))
+                if r.mode_decision == Some("keep_e") && kept.as_str() != r.mode.as_str() =>
+            {
+                notes.push_str(&format!("  keeps E's mode {kept} (R did not change it)"));
+            }
             _ => {}
+        }
+        if let Some(why) = &r.mode_conflict {
+            notes.push_str(&format!("  MODE CONFLICT: {why}"));
         }
         if let Some(what) = r
             .e_has
@@ -273,7 +318,7 @@ fn check(roots: &Roots, f: &StagedFile, diff: bool, session_dir: &Path) -> Check
                 f.base_sha256.as_deref(),
                 f.sha256.as_deref(),
                 current.on_e(),
-            )
+            ) || probe::mode_merge(f, current) == ModeMerge::Conflict
         })
     } else {
         Some(f.conflict)
@@ -598,6 +643,7 @@ mod tests {
                     content: Some(new),
                     base: Some(old),
                     mode: 0o644,
+                    base_mode: None,
                 }
             })
             .collect();

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use zync_db::{is_conflict, Action, FileState, Index, OnE, SessionStatus, StagedFile};
+use zync_db::{
+    is_conflict, merge_mode, Action, BaseMode, FileState, Index, ModeMerge, OnE, SessionStatus,
+    StagedFile,
+};
 
 use crate::outcome::Outcome;
 use crate::probe::{self, Current};
@@ -20,12 +23,23 @@ pub struct Spec<'a> {
     pub base: Option<&'a [u8]>,
     /// The mode R sent.
     pub mode: u32,
+    /// The mode of R's base, as R sent it; `None`: E's mode when staged, as the daemon
+    /// records for a client that sends none (or nothing, when E has no file).
+    pub base_mode: Option<u32>,
 }
 
 impl Spec<'_> {
     /// The same file with mode `mode` from R.
     pub fn mode(self, mode: u32) -> Self {
         Spec { mode, ..self }
+    }
+
+    /// The same file with R's base at mode `mode`.
+    pub fn base_mode(self, mode: u32) -> Self {
+        Spec {
+            base_mode: Some(mode),
+            ..self
+        }
     }
 }
 
@@ -39,6 +53,7 @@ pub fn write(
         content: Some(content),
         base,
         mode: 0o644,
+        base_mode: None,
     }
 }
 
@@ -48,6 +63,7 @@ pub fn delete(path: &'static str, base: Option<&'static [u8]>) -> Spec<'static> 
         content: None,
         base,
         mode: 0o644,
+        base_mode: None,
     }
 }
 
@@ -111,7 +127,7 @@ impl Fixture {
     }
 
     /// Stages a session the way the daemon would: content in the session dir, the conflict
-    /// flag decided against E as it is now.
+    /// flag (content and mode) decided against E as it is now.
     pub fn stage(&self, id: &str, specs: &[Spec<'_>]) {
         self.stage_from(id, "client-r", specs);
     }
@@ -137,11 +153,19 @@ impl Fixture {
                 std::fs::write(dir.join(&name), c).expect("write staged");
                 name
             });
-            let on_e = match &current {
-                Current::Missing => OnE::Missing,
-                Current::File { sha256, .. } => OnE::File(sha256),
-                Current::Other(_) => OnE::Other,
+            let (on_e, e_mode) = match &current {
+                Current::Missing => (OnE::Missing, None),
+                Current::File { sha256, mode, .. } => (OnE::File(sha256), Some(*mode & 0o777)),
+                Current::Other(_) => (OnE::Other, None),
             };
+            let base_mode = base.as_ref().and(s.base_mode.or(e_mode));
+            let mode_conflict = merge_mode(
+                action,
+                BaseMode::of(base.as_deref(), base_mode),
+                s.mode,
+                zync_fs::mask_mode(s.mode),
+                e_mode,
+            ) == ModeMerge::Conflict;
             index
                 .add_staged_file(&StagedFile {
                     session_id: id.to_string(),
@@ -151,14 +175,15 @@ impl Fixture {
                     mode: s.mode,
                     size: s.content.map_or(0, |c| c.len() as u64),
                     mtime_ns: 1_700_000_000_000_000_000,
-                    conflict: is_conflict(action, base.as_deref(), sha.as_deref(), on_e),
+                    conflict: is_conflict(action, base.as_deref(), sha.as_deref(), on_e)
+                        || mode_conflict,
                     sha256: sha,
                     base_sha256: base,
                     state: FileState::Staged,
                     staged_name,
                     backup_name: None,
                     e_existed: false,
-                    base_mode: None,
+                    base_mode,
                 })
                 .expect("add staged file");
         }
