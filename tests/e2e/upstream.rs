@@ -529,6 +529,12 @@ fn conflicts_stay_staged_until_forced_and_undo_restores_e_byte_for_byte() {
     ]);
     let (e, r, db) = (&p.e, &p.r, p.db());
     std::fs::set_permissions(e.join("del.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    // R syncs that mode before it deletes the file: a deletion of a file whose mode E changed
+    // since R's base is a conflict of its own (a_mode_changed_on_both_sides_...).
+    wait_until("del.txt's mode on R", || {
+        p.client.once_ok(&p.url());
+        std::fs::metadata(r.join("del.txt")).is_ok_and(|m| m.mode() & 0o777 == 0o600)
+    });
 
     write(&r.join("mod.bin"), pseudo_random(123_457, 12));
     write(&r.join("conf.txt"), "R's side of the conflict\n");
@@ -631,6 +637,199 @@ fn apply_does_not_overwrite_a_file_that_changed_on_e_after_staging() {
     assert_eq!(read(&p.e.join("f.txt")), b"E's edit after the push\n");
     assert_eq!(files_with_mtime(&p.e), before, "E changed");
     assert_eq!(file_in(&show_json(db, &id), "f.txt")["state"], "staged");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4b. A mode is part of a file's version: decided three-way as content is (invariant 5).
+
+/// The permission bits (with setuid, setgid and sticky) of `path`.
+fn mode_of(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .mode()
+        & 0o7777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// R edits a script it synced and pushes the edit; E's user then makes the script executable.
+/// `show` says E's mode stays, and `apply --non-interactive` (no --force) lands R's content
+/// with the script still executable: R did not change the mode, so E's change is not undone.
+/// The mode then comes back to R, and nothing is sent again.
+#[test]
+fn a_chmod_on_e_after_the_push_survives_r_s_edit_of_the_content() {
+    let p = Pair::new(&[("deploy.sh", b"#!/bin/sh\necho deploy\n")]);
+    let (e, r, db) = (p.e.join("deploy.sh"), p.r.join("deploy.sh"), p.db());
+    let base = mode_of(&e);
+    assert_eq!(base & 0o111, 0, "the script starts not executable");
+    let executable = base | 0o111;
+
+    write(&r, "#!/bin/sh\necho deploy --verbose\n");
+    let id = p.push_session();
+    chmod(&e, executable);
+
+    let show = show_json(db, &id);
+    let file = file_in(&show, "deploy.sh");
+    assert_eq!(
+        (
+            &file["conflict"],
+            &file["mode_decision"],
+            &file["mode_on_e"],
+            &file["mode_change"]
+        ),
+        (
+            &json!(false),
+            &json!("keep_e"),
+            &json!(format!("{executable:04o}")),
+            &json!(false)
+        ),
+        "show must say that E's mode stays: {show:#}"
+    );
+    let out = zync_apply_code(db, &["apply", &id, "--non-interactive"], 0);
+    assert_eq!(read(&e), b"#!/bin/sh\necho deploy --verbose\n", "{out}");
+    assert_eq!(
+        mode_of(&e),
+        executable,
+        "apply undid E's chmod without a conflict or --force:\n{out}"
+    );
+
+    wait_until("E's mode back on R", || {
+        p.client.once_ok(&p.url());
+        mode_of(&r) & 0o111 == 0o111
+    });
+    assert_eq!(
+        p.client.push_json(&p.url())["session_id"],
+        Value::Null,
+        "sent again"
+    );
+}
+
+/// E and R both changed a mode since R's base: R a chmod only (its content unchanged) and a
+/// deletion, E a chmod of each after the push, and of a third file before it (flagged when
+/// staged). Each is a conflict like one of content: left staged by a non-interactive run,
+/// E untouched; applied with --force, with backups that undo restores E's modes from.
+#[test]
+fn a_mode_changed_on_both_sides_is_a_conflict_for_a_chmod_and_a_deletion() {
+    let p = Pair::new(&[
+        ("key.sh", b"secret\n"),
+        ("run.sh", b"#!/bin/sh\n"),
+        ("old.sh", b"old\n"),
+    ]);
+    let (e, r, db) = (&p.e, &p.r, p.db());
+    chmod(&r.join("key.sh"), 0o600);
+    chmod(&r.join("run.sh"), 0o700);
+    std::fs::remove_file(r.join("old.sh")).expect("rm on R");
+    chmod(&e.join("run.sh"), 0o755);
+    let summary = p.client.push_json(&p.url());
+    let id = summary["session_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("nothing sent: {summary}"))
+        .to_string();
+    assert_eq!(
+        summary["conflicts"], 1,
+        "run.sh is one when staged: {summary}"
+    );
+    chmod(&e.join("key.sh"), 0o755);
+    chmod(&e.join("old.sh"), 0o755);
+
+    let show = show_json(db, &id);
+    for path in ["key.sh", "run.sh", "old.sh"] {
+        let file = file_in(&show, path);
+        assert_eq!(
+            (&file["conflict"], &file["mode_decision"]),
+            (&json!(true), &json!("conflict")),
+            "{path}: {show:#}"
+        );
+        assert!(
+            file["mode_conflict"]
+                .as_str()
+                .is_some_and(|why| why.contains("E changed the mode since R's base")),
+            "{path}: {show:#}"
+        );
+    }
+    assert_eq!(file_in(&show, "run.sh")["conflict_at_staging"], true);
+    let text = zync_apply_code(db, &["show", &id], 0);
+    assert!(
+        text.lines().filter(|l| l.contains("MODE CONFLICT")).count() == 3,
+        "{text}"
+    );
+
+    let before = files_with_mtime(e);
+    let out = zync_apply_code(db, &["apply", &id, "--non-interactive"], 3);
+    assert!(
+        out.contains("conflict, left staged: code/key.sh (mode: "),
+        "{out}"
+    );
+    assert_eq!(files_with_mtime(e), before, "E changed:\n{out}");
+    for path in ["key.sh", "run.sh", "old.sh"] {
+        assert_eq!(mode_of(&e.join(path)), 0o755, "{path}: {out}");
+    }
+
+    let out = zync_apply_code(db, &["apply", &id, "--non-interactive", "--force"], 0);
+    assert_eq!(mode_of(&e.join("key.sh")), 0o600, "{out}");
+    assert_eq!(mode_of(&e.join("run.sh")), 0o700, "{out}");
+    assert!(!e.join("old.sh").exists(), "{out}");
+    let out = zync_apply_code(db, &["undo", &id], 0);
+    assert_eq!(
+        files_with_mtime(e),
+        before,
+        "undo did not restore E:\n{out}"
+    );
+}
+
+/// An older client sends no base mode: the daemon takes E's mode when the file is staged for
+/// it, so a chmod made on E after the push is still never undone silently (a write of R's
+/// content keeps it, a deletion becomes a conflict).
+#[tokio::test]
+async fn without_a_base_mode_from_r_a_chmod_on_e_after_the_push_is_still_kept() {
+    let p = Pair::new(&[("tool.sh", b"echo E\n"), ("old.sh", b"old\n")]);
+    let (e, db) = (&p.e, p.db().to_path_buf());
+    let base = mode_of(&e.join("tool.sh"));
+    let mut peer = hello(&p.daemon).await;
+    let id = peer.prepare_upstream().await;
+    let content = b"echo R\n";
+    let request = peer.id();
+    peer.send_json(&json!({
+        "id": request, "operation": "UPSTREAM_FILE", "session_id": id, "dir": "code",
+        "path": "tool.sh", "action": "write", "mode": base, "size": content.len(),
+        "mtime_ns": 1_700_000_000_000_000_000i64, "sha256": sha256(content),
+        "base_sha256": sha256(b"echo E\n"),
+    }))
+    .await;
+    let mut frame = request.to_be_bytes().to_vec();
+    frame.extend_from_slice(content);
+    peer.send(tokio_tungstenite::tungstenite::Message::binary(frame))
+        .await;
+    let reply = peer.recv_text().await;
+    assert_eq!(
+        (&reply["status"], &reply["conflict"]),
+        (&json!("ok"), &json!(false)),
+        "{reply}"
+    );
+    let reply = peer
+        .ok(json!({
+            "operation": "UPSTREAM_FILE", "session_id": id, "dir": "code", "path": "old.sh",
+            "action": "delete", "base_sha256": sha256(b"old\n"),
+        }))
+        .await;
+    assert_eq!(reply["conflict"], false, "{reply}");
+    peer.ok(json!({"operation": "FINALIZE_UPSTREAM", "session_id": id}))
+        .await;
+    drop(peer);
+    chmod(&e.join("tool.sh"), base | 0o111);
+    chmod(&e.join("old.sh"), 0o700);
+
+    let out = zync_apply_code(&db, &["apply", &id, "--non-interactive"], 3);
+    assert_eq!(read(&e.join("tool.sh")), b"echo R\n", "{out}");
+    assert_eq!(mode_of(&e.join("tool.sh")), base | 0o111, "{out}");
+    assert!(
+        out.contains("conflict, left staged: code/old.sh (mode: "),
+        "{out}"
+    );
+    assert_eq!(read(&e.join("old.sh")), b"old\n");
 }
 
 // ---------------------------------------------------------------------------------------------
