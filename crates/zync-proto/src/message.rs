@@ -193,7 +193,8 @@ pub struct UpstreamFileReply {
     pub dir: String,
     /// The file's path.
     pub path: String,
-    /// True when E's file changed since R's base version (three-way; see docs/PROTOCOL.md).
+    /// True when E's file changed since R's base version, content or mode (three-way; see
+    /// docs/PROTOCOL.md).
     pub conflict: bool,
 }
 
