@@ -893,8 +893,10 @@ mod tests {
         assert_eq!(r.expect("apply"), Outcome::Done, "{out}");
         assert_eq!(e_mode(&fx, "key.sh"), 0o600);
         let f = fx.file(id, "key.sh");
-        let backup = fx.session_dir(id).join(f.backup_name.expect("a backup"));
-        let meta = crate::fileops::backup_meta(&backup).expect("backup meta");
+        let backup = fx
+            .session_dir(id)
+            .join(f.backup_name.as_deref().expect("a backup"));
+        let meta = crate::fileops::backup_meta(&fx.index(), &f, &backup).expect("backup meta");
         assert_eq!(meta.mode & 0o7777, 0o755, "the backup keeps E's mode");
         let (r, out) = fx.run(&["undo", id], &mut no_prompts());
         r.expect("undo");
